@@ -1,0 +1,122 @@
+/* lorac/core.h — status codes, error messages, dtypes and small helpers
+ * shared by every lorac module.
+ *
+ * Errors come in two tiers (see DESIGN.md):
+ *  - LORAC_ASSERT for our own invariants: prints file/line and calls the
+ *    abort hook. Never used for anything input can cause.
+ *  - lorac_status_t for everything input, I/O or memory can cause. A function
+ *    that fails returns a non-zero status and records a human-readable message
+ *    (naming the file, the field and what was expected) that
+ *    lorac_error_message() returns. The message is thread-local: it stays valid
+ *    until the next failing lorac call on the same thread.
+ */
+#ifndef LORAC_CORE_H
+#define LORAC_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    LORAC_STATUS_OK = 0,
+    LORAC_STATUS_IO,          /* file missing, unreadable, write failed */
+    LORAC_STATUS_FORMAT,      /* malformed input file or data */
+    LORAC_STATUS_NOMEM,       /* allocation failed or size overflow */
+    LORAC_STATUS_INVALID_ARG, /* caller passed something out of range */
+    LORAC_STATUS_UNSUPPORTED, /* well-formed but not something lorac handles */
+    LORAC_STATUS_NOT_FOUND    /* a named item (tensor, token, key) is absent */
+} lorac_status_t;
+
+/* Short constant name of a status ("format error", ...). Never NULL. */
+const char *lorac_status_str(lorac_status_t status);
+
+/* The message of the last failure on this thread ("" if none). */
+const char *lorac_error_message(void);
+
+/* Records a printf-style message for this thread and returns `status`, so
+ * library code can write `return lorac_error(LORAC_STATUS_FORMAT, "...")`. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+lorac_status_t lorac_error(lorac_status_t status, const char *fmt, ...);
+
+/* Clears this thread's message. */
+void lorac_error_clear(void);
+
+/* Invariant check: on failure prints "lorac: assertion failed" with file and
+ * line to stderr and calls the abort hook (default: abort()). */
+typedef void (*lorac_abort_hook_t)(const char *file, int line, const char *expr);
+void lorac_set_abort_hook(lorac_abort_hook_t hook);
+void lorac_assert_fail(const char *file, int line, const char *expr);
+#define LORAC_ASSERT(x) \
+    do { if (!(x)) lorac_assert_fail(__FILE__, __LINE__, #x); } while (0)
+
+/* Element types of tensors, as safetensors names them. */
+typedef enum {
+    LORAC_DTYPE_F32 = 0,
+    LORAC_DTYPE_F16,
+    LORAC_DTYPE_BF16,
+    LORAC_DTYPE_F64,
+    LORAC_DTYPE_I8,
+    LORAC_DTYPE_U8,
+    LORAC_DTYPE_I16,
+    LORAC_DTYPE_U16,
+    LORAC_DTYPE_I32,
+    LORAC_DTYPE_U32,
+    LORAC_DTYPE_I64,
+    LORAC_DTYPE_U64,
+    LORAC_DTYPE_BOOL,
+    LORAC_DTYPE_F8_E4M3,
+    LORAC_DTYPE_F8_E5M2,
+    LORAC_DTYPE_COUNT
+} lorac_dtype_t;
+
+/* "F32", "BF16", ... ; NULL for an out-of-range value. */
+const char *lorac_dtype_name(lorac_dtype_t dtype);
+/* Parses a safetensors dtype string; returns 0 and sets *out, or -1. */
+int lorac_dtype_parse(const char *name, lorac_dtype_t *out);
+/* Bytes per element (1, 2, 4 or 8). */
+size_t lorac_dtype_size(lorac_dtype_t dtype);
+
+/* Scalar conversions (round-to-nearest-even for the narrowing ones). */
+float lorac_bf16_to_f32(uint16_t h);
+uint16_t lorac_f32_to_bf16(float f);
+float lorac_f16_to_f32(uint16_t h);
+uint16_t lorac_f32_to_f16(float f);
+
+/* Checked arithmetic: return 0 on success, -1 on overflow. */
+int lorac_mul_u64(uint64_t a, uint64_t b, uint64_t *out);
+int lorac_add_u64(uint64_t a, uint64_t b, uint64_t *out);
+
+/* A whole file mapped read-only. data is NULL for an empty file. */
+typedef struct {
+    const uint8_t *data;
+    size_t size;
+} lorac_mapped_file_t;
+
+/* Maps `path` read-only. On failure returns LORAC_STATUS_IO with a message
+ * naming the path. Unmap with lorac_file_unmap. */
+lorac_status_t lorac_file_map(const char *path, lorac_mapped_file_t *out);
+void lorac_file_unmap(lorac_mapped_file_t *file);
+
+/* Reads a whole file into a NUL-terminated malloc'd buffer (caller frees).
+ * Fails on files over max_size bytes. */
+lorac_status_t lorac_file_read(const char *path, size_t max_size, char **out, size_t *out_len);
+
+/* Writes `len` bytes to `path` atomically: to "path.tmp.<pid>", fsync, rename,
+ * then fsync of the directory. Either the old or the new file survives a crash. */
+lorac_status_t lorac_file_write_atomic(const char *path, const void *data, size_t len);
+
+/* Validates UTF-8 (rejects overlongs, surrogates, > U+10FFFF). 1 if valid. */
+int lorac_utf8_valid(const char *s, size_t len);
+
+/* Joins dir and name with '/' into a malloc'd string (NULL on OOM). */
+char *lorac_path_join(const char *dir, const char *name);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LORAC_CORE_H */

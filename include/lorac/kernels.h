@@ -1,0 +1,63 @@
+/* lorac/kernels.h — the only place with SIMD and threads.
+ *
+ * Conventions (llm.c): outputs first, then inputs, then dimensions; a shape
+ * comment on every kernel. Activations are f32; weights may be F32, BF16 or
+ * F16 and are read in place (never converted to a full f32 copy).
+ * Backward kernels accumulate (+=) into their gradient outputs.
+ *
+ * Determinism: every output element is reduced by one thread in a fixed order,
+ * so results are bit-identical for the same inputs and thread count (in fact
+ * for any thread count with the same instruction-set path).
+ *
+ * Dispatch: the instruction-set path (portable C, AVX2+FMA+F16C, AVX-512) is
+ * chosen once at run time from cpuid; the environment variable
+ * LORAC_ISA=portable|avx2|avx512 forces a lower path (for tests/benchmarks).
+ */
+#ifndef LORAC_KERNELS_H
+#define LORAC_KERNELS_H
+
+#include "lorac/core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Name of the path in use: "portable", "avx2" or "avx512". */
+const char *lorac_kernels_isa(void);
+/* Number of OpenMP threads the kernels use (<= 0: OpenMP default). */
+void lorac_kernels_set_threads(int n_threads);
+int lorac_kernels_get_threads(void);
+
+/* ---- matmul ---------------------------------------------------------------
+ * out is (T,N), x is (T,K), w is (N,K) row-major in `wtype`, bias is (N) or NULL.
+ * out = x · wᵀ + bias. */
+void lorac_matmul_forward(float *out, const float *x, const void *w, lorac_dtype_t wtype,
+                          const float *bias, int64_t T, int64_t K, int64_t N);
+/* dx is (T,K), dout is (T,N), w is (N,K). dx += dout · w. */
+void lorac_matmul_backward_input(float *dx, const float *dout, const void *w, lorac_dtype_t wtype,
+                                 int64_t T, int64_t K, int64_t N);
+/* dw is (N,K) f32, dout is (T,N), x is (T,K). dw += doutᵀ · x. dbias (N) += Σ_t dout if non-NULL. */
+void lorac_matmul_backward_weight(float *dw, float *dbias, const float *dout, const float *x,
+                                  int64_t T, int64_t K, int64_t N);
+
+/* Converts n elements of `src` in dtype (F32, BF16, F16) to f32. */
+void lorac_convert_to_f32(float *dst, const void *src, lorac_dtype_t dtype, int64_t n);
+
+/* ---- elementwise and normalisation ---------------------------------------- */
+/* out, x are (T,C), w is (C) in wtype. out = x / sqrt(mean(x²) + eps) * w.
+ * rstd (T) receives 1/sqrt(mean(x²)+eps) for the backward pass if non-NULL. */
+void lorac_rmsnorm_forward(float *out, float *rstd, const float *x, const void *w,
+                           lorac_dtype_t wtype, float eps, int64_t T, int64_t C);
+/* out (T,H) = silu(gate) * up, gate and up (T,H). */
+void lorac_swiglu_forward(float *out, const float *gate, const float *up, int64_t T, int64_t H);
+/* Rotary embedding, HuggingFace rotate-half layout, in place on x (T, n_heads, head_dim);
+ * positions (T); inv_freq (head_dim/2). */
+void lorac_rope_forward(float *x, const int32_t *positions, const float *inv_freq,
+                        int64_t T, int64_t n_heads, int64_t head_dim);
+/* Softmax of each row of x (T, n) in place. */
+void lorac_softmax_forward(float *x, int64_t T, int64_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LORAC_KERNELS_H */
