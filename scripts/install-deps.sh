@@ -5,7 +5,7 @@
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libcjson-dev libpcre2-dev)
 if [ "${1:-build}" = test ]; then
-  pkgs+=(python3 python3-torch python3-numpy clang libclang-rt-14-dev)
+  pkgs+=(python3 python3-torch python3-numpy clang libclang-rt-14-dev libomp-dev)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

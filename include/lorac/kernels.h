@@ -57,6 +57,16 @@ void lorac_rope_forward(float *x, const int32_t *positions, const float *inv_fre
 /* Softmax of each row of x (T, n) in place. */
 void lorac_softmax_forward(float *x, int64_t T, int64_t n);
 
+/* Causal grouped-query attention over a KV cache.
+ * out and q are (T, H, hd). For token t, k_cache[t] / v_cache[t] point at the
+ * cache of its sequence, laid out (ctx, KVH, hd), of which rows
+ * 0 .. n_ctx[t]-1 are visible to it (its own row included). Query head h uses
+ * kv head h / (H/KVH). Scale 1/sqrt(hd). scratch holds
+ * lorac_kernels_get_threads() * max(n_ctx) floats. */
+void lorac_attention_forward(float *out, float *scratch, const float *q,
+                             const float *const *k_cache, const float *const *v_cache,
+                             const int32_t *n_ctx, int64_t T, int64_t H, int64_t KVH, int64_t hd);
+
 #ifdef __cplusplus
 }
 #endif

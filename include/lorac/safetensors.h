@@ -21,7 +21,9 @@
  *
  * Ownership: tensor data points into the read-only mapping and stays valid
  * until lorac_safetensors_free. A reader may be shared across threads for
- * reading once opened.
+ * reading once opened. Tensor data is only as aligned as the file makes it
+ * (lorac's writer pads the header so the buffer starts 8-byte aligned);
+ * read elements with memcpy or check alignment before casting.
  */
 #ifndef LORAC_SAFETENSORS_H
 #define LORAC_SAFETENSORS_H

@@ -12,12 +12,19 @@
  *  - added_tokens (special or not) are matched before the model and never
  *    split; post_processor TemplateProcessing / ByteLevel / BERT-less Llama
  *    style adds BOS (and EOS) as the file says.
- * Encoding runs in time linear in the input length (times the longest
- * pre-token's merge count, which is bounded per pre-token).
+ * Encoding runs in O(n log n) in the input length: BPE merges use a heap over
+ * adjacent pairs, so one huge pre-token (100k spaces) is not quadratic.
+ * truncation and padding sections of tokenizer.json are ignored. Unicode
+ * normalizers (NFC, ...) and non-BPE models are refused as UNSUPPORTED.
  *
  * The llama2.c format: int32 max_token_length, then per token: float32 score,
  * int32 length, bytes. The vocabulary size is not stored (it comes from the
  * model header). BOS = 1, EOS = 2, ids 3..258 are byte tokens "<0xNN>".
+ * Such a tokenizer encodes exactly as llama2.c's run.c (dummy-prefix space,
+ * greedy highest-score merge, leftmost on ties); like run.c it does not
+ * treat "<s>" in the text as a special token. Internally (and in
+ * lorac_tokenizer_token_str) its pieces use "▁" for spaces and BOS/EOS/UNK
+ * read "<s>", "</s>", "<unk>", as in the equivalent tokenizer.json.
  *
  * Thread safety: a loaded tokenizer is read-only; encode/decode may run
  * concurrently on one tokenizer.
@@ -75,7 +82,8 @@ int32_t lorac_tokenizer_eos_id(const lorac_tokenizer_t *tok);      /* -1 when no
 int lorac_tokenizer_strips_leading_space(const lorac_tokenizer_t *tok);
 /* Id of an exact token string (vocab or added), or -1. */
 int32_t lorac_tokenizer_token_id(const lorac_tokenizer_t *tok, const char *token);
-/* String of a token as stored in the vocabulary (NULL for an invalid id). */
+/* String of a token as stored in the vocabulary (NULL for an invalid id);
+ * valid as long as the tokenizer. For llama2.c see the note at the top. */
 const char *lorac_tokenizer_token_str(const lorac_tokenizer_t *tok, int32_t id);
 /* 1 when `id` is a special added token. */
 int lorac_tokenizer_is_special(const lorac_tokenizer_t *tok, int32_t id);

@@ -1,0 +1,129 @@
+/* lorac/model.h — LLaMA-family models: config, weights, per-run state and the
+ * forward pass.
+ *
+ * A model is read-only once loaded: config + weights mapped from the
+ * safetensors files in their own dtype (F32, BF16, F16; no f32 copy of a
+ * half-precision model) + the tokenizer when the directory has one. Everything
+ * a run changes (KV cache, activations) lives in a separate context, so one
+ * model serves many contexts, possibly on different threads.
+ *
+ * Supported architectures (config.json "architectures"[0]): LlamaForCausalLM,
+ * MistralForCausalLM, Qwen2ForCausalLM. Tensor names follow HuggingFace
+ * ("model.layers.%d.self_attn.q_proj.weight", ...), mapped in one table in
+ * src/model/tensor_names.c.
+ */
+#ifndef LORAC_MODEL_H
+#define LORAC_MODEL_H
+
+#include <stdbool.h>
+
+#include "lorac/core.h"
+#include "lorac/tokenizer.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LORAC_MAX_EOS_IDS 8
+
+typedef enum {
+    LORAC_ARCH_LLAMA = 0,
+    LORAC_ARCH_MISTRAL,
+    LORAC_ARCH_QWEN2
+} lorac_arch_t;
+
+typedef struct {
+    lorac_arch_t arch;
+    char arch_name[64];           /* as in config.json */
+    int32_t vocab_size;
+    int32_t hidden_size;          /* D */
+    int32_t intermediate_size;    /* MLP hidden */
+    int32_t n_layers;
+    int32_t n_heads;
+    int32_t n_kv_heads;           /* < n_heads: grouped-query attention */
+    int32_t head_dim;             /* hidden_size / n_heads unless "head_dim" says */
+    int32_t max_position_embeddings;
+    float rms_norm_eps;
+    float rope_theta;
+    /* Llama-3 "rope_scaling": {"rope_type": "llama3", ...}; 0 when absent */
+    bool rope_llama3;
+    float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+    int32_t rope_original_max_position;
+    bool tie_word_embeddings;
+    bool qkv_bias;                /* Qwen2, or Llama "attention_bias" */
+    bool o_bias;                  /* Llama "attention_bias" */
+    bool mlp_bias;                /* Llama "mlp_bias" */
+    int32_t bos_id;               /* -1 when absent */
+    int32_t n_eos;                /* eos_token_id may be a list */
+    int32_t eos_ids[LORAC_MAX_EOS_IDS];
+    char torch_dtype[16];
+} lorac_model_config_t;
+
+/* Parses config.json text. `label` names it in error messages. Unknown
+ * architectures are LORAC_STATUS_UNSUPPORTED; missing or out-of-range fields
+ * LORAC_STATUS_FORMAT naming the field. */
+lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char *label,
+                                        lorac_model_config_t *out);
+
+typedef struct lorac_model lorac_model_t;
+
+/* Loads a HuggingFace model directory: config.json, model.safetensors (or
+ * shards), and tokenizer.json when present (its absence is not an error:
+ * `logits` and token-id training need none). Missing tensors and wrong shapes
+ * are LORAC_STATUS_FORMAT errors naming the tensor, the expected and the
+ * found shape. */
+lorac_status_t lorac_model_load(const char *dir, lorac_model_t **out);
+void lorac_model_free(lorac_model_t *model);
+
+const lorac_model_config_t *lorac_model_get_config(const lorac_model_t *model);
+/* NULL when the directory had no tokenizer.json. Owned by the model. */
+const lorac_tokenizer_t *lorac_model_get_tokenizer(const lorac_model_t *model);
+/* dtype of the big matrices (the first layer's q_proj). */
+lorac_dtype_t lorac_model_weight_dtype(const lorac_model_t *model);
+int64_t lorac_model_n_params(const lorac_model_t *model);
+/* 1 when `id` is one of the config's end-of-sequence ids. */
+int lorac_model_is_eos(const lorac_model_t *model, int32_t id);
+
+/* ---- per-run state ------------------------------------------------------- */
+typedef struct {
+    int32_t n_ctx;          /* KV cache positions per sequence */
+    int32_t n_seq;          /* sequences that can be in flight at once */
+    int32_t n_batch;        /* most tokens in one lorac_context_decode call */
+} lorac_context_params_t;
+
+lorac_context_params_t lorac_context_default_params(void);
+
+typedef struct lorac_context lorac_context_t;
+
+/* Allocates the KV cache (n_seq * n_ctx positions) and activation buffers
+ * (n_batch tokens) once, up front. The model must outlive the context. */
+lorac_status_t lorac_context_init(const lorac_model_t *model, lorac_context_params_t params,
+                                  lorac_context_t **out);
+void lorac_context_free(lorac_context_t *ctx);
+
+/* A batch of tokens, possibly from several sequences. Tokens of one sequence
+ * must come in increasing consecutive positions that continue its cache
+ * (position p means positions 0..p-1 of that sequence are already cached). */
+typedef struct {
+    int32_t n_tokens;
+    const int32_t *tokens;   /* (n_tokens) */
+    const int32_t *pos;      /* (n_tokens) position of each token in its sequence */
+    const int32_t *seq_id;   /* (n_tokens) in [0, n_seq) */
+    const int8_t *logits;    /* (n_tokens) 1 = return logits for this token; NULL = last only */
+} lorac_batch_t;
+
+/* Runs the forward pass over the batch, writing the K/V of every token into
+ * the cache, and the logits (vocab_size floats each) of the requested tokens,
+ * in batch order, into `logits`. Invalid tokens, positions or sequence ids are
+ * LORAC_STATUS_INVALID_ARG and leave the cache as it was. */
+lorac_status_t lorac_context_decode(lorac_context_t *ctx, const lorac_batch_t *batch, float *logits);
+
+/* Forgets a sequence's cache (its next token starts at position 0). */
+void lorac_context_clear_seq(lorac_context_t *ctx, int32_t seq_id);
+/* Cached length of a sequence. */
+int32_t lorac_context_seq_len(const lorac_context_t *ctx, int32_t seq_id);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LORAC_MODEL_H */

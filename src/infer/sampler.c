@@ -1,0 +1,137 @@
+/* Token sampling: greedy, temperature, top-k, top-p (nucleus). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lorac/infer.h"
+
+void lorac_rng_seed(lorac_rng_t *rng, uint64_t seed) {
+    /* splitmix64 of the seed, so nearby seeds give unrelated streams and the
+     * state is never zero (xorshift's fixed point) */
+    uint64_t z = seed + 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    rng->state = z ? z : 0x2545f4914f6cdd1dull;
+}
+
+uint32_t lorac_rng_u32(lorac_rng_t *rng) {
+    uint64_t x = rng->state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    rng->state = x;
+    return (uint32_t)((x * 0x2545f4914f6cdd1dull) >> 32);
+}
+
+float lorac_rng_float(lorac_rng_t *rng) {
+    return (float)(lorac_rng_u32(rng) >> 8) / 16777216.0f;
+}
+
+typedef struct {
+    float prob;
+    int32_t id;
+} candidate_t;
+
+struct lorac_sampler {
+    lorac_sampler_params_t params;
+    int32_t vocab_size;
+    lorac_rng_t rng;
+    candidate_t *cand;   /* (vocab_size) */
+};
+
+lorac_sampler_params_t lorac_sampler_default_params(void) {
+    lorac_sampler_params_t p = {.temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .seed = 42};
+    return p;
+}
+
+lorac_status_t lorac_sampler_params_validate(const lorac_sampler_params_t *p) {
+    if (!isfinite(p->temperature) || p->temperature < 0.0f)
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "temperature %g must be a finite number >= 0", (double)p->temperature);
+    if (!(p->top_p > 0.0f && p->top_p <= 1.0f))
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "top_p %g must be in (0, 1]", (double)p->top_p);
+    return LORAC_STATUS_OK;
+}
+
+lorac_status_t lorac_sampler_init(const lorac_sampler_params_t *params, int32_t vocab_size, lorac_sampler_t **out) {
+    *out = NULL;
+    lorac_status_t st = lorac_sampler_params_validate(params);
+    if (st) return st;
+    if (vocab_size < 1) return lorac_error(LORAC_STATUS_INVALID_ARG, "sampler: vocab_size must be positive");
+    lorac_sampler_t *s = calloc(1, sizeof *s);
+    if (!s) return lorac_error(LORAC_STATUS_NOMEM, "out of memory");
+    s->cand = malloc(sizeof(candidate_t) * (size_t)vocab_size);
+    if (!s->cand) { free(s); return lorac_error(LORAC_STATUS_NOMEM, "out of memory"); }
+    s->params = *params;
+    s->vocab_size = vocab_size;
+    lorac_rng_seed(&s->rng, params->seed);
+    *out = s;
+    return LORAC_STATUS_OK;
+}
+
+void lorac_sampler_free(lorac_sampler_t *s) {
+    if (!s) return;
+    free(s->cand);
+    free(s);
+}
+
+static int32_t argmax(const float *x, int32_t n) {
+    int32_t best = 0;
+    for (int32_t i = 1; i < n; i++) if (x[i] > x[best]) best = i;
+    return best;
+}
+
+/* Descending by probability, then ascending id: a total order, so the result
+ * does not depend on the sort implementation. */
+static int cmp_candidate(const void *a, const void *b) {
+    const candidate_t *x = a, *y = b;
+    if (x->prob != y->prob) return x->prob > y->prob ? -1 : 1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+int32_t lorac_sampler_sample(lorac_sampler_t *s, float *logits) {
+    int32_t V = s->vocab_size;
+    const lorac_sampler_params_t *p = &s->params;
+    if (p->temperature == 0.0f || p->top_k == 1) return argmax(logits, V);
+
+    /* softmax with temperature */
+    float mx = logits[argmax(logits, V)];
+    double sum = 0.0;
+    for (int32_t i = 0; i < V; i++) {
+        float e = expf((logits[i] - mx) / p->temperature);
+        s->cand[i].prob = e;
+        s->cand[i].id = i;
+        sum += e;
+    }
+    int32_t n = V;
+    for (int32_t i = 0; i < V; i++) s->cand[i].prob = (float)(s->cand[i].prob / sum);
+
+    /* Nucleus shortcut (as llama2.c): with top-p alone, tokens below
+     * (1 - top_p) / (V - 1) can never be in the nucleus; drop them before
+     * sorting so the sort stays short. */
+    if (p->top_k <= 0 && p->top_p < 1.0f && V > 1) {
+        float cutoff = (1.0f - p->top_p) / (float)(V - 1);
+        int32_t k = 0;
+        for (int32_t i = 0; i < V; i++) if (s->cand[i].prob >= cutoff) s->cand[k++] = s->cand[i];
+        n = k > 0 ? k : V;
+    }
+    if (p->top_k > 0 || p->top_p < 1.0f) qsort(s->cand, (size_t)n, sizeof(candidate_t), cmp_candidate);
+    if (p->top_k > 0 && p->top_k < n) n = p->top_k;
+
+    /* top-p: keep the smallest prefix whose mass reaches top_p */
+    double mass = 0.0;
+    for (int32_t i = 0; i < n; i++) mass += s->cand[i].prob;
+    if (p->top_p < 1.0f) {
+        double acc = 0.0, target = p->top_p * mass;
+        for (int32_t i = 0; i < n; i++) {
+            acc += s->cand[i].prob;
+            if (acc >= target) { n = i + 1; mass = acc; break; }
+        }
+    }
+    double r = (double)lorac_rng_float(&s->rng) * mass, acc = 0.0;
+    for (int32_t i = 0; i < n; i++) {
+        acc += s->cand[i].prob;
+        if (r < acc) return s->cand[i].id;
+    }
+    return s->cand[n - 1].id; /* rounding left r at the very top */
+}

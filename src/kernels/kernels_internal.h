@@ -1,0 +1,74 @@
+/* kernels_internal.h — private to src/kernels (and its tests/benchmarks).
+ *
+ * Each instruction-set path (portable C, AVX2+FMA+F16C, AVX-512) provides one
+ * lorac_kernel_ops_t of single-threaded block kernels. The drivers in matmul.c
+ * split the work into blocks, run them under OpenMP, and call the table that
+ * dispatch.c chose once from cpuid (or LORAC_ISA).
+ *
+ * Block kernels must compute every output element with a summation order that
+ * does not depend on where the block boundaries fall; that is what makes the
+ * results bit-identical for any thread count on the same path.
+ */
+#ifndef LORAC_KERNELS_INTERNAL_H
+#define LORAC_KERNELS_INTERNAL_H
+
+#include "lorac/kernels.h"
+
+#if defined(__GNUC__)
+#define LORAC_ALWAYS_INLINE static inline __attribute__((always_inline))
+#else
+#define LORAC_ALWAYS_INLINE static inline
+#endif
+
+/* Forward on output columns [n0,n1) of all T rows.
+ * out is (T,N), x is (T,K), w is (N,K) in wtype, bias is (N) or NULL.
+ * out[t,n] = Σ_k x[t,k]·w[n,k] (+ bias[n]); every k-reduction in the same
+ * fixed order whatever T, n0, n1 are. */
+typedef void (*lorac_matmul_fwd_fn)(float *out, const float *x, const void *w, lorac_dtype_t wtype,
+                                    const float *bias, int64_t T, int64_t K, int64_t N,
+                                    int64_t n0, int64_t n1);
+
+/* Accumulating product on the block rows [m0,m1) × columns [k0,k1) of c:
+ * c is (M,K) f32, a is (M,L) f32 with element (m,l) at a[m*a_rs + l*a_cs]
+ * (so a transposed operand needs no copy), b is (L,K) row-major in btype.
+ * c[m,k] += Σ_l a[m,l]·b[l,k], as one chain of multiply-adds over l in
+ * increasing order, starting from the old c[m,k].
+ * backward_input is c=dx (T,K), a=dout (T,N), b=w (N,K);
+ * backward_weight is c=dw (N,K), a=doutᵀ, b=x (T,K). */
+typedef void (*lorac_matmul_acc_fn)(float *c, const float *a, int64_t a_rs, int64_t a_cs,
+                                    const void *b, lorac_dtype_t btype, int64_t M, int64_t L,
+                                    int64_t K, int64_t m0, int64_t m1, int64_t k0, int64_t k1);
+
+/* dst (n) f32 = src (n) in dtype (F32, BF16, F16). */
+typedef void (*lorac_convert_fn)(float *dst, const void *src, lorac_dtype_t dtype, int64_t n);
+
+typedef struct {
+    const char *name; /* "portable", "avx2", "avx512"; NULL if not compiled in */
+    lorac_matmul_fwd_fn matmul_fwd;
+    lorac_matmul_acc_fn matmul_acc;
+    lorac_convert_fn convert;
+} lorac_kernel_ops_t;
+
+/* The tables. A SIMD table has name == NULL when its file was compiled
+ * without the instruction-set flags (non-x86 or a build without them). */
+extern const lorac_kernel_ops_t lorac_kernel_ops_portable;
+extern const lorac_kernel_ops_t lorac_kernel_ops_avx2;
+extern const lorac_kernel_ops_t lorac_kernel_ops_avx512;
+
+/* The table in use (chosen once, thread-safely, on first call). */
+const lorac_kernel_ops_t *lorac_kernels_ops(void);
+
+/* Test/benchmark hook: switches to the path called `name`. Returns 0, or -1
+ * (and changes nothing) if that path is unknown or this CPU cannot run it.
+ * Not safe while another thread is running kernels. */
+int lorac_kernels_force_isa(const char *name);
+
+/* 1 if the path called `name` is compiled in and this CPU can run it. */
+int lorac_kernels_isa_available(const char *name);
+
+/* Threads to use for a kernel of `work` multiply-adds that can be split into
+ * at most `max_blocks` blocks: 1 for small work (OpenMP start-up would cost
+ * more than it saves), else min(lorac_kernels_get_threads(), max_blocks). */
+int lorac_kernels_threads_for(int64_t work, int64_t max_blocks);
+
+#endif /* LORAC_KERNELS_INTERNAL_H */

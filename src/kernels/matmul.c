@@ -1,0 +1,196 @@
+/* matmul.c — the matmul drivers (argument checks, OpenMP split) and the
+ * portable C reference path.
+ *
+ * Threading: the drivers split one dimension into one contiguous block per
+ * thread (static schedule). Every output element is reduced inside one block
+ * kernel in an order that does not depend on the block boundaries, so results
+ * are bit-identical for any thread count on the same instruction-set path. */
+#include "kernels_internal.h"
+
+#include <string.h>
+
+/* ---- portable reference path ---------------------------------------------- */
+
+/* Weights are converted in chunks of this many elements into a stack buffer:
+ * big enough to amortise the conversion, small enough for L1. */
+#define PCHUNK 256
+/* Independent partial sums per dot product: lets the compiler use SIMD
+ * registers (and hides add latency) without -ffast-math reassociation. */
+#define PLANES 8
+
+/* dst (n) f32 = src[off .. off+n) in dtype; n <= PCHUNK. */
+static void portable_convert_chunk(float *dst, const void *src, lorac_dtype_t dt, int64_t off,
+                                   int64_t n) {
+    if (dt == LORAC_DTYPE_F32) {
+        memcpy(dst, (const float *)src + off, (size_t)n * sizeof(float));
+    } else if (dt == LORAC_DTYPE_BF16) {
+        const uint16_t *s = (const uint16_t *)src + off;
+        for (int64_t i = 0; i < n; i++) dst[i] = lorac_bf16_to_f32(s[i]);
+    } else {
+        const uint16_t *s = (const uint16_t *)src + off;
+        for (int64_t i = 0; i < n; i++) dst[i] = lorac_f16_to_f32(s[i]);
+    }
+}
+
+/* Σ_i a[i]·b[i] for n <= PCHUNK, PLANES partial sums reduced pairwise. */
+static float portable_dot(const float *a, const float *b, int64_t n) {
+    float s[PLANES] = {0};
+    int64_t i = 0;
+    for (; i + PLANES <= n; i += PLANES)
+        for (int j = 0; j < PLANES; j++) s[j] += a[i + j] * b[i + j];
+    for (int j = 0; i < n; i++, j++) s[j] += a[i] * b[i];
+    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+}
+
+/* out is (T,N), x is (T,K), w is (N,K); columns [n0,n1).
+ * out[t,n] = (Σ over K-chunks of dot(chunk)) + bias[n]. */
+static void portable_matmul_fwd(float *out, const float *x, const void *w, lorac_dtype_t wt,
+                                const float *bias, int64_t T, int64_t K, int64_t N, int64_t n0,
+                                int64_t n1) {
+    float wbuf[PCHUNK];
+    for (int64_t n = n0; n < n1; n++) {
+        for (int64_t t = 0; t < T; t++) out[t * N + n] = 0.0f;
+        for (int64_t k = 0; k < K; k += PCHUNK) {
+            int64_t kn = K - k < PCHUNK ? K - k : PCHUNK;
+            const float *wr = wbuf;
+            if (wt == LORAC_DTYPE_F32) wr = (const float *)w + n * K + k;
+            else portable_convert_chunk(wbuf, w, wt, n * K + k, kn);
+            for (int64_t t = 0; t < T; t++) out[t * N + n] += portable_dot(x + t * K + k, wr, kn);
+        }
+        if (bias)
+            for (int64_t t = 0; t < T; t++) out[t * N + n] += bias[n];
+    }
+}
+
+/* c is (M,K), a is (M,L) strided, b is (L,K); block [m0,m1) × [k0,k1).
+ * For each column chunk, each row l of b is converted once and applied to
+ * every row m, so c[m,k] sees its multiply-adds in increasing l. */
+static void portable_matmul_acc(float *c, const float *a, int64_t a_rs, int64_t a_cs, const void *b,
+                                lorac_dtype_t bt, int64_t M, int64_t L, int64_t K, int64_t m0,
+                                int64_t m1, int64_t k0, int64_t k1) {
+    (void)M;
+    float bbuf[PCHUNK];
+    for (int64_t k = k0; k < k1; k += PCHUNK) {
+        int64_t kn = k1 - k < PCHUNK ? k1 - k : PCHUNK;
+        for (int64_t l = 0; l < L; l++) {
+            const float *br = bbuf;
+            if (bt == LORAC_DTYPE_F32) br = (const float *)b + l * K + k;
+            else portable_convert_chunk(bbuf, b, bt, l * K + k, kn);
+            for (int64_t m = m0; m < m1; m++) {
+                float am = a[m * a_rs + l * a_cs];
+                float *cr = c + m * K + k;
+                for (int64_t i = 0; i < kn; i++) cr[i] += am * br[i];
+            }
+        }
+    }
+}
+
+static void portable_convert(float *dst, const void *src, lorac_dtype_t dt, int64_t n) {
+    for (int64_t i = 0; i < n; i += PCHUNK)
+        portable_convert_chunk(dst + i, src, dt, i, n - i < PCHUNK ? n - i : PCHUNK);
+}
+
+const lorac_kernel_ops_t lorac_kernel_ops_portable = {
+    "portable", portable_matmul_fwd, portable_matmul_acc, portable_convert,
+};
+
+/* ---- drivers ---------------------------------------------------------------- */
+
+static int weight_dtype_ok(lorac_dtype_t t) {
+    return t == LORAC_DTYPE_F32 || t == LORAC_DTYPE_BF16 || t == LORAC_DTYPE_F16;
+}
+
+static int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+
+/* out is (T,N), x is (T,K), w is (N,K), bias is (N) or NULL. Parallel over N
+ * in blocks of whole 4-row groups (the SIMD micro-kernels' row tile), so each
+ * thread streams its own contiguous part of w once per 64 rows of T. */
+void lorac_matmul_forward(float *out, const float *x, const void *w, lorac_dtype_t wtype,
+                          const float *bias, int64_t T, int64_t K, int64_t N) {
+    LORAC_ASSERT(weight_dtype_ok(wtype));
+    LORAC_ASSERT(T >= 0 && K >= 0 && N >= 0);
+    if (T == 0 || N == 0) return;
+    const lorac_kernel_ops_t *ops = lorac_kernels_ops();
+    int nt = lorac_kernels_threads_for(T * K * N, (N + 3) / 4);
+    if (nt <= 1) {
+        ops->matmul_fwd(out, x, w, wtype, bias, T, K, N, 0, N);
+        return;
+    }
+    int64_t chunk = round_up((N + nt - 1) / nt, 4);
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int i = 0; i < nt; i++) {
+        int64_t n0 = i * chunk, n1 = n0 + chunk < N ? n0 + chunk : N;
+        if (n0 < n1) ops->matmul_fwd(out, x, w, wtype, bias, T, K, N, n0, n1);
+    }
+}
+
+/* dx is (T,K), dout is (T,N), w is (N,K). dx += dout · w.
+ * Parallel over K in 64-column panels: each thread reads only its columns of
+ * w, and every dx[t,k] is one chain over n owned by one thread. */
+void lorac_matmul_backward_input(float *dx, const float *dout, const void *w, lorac_dtype_t wtype,
+                                 int64_t T, int64_t K, int64_t N) {
+    LORAC_ASSERT(weight_dtype_ok(wtype));
+    LORAC_ASSERT(T >= 0 && K >= 0 && N >= 0);
+    if (T == 0 || K == 0 || N == 0) return;
+    const lorac_kernel_ops_t *ops = lorac_kernels_ops();
+    int nt = lorac_kernels_threads_for(T * K * N, (K + 63) / 64);
+    if (nt <= 1) {
+        ops->matmul_acc(dx, dout, N, 1, w, wtype, T, N, K, 0, T, 0, K);
+        return;
+    }
+    int64_t chunk = round_up((K + nt - 1) / nt, 64);
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int i = 0; i < nt; i++) {
+        int64_t k0 = i * chunk, k1 = k0 + chunk < K ? k0 + chunk : K;
+        if (k0 < k1) ops->matmul_acc(dx, dout, N, 1, w, wtype, T, N, K, 0, T, k0, k1);
+    }
+}
+
+/* dw is (N,K), dout is (T,N), x is (T,K). dw += doutᵀ · x; dbias (N) += Σ_t dout.
+ * Parallel over N (rows of dw): each thread writes its own contiguous rows. */
+void lorac_matmul_backward_weight(float *dw, float *dbias, const float *dout, const float *x,
+                                  int64_t T, int64_t K, int64_t N) {
+    LORAC_ASSERT(T >= 0 && K >= 0 && N >= 0);
+    if (T == 0 || N == 0) return;
+    if (dbias) {
+        /* Row by row over t so the inner loop over n vectorises; each
+         * dbias[n] still sums over t in order. */
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t n = 0; n < N; n++) dbias[n] += dout[t * N + n];
+    }
+    if (K == 0) return;
+    const lorac_kernel_ops_t *ops = lorac_kernels_ops();
+    int nt = lorac_kernels_threads_for(T * K * N, (N + 3) / 4);
+    if (nt <= 1) {
+        ops->matmul_acc(dw, dout, 1, N, x, LORAC_DTYPE_F32, N, T, K, 0, N, 0, K);
+        return;
+    }
+    int64_t chunk = round_up((N + nt - 1) / nt, 4);
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int i = 0; i < nt; i++) {
+        int64_t n0 = i * chunk, n1 = n0 + chunk < N ? n0 + chunk : N;
+        if (n0 < n1) ops->matmul_acc(dw, dout, 1, N, x, LORAC_DTYPE_F32, N, T, K, n0, n1, 0, K);
+    }
+}
+
+/* Element-wise, so any split gives the same bits; threads only pay off for
+ * large arrays (whole tensors being converted at load time). */
+void lorac_convert_to_f32(float *dst, const void *src, lorac_dtype_t dtype, int64_t n) {
+    LORAC_ASSERT(weight_dtype_ok(dtype));
+    LORAC_ASSERT(n >= 0);
+    if (n == 0) return;
+    const lorac_kernel_ops_t *ops = lorac_kernels_ops();
+    int nt = lorac_kernels_threads_for(n / 16, (n + 65535) / 65536);
+    if (nt <= 1) {
+        ops->convert(dst, src, dtype, n);
+        return;
+    }
+    size_t esize = lorac_dtype_size(dtype);
+    int64_t chunk = round_up((n + nt - 1) / nt, 64);
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int i = 0; i < nt; i++) {
+        int64_t i0 = i * chunk, i1 = i0 + chunk < n ? i0 + chunk : n;
+        if (i0 < i1)
+            ops->convert(dst + i0, (const char *)src + (size_t)i0 * esize, dtype, i1 - i0);
+    }
+}

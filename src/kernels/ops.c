@@ -1,0 +1,120 @@
+/* Elementwise, normalisation, rotary and attention kernels (forward).
+ * Threads only inside this folder; every output element is produced by one
+ * thread in a fixed order, so results do not depend on the thread count. */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lorac/kernels.h"
+
+static float weight_at(const void *w, lorac_dtype_t wtype, int64_t i) {
+    switch (wtype) {
+    case LORAC_DTYPE_BF16: return lorac_bf16_to_f32(((const uint16_t *)w)[i]);
+    case LORAC_DTYPE_F16: return lorac_f16_to_f32(((const uint16_t *)w)[i]);
+    default: return ((const float *)w)[i];
+    }
+}
+
+// out, x are (T,C), w is (C). out = x * rstd * w, rstd = 1/sqrt(mean(x²)+eps)
+void lorac_rmsnorm_forward(float *out, float *rstd, const float *x, const void *w,
+                           lorac_dtype_t wtype, float eps, int64_t T, int64_t C) {
+    for (int64_t t = 0; t < T; t++) {
+        const float *xt = x + t * C;
+        float *ot = out + t * C;
+        double ss = 0.0; /* double: long rows of large activations lose bits in f32 */
+        for (int64_t c = 0; c < C; c++) ss += (double)xt[c] * xt[c];
+        float r = (float)(1.0 / sqrt(ss / (double)C + (double)eps));
+        if (rstd) rstd[t] = r;
+        for (int64_t c = 0; c < C; c++) ot[c] = xt[c] * r * weight_at(w, wtype, c);
+    }
+}
+
+// out, gate, up are (T,H). out = gate * sigmoid(gate) * up
+void lorac_swiglu_forward(float *out, const float *gate, const float *up, int64_t T, int64_t H) {
+    int64_t n = T * H;
+    for (int64_t i = 0; i < n; i++) {
+        float g = gate[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+// x is (T, n_heads, head_dim), rotated in place. HF rotate-half layout: the
+// pair (x[i], x[i + head_dim/2]) rotates by angle positions[t] * inv_freq[i].
+void lorac_rope_forward(float *x, const int32_t *positions, const float *inv_freq,
+                        int64_t T, int64_t n_heads, int64_t head_dim) {
+    int64_t half = head_dim / 2;
+    for (int64_t t = 0; t < T; t++) {
+        for (int64_t i = 0; i < half; i++) {
+            /* angle in double: positions up to 128k times inv_freq near 1 need
+             * more than f32's 24 bits to match the reference's cos/sin */
+            double angle = (double)positions[t] * (double)inv_freq[i];
+            float c = (float)cos(angle), s = (float)sin(angle);
+            for (int64_t h = 0; h < n_heads; h++) {
+                float *v = x + (t * n_heads + h) * head_dim;
+                float a = v[i], b = v[i + half];
+                v[i] = a * c - b * s;
+                v[i + half] = b * c + a * s;
+            }
+        }
+    }
+}
+
+// x is (T, n); each row replaced by its softmax.
+void lorac_softmax_forward(float *x, int64_t T, int64_t n) {
+    for (int64_t t = 0; t < T; t++) {
+        float *row = x + t * n;
+        float mx = -INFINITY;
+        for (int64_t i = 0; i < n; i++) mx = row[i] > mx ? row[i] : mx;
+        float sum = 0.0f;
+        for (int64_t i = 0; i < n; i++) { row[i] = expf(row[i] - mx); sum += row[i]; }
+        float inv = 1.0f / sum;
+        for (int64_t i = 0; i < n; i++) row[i] *= inv;
+    }
+}
+
+static inline float dot_f32(const float *a, const float *b, int64_t n) {
+    float s = 0.0f;
+    for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+// out, q are (T, H, hd); for token t, k_cache[t] and v_cache[t] point at its
+// sequence's cache rows (n_ctx[t], KVH, hd). Query head h reads kv head
+// h / (H / KVH) (grouped-query attention). Causality is given by n_ctx[t]:
+// token t sees cache rows 0 .. n_ctx[t]-1, which hold itself and its past.
+void lorac_attention_forward(float *out, float *scratch, const float *q,
+                             const float *const *k_cache, const float *const *v_cache,
+                             const int32_t *n_ctx, int64_t T, int64_t H, int64_t KVH, int64_t hd) {
+    int64_t group = H / KVH;
+    int32_t max_ctx = 0;
+    for (int64_t t = 0; t < T; t++) max_ctx = n_ctx[t] > max_ctx ? n_ctx[t] : max_ctx;
+    float scale = 1.0f / sqrtf((float)hd);
+    int n_threads = lorac_kernels_get_threads();
+    #pragma omp parallel num_threads(n_threads) if (T * H * max_ctx > 4096)
+    {
+        float *scores = scratch + (int64_t)omp_get_thread_num() * max_ctx;
+        #pragma omp for schedule(static)
+        for (int64_t th = 0; th < T * H; th++) {
+            int64_t t = th / H, h = th % H, kvh = h / group;
+            const float *qv = q + th * hd;
+            float *o = out + th * hd;
+            memset(o, 0, sizeof(float) * (size_t)hd);
+            int32_t n = n_ctx[t];
+            float mx = -INFINITY;
+            for (int32_t p = 0; p < n; p++) {
+                float s = dot_f32(qv, k_cache[t] + ((int64_t)p * KVH + kvh) * hd, hd) * scale;
+                scores[p] = s;
+                mx = s > mx ? s : mx;
+            }
+            float sum = 0.0f;
+            for (int32_t p = 0; p < n; p++) { scores[p] = expf(scores[p] - mx); sum += scores[p]; }
+            float inv = 1.0f / sum;
+            for (int32_t p = 0; p < n; p++) {
+                const float *vv = v_cache[t] + ((int64_t)p * KVH + kvh) * hd;
+                float w = scores[p] * inv;
+                for (int64_t i = 0; i < hd; i++) o[i] += w * vv[i];
+            }
+        }
+    }
+}

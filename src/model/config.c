@@ -1,0 +1,172 @@
+/* config.json for LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM. */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "lorac/model.h"
+
+static const struct { const char *name; lorac_arch_t arch; } k_archs[] = {
+    {"LlamaForCausalLM", LORAC_ARCH_LLAMA},
+    {"MistralForCausalLM", LORAC_ARCH_MISTRAL},
+    {"Qwen2ForCausalLM", LORAC_ARCH_QWEN2},
+};
+
+/* Reads an integer field. required: absence is an error; otherwise *out keeps
+ * its default. Values must be whole numbers in [lo, hi]. */
+static lorac_status_t get_int(const cJSON *root, const char *label, const char *key, int required,
+                              int64_t lo, int64_t hi, int32_t *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!v || cJSON_IsNull(v)) {
+        if (required) return lorac_error(LORAC_STATUS_FORMAT, "%s: missing field \"%s\"", label, key);
+        return LORAC_STATUS_OK;
+    }
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble))
+        return lorac_error(LORAC_STATUS_FORMAT, "%s: field \"%s\" must be an integer", label, key);
+    if (v->valuedouble < (double)lo || v->valuedouble > (double)hi)
+        return lorac_error(LORAC_STATUS_FORMAT, "%s: field \"%s\" = %.0f is outside [%lld, %lld]", label,
+                           key, v->valuedouble, (long long)lo, (long long)hi);
+    *out = (int32_t)v->valuedouble;
+    return LORAC_STATUS_OK;
+}
+
+static lorac_status_t get_float(const cJSON *root, const char *label, const char *key, double lo,
+                                double hi, float *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!v || cJSON_IsNull(v)) return LORAC_STATUS_OK;
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= lo && v->valuedouble <= hi))
+        return lorac_error(LORAC_STATUS_FORMAT, "%s: field \"%s\" must be a number in [%g, %g]", label,
+                           key, lo, hi);
+    *out = (float)v->valuedouble;
+    return LORAC_STATUS_OK;
+}
+
+static lorac_status_t get_bool(const cJSON *root, const char *label, const char *key, bool *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!v || cJSON_IsNull(v)) return LORAC_STATUS_OK;
+    if (!cJSON_IsBool(v)) return lorac_error(LORAC_STATUS_FORMAT, "%s: field \"%s\" must be true or false", label, key);
+    *out = cJSON_IsTrue(v);
+    return LORAC_STATUS_OK;
+}
+
+static lorac_status_t parse_rope_scaling(const cJSON *root, const char *label, lorac_model_config_t *c) {
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
+    if (!rs || cJSON_IsNull(rs)) return LORAC_STATUS_OK;
+    if (!cJSON_IsObject(rs)) return lorac_error(LORAC_STATUS_FORMAT, "%s: \"rope_scaling\" must be an object", label);
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
+    if (!type) type = cJSON_GetObjectItemCaseSensitive(rs, "type");
+    if (!cJSON_IsString(type)) return lorac_error(LORAC_STATUS_FORMAT, "%s: \"rope_scaling\" has no \"rope_type\"", label);
+    if (strcmp(type->valuestring, "default") == 0) return LORAC_STATUS_OK;
+    if (strcmp(type->valuestring, "llama3") != 0)
+        return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: rope_scaling type \"%s\" is not supported (only \"llama3\")",
+                           label, type->valuestring);
+    c->rope_llama3 = true;
+    c->rope_factor = 8.0f; c->rope_low_freq_factor = 1.0f; c->rope_high_freq_factor = 4.0f;
+    c->rope_original_max_position = 8192;
+    lorac_status_t s;
+    if ((s = get_float(rs, label, "factor", 1.0, 1e6, &c->rope_factor)) ||
+        (s = get_float(rs, label, "low_freq_factor", 1e-6, 1e6, &c->rope_low_freq_factor)) ||
+        (s = get_float(rs, label, "high_freq_factor", 1e-6, 1e6, &c->rope_high_freq_factor)) ||
+        (s = get_int(rs, label, "original_max_position_embeddings", 0, 1, INT32_MAX, &c->rope_original_max_position)))
+        return s;
+    if (c->rope_high_freq_factor <= c->rope_low_freq_factor)
+        return lorac_error(LORAC_STATUS_FORMAT, "%s: rope_scaling high_freq_factor must exceed low_freq_factor", label);
+    return LORAC_STATUS_OK;
+}
+
+static lorac_status_t parse_eos(const cJSON *root, const char *label, lorac_model_config_t *c) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "eos_token_id");
+    c->n_eos = 0;
+    if (!v || cJSON_IsNull(v)) return LORAC_STATUS_OK;
+    if (cJSON_IsNumber(v)) {
+        int32_t id = -1;
+        lorac_status_t s = get_int(root, label, "eos_token_id", 1, 0, INT32_MAX, &id);
+        if (s) return s;
+        c->eos_ids[c->n_eos++] = id;
+        return LORAC_STATUS_OK;
+    }
+    if (!cJSON_IsArray(v)) return lorac_error(LORAC_STATUS_FORMAT, "%s: \"eos_token_id\" must be an integer or a list", label);
+    const cJSON *e;
+    cJSON_ArrayForEach(e, v) {
+        if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble > INT32_MAX || e->valuedouble != floor(e->valuedouble))
+            return lorac_error(LORAC_STATUS_FORMAT, "%s: \"eos_token_id\" entries must be non-negative integers", label);
+        if (c->n_eos < LORAC_MAX_EOS_IDS) c->eos_ids[c->n_eos++] = (int32_t)e->valuedouble;
+    }
+    return LORAC_STATUS_OK;
+}
+
+lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char *label,
+                                        lorac_model_config_t *c) {
+    memset(c, 0, sizeof *c);
+    cJSON *root = cJSON_ParseWithLength(json, len);
+    if (!root) return lorac_error(LORAC_STATUS_FORMAT, "%s: not valid JSON", label);
+    lorac_status_t s = LORAC_STATUS_OK;
+    if (!cJSON_IsObject(root)) { s = lorac_error(LORAC_STATUS_FORMAT, "%s: not a JSON object", label); goto done; }
+
+    const cJSON *archs = cJSON_GetObjectItemCaseSensitive(root, "architectures");
+    const cJSON *a0 = cJSON_IsArray(archs) ? cJSON_GetArrayItem(archs, 0) : NULL;
+    if (!cJSON_IsString(a0)) { s = lorac_error(LORAC_STATUS_FORMAT, "%s: missing \"architectures\"", label); goto done; }
+    size_t n_archs = sizeof k_archs / sizeof k_archs[0], i;
+    for (i = 0; i < n_archs; i++) if (strcmp(a0->valuestring, k_archs[i].name) == 0) break;
+    if (i == n_archs) {
+        s = lorac_error(LORAC_STATUS_UNSUPPORTED,
+                        "%s: architecture \"%s\" is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)",
+                        label, a0->valuestring);
+        goto done;
+    }
+    c->arch = k_archs[i].arch;
+    snprintf(c->arch_name, sizeof c->arch_name, "%s", k_archs[i].name);
+
+    c->rms_norm_eps = 1e-6f;
+    c->rope_theta = 10000.0f;
+    c->max_position_embeddings = 2048;
+    c->bos_id = -1;
+    c->tie_word_embeddings = false;
+    const int32_t big = 1 << 24;
+    if ((s = get_int(root, label, "vocab_size", 1, 1, big, &c->vocab_size)) ||
+        (s = get_int(root, label, "hidden_size", 1, 1, 1 << 20, &c->hidden_size)) ||
+        (s = get_int(root, label, "intermediate_size", 1, 1, 1 << 22, &c->intermediate_size)) ||
+        (s = get_int(root, label, "num_hidden_layers", 1, 1, 4096, &c->n_layers)) ||
+        (s = get_int(root, label, "num_attention_heads", 1, 1, 4096, &c->n_heads)))
+        goto done;
+    c->n_kv_heads = c->n_heads;
+    c->head_dim = c->hidden_size / c->n_heads;
+    if ((s = get_int(root, label, "num_key_value_heads", 0, 1, 4096, &c->n_kv_heads)) ||
+        (s = get_int(root, label, "head_dim", 0, 2, 1 << 16, &c->head_dim)) ||
+        (s = get_int(root, label, "max_position_embeddings", 0, 1, INT32_MAX, &c->max_position_embeddings)) ||
+        (s = get_float(root, label, "rms_norm_eps", 0.0, 1.0, &c->rms_norm_eps)) ||
+        (s = get_float(root, label, "rope_theta", 1.0, 1e12, &c->rope_theta)) ||
+        (s = get_bool(root, label, "tie_word_embeddings", &c->tie_word_embeddings)) ||
+        (s = get_int(root, label, "bos_token_id", 0, 0, INT32_MAX, &c->bos_id)) ||
+        (s = parse_eos(root, label, c)) || (s = parse_rope_scaling(root, label, c)))
+        goto done;
+    if (c->arch == LORAC_ARCH_QWEN2) {
+        c->qkv_bias = true; /* Qwen2 always has q/k/v biases, never o_proj bias */
+    } else {
+        bool attention_bias = false;
+        if ((s = get_bool(root, label, "attention_bias", &attention_bias)) ||
+            (s = get_bool(root, label, "mlp_bias", &c->mlp_bias)))
+            goto done;
+        c->qkv_bias = c->o_bias = attention_bias;
+    }
+    const cJSON *dt = cJSON_GetObjectItemCaseSensitive(root, "torch_dtype");
+    if (cJSON_IsString(dt)) snprintf(c->torch_dtype, sizeof c->torch_dtype, "%s", dt->valuestring);
+
+    if (c->n_heads % c->n_kv_heads != 0) {
+        s = lorac_error(LORAC_STATUS_FORMAT, "%s: num_attention_heads (%d) must be a multiple of num_key_value_heads (%d)",
+                        label, c->n_heads, c->n_kv_heads);
+        goto done;
+    }
+    if (c->head_dim % 2 != 0 || c->head_dim < 2) {
+        s = lorac_error(LORAC_STATUS_FORMAT, "%s: head_dim (%d) must be even (hidden_size %d / heads %d)", label,
+                        c->head_dim, c->hidden_size, c->n_heads);
+        goto done;
+    }
+    if ((int64_t)c->head_dim * c->n_heads > (1 << 20)) {
+        s = lorac_error(LORAC_STATUS_FORMAT, "%s: head_dim * num_attention_heads is too large", label);
+        goto done;
+    }
+done:
+    cJSON_Delete(root);
+    return s;
+}

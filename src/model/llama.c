@@ -1,0 +1,212 @@
+/* The LLaMA-family forward pass over a batch of tokens from one or more
+ * sequences, with a per-sequence KV cache.
+ *
+ * Per layer (x is the residual stream, (T,D)):
+ *   xn = rmsnorm(x) ; q,k,v = xn·Wqᵀ,Wkᵀ,Wvᵀ (+b) ; rope(q,k) ; cache k,v
+ *   x += attention(q, cache)·Woᵀ
+ *   xn = rmsnorm(x) ; x += (silu(xn·Wgᵀ) * xn·Wuᵀ)·Wdᵀ
+ * then logits = rmsnorm(x)·Wheadᵀ for the rows that want them. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "lorac/kernels.h"
+#include "model/model_internal.h"
+
+struct lorac_context {
+    const lorac_model_t *model;
+    lorac_context_params_t params;
+    int64_t kv_dim;            /* n_kv_heads * head_dim */
+    float *k_cache, *v_cache;  /* (n_seq, n_layers, n_ctx, kv_dim) */
+    int32_t *seq_len;          /* (n_seq) cached positions */
+    int32_t *seq_seen;         /* (n_seq) scratch for batch validation */
+    /* activations for n_batch tokens */
+    float *x, *xn, *q, *k, *v, *att, *proj, *gate, *up;
+    float *att_scratch;        /* att_threads * n_ctx attention scores */
+    int att_threads;
+    const float **k_rows, **v_rows;
+    int32_t *n_visible;
+};
+
+lorac_context_params_t lorac_context_default_params(void) {
+    lorac_context_params_t p = {.n_ctx = 2048, .n_seq = 1, .n_batch = 512};
+    return p;
+}
+
+static float *alloc_floats(int64_t n, int *failed) {
+    float *p = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+    if (!p) *failed = 1;
+    return p;
+}
+
+lorac_status_t lorac_context_init(const lorac_model_t *model, lorac_context_params_t p, lorac_context_t **out) {
+    *out = NULL;
+    const lorac_model_config_t *c = &model->config;
+    if (p.n_ctx < 1 || p.n_seq < 1 || p.n_batch < 1)
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "context: n_ctx, n_seq and n_batch must be positive");
+    lorac_context_t *ctx = calloc(1, sizeof *ctx);
+    if (!ctx) return lorac_error(LORAC_STATUS_NOMEM, "out of memory for the context");
+    ctx->model = model;
+    ctx->params = p;
+    ctx->kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
+    int64_t B = p.n_batch, D = c->hidden_size, Q = (int64_t)c->n_heads * c->head_dim;
+    int64_t cache = (int64_t)p.n_seq * c->n_layers * p.n_ctx * ctx->kv_dim;
+    int failed = 0;
+    ctx->k_cache = alloc_floats(cache, &failed);
+    ctx->v_cache = alloc_floats(cache, &failed);
+    ctx->x = alloc_floats(B * D, &failed);
+    ctx->xn = alloc_floats(B * D, &failed);
+    ctx->q = alloc_floats(B * Q, &failed);
+    ctx->k = alloc_floats(B * ctx->kv_dim, &failed);
+    ctx->v = alloc_floats(B * ctx->kv_dim, &failed);
+    ctx->att = alloc_floats(B * Q, &failed);
+    ctx->proj = alloc_floats(B * D, &failed);
+    ctx->gate = alloc_floats(B * c->intermediate_size, &failed);
+    ctx->up = alloc_floats(B * c->intermediate_size, &failed);
+    /* one score row per thread the kernels may use (grown in decode if the
+     * thread count is raised later) */
+    ctx->att_threads = lorac_kernels_get_threads();
+    ctx->att_scratch = alloc_floats((int64_t)ctx->att_threads * p.n_ctx, &failed);
+    ctx->k_rows = malloc(sizeof(float *) * (size_t)B);
+    ctx->v_rows = malloc(sizeof(float *) * (size_t)B);
+    ctx->n_visible = malloc(sizeof(int32_t) * (size_t)B);
+    ctx->seq_len = calloc((size_t)p.n_seq, sizeof(int32_t));
+    ctx->seq_seen = calloc((size_t)p.n_seq, sizeof(int32_t));
+    if (failed || !ctx->k_rows || !ctx->v_rows || !ctx->n_visible || !ctx->seq_len || !ctx->seq_seen) {
+        lorac_context_free(ctx);
+        return lorac_error(LORAC_STATUS_NOMEM, "out of memory for the KV cache and activations (%d sequences of %d positions, batch %d)",
+                           p.n_seq, p.n_ctx, p.n_batch);
+    }
+    *out = ctx;
+    return LORAC_STATUS_OK;
+}
+
+void lorac_context_free(lorac_context_t *ctx) {
+    if (!ctx) return;
+    free(ctx->k_cache); free(ctx->v_cache);
+    free(ctx->x); free(ctx->xn); free(ctx->q); free(ctx->k); free(ctx->v);
+    free(ctx->att); free(ctx->proj); free(ctx->gate); free(ctx->up);
+    free(ctx->att_scratch);
+    free(ctx->k_rows); free(ctx->v_rows); free(ctx->n_visible);
+    free(ctx->seq_len); free(ctx->seq_seen);
+    free(ctx);
+}
+
+void lorac_context_clear_seq(lorac_context_t *ctx, int32_t seq_id) {
+    if (seq_id >= 0 && seq_id < ctx->params.n_seq) ctx->seq_len[seq_id] = 0;
+}
+
+int32_t lorac_context_seq_len(const lorac_context_t *ctx, int32_t seq_id) {
+    if (seq_id < 0 || seq_id >= ctx->params.n_seq) return 0;
+    return ctx->seq_len[seq_id];
+}
+
+/* Rejects a batch that would index outside the vocabulary or the cache, or
+ * that does not continue each sequence's cache position by position. */
+static lorac_status_t validate_batch(lorac_context_t *ctx, const lorac_batch_t *b) {
+    const lorac_model_config_t *c = &ctx->model->config;
+    if (b->n_tokens < 1 || b->n_tokens > ctx->params.n_batch)
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "batch of %d tokens: must be 1..%d", b->n_tokens, ctx->params.n_batch);
+    memcpy(ctx->seq_seen, ctx->seq_len, sizeof(int32_t) * (size_t)ctx->params.n_seq);
+    for (int32_t i = 0; i < b->n_tokens; i++) {
+        int32_t tok = b->tokens[i], s = b->seq_id[i], pos = b->pos[i];
+        if (tok < 0 || tok >= c->vocab_size)
+            return lorac_error(LORAC_STATUS_INVALID_ARG, "token id %d is outside the vocabulary (0..%d)", tok, c->vocab_size - 1);
+        if (s < 0 || s >= ctx->params.n_seq)
+            return lorac_error(LORAC_STATUS_INVALID_ARG, "sequence id %d is outside 0..%d", s, ctx->params.n_seq - 1);
+        if (pos != ctx->seq_seen[s])
+            return lorac_error(LORAC_STATUS_INVALID_ARG, "token %d of sequence %d has position %d, expected %d", i, s, pos,
+                               ctx->seq_seen[s]);
+        if (pos >= ctx->params.n_ctx)
+            return lorac_error(LORAC_STATUS_INVALID_ARG, "position %d is past the context size %d", pos, ctx->params.n_ctx);
+        ctx->seq_seen[s]++;
+    }
+    return LORAC_STATUS_OK;
+}
+
+static void embed_tokens(float *x, const lorac_wref_t *embed, const int32_t *tokens, int64_t T, int64_t D) {
+    size_t row_bytes = (size_t)D * lorac_dtype_size(embed->dtype);
+    for (int64_t t = 0; t < T; t++)
+        lorac_convert_to_f32(x + t * D, (const uint8_t *)embed->data + (size_t)tokens[t] * row_bytes, embed->dtype, D);
+}
+
+static void add_inplace(float *x, const float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] += y[i];
+}
+
+static void attention_block(lorac_context_t *ctx, const lorac_batch_t *b, int32_t l) {
+    const lorac_model_t *m = ctx->model;
+    const lorac_model_config_t *c = &m->config;
+    const lorac_layer_weights_t *L = &m->layers[l];
+    int64_t T = b->n_tokens, D = c->hidden_size, H = c->n_heads, KVH = c->n_kv_heads, hd = c->head_dim;
+    int64_t Q = H * hd, KV = ctx->kv_dim, n_ctx = ctx->params.n_ctx;
+
+    lorac_rmsnorm_forward(ctx->xn, NULL, ctx->x, L->attn_norm.data, L->attn_norm.dtype, c->rms_norm_eps, T, D);
+    lorac_matmul_forward(ctx->q, ctx->xn, L->wq.data, L->wq.dtype, L->bq, T, D, Q);
+    lorac_matmul_forward(ctx->k, ctx->xn, L->wk.data, L->wk.dtype, L->bk, T, D, KV);
+    lorac_matmul_forward(ctx->v, ctx->xn, L->wv.data, L->wv.dtype, L->bv, T, D, KV);
+    lorac_rope_forward(ctx->q, b->pos, m->inv_freq, T, H, hd);
+    lorac_rope_forward(ctx->k, b->pos, m->inv_freq, T, KVH, hd);
+
+    /* Write this batch's keys and values into the cache first, so each token
+     * attends to its own sequence's earlier tokens of the same batch. */
+    for (int64_t t = 0; t < T; t++) {
+        int64_t base = ((int64_t)b->seq_id[t] * c->n_layers + l) * n_ctx * KV;
+        memcpy(ctx->k_cache + base + (int64_t)b->pos[t] * KV, ctx->k + t * KV, sizeof(float) * (size_t)KV);
+        memcpy(ctx->v_cache + base + (int64_t)b->pos[t] * KV, ctx->v + t * KV, sizeof(float) * (size_t)KV);
+        ctx->k_rows[t] = ctx->k_cache + base;
+        ctx->v_rows[t] = ctx->v_cache + base;
+        ctx->n_visible[t] = b->pos[t] + 1;
+    }
+    lorac_attention_forward(ctx->att, ctx->att_scratch, ctx->q, ctx->k_rows, ctx->v_rows, ctx->n_visible, T, H, KVH, hd);
+    lorac_matmul_forward(ctx->proj, ctx->att, L->wo.data, L->wo.dtype, L->bo, T, Q, D);
+    add_inplace(ctx->x, ctx->proj, T * D);
+}
+
+static void mlp_block(lorac_context_t *ctx, int64_t T, int32_t l) {
+    const lorac_model_config_t *c = &ctx->model->config;
+    const lorac_layer_weights_t *L = &ctx->model->layers[l];
+    int64_t D = c->hidden_size, I = c->intermediate_size;
+    lorac_rmsnorm_forward(ctx->xn, NULL, ctx->x, L->ffn_norm.data, L->ffn_norm.dtype, c->rms_norm_eps, T, D);
+    lorac_matmul_forward(ctx->gate, ctx->xn, L->w_gate.data, L->w_gate.dtype, L->b_gate, T, D, I);
+    lorac_matmul_forward(ctx->up, ctx->xn, L->w_up.data, L->w_up.dtype, L->b_up, T, D, I);
+    lorac_swiglu_forward(ctx->gate, ctx->gate, ctx->up, T, I);
+    lorac_matmul_forward(ctx->proj, ctx->gate, L->w_down.data, L->w_down.dtype, L->b_down, T, I, D);
+    add_inplace(ctx->x, ctx->proj, T * D);
+}
+
+lorac_status_t lorac_context_decode(lorac_context_t *ctx, const lorac_batch_t *b, float *logits) {
+    lorac_status_t s = validate_batch(ctx, b);
+    if (s) return s;
+    int threads = lorac_kernels_get_threads();
+    if (threads > ctx->att_threads) {
+        float *grown = realloc(ctx->att_scratch, sizeof(float) * (size_t)threads * (size_t)ctx->params.n_ctx);
+        if (!grown) return lorac_error(LORAC_STATUS_NOMEM, "out of memory for attention scratch");
+        ctx->att_scratch = grown;
+        ctx->att_threads = threads;
+    }
+    const lorac_model_t *m = ctx->model;
+    const lorac_model_config_t *c = &m->config;
+    int64_t T = b->n_tokens, D = c->hidden_size;
+
+    embed_tokens(ctx->x, &m->embed, b->tokens, T, D);
+    for (int32_t l = 0; l < c->n_layers; l++) {
+        attention_block(ctx, b, l);
+        mlp_block(ctx, T, l);
+    }
+    memcpy(ctx->seq_len, ctx->seq_seen, sizeof(int32_t) * (size_t)ctx->params.n_seq);
+
+    /* Gather the rows that want logits (by default only the last), then one
+     * matmul against the head: the head is the largest matrix of small models. */
+    int64_t n_out = 0;
+    for (int64_t t = 0; t < T; t++) {
+        int want = b->logits ? b->logits[t] != 0 : t == T - 1;
+        if (want) {
+            if (n_out != t) memcpy(ctx->x + n_out * D, ctx->x + t * D, sizeof(float) * (size_t)D);
+            n_out++;
+        }
+    }
+    if (n_out == 0 || !logits) return LORAC_STATUS_OK;
+    lorac_rmsnorm_forward(ctx->xn, NULL, ctx->x, m->final_norm.data, m->final_norm.dtype, c->rms_norm_eps, n_out, D);
+    lorac_matmul_forward(logits, ctx->xn, m->lm_head.data, m->lm_head.dtype, NULL, n_out, D, c->vocab_size);
+    return LORAC_STATUS_OK;
+}

@@ -1,0 +1,215 @@
+/* Loading a HuggingFace LLaMA-family model directory: config, mapped weights
+ * checked against the config's shapes, rotary frequencies, tokenizer. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "lorac/kernels.h"
+#include "model/model_internal.h"
+
+#define CONFIG_MAX_BYTES (16u << 20)
+
+static void shape_str(const int64_t *shape, int n, char *buf, size_t cap) {
+    size_t k = (size_t)snprintf(buf, cap, "[");
+    for (int i = 0; i < n && k < cap; i++) k += (size_t)snprintf(buf + k, cap - k, i ? ", %lld" : "%lld", (long long)shape[i]);
+    if (k < cap) snprintf(buf + k, cap - k, "]");
+}
+
+/* Finds tensor `kind` of `layer`, checks its dtype and shape. Absent optional
+ * tensors leave *out empty. */
+static lorac_status_t find_tensor(lorac_model_t *m, lorac_tensor_kind_t kind, int32_t layer, int required,
+                                  lorac_wref_t *out) {
+    char name[128];
+    lorac_tensor_name(kind, layer, name, sizeof name);
+    out->data = NULL;
+    const lorac_tensor_view_t *tv = lorac_weight_files_find(m->files, name);
+    if (!tv) {
+        if (!required) return LORAC_STATUS_OK;
+        return lorac_error(LORAC_STATUS_FORMAT, "%s: missing tensor \"%s\"", m->dir, name);
+    }
+    int64_t shape[2];
+    int nd = lorac_tensor_expected_shape(kind, &m->config, shape);
+    int ok = tv->n_dims == nd;
+    for (int i = 0; ok && i < nd; i++) ok = tv->shape[i] == shape[i];
+    if (!ok) {
+        char want[64], got[128];
+        shape_str(shape, nd, want, sizeof want);
+        shape_str(tv->shape, tv->n_dims, got, sizeof got);
+        return lorac_error(LORAC_STATUS_FORMAT, "%s: tensor \"%s\" has shape %s, expected %s from config.json",
+                           m->dir, name, got, want);
+    }
+    if (tv->dtype != LORAC_DTYPE_F32 && tv->dtype != LORAC_DTYPE_BF16 && tv->dtype != LORAC_DTYPE_F16)
+        return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: tensor \"%s\" has dtype %s, expected F32, BF16 or F16",
+                           m->dir, name, lorac_dtype_name(tv->dtype));
+    out->data = tv->data;
+    out->dtype = tv->dtype;
+    m->n_params += tv->n_elements;
+    /* safetensors only aligns what its writer chose to: a tensor after an
+     * odd-sized one can start at any byte. Kernels read elements through
+     * typed pointers, so such a tensor gets an aligned copy. */
+    if ((uintptr_t)tv->data % lorac_dtype_size(tv->dtype) != 0) {
+        void **list = realloc(m->aligned_copies, sizeof(void *) * (size_t)(m->n_aligned_copies + 1));
+        void *copy = malloc((size_t)tv->nbytes);
+        if (!list || !copy) {
+            free(copy);
+            if (list) m->aligned_copies = list;
+            return lorac_error(LORAC_STATUS_NOMEM, "out of memory copying \"%s\"", name);
+        }
+        memcpy(copy, tv->data, (size_t)tv->nbytes);
+        m->aligned_copies = list;
+        m->aligned_copies[m->n_aligned_copies++] = copy;
+        out->data = copy;
+    }
+    return LORAC_STATUS_OK;
+}
+
+/* Biases are tiny; an f32 copy keeps the matmul kernels simple. */
+static lorac_status_t load_bias(lorac_model_t *m, lorac_tensor_kind_t kind, int32_t layer, int required, float **out) {
+    lorac_wref_t w;
+    *out = NULL;
+    lorac_status_t s = find_tensor(m, kind, layer, required, &w);
+    if (s || !w.data) return s;
+    int64_t shape[2];
+    lorac_tensor_expected_shape(kind, &m->config, shape);
+    *out = malloc(sizeof(float) * (size_t)shape[0]);
+    if (!*out) return lorac_error(LORAC_STATUS_NOMEM, "out of memory for a bias");
+    lorac_convert_to_f32(*out, w.data, w.dtype, shape[0]);
+    return LORAC_STATUS_OK;
+}
+
+static lorac_status_t load_layer(lorac_model_t *m, int32_t l) {
+    lorac_layer_weights_t *L = &m->layers[l];
+    const lorac_model_config_t *c = &m->config;
+    lorac_status_t s;
+    if ((s = find_tensor(m, LORAC_TENSOR_ATTN_NORM, l, 1, &L->attn_norm)) ||
+        (s = find_tensor(m, LORAC_TENSOR_Q, l, 1, &L->wq)) || (s = find_tensor(m, LORAC_TENSOR_K, l, 1, &L->wk)) ||
+        (s = find_tensor(m, LORAC_TENSOR_V, l, 1, &L->wv)) || (s = find_tensor(m, LORAC_TENSOR_O, l, 1, &L->wo)) ||
+        (s = find_tensor(m, LORAC_TENSOR_FFN_NORM, l, 1, &L->ffn_norm)) ||
+        (s = find_tensor(m, LORAC_TENSOR_GATE, l, 1, &L->w_gate)) ||
+        (s = find_tensor(m, LORAC_TENSOR_UP, l, 1, &L->w_up)) ||
+        (s = find_tensor(m, LORAC_TENSOR_DOWN, l, 1, &L->w_down)))
+        return s;
+    if (c->qkv_bias &&
+        ((s = load_bias(m, LORAC_TENSOR_Q_BIAS, l, 1, &L->bq)) || (s = load_bias(m, LORAC_TENSOR_K_BIAS, l, 1, &L->bk)) ||
+         (s = load_bias(m, LORAC_TENSOR_V_BIAS, l, 1, &L->bv))))
+        return s;
+    if (c->o_bias && (s = load_bias(m, LORAC_TENSOR_O_BIAS, l, 1, &L->bo))) return s;
+    if (c->mlp_bias &&
+        ((s = load_bias(m, LORAC_TENSOR_GATE_BIAS, l, 1, &L->b_gate)) ||
+         (s = load_bias(m, LORAC_TENSOR_UP_BIAS, l, 1, &L->b_up)) ||
+         (s = load_bias(m, LORAC_TENSOR_DOWN_BIAS, l, 1, &L->b_down))))
+        return s;
+    return LORAC_STATUS_OK;
+}
+
+/* inv_freq[i] = theta^(-2i/hd), with Llama-3 frequency-dependent scaling
+ * (the same piecewise rule as HF's _compute_llama3_parameters). */
+static void compute_inv_freq(const lorac_model_config_t *c, float *inv_freq) {
+    int32_t half = c->head_dim / 2;
+    for (int32_t i = 0; i < half; i++) {
+        double f = 1.0 / pow((double)c->rope_theta, (double)(2 * i) / (double)c->head_dim);
+        if (c->rope_llama3) {
+            double old_len = c->rope_original_max_position;
+            double low_wavelen = old_len / c->rope_low_freq_factor;
+            double high_wavelen = old_len / c->rope_high_freq_factor;
+            double wavelen = 2.0 * M_PI / f;
+            if (wavelen > low_wavelen) {
+                f = f / c->rope_factor;
+            } else if (wavelen >= high_wavelen) {
+                double smooth = (old_len / wavelen - c->rope_low_freq_factor) /
+                                (c->rope_high_freq_factor - c->rope_low_freq_factor);
+                f = (1.0 - smooth) * f / c->rope_factor + smooth * f;
+            }
+        }
+        inv_freq[i] = (float)f;
+    }
+}
+
+static int file_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+lorac_status_t lorac_model_load(const char *dir, lorac_model_t **out) {
+    *out = NULL;
+    lorac_model_t *m = calloc(1, sizeof *m);
+    if (!m) return lorac_error(LORAC_STATUS_NOMEM, "out of memory");
+    lorac_status_t s = LORAC_STATUS_OK;
+    char *cfg_path = NULL, *cfg_text = NULL, *tok_path = NULL;
+    size_t cfg_len = 0;
+    m->dir = strdup(dir);
+    cfg_path = lorac_path_join(dir, "config.json");
+    tok_path = lorac_path_join(dir, "tokenizer.json");
+    if (!m->dir || !cfg_path || !tok_path) { s = lorac_error(LORAC_STATUS_NOMEM, "out of memory"); goto fail; }
+
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        s = lorac_error(LORAC_STATUS_IO, "%s: not a model directory (expected config.json and model.safetensors)", dir);
+        goto fail;
+    }
+    if ((s = lorac_file_read(cfg_path, CONFIG_MAX_BYTES, &cfg_text, &cfg_len))) goto fail;
+    if ((s = lorac_model_config_parse(cfg_text, cfg_len, cfg_path, &m->config))) goto fail;
+    if ((s = lorac_weight_files_open(dir, &m->files))) goto fail;
+
+    const lorac_model_config_t *c = &m->config;
+    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
+    m->inv_freq = malloc(sizeof(float) * (size_t)(c->head_dim / 2));
+    if (!m->layers || !m->inv_freq) { s = lorac_error(LORAC_STATUS_NOMEM, "out of memory"); goto fail; }
+    if ((s = find_tensor(m, LORAC_TENSOR_EMBED, 0, 1, &m->embed)) ||
+        (s = find_tensor(m, LORAC_TENSOR_FINAL_NORM, 0, 1, &m->final_norm)))
+        goto fail;
+    if (c->tie_word_embeddings) {
+        m->lm_head = m->embed;
+    } else if ((s = find_tensor(m, LORAC_TENSOR_LM_HEAD, 0, 1, &m->lm_head))) {
+        goto fail;
+    }
+    for (int32_t l = 0; l < c->n_layers; l++)
+        if ((s = load_layer(m, l))) goto fail;
+    compute_inv_freq(c, m->inv_freq);
+
+    if (file_exists(tok_path) && (s = lorac_tokenizer_load_json(tok_path, &m->tokenizer))) goto fail;
+    if (m->tokenizer && lorac_tokenizer_vocab_size(m->tokenizer) > c->vocab_size) {
+        s = lorac_error(LORAC_STATUS_FORMAT, "%s: tokenizer has %d tokens but the model's vocab_size is %d", tok_path,
+                        lorac_tokenizer_vocab_size(m->tokenizer), c->vocab_size);
+        goto fail;
+    }
+    free(cfg_path); free(cfg_text); free(tok_path);
+    *out = m;
+    return LORAC_STATUS_OK;
+fail:
+    free(cfg_path); free(cfg_text); free(tok_path);
+    lorac_model_free(m);
+    return s;
+}
+
+void lorac_model_free(lorac_model_t *m) {
+    if (!m) return;
+    if (m->layers) {
+        for (int32_t l = 0; l < m->config.n_layers; l++) {
+            lorac_layer_weights_t *L = &m->layers[l];
+            free(L->bq); free(L->bk); free(L->bv); free(L->bo);
+            free(L->b_gate); free(L->b_up); free(L->b_down);
+        }
+    }
+    free(m->layers);
+    free(m->inv_freq);
+    for (int32_t i = 0; i < m->n_aligned_copies; i++) free(m->aligned_copies[i]);
+    free(m->aligned_copies);
+    lorac_tokenizer_free(m->tokenizer);
+    lorac_weight_files_free(m->files);
+    free(m->dir);
+    free(m);
+}
+
+const lorac_model_config_t *lorac_model_get_config(const lorac_model_t *m) { return &m->config; }
+const lorac_tokenizer_t *lorac_model_get_tokenizer(const lorac_model_t *m) { return m->tokenizer; }
+lorac_dtype_t lorac_model_weight_dtype(const lorac_model_t *m) { return m->layers[0].wq.dtype; }
+int64_t lorac_model_n_params(const lorac_model_t *m) { return m->n_params; }
+
+int lorac_model_is_eos(const lorac_model_t *m, int32_t id) {
+    for (int32_t i = 0; i < m->config.n_eos; i++)
+        if (m->config.eos_ids[i] == id) return 1;
+    return 0;
+}

@@ -1,0 +1,65 @@
+/* Private layout of a loaded model, shared by the loader, the forward pass
+ * and (later) the LoRA and training code. */
+#ifndef LORAC_MODEL_INTERNAL_H
+#define LORAC_MODEL_INTERNAL_H
+
+#include "lorac/model.h"
+#include "lorac/safetensors.h"
+
+/* A weight read in place from the mapping, in its file dtype. */
+typedef struct {
+    const void *data;
+    lorac_dtype_t dtype;
+} lorac_wref_t;
+
+/* Every tensor kind of the LLaMA family, in one table (tensor_names.c). */
+typedef enum {
+    LORAC_TENSOR_EMBED = 0,
+    LORAC_TENSOR_FINAL_NORM,
+    LORAC_TENSOR_LM_HEAD,
+    LORAC_TENSOR_ATTN_NORM,
+    LORAC_TENSOR_Q,
+    LORAC_TENSOR_K,
+    LORAC_TENSOR_V,
+    LORAC_TENSOR_O,
+    LORAC_TENSOR_Q_BIAS,
+    LORAC_TENSOR_K_BIAS,
+    LORAC_TENSOR_V_BIAS,
+    LORAC_TENSOR_O_BIAS,
+    LORAC_TENSOR_FFN_NORM,
+    LORAC_TENSOR_GATE,
+    LORAC_TENSOR_UP,
+    LORAC_TENSOR_DOWN,
+    LORAC_TENSOR_GATE_BIAS,
+    LORAC_TENSOR_UP_BIAS,
+    LORAC_TENSOR_DOWN_BIAS,
+    LORAC_TENSOR_COUNT
+} lorac_tensor_kind_t;
+
+/* HuggingFace name of a tensor ("model.layers.3.self_attn.q_proj.weight")
+ * written into buf; layer is ignored for the global tensors. */
+void lorac_tensor_name(lorac_tensor_kind_t kind, int32_t layer, char *buf, size_t cap);
+/* 1 for tensors that exist once per layer. */
+int lorac_tensor_is_per_layer(lorac_tensor_kind_t kind);
+/* Expected shape of the tensor for this config; returns the number of dims. */
+int lorac_tensor_expected_shape(lorac_tensor_kind_t kind, const lorac_model_config_t *c, int64_t shape[2]);
+
+typedef struct {
+    lorac_wref_t attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down;
+    float *bq, *bk, *bv, *bo, *b_gate, *b_up, *b_down; /* f32 copies; NULL when absent */
+} lorac_layer_weights_t;
+
+struct lorac_model {
+    lorac_model_config_t config;
+    char *dir;
+    lorac_weight_files_t *files;
+    lorac_tokenizer_t *tokenizer;         /* NULL when the directory has none */
+    lorac_wref_t embed, final_norm, lm_head; /* lm_head == embed when tied */
+    lorac_layer_weights_t *layers;        /* n_layers */
+    float *inv_freq;                      /* head_dim / 2 rotary frequencies */
+    void **aligned_copies;                /* misaligned tensors copied (rare) */
+    int32_t n_aligned_copies;
+    int64_t n_params;
+};
+
+#endif

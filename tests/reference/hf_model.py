@@ -1,0 +1,468 @@
+"""Independent PyTorch reference for lorac's LLaMA-family forward pass.
+
+What is here, all in plain Python + numpy + torch (no transformers, no
+safetensors package):
+
+  * save_safetensors / load_safetensors: a minimal safetensors writer and a
+    strict reader (F32, F16, BF16).
+  * make_random_model: writes a HuggingFace model directory (config.json with
+    LlamaConfig field names + model.safetensors with HF tensor names) holding a
+    random tiny Llama / Mistral / Qwen2 model.
+  * llama_forward: the forward pass of HF LlamaForCausalLM (and Mistral and
+    Qwen2, which are the same computation) in float64, from the stored weight
+    values (BF16/F16 values are upcast exactly), returning logits [T, V].
+
+It follows transformers' modeling_llama.py semantics: RMSNorm
+x * rsqrt(mean(x^2) + eps) * w, rotary embeddings in the rotate-half layout
+with inv_freq = 1 / theta^(2i/d) (Llama-3 rope_scaling applied to inv_freq as
+_compute_llama3_parameters does), grouped-query attention (kv head h // (H/KV)
+serves query head h, as repeat_kv does), causal softmax attention scaled by
+1/sqrt(head_dim), SwiGLU MLP down(silu(gate(x)) * up(x)), final norm, lm_head
+(or the embedding when tied).
+
+Differences from HF that are deliberate: everything is computed in float64
+(HF computes in the model dtype, and inv_freq / the rotary angles in float32).
+tests/reference/selfcheck.py checks this against a second, loop-based
+implementation and measures the float32-rotary difference.
+
+Used by tests/test_logits_parity.py, tests/test_reference_selfcheck.py and
+bench/torch_generate.py.
+"""
+
+import json
+import math
+import os
+import struct
+
+import numpy as np
+import torch
+
+# ---------------------------------------------------------------------------
+# safetensors
+# ---------------------------------------------------------------------------
+
+# safetensors dtype name -> (torch dtype, numpy dtype of the raw little-endian
+# storage, bytes per element). BF16 has no numpy dtype: its bits travel as int16.
+ST_DTYPES = {
+    "F32": (torch.float32, np.dtype("<f4"), 4),
+    "F16": (torch.float16, np.dtype("<f2"), 2),
+    "BF16": (torch.bfloat16, np.dtype("<i2"), 2),
+}
+TORCH_TO_ST = {v[0]: k for k, v in ST_DTYPES.items()}
+# config.json "torch_dtype" spelling
+ST_TO_CONFIG_DTYPE = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def tensor_bytes(t):
+    """Raw little-endian bytes of a contiguous F32/F16/BF16 tensor."""
+    st = TORCH_TO_ST[t.dtype]
+    t = t.detach().contiguous().cpu()
+    if st == "BF16":
+        arr = t.view(torch.int16).numpy()
+    else:
+        arr = t.numpy()
+    return arr.astype(ST_DTYPES[st][1], copy=False).tobytes()
+
+
+def save_safetensors(path, tensors, metadata=None, order=None):
+    """Write tensors (dict name -> torch tensor) as a safetensors file.
+
+    Layout: u64 little-endian header length N, N bytes of JSON header (padded
+    with spaces so N is a multiple of 8), then the tensor bytes back to back
+    in the order of `order` (default: sorted names); data_offsets are relative
+    to the end of the header.
+    """
+    names = list(order) if order is not None else sorted(tensors)
+    header = {}
+    if metadata is not None:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    blobs = []
+    off = 0
+    for name in names:
+        t = tensors[name]
+        b = tensor_bytes(t)
+        header[name] = {
+            "dtype": TORCH_TO_ST[t.dtype],
+            "shape": [int(s) for s in t.shape],
+            "data_offsets": [off, off + len(b)],
+        }
+        blobs.append(b)
+        off += len(b)
+    hjson = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    hjson += b" " * ((-len(hjson)) % 8)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(hjson)))
+        f.write(hjson)
+        for b in blobs:
+            f.write(b)
+    os.replace(tmp, path)
+
+
+def read_safetensors_header(path):
+    """(header dict, data start offset, file size) after basic validation."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise ValueError(f"{path}: shorter than 8 bytes")
+        (n,) = struct.unpack("<Q", raw)
+        if n > 100_000_000 or 8 + n > size:
+            raise ValueError(f"{path}: header length {n} out of range")
+        header = json.loads(f.read(n).decode("utf-8"))
+    return header, 8 + n, size
+
+
+def load_safetensors(path):
+    """Read a safetensors file into dict name -> torch tensor (file dtype).
+
+    Checks that offsets are contiguous from 0, sizes match shapes and no bytes
+    follow the last tensor, so a broken writer cannot go unnoticed.
+    """
+    header, start, size = read_safetensors_header(path)
+    header.pop("__metadata__", None)
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read()
+    out = {}
+    expect = 0
+    for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+        tdt, ndt, es = ST_DTYPES[info["dtype"]]
+        shape = info["shape"]
+        b, e = info["data_offsets"]
+        n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if b != expect or e - b != n * es:
+            raise ValueError(f"{path}: {name}: bad data_offsets {b},{e}")
+        expect = e
+        arr = np.frombuffer(data, dtype=ndt, count=n, offset=b).copy().reshape(shape)
+        t = torch.from_numpy(arr)
+        if info["dtype"] == "BF16":
+            t = t.view(torch.bfloat16)
+        out[name] = t
+    if start + expect != size:
+        raise ValueError(f"{path}: {size - start - expect} bytes after the last tensor")
+    return out
+
+
+# ---------------------------------------------------------------------------
+# random models
+# ---------------------------------------------------------------------------
+
+ARCHS = {
+    "llama": ("LlamaForCausalLM", "llama"),
+    "mistral": ("MistralForCausalLM", "mistral"),
+    "qwen2": ("Qwen2ForCausalLM", "qwen2"),
+}
+
+LLAMA3_ROPE_SCALING = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
+
+
+def make_config(cfg, dtype="F32", tie=False, bias=False, arch="llama"):
+    """config.json contents for the shape dict `cfg`.
+
+    cfg keys: hidden_size, intermediate_size, num_hidden_layers,
+    num_attention_heads, num_key_value_heads (default = heads), vocab_size,
+    optional head_dim, rms_norm_eps (1e-5), rope_theta (10000),
+    max_position_embeddings (2048), rope_scaling, bos_token_id (1),
+    eos_token_id (2).
+    bias: Llama -> attention_bias (q, k, v and o biases, as HF does);
+    Qwen2 always has q/k/v biases and no o bias; Mistral has none.
+    """
+    archname, model_type = ARCHS[arch]
+    c = {
+        "architectures": [archname],
+        "model_type": model_type,
+        "hidden_size": cfg["hidden_size"],
+        "intermediate_size": cfg["intermediate_size"],
+        "num_hidden_layers": cfg["num_hidden_layers"],
+        "num_attention_heads": cfg["num_attention_heads"],
+        "num_key_value_heads": cfg.get("num_key_value_heads", cfg["num_attention_heads"]),
+        "hidden_act": "silu",
+        "rms_norm_eps": cfg.get("rms_norm_eps", 1e-5),
+        "rope_theta": cfg.get("rope_theta", 10000.0),
+        "max_position_embeddings": cfg.get("max_position_embeddings", 2048),
+        "vocab_size": cfg["vocab_size"],
+        "tie_word_embeddings": bool(tie),
+        "bos_token_id": cfg.get("bos_token_id", 1),
+        "eos_token_id": cfg.get("eos_token_id", 2),
+        "torch_dtype": ST_TO_CONFIG_DTYPE[dtype],
+        "initializer_range": 0.02,
+        "use_cache": True,
+    }
+    if cfg.get("head_dim") is not None:
+        c["head_dim"] = cfg["head_dim"]
+    if cfg.get("rope_scaling") is not None:
+        c["rope_scaling"] = dict(cfg["rope_scaling"])
+    if arch == "llama":
+        c["attention_bias"] = bool(bias)
+        c["mlp_bias"] = False
+    elif arch == "mistral":
+        if bias:
+            raise ValueError("Mistral has no biases")
+        c["sliding_window"] = 4096
+    elif arch == "qwen2":
+        if cfg.get("head_dim") is not None:
+            raise ValueError("Qwen2 takes head_dim = hidden_size / heads")
+        c["use_sliding_window"] = False
+        c["sliding_window"] = 4096
+        c["max_window_layers"] = c["num_hidden_layers"]
+    return c
+
+
+def head_dim_of(c):
+    hd = c.get("head_dim")
+    return hd if hd is not None else c["hidden_size"] // c["num_attention_heads"]
+
+
+def has_qkv_bias(c):
+    return c["model_type"] == "qwen2" or bool(c.get("attention_bias", False))
+
+
+def has_o_bias(c):
+    return c["model_type"] == "llama" and bool(c.get("attention_bias", False))
+
+
+def tensor_shapes(c):
+    """Ordered dict name -> shape of every tensor the config implies."""
+    D, F, V = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
+    H, KV = c["num_attention_heads"], c["num_key_value_heads"]
+    hd = head_dim_of(c)
+    s = {"model.embed_tokens.weight": [V, D]}
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        s[p + "input_layernorm.weight"] = [D]
+        s[p + "self_attn.q_proj.weight"] = [H * hd, D]
+        s[p + "self_attn.k_proj.weight"] = [KV * hd, D]
+        s[p + "self_attn.v_proj.weight"] = [KV * hd, D]
+        s[p + "self_attn.o_proj.weight"] = [D, H * hd]
+        if has_qkv_bias(c):
+            s[p + "self_attn.q_proj.bias"] = [H * hd]
+            s[p + "self_attn.k_proj.bias"] = [KV * hd]
+            s[p + "self_attn.v_proj.bias"] = [KV * hd]
+        if has_o_bias(c):
+            s[p + "self_attn.o_proj.bias"] = [D]
+        s[p + "post_attention_layernorm.weight"] = [D]
+        s[p + "mlp.gate_proj.weight"] = [F, D]
+        s[p + "mlp.up_proj.weight"] = [F, D]
+        s[p + "mlp.down_proj.weight"] = [D, F]
+    s["model.norm.weight"] = [D]
+    if not c["tie_word_embeddings"]:
+        s["lm_head.weight"] = [V, D]
+    return s
+
+
+def random_weights(c, seed=0, scale=None):
+    """Random float32 weights for config c.
+
+    Matrices are N(0, (gain/sqrt(fan_in))^2) -- std 0.02..0.15 for the sizes
+    used here -- so that every sub-layer moves the residual stream and the
+    attention scores are far from uniform (a bug in attention or rotary
+    changes the logits by much more than the tolerance). Norm weights are
+    1 + N(0, 0.1^2), biases N(0, 0.1^2), the embedding N(0, 0.25^2)
+    (so that tied logits are not dominated by the token's own embedding).
+    `scale` (a float) replaces gain/sqrt(fan_in) by a fixed std, as HF's
+    initializer_range does (the benchmark uses 0.02).
+    """
+    g = torch.Generator().manual_seed(seed)
+    w = {}
+    for name, shape in tensor_shapes(c).items():
+        if name.endswith("layernorm.weight") or name == "model.norm.weight":
+            t = 1.0 + 0.1 * torch.randn(shape, generator=g)
+        elif name.endswith(".bias"):
+            t = 0.1 * torch.randn(shape, generator=g)
+        elif name == "model.embed_tokens.weight":
+            t = torch.randn(shape, generator=g) * (0.25 if scale is None else scale)
+        else:
+            std = scale if scale is not None else 1.0 / math.sqrt(shape[1])
+            t = torch.randn(shape, generator=g) * std
+        w[name] = t.to(torch.float32)
+    return w
+
+
+def make_random_model(dir, cfg, dtype="F32", seed=0, tie=False, bias=False, arch="llama",
+                      scale=None, tokenizer_json=None):
+    """Write a random HF model directory; returns (config dict, weights as stored).
+
+    dtype: "F32", "BF16" or "F16" for every tensor in model.safetensors.
+    The returned weights are read back from the written file, so they are
+    exactly what a loader sees.
+    """
+    os.makedirs(dir, exist_ok=True)
+    c = make_config(cfg, dtype=dtype, tie=tie, bias=bias, arch=arch)
+    w = random_weights(c, seed=seed, scale=scale)
+    tdt = ST_DTYPES[dtype][0]
+    w = {k: v.to(tdt) for k, v in w.items()}
+    with open(os.path.join(dir, "config.json"), "w") as f:
+        json.dump(c, f, indent=2)
+        f.write("\n")
+    save_safetensors(os.path.join(dir, "model.safetensors"), w, metadata={"format": "pt"})
+    if tokenizer_json is not None:
+        import shutil
+        shutil.copyfile(tokenizer_json, os.path.join(dir, "tokenizer.json"))
+    return load_model(dir)
+
+
+def load_model(dir):
+    """(config dict, weights dict) of a single-file model directory."""
+    with open(os.path.join(dir, "config.json")) as f:
+        c = json.load(f)
+    return c, load_safetensors(os.path.join(dir, "model.safetensors"))
+
+
+# ---------------------------------------------------------------------------
+# reference forward (float64)
+# ---------------------------------------------------------------------------
+
+def default_inv_freq(c, dtype=torch.float64):
+    """1 / theta^(2i/d), i = 0 .. d/2-1, d = head_dim."""
+    d = head_dim_of(c)
+    theta = float(c.get("rope_theta", 10000.0))
+    exponent = torch.arange(0, d, 2, dtype=torch.int64).to(dtype) / d
+    return 1.0 / (theta ** exponent)
+
+
+def llama3_scale_inv_freq(inv_freq, rs):
+    """transformers' _compute_llama3_parameters, applied to inv_freq."""
+    factor = float(rs["factor"])
+    low_freq_factor = float(rs["low_freq_factor"])
+    high_freq_factor = float(rs["high_freq_factor"])
+    old_context_len = float(rs["original_max_position_embeddings"])
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    # wavelen < high_freq_wavelen: unchanged; wavelen > low_freq_wavelen: / factor
+    inv_freq_llama = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    # in between: interpolate with a smooth factor
+    smooth_factor = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed_inv_freq = (1 - smooth_factor) * inv_freq_llama / factor + smooth_factor * inv_freq_llama
+    is_medium_freq = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(is_medium_freq, smoothed_inv_freq, inv_freq_llama)
+
+
+def rope_inv_freq(c, dtype=torch.float64):
+    inv = default_inv_freq(c, dtype)
+    rs = c.get("rope_scaling")
+    if rs:
+        kind = rs.get("rope_type", rs.get("type"))
+        if kind == "llama3":
+            inv = llama3_scale_inv_freq(inv, rs)
+        elif kind not in (None, "default"):
+            raise NotImplementedError(f"rope_scaling type {kind}")
+    return inv
+
+
+def rotary_cos_sin(c, positions, hf_float32=False):
+    """cos, sin of shape [T, head_dim] (each half repeated, HF layout).
+
+    hf_float32=True reproduces HF's float32 inv_freq and angle computation
+    (then upcast), to measure how much that rounding matters.
+    """
+    if hf_float32:
+        inv = rope_inv_freq(c, torch.float32)
+        ang = (positions.to(torch.float32)[:, None] * inv[None, :]).to(torch.float64)
+        emb = torch.cat([ang, ang], dim=-1)
+        return emb.cos().to(torch.float32).double(), emb.sin().to(torch.float32).double()
+    inv = rope_inv_freq(c, torch.float64)
+    ang = positions.to(torch.float64)[:, None] * inv[None, :]
+    emb = torch.cat([ang, ang], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def rotate_half(x):
+    h = x.shape[-1] // 2
+    return torch.cat([-x[..., h:], x[..., :h]], dim=-1)
+
+
+def rms_norm(x, w, eps):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def llama_forward(weights, c, ids, hf_float32_rope=False, return_hidden=False):
+    """Logits [T, V] (float64) of HF LlamaForCausalLM for one sequence `ids`.
+
+    weights: dict of HF tensor name -> tensor (any dtype; values upcast to
+    float64 exactly). c: config dict (config.json contents).
+    """
+    def W(name):
+        return weights[name].to(torch.float64)
+
+    def linear(x, name):
+        y = x @ W(name + ".weight").T
+        if name + ".bias" in weights:
+            y = y + W(name + ".bias")
+        return y
+
+    ids = torch.as_tensor(ids, dtype=torch.int64)
+    T = ids.shape[0]
+    D = c["hidden_size"]
+    H = c["num_attention_heads"]
+    KV = c.get("num_key_value_heads", H)
+    hd = head_dim_of(c)
+    eps = float(c.get("rms_norm_eps", 1e-6))
+    assert H % KV == 0
+    rep = H // KV
+
+    x = W("model.embed_tokens.weight")[ids]                       # (T, D)
+    cos, sin = rotary_cos_sin(c, torch.arange(T), hf_float32_rope)  # (T, hd)
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        h = rms_norm(x, W(p + "input_layernorm.weight"), eps)
+        q = linear(h, p + "self_attn.q_proj").view(T, H, hd)
+        k = linear(h, p + "self_attn.k_proj").view(T, KV, hd)
+        v = linear(h, p + "self_attn.v_proj").view(T, KV, hd)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        # repeat_kv: query head j uses kv head j // rep
+        k = k.repeat_interleave(rep, dim=1)                       # (T, H, hd)
+        v = v.repeat_interleave(rep, dim=1)
+        scores = torch.einsum("thd,shd->hts", q, k) / math.sqrt(hd)  # (H, T, T)
+        scores = scores.masked_fill(~causal, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        o = torch.einsum("hts,shd->thd", probs, v).reshape(T, H * hd)
+        x = x + linear(o, p + "self_attn.o_proj")
+        h = rms_norm(x, W(p + "post_attention_layernorm.weight"), eps)
+        gate = linear(h, p + "mlp.gate_proj")
+        up = linear(h, p + "mlp.up_proj")
+        x = x + linear(torch.nn.functional.silu(gate) * up, p + "mlp.down_proj")
+    x = rms_norm(x, W("model.norm.weight"), eps)
+    head = W("lm_head.weight") if "lm_head.weight" in weights else W("model.embed_tokens.weight")
+    logits = x @ head.T
+    return (logits, x) if return_hidden else logits
+
+
+if __name__ == "__main__":
+    # Small command-line helper: write a random model directory.
+    import argparse
+
+    ap = argparse.ArgumentParser(description="write a random HF LLaMA-family model")
+    ap.add_argument("dir")
+    ap.add_argument("--dim", type=int, default=288)
+    ap.add_argument("--hidden", type=int, default=768, help="intermediate_size")
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--heads", type=int, default=6)
+    ap.add_argument("--kv-heads", type=int, default=None)
+    ap.add_argument("--head-dim", type=int, default=None)
+    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--dtype", default="F32", choices=sorted(ST_DTYPES))
+    ap.add_argument("--arch", default="llama", choices=sorted(ARCHS))
+    ap.add_argument("--tie", action="store_true")
+    ap.add_argument("--bias", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--std", type=float, default=None, help="fixed std of matrices (default 1/sqrt(fan_in))")
+    ap.add_argument("--max-pos", type=int, default=2048)
+    ap.add_argument("--tokenizer", default=None, help="tokenizer.json to copy in")
+    a = ap.parse_args()
+    cfg = dict(hidden_size=a.dim, intermediate_size=a.hidden, num_hidden_layers=a.layers,
+               num_attention_heads=a.heads, num_key_value_heads=a.kv_heads or a.heads,
+               head_dim=a.head_dim, vocab_size=a.vocab, max_position_embeddings=a.max_pos)
+    make_random_model(a.dir, cfg, dtype=a.dtype, seed=a.seed, tie=a.tie, bias=a.bias,
+                      arch=a.arch, scale=a.std, tokenizer_json=a.tokenizer)
+    print(a.dir)

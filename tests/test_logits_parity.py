@@ -1,0 +1,181 @@
+"""Logits parity: `lorac logits` against the PyTorch reference (tests/reference/hf_model.py).
+
+Random tiny LLaMA-family models are written as HF directories under
+$LORAC_TEST_TMP/logits_parity/; for each, `$LORAC_BIN logits -m DIR --ids "..."
+-o OUT.npy` must give float32 [T, vocab] logits with
+max|lorac - ref| / max|ref| <= 1e-5 (F32 weights) or 1e-2 (BF16/F16 weights),
+where ref is the float64 forward of the stored weight values.
+Then malformed model directories must fail with exit code 1 and a message
+naming the offending tensor.
+
+Run alone: LORAC_BIN=build/lorac /usr/bin/python3 tests/test_logits_parity.py [CASE...]
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "reference"))
+import hf_model as hm  # noqa: E402
+
+SRC = os.environ.get("LORAC_SRC", os.path.dirname(HERE))
+LORAC = os.environ.get("LORAC_BIN") or os.path.join(SRC, "build", "lorac")
+TMP = os.path.join(os.environ.get("LORAC_TEST_TMP") or os.path.join(SRC, "build", "test-tmp"), "logits_parity")
+
+TOL = {"F32": 1e-5, "BF16": 1e-2, "F16": 1e-2}
+
+
+def cfg(D, F, L, H, KV, V, **kw):
+    d = dict(hidden_size=D, intermediate_size=F, num_hidden_layers=L, num_attention_heads=H,
+             num_key_value_heads=KV, vocab_size=V)
+    d.update(kw)
+    return d
+
+
+# name, shape, make_random_model keywords, number of ids
+CASES = [
+    # MHA, odd sizes: hidden 48 = 3 heads x 16, intermediate 100, vocab 97, untied
+    ("llama-mha-odd-f32", cfg(48, 100, 2, 3, 3, 97), dict(dtype="F32"), 13),
+    # GQA 8 heads / 2 kv heads, tied embeddings, rms_norm_eps 1e-6
+    ("llama-gqa-tied-f32", cfg(64, 160, 3, 8, 2, 128, rms_norm_eps=1e-6), dict(dtype="F32", tie=True), 20),
+    # head_dim override (20 != 48/4), GQA, theta 1e6
+    ("llama-headdim-f32", cfg(48, 100, 2, 4, 2, 97, head_dim=20, rope_theta=1e6), dict(dtype="F32"), 11),
+    # Llama attention_bias (q, k, v and o biases), GQA, BF16 weights
+    ("llama-bias-gqa-bf16", cfg(64, 96, 2, 4, 2, 101), dict(dtype="BF16", bias=True), 16),
+    # Qwen2: q/k/v biases, no o bias; 7 heads of 8, one kv head (MQA), tied
+    ("qwen2-mqa-tied-f32", cfg(56, 120, 2, 7, 1, 113, rms_norm_eps=1e-6, rope_theta=1e6),
+     dict(dtype="F32", arch="qwen2", tie=True), 17),
+    ("qwen2-gqa-bf16", cfg(64, 136, 2, 4, 2, 89), dict(dtype="BF16", arch="qwen2"), 9),
+    # Llama 3 rope_scaling; original_max_position_embeddings small so that every
+    # band (unchanged, smoothed, divided) matters at these short positions
+    ("llama3-rope-f32", cfg(64, 128, 2, 4, 2, 97, rope_theta=500000.0,
+                            rope_scaling=dict(hm.LLAMA3_ROPE_SCALING, original_max_position_embeddings=64)),
+     dict(dtype="F32"), 19),
+    # Llama 3 rope_scaling with the real Llama 3.1 values, BF16, tied (as Llama 3.2 1B)
+    ("llama3-real-bf16", cfg(64, 128, 2, 4, 1, 97, rope_theta=500000.0, rope_scaling=hm.LLAMA3_ROPE_SCALING),
+     dict(dtype="BF16", tie=True), 12),
+    # Mistral, GQA, head_dim override (as Mistral Nemo), F16 weights
+    ("mistral-headdim-f16", cfg(80, 144, 2, 4, 2, 103, head_dim=16), dict(dtype="F16", arch="mistral"), 15),
+    # one token
+    ("llama-one-token-f32", cfg(48, 100, 1, 3, 3, 97), dict(dtype="F32"), 1),
+]
+
+results = []  # (name, ok)
+
+
+def record(name, ok, msg):
+    print(f"{'PASS' if ok else 'FAIL'}  {name}: {msg}", flush=True)
+    results.append((name, ok))
+
+
+def run_lorac(args):
+    cmd = [LORAC] + args
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    except FileNotFoundError:
+        return None, "", f"{LORAC} not found"
+    except subprocess.TimeoutExpired:
+        return None, "", "timed out after 300 s"
+    return p.returncode, p.stdout, p.stderr
+
+
+def parity_case(name, shape, kw, T, seed):
+    d = os.path.join(TMP, name)
+    shutil.rmtree(d, ignore_errors=True)
+    c, w = hm.make_random_model(d, shape, seed=seed, **kw)
+    g = torch.Generator().manual_seed(1000 + seed)
+    ids = torch.randint(0, c["vocab_size"], (T,), generator=g).tolist()
+    ref = hm.llama_forward(w, c, ids).numpy()
+    out = os.path.join(d, "logits.npy")
+    args = ["logits", "-m", d, "--ids", " ".join(map(str, ids)), "-o", out]
+    rc, _, err = run_lorac(args)
+    if rc != 0:
+        record(name, False, f"lorac exited {rc}: {err.strip()[-2000:]}\n      command: {LORAC} {' '.join(args)}")
+        return
+    try:
+        got = np.load(out)
+    except Exception as e:  # noqa: BLE001
+        record(name, False, f"cannot load {out}: {e}")
+        return
+    if got.dtype != np.float32 or got.shape != (T, c["vocab_size"]):
+        record(name, False, f"got {got.dtype} {got.shape}, expected float32 {(T, c['vocab_size'])}")
+        return
+    if not np.all(np.isfinite(got)):
+        record(name, False, "non-finite logits")
+        return
+    diff = np.abs(got.astype(np.float64) - ref)
+    r = float(diff.max() / np.abs(ref).max())
+    t, v = np.unravel_index(int(diff.argmax()), diff.shape)
+    tol = TOL[kw.get("dtype", "F32")]
+    same_argmax = int((got.argmax(-1) == ref.argmax(-1)).sum())
+    record(name, r <= tol,
+           f"max|d|={diff.max():.3e} max|ref|={np.abs(ref).max():.3f} rel={r:.2e} (tol {tol:.0e}) "
+           f"worst at t={t} v={v}; argmax agrees {same_argmax}/{T}")
+
+
+def error_case(name, d, want_patterns):
+    """lorac logits on a broken model dir must exit 1 with a message matching all patterns."""
+    out = os.path.join(d, "logits.npy")
+    rc, _, err = run_lorac(["logits", "-m", d, "--ids", "1 2 3", "-o", out])
+    msg = err.strip().splitlines()[-1] if err.strip() else ""
+    missing = [p for p in want_patterns if not re.search(p, err)]
+    ok = rc == 1 and not missing
+    record(name, ok, f"exit {rc}, stderr: {msg!r}" + (f"; missing {missing}" if missing else ""))
+
+
+def negative_cases():
+    small = cfg(48, 100, 2, 4, 2, 97)
+
+    # config says hidden_size 64, the weights have 48
+    d = os.path.join(TMP, "bad-hidden-size")
+    shutil.rmtree(d, ignore_errors=True)
+    c, w = hm.make_random_model(d, small, seed=101)
+    c["hidden_size"] = 64
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(c, f, indent=2)
+    names = "|".join(re.escape(n) for n in w)
+    error_case("error-config-hidden-64-weights-48", d, [names, r"expected"])
+
+    # one tensor with a wrong shape
+    d = os.path.join(TMP, "bad-tensor-shape")
+    shutil.rmtree(d, ignore_errors=True)
+    c, w = hm.make_random_model(d, small, seed=102)
+    bad = "model.layers.1.self_attn.k_proj.weight"
+    w[bad] = torch.zeros(w[bad].shape[0] + 4, w[bad].shape[1])
+    hm.save_safetensors(os.path.join(d, "model.safetensors"), w)
+    error_case("error-wrong-shape-k_proj", d, [re.escape(bad), r"expected"])
+
+    # a missing tensor
+    d = os.path.join(TMP, "missing-tensor")
+    shutil.rmtree(d, ignore_errors=True)
+    c, w = hm.make_random_model(d, small, seed=103)
+    gone = "model.layers.1.mlp.up_proj.weight"
+    del w[gone]
+    hm.save_safetensors(os.path.join(d, "model.safetensors"), w)
+    error_case("error-missing-up_proj", d, [re.escape(gone)])
+
+
+def main():
+    want = set(sys.argv[1:])
+    os.makedirs(TMP, exist_ok=True)
+    print(f"lorac: {LORAC}\nmodels: {TMP}", flush=True)
+    for seed, (name, shape, kw, T) in enumerate(CASES):
+        if not want or name in want:
+            parity_case(name, shape, kw, T, seed)
+    if not want or "errors" in want:
+        negative_cases()
+    npass = sum(1 for _, ok in results if ok)
+    nfail = len(results) - npass
+    print(f"{npass} passed, {nfail} failed")
+    return 1 if nfail else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

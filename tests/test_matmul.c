@@ -1,0 +1,321 @@
+/* test_matmul — matmul forward/backward and dtype conversion, on every
+ * instruction-set path this CPU can run, against a double-precision naive
+ * reference; plus bitwise determinism across runs and thread counts. */
+#include "kernels/kernels_internal.h"
+#include "testlib.h"
+
+#include <stdint.h>
+
+static const char *const ISAS[] = {"portable", "avx2", "avx512"};
+static const lorac_dtype_t DTYPES[] = {LORAC_DTYPE_F32, LORAC_DTYPE_BF16, LORAC_DTYPE_F16};
+static const int64_t TS[] = {1, 2, 3, 5, 17, 64};
+static const int64_t KS[] = {1, 7, 16, 33, 288, 1000};
+static const int64_t NS[] = {1, 3, 31, 100, 257};
+#define LEN(a) ((int)(sizeof(a) / sizeof((a)[0])))
+
+/* Relative tolerance against Σ|terms|: f32 rounding over K terms is ~√K·2⁻²⁴
+ * typically; 1e-5 also leaves room for the worst of the sizes here. */
+#define RTOL 1e-5
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static float frand(void) { /* uniform in [-1, 1) */
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return (float)((double)(rng >> 40) / (double)(1ull << 23) - 1.0);
+}
+
+static void *xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    return p;
+}
+
+/* Random weights of n elements in dtype dt, and their exact f32 values. */
+static void *make_weights(lorac_dtype_t dt, int64_t n, float *exact) {
+    void *w = xmalloc((size_t)n * lorac_dtype_size(dt));
+    for (int64_t i = 0; i < n; i++) {
+        float v = frand();
+        if (dt == LORAC_DTYPE_F32) ((float *)w)[i] = exact[i] = v;
+        else if (dt == LORAC_DTYPE_BF16) {
+            uint16_t h = lorac_f32_to_bf16(v);
+            ((uint16_t *)w)[i] = h, exact[i] = lorac_bf16_to_f32(h);
+        } else {
+            uint16_t h = lorac_f32_to_f16(v);
+            ((uint16_t *)w)[i] = h, exact[i] = lorac_f16_to_f32(h);
+        }
+    }
+    return w;
+}
+
+static float *rand_f32(int64_t n) {
+    float *p = xmalloc((size_t)n * sizeof(float));
+    for (int64_t i = 0; i < n; i++) p[i] = frand();
+    return p;
+}
+
+/* Largest |got - ref| / (Σ|terms| + tiny) over n elements; the reference is
+ * ref[i] (double) with magnitude scale mag[i]. */
+static double max_rel_err(const float *got, const double *ref, const double *mag, int64_t n) {
+    double worst = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double e = fabs((double)got[i] - ref[i]) / (mag[i] + 1e-30);
+        if (!(e <= worst)) worst = e; /* NaN propagates as a failure */
+    }
+    return worst;
+}
+
+/* ---- forward ------------------------------------------------------------ */
+
+static void test_forward_shapes(const char *isa) {
+    for (int di = 0; di < LEN(DTYPES); di++) {
+        lorac_dtype_t dt = DTYPES[di];
+        double worst = 0;
+        int bad = 0;
+        for (int ti = 0; ti < LEN(TS); ti++)
+            for (int ki = 0; ki < LEN(KS); ki++)
+                for (int ni = 0; ni < LEN(NS); ni++) {
+                    int64_t T = TS[ti], K = KS[ki], N = NS[ni];
+                    float *wx = xmalloc((size_t)(N * K) * sizeof(float));
+                    void *w = make_weights(dt, N * K, wx);
+                    float *x = rand_f32(T * K), *bias = rand_f32(N);
+                    float *out = xmalloc((size_t)(T * N) * sizeof(float));
+                    double *ref = xmalloc((size_t)(T * N) * sizeof(double));
+                    double *mag = xmalloc((size_t)(T * N) * sizeof(double));
+                    for (int64_t t = 0; t < T; t++)
+                        for (int64_t n = 0; n < N; n++) {
+                            double s = 0, m = 0;
+                            for (int64_t k = 0; k < K; k++) {
+                                double p = (double)x[t * K + k] * wx[n * K + k];
+                                s += p, m += fabs(p);
+                            }
+                            ref[t * N + n] = s, mag[t * N + n] = m;
+                        }
+                    for (int with_bias = 0; with_bias < 2; with_bias++) {
+                        if (with_bias)
+                            for (int64_t t = 0; t < T; t++)
+                                for (int64_t n = 0; n < N; n++)
+                                    ref[t * N + n] += bias[n], mag[t * N + n] += fabs(bias[n]);
+                        for (int64_t i = 0; i < T * N; i++) out[i] = NAN;
+                        lorac_matmul_forward(out, x, w, dt, with_bias ? bias : NULL, T, K, N);
+                        double e = max_rel_err(out, ref, mag, T * N);
+                        if (!(e <= RTOL)) {
+                            if (bad++ < 5)
+                                fprintf(stderr, "  %s %s T=%lld K=%lld N=%lld bias=%d: rel err %g\n",
+                                        isa, lorac_dtype_name(dt), (long long)T, (long long)K,
+                                        (long long)N, with_bias, e);
+                        }
+                        if (e > worst || e != e) worst = e;
+                    }
+                    free(wx), free(w), free(x), free(bias), free(out), free(ref), free(mag);
+                }
+        printf("  forward  %-8s %-4s max rel err %.3g\n", isa, lorac_dtype_name(dt), worst);
+        CHECK_MSG(bad == 0, "%s %s forward: %d shapes out of tolerance", isa,
+                  lorac_dtype_name(dt), bad);
+    }
+}
+
+/* K = 0 gives bias (or 0); T = 0 / N = 0 touch nothing. */
+static void test_forward_degenerate(void) {
+    float out[6], bias[3] = {1, 2, 3};
+    float w[1] = {0}, x[1] = {0};
+    lorac_matmul_forward(out, x, w, LORAC_DTYPE_F32, bias, 2, 0, 3);
+    CHECK(out[0] == 1 && out[1] == 2 && out[2] == 3 && out[3] == 1 && out[5] == 3);
+    lorac_matmul_forward(out, x, w, LORAC_DTYPE_F32, NULL, 2, 0, 3);
+    CHECK(out[0] == 0 && out[5] == 0);
+    out[0] = 42;
+    lorac_matmul_forward(out, x, w, LORAC_DTYPE_F32, NULL, 0, 1, 3);
+    lorac_matmul_forward(out, x, w, LORAC_DTYPE_F32, NULL, 2, 1, 0);
+    CHECK(out[0] == 42);
+}
+
+/* ---- backward ------------------------------------------------------------ */
+
+static void test_backward_input(const char *isa) {
+    for (int di = 0; di < LEN(DTYPES); di++) {
+        lorac_dtype_t dt = DTYPES[di];
+        double worst = 0;
+        int bad = 0;
+        for (int ti = 0; ti < LEN(TS); ti++)
+            for (int ki = 0; ki < LEN(KS); ki++)
+                for (int ni = 0; ni < LEN(NS); ni++) {
+                    int64_t T = TS[ti], K = KS[ki], N = NS[ni];
+                    float *wx = xmalloc((size_t)(N * K) * sizeof(float));
+                    void *w = make_weights(dt, N * K, wx);
+                    float *dout = rand_f32(T * N), *dx = rand_f32(T * K);
+                    double *ref = xmalloc((size_t)(T * K) * sizeof(double));
+                    double *mag = xmalloc((size_t)(T * K) * sizeof(double));
+                    for (int64_t t = 0; t < T; t++)
+                        for (int64_t k = 0; k < K; k++) {
+                            double s = dx[t * K + k], m = fabs(s);
+                            for (int64_t n = 0; n < N; n++) {
+                                double p = (double)dout[t * N + n] * wx[n * K + k];
+                                s += p, m += fabs(p);
+                            }
+                            ref[t * K + k] = s, mag[t * K + k] = m;
+                        }
+                    lorac_matmul_backward_input(dx, dout, w, dt, T, K, N);
+                    double e = max_rel_err(dx, ref, mag, T * K);
+                    if (!(e <= RTOL) && bad++ < 5)
+                        fprintf(stderr, "  %s %s dx T=%lld K=%lld N=%lld: rel err %g\n", isa,
+                                lorac_dtype_name(dt), (long long)T, (long long)K, (long long)N, e);
+                    if (e > worst || e != e) worst = e;
+                    free(wx), free(w), free(dout), free(dx), free(ref), free(mag);
+                }
+        printf("  bwd dx   %-8s %-4s max rel err %.3g\n", isa, lorac_dtype_name(dt), worst);
+        CHECK_MSG(bad == 0, "%s %s backward_input: %d shapes out of tolerance", isa,
+                  lorac_dtype_name(dt), bad);
+    }
+}
+
+static void test_backward_weight(const char *isa) {
+    double worst = 0, worst_b = 0;
+    int bad = 0;
+    for (int ti = 0; ti < LEN(TS); ti++)
+        for (int ki = 0; ki < LEN(KS); ki++)
+            for (int ni = 0; ni < LEN(NS); ni++) {
+                int64_t T = TS[ti], K = KS[ki], N = NS[ni];
+                float *dout = rand_f32(T * N), *x = rand_f32(T * K);
+                float *dw = rand_f32(N * K), *dbias = rand_f32(N);
+                double *ref = xmalloc((size_t)(N * K) * sizeof(double));
+                double *mag = xmalloc((size_t)(N * K) * sizeof(double));
+                double *refb = xmalloc((size_t)N * sizeof(double));
+                double *magb = xmalloc((size_t)N * sizeof(double));
+                for (int64_t n = 0; n < N; n++) {
+                    for (int64_t k = 0; k < K; k++) {
+                        double s = dw[n * K + k], m = fabs(s);
+                        for (int64_t t = 0; t < T; t++) {
+                            double p = (double)dout[t * N + n] * x[t * K + k];
+                            s += p, m += fabs(p);
+                        }
+                        ref[n * K + k] = s, mag[n * K + k] = m;
+                    }
+                    double s = dbias[n], m = fabs(s);
+                    for (int64_t t = 0; t < T; t++) s += dout[t * N + n], m += fabs(dout[t * N + n]);
+                    refb[n] = s, magb[n] = m;
+                }
+                lorac_matmul_backward_weight(dw, dbias, dout, x, T, K, N);
+                double e = max_rel_err(dw, ref, mag, N * K);
+                double eb = max_rel_err(dbias, refb, magb, N);
+                if (!(e <= RTOL && eb <= RTOL) && bad++ < 5)
+                    fprintf(stderr, "  %s dw T=%lld K=%lld N=%lld: rel err %g, dbias %g\n", isa,
+                            (long long)T, (long long)K, (long long)N, e, eb);
+                if (e > worst || e != e) worst = e;
+                if (eb > worst_b || eb != eb) worst_b = eb;
+                free(dout), free(x), free(dw), free(dbias), free(ref), free(mag), free(refb), free(magb);
+            }
+    printf("  bwd dw   %-8s F32  max rel err %.3g (dbias %.3g)\n", isa, worst, worst_b);
+    CHECK_MSG(bad == 0, "%s backward_weight: %d shapes out of tolerance", isa, bad);
+    /* dbias NULL is allowed and dw still accumulates. */
+    float d[2] = {1, 2}, xx[1] = {3}, g[2] = {10, 20};
+    lorac_matmul_backward_weight(g, NULL, d, xx, 1, 1, 2);
+    CHECK(g[0] == 13 && g[1] == 26);
+}
+
+/* ---- determinism --------------------------------------------------------- */
+
+/* Same inputs → same bits, run to run and for 1, 2 and 3 threads. Shapes are
+ * large enough to be split among threads and cross the T chunk (64). */
+static void test_determinism(const char *isa) {
+    static const int64_t shapes[][3] = {{1, 768, 2048}, {130, 288, 257}, {17, 1000, 100}};
+    int saved = lorac_kernels_get_threads();
+    for (int di = 0; di < LEN(DTYPES); di++)
+        for (int si = 0; si < LEN(shapes); si++) {
+            lorac_dtype_t dt = DTYPES[di];
+            int64_t T = shapes[si][0], K = shapes[si][1], N = shapes[si][2];
+            float *wx = xmalloc((size_t)(N * K) * sizeof(float));
+            void *w = make_weights(dt, N * K, wx);
+            float *x = rand_f32(T * K), *bias = rand_f32(N), *dout = rand_f32(T * N);
+            float *dx0 = rand_f32(T * K), *dw0 = rand_f32(N * K);
+            size_t so = (size_t)(T * N) * 4, sx = (size_t)(T * K) * 4, sw = (size_t)(N * K) * 4;
+            float *o[4], *dx[4], *dw[4];
+            for (int r = 0; r < 4; r++) {
+                /* runs 0,1: 2 threads; run 2: 1 thread; run 3: 3 threads */
+                lorac_kernels_set_threads(r == 2 ? 1 : r == 3 ? 3 : 2);
+                o[r] = xmalloc(so), dx[r] = xmalloc(sx), dw[r] = xmalloc(sw);
+                memcpy(dx[r], dx0, sx), memcpy(dw[r], dw0, sw);
+                lorac_matmul_forward(o[r], x, w, dt, bias, T, K, N);
+                lorac_matmul_backward_input(dx[r], dout, w, dt, T, K, N);
+                lorac_matmul_backward_weight(dw[r], NULL, dout, x, T, K, N);
+            }
+            for (int r = 1; r < 4; r++) {
+                CHECK_MSG(memcmp(o[0], o[r], so) == 0, "%s %s forward run %d differs", isa,
+                          lorac_dtype_name(dt), r);
+                CHECK_MSG(memcmp(dx[0], dx[r], sx) == 0, "%s %s dx run %d differs", isa,
+                          lorac_dtype_name(dt), r);
+                CHECK_MSG(memcmp(dw[0], dw[r], sw) == 0, "%s %s dw run %d differs", isa,
+                          lorac_dtype_name(dt), r);
+            }
+            for (int r = 0; r < 4; r++) free(o[r]), free(dx[r]), free(dw[r]);
+            free(wx), free(w), free(x), free(bias), free(dout), free(dx0), free(dw0);
+        }
+    lorac_kernels_set_threads(saved);
+}
+
+/* ---- conversion ----------------------------------------------------------- */
+
+static int same_value(float a, float b) {
+    if (a != a || b != b) return a != a && b != b; /* NaN payloads may be quietened */
+    return memcmp(&a, &b, sizeof a) == 0;           /* bitwise: keeps -0 and subnormals */
+}
+
+static void test_convert(const char *isa) {
+    uint16_t *h = xmalloc(65536 * sizeof(uint16_t));
+    float *f = xmalloc(65536 * sizeof(float));
+    for (int i = 0; i < 65536; i++) h[i] = (uint16_t)i;
+    int bad_bf = 0, bad_f16 = 0, bad_f32 = 0;
+    lorac_convert_to_f32(f, h, LORAC_DTYPE_BF16, 65536);
+    for (int i = 0; i < 65536; i++) bad_bf += !same_value(f[i], lorac_bf16_to_f32(h[i]));
+    lorac_convert_to_f32(f, h, LORAC_DTYPE_F16, 65536);
+    for (int i = 0; i < 65536; i++) bad_f16 += !same_value(f[i], lorac_f16_to_f32(h[i]));
+    CHECK_MSG(bad_bf == 0, "%s: %d bf16 patterns differ from lorac_bf16_to_f32", isa, bad_bf);
+    CHECK_MSG(bad_f16 == 0, "%s: %d f16 patterns differ from lorac_f16_to_f32", isa, bad_f16);
+    /* Specific f16 values: smallest subnormal, largest subnormal, inf, nan. */
+    uint16_t sp[5] = {0x0001, 0x03ff, 0x7c00, 0xfc00, 0x7e00};
+    float fs[5];
+    lorac_convert_to_f32(fs, sp, LORAC_DTYPE_F16, 5);
+    CHECK(fs[0] == 0x1p-24f && fs[1] == 1023 * 0x1p-24f);
+    CHECK(isinf(fs[2]) && fs[2] > 0 && isinf(fs[3]) && fs[3] < 0 && isnan(fs[4]));
+    /* Every length 0..40 at an odd offset: tails must not write past n. */
+    float src32[48];
+    for (int i = 0; i < 48; i++) src32[i] = frand();
+    for (int n = 0; n <= 40; n++) {
+        float dst[48];
+        for (int i = 0; i < 48; i++) dst[i] = -7.0f;
+        lorac_convert_to_f32(dst + 1, src32 + 3, LORAC_DTYPE_F32, n);
+        int ok = dst[0] == -7.0f && dst[n + 1] == -7.0f;
+        for (int i = 0; i < n; i++) ok &= dst[i + 1] == src32[i + 3];
+        for (int i = 0; i < 48; i++) dst[i] = -7.0f;
+        lorac_convert_to_f32(dst + 1, h + 0x3c01, LORAC_DTYPE_F16, n);
+        ok &= dst[0] == -7.0f && dst[n + 1] == -7.0f;
+        for (int i = 0; i < n; i++) ok &= dst[i + 1] == lorac_f16_to_f32(h[0x3c01 + i]);
+        bad_f32 += !ok;
+    }
+    CHECK_MSG(bad_f32 == 0, "%s: %d tail lengths wrong", isa, bad_f32);
+    free(h), free(f);
+}
+
+int main(void) {
+    printf("test_matmul: default path %s, %d threads\n", lorac_kernels_isa(),
+           lorac_kernels_get_threads());
+    CHECK(lorac_kernels_isa_available("portable"));
+    CHECK(lorac_kernels_force_isa("no-such-isa") == -1);
+    lorac_kernels_set_threads(3);
+    CHECK(lorac_kernels_get_threads() == 3);
+    lorac_kernels_set_threads(2);
+    for (int i = 0; i < LEN(ISAS); i++) {
+        if (lorac_kernels_force_isa(ISAS[i]) != 0) {
+            printf("  %s: not available on this CPU/build, skipped\n", ISAS[i]);
+            continue;
+        }
+        CHECK(strcmp(lorac_kernels_isa(), ISAS[i]) == 0);
+        test_forward_shapes(ISAS[i]);
+        test_forward_degenerate();
+        test_backward_input(ISAS[i]);
+        test_backward_weight(ISAS[i]);
+        test_determinism(ISAS[i]);
+        test_convert(ISAS[i]);
+    }
+    return tl_finish("test_matmul");
+}

@@ -1,0 +1,68 @@
+/* config.json parsing: the supported architectures and a table of malformed
+ * inputs, each of which must fail with a message naming the problem. */
+#include "lorac/model.h"
+#include "testlib.h"
+
+#define BASE "\"hidden_size\": 64, \"intermediate_size\": 172, \"num_hidden_layers\": 2, " \
+             "\"num_attention_heads\": 8, \"vocab_size\": 512"
+
+static void expect_ok(const char *json, lorac_model_config_t *c) {
+    lorac_status_t s = lorac_model_config_parse(json, strlen(json), "config.json", c);
+    CHECK_MSG(s == LORAC_STATUS_OK, "%s -> %s", json, lorac_error_message());
+}
+
+static void expect_fail(const char *json, lorac_status_t want, const char *substr) {
+    lorac_model_config_t c;
+    lorac_status_t s = lorac_model_config_parse(json, strlen(json), "config.json", &c);
+    CHECK_MSG(s == want, "%s: status %d, want %d (%s)", json, s, want, lorac_error_message());
+    CHECK_MSG(strstr(lorac_error_message(), substr) != NULL, "message '%s' lacks '%s'", lorac_error_message(), substr);
+    CHECK_MSG(strstr(lorac_error_message(), "config.json") != NULL, "message '%s' lacks the file name", lorac_error_message());
+}
+
+int main(void) {
+    lorac_model_config_t c;
+    expect_ok("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"num_key_value_heads\": 4, "
+              "\"rms_norm_eps\": 1e-5, \"tie_word_embeddings\": true, \"bos_token_id\": 1, \"eos_token_id\": 2}", &c);
+    CHECK(c.arch == LORAC_ARCH_LLAMA && c.hidden_size == 64 && c.n_kv_heads == 4 && c.head_dim == 8);
+    CHECK(c.tie_word_embeddings && !c.qkv_bias && c.bos_id == 1 && c.n_eos == 1 && c.eos_ids[0] == 2);
+    CHECK_NEAR(c.rms_norm_eps, 1e-5, 1e-12);
+    CHECK_NEAR(c.rope_theta, 10000.0, 0);
+
+    expect_ok("{\"architectures\": [\"Qwen2ForCausalLM\"], " BASE ", \"rope_theta\": 1000000.0}", &c);
+    CHECK(c.arch == LORAC_ARCH_QWEN2 && c.qkv_bias && !c.o_bias && c.n_kv_heads == 8);
+    CHECK_NEAR(c.rope_theta, 1e6, 0);
+
+    expect_ok("{\"architectures\": [\"MistralForCausalLM\"], " BASE ", \"head_dim\": 16, \"eos_token_id\": [2, 7]}", &c);
+    CHECK(c.arch == LORAC_ARCH_MISTRAL && c.head_dim == 16 && c.n_eos == 2 && c.eos_ids[1] == 7);
+
+    expect_ok("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"attention_bias\": true, \"mlp_bias\": true, "
+              "\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 32.0, \"low_freq_factor\": 1.0, "
+              "\"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 8192}}", &c);
+    CHECK(c.qkv_bias && c.o_bias && c.mlp_bias && c.rope_llama3 && c.rope_original_max_position == 8192);
+    CHECK_NEAR(c.rope_factor, 32.0, 0);
+
+    /* malformed */
+    expect_fail("", LORAC_STATUS_FORMAT, "not valid JSON");
+    expect_fail("{\"architectures\": [\"LlamaForCausalLM\"], ", LORAC_STATUS_FORMAT, "not valid JSON");
+    expect_fail("[1, 2]", LORAC_STATUS_FORMAT, "not a JSON object");
+    expect_fail("{" BASE "}", LORAC_STATUS_FORMAT, "architectures");
+    expect_fail("{\"architectures\": [\"GPT2LMHeadModel\"], " BASE "}", LORAC_STATUS_UNSUPPORTED, "GPT2LMHeadModel");
+    expect_fail("{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 64}", LORAC_STATUS_FORMAT, "missing field \"vocab_size\"");
+    expect_fail("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"num_key_value_heads\": 3}", LORAC_STATUS_FORMAT, "multiple");
+    expect_fail("{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": -64, \"intermediate_size\": 172, "
+                "\"num_hidden_layers\": 2, \"num_attention_heads\": 8, \"vocab_size\": 512}", LORAC_STATUS_FORMAT, "hidden_size");
+    expect_fail("{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 64.5, \"intermediate_size\": 172, "
+                "\"num_hidden_layers\": 2, \"num_attention_heads\": 8, \"vocab_size\": 512}", LORAC_STATUS_FORMAT, "integer");
+    expect_fail("{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": \"64\", \"intermediate_size\": 172, "
+                "\"num_hidden_layers\": 2, \"num_attention_heads\": 8, \"vocab_size\": 512}", LORAC_STATUS_FORMAT, "integer");
+    expect_fail("{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 1e300, \"intermediate_size\": 172, "
+                "\"num_hidden_layers\": 2, \"num_attention_heads\": 8, \"vocab_size\": 512}", LORAC_STATUS_FORMAT, "outside");
+    expect_fail("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"head_dim\": 7}", LORAC_STATUS_FORMAT, "head_dim");
+    expect_fail("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rms_norm_eps\": -1}", LORAC_STATUS_FORMAT, "rms_norm_eps");
+    expect_fail("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"tie_word_embeddings\": 1}", LORAC_STATUS_FORMAT, "true or false");
+    expect_fail("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"eos_token_id\": [-1]}", LORAC_STATUS_FORMAT, "eos_token_id");
+    expect_fail("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rope_scaling\": {\"rope_type\": \"yarn\"}}",
+                LORAC_STATUS_UNSUPPORTED, "yarn");
+    expect_fail("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rope_scaling\": 3}", LORAC_STATUS_FORMAT, "rope_scaling");
+    return tl_finish("test_model_config");
+}

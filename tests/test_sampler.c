@@ -1,0 +1,99 @@
+/* Sampling and streaming UTF-8 output. */
+#include "lorac/infer.h"
+#include "testlib.h"
+
+static int32_t sample_once(lorac_sampler_params_t p, const float *logits, int32_t V) {
+    lorac_sampler_t *s;
+    if (lorac_sampler_init(&p, V, &s) != LORAC_STATUS_OK) return -1;
+    float buf[16];
+    memcpy(buf, logits, sizeof(float) * (size_t)V);
+    int32_t id = lorac_sampler_sample(s, buf);
+    lorac_sampler_free(s);
+    return id;
+}
+
+int main(void) {
+    const float logits[6] = {0.1f, 2.0f, 1.9f, -3.0f, 2.0f, 0.5f};
+    lorac_sampler_params_t p = lorac_sampler_default_params();
+
+    p.temperature = 0.0f;
+    CHECK(sample_once(p, logits, 6) == 1); /* ties go to the lowest id */
+
+    /* top-k 2 only ever gives the two best: ids 1 and 4 */
+    p.temperature = 1.0f; p.top_k = 2; p.top_p = 1.0f;
+    int counts[6] = {0};
+    lorac_sampler_t *s;
+    CHECK(lorac_sampler_init(&p, 6, &s) == LORAC_STATUS_OK);
+    for (int i = 0; i < 2000; i++) {
+        float buf[6];
+        memcpy(buf, logits, sizeof buf);
+        counts[lorac_sampler_sample(s, buf)]++;
+    }
+    lorac_sampler_free(s);
+    CHECK(counts[0] == 0 && counts[2] == 0 && counts[3] == 0 && counts[5] == 0);
+    CHECK(counts[1] > 800 && counts[4] > 800); /* equal logits: about half each */
+
+    /* full distribution at temperature 1 matches softmax within sampling noise */
+    p.top_k = 0; p.top_p = 1.0f; p.seed = 7;
+    memset(counts, 0, sizeof counts);
+    CHECK(lorac_sampler_init(&p, 6, &s) == LORAC_STATUS_OK);
+    const int N = 200000;
+    for (int i = 0; i < N; i++) {
+        float buf[6];
+        memcpy(buf, logits, sizeof buf);
+        counts[lorac_sampler_sample(s, buf)]++;
+    }
+    lorac_sampler_free(s);
+    double z = 0;
+    for (int i = 0; i < 6; i++) z += exp(logits[i]);
+    for (int i = 0; i < 6; i++) {
+        double want = exp(logits[i]) / z, got = (double)counts[i] / N;
+        CHECK_NEAR(got, want, 5 * sqrt(want * (1 - want) / N) + 1e-4);
+    }
+
+    /* top-p 0.5: the nucleus is {1, 4} (0.31 + 0.31 >= 0.5 * mass) */
+    p.top_p = 0.5f;
+    memset(counts, 0, sizeof counts);
+    CHECK(lorac_sampler_init(&p, 6, &s) == LORAC_STATUS_OK);
+    for (int i = 0; i < 5000; i++) {
+        float buf[6];
+        memcpy(buf, logits, sizeof buf);
+        counts[lorac_sampler_sample(s, buf)]++;
+    }
+    lorac_sampler_free(s);
+    CHECK(counts[1] + counts[4] == 5000);
+
+    /* same seed, same draws */
+    p.top_p = 0.9f; p.seed = 123;
+    int32_t a = sample_once(p, logits, 6), b = sample_once(p, logits, 6);
+    CHECK(a == b);
+
+    /* parameter validation */
+    p = lorac_sampler_default_params();
+    p.temperature = -1.0f;
+    CHECK(lorac_sampler_params_validate(&p) == LORAC_STATUS_INVALID_ARG);
+    p.temperature = NAN;
+    CHECK(lorac_sampler_params_validate(&p) == LORAC_STATUS_INVALID_ARG);
+    p.temperature = 1.0f; p.top_p = 0.0f;
+    CHECK(lorac_sampler_params_validate(&p) == LORAC_STATUS_INVALID_ARG);
+
+    /* UTF-8 stream: "é" (c3 a9) and "🦙" (f0 9f a6 99) split across pushes */
+    lorac_utf8_stream_t st = {0};
+    char out[64];
+    size_t w = lorac_utf8_stream_push(&st, "a\xc3", 2, out);
+    CHECK(w == 1 && out[0] == 'a');
+    w = lorac_utf8_stream_push(&st, "\xa9\xf0\x9f", 3, out);
+    CHECK(w == 2 && memcmp(out, "\xc3\xa9", 2) == 0);
+    w = lorac_utf8_stream_push(&st, "\xa6\x99!", 3, out);
+    CHECK(w == 5 && memcmp(out, "\xf0\x9f\xa6\x99!", 5) == 0);
+    /* a cut-short character becomes U+FFFD, then the next byte is kept */
+    w = lorac_utf8_stream_push(&st, "\xe2\x82x", 3, out);
+    CHECK(w == 4 && memcmp(out, "\xef\xbf\xbdx", 4) == 0);
+    w = lorac_utf8_stream_push(&st, "\xff", 1, out);
+    CHECK(w == 3 && memcmp(out, "\xef\xbf\xbd", 3) == 0);
+    w = lorac_utf8_stream_push(&st, "\xf0\x9f", 2, out);
+    CHECK(w == 0);
+    w = lorac_utf8_stream_flush(&st, out);
+    CHECK(w == 3);
+    return tl_finish("test_sampler");
+}

@@ -1,0 +1,35 @@
+/* Shared helpers of the lorac command-line program. Only the CLI may exit:
+ * cli_die prints "lorac: error: ..." and exits 1; cli_usage_error exits 2. */
+#ifndef LORAC_CLI_H
+#define LORAC_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "lorac/core.h"
+
+_Noreturn void cli_die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+_Noreturn void cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Exits with the library's message when status is not OK. */
+void cli_check(lorac_status_t status);
+
+/* Flag parsing: argv[*i] is the flag; its value is argv[*i + 1]. */
+const char *cli_value(int argc, char **argv, int *i, const char *cmd);
+int64_t cli_int(const char *cmd, const char *flag, const char *value, int64_t lo, int64_t hi);
+double cli_float(const char *cmd, const char *flag, const char *value, double lo, double hi);
+/* 1 when argv[i] is -h or --help. */
+int cli_is_help(const char *arg);
+
+/* Parses "1 2 3" or "1,2,3" into a malloc'd array. */
+int32_t *cli_parse_ids(const char *cmd, const char *text, int32_t *n_out);
+/* Reads a whole file (for -f); exits on error. */
+char *cli_read_file(const char *path, size_t *len);
+
+int cmd_generate(int argc, char **argv);
+int cmd_logits(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
+int cmd_demo(int argc, char **argv);
+
+#endif

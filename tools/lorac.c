@@ -1,0 +1,122 @@
+/* lorac — LoRA fine-tuning and serving for transformer models. Thin: parses
+ * the command name and hands the rest of argv to tools/cmd_*.c. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} k_commands[] = {
+    {"generate", cmd_generate, "generate text from a prompt"},
+    {"logits", cmd_logits, "write the logits of given token ids to a .npy file"},
+    {"tokenize", cmd_tokenize, "print the token ids of a text (or decode ids)"},
+    {"inspect", cmd_inspect, "describe a model directory or a safetensors file"},
+    {"convert", cmd_convert, "convert a llama2.c checkpoint to a HuggingFace directory"},
+    {"demo", cmd_demo, "run the built-in demo"},
+};
+
+static void print_usage(FILE *f) {
+    fprintf(f, "usage: lorac COMMAND [options]   (lorac COMMAND --help for details)\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof k_commands / sizeof k_commands[0]; i++)
+        fprintf(f, "  %-10s %s\n", k_commands[i].name, k_commands[i].summary);
+}
+
+_Noreturn void cli_die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("lorac: error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(1);
+}
+
+_Noreturn void cli_usage_error(const char *cmd, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "lorac %s: ", cmd);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n(see 'lorac %s --help')\n", cmd);
+    va_end(ap);
+    exit(2);
+}
+
+void cli_check(lorac_status_t status) {
+    if (status != LORAC_STATUS_OK) {
+        const char *msg = lorac_error_message();
+        cli_die("%s", msg[0] ? msg : lorac_status_str(status));
+    }
+}
+
+const char *cli_value(int argc, char **argv, int *i, const char *cmd) {
+    if (*i + 1 >= argc) cli_usage_error(cmd, "option %s needs a value", argv[*i]);
+    *i += 1;
+    return argv[*i];
+}
+
+int64_t cli_int(const char *cmd, const char *flag, const char *value, int64_t lo, int64_t hi) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(value, &end, 10);
+    if (errno || end == value || *end || v < lo || v > hi)
+        cli_usage_error(cmd, "%s expects an integer in [%lld, %lld], got '%s'", flag, (long long)lo, (long long)hi, value);
+    return v;
+}
+
+double cli_float(const char *cmd, const char *flag, const char *value, double lo, double hi) {
+    char *end;
+    errno = 0;
+    double v = strtod(value, &end);
+    if (errno || end == value || *end || !(v >= lo && v <= hi))
+        cli_usage_error(cmd, "%s expects a number in [%g, %g], got '%s'", flag, lo, hi, value);
+    return v;
+}
+
+int cli_is_help(const char *arg) { return strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0; }
+
+int32_t *cli_parse_ids(const char *cmd, const char *text, int32_t *n_out) {
+    size_t cap = 16, n = 0;
+    int32_t *ids = malloc(cap * sizeof *ids);
+    if (!ids) cli_die("out of memory");
+    const char *p = text;
+    for (;;) {
+        while (*p == ' ' || *p == ',' || *p == '\t' || *p == '\n') p++;
+        if (!*p) break;
+        char *end;
+        errno = 0;
+        long long v = strtoll(p, &end, 10);
+        if (end == p || errno || v < 0 || v > INT32_MAX) cli_usage_error(cmd, "bad token id list near '%.20s'", p);
+        if (n == cap) {
+            cap *= 2;
+            int32_t *nb = realloc(ids, cap * sizeof *ids);
+            if (!nb) cli_die("out of memory");
+            ids = nb;
+        }
+        ids[n++] = (int32_t)v;
+        p = end;
+    }
+    *n_out = (int32_t)n;
+    return ids;
+}
+
+char *cli_read_file(const char *path, size_t *len) {
+    char *text;
+    cli_check(lorac_file_read(path, (size_t)1 << 30, &text, len));
+    return text;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) { print_usage(stderr); return 2; }
+    if (cli_is_help(argv[1])) { print_usage(stdout); return 0; }
+    for (size_t i = 0; i < sizeof k_commands / sizeof k_commands[0]; i++)
+        if (strcmp(argv[1], k_commands[i].name) == 0) return k_commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "lorac: unknown command '%s'\n", argv[1]);
+    print_usage(stderr);
+    return 2;
+}
