@@ -73,10 +73,10 @@ static inline double bench_read_bw(const float *buf, size_t bytes, int nt, int r
     return (double)bytes / best / 1e9;
 }
 
-/* Peak f32 FMA rate of one core in GFLOP/s (2 flops per lane per FMA):
- * 16 independent accumulator chains, enough for 2 FMA ports x 4-5 cycles. */
-static inline double bench_fma_peak(int nt) {
-    const long iters = 20000000;
+/* Peak f32 FMA rate of nt cores in GFLOP/s (2 flops per lane per FMA), best
+ * of 3 runs of `iters` steps: 16 independent accumulator chains, enough for
+ * 2 FMA ports x 4-5 cycles latency. */
+static inline double bench_fma_peak(int nt, long iters) {
     double best = 1e30;
     for (int r = 0; r < 3; r++) {
         double t0 = bench_now();

@@ -71,22 +71,21 @@ int main(int argc, char **argv) {
     int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
     double min_s = quick ? 0.1 : 0.4;
     printf("bench_matmul: path %s\n", lorac_kernels_isa());
+    /* Other processes compete for the same cores; say how busy it was. */
+    FILE *la = fopen("/proc/loadavg", "r");
+    char load[64] = "?";
+    if (la && fgets(load, sizeof load, la)) printf("load average at start: %s", load);
+    if (la) fclose(la);
 
-    /* Peers measured now. */
+    /* Peers, measured again right before every row: this machine is a VM
+     * whose bandwidth and clock move by up to 2x from one second to the next,
+     * so a ratio against a peer measured once would mostly show that noise. */
     float *bwbuf = aligned_alloc(64, GIB);
     if (!bwbuf) return 1;
     for (size_t i = 0; i < GIB / sizeof(float); i++) bwbuf[i] = (float)(i & 255);
-    double bw[3], peak[3];
-    for (int nt = 1; nt <= 2; nt++) {
-        bw[nt] = bench_read_bw(bwbuf, GIB, nt, 5);
-        peak[nt] = bench_fma_peak(nt);
-        printf("peer, %d thread(s): read bandwidth %.1f GB/s, FMA peak %.1f GFLOP/s\n", nt,
-               bw[nt], peak[nt]);
-    }
-    free(bwbuf);
-
     printf("\nGEMV (T=1, weights from DRAM)\n");
-    printf("%-12s %-5s %3s %10s %9s %8s\n", "N x K", "dtype", "thr", "us/call", "GB/s", "%read");
+    printf("%-12s %-5s %3s %10s %9s %10s %8s\n", "N x K", "dtype", "thr", "us/call", "GB/s",
+           "read GB/s", "%read");
     for (int si = 0; si < 4; si++)
         for (int di = 0; di < 3; di++) {
             int64_t N = SHAPES[si][0], K = SHAPES[si][1];
@@ -98,20 +97,21 @@ int main(int argc, char **argv) {
             if (!w || !x || !out) return 1;
             for (int nt = 1; nt <= 2; nt++) {
                 lorac_kernels_set_threads(nt);
-                double sec;
+                double bw = bench_read_bw(bwbuf, GIB, nt, 3), sec;
                 TIME_CALLS(sec, count, min_s,
                            lorac_matmul_forward(out, x, (const char *)w + one * (size_t)(i % count),
                                                 dt, NULL, 1, K, N));
                 double gbs = (double)one / sec / 1e9;
-                printf("%5lldx%-6lld %-5s %3d %10.1f %9.1f %7.0f%%\n", (long long)N, (long long)K,
-                       lorac_dtype_name(dt), nt, sec * 1e6, gbs, 100.0 * gbs / bw[nt]);
+                printf("%5lldx%-6lld %-5s %3d %10.1f %9.1f %10.1f %7.0f%%\n", (long long)N,
+                       (long long)K, lorac_dtype_name(dt), nt, sec * 1e6, gbs, bw, 100.0 * gbs / bw);
             }
             free(w), free(x), free(out);
         }
+    free(bwbuf);
 
     printf("\nGEMM (forward), backward dx and dw\n");
-    printf("%-12s %-5s %4s %3s %10s %9s %8s %9s %9s\n", "N x K", "dtype", "T", "thr", "fwd ms",
-           "GFLOP/s", "%peak", "dx GF/s", "dw GF/s");
+    printf("%-12s %-5s %4s %3s %8s %8s %8s %6s %8s %8s\n", "N x K", "dtype", "T", "thr", "fwd ms",
+           "GFLOP/s", "peak", "%peak", "dx GF/s", "dw GF/s");
     static const int64_t TT[] = {64, 256};
     for (int si = 0; si < 4; si++)
         for (int ti = 0; ti < 2; ti++)
@@ -126,7 +126,7 @@ int main(int argc, char **argv) {
                 double flop = 2.0 * (double)T * (double)N * (double)K;
                 for (int nt = 1; nt <= 2; nt++) {
                     lorac_kernels_set_threads(nt);
-                    double sf, sdx, sdw = 0;
+                    double peak = bench_fma_peak(nt, 2000000), sf, sdx, sdw = 0;
                     TIME_CALLS(sf, 2, min_s, lorac_matmul_forward(out, x, w, dt, NULL, T, K, N));
                     TIME_CALLS(sdx, 2, min_s, lorac_matmul_backward_input(dx, dout, w, dt, T, K, N));
                     if (dt == LORAC_DTYPE_F32) /* dw does not depend on the weight dtype */
@@ -134,9 +134,9 @@ int main(int argc, char **argv) {
                                    lorac_matmul_backward_weight(dw, NULL, dout, x, T, K, N));
                     char dws[16] = "-";
                     if (sdw > 0) snprintf(dws, sizeof dws, "%.1f", flop / sdw / 1e9);
-                    printf("%5lldx%-6lld %-5s %4lld %3d %10.2f %9.1f %7.0f%% %9.1f %9s\n",
+                    printf("%5lldx%-6lld %-5s %4lld %3d %8.2f %8.1f %8.1f %5.0f%% %8.1f %8s\n",
                            (long long)N, (long long)K, lorac_dtype_name(dt), (long long)T, nt,
-                           sf * 1e3, flop / sf / 1e9, 100.0 * flop / sf / 1e9 / peak[nt],
+                           sf * 1e3, flop / sf / 1e9, peak, 100.0 * flop / sf / 1e9 / peak,
                            flop / sdx / 1e9, dws);
                 }
                 free(w), free(x), free(out), free(dout), free(dx), free(dw);

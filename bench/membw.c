@@ -38,8 +38,8 @@ int main(void) {
     printf("%-8s %12s %12s\n", "threads", "read GB/s", "copy GB/s");
     for (int nt = 1; nt <= 2; nt++)
         printf("%-8d %12.1f %12.1f\n", nt, bench_read_bw(a, GIB, nt, 5), copy_bw(b, a, GIB, nt, 3));
-    printf("FMA peak: %.1f GFLOP/s (1 thread), %.1f GFLOP/s (2 threads)\n", bench_fma_peak(1),
-           bench_fma_peak(2));
+    printf("FMA peak: %.1f GFLOP/s (1 thread), %.1f GFLOP/s (2 threads)\n", bench_fma_peak(1, 20000000),
+           bench_fma_peak(2, 20000000));
     free(a), free(b);
     return 0;
 }

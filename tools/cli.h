@@ -25,6 +25,21 @@ int32_t *cli_parse_ids(const char *cmd, const char *text, int32_t *n_out);
 /* Reads a whole file (for -f); exits on error. */
 char *cli_read_file(const char *path, size_t *len);
 
+/* --adapter DIR[:SCALE], repeatable (generate, logits). */
+#define CLI_MAX_ADAPTERS 16
+typedef struct {
+    const char *dirs[CLI_MAX_ADAPTERS];
+    float scales[CLI_MAX_ADAPTERS];
+    int n;
+} cli_adapters_t;
+void cli_add_adapter(cli_adapters_t *a, const char *cmd, const char *spec);
+struct lorac_model;
+struct lorac_context;
+/* Loads the adapters against the model and attaches them to the context;
+ * returns them for cli_free_adapters. */
+void cli_attach_adapters(cli_adapters_t *a, const struct lorac_model *model, struct lorac_context *ctx, void **loaded);
+void cli_free_adapters(cli_adapters_t *a, void **loaded);
+
 int cmd_generate(int argc, char **argv);
 int cmd_logits(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);

@@ -13,6 +13,7 @@
 static const char *k_usage =
     "usage: lorac generate -m MODEL (-p TEXT | -f FILE) [options]\n"
     "  -m, --model DIR      HuggingFace model directory (config.json, *.safetensors, tokenizer.json)\n"
+    "  --adapter DIR[:S]    apply a PEFT LoRA adapter with scale S (default 1), unmerged; repeatable\n"
     "  -p, --prompt TEXT    prompt text (may be empty)\n"
     "  -f, --file FILE      read the prompt from FILE\n"
     "  -n, --n-predict N    tokens to generate (default 128)\n"
@@ -47,10 +48,13 @@ int cmd_generate(int argc, char **argv) {
     int64_t n_predict = 128, n_ctx_flag = 0;
     int ignore_eos = 0, threads = 0;
     lorac_sampler_params_t sp = lorac_sampler_default_params();
+    cli_adapters_t adapters = {0};
+    void *loaded[CLI_MAX_ADAPTERS] = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (cli_is_help(a)) { fputs(k_usage, stdout); return 0; }
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) model_dir = cli_value(argc, argv, &i, "generate");
+        else if (!strcmp(a, "--adapter")) cli_add_adapter(&adapters, "generate", cli_value(argc, argv, &i, "generate"));
         else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) prompt = cli_value(argc, argv, &i, "generate");
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) prompt_file = cli_value(argc, argv, &i, "generate");
         else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) n_predict = cli_int("generate", a, cli_value(argc, argv, &i, "generate"), 0, 1 << 30);
@@ -92,6 +96,7 @@ int cmd_generate(int argc, char **argv) {
     cp.n_batch = (int32_t)(n_ids < 512 ? n_ids : 512);
     lorac_context_t *ctx;
     cli_check(lorac_context_init(model, cp, &ctx));
+    cli_attach_adapters(&adapters, model, ctx, loaded);
     lorac_sampler_t *sampler;
     cli_check(lorac_sampler_init(&sp, cfg->vocab_size, &sampler));
     float *logits = malloc(sizeof(float) * (size_t)cfg->vocab_size);
@@ -144,6 +149,7 @@ int cmd_generate(int argc, char **argv) {
     free(logits); free(pos); free(seq); free(ids); free(file_text);
     lorac_sampler_free(sampler);
     lorac_context_free(ctx);
+    cli_free_adapters(&adapters, loaded);
     lorac_model_free(model);
     return 0;
 }

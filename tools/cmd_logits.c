@@ -9,16 +9,19 @@
 #include "lorac/model.h"
 
 static const char *k_usage =
-    "usage: lorac logits -m MODEL --ids \"1 2 3\" -o OUT.npy [-t THREADS]\n"
+    "usage: lorac logits -m MODEL [--adapter DIR[:SCALE]]... --ids \"1 2 3\" -o OUT.npy [-t THREADS]\n"
     "  Writes the logits of every position, float32 [T, vocab], as a NumPy .npy file.\n"
     "  The model directory needs no tokenizer files.\n";
 
 int cmd_logits(int argc, char **argv) {
     const char *model_dir = NULL, *ids_text = NULL, *out_path = NULL;
+    cli_adapters_t adapters = {0};
+    void *loaded[CLI_MAX_ADAPTERS] = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (cli_is_help(a)) { fputs(k_usage, stdout); return 0; }
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) model_dir = cli_value(argc, argv, &i, "logits");
+        else if (!strcmp(a, "--adapter")) cli_add_adapter(&adapters, "logits", cli_value(argc, argv, &i, "logits"));
         else if (!strcmp(a, "--ids")) ids_text = cli_value(argc, argv, &i, "logits");
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) out_path = cli_value(argc, argv, &i, "logits");
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads"))
@@ -39,6 +42,7 @@ int cmd_logits(int argc, char **argv) {
     lorac_context_params_t cp = {.n_ctx = n_ids, .n_seq = 1, .n_batch = n_ids};
     lorac_context_t *ctx;
     cli_check(lorac_context_init(model, cp, &ctx));
+    cli_attach_adapters(&adapters, model, ctx, loaded);
     float *logits = malloc(sizeof(float) * (size_t)n_ids * (size_t)cfg->vocab_size);
     int32_t *pos = malloc(sizeof(int32_t) * (size_t)n_ids), *seq = calloc((size_t)n_ids, sizeof(int32_t));
     int8_t *want = malloc((size_t)n_ids);
@@ -51,6 +55,7 @@ int cmd_logits(int argc, char **argv) {
 
     free(logits); free(pos); free(seq); free(want); free(ids);
     lorac_context_free(ctx);
+    cli_free_adapters(&adapters, loaded);
     lorac_model_free(model);
     return 0;
 }

@@ -7,6 +7,8 @@
 #include <string.h>
 
 #include "cli.h"
+#include "lorac/lora.h"
+#include "lorac/model.h"
 
 static const struct {
     const char *name;
@@ -109,6 +111,41 @@ char *cli_read_file(const char *path, size_t *len) {
     char *text;
     cli_check(lorac_file_read(path, (size_t)1 << 30, &text, len));
     return text;
+}
+
+void cli_add_adapter(cli_adapters_t *a, const char *cmd, const char *spec) {
+    if (a->n == CLI_MAX_ADAPTERS) cli_usage_error(cmd, "at most %d --adapter options", CLI_MAX_ADAPTERS);
+    /* DIR or DIR:SCALE; a ':' whose tail is not a number belongs to DIR */
+    char *copy = strdup(spec);
+    if (!copy) cli_die("out of memory");
+    float scale = 1.0f;
+    char *colon = strrchr(copy, ':');
+    if (colon) {
+        char *end;
+        errno = 0;
+        double v = strtod(colon + 1, &end);
+        if (end != colon + 1 && !*end && !errno) {
+            if (!(v > -1e6 && v < 1e6)) cli_usage_error(cmd, "adapter scale '%s' out of range", colon + 1);
+            scale = (float)v;
+            *colon = '\0';
+        }
+    }
+    a->dirs[a->n] = copy;
+    a->scales[a->n] = scale;
+    a->n++;
+}
+
+void cli_attach_adapters(cli_adapters_t *a, const struct lorac_model *model, struct lorac_context *ctx, void **loaded) {
+    for (int i = 0; i < a->n; i++)
+        cli_check(lorac_adapter_load(a->dirs[i], lorac_model_get_config(model), (lorac_adapter_t **)&loaded[i]));
+    cli_check(lorac_context_set_adapters(ctx, (const lorac_adapter_t *const *)loaded, a->scales, a->n));
+}
+
+void cli_free_adapters(cli_adapters_t *a, void **loaded) {
+    for (int i = 0; i < a->n; i++) {
+        lorac_adapter_free(loaded[i]);
+        free((char *)a->dirs[i]);
+    }
 }
 
 int main(int argc, char **argv) {

@@ -113,6 +113,17 @@ lorac_status_t lorac_file_write_atomic(const char *path, const void *data, size_
 /* Validates UTF-8 (rejects overlongs, surrogates, > U+10FFFF). 1 if valid. */
 int lorac_utf8_valid(const char *s, size_t len);
 
+/* Random numbers: xorshift64* seeded through splitmix64. The state lives in
+ * the caller's struct (never a global), so runs are reproducible and a
+ * checkpoint can save it. */
+typedef struct { uint64_t state; } lorac_rng_t;
+void lorac_rng_seed(lorac_rng_t *rng, uint64_t seed);
+uint32_t lorac_rng_u32(lorac_rng_t *rng);
+/* Uniform in [0, 1). */
+float lorac_rng_float(lorac_rng_t *rng);
+/* Standard normal (Box-Muller; uses two uniforms per call). */
+float lorac_rng_normal(lorac_rng_t *rng);
+
 /* Joins dir and name with '/' into a malloc'd string (NULL on OOM). */
 char *lorac_path_join(const char *dir, const char *name);
 

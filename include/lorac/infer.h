@@ -12,13 +12,6 @@
 extern "C" {
 #endif
 
-/* xorshift64* generator; the state lives in the caller's struct. */
-typedef struct { uint64_t state; } lorac_rng_t;
-void lorac_rng_seed(lorac_rng_t *rng, uint64_t seed);
-uint32_t lorac_rng_u32(lorac_rng_t *rng);
-/* Uniform in [0, 1). */
-float lorac_rng_float(lorac_rng_t *rng);
-
 typedef struct {
     float temperature;   /* 0 = greedy (argmax) */
     int32_t top_k;       /* <= 0: off */

@@ -40,6 +40,11 @@ void lorac_matmul_backward_input(float *dx, const float *dout, const void *w, lo
 void lorac_matmul_backward_weight(float *dw, float *dbias, const float *dout, const float *x,
                                   int64_t T, int64_t K, int64_t N);
 
+/* The expand half of a LoRA update: y (T,N) += s · u (T,R) · bᵀ, b is (N,R) f32. */
+void lorac_lora_expand_forward(float *y, const float *u, const float *b, float s, int64_t T, int64_t N, int64_t R);
+/* x (n) *= s. */
+void lorac_scale(float *x, float s, int64_t n);
+
 /* Converts n elements of `src` in dtype (F32, BF16, F16) to f32. */
 void lorac_convert_to_f32(float *dst, const void *src, lorac_dtype_t dtype, int64_t n);
 
@@ -66,6 +71,37 @@ void lorac_softmax_forward(float *x, int64_t T, int64_t n);
 void lorac_attention_forward(float *out, float *scratch, const float *q,
                              const float *const *k_cache, const float *const *v_cache,
                              const int32_t *n_ctx, int64_t T, int64_t H, int64_t KVH, int64_t hd);
+
+/* ---- training kernels (backward passes accumulate: +=) -------------------- */
+/* x, dx, dout are (T,C); w, dw are (C) (dw f32, may be NULL); rstd (T) from forward. */
+void lorac_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const void *w,
+                            lorac_dtype_t wtype, const float *rstd, int64_t T, int64_t C);
+/* dgate, dup += d(silu(gate)*up) given dout; all (T,H). */
+void lorac_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                           int64_t T, int64_t H);
+/* The inverse rotation of lorac_rope_forward, in place on dx (T, n_heads, head_dim). */
+void lorac_rope_backward(float *dx, const int32_t *positions, const float *inv_freq,
+                         int64_t T, int64_t n_heads, int64_t head_dim);
+
+/* Causal attention over rows of T tokens in which token t sees tokens
+ * start[t] .. t of its own row (start[t] > 0 keeps packed examples apart).
+ * q, out are (B,T,H,hd); k, v are (B,T,KVH,hd); lse (B,T,H) receives the
+ * log-sum-exp of each softmax for the backward pass. scratch holds
+ * lorac_kernels_get_threads() * T floats. */
+void lorac_attention_train_forward(float *out, float *lse, float *scratch, const float *q, const float *k,
+                                   const float *v, const int32_t *start, int64_t B, int64_t T, int64_t H,
+                                   int64_t KVH, int64_t hd);
+/* dq (B,T,H,hd), dk, dv (B,T,KVH,hd) += gradients given dout; out and lse
+ * from the forward pass; probabilities are recomputed, not stored. */
+void lorac_attention_train_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                    const float *k, const float *v, const float *out, const float *lse,
+                                    const int32_t *start, int64_t B, int64_t T, int64_t H, int64_t KVH, int64_t hd);
+
+/* Cross-entropy of each row of logits (T,V) against targets (T), in place:
+ * on return logits holds d(scale · Σ loss)/dlogits = scale·(softmax − onehot).
+ * losses (T) gets each row's loss (natural log). Targets must be in [0,V). */
+void lorac_crossentropy_forward_backward(float *logits, float *losses, const int32_t *targets, float scale,
+                                         int64_t T, int64_t V);
 
 #ifdef __cplusplus
 }

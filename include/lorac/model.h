@@ -94,6 +94,7 @@ typedef struct {
 lorac_context_params_t lorac_context_default_params(void);
 
 typedef struct lorac_context lorac_context_t;
+struct lorac_adapter; /* lorac/lora.h */
 
 /* Allocates the KV cache (n_seq * n_ctx positions) and activation buffers
  * (n_batch tokens) once, up front. The model must outlive the context. */
@@ -118,10 +119,56 @@ typedef struct {
  * LORAC_STATUS_INVALID_ARG and leave the cache as it was. */
 lorac_status_t lorac_context_decode(lorac_context_t *ctx, const lorac_batch_t *batch, float *logits);
 
+/* Applies LoRA adapters, unmerged, in every following decode: each
+ * projection y = W·x gets + scale_i · s_i · B_i·A_i·x for every adapter i
+ * that adapts it. The adapters must fit the model and outlive their use;
+ * the arrays are copied. n = 0 detaches all. Changing adapters does not
+ * touch the KV cache: clear sequences whose cache was computed with others. */
+lorac_status_t lorac_context_set_adapters(lorac_context_t *ctx, const struct lorac_adapter *const *adapters,
+                                          const float *scales, int32_t n);
+
 /* Forgets a sequence's cache (its next token starts at position 0). */
 void lorac_context_clear_seq(lorac_context_t *ctx, int32_t seq_id);
 /* Cached length of a sequence. */
 int32_t lorac_context_seq_len(const lorac_context_t *ctx, int32_t seq_id);
+
+/* ---- training pass ---------------------------------------------------------
+ * Forward and backward over a batch of rows (batch, seq_len) with every
+ * activation the backward pass needs kept in one planned buffer, sized once.
+ * With an adapter, only its A and B get gradients (the base weights stay in
+ * the read-only mapping, in their dtype, with no gradient memory). Without an
+ * adapter (`full`), every weight is trained from f32 master copies. */
+typedef struct {
+    int32_t batch;
+    int32_t seq_len;
+} lorac_train_pass_params_t;
+
+typedef struct lorac_train_pass lorac_train_pass_t;
+
+/* adapter != NULL: LoRA training of that adapter (it must fit the model and
+ * outlive the pass). adapter == NULL: full fine-tuning. */
+lorac_status_t lorac_train_pass_init(const lorac_model_t *model, struct lorac_adapter *adapter,
+                                     lorac_train_pass_params_t params, lorac_train_pass_t **out);
+void lorac_train_pass_free(lorac_train_pass_t *pass);
+
+/* tokens, targets, pos are (batch, seq_len). targets[i] is the token that
+ * position i should predict, or -100 to ignore it. pos[i] is the position
+ * within its example; it restarts at 0 where a packed example starts, and
+ * attention never crosses that boundary (token i sees i - pos[i] .. i).
+ * Computes the mean cross-entropy over the targets that are not -100 and,
+ * when grads is true, accumulates (+=) its gradient into the trainable
+ * parameters' gradients. rng drives LoRA dropout (NULL: no dropout, as in
+ * evaluation). loss_sum receives the summed loss, n_targets the count. */
+lorac_status_t lorac_train_pass_run(lorac_train_pass_t *pass, const int32_t *tokens, const int32_t *targets,
+                                    const int32_t *pos, bool grads, lorac_rng_t *rng, double *loss_sum,
+                                    int64_t *n_targets);
+
+/* Trainable parameters (for the optimizer and checkpoints): name (PEFT's key
+ * for LoRA, the HuggingFace tensor name for full), f32 data, gradient. */
+int32_t lorac_train_pass_n_params(const lorac_train_pass_t *pass);
+void lorac_train_pass_param(lorac_train_pass_t *pass, int32_t i, const char **name, float **data, float **grad,
+                            int64_t *n);
+void lorac_train_pass_zero_grad(lorac_train_pass_t *pass);
 
 #ifdef __cplusplus
 }

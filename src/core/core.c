@@ -1,6 +1,7 @@
 /* Status strings, thread-local error messages, dtypes, checked arithmetic. */
 #include "lorac/core.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -162,4 +163,33 @@ char *lorac_path_join(const char *dir, const char *name) {
     if (a > 0 && dir[a - 1] != '/') p[k++] = '/';
     memcpy(p + k, name, b + 1);
     return p;
+}
+
+void lorac_rng_seed(lorac_rng_t *rng, uint64_t seed) {
+    /* splitmix64 of the seed, so nearby seeds give unrelated streams and the
+     * state is never zero (xorshift's fixed point) */
+    uint64_t z = seed + 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    rng->state = z ? z : 0x2545f4914f6cdd1dull;
+}
+
+uint32_t lorac_rng_u32(lorac_rng_t *rng) {
+    uint64_t x = rng->state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    rng->state = x;
+    return (uint32_t)((x * 0x2545f4914f6cdd1dull) >> 32);
+}
+
+float lorac_rng_float(lorac_rng_t *rng) {
+    return (float)(lorac_rng_u32(rng) >> 8) / 16777216.0f;
+}
+
+float lorac_rng_normal(lorac_rng_t *rng) {
+    /* u1 in (0, 1] so the log is finite */
+    float u1 = 1.0f - lorac_rng_float(rng), u2 = lorac_rng_float(rng);
+    return sqrtf(-2.0f * logf(u1)) * cosf(6.28318530717958647692f * u2);
 }

@@ -7,6 +7,9 @@
  * tables), except through the test hook lorac_kernels_force_isa. */
 #include "kernels_internal.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 #include <omp.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -32,8 +35,12 @@ static int cpu_can_run(int i) {
     if (i == 0) return 1;
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
     __builtin_cpu_init();
-    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-               __builtin_cpu_supports("f16c");
+    /* clang's __builtin_cpu_supports has no "f16c": read CPUID.1:ECX. The
+     * OS-support (xgetbv) check for the AVX state F16C needs is part of
+     * __builtin_cpu_supports("avx2"). */
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
     if (i == 1) return avx2;
     if (i == 2)
         return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&

@@ -13,6 +13,7 @@
     defined(__AVX512DQ__) && defined(__F16C__)
 
 #include <immintrin.h>
+#include <stdlib.h>
 
 /* Forward tile: up to FT rows of x (T) times up to FN rows of w (N):
  * 16 zmm accumulators + 4 weights + 1 x = 21 of 32 registers. Each weight
@@ -58,6 +59,17 @@ LORAC_ALWAYS_INLINE float hsum(__m512 v) {
     s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
     s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
     return _mm_cvtss_f32(s4);
+}
+
+/* dst (n) = src[off .. off+n) widened to f32; masked tail, no scalar loop. */
+LORAC_ALWAYS_INLINE void widen(const lorac_dtype_t dt, float *dst, const void *src, int64_t off,
+                               int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, load_w(src, dt, off + i));
+    if (i < n) {
+        __mmask16 m = tail_mask(n - i);
+        _mm512_mask_storeu_ps(dst + i, m, load_w_mask(src, dt, off + i, m));
+    }
 }
 
 /* Forward micro-kernel. x points at row t0 (RT rows of K), w row n0 is at
@@ -114,12 +126,29 @@ LORAC_ALWAYS_INLINE void fwd_tile(const int RT, const int RN, const lorac_dtype_
  * For T = 1 (decode) this streams each weight row once, 4 rows at a time. */
 LORAC_ALWAYS_INLINE void fwd_block(const lorac_dtype_t dt, float *out, const float *x,
                                    const void *w, const float *bias, int64_t T, int64_t K,
-                                   int64_t N, int64_t n0, int64_t n1) {
+                                   int64_t N, int64_t n0, int64_t n1, float *wbuf) {
     for (int64_t tc = 0; tc < T; tc += TCHUNK) {
         int64_t te = tc + TCHUNK < T ? tc + TCHUNK : T;
         int64_t n = n0;
         for (; n + FN <= n1; n += FN) {
             const float *b = bias ? bias + n : NULL;
+            int64_t t = tc;
+            if (wbuf && te - tc >= 2 * FT) {
+                /* 16-bit weights and several x rows: widen the 4 rows once
+                 * into an L1-sized f32 buffer and run the f32 tiles on it.
+                 * Widening in registers would cost 2 extra uops per weight
+                 * vector per tile, on the ports the FMAs need. The values and
+                 * the FMA order are the same, so the result is bitwise the
+                 * same as the in-register path. */
+                widen(dt, wbuf, w, n * K, FN * K);
+                for (; t + FT <= te; t += FT)
+                    fwd_tile(FT, FN, LORAC_DTYPE_F32, out + t * N + n, N, x + t * K, wbuf, 0, b,
+                             K, -1);
+                for (; t < te; t++)
+                    fwd_tile(1, FN, LORAC_DTYPE_F32, out + t * N + n, N, x + t * K, wbuf, 0, b,
+                             K, -1);
+                continue;
+            }
             /* Software prefetch of the next 4 weight rows while the first
              * tile streams these ones. For T = 1 (decode) each row is used
              * once, and 16-bit rows (1.5 KB at K = 768) end about when the
@@ -127,7 +156,6 @@ LORAC_ALWAYS_INLINE void fwd_block(const lorac_dtype_t dt, float *out, const flo
              * while f32 (3 KB rows) lost ~5%, so f32 does without. Later
              * tiles of the same rows find them in L1. */
             int64_t pf = dt != LORAC_DTYPE_F32 && n + 2 * FN <= n1 ? (n + FN) * K : -1;
-            int64_t t = tc;
             for (; t + FT <= te; t += FT, pf = -1)
                 fwd_tile(FT, FN, dt, out + t * N + n, N, x + t * K, w, n * K, b, K, pf);
             for (; t < te; t++, pf = -1)
@@ -147,10 +175,16 @@ LORAC_ALWAYS_INLINE void fwd_block(const lorac_dtype_t dt, float *out, const flo
 static void avx512_matmul_fwd(float *out, const float *x, const void *w, lorac_dtype_t wt,
                               const float *bias, int64_t T, int64_t K, int64_t N, int64_t n0,
                               int64_t n1) {
+    /* Scratch for 4 widened weight rows (see fwd_block); if it cannot be had,
+     * widening in registers gives the same bits, only slower. */
+    float *wbuf = NULL;
+    if (wt != LORAC_DTYPE_F32 && T >= 2 * FT) wbuf = malloc((size_t)(FN * K) * sizeof(float));
     /* One instantiation per dtype so the widening is resolved at compile time. */
-    if (wt == LORAC_DTYPE_F32) fwd_block(LORAC_DTYPE_F32, out, x, w, bias, T, K, N, n0, n1);
-    else if (wt == LORAC_DTYPE_BF16) fwd_block(LORAC_DTYPE_BF16, out, x, w, bias, T, K, N, n0, n1);
-    else fwd_block(LORAC_DTYPE_F16, out, x, w, bias, T, K, N, n0, n1);
+    if (wt == LORAC_DTYPE_F32) fwd_block(LORAC_DTYPE_F32, out, x, w, bias, T, K, N, n0, n1, NULL);
+    else if (wt == LORAC_DTYPE_BF16)
+        fwd_block(LORAC_DTYPE_BF16, out, x, w, bias, T, K, N, n0, n1, wbuf);
+    else fwd_block(LORAC_DTYPE_F16, out, x, w, bias, T, K, N, n0, n1, wbuf);
+    free(wbuf);
 }
 
 /* Accumulate micro-kernel: c rows m..m+RM-1 (row stride ldc), RV vectors of 16
@@ -233,28 +267,11 @@ static void avx512_matmul_acc(float *c, const float *a, int64_t a_rs, int64_t a_
     else acc_block(LORAC_DTYPE_F16, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1);
 }
 
-/* dst (n) = src (n) widened; masked tail, no scalar loop. */
+/* dst (n) = src (n) widened. */
 static void avx512_convert(float *dst, const void *src, lorac_dtype_t dt, int64_t n) {
-    int64_t i = 0;
-    if (dt == LORAC_DTYPE_F32) {
-        for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, load_w(src, LORAC_DTYPE_F32, i));
-        if (i < n) {
-            __mmask16 m = tail_mask(n - i);
-            _mm512_mask_storeu_ps(dst + i, m, load_w_mask(src, LORAC_DTYPE_F32, i, m));
-        }
-    } else if (dt == LORAC_DTYPE_BF16) {
-        for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, load_w(src, LORAC_DTYPE_BF16, i));
-        if (i < n) {
-            __mmask16 m = tail_mask(n - i);
-            _mm512_mask_storeu_ps(dst + i, m, load_w_mask(src, LORAC_DTYPE_BF16, i, m));
-        }
-    } else {
-        for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, load_w(src, LORAC_DTYPE_F16, i));
-        if (i < n) {
-            __mmask16 m = tail_mask(n - i);
-            _mm512_mask_storeu_ps(dst + i, m, load_w_mask(src, LORAC_DTYPE_F16, i, m));
-        }
-    }
+    if (dt == LORAC_DTYPE_F32) widen(LORAC_DTYPE_F32, dst, src, 0, n);
+    else if (dt == LORAC_DTYPE_BF16) widen(LORAC_DTYPE_BF16, dst, src, 0, n);
+    else widen(LORAC_DTYPE_F16, dst, src, 0, n);
 }
 
 const lorac_kernel_ops_t lorac_kernel_ops_avx512 = {

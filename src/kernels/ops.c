@@ -118,3 +118,21 @@ void lorac_attention_forward(float *out, float *scratch, const float *q,
         }
     }
 }
+
+// y is (T,N), u is (T,R), b is (N,R). y += s * u·bᵀ. R is small (the LoRA
+// rank), so each output is a short dot product; threads split the rows of y.
+void lorac_lora_expand_forward(float *y, const float *u, const float *b, float s, int64_t T, int64_t N, int64_t R) {
+    int n_threads = lorac_kernels_get_threads();
+    #pragma omp parallel for num_threads(n_threads) schedule(static) if (T * N * R > 32768)
+    for (int64_t tn = 0; tn < T * N; tn++) {
+        int64_t t = tn / N, n = tn % N;
+        const float *ut = u + t * R, *bn = b + n * R;
+        float acc = 0.0f;
+        for (int64_t k = 0; k < R; k++) acc += ut[k] * bn[k];
+        y[tn] += s * acc;
+    }
+}
+
+void lorac_scale(float *x, float s, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] *= s;
+}

@@ -6,11 +6,15 @@
  *   x += attention(q, cache)·Woᵀ
  *   xn = rmsnorm(x) ; x += (silu(xn·Wgᵀ) * xn·Wuᵀ)·Wdᵀ
  * then logits = rmsnorm(x)·Wheadᵀ for the rows that want them. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "lora/lora_internal.h"
 #include "lorac/kernels.h"
 #include "model/model_internal.h"
+
+#define MAX_ADAPTERS 64
 
 struct lorac_context {
     const lorac_model_t *model;
@@ -25,6 +29,11 @@ struct lorac_context {
     int att_threads;
     const float **k_rows, **v_rows;
     int32_t *n_visible;
+    /* unmerged LoRA adapters applied to every projection */
+    const lorac_adapter_t *adapters[MAX_ADAPTERS];
+    float adapter_scales[MAX_ADAPTERS];
+    int32_t n_adapters;
+    float *lora_u;             /* (n_batch, max rank) */
 };
 
 lorac_context_params_t lorac_context_default_params(void) {
@@ -88,7 +97,46 @@ void lorac_context_free(lorac_context_t *ctx) {
     free(ctx->att_scratch);
     free(ctx->k_rows); free(ctx->v_rows); free(ctx->n_visible);
     free(ctx->seq_len); free(ctx->seq_seen);
+    free(ctx->lora_u);
     free(ctx);
+}
+
+lorac_status_t lorac_context_set_adapters(lorac_context_t *ctx, const lorac_adapter_t *const *adapters,
+                                          const float *scales, int32_t n) {
+    const lorac_model_config_t *c = &ctx->model->config;
+    if (n < 0 || n > MAX_ADAPTERS) return lorac_error(LORAC_STATUS_INVALID_ARG, "at most %d adapters at once", MAX_ADAPTERS);
+    int32_t max_r = 0;
+    for (int32_t i = 0; i < n; i++) {
+        const lorac_model_config_t *ac = &adapters[i]->config;
+        if (ac->hidden_size != c->hidden_size || ac->n_layers != c->n_layers || ac->intermediate_size != c->intermediate_size ||
+            ac->n_heads != c->n_heads || ac->n_kv_heads != c->n_kv_heads || ac->head_dim != c->head_dim)
+            return lorac_error(LORAC_STATUS_INVALID_ARG, "adapter %d was made for a model of another shape", i);
+        if (!isfinite(scales[i])) return lorac_error(LORAC_STATUS_INVALID_ARG, "adapter scale must be finite");
+        for (int32_t k = 0; k < adapters[i]->n_modules; k++)
+            max_r = adapters[i]->modules[k].r > max_r ? adapters[i]->modules[k].r : max_r;
+    }
+    float *u = NULL;
+    if (max_r > 0) {
+        u = malloc(sizeof(float) * (size_t)ctx->params.n_batch * (size_t)max_r);
+        if (!u) return lorac_error(LORAC_STATUS_NOMEM, "out of memory for adapter scratch");
+    }
+    free(ctx->lora_u);
+    ctx->lora_u = u;
+    for (int32_t i = 0; i < n; i++) { ctx->adapters[i] = adapters[i]; ctx->adapter_scales[i] = scales[i]; }
+    ctx->n_adapters = n;
+    return LORAC_STATUS_OK;
+}
+
+/* y (T,out) += Σ_i scale_i · s_i · (x·A_iᵀ)·B_iᵀ over the attached adapters
+ * that adapt (layer, target). */
+static void apply_adapters(lorac_context_t *ctx, int32_t layer, lorac_lora_target_t target, float *y, const float *x,
+                           int64_t T) {
+    for (int32_t i = 0; i < ctx->n_adapters; i++) {
+        const lorac_lora_module_t *m = lorac_adapter_find(ctx->adapters[i], layer, target);
+        if (!m) continue;
+        lorac_matmul_forward(ctx->lora_u, x, m->A, LORAC_DTYPE_F32, NULL, T, m->in, m->r);
+        lorac_lora_expand_forward(y, ctx->lora_u, m->B, m->scale * ctx->adapter_scales[i], T, m->out, m->r);
+    }
 }
 
 void lorac_context_clear_seq(lorac_context_t *ctx, int32_t seq_id) {
@@ -144,6 +192,9 @@ static void attention_block(lorac_context_t *ctx, const lorac_batch_t *b, int32_
     lorac_matmul_forward(ctx->q, ctx->xn, L->wq.data, L->wq.dtype, L->bq, T, D, Q);
     lorac_matmul_forward(ctx->k, ctx->xn, L->wk.data, L->wk.dtype, L->bk, T, D, KV);
     lorac_matmul_forward(ctx->v, ctx->xn, L->wv.data, L->wv.dtype, L->bv, T, D, KV);
+    apply_adapters(ctx, l, LORAC_LORA_Q, ctx->q, ctx->xn, T);
+    apply_adapters(ctx, l, LORAC_LORA_K, ctx->k, ctx->xn, T);
+    apply_adapters(ctx, l, LORAC_LORA_V, ctx->v, ctx->xn, T);
     lorac_rope_forward(ctx->q, b->pos, m->inv_freq, T, H, hd);
     lorac_rope_forward(ctx->k, b->pos, m->inv_freq, T, KVH, hd);
 
@@ -159,6 +210,7 @@ static void attention_block(lorac_context_t *ctx, const lorac_batch_t *b, int32_
     }
     lorac_attention_forward(ctx->att, ctx->att_scratch, ctx->q, ctx->k_rows, ctx->v_rows, ctx->n_visible, T, H, KVH, hd);
     lorac_matmul_forward(ctx->proj, ctx->att, L->wo.data, L->wo.dtype, L->bo, T, Q, D);
+    apply_adapters(ctx, l, LORAC_LORA_O, ctx->proj, ctx->att, T);
     add_inplace(ctx->x, ctx->proj, T * D);
 }
 
@@ -169,8 +221,11 @@ static void mlp_block(lorac_context_t *ctx, int64_t T, int32_t l) {
     lorac_rmsnorm_forward(ctx->xn, NULL, ctx->x, L->ffn_norm.data, L->ffn_norm.dtype, c->rms_norm_eps, T, D);
     lorac_matmul_forward(ctx->gate, ctx->xn, L->w_gate.data, L->w_gate.dtype, L->b_gate, T, D, I);
     lorac_matmul_forward(ctx->up, ctx->xn, L->w_up.data, L->w_up.dtype, L->b_up, T, D, I);
+    apply_adapters(ctx, l, LORAC_LORA_GATE, ctx->gate, ctx->xn, T);
+    apply_adapters(ctx, l, LORAC_LORA_UP, ctx->up, ctx->xn, T);
     lorac_swiglu_forward(ctx->gate, ctx->gate, ctx->up, T, I);
     lorac_matmul_forward(ctx->proj, ctx->gate, L->w_down.data, L->w_down.dtype, L->b_down, T, I, D);
+    apply_adapters(ctx, l, LORAC_LORA_DOWN, ctx->proj, ctx->gate, T);
     add_inplace(ctx->x, ctx->proj, T * D);
 }
 

@@ -1,0 +1,111 @@
+/* lorac/lora.h — LoRA adapters: W' = W + s·B·A on chosen projections.
+ *
+ * An adapter holds, for each adapted (layer, projection), A (r, in) and
+ * B (out, r) in f32 and the scale s = alpha / r (alpha / sqrt(r) with
+ * rsLoRA). Projection names are PEFT's: q_proj, k_proj, v_proj, o_proj,
+ * gate_proj, up_proj, down_proj.
+ *
+ * Files are PEFT's format: adapter_config.json + adapter_model.safetensors
+ * with keys base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight
+ * (r, in) and ...lora_B.weight (out, r).
+ *
+ * An adapter is independent of any model object; it only has to fit the
+ * model's config (checked when it is attached or created).
+ */
+#ifndef LORAC_LORA_H
+#define LORAC_LORA_H
+
+#include <stdbool.h>
+
+#include "lorac/core.h"
+#include "lorac/model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    LORAC_LORA_Q = 0,
+    LORAC_LORA_K,
+    LORAC_LORA_V,
+    LORAC_LORA_O,
+    LORAC_LORA_GATE,
+    LORAC_LORA_UP,
+    LORAC_LORA_DOWN,
+    LORAC_LORA_COUNT
+} lorac_lora_target_t;
+
+/* "q_proj", ... */
+const char *lorac_lora_target_name(lorac_lora_target_t t);
+/* Parses "q_proj,v_proj" or "all-linear" into a bit mask (1 << target). */
+lorac_status_t lorac_lora_parse_targets(const char *text, uint32_t *mask);
+/* Parses "0-3,7" into a per-layer mask of n_layers bytes (1 = adapted);
+ * NULL or "" or "all" selects every layer. */
+lorac_status_t lorac_lora_parse_layers(const char *text, int32_t n_layers, uint8_t *mask);
+
+typedef enum {
+    LORAC_LORA_INIT_KAIMING = 0, /* A ~ kaiming_uniform(a=sqrt(5)), PEFT's default */
+    LORAC_LORA_INIT_GAUSSIAN     /* A ~ N(0, 1/r) */
+} lorac_lora_init_t;
+
+typedef struct {
+    int32_t r;
+    float alpha;
+    float dropout;         /* on the adapter's input only, as PEFT */
+    bool rslora;           /* s = alpha / sqrt(r) instead of alpha / r */
+    uint32_t targets;      /* bit mask of lorac_lora_target_t */
+    const uint8_t *layers; /* n_layers bytes, NULL = all */
+    lorac_lora_init_t init;
+    uint64_t seed;
+} lorac_lora_params_t;
+
+/* r 8, alpha 16, dropout 0, q_proj + v_proj, all layers, kaiming, seed 42. */
+lorac_lora_params_t lorac_lora_default_params(void);
+
+/* One adapted projection. */
+typedef struct {
+    int32_t layer;
+    lorac_lora_target_t target;
+    int32_t r, in, out;
+    float scale;
+    float *A;   /* (r, in) */
+    float *B;   /* (out, r) */
+} lorac_lora_module_t;
+
+typedef struct lorac_adapter lorac_adapter_t;
+
+/* A new adapter for a model with this config: A initialised from the seed,
+ * B zero, so the adapted model starts exactly at the base model. */
+lorac_status_t lorac_adapter_init(const lorac_model_config_t *config, const lorac_lora_params_t *params,
+                                  lorac_adapter_t **out);
+void lorac_adapter_free(lorac_adapter_t *adapter);
+
+int32_t lorac_adapter_n_modules(const lorac_adapter_t *adapter);
+lorac_lora_module_t *lorac_adapter_module(lorac_adapter_t *adapter, int32_t index);
+/* NULL when (layer, target) is not adapted. */
+const lorac_lora_module_t *lorac_adapter_find(const lorac_adapter_t *adapter, int32_t layer, lorac_lora_target_t target);
+const lorac_lora_params_t *lorac_adapter_params(const lorac_adapter_t *adapter);
+/* Trainable numbers: Σ r·(in+out). */
+int64_t lorac_adapter_n_params(const lorac_adapter_t *adapter);
+
+/* Writes OUT/adapter_config.json and OUT/adapter_model.safetensors in
+ * PEFT's format (creating OUT), each atomically. base_model names the base
+ * in base_model_name_or_path. */
+lorac_status_t lorac_adapter_save(const lorac_adapter_t *adapter, const char *dir, const char *base_model);
+/* Reads a PEFT adapter directory written by lorac (or PEFT with the same
+ * conventions) and checks it fits `config`: shapes, layers and targets;
+ * errors name the tensor, the expected and the found shape. */
+lorac_status_t lorac_adapter_load(const char *dir, const lorac_model_config_t *config, lorac_adapter_t **out);
+
+/* ---- the LoRA layer pair (llm.c style; see lora.c) -------------------------
+ * forward:  u = x·Aᵀ (T, r); y += s · u·Bᵀ (T, out). x is (T, in).
+ * backward: dB += s · dyᵀ·u ; du = s · dy·B ; dA += duᵀ·x ; dx += du·A.
+ * du is scratch of (T, r) floats. */
+void lorac_lora_forward(float *y, float *u, const float *x, const lorac_lora_module_t *m, int64_t T);
+void lorac_lora_backward(float *dx, float *dA, float *dB, float *du, const float *dy, const float *x,
+                         const float *u, const lorac_lora_module_t *m, int64_t T);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LORAC_LORA_H */

@@ -1,0 +1,218 @@
+/* LoRA adapters: targets, initialisation and the LoRA layer pair. PEFT file
+ * I/O is in peft.c. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lora/lora_internal.h"
+#include "lorac/kernels.h"
+
+static const char *const k_target_names[LORAC_LORA_COUNT] = {
+    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+};
+
+const char *lorac_lora_target_name(lorac_lora_target_t t) {
+    return (int)t >= 0 && t < LORAC_LORA_COUNT ? k_target_names[t] : NULL;
+}
+
+int lorac_lora_target_from_name(const char *name, size_t len) {
+    for (int t = 0; t < LORAC_LORA_COUNT; t++)
+        if (strlen(k_target_names[t]) == len && strncmp(name, k_target_names[t], len) == 0) return t;
+    return -1;
+}
+
+lorac_status_t lorac_lora_parse_targets(const char *text, uint32_t *mask) {
+    *mask = 0;
+    if (strcmp(text, "all-linear") == 0 || strcmp(text, "all") == 0) {
+        *mask = (1u << LORAC_LORA_COUNT) - 1;
+        return LORAC_STATUS_OK;
+    }
+    const char *p = text;
+    while (*p) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        int t = lorac_lora_target_from_name(p, len);
+        if (t < 0)
+            return lorac_error(LORAC_STATUS_INVALID_ARG,
+                               "unknown target module '%.*s' (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj or all-linear)",
+                               (int)len, p);
+        *mask |= 1u << t;
+        p += len + (end ? 1 : 0);
+    }
+    if (!*mask) return lorac_error(LORAC_STATUS_INVALID_ARG, "no target modules given");
+    return LORAC_STATUS_OK;
+}
+
+lorac_status_t lorac_lora_parse_layers(const char *text, int32_t n_layers, uint8_t *mask) {
+    if (!text || !*text || strcmp(text, "all") == 0) {
+        memset(mask, 1, (size_t)n_layers);
+        return LORAC_STATUS_OK;
+    }
+    memset(mask, 0, (size_t)n_layers);
+    const char *p = text;
+    while (*p) {
+        char *end;
+        long a = strtol(p, &end, 10), b = a;
+        if (end == p) return lorac_error(LORAC_STATUS_INVALID_ARG, "bad layer list '%s' (expected e.g. 0-3,7)", text);
+        if (*end == '-') {
+            const char *q = end + 1;
+            b = strtol(q, &end, 10);
+            if (end == q) return lorac_error(LORAC_STATUS_INVALID_ARG, "bad layer list '%s' (expected e.g. 0-3,7)", text);
+        }
+        if (a < 0 || b < a || b >= n_layers)
+            return lorac_error(LORAC_STATUS_INVALID_ARG, "layer range %ld-%ld is outside 0..%d", a, b, n_layers - 1);
+        for (long l = a; l <= b; l++) mask[l] = 1;
+        if (*end == ',') end++;
+        else if (*end) return lorac_error(LORAC_STATUS_INVALID_ARG, "bad layer list '%s' (expected e.g. 0-3,7)", text);
+        p = end;
+    }
+    return LORAC_STATUS_OK;
+}
+
+lorac_lora_params_t lorac_lora_default_params(void) {
+    lorac_lora_params_t p = {.r = 8, .alpha = 16.0f, .dropout = 0.0f, .rslora = false,
+                             .targets = (1u << LORAC_LORA_Q) | (1u << LORAC_LORA_V), .layers = NULL,
+                             .init = LORAC_LORA_INIT_KAIMING, .seed = 42};
+    return p;
+}
+
+void lorac_lora_target_dims(const lorac_model_config_t *c, lorac_lora_target_t t, int32_t *in, int32_t *out) {
+    int32_t D = c->hidden_size, I = c->intermediate_size;
+    int32_t Q = c->n_heads * c->head_dim, KV = c->n_kv_heads * c->head_dim;
+    switch (t) {
+    case LORAC_LORA_Q: *in = D; *out = Q; break;
+    case LORAC_LORA_K: case LORAC_LORA_V: *in = D; *out = KV; break;
+    case LORAC_LORA_O: *in = Q; *out = D; break;
+    case LORAC_LORA_GATE: case LORAC_LORA_UP: *in = D; *out = I; break;
+    case LORAC_LORA_DOWN: default: *in = I; *out = D; break;
+    }
+}
+
+float lorac_lora_scale(float alpha, int32_t r, bool rslora) {
+    return rslora ? alpha / sqrtf((float)r) : alpha / (float)r;
+}
+
+lorac_status_t lorac_adapter_alloc(const lorac_model_config_t *config, const lorac_lora_params_t *params,
+                                   lorac_adapter_t **out) {
+    *out = NULL;
+    if (params->r < 1 || params->r > 65536) return lorac_error(LORAC_STATUS_INVALID_ARG, "LoRA rank r = %d must be in 1..65536", params->r);
+    if (!(params->dropout >= 0.0f && params->dropout < 1.0f))
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "LoRA dropout %g must be in [0, 1)", (double)params->dropout);
+    if (!isfinite(params->alpha)) return lorac_error(LORAC_STATUS_INVALID_ARG, "LoRA alpha must be finite");
+    lorac_adapter_t *a = calloc(1, sizeof *a);
+    if (!a) return lorac_error(LORAC_STATUS_NOMEM, "out of memory");
+    a->config = *config;
+    a->params = *params;
+    a->layer_mask = malloc((size_t)config->n_layers);
+    a->index = malloc(sizeof(int32_t) * (size_t)config->n_layers * LORAC_LORA_COUNT);
+    if (!a->layer_mask || !a->index) { lorac_adapter_free(a); return lorac_error(LORAC_STATUS_NOMEM, "out of memory"); }
+    if (params->layers) memcpy(a->layer_mask, params->layers, (size_t)config->n_layers);
+    else memset(a->layer_mask, 1, (size_t)config->n_layers);
+    a->params.layers = a->layer_mask;
+    for (int32_t i = 0; i < config->n_layers * LORAC_LORA_COUNT; i++) a->index[i] = -1;
+
+    int32_t n = 0;
+    for (int32_t l = 0; l < config->n_layers; l++)
+        for (int t = 0; t < LORAC_LORA_COUNT; t++)
+            if (a->layer_mask[l] && (params->targets >> t & 1u)) n++;
+    a->modules = calloc((size_t)(n ? n : 1), sizeof *a->modules);
+    if (!a->modules) { lorac_adapter_free(a); return lorac_error(LORAC_STATUS_NOMEM, "out of memory"); }
+    float scale = lorac_lora_scale(params->alpha, params->r, params->rslora);
+    for (int32_t l = 0; l < config->n_layers; l++) {
+        for (int t = 0; t < LORAC_LORA_COUNT; t++) {
+            if (!a->layer_mask[l] || !(params->targets >> t & 1u)) continue;
+            lorac_lora_module_t *m = &a->modules[a->n_modules];
+            m->layer = l;
+            m->target = (lorac_lora_target_t)t;
+            m->r = params->r;
+            m->scale = scale;
+            lorac_lora_target_dims(config, m->target, &m->in, &m->out);
+            m->A = calloc((size_t)m->r * (size_t)m->in, sizeof(float));
+            m->B = calloc((size_t)m->out * (size_t)m->r, sizeof(float));
+            if (!m->A || !m->B) {
+                free(m->A); free(m->B);
+                lorac_adapter_free(a);
+                return lorac_error(LORAC_STATUS_NOMEM, "out of memory for LoRA weights");
+            }
+            a->index[l * LORAC_LORA_COUNT + t] = a->n_modules++;
+        }
+    }
+    *out = a;
+    return LORAC_STATUS_OK;
+}
+
+lorac_status_t lorac_adapter_init(const lorac_model_config_t *config, const lorac_lora_params_t *params,
+                                  lorac_adapter_t **out) {
+    lorac_status_t s = lorac_adapter_alloc(config, params, out);
+    if (s) return s;
+    lorac_adapter_t *a = *out;
+    lorac_rng_t rng;
+    lorac_rng_seed(&rng, params->seed);
+    for (int32_t i = 0; i < a->n_modules; i++) {
+        lorac_lora_module_t *m = &a->modules[i];
+        int64_t n = (int64_t)m->r * m->in;
+        if (params->init == LORAC_LORA_INIT_GAUSSIAN) {
+            /* PEFT init_lora_weights="gaussian": normal with std 1/r */
+            for (int64_t k = 0; k < n; k++) m->A[k] = lorac_rng_normal(&rng) / (float)m->r;
+        } else {
+            /* kaiming_uniform_(A, a=sqrt(5)): gain sqrt(2/(1+5)), bound
+             * gain*sqrt(3/fan_in) = 1/sqrt(fan_in) with fan_in = in */
+            float bound = 1.0f / sqrtf((float)m->in);
+            for (int64_t k = 0; k < n; k++) m->A[k] = (2.0f * lorac_rng_float(&rng) - 1.0f) * bound;
+        }
+        /* B stays zero: the adapted model starts exactly at the base */
+    }
+    return LORAC_STATUS_OK;
+}
+
+void lorac_adapter_free(lorac_adapter_t *a) {
+    if (!a) return;
+    if (a->modules)
+        for (int32_t i = 0; i < a->n_modules; i++) { free(a->modules[i].A); free(a->modules[i].B); }
+    free(a->modules);
+    free(a->layer_mask);
+    free(a->index);
+    free(a);
+}
+
+int32_t lorac_adapter_n_modules(const lorac_adapter_t *a) { return a->n_modules; }
+lorac_lora_module_t *lorac_adapter_module(lorac_adapter_t *a, int32_t i) {
+    return i >= 0 && i < a->n_modules ? &a->modules[i] : NULL;
+}
+const lorac_lora_params_t *lorac_adapter_params(const lorac_adapter_t *a) { return &a->params; }
+
+const lorac_lora_module_t *lorac_adapter_find(const lorac_adapter_t *a, int32_t layer, lorac_lora_target_t t) {
+    if (layer < 0 || layer >= a->config.n_layers || (int)t < 0 || t >= LORAC_LORA_COUNT) return NULL;
+    int32_t i = a->index[layer * LORAC_LORA_COUNT + t];
+    return i >= 0 ? &a->modules[i] : NULL;
+}
+
+int64_t lorac_adapter_n_params(const lorac_adapter_t *a) {
+    int64_t n = 0;
+    for (int32_t i = 0; i < a->n_modules; i++)
+        n += (int64_t)a->modules[i].r * (a->modules[i].in + a->modules[i].out);
+    return n;
+}
+
+// x is (T,in), u is (T,r), y is (T,out). u = x·Aᵀ ; y += s·u·Bᵀ
+void lorac_lora_forward(float *y, float *u, const float *x, const lorac_lora_module_t *m, int64_t T) {
+    lorac_matmul_forward(u, x, m->A, LORAC_DTYPE_F32, NULL, T, m->in, m->r);
+    lorac_lora_expand_forward(y, u, m->B, m->scale, T, m->out, m->r);
+}
+
+// dy is (T,out); x (T,in) and u (T,r) are what forward saw; du is (T,r) scratch.
+// dB += s·dyᵀ·u ; du = s·dy·B ; dA += duᵀ·x ; dx += du·A (dx may be NULL)
+void lorac_lora_backward(float *dx, float *dA, float *dB, float *du, const float *dy, const float *x,
+                         const float *u, const lorac_lora_module_t *m, int64_t T) {
+    int64_t n_u = T * m->r;
+    /* du first holds s·u, the input of B's weight gradient */
+    memcpy(du, u, sizeof(float) * (size_t)n_u);
+    lorac_scale(du, m->scale, n_u);
+    lorac_matmul_backward_weight(dB, NULL, dy, du, T, m->r, m->out);
+    memset(du, 0, sizeof(float) * (size_t)n_u);
+    lorac_matmul_backward_input(du, dy, m->B, LORAC_DTYPE_F32, T, m->r, m->out);
+    lorac_scale(du, m->scale, n_u);
+    lorac_matmul_backward_weight(dA, NULL, du, x, T, m->in, m->r);
+    if (dx) lorac_matmul_backward_input(dx, du, m->A, LORAC_DTYPE_F32, T, m->in, m->r);
+}

@@ -1,0 +1,24 @@
+/* Private layout of an adapter, shared by lora.c and peft.c. */
+#ifndef LORAC_LORA_INTERNAL_H
+#define LORAC_LORA_INTERNAL_H
+
+#include "lorac/lora.h"
+
+struct lorac_adapter {
+    lorac_model_config_t config;
+    lorac_lora_params_t params;   /* params.layers points at layer_mask */
+    uint8_t *layer_mask;          /* (n_layers) */
+    lorac_lora_module_t *modules; /* in (layer, target) order */
+    int32_t n_modules;
+    int32_t *index;               /* (n_layers * LORAC_LORA_COUNT) -> module or -1 */
+};
+
+/* Allocates modules with A = B = 0 for every selected (layer, target). */
+lorac_status_t lorac_adapter_alloc(const lorac_model_config_t *config, const lorac_lora_params_t *params,
+                                   lorac_adapter_t **out);
+void lorac_lora_target_dims(const lorac_model_config_t *c, lorac_lora_target_t t, int32_t *in, int32_t *out);
+float lorac_lora_scale(float alpha, int32_t r, bool rslora);
+/* Target index of a PEFT module name of `len` bytes, or -1. */
+int lorac_lora_target_from_name(const char *name, size_t len);
+
+#endif

@@ -1,0 +1,497 @@
+/* The training pass: explicit forward and backward through the LLaMA stack
+ * (llm.c style), with LoRA on any projection or full fine-tuning.
+ *
+ * Per layer the forward keeps what the backward needs (shapes for N = B·T
+ * tokens): x_in, xn1 (N,D), rstd1 (N), q (N,H·hd) after rotary, k, v
+ * (N,KVH·hd), att (N,H·hd), lse (N,H), x_mid, xn2 (N,D), rstd2 (N), gate, up,
+ * h (N,I), and per LoRA module u = x·Aᵀ (N,r) plus the dropout mask.
+ * Attention probabilities are recomputed in the backward pass from lse
+ * rather than stored (B·H·T² floats per layer would dominate memory).
+ * The classifier and the loss run in chunks of rows, fused with their
+ * backward, so the (N, vocab) logits never exist at once. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lora/lora_internal.h"
+#include "lorac/kernels.h"
+#include "model/model_internal.h"
+
+#define LOSS_CHUNK 64 /* rows of logits alive at once */
+
+/* One projection: base weight (+ bias), optionally a LoRA module, and the
+ * gradient buffers of whatever is trained. */
+typedef struct {
+    lorac_wref_t w;
+    const float *bias;
+    float *dw, *db;               /* full fine-tuning */
+    const lorac_lora_module_t *lora;
+    float *dA, *dB;               /* LoRA */
+    int32_t in, out;
+} linear_t;
+
+typedef struct {
+    lorac_wref_t attn_norm, ffn_norm;
+    float *d_attn_norm, *d_ffn_norm; /* full fine-tuning */
+    linear_t proj[LORAC_LORA_COUNT]; /* indexed like lorac_lora_target_t */
+} train_layer_t;
+
+typedef struct {
+    float *x_in, *rstd1, *xn1, *q, *k, *v, *att, *lse, *x_mid, *rstd2, *xn2, *gate, *up, *h;
+    float *u[LORAC_LORA_COUNT];      /* (N, r) */
+    uint8_t *keep[LORAC_LORA_COUNT]; /* (N, in) dropout mask, when dropout > 0 */
+    float *xdrop[LORAC_LORA_COUNT];  /* (N, in) dropped input, when dropout > 0 */
+} layer_acts_t;
+
+typedef struct {
+    char name[128];
+    float *data, *grad;
+    int64_t n;
+} param_t;
+
+struct lorac_train_pass {
+    const lorac_model_t *model;
+    lorac_adapter_t *adapter;   /* NULL: full fine-tuning */
+    int32_t B, T;
+    int64_t N;
+    train_layer_t *layers;
+    lorac_wref_t embed, final_norm, lm_head;
+    float *d_embed, *d_final_norm, *d_lm_head; /* full only; d_lm_head == d_embed when tied */
+    layer_acts_t *acts;
+    float *x_final, *rstd_f, *xn_f;
+    /* backward scratch */
+    float *dres, *dres2, *dxn, *dxn_f, *tmp, *dh, *dgate, *dup, *datt, *dq, *dk, *dv, *du, *dx_lora;
+    float *chunk_x, *chunk_logits, *chunk_dx, *chunk_losses;
+    int32_t *chunk_targets, *start;
+    float *att_scratch;
+    int att_threads;
+    param_t *params;
+    int32_t n_params;
+    void *arena;          /* activations and scratch, one allocation */
+    void *full_arena;     /* master weights and their gradients (full only) */
+    void *grad_arena;     /* LoRA gradients */
+};
+
+/* ---- memory planning -------------------------------------------------------- */
+/* Two passes over the same carving code: the first only counts bytes. */
+typedef struct {
+    uint8_t *base;
+    size_t used;
+} arena_t;
+
+static void *carve(arena_t *a, size_t bytes) {
+    size_t off = (a->used + 63) & ~(size_t)63; /* cache-line aligned */
+    a->used = off + bytes;
+    return a->base ? a->base + off : NULL;
+}
+#define CARVE(a, ptr, count) ((ptr) = carve((a), sizeof(*(ptr)) * (size_t)(count)))
+
+static void plan_activations(lorac_train_pass_t *p, arena_t *a) {
+    const lorac_model_config_t *c = &p->model->config;
+    int64_t N = p->N, D = c->hidden_size, I = c->intermediate_size, H = c->n_heads;
+    int64_t Q = H * c->head_dim, KV = (int64_t)c->n_kv_heads * c->head_dim;
+    int64_t max_in = I > D ? I : D, max_r = 1;
+    max_in = Q > max_in ? Q : max_in;
+    for (int32_t l = 0; l < c->n_layers; l++) {
+        layer_acts_t *s = &p->acts[l];
+        CARVE(a, s->x_in, N * D); CARVE(a, s->rstd1, N); CARVE(a, s->xn1, N * D);
+        CARVE(a, s->q, N * Q); CARVE(a, s->k, N * KV); CARVE(a, s->v, N * KV);
+        CARVE(a, s->att, N * Q); CARVE(a, s->lse, N * H);
+        CARVE(a, s->x_mid, N * D); CARVE(a, s->rstd2, N); CARVE(a, s->xn2, N * D);
+        CARVE(a, s->gate, N * I); CARVE(a, s->up, N * I); CARVE(a, s->h, N * I);
+        for (int t = 0; t < LORAC_LORA_COUNT; t++) {
+            const lorac_lora_module_t *m = p->layers[l].proj[t].lora;
+            if (!m) continue;
+            max_r = m->r > max_r ? m->r : max_r;
+            CARVE(a, s->u[t], N * m->r);
+            if (p->adapter->params.dropout > 0.0f) { CARVE(a, s->keep[t], N * m->in); CARVE(a, s->xdrop[t], N * m->in); }
+        }
+    }
+    CARVE(a, p->x_final, N * D); CARVE(a, p->rstd_f, N); CARVE(a, p->xn_f, N * D);
+    CARVE(a, p->dres, N * D); CARVE(a, p->dres2, N * D); CARVE(a, p->dxn, N * D); CARVE(a, p->dxn_f, N * D);
+    CARVE(a, p->tmp, N * D); CARVE(a, p->dh, N * I); CARVE(a, p->dgate, N * I); CARVE(a, p->dup, N * I);
+    CARVE(a, p->datt, N * Q); CARVE(a, p->dq, N * Q); CARVE(a, p->dk, N * KV); CARVE(a, p->dv, N * KV);
+    CARVE(a, p->du, N * max_r); CARVE(a, p->dx_lora, N * max_in);
+    CARVE(a, p->chunk_x, LOSS_CHUNK * D); CARVE(a, p->chunk_dx, LOSS_CHUNK * D);
+    CARVE(a, p->chunk_logits, (int64_t)LOSS_CHUNK * c->vocab_size);
+    CARVE(a, p->chunk_losses, LOSS_CHUNK); CARVE(a, p->chunk_targets, LOSS_CHUNK);
+    CARVE(a, p->start, N);
+}
+
+static lorac_status_t add_param(lorac_train_pass_t *p, const char *name, float *data, float *grad, int64_t n) {
+    param_t *np = realloc(p->params, sizeof(param_t) * (size_t)(p->n_params + 1));
+    if (!np) return lorac_error(LORAC_STATUS_NOMEM, "out of memory");
+    p->params = np;
+    param_t *q = &p->params[p->n_params++];
+    snprintf(q->name, sizeof q->name, "%s", name);
+    q->data = data; q->grad = grad; q->n = n;
+    return LORAC_STATUS_OK;
+}
+
+static const lorac_tensor_kind_t k_target_kind[LORAC_LORA_COUNT] = {
+    LORAC_TENSOR_Q, LORAC_TENSOR_K, LORAC_TENSOR_V, LORAC_TENSOR_O, LORAC_TENSOR_GATE, LORAC_TENSOR_UP, LORAC_TENSOR_DOWN};
+static const lorac_tensor_kind_t k_target_bias[LORAC_LORA_COUNT] = {
+    LORAC_TENSOR_Q_BIAS, LORAC_TENSOR_K_BIAS, LORAC_TENSOR_V_BIAS, LORAC_TENSOR_O_BIAS,
+    LORAC_TENSOR_GATE_BIAS, LORAC_TENSOR_UP_BIAS, LORAC_TENSOR_DOWN_BIAS};
+
+static void base_layer(const lorac_model_t *m, int32_t l, train_layer_t *L) {
+    const lorac_layer_weights_t *W = &m->layers[l];
+    const lorac_wref_t *w[LORAC_LORA_COUNT] = {&W->wq, &W->wk, &W->wv, &W->wo, &W->w_gate, &W->w_up, &W->w_down};
+    const float *b[LORAC_LORA_COUNT] = {W->bq, W->bk, W->bv, W->bo, W->b_gate, W->b_up, W->b_down};
+    L->attn_norm = W->attn_norm;
+    L->ffn_norm = W->ffn_norm;
+    for (int t = 0; t < LORAC_LORA_COUNT; t++) {
+        L->proj[t].w = *w[t];
+        L->proj[t].bias = b[t];
+        lorac_lora_target_dims(&m->config, (lorac_lora_target_t)t, &L->proj[t].in, &L->proj[t].out);
+    }
+}
+
+/* Full fine-tuning: f32 master copies of every weight, with gradients. */
+static lorac_status_t setup_full(lorac_train_pass_t *p) {
+    const lorac_model_t *m = p->model;
+    const lorac_model_config_t *c = &m->config;
+    int64_t D = c->hidden_size, V = c->vocab_size;
+    /* count floats: each tensor twice (data + grad) */
+    int64_t total = 2 * (V * D + D) + (c->tie_word_embeddings ? 0 : 2 * V * D);
+    for (int32_t l = 0; l < c->n_layers; l++) {
+        train_layer_t *L = &p->layers[l];
+        total += 4 * D;
+        for (int t = 0; t < LORAC_LORA_COUNT; t++)
+            total += 2 * (int64_t)L->proj[t].in * L->proj[t].out + (L->proj[t].bias ? 2 * L->proj[t].out : 0);
+    }
+    float *f = calloc((size_t)total, sizeof(float));
+    if (!f) return lorac_error(LORAC_STATUS_NOMEM, "out of memory for f32 master weights (%lld floats)", (long long)total);
+    p->full_arena = f;
+    char name[128];
+    lorac_status_t s;
+#define MASTER(WREF, COUNT, GRAD, KIND, LAYER)                                        \
+    do {                                                                          \
+        float *data_ = f; f += (COUNT);                                           \
+        (GRAD) = f; f += (COUNT);                                                 \
+        lorac_convert_to_f32(data_, (WREF).data, (WREF).dtype, (COUNT));          \
+        (WREF).data = data_; (WREF).dtype = LORAC_DTYPE_F32;                      \
+        lorac_tensor_name((KIND), (LAYER), name, sizeof name);                    \
+        if ((s = add_param(p, name, data_, (GRAD), (COUNT)))) return s;           \
+    } while (0)
+    MASTER(p->embed, V * D, p->d_embed, LORAC_TENSOR_EMBED, 0);
+    for (int32_t l = 0; l < c->n_layers; l++) {
+        train_layer_t *L = &p->layers[l];
+        MASTER(L->attn_norm, D, L->d_attn_norm, LORAC_TENSOR_ATTN_NORM, l);
+        for (int t = 0; t < LORAC_LORA_COUNT; t++) {
+            linear_t *q = &p->layers[l].proj[t];
+            MASTER(q->w, (int64_t)q->in * q->out, q->dw, k_target_kind[t], l);
+            if (q->bias) {
+                lorac_wref_t bref = {q->bias, LORAC_DTYPE_F32};
+                MASTER(bref, q->out, q->db, k_target_bias[t], l);
+                q->bias = bref.data;
+            }
+        }
+        MASTER(L->ffn_norm, D, L->d_ffn_norm, LORAC_TENSOR_FFN_NORM, l);
+    }
+    MASTER(p->final_norm, D, p->d_final_norm, LORAC_TENSOR_FINAL_NORM, 0);
+    if (c->tie_word_embeddings) {
+        p->lm_head = p->embed;
+        p->d_lm_head = p->d_embed;
+    } else {
+        MASTER(p->lm_head, V * D, p->d_lm_head, LORAC_TENSOR_LM_HEAD, 0);
+    }
+#undef MASTER
+    return LORAC_STATUS_OK;
+}
+
+static lorac_status_t setup_lora(lorac_train_pass_t *p) {
+    lorac_adapter_t *a = p->adapter;
+    const lorac_model_config_t *c = &p->model->config;
+    if (a->config.hidden_size != c->hidden_size || a->config.n_layers != c->n_layers ||
+        a->config.intermediate_size != c->intermediate_size || a->config.n_heads != c->n_heads ||
+        a->config.n_kv_heads != c->n_kv_heads || a->config.head_dim != c->head_dim)
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "the adapter was made for a model of another shape");
+    int64_t total = 0;
+    for (int32_t i = 0; i < a->n_modules; i++) total += (int64_t)a->modules[i].r * (a->modules[i].in + a->modules[i].out);
+    float *g = calloc((size_t)(total ? total : 1), sizeof(float));
+    if (!g) return lorac_error(LORAC_STATUS_NOMEM, "out of memory for LoRA gradients");
+    p->grad_arena = g;
+    for (int32_t i = 0; i < a->n_modules; i++) {
+        lorac_lora_module_t *m = &a->modules[i];
+        linear_t *q = &p->layers[m->layer].proj[m->target];
+        q->lora = m;
+        q->dA = g; g += (int64_t)m->r * m->in;
+        q->dB = g; g += (int64_t)m->out * m->r;
+        const char *block = m->target <= LORAC_LORA_O ? "self_attn" : "mlp";
+        char name[128];
+        lorac_status_t s;
+        snprintf(name, sizeof name, "base_model.model.model.layers.%d.%s.%s.lora_A.weight", m->layer, block,
+                 lorac_lora_target_name(m->target));
+        if ((s = add_param(p, name, m->A, q->dA, (int64_t)m->r * m->in))) return s;
+        snprintf(name, sizeof name, "base_model.model.model.layers.%d.%s.%s.lora_B.weight", m->layer, block,
+                 lorac_lora_target_name(m->target));
+        if ((s = add_param(p, name, m->B, q->dB, (int64_t)m->out * m->r))) return s;
+    }
+    return LORAC_STATUS_OK;
+}
+
+lorac_status_t lorac_train_pass_init(const lorac_model_t *model, lorac_adapter_t *adapter,
+                                     lorac_train_pass_params_t params, lorac_train_pass_t **out) {
+    *out = NULL;
+    if (params.batch < 1 || params.seq_len < 1)
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "batch and seq_len must be positive");
+    const lorac_model_config_t *c = &model->config;
+    lorac_train_pass_t *p = calloc(1, sizeof *p);
+    if (!p) return lorac_error(LORAC_STATUS_NOMEM, "out of memory");
+    p->model = model;
+    p->adapter = adapter;
+    p->B = params.batch;
+    p->T = params.seq_len;
+    p->N = (int64_t)params.batch * params.seq_len;
+    p->layers = calloc((size_t)c->n_layers, sizeof *p->layers);
+    p->acts = calloc((size_t)c->n_layers, sizeof *p->acts);
+    lorac_status_t s = LORAC_STATUS_OK;
+    if (!p->layers || !p->acts) { s = lorac_error(LORAC_STATUS_NOMEM, "out of memory"); goto fail; }
+    for (int32_t l = 0; l < c->n_layers; l++) base_layer(model, l, &p->layers[l]);
+    p->embed = model->embed;
+    p->final_norm = model->final_norm;
+    p->lm_head = model->lm_head;
+    if ((s = adapter ? setup_lora(p) : setup_full(p))) goto fail;
+
+    arena_t a = {NULL, 0};
+    plan_activations(p, &a);
+    a.base = malloc(a.used);
+    if (!a.base) {
+        s = lorac_error(LORAC_STATUS_NOMEM, "out of memory for activations (%.1f MB for batch %d x %d)",
+                        (double)a.used / 1e6, p->B, p->T);
+        goto fail;
+    }
+    p->arena = a.base;
+    a.used = 0;
+    plan_activations(p, &a);
+    p->att_threads = lorac_kernels_get_threads();
+    p->att_scratch = malloc(sizeof(float) * (size_t)p->att_threads * (size_t)p->T);
+    if (!p->att_scratch) { s = lorac_error(LORAC_STATUS_NOMEM, "out of memory"); goto fail; }
+    *out = p;
+    return LORAC_STATUS_OK;
+fail:
+    lorac_train_pass_free(p);
+    return s;
+}
+
+void lorac_train_pass_free(lorac_train_pass_t *p) {
+    if (!p) return;
+    free(p->layers); free(p->acts); free(p->arena); free(p->full_arena); free(p->grad_arena);
+    free(p->att_scratch); free(p->params);
+    free(p);
+}
+
+int32_t lorac_train_pass_n_params(const lorac_train_pass_t *p) { return p->n_params; }
+
+void lorac_train_pass_param(lorac_train_pass_t *p, int32_t i, const char **name, float **data, float **grad, int64_t *n) {
+    param_t *q = &p->params[i];
+    if (name) *name = q->name;
+    if (data) *data = q->data;
+    if (grad) *grad = q->grad;
+    if (n) *n = q->n;
+}
+
+void lorac_train_pass_zero_grad(lorac_train_pass_t *p) {
+    for (int32_t i = 0; i < p->n_params; i++) memset(p->params[i].grad, 0, sizeof(float) * (size_t)p->params[i].n);
+}
+
+/* ---- the layer pairs -------------------------------------------------------- */
+
+// out (N,out) = x·Wᵀ + b (+ s·dropout(x)·Aᵀ·Bᵀ)
+static void linear_forward(const linear_t *q, float *out, const float *x, layer_acts_t *s, int t, int64_t N,
+                           float dropout, lorac_rng_t *rng) {
+    lorac_matmul_forward(out, x, q->w.data, q->w.dtype, q->bias, N, q->in, q->out);
+    if (!q->lora) return;
+    const float *xl = x;
+    if (dropout > 0.0f && s->xdrop[t]) {
+        /* inverted dropout, as torch.nn.Dropout: keep with 1-p, scale by 1/(1-p);
+         * without an rng (evaluation) every element is kept unscaled */
+        float keep_scale = rng ? 1.0f / (1.0f - dropout) : 1.0f;
+        int64_t n = N * q->in;
+        for (int64_t i = 0; i < n; i++) {
+            uint8_t keep = rng ? lorac_rng_float(rng) >= dropout : 1;
+            s->keep[t][i] = keep;
+            s->xdrop[t][i] = keep ? x[i] * keep_scale : 0.0f;
+        }
+        xl = s->xdrop[t];
+    }
+    lorac_lora_forward(out, s->u[t], xl, q->lora, N);
+}
+
+// dx (N,in) += dout·W (+ LoRA's share); full: dW += doutᵀ·x, db += Σ dout; LoRA: dA, dB.
+static void linear_backward(lorac_train_pass_t *p, const linear_t *q, float *dx, const float *dout, const float *x,
+                            layer_acts_t *s, int t, float dropout, int has_rng) {
+    int64_t N = p->N;
+    lorac_matmul_backward_input(dx, dout, q->w.data, q->w.dtype, N, q->in, q->out);
+    if (q->dw) lorac_matmul_backward_weight(q->dw, q->db, dout, x, N, q->in, q->out);
+    if (!q->lora) return;
+    if (dropout > 0.0f && s->xdrop[t]) {
+        /* gradient through the dropout mask: d x = keep/(1-p) · d xdrop */
+        int64_t n = N * q->in;
+        memset(p->dx_lora, 0, sizeof(float) * (size_t)n);
+        lorac_lora_backward(p->dx_lora, q->dA, q->dB, p->du, dout, s->xdrop[t], s->u[t], q->lora, N);
+        float keep_scale = has_rng ? 1.0f / (1.0f - dropout) : 1.0f;
+        for (int64_t i = 0; i < n; i++) if (s->keep[t][i]) dx[i] += p->dx_lora[i] * keep_scale;
+    } else {
+        lorac_lora_backward(dx, q->dA, q->dB, p->du, dout, x, s->u[t], q->lora, N);
+    }
+}
+
+static void add_into(float *out, const float *a, const float *b, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+static void layer_forward(lorac_train_pass_t *p, int32_t l, float *x_out, const int32_t *pos, float dropout,
+                          lorac_rng_t *rng) {
+    const lorac_model_t *m = p->model;
+    const lorac_model_config_t *c = &m->config;
+    train_layer_t *L = &p->layers[l];
+    layer_acts_t *s = &p->acts[l];
+    int64_t N = p->N, D = c->hidden_size, H = c->n_heads, KVH = c->n_kv_heads, hd = c->head_dim;
+
+    lorac_rmsnorm_forward(s->xn1, s->rstd1, s->x_in, L->attn_norm.data, L->attn_norm.dtype, c->rms_norm_eps, N, D);
+    linear_forward(&L->proj[LORAC_LORA_Q], s->q, s->xn1, s, LORAC_LORA_Q, N, dropout, rng);
+    linear_forward(&L->proj[LORAC_LORA_K], s->k, s->xn1, s, LORAC_LORA_K, N, dropout, rng);
+    linear_forward(&L->proj[LORAC_LORA_V], s->v, s->xn1, s, LORAC_LORA_V, N, dropout, rng);
+    lorac_rope_forward(s->q, pos, m->inv_freq, N, H, hd);
+    lorac_rope_forward(s->k, pos, m->inv_freq, N, KVH, hd);
+    lorac_attention_train_forward(s->att, s->lse, p->att_scratch, s->q, s->k, s->v, p->start, p->B, p->T, H, KVH, hd);
+    linear_forward(&L->proj[LORAC_LORA_O], p->tmp, s->att, s, LORAC_LORA_O, N, dropout, rng);
+    add_into(s->x_mid, s->x_in, p->tmp, N * D);
+
+    lorac_rmsnorm_forward(s->xn2, s->rstd2, s->x_mid, L->ffn_norm.data, L->ffn_norm.dtype, c->rms_norm_eps, N, D);
+    linear_forward(&L->proj[LORAC_LORA_GATE], s->gate, s->xn2, s, LORAC_LORA_GATE, N, dropout, rng);
+    linear_forward(&L->proj[LORAC_LORA_UP], s->up, s->xn2, s, LORAC_LORA_UP, N, dropout, rng);
+    lorac_swiglu_forward(s->h, s->gate, s->up, N, c->intermediate_size);
+    linear_forward(&L->proj[LORAC_LORA_DOWN], p->tmp, s->h, s, LORAC_LORA_DOWN, N, dropout, rng);
+    add_into(x_out, s->x_mid, p->tmp, N * D);
+}
+
+/* dres (N,D) holds dLoss/d(layer output); on return it holds dLoss/d(x_in). */
+static void layer_backward(lorac_train_pass_t *p, int32_t l, float *dres, const int32_t *pos, float dropout, int has_rng) {
+    const lorac_model_t *m = p->model;
+    const lorac_model_config_t *c = &m->config;
+    train_layer_t *L = &p->layers[l];
+    layer_acts_t *s = &p->acts[l];
+    int64_t N = p->N, D = c->hidden_size, I = c->intermediate_size, H = c->n_heads, KVH = c->n_kv_heads, hd = c->head_dim;
+    int64_t Q = H * hd, KV = KVH * hd;
+
+    /* MLP: out = x_mid + down(silu(gate(xn2)) * up(xn2)) */
+    memset(p->dh, 0, sizeof(float) * (size_t)(N * I));
+    linear_backward(p, &L->proj[LORAC_LORA_DOWN], p->dh, dres, s->h, s, LORAC_LORA_DOWN, dropout, has_rng);
+    memset(p->dgate, 0, sizeof(float) * (size_t)(N * I));
+    memset(p->dup, 0, sizeof(float) * (size_t)(N * I));
+    lorac_swiglu_backward(p->dgate, p->dup, p->dh, s->gate, s->up, N, I);
+    memset(p->dxn, 0, sizeof(float) * (size_t)(N * D));
+    linear_backward(p, &L->proj[LORAC_LORA_GATE], p->dxn, p->dgate, s->xn2, s, LORAC_LORA_GATE, dropout, has_rng);
+    linear_backward(p, &L->proj[LORAC_LORA_UP], p->dxn, p->dup, s->xn2, s, LORAC_LORA_UP, dropout, has_rng);
+    /* residual: dres already holds d x_mid's direct share */
+    lorac_rmsnorm_backward(dres, L->d_ffn_norm, p->dxn, s->x_mid, L->ffn_norm.data, L->ffn_norm.dtype, s->rstd2, N, D);
+
+    /* attention: x_mid = x_in + o(attention(rope(q), rope(k), v)) */
+    memset(p->datt, 0, sizeof(float) * (size_t)(N * Q));
+    linear_backward(p, &L->proj[LORAC_LORA_O], p->datt, dres, s->att, s, LORAC_LORA_O, dropout, has_rng);
+    memset(p->dq, 0, sizeof(float) * (size_t)(N * Q));
+    memset(p->dk, 0, sizeof(float) * (size_t)(N * KV));
+    memset(p->dv, 0, sizeof(float) * (size_t)(N * KV));
+    lorac_attention_train_backward(p->dq, p->dk, p->dv, p->datt, s->q, s->k, s->v, s->att, s->lse, p->start, p->B,
+                                   p->T, H, KVH, hd);
+    lorac_rope_backward(p->dq, pos, m->inv_freq, N, H, hd);
+    lorac_rope_backward(p->dk, pos, m->inv_freq, N, KVH, hd);
+    memset(p->dxn, 0, sizeof(float) * (size_t)(N * D));
+    linear_backward(p, &L->proj[LORAC_LORA_Q], p->dxn, p->dq, s->xn1, s, LORAC_LORA_Q, dropout, has_rng);
+    linear_backward(p, &L->proj[LORAC_LORA_K], p->dxn, p->dk, s->xn1, s, LORAC_LORA_K, dropout, has_rng);
+    linear_backward(p, &L->proj[LORAC_LORA_V], p->dxn, p->dv, s->xn1, s, LORAC_LORA_V, dropout, has_rng);
+    lorac_rmsnorm_backward(dres, L->d_attn_norm, p->dxn, s->x_in, L->attn_norm.data, L->attn_norm.dtype, s->rstd1, N, D);
+}
+
+/* Classifier + cross-entropy in chunks of rows that have a target, fused
+ * with their backward when grads is set: dxn_f rows get dLoss/dxn_f. */
+static lorac_status_t loss_forward_backward(lorac_train_pass_t *p, const int32_t *targets, bool grads, double *loss_sum,
+                                            int64_t *n_targets) {
+    const lorac_model_config_t *c = &p->model->config;
+    int64_t N = p->N, D = c->hidden_size, V = c->vocab_size, n_valid = 0;
+    for (int64_t i = 0; i < N; i++) {
+        if (targets[i] == -100) continue;
+        if (targets[i] < 0 || targets[i] >= V)
+            return lorac_error(LORAC_STATUS_INVALID_ARG, "target %d at position %lld is outside the vocabulary", targets[i], (long long)i);
+        n_valid++;
+    }
+    *loss_sum = 0.0;
+    *n_targets = n_valid;
+    if (grads) memset(p->dxn_f, 0, sizeof(float) * (size_t)(N * D));
+    if (n_valid == 0) return LORAC_STATUS_OK;
+    float scale = 1.0f / (float)n_valid; /* mean over the batch's targets */
+    int64_t rows[LOSS_CHUNK];
+    int64_t i = 0;
+    while (i < N) {
+        int64_t n = 0;
+        for (; i < N && n < LOSS_CHUNK; i++) {
+            if (targets[i] == -100) continue;
+            rows[n] = i;
+            memcpy(p->chunk_x + n * D, p->xn_f + i * D, sizeof(float) * (size_t)D);
+            p->chunk_targets[n] = targets[i];
+            n++;
+        }
+        if (n == 0) break;
+        lorac_matmul_forward(p->chunk_logits, p->chunk_x, p->lm_head.data, p->lm_head.dtype, NULL, n, D, V);
+        lorac_crossentropy_forward_backward(p->chunk_logits, p->chunk_losses, p->chunk_targets, scale, n, V);
+        for (int64_t k = 0; k < n; k++) *loss_sum += p->chunk_losses[k];
+        if (!grads) continue;
+        memset(p->chunk_dx, 0, sizeof(float) * (size_t)(n * D));
+        lorac_matmul_backward_input(p->chunk_dx, p->chunk_logits, p->lm_head.data, p->lm_head.dtype, n, D, V);
+        if (p->d_lm_head) lorac_matmul_backward_weight(p->d_lm_head, NULL, p->chunk_logits, p->chunk_x, n, D, V);
+        for (int64_t k = 0; k < n; k++) memcpy(p->dxn_f + rows[k] * D, p->chunk_dx + k * D, sizeof(float) * (size_t)D);
+    }
+    return LORAC_STATUS_OK;
+}
+
+lorac_status_t lorac_train_pass_run(lorac_train_pass_t *p, const int32_t *tokens, const int32_t *targets,
+                                    const int32_t *pos, bool grads, lorac_rng_t *rng, double *loss_sum,
+                                    int64_t *n_targets) {
+    const lorac_model_t *m = p->model;
+    const lorac_model_config_t *c = &m->config;
+    int64_t N = p->N, D = c->hidden_size;
+    for (int64_t i = 0; i < N; i++) {
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
+            return lorac_error(LORAC_STATUS_INVALID_ARG, "token %d at position %lld is outside the vocabulary", tokens[i], (long long)i);
+        int64_t t = i % p->T;
+        if (pos[i] < 0 || pos[i] > t)
+            return lorac_error(LORAC_STATUS_INVALID_ARG, "position %d at row index %lld: must be in 0..%lld", pos[i], (long long)t, (long long)t);
+        p->start[i] = (int32_t)(t - pos[i]);
+    }
+    int threads = lorac_kernels_get_threads();
+    if (threads > p->att_threads) {
+        float *grown = realloc(p->att_scratch, sizeof(float) * (size_t)threads * (size_t)p->T);
+        if (!grown) return lorac_error(LORAC_STATUS_NOMEM, "out of memory");
+        p->att_scratch = grown;
+        p->att_threads = threads;
+    }
+    float dropout = p->adapter ? p->adapter->params.dropout : 0.0f;
+    if (!grads) rng = NULL;
+
+    /* forward */
+    size_t row_bytes = (size_t)D * lorac_dtype_size(p->embed.dtype);
+    for (int64_t i = 0; i < N; i++)
+        lorac_convert_to_f32(p->acts[0].x_in + i * D, (const uint8_t *)p->embed.data + (size_t)tokens[i] * row_bytes,
+                             p->embed.dtype, D);
+    for (int32_t l = 0; l < c->n_layers; l++)
+        layer_forward(p, l, l + 1 < c->n_layers ? p->acts[l + 1].x_in : p->x_final, pos, dropout, rng);
+    lorac_rmsnorm_forward(p->xn_f, p->rstd_f, p->x_final, p->final_norm.data, p->final_norm.dtype, c->rms_norm_eps, N, D);
+    lorac_status_t s = loss_forward_backward(p, targets, grads, loss_sum, n_targets);
+    if (s || !grads || *n_targets == 0) return s;
+
+    /* backward */
+    memset(p->dres, 0, sizeof(float) * (size_t)(N * D));
+    lorac_rmsnorm_backward(p->dres, p->d_final_norm, p->dxn_f, p->x_final, p->final_norm.data, p->final_norm.dtype,
+                           p->rstd_f, N, D);
+    for (int32_t l = c->n_layers - 1; l >= 0; l--) layer_backward(p, l, p->dres, pos, dropout, rng != NULL);
+    if (p->d_embed)
+        for (int64_t i = 0; i < N; i++) {
+            float *row = p->d_embed + (int64_t)tokens[i] * D;
+            for (int64_t k = 0; k < D; k++) row[k] += p->dres[i * D + k];
+        }
+    return LORAC_STATUS_OK;
+}

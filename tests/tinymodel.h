@@ -1,0 +1,81 @@
+/* Writes small random LLaMA-family models as HuggingFace directories for the
+ * C tests (config.json + model.safetensors, F32). */
+#ifndef LORAC_TEST_TINYMODEL_H
+#define LORAC_TEST_TINYMODEL_H
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include "lorac/safetensors.h"
+
+typedef struct {
+    int D, I, L, H, KVH, HD, V;
+    int tied, bias, qwen2;
+    unsigned long long seed;
+} tiny_model_t;
+
+static float tiny_rand(unsigned long long *s) {
+    *s = *s * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((*s >> 40) & 0xffffff) / 16777216.0f - 0.5f;
+}
+
+/* Returns 0 on success. */
+static int tiny_model_write(const char *dir, const tiny_model_t *m) {
+    mkdir(dir, 0755);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    fprintf(f, "{\"architectures\": [\"%s\"], \"hidden_size\": %d, \"intermediate_size\": %d, "
+               "\"num_hidden_layers\": %d, \"num_attention_heads\": %d, \"num_key_value_heads\": %d, \"head_dim\": %d, "
+               "\"vocab_size\": %d, \"rms_norm_eps\": 1e-5, \"tie_word_embeddings\": %s, \"attention_bias\": %s}",
+            m->qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM", m->D, m->I, m->L, m->H, m->KVH, m->HD, m->V,
+            m->tied ? "true" : "false", m->bias && !m->qwen2 ? "true" : "false");
+    fclose(f);
+    int max_t = 3 + 13 * m->L, n = 0;
+    lorac_tensor_write_t *t = calloc((size_t)max_t, sizeof *t);
+    char (*names)[96] = calloc((size_t)max_t, sizeof *names);
+    float **bufs = calloc((size_t)max_t, sizeof *bufs);
+    unsigned long long seed = m->seed;
+    int Q = m->H * m->HD, KV = m->KVH * m->HD;
+    int o_bias = m->bias && !m->qwen2;
+#define T(NAME, LAYER, D0, D1, SCALE, OFFSET)                                                   \
+    do {                                                                                        \
+        snprintf(names[n], sizeof names[n], NAME, LAYER);                                       \
+        long cnt = (long)(D0) * ((D1) ? (D1) : 1);                                              \
+        bufs[n] = malloc(sizeof(float) * (size_t)cnt);                                          \
+        for (long i_ = 0; i_ < cnt; i_++) bufs[n][i_] = (OFFSET) + (SCALE) * tiny_rand(&seed);  \
+        t[n] = (lorac_tensor_write_t){.name = names[n], .dtype = LORAC_DTYPE_F32,               \
+                                      .n_dims = (D1) ? 2 : 1, .shape = {(D0), (D1)}, .data = bufs[n]}; \
+        n++;                                                                                    \
+    } while (0)
+    T("model.embed_tokens.weight%.0d", 0, m->V, m->D, 1.0f, 0.0f);
+    for (int l = 0; l < m->L; l++) {
+        T("model.layers.%d.input_layernorm.weight", l, m->D, 0, 0.2f, 1.0f);
+        T("model.layers.%d.self_attn.q_proj.weight", l, Q, m->D, 0.6f, 0.0f);
+        T("model.layers.%d.self_attn.k_proj.weight", l, KV, m->D, 0.6f, 0.0f);
+        T("model.layers.%d.self_attn.v_proj.weight", l, KV, m->D, 0.6f, 0.0f);
+        T("model.layers.%d.self_attn.o_proj.weight", l, m->D, Q, 0.6f, 0.0f);
+        if (m->bias) {
+            T("model.layers.%d.self_attn.q_proj.bias", l, Q, 0, 0.2f, 0.0f);
+            T("model.layers.%d.self_attn.k_proj.bias", l, KV, 0, 0.2f, 0.0f);
+            T("model.layers.%d.self_attn.v_proj.bias", l, KV, 0, 0.2f, 0.0f);
+        }
+        if (o_bias) T("model.layers.%d.self_attn.o_proj.bias", l, m->D, 0, 0.2f, 0.0f);
+        T("model.layers.%d.post_attention_layernorm.weight", l, m->D, 0, 0.2f, 1.0f);
+        T("model.layers.%d.mlp.gate_proj.weight", l, m->I, m->D, 0.6f, 0.0f);
+        T("model.layers.%d.mlp.up_proj.weight", l, m->I, m->D, 0.6f, 0.0f);
+        T("model.layers.%d.mlp.down_proj.weight", l, m->D, m->I, 0.6f, 0.0f);
+    }
+    T("model.norm.weight%.0d", 0, m->D, 0, 0.2f, 1.0f);
+    if (!m->tied) T("lm_head.weight%.0d", 0, m->V, m->D, 0.6f, 0.0f);
+#undef T
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    lorac_status_t s = lorac_safetensors_write(path, t, n, NULL, NULL, 0);
+    for (int i = 0; i < n; i++) free(bufs[i]);
+    free(bufs); free(names); free(t);
+    return s == LORAC_STATUS_OK ? 0 : -1;
+}
+
+#endif
