@@ -97,7 +97,6 @@ class TorchLlama:
                 w13=torch.cat([get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")]).contiguous(),
                 w2=get(p + "mlp.down_proj.weight"),
             ))
-        del w
         cos, sin = hm.rotary_cos_sin(c, torch.arange(max_seq))
         self.cos = cos.to(dt)
         self.sin = sin.to(dt)

@@ -400,7 +400,6 @@ def llama_forward(weights, c, ids, hf_float32_rope=False, return_hidden=False):
 
     ids = torch.as_tensor(ids, dtype=torch.int64)
     T = ids.shape[0]
-    D = c["hidden_size"]
     H = c["num_attention_heads"]
     KV = c.get("num_key_value_heads", H)
     hd = head_dim_of(c)
