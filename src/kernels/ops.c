@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/multiversion.h"
 #include "lorac/kernels.h"
 
 static float weight_at(const void *w, lorac_dtype_t wtype, int64_t i) {
@@ -17,6 +18,7 @@ static float weight_at(const void *w, lorac_dtype_t wtype, int64_t i) {
 }
 
 // out, x are (T,C), w is (C). out = x * rstd * w, rstd = 1/sqrt(mean(x²)+eps)
+LORAC_MULTIVERSION
 void lorac_rmsnorm_forward(float *out, float *rstd, const float *x, const void *w,
                            lorac_dtype_t wtype, float eps, int64_t T, int64_t C) {
     for (int64_t t = 0; t < T; t++) {
@@ -31,6 +33,7 @@ void lorac_rmsnorm_forward(float *out, float *rstd, const float *x, const void *
 }
 
 // out, gate, up are (T,H). out = gate * sigmoid(gate) * up
+LORAC_MULTIVERSION
 void lorac_swiglu_forward(float *out, const float *gate, const float *up, int64_t T, int64_t H) {
     int64_t n = T * H;
     for (int64_t i = 0; i < n; i++) {
@@ -75,6 +78,9 @@ void lorac_softmax_forward(float *x, int64_t T, int64_t n) {
 
 static inline float dot_f32(const float *a, const float *b, int64_t n) {
     float s = 0.0f;
+    /* omp simd: lets the compiler vectorise the reduction (a fixed order,
+     * so still deterministic) without -ffast-math */
+    #pragma omp simd reduction(+ : s)
     for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
     return s;
 }
@@ -83,6 +89,7 @@ static inline float dot_f32(const float *a, const float *b, int64_t n) {
 // sequence's cache rows (n_ctx[t], KVH, hd). Query head h reads kv head
 // h / (H / KVH) (grouped-query attention). Causality is given by n_ctx[t]:
 // token t sees cache rows 0 .. n_ctx[t]-1, which hold itself and its past.
+LORAC_MULTIVERSION
 void lorac_attention_forward(float *out, float *scratch, const float *q,
                              const float *const *k_cache, const float *const *v_cache,
                              const int32_t *n_ctx, int64_t T, int64_t H, int64_t KVH, int64_t hd) {
@@ -113,6 +120,7 @@ void lorac_attention_forward(float *out, float *scratch, const float *q,
             for (int32_t p = 0; p < n; p++) {
                 const float *vv = v_cache[t] + ((int64_t)p * KVH + kvh) * hd;
                 float w = scores[p] * inv;
+                #pragma omp simd
                 for (int64_t i = 0; i < hd; i++) o[i] += w * vv[i];
             }
         }
@@ -121,6 +129,7 @@ void lorac_attention_forward(float *out, float *scratch, const float *q,
 
 // y is (T,N), u is (T,R), b is (N,R). y += s * u·bᵀ. R is small (the LoRA
 // rank), so each output is a short dot product; threads split the rows of y.
+LORAC_MULTIVERSION
 void lorac_lora_expand_forward(float *y, const float *u, const float *b, float s, int64_t T, int64_t N, int64_t R) {
     int n_threads = lorac_kernels_get_threads();
     #pragma omp parallel for num_threads(n_threads) schedule(static) if (T * N * R > 32768)

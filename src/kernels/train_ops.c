@@ -5,6 +5,7 @@
 #include <omp.h>
 #include <string.h>
 
+#include "kernels/multiversion.h"
 #include "lorac/kernels.h"
 
 static float weight_at(const void *w, lorac_dtype_t wtype, int64_t i) {
@@ -17,6 +18,7 @@ static float weight_at(const void *w, lorac_dtype_t wtype, int64_t i) {
 
 // y = x * r * w with r = (mean(x²) + eps)^-1/2, so
 // dx_i = r * w_i * dy_i - x_i * r³/C * Σ_j dy_j w_j x_j ;  dw_i = Σ_t dy_i x_i r
+LORAC_MULTIVERSION
 void lorac_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const void *w,
                             lorac_dtype_t wtype, const float *rstd, int64_t T, int64_t C) {
     for (int64_t t = 0; t < T; t++) {
@@ -37,6 +39,7 @@ void lorac_rmsnorm_backward(float *dx, float *dw, const float *dout, const float
 }
 
 // out = silu(g) * u, silu(g) = g σ(g), silu'(g) = σ(g) (1 + g (1 − σ(g)))
+LORAC_MULTIVERSION
 void lorac_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                            int64_t T, int64_t H) {
     int64_t n = T * H;
@@ -67,10 +70,14 @@ void lorac_rope_backward(float *dx, const int32_t *positions, const float *inv_f
 
 static inline float dot(const float *a, const float *b, int64_t n) {
     float s = 0.0f;
+    /* omp simd: lets the compiler vectorise the reduction (a fixed order,
+     * so still deterministic) without -ffast-math */
+    #pragma omp simd reduction(+ : s)
     for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
     return s;
 }
 
+LORAC_MULTIVERSION
 void lorac_attention_train_forward(float *out, float *lse, float *scratch, const float *q, const float *k,
                                    const float *v, const int32_t *start, int64_t B, int64_t T, int64_t H,
                                    int64_t KVH, int64_t hd) {
@@ -98,6 +105,7 @@ void lorac_attention_train_forward(float *out, float *lse, float *scratch, const
             for (int64_t j = s0; j <= t; j++) {
                 const float *vv = v + ((b * T + j) * KVH + kvh) * hd;
                 float w = p[j] * inv;
+                #pragma omp simd
                 for (int64_t i = 0; i < hd; i++) o[i] += w * vv[i];
             }
             lse[bth] = mx + logf(sum);
@@ -109,6 +117,7 @@ void lorac_attention_train_forward(float *out, float *lse, float *scratch, const
 //   dV += Pᵀ·dO ; dP = dO·Vᵀ ; dS = P ∘ (dP − rowsum(dO ∘ O)) ; dq += scale·dS·K ; dK += scale·dSᵀ·q
 // One thread owns a (row b, kv head) pair: every write to dk/dv of that kv
 // head and to dq of its query heads, so no two threads touch the same output.
+LORAC_MULTIVERSION
 void lorac_attention_train_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
                                     const float *k, const float *v, const float *out, const float *lse,
                                     const int32_t *start, int64_t B, int64_t T, int64_t H, int64_t KVH, int64_t hd) {
@@ -130,6 +139,7 @@ void lorac_attention_train_backward(float *dq, float *dk, float *dv, const float
                     float p = expf(dot(qv, k + kvi, hd) * scale - lse[bth]);
                     float dp = dot(dov, v + kvi, hd);
                     float ds = p * (dp - delta) * scale;
+                    #pragma omp simd
                     for (int64_t i = 0; i < hd; i++) {
                         dqv[i] += ds * k[kvi + i];
                         dk[kvi + i] += ds * qv[i];
@@ -141,6 +151,7 @@ void lorac_attention_train_backward(float *dq, float *dk, float *dv, const float
     }
 }
 
+LORAC_MULTIVERSION
 void lorac_crossentropy_forward_backward(float *logits, float *losses, const int32_t *targets, float scale,
                                          int64_t T, int64_t V) {
     int n_threads = lorac_kernels_get_threads();
