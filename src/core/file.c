@@ -28,7 +28,13 @@ lorac_status_t lorac_file_map(const char *path, lorac_mapped_file_t *out) {
         return lorac_error(LORAC_STATUS_IO, "%s: not a regular file", path);
     }
     if (st.st_size > 0) {
-        void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        /* MAP_POPULATE reads the file in now (sequentially, fast) instead of
+         * page-faulting it in piece by piece during the first forward pass */
+        int flags = MAP_PRIVATE;
+#ifdef MAP_POPULATE
+        flags |= MAP_POPULATE;
+#endif
+        void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, flags, fd, 0);
         if (p == MAP_FAILED) {
             int e = errno;
             close(fd);
