@@ -20,6 +20,7 @@ static const struct {
     {"tokenize", cmd_tokenize, "print the token ids of a text (or decode ids)"},
     {"inspect", cmd_inspect, "describe a model directory or a safetensors file"},
     {"convert", cmd_convert, "convert a llama2.c checkpoint to a HuggingFace directory"},
+    {"train", cmd_train, "fine-tune with LoRA (or --full) on a JSONL dataset"},
     {"demo", cmd_demo, "run the built-in demo"},
 };
 

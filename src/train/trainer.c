@@ -1,0 +1,545 @@
+/* The training loop (lorac/train.h). */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "lorac/dataset.h"
+#include "lorac/kernels.h"
+#include "lorac/lora.h"
+#include "lorac/model.h"
+#include "lorac/optim.h"
+#include "lorac/safetensors.h"
+#include "lorac/train.h"
+#include "train/trainer_internal.h"
+
+lorac_train_params_t lorac_train_default_params(void) {
+    lorac_train_params_t p;
+    memset(&p, 0, sizeof p);
+    p.format = "auto";
+    p.seq = 256;
+    p.shuffle = true;
+    p.lora = lorac_lora_default_params();
+    p.targets = "q_proj,v_proj";
+    p.lr = 2e-4;
+    p.schedule = "linear";
+    p.batch = 4;
+    p.grad_accum = 1;
+    p.clip = 1.0;
+    p.beta1 = 0.9;
+    p.beta2 = 0.999;
+    p.eps = 1e-8;
+    p.seed = 42;
+    p.max_bad_steps = 10;
+    return p;
+}
+
+double trainer_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+int64_t trainer_peak_rss(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (int64_t)ru.ru_maxrss * 1024;
+}
+
+/* ---- trainable-parameter report ------------------------------------------- */
+static void report_trainable(FILE *log, const lorac_model_t *model, const lorac_adapter_t *a) {
+    if (!log) return;
+    int64_t per_kind[LORAC_LORA_COUNT] = {0}, full_kind[LORAC_LORA_COUNT] = {0};
+    int32_t count[LORAC_LORA_COUNT] = {0}, rank[LORAC_LORA_COUNT] = {0};
+    lorac_adapter_t *aa = (lorac_adapter_t *)a;
+    for (int32_t i = 0; i < lorac_adapter_n_modules(aa); i++) {
+        const lorac_lora_module_t *m = lorac_adapter_module(aa, i);
+        per_kind[m->target] += (int64_t)m->r * (m->in + m->out);
+        full_kind[m->target] += (int64_t)m->in * m->out;
+        count[m->target]++;
+        rank[m->target] = m->r;
+    }
+    int64_t total = lorac_adapter_n_params(aa), base = lorac_model_n_params(model), full = 0;
+    fprintf(log, "LoRA: r=%d alpha=%g%s dropout=%g\n", lorac_adapter_params(aa)->r, (double)lorac_adapter_params(aa)->alpha,
+            lorac_adapter_params(aa)->rslora ? " (rsLoRA)" : "", (double)lorac_adapter_params(aa)->dropout);
+    fprintf(log, "  %-10s %7s %12s %14s %8s\n", "module", "layers", "r*(in+out)", "in*out", "ratio");
+    for (int t = 0; t < LORAC_LORA_COUNT; t++) {
+        if (!count[t]) continue;
+        full += full_kind[t];
+        fprintf(log, "  %-10s %7d %12lld %14lld %7.2f%%  (r=%d)\n", lorac_lora_target_name((lorac_lora_target_t)t), count[t],
+                (long long)per_kind[t], (long long)full_kind[t], 100.0 * (double)per_kind[t] / (double)full_kind[t], rank[t]);
+    }
+    fprintf(log, "  trainable %lld parameters = %.3f%% of the adapted matrices (%lld), %.3f%% of the base model (%lld)\n",
+            (long long)total, 100.0 * (double)total / (double)full, (long long)full, 100.0 * (double)total / (double)base,
+            (long long)base);
+}
+
+/* ---- checkpoints ------------------------------------------------------------
+ * OUT/checkpoint-N/: params.safetensors (every trainable tensor, by name),
+ * optimizer.safetensors (<name>.exp_avg / .exp_avg_sq), trainer_state.json,
+ * and for LoRA the PEFT adapter files. Written into OUT/.tmp-checkpoint-N
+ * (each file fsync'd) and renamed: a crash leaves the previous one whole. */
+typedef struct {
+    lorac_train_pass_t *pass;
+    lorac_adamw_t *opt;
+    lorac_adapter_t *adapter;
+    const char *base_model;
+    lorac_optim_param_t *params;
+    int32_t n_params;
+} run_t;
+
+static lorac_status_t save_tensors(const char *path, run_t *r, int which) {
+    lorac_tensor_write_t *t = calloc((size_t)(2 * r->n_params + 1), sizeof *t);
+    char (*names)[160] = calloc((size_t)(2 * r->n_params + 1), sizeof *names);
+    if (!t || !names) { free(t); free(names); return lorac_error(LORAC_STATUS_NOMEM, "out of memory"); }
+    int64_t n = 0;
+    for (int32_t i = 0; i < r->n_params; i++) {
+        const float *src[2] = {r->params[i].data, NULL};
+        const char *suffix[2] = {"", ""};
+        int parts = 1;
+        if (which == 1) {
+            src[0] = lorac_adamw_exp_avg(r->opt, i); src[1] = lorac_adamw_exp_avg_sq(r->opt, i);
+            suffix[0] = ".exp_avg"; suffix[1] = ".exp_avg_sq";
+            parts = 2;
+        }
+        for (int k = 0; k < parts; k++) {
+            snprintf(names[n], sizeof names[n], "%s%s", r->params[i].name, suffix[k]);
+            t[n] = (lorac_tensor_write_t){.name = names[n], .dtype = LORAC_DTYPE_F32, .n_dims = 1,
+                                          .shape = {r->params[i].n}, .data = src[k]};
+            n++;
+        }
+    }
+    lorac_status_t s = lorac_safetensors_write(path, t, n, NULL, NULL, 0);
+    free(t); free(names);
+    return s;
+}
+
+static lorac_status_t load_tensors(const char *path, run_t *r, int which) {
+    lorac_safetensors_t *st;
+    lorac_status_t s = lorac_safetensors_open(path, &st);
+    if (s) return s;
+    char name[200];
+    for (int32_t i = 0; i < r->n_params && !s; i++) {
+        for (int k = 0; k < (which ? 2 : 1) && !s; k++) {
+            float *dst = which == 0 ? r->params[i].data : k == 0 ? lorac_adamw_exp_avg(r->opt, i) : lorac_adamw_exp_avg_sq(r->opt, i);
+            snprintf(name, sizeof name, "%s%s", r->params[i].name, which == 0 ? "" : k == 0 ? ".exp_avg" : ".exp_avg_sq");
+            const lorac_tensor_view_t *tv = lorac_safetensors_find(st, name);
+            if (!tv || tv->dtype != LORAC_DTYPE_F32 || tv->n_elements != r->params[i].n)
+                s = lorac_error(LORAC_STATUS_FORMAT, "%s: tensor \"%s\" missing or not %lld f32 values", path, name,
+                                (long long)r->params[i].n);
+            else memcpy(dst, tv->data, sizeof(float) * (size_t)r->params[i].n);
+        }
+    }
+    lorac_safetensors_free(st);
+    return s;
+}
+
+typedef struct {
+    int64_t step;
+    lorac_data_cursor_t cursor;
+    lorac_rng_t rng;
+    int64_t skipped, bad_in_row, tokens;
+} train_state_t;
+
+static lorac_status_t save_checkpoint(const char *out_dir, run_t *r, const train_state_t *ts) {
+    char tmp[4096], final[4096], path[4200];
+    snprintf(tmp, sizeof tmp, "%s/.tmp-checkpoint-%lld", out_dir, (long long)ts->step);
+    snprintf(final, sizeof final, "%s/checkpoint-%lld", out_dir, (long long)ts->step);
+    if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return lorac_error(LORAC_STATUS_IO, "%s: cannot create: %s", tmp, strerror(errno));
+    lorac_status_t s;
+    snprintf(path, sizeof path, "%s/params.safetensors", tmp);
+    if ((s = save_tensors(path, r, 0))) return s;
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", tmp);
+    if ((s = save_tensors(path, r, 1))) return s;
+    if (r->adapter && (s = lorac_adapter_save(r->adapter, tmp, r->base_model))) return s;
+    char state[1024];
+    int n = snprintf(state, sizeof state,
+                     "{\"step\": %lld, \"optimizer_steps\": %lld, \"data_seed\": \"%llu\", \"data_epoch\": %lld, "
+                     "\"data_index\": %lld, \"data_shuffle\": %d, \"rng_state\": \"%llu\", \"skipped_steps\": %lld, "
+                     "\"bad_in_row\": %lld, \"tokens\": %lld}\n",
+                     (long long)ts->step, (long long)lorac_adamw_steps(r->opt), (unsigned long long)ts->cursor.seed,
+                     (long long)ts->cursor.epoch, (long long)ts->cursor.index, ts->cursor.shuffle,
+                     (unsigned long long)ts->rng.state, (long long)ts->skipped, (long long)ts->bad_in_row,
+                     (long long)ts->tokens);
+    snprintf(path, sizeof path, "%s/trainer_state.json", tmp);
+    if ((s = lorac_file_write_atomic(path, state, (size_t)n))) return s;
+    /* a checkpoint of the same step from an earlier run is replaced whole */
+    struct stat st;
+    if (stat(final, &st) == 0) {
+        char old[4200];
+        snprintf(old, sizeof old, "%s.old", tmp);
+        if (rename(final, old) != 0) return lorac_error(LORAC_STATUS_IO, "%s: cannot move aside: %s", final, strerror(errno));
+    }
+    if (rename(tmp, final) != 0) return lorac_error(LORAC_STATUS_IO, "%s: cannot rename to %s: %s", tmp, final, strerror(errno));
+    int fd = open(out_dir, O_RDONLY);
+    if (fd >= 0) { fsync(fd); close(fd); }
+    return LORAC_STATUS_OK;
+}
+
+static int parse_u64_field(const char *json, const char *key, unsigned long long *out) {
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\": ", key);
+    const char *p = strstr(json, pat);
+    if (!p) return -1;
+    p += strlen(pat);
+    if (*p == '"') p++;
+    char *end;
+    errno = 0;
+    *out = strtoull(p, &end, 10);
+    return end == p || errno ? -1 : 0;
+}
+
+/* Loads checkpoint-N if it is whole; -1 status-free when it is not. */
+static lorac_status_t load_checkpoint(const char *dir, run_t *r, train_state_t *ts) {
+    char path[4400], *text = NULL;
+    size_t len;
+    snprintf(path, sizeof path, "%s/trainer_state.json", dir);
+    lorac_status_t s = lorac_file_read(path, 1 << 16, &text, &len);
+    if (s) return s;
+    unsigned long long v[10];
+    const char *keys[10] = {"step", "optimizer_steps", "data_seed", "data_epoch", "data_index", "data_shuffle",
+                            "rng_state", "skipped_steps", "bad_in_row", "tokens"};
+    for (int i = 0; i < 10; i++)
+        if (parse_u64_field(text, keys[i], &v[i])) { free(text); return lorac_error(LORAC_STATUS_FORMAT, "%s: no \"%s\"", path, keys[i]); }
+    free(text);
+    ts->step = (int64_t)v[0];
+    ts->cursor.seed = v[2]; ts->cursor.epoch = (int64_t)v[3]; ts->cursor.index = (int64_t)v[4]; ts->cursor.shuffle = (int32_t)v[5];
+    ts->rng.state = v[6]; ts->skipped = (int64_t)v[7]; ts->bad_in_row = (int64_t)v[8]; ts->tokens = (int64_t)v[9];
+    snprintf(path, sizeof path, "%s/params.safetensors", dir);
+    if ((s = load_tensors(path, r, 0))) return s;
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
+    if ((s = load_tensors(path, r, 1))) return s;
+    lorac_adamw_set_steps(r->opt, (int64_t)v[1]);
+    return LORAC_STATUS_OK;
+}
+
+/* The highest-numbered checkpoint that loads; -1 when none does. */
+static int64_t resume_latest(const char *out_dir, run_t *r, train_state_t *ts, FILE *log) {
+    DIR *d = opendir(out_dir);
+    if (!d) return -1;
+    int64_t steps[4096];
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < 4096) {
+        long long k;
+        char extra;
+        if (sscanf(e->d_name, "checkpoint-%lld%c", &k, &extra) == 1 && k > 0) steps[n++] = k;
+    }
+    closedir(d);
+    for (;;) {
+        int best = -1;
+        for (int i = 0; i < n; i++) if (steps[i] > 0 && (best < 0 || steps[i] > steps[best])) best = i;
+        if (best < 0) return -1;
+        char dir[4200];
+        snprintf(dir, sizeof dir, "%s/checkpoint-%lld", out_dir, (long long)steps[best]);
+        if (load_checkpoint(dir, r, ts) == LORAC_STATUS_OK) return steps[best];
+        if (log) fprintf(log, "skipping %s: %s\n", dir, lorac_error_message());
+        steps[best] = 0;
+    }
+}
+
+/* ---- evaluation -------------------------------------------------------------- */
+static lorac_status_t evaluate(lorac_train_pass_t *pass, lorac_dataset_t *eval, int32_t B, int32_t T, bool pack,
+                               int32_t *tok, int32_t *tgt, int32_t *pos, double *mean_loss) {
+    lorac_data_cursor_t cur = lorac_data_cursor_init(0, false);
+    double sum = 0.0;
+    int64_t n = 0;
+    while (cur.epoch == 0) {
+        lorac_dataset_next_batch(eval, &cur, B, T, pack, tok, tgt, pos);
+        double s;
+        int64_t k;
+        lorac_status_t st = lorac_train_pass_run(pass, tok, tgt, pos, false, NULL, &s, &k);
+        if (st) return st;
+        sum += s;
+        n += k;
+    }
+    *mean_loss = n ? sum / (double)n : NAN;
+    return LORAC_STATUS_OK;
+}
+
+/* ---- outputs ------------------------------------------------------------------ */
+static void write_readme(const lorac_train_params_t *p, const lorac_train_result_t *res, int64_t n_trainable,
+                         const char *format) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/README.md", p->out_dir);
+    char text[4096];
+    int n = snprintf(text, sizeof text,
+                     "# %s fine-tune of %s\n\n"
+                     "Trained with `lorac train` on `%s` (format %s), %lld steps of batch %d x %d tokens"
+                     " (gradient accumulation %d), lr %g (%s schedule, %lld warmup steps), weight decay %g, clip %g, seed %llu.\n\n"
+                     "%s%lld trainable parameters.\n\n"
+                     "Training loss %.4f -> %.4f; held-out loss %s.\n\n"
+                     "Load it with PEFT (`PeftModel.from_pretrained(base, \"%s\")`) or `lorac generate -m %s --adapter %s`.\n",
+                     p->full ? "Full" : "LoRA", p->model_dir, p->data, format, (long long)res->steps, p->batch, p->seq,
+                     p->grad_accum, p->lr, p->schedule, (long long)p->warmup, p->weight_decay, p->clip,
+                     (unsigned long long)p->seed, p->full ? "" : "LoRA targets: ", (long long)n_trainable,
+                     res->first_loss, res->last_loss, isnan(res->eval_loss_after) ? "not measured" : "see metrics.jsonl",
+                     p->out_dir, p->model_dir, p->out_dir);
+    lorac_file_write_atomic(path, text, (size_t)n);
+}
+
+static lorac_status_t save_full_model(const char *model_dir, const char *out_dir, run_t *r) {
+    lorac_tensor_write_t *t = calloc((size_t)r->n_params, sizeof *t);
+    if (!t) return lorac_error(LORAC_STATUS_NOMEM, "out of memory");
+    lorac_weight_files_t *wf;
+    lorac_status_t s = lorac_weight_files_open(model_dir, &wf);
+    if (s) { free(t); return s; }
+    for (int32_t i = 0; i < r->n_params; i++) {
+        const lorac_tensor_view_t *tv = lorac_weight_files_find(wf, r->params[i].name);
+        t[i].name = r->params[i].name;
+        t[i].dtype = LORAC_DTYPE_F32;
+        t[i].data = r->params[i].data;
+        t[i].n_dims = tv ? tv->n_dims : 1;
+        for (int d = 0; d < t[i].n_dims; d++) t[i].shape[d] = tv ? tv->shape[d] : r->params[i].n;
+    }
+    char path[4200];
+    snprintf(path, sizeof path, "%s/model.safetensors", out_dir);
+    const char *mk[1] = {"format"}, *mv[1] = {"pt"};
+    s = lorac_safetensors_write(path, t, r->n_params, mk, mv, 1);
+    lorac_weight_files_free(wf);
+    free(t);
+    /* config and tokenizer files travel along unchanged */
+    static const char *const files[] = {"config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                                        "special_tokens_map.json"};
+    for (size_t i = 0; !s && i < sizeof files / sizeof files[0]; i++) {
+        char src[4200], *text;
+        size_t len;
+        snprintf(src, sizeof src, "%s/%s", model_dir, files[i]);
+        if (lorac_file_read(src, (size_t)1 << 30, &text, &len) != LORAC_STATUS_OK) continue;
+        snprintf(path, sizeof path, "%s/%s", out_dir, files[i]);
+        s = lorac_file_write_atomic(path, text, len);
+        free(text);
+    }
+    return s;
+}
+
+/* ---- the loop ------------------------------------------------------------------ */
+lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result_t *res) {
+    memset(res, 0, sizeof *res);
+    res->eval_loss_before = res->eval_loss_after = NAN;
+    FILE *log = p->log;
+    lorac_status_t s = LORAC_STATUS_OK;
+    lorac_model_t *model = NULL;
+    lorac_dataset_t *data = NULL, *eval = NULL;
+    lorac_adapter_t *adapter = NULL;
+    lorac_train_pass_t *pass = NULL;
+    lorac_adamw_t *opt = NULL;
+    lorac_optim_param_t *params = NULL;
+    int32_t *tok = NULL, *tgt = NULL, *pos = NULL;
+    FILE *metrics = NULL;
+    char path[4200];
+
+    lorac_data_format_t fmt;
+    lorac_schedule_t sched;
+    if (lorac_data_format_parse(p->format, &fmt)) return lorac_error(LORAC_STATUS_INVALID_ARG, "unknown --format '%s'", p->format);
+    if (lorac_schedule_parse(p->schedule, &sched)) return lorac_error(LORAC_STATUS_INVALID_ARG, "unknown --schedule '%s'", p->schedule);
+    if (mkdir(p->out_dir, 0755) != 0 && errno != EEXIST)
+        return lorac_error(LORAC_STATUS_IO, "%s: cannot create directory: %s", p->out_dir, strerror(errno));
+
+    if ((s = lorac_model_load(p->model_dir, &model))) goto done;
+    const lorac_model_config_t *cfg = lorac_model_get_config(model);
+    const lorac_tokenizer_t *tk = lorac_model_get_tokenizer(model);
+    lorac_dataset_params_t dp = lorac_dataset_default_params();
+    dp.format = fmt;
+    dp.chat_template = p->chat_template;
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", p->model_dir);
+    struct stat st;
+    dp.tokenizer_config = stat(path, &st) == 0 ? path : NULL;
+    dp.seq_len = p->seq;
+    dp.vocab_size = cfg->vocab_size;
+    dp.train_on_inputs = p->train_on_inputs;
+    dp.skip_bad = p->skip_bad;
+    if (!tk && fmt != LORAC_DATA_TOKENS) {
+        s = lorac_error(LORAC_STATUS_INVALID_ARG, "%s has no tokenizer.json: only --format tokens can train without one", p->model_dir);
+        goto done;
+    }
+    if ((s = lorac_dataset_load(p->data, tk, &dp, &data))) goto done;
+    if (p->eval_data && (s = lorac_dataset_load(p->eval_data, tk, &dp, &eval))) goto done;
+    if (log) {
+        fprintf(log, "data: %lld examples (%s)", (long long)lorac_dataset_n_examples(data),
+                lorac_data_format_name(lorac_dataset_format(data)));
+        if (lorac_dataset_n_skipped(data)) fprintf(log, ", %lld malformed lines skipped", (long long)lorac_dataset_n_skipped(data));
+        if (lorac_dataset_n_truncated(data)) fprintf(log, ", %lld truncated to %d tokens", (long long)lorac_dataset_n_truncated(data), p->seq);
+        if (eval) fprintf(log, "; eval: %lld examples", (long long)lorac_dataset_n_examples(eval));
+        fputc('\n', log);
+    }
+
+    if (!p->full) {
+        if (p->init_adapter) {
+            if ((s = lorac_adapter_load(p->init_adapter, cfg, &adapter))) goto done;
+        } else {
+            lorac_lora_params_t lp = p->lora;
+            uint8_t *layers = malloc((size_t)cfg->n_layers);
+            if (!layers) { s = lorac_error(LORAC_STATUS_NOMEM, "out of memory"); goto done; }
+            if (!(s = lorac_lora_parse_targets(p->targets, &lp.targets)) && !(s = lorac_lora_parse_layers(p->layers, cfg->n_layers, layers))) {
+                lp.layers = layers;
+                s = lorac_adapter_init(cfg, &lp, &adapter);
+            }
+            free(layers);
+            if (s) goto done;
+        }
+        report_trainable(log, model, adapter);
+    } else if (log) {
+        fprintf(log, "full fine-tuning: %lld parameters in f32 master weights\n", (long long)lorac_model_n_params(model));
+    }
+
+    lorac_train_pass_params_t pp = {.batch = p->batch, .seq_len = p->seq};
+    if ((s = lorac_train_pass_init(model, adapter, pp, &pass))) goto done;
+    int32_t np = lorac_train_pass_n_params(pass);
+    params = calloc((size_t)np, sizeof *params);
+    if (!params) { s = lorac_error(LORAC_STATUS_NOMEM, "out of memory"); goto done; }
+    int64_t n_trainable = 0;
+    for (int32_t i = 0; i < np; i++) {
+        lorac_train_pass_param(pass, i, &params[i].name, &params[i].data, &params[i].grad, &params[i].n);
+        n_trainable += params[i].n;
+    }
+    lorac_adamw_params_t hp = {.beta1 = p->beta1, .beta2 = p->beta2, .eps = p->eps, .weight_decay = p->weight_decay};
+    if ((s = lorac_adamw_init(params, np, hp, &opt))) goto done;
+
+    int64_t per_epoch = lorac_dataset_batches_per_epoch(data, p->batch, p->seq, p->pack);
+    int64_t total = p->steps ? p->steps
+                             : (int64_t)ceil((p->epochs > 0 ? p->epochs : 1.0) * (double)per_epoch / (double)p->grad_accum);
+    if (total < 1) total = 1;
+    size_t n_rows = (size_t)p->batch * (size_t)p->seq;
+    tok = malloc(sizeof(int32_t) * n_rows); tgt = malloc(sizeof(int32_t) * n_rows); pos = malloc(sizeof(int32_t) * n_rows);
+    if (!tok || !tgt || !pos) { s = lorac_error(LORAC_STATUS_NOMEM, "out of memory"); goto done; }
+
+    run_t run = {.pass = pass, .opt = opt, .adapter = adapter, .base_model = p->model_dir, .params = params, .n_params = np};
+    train_state_t ts = {.step = 0, .cursor = lorac_data_cursor_init(p->seed, p->shuffle)};
+    lorac_rng_seed(&ts.rng, p->seed ^ 0xd1b54a32d192ed03ull);
+    snprintf(path, sizeof path, "%s/metrics.jsonl", p->out_dir);
+    if (p->resume) {
+        int64_t at = resume_latest(p->out_dir, &run, &ts, log);
+        if (at < 0) {
+            if (log) fprintf(log, "resume: no whole checkpoint in %s, starting from step 0\n", p->out_dir);
+        } else if (log) {
+            fprintf(log, "resume: continuing from %s/checkpoint-%lld\n", p->out_dir, (long long)at);
+        }
+        /* keep the metrics of the steps the checkpoint covers, drop the rest */
+        char *old = NULL;
+        size_t len = 0;
+        if (lorac_file_read(path, (size_t)1 << 30, &old, &len) != LORAC_STATUS_OK) old = NULL;
+        metrics = fopen(path, "w");
+        for (char *line = old; metrics && line && *line;) {
+            char *nl = strchr(line, '\n');
+            long long step;
+            if (sscanf(line, "{\"step\": %lld", &step) == 1 && step <= ts.step)
+                fwrite(line, 1, nl ? (size_t)(nl - line + 1) : strlen(line), metrics);
+            line = nl ? nl + 1 : NULL;
+        }
+        free(old);
+    } else {
+        metrics = fopen(path, "w");
+    }
+    if (!metrics) { s = lorac_error(LORAC_STATUS_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
+
+    if (eval && ts.step == 0) {
+        if ((s = evaluate(pass, eval, p->batch, p->seq, p->pack, tok, tgt, pos, &res->eval_loss_before))) goto done;
+        if (log) fprintf(log, "eval before training: loss %.4f, perplexity %.2f\n", res->eval_loss_before, exp(res->eval_loss_before));
+    }
+    double t_start = trainer_now(), last_eval = res->eval_loss_before;
+    int64_t tokens_at_start = ts.tokens;
+    int tty = log && isatty(fileno(log));
+    for (; ts.step < total; ) {
+        lorac_train_pass_zero_grad(pass);
+        double loss_sum = 0.0;
+        int64_t n_tgt = 0;
+        for (int32_t g = 0; g < p->grad_accum; g++) {
+            lorac_dataset_next_batch(data, &ts.cursor, p->batch, p->seq, p->pack, tok, tgt, pos);
+            double ls;
+            int64_t k;
+            if ((s = lorac_train_pass_run(pass, tok, tgt, pos, true, &ts.rng, &ls, &k))) goto done;
+            loss_sum += k ? ls / (double)k : 0.0;
+            n_tgt += k;
+            ts.tokens += (int64_t)n_rows;
+        }
+        double loss = loss_sum / p->grad_accum;
+        if (p->inject_nan_step == ts.step + 1) params[0].grad[0] = NAN; /* test hook */
+        float scale = 1.0f / (float)p->grad_accum;
+        double norm = lorac_optim_grad_norm(params, np, scale);
+        double lr = lorac_schedule_lr(sched, p->lr, p->warmup, total, lorac_adamw_steps(opt));
+        int skipped = !isfinite(loss) || !isfinite(norm);
+        ts.step++;
+        if (skipped) {
+            /* weights and moments stay as they were */
+            ts.skipped++;
+            ts.bad_in_row++;
+            if (log) fprintf(log, "%sstep %lld: non-finite %s, step skipped (%lld so far)\n", tty ? "\n" : "", (long long)ts.step,
+                             isfinite(loss) ? "gradient" : "loss", (long long)ts.skipped);
+        } else {
+            ts.bad_in_row = 0;
+            lorac_adamw_step(opt, lr, scale * lorac_optim_clip_factor(norm, p->clip));
+        }
+        double elapsed = trainer_now() - t_start;
+        double tps = elapsed > 0 ? (double)(ts.tokens - tokens_at_start) / elapsed : 0.0;
+        int do_eval = eval && p->eval_every && ts.step % p->eval_every == 0 && ts.step < total;
+        if (do_eval) {
+            if ((s = evaluate(pass, eval, p->batch, p->seq, p->pack, tok, tgt, pos, &last_eval))) goto done;
+        }
+        fprintf(metrics, "{\"step\": %lld, \"epoch\": %.4f, \"loss\": %.9g, \"eval_loss\": ", (long long)ts.step,
+                (double)ts.cursor.epoch + (double)ts.cursor.index / (double)lorac_dataset_n_examples(data), loss);
+        if (do_eval) fprintf(metrics, "%.9g", last_eval); else fprintf(metrics, "null");
+        fprintf(metrics, ", \"lr\": %.9g, \"grad_norm\": %.9g, \"tokens_per_second\": %.1f, \"skipped\": %lld, \"elapsed\": %.3f}\n",
+                lr, isfinite(norm) ? norm : -1.0, tps, (long long)ts.skipped, elapsed);
+        fflush(metrics);
+        if (!res->steps) res->first_loss = loss;
+        res->steps = ts.step;
+        res->last_loss = loss;
+        if (log) {
+            double eta = ts.step > 0 ? elapsed / (double)ts.step * (double)(total - ts.step) : 0;
+            if (tty) fprintf(log, "\r[%lld/%lld] loss %.4f  eval %.4f  lr %.2e  %.0f tok/s  %.0fs  ETA %.0fs   ", (long long)ts.step,
+                             (long long)total, loss, last_eval, lr, tps, elapsed, eta);
+            else if (ts.step == 1 || ts.step == total || ts.step % 10 == 0 || do_eval)
+                fprintf(log, "step %lld/%lld loss %.4f%s lr %.2e grad_norm %.3f %.0f tok/s\n", (long long)ts.step, (long long)total,
+                        loss, do_eval ? "" : "", lr, norm, tps);
+            if (do_eval && !tty) fprintf(log, "eval at step %lld: loss %.4f, perplexity %.2f\n", (long long)ts.step, last_eval, exp(last_eval));
+        }
+        if (p->save_every && ts.step % p->save_every == 0) {
+            if ((s = save_checkpoint(p->out_dir, &run, &ts))) goto done;
+        }
+        if (ts.bad_in_row >= p->max_bad_steps) {
+            s = lorac_error(LORAC_STATUS_FORMAT, "%lld non-finite steps in a row: training stopped (the last checkpoint is kept)",
+                            (long long)ts.bad_in_row);
+            goto done;
+        }
+    }
+    if (tty) fputc('\n', log);
+    res->seconds = trainer_now() - t_start;
+    res->tokens = ts.tokens;
+    res->skipped_steps = ts.skipped;
+    res->tokens_per_second = res->seconds > 0 ? (double)(ts.tokens - tokens_at_start) / res->seconds : 0.0;
+    if (eval) {
+        if ((s = evaluate(pass, eval, p->batch, p->seq, p->pack, tok, tgt, pos, &res->eval_loss_after))) goto done;
+        if (log) fprintf(log, "eval after training: loss %.4f, perplexity %.2f (before: %.4f)\n", res->eval_loss_after,
+                         exp(res->eval_loss_after), res->eval_loss_before);
+    }
+    if (p->full) s = save_full_model(p->model_dir, p->out_dir, &run);
+    else s = lorac_adapter_save(adapter, p->out_dir, p->model_dir);
+    if (s) goto done;
+    snprintf(path, sizeof path, "%s/%s", p->out_dir, p->full ? "model.safetensors" : "adapter_model.safetensors");
+    if (stat(path, &st) == 0) res->adapter_bytes = (int64_t)st.st_size;
+    res->peak_rss_bytes = trainer_peak_rss();
+    write_readme(p, res, n_trainable, lorac_data_format_name(lorac_dataset_format(data)));
+    if (log)
+        fprintf(log, "train: %lld steps, %lld tokens, %.1f tokens/s, peak RSS %.1f MB, %s %.2f MB, loss %.4f -> %.4f%s\n",
+                (long long)res->steps, (long long)res->tokens, res->tokens_per_second, (double)res->peak_rss_bytes / 1e6,
+                p->full ? "model" : "adapter", (double)res->adapter_bytes / 1e6, res->first_loss, res->last_loss,
+                res->skipped_steps ? " (some steps skipped)" : "");
+done:
+    if (metrics) fclose(metrics);
+    free(tok); free(tgt); free(pos); free(params);
+    lorac_adamw_free(opt);
+    lorac_train_pass_free(pass);
+    lorac_adapter_free(adapter);
+    lorac_dataset_free(data);
+    lorac_dataset_free(eval);
+    lorac_model_free(model);
+    return s;
+}
