@@ -97,6 +97,14 @@ lorac_status_t lorac_adapter_save(const lorac_adapter_t *adapter, const char *di
  * errors name the tensor, the expected and the found shape. */
 lorac_status_t lorac_adapter_load(const char *dir, const lorac_model_config_t *config, lorac_adapter_t **out);
 
+/* Writes a complete HuggingFace model directory to out_dir: every tensor of
+ * the base in model_dir, with W' = W + Σ_i scales[i] · s_i · B_i·A_i computed
+ * in f32 for each adapted projection, stored in `dtype` (LORAC_DTYPE_COUNT:
+ * each tensor's own dtype), plus the base's config, tokenizer and generation
+ * files. Unadapted tensors are copied bit for bit. */
+lorac_status_t lorac_merge_write(const char *model_dir, const lorac_adapter_t *const *adapters, const float *scales,
+                                 int32_t n, lorac_dtype_t dtype, const char *out_dir);
+
 /* ---- the LoRA layer pair (llm.c style; see lora.c) -------------------------
  * forward:  u = x·Aᵀ (T, r); y += s · u·Bᵀ (T, out). x is (T, in).
  * backward: dB += s · dyᵀ·u ; du = s · dy·B ; dA += duᵀ·x ; dx += du·A.
