@@ -245,9 +245,9 @@ int cmd_demo(int argc, char **argv) {
     printf("lorac demo: LoRA end to end on a model built here from scratch (files in %s/)\n\n", out);
     double t0 = now();
     write_base_model(init, 1);
-    write_task(copy, TASK_COPY, 4000, 11);
-    write_task(rev, TASK_REVERSE, 2000, 12);
-    write_task(shift, TASK_SHIFT, 2000, 13);
+    write_task(copy, TASK_COPY, 8000, 11);
+    write_task(rev, TASK_REVERSE, 8000, 12);
+    write_task(shift, TASK_SHIFT, 8000, 13);
     lorac_train_result_t rb = train(init, copy, base, 1, 3e-3, 2500);
     lorac_model_t *model;
     cli_check(lorac_model_load(base, &model));
@@ -320,7 +320,7 @@ int cmd_demo(int argc, char **argv) {
         printf("\n");
     }
     printf("     correct  ");
-    for (int c = 0; c < 3; c++) printf(" %d/%-9d", right[c], n_words);
+    for (int c = 0; c < 3; c++) printf(" %d/%d%-8s", right[c], n_words, "");
     printf("\n\n");
 
     /* 4. merge the reverse adapter into the weights: same answers, tiny logit difference */

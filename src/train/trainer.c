@@ -450,14 +450,12 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
     for (; ts.step < total; ) {
         lorac_train_pass_zero_grad(pass);
         double loss_sum = 0.0;
-        int64_t n_tgt = 0;
         for (int32_t g = 0; g < p->grad_accum; g++) {
             lorac_dataset_next_batch(data, &ts.cursor, p->batch, p->seq, p->pack, tok, tgt, pos);
             double ls;
             int64_t k;
             if ((s = lorac_train_pass_run(pass, tok, tgt, pos, true, &ts.rng, &ls, &k))) goto done;
             loss_sum += k ? ls / (double)k : 0.0;
-            n_tgt += k;
             ts.tokens += (int64_t)n_rows;
         }
         double loss = loss_sum / p->grad_accum;

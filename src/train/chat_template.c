@@ -1,0 +1,380 @@
+/* Chat templates: rendering conversations the way the models' Jinja
+ * templates do, as pieces that say which text is in the loss, and
+ * recognising a template family from tokenizer_config.json.
+ *
+ * lorac does not run Jinja. The handful of template families in use are
+ * written out here; a template is recognised by the strings only its family
+ * writes, and anything else is refused rather than rendered approximately
+ * (training on a format the model never sees at inference is a silent bug). */
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "train/dataset_internal.h"
+
+/* ---- byte strings ---- */
+int dbuf_put(dbuf_t *b, const char *s, size_t n) {
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1) cap *= 2;
+        char *p = realloc(b->s, cap);
+        if (!p) return -1;
+        b->s = p;
+        b->cap = cap;
+    }
+    if (n) memcpy(b->s + b->len, s, n);
+    b->len += n;
+    b->s[b->len] = '\0';
+    return 0;
+}
+
+int dbuf_puts(dbuf_t *b, const char *s) { return dbuf_put(b, s, strlen(s)); }
+
+void dbuf_free(dbuf_t *b) {
+    free(b->s);
+    b->s = NULL;
+    b->len = b->cap = 0;
+}
+
+/* ---- names ---- */
+static const char *const k_names[CHAT_COUNT] = {"chatml", "llama-2", "llama-3", "llama-3.1", "zephyr"};
+
+int chat_tpl_from_name(const char *name) {
+    static const struct { const char *alias; chat_tpl_t t; } aliases[] = {
+        {"chatml", CHAT_CHATML},     {"llama-2", CHAT_LLAMA2},    {"llama2", CHAT_LLAMA2},
+        {"llama-3", CHAT_LLAMA3},    {"llama3", CHAT_LLAMA3},     {"llama-3.1", CHAT_LLAMA31},
+        {"llama3.1", CHAT_LLAMA31},  {"llama-3.2", CHAT_LLAMA31}, {"llama3.2", CHAT_LLAMA31},
+        {"zephyr", CHAT_ZEPHYR},
+    };
+    if (!name) return -1;
+    for (size_t i = 0; i < sizeof aliases / sizeof *aliases; i++)
+        if (!strcmp(name, aliases[i].alias)) return (int)aliases[i].t;
+    return -1;
+}
+
+const char *chat_tpl_name(chat_tpl_t t) { return (int)t >= 0 && t < CHAT_COUNT ? k_names[t] : NULL; }
+
+const char *lorac_dataset_chat_template_name(const char *name) {
+    int t = chat_tpl_from_name(name);
+    return t < 0 ? NULL : k_names[t];
+}
+
+const char *chat_tpl_default_bos(chat_tpl_t t) {
+    return t == CHAT_LLAMA3 || t == CHAT_LLAMA31 ? "<|begin_of_text|>" : "<s>";
+}
+
+const char *chat_tpl_default_eos(chat_tpl_t t) { (void)t; return "</s>"; }
+
+size_t chat_tpl_specials(chat_tpl_t t, const char *bos, const char *eos, const char **out) {
+    size_t n = 0;
+    switch (t) {
+    case CHAT_CHATML: out[n++] = "<|im_start|>"; out[n++] = "<|im_end|>"; break;
+    case CHAT_LLAMA2: out[n++] = bos; out[n++] = eos; break;
+    case CHAT_LLAMA3:
+    case CHAT_LLAMA31:
+        out[n++] = bos; out[n++] = "<|start_header_id|>"; out[n++] = "<|end_header_id|>"; out[n++] = "<|eot_id|>";
+        break;
+    case CHAT_ZEPHYR: out[n++] = eos; break;
+    case CHAT_COUNT: break;
+    }
+    return n;
+}
+
+/* ---- rendering ---- */
+void chat_render_free(chat_render_t *r) {
+    dbuf_free(&r->text);
+    free(r->pieces);
+    r->pieces = NULL;
+    r->n = r->cap = 0;
+}
+
+/* Starts a new piece at the end of the text. */
+static int piece(chat_render_t *r, bool trainable, bool chunk_start) {
+    if (r->n == r->cap) {
+        size_t cap = r->cap ? 2 * r->cap : 16;
+        chat_piece_t *p = realloc(r->pieces, cap * sizeof *p);
+        if (!p) return -1;
+        r->pieces = p;
+        r->cap = cap;
+    }
+    if (dbuf_put(&r->text, "", 0)) return -1; /* text.s exists even when empty */
+    r->pieces[r->n++] = (chat_piece_t){r->text.len, r->text.len, trainable, chunk_start};
+    return 0;
+}
+
+/* Appends to the current piece. */
+static int add_n(chat_render_t *r, const char *s, size_t n) {
+    if (dbuf_put(&r->text, s, n)) return -1;
+    r->pieces[r->n - 1].end = r->text.len;
+    return 0;
+}
+static int add(chat_render_t *r, const char *s) { return add_n(r, s, strlen(s)); }
+
+/* Python's str.strip() / Jinja's trim, for ASCII whitespace. */
+static int add_stripped(chat_render_t *r, const char *s) {
+    size_t a = 0, b = strlen(s);
+    while (a < b && strchr(" \t\n\r\v\f", s[a])) a++;
+    while (b > a && strchr(" \t\n\r\v\f", s[b - 1])) b--;
+    return add_n(r, s + a, b - a);
+}
+
+static int is_role(const char *role) {
+    return !strcmp(role, "system") || !strcmp(role, "user") || !strcmp(role, "assistant");
+}
+
+#define TRY(x) do { if (x) return lorac_error(LORAC_STATUS_NOMEM, "out of memory rendering a conversation"); } while (0)
+
+/* <|im_start|>{role}\n{content}<|im_end|>\n; the reply and its <|im_end|> are
+ * in the loss, the newline after it is not (the next turn's header follows). */
+static lorac_status_t render_chatml(chat_render_t *r, const char *default_system, const lorac_chat_message_t *m,
+                                    size_t n) {
+    if (default_system && (n == 0 || strcmp(m[0].role, "system"))) {
+        TRY(piece(r, false, true) || add(r, "<|im_start|>system\n") || add(r, default_system) || add(r, "<|im_end|>"));
+        TRY(piece(r, false, true) || add(r, "\n"));
+    }
+    for (size_t i = 0; i < n; i++) {
+        bool assistant = !strcmp(m[i].role, "assistant");
+        TRY(piece(r, false, true) || add(r, "<|im_start|>") || add(r, m[i].role) || add(r, "\n"));
+        TRY(piece(r, assistant, false) || add(r, m[i].content) || add(r, "<|im_end|>"));
+        TRY(piece(r, false, true) || add(r, "\n"));
+    }
+    return LORAC_STATUS_OK;
+}
+
+/* Llama 2's template: an optional system message folded into the first user
+ * turn, user and assistant strictly alternating, each user turn opening with
+ * BOS and each reply closing with EOS. */
+static lorac_status_t render_llama2(chat_render_t *r, const lorac_chat_message_t *m, size_t n, const char *bos,
+                                    const char *eos) {
+    size_t first = 0;
+    const char *system = NULL;
+    if (n > 0 && !strcmp(m[0].role, "system")) { system = m[0].content; first = 1; }
+    for (size_t i = first; i < n; i++) {
+        bool user_turn = (i - first) % 2 == 0;
+        const char *want = user_turn ? "user" : "assistant";
+        if (strcmp(m[i].role, want))
+            return lorac_error(LORAC_STATUS_FORMAT,
+                               "llama-2 chat template: message %zu is \"%s\" where \"%s\" was expected (roles must "
+                               "alternate user/assistant after an optional first system message)", i + 1, m[i].role, want);
+        if (user_turn) {
+            TRY(piece(r, false, true) || add(r, bos) || add(r, "[INST] "));
+            if (i == first && system) {
+                /* the template strips "<<SYS>>\n{system}\n<</SYS>>\n\n{user}" as a whole */
+                dbuf_t c = {0};
+                int bad = dbuf_puts(&c, "<<SYS>>\n") || dbuf_puts(&c, system) || dbuf_puts(&c, "\n<</SYS>>\n\n") ||
+                          dbuf_puts(&c, m[i].content) || add_stripped(r, c.s);
+                dbuf_free(&c);
+                TRY(bad);
+            } else {
+                TRY(add_stripped(r, m[i].content));
+            }
+            TRY(add(r, " [/INST]"));
+        } else {
+            /* follows " [/INST]" with no special token between: same chunk */
+            TRY(piece(r, true, false) || add(r, " ") || add_stripped(r, m[i].content) || add(r, " ") || add(r, eos));
+        }
+    }
+    return LORAC_STATUS_OK;
+}
+
+/* Llama 3: BOS, then per message a header and the stripped content closed by
+ * <|eot_id|>. Llama 3.1/3.2 always open with a system block carrying the
+ * knowledge-cutoff lines and the (first) system message. */
+static lorac_status_t render_llama3(chat_render_t *r, const lorac_chat_message_t *m, size_t n, const char *bos,
+                                    bool v31) {
+    size_t first = 0;
+    TRY(piece(r, false, true) || add(r, bos));
+    if (v31) {
+        const char *system = "";
+        if (n > 0 && !strcmp(m[0].role, "system")) { system = m[0].content; first = 1; }
+        TRY(add(r, "<|start_header_id|>system<|end_header_id|>\n\n"
+                   "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n") ||
+            add_stripped(r, system) || add(r, "<|eot_id|>"));
+    }
+    for (size_t i = first; i < n; i++) {
+        bool assistant = !strcmp(m[i].role, "assistant");
+        if (i > first || v31) TRY(piece(r, false, true));
+        TRY(add(r, "<|start_header_id|>") || add(r, m[i].role) || add(r, "<|end_header_id|>\n\n"));
+        TRY(piece(r, assistant, false) || add_stripped(r, m[i].content) || add(r, "<|eot_id|>"));
+    }
+    return LORAC_STATUS_OK;
+}
+
+/* Zephyr / TinyLlama-Chat: <|{role}|>\n{content}{eos}\n. Only the EOS is a
+ * special token ("<|user|>" is plain text), so a chunk runs from the newline
+ * after one EOS to the next EOS. */
+static lorac_status_t render_zephyr(chat_render_t *r, const lorac_chat_message_t *m, size_t n, const char *eos) {
+    for (size_t i = 0; i < n; i++) {
+        bool assistant = !strcmp(m[i].role, "assistant");
+        TRY(piece(r, false, i == 0) || add(r, "<|") || add(r, m[i].role) || add(r, "|>\n"));
+        TRY(piece(r, assistant, false) || add(r, m[i].content) || add(r, eos));
+        TRY(piece(r, false, true) || add(r, "\n"));
+    }
+    return LORAC_STATUS_OK;
+}
+
+lorac_status_t chat_render_pieces(chat_tpl_t t, const char *default_system, const lorac_chat_message_t *m, size_t n,
+                                  const char *bos, const char *eos, chat_render_t *r) {
+    r->n = 0;
+    r->text.len = 0;
+    if (r->text.s) r->text.s[0] = '\0';
+    if (!bos) bos = chat_tpl_default_bos(t);
+    if (!eos) eos = chat_tpl_default_eos(t);
+    for (size_t i = 0; i < n; i++) {
+        if (!is_role(m[i].role))
+            return lorac_error(LORAC_STATUS_FORMAT, "message %zu: unknown role \"%s\" (system, user or assistant)", i + 1,
+                               m[i].role);
+    }
+    switch (t) {
+    case CHAT_CHATML: return render_chatml(r, default_system, m, n);
+    case CHAT_LLAMA2: return render_llama2(r, m, n, bos, eos);
+    case CHAT_LLAMA3: return render_llama3(r, m, n, bos, false);
+    case CHAT_LLAMA31: return render_llama3(r, m, n, bos, true);
+    case CHAT_ZEPHYR: return render_zephyr(r, m, n, eos);
+    case CHAT_COUNT: break;
+    }
+    return lorac_error(LORAC_STATUS_INVALID_ARG, "bad chat template id %d", (int)t);
+}
+
+lorac_status_t lorac_dataset_chat_render(const char *template_name, const char *default_system,
+                                         const lorac_chat_message_t *messages, size_t n_messages, const char *bos,
+                                         const char *eos, char **out, size_t *len) {
+    *out = NULL;
+    int t = chat_tpl_from_name(template_name);
+    if (t < 0)
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "unknown chat template '%s' (chatml, llama-2, llama-3, llama-3.1, zephyr)",
+                           template_name ? template_name : "(null)");
+    chat_render_t r = {0};
+    lorac_status_t s = chat_render_pieces((chat_tpl_t)t, default_system, messages, n_messages, bos, eos, &r);
+    if (!s && dbuf_put(&r.text, "", 0)) s = lorac_error(LORAC_STATUS_NOMEM, "out of memory");
+    if (s) { chat_render_free(&r); return s; }
+    free(r.pieces);
+    *out = r.text.s;
+    if (len) *len = r.text.len;
+    return LORAC_STATUS_OK;
+}
+
+/* ---- recognition ---- */
+
+/* The default system message of a chatml template: the literal text of a
+ * "<|im_start|>system\n...<|im_end|>" string in the template (SmolLM2 and
+ * Qwen2.5 write one for conversations without a system message). Occurrences
+ * built from variables (quotes, braces, escapes inside) are passed over. */
+static char *chatml_default_system(const char *jinja) {
+    static const char open[] = "<|im_start|>system";
+    for (const char *p = strstr(jinja, open); p; p = strstr(p + 1, open)) {
+        const char *q = p + sizeof open - 1;
+        if (*q == '\n') q += 1;
+        else if (q[0] == '\\' && q[1] == 'n') q += 2;
+        else continue;
+        const char *end = strstr(q, "<|im_end|>");
+        if (!end || end == q) continue;
+        size_t n = (size_t)(end - q);
+        if (memchr(q, '\'', n) || memchr(q, '"', n) || memchr(q, '{', n) || memchr(q, '}', n) || memchr(q, '\\', n) ||
+            memchr(q, '\n', n))
+            continue;
+        char *s = malloc(n + 1);
+        if (!s) return NULL;
+        memcpy(s, q, n);
+        s[n] = '\0';
+        return s;
+    }
+    return NULL;
+}
+
+lorac_status_t lorac_dataset_chat_template_recognize(const char *jinja, const char **name, char **default_system) {
+    static const char hint[] = "pass --chat-template chatml|llama-2|llama-3|llama-3.1|zephyr if the model was trained "
+                               "with one of those";
+    if (default_system) *default_system = NULL;
+    *name = NULL;
+    chat_tpl_t t;
+    if (strstr(jinja, "<|im_start|>")) t = CHAT_CHATML;
+    else if (strstr(jinja, "<|start_header_id|>")) t = strstr(jinja, "Cutting Knowledge Date") ? CHAT_LLAMA31 : CHAT_LLAMA3;
+    else if (strstr(jinja, "[INST]") && strstr(jinja, "<<SYS>>")) t = CHAT_LLAMA2;
+    else if (strstr(jinja, "<|user|>") && strstr(jinja, "<|assistant|>") && !strstr(jinja, "<|end|>")) t = CHAT_ZEPHYR;
+    else {
+        const char *family = strstr(jinja, "[INST]")             ? "a Mistral-style [INST] template"
+                             : strstr(jinja, "<start_of_turn>") ? "a Gemma template"
+                             : strstr(jinja, "<|end|>")         ? "a Phi-3 template"
+                                                                : "a chat template";
+        return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s that lorac cannot render exactly; %s", family, hint);
+    }
+    *name = k_names[t];
+    if (t == CHAT_CHATML && default_system) {
+        *default_system = chatml_default_system(jinja);
+    }
+    return LORAC_STATUS_OK;
+}
+
+/* A special-token entry of tokenizer_config.json: "<s>" or {"content": "<s>", ...}. */
+static char *config_token(const cJSON *o, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (cJSON_IsObject(v)) v = cJSON_GetObjectItemCaseSensitive(v, "content");
+    return cJSON_IsString(v) && v->valuestring[0] ? strdup(v->valuestring) : NULL;
+}
+
+static lorac_status_t read_config(const char *path, cJSON **out) {
+    char *text;
+    size_t len;
+    lorac_status_t s = lorac_file_read(path, (size_t)64 << 20, &text, &len);
+    if (s) return s;
+    *out = cJSON_ParseWithLength(text, len);
+    free(text);
+    if (!cJSON_IsObject(*out)) {
+        cJSON_Delete(*out);
+        *out = NULL;
+        return lorac_error(LORAC_STATUS_FORMAT, "%s: not a JSON object", path);
+    }
+    return LORAC_STATUS_OK;
+}
+
+lorac_status_t chat_config_tokens(const char *path, char **bos, char **eos) {
+    *bos = *eos = NULL;
+    cJSON *o;
+    lorac_status_t s = read_config(path, &o);
+    if (s) return s;
+    *bos = config_token(o, "bos_token");
+    *eos = config_token(o, "eos_token");
+    cJSON_Delete(o);
+    return LORAC_STATUS_OK;
+}
+
+lorac_status_t lorac_dataset_chat_template_from_config(const char *path, const char **name, char **default_system) {
+    if (default_system) *default_system = NULL;
+    *name = NULL;
+    cJSON *o;
+    lorac_status_t s = read_config(path, &o);
+    if (s) return s;
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "chat_template");
+    const char *jinja = NULL;
+    if (cJSON_IsString(t)) jinja = t->valuestring;
+    else if (cJSON_IsArray(t)) { /* [{"name": "default", "template": ...}, {"name": "tool_use", ...}] */
+        const cJSON *e;
+        cJSON_ArrayForEach(e, t) {
+            const cJSON *n = cJSON_GetObjectItemCaseSensitive(e, "name"), *v = cJSON_GetObjectItemCaseSensitive(e, "template");
+            if (cJSON_IsString(n) && !strcmp(n->valuestring, "default") && cJSON_IsString(v)) jinja = v->valuestring;
+        }
+    }
+    char *file_text = NULL;
+    if (!jinja) { /* newer transformers save the template beside the config */
+        const char *slash = strrchr(path, '/');
+        size_t dir_len = slash ? (size_t)(slash - path) : 0;
+        char *jpath = malloc(dir_len + 32);
+        if (!jpath) { cJSON_Delete(o); return lorac_error(LORAC_STATUS_NOMEM, "out of memory"); }
+        if (slash) memcpy(jpath, path, dir_len);
+        strcpy(jpath + dir_len, slash ? "/chat_template.jinja" : "chat_template.jinja");
+        size_t len;
+        if (lorac_file_read(jpath, (size_t)16 << 20, &file_text, &len) == LORAC_STATUS_OK) jinja = file_text;
+        free(jpath);
+    }
+    if (!jinja) s = lorac_error(LORAC_STATUS_UNSUPPORTED, "%s has no chat_template (nor a chat_template.jinja beside it); "
+                                "pass --chat-template chatml|llama-2|llama-3|llama-3.1|zephyr", path);
+    else if ((s = lorac_dataset_chat_template_recognize(jinja, name, default_system))) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", lorac_error_message());
+        s = lorac_error(s, "%s: the chat template is %s", path, msg);
+    }
+    free(file_text);
+    cJSON_Delete(o);
+    return s;
+}

@@ -1,0 +1,77 @@
+/* Private to src/train/dataset.c, chat_template.c and batcher.c. */
+#ifndef LORAC_DATASET_INTERNAL_H
+#define LORAC_DATASET_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lorac/dataset.h"
+
+/* All examples back to back: example i is tokens/labels[offsets[i] ..
+ * offsets[i+1]). One allocation per array keeps 100k-example sets fast to
+ * load and cheap to index. */
+struct lorac_dataset {
+    int32_t *tokens, *labels;
+    int64_t n_tok, cap_tok;
+    int64_t *offsets; /* (n + 1) */
+    int64_t n, cap;
+    int64_t skipped, truncated, n_trainable;
+    char *first_skip;
+    lorac_data_format_t format;
+    int chat_tpl; /* chat_tpl_t, -1 unless chat */
+    int32_t seq_len, pad_id;
+    /* the batcher's cached order of one epoch (see batcher.c) */
+    int64_t *perm;
+    int64_t perm_epoch;
+    uint64_t perm_seed;
+    int32_t perm_shuffle;
+};
+
+/* ---- growable byte string ---- */
+typedef struct {
+    char *s;
+    size_t len, cap;
+} dbuf_t;
+int dbuf_put(dbuf_t *b, const char *s, size_t n); /* 0, or -1 out of memory; keeps s NUL-terminated */
+int dbuf_puts(dbuf_t *b, const char *s);
+void dbuf_free(dbuf_t *b);
+
+/* ---- chat templates ---- */
+typedef enum { CHAT_CHATML, CHAT_LLAMA2, CHAT_LLAMA3, CHAT_LLAMA31, CHAT_ZEPHYR, CHAT_COUNT } chat_tpl_t;
+
+/* A rendered conversation as pieces that tile the text. trainable: an
+ * assistant reply with its end-of-turn marker. chunk_start: the piece starts
+ * at the beginning or right before/after a special token; tokenizers split
+ * at special tokens before anything else, so a run of pieces from one
+ * chunk_start to the next can be encoded on its own and the ids concatenated
+ * equal those of the whole text. */
+typedef struct {
+    size_t start, end;
+    bool trainable, chunk_start;
+} chat_piece_t;
+
+typedef struct {
+    dbuf_t text;
+    chat_piece_t *pieces;
+    size_t n, cap;
+} chat_render_t;
+
+int chat_tpl_from_name(const char *name); /* chat_tpl_t or -1 */
+const char *chat_tpl_name(chat_tpl_t t);
+/* Default BOS / EOS strings of a template ("<s>", "</s>", "<|begin_of_text|>"). */
+const char *chat_tpl_default_bos(chat_tpl_t t);
+const char *chat_tpl_default_eos(chat_tpl_t t);
+/* Special strings the template writes, which must be single tokens; returns
+ * how many were stored in out (at most 8). */
+size_t chat_tpl_specials(chat_tpl_t t, const char *bos, const char *eos, const char **out);
+/* Renders into r (reset first). FORMAT with a location-free message for a
+ * conversation the template refuses; NOMEM. */
+lorac_status_t chat_render_pieces(chat_tpl_t t, const char *default_system, const lorac_chat_message_t *m, size_t n,
+                                  const char *bos, const char *eos, chat_render_t *r);
+void chat_render_free(chat_render_t *r);
+/* bos_token / eos_token of a tokenizer_config.json (string or {"content"}),
+ * malloc'd, NULL when absent. Errors are IO/FORMAT with the path. */
+lorac_status_t chat_config_tokens(const char *path, char **bos, char **eos);
+
+#endif
