@@ -1,210 +1,288 @@
-/* Training data: JSONL formats, chat templates, tokenization, batching. */
+/* Training data: reading JSONL / JSON-array / plain-text files, turning each
+ * record of a known format into tokens and labels, and keeping them in one
+ * contiguous array (see lorac/dataset.h for the formats and rules). */
 #include <cjson/cJSON.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "lorac/dataset.h"
-
-#define DATA_MAX_BYTES ((size_t)8 << 30)
-
-struct lorac_dataset {
-    int32_t *tokens, *labels;  /* all examples, back to back */
-    int64_t n_tok, cap_tok;
-    int64_t *offsets;          /* (n + 1) */
-    int64_t n, cap;
-    int64_t skipped, truncated;
-    lorac_data_format_t format;
-    int64_t *perm;             /* order of the epoch perm_epoch */
-    int64_t perm_epoch;
-    uint64_t perm_seed;
-    int32_t perm_shuffle;
-};
+#include "train/dataset_internal.h"
 
 static const char *const k_format_names[] = {"auto", "text", "completion", "alpaca", "chat", "tokens"};
+#define N_FORMATS ((int)(sizeof k_format_names / sizeof *k_format_names))
 
 int lorac_data_format_parse(const char *name, lorac_data_format_t *out) {
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; name && i < N_FORMATS; i++)
         if (!strcmp(name, k_format_names[i])) { *out = (lorac_data_format_t)i; return 0; }
     return -1;
 }
 
 const char *lorac_data_format_name(lorac_data_format_t f) {
-    return (int)f >= 0 && (int)f < 6 ? k_format_names[f] : "?";
+    return (int)f >= 0 && (int)f < N_FORMATS ? k_format_names[f] : "?";
 }
 
 lorac_dataset_params_t lorac_dataset_default_params(void) {
-    lorac_dataset_params_t p = {.format = LORAC_DATA_AUTO, .seq_len = 256, .vocab_size = INT32_MAX};
+    lorac_dataset_params_t p = {.format = LORAC_DATA_AUTO, .seq_len = 256, .vocab_size = INT32_MAX, .add_eos = true};
     return p;
 }
 
-/* ---- building one example out of segments ---------------------------------- */
-typedef struct {
-    int32_t *tok, *lab;
-    int64_t n, cap;
-} example_t;
+static const char k_alpaca_input[] =
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n### Instruction:\n";
+static const char k_alpaca_no_input[] =
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n";
 
-static int ex_push(example_t *e, int32_t tok, int32_t lab) {
-    if (e->n == e->cap) {
-        int64_t cap = e->cap ? 2 * e->cap : 256;
-        int32_t *t = realloc(e->tok, sizeof(int32_t) * (size_t)cap), *l = t ? realloc(e->lab, sizeof(int32_t) * (size_t)cap) : NULL;
-        if (t) e->tok = t;
-        if (!t || !l) return -1;
-        e->lab = l;
-        e->cap = cap;
-    }
-    e->tok[e->n] = tok;
-    e->lab[e->n] = lab;
-    e->n++;
+/* ---- the loader's state ---- */
+typedef struct {
+    lorac_dataset_t *ds;
+    const lorac_tokenizer_t *tok;
+    const lorac_dataset_params_t *p;
+    const char *label;
+    int32_t vocab_limit; /* ids must be below it */
+    int32_t eos;         /* appended to text/completion/alpaca, -1: none */
+    /* chat */
+    char *cfg_bos, *cfg_eos, *bos_str, *eos_str, *default_system;
+    bool chat_ready;
+    /* scratch, reused across records */
+    int32_t *ids, *labs;
+    int64_t n_ex, cap_ex;
+    chat_render_t render;
+    dbuf_t text;
+    lorac_chat_message_t *msgs;
+    size_t cap_msgs;
+} loader_t;
+
+#define NOMEM() lorac_error(LORAC_STATUS_NOMEM, "out of memory loading a dataset")
+
+static int ex_reserve(loader_t *L, int64_t extra) {
+    if (L->n_ex + extra <= L->cap_ex) return 0;
+    int64_t cap = L->cap_ex ? L->cap_ex : 1024;
+    while (cap < L->n_ex + extra) cap *= 2;
+    int32_t *a = realloc(L->ids, sizeof(int32_t) * (size_t)cap);
+    if (a) L->ids = a;
+    int32_t *b = a ? realloc(L->labs, sizeof(int32_t) * (size_t)cap) : NULL;
+    if (!b) return -1;
+    L->labs = b;
+    L->cap_ex = cap;
     return 0;
 }
 
-/* Tokenizes text (no special tokens added) and appends it, in the loss or not. */
-static lorac_status_t ex_text(example_t *e, const lorac_tokenizer_t *tok, const char *text, int in_loss) {
-    int32_t *ids;
-    size_t n;
-    lorac_status_t s = lorac_tokenizer_encode(tok, text, strlen(text), false, &ids, &n);
-    if (s) return s;
-    for (size_t i = 0; i < n; i++)
-        if (ex_push(e, ids[i], in_loss ? ids[i] : -100)) { free(ids); return lorac_error(LORAC_STATUS_NOMEM, "out of memory"); }
-    free(ids);
+/* Encodes text, turning the tokenizer's complaint (invalid UTF-8 inside a
+ * JSON escape, say) into a record error. */
+static lorac_status_t encode(loader_t *L, const char *text, size_t len, bool add_special, int32_t **ids, size_t *n) {
+    lorac_status_t s = lorac_tokenizer_encode(L->tok, text, len, add_special, ids, n);
+    if (s == LORAC_STATUS_NOMEM) return s;
+    if (s) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", lorac_error_message());
+        return lorac_error(LORAC_STATUS_FORMAT, "cannot tokenize: %s", msg);
+    }
     return LORAC_STATUS_OK;
 }
 
-static lorac_status_t ex_special(example_t *e, int32_t id, int in_loss) {
-    if (id < 0) return LORAC_STATUS_OK;
-    if (ex_push(e, id, in_loss ? id : -100)) return lorac_error(LORAC_STATUS_NOMEM, "out of memory");
-    return LORAC_STATUS_OK;
-}
-
-/* The BOS the tokenizer's post-processor adds (if any): encode "" with specials. */
-static int32_t added_bos(const lorac_tokenizer_t *tok) {
-    int32_t *ids;
-    size_t n;
-    if (lorac_tokenizer_encode(tok, "", 0, true, &ids, &n) != LORAC_STATUS_OK) return -1;
-    int32_t bos = n > 0 ? ids[0] : -1;
-    free(ids);
-    return bos;
-}
-
-static const char *str_field(const cJSON *o, const char *key, int required, const char *where, lorac_status_t *s) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!v || cJSON_IsNull(v)) {
-        if (required) *s = lorac_error(LORAC_STATUS_FORMAT, "%s: missing \"%s\"", where, key);
-        return NULL;
-    }
-    if (!cJSON_IsString(v)) {
-        *s = lorac_error(LORAC_STATUS_FORMAT, "%s: \"%s\" must be a string", where, key);
-        return NULL;
-    }
-    return v->valuestring;
-}
-
-/* ---- chat templates -------------------------------------------------------- */
-typedef enum { TPL_CHATML, TPL_LLAMA2, TPL_LLAMA3, TPL_ZEPHYR, TPL_NONE } chat_template_t;
-
-static chat_template_t template_by_name(const char *name) {
-    if (!strcmp(name, "chatml")) return TPL_CHATML;
-    if (!strcmp(name, "llama-2") || !strcmp(name, "llama2")) return TPL_LLAMA2;
-    if (!strcmp(name, "llama-3") || !strcmp(name, "llama3")) return TPL_LLAMA3;
-    if (!strcmp(name, "zephyr")) return TPL_ZEPHYR;
-    return TPL_NONE;
-}
-
-/* Recognises the family of a tokenizer_config.json chat_template by the
- * markers it writes. */
-static lorac_status_t template_from_config(const char *path, chat_template_t *out) {
-    char *text;
-    size_t len;
-    lorac_status_t s = lorac_file_read(path, (size_t)64 << 20, &text, &len);
-    if (s) return lorac_error(s, "%s; give --chat-template chatml|llama-2|llama-3|zephyr", lorac_error_message());
-    cJSON *o = cJSON_ParseWithLength(text, len);
-    free(text);
-    const cJSON *t = o ? cJSON_GetObjectItemCaseSensitive(o, "chat_template") : NULL;
-    const char *tpl = cJSON_IsString(t) ? t->valuestring : NULL;
-    *out = TPL_NONE;
-    if (tpl) {
-        if (strstr(tpl, "<|im_start|>")) *out = TPL_CHATML;
-        else if (strstr(tpl, "<|start_header_id|>")) *out = TPL_LLAMA3;
-        else if (strstr(tpl, "<|user|>") || strstr(tpl, "<|assistant|>")) *out = TPL_ZEPHYR;
-        else if (strstr(tpl, "[INST]")) *out = TPL_LLAMA2;
-    }
-    cJSON_Delete(o);
-    if (*out == TPL_NONE)
-        return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: %s; give --chat-template chatml|llama-2|llama-3|zephyr", path,
-                           tpl ? "its chat_template is not one lorac recognises" : "no chat_template");
-    return LORAC_STATUS_OK;
-}
-
-/* Renders the conversation turn by turn; only assistant turns (their content
- * and end-of-turn marker) are in the loss unless train_on_inputs. */
-static lorac_status_t ex_chat(example_t *e, const lorac_tokenizer_t *tok, chat_template_t tpl, const cJSON *messages,
-                              const char *where, int all_in_loss) {
-    if (!cJSON_IsArray(messages) || cJSON_GetArraySize(messages) == 0)
-        return lorac_error(LORAC_STATUS_FORMAT, "%s: \"messages\" must be a non-empty array", where);
-    lorac_status_t s = LORAC_STATUS_OK;
-    const char *system = NULL;
-    char buf[256];
-    int first_user = 1;
-    if (tpl == TPL_LLAMA3 && (s = ex_text(e, tok, "<|begin_of_text|>", all_in_loss))) return s;
-    const cJSON *m;
-    cJSON_ArrayForEach(m, messages) {
-        if (!cJSON_IsObject(m)) return lorac_error(LORAC_STATUS_FORMAT, "%s: each message must be an object", where);
-        const char *role = str_field(m, "role", 1, where, &s);
+/* Appends text[pieces] to the example. Each chunk (a run of pieces from one
+ * chunk_start to the next) is encoded whole; where trainability changes
+ * inside a chunk, the boundary is the token count of the chunk's text up to
+ * that point (TRL's rule: prompt tokens = len(encode(prompt))). When a merge
+ * straddles the boundary the count still comes from the prefix, so the
+ * straddling token goes to the later piece. add_special applies the
+ * post-processor to the first chunk (BOS of text/completion/alpaca). */
+static lorac_status_t encode_pieces(loader_t *L, const char *text, const chat_piece_t *pc, size_t np, bool add_special) {
+    bool all = L->p->train_on_inputs;
+    for (size_t a = 0; a < np;) {
+        size_t b = a + 1;
+        while (b < np && !pc[b].chunk_start) b++;
+        size_t c0 = pc[a].start, c1 = pc[b - 1].end;
+        bool special = add_special && a == 0;
+        int32_t *ids;
+        size_t n;
+        lorac_status_t s = encode(L, text + c0, c1 - c0, special, &ids, &n);
         if (s) return s;
-        const char *content = str_field(m, "content", 1, where, &s);
-        if (s) return s;
-        int assistant = !strcmp(role, "assistant");
-        if (!assistant && strcmp(role, "user") && strcmp(role, "system"))
-            return lorac_error(LORAC_STATUS_FORMAT, "%s: unknown role \"%s\" (system, user or assistant)", where, role);
-        int loss = assistant || all_in_loss;
-        switch (tpl) {
-        case TPL_CHATML:
-            snprintf(buf, sizeof buf, "<|im_start|>%s\n", role);
-            if ((s = ex_text(e, tok, buf, all_in_loss)) || (s = ex_text(e, tok, content, loss)) ||
-                (s = ex_text(e, tok, "<|im_end|>", loss)) || (s = ex_text(e, tok, "\n", all_in_loss)))
-                return s;
-            break;
-        case TPL_LLAMA3:
-            snprintf(buf, sizeof buf, "<|start_header_id|>%s<|end_header_id|>\n\n", role);
-            if ((s = ex_text(e, tok, buf, all_in_loss)) || (s = ex_text(e, tok, content, loss)) ||
-                (s = ex_text(e, tok, "<|eot_id|>", loss)))
-                return s;
-            break;
-        case TPL_ZEPHYR:
-            snprintf(buf, sizeof buf, "<|%s|>\n", role);
-            if ((s = ex_text(e, tok, buf, all_in_loss)) || (s = ex_text(e, tok, content, loss)) ||
-                (s = ex_text(e, tok, "</s>", loss)) || (s = ex_text(e, tok, "\n", all_in_loss)))
-                return s;
-            break;
-        case TPL_LLAMA2:
-            /* <s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {assistant} </s> */
-            if (!strcmp(role, "system")) { system = content; break; }
-            if (!assistant) {
-                if ((s = ex_text(e, tok, "<s>", all_in_loss)) || (s = ex_text(e, tok, "[INST] ", all_in_loss))) return s;
-                if (first_user && system) {
-                    if ((s = ex_text(e, tok, "<<SYS>>\n", all_in_loss)) || (s = ex_text(e, tok, system, all_in_loss)) ||
-                        (s = ex_text(e, tok, "\n<</SYS>>\n\n", all_in_loss)))
-                        return s;
-                }
-                first_user = 0;
-                if ((s = ex_text(e, tok, content, all_in_loss)) || (s = ex_text(e, tok, " [/INST]", all_in_loss))) return s;
-            } else {
-                if ((s = ex_text(e, tok, " ", loss)) || (s = ex_text(e, tok, content, loss)) ||
-                    (s = ex_text(e, tok, " </s>", loss)))
-                    return s;
+        if (ex_reserve(L, (int64_t)n)) { free(ids); return NOMEM(); }
+        size_t done = 0; /* tokens of this chunk already labelled */
+        for (size_t k = a; k < b; k++) {
+            size_t upto = n;
+            if (k + 1 < b && pc[k + 1].trainable != pc[k].trainable && !all) {
+                int32_t *pre;
+                size_t np_ids;
+                if ((s = encode(L, text + c0, pc[k].end - c0, special, &pre, &np_ids))) { free(ids); return s; }
+                free(pre);
+                upto = np_ids < n ? np_ids : n;
+                if (upto < done) upto = done;
+            } else if (k + 1 < b) {
+                continue; /* same label as the next piece: label them together */
             }
-            break;
-        case TPL_NONE: break;
+            bool in_loss = all || pc[k].trainable;
+            for (; done < upto; done++) {
+                L->ids[L->n_ex] = ids[done];
+                L->labs[L->n_ex++] = in_loss ? ids[done] : -100;
+            }
         }
+        free(ids);
+        a = b;
     }
     return LORAC_STATUS_OK;
 }
 
-/* ---- one record ---------------------------------------------------------------- */
+static lorac_status_t append_eos(loader_t *L) {
+    if (!L->p->add_eos || L->eos < 0 || (L->n_ex > 0 && L->ids[L->n_ex - 1] == L->eos)) return LORAC_STATUS_OK;
+    if (ex_reserve(L, 1)) return NOMEM();
+    L->ids[L->n_ex] = L->eos;
+    L->labs[L->n_ex++] = L->eos;
+    return LORAC_STATUS_OK;
+}
+
+/* A prompt (not in the loss) followed by a response (in the loss), encoded as
+ * one string. */
+static lorac_status_t prompt_response(loader_t *L, const char *prompt, size_t plen, const char *resp) {
+    L->text.len = 0;
+    if (dbuf_put(&L->text, prompt, plen) || dbuf_puts(&L->text, resp)) return NOMEM();
+    chat_piece_t pc[2] = {{0, plen, false, true}, {plen, L->text.len, true, false}};
+    lorac_status_t s = encode_pieces(L, L->text.s, pc, 2, true);
+    return s ? s : append_eos(L);
+}
+
+static const char *json_type(const cJSON *v) {
+    if (cJSON_IsString(v)) return "a string";
+    if (cJSON_IsNumber(v)) return "a number";
+    if (cJSON_IsBool(v)) return "a boolean";
+    if (cJSON_IsNull(v)) return "null";
+    if (cJSON_IsArray(v)) return "an array";
+    if (cJSON_IsObject(v)) return "an object";
+    return "invalid";
+}
+
+/* A string field; required fields must be there, optional ones may be
+ * absent or null (then *out is NULL). */
+static lorac_status_t str_field(const cJSON *o, const char *key, bool required, const char **out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    *out = NULL;
+    if (!v || (!required && cJSON_IsNull(v))) {
+        return required ? lorac_error(LORAC_STATUS_FORMAT, "missing \"%s\"", key) : LORAC_STATUS_OK;
+    }
+    if (!cJSON_IsString(v)) return lorac_error(LORAC_STATUS_FORMAT, "\"%s\" must be a string, not %s", key, json_type(v));
+    *out = v->valuestring;
+    return LORAC_STATUS_OK;
+}
+
+/* ---- formats ---- */
+static lorac_status_t build_text(loader_t *L, const char *text) {
+    if (!*text) return lorac_error(LORAC_STATUS_FORMAT, "empty \"text\"");
+    chat_piece_t pc = {0, strlen(text), true, true};
+    lorac_status_t s = encode_pieces(L, text, &pc, 1, true);
+    return s ? s : append_eos(L);
+}
+
+static lorac_status_t build_completion(loader_t *L, const cJSON *o) {
+    const char *prompt, *completion;
+    lorac_status_t s;
+    if ((s = str_field(o, "prompt", true, &prompt)) || (s = str_field(o, "completion", true, &completion))) return s;
+    if (!*completion) return lorac_error(LORAC_STATUS_FORMAT, "empty \"completion\"");
+    return prompt_response(L, prompt, strlen(prompt), completion);
+}
+
+static lorac_status_t build_alpaca(loader_t *L, const cJSON *o) {
+    const char *instruction, *input, *output;
+    lorac_status_t s;
+    if ((s = str_field(o, "instruction", true, &instruction)) || (s = str_field(o, "input", false, &input)) ||
+        (s = str_field(o, "output", true, &output)))
+        return s;
+    if (!*output) return lorac_error(LORAC_STATUS_FORMAT, "empty \"output\"");
+    dbuf_t pr = {0};
+    int bad = input && *input ? dbuf_puts(&pr, k_alpaca_input) || dbuf_puts(&pr, instruction) ||
+                                    dbuf_puts(&pr, "\n\n### Input:\n") || dbuf_puts(&pr, input)
+                              : dbuf_puts(&pr, k_alpaca_no_input) || dbuf_puts(&pr, instruction);
+    bad = bad || dbuf_puts(&pr, "\n\n### Response:\n");
+    s = bad ? NOMEM() : prompt_response(L, pr.s, pr.len, output);
+    dbuf_free(&pr);
+    return s;
+}
+
+static lorac_status_t build_chat(loader_t *L, const cJSON *o) {
+    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(o, "messages");
+    if (!msgs) return lorac_error(LORAC_STATUS_FORMAT, "missing \"messages\"");
+    if (!cJSON_IsArray(msgs)) return lorac_error(LORAC_STATUS_FORMAT, "\"messages\" must be an array, not %s", json_type(msgs));
+    size_t n = (size_t)cJSON_GetArraySize(msgs);
+    if (n == 0) return lorac_error(LORAC_STATUS_FORMAT, "empty \"messages\"");
+    if (n > L->cap_msgs) {
+        lorac_chat_message_t *m = realloc(L->msgs, n * sizeof *m);
+        if (!m) return NOMEM();
+        L->msgs = m;
+        L->cap_msgs = n;
+    }
+    size_t i = 0;
+    bool assistant = false;
+    const cJSON *m;
+    cJSON_ArrayForEach(m, msgs) {
+        if (!cJSON_IsObject(m)) return lorac_error(LORAC_STATUS_FORMAT, "message %zu must be an object, not %s", i + 1, json_type(m));
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role"), *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        if (!role || !content) return lorac_error(LORAC_STATUS_FORMAT, "message %zu: missing \"%s\"", i + 1, role ? "content" : "role");
+        if (!cJSON_IsString(role) || !cJSON_IsString(content))
+            return lorac_error(LORAC_STATUS_FORMAT, "message %zu: \"%s\" must be a string, not %s", i + 1,
+                               cJSON_IsString(role) ? "content" : "role", json_type(cJSON_IsString(role) ? content : role));
+        L->msgs[i].role = role->valuestring;
+        L->msgs[i].content = content->valuestring;
+        assistant = assistant || !strcmp(role->valuestring, "assistant");
+        i++;
+    }
+    if (!assistant && !L->p->train_on_inputs)
+        return lorac_error(LORAC_STATUS_FORMAT, "no assistant message, so nothing to train on (or use --train-on-inputs)");
+    lorac_status_t s = chat_render_pieces((chat_tpl_t)L->ds->chat_tpl, L->default_system, L->msgs, n, L->bos_str,
+                                          L->eos_str, &L->render);
+    if (s) return s;
+    if (L->render.text.len == 0) return lorac_error(LORAC_STATUS_FORMAT, "empty conversation");
+    return encode_pieces(L, L->render.text.s, L->render.pieces, L->render.n, false);
+}
+
+/* A JSON number that is an integer in [lo, hi). */
+static int json_int(const cJSON *v, double lo, double hi, int32_t *out) {
+    if (!cJSON_IsNumber(v)) return -1;
+    double d = v->valuedouble;
+    if (!(d >= lo && d < hi) || d != (double)(int64_t)d) return -1;
+    *out = (int32_t)d;
+    return 0;
+}
+
+static lorac_status_t build_tokens(loader_t *L, const cJSON *o) {
+    const cJSON *ids = cJSON_GetObjectItemCaseSensitive(o, "input_ids");
+    const cJSON *labels = cJSON_GetObjectItemCaseSensitive(o, "labels");
+    if (!ids) return lorac_error(LORAC_STATUS_FORMAT, "missing \"input_ids\"");
+    if (!cJSON_IsArray(ids)) return lorac_error(LORAC_STATUS_FORMAT, "\"input_ids\" must be an array of token ids, not %s", json_type(ids));
+    int n = cJSON_GetArraySize(ids);
+    if (n == 0) return lorac_error(LORAC_STATUS_FORMAT, "empty \"input_ids\"");
+    if (cJSON_IsNull(labels)) labels = NULL;
+    if (labels && !cJSON_IsArray(labels))
+        return lorac_error(LORAC_STATUS_FORMAT, "\"labels\" must be an array as long as \"input_ids\" (%d), not %s", n,
+                           json_type(labels));
+    if (labels && cJSON_GetArraySize(labels) != n)
+        return lorac_error(LORAC_STATUS_FORMAT, "\"labels\" must be an array as long as \"input_ids\" (%d), not %d long",
+                           n, cJSON_GetArraySize(labels));
+    if (ex_reserve(L, n)) return NOMEM();
+    const cJSON *lab = labels ? labels->child : NULL, *id;
+    int k = 0;
+    cJSON_ArrayForEach(id, ids) {
+        int32_t v, l;
+        if (json_int(id, 0, (double)L->vocab_limit, &v))
+            return lorac_error(LORAC_STATUS_FORMAT, "input_ids must be integers in 0..%d (input_ids[%d] is not)",
+                               L->vocab_limit - 1, k);
+        l = v;
+        if (lab) {
+            if (json_int(lab, -100, (double)L->vocab_limit, &l) || (l != -100 && l != v))
+                return lorac_error(LORAC_STATUS_FORMAT, "labels[%d] must be -100 or input_ids[%d] (%d)", k, k, v);
+            lab = lab->next;
+        }
+        L->ids[L->n_ex] = v;
+        L->labs[L->n_ex++] = l;
+        k++;
+    }
+    return LORAC_STATUS_OK;
+}
+
 static lorac_data_format_t detect_format(const cJSON *o) {
-    if (cJSON_GetObjectItemCaseSensitive(o, "input_ids")) return LORAC_DATA_TOKENS;
     if (cJSON_GetObjectItemCaseSensitive(o, "messages")) return LORAC_DATA_CHAT;
+    if (cJSON_GetObjectItemCaseSensitive(o, "input_ids")) return LORAC_DATA_TOKENS;
     if (cJSON_GetObjectItemCaseSensitive(o, "instruction") && cJSON_GetObjectItemCaseSensitive(o, "output"))
         return LORAC_DATA_ALPACA;
     if (cJSON_GetObjectItemCaseSensitive(o, "prompt") && cJSON_GetObjectItemCaseSensitive(o, "completion"))
@@ -213,306 +291,367 @@ static lorac_data_format_t detect_format(const cJSON *o) {
     return LORAC_DATA_AUTO;
 }
 
-static const char k_alpaca_input[] =
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request.\n\n### Instruction:\n%s\n\n### Input:\n%s\n\n### Response:\n";
-static const char k_alpaca_no_input[] =
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n%s\n\n### Response:\n";
-
-typedef struct {
-    const lorac_tokenizer_t *tok;
-    const lorac_dataset_params_t *p;
-    chat_template_t tpl;
-    int32_t bos, eos;
-} ctx_t;
-
-static lorac_status_t build_example(ctx_t *c, lorac_data_format_t fmt, const cJSON *o, const char *where, example_t *e) {
-    lorac_status_t s = LORAC_STATUS_OK;
-    int all = c->p->train_on_inputs;
-    if (fmt == LORAC_DATA_TOKENS) {
-        const cJSON *ids = cJSON_GetObjectItemCaseSensitive(o, "input_ids");
-        const cJSON *labels = cJSON_GetObjectItemCaseSensitive(o, "labels");
-        if (!cJSON_IsArray(ids)) return lorac_error(LORAC_STATUS_FORMAT, "%s: \"input_ids\" must be an array of token ids", where);
-        if (labels && !cJSON_IsNull(labels) && (!cJSON_IsArray(labels) || cJSON_GetArraySize(labels) != cJSON_GetArraySize(ids)))
-            return lorac_error(LORAC_STATUS_FORMAT, "%s: \"labels\" must be an array as long as \"input_ids\" (%d)", where,
-                               cJSON_GetArraySize(ids));
-        const cJSON *lab = cJSON_IsArray(labels) ? labels->child : NULL, *id;
-        cJSON_ArrayForEach(id, ids) {
-            double v = cJSON_IsNumber(id) ? id->valuedouble : -1;
-            if (!cJSON_IsNumber(id) || v < 0 || v >= c->p->vocab_size || v != (double)(int32_t)v)
-                return lorac_error(LORAC_STATUS_FORMAT, "%s: input_ids must be integers in 0..%d", where, c->p->vocab_size - 1);
-            int32_t l = (int32_t)v;
-            if (lab) {
-                double lv = cJSON_IsNumber(lab) ? lab->valuedouble : -2;
-                if (lv != -100 && (lv < 0 || lv >= c->p->vocab_size || lv != (double)(int32_t)lv))
-                    return lorac_error(LORAC_STATUS_FORMAT, "%s: labels must be token ids or -100", where);
-                l = (int32_t)lv;
-                lab = lab->next;
-            }
-            if (ex_push(e, (int32_t)v, l)) return lorac_error(LORAC_STATUS_NOMEM, "out of memory");
-        }
-        return e->n > 0 ? LORAC_STATUS_OK : lorac_error(LORAC_STATUS_FORMAT, "%s: empty input_ids", where);
+static lorac_status_t undetectable(const cJSON *o) {
+    char keys[200] = "";
+    size_t used = 0;
+    const cJSON *k;
+    cJSON_ArrayForEach(k, o) {
+        int w = snprintf(keys + used, sizeof keys - used, "%s\"%s\"", used ? ", " : "", k->string);
+        if (w < 0 || (size_t)w >= sizeof keys - used) { snprintf(keys + sizeof keys - 5, 5, "..."); break; }
+        used += (size_t)w;
     }
-    if (!c->tok) return lorac_error(LORAC_STATUS_INVALID_ARG, "%s: format %s needs a tokenizer", where, lorac_data_format_name(fmt));
-    if (fmt == LORAC_DATA_CHAT) {
-        if ((s = ex_chat(e, c->tok, c->tpl, cJSON_GetObjectItemCaseSensitive(o, "messages"), where, all))) return s;
-        return e->n > 0 ? LORAC_STATUS_OK : lorac_error(LORAC_STATUS_FORMAT, "%s: empty conversation", where);
-    }
-    if ((s = ex_special(e, c->bos, all))) return s;
-    if (fmt == LORAC_DATA_TEXT) {
-        const char *text = str_field(o, "text", 1, where, &s);
-        if (s) return s;
-        if (!*text) return lorac_error(LORAC_STATUS_FORMAT, "%s: empty \"text\"", where);
-        if ((s = ex_text(e, c->tok, text, 1))) return s;
-    } else if (fmt == LORAC_DATA_COMPLETION) {
-        const char *prompt = str_field(o, "prompt", 1, where, &s);
-        if (s) return s;
-        const char *completion = str_field(o, "completion", 1, where, &s);
-        if (s) return s;
-        if ((s = ex_text(e, c->tok, prompt, all)) || (s = ex_text(e, c->tok, completion, 1))) return s;
-    } else if (fmt == LORAC_DATA_ALPACA) {
-        const char *instruction = str_field(o, "instruction", 1, where, &s);
-        if (s) return s;
-        const char *input = str_field(o, "input", 0, where, &s);
-        if (s) return s;
-        const char *output = str_field(o, "output", 1, where, &s);
-        if (s) return s;
-        size_t n = strlen(instruction) + (input ? strlen(input) : 0) + sizeof k_alpaca_input;
-        char *prompt = malloc(n);
-        if (!prompt) return lorac_error(LORAC_STATUS_NOMEM, "out of memory");
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wformat-nonliteral"
-        if (input && *input) snprintf(prompt, n, k_alpaca_input, instruction, input);
-        else snprintf(prompt, n, k_alpaca_no_input, instruction);
-#pragma GCC diagnostic pop
-        s = ex_text(e, c->tok, prompt, all);
-        free(prompt);
-        if (s || (s = ex_text(e, c->tok, output, 1))) return s;
-    }
-    return ex_special(e, c->eos, 1);
+    return lorac_error(LORAC_STATUS_FORMAT,
+                       "cannot tell the format from the keys {%s}: expected text, prompt+completion, "
+                       "instruction+output, messages or input_ids (or give --format)", keys);
 }
 
-static lorac_status_t add_example(lorac_dataset_t *ds, example_t *e, int32_t seq_len) {
-    int64_t n = e->n;
-    if (n > seq_len) { n = seq_len; ds->truncated++; }
+/* Settles the chat template and the BOS/EOS strings it writes, once. Errors
+ * here are about the model, not a line, so they are fatal. */
+static lorac_status_t chat_prepare(loader_t *L) {
+    if (L->chat_ready) return LORAC_STATUS_OK;
+    const lorac_dataset_params_t *p = L->p;
+    const char *name = NULL;
+    lorac_status_t s;
+    if (!L->tok) return lorac_error(LORAC_STATUS_INVALID_ARG, "%s: chat data needs a tokenizer", L->label);
+    if (p->chat_template) {
+        name = lorac_dataset_chat_template_name(p->chat_template);
+        if (!name)
+            return lorac_error(LORAC_STATUS_INVALID_ARG,
+                               "unknown chat template '%s' (chatml, llama-2, llama-3, llama-3.1, zephyr)", p->chat_template);
+    } else if (p->tokenizer_config) {
+        if ((s = lorac_dataset_chat_template_from_config(p->tokenizer_config, &name, &L->default_system))) return s;
+    } else {
+        return lorac_error(LORAC_STATUS_INVALID_ARG,
+                           "%s: chat data needs a chat template and there is no tokenizer_config.json to recognise it "
+                           "from; pass --chat-template chatml|llama-2|llama-3|llama-3.1|zephyr", L->label);
+    }
+    chat_tpl_t t = (chat_tpl_t)chat_tpl_from_name(name);
+    /* BOS/EOS strings: tokenizer_config's, else the template's own when the
+     * tokenizer has it, else the tokenizer's. */
+    const char *def[2] = {chat_tpl_default_bos(t), chat_tpl_default_eos(t)};
+    char *cfg[2] = {L->cfg_bos, L->cfg_eos}, **dst[2] = {&L->bos_str, &L->eos_str};
+    int32_t tok_id[2] = {lorac_tokenizer_bos_id(L->tok), lorac_tokenizer_eos_id(L->tok)};
+    for (int i = 0; i < 2; i++) {
+        const char *v = cfg[i];
+        if (!v && lorac_tokenizer_token_id(L->tok, def[i]) >= 0) v = def[i];
+        if (!v && tok_id[i] >= 0) v = lorac_tokenizer_token_str(L->tok, tok_id[i]);
+        if (!v) v = def[i];
+        if (!(*dst[i] = strdup(v))) return NOMEM();
+    }
+    const char *specials[8];
+    size_t ns = chat_tpl_specials(t, L->bos_str, L->eos_str, specials);
+    for (size_t i = 0; i < ns; i++) {
+        int32_t *ids = NULL;
+        size_t n = 0;
+        s = lorac_tokenizer_encode(L->tok, specials[i], strlen(specials[i]), false, &ids, &n);
+        free(ids);
+        if (s == LORAC_STATUS_NOMEM) return s;
+        if (s || n != 1)
+            return lorac_error(LORAC_STATUS_UNSUPPORTED,
+                               "chat template %s writes \"%s\", which is not a single token of this tokenizer; pick the "
+                               "model's own template with --chat-template", name, specials[i]);
+    }
+    L->ds->chat_tpl = (int)t;
+    L->chat_ready = true;
+    return LORAC_STATUS_OK;
+}
+
+/* Builds the example of one parsed record into the scratch buffers. */
+static lorac_status_t build_record(loader_t *L, const cJSON *o) {
+    lorac_dataset_t *ds = L->ds;
+    if (!cJSON_IsObject(o)) return lorac_error(LORAC_STATUS_FORMAT, "not a JSON object (%s)", json_type(o));
+    lorac_data_format_t f = ds->format == LORAC_DATA_AUTO ? detect_format(o) : ds->format;
+    if (f == LORAC_DATA_AUTO) return undetectable(o);
+    if (f != LORAC_DATA_TOKENS && !L->tok)
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "%s: format %s needs a tokenizer", L->label, lorac_data_format_name(f));
+    lorac_status_t s;
+    if (f == LORAC_DATA_CHAT && (s = chat_prepare(L))) return s;
+    ds->format = f; /* the first good record settles AUTO */
+    switch (f) {
+    case LORAC_DATA_TEXT: {
+        const char *text;
+        if ((s = str_field(o, "text", true, &text))) return s;
+        return build_text(L, text);
+    }
+    case LORAC_DATA_COMPLETION: return build_completion(L, o);
+    case LORAC_DATA_ALPACA: return build_alpaca(L, o);
+    case LORAC_DATA_CHAT: return build_chat(L, o);
+    case LORAC_DATA_TOKENS: return build_tokens(L, o);
+    case LORAC_DATA_AUTO: break;
+    }
+    return LORAC_STATUS_OK;
+}
+
+/* Moves the scratch example into the dataset, truncated to seq_len + 1. */
+static lorac_status_t commit_example(loader_t *L) {
+    lorac_dataset_t *ds = L->ds;
+    int64_t n = L->n_ex, max = (int64_t)ds->seq_len + 1;
+    if (n == 0) return lorac_error(LORAC_STATUS_FORMAT, "empty example (no tokens)");
+    if (n > max) { n = max; ds->truncated++; }
     if (ds->n_tok + n > ds->cap_tok) {
-        int64_t cap = ds->cap_tok ? ds->cap_tok : 4096;
+        int64_t cap = ds->cap_tok ? ds->cap_tok : 1 << 16;
         while (cap < ds->n_tok + n) cap *= 2;
-        int32_t *t = realloc(ds->tokens, sizeof(int32_t) * (size_t)cap), *l = t ? realloc(ds->labels, sizeof(int32_t) * (size_t)cap) : NULL;
+        int32_t *t = realloc(ds->tokens, sizeof(int32_t) * (size_t)cap);
         if (t) ds->tokens = t;
-        if (!t || !l) return lorac_error(LORAC_STATUS_NOMEM, "out of memory for the dataset");
+        int32_t *l = t ? realloc(ds->labels, sizeof(int32_t) * (size_t)cap) : NULL;
+        if (!l) return NOMEM();
         ds->labels = l;
         ds->cap_tok = cap;
     }
     if (ds->n + 2 > ds->cap) {
         int64_t cap = ds->cap ? 2 * ds->cap : 1024;
         int64_t *o = realloc(ds->offsets, sizeof(int64_t) * (size_t)cap);
-        if (!o) return lorac_error(LORAC_STATUS_NOMEM, "out of memory for the dataset");
+        if (!o) return NOMEM();
         ds->offsets = o;
         ds->cap = cap;
-        if (ds->n == 0) ds->offsets[0] = 0;
     }
-    memcpy(ds->tokens + ds->n_tok, e->tok, sizeof(int32_t) * (size_t)n);
-    memcpy(ds->labels + ds->n_tok, e->lab, sizeof(int32_t) * (size_t)n);
+    memcpy(ds->tokens + ds->n_tok, L->ids, sizeof(int32_t) * (size_t)n);
+    memcpy(ds->labels + ds->n_tok, L->labs, sizeof(int32_t) * (size_t)n);
+    for (int64_t i = 0; i < n; i++) ds->n_trainable += L->labs[i] != -100;
+    ds->offsets[0] = 0;
     ds->n_tok += n;
-    ds->n++;
-    ds->offsets[ds->n] = ds->n_tok;
+    ds->offsets[++ds->n] = ds->n_tok;
     return LORAC_STATUS_OK;
 }
 
-/* Handles one record; a malformed one is an error or, with skip_bad, counted. */
-static lorac_status_t take_record(lorac_dataset_t *ds, ctx_t *c, const cJSON *o, const char *where, example_t *e) {
-    lorac_status_t s = LORAC_STATUS_OK;
-    e->n = 0;
-    if (!cJSON_IsObject(o)) s = lorac_error(LORAC_STATUS_FORMAT, "%s: not a JSON object", where);
-    if (!s && ds->format == LORAC_DATA_AUTO) {
-        ds->format = detect_format(o);
-        if (ds->format == LORAC_DATA_AUTO)
-            s = lorac_error(LORAC_STATUS_FORMAT, "%s: cannot tell the format from the keys (text, prompt+completion, "
-                            "instruction+output, messages or input_ids); give --format", where);
-    }
-    if (!s) s = build_example(c, ds->format, o, where, e);
-    if (!s) return add_example(ds, e, c->p->seq_len);
-    if (c->p->skip_bad && s != LORAC_STATUS_NOMEM) { ds->skipped++; return LORAC_STATUS_OK; }
-    return s;
+/* Record errors (FORMAT) get "FILE:LINE: " and are skipped with skip_bad;
+ * anything else (memory, an unusable chat template) stops the load. */
+static lorac_status_t record_done(loader_t *L, lorac_status_t s, int64_t line) {
+    if (!s) s = commit_example(L);
+    if (s != LORAC_STATUS_FORMAT) return s;
+    char msg[1200];
+    snprintf(msg, sizeof msg, "%s:%lld: %s", L->label, (long long)line, lorac_error_message());
+    if (!L->p->skip_bad) return lorac_error(LORAC_STATUS_FORMAT, "%s", msg);
+    L->ds->skipped++;
+    if (!L->ds->first_skip && !(L->ds->first_skip = strdup(msg))) return NOMEM();
+    lorac_error_clear();
+    return LORAC_STATUS_OK;
 }
 
-lorac_status_t lorac_dataset_load(const char *path, const lorac_tokenizer_t *tok, const lorac_dataset_params_t *p,
-                                  lorac_dataset_t **out) {
-    *out = NULL;
-    if (p->seq_len < 2) return lorac_error(LORAC_STATUS_INVALID_ARG, "sequence length must be at least 2");
-    lorac_dataset_t *ds = calloc(1, sizeof *ds);
-    if (!ds) return lorac_error(LORAC_STATUS_NOMEM, "out of memory");
-    ds->format = p->format;
-    ds->perm_epoch = -1;
-    char *text = NULL, where[512];
-    size_t len = 0;
-    example_t e = {0};
-    ctx_t c = {.tok = tok, .p = p, .tpl = TPL_NONE, .bos = -1, .eos = -1};
-    lorac_status_t s;
-    if ((s = lorac_file_read(path, DATA_MAX_BYTES, &text, &len))) goto done;
-    if (tok) {
-        c.bos = added_bos(tok);
-        c.eos = lorac_tokenizer_eos_id(tok);
+/* One JSON record of `len` bytes. */
+static lorac_status_t take_json(loader_t *L, const char *json, size_t len, int64_t line) {
+    L->n_ex = 0;
+    lorac_status_t s = LORAC_STATUS_OK;
+    cJSON *o = NULL;
+    /* UTF-8 is checked on the raw bytes: cJSON would pass invalid bytes
+     * through into strings */
+    if (!lorac_utf8_valid(json, len)) s = lorac_error(LORAC_STATUS_FORMAT, "not valid UTF-8");
+    else {
+        const char *end = NULL;
+        o = cJSON_ParseWithLengthOpts(json, len, &end, 0);
+        if (o && end) /* nothing but whitespace may follow the value */
+            for (const char *q = end; q < json + len; q++)
+                if (!strchr(" \t\r\n", *q)) { cJSON_Delete(o); o = NULL; break; }
+        if (!o) s = lorac_error(LORAC_STATUS_FORMAT, "not valid JSON");
+        else s = build_record(L, o);
     }
-    if (p->format == LORAC_DATA_CHAT || p->format == LORAC_DATA_AUTO) {
-        if (p->chat_template) {
-            c.tpl = template_by_name(p->chat_template);
-            if (c.tpl == TPL_NONE) {
-                s = lorac_error(LORAC_STATUS_INVALID_ARG, "unknown chat template '%s' (chatml, llama-2, llama-3, zephyr)", p->chat_template);
-                goto done;
-            }
+    cJSON_Delete(o);
+    return record_done(L, s, line);
+}
+
+static bool blank(const char *s, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!strchr(" \t\r\n", s[i])) return false;
+    return true;
+}
+
+static lorac_status_t read_jsonl(loader_t *L, const char *data, size_t len) {
+    int64_t line = 0;
+    for (size_t start = 0; start < len;) {
+        const char *nl = memchr(data + start, '\n', len - start);
+        size_t end = nl ? (size_t)(nl - data) : len;
+        line++;
+        if (!blank(data + start, end - start)) {
+            lorac_status_t s = take_json(L, data + start, end - start, line);
+            if (s) return s;
         }
+        start = end + 1;
     }
+    return LORAC_STATUS_OK;
+}
+
+/* A JSON array of records. The elements are found by a small scanner that
+ * tracks strings and nesting, so each is parsed on its own (no tree of the
+ * whole file in memory) and errors can name the line an element starts on. */
+static lorac_status_t read_json_array(loader_t *L, const char *d, size_t len, size_t i, int64_t line) {
+    i++; /* '[' */
+    for (bool first = true;; first = false) {
+        while (i < len && strchr(" \t\r\n", d[i])) line += d[i++] == '\n';
+        if (i < len && d[i] == ']' && first) { i++; break; }
+        if (i >= len) return lorac_error(LORAC_STATUS_FORMAT, "%s:%lld: unterminated JSON array", L->label, (long long)line);
+        size_t start = i;
+        int64_t start_line = line;
+        int depth = 0;
+        bool in_str = false;
+        for (; i < len; i++) {
+            char c = d[i];
+            if (c == '\n') line++;
+            if (in_str) {
+                if (c == '\\') { if (i + 1 < len && d[i + 1] == '\n') line++; i++; }
+                else if (c == '"') in_str = false;
+            } else if (c == '"') in_str = true;
+            else if (c == '{' || c == '[') depth++;
+            else if (c == '}' || c == ']') { if (depth == 0) break; depth--; }
+            else if (c == ',' && depth == 0) break;
+        }
+        if (i >= len) return lorac_error(LORAC_STATUS_FORMAT, "%s:%lld: unterminated JSON array", L->label, (long long)start_line);
+        if (d[i] == ']' && blank(d + start, i - start)) /* "[1, ]" */
+            return lorac_error(LORAC_STATUS_FORMAT, "%s:%lld: expected a value before ']'", L->label, (long long)line);
+        lorac_status_t s = take_json(L, d + start, i - start, start_line);
+        if (s) return s;
+        if (d[i++] == ']') break;
+    }
+    while (i < len && strchr(" \t\r\n", d[i])) line += d[i++] == '\n';
+    if (i < len) return lorac_error(LORAC_STATUS_FORMAT, "%s:%lld: unexpected data after the JSON array", L->label, (long long)line);
+    return LORAC_STATUS_OK;
+}
+
+/* Plain text: stories separated by <|endoftext|> lines, else by blank lines. */
+static lorac_status_t read_plain_text(loader_t *L, const char *d, size_t len) {
+    static const char sep[] = "<|endoftext|>";
+    if (L->ds->format != LORAC_DATA_AUTO && L->ds->format != LORAC_DATA_TEXT)
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "%s: a .txt file holds plain text; its format is text, not %s",
+                           L->label, lorac_data_format_name(L->ds->format));
+    if (!L->tok) return lorac_error(LORAC_STATUS_INVALID_ARG, "%s: text needs a tokenizer", L->label);
+    L->ds->format = LORAC_DATA_TEXT;
+    bool marker = memmem(d, len, sep, sizeof sep - 1) != NULL;
+    int64_t line = 1;
     size_t i = 0;
-    while (i < len && (text[i] == ' ' || text[i] == '\n' || text[i] == '\r' || text[i] == '\t')) i++;
-    if (i < len && text[i] == '[') {
-        /* a JSON array of records, as the Alpaca release ships */
-        if (!lorac_utf8_valid(text, len)) { s = lorac_error(LORAC_STATUS_FORMAT, "%s: not valid UTF-8", path); goto done; }
-        cJSON *arr = cJSON_ParseWithLength(text, len);
-        if (!cJSON_IsArray(arr)) { cJSON_Delete(arr); s = lorac_error(LORAC_STATUS_FORMAT, "%s: not a valid JSON array", path); goto done; }
-        int64_t k = 0;
-        const cJSON *o;
-        cJSON_ArrayForEach(o, arr) {
-            k++;
-            snprintf(where, sizeof where, "%s: record %lld", path, (long long)k);
-            if (ds->format == LORAC_DATA_CHAT || (ds->format == LORAC_DATA_AUTO && cJSON_GetObjectItemCaseSensitive(o, "messages"))) {
-                if (c.tpl == TPL_NONE && (s = p->tokenizer_config ? template_from_config(p->tokenizer_config, &c.tpl)
-                                                                  : lorac_error(LORAC_STATUS_INVALID_ARG, "chat data needs --chat-template (no tokenizer_config.json)"))) break;
+    while (i < len) {
+        /* find the end of this example */
+        size_t end = i;
+        int64_t start_line = line, end_line;
+        if (marker) {
+            const char *m = memmem(d + i, len - i, sep, sizeof sep - 1);
+            end = m ? (size_t)(m - d) : len;
+        } else {
+            /* up to a line that is empty or all blanks */
+            for (size_t j = i; j < len;) {
+                const char *nl = memchr(d + j, '\n', len - j);
+                size_t e = nl ? (size_t)(nl - d) : len;
+                if (blank(d + j, e - j) && j > i) { end = j; break; }
+                end = e;
+                j = e + 1;
             }
-            if ((s = take_record(ds, &c, o, where, &e))) break;
         }
-        cJSON_Delete(arr);
-        if (s) goto done;
-    } else {
-        int64_t line = 0;
-        size_t start = 0;
-        while (start < len) {
-            size_t end = start;
-            while (end < len && text[end] != '\n') end++;
-            line++;
-            size_t n = end - start;
-            while (n > 0 && (text[start + n - 1] == '\r' || text[start + n - 1] == ' ' || text[start + n - 1] == '\t')) n--;
-            snprintf(where, sizeof where, "%s:%lld", path, (long long)line);
-            if (n > 0) {
-                cJSON *o = NULL;
-                if (!lorac_utf8_valid(text + start, n)) s = lorac_error(LORAC_STATUS_FORMAT, "%s: not valid UTF-8", where);
-                else if (!(o = cJSON_ParseWithLength(text + start, n))) s = lorac_error(LORAC_STATUS_FORMAT, "%s: not valid JSON", where);
-                if (!s && (ds->format == LORAC_DATA_CHAT || (ds->format == LORAC_DATA_AUTO && cJSON_GetObjectItemCaseSensitive(o, "messages"))) &&
-                    c.tpl == TPL_NONE)
-                    s = p->tokenizer_config ? template_from_config(p->tokenizer_config, &c.tpl)
-                                            : lorac_error(LORAC_STATUS_INVALID_ARG, "chat data needs --chat-template (no tokenizer_config.json)");
-                if (!s) s = take_record(ds, &c, o, where, &e);
-                else if (p->skip_bad && s == LORAC_STATUS_FORMAT) { ds->skipped++; s = LORAC_STATUS_OK; }
-                cJSON_Delete(o);
-                if (s) goto done;
+        end_line = line;
+        for (size_t j = i; j < end; j++) end_line += d[j] == '\n';
+        /* trim, counting the newlines skipped at the front for the line number */
+        size_t a = i, b = end;
+        while (a < b && strchr(" \t\r\n", d[a])) start_line += d[a++] == '\n';
+        while (b > a && strchr(" \t\r\n", d[b - 1])) b--;
+        if (b > a) {
+            L->n_ex = 0;
+            lorac_status_t s;
+            if (!lorac_utf8_valid(d + a, b - a)) s = lorac_error(LORAC_STATUS_FORMAT, "not valid UTF-8");
+            else {
+                L->text.len = 0;
+                s = dbuf_put(&L->text, d + a, b - a) ? NOMEM() : build_text(L, L->text.s);
             }
-            start = end + 1;
+            if ((s = record_done(L, s, start_line))) return s;
+        }
+        line = end_line;
+        i = marker && end < len ? end + sizeof sep - 1 : end;
+        if (!marker && i < len) { /* skip the blank line(s) */
+            while (i < len && strchr(" \t\r\n", d[i])) line += d[i++] == '\n';
         }
     }
-    if (ds->n == 0) { s = lorac_error(LORAC_STATUS_FORMAT, "%s: no examples%s", path, ds->skipped ? " (every line was skipped)" : ""); goto done; }
-    ds->perm = malloc(sizeof(int64_t) * (size_t)ds->n);
-    if (!ds->perm) { s = lorac_error(LORAC_STATUS_NOMEM, "out of memory"); goto done; }
+    return LORAC_STATUS_OK;
+}
+
+lorac_status_t lorac_dataset_load_memory(const char *data, size_t len, const char *label, const lorac_tokenizer_t *tok,
+                                         const lorac_dataset_params_t *p, lorac_dataset_t **out) {
+    *out = NULL;
+    if (!label) label = "(memory)";
+    if (p->seq_len < 1) return lorac_error(LORAC_STATUS_INVALID_ARG, "sequence length must be at least 1, not %d", p->seq_len);
+    if ((int)p->format < 0 || (int)p->format >= N_FORMATS)
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "bad dataset format %d", (int)p->format);
+    lorac_dataset_t *ds = calloc(1, sizeof *ds);
+    if (!ds) return NOMEM();
+    ds->format = p->format;
+    ds->chat_tpl = -1;
+    ds->seq_len = p->seq_len;
+    ds->perm_epoch = -1;
+    loader_t L = {.ds = ds, .tok = tok, .p = p, .label = label, .eos = -1};
+    L.vocab_limit = p->vocab_size > 0 ? p->vocab_size : INT32_MAX;
+    if (tok && p->vocab_size == INT32_MAX) L.vocab_limit = lorac_tokenizer_vocab_size(tok);
+    lorac_status_t s = LORAC_STATUS_OK;
+    if (p->tokenizer_config && (s = chat_config_tokens(p->tokenizer_config, &L.cfg_bos, &L.cfg_eos))) goto done;
+    if (tok) {
+        L.eos = lorac_tokenizer_eos_id(tok);
+        if (L.cfg_eos) { /* tokenizer_config's eos_token is what HF trainers append */
+            int32_t id = lorac_tokenizer_token_id(tok, L.cfg_eos);
+            if (id >= 0) L.eos = id;
+        }
+    }
+    ds->pad_id = L.eos >= 0 ? L.eos : 0;
+
+    size_t i = 0;
+    if (len >= 3 && !memcmp(data, "\xEF\xBB\xBF", 3)) i = 3; /* BOM */
+    size_t lab_len = strlen(label);
+    int64_t line = 1;
+    if (lab_len >= 4 && !strcmp(label + lab_len - 4, ".txt")) {
+        s = read_plain_text(&L, data + i, len - i);
+    } else {
+        size_t j = i;
+        while (j < len && strchr(" \t\r\n", data[j])) line += data[j++] == '\n';
+        if (j < len && data[j] == '[') s = read_json_array(&L, data, len, j, line);
+        else s = read_jsonl(&L, data + i, len - i);
+    }
+    if (s) goto done;
+    if (ds->n == 0) {
+        if (ds->skipped)
+            s = lorac_error(LORAC_STATUS_FORMAT, "%s: no examples (%lld bad records skipped; the first: %s)", label,
+                            (long long)ds->skipped, ds->first_skip);
+        else
+            s = lorac_error(LORAC_STATUS_FORMAT, "%s: no examples", label);
+        goto done;
+    }
+    if (ds->format == LORAC_DATA_AUTO) ds->format = LORAC_DATA_TEXT; /* unreachable: a record settled it */
 done:
-    free(text);
-    free(e.tok);
-    free(e.lab);
+    free(L.ids); free(L.labs); free(L.msgs);
+    free(L.cfg_bos); free(L.cfg_eos); free(L.bos_str); free(L.eos_str); free(L.default_system);
+    chat_render_free(&L.render);
+    dbuf_free(&L.text);
     if (s) { lorac_dataset_free(ds); return s; }
     *out = ds;
     return LORAC_STATUS_OK;
 }
 
+lorac_status_t lorac_dataset_load(const char *path, const lorac_tokenizer_t *tok, const lorac_dataset_params_t *p,
+                                  lorac_dataset_t **out) {
+    *out = NULL;
+    lorac_mapped_file_t f;
+    lorac_status_t s = lorac_file_map(path, &f);
+    if (s) return s;
+    s = lorac_dataset_load_memory(f.data ? (const char *)f.data : "", f.size, path, tok, p, out);
+    lorac_file_unmap(&f);
+    return s;
+}
+
 void lorac_dataset_free(lorac_dataset_t *ds) {
     if (!ds) return;
-    free(ds->tokens); free(ds->labels); free(ds->offsets); free(ds->perm);
+    free(ds->tokens); free(ds->labels); free(ds->offsets); free(ds->perm); free(ds->first_skip);
     free(ds);
 }
 
 int64_t lorac_dataset_n_examples(const lorac_dataset_t *ds) { return ds->n; }
 int64_t lorac_dataset_n_skipped(const lorac_dataset_t *ds) { return ds->skipped; }
 int64_t lorac_dataset_n_truncated(const lorac_dataset_t *ds) { return ds->truncated; }
+int64_t lorac_dataset_n_tokens(const lorac_dataset_t *ds) { return ds->n_tok; }
+int64_t lorac_dataset_n_trainable(const lorac_dataset_t *ds) { return ds->n_trainable; }
+const char *lorac_dataset_first_skip_reason(const lorac_dataset_t *ds) { return ds->first_skip; }
 lorac_data_format_t lorac_dataset_format(const lorac_dataset_t *ds) { return ds->format; }
+int32_t lorac_dataset_seq_len(const lorac_dataset_t *ds) { return ds->seq_len; }
+int32_t lorac_dataset_pad_id(const lorac_dataset_t *ds) { return ds->pad_id; }
+const char *lorac_dataset_chat_template(const lorac_dataset_t *ds) {
+    return ds->chat_tpl >= 0 ? chat_tpl_name((chat_tpl_t)ds->chat_tpl) : NULL;
+}
 
 int32_t lorac_dataset_example(const lorac_dataset_t *ds, int64_t i, const int32_t **tokens, const int32_t **labels) {
+    if (i < 0 || i >= ds->n) return -1;
     int64_t a = ds->offsets[i], b = ds->offsets[i + 1];
     *tokens = ds->tokens + a;
-    *labels = ds->labels + a;
+    if (labels) *labels = ds->labels + a;
     return (int32_t)(b - a);
-}
-
-/* ---- batching ------------------------------------------------------------------ */
-lorac_data_cursor_t lorac_data_cursor_init(uint64_t seed, bool shuffle) {
-    lorac_data_cursor_t c = {.seed = seed, .epoch = 0, .index = 0, .shuffle = shuffle};
-    return c;
-}
-
-/* The order of an epoch depends only on (seed, epoch): resuming needs no
- * more state than the cursor. */
-static void ensure_perm(lorac_dataset_t *ds, const lorac_data_cursor_t *cur) {
-    if (ds->perm_epoch == cur->epoch && ds->perm_seed == cur->seed && ds->perm_shuffle == cur->shuffle) return;
-    for (int64_t i = 0; i < ds->n; i++) ds->perm[i] = i;
-    if (cur->shuffle) {
-        lorac_rng_t rng;
-        lorac_rng_seed(&rng, cur->seed * 0x9e3779b97f4a7c15ull + (uint64_t)cur->epoch + 1);
-        for (int64_t i = ds->n - 1; i > 0; i--) {
-            uint64_t r = ((uint64_t)lorac_rng_u32(&rng) << 32) | lorac_rng_u32(&rng);
-            int64_t j = (int64_t)(r % (uint64_t)(i + 1));
-            int64_t t = ds->perm[i]; ds->perm[i] = ds->perm[j]; ds->perm[j] = t;
-        }
-    }
-    ds->perm_epoch = cur->epoch;
-    ds->perm_seed = cur->seed;
-    ds->perm_shuffle = cur->shuffle;
-}
-
-static int64_t peek_example(lorac_dataset_t *ds, const lorac_data_cursor_t *cur) {
-    ensure_perm(ds, cur);
-    return ds->perm[cur->index];
-}
-
-static void advance(lorac_dataset_t *ds, lorac_data_cursor_t *cur) {
-    if (++cur->index >= ds->n) { cur->index = 0; cur->epoch++; }
-}
-
-int64_t lorac_dataset_next_batch(lorac_dataset_t *ds, lorac_data_cursor_t *cur, int32_t batch, int32_t seq_len,
-                                 bool pack, int32_t *tokens, int32_t *targets, int32_t *pos) {
-    int64_t n_targets = 0;
-    for (int32_t b = 0; b < batch; b++) {
-        int32_t *tk = tokens + (int64_t)b * seq_len, *tg = targets + (int64_t)b * seq_len, *ps = pos + (int64_t)b * seq_len;
-        int32_t used = 0;
-        do {
-            const int32_t *et, *el;
-            int32_t n = lorac_dataset_example(ds, peek_example(ds, cur), &et, &el);
-            if (n > seq_len) n = seq_len;
-            if (used > 0 && used + n > seq_len) break; /* the next row starts with it */
-            for (int32_t t = 0; t < n; t++) {
-                tk[used + t] = et[t];
-                ps[used + t] = t;
-                /* position t predicts token t+1 of the same example only */
-                tg[used + t] = t + 1 < n ? el[t + 1] : -100;
-                if (tg[used + t] != -100) n_targets++;
-            }
-            used += n;
-            advance(ds, cur);
-        } while (pack && used < seq_len);
-        for (int32_t t = used; t < seq_len; t++) { tk[t] = 0; tg[t] = -100; ps[t] = t - used; }
-    }
-    return n_targets;
-}
-
-int64_t lorac_dataset_batches_per_epoch(const lorac_dataset_t *ds, int32_t batch, int32_t seq_len, bool pack) {
-    int64_t rows = 0;
-    if (!pack) rows = ds->n;
-    else {
-        int64_t used = 0;
-        for (int64_t i = 0; i < ds->n; i++) {
-            int64_t n = ds->offsets[i + 1] - ds->offsets[i];
-            if (used > 0 && used + n > seq_len) { rows++; used = 0; }
-            used += n;
-        }
-        if (used > 0) rows++;
-    }
-    int64_t b = (rows + batch - 1) / batch;
-    return b > 0 ? b : 1;
 }
