@@ -7,15 +7,8 @@
 #include <string.h>
 
 #include "kernels/multiversion.h"
+#include "kernels/ops_internal.h"
 #include "lorac/kernels.h"
-
-static float weight_at(const void *w, lorac_dtype_t wtype, int64_t i) {
-    switch (wtype) {
-    case LORAC_DTYPE_BF16: return lorac_bf16_to_f32(((const uint16_t *)w)[i]);
-    case LORAC_DTYPE_F16: return lorac_f16_to_f32(((const uint16_t *)w)[i]);
-    default: return ((const float *)w)[i];
-    }
-}
 
 // out, x are (T,C), w is (C). out = x * rstd * w, rstd = 1/sqrt(mean(x²)+eps)
 LORAC_MULTIVERSION
@@ -74,15 +67,6 @@ void lorac_softmax_forward(float *x, int64_t T, int64_t n) {
         float inv = 1.0f / sum;
         for (int64_t i = 0; i < n; i++) row[i] *= inv;
     }
-}
-
-static inline float dot_f32(const float *a, const float *b, int64_t n) {
-    float s = 0.0f;
-    /* omp simd: lets the compiler vectorise the reduction (a fixed order,
-     * so still deterministic) without -ffast-math */
-    #pragma omp simd reduction(+ : s)
-    for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
-    return s;
 }
 
 // out, q are (T, H, hd); for token t, k_cache[t] and v_cache[t] point at its

@@ -6,15 +6,8 @@
 #include <string.h>
 
 #include "kernels/multiversion.h"
+#include "kernels/ops_internal.h"
 #include "lorac/kernels.h"
-
-static float weight_at(const void *w, lorac_dtype_t wtype, int64_t i) {
-    switch (wtype) {
-    case LORAC_DTYPE_BF16: return lorac_bf16_to_f32(((const uint16_t *)w)[i]);
-    case LORAC_DTYPE_F16: return lorac_f16_to_f32(((const uint16_t *)w)[i]);
-    default: return ((const float *)w)[i];
-    }
-}
 
 // y = x * r * w with r = (mean(x²) + eps)^-1/2, so
 // dx_i = r * w_i * dy_i - x_i * r³/C * Σ_j dy_j w_j x_j ;  dw_i = Σ_t dy_i x_i r
@@ -68,15 +61,6 @@ void lorac_rope_backward(float *dx, const int32_t *positions, const float *inv_f
     }
 }
 
-static inline float dot(const float *a, const float *b, int64_t n) {
-    float s = 0.0f;
-    /* omp simd: lets the compiler vectorise the reduction (a fixed order,
-     * so still deterministic) without -ffast-math */
-    #pragma omp simd reduction(+ : s)
-    for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
 LORAC_MULTIVERSION
 void lorac_attention_train_forward(float *out, float *lse, float *scratch, const float *q, const float *k,
                                    const float *v, const int32_t *start, int64_t B, int64_t T, int64_t H,
@@ -94,7 +78,7 @@ void lorac_attention_train_forward(float *out, float *lse, float *scratch, const
             const float *qv = q + bth * hd;
             float mx = -INFINITY;
             for (int64_t j = s0; j <= t; j++) {
-                p[j] = dot(qv, k + ((b * T + j) * KVH + kvh) * hd, hd) * scale;
+                p[j] = dot_f32(qv, k + ((b * T + j) * KVH + kvh) * hd, hd) * scale;
                 mx = p[j] > mx ? p[j] : mx;
             }
             float sum = 0.0f;
@@ -132,12 +116,12 @@ void lorac_attention_train_backward(float *dq, float *dk, float *dv, const float
                 int64_t bth = (b * T + t) * H + h;
                 int64_t s0 = start[b * T + t] < 0 ? 0 : (start[b * T + t] > t ? t : start[b * T + t]);
                 const float *qv = q + bth * hd, *dov = dout + bth * hd;
-                float delta = dot(dov, out + bth * hd, hd);
+                float delta = dot_f32(dov, out + bth * hd, hd);
                 float *dqv = dq + bth * hd;
                 for (int64_t j = s0; j <= t; j++) {
                     int64_t kvi = ((b * T + j) * KVH + kvh) * hd;
-                    float p = expf(dot(qv, k + kvi, hd) * scale - lse[bth]);
-                    float dp = dot(dov, v + kvi, hd);
+                    float p = expf(dot_f32(qv, k + kvi, hd) * scale - lse[bth]);
+                    float dp = dot_f32(dov, v + kvi, hd);
                     float ds = p * (dp - delta) * scale;
                     #pragma omp simd
                     for (int64_t i = 0; i < hd; i++) {
