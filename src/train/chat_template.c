@@ -7,6 +7,7 @@
  * writes, and anything else is refused rather than rendered approximately
  * (training on a format the model never sees at inference is a silent bug). */
 #include <cjson/cJSON.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 

@@ -366,7 +366,7 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
         fprintf(log, "data: %lld examples (%s)", (long long)lorac_dataset_n_examples(data),
                 lorac_data_format_name(lorac_dataset_format(data)));
         if (lorac_dataset_n_skipped(data)) fprintf(log, ", %lld malformed lines skipped", (long long)lorac_dataset_n_skipped(data));
-        if (lorac_dataset_n_truncated(data)) fprintf(log, ", %lld truncated to %d tokens", (long long)lorac_dataset_n_truncated(data), p->seq);
+        if (lorac_dataset_n_truncated(data)) fprintf(log, ", %lld truncated to %d tokens", (long long)lorac_dataset_n_truncated(data), p->seq + 1);
         if (eval) fprintf(log, "; eval: %lld examples", (long long)lorac_dataset_n_examples(eval));
         fputc('\n', log);
     }

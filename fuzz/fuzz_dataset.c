@@ -1,0 +1,52 @@
+/* libFuzzer target: dataset loading (JSONL, JSON arrays, plain text, every
+ * format and chat template) with a tiny in-memory byte-level tokenizer, then
+ * one epoch of batches. The first input byte picks the options, the rest is
+ * the file. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lorac/dataset.h"
+#include "lorac/tokenizer.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* Byte-level BPE over a few letters, with the special tokens the chat
+ * templates need (chatml, llama-2 / zephyr, llama-3). */
+static const char k_tokenizer[] =
+    "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"H\": 0, \"e\": 1, \"l\": 2, \"o\": 3, \"\\u0120\": 4, \"He\": 5, "
+    "\"ll\": 6, \"a\": 7, \"t\": 8, \"x\": 9, \"\\u010a\": 10, \"{\": 11, \"}\": 12}, \"merges\": [\"H e\", \"l l\"]},"
+    " \"added_tokens\": ["
+    "{\"id\": 13, \"content\": \"<s>\", \"special\": true}, {\"id\": 14, \"content\": \"</s>\", \"special\": true},"
+    "{\"id\": 15, \"content\": \"<|im_start|>\", \"special\": true}, {\"id\": 16, \"content\": \"<|im_end|>\", \"special\": true},"
+    "{\"id\": 17, \"content\": \"<|begin_of_text|>\", \"special\": true}, {\"id\": 18, \"content\": \"<|start_header_id|>\", \"special\": true},"
+    "{\"id\": 19, \"content\": \"<|end_header_id|>\", \"special\": true}, {\"id\": 20, \"content\": \"<|eot_id|>\", \"special\": true}],"
+    " \"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"use_regex\": true},"
+    " \"post_processor\": {\"type\": \"ByteLevel\"}, \"decoder\": {\"type\": \"ByteLevel\"}}";
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    static lorac_tokenizer_t *tok;
+    if (!tok && lorac_tokenizer_load_json_memory(k_tokenizer, sizeof k_tokenizer - 1, "fuzz-tokenizer.json", &tok))
+        abort(); /* the fixed tokenizer must load */
+    if (size < 1) return 0;
+    static const char *const templates[] = {"chatml", "llama-2", "llama-3", "llama-3.1", "zephyr", NULL, "bogus", "llama3"};
+    uint8_t o = data[0];
+    lorac_dataset_params_t p = lorac_dataset_default_params();
+    p.format = (lorac_data_format_t)(o % 6);
+    p.chat_template = templates[(o >> 3) & 7];
+    p.seq_len = 1 + (o >> 6) * 5;
+    p.skip_bad = (o & 0x20) != 0;
+    p.train_on_inputs = (o & 0x40) != 0;
+    lorac_dataset_t *ds = NULL;
+    const char *label = (o & 0x80) ? "fuzz.txt" : "fuzz.jsonl";
+    if (lorac_dataset_load_memory((const char *)data + 1, size - 1, label, (o & 7) == 7 ? NULL : tok, &p, &ds)) return 0;
+    enum { B = 2 };
+    int32_t T = p.seq_len, tk[B * 17], tg[B * 17], ps[B * 17], sg[B * 17];
+    lorac_data_cursor_t cur = lorac_data_cursor_init(o, (o & 1) != 0);
+    lorac_data_batch_info_t info = {0};
+    for (int i = 0; i < 100000 && !info.epoch_end; i++)
+        if (lorac_dataset_read_batch(ds, &cur, B, T, (o & 2) != 0, tk, tg, ps, sg, &info)) abort();
+    if (lorac_dataset_epoch_batches(ds, &cur, B, T, true) < 1) abort();
+    lorac_dataset_free(ds);
+    return 0;
+}
