@@ -22,7 +22,7 @@ static const char *k_usage =
     "usage: lorac train -m MODEL --data FILE.jsonl -o OUT [options]\n"
     "data:\n"
     "  --format F           auto|text|completion|alpaca|chat|tokens (default auto)\n"
-    "  --chat-template T    chatml|llama-2|llama-3|zephyr (default: from tokenizer_config.json)\n"
+    "  --chat-template T    chatml|llama-2|llama-3|llama-3.1|zephyr (default: from tokenizer_config.json)\n"
     "  --eval-data FILE     held-out data: loss and perplexity before, every --eval-every steps, at the end\n"
     "  --seq L              sequence length (default 256); longer examples are truncated\n"
     "  --pack               pack short examples into one sequence (attention stays inside each)\n"
