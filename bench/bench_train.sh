@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# bench/bench_train.sh — LoRA training tokens/s and peak RSS: lorac train vs
+# PyTorch doing the same step (r=8 on all seven projections, f32, batch 4 x
+# 256, 2 threads, AdamW), on the random 15M- and 110M-shaped models that
+# bench_generate.sh writes; then LoRA against --full on the 15M shape.
+# Not a test. Torch runs with Debian's OpenBLAS (OPENBLAS_CORETYPE=SkylakeX).
+# Usage: bench/bench_train.sh   (after `make build` and bench/bench_generate.sh)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LORAC=${LORAC_BIN:-$PWD/build/lorac}
+OUT=$PWD/bench/out
+STEPS=${STEPS:-4}
+B=4; T=256
+OB=/usr/lib/x86_64-linux-gnu/openblas-openmp
+/usr/bin/python3 -c "
+import json, random
+random.seed(0)
+with open('$OUT/train-tokens.jsonl', 'w') as f:
+    for i in range(64): f.write(json.dumps({'input_ids': [random.randrange(32000) for _ in range($T + 1)]}) + '\n')"
+rss() { sed -n 's/.*Maximum resident set size (kbytes): \([0-9]*\).*/\1/p' "$1"; }
+echo "| model | lorac tokens/s | torch tokens/s | ratio | lorac peak RSS | torch peak RSS | RSS ratio |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
+for m in s15m s110m; do
+  d=$OUT/$m-F32
+  [ -d "$d" ] || { echo "missing $d: run bench/bench_generate.sh first" >&2; exit 1; }
+  /usr/bin/time -v "$LORAC" train -m "$d" --data "$OUT/train-tokens.jsonl" --format tokens -o "$OUT/train-$m" \
+    --steps "$STEPS" --batch $B --seq $T --targets all-linear --r 8 -t 2 2> "$OUT/train-$m.err" >/dev/null
+  lt=$(sed -n 's/^train: .* \([0-9.]*\) tokens\/s.*/\1/p' "$OUT/train-$m.err")
+  LD_LIBRARY_PATH=$OB OPENBLAS_CORETYPE=SkylakeX /usr/bin/time -v /usr/bin/python3 bench/torch_train.py "$d" \
+    --batch $B --seq $T --steps "$STEPS" > "$OUT/torch-train-$m.json" 2> "$OUT/torch-train-$m.err"
+  tt=$(/usr/bin/python3 -c "import json; print('%.1f' % json.load(open('$OUT/torch-train-$m.json'))['tokens_per_second'])")
+  lr=$(rss "$OUT/train-$m.err"); tr=$(rss "$OUT/torch-train-$m.err")
+  /usr/bin/python3 -c "print('| $m | $lt | $tt | %.2fx | %.0f MB | %.0f MB | %.2fx |' % ($lt / $tt, $lr / 1024, $tr / 1024, $lr / $tr))"
+done
+echo
+echo "| 15M shape | trainable parameters | step time | peak RSS | checkpoint |"
+echo "|---|---:|---:|---:|---:|"
+for mode in lora full; do
+  extra=""; [ $mode = full ] && extra="--full"
+  /usr/bin/time -v "$LORAC" train -m "$OUT/s15m-F32" --data "$OUT/train-tokens.jsonl" --format tokens -o "$OUT/train-$mode" \
+    --steps "$STEPS" --batch $B --seq $T --targets all-linear --r 8 --save-every "$STEPS" $extra -t 2 2> "$OUT/train-$mode.err" >/dev/null
+  n=$(grep -o 'trainable [0-9]* parameters\|full fine-tuning: [0-9]* parameters' "$OUT/train-$mode.err" | grep -o '[0-9]*' | head -1)
+  tps=$(sed -n 's/^train: .* \([0-9.]*\) tokens\/s.*/\1/p' "$OUT/train-$mode.err")
+  ck=$(du -sb "$OUT/train-$mode/checkpoint-$STEPS" | cut -f1)
+  /usr/bin/python3 -c "print('| $mode | $n | %.2f s | %.0f MB | %.1f MB |' % ($B * $T / $tps, $(rss "$OUT/train-$mode.err") / 1024, $ck / 1e6))"
+done
