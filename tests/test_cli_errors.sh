@@ -74,7 +74,7 @@ expect 1 "" -- tokenize -m "$tmp/m" --decode "1 99999"
 ids=$("$LORAC_BIN" tokenize -m "$tmp/m" -p "Once upon a time" --no-special) && [ -n "$ids" ] && pass=$((pass + 1)) || { fail=$((fail + 1)); echo "FAIL: tokenize"; }
 txt=$("$LORAC_BIN" tokenize -m "$tmp/m" --decode "$ids") && [ "$txt" = "Once upon a time" ] && pass=$((pass + 1)) || { fail=$((fail + 1)); echo "FAIL: decode gave '$txt'"; }
 "$LORAC_BIN" inspect "$tmp/m" --json | /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["architecture"]=="LlamaForCausalLM" and d["n_params"]>0' && pass=$((pass + 1)) || { fail=$((fail + 1)); echo "FAIL: inspect --json"; }
-for c in generate logits tokenize inspect convert demo; do
+for c in generate logits tokenize inspect convert demo train merge; do
   "$LORAC_BIN" $c --help >/dev/null && pass=$((pass + 1)) || { fail=$((fail + 1)); echo "FAIL: $c --help"; }
 done
 echo "$pass passed, $fail failed"

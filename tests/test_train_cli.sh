@@ -67,6 +67,18 @@ PYEOF
 if [ -n "$want" ] && $PY -c "import sys; sys.exit(0 if abs($got - $want) < 2e-4 else 1)"; then ok
 else bad "loss from logits --adapter $got differs from training's eval $want"; fi
 
+# 2b. lorac merge: the merged model's logits equal base + adapter unmerged
+"$L" merge -m m --adapter lora -o merged 2> merge.log || bad "merge failed: $(cat merge.log)"
+for f in config.json model.safetensors tokenizer.json; do [ -s "merged/$f" ] && ok || bad "merge wrote no $f"; done
+"$L" logits -m merged --ids "$ids" -o merged.npy && "$L" logits -m m --adapter lora --ids "$ids" -o unmerged.npy || bad "logits"
+$PY -c "
+import numpy as np, sys
+a, b = np.load('merged.npy'), np.load('unmerged.npy')
+d = np.abs(a - b).max() / np.abs(b).max()
+print('merged vs unmerged max rel diff %.2e' % d)
+sys.exit(0 if d <= 1e-5 else 1)" && ok || bad "merged logits differ from unmerged"
+grep -q "largest |dW| per module kind: q_proj" merge.log && ok || bad "merge did not report |dW|"
+
 # 3. resume is bit-identical, mid-epoch (400 examples / batch 4 = 100 batches), with dropout
 A="-m m --data train.jsonl --steps 30 --batch 4 --seq 64 --lr 5e-3 --targets all-linear --dropout 0.1 --save-every 10 -t 2"
 "$L" train $A -o ra 2>/dev/null || bad "train ra"

@@ -21,6 +21,7 @@ static const struct {
     {"inspect", cmd_inspect, "describe a model directory or a safetensors file"},
     {"convert", cmd_convert, "convert a llama2.c checkpoint to a HuggingFace directory"},
     {"train", cmd_train, "fine-tune with LoRA (or --full) on a JSONL dataset"},
+    {"merge", cmd_merge, "merge LoRA adapters into the weights, as a model directory"},
     {"demo", cmd_demo, "run the built-in demo"},
 };
 
