@@ -1,7 +1,5 @@
 /* The training loop (lorac/train.h). */
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +8,8 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <cjson/cJSON.h>
 
 #include "lorac/dataset.h"
 #include "lorac/kernels.h"
@@ -95,52 +95,6 @@ typedef struct {
     int32_t n_params;
 } run_t;
 
-static lorac_status_t save_tensors(const char *path, run_t *r, int which) {
-    lorac_tensor_write_t *t = calloc((size_t)(2 * r->n_params + 1), sizeof *t);
-    char (*names)[160] = calloc((size_t)(2 * r->n_params + 1), sizeof *names);
-    if (!t || !names) { free(t); free(names); return lorac_error(LORAC_STATUS_NOMEM, "out of memory"); }
-    int64_t n = 0;
-    for (int32_t i = 0; i < r->n_params; i++) {
-        const float *src[2] = {r->params[i].data, NULL};
-        const char *suffix[2] = {"", ""};
-        int parts = 1;
-        if (which == 1) {
-            src[0] = lorac_adamw_exp_avg(r->opt, i); src[1] = lorac_adamw_exp_avg_sq(r->opt, i);
-            suffix[0] = ".exp_avg"; suffix[1] = ".exp_avg_sq";
-            parts = 2;
-        }
-        for (int k = 0; k < parts; k++) {
-            snprintf(names[n], sizeof names[n], "%s%s", r->params[i].name, suffix[k]);
-            t[n] = (lorac_tensor_write_t){.name = names[n], .dtype = LORAC_DTYPE_F32, .n_dims = 1,
-                                          .shape = {r->params[i].n}, .data = src[k]};
-            n++;
-        }
-    }
-    lorac_status_t s = lorac_safetensors_write(path, t, n, NULL, NULL, 0);
-    free(t); free(names);
-    return s;
-}
-
-static lorac_status_t load_tensors(const char *path, run_t *r, int which) {
-    lorac_safetensors_t *st;
-    lorac_status_t s = lorac_safetensors_open(path, &st);
-    if (s) return s;
-    char name[200];
-    for (int32_t i = 0; i < r->n_params && !s; i++) {
-        for (int k = 0; k < (which ? 2 : 1) && !s; k++) {
-            float *dst = which == 0 ? r->params[i].data : k == 0 ? lorac_adamw_exp_avg(r->opt, i) : lorac_adamw_exp_avg_sq(r->opt, i);
-            snprintf(name, sizeof name, "%s%s", r->params[i].name, which == 0 ? "" : k == 0 ? ".exp_avg" : ".exp_avg_sq");
-            const lorac_tensor_view_t *tv = lorac_safetensors_find(st, name);
-            if (!tv || tv->dtype != LORAC_DTYPE_F32 || tv->n_elements != r->params[i].n)
-                s = lorac_error(LORAC_STATUS_FORMAT, "%s: tensor \"%s\" missing or not %lld f32 values", path, name,
-                                (long long)r->params[i].n);
-            else memcpy(dst, tv->data, sizeof(float) * (size_t)r->params[i].n);
-        }
-    }
-    lorac_safetensors_free(st);
-    return s;
-}
-
 typedef struct {
     int64_t step;
     lorac_data_cursor_t cursor;
@@ -148,101 +102,61 @@ typedef struct {
     int64_t skipped, bad_in_row, tokens;
 } train_state_t;
 
+static lorac_status_t write_adapter_files(const char *dir, void *ctx) {
+    run_t *r = ctx;
+    return lorac_adapter_save(r->adapter, dir, r->base_model);
+}
+
+/* Checkpoints are lorac/optim.h's: params + moments + state, atomically;
+ * the trainer adds the PEFT adapter files and its own counters. */
 static lorac_status_t save_checkpoint(const char *out_dir, run_t *r, const train_state_t *ts) {
-    char tmp[4096], final[4096], path[4200];
-    snprintf(tmp, sizeof tmp, "%s/.tmp-checkpoint-%lld", out_dir, (long long)ts->step);
-    snprintf(final, sizeof final, "%s/checkpoint-%lld", out_dir, (long long)ts->step);
-    if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return lorac_error(LORAC_STATUS_IO, "%s: cannot create: %s", tmp, strerror(errno));
-    lorac_status_t s;
-    snprintf(path, sizeof path, "%s/params.safetensors", tmp);
-    if ((s = save_tensors(path, r, 0))) return s;
-    snprintf(path, sizeof path, "%s/optimizer.safetensors", tmp);
-    if ((s = save_tensors(path, r, 1))) return s;
-    if (r->adapter && (s = lorac_adapter_save(r->adapter, tmp, r->base_model))) return s;
-    char state[1024];
-    int n = snprintf(state, sizeof state,
-                     "{\"step\": %lld, \"optimizer_steps\": %lld, \"data_seed\": \"%llu\", \"data_epoch\": %lld, "
-                     "\"data_index\": %lld, \"data_shuffle\": %d, \"rng_state\": \"%llu\", \"skipped_steps\": %lld, "
-                     "\"bad_in_row\": %lld, \"tokens\": %lld}\n",
-                     (long long)ts->step, (long long)lorac_adamw_steps(r->opt), (unsigned long long)ts->cursor.seed,
-                     (long long)ts->cursor.epoch, (long long)ts->cursor.index, ts->cursor.shuffle,
-                     (unsigned long long)ts->rng.state, (long long)ts->skipped, (long long)ts->bad_in_row,
-                     (long long)ts->tokens);
-    snprintf(path, sizeof path, "%s/trainer_state.json", tmp);
-    if ((s = lorac_file_write_atomic(path, state, (size_t)n))) return s;
-    /* a checkpoint of the same step from an earlier run is replaced whole */
-    struct stat st;
-    if (stat(final, &st) == 0) {
-        char old[4200];
-        snprintf(old, sizeof old, "%s.old", tmp);
-        if (rename(final, old) != 0) return lorac_error(LORAC_STATUS_IO, "%s: cannot move aside: %s", final, strerror(errno));
-    }
-    if (rename(tmp, final) != 0) return lorac_error(LORAC_STATUS_IO, "%s: cannot rename to %s: %s", tmp, final, strerror(errno));
-    int fd = open(out_dir, O_RDONLY);
-    if (fd >= 0) { fsync(fd); close(fd); }
-    return LORAC_STATUS_OK;
+    lorac_checkpoint_state_t st = lorac_checkpoint_state_init();
+    st.step = ts->step;
+    st.data_seed = ts->cursor.seed;
+    st.data_epoch = ts->cursor.epoch;
+    st.data_index = ts->cursor.index;
+    st.data_flags = ts->cursor.shuffle;
+    st.rng_state[0] = ts->rng.state;
+    st.tokens = ts->tokens;
+    char trainer[128];
+    snprintf(trainer, sizeof trainer, "{\"skipped\": %lld, \"bad_in_row\": %lld}", (long long)ts->skipped,
+             (long long)ts->bad_in_row);
+    st.trainer_json = trainer;
+    lorac_checkpoint_save_params_t sp = lorac_checkpoint_default_save_params();
+    if (r->adapter) { sp.write_extra = write_adapter_files; sp.ctx = r; }
+    return lorac_checkpoint_save(out_dir, r->opt, &st, &sp, NULL);
 }
 
-static int parse_u64_field(const char *json, const char *key, unsigned long long *out) {
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\": ", key);
-    const char *p = strstr(json, pat);
-    if (!p) return -1;
-    p += strlen(pat);
-    if (*p == '"') p++;
-    char *end;
-    errno = 0;
-    *out = strtoull(p, &end, 10);
-    return end == p || errno ? -1 : 0;
+static int64_t json_int(const cJSON *o, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsNumber(v) ? (int64_t)v->valuedouble : 0;
 }
 
-/* Loads checkpoint-N if it is whole; -1 status-free when it is not. */
-static lorac_status_t load_checkpoint(const char *dir, run_t *r, train_state_t *ts) {
-    char path[4400], *text = NULL;
-    size_t len;
-    snprintf(path, sizeof path, "%s/trainer_state.json", dir);
-    lorac_status_t s = lorac_file_read(path, 1 << 16, &text, &len);
-    if (s) return s;
-    unsigned long long v[10];
-    const char *keys[10] = {"step", "optimizer_steps", "data_seed", "data_epoch", "data_index", "data_shuffle",
-                            "rng_state", "skipped_steps", "bad_in_row", "tokens"};
-    for (int i = 0; i < 10; i++)
-        if (parse_u64_field(text, keys[i], &v[i])) { free(text); return lorac_error(LORAC_STATUS_FORMAT, "%s: no \"%s\"", path, keys[i]); }
-    free(text);
-    ts->step = (int64_t)v[0];
-    ts->cursor.seed = v[2]; ts->cursor.epoch = (int64_t)v[3]; ts->cursor.index = (int64_t)v[4]; ts->cursor.shuffle = (int32_t)v[5];
-    ts->rng.state = v[6]; ts->skipped = (int64_t)v[7]; ts->bad_in_row = (int64_t)v[8]; ts->tokens = (int64_t)v[9];
-    snprintf(path, sizeof path, "%s/params.safetensors", dir);
-    if ((s = load_tensors(path, r, 0))) return s;
-    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
-    if ((s = load_tensors(path, r, 1))) return s;
-    lorac_adamw_set_steps(r->opt, (int64_t)v[1]);
-    return LORAC_STATUS_OK;
-}
-
-/* The highest-numbered checkpoint that loads; -1 when none does. */
+/* Restores the latest whole checkpoint; returns its step, or -1 for none. */
 static int64_t resume_latest(const char *out_dir, run_t *r, train_state_t *ts, FILE *log) {
-    DIR *d = opendir(out_dir);
-    if (!d) return -1;
-    int64_t steps[4096];
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) && n < 4096) {
-        long long k;
-        char extra;
-        if (sscanf(e->d_name, "checkpoint-%lld%c", &k, &extra) == 1 && k > 0) steps[n++] = k;
+    int64_t n;
+    char *path = NULL;
+    if (lorac_checkpoint_find_latest(out_dir, &n, &path, log) != LORAC_STATUS_OK) return -1;
+    lorac_checkpoint_state_t st = lorac_checkpoint_state_init();
+    lorac_status_t s = lorac_checkpoint_load(path, r->opt, &st);
+    free(path);
+    if (s) {
+        if (log) fprintf(log, "resume: %s\n", lorac_error_message());
+        return -1;
     }
-    closedir(d);
-    for (;;) {
-        int best = -1;
-        for (int i = 0; i < n; i++) if (steps[i] > 0 && (best < 0 || steps[i] > steps[best])) best = i;
-        if (best < 0) return -1;
-        char dir[4200];
-        snprintf(dir, sizeof dir, "%s/checkpoint-%lld", out_dir, (long long)steps[best]);
-        if (load_checkpoint(dir, r, ts) == LORAC_STATUS_OK) return steps[best];
-        if (log) fprintf(log, "skipping %s: %s\n", dir, lorac_error_message());
-        steps[best] = 0;
-    }
+    ts->step = st.step;
+    ts->cursor.seed = st.data_seed;
+    ts->cursor.epoch = st.data_epoch;
+    ts->cursor.index = st.data_index;
+    ts->cursor.shuffle = (int32_t)st.data_flags;
+    ts->rng.state = st.rng_state[0];
+    ts->tokens = st.tokens;
+    cJSON *t = st.trainer_json ? cJSON_Parse(st.trainer_json) : NULL;
+    ts->skipped = json_int(t, "skipped");
+    ts->bad_in_row = json_int(t, "bad_in_row");
+    cJSON_Delete(t);
+    lorac_checkpoint_state_clear(&st);
+    return n;
 }
 
 /* ---- evaluation -------------------------------------------------------------- */
