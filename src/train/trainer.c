@@ -82,10 +82,8 @@ static void report_trainable(FILE *log, const lorac_model_t *model, const lorac_
 }
 
 /* ---- checkpoints ------------------------------------------------------------
- * OUT/checkpoint-N/: params.safetensors (every trainable tensor, by name),
- * optimizer.safetensors (<name>.exp_avg / .exp_avg_sq), trainer_state.json,
- * and for LoRA the PEFT adapter files. Written into OUT/.tmp-checkpoint-N
- * (each file fsync'd) and renamed: a crash leaves the previous one whole. */
+ * The layout and atomicity are lorac/optim.h's (lorac_checkpoint_save); the
+ * trainer adds the PEFT adapter files and its own counters. */
 typedef struct {
     lorac_train_pass_t *pass;
     lorac_adamw_t *opt;
@@ -107,8 +105,6 @@ static lorac_status_t write_adapter_files(const char *dir, void *ctx) {
     return lorac_adapter_save(r->adapter, dir, r->base_model);
 }
 
-/* Checkpoints are lorac/optim.h's: params + moments + state, atomically;
- * the trainer adds the PEFT adapter files and its own counters. */
 static lorac_status_t save_checkpoint(const char *out_dir, run_t *r, const train_state_t *ts) {
     lorac_checkpoint_state_t st = lorac_checkpoint_state_init();
     st.step = ts->step;
