@@ -39,21 +39,7 @@ void lorac_swiglu_forward(float *out, const float *gate, const float *up, int64_
 // pair (x[i], x[i + head_dim/2]) rotates by angle positions[t] * inv_freq[i].
 void lorac_rope_forward(float *x, const int32_t *positions, const float *inv_freq,
                         int64_t T, int64_t n_heads, int64_t head_dim) {
-    int64_t half = head_dim / 2;
-    for (int64_t t = 0; t < T; t++) {
-        for (int64_t i = 0; i < half; i++) {
-            /* angle in double: positions up to 128k times inv_freq near 1 need
-             * more than f32's 24 bits to match the reference's cos/sin */
-            double angle = (double)positions[t] * (double)inv_freq[i];
-            float c = (float)cos(angle), s = (float)sin(angle);
-            for (int64_t h = 0; h < n_heads; h++) {
-                float *v = x + (t * n_heads + h) * head_dim;
-                float a = v[i], b = v[i + half];
-                v[i] = a * c - b * s;
-                v[i + half] = b * c + a * s;
-            }
-        }
-    }
+    rope_rotate(x, positions, inv_freq, T, n_heads, head_dim, 1.0f);
 }
 
 // x is (T, n); each row replaced by its softmax.

@@ -45,20 +45,7 @@ void lorac_swiglu_backward(float *dgate, float *dup, const float *dout, const fl
 
 void lorac_rope_backward(float *dx, const int32_t *positions, const float *inv_freq,
                          int64_t T, int64_t n_heads, int64_t head_dim) {
-    int64_t half = head_dim / 2;
-    for (int64_t t = 0; t < T; t++) {
-        for (int64_t i = 0; i < half; i++) {
-            double angle = (double)positions[t] * (double)inv_freq[i];
-            float c = (float)cos(angle), s = (float)sin(angle);
-            for (int64_t h = 0; h < n_heads; h++) {
-                float *v = dx + (t * n_heads + h) * head_dim;
-                float a = v[i], b = v[i + half];
-                /* transpose of [[c, -s], [s, c]] */
-                v[i] = a * c + b * s;
-                v[i + half] = b * c - a * s;
-            }
-        }
-    }
+    rope_rotate(dx, positions, inv_freq, T, n_heads, head_dim, -1.0f);
 }
 
 LORAC_MULTIVERSION
