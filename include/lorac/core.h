@@ -27,7 +27,8 @@ typedef enum {
     LORAC_STATUS_NOMEM,       /* allocation failed or size overflow */
     LORAC_STATUS_INVALID_ARG, /* caller passed something out of range */
     LORAC_STATUS_UNSUPPORTED, /* well-formed but not something lorac handles */
-    LORAC_STATUS_NOT_FOUND    /* a named item (tensor, token, key) is absent */
+    LORAC_STATUS_NOT_FOUND,   /* a named item (tensor, token, key) is absent */
+    LORAC_STATUS_BUSY         /* a bounded resource is full (queue, slots); retry later */
 } lorac_status_t;
 
 /* Short constant name of a status ("format error", ...). Never NULL. */

@@ -18,6 +18,7 @@ const char *lorac_status_str(lorac_status_t status) {
     case LORAC_STATUS_INVALID_ARG: return "invalid argument";
     case LORAC_STATUS_UNSUPPORTED: return "unsupported";
     case LORAC_STATUS_NOT_FOUND: return "not found";
+    case LORAC_STATUS_BUSY: return "busy";
     }
     return "unknown status";
 }
