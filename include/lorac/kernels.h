@@ -42,6 +42,22 @@ void lorac_matmul_backward_weight(float *dw, float *dbias, const float *dout, co
 
 /* The expand half of a LoRA update: y (T,N) += s · u (T,R) · bᵀ, b is (N,R) f32. */
 void lorac_lora_expand_forward(float *y, const float *u, const float *b, float s, int64_t T, int64_t N, int64_t R);
+/* One adapter's share of a mixed-adapter batch: rows [start, start + len) of
+ * x and y use A (r, in), B (out, r), f32, with scale s; u_offset is where the
+ * segment's (len, r) block of the shrink result lives in the scratch u. */
+typedef struct {
+    int64_t start, len, u_offset;
+    int32_t r;
+    float scale;
+    const float *A, *B;
+} lorac_lora_segment_t;
+
+/* Segmented gathered LoRA (the SGMV idea of Punica): for every segment g,
+ * y[rows_g] += s_g · (x[rows_g]·A_gᵀ)·B_gᵀ, all segments in one parallel
+ * region — shrink (u = x·Aᵀ) then expand (y += s·u·Bᵀ) — instead of a pass
+ * per adapter. x (T, in), y (T, out); segments must not overlap. */
+void lorac_lora_sgmv(float *y, float *u, const float *x, const lorac_lora_segment_t *segs, int32_t n_segs,
+                     int64_t in, int64_t out);
 /* x (n) *= s. */
 void lorac_scale(float *x, float s, int64_t n);
 

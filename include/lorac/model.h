@@ -127,6 +127,16 @@ lorac_status_t lorac_context_decode(lorac_context_t *ctx, const lorac_batch_t *b
 lorac_status_t lorac_context_set_adapters(lorac_context_t *ctx, const struct lorac_adapter *const *adapters,
                                           const float *scales, int32_t n);
 
+/* Gives one sequence its own adapter (NULL: none) with a scale, applied in
+ * every following decode on top of those of lorac_context_set_adapters. A
+ * batch may mix sequences with different adapters (and ranks): the base
+ * matmuls run once over all rows and each adapter's low-rank term over its
+ * rows only (lorac_lora_sgmv); order the batch so a sequence's tokens are
+ * contiguous and equal adapters neighbour, which makes fewer segments. O(1):
+ * nothing is copied. Like set_adapters, it does not touch the cache. */
+lorac_status_t lorac_context_set_seq_adapter(lorac_context_t *ctx, int32_t seq_id, const struct lorac_adapter *adapter,
+                                             float scale);
+
 /* Forgets a sequence's cache (its next token starts at position 0). */
 void lorac_context_clear_seq(lorac_context_t *ctx, int32_t seq_id);
 /* Cached length of a sequence. */

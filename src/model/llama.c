@@ -34,6 +34,17 @@ struct lorac_context {
     float adapter_scales[MAX_ADAPTERS];
     int32_t n_adapters;
     float *lora_u;             /* (n_batch, max rank) */
+    /* per-sequence adapters (mixed-adapter batches) */
+    const lorac_adapter_t **seq_adapter; /* (n_seq) NULL = none */
+    float *seq_scale;          /* (n_seq) */
+    /* this decode's runs of consecutive tokens sharing a sequence adapter */
+    int32_t n_runs;
+    int64_t *run_start, *run_len;      /* (n_batch) */
+    const lorac_adapter_t **run_adapter; /* (n_batch) */
+    float *run_scale;          /* (n_batch) */
+    lorac_lora_segment_t *segs;/* (n_batch) built per projection */
+    float *sgmv_u;             /* (n_batch, largest rank in the batch) */
+    int32_t sgmv_u_rank;
 };
 
 lorac_context_params_t lorac_context_default_params(void) {
@@ -80,7 +91,16 @@ lorac_status_t lorac_context_init(const lorac_model_t *model, lorac_context_para
     ctx->n_visible = malloc(sizeof(int32_t) * (size_t)B);
     ctx->seq_len = calloc((size_t)p.n_seq, sizeof(int32_t));
     ctx->seq_seen = calloc((size_t)p.n_seq, sizeof(int32_t));
-    if (failed || !ctx->k_rows || !ctx->v_rows || !ctx->n_visible || !ctx->seq_len || !ctx->seq_seen) {
+    ctx->seq_adapter = calloc((size_t)p.n_seq, sizeof *ctx->seq_adapter);
+    ctx->seq_scale = calloc((size_t)p.n_seq, sizeof(float));
+    ctx->run_start = malloc(sizeof(int64_t) * (size_t)B);
+    ctx->run_len = malloc(sizeof(int64_t) * (size_t)B);
+    ctx->run_adapter = malloc(sizeof *ctx->run_adapter * (size_t)B);
+    ctx->run_scale = malloc(sizeof(float) * (size_t)B);
+    ctx->segs = malloc(sizeof *ctx->segs * (size_t)B);
+    if (failed || !ctx->k_rows || !ctx->v_rows || !ctx->n_visible || !ctx->seq_len || !ctx->seq_seen ||
+        !ctx->seq_adapter || !ctx->seq_scale || !ctx->run_start || !ctx->run_len || !ctx->run_adapter ||
+        !ctx->run_scale || !ctx->segs) {
         lorac_context_free(ctx);
         return lorac_error(LORAC_STATUS_NOMEM, "out of memory for the KV cache and activations (%d sequences of %d positions, batch %d)",
                            p.n_seq, p.n_ctx, p.n_batch);
@@ -98,7 +118,68 @@ void lorac_context_free(lorac_context_t *ctx) {
     free(ctx->k_rows); free(ctx->v_rows); free(ctx->n_visible);
     free(ctx->seq_len); free(ctx->seq_seen);
     free(ctx->lora_u);
+    free(ctx->seq_adapter); free(ctx->seq_scale);
+    free(ctx->run_start); free(ctx->run_len); free(ctx->run_adapter); free(ctx->run_scale);
+    free(ctx->segs); free(ctx->sgmv_u);
     free(ctx);
+}
+
+static bool adapter_fits(const lorac_model_config_t *c, const lorac_adapter_t *a) {
+    const lorac_model_config_t *ac = &a->config;
+    return ac->hidden_size == c->hidden_size && ac->n_layers == c->n_layers &&
+           ac->intermediate_size == c->intermediate_size && ac->n_heads == c->n_heads &&
+           ac->n_kv_heads == c->n_kv_heads && ac->head_dim == c->head_dim;
+}
+
+static int32_t adapter_max_rank(const lorac_adapter_t *a) {
+    int32_t max_r = 0;
+    for (int32_t k = 0; k < a->n_modules; k++) max_r = a->modules[k].r > max_r ? a->modules[k].r : max_r;
+    return max_r;
+}
+
+lorac_status_t lorac_context_set_seq_adapter(lorac_context_t *ctx, int32_t seq_id, const lorac_adapter_t *adapter,
+                                             float scale) {
+    if (seq_id < 0 || seq_id >= ctx->params.n_seq)
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "sequence id %d is outside 0..%d", seq_id, ctx->params.n_seq - 1);
+    if (adapter && !adapter_fits(&ctx->model->config, adapter))
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "the adapter was made for a model of another shape");
+    if (!isfinite(scale)) return lorac_error(LORAC_STATUS_INVALID_ARG, "adapter scale must be finite");
+    ctx->seq_adapter[seq_id] = adapter;
+    ctx->seq_scale[seq_id] = scale;
+    return LORAC_STATUS_OK;
+}
+
+/* Splits the batch into runs of consecutive tokens whose sequences carry the
+ * same adapter and scale (the segments of lorac_lora_sgmv), and makes sure the
+ * shrink scratch holds the batch at the largest rank among them. */
+static lorac_status_t plan_seq_adapters(lorac_context_t *ctx, const lorac_batch_t *b) {
+    ctx->n_runs = 0;
+    int32_t max_r = 0;
+    for (int32_t t = 0; t < b->n_tokens; t++) {
+        const lorac_adapter_t *a = ctx->seq_adapter[b->seq_id[t]];
+        float s = ctx->seq_scale[b->seq_id[t]];
+        if (!a || s == 0.0f) continue;
+        int32_t n = ctx->n_runs;
+        if (n > 0 && ctx->run_adapter[n - 1] == a && ctx->run_scale[n - 1] == s &&
+            ctx->run_start[n - 1] + ctx->run_len[n - 1] == t) {
+            ctx->run_len[n - 1]++;
+            continue;
+        }
+        ctx->run_start[n] = t;
+        ctx->run_len[n] = 1;
+        ctx->run_adapter[n] = a;
+        ctx->run_scale[n] = s;
+        ctx->n_runs++;
+        int32_t r = adapter_max_rank(a);
+        max_r = r > max_r ? r : max_r;
+    }
+    if (max_r > ctx->sgmv_u_rank) {
+        float *u = realloc(ctx->sgmv_u, sizeof(float) * (size_t)ctx->params.n_batch * (size_t)max_r);
+        if (!u) return lorac_error(LORAC_STATUS_NOMEM, "out of memory for adapter scratch");
+        ctx->sgmv_u = u;
+        ctx->sgmv_u_rank = max_r;
+    }
+    return LORAC_STATUS_OK;
 }
 
 lorac_status_t lorac_context_set_adapters(lorac_context_t *ctx, const lorac_adapter_t *const *adapters,
@@ -107,13 +188,11 @@ lorac_status_t lorac_context_set_adapters(lorac_context_t *ctx, const lorac_adap
     if (n < 0 || n > MAX_ADAPTERS) return lorac_error(LORAC_STATUS_INVALID_ARG, "at most %d adapters at once", MAX_ADAPTERS);
     int32_t max_r = 0;
     for (int32_t i = 0; i < n; i++) {
-        const lorac_model_config_t *ac = &adapters[i]->config;
-        if (ac->hidden_size != c->hidden_size || ac->n_layers != c->n_layers || ac->intermediate_size != c->intermediate_size ||
-            ac->n_heads != c->n_heads || ac->n_kv_heads != c->n_kv_heads || ac->head_dim != c->head_dim)
+        if (!adapter_fits(c, adapters[i]))
             return lorac_error(LORAC_STATUS_INVALID_ARG, "adapter %d was made for a model of another shape", i);
         if (!isfinite(scales[i])) return lorac_error(LORAC_STATUS_INVALID_ARG, "adapter scale must be finite");
-        for (int32_t k = 0; k < adapters[i]->n_modules; k++)
-            max_r = adapters[i]->modules[k].r > max_r ? adapters[i]->modules[k].r : max_r;
+        int32_t r = adapter_max_rank(adapters[i]);
+        max_r = r > max_r ? r : max_r;
     }
     float *u = NULL;
     if (max_r > 0) {
@@ -137,6 +216,26 @@ static void apply_adapters(lorac_context_t *ctx, int32_t layer, lorac_lora_targe
         lorac_matmul_forward(ctx->lora_u, x, m->A, LORAC_DTYPE_F32, NULL, T, m->in, m->r);
         lorac_lora_expand_forward(y, ctx->lora_u, m->B, m->scale * ctx->adapter_scales[i], T, m->out, m->r);
     }
+    /* per-sequence adapters: one segmented pass over every run that adapts
+     * this projection */
+    int32_t n_segs = 0;
+    int64_t u_used = 0, in = 0, out = 0;
+    for (int32_t g = 0; g < ctx->n_runs; g++) {
+        const lorac_lora_module_t *m = lorac_adapter_find(ctx->run_adapter[g], layer, target);
+        if (!m) continue;
+        lorac_lora_segment_t *sg = &ctx->segs[n_segs++];
+        sg->start = ctx->run_start[g];
+        sg->len = ctx->run_len[g];
+        sg->u_offset = u_used;
+        sg->r = m->r;
+        sg->scale = m->scale * ctx->run_scale[g];
+        sg->A = m->A;
+        sg->B = m->B;
+        u_used += sg->len * m->r;
+        in = m->in;
+        out = m->out;
+    }
+    if (n_segs > 0) lorac_lora_sgmv(y, ctx->sgmv_u, x, ctx->segs, n_segs, in, out);
 }
 
 void lorac_context_clear_seq(lorac_context_t *ctx, int32_t seq_id) {
@@ -231,6 +330,8 @@ static void mlp_block(lorac_context_t *ctx, int64_t T, int32_t l) {
 
 lorac_status_t lorac_context_decode(lorac_context_t *ctx, const lorac_batch_t *b, float *logits) {
     lorac_status_t s = validate_batch(ctx, b);
+    if (s) return s;
+    s = plan_seq_adapters(ctx, b);
     if (s) return s;
     int threads = lorac_kernels_get_threads();
     if (threads > ctx->att_threads) {
