@@ -1,0 +1,343 @@
+/* The serving engine over the real stories260K model (converted from the
+ * fixtures with `lorac convert`) and adapters of ranks 4..32:
+ *   - many concurrent greedy requests over several adapters and the base,
+ *     each producing exactly the tokens of that sequence decoded alone with
+ *     its adapter attached the plain way;
+ *   - stop strings (text ends before them), max_tokens, cancel;
+ *   - the registry: unknown and malformed names, LRU eviction at max_loras,
+ *     unload while a request uses the adapter, reload;
+ *   - a full queue gives BUSY; metrics count what happened. */
+#include <pthread.h>
+#include <stdint.h>
+#include <unistd.h>
+
+#include "lorac/lora.h"
+#include "lorac/serve.h"
+#include "testlib.h"
+
+#define N_ADAPTERS 4
+#define N_REQ 12
+#define MAX_GEN 24
+
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;
+    lorac_finish_t finish;
+    int32_t tokens[256];
+    int n_tokens;
+    char text[4096];
+    size_t n_text;
+    int n_prompt, n_completion;
+} result_t;
+
+static void on_event(void *user, const lorac_serve_event_t *ev) {
+    result_t *r = user;
+    pthread_mutex_lock(&r->mu);
+    if (ev->token >= 0 && r->n_tokens < 256) r->tokens[r->n_tokens++] = ev->token;
+    if (r->n_text + ev->text_len < sizeof r->text) {
+        memcpy(r->text + r->n_text, ev->text, ev->text_len);
+        r->n_text += ev->text_len;
+        r->text[r->n_text] = 0;
+    }
+    if (ev->finish != LORAC_FINISH_NONE) {
+        r->done = 1;
+        r->finish = ev->finish;
+        r->n_prompt = ev->n_prompt_tokens;
+        r->n_completion = ev->n_completion_tokens;
+        pthread_cond_broadcast(&r->cv);
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void result_init(result_t *r) {
+    memset(r, 0, sizeof *r);
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->cv, NULL);
+}
+
+static void wait_done(result_t *r) {
+    pthread_mutex_lock(&r->mu);
+    while (!r->done) pthread_cond_wait(&r->cv, &r->mu);
+    pthread_mutex_unlock(&r->mu);
+}
+
+static int argmax(const float *x, int32_t n) {
+    int best = 0;
+    for (int32_t i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+/* Greedy tokens of `prompt` decoded alone, the adapter attached globally;
+ * stops at EOS (included) or max_gen tokens. */
+static int reference_tokens(const lorac_model_t *model, const lorac_adapter_t *ad, const int32_t *prompt, int n_prompt,
+                            int max_gen, int32_t *out) {
+    const lorac_model_config_t *c = lorac_model_get_config(model);
+    lorac_context_params_t cp = lorac_context_default_params();
+    cp.n_ctx = 256;
+    lorac_context_t *ctx = NULL;
+    if (lorac_context_init(model, cp, &ctx)) return -1;
+    float scale = 1.0f;
+    if (ad) lorac_context_set_adapters(ctx, &ad, &scale, 1);
+    float *logits = malloc(sizeof(float) * (size_t)c->vocab_size);
+    int32_t pos[256], seq[256] = {0};
+    for (int i = 0; i < n_prompt; i++) pos[i] = i;
+    lorac_batch_t b = {.n_tokens = n_prompt, .tokens = prompt, .pos = pos, .seq_id = seq};
+    lorac_context_decode(ctx, &b, logits);
+    int n = 0;
+    for (;;) {
+        int32_t tok = argmax(logits, c->vocab_size), p = n_prompt + n, zero = 0;
+        out[n++] = tok;
+        if (lorac_model_is_eos(model, tok) || n == max_gen) break;
+        lorac_batch_t d = {.n_tokens = 1, .tokens = &tok, .pos = &p, .seq_id = &zero};
+        lorac_context_decode(ctx, &d, logits);
+    }
+    free(logits);
+    lorac_context_free(ctx);
+    return n;
+}
+
+static lorac_serve_request_t greedy(const int32_t *prompt, int n, const char *adapter, int max_tokens, result_t *res) {
+    lorac_serve_request_t q = {.prompt = prompt, .n_prompt = n, .adapter = adapter, .max_tokens = max_tokens,
+                               .callback = on_event, .user = res};
+    q.sampler = lorac_sampler_default_params();
+    q.sampler.temperature = 0.0f;
+    return q;
+}
+
+static float tiny_rand(unsigned long long *s) {
+    *s = *s * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((*s >> 40) & 0xffffff) / 16777216.0f - 0.5f;
+}
+
+int main(void) {
+    const char *tmp = tl_tmpdir(), *bin = getenv("LORAC_BIN");
+    if (!bin) { fprintf(stderr, "LORAC_BIN is not set\n"); return 1; }
+    char model_dir[1024], adapters_dir[1024], cmd[16384];
+    snprintf(model_dir, sizeof model_dir, "%s/engine_model", tmp);
+    snprintf(adapters_dir, sizeof adapters_dir, "%s/engine_adapters", tmp);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s' && '%s' convert --from llama2c '%s/llama2c/stories260K.bin' --tokenizer '%s/llama2c/tok512.bin' -o '%s' >/dev/null 2>&1 && mkdir -p '%s'",
+             model_dir, adapters_dir, bin, tl_fixtures(), tl_fixtures(), model_dir, adapters_dir);
+    CHECK(system(cmd) == 0);
+    lorac_model_t *model = NULL;
+    CHECK(lorac_model_load(model_dir, &model) == LORAC_STATUS_OK);
+    if (!model) return 1;
+    const lorac_model_config_t *c = lorac_model_get_config(model);
+
+    /* adapters of different ranks and targets, with B random so they matter */
+    const int ranks[N_ADAPTERS] = {4, 8, 16, 32};
+    const char *names[N_ADAPTERS] = {"r4", "r8", "r16", "r32"};
+    lorac_adapter_t *ads[N_ADAPTERS];
+    for (int i = 0; i < N_ADAPTERS; i++) {
+        lorac_lora_params_t p = lorac_lora_default_params();
+        p.r = ranks[i];
+        p.alpha = (float)ranks[i];
+        p.targets = i % 2 ? (1u << LORAC_LORA_COUNT) - 1 : (1u << LORAC_LORA_Q) | (1u << LORAC_LORA_V) | (1u << LORAC_LORA_DOWN);
+        p.seed = 100 + (uint64_t)i;
+        CHECK(lorac_adapter_init(c, &p, &ads[i]) == LORAC_STATUS_OK);
+        unsigned long long s = 7 + (unsigned long long)i;
+        for (int32_t k = 0; k < lorac_adapter_n_modules(ads[i]); k++) {
+            lorac_lora_module_t *m = lorac_adapter_module(ads[i], k);
+            for (int64_t j = 0; j < (int64_t)m->out * m->r; j++) m->B[j] = 0.3f * tiny_rand(&s);
+        }
+        char dir[2048];
+        snprintf(dir, sizeof dir, "%s/%s", adapters_dir, names[i]);
+        CHECK(lorac_adapter_save(ads[i], dir, model_dir) == LORAC_STATUS_OK);
+    }
+
+    /* prompts: BOS + a few tokens, different lengths */
+    int32_t prompts[N_REQ][16];
+    int n_prompt[N_REQ];
+    unsigned long long s = 3;
+    for (int i = 0; i < N_REQ; i++) {
+        n_prompt[i] = 2 + i % 9;
+        prompts[i][0] = 1;
+        for (int j = 1; j < n_prompt[i]; j++) prompts[i][j] = 3 + (int32_t)((tiny_rand(&s) + 0.5f) * 400.0f);
+    }
+    int32_t ref[N_REQ][MAX_GEN];
+    int n_ref[N_REQ];
+    for (int i = 0; i < N_REQ; i++) {
+        int a = i % (N_ADAPTERS + 1) - 1; /* -1 = base */
+        n_ref[i] = reference_tokens(model, a >= 0 ? ads[a] : NULL, prompts[i], n_prompt[i], MAX_GEN, ref[i]);
+    }
+
+    lorac_engine_params_t ep = lorac_engine_default_params();
+    ep.max_seqs = 5; /* fewer slots than requests: some wait, then join mid-flight */
+    ep.n_ctx = 128;
+    ep.n_batch = 24; /* small: prompts are split across steps */
+    ep.max_queue = 32;
+    ep.max_loras = N_ADAPTERS;
+    ep.adapters_dir = adapters_dir;
+    lorac_engine_t *e = NULL;
+    CHECK(lorac_engine_start(model, &ep, &e) == LORAC_STATUS_OK);
+    if (!e) return 1;
+
+    /* 1. concurrent greedy requests over all adapters and the base */
+    static result_t res[N_REQ];
+    for (int i = 0; i < N_REQ; i++) {
+        result_init(&res[i]);
+        int a = i % (N_ADAPTERS + 1) - 1;
+        lorac_serve_request_t q = greedy(prompts[i], n_prompt[i], a >= 0 ? names[a] : NULL, MAX_GEN, &res[i]);
+        CHECK(lorac_engine_submit(e, &q, NULL) == LORAC_STATUS_OK);
+    }
+    int all_equal = 1;
+    for (int i = 0; i < N_REQ; i++) {
+        wait_done(&res[i]);
+        int same = res[i].n_tokens == n_ref[i] && !memcmp(res[i].tokens, ref[i], sizeof(int32_t) * (size_t)n_ref[i]);
+        if (!same) fprintf(stderr, "request %d: %d tokens vs %d alone\n", i, res[i].n_tokens, n_ref[i]);
+        all_equal &= same;
+        CHECK(res[i].finish == (n_ref[i] < MAX_GEN ? LORAC_FINISH_STOP : LORAC_FINISH_LENGTH));
+        CHECK(res[i].n_prompt == n_prompt[i] && res[i].n_completion == n_ref[i]);
+    }
+    CHECK_MSG(all_equal, "mixed-adapter continuous batching differs from each request alone");
+
+    /* 2. stop strings: the text ends right before the first match */
+    {
+        const char *full = res[0].text;
+        size_t n = strlen(full);
+        CHECK(n > 8);
+        char stop[5] = {0};
+        memcpy(stop, full + n / 2, 4);
+        const char *stops[2] = {"\x01never", stop};
+        result_t r;
+        result_init(&r);
+        lorac_serve_request_t q = greedy(prompts[0], n_prompt[0], NULL, MAX_GEN, &r);
+        q.stop = stops;
+        q.n_stop = 2;
+        CHECK(lorac_engine_submit(e, &q, NULL) == LORAC_STATUS_OK);
+        wait_done(&r);
+        const char *at = strstr(full, stop);
+        CHECK(r.finish == LORAC_FINISH_STOP);
+        CHECK_MSG(at && r.n_text == (size_t)(at - full) && !memcmp(r.text, full, r.n_text), "'%s' vs '%s' stop '%s'",
+                  r.text, full, stop);
+    }
+
+    /* 3. validation and the registry */
+    {
+        result_t r;
+        result_init(&r);
+        int32_t bad_tok[2] = {1, 100000};
+        lorac_serve_request_t q = greedy(bad_tok, 2, NULL, 4, &r);
+        CHECK(lorac_engine_submit(e, &q, NULL) == LORAC_STATUS_INVALID_ARG);
+        q = greedy(prompts[0], n_prompt[0], NULL, 1000, &r);
+        CHECK(lorac_engine_submit(e, &q, NULL) == LORAC_STATUS_INVALID_ARG); /* past n_ctx */
+        q = greedy(prompts[0], 0, NULL, 4, &r);
+        CHECK(lorac_engine_submit(e, &q, NULL) == LORAC_STATUS_INVALID_ARG);
+        q = greedy(prompts[0], n_prompt[0], "nope", 4, &r);
+        CHECK(lorac_engine_submit(e, &q, NULL) == LORAC_STATUS_NOT_FOUND);
+        q = greedy(prompts[0], n_prompt[0], "../engine_adapters/r4", 4, &r);
+        CHECK(lorac_engine_submit(e, &q, NULL) == LORAC_STATUS_INVALID_ARG);
+        const char *empty_stop[1] = {""};
+        q = greedy(prompts[0], n_prompt[0], NULL, 4, &r);
+        q.stop = empty_stop;
+        q.n_stop = 1;
+        CHECK(lorac_engine_submit(e, &q, NULL) == LORAC_STATUS_INVALID_ARG);
+        q = greedy(prompts[0], n_prompt[0], NULL, 4, &r);
+        q.sampler.top_p = 0.0f;
+        CHECK(lorac_engine_submit(e, &q, NULL) == LORAC_STATUS_INVALID_ARG);
+        CHECK(r.done == 0); /* rejected requests never call back */
+
+        lorac_adapter_info_t info[8];
+        CHECK(lorac_engine_list_adapters(e, info, 8) == N_ADAPTERS);
+        CHECK(!strcmp(info[0].name, "r16") && info[0].loaded && info[0].r == 16);
+        CHECK(lorac_engine_unload_adapter(e, "r8") == LORAC_STATUS_OK);
+        CHECK(lorac_engine_unload_adapter(e, "r8") == LORAC_STATUS_NOT_FOUND);
+        CHECK(lorac_engine_list_adapters(e, info, 8) == N_ADAPTERS);
+        CHECK(!strcmp(info[3].name, "r8") && !info[3].loaded);
+        CHECK(lorac_engine_load_adapter(e, "r8") == LORAC_STATUS_OK);
+        CHECK(lorac_engine_load_adapter(e, "missing") == LORAC_STATUS_NOT_FOUND);
+    }
+
+    /* 4. unload while in use: the running request finishes with its adapter */
+    {
+        int i = 2; /* adapter r8 */
+        result_t r;
+        result_init(&r);
+        lorac_serve_request_t q = greedy(prompts[i], n_prompt[i], "r8", MAX_GEN, &r);
+        CHECK(lorac_engine_submit(e, &q, NULL) == LORAC_STATUS_OK);
+        CHECK(lorac_engine_unload_adapter(e, "r8") == LORAC_STATUS_OK);
+        wait_done(&r);
+        CHECK(r.n_tokens == n_ref[i] && !memcmp(r.tokens, ref[i], sizeof(int32_t) * (size_t)n_ref[i]));
+        result_t again;
+        result_init(&again);
+        q = greedy(prompts[i], n_prompt[i], "r8", MAX_GEN, &again); /* loads it again */
+        CHECK(lorac_engine_submit(e, &q, NULL) == LORAC_STATUS_OK);
+        wait_done(&again);
+        CHECK(again.n_tokens == n_ref[i] && !memcmp(again.tokens, ref[i], sizeof(int32_t) * (size_t)n_ref[i]));
+    }
+
+    /* 5. cancel: a long request ends with CANCELLED */
+    {
+        result_t r;
+        result_init(&r);
+        lorac_serve_request_t q = greedy(prompts[1], n_prompt[1], "r4", 100, &r);
+        q.ignore_eos = true;
+        uint64_t id = 0;
+        CHECK(lorac_engine_submit(e, &q, &id) == LORAC_STATUS_OK && id > 0);
+        lorac_engine_cancel(e, id);
+        wait_done(&r);
+        CHECK(r.finish == LORAC_FINISH_CANCELLED);
+        lorac_engine_cancel(e, id); /* already done: no-op */
+    }
+
+    lorac_engine_metrics_t m;
+    lorac_engine_get_metrics(e, &m);
+    CHECK(m.requests_total == N_REQ + 4);
+    CHECK(m.requests_rejected == 7);
+    CHECK(m.requests_finished[LORAC_FINISH_CANCELLED] == 1);
+    CHECK(m.running == 0 && m.waiting == 0);
+    CHECK(m.steps_total > 0 && m.batch_tokens_total >= m.steps_total);
+    uint64_t in_hist = 0;
+    for (int b = 0; b < LORAC_SERVE_LATENCY_BUCKETS; b++) in_hist += m.latency_counts[b];
+    CHECK(in_hist == m.requests_total);
+    lorac_engine_stop(e);
+
+    /* 6. a full queue and LRU eviction, on an engine with 1 slot, a queue of 2
+     * and room for 2 adapters */
+    ep.max_seqs = 1;
+    ep.max_queue = 2;
+    ep.max_loras = 2;
+    CHECK(lorac_engine_start(model, &ep, &e) == LORAC_STATUS_OK);
+    static result_t q_res[6];
+    int accepted = 0, busy = 0, ok[6] = {0};
+    for (int i = 0; i < 6; i++) {
+        result_init(&q_res[i]);
+        lorac_serve_request_t q = greedy(prompts[i], n_prompt[i], names[i % 2], 100, &q_res[i]);
+        q.ignore_eos = true;
+        lorac_status_t st = lorac_engine_submit(e, &q, NULL);
+        ok[i] = st == LORAC_STATUS_OK;
+        accepted += st == LORAC_STATUS_OK;
+        busy += st == LORAC_STATUS_BUSY;
+    }
+    CHECK_MSG(accepted >= 3 && busy >= 1 && accepted + busy == 6, "accepted %d busy %d", accepted, busy);
+    for (int i = 0; i < 6; i++)
+        if (ok[i]) wait_done(&q_res[i]);
+    /* r4 and r8 loaded; using r16 then r32 evicts the least recently used */
+    for (int i = 2; i < 4; i++) {
+        result_t r;
+        result_init(&r);
+        lorac_serve_request_t q = greedy(prompts[0], n_prompt[0], names[i], 2, &r);
+        CHECK(lorac_engine_submit(e, &q, NULL) == LORAC_STATUS_OK);
+        wait_done(&r);
+    }
+    lorac_engine_get_metrics(e, &m);
+    CHECK(m.adapters_loaded == 2);
+    lorac_adapter_info_t info[8];
+    lorac_engine_list_adapters(e, info, 8);
+    CHECK(info[0].loaded && info[1].loaded && !info[2].loaded && !info[3].loaded); /* r16 r32 r4 r8 */
+
+    /* 7. stopping with requests in flight ends them with CANCELLED */
+    result_t last;
+    result_init(&last);
+    lorac_serve_request_t q = greedy(prompts[0], n_prompt[0], NULL, 100, &last);
+    q.ignore_eos = true;
+    CHECK(lorac_engine_submit(e, &q, NULL) == LORAC_STATUS_OK);
+    lorac_engine_stop(e);
+    CHECK(last.done && (last.finish == LORAC_FINISH_CANCELLED || last.finish == LORAC_FINISH_LENGTH));
+
+    for (int i = 0; i < N_ADAPTERS; i++) lorac_adapter_free(ads[i]);
+    lorac_model_free(model);
+    printf("%d passed, %d failed\n", tl_passed, tl_failed);
+    return tl_failed != 0;
+}
