@@ -92,10 +92,46 @@ int64_t lorac_adapter_n_params(const lorac_adapter_t *adapter);
  * PEFT's format (creating OUT), each atomically. base_model names the base
  * in base_model_name_or_path. */
 lorac_status_t lorac_adapter_save(const lorac_adapter_t *adapter, const char *dir, const char *base_model);
-/* Reads a PEFT adapter directory written by lorac (or PEFT with the same
- * conventions) and checks it fits `config`: shapes, layers and targets;
- * errors name the tensor, the expected and the found shape. */
+/* Reads a PEFT adapter directory (adapter_config.json +
+ * adapter_model.safetensors) written by lorac, PEFT or other tools, and
+ * checks it fits `config`: shapes, layers and targets; errors name the
+ * tensor, the expected and the found shape.
+ *
+ * Accepted, with PEFT's own semantics: keys with or without the
+ * "base_model.model." prefix and with ".lora_A.weight" or
+ * ".lora_A.default.weight"; target_modules as a list (exact name or
+ * ".name" suffix), a regex string (fully matched against the module name,
+ * e.g. "model.layers.0.self_attn.q_proj"), "all-linear" or absent (then the
+ * tensors present decide); exclude_modules; layers_to_transform (int or
+ * list) with layers_pattern; rank_pattern and alpha_pattern (first key, in
+ * file order, whose regex matches the end of the module name after a '.',
+ * so modules may have different r and scale); use_rslora; fan_in_fan_out
+ * (meaningless for nn.Linear: PEFT reads it as false, and so does lorac,
+ * after a warning on stderr); F32, F16 and BF16 weights. Missing "r" and
+ * "lora_alpha" take PEFT's defaults, 8 and 8.
+ *
+ * Refused (LORAC_STATUS_UNSUPPORTED, saying which): DoRA (use_dora or
+ * lora_magnitude_vector tensors), embedding and lm_head adapters,
+ * modules_to_save, bias other than "none", lora_bias, peft_type other than
+ * LORA, initialisations that rewrite the base weights (PiSSA, OLoRA, CorDA,
+ * LoftQ), layer_replication, target_parameters, trainable tokens, aLoRA.
+ * Tensors the config does not select, a lora_A without its lora_B (or the
+ * reverse) and tensors that are no LoRA weight are LORAC_STATUS_FORMAT.
+ *
+ * `config` may be NULL (for inspection): the model's sizes and layer count
+ * are then taken from the tensors themselves, and the adapter fits no
+ * model. */
 lorac_status_t lorac_adapter_load(const char *dir, const lorac_model_config_t *config, lorac_adapter_t **out);
+
+/* lorac_adapter_load from memory: the text of adapter_config.json and the
+ * bytes of adapter_model.safetensors (not retained after the call). Errors
+ * name them "adapter_config.json" and "adapter_model.safetensors". */
+lorac_status_t lorac_adapter_load_memory(const char *config_json, size_t config_len, const void *safetensors,
+                                         size_t safetensors_len, const lorac_model_config_t *config,
+                                         lorac_adapter_t **out);
+
+/* The module's alpha: scale·r (scale·sqrt(r) with rsLoRA). */
+float lorac_lora_module_alpha(const lorac_lora_module_t *m, bool rslora);
 
 /* Writes a complete HuggingFace model directory to out_dir: every tensor of
  * the base in model_dir, with W' = W + Σ_i scales[i] · s_i · B_i·A_i computed

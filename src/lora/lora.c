@@ -93,40 +93,53 @@ float lorac_lora_scale(float alpha, int32_t r, bool rslora) {
     return rslora ? alpha / sqrtf((float)r) : alpha / (float)r;
 }
 
-lorac_status_t lorac_adapter_alloc(const lorac_model_config_t *config, const lorac_lora_params_t *params,
-                                   lorac_adapter_t **out) {
-    *out = NULL;
+float lorac_lora_module_alpha(const lorac_lora_module_t *m, bool rslora) {
+    return rslora ? m->scale * sqrtf((float)m->r) : m->scale * (float)m->r;
+}
+
+static lorac_status_t check_params(const lorac_lora_params_t *params) {
     if (params->r < 1 || params->r > 65536) return lorac_error(LORAC_STATUS_INVALID_ARG, "LoRA rank r = %d must be in 1..65536", params->r);
     if (!(params->dropout >= 0.0f && params->dropout < 1.0f))
         return lorac_error(LORAC_STATUS_INVALID_ARG, "LoRA dropout %g must be in [0, 1)", (double)params->dropout);
     if (!isfinite(params->alpha)) return lorac_error(LORAC_STATUS_INVALID_ARG, "LoRA alpha must be finite");
+    return LORAC_STATUS_OK;
+}
+
+lorac_status_t lorac_adapter_alloc_ranks(const lorac_model_config_t *config, const lorac_lora_params_t *params,
+                                         const int32_t *ranks, const float *scales, lorac_adapter_t **out) {
+    *out = NULL;
+    lorac_status_t s = check_params(params);
+    if (s) return s;
+    if (config->n_layers < 1 || config->n_layers > 1000000)
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "model config has %d layers", config->n_layers);
+    int32_t n_slots = config->n_layers * LORAC_LORA_COUNT, n = 0;
+    for (int32_t i = 0; i < n_slots; i++) {
+        if (ranks[i] < 0 || ranks[i] > 65536)
+            return lorac_error(LORAC_STATUS_INVALID_ARG, "LoRA rank r = %d must be in 1..65536", ranks[i]);
+        n += ranks[i] > 0;
+    }
     lorac_adapter_t *a = calloc(1, sizeof *a);
     if (!a) return lorac_error(LORAC_STATUS_NOMEM, "out of memory");
     a->config = *config;
     a->params = *params;
-    a->layer_mask = malloc((size_t)config->n_layers);
-    a->index = malloc(sizeof(int32_t) * (size_t)config->n_layers * LORAC_LORA_COUNT);
-    if (!a->layer_mask || !a->index) { lorac_adapter_free(a); return lorac_error(LORAC_STATUS_NOMEM, "out of memory"); }
-    if (params->layers) memcpy(a->layer_mask, params->layers, (size_t)config->n_layers);
-    else memset(a->layer_mask, 1, (size_t)config->n_layers);
-    a->params.layers = a->layer_mask;
-    for (int32_t i = 0; i < config->n_layers * LORAC_LORA_COUNT; i++) a->index[i] = -1;
-
-    int32_t n = 0;
-    for (int32_t l = 0; l < config->n_layers; l++)
-        for (int t = 0; t < LORAC_LORA_COUNT; t++)
-            if (a->layer_mask[l] && (params->targets >> t & 1u)) n++;
+    a->layer_mask = calloc((size_t)config->n_layers, 1);
+    a->index = calloc((size_t)n_slots, sizeof(int32_t));
     a->modules = calloc((size_t)(n ? n : 1), sizeof *a->modules);
-    if (!a->modules) { lorac_adapter_free(a); return lorac_error(LORAC_STATUS_NOMEM, "out of memory"); }
-    float scale = lorac_lora_scale(params->alpha, params->r, params->rslora);
+    if (!a->layer_mask || !a->index || !a->modules) { lorac_adapter_free(a); return lorac_error(LORAC_STATUS_NOMEM, "out of memory"); }
+    /* params describe the union of the adapted slots: every target and layer
+     * that has at least one module */
+    a->params.layers = a->layer_mask;
+    a->params.targets = 0;
     for (int32_t l = 0; l < config->n_layers; l++) {
         for (int t = 0; t < LORAC_LORA_COUNT; t++) {
-            if (!a->layer_mask[l] || !(params->targets >> t & 1u)) continue;
+            int32_t slot = l * LORAC_LORA_COUNT + t;
+            a->index[slot] = -1;
+            if (!ranks[slot]) continue;
             lorac_lora_module_t *m = &a->modules[a->n_modules];
             m->layer = l;
             m->target = (lorac_lora_target_t)t;
-            m->r = params->r;
-            m->scale = scale;
+            m->r = ranks[slot];
+            m->scale = scales[slot];
             lorac_lora_target_dims(config, m->target, &m->in, &m->out);
             m->A = calloc((size_t)m->r * (size_t)m->in, sizeof(float));
             m->B = calloc((size_t)m->out * (size_t)m->r, sizeof(float));
@@ -135,11 +148,34 @@ lorac_status_t lorac_adapter_alloc(const lorac_model_config_t *config, const lor
                 lorac_adapter_free(a);
                 return lorac_error(LORAC_STATUS_NOMEM, "out of memory for LoRA weights");
             }
-            a->index[l * LORAC_LORA_COUNT + t] = a->n_modules++;
+            a->index[slot] = a->n_modules++;
+            a->layer_mask[l] = 1;
+            a->params.targets |= 1u << t;
         }
     }
     *out = a;
     return LORAC_STATUS_OK;
+}
+
+lorac_status_t lorac_adapter_alloc(const lorac_model_config_t *config, const lorac_lora_params_t *params,
+                                   lorac_adapter_t **out) {
+    *out = NULL;
+    lorac_status_t s = check_params(params);
+    if (s) return s;
+    int32_t n_slots = config->n_layers * LORAC_LORA_COUNT;
+    int32_t *ranks = malloc(sizeof(int32_t) * (size_t)(n_slots ? n_slots : 1));
+    float *scales = malloc(sizeof(float) * (size_t)(n_slots ? n_slots : 1));
+    if (!ranks || !scales) { free(ranks); free(scales); return lorac_error(LORAC_STATUS_NOMEM, "out of memory"); }
+    float scale = lorac_lora_scale(params->alpha, params->r, params->rslora);
+    for (int32_t l = 0; l < config->n_layers; l++)
+        for (int t = 0; t < LORAC_LORA_COUNT; t++) {
+            int on = (!params->layers || params->layers[l]) && (params->targets >> t & 1u);
+            ranks[l * LORAC_LORA_COUNT + t] = on ? params->r : 0;
+            scales[l * LORAC_LORA_COUNT + t] = scale;
+        }
+    s = lorac_adapter_alloc_ranks(config, params, ranks, scales, out);
+    free(ranks); free(scales);
+    return s;
 }
 
 lorac_status_t lorac_adapter_init(const lorac_model_config_t *config, const lorac_lora_params_t *params,

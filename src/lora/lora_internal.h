@@ -16,6 +16,13 @@ struct lorac_adapter {
 /* Allocates modules with A = B = 0 for every selected (layer, target). */
 lorac_status_t lorac_adapter_alloc(const lorac_model_config_t *config, const lorac_lora_params_t *params,
                                    lorac_adapter_t **out);
+/* The same with a rank and a scale per slot (n_layers * LORAC_LORA_COUNT,
+ * layer-major; rank 0 = not adapted), for adapters whose modules differ
+ * (PEFT's rank_pattern / alpha_pattern). params->r and alpha stay the
+ * adapter's defaults; params->targets and layers become the union of the
+ * adapted slots. */
+lorac_status_t lorac_adapter_alloc_ranks(const lorac_model_config_t *config, const lorac_lora_params_t *params,
+                                         const int32_t *ranks, const float *scales, lorac_adapter_t **out);
 void lorac_lora_target_dims(const lorac_model_config_t *c, lorac_lora_target_t t, int32_t *in, int32_t *out);
 float lorac_lora_scale(float alpha, int32_t r, bool rslora);
 /* Target index of a PEFT module name of `len` bytes, or -1. */
