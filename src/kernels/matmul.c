@@ -7,6 +7,7 @@
  * are bit-identical for any thread count on the same instruction-set path. */
 #include "kernels_internal.h"
 
+#include <omp.h>
 #include <string.h>
 
 /* ---- portable reference path ---------------------------------------------- */
@@ -192,5 +193,74 @@ void lorac_convert_to_f32(float *dst, const void *src, lorac_dtype_t dtype, int6
         int64_t i0 = i * chunk, i1 = i0 + chunk < n ? i0 + chunk : n;
         if (i0 < i1)
             ops->convert(dst + i0, (const char *)src + (size_t)i0 * esize, dtype, i1 - i0);
+    }
+}
+
+/* ---- LoRA: the low-rank terms, on the same block kernels --------------------
+ * The expand y += s·u·Bᵀ has a tiny inner dimension (the rank), where a plain
+ * dot loop stays scalar; as a matmul with K = r the SIMD block kernel does it
+ * about 5x faster. Its result goes through a small stack tile, then is added
+ * to y, so y keeps whatever the base matmul put there. */
+#define EXPAND_COLS 256
+#define EXPAND_ROWS 16
+
+/* y[t, c0..c0+width) += s · u[t]·B[c0..c0+width)ᵀ for t < T. */
+static void expand_columns(const lorac_kernel_ops_t *ops, float *y, const float *u, const float *b, float s,
+                           int64_t T, int64_t N, int64_t R, int64_t c0, int64_t width) {
+    float tile[EXPAND_ROWS * EXPAND_COLS];
+    for (int64_t t0 = 0; t0 < T; t0 += EXPAND_ROWS) {
+        int64_t rows = T - t0 < EXPAND_ROWS ? T - t0 : EXPAND_ROWS;
+        ops->matmul_fwd(tile, u + t0 * R, b + c0 * R, LORAC_DTYPE_F32, NULL, rows, R, width, 0, width);
+        for (int64_t t = 0; t < rows; t++) {
+            float *yt = y + (t0 + t) * N + c0;
+            const float *tt = tile + t * width;
+            for (int64_t n = 0; n < width; n++) yt[n] += s * tt[n];
+        }
+    }
+}
+
+void lorac_lora_expand_forward(float *y, const float *u, const float *b, float s, int64_t T, int64_t N, int64_t R) {
+    if (T == 0 || N == 0) return;
+    const lorac_kernel_ops_t *ops = lorac_kernels_ops();
+    int64_t n_chunks = (N + EXPAND_COLS - 1) / EXPAND_COLS;
+    int nt = lorac_kernels_threads_for(T * R * N, n_chunks);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t c = 0; c < n_chunks; c++) {
+        int64_t c0 = c * EXPAND_COLS, width = N - c0 < EXPAND_COLS ? N - c0 : EXPAND_COLS;
+        expand_columns(ops, y, u, b, s, T, N, R, c0, width);
+    }
+}
+
+/* One parallel region for all segments: shrink splits each segment's r
+ * columns of u over the threads, expand each segment's output columns, both
+ * with `omp for nowait` (segments write disjoint rows), and one barrier in
+ * between because expand reads all of u. */
+void lorac_lora_sgmv(float *y, float *u, const float *x, const lorac_lora_segment_t *segs, int32_t n_segs,
+                     int64_t in, int64_t out) {
+    const lorac_kernel_ops_t *ops = lorac_kernels_ops();
+    int64_t work = 0;
+    for (int32_t g = 0; g < n_segs; g++) work += segs[g].len * segs[g].r * (in + out);
+    int64_t n_chunks = (out + EXPAND_COLS - 1) / EXPAND_COLS;
+    int nt = lorac_kernels_threads_for(work, n_chunks);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+        for (int32_t g = 0; g < n_segs; g++) {
+            const lorac_lora_segment_t *sg = &segs[g];
+            int64_t n0 = sg->r * tid / nth, n1 = sg->r * (tid + 1) / nth;
+            if (n0 < n1)
+                ops->matmul_fwd(u + sg->u_offset, x + sg->start * in, sg->A, LORAC_DTYPE_F32, NULL, sg->len, in,
+                                sg->r, n0, n1);
+        }
+#pragma omp barrier
+        for (int32_t g = 0; g < n_segs; g++) {
+            const lorac_lora_segment_t *sg = &segs[g];
+#pragma omp for schedule(static) nowait
+            for (int64_t c = 0; c < n_chunks; c++) {
+                int64_t c0 = c * EXPAND_COLS, width = out - c0 < EXPAND_COLS ? out - c0 : EXPAND_COLS;
+                expand_columns(ops, y + sg->start * out, u + sg->u_offset, sg->B, sg->scale, sg->len, out, sg->r,
+                               c0, width);
+            }
+        }
     }
 }

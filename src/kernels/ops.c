@@ -97,57 +97,6 @@ void lorac_attention_forward(float *out, float *scratch, const float *q,
     }
 }
 
-// y is (T,N), u is (T,R), b is (N,R). y += s * u·bᵀ. R is small (the LoRA
-// rank), so each output is a short dot product; threads split the rows of y.
-LORAC_MULTIVERSION
-void lorac_lora_expand_forward(float *y, const float *u, const float *b, float s, int64_t T, int64_t N, int64_t R) {
-    int n_threads = lorac_kernels_get_threads();
-    #pragma omp parallel for num_threads(n_threads) schedule(static) if (T * N * R > 32768)
-    for (int64_t tn = 0; tn < T * N; tn++) {
-        int64_t t = tn / N, n = tn % N;
-        const float *ut = u + t * R, *bn = b + n * R;
-        float acc = 0.0f;
-        for (int64_t k = 0; k < R; k++) acc += ut[k] * bn[k];
-        y[tn] += s * acc;
-    }
-}
-
-// Both phases split each segment's work over the threads with `omp for
-// nowait`: segments write disjoint rows, so no thread waits on another until
-// the barrier between shrink and expand. In decode each segment is a handful
-// of rows, so the dots run straight from A's and B's rows (memory-bound, as
-// the base GEMV is); long prompt segments reuse each A row across the rows.
-LORAC_MULTIVERSION
-void lorac_lora_sgmv(float *y, float *u, const float *x, const lorac_lora_segment_t *segs, int32_t n_segs,
-                     int64_t in, int64_t out) {
-    int64_t work = 0;
-    for (int32_t g = 0; g < n_segs; g++) work += segs[g].len * segs[g].r * (in + out);
-    int n_threads = lorac_kernels_get_threads();
-    #pragma omp parallel num_threads(n_threads) if (work > 65536)
-    {
-        for (int32_t g = 0; g < n_segs; g++) {
-            const lorac_lora_segment_t *sg = &segs[g];
-            float *ug = u + sg->u_offset;
-            #pragma omp for schedule(static) nowait
-            for (int64_t j = 0; j < sg->r; j++) {
-                const float *aj = sg->A + j * in;
-                for (int64_t t = 0; t < sg->len; t++) ug[t * sg->r + j] = dot_f32(x + (sg->start + t) * in, aj, in);
-            }
-        }
-        #pragma omp barrier
-        for (int32_t g = 0; g < n_segs; g++) {
-            const lorac_lora_segment_t *sg = &segs[g];
-            const float *ug = u + sg->u_offset;
-            #pragma omp for schedule(static) nowait
-            for (int64_t o = 0; o < out; o++) {
-                const float *bo = sg->B + o * sg->r;
-                for (int64_t t = 0; t < sg->len; t++)
-                    y[(sg->start + t) * out + o] += sg->scale * dot_f32(ug + t * sg->r, bo, sg->r);
-            }
-        }
-    }
-}
-
 void lorac_scale(float *x, float s, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] *= s;
 }
