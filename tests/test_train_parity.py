@@ -2,7 +2,8 @@
 same token batches, lorac's per-step losses and every A and B after 3 AdamW
 steps (with weight decay, clipping, a warmup+linear schedule, gradient
 accumulation, rsLoRA) agree with a float64 PyTorch reference built on
-tests/reference/hf_model.py's forward, to <= 1e-4 relative.
+tests/reference/hf_model.py's forward, to <= 1e-4 relative. `--full` runs
+are checked the same way on every weight's update.
 
 The reference folds each adapter into its projection, W + s * B @ A, with A
 and B as autograd leaves: the same function as the unmerged forward.
@@ -139,6 +140,75 @@ def run_case(name, shape, arch, tie, bias, targets, r, alpha, rslora, steps, bat
                               f"max rel {worst_loss:.2e}; A/B max rel {worst_w:.2e} ({worst_name})"))
 
 
+def run_full_case(name, shape, tie, bias, steps, batch, seq, lr, wd, clip, seed):
+    """`train --full`: every weight trained from f32 master copies. The final
+    model's updates W_final - W_init must match float64 torch AdamW on all
+    weights (embeddings, norms, biases, projections, head)."""
+    d = os.path.join(TMP, f"train-parity-{name}")
+    os.makedirs(d, exist_ok=True)
+    c, w = hf_model.make_random_model(os.path.join(d, "model"), shape, tie=tie, bias=bias, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    V = c["vocab_size"]
+    rows = []
+    with open(os.path.join(d, "data.jsonl"), "w") as f:
+        for i in range(steps * batch):
+            n = 5 + int(torch.randint(0, seq - 4, (1,), generator=g))
+            ids = torch.randint(0, V, (n,), generator=g).tolist()
+            rows.append(ids)
+            f.write(json.dumps({"input_ids": ids, "labels": ids}) + "\n")
+    out = os.path.join(d, "out")
+    args = [LORAC, "train", "--full", "-m", os.path.join(d, "model"), "--data", os.path.join(d, "data.jsonl"),
+            "--format", "tokens", "-o", out, "--no-shuffle", "--steps", str(steps), "--batch", str(batch),
+            "--seq", str(seq), "--lr", str(lr), "--weight-decay", str(wd), "--clip", str(clip),
+            "--schedule", "constant", "--eps", "1e-3", "-t", "2"]
+    p = subprocess.run(args, capture_output=True, text=True)
+    if p.returncode != 0:
+        results.append((name, False, "lorac train --full failed: " + p.stderr[-500:]))
+        return
+    got_losses = [json.loads(line)["loss"] for line in open(os.path.join(out, "metrics.jsonl"))]
+    got = hf_model.load_safetensors(os.path.join(out, "model.safetensors"))
+
+    params = {k: v.to(torch.float64).clone().requires_grad_(True) for k, v in w.items()}
+    # eps 1e-3: with thousands of weights some gradients are near any small
+    # eps, and there Adam's first update g / (|g| + eps) turns the last bits
+    # of an f32 gradient into a visibly different step (seen: g = 4e-7 with
+    # eps 1e-6). A larger eps keeps every element well-conditioned; the
+    # optimizer code is the one the LoRA cases check at eps 1e-8.
+    opt = torch.optim.AdamW(list(params.values()), lr=lr, betas=(0.9, 0.999), eps=1e-3, weight_decay=wd)
+    ref_losses = []
+    for s in range(steps):
+        opt.zero_grad()
+        total, count = 0.0, 0
+        for b in range(batch):
+            ids = rows[s * batch + b]
+            logits = hf_model.llama_forward(params, c, ids)
+            for t in range(len(ids) - 1):
+                total = total + torch.logsumexp(logits[t], 0) - logits[t, ids[t + 1]]
+                count += 1
+        loss = total / count
+        loss.backward()
+        ref_losses.append(loss.item())
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(list(params.values()), clip)
+        opt.step()
+
+    worst_loss = max(abs(a - b) / abs(b) for a, b in zip(got_losses, ref_losses))
+    worst_w, worst_name = 0.0, ""
+    for k, ref in params.items():
+        if k not in got:
+            results.append((name, False, f"{k} missing from the trained model"))
+            return
+        upd_ref = ref.detach() - w[k].to(torch.float64)
+        upd_got = got[k].to(torch.float64) - w[k].to(torch.float64)
+        diff = (upd_got - upd_ref).abs().max().item() / max(upd_ref.abs().max().item(), 1e-30)
+        if diff > worst_w:
+            worst_w, worst_name = diff, k
+    # updates are differences of f32 weights, so 1e-7 of |W| is their floor
+    ok = len(got_losses) == steps and worst_loss <= 1e-4 and worst_w <= 5e-4
+    results.append((name, ok, f"losses {['%.5f' % x for x in got_losses]} vs {['%.5f' % x for x in ref_losses]}: "
+                              f"max rel {worst_loss:.2e}; weight updates max rel {worst_w:.2e} ({worst_name})"))
+
+
 def main():
     torch.set_num_threads(2)
     gqa = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -151,6 +221,8 @@ def main():
                 vocab_size=53)
     run_case("qwen2-mlp", qwen, "qwen2", False, False, ["gate_proj", "up_proj", "down_proj", "o_proj"], 2, 4, False, 3, 2,
              1, 10, 2e-2, 0.1, 0.0, "constant", 0, 3)
+    run_full_case("full-gqa-bias", gqa, False, True, 3, 2, 12, 1e-2, 0.01, 1.0, 4)
+    run_full_case("full-tied", gqa, True, False, 2, 2, 10, 5e-3, 0.0, 0.0, 5)
     passed = sum(1 for _, ok, _ in results if ok)
     for name, ok, msg in results:
         print(f"{'ok  ' if ok else 'FAIL'} {name}: {msg}")
