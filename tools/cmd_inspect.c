@@ -1,5 +1,7 @@
 /* lorac inspect: architecture, parameter count, dtypes and tensors of a
- * model directory or a single safetensors file. */
+ * model directory or a single safetensors file; for a PEFT adapter
+ * directory its targets, ranks, parameter counts and the singular values of
+ * each module's update s·B·A. */
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,13 +9,21 @@
 #include <sys/stat.h>
 
 #include "cli.h"
+#include "lorac/lora.h"
 #include "lorac/model.h"
 #include "lorac/safetensors.h"
 
 static const char *k_usage =
-    "usage: lorac inspect PATH [--json]\n"
-    "  PATH is a model directory (config.json + safetensors) or a .safetensors file.\n"
-    "  Prints the architecture, parameter count, dtypes and the tensor list.\n";
+    "usage: lorac inspect PATH [-m MODEL] [--json]\n"
+    "  PATH is a model directory (config.json + safetensors), a .safetensors file, or a PEFT adapter\n"
+    "  directory (adapter_config.json + adapter_model.safetensors).\n"
+    "  A model: the architecture, parameter count, dtypes and the tensor list.\n"
+    "  An adapter: targets, layers, r, alpha and scaling (per module with rank_pattern/alpha_pattern),\n"
+    "  trainable parameters r*(in+out) per module kind against in*out, and per module the singular values\n"
+    "  of s*B*A: sigma_1, sigma_r and the effective rank (how many singular values hold 99%% of the sum of\n"
+    "  sigma^2). With -m MODEL the adapter is checked against the model and compared with its parameter\n"
+    "  count and weight size; without it the sizes come from the tensors.\n"
+    "  --json prints the same as JSON.\n";
 
 static void shape_text(const lorac_tensor_view_t *t, char *buf, size_t cap) {
     size_t k = (size_t)snprintf(buf, cap, "[");
@@ -22,18 +32,32 @@ static void shape_text(const lorac_tensor_view_t *t, char *buf, size_t cap) {
     if (k < cap) snprintf(buf + k, cap - k, "]");
 }
 
+static int inspect_model(const char *path, int json);
+static int inspect_adapter(const char *path, const char *model_dir, int json);
+
 int cmd_inspect(int argc, char **argv) {
-    const char *path = NULL;
+    const char *path = NULL, *model = NULL;
     int json = 0;
     for (int i = 1; i < argc; i++) {
         if (cli_is_help(argv[i])) { fputs(k_usage, stdout); return 0; }
         else if (!strcmp(argv[i], "--json")) json = 1;
+        else if (!strcmp(argv[i], "-m") || !strcmp(argv[i], "--model")) model = cli_value(argc, argv, &i, "inspect");
         else if (argv[i][0] == '-') cli_usage_error("inspect", "unknown option '%s'", argv[i]);
         else if (!path) path = argv[i];
         else cli_usage_error("inspect", "only one PATH");
     }
     if (!path) cli_usage_error("inspect", "PATH is required");
+    char *adapter_cfg = lorac_path_join(path, "adapter_config.json");
+    if (!adapter_cfg) cli_die("out of memory");
+    struct stat ast;
+    int is_adapter = stat(adapter_cfg, &ast) == 0;
+    free(adapter_cfg);
+    if (is_adapter) return inspect_adapter(path, model, json);
+    if (model) cli_usage_error("inspect", "-m MODEL goes with an adapter directory (PATH holds no adapter_config.json)");
+    return inspect_model(path, json);
+}
 
+static int inspect_model(const char *path, int json) {
     struct stat st;
     if (stat(path, &st) != 0) cli_die("%s: no such file or directory", path);
     int is_dir = S_ISDIR(st.st_mode);
@@ -116,5 +140,267 @@ int cmd_inspect(int argc, char **argv) {
         }
     }
     lorac_weight_files_free(wf);
+    return 0;
+}
+
+/* ---- adapters ----------------------------------------------------------- */
+
+/* Per module kind (q_proj, ...): how many modules, their ranks, r·(in+out)
+ * and in·out. */
+typedef struct {
+    int32_t count, r_min, r_max;
+    int64_t n_params, n_dense;
+} kind_stats_t;
+
+typedef struct {
+    const char *path;
+    cJSON *cfg;                    /* adapter_config.json as written */
+    lorac_adapter_t *adapter;
+    int have_model;
+    lorac_model_config_t mc;       /* with -m */
+    int64_t base_params, base_bytes, file_bytes;
+    int32_t n_layers;              /* the model's, or the adapter's last layer + 1 */
+    kind_stats_t kinds[LORAC_LORA_COUNT];
+    int64_t n_params, n_dense;
+    int32_t r_min, r_max;
+    float alpha_min, alpha_max, scale_min, scale_max;
+    double **sv;                   /* per module: r singular values of s·B·A, descending */
+    int32_t *eff_rank;
+} adapter_report_t;
+
+static void module_label(const lorac_lora_module_t *m, char *buf, size_t cap) {
+    snprintf(buf, cap, "layers.%d.%s.%s", m->layer, m->target <= LORAC_LORA_O ? "self_attn" : "mlp", lorac_lora_target_name(m->target));
+}
+
+static const char *bytes_text(int64_t n, char *buf, size_t cap) {
+    if (n >= 1000000000) snprintf(buf, cap, "%.2f GB", (double)n / 1e9);
+    else if (n >= 1000000) snprintf(buf, cap, "%.2f MB", (double)n / 1e6);
+    else if (n >= 1000) snprintf(buf, cap, "%.1f KB", (double)n / 1e3);
+    else snprintf(buf, cap, "%lld B", (long long)n);
+    return buf;
+}
+
+/* "0-3,7" of the layers that have at least one module. */
+static void layers_text(const adapter_report_t *rp, char *buf, size_t cap) {
+    uint8_t *on = calloc((size_t)rp->n_layers + 1, 1);
+    if (!on) cli_die("out of memory");
+    for (int32_t i = 0; i < lorac_adapter_n_modules(rp->adapter); i++) on[lorac_adapter_module(rp->adapter, i)->layer] = 1;
+    size_t k = 0;
+    buf[0] = '\0';
+    for (int32_t l = 0; l < rp->n_layers && k < cap; l++) {
+        if (!on[l] || (l > 0 && on[l - 1])) continue;
+        int32_t e = l;
+        while (e + 1 < rp->n_layers && on[e + 1]) e++;
+        k += (size_t)snprintf(buf + k, cap - k, e > l ? "%s%d-%d" : "%s%d", k ? "," : "", l, e);
+    }
+    free(on);
+}
+
+static void load_model_side(adapter_report_t *rp, const char *model_dir) {
+    char *cfg_path = lorac_path_join(model_dir, "config.json");
+    if (!cfg_path) cli_die("out of memory");
+    size_t len;
+    char *text = cli_read_file(cfg_path, &len);
+    cli_check(lorac_model_config_parse(text, len, cfg_path, &rp->mc));
+    free(text);
+    free(cfg_path);
+    lorac_weight_files_t *wf;
+    cli_check(lorac_weight_files_open(model_dir, &wf));
+    for (int64_t i = 0; i < lorac_weight_files_count(wf); i++) {
+        const lorac_tensor_view_t *t = lorac_weight_files_get(wf, i);
+        rp->base_params += t->n_elements;
+        rp->base_bytes += (int64_t)t->nbytes;
+    }
+    lorac_weight_files_free(wf);
+    rp->have_model = 1;
+}
+
+static void gather_stats(adapter_report_t *rp) {
+    const lorac_lora_params_t *p = lorac_adapter_params(rp->adapter);
+    int32_t n = lorac_adapter_n_modules(rp->adapter);
+    rp->sv = calloc((size_t)n + 1, sizeof *rp->sv);
+    rp->eff_rank = calloc((size_t)n + 1, sizeof *rp->eff_rank);
+    if (!rp->sv || !rp->eff_rank) cli_die("out of memory");
+    for (int32_t i = 0; i < n; i++) {
+        const lorac_lora_module_t *m = lorac_adapter_module(rp->adapter, i);
+        kind_stats_t *k = &rp->kinds[m->target];
+        int64_t np = (int64_t)m->r * (m->in + m->out), nd = (int64_t)m->in * m->out;
+        float alpha = lorac_lora_module_alpha(m, p->rslora);
+        k->r_min = k->count && k->r_min < m->r ? k->r_min : m->r;
+        k->r_max = k->count && k->r_max > m->r ? k->r_max : m->r;
+        k->count++;
+        k->n_params += np;
+        k->n_dense += nd;
+        rp->n_params += np;
+        rp->n_dense += nd;
+        rp->r_min = i && rp->r_min < m->r ? rp->r_min : m->r;
+        rp->r_max = i && rp->r_max > m->r ? rp->r_max : m->r;
+        rp->alpha_min = i && rp->alpha_min < alpha ? rp->alpha_min : alpha;
+        rp->alpha_max = i && rp->alpha_max > alpha ? rp->alpha_max : alpha;
+        rp->scale_min = i && rp->scale_min < m->scale ? rp->scale_min : m->scale;
+        rp->scale_max = i && rp->scale_max > m->scale ? rp->scale_max : m->scale;
+        if (!rp->have_model && m->layer + 1 > rp->n_layers) rp->n_layers = m->layer + 1;
+    }
+}
+
+static void load_report(adapter_report_t *rp, const char *path, const char *model_dir) {
+    memset(rp, 0, sizeof *rp);
+    rp->path = path;
+    if (model_dir) load_model_side(rp, model_dir);
+    cli_check(lorac_adapter_load(path, rp->have_model ? &rp->mc : NULL, &rp->adapter));
+    char *cfg_path = lorac_path_join(path, "adapter_config.json"), *st_path = lorac_path_join(path, "adapter_model.safetensors");
+    if (!cfg_path || !st_path) cli_die("out of memory");
+    size_t len;
+    char *text = cli_read_file(cfg_path, &len);
+    rp->cfg = cJSON_ParseWithLength(text, len); /* loaded above, so it parses */
+    free(text);
+    struct stat st;
+    if (stat(st_path, &st) == 0) rp->file_bytes = (int64_t)st.st_size;
+    free(cfg_path);
+    free(st_path);
+    if (rp->have_model) rp->n_layers = rp->mc.n_layers;
+    gather_stats(rp);
+}
+
+static void free_report(adapter_report_t *rp) {
+    for (int32_t i = 0; rp->sv && i < lorac_adapter_n_modules(rp->adapter); i++) free(rp->sv[i]);
+    free(rp->sv);
+    free(rp->eff_rank);
+    lorac_adapter_free(rp->adapter);
+    cJSON_Delete(rp->cfg);
+}
+
+static const char *cfg_string(const adapter_report_t *rp, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(rp->cfg, key);
+    return cJSON_IsString(v) ? v->valuestring : "";
+}
+
+static void print_range_f(const char *what, float lo, float hi, const char *per) {
+    if (lo == hi) printf("  %-14s %g\n", what, (double)lo);
+    else printf("  %-14s %g..%g per module (%s)\n", what, (double)lo, (double)hi, per);
+}
+
+static void print_adapter_text(const adapter_report_t *rp) {
+    const lorac_lora_params_t *p = lorac_adapter_params(rp->adapter);
+    char buf[1024], b1[32], b2[32];
+    printf("%s  (PEFT LoRA adapter)\n", rp->path);
+    if (*cfg_string(rp, "base_model_name_or_path")) printf("  base model     %s\n", cfg_string(rp, "base_model_name_or_path"));
+    if (rp->have_model)
+        printf("  fits the model (hidden %d, intermediate %d, %d layers, %d heads, %d kv heads)\n", rp->mc.hidden_size,
+               rp->mc.intermediate_size, rp->mc.n_layers, rp->mc.n_heads, rp->mc.n_kv_heads);
+    else
+        printf("  sizes from the tensors (-m MODEL checks the adapter against a model)\n");
+    size_t k = 0;
+    buf[0] = '\0';
+    for (int t = 0; t < LORAC_LORA_COUNT; t++)
+        if (rp->kinds[t].count) k += (size_t)snprintf(buf + k, sizeof buf - k, "%s%s", k ? ", " : "", lorac_lora_target_name((lorac_lora_target_t)t));
+    printf("  targets        %s\n", buf);
+    layers_text(rp, buf, sizeof buf);
+    printf("  layers         %s (of %d)\n", buf, rp->n_layers);
+    if (rp->r_min == rp->r_max) printf("  r              %d\n", rp->r_min);
+    else printf("  r              %d..%d per module (rank_pattern; default %d)\n", rp->r_min, rp->r_max, p->r);
+    print_range_f("alpha", rp->alpha_min, rp->alpha_max, "alpha_pattern");
+    printf("  scaling        %s", p->rslora ? "alpha/sqrt(r) (rsLoRA)" : "alpha/r");
+    if (rp->scale_min == rp->scale_max) printf(" = %g\n", (double)rp->scale_min);
+    else printf(" = %g..%g per module\n", (double)rp->scale_min, (double)rp->scale_max);
+    printf("  modules        %d\n", lorac_adapter_n_modules(rp->adapter));
+    printf("  trainable parameters, r*(in+out) against in*out of the adapted matrices:\n");
+    printf("    %-10s %6s %14s %14s %9s\n", "module", "count", "r*(in+out)", "in*out", "ratio");
+    for (int t = 0; t < LORAC_LORA_COUNT; t++) {
+        const kind_stats_t *ks = &rp->kinds[t];
+        if (!ks->count) continue;
+        printf("    %-10s %6d %14lld %14lld %8.3f%%", lorac_lora_target_name((lorac_lora_target_t)t), ks->count,
+               (long long)ks->n_params, (long long)ks->n_dense, 100.0 * (double)ks->n_params / (double)ks->n_dense);
+        if (ks->r_min == ks->r_max) printf("  (r=%d)\n", ks->r_min);
+        else printf("  (r=%d..%d)\n", ks->r_min, ks->r_max);
+    }
+    printf("    %-10s %6d %14lld %14lld %8.3f%%\n", "total", lorac_adapter_n_modules(rp->adapter), (long long)rp->n_params,
+           (long long)rp->n_dense, 100.0 * (double)rp->n_params / (double)rp->n_dense);
+    if (rp->have_model) {
+        printf("  of the base    %.4f%% of its %lld parameters\n", 100.0 * (double)rp->n_params / (double)rp->base_params,
+               (long long)rp->base_params);
+        printf("  file size      %s (adapter_model.safetensors) vs %s of base weights (%.3f%%)\n", bytes_text(rp->file_bytes, b1, sizeof b1),
+               bytes_text(rp->base_bytes, b2, sizeof b2), 100.0 * (double)rp->file_bytes / (double)rp->base_bytes);
+    } else {
+        printf("  file size      %s (adapter_model.safetensors)\n", bytes_text(rp->file_bytes, b1, sizeof b1));
+    }
+    printf("  per module:\n    %-28s %5s %5s %9s %9s %9s\n", "module", "in", "out", "r", "alpha", "scale");
+    for (int32_t i = 0; i < lorac_adapter_n_modules(rp->adapter); i++) {
+        const lorac_lora_module_t *m = lorac_adapter_module(rp->adapter, i);
+        module_label(m, buf, sizeof buf);
+        printf("    %-28s %5d %5d %9d %9g %9g\n", buf, m->in, m->out, m->r, (double)lorac_lora_module_alpha(m, p->rslora),
+               (double)m->scale);
+    }
+}
+
+static void print_adapter_json(const adapter_report_t *rp) {
+    const lorac_lora_params_t *p = lorac_adapter_params(rp->adapter);
+    cJSON *root = cJSON_CreateObject();
+    char buf[1024];
+    cJSON_AddStringToObject(root, "path", rp->path);
+    cJSON_AddStringToObject(root, "kind", "lora_adapter");
+    cJSON_AddStringToObject(root, "base_model_name_or_path", cfg_string(rp, "base_model_name_or_path"));
+    cJSON_AddBoolToObject(root, "checked_against_model", rp->have_model);
+    cJSON *targets = cJSON_AddArrayToObject(root, "targets");
+    for (int t = 0; t < LORAC_LORA_COUNT; t++)
+        if (rp->kinds[t].count) cJSON_AddItemToArray(targets, cJSON_CreateString(lorac_lora_target_name((lorac_lora_target_t)t)));
+    layers_text(rp, buf, sizeof buf);
+    cJSON_AddStringToObject(root, "layers", buf);
+    cJSON_AddNumberToObject(root, "n_layers", rp->n_layers);
+    cJSON_AddNumberToObject(root, "r", p->r);
+    cJSON_AddNumberToObject(root, "r_min", rp->r_min);
+    cJSON_AddNumberToObject(root, "r_max", rp->r_max);
+    cJSON_AddNumberToObject(root, "lora_alpha", p->alpha);
+    cJSON_AddBoolToObject(root, "use_rslora", p->rslora);
+    cJSON_AddNumberToObject(root, "n_modules", lorac_adapter_n_modules(rp->adapter));
+    cJSON_AddNumberToObject(root, "n_params", (double)rp->n_params);
+    cJSON_AddNumberToObject(root, "n_adapted_params", (double)rp->n_dense);
+    cJSON_AddNumberToObject(root, "params_ratio", (double)rp->n_params / (double)rp->n_dense);
+    cJSON_AddNumberToObject(root, "file_bytes", (double)rp->file_bytes);
+    if (rp->have_model) {
+        cJSON_AddNumberToObject(root, "base_params", (double)rp->base_params);
+        cJSON_AddNumberToObject(root, "base_params_fraction", (double)rp->n_params / (double)rp->base_params);
+        cJSON_AddNumberToObject(root, "base_weight_bytes", (double)rp->base_bytes);
+    }
+    cJSON *kinds = cJSON_AddObjectToObject(root, "module_kinds");
+    for (int t = 0; t < LORAC_LORA_COUNT; t++) {
+        const kind_stats_t *ks = &rp->kinds[t];
+        if (!ks->count) continue;
+        cJSON *o = cJSON_AddObjectToObject(kinds, lorac_lora_target_name((lorac_lora_target_t)t));
+        cJSON_AddNumberToObject(o, "count", ks->count);
+        cJSON_AddNumberToObject(o, "r_min", ks->r_min);
+        cJSON_AddNumberToObject(o, "r_max", ks->r_max);
+        cJSON_AddNumberToObject(o, "n_params", (double)ks->n_params);
+        cJSON_AddNumberToObject(o, "n_adapted_params", (double)ks->n_dense);
+    }
+    cJSON *mods = cJSON_AddArrayToObject(root, "modules");
+    for (int32_t i = 0; i < lorac_adapter_n_modules(rp->adapter); i++) {
+        const lorac_lora_module_t *m = lorac_adapter_module(rp->adapter, i);
+        cJSON *o = cJSON_CreateObject();
+        module_label(m, buf, sizeof buf);
+        cJSON_AddStringToObject(o, "name", buf);
+        cJSON_AddNumberToObject(o, "layer", m->layer);
+        cJSON_AddStringToObject(o, "target", lorac_lora_target_name(m->target));
+        cJSON_AddNumberToObject(o, "r", m->r);
+        cJSON_AddNumberToObject(o, "alpha", lorac_lora_module_alpha(m, p->rslora));
+        cJSON_AddNumberToObject(o, "scale", m->scale);
+        cJSON_AddNumberToObject(o, "in", m->in);
+        cJSON_AddNumberToObject(o, "out", m->out);
+        cJSON_AddNumberToObject(o, "n_params", (double)m->r * (m->in + m->out));
+        cJSON_AddItemToArray(mods, o);
+    }
+    char *s = cJSON_Print(root);
+    if (!s) cli_die("out of memory");
+    puts(s);
+    free(s);
+    cJSON_Delete(root);
+}
+
+static int inspect_adapter(const char *path, const char *model_dir, int json) {
+    adapter_report_t rp;
+    load_report(&rp, path, model_dir);
+    if (json) print_adapter_json(&rp);
+    else print_adapter_text(&rp);
+    free_report(&rp);
     return 0;
 }

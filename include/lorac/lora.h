@@ -90,7 +90,10 @@ int64_t lorac_adapter_n_params(const lorac_adapter_t *adapter);
 
 /* Writes OUT/adapter_config.json and OUT/adapter_model.safetensors in
  * PEFT's format (creating OUT), each atomically. base_model names the base
- * in base_model_name_or_path. */
+ * in base_model_name_or_path. Modules whose r or alpha differ from the
+ * adapter's defaults get rank_pattern / alpha_pattern entries; a set of
+ * modules that is not (targets x layers) is written as a list of full
+ * module names in target_modules. */
 lorac_status_t lorac_adapter_save(const lorac_adapter_t *adapter, const char *dir, const char *base_model);
 /* Reads a PEFT adapter directory (adapter_config.json +
  * adapter_model.safetensors) written by lorac, PEFT or other tools, and

@@ -290,7 +290,7 @@ static lorac_status_t refuse_unsupported(const peft_config_t *pc) {
                            cJSON_IsString(v) ? v->valuestring : "(not a string)");
     v = cJSON_GetObjectItemCaseSensitive(o, "bias");
     if (v && !cJSON_IsNull(v) && (!cJSON_IsString(v) || strcmp(v->valuestring, "none") != 0))
-        return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: bias training (\"bias\": %s) is not supported, only \"none\"", pc->label,
+        return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: bias training (\"bias\": \"%s\") is not supported, only \"none\"", pc->label,
                            cJSON_IsString(v) ? v->valuestring : "(not a string)");
     /* these initialisations subtract the initial B·A from the base weights,
      * so the saved A and B only mean something on that rewritten base */
