@@ -227,6 +227,56 @@ def round_trip_cases(model, c, w, ids, base_ref, want):
         compare(name, got, ref, base_ref, note)
 
 
+def inspect_cases(model, c, w, want):
+    """`lorac inspect ADAPTER [-m MODEL] --json` against the reference's view
+    of the adapter: per module r, alpha, scale, sizes; parameter counts; the
+    base's share and file sizes."""
+    for name in ["rank-alpha-pattern", "rslora-patterns", "layers-list-pattern"]:
+        case = "inspect-" + name
+        if want and case not in want:
+            continue
+        d = os.path.join(TMP, "adapters", name)
+        if not os.path.isdir(d):
+            write_variant(d, c, *VARIANTS[name], 500)
+        with open(os.path.join(d, "adapter_config.json")) as f:
+            settings = pr.module_settings(json.load(f), c)
+        shapes = hm.tensor_shapes(c)
+        problems = []
+        for args in (["-m", model], []):
+            rc, out, err = run_lorac(["inspect", d, "--json"] + args)
+            if rc != 0:
+                problems.append(f"inspect {' '.join(args)} exited {rc}: {err.strip()[-500:]}")
+                continue
+            j = json.loads(out)
+            got = {"model." + m["name"]: m for m in j["modules"]}
+            if set(got) != set(settings):
+                problems.append(f"modules differ: {sorted(set(got) ^ set(settings))}")
+                continue
+            n_params = n_dense = 0
+            for mod, (r, alpha, scale) in settings.items():
+                o, i = shapes[mod + ".weight"]
+                m = got[mod]
+                n_params += r * (i + o)
+                n_dense += i * o
+                if (m["r"], m["in"], m["out"]) != (r, i, o) or abs(m["alpha"] - alpha) > 1e-5 * abs(alpha) \
+                        or abs(m["scale"] - scale) > 1e-6 * abs(scale):
+                    problems.append(f"{mod}: got r {m['r']} alpha {m['alpha']} scale {m['scale']} in {m['in']} "
+                                    f"out {m['out']}, expected {r} {alpha} {scale} {i} {o}")
+            if (j["n_params"], j["n_adapted_params"]) != (n_params, n_dense):
+                problems.append(f"n_params {j['n_params']}/{j['n_adapted_params']}, expected {n_params}/{n_dense}")
+            if j["file_bytes"] != os.path.getsize(os.path.join(d, "adapter_model.safetensors")):
+                problems.append("file_bytes is not the file's size")
+            if args:
+                base = sum(t.numel() for t in w.values())
+                if j["base_params"] != base or abs(j["base_params_fraction"] - n_params / base) > 1e-12:
+                    problems.append(f"base_params {j['base_params']} (expected {base})")
+        rc, out, err = run_lorac(["inspect", d])
+        if rc != 0 or "PEFT LoRA adapter" not in out or "total" not in out:
+            problems.append(f"text inspect exited {rc}: {err.strip()[-300:]}")
+        record(case, not problems, "; ".join(problems) if problems else
+               f"{len(settings)} modules: r, alpha, scale, sizes and parameter counts agree")
+
+
 def main():
     want = set(sys.argv[1:])
     os.makedirs(TMP, exist_ok=True)
@@ -238,6 +288,7 @@ def main():
     base_ref = hm.llama_forward(w, c, ids).numpy()
     variant_cases(model, c, w, ids, base_ref, want)
     round_trip_cases(model, c, w, ids, base_ref, want)
+    inspect_cases(model, c, w, want)
     npass = sum(1 for _, ok in results if ok)
     print(f"{npass} passed, {len(results) - npass} failed")
     return 1 if len(results) != npass or not results else 0
