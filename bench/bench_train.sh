@@ -2,9 +2,12 @@
 # bench/bench_train.sh — LoRA training tokens/s and peak RSS: lorac train vs
 # PyTorch doing the same step (r=8 on all seven projections, f32, batch 4 x
 # 256, 2 threads, AdamW), on the random 15M- and 110M-shaped models that
-# bench_generate.sh writes; then LoRA against --full on the 15M shape.
+# bench_generate.sh writes and a TinyLlama-1.1B-shaped one written here
+# (F32, 4.4 GB; batch 2 x 256 and 2 steps there, as a step takes tens of
+# seconds); then LoRA against --full on the 15M shape.
 # Not a test. Torch runs with Debian's OpenBLAS (OPENBLAS_CORETYPE=SkylakeX).
 # Usage: bench/bench_train.sh   (after `make build` and bench/bench_generate.sh)
+# Env:   MODELS ("s15m s110m s1b"), STEPS (4)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LORAC=${LORAC_BIN:-$PWD/build/lorac}
@@ -20,14 +23,20 @@ with open('$OUT/train-tokens.jsonl', 'w') as f:
 rss() { sed -n 's/.*Maximum resident set size (kbytes): \([0-9]*\).*/\1/p' "$1"; }
 echo "| model | lorac tokens/s | torch tokens/s | ratio | lorac peak RSS | torch peak RSS | RSS ratio |"
 echo "|---|---:|---:|---:|---:|---:|---:|"
-for m in s15m s110m; do
+for m in ${MODELS:-s15m s110m s1b}; do
   d=$OUT/$m-F32
+  mb=$B ms=$STEPS
+  if [ "$m" = s1b ]; then
+    mb=2; ms=2
+    [ -f "$d/model.safetensors" ] || /usr/bin/python3 tests/reference/hf_model.py "$d" --dim 2048 --hidden 5632 \
+      --layers 22 --heads 32 --kv-heads 4 --vocab 32000 --dtype F32 --std 0.02 --seed 1 >/dev/null
+  fi
   [ -d "$d" ] || { echo "missing $d: run bench/bench_generate.sh first" >&2; exit 1; }
   /usr/bin/time -v "$LORAC" train -m "$d" --data "$OUT/train-tokens.jsonl" --format tokens -o "$OUT/train-$m" \
-    --steps "$STEPS" --batch $B --seq $T --targets all-linear --r 8 -t 2 2> "$OUT/train-$m.err" >/dev/null
+    --steps "$ms" --batch $mb --seq $T --targets all-linear --r 8 -t 2 2> "$OUT/train-$m.err" >/dev/null
   lt=$(sed -n 's/^train: .* \([0-9.]*\) tokens\/s.*/\1/p' "$OUT/train-$m.err")
   LD_LIBRARY_PATH=$OB OPENBLAS_CORETYPE=SkylakeX /usr/bin/time -v /usr/bin/python3 bench/torch_train.py "$d" \
-    --batch $B --seq $T --steps "$STEPS" > "$OUT/torch-train-$m.json" 2> "$OUT/torch-train-$m.err"
+    --batch $mb --seq $T --steps "$ms" > "$OUT/torch-train-$m.json" 2> "$OUT/torch-train-$m.err"
   tt=$(/usr/bin/python3 -c "import json; print('%.1f' % json.load(open('$OUT/torch-train-$m.json'))['tokens_per_second'])")
   lr=$(rss "$OUT/train-$m.err"); tr=$(rss "$OUT/torch-train-$m.err")
   /usr/bin/python3 -c "print('| $m | $lt | $tt | %.2fx | %.0f MB | %.0f MB | %.2fx |' % ($lt / $tt, $lr / 1024, $tr / 1024, $lr / $tr))"
