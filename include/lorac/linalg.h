@@ -43,6 +43,14 @@ typedef struct {
 lorac_status_t lorac_svd_randomized(const lorac_linop_t *op, int64_t k, int64_t oversample, int32_t power_iters,
                                     uint64_t seed, double *U, double *S, double *V);
 
+/* SVD of the product B·A for B (out, r), A (r, in), without forming it:
+ * QR of B and Aᵀ, then the SVD of the small core. U (out, r), S (r),
+ * V (in, r) with B·A = U·diag(S)·Vᵀ, S descending; when r > min(out, in)
+ * the triplets past min(out, in) are zero (S, and the U and V columns), so
+ * a rank-r factorisation always results. U and/or V may be NULL. */
+lorac_status_t lorac_svd_lowrank(const double *B, const double *A, int64_t out, int64_t r, int64_t in, double *U,
+                                 double *S, double *V);
+
 /* Singular values of scale·B·A for B (out, r), A (r, in) in f32 (an adapter
  * module), without forming the (out, in) product: QR of B and Aᵀ, then the
  * SVD of the r×r core. S gets r values, descending. */
