@@ -22,6 +22,7 @@ static const struct {
     {"convert", cmd_convert, "convert a llama2.c checkpoint to a HuggingFace directory"},
     {"train", cmd_train, "fine-tune with LoRA (or --full) on a JSONL dataset"},
     {"merge", cmd_merge, "merge LoRA adapters into the weights, as a model directory"},
+    {"extract", cmd_extract, "extract a LoRA adapter from a fine-tuned model (SVD of the weight difference)"},
     {"demo", cmd_demo, "run the built-in demo"},
 };
 
