@@ -227,19 +227,58 @@ def round_trip_cases(model, c, w, ids, base_ref, want):
         compare(name, got, ref, base_ref, note)
 
 
+def effective_rank(sv):
+    """How many of the descending singular values hold 99% of sum sigma^2."""
+    e = np.cumsum(np.asarray(sv) ** 2)
+    return 0 if e[-1] <= 0 else int(np.searchsorted(e, 0.99 * e[-1]) + 1)
+
+
+def write_low_rank(d, c):
+    """r = 6 on q_proj and down_proj, but B·A of rank 2 in layer 0 and 0 (B
+    zero, a fresh adapter) in layer 2: effective ranks 2, 6, 0."""
+    cfg = {"r": 6, "lora_alpha": 12, "target_modules": ["q_proj", "down_proj"]}
+    ab = pr.random_lora(c, {n: 6 for n in pr.module_settings(cfg, c)}, seed=77)
+    for name, (A, B) in ab.items():
+        if ".0." in name:
+            B[:, 2:] = 0
+        if ".2." in name:
+            B.zero_()
+    shutil.rmtree(d, ignore_errors=True)
+    pr.write_adapter(d, cfg, pr.lora_tensors(ab))
+
+
+def check_spectrum(mod, m, scale, A, B):
+    """The module's singular values against numpy's SVD of s*B@A, to 1e-6 of
+    sigma_1 (lorac's s is a float32: alpha/r rounded)."""
+    ref = np.linalg.svd(scale * (B.numpy() @ A.numpy()), compute_uv=False)[: A.shape[0]]
+    sv = np.asarray(m["singular_values"])
+    top = max(ref[0], 1e-300)
+    if sv.shape != ref.shape or np.abs(sv - ref).max() > 1e-6 * top + 1e-300:
+        return f"{mod}: singular values {sv[:3]}... differ from numpy's {ref[:3]}..."
+    if m["effective_rank"] != effective_rank(ref) or abs(m["sigma_1"] - ref[0]) > 1e-6 * top \
+            or abs(m["sigma_r"] - ref[-1]) > 1e-6 * top:
+        return f"{mod}: effective rank {m['effective_rank']} sigma_1 {m['sigma_1']} sigma_r {m['sigma_r']}, " \
+               f"expected {effective_rank(ref)} {ref[0]} {ref[-1]}"
+    return None
+
+
 def inspect_cases(model, c, w, want):
     """`lorac inspect ADAPTER [-m MODEL] --json` against the reference's view
-    of the adapter: per module r, alpha, scale, sizes; parameter counts; the
-    base's share and file sizes."""
-    for name in ["rank-alpha-pattern", "rslora-patterns", "layers-list-pattern"]:
+    of the adapter: per module r, alpha, scale, sizes and the singular values
+    of s*B*A (numpy's SVD); parameter counts; the base's share and file sizes."""
+    for name in ["rank-alpha-pattern", "rslora-patterns", "layers-list-pattern", "low-rank"]:
         case = "inspect-" + name
         if want and case not in want:
             continue
         d = os.path.join(TMP, "adapters", name)
-        if not os.path.isdir(d):
+        if name == "low-rank":
+            write_low_rank(d, c)
+        elif not os.path.isdir(d):
             write_variant(d, c, *VARIANTS[name], 500)
         with open(os.path.join(d, "adapter_config.json")) as f:
             settings = pr.module_settings(json.load(f), c)
+        weights = pr.load_adapter(d, c)
+        eff = []
         shapes = hm.tensor_shapes(c)
         problems = []
         for args in (["-m", model], []):
@@ -262,6 +301,12 @@ def inspect_cases(model, c, w, want):
                         or abs(m["scale"] - scale) > 1e-6 * abs(scale):
                     problems.append(f"{mod}: got r {m['r']} alpha {m['alpha']} scale {m['scale']} in {m['in']} "
                                     f"out {m['out']}, expected {r} {alpha} {scale} {i} {o}")
+                _, A, B = weights[mod]
+                p = check_spectrum(mod, m, scale, A, B)
+                if p:
+                    problems.append(p)
+                if args:
+                    eff.append(m["effective_rank"])
             if (j["n_params"], j["n_adapted_params"]) != (n_params, n_dense):
                 problems.append(f"n_params {j['n_params']}/{j['n_adapted_params']}, expected {n_params}/{n_dense}")
             if j["file_bytes"] != os.path.getsize(os.path.join(d, "adapter_model.safetensors")):
@@ -273,8 +318,11 @@ def inspect_cases(model, c, w, want):
         rc, out, err = run_lorac(["inspect", d])
         if rc != 0 or "PEFT LoRA adapter" not in out or "total" not in out:
             problems.append(f"text inspect exited {rc}: {err.strip()[-300:]}")
-        record(case, not problems, "; ".join(problems) if problems else
-               f"{len(settings)} modules: r, alpha, scale, sizes and parameter counts agree")
+        if name == "low-rank" and sorted(set(eff)) != [0, 2, 6]:
+            problems.append(f"effective ranks {eff}, expected 2 (layer 0), 6 (layer 1), 0 (layer 2)")
+        record(case, not problems, "; ".join(problems[:5]) if problems else
+               f"{len(settings)} modules: r, alpha, scale, sizes, parameter counts and singular values agree "
+               f"(effective ranks {sorted(set(eff))})")
 
 
 def main():

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include "cli.h"
+#include "lorac/linalg.h"
 #include "lorac/lora.h"
 #include "lorac/model.h"
 #include "lorac/safetensors.h"
@@ -168,6 +169,19 @@ typedef struct {
     int32_t *eff_rank;
 } adapter_report_t;
 
+/* How many of the descending singular values it takes to hold 99% of
+ * Σσ² (the squared Frobenius norm of s·B·A); 0 for a zero update. */
+static int32_t effective_rank(const double *S, int32_t r) {
+    double total = 0, run = 0;
+    for (int32_t i = 0; i < r; i++) total += S[i] * S[i];
+    if (!(total > 0)) return 0;
+    for (int32_t i = 0; i < r; i++) {
+        run += S[i] * S[i];
+        if (run >= 0.99 * total) return i + 1;
+    }
+    return r;
+}
+
 static void module_label(const lorac_lora_module_t *m, char *buf, size_t cap) {
     snprintf(buf, cap, "layers.%d.%s.%s", m->layer, m->target <= LORAC_LORA_O ? "self_attn" : "mlp", lorac_lora_target_name(m->target));
 }
@@ -240,6 +254,10 @@ static void gather_stats(adapter_report_t *rp) {
         rp->scale_min = i && rp->scale_min < m->scale ? rp->scale_min : m->scale;
         rp->scale_max = i && rp->scale_max > m->scale ? rp->scale_max : m->scale;
         if (!rp->have_model && m->layer + 1 > rp->n_layers) rp->n_layers = m->layer + 1;
+        rp->sv[i] = malloc(sizeof(double) * (size_t)m->r);
+        if (!rp->sv[i]) cli_die("out of memory");
+        cli_check(lorac_lowrank_singular_values(m->B, m->A, m->out, m->r, m->in, m->scale, rp->sv[i]));
+        rp->eff_rank[i] = effective_rank(rp->sv[i], m->r);
     }
 }
 
@@ -324,12 +342,15 @@ static void print_adapter_text(const adapter_report_t *rp) {
     } else {
         printf("  file size      %s (adapter_model.safetensors)\n", bytes_text(rp->file_bytes, b1, sizeof b1));
     }
-    printf("  per module:\n    %-28s %5s %5s %9s %9s %9s\n", "module", "in", "out", "r", "alpha", "scale");
+    printf("  per module, with the singular values sigma of s*B*A (effective rank: how many hold 99%% of sum sigma^2):\n");
+    printf("    %-28s %5s %5s %5s %8s %8s %9s %10s %10s\n", "module", "in", "out", "r", "alpha", "scale", "eff.rank",
+           "sigma_1", "sigma_r");
     for (int32_t i = 0; i < lorac_adapter_n_modules(rp->adapter); i++) {
         const lorac_lora_module_t *m = lorac_adapter_module(rp->adapter, i);
         module_label(m, buf, sizeof buf);
-        printf("    %-28s %5d %5d %9d %9g %9g\n", buf, m->in, m->out, m->r, (double)lorac_lora_module_alpha(m, p->rslora),
-               (double)m->scale);
+        printf("    %-28s %5d %5d %5d %8g %8g %9d %10.4g %10.4g\n", buf, m->in, m->out, m->r,
+               (double)lorac_lora_module_alpha(m, p->rslora), (double)m->scale, rp->eff_rank[i], rp->sv[i][0],
+               rp->sv[i][m->r - 1]);
     }
 }
 
@@ -387,6 +408,11 @@ static void print_adapter_json(const adapter_report_t *rp) {
         cJSON_AddNumberToObject(o, "in", m->in);
         cJSON_AddNumberToObject(o, "out", m->out);
         cJSON_AddNumberToObject(o, "n_params", (double)m->r * (m->in + m->out));
+        cJSON_AddNumberToObject(o, "effective_rank", rp->eff_rank[i]);
+        cJSON_AddNumberToObject(o, "sigma_1", rp->sv[i][0]);
+        cJSON_AddNumberToObject(o, "sigma_r", rp->sv[i][m->r - 1]);
+        cJSON *sv = cJSON_AddArrayToObject(o, "singular_values");
+        for (int32_t k = 0; k < m->r; k++) cJSON_AddItemToArray(sv, cJSON_CreateNumber(rp->sv[i][k]));
         cJSON_AddItemToArray(mods, o);
     }
     char *s = cJSON_Print(root);
