@@ -33,6 +33,15 @@ static void shape_text(const lorac_tensor_view_t *t, char *buf, size_t cap) {
     if (k < cap) snprintf(buf + k, cap - k, "]");
 }
 
+/* Prints and frees a JSON report. */
+static void print_json(cJSON *root) {
+    char *s = cJSON_Print(root);
+    if (!s) cli_die("out of memory");
+    puts(s);
+    free(s);
+    cJSON_Delete(root);
+}
+
 static int inspect_model(const char *path, int json);
 static int inspect_adapter(const char *path, const char *model_dir, int json);
 
@@ -115,11 +124,7 @@ static int inspect_model(const char *path, int json) {
             for (int32_t d = 0; d < t->n_dims; d++) cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->shape[d]));
             cJSON_AddItemToArray(arr, o);
         }
-        char *s = cJSON_Print(root);
-        if (!s) cli_die("out of memory");
-        puts(s);
-        free(s);
-        cJSON_Delete(root);
+        print_json(root);
     } else {
         printf("%s\n", path);
         if (have_cfg) {
@@ -415,11 +420,7 @@ static void print_adapter_json(const adapter_report_t *rp) {
         for (int32_t k = 0; k < m->r; k++) cJSON_AddItemToArray(sv, cJSON_CreateNumber(rp->sv[i][k]));
         cJSON_AddItemToArray(mods, o);
     }
-    char *s = cJSON_Print(root);
-    if (!s) cli_die("out of memory");
-    puts(s);
-    free(s);
-    cJSON_Delete(root);
+    print_json(root);
 }
 
 static int inspect_adapter(const char *path, const char *model_dir, int json) {
