@@ -30,7 +30,6 @@ Run alone: LORAC_BIN=build/lorac /usr/bin/python3 tests/test_extract.py
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -38,27 +37,16 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "reference"))
+import cli_harness as ch  # noqa: E402
 import hf_model as hm  # noqa: E402
 import peft_ref as pr  # noqa: E402
 
-SRC = os.environ.get("LORAC_SRC", os.path.dirname(HERE))
-LORAC = os.environ.get("LORAC_BIN") or os.path.join(SRC, "build", "lorac")
-FIXTURES = os.environ.get("LORAC_FIXTURES") or os.path.join(os.path.dirname(SRC), "shared", "fixtures")
-TMP = os.path.join(os.environ.get("LORAC_TEST_TMP") or os.path.join(SRC, "build", "test-tmp"), "extract")
-SHAPE = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-             num_key_value_heads=2, vocab_size=89)
+TMP = ch.scratch("extract")
+SHAPE = ch.TINY_SHAPE
 
-results = []
-
-
-def record(name, ok, msg):
-    print(f"{'PASS' if ok else 'FAIL'}  {name}: {msg}", flush=True)
-    results.append((name, ok))
-
-
-def lorac(args):
-    p = subprocess.run([LORAC] + args, capture_output=True, text=True, timeout=600)
-    return p.returncode, p.stdout, p.stderr
+results = ch.Results("test_extract")
+record = results.record
+lorac = ch.run
 
 
 def extract(base, tuned, out, r, extra=()):
@@ -213,18 +201,18 @@ def case_full_rank():
 # ---------------------------------------------------------------------------
 
 def case_trained():
-    ckpt = os.path.join(FIXTURES, "llama2c", "stories260K.bin")
+    ckpt = os.path.join(ch.FIXTURES, "llama2c", "stories260K.bin")
     if not os.path.exists(ckpt):
         record("train-full", False, f"fixture {ckpt} missing (set LORAC_FIXTURES)")
         return
     base = os.path.join(TMP, "s260k")
     shutil.rmtree(base, ignore_errors=True)
-    rc, _, err = lorac(["convert", "--from", "llama2c", ckpt, "--tokenizer", os.path.join(FIXTURES, "llama2c", "tok512.bin"),
+    rc, _, err = lorac(["convert", "--from", "llama2c", ckpt, "--tokenizer", os.path.join(ch.FIXTURES, "llama2c", "tok512.bin"),
                         "-o", base])
     if rc:
         record("train-full", False, f"convert failed: {err[-500:]}")
         return
-    text = open(os.path.join(FIXTURES, "datasets", "tinystories", "tinystories_train_head.txt"), encoding="utf-8").read()
+    text = open(os.path.join(ch.FIXTURES, "datasets", "tinystories", "tinystories_train_head.txt"), encoding="utf-8").read()
     paras = [p.strip() for p in text.split("\n\n") if p.strip()][:200]
     data = os.path.join(TMP, "train.jsonl")
     with open(data, "w") as f:
@@ -277,15 +265,12 @@ def case_errors():
 
 
 def main():
-    os.makedirs(TMP, exist_ok=True)
     case_recover("f32", "F32", "F32")
     case_recover("bf16-base", "BF16", "F32")
     case_full_rank()
     case_trained()
     case_errors()
-    failed = [n for n, ok in results if not ok]
-    print(f"test_extract: {len(results) - len(failed)} passed, {len(failed)} failed")
-    sys.exit(1 if failed else 0)
+    results.finish()
 
 
 if __name__ == "__main__":
