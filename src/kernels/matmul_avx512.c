@@ -16,12 +16,15 @@
 #include <stdlib.h>
 
 /* Forward tile: up to FT rows of x (T) times up to FN rows of w (N):
- * 16 zmm accumulators + 4 weights + 1 x = 21 of 32 registers. Each weight
- * vector loaded and widened is used FT times, each x vector FN times. */
+ * 24 zmm accumulators + 4 x + 1 weight = 29 of 32 registers. Each weight
+ * vector loaded and widened is used FT times, each x vector FN times. The
+ * x rows come from L2 (see TCHUNK), so FN sets the FMAs per L2 load: at 4
+ * the tile waited on L2 at about half the FMA rate; 6 is the most that
+ * fits the registers. */
 #define FT 4
-#define FN 4
+#define FN 6
 /* Rows of x per pass over a block of w: 64 rows of x (K floats each) stay in
- * L2 while the 4 weight rows of a tile stay in L1. */
+ * L2 while the FN weight rows of a tile stay in L1. */
 #define TCHUNK 64
 /* acc tile: up to AM rows of c times AV vectors (64 columns); l is blocked by
  * LCHUNK so a (LCHUNK x 64) panel of b stays in L1 across the m tiles. */
@@ -83,39 +86,39 @@ LORAC_ALWAYS_INLINE void fwd_tile(const int RT, const int RN, const lorac_dtype_
     __m512 acc[FT][FN];
 #pragma GCC unroll 4
     for (int i = 0; i < RT; i++)
-#pragma GCC unroll 4
+#pragma GCC unroll 6
         for (int j = 0; j < RN; j++) acc[i][j] = _mm512_setzero_ps();
     int64_t k = 0;
     for (; k + 16 <= K; k += 16) {
-        __m512 wv[FN];
+        __m512 xv[FT];
 #pragma GCC unroll 4
-        for (int j = 0; j < RN; j++) wv[j] = load_w(w, dt, woff + j * K + k);
+        for (int i = 0; i < RT; i++) xv[i] = _mm512_loadu_ps(x + i * K + k);
         if (pf) /* the next block's rows, same column: one line per row per step */
-#pragma GCC unroll 4
+#pragma GCC unroll 6
             for (int j = 0; j < RN; j++)
                 _mm_prefetch(pf + (j * K + k) * (int64_t)lorac_dtype_size(dt), _MM_HINT_T0);
+#pragma GCC unroll 6
+        for (int j = 0; j < RN; j++) {
+            __m512 wv = load_w(w, dt, woff + j * K + k);
 #pragma GCC unroll 4
-        for (int i = 0; i < RT; i++) {
-            __m512 xv = _mm512_loadu_ps(x + i * K + k);
-#pragma GCC unroll 4
-            for (int j = 0; j < RN; j++) acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
+            for (int i = 0; i < RT; i++) acc[i][j] = _mm512_fmadd_ps(xv[i], wv, acc[i][j]);
         }
     }
     if (k < K) {
         __mmask16 m = tail_mask(K - k);
-        __m512 wv[FN];
+        __m512 xv[FT];
 #pragma GCC unroll 4
-        for (int j = 0; j < RN; j++) wv[j] = load_w_mask(w, dt, woff + j * K + k, m);
+        for (int i = 0; i < RT; i++) xv[i] = _mm512_maskz_loadu_ps(m, x + i * K + k);
+#pragma GCC unroll 6
+        for (int j = 0; j < RN; j++) {
+            __m512 wv = load_w_mask(w, dt, woff + j * K + k, m);
 #pragma GCC unroll 4
-        for (int i = 0; i < RT; i++) {
-            __m512 xv = _mm512_maskz_loadu_ps(m, x + i * K + k);
-#pragma GCC unroll 4
-            for (int j = 0; j < RN; j++) acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
+            for (int i = 0; i < RT; i++) acc[i][j] = _mm512_fmadd_ps(xv[i], wv, acc[i][j]);
         }
     }
 #pragma GCC unroll 4
     for (int i = 0; i < RT; i++)
-#pragma GCC unroll 4
+#pragma GCC unroll 6
         for (int j = 0; j < RN; j++) {
             float v = hsum(acc[i][j]);
             out[i * N + j] = bias ? v + bias[j] : v;
@@ -165,53 +168,61 @@ LORAC_ALWAYS_INLINE void fwd_row4(const lorac_dtype_t dt, float *out, const floa
     out[3] = bias ? v3 + bias[3] : v3;
 }
 
-/* out is (T,N), x is (T,K), w is (N,K) in dt; columns [n0,n1).
- * For T = 1 (decode) this streams each weight row once, 4 rows at a time. */
+/* Columns [n0,n1) of rows [t0,t1) in tiles of FT x RN, RN = FN or 4 (the
+ * leftover columns of a thread's range), then single columns. */
+LORAC_ALWAYS_INLINE void fwd_tiles(const lorac_dtype_t dt, float *out, const float *x, const void *w,
+                                   const float *bias, int64_t K, int64_t N, int64_t t0, int64_t t1, int64_t *n,
+                                   int64_t n1, const int RN, float *wbuf) {
+    for (; *n + RN <= n1; *n += RN) {
+        const float *b = bias ? bias + *n : NULL;
+        int64_t t = t0;
+        if (wbuf && t1 - t0 >= 2 * FT) {
+            /* 16-bit weights and several x rows: widen the RN rows once
+             * into an L1-sized f32 buffer and run the f32 tiles on it.
+             * Widening in registers would cost 2 extra uops per weight
+             * vector per tile, on the ports the FMAs need. The values and
+             * the FMA order are the same, so the result is bitwise the
+             * same as the in-register path. */
+            widen(dt, wbuf, w, *n * K, RN * K);
+            for (; t + FT <= t1; t += FT)
+                fwd_tile(FT, RN, LORAC_DTYPE_F32, out + t * N + *n, N, x + t * K, wbuf, 0, b, K, -1);
+            for (; t < t1; t++)
+                fwd_tile(1, RN, LORAC_DTYPE_F32, out + t * N + *n, N, x + t * K, wbuf, 0, b, K, -1);
+            continue;
+        }
+        for (; t + FT <= t1; t += FT)
+            fwd_tile(FT, RN, dt, out + t * N + *n, N, x + t * K, w, *n * K, b, K, -1);
+        for (; t < t1; t++) fwd_tile(1, RN, dt, out + t * N + *n, N, x + t * K, w, *n * K, b, K, -1);
+    }
+}
+
+/* out is (T,N), x is (T,K), w is (N,K) in dt; columns [n0,n1). */
 LORAC_ALWAYS_INLINE void fwd_block(const lorac_dtype_t dt, float *out, const float *x,
                                    const void *w, const float *bias, int64_t T, int64_t K,
                                    int64_t N, int64_t n0, int64_t n1, float *wbuf) {
+    if (T < FT) {
+        /* Decode: each weight row is streamed once per x row, 4 rows at a
+         * time. Software prefetch of the next 4 rows while these stream:
+         * 16-bit rows (1.5 KB at K = 768) end about when the hardware
+         * prefetcher has ramped up: measured +5-10% for bf16, while f32
+         * (3 KB rows) lost ~5%, so f32 does without. */
+        for (int64_t t = 0; t < T; t++) {
+            int64_t n = n0;
+            for (; n + 4 <= n1; n += 4) {
+                int64_t pf = t == 0 && dt != LORAC_DTYPE_F32 && n + 8 <= n1 ? (n + 4) * K : -1;
+                fwd_row4(dt, out + t * N + n, x + t * K, w, n * K, bias ? bias + n : NULL, K, pf);
+            }
+            for (; n < n1; n++)
+                fwd_tile(1, 1, dt, out + t * N + n, N, x + t * K, w, n * K, bias ? bias + n : NULL, K, -1);
+        }
+        return;
+    }
     for (int64_t tc = 0; tc < T; tc += TCHUNK) {
         int64_t te = tc + TCHUNK < T ? tc + TCHUNK : T;
         int64_t n = n0;
-        for (; n + FN <= n1; n += FN) {
-            const float *b = bias ? bias + n : NULL;
-            int64_t t = tc;
-            if (wbuf && te - tc >= 2 * FT) {
-                /* 16-bit weights and several x rows: widen the 4 rows once
-                 * into an L1-sized f32 buffer and run the f32 tiles on it.
-                 * Widening in registers would cost 2 extra uops per weight
-                 * vector per tile, on the ports the FMAs need. The values and
-                 * the FMA order are the same, so the result is bitwise the
-                 * same as the in-register path. */
-                widen(dt, wbuf, w, n * K, FN * K);
-                for (; t + FT <= te; t += FT)
-                    fwd_tile(FT, FN, LORAC_DTYPE_F32, out + t * N + n, N, x + t * K, wbuf, 0, b,
-                             K, -1);
-                for (; t < te; t++)
-                    fwd_tile(1, FN, LORAC_DTYPE_F32, out + t * N + n, N, x + t * K, wbuf, 0, b,
-                             K, -1);
-                continue;
-            }
-            /* Software prefetch of the next 4 weight rows while the first
-             * tile streams these ones. For T = 1 (decode) each row is used
-             * once, and 16-bit rows (1.5 KB at K = 768) end about when the
-             * hardware prefetcher has ramped up: measured +5-10% for bf16,
-             * while f32 (3 KB rows) lost ~5%, so f32 does without. Later
-             * tiles of the same rows find them in L1. */
-            int64_t pf = dt != LORAC_DTYPE_F32 && n + 2 * FN <= n1 ? (n + FN) * K : -1;
-            for (; t + FT <= te; t += FT, pf = -1)
-                fwd_tile(FT, FN, dt, out + t * N + n, N, x + t * K, w, n * K, b, K, pf);
-            for (; t < te; t++, pf = -1)
-                fwd_row4(dt, out + t * N + n, x + t * K, w, n * K, b, K, pf);
-        }
-        for (; n < n1; n++) {
-            const float *b = bias ? bias + n : NULL;
-            int64_t t = tc;
-            for (; t + FT <= te; t += FT)
-                fwd_tile(FT, 1, dt, out + t * N + n, N, x + t * K, w, n * K, b, K, -1);
-            for (; t < te; t++)
-                fwd_tile(1, 1, dt, out + t * N + n, N, x + t * K, w, n * K, b, K, -1);
-        }
+        fwd_tiles(dt, out, x, w, bias, K, N, tc, te, &n, n1, FN, wbuf);
+        fwd_tiles(dt, out, x, w, bias, K, N, tc, te, &n, n1, 4, wbuf);
+        fwd_tiles(dt, out, x, w, bias, K, N, tc, te, &n, n1, 1, wbuf);
     }
 }
 
