@@ -338,6 +338,35 @@ int main(void) {
 
     for (int i = 0; i < N_ADAPTERS; i++) lorac_adapter_free(ads[i]);
     lorac_model_free(model);
+
+    /* 8. end-of-sequence ids from generation_config.json and
+     * tokenizer_config.json join config.json's (chat models end turns there) */
+    {
+        char path[2048];
+        snprintf(path, sizeof path, "%s/generation_config.json", model_dir);
+        FILE *f = fopen(path, "w");
+        fputs("{\"eos_token_id\": [2, 7, 7, 100000]}", f);
+        fclose(f);
+        snprintf(path, sizeof path, "%s/tokenizer_config.json", model_dir);
+        f = fopen(path, "w");
+        fputs("{\"eos_token\": {\"content\": \"<0x0A>\"}}", f);
+        fclose(f);
+        CHECK(lorac_model_load(model_dir, &model) == LORAC_STATUS_OK);
+        if (model) {
+            int32_t nl = lorac_tokenizer_token_id(lorac_model_get_tokenizer(model), "<0x0A>");
+            CHECK(nl > 0 && lorac_model_is_eos(model, nl));
+            CHECK(lorac_model_is_eos(model, 2) && lorac_model_is_eos(model, 7) && !lorac_model_is_eos(model, 8));
+            CHECK(lorac_model_get_config(model)->n_eos == 3); /* duplicates and out-of-vocabulary ids dropped */
+            lorac_model_free(model);
+        }
+        snprintf(path, sizeof path, "%s/generation_config.json", model_dir);
+        f = fopen(path, "w");
+        fputs("{\"eos_token_id\": [2,", f);
+        fclose(f);
+        model = NULL;
+        CHECK(lorac_model_load(model_dir, &model) == LORAC_STATUS_FORMAT && !model);
+        CHECK(strstr(lorac_error_message(), "generation_config.json") != NULL);
+    }
     printf("%d passed, %d failed\n", tl_passed, tl_failed);
     return tl_failed != 0;
 }

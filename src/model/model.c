@@ -6,6 +6,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <cjson/cJSON.h>
+
 #include "lorac/kernels.h"
 #include "model/model_internal.h"
 
@@ -132,6 +134,60 @@ static int file_exists(const char *path) {
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
+static void add_eos(lorac_model_config_t *c, int32_t id) {
+    if (id < 0 || id >= c->vocab_size) return;
+    for (int32_t i = 0; i < c->n_eos; i++)
+        if (c->eos_ids[i] == id) return;
+    if (c->n_eos < LORAC_MAX_EOS_IDS) c->eos_ids[c->n_eos++] = id;
+}
+
+/* Reads dir/name as JSON; NULL (and OK) when the file is absent. */
+static lorac_status_t read_optional_json(const char *dir, const char *name, cJSON **out) {
+    *out = NULL;
+    char *path = lorac_path_join(dir, name), *text = NULL;
+    size_t len = 0;
+    if (!path) return lorac_error(LORAC_STATUS_NOMEM, "out of memory");
+    lorac_status_t s = LORAC_STATUS_OK;
+    if (file_exists(path) && !(s = lorac_file_read(path, CONFIG_MAX_BYTES, &text, &len))) {
+        *out = cJSON_ParseWithLength(text, len);
+        if (!*out || !cJSON_IsObject(*out)) {
+            cJSON_Delete(*out);
+            *out = NULL;
+            s = lorac_error(LORAC_STATUS_FORMAT, "%s: not a JSON object", path);
+        }
+    }
+    free(text);
+    free(path);
+    return s;
+}
+
+/* Generation stops at every end-of-sequence token the model's files name,
+ * as transformers' generate does: config.json's eos_token_id, then
+ * generation_config.json's (chat models list several there: Llama 3
+ * instruct ends turns with <|eot_id|>), then tokenizer_config.json's
+ * eos_token (SmolLM2-instruct: <|im_end|>), and the tokenizer's own as the
+ * last resort. */
+static lorac_status_t collect_eos_ids(lorac_model_t *m, const char *dir) {
+    lorac_model_config_t *c = &m->config;
+    cJSON *gen = NULL, *tcfg = NULL;
+    lorac_status_t s = read_optional_json(dir, "generation_config.json", &gen);
+    if (s) return s;
+    const cJSON *e = gen ? cJSON_GetObjectItemCaseSensitive(gen, "eos_token_id") : NULL;
+    if (cJSON_IsNumber(e)) add_eos(c, (int32_t)e->valuedouble);
+    else if (cJSON_IsArray(e))
+        for (const cJSON *it = e->child; it; it = it->next)
+            if (cJSON_IsNumber(it)) add_eos(c, (int32_t)it->valuedouble);
+    cJSON_Delete(gen);
+    if (!m->tokenizer) return LORAC_STATUS_OK;
+    if ((s = read_optional_json(dir, "tokenizer_config.json", &tcfg))) return s;
+    const cJSON *t = tcfg ? cJSON_GetObjectItemCaseSensitive(tcfg, "eos_token") : NULL;
+    if (cJSON_IsObject(t)) t = cJSON_GetObjectItemCaseSensitive(t, "content");
+    if (cJSON_IsString(t)) add_eos(c, lorac_tokenizer_token_id(m->tokenizer, t->valuestring));
+    cJSON_Delete(tcfg);
+    if (c->n_eos == 0) add_eos(c, lorac_tokenizer_eos_id(m->tokenizer));
+    return LORAC_STATUS_OK;
+}
+
 lorac_status_t lorac_model_load(const char *dir, lorac_model_t **out) {
     *out = NULL;
     lorac_model_t *m = calloc(1, sizeof *m);
@@ -175,6 +231,7 @@ lorac_status_t lorac_model_load(const char *dir, lorac_model_t **out) {
                         lorac_tokenizer_vocab_size(m->tokenizer), c->vocab_size);
         goto fail;
     }
+    if ((s = collect_eos_ids(m, dir))) goto fail;
     free(cfg_path); free(cfg_text); free(tok_path);
     *out = m;
     return LORAC_STATUS_OK;
