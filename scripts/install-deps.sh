@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages lorac needs, only when they are missing.
-#   install-deps.sh build   compiler, CMake, cJSON, PCRE2
+#   install-deps.sh build   compiler, CMake, cJSON, PCRE2, libmicrohttpd
 #   install-deps.sh test    + PyTorch/NumPy for the reference tests, clang for fuzzing
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config libcjson-dev libpcre2-dev)
+pkgs=(build-essential cmake pkg-config libcjson-dev libpcre2-dev libmicrohttpd-dev)
 if [ "${1:-build}" = test ]; then
   pkgs+=(python3 python3-torch python3-numpy clang libclang-rt-14-dev libomp-dev)
 fi

@@ -185,6 +185,25 @@ lorac_status_t lorac_dataset_chat_render(const char *template_name, const char *
                                          const lorac_chat_message_t *messages, size_t n_messages, const char *bos,
                                          const char *eos, char **out, size_t *len);
 
+/* lorac_dataset_chat_render followed by the template's assistant generation
+ * prompt, as HF's apply_chat_template(add_generation_prompt=True) renders it:
+ * chatml "<|im_start|>assistant\n", llama-3 and llama-3.1
+ * "<|start_header_id|>assistant<|end_header_id|>\n\n", zephyr
+ * "<|assistant|>\n"; llama-2's template has none (the text already ends with
+ * " [/INST]" after the last user turn). The prompt of a chat request. */
+lorac_status_t lorac_dataset_chat_render_generation(const char *template_name, const char *default_system,
+                                                    const lorac_chat_message_t *messages, size_t n_messages,
+                                                    const char *bos, const char *eos, char **out, size_t *len);
+
+/* The BOS/EOS strings template_name writes for this tokenizer, chosen as
+ * lorac_dataset_load chooses them: tokenizer_config.json's bos_token /
+ * eos_token (tokenizer_config may be NULL), else the template's default when
+ * the tokenizer has that token, else the tokenizer's own. Checks that every
+ * special string the template writes encodes to one token (UNSUPPORTED,
+ * naming it, otherwise). *bos and *eos are malloc'd. */
+lorac_status_t lorac_dataset_chat_tokens(const char *template_name, const lorac_tokenizer_t *tok,
+                                         const char *tokenizer_config, char **bos, char **eos);
+
 /* ---- batches ---------------------------------------------------------------------
  * A row of length T = seq_len holds inputs x[0..T-1] and targets y[t]: the
  * label of the token after x[t] in the same example, else -100. An example of

@@ -255,6 +255,77 @@ lorac_status_t lorac_dataset_chat_render(const char *template_name, const char *
     return LORAC_STATUS_OK;
 }
 
+/* The assistant header each template's Jinja writes when
+ * add_generation_prompt is true. */
+static const char *generation_prompt(chat_tpl_t t) {
+    switch (t) {
+    case CHAT_CHATML: return "<|im_start|>assistant\n";
+    case CHAT_LLAMA3:
+    case CHAT_LLAMA31: return "<|start_header_id|>assistant<|end_header_id|>\n\n";
+    case CHAT_ZEPHYR: return "<|assistant|>\n";
+    case CHAT_LLAMA2:
+    case CHAT_COUNT: break;
+    }
+    return "";
+}
+
+lorac_status_t lorac_dataset_chat_render_generation(const char *template_name, const char *default_system,
+                                                    const lorac_chat_message_t *messages, size_t n_messages,
+                                                    const char *bos, const char *eos, char **out, size_t *len) {
+    size_t n;
+    lorac_status_t s = lorac_dataset_chat_render(template_name, default_system, messages, n_messages, bos, eos, out, &n);
+    if (s) return s;
+    dbuf_t b = {.s = *out, .len = n, .cap = n + 1};
+    if (dbuf_puts(&b, generation_prompt((chat_tpl_t)chat_tpl_from_name(template_name)))) {
+        dbuf_free(&b);
+        *out = NULL;
+        return lorac_error(LORAC_STATUS_NOMEM, "out of memory rendering a conversation");
+    }
+    *out = b.s;
+    if (len) *len = b.len;
+    return LORAC_STATUS_OK;
+}
+
+lorac_status_t lorac_dataset_chat_tokens(const char *template_name, const lorac_tokenizer_t *tok,
+                                         const char *tokenizer_config, char **bos, char **eos) {
+    *bos = *eos = NULL;
+    int t = chat_tpl_from_name(template_name);
+    if (t < 0)
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "unknown chat template '%s' (chatml, llama-2, llama-3, llama-3.1, zephyr)",
+                           template_name ? template_name : "(null)");
+    char *cfg[2] = {NULL, NULL};
+    lorac_status_t s = tokenizer_config ? chat_config_tokens(tokenizer_config, &cfg[0], &cfg[1]) : LORAC_STATUS_OK;
+    if (s) return s;
+    const char *def[2] = {chat_tpl_default_bos((chat_tpl_t)t), chat_tpl_default_eos((chat_tpl_t)t)};
+    int32_t own[2] = {lorac_tokenizer_bos_id(tok), lorac_tokenizer_eos_id(tok)};
+    char **dst[2] = {bos, eos};
+    for (int i = 0; i < 2 && !s; i++) {
+        const char *v = cfg[i];
+        if (!v && lorac_tokenizer_token_id(tok, def[i]) >= 0) v = def[i];
+        if (!v && own[i] >= 0) v = lorac_tokenizer_token_str(tok, own[i]);
+        if (!(*dst[i] = strdup(v ? v : def[i]))) s = lorac_error(LORAC_STATUS_NOMEM, "out of memory");
+    }
+    free(cfg[0]);
+    free(cfg[1]);
+    const char *specials[8];
+    size_t ns = s ? 0 : chat_tpl_specials((chat_tpl_t)t, *bos, *eos, specials);
+    for (size_t i = 0; i < ns && !s; i++) {
+        int32_t *ids = NULL;
+        size_t n = 0;
+        s = lorac_tokenizer_encode(tok, specials[i], strlen(specials[i]), false, &ids, &n);
+        free(ids);
+        if (s != LORAC_STATUS_NOMEM && (s || n != 1))
+            s = lorac_error(LORAC_STATUS_UNSUPPORTED, "chat template %s writes \"%s\", which is not a single token of this "
+                            "tokenizer; pick the model's own template", chat_tpl_name((chat_tpl_t)t), specials[i]);
+    }
+    if (s) {
+        free(*bos);
+        free(*eos);
+        *bos = *eos = NULL;
+    }
+    return s;
+}
+
 /* ---- recognition ---- */
 
 /* The default system message of a chatml template: the literal text of a

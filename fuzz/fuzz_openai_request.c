@@ -1,0 +1,60 @@
+/* libFuzzer target: OpenAI request bodies through the parser and validator
+ * (lorac/openai.h), then whatever parsed through the prompt checks, the chat
+ * templates with their generation prompt, and the response builders, with
+ * the input's own bytes as "generated" text (any bytes: invalid UTF-8, NUL).
+ * The first byte picks the endpoint: completions, chat, or the LoRA admin
+ * bodies. Every body built must be valid UTF-8. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lorac/openai.h"
+
+static void check_utf8(char *s) {
+    if (s && !lorac_utf8_valid(s, strlen(s))) abort();
+    free(s);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    if (size < 1) return 0;
+    int which = data[0] % 3;
+    const char *body = (const char *)data + 1;
+    size_t len = size - 1;
+    lorac_oai_error_t err;
+    if (which == 2) {
+        char *name, *path;
+        if (lorac_oai_lora_request_parse(body, len, data[0] & 4, &name, &path, &err) == LORAC_STATUS_OK) {
+            free(name);
+            free(path);
+        } else {
+            check_utf8(lorac_oai_error_json(&err));
+        }
+        return 0;
+    }
+    lorac_oai_kind_t kind = which ? LORAC_OAI_CHAT : LORAC_OAI_COMPLETION;
+    lorac_oai_request_t req;
+    if (lorac_oai_request_parse(kind, body, len, &req, &err)) {
+        check_utf8(lorac_oai_error_json(&err));
+        return 0;
+    }
+    static const int32_t ids[4] = {1, 2, 300, 5};
+    if (req.prompt_ids) lorac_oai_request_check_prompt(&req, req.prompt_ids, req.n_prompt_ids, 512, 256, &err);
+    else lorac_oai_request_check_prompt(&req, ids, 4, 512, 256, &err);
+    if (kind == LORAC_OAI_CHAT) {
+        static const char *const templates[] = {"chatml", "llama-2", "llama-3", "llama-3.1", "zephyr"};
+        char *out = NULL;
+        if (lorac_dataset_chat_render_generation(templates[data[0] % 5], NULL, req.messages, req.n_messages, NULL,
+                                                 NULL, &out, NULL) == LORAC_STATUS_OK)
+            check_utf8(out);
+    }
+    lorac_oai_meta_t m = {.kind = kind, .id = "cmpl-fuzz", .created = 1, .model = req.model};
+    lorac_oai_choice_t c = {.text = body, .text_len = len, .finish_reason = "stop"};
+    check_utf8(lorac_oai_response_json(&m, &c, 1, 3, 4));
+    check_utf8(lorac_oai_stream_chunk(&m, 0, body, len, NULL, false, req.include_usage));
+    check_utf8(lorac_oai_stream_chunk(&m, 0, NULL, 0, "length", kind == LORAC_OAI_CHAT, false));
+    const char *const names[1] = {req.model};
+    check_utf8(lorac_oai_models_json("base", 1, names, 1));
+    lorac_oai_request_free(&req);
+    return 0;
+}

@@ -1,0 +1,183 @@
+/* lorac/openai.h — the OpenAI HTTP API's requests and responses as C data:
+ * parsing and validating request bodies, building response bodies, SSE
+ * chunks and error objects. Pure functions: no I/O, no engine, no globals.
+ *
+ * Request bodies (POST /v1/completions, /v1/chat/completions) are checked as
+ * OpenAI and vLLM check them, in two steps:
+ *   1. lorac_oai_request_parse: the bytes are valid UTF-8 and one JSON object
+ *      (nothing but whitespace after it; no "\u0000" in strings); every known
+ *      field has its type and range:
+ *        model        string, required
+ *        prompt       completions: a string, or an array of token ids; a
+ *                     one-element array of either is the same; more prompts
+ *                     in one request are refused (send one request each)
+ *        messages     chat: non-empty array of {role: system|user|assistant,
+ *                     content: string or [{type: "text", text}] (joined by "\n")}
+ *        max_tokens   integer >= 1 (chat: also "max_completion_tokens");
+ *                     default 16 for completions, the rest of the context for chat
+ *        temperature  number in [0, 2], default 1 (0 = greedy)
+ *        top_p        number in (0, 1], default 1
+ *        top_k        integer >= -1 (vLLM's extension; -1 or 0 = off)
+ *        n            integer in [1, LORAC_OAI_MAX_N], default 1
+ *        stop         string or array of up to 4 non-empty strings (each at
+ *                     most LORAC_OAI_MAX_STOP_LEN bytes)
+ *        seed         integer (absent: has_seed false; the server picks one)
+ *        stream       boolean; stream_options {include_usage: boolean}
+ *                     only together with stream true
+ *        ignore_eos   boolean (vLLM's extension)
+ *      null means "not given" for every optional field. Features lorac does
+ *      not implement are refused rather than ignored, because ignoring them
+ *      would silently change the output: logprobs, echo, suffix, best_of > n,
+ *      non-zero presence/frequency penalties, a non-empty logit_bias, tools.
+ *      Unknown fields are ignored (clients send extras such as "user").
+ *   2. lorac_oai_request_check_prompt, once the prompt is token ids: ids in
+ *      the vocabulary, at least one, prompt + max_tokens within the context.
+ * A refusal fills a lorac_oai_error_t: the HTTP status and OpenAI's error
+ * object fields {"error": {"message", "type", "param", "code"}}.
+ *
+ * Generated text passed to the response builders may hold any bytes: invalid
+ * UTF-8 is written as U+FFFD and NUL as "\u0000", so every body is valid
+ * UTF-8 JSON.
+ *
+ * Ownership: strings returned are malloc'd and NUL-terminated (caller frees);
+ * NULL only when memory runs out.
+ */
+#ifndef LORAC_OPENAI_H
+#define LORAC_OPENAI_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lorac/core.h"
+#include "lorac/dataset.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LORAC_OAI_MAX_STOP 4
+#define LORAC_OAI_MAX_STOP_LEN 256
+#define LORAC_OAI_MAX_N 16
+
+typedef enum {
+    LORAC_OAI_COMPLETION = 0, /* /v1/completions */
+    LORAC_OAI_CHAT            /* /v1/chat/completions */
+} lorac_oai_kind_t;
+
+typedef struct {
+    int http_status;   /* 400, 404, 405, 413, 429, 500, 503 */
+    const char *type;  /* "invalid_request_error", "not_found_error", ... (static) */
+    char param[64];    /* the offending field, "" when none (written as null) */
+    const char *code;  /* e.g. "model_not_found" (static), NULL for null */
+    char message[768];
+} lorac_oai_error_t;
+
+/* Fills *err and returns LORAC_STATUS_INVALID_ARG (NOT_FOUND for 404, BUSY
+ * for 429/503), so callers can `return lorac_oai_error_set(...)`. type NULL
+ * picks OpenAI's type for the status; param NULL is none. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 6, 7)))
+#endif
+lorac_status_t lorac_oai_error_set(lorac_oai_error_t *err, int http_status, const char *type, const char *param,
+                                   const char *code, const char *fmt, ...);
+
+/* {"error": {"message": ..., "type": ..., "param": ..., "code": ...}} */
+char *lorac_oai_error_json(const lorac_oai_error_t *err);
+
+typedef struct {
+    lorac_oai_kind_t kind;
+    char *model;
+    /* completions: the prompt as text (prompt_ids NULL) or as token ids */
+    char *prompt;
+    size_t prompt_len;
+    int32_t *prompt_ids;
+    int32_t n_prompt_ids;
+    /* chat: role and content strings owned by the request */
+    lorac_chat_message_t *messages;
+    size_t n_messages;
+    int32_t max_tokens;   /* 0: not given (chat: filled by check_prompt) */
+    float temperature;
+    float top_p;
+    int32_t top_k;        /* 0 = off */
+    bool has_seed;
+    uint64_t seed;
+    char *stop[LORAC_OAI_MAX_STOP];
+    int32_t n_stop;
+    int32_t n;
+    bool stream;
+    bool include_usage;
+    bool ignore_eos;
+} lorac_oai_request_t;
+
+/* Parses and validates a request body (step 1 above). On failure *out is
+ * zeroed (nothing to free) and *err says why. */
+lorac_status_t lorac_oai_request_parse(lorac_oai_kind_t kind, const char *body, size_t len, lorac_oai_request_t *out,
+                                       lorac_oai_error_t *err);
+/* Frees what the request owns; the struct itself is the caller's. */
+void lorac_oai_request_free(lorac_oai_request_t *req);
+
+/* Step 2: the prompt's ids (after tokenization or as given) against the
+ * model: each in [0, vocab_size), 1 <= n_ids, n_ids + max_tokens <= n_ctx.
+ * A chat request without max_tokens gets n_ctx - n_ids (as vLLM does). */
+lorac_status_t lorac_oai_request_check_prompt(lorac_oai_request_t *req, const int32_t *ids, int32_t n_ids,
+                                              int32_t vocab_size, int32_t n_ctx, lorac_oai_error_t *err);
+
+/* POST /v1/load_lora_adapter and /v1/unload_lora_adapter bodies (vLLM's
+ * shapes): {"lora_name": string, "lora_path": string (optional; load only)}.
+ * *name and *path (NULL when absent or when !allow_path) are malloc'd. */
+lorac_status_t lorac_oai_lora_request_parse(const char *body, size_t len, bool allow_path, char **name, char **path,
+                                            lorac_oai_error_t *err);
+
+/* ---- responses ---------------------------------------------------------------- */
+
+typedef struct {
+    lorac_oai_kind_t kind;
+    const char *id;       /* "cmpl-..." / "chatcmpl-..." */
+    int64_t created;      /* Unix seconds */
+    const char *model;
+} lorac_oai_meta_t;
+
+typedef struct {
+    const char *text;     /* any bytes (see the top) */
+    size_t text_len;
+    const char *finish_reason; /* "stop", "length"; NULL for null */
+} lorac_oai_choice_t;
+
+/* The whole (non-streamed) response: object "text_completion" with
+ * choices[{index, text, logprobs: null, finish_reason}], or
+ * "chat.completion" with choices[{index, message{role: "assistant",
+ * content}, logprobs: null, finish_reason}]; then usage{prompt_tokens,
+ * completion_tokens, total_tokens}. */
+char *lorac_oai_response_json(const lorac_oai_meta_t *m, const lorac_oai_choice_t *choices, int32_t n,
+                              int64_t prompt_tokens, int64_t completion_tokens);
+
+/* One server-sent event "data: {...}\n\n" for choice `index`: a
+ * "text_completion" chunk with choices[{index, text, logprobs: null,
+ * finish_reason}], or a "chat.completion.chunk" with choices[{index, delta,
+ * logprobs: null, finish_reason}] where delta is {"role": "assistant",
+ * "content": ""} when role_delta, {"content": text} when text_len > 0 or no
+ * finish_reason, else {}. usage_null adds "usage": null (when the client asked
+ * for include_usage, every chunk but the last carries it, as OpenAI does). */
+char *lorac_oai_stream_chunk(const lorac_oai_meta_t *m, int32_t index, const char *text, size_t text_len,
+                             const char *finish_reason, bool role_delta, bool usage_null);
+/* The last chunk of stream_options.include_usage: choices [] and usage. */
+char *lorac_oai_stream_usage_chunk(const lorac_oai_meta_t *m, int64_t prompt_tokens, int64_t completion_tokens);
+/* "data: {\"error\": {...}}\n\n": an error after the stream has started. */
+char *lorac_oai_stream_error(const lorac_oai_error_t *err);
+/* "data: [DONE]\n\n" */
+extern const char lorac_oai_stream_done[];
+
+/* GET /v1/models: {"object": "list", "data": [{"id", "object": "model",
+ * "created", "owned_by": "lorac", "root", "parent"}]}: the base model first
+ * (parent null), then each adapter (parent = base). */
+char *lorac_oai_models_json(const char *base, int64_t created, const char *const *adapters, int32_t n_adapters);
+
+/* Writes `len` bytes as a JSON string literal (quotes included) into a
+ * malloc'd string: invalid UTF-8 as U+FFFD, control characters escaped. */
+char *lorac_oai_json_string(const char *s, size_t len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LORAC_OPENAI_H */

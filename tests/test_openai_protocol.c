@@ -1,0 +1,435 @@
+/* The OpenAI protocol layer (lorac/openai.h) without a server: request
+ * parsing and validation, every class of bad request with its status and
+ * param, the prompt checks against a model, response / SSE / error / model
+ * list bodies read back as JSON, generated text that is not valid UTF-8 or
+ * holds NUL, the Prometheus text, and chat prompts with the generation
+ * prompt (lorac_dataset_chat_render_generation, lorac_dataset_chat_tokens). */
+#include <cjson/cJSON.h>
+
+#include "lorac/http.h"
+#include "lorac/openai.h"
+#include "lorac/tokenizer.h"
+#include "testlib.h"
+
+static lorac_oai_request_t g_req;
+static lorac_oai_error_t g_err;
+
+static lorac_status_t parse(lorac_oai_kind_t kind, const char *body) {
+    lorac_oai_request_free(&g_req);
+    memset(&g_err, 0, sizeof g_err);
+    return lorac_oai_request_parse(kind, body, strlen(body), &g_req, &g_err);
+}
+
+/* A bad body must give `status` with `param` ("" = none) and a message. */
+static void expect_bad(lorac_oai_kind_t kind, const char *body, int status, const char *param) {
+    lorac_status_t s = parse(kind, body);
+    CHECK_MSG(s != LORAC_STATUS_OK && g_err.http_status == status && !strcmp(g_err.param, param) && g_err.message[0],
+              "%s -> status %d param '%s' message '%s' (want %d '%s')", body, g_err.http_status, g_err.param,
+              g_err.message, status, param);
+    CHECK(g_req.model == NULL && g_req.prompt == NULL && g_req.messages == NULL); /* nothing left to free */
+}
+
+static cJSON *parse_json(const char *s) {
+    cJSON *o = s ? cJSON_Parse(s) : NULL;
+    CHECK_MSG(o != NULL, "not JSON: %s", s ? s : "(null)");
+    return o;
+}
+
+static const char *str_at(const cJSON *o, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static void test_parse_good(void) {
+    CHECK(parse(LORAC_OAI_COMPLETION, "{\"model\": \"base\", \"prompt\": \"Once upon\"}") == LORAC_STATUS_OK);
+    CHECK(!strcmp(g_req.model, "base") && !strcmp(g_req.prompt, "Once upon") && g_req.prompt_len == 9);
+    CHECK(g_req.max_tokens == 16 && g_req.temperature == 1.0f && g_req.top_p == 1.0f && g_req.n == 1);
+    CHECK(!g_req.stream && !g_req.has_seed && g_req.n_stop == 0 && g_req.top_k == 0 && !g_req.prompt_ids);
+
+    CHECK(parse(LORAC_OAI_COMPLETION,
+                "{\"model\": \"a\", \"prompt\": [1, 2, 3], \"max_tokens\": 5, \"temperature\": 0, \"top_p\": 0.5, "
+                "\"n\": 3, \"seed\": -7, \"stop\": [\"x\", \"yz\"], \"stream\": true, \"stream_options\": "
+                "{\"include_usage\": true}, \"top_k\": -1, \"ignore_eos\": true, \"user\": \"u\", \"logprobs\": null, "
+                "\"echo\": false, \"presence_penalty\": 0, \"best_of\": 3, \"logit_bias\": {}}") == LORAC_STATUS_OK);
+    CHECK(g_req.n_prompt_ids == 3 && g_req.prompt_ids[2] == 3 && !g_req.prompt);
+    CHECK(g_req.max_tokens == 5 && g_req.temperature == 0.0f && g_req.top_p == 0.5f && g_req.n == 3);
+    CHECK(g_req.has_seed && g_req.seed == (uint64_t)-7 && g_req.n_stop == 2 && !strcmp(g_req.stop[1], "yz"));
+    CHECK(g_req.stream && g_req.include_usage && g_req.ignore_eos && g_req.top_k == 0);
+
+    /* a batch of one prompt is that prompt; a single stop string; nulls are "not given" */
+    CHECK(parse(LORAC_OAI_COMPLETION, "{\"model\": \"a\", \"prompt\": [\"hi\"], \"stop\": \"\\n\", \"max_tokens\": null, "
+                                      "\"temperature\": null}") == LORAC_STATUS_OK);
+    CHECK(!strcmp(g_req.prompt, "hi") && g_req.n_stop == 1 && !strcmp(g_req.stop[0], "\n") && g_req.max_tokens == 16);
+    CHECK(parse(LORAC_OAI_COMPLETION, "{\"model\": \"a\", \"prompt\": [[5, 6]]}") == LORAC_STATUS_OK);
+    CHECK(g_req.n_prompt_ids == 2 && g_req.prompt_ids[0] == 5);
+    CHECK(parse(LORAC_OAI_COMPLETION, "{\"model\": \"a\", \"prompt\": \"\", \"max_tokens\": 16.0, \"top_k\": 40}") ==
+          LORAC_STATUS_OK);
+    CHECK(g_req.prompt_len == 0 && g_req.top_k == 40);
+    /* escapes and non-ASCII text survive */
+    CHECK(parse(LORAC_OAI_COMPLETION, "  {\"model\": \"a\", \"prompt\": \"\\u00e9t\\u00e9 \\ud83d\\ude00 \xe2\x82\xac\"}\n") ==
+          LORAC_STATUS_OK);
+    CHECK(!strcmp(g_req.prompt, "\xc3\xa9t\xc3\xa9 \xf0\x9f\x98\x80 \xe2\x82\xac"));
+
+    CHECK(parse(LORAC_OAI_CHAT, "{\"model\": \"m\", \"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, "
+                                "{\"role\": \"user\", \"content\": [{\"type\": \"text\", \"text\": \"a\"}, "
+                                "{\"type\": \"text\", \"text\": \"b\"}]}], \"max_completion_tokens\": 7}") ==
+          LORAC_STATUS_OK);
+    CHECK(g_req.n_messages == 2 && !strcmp(g_req.messages[0].role, "system") && !strcmp(g_req.messages[1].content, "a\nb"));
+    CHECK(g_req.max_tokens == 7);
+    CHECK(parse(LORAC_OAI_CHAT, "{\"model\": \"m\", \"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}") == LORAC_STATUS_OK);
+    CHECK(g_req.max_tokens == 0); /* chat: the rest of the context, filled by check_prompt */
+}
+
+static void test_parse_bad(void) {
+    const lorac_oai_kind_t C = LORAC_OAI_COMPLETION, H = LORAC_OAI_CHAT;
+    /* the body itself */
+    expect_bad(C, "", 400, "");
+    expect_bad(C, "   ", 400, "");
+    expect_bad(C, "{", 400, "");
+    expect_bad(C, "{\"model\": \"a\", \"prompt\": \"x\",}", 400, "");
+    expect_bad(C, "{\"model\": \"a\", \"prompt\": \"x\"} {}", 400, "");
+    expect_bad(C, "[1, 2]", 400, "");
+    expect_bad(C, "\"text\"", 400, "");
+    expect_bad(C, "null", 400, "");
+    expect_bad(C, "{\"model\": \"a\", \"prompt\": \"\xff\xfe\"}", 400, "");     /* invalid UTF-8 */
+    expect_bad(C, "{\"model\": \"a\", \"prompt\": \"\xc0\xaf\"}", 400, "");     /* overlong */
+    expect_bad(C, "{\"model\": \"a\", \"prompt\": \"\xed\xa0\x80\"}", 400, ""); /* surrogate */
+    expect_bad(C, "{\"model\": \"a\", \"prompt\": \"a\\u0000b\"}", 400, "");    /* would truncate */
+    expect_bad(C, "{\"model\": \"a\", \"prompt\": \"\\ud800\"}", 400, "");      /* lone surrogate escape */
+    {
+        const char body[] = "{\"model\": \"a\", \"prompt\": \"a\0b\"}";
+        lorac_oai_request_free(&g_req);
+        CHECK(lorac_oai_request_parse(C, body, sizeof body - 1, &g_req, &g_err) && g_err.http_status == 400);
+    }
+    /* "\\u0000" is a backslash and text, not NUL */
+    CHECK(parse(C, "{\"model\": \"a\", \"prompt\": \"a\\\\u0000b\"}") == LORAC_STATUS_OK && !strcmp(g_req.prompt, "a\\u0000b"));
+    /* model */
+    expect_bad(C, "{\"prompt\": \"x\"}", 400, "model");
+    expect_bad(C, "{\"model\": 3, \"prompt\": \"x\"}", 400, "model");
+    expect_bad(C, "{\"model\": null, \"prompt\": \"x\"}", 400, "model");
+    /* prompt */
+    expect_bad(C, "{\"model\": \"a\"}", 400, "prompt");
+    expect_bad(C, "{\"model\": \"a\", \"prompt\": 5}", 400, "prompt");
+    expect_bad(C, "{\"model\": \"a\", \"prompt\": []}", 400, "prompt");
+    expect_bad(C, "{\"model\": \"a\", \"prompt\": [\"a\", \"b\"]}", 400, "prompt");
+    expect_bad(C, "{\"model\": \"a\", \"prompt\": [[1], [2]]}", 400, "prompt");
+    expect_bad(C, "{\"model\": \"a\", \"prompt\": [1, -1]}", 400, "prompt");
+    expect_bad(C, "{\"model\": \"a\", \"prompt\": [1, 2.5]}", 400, "prompt");
+    expect_bad(C, "{\"model\": \"a\", \"prompt\": [1, 3000000000]}", 400, "prompt");
+    expect_bad(C, "{\"model\": \"a\", \"prompt\": [1, \"2\"]}", 400, "prompt");
+    expect_bad(C, "{\"model\": \"a\", \"prompt\": {}}", 400, "prompt");
+    /* numbers: types and ranges */
+    const char *ranges[][2] = {
+        {"\"temperature\": \"hot\"", "temperature"}, {"\"temperature\": -0.01", "temperature"},
+        {"\"temperature\": 2.01", "temperature"},    {"\"temperature\": 1e999", "temperature"},
+        {"\"top_p\": 0", "top_p"},                   {"\"top_p\": 1.0001", "top_p"},
+        {"\"top_p\": -1", "top_p"},                  {"\"top_p\": true", "top_p"},
+        {"\"max_tokens\": 0", "max_tokens"},         {"\"max_tokens\": -5", "max_tokens"},
+        {"\"max_tokens\": 1.5", "max_tokens"},       {"\"max_tokens\": \"10\"", "max_tokens"},
+        {"\"max_tokens\": 1e12", "max_tokens"},      {"\"n\": 0", "n"},
+        {"\"n\": 17", "n"},                          {"\"n\": 2.5", "n"},
+        {"\"top_k\": -2", "top_k"},                  {"\"seed\": 1.5", "seed"},
+        {"\"seed\": 1e30", "seed"},                  {"\"seed\": \"1\"", "seed"},
+        {"\"stream\": 1", "stream"},                 {"\"stream\": \"yes\"", "stream"},
+        {"\"ignore_eos\": 0", "ignore_eos"},         {"\"stop\": \"\"", "stop"},
+        {"\"stop\": [\"a\", \"\"]", "stop"},         {"\"stop\": [\"a\",\"b\",\"c\",\"d\",\"e\"]", "stop"},
+        {"\"stop\": 3", "stop"},                     {"\"stop\": [3]", "stop"},
+        {"\"stream_options\": {\"include_usage\": true}", "stream_options"},
+        {"\"stream\": true, \"stream_options\": 1", "stream_options"},
+        {"\"stream\": true, \"stream_options\": {\"include_usage\": 1}", "stream_options.include_usage"},
+        {"\"logprobs\": 2", "logprobs"},             {"\"echo\": true", "echo"},
+        {"\"suffix\": \"x\"", "suffix"},             {"\"best_of\": 2", "best_of"},
+        {"\"presence_penalty\": 0.5", "presence_penalty"}, {"\"frequency_penalty\": -1", "frequency_penalty"},
+        {"\"logit_bias\": {\"5\": 100}", "logit_bias"},
+    };
+    for (size_t i = 0; i < sizeof ranges / sizeof *ranges; i++) {
+        char body[512];
+        snprintf(body, sizeof body, "{\"model\": \"a\", \"prompt\": \"x\", %s}", ranges[i][0]);
+        expect_bad(C, body, 400, ranges[i][1]);
+    }
+    char long_stop[600] = "{\"model\": \"a\", \"prompt\": \"x\", \"stop\": \"";
+    size_t at = strlen(long_stop);
+    memset(long_stop + at, 'z', LORAC_OAI_MAX_STOP_LEN + 1);
+    strcpy(long_stop + at + LORAC_OAI_MAX_STOP_LEN + 1, "\"}");
+    expect_bad(C, long_stop, 400, "stop");
+    /* chat messages */
+    expect_bad(H, "{\"model\": \"m\"}", 400, "messages");
+    expect_bad(H, "{\"model\": \"m\", \"messages\": []}", 400, "messages");
+    expect_bad(H, "{\"model\": \"m\", \"messages\": \"hi\"}", 400, "messages");
+    expect_bad(H, "{\"model\": \"m\", \"messages\": [\"hi\"]}", 400, "messages");
+    expect_bad(H, "{\"model\": \"m\", \"messages\": [{\"content\": \"hi\"}]}", 400, "messages");
+    expect_bad(H, "{\"model\": \"m\", \"messages\": [{\"role\": \"wizard\", \"content\": \"hi\"}]}", 400, "messages");
+    expect_bad(H, "{\"model\": \"m\", \"messages\": [{\"role\": \"user\"}]}", 400, "messages");
+    expect_bad(H, "{\"model\": \"m\", \"messages\": [{\"role\": \"user\", \"content\": 5}]}", 400, "messages");
+    expect_bad(H, "{\"model\": \"m\", \"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"image_url\"}]}]}",
+               400, "messages");
+    expect_bad(H, "{\"model\": \"m\", \"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tools\": [{}]}", 400,
+               "tools");
+    expect_bad(H, "{\"model\": \"m\", \"messages\": [{\"role\": \"user\", \"content\": \"x\"}], "
+                  "\"response_format\": {\"type\": \"json_object\"}}", 400, "response_format");
+    /* a body nested too deep for cJSON is refused, not a crash */
+    char deep[4200];
+    size_t d = 0;
+    d += (size_t)sprintf(deep, "{\"model\": \"a\", \"prompt\": ");
+    for (int i = 0; i < 2000; i++) deep[d++] = '[';
+    for (int i = 0; i < 2000; i++) deep[d++] = ']';
+    strcpy(deep + d, "}");
+    expect_bad(C, deep, 400, "");
+    lorac_oai_request_free(&g_req);
+}
+
+static void test_check_prompt(void) {
+    int32_t ids[4] = {1, 5, 9, 2};
+    CHECK(parse(LORAC_OAI_COMPLETION, "{\"model\": \"a\", \"prompt\": \"x\", \"max_tokens\": 10}") == 0);
+    CHECK(lorac_oai_request_check_prompt(&g_req, ids, 4, 10, 14, &g_err) == LORAC_STATUS_OK);
+    CHECK(lorac_oai_request_check_prompt(&g_req, ids, 4, 10, 13, &g_err) && !strcmp(g_err.param, "max_tokens"));
+    CHECK(lorac_oai_request_check_prompt(&g_req, ids, 4, 9, 100, &g_err) && !strcmp(g_err.param, "prompt") &&
+          strstr(g_err.message, "token id 9"));
+    CHECK(lorac_oai_request_check_prompt(&g_req, ids, 0, 10, 100, &g_err) && g_err.http_status == 400);
+    int32_t neg[2] = {1, -3};
+    CHECK(lorac_oai_request_check_prompt(&g_req, neg, 2, 10, 100, &g_err) && g_err.http_status == 400);
+    CHECK(lorac_oai_request_check_prompt(&g_req, ids, 4, 10, 4, &g_err) && g_err.http_status == 400);
+    CHECK(parse(LORAC_OAI_CHAT, "{\"model\": \"m\", \"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}") == 0);
+    CHECK(lorac_oai_request_check_prompt(&g_req, ids, 4, 10, 64, &g_err) == LORAC_STATUS_OK && g_req.max_tokens == 60);
+    lorac_oai_request_free(&g_req);
+}
+
+static void test_errors(void) {
+    lorac_oai_error_t e;
+    CHECK(lorac_oai_error_set(&e, 404, "invalid_request_error", "model", "model_not_found", "The model '%s' does not exist",
+                              "zz") == LORAC_STATUS_NOT_FOUND);
+    char *s = lorac_oai_error_json(&e);
+    cJSON *o = parse_json(s);
+    free(s);
+    const cJSON *err = cJSON_GetObjectItemCaseSensitive(o, "error");
+    CHECK(err && !strcmp(str_at(err, "message"), "The model 'zz' does not exist"));
+    CHECK(!strcmp(str_at(err, "type"), "invalid_request_error") && !strcmp(str_at(err, "param"), "model") &&
+          !strcmp(str_at(err, "code"), "model_not_found"));
+    cJSON_Delete(o);
+    CHECK(lorac_oai_error_set(&e, 429, NULL, NULL, NULL, "busy") == LORAC_STATUS_BUSY);
+    s = lorac_oai_error_json(&e);
+    o = parse_json(s);
+    err = cJSON_GetObjectItemCaseSensitive(o, "error");
+    CHECK(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(err, "param")) && cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(err, "code")));
+    cJSON_Delete(o);
+    free(s);
+    /* a message cut inside a character stays valid UTF-8 */
+    char longmsg[2000];
+    memset(longmsg, 'a', sizeof longmsg);
+    for (size_t i = 1; i + 1 < sizeof longmsg; i += 2) memcpy(longmsg + i, "\xc3\xa9", 2);
+    longmsg[sizeof longmsg - 1] = 0;
+    lorac_oai_error_set(&e, 400, NULL, NULL, NULL, "%s", longmsg);
+    CHECK(lorac_utf8_valid(e.message, strlen(e.message)));
+    s = lorac_oai_stream_error(&e);
+    CHECK(s && !strncmp(s, "data: {\"error\":", 15) && strstr(s, "\n\n") == s + strlen(s) - 2);
+    free(s);
+}
+
+static void test_json_string(void) {
+    const char raw[] = "a\"b\\c\n\x01\xff\xe2\x82" "\0" "\xf0\x9f\x98\x80";
+    char *s = lorac_oai_json_string(raw, sizeof raw - 1);
+    CHECK(s && lorac_utf8_valid(s, strlen(s)));
+    char wrapped[256];
+    snprintf(wrapped, sizeof wrapped, "[%s]", s);
+    cJSON *o = parse_json(wrapped);
+    CHECK(cJSON_IsString(o->child) && !strcmp(o->child->valuestring, "a\"b\\c\n\x01\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"));
+    CHECK(strstr(s, "\\u0000\xf0\x9f\x98\x80\"") != NULL); /* NUL escaped, the emoji kept whole */
+    cJSON_Delete(o);
+    free(s);
+}
+
+static void test_responses(void) {
+    lorac_oai_meta_t m = {.kind = LORAC_OAI_COMPLETION, .id = "cmpl-1", .created = 1700000000, .model = "base"};
+    lorac_oai_choice_t ch[2] = {{.text = "hi\xe2\x82", .text_len = 5, .finish_reason = "length"},
+                                {.text = "", .text_len = 0, .finish_reason = "stop"}};
+    char *s = lorac_oai_response_json(&m, ch, 2, 7, 9);
+    cJSON *o = parse_json(s);
+    CHECK(!strcmp(str_at(o, "id"), "cmpl-1") && !strcmp(str_at(o, "object"), "text_completion"));
+    CHECK(cJSON_GetObjectItemCaseSensitive(o, "created")->valuedouble == 1700000000 && !strcmp(str_at(o, "model"), "base"));
+    const cJSON *choices = cJSON_GetObjectItemCaseSensitive(o, "choices");
+    CHECK(cJSON_GetArraySize(choices) == 2);
+    const cJSON *c0 = cJSON_GetArrayItem(choices, 0), *c1 = cJSON_GetArrayItem(choices, 1);
+    CHECK(!strcmp(str_at(c0, "text"), "hi\xef\xbf\xbd\xef\xbf\xbd") && !strcmp(str_at(c0, "finish_reason"), "length"));
+    CHECK(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(c0, "logprobs")));
+    CHECK(cJSON_GetObjectItemCaseSensitive(c1, "index")->valueint == 1 && !strcmp(str_at(c1, "finish_reason"), "stop"));
+    const cJSON *u = cJSON_GetObjectItemCaseSensitive(o, "usage");
+    CHECK(cJSON_GetObjectItemCaseSensitive(u, "prompt_tokens")->valueint == 7 &&
+          cJSON_GetObjectItemCaseSensitive(u, "completion_tokens")->valueint == 9 &&
+          cJSON_GetObjectItemCaseSensitive(u, "total_tokens")->valueint == 16);
+    cJSON_Delete(o);
+    free(s);
+
+    m.kind = LORAC_OAI_CHAT;
+    m.id = "chatcmpl-2";
+    s = lorac_oai_response_json(&m, ch, 1, 1, 2);
+    o = parse_json(s);
+    CHECK(!strcmp(str_at(o, "object"), "chat.completion"));
+    const cJSON *msg = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "choices"), 0),
+                                                        "message");
+    CHECK(!strcmp(str_at(msg, "role"), "assistant") && !strncmp(str_at(msg, "content"), "hi", 2));
+    cJSON_Delete(o);
+    free(s);
+
+    /* SSE chunks: "data: {json}\n\n" */
+    struct { bool role; const char *text; const char *finish; bool usage; } cases[] = {
+        {true, NULL, NULL, true}, {false, "ab", NULL, false}, {false, "", "stop", true}};
+    for (int k = 0; k < 2; k++) {
+        m.kind = k ? LORAC_OAI_CHAT : LORAC_OAI_COMPLETION;
+        for (int i = 0; i < 3; i++) {
+            if (cases[i].role && !k) continue;
+            s = lorac_oai_stream_chunk(&m, 3, cases[i].text, cases[i].text ? strlen(cases[i].text) : 0, cases[i].finish,
+                                       cases[i].role, cases[i].usage);
+            CHECK(s && !strncmp(s, "data: ", 6) && strlen(s) > 8 && !strcmp(s + strlen(s) - 2, "\n\n"));
+            o = parse_json(s ? s + 6 : NULL);
+            CHECK(!strcmp(str_at(o, "object"), k ? "chat.completion.chunk" : "text_completion"));
+            const cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "choices"), 0);
+            CHECK(cJSON_GetObjectItemCaseSensitive(c, "index")->valueint == 3);
+            const cJSON *fr = cJSON_GetObjectItemCaseSensitive(c, "finish_reason");
+            CHECK(cases[i].finish ? cJSON_IsString(fr) && !strcmp(fr->valuestring, cases[i].finish) : cJSON_IsNull(fr));
+            CHECK((cJSON_GetObjectItemCaseSensitive(o, "usage") != NULL) == cases[i].usage);
+            if (k) {
+                const cJSON *d = cJSON_GetObjectItemCaseSensitive(c, "delta");
+                CHECK(cJSON_IsObject(d));
+                if (cases[i].role) CHECK(!strcmp(str_at(d, "role"), "assistant"));
+                else if (cases[i].finish) CHECK(d->child == NULL);
+                else CHECK(!strcmp(str_at(d, "content"), "ab"));
+            } else {
+                CHECK(!strcmp(str_at(c, "text"), cases[i].text));
+            }
+            cJSON_Delete(o);
+            free(s);
+        }
+    }
+    s = lorac_oai_stream_usage_chunk(&m, 4, 6);
+    o = parse_json(s ? s + 6 : NULL);
+    CHECK(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(o, "choices")) == 0);
+    CHECK(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(o, "usage"), "total_tokens")->valueint == 10);
+    cJSON_Delete(o);
+    free(s);
+    CHECK(!strcmp(lorac_oai_stream_done, "data: [DONE]\n\n"));
+
+    const char *adapters[2] = {"sql", "poet"};
+    s = lorac_oai_models_json("base", 5, adapters, 2);
+    o = parse_json(s);
+    const cJSON *data = cJSON_GetObjectItemCaseSensitive(o, "data");
+    CHECK(!strcmp(str_at(o, "object"), "list") && cJSON_GetArraySize(data) == 3);
+    CHECK(!strcmp(str_at(cJSON_GetArrayItem(data, 0), "id"), "base") &&
+          cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(data, 0), "parent")));
+    CHECK(!strcmp(str_at(cJSON_GetArrayItem(data, 2), "id"), "poet") &&
+          !strcmp(str_at(cJSON_GetArrayItem(data, 2), "parent"), "base") &&
+          !strcmp(str_at(cJSON_GetArrayItem(data, 2), "object"), "model"));
+    cJSON_Delete(o);
+    free(s);
+}
+
+static void test_lora_requests(void) {
+    char *name, *path;
+    lorac_oai_error_t e;
+    const char *b = "{\"lora_name\": \"sql\", \"lora_path\": \"/x/sql\"}";
+    CHECK(lorac_oai_lora_request_parse(b, strlen(b), true, &name, &path, &e) == 0 && !strcmp(name, "sql") &&
+          !strcmp(path, "/x/sql"));
+    free(name);
+    free(path);
+    CHECK(lorac_oai_lora_request_parse(b, strlen(b), false, &name, &path, &e) == 0 && !path);
+    free(name);
+    const char *bad[] = {"", "{}", "[]", "{\"lora_name\": \"\"}", "{\"lora_name\": 5}", "{\"lora_name\": \"a\", \"lora_path\": 1}",
+                         "{\"lora_name\": \"a\xff\"}", "nope"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        CHECK_MSG(lorac_oai_lora_request_parse(bad[i], strlen(bad[i]), true, &name, &path, &e) != 0 && e.http_status == 400 &&
+                  !name && !path, "%s", bad[i]);
+    }
+}
+
+static void test_metrics(void) {
+    lorac_engine_metrics_t m = {0};
+    m.requests_total = 5;
+    m.requests_finished[LORAC_FINISH_STOP] = 3;
+    m.requests_finished[LORAC_FINISH_CANCELLED] = 1;
+    m.latency_counts[0] = 2;
+    m.latency_counts[3] = 1;
+    m.latency_counts[LORAC_SERVE_LATENCY_BUCKETS - 1] = 1;
+    m.latency_sum_s = 200.5;
+    m.waiting = 4;
+    char *s = lorac_http_metrics_text(&m);
+    CHECK(s != NULL);
+    if (!s) return;
+    CHECK(strstr(s, "\nlorac_requests_total 5\n") && strstr(s, "lorac_requests_finished_total{reason=\"stop\"} 3\n"));
+    CHECK(strstr(s, "lorac_requests_finished_total{reason=\"cancelled\"} 1\n") && strstr(s, "\nlorac_queue_depth 4\n"));
+    CHECK(strstr(s, "lorac_request_latency_seconds_bucket{le=\"0.05\"} 2\n"));
+    CHECK(strstr(s, "lorac_request_latency_seconds_bucket{le=\"0.25\"} 2\n"));
+    CHECK(strstr(s, "lorac_request_latency_seconds_bucket{le=\"0.5\"} 3\n"));  /* cumulative */
+    CHECK(strstr(s, "lorac_request_latency_seconds_bucket{le=\"120\"} 3\n"));
+    CHECK(strstr(s, "lorac_request_latency_seconds_bucket{le=\"+Inf\"} 4\n"));
+    CHECK(strstr(s, "lorac_request_latency_seconds_count 4\n") && strstr(s, "lorac_request_latency_seconds_sum 200.5\n"));
+    CHECK(strstr(s, "# TYPE lorac_request_latency_seconds histogram\n") && strstr(s, "# TYPE lorac_running gauge\n"));
+    const char *names[] = {"lorac_requests_rejected_total", "lorac_prompt_tokens_total", "lorac_completion_tokens_total",
+                           "lorac_batch_size", "lorac_adapters_loaded"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) CHECK_MSG(strstr(s, names[i]) != NULL, "%s", names[i]);
+    free(s);
+}
+
+static void test_chat_prompts(void) {
+    lorac_chat_message_t msgs[2] = {{"system", "Be brief."}, {"user", "Hi"}};
+    struct { const char *tpl; const char *want; } cases[] = {
+        {"chatml", "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"},
+        {"llama-3", "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+                    "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"},
+        {"zephyr", "<|system|>\nBe brief.</s>\n<|user|>\nHi</s>\n<|assistant|>\n"},
+        {"llama-2", "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST]"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char *out = NULL;
+        size_t len = 0;
+        CHECK(lorac_dataset_chat_render_generation(cases[i].tpl, NULL, msgs, 2, NULL, NULL, &out, &len) == 0);
+        CHECK_MSG(out && !strcmp(out, cases[i].want) && len == strlen(cases[i].want), "%s: '%s'", cases[i].tpl,
+                  out ? out : "(null)");
+        free(out);
+    }
+    char *out = NULL;
+    CHECK(lorac_dataset_chat_render_generation("nope", NULL, msgs, 2, NULL, NULL, &out, NULL) == LORAC_STATUS_INVALID_ARG);
+    lorac_chat_message_t bad[1] = {{"wizard", "x"}};
+    CHECK(lorac_dataset_chat_render_generation("chatml", NULL, bad, 1, NULL, NULL, &out, NULL) == LORAC_STATUS_FORMAT && !out);
+
+    /* BOS/EOS strings and specials against real tokenizers */
+    char path[2048], cfg[2048];
+    snprintf(path, sizeof path, "%s/tokenizers/smollm2-360m-instruct-ft/tokenizer.json", tl_fixtures());
+    snprintf(cfg, sizeof cfg, "%s/tokenizers/smollm2-360m-instruct-ft/tokenizer_config.json", tl_fixtures());
+    lorac_tokenizer_t *sm = NULL, *tl = NULL;
+    CHECK(lorac_tokenizer_load_json(path, &sm) == 0);
+    char *bos = NULL, *eos = NULL;
+    CHECK(sm && lorac_dataset_chat_tokens("chatml", sm, cfg, &bos, &eos) == 0 && !strcmp(eos, "<|im_end|>"));
+    free(bos);
+    free(eos);
+    const char *name = NULL;
+    char *sys = NULL;
+    CHECK(lorac_dataset_chat_template_from_config(cfg, &name, &sys) == 0 && !strcmp(name, "chatml") && sys);
+    CHECK(lorac_dataset_chat_render_generation(name, sys, msgs + 1, 1, NULL, NULL, &out, NULL) == 0 &&
+          !strcmp(out, "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+                       "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"));
+    free(out);
+    free(sys);
+    snprintf(path, sizeof path, "%s/tokenizers/tinyllama-1.1b-chat-v1.0/tokenizer.json", tl_fixtures());
+    snprintf(cfg, sizeof cfg, "%s/tokenizers/tinyllama-1.1b-chat-v1.0/tokenizer_config.json", tl_fixtures());
+    CHECK(lorac_tokenizer_load_json(path, &tl) == 0);
+    CHECK(tl && lorac_dataset_chat_tokens("zephyr", tl, cfg, &bos, &eos) == 0 && !strcmp(bos, "<s>") && !strcmp(eos, "</s>"));
+    free(bos);
+    free(eos);
+    /* TinyLlama's tokenizer has no <|im_start|> token: chatml is refused, naming it */
+    CHECK(tl && lorac_dataset_chat_tokens("chatml", tl, NULL, &bos, &eos) == LORAC_STATUS_UNSUPPORTED && !bos && !eos &&
+          strstr(lorac_error_message(), "<|im_start|>"));
+    lorac_tokenizer_free(sm);
+    lorac_tokenizer_free(tl);
+}
+
+int main(void) {
+    test_parse_good();
+    test_parse_bad();
+    test_check_prompt();
+    test_errors();
+    test_json_string();
+    test_responses();
+    test_lora_requests();
+    test_metrics();
+    test_chat_prompts();
+    return tl_finish("test_openai_protocol");
+}
