@@ -1,0 +1,636 @@
+"""`lorac serve` end to end, over HTTP, against `lorac generate`.
+
+The real stories260K model (converted from the fixtures with `lorac convert`,
+plus a tokenizer_config.json whose chat template is TinyLlama's zephyr one)
+and eight random PEFT adapters of ranks 4..32 written from Python
+(tests/reference/peft_ref.py) under an adapters directory. One server with
+--allow-admin, 4 KV slots and --max-loras 8 (a ninth adapter, added while
+serving, evicts one), then:
+
+  1. 16 concurrent greedy requests, streaming and not, over the 8 adapters and
+     the base: each text equals `lorac generate --temp 0` with that adapter
+     alone; usage and finish_reason agree; streamed chunks have the OpenAI
+     shapes and end with [DONE];
+  2. n=2 with include_usage, stop strings, token-id prompts, chat (rendered
+     with the recognised template: equal to /v1/completions on the rendered
+     ids), /v1/models, /health;
+  3. every class of bad request (malformed/empty JSON, wrong types, invalid
+     UTF-8, ids outside the vocabulary, each numeric out of range, prompt +
+     max_tokens past the context, unknown model, a path as model, body over
+     --max-body with and without Content-Length, queue full, unknown path,
+     wrong method, a broken adapter) sent while long streams are in flight:
+     each gets its status and an OpenAI error object, and the streams finish
+     whole;
+  4. clients that hang up mid-stream or while waiting have their requests
+     cancelled (metrics count them);
+  5. load / use / unload / reload adapters while requests run; lora_path
+     outside the adapters directory refused;
+  6. a few seconds of random and mutated requests, then /health still
+     answers; /metrics is consistent;
+  7. SIGTERM exits 0; a second server without --allow-admin or a chat
+     template answers 404 / 400 for those, and exits 0 on SIGINT.
+
+Run alone: LORAC_BIN=build/lorac LORAC_FIXTURES=../shared/fixtures /usr/bin/python3 tests/test_serve.py
+"""
+
+import http.client
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference"))
+import peft_ref  # noqa: E402
+
+BIN = os.environ.get("LORAC_BIN")
+FIX = os.environ.get("LORAC_FIXTURES")
+TMP = os.path.join(os.environ.get("LORAC_TEST_TMP", "/tmp"), f"serve.{os.getpid()}")
+SANITIZED = bool(os.environ.get("LORAC_SANITIZED"))
+PROMPTS = ["Once upon a time", "Lily wanted to", "The big dog", "One day, a little", "Tom and Sam went",
+           "The sun was", "She saw a bird", "He liked to play"]
+ZEPHYR = ("{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + "
+          "eos_token }}\n{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n' + message['content'] + "
+          "eos_token }}\n{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n"
+          "{% endfor %}")
+
+passed = failed = 0
+
+
+def check(cond, what):
+    global passed, failed
+    if cond:
+        passed += 1
+    else:
+        failed += 1
+        print("FAIL:", what, flush=True)
+    return cond
+
+
+# ---- HTTP ------------------------------------------------------------------------
+
+class Server:
+    def __init__(self, args, log):
+        self.log = open(log, "w")
+        self.proc = subprocess.Popen([BIN, "serve", "--port", "0", "-t", "1"] + args, stdout=subprocess.PIPE,
+                                     stderr=self.log, text=True)
+        line = self.proc.stdout.readline()
+        m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+        if not m:
+            self.proc.kill()
+            raise SystemExit(f"server did not start: {line!r}; see {log}")
+        self.port = int(m.group(1))
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = "timeout"
+        self.log.close()
+        return rc
+
+
+def request(port, method, path, body=None, headers=None, timeout=120):
+    """(status, headers dict, body bytes); body: dict (JSON), bytes or str."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body)
+    if isinstance(body, str):
+        body = body.encode()
+    h = {"Content-Type": "application/json"}
+    h.update(headers or {})
+    try:
+        c.request(method, path, body=body, headers=h)
+        r = c.getresponse()
+        data = r.read()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+    finally:
+        c.close()
+
+
+def post(port, path, body, **kw):
+    return request(port, "POST", path, body, **kw)
+
+
+def sse_events(data):
+    """The JSON events of an SSE body and whether it ended with [DONE]."""
+    events, done = [], False
+    for block in data.decode().split("\n\n"):
+        if not block:
+            continue
+        if not block.startswith("data: "):
+            raise ValueError(f"not an SSE event: {block!r}")
+        payload = block[6:]
+        if payload == "[DONE]":
+            done = True
+            continue
+        events.append(json.loads(payload))
+    return events, done
+
+
+def complete(port, body):
+    """Text, finish_reason, usage (or the error) of a completion, streamed or not."""
+    chat = "messages" in body
+    st, hdr, data = post(port, "/v1/chat/completions" if chat else "/v1/completions", body)
+    if st != 200:
+        return {"status": st, "error": json.loads(data)}
+    if not body.get("stream"):
+        o = json.loads(data)
+        c = o["choices"][0]
+        return {"status": st, "text": c["message"]["content"] if chat else c["text"],
+                "finish": c["finish_reason"], "usage": o["usage"], "object": o, "content_type": hdr.get("content-type")}
+    events, done = sse_events(data)
+    texts, finish, errors = {}, {}, []
+    for e in events:
+        if "error" in e:
+            errors.append(e)
+            continue
+        for c in e["choices"]:
+            i = c["index"]
+            piece = (c["delta"].get("content") or "") if chat else c["text"]
+            texts[i] = texts.get(i, "") + piece
+            if c["finish_reason"]:
+                finish[i] = c["finish_reason"]
+    return {"status": st, "text": texts.get(0, ""), "texts": texts, "finish": finish.get(0), "finishes": finish,
+            "done": done, "events": events, "errors": errors, "content_type": hdr.get("content-type")}
+
+
+def in_threads(fns):
+    out = [None] * len(fns)
+
+    def run(i):
+        try:
+            out[i] = fns[i]()
+        except Exception as e:  # noqa: BLE001
+            out[i] = e
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(len(fns))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return out
+
+
+def generate(model, adapter, prompt, n):
+    args = [BIN, "generate", "-m", model, "-p", prompt, "--temp", "0", "-n", str(n), "-t", "1"]
+    if adapter:
+        args += ["--adapter", adapter]
+    out = subprocess.run(args, capture_output=True, check=True).stdout.decode()
+    assert out.startswith(prompt) and out.endswith("\n"), out
+    return out[len(prompt):-1]
+
+
+def metrics(port):
+    st, _, data = request(port, "GET", "/metrics")
+    vals = {}
+    for line in data.decode().splitlines():
+        if line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            vals[k] = float(v)
+    return st, vals
+
+
+def is_error_object(data, status):
+    try:
+        e = json.loads(data)["error"]
+        return isinstance(e["message"], str) and e["message"] and isinstance(e["type"], str) and "param" in e and \
+            "code" in e
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+# ---- setup ----------------------------------------------------------------------------
+
+def setup():
+    shutil.rmtree(TMP, ignore_errors=True)
+    os.makedirs(TMP)
+    model = os.path.join(TMP, "model")
+    fx = os.path.join(FIX, "llama2c")
+    subprocess.run([BIN, "convert", "--from", "llama2c", os.path.join(fx, "stories260K.bin"), "--tokenizer",
+                    os.path.join(fx, "tok512.bin"), "-o", model], check=True, capture_output=True)
+    with open(os.path.join(model, "tokenizer_config.json"), "w") as f:
+        json.dump({"bos_token": "<s>", "eos_token": "</s>", "chat_template": ZEPHYR}, f)
+    with open(os.path.join(model, "config.json")) as f:
+        c = json.load(f)
+    adapters = os.path.join(TMP, "adapters")
+    os.makedirs(adapters)
+    names = []
+    projections = peft_ref.projection_names(c)
+    for k, r in enumerate([4, 8, 16, 32, 4, 8, 16, 32]):
+        kinds = ["q_proj", "v_proj"] if k % 3 == 0 else ["q_proj", "k_proj", "v_proj", "o_proj"] if k % 3 == 1 else \
+            list(peft_ref.PROJ_BLOCK)
+        modules = {p: r for p in projections if p.rsplit(".", 1)[1] in kinds}
+        ab = peft_ref.random_lora(c, modules, seed=100 + k)
+        name = f"a{k}-r{r}"
+        peft_ref.write_adapter(os.path.join(adapters, name), {"r": r, "lora_alpha": 2 * r, "target_modules": kinds},
+                               peft_ref.lora_tensors(ab))
+        names.append(name)
+    # one that parses as a directory but does not load
+    os.makedirs(os.path.join(adapters, "broken"))
+    with open(os.path.join(adapters, "broken", "adapter_config.json"), "w") as f:
+        f.write("{not json")
+    # an adapter kept aside, copied in while the server runs
+    ab = peft_ref.random_lora(c, {p: 8 for p in projections if p.endswith("q_proj")}, seed=999)
+    peft_ref.write_adapter(os.path.join(TMP, "late"), {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]},
+                           peft_ref.lora_tensors(ab))
+    return model, adapters, names, c
+
+
+# ---- the checks -------------------------------------------------------------------------
+
+def test_concurrent(port, model, adapters, names):
+    jobs, expected = [], []
+    for i in range(16):
+        a = ([None] + names)[i % 9]
+        prompt = PROMPTS[i % len(PROMPTS)]
+        n = 24 + 8 * (i % 4)
+        expected.append(generate(model, a and os.path.join(adapters, a), prompt, n))
+        body = {"model": a or "model", "prompt": prompt, "max_tokens": n, "temperature": 0, "stream": i % 2 == 1}
+        jobs.append(lambda body=body: complete(port, body))
+    results = in_threads(jobs)
+    for i, (r, want) in enumerate(zip(results, expected)):
+        if not check(isinstance(r, dict) and r["status"] == 200, f"request {i}: {r}"):
+            continue
+        check(r["text"] == want, f"request {i} ({'stream' if i % 2 else 'whole'}): {r['text']!r} != generate {want!r}")
+        n = 24 + 8 * (i % 4)
+        check(r["finish"] in ("stop", "length"), f"request {i} finish {r['finish']}")
+        if i % 2:
+            check(r["done"] and not r["errors"], f"request {i}: stream not closed with [DONE]")
+            check(r["content_type"] == "text/event-stream", f"request {i}: content type {r['content_type']}")
+            ev = r["events"]
+            check(all(e["object"] == "text_completion" and e["id"] == ev[0]["id"] and e["id"].startswith("cmpl-")
+                      for e in ev), f"request {i}: chunk shapes")
+            check(ev[-1]["choices"][0]["finish_reason"] is not None and
+                  all(e["choices"][0]["finish_reason"] is None for e in ev[:-1]), f"request {i}: finish only last")
+        else:
+            o = r["object"]
+            check(o["object"] == "text_completion" and o["id"].startswith("cmpl-") and isinstance(o["created"], int),
+                  f"request {i}: response shape")
+            check(o["model"] == (([None] + names)[i % 9] or "model"), f"request {i}: model {o['model']}")
+            u = r["usage"]
+            check(u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"] and
+                  (u["completion_tokens"] == n) == (r["finish"] == "length") and u["completion_tokens"] <= n,
+                  f"request {i}: usage {u} finish {r['finish']}")
+    # the adapters make a difference (else the test proves little)
+    differ = sum(expected[i] != generate(model, None, PROMPTS[i % len(PROMPTS)], 24 + 8 * (i % 4)) for i in range(1, 9))
+    check(differ >= 6, f"only {differ} of 8 adapters change the output")
+
+
+def test_features(port, model, names):
+    base = "model"
+    # n = 2 with seeds, stream and usage
+    r = complete(port, {"model": names[0], "prompt": PROMPTS[0], "max_tokens": 12, "n": 2, "temperature": 0.9,
+                        "seed": 11, "stream": True, "stream_options": {"include_usage": True}})
+    check(r["status"] == 200 and sorted(r["texts"]) == [0, 1] and sorted(r["finishes"]) == [0, 1], f"n=2 stream: {r}")
+    last = r["events"][-1]
+    check(last["choices"] == [] and last["usage"]["completion_tokens"] >= 2 and
+          all(e["usage"] is None for e in r["events"][:-1]), "include_usage: usage chunk last, null before")
+    again = complete(port, {"model": names[0], "prompt": PROMPTS[0], "max_tokens": 12, "n": 2, "temperature": 0.9,
+                            "seed": 11})
+    check(again["status"] == 200 and [c["text"] for c in again["object"]["choices"]] == [r["texts"][0], r["texts"][1]],
+          "the same seed gives the same choices, streamed or not")
+    # stop strings end the text before the match
+    full = complete(port, {"model": base, "prompt": PROMPTS[1], "max_tokens": 40, "temperature": 0})
+    stop = full["text"][len(full["text"]) // 2:][:3]
+    cut = complete(port, {"model": base, "prompt": PROMPTS[1], "max_tokens": 40, "temperature": 0,
+                          "stop": ["\u00e9never", stop]})
+    check(cut["status"] == 200 and cut["text"] == full["text"][:full["text"].index(stop)] and cut["finish"] == "stop",
+          f"stop {stop!r}: {cut.get('text')!r} from {full['text']!r}")
+    # token ids as the prompt give what the text gives
+    ids = subprocess.run([BIN, "tokenize", "-m", model, "-p", PROMPTS[1]], capture_output=True, text=True,
+                         check=True).stdout.split()
+    by_ids = complete(port, {"model": base, "prompt": [int(x) for x in ids], "max_tokens": 40, "temperature": 0})
+    check(by_ids["status"] == 200 and by_ids["text"] == full["text"], "prompt as token ids")
+    # chat: rendered with the recognised template (+ generation prompt), tokenized without BOS
+    msgs = [{"role": "user", "content": "Tell me a story."}]
+    rendered = "<|user|>\nTell me a story.</s>\n<|assistant|>\n"
+    ids = subprocess.run([BIN, "tokenize", "-m", model, "-p", rendered, "--no-special"], capture_output=True,
+                         text=True, check=True).stdout.split()
+    ref = complete(port, {"model": names[2], "prompt": [int(x) for x in ids], "max_tokens": 20, "temperature": 0})
+    for stream in (False, True):
+        chat = complete(port, {"model": names[2], "messages": msgs, "max_tokens": 20, "temperature": 0, "stream": stream})
+        check(chat["status"] == 200 and chat["text"] == ref["text"], f"chat (stream={stream}): {chat} vs {ref}")
+        if stream and chat["status"] == 200:
+            ev = chat["events"]
+            check(ev[0]["object"] == "chat.completion.chunk" and ev[0]["choices"][0]["delta"] == {"role": "assistant",
+                                                                                                 "content": ""},
+                  "chat stream: the role first")
+            check(ev[-1]["choices"][0]["delta"] == {} and ev[-1]["choices"][0]["finish_reason"], "chat stream: last")
+        elif chat["status"] == 200:
+            o = chat["object"]
+            check(o["object"] == "chat.completion" and o["id"].startswith("chatcmpl-") and
+                  o["choices"][0]["message"]["role"] == "assistant", "chat response shape")
+    # chat without max_tokens runs to the end of the context or EOS
+    r = complete(port, {"model": base, "messages": msgs, "temperature": 0})
+    check(r["status"] == 200 and r["usage"]["prompt_tokens"] + r["usage"]["completion_tokens"] <= 512, "chat default")
+    # models, health
+    st, _, data = request(port, "GET", "/v1/models")
+    o = json.loads(data)
+    ids = [m["id"] for m in o["data"]]
+    check(st == 200 and o["object"] == "list" and ids[0] == base and set(names) <= set(ids), f"models {ids}")
+    check(all(m["parent"] == base for m in o["data"][1:]) and o["data"][0]["parent"] is None, "models: parent")
+    st, _, data = request(port, "GET", "/health")
+    check(st == 200 and json.loads(data) == {"status": "ok"}, "health")
+
+
+def long_stream(port, model, adapter="model"):
+    return complete(port, {"model": adapter, "prompt": PROMPTS[2], "max_tokens": 300, "temperature": 0.8,
+                           "ignore_eos": True, "stream": True})
+
+
+BAD = [
+    # (what, path, body, status, code or None)
+    ("malformed JSON", "/v1/completions", '{"model": "model", "prompt": ', 400, None),
+    ("empty body", "/v1/completions", "", 400, None),
+    ("not an object", "/v1/completions", "[1]", 400, None),
+    ("trailing data", "/v1/completions", '{"model": "model", "prompt": "x"}]', 400, None),
+    ("prompt wrong type", "/v1/completions", {"model": "model", "prompt": {"a": 1}}, 400, None),
+    ("model wrong type", "/v1/completions", {"model": 7, "prompt": "x"}, 400, None),
+    ("no model", "/v1/completions", {"prompt": "x"}, 400, None),
+    ("max_tokens a string", "/v1/completions", {"model": "model", "prompt": "x", "max_tokens": "9"}, 400, None),
+    ("stream a string", "/v1/completions", {"model": "model", "prompt": "x", "stream": "yes"}, 400, None),
+    ("invalid UTF-8", "/v1/completions", b'{"model": "model", "prompt": "\xff\xfe"}', 400, None),
+    ("NUL escape", "/v1/completions", '{"model": "model", "prompt": "a\\u0000b"}', 400, None),
+    ("id outside vocab", "/v1/completions", {"model": "model", "prompt": [1, 512]}, 400, None),
+    ("negative id", "/v1/completions", {"model": "model", "prompt": [1, -1]}, 400, None),
+    ("temperature -1", "/v1/completions", {"model": "model", "prompt": "x", "temperature": -1}, 400, None),
+    ("temperature 2.5", "/v1/completions", {"model": "model", "prompt": "x", "temperature": 2.5}, 400, None),
+    ("temperature huge", "/v1/completions", '{"model": "model", "prompt": "x", "temperature": 1e999}', 400, None),
+    ("top_p 0", "/v1/completions", {"model": "model", "prompt": "x", "top_p": 0}, 400, None),
+    ("top_p 2", "/v1/completions", {"model": "model", "prompt": "x", "top_p": 2}, 400, None),
+    ("max_tokens 0", "/v1/completions", {"model": "model", "prompt": "x", "max_tokens": 0}, 400, None),
+    ("max_tokens past ctx", "/v1/completions", {"model": "model", "prompt": "x", "max_tokens": 600}, 400, None),
+    ("prompt past ctx", "/v1/completions", {"model": "model", "prompt": [1] * 520, "max_tokens": 1}, 400, None),
+    ("n 0", "/v1/completions", {"model": "model", "prompt": "x", "n": 0}, 400, None),
+    ("n 1000", "/v1/completions", {"model": "model", "prompt": "x", "n": 1000}, 400, None),
+    ("empty stop", "/v1/completions", {"model": "model", "prompt": "x", "stop": [""]}, 400, None),
+    ("5 stops", "/v1/completions", {"model": "model", "prompt": "x", "stop": list("abcde")}, 400, None),
+    ("seed fractional", "/v1/completions", {"model": "model", "prompt": "x", "seed": 0.5}, 400, None),
+    ("logprobs", "/v1/completions", {"model": "model", "prompt": "x", "logprobs": 3}, 400, None),
+    ("unknown model", "/v1/completions", {"model": "gpt-4", "prompt": "x"}, 404, "model_not_found"),
+    ("path as model", "/v1/completions", {"model": "../adapters/a0-r4", "prompt": "x"}, 404, "model_not_found"),
+    ("broken adapter", "/v1/completions", {"model": "broken", "prompt": "x"}, 500, None),
+    ("bad role", "/v1/chat/completions", {"model": "model", "messages": [{"role": "x", "content": "y"}]}, 400, None),
+    ("empty messages", "/v1/chat/completions", {"model": "model", "messages": []}, 400, None),
+    ("queue full", "/v1/completions", {"model": "model", "prompt": "x", "n": 16, "max_tokens": 400,
+                                       "ignore_eos": True}, 429, None),
+    ("unknown path", "/v1/nothing", {"model": "model"}, 404, None),
+    ("load: missing name", "/v1/load_lora_adapter", {"lora_path": "/tmp"}, 400, None),
+    ("load: unknown", "/v1/load_lora_adapter", {"lora_name": "nope"}, 404, None),
+    ("load: bad name", "/v1/load_lora_adapter", {"lora_name": "../x"}, 400, None),
+    ("load: broken", "/v1/load_lora_adapter", {"lora_name": "broken"}, 400, None),
+    ("unload: not loaded", "/v1/unload_lora_adapter", {"lora_name": "nope"}, 404, None),
+]
+
+
+def test_bad_requests(port, model):
+    streams = [threading.Thread(target=lambda i=i: results.__setitem__(i, long_stream(port, model))) for i in range(3)]
+    results = [None] * 3
+    for t in streams:
+        t.start()
+    time.sleep(0.05)
+    for what, path, body, status, code in BAD:
+        st, _, data = post(port, path, body)
+        ok = check(st == status and is_error_object(data, st), f"{what}: {st} {data[:200]!r} (want {status})")
+        if ok and code:
+            check(json.loads(data)["error"]["code"] == code, f"{what}: code")
+    # wrong method
+    st, hdr, data = request(port, "GET", "/v1/completions")
+    check(st == 405 and hdr.get("allow") == "POST" and is_error_object(data, st), f"GET /v1/completions: {st}")
+    st, hdr, data = request(port, "DELETE", "/health")
+    check(st == 405 and hdr.get("allow") == "GET", f"DELETE /health: {st}")
+    # over --max-body (64 KiB): declared, and streamed in chunks without a length
+    big = json.dumps({"model": "model", "prompt": "x" * 70000})
+    try:
+        st, _, data = post(port, "/v1/completions", big)
+        check(st == 413 and is_error_object(data, st), f"body over the cap: {st}")
+    except (ConnectionError, BrokenPipeError) as e:
+        check(False, f"body over the cap: connection error {e}")
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    c.putrequest("POST", "/v1/completions")
+    c.putheader("Transfer-Encoding", "chunked")
+    c.endheaders()
+    for _ in range(20):
+        c.send(b"1000\r\n" + b"y" * 0x1000 + b"\r\n")
+    c.send(b"0\r\n\r\n")
+    r = c.getresponse()
+    check(r.status == 413 and is_error_object(r.read(), 413), f"chunked body over the cap: {r.status}")
+    c.close()
+    for t in streams:
+        t.join()
+    for i, r in enumerate(results):
+        check(isinstance(r, dict) and r["status"] == 200 and r["done"] and r["finish"] == "length" and
+              not r["errors"], f"stream {i} in flight during the bad requests: {str(r)[:300]}")
+    st, _, _ = request(port, "GET", "/health")
+    check(st == 200, "health after the bad requests")
+
+
+def hang_up(port, path, body, stream):
+    """Sends a request, reads (the first event when streaming) and closes."""
+    s = socket.create_connection(("127.0.0.1", port))
+    data = json.dumps(body).encode()
+    s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+              .encode() + data)
+    if stream:
+        got = b""
+        while b"data: " not in got:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+    else:
+        time.sleep(0.02)
+    s.close()
+
+
+def test_hang_ups(port):
+    _, before = metrics(port)
+    body = {"model": "model", "prompt": PROMPTS[3], "max_tokens": 480, "ignore_eos": True}
+    in_threads([lambda: hang_up(port, "/v1/completions", dict(body, stream=True), True),
+                lambda: hang_up(port, "/v1/completions", dict(body, stream=True), True),
+                lambda: hang_up(port, "/v1/completions", body, False),
+                lambda: hang_up(port, "/v1/chat/completions", {"model": "model", "ignore_eos": True, "stream": True,
+                                                               "messages": [{"role": "user", "content": "Hi"}]}, True)])
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        _, m = metrics(port)
+        if m["lorac_running"] == 0 and m["lorac_queue_depth"] == 0:
+            break
+        time.sleep(0.05)
+    key = 'lorac_requests_finished_total{reason="cancelled"}'
+    cancelled = m[key] - before[key]
+    length = m['lorac_requests_finished_total{reason="length"}'] - before['lorac_requests_finished_total{reason="length"}']
+    check(cancelled == 4 and length == 0, f"hung-up clients: {cancelled} cancelled, {length} ran to the end")
+    check(m["lorac_running"] == 0, "no request left running after the hang-ups")
+
+
+def test_admin(port, model, adapters, names):
+    victim = names[5]
+    want = generate(model, os.path.join(adapters, victim), PROMPTS[4], 200)
+    body = {"model": victim, "prompt": PROMPTS[4], "max_tokens": 200, "temperature": 0}
+    runs = [None] * 4
+    ts = [threading.Thread(target=lambda i=i: runs.__setitem__(i, complete(port, dict(body, stream=i % 2 == 0))))
+          for i in range(4)]
+    for t in ts:
+        t.start()
+    time.sleep(0.02)
+    st, _, data = post(port, "/v1/unload_lora_adapter", {"lora_name": victim})
+    unloaded = st == 200 and data.decode() == f"Success: LoRA adapter '{victim}' removed successfully."
+    # not loaded any more (or the requests had not loaded it yet): 404 either way the second time
+    st2, _, _ = post(port, "/v1/unload_lora_adapter", {"lora_name": victim})
+    check(st2 == 404 or not unloaded, f"unload twice: {st2}")
+    for t in ts:
+        t.join()
+    check(all(r["status"] == 200 and r["text"] == want for r in runs),
+          f"requests using an adapter unloaded under them finish with it ({unloaded=})")
+    again = complete(port, body)
+    check(again["status"] == 200 and again["text"] == want, "an unloaded adapter loads again on use")
+    st, _, data = post(port, "/v1/load_lora_adapter", {"lora_name": victim})
+    check(st == 200 and data.decode() == f"Success: LoRA adapter '{victim}' added successfully.", f"load: {st} {data}")
+    st, _, data = post(port, "/v1/load_lora_adapter",
+                       {"lora_name": victim, "lora_path": os.path.join(adapters, ".", victim)})
+    check(st == 200, f"load with lora_path = ADAPTERS/name: {st} {data}")
+    for bad_path in ["/tmp", os.path.join(adapters, names[0]), os.path.join(TMP, "late"), "relative/x"]:
+        st, _, data = post(port, "/v1/load_lora_adapter", {"lora_name": victim, "lora_path": bad_path})
+        check(st == 400 and json.loads(data)["error"]["param"] == "lora_path", f"lora_path {bad_path}: {st}")
+    # a new adapter copied in while serving: load by name, use, unload
+    shutil.copytree(os.path.join(TMP, "late"), os.path.join(adapters, "late"))
+    st, _, _ = post(port, "/v1/load_lora_adapter", {"lora_name": "late"})
+    check(st == 200, "load a new adapter")
+    r = complete(port, {"model": "late", "prompt": PROMPTS[5], "max_tokens": 30, "temperature": 0})
+    check(r["status"] == 200 and r["text"] == generate(model, os.path.join(adapters, "late"), PROMPTS[5], 30),
+          "the new adapter answers as generate does")
+    st, _, data = request(port, "GET", "/v1/models")
+    check("late" in [m["id"] for m in json.loads(data)["data"]], "the new adapter is listed")
+    st, _, _ = post(port, "/v1/unload_lora_adapter", {"lora_name": "late"})
+    check(st == 200, "unload the new adapter")
+
+
+def mutate(rng, s):
+    b = bytearray(s)
+    for _ in range(rng.randint(1, 6)):
+        op = rng.randrange(5)
+        if op == 0 and b:
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        elif op == 1 and b:
+            del b[rng.randrange(len(b)):]
+        elif op == 2:
+            b[rng.randrange(len(b) + 1):0] = rng.choice([b'"', b"{", b"[", b"]", b"}", b",", b":", b"null", b"-1",
+                                                          b"1e308", b"\\u", b"\xff", b"\xc3", b"true", b"9" * 30])
+        elif op == 3 and len(b) > 2:
+            i = rng.randrange(len(b))
+            b[i:i] = b[rng.randrange(len(b)):][:rng.randint(1, 20)]
+        else:
+            b = bytearray(rng.randbytes(rng.randint(0, 64)))
+    return bytes(b)
+
+
+def test_fuzz(port, seconds):
+    rng = random.Random(1234)
+    seeds = [json.dumps(b).encode() for b in [
+        {"model": "model", "prompt": "Once", "max_tokens": 4, "temperature": 0},
+        {"model": "a1-r8", "prompt": [1, 2, 3], "max_tokens": 3, "stream": True, "n": 2},
+        {"model": "model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stop": ["x"]},
+        {"lora_name": "a0-r4"}]]
+    paths = ["/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/v1/load_lora_adapter",
+             "/v1/unload_lora_adapter", "/", "/v1", "/v1/completions/x", "/%00", "/" + "a" * 300, "/v1/models?x=1"]
+    end, n, statuses, bad = time.time() + seconds, 0, {}, []
+    while time.time() < end:
+        method = rng.choice(["POST"] * 6 + ["GET", "PUT", "DELETE", "OPTIONS"])
+        path = rng.choice(paths)
+        body = mutate(rng, rng.choice(seeds))
+        try:
+            st, _, data = request(port, method, path, body, timeout=60)
+        except (ConnectionError, http.client.HTTPException, socket.timeout) as e:
+            bad.append((method, path, body, repr(e)))
+            continue
+        n += 1
+        statuses[st] = statuses.get(st, 0) + 1
+        if st >= 400 and method != "HEAD" and not is_error_object(data, st):
+            bad.append((method, path, body, st, data[:200]))
+    check(not bad, f"fuzz: {len(bad)} bad answers, e.g. {bad[:3]}")
+    check(n > 20, f"fuzz: only {n} requests")
+    print(f"fuzz: {n} requests in {seconds}s, statuses {dict(sorted(statuses.items()))}", flush=True)
+    st, _, _ = request(port, "GET", "/health")
+    check(st == 200, "health after the fuzz loop")
+
+
+def test_metrics(port):
+    st, m = metrics(port)
+    check(st == 200, "metrics")
+    fin = sum(v for k, v in m.items() if k.startswith("lorac_requests_finished_total"))
+    check(m["lorac_requests_total"] >= 30 and fin == m["lorac_requests_total"], f"finished {fin} of {m['lorac_requests_total']}")
+    check(m['lorac_request_latency_seconds_bucket{le="+Inf"}'] == m["lorac_request_latency_seconds_count"] == fin,
+          "latency histogram counts every finished request")
+    buckets = [v for k, v in m.items() if k.startswith("lorac_request_latency_seconds_bucket")]
+    check(buckets == sorted(buckets), "histogram buckets are cumulative")
+    check(m["lorac_requests_rejected_total"] >= 1 and m["lorac_completion_tokens_total"] > 0 and
+          m["lorac_prompt_tokens_total"] > 0, "counters")
+    check(m['lorac_http_responses_total{code="400"}'] >= len([b for b in BAD if b[3] == 400]), "HTTP status counts")
+
+
+def test_second_server(model):
+    plain = os.path.join(TMP, "plain-model")
+    shutil.copytree(model, plain)
+    os.remove(os.path.join(plain, "tokenizer_config.json"))
+    s = Server(["-m", plain, "--served-model-name", "tiny"], os.path.join(TMP, "server2.log"))
+    try:
+        st, _, data = post(s.port, "/v1/load_lora_adapter", {"lora_name": "x"})
+        check(st == 404 and is_error_object(data, st), f"admin endpoints off without --allow-admin: {st}")
+        st, _, data = post(s.port, "/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "x"}]})
+        check(st == 400 and "chat template" in json.loads(data)["error"]["message"], f"chat without a template: {st}")
+        r = complete(s.port, {"model": "tiny", "prompt": "Once", "max_tokens": 5})
+        check(r["status"] == 200 and r["object"]["model"] == "tiny", "--served-model-name")
+        st, _, data = post(s.port, "/v1/completions", {"model": "model", "prompt": "Once"})
+        check(st == 404, "the directory name is not the served name")
+        check(len(json.loads(request(s.port, "GET", "/v1/models")[2])["data"]) == 1, "no adapters, one model")
+    finally:
+        rc = s.stop(signal.SIGINT)
+    check(rc == 0, f"SIGINT: exit {rc}")
+
+
+def main():
+    if not BIN or not FIX:
+        print("LORAC_BIN and LORAC_FIXTURES must be set")
+        return 1
+    t0 = time.time()
+    model, adapters, names, _ = setup()
+    srv = Server(["-m", model, "--adapters", adapters, "--allow-admin", "--max-seqs", "4", "--max-queue", "12",
+                  "--max-loras", "8", "--max-body", "65536", "--batch", "64"], os.path.join(TMP, "server.log"))
+    try:
+        for name, fn in [("concurrent", lambda: test_concurrent(srv.port, model, adapters, names)),
+                         ("features", lambda: test_features(srv.port, model, names)),
+                         ("bad requests", lambda: test_bad_requests(srv.port, model)),
+                         ("hang-ups", lambda: test_hang_ups(srv.port)),
+                         ("admin", lambda: test_admin(srv.port, model, adapters, names)),
+                         ("fuzz", lambda: test_fuzz(srv.port, 2 if SANITIZED else 4)),
+                         ("metrics", lambda: test_metrics(srv.port))]:
+            t = time.time()
+            fn()
+            print(f"{name}: {time.time() - t:.1f}s", flush=True)
+    finally:
+        t = time.time()
+        rc = srv.stop()
+        check(rc == 0, f"SIGTERM: exit {rc}")
+        print(f"shutdown: {time.time() - t:.1f}s", flush=True)
+    test_second_server(model)
+    print(f"total {time.time() - t0:.1f}s")
+    print(f"{passed} passed, {failed} failed")
+    if failed:
+        print(f"server logs in {TMP}")
+    else:
+        shutil.rmtree(TMP, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
