@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages lorac needs, only when they are missing.
 #   install-deps.sh build   compiler, CMake, cJSON, PCRE2, libmicrohttpd
-#   install-deps.sh test    + PyTorch/NumPy for the reference tests, clang for fuzzing
+#   install-deps.sh test    + PyTorch/NumPy for the reference tests, clang for fuzzing and
+#                           ThreadSanitizer, npm for the OpenAI Node client test of lorac serve
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libcjson-dev libpcre2-dev libmicrohttpd-dev)
 if [ "${1:-build}" = test ]; then
   pkgs+=(python3 python3-torch python3-numpy clang libclang-rt-14-dev libomp-dev)
+  # npm may come with a Node.js from outside Debian (NodeSource ships it in
+  # its nodejs): any npm on PATH will do
+  command -v npm >/dev/null || pkgs+=(npm)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

@@ -626,7 +626,11 @@ def main():
     print(f"total {time.time() - t0:.1f}s")
     print(f"{passed} passed, {failed} failed")
     if failed:
-        print(f"server logs in {TMP}")
+        for log in ("server.log", "server2.log"):
+            path = os.path.join(TMP, log)
+            if os.path.exists(path):
+                lines = open(path, errors="replace").read().splitlines()
+                print(f"---- {path} (last 80 lines) ----\n" + "\n".join(lines[-80:]))
     else:
         shutil.rmtree(TMP, ignore_errors=True)
     return 1 if failed else 0
