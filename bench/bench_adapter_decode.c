@@ -73,6 +73,7 @@ static lorac_adapter_t *make_adapter(const lorac_model_config_t *c, int r, uint3
         lorac_lora_module_t *m = lorac_adapter_module(a, k);
         for (int64_t j = 0; j < (int64_t)m->out * m->r; j++) m->B[j] = 0.01f * lorac_rng_normal(&rng);
     }
+    if (lorac_adapter_prepare_inference(a)) die("adapter");
     return a;
 }
 

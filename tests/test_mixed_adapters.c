@@ -64,6 +64,9 @@ int main(void) {
         NULL, /* filled below: the same adapter as sequence 0, another scale */
     };
     ad[4] = ad[0];
+    /* two of them with the transposed copy of B (the decode fast path), one without */
+    CHECK(lorac_adapter_prepare_inference(ad[0]) == LORAC_STATUS_OK);
+    CHECK(lorac_adapter_prepare_inference(ad[3]) == LORAC_STATUS_OK);
     float scale[N_SEQ] = {1.0f, 0.7f, 1.0f, 1.5f, 0.3f};
     for (int i = 0; i < N_SEQ; i++) CHECK(i == 2 || ad[i] != NULL);
 

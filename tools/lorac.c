@@ -144,8 +144,10 @@ void cli_add_adapter(cli_adapters_t *a, const char *cmd, const char *spec) {
 }
 
 void cli_attach_adapters(cli_adapters_t *a, const struct lorac_model *model, struct lorac_context *ctx, void **loaded) {
-    for (int i = 0; i < a->n; i++)
+    for (int i = 0; i < a->n; i++) {
         cli_check(lorac_adapter_load(a->dirs[i], lorac_model_get_config(model), (lorac_adapter_t **)&loaded[i]));
+        cli_check(lorac_adapter_prepare_inference(loaded[i]));
+    }
     cli_check(lorac_context_set_adapters(ctx, (const lorac_adapter_t *const *)loaded, a->scales, a->n));
 }
 

@@ -70,6 +70,7 @@ typedef struct {
     float scale;
     float *A;   /* (r, in) */
     float *B;   /* (out, r) */
+    float *Bt;  /* (r, out) copy of B for decode, or NULL: see lorac_adapter_prepare_inference */
 } lorac_lora_module_t;
 
 typedef struct lorac_adapter lorac_adapter_t;
@@ -85,6 +86,11 @@ lorac_lora_module_t *lorac_adapter_module(lorac_adapter_t *adapter, int32_t inde
 /* NULL when (layer, target) is not adapted. */
 const lorac_lora_module_t *lorac_adapter_find(const lorac_adapter_t *adapter, int32_t layer, lorac_lora_target_t target);
 const lorac_lora_params_t *lorac_adapter_params(const lorac_adapter_t *adapter);
+/* Adds to every module a transposed copy of B, which turns the expand
+ * y += s·u·Bᵀ of a few rows (decode) into streaming axpys instead of
+ * rank-long dot products. For adapters that are only applied (serving,
+ * generate); call it again after changing B, as the copy is not updated. */
+lorac_status_t lorac_adapter_prepare_inference(lorac_adapter_t *adapter);
 /* Trainable numbers: Σ r·(in+out). */
 int64_t lorac_adapter_n_params(const lorac_adapter_t *adapter);
 

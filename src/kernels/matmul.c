@@ -203,6 +203,10 @@ void lorac_convert_to_f32(float *dst, const void *src, lorac_dtype_t dtype, int6
  * to y, so y keeps whatever the base matmul put there. */
 #define EXPAND_COLS 256
 #define EXPAND_ROWS 16
+/* Segments of at most this many rows use the transposed copy of B when the
+ * adapter has one (decode); longer ones (prompts) reuse B's rows across
+ * rows better through the matmul tiles. */
+#define EXPAND_T_ROWS 4
 
 /* y[t, c0..c0+width) += s · u[t]·B[c0..c0+width)ᵀ for t < T. */
 static void expand_columns(const lorac_kernel_ops_t *ops, float *y, const float *u, const float *b, float s,
@@ -258,8 +262,12 @@ void lorac_lora_sgmv(float *y, float *u, const float *x, const lorac_lora_segmen
 #pragma omp for schedule(static) nowait
             for (int64_t c = 0; c < n_chunks; c++) {
                 int64_t c0 = c * EXPAND_COLS, width = out - c0 < EXPAND_COLS ? out - c0 : EXPAND_COLS;
-                expand_columns(ops, y + sg->start * out, u + sg->u_offset, sg->B, sg->scale, sg->len, out, sg->r,
-                               c0, width);
+                if (sg->Bt && sg->len <= EXPAND_T_ROWS)
+                    lorac_lora_expand_t_columns(y + sg->start * out, u + sg->u_offset, sg->Bt, sg->scale, sg->len,
+                                                out, sg->r, c0, c0 + width);
+                else
+                    expand_columns(ops, y + sg->start * out, u + sg->u_offset, sg->B, sg->scale, sg->len, out, sg->r,
+                                   c0, width);
             }
         }
     }

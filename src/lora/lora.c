@@ -205,11 +205,26 @@ lorac_status_t lorac_adapter_init(const lorac_model_config_t *config, const lora
 void lorac_adapter_free(lorac_adapter_t *a) {
     if (!a) return;
     if (a->modules)
-        for (int32_t i = 0; i < a->n_modules; i++) { free(a->modules[i].A); free(a->modules[i].B); }
+        for (int32_t i = 0; i < a->n_modules; i++) {
+            free(a->modules[i].A);
+            free(a->modules[i].B);
+            free(a->modules[i].Bt);
+        }
     free(a->modules);
     free(a->layer_mask);
     free(a->index);
     free(a);
+}
+
+lorac_status_t lorac_adapter_prepare_inference(lorac_adapter_t *a) {
+    for (int32_t i = 0; i < a->n_modules; i++) {
+        lorac_lora_module_t *m = &a->modules[i];
+        if (!m->Bt) m->Bt = malloc(sizeof(float) * (size_t)m->out * (size_t)m->r);
+        if (!m->Bt) return lorac_error(LORAC_STATUS_NOMEM, "out of memory for the adapter's transposed B");
+        for (int64_t o = 0; o < m->out; o++)
+            for (int64_t k = 0; k < m->r; k++) m->Bt[k * m->out + o] = m->B[o * m->r + k];
+    }
+    return LORAC_STATUS_OK;
 }
 
 int32_t lorac_adapter_n_modules(const lorac_adapter_t *a) { return a->n_modules; }

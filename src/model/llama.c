@@ -214,7 +214,10 @@ static void apply_adapters(lorac_context_t *ctx, int32_t layer, lorac_lora_targe
         const lorac_lora_module_t *m = lorac_adapter_find(ctx->adapters[i], layer, target);
         if (!m) continue;
         lorac_matmul_forward(ctx->lora_u, x, m->A, LORAC_DTYPE_F32, NULL, T, m->in, m->r);
-        lorac_lora_expand_forward(y, ctx->lora_u, m->B, m->scale * ctx->adapter_scales[i], T, m->out, m->r);
+        if (m->Bt && T <= 4)
+            lorac_lora_expand_t_forward(y, ctx->lora_u, m->Bt, m->scale * ctx->adapter_scales[i], T, m->out, m->r);
+        else
+            lorac_lora_expand_forward(y, ctx->lora_u, m->B, m->scale * ctx->adapter_scales[i], T, m->out, m->r);
     }
     /* per-sequence adapters: one segmented pass over every run that adapts
      * this projection */
@@ -231,6 +234,7 @@ static void apply_adapters(lorac_context_t *ctx, int32_t layer, lorac_lora_targe
         sg->scale = m->scale * ctx->run_scale[g];
         sg->A = m->A;
         sg->B = m->B;
+        sg->Bt = m->Bt;
         u_used += sg->len * m->r;
         in = m->in;
         out = m->out;

@@ -113,7 +113,11 @@ lorac_status_t registry_acquire(registry_t *reg, const char *name, registry_entr
     snprintf(path, sizeof path, "%s/%s", reg->dir, name);
     lorac_adapter_t *adapter = NULL;
     s = lorac_adapter_load(path, lorac_model_get_config(reg->model), &adapter);
-    if (s) return lorac_error(s, "adapter '%s': %s", name, lorac_error_message());
+    if (!s) s = lorac_adapter_prepare_inference(adapter);
+    if (s) {
+        lorac_adapter_free(adapter);
+        return lorac_error(s, "adapter '%s': %s", name, lorac_error_message());
+    }
 
     pthread_mutex_lock(&reg->mu);
     e = find_locked(reg, name); /* someone else may have loaded it meanwhile */
