@@ -74,7 +74,7 @@ typedef struct {
 } lorac_oai_error_t;
 
 /* Fills *err and returns LORAC_STATUS_INVALID_ARG (NOT_FOUND for 404, BUSY
- * for 429/503), so callers can `return lorac_oai_error_set(...)`. type NULL
+ * for 429/503, IO for other 5xx), so callers can `return lorac_oai_error_set(...)`. type NULL
  * picks OpenAI's type for the status; param NULL is none. */
 #if defined(__GNUC__)
 __attribute__((format(printf, 6, 7)))

@@ -351,10 +351,12 @@ static const char *finish_reason(lorac_finish_t f) {
     return f == LORAC_FINISH_STOP ? "stop" : f == LORAC_FINISH_LENGTH ? "length" : NULL;
 }
 
-/* What a choice that ended without text finishing (cancelled, error) says. */
-static void finish_error(const choice_t *c, lorac_oai_error_t *err) {
-    if (c->finish == LORAC_FINISH_CANCELLED)
+/* What a choice that ended without finishing its text (cancelled, error) says. */
+static void finish_error(const job_t *j, const choice_t *c, lorac_oai_error_t *err) {
+    if (c->finish == LORAC_FINISH_CANCELLED && atomic_load(&j->srv->stopping))
         lorac_oai_error_set(err, 503, NULL, NULL, NULL, "the request was cancelled: the server is shutting down");
+    else if (c->finish == LORAC_FINISH_CANCELLED)
+        lorac_oai_error_set(err, 503, NULL, NULL, NULL, "the request was cancelled");
     else
         lorac_oai_error_set(err, 500, NULL, NULL, NULL, "generation failed: %s", c->error[0] ? c->error : "unknown error");
 }
@@ -381,7 +383,7 @@ static int stream_produce(job_t *j) {
                 if (buf_take(&j->out, lorac_oai_stream_chunk(&j->meta, i, "", 0, fr, false, j->include_usage))) return -1;
             } else {
                 lorac_oai_error_t err;
-                finish_error(c, &err);
+                finish_error(j, c, &err);
                 if (buf_take(&j->out, lorac_oai_stream_error(&err))) return -1;
             }
             c->finish_sent = true;
@@ -613,7 +615,7 @@ static enum MHD_Result handle_generate(lorac_http_server_t *srv, struct MHD_Conn
     for (int32_t i = 0; i < j->n; i++) {
         const choice_t *ch = &j->choices[i];
         if (!finish_reason(ch->finish)) {
-            finish_error(ch, &err);
+            finish_error(j, ch, &err);
             res = send_error(srv, c, k, &err);
             job_release(j);
             return res;
