@@ -281,6 +281,10 @@ lorac_status_t lorac_extract_adapter(const lorac_model_t *base, const lorac_mode
     lp.seed = params->seed;
     lorac_adapter_t *a;
     if ((s = lorac_adapter_alloc(c, &lp, &a))) return s;
+    if (a->n_modules == 0) {
+        lorac_adapter_free(a);
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "the targets and layers given select no module to extract");
+    }
     lorac_extract_stat_t *st = calloc((size_t)(a->n_modules ? a->n_modules : 1), sizeof *st);
     if (!st) { lorac_adapter_free(a); return lorac_error(LORAC_STATUS_NOMEM, "out of memory"); }
     for (int32_t i = 0; i < a->n_modules && !s; i++) {
