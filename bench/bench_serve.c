@@ -15,7 +15,8 @@
  * between tokens (per-token latency) at p50/p99, and the ratios the issue
  * sets goals for (mixed ≥ 0.8× merged, ≥ 4× one-by-one).
  *
- * Usage: bench_serve MODEL_DIR WORK_DIR [-n N] [-p P] [-g G] [-t THREADS]
+ * Usage: bench_serve MODEL_DIR WORK_DIR [-n N] [-p P] [-g G] [-t THREADS] [-T all|qv]
+ * (-T: adapters on all seven projections, default, or on q_proj+v_proj).
  * WORK_DIR receives the adapters and the merged model (reused when present). */
 #include <pthread.h>
 #include <stdio.h>
@@ -160,13 +161,16 @@ int main(int argc, char **argv) {
     }
     const char *model_dir = argv[1], *work = argv[2];
     int n = 32, P = 32, G = 64, threads = 2;
+    const char *targets = "all";
     const char *only = getenv("BENCH_SERVE_ONLY"); /* "mixed": profile that mode alone */
     for (int i = 3; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "-n")) n = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "-p")) P = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "-g")) G = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "-t")) threads = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "-T")) targets = argv[i + 1];
     }
+    int all_linear = strcmp(targets, "qv") != 0;
     if (n < 1 || n > 256 || P < 1 || G < 2 || P + G >= MAX_TOK) { fprintf(stderr, "bad sizes\n"); return 2; }
     lorac_kernels_set_threads(threads);
     lorac_model_t *model;
@@ -174,8 +178,8 @@ int main(int argc, char **argv) {
     const lorac_model_config_t *c = lorac_model_get_config(model);
 
     char adapters_dir[4096], merged_dir[4096];
-    snprintf(adapters_dir, sizeof adapters_dir, "%s/adapters", work);
-    snprintf(merged_dir, sizeof merged_dir, "%s/merged", work);
+    snprintf(adapters_dir, sizeof adapters_dir, "%s/adapters-%s", work, all_linear ? "all" : "qv");
+    snprintf(merged_dir, sizeof merged_dir, "%s/merged-%s", work, all_linear ? "all" : "qv");
     mkdir(work, 0755);
     mkdir(adapters_dir, 0755);
     char (*names)[32] = calloc((size_t)n, sizeof *names);
@@ -190,7 +194,7 @@ int main(int argc, char **argv) {
         lorac_lora_params_t p = lorac_lora_default_params();
         p.r = r;
         p.alpha = 2.0f * (float)r;
-        p.targets = (1u << LORAC_LORA_COUNT) - 1;
+        p.targets = all_linear ? (1u << LORAC_LORA_COUNT) - 1 : (1u << LORAC_LORA_Q) | (1u << LORAC_LORA_V);
         p.seed = 1000 + (uint64_t)i;
         lorac_adapter_t *a;
         if (lorac_adapter_init(c, &p, &a)) { fprintf(stderr, "%s\n", lorac_error_message()); return 1; }
@@ -220,8 +224,8 @@ int main(int argc, char **argv) {
 
     printf("# bench_serve: %d requests, prompt %d, %d generated tokens each, %d threads, %s kernels\n", n, P, G,
            threads, lorac_kernels_isa());
-    printf("# model %s (dim %d, %d layers); adapters r8/r16 on all seven projections\n", model_dir, c->hidden_size,
-           c->n_layers);
+    printf("# model %s (dim %d, %d layers); adapters r8/r16 on %s\n", model_dir, c->hidden_size, c->n_layers,
+           all_linear ? "all seven projections" : "q_proj+v_proj (PEFT's default)");
     result_t mixed = run(model, adapters_dir, n, P, G, names, 1, 0);
     if (only && !strcmp(only, "mixed")) {
         printf("mixed: %.1f tokens/s, per-token p50 %.1f ms\n", mixed.tok_s, 1e3 * mixed.itl_p50);

@@ -4,7 +4,7 @@
 # Builds bench/out/bench_serve (bench_serve.c against build/liblorac.a), writes
 # a random 110M-shaped model (dim 768, 12 layers, vocab 32000, F32 unless
 # DTYPE=BF16) and runs, in one process: N requests (default 32) over N
-# distinct adapters (ranks 8 and 16, all seven projections) in one continuous
+# distinct adapters (ranks 8 and 16; all seven projections, then q_proj+v_proj) in one continuous
 # batch, the same requests on a merged model, and the same requests served
 # one adapter at a time. Prints aggregate tokens/s, time to first token and
 # per-token latency p50/p99, and the two ratios the issue sets goals for.
@@ -32,6 +32,8 @@ if [ ! -f "$MODEL/model.safetensors" ] || [ ! -f "$MODEL/tokenizer.json" ]; then
     --tokenizer "$FIX/tokenizers/tinyllama-1.1b-chat-v1.0/tokenizer.json" >/dev/null
 fi
 echo "# $(date -u +%FT%TZ), $(nproc) CPUs:$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), load $(cut -d' ' -f1-3 /proc/loadavg)"
-"$OUT/bench_serve" "$MODEL" "$OUT/serve-$DTYPE" -n "${N:-32}" -p "${P:-32}" -g "${G:-64}" -t "${THREADS:-2}"
+for targets in all qv; do
+  "$OUT/bench_serve" "$MODEL" "$OUT/serve-$DTYPE" -n "${N:-32}" -p "${P:-32}" -g "${G:-64}" -t "${THREADS:-2}" -T $targets
+done
 # what an unmerged adapter costs in single-sequence decode, and a switch
 "$OUT/bench_adapter_decode" "$MODEL" "$OUT/unmerged-$DTYPE" -g "${G:-64}" -t "${THREADS:-2}"
