@@ -3,12 +3,13 @@
  * (GCC function multi-versioning through an ifunc). The matmuls have
  * hand-written paths (dispatch.c); this serves the simpler loops, which the
  * compiler vectorises well once it may use wide registers. Off where ifuncs
- * are unavailable or get in the way (clang builds, sanitizers). */
+ * are unavailable or get in the way (clang builds, sanitizers: the ifunc
+ * resolvers run before ThreadSanitizer's runtime is up and crash). */
 #ifndef LORAC_MULTIVERSION_H
 #define LORAC_MULTIVERSION_H
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__) && \
-    defined(__linux__)
+    !defined(__SANITIZE_THREAD__) && defined(__linux__)
 #define LORAC_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define LORAC_MULTIVERSION

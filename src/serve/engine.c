@@ -103,6 +103,7 @@ static void request_free(request_t *r) {
 /* ---- text: whole characters, stop strings held back ------------------------ */
 
 static int pending_append(request_t *r, const char *s, size_t n) {
+    if (n == 0) return 0; /* a token that is only part of a character; pending may still be NULL */
     if (r->n_pending + n > r->cap_pending) {
         size_t cap = r->cap_pending ? r->cap_pending : 64;
         while (cap < r->n_pending + n) cap *= 2;

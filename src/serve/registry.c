@@ -115,8 +115,14 @@ lorac_status_t registry_acquire(registry_t *reg, const char *name, registry_entr
     s = lorac_adapter_load(path, lorac_model_get_config(reg->model), &adapter);
     if (!s) s = lorac_adapter_prepare_inference(adapter);
     if (s) {
+        /* the loader's message names the server's path; clients get the name */
         lorac_adapter_free(adapter);
-        return lorac_error(s, "adapter '%s': %s", name, lorac_error_message());
+        const char *why = lorac_error_message();
+        const char *rel = strstr(why, path);
+        char msg[512];
+        if (rel) snprintf(msg, sizeof msg, "%.*s%s%s", (int)(rel - why), why, name, rel + strlen(path));
+        else snprintf(msg, sizeof msg, "%s", why);
+        return lorac_error(s, "adapter '%s' does not load: %s", name, msg);
     }
 
     pthread_mutex_lock(&reg->mu);
