@@ -114,6 +114,12 @@ lorac_status_t lorac_file_write_atomic(const char *path, const void *data, size_
 /* Validates UTF-8 (rejects overlongs, surrogates, > U+10FFFF). 1 if valid. */
 int lorac_utf8_valid(const char *s, size_t len);
 
+/* Appends n bytes to a growable string (*data of *len bytes in *cap),
+ * doubling the capacity as needed and keeping a NUL after the bytes.
+ * Returns 0, or -1 when out of memory (the string is then unchanged). The
+ * modules' byte buffers are thin wrappers over it. */
+int lorac_bytes_append(char **data, size_t *len, size_t *cap, const void *bytes, size_t n);
+
 /* Random numbers: xorshift64* seeded through splitmix64. The state lives in
  * the caller's struct (never a global), so runs are reproducible and a
  * checkpoint can save it. */

@@ -194,3 +194,19 @@ float lorac_rng_normal(lorac_rng_t *rng) {
     float u1 = 1.0f - lorac_rng_float(rng), u2 = lorac_rng_float(rng);
     return sqrtf(-2.0f * logf(u1)) * cosf(6.28318530717958647692f * u2);
 }
+
+int lorac_bytes_append(char **data, size_t *len, size_t *cap, const void *bytes, size_t n) {
+    if (n > SIZE_MAX / 2 - *len - 1) return -1;
+    if (*len + n + 1 > *cap) {
+        size_t grown_cap = *cap ? *cap : 256;
+        while (grown_cap < *len + n + 1) grown_cap *= 2;
+        char *p = realloc(*data, grown_cap);
+        if (!p) return -1;
+        *data = p;
+        *cap = grown_cap;
+    }
+    if (n) memcpy(*data + *len, bytes, n);
+    *len += n;
+    (*data)[*len] = '\0';
+    return 0;
+}

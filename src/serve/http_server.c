@@ -46,20 +46,7 @@ typedef struct {
     size_t len, cap;
 } buf_t;
 
-static int buf_put(buf_t *b, const char *s, size_t n) {
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1) cap *= 2;
-        char *p = realloc(b->s, cap);
-        if (!p) return -1;
-        b->s = p;
-        b->cap = cap;
-    }
-    if (n) memcpy(b->s + b->len, s, n);
-    b->len += n;
-    b->s[b->len] = '\0';
-    return 0;
-}
+static int buf_put(buf_t *b, const char *s, size_t n) { return lorac_bytes_append(&b->s, &b->len, &b->cap, s, n); }
 
 static int buf_puts(buf_t *b, const char *s) { return buf_put(b, s, strlen(s)); }
 

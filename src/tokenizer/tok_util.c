@@ -18,20 +18,7 @@ int tok_ids_push(tok_ids_t *a, int32_t id) {
     return 0;
 }
 
-int tok_buf_add(tok_buf_t *b, const void *data, size_t n) {
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) return -1;
-        b->p = p;
-        b->cap = cap;
-    }
-    if (n) memcpy(b->p + b->n, data, n);
-    b->n += n;
-    b->p[b->n] = '\0';
-    return 0;
-}
+int tok_buf_add(tok_buf_t *b, const void *data, size_t n) { return lorac_bytes_append(&b->p, &b->n, &b->cap, data, n); }
 
 /* FNV-1a: simple and good enough for token strings. */
 static uint32_t hash_bytes(const char *s, size_t n) {

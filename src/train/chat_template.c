@@ -14,20 +14,7 @@
 #include "train/dataset_internal.h"
 
 /* ---- byte strings ---- */
-int dbuf_put(dbuf_t *b, const char *s, size_t n) {
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1) cap *= 2;
-        char *p = realloc(b->s, cap);
-        if (!p) return -1;
-        b->s = p;
-        b->cap = cap;
-    }
-    if (n) memcpy(b->s + b->len, s, n);
-    b->len += n;
-    b->s[b->len] = '\0';
-    return 0;
-}
+int dbuf_put(dbuf_t *b, const char *s, size_t n) { return lorac_bytes_append(&b->s, &b->len, &b->cap, s, n); }
 
 int dbuf_puts(dbuf_t *b, const char *s) { return dbuf_put(b, s, strlen(s)); }
 
