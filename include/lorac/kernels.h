@@ -42,9 +42,6 @@ void lorac_matmul_backward_weight(float *dw, float *dbias, const float *dout, co
 
 /* The expand half of a LoRA update: y (T,N) += s · u (T,R) · bᵀ, b is (N,R) f32. */
 void lorac_lora_expand_forward(float *y, const float *u, const float *b, float s, int64_t T, int64_t N, int64_t R);
-/* The same from bt = bᵀ (R,N): y[t] += s · Σ_k u[t,k]·bt[k], streaming axpys
- * (faster for a few rows). */
-void lorac_lora_expand_t_forward(float *y, const float *u, const float *bt, float s, int64_t T, int64_t N, int64_t R);
 /* One adapter's share of a mixed-adapter batch: rows [start, start + len) of
  * x and y use A (r, in), B (out, r), f32, with scale s; u_offset is where the
  * segment's (len, r) block of the shrink result lives in the scratch u. */

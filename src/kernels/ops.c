@@ -125,16 +125,6 @@ void lorac_lora_expand_t_columns(float *y, const float *u, const float *bt, floa
     }
 }
 
-void lorac_lora_expand_t_forward(float *y, const float *u, const float *bt, float s, int64_t T, int64_t N, int64_t R) {
-    int64_t n_chunks = (N + 255) / 256;
-    int n_threads = lorac_kernels_get_threads();
-    #pragma omp parallel for num_threads(n_threads) schedule(static) if (T * N * R > 65536 && n_chunks > 1)
-    for (int64_t c = 0; c < n_chunks; c++) {
-        int64_t c1 = (c + 1) * 256 < N ? (c + 1) * 256 : N;
-        lorac_lora_expand_t_columns(y, u, bt, s, T, N, R, c * 256, c1);
-    }
-}
-
 void lorac_scale(float *x, float s, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] *= s;
 }

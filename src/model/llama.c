@@ -213,11 +213,11 @@ static void apply_adapters(lorac_context_t *ctx, int32_t layer, lorac_lora_targe
     for (int32_t i = 0; i < ctx->n_adapters; i++) {
         const lorac_lora_module_t *m = lorac_adapter_find(ctx->adapters[i], layer, target);
         if (!m) continue;
-        lorac_matmul_forward(ctx->lora_u, x, m->A, LORAC_DTYPE_F32, NULL, T, m->in, m->r);
-        if (m->Bt && T <= 4)
-            lorac_lora_expand_t_forward(y, ctx->lora_u, m->Bt, m->scale * ctx->adapter_scales[i], T, m->out, m->r);
-        else
-            lorac_lora_expand_forward(y, ctx->lora_u, m->B, m->scale * ctx->adapter_scales[i], T, m->out, m->r);
+        /* one segment over every row: shrink and expand in one parallel
+         * region, and the same arithmetic as a per-sequence adapter */
+        lorac_lora_segment_t all = {.start = 0, .len = T, .u_offset = 0, .r = m->r,
+                                    .scale = m->scale * ctx->adapter_scales[i], .A = m->A, .B = m->B, .Bt = m->Bt};
+        lorac_lora_sgmv(y, ctx->lora_u, x, &all, 1, m->in, m->out);
     }
     /* per-sequence adapters: one segmented pass over every run that adapts
      * this projection */
