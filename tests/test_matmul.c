@@ -2,6 +2,7 @@
  * instruction-set path this CPU can run, against a double-precision naive
  * reference; plus bitwise determinism across runs and thread counts. */
 #include "kernels/kernels_internal.h"
+#include "kernels/ops_internal.h"
 #include "testlib.h"
 
 #include <stdint.h>
@@ -296,7 +297,21 @@ static void test_convert(const char *isa) {
     free(h), free(f);
 }
 
+/* The vectorisable e^x of the softmax against libm in double. */
+static void test_softmax_expf(void) {
+    double worst = 0;
+    for (int i = 0; i <= 870000; i++) {
+        float x = -(float)i * 1e-4f;
+        double ref = exp((double)x), got = softmax_expf(x);
+        worst = fmax(worst, fabs(got - ref) / ref);
+    }
+    CHECK_MSG(worst < 4e-7, "softmax_expf max relative error %.3g", worst);
+    CHECK(softmax_expf(0.0f) == 1.0f);
+    CHECK(softmax_expf(-90.0f) == 0.0f && softmax_expf(-INFINITY) == 0.0f);
+}
+
 int main(void) {
+    test_softmax_expf();
     printf("test_matmul: default path %s, %d threads\n", lorac_kernels_isa(),
            lorac_kernels_get_threads());
     CHECK(lorac_kernels_isa_available("portable"));

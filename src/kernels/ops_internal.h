@@ -15,6 +15,27 @@ static inline float weight_at(const void *w, lorac_dtype_t wtype, int64_t i) {
     }
 }
 
+/* e^x for x <= 0 (softmax arguments after subtracting the max), written so
+ * that `omp simd` loops vectorise it, where libm's expf stays a scalar call:
+ * x = n·ln2 + r with |r| <= ln2/2 (ln2 split in two for exactness), e^r by
+ * its degree-6 Taylor-like minimax polynomial (Cephes' coefficients), 2^n
+ * put in the exponent bits. Relative error about 2e-7 (2 ulp); below -87
+ * (where e^x is under FLT_MIN) it returns 0, as for -inf. */
+static inline float softmax_expf(float x) {
+    float xc = x < -87.0f ? -87.0f : x;
+    float n = floorf(xc * 1.44269504088896341f + 0.5f);
+    float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    float y = p * r * r + r + 1.0f;
+    union { uint32_t u; float f; } two_n = {.u = (uint32_t)((int32_t)n + 127) << 23};
+    return x < -87.0f ? 0.0f : y * two_n.f;
+}
+
 static inline float dot_f32(const float *a, const float *b, int64_t n) {
     float s = 0.0f;
     /* omp simd: lets the compiler vectorise the reduction (a fixed order,

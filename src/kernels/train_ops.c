@@ -136,12 +136,14 @@ void lorac_crossentropy_forward_backward(float *logits, float *losses, const int
          * is in double, so the loss keeps its precision over 100k+ terms */
         float target_logit = row[targets[t]];
         double sum = 0.0;
+        #pragma omp simd reduction(+ : sum)
         for (int64_t i = 0; i < V; i++) {
-            row[i] = expf(row[i] - mx);
+            row[i] = softmax_expf(row[i] - mx);
             sum += row[i];
         }
         losses[t] = (float)((double)mx + log(sum) - (double)target_logit);
         float g = (float)(1.0 / sum) * scale;
+        #pragma omp simd
         for (int64_t i = 0; i < V; i++) row[i] *= g;
         row[targets[t]] -= scale;
     }
