@@ -79,8 +79,8 @@ typedef struct {
     double tok_s, ttft_p50, ttft_p99, itl_p50, itl_p99, wall;
 } result_t;
 
-/* Serves the requests; groups[i] says which batch request i belongs to:
- * batches run one after another, requests inside a batch all at once. */
+/* Serves the n requests, each naming adapter names[i] when use_adapters:
+ * all submitted at once, or (one_by_one) each after the previous finished. */
 static result_t run(const lorac_model_t *model, const char *adapters_dir, int n, int P, int G, char names[][32],
                     int use_adapters, int one_by_one) {
     lorac_engine_params_t ep = lorac_engine_default_params();

@@ -14,6 +14,7 @@
 #include "lorac/lora.h"
 #include "lorac/serve.h"
 #include "testlib.h"
+#include "tinymodel.h"
 
 #define N_ADAPTERS 4
 #define N_REQ 12
@@ -104,11 +105,6 @@ static lorac_serve_request_t greedy(const int32_t *prompt, int n, const char *ad
     q.sampler = lorac_sampler_default_params();
     q.sampler.temperature = 0.0f;
     return q;
-}
-
-static float tiny_rand(unsigned long long *s) {
-    *s = *s * 6364136223846793005ull + 1442695040888963407ull;
-    return (float)((*s >> 40) & 0xffffff) / 16777216.0f - 0.5f;
 }
 
 int main(void) {

@@ -15,13 +15,13 @@ typedef struct {
     unsigned long long seed;
 } tiny_model_t;
 
-static float tiny_rand(unsigned long long *s) {
+static inline float tiny_rand(unsigned long long *s) {
     *s = *s * 6364136223846793005ull + 1442695040888963407ull;
     return (float)((*s >> 40) & 0xffffff) / 16777216.0f - 0.5f;
 }
 
 /* Returns 0 on success. */
-static int tiny_model_write(const char *dir, const tiny_model_t *m) {
+static inline int tiny_model_write(const char *dir, const tiny_model_t *m) {
     mkdir(dir, 0755);
     char path[4200];
     snprintf(path, sizeof path, "%s/config.json", dir);

@@ -71,9 +71,4 @@ int lorac_kernels_isa_available(const char *name);
  * more than it saves), else min(lorac_kernels_get_threads(), max_blocks). */
 int lorac_kernels_threads_for(int64_t work, int64_t max_blocks);
 
-/* y[t, c0..c1) += s · Σ_k u[t,k]·bt[k, c0..c1) for t < T; y and bt have row
- * stride N (ops.c, one thread). */
-void lorac_lora_expand_t_columns(float *y, const float *u, const float *bt, float s, int64_t T, int64_t N, int64_t R,
-                                 int64_t c0, int64_t c1);
-
 #endif /* LORAC_KERNELS_INTERNAL_H */

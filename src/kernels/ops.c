@@ -7,7 +7,6 @@
 #include <string.h>
 
 #include "kernels/multiversion.h"
-#include "kernels/kernels_internal.h"
 #include "kernels/ops_internal.h"
 #include "lorac/kernels.h"
 
@@ -94,33 +93,6 @@ void lorac_attention_forward(float *out, float *scratch, const float *q,
                 #pragma omp simd
                 for (int64_t i = 0; i < hd; i++) o[i] += w * vv[i];
             }
-        }
-    }
-}
-
-/* Per row, a column chunk of the sum is built with one axpy per rank (each
- * bt row read once), then scaled into y; 64 columns are 4 zmm registers. */
-#define EXPAND_T_CHUNK 64
-LORAC_MULTIVERSION
-void lorac_lora_expand_t_columns(float *y, const float *u, const float *bt, float s, int64_t T, int64_t N, int64_t R,
-                                 int64_t c0, int64_t c1) {
-    float acc[EXPAND_T_CHUNK];
-    for (int64_t t = 0; t < T; t++) {
-        const float *ut = u + t * R;
-        float *yt = y + t * N;
-        for (int64_t c = c0; c < c1; c += EXPAND_T_CHUNK) {
-            int64_t w = c1 - c < EXPAND_T_CHUNK ? c1 - c : EXPAND_T_CHUNK;
-            for (int64_t i = 0; i < w; i++) acc[i] = 0.0f;
-            /* omp simd: -O2's cheap vectoriser cost model leaves these
-             * variable-length loops scalar */
-            for (int64_t k = 0; k < R; k++) {
-                const float *row = bt + k * N + c;
-                float uk = ut[k];
-                #pragma omp simd
-                for (int64_t i = 0; i < w; i++) acc[i] += uk * row[i];
-            }
-            #pragma omp simd
-            for (int64_t i = 0; i < w; i++) yt[c + i] += s * acc[i];
         }
     }
 }

@@ -368,6 +368,17 @@ static void *engine_main(void *arg) {
 
 /* ---- public API ------------------------------------------------------------------ */
 
+/* Frees what lorac_engine_start allocated; the thread must not be running. */
+static void engine_free(lorac_engine_t *e) {
+    lorac_context_free(e->ctx);
+    free(e->slots); free(e->order); free(e->b_tokens); free(e->b_pos); free(e->b_seq); free(e->b_logits);
+    free(e->logits); free(e->scratch);
+    registry_free(&e->registry);
+    pthread_mutex_destroy(&e->mu);
+    pthread_cond_destroy(&e->wake);
+    free(e);
+}
+
 lorac_status_t lorac_engine_start(const lorac_model_t *model, const lorac_engine_params_t *params,
                                   lorac_engine_t **out) {
     *out = NULL;
@@ -403,15 +414,7 @@ lorac_status_t lorac_engine_start(const lorac_model_t *model, const lorac_engine
     e->metrics.max_queue = p.max_queue;
     if (!e->slots || !e->order || !e->b_tokens || !e->b_pos || !e->b_seq || !e->b_logits || !e->logits || !e->scratch ||
         pthread_create(&e->thread, NULL, engine_main, e) != 0) {
-        e->stopping = true; /* no thread to join */
-        lorac_context_free(e->ctx);
-        e->ctx = NULL;
-        free(e->slots); free(e->order); free(e->b_tokens); free(e->b_pos); free(e->b_seq); free(e->b_logits);
-        free(e->logits); free(e->scratch);
-        registry_free(&e->registry);
-        pthread_mutex_destroy(&e->mu);
-        pthread_cond_destroy(&e->wake);
-        free(e);
+        engine_free(e); /* no thread was started */
         return lorac_error(LORAC_STATUS_NOMEM, "out of memory (or threads) for the engine");
     }
     *out = e;
@@ -433,13 +436,7 @@ void lorac_engine_stop(lorac_engine_t *e) {
         e->wait_head = r->next;
         finish(e, r, LORAC_FINISH_CANCELLED, NULL);
     }
-    lorac_context_free(e->ctx);
-    free(e->slots); free(e->order); free(e->b_tokens); free(e->b_pos); free(e->b_seq); free(e->b_logits);
-    free(e->logits); free(e->scratch);
-    registry_free(&e->registry);
-    pthread_mutex_destroy(&e->mu);
-    pthread_cond_destroy(&e->wake);
-    free(e);
+    engine_free(e);
 }
 
 /* Checks a request against the model and the engine before anything is
