@@ -310,6 +310,34 @@ static void test_softmax_expf(void) {
     CHECK(softmax_expf(-90.0f) == 0.0f && softmax_expf(-INFINITY) == 0.0f);
 }
 
+/* The path's exp_sum against libm in double: every length up to 40 (masked
+ * tails), arguments over the whole range, -inf (a masked score) and below
+ * -87 give 0, the sum is the sum of what was written. */
+static void test_exp_sum(const char *isa) {
+    const lorac_kernel_ops_t *ops = lorac_kernels_ops();
+    float x[41];
+    double worst = 0;
+    int bad = 0;
+    for (int n = 0; n <= 40; n++) {
+        for (int rep = 0; rep < 50; rep++) {
+            float in[41];
+            for (int i = 0; i <= 40; i++) in[i] = x[i] = -(float)((rep * 41 + i * 37 + n) % 900) * 0.1f + 1e-3f * i;
+            if (n > 3) x[3] = in[3] = -INFINITY;
+            x[n] = in[n] = 123.0f; /* past the end: must stay untouched */
+            double sum = ops->exp_sum(x, 0.5f, n), ref_sum = 0;
+            for (int i = 0; i < n; i++) {
+                double ref = in[i] - 0.5f < -87.0f ? 0.0 : exp((double)(in[i] - 0.5f));
+                if (ref == 0.0) bad += x[i] != 0.0f;
+                else worst = fmax(worst, fabs(x[i] - ref) / ref);
+                ref_sum += x[i];
+            }
+            bad += x[n] != 123.0f;
+            bad += fabs(sum - ref_sum) > 1e-12 * (ref_sum + 1);
+        }
+    }
+    CHECK_MSG(worst < 4e-7 && bad == 0, "%s: exp_sum max relative error %.3g, %d wrong", isa, worst, bad);
+}
+
 int main(void) {
     test_softmax_expf();
     printf("test_matmul: default path %s, %d threads\n", lorac_kernels_isa(),
@@ -326,6 +354,7 @@ int main(void) {
         }
         CHECK(strcmp(lorac_kernels_isa(), ISAS[i]) == 0);
         test_forward_shapes(ISAS[i]);
+        test_exp_sum(ISAS[i]);
         test_forward_degenerate();
         test_backward_input(ISAS[i]);
         test_backward_weight(ISAS[i]);

@@ -104,15 +104,18 @@ void lorac_rope_backward(float *dx, const int32_t *positions, const float *inv_f
  * start[t] .. t of its own row (start[t] > 0 keeps packed examples apart).
  * q, out are (B,T,H,hd); k, v are (B,T,KVH,hd); lse (B,T,H) receives the
  * log-sum-exp of each softmax for the backward pass. scratch holds
- * lorac_kernels_get_threads() * T floats. */
+ * lorac_attention_train_scratch_floats(T, hd, lorac_kernels_get_threads())
+ * floats, for both kernels. */
+int64_t lorac_attention_train_scratch_floats(int64_t T, int64_t hd, int n_threads);
 void lorac_attention_train_forward(float *out, float *lse, float *scratch, const float *q, const float *k,
                                    const float *v, const int32_t *start, int64_t B, int64_t T, int64_t H,
                                    int64_t KVH, int64_t hd);
 /* dq (B,T,H,hd), dk, dv (B,T,KVH,hd) += gradients given dout; out and lse
  * from the forward pass; probabilities are recomputed, not stored. */
-void lorac_attention_train_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                                    const float *k, const float *v, const float *out, const float *lse,
-                                    const int32_t *start, int64_t B, int64_t T, int64_t H, int64_t KVH, int64_t hd);
+void lorac_attention_train_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout,
+                                    const float *q, const float *k, const float *v, const float *out,
+                                    const float *lse, const int32_t *start, int64_t B, int64_t T, int64_t H,
+                                    int64_t KVH, int64_t hd);
 
 /* Cross-entropy of each row of logits (T,V) against targets (T), in place:
  * on return logits holds d(scale · Σ loss)/dlogits = scale·(softmax − onehot).

@@ -42,12 +42,22 @@ typedef void (*lorac_matmul_acc_fn)(float *c, const float *a, int64_t a_rs, int6
 /* dst (n) f32 = src (n) in dtype (F32, BF16, F16). */
 typedef void (*lorac_convert_fn)(float *dst, const void *src, lorac_dtype_t dtype, int64_t n);
 
+/* x[i] = e^(x[i] − shift) for i < n, in place; returns Σ e^(x[i] − shift)
+ * summed in double (softmax denominators over 100k+ terms keep their
+ * precision). Arguments are ≤ 0 (shift is the row's max); below −87 the
+ * result is 0, as it is for −inf (masked scores). */
+typedef double (*lorac_exp_sum_fn)(float *x, float shift, int64_t n);
+
 typedef struct {
     const char *name; /* "portable", "avx2", "avx512"; NULL if not compiled in */
     lorac_matmul_fwd_fn matmul_fwd;
     lorac_matmul_acc_fn matmul_acc;
     lorac_convert_fn convert;
+    lorac_exp_sum_fn exp_sum;
 } lorac_kernel_ops_t;
+
+/* The portable exp_sum (softmax_expf per element), shared by the AVX2 path. */
+double lorac_exp_sum_portable(float *x, float shift, int64_t n);
 
 /* The tables. A SIMD table has name == NULL when its file was compiled
  * without the instruction-set flags (non-x86 or a build without them). */

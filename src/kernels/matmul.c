@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "kernels/multiversion.h"
+#include "kernels/ops_internal.h"
 
 /* ---- portable reference path ---------------------------------------------- */
 
@@ -93,8 +94,17 @@ static void portable_convert(float *dst, const void *src, lorac_dtype_t dt, int6
         portable_convert_chunk(dst + i, src, dt, i, n - i < PCHUNK ? n - i : PCHUNK);
 }
 
+double lorac_exp_sum_portable(float *x, float shift, int64_t n) {
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        x[i] = softmax_expf(x[i] - shift);
+        sum += x[i];
+    }
+    return sum;
+}
+
 const lorac_kernel_ops_t lorac_kernel_ops_portable = {
-    "portable", portable_matmul_fwd, portable_matmul_acc, portable_convert,
+    "portable", portable_matmul_fwd, portable_matmul_acc, portable_convert, lorac_exp_sum_portable,
 };
 
 /* ---- drivers ---------------------------------------------------------------- */

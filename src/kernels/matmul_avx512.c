@@ -328,10 +328,54 @@ static void avx512_convert(float *dst, const void *src, lorac_dtype_t dt, int64_
     else widen(LORAC_DTYPE_F16, dst, src, 0, n);
 }
 
+/* e^(x − shift) on 16 lanes: the same range reduction and polynomial as
+ * softmax_expf (ops_internal.h), with 2^n applied by vscalefps. */
+LORAC_ALWAYS_INLINE __m512 exp16(__m512 x) {
+    const __m512 lo = _mm512_set1_ps(-87.0f);
+    __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ); /* -inf included */
+    __m512 xc = _mm512_max_ps(x, lo);
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0f));
+    return _mm512_maskz_scalef_ps((__mmask16)~under, y, n);
+}
+
+/* Sum of the 16 lanes of v added into two double accumulators. */
+LORAC_ALWAYS_INLINE void add_to_double(__m512d *s0, __m512d *s1, __m512 v) {
+    *s0 = _mm512_add_pd(*s0, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+    *s1 = _mm512_add_pd(*s1, _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)));
+}
+
+static double avx512_exp_sum(float *x, float shift, int64_t n) {
+    __m512 sh = _mm512_set1_ps(shift);
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + i), sh));
+        _mm512_storeu_ps(x + i, e);
+        add_to_double(&s0, &s1, e);
+    }
+    if (i < n) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 e = _mm512_maskz_mov_ps(m, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), sh)));
+        _mm512_mask_storeu_ps(x + i, m, e);
+        add_to_double(&s0, &s1, e);
+    }
+    return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+}
+
 const lorac_kernel_ops_t lorac_kernel_ops_avx512 = {
-    "avx512", avx512_matmul_fwd, avx512_matmul_acc, avx512_convert,
+    "avx512", avx512_matmul_fwd, avx512_matmul_acc, avx512_convert, avx512_exp_sum,
 };
 
 #else /* compiled without AVX-512 flags: the dispatcher skips this path */
-const lorac_kernel_ops_t lorac_kernel_ops_avx512 = {NULL, NULL, NULL, NULL};
+const lorac_kernel_ops_t lorac_kernel_ops_avx512 = {NULL, NULL, NULL, NULL, NULL};
 #endif

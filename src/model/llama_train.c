@@ -267,7 +267,8 @@ lorac_status_t lorac_train_pass_init(const lorac_model_t *model, lorac_adapter_t
     a.used = 0;
     plan_activations(p, &a);
     p->att_threads = lorac_kernels_get_threads();
-    p->att_scratch = malloc(sizeof(float) * (size_t)p->att_threads * (size_t)p->T);
+    p->att_scratch = malloc(sizeof(float) *
+                            (size_t)lorac_attention_train_scratch_floats(p->T, c->head_dim, p->att_threads));
     if (!p->att_scratch) { s = lorac_error(LORAC_STATUS_NOMEM, "out of memory"); goto fail; }
     *out = p;
     return LORAC_STATUS_OK;
@@ -396,7 +397,7 @@ static void layer_backward(lorac_train_pass_t *p, int32_t l, float *dres, const 
     memset(p->dq, 0, sizeof(float) * (size_t)(N * Q));
     memset(p->dk, 0, sizeof(float) * (size_t)(N * KV));
     memset(p->dv, 0, sizeof(float) * (size_t)(N * KV));
-    lorac_attention_train_backward(p->dq, p->dk, p->dv, p->datt, s->q, s->k, s->v, s->att, s->lse, p->start, p->B,
+    lorac_attention_train_backward(p->dq, p->dk, p->dv, p->att_scratch, p->datt, s->q, s->k, s->v, s->att, s->lse, p->start, p->B,
                                    p->T, H, KVH, hd);
     lorac_rope_backward(p->dq, pos, m->inv_freq, N, H, hd);
     lorac_rope_backward(p->dk, pos, m->inv_freq, N, KVH, hd);
@@ -464,7 +465,8 @@ lorac_status_t lorac_train_pass_run(lorac_train_pass_t *p, const int32_t *tokens
     }
     int threads = lorac_kernels_get_threads();
     if (threads > p->att_threads) {
-        float *grown = realloc(p->att_scratch, sizeof(float) * (size_t)threads * (size_t)p->T);
+        float *grown = realloc(p->att_scratch,
+                               sizeof(float) * (size_t)lorac_attention_train_scratch_floats(p->T, c->head_dim, threads));
         if (!grown) return lorac_error(LORAC_STATUS_NOMEM, "out of memory");
         p->att_scratch = grown;
         p->att_threads = threads;
