@@ -69,15 +69,21 @@ static double max_rel_err(const float *got, const double *ref, const double *mag
 
 /* ---- forward ------------------------------------------------------------ */
 
-static void test_forward_shapes(const char *isa) {
+typedef void (*forward_fn)(float *out, const float *x, const void *w, lorac_dtype_t wtype, const float *bias,
+                           int64_t T, int64_t K, int64_t N);
+
+/* One forward entry point over every (T, K, N) of the given lists, with and
+ * without bias, against double. */
+static void test_forward_fn(const char *isa, const char *label, forward_fn fn, const int64_t *ts, int nts,
+                            const int64_t *ks, int nks, const int64_t *ns, int nns) {
     for (int di = 0; di < LEN(DTYPES); di++) {
         lorac_dtype_t dt = DTYPES[di];
         double worst = 0;
         int bad = 0;
-        for (int ti = 0; ti < LEN(TS); ti++)
-            for (int ki = 0; ki < LEN(KS); ki++)
-                for (int ni = 0; ni < LEN(NS); ni++) {
-                    int64_t T = TS[ti], K = KS[ki], N = NS[ni];
+        for (int ti = 0; ti < nts; ti++)
+            for (int ki = 0; ki < nks; ki++)
+                for (int ni = 0; ni < nns; ni++) {
+                    int64_t T = ts[ti], K = ks[ki], N = ns[ni];
                     float *wx = xmalloc((size_t)(N * K) * sizeof(float));
                     void *w = make_weights(dt, N * K, wx);
                     float *x = rand_f32(T * K), *bias = rand_f32(N);
@@ -99,22 +105,29 @@ static void test_forward_shapes(const char *isa) {
                                 for (int64_t n = 0; n < N; n++)
                                     ref[t * N + n] += bias[n], mag[t * N + n] += fabs(bias[n]);
                         for (int64_t i = 0; i < T * N; i++) out[i] = NAN;
-                        lorac_matmul_forward(out, x, w, dt, with_bias ? bias : NULL, T, K, N);
+                        fn(out, x, w, dt, with_bias ? bias : NULL, T, K, N);
                         double e = max_rel_err(out, ref, mag, T * N);
                         if (!(e <= RTOL)) {
                             if (bad++ < 5)
-                                fprintf(stderr, "  %s %s T=%lld K=%lld N=%lld bias=%d: rel err %g\n",
-                                        isa, lorac_dtype_name(dt), (long long)T, (long long)K,
+                                fprintf(stderr, "  %s %s %s T=%lld K=%lld N=%lld bias=%d: rel err %g\n",
+                                        label, isa, lorac_dtype_name(dt), (long long)T, (long long)K,
                                         (long long)N, with_bias, e);
                         }
                         if (e > worst || e != e) worst = e;
                     }
                     free(wx), free(w), free(x), free(bias), free(out), free(ref), free(mag);
                 }
-        printf("  forward  %-8s %-4s max rel err %.3g\n", isa, lorac_dtype_name(dt), worst);
-        CHECK_MSG(bad == 0, "%s %s forward: %d shapes out of tolerance", isa,
-                  lorac_dtype_name(dt), bad);
+        printf("  %-13s %-8s %-4s max rel err %.3g\n", label, isa, lorac_dtype_name(dt), worst);
+        CHECK_MSG(bad == 0, "%s %s %s: %d shapes out of tolerance", label, isa, lorac_dtype_name(dt), bad);
     }
+}
+
+static void test_forward_shapes(const char *isa) {
+    test_forward_fn(isa, "forward", lorac_matmul_forward, TS, LEN(TS), KS, LEN(KS), NS, LEN(NS));
+    /* the batch entry point's packed path needs T >= 128 and N >= 64; the
+     * others fall back to lorac_matmul_forward */
+    static const int64_t bt[] = {3, 128, 131}, bk[] = {1, 33, 288, 300}, bn[] = {5, 64, 100, 257};
+    test_forward_fn(isa, "forward_batch", lorac_matmul_forward_batch, bt, LEN(bt), bk, LEN(bk), bn, LEN(bn));
 }
 
 /* K = 0 gives bias (or 0); T = 0 / N = 0 touch nothing. */
@@ -219,7 +232,7 @@ static void test_backward_weight(const char *isa) {
 /* Same inputs → same bits, run to run and for 1, 2 and 3 threads. Shapes are
  * large enough to be split among threads and cross the T chunk (64). */
 static void test_determinism(const char *isa) {
-    static const int64_t shapes[][3] = {{1, 768, 2048}, {130, 288, 257}, {17, 1000, 100}};
+    static const int64_t shapes[][3] = {{1, 768, 2048}, {130, 288, 257}, {17, 1000, 100}, {200, 64, 640}};
     int saved = lorac_kernels_get_threads();
     for (int di = 0; di < LEN(DTYPES); di++)
         for (int si = 0; si < LEN(shapes); si++) {
@@ -230,25 +243,28 @@ static void test_determinism(const char *isa) {
             float *x = rand_f32(T * K), *bias = rand_f32(N), *dout = rand_f32(T * N);
             float *dx0 = rand_f32(T * K), *dw0 = rand_f32(N * K);
             size_t so = (size_t)(T * N) * 4, sx = (size_t)(T * K) * 4, sw = (size_t)(N * K) * 4;
-            float *o[4], *dx[4], *dw[4];
+            float *o[4], *ob[4], *dx[4], *dw[4];
             for (int r = 0; r < 4; r++) {
                 /* runs 0,1: 2 threads; run 2: 1 thread; run 3: 3 threads */
                 lorac_kernels_set_threads(r == 2 ? 1 : r == 3 ? 3 : 2);
-                o[r] = xmalloc(so), dx[r] = xmalloc(sx), dw[r] = xmalloc(sw);
+                o[r] = xmalloc(so), ob[r] = xmalloc(so), dx[r] = xmalloc(sx), dw[r] = xmalloc(sw);
                 memcpy(dx[r], dx0, sx), memcpy(dw[r], dw0, sw);
                 lorac_matmul_forward(o[r], x, w, dt, bias, T, K, N);
+                lorac_matmul_forward_batch(ob[r], x, w, dt, bias, T, K, N);
                 lorac_matmul_backward_input(dx[r], dout, w, dt, T, K, N);
                 lorac_matmul_backward_weight(dw[r], NULL, dout, x, T, K, N);
             }
             for (int r = 1; r < 4; r++) {
                 CHECK_MSG(memcmp(o[0], o[r], so) == 0, "%s %s forward run %d differs", isa,
                           lorac_dtype_name(dt), r);
+                CHECK_MSG(memcmp(ob[0], ob[r], so) == 0, "%s %s forward_batch run %d differs", isa,
+                          lorac_dtype_name(dt), r);
                 CHECK_MSG(memcmp(dx[0], dx[r], sx) == 0, "%s %s dx run %d differs", isa,
                           lorac_dtype_name(dt), r);
                 CHECK_MSG(memcmp(dw[0], dw[r], sw) == 0, "%s %s dw run %d differs", isa,
                           lorac_dtype_name(dt), r);
             }
-            for (int r = 0; r < 4; r++) free(o[r]), free(dx[r]), free(dw[r]);
+            for (int r = 0; r < 4; r++) free(o[r]), free(ob[r]), free(dx[r]), free(dw[r]);
             free(wx), free(w), free(x), free(bias), free(dout), free(dx0), free(dw0);
         }
     lorac_kernels_set_threads(saved);

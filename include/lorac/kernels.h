@@ -33,6 +33,13 @@ int lorac_kernels_get_threads(void);
  * out = x · wᵀ + bias. */
 void lorac_matmul_forward(float *out, const float *x, const void *w, lorac_dtype_t wtype,
                           const float *bias, int64_t T, int64_t K, int64_t N);
+/* The same product for training's many-row batches: faster there, but each
+ * element is summed in another order than lorac_matmul_forward's, so it is
+ * not bitwise the product a one-row (decode) call gives; inference, where a
+ * token must give the same bits in any batch, keeps lorac_matmul_forward.
+ * Falls back to it for few rows and on paths without the kernel. */
+void lorac_matmul_forward_batch(float *out, const float *x, const void *w, lorac_dtype_t wtype,
+                                const float *bias, int64_t T, int64_t K, int64_t N);
 /* dx is (T,K), dout is (T,N), w is (N,K). dx += dout · w. */
 void lorac_matmul_backward_input(float *dx, const float *dout, const void *w, lorac_dtype_t wtype,
                                  int64_t T, int64_t K, int64_t N);

@@ -104,7 +104,7 @@ double lorac_exp_sum_portable(float *x, float shift, int64_t n) {
 }
 
 const lorac_kernel_ops_t lorac_kernel_ops_portable = {
-    "portable", portable_matmul_fwd, portable_matmul_acc, portable_convert, lorac_exp_sum_portable,
+    "portable", portable_matmul_fwd, portable_matmul_acc, NULL, portable_convert, lorac_exp_sum_portable,
 };
 
 /* ---- drivers ---------------------------------------------------------------- */
@@ -137,26 +137,83 @@ void lorac_matmul_forward(float *out, const float *x, const void *w, lorac_dtype
     }
 }
 
+/* How an accumulating product over c (M,C) is shared by nt threads: by
+ * 64-column panels (each thread then reads only its columns of b) when they
+ * divide evenly or are many, else by rows in multiples of 4 (a 288-wide
+ * output is 4.5 panels: split by panels, one of two threads did 2/3). Every
+ * element still belongs to one thread and sums in the same order. */
+typedef struct {
+    int64_t M, C, chunk;
+    int by_rows;
+} block_split_t;
+
+static block_split_t split_panels(int64_t M, int64_t C, int nt) {
+    int64_t panels = (C + 63) / 64;
+    block_split_t sp = {M, C, 0, 0};
+    if (panels % nt == 0 || panels >= 4 * nt) {
+        sp.chunk = round_up((C + nt - 1) / nt, 64);
+    } else {
+        sp.by_rows = 1;
+        sp.chunk = round_up((M + nt - 1) / nt, 4);
+    }
+    return sp;
+}
+
+static void split_block(const block_split_t *sp, int i, int64_t *r0, int64_t *r1, int64_t *c0, int64_t *c1) {
+    int64_t n = sp->by_rows ? sp->M : sp->C, a = i * sp->chunk, b = a + sp->chunk < n ? a + sp->chunk : n;
+    if (sp->by_rows) *r0 = a, *r1 = b, *c0 = 0, *c1 = sp->C;
+    else *r0 = 0, *r1 = sp->M, *c0 = a, *c1 = b;
+}
+
+/* c (M,C) += a (M,L) · b through an accumulating block kernel (matmul_acc
+ * or matmul_acc_bt), the blocks shared out by split_panels. */
+static void acc_parallel(lorac_matmul_acc_fn fn, float *c, const float *a, int64_t a_rs, int64_t a_cs,
+                         const void *b, lorac_dtype_t bt, int64_t M, int64_t L, int64_t C) {
+    int nt = lorac_kernels_threads_for(M * L * C, (M + 3) / 4 * ((C + 63) / 64));
+    if (nt <= 1) {
+        fn(c, a, a_rs, a_cs, b, bt, M, L, C, 0, M, 0, C);
+        return;
+    }
+    block_split_t sp = split_panels(M, C, nt);
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int i = 0; i < nt; i++) {
+        int64_t r0, r1, c0, c1;
+        split_block(&sp, i, &r0, &r1, &c0, &c1);
+        if (r0 < r1 && c0 < c1) fn(c, a, a_rs, a_cs, b, bt, M, L, C, r0, r1, c0, c1);
+    }
+}
+
+/* Rows below which the packed kernel's transposition of w costs more than
+ * the dot-product kernel loses (each packed panel serves T/4 row tiles). */
+#define FORWARD_BATCH_MIN_T 128
+
+/* out = x · wᵀ + bias as lorac_matmul_forward, through the backward
+ * kernels' outer-product tiles on panels of w packed transposed. */
+void lorac_matmul_forward_batch(float *out, const float *x, const void *w, lorac_dtype_t wtype,
+                                const float *bias, int64_t T, int64_t K, int64_t N) {
+    LORAC_ASSERT(weight_dtype_ok(wtype));
+    LORAC_ASSERT(T >= 0 && K >= 0 && N >= 0);
+    const lorac_kernel_ops_t *ops = lorac_kernels_ops();
+    if (!ops->matmul_acc_bt || T < FORWARD_BATCH_MIN_T || N < 64 || K == 0) {
+        lorac_matmul_forward(out, x, w, wtype, bias, T, K, N);
+        return;
+    }
+    for (int64_t t = 0; t < T; t++) {
+        if (bias) memcpy(out + t * N, bias, sizeof(float) * (size_t)N);
+        else memset(out + t * N, 0, sizeof(float) * (size_t)N);
+    }
+    acc_parallel(ops->matmul_acc_bt, out, x, K, 1, w, wtype, T, K, N);
+}
+
 /* dx is (T,K), dout is (T,N), w is (N,K). dx += dout · w.
- * Parallel over K in 64-column panels: each thread reads only its columns of
- * w, and every dx[t,k] is one chain over n owned by one thread. */
+ * Parallel over 64-column panels of dx (or its rows, see split_panels);
+ * every dx[t,k] is one chain over n owned by one thread. */
 void lorac_matmul_backward_input(float *dx, const float *dout, const void *w, lorac_dtype_t wtype,
                                  int64_t T, int64_t K, int64_t N) {
     LORAC_ASSERT(weight_dtype_ok(wtype));
     LORAC_ASSERT(T >= 0 && K >= 0 && N >= 0);
     if (T == 0 || K == 0 || N == 0) return;
-    const lorac_kernel_ops_t *ops = lorac_kernels_ops();
-    int nt = lorac_kernels_threads_for(T * K * N, (K + 63) / 64);
-    if (nt <= 1) {
-        ops->matmul_acc(dx, dout, N, 1, w, wtype, T, N, K, 0, T, 0, K);
-        return;
-    }
-    int64_t chunk = round_up((K + nt - 1) / nt, 64);
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int i = 0; i < nt; i++) {
-        int64_t k0 = i * chunk, k1 = k0 + chunk < K ? k0 + chunk : K;
-        if (k0 < k1) ops->matmul_acc(dx, dout, N, 1, w, wtype, T, N, K, 0, T, k0, k1);
-    }
+    acc_parallel(lorac_kernels_ops()->matmul_acc, dx, dout, N, 1, w, wtype, T, N, K);
 }
 
 /* dw is (N,K), dout is (T,N), x is (T,K). dw += doutᵀ · x; dbias (N) += Σ_t dout.

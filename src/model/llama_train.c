@@ -18,7 +18,14 @@
 #include "lorac/kernels.h"
 #include "model/model_internal.h"
 
-#define LOSS_CHUNK 64 /* rows of logits alive at once */
+/* Rows of logits alive at once: up to 256 (the classifier's products run
+ * fastest on many rows), fewer for big vocabularies, keeping the chunk near
+ * 32 MB (150k-token vocabularies get 64 rows). */
+#define LOSS_CHUNK 256
+static int64_t loss_chunk_rows(int64_t vocab) {
+    int64_t rows = ((int64_t)8 << 20) / (vocab > 0 ? vocab : 1);
+    return rows < 64 ? 64 : rows > LOSS_CHUNK ? LOSS_CHUNK : rows;
+}
 
 /* One projection: base weight (+ bias), optionally a LoRA module, and the
  * gradient buffers of whatever is trained. */
@@ -114,7 +121,7 @@ static void plan_activations(lorac_train_pass_t *p, arena_t *a) {
     CARVE(a, p->datt, N * Q); CARVE(a, p->dq, N * Q); CARVE(a, p->dk, N * KV); CARVE(a, p->dv, N * KV);
     CARVE(a, p->du, N * max_r); CARVE(a, p->dx_lora, N * max_in);
     CARVE(a, p->chunk_x, LOSS_CHUNK * D); CARVE(a, p->chunk_dx, LOSS_CHUNK * D);
-    CARVE(a, p->chunk_logits, (int64_t)LOSS_CHUNK * c->vocab_size);
+    CARVE(a, p->chunk_logits, loss_chunk_rows(c->vocab_size) * c->vocab_size);
     CARVE(a, p->chunk_losses, LOSS_CHUNK); CARVE(a, p->chunk_targets, LOSS_CHUNK);
     CARVE(a, p->start, N);
 }
@@ -303,7 +310,7 @@ void lorac_train_pass_zero_grad(lorac_train_pass_t *p) {
 // out (N,out) = x·Wᵀ + b (+ s·dropout(x)·Aᵀ·Bᵀ)
 static void linear_forward(const linear_t *q, float *out, const float *x, layer_acts_t *s, int t, int64_t N,
                            float dropout, lorac_rng_t *rng) {
-    lorac_matmul_forward(out, x, q->w.data, q->w.dtype, q->bias, N, q->in, q->out);
+    lorac_matmul_forward_batch(out, x, q->w.data, q->w.dtype, q->bias, N, q->in, q->out);
     if (!q->lora) return;
     const float *xl = x;
     if (dropout > 0.0f && s->xdrop[t]) {
@@ -429,7 +436,7 @@ static lorac_status_t loss_forward_backward(lorac_train_pass_t *p, const int32_t
     int64_t i = 0;
     while (i < N) {
         int64_t n = 0;
-        for (; i < N && n < LOSS_CHUNK; i++) {
+        for (; i < N && n < loss_chunk_rows(V); i++) {
             if (targets[i] == -100) continue;
             rows[n] = i;
             memcpy(p->chunk_x + n * D, p->xn_f + i * D, sizeof(float) * (size_t)D);
@@ -437,7 +444,7 @@ static lorac_status_t loss_forward_backward(lorac_train_pass_t *p, const int32_t
             n++;
         }
         if (n == 0) break;
-        lorac_matmul_forward(p->chunk_logits, p->chunk_x, p->lm_head.data, p->lm_head.dtype, NULL, n, D, V);
+        lorac_matmul_forward_batch(p->chunk_logits, p->chunk_x, p->lm_head.data, p->lm_head.dtype, NULL, n, D, V);
         lorac_crossentropy_forward_backward(p->chunk_logits, p->chunk_losses, p->chunk_targets, scale, n, V);
         for (int64_t k = 0; k < n; k++) *loss_sum += p->chunk_losses[k];
         if (!grads) continue;
