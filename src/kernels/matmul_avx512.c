@@ -32,6 +32,9 @@
 #define AM 4
 #define AV 4
 #define LCHUNK 128
+/* Rows of c per pass over b: their LCHUNK-wide slice of a, packed, is
+ * 512 KB and stays in L2 while every column panel uses it. */
+#define MBLOCK 1024
 
 /* 16 elements of a weight row starting at element i, widened to f32. */
 LORAC_ALWAYS_INLINE __m512 load_w(const void *w, lorac_dtype_t dt, int64_t i) {
@@ -243,21 +246,20 @@ static void avx512_matmul_fwd(float *out, const float *x, const void *w, lorac_d
 }
 
 /* Accumulate micro-kernel: c rows m..m+RM-1 (row stride ldc), RV vectors of 16
- * columns (the last one masked by `last`) += a[m.., l0:l1] · b[l0:l1, cols].
- * a points at a[m,0] (strides a_rs, a_cs); column block starts at element
- * boff of b (row stride ldb). Each lane is one c element: a chain of FMAs
- * over l in increasing order starting from the stored value. */
+ * columns (the last one masked by `last`) += Σ_{l<n} a[i*a_rs + l*a_cs] ·
+ * b[boff + l*ldb + 16j ..]: a points at the tile's first row at the chunk's
+ * first l, boff at b's row for it. Each lane is one c element: a chain of
+ * FMAs over l in increasing order starting from the stored value. */
 LORAC_ALWAYS_INLINE void acc_tile(const int RM, const int RV, const lorac_dtype_t bt, float *c,
                                   int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
-                                  const void *b, int64_t boff, int64_t ldb, int64_t l0, int64_t l1,
-                                  __mmask16 last) {
+                                  const void *b, int64_t boff, int64_t ldb, int64_t n, __mmask16 last) {
     __m512 acc[AM][AV];
 #pragma GCC unroll 4
     for (int i = 0; i < RM; i++)
 #pragma GCC unroll 4
         for (int j = 0; j < RV; j++)
             acc[i][j] = _mm512_maskz_loadu_ps(j == RV - 1 ? last : 0xffff, c + i * ldc + 16 * j);
-    for (int64_t l = l0; l < l1; l++) {
+    for (int64_t l = 0; l < n; l++) {
         __m512 bv[AV];
 #pragma GCC unroll 4
         for (int j = 0; j < RV; j++)
@@ -276,31 +278,50 @@ LORAC_ALWAYS_INLINE void acc_tile(const int RM, const int RV, const lorac_dtype_
             _mm512_mask_storeu_ps(c + i * ldc + 16 * j, j == RV - 1 ? last : 0xffff, acc[i][j]);
 }
 
-/* c rows [m0,m1) of a column panel [k, k+kw), kw <= 64, over l in [l0,l1).
- * Column v of the panel in row l of b is element boff + l*ldb + v: b itself
- * (boff = k, ldb = K) or a packed copy (see pack_panel). */
+/* c rows [m0,m1) of a column panel [k, k+kw), kw <= 64, over the n values
+ * of l in one chunk. a points at a[m0, chunk start]; when pa is set, the
+ * rows of every whole group of AM are read from it instead (see pack_a).
+ * Column v of the panel in the chunk's row l of b is element
+ * boff + l*ldb + v: b itself or a packed copy (see pack_panel). */
 LORAC_ALWAYS_INLINE void acc_panel(const lorac_dtype_t bt, float *c, const float *a, int64_t a_rs,
-                                   int64_t a_cs, const void *b, int64_t boff, int64_t ldb, int64_t K,
-                                   int64_t m0, int64_t m1, int64_t k, int64_t kw, int64_t l0, int64_t l1) {
+                                   int64_t a_cs, const float *pa, const void *b, int64_t boff, int64_t ldb,
+                                   int64_t K, int64_t m0, int64_t m1, int64_t k, int64_t kw, int64_t n) {
     for (int64_t m = m0; m < m1;) {
         int rm = m1 - m >= AM ? AM : 1;
         float *cm = c + m * K + k;
-        const float *am = a + m * a_rs;
+        const float *am = a + (m - m0) * a_rs;
+        int64_t rs = a_rs, cs = a_cs;
+        if (pa && rm == AM) am = pa + (m - m0) * n, rs = 1, cs = AM;
         if (kw == 16 * AV) {
-            if (rm == AM) acc_tile(AM, AV, bt, cm, K, am, a_rs, a_cs, b, boff, ldb, l0, l1, 0xffff);
-            else acc_tile(1, AV, bt, cm, K, am, a_rs, a_cs, b, boff, ldb, l0, l1, 0xffff);
+            if (rm == AM) acc_tile(AM, AV, bt, cm, K, am, rs, cs, b, boff, ldb, n, 0xffff);
+            else acc_tile(1, AV, bt, cm, K, am, rs, cs, b, boff, ldb, n, 0xffff);
         } else {
             for (int64_t v = 0; v < kw; v += 16) {
                 __mmask16 msk = tail_mask(kw - v);
-                if (rm == AM) acc_tile(AM, 1, bt, cm + v, K, am, a_rs, a_cs, b, boff + v, ldb, l0, l1, msk);
-                else acc_tile(1, 1, bt, cm + v, K, am, a_rs, a_cs, b, boff + v, ldb, l0, l1, msk);
+                if (rm == AM) acc_tile(AM, 1, bt, cm + v, K, am, rs, cs, b, boff + v, ldb, n, msk);
+                else acc_tile(1, 1, bt, cm + v, K, am, rs, cs, b, boff + v, ldb, n, msk);
             }
         }
         m += rm;
     }
 }
 
-/* The (l1-l0) x kw block of b at rows l0.., columns k.. widened into the
+/* The rows' n values of a from a[m0, chunk start] in groups of AM rows,
+ * interleaved: pa[g*AM*n + l*AM + i] = a[(m0 + g*AM + i), l]. The tiles'
+ * broadcasts then walk one contiguous run; in place they walked AM rows
+ * a_rs apart, a few cache lines each, too short for the prefetchers (the
+ * 1.1B shapes ran at a fifth of the FMA peak). Rows past the last whole
+ * group are read in place. */
+LORAC_ALWAYS_INLINE void pack_a(float *pa, const float *a, int64_t a_rs, int64_t a_cs, int64_t rows, int64_t n) {
+    for (int64_t g = 0; g + AM <= rows; g += AM)
+        for (int64_t i = 0; i < AM; i++) {
+            const float *ar = a + (g + i) * a_rs;
+            float *dst = pa + g * n + i;
+            for (int64_t l = 0; l < n; l++) dst[l * AM] = ar[l * a_cs];
+        }
+}
+
+/* The n x kw block of b at rows l0.., columns k.. widened into the
  * contiguous buffer buf (row stride 16*AV, zeros past kw). Read in place,
  * b's rows lie K elements apart: at K = 768 or 2048 they fall into a few L1
  * sets and evict each other long before the panel is used up (measured: the
@@ -308,58 +329,74 @@ LORAC_ALWAYS_INLINE void acc_panel(const lorac_dtype_t bt, float *c, const float
  * one contiguous 32 KB run, and 16-bit weights are widened once per panel
  * instead of once per row tile. The values are the same, so are the bits. */
 LORAC_ALWAYS_INLINE void pack_panel(const lorac_dtype_t bt, float *buf, const void *b, int64_t K, int64_t k,
-                                    int64_t kw, int64_t l0, int64_t l1) {
-    for (int64_t l = l0; l < l1; l++) {
-        float *row = buf + (l - l0) * 16 * AV;
+                                    int64_t kw, int64_t l0, int64_t n) {
+    for (int64_t l = 0; l < n; l++) {
+        float *row = buf + l * 16 * AV;
         for (int64_t v = 0; v < 16 * AV; v += 16) {
             __mmask16 m = kw - v <= 0 ? 0 : tail_mask(kw - v);
-            _mm512_storeu_ps(row + v, load_w_mask(b, bt, l * K + k + v, m));
+            _mm512_storeu_ps(row + v, load_w_mask(b, bt, (l0 + l) * K + k + v, m));
         }
     }
 }
 
-/* pack_panel for b given transposed, (K,L): buf[l - l0][j] = b[k + j, l],
+/* pack_panel for b given transposed, (K,L): buf[l][j] = b[k + j, l0 + l],
  * zeros past kw. Row j of b is contiguous over l, so this walks b rows and
  * scatters down the buffer's columns. */
 LORAC_ALWAYS_INLINE void pack_panel_t(const lorac_dtype_t bt, float *buf, const void *b, int64_t L, int64_t k,
-                                      int64_t kw, int64_t l0, int64_t l1) {
+                                      int64_t kw, int64_t l0, int64_t n) {
     float row[LCHUNK];
     for (int64_t j = 0; j < 16 * AV; j++) {
-        if (j < kw) widen(bt, row, b, (k + j) * L + l0, l1 - l0);
+        if (j < kw) widen(bt, row, b, (k + j) * L + l0, n);
         else memset(row, 0, sizeof row);
-        for (int64_t l = 0; l < l1 - l0; l++) buf[l * 16 * AV + j] = row[l];
+        for (int64_t l = 0; l < n; l++) buf[l * 16 * AV + j] = row[l];
     }
 }
 
-/* c block += a · b (b_t = 0, b is (L,K)) or a · bᵀ (b_t = 1, b is (K,L)), in
- * 64-column panels and LCHUNK-row slices of b, packed unless b is used in
- * place for a few rows of c. */
+/* c block += a · b (b_t = 0, b is (L,K)) or a · bᵀ (b_t = 1, b is (K,L)).
+ * Loop order: blocks of MBLOCK rows; chunks of LCHUNK values of l, whose
+ * slice of a is packed once (and stays in L2) for every column panel; 64-column
+ * panels of b, packed (L1) unless used in place for a few rows of c; row
+ * tiles. Every c element still sees its l in increasing order. */
 LORAC_ALWAYS_INLINE void acc_block(const lorac_dtype_t bt, const int b_t, float *c, const float *a, int64_t a_rs,
                                    int64_t a_cs, const void *b, int64_t L, int64_t K, int64_t m0,
-                                   int64_t m1, int64_t k0, int64_t k1) {
+                                   int64_t m1, int64_t k0, int64_t k1, float *pa) {
     _Alignas(64) float buf[LCHUNK * 16 * AV];
-    for (int64_t k = k0; k < k1; k += 16 * AV) {
-        int64_t kw = k1 - k < 16 * AV ? k1 - k : 16 * AV;
+    for (int64_t mb = m0; mb < m1; mb += MBLOCK) {
+        int64_t me = mb + MBLOCK < m1 ? mb + MBLOCK : m1;
+        int packed = b_t || me - mb >= 2 * AM;
         for (int64_t l = 0; l < L; l += LCHUNK) {
-            int64_t le = l + LCHUNK < L ? l + LCHUNK : L;
-            if (b_t || m1 - m0 >= 2 * AM) {
-                if (b_t) pack_panel_t(bt, buf, b, L, k, kw, l, le);
-                else pack_panel(bt, buf, b, K, k, kw, l, le);
-                acc_panel(LORAC_DTYPE_F32, c, a, a_rs, a_cs, buf, -l * 16 * AV, 16 * AV, K, m0, m1, k, kw, l, le);
-            } else {
-                acc_panel(bt, c, a, a_rs, a_cs, b, k, K, K, m0, m1, k, kw, l, le);
+            int64_t n = L - l < LCHUNK ? L - l : LCHUNK;
+            const float *al = a + mb * a_rs + l * a_cs;
+            if (pa) pack_a(pa, al, a_rs, a_cs, me - mb, n);
+            for (int64_t k = k0; k < k1; k += 16 * AV) {
+                int64_t kw = k1 - k < 16 * AV ? k1 - k : 16 * AV;
+                if (packed) {
+                    if (b_t) pack_panel_t(bt, buf, b, L, k, kw, l, n);
+                    else pack_panel(bt, buf, b, K, k, kw, l, n);
+                    acc_panel(LORAC_DTYPE_F32, c, al, a_rs, a_cs, pa, buf, 0, 16 * AV, K, mb, me, k, kw, n);
+                } else {
+                    acc_panel(bt, c, al, a_rs, a_cs, pa, b, l * K + k, K, K, mb, me, k, kw, n);
+                }
             }
         }
     }
 }
 
-/* One instantiation per dtype so the widening is resolved at compile time. */
+/* One instantiation per dtype so the widening is resolved at compile time.
+ * The packed rows of a come from the heap (MBLOCK x LCHUNK floats); without
+ * them (or when they would not pay) a is read in place, with the same bits. */
 LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, float *c, const float *a, int64_t a_rs, int64_t a_cs,
                                    const void *b, lorac_dtype_t bt, int64_t L, int64_t K, int64_t m0,
                                    int64_t m1, int64_t k0, int64_t k1) {
-    if (bt == LORAC_DTYPE_F32) acc_block(LORAC_DTYPE_F32, b_t, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1);
-    else if (bt == LORAC_DTYPE_BF16) acc_block(LORAC_DTYPE_BF16, b_t, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1);
-    else acc_block(LORAC_DTYPE_F16, b_t, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1);
+    /* packing pays when at least two column panels reuse it (a product
+     * with a rank-8 LoRA matrix has one narrow panel, and packing the rows
+     * of a took longer than using them) */
+    int pack = m1 - m0 >= 2 * AM && k1 - k0 >= 2 * 16 * AV;
+    float *pa = pack ? malloc(sizeof(float) * MBLOCK * LCHUNK) : NULL;
+    if (bt == LORAC_DTYPE_F32) acc_block(LORAC_DTYPE_F32, b_t, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa);
+    else if (bt == LORAC_DTYPE_BF16) acc_block(LORAC_DTYPE_BF16, b_t, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa);
+    else acc_block(LORAC_DTYPE_F16, b_t, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa);
+    free(pa);
 }
 
 static void avx512_matmul_acc(float *c, const float *a, int64_t a_rs, int64_t a_cs, const void *b,
