@@ -392,7 +392,8 @@ LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, float *c, const float *a, int6
      * with a rank-8 LoRA matrix has one narrow panel, and packing the rows
      * of a took longer than using them) */
     int pack = m1 - m0 >= 2 * AM && k1 - k0 >= 2 * 16 * AV;
-    float *pa = pack ? malloc(sizeof(float) * MBLOCK * LCHUNK) : NULL;
+    int64_t rows = m1 - m0 < MBLOCK ? m1 - m0 : MBLOCK;
+    float *pa = pack ? malloc(sizeof(float) * (size_t)(rows * LCHUNK)) : NULL;
     if (bt == LORAC_DTYPE_F32) acc_block(LORAC_DTYPE_F32, b_t, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa);
     else if (bt == LORAC_DTYPE_BF16) acc_block(LORAC_DTYPE_BF16, b_t, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa);
     else acc_block(LORAC_DTYPE_F16, b_t, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa);

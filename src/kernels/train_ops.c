@@ -49,44 +49,53 @@ void lorac_rope_backward(float *dx, const int32_t *positions, const float *inv_f
 }
 
 /* ---- attention over packed rows ------------------------------------------
- * Both kernels work on one (row b, kv head) at a time with its K and V
- * transposed to (hd, T): the scores of a query against consecutive keys are
- * then contiguous, and every inner loop runs over keys as plain SIMD
- * multiply-adds (a dot product per key, as before, spent more on the
- * horizontal sums than on the multiplies at head sizes of 48-64). */
+ * Both kernels take one (row b, kv head) at a time and its query heads in
+ * blocks of QBLOCK queries, and do every product of the block — scores
+ * S = Q·Kᵀ, O = P·V, and in the backward pass dP = dO·Vᵀ, dQ = dS·K,
+ * dK = dSᵀ·Q, dV = Pᵀ·dO — with the matmul block kernel (matmul_acc, one
+ * thread, register-tiled) on contiguous copies of the head's K, V, Q and
+ * dO. Scores are computed for keys 0 .. end of the block; the causal mask
+ * and the packed-example starts zero the rest of P. Per-key loops (a dot
+ * product, then an axpy, per key) ran at a tenth of the FMA peak. */
 
-int64_t lorac_attention_train_scratch_floats(int64_t T, int64_t hd, int n_threads) {
-    return (int64_t)(n_threads > 0 ? n_threads : 1) * (4 * hd + 2) * T;
+#define QBLOCK 64
+
+/* Floats of one thread's scratch (see attention_scratch_t). */
+static int64_t scratch_per_thread(int64_t T, int64_t hd) {
+    return 2 * QBLOCK * T + 6 * T * hd + 4 * QBLOCK * hd;
 }
 
-/* dst (hd, T) = the head at src in rows 0..T-1 of stride `stride`. */
+int64_t lorac_attention_train_scratch_floats(int64_t T, int64_t hd, int n_threads) {
+    return (int64_t)(n_threads > 0 ? n_threads : 1) * scratch_per_thread(T, hd);
+}
+
+typedef struct {
+    float *s, *ds;           /* (QBLOCK, T): scores then P; dP then dS */
+    float *kt, *vt;          /* (hd, T) */
+    float *kc, *vc;          /* (T, hd) */
+    float *dkc, *dvc;        /* (T, hd) gradient accumulators */
+    float *qc, *doc, *oc;    /* (QBLOCK, hd) */
+    float *dqc;              /* (QBLOCK, hd) */
+} attention_scratch_t;
+
+static attention_scratch_t carve_scratch(float *base, int64_t T, int64_t hd) {
+    attention_scratch_t w;
+    w.s = base, w.ds = w.s + QBLOCK * T;
+    w.kt = w.ds + QBLOCK * T, w.vt = w.kt + hd * T;
+    w.kc = w.vt + hd * T, w.vc = w.kc + T * hd, w.dkc = w.vc + T * hd, w.dvc = w.dkc + T * hd;
+    w.qc = w.dvc + T * hd, w.doc = w.qc + QBLOCK * hd, w.oc = w.doc + QBLOCK * hd, w.dqc = w.oc + QBLOCK * hd;
+    return w;
+}
+
+/* dst (n, hd) contiguous = n rows of one head, `stride` apart. */
+static void gather_head(float *dst, const float *src, int64_t stride, int64_t n, int64_t hd) {
+    for (int64_t j = 0; j < n; j++) memcpy(dst + j * hd, src + j * stride, sizeof(float) * (size_t)hd);
+}
+
+/* dst (hd, T) = the head at src, rows 0..T-1, `stride` apart, transposed. */
 static void transpose_head(float *dst, const float *src, int64_t stride, int64_t T, int64_t hd) {
     for (int64_t j = 0; j < T; j++)
         for (int64_t i = 0; i < hd; i++) dst[i * T + j] = src[j * stride + i];
-}
-
-/* s[j] = Σ_i (scale·q[i])·kt[i, j] for j in [j0, j1): the scaled scores of
- * one query against keys j0..j1-1 (kt is (hd, T)). Four rows of kt per pass
- * over s. The forward and backward kernels both get their scores here, so
- * the probabilities the backward pass recomputes are the forward's. */
-LORAC_ALWAYS_INLINE void head_scores(float *s, const float *q, const float *kt, float scale, int64_t T, int64_t hd,
-                        int64_t j0, int64_t j1) {
-    int64_t n = j1 - j0;
-    float *sj = s + j0;
-    for (int64_t j = 0; j < n; j++) sj[j] = 0.0f;
-    int64_t i = 0;
-    for (; i + 4 <= hd; i += 4) {
-        float q0 = q[i] * scale, q1 = q[i + 1] * scale, q2 = q[i + 2] * scale, q3 = q[i + 3] * scale;
-        const float *k0 = kt + i * T + j0, *k1 = k0 + T, *k2 = k1 + T, *k3 = k2 + T;
-        #pragma omp simd
-        for (int64_t j = 0; j < n; j++) sj[j] += q0 * k0[j] + q1 * k1[j] + q2 * k2[j] + q3 * k3[j];
-    }
-    for (; i < hd; i++) {
-        float qi = q[i] * scale;
-        const float *k0 = kt + i * T + j0;
-        #pragma omp simd
-        for (int64_t j = 0; j < n; j++) sj[j] += qi * k0[j];
-    }
 }
 
 /* The first key token t of its row may see (start[t] > 0 keeps packed examples apart). */
@@ -94,55 +103,63 @@ static inline int64_t first_visible(const int32_t *start, int64_t bt, int64_t t)
     return start[bt] < 0 ? 0 : (start[bt] > t ? t : start[bt]);
 }
 
+/* c (m, K) = 0, then += a·b on its first `cols` columns: the block kernel
+ * with a (m, L) strided, b (L, K) row-major f32. */
+static void block_product(const lorac_kernel_ops_t *ops, float *c, int64_t m, int64_t K, int64_t cols,
+                          const float *a, int64_t a_rs, int64_t a_cs, const float *b, int64_t L) {
+    for (int64_t i = 0; i < m; i++) memset(c + i * K, 0, sizeof(float) * (size_t)cols);
+    ops->matmul_acc(c, a, a_rs, a_cs, b, LORAC_DTYPE_F32, m, L, K, 0, m, 0, cols);
+}
+
+/* Row t of the block's scores s (row stride T) becomes P: scale, softmax
+ * over keys s0..t, zero elsewhere in 0..end-1. With lse given (backward) P
+ * is exp(S − lse); otherwise the row's log-sum-exp is returned. */
+static float scores_to_p(const lorac_kernel_ops_t *ops, float *row, float scale, int64_t s0, int64_t t,
+                         int64_t end, const float *lse) {
+    for (int64_t j = s0; j <= t; j++) row[j] *= scale;
+    memset(row, 0, sizeof(float) * (size_t)s0);
+    memset(row + t + 1, 0, sizeof(float) * (size_t)(end - t - 1));
+    if (lse) {
+        ops->exp_sum(row + s0, *lse, t - s0 + 1);
+        return *lse;
+    }
+    float mx = -INFINITY;
+    for (int64_t j = s0; j <= t; j++) mx = row[j] > mx ? row[j] : mx;
+    double sum = ops->exp_sum(row + s0, mx, t - s0 + 1);
+    float inv = (float)(1.0 / sum);
+    for (int64_t j = s0; j <= t; j++) row[j] *= inv;
+    return (float)((double)mx + log(sum));
+}
+
 LORAC_MULTIVERSION
 void lorac_attention_train_forward(float *out, float *lse, float *scratch, const float *q, const float *k,
                                    const float *v, const int32_t *start, int64_t B, int64_t T, int64_t H,
                                    int64_t KVH, int64_t hd) {
     const lorac_kernel_ops_t *ops = lorac_kernels_ops();
-    int64_t group = H / KVH;
+    int64_t group = H / KVH, kvs = KVH * hd, qs = H * hd;
     float scale = 1.0f / sqrtf((float)hd);
     int n_threads = lorac_kernels_get_threads();
-    int64_t per_thread = lorac_attention_train_scratch_floats(T, hd, 1);
     #pragma omp parallel num_threads(n_threads)
     {
-        float *kt = scratch + (int64_t)omp_get_thread_num() * per_thread, *p = kt + hd * T;
-        int64_t have = -1; /* the (b, kv head) now in kt */
-        /* items ordered (b, kv head, query head in group): a thread's run of
-         * items mostly shares one transposed K */
+        attention_scratch_t w = carve_scratch(scratch + (int64_t)omp_get_thread_num() * scratch_per_thread(T, hd), T, hd);
         #pragma omp for schedule(static)
-        for (int64_t item = 0; item < B * H; item++) {
-            int64_t b = item / H, kvh = item % H / group, h = kvh * group + item % group;
-            if (have != b * KVH + kvh) {
-                transpose_head(kt, k + (b * T * KVH + kvh) * hd, KVH * hd, T, hd);
-                have = b * KVH + kvh;
-            }
-            for (int64_t t = 0; t < T; t++) {
-                int64_t bt = b * T + t, bth = bt * H + h, s0 = first_visible(start, bt, t);
-                head_scores(p, q + bth * hd, kt, scale, T, hd, s0, t + 1);
-                float mx = -INFINITY;
-                #pragma omp simd reduction(max : mx)
-                for (int64_t j = s0; j <= t; j++) mx = p[j] > mx ? p[j] : mx;
-                double sum = ops->exp_sum(p + s0, mx, t - s0 + 1);
-                float inv = (float)(1.0 / sum);
-                float *o = out + bth * hd;
-                memset(o, 0, sizeof(float) * (size_t)hd);
-                /* o = Σ_j p_j·v_j, four values per pass (see the backward's dq) */
-                const float *vb = v + (b * T * KVH + kvh) * hd;
-                int64_t kvs = KVH * hd, j = s0;
-                for (; j + 4 <= t + 1; j += 4) {
-                    const float *v0 = vb + j * kvs, *v1 = v0 + kvs, *v2 = v1 + kvs, *v3 = v2 + kvs;
-                    float w0 = p[j] * inv, w1 = p[j + 1] * inv, w2 = p[j + 2] * inv, w3 = p[j + 3] * inv;
-                    #pragma omp simd
-                    for (int64_t i = 0; i < hd; i++) o[i] += w0 * v0[i] + w1 * v1[i] + w2 * v2[i] + w3 * v3[i];
+        for (int64_t bk = 0; bk < B * KVH; bk++) {
+            int64_t b = bk / KVH, kvh = bk % KVH;
+            transpose_head(w.kt, k + (b * T * KVH + kvh) * hd, kvs, T, hd);
+            gather_head(w.vc, v + (b * T * KVH + kvh) * hd, kvs, T, hd);
+            for (int64_t h = kvh * group; h < (kvh + 1) * group; h++)
+                for (int64_t t0 = 0; t0 < T; t0 += QBLOCK) {
+                    int64_t nq = T - t0 < QBLOCK ? T - t0 : QBLOCK, end = t0 + nq;
+                    const float *qb = q + ((b * T + t0) * H + h) * hd;
+                    block_product(ops, w.s, nq, T, end, qb, qs, 1, w.kt, hd);          /* S = Q·Kᵀ */
+                    for (int64_t i = 0; i < nq; i++) {
+                        int64_t t = t0 + i, bt = b * T + t;
+                        lse[bt * H + h] = scores_to_p(ops, w.s + i * T, scale, first_visible(start, bt, t), t, end, NULL);
+                    }
+                    block_product(ops, w.oc, nq, hd, hd, w.s, T, 1, w.vc, end);      /* O = P·V */
+                    for (int64_t i = 0; i < nq; i++)
+                        memcpy(out + ((b * T + t0 + i) * H + h) * hd, w.oc + i * hd, sizeof(float) * (size_t)hd);
                 }
-                for (; j <= t; j++) {
-                    const float *vv = vb + j * kvs;
-                    float w = p[j] * inv;
-                    #pragma omp simd
-                    for (int64_t i = 0; i < hd; i++) o[i] += w * vv[i];
-                }
-                lse[bth] = (float)((double)mx + log(sum));
-            }
         }
     }
 }
@@ -151,70 +168,54 @@ void lorac_attention_train_forward(float *out, float *lse, float *scratch, const
 //   dV += Pᵀ·dO ; dP = dO·Vᵀ ; dS = P ∘ (dP − rowsum(dO ∘ O)) ; dq += scale·dS·K ; dK += scale·dSᵀ·q
 // One thread owns a (row b, kv head) pair: every write to dk/dv of that kv
 // head and to dq of its query heads, so no two threads touch the same output.
-// dK and dV are gathered transposed, (hd, T) like K and V, and added at the end.
 LORAC_MULTIVERSION
 void lorac_attention_train_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout,
                                     const float *q, const float *k, const float *v, const float *out,
                                     const float *lse, const int32_t *start, int64_t B, int64_t T, int64_t H,
                                     int64_t KVH, int64_t hd) {
     const lorac_kernel_ops_t *ops = lorac_kernels_ops();
-    int64_t group = H / KVH, kvs = KVH * hd;
+    int64_t group = H / KVH, kvs = KVH * hd, qs = H * hd;
     float scale = 1.0f / sqrtf((float)hd);
     int n_threads = lorac_kernels_get_threads();
-    int64_t per_thread = lorac_attention_train_scratch_floats(T, hd, 1);
     #pragma omp parallel num_threads(n_threads)
     {
-        float *kt = scratch + (int64_t)omp_get_thread_num() * per_thread;
-        float *vt = kt + hd * T, *dkt = vt + hd * T, *dvt = dkt + hd * T, *p = dvt + hd * T, *ds = p + T;
+        attention_scratch_t w = carve_scratch(scratch + (int64_t)omp_get_thread_num() * scratch_per_thread(T, hd), T, hd);
         #pragma omp for schedule(static)
         for (int64_t bk = 0; bk < B * KVH; bk++) {
             int64_t b = bk / KVH, kvh = bk % KVH;
             const float *kb = k + (b * T * KVH + kvh) * hd, *vb = v + (b * T * KVH + kvh) * hd;
-            transpose_head(kt, kb, kvs, T, hd);
-            transpose_head(vt, vb, kvs, T, hd);
-            memset(dkt, 0, sizeof(float) * (size_t)(2 * hd * T)); /* dkt and dvt */
-            for (int64_t h = kvh * group; h < (kvh + 1) * group; h++) {
-                for (int64_t t = 0; t < T; t++) {
-                    int64_t bt = b * T + t, bth = bt * H + h, s0 = first_visible(start, bt, t), n = t - s0 + 1;
-                    const float *qv = q + bth * hd, *dov = dout + bth * hd;
-                    float *dqv = dq + bth * hd;
-                    head_scores(p, qv, kt, scale, T, hd, s0, t + 1);
-                    ops->exp_sum(p + s0, lse[bth], n);           /* p = P */
-                    head_scores(ds, dov, vt, 1.0f, T, hd, s0, t + 1); /* ds = dP */
-                    float delta = dot_f32(dov, out + bth * hd, hd);
-                    #pragma omp simd
-                    for (int64_t j = s0; j <= t; j++) ds[j] = p[j] * (ds[j] - delta) * scale;
-                    /* dq += Σ_j ds_j·k_j, four keys per pass: one pass per
-                     * key waited on its own store of dq every iteration */
-                    int64_t j = s0;
-                    for (; j + 4 <= t + 1; j += 4) {
-                        const float *k0 = kb + j * kvs, *k1 = k0 + kvs, *k2 = k1 + kvs, *k3 = k2 + kvs;
-                        float d0 = ds[j], d1 = ds[j + 1], d2 = ds[j + 2], d3 = ds[j + 3];
-                        #pragma omp simd
-                        for (int64_t i = 0; i < hd; i++) dqv[i] += d0 * k0[i] + d1 * k1[i] + d2 * k2[i] + d3 * k3[i];
+            transpose_head(w.kt, kb, kvs, T, hd);
+            transpose_head(w.vt, vb, kvs, T, hd);
+            gather_head(w.kc, kb, kvs, T, hd);
+            memset(w.dkc, 0, sizeof(float) * (size_t)(2 * T * hd)); /* dkc and dvc */
+            for (int64_t h = kvh * group; h < (kvh + 1) * group; h++)
+                for (int64_t t0 = 0; t0 < T; t0 += QBLOCK) {
+                    int64_t nq = T - t0 < QBLOCK ? T - t0 : QBLOCK, end = t0 + nq, row0 = (b * T + t0) * H + h;
+                    gather_head(w.qc, q + row0 * hd, qs, nq, hd);
+                    gather_head(w.doc, dout + row0 * hd, qs, nq, hd);
+                    block_product(ops, w.s, nq, T, end, w.qc, hd, 1, w.kt, hd);    /* S = Q·Kᵀ */
+                    block_product(ops, w.ds, nq, T, end, w.doc, hd, 1, w.vt, hd);  /* dP = dO·Vᵀ */
+                    for (int64_t i = 0; i < nq; i++) {
+                        int64_t t = t0 + i, bt = b * T + t;
+                        float *p = w.s + i * T, *d = w.ds + i * T;
+                        scores_to_p(ops, p, scale, first_visible(start, bt, t), t, end, &lse[bt * H + h]);
+                        float delta = dot_f32(w.doc + i * hd, out + (row0 + i * H) * hd, hd);
+                        for (int64_t j = 0; j < end; j++) d[j] = p[j] * (d[j] - delta) * scale; /* dS */
                     }
-                    for (; j <= t; j++) {
-                        const float *kr = kb + j * kvs;
-                        float dsj = ds[j];
-                        #pragma omp simd
-                        for (int64_t i = 0; i < hd; i++) dqv[i] += dsj * kr[i];
+                    block_product(ops, w.dqc, nq, hd, hd, w.ds, T, 1, w.kc, end);  /* dQ = dS·K */
+                    for (int64_t i = 0; i < nq; i++) {
+                        float *dqr = dq + (row0 + i * H) * hd;
+                        for (int64_t c = 0; c < hd; c++) dqr[c] += w.dqc[i * hd + c];
                     }
-                    for (int64_t i = 0; i < hd; i++) {
-                        float qi = qv[i], di = dov[i];
-                        float *dkr = dkt + i * T, *dvr = dvt + i * T;
-                        #pragma omp simd
-                        for (int64_t j = s0; j <= t; j++) {
-                            dkr[j] += ds[j] * qi;
-                            dvr[j] += p[j] * di;
-                        }
-                    }
+                    /* dK += dSᵀ·Q, dV += Pᵀ·dO over the block's visible keys */
+                    ops->matmul_acc(w.dkc, w.ds, 1, T, w.qc, LORAC_DTYPE_F32, end, nq, hd, 0, end, 0, hd);
+                    ops->matmul_acc(w.dvc, w.s, 1, T, w.doc, LORAC_DTYPE_F32, end, nq, hd, 0, end, 0, hd);
                 }
-            }
             float *dkb = dk + (b * T * KVH + kvh) * hd, *dvb = dv + (b * T * KVH + kvh) * hd;
             for (int64_t j = 0; j < T; j++)
-                for (int64_t i = 0; i < hd; i++) {
-                    dkb[j * kvs + i] += dkt[i * T + j];
-                    dvb[j * kvs + i] += dvt[i * T + j];
+                for (int64_t c = 0; c < hd; c++) {
+                    dkb[j * kvs + c] += w.dkc[j * hd + c];
+                    dvb[j * kvs + c] += w.dvc[j * hd + c];
                 }
         }
     }

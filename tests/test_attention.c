@@ -1,0 +1,111 @@
+/* The training attention kernels against a direct double-precision
+ * implementation of the same formulas: rows longer than one query block
+ * (the kernels work in blocks of 64 queries), grouped-query heads, a row
+ * with two packed examples, a head size that is not a multiple of 16, on
+ * every instruction-set path and for 1 and 3 threads. */
+#include <stdint.h>
+
+#include "kernels/kernels_internal.h"
+#include "testlib.h"
+
+enum { B = 2, T = 150, H = 4, KVH = 2, HD = 24 };
+#define QN (B * T * H * HD)
+#define KN (B * T * KVH * HD)
+
+static uint64_t rng = 0x853c49e6748fea9bull;
+static float frand(void) {
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return (float)((double)(rng >> 40) / (double)(1ull << 23) - 1.0);
+}
+
+static float q[QN], k[KN], v[KN], dout[QN];
+static int32_t start[B * T];
+static double ref_out[QN], ref_lse[B * T * H], ref_dq[QN], ref_dk[KN], ref_dv[KN];
+
+/* Reference: for each query, P = softmax(scale·q·k_j) over its visible
+ * keys, O = Σ P_j v_j; backward dP_j = dO·v_j, dS_j = P_j (dP_j − dO·O),
+ * dq = scale Σ dS_j k_j, dk_j += scale dS_j q, dv_j += P_j dO. */
+static void reference(void) {
+    double scale = 1.0 / sqrt((double)HD), p[T];
+    memset(ref_dq, 0, sizeof ref_dq), memset(ref_dk, 0, sizeof ref_dk), memset(ref_dv, 0, sizeof ref_dv);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < H; h++) {
+                int kvh = h / (H / KVH), s0 = start[b * T + t];
+                const float *qv = q + ((b * T + t) * H + h) * HD, *dov = dout + ((b * T + t) * H + h) * HD;
+                double mx = -INFINITY, sum = 0;
+                for (int j = s0; j <= t; j++) {
+                    const float *kv = k + ((b * T + j) * KVH + kvh) * HD;
+                    double s = 0;
+                    for (int i = 0; i < HD; i++) s += (double)qv[i] * kv[i];
+                    p[j] = s * scale, mx = fmax(mx, p[j]);
+                }
+                for (int j = s0; j <= t; j++) p[j] = exp(p[j] - mx), sum += p[j];
+                double *o = ref_out + ((b * T + t) * H + h) * HD, delta = 0;
+                for (int i = 0; i < HD; i++) o[i] = 0;
+                for (int j = s0; j <= t; j++) {
+                    p[j] /= sum;
+                    for (int i = 0; i < HD; i++) o[i] += p[j] * v[((b * T + j) * KVH + kvh) * HD + i];
+                }
+                ref_lse[(b * T + t) * H + h] = mx + log(sum);
+                for (int i = 0; i < HD; i++) delta += (double)dov[i] * o[i];
+                for (int j = s0; j <= t; j++) {
+                    int kvi = ((b * T + j) * KVH + kvh) * HD;
+                    double dp = 0;
+                    for (int i = 0; i < HD; i++) dp += (double)dov[i] * v[kvi + i];
+                    double ds = p[j] * (dp - delta) * scale;
+                    for (int i = 0; i < HD; i++) {
+                        ref_dq[((b * T + t) * H + h) * HD + i] += ds * k[kvi + i];
+                        ref_dk[kvi + i] += ds * qv[i];
+                        ref_dv[kvi + i] += p[j] * dov[i];
+                    }
+                }
+            }
+}
+
+/* max |got − ref| / max |ref| */
+static double rel_err(const float *got, const double *ref, int n) {
+    double d = 0, m = 0;
+    for (int i = 0; i < n; i++) d = fmax(d, fabs(got[i] - ref[i])), m = fmax(m, fabs(ref[i]));
+    return d / m;
+}
+
+static void check_path(const char *isa, int threads) {
+    static float out[QN], lse[B * T * H], dq[QN], dk[KN], dv[KN];
+    lorac_kernels_set_threads(threads);
+    float *scratch = malloc(sizeof(float) * (size_t)lorac_attention_train_scratch_floats(T, HD, threads));
+    if (!scratch) abort();
+    lorac_attention_train_forward(out, lse, scratch, q, k, v, start, B, T, H, KVH, HD);
+    /* the backward pass accumulates: start the gradients at 1 */
+    for (int i = 0; i < QN; i++) dq[i] = 1.0f;
+    for (int i = 0; i < KN; i++) dk[i] = dv[i] = 1.0f;
+    lorac_attention_train_backward(dq, dk, dv, scratch, dout, q, k, v, out, lse, start, B, T, H, KVH, HD);
+    for (int i = 0; i < QN; i++) dq[i] -= 1.0f;
+    for (int i = 0; i < KN; i++) dk[i] -= 1.0f, dv[i] -= 1.0f;
+    double e_out = rel_err(out, ref_out, QN), e_dq = rel_err(dq, ref_dq, QN);
+    double e_dk = rel_err(dk, ref_dk, KN), e_dv = rel_err(dv, ref_dv, KN), e_lse = 0;
+    for (int i = 0; i < B * T * H; i++) e_lse = fmax(e_lse, fabs(lse[i] - ref_lse[i]));
+    printf("  %-8s %d threads: out %.2g lse %.2g dq %.2g dk %.2g dv %.2g\n", isa, threads, e_out, e_lse, e_dq,
+           e_dk, e_dv);
+    CHECK_MSG(e_out < 1e-5 && e_lse < 1e-5, "%s forward: out %g lse %g", isa, e_out, e_lse);
+    CHECK_MSG(e_dq < 1e-5 && e_dk < 1e-5 && e_dv < 1e-5, "%s backward: dq %g dk %g dv %g", isa, e_dq, e_dk, e_dv);
+    free(scratch);
+}
+
+int main(void) {
+    for (int i = 0; i < QN; i++) q[i] = 2.0f * frand(), dout[i] = frand();
+    for (int i = 0; i < KN; i++) k[i] = 2.0f * frand(), v[i] = frand();
+    /* row 0 one example; row 1 two packed examples, the second from t = 70 */
+    for (int t = 0; t < T; t++) start[t] = 0, start[T + t] = t < 70 ? 0 : 70;
+    reference();
+    static const char *const isas[] = {"portable", "avx2", "avx512"};
+    for (int i = 0; i < 3; i++) {
+        if (lorac_kernels_force_isa(isas[i]) != 0) {
+            printf("  %s: not available, skipped\n", isas[i]);
+            continue;
+        }
+        check_path(isas[i], 1);
+        check_path(isas[i], 3);
+    }
+    return tl_finish("test_attention");
+}
