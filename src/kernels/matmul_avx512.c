@@ -14,7 +14,6 @@
 
 #include <immintrin.h>
 #include <stdlib.h>
-#include <string.h>
 
 /* Forward tile: up to FT rows of x (T) times up to FN rows of w (N):
  * 24 zmm accumulators + 4 x + 1 weight = 29 of 32 registers. Each weight
@@ -339,17 +338,50 @@ LORAC_ALWAYS_INLINE void pack_panel(const lorac_dtype_t bt, float *buf, const vo
     }
 }
 
+/* r[i] (16 rows of 16) becomes its transpose: r[c][i] = old r[i][c].
+ * Pairs of rows interleaved, then quads, then the 128-bit lanes gathered. */
+LORAC_ALWAYS_INLINE void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    /* u[4g + c], lane q: rows 4g..4g+3 of column 4q + c */
+    __m512 u[16];
+    for (int g = 0; g < 16; g += 4) {
+        __m512d t0 = _mm512_castps_pd(t[g]), t1 = _mm512_castps_pd(t[g + 1]);
+        __m512d t2 = _mm512_castps_pd(t[g + 2]), t3 = _mm512_castps_pd(t[g + 3]);
+        u[g] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
+        u[g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
+        u[g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3));
+        u[g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
+    }
+    for (int c = 0; c < 4; c++) {
+        __m512 x0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44), x1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xEE);
+        __m512 y0 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44), y1 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xEE);
+        r[c] = _mm512_shuffle_f32x4(x0, y0, 0x88);
+        r[4 + c] = _mm512_shuffle_f32x4(x0, y0, 0xDD);
+        r[8 + c] = _mm512_shuffle_f32x4(x1, y1, 0x88);
+        r[12 + c] = _mm512_shuffle_f32x4(x1, y1, 0xDD);
+    }
+}
+
 /* pack_panel for b given transposed, (K,L): buf[l][j] = b[k + j, l0 + l],
- * zeros past kw. Row j of b is contiguous over l, so this walks b rows and
- * scatters down the buffer's columns. */
+ * zeros past kw. Blocks of 16 rows of b (16 values of j) by 16 values of
+ * l are loaded, widened, transposed in registers and stored as 16 rows of
+ * the buffer (element by element this took a tenth of a 15M-shape step). */
 LORAC_ALWAYS_INLINE void pack_panel_t(const lorac_dtype_t bt, float *buf, const void *b, int64_t L, int64_t k,
                                       int64_t kw, int64_t l0, int64_t n) {
-    float row[LCHUNK];
-    for (int64_t j = 0; j < 16 * AV; j++) {
-        if (j < kw) widen(bt, row, b, (k + j) * L + l0, n);
-        else memset(row, 0, sizeof row);
-        for (int64_t l = 0; l < n; l++) buf[l * 16 * AV + j] = row[l];
-    }
+    for (int64_t jb = 0; jb < 16 * AV; jb += 16)
+        for (int64_t lb = 0; lb < n; lb += 16) {
+            __mmask16 m = tail_mask(n - lb);
+            __m512 r[16];
+            for (int64_t i = 0; i < 16; i++)
+                r[i] = jb + i < kw ? load_w_mask(b, bt, (k + jb + i) * L + l0 + lb, m) : _mm512_setzero_ps();
+            transpose16(r);
+            int64_t nl = n - lb < 16 ? n - lb : 16;
+            for (int64_t c = 0; c < nl; c++) _mm512_storeu_ps(buf + (lb + c) * 16 * AV + jb, r[c]);
+        }
 }
 
 /* c block += a · b (b_t = 0, b is (L,K)) or a · bᵀ (b_t = 1, b is (K,L)).
