@@ -5,6 +5,7 @@
 # bench_generate.sh writes and a TinyLlama-1.1B-shaped one written here
 # (F32, 4.4 GB; batch 2 x 256 and 2 steps there, as a step takes tens of
 # seconds); then LoRA against --full on the 15M shape.
+# Both sides' tokens/s count the steps after the first (warm-up).
 # Not a test. Torch runs with Debian's OpenBLAS (OPENBLAS_CORETYPE=SkylakeX).
 # Usage: bench/bench_train.sh   (after `make build` and bench/bench_generate.sh)
 # Env:   MODELS ("s15m s110m s1b"), STEPS (4)
@@ -21,6 +22,15 @@ random.seed(0)
 with open('$OUT/train-tokens.jsonl', 'w') as f:
     for i in range(64): f.write(json.dumps({'input_ids': [random.randrange(32000) for _ in range($T + 1)]}) + '\n')"
 rss() { sed -n 's/.*Maximum resident set size (kbytes): \([0-9]*\).*/\1/p' "$1"; }
+# tokens/s between the end of step 1 and the end of the last step, from
+# lorac's metrics.jsonl (tokens_per_second there is cumulative from the start)
+steady_rate() {
+  /usr/bin/python3 -c "
+import json, sys
+m = [json.loads(l) for l in open(sys.argv[1])]
+a, b = m[0], m[-1]
+print('%.1f' % ((b['tokens_per_second'] * b['elapsed'] - a['tokens_per_second'] * a['elapsed']) / (b['elapsed'] - a['elapsed'])))" "$1"
+}
 echo "| model | lorac tokens/s | torch tokens/s | ratio | lorac peak RSS | torch peak RSS | RSS ratio |"
 echo "|---|---:|---:|---:|---:|---:|---:|"
 for m in ${MODELS:-s15m s110m s1b}; do
@@ -34,7 +44,9 @@ for m in ${MODELS:-s15m s110m s1b}; do
   [ -d "$d" ] || { echo "missing $d: run bench/bench_generate.sh first" >&2; exit 1; }
   /usr/bin/time -v "$LORAC" train -m "$d" --data "$OUT/train-tokens.jsonl" --format tokens -o "$OUT/train-$m" \
     --steps "$ms" --batch $mb --seq $T --targets all-linear --r 8 -t 2 2> "$OUT/train-$m.err" >/dev/null
-  lt=$(sed -n 's/^train: .* \([0-9.]*\) tokens\/s.*/\1/p' "$OUT/train-$m.err")
+  # steady-state rate over the steps after the first, as the torch peer
+  # measures (the first step also pays for first-touching the activations)
+  lt=$(steady_rate "$OUT/train-$m/metrics.jsonl")
   LD_LIBRARY_PATH=$OB OPENBLAS_CORETYPE=SkylakeX /usr/bin/time -v /usr/bin/python3 bench/torch_train.py "$d" \
     --batch $mb --seq $T --steps "$ms" > "$OUT/torch-train-$m.json" 2> "$OUT/torch-train-$m.err"
   tt=$(/usr/bin/python3 -c "import json; print('%.1f' % json.load(open('$OUT/torch-train-$m.json'))['tokens_per_second'])")
@@ -49,7 +61,7 @@ for mode in lora full; do
   /usr/bin/time -v "$LORAC" train -m "$OUT/s15m-F32" --data "$OUT/train-tokens.jsonl" --format tokens -o "$OUT/train-$mode" \
     --steps "$STEPS" --batch $B --seq $T --targets all-linear --r 8 --save-every "$STEPS" $extra -t 2 2> "$OUT/train-$mode.err" >/dev/null
   n=$(grep -o 'trainable [0-9]* parameters\|full fine-tuning: [0-9]* parameters' "$OUT/train-$mode.err" | grep -o '[0-9]*' | head -1)
-  tps=$(sed -n 's/^train: .* \([0-9.]*\) tokens\/s.*/\1/p' "$OUT/train-$mode.err")
+  tps=$(steady_rate "$OUT/train-$mode/metrics.jsonl")
   ck=$(du -sb "$OUT/train-$mode/checkpoint-$STEPS" | cut -f1)
   /usr/bin/python3 -c "print('| $mode | $n | %.2f s | %.0f MB | %.1f MB |' % ($B * $T / $tps, $(rss "$OUT/train-$mode.err") / 1024, $ck / 1e6))"
 done
