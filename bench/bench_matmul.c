@@ -6,7 +6,9 @@
  * used in turn, so every call reads from DRAM as a real decode step does
  * (a 110M-parameter model is 440 MB in f32; here L3 is large enough to hold a
  * single 32000x768 matrix, which would flatter a hot loop).
- * GEMM: one matrix, T = 64 and 256, GFLOP/s = 2·T·N·K / time.
+ * GEMM: one matrix, T = 64 and 256, GFLOP/s = 2·T·N·K / time: the forward
+ * (batch-invariant, inference), the training forward (lorac_matmul_forward_batch,
+ * packed; below 128 rows it is the same call), dx and dw.
  *
  * Build and run: make -C bench && bench/out/bench_matmul [--quick]
  * LORAC_ISA=avx2|portable picks a lower path. */
@@ -110,8 +112,8 @@ int main(int argc, char **argv) {
     free(bwbuf);
 
     printf("\nGEMM (forward), backward dx and dw\n");
-    printf("%-12s %-5s %4s %3s %8s %8s %8s %6s %8s %8s\n", "N x K", "dtype", "T", "thr", "fwd ms",
-           "GFLOP/s", "peak", "%peak", "dx GF/s", "dw GF/s");
+    printf("%-12s %-5s %4s %3s %8s %8s %8s %6s %8s %8s %8s\n", "N x K", "dtype", "T", "thr", "fwd ms",
+           "GFLOP/s", "peak", "%peak", "batch GF", "dx GF/s", "dw GF/s");
     static const int64_t TT[] = {64, 256};
     for (int si = 0; si < 4; si++)
         for (int ti = 0; ti < 2; ti++)
@@ -126,18 +128,19 @@ int main(int argc, char **argv) {
                 double flop = 2.0 * (double)T * (double)N * (double)K;
                 for (int nt = 1; nt <= 2; nt++) {
                     lorac_kernels_set_threads(nt);
-                    double peak = bench_fma_peak(nt, 2000000), sf, sdx, sdw = 0;
+                    double peak = bench_fma_peak(nt, 2000000), sf, sfb, sdx, sdw = 0;
                     TIME_CALLS(sf, 2, min_s, lorac_matmul_forward(out, x, w, dt, NULL, T, K, N));
+                    TIME_CALLS(sfb, 2, min_s, lorac_matmul_forward_batch(out, x, w, dt, NULL, T, K, N));
                     TIME_CALLS(sdx, 2, min_s, lorac_matmul_backward_input(dx, dout, w, dt, T, K, N));
                     if (dt == LORAC_DTYPE_F32) /* dw does not depend on the weight dtype */
                         TIME_CALLS(sdw, 2, min_s,
                                    lorac_matmul_backward_weight(dw, NULL, dout, x, T, K, N));
                     char dws[16] = "-";
                     if (sdw > 0) snprintf(dws, sizeof dws, "%.1f", flop / sdw / 1e9);
-                    printf("%5lldx%-6lld %-5s %4lld %3d %8.2f %8.1f %8.1f %5.0f%% %8.1f %8s\n",
+                    printf("%5lldx%-6lld %-5s %4lld %3d %8.2f %8.1f %8.1f %5.0f%% %8.1f %8.1f %8s\n",
                            (long long)N, (long long)K, lorac_dtype_name(dt), (long long)T, nt,
                            sf * 1e3, flop / sf / 1e9, peak, 100.0 * flop / sf / 1e9 / peak,
-                           flop / sdx / 1e9, dws);
+                           flop / sfb / 1e9, flop / sdx / 1e9, dws);
                 }
                 free(w), free(x), free(out), free(dout), free(dx), free(dw);
             }
