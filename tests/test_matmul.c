@@ -146,6 +146,39 @@ static void test_forward_degenerate(void) {
 
 /* ---- backward ------------------------------------------------------------ */
 
+/* y += s·u·bᵀ (LoRA's expand; training's packed path from 128 rows) against
+ * double, y starting from nonzero values. */
+static void test_lora_expand(const char *isa) {
+    static const int64_t ts[] = {3, 130, 300}, ns[] = {5, 64, 300}, rs[] = {1, 8, 16};
+    double worst = 0;
+    int bad = 0;
+    for (int ti = 0; ti < LEN(ts); ti++)
+        for (int ni = 0; ni < LEN(ns); ni++)
+            for (int ri = 0; ri < LEN(rs); ri++) {
+                int64_t T = ts[ti], N = ns[ni], R = rs[ri];
+                float *y = rand_f32(T * N), *u = rand_f32(T * R), *b = rand_f32(N * R), s = 0.75f;
+                double *ref = xmalloc((size_t)(T * N) * sizeof(double)), *mag = xmalloc((size_t)(T * N) * sizeof(double));
+                for (int64_t t = 0; t < T; t++)
+                    for (int64_t n = 0; n < N; n++) {
+                        double sum = y[t * N + n], m = fabs(sum);
+                        for (int64_t r = 0; r < R; r++) {
+                            double p = (double)s * u[t * R + r] * b[n * R + r];
+                            sum += p, m += fabs(p);
+                        }
+                        ref[t * N + n] = sum, mag[t * N + n] = m;
+                    }
+                lorac_lora_expand_forward(y, u, b, s, T, N, R);
+                double e = max_rel_err(y, ref, mag, T * N);
+                if (!(e <= RTOL) && bad++ < 5)
+                    fprintf(stderr, "  %s lora expand T=%lld N=%lld R=%lld: rel err %g\n", isa, (long long)T,
+                            (long long)N, (long long)R, e);
+                if (e > worst || e != e) worst = e;
+                free(y), free(u), free(b), free(ref), free(mag);
+            }
+    printf("  lora expand   %-8s      max rel err %.3g\n", isa, worst);
+    CHECK_MSG(bad == 0, "%s lora expand: %d shapes out of tolerance", isa, bad);
+}
+
 static void test_backward_input(const char *isa) {
     for (int di = 0; di < LEN(DTYPES); di++) {
         lorac_dtype_t dt = DTYPES[di];
@@ -371,6 +404,7 @@ int main(void) {
         CHECK(strcmp(lorac_kernels_isa(), ISAS[i]) == 0);
         test_forward_shapes(ISAS[i]);
         test_exp_sum(ISAS[i]);
+        test_lora_expand(ISAS[i]);
         test_forward_degenerate();
         test_backward_input(ISAS[i]);
         test_backward_weight(ISAS[i]);

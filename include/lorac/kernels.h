@@ -47,7 +47,9 @@ void lorac_matmul_backward_input(float *dx, const float *dout, const void *w, lo
 void lorac_matmul_backward_weight(float *dw, float *dbias, const float *dout, const float *x,
                                   int64_t T, int64_t K, int64_t N);
 
-/* The expand half of a LoRA update: y (T,N) += s · u (T,R) · bᵀ, b is (N,R) f32. */
+/* The expand half of a LoRA update: y (T,N) += s · u (T,R) · bᵀ, b is (N,R) f32.
+ * Training's entry point: for many rows it sums as lorac_matmul_forward_batch
+ * does (inference's adapters go through lorac_lora_sgmv). */
 void lorac_lora_expand_forward(float *y, const float *u, const float *b, float s, int64_t T, int64_t N, int64_t R);
 /* One adapter's share of a mixed-adapter batch: rows [start, start + len) of
  * x and y use A (r, in), B (out, r), f32, with scale s; u_offset is where the

@@ -8,6 +8,7 @@
 #include "kernels_internal.h"
 
 #include <omp.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels/multiversion.h"
@@ -295,6 +296,18 @@ static void expand_columns(const lorac_kernel_ops_t *ops, float *y, const float 
 void lorac_lora_expand_forward(float *y, const float *u, const float *b, float s, int64_t T, int64_t N, int64_t R) {
     if (T == 0 || N == 0) return;
     const lorac_kernel_ops_t *ops = lorac_kernels_ops();
+    if (ops->matmul_acc_bt && T >= FORWARD_BATCH_MIN_T && N >= 64 && R > 0) {
+        /* Training's batches: (s·u)·Bᵀ accumulated straight into y by the
+         * outer-product kernel (B packed transposed), where the tiles below
+         * spend an 8-lane horizontal sum on every output of a rank-8 dot. */
+        float *su = malloc(sizeof(float) * (size_t)(T * R));
+        if (su) {
+            for (int64_t i = 0; i < T * R; i++) su[i] = s * u[i];
+            acc_parallel(ops->matmul_acc_bt, y, su, R, 1, b, LORAC_DTYPE_F32, T, R, N);
+            free(su);
+            return;
+        }
+    }
     int64_t n_chunks = (N + EXPAND_COLS - 1) / EXPAND_COLS;
     int nt = lorac_kernels_threads_for(T * R * N, n_chunks);
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
