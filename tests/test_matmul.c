@@ -146,6 +146,38 @@ static void test_forward_degenerate(void) {
 
 /* ---- backward ------------------------------------------------------------ */
 
+/* lorac_matmul_forward_parts is bitwise lorac_matmul_forward per part, with
+ * parts whose sizes are not multiples of 4 (a thread's rows span parts). */
+static void test_forward_parts(const char *isa) {
+    static const int64_t ts[] = {1, 3, 17}, sizes[] = {5, 64, 3};
+    int bad = 0;
+    for (int di = 0; di < LEN(DTYPES); di++)
+        for (int ti = 0; ti < LEN(ts); ti++)
+            for (int threads = 1; threads <= 3; threads++) {
+                lorac_dtype_t dt = DTYPES[di];
+                int64_t T = ts[ti], K = 33;
+                lorac_kernels_set_threads(threads);
+                float *x = rand_f32(T * K), *wx = xmalloc(sizeof(float) * 64 * (size_t)K);
+                lorac_matmul_part_t parts[3];
+                float *want[3];
+                for (int i = 0; i < 3; i++) {
+                    int64_t N = sizes[i];
+                    parts[i] = (lorac_matmul_part_t){xmalloc(sizeof(float) * (size_t)(T * N)), make_weights(dt, N * K, wx),
+                                                     dt, i == 1 ? NULL : rand_f32(N), N};
+                    want[i] = xmalloc(sizeof(float) * (size_t)(T * N));
+                    lorac_matmul_forward(want[i], x, parts[i].w, dt, parts[i].bias, T, K, N);
+                }
+                lorac_matmul_forward_parts(parts, 3, x, T, K);
+                for (int i = 0; i < 3; i++) {
+                    bad += memcmp(want[i], parts[i].out, sizeof(float) * (size_t)(T * sizes[i])) != 0;
+                    free(parts[i].out), free((void *)parts[i].w), free((void *)parts[i].bias), free(want[i]);
+                }
+                free(x), free(wx);
+            }
+    lorac_kernels_set_threads(2);
+    CHECK_MSG(bad == 0, "%s forward_parts: %d cases differ from lorac_matmul_forward", isa, bad);
+}
+
 /* y += s·u·bᵀ (LoRA's expand; training's packed path from 128 rows) against
  * double, y starting from nonzero values. */
 static void test_lora_expand(const char *isa) {
@@ -405,6 +437,7 @@ int main(void) {
         test_forward_shapes(ISAS[i]);
         test_exp_sum(ISAS[i]);
         test_lora_expand(ISAS[i]);
+        test_forward_parts(ISAS[i]);
         test_forward_degenerate();
         test_backward_input(ISAS[i]);
         test_backward_weight(ISAS[i]);

@@ -138,6 +138,43 @@ void lorac_matmul_forward(float *out, const float *x, const void *w, lorac_dtype
     }
 }
 
+/* Rows [r0, r1) of the parts stacked on one another, each part's share
+ * through the block kernel. */
+static void forward_part_rows(const lorac_kernel_ops_t *ops, const lorac_matmul_part_t *parts, int n_parts,
+                              const float *x, int64_t T, int64_t K, int64_t r0, int64_t r1) {
+    int64_t p0 = 0;
+    for (int i = 0; i < n_parts; i++) {
+        const lorac_matmul_part_t *pt = &parts[i];
+        int64_t lo = r0 > p0 ? r0 : p0, hi = r1 < p0 + pt->N ? r1 : p0 + pt->N;
+        if (lo < hi) ops->matmul_fwd(pt->out, x, pt->w, pt->wtype, pt->bias, T, K, pt->N, lo - p0, hi - p0);
+        p0 += pt->N;
+    }
+}
+
+/* The parts' rows are split among the threads as one matrix's would be
+ * (whole groups of 4), so a thread's range may span two parts. */
+void lorac_matmul_forward_parts(const lorac_matmul_part_t *parts, int n_parts, const float *x, int64_t T, int64_t K) {
+    LORAC_ASSERT(n_parts >= 0 && T >= 0 && K >= 0);
+    int64_t total = 0;
+    for (int i = 0; i < n_parts; i++) {
+        LORAC_ASSERT(weight_dtype_ok(parts[i].wtype) && parts[i].N >= 0);
+        total += parts[i].N;
+    }
+    if (T == 0 || total == 0) return;
+    const lorac_kernel_ops_t *ops = lorac_kernels_ops();
+    int nt = lorac_kernels_threads_for(T * K * total, (total + 3) / 4);
+    if (nt <= 1) {
+        forward_part_rows(ops, parts, n_parts, x, T, K, 0, total);
+        return;
+    }
+    int64_t chunk = round_up((total + nt - 1) / nt, 4);
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int i = 0; i < nt; i++) {
+        int64_t r0 = i * chunk, r1 = r0 + chunk < total ? r0 + chunk : total;
+        if (r0 < r1) forward_part_rows(ops, parts, n_parts, x, T, K, r0, r1);
+    }
+}
+
 /* How an accumulating product over c (M,C) is shared by nt threads: by
  * 64-column panels (each thread then reads only its columns of b) when they
  * divide evenly or are many, else by rows in multiples of 4 (a 288-wide

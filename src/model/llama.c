@@ -292,9 +292,10 @@ static void attention_block(lorac_context_t *ctx, const lorac_batch_t *b, int32_
     int64_t Q = H * hd, KV = ctx->kv_dim, n_ctx = ctx->params.n_ctx;
 
     lorac_rmsnorm_forward(ctx->xn, NULL, ctx->x, L->attn_norm.data, L->attn_norm.dtype, c->rms_norm_eps, T, D);
-    lorac_matmul_forward(ctx->q, ctx->xn, L->wq.data, L->wq.dtype, L->bq, T, D, Q);
-    lorac_matmul_forward(ctx->k, ctx->xn, L->wk.data, L->wk.dtype, L->bk, T, D, KV);
-    lorac_matmul_forward(ctx->v, ctx->xn, L->wv.data, L->wv.dtype, L->bv, T, D, KV);
+    lorac_matmul_part_t qkv[3] = {{ctx->q, L->wq.data, L->wq.dtype, L->bq, Q},
+                                  {ctx->k, L->wk.data, L->wk.dtype, L->bk, KV},
+                                  {ctx->v, L->wv.data, L->wv.dtype, L->bv, KV}};
+    lorac_matmul_forward_parts(qkv, 3, ctx->xn, T, D);
     apply_adapters(ctx, l, LORAC_LORA_Q, ctx->q, ctx->xn, T);
     apply_adapters(ctx, l, LORAC_LORA_K, ctx->k, ctx->xn, T);
     apply_adapters(ctx, l, LORAC_LORA_V, ctx->v, ctx->xn, T);
@@ -322,8 +323,9 @@ static void mlp_block(lorac_context_t *ctx, int64_t T, int32_t l) {
     const lorac_layer_weights_t *L = &ctx->model->layers[l];
     int64_t D = c->hidden_size, I = c->intermediate_size;
     lorac_rmsnorm_forward(ctx->xn, NULL, ctx->x, L->ffn_norm.data, L->ffn_norm.dtype, c->rms_norm_eps, T, D);
-    lorac_matmul_forward(ctx->gate, ctx->xn, L->w_gate.data, L->w_gate.dtype, L->b_gate, T, D, I);
-    lorac_matmul_forward(ctx->up, ctx->xn, L->w_up.data, L->w_up.dtype, L->b_up, T, D, I);
+    lorac_matmul_part_t gate_up[2] = {{ctx->gate, L->w_gate.data, L->w_gate.dtype, L->b_gate, I},
+                                      {ctx->up, L->w_up.data, L->w_up.dtype, L->b_up, I}};
+    lorac_matmul_forward_parts(gate_up, 2, ctx->xn, T, D);
     apply_adapters(ctx, l, LORAC_LORA_GATE, ctx->gate, ctx->xn, T);
     apply_adapters(ctx, l, LORAC_LORA_UP, ctx->up, ctx->xn, T);
     lorac_swiglu_forward(ctx->gate, ctx->gate, ctx->up, T, I);
