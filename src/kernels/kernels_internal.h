@@ -62,6 +62,7 @@ typedef struct {
     lorac_matmul_fwd_fn matmul_fwd;
     lorac_matmul_acc_fn matmul_acc;
     lorac_matmul_acc_bt_fn matmul_acc_bt;
+    lorac_matmul_acc_bt_fn matmul_set_bt; /* c = a·bᵀ: matmul_acc_bt ignoring c's old values */
     lorac_convert_fn convert;
     lorac_exp_sum_fn exp_sum;
 } lorac_kernel_ops_t;

@@ -105,7 +105,7 @@ double lorac_exp_sum_portable(float *x, float shift, int64_t n) {
 }
 
 const lorac_kernel_ops_t lorac_kernel_ops_portable = {
-    "portable", portable_matmul_fwd, portable_matmul_acc, NULL, portable_convert, lorac_exp_sum_portable,
+    "portable", portable_matmul_fwd, portable_matmul_acc, NULL, NULL, portable_convert, lorac_exp_sum_portable,
 };
 
 /* ---- drivers ---------------------------------------------------------------- */
@@ -232,14 +232,15 @@ void lorac_matmul_forward_batch(float *out, const float *x, const void *w, lorac
     LORAC_ASSERT(weight_dtype_ok(wtype));
     LORAC_ASSERT(T >= 0 && K >= 0 && N >= 0);
     const lorac_kernel_ops_t *ops = lorac_kernels_ops();
-    if (!ops->matmul_acc_bt || T < FORWARD_BATCH_MIN_T || N < 64 || K == 0) {
+    if (!ops->matmul_acc_bt || !ops->matmul_set_bt || T < FORWARD_BATCH_MIN_T || N < 64 || K == 0) {
         lorac_matmul_forward(out, x, w, wtype, bias, T, K, N);
         return;
     }
-    for (int64_t t = 0; t < T; t++) {
-        if (bias) memcpy(out + t * N, bias, sizeof(float) * (size_t)N);
-        else memset(out + t * N, 0, sizeof(float) * (size_t)N);
+    if (!bias) {
+        acc_parallel(ops->matmul_set_bt, out, x, K, 1, w, wtype, T, K, N);
+        return;
     }
+    for (int64_t t = 0; t < T; t++) memcpy(out + t * N, bias, sizeof(float) * (size_t)N);
     acc_parallel(ops->matmul_acc_bt, out, x, K, 1, w, wtype, T, K, N);
 }
 

@@ -227,9 +227,9 @@ static void avx2_convert(float *dst, const void *src, lorac_dtype_t dt, int64_t 
 }
 
 const lorac_kernel_ops_t lorac_kernel_ops_avx2 = {
-    "avx2", avx2_matmul_fwd, avx2_matmul_acc, NULL, avx2_convert, lorac_exp_sum_portable,
+    "avx2", avx2_matmul_fwd, avx2_matmul_acc, NULL, NULL, avx2_convert, lorac_exp_sum_portable,
 };
 
 #else /* compiled without AVX2/FMA/F16C flags: the dispatcher skips this path */
-const lorac_kernel_ops_t lorac_kernel_ops_avx2 = {NULL, NULL, NULL, NULL, NULL, NULL};
+const lorac_kernel_ops_t lorac_kernel_ops_avx2 = {NULL, NULL, NULL, NULL, NULL, NULL, NULL};
 #endif

@@ -248,16 +248,18 @@ static void avx512_matmul_fwd(float *out, const float *x, const void *w, lorac_d
  * columns (the last one masked by `last`) += Σ_{l<n} a[i*a_rs + l*a_cs] ·
  * b[boff + l*ldb + 16j ..]: a points at the tile's first row at the chunk's
  * first l, boff at b's row for it. Each lane is one c element: a chain of
- * FMAs over l in increasing order starting from the stored value. */
+ * FMAs over l in increasing order starting from the stored value (from 0
+ * when `zero` is set: the same bits as storing zeros first, without the
+ * pass over c). */
 LORAC_ALWAYS_INLINE void acc_tile(const int RM, const int RV, const lorac_dtype_t bt, float *c,
                                   int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
-                                  const void *b, int64_t boff, int64_t ldb, int64_t n, __mmask16 last) {
+                                  const void *b, int64_t boff, int64_t ldb, int64_t n, __mmask16 last, int zero) {
     __m512 acc[AM][AV];
 #pragma GCC unroll 4
     for (int i = 0; i < RM; i++)
 #pragma GCC unroll 4
         for (int j = 0; j < RV; j++)
-            acc[i][j] = _mm512_maskz_loadu_ps(j == RV - 1 ? last : 0xffff, c + i * ldc + 16 * j);
+            acc[i][j] = zero ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(j == RV - 1 ? last : 0xffff, c + i * ldc + 16 * j);
     for (int64_t l = 0; l < n; l++) {
         __m512 bv[AV];
 #pragma GCC unroll 4
@@ -284,7 +286,7 @@ LORAC_ALWAYS_INLINE void acc_tile(const int RM, const int RV, const lorac_dtype_
  * boff + l*ldb + v: b itself or a packed copy (see pack_panel). */
 LORAC_ALWAYS_INLINE void acc_panel(const lorac_dtype_t bt, float *c, const float *a, int64_t a_rs,
                                    int64_t a_cs, const float *pa, const void *b, int64_t boff, int64_t ldb,
-                                   int64_t K, int64_t m0, int64_t m1, int64_t k, int64_t kw, int64_t n) {
+                                   int64_t K, int64_t m0, int64_t m1, int64_t k, int64_t kw, int64_t n, int zero) {
     for (int64_t m = m0; m < m1;) {
         int rm = m1 - m >= AM ? AM : 1;
         float *cm = c + m * K + k;
@@ -292,13 +294,13 @@ LORAC_ALWAYS_INLINE void acc_panel(const lorac_dtype_t bt, float *c, const float
         int64_t rs = a_rs, cs = a_cs;
         if (pa && rm == AM) am = pa + (m - m0) * n, rs = 1, cs = AM;
         if (kw == 16 * AV) {
-            if (rm == AM) acc_tile(AM, AV, bt, cm, K, am, rs, cs, b, boff, ldb, n, 0xffff);
-            else acc_tile(1, AV, bt, cm, K, am, rs, cs, b, boff, ldb, n, 0xffff);
+            if (rm == AM) acc_tile(AM, AV, bt, cm, K, am, rs, cs, b, boff, ldb, n, 0xffff, zero);
+            else acc_tile(1, AV, bt, cm, K, am, rs, cs, b, boff, ldb, n, 0xffff, zero);
         } else {
             for (int64_t v = 0; v < kw; v += 16) {
                 __mmask16 msk = tail_mask(kw - v);
-                if (rm == AM) acc_tile(AM, 1, bt, cm + v, K, am, rs, cs, b, boff + v, ldb, n, msk);
-                else acc_tile(1, 1, bt, cm + v, K, am, rs, cs, b, boff + v, ldb, n, msk);
+                if (rm == AM) acc_tile(AM, 1, bt, cm + v, K, am, rs, cs, b, boff + v, ldb, n, msk, zero);
+                else acc_tile(1, 1, bt, cm + v, K, am, rs, cs, b, boff + v, ldb, n, msk, zero);
             }
         }
         m += rm;
@@ -389,7 +391,7 @@ LORAC_ALWAYS_INLINE void pack_panel_t(const lorac_dtype_t bt, float *buf, const 
  * slice of a is packed once (and stays in L2) for every column panel; 64-column
  * panels of b, packed (L1) unless used in place for a few rows of c; row
  * tiles. Every c element still sees its l in increasing order. */
-LORAC_ALWAYS_INLINE void acc_block(const lorac_dtype_t bt, const int b_t, float *c, const float *a, int64_t a_rs,
+LORAC_ALWAYS_INLINE void acc_block(const lorac_dtype_t bt, const int b_t, const int set, float *c, const float *a, int64_t a_rs,
                                    int64_t a_cs, const void *b, int64_t L, int64_t K, int64_t m0,
                                    int64_t m1, int64_t k0, int64_t k1, float *pa) {
     _Alignas(64) float buf[LCHUNK * 16 * AV];
@@ -405,9 +407,9 @@ LORAC_ALWAYS_INLINE void acc_block(const lorac_dtype_t bt, const int b_t, float 
                 if (packed) {
                     if (b_t) pack_panel_t(bt, buf, b, L, k, kw, l, n);
                     else pack_panel(bt, buf, b, K, k, kw, l, n);
-                    acc_panel(LORAC_DTYPE_F32, c, al, a_rs, a_cs, pa, buf, 0, 16 * AV, K, mb, me, k, kw, n);
+                    acc_panel(LORAC_DTYPE_F32, c, al, a_rs, a_cs, pa, buf, 0, 16 * AV, K, mb, me, k, kw, n, set && l == 0);
                 } else {
-                    acc_panel(bt, c, al, a_rs, a_cs, pa, b, l * K + k, K, K, mb, me, k, kw, n);
+                    acc_panel(bt, c, al, a_rs, a_cs, pa, b, l * K + k, K, K, mb, me, k, kw, n, set && l == 0);
                 }
             }
         }
@@ -417,7 +419,7 @@ LORAC_ALWAYS_INLINE void acc_block(const lorac_dtype_t bt, const int b_t, float 
 /* One instantiation per dtype so the widening is resolved at compile time.
  * The packed rows of a come from the heap (MBLOCK x LCHUNK floats); without
  * them (or when they would not pay) a is read in place, with the same bits. */
-LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, float *c, const float *a, int64_t a_rs, int64_t a_cs,
+LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, const int set, float *c, const float *a, int64_t a_rs, int64_t a_cs,
                                    const void *b, lorac_dtype_t bt, int64_t L, int64_t K, int64_t m0,
                                    int64_t m1, int64_t k0, int64_t k1) {
     /* packing pays when at least two column panels reuse it (a product
@@ -426,9 +428,9 @@ LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, float *c, const float *a, int6
     int pack = m1 - m0 >= 2 * AM && k1 - k0 >= 2 * 16 * AV;
     int64_t rows = m1 - m0 < MBLOCK ? m1 - m0 : MBLOCK;
     float *pa = pack ? malloc(sizeof(float) * (size_t)(rows * LCHUNK)) : NULL;
-    if (bt == LORAC_DTYPE_F32) acc_block(LORAC_DTYPE_F32, b_t, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa);
-    else if (bt == LORAC_DTYPE_BF16) acc_block(LORAC_DTYPE_BF16, b_t, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa);
-    else acc_block(LORAC_DTYPE_F16, b_t, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa);
+    if (bt == LORAC_DTYPE_F32) acc_block(LORAC_DTYPE_F32, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa);
+    else if (bt == LORAC_DTYPE_BF16) acc_block(LORAC_DTYPE_BF16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa);
+    else acc_block(LORAC_DTYPE_F16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa);
     free(pa);
 }
 
@@ -436,14 +438,21 @@ static void avx512_matmul_acc(float *c, const float *a, int64_t a_rs, int64_t a_
                               lorac_dtype_t bt, int64_t M, int64_t L, int64_t K, int64_t m0,
                               int64_t m1, int64_t k0, int64_t k1) {
     (void)M;
-    acc_dtype(0, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1);
+    acc_dtype(0, 0, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1);
 }
 
 static void avx512_matmul_acc_bt(float *c, const float *a, int64_t a_rs, int64_t a_cs, const void *b,
                                  lorac_dtype_t bt, int64_t M, int64_t L, int64_t K, int64_t m0,
                                  int64_t m1, int64_t k0, int64_t k1) {
     (void)M;
-    acc_dtype(1, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1);
+    acc_dtype(1, 0, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1);
+}
+
+static void avx512_matmul_set_bt(float *c, const float *a, int64_t a_rs, int64_t a_cs, const void *b,
+                                 lorac_dtype_t bt, int64_t M, int64_t L, int64_t K, int64_t m0,
+                                 int64_t m1, int64_t k0, int64_t k1) {
+    (void)M;
+    acc_dtype(1, 1, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1);
 }
 
 /* dst (n) = src (n) widened. */
@@ -498,9 +507,9 @@ static double avx512_exp_sum(float *x, float shift, int64_t n) {
 }
 
 const lorac_kernel_ops_t lorac_kernel_ops_avx512 = {
-    "avx512", avx512_matmul_fwd, avx512_matmul_acc, avx512_matmul_acc_bt, avx512_convert, avx512_exp_sum,
+    "avx512", avx512_matmul_fwd, avx512_matmul_acc, avx512_matmul_acc_bt, avx512_matmul_set_bt, avx512_convert, avx512_exp_sum,
 };
 
 #else /* compiled without AVX-512 flags: the dispatcher skips this path */
-const lorac_kernel_ops_t lorac_kernel_ops_avx512 = {NULL, NULL, NULL, NULL, NULL, NULL};
+const lorac_kernel_ops_t lorac_kernel_ops_avx512 = {NULL, NULL, NULL, NULL, NULL, NULL, NULL};
 #endif
