@@ -10,7 +10,10 @@
  * (batch-invariant, inference), the training forward (lorac_matmul_forward_batch,
  * packed; below 128 rows it is the same call), dx and dw.
  *
- * Build and run: make -C bench && bench/out/bench_matmul [--quick]
+ * Without --quick, also the TinyLlama-1.1B training shapes (--training:
+ * only those).
+ *
+ * Build and run: make -C bench && bench/out/bench_matmul [--quick | --training]
  * LORAC_ISA=avx2|portable picks a lower path. */
 #include "bench_common.h"
 #include "kernels/kernels_internal.h"
@@ -69,8 +72,37 @@ static float *rand_f32(int64_t n) {
         result = best_;                                                                  \
     } while (0)
 
+/* The TinyLlama-1.1B shapes as training runs them (T = 512 rows: batch
+ * 2 x 256; f32; 2 threads): the training forward, dx and dw, against the
+ * FMA peak. Weights of 16-46 MB come from DRAM/L3 as in a real step. */
+static void training_shapes(double min_s) {
+    static const int64_t shapes[][2] = {{2048, 2048}, {5632, 2048}, {2048, 5632}, {256, 2048}};
+    const int64_t T = 512;
+    printf("\nTraining shapes (TinyLlama-1.1B, T = %lld, F32, 2 threads)\n", (long long)T);
+    printf("%-12s %9s %9s %9s %8s\n", "N x K", "fwd GF/s", "dx GF/s", "dw GF/s", "peak");
+    lorac_kernels_set_threads(2);
+    for (int si = 0; si < 4; si++) {
+        int64_t N = shapes[si][0], K = shapes[si][1];
+        float *w = (float *)make_weights(LORAC_DTYPE_F32, N, K, 1), *x = rand_f32(T * K);
+        float *out = malloc((size_t)(T * N) * sizeof(float)), *dout = rand_f32(T * N), *dx = rand_f32(T * K);
+        float *dw = rand_f32(N * K);
+        if (!w || !x || !out || !dout || !dx || !dw) exit(1);
+        double flop = 2.0 * (double)T * (double)N * (double)K, peak = bench_fma_peak(2, 2000000), sf, sdx, sdw;
+        TIME_CALLS(sf, 2, min_s, lorac_matmul_forward_batch(out, x, w, LORAC_DTYPE_F32, NULL, T, K, N));
+        TIME_CALLS(sdx, 2, min_s, lorac_matmul_backward_input(dx, dout, w, LORAC_DTYPE_F32, T, K, N));
+        TIME_CALLS(sdw, 2, min_s, lorac_matmul_backward_weight(dw, NULL, dout, x, T, K, N));
+        printf("%5lldx%-6lld %9.1f %9.1f %9.1f %8.1f\n", (long long)N, (long long)K, flop / sf / 1e9,
+               flop / sdx / 1e9, flop / sdw / 1e9, peak);
+        free(w), free(x), free(out), free(dout), free(dx), free(dw);
+    }
+}
+
 int main(int argc, char **argv) {
     int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
+    if (argc > 1 && strcmp(argv[1], "--training") == 0) {
+        training_shapes(0.4);
+        return 0;
+    }
     double min_s = quick ? 0.1 : 0.4;
     printf("bench_matmul: path %s\n", lorac_kernels_isa());
     /* Other processes compete for the same cores; say how busy it was. */
@@ -144,5 +176,6 @@ int main(int argc, char **argv) {
                 }
                 free(w), free(x), free(out), free(dout), free(dx), free(dw);
             }
+    if (!quick) training_shapes(min_s);
     return 0;
 }
