@@ -177,9 +177,10 @@ void lorac_matmul_forward_parts(const lorac_matmul_part_t *parts, int n_parts, c
 
 /* How an accumulating product over c (M,C) is shared by nt threads: by
  * 64-column panels (each thread then reads only its columns of b) when they
- * divide evenly or are many, else by rows in multiples of 4 (a 288-wide
- * output is 4.5 panels: split by panels, one of two threads did 2/3). Every
- * element still belongs to one thread and sums in the same order. */
+ * divide evenly or are many, else by rows in multiples of 12 (whole row
+ * tiles of the 4- and 6-row kernels; a 288-wide output is 4.5 panels: split
+ * by panels, one of two threads did 2/3). Every element still belongs to
+ * one thread and sums in the same order. */
 typedef struct {
     int64_t M, C, chunk;
     int by_rows;
@@ -192,7 +193,7 @@ static block_split_t split_panels(int64_t M, int64_t C, int nt) {
         sp.chunk = round_up((C + nt - 1) / nt, 64);
     } else {
         sp.by_rows = 1;
-        sp.chunk = round_up((M + nt - 1) / nt, 4);
+        sp.chunk = round_up((M + nt - 1) / nt, 12);
     }
     return sp;
 }
