@@ -7,6 +7,7 @@
 
 #include "kernels/kernels_internal.h"
 #include "testlib.h"
+#include "isa_paths.h"
 
 enum { B = 2, T = 150, H = 4, KVH = 2, HD = 24 };
 #define QN (B * T * H * HD)
@@ -100,10 +101,7 @@ int main(void) {
     reference();
     static const char *const isas[] = {"portable", "avx2", "avx512"};
     for (int i = 0; i < 3; i++) {
-        if (lorac_kernels_force_isa(isas[i]) != 0) {
-            printf("  %s: not available, skipped\n", isas[i]);
-            continue;
-        }
+        if (tl_use_isa(isas[i]) != 0) continue;
         check_path(isas[i], 1);
         check_path(isas[i], 3);
     }
