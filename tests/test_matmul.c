@@ -68,6 +68,23 @@ static double max_rel_err(const float *got, const double *ref, const double *mag
     return worst;
 }
 
+/* The reference for every product here, in double: ref (M,C) = c0 + s·a·b
+ * with a[m,l] at a[m*a_rs + l*a_cs] and b[l,c] at b[l*b_rs + c*b_cs]
+ * (strides give each kernel's transposes without copies); mag gets
+ * |c0| + Σ|terms|, the scale of max_rel_err. c0 NULL starts from 0. */
+static void ref_product(double *ref, double *mag, const float *c0, double s, const float *a, int64_t a_rs,
+                        int64_t a_cs, const float *b, int64_t b_rs, int64_t b_cs, int64_t M, int64_t L, int64_t C) {
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t c = 0; c < C; c++) {
+            double sum = c0 ? c0[m * C + c] : 0, mg = fabs(sum);
+            for (int64_t l = 0; l < L; l++) {
+                double p = s * a[m * a_rs + l * a_cs] * b[l * b_rs + c * b_cs];
+                sum += p, mg += fabs(p);
+            }
+            ref[m * C + c] = sum, mag[m * C + c] = mg;
+        }
+}
+
 /* ---- forward ------------------------------------------------------------ */
 
 typedef void (*forward_fn)(float *out, const float *x, const void *w, lorac_dtype_t wtype, const float *bias,
@@ -91,15 +108,7 @@ static void test_forward_fn(const char *isa, const char *label, forward_fn fn, c
                     float *out = xmalloc((size_t)(T * N) * sizeof(float));
                     double *ref = xmalloc((size_t)(T * N) * sizeof(double));
                     double *mag = xmalloc((size_t)(T * N) * sizeof(double));
-                    for (int64_t t = 0; t < T; t++)
-                        for (int64_t n = 0; n < N; n++) {
-                            double s = 0, m = 0;
-                            for (int64_t k = 0; k < K; k++) {
-                                double p = (double)x[t * K + k] * wx[n * K + k];
-                                s += p, m += fabs(p);
-                            }
-                            ref[t * N + n] = s, mag[t * N + n] = m;
-                        }
+                    ref_product(ref, mag, NULL, 1.0, x, K, 1, wx, 1, K, T, K, N); /* x·wᵀ */
                     for (int with_bias = 0; with_bias < 2; with_bias++) {
                         if (with_bias)
                             for (int64_t t = 0; t < T; t++)
@@ -191,15 +200,7 @@ static void test_lora_expand(const char *isa) {
                 int64_t T = ts[ti], N = ns[ni], R = rs[ri];
                 float *y = rand_f32(T * N), *u = rand_f32(T * R), *b = rand_f32(N * R), s = 0.75f;
                 double *ref = xmalloc((size_t)(T * N) * sizeof(double)), *mag = xmalloc((size_t)(T * N) * sizeof(double));
-                for (int64_t t = 0; t < T; t++)
-                    for (int64_t n = 0; n < N; n++) {
-                        double sum = y[t * N + n], m = fabs(sum);
-                        for (int64_t r = 0; r < R; r++) {
-                            double p = (double)s * u[t * R + r] * b[n * R + r];
-                            sum += p, m += fabs(p);
-                        }
-                        ref[t * N + n] = sum, mag[t * N + n] = m;
-                    }
+                ref_product(ref, mag, y, s, u, R, 1, b, 1, R, T, R, N); /* y + s·u·bᵀ */
                 lorac_lora_expand_forward(y, u, b, s, T, N, R);
                 double e = max_rel_err(y, ref, mag, T * N);
                 if (!(e <= RTOL) && bad++ < 5)
@@ -226,15 +227,7 @@ static void test_backward_input(const char *isa) {
                     float *dout = rand_f32(T * N), *dx = rand_f32(T * K);
                     double *ref = xmalloc((size_t)(T * K) * sizeof(double));
                     double *mag = xmalloc((size_t)(T * K) * sizeof(double));
-                    for (int64_t t = 0; t < T; t++)
-                        for (int64_t k = 0; k < K; k++) {
-                            double s = dx[t * K + k], m = fabs(s);
-                            for (int64_t n = 0; n < N; n++) {
-                                double p = (double)dout[t * N + n] * wx[n * K + k];
-                                s += p, m += fabs(p);
-                            }
-                            ref[t * K + k] = s, mag[t * K + k] = m;
-                        }
+                    ref_product(ref, mag, dx, 1.0, dout, N, 1, wx, K, 1, T, N, K); /* dx + dout·w */
                     lorac_matmul_backward_input(dx, dout, w, dt, T, K, N);
                     double e = max_rel_err(dx, ref, mag, T * K);
                     if (!(e <= RTOL) && bad++ < 5)
@@ -262,15 +255,8 @@ static void test_backward_weight(const char *isa) {
                 double *mag = xmalloc((size_t)(N * K) * sizeof(double));
                 double *refb = xmalloc((size_t)N * sizeof(double));
                 double *magb = xmalloc((size_t)N * sizeof(double));
+                ref_product(ref, mag, dw, 1.0, dout, 1, N, x, K, 1, N, T, K); /* dw + doutᵀ·x */
                 for (int64_t n = 0; n < N; n++) {
-                    for (int64_t k = 0; k < K; k++) {
-                        double s = dw[n * K + k], m = fabs(s);
-                        for (int64_t t = 0; t < T; t++) {
-                            double p = (double)dout[t * N + n] * x[t * K + k];
-                            s += p, m += fabs(p);
-                        }
-                        ref[n * K + k] = s, mag[n * K + k] = m;
-                    }
                     double s = dbias[n], m = fabs(s);
                     for (int64_t t = 0; t < T; t++) s += dout[t * N + n], m += fabs(dout[t * N + n]);
                     refb[n] = s, magb[n] = m;
