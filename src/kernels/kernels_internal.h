@@ -39,15 +39,6 @@ typedef void (*lorac_matmul_acc_fn)(float *c, const float *a, int64_t a_rs, int6
                                     const void *b, lorac_dtype_t btype, int64_t M, int64_t L,
                                     int64_t K, int64_t m0, int64_t m1, int64_t k0, int64_t k1);
 
-/* matmul_acc with b given transposed: b is (K,L) row-major in btype, and
- * c[m,k] += Σ_l a[m,l]·b[k,l], one chain over l in increasing order. With
- * c = out, a = x, b = w this is the forward product summed the way the
- * backward kernels sum (not bitwise a matmul_fwd result). NULL on paths
- * without it. */
-typedef void (*lorac_matmul_acc_bt_fn)(float *c, const float *a, int64_t a_rs, int64_t a_cs,
-                                       const void *b, lorac_dtype_t btype, int64_t M, int64_t L,
-                                       int64_t K, int64_t m0, int64_t m1, int64_t k0, int64_t k1);
-
 /* dst (n) f32 = src (n) in dtype (F32, BF16, F16). */
 typedef void (*lorac_convert_fn)(float *dst, const void *src, lorac_dtype_t dtype, int64_t n);
 
@@ -61,8 +52,14 @@ typedef struct {
     const char *name; /* "portable", "avx2", "avx512"; NULL if not compiled in */
     lorac_matmul_fwd_fn matmul_fwd;
     lorac_matmul_acc_fn matmul_acc;
-    lorac_matmul_acc_bt_fn matmul_acc_bt;
-    lorac_matmul_acc_bt_fn matmul_set_bt; /* c = a·bᵀ: matmul_acc_bt ignoring c's old values */
+    /* matmul_acc with b given transposed: b is (K,L) row-major in btype,
+     * c[m,k] += Σ_l a[m,l]·b[k,l], one chain over l in increasing order.
+     * With c = out, a = x, b = w this is the forward product summed the
+     * way the backward kernels sum (not bitwise a matmul_fwd result).
+     * matmul_set_bt is the same with c's old values ignored (c = a·bᵀ).
+     * Both NULL on paths without them. */
+    lorac_matmul_acc_fn matmul_acc_bt;
+    lorac_matmul_acc_fn matmul_set_bt;
     lorac_convert_fn convert;
     lorac_exp_sum_fn exp_sum;
 } lorac_kernel_ops_t;

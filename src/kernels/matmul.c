@@ -116,26 +116,15 @@ static int weight_dtype_ok(lorac_dtype_t t) {
 
 static int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
-/* out is (T,N), x is (T,K), w is (N,K), bias is (N) or NULL. Parallel over N
- * in blocks of whole 4-row groups (the SIMD micro-kernels' row tile), so each
- * thread streams its own contiguous part of w once per 64 rows of T. */
+/* out is (T,N), x is (T,K), w is (N,K), bias is (N) or NULL: a product of
+ * one part (lorac_matmul_forward_parts: parallel over N in blocks of whole
+ * 4-row groups, so each thread streams its own contiguous part of w once per
+ * 64 rows of T). */
 void lorac_matmul_forward(float *out, const float *x, const void *w, lorac_dtype_t wtype,
                           const float *bias, int64_t T, int64_t K, int64_t N) {
-    LORAC_ASSERT(weight_dtype_ok(wtype));
-    LORAC_ASSERT(T >= 0 && K >= 0 && N >= 0);
-    if (T == 0 || N == 0) return;
-    const lorac_kernel_ops_t *ops = lorac_kernels_ops();
-    int nt = lorac_kernels_threads_for(T * K * N, (N + 3) / 4);
-    if (nt <= 1) {
-        ops->matmul_fwd(out, x, w, wtype, bias, T, K, N, 0, N);
-        return;
-    }
-    int64_t chunk = round_up((N + nt - 1) / nt, 4);
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int i = 0; i < nt; i++) {
-        int64_t n0 = i * chunk, n1 = n0 + chunk < N ? n0 + chunk : N;
-        if (n0 < n1) ops->matmul_fwd(out, x, w, wtype, bias, T, K, N, n0, n1);
-    }
+    LORAC_ASSERT(N >= 0);
+    lorac_matmul_part_t one = {out, w, wtype, bias, N};
+    lorac_matmul_forward_parts(&one, 1, x, T, K);
 }
 
 /* Rows [r0, r1) of the parts stacked on one another, each part's share

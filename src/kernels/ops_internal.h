@@ -21,19 +21,31 @@ static inline float weight_at(const void *w, lorac_dtype_t wtype, int64_t i) {
  * its degree-6 Taylor-like minimax polynomial (Cephes' coefficients), 2^n
  * put in the exponent bits. Relative error about 2e-7 (2 ulp); below -87
  * (where e^x is under FLT_MIN) it returns 0, as for -inf. */
+/* Its constants, shared with the AVX-512 version (matmul_avx512.c exp16). */
+#define EXP_LOG2E 1.44269504088896341f
+#define EXP_LN2_HI 0.693359375f      /* ln 2 = EXP_LN2_HI - EXP_LN2_LO, HI exact in few bits */
+#define EXP_LN2_LO 2.12194440e-4f
+#define EXP_P0 1.9875691500e-4f
+#define EXP_P1 1.3981999507e-3f
+#define EXP_P2 8.3334519073e-3f
+#define EXP_P3 4.1665795894e-2f
+#define EXP_P4 1.6666665459e-1f
+#define EXP_P5 5.0000001201e-1f
+#define EXP_MIN_ARG (-87.0f)
+
 static inline float softmax_expf(float x) {
-    float xc = x < -87.0f ? -87.0f : x;
-    float n = floorf(xc * 1.44269504088896341f + 0.5f);
-    float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
+    float xc = x < EXP_MIN_ARG ? EXP_MIN_ARG : x;
+    float n = floorf(xc * EXP_LOG2E + 0.5f);
+    float r = xc - n * EXP_LN2_HI + n * EXP_LN2_LO;
+    float p = EXP_P0;
+    p = p * r + EXP_P1;
+    p = p * r + EXP_P2;
+    p = p * r + EXP_P3;
+    p = p * r + EXP_P4;
+    p = p * r + EXP_P5;
     float y = p * r * r + r + 1.0f;
     union { uint32_t u; float f; } two_n = {.u = (uint32_t)((int32_t)n + 127) << 23};
-    return x < -87.0f ? 0.0f : y * two_n.f;
+    return x < EXP_MIN_ARG ? 0.0f : y * two_n.f;
 }
 
 static inline float dot_f32(const float *a, const float *b, int64_t n) {
