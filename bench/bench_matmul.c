@@ -72,17 +72,26 @@ static float *rand_f32(int64_t n) {
         result = best_;                                                                  \
     } while (0)
 
-/* The TinyLlama-1.1B shapes as training runs them (T = 512 rows: batch
- * 2 x 256; f32; 2 threads): the training forward, dx and dw, against the
- * FMA peak. Weights of 16-46 MB come from DRAM/L3 as in a real step. */
-static void training_shapes(double min_s) {
-    static const int64_t shapes[][2] = {{2048, 2048}, {5632, 2048}, {2048, 5632}, {256, 2048}};
-    const int64_t T = 512;
-    printf("\nTraining shapes (TinyLlama-1.1B, T = %lld, F32, 2 threads)\n", (long long)T);
+/* The shapes a training step runs (f32, 2 threads): the training forward,
+ * dx and dw, against the FMA peak. The weights come from DRAM/L3 as in a
+ * real step. Per model as bench_train.sh runs it: T = batch x 256 rows. */
+typedef struct {
+    const char *name;
+    int64_t T, shapes[4][2];
+} train_model_t;
+static const train_model_t TRAIN_MODELS[] = {
+    {"TinyLlama-1.1B", 512, {{2048, 2048}, {5632, 2048}, {2048, 5632}, {256, 2048}}},
+    {"110M", 1024, {{768, 768}, {2048, 768}, {768, 2048}, {32000, 768}}},
+    {"15M", 1024, {{288, 288}, {768, 288}, {288, 768}, {32000, 288}}},
+};
+
+static void training_shapes(const train_model_t *m, double min_s) {
+    const int64_t T = m->T;
+    printf("\nTraining shapes (%s, T = %lld, F32, 2 threads)\n", m->name, (long long)T);
     printf("%-12s %9s %9s %9s %8s\n", "N x K", "fwd GF/s", "dx GF/s", "dw GF/s", "peak");
     lorac_kernels_set_threads(2);
     for (int si = 0; si < 4; si++) {
-        int64_t N = shapes[si][0], K = shapes[si][1];
+        int64_t N = m->shapes[si][0], K = m->shapes[si][1];
         float *w = (float *)make_weights(LORAC_DTYPE_F32, N, K, 1), *x = rand_f32(T * K);
         float *out = malloc((size_t)(T * N) * sizeof(float)), *dout = rand_f32(T * N), *dx = rand_f32(T * K);
         float *dw = rand_f32(N * K);
@@ -100,7 +109,10 @@ static void training_shapes(double min_s) {
 int main(int argc, char **argv) {
     int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
     if (argc > 1 && strcmp(argv[1], "--training") == 0) {
-        training_shapes(0.4);
+        /* --training [1b|110m|15m]: one model's shapes (default 1.1B) */
+        const char *which = argc > 2 ? argv[2] : "1b";
+        int mi = strcmp(which, "110m") == 0 ? 1 : strcmp(which, "15m") == 0 ? 2 : 0;
+        training_shapes(&TRAIN_MODELS[mi], 0.4);
         return 0;
     }
     double min_s = quick ? 0.1 : 0.4;
@@ -176,6 +188,6 @@ int main(int argc, char **argv) {
                 }
                 free(w), free(x), free(out), free(dout), free(dx), free(dw);
             }
-    if (!quick) training_shapes(min_s);
+    if (!quick) training_shapes(&TRAIN_MODELS[0], min_s);
     return 0;
 }

@@ -15,6 +15,7 @@
 
 #include <immintrin.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* Forward tile: up to FT rows of x (T) times up to FN rows of w (N):
  * 24 zmm accumulators + 4 x + 1 weight = 29 of 32 registers. Each weight
@@ -31,14 +32,17 @@
  * accumulators, each step 4 loads of b and 6 broadcasts of a for 24 FMAs
  * (4 rows: 8 loads for 16; measured a few % faster at the 1.1B shapes,
  * within noise elsewhere). The loops over the tile carry unroll 8 pragmas:
- * at unroll 4 GCC left 6-row arrays on the stack. l is blocked by LCHUNK
- * so a (LCHUNK x 64) panel of b stays in L1 across the m tiles. */
+ * at unroll 4 GCC left 6-row arrays on the stack. l is blocked by LCHUNK:
+ * c is loaded and stored once per chunk, and a 512 x 64 panel of b (128 KB,
+ * from L2) measured 10-25% faster than a 128 x 64 one held in L1 at the
+ * 1.1B and LM-head shapes (bench/out/bench_matmul --training). */
 #define AM 6
 #define AV 4
-#define LCHUNK 128
-/* Rows of c per pass over b: their LCHUNK-wide slice of a, packed, is
- * 512 KB and stays in L2 while every column panel uses it. */
-#define MBLOCK 1020 /* a multiple of AM */
+#define LCHUNK 512
+#define SMALL_LCHUNK 128 /* when LCHUNK's panel cannot be allocated: 32 KB on the stack */
+/* Rows of c per pass over b (a multiple of AM): their LCHUNK-wide slice of
+ * a, when packed, is 1 MB and stays in L2 while every column panel uses it. */
+#define MBLOCK 510
 
 /* 16 elements of a weight row starting at element i, widened to f32. */
 LORAC_ALWAYS_INLINE __m512 load_w(const void *w, lorac_dtype_t dt, int64_t i) {
@@ -258,13 +262,15 @@ static void avx512_matmul_fwd(float *out, const float *x, const void *w, lorac_d
  * pass over c). */
 LORAC_ALWAYS_INLINE void acc_tile(const int RM, const int RV, const lorac_dtype_t bt, float *c,
                                   int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
-                                  const void *b, int64_t boff, int64_t ldb, int64_t n, __mmask16 last, int zero) {
+                                  const void *b, int64_t boff, int64_t ldb, int64_t n, __mmask16 last, int zero,
+                                  int valid) {
     __m512 acc[AM][AV];
 #pragma GCC unroll 8
     for (int i = 0; i < RM; i++)
 #pragma GCC unroll 8
         for (int j = 0; j < RV; j++)
-            acc[i][j] = zero ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(j == RV - 1 ? last : 0xffff, c + i * ldc + 16 * j);
+            acc[i][j] = zero ? _mm512_setzero_ps()
+                             : _mm512_maskz_loadu_ps(i < valid ? (j == RV - 1 ? last : 0xffff) : 0, c + i * ldc + 16 * j);
     for (int64_t l = 0; l < n; l++) {
         __m512 bv[AV];
 #pragma GCC unroll 8
@@ -281,50 +287,78 @@ LORAC_ALWAYS_INLINE void acc_tile(const int RM, const int RV, const lorac_dtype_
     for (int i = 0; i < RM; i++)
 #pragma GCC unroll 8
         for (int j = 0; j < RV; j++)
-            _mm512_mask_storeu_ps(c + i * ldc + 16 * j, j == RV - 1 ? last : 0xffff, acc[i][j]);
+            _mm512_mask_storeu_ps(c + i * ldc + 16 * j, i < valid ? (j == RV - 1 ? last : 0xffff) : 0, acc[i][j]);
+}
+
+/* acc_tile with RV = nv (1..4) vectors, the last one masked by `last`. A
+ * panel narrower than 64 columns (288 = 4 x 64 + 32 at the 15M shape) runs
+ * as one tile of nv vectors rather than nv one-vector tiles: those had 6
+ * accumulators, too few to cover the FMA latency, and broadcast every a
+ * value once per vector. */
+LORAC_ALWAYS_INLINE void acc_tile_nv(const int RM, int nv, const lorac_dtype_t bt, float *c, int64_t ldc,
+                                     const float *a, int64_t a_rs, int64_t a_cs, const void *b, int64_t boff,
+                                     int64_t ldb, int64_t n, __mmask16 last, int zero, int valid) {
+    if (nv == 4) acc_tile(RM, 4, bt, c, ldc, a, a_rs, a_cs, b, boff, ldb, n, last, zero, valid);
+    else if (nv == 3) acc_tile(RM, 3, bt, c, ldc, a, a_rs, a_cs, b, boff, ldb, n, last, zero, valid);
+    else if (nv == 2) acc_tile(RM, 2, bt, c, ldc, a, a_rs, a_cs, b, boff, ldb, n, last, zero, valid);
+    else acc_tile(RM, 1, bt, c, ldc, a, a_rs, a_cs, b, boff, ldb, n, last, zero, valid);
 }
 
 /* c rows [m0,m1) of a column panel [k, k+kw), kw <= 64, over the n values
  * of l in one chunk. a points at a[m0, chunk start]; when pa is set, the
- * rows of every whole group of AM are read from it instead (see pack_a).
+ * rows are read from it instead, in groups of AM (see pack_a), the last
+ * group zero-padded: its missing rows are computed on zeros but neither
+ * loaded nor stored, which keeps a leftover of 1-5 rows (T = 1024 leaves 4)
+ * on the full tile instead of one-row tiles at a fraction of its rate.
  * Column v of the panel in the chunk's row l of b is element
  * boff + l*ldb + v: b itself or a packed copy (see pack_panel). */
 LORAC_ALWAYS_INLINE void acc_panel(const lorac_dtype_t bt, float *c, const float *a, int64_t a_rs,
                                    int64_t a_cs, const float *pa, const void *b, int64_t boff, int64_t ldb,
                                    int64_t K, int64_t m0, int64_t m1, int64_t k, int64_t kw, int64_t n, int zero) {
+    int nv = (int)((kw + 15) / 16);
+    __mmask16 last = tail_mask(kw - 16 * (nv - 1));
     for (int64_t m = m0; m < m1;) {
-        int rm = m1 - m >= AM ? AM : 1;
+        int64_t left = m1 - m;
         float *cm = c + m * K + k;
-        const float *am = a + (m - m0) * a_rs;
-        int64_t rs = a_rs, cs = a_cs;
-        if (pa && rm == AM) am = pa + (m - m0) * n, rs = 1, cs = AM;
-        if (kw == 16 * AV) {
-            if (rm == AM) acc_tile(AM, AV, bt, cm, K, am, rs, cs, b, boff, ldb, n, 0xffff, zero);
-            else acc_tile(1, AV, bt, cm, K, am, rs, cs, b, boff, ldb, n, 0xffff, zero);
+        if (pa) {
+            int rows = left >= AM ? AM : (int)left;
+
+            acc_tile_nv(AM, nv, bt, cm, K, pa + (m - m0) * n, 1, AM, b, boff, ldb, n, last, zero, rows);
+            m += rows;
+        } else if (left >= AM) {
+            acc_tile_nv(AM, nv, bt, cm, K, a + (m - m0) * a_rs, a_rs, a_cs, b, boff, ldb, n, last, zero, AM);
+            m += AM;
         } else {
-            for (int64_t v = 0; v < kw; v += 16) {
-                __mmask16 msk = tail_mask(kw - v);
-                if (rm == AM) acc_tile(AM, 1, bt, cm + v, K, am, rs, cs, b, boff + v, ldb, n, msk, zero);
-                else acc_tile(1, 1, bt, cm + v, K, am, rs, cs, b, boff + v, ldb, n, msk, zero);
-            }
+            acc_tile_nv(1, nv, bt, cm, K, a + (m - m0) * a_rs, a_rs, a_cs, b, boff, ldb, n, last, zero, 1);
+            m += 1;
         }
-        m += rm;
     }
 }
 
 /* The rows' n values of a from a[m0, chunk start] in groups of AM rows,
- * interleaved: pa[g*AM*n + l*AM + i] = a[(m0 + g*AM + i), l]. The tiles'
- * broadcasts then walk one contiguous run; in place they walked AM rows
- * a_rs apart, a few cache lines each, too short for the prefetchers (the
- * 1.1B shapes ran at a fifth of the FMA peak). Rows past the last whole
- * group are read in place. */
+ * interleaved, rows past the end zero: pa[g*AM*n + l*AM + i] =
+ * a[m0 + g*AM + i, l]. Only for a stored transposed (a_cs != 1: the dw
+ * product reads dout's columns), where a tile's broadcasts in place walk
+ * AM values per l, a_cs apart, one cache line per step (at the 1.1B shapes
+ * that ran at a fifth of the FMA peak). There the AM values of one l are
+ * contiguous (a_rs = 1) and each group packs as one masked copy per l.
+ * Rows of a stored row-major are read in place: packing them cost up to a
+ * fifth of the product (the LM head's dx has only 4.5 column panels to
+ * share it) and measured no faster anywhere. */
 LORAC_ALWAYS_INLINE void pack_a(float *pa, const float *a, int64_t a_rs, int64_t a_cs, int64_t rows, int64_t n) {
-    for (int64_t g = 0; g + AM <= rows; g += AM)
-        for (int64_t i = 0; i < AM; i++) {
-            const float *ar = a + (g + i) * a_rs;
-            float *dst = pa + g * n + i;
-            for (int64_t l = 0; l < n; l++) dst[l * AM] = ar[l * a_cs];
+    for (int64_t g = 0; g < rows; g += AM) {
+        float *dst = pa + g * n;
+        int valid = rows - g < AM ? (int)(rows - g) : AM;
+        if (a_rs == 1) {
+            __mmask8 m = (__mmask8)((1u << valid) - 1u);
+            for (int64_t l = 0; l < n; l++)
+                _mm256_mask_storeu_ps(dst + l * AM, (__mmask8)((1u << AM) - 1u),
+                                      _mm256_maskz_loadu_ps(m, a + g + l * a_cs));
+        } else {
+            for (int64_t l = 0; l < n; l++)
+                for (int i = 0; i < AM; i++) dst[l * AM + i] = i < valid ? a[(g + i) * a_rs + l * a_cs] : 0.0f;
         }
+    }
 }
 
 /* The n x kw block of b at rows l0.., columns k.. widened into the
@@ -392,19 +426,21 @@ LORAC_ALWAYS_INLINE void pack_panel_t(const lorac_dtype_t bt, float *buf, const 
 }
 
 /* c block += a · b (b_t = 0, b is (L,K)) or a · bᵀ (b_t = 1, b is (K,L)).
- * Loop order: blocks of MBLOCK rows; chunks of LCHUNK values of l, whose
- * slice of a is packed once (and stays in L2) for every column panel; 64-column
- * panels of b, packed (L1) unless used in place for a few rows of c; row
- * tiles. Every c element still sees its l in increasing order. */
+ * Loop order: blocks of MBLOCK rows; chunks of lchunk values of l, whose
+ * slice of a (packed, when it is: 1 MB) stays in L2 for every column
+ * panel; 64-column panels of b, packed unless used in place for a few rows
+ * of c; row tiles. c is loaded and stored once per chunk. Every c element
+ * still sees its l in increasing order, so neither the loop order nor the
+ * chunk size changes a bit. (Panels outermost, to keep a panel of c in L2
+ * across the chunks, measured no faster once chunks were 512 long.) */
 LORAC_ALWAYS_INLINE void acc_block(const lorac_dtype_t bt, const int b_t, const int set, float *c, const float *a, int64_t a_rs,
                                    int64_t a_cs, const void *b, int64_t L, int64_t K, int64_t m0,
-                                   int64_t m1, int64_t k0, int64_t k1, float *pa) {
-    _Alignas(64) float buf[LCHUNK * 16 * AV];
+                                   int64_t m1, int64_t k0, int64_t k1, float *pa, float *buf, int64_t lchunk) {
     for (int64_t mb = m0; mb < m1; mb += MBLOCK) {
         int64_t me = mb + MBLOCK < m1 ? mb + MBLOCK : m1;
         int packed = b_t || me - mb >= 2 * AM;
-        for (int64_t l = 0; l < L; l += LCHUNK) {
-            int64_t n = L - l < LCHUNK ? L - l : LCHUNK;
+        for (int64_t l = 0; l < L; l += lchunk) {
+            int64_t n = L - l < lchunk ? L - l : lchunk;
             const float *al = a + mb * a_rs + l * a_cs;
             if (pa) pack_a(pa, al, a_rs, a_cs, me - mb, n);
             for (int64_t k = k0; k < k1; k += 16 * AV) {
@@ -422,21 +458,30 @@ LORAC_ALWAYS_INLINE void acc_block(const lorac_dtype_t bt, const int b_t, const 
 }
 
 /* One instantiation per dtype so the widening is resolved at compile time.
- * The packed rows of a come from the heap (MBLOCK x LCHUNK floats); without
- * them (or when they would not pay) a is read in place, with the same bits. */
+ * The packed panel of b (LCHUNK x 64 floats) and the packed rows of a
+ * (MBLOCK x LCHUNK floats) come from the heap. */
 LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, const int set, float *c, const float *a, int64_t a_rs, int64_t a_cs,
                                    const void *b, lorac_dtype_t bt, int64_t L, int64_t K, int64_t m0,
                                    int64_t m1, int64_t k0, int64_t k1) {
-    /* packing pays when at least two column panels reuse it (a product
-     * with a rank-8 LoRA matrix has one narrow panel, and packing the rows
-     * of a took longer than using them) */
-    int pack = m1 - m0 >= 2 * AM && k1 - k0 >= 2 * 16 * AV;
+    /* packing a pays when it is stored transposed (see pack_a) and at
+     * least two column panels reuse it (a product with a rank-8 LoRA
+     * matrix has one narrow panel, and packing took longer than using it) */
+    int pack = a_cs != 1 && m1 - m0 >= 2 * AM && k1 - k0 >= 2 * 16 * AV;
     int64_t rows = m1 - m0 < MBLOCK ? m1 - m0 : MBLOCK;
+    rows = (rows + AM - 1) / AM * AM; /* the last group padded */
     float *pa = pack ? malloc(sizeof(float) * (size_t)(rows * LCHUNK)) : NULL;
-    if (bt == LORAC_DTYPE_F32) acc_block(LORAC_DTYPE_F32, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa);
-    else if (bt == LORAC_DTYPE_BF16) acc_block(LORAC_DTYPE_BF16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa);
-    else acc_block(LORAC_DTYPE_F16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa);
+    float *buf = aligned_alloc(64, sizeof(float) * LCHUNK * 16 * AV), *heap = buf;
+    int64_t lchunk = LCHUNK;
+    _Alignas(64) float small[SMALL_LCHUNK * 16 * AV];
+    if (!buf || (pack && !pa)) { /* out of memory: short chunks, a in place; the same bits, only slower */
+        free(pa), pa = NULL;
+        buf = small, lchunk = SMALL_LCHUNK;
+    }
+    if (bt == LORAC_DTYPE_F32) acc_block(LORAC_DTYPE_F32, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk);
+    else if (bt == LORAC_DTYPE_BF16) acc_block(LORAC_DTYPE_BF16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk);
+    else acc_block(LORAC_DTYPE_F16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk);
     free(pa);
+    free(heap);
 }
 
 static void avx512_matmul_acc(float *c, const float *a, int64_t a_rs, int64_t a_cs, const void *b,
