@@ -11,9 +11,12 @@
 #include "lorac/kernels.h"
 
 // out, x are (T,C), w is (C). out = x * rstd * w, rstd = 1/sqrt(mean(x²)+eps)
+// Rows are independent: threaded over rows, the same bits at any thread count.
 LORAC_MULTIVERSION
 void lorac_rmsnorm_forward(float *out, float *rstd, const float *x, const void *w,
                            lorac_dtype_t wtype, float eps, int64_t T, int64_t C) {
+    #pragma omp parallel for num_threads(lorac_kernels_get_threads()) schedule(static) \
+        if (T * C >= LORAC_PARALLEL_MIN_ELEMS)
     for (int64_t t = 0; t < T; t++) {
         const float *xt = x + t * C;
         float *ot = out + t * C;
@@ -29,9 +32,11 @@ void lorac_rmsnorm_forward(float *out, float *rstd, const float *x, const void *
 LORAC_MULTIVERSION
 void lorac_swiglu_forward(float *out, const float *gate, const float *up, int64_t T, int64_t H) {
     int64_t n = T * H;
+    #pragma omp parallel for simd num_threads(lorac_kernels_get_threads()) schedule(static) \
+        if (n >= LORAC_PARALLEL_MIN_ELEMS)
     for (int64_t i = 0; i < n; i++) {
         float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
+        out[i] = g * sigmoid_f32(g) * up[i];
     }
 }
 

@@ -5,6 +5,7 @@
 #include <math.h>
 
 #include "lorac/core.h"
+#include "lorac/kernels.h"
 
 /* Element i of a small weight vector (norm weights) in its own dtype. */
 static inline float weight_at(const void *w, lorac_dtype_t wtype, int64_t i) {
@@ -48,6 +49,19 @@ static inline float softmax_expf(float x) {
     return x < EXP_MIN_ARG ? 0.0f : y * two_n.f;
 }
 
+/* σ(g) = 1 / (1 + e^-g) through softmax_expf, so that `omp simd` loops
+ * vectorise it (libm's expf, a scalar call, was the largest part of the
+ * SwiGLU kernels). e = e^-|g| <= 1 never overflows: σ(g) = 1/(1+e) for
+ * g >= 0 and e/(1+e) below. */
+static inline float sigmoid_f32(float g) {
+    float e = softmax_expf(-fabsf(g)), s = 1.0f / (1.0f + e);
+    return g >= 0.0f ? s : e * s;
+}
+
+/* Below this many elements an elementwise kernel stays on the calling
+ * thread: at decode (one row) a parallel region costs more than the work. */
+#define LORAC_PARALLEL_MIN_ELEMS 32768
+
 static inline float dot_f32(const float *a, const float *b, int64_t n) {
     float s = 0.0f;
     /* omp simd: lets the compiler vectorise the reduction (a fixed order,
@@ -64,6 +78,8 @@ static inline float dot_f32(const float *a, const float *b, int64_t n) {
 static inline void rope_rotate(float *x, const int32_t *positions, const float *inv_freq, int64_t T, int64_t n_heads,
                                int64_t head_dim, float sign) {
     int64_t half = head_dim / 2;
+    #pragma omp parallel for num_threads(lorac_kernels_get_threads()) schedule(static) \
+        if (T * n_heads * head_dim >= LORAC_PARALLEL_MIN_ELEMS)
     for (int64_t t = 0; t < T; t++) {
         for (int64_t i = 0; i < half; i++) {
             /* angle in double: positions up to 128k times inv_freq near 1 need

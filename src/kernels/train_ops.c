@@ -11,22 +11,34 @@
 
 // y = x * r * w with r = (mean(x²) + eps)^-1/2, so
 // dx_i = r * w_i * dy_i - x_i * r³/C * Σ_j dy_j w_j x_j ;  dw_i = Σ_t dy_i x_i r
+// dx is threaded over rows, dw over columns (each column's sum over t
+// keeps its order), so the bits do not depend on the thread count.
 LORAC_MULTIVERSION
 void lorac_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const void *w,
                             lorac_dtype_t wtype, const float *rstd, int64_t T, int64_t C) {
-    for (int64_t t = 0; t < T; t++) {
-        const float *xt = x + t * C, *dy = dout + t * C;
-        float *dxt = dx + t * C;
-        float r = rstd[t];
-        double dot = 0.0;
-        for (int64_t c = 0; c < C; c++) dot += (double)dy[c] * weight_at(w, wtype, c) * xt[c];
-        float k = (float)(dot * (double)r * r * r / (double)C);
-        for (int64_t c = 0; c < C; c++) dxt[c] += r * weight_at(w, wtype, c) * dy[c] - xt[c] * k;
-    }
-    if (dw) {
+    int n_threads = T * C >= LORAC_PARALLEL_MIN_ELEMS ? lorac_kernels_get_threads() : 1;
+    #pragma omp parallel num_threads(n_threads)
+    {
+        #pragma omp for schedule(static)
         for (int64_t t = 0; t < T; t++) {
             const float *xt = x + t * C, *dy = dout + t * C;
-            for (int64_t c = 0; c < C; c++) dw[c] += dy[c] * xt[c] * rstd[t];
+            float *dxt = dx + t * C;
+            float r = rstd[t];
+            double dot = 0.0;
+            for (int64_t c = 0; c < C; c++) dot += (double)dy[c] * weight_at(w, wtype, c) * xt[c];
+            float k = (float)(dot * (double)r * r * r / (double)C);
+            for (int64_t c = 0; c < C; c++) dxt[c] += r * weight_at(w, wtype, c) * dy[c] - xt[c] * k;
+        }
+        if (dw) {
+            /* columns in 64-wide blocks, each block's t loop on one thread */
+            #pragma omp for schedule(static)
+            for (int64_t c0 = 0; c0 < C; c0 += 64) {
+                int64_t c1 = c0 + 64 < C ? c0 + 64 : C;
+                for (int64_t t = 0; t < T; t++) {
+                    const float *xt = x + t * C, *dy = dout + t * C;
+                    for (int64_t c = c0; c < c1; c++) dw[c] += dy[c] * xt[c] * rstd[t];
+                }
+            }
         }
     }
 }
@@ -36,8 +48,10 @@ LORAC_MULTIVERSION
 void lorac_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                            int64_t T, int64_t H) {
     int64_t n = T * H;
+    #pragma omp parallel for simd num_threads(lorac_kernels_get_threads()) schedule(static) \
+        if (n >= LORAC_PARALLEL_MIN_ELEMS)
     for (int64_t i = 0; i < n; i++) {
-        float g = gate[i], sg = 1.0f / (1.0f + expf(-g));
+        float g = gate[i], sg = sigmoid_f32(g);
         dgate[i] += dout[i] * up[i] * sg * (1.0f + g * (1.0f - sg));
         dup[i] += dout[i] * g * sg;
     }
