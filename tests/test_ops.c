@@ -1,0 +1,107 @@
+/* The elementwise kernels — RMSNorm (forward, backward with the weight
+ * gradient), SwiGLU (forward, backward) and rotary (forward, backward) —
+ * against direct double-precision formulas, at a size that runs threaded
+ * (above LORAC_PARALLEL_MIN_ELEMS) and at one row (decode, unthreaded),
+ * and bitwise equal for 1, 2 and 3 threads: each output element is made by
+ * one thread in a fixed order, so the thread count must not change a bit. */
+#include <stdint.h>
+
+#include "lorac/kernels.h"
+#include "testlib.h"
+
+enum { T = 300, C = 200, HEADS = 5, HD = C / HEADS, N = T * C };
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static float frand(void) {
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return (float)((double)(rng >> 40) / (double)(1ull << 23) - 1.0);
+}
+
+static float x[N], dout[N], gate[N], up[N], w[C], inv_freq[HD / 2];
+static int32_t pos[T];
+
+/* max |got − ref| / max |ref| over n values */
+static double rel_err(const float *got, const double *ref, int64_t n) {
+    double d = 0, m = 0;
+    for (int64_t i = 0; i < n; i++) d = fmax(d, fabs(got[i] - ref[i])), m = fmax(m, fabs(ref[i]));
+    return m > 0 ? d / m : d;
+}
+
+typedef struct {
+    float norm[N], rstd[T], dx[N], dw[C], swi[N], dgate[N], dup[N], rope[N], drope[N];
+} outputs_t;
+
+/* Every kernel on rows [0, rows) with the given thread count. */
+static void run_all(outputs_t *o, int rows, int threads) {
+    lorac_kernels_set_threads(threads);
+    int64_t n = (int64_t)rows * C;
+    lorac_rmsnorm_forward(o->norm, o->rstd, x, w, LORAC_DTYPE_F32, 1e-5f, rows, C);
+    memset(o->dx, 0, sizeof o->dx), memset(o->dw, 0, sizeof o->dw);
+    lorac_rmsnorm_backward(o->dx, o->dw, dout, x, w, LORAC_DTYPE_F32, o->rstd, rows, C);
+    lorac_swiglu_forward(o->swi, gate, up, rows, C);
+    memset(o->dgate, 0, sizeof o->dgate), memset(o->dup, 0, sizeof o->dup);
+    lorac_swiglu_backward(o->dgate, o->dup, dout, gate, up, rows, C);
+    memcpy(o->rope, x, sizeof(float) * (size_t)n);
+    lorac_rope_forward(o->rope, pos, inv_freq, rows, HEADS, HD);
+    memcpy(o->drope, o->rope, sizeof(float) * (size_t)n);
+    lorac_rope_backward(o->drope, pos, inv_freq, rows, HEADS, HD);
+}
+
+static void check_reference(const outputs_t *o, int rows) {
+    static double norm[N], dx[N], dw[C], swi[N], dgate[N], dup[N], rope[N];
+    int64_t n = (int64_t)rows * C;
+    memset(dw, 0, sizeof dw);
+    for (int t = 0; t < rows; t++) {
+        const float *xt = x + t * C, *dy = dout + t * C;
+        double ss = 0, dot = 0;
+        for (int c = 0; c < C; c++) ss += (double)xt[c] * xt[c];
+        double r = 1.0 / sqrt(ss / C + 1e-5);
+        for (int c = 0; c < C; c++) norm[t * C + c] = xt[c] * r * w[c], dot += (double)dy[c] * w[c] * xt[c];
+        for (int c = 0; c < C; c++) {
+            dx[t * C + c] = r * w[c] * dy[c] - xt[c] * dot * r * r * r / C;
+            dw[c] += (double)dy[c] * xt[c] * r;
+        }
+        for (int h = 0; h < HEADS; h++)
+            for (int i = 0; i < HD / 2; i++) {
+                double a = (double)pos[t] * inv_freq[i], cs = cos(a), sn = sin(a);
+                const float *v = xt + h * HD;
+                rope[t * C + h * HD + i] = v[i] * cs - v[i + HD / 2] * sn;
+                rope[t * C + h * HD + i + HD / 2] = v[i + HD / 2] * cs + v[i] * sn;
+            }
+    }
+    for (int64_t i = 0; i < n; i++) {
+        double g = gate[i], s = 1.0 / (1.0 + exp(-g));
+        swi[i] = g * s * up[i];
+        dgate[i] = dout[i] * up[i] * s * (1.0 + g * (1.0 - s));
+        dup[i] = dout[i] * g * s;
+    }
+    double e[8] = {rel_err(o->norm, norm, n), rel_err(o->dx, dx, n), rel_err(o->dw, dw, C),
+                   rel_err(o->swi, swi, n), rel_err(o->dgate, dgate, n), rel_err(o->dup, dup, n),
+                   rel_err(o->rope, rope, n), 0};
+    for (int64_t i = 0; i < n; i++) e[7] = fmax(e[7], fabs(o->drope[i] - x[i])); /* backward undoes forward */
+    printf("  %3d rows: norm %.2g dx %.2g dw %.2g swiglu %.2g dgate %.2g dup %.2g rope %.2g rope back %.2g\n",
+           rows, e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]);
+    for (int i = 0; i < 8; i++) CHECK_MSG(e[i] < 2e-6, "%d rows, output %d: error %g", rows, i, e[i]);
+}
+
+int main(void) {
+    for (int i = 0; i < N; i++) x[i] = 3.0f * frand(), dout[i] = frand(), up[i] = frand();
+    /* gates over the whole useful range of the sigmoid, both tails included */
+    for (int i = 0; i < N; i++) gate[i] = 20.0f * frand();
+    gate[0] = -100.0f, gate[1] = 100.0f, gate[2] = 0.0f;
+    for (int c = 0; c < C; c++) w[c] = 1.0f + 0.5f * frand();
+    for (int i = 0; i < HD / 2; i++) inv_freq[i] = (float)pow(10000.0, -2.0 * i / HD);
+    for (int t = 0; t < T; t++) pos[t] = (t * 37 + 5) % 4096;
+    static outputs_t one, many;
+    static const int rows[] = {T, 1};
+    for (int r = 0; r < 2; r++) {
+        run_all(&one, rows[r], 1);
+        check_reference(&one, rows[r]);
+        for (int threads = 2; threads <= 3; threads++) {
+            run_all(&many, rows[r], threads);
+            CHECK_MSG(memcmp(&one, &many, sizeof one) == 0, "%d rows: %d threads differ from 1 in some bit", rows[r],
+                      threads);
+        }
+    }
+    return tl_finish("test_ops");
+}
