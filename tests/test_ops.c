@@ -1,6 +1,6 @@
 /* The elementwise kernels — RMSNorm (forward, backward with the weight
  * gradient), SwiGLU (forward, backward) and rotary (forward, backward) —
- * against direct double-precision formulas, at a size that runs threaded
+ * and the softmax against direct double-precision formulas, at a size that runs threaded
  * (above LORAC_PARALLEL_MIN_ELEMS) and at one row (decode, unthreaded),
  * and bitwise equal for 1, 2 and 3 threads: each output element is made by
  * one thread in a fixed order, so the thread count must not change a bit. */
@@ -92,6 +92,22 @@ int main(void) {
     for (int c = 0; c < C; c++) w[c] = 1.0f + 0.5f * frand();
     for (int i = 0; i < HD / 2; i++) inv_freq[i] = (float)pow(10000.0, -2.0 * i / HD);
     for (int t = 0; t < T; t++) pos[t] = (t * 37 + 5) % 4096;
+    /* softmax over a vocabulary-sized row, with -inf (masked) entries */
+    {
+        enum { V = 32000 };
+        static float row[V];
+        static double ref[V];
+        for (int i = 0; i < V; i++) row[i] = 12.0f * frand();
+        row[5] = -INFINITY, row[6] = -200.0f;
+        double mx = -INFINITY, sum = 0;
+        for (int i = 0; i < V; i++) mx = fmax(mx, row[i]);
+        for (int i = 0; i < V; i++) sum += ref[i] = exp(row[i] - mx);
+        for (int i = 0; i < V; i++) ref[i] /= sum;
+        lorac_softmax_forward(row, 1, V);
+        double e = rel_err(row, ref, V);
+        printf("  softmax over %d: %.2g\n", V, e);
+        CHECK_MSG(e < 2e-6 && row[5] == 0.0f && row[6] == 0.0f, "softmax error %g", e);
+    }
     static outputs_t one, many;
     static const int rows[] = {T, 1};
     for (int r = 0; r < 2; r++) {

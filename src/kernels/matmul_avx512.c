@@ -322,7 +322,6 @@ LORAC_ALWAYS_INLINE void acc_panel(const lorac_dtype_t bt, float *c, const float
         float *cm = c + m * K + k;
         if (pa) {
             int rows = left >= AM ? AM : (int)left;
-
             acc_tile_nv(AM, nv, bt, cm, K, pa + (m - m0) * n, 1, AM, b, boff, ldb, n, last, zero, rows);
             m += rows;
         } else if (left >= AM) {

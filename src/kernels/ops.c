@@ -47,15 +47,31 @@ void lorac_rope_forward(float *x, const int32_t *positions, const float *inv_fre
     rope_rotate(x, positions, inv_freq, T, n_heads, head_dim, 1.0f);
 }
 
-// x is (T, n); each row replaced by its softmax.
+// x is (T, n); each row replaced by its softmax. The exp is softmax_expf
+// (vectorised; 2 ulp).
+LORAC_MULTIVERSION
 void lorac_softmax_forward(float *x, int64_t T, int64_t n) {
     for (int64_t t = 0; t < T; t++) {
         float *row = x + t * n;
         float mx = -INFINITY;
+        #pragma omp simd reduction(max : mx)
         for (int64_t i = 0; i < n; i++) mx = row[i] > mx ? row[i] : mx;
-        float sum = 0.0f;
-        for (int64_t i = 0; i < n; i++) { row[i] = expf(row[i] - mx); sum += row[i]; }
-        float inv = 1.0f / sum;
+        /* float lane sums per block of 1024 (a double in the simd loop
+         * kept GCC from vectorising it), the blocks added in double */
+        double sum = 0.0;
+        for (int64_t b = 0; b < n; b += 1024) {
+            int64_t e_end = b + 1024 < n ? b + 1024 : n;
+            float part = 0.0f;
+            #pragma omp simd reduction(+ : part)
+            for (int64_t i = b; i < e_end; i++) {
+                float e = softmax_expf(row[i] - mx);
+                row[i] = e;
+                part += e;
+            }
+            sum += part;
+        }
+        float inv = (float)(1.0 / sum);
+        #pragma omp simd
         for (int64_t i = 0; i < n; i++) row[i] *= inv;
     }
 }
