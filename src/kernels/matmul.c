@@ -140,6 +140,9 @@ static void forward_part_rows(const lorac_kernel_ops_t *ops, const lorac_matmul_
     }
 }
 
+/* Rows of x up to which a product is a decode step (one or a few rows). */
+#define DECODE_MAX_T 4
+
 /* The parts' rows are split among the threads as one matrix's would be
  * (whole groups of 4), so a thread's range may span two parts. */
 void lorac_matmul_forward_parts(const lorac_matmul_part_t *parts, int n_parts, const float *x, int64_t T, int64_t K) {
@@ -154,6 +157,21 @@ void lorac_matmul_forward_parts(const lorac_matmul_part_t *parts, int n_parts, c
     int nt = lorac_kernels_threads_for(T * K * total, (total + 3) / 4);
     if (nt <= 1) {
         forward_part_rows(ops, parts, n_parts, x, T, K, 0, total);
+        return;
+    }
+    if (T < DECODE_MAX_T) {
+        /* Decode streams w once: in 8 pieces a thread, handed out as the
+         * threads come free. In halves, the thread whose memory reads ran
+         * slower held the other at the barrier of every product. Any split
+         * gives the same bits (all tile shapes do). */
+        int64_t n_chunks = (int64_t)nt * 8, piece = round_up((total + n_chunks - 1) / n_chunks, 4);
+        if (piece < 64) piece = 64;
+        n_chunks = (total + piece - 1) / piece;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+        for (int64_t i = 0; i < n_chunks; i++) {
+            int64_t r0 = i * piece, r1 = r0 + piece < total ? r0 + piece : total;
+            forward_part_rows(ops, parts, n_parts, x, T, K, r0, r1);
+        }
         return;
     }
     int64_t chunk = round_up((total + nt - 1) / nt, 4);
