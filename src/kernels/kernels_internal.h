@@ -16,8 +16,10 @@
 
 #if defined(__GNUC__)
 #define LORAC_ALWAYS_INLINE static inline __attribute__((always_inline))
+#define LORAC_NOINLINE static __attribute__((noinline))
 #else
 #define LORAC_ALWAYS_INLINE static inline
+#define LORAC_NOINLINE static
 #endif
 
 /* Forward on output columns [n0,n1) of all T rows.

@@ -424,6 +424,23 @@ LORAC_ALWAYS_INLINE void pack_panel_t(const lorac_dtype_t bt, float *buf, const 
         }
 }
 
+/* acc_panel instantiated once per b dtype, not inlined into each of the
+ * nine acc_block instances (3 dtypes x acc, acc_bt, set_bt): inlined, the
+ * tile variants made this file take clang's sanitizer build 5 minutes. A
+ * packed panel is always f32. */
+LORAC_NOINLINE void panel_f32(float *c, const float *a, int64_t a_rs, int64_t a_cs, const float *pa, const void *b,
+                              int64_t boff, int64_t ldb, int64_t K, int64_t m0, int64_t m1, int64_t k, int64_t kw,
+                              int64_t n, int zero) {
+    acc_panel(LORAC_DTYPE_F32, c, a, a_rs, a_cs, pa, b, boff, ldb, K, m0, m1, k, kw, n, zero);
+}
+
+LORAC_NOINLINE void panel_16bit(lorac_dtype_t bt, float *c, const float *a, int64_t a_rs, int64_t a_cs,
+                                const float *pa, const void *b, int64_t boff, int64_t ldb, int64_t K, int64_t m0,
+                                int64_t m1, int64_t k, int64_t kw, int64_t n, int zero) {
+    if (bt == LORAC_DTYPE_BF16) acc_panel(LORAC_DTYPE_BF16, c, a, a_rs, a_cs, pa, b, boff, ldb, K, m0, m1, k, kw, n, zero);
+    else acc_panel(LORAC_DTYPE_F16, c, a, a_rs, a_cs, pa, b, boff, ldb, K, m0, m1, k, kw, n, zero);
+}
+
 /* c block += a · b (b_t = 0, b is (L,K)) or a · bᵀ (b_t = 1, b is (K,L)).
  * Loop order: blocks of MBLOCK rows; chunks of lchunk values of l, whose
  * slice of a (packed, when it is: 1 MB) stays in L2 for every column
@@ -447,9 +464,11 @@ LORAC_ALWAYS_INLINE void acc_block(const lorac_dtype_t bt, const int b_t, const 
                 if (packed) {
                     if (b_t) pack_panel_t(bt, buf, b, L, k, kw, l, n);
                     else pack_panel(bt, buf, b, K, k, kw, l, n);
-                    acc_panel(LORAC_DTYPE_F32, c, al, a_rs, a_cs, pa, buf, 0, 16 * AV, K, mb, me, k, kw, n, set && l == 0);
+                    panel_f32(c, al, a_rs, a_cs, pa, buf, 0, 16 * AV, K, mb, me, k, kw, n, set && l == 0);
+                } else if (bt == LORAC_DTYPE_F32) {
+                    panel_f32(c, al, a_rs, a_cs, pa, b, l * K + k, K, K, mb, me, k, kw, n, set && l == 0);
                 } else {
-                    acc_panel(bt, c, al, a_rs, a_cs, pa, b, l * K + k, K, K, mb, me, k, kw, n, set && l == 0);
+                    panel_16bit(bt, c, al, a_rs, a_cs, pa, b, l * K + k, K, K, mb, me, k, kw, n, set && l == 0);
                 }
             }
         }
