@@ -60,10 +60,10 @@ void lorac_softmax_forward(float *x, int64_t T, int64_t n) {
          * kept GCC from vectorising it), the blocks added in double */
         double sum = 0.0;
         for (int64_t b = 0; b < n; b += 1024) {
-            int64_t e_end = b + 1024 < n ? b + 1024 : n;
+            int64_t end = b + 1024 < n ? b + 1024 : n;
             float part = 0.0f;
             #pragma omp simd reduction(+ : part)
-            for (int64_t i = b; i < e_end; i++) {
+            for (int64_t i = b; i < end; i++) {
                 float e = softmax_expf(row[i] - mx);
                 row[i] = e;
                 part += e;

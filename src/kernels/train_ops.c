@@ -16,8 +16,7 @@
 LORAC_MULTIVERSION
 void lorac_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const void *w,
                             lorac_dtype_t wtype, const float *rstd, int64_t T, int64_t C) {
-    int n_threads = T * C >= LORAC_PARALLEL_MIN_ELEMS ? lorac_kernels_get_threads() : 1;
-    #pragma omp parallel num_threads(n_threads)
+    #pragma omp parallel num_threads(lorac_kernels_get_threads()) if (T * C >= LORAC_PARALLEL_MIN_ELEMS)
     {
         #pragma omp for schedule(static)
         for (int64_t t = 0; t < T; t++) {
