@@ -173,7 +173,7 @@ static void test_forward_parts(const char *isa) {
                 for (int i = 0; i < 3; i++) {
                     int64_t N = sizes[i];
                     parts[i] = (lorac_matmul_part_t){xmalloc(sizeof(float) * (size_t)(T * N)), make_weights(dt, N * K, wx),
-                                                     dt, i == 1 ? NULL : rand_f32(N), N};
+                                                     dt, i == 1 ? NULL : rand_f32(N), N, NULL, 0};
                     want[i] = xmalloc(sizeof(float) * (size_t)(T * N));
                     lorac_matmul_forward(want[i], x, parts[i].w, dt, parts[i].bias, T, K, N);
                 }
@@ -186,6 +186,110 @@ static void test_forward_parts(const char *isa) {
             }
     lorac_kernels_set_threads(2);
     CHECK_MSG(bad == 0, "%s forward_parts: %d cases differ from lorac_matmul_forward", isa, bad);
+}
+
+/* lorac_matmul_forward_parts_lora against double: each part's base product
+ * plus its LoRA segments in order (two covering every row, one a later
+ * part's rows only, with and without the transposed copy of B), for decode
+ * and batch row counts, and the same bits for 1, 2 and 3 threads. Sizes
+ * big enough for the threaded paths (a thread's rows span parts). */
+static void test_forward_parts_lora(const char *isa) {
+    static const int64_t ts[] = {1, 3, 5, 17}, sizes[] = {70, 1030, 13};
+    enum { NP = 3, NSEG = 3 };
+    const int64_t K = 96;
+    double worst = 0;
+    int bad = 0, differ = 0;
+    for (int di = 0; di < LEN(DTYPES); di++)
+        for (int ti = 0; ti < LEN(ts); ti++) {
+            lorac_dtype_t dt = DTYPES[di];
+            int64_t T = ts[ti];
+            float *x = rand_f32(T * K), *first[NP] = {0};
+            float *wx[NP];
+            void *w[NP];
+            float *bias[NP];
+            lorac_lora_segment_t segs[NP][NSEG];
+            int32_t n_segs[NP] = {NSEG, 1, 0};
+            float *mats[NP][NSEG][3] = {{{0}}};
+            int64_t u_used = 0;
+            for (int i = 0; i < NP; i++) {
+                int64_t N = sizes[i];
+                wx[i] = xmalloc(sizeof(float) * (size_t)(N * K));
+                w[i] = make_weights(dt, N * K, wx[i]);
+                bias[i] = i == 1 ? NULL : rand_f32(N);
+                for (int g = 0; g < n_segs[i]; g++) {
+                    int32_t r = g == 1 ? 1 : 4 + 4 * g; /* 4, 1, 12 */
+                    int64_t start = g == 2 ? (T > 1 ? 1 : 0) : 0, len = T - start;
+                    float *A = rand_f32(r * K), *B = rand_f32(N * r), *Bt = NULL;
+                    if (g != 1) { /* the transposed copy, as lorac_adapter_prepare_inference makes */
+                        Bt = xmalloc(sizeof(float) * (size_t)(r * N));
+                        for (int64_t n = 0; n < N; n++)
+                            for (int32_t k = 0; k < r; k++) Bt[k * N + n] = B[n * r + k];
+                    }
+                    mats[i][g][0] = A, mats[i][g][1] = B, mats[i][g][2] = Bt;
+                    segs[i][g] = (lorac_lora_segment_t){.start = start, .len = len, .u_offset = u_used, .r = r,
+                                                        .scale = 0.5f + 0.25f * (float)g, .A = A, .B = B, .Bt = Bt};
+                    u_used += len * r;
+                }
+            }
+            float *u = xmalloc(sizeof(float) * (size_t)u_used);
+            for (int threads = 1; threads <= 3; threads++) {
+                lorac_kernels_set_threads(threads);
+                for (int64_t j = 0; j < u_used; j++) u[j] = NAN; /* nothing left from the last call */
+                lorac_matmul_part_t parts[NP];
+                for (int i = 0; i < NP; i++)
+                    parts[i] = (lorac_matmul_part_t){xmalloc(sizeof(float) * (size_t)(T * sizes[i])), w[i], dt, bias[i],
+                                                     sizes[i], n_segs[i] ? segs[i] : NULL, n_segs[i]};
+                lorac_matmul_forward_parts_lora(parts, NP, x, T, K, u);
+                for (int i = 0; i < NP; i++) {
+                    int64_t N = sizes[i];
+                    if (!first[i]) {
+                        first[i] = parts[i].out;
+                        continue;
+                    }
+                    differ += memcmp(first[i], parts[i].out, sizeof(float) * (size_t)(T * N)) != 0;
+                    free(parts[i].out);
+                }
+            }
+            /* the reference: x·wᵀ + bias, then each segment's s·(x·Aᵀ)·Bᵀ on its rows */
+            for (int i = 0; i < NP; i++) {
+                int64_t N = sizes[i];
+                for (int64_t t = 0; t < T; t++) {
+                    double e = 0;
+                    for (int64_t n = 0; n < N; n++) {
+                        double sum = bias[i] ? bias[i][n] : 0, mg = fabs(sum);
+                        for (int64_t k = 0; k < K; k++) {
+                            double p = (double)x[t * K + k] * wx[i][n * K + k];
+                            sum += p, mg += fabs(p);
+                        }
+                        for (int g = 0; g < n_segs[i]; g++) {
+                            const lorac_lora_segment_t *sg = &segs[i][g];
+                            if (t < sg->start || t >= sg->start + sg->len) continue;
+                            for (int32_t j = 0; j < sg->r; j++) {
+                                double uj = 0;
+                                for (int64_t k = 0; k < K; k++) uj += (double)x[t * K + k] * sg->A[j * K + k];
+                                double p = sg->scale * uj * sg->B[n * sg->r + j];
+                                sum += p, mg += fabs(p);
+                            }
+                        }
+                        double err = fabs((double)first[i][t * N + n] - sum) / (mg + 1e-30);
+                        if (!(err <= e)) e = err;
+                    }
+                    if (!(e <= RTOL) && bad++ < 5)
+                        fprintf(stderr, "  %s forward_parts_lora %s T=%lld part %d row %lld: rel err %g\n", isa,
+                                lorac_dtype_name(dt), (long long)T, i, (long long)t, e);
+                    if (!(e <= worst)) worst = e;
+                }
+            }
+            for (int i = 0; i < NP; i++) {
+                for (int g = 0; g < n_segs[i]; g++) free(mats[i][g][0]), free(mats[i][g][1]), free(mats[i][g][2]);
+                free(first[i]), free(wx[i]), free(w[i]), free(bias[i]);
+            }
+            free(x), free(u);
+        }
+    lorac_kernels_set_threads(2);
+    printf("  parts + lora  %-8s      max rel err %.3g\n", isa, worst);
+    CHECK_MSG(bad == 0, "%s forward_parts_lora: %d rows out of tolerance", isa, bad);
+    CHECK_MSG(differ == 0, "%s forward_parts_lora: %d results differ between thread counts", isa, differ);
 }
 
 /* y += s·u·bᵀ (LoRA's expand; training's packed path from 128 rows) against
@@ -422,6 +526,7 @@ int main(void) {
         test_exp_sum(ISAS[i]);
         test_lora_expand(ISAS[i]);
         test_forward_parts(ISAS[i]);
+        test_forward_parts_lora(ISAS[i]);
         test_forward_degenerate();
         test_backward_input(ISAS[i]);
         test_backward_weight(ISAS[i]);

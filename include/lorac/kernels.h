@@ -37,12 +37,16 @@ void lorac_matmul_forward(float *out, const float *x, const void *w, lorac_dtype
  * and up): part i gives out_i (T, N_i) = x · w_iᵀ + bias_i, bitwise what
  * lorac_matmul_forward gives, with one fork and join instead of one per
  * part (during decode those waits were a sixth of the time). */
+typedef struct lorac_lora_segment lorac_lora_segment_t;
 typedef struct {
     float *out;
     const void *w;
     lorac_dtype_t wtype;
     const float *bias; /* or NULL */
     int64_t N;
+    /* LoRA terms on this part (lorac_matmul_forward_parts_lora), or none */
+    const lorac_lora_segment_t *lora;
+    int32_t n_lora;
 } lorac_matmul_part_t;
 void lorac_matmul_forward_parts(const lorac_matmul_part_t *parts, int n_parts, const float *x, int64_t T, int64_t K);
 /* The same product for training's many-row batches: faster there, but each
@@ -63,23 +67,32 @@ void lorac_matmul_backward_weight(float *dw, float *dbias, const float *dout, co
  * Training's entry point: for many rows it sums as lorac_matmul_forward_batch
  * does (inference's adapters go through lorac_lora_sgmv). */
 void lorac_lora_expand_forward(float *y, const float *u, const float *b, float s, int64_t T, int64_t N, int64_t R);
-/* One adapter's share of a mixed-adapter batch: rows [start, start + len) of
- * x and y use A (r, in), B (out, r), f32, with scale s; u_offset is where the
- * segment's (len, r) block of the shrink result lives in the scratch u. */
-typedef struct {
+/* One adapter's LoRA term on a product: rows [start, start + len) of x and
+ * of the part's out use A (r, in), B (out, r), f32, with scale s; u_offset
+ * is where the segment's (len, r) block of the shrink result x·Aᵀ lives in
+ * the scratch u. */
+struct lorac_lora_segment {
     int64_t start, len, u_offset;
     int32_t r;
     float scale;
     const float *A, *B;
     const float *Bt;  /* (r, out) copy of B or NULL: used when the segment has few rows */
-} lorac_lora_segment_t;
+};
 
-/* Segmented gathered LoRA (the SGMV idea of Punica): for every segment g,
- * y[rows_g] += s_g · (x[rows_g]·A_gᵀ)·B_gᵀ, all segments in one parallel
- * region — shrink (u = x·Aᵀ) then expand (y += s·u·Bᵀ) — instead of a pass
- * per adapter. x (T, in), y (T, out); segments must not overlap. */
-void lorac_lora_sgmv(float *y, float *u, const float *x, const lorac_lora_segment_t *segs, int32_t n_segs,
-                     int64_t in, int64_t out);
+/* lorac_matmul_forward_parts with unmerged LoRA adapters: for each part p
+ * and each of its segments g, in order,
+ *     out_p[rows_g] += s_g · (x[rows_g]·A_gᵀ)·B_gᵀ
+ * after the base product. Segments may cover the same rows (adapters
+ * stacked on every row, then per-sequence ones: the segmented gathered LoRA
+ * of Punica's SGMV); their u blocks must not overlap. One parallel region
+ * for everything: every thread computes its share of the shrinks (u = x·Aᵀ,
+ * split by rank), one barrier, then each thread adds the expand to the rows
+ * of out it has just produced, while they are in cache. During decode,
+ * running each adapted projection's shrink and expand as their own
+ * parallel regions cost more than reading the adapter's weights. u holds
+ * Σ_g len_g·r_g floats (NULL when no part has segments). */
+void lorac_matmul_forward_parts_lora(const lorac_matmul_part_t *parts, int n_parts, const float *x, int64_t T,
+                                     int64_t K, float *u);
 /* x (n) *= s. */
 void lorac_scale(float *x, float s, int64_t n);
 

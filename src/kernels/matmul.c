@@ -116,6 +116,95 @@ static int weight_dtype_ok(lorac_dtype_t t) {
 
 static int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
+/* ---- LoRA: the low-rank terms, on the same block kernels --------------------
+ * Inference adds them to the base product inside its parallel region
+ * (lorac_matmul_forward_parts_lora). The expand y += s·u·Bᵀ has a tiny inner dimension (the rank), where a plain
+ * dot loop stays scalar; as a matmul with K = r the SIMD block kernel does it
+ * about 5x faster. Its result goes through a small stack tile, then is added
+ * to y, so y keeps whatever the base matmul put there. */
+#define EXPAND_COLS 256
+#define EXPAND_ROWS 16
+/* Segments of at most this many rows use the transposed copy of B when the
+ * adapter has one (decode); longer ones (prompts) reuse B's rows across
+ * rows better through the matmul tiles. */
+#define EXPAND_T_ROWS 4
+
+/* y[t, c0..c0+width) += s · u[t]·B[c0..c0+width)ᵀ for t < T. */
+static void expand_columns(const lorac_kernel_ops_t *ops, float *y, const float *u, const float *b, float s,
+                           int64_t T, int64_t N, int64_t R, int64_t c0, int64_t width) {
+    float tile[EXPAND_ROWS * EXPAND_COLS];
+    for (int64_t t0 = 0; t0 < T; t0 += EXPAND_ROWS) {
+        int64_t rows = T - t0 < EXPAND_ROWS ? T - t0 : EXPAND_ROWS;
+        ops->matmul_fwd(tile, u + t0 * R, b + c0 * R, LORAC_DTYPE_F32, NULL, rows, R, width, 0, width);
+        for (int64_t t = 0; t < rows; t++) {
+            float *yt = y + (t0 + t) * N + c0;
+            const float *tt = tile + t * width;
+            for (int64_t n = 0; n < width; n++) yt[n] += s * tt[n];
+        }
+    }
+}
+
+/* y[t, c0..c1) += s · Σ_k u[t,k]·bt[k, c0..c1) for t < T (bt = Bᵀ, row
+ * stride N). Per row, a column chunk of the sum is built with one axpy per rank (each
+ * bt row read once), then scaled into y; 64 columns are 4 zmm registers. */
+#define EXPAND_T_CHUNK 64
+LORAC_MULTIVERSION
+static void expand_t_columns(float *y, const float *u, const float *bt, float s, int64_t T, int64_t N, int64_t R,
+                                 int64_t c0, int64_t c1) {
+    float acc[EXPAND_T_CHUNK];
+    for (int64_t t = 0; t < T; t++) {
+        const float *ut = u + t * R;
+        float *yt = y + t * N;
+        for (int64_t c = c0; c < c1; c += EXPAND_T_CHUNK) {
+            int64_t w = c1 - c < EXPAND_T_CHUNK ? c1 - c : EXPAND_T_CHUNK;
+            for (int64_t i = 0; i < w; i++) acc[i] = 0.0f;
+            /* omp simd: -O2's cheap vectoriser cost model leaves these
+             * variable-length loops scalar */
+            for (int64_t k = 0; k < R; k++) {
+                const float *row = bt + k * N + c;
+                float uk = ut[k];
+                #pragma omp simd
+                for (int64_t i = 0; i < w; i++) acc[i] += uk * row[i];
+            }
+            #pragma omp simd
+            for (int64_t i = 0; i < w; i++) yt[c + i] += s * acc[i];
+        }
+    }
+}
+
+/* Adds the LoRA terms of part pt to its out columns [c0, c1), segment by
+ * segment in order, from the shrink results in u. */
+static void lora_expand_columns(const lorac_kernel_ops_t *ops, const lorac_matmul_part_t *pt, const float *u,
+                                int64_t c0, int64_t c1) {
+    for (int32_t g = 0; g < pt->n_lora; g++) {
+        const lorac_lora_segment_t *sg = &pt->lora[g];
+        float *y = pt->out + sg->start * pt->N;
+        const float *ug = u + sg->u_offset;
+        if (sg->Bt && sg->len <= EXPAND_T_ROWS) {
+            expand_t_columns(y, ug, sg->Bt, sg->scale, sg->len, pt->N, sg->r, c0, c1);
+            continue;
+        }
+        for (int64_t c = c0; c < c1; c += EXPAND_COLS)
+            expand_columns(ops, y, ug, sg->B, sg->scale, sg->len, pt->N, sg->r, c, c1 - c < EXPAND_COLS ? c1 - c : EXPAND_COLS);
+    }
+}
+
+/* Thread tid of nth's share of every segment's shrink u = x·Aᵀ: a slice of
+ * its r columns (any slice gives the same bits). */
+static void lora_shrink_share(const lorac_kernel_ops_t *ops, const lorac_matmul_part_t *parts, int n_parts, float *u,
+                              const float *x, int64_t K, int tid, int nth) {
+    for (int i = 0; i < n_parts; i++)
+        for (int32_t g = 0; g < parts[i].n_lora; g++) {
+            const lorac_lora_segment_t *sg = &parts[i].lora[g];
+            int64_t n0 = (int64_t)sg->r * tid / nth, n1 = (int64_t)sg->r * (tid + 1) / nth;
+            if (n0 < n1)
+                ops->matmul_fwd(u + sg->u_offset, x + sg->start * K, sg->A, LORAC_DTYPE_F32, NULL, sg->len, K, sg->r,
+                                n0, n1);
+        }
+}
+
+/* ---- forward drivers ---------------------------------------------------------- */
+
 /* out is (T,N), x is (T,K), w is (N,K), bias is (N) or NULL: a product of
  * one part (lorac_matmul_forward_parts: parallel over N in blocks of whole
  * 4-row groups, so each thread streams its own contiguous part of w once per
@@ -123,19 +212,23 @@ static int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 void lorac_matmul_forward(float *out, const float *x, const void *w, lorac_dtype_t wtype,
                           const float *bias, int64_t T, int64_t K, int64_t N) {
     LORAC_ASSERT(N >= 0);
-    lorac_matmul_part_t one = {out, w, wtype, bias, N};
+    lorac_matmul_part_t one = {out, w, wtype, bias, N, NULL, 0};
     lorac_matmul_forward_parts(&one, 1, x, T, K);
 }
 
 /* Rows [r0, r1) of the parts stacked on one another, each part's share
- * through the block kernel. */
+ * through the block kernel, then its LoRA terms on the same rows of w
+ * (columns of out). */
 static void forward_part_rows(const lorac_kernel_ops_t *ops, const lorac_matmul_part_t *parts, int n_parts,
-                              const float *x, int64_t T, int64_t K, int64_t r0, int64_t r1) {
+                              const float *x, int64_t T, int64_t K, int64_t r0, int64_t r1, const float *u) {
     int64_t p0 = 0;
     for (int i = 0; i < n_parts; i++) {
         const lorac_matmul_part_t *pt = &parts[i];
         int64_t lo = r0 > p0 ? r0 : p0, hi = r1 < p0 + pt->N ? r1 : p0 + pt->N;
-        if (lo < hi) ops->matmul_fwd(pt->out, x, pt->w, pt->wtype, pt->bias, T, K, pt->N, lo - p0, hi - p0);
+        if (lo < hi) {
+            ops->matmul_fwd(pt->out, x, pt->w, pt->wtype, pt->bias, T, K, pt->N, lo - p0, hi - p0);
+            if (pt->n_lora > 0) lora_expand_columns(ops, pt, u, lo - p0, hi - p0);
+        }
         p0 += pt->N;
     }
 }
@@ -143,42 +236,62 @@ static void forward_part_rows(const lorac_kernel_ops_t *ops, const lorac_matmul_
 /* Rows of x up to which a product is a decode step (one or a few rows). */
 #define DECODE_MAX_T 4
 
+void lorac_matmul_forward_parts(const lorac_matmul_part_t *parts, int n_parts, const float *x, int64_t T, int64_t K) {
+    lorac_matmul_forward_parts_lora(parts, n_parts, x, T, K, NULL);
+}
+
 /* The parts' rows are split among the threads as one matrix's would be
  * (whole groups of 4), so a thread's range may span two parts. */
-void lorac_matmul_forward_parts(const lorac_matmul_part_t *parts, int n_parts, const float *x, int64_t T, int64_t K) {
+void lorac_matmul_forward_parts_lora(const lorac_matmul_part_t *parts, int n_parts, const float *x, int64_t T,
+                                     int64_t K, float *u) {
     LORAC_ASSERT(n_parts >= 0 && T >= 0 && K >= 0);
-    int64_t total = 0;
+    int64_t total = 0, lora_work = 0;
     for (int i = 0; i < n_parts; i++) {
-        LORAC_ASSERT(weight_dtype_ok(parts[i].wtype) && parts[i].N >= 0);
+        LORAC_ASSERT(weight_dtype_ok(parts[i].wtype) && parts[i].N >= 0 && parts[i].n_lora >= 0);
+        LORAC_ASSERT(parts[i].n_lora == 0 || u != NULL);
         total += parts[i].N;
+        for (int32_t g = 0; g < parts[i].n_lora; g++) {
+            const lorac_lora_segment_t *sg = &parts[i].lora[g];
+            LORAC_ASSERT(sg->start >= 0 && sg->len >= 0 && sg->start + sg->len <= T && sg->r >= 0);
+            lora_work += sg->len * sg->r * (K + parts[i].N);
+        }
     }
     if (T == 0 || total == 0) return;
     const lorac_kernel_ops_t *ops = lorac_kernels_ops();
-    int nt = lorac_kernels_threads_for(T * K * total, (total + 3) / 4);
+    int has_lora = lora_work > 0;
+    int nt = lorac_kernels_threads_for(T * K * total + lora_work, (total + 3) / 4);
     if (nt <= 1) {
-        forward_part_rows(ops, parts, n_parts, x, T, K, 0, total);
+        lora_shrink_share(ops, parts, n_parts, u, x, K, 0, 1);
+        forward_part_rows(ops, parts, n_parts, x, T, K, 0, total, u);
         return;
     }
-    if (T < DECODE_MAX_T) {
-        /* Decode streams w once: in 8 pieces a thread, handed out as the
-         * threads come free. In halves, the thread whose memory reads ran
-         * slower held the other at the barrier of every product. Any split
-         * gives the same bits (all tile shapes do). */
-        int64_t n_chunks = (int64_t)nt * 8, piece = round_up((total + n_chunks - 1) / n_chunks, 4);
-        if (piece < 64) piece = 64;
-        n_chunks = (total + piece - 1) / piece;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-        for (int64_t i = 0; i < n_chunks; i++) {
-            int64_t r0 = i * piece, r1 = r0 + piece < total ? r0 + piece : total;
-            forward_part_rows(ops, parts, n_parts, x, T, K, r0, r1);
+    /* Decode streams w once: in 8 pieces a thread, handed out as the
+     * threads come free. In halves, the thread whose memory reads ran
+     * slower held the other at the barrier of every product. Any split
+     * gives the same bits (all tile shapes do). Longer batches: one block
+     * of whole 4-row groups per thread. */
+    int decode = T < DECODE_MAX_T;
+    int64_t n_pieces = (int64_t)nt * 8, piece = round_up((total + n_pieces - 1) / n_pieces, 4);
+    if (piece < 64) piece = 64;
+    if (!decode) piece = round_up((total + nt - 1) / nt, 4);
+    n_pieces = (total + piece - 1) / piece;
+#pragma omp parallel num_threads(nt)
+    {
+        if (has_lora) {
+            lora_shrink_share(ops, parts, n_parts, u, x, K, omp_get_thread_num(), omp_get_num_threads());
+#pragma omp barrier
         }
-        return;
-    }
-    int64_t chunk = round_up((total + nt - 1) / nt, 4);
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int i = 0; i < nt; i++) {
-        int64_t r0 = i * chunk, r1 = r0 + chunk < total ? r0 + chunk : total;
-        if (r0 < r1) forward_part_rows(ops, parts, n_parts, x, T, K, r0, r1);
+        if (decode) {
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t i = 0; i < n_pieces; i++)
+                forward_part_rows(ops, parts, n_parts, x, T, K, i * piece,
+                                  (i + 1) * piece < total ? (i + 1) * piece : total, u);
+        } else {
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < n_pieces; i++)
+                forward_part_rows(ops, parts, n_parts, x, T, K, i * piece,
+                                  (i + 1) * piece < total ? (i + 1) * piece : total, u);
+        }
     }
 }
 
@@ -312,40 +425,15 @@ void lorac_convert_to_f32(float *dst, const void *src, lorac_dtype_t dtype, int6
     }
 }
 
-/* ---- LoRA: the low-rank terms, on the same block kernels --------------------
- * The expand y += s·u·Bᵀ has a tiny inner dimension (the rank), where a plain
- * dot loop stays scalar; as a matmul with K = r the SIMD block kernel does it
- * about 5x faster. Its result goes through a small stack tile, then is added
- * to y, so y keeps whatever the base matmul put there. */
-#define EXPAND_COLS 256
-#define EXPAND_ROWS 16
-/* Segments of at most this many rows use the transposed copy of B when the
- * adapter has one (decode); longer ones (prompts) reuse B's rows across
- * rows better through the matmul tiles. */
-#define EXPAND_T_ROWS 4
-
-/* y[t, c0..c0+width) += s · u[t]·B[c0..c0+width)ᵀ for t < T. */
-static void expand_columns(const lorac_kernel_ops_t *ops, float *y, const float *u, const float *b, float s,
-                           int64_t T, int64_t N, int64_t R, int64_t c0, int64_t width) {
-    float tile[EXPAND_ROWS * EXPAND_COLS];
-    for (int64_t t0 = 0; t0 < T; t0 += EXPAND_ROWS) {
-        int64_t rows = T - t0 < EXPAND_ROWS ? T - t0 : EXPAND_ROWS;
-        ops->matmul_fwd(tile, u + t0 * R, b + c0 * R, LORAC_DTYPE_F32, NULL, rows, R, width, 0, width);
-        for (int64_t t = 0; t < rows; t++) {
-            float *yt = y + (t0 + t) * N + c0;
-            const float *tt = tile + t * width;
-            for (int64_t n = 0; n < width; n++) yt[n] += s * tt[n];
-        }
-    }
-}
+/* ---- LoRA expand for training --------------------------------------------- */
 
 void lorac_lora_expand_forward(float *y, const float *u, const float *b, float s, int64_t T, int64_t N, int64_t R) {
     if (T == 0 || N == 0) return;
     const lorac_kernel_ops_t *ops = lorac_kernels_ops();
     if (ops->matmul_acc_bt && T >= FORWARD_BATCH_MIN_T && N >= 64 && R > 0) {
         /* Training's batches: (s·u)·Bᵀ accumulated straight into y by the
-         * outer-product kernel (B packed transposed), where the tiles below
-         * spend an 8-lane horizontal sum on every output of a rank-8 dot. */
+         * outer-product kernel (B packed transposed), where expand_columns'
+         * tiles spend an 8-lane horizontal sum on every output of a rank-8 dot. */
         float *su = malloc(sizeof(float) * (size_t)(T * R));
         if (su) {
             for (int64_t i = 0; i < T * R; i++) su[i] = s * u[i];
@@ -360,71 +448,5 @@ void lorac_lora_expand_forward(float *y, const float *u, const float *b, float s
     for (int64_t c = 0; c < n_chunks; c++) {
         int64_t c0 = c * EXPAND_COLS, width = N - c0 < EXPAND_COLS ? N - c0 : EXPAND_COLS;
         expand_columns(ops, y, u, b, s, T, N, R, c0, width);
-    }
-}
-
-/* y[t, c0..c1) += s · Σ_k u[t,k]·bt[k, c0..c1) for t < T (bt = Bᵀ, row
- * stride N). Per row, a column chunk of the sum is built with one axpy per rank (each
- * bt row read once), then scaled into y; 64 columns are 4 zmm registers. */
-#define EXPAND_T_CHUNK 64
-LORAC_MULTIVERSION
-static void expand_t_columns(float *y, const float *u, const float *bt, float s, int64_t T, int64_t N, int64_t R,
-                                 int64_t c0, int64_t c1) {
-    float acc[EXPAND_T_CHUNK];
-    for (int64_t t = 0; t < T; t++) {
-        const float *ut = u + t * R;
-        float *yt = y + t * N;
-        for (int64_t c = c0; c < c1; c += EXPAND_T_CHUNK) {
-            int64_t w = c1 - c < EXPAND_T_CHUNK ? c1 - c : EXPAND_T_CHUNK;
-            for (int64_t i = 0; i < w; i++) acc[i] = 0.0f;
-            /* omp simd: -O2's cheap vectoriser cost model leaves these
-             * variable-length loops scalar */
-            for (int64_t k = 0; k < R; k++) {
-                const float *row = bt + k * N + c;
-                float uk = ut[k];
-                #pragma omp simd
-                for (int64_t i = 0; i < w; i++) acc[i] += uk * row[i];
-            }
-            #pragma omp simd
-            for (int64_t i = 0; i < w; i++) yt[c + i] += s * acc[i];
-        }
-    }
-}
-
-/* One parallel region for all segments: shrink splits each segment's r
- * columns of u over the threads, expand each segment's output columns, both
- * with `omp for nowait` (segments write disjoint rows), and one barrier in
- * between because expand reads all of u. */
-void lorac_lora_sgmv(float *y, float *u, const float *x, const lorac_lora_segment_t *segs, int32_t n_segs,
-                     int64_t in, int64_t out) {
-    const lorac_kernel_ops_t *ops = lorac_kernels_ops();
-    int64_t work = 0;
-    for (int32_t g = 0; g < n_segs; g++) work += segs[g].len * segs[g].r * (in + out);
-    int64_t n_chunks = (out + EXPAND_COLS - 1) / EXPAND_COLS;
-    int nt = lorac_kernels_threads_for(work, n_chunks);
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-        int tid = omp_get_thread_num(), nth = omp_get_num_threads();
-        for (int32_t g = 0; g < n_segs; g++) {
-            const lorac_lora_segment_t *sg = &segs[g];
-            int64_t n0 = sg->r * tid / nth, n1 = sg->r * (tid + 1) / nth;
-            if (n0 < n1)
-                ops->matmul_fwd(u + sg->u_offset, x + sg->start * in, sg->A, LORAC_DTYPE_F32, NULL, sg->len, in,
-                                sg->r, n0, n1);
-        }
-#pragma omp barrier
-        for (int32_t g = 0; g < n_segs; g++) {
-            const lorac_lora_segment_t *sg = &segs[g];
-#pragma omp for schedule(static) nowait
-            for (int64_t c = 0; c < n_chunks; c++) {
-                int64_t c0 = c * EXPAND_COLS, width = out - c0 < EXPAND_COLS ? out - c0 : EXPAND_COLS;
-                if (sg->Bt && sg->len <= EXPAND_T_ROWS)
-                    expand_t_columns(y + sg->start * out, u + sg->u_offset, sg->Bt, sg->scale, sg->len,
-                                                out, sg->r, c0, c0 + width);
-                else
-                    expand_columns(ops, y + sg->start * out, u + sg->u_offset, sg->B, sg->scale, sg->len, out, sg->r,
-                                   c0, width);
-            }
-        }
     }
 }

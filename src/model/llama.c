@@ -15,6 +15,8 @@
 #include "model/model_internal.h"
 
 #define MAX_ADAPTERS 64
+/* Most products computed in one call (q, k and v) */
+#define PARTS_MAX 3
 
 struct lorac_context {
     const lorac_model_t *model;
@@ -33,7 +35,6 @@ struct lorac_context {
     const lorac_adapter_t *adapters[MAX_ADAPTERS];
     float adapter_scales[MAX_ADAPTERS];
     int32_t n_adapters;
-    float *lora_u;             /* (n_batch, max rank) */
     /* per-sequence adapters (mixed-adapter batches) */
     const lorac_adapter_t **seq_adapter; /* (n_seq) NULL = none */
     float *seq_scale;          /* (n_seq) */
@@ -42,9 +43,11 @@ struct lorac_context {
     int64_t *run_start, *run_len;      /* (n_batch) */
     const lorac_adapter_t **run_adapter; /* (n_batch) */
     float *run_scale;          /* (n_batch) */
-    lorac_lora_segment_t *segs;/* (n_batch) built per projection */
-    float *sgmv_u;             /* (n_batch, largest rank in the batch) */
-    int32_t sgmv_u_rank;
+    /* the LoRA terms of one product's parts (up to PARTS_MAX), rebuilt for
+     * each, and the scratch for their shrink results (grown per batch) */
+    lorac_lora_segment_t *lora_segs; /* (PARTS_MAX * (MAX_ADAPTERS + n_batch)) */
+    float *lora_u;
+    int64_t lora_u_cap;
 };
 
 lorac_context_params_t lorac_context_default_params(void) {
@@ -97,10 +100,10 @@ lorac_status_t lorac_context_init(const lorac_model_t *model, lorac_context_para
     ctx->run_len = malloc(sizeof(int64_t) * (size_t)B);
     ctx->run_adapter = malloc(sizeof *ctx->run_adapter * (size_t)B);
     ctx->run_scale = malloc(sizeof(float) * (size_t)B);
-    ctx->segs = malloc(sizeof *ctx->segs * (size_t)B);
+    ctx->lora_segs = malloc(sizeof *ctx->lora_segs * (size_t)(PARTS_MAX * (MAX_ADAPTERS + B)));
     if (failed || !ctx->k_rows || !ctx->v_rows || !ctx->n_visible || !ctx->seq_len || !ctx->seq_seen ||
         !ctx->seq_adapter || !ctx->seq_scale || !ctx->run_start || !ctx->run_len || !ctx->run_adapter ||
-        !ctx->run_scale || !ctx->segs) {
+        !ctx->run_scale || !ctx->lora_segs) {
         lorac_context_free(ctx);
         return lorac_error(LORAC_STATUS_NOMEM, "out of memory for the KV cache and activations (%d sequences of %d positions, batch %d)",
                            p.n_seq, p.n_ctx, p.n_batch);
@@ -117,10 +120,9 @@ void lorac_context_free(lorac_context_t *ctx) {
     free(ctx->att_scratch);
     free(ctx->k_rows); free(ctx->v_rows); free(ctx->n_visible);
     free(ctx->seq_len); free(ctx->seq_seen);
-    free(ctx->lora_u);
     free(ctx->seq_adapter); free(ctx->seq_scale);
     free(ctx->run_start); free(ctx->run_len); free(ctx->run_adapter); free(ctx->run_scale);
-    free(ctx->segs); free(ctx->sgmv_u);
+    free(ctx->lora_segs); free(ctx->lora_u);
     free(ctx);
 }
 
@@ -150,15 +152,19 @@ lorac_status_t lorac_context_set_seq_adapter(lorac_context_t *ctx, int32_t seq_i
 }
 
 /* Splits the batch into runs of consecutive tokens whose sequences carry the
- * same adapter and scale (the segments of lorac_lora_sgmv), and makes sure the
- * shrink scratch holds the batch at the largest rank among them. */
+ * same adapter and scale (per-sequence LoRA segments), and makes sure the
+ * shrink scratch holds one product's results: for each of its parts, every
+ * row at each attached adapter's largest rank, and each run's rows at its
+ * adapter's. */
 static lorac_status_t plan_seq_adapters(lorac_context_t *ctx, const lorac_batch_t *b) {
     ctx->n_runs = 0;
-    int32_t max_r = 0;
+    int64_t per_part = 0;
+    for (int32_t i = 0; i < ctx->n_adapters; i++) per_part += (int64_t)b->n_tokens * adapter_max_rank(ctx->adapters[i]);
     for (int32_t t = 0; t < b->n_tokens; t++) {
         const lorac_adapter_t *a = ctx->seq_adapter[b->seq_id[t]];
         float s = ctx->seq_scale[b->seq_id[t]];
         if (!a || s == 0.0f) continue;
+        per_part += adapter_max_rank(a);
         int32_t n = ctx->n_runs;
         if (n > 0 && ctx->run_adapter[n - 1] == a && ctx->run_scale[n - 1] == s &&
             ctx->run_start[n - 1] + ctx->run_len[n - 1] == t) {
@@ -170,14 +176,13 @@ static lorac_status_t plan_seq_adapters(lorac_context_t *ctx, const lorac_batch_
         ctx->run_adapter[n] = a;
         ctx->run_scale[n] = s;
         ctx->n_runs++;
-        int32_t r = adapter_max_rank(a);
-        max_r = r > max_r ? r : max_r;
     }
-    if (max_r > ctx->sgmv_u_rank) {
-        float *u = realloc(ctx->sgmv_u, sizeof(float) * (size_t)ctx->params.n_batch * (size_t)max_r);
+    int64_t need = PARTS_MAX * per_part;
+    if (need > ctx->lora_u_cap) {
+        float *u = realloc(ctx->lora_u, sizeof(float) * (size_t)need);
         if (!u) return lorac_error(LORAC_STATUS_NOMEM, "out of memory for adapter scratch");
-        ctx->sgmv_u = u;
-        ctx->sgmv_u_rank = max_r;
+        ctx->lora_u = u;
+        ctx->lora_u_cap = need;
     }
     return LORAC_STATUS_OK;
 }
@@ -186,60 +191,43 @@ lorac_status_t lorac_context_set_adapters(lorac_context_t *ctx, const lorac_adap
                                           const float *scales, int32_t n) {
     const lorac_model_config_t *c = &ctx->model->config;
     if (n < 0 || n > MAX_ADAPTERS) return lorac_error(LORAC_STATUS_INVALID_ARG, "at most %d adapters at once", MAX_ADAPTERS);
-    int32_t max_r = 0;
     for (int32_t i = 0; i < n; i++) {
         if (!adapter_fits(c, adapters[i]))
             return lorac_error(LORAC_STATUS_INVALID_ARG, "adapter %d was made for a model of another shape", i);
         if (!isfinite(scales[i])) return lorac_error(LORAC_STATUS_INVALID_ARG, "adapter scale must be finite");
-        int32_t r = adapter_max_rank(adapters[i]);
-        max_r = r > max_r ? r : max_r;
     }
-    float *u = NULL;
-    if (max_r > 0) {
-        u = malloc(sizeof(float) * (size_t)ctx->params.n_batch * (size_t)max_r);
-        if (!u) return lorac_error(LORAC_STATUS_NOMEM, "out of memory for adapter scratch");
-    }
-    free(ctx->lora_u);
-    ctx->lora_u = u;
     for (int32_t i = 0; i < n; i++) { ctx->adapters[i] = adapters[i]; ctx->adapter_scales[i] = scales[i]; }
     ctx->n_adapters = n;
     return LORAC_STATUS_OK;
 }
 
-/* y (T,out) += Σ_i scale_i · s_i · (x·A_iᵀ)·B_iᵀ over the attached adapters
- * that adapt (layer, target). */
-static void apply_adapters(lorac_context_t *ctx, int32_t layer, lorac_lora_target_t target, float *y, const float *x,
-                           int64_t T) {
+/* The LoRA terms of the adapters that adapt (layer, target), for the part
+ * of a product that computes it: y (T,out) += scale_i · s_i · (x·A_iᵀ)·B_iᵀ
+ * for each adapter attached to every row, in order, then the per-sequence
+ * runs' adapters on their rows. *n_segs and *u_used count the segments and
+ * the scratch the product's earlier parts took. */
+static void add_lora_terms(lorac_context_t *ctx, int32_t layer, lorac_lora_target_t target, lorac_matmul_part_t *part,
+                           int64_t T, int32_t *n_segs, int64_t *u_used) {
+    lorac_lora_segment_t *segs = ctx->lora_segs + *n_segs;
+    int32_t n = 0;
     for (int32_t i = 0; i < ctx->n_adapters; i++) {
         const lorac_lora_module_t *m = lorac_adapter_find(ctx->adapters[i], layer, target);
         if (!m) continue;
-        /* one segment over every row: shrink and expand in one parallel
-         * region, and the same arithmetic as a per-sequence adapter */
-        lorac_lora_segment_t all = {.start = 0, .len = T, .u_offset = 0, .r = m->r,
-                                    .scale = m->scale * ctx->adapter_scales[i], .A = m->A, .B = m->B, .Bt = m->Bt};
-        lorac_lora_sgmv(y, ctx->lora_u, x, &all, 1, m->in, m->out);
+        segs[n++] = (lorac_lora_segment_t){.start = 0, .len = T, .u_offset = *u_used, .r = m->r,
+                                           .scale = m->scale * ctx->adapter_scales[i], .A = m->A, .B = m->B, .Bt = m->Bt};
+        *u_used += T * m->r;
     }
-    /* per-sequence adapters: one segmented pass over every run that adapts
-     * this projection */
-    int32_t n_segs = 0;
-    int64_t u_used = 0, in = 0, out = 0;
     for (int32_t g = 0; g < ctx->n_runs; g++) {
         const lorac_lora_module_t *m = lorac_adapter_find(ctx->run_adapter[g], layer, target);
         if (!m) continue;
-        lorac_lora_segment_t *sg = &ctx->segs[n_segs++];
-        sg->start = ctx->run_start[g];
-        sg->len = ctx->run_len[g];
-        sg->u_offset = u_used;
-        sg->r = m->r;
-        sg->scale = m->scale * ctx->run_scale[g];
-        sg->A = m->A;
-        sg->B = m->B;
-        sg->Bt = m->Bt;
-        u_used += sg->len * m->r;
-        in = m->in;
-        out = m->out;
+        segs[n++] = (lorac_lora_segment_t){.start = ctx->run_start[g], .len = ctx->run_len[g], .u_offset = *u_used,
+                                           .r = m->r, .scale = m->scale * ctx->run_scale[g], .A = m->A, .B = m->B,
+                                           .Bt = m->Bt};
+        *u_used += ctx->run_len[g] * m->r;
     }
-    if (n_segs > 0) lorac_lora_sgmv(y, ctx->sgmv_u, x, ctx->segs, n_segs, in, out);
+    part->lora = n > 0 ? segs : NULL;
+    part->n_lora = n;
+    *n_segs += n;
 }
 
 void lorac_context_clear_seq(lorac_context_t *ctx, int32_t seq_id) {
@@ -292,13 +280,15 @@ static void attention_block(lorac_context_t *ctx, const lorac_batch_t *b, int32_
     int64_t Q = H * hd, KV = ctx->kv_dim, n_ctx = ctx->params.n_ctx;
 
     lorac_rmsnorm_forward(ctx->xn, NULL, ctx->x, L->attn_norm.data, L->attn_norm.dtype, c->rms_norm_eps, T, D);
-    lorac_matmul_part_t qkv[3] = {{ctx->q, L->wq.data, L->wq.dtype, L->bq, Q},
-                                  {ctx->k, L->wk.data, L->wk.dtype, L->bk, KV},
-                                  {ctx->v, L->wv.data, L->wv.dtype, L->bv, KV}};
-    lorac_matmul_forward_parts(qkv, 3, ctx->xn, T, D);
-    apply_adapters(ctx, l, LORAC_LORA_Q, ctx->q, ctx->xn, T);
-    apply_adapters(ctx, l, LORAC_LORA_K, ctx->k, ctx->xn, T);
-    apply_adapters(ctx, l, LORAC_LORA_V, ctx->v, ctx->xn, T);
+    lorac_matmul_part_t qkv[3] = {{ctx->q, L->wq.data, L->wq.dtype, L->bq, Q, NULL, 0},
+                                  {ctx->k, L->wk.data, L->wk.dtype, L->bk, KV, NULL, 0},
+                                  {ctx->v, L->wv.data, L->wv.dtype, L->bv, KV, NULL, 0}};
+    int32_t n_segs = 0;
+    int64_t u_used = 0;
+    add_lora_terms(ctx, l, LORAC_LORA_Q, &qkv[0], T, &n_segs, &u_used);
+    add_lora_terms(ctx, l, LORAC_LORA_K, &qkv[1], T, &n_segs, &u_used);
+    add_lora_terms(ctx, l, LORAC_LORA_V, &qkv[2], T, &n_segs, &u_used);
+    lorac_matmul_forward_parts_lora(qkv, 3, ctx->xn, T, D, ctx->lora_u);
     lorac_rope_forward(ctx->q, b->pos, m->inv_freq, T, H, hd);
     lorac_rope_forward(ctx->k, b->pos, m->inv_freq, T, KVH, hd);
 
@@ -313,8 +303,10 @@ static void attention_block(lorac_context_t *ctx, const lorac_batch_t *b, int32_
         ctx->n_visible[t] = b->pos[t] + 1;
     }
     lorac_attention_forward(ctx->att, ctx->att_scratch, ctx->q, ctx->k_rows, ctx->v_rows, ctx->n_visible, T, H, KVH, hd);
-    lorac_matmul_forward(ctx->proj, ctx->att, L->wo.data, L->wo.dtype, L->bo, T, Q, D);
-    apply_adapters(ctx, l, LORAC_LORA_O, ctx->proj, ctx->att, T);
+    lorac_matmul_part_t o = {ctx->proj, L->wo.data, L->wo.dtype, L->bo, D, NULL, 0};
+    n_segs = 0, u_used = 0;
+    add_lora_terms(ctx, l, LORAC_LORA_O, &o, T, &n_segs, &u_used);
+    lorac_matmul_forward_parts_lora(&o, 1, ctx->att, T, Q, ctx->lora_u);
     add_inplace(ctx->x, ctx->proj, T * D);
 }
 
@@ -323,14 +315,18 @@ static void mlp_block(lorac_context_t *ctx, int64_t T, int32_t l) {
     const lorac_layer_weights_t *L = &ctx->model->layers[l];
     int64_t D = c->hidden_size, I = c->intermediate_size;
     lorac_rmsnorm_forward(ctx->xn, NULL, ctx->x, L->ffn_norm.data, L->ffn_norm.dtype, c->rms_norm_eps, T, D);
-    lorac_matmul_part_t gate_up[2] = {{ctx->gate, L->w_gate.data, L->w_gate.dtype, L->b_gate, I},
-                                      {ctx->up, L->w_up.data, L->w_up.dtype, L->b_up, I}};
-    lorac_matmul_forward_parts(gate_up, 2, ctx->xn, T, D);
-    apply_adapters(ctx, l, LORAC_LORA_GATE, ctx->gate, ctx->xn, T);
-    apply_adapters(ctx, l, LORAC_LORA_UP, ctx->up, ctx->xn, T);
+    lorac_matmul_part_t gate_up[2] = {{ctx->gate, L->w_gate.data, L->w_gate.dtype, L->b_gate, I, NULL, 0},
+                                      {ctx->up, L->w_up.data, L->w_up.dtype, L->b_up, I, NULL, 0}};
+    int32_t n_segs = 0;
+    int64_t u_used = 0;
+    add_lora_terms(ctx, l, LORAC_LORA_GATE, &gate_up[0], T, &n_segs, &u_used);
+    add_lora_terms(ctx, l, LORAC_LORA_UP, &gate_up[1], T, &n_segs, &u_used);
+    lorac_matmul_forward_parts_lora(gate_up, 2, ctx->xn, T, D, ctx->lora_u);
     lorac_swiglu_forward(ctx->gate, ctx->gate, ctx->up, T, I);
-    lorac_matmul_forward(ctx->proj, ctx->gate, L->w_down.data, L->w_down.dtype, L->b_down, T, I, D);
-    apply_adapters(ctx, l, LORAC_LORA_DOWN, ctx->proj, ctx->gate, T);
+    lorac_matmul_part_t down = {ctx->proj, L->w_down.data, L->w_down.dtype, L->b_down, D, NULL, 0};
+    n_segs = 0, u_used = 0;
+    add_lora_terms(ctx, l, LORAC_LORA_DOWN, &down, T, &n_segs, &u_used);
+    lorac_matmul_forward_parts_lora(&down, 1, ctx->gate, T, I, ctx->lora_u);
     add_inplace(ctx->x, ctx->proj, T * D);
 }
 
