@@ -103,6 +103,15 @@ typedef struct {
 lorac_status_t lorac_file_map(const char *path, lorac_mapped_file_t *out);
 void lorac_file_unmap(lorac_mapped_file_t *file);
 
+/* Tells the kernel the n bytes at p, inside a mapping of lorac_file_map, are
+ * no longer needed: the whole pages among them leave this process's memory
+ * (they read back from the file if touched again). */
+void lorac_file_release(const void *p, size_t n);
+
+/* The alignment, in bytes, at which the kernels read weights fastest (a
+ * cache line: a misaligned vector load touches two). */
+#define LORAC_WEIGHT_ALIGN 64
+
 /* Reads a whole file into a NUL-terminated malloc'd buffer (caller frees).
  * Fails on files over max_size bytes. */
 lorac_status_t lorac_file_read(const char *path, size_t max_size, char **out, size_t *out_len);

