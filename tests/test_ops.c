@@ -1,6 +1,6 @@
 /* The elementwise kernels — RMSNorm (forward, backward with the weight
  * gradient), SwiGLU (forward, backward) and rotary (forward, backward) —
- * and the softmax against direct double-precision formulas, at a size that runs threaded
+ * the softmax and the inference attention against direct double-precision formulas, at a size that runs threaded
  * (above LORAC_PARALLEL_MIN_ELEMS) and at one row (decode, unthreaded),
  * and bitwise equal for 1, 2 and 3 threads: each output element is made by
  * one thread in a fixed order, so the thread count must not change a bit. */
@@ -84,6 +84,55 @@ static void check_reference(const outputs_t *o, int rows) {
     for (int i = 0; i < 8; i++) CHECK_MSG(e[i] < 2e-6, "%d rows, output %d: error %g", rows, i, e[i]);
 }
 
+/* Inference attention over a KV cache (grouped-query, 6 query heads on 2
+ * kv heads): three queries seeing 1, 57 and 300 cached positions, against
+ * double, and the same bits for 1, 2 and 3 threads (a one-query decode
+ * step is threaded too once the cache is long). */
+static void check_attention(void) {
+    enum { AT = 3, AH = 6, AKVH = 2, AHD = 64, ACTX = 300 };
+    static float q[AT * AH * AHD], kc[ACTX * AKVH * AHD], vc[ACTX * AKVH * AHD], out[AT * AH * AHD],
+        first[AT * AH * AHD], scratch[3 * ACTX];
+    static double ref[AT * AH * AHD];
+    for (int i = 0; i < AT * AH * AHD; i++) q[i] = frand();
+    for (int i = 0; i < ACTX * AKVH * AHD; i++) kc[i] = frand(), vc[i] = frand();
+    const float *krows[AT] = {kc, kc, kc}, *vrows[AT] = {vc, vc, vc};
+    int32_t n_ctx[AT] = {1, 57, ACTX};
+    for (int t = 0; t < AT; t++)
+        for (int h = 0; h < AH; h++) {
+            int kvh = h / (AH / AKVH);
+            const float *qv = q + (t * AH + h) * AHD;
+            double sc[ACTX], mx = -INFINITY, sum = 0;
+            for (int p = 0; p < n_ctx[t]; p++) {
+                double d = 0;
+                for (int i = 0; i < AHD; i++) d += (double)qv[i] * kc[(p * AKVH + kvh) * AHD + i];
+                sc[p] = d / sqrt((double)AHD), mx = fmax(mx, sc[p]);
+            }
+            for (int p = 0; p < n_ctx[t]; p++) sum += sc[p] = exp(sc[p] - mx);
+            for (int i = 0; i < AHD; i++) {
+                double o = 0;
+                for (int p = 0; p < n_ctx[t]; p++) o += sc[p] / sum * vc[(p * AKVH + kvh) * AHD + i];
+                ref[(t * AH + h) * AHD + i] = o;
+            }
+        }
+    for (int rows = 1; rows <= AT; rows += AT - 1) { /* the last query alone (decode), then all three */
+        int t0 = AT - rows;
+        for (int threads = 1; threads <= 3; threads++) {
+            lorac_kernels_set_threads(threads);
+            lorac_attention_forward(out, scratch, q + t0 * AH * AHD, krows + t0, vrows + t0, n_ctx + t0, rows, AH,
+                                    AKVH, AHD);
+            if (threads == 1) {
+                double e = rel_err(out, ref + t0 * AH * AHD, rows * AH * AHD);
+                printf("  attention, %d %s: %.2g\n", rows, rows == 1 ? "query" : "queries", e);
+                CHECK_MSG(e < 1e-5, "attention error %g", e);
+                memcpy(first, out, sizeof out);
+            } else {
+                CHECK_MSG(memcmp(first, out, sizeof(float) * (size_t)(rows * AH * AHD)) == 0,
+                          "attention, %d queries: %d threads differ from 1 in some bit", rows, threads);
+            }
+        }
+    }
+}
+
 int main(void) {
     for (int i = 0; i < N; i++) x[i] = 3.0f * frand(), dout[i] = frand(), up[i] = frand();
     /* gates over the whole useful range of the sigmoid, both tails included */
@@ -119,5 +168,6 @@ int main(void) {
                       threads);
         }
     }
+    check_attention();
     return tl_finish("test_ops");
 }

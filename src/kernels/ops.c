@@ -76,6 +76,14 @@ void lorac_softmax_forward(float *x, int64_t T, int64_t n) {
     }
 }
 
+/* Cache positions fetched ahead by the attention loops. */
+#define KV_PREFETCH 8
+
+/* Asks for the cache lines of n floats at p (a hint; no fault if unmapped). */
+static inline void prefetch_row(const float *p, int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(p + i);
+}
+
 // out, q are (T, H, hd); for token t, k_cache[t] and v_cache[t] point at its
 // sequence's cache rows (n_ctx[t], KVH, hd). Query head h reads kv head
 // h / (H / KVH) (grouped-query attention). Causality is given by n_ctx[t]:
@@ -89,7 +97,10 @@ void lorac_attention_forward(float *out, float *scratch, const float *q,
     for (int64_t t = 0; t < T; t++) max_ctx = n_ctx[t] > max_ctx ? n_ctx[t] : max_ctx;
     float scale = 1.0f / sqrtf((float)hd);
     int n_threads = lorac_kernels_get_threads();
-    #pragma omp parallel num_threads(n_threads) if (T * H * max_ctx > 4096)
+    /* Threaded from a few thousand cache values: a decode step's single
+     * query still reads every cached key and value of its layer, which
+     * after the layer's weights have streamed through come from DRAM. */
+    #pragma omp parallel num_threads(n_threads) if (T * H * max_ctx * hd >= LORAC_PARALLEL_MIN_ELEMS)
     {
         float *scores = scratch + (int64_t)omp_get_thread_num() * max_ctx;
         #pragma omp for schedule(static)
@@ -100,7 +111,11 @@ void lorac_attention_forward(float *out, float *scratch, const float *q,
             memset(o, 0, sizeof(float) * (size_t)hd);
             int32_t n = n_ctx[t];
             float mx = -INFINITY;
+            /* One head's rows lie KVH·hd apart, a stride the hardware
+             * prefetchers do not follow: fetch the rows KV_PREFETCH
+             * positions ahead while these are used. */
             for (int32_t p = 0; p < n; p++) {
+                if (p + KV_PREFETCH < n) prefetch_row(k_cache[t] + ((int64_t)(p + KV_PREFETCH) * KVH + kvh) * hd, hd);
                 float s = dot_f32(qv, k_cache[t] + ((int64_t)p * KVH + kvh) * hd, hd) * scale;
                 scores[p] = s;
                 mx = s > mx ? s : mx;
@@ -109,6 +124,7 @@ void lorac_attention_forward(float *out, float *scratch, const float *q,
             for (int32_t p = 0; p < n; p++) { scores[p] = expf(scores[p] - mx); sum += scores[p]; }
             float inv = 1.0f / sum;
             for (int32_t p = 0; p < n; p++) {
+                if (p + KV_PREFETCH < n) prefetch_row(v_cache[t] + ((int64_t)(p + KV_PREFETCH) * KVH + kvh) * hd, hd);
                 const float *vv = v_cache[t] + ((int64_t)p * KVH + kvh) * hd;
                 float w = scores[p] * inv;
                 #pragma omp simd
