@@ -1,5 +1,6 @@
 /* Sampling and streaming UTF-8 output. */
 #include "lorac/infer.h"
+#include "lorac/kernels.h"
 #include "testlib.h"
 
 static int32_t sample_once(lorac_sampler_params_t p, const float *logits, int32_t V) {
@@ -12,7 +13,37 @@ static int32_t sample_once(lorac_sampler_params_t p, const float *logits, int32_
     return id;
 }
 
+/* lorac_argmax against the one-pass loop it replaced, on vocabulary-sized
+ * rows with the maximum repeated, at the ends, among NaNs and -infs. */
+static void check_argmax(void) {
+    enum { V = 32003 };
+    static float x[V];
+    uint64_t r = 12345;
+    int bad = 0;
+    for (int round = 0; round < 12; round++) {
+        for (int i = 0; i < V; i++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            x[i] = (float)((r >> 40) % 1000) - 500.0f; /* many ties */
+        }
+        if (round == 1) x[V - 1] = 1000.0f;                           /* the very last */
+        if (round == 2) x[0] = 1000.0f;                               /* the very first */
+        if (round == 3) for (int i = 0; i < V; i += 3) x[i] = NAN;    /* NaNs passed over */
+        if (round == 4) x[0] = NAN;                                   /* a NaN first: 0 */
+        if (round == 5) for (int i = 0; i < V; i++) x[i] = -INFINITY; /* all -inf: 0 */
+        if (round == 6) for (int i = 1; i < V; i++) x[i] = NAN;
+        int64_t got = lorac_argmax(x, V - round); /* lengths off a vector width too */
+        int64_t want_n = 0;
+        for (int64_t i = 1; i < V - round; i++)
+            if (x[i] > x[want_n]) want_n = i;
+        if (got != want_n && bad++ < 3) fprintf(stderr, "  argmax round %d: %lld, expected %lld\n", round, (long long)got, (long long)want_n);
+    }
+    CHECK_MSG(bad == 0, "lorac_argmax differs from the reference loop in %d rows", bad);
+    x[0] = 3.0f;
+    CHECK(lorac_argmax(x, 1) == 0);
+}
+
 int main(void) {
+    check_argmax();
     const float logits[6] = {0.1f, 2.0f, 1.9f, -3.0f, 2.0f, 0.5f};
     lorac_sampler_params_t p = lorac_sampler_default_params();
 

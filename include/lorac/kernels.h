@@ -110,6 +110,9 @@ void lorac_swiglu_forward(float *out, const float *gate, const float *up, int64_
  * positions (T); inv_freq (head_dim/2). */
 void lorac_rope_forward(float *x, const int32_t *positions, const float *inv_freq,
                         int64_t T, int64_t n_heads, int64_t head_dim);
+/* Index of the largest of x[0..n) (n >= 1), the lowest on ties; NaNs are
+ * passed over, except that a NaN x[0] gives 0. */
+int64_t lorac_argmax(const float *x, int64_t n);
 /* Softmax of each row of x (T, n) in place. */
 void lorac_softmax_forward(float *x, int64_t T, int64_t n);
 

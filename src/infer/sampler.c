@@ -53,12 +53,6 @@ void lorac_sampler_free(lorac_sampler_t *s) {
     free(s);
 }
 
-static int32_t argmax(const float *x, int32_t n) {
-    int32_t best = 0;
-    for (int32_t i = 1; i < n; i++) if (x[i] > x[best]) best = i;
-    return best;
-}
-
 /* Descending by probability, then ascending id: a total order, so the result
  * does not depend on the sort implementation. */
 static int ranks_before(const candidate_t *x, const candidate_t *y) {
@@ -101,7 +95,7 @@ static void select_top_k(candidate_t *c, int32_t n, int32_t k) {
 int32_t lorac_sampler_sample(lorac_sampler_t *s, float *logits) {
     int32_t V = s->vocab_size;
     const lorac_sampler_params_t *p = &s->params;
-    if (p->temperature == 0.0f || p->top_k == 1) return argmax(logits, V);
+    if (p->temperature == 0.0f || p->top_k == 1) return (int32_t)lorac_argmax(logits, V);
 
     /* softmax with temperature, in place (the vectorised kernel: libm's
      * expf over the vocabulary took a fifth of a 15M model's token) */
