@@ -5,7 +5,7 @@
 # 6 layers, 6 heads, hidden 768, vocab 32000) and 110M-shaped (dim 768,
 # 12 layers, 12 heads, hidden 2048, vocab 32000) models in F32 and BF16:
 #   * lorac generate -m DIR -p PROMPT --temp 0 --ignore-eos -n 128 -t 2 (its stderr
-#     "prompt: ... tok/s" and "generate: ... tok/s" lines), and
+#     "prompt: ... tok/s" and "generate: ... tok/s" lines, best of REPS runs), and
 #   * bench/torch_generate.py on the same model and prompt ids (KV cache,
 #     greedy, 2 threads; f32, or bf16 weights+activations for BF16 rows),
 #     with Debian's OpenBLAS (libopenblas0-openmp, installed if missing) and
@@ -18,7 +18,9 @@
 # Usage: bench/bench_generate.sh            (after `make build`)
 # Env:   LORAC_BIN (default build/lorac), N (128), THREADS (2),
 #        TORCH_NETLIB=0 to skip the torch-with-reference-BLAS rows,
-#        MODELS="s15m s110m", DTYPES="F32 BF16".
+#        MODELS="s15m s110m", DTYPES="F32 BF16", REPS (3: lorac runs per row,
+#        the best rates kept; torch_generate.py keeps its best of 3 after a
+#        warm-up).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -30,6 +32,7 @@ THREADS=${THREADS:-2}
 MODELS=${MODELS:-"s15m s110m"}
 DTYPES=${DTYPES:-"F32 BF16"}
 TORCH_NETLIB=${TORCH_NETLIB:-1}
+REPS=${REPS:-3}
 FIX=${LORAC_FIXTURES:-$ROOT/../shared/fixtures}
 TOKJSON=$FIX/tokenizers/tinyllama-1.1b-chat-v1.0/tokenizer.json
 LIBDIR=/usr/lib/x86_64-linux-gnu
@@ -121,10 +124,18 @@ for m in $MODELS; do
       ids="1 $(seq -s ' ' 300 338)"
     fi
     log "## $m $dt: prompt of $(wc -w <<<"$ids") tokens"
-    "$LORAC" generate -m "$d" -p "$PROMPT" --temp 0 --ignore-eos -n "$N" -t "$THREADS" >"$OUT/lorac-$m-$dt.txt" 2>"$OUT/lorac-$m-$dt.err" || {
-      log "# lorac generate failed:"; tail -5 "$OUT/lorac-$m-$dt.err" >&2; }
-    lp=$(rate prompt <"$OUT/lorac-$m-$dt.err" || true)
-    lg=$(rate generate <"$OUT/lorac-$m-$dt.err" || true)
+    # REPS runs, the best prompt and decode rates kept, as torch_generate.py
+    # does with its --reps (after a warm-up); a single cold run right after
+    # the previous row's torch processes measured up to 40% below the next
+    lp="" lg=""
+    for rep in $(seq "$REPS"); do
+      "$LORAC" generate -m "$d" -p "$PROMPT" --temp 0 --ignore-eos -n "$N" -t "$THREADS" >"$OUT/lorac-$m-$dt.txt" 2>"$OUT/lorac-$m-$dt.err" || {
+        log "# lorac generate failed:"; tail -5 "$OUT/lorac-$m-$dt.err" >&2; break; }
+      p=$(rate prompt <"$OUT/lorac-$m-$dt.err" || true)
+      g=$(rate generate <"$OUT/lorac-$m-$dt.err" || true)
+      lp=$($PY -c "import sys; print(max(sys.argv[1:], key=float))" $lp $p)
+      lg=$($PY -c "import sys; print(max(sys.argv[1:], key=float))" $lg $g)
+    done
     log "lorac: prompt ${lp:-?} tok/s, generate ${lg:-?} tok/s"
     "${OPENBLAS_ENV[@]}" $PY bench/torch_generate.py -m "$d" --ids "$ids" -n "$N" -t "$THREADS" --dtype "$tdt" \
       --check >"$OUT/torch-$m-$dt.txt" 2>&1 || { log "# torch failed:"; tail -5 "$OUT/torch-$m-$dt.txt" >&2; }
@@ -162,9 +173,9 @@ EOF
 done
 
 # ---- table -------------------------------------------------------------------------
-$PY - "$RES" "$OUT" "$BW" "$BW_SRC" "$THREADS" "$N" <<'EOF'
+$PY - "$RES" "$OUT" "$BW" "$BW_SRC" "$THREADS" "$N" "$REPS" <<'EOF'
 import json, os, struct, sys
-res, out, bw, bw_src, threads, n = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
+res, out, bw, bw_src, threads, n, reps = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7]
 names = {"s15m": "TinyStories-15M shape", "s110m": "TinyStories-110M shape"}
 
 def bytes_per_token(d):
@@ -191,7 +202,7 @@ def s(x, fmt="{:.1f}"):
 print()
 print(f"lorac generate --temp 0 -t {threads} -n {n} --ignore-eos vs PyTorch {__import__('torch').__version__} "
       f"(KV cache, greedy, {threads} threads, OpenBLAS 0.3.21 with OPENBLAS_CORETYPE=SkylakeX; "
-      "bf16 rows: bf16 weights and activations).")
+      f"bf16 rows: bf16 weights and activations); lorac's best of {reps} runs, torch's of 3 after a warm-up.")
 print(f"Bandwidth bound = {bw:.1f} GB/s ({bw_src}) / weight bytes per token.")
 print()
 print("| model | dtype | lorac prompt tok/s | torch prompt tok/s | lorac decode tok/s | torch decode tok/s "
