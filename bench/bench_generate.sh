@@ -71,12 +71,19 @@ BW_SRC=""
 if [ -f bench/membw.c ]; then
   if { [ -f bench/Makefile ] && make -s -C bench out/membw >&2; } ||
      gcc -O2 -march=native -fopenmp -D_GNU_SOURCE bench/membw.c -o "$OUT/membw" >&2; then
-    MEMBW_OUT=$("$OUT/membw")
-    log "## bench/membw"; log "$MEMBW_OUT"
-    # rows: threads  read GB/s  copy GB/s
-    BW=$(awk -v t="$THREADS" '$1 == t && NF >= 3 {print $2}' <<<"$MEMBW_OUT")
-    COPYBW=$(awk -v t="$THREADS" '$1 == t && NF >= 3 {print $3}' <<<"$MEMBW_OUT")
-    [ -n "$BW" ] && BW_SRC="bench/membw read bandwidth, $THREADS threads (copy: $COPYBW GB/s)"
+    # three runs, the highest rates kept: the bound is what the machine can
+    # deliver, and one run on a busy moment measured 16 GB/s against 26-29
+    BW="" COPYBW=""
+    for rep in 1 2 3; do
+      MEMBW_OUT=$("$OUT/membw")
+      log "## bench/membw ($rep)"; log "$MEMBW_OUT"
+      # rows: threads  read GB/s  copy GB/s
+      r=$(awk -v t="$THREADS" '$1 == t && NF >= 3 {print $2}' <<<"$MEMBW_OUT")
+      c=$(awk -v t="$THREADS" '$1 == t && NF >= 3 {print $3}' <<<"$MEMBW_OUT")
+      [ -n "$r" ] && BW=$($PY -c "import sys; print(max(sys.argv[1:], key=float))" $BW $r)
+      [ -n "$c" ] && COPYBW=$($PY -c "import sys; print(max(sys.argv[1:], key=float))" $COPYBW $c)
+    done
+    [ -n "$BW" ] && BW_SRC="bench/membw read bandwidth, best of 3, $THREADS threads (copy: $COPYBW GB/s)"
   fi
 fi
 if [ -z "$BW_SRC" ]; then
