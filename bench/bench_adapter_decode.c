@@ -5,7 +5,8 @@
  * PEFT's default), decode tokens/s of base + unmerged adapter against the
  * same adapter merged into the weights (lorac_merge_write into WORK_DIR) and
  * against the base alone, one sequence, G tokens after a short prompt,
- * ROUNDS alternating rounds, best of each. Then the time of an
+ * ROUNDS rounds of the three in rotated order: the best rate of each, and
+ * the median over rounds of each round's slowdown. Then the time of an
  * adapter switch (lorac_context_set_adapters and
  * lorac_context_set_seq_adapter) against one decode step of the base.
  *
@@ -19,8 +20,19 @@
 #include "lorac/kernels.h"
 #include "lorac/lora.h"
 
-/* Alternating rounds of (merged, base, unmerged) decode runs; best of each. */
-#define ROUNDS 5
+/* Rounds of (merged, base, unmerged) decode runs. */
+#define ROUNDS 7
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Median of n values (sorts them). */
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
 
 static double now_s(void) {
     struct timespec ts;
@@ -94,8 +106,8 @@ int main(int argc, char **argv) {
     const lorac_model_config_t *c = lorac_model_get_config(model);
     printf("# bench_adapter_decode: %s (dim %d, %d layers), %d decode steps, %d threads, %s kernels\n", model_dir,
            c->hidden_size, c->n_layers, G, threads, lorac_kernels_isa());
-    printf("| adapter | merged tok/s | base tok/s | unmerged tok/s | unmerged slower than merged | than base |\n"
-           "|---|---|---|---|---|---|\n");
+    printf("| adapter | merged tok/s | base tok/s | unmerged tok/s | unmerged slower than merged (median of %d rounds) | than base |\n"
+           "|---|---|---|---|---|---|\n", ROUNDS);
     const int ranks[3] = {8, 16, 64};
     const uint32_t all = (1u << LORAC_LORA_COUNT) - 1, qv = (1u << LORAC_LORA_Q) | (1u << LORAC_LORA_V);
     for (int ti = 0; ti < 2; ti++)
@@ -109,21 +121,28 @@ int main(int argc, char **argv) {
             if (lorac_merge_write(model_dir, one, &scale, 1, LORAC_DTYPE_COUNT, merged_dir)) die("merge");
             lorac_model_t *merged;
             if (lorac_model_load(merged_dir, &merged)) die(merged_dir);
-            /* Alternated, best of each: this VM's speed drifts by 10-20%
-             * over minutes. The base model without an adapter runs the
-             * merged model's kernels on the same pages the unmerged run
-             * reads, so it is reported too: between two copies of the same
-             * weights (base and merged) runs alone differ by up to ~10%. */
-            double rm = 0, rb = 0, ru = 0;
+            /* Rounds of the three runs, in an order rotated each round;
+             * this VM's speed drifts by 10-20% over minutes, so the
+             * slowdowns are the median over rounds of each round's own
+             * ratio, and the rates the best of each. The base model without
+             * an adapter runs the merged model's kernels on the same pages
+             * the unmerged run reads, so it is reported too: between two
+             * copies of the same weights (base and merged) best rates
+             * differ by up to ~10%. */
+            double best[3] = {0, 0, 0}, slow_m[ROUNDS], slow_b[ROUNDS];
             for (int rep = 0; rep < ROUNDS; rep++) {
-                double m1 = decode_rate(merged, NULL, G), b1 = decode_rate(model, NULL, G), u1 = decode_rate(model, a, G);
-                rm = m1 > rm ? m1 : rm;
-                rb = b1 > rb ? b1 : rb;
-                ru = u1 > ru ? u1 : ru;
+                double r[3];
+                for (int k = 0; k < 3; k++) {
+                    int which = (rep + k) % 3; /* 0 merged, 1 base, 2 unmerged */
+                    r[which] = decode_rate(which == 0 ? merged : model, which == 2 ? a : NULL, G);
+                    best[which] = r[which] > best[which] ? r[which] : best[which];
+                }
+                slow_m[rep] = r[0] / r[2] - 1.0;
+                slow_b[rep] = r[1] / r[2] - 1.0;
             }
             printf("| r=%d, %s | %.1f | %.1f | %.1f | %.1f%% | %.1f%% |\n", ranks[ri],
-                   ti == 0 ? "all seven projections" : "q_proj+v_proj", rm, rb, ru, 100.0 * (rm / ru - 1.0),
-                   100.0 * (rb / ru - 1.0));
+                   ti == 0 ? "all seven projections" : "q_proj+v_proj", best[0], best[1], best[2],
+                   100.0 * median(slow_m, ROUNDS), 100.0 * median(slow_b, ROUNDS));
             fflush(stdout);
             lorac_model_free(merged);
             lorac_adapter_free(a);
