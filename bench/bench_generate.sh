@@ -43,6 +43,8 @@ RES=$OUT/results.tsv
 : >"$RES"
 
 log() { printf '%s\n' "$*" >&2; }
+# the largest of its numeric arguments
+maxf() { $PY -c "import sys; print(max(sys.argv[1:], key=float))" "$@"; }
 
 # ---- environment --------------------------------------------------------------
 log "# bench_generate $(date -u +%FT%TZ) on $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
@@ -80,8 +82,8 @@ if [ -f bench/membw.c ]; then
       # rows: threads  read GB/s  copy GB/s
       r=$(awk -v t="$THREADS" '$1 == t && NF >= 3 {print $2}' <<<"$MEMBW_OUT")
       c=$(awk -v t="$THREADS" '$1 == t && NF >= 3 {print $3}' <<<"$MEMBW_OUT")
-      [ -n "$r" ] && BW=$($PY -c "import sys; print(max(sys.argv[1:], key=float))" $BW $r)
-      [ -n "$c" ] && COPYBW=$($PY -c "import sys; print(max(sys.argv[1:], key=float))" $COPYBW $c)
+      [ -n "$r" ] && BW=$(maxf $BW $r)
+      [ -n "$c" ] && COPYBW=$(maxf $COPYBW $c)
     done
     [ -n "$BW" ] && BW_SRC="bench/membw read bandwidth, best of 3, $THREADS threads (copy: $COPYBW GB/s)"
   fi
@@ -140,8 +142,8 @@ for m in $MODELS; do
         log "# lorac generate failed:"; tail -5 "$OUT/lorac-$m-$dt.err" >&2; break; }
       p=$(rate prompt <"$OUT/lorac-$m-$dt.err" || true)
       g=$(rate generate <"$OUT/lorac-$m-$dt.err" || true)
-      lp=$($PY -c "import sys; print(max(sys.argv[1:], key=float))" $lp $p)
-      lg=$($PY -c "import sys; print(max(sys.argv[1:], key=float))" $lg $g)
+      [ -n "$p" ] && lp=$(maxf $lp $p)
+      [ -n "$g" ] && lg=$(maxf $lg $g)
     done
     log "lorac: prompt ${lp:-?} tok/s, generate ${lg:-?} tok/s"
     "${OPENBLAS_ENV[@]}" $PY bench/torch_generate.py -m "$d" --ids "$ids" -n "$N" -t "$THREADS" --dtype "$tdt" \

@@ -65,7 +65,7 @@ void lorac_matmul_backward_weight(float *dw, float *dbias, const float *dout, co
 
 /* The expand half of a LoRA update: y (T,N) += s · u (T,R) · bᵀ, b is (N,R) f32.
  * Training's entry point: for many rows it sums as lorac_matmul_forward_batch
- * does (inference's adapters go through lorac_lora_sgmv). */
+ * does (inference's adapters go through lorac_matmul_forward_parts_lora). */
 void lorac_lora_expand_forward(float *y, const float *u, const float *b, float s, int64_t T, int64_t N, int64_t R);
 /* One adapter's LoRA term on a product: rows [start, start + len) of x and
  * of the part's out use A (r, in), B (out, r), f32, with scale s; u_offset

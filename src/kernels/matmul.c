@@ -118,10 +118,11 @@ static int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
 /* ---- LoRA: the low-rank terms, on the same block kernels --------------------
  * Inference adds them to the base product inside its parallel region
- * (lorac_matmul_forward_parts_lora). The expand y += s·u·Bᵀ has a tiny inner dimension (the rank), where a plain
- * dot loop stays scalar; as a matmul with K = r the SIMD block kernel does it
- * about 5x faster. Its result goes through a small stack tile, then is added
- * to y, so y keeps whatever the base matmul put there. */
+ * (lorac_matmul_forward_parts_lora). The expand y += s·u·Bᵀ has a tiny
+ * inner dimension (the rank), where a plain dot loop stays scalar; as a
+ * matmul with K = r the SIMD block kernel does it about 5x faster. Its
+ * result goes through a small stack tile, then is added to y, so y keeps
+ * whatever the base matmul put there. */
 #define EXPAND_COLS 256
 #define EXPAND_ROWS 16
 /* Segments of at most this many rows use the transposed copy of B when the
@@ -265,33 +266,27 @@ void lorac_matmul_forward_parts_lora(const lorac_matmul_part_t *parts, int n_par
         forward_part_rows(ops, parts, n_parts, x, T, K, 0, total, u);
         return;
     }
-    /* Decode streams w once: in 8 pieces a thread, handed out as the
-     * threads come free. In halves, the thread whose memory reads ran
-     * slower held the other at the barrier of every product. Any split
-     * gives the same bits (all tile shapes do). Longer batches: one block
-     * of whole 4-row groups per thread. */
-    int decode = T < DECODE_MAX_T;
-    int64_t n_pieces = (int64_t)nt * 8, piece = round_up((total + n_pieces - 1) / n_pieces, 4);
-    if (piece < 64) piece = 64;
-    if (!decode) piece = round_up((total + nt - 1) / nt, 4);
-    n_pieces = (total + piece - 1) / piece;
+    /* Pieces of whole 4-row groups, handed out as the threads come free.
+     * Decode streams w once: in 8 pieces a thread (in halves, the thread
+     * whose memory reads ran slower held the other at the barrier of every
+     * product). Longer batches: one piece per thread. Any split gives the
+     * same bits (all tile shapes do). */
+    int64_t piece = round_up((total + nt - 1) / nt, 4);
+    if (T < DECODE_MAX_T) {
+        piece = round_up((total + 8 * nt - 1) / (8 * nt), 4);
+        if (piece < 64) piece = 64;
+    }
+    int64_t n_pieces = (total + piece - 1) / piece;
 #pragma omp parallel num_threads(nt)
     {
         if (has_lora) {
             lora_shrink_share(ops, parts, n_parts, u, x, K, omp_get_thread_num(), omp_get_num_threads());
 #pragma omp barrier
         }
-        if (decode) {
 #pragma omp for schedule(dynamic, 1)
-            for (int64_t i = 0; i < n_pieces; i++)
-                forward_part_rows(ops, parts, n_parts, x, T, K, i * piece,
-                                  (i + 1) * piece < total ? (i + 1) * piece : total, u);
-        } else {
-#pragma omp for schedule(static)
-            for (int64_t i = 0; i < n_pieces; i++)
-                forward_part_rows(ops, parts, n_parts, x, T, K, i * piece,
-                                  (i + 1) * piece < total ? (i + 1) * piece : total, u);
-        }
+        for (int64_t i = 0; i < n_pieces; i++)
+            forward_part_rows(ops, parts, n_parts, x, T, K, i * piece, (i + 1) * piece < total ? (i + 1) * piece : total,
+                              u);
     }
 }
 

@@ -15,7 +15,6 @@
 
 #include <immintrin.h>
 #include <stdlib.h>
-#include <string.h>
 
 /* Forward tile: up to FT rows of x (T) times up to FN rows of w (N):
  * 24 zmm accumulators + 4 x + 1 weight = 29 of 32 registers. Each weight

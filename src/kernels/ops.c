@@ -47,15 +47,22 @@ void lorac_rope_forward(float *x, const int32_t *positions, const float *inv_fre
     rope_rotate(x, positions, inv_freq, T, n_heads, head_dim, 1.0f);
 }
 
+// The largest of init and x[0..n), NaNs passed over, in a vectorisable loop.
+static inline float max_from(float init, const float *x, int64_t n) {
+    float mx = init;
+    #pragma omp simd reduction(max : mx)
+    for (int64_t i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    return mx;
+}
+
 // The largest value in one vectorisable pass, then the first index holding
 // it: a single pass carries x[best] through a compare-and-move chain, one
-// element a cycle (4% of a greedy 15M-shape decode step at vocab 32000).
+// element a cycle (4% of a greedy 15M-shape decode step at vocab 32000 in a
+// `perf` profile).
 LORAC_MULTIVERSION
 int64_t lorac_argmax(const float *x, int64_t n) {
-    float mx = x[0];
-    if (mx != mx) return 0;
-    #pragma omp simd reduction(max : mx)
-    for (int64_t i = 1; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    if (x[0] != x[0]) return 0;
+    float mx = max_from(x[0], x + 1, n - 1);
     for (int64_t i = 0; i < n; i++)
         if (x[i] == mx) return i;
     return 0;
@@ -67,9 +74,7 @@ LORAC_MULTIVERSION
 void lorac_softmax_forward(float *x, int64_t T, int64_t n) {
     for (int64_t t = 0; t < T; t++) {
         float *row = x + t * n;
-        float mx = -INFINITY;
-        #pragma omp simd reduction(max : mx)
-        for (int64_t i = 0; i < n; i++) mx = row[i] > mx ? row[i] : mx;
+        float mx = max_from(-INFINITY, row, n);
         /* float lane sums per block of 1024 (a double in the simd loop
          * kept GCC from vectorising it), the blocks added in double */
         double sum = 0.0;
@@ -111,9 +116,10 @@ void lorac_attention_forward(float *out, float *scratch, const float *q,
     for (int64_t t = 0; t < T; t++) max_ctx = n_ctx[t] > max_ctx ? n_ctx[t] : max_ctx;
     float scale = 1.0f / sqrtf((float)hd);
     int n_threads = lorac_kernels_get_threads();
-    /* Threaded from a few thousand cache values: a decode step's single
-     * query still reads every cached key and value of its layer, which
-     * after the layer's weights have streamed through come from DRAM. */
+    /* Threaded from LORAC_PARALLEL_MIN_ELEMS cache values read: a decode
+     * step's single query still reads every cached key and value of its
+     * layer, which after the layer's weights have streamed through come
+     * from DRAM. */
     #pragma omp parallel num_threads(n_threads) if (T * H * max_ctx * hd >= LORAC_PARALLEL_MIN_ELEMS)
     {
         float *scores = scratch + (int64_t)omp_get_thread_num() * max_ctx;

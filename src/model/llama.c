@@ -230,6 +230,17 @@ static void add_lora_terms(lorac_context_t *ctx, int32_t layer, lorac_lora_targe
     *n_segs += n;
 }
 
+/* parts[i] (T rows of x, K wide) = x·w_iᵀ + bias_i plus the LoRA terms of
+ * targets[i]: the base products and every adapter on them in one parallel
+ * region. */
+static void adapted_product(lorac_context_t *ctx, int32_t layer, lorac_matmul_part_t *parts,
+                            const lorac_lora_target_t *targets, int n, const float *x, int64_t T, int64_t K) {
+    int32_t n_segs = 0;
+    int64_t u_used = 0;
+    for (int i = 0; i < n; i++) add_lora_terms(ctx, layer, targets[i], &parts[i], T, &n_segs, &u_used);
+    lorac_matmul_forward_parts_lora(parts, n, x, T, K, ctx->lora_u);
+}
+
 void lorac_context_clear_seq(lorac_context_t *ctx, int32_t seq_id) {
     if (seq_id >= 0 && seq_id < ctx->params.n_seq) ctx->seq_len[seq_id] = 0;
 }
@@ -283,12 +294,8 @@ static void attention_block(lorac_context_t *ctx, const lorac_batch_t *b, int32_
     lorac_matmul_part_t qkv[3] = {{ctx->q, L->wq.data, L->wq.dtype, L->bq, Q, NULL, 0},
                                   {ctx->k, L->wk.data, L->wk.dtype, L->bk, KV, NULL, 0},
                                   {ctx->v, L->wv.data, L->wv.dtype, L->bv, KV, NULL, 0}};
-    int32_t n_segs = 0;
-    int64_t u_used = 0;
-    add_lora_terms(ctx, l, LORAC_LORA_Q, &qkv[0], T, &n_segs, &u_used);
-    add_lora_terms(ctx, l, LORAC_LORA_K, &qkv[1], T, &n_segs, &u_used);
-    add_lora_terms(ctx, l, LORAC_LORA_V, &qkv[2], T, &n_segs, &u_used);
-    lorac_matmul_forward_parts_lora(qkv, 3, ctx->xn, T, D, ctx->lora_u);
+    const lorac_lora_target_t qkv_targets[3] = {LORAC_LORA_Q, LORAC_LORA_K, LORAC_LORA_V};
+    adapted_product(ctx, l, qkv, qkv_targets, 3, ctx->xn, T, D);
     lorac_rope_forward(ctx->q, b->pos, m->inv_freq, T, H, hd);
     lorac_rope_forward(ctx->k, b->pos, m->inv_freq, T, KVH, hd);
 
@@ -304,9 +311,8 @@ static void attention_block(lorac_context_t *ctx, const lorac_batch_t *b, int32_
     }
     lorac_attention_forward(ctx->att, ctx->att_scratch, ctx->q, ctx->k_rows, ctx->v_rows, ctx->n_visible, T, H, KVH, hd);
     lorac_matmul_part_t o = {ctx->proj, L->wo.data, L->wo.dtype, L->bo, D, NULL, 0};
-    n_segs = 0, u_used = 0;
-    add_lora_terms(ctx, l, LORAC_LORA_O, &o, T, &n_segs, &u_used);
-    lorac_matmul_forward_parts_lora(&o, 1, ctx->att, T, Q, ctx->lora_u);
+    const lorac_lora_target_t o_target = LORAC_LORA_O;
+    adapted_product(ctx, l, &o, &o_target, 1, ctx->att, T, Q);
     add_inplace(ctx->x, ctx->proj, T * D);
 }
 
@@ -317,16 +323,12 @@ static void mlp_block(lorac_context_t *ctx, int64_t T, int32_t l) {
     lorac_rmsnorm_forward(ctx->xn, NULL, ctx->x, L->ffn_norm.data, L->ffn_norm.dtype, c->rms_norm_eps, T, D);
     lorac_matmul_part_t gate_up[2] = {{ctx->gate, L->w_gate.data, L->w_gate.dtype, L->b_gate, I, NULL, 0},
                                       {ctx->up, L->w_up.data, L->w_up.dtype, L->b_up, I, NULL, 0}};
-    int32_t n_segs = 0;
-    int64_t u_used = 0;
-    add_lora_terms(ctx, l, LORAC_LORA_GATE, &gate_up[0], T, &n_segs, &u_used);
-    add_lora_terms(ctx, l, LORAC_LORA_UP, &gate_up[1], T, &n_segs, &u_used);
-    lorac_matmul_forward_parts_lora(gate_up, 2, ctx->xn, T, D, ctx->lora_u);
+    const lorac_lora_target_t gate_up_targets[2] = {LORAC_LORA_GATE, LORAC_LORA_UP};
+    adapted_product(ctx, l, gate_up, gate_up_targets, 2, ctx->xn, T, D);
     lorac_swiglu_forward(ctx->gate, ctx->gate, ctx->up, T, I);
     lorac_matmul_part_t down = {ctx->proj, L->w_down.data, L->w_down.dtype, L->b_down, D, NULL, 0};
-    n_segs = 0, u_used = 0;
-    add_lora_terms(ctx, l, LORAC_LORA_DOWN, &down, T, &n_segs, &u_used);
-    lorac_matmul_forward_parts_lora(&down, 1, ctx->gate, T, I, ctx->lora_u);
+    const lorac_lora_target_t down_target = LORAC_LORA_DOWN;
+    adapted_product(ctx, l, &down, &down_target, 1, ctx->gate, T, I);
     add_inplace(ctx->x, ctx->proj, T * D);
 }
 

@@ -52,10 +52,9 @@ static lorac_status_t find_tensor(lorac_model_t *m, lorac_tensor_kind_t kind, in
      * the header to 8 bytes, so a file's tensors usually start 8, 16, ... 56
      * bytes past a cache line, and a tensor after an odd-sized one can start
      * at any byte. Kernels read elements through typed pointers, and every
-     * vector load of a weight row off its cache line touches two lines
-     * (measured: F32 decode of the 110M shape 10% slower with its tensors 32
-     * bytes off), so such a tensor gets an aligned copy, and the mapped pages
-     * it came from are let go so that the model is not held twice. */
+     * vector load of a weight row off its cache line touches two lines, so
+     * such a tensor gets an aligned copy, and the mapped pages it came from
+     * are let go so that the model is not held twice. */
     if ((uintptr_t)tv->data % LORAC_WEIGHT_ALIGN != 0) {
         void **list = realloc(m->aligned_copies, sizeof(void *) * (size_t)(m->n_aligned_copies + 1));
         size_t padded = ((size_t)tv->nbytes + LORAC_WEIGHT_ALIGN - 1) / LORAC_WEIGHT_ALIGN * LORAC_WEIGHT_ALIGN;
