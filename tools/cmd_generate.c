@@ -76,6 +76,7 @@ int cmd_generate(int argc, char **argv) {
     if (prompt_file) { file_text = cli_read_file(prompt_file, &prompt_len); prompt = file_text; }
     else prompt_len = strlen(prompt);
 
+    cli_require_tokenizer(model_dir, "generate");
     lorac_model_t *model;
     cli_check(lorac_model_load(model_dir, &model));
     const lorac_model_config_t *cfg = lorac_model_get_config(model);

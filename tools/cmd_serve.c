@@ -98,6 +98,7 @@ int cmd_serve(int argc, char **argv) {
     pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    cli_require_tokenizer(model_dir, "serve");
     lorac_model_t *model;
     cli_check(lorac_model_load(model_dir, &model));
     const lorac_tokenizer_t *tok = lorac_model_get_tokenizer(model);

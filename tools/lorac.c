@@ -115,6 +115,26 @@ int32_t *cli_parse_ids(const char *cmd, const char *text, int32_t *n_out) {
     return ids;
 }
 
+static int file_in_dir_readable(const char *dir, const char *name) {
+    size_t n = strlen(dir), m = strlen(name);
+    char *path = malloc(n + m + 2);
+    if (!path) cli_die("out of memory");
+    memcpy(path, dir, n);
+    path[n] = '/';
+    memcpy(path + n + 1, name, m + 1);
+    int ok = access(path, R_OK) == 0;
+    free(path);
+    return ok;
+}
+
+void cli_require_tokenizer(const char *model_dir, const char *cmd) {
+    /* checked before the model loads (a multi-GB model takes seconds to map
+     * and copy); a directory that is no model at all is left to the loader,
+     * whose error names config.json */
+    if (file_in_dir_readable(model_dir, "config.json") && !file_in_dir_readable(model_dir, "tokenizer.json"))
+        cli_die("%s: no tokenizer.json in the model directory (%s needs one)", model_dir, cmd);
+}
+
 char *cli_read_file(const char *path, size_t *len) {
     char *text;
     cli_check(lorac_file_read(path, (size_t)1 << 30, &text, len));

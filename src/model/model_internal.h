@@ -49,6 +49,14 @@ typedef struct {
     float *bq, *bk, *bv, *bo, *b_gate, *b_up, *b_down; /* f32 copies; NULL when absent */
 } lorac_layer_weights_t;
 
+/* An aligned copy of a tensor and where in the mapped file it comes from. */
+typedef struct {
+    void *dst;
+    const void *src;
+    size_t n;
+    int filled; /* 0 until its bytes are copied */
+} aligned_copy_t;
+
 struct lorac_model {
     lorac_model_config_t config;
     char *dir;
@@ -57,7 +65,7 @@ struct lorac_model {
     lorac_wref_t embed, final_norm, lm_head; /* lm_head == embed when tied */
     lorac_layer_weights_t *layers;        /* n_layers */
     float *inv_freq;                      /* head_dim / 2 rotary frequencies */
-    void **aligned_copies;                /* tensors not LORAC_WEIGHT_ALIGN-aligned in the file, copied */
+    aligned_copy_t *aligned_copies;       /* tensors not LORAC_WEIGHT_ALIGN-aligned in the file, copied */
     int32_t n_aligned_copies;
     int64_t n_params;
 };
