@@ -56,6 +56,9 @@ expect 1 "tokenizer.json" -- generate -m "$tmp/badtok" -p hi
 cp -r "$tmp/m" "$tmp/notok"
 rm "$tmp/notok/tokenizer.json"
 expect 1 "tokenizer.json" -- generate -m "$tmp/notok" -p hi
+echo '{"text": "Once upon a time"}' > "$tmp/text.jsonl"
+expect 1 "no tokenizer.json" -- train -m "$tmp/notok" --data "$tmp/text.jsonl" --format text -o "$tmp/tr-notok" --steps 1
+expect 1 "no tokenizer.json" -- train -m "$tmp/notok" --data "$tmp/text.jsonl" -o "$tmp/tr-notok" --steps 1
 head -c 1000 "$fx/stories260K.bin" > "$tmp/short.bin"
 expect 1 "short.bin" -- convert --from llama2c "$tmp/short.bin" --tokenizer "$fx/tok512.bin" -o "$tmp/c1"
 head -c 100 "$fx/tok512.bin" > "$tmp/tok-short.bin"
