@@ -54,9 +54,10 @@ static lorac_status_t find_tensor_fill(lorac_model_t *m, lorac_tensor_kind_t kin
      * bytes past a cache line, and a tensor after an odd-sized one can start
      * at any byte. Kernels read elements through typed pointers, and every
      * vector load of a weight row off its cache line touches two lines
-     * (measured by hand: lorac generate decoded 5-7% slower at the 110M shape, F32 and BF16), so
-     * such a tensor gets an aligned copy. The copy is only allocated here;
-     * fill_aligned_copies fills it once every tensor is known. */
+     * (measured by hand: lorac generate decoded 5-7% slower so at the 110M
+     * shape, F32 and BF16), so such a tensor gets an aligned copy. The copy
+     * is only allocated here; fill_aligned_copies fills it once every
+     * tensor is known. */
     if ((uintptr_t)tv->data % LORAC_WEIGHT_ALIGN != 0) {
         aligned_copy_t *list = realloc(m->aligned_copies, sizeof *list * (size_t)(m->n_aligned_copies + 1));
         size_t padded = ((size_t)tv->nbytes + LORAC_WEIGHT_ALIGN - 1) / LORAC_WEIGHT_ALIGN * LORAC_WEIGHT_ALIGN;
@@ -84,15 +85,16 @@ static lorac_status_t find_tensor(lorac_model_t *m, lorac_tensor_kind_t kind, in
 /* Bytes of a tensor copied by one task of fill_aligned_copies. */
 #define COPY_PIECE ((size_t)8 << 20)
 
+/* Pieces of COPY_PIECE bytes that copy c still needs. */
+static int64_t pieces_to_fill(const aligned_copy_t *c) {
+    return c->filled ? 0 : (int64_t)((c->n + COPY_PIECE - 1) / COPY_PIECE);
+}
+
 /* Fills the aligned copies from the mapped file in pieces shared among the
  * threads, and lets go of the mapped pages each piece came from, so that the
  * model is not held twice. The first write to fresh memory is a page fault
  * per page (in a VM, one the hypervisor must also serve): one thread filled
  * a 4.4 GB model in 7-20 s here, and the faults run in parallel. */
-static int64_t pieces_to_fill(const aligned_copy_t *c) {
-    return c->filled ? 0 : (int64_t)((c->n + COPY_PIECE - 1) / COPY_PIECE);
-}
-
 static void fill_aligned_copies(lorac_model_t *m) {
     int64_t n_pieces = 0;
     for (int32_t i = 0; i < m->n_aligned_copies; i++) n_pieces += pieces_to_fill(&m->aligned_copies[i]);
