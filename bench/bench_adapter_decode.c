@@ -17,28 +17,12 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "bench_common.h"
 #include "lorac/kernels.h"
 #include "lorac/lora.h"
 
 /* Rounds of (merged, base, unmerged) decode runs. */
 #define ROUNDS 7
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* Median of n values (sorts them). */
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static void die(const char *what) {
     fprintf(stderr, "%s: %s\n", what, lorac_error_message());
@@ -59,13 +43,13 @@ static double decode_rate(const lorac_model_t *model, const lorac_adapter_t *ada
     for (int i = 0; i < 8; i++) pos[i] = i;
     lorac_batch_t b = {.n_tokens = 8, .tokens = prompt, .pos = pos, .seq_id = seq};
     if (lorac_context_decode(ctx, &b, logits)) die("decode");
-    double t0 = now_s();
+    double t0 = bench_now();
     for (int i = 0; i < G; i++) {
         int32_t tok = 100 + i, p = 8 + i, s = 0;
         lorac_batch_t d = {.n_tokens = 1, .tokens = &tok, .pos = &p, .seq_id = &s};
         if (lorac_context_decode(ctx, &d, logits)) die("decode");
     }
-    double rate = G / (now_s() - t0);
+    double rate = G / (bench_now() - t0);
     free(logits);
     lorac_context_free(ctx);
     return rate;
@@ -142,7 +126,7 @@ int main(int argc, char **argv) {
             }
             printf("| r=%d, %s | %.1f | %.1f | %.1f | %.1f%% | %.1f%% |\n", ranks[ri],
                    ti == 0 ? "all seven projections" : "q_proj+v_proj", best[0], best[1], best[2],
-                   100.0 * median(slow_m, ROUNDS), 100.0 * median(slow_b, ROUNDS));
+                   100.0 * bench_median(slow_m, ROUNDS), 100.0 * bench_median(slow_b, ROUNDS));
             fflush(stdout);
             lorac_model_free(merged);
             lorac_adapter_free(a);
@@ -157,15 +141,15 @@ int main(int argc, char **argv) {
     if (lorac_context_init(model, cp, &ctx)) die("context");
     const int N = 100000;
     float scale = 1.0f;
-    double t0 = now_s();
+    double t0 = bench_now();
     for (int i = 0; i < N; i++) {
         const lorac_adapter_t *which = i & 1 ? a : b;
         lorac_context_set_adapters(ctx, &which, &scale, 1);
     }
-    double t_global = (now_s() - t0) / N;
-    t0 = now_s();
+    double t_global = (bench_now() - t0) / N;
+    t0 = bench_now();
     for (int i = 0; i < N; i++) lorac_context_set_seq_adapter(ctx, i & 1, i & 2 ? a : b, 1.0f);
-    double t_seq = (now_s() - t0) / N;
+    double t_seq = (bench_now() - t0) / N;
     double step = 1.0 / decode_rate(model, NULL, G);
     printf("adapter switch: set_adapters %.2f us, set_seq_adapter %.3f us; one decode step %.2f ms (%.0fx longer)\n",
            1e6 * t_global, 1e6 * t_seq, 1e3 * step, step / t_global);

@@ -1,6 +1,6 @@
-/* bench_common.h — timer and machine peers (read bandwidth, FMA peak) shared
- * by bench/membw.c and bench/bench_matmul.c. Compiled with -march=native
- * (see bench/Makefile): these measure the machine, not lorac's kernels. */
+/* bench_common.h — timer, median and machine peers (read bandwidth, FMA
+ * peak) shared by the C benchmarks. Compiled with -march=native (see
+ * bench/Makefile): the peers measure the machine, not lorac's kernels. */
 #ifndef LORAC_BENCH_COMMON_H
 #define LORAC_BENCH_COMMON_H
 
@@ -18,6 +18,17 @@ static inline double bench_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static inline int bench_cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Median of v[0..n) (n >= 1); sorts v. */
+static inline double bench_median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, bench_cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 /* Σ of n floats, several independent vector accumulators so the loop is
