@@ -116,12 +116,8 @@ int32_t *cli_parse_ids(const char *cmd, const char *text, int32_t *n_out) {
 }
 
 static int file_in_dir_readable(const char *dir, const char *name) {
-    size_t n = strlen(dir), m = strlen(name);
-    char *path = malloc(n + m + 2);
+    char *path = lorac_path_join(dir, name);
     if (!path) cli_die("out of memory");
-    memcpy(path, dir, n);
-    path[n] = '/';
-    memcpy(path + n + 1, name, m + 1);
     int ok = access(path, R_OK) == 0;
     free(path);
     return ok;
