@@ -24,7 +24,7 @@ int cli_is_help(const char *arg);
 int32_t *cli_parse_ids(const char *cmd, const char *text, int32_t *n_out);
 /* Reads a whole file (for -f); exits on error. */
 char *cli_read_file(const char *path, size_t *len);
-/* Dies with a clear message when MODEL_DIR has a config.json but no readable tokenizer.json. */
+/* Dies with a clear message when MODEL_DIR has a config.json but no tokenizer.json. */
 void cli_require_tokenizer(const char *model_dir, const char *cmd);
 
 /* --adapter DIR[:SCALE], repeatable (generate, logits). */

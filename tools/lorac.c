@@ -115,19 +115,11 @@ int32_t *cli_parse_ids(const char *cmd, const char *text, int32_t *n_out) {
     return ids;
 }
 
-static int file_in_dir_readable(const char *dir, const char *name) {
-    char *path = lorac_path_join(dir, name);
-    if (!path) cli_die("out of memory");
-    int ok = access(path, R_OK) == 0;
-    free(path);
-    return ok;
-}
-
 void cli_require_tokenizer(const char *model_dir, const char *cmd) {
     /* checked before the model loads (a multi-GB model takes seconds to map
      * and copy); a directory that is no model at all is left to the loader,
      * whose error names config.json */
-    if (file_in_dir_readable(model_dir, "config.json") && !file_in_dir_readable(model_dir, "tokenizer.json"))
+    if (lorac_model_dir_lacks_tokenizer(model_dir))
         cli_die("%s: no tokenizer.json in the model directory (%s needs one)", model_dir, cmd);
 }
 

@@ -73,6 +73,9 @@ typedef struct lorac_model lorac_model_t;
  * are LORAC_STATUS_FORMAT errors naming the tensor, the expected and the
  * found shape. */
 lorac_status_t lorac_model_load(const char *dir, lorac_model_t **out);
+/* 1 when dir has a config.json but no tokenizer.json: a cheap check for
+ * callers that need the tokenizer, before the weights load. */
+int lorac_model_dir_lacks_tokenizer(const char *dir);
 void lorac_model_free(lorac_model_t *model);
 
 const lorac_model_config_t *lorac_model_get_config(const lorac_model_t *model);

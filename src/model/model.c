@@ -67,7 +67,7 @@ static lorac_status_t find_tensor_fill(lorac_model_t *m, lorac_tensor_kind_t kin
             free(copy);
             return lorac_error(LORAC_STATUS_NOMEM, "out of memory copying \"%s\"", name);
         }
-        list[m->n_aligned_copies++] = (aligned_copy_t){copy, tv->data, (size_t)tv->nbytes, fill_now};
+        list[m->n_aligned_copies++] = (aligned_copy_t){copy, tv->data, (size_t)tv->nbytes, fill_now, 0};
         if (fill_now) {
             memcpy(copy, tv->data, (size_t)tv->nbytes);
             lorac_file_release(tv->data, (size_t)tv->nbytes);
@@ -85,44 +85,30 @@ static lorac_status_t find_tensor(lorac_model_t *m, lorac_tensor_kind_t kind, in
 /* Bytes of a tensor copied by one task of fill_aligned_copies. */
 #define COPY_PIECE ((size_t)8 << 20)
 
-/* Pieces of COPY_PIECE bytes that copy c still needs. */
-static int64_t pieces_to_fill(const aligned_copy_t *c) {
-    return c->filled ? 0 : (int64_t)((c->n + COPY_PIECE - 1) / COPY_PIECE);
-}
-
 /* Fills the aligned copies from the mapped file in pieces shared among the
  * threads, and lets go of the mapped pages each piece came from, so that the
  * model is not held twice. The first write to fresh memory is a page fault
- * per page (in a VM, one the hypervisor must also serve): one thread filled
- * a 4.4 GB model in 7-20 s here, and the faults run in parallel. */
+ * per page (in a VM, one the hypervisor must also serve), and the faults run
+ * in parallel. Copy i owns pieces [first_piece, next copy's first_piece). */
 static void fill_aligned_copies(lorac_model_t *m) {
     int64_t n_pieces = 0;
-    for (int32_t i = 0; i < m->n_aligned_copies; i++) n_pieces += pieces_to_fill(&m->aligned_copies[i]);
-    int64_t *first = malloc(sizeof(int64_t) * (size_t)(m->n_aligned_copies + 1));
-    if (!first) { /* out of memory: one thread, the same copies */
-        for (int32_t i = 0; i < m->n_aligned_copies; i++) {
-            aligned_copy_t *c = &m->aligned_copies[i];
-            if (!c->filled) memcpy(c->dst, c->src, c->n), lorac_file_release(c->src, c->n);
-            c->filled = 1;
-        }
-        return;
+    for (int32_t i = 0; i < m->n_aligned_copies; i++) {
+        aligned_copy_t *c = &m->aligned_copies[i];
+        c->first_piece = n_pieces;
+        if (!c->filled) n_pieces += (int64_t)((c->n + COPY_PIECE - 1) / COPY_PIECE);
     }
-    first[0] = 0;
-    for (int32_t i = 0; i < m->n_aligned_copies; i++)
-        first[i + 1] = first[i] + pieces_to_fill(&m->aligned_copies[i]);
     #pragma omp parallel for schedule(dynamic, 1) num_threads(lorac_kernels_get_threads())
     for (int64_t p = 0; p < n_pieces; p++) {
         int32_t i = 0;
-        while (first[i + 1] <= p) i++;
+        while (i + 1 < m->n_aligned_copies && m->aligned_copies[i + 1].first_piece <= p) i++;
         const aligned_copy_t *c = &m->aligned_copies[i];
-        size_t off = (size_t)(p - first[i]) * COPY_PIECE, n = c->n - off < COPY_PIECE ? c->n - off : COPY_PIECE;
+        size_t off = (size_t)(p - c->first_piece) * COPY_PIECE, n = c->n - off < COPY_PIECE ? c->n - off : COPY_PIECE;
         memcpy((char *)c->dst + off, (const char *)c->src + off, n);
         /* only whole pages inside the piece are released: the one a piece
          * boundary splits stays mapped (a few KB per 8 MB) */
         lorac_file_release((const char *)c->src + off, n);
     }
     for (int32_t i = 0; i < m->n_aligned_copies; i++) m->aligned_copies[i].filled = 1;
-    free(first);
 }
 
 /* Biases are tiny; an f32 copy keeps the matmul kernels simple. */
@@ -190,6 +176,17 @@ static void compute_inv_freq(const lorac_model_config_t *c, float *inv_freq) {
 static int file_exists(const char *path) {
     struct stat st;
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static int file_in_dir(const char *dir, const char *name) {
+    char *path = lorac_path_join(dir, name);
+    int ok = path && file_exists(path);
+    free(path);
+    return ok;
+}
+
+int lorac_model_dir_lacks_tokenizer(const char *dir) {
+    return file_in_dir(dir, "config.json") && !file_in_dir(dir, "tokenizer.json");
 }
 
 static void add_eos(lorac_model_config_t *c, int32_t id) {

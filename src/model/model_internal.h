@@ -54,7 +54,8 @@ typedef struct {
     void *dst;
     const void *src;
     size_t n;
-    int filled; /* 0 until its bytes are copied */
+    int filled;          /* 0 until its bytes are copied */
+    int64_t first_piece; /* its first piece in fill_aligned_copies */
 } aligned_copy_t;
 
 struct lorac_model {

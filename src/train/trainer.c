@@ -255,11 +255,7 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
 
     /* a named text format needs the tokenizer: say so before the weights
      * load (seconds for a multi-GB model), not after */
-    struct stat st;
-    char cfg_path[4200];
-    snprintf(cfg_path, sizeof cfg_path, "%s/config.json", p->model_dir);
-    snprintf(path, sizeof path, "%s/tokenizer.json", p->model_dir);
-    if (fmt != LORAC_DATA_TOKENS && fmt != LORAC_DATA_AUTO && stat(cfg_path, &st) == 0 && stat(path, &st) != 0)
+    if (fmt != LORAC_DATA_TOKENS && fmt != LORAC_DATA_AUTO && lorac_model_dir_lacks_tokenizer(p->model_dir))
         return lorac_error(LORAC_STATUS_INVALID_ARG, "%s has no tokenizer.json: only --format tokens can train without one",
                            p->model_dir);
 
@@ -270,6 +266,7 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
     dp.format = fmt;
     dp.chat_template = p->chat_template;
     snprintf(path, sizeof path, "%s/tokenizer_config.json", p->model_dir);
+    struct stat st;
     dp.tokenizer_config = stat(path, &st) == 0 ? path : NULL;
     dp.seq_len = p->seq;
     dp.vocab_size = cfg->vocab_size;
