@@ -8,7 +8,7 @@
 #     (below 100% only by the BF16 rounding of the merged weights),
 # against PyTorch doing the same jobs (bench/torch_adapters.py: W + s*B@A;
 # torch.svd_lowrank with the same oversampling and iterations, f32, Debian's
-# OpenBLAS with OPENBLAS_CORETYPE=SkylakeX), on the 110M shape (dim 768,
+# OpenBLAS with its kernels for this CPU, bench/openblas_env.sh), on the 110M shape (dim 768,
 # 12 layers, hidden 2048) and the TinyLlama-1.1B shape (dim 2048, 22 layers,
 # 32 heads, 4 KV heads, hidden 5632, vocab 32000), random BF16 weights.
 # Peak RSS from /usr/bin/time -v. Not a test.
@@ -22,8 +22,8 @@ PY=/usr/bin/python3
 R=${R:-16}
 THREADS=${THREADS:-2}
 TORCH=${TORCH:-1}
-OB=/usr/lib/x86_64-linux-gnu/openblas-openmp
-TORCH_ENV=(env LD_LIBRARY_PATH=$OB OPENBLAS_CORETYPE=SkylakeX OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS)
+. bench/openblas_env.sh
+TORCH_ENV=(env "${OB_ENV[@]}" OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS)
 mkdir -p "$OUT"
 [ -x "$LORAC" ] || { echo "error: $LORAC not found; run 'make build' first" >&2; exit 1; }
 echo "# bench_adapters $(date -u +%FT%TZ) on $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2

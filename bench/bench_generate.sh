@@ -9,7 +9,7 @@
 #   * bench/torch_generate.py on the same model and prompt ids (KV cache,
 #     greedy, 2 threads; f32, or bf16 weights+activations for BF16 rows),
 #     with Debian's OpenBLAS (libopenblas0-openmp, installed if missing) and
-#     OPENBLAS_CORETYPE=SkylakeX, as python3-torch otherwise uses the netlib
+#     its kernels for this CPU (bench/openblas_env.sh), as python3-torch otherwise uses the netlib
 #     reference BLAS;
 # and the decode rate against the memory-bandwidth bound
 # (read bandwidth / bytes of weights read per token).
@@ -60,13 +60,15 @@ if [ ! -e "$OBDIR/libblas.so.3" ]; then
     sudo apt-get install -y -qq libopenblas0-openmp >&2
   fi
 fi
-# torch with the netlib reference BLAS, and with OpenBLAS tuned for AVX-512
+# torch with the netlib reference BLAS, and with OpenBLAS's kernels for this CPU
+. bench/openblas_env.sh
 NETLIB_ENV=(env LD_LIBRARY_PATH=$LIBDIR/blas:$LIBDIR/lapack OMP_NUM_THREADS=$THREADS)
-OPENBLAS_ENV=(env LD_LIBRARY_PATH=$OBDIR OPENBLAS_CORETYPE=SkylakeX OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS)
+OPENBLAS_ENV=(env "${OB_ENV[@]}" OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS)
 
 log "## BLAS used by torch (1024x1024 f32 matmul, $THREADS threads)"
 log "- netlib reference BLAS:       $("${NETLIB_ENV[@]}" $PY bench/torch_generate.py --blas-check -t "$THREADS" | tr '\n' ' ')"
-log "- OpenBLAS, CORETYPE=SkylakeX: $("${OPENBLAS_ENV[@]}" $PY bench/torch_generate.py --blas-check -t "$THREADS" | tr '\n' ' ')"
+OB_CORE=$(ob_core)
+log "- OpenBLAS, core $OB_CORE:      $("${OPENBLAS_ENV[@]}" $PY bench/torch_generate.py --blas-check -t "$THREADS" | tr '\n' ' ')"
 
 # ---- memory bandwidth ----------------------------------------------------------
 BW_SRC=""
@@ -182,9 +184,9 @@ EOF
 done
 
 # ---- table -------------------------------------------------------------------------
-$PY - "$RES" "$OUT" "$BW" "$BW_SRC" "$THREADS" "$N" "$REPS" <<'EOF'
+$PY - "$RES" "$OUT" "$BW" "$BW_SRC" "$THREADS" "$N" "$REPS" "$OB_CORE" <<'EOF'
 import json, os, struct, sys
-res, out, bw, bw_src, threads, n, reps = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7]
+res, out, bw, bw_src, threads, n, reps, ob_core = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7], sys.argv[8]
 names = {"s15m": "TinyStories-15M shape", "s110m": "TinyStories-110M shape"}
 
 def bytes_per_token(d):
@@ -210,7 +212,7 @@ def s(x, fmt="{:.1f}"):
 
 print()
 print(f"lorac generate --temp 0 -t {threads} -n {n} --ignore-eos vs PyTorch {__import__('torch').__version__} "
-      f"(KV cache, greedy, {threads} threads, OpenBLAS 0.3.21 with OPENBLAS_CORETYPE=SkylakeX; "
+      f"(KV cache, greedy, {threads} threads, OpenBLAS 0.3.21 with its {ob_core} kernels; "
       f"bf16 rows: bf16 weights and activations); lorac's best of {reps} runs, torch's of 3 after a warm-up.")
 print(f"Bandwidth bound = {bw:.1f} GB/s ({bw_src}) / weight bytes per token.")
 print()

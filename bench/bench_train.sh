@@ -7,7 +7,8 @@
 # seconds); then LoRA against --full on the 15M shape.
 # Both sides report the median step after the first (warm-up): 8 steps
 # (5 at 1.1B), as torch's steps vary by up to 2x while its allocator grows.
-# Not a test. Torch runs with Debian's OpenBLAS (OPENBLAS_CORETYPE=SkylakeX).
+# Not a test. Torch runs with Debian's OpenBLAS, its kernels for this CPU
+# (bench/openblas_env.sh).
 # Usage: bench/bench_train.sh   (after `make build` and bench/bench_generate.sh)
 # Env:   MODELS ("s15m s110m s1b"), STEPS (8)
 set -euo pipefail
@@ -16,7 +17,8 @@ LORAC=${LORAC_BIN:-$PWD/build/lorac}
 OUT=$PWD/bench/out
 STEPS=${STEPS:-8}
 B=4; T=256
-OB=/usr/lib/x86_64-linux-gnu/openblas-openmp
+. bench/openblas_env.sh
+echo "# torch: OpenBLAS core $(ob_core)" >&2
 /usr/bin/python3 -c "
 import json, random
 random.seed(0)
@@ -51,7 +53,7 @@ for m in ${MODELS:-s15m s110m s1b}; do
   # steady-state rate over the steps after the first, as the torch peer
   # measures (the first step also pays for first-touching the activations)
   lt=$(steady_rate "$OUT/train-$m/metrics.jsonl")
-  LD_LIBRARY_PATH=$OB OPENBLAS_CORETYPE=SkylakeX /usr/bin/time -v /usr/bin/python3 bench/torch_train.py "$d" \
+  env "${OB_ENV[@]}" /usr/bin/time -v /usr/bin/python3 bench/torch_train.py "$d" \
     --batch $mb --seq $T --steps "$ms" > "$OUT/torch-train-$m.json" 2> "$OUT/torch-train-$m.err"
   tt=$(/usr/bin/python3 -c "import json; print('%.1f' % json.load(open('$OUT/torch-train-$m.json'))['tokens_per_second'])")
   lr=$(rss "$OUT/train-$m.err"); tr=$(rss "$OUT/torch-train-$m.err")

@@ -16,7 +16,7 @@ Usage:
     /usr/bin/python3 bench/torch_generate.py -m DIR --ids "1 2 3" [-n 128] [-t 2] [--dtype f32|bf16]
     /usr/bin/python3 bench/torch_generate.py --blas-check      # time a 1024x1024 f32 matmul
 Run it with LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu/openblas-openmp and
-OPENBLAS_CORETYPE=SkylakeX to give torch OpenBLAS (bench_generate.sh does).
+OPENBLAS_CORETYPE as bench/openblas_env.sh sets it to give torch OpenBLAS (bench_generate.sh does).
 """
 
 import argparse

@@ -6,6 +6,7 @@ of 3 rounds of at least 0.4 s. Run it with Debian's OpenBLAS, as the
 training benchmark does:
   LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu/openblas-openmp OPENBLAS_CORETYPE=SkylakeX \\
     /usr/bin/python3 bench/torch_matmul.py [1b|110m|15m]
+(OPENBLAS_CORETYPE only on AVX-512 CPUs, as bench/openblas_env.sh sets it).
 Not a test."""
 import sys
 import time
