@@ -1,15 +1,24 @@
 /* matmul_avx2.c — AVX2 + FMA + F16C block kernels for matmul.
  *
- * Same structure as matmul_avx512.c with 8-lane vectors and smaller tiles
- * (16 ymm registers instead of 32 zmm). AVX2 has no masked 16-bit loads, so
- * K tails go through a small zero-padded stack copy; every dot product is
- * still 8 lanes accumulated by FMA over k in order plus one fixed horizontal
- * reduction, whatever the tile shape (hence thread-count independence). */
+ * The same structure as matmul_avx512.c, with 8-lane vectors and tiles for
+ * 16 ymm registers instead of 32 zmm (AMD Zen 2/3 and Intel before
+ * Skylake-X run this path). Weights stay in their dtype in memory and are
+ * widened in registers or once per packed panel.
+ *
+ * AVX2 has no masked 16-bit loads, so partial vectors (K tails, the last
+ * columns of a panel) go through a small zero-padded stack copy. Every dot
+ * product of the forward kernel is 8 lanes accumulated by FMA over k in
+ * order plus one fixed horizontal reduction, whatever the tile shape; every
+ * element of the accumulating kernels is one FMA chain over l in order.
+ * Hence thread-count independence: block boundaries change no bit. */
 #include "kernels_internal.h"
+#include "ops_internal.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 
 #include <immintrin.h>
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Forward tile: 2 rows of x times 4 rows of w = 8 accumulators + 4 weights
@@ -17,10 +26,21 @@
 #define FT 2
 #define FN 4
 #define TCHUNK 64
-/* acc tile: 4 rows of c times 2 vectors (16 columns) = 8 accumulators. */
-#define AM 4
+/* acc tile: AM rows of c times AV vectors (16 columns) = 12 accumulators,
+ * + 2 vectors of b + 1 broadcast = 15 registers; per l, 8 loads for 12
+ * FMAs (the 4 x 2 tile this replaced: 6 loads for 8 FMAs, and 8 chains
+ * barely covered the FMA latency). */
+#define AM 6
 #define AV 2
-#define LCHUNK 128
+#define PW (8 * AV) /* columns of a panel */
+/* l is blocked by LCHUNK: a packed LCHUNK x 16 panel of b is 16 KB and
+ * stays in L1 while every row tile of the block uses it; c is loaded and
+ * stored once per chunk. */
+#define LCHUNK 256
+#define SMALL_LCHUNK 64 /* when the panel cannot be allocated: 4 KB on the stack */
+/* Rows of c per pass over b (a multiple of AM): their LCHUNK-wide slice of
+ * a (240 KB) stays in L2 while every column panel uses it. */
+#define MBLOCK 240
 
 LORAC_ALWAYS_INLINE __m256 widen_w(__m128i h, lorac_dtype_t dt) {
     if (dt == LORAC_DTYPE_BF16)
@@ -38,6 +58,7 @@ LORAC_ALWAYS_INLINE __m256 load_w(const void *w, lorac_dtype_t dt, int64_t i) {
  * the load inside the buffer. */
 LORAC_ALWAYS_INLINE __m256 load_w_part(const void *w, lorac_dtype_t dt, int64_t i, int64_t n) {
     if (n >= 8) return load_w(w, dt, i);
+    if (n <= 0) return _mm256_setzero_ps();
     if (dt == LORAC_DTYPE_F32) {
         float tmp[8] = {0};
         memcpy(tmp, (const float *)w + i, (size_t)n * sizeof(float));
@@ -53,6 +74,7 @@ LORAC_ALWAYS_INLINE void store_part(float *dst, __m256 v, int64_t n) {
         _mm256_storeu_ps(dst, v);
         return;
     }
+    if (n <= 0) return;
     float tmp[8];
     _mm256_storeu_ps(tmp, v);
     memcpy(dst, tmp, (size_t)n * sizeof(float));
@@ -109,10 +131,64 @@ LORAC_ALWAYS_INLINE void fwd_tile(const int RT, const int RN, const lorac_dtype_
         }
 }
 
+/* One x row against 4 weight rows: fwd_tile(1, 4, ...) with named
+ * accumulators and row pointers, so that the decode hot loop keeps them in
+ * registers whatever the compiler does with fwd_tile's arrays. The same FMA
+ * chain per lane, tail and hsum, so bitwise the same result as fwd_tile. */
+LORAC_ALWAYS_INLINE void fwd_row4(const lorac_dtype_t dt, float *out, const float *x, const void *w, int64_t woff,
+                                  const float *bias, int64_t K, int64_t pfoff) {
+    const int64_t es = (int64_t)lorac_dtype_size(dt);
+    const char *wb = (const char *)w + woff * es;
+    const char *r0 = wb, *r1 = wb + K * es, *r2 = wb + 2 * K * es, *r3 = wb + 3 * K * es;
+    const char *pf = pfoff >= 0 ? (const char *)w + pfoff * es : NULL;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8) {
+        if (pf && (k * es) % 64 == 0) { /* the next 4 rows, a line each per line of these */
+            _mm_prefetch(pf + k * es, _MM_HINT_T0);
+            _mm_prefetch(pf + (K + k) * es, _MM_HINT_T0);
+            _mm_prefetch(pf + (2 * K + k) * es, _MM_HINT_T0);
+            _mm_prefetch(pf + (3 * K + k) * es, _MM_HINT_T0);
+        }
+        __m256 xv = _mm256_loadu_ps(x + k);
+        a0 = _mm256_fmadd_ps(xv, load_w(r0, dt, k), a0);
+        a1 = _mm256_fmadd_ps(xv, load_w(r1, dt, k), a1);
+        a2 = _mm256_fmadd_ps(xv, load_w(r2, dt, k), a2);
+        a3 = _mm256_fmadd_ps(xv, load_w(r3, dt, k), a3);
+    }
+    if (k < K) {
+        __m256 xv = load_w_part(x, LORAC_DTYPE_F32, k, K - k);
+        a0 = _mm256_fmadd_ps(xv, load_w_part(r0, dt, k, K - k), a0);
+        a1 = _mm256_fmadd_ps(xv, load_w_part(r1, dt, k, K - k), a1);
+        a2 = _mm256_fmadd_ps(xv, load_w_part(r2, dt, k, K - k), a2);
+        a3 = _mm256_fmadd_ps(xv, load_w_part(r3, dt, k, K - k), a3);
+    }
+    float v0 = hsum(a0), v1 = hsum(a1), v2 = hsum(a2), v3 = hsum(a3);
+    out[0] = bias ? v0 + bias[0] : v0;
+    out[1] = bias ? v1 + bias[1] : v1;
+    out[2] = bias ? v2 + bias[2] : v2;
+    out[3] = bias ? v3 + bias[3] : v3;
+}
+
 /* out is (T,N), x is (T,K), w is (N,K) in dt; columns [n0,n1). */
 LORAC_ALWAYS_INLINE void fwd_block(const lorac_dtype_t dt, float *out, const float *x,
                                    const void *w, const float *bias, int64_t T, int64_t K,
                                    int64_t N, int64_t n0, int64_t n1) {
+    if (T < FT) {
+        /* Decode: each weight row streamed once, 4 rows at a time. 16-bit
+         * rows (1.5 KB at K = 768) end about when the hardware prefetcher
+         * has ramped up, so the next 4 rows are prefetched in software
+         * while these stream. */
+        for (int64_t t = 0; t < T; t++) {
+            int64_t n = n0;
+            for (; n + 4 <= n1; n += 4) {
+                int64_t pf = t == 0 && dt != LORAC_DTYPE_F32 && n + 8 <= n1 ? (n + 4) * K : -1;
+                fwd_row4(dt, out + t * N + n, x + t * K, w, n * K, bias ? bias + n : NULL, K, pf);
+            }
+            for (; n < n1; n++) fwd_tile(1, 1, dt, out + t * N + n, N, x + t * K, w, n * K, bias ? bias + n : NULL, K);
+        }
+        return;
+    }
     for (int64_t tc = 0; tc < T; tc += TCHUNK) {
         int64_t te = tc + TCHUNK < T ? tc + TCHUNK : T;
         int64_t n = n0;
@@ -142,78 +218,235 @@ static void avx2_matmul_fwd(float *out, const float *x, const void *w, lorac_dty
     else fwd_block(LORAC_DTYPE_F16, out, x, w, bias, T, K, N, n0, n1);
 }
 
-/* Accumulate micro-kernel: c rows m..m+RM-1 (stride ldc), RV vectors of 8
- * columns, of which only the first `cols` exist, += a[m.., l0:l1] ·
- * b[l0:l1, cols] (b block at element boff, row stride ldb). Each lane is one
- * FMA chain over l in increasing order starting from the stored c. */
-LORAC_ALWAYS_INLINE void acc_tile(const int RM, const int RV, const lorac_dtype_t bt, float *c,
-                                  int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
-                                  const void *b, int64_t boff, int64_t ldb, int64_t l0, int64_t l1,
-                                  int64_t cols) {
+/* Accumulate micro-kernel: c rows (row stride ldc), RV vectors of 8
+ * columns, of which the first `cols` exist, += Σ_{l<n} a[i*a_rs + l*a_cs] ·
+ * b[boff + l*ldb + 8j ..]: a points at the tile's first row at the chunk's
+ * first l, boff at b's row for it. Each lane is one c element: a chain of
+ * FMAs over l in increasing order, from the stored value (from 0 when
+ * `zero` is set: the same bits as storing zeros first, without the pass
+ * over c). Rows from `valid` on are computed (on a's zero padding) but
+ * neither loaded nor stored. When b is a packed panel its columns past
+ * `cols` are zeros and b_full lets every load be a whole vector. */
+LORAC_ALWAYS_INLINE void acc_tile(const int RM, const int RV, const lorac_dtype_t bt, const int b_full, float *c,
+                                  int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs, const void *b,
+                                  int64_t boff, int64_t ldb, int64_t n, int64_t cols, int zero, int valid) {
     __m256 acc[AM][AV];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int i = 0; i < RM; i++)
 #pragma GCC unroll 4
         for (int j = 0; j < RV; j++)
-            acc[i][j] = load_w_part(c, LORAC_DTYPE_F32, i * ldc + 8 * j, cols - 8 * j);
-    for (int64_t l = l0; l < l1; l++) {
+            acc[i][j] = zero || i >= valid ? _mm256_setzero_ps()
+                                           : load_w_part(c, LORAC_DTYPE_F32, i * ldc + 8 * j, cols - 8 * j);
+    for (int64_t l = 0; l < n; l++) {
         __m256 bv[AV];
 #pragma GCC unroll 4
-        for (int j = 0; j < RV; j++) bv[j] = load_w_part(b, bt, boff + l * ldb + 8 * j, cols - 8 * j);
-#pragma GCC unroll 4
+        for (int j = 0; j < RV; j++)
+            bv[j] = b_full || j < RV - 1 ? load_w(b, bt, boff + l * ldb + 8 * j)
+                                         : load_w_part(b, bt, boff + l * ldb + 8 * j, cols - 8 * j);
+#pragma GCC unroll 8
         for (int i = 0; i < RM; i++) {
-            __m256 av = _mm256_set1_ps(a[i * a_rs + l * a_cs]);
+            __m256 av = _mm256_broadcast_ss(a + i * a_rs + l * a_cs);
 #pragma GCC unroll 4
             for (int j = 0; j < RV; j++) acc[i][j] = _mm256_fmadd_ps(av, bv[j], acc[i][j]);
         }
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int i = 0; i < RM; i++)
+        if (i < valid)
 #pragma GCC unroll 4
-        for (int j = 0; j < RV; j++) store_part(c + i * ldc + 8 * j, acc[i][j], cols - 8 * j);
+            for (int j = 0; j < RV; j++) store_part(c + i * ldc + 8 * j, acc[i][j], cols - 8 * j);
 }
 
-/* c rows [m0,m1) of the column panel [k, k+kw), kw <= 16, over l in [l0,l1). */
-LORAC_ALWAYS_INLINE void acc_panel(const lorac_dtype_t bt, float *c, const float *a, int64_t a_rs,
-                                   int64_t a_cs, const void *b, int64_t K, int64_t m0, int64_t m1,
-                                   int64_t k, int64_t kw, int64_t l0, int64_t l1) {
+/* acc_tile with RV = nv (1 or 2) vectors. */
+LORAC_ALWAYS_INLINE void acc_tile_nv(const int RM, int nv, const lorac_dtype_t bt, const int b_full, float *c,
+                                     int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs, const void *b,
+                                     int64_t boff, int64_t ldb, int64_t n, int64_t cols, int zero, int valid) {
+    if (nv == 2) acc_tile(RM, 2, bt, b_full, c, ldc, a, a_rs, a_cs, b, boff, ldb, n, cols, zero, valid);
+    else acc_tile(RM, 1, bt, b_full, c, ldc, a, a_rs, a_cs, b, boff, ldb, n, cols, zero, valid);
+}
+
+/* c rows [m0,m1) of a column panel [k, k+kw), kw <= 16, over the n values
+ * of l in one chunk. a points at a[m0, chunk start]; when pa is set, the
+ * rows are read from it instead, in groups of AM (see pack_a), the last
+ * group zero-padded, so a leftover of 1-5 rows still runs on the full
+ * tile. Column v of the panel in the chunk's row l of b is element
+ * boff + l*ldb + v: a packed panel (b_full) or b itself. */
+LORAC_ALWAYS_INLINE void acc_panel(const lorac_dtype_t bt, const int b_full, float *c, const float *a, int64_t a_rs,
+                                   int64_t a_cs, const float *pa, const void *b, int64_t boff, int64_t ldb,
+                                   int64_t K, int64_t m0, int64_t m1, int64_t k, int64_t kw, int64_t n, int zero) {
+    int nv = (int)((kw + 7) / 8);
     for (int64_t m = m0; m < m1;) {
-        int rm = m1 - m >= AM ? AM : 1;
+        int64_t left = m1 - m;
         float *cm = c + m * K + k;
-        const float *am = a + m * a_rs;
-        if (kw == 8 * AV) {
-            if (rm == AM) acc_tile(AM, AV, bt, cm, K, am, a_rs, a_cs, b, k, K, l0, l1, 8 * AV);
-            else acc_tile(1, AV, bt, cm, K, am, a_rs, a_cs, b, k, K, l0, l1, 8 * AV);
+        if (pa) {
+            int rows = left >= AM ? AM : (int)left;
+            acc_tile_nv(AM, nv, bt, b_full, cm, K, pa + (m - m0) * n, 1, AM, b, boff, ldb, n, kw, zero, rows);
+            m += rows;
+        } else if (left >= AM) {
+            acc_tile_nv(AM, nv, bt, b_full, cm, K, a + (m - m0) * a_rs, a_rs, a_cs, b, boff, ldb, n, kw, zero, AM);
+            m += AM;
         } else {
-            for (int64_t v = 0; v < kw; v += 8) {
-                if (rm == AM) acc_tile(AM, 1, bt, cm + v, K, am, a_rs, a_cs, b, k + v, K, l0, l1, kw - v);
-                else acc_tile(1, 1, bt, cm + v, K, am, a_rs, a_cs, b, k + v, K, l0, l1, kw - v);
+            acc_tile_nv(1, nv, bt, b_full, cm, K, a + (m - m0) * a_rs, a_rs, a_cs, b, boff, ldb, n, kw, zero, 1);
+            m += 1;
+        }
+    }
+}
+
+/* The rows' n values of a from a[m0, chunk start] in groups of AM rows,
+ * interleaved, rows past the end zero: pa[g*AM*n + l*AM + i] =
+ * a[m0 + g*AM + i, l]. Only for a stored transposed (a_cs != 1: the dw
+ * product reads dout's columns), where a tile's broadcasts in place would
+ * walk AM values a_cs apart, one cache line each per l. */
+LORAC_ALWAYS_INLINE void pack_a(float *pa, const float *a, int64_t a_rs, int64_t a_cs, int64_t rows, int64_t n) {
+    for (int64_t g = 0; g < rows; g += AM) {
+        float *dst = pa + g * n;
+        int valid = rows - g < AM ? (int)(rows - g) : AM;
+        for (int64_t l = 0; l < n; l++)
+            for (int i = 0; i < AM; i++) dst[l * AM + i] = i < valid ? a[(g + i) * a_rs + l * a_cs] : 0.0f;
+    }
+}
+
+/* The n x kw block of b at rows l0.., columns k.. widened into the
+ * contiguous buffer buf (row stride PW, zeros past kw). In place, b's rows
+ * lie K elements apart and a tile's loads fall into a few L1 sets; packed,
+ * the panel is one contiguous run, and 16-bit weights are widened once per
+ * panel instead of once per row tile. The values are the same, so are the
+ * bits. */
+LORAC_ALWAYS_INLINE void pack_panel(const lorac_dtype_t bt, float *buf, const void *b, int64_t K, int64_t k,
+                                    int64_t kw, int64_t l0, int64_t n) {
+    for (int64_t l = 0; l < n; l++)
+        for (int64_t v = 0; v < PW; v += 8)
+            _mm256_storeu_ps(buf + l * PW + v, load_w_part(b, bt, (l0 + l) * K + k + v, kw - v));
+}
+
+/* r[i] (8 rows of 8) becomes its transpose: r[c][i] = old r[i][c]. */
+LORAC_ALWAYS_INLINE void transpose8(__m256 r[8]) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    /* u[4h + c] lane q of each 128-bit half: rows 4h..4h+3 of column 4·half + c */
+    for (int h = 0; h < 8; h += 4) {
+        u[h] = _mm256_shuffle_ps(t[h], t[h + 2], 0x44);
+        u[h + 1] = _mm256_shuffle_ps(t[h], t[h + 2], 0xEE);
+        u[h + 2] = _mm256_shuffle_ps(t[h + 1], t[h + 3], 0x44);
+        u[h + 3] = _mm256_shuffle_ps(t[h + 1], t[h + 3], 0xEE);
+    }
+    for (int c = 0; c < 4; c++) {
+        r[c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x20);
+        r[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);
+    }
+}
+
+/* pack_panel for b given transposed, (K,L): buf[l][j] = b[k + j, l0 + l],
+ * zeros past kw. Blocks of 8 rows of b (8 values of j) by 8 values of l
+ * are loaded, widened, transposed in registers and stored as 8 rows of the
+ * buffer. */
+LORAC_ALWAYS_INLINE void pack_panel_t(const lorac_dtype_t bt, float *buf, const void *b, int64_t L, int64_t k,
+                                      int64_t kw, int64_t l0, int64_t n) {
+    for (int64_t jb = 0; jb < PW; jb += 8)
+        for (int64_t lb = 0; lb < n; lb += 8) {
+            int64_t nl = n - lb < 8 ? n - lb : 8;
+            __m256 r[8];
+            for (int64_t i = 0; i < 8; i++)
+                r[i] = jb + i < kw ? load_w_part(b, bt, (k + jb + i) * L + l0 + lb, nl) : _mm256_setzero_ps();
+            transpose8(r);
+            for (int64_t c = 0; c < nl; c++) _mm256_storeu_ps(buf + (lb + c) * PW + jb, r[c]);
+        }
+}
+
+/* acc_panel instantiated once per b form (packed f32, in-place f32,
+ * in-place 16-bit), not inlined into each acc_block instance. */
+LORAC_NOINLINE void panel_packed(float *c, const float *a, int64_t a_rs, int64_t a_cs, const float *pa,
+                                 const float *buf, int64_t K, int64_t m0, int64_t m1, int64_t k, int64_t kw,
+                                 int64_t n, int zero) {
+    acc_panel(LORAC_DTYPE_F32, 1, c, a, a_rs, a_cs, pa, buf, 0, PW, K, m0, m1, k, kw, n, zero);
+}
+
+LORAC_NOINLINE void panel_inplace(lorac_dtype_t bt, float *c, const float *a, int64_t a_rs, int64_t a_cs,
+                                  const float *pa, const void *b, int64_t boff, int64_t K, int64_t m0, int64_t m1,
+                                  int64_t k, int64_t kw, int64_t n, int zero) {
+    if (bt == LORAC_DTYPE_F32) acc_panel(LORAC_DTYPE_F32, 0, c, a, a_rs, a_cs, pa, b, boff, K, K, m0, m1, k, kw, n, zero);
+    else if (bt == LORAC_DTYPE_BF16) acc_panel(LORAC_DTYPE_BF16, 0, c, a, a_rs, a_cs, pa, b, boff, K, K, m0, m1, k, kw, n, zero);
+    else acc_panel(LORAC_DTYPE_F16, 0, c, a, a_rs, a_cs, pa, b, boff, K, K, m0, m1, k, kw, n, zero);
+}
+
+/* c block += a · b (b_t = 0, b is (L,K)) or a · bᵀ (b_t = 1, b is (K,L)).
+ * Loop order: blocks of MBLOCK rows; chunks of lchunk values of l, whose
+ * slice of a stays in L2 for every column panel; 16-column panels of b,
+ * packed unless used in place for a few rows of c; row tiles. Every c
+ * element still sees its l in increasing order, so neither the loop order
+ * nor the chunk size changes a bit. */
+LORAC_ALWAYS_INLINE void acc_block(const lorac_dtype_t bt, const int b_t, const int set, float *c, const float *a,
+                                   int64_t a_rs, int64_t a_cs, const void *b, int64_t L, int64_t K, int64_t m0,
+                                   int64_t m1, int64_t k0, int64_t k1, float *pa, float *buf, int64_t lchunk) {
+    for (int64_t mb = m0; mb < m1; mb += MBLOCK) {
+        int64_t me = mb + MBLOCK < m1 ? mb + MBLOCK : m1;
+        int packed = b_t || me - mb >= 2 * AM;
+        for (int64_t l = 0; l < L; l += lchunk) {
+            int64_t n = L - l < lchunk ? L - l : lchunk;
+            const float *al = a + mb * a_rs + l * a_cs;
+            if (pa) pack_a(pa, al, a_rs, a_cs, me - mb, n);
+            for (int64_t k = k0; k < k1; k += PW) {
+                int64_t kw = k1 - k < PW ? k1 - k : PW;
+                if (packed) {
+                    if (b_t) pack_panel_t(bt, buf, b, L, k, kw, l, n);
+                    else pack_panel(bt, buf, b, K, k, kw, l, n);
+                    panel_packed(c, al, a_rs, a_cs, pa, buf, K, mb, me, k, kw, n, set && l == 0);
+                } else {
+                    panel_inplace(bt, c, al, a_rs, a_cs, pa, b, l * K + k, K, mb, me, k, kw, n, set && l == 0);
+                }
             }
         }
-        m += rm;
     }
 }
 
-LORAC_ALWAYS_INLINE void acc_block(const lorac_dtype_t bt, float *c, const float *a, int64_t a_rs,
-                                   int64_t a_cs, const void *b, int64_t L, int64_t K, int64_t m0,
+/* One instantiation per dtype so the widening is resolved at compile time.
+ * The packed panel of b (LCHUNK x 16 floats) and the packed rows of a
+ * (MBLOCK x LCHUNK floats) come from the heap. */
+LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, const int set, float *c, const float *a, int64_t a_rs,
+                                   int64_t a_cs, const void *b, lorac_dtype_t bt, int64_t L, int64_t K, int64_t m0,
                                    int64_t m1, int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; k += 8 * AV) {
-        int64_t kw = k1 - k < 8 * AV ? k1 - k : 8 * AV;
-        for (int64_t l = 0; l < L; l += LCHUNK) {
-            int64_t le = l + LCHUNK < L ? l + LCHUNK : L;
-            acc_panel(bt, c, a, a_rs, a_cs, b, K, m0, m1, k, kw, l, le);
-        }
+    /* packing a pays when it is stored transposed and at least two column
+     * panels reuse it */
+    int pack = a_cs != 1 && m1 - m0 >= 2 * AM && k1 - k0 >= 2 * PW;
+    int64_t rows = m1 - m0 < MBLOCK ? m1 - m0 : MBLOCK;
+    rows = (rows + AM - 1) / AM * AM; /* the last group padded */
+    float *pa = pack ? malloc(sizeof(float) * (size_t)(rows * LCHUNK)) : NULL;
+    float *buf = aligned_alloc(32, sizeof(float) * LCHUNK * PW), *heap = buf;
+    int64_t lchunk = LCHUNK;
+    _Alignas(32) float small[SMALL_LCHUNK * PW];
+    if (!buf || (pack && !pa)) { /* out of memory: short chunks, a in place; the same bits, only slower */
+        free(pa), pa = NULL;
+        buf = small, lchunk = SMALL_LCHUNK;
     }
+    if (bt == LORAC_DTYPE_F32) acc_block(LORAC_DTYPE_F32, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk);
+    else if (bt == LORAC_DTYPE_BF16) acc_block(LORAC_DTYPE_BF16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk);
+    else acc_block(LORAC_DTYPE_F16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk);
+    free(pa);
+    free(heap);
 }
 
 static void avx2_matmul_acc(float *c, const float *a, int64_t a_rs, int64_t a_cs, const void *b,
                             lorac_dtype_t bt, int64_t M, int64_t L, int64_t K, int64_t m0,
                             int64_t m1, int64_t k0, int64_t k1) {
     (void)M;
-    if (bt == LORAC_DTYPE_F32) acc_block(LORAC_DTYPE_F32, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1);
-    else if (bt == LORAC_DTYPE_BF16)
-        acc_block(LORAC_DTYPE_BF16, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1);
-    else acc_block(LORAC_DTYPE_F16, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1);
+    acc_dtype(0, 0, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1);
+}
+
+static void avx2_matmul_acc_bt(float *c, const float *a, int64_t a_rs, int64_t a_cs, const void *b,
+                               lorac_dtype_t bt, int64_t M, int64_t L, int64_t K, int64_t m0,
+                               int64_t m1, int64_t k0, int64_t k1) {
+    (void)M;
+    acc_dtype(1, 0, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1);
+}
+
+static void avx2_matmul_set_bt(float *c, const float *a, int64_t a_rs, int64_t a_cs, const void *b,
+                               lorac_dtype_t bt, int64_t M, int64_t L, int64_t K, int64_t m0,
+                               int64_t m1, int64_t k0, int64_t k1) {
+    (void)M;
+    acc_dtype(1, 1, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1);
 }
 
 static void avx2_convert(float *dst, const void *src, lorac_dtype_t dt, int64_t n) {
@@ -226,8 +459,61 @@ static void avx2_convert(float *dst, const void *src, lorac_dtype_t dt, int64_t 
     }
 }
 
+/* e^x on 8 lanes for x >= EXP_MIN_ARG or -inf: the range reduction and
+ * polynomial of softmax_expf (ops_internal.h), 2^n built in the exponent
+ * field (n >= -126 there, so it is a normal float). */
+LORAC_ALWAYS_INLINE __m256 exp8(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(EXP_MIN_ARG);
+    __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ); /* -inf included */
+    __m256 xc = _mm256_max_ps(x, lo);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(EXP_LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_HI), xc);
+    r = _mm256_fmadd_ps(n, _mm256_set1_ps(EXP_LN2_LO), r);
+    __m256 p = _mm256_set1_ps(EXP_P0);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P1));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P5));
+    __m256 y = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(under, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
+}
+
+/* Sum of the 8 lanes of v added into a double accumulator. */
+LORAC_ALWAYS_INLINE __m256d add_to_double(__m256d s, __m256 v) {
+    s = _mm256_add_pd(s, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+    return _mm256_add_pd(s, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+}
+
+static double avx2_exp_sum(float *x, float shift, int64_t n) {
+    __m256 sh = _mm256_set1_ps(shift);
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) { /* two independent double chains */
+        __m256 e0 = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), sh));
+        __m256 e1 = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), sh));
+        _mm256_storeu_ps(x + i, e0);
+        _mm256_storeu_ps(x + i + 8, e1);
+        s0 = add_to_double(s0, e0);
+        s1 = add_to_double(s1, e1);
+    }
+    for (; i < n; i += 8) {
+        int64_t m = n - i < 8 ? n - i : 8;
+        /* lanes past the end are -inf, so they add 0 */
+        float tmp[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+        memcpy(tmp, x + i, (size_t)m * sizeof(float));
+        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(tmp), sh));
+        store_part(x + i, e, m);
+        s0 = add_to_double(s0, e);
+    }
+    __m256d s = _mm256_add_pd(s0, s1);
+    __m128d h = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+}
+
 const lorac_kernel_ops_t lorac_kernel_ops_avx2 = {
-    "avx2", avx2_matmul_fwd, avx2_matmul_acc, NULL, NULL, avx2_convert, lorac_exp_sum_portable,
+    "avx2", avx2_matmul_fwd, avx2_matmul_acc, avx2_matmul_acc_bt, avx2_matmul_set_bt, avx2_convert, avx2_exp_sum,
 };
 
 #else /* compiled without AVX2/FMA/F16C flags: the dispatcher skips this path */
