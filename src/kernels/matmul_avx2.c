@@ -33,14 +33,16 @@
 #define AM 6
 #define AV 2
 #define PW (8 * AV) /* columns of a panel */
-/* l is blocked by LCHUNK: a packed LCHUNK x 16 panel of b is 16 KB and
- * stays in L1 while every row tile of the block uses it; c is loaded and
- * stored once per chunk. */
-#define LCHUNK 256
+/* l is blocked in equal chunks of at most LCHUNK: a packed 384 x 16 panel
+ * of b is 24 KB and stays in L1 while every row tile of the block uses it;
+ * c is loaded and stored once per chunk. (At the 15M shapes 384 ran at
+ * least as fast as 256 in alternating bench_matmul runs, and L = 288 is
+ * one chunk.) */
+#define LCHUNK 384
 #define SMALL_LCHUNK 64 /* when the panel cannot be allocated: 4 KB on the stack */
-/* Rows of c per pass over b (a multiple of AM): their LCHUNK-wide slice of
- * a (240 KB) stays in L2 while every column panel uses it. */
-#define MBLOCK 240
+/* Rows of c per pass over b (a multiple of AM): their chunk-wide slice of
+ * a (at most 396 KB) stays in L2 while every column panel uses it. */
+#define MBLOCK 264
 
 LORAC_ALWAYS_INLINE __m256 widen_w(__m128i h, lorac_dtype_t dt) {
     if (dt == LORAC_DTYPE_BF16)
@@ -373,16 +375,17 @@ LORAC_NOINLINE void panel_inplace(lorac_dtype_t bt, float *c, const float *a, in
 }
 
 /* c block += a · b (b_t = 0, b is (L,K)) or a · bᵀ (b_t = 1, b is (K,L)).
- * Loop order: blocks of MBLOCK rows; chunks of lchunk values of l, whose
+ * Loop order: blocks of mblock rows; chunks of lchunk values of l, whose
  * slice of a stays in L2 for every column panel; 16-column panels of b,
  * packed unless used in place for a few rows of c; row tiles. Every c
  * element still sees its l in increasing order, so neither the loop order
  * nor the chunk size changes a bit. */
 LORAC_ALWAYS_INLINE void acc_block(const lorac_dtype_t bt, const int b_t, const int set, float *c, const float *a,
                                    int64_t a_rs, int64_t a_cs, const void *b, int64_t L, int64_t K, int64_t m0,
-                                   int64_t m1, int64_t k0, int64_t k1, float *pa, float *buf, int64_t lchunk) {
-    for (int64_t mb = m0; mb < m1; mb += MBLOCK) {
-        int64_t me = mb + MBLOCK < m1 ? mb + MBLOCK : m1;
+                                   int64_t m1, int64_t k0, int64_t k1, float *pa, float *buf, int64_t lchunk,
+                                   int64_t mblock) {
+    for (int64_t mb = m0; mb < m1; mb += mblock) {
+        int64_t me = mb + mblock < m1 ? mb + mblock : m1;
         int packed = b_t || me - mb >= 2 * AM;
         for (int64_t l = 0; l < L; l += lchunk) {
             int64_t n = L - l < lchunk ? L - l : lchunk;
@@ -411,19 +414,25 @@ LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, const int set, float *c, const
     /* packing a pays when it is stored transposed and at least two column
      * panels reuse it */
     int pack = a_cs != 1 && m1 - m0 >= 2 * AM && k1 - k0 >= 2 * PW;
-    int64_t rows = m1 - m0 < MBLOCK ? m1 - m0 : MBLOCK;
+    /* The rows in equal blocks of at most MBLOCK, whole tiles: every block
+     * packs all of b's panels again, so a thread's 512 rows run as 2 x 258,
+     * not 240 + 240 + 32 */
+    int64_t nblocks = (m1 - m0 + MBLOCK - 1) / MBLOCK, rows = nblocks > 0 ? (m1 - m0 + nblocks - 1) / nblocks : AM;
     rows = (rows + AM - 1) / AM * AM; /* the last group padded */
     float *pa = pack ? malloc(sizeof(float) * (size_t)(rows * LCHUNK)) : NULL;
     float *buf = aligned_alloc(32, sizeof(float) * LCHUNK * PW), *heap = buf;
-    int64_t lchunk = LCHUNK;
+    /* L in equal chunks of at most LCHUNK (a multiple of 8): 288 as one
+     * chunk rather than 256 + 32, whose second pass over c does little */
+    int64_t nchunks = (L + LCHUNK - 1) / LCHUNK, lchunk = nchunks > 0 ? (L + nchunks - 1) / nchunks : LCHUNK;
+    lchunk = (lchunk + 7) / 8 * 8;
     _Alignas(32) float small[SMALL_LCHUNK * PW];
     if (!buf || (pack && !pa)) { /* out of memory: short chunks, a in place; the same bits, only slower */
         free(pa), pa = NULL;
         buf = small, lchunk = SMALL_LCHUNK;
     }
-    if (bt == LORAC_DTYPE_F32) acc_block(LORAC_DTYPE_F32, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk);
-    else if (bt == LORAC_DTYPE_BF16) acc_block(LORAC_DTYPE_BF16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk);
-    else acc_block(LORAC_DTYPE_F16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk);
+    if (bt == LORAC_DTYPE_F32) acc_block(LORAC_DTYPE_F32, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk, rows);
+    else if (bt == LORAC_DTYPE_BF16) acc_block(LORAC_DTYPE_BF16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk, rows);
+    else acc_block(LORAC_DTYPE_F16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk, rows);
     free(pa);
     free(heap);
 }
