@@ -43,6 +43,8 @@
 /* Rows of c per pass over b (a multiple of AM): their chunk-wide slice of
  * a (at most 396 KB) stays in L2 while every column panel uses it. */
 #define MBLOCK 264
+/* Rows of b ahead that pack_panel prefetches. */
+#define PACK_AHEAD 8
 
 LORAC_ALWAYS_INLINE __m256 widen_w(__m128i h, lorac_dtype_t dt) {
     if (dt == LORAC_DTYPE_BF16)
@@ -316,9 +318,19 @@ LORAC_ALWAYS_INLINE void pack_a(float *pa, const float *a, int64_t a_rs, int64_t
  * bits. */
 LORAC_ALWAYS_INLINE void pack_panel(const lorac_dtype_t bt, float *buf, const void *b, int64_t K, int64_t k,
                                     int64_t kw, int64_t l0, int64_t n) {
-    for (int64_t l = 0; l < n; l++)
+    const int64_t es = (int64_t)lorac_dtype_size(bt);
+    for (int64_t l = 0; l < n; l++) {
+        /* The panel's rows are K elements apart, a page or more at the
+         * larger shapes, where the hardware prefetcher does not follow:
+         * fetch the row PACK_AHEAD on (its first and last byte's lines). */
+        if (l + PACK_AHEAD < n) {
+            const char *ahead = (const char *)b + ((l0 + l + PACK_AHEAD) * K + k) * es;
+            _mm_prefetch(ahead, _MM_HINT_T0);
+            _mm_prefetch(ahead + (kw - 1) * es, _MM_HINT_T0);
+        }
         for (int64_t v = 0; v < PW; v += 8)
             _mm256_storeu_ps(buf + l * PW + v, load_w_part(b, bt, (l0 + l) * K + k + v, kw - v));
+    }
 }
 
 /* r[i] (8 rows of 8) becomes its transpose: r[c][i] = old r[i][c]. */
