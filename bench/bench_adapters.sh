@@ -8,9 +8,10 @@
 #     (below 100% only by the BF16 rounding of the merged weights),
 # against PyTorch doing the same jobs (bench/torch_adapters.py: W + s*B@A;
 # torch.svd_lowrank with the same oversampling and iterations, f32, Debian's
-# OpenBLAS with its kernels for this CPU, bench/openblas_env.sh), on the 110M shape (dim 768,
-# 12 layers, hidden 2048) and the TinyLlama-1.1B shape (dim 2048, 22 layers,
-# 32 heads, 4 KV heads, hidden 5632, vocab 32000), random BF16 weights.
+# OpenBLAS with its kernels for this CPU, bench/openblas_env.sh), on the
+# 110M shape (dim 768, 12 layers, hidden 2048) and the TinyLlama-1.1B
+# shape (dim 2048, 22 layers, 32 heads, 4 KV heads, hidden 5632, vocab
+# 32000), random BF16 weights.
 # Peak RSS from /usr/bin/time -v. Not a test.
 # Usage: bench/bench_adapters.sh   (after `make build`)
 # Env:   MODELS ("s110m s1b"), R (16), THREADS (2), TORCH (1; 0 skips the torch columns)

@@ -9,8 +9,8 @@
 #   * bench/torch_generate.py on the same model and prompt ids (KV cache,
 #     greedy, 2 threads; f32, or bf16 weights+activations for BF16 rows),
 #     with Debian's OpenBLAS (libopenblas0-openmp, installed if missing) and
-#     its kernels for this CPU (bench/openblas_env.sh), as python3-torch otherwise uses the netlib
-#     reference BLAS;
+#     its kernels for this CPU (bench/openblas_env.sh), as python3-torch
+#     otherwise uses the netlib reference BLAS;
 # and the decode rate against the memory-bandwidth bound
 # (read bandwidth / bytes of weights read per token).
 # Not a test: timings depend on the machine and on what else runs on it.
