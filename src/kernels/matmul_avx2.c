@@ -29,9 +29,10 @@
 /* acc tile: AM rows of c times AV vectors (16 columns) = 12 accumulators,
  * + 2 vectors of b + 1 broadcast = 15 registers; per l, 8 loads for 12
  * FMAs (the 4 x 2 tile this replaced: 6 loads for 8 FMAs, and 8 chains
- * barely covered the FMA latency). From L1 it ran at about 94 GFLOP/s a
- * thread on a 3.2 GHz AMD EPYC, near two 8-lane FMAs a cycle; 4 x 24 and
- * 3 x 32 tiles (7 loads for 12 FMAs) ran no faster. */
+ * barely covered the FMA latency). On an AMD EPYC, 4 x 24 and 3 x 32
+ * tiles (7 loads for 12 FMAs) ran no faster in a stand-alone test, and a
+ * 12 x 8 tile of vbroadcastsd row pairs ran slower in bench_matmul (twice
+ * the panels and c-tile passes). */
 #define AM 6
 #define AV 2
 #define PW (8 * AV) /* columns of a panel */
@@ -80,7 +81,6 @@ LORAC_ALWAYS_INLINE void store_part(float *dst, __m256 v, int64_t n) {
         _mm256_storeu_ps(dst, v);
         return;
     }
-    if (n <= 0) return;
     float tmp[8];
     _mm256_storeu_ps(tmp, v);
     memcpy(dst, tmp, (size_t)n * sizeof(float));
