@@ -64,6 +64,10 @@ typedef struct {
     lorac_matmul_acc_fn matmul_set_bt;
     lorac_convert_fn convert;
     lorac_exp_sum_fn exp_sum;
+    /* Pieces per thread that a decode product (T < 4) is cut into, the
+     * rows handed out as threads come free: fewer, longer pieces suit a
+     * matmul_fwd that streams a piece in long runs. */
+    int decode_pieces;
 } lorac_kernel_ops_t;
 
 /* The portable exp_sum (softmax_expf per element), shared by the AVX2 path. */

@@ -105,7 +105,7 @@ double lorac_exp_sum_portable(float *x, float shift, int64_t n) {
 }
 
 const lorac_kernel_ops_t lorac_kernel_ops_portable = {
-    "portable", portable_matmul_fwd, portable_matmul_acc, NULL, NULL, portable_convert, lorac_exp_sum_portable,
+    "portable", portable_matmul_fwd, portable_matmul_acc, NULL, NULL, portable_convert, lorac_exp_sum_portable, 8,
 };
 
 /* ---- drivers ---------------------------------------------------------------- */
@@ -267,13 +267,16 @@ void lorac_matmul_forward_parts_lora(const lorac_matmul_part_t *parts, int n_par
         return;
     }
     /* Pieces of whole 4-row groups, handed out as the threads come free.
-     * Decode streams w once: in 8 pieces a thread (in halves, the thread
-     * whose memory reads ran slower held the other at the barrier of every
-     * product). Longer batches: one piece per thread. Any split gives the
-     * same bits (all tile shapes do). */
+     * Decode streams w once, in the path's decode_pieces a thread: 8 on
+     * the AVX-512 path (in halves, the thread whose memory reads ran slower
+     * held the other at the barrier of every product); 1 on the AVX2 path,
+     * whose decode loop reads a piece as four streams that run faster the
+     * longer they are. Longer batches: one piece per thread. Any split
+     * gives the same bits (all tile shapes do). */
     int64_t piece = round_up((total + nt - 1) / nt, 4);
     if (T < DECODE_MAX_T) {
-        piece = round_up((total + 8 * nt - 1) / (8 * nt), 4);
+        int64_t per = (int64_t)nt * ops->decode_pieces;
+        piece = round_up((total + per - 1) / per, 4);
         if (piece < 64) piece = 64;
     }
     int64_t n_pieces = (total + piece - 1) / piece;

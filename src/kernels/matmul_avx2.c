@@ -48,6 +48,10 @@
 #define MBLOCK 264
 /* Rows of b ahead that pack_panel prefetches. */
 #define PACK_AHEAD 8
+/* Bytes ahead in each of decode's four weight streams that fwd_row4
+ * prefetches (512 read faster than 0, 1024 and 2048 in alternating
+ * bench_decode_split runs on the AMD EPYC). */
+#define DECODE_AHEAD 512
 
 LORAC_ALWAYS_INLINE __m256 widen_w(__m128i h, lorac_dtype_t dt) {
     if (dt == LORAC_DTYPE_BF16)
@@ -137,24 +141,25 @@ LORAC_ALWAYS_INLINE void fwd_tile(const int RT, const int RN, const lorac_dtype_
         }
 }
 
-/* One x row against 4 weight rows: fwd_tile(1, 4, ...) with named
- * accumulators and row pointers, so that the decode hot loop keeps them in
- * registers whatever the compiler does with fwd_tile's arrays. The same FMA
- * chain per lane, tail and hsum, so bitwise the same result as fwd_tile. */
+/* One x row against the 4 weight rows woff, woff + stride·K, woff +
+ * 2·stride·K and woff + 3·stride·K: fwd_tile(1, 1, ...) four times over,
+ * with named accumulators and row pointers, so that the decode hot loop
+ * keeps them in registers. The same FMA chain per lane, tail and hsum, so
+ * bitwise the same result as fwd_tile. Each row pointer's next row is the
+ * next one in memory, so over the decode loop (fwd_block) the four form
+ * four long sequential streams; each is prefetched DECODE_AHEAD bytes on. */
 LORAC_ALWAYS_INLINE void fwd_row4(const lorac_dtype_t dt, float *out, const float *x, const void *w, int64_t woff,
-                                  const float *bias, int64_t K, int64_t pfoff) {
-    const int64_t es = (int64_t)lorac_dtype_size(dt);
-    const char *wb = (const char *)w + woff * es;
-    const char *r0 = wb, *r1 = wb + K * es, *r2 = wb + 2 * K * es, *r3 = wb + 3 * K * es;
-    const char *pf = pfoff >= 0 ? (const char *)w + pfoff * es : NULL;
+                                  const float *bias, int64_t K, int64_t stride) {
+    const int64_t es = (int64_t)lorac_dtype_size(dt), gap = stride * K * es;
+    const char *r0 = (const char *)w + woff * es, *r1 = r0 + gap, *r2 = r1 + gap, *r3 = r2 + gap;
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
     int64_t k = 0;
     for (; k + 8 <= K; k += 8) {
-        if (pf && (k * es) % 64 == 0) { /* the next 4 rows, a line each per line of these */
-            _mm_prefetch(pf + k * es, _MM_HINT_T0);
-            _mm_prefetch(pf + (K + k) * es, _MM_HINT_T0);
-            _mm_prefetch(pf + (2 * K + k) * es, _MM_HINT_T0);
-            _mm_prefetch(pf + (3 * K + k) * es, _MM_HINT_T0);
+        if ((k * es) % 64 == 0) { /* a line of each stream per line consumed */
+            _mm_prefetch(r0 + k * es + DECODE_AHEAD, _MM_HINT_T0);
+            _mm_prefetch(r1 + k * es + DECODE_AHEAD, _MM_HINT_T0);
+            _mm_prefetch(r2 + k * es + DECODE_AHEAD, _MM_HINT_T0);
+            _mm_prefetch(r3 + k * es + DECODE_AHEAD, _MM_HINT_T0);
         }
         __m256 xv = _mm256_loadu_ps(x + k);
         a0 = _mm256_fmadd_ps(xv, load_w(r0, dt, k), a0);
@@ -171,9 +176,9 @@ LORAC_ALWAYS_INLINE void fwd_row4(const lorac_dtype_t dt, float *out, const floa
     }
     float v0 = hsum(a0), v1 = hsum(a1), v2 = hsum(a2), v3 = hsum(a3);
     out[0] = bias ? v0 + bias[0] : v0;
-    out[1] = bias ? v1 + bias[1] : v1;
-    out[2] = bias ? v2 + bias[2] : v2;
-    out[3] = bias ? v3 + bias[3] : v3;
+    out[stride] = bias ? v1 + bias[stride] : v1;
+    out[2 * stride] = bias ? v2 + bias[2 * stride] : v2;
+    out[3 * stride] = bias ? v3 + bias[3 * stride] : v3;
 }
 
 /* out is (T,N), x is (T,K), w is (N,K) in dt; columns [n0,n1). */
@@ -181,17 +186,19 @@ LORAC_ALWAYS_INLINE void fwd_block(const lorac_dtype_t dt, float *out, const flo
                                    const void *w, const float *bias, int64_t T, int64_t K,
                                    int64_t N, int64_t n0, int64_t n1) {
     if (T < FT) {
-        /* Decode: each weight row streamed once, 4 rows at a time. 16-bit
-         * rows (1.5 KB at K = 768) end about when the hardware prefetcher
-         * has ramped up, so the next 4 rows are prefetched in software
-         * while these stream. */
+        /* Decode: each weight row streamed once. Rows n0 + i, n0 + q + i,
+         * n0 + 2q + i and n0 + 3q + i go together (q = a quarter of the
+         * rows), so each of the four walks its own quarter of w front to
+         * back. Four neighbouring rows instead were four short streams
+         * that restart every 4 rows (16-bit rows are 1.5 KB at K = 768),
+         * and read DRAM at about 60% of the rate of one long stream in a
+         * stand-alone test on the AMD EPYC. */
+        int64_t q = (n1 - n0) / 4;
         for (int64_t t = 0; t < T; t++) {
-            int64_t n = n0;
-            for (; n + 4 <= n1; n += 4) {
-                int64_t pf = t == 0 && dt != LORAC_DTYPE_F32 && n + 8 <= n1 ? (n + 4) * K : -1;
-                fwd_row4(dt, out + t * N + n, x + t * K, w, n * K, bias ? bias + n : NULL, K, pf);
-            }
-            for (; n < n1; n++) fwd_tile(1, 1, dt, out + t * N + n, N, x + t * K, w, n * K, bias ? bias + n : NULL, K);
+            for (int64_t n = n0; n < n0 + q; n++)
+                fwd_row4(dt, out + t * N + n, x + t * K, w, n * K, bias ? bias + n : NULL, K, q);
+            for (int64_t n = n0 + 4 * q; n < n1; n++)
+                fwd_tile(1, 1, dt, out + t * N + n, N, x + t * K, w, n * K, bias ? bias + n : NULL, K);
         }
         return;
     }
@@ -537,8 +544,9 @@ static double avx2_exp_sum(float *x, float shift, int64_t n) {
 
 const lorac_kernel_ops_t lorac_kernel_ops_avx2 = {
     "avx2", avx2_matmul_fwd, avx2_matmul_acc, avx2_matmul_acc_bt, avx2_matmul_set_bt, avx2_convert, avx2_exp_sum,
+    1, /* decode pieces a thread: its four streams are longest in one piece */
 };
 
 #else /* compiled without AVX2/FMA/F16C flags: the dispatcher skips this path */
-const lorac_kernel_ops_t lorac_kernel_ops_avx2 = {NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+const lorac_kernel_ops_t lorac_kernel_ops_avx2 = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0};
 #endif
