@@ -317,15 +317,16 @@ static void test_lora_expand(const char *isa) {
     CHECK_MSG(bad == 0, "%s lora expand: %d shapes out of tolerance", isa, bad);
 }
 
-static void test_backward_input(const char *isa) {
+static void test_backward_input_fn(const char *isa, const char *label, const int64_t *ts, int nts, const int64_t *ks,
+                                   int nks, const int64_t *ns, int nns) {
     for (int di = 0; di < LEN(DTYPES); di++) {
         lorac_dtype_t dt = DTYPES[di];
         double worst = 0;
         int bad = 0;
-        for (int ti = 0; ti < LEN(TS); ti++)
-            for (int ki = 0; ki < LEN(KS); ki++)
-                for (int ni = 0; ni < LEN(NS); ni++) {
-                    int64_t T = TS[ti], K = KS[ki], N = NS[ni];
+        for (int ti = 0; ti < nts; ti++)
+            for (int ki = 0; ki < nks; ki++)
+                for (int ni = 0; ni < nns; ni++) {
+                    int64_t T = ts[ti], K = ks[ki], N = ns[ni];
                     float *wx = xmalloc((size_t)(N * K) * sizeof(float));
                     void *w = make_weights(dt, N * K, wx);
                     float *dout = rand_f32(T * N), *dx = rand_f32(T * K);
@@ -340,10 +341,24 @@ static void test_backward_input(const char *isa) {
                     if (e > worst || e != e) worst = e;
                     free(wx), free(w), free(dout), free(dx), free(ref), free(mag);
                 }
-        printf("  bwd dx   %-8s %-4s max rel err %.3g\n", isa, lorac_dtype_name(dt), worst);
-        CHECK_MSG(bad == 0, "%s %s backward_input: %d shapes out of tolerance", isa,
-                  lorac_dtype_name(dt), bad);
+        printf("  %-13s %-8s %-4s max rel err %.3g\n", label, isa, lorac_dtype_name(dt), worst);
+        CHECK_MSG(bad == 0, "%s %s %s: %d shapes out of tolerance", label, isa, lorac_dtype_name(dt), bad);
     }
+}
+
+static void test_backward_input(const char *isa) {
+    test_backward_input_fn(isa, "bwd dx", TS, LEN(TS), KS, LEN(KS), NS, LEN(NS));
+}
+
+/* Row-major operands whose rows lie a multiple of 2 KB apart, with many
+ * column panels per thread: the AVX2 path packs them (they alias in L1),
+ * through the same kernel as the transposed ones. dout's rows of 512 in
+ * dx, x's rows of 1024 in the batch forward (T >= 128 for its packed path). */
+static void test_aliased_rows(const char *isa) {
+    static const int64_t dt_[] = {13, 30}, dk[] = {600}, dn[] = {512};
+    test_backward_input_fn(isa, "dx aliased", dt_, LEN(dt_), dk, LEN(dk), dn, LEN(dn));
+    static const int64_t ft[] = {130}, fk[] = {1024}, fn[] = {520};
+    test_forward_fn(isa, "fwd aliased", lorac_matmul_forward_batch, ft, LEN(ft), fk, LEN(fk), fn, LEN(fn));
 }
 
 static void test_backward_weight(const char *isa) {
@@ -388,7 +403,8 @@ static void test_backward_weight(const char *isa) {
 /* Same inputs → same bits, run to run and for 1, 2 and 3 threads. Shapes are
  * large enough to be split among threads and cross the T chunk (64). */
 static void test_determinism(const char *isa) {
-    static const int64_t shapes[][3] = {{1, 768, 2048}, {130, 288, 257}, {17, 1000, 100}, {200, 64, 640}};
+    static const int64_t shapes[][3] = {{1, 768, 2048}, {130, 288, 257}, {17, 1000, 100}, {200, 64, 640},
+                                        {130, 1024, 520}, {30, 600, 512}};
     int saved = lorac_kernels_get_threads();
     for (int di = 0; di < LEN(DTYPES); di++)
         for (int si = 0; si < LEN(shapes); si++) {
@@ -529,6 +545,7 @@ int main(void) {
         test_forward_parts_lora(ISAS[i]);
         test_forward_degenerate();
         test_backward_input(ISAS[i]);
+        test_aliased_rows(ISAS[i]);
         test_backward_weight(ISAS[i]);
         test_determinism(ISAS[i]);
         test_convert(ISAS[i]);
