@@ -250,6 +250,11 @@ LORAC_ALWAYS_INLINE void acc_tile(const int RM, const int RV, const lorac_dtype_
         for (int j = 0; j < RV; j++)
             acc[i][j] = zero || i >= valid ? _mm256_setzero_ps()
                                            : load_w_part(c, LORAC_DTYPE_F32, i * ldc + 8 * j, cols - 8 * j);
+    /* Two values of l per loop pass: the loop's own 4 instructions came
+     * with every 12 FMAs (alternating training runs on the AMD EPYC: 110M
+     * steps 2-4% faster, 1.1B under 1%; unrolled 4 times, no faster). The
+     * same FMA chains in the same order. */
+#pragma GCC unroll 2
     for (int64_t l = 0; l < n; l++) {
         __m256 bv[AV];
 #pragma GCC unroll 4
