@@ -189,10 +189,11 @@ LORAC_ALWAYS_INLINE void fwd_block(const lorac_dtype_t dt, float *out, const flo
         /* Decode: each weight row streamed once. Rows n0 + i, n0 + q + i,
          * n0 + 2q + i and n0 + 3q + i go together (q = a quarter of the
          * rows), so each of the four walks its own quarter of w front to
-         * back. Four neighbouring rows instead were four short streams
-         * that restart every 4 rows (16-bit rows are 1.5 KB at K = 768),
-         * and read DRAM at about 60% of the rate of one long stream in a
-         * stand-alone test on the AMD EPYC. */
+         * back. Four neighbouring rows instead were four short streams,
+         * three of which start over every 4 rows (16-bit rows are 1.5 KB
+         * at K = 768): in alternating bench_decode_split runs on the AMD
+         * EPYC the 110M BF16 products read 22-24 GB/s that way and 27-36
+         * GB/s this way. */
         int64_t q = (n1 - n0) / 4;
         for (int64_t t = 0; t < T; t++) {
             for (int64_t n = n0; n < n0 + q; n++)
@@ -443,8 +444,8 @@ LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, const int set, float *c, const
      * of 2048 or 5632 floats at the 110M and 1.1B shapes) and many panels
      * reuse it: a tile's 6 rows then fall into at most 2 of the L1's sets
      * (a set every 4 KB) and evict one another. Packed, 1.1B training ran
-     * about 3% faster in alternating runs on the AMD EPYC (dx products up
-     * to 10% in bench_matmul --training 1b); 110M 1-2%. */
+     * about 3% faster in alternating runs on the AMD EPYC (its dx products
+     * 5-15% in two bench_matmul --training 1b runs); 110M 1-2%. */
     int aliased = a_cs == 1 && a_rs % 512 == 0 && k1 - k0 >= 16 * PW;
     int pack = (a_cs != 1 || aliased) && m1 - m0 >= 2 * AM && k1 - k0 >= 2 * PW;
     /* The rows in equal blocks of at most MBLOCK, whole tiles: every block
