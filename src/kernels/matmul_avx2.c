@@ -252,8 +252,7 @@ LORAC_ALWAYS_INLINE void acc_tile(const int RM, const int RV, const lorac_dtype_
             acc[i][j] = zero || i >= valid ? _mm256_setzero_ps()
                                            : load_w_part(c, LORAC_DTYPE_F32, i * ldc + 8 * j, cols - 8 * j);
     /* Two values of l per loop pass: the loop's own 4 instructions came
-     * with every 12 FMAs (alternating training runs on the AMD EPYC: 110M
-     * steps 2-4% faster, 1.1B under 1%; unrolled 4 times, no faster). The
+     * with every 12 FMAs (4 passes ran no faster on the AMD EPYC). The
      * same FMA chains in the same order. */
 #pragma GCC unroll 2
     for (int64_t l = 0; l < n; l++) {
@@ -443,9 +442,7 @@ LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, const int set, float *c, const
      * panels reuse it; and when its rows lie a multiple of 2 KB apart (rows
      * of 2048 or 5632 floats at the 110M and 1.1B shapes) and many panels
      * reuse it: a tile's 6 rows then fall into at most 2 of the L1's sets
-     * (a set every 4 KB) and evict one another. Packed, 1.1B training ran
-     * about 3% faster in alternating runs on the AMD EPYC (its dx products
-     * 5-15% in two bench_matmul --training 1b runs); 110M 1-2%. */
+     * (a set every 4 KB) and evict one another. */
     int aliased = a_cs == 1 && a_rs % 512 == 0 && k1 - k0 >= 16 * PW;
     int pack = (a_cs != 1 || aliased) && m1 - m0 >= 2 * AM && k1 - k0 >= 2 * PW;
     /* The rows in equal blocks of at most MBLOCK, whole tiles: every block
