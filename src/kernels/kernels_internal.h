@@ -68,6 +68,9 @@ typedef struct {
      * rows handed out as threads come free: fewer, longer pieces suit a
      * matmul_fwd that streams a piece in long runs. */
     int decode_pieces;
+    /* Columns of c that a thread's share of an accumulating product is a
+     * multiple of when it is split by columns (see split_panels). */
+    int split_cols;
 } lorac_kernel_ops_t;
 
 /* The portable exp_sum (softmax_expf per element), shared by the AVX2 path. */

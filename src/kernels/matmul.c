@@ -105,7 +105,7 @@ double lorac_exp_sum_portable(float *x, float shift, int64_t n) {
 }
 
 const lorac_kernel_ops_t lorac_kernel_ops_portable = {
-    "portable", portable_matmul_fwd, portable_matmul_acc, NULL, NULL, portable_convert, lorac_exp_sum_portable, 8,
+    "portable", portable_matmul_fwd, portable_matmul_acc, NULL, NULL, portable_convert, lorac_exp_sum_portable, 8, 64,
 };
 
 /* ---- drivers ---------------------------------------------------------------- */
@@ -294,21 +294,22 @@ void lorac_matmul_forward_parts_lora(const lorac_matmul_part_t *parts, int n_par
 }
 
 /* How an accumulating product over c (M,C) is shared by nt threads: by
- * 64-column panels (each thread then reads only its columns of b) when they
- * divide evenly or are many, else by rows in multiples of 12 (whole row
- * tiles of the 4- and 6-row kernels; a 288-wide output is 4.5 panels: split
- * by panels, one of two threads did 2/3). Every element still belongs to
- * one thread and sums in the same order. */
+ * panels of g columns (the path's split_cols; each thread then reads and
+ * packs only its columns of b) when they divide evenly or are many, else
+ * by rows in multiples of 12 (whole row tiles of the 4- and 6-row kernels;
+ * a 288-wide output is 4.5 panels of 64: split by those, one of two
+ * threads did 2/3). Every element still belongs to one thread and sums in
+ * the same order. */
 typedef struct {
     int64_t M, C, chunk;
     int by_rows;
 } block_split_t;
 
-static block_split_t split_panels(int64_t M, int64_t C, int nt) {
-    int64_t panels = (C + 63) / 64;
+static block_split_t split_panels(int64_t M, int64_t C, int nt, int64_t g) {
+    int64_t panels = (C + g - 1) / g;
     block_split_t sp = {M, C, 0, 0};
     if (panels % nt == 0 || panels >= 4 * nt) {
-        sp.chunk = round_up((C + nt - 1) / nt, 64);
+        sp.chunk = round_up((C + nt - 1) / nt, g);
     } else {
         sp.by_rows = 1;
         sp.chunk = round_up((M + nt - 1) / nt, 12);
@@ -331,7 +332,7 @@ static void acc_parallel(lorac_matmul_acc_fn fn, float *c, const float *a, int64
         fn(c, a, a_rs, a_cs, b, bt, M, L, C, 0, M, 0, C);
         return;
     }
-    block_split_t sp = split_panels(M, C, nt);
+    block_split_t sp = split_panels(M, C, nt, lorac_kernels_ops()->split_cols);
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int i = 0; i < nt; i++) {
         int64_t r0, r1, c0, c1;
