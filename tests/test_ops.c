@@ -1,5 +1,6 @@
 /* The elementwise kernels — RMSNorm (forward, backward with the weight
- * gradient), SwiGLU (forward, backward) and rotary (forward, backward) —
+ * gradient), SwiGLU (forward, backward) and rotary (forward, backward; and
+ * from a table of its cosines and sines, bitwise equal to those) —
  * the softmax and the inference attention against direct double-precision formulas, at a size that runs threaded
  * (above LORAC_PARALLEL_MIN_ELEMS) and at one row (decode, unthreaded),
  * and bitwise equal for 1, 2 and 3 threads: each output element is made by
@@ -29,6 +30,7 @@ static double rel_err(const float *got, const double *ref, int64_t n) {
 
 typedef struct {
     float norm[N], rstd[T], dx[N], dw[C], swi[N], dgate[N], dup[N], rope[N], drope[N];
+    float rope_cs[T * HD], rope_t[N], drope_t[N];
 } outputs_t;
 
 /* Every kernel on rows [0, rows) with the given thread count. */
@@ -45,6 +47,12 @@ static void run_all(outputs_t *o, int rows, int threads) {
     lorac_rope_forward(o->rope, pos, inv_freq, rows, HEADS, HD);
     memcpy(o->drope, o->rope, sizeof(float) * (size_t)n);
     lorac_rope_backward(o->drope, pos, inv_freq, rows, HEADS, HD);
+    /* the training step's way: one table, then both directions from it */
+    lorac_rope_table(o->rope_cs, pos, inv_freq, rows, HD);
+    memcpy(o->rope_t, x, sizeof(float) * (size_t)n);
+    lorac_rope_apply(o->rope_t, o->rope_cs, rows, HEADS, HD, 1);
+    memcpy(o->drope_t, o->rope_t, sizeof(float) * (size_t)n);
+    lorac_rope_apply(o->drope_t, o->rope_cs, rows, HEADS, HD, -1);
 }
 
 static void check_reference(const outputs_t *o, int rows) {
@@ -82,6 +90,9 @@ static void check_reference(const outputs_t *o, int rows) {
     printf("  %3d rows: norm %.2g dx %.2g dw %.2g swiglu %.2g dgate %.2g dup %.2g rope %.2g rope back %.2g\n",
            rows, e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]);
     for (int i = 0; i < 8; i++) CHECK_MSG(e[i] < 2e-6, "%d rows, output %d: error %g", rows, i, e[i]);
+    CHECK_MSG(memcmp(o->rope, o->rope_t, sizeof(float) * (size_t)n) == 0 &&
+                  memcmp(o->drope, o->drope_t, sizeof(float) * (size_t)n) == 0,
+              "%d rows: rotary from the table differs from rotary in some bit", rows);
 }
 
 /* Inference attention over a KV cache (grouped-query, 6 query heads on 2

@@ -136,6 +136,14 @@ void lorac_swiglu_backward(float *dgate, float *dup, const float *dout, const fl
 /* The inverse rotation of lorac_rope_forward, in place on dx (T, n_heads, head_dim). */
 void lorac_rope_backward(float *dx, const int32_t *positions, const float *inv_freq,
                          int64_t T, int64_t n_heads, int64_t head_dim);
+/* The cosines and sines of lorac_rope_forward's angles, so that a training
+ * step computes them once for every layer's q, k and their gradients:
+ * cs (T, head_dim) gets cos(positions[t]·inv_freq[i]) at [t, i] and its sine
+ * at [t, head_dim/2 + i]. */
+void lorac_rope_table(float *cs, const int32_t *positions, const float *inv_freq, int64_t T, int64_t head_dim);
+/* lorac_rope_forward (sign +1) or lorac_rope_backward (sign −1) from a
+ * lorac_rope_table, bit for bit. */
+void lorac_rope_apply(float *x, const float *cs, int64_t T, int64_t n_heads, int64_t head_dim, int sign);
 
 /* Causal attention over rows of T tokens in which token t sees tokens
  * start[t] .. t of its own row (start[t] > 0 keeps packed examples apart).

@@ -82,6 +82,19 @@ static inline float dot_f32(const float *a, const float *b, int64_t n) {
  * angle = positions[t] · inv_freq[i]: sign +1 is rotary's forward pass, -1
  * its backward (the transpose of a rotation is the opposite rotation).
  * x is (T, n_heads, head_dim). */
+static inline void rope_pair(float *v, int64_t half, int64_t i, float c, float s) {
+    float a = v[i], b = v[i + half];
+    v[i] = a * c - b * s;
+    v[i + half] = b * c + a * s;
+}
+
+/* The angle of pair i at position pos, in double: positions up to 128k
+ * times inv_freq near 1 need more than f32's 24 bits to match the
+ * reference's cos/sin. */
+static inline double rope_angle(int32_t pos, const float *inv_freq, int64_t i) {
+    return (double)pos * (double)inv_freq[i];
+}
+
 static inline void rope_rotate(float *x, const int32_t *positions, const float *inv_freq, int64_t T, int64_t n_heads,
                                int64_t head_dim, float sign) {
     int64_t half = head_dim / 2;
@@ -89,16 +102,9 @@ static inline void rope_rotate(float *x, const int32_t *positions, const float *
         if (T * n_heads * head_dim >= LORAC_PARALLEL_MIN_ELEMS)
     for (int64_t t = 0; t < T; t++) {
         for (int64_t i = 0; i < half; i++) {
-            /* angle in double: positions up to 128k times inv_freq near 1 need
-             * more than f32's 24 bits to match the reference's cos/sin */
-            double angle = (double)positions[t] * (double)inv_freq[i];
+            double angle = rope_angle(positions[t], inv_freq, i);
             float c = (float)cos(angle), s = sign * (float)sin(angle);
-            for (int64_t h = 0; h < n_heads; h++) {
-                float *v = x + (t * n_heads + h) * head_dim;
-                float a = v[i], b = v[i + half];
-                v[i] = a * c - b * s;
-                v[i + half] = b * c + a * s;
-            }
+            for (int64_t h = 0; h < n_heads; h++) rope_pair(x + (t * n_heads + h) * head_dim, half, i, c, s);
         }
     }
 }

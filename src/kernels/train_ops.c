@@ -61,6 +61,31 @@ void lorac_rope_backward(float *dx, const int32_t *positions, const float *inv_f
     rope_rotate(dx, positions, inv_freq, T, n_heads, head_dim, -1.0f);
 }
 
+void lorac_rope_table(float *cs, const int32_t *positions, const float *inv_freq, int64_t T, int64_t head_dim) {
+    int64_t half = head_dim / 2;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t i = 0; i < half; i++) {
+            double angle = rope_angle(positions[t], inv_freq, i);
+            cs[t * head_dim + i] = (float)cos(angle);
+            cs[t * head_dim + half + i] = (float)sin(angle);
+        }
+}
+
+/* The same products and sums per pair as rope_rotate (a negated sine is
+ * exact), with the pairs of a head innermost. */
+void lorac_rope_apply(float *x, const float *cs, int64_t T, int64_t n_heads, int64_t head_dim, int sign) {
+    int64_t half = head_dim / 2;
+    #pragma omp parallel for num_threads(lorac_kernels_get_threads()) schedule(static) \
+        if (T * n_heads * head_dim >= LORAC_PARALLEL_MIN_ELEMS)
+    for (int64_t t = 0; t < T; t++) {
+        const float *c = cs + t * head_dim, *s = c + half;
+        for (int64_t h = 0; h < n_heads; h++) {
+            float *v = x + (t * n_heads + h) * head_dim;
+            for (int64_t i = 0; i < half; i++) rope_pair(v, half, i, c[i], sign < 0 ? -s[i] : s[i]);
+        }
+    }
+}
+
 /* ---- attention over packed rows ------------------------------------------
  * Both kernels take one (row b, kv head) at a time and its query heads in
  * blocks of QBLOCK queries, and do every product of the block — scores

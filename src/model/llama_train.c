@@ -71,6 +71,7 @@ struct lorac_train_pass {
     float *dres, *dres2, *dxn, *dxn_f, *tmp, *dh, *dgate, *dup, *datt, *dq, *dk, *dv, *du, *dx_lora;
     float *chunk_x, *chunk_logits, *chunk_dx, *chunk_losses;
     int32_t *chunk_targets, *start;
+    float *rope_cs; /* (N, head_dim): lorac_rope_table of the step's positions */
     float *att_scratch;
     int att_threads;
     param_t *params;
@@ -123,7 +124,7 @@ static void plan_activations(lorac_train_pass_t *p, arena_t *a) {
     CARVE(a, p->chunk_x, LOSS_CHUNK * D); CARVE(a, p->chunk_dx, LOSS_CHUNK * D);
     CARVE(a, p->chunk_logits, loss_chunk_rows(c->vocab_size) * c->vocab_size);
     CARVE(a, p->chunk_losses, LOSS_CHUNK); CARVE(a, p->chunk_targets, LOSS_CHUNK);
-    CARVE(a, p->start, N);
+    CARVE(a, p->start, N); CARVE(a, p->rope_cs, N * c->head_dim);
 }
 
 static lorac_status_t add_param(lorac_train_pass_t *p, const char *name, float *data, float *grad, int64_t n) {
@@ -329,13 +330,16 @@ static void linear_forward(const linear_t *q, float *out, const float *x, layer_
 }
 
 // dx (N,in) += dout·W (+ LoRA's share); full: dW += doutᵀ·x, db += Σ dout; LoRA: dA, dB.
+// dx NULL: only the weight gradients (nothing reads the input's).
 static void linear_backward(lorac_train_pass_t *p, const linear_t *q, float *dx, const float *dout, const float *x,
                             layer_acts_t *s, int t, float dropout, int has_rng) {
     int64_t N = p->N;
-    lorac_matmul_backward_input(dx, dout, q->w.data, q->w.dtype, N, q->in, q->out);
+    if (dx) lorac_matmul_backward_input(dx, dout, q->w.data, q->w.dtype, N, q->in, q->out);
     if (q->dw) lorac_matmul_backward_weight(q->dw, q->db, dout, x, N, q->in, q->out);
     if (!q->lora) return;
-    if (dropout > 0.0f && s->xdrop[t]) {
+    if (dropout > 0.0f && s->xdrop[t] && !dx) {
+        lorac_lora_backward(NULL, q->dA, q->dB, p->du, dout, s->xdrop[t], s->u[t], q->lora, N);
+    } else if (dropout > 0.0f && s->xdrop[t]) {
         /* gradient through the dropout mask: d x = keep/(1-p) · d xdrop */
         int64_t n = N * q->in;
         memset(p->dx_lora, 0, sizeof(float) * (size_t)n);
@@ -351,7 +355,7 @@ static void add_into(float *out, const float *a, const float *b, int64_t n) {
     for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
-static void layer_forward(lorac_train_pass_t *p, int32_t l, float *x_out, const int32_t *pos, float dropout,
+static void layer_forward(lorac_train_pass_t *p, int32_t l, float *x_out, float dropout,
                           lorac_rng_t *rng) {
     const lorac_model_t *m = p->model;
     const lorac_model_config_t *c = &m->config;
@@ -363,8 +367,8 @@ static void layer_forward(lorac_train_pass_t *p, int32_t l, float *x_out, const 
     linear_forward(&L->proj[LORAC_LORA_Q], s->q, s->xn1, s, LORAC_LORA_Q, N, dropout, rng);
     linear_forward(&L->proj[LORAC_LORA_K], s->k, s->xn1, s, LORAC_LORA_K, N, dropout, rng);
     linear_forward(&L->proj[LORAC_LORA_V], s->v, s->xn1, s, LORAC_LORA_V, N, dropout, rng);
-    lorac_rope_forward(s->q, pos, m->inv_freq, N, H, hd);
-    lorac_rope_forward(s->k, pos, m->inv_freq, N, KVH, hd);
+    lorac_rope_apply(s->q, p->rope_cs, N, H, hd, 1);
+    lorac_rope_apply(s->k, p->rope_cs, N, KVH, hd, 1);
     lorac_attention_train_forward(s->att, s->lse, p->att_scratch, s->q, s->k, s->v, p->start, p->B, p->T, H, KVH, hd);
     linear_forward(&L->proj[LORAC_LORA_O], p->tmp, s->att, s, LORAC_LORA_O, N, dropout, rng);
     add_into(s->x_mid, s->x_in, p->tmp, N * D);
@@ -378,7 +382,7 @@ static void layer_forward(lorac_train_pass_t *p, int32_t l, float *x_out, const 
 }
 
 /* dres (N,D) holds dLoss/d(layer output); on return it holds dLoss/d(x_in). */
-static void layer_backward(lorac_train_pass_t *p, int32_t l, float *dres, const int32_t *pos, float dropout, int has_rng) {
+static void layer_backward(lorac_train_pass_t *p, int32_t l, float *dres, float dropout, int has_rng) {
     const lorac_model_t *m = p->model;
     const lorac_model_config_t *c = &m->config;
     train_layer_t *L = &p->layers[l];
@@ -406,13 +410,18 @@ static void layer_backward(lorac_train_pass_t *p, int32_t l, float *dres, const 
     memset(p->dv, 0, sizeof(float) * (size_t)(N * KV));
     lorac_attention_train_backward(p->dq, p->dk, p->dv, p->att_scratch, p->datt, s->q, s->k, s->v, s->att, s->lse, p->start, p->B,
                                    p->T, H, KVH, hd);
-    lorac_rope_backward(p->dq, pos, m->inv_freq, N, H, hd);
-    lorac_rope_backward(p->dk, pos, m->inv_freq, N, KVH, hd);
-    memset(p->dxn, 0, sizeof(float) * (size_t)(N * D));
-    linear_backward(p, &L->proj[LORAC_LORA_Q], p->dxn, p->dq, s->xn1, s, LORAC_LORA_Q, dropout, has_rng);
-    linear_backward(p, &L->proj[LORAC_LORA_K], p->dxn, p->dk, s->xn1, s, LORAC_LORA_K, dropout, has_rng);
-    linear_backward(p, &L->proj[LORAC_LORA_V], p->dxn, p->dv, s->xn1, s, LORAC_LORA_V, dropout, has_rng);
-    lorac_rmsnorm_backward(dres, L->d_attn_norm, p->dxn, s->x_in, L->attn_norm.data, L->attn_norm.dtype, s->rstd1, N, D);
+    lorac_rope_apply(p->dq, p->rope_cs, N, H, hd, -1);
+    lorac_rope_apply(p->dk, p->rope_cs, N, KVH, hd, -1);
+    /* The first layer's input is the embedding lookup: when the embedding
+     * and this norm are frozen (LoRA), nothing reads d x_in, so q, k and v
+     * give only their LoRA gradients and the norm's backward is skipped. */
+    float *dxn = l > 0 || p->d_embed || L->d_attn_norm ? p->dxn : NULL;
+    if (dxn) memset(dxn, 0, sizeof(float) * (size_t)(N * D));
+    linear_backward(p, &L->proj[LORAC_LORA_Q], dxn, p->dq, s->xn1, s, LORAC_LORA_Q, dropout, has_rng);
+    linear_backward(p, &L->proj[LORAC_LORA_K], dxn, p->dk, s->xn1, s, LORAC_LORA_K, dropout, has_rng);
+    linear_backward(p, &L->proj[LORAC_LORA_V], dxn, p->dv, s->xn1, s, LORAC_LORA_V, dropout, has_rng);
+    if (dxn)
+        lorac_rmsnorm_backward(dres, L->d_attn_norm, dxn, s->x_in, L->attn_norm.data, L->attn_norm.dtype, s->rstd1, N, D);
 }
 
 /* Classifier + cross-entropy in chunks of rows that have a target, fused
@@ -482,12 +491,13 @@ lorac_status_t lorac_train_pass_run(lorac_train_pass_t *p, const int32_t *tokens
     if (!grads) rng = NULL;
 
     /* forward */
+    lorac_rope_table(p->rope_cs, pos, m->inv_freq, N, c->head_dim);
     size_t row_bytes = (size_t)D * lorac_dtype_size(p->embed.dtype);
     for (int64_t i = 0; i < N; i++)
         lorac_convert_to_f32(p->acts[0].x_in + i * D, (const uint8_t *)p->embed.data + (size_t)tokens[i] * row_bytes,
                              p->embed.dtype, D);
     for (int32_t l = 0; l < c->n_layers; l++)
-        layer_forward(p, l, l + 1 < c->n_layers ? p->acts[l + 1].x_in : p->x_final, pos, dropout, rng);
+        layer_forward(p, l, l + 1 < c->n_layers ? p->acts[l + 1].x_in : p->x_final, dropout, rng);
     lorac_rmsnorm_forward(p->xn_f, p->rstd_f, p->x_final, p->final_norm.data, p->final_norm.dtype, c->rms_norm_eps, N, D);
     lorac_status_t s = loss_forward_backward(p, targets, grads, loss_sum, n_targets);
     if (s || !grads || *n_targets == 0) return s;
@@ -496,7 +506,7 @@ lorac_status_t lorac_train_pass_run(lorac_train_pass_t *p, const int32_t *tokens
     memset(p->dres, 0, sizeof(float) * (size_t)(N * D));
     lorac_rmsnorm_backward(p->dres, p->d_final_norm, p->dxn_f, p->x_final, p->final_norm.data, p->final_norm.dtype,
                            p->rstd_f, N, D);
-    for (int32_t l = c->n_layers - 1; l >= 0; l--) layer_backward(p, l, p->dres, pos, dropout, rng != NULL);
+    for (int32_t l = c->n_layers - 1; l >= 0; l--) layer_backward(p, l, p->dres, dropout, rng != NULL);
     if (p->d_embed)
         for (int64_t i = 0; i < N; i++) {
             float *row = p->d_embed + (int64_t)tokens[i] * D;
