@@ -7,10 +7,13 @@
 # seconds); then LoRA against --full on the 15M shape.
 # Both sides report the median step after the first (warm-up): 8 steps
 # (5 at 1.1B), as torch's steps vary by up to 2x while its allocator grows.
+# Each side runs RUNS times, alternating lorac and torch, and the table
+# gives each side's median run (and every run): on a VM whose speed drifts
+# by 10-30% between runs, one run of each is mostly that drift.
 # Not a test. Torch runs with Debian's OpenBLAS, its kernels for this CPU
 # (bench/openblas_env.sh).
 # Usage: bench/bench_train.sh   (after `make build` and bench/bench_generate.sh)
-# Env:   MODELS ("s15m s110m s1b"), STEPS (8)
+# Env:   MODELS ("s15m s110m s1b"), STEPS (8), RUNS (3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LORAC=${LORAC_BIN:-$PWD/build/lorac}
@@ -37,8 +40,10 @@ n = len(d)
 t = d[n // 2] if n % 2 else ((d[n // 2 - 1][0] + d[n // 2][0]) / 2, d[n // 2][1])
 print('%.1f' % (t[1] / t[0]))" "$1"
 }
-echo "| model | lorac tokens/s | torch tokens/s | ratio | lorac peak RSS | torch peak RSS | RSS ratio |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
+RUNS=${RUNS:-3}
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+echo "| model | lorac tokens/s | torch tokens/s | ratio | lorac peak RSS | torch peak RSS | RSS ratio | runs: lorac / torch tokens/s |"
+echo "|---|---:|---:|---:|---:|---:|---:|---|"
 for m in ${MODELS:-s15m s110m s1b}; do
   d=$OUT/$m-F32
   mb=$B ms=$STEPS
@@ -48,16 +53,21 @@ for m in ${MODELS:-s15m s110m s1b}; do
       --layers 22 --heads 32 --kv-heads 4 --vocab 32000 --dtype F32 --std 0.02 --seed 1 >/dev/null
   fi
   [ -d "$d" ] || { echo "missing $d: run bench/bench_generate.sh first" >&2; exit 1; }
-  /usr/bin/time -v "$LORAC" train -m "$d" --data "$OUT/train-tokens.jsonl" --format tokens -o "$OUT/train-$m" \
-    --steps "$ms" --batch $mb --seq $T --targets all-linear --r 8 -t 2 2> "$OUT/train-$m.err" >/dev/null
-  # steady-state rate over the steps after the first, as the torch peer
-  # measures (the first step also pays for first-touching the activations)
-  lt=$(steady_rate "$OUT/train-$m/metrics.jsonl")
-  env "${OB_ENV[@]}" /usr/bin/time -v /usr/bin/python3 bench/torch_train.py "$d" \
-    --batch $mb --seq $T --steps "$ms" > "$OUT/torch-train-$m.json" 2> "$OUT/torch-train-$m.err"
-  tt=$(/usr/bin/python3 -c "import json; print('%.1f' % json.load(open('$OUT/torch-train-$m.json'))['tokens_per_second'])")
-  lr=$(rss "$OUT/train-$m.err"); tr=$(rss "$OUT/torch-train-$m.err")
-  /usr/bin/python3 -c "print('| $m | $lt | $tt | %.2fx | %.0f MB | %.0f MB | %.2fx |' % ($lt / $tt, $lr / 1024, $tr / 1024, $lr / $tr))"
+  lts=() tts=() lrs=() trs=()
+  for run in $(seq "$RUNS"); do
+    rm -rf "$OUT/train-$m"
+    /usr/bin/time -v "$LORAC" train -m "$d" --data "$OUT/train-tokens.jsonl" --format tokens -o "$OUT/train-$m" \
+      --steps "$ms" --batch $mb --seq $T --targets all-linear --r 8 -t 2 2> "$OUT/train-$m.err" >/dev/null
+    # steady-state rate over the steps after the first, as the torch peer
+    # measures (the first step also pays for first-touching the activations)
+    lts+=("$(steady_rate "$OUT/train-$m/metrics.jsonl")") lrs+=("$(rss "$OUT/train-$m.err")")
+    env "${OB_ENV[@]}" /usr/bin/time -v /usr/bin/python3 bench/torch_train.py "$d" \
+      --batch $mb --seq $T --steps "$ms" > "$OUT/torch-train-$m.json" 2> "$OUT/torch-train-$m.err"
+    tts+=("$(/usr/bin/python3 -c "import json; print('%.1f' % json.load(open('$OUT/torch-train-$m.json'))['tokens_per_second'])")")
+    trs+=("$(rss "$OUT/torch-train-$m.err")")
+  done
+  lt=$(median "${lts[@]}") tt=$(median "${tts[@]}") lr=$(median "${lrs[@]}") tr=$(median "${trs[@]}")
+  /usr/bin/python3 -c "print('| $m | %.1f | %.1f | %.2fx | %.0f MB | %.0f MB | %.2fx | ${lts[*]} / ${tts[*]} |' % ($lt, $tt, $lt / $tt, $lr / 1024, $tr / 1024, $lr / $tr))"
 done
 echo
 echo "| 15M shape | trainable parameters | step time | peak RSS | checkpoint |"
