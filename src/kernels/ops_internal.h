@@ -78,10 +78,8 @@ static inline float dot_f32(const float *a, const float *b, int64_t n) {
     return s;
 }
 
-/* Rotates each pair (x[i], x[i + hd/2]) of every head by sign · angle,
- * angle = positions[t] · inv_freq[i]: sign +1 is rotary's forward pass, -1
- * its backward (the transpose of a rotation is the opposite rotation).
- * x is (T, n_heads, head_dim). */
+/* One pair of rotary: (a, b) = (v[i], v[i + half]) rotated by the angle of
+ * cosine c and sine s. */
 static inline void rope_pair(float *v, int64_t half, int64_t i, float c, float s) {
     float a = v[i], b = v[i + half];
     v[i] = a * c - b * s;
@@ -95,6 +93,10 @@ static inline double rope_angle(int32_t pos, const float *inv_freq, int64_t i) {
     return (double)pos * (double)inv_freq[i];
 }
 
+/* Rotates each pair (x[i], x[i + hd/2]) of every head by sign · angle,
+ * angle = positions[t] · inv_freq[i]: sign +1 is rotary's forward pass, -1
+ * its backward (the transpose of a rotation is the opposite rotation).
+ * x is (T, n_heads, head_dim). */
 static inline void rope_rotate(float *x, const int32_t *positions, const float *inv_freq, int64_t T, int64_t n_heads,
                                int64_t head_dim, float sign) {
     int64_t half = head_dim / 2;

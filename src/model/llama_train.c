@@ -337,17 +337,16 @@ static void linear_backward(lorac_train_pass_t *p, const linear_t *q, float *dx,
     if (dx) lorac_matmul_backward_input(dx, dout, q->w.data, q->w.dtype, N, q->in, q->out);
     if (q->dw) lorac_matmul_backward_weight(q->dw, q->db, dout, x, N, q->in, q->out);
     if (!q->lora) return;
-    if (dropout > 0.0f && s->xdrop[t] && !dx) {
-        lorac_lora_backward(NULL, q->dA, q->dB, p->du, dout, s->xdrop[t], s->u[t], q->lora, N);
-    } else if (dropout > 0.0f && s->xdrop[t]) {
+    const float *x_lora = dropout > 0.0f && s->xdrop[t] ? s->xdrop[t] : x; /* the adapter's input */
+    if (dx && x_lora != x) {
         /* gradient through the dropout mask: d x = keep/(1-p) · d xdrop */
         int64_t n = N * q->in;
         memset(p->dx_lora, 0, sizeof(float) * (size_t)n);
-        lorac_lora_backward(p->dx_lora, q->dA, q->dB, p->du, dout, s->xdrop[t], s->u[t], q->lora, N);
+        lorac_lora_backward(p->dx_lora, q->dA, q->dB, p->du, dout, x_lora, s->u[t], q->lora, N);
         float keep_scale = has_rng ? 1.0f / (1.0f - dropout) : 1.0f;
         for (int64_t i = 0; i < n; i++) if (s->keep[t][i]) dx[i] += p->dx_lora[i] * keep_scale;
     } else {
-        lorac_lora_backward(dx, q->dA, q->dB, p->du, dout, x, s->u[t], q->lora, N);
+        lorac_lora_backward(dx, q->dA, q->dB, p->du, dout, x_lora, s->u[t], q->lora, N);
     }
 }
 
@@ -381,7 +380,8 @@ static void layer_forward(lorac_train_pass_t *p, int32_t l, float *x_out, float 
     add_into(x_out, s->x_mid, p->tmp, N * D);
 }
 
-/* dres (N,D) holds dLoss/d(layer output); on return it holds dLoss/d(x_in). */
+/* dres (N,D) holds dLoss/d(layer output); on return it holds dLoss/d(x_in),
+ * except in a first layer whose input gradient nothing reads (see the end). */
 static void layer_backward(lorac_train_pass_t *p, int32_t l, float *dres, float dropout, int has_rng) {
     const lorac_model_t *m = p->model;
     const lorac_model_config_t *c = &m->config;
