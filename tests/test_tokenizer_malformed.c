@@ -53,6 +53,8 @@ static const struct {
     {"{" MODEL_OK ",\"pre_tokenizer\":7}", LORAC_STATUS_FORMAT, "'pre_tokenizer' is not an object"},
     {"{" MODEL_OK ",\"normalizer\":{\"type\":\"NFC\"}}", LORAC_STATUS_UNSUPPORTED, "'NFC' is not supported"},
     {"{" MODEL_OK ",\"normalizer\":{\"type\":\"Prepend\"}}", LORAC_STATUS_FORMAT, "Prepend"},
+    /* stray bytes anywhere in the file, not only in the vocab */
+    {"{" MODEL_OK ",\"normalizer\":{\"type\":\"Prepend\",\"prepend\":\"\xe2\xff\"}}", LORAC_STATUS_FORMAT, "not valid UTF-8"},
     {"{" MODEL_OK ",\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{\"id\":\"<s>\"}}]}}", LORAC_STATUS_FORMAT, "'<s>' is not in the vocabulary"},
     {"{" MODEL_OK ",\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{\"id\":\"<s>\"}}],\"special_tokens\":{\"<s>\":{\"ids\":[70000]}}}}", LORAC_STATUS_FORMAT, "out of range"},
     {"{" MODEL_OK ",\"decoder\":{\"type\":\"WordPiece\"}}", LORAC_STATUS_UNSUPPORTED, "decoder 'WordPiece'"},
@@ -87,6 +89,37 @@ static void check_json_table(void) {
     }
     CHECK(lorac_tokenizer_load_json("/nonexistent/tokenizer.json", &tok) == LORAC_STATUS_IO);
     CHECK(strstr(lorac_error_message(), "/nonexistent/tokenizer.json") != NULL);
+}
+
+/* Replace normalizers whose contents hold their own pattern multiply the
+ * text at every step (each of these makes a space into 33): encoding fails
+ * with an error instead of allocating gigabytes, as a fuzzer's file did.
+ * A chain of eight fails (at its third step, 7 bytes past 100 KB); one
+ * alone (7 bytes to 106) still encodes. */
+#define GROW "{\"type\":\"Replace\",\"pattern\":{\"String\":\" \"},\"content\":\"a                                b\"}"
+static void check_normalizer_growth(void) {
+    static const char *const defs[] = {
+        "{" MODEL_OK ",\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[" GROW "]}}",
+        "{" MODEL_OK ",\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[" GROW "," GROW "," GROW "," GROW "," GROW
+        "," GROW "," GROW "," GROW "]}}",
+    };
+    for (int i = 0; i < 2; i++) {
+        lorac_tokenizer_t *tok = NULL;
+        CHECK(lorac_tokenizer_load_json_memory(defs[i], strlen(defs[i]), "grow.json", &tok) == LORAC_STATUS_OK);
+        if (!tok) continue;
+        int32_t *ids = (int32_t *)1;
+        size_t n = 7;
+        lorac_error_clear();
+        lorac_status_t st = lorac_tokenizer_encode(tok, "a b a b", 7, false, &ids, &n);
+        if (i == 0) {
+            CHECK_MSG(st == LORAC_STATUS_OK && n > 0, "one multiplying Replace: %s", lorac_error_message());
+            if (st == LORAC_STATUS_OK) free(ids);
+        } else {
+            CHECK_MSG(st == LORAC_STATUS_FORMAT && ids == NULL && n == 0 && strstr(lorac_error_message(), "multiply"),
+                      "eight multiplying Replaces: status %s, message '%s'", lorac_status_str(st), lorac_error_message());
+        }
+        lorac_tokenizer_free(tok);
+    }
 }
 
 /* A small valid llama2.c tokenizer: <unk>, BOS, EOS, 256 byte tokens, then
@@ -180,6 +213,7 @@ static void check_llama2c_table(void) {
 
 int main(void) {
     check_json_table();
+    check_normalizer_growth();
     check_llama2c_table();
     return tl_finish("test_tokenizer_malformed");
 }

@@ -128,12 +128,22 @@ static bool starts_with(const char *s, size_t n, const char *p, size_t pn) {
     return n >= pn && memcmp(s, p, pn) == 0;
 }
 
-/* Replaces every `from` by `to` in s, appending to b. */
+/* Normalizers may lengthen text (Replace " " by "\xe2\x96\x81" triples a run
+ * of spaces), but a chain of Replaces whose contents hold their own
+ * patterns multiplies it at every step: 8 of them turned 50 bytes into
+ * gigabytes in a fuzzer's tokenizer.json. Past this factor of the input
+ * (plus a constant for Prepend) the definition, not the text, is at fault. */
+#define NORM_MAX_GROWTH 64
+#define NORM_MAX_EXTRA 4096
+
+/* Replaces every `from` by `to` in s, appending to b; -1 when out of
+ * memory, -2 when b would grow past `limit` bytes. */
 static int replace_into(tok_buf_t *b, const char *s, size_t n, const char *from, size_t fn,
-                        const char *to, size_t tn) {
+                        const char *to, size_t tn, size_t limit) {
     size_t i = 0, last = 0;
     while (fn > 0 && i + fn <= n) {
         if (memcmp(s + i, from, fn) == 0) {
+            if (b->n + (i - last) + tn > limit) return -2;
             if (tok_buf_add(b, s + last, i - last) || tok_buf_add(b, to, tn)) return -1;
             i += fn;
             last = i;
@@ -141,6 +151,7 @@ static int replace_into(tok_buf_t *b, const char *s, size_t n, const char *from,
             i++;
         }
     }
+    if (b->n + (n - last) > limit) return -2;
     return tok_buf_add(b, s + last, n - last);
 }
 
@@ -175,7 +186,7 @@ static lorac_status_t run_step(const tok_pre_t *pre, const tok_pieces_t *in, tok
             rc = pieces_new(out, "", 0, origin);
             if (!rc) {
                 size_t before = out->buf.n;
-                rc = replace_into(&out->buf, s, n, " ", 1, pre->repl, pre->repl_len);
+                rc = replace_into(&out->buf, s, n, " ", 1, pre->repl, pre->repl_len, SIZE_MAX); /* at most 4x */
                 out->len[out->n - 1] += out->buf.n - before;
             }
             const char *p = out->buf.p + out->off[out->n - 1];
@@ -206,16 +217,24 @@ lorac_status_t tok_pretokenize(const lorac_tokenizer_t *tok, const char *s, size
     int k = 0;
     pieces_reset(&ws[0]);
     pieces_reset(&ws[1]);
+    size_t n_in = n, limit = n > (SIZE_MAX - NORM_MAX_EXTRA) / NORM_MAX_GROWTH ? SIZE_MAX
+                                                                               : n * NORM_MAX_GROWTH + NORM_MAX_EXTRA;
     for (int i = 0; i < tok->n_norms; i++) {
         const tok_norm_t *nm = &tok->norms[i];
         tok_buf_t *b = &ws[k].buf;
         b->n = 0;
         int rc = 0;
         if (nm->type == TOK_NORM_PREPEND) { /* HF prepends only to non-empty text */
-            rc = n ? (tok_buf_add(b, nm->a, nm->alen) || tok_buf_add(b, s, n)) : tok_buf_add(b, "", 0);
+            rc = n && nm->alen > limit - n ? -2
+               : n ? (tok_buf_add(b, nm->a, nm->alen) || tok_buf_add(b, s, n)) : tok_buf_add(b, "", 0);
         } else {
-            rc = replace_into(b, s, n, nm->a, nm->alen, nm->b, nm->blen);
+            rc = replace_into(b, s, n, nm->a, nm->alen, nm->b, nm->blen, limit);
         }
+        if (rc == -2)
+            return lorac_error(LORAC_STATUS_FORMAT,
+                               "tokenizer: normalizer %d makes %zu bytes of text longer than %zu bytes (%dx): "
+                               "its replacements multiply the text",
+                               i, n_in, limit, NORM_MAX_GROWTH);
         if (rc) return lorac_error(LORAC_STATUS_NOMEM, "tokenizer: out of memory");
         s = b->p;
         n = b->n;

@@ -527,6 +527,9 @@ lorac_status_t lorac_tokenizer_load_json_memory(const char *json, size_t len, co
     *out = NULL;
     if (!label) label = "tokenizer.json";
     if (!json) return lorac_error(LORAC_STATUS_INVALID_ARG, "%s: NULL data", label);
+    /* UTF-8 throughout, as HuggingFace's loader (serde_json) requires: then
+     * no normalizer, pattern or token carries stray bytes into the text */
+    if (!lorac_utf8_valid(json, len)) return lorac_error(LORAC_STATUS_FORMAT, "%s: not valid UTF-8", label);
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, 0);
     if (!root) {
