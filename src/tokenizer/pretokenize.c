@@ -130,8 +130,8 @@ static bool starts_with(const char *s, size_t n, const char *p, size_t pn) {
 
 /* Normalizers may lengthen text (Replace " " by "\xe2\x96\x81" triples a run
  * of spaces), but a chain of Replaces whose contents hold their own
- * patterns multiplies it at every step: 8 of them turned 50 bytes into
- * gigabytes in a fuzzer's tokenizer.json. Past this factor of the input
+ * patterns multiplies it at every step: 8 of them turned a 46-byte text into
+ * over a gigabyte in a fuzzer's tokenizer.json. Past this factor of the input
  * (plus a constant for Prepend) the definition, not the text, is at fault. */
 #define NORM_MAX_GROWTH 64
 #define NORM_MAX_EXTRA 4096
