@@ -144,6 +144,88 @@ static void check_attention(void) {
     }
 }
 
+/* The online cross-entropy (lorac_crossentropy_online_block) run block by
+ * block as the trainer does, the products done here, against the direct
+ * double-precision loss and dLoss/dx = Σ p_v W_v − W_target. Rows where the
+ * target's probability is within 1e-9 of 1 (its gradient is then tiny and a
+ * naive acc/S − W_target would lose it to cancellation) and where the max
+ * turns up in a late block (the rescaling) are among them; each block size
+ * runs at 1 and 3 threads, bitwise equal. */
+static void check_online_crossentropy(void) {
+    enum { R = 70, V = 45, D = 9 };
+    static float xs[R * D], wv[V * D], z[R * V], acc[R * D], mx[R], tl[R], first_acc[R * D];
+    static double others[R], ref_dx[R * D], ref_loss[R];
+    static int32_t tg[R];
+    for (int i = 0; i < R * D; i++) xs[i] = frand();
+    for (int i = 0; i < V * D; i++) wv[i] = 2.0f * frand();
+    for (int t = 0; t < R; t++) tg[t] = (t * 7 + 3) % V;
+    double zr[V];
+    for (int t = 0; t < R; t++) {
+        double m = -INFINITY, sum = 0, p[V];
+        for (int v = 0; v < V; v++) {
+            double a = 0;
+            for (int d = 0; d < D; d++) a += (double)xs[t * D + d] * wv[v * D + d];
+            /* row 0: the target far above the rest (p ≈ 1 − 1e-10);
+             * row 1: the max in the last column */
+            zr[v] = a + (t == 0 && v == tg[t] ? 25.0 : 0.0) + (t == 1 && v == V - 1 ? 9.0 : 0.0);
+            m = fmax(m, zr[v]);
+        }
+        for (int v = 0; v < V; v++) sum += p[v] = exp(zr[v] - m);
+        ref_loss[t] = m + log(sum) - zr[tg[t]];
+        for (int d = 0; d < D; d++) {
+            double g = -(double)wv[tg[t] * D + d];
+            for (int v = 0; v < V; v++) g += p[v] / sum * wv[v * D + d];
+            ref_dx[t * D + d] = g;
+        }
+    }
+    static const int block_cols[] = {V, 16, 7, 1};
+    for (int b = 0; b < 4; b++)
+        for (int threads = 1; threads <= 3; threads += 2) {
+            lorac_kernels_set_threads(threads);
+            int cols = block_cols[b];
+            for (int t = 0; t < R; t++) mx[t] = -INFINITY, others[t] = 0;
+            memset(acc, 0, sizeof acc);
+            for (int v0 = 0; v0 < V; v0 += cols) {
+                int w = V - v0 < cols ? V - v0 : cols;
+                for (int t = 0; t < R; t++)
+                    for (int j = 0; j < w; j++) {
+                        float a = 0;
+                        for (int d = 0; d < D; d++) a += xs[t * D + d] * wv[(v0 + j) * D + d];
+                        if (t == 0 && v0 + j == tg[t]) a += 25.0f;
+                        if (t == 1 && v0 + j == V - 1) a += 9.0f;
+                        z[t * w + j] = a;
+                    }
+                lorac_crossentropy_online_block(z, R, w, v0, tg, mx, others, tl, acc, D);
+                for (int t = 0; t < R; t++)
+                    for (int j = 0; j < w; j++)
+                        for (int d = 0; d < D; d++) acc[t * D + d] += z[t * w + j] * wv[(v0 + j) * D + d];
+            }
+            double worst_loss = 0, worst_dx = 0, worst_small = 0;
+            for (int t = 0; t < R; t++) {
+                double sum = others[t] + exp((double)tl[t] - mx[t]);
+                double loss = mx[t] + log(sum) - tl[t];
+                worst_loss = fmax(worst_loss, fabs(loss - ref_loss[t]) / fmax(fabs(ref_loss[t]), 1e-3));
+                float dxr[D];
+                for (int d = 0; d < D; d++)
+                    dxr[d] = acc[t * D + d] * (float)(1.0 / sum) - (float)(others[t] / sum) * wv[tg[t] * D + d];
+                double e = rel_err(dxr, ref_dx + t * D, D);
+                if (t == 0) worst_small = e;
+                else worst_dx = fmax(worst_dx, e);
+            }
+            if (threads == 1) {
+                printf("  online cross-entropy, blocks of %d: loss %.2g, dx %.2g, dx at p = 1 - 1e-10: %.2g\n", cols,
+                       worst_loss, worst_dx, worst_small);
+                memcpy(first_acc, acc, sizeof acc);
+            } else {
+                CHECK_MSG(memcmp(first_acc, acc, sizeof acc) == 0, "online cross-entropy: %d threads differ from 1",
+                          threads);
+            }
+            CHECK_MSG(worst_loss < 1e-5 && worst_dx < 1e-5 && worst_small < 1e-4,
+                      "online cross-entropy, blocks of %d: loss %g, dx %g, near-certain row %g", cols, worst_loss,
+                      worst_dx, worst_small);
+        }
+}
+
 int main(void) {
     for (int i = 0; i < N; i++) x[i] = 3.0f * frand(), dout[i] = frand(), up[i] = frand();
     /* gates over the whole useful range of the sigmoid, both tails included */
@@ -180,5 +262,6 @@ int main(void) {
         }
     }
     check_attention();
+    check_online_crossentropy();
     return tl_finish("test_ops");
 }

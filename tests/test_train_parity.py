@@ -217,6 +217,11 @@ def main():
              "linear", 1, 1)
     run_case("tied-qv-rslora-accum", gqa, "llama", True, False, ["q_proj", "v_proj"], 4, 16, True, 3, 2, 2, 12, 5e-3, 0.0,
              0.5, "cosine", 0, 2)
+    # a vocabulary of 2100: the classifier's loss runs in 3 blocks of columns (online softmax)
+    wide = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4,
+                vocab_size=2100)
+    run_case("vocab-blocks", wide, "llama", False, False, ["q_proj", "v_proj", "down_proj"], 4, 8, False, 3, 2, 1, 12,
+             1e-2, 0.0, 1.0, "constant", 0, 6)
     qwen = dict(hidden_size=24, intermediate_size=40, num_hidden_layers=1, num_attention_heads=3, num_key_value_heads=1,
                 vocab_size=53)
     run_case("qwen2-mlp", qwen, "qwen2", False, False, ["gate_proj", "up_proj", "down_proj", "o_proj"], 2, 4, False, 3, 2,

@@ -168,6 +168,20 @@ void lorac_attention_train_backward(float *dq, float *dk, float *dv, float *scra
 void lorac_crossentropy_forward_backward(float *logits, float *losses, const int32_t *targets, float scale,
                                          int64_t T, int64_t V);
 
+/* One block of columns [v0, v0 + vb) of a cross-entropy computed block by
+ * block over the vocabulary (online softmax). z (n, vb) holds the block's
+ * logits; row_max (n, start -inf) and others_sum (n, start 0) carry each
+ * row's running max and Σ exp(z - max) over the columns seen other than
+ * its target; target_logit[t] receives the target's logit from the block
+ * that holds it. On return z holds exp(z - max) with the target's column
+ * 0; acc (n, D), when not NULL, is rescaled where a row's max grew, so that
+ * acc += z · W_block keeps it Σ_v exp(z_v - max)·W_v over the targets'
+ * others. At the end, with S = others + exp(target - max): loss = max +
+ * log S - target, and dLoss/dx = acc/S - (others/S)·W_target. */
+void lorac_crossentropy_online_block(float *z, int64_t n, int64_t vb, int64_t v0, const int32_t *targets,
+                                     float *row_max, double *others_sum, float *target_logit, float *acc,
+                                     int64_t D);
+
 #ifdef __cplusplus
 }
 #endif

@@ -281,3 +281,48 @@ void lorac_crossentropy_forward_backward(float *logits, float *losses, const int
         row[targets[t]] -= scale;
     }
 }
+
+/* One block of columns [v0, v0 + vb) of an online softmax (each row's max
+ * and sum carried from block to block, as flash attention does), so that a
+ * classifier's logits never exist for the whole vocabulary at once. Per row
+ * t: the running max grows to cover the block; the sum of exp(z - max) over
+ * the columns seen so far other than the target (others_sum, double) and
+ * acc's row (Σ of exp(z_v - max)·W_v, when acc is given) are rescaled to the
+ * new max; z becomes exp(z - max) with the target's column 0 (the target
+ * term is kept apart, so that 1 - p_target = others/S is exact even when
+ * p_target is near 1); the target's raw logit goes to target_logit. Rows
+ * are independent: any thread split gives the same bits. */
+LORAC_MULTIVERSION
+void lorac_crossentropy_online_block(float *z, int64_t n, int64_t vb, int64_t v0, const int32_t *targets,
+                                     float *row_max, double *others_sum, float *target_logit, float *acc,
+                                     int64_t D) {
+    const lorac_kernel_ops_t *ops = lorac_kernels_ops();
+    #pragma omp parallel for num_threads(lorac_kernels_get_threads()) schedule(static) if (n * vb >= LORAC_PARALLEL_MIN_ELEMS)
+    for (int64_t t = 0; t < n; t++) {
+        float *row = z + t * vb;
+        float mx = -INFINITY;
+        #pragma omp simd reduction(max : mx)
+        for (int64_t i = 0; i < vb; i++) mx = row[i] > mx ? row[i] : mx;
+        float old = row_max[t];
+        if (mx > old) {
+            /* the first block: old is -inf, the factor 0 (sum and acc are 0) */
+            float rescale = old == -INFINITY ? 0.0f : expf(old - mx);
+            others_sum[t] *= (double)rescale;
+            if (acc && rescale != 1.0f) {
+                float *ar = acc + t * D;
+                #pragma omp simd
+                for (int64_t i = 0; i < D; i++) ar[i] *= rescale;
+            }
+            row_max[t] = mx;
+        }
+        int64_t j = (int64_t)targets[t] - v0;
+        int has_target = j >= 0 && j < vb;
+        if (has_target) target_logit[t] = row[j];
+        double sum = ops->exp_sum(row, row_max[t], vb);
+        if (has_target) {
+            sum -= (double)row[j];
+            row[j] = 0.0f;
+        }
+        others_sum[t] += sum;
+    }
+}

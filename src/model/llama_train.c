@@ -18,13 +18,27 @@
 #include "lorac/kernels.h"
 #include "model/model_internal.h"
 
-/* Rows of logits alive at once: up to 256 (the classifier's products run
- * fastest on many rows), fewer for big vocabularies, keeping the chunk near
- * 32 MB (150k-token vocabularies get 64 rows). */
+/* Rows of the classifier's product taken at once: 256 (its products run
+ * fastest on many rows). With a frozen classifier (LoRA) the logits of a
+ * chunk are made LOSS_BLOCK columns at a time, through an online softmax,
+ * so a block of 1 MB is alive, not the whole vocabulary's 33 MB (32k
+ * tokens) or 155 MB (150k). Training the classifier itself (--full) needs
+ * every probability before its weight gradient, so there the whole rows
+ * are kept, fewer of them for big vocabularies to stay near 32 MB. */
 #define LOSS_CHUNK 256
+#define LOSS_BLOCK 1024
 static int64_t loss_chunk_rows(int64_t vocab) {
     int64_t rows = ((int64_t)8 << 20) / (vocab > 0 ? vocab : 1);
     return rows < 64 ? 64 : rows > LOSS_CHUNK ? LOSS_CHUNK : rows;
+}
+/* Columns of a block: the vocabulary in equal blocks of at most
+ * LOSS_BLOCK, whole 16-column panels (32000 as 32 x 1008, not 31 x 1024
+ * and a short one). */
+static int64_t loss_block_cols(int64_t vocab) {
+    int64_t blocks = (vocab + LOSS_BLOCK - 1) / LOSS_BLOCK;
+    int64_t cols = blocks > 0 ? (vocab + blocks - 1) / blocks : 1;
+    cols = (cols + 15) / 16 * 16;
+    return cols < vocab ? cols : vocab > 0 ? vocab : 1;
 }
 
 /* One projection: base weight (+ bias), optionally a LoRA module, and the
@@ -70,6 +84,8 @@ struct lorac_train_pass {
     /* backward scratch */
     float *dres, *dres2, *dxn, *dxn_f, *tmp, *dh, *dgate, *dup, *datt, *dq, *dk, *dv, *du, *dx_lora;
     float *chunk_x, *chunk_logits, *chunk_dx, *chunk_losses;
+    float *chunk_max, *chunk_target_logit, *chunk_wrow; /* the online softmax (frozen classifier) */
+    double *chunk_others;
     int32_t *chunk_targets, *start;
     float *rope_cs; /* (N, head_dim): lorac_rope_table of the step's positions */
     float *att_scratch;
@@ -122,8 +138,11 @@ static void plan_activations(lorac_train_pass_t *p, arena_t *a) {
     CARVE(a, p->datt, N * Q); CARVE(a, p->dq, N * Q); CARVE(a, p->dk, N * KV); CARVE(a, p->dv, N * KV);
     CARVE(a, p->du, N * max_r); CARVE(a, p->dx_lora, N * max_in);
     CARVE(a, p->chunk_x, LOSS_CHUNK * D); CARVE(a, p->chunk_dx, LOSS_CHUNK * D);
-    CARVE(a, p->chunk_logits, loss_chunk_rows(c->vocab_size) * c->vocab_size);
+    if (p->d_lm_head) CARVE(a, p->chunk_logits, loss_chunk_rows(c->vocab_size) * c->vocab_size);
+    else CARVE(a, p->chunk_logits, LOSS_CHUNK * loss_block_cols(c->vocab_size));
     CARVE(a, p->chunk_losses, LOSS_CHUNK); CARVE(a, p->chunk_targets, LOSS_CHUNK);
+    CARVE(a, p->chunk_max, LOSS_CHUNK); CARVE(a, p->chunk_target_logit, LOSS_CHUNK);
+    CARVE(a, p->chunk_others, LOSS_CHUNK); CARVE(a, p->chunk_wrow, D);
     CARVE(a, p->start, N); CARVE(a, p->rope_cs, N * c->head_dim);
 }
 
@@ -424,6 +443,40 @@ static void layer_backward(lorac_train_pass_t *p, int32_t l, float *dres, float 
         lorac_rmsnorm_backward(dres, L->d_attn_norm, dxn, s->x_in, L->attn_norm.data, L->attn_norm.dtype, s->rstd1, N, D);
 }
 
+/* The loss of the chunk's n rows (chunk_x, chunk_targets) into
+ * chunk_losses, and with grads dLoss/dx (times scale) into chunk_dx, by
+ * blocks of the vocabulary (lorac_crossentropy_online_block): each block's
+ * logits, its softmax terms, then their product with the block's rows of
+ * the classifier, while those are still in cache. The classifier is read
+ * once per chunk instead of twice, and its logits never reach DRAM. */
+static void loss_chunk_online(lorac_train_pass_t *p, int64_t n, bool grads, float scale) {
+    const lorac_model_config_t *c = &p->model->config;
+    int64_t D = c->hidden_size, V = c->vocab_size, cols = loss_block_cols(V);
+    size_t es = lorac_dtype_size(p->lm_head.dtype);
+    for (int64_t t = 0; t < n; t++) p->chunk_max[t] = -INFINITY, p->chunk_others[t] = 0.0;
+    if (grads) memset(p->chunk_dx, 0, sizeof(float) * (size_t)(n * D));
+    for (int64_t v0 = 0; v0 < V; v0 += cols) {
+        int64_t w = V - v0 < cols ? V - v0 : cols;
+        const void *wb = (const char *)p->lm_head.data + (size_t)(v0 * D) * es;
+        lorac_matmul_forward_batch(p->chunk_logits, p->chunk_x, wb, p->lm_head.dtype, NULL, n, D, w);
+        lorac_crossentropy_online_block(p->chunk_logits, n, w, v0, p->chunk_targets, p->chunk_max, p->chunk_others,
+                                        p->chunk_target_logit, grads ? p->chunk_dx : NULL, D);
+        if (grads) lorac_matmul_backward_input(p->chunk_dx, p->chunk_logits, wb, p->lm_head.dtype, n, D, w);
+    }
+    for (int64_t t = 0; t < n; t++) {
+        double mx = p->chunk_max[t], target = p->chunk_target_logit[t], others = p->chunk_others[t];
+        double sum = others + exp(target - mx);
+        p->chunk_losses[t] = (float)(mx + log(sum) - target);
+        if (!grads) continue;
+        /* dLoss/dx = Σ_v p_v·W_v − W_target = acc/S − (1 − p_target)·W_target */
+        lorac_convert_to_f32(p->chunk_wrow, (const char *)p->lm_head.data + (size_t)(p->chunk_targets[t] * D) * es,
+                             p->lm_head.dtype, D);
+        float g = (float)(scale / sum), g_target = (float)(scale * others / sum);
+        float *dx = p->chunk_dx + t * D;
+        for (int64_t i = 0; i < D; i++) dx[i] = dx[i] * g - g_target * p->chunk_wrow[i];
+    }
+}
+
 /* Classifier + cross-entropy in chunks of rows that have a target, fused
  * with their backward when grads is set: dxn_f rows get dLoss/dxn_f. */
 static lorac_status_t loss_forward_backward(lorac_train_pass_t *p, const int32_t *targets, bool grads, double *loss_sum,
@@ -445,7 +498,8 @@ static lorac_status_t loss_forward_backward(lorac_train_pass_t *p, const int32_t
     int64_t i = 0;
     while (i < N) {
         int64_t n = 0;
-        for (; i < N && n < loss_chunk_rows(V); i++) {
+        int64_t max_rows = p->d_lm_head ? loss_chunk_rows(V) : LOSS_CHUNK;
+        for (; i < N && n < max_rows; i++) {
             if (targets[i] == -100) continue;
             rows[n] = i;
             memcpy(p->chunk_x + n * D, p->xn_f + i * D, sizeof(float) * (size_t)D);
@@ -453,6 +507,13 @@ static lorac_status_t loss_forward_backward(lorac_train_pass_t *p, const int32_t
             n++;
         }
         if (n == 0) break;
+        if (!p->d_lm_head) {
+            loss_chunk_online(p, n, grads, scale);
+            for (int64_t k = 0; k < n; k++) *loss_sum += p->chunk_losses[k];
+            if (grads)
+                for (int64_t k = 0; k < n; k++) memcpy(p->dxn_f + rows[k] * D, p->chunk_dx + k * D, sizeof(float) * (size_t)D);
+            continue;
+        }
         lorac_matmul_forward_batch(p->chunk_logits, p->chunk_x, p->lm_head.data, p->lm_head.dtype, NULL, n, D, V);
         lorac_crossentropy_forward_backward(p->chunk_logits, p->chunk_losses, p->chunk_targets, scale, n, V);
         for (int64_t k = 0; k < n; k++) *loss_sum += p->chunk_losses[k];
