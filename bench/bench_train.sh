@@ -4,7 +4,10 @@
 # 256, 2 threads, AdamW), on the random 15M- and 110M-shaped models that
 # bench_generate.sh writes and a TinyLlama-1.1B-shaped one written here
 # (F32, 4.4 GB; batch 2 x 256 and 5 steps there, as a step takes tens of
-# seconds); then LoRA against --full on the 15M shape.
+# seconds) and a Qwen2.5-0.5B-shaped one (qwen2: q/k/v biases, tied
+# embeddings, a 151,936-token vocabulary; F32, 2 GB; batch 2 x 256, 5
+# steps), the large-vocabulary case of Qwen, Llama 3 and SmolLM2 models;
+# then LoRA against --full on the 15M shape.
 # Both sides report the median step after the first (warm-up): 8 steps
 # (5 at 1.1B), as torch's steps vary by up to 2x while its allocator grows.
 # Each side runs RUNS times, alternating lorac and torch, and the table
@@ -13,7 +16,7 @@
 # Not a test. Torch runs with Debian's OpenBLAS, its kernels for this CPU
 # (bench/openblas_env.sh).
 # Usage: bench/bench_train.sh   (after `make build` and bench/bench_generate.sh)
-# Env:   MODELS ("s15m s110m s1b"), STEPS (8), RUNS (3)
+# Env:   MODELS ("s15m s110m s1b s05b"), STEPS (8), RUNS (3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LORAC=${LORAC_BIN:-$PWD/build/lorac}
@@ -44,13 +47,18 @@ RUNS=${RUNS:-3}
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 echo "| model | lorac tokens/s | torch tokens/s | ratio | lorac peak RSS | torch peak RSS | RSS ratio | runs: lorac / torch tokens/s |"
 echo "|---|---:|---:|---:|---:|---:|---:|---|"
-for m in ${MODELS:-s15m s110m s1b}; do
+for m in ${MODELS:-s15m s110m s1b s05b}; do
   d=$OUT/$m-F32
   mb=$B ms=$STEPS
   if [ "$m" = s1b ]; then
     mb=2; ms=5
     [ -f "$d/model.safetensors" ] || /usr/bin/python3 tests/reference/hf_model.py "$d" --dim 2048 --hidden 5632 \
       --layers 22 --heads 32 --kv-heads 4 --vocab 32000 --dtype F32 --std 0.02 --seed 1 >/dev/null
+  fi
+  if [ "$m" = s05b ]; then
+    mb=2; ms=5
+    [ -f "$d/model.safetensors" ] || /usr/bin/python3 tests/reference/hf_model.py "$d" --arch qwen2 --bias --tie \
+      --dim 896 --hidden 4864 --layers 24 --heads 14 --kv-heads 2 --vocab 151936 --dtype F32 --std 0.02 --seed 1 >/dev/null
   fi
   [ -d "$d" ] || { echo "missing $d: run bench/bench_generate.sh first" >&2; exit 1; }
   lts=() tts=() lrs=() trs=()
