@@ -1,6 +1,7 @@
 /* Gradients of the training pass against central finite differences of its
  * own loss, for every LoRA target kind, for full fine-tuning, with GQA,
- * biases, tied embeddings, masked targets and packed rows. The forward is
+ * biases, tied embeddings, masked targets, packed rows, and a vocabulary
+ * the loss takes in several blocks. The forward is
  * f32, so the comparison is a normalised error over many sampled elements:
  * |g - fd| / (|g| + |fd|) summed, as test-backend-ops does.
  * (Exact agreement with PyTorch's autograd is tests/test_train_parity.py.) */
@@ -122,6 +123,9 @@ int main(void) {
     lora_case("lora-bias-tied", biased, "q_proj,k_proj,v_proj,o_proj,down_proj");
     tiny_model_t qwen = {.D = 12, .I = 20, .L = 1, .H = 3, .KVH = 1, .HD = 6, .V = 19, .qwen2 = 1, .bias = 1, .seed = 5};
     lora_case("lora-qwen2-mqa", qwen, "gate_proj,up_proj,v_proj");
+    /* 2500 tokens: the loss runs over the vocabulary in 3 blocks (online softmax) */
+    tiny_model_t wide = {.D = 16, .I = 24, .L = 1, .H = 4, .KVH = 4, .HD = 4, .V = 2500, .seed = 7};
+    lora_case("lora-vocab-blocks", wide, "q_proj,v_proj,up_proj");
     full_case("full-gqa-bias", biased);
     tiny_model_t untied = gqa;
     untied.seed = 6;
