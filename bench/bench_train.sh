@@ -16,7 +16,7 @@
 # Not a test. Torch runs with Debian's OpenBLAS, its kernels for this CPU
 # (bench/openblas_env.sh).
 # Usage: bench/bench_train.sh   (after `make build` and bench/bench_generate.sh)
-# Env:   MODELS ("s15m s110m s1b s05b"), STEPS (8), RUNS (3)
+# Env:   MODELS ("s15m s110m s1b s05b"), STEPS (8), RUNS (3), LORAC_BIN (build/lorac)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LORAC=${LORAC_BIN:-$PWD/build/lorac}
