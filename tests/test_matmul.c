@@ -404,7 +404,7 @@ static void test_backward_weight(const char *isa) {
  * large enough to be split among threads and cross the T chunk (64). */
 static void test_determinism(const char *isa) {
     static const int64_t shapes[][3] = {{1, 768, 2048}, {130, 288, 257}, {17, 1000, 100}, {200, 64, 640},
-                                        {130, 1024, 520}, {30, 600, 512}};
+                                        {130, 1024, 520}, {30, 600, 512}, {300, 288, 8}, {300, 1000, 3}};
     int saved = lorac_kernels_get_threads();
     for (int di = 0; di < LEN(DTYPES); di++)
         for (int si = 0; si < LEN(shapes); si++) {

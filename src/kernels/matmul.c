@@ -376,7 +376,8 @@ void lorac_matmul_backward_input(float *dx, const float *dout, const void *w, lo
 }
 
 /* dw is (N,K), dout is (T,N), x is (T,K). dw += doutᵀ · x; dbias (N) += Σ_t dout.
- * Parallel over N (rows of dw): each thread writes its own contiguous rows. */
+ * Parallel over N (rows of dw), or over column panels when N is small: each
+ * thread writes its own block, every element summed over t in order. */
 void lorac_matmul_backward_weight(float *dw, float *dbias, const float *dout, const float *x,
                                   int64_t T, int64_t K, int64_t N) {
     LORAC_ASSERT(T >= 0 && K >= 0 && N >= 0);
@@ -389,9 +390,22 @@ void lorac_matmul_backward_weight(float *dw, float *dbias, const float *dout, co
     }
     if (K == 0) return;
     const lorac_kernel_ops_t *ops = lorac_kernels_ops();
-    int nt = lorac_kernels_threads_for(T * K * N, (N + 3) / 4);
+    /* Few rows (a LoRA A's gradient has r): split by column panels, so
+     * that each thread's row tiles hold every row (a share of 4 of 8 rows
+     * ran as single-row tiles, each reading x's panel again) */
+    int by_cols = N < 24 && K >= 2 * ops->split_cols;
+    int nt = lorac_kernels_threads_for(T * K * N, by_cols ? K / ops->split_cols : (N + 3) / 4);
     if (nt <= 1) {
         ops->matmul_acc(dw, dout, 1, N, x, LORAC_DTYPE_F32, N, T, K, 0, N, 0, K);
+        return;
+    }
+    if (by_cols) {
+        int64_t cols = round_up((K + nt - 1) / nt, ops->split_cols);
+#pragma omp parallel for schedule(static) num_threads(nt)
+        for (int i = 0; i < nt; i++) {
+            int64_t k0 = i * cols, k1 = k0 + cols < K ? k0 + cols : K;
+            if (k0 < k1) ops->matmul_acc(dw, dout, 1, N, x, LORAC_DTYPE_F32, N, T, K, 0, N, k0, k1);
+        }
         return;
     }
     int64_t chunk = round_up((N + nt - 1) / nt, 4);
