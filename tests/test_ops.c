@@ -152,7 +152,7 @@ static void check_attention(void) {
  * turns up in a late block (the rescaling) are among them; each block size
  * runs at 1 and 3 threads, bitwise equal. */
 static void check_online_crossentropy(void) {
-    enum { R = 70, V = 45, D = 9 };
+    enum { R = 800, V = 45, D = 9 }; /* R·V above LORAC_PARALLEL_MIN_ELEMS: one block runs threaded */
     static float xs[R * D], wv[V * D], z[R * V], acc[R * D], mx[R], tl[R], first_acc[R * D];
     static double others[R], ref_dx[R * D], ref_loss[R];
     static int32_t tg[R];

@@ -289,7 +289,7 @@ void lorac_crossentropy_forward_backward(float *logits, float *losses, const int
  * the columns seen so far other than the target (others_sum, double) and
  * acc's row (Σ of exp(z_v - max)·W_v, when acc is given) are rescaled to the
  * new max; z becomes exp(z - max) with the target's column 0 (the target
- * term is kept apart, so that 1 - p_target = others/S is exact even when
+ * term is kept apart, so that 1 - p_target = others/S stays accurate when
  * p_target is near 1); the target's raw logit goes to target_logit. Rows
  * are independent: any thread split gives the same bits. */
 LORAC_MULTIVERSION
