@@ -477,6 +477,20 @@ static void loss_chunk_online(lorac_train_pass_t *p, int64_t n, bool grads, floa
     }
 }
 
+/* loss_chunk_online's contract with whole rows of logits, for a trained
+ * classifier (--full), whose weight gradient needs every probability:
+ * also d_lm_head += dlogitsᵀ·x. */
+static void loss_chunk_whole(lorac_train_pass_t *p, int64_t n, bool grads, float scale) {
+    const lorac_model_config_t *c = &p->model->config;
+    int64_t D = c->hidden_size, V = c->vocab_size;
+    lorac_matmul_forward_batch(p->chunk_logits, p->chunk_x, p->lm_head.data, p->lm_head.dtype, NULL, n, D, V);
+    lorac_crossentropy_forward_backward(p->chunk_logits, p->chunk_losses, p->chunk_targets, scale, n, V);
+    if (!grads) return;
+    memset(p->chunk_dx, 0, sizeof(float) * (size_t)(n * D));
+    lorac_matmul_backward_input(p->chunk_dx, p->chunk_logits, p->lm_head.data, p->lm_head.dtype, n, D, V);
+    lorac_matmul_backward_weight(p->d_lm_head, NULL, p->chunk_logits, p->chunk_x, n, D, V);
+}
+
 /* Classifier + cross-entropy in chunks of rows that have a target, fused
  * with their backward when grads is set: dxn_f rows get dLoss/dxn_f. */
 static lorac_status_t loss_forward_backward(lorac_train_pass_t *p, const int32_t *targets, bool grads, double *loss_sum,
@@ -495,10 +509,10 @@ static lorac_status_t loss_forward_backward(lorac_train_pass_t *p, const int32_t
     if (n_valid == 0) return LORAC_STATUS_OK;
     float scale = 1.0f / (float)n_valid; /* mean over the batch's targets */
     int64_t rows[LOSS_CHUNK];
+    int64_t max_rows = p->d_lm_head ? loss_chunk_rows(V) : LOSS_CHUNK;
     int64_t i = 0;
     while (i < N) {
         int64_t n = 0;
-        int64_t max_rows = p->d_lm_head ? loss_chunk_rows(V) : LOSS_CHUNK;
         for (; i < N && n < max_rows; i++) {
             if (targets[i] == -100) continue;
             rows[n] = i;
@@ -507,21 +521,11 @@ static lorac_status_t loss_forward_backward(lorac_train_pass_t *p, const int32_t
             n++;
         }
         if (n == 0) break;
-        if (!p->d_lm_head) {
-            loss_chunk_online(p, n, grads, scale);
-            for (int64_t k = 0; k < n; k++) *loss_sum += p->chunk_losses[k];
-            if (grads)
-                for (int64_t k = 0; k < n; k++) memcpy(p->dxn_f + rows[k] * D, p->chunk_dx + k * D, sizeof(float) * (size_t)D);
-            continue;
-        }
-        lorac_matmul_forward_batch(p->chunk_logits, p->chunk_x, p->lm_head.data, p->lm_head.dtype, NULL, n, D, V);
-        lorac_crossentropy_forward_backward(p->chunk_logits, p->chunk_losses, p->chunk_targets, scale, n, V);
+        if (p->d_lm_head) loss_chunk_whole(p, n, grads, scale);
+        else loss_chunk_online(p, n, grads, scale);
         for (int64_t k = 0; k < n; k++) *loss_sum += p->chunk_losses[k];
-        if (!grads) continue;
-        memset(p->chunk_dx, 0, sizeof(float) * (size_t)(n * D));
-        lorac_matmul_backward_input(p->chunk_dx, p->chunk_logits, p->lm_head.data, p->lm_head.dtype, n, D, V);
-        if (p->d_lm_head) lorac_matmul_backward_weight(p->d_lm_head, NULL, p->chunk_logits, p->chunk_x, n, D, V);
-        for (int64_t k = 0; k < n; k++) memcpy(p->dxn_f + rows[k] * D, p->chunk_dx + k * D, sizeof(float) * (size_t)D);
+        if (grads)
+            for (int64_t k = 0; k < n; k++) memcpy(p->dxn_f + rows[k] * D, p->chunk_dx + k * D, sizeof(float) * (size_t)D);
     }
     return LORAC_STATUS_OK;
 }
