@@ -361,6 +361,17 @@ static void test_aliased_rows(const char *isa) {
     test_forward_fn(isa, "fwd aliased", lorac_matmul_forward_batch, ft, LEN(ft), fk, LEN(fk), fn, LEN(fn));
 }
 
+/* Row counts above a pass's block of rows (1,032 on the AVX2 path: its
+ * rows run as 2 x 1,050, each block packing every panel of b again) and
+ * outputs wide enough for 32 or more 16-column panels a thread (the AVX2
+ * path then packs a's rows once for all of them), and both at once. */
+static void test_row_blocks(const char *isa) {
+    static const int64_t ft[] = {2100}, fk[] = {40}, fn[] = {70, 1100};
+    test_forward_fn(isa, "fwd blocks", lorac_matmul_forward_batch, ft, LEN(ft), fk, LEN(fk), fn, LEN(fn));
+    static const int64_t dt_[] = {140, 2100}, dk[] = {1100}, dn[] = {40};
+    test_backward_input_fn(isa, "dx blocks", dt_, LEN(dt_), dk, LEN(dk), dn, LEN(dn));
+}
+
 static void test_backward_weight(const char *isa) {
     double worst = 0, worst_b = 0;
     int bad = 0;
@@ -404,7 +415,8 @@ static void test_backward_weight(const char *isa) {
  * large enough to be split among threads and cross the T chunk (64). */
 static void test_determinism(const char *isa) {
     static const int64_t shapes[][3] = {{1, 768, 2048}, {130, 288, 257}, {17, 1000, 100}, {200, 64, 640},
-                                        {130, 1024, 520}, {30, 600, 512}, {300, 288, 8}, {300, 1000, 3}};
+                                        {130, 1024, 520}, {30, 600, 512}, {300, 288, 8}, {300, 1000, 3},
+                                        {2100, 40, 1100}};
     int saved = lorac_kernels_get_threads();
     for (int di = 0; di < LEN(DTYPES); di++)
         for (int si = 0; si < LEN(shapes); si++) {
@@ -546,6 +558,7 @@ int main(void) {
         test_forward_degenerate();
         test_backward_input(ISAS[i]);
         test_aliased_rows(ISAS[i]);
+        test_row_blocks(ISAS[i]);
         test_backward_weight(ISAS[i]);
         test_determinism(ISAS[i]);
         test_convert(ISAS[i]);

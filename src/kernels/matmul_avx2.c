@@ -21,6 +21,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The block sizes below (LCHUNK, MBLOCK, PACK_A_PANELS, PACK_AHEAD) can be
+ * set from the compiler's command line as LORAC_AVX2_<name>, so that
+ * bench/bench_kernel_ab can time two values turn about in one process. */
+
 /* Forward tile: 2 rows of x times 4 rows of w = 8 accumulators + 4 weights
  * + 1 x = 13 of 16 registers. */
 #define FT 2
@@ -41,13 +45,33 @@
  * c is loaded and stored once per chunk. (At the 15M shapes 384 ran at
  * least as fast as 256 in alternating bench_matmul runs, and L = 288 is
  * one chunk.) */
-#define LCHUNK 384
+#ifndef LORAC_AVX2_LCHUNK
+#define LORAC_AVX2_LCHUNK 384
+#endif
+#define LCHUNK LORAC_AVX2_LCHUNK
 #define SMALL_LCHUNK 64 /* when the panel cannot be allocated: 4 KB on the stack */
-/* Rows of c per pass over b (a multiple of AM): their chunk-wide slice of
- * a (at most 396 KB) stays in L2 while every column panel uses it. */
-#define MBLOCK 264
+/* Rows of c per pass over b (a multiple of AM). Every pass packs each of
+ * b's panels again, so the block is a whole batch of 1,024 rows: its slice
+ * of a (up to 1.5 MB) is then read from L3, where the hardware prefetcher
+ * keeps up with a tile's 6 row streams. On the AMD EPYC (32 MB L3, 512 KB
+ * L2) this ran the 15M, 110M and 1.1B training products 1-9% faster than
+ * blocks of 264 rows whose slice stayed in L2 (interleaved runs of both
+ * builds in one process); 2,064 gained nothing more at 2,048 rows. */
+#ifndef LORAC_AVX2_MBLOCK
+#define LORAC_AVX2_MBLOCK 1032
+#endif
+#define MBLOCK LORAC_AVX2_MBLOCK
+/* Column panels a thread's block must have for its rows of a to be packed
+ * whatever their layout (see acc_dtype). */
+#ifndef LORAC_AVX2_PACK_A_PANELS
+#define LORAC_AVX2_PACK_A_PANELS 32
+#endif
+#define PACK_A_PANELS LORAC_AVX2_PACK_A_PANELS
 /* Rows of b ahead that pack_panel prefetches. */
-#define PACK_AHEAD 8
+#ifndef LORAC_AVX2_PACK_AHEAD
+#define LORAC_AVX2_PACK_AHEAD 8
+#endif
+#define PACK_AHEAD LORAC_AVX2_PACK_AHEAD
 /* Bytes ahead in each of decode's four weight streams that fwd_row4
  * prefetches (512 read faster than 0, 1024 and 2048 in alternating
  * bench_decode_split runs on the AMD EPYC). */
@@ -439,15 +463,19 @@ LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, const int set, float *c, const
                                    int64_t a_cs, const void *b, lorac_dtype_t bt, int64_t L, int64_t K, int64_t m0,
                                    int64_t m1, int64_t k0, int64_t k1) {
     /* Packing a pays when it is stored transposed and at least two column
-     * panels reuse it; and when its rows lie a multiple of 2 KB apart (rows
-     * of 2048 or 5632 floats at the 110M and 1.1B shapes) and many panels
+     * panels reuse it; when its rows lie a multiple of 2 KB apart (rows of
+     * 2048 or 5632 floats at the 110M and 1.1B shapes) and many panels
      * reuse it: a tile's 6 rows then fall into at most 2 of the L1's sets
-     * (a set every 4 KB) and evict one another. */
+     * (a set every 4 KB) and evict one another; and when 32 or more panels
+     * reuse it, as the block's slice of a comes from L3 once per panel (a
+     * 110M forward's 64 panels a thread ran 4-30% faster from one
+     * contiguous copy; the 9-24 panels of the 15M shapes ran 1-10% slower,
+     * the copy's pass unpaid). */
     int aliased = a_cs == 1 && a_rs % 512 == 0 && k1 - k0 >= 16 * PW;
-    int pack = (a_cs != 1 || aliased) && m1 - m0 >= 2 * AM && k1 - k0 >= 2 * PW;
-    /* The rows in equal blocks of at most MBLOCK, whole tiles: every block
-     * packs all of b's panels again, so a thread's 512 rows run as 2 x 258,
-     * not 240 + 240 + 32 */
+    int many_panels = k1 - k0 >= PACK_A_PANELS * PW;
+    int pack = (a_cs != 1 || aliased || many_panels) && m1 - m0 >= 2 * AM && k1 - k0 >= 2 * PW;
+    /* The rows in equal blocks of at most MBLOCK, whole tiles, so that
+     * 1,040 rows run as 2 x 522, not 1,032 + 8 */
     int64_t nblocks = (m1 - m0 + MBLOCK - 1) / MBLOCK, rows = nblocks > 0 ? (m1 - m0 + nblocks - 1) / nblocks : AM;
     rows = (rows + AM - 1) / AM * AM; /* the last group padded */
     float *pa = pack ? malloc(sizeof(float) * (size_t)(rows * LCHUNK)) : NULL;
