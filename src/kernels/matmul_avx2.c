@@ -54,9 +54,9 @@
  * b's panels again, so the block is a whole batch of 1,024 rows: its slice
  * of a (up to 1.5 MB) is then read from L3, where the hardware prefetcher
  * keeps up with a tile's 6 row streams. On the AMD EPYC (32 MB L3, 512 KB
- * L2) this ran the 15M, 110M and 1.1B training products 1-9% faster than
- * blocks of 264 rows whose slice stayed in L2 (interleaved runs of both
- * builds in one process); 2,064 gained nothing more at 2,048 rows. */
+ * L2), against blocks of 264 rows whose slice stayed in L2, bench_kernel_ab
+ * put the 15M, 110M and 1.1B forward and dx products at 0.98-1.14x, median
+ * 1.03x; 2,064 gained nothing more at 2,048 rows. */
 #ifndef LORAC_AVX2_MBLOCK
 #define LORAC_AVX2_MBLOCK 1032
 #endif
@@ -466,11 +466,11 @@ LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, const int set, float *c, const
      * panels reuse it; when its rows lie a multiple of 2 KB apart (rows of
      * 2048 or 5632 floats at the 110M and 1.1B shapes) and many panels
      * reuse it: a tile's 6 rows then fall into at most 2 of the L1's sets
-     * (a set every 4 KB) and evict one another; and when 32 or more panels
-     * reuse it, as the block's slice of a comes from L3 once per panel (a
-     * 110M forward's 64 panels a thread ran 4-30% faster from one
-     * contiguous copy; the 9-24 panels of the 15M shapes ran 1-10% slower,
-     * the copy's pass unpaid). */
+     * (a set every 4 KB) and evict one another; and when PACK_A_PANELS (32)
+     * or more panels reuse it, as the block's slice of a comes from L3 once
+     * per panel (a 110M forward's 64 panels a thread ran 4-30% faster from
+     * one contiguous copy; the 9-24 panels of the 15M shapes ran 1-10%
+     * slower, the copy's pass unpaid; bench_kernel_ab found 16 no better). */
     int aliased = a_cs == 1 && a_rs % 512 == 0 && k1 - k0 >= 16 * PW;
     int many_panels = k1 - k0 >= PACK_A_PANELS * PW;
     int pack = (a_cs != 1 || aliased || many_panels) && m1 - m0 >= 2 * AM && k1 - k0 >= 2 * PW;
