@@ -12,7 +12,8 @@
  * rows), plus the loss's block products (256 rows x 1008 vocabulary
  * columns). Both builds must give the same bits; each shape checks that.
  *
- * Build and run (the AVX2 path on its own):
+ * Build and run (the AVX2 path; ISA=avx512 builds that file instead, with
+ * its LORAC_AVX512_* sizes):
  *   make -C bench ab A="-DLORAC_AVX2_MBLOCK=264" B="" && bench/out/bench_kernel_ab [15m|110m|1b] [rounds]
  */
 #include "bench_common.h"
@@ -89,7 +90,12 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: bench_kernel_ab [15m|110m|1b] [rounds]  (the path must be compiled in)\n");
         return 2;
     }
-    printf("bench_kernel_ab: %s shapes, %d rounds of 0.15 s a build, 2 threads\n", m->name, rounds);
+    if (!lorac_kernels_isa_available(lorac_ab_ops_a.name)) {
+        fprintf(stderr, "bench_kernel_ab: this CPU cannot run the %s path\n", lorac_ab_ops_a.name);
+        return 2;
+    }
+    printf("bench_kernel_ab: %s path, %s shapes, %d rounds of 0.15 s a build, 2 threads\n", lorac_ab_ops_a.name,
+           m->name, rounds);
     printf("%-18s %-4s %10s %10s %7s\n", "T x N x K", "op", "A GF/s", "B GF/s", "B/A");
     const lorac_kernel_ops_t *ops[2] = {&lorac_ab_ops_a, &lorac_ab_ops_b};
     int mismatches = 0;

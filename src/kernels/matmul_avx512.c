@@ -37,11 +37,19 @@
  * LM-head shapes (single-threaded timings of this file's kernels). */
 #define AM 6
 #define AV 4
-#define LCHUNK 512
+/* LCHUNK and MBLOCK can be set from the compiler's command line as
+ * LORAC_AVX512_<name>, for bench/bench_kernel_ab (ISA=avx512). */
+#ifndef LORAC_AVX512_LCHUNK
+#define LORAC_AVX512_LCHUNK 512
+#endif
+#define LCHUNK LORAC_AVX512_LCHUNK
 #define SMALL_LCHUNK 128 /* when LCHUNK's panel cannot be allocated: 32 KB on the stack */
 /* Rows of c per pass over b (a multiple of AM): their LCHUNK-wide slice of
  * a, when packed, is 1 MB and stays in L2 while every column panel uses it. */
-#define MBLOCK 510
+#ifndef LORAC_AVX512_MBLOCK
+#define LORAC_AVX512_MBLOCK 510
+#endif
+#define MBLOCK LORAC_AVX512_MBLOCK
 
 /* 16 elements of a weight row starting at element i, widened to f32. */
 LORAC_ALWAYS_INLINE __m512 load_w(const void *w, lorac_dtype_t dt, int64_t i) {
