@@ -25,6 +25,13 @@ static inline int bench_cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+/* A uniform value in [-1, 1) from the xorshift state *s (nonzero): the
+ * benchmarks' inputs, the same every run. */
+static inline float bench_frand(uint64_t *s) {
+    *s ^= *s << 13, *s ^= *s >> 7, *s ^= *s << 17;
+    return (float)((double)(*s >> 40) / (double)(1ull << 23) - 1.0);
+}
+
 /* Median of v[0..n) (n >= 1); sorts v. */
 static inline double bench_median(double *v, int n) {
     qsort(v, (size_t)n, sizeof *v, bench_cmp_double);

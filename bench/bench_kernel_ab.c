@@ -41,18 +41,13 @@ static const model_t MODELS[] = {
      {{512, 2048, 2048, 0}, {512, 5632, 2048, 0}, {512, 2048, 5632, 0}, {512, 256, 2048, 0}, {256, 1008, 2048, 1}}},
 };
 
-static float frand(uint64_t *s) {
-    *s ^= *s << 13, *s ^= *s >> 7, *s ^= *s << 17;
-    return (float)((double)(*s >> 40) / (double)(1ull << 23) - 1.0);
-}
-
 static float *rand_f32(int64_t n, uint64_t seed) {
     float *p = aligned_alloc(64, ((size_t)n * sizeof(float) + 63) / 64 * 64);
     if (!p) {
         fprintf(stderr, "bench_kernel_ab: out of memory\n");
         exit(1);
     }
-    for (int64_t i = 0; i < n; i++) p[i] = frand(&seed);
+    for (int64_t i = 0; i < n; i++) p[i] = bench_frand(&seed);
     return p;
 }
 

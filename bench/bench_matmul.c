@@ -24,11 +24,6 @@ static const lorac_dtype_t DTYPES[] = {LORAC_DTYPE_F32, LORAC_DTYPE_BF16, LORAC_
 /* 110M Llama-style model (dim 768, hidden 2048, vocab 32000): (N, K). */
 static const int64_t SHAPES[][2] = {{768, 768}, {2048, 768}, {768, 2048}, {32000, 768}};
 
-static float frand(uint64_t *s) {
-    *s ^= *s << 13, *s ^= *s >> 7, *s ^= *s << 17;
-    return (float)((double)(*s >> 40) / (double)(1ull << 23) - 1.0);
-}
-
 /* count copies of an (N,K) matrix in dtype, back to back. */
 static void *make_weights(lorac_dtype_t dt, int64_t N, int64_t K, int64_t count) {
     size_t one = (size_t)(N * K) * lorac_dtype_size(dt);
@@ -36,7 +31,7 @@ static void *make_weights(lorac_dtype_t dt, int64_t N, int64_t K, int64_t count)
     if (!w) return NULL;
     uint64_t s = 88172645463325252ull;
     for (int64_t i = 0; i < N * K; i++) {
-        float v = frand(&s) * 0.05f;
+        float v = bench_frand(&s) * 0.05f;
         if (dt == LORAC_DTYPE_F32) ((float *)w)[i] = v;
         else if (dt == LORAC_DTYPE_BF16) ((uint16_t *)w)[i] = lorac_f32_to_bf16(v);
         else ((uint16_t *)w)[i] = lorac_f32_to_f16(v);
@@ -48,7 +43,7 @@ static void *make_weights(lorac_dtype_t dt, int64_t N, int64_t K, int64_t count)
 static float *rand_f32(int64_t n) {
     float *p = malloc((size_t)n * sizeof(float));
     uint64_t s = 0x2545F4914F6CDD1Dull;
-    for (int64_t i = 0; p && i < n; i++) p[i] = frand(&s);
+    for (int64_t i = 0; p && i < n; i++) p[i] = bench_frand(&s);
     return p;
 }
 

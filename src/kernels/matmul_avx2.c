@@ -56,7 +56,7 @@
  * keeps up with a tile's 6 row streams. On the AMD EPYC (32 MB L3, 512 KB
  * L2), against blocks of 264 rows whose slice stayed in L2, bench_kernel_ab
  * put the 15M, 110M and 1.1B forward and dx products at 0.98-1.14x, median
- * 1.03x; 2,064 gained nothing more at 2,048 rows. */
+ * 1.03x. */
 #ifndef LORAC_AVX2_MBLOCK
 #define LORAC_AVX2_MBLOCK 1032
 #endif
@@ -468,9 +468,10 @@ LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, const int set, float *c, const
      * reuse it: a tile's 6 rows then fall into at most 2 of the L1's sets
      * (a set every 4 KB) and evict one another; and when PACK_A_PANELS (32)
      * or more panels reuse it, as the block's slice of a comes from L3 once
-     * per panel (a 110M forward's 64 panels a thread ran 4-30% faster from
-     * one contiguous copy; the 9-24 panels of the 15M shapes ran 1-10%
-     * slower, the copy's pass unpaid; bench_kernel_ab found 16 no better). */
+     * per panel (bench_kernel_ab, with the rule against without: 1.18x and
+     * 1.20x on the two 110M products with 64 panels a thread, the others
+     * unchanged; a threshold of 16 panels, which also packs for the 15M
+     * shapes' 24, was no better). */
     int aliased = a_cs == 1 && a_rs % 512 == 0 && k1 - k0 >= 16 * PW;
     int many_panels = k1 - k0 >= PACK_A_PANELS * PW;
     int pack = (a_cs != 1 || aliased || many_panels) && m1 - m0 >= 2 * AM && k1 - k0 >= 2 * PW;
