@@ -30,12 +30,6 @@ static const char *k_usage =
 #define CHARS "abcdefghijklmnopqrstuvwxyz>\n"
 enum { DIM = 64, HIDDEN = 192, LAYERS = 2, HEADS = 4, VOCAB = 2 + (int)sizeof(CHARS) - 1 };
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static void write_text(const char *dir, const char *name, const char *text) {
     char *path = lorac_path_join(dir, name);
     if (!path) cli_die("out of memory");
@@ -243,7 +237,7 @@ int cmd_demo(int argc, char **argv) {
     if (!init || !base || !copy || !rev || !shift || !a_rev || !a_shift || !merged) cli_die("out of memory");
 
     printf("lorac demo: LoRA end to end on a model built here from scratch (files in %s/)\n\n", out);
-    double t0 = now();
+    double t0 = lorac_seconds();
     write_base_model(init, 1);
     write_task(copy, TASK_COPY, 8000, 11);
     write_task(rev, TASK_REVERSE, 8000, 12);
@@ -253,13 +247,13 @@ int cmd_demo(int argc, char **argv) {
     cli_check(lorac_model_load(base, &model));
     printf("1. Base model: a %d-layer Llama (dim %d, %lld parameters), pretrained from random weights with\n"
            "   `train --full` to copy a word:  \"abcd>\" -> \"abcd\".  Loss %.2f -> %.3f in %.0f s.\n\n",
-           LAYERS, DIM, (long long)lorac_model_n_params(model), rb.first_loss, rb.last_loss, now() - t0);
+           LAYERS, DIM, (long long)lorac_model_n_params(model), rb.first_loss, rb.last_loss, lorac_seconds() - t0);
 
-    double t1 = now();
+    double t1 = lorac_seconds();
     lorac_train_result_t ra = train(base, rev, a_rev, 0, 1e-2, 1500);
-    double t2 = now();
+    double t2 = lorac_seconds();
     lorac_train_result_t rs = train(base, shift, a_shift, 0, 1e-2, 1500);
-    double t3 = now();
+    double t3 = lorac_seconds();
     lorac_adapter_t *ad[2];
     cli_check(lorac_adapter_load(a_rev, lorac_model_get_config(model), &ad[0]));
     cli_check(lorac_adapter_load(a_shift, lorac_model_get_config(model), &ad[1]));
@@ -295,9 +289,9 @@ int cmd_demo(int argc, char **argv) {
     for (int w = 0; w < n_words; w++) random_word(&rng, words[w]);
     for (int c = 0; c < 3; c++) {
         float one = 1.0f;
-        double s0 = now();
+        double s0 = lorac_seconds();
         cli_check(lorac_context_set_adapters(ctx, c ? (const lorac_adapter_t *const *)&ad[c - 1] : NULL, &one, c ? 1 : 0));
-        switch_time += now() - s0;
+        switch_time += lorac_seconds() - s0;
         switches++;
         for (int w = 0; w < n_words; w++) {
             generate(model, ctx, words[w], got[w][c], sizeof got[w][c], logits);
@@ -347,7 +341,7 @@ int cmd_demo(int argc, char **argv) {
     printf("4. Merged W + s*B*A into a new model directory (%s/): its answers %s the unmerged\n"
            "   base + adapter's (largest logit difference %.2g, on logits up to %.1f).\n\n",
            merged, same ? "equal" : "DIFFER FROM", max_diff, max_logit);
-    printf("Done in %.0f s. Try: lorac generate -m %s --adapter %s -p \"lorac>\" --temp 0 -n 8\n", now() - t0, base, a_rev);
+    printf("Done in %.0f s. Try: lorac generate -m %s --adapter %s -p \"lorac>\" --temp 0 -n 8\n", lorac_seconds() - t0, base, a_rev);
     lorac_context_free(mctx);
     lorac_model_free(mm);
     lorac_context_free(ctx);

@@ -110,12 +110,6 @@ static void print_text(const char *out, const lorac_extract_params_t *p, float a
     printf("time: %.2f s\n", seconds);
 }
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 int cmd_extract(int argc, char **argv) {
     const char *base_dir = NULL, *tuned_dir = NULL, *out = NULL, *targets = "all-linear", *layers = NULL;
     lorac_extract_params_t p = lorac_extract_default_params();
@@ -139,7 +133,7 @@ int cmd_extract(int argc, char **argv) {
     if (!base_dir || !tuned_dir || !out || !have_r) cli_usage_error("extract", "--base, --tuned, --r and -o are required");
     if (lorac_lora_parse_targets(targets, &p.targets)) cli_usage_error("extract", "%s", lorac_error_message());
 
-    double t0 = now_seconds();
+    double t0 = lorac_seconds();
     lorac_model_t *base, *tuned;
     cli_check(lorac_model_load(base_dir, &base));
     cli_check(lorac_model_load(tuned_dir, &tuned));
@@ -154,7 +148,7 @@ int cmd_extract(int argc, char **argv) {
     lorac_extract_stat_t *st;
     cli_check(lorac_extract_adapter(base, tuned, &p, &adapter, &st));
     cli_check(lorac_adapter_save(adapter, out, base_dir));
-    double seconds = now_seconds() - t0;
+    double seconds = lorac_seconds() - t0;
     float alpha = p.alpha > 0 ? p.alpha : (float)p.r;
     int32_t n = lorac_adapter_n_modules(adapter);
     if (json) print_json(base_dir, tuned_dir, out, &p, alpha, st, n, seconds);

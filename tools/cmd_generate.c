@@ -25,12 +25,6 @@ static const char *k_usage =
     "  -c, --ctx N          context length (default: prompt + n, capped at the model's maximum)\n"
     "  -t, --threads N      compute threads (default: all cores)\n";
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* Prints a token's bytes through the UTF-8 stream (whole characters only). */
 static void emit_token(const lorac_tokenizer_t *tok, lorac_utf8_stream_t *st, int32_t id, int strip_space) {
     char bytes[512], out[3 * 512 + 3];
@@ -108,7 +102,7 @@ int cmd_generate(int argc, char **argv) {
     fflush(stdout);
 
     /* the prompt, in batches of up to n_batch tokens */
-    double t0 = now_seconds();
+    double t0 = lorac_seconds();
     for (size_t done = 0; done < n_ids;) {
         int32_t n = (int32_t)(n_ids - done < (size_t)cp.n_batch ? n_ids - done : (size_t)cp.n_batch);
         for (int32_t j = 0; j < n; j++) pos[j] = (int32_t)done + j;
@@ -116,7 +110,7 @@ int cmd_generate(int argc, char **argv) {
         cli_check(lorac_context_decode(ctx, &b, logits));
         done += (size_t)n;
     }
-    double t1 = now_seconds();
+    double t1 = lorac_seconds();
 
     /* SentencePiece decoders drop the space that starts the text: only the
      * first generated token can start it, when the prompt printed nothing */
@@ -142,7 +136,7 @@ int cmd_generate(int argc, char **argv) {
     fwrite(tail, 1, w, stdout);
     fputc('\n', stdout);
     fflush(stdout);
-    double t2 = now_seconds();
+    double t2 = lorac_seconds();
     fprintf(stderr, "\nprompt: %zu tokens, %.1f tok/s\n", n_ids, (double)n_ids / (t1 - t0));
     fprintf(stderr, "generate: %lld tokens, %.1f tok/s (stop: %s, threads %d, %s kernels)\n", (long long)n_gen,
             n_gen > 0 ? (double)n_gen / (t2 - t1) : 0.0, stop, lorac_kernels_get_threads(), lorac_kernels_isa());

@@ -140,6 +140,9 @@ float lorac_rng_float(lorac_rng_t *rng);
 /* Standard normal (Box-Muller; uses two uniforms per call). */
 float lorac_rng_normal(lorac_rng_t *rng);
 
+/* Seconds on the monotonic clock (for durations). */
+double lorac_seconds(void);
+
 /* Joins dir and name with '/' into a malloc'd string (NULL on OOM). */
 char *lorac_path_join(const char *dir, const char *name);
 

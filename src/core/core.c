@@ -1,4 +1,5 @@
 /* Status strings, thread-local error messages, dtypes, checked arithmetic. */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include "lorac/core.h"
 
 #include <math.h>
@@ -6,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static _Thread_local char g_error_message[1024];
 
@@ -153,6 +155,12 @@ int lorac_utf8_valid(const char *str, size_t len) {
         i += n + 1;
     }
     return 1;
+}
+
+double lorac_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 char *lorac_path_join(const char *dir, const char *name) {

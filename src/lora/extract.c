@@ -192,12 +192,6 @@ static const lorac_wref_t *projection(const lorac_model_t *model, int32_t layer,
     }
 }
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static lorac_status_t check_params(const lorac_model_config_t *c, const lorac_extract_params_t *p) {
     if (p->r < 1) return lorac_error(LORAC_STATUS_INVALID_ARG, "extract rank r = %d must be at least 1", p->r);
     if (p->oversample < 0 || p->power_iters < 0 || p->power_iters > 100)
@@ -221,7 +215,7 @@ static lorac_status_t check_params(const lorac_model_config_t *c, const lorac_ex
 static lorac_status_t extract_module(const lorac_model_t *base, const lorac_model_t *tuned,
                                      const lorac_extract_params_t *p, lorac_lora_module_t *m,
                                      lorac_extract_stat_t *st) {
-    double t0 = now_seconds();
+    double t0 = lorac_seconds();
     int64_t out = m->out, in = m->in, r = m->r;
     int64_t l = r + p->oversample < (in < out ? in : out) ? r + p->oversample : (in < out ? in : out);
     delta_op_t op;
@@ -256,7 +250,7 @@ static lorac_status_t extract_module(const lorac_model_t *base, const lorac_mode
     /* rounding can put the kept energy a hair above the total */
     st->energy = op.norm2 > 0 ? fmin(1.0, kept2 / op.norm2) : 1.0;
     st->max_sigma = S[0];
-    st->seconds = now_seconds() - t0;
+    st->seconds = lorac_seconds() - t0;
 out:
     delta_op_free(&op);
     free(U); free(S); free(V);

@@ -78,12 +78,6 @@ const char *lorac_finish_name(lorac_finish_t f) {
     }
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 lorac_engine_params_t lorac_engine_default_params(void) {
     lorac_engine_params_t p = {.max_seqs = 8, .n_ctx = 2048, .n_batch = 512, .max_queue = 64, .max_loras = 8,
                                .adapters_dir = NULL};
@@ -176,7 +170,7 @@ static int push_token_text(lorac_engine_t *e, request_t *r, int32_t token) {
 /* ---- finishing -------------------------------------------------------------- */
 
 static void record_finish(lorac_engine_t *e, request_t *r, lorac_finish_t f) {
-    double latency = now_s() - r->t_submit;
+    double latency = lorac_seconds() - r->t_submit;
     int b = 0;
     while (b < LORAC_SERVE_LATENCY_BUCKETS - 1 && latency > lorac_serve_latency_bounds[b]) b++;
     pthread_mutex_lock(&e->mu);
@@ -296,7 +290,7 @@ static int32_t build_batch(lorac_engine_t *e, int32_t *n_order) {
  * end of sequence, stop string, length, or the text delta. */
 static void advance(lorac_engine_t *e, request_t *r, float *logits) {
     int32_t tok = lorac_sampler_sample(r->sampler, logits);
-    if (r->n_generated == 0) r->t_first = now_s();
+    if (r->n_generated == 0) r->t_first = lorac_seconds();
     r->n_generated++;
     if (!r->ignore_eos && lorac_model_is_eos(e->model, tok)) {
         retire_slot(e, r->slot, LORAC_FINISH_STOP, NULL);
@@ -489,7 +483,7 @@ static request_t *request_new(const lorac_engine_t *e, const lorac_serve_request
     r->callback = q->callback;
     r->user = q->user;
     r->slot = -1;
-    r->t_submit = now_s();
+    r->t_submit = lorac_seconds();
     return r;
 }
 

@@ -58,12 +58,6 @@ static int buf_take(buf_t *b, char *s) {
     return r;
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static uint64_t splitmix64(uint64_t x) {
     x += 0x9E3779B97F4A7C15ull;
     x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -766,7 +760,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     if (!k) {
         if (!(k = calloc(1, sizeof *k))) return MHD_NO;
         *con_cls = k;
-        k->t0 = now_s();
+        k->t0 = lorac_seconds();
         snprintf(k->method, sizeof k->method, "%s", method);
         snprintf(k->url, sizeof k->url, "%s", url);
         return begin(srv, c, k, url, method);
@@ -797,7 +791,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     conn_t *k = *con_cls;
     if (!k) return;
     if (srv->p.log_requests)
-        fprintf(stderr, "lorac serve: %s %s %d %.3fs%s\n", k->method, k->url, k->status, now_s() - k->t0,
+        fprintf(stderr, "lorac serve: %s %s %d %.3fs%s\n", k->method, k->url, k->status, lorac_seconds() - k->t0,
                 toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection ended early)");
     free(k->body.s);
     free(k);
