@@ -9,8 +9,9 @@
  * --training ones): the training forward (matmul_set_bt), dx (matmul_acc)
  * and dw (matmul_acc on a transposed a), each shared by two threads as
  * lorac's matmul drivers share it (by 16-column panels of the output, dw by
- * rows), plus the loss's block products (256 rows x 1008 vocabulary
- * columns). Both builds must give the same bits; each shape checks that.
+ * rows), plus the loss's block products (the batch's rows x 1008
+ * vocabulary columns, each thread on its half of the rows, as
+ * lorac_crossentropy_classifier runs them). Both builds must give the same bits; each shape checks that.
  *
  * Build and run (the AVX2 path; ISA=avx512 builds that file instead, with
  * its LORAC_AVX512_* sizes):
@@ -26,7 +27,7 @@ static const char *const PRODUCT_NAMES[] = {"fwd", "dx", "dw"};
 
 typedef struct {
     int64_t T, N, K; /* x (T,K), w (N,K), out (T,N) */
-    int frozen;      /* the loss's classifier block: no dw */
+    int frozen;      /* the loss's classifier block: no dw, threads split by rows */
 } shape_t;
 
 typedef struct {
@@ -35,10 +36,10 @@ typedef struct {
 } model_t;
 
 static const model_t MODELS[] = {
-    {"15m", {{1024, 288, 288, 0}, {1024, 768, 288, 0}, {1024, 288, 768, 0}, {256, 1008, 288, 1}, {0, 0, 0, 0}}},
-    {"110m", {{1024, 768, 768, 0}, {1024, 2048, 768, 0}, {1024, 768, 2048, 0}, {256, 1008, 768, 1}, {0, 0, 0, 0}}},
+    {"15m", {{1024, 288, 288, 0}, {1024, 768, 288, 0}, {1024, 288, 768, 0}, {1024, 1008, 288, 1}, {0, 0, 0, 0}}},
+    {"110m", {{1024, 768, 768, 0}, {1024, 2048, 768, 0}, {1024, 768, 2048, 0}, {1024, 1008, 768, 1}, {0, 0, 0, 0}}},
     {"1b",
-     {{512, 2048, 2048, 0}, {512, 5632, 2048, 0}, {512, 2048, 5632, 0}, {512, 256, 2048, 0}, {256, 1008, 2048, 1}}},
+     {{512, 2048, 2048, 0}, {512, 5632, 2048, 0}, {512, 2048, 5632, 0}, {512, 256, 2048, 0}, {512, 1008, 2048, 1}}},
 };
 
 static float *rand_f32(int64_t n, uint64_t seed) {
@@ -63,6 +64,12 @@ static void run(const lorac_kernel_ops_t *o, product_t p, const shape_t *s, floa
         if (p == DW) { /* dw (N,K) += doutᵀ·x: rows of dw in multiples of 4 */
             int64_t chunk = round_up((N + 1) / 2, 4), n0 = i * chunk, n1 = n0 + chunk < N ? n0 + chunk : N;
             if (n0 < n1) o->matmul_acc(c, dout, 1, N, x, LORAC_DTYPE_F32, N, T, K, n0, n1, 0, K);
+        } else if (s->frozen) { /* each thread its half of the rows, every column */
+            int64_t half = round_up((T + 1) / 2, 6), r0 = i * half, r1 = r0 + half < T ? r0 + half : T;
+            if (r0 < r1) {
+                if (p == FWD) o->matmul_set_bt(c, x, K, 1, w, LORAC_DTYPE_F32, T, K, N, r0, r1, 0, N);
+                else o->matmul_acc(c, dout, N, 1, w, LORAC_DTYPE_F32, T, N, K, r0, r1, 0, K);
+            }
         } else {
             int64_t C = p == FWD ? N : K, half = round_up((C + 1) / 2, o->split_cols);
             int64_t c0 = i * half, c1 = c0 + half < C ? c0 + half : C;

@@ -144,6 +144,42 @@ static void check_attention(void) {
     }
 }
 
+/* The double-precision loss of one row of logits z (V) with the given
+ * target, and dLoss/dx (D) = Σ_v p_v·W_v − W_target for the classifier w
+ * (V, D). z is overwritten. */
+static void reference_crossentropy_row(double *z, int V, int D, const float *w, int target, double *loss, double *dx) {
+    double m = -INFINITY, sum = 0;
+    for (int v = 0; v < V; v++) m = fmax(m, z[v]);
+    double z_target = z[target];
+    for (int v = 0; v < V; v++) sum += z[v] = exp(z[v] - m);
+    *loss = m + log(sum) - z_target;
+    for (int d = 0; d < D; d++) {
+        double g = -(double)w[target * D + d];
+        for (int v = 0; v < V; v++) g += z[v] / sum * w[v * D + d];
+        dx[d] = g;
+    }
+}
+
+/* The online softmax's results (row max, others' sum, target logit, acc)
+ * turned into each row's loss and dx, against the reference: the worst
+ * relative errors of the loss, of dx on rows 1.. and of dx on row 0. */
+static void online_errors(int R, int D, const float *w, const int32_t *tg, const float *mx, const double *others,
+                          const float *tl, const float *acc, const double *ref_loss, const double *ref_dx,
+                          double *worst_loss, double *worst_dx, double *row0_dx) {
+    *worst_loss = *worst_dx = *row0_dx = 0;
+    for (int t = 0; t < R; t++) {
+        double sum = others[t] + exp((double)tl[t] - mx[t]);
+        double loss = mx[t] + log(sum) - tl[t];
+        *worst_loss = fmax(*worst_loss, fabs(loss - ref_loss[t]) / fmax(fabs(ref_loss[t]), 1e-3));
+        float dxr[64]; /* D <= 64 */
+        for (int d = 0; d < D; d++)
+            dxr[d] = acc[t * D + d] * (float)(1.0 / sum) - (float)(others[t] / sum) * w[tg[t] * D + d];
+        double e = rel_err(dxr, ref_dx + t * D, D);
+        if (t == 0) *row0_dx = e;
+        else *worst_dx = fmax(*worst_dx, e);
+    }
+}
+
 /* The online cross-entropy (lorac_crossentropy_online_block) run block by
  * block as the trainer does, the products done here, against the direct
  * double-precision loss and dLoss/dx = Σ p_v W_v − W_target. Rows where the
@@ -161,22 +197,14 @@ static void check_online_crossentropy(void) {
     for (int t = 0; t < R; t++) tg[t] = (t * 7 + 3) % V;
     double zr[V];
     for (int t = 0; t < R; t++) {
-        double m = -INFINITY, sum = 0, p[V];
         for (int v = 0; v < V; v++) {
             double a = 0;
             for (int d = 0; d < D; d++) a += (double)xs[t * D + d] * wv[v * D + d];
             /* row 0: the target far above the rest (p ≈ 1 − 1e-10);
              * row 1: the max in the last column */
             zr[v] = a + (t == 0 && v == tg[t] ? 25.0 : 0.0) + (t == 1 && v == V - 1 ? 9.0 : 0.0);
-            m = fmax(m, zr[v]);
         }
-        for (int v = 0; v < V; v++) sum += p[v] = exp(zr[v] - m);
-        ref_loss[t] = m + log(sum) - zr[tg[t]];
-        for (int d = 0; d < D; d++) {
-            double g = -(double)wv[tg[t] * D + d];
-            for (int v = 0; v < V; v++) g += p[v] / sum * wv[v * D + d];
-            ref_dx[t * D + d] = g;
-        }
+        reference_crossentropy_row(zr, V, D, wv, tg[t], &ref_loss[t], ref_dx + t * D);
     }
     static const int block_cols[] = {V, 16, 7, 1};
     for (int b = 0; b < 4; b++)
@@ -200,18 +228,8 @@ static void check_online_crossentropy(void) {
                     for (int j = 0; j < w; j++)
                         for (int d = 0; d < D; d++) acc[t * D + d] += z[t * w + j] * wv[(v0 + j) * D + d];
             }
-            double worst_loss = 0, worst_dx = 0, worst_small = 0;
-            for (int t = 0; t < R; t++) {
-                double sum = others[t] + exp((double)tl[t] - mx[t]);
-                double loss = mx[t] + log(sum) - tl[t];
-                worst_loss = fmax(worst_loss, fabs(loss - ref_loss[t]) / fmax(fabs(ref_loss[t]), 1e-3));
-                float dxr[D];
-                for (int d = 0; d < D; d++)
-                    dxr[d] = acc[t * D + d] * (float)(1.0 / sum) - (float)(others[t] / sum) * wv[tg[t] * D + d];
-                double e = rel_err(dxr, ref_dx + t * D, D);
-                if (t == 0) worst_small = e;
-                else worst_dx = fmax(worst_dx, e);
-            }
+            double worst_loss, worst_dx, worst_small;
+            online_errors(R, D, wv, tg, mx, others, tl, acc, ref_loss, ref_dx, &worst_loss, &worst_dx, &worst_small);
             if (threads == 1) {
                 printf("  online cross-entropy, blocks of %d: loss %.2g, dx %.2g, dx at p = 1 - 1e-10: %.2g\n", cols,
                        worst_loss, worst_dx, worst_small);
@@ -224,6 +242,74 @@ static void check_online_crossentropy(void) {
                       "online cross-entropy, blocks of %d: loss %g, dx %g, near-certain row %g", cols, worst_loss,
                       worst_dx, worst_small);
         }
+}
+
+/* lorac_crossentropy_classifier (the trainer's loss over a frozen
+ * classifier, each thread on its own rows) against the direct
+ * double-precision loss and dLoss/dx, and bitwise against the three calls
+ * per block it replaces (lorac_matmul_forward_batch, the online block,
+ * lorac_matmul_backward_input), for F32 and BF16 classifiers, blocks of
+ * 64 and 96 columns (the last block 64), at 1, 2 and 3 threads. Sizes
+ * take the batch kernels' path (at least 128 rows, 64 columns). */
+static void check_classifier_crossentropy(void) {
+    enum { R = 301, V = 256, D = 40 };
+    static float xs[R * D], wf[V * D], z[R * 96], acc[R * D], ref_acc[R * D], mx[R], tl[R], ref_mx[R], ref_tl[R];
+    static uint16_t wb16[V * D];
+    static double others[R], ref_others[R], ref_dx[R * D], ref_loss[R];
+    static int32_t tg[R];
+    for (int i = 0; i < R * D; i++) xs[i] = 2.0f * frand();
+    for (int i = 0; i < V * D; i++) wb16[i] = lorac_f32_to_bf16(frand());
+    for (int t = 0; t < R; t++) tg[t] = (t * 13 + 5) % V;
+    for (int dt = 0; dt < 2; dt++) {
+        lorac_dtype_t wt = dt ? LORAC_DTYPE_BF16 : LORAC_DTYPE_F32;
+        for (int i = 0; i < V * D; i++) wf[i] = lorac_bf16_to_f32(wb16[i]);
+        const void *w = dt ? (const void *)wb16 : (const void *)wf;
+        for (int t = 0; t < R; t++) {
+            double zr[V];
+            for (int v = 0; v < V; v++) {
+                double a = 0;
+                for (int d = 0; d < D; d++) a += (double)xs[t * D + d] * wf[v * D + d];
+                zr[v] = a;
+            }
+            reference_crossentropy_row(zr, V, D, wf, tg[t], &ref_loss[t], ref_dx + t * D);
+        }
+        static const int block_cols[] = {64, 96};
+        for (int b = 0; b < 2; b++)
+            for (int threads = 1; threads <= 3; threads++) {
+                lorac_kernels_set_threads(threads);
+                int cols = block_cols[b];
+                /* the three calls per block */
+                for (int t = 0; t < R; t++) ref_mx[t] = -INFINITY, ref_others[t] = 0;
+                memset(ref_acc, 0, sizeof ref_acc);
+                for (int v0 = 0; v0 < V; v0 += cols) {
+                    int n = V - v0 < cols ? V - v0 : cols;
+                    const void *wv = (const char *)w + (size_t)v0 * D * lorac_dtype_size(wt);
+                    lorac_matmul_forward_batch(z, xs, wv, wt, NULL, R, D, n);
+                    lorac_crossentropy_online_block(z, R, n, v0, tg, ref_mx, ref_others, ref_tl, ref_acc, D);
+                    lorac_matmul_backward_input(ref_acc, z, wv, wt, R, D, n);
+                }
+                /* repeated: a thread that runs a block ahead must not
+                 * touch the rows of one a block behind (the last block's
+                 * row stride is shorter) */
+                for (int rep = 0; rep < (threads > 1 ? 30 : 1); rep++) {
+                    for (int t = 0; t < R; t++) mx[t] = -INFINITY, others[t] = 0;
+                    memset(acc, 0, sizeof acc);
+                    lorac_crossentropy_classifier(xs, w, wt, R, D, V, cols, tg, z, mx, others, tl, acc);
+                    CHECK_MSG(memcmp(acc, ref_acc, sizeof acc) == 0 && memcmp(mx, ref_mx, sizeof mx) == 0 &&
+                                  memcmp(others, ref_others, sizeof others) == 0 && memcmp(tl, ref_tl, sizeof tl) == 0,
+                              "classifier cross-entropy (%s, blocks of %d, %d threads, run %d): not the bits of the three calls",
+                              lorac_dtype_name(wt), cols, threads, rep + 1);
+                }
+                double worst_loss, worst_dx, row0_dx;
+                online_errors(R, D, wf, tg, mx, others, tl, acc, ref_loss, ref_dx, &worst_loss, &worst_dx, &row0_dx);
+                worst_dx = fmax(worst_dx, row0_dx);
+                if (threads == 1)
+                    printf("  classifier cross-entropy, %s, blocks of %d: loss %.2g, dx %.2g\n", lorac_dtype_name(wt),
+                           cols, worst_loss, worst_dx);
+                CHECK_MSG(worst_loss < 1e-5 && worst_dx < 1e-5, "classifier cross-entropy (%s, blocks of %d): loss %g, dx %g",
+                          lorac_dtype_name(wt), cols, worst_loss, worst_dx);
+            }
+    }
 }
 
 int main(void) {
@@ -263,5 +349,6 @@ int main(void) {
     }
     check_attention();
     check_online_crossentropy();
+    check_classifier_crossentropy();
     return tl_finish("test_ops");
 }

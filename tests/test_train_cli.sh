@@ -113,6 +113,32 @@ cmp -s nan/checkpoint-2/params.safetensors nan/checkpoint-3/params.safetensors &
 cmp -s nan/checkpoint-2/optimizer.safetensors nan/checkpoint-3/optimizer.safetensors && ok || bad "moments changed on a skipped step"
 tail -1 nan/metrics.jsonl | grep -q '"skipped": 1' && ok || bad "metrics do not count the skipped step"
 
+# 5b. --profile: every phase in the table, shares summing to the step, the
+# base's dw only with --full, and the same adapter as a run without it
+P="-m m --data train.jsonl --steps 3 --batch 4 --seq 64 --targets all-linear -t 2"
+"$L" train $P -o prof --profile 2> prof.log > /dev/null || bad "train --profile failed"
+"$L" train $P -o noprof 2> /dev/null > /dev/null || bad "train without --profile failed"
+"$L" train -m m --data train.jsonl --steps 3 --batch 4 --seq 64 --full -t 2 -o proffull --profile 2> proffull.log > /dev/null \
+  || bad "train --full --profile failed"
+cmp -s prof/adapter_model.safetensors noprof/adapter_model.safetensors && ok || bad "--profile changed the adapter"
+$PY - prof.log proffull.log <<'PYEOF' && ok || bad "--profile table: $(grep -A 16 '^profile:' prof.log)"
+import re, sys
+phases = ["base forward", "base dx", "base dw", "lora", "attention", "rope", "rmsnorm", "swiglu", "embed/add/zero",
+          "loss", "optimizer", "data", "other"]
+for path, full in ((sys.argv[1], False), (sys.argv[2], True)):
+    lines = open(path).read().splitlines()
+    i = next(k for k, l in enumerate(lines) if l.startswith("profile: 2 steps after the first"))
+    rows = {}
+    for l in lines[i + 2:i + 2 + len(phases)]:
+        m = re.match(r"  (\S.*?)\s{2,}(-?[\d.]+)\s+(-?[\d.]+)%", l)
+        rows[m.group(1)] = (float(m.group(2)), float(m.group(3)))
+    assert list(rows) == phases, list(rows)
+    assert abs(sum(share for _, share in rows.values()) - 100.0) < 1.0
+    assert all(rows[p][0] > 0 for p in ("base forward", "base dx", "attention", "loss"))
+    assert (rows["base dw"][0] > 0) == full and (rows["lora"][0] > 0) != full
+    assert rows["other"][0] > -0.5
+PYEOF
+
 # 6. malformed data: FILE:LINE errors, exit 1; --skip-bad counts instead
 printf '{"text": "a fine line"}\n{"text": 5}\n' > bad1.jsonl
 printf '{"text": "ok"}\n{"text": "broken\n' > bad2.jsonl

@@ -44,6 +44,7 @@ static const char *k_usage =
     "  --save-every N       write OUT/checkpoint-N every N steps (atomically)\n"
     "  --eval-every N       evaluate every N steps\n"
     "  --resume             continue from the latest whole checkpoint in OUT\n"
+    "  --profile            at the end, print where a step's time went, by phase\n"
     "  -t, --threads N      compute threads\n";
 
 int cmd_train(int argc, char **argv) {
@@ -63,6 +64,7 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(a, "--pack")) o.pack = true;
         else if (!strcmp(a, "--train-on-inputs")) o.train_on_inputs = true;
         else if (!strcmp(a, "--skip-bad")) o.skip_bad = true;
+        else if (!strcmp(a, "--profile")) o.profile = true;
         else if (!strcmp(a, "--no-shuffle")) o.shuffle = false;
         else if (!strcmp(a, "--r")) o.lora.r = (int32_t)cli_int("train", a, VAL(), 1, 65536);
         else if (!strcmp(a, "--alpha")) o.lora.alpha = (float)cli_float("train", a, VAL(), -1e6, 1e6);

@@ -182,6 +182,16 @@ void lorac_crossentropy_online_block(float *z, int64_t n, int64_t vb, int64_t v0
                                      float *row_max, double *others_sum, float *target_logit, float *acc,
                                      int64_t D);
 
+/* The whole vocabulary's online blocks for n rows against a frozen
+ * classifier w (V, D) in its dtype: per block of `cols` columns, the logits
+ * (x·wᵀ into logits, n x cols scratch), lorac_crossentropy_online_block's
+ * update, and acc += block · w_block when acc is given. Each thread takes
+ * its own rows through every block, so a block's logits stay in the cache
+ * of the core that made them. The same bits as the three calls per block. */
+void lorac_crossentropy_classifier(const float *x, const void *w, lorac_dtype_t wt, int64_t n, int64_t D, int64_t V,
+                                   int64_t cols, const int32_t *targets, float *logits, float *row_max,
+                                   double *others_sum, float *target_logit, float *acc);
+
 #ifdef __cplusplus
 }
 #endif

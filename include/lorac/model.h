@@ -183,6 +183,30 @@ void lorac_train_pass_param(lorac_train_pass_t *pass, int32_t i, const char **na
                             int64_t *n);
 void lorac_train_pass_zero_grad(lorac_train_pass_t *pass);
 
+/* Where a pass spends its time, for `lorac train --profile`. */
+typedef enum {
+    LORAC_PHASE_BASE_FORWARD,  /* the base weights' products: x·Wᵀ */
+    LORAC_PHASE_BASE_DX,       /* dout·W */
+    LORAC_PHASE_BASE_DW,       /* doutᵀ·x (full fine-tuning only) */
+    LORAC_PHASE_LORA,          /* the adapters' forward and backward, with dropout */
+    LORAC_PHASE_ATTENTION,     /* softmax(q·kᵀ)·v and its backward */
+    LORAC_PHASE_ROPE,
+    LORAC_PHASE_NORMS,         /* RMSNorm forward and backward */
+    LORAC_PHASE_SWIGLU,
+    LORAC_PHASE_ELEMENTWISE,   /* embedding rows, residual adds, zeroing gradients */
+    LORAC_PHASE_LOSS,          /* the classifier's products, cross-entropy and its gradient */
+    LORAC_PHASE_COUNT
+} lorac_train_phase_t;
+
+const char *lorac_train_phase_name(lorac_train_phase_t phase);
+
+/* With seconds set (LORAC_PHASE_COUNT values), every later run adds the
+ * wall time of each phase to seconds[phase], and the floating-point
+ * operations of the weights' products in it (2 per multiply-add: the base
+ * phases and the loss) to flops[phase]
+ * when flops is set; seconds NULL stops the timing. */
+void lorac_train_pass_time_phases(lorac_train_pass_t *pass, double *seconds, double *flops);
+
 #ifdef __cplusplus
 }
 #endif

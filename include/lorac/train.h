@@ -44,6 +44,7 @@ typedef struct {
     int32_t max_bad_steps;       /* consecutive non-finite steps before stopping */
     FILE *log;                   /* progress and summary (stderr in the CLI); NULL: silent */
     int64_t inject_nan_step;     /* testing: poison a gradient at this step (0: never) */
+    bool profile;                /* at the end, log where a step's time went (steps after the first) */
 } lorac_train_params_t;
 
 lorac_train_params_t lorac_train_default_params(void);

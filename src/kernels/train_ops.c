@@ -292,37 +292,70 @@ void lorac_crossentropy_forward_backward(float *logits, float *losses, const int
  * term is kept apart, so that 1 - p_target = others/S stays accurate when
  * p_target is near 1); the target's raw logit goes to target_logit. Rows
  * are independent: any thread split gives the same bits. */
+/* lorac_crossentropy_online_block's work on row t. */
+static inline void online_row(const lorac_kernel_ops_t *ops, float *row, int64_t t, int64_t vb, int64_t v0,
+                              const int32_t *targets, float *row_max, double *others_sum, float *target_logit,
+                              float *acc, int64_t D) {
+    float mx = -INFINITY;
+    #pragma omp simd reduction(max : mx)
+    for (int64_t i = 0; i < vb; i++) mx = row[i] > mx ? row[i] : mx;
+    float old = row_max[t];
+    if (mx > old) {
+        /* the first block: old is -inf, the factor 0 (sum and acc are 0) */
+        float rescale = old == -INFINITY ? 0.0f : expf(old - mx);
+        others_sum[t] *= (double)rescale;
+        if (acc && rescale != 1.0f) {
+            float *ar = acc + t * D;
+            #pragma omp simd
+            for (int64_t i = 0; i < D; i++) ar[i] *= rescale;
+        }
+        row_max[t] = mx;
+    }
+    int64_t j = (int64_t)targets[t] - v0;
+    int has_target = j >= 0 && j < vb;
+    if (has_target) target_logit[t] = row[j];
+    double sum = ops->exp_sum(row, row_max[t], vb);
+    if (has_target) {
+        sum -= (double)row[j];
+        row[j] = 0.0f;
+    }
+    others_sum[t] += sum;
+}
+
 LORAC_MULTIVERSION
 void lorac_crossentropy_online_block(float *z, int64_t n, int64_t vb, int64_t v0, const int32_t *targets,
                                      float *row_max, double *others_sum, float *target_logit, float *acc,
                                      int64_t D) {
     const lorac_kernel_ops_t *ops = lorac_kernels_ops();
     #pragma omp parallel for num_threads(lorac_kernels_get_threads()) schedule(static) if (n * vb >= LORAC_PARALLEL_MIN_ELEMS)
-    for (int64_t t = 0; t < n; t++) {
-        float *row = z + t * vb;
-        float mx = -INFINITY;
-        #pragma omp simd reduction(max : mx)
-        for (int64_t i = 0; i < vb; i++) mx = row[i] > mx ? row[i] : mx;
-        float old = row_max[t];
-        if (mx > old) {
-            /* the first block: old is -inf, the factor 0 (sum and acc are 0) */
-            float rescale = old == -INFINITY ? 0.0f : expf(old - mx);
-            others_sum[t] *= (double)rescale;
-            if (acc && rescale != 1.0f) {
-                float *ar = acc + t * D;
-                #pragma omp simd
-                for (int64_t i = 0; i < D; i++) ar[i] *= rescale;
-            }
-            row_max[t] = mx;
+    for (int64_t t = 0; t < n; t++)
+        online_row(ops, z + t * vb, t, vb, v0, targets, row_max, others_sum, target_logit, acc, D);
+}
+
+LORAC_MULTIVERSION
+void lorac_crossentropy_classifier(const float *x, const void *w, lorac_dtype_t wt, int64_t n, int64_t D, int64_t V,
+                                   int64_t cols, const int32_t *targets, float *logits, float *row_max,
+                                   double *others_sum, float *target_logit, float *acc) {
+    const lorac_kernel_ops_t *ops = lorac_kernels_ops();
+    size_t es = lorac_dtype_size(wt);
+    int nt = lorac_kernels_get_threads();
+    int64_t per = (n + nt - 1) / nt;
+    per = (per + 5) / 6 * 6; /* whole 6-row tiles */
+    #pragma omp parallel num_threads(nt)
+    {
+        int64_t r0 = (int64_t)omp_get_thread_num() * per, r1 = r0 + per < n ? r0 + per : n, m = r1 - r0;
+        /* The thread's rows of logits from row r0 of the buffer at the
+         * block's row stride: a short last block's rows must not reach
+         * into rows that another thread, a block behind, still reads. */
+        float *z = logits + r0 * cols;
+        for (int64_t v0 = 0; v0 < V && m > 0; v0 += cols) {
+            int64_t vb = V - v0 < cols ? V - v0 : cols;
+            const void *wb = (const char *)w + (size_t)(v0 * D) * es;
+            if (ops->matmul_set_bt) ops->matmul_set_bt(z, x + r0 * D, D, 1, wb, wt, m, D, vb, 0, m, 0, vb);
+            else ops->matmul_fwd(z, x + r0 * D, wb, wt, NULL, m, D, vb, 0, vb);
+            for (int64_t t = r0; t < r1; t++)
+                online_row(ops, z + (t - r0) * vb, t, vb, v0, targets, row_max, others_sum, target_logit, acc, D);
+            if (acc) ops->matmul_acc(acc + r0 * D, z, vb, 1, wb, wt, m, vb, D, 0, m, 0, D);
         }
-        int64_t j = (int64_t)targets[t] - v0;
-        int has_target = j >= 0 && j < vb;
-        if (has_target) target_logit[t] = row[j];
-        double sum = ops->exp_sum(row, row_max[t], vb);
-        if (has_target) {
-            sum -= (double)row[j];
-            row[j] = 0.0f;
-        }
-        others_sum[t] += sum;
     }
 }

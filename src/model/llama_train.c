@@ -18,18 +18,23 @@
 #include "lorac/kernels.h"
 #include "model/model_internal.h"
 
-/* Rows of the classifier's product taken at once: 256 (its products run
- * fastest on many rows). With a frozen classifier (LoRA) the logits of a
- * chunk are made LOSS_BLOCK columns at a time, through an online softmax,
- * so a block of 1 MB is alive, not the whole vocabulary's 33 MB (32k
- * tokens) or 155 MB (150k). Training the classifier itself (--full) needs
- * every probability before its weight gradient, so there the whole rows
- * are kept, fewer of them for big vocabularies to stay near 32 MB. */
-#define LOSS_CHUNK 256
+/* Rows of the loss taken at once. With a frozen classifier (LoRA) up to
+ * LOSS_CHUNK: a whole 4 x 256 batch, so that the classifier (37 MB at 32k
+ * x 288, more than the L3) streams from memory once a step, not once per
+ * few hundred rows. Each thread takes its share of the rows through every
+ * block of LOSS_BLOCK vocabulary columns (lorac_crossentropy_classifier):
+ * the block's logits, an online softmax, their product with the block's
+ * rows of the classifier, while those are still in cache, so a block of
+ * 4 MB is alive, not the whole vocabulary's logits. Training the
+ * classifier itself (--full) needs every probability before its weight
+ * gradient, so there whole rows are kept: LOSS_CHUNK_FULL rows, fewer for
+ * big vocabularies to stay near 32 MB. */
+#define LOSS_CHUNK 1024
+#define LOSS_CHUNK_FULL 256
 #define LOSS_BLOCK 1024
 static int64_t loss_chunk_rows(int64_t vocab) {
     int64_t rows = ((int64_t)8 << 20) / (vocab > 0 ? vocab : 1);
-    return rows < 64 ? 64 : rows > LOSS_CHUNK ? LOSS_CHUNK : rows;
+    return rows < 64 ? 64 : rows > LOSS_CHUNK_FULL ? LOSS_CHUNK_FULL : rows;
 }
 /* Columns of a block: the vocabulary in equal blocks of at most
  * LOSS_BLOCK, whole 16-column panels (32000 as 32 x 1008, not 31 x 1024
@@ -95,7 +100,15 @@ struct lorac_train_pass {
     void *arena;          /* activations and scratch, one allocation */
     void *full_arena;     /* master weights and their gradients (full only) */
     void *grad_arena;     /* LoRA gradients */
+    double *phase_seconds, *phase_flops; /* lorac_train_pass_time_phases; NULL: not timed */
+    double lap_start;
 };
+
+/* Rows of the pass's loss chunks (at most the batch's rows). */
+static int64_t loss_rows(const lorac_train_pass_t *p) {
+    int64_t rows = p->d_lm_head ? loss_chunk_rows(p->model->config.vocab_size) : LOSS_CHUNK;
+    return rows < p->N ? rows : p->N > 0 ? p->N : 1;
+}
 
 /* ---- memory planning -------------------------------------------------------- */
 /* Two passes over the same carving code: the first only counts bytes. */
@@ -137,12 +150,12 @@ static void plan_activations(lorac_train_pass_t *p, arena_t *a) {
     CARVE(a, p->tmp, N * D); CARVE(a, p->dh, N * I); CARVE(a, p->dgate, N * I); CARVE(a, p->dup, N * I);
     CARVE(a, p->datt, N * Q); CARVE(a, p->dq, N * Q); CARVE(a, p->dk, N * KV); CARVE(a, p->dv, N * KV);
     CARVE(a, p->du, N * max_r); CARVE(a, p->dx_lora, N * max_in);
-    CARVE(a, p->chunk_x, LOSS_CHUNK * D); CARVE(a, p->chunk_dx, LOSS_CHUNK * D);
-    if (p->d_lm_head) CARVE(a, p->chunk_logits, loss_chunk_rows(c->vocab_size) * c->vocab_size);
-    else CARVE(a, p->chunk_logits, LOSS_CHUNK * loss_block_cols(c->vocab_size));
-    CARVE(a, p->chunk_losses, LOSS_CHUNK); CARVE(a, p->chunk_targets, LOSS_CHUNK);
-    CARVE(a, p->chunk_max, LOSS_CHUNK); CARVE(a, p->chunk_target_logit, LOSS_CHUNK);
-    CARVE(a, p->chunk_others, LOSS_CHUNK); CARVE(a, p->chunk_wrow, D);
+    int64_t lr = loss_rows(p);
+    CARVE(a, p->chunk_x, lr * D); CARVE(a, p->chunk_dx, lr * D);
+    CARVE(a, p->chunk_logits, lr * (p->d_lm_head ? c->vocab_size : loss_block_cols(c->vocab_size)));
+    CARVE(a, p->chunk_losses, lr); CARVE(a, p->chunk_targets, lr);
+    CARVE(a, p->chunk_max, lr); CARVE(a, p->chunk_target_logit, lr);
+    CARVE(a, p->chunk_others, lr); CARVE(a, p->chunk_wrow, D);
     CARVE(a, p->start, N); CARVE(a, p->rope_cs, N * c->head_dim);
 }
 
@@ -325,12 +338,41 @@ void lorac_train_pass_zero_grad(lorac_train_pass_t *p) {
     for (int32_t i = 0; i < p->n_params; i++) memset(p->params[i].grad, 0, sizeof(float) * (size_t)p->params[i].n);
 }
 
+/* ---- phase timing -------------------------------------------------------------
+ * One lap timer along the pass: lap() charges the time since the previous
+ * lap (or the run's start) to a phase. Untimed, it costs a branch. */
+
+static const char *const PHASE_NAMES[LORAC_PHASE_COUNT] = {
+    "base forward", "base dx", "base dw", "lora", "attention", "rope", "rmsnorm", "swiglu",
+    "embed/add/zero", "loss"};
+
+const char *lorac_train_phase_name(lorac_train_phase_t phase) {
+    return phase >= 0 && phase < LORAC_PHASE_COUNT ? PHASE_NAMES[phase] : "?";
+}
+
+void lorac_train_pass_time_phases(lorac_train_pass_t *p, double *seconds, double *flops) {
+    p->phase_seconds = seconds;
+    p->phase_flops = seconds ? flops : NULL;
+}
+
+/* lap() for a product phase: also counts its flops, 2·m·n·k. */
+static void lap_product(lorac_train_pass_t *p, lorac_train_phase_t phase, int64_t m, int64_t n, int64_t k) {
+    if (!p->phase_seconds) return;
+    double now = lorac_seconds();
+    p->phase_seconds[phase] += now - p->lap_start;
+    if (p->phase_flops) p->phase_flops[phase] += 2.0 * (double)m * (double)n * (double)k;
+    p->lap_start = now;
+}
+
+static void lap(lorac_train_pass_t *p, lorac_train_phase_t phase) { lap_product(p, phase, 0, 0, 0); }
+
 /* ---- the layer pairs -------------------------------------------------------- */
 
 // out (N,out) = x·Wᵀ + b (+ s·dropout(x)·Aᵀ·Bᵀ)
-static void linear_forward(const linear_t *q, float *out, const float *x, layer_acts_t *s, int t, int64_t N,
-                           float dropout, lorac_rng_t *rng) {
+static void linear_forward(lorac_train_pass_t *p, const linear_t *q, float *out, const float *x, layer_acts_t *s,
+                           int t, int64_t N, float dropout, lorac_rng_t *rng) {
     lorac_matmul_forward_batch(out, x, q->w.data, q->w.dtype, q->bias, N, q->in, q->out);
+    lap_product(p, LORAC_PHASE_BASE_FORWARD, N, q->in, q->out);
     if (!q->lora) return;
     const float *xl = x;
     if (dropout > 0.0f && s->xdrop[t]) {
@@ -346,6 +388,7 @@ static void linear_forward(const linear_t *q, float *out, const float *x, layer_
         xl = s->xdrop[t];
     }
     lorac_lora_forward(out, s->u[t], xl, q->lora, N);
+    lap(p, LORAC_PHASE_LORA);
 }
 
 // dx (N,in) += dout·W (+ LoRA's share); full: dW += doutᵀ·x, db += Σ dout; LoRA: dA, dB.
@@ -353,8 +396,14 @@ static void linear_forward(const linear_t *q, float *out, const float *x, layer_
 static void linear_backward(lorac_train_pass_t *p, const linear_t *q, float *dx, const float *dout, const float *x,
                             layer_acts_t *s, int t, float dropout, int has_rng) {
     int64_t N = p->N;
-    if (dx) lorac_matmul_backward_input(dx, dout, q->w.data, q->w.dtype, N, q->in, q->out);
-    if (q->dw) lorac_matmul_backward_weight(q->dw, q->db, dout, x, N, q->in, q->out);
+    if (dx) {
+        lorac_matmul_backward_input(dx, dout, q->w.data, q->w.dtype, N, q->in, q->out);
+        lap_product(p, LORAC_PHASE_BASE_DX, N, q->in, q->out);
+    }
+    if (q->dw) {
+        lorac_matmul_backward_weight(q->dw, q->db, dout, x, N, q->in, q->out);
+        lap_product(p, LORAC_PHASE_BASE_DW, N, q->in, q->out);
+    }
     if (!q->lora) return;
     const float *x_lora = dropout > 0.0f && s->xdrop[t] ? s->xdrop[t] : x; /* the adapter's input */
     if (dx && x_lora != x) {
@@ -367,6 +416,7 @@ static void linear_backward(lorac_train_pass_t *p, const linear_t *q, float *dx,
     } else {
         lorac_lora_backward(dx, q->dA, q->dB, p->du, dout, x_lora, s->u[t], q->lora, N);
     }
+    lap(p, LORAC_PHASE_LORA);
 }
 
 static void add_into(float *out, const float *a, const float *b, int64_t n) {
@@ -382,21 +432,28 @@ static void layer_forward(lorac_train_pass_t *p, int32_t l, float *x_out, float 
     int64_t N = p->N, D = c->hidden_size, H = c->n_heads, KVH = c->n_kv_heads, hd = c->head_dim;
 
     lorac_rmsnorm_forward(s->xn1, s->rstd1, s->x_in, L->attn_norm.data, L->attn_norm.dtype, c->rms_norm_eps, N, D);
-    linear_forward(&L->proj[LORAC_LORA_Q], s->q, s->xn1, s, LORAC_LORA_Q, N, dropout, rng);
-    linear_forward(&L->proj[LORAC_LORA_K], s->k, s->xn1, s, LORAC_LORA_K, N, dropout, rng);
-    linear_forward(&L->proj[LORAC_LORA_V], s->v, s->xn1, s, LORAC_LORA_V, N, dropout, rng);
+    lap(p, LORAC_PHASE_NORMS);
+    linear_forward(p, &L->proj[LORAC_LORA_Q], s->q, s->xn1, s, LORAC_LORA_Q, N, dropout, rng);
+    linear_forward(p, &L->proj[LORAC_LORA_K], s->k, s->xn1, s, LORAC_LORA_K, N, dropout, rng);
+    linear_forward(p, &L->proj[LORAC_LORA_V], s->v, s->xn1, s, LORAC_LORA_V, N, dropout, rng);
     lorac_rope_apply(s->q, p->rope_cs, N, H, hd, 1);
     lorac_rope_apply(s->k, p->rope_cs, N, KVH, hd, 1);
+    lap(p, LORAC_PHASE_ROPE);
     lorac_attention_train_forward(s->att, s->lse, p->att_scratch, s->q, s->k, s->v, p->start, p->B, p->T, H, KVH, hd);
-    linear_forward(&L->proj[LORAC_LORA_O], p->tmp, s->att, s, LORAC_LORA_O, N, dropout, rng);
+    lap(p, LORAC_PHASE_ATTENTION);
+    linear_forward(p, &L->proj[LORAC_LORA_O], p->tmp, s->att, s, LORAC_LORA_O, N, dropout, rng);
     add_into(s->x_mid, s->x_in, p->tmp, N * D);
+    lap(p, LORAC_PHASE_ELEMENTWISE);
 
     lorac_rmsnorm_forward(s->xn2, s->rstd2, s->x_mid, L->ffn_norm.data, L->ffn_norm.dtype, c->rms_norm_eps, N, D);
-    linear_forward(&L->proj[LORAC_LORA_GATE], s->gate, s->xn2, s, LORAC_LORA_GATE, N, dropout, rng);
-    linear_forward(&L->proj[LORAC_LORA_UP], s->up, s->xn2, s, LORAC_LORA_UP, N, dropout, rng);
+    lap(p, LORAC_PHASE_NORMS);
+    linear_forward(p, &L->proj[LORAC_LORA_GATE], s->gate, s->xn2, s, LORAC_LORA_GATE, N, dropout, rng);
+    linear_forward(p, &L->proj[LORAC_LORA_UP], s->up, s->xn2, s, LORAC_LORA_UP, N, dropout, rng);
     lorac_swiglu_forward(s->h, s->gate, s->up, N, c->intermediate_size);
-    linear_forward(&L->proj[LORAC_LORA_DOWN], p->tmp, s->h, s, LORAC_LORA_DOWN, N, dropout, rng);
+    lap(p, LORAC_PHASE_SWIGLU);
+    linear_forward(p, &L->proj[LORAC_LORA_DOWN], p->tmp, s->h, s, LORAC_LORA_DOWN, N, dropout, rng);
     add_into(x_out, s->x_mid, p->tmp, N * D);
+    lap(p, LORAC_PHASE_ELEMENTWISE);
 }
 
 /* dres (N,D) holds dLoss/d(layer output); on return it holds dLoss/d(x_in),
@@ -411,41 +468,52 @@ static void layer_backward(lorac_train_pass_t *p, int32_t l, float *dres, float 
 
     /* MLP: out = x_mid + down(silu(gate(xn2)) * up(xn2)) */
     memset(p->dh, 0, sizeof(float) * (size_t)(N * I));
+    lap(p, LORAC_PHASE_ELEMENTWISE);
     linear_backward(p, &L->proj[LORAC_LORA_DOWN], p->dh, dres, s->h, s, LORAC_LORA_DOWN, dropout, has_rng);
     memset(p->dgate, 0, sizeof(float) * (size_t)(N * I));
     memset(p->dup, 0, sizeof(float) * (size_t)(N * I));
+    lap(p, LORAC_PHASE_ELEMENTWISE);
     lorac_swiglu_backward(p->dgate, p->dup, p->dh, s->gate, s->up, N, I);
+    lap(p, LORAC_PHASE_SWIGLU);
     memset(p->dxn, 0, sizeof(float) * (size_t)(N * D));
+    lap(p, LORAC_PHASE_ELEMENTWISE);
     linear_backward(p, &L->proj[LORAC_LORA_GATE], p->dxn, p->dgate, s->xn2, s, LORAC_LORA_GATE, dropout, has_rng);
     linear_backward(p, &L->proj[LORAC_LORA_UP], p->dxn, p->dup, s->xn2, s, LORAC_LORA_UP, dropout, has_rng);
     /* residual: dres already holds d x_mid's direct share */
     lorac_rmsnorm_backward(dres, L->d_ffn_norm, p->dxn, s->x_mid, L->ffn_norm.data, L->ffn_norm.dtype, s->rstd2, N, D);
+    lap(p, LORAC_PHASE_NORMS);
 
     /* attention: x_mid = x_in + o(attention(rope(q), rope(k), v)) */
     memset(p->datt, 0, sizeof(float) * (size_t)(N * Q));
+    lap(p, LORAC_PHASE_ELEMENTWISE);
     linear_backward(p, &L->proj[LORAC_LORA_O], p->datt, dres, s->att, s, LORAC_LORA_O, dropout, has_rng);
     memset(p->dq, 0, sizeof(float) * (size_t)(N * Q));
     memset(p->dk, 0, sizeof(float) * (size_t)(N * KV));
     memset(p->dv, 0, sizeof(float) * (size_t)(N * KV));
+    lap(p, LORAC_PHASE_ELEMENTWISE);
     lorac_attention_train_backward(p->dq, p->dk, p->dv, p->att_scratch, p->datt, s->q, s->k, s->v, s->att, s->lse, p->start, p->B,
                                    p->T, H, KVH, hd);
+    lap(p, LORAC_PHASE_ATTENTION);
     lorac_rope_apply(p->dq, p->rope_cs, N, H, hd, -1);
     lorac_rope_apply(p->dk, p->rope_cs, N, KVH, hd, -1);
+    lap(p, LORAC_PHASE_ROPE);
     /* The first layer's input is the embedding lookup: when the embedding
      * and this norm are frozen (LoRA), nothing reads d x_in, so q, k and v
      * give only their LoRA gradients and the norm's backward is skipped. */
     float *dxn = l > 0 || p->d_embed || L->d_attn_norm ? p->dxn : NULL;
     if (dxn) memset(dxn, 0, sizeof(float) * (size_t)(N * D));
+    lap(p, LORAC_PHASE_ELEMENTWISE);
     linear_backward(p, &L->proj[LORAC_LORA_Q], dxn, p->dq, s->xn1, s, LORAC_LORA_Q, dropout, has_rng);
     linear_backward(p, &L->proj[LORAC_LORA_K], dxn, p->dk, s->xn1, s, LORAC_LORA_K, dropout, has_rng);
     linear_backward(p, &L->proj[LORAC_LORA_V], dxn, p->dv, s->xn1, s, LORAC_LORA_V, dropout, has_rng);
     if (dxn)
         lorac_rmsnorm_backward(dres, L->d_attn_norm, dxn, s->x_in, L->attn_norm.data, L->attn_norm.dtype, s->rstd1, N, D);
+    lap(p, LORAC_PHASE_NORMS);
 }
 
 /* The loss of the chunk's n rows (chunk_x, chunk_targets) into
  * chunk_losses, and with grads dLoss/dx (times scale) into chunk_dx, by
- * blocks of the vocabulary (lorac_crossentropy_online_block): each block's
+ * blocks of the vocabulary (lorac_crossentropy_classifier): each block's
  * logits, its softmax terms, then their product with the block's rows of
  * the classifier, while those are still in cache. The classifier is read
  * once per chunk instead of twice, and its logits never reach DRAM. */
@@ -455,14 +523,10 @@ static void loss_chunk_online(lorac_train_pass_t *p, int64_t n, bool grads, floa
     size_t es = lorac_dtype_size(p->lm_head.dtype);
     for (int64_t t = 0; t < n; t++) p->chunk_max[t] = -INFINITY, p->chunk_others[t] = 0.0;
     if (grads) memset(p->chunk_dx, 0, sizeof(float) * (size_t)(n * D));
-    for (int64_t v0 = 0; v0 < V; v0 += cols) {
-        int64_t w = V - v0 < cols ? V - v0 : cols;
-        const void *wb = (const char *)p->lm_head.data + (size_t)(v0 * D) * es;
-        lorac_matmul_forward_batch(p->chunk_logits, p->chunk_x, wb, p->lm_head.dtype, NULL, n, D, w);
-        lorac_crossentropy_online_block(p->chunk_logits, n, w, v0, p->chunk_targets, p->chunk_max, p->chunk_others,
-                                        p->chunk_target_logit, grads ? p->chunk_dx : NULL, D);
-        if (grads) lorac_matmul_backward_input(p->chunk_dx, p->chunk_logits, wb, p->lm_head.dtype, n, D, w);
-    }
+    lap(p, LORAC_PHASE_ELEMENTWISE);
+    lorac_crossentropy_classifier(p->chunk_x, p->lm_head.data, p->lm_head.dtype, n, D, V, cols, p->chunk_targets,
+                                  p->chunk_logits, p->chunk_max, p->chunk_others, p->chunk_target_logit,
+                                  grads ? p->chunk_dx : NULL);
     for (int64_t t = 0; t < n; t++) {
         double mx = p->chunk_max[t], target = p->chunk_target_logit[t], others = p->chunk_others[t];
         double sum = others + exp(target - mx);
@@ -475,6 +539,7 @@ static void loss_chunk_online(lorac_train_pass_t *p, int64_t n, bool grads, floa
         float *dx = p->chunk_dx + t * D;
         for (int64_t i = 0; i < D; i++) dx[i] = dx[i] * g - g_target * p->chunk_wrow[i];
     }
+    lap_product(p, LORAC_PHASE_LOSS, grads ? 2 * n : n, D, V); /* logits, and dx */
 }
 
 /* loss_chunk_online's contract with whole rows of logits, for a trained
@@ -485,10 +550,12 @@ static void loss_chunk_whole(lorac_train_pass_t *p, int64_t n, bool grads, float
     int64_t D = c->hidden_size, V = c->vocab_size;
     lorac_matmul_forward_batch(p->chunk_logits, p->chunk_x, p->lm_head.data, p->lm_head.dtype, NULL, n, D, V);
     lorac_crossentropy_forward_backward(p->chunk_logits, p->chunk_losses, p->chunk_targets, scale, n, V);
-    if (!grads) return;
-    memset(p->chunk_dx, 0, sizeof(float) * (size_t)(n * D));
-    lorac_matmul_backward_input(p->chunk_dx, p->chunk_logits, p->lm_head.data, p->lm_head.dtype, n, D, V);
-    lorac_matmul_backward_weight(p->d_lm_head, NULL, p->chunk_logits, p->chunk_x, n, D, V);
+    if (grads) {
+        memset(p->chunk_dx, 0, sizeof(float) * (size_t)(n * D));
+        lorac_matmul_backward_input(p->chunk_dx, p->chunk_logits, p->lm_head.data, p->lm_head.dtype, n, D, V);
+        lorac_matmul_backward_weight(p->d_lm_head, NULL, p->chunk_logits, p->chunk_x, n, D, V);
+    }
+    lap_product(p, LORAC_PHASE_LOSS, grads ? 3 * n : n, D, V); /* logits, and dx and the classifier's dw */
 }
 
 /* Classifier + cross-entropy in chunks of rows that have a target, fused
@@ -509,7 +576,7 @@ static lorac_status_t loss_forward_backward(lorac_train_pass_t *p, const int32_t
     if (n_valid == 0) return LORAC_STATUS_OK;
     float scale = 1.0f / (float)n_valid; /* mean over the batch's targets */
     int64_t rows[LOSS_CHUNK];
-    int64_t max_rows = p->d_lm_head ? loss_chunk_rows(V) : LOSS_CHUNK;
+    int64_t max_rows = loss_rows(p);
     int64_t i = 0;
     while (i < N) {
         int64_t n = 0;
@@ -521,11 +588,13 @@ static lorac_status_t loss_forward_backward(lorac_train_pass_t *p, const int32_t
             n++;
         }
         if (n == 0) break;
+        lap(p, LORAC_PHASE_ELEMENTWISE);
         if (p->d_lm_head) loss_chunk_whole(p, n, grads, scale);
         else loss_chunk_online(p, n, grads, scale);
         for (int64_t k = 0; k < n; k++) *loss_sum += p->chunk_losses[k];
         if (grads)
             for (int64_t k = 0; k < n; k++) memcpy(p->dxn_f + rows[k] * D, p->chunk_dx + k * D, sizeof(float) * (size_t)D);
+        lap(p, LORAC_PHASE_ELEMENTWISE);
     }
     return LORAC_STATUS_OK;
 }
@@ -536,6 +605,7 @@ lorac_status_t lorac_train_pass_run(lorac_train_pass_t *p, const int32_t *tokens
     const lorac_model_t *m = p->model;
     const lorac_model_config_t *c = &m->config;
     int64_t N = p->N, D = c->hidden_size;
+    if (p->phase_seconds) p->lap_start = lorac_seconds();
     for (int64_t i = 0; i < N; i++) {
         if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
             return lorac_error(LORAC_STATUS_INVALID_ARG, "token %d at position %lld is outside the vocabulary", tokens[i], (long long)i);
@@ -556,26 +626,33 @@ lorac_status_t lorac_train_pass_run(lorac_train_pass_t *p, const int32_t *tokens
     if (!grads) rng = NULL;
 
     /* forward */
+    lap(p, LORAC_PHASE_ELEMENTWISE);
     lorac_rope_table(p->rope_cs, pos, m->inv_freq, N, c->head_dim);
+    lap(p, LORAC_PHASE_ROPE);
     size_t row_bytes = (size_t)D * lorac_dtype_size(p->embed.dtype);
     for (int64_t i = 0; i < N; i++)
         lorac_convert_to_f32(p->acts[0].x_in + i * D, (const uint8_t *)p->embed.data + (size_t)tokens[i] * row_bytes,
                              p->embed.dtype, D);
+    lap(p, LORAC_PHASE_ELEMENTWISE);
     for (int32_t l = 0; l < c->n_layers; l++)
         layer_forward(p, l, l + 1 < c->n_layers ? p->acts[l + 1].x_in : p->x_final, dropout, rng);
     lorac_rmsnorm_forward(p->xn_f, p->rstd_f, p->x_final, p->final_norm.data, p->final_norm.dtype, c->rms_norm_eps, N, D);
+    lap(p, LORAC_PHASE_NORMS);
     lorac_status_t s = loss_forward_backward(p, targets, grads, loss_sum, n_targets);
     if (s || !grads || *n_targets == 0) return s;
 
     /* backward */
     memset(p->dres, 0, sizeof(float) * (size_t)(N * D));
+    lap(p, LORAC_PHASE_ELEMENTWISE);
     lorac_rmsnorm_backward(p->dres, p->d_final_norm, p->dxn_f, p->x_final, p->final_norm.data, p->final_norm.dtype,
                            p->rstd_f, N, D);
+    lap(p, LORAC_PHASE_NORMS);
     for (int32_t l = c->n_layers - 1; l >= 0; l--) layer_backward(p, l, p->dres, dropout, rng != NULL);
     if (p->d_embed)
         for (int64_t i = 0; i < N; i++) {
             float *row = p->d_embed + (int64_t)tokens[i] * D;
             for (int64_t k = 0; k < D; k++) row[k] += p->dres[i * D + k];
         }
+    lap(p, LORAC_PHASE_ELEMENTWISE);
     return LORAC_STATUS_OK;
 }

@@ -41,12 +41,6 @@ lorac_train_params_t lorac_train_default_params(void) {
     return p;
 }
 
-double trainer_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 int64_t trainer_peak_rss(void) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
@@ -156,6 +150,36 @@ static int64_t resume_latest(const char *out_dir, run_t *r, train_state_t *ts, F
 }
 
 /* ---- evaluation -------------------------------------------------------------- */
+/* --profile: the time of the timed steps (every step of this run after its
+ * first, which also pays for first-touching the activations), by phase. */
+typedef struct {
+    double phase[LORAC_PHASE_COUNT], flops[LORAC_PHASE_COUNT]; /* lorac_train_pass_time_phases */
+    double data, optim, step;        /* batches, zero + norm + AdamW, whole steps */
+    int64_t steps, tokens;
+} step_profile_t;
+
+static void print_profile(FILE *log, const step_profile_t *pr) {
+    if (!pr->steps) {
+        fprintf(log, "profile: no step after the first to time (use --steps 2 or more)\n");
+        return;
+    }
+    double n = (double)pr->steps, accounted = pr->data + pr->optim;
+    fprintf(log, "profile: %lld steps after the first, %.1f ms a step, %.1f tokens/s\n", (long long)pr->steps,
+            1e3 * pr->step / n, (double)pr->tokens / pr->step);
+    fprintf(log, "  %-16s %10s %7s %9s\n", "phase", "ms/step", "share", "GFLOP/s");
+    for (int i = 0; i < LORAC_PHASE_COUNT; i++) {
+        accounted += pr->phase[i];
+        fprintf(log, "  %-16s %10.2f %6.1f%%", lorac_train_phase_name((lorac_train_phase_t)i), 1e3 * pr->phase[i] / n,
+                100.0 * pr->phase[i] / pr->step);
+        if (pr->flops[i] > 0 && pr->phase[i] > 0) fprintf(log, " %9.1f", pr->flops[i] / pr->phase[i] / 1e9);
+        fputc('\n', log);
+    }
+    fprintf(log, "  %-16s %10.2f %6.1f%%\n", "optimizer", 1e3 * pr->optim / n, 100.0 * pr->optim / pr->step);
+    fprintf(log, "  %-16s %10.2f %6.1f%%\n", "data", 1e3 * pr->data / n, 100.0 * pr->data / pr->step);
+    fprintf(log, "  %-16s %10.2f %6.1f%%\n", "other", 1e3 * (pr->step - accounted) / n,
+            100.0 * (pr->step - accounted) / pr->step);
+}
+
 static lorac_status_t evaluate(lorac_train_pass_t *pass, lorac_dataset_t *eval, int32_t B, int32_t T, bool pack,
                                int32_t *tok, int32_t *tgt, int32_t *pos, double *mean_loss) {
     lorac_data_cursor_t cur = lorac_data_cursor_init(0, false);
@@ -360,17 +384,28 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
         if ((s = evaluate(pass, eval, p->batch, p->seq, p->pack, tok, tgt, pos, &res->eval_loss_before))) goto done;
         if (log) fprintf(log, "eval before training: loss %.4f, perplexity %.2f\n", res->eval_loss_before, exp(res->eval_loss_before));
     }
-    double t_start = trainer_now(), last_eval = res->eval_loss_before;
+    double t_start = lorac_seconds(), last_eval = res->eval_loss_before;
     int64_t tokens_at_start = ts.tokens;
     int tty = log && isatty(fileno(log));
+    step_profile_t prof = {0};
+    int64_t first_step = ts.step;
     for (; ts.step < total; ) {
+        bool timed = p->profile && ts.step > first_step;
+        double t_step = lorac_seconds();
         lorac_train_pass_zero_grad(pass);
+        double t_lap = lorac_seconds();
+        if (timed) prof.optim += t_lap - t_step;
         double loss_sum = 0.0;
         for (int32_t g = 0; g < p->grad_accum; g++) {
             lorac_dataset_next_batch(data, &ts.cursor, p->batch, p->seq, p->pack, tok, tgt, pos);
+            if (timed) prof.data += lorac_seconds() - t_lap;
             double ls;
             int64_t k;
-            if ((s = lorac_train_pass_run(pass, tok, tgt, pos, true, &ts.rng, &ls, &k))) goto done;
+            lorac_train_pass_time_phases(pass, timed ? prof.phase : NULL, prof.flops);
+            s = lorac_train_pass_run(pass, tok, tgt, pos, true, &ts.rng, &ls, &k);
+            lorac_train_pass_time_phases(pass, NULL, NULL);
+            if (s) goto done;
+            t_lap = lorac_seconds();
             loss_sum += k ? ls / (double)k : 0.0;
             ts.tokens += (int64_t)n_rows;
         }
@@ -391,7 +426,14 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
             ts.bad_in_row = 0;
             lorac_adamw_step(opt, lr, scale * lorac_optim_clip_factor(norm, p->clip));
         }
-        double elapsed = trainer_now() - t_start;
+        if (timed) {
+            double now = lorac_seconds();
+            prof.optim += now - t_lap;
+            prof.step += now - t_step;
+            prof.steps++;
+            prof.tokens += (int64_t)n_rows * p->grad_accum;
+        }
+        double elapsed = lorac_seconds() - t_start;
         double tps = elapsed > 0 ? (double)(ts.tokens - tokens_at_start) / elapsed : 0.0;
         int do_eval = eval && p->eval_every && ts.step % p->eval_every == 0 && ts.step < total;
         if (do_eval) {
@@ -425,7 +467,8 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
         }
     }
     if (tty) fputc('\n', log);
-    res->seconds = trainer_now() - t_start;
+    if (p->profile && log) print_profile(log, &prof);
+    res->seconds = lorac_seconds() - t_start;
     res->tokens = ts.tokens;
     res->skipped_steps = ts.skipped;
     res->tokens_per_second = res->seconds > 0 ? (double)(ts.tokens - tokens_at_start) / res->seconds : 0.0;

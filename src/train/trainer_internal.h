@@ -4,7 +4,6 @@
 
 #include <stdint.h>
 
-double trainer_now(void);
 int64_t trainer_peak_rss(void);
 
 #endif
