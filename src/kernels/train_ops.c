@@ -149,6 +149,17 @@ static void block_product(const lorac_kernel_ops_t *ops, float *c, int64_t m, in
     ops->matmul_acc(c, a, a_rs, a_cs, b, LORAC_DTYPE_F32, m, L, K, 0, m, 0, cols);
 }
 
+/* c (m, T) = a·rowsᵀ on its first `cols` columns, where rows (T, hd) are a
+ * head's keys or values, contiguous: the transposed-b kernel where the
+ * path has one (it packs the panels it needs, and c's old values are not
+ * read), else block_product on rows_t, the same rows transposed (hd, T).
+ * One chain over hd per element either way, so the same bits. */
+static void scores_product(const lorac_kernel_ops_t *ops, float *c, int64_t m, int64_t T, int64_t cols,
+                           const float *a, int64_t a_rs, const float *rows, const float *rows_t, int64_t hd) {
+    if (ops->matmul_set_bt) ops->matmul_set_bt(c, a, a_rs, 1, rows, LORAC_DTYPE_F32, m, hd, T, 0, m, 0, cols);
+    else block_product(ops, c, m, T, cols, a, a_rs, 1, rows_t, hd);
+}
+
 /* Row t of the block's scores s (row stride T) becomes P: scale, softmax
  * over keys s0..t, zero elsewhere in 0..end-1. With lse given (backward) P
  * is exp(S − lse); otherwise the row's log-sum-exp is returned. */
@@ -183,13 +194,14 @@ void lorac_attention_train_forward(float *out, float *lse, float *scratch, const
         #pragma omp for schedule(static)
         for (int64_t bk = 0; bk < B * KVH; bk++) {
             int64_t b = bk / KVH, kvh = bk % KVH;
-            transpose_head(w.kt, k + (b * T * KVH + kvh) * hd, kvs, T, hd);
+            gather_head(w.kc, k + (b * T * KVH + kvh) * hd, kvs, T, hd);
             gather_head(w.vc, v + (b * T * KVH + kvh) * hd, kvs, T, hd);
+            if (!ops->matmul_set_bt) transpose_head(w.kt, k + (b * T * KVH + kvh) * hd, kvs, T, hd);
             for (int64_t h = kvh * group; h < (kvh + 1) * group; h++)
                 for (int64_t t0 = 0; t0 < T; t0 += QBLOCK) {
                     int64_t nq = T - t0 < QBLOCK ? T - t0 : QBLOCK, end = t0 + nq;
                     const float *qb = q + ((b * T + t0) * H + h) * hd;
-                    block_product(ops, w.s, nq, T, end, qb, qs, 1, w.kt, hd);          /* S = Q·Kᵀ */
+                    scores_product(ops, w.s, nq, T, end, qb, qs, w.kc, w.kt, hd);        /* S = Q·Kᵀ */
                     for (int64_t i = 0; i < nq; i++) {
                         int64_t t = t0 + i, bt = b * T + t;
                         lse[bt * H + h] = scores_to_p(ops, w.s + i * T, scale, first_visible(start, bt, t), t, end, NULL);
@@ -222,17 +234,20 @@ void lorac_attention_train_backward(float *dq, float *dk, float *dv, float *scra
         for (int64_t bk = 0; bk < B * KVH; bk++) {
             int64_t b = bk / KVH, kvh = bk % KVH;
             const float *kb = k + (b * T * KVH + kvh) * hd, *vb = v + (b * T * KVH + kvh) * hd;
-            transpose_head(w.kt, kb, kvs, T, hd);
-            transpose_head(w.vt, vb, kvs, T, hd);
             gather_head(w.kc, kb, kvs, T, hd);
+            gather_head(w.vc, vb, kvs, T, hd);
+            if (!ops->matmul_set_bt) {
+                transpose_head(w.kt, kb, kvs, T, hd);
+                transpose_head(w.vt, vb, kvs, T, hd);
+            }
             memset(w.dkc, 0, sizeof(float) * (size_t)(2 * T * hd)); /* dkc and dvc */
             for (int64_t h = kvh * group; h < (kvh + 1) * group; h++)
                 for (int64_t t0 = 0; t0 < T; t0 += QBLOCK) {
                     int64_t nq = T - t0 < QBLOCK ? T - t0 : QBLOCK, end = t0 + nq, row0 = (b * T + t0) * H + h;
                     gather_head(w.qc, q + row0 * hd, qs, nq, hd);
                     gather_head(w.doc, dout + row0 * hd, qs, nq, hd);
-                    block_product(ops, w.s, nq, T, end, w.qc, hd, 1, w.kt, hd);    /* S = Q·Kᵀ */
-                    block_product(ops, w.ds, nq, T, end, w.doc, hd, 1, w.vt, hd);  /* dP = dO·Vᵀ */
+                    scores_product(ops, w.s, nq, T, end, w.qc, hd, w.kc, w.kt, hd);   /* S = Q·Kᵀ */
+                    scores_product(ops, w.ds, nq, T, end, w.doc, hd, w.vc, w.vt, hd); /* dP = dO·Vᵀ */
                     for (int64_t i = 0; i < nq; i++) {
                         int64_t t = t0 + i, bt = b * T + t;
                         float *p = w.s + i * T, *d = w.ds + i * T;
