@@ -339,7 +339,16 @@ static void test_backward_input_fn(const char *isa, const char *label, const int
                         fprintf(stderr, "  %s %s dx T=%lld K=%lld N=%lld: rel err %g\n", isa,
                                 lorac_dtype_name(dt), (long long)T, (long long)K, (long long)N, e);
                     if (e > worst || e != e) worst = e;
-                    free(wx), free(w), free(dout), free(dx), free(ref), free(mag);
+                    /* the set form ignores dx's old values (NaN here) and
+                     * gives the bits of zeroing first */
+                    float *dz = xmalloc((size_t)(T * K + 1) * sizeof(float)), *ds = xmalloc((size_t)(T * K + 1) * sizeof(float));
+                    for (int64_t i = 0; i < T * K; i++) dz[i] = 0.0f, ds[i] = NAN;
+                    lorac_matmul_backward_input(dz, dout, w, dt, T, K, N);
+                    lorac_matmul_backward_input_set(ds, dout, w, dt, T, K, N);
+                    if (memcmp(dz, ds, sizeof(float) * (size_t)(T * K)) != 0 && bad++ < 5)
+                        fprintf(stderr, "  %s %s dx set T=%lld K=%lld N=%lld: not the bits of zeroing first\n", isa,
+                                lorac_dtype_name(dt), (long long)T, (long long)K, (long long)N);
+                    free(wx), free(w), free(dout), free(dx), free(ref), free(mag), free(dz), free(ds);
                 }
         printf("  %-13s %-8s %-4s max rel err %.3g\n", label, isa, lorac_dtype_name(dt), worst);
         CHECK_MSG(bad == 0, "%s %s %s: %d shapes out of tolerance", label, isa, lorac_dtype_name(dt), bad);
@@ -348,6 +357,12 @@ static void test_backward_input_fn(const char *isa, const char *label, const int
 
 static void test_backward_input(const char *isa) {
     test_backward_input_fn(isa, "bwd dx", TS, LEN(TS), KS, LEN(KS), NS, LEN(NS));
+    /* an empty sum (N = 0): the set form still zeroes dx */
+    float dx[6] = {NAN, NAN, NAN, NAN, NAN, NAN}, w[1] = {0}, dout[1] = {0};
+    lorac_matmul_backward_input_set(dx, dout, w, LORAC_DTYPE_F32, 2, 3, 0);
+    int zero = 1;
+    for (int i = 0; i < 6; i++) zero &= dx[i] == 0.0f;
+    CHECK_MSG(zero, "%s: dx set with N = 0 left old values", isa);
 }
 
 /* Row-major operands whose rows lie a multiple of 2 KB apart, with many

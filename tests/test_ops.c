@@ -348,6 +348,22 @@ int main(void) {
         }
     }
     check_attention();
+    /* lorac_zero over sizes below and above the threaded threshold, odd
+     * lengths included, at 1 and 3 threads: every element, nothing past n */
+    {
+        enum { ZN = 100003 };
+        static float zb[ZN + 1];
+        static const int64_t lens[] = {1, 7, 40000, ZN};
+        for (int threads = 1; threads <= 3; threads += 2)
+            for (int li = 0; li < 4; li++) {
+                lorac_kernels_set_threads(threads);
+                for (int i = 0; i <= ZN; i++) zb[i] = NAN;
+                lorac_zero(zb, lens[li]);
+                int ok = isnan(zb[lens[li]]);
+                for (int64_t i = 0; i < lens[li]; i++) ok &= zb[i] == 0.0f;
+                CHECK_MSG(ok, "lorac_zero of %lld at %d threads", (long long)lens[li], threads);
+            }
+    }
     check_online_crossentropy();
     check_classifier_crossentropy();
     return tl_finish("test_ops");

@@ -59,6 +59,10 @@ void lorac_matmul_forward_batch(float *out, const float *x, const void *w, lorac
 /* dx is (T,K), dout is (T,N), w is (N,K). dx += dout · w. */
 void lorac_matmul_backward_input(float *dx, const float *dout, const void *w, lorac_dtype_t wtype,
                                  int64_t T, int64_t K, int64_t N);
+/* dx = dout · w: the bits of zeroing dx and then lorac_matmul_backward_input,
+ * without the passes over dx's old values. */
+void lorac_matmul_backward_input_set(float *dx, const float *dout, const void *w, lorac_dtype_t wtype,
+                                     int64_t T, int64_t K, int64_t N);
 /* dw is (N,K) f32, dout is (T,N), x is (T,K). dw += doutᵀ · x. dbias (N) += Σ_t dout if non-NULL. */
 void lorac_matmul_backward_weight(float *dw, float *dbias, const float *dout, const float *x,
                                   int64_t T, int64_t K, int64_t N);
@@ -95,6 +99,9 @@ void lorac_matmul_forward_parts_lora(const lorac_matmul_part_t *parts, int n_par
                                      int64_t K, float *u);
 /* x (n) *= s. */
 void lorac_scale(float *x, float s, int64_t n);
+/* x (n) = 0, the threads each zeroing a share (one core's stores do not
+ * fill the memory bandwidth of the megabytes of a gradient buffer). */
+void lorac_zero(float *x, int64_t n);
 
 /* Converts n elements of `src` in dtype (F32, BF16, F16) to f32. */
 void lorac_convert_to_f32(float *dst, const void *src, lorac_dtype_t dtype, int64_t n);

@@ -58,10 +58,13 @@ typedef struct {
      * c[m,k] += Σ_l a[m,l]·b[k,l], one chain over l in increasing order.
      * With c = out, a = x, b = w this is the forward product summed the
      * way the backward kernels sum (not bitwise a matmul_fwd result).
-     * matmul_set_bt is the same with c's old values ignored (c = a·bᵀ).
-     * Both NULL on paths without them. */
+     * matmul_set_bt is the same with c's old values ignored (c = a·bᵀ),
+     * and matmul_set is matmul_acc so (c = a·b): the bits of zeroing c
+     * first, without the pass over it. All three NULL on paths without
+     * them. */
     lorac_matmul_acc_fn matmul_acc_bt;
     lorac_matmul_acc_fn matmul_set_bt;
+    lorac_matmul_acc_fn matmul_set;
     lorac_convert_fn convert;
     lorac_exp_sum_fn exp_sum;
     /* Pieces per thread that a decode product (T < 4) is cut into, the

@@ -105,7 +105,7 @@ double lorac_exp_sum_portable(float *x, float shift, int64_t n) {
 }
 
 const lorac_kernel_ops_t lorac_kernel_ops_portable = {
-    "portable", portable_matmul_fwd, portable_matmul_acc, NULL, NULL, portable_convert, lorac_exp_sum_portable, 8, 64,
+    "portable", portable_matmul_fwd, portable_matmul_acc, NULL, NULL, NULL, portable_convert, lorac_exp_sum_portable, 8, 64,
 };
 
 /* ---- drivers ---------------------------------------------------------------- */
@@ -373,6 +373,20 @@ void lorac_matmul_backward_input(float *dx, const float *dout, const void *w, lo
     LORAC_ASSERT(T >= 0 && K >= 0 && N >= 0);
     if (T == 0 || K == 0 || N == 0) return;
     acc_parallel(lorac_kernels_ops()->matmul_acc, dx, dout, N, 1, w, wtype, T, N, K);
+}
+
+void lorac_matmul_backward_input_set(float *dx, const float *dout, const void *w, lorac_dtype_t wtype,
+                                     int64_t T, int64_t K, int64_t N) {
+    LORAC_ASSERT(weight_dtype_ok(wtype));
+    LORAC_ASSERT(T >= 0 && K >= 0 && N >= 0);
+    const lorac_kernel_ops_t *ops = lorac_kernels_ops();
+    if (!ops->matmul_set || N == 0) {
+        memset(dx, 0, sizeof(float) * (size_t)(T * K));
+        lorac_matmul_backward_input(dx, dout, w, wtype, T, K, N);
+        return;
+    }
+    if (T == 0 || K == 0) return;
+    acc_parallel(ops->matmul_set, dx, dout, N, 1, w, wtype, T, N, K);
 }
 
 /* dw is (N,K), dout is (T,N), x is (T,K). dw += doutᵀ · x; dbias (N) += Σ_t dout.

@@ -518,6 +518,13 @@ static void avx2_matmul_set_bt(float *c, const float *a, int64_t a_rs, int64_t a
     acc_dtype(1, 1, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1);
 }
 
+static void avx2_matmul_set(float *c, const float *a, int64_t a_rs, int64_t a_cs, const void *b,
+                            lorac_dtype_t bt, int64_t M, int64_t L, int64_t K, int64_t m0,
+                            int64_t m1, int64_t k0, int64_t k1) {
+    (void)M;
+    acc_dtype(0, 1, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1);
+}
+
 static void avx2_convert(float *dst, const void *src, lorac_dtype_t dt, int64_t n) {
     for (int64_t i = 0; i < n; i += 8) {
         int64_t m = n - i < 8 ? n - i : 8;
@@ -582,11 +589,11 @@ static double avx2_exp_sum(float *x, float shift, int64_t n) {
 }
 
 const lorac_kernel_ops_t lorac_kernel_ops_avx2 = {
-    "avx2", avx2_matmul_fwd, avx2_matmul_acc, avx2_matmul_acc_bt, avx2_matmul_set_bt, avx2_convert, avx2_exp_sum,
+    "avx2", avx2_matmul_fwd, avx2_matmul_acc, avx2_matmul_acc_bt, avx2_matmul_set_bt, avx2_matmul_set, avx2_convert, avx2_exp_sum,
     1,  /* decode pieces a thread: its four streams are longest in one piece */
     PW, /* split by whole panels: a 288-wide output is 9 + 9 */
 };
 
 #else /* compiled without AVX2/FMA/F16C flags: the dispatcher skips this path */
-const lorac_kernel_ops_t lorac_kernel_ops_avx2 = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0};
+const lorac_kernel_ops_t lorac_kernel_ops_avx2 = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0};
 #endif

@@ -432,7 +432,7 @@ LORAC_ALWAYS_INLINE void pack_panel_t(const lorac_dtype_t bt, float *buf, const 
 }
 
 /* acc_panel instantiated once per b dtype, not inlined into each of the
- * nine acc_block instances (3 dtypes x acc, acc_bt, set_bt): inlined, the
+ * twelve acc_block instances (3 dtypes x acc, acc_bt, set_bt, set): inlined, the
  * tile variants made this file take clang's sanitizer build 5 minutes. A
  * packed panel is always f32. */
 LORAC_NOINLINE void panel_f32(float *c, const float *a, int64_t a_rs, int64_t a_cs, const float *pa, const void *b,
@@ -530,6 +530,13 @@ static void avx512_matmul_set_bt(float *c, const float *a, int64_t a_rs, int64_t
     acc_dtype(1, 1, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1);
 }
 
+static void avx512_matmul_set(float *c, const float *a, int64_t a_rs, int64_t a_cs, const void *b,
+                              lorac_dtype_t bt, int64_t M, int64_t L, int64_t K, int64_t m0,
+                              int64_t m1, int64_t k0, int64_t k1) {
+    (void)M;
+    acc_dtype(0, 1, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1);
+}
+
 /* dst (n) = src (n) widened. */
 static void avx512_convert(float *dst, const void *src, lorac_dtype_t dt, int64_t n) {
     if (dt == LORAC_DTYPE_F32) widen(LORAC_DTYPE_F32, dst, src, 0, n);
@@ -582,11 +589,11 @@ static double avx512_exp_sum(float *x, float shift, int64_t n) {
 }
 
 const lorac_kernel_ops_t lorac_kernel_ops_avx512 = {
-    "avx512", avx512_matmul_fwd, avx512_matmul_acc, avx512_matmul_acc_bt, avx512_matmul_set_bt, avx512_convert, avx512_exp_sum,
+    "avx512", avx512_matmul_fwd, avx512_matmul_acc, avx512_matmul_acc_bt, avx512_matmul_set_bt, avx512_matmul_set, avx512_convert, avx512_exp_sum,
     8,  /* decode pieces a thread (see lorac_matmul_forward_parts_lora) */
     64, /* column split granularity (see split_panels) */
 };
 
 #else /* compiled without AVX-512 flags: the dispatcher skips this path */
-const lorac_kernel_ops_t lorac_kernel_ops_avx512 = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0};
+const lorac_kernel_ops_t lorac_kernel_ops_avx512 = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0};
 #endif

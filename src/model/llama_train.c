@@ -391,13 +391,15 @@ static void linear_forward(lorac_train_pass_t *p, const linear_t *q, float *out,
     lap(p, LORAC_PHASE_LORA);
 }
 
-// dx (N,in) += dout·W (+ LoRA's share); full: dW += doutᵀ·x, db += Σ dout; LoRA: dA, dB.
-// dx NULL: only the weight gradients (nothing reads the input's).
-static void linear_backward(lorac_train_pass_t *p, const linear_t *q, float *dx, const float *dout, const float *x,
-                            layer_acts_t *s, int t, float dropout, int has_rng) {
+// dx (N,in) += dout·W (+ LoRA's share), or = with set_dx (the first
+// gradient into dx: no zeroing pass); full: dW += doutᵀ·x, db += Σ dout;
+// LoRA: dA, dB. dx NULL: only the weight gradients (nothing reads the input's).
+static void linear_backward(lorac_train_pass_t *p, const linear_t *q, float *dx, bool set_dx, const float *dout,
+                            const float *x, layer_acts_t *s, int t, float dropout, int has_rng) {
     int64_t N = p->N;
     if (dx) {
-        lorac_matmul_backward_input(dx, dout, q->w.data, q->w.dtype, N, q->in, q->out);
+        if (set_dx) lorac_matmul_backward_input_set(dx, dout, q->w.data, q->w.dtype, N, q->in, q->out);
+        else lorac_matmul_backward_input(dx, dout, q->w.data, q->w.dtype, N, q->in, q->out);
         lap_product(p, LORAC_PHASE_BASE_DX, N, q->in, q->out);
     }
     if (q->dw) {
@@ -467,29 +469,23 @@ static void layer_backward(lorac_train_pass_t *p, int32_t l, float *dres, float 
     int64_t Q = H * hd, KV = KVH * hd;
 
     /* MLP: out = x_mid + down(silu(gate(xn2)) * up(xn2)) */
-    memset(p->dh, 0, sizeof(float) * (size_t)(N * I));
-    lap(p, LORAC_PHASE_ELEMENTWISE);
-    linear_backward(p, &L->proj[LORAC_LORA_DOWN], p->dh, dres, s->h, s, LORAC_LORA_DOWN, dropout, has_rng);
-    memset(p->dgate, 0, sizeof(float) * (size_t)(N * I));
-    memset(p->dup, 0, sizeof(float) * (size_t)(N * I));
+    linear_backward(p, &L->proj[LORAC_LORA_DOWN], p->dh, true, dres, s->h, s, LORAC_LORA_DOWN, dropout, has_rng);
+    lorac_zero(p->dgate, N * I);
+    lorac_zero(p->dup, N * I);
     lap(p, LORAC_PHASE_ELEMENTWISE);
     lorac_swiglu_backward(p->dgate, p->dup, p->dh, s->gate, s->up, N, I);
     lap(p, LORAC_PHASE_SWIGLU);
-    memset(p->dxn, 0, sizeof(float) * (size_t)(N * D));
-    lap(p, LORAC_PHASE_ELEMENTWISE);
-    linear_backward(p, &L->proj[LORAC_LORA_GATE], p->dxn, p->dgate, s->xn2, s, LORAC_LORA_GATE, dropout, has_rng);
-    linear_backward(p, &L->proj[LORAC_LORA_UP], p->dxn, p->dup, s->xn2, s, LORAC_LORA_UP, dropout, has_rng);
+    linear_backward(p, &L->proj[LORAC_LORA_GATE], p->dxn, true, p->dgate, s->xn2, s, LORAC_LORA_GATE, dropout, has_rng);
+    linear_backward(p, &L->proj[LORAC_LORA_UP], p->dxn, false, p->dup, s->xn2, s, LORAC_LORA_UP, dropout, has_rng);
     /* residual: dres already holds d x_mid's direct share */
     lorac_rmsnorm_backward(dres, L->d_ffn_norm, p->dxn, s->x_mid, L->ffn_norm.data, L->ffn_norm.dtype, s->rstd2, N, D);
     lap(p, LORAC_PHASE_NORMS);
 
     /* attention: x_mid = x_in + o(attention(rope(q), rope(k), v)) */
-    memset(p->datt, 0, sizeof(float) * (size_t)(N * Q));
-    lap(p, LORAC_PHASE_ELEMENTWISE);
-    linear_backward(p, &L->proj[LORAC_LORA_O], p->datt, dres, s->att, s, LORAC_LORA_O, dropout, has_rng);
-    memset(p->dq, 0, sizeof(float) * (size_t)(N * Q));
-    memset(p->dk, 0, sizeof(float) * (size_t)(N * KV));
-    memset(p->dv, 0, sizeof(float) * (size_t)(N * KV));
+    linear_backward(p, &L->proj[LORAC_LORA_O], p->datt, true, dres, s->att, s, LORAC_LORA_O, dropout, has_rng);
+    lorac_zero(p->dq, N * Q);
+    lorac_zero(p->dk, N * KV);
+    lorac_zero(p->dv, N * KV);
     lap(p, LORAC_PHASE_ELEMENTWISE);
     lorac_attention_train_backward(p->dq, p->dk, p->dv, p->att_scratch, p->datt, s->q, s->k, s->v, s->att, s->lse, p->start, p->B,
                                    p->T, H, KVH, hd);
@@ -501,11 +497,9 @@ static void layer_backward(lorac_train_pass_t *p, int32_t l, float *dres, float 
      * and this norm are frozen (LoRA), nothing reads d x_in, so q, k and v
      * give only their LoRA gradients and the norm's backward is skipped. */
     float *dxn = l > 0 || p->d_embed || L->d_attn_norm ? p->dxn : NULL;
-    if (dxn) memset(dxn, 0, sizeof(float) * (size_t)(N * D));
-    lap(p, LORAC_PHASE_ELEMENTWISE);
-    linear_backward(p, &L->proj[LORAC_LORA_Q], dxn, p->dq, s->xn1, s, LORAC_LORA_Q, dropout, has_rng);
-    linear_backward(p, &L->proj[LORAC_LORA_K], dxn, p->dk, s->xn1, s, LORAC_LORA_K, dropout, has_rng);
-    linear_backward(p, &L->proj[LORAC_LORA_V], dxn, p->dv, s->xn1, s, LORAC_LORA_V, dropout, has_rng);
+    linear_backward(p, &L->proj[LORAC_LORA_Q], dxn, true, p->dq, s->xn1, s, LORAC_LORA_Q, dropout, has_rng);
+    linear_backward(p, &L->proj[LORAC_LORA_K], dxn, false, p->dk, s->xn1, s, LORAC_LORA_K, dropout, has_rng);
+    linear_backward(p, &L->proj[LORAC_LORA_V], dxn, false, p->dv, s->xn1, s, LORAC_LORA_V, dropout, has_rng);
     if (dxn)
         lorac_rmsnorm_backward(dres, L->d_attn_norm, dxn, s->x_in, L->attn_norm.data, L->attn_norm.dtype, s->rstd1, N, D);
     lap(p, LORAC_PHASE_NORMS);
