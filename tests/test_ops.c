@@ -309,6 +309,16 @@ static void check_classifier_crossentropy(void) {
                 CHECK_MSG(worst_loss < 1e-5 && worst_dx < 1e-5, "classifier cross-entropy (%s, blocks of %d): loss %g, dx %g",
                           lorac_dtype_name(wt), cols, worst_loss, worst_dx);
             }
+        /* fewer rows than threads' shares: 4 rows at 3 threads (the third
+         * thread has none) */
+        lorac_kernels_set_threads(3);
+        for (int t = 0; t < 4; t++) mx[t] = -INFINITY, others[t] = 0;
+        memset(acc, 0, sizeof acc);
+        lorac_crossentropy_classifier(xs, w, wt, 4, D, V, 64, tg, z, mx, others, tl, acc);
+        double few_loss, few_dx, few_row0;
+        online_errors(4, D, wf, tg, mx, others, tl, acc, ref_loss, ref_dx, &few_loss, &few_dx, &few_row0);
+        CHECK_MSG(few_loss < 1e-5 && fmax(few_dx, few_row0) < 1e-5, "classifier cross-entropy (%s, 4 rows): loss %g, dx %g",
+                  lorac_dtype_name(wt), few_loss, fmax(few_dx, few_row0));
     }
 }
 

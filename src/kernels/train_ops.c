@@ -297,16 +297,6 @@ void lorac_crossentropy_forward_backward(float *logits, float *losses, const int
     }
 }
 
-/* One block of columns [v0, v0 + vb) of an online softmax (each row's max
- * and sum carried from block to block, as flash attention does), so that a
- * classifier's logits never exist for the whole vocabulary at once. Per row
- * t: the running max grows to cover the block; the sum of exp(z - max) over
- * the columns seen so far other than the target (others_sum, double) and
- * acc's row (Σ of exp(z_v - max)·W_v, when acc is given) are rescaled to the
- * new max; z becomes exp(z - max) with the target's column 0 (the target
- * term is kept apart, so that 1 - p_target = others/S stays accurate when
- * p_target is near 1); the target's raw logit goes to target_logit. Rows
- * are independent: any thread split gives the same bits. */
 /* lorac_crossentropy_online_block's work on row t. */
 static inline void online_row(const lorac_kernel_ops_t *ops, float *row, int64_t t, int64_t vb, int64_t v0,
                               const int32_t *targets, float *row_max, double *others_sum, float *target_logit,
@@ -337,6 +327,16 @@ static inline void online_row(const lorac_kernel_ops_t *ops, float *row, int64_t
     others_sum[t] += sum;
 }
 
+/* One block of columns [v0, v0 + vb) of an online softmax (each row's max
+ * and sum carried from block to block, as flash attention does), so that a
+ * classifier's logits never exist for the whole vocabulary at once. Per row
+ * t: the running max grows to cover the block; the sum of exp(z - max) over
+ * the columns seen so far other than the target (others_sum, double) and
+ * acc's row (Σ of exp(z_v - max)·W_v, when acc is given) are rescaled to the
+ * new max; z becomes exp(z - max) with the target's column 0 (the target
+ * term is kept apart, so that 1 - p_target = others/S stays accurate when
+ * p_target is near 1); the target's raw logit goes to target_logit. Rows
+ * are independent: any thread split gives the same bits. */
 LORAC_MULTIVERSION
 void lorac_crossentropy_online_block(float *z, int64_t n, int64_t vb, int64_t v0, const int32_t *targets,
                                      float *row_max, double *others_sum, float *target_logit, float *acc,
@@ -358,7 +358,9 @@ void lorac_crossentropy_classifier(const float *x, const void *w, lorac_dtype_t 
     per = (per + 5) / 6 * 6; /* whole 6-row tiles */
     #pragma omp parallel num_threads(nt)
     {
-        int64_t r0 = (int64_t)omp_get_thread_num() * per, r1 = r0 + per < n ? r0 + per : n, m = r1 - r0;
+        int64_t r0 = (int64_t)omp_get_thread_num() * per;
+        r0 = r0 < n ? r0 : n; /* a thread past the rows (few rows, many threads) does nothing */
+        int64_t r1 = r0 + per < n ? r0 + per : n, m = r1 - r0;
         /* The thread's rows of logits from row r0 of the buffer at the
          * block's row stride: a short last block's rows must not reach
          * into rows that another thread, a block behind, still reads. */

@@ -149,7 +149,7 @@ static int64_t resume_latest(const char *out_dir, run_t *r, train_state_t *ts, F
     return n;
 }
 
-/* ---- evaluation -------------------------------------------------------------- */
+/* ---- --profile ---------------------------------------------------------------- */
 /* --profile: the time of the timed steps (every step of this run after its
  * first, which also pays for first-touching the activations), by phase. */
 typedef struct {
@@ -180,6 +180,7 @@ static void print_profile(FILE *log, const step_profile_t *pr) {
             100.0 * (pr->step - accounted) / pr->step);
 }
 
+/* ---- evaluation -------------------------------------------------------------- */
 static lorac_status_t evaluate(lorac_train_pass_t *pass, lorac_dataset_t *eval, int32_t B, int32_t T, bool pack,
                                int32_t *tok, int32_t *tgt, int32_t *pos, double *mean_loss) {
     lorac_data_cursor_t cur = lorac_data_cursor_init(0, false);
