@@ -194,7 +194,9 @@ void lorac_crossentropy_online_block(float *z, int64_t n, int64_t vb, int64_t v0
  * (x·wᵀ into logits, n x cols scratch), lorac_crossentropy_online_block's
  * update, and acc += block · w_block when acc is given. Each thread takes
  * its own rows through every block, so a block's logits stay in the cache
- * of the core that made them. The same bits as the three calls per block. */
+ * of the core that made them. The same bits as the three calls per block
+ * where lorac_matmul_forward_batch takes its batch kernel (128 or more
+ * rows, 64 or more columns). */
 void lorac_crossentropy_classifier(const float *x, const void *w, lorac_dtype_t wt, int64_t n, int64_t D, int64_t V,
                                    int64_t cols, const int32_t *targets, float *logits, float *row_max,
                                    double *others_sum, float *target_logit, float *acc);

@@ -201,10 +201,10 @@ typedef enum {
 const char *lorac_train_phase_name(lorac_train_phase_t phase);
 
 /* With seconds set (LORAC_PHASE_COUNT values), every later run adds the
- * wall time of each phase to seconds[phase], and the floating-point
- * operations of the weights' products in it (2 per multiply-add: the base
- * phases and the loss) to flops[phase]
- * when flops is set; seconds NULL stops the timing. */
+ * wall time of each phase to seconds[phase] and, when flops is set, the
+ * floating-point operations of the weights' products in it (2 per
+ * multiply-add: the base phases and the loss) to flops[phase]. seconds
+ * NULL stops the timing. */
 void lorac_train_pass_time_phases(lorac_train_pass_t *pass, double *seconds, double *flops);
 
 #ifdef __cplusplus
