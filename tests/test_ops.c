@@ -160,6 +160,13 @@ static void reference_crossentropy_row(double *z, int V, int D, const float *w, 
     }
 }
 
+/* The online softmax's running state for R rows, as before the first
+ * block: no max yet, empty sums, acc (R x D) zero. */
+static void online_reset(int R, int D, float *mx, double *others, float *acc) {
+    for (int t = 0; t < R; t++) mx[t] = -INFINITY, others[t] = 0;
+    memset(acc, 0, sizeof(float) * (size_t)R * (size_t)D);
+}
+
 /* The online softmax's results (row max, others' sum, target logit, acc)
  * turned into each row's loss and dx, against the reference: the worst
  * relative errors of the loss, of dx on rows 1.. and of dx on row 0. */
@@ -211,8 +218,7 @@ static void check_online_crossentropy(void) {
         for (int threads = 1; threads <= 3; threads += 2) {
             lorac_kernels_set_threads(threads);
             int cols = block_cols[b];
-            for (int t = 0; t < R; t++) mx[t] = -INFINITY, others[t] = 0;
-            memset(acc, 0, sizeof acc);
+            online_reset(R, D, mx, others, acc);
             for (int v0 = 0; v0 < V; v0 += cols) {
                 int w = V - v0 < cols ? V - v0 : cols;
                 for (int t = 0; t < R; t++)
@@ -279,8 +285,7 @@ static void check_classifier_crossentropy(void) {
                 lorac_kernels_set_threads(threads);
                 int cols = block_cols[b];
                 /* the three calls per block */
-                for (int t = 0; t < R; t++) ref_mx[t] = -INFINITY, ref_others[t] = 0;
-                memset(ref_acc, 0, sizeof ref_acc);
+                online_reset(R, D, ref_mx, ref_others, ref_acc);
                 for (int v0 = 0; v0 < V; v0 += cols) {
                     int n = V - v0 < cols ? V - v0 : cols;
                     const void *wv = (const char *)w + (size_t)v0 * D * lorac_dtype_size(wt);
@@ -292,8 +297,7 @@ static void check_classifier_crossentropy(void) {
                  * touch the rows of one a block behind (the last block's
                  * row stride is shorter) */
                 for (int rep = 0; rep < (threads > 1 ? 30 : 1); rep++) {
-                    for (int t = 0; t < R; t++) mx[t] = -INFINITY, others[t] = 0;
-                    memset(acc, 0, sizeof acc);
+                    online_reset(R, D, mx, others, acc);
                     lorac_crossentropy_classifier(xs, w, wt, R, D, V, cols, tg, z, mx, others, tl, acc);
                     CHECK_MSG(memcmp(acc, ref_acc, sizeof acc) == 0 && memcmp(mx, ref_mx, sizeof mx) == 0 &&
                                   memcmp(others, ref_others, sizeof others) == 0 && memcmp(tl, ref_tl, sizeof tl) == 0,
@@ -312,8 +316,7 @@ static void check_classifier_crossentropy(void) {
         /* fewer rows than threads' shares: 4 rows at 3 threads (the third
          * thread has none) */
         lorac_kernels_set_threads(3);
-        for (int t = 0; t < 4; t++) mx[t] = -INFINITY, others[t] = 0;
-        memset(acc, 0, sizeof acc);
+        online_reset(R, D, mx, others, acc);
         lorac_crossentropy_classifier(xs, w, wt, 4, D, V, 64, tg, z, mx, others, tl, acc);
         double few_loss, few_dx, few_row0;
         online_errors(4, D, wf, tg, mx, others, tl, acc, ref_loss, ref_dx, &few_loss, &few_dx, &few_row0);

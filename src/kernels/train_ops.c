@@ -141,10 +141,15 @@ static inline int64_t first_visible(const int32_t *start, int64_t bt, int64_t t)
     return start[bt] < 0 ? 0 : (start[bt] > t ? t : start[bt]);
 }
 
-/* c (m, K) = 0, then += a·b on its first `cols` columns: the block kernel
- * with a (m, L) strided, b (L, K) row-major f32. */
+/* c (m, K) = a·b on its first `cols` columns: the block kernel with a
+ * (m, L) strided, b (L, K) row-major f32; its set form where the path has
+ * one, else zeroing c and accumulating (the same bits). */
 static void block_product(const lorac_kernel_ops_t *ops, float *c, int64_t m, int64_t K, int64_t cols,
                           const float *a, int64_t a_rs, int64_t a_cs, const float *b, int64_t L) {
+    if (ops->matmul_set) {
+        ops->matmul_set(c, a, a_rs, a_cs, b, LORAC_DTYPE_F32, m, L, K, 0, m, 0, cols);
+        return;
+    }
     for (int64_t i = 0; i < m; i++) memset(c + i * K, 0, sizeof(float) * (size_t)cols);
     ops->matmul_acc(c, a, a_rs, a_cs, b, LORAC_DTYPE_F32, m, L, K, 0, m, 0, cols);
 }
