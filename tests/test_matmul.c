@@ -379,9 +379,11 @@ static void test_aliased_rows(const char *isa) {
 /* Row counts above a pass's block of rows (1,032 on the AVX2 path: its
  * rows run as 2 x 1,050, each block packing every panel of b again) and
  * outputs wide enough for 32 or more 16-column panels a thread (the AVX2
- * path then packs a's rows once for all of them), and both at once. */
+ * path then packs a's rows once for all of them), and both at once. K =
+ * 37 and 130 rows leave a's packing a tail of l (not a whole 8) and a
+ * group of fewer than 6 rows. */
 static void test_row_blocks(const char *isa) {
-    static const int64_t ft[] = {2100}, fk[] = {40}, fn[] = {70, 1100};
+    static const int64_t ft[] = {130, 2100}, fk[] = {40, 37}, fn[] = {70, 1100};
     test_forward_fn(isa, "fwd blocks", lorac_matmul_forward_batch, ft, LEN(ft), fk, LEN(fk), fn, LEN(fn));
     static const int64_t dt_[] = {140, 2100}, dk[] = {1100}, dn[] = {40};
     test_backward_input_fn(isa, "dx blocks", dt_, LEN(dt_), dk, LEN(dk), dn, LEN(dn));

@@ -334,21 +334,6 @@ LORAC_ALWAYS_INLINE void acc_panel(const lorac_dtype_t bt, const int b_full, flo
     }
 }
 
-/* The rows' n values of a from a[m0, chunk start] in groups of AM rows,
- * interleaved, rows past the end zero: pa[g*AM*n + l*AM + i] =
- * a[m0 + g*AM + i, l]. For a stored transposed (a_cs != 1: the dw
- * product reads dout's columns), where a tile's broadcasts in place would
- * walk AM values a_cs apart, one cache line each per l, and for rows that
- * alias in L1 (acc_dtype). */
-LORAC_ALWAYS_INLINE void pack_a(float *pa, const float *a, int64_t a_rs, int64_t a_cs, int64_t rows, int64_t n) {
-    for (int64_t g = 0; g < rows; g += AM) {
-        float *dst = pa + g * n;
-        int valid = rows - g < AM ? (int)(rows - g) : AM;
-        for (int64_t l = 0; l < n; l++)
-            for (int i = 0; i < AM; i++) dst[l * AM + i] = i < valid ? a[(g + i) * a_rs + l * a_cs] : 0.0f;
-    }
-}
-
 /* The n x kw block of b at rows l0.., columns k.. widened into the
  * contiguous buffer buf (row stride PW, zeros past kw). In place, b's rows
  * lie K elements apart and a tile's loads fall into a few L1 sets; packed,
@@ -389,6 +374,44 @@ LORAC_ALWAYS_INLINE void transpose8(__m256 r[8]) {
     for (int c = 0; c < 4; c++) {
         r[c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x20);
         r[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);
+    }
+}
+
+/* The rows' n values of a from a[m0, chunk start] in groups of AM rows,
+ * interleaved, rows past the end zero: pa[g*AM*n + l*AM + i] =
+ * a[m0 + g*AM + i, l]. For a stored transposed (a_cs != 1: the dw
+ * product reads dout's columns; attention's dK and dV products read dS
+ * and P that way), where a tile's broadcasts in place would walk AM
+ * values a_cs apart, one cache line each per l, and for rows that alias
+ * in L1 (acc_dtype). pa has PACK_A_SLACK floats past its last group.
+ *
+ * Whole groups are copied a vector at a time: transposed a (a_rs = 1)
+ * holds a group's AM values at each l side by side, one masked load; row-
+ * major a (a_cs = 1) goes 8 values of l at a time through an 8 x 8
+ * transpose (AM rows and 8 - AM of zeros). Each l's 8-lane store runs
+ * 8 - AM lanes into the next l's place, which the next store then
+ * overwrites; the last one into the next group's first values (written
+ * after it) or the slack. The same values as element by element, so the same bits. */
+#define PACK_A_SLACK 8
+LORAC_ALWAYS_INLINE void pack_a(float *pa, const float *a, int64_t a_rs, int64_t a_cs, int64_t rows, int64_t n) {
+    const __m256i group_lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(AM), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (int64_t g = 0; g < rows; g += AM) {
+        float *dst = pa + g * n;
+        const float *ag = a + g * a_rs;
+        int valid = rows - g < AM ? (int)(rows - g) : AM;
+        int64_t l = 0;
+        if (valid == AM && a_rs == 1) {
+            for (; l < n; l++) _mm256_storeu_ps(dst + l * AM, _mm256_maskload_ps(ag + l * a_cs, group_lanes));
+        } else if (valid == AM && a_cs == 1) {
+            for (; l + 8 <= n; l += 8) {
+                __m256 r[8];
+                for (int i = 0; i < 8; i++) r[i] = i < AM ? _mm256_loadu_ps(ag + i * a_rs + l) : _mm256_setzero_ps();
+                transpose8(r);
+                for (int c = 0; c < 8; c++) _mm256_storeu_ps(dst + (l + c) * AM, r[c]);
+            }
+        }
+        for (; l < n; l++)
+            for (int i = 0; i < AM; i++) dst[l * AM + i] = i < valid ? ag[i * a_rs + l * a_cs] : 0.0f;
     }
 }
 
@@ -479,7 +502,7 @@ LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, const int set, float *c, const
      * 1,040 rows run as 2 x 522, not 1,032 + 8 */
     int64_t nblocks = (m1 - m0 + MBLOCK - 1) / MBLOCK, rows = nblocks > 0 ? (m1 - m0 + nblocks - 1) / nblocks : AM;
     rows = (rows + AM - 1) / AM * AM; /* the last group padded */
-    float *pa = pack ? malloc(sizeof(float) * (size_t)(rows * LCHUNK)) : NULL;
+    float *pa = pack ? malloc(sizeof(float) * (size_t)(rows * LCHUNK + PACK_A_SLACK)) : NULL;
     float *buf = aligned_alloc(32, sizeof(float) * LCHUNK * PW), *heap = buf;
     /* L in equal chunks of at most LCHUNK (a multiple of 8): 288 as one
      * chunk rather than 256 + 32, whose second pass over c does little */

@@ -168,8 +168,11 @@ static void scores_product(const lorac_kernel_ops_t *ops, float *c, int64_t m, i
 /* Row t of the block's scores s (row stride T) becomes P: scale, softmax
  * over keys s0..t, zero elsewhere in 0..end-1. With lse given (backward) P
  * is exp(S − lse); otherwise the row's log-sum-exp is returned. */
-static float scores_to_p(const lorac_kernel_ops_t *ops, float *row, float scale, int64_t s0, int64_t t,
-                         int64_t end, const float *lse) {
+LORAC_ALWAYS_INLINE float scores_to_p(const lorac_kernel_ops_t *ops, float *row, float scale, int64_t s0, int64_t t,
+                                      int64_t end, const float *lse) {
+    /* inlined into the attention kernels' target clones, so that these
+     * loops are vectorised for the clone's ISA (on its own, the function
+     * was built for the baseline's 16-byte vectors) */
     for (int64_t j = s0; j <= t; j++) row[j] *= scale;
     memset(row, 0, sizeof(float) * (size_t)s0);
     memset(row + t + 1, 0, sizeof(float) * (size_t)(end - t - 1));
@@ -178,6 +181,7 @@ static float scores_to_p(const lorac_kernel_ops_t *ops, float *row, float scale,
         return *lse;
     }
     float mx = -INFINITY;
+    #pragma omp simd reduction(max : mx)
     for (int64_t j = s0; j <= t; j++) mx = row[j] > mx ? row[j] : mx;
     double sum = ops->exp_sum(row + s0, mx, t - s0 + 1);
     float inv = (float)(1.0 / sum);
