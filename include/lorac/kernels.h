@@ -71,6 +71,18 @@ void lorac_matmul_backward_weight(float *dw, float *dbias, const float *dout, co
  * Training's entry point: for many rows it sums as lorac_matmul_forward_batch
  * does (inference's adapters go through lorac_matmul_forward_parts_lora). */
 void lorac_lora_expand_forward(float *y, const float *u, const float *b, float s, int64_t T, int64_t N, int64_t R);
+/* Training's adapted products in one pass over their outputs, each the
+ * bits of the two calls it replaces:
+ * out = x·wᵀ (+ bias) + s·u·bᵀ: lorac_matmul_forward_batch, then
+ * lorac_lora_expand_forward (u (T,R), b (N,R) f32);
+ * dx (= with set, else +=) dout·w + du·a: lorac_matmul_backward_input_set
+ * or lorac_matmul_backward_input, then lorac_matmul_backward_input of du
+ * (T,R) and a (R,K) f32. */
+void lorac_matmul_forward_batch_lora(float *out, const float *x, const void *w, lorac_dtype_t wtype,
+                                     const float *bias, int64_t T, int64_t K, int64_t N, const float *u,
+                                     const float *b, float s, int64_t R);
+void lorac_matmul_backward_input_lora(float *dx, int set, const float *dout, const void *w, lorac_dtype_t wtype,
+                                      int64_t T, int64_t K, int64_t N, const float *du, const float *a, int64_t R);
 /* One adapter's LoRA term on a product: rows [start, start + len) of x and
  * of the part's out use A (r, in), B (out, r), f32, with scale s; u_offset
  * is where the segment's (len, r) block of the shrink result x·Aᵀ lives in

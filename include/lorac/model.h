@@ -185,10 +185,10 @@ void lorac_train_pass_zero_grad(lorac_train_pass_t *pass);
 
 /* Where a pass spends its time, for `lorac train --profile`. */
 typedef enum {
-    LORAC_PHASE_BASE_FORWARD,  /* the base weights' products: x·Wᵀ */
-    LORAC_PHASE_BASE_DX,       /* dout·W */
+    LORAC_PHASE_BASE_FORWARD,  /* the base weights' products: x·Wᵀ (with the adapters' s·u·Bᵀ fused in) */
+    LORAC_PHASE_BASE_DX,       /* dout·W (with the adapters' du·A fused in) */
     LORAC_PHASE_BASE_DW,       /* doutᵀ·x (full fine-tuning only) */
-    LORAC_PHASE_LORA,          /* the adapters' forward and backward, with dropout */
+    LORAC_PHASE_LORA,          /* the rest of the adapters' forward and backward, with dropout */
     LORAC_PHASE_ATTENTION,     /* softmax(q·kᵀ)·v and its backward */
     LORAC_PHASE_ROPE,
     LORAC_PHASE_NORMS,         /* RMSNorm forward and backward */

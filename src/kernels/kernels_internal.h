@@ -41,6 +41,20 @@ typedef void (*lorac_matmul_acc_fn)(float *c, const float *a, int64_t a_rs, int6
                                     const void *b, lorac_dtype_t btype, int64_t M, int64_t L,
                                     int64_t K, int64_t m0, int64_t m1, int64_t k0, int64_t k1);
 
+/* A product with a short second sum: matmul_acc (b_t = 0) or matmul_acc_bt
+ * (b_t = 1), or their set forms (set = 1), with each chain of c[m,k] then
+ * going on over j < tr with ta[m*tr + j] · tb(j, k), before c is stored:
+ * c[m,k] (+)= Σ_l a[m,l]·b(l,k) + Σ_j ta[m,j]·tb(j,k), tb f32 in b's
+ * orientation ((tr,K) row-major, or (K,tr) when b_t). The bits of the
+ * product followed by an accumulating product of the tail, without the
+ * second pass over c: LoRA's expand fused into the base weights' product.
+ * tr <= LORAC_TAIL_MAX. */
+#define LORAC_TAIL_MAX 64
+typedef void (*lorac_matmul_tail_fn)(float *c, const float *a, int64_t a_rs, int64_t a_cs, const void *b,
+                                     lorac_dtype_t btype, int64_t M, int64_t L, int64_t K, int64_t m0, int64_t m1,
+                                     int64_t k0, int64_t k1, int b_t, int set, const float *ta, const float *tb,
+                                     int64_t tr);
+
 /* dst (n) f32 = src (n) in dtype (F32, BF16, F16). */
 typedef void (*lorac_convert_fn)(float *dst, const void *src, lorac_dtype_t dtype, int64_t n);
 
@@ -65,6 +79,7 @@ typedef struct {
     lorac_matmul_acc_fn matmul_acc_bt;
     lorac_matmul_acc_fn matmul_set_bt;
     lorac_matmul_acc_fn matmul_set;
+    lorac_matmul_tail_fn matmul_tail; /* NULL: the drivers make two calls */
     lorac_convert_fn convert;
     lorac_exp_sum_fn exp_sum;
     /* Pieces per thread that a decode product (T < 4) is cut into, the

@@ -105,7 +105,7 @@ double lorac_exp_sum_portable(float *x, float shift, int64_t n) {
 }
 
 const lorac_kernel_ops_t lorac_kernel_ops_portable = {
-    "portable", portable_matmul_fwd, portable_matmul_acc, NULL, NULL, NULL, portable_convert, lorac_exp_sum_portable, 8, 64,
+    "portable", portable_matmul_fwd, portable_matmul_acc, NULL, NULL, NULL, NULL, portable_convert, lorac_exp_sum_portable, 8, 64,
 };
 
 /* ---- drivers ---------------------------------------------------------------- */
@@ -341,6 +341,25 @@ static void acc_parallel(lorac_matmul_acc_fn fn, float *c, const float *a, int64
     }
 }
 
+/* acc_parallel for the fused form (matmul_tail): c (=/+=) a·b + ta·tb,
+ * the tail of tr values after each element's main sum of L. */
+static void tail_parallel(const lorac_kernel_ops_t *ops, float *c, const float *a, int64_t a_rs, const void *b,
+                          lorac_dtype_t bt, int64_t M, int64_t L, int64_t C, int b_t, int set, const float *ta,
+                          const float *tb, int64_t tr) {
+    int nt = lorac_kernels_threads_for(M * (L + tr) * C, (M + 3) / 4 * ((C + 63) / 64));
+    if (nt <= 1) {
+        ops->matmul_tail(c, a, a_rs, 1, b, bt, M, L, C, 0, M, 0, C, b_t, set, ta, tb, tr);
+        return;
+    }
+    block_split_t sp = split_panels(M, C, nt, ops->split_cols);
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int i = 0; i < nt; i++) {
+        int64_t r0, r1, c0, c1;
+        split_block(&sp, i, &r0, &r1, &c0, &c1);
+        if (r0 < r1 && c0 < c1) ops->matmul_tail(c, a, a_rs, 1, b, bt, M, L, C, r0, r1, c0, c1, b_t, set, ta, tb, tr);
+    }
+}
+
 /* Rows below which the packed kernel's transposition of w costs more than
  * the dot-product kernel loses (each packed panel serves T/4 row tiles). */
 #define FORWARD_BATCH_MIN_T 128
@@ -453,6 +472,44 @@ void lorac_convert_to_f32(float *dst, const void *src, lorac_dtype_t dtype, int6
 }
 
 /* ---- LoRA expand for training --------------------------------------------- */
+
+void lorac_matmul_forward_batch_lora(float *out, const float *x, const void *w, lorac_dtype_t wtype,
+                                     const float *bias, int64_t T, int64_t K, int64_t N, const float *u,
+                                     const float *b, float s, int64_t R) {
+    LORAC_ASSERT(weight_dtype_ok(wtype));
+    LORAC_ASSERT(T >= 0 && K >= 0 && N >= 0 && R >= 0);
+    const lorac_kernel_ops_t *ops = lorac_kernels_ops();
+    /* where the two calls below would take the outer-product kernels */
+    float *su = NULL;
+    if (ops->matmul_tail && ops->matmul_set_bt && T >= FORWARD_BATCH_MIN_T && N >= 64 && K > 0 && R > 0 &&
+        R <= LORAC_TAIL_MAX)
+        su = malloc(sizeof(float) * (size_t)(T * R));
+    if (!su) {
+        lorac_matmul_forward_batch(out, x, w, wtype, bias, T, K, N);
+        lorac_lora_expand_forward(out, u, b, s, T, N, R);
+        return;
+    }
+    for (int64_t i = 0; i < T * R; i++) su[i] = s * u[i]; /* as lorac_lora_expand_forward scales u */
+    if (bias)
+        for (int64_t t = 0; t < T; t++) memcpy(out + t * N, bias, sizeof(float) * (size_t)N);
+    tail_parallel(ops, out, x, K, w, wtype, T, K, N, 1, bias == NULL, su, b, R);
+    free(su);
+}
+
+void lorac_matmul_backward_input_lora(float *dx, int set, const float *dout, const void *w, lorac_dtype_t wtype,
+                                      int64_t T, int64_t K, int64_t N, const float *du, const float *a, int64_t R) {
+    LORAC_ASSERT(weight_dtype_ok(wtype));
+    LORAC_ASSERT(T >= 0 && K >= 0 && N >= 0 && R >= 0);
+    if (T == 0 || K == 0) return;
+    const lorac_kernel_ops_t *ops = lorac_kernels_ops();
+    if (!ops->matmul_tail || R == 0 || R > LORAC_TAIL_MAX) {
+        if (set) lorac_matmul_backward_input_set(dx, dout, w, wtype, T, K, N);
+        else lorac_matmul_backward_input(dx, dout, w, wtype, T, K, N);
+        lorac_matmul_backward_input(dx, du, a, LORAC_DTYPE_F32, T, K, R);
+        return;
+    }
+    tail_parallel(ops, dx, dout, N, w, wtype, T, N, K, 0, set, du, a, R);
+}
 
 void lorac_lora_expand_forward(float *y, const float *u, const float *b, float s, int64_t T, int64_t N, int64_t R) {
     if (T == 0 || N == 0) return;

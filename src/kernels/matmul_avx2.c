@@ -264,10 +264,16 @@ static void avx2_matmul_fwd(float *out, const float *x, const void *w, lorac_dty
  * `zero` is set: the same bits as storing zeros first, without the pass
  * over c). Rows from `valid` on are computed (on a's zero padding) but
  * neither loaded nor stored. When b is a packed panel its columns past
- * `cols` are zeros and b_full lets every load be a whole vector. */
+ * `cols` are zeros and b_full lets every load be a whole vector.
+ * A tail (tn > 0) continues each chain over tn more values before the
+ * store: Σ_j ta[i*t_rs + j] · tb[j*PW + 8v ..], ta the tile's first row
+ * of the tail's a (row-major, rows t_rs apart), tb its packed panel of b;
+ * rows from `valid` on read row valid - 1 instead (their results are not
+ * stored), so no read passes the last row. */
 LORAC_ALWAYS_INLINE void acc_tile(const int RM, const int RV, const lorac_dtype_t bt, const int b_full, float *c,
                                   int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs, const void *b,
-                                  int64_t boff, int64_t ldb, int64_t n, int64_t cols, int zero, int valid) {
+                                  int64_t boff, int64_t ldb, int64_t n, int64_t cols, int zero, int valid,
+                                  const float *ta, int64_t t_rs, const float *tb, int64_t tn) {
     __m256 acc[AM][AV];
 #pragma GCC unroll 8
     for (int i = 0; i < RM; i++)
@@ -292,6 +298,20 @@ LORAC_ALWAYS_INLINE void acc_tile(const int RM, const int RV, const lorac_dtype_
             for (int j = 0; j < RV; j++) acc[i][j] = _mm256_fmadd_ps(av, bv[j], acc[i][j]);
         }
     }
+    const float *trow[AM];
+#pragma GCC unroll 8
+    for (int i = 0; i < RM; i++) trow[i] = ta + (i < valid ? i : valid - 1) * t_rs;
+    for (int64_t l = 0; l < tn; l++) {
+        __m256 bv[AV];
+#pragma GCC unroll 4
+        for (int j = 0; j < RV; j++) bv[j] = _mm256_load_ps(tb + l * PW + 8 * j);
+#pragma GCC unroll 8
+        for (int i = 0; i < RM; i++) {
+            __m256 av = _mm256_broadcast_ss(trow[i] + l);
+#pragma GCC unroll 4
+            for (int j = 0; j < RV; j++) acc[i][j] = _mm256_fmadd_ps(av, bv[j], acc[i][j]);
+        }
+    }
 #pragma GCC unroll 8
     for (int i = 0; i < RM; i++)
         if (i < valid)
@@ -302,33 +322,50 @@ LORAC_ALWAYS_INLINE void acc_tile(const int RM, const int RV, const lorac_dtype_
 /* acc_tile with RV = nv (1 or 2) vectors. */
 LORAC_ALWAYS_INLINE void acc_tile_nv(const int RM, int nv, const lorac_dtype_t bt, const int b_full, float *c,
                                      int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs, const void *b,
-                                     int64_t boff, int64_t ldb, int64_t n, int64_t cols, int zero, int valid) {
-    if (nv == 2) acc_tile(RM, 2, bt, b_full, c, ldc, a, a_rs, a_cs, b, boff, ldb, n, cols, zero, valid);
-    else acc_tile(RM, 1, bt, b_full, c, ldc, a, a_rs, a_cs, b, boff, ldb, n, cols, zero, valid);
+                                     int64_t boff, int64_t ldb, int64_t n, int64_t cols, int zero, int valid,
+                                     const float *ta, int64_t t_rs, const float *tb, int64_t tn) {
+    if (nv == 2) acc_tile(RM, 2, bt, b_full, c, ldc, a, a_rs, a_cs, b, boff, ldb, n, cols, zero, valid, ta, t_rs, tb, tn);
+    else acc_tile(RM, 1, bt, b_full, c, ldc, a, a_rs, a_cs, b, boff, ldb, n, cols, zero, valid, ta, t_rs, tb, tn);
 }
+
+/* A product's tail (see matmul_tail): its a, (M, r) row-major from row 0;
+ * the packed panel of its b for the current column panel; r. */
+typedef struct {
+    const float *a;
+    const float *panel;
+    int64_t r;
+} tail_t;
 
 /* c rows [m0,m1) of a column panel [k, k+kw), kw <= 16, over the n values
  * of l in one chunk. a points at a[m0, chunk start]; when pa is set, the
  * rows are read from it instead, in groups of AM (see pack_a), the last
  * group zero-padded, so a leftover of 1-5 rows still runs on the full
  * tile. Column v of the panel in the chunk's row l of b is element
- * boff + l*ldb + v: a packed panel (b_full) or b itself. */
+ * boff + l*ldb + v: a packed panel (b_full) or b itself. With a tail
+ * (tl not NULL), each tile ends with the tail's values. */
 LORAC_ALWAYS_INLINE void acc_panel(const lorac_dtype_t bt, const int b_full, float *c, const float *a, int64_t a_rs,
                                    int64_t a_cs, const float *pa, const void *b, int64_t boff, int64_t ldb,
-                                   int64_t K, int64_t m0, int64_t m1, int64_t k, int64_t kw, int64_t n, int zero) {
+                                   int64_t K, int64_t m0, int64_t m1, int64_t k, int64_t kw, int64_t n, int zero,
+                                   const tail_t *tl) {
     int nv = (int)((kw + 7) / 8);
+    const int64_t tn = tl ? tl->r : 0;
+    const float *tb = tl ? tl->panel : NULL;
     for (int64_t m = m0; m < m1;) {
         int64_t left = m1 - m;
         float *cm = c + m * K + k;
+        const float *ta = tl ? tl->a + m * tn : NULL; /* the tile's first row of the tail's a */
         if (pa) {
             int rows = left >= AM ? AM : (int)left;
-            acc_tile_nv(AM, nv, bt, b_full, cm, K, pa + (m - m0) * n, 1, AM, b, boff, ldb, n, kw, zero, rows);
+            acc_tile_nv(AM, nv, bt, b_full, cm, K, pa + (m - m0) * n, 1, AM, b, boff, ldb, n, kw, zero, rows, ta, tn, tb,
+                        tn);
             m += rows;
         } else if (left >= AM) {
-            acc_tile_nv(AM, nv, bt, b_full, cm, K, a + (m - m0) * a_rs, a_rs, a_cs, b, boff, ldb, n, kw, zero, AM);
+            acc_tile_nv(AM, nv, bt, b_full, cm, K, a + (m - m0) * a_rs, a_rs, a_cs, b, boff, ldb, n, kw, zero, AM, ta, tn,
+                        tb, tn);
             m += AM;
         } else {
-            acc_tile_nv(1, nv, bt, b_full, cm, K, a + (m - m0) * a_rs, a_rs, a_cs, b, boff, ldb, n, kw, zero, 1);
+            acc_tile_nv(1, nv, bt, b_full, cm, K, a + (m - m0) * a_rs, a_rs, a_cs, b, boff, ldb, n, kw, zero, 1, ta, tn, tb,
+                        tn);
             m += 1;
         }
     }
@@ -436,16 +473,16 @@ LORAC_ALWAYS_INLINE void pack_panel_t(const lorac_dtype_t bt, float *buf, const 
  * in-place 16-bit), not inlined into each acc_block instance. */
 LORAC_NOINLINE void panel_packed(float *c, const float *a, int64_t a_rs, int64_t a_cs, const float *pa,
                                  const float *buf, int64_t K, int64_t m0, int64_t m1, int64_t k, int64_t kw,
-                                 int64_t n, int zero) {
-    acc_panel(LORAC_DTYPE_F32, 1, c, a, a_rs, a_cs, pa, buf, 0, PW, K, m0, m1, k, kw, n, zero);
+                                 int64_t n, int zero, const tail_t *tl) {
+    acc_panel(LORAC_DTYPE_F32, 1, c, a, a_rs, a_cs, pa, buf, 0, PW, K, m0, m1, k, kw, n, zero, tl);
 }
 
 LORAC_NOINLINE void panel_inplace(lorac_dtype_t bt, float *c, const float *a, int64_t a_rs, int64_t a_cs,
                                   const float *pa, const void *b, int64_t boff, int64_t K, int64_t m0, int64_t m1,
-                                  int64_t k, int64_t kw, int64_t n, int zero) {
-    if (bt == LORAC_DTYPE_F32) acc_panel(LORAC_DTYPE_F32, 0, c, a, a_rs, a_cs, pa, b, boff, K, K, m0, m1, k, kw, n, zero);
-    else if (bt == LORAC_DTYPE_BF16) acc_panel(LORAC_DTYPE_BF16, 0, c, a, a_rs, a_cs, pa, b, boff, K, K, m0, m1, k, kw, n, zero);
-    else acc_panel(LORAC_DTYPE_F16, 0, c, a, a_rs, a_cs, pa, b, boff, K, K, m0, m1, k, kw, n, zero);
+                                  int64_t k, int64_t kw, int64_t n, int zero, const tail_t *tl) {
+    if (bt == LORAC_DTYPE_F32) acc_panel(LORAC_DTYPE_F32, 0, c, a, a_rs, a_cs, pa, b, boff, K, K, m0, m1, k, kw, n, zero, tl);
+    else if (bt == LORAC_DTYPE_BF16) acc_panel(LORAC_DTYPE_BF16, 0, c, a, a_rs, a_cs, pa, b, boff, K, K, m0, m1, k, kw, n, zero, tl);
+    else acc_panel(LORAC_DTYPE_F16, 0, c, a, a_rs, a_cs, pa, b, boff, K, K, m0, m1, k, kw, n, zero, tl);
 }
 
 /* c block += a · b (b_t = 0, b is (L,K)) or a · bᵀ (b_t = 1, b is (K,L)).
@@ -453,11 +490,13 @@ LORAC_NOINLINE void panel_inplace(lorac_dtype_t bt, float *c, const float *a, in
  * slice of a stays in L2 for every column panel; 16-column panels of b,
  * packed unless used in place for a few rows of c; row tiles. Every c
  * element still sees its l in increasing order, so neither the loop order
- * nor the chunk size changes a bit. */
+ * nor the chunk size changes a bit. A tail (tr > 0: ta, its a, (M, tr)
+ * row-major; tb, its b in b's orientation, f32) runs in the last chunk's
+ * tiles, its panel packed into tbuf beside each panel of b. */
 LORAC_ALWAYS_INLINE void acc_block(const lorac_dtype_t bt, const int b_t, const int set, float *c, const float *a,
                                    int64_t a_rs, int64_t a_cs, const void *b, int64_t L, int64_t K, int64_t m0,
                                    int64_t m1, int64_t k0, int64_t k1, float *pa, float *buf, int64_t lchunk,
-                                   int64_t mblock) {
+                                   int64_t mblock, const float *ta, const float *tb, int64_t tr, float *tbuf) {
     for (int64_t mb = m0; mb < m1; mb += mblock) {
         int64_t me = mb + mblock < m1 ? mb + mblock : m1;
         int packed = b_t || me - mb >= 2 * AM;
@@ -465,14 +504,21 @@ LORAC_ALWAYS_INLINE void acc_block(const lorac_dtype_t bt, const int b_t, const 
             int64_t n = L - l < lchunk ? L - l : lchunk;
             const float *al = a + mb * a_rs + l * a_cs;
             if (pa) pack_a(pa, al, a_rs, a_cs, me - mb, n);
+            int last = l + n == L && tr > 0;
             for (int64_t k = k0; k < k1; k += PW) {
                 int64_t kw = k1 - k < PW ? k1 - k : PW;
+                tail_t tail = {ta, tbuf, tr}, *tl = NULL;
+                if (last) {
+                    if (b_t) pack_panel_t(LORAC_DTYPE_F32, tbuf, tb, tr, k, kw, 0, tr);
+                    else pack_panel(LORAC_DTYPE_F32, tbuf, tb, K, k, kw, 0, tr);
+                    tl = &tail;
+                }
                 if (packed) {
                     if (b_t) pack_panel_t(bt, buf, b, L, k, kw, l, n);
                     else pack_panel(bt, buf, b, K, k, kw, l, n);
-                    panel_packed(c, al, a_rs, a_cs, pa, buf, K, mb, me, k, kw, n, set && l == 0);
+                    panel_packed(c, al, a_rs, a_cs, pa, buf, K, mb, me, k, kw, n, set && l == 0, tl);
                 } else {
-                    panel_inplace(bt, c, al, a_rs, a_cs, pa, b, l * K + k, K, mb, me, k, kw, n, set && l == 0);
+                    panel_inplace(bt, c, al, a_rs, a_cs, pa, b, l * K + k, K, mb, me, k, kw, n, set && l == 0, tl);
                 }
             }
         }
@@ -484,7 +530,7 @@ LORAC_ALWAYS_INLINE void acc_block(const lorac_dtype_t bt, const int b_t, const 
  * (MBLOCK x LCHUNK floats) come from the heap. */
 LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, const int set, float *c, const float *a, int64_t a_rs,
                                    int64_t a_cs, const void *b, lorac_dtype_t bt, int64_t L, int64_t K, int64_t m0,
-                                   int64_t m1, int64_t k0, int64_t k1) {
+                                   int64_t m1, int64_t k0, int64_t k1, const float *ta, const float *tb, int64_t tr) {
     /* Packing a pays when it is stored transposed and at least two column
      * panels reuse it; when its rows lie a multiple of 2 KB apart (rows of
      * 2048 or 5632 floats at the 110M and 1.1B shapes) and many panels
@@ -513,9 +559,13 @@ LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, const int set, float *c, const
         free(pa), pa = NULL;
         buf = small, lchunk = SMALL_LCHUNK;
     }
-    if (bt == LORAC_DTYPE_F32) acc_block(LORAC_DTYPE_F32, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk, rows);
-    else if (bt == LORAC_DTYPE_BF16) acc_block(LORAC_DTYPE_BF16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk, rows);
-    else acc_block(LORAC_DTYPE_F16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk, rows);
+    _Alignas(32) float tbuf[LORAC_TAIL_MAX * PW];
+    if (bt == LORAC_DTYPE_F32)
+        acc_block(LORAC_DTYPE_F32, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk, rows, ta, tb, tr, tbuf);
+    else if (bt == LORAC_DTYPE_BF16)
+        acc_block(LORAC_DTYPE_BF16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk, rows, ta, tb, tr, tbuf);
+    else
+        acc_block(LORAC_DTYPE_F16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk, rows, ta, tb, tr, tbuf);
     free(pa);
     free(heap);
 }
@@ -524,28 +574,41 @@ static void avx2_matmul_acc(float *c, const float *a, int64_t a_rs, int64_t a_cs
                             lorac_dtype_t bt, int64_t M, int64_t L, int64_t K, int64_t m0,
                             int64_t m1, int64_t k0, int64_t k1) {
     (void)M;
-    acc_dtype(0, 0, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1);
+    acc_dtype(0, 0, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, NULL, NULL, 0);
 }
 
 static void avx2_matmul_acc_bt(float *c, const float *a, int64_t a_rs, int64_t a_cs, const void *b,
                                lorac_dtype_t bt, int64_t M, int64_t L, int64_t K, int64_t m0,
                                int64_t m1, int64_t k0, int64_t k1) {
     (void)M;
-    acc_dtype(1, 0, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1);
+    acc_dtype(1, 0, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, NULL, NULL, 0);
 }
 
 static void avx2_matmul_set_bt(float *c, const float *a, int64_t a_rs, int64_t a_cs, const void *b,
                                lorac_dtype_t bt, int64_t M, int64_t L, int64_t K, int64_t m0,
                                int64_t m1, int64_t k0, int64_t k1) {
     (void)M;
-    acc_dtype(1, 1, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1);
+    acc_dtype(1, 1, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, NULL, NULL, 0);
 }
 
 static void avx2_matmul_set(float *c, const float *a, int64_t a_rs, int64_t a_cs, const void *b,
                             lorac_dtype_t bt, int64_t M, int64_t L, int64_t K, int64_t m0,
                             int64_t m1, int64_t k0, int64_t k1) {
     (void)M;
-    acc_dtype(0, 1, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1);
+    acc_dtype(0, 1, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, NULL, NULL, 0);
+}
+
+static void avx2_matmul_tail(float *c, const float *a, int64_t a_rs, int64_t a_cs, const void *b, lorac_dtype_t bt,
+                             int64_t M, int64_t L, int64_t K, int64_t m0, int64_t m1, int64_t k0, int64_t k1, int b_t,
+                             int set, const float *ta, const float *tb, int64_t tr) {
+    (void)M;
+    LORAC_ASSERT(tr >= 0 && tr <= LORAC_TAIL_MAX);
+    /* without a main sum the tail is the whole product: the same chains */
+    if (L == 0) a = ta, a_rs = tr, a_cs = 1, b = tb, bt = LORAC_DTYPE_F32, L = tr, tr = 0;
+    if (b_t && set) acc_dtype(1, 1, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, ta, tb, tr);
+    else if (b_t) acc_dtype(1, 0, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, ta, tb, tr);
+    else if (set) acc_dtype(0, 1, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, ta, tb, tr);
+    else acc_dtype(0, 0, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, ta, tb, tr);
 }
 
 static void avx2_convert(float *dst, const void *src, lorac_dtype_t dt, int64_t n) {
@@ -612,11 +675,12 @@ static double avx2_exp_sum(float *x, float shift, int64_t n) {
 }
 
 const lorac_kernel_ops_t lorac_kernel_ops_avx2 = {
-    "avx2", avx2_matmul_fwd, avx2_matmul_acc, avx2_matmul_acc_bt, avx2_matmul_set_bt, avx2_matmul_set, avx2_convert, avx2_exp_sum,
+    "avx2", avx2_matmul_fwd, avx2_matmul_acc, avx2_matmul_acc_bt, avx2_matmul_set_bt, avx2_matmul_set, avx2_matmul_tail,
+    avx2_convert, avx2_exp_sum,
     1,  /* decode pieces a thread: its four streams are longest in one piece */
     PW, /* split by whole panels: a 288-wide output is 9 + 9 */
 };
 
 #else /* compiled without AVX2/FMA/F16C flags: the dispatcher skips this path */
-const lorac_kernel_ops_t lorac_kernel_ops_avx2 = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0};
+const lorac_kernel_ops_t lorac_kernel_ops_avx2 = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0};
 #endif

@@ -247,8 +247,12 @@ int64_t lorac_adapter_n_params(const lorac_adapter_t *a) {
 }
 
 // x is (T,in), u is (T,r), y is (T,out). u = x·Aᵀ ; y += s·u·Bᵀ
-void lorac_lora_forward(float *y, float *u, const float *x, const lorac_lora_module_t *m, int64_t T) {
+void lorac_lora_shrink(float *u, const float *x, const lorac_lora_module_t *m, int64_t T) {
     lorac_matmul_forward(u, x, m->A, LORAC_DTYPE_F32, NULL, T, m->in, m->r);
+}
+
+void lorac_lora_forward(float *y, float *u, const float *x, const lorac_lora_module_t *m, int64_t T) {
+    lorac_lora_shrink(u, x, m, T);
     lorac_lora_expand_forward(y, u, m->B, m->scale, T, m->out, m->r);
 }
 

@@ -371,9 +371,11 @@ static void lap(lorac_train_pass_t *p, lorac_train_phase_t phase) { lap_product(
 // out (N,out) = x·Wᵀ + b (+ s·dropout(x)·Aᵀ·Bᵀ)
 static void linear_forward(lorac_train_pass_t *p, const linear_t *q, float *out, const float *x, layer_acts_t *s,
                            int t, int64_t N, float dropout, lorac_rng_t *rng) {
-    lorac_matmul_forward_batch(out, x, q->w.data, q->w.dtype, q->bias, N, q->in, q->out);
-    lap_product(p, LORAC_PHASE_BASE_FORWARD, N, q->in, q->out);
-    if (!q->lora) return;
+    if (!q->lora) {
+        lorac_matmul_forward_batch(out, x, q->w.data, q->w.dtype, q->bias, N, q->in, q->out);
+        lap_product(p, LORAC_PHASE_BASE_FORWARD, N, q->in, q->out);
+        return;
+    }
     const float *xl = x;
     if (dropout > 0.0f && s->xdrop[t]) {
         /* inverted dropout, as torch.nn.Dropout: keep with 1-p, scale by 1/(1-p);
@@ -387,8 +389,13 @@ static void linear_forward(lorac_train_pass_t *p, const linear_t *q, float *out,
         }
         xl = s->xdrop[t];
     }
-    lorac_lora_forward(out, s->u[t], xl, q->lora, N);
+    /* the adapter's u = xl·Aᵀ, then the base product with s·u·Bᵀ added
+     * to each output before it is stored (the bits of the two after) */
+    lorac_lora_shrink(s->u[t], xl, q->lora, N);
     lap(p, LORAC_PHASE_LORA);
+    lorac_matmul_forward_batch_lora(out, x, q->w.data, q->w.dtype, q->bias, N, q->in, q->out, s->u[t], q->lora->B,
+                                    q->lora->scale, q->lora->r);
+    lap_product(p, LORAC_PHASE_BASE_FORWARD, N, q->in, q->out);
 }
 
 // dx (N,in) += dout·W (+ LoRA's share), or = with set_dx (the first
@@ -397,6 +404,22 @@ static void linear_forward(lorac_train_pass_t *p, const linear_t *q, float *out,
 static void linear_backward(lorac_train_pass_t *p, const linear_t *q, float *dx, bool set_dx, const float *dout,
                             const float *x, layer_acts_t *s, int t, float dropout, int has_rng) {
     int64_t N = p->N;
+    const float *x_lora = q->lora && dropout > 0.0f && s->xdrop[t] ? s->xdrop[t] : x; /* the adapter's input */
+    if (dx && q->lora && x_lora == x) {
+        /* the adapter's dA, dB and du = s·dy·B first; then dx's base
+         * product with du·A added to each element before it is stored
+         * (the bits of the two after) */
+        lorac_lora_backward(NULL, q->dA, q->dB, p->du, dout, x, s->u[t], q->lora, N);
+        lap(p, LORAC_PHASE_LORA);
+        lorac_matmul_backward_input_lora(dx, set_dx, dout, q->w.data, q->w.dtype, N, q->in, q->out, p->du, q->lora->A,
+                                         q->lora->r);
+        lap_product(p, LORAC_PHASE_BASE_DX, N, q->in, q->out);
+        if (q->dw) {
+            lorac_matmul_backward_weight(q->dw, q->db, dout, x, N, q->in, q->out);
+            lap_product(p, LORAC_PHASE_BASE_DW, N, q->in, q->out);
+        }
+        return;
+    }
     if (dx) {
         if (set_dx) lorac_matmul_backward_input_set(dx, dout, q->w.data, q->w.dtype, N, q->in, q->out);
         else lorac_matmul_backward_input(dx, dout, q->w.data, q->w.dtype, N, q->in, q->out);
@@ -407,7 +430,6 @@ static void linear_backward(lorac_train_pass_t *p, const linear_t *q, float *dx,
         lap_product(p, LORAC_PHASE_BASE_DW, N, q->in, q->out);
     }
     if (!q->lora) return;
-    const float *x_lora = dropout > 0.0f && s->xdrop[t] ? s->xdrop[t] : x; /* the adapter's input */
     if (dx && x_lora != x) {
         /* gradient through the dropout mask: d x = keep/(1-p) · d xdrop */
         int64_t n = N * q->in;
