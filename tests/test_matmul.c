@@ -479,6 +479,10 @@ static void test_row_blocks(const char *isa) {
     test_forward_fn(isa, "fwd blocks", lorac_matmul_forward_batch, ft, LEN(ft), fk, LEN(fk), fn, LEN(fn));
     static const int64_t dt_[] = {140, 2100}, dk[] = {1100}, dn[] = {40};
     test_backward_input_fn(isa, "dx blocks", dt_, LEN(dt_), dk, LEN(dk), dn, LEN(dn));
+    /* rows of w a page or more apart in every dtype (the AVX2 path packs
+     * its panels several at a time there), the last group short */
+    static const int64_t gt[] = {30}, gk[] = {2100}, gn[] = {40};
+    test_backward_input_fn(isa, "dx far rows", gt, LEN(gt), gk, LEN(gk), gn, LEN(gn));
 }
 
 static void test_backward_weight(const char *isa) {

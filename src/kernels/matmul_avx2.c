@@ -72,6 +72,15 @@
 #define LORAC_AVX2_PACK_AHEAD 8
 #endif
 #define PACK_AHEAD LORAC_AVX2_PACK_AHEAD
+/* Panels of b (not transposed) packed in one pass over its rows, where
+ * those lie a page or more apart (pack_panels). In alternating
+ * bench_kernel_ab runs on the AMD EPYC, 4 against 1 put the 1.1B dx
+ * products at 1.007-1.026x; 8 was no better than 4; at the 15M shapes
+ * (rows of 1,152 bytes) grouping gained nothing. */
+#ifndef LORAC_AVX2_PACK_GROUP
+#define LORAC_AVX2_PACK_GROUP 4
+#endif
+#define PACK_GROUP LORAC_AVX2_PACK_GROUP
 /* Bytes ahead in each of decode's four weight streams that fwd_row4
  * prefetches (512 read faster than 0, 1024 and 2048 in alternating
  * bench_decode_split runs on the AMD EPYC). */
@@ -394,6 +403,23 @@ LORAC_ALWAYS_INLINE void pack_panel(const lorac_dtype_t bt, float *buf, const vo
     }
 }
 
+/* pack_panel for the panels of kw columns (up to PACK_GROUP panels) at
+ * once, panel i into buf + i·pstride: each row's run of kw values is read
+ * in one go, so the rows' page walks and prefetches serve all of them. */
+LORAC_ALWAYS_INLINE void pack_panels(const lorac_dtype_t bt, float *buf, int64_t pstride, const void *b, int64_t K,
+                                     int64_t k, int64_t kw, int64_t l0, int64_t n) {
+    const int64_t es = (int64_t)lorac_dtype_size(bt), width = (kw + PW - 1) / PW * PW;
+    for (int64_t l = 0; l < n; l++) {
+        if (l + PACK_AHEAD < n) {
+            const char *ahead = (const char *)b + ((l0 + l + PACK_AHEAD) * K + k) * es;
+            for (int64_t q = 0; q < kw * es; q += 64) _mm_prefetch(ahead + q, _MM_HINT_T0);
+            _mm_prefetch(ahead + (kw - 1) * es, _MM_HINT_T0);
+        }
+        for (int64_t v = 0; v < width; v += 8)
+            _mm256_storeu_ps(buf + v / PW * pstride + l * PW + v % PW, load_w_part(b, bt, (l0 + l) * K + k + v, kw - v));
+    }
+}
+
 /* r[i] (8 rows of 8) becomes its transpose: r[c][i] = old r[i][c]. */
 LORAC_ALWAYS_INLINE void transpose8(__m256 r[8]) {
     __m256 t[8], u[8];
@@ -497,6 +523,8 @@ LORAC_ALWAYS_INLINE void acc_block(const lorac_dtype_t bt, const int b_t, const 
                                    int64_t a_rs, int64_t a_cs, const void *b, int64_t L, int64_t K, int64_t m0,
                                    int64_t m1, int64_t k0, int64_t k1, float *pa, float *buf, int64_t lchunk,
                                    int64_t mblock, const float *ta, const float *tb, int64_t tr, float *tbuf) {
+    /* b's rows a page or more apart: its panels packed PACK_GROUP at a time */
+    const int64_t group = !b_t && K * (int64_t)lorac_dtype_size(bt) >= 4096 ? PACK_GROUP : 1;
     for (int64_t mb = m0; mb < m1; mb += mblock) {
         int64_t me = mb + mblock < m1 ? mb + mblock : m1;
         int packed = b_t || me - mb >= 2 * AM;
@@ -505,20 +533,24 @@ LORAC_ALWAYS_INLINE void acc_block(const lorac_dtype_t bt, const int b_t, const 
             const float *al = a + mb * a_rs + l * a_cs;
             if (pa) pack_a(pa, al, a_rs, a_cs, me - mb, n);
             int last = l + n == L && tr > 0;
-            for (int64_t k = k0; k < k1; k += PW) {
-                int64_t kw = k1 - k < PW ? k1 - k : PW;
-                tail_t tail = {ta, tbuf, tr}, *tl = NULL;
-                if (last) {
-                    if (b_t) pack_panel_t(LORAC_DTYPE_F32, tbuf, tb, tr, k, kw, 0, tr);
-                    else pack_panel(LORAC_DTYPE_F32, tbuf, tb, K, k, kw, 0, tr);
-                    tl = &tail;
-                }
-                if (packed) {
-                    if (b_t) pack_panel_t(bt, buf, b, L, k, kw, l, n);
-                    else pack_panel(bt, buf, b, K, k, kw, l, n);
-                    panel_packed(c, al, a_rs, a_cs, pa, buf, K, mb, me, k, kw, n, set && l == 0, tl);
-                } else {
-                    panel_inplace(bt, c, al, a_rs, a_cs, pa, b, l * K + k, K, mb, me, k, kw, n, set && l == 0, tl);
+            for (int64_t kg = k0; kg < k1; kg += PW * group) {
+                int64_t gw = k1 - kg < PW * group ? k1 - kg : PW * group;
+                if (packed && !b_t) pack_panels(bt, buf, lchunk * PW, b, K, kg, gw, l, n);
+                for (int64_t k = kg; k < kg + gw; k += PW) {
+                    int64_t kw = kg + gw - k < PW ? kg + gw - k : PW;
+                    tail_t tail = {ta, tbuf, tr}, *tl = NULL;
+                    if (last) {
+                        if (b_t) pack_panel_t(LORAC_DTYPE_F32, tbuf, tb, tr, k, kw, 0, tr);
+                        else pack_panel(LORAC_DTYPE_F32, tbuf, tb, K, k, kw, 0, tr);
+                        tl = &tail;
+                    }
+                    if (packed) {
+                        float *panel = buf + (b_t ? 0 : (k - kg) / PW * lchunk * PW);
+                        if (b_t) pack_panel_t(bt, panel, b, L, k, kw, l, n);
+                        panel_packed(c, al, a_rs, a_cs, pa, panel, K, mb, me, k, kw, n, set && l == 0, tl);
+                    } else {
+                        panel_inplace(bt, c, al, a_rs, a_cs, pa, b, l * K + k, K, mb, me, k, kw, n, set && l == 0, tl);
+                    }
                 }
             }
         }
@@ -549,12 +581,12 @@ LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, const int set, float *c, const
     int64_t nblocks = (m1 - m0 + MBLOCK - 1) / MBLOCK, rows = nblocks > 0 ? (m1 - m0 + nblocks - 1) / nblocks : AM;
     rows = (rows + AM - 1) / AM * AM; /* the last group padded */
     float *pa = pack ? malloc(sizeof(float) * (size_t)(rows * LCHUNK + PACK_A_SLACK)) : NULL;
-    float *buf = aligned_alloc(32, sizeof(float) * LCHUNK * PW), *heap = buf;
+    float *buf = aligned_alloc(32, sizeof(float) * LCHUNK * PW * PACK_GROUP), *heap = buf;
     /* L in equal chunks of at most LCHUNK (a multiple of 8): 288 as one
      * chunk rather than 256 + 32, whose second pass over c does little */
     int64_t nchunks = (L + LCHUNK - 1) / LCHUNK, lchunk = nchunks > 0 ? (L + nchunks - 1) / nchunks : LCHUNK;
     lchunk = (lchunk + 7) / 8 * 8;
-    _Alignas(32) float small[SMALL_LCHUNK * PW];
+    _Alignas(32) float small[SMALL_LCHUNK * PW * PACK_GROUP];
     if (!buf || (pack && !pa)) { /* out of memory: short chunks, a in place; the same bits, only slower */
         free(pa), pa = NULL;
         buf = small, lchunk = SMALL_LCHUNK;
