@@ -485,13 +485,15 @@ static void test_row_blocks(const char *isa) {
     test_backward_input_fn(isa, "dx far rows", gt, LEN(gt), gk, LEN(gk), gn, LEN(gn));
 }
 
-static void test_backward_weight(const char *isa) {
+/* dw += doutᵀ·x over every (T, K, N) of the lists, against double. */
+static void backward_weight_shapes(const char *isa, const char *label, const int64_t *ts, int nts, const int64_t *ks,
+                                   int nks, const int64_t *ns, int nns) {
     double worst = 0, worst_b = 0;
     int bad = 0;
-    for (int ti = 0; ti < LEN(TS); ti++)
-        for (int ki = 0; ki < LEN(KS); ki++)
-            for (int ni = 0; ni < LEN(NS); ni++) {
-                int64_t T = TS[ti], K = KS[ki], N = NS[ni];
+    for (int ti = 0; ti < nts; ti++)
+        for (int ki = 0; ki < nks; ki++)
+            for (int ni = 0; ni < nns; ni++) {
+                int64_t T = ts[ti], K = ks[ki], N = ns[ni];
                 float *dout = rand_f32(T * N), *x = rand_f32(T * K);
                 float *dw = rand_f32(N * K), *dbias = rand_f32(N);
                 double *ref = xmalloc((size_t)(N * K) * sizeof(double));
@@ -514,8 +516,17 @@ static void test_backward_weight(const char *isa) {
                 if (eb > worst_b || eb != eb) worst_b = eb;
                 free(dout), free(x), free(dw), free(dbias), free(ref), free(mag), free(refb), free(magb);
             }
-    printf("  bwd dw   %-8s F32  max rel err %.3g (dbias %.3g)\n", isa, worst, worst_b);
-    CHECK_MSG(bad == 0, "%s backward_weight: %d shapes out of tolerance", isa, bad);
+    printf("  %-8s %-8s F32  max rel err %.3g (dbias %.3g)\n", label, isa, worst, worst_b);
+    CHECK_MSG(bad == 0, "%s %s: %d shapes out of tolerance", isa, label, bad);
+}
+
+static void test_backward_weight(const char *isa) {
+    backward_weight_shapes(isa, "bwd dw", TS, LEN(TS), KS, LEN(KS), NS, LEN(NS));
+    /* a LoRA A's gradient: rank rows (one tile and a few rows more, which
+     * the AVX2 path packs into a second tile), x's rows near or a page
+     * and more apart */
+    static const int64_t lt[] = {64, 515}, lk[] = {288, 2048}, ln[] = {7, 8, 11, 16};
+    backward_weight_shapes(isa, "bwd dA", lt, LEN(lt), lk, LEN(lk), ln, LEN(ln));
     /* dbias NULL is allowed and dw still accumulates. */
     float d[2] = {1, 2}, xx[1] = {3}, g[2] = {10, 20};
     lorac_matmul_backward_weight(g, NULL, d, xx, 1, 1, 2);

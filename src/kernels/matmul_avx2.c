@@ -524,10 +524,15 @@ LORAC_ALWAYS_INLINE void acc_block(const lorac_dtype_t bt, const int b_t, const 
                                    int64_t m1, int64_t k0, int64_t k1, float *pa, float *buf, int64_t lchunk,
                                    int64_t mblock, const float *ta, const float *tb, int64_t tr, float *tbuf) {
     /* b's rows a page or more apart: its panels packed PACK_GROUP at a time */
-    const int64_t group = !b_t && K * (int64_t)lorac_dtype_size(bt) >= 4096 ? PACK_GROUP : 1;
+    const int far_rows = !b_t && K * (int64_t)lorac_dtype_size(bt) >= 4096;
+    const int64_t group = far_rows ? PACK_GROUP : 1;
     for (int64_t mb = m0; mb < m1; mb += mblock) {
         int64_t me = mb + mblock < m1 ? mb + mblock : m1;
-        int packed = b_t || me - mb >= 2 * AM;
+        /* a panel serves more than one tile; with rows far apart, even a
+         * tile and a few rows (a LoRA A's gradient, rank rows) pay for the
+         * packing: in place, each tile reads b's rows again, one page each
+         */
+        int packed = b_t || me - mb >= 2 * AM || (far_rows && me - mb > AM);
         for (int64_t l = 0; l < L; l += lchunk) {
             int64_t n = L - l < lchunk ? L - l : lchunk;
             const float *al = a + mb * a_rs + l * a_cs;
@@ -575,7 +580,9 @@ LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, const int set, float *c, const
      * shapes' 24, was no better). */
     int aliased = a_cs == 1 && a_rs % 512 == 0 && k1 - k0 >= 16 * PW;
     int many_panels = k1 - k0 >= PACK_A_PANELS * PW;
-    int pack = (a_cs != 1 || aliased || many_panels) && m1 - m0 >= 2 * AM && k1 - k0 >= 2 * PW;
+    /* from AM + 1 rows: packed, the rows past the last whole tile run as
+     * one zero-padded tile instead of single-row tiles */
+    int pack = (a_cs != 1 || aliased || many_panels) && m1 - m0 > AM && k1 - k0 >= 2 * PW;
     /* The rows in equal blocks of at most MBLOCK, whole tiles, so that
      * 1,040 rows run as 2 x 522, not 1,032 + 8 */
     int64_t nblocks = (m1 - m0 + MBLOCK - 1) / MBLOCK, rows = nblocks > 0 ? (m1 - m0 + nblocks - 1) / nblocks : AM;
