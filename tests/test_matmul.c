@@ -317,17 +317,19 @@ static void test_lora_expand(const char *isa) {
     CHECK_MSG(bad == 0, "%s lora expand: %d shapes out of tolerance", isa, bad);
 }
 
-/* Training's fused adapted products (lorac_matmul_forward_batch_lora,
- * lorac_matmul_backward_input_lora) give the bits of the two calls each
+/* Training's products (lorac_matmul_forward_train,
+ * lorac_matmul_backward_input_train) give the bits of the calls each
  * replaces, at 1-3 threads, with and without bias (forward) and set
- * (backward), 16-bit base weights, ranks up to the tail's limit and past
- * it (two calls then), row counts that leave short tiles and column counts
- * that leave part panels; the fused result is also checked against double.
- * Then the path's matmul_tail op itself, where it has one, against its
- * set/accumulate ops called twice, the case of an empty main sum (L = 0)
- * included, so the fused kernel is tested even if a driver never took it. */
+ * (backward), 16-bit base weights, f32 ones also repacked
+ * (lorac_pack_weight), ranks 0, up to the tail's limit and past it (two
+ * calls then), row counts that leave short tiles and column counts that
+ * leave part panels; the fused result is also checked against double.
+ * Then the path's matmul_tail and matmul_packed ops themselves, where it
+ * has them, against its set/accumulate ops called twice, the case of an
+ * empty main sum (L = 0) included, so the kernels are tested even where a
+ * driver never took them. */
 static void test_fused_lora(const char *isa) {
-    static const int64_t ts[] = {3, 130, 301}, ks[] = {33, 288}, ns[] = {5, 70, 300}, rs[] = {1, 8, 64, 65};
+    static const int64_t ts[] = {3, 130, 301}, ks[] = {33, 288}, ns[] = {5, 70, 300}, rs[] = {0, 1, 8, 64, 65};
     static const lorac_dtype_t dts[] = {LORAC_DTYPE_F32, LORAC_DTYPE_BF16};
     int differ = 0, bad = 0, saved = lorac_kernels_get_threads();
     double worst = 0;
@@ -342,12 +344,17 @@ static void test_fused_lora(const char *isa) {
                         lorac_kernels_set_threads(1 + (ti + ni + ri) % 3);
                         float *wx = xmalloc((size_t)(N * K) * sizeof(float));
                         void *w = make_weights(dt, N * K, wx);
+                        float *P = NULL; /* f32 weights also repacked, every other shape */
+                        if (dt == LORAC_DTYPE_F32 && (ti + ni) % 2 == 0) {
+                            P = xmalloc((size_t)lorac_packed_weight_floats(N, K) * sizeof(float));
+                            lorac_pack_weight(P, wx, N, K);
+                        }
                         float *x = rand_f32(T * K), *u = rand_f32(T * R), *b = rand_f32(N * R), *bias = rand_f32(N);
                         float *y0 = rand_f32(T * N), *y1 = xmalloc((size_t)(T * N) * sizeof(float)), s = 0.625f;
                         memcpy(y1, y0, (size_t)(T * N) * sizeof(float));
                         lorac_matmul_forward_batch(y0, x, w, dt, variant ? bias : NULL, T, K, N);
                         lorac_lora_expand_forward(y0, u, b, s, T, N, R);
-                        lorac_matmul_forward_batch_lora(y1, x, w, dt, variant ? bias : NULL, T, K, N, u, b, s, R);
+                        lorac_matmul_forward_train(y1, x, w, dt, P, variant ? bias : NULL, T, K, N, u, b, s, R);
                         differ += memcmp(y0, y1, (size_t)(T * N) * sizeof(float)) != 0;
                         /* against double: x·wᵀ + bias + s·u·bᵀ */
                         double *ref = xmalloc((size_t)(T * N) * sizeof(double)), *mag = xmalloc((size_t)(T * N) * sizeof(double));
@@ -370,15 +377,15 @@ static void test_fused_lora(const char *isa) {
                         if (variant) lorac_matmul_backward_input_set(dx0, dout, w, dt, T, K, N);
                         else lorac_matmul_backward_input(dx0, dout, w, dt, T, K, N);
                         lorac_matmul_backward_input(dx0, du, a, LORAC_DTYPE_F32, T, K, R);
-                        lorac_matmul_backward_input_lora(dx1, variant, dout, w, dt, T, K, N, du, a, R);
+                        lorac_matmul_backward_input_train(dx1, variant, dout, w, dt, P, T, K, N, du, a, R);
                         differ += memcmp(dx0, dx1, (size_t)(T * K) * sizeof(float)) != 0;
-                        free(wx), free(w), free(x), free(u), free(b), free(bias), free(y0), free(y1), free(ref), free(mag);
+                        free(wx), free(w), free(P), free(x), free(u), free(b), free(bias), free(y0), free(y1), free(ref), free(mag);
                         free(ref2), free(mag2), free(start), free(dout), free(du), free(a), free(dx0), free(dx1);
                     }
-    /* the op itself: c (=/+=) a·b + ta·tb in both orientations, against two calls */
+    /* the ops themselves: c (=/+=) a·b + ta·tb in both orientations, against two calls */
     const lorac_kernel_ops_t *ops = lorac_kernels_ops();
     if (ops->matmul_tail) {
-        static const int64_t ms[] = {1, 7, 130}, ls[] = {0, 5, 400}, cs[] = {3, 40}, trs[] = {1, 8, LORAC_TAIL_MAX};
+        static const int64_t ms[] = {1, 7, 130}, ls[] = {0, 5, 400}, cs[] = {3, 40}, trs[] = {0, 1, 8, LORAC_TAIL_MAX};
         for (int mi = 0; mi < LEN(ms); mi++)
             for (int li = 0; li < LEN(ls); li++)
                 for (int ci = 0; ci < LEN(cs); ci++)
@@ -386,25 +393,38 @@ static void test_fused_lora(const char *isa) {
                         for (int form = 0; form < 4; form++) {
                             int b_t = form & 1, set = form >> 1;
                             int64_t M = ms[mi], L = ls[li], C = cs[ci], tr = trs[ri];
-                            float *a = rand_f32(M * L + 1), *b = rand_f32(L * C + 1), *ta = rand_f32(M * tr);
-                            float *tb = rand_f32(tr * C), *c0 = rand_f32(M * C), *c1 = xmalloc((size_t)(M * C) * sizeof(float));
+                            float *a = rand_f32(M * L + 1), *b = rand_f32(L * C + 1), *ta = rand_f32(M * tr + 1);
+                            float *tb = rand_f32(tr * C + 1), *c0 = rand_f32(M * C);
+                            float *c1 = xmalloc((size_t)(M * C) * sizeof(float)), *c2 = xmalloc((size_t)(M * C) * sizeof(float));
                             memcpy(c1, c0, (size_t)(M * C) * sizeof(float));
+                            memcpy(c2, c0, (size_t)(M * C) * sizeof(float));
                             if (set) memset(c0, 0, (size_t)(M * C) * sizeof(float));
-                            if (L > 0) {
-                                lorac_matmul_acc_fn first = b_t ? ops->matmul_acc_bt : ops->matmul_acc;
-                                first(c0, a, L, 1, b, LORAC_DTYPE_F32, M, L, C, 0, M, 0, C);
+                            if (L > 0) (b_t ? ops->matmul_acc_bt : ops->matmul_acc)(c0, a, L, 1, b, LORAC_DTYPE_F32, M, L, C, 0, M, 0, C);
+                            if (tr > 0)
+                                (b_t ? ops->matmul_acc_bt : ops->matmul_acc)(c0, ta, tr, 1, tb, LORAC_DTYPE_F32, M, tr, C, 0, M, 0, C);
+                            if (L > 0 || tr > 0) {
+                                ops->matmul_tail(c1, a, L, 1, b, LORAC_DTYPE_F32, M, L, C, 0, M, 0, C, b_t, set, ta, tb, tr);
+                                if (memcmp(c0, c1, (size_t)(M * C) * sizeof(float)) != 0 && differ++ < 5)
+                                    fprintf(stderr, "  %s matmul_tail M=%lld L=%lld C=%lld tr=%lld b_t=%d set=%d differs\n",
+                                            isa, (long long)M, (long long)L, (long long)C, (long long)tr, b_t, set);
                             }
-                            (b_t ? ops->matmul_acc_bt : ops->matmul_acc)(c0, ta, tr, 1, tb, LORAC_DTYPE_F32, M, tr, C, 0, M,
-                                                                         0, C);
-                            ops->matmul_tail(c1, a, L, 1, b, LORAC_DTYPE_F32, M, L, C, 0, M, 0, C, b_t, set, ta, tb, tr);
-                            if (memcmp(c0, c1, (size_t)(M * C) * sizeof(float)) != 0 && differ++ < 5)
-                                fprintf(stderr, "  %s matmul_tail M=%lld L=%lld C=%lld tr=%lld b_t=%d set=%d differs\n", isa,
-                                        (long long)M, (long long)L, (long long)C, (long long)tr, b_t, set);
-                            free(a), free(b), free(ta), free(tb), free(c0), free(c1);
+                            if (ops->matmul_packed && (L > 0 || tr > 0)) {
+                                /* b as a repacked weight: b itself (C rows of L) when b_t, else L rows of C */
+                                int64_t wn = b_t ? C : L, wk = b_t ? L : C;
+                                float *P = xmalloc((size_t)(lorac_packed_weight_floats(wn, wk) + 1) * sizeof(float));
+                                lorac_pack_weight(P, b, wn, wk);
+                                ops->matmul_packed(c2, a, L, P, M, L, C, 0, M, 0, C, b_t, set, ta, tb, tr);
+                                if (memcmp(c0, c2, (size_t)(M * C) * sizeof(float)) != 0 && differ++ < 5)
+                                    fprintf(stderr, "  %s matmul_packed M=%lld L=%lld C=%lld tr=%lld b_t=%d set=%d differs\n",
+                                            isa, (long long)M, (long long)L, (long long)C, (long long)tr, b_t, set);
+                                free(P);
+                            }
+                            free(a), free(b), free(ta), free(tb), free(c0), free(c1), free(c2);
                         }
     }
     lorac_kernels_set_threads(saved);
-    printf("  fused lora    %-8s      max rel err %.3g%s\n", isa, worst, ops->matmul_tail ? "" : " (two calls: no tail op)");
+    printf("  fused lora    %-8s      max rel err %.3g%s\n", isa, worst,
+           ops->matmul_tail ? "" : " (two calls: no tail op)");
     CHECK_MSG(bad == 0, "%s fused lora: %d shapes out of tolerance", isa, bad);
     CHECK_MSG(differ == 0, "%s fused lora: %d results differ from the two calls", isa, differ);
 }

@@ -255,12 +255,15 @@ static void check_online_crossentropy(void) {
  * double-precision loss and dLoss/dx, and bitwise against the three calls
  * per block it replaces (lorac_matmul_forward_batch, the online block,
  * lorac_matmul_backward_input), for F32 and BF16 classifiers, blocks of
- * 64 and 96 columns (the last block 64), at 1, 2 and 3 threads. Sizes
- * take the batch kernels' path (at least 128 rows, 64 columns). */
+ * 64 and 96 columns (the last block 64), at 1, 2 and 3 threads, and for
+ * F32 also from the classifier repacked (lorac_pack_weight) where the path
+ * reads it. Sizes take the batch kernels' path (at least 128 rows, 64
+ * columns). */
 static void check_classifier_crossentropy(void) {
     enum { R = 301, V = 256, D = 40 };
     static float xs[R * D], wf[V * D], z[R * 96], acc[R * D], ref_acc[R * D], mx[R], tl[R], ref_mx[R], ref_tl[R];
     static uint16_t wb16[V * D];
+    static float packed[V * D]; /* V is a multiple of 16 */
     static double others[R], ref_others[R], ref_dx[R * D], ref_loss[R];
     static int32_t tg[R];
     for (int i = 0; i < R * D; i++) xs[i] = 2.0f * frand();
@@ -270,6 +273,7 @@ static void check_classifier_crossentropy(void) {
         lorac_dtype_t wt = dt ? LORAC_DTYPE_BF16 : LORAC_DTYPE_F32;
         for (int i = 0; i < V * D; i++) wf[i] = lorac_bf16_to_f32(wb16[i]);
         const void *w = dt ? (const void *)wb16 : (const void *)wf;
+        lorac_pack_weight(packed, wf, V, D);
         for (int t = 0; t < R; t++) {
             double zr[V];
             for (int v = 0; v < V; v++) {
@@ -296,14 +300,18 @@ static void check_classifier_crossentropy(void) {
                 /* repeated: a thread that runs a block ahead must not
                  * touch the rows of one a block behind (the last block's
                  * row stride is shorter) */
-                for (int rep = 0; rep < (threads > 1 ? 30 : 1); rep++) {
-                    online_reset(R, D, mx, others, acc);
-                    lorac_crossentropy_classifier(xs, w, wt, R, D, V, cols, tg, z, mx, others, tl, acc);
-                    CHECK_MSG(memcmp(acc, ref_acc, sizeof acc) == 0 && memcmp(mx, ref_mx, sizeof mx) == 0 &&
-                                  memcmp(others, ref_others, sizeof others) == 0 && memcmp(tl, ref_tl, sizeof tl) == 0,
-                              "classifier cross-entropy (%s, blocks of %d, %d threads, run %d): not the bits of the three calls",
-                              lorac_dtype_name(wt), cols, threads, rep + 1);
-                }
+                for (int rep = 0; rep < (threads > 1 ? 30 : 1); rep++)
+                    for (int from_packed = 0; from_packed <= (dt == 0); from_packed++) {
+                        online_reset(R, D, mx, others, acc);
+                        lorac_crossentropy_classifier(xs, w, wt, from_packed ? packed : NULL, R, D, V, cols, tg, z, mx,
+                                                      others, tl, acc);
+                        CHECK_MSG(memcmp(acc, ref_acc, sizeof acc) == 0 && memcmp(mx, ref_mx, sizeof mx) == 0 &&
+                                      memcmp(others, ref_others, sizeof others) == 0 &&
+                                      memcmp(tl, ref_tl, sizeof tl) == 0,
+                                  "classifier cross-entropy (%s%s, blocks of %d, %d threads, run %d): not the bits of the "
+                                  "three calls",
+                                  lorac_dtype_name(wt), from_packed ? ", repacked" : "", cols, threads, rep + 1);
+                    }
                 double worst_loss, worst_dx, row0_dx;
                 online_errors(R, D, wf, tg, mx, others, tl, acc, ref_loss, ref_dx, &worst_loss, &worst_dx, &row0_dx);
                 worst_dx = fmax(worst_dx, row0_dx);
@@ -317,7 +325,7 @@ static void check_classifier_crossentropy(void) {
          * thread has none) */
         lorac_kernels_set_threads(3);
         online_reset(R, D, mx, others, acc);
-        lorac_crossentropy_classifier(xs, w, wt, 4, D, V, 64, tg, z, mx, others, tl, acc);
+        lorac_crossentropy_classifier(xs, w, wt, dt == 0 ? packed : NULL, 4, D, V, 64, tg, z, mx, others, tl, acc);
         double few_loss, few_dx, few_row0;
         online_errors(4, D, wf, tg, mx, others, tl, acc, ref_loss, ref_dx, &few_loss, &few_dx, &few_row0);
         CHECK_MSG(few_loss < 1e-5 && fmax(few_dx, few_row0) < 1e-5, "classifier cross-entropy (%s, 4 rows): loss %g, dx %g",

@@ -72,24 +72,38 @@ static double check_grads(lorac_train_pass_t *p, int per_param, const char *labe
     return worst;
 }
 
-static void lora_case(const char *label, tiny_model_t tm, const char *targets) {
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s/gradcheck-%s", tl_tmpdir(), label);
-    CHECK(tiny_model_write(dir, &tm) == 0);
-    lorac_model_t *m;
-    if (lorac_model_load(dir, &m) != LORAC_STATUS_OK) { CHECK_MSG(0, "%s", lorac_error_message()); return; }
-    make_batch(tm.V);
+/* An adapter of rank r on targets with B random (from zero, every A
+ * gradient would be zero), the same for the same arguments. */
+static lorac_adapter_t *random_adapter(const lorac_model_t *m, int r, float alpha, const char *targets) {
     lorac_lora_params_t lp = lorac_lora_default_params();
-    lp.r = 3; lp.alpha = 6.0f;
+    lp.r = r; lp.alpha = alpha;
     CHECK(lorac_lora_parse_targets(targets, &lp.targets) == LORAC_STATUS_OK);
     lorac_adapter_t *a;
     CHECK(lorac_adapter_init(lorac_model_get_config(m), &lp, &a) == LORAC_STATUS_OK);
-    /* B starts at zero, which would make every A gradient zero: randomise it */
     unsigned long long s = 17;
     for (int32_t i = 0; i < lorac_adapter_n_modules(a); i++) {
         lorac_lora_module_t *mod = lorac_adapter_module(a, i);
         for (int64_t k = 0; k < (int64_t)mod->out * mod->r; k++) mod->B[k] = 0.5f * tiny_rand(&s);
     }
+    return a;
+}
+
+/* The tiny model written under the label and loaded, with the batch made
+ * for its vocabulary; NULL (a failed check) if it does not load. */
+static lorac_model_t *load_tiny(const char *label, tiny_model_t tm) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/gradcheck-%s", tl_tmpdir(), label);
+    CHECK(tiny_model_write(dir, &tm) == 0);
+    lorac_model_t *m;
+    if (lorac_model_load(dir, &m) != LORAC_STATUS_OK) { CHECK_MSG(0, "%s", lorac_error_message()); return NULL; }
+    make_batch(tm.V);
+    return m;
+}
+
+static void lora_case(const char *label, tiny_model_t tm, const char *targets) {
+    lorac_model_t *m = load_tiny(label, tm);
+    if (!m) return;
+    lorac_adapter_t *a = random_adapter(m, 3, 6.0f, targets);
     lorac_train_pass_t *p;
     lorac_train_pass_params_t pp = {.batch = B, .seq_len = T};
     CHECK(lorac_train_pass_init(m, a, pp, &p) == LORAC_STATUS_OK);
@@ -100,12 +114,8 @@ static void lora_case(const char *label, tiny_model_t tm, const char *targets) {
 }
 
 static void full_case(const char *label, tiny_model_t tm) {
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s/gradcheck-%s", tl_tmpdir(), label);
-    CHECK(tiny_model_write(dir, &tm) == 0);
-    lorac_model_t *m;
-    if (lorac_model_load(dir, &m) != LORAC_STATUS_OK) { CHECK_MSG(0, "%s", lorac_error_message()); return; }
-    make_batch(tm.V);
+    lorac_model_t *m = load_tiny(label, tm);
+    if (!m) return;
     lorac_train_pass_t *p;
     lorac_train_pass_params_t pp = {.batch = B, .seq_len = T};
     CHECK(lorac_train_pass_init(m, NULL, pp, &p) == LORAC_STATUS_OK);
@@ -114,8 +124,86 @@ static void full_case(const char *label, tiny_model_t tm) {
     lorac_model_free(m);
 }
 
+/* Logits of tokens 0..n-1 (one sequence) by the inference path. */
+static void infer_logits(const lorac_model_t *m, int n, float *logits) {
+    lorac_context_params_t cp = {.n_ctx = n, .n_seq = 1, .n_batch = n};
+    lorac_context_t *ctx;
+    CHECK(lorac_context_init(m, cp, &ctx) == LORAC_STATUS_OK);
+    int32_t tok[64], pos[64], seq[64];
+    int8_t want[64];
+    for (int i = 0; i < n; i++) tok[i] = (i * 7 + 3) % lorac_model_get_config(m)->vocab_size, pos[i] = i, seq[i] = 0, want[i] = 1;
+    lorac_batch_t b = {.n_tokens = n, .tokens = tok, .pos = pos, .seq_id = seq, .logits = want};
+    CHECK(lorac_context_decode(ctx, &b, logits) == LORAC_STATUS_OK);
+    lorac_context_free(ctx);
+}
+
+/* A model loaded for training (lorac_model_load_for_training: its f32
+ * projections left in the file, repacked by the pass, whose pages it then
+ * hands back) trains with the bits of an ordinarily loaded one: loss and
+ * every gradient, at 144 rows (the batch kernels' path) and a vocabulary
+ * of whole 16-row groups in blocks; and afterwards still infers the same
+ * logits, the handed-back pages read again from the file. */
+static void for_training_case(void) {
+    enum { RB = 2, RT = 72 };
+    tiny_model_t tm = {.D = 32, .I = 48, .L = 2, .H = 4, .KVH = 2, .HD = 8, .V = 1040, .seed = 8};
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/gradcheck-for-training", tl_tmpdir());
+    CHECK(tiny_model_write(dir, &tm) == 0);
+    lorac_model_t *m[2];
+    CHECK(lorac_model_load(dir, &m[0]) == LORAC_STATUS_OK);
+    CHECK(lorac_model_load_for_training(dir, &m[1]) == LORAC_STATUS_OK);
+    static int32_t tok[RB * RT], tgt[RB * RT], pos[RB * RT];
+    unsigned long long s = 5;
+    for (int i = 0; i < RB * RT; i++) {
+        tok[i] = (int32_t)((tiny_rand(&s) + 0.5f) * (float)tm.V) % tm.V;
+        tgt[i] = (int32_t)((tiny_rand(&s) + 0.5f) * (float)tm.V) % tm.V;
+        pos[i] = i % RT;
+    }
+    double loss[2];
+    float *grads[2] = {NULL, NULL};
+    int64_t n_grads = 0;
+    for (int k = 0; k < 2; k++) {
+        lorac_adapter_t *a = random_adapter(m[k], 4, 8.0f, "all-linear");
+        lorac_train_pass_t *p;
+        lorac_train_pass_params_t pp = {.batch = RB, .seq_len = RT};
+        CHECK(lorac_train_pass_init(m[k], a, pp, &p) == LORAC_STATUS_OK);
+        lorac_train_pass_zero_grad(p);
+        double sum = 0;
+        int64_t n = 0;
+        CHECK(lorac_train_pass_run(p, tok, tgt, pos, true, NULL, &sum, &n) == LORAC_STATUS_OK);
+        loss[k] = sum;
+        n_grads = 0;
+        for (int32_t i = 0; i < lorac_train_pass_n_params(p); i++) {
+            int64_t cnt;
+            lorac_train_pass_param(p, i, NULL, NULL, NULL, &cnt);
+            n_grads += cnt;
+        }
+        grads[k] = malloc(sizeof(float) * (size_t)n_grads);
+        int64_t at = 0;
+        for (int32_t i = 0; i < lorac_train_pass_n_params(p); i++) {
+            float *g;
+            int64_t cnt;
+            lorac_train_pass_param(p, i, NULL, NULL, &g, &cnt);
+            memcpy(grads[k] + at, g, sizeof(float) * (size_t)cnt);
+            at += cnt;
+        }
+        lorac_train_pass_free(p);
+        lorac_adapter_free(a);
+    }
+    CHECK_MSG(loss[0] == loss[1] && memcmp(grads[0], grads[1], sizeof(float) * (size_t)n_grads) == 0,
+              "a model loaded for training trains with other bits (loss %.9g vs %.9g)", loss[0], loss[1]);
+    static float lg[2][40 * 1040];
+    for (int k = 0; k < 2; k++) infer_logits(m[k], 40, lg[k]);
+    CHECK_MSG(memcmp(lg[0], lg[1], sizeof lg[0]) == 0, "a model loaded for training infers other logits after training");
+    printf("for-training load: loss %.6f, %lld gradients and 40 x %d logits bitwise equal\n", loss[0] / (RB * RT),
+           (long long)n_grads, tm.V);
+    free(grads[0]), free(grads[1]);
+    lorac_model_free(m[0]), lorac_model_free(m[1]);
+}
+
 int main(void) {
     lorac_kernels_set_threads(2);
+    for_training_case();
     tiny_model_t gqa = {.D = 16, .I = 24, .L = 2, .H = 4, .KVH = 2, .HD = 4, .V = 23, .seed = 3};
     lora_case("lora-gqa-all-linear", gqa, "all-linear");
     tiny_model_t biased = gqa;

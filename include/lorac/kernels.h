@@ -71,18 +71,31 @@ void lorac_matmul_backward_weight(float *dw, float *dbias, const float *dout, co
  * Training's entry point: for many rows it sums as lorac_matmul_forward_batch
  * does (inference's adapters go through lorac_matmul_forward_parts_lora). */
 void lorac_lora_expand_forward(float *y, const float *u, const float *b, float s, int64_t T, int64_t N, int64_t R);
-/* Training's adapted products in one pass over their outputs, each the
- * bits of the two calls it replaces:
- * out = x·wᵀ (+ bias) + s·u·bᵀ: lorac_matmul_forward_batch, then
- * lorac_lora_expand_forward (u (T,R), b (N,R) f32);
- * dx (= with set, else +=) dout·w + du·a: lorac_matmul_backward_input_set
- * or lorac_matmul_backward_input, then lorac_matmul_backward_input of du
- * (T,R) and a (R,K) f32. */
-void lorac_matmul_forward_batch_lora(float *out, const float *x, const void *w, lorac_dtype_t wtype,
-                                     const float *bias, int64_t T, int64_t K, int64_t N, const float *u,
-                                     const float *b, float s, int64_t R);
-void lorac_matmul_backward_input_lora(float *dx, int set, const float *dout, const void *w, lorac_dtype_t wtype,
-                                      int64_t T, int64_t K, int64_t N, const float *du, const float *a, int64_t R);
+/* Training's products on a frozen weight w (N,K) in wtype, each output
+ * written in one pass, with the bits of the calls they replace:
+ * out = x·wᵀ (+ bias) (+ s·u·bᵀ when R > 0; u (T,R), b (N,R) f32):
+ * lorac_matmul_forward_batch, then lorac_lora_expand_forward;
+ * dx (= with set, else +=) dout·w (+ du·a when R > 0; du (T,R), a (R,K)
+ * f32): lorac_matmul_backward_input_set or lorac_matmul_backward_input,
+ * then lorac_matmul_backward_input of du and a.
+ * packed, when not NULL, is w (f32) packed by lorac_pack_weight, read
+ * instead of w where the path has the kernels (w must stay readable: few
+ * rows still read it). */
+void lorac_matmul_forward_train(float *out, const float *x, const void *w, lorac_dtype_t wtype, const float *packed,
+                                const float *bias, int64_t T, int64_t K, int64_t N, const float *u, const float *b,
+                                float s, int64_t R);
+void lorac_matmul_backward_input_train(float *dx, int set, const float *dout, const void *w, lorac_dtype_t wtype,
+                                       const float *packed, int64_t T, int64_t K, int64_t N, const float *du,
+                                       const float *a, int64_t R);
+/* A frozen f32 weight w (N,K) repacked once for training's products: P
+ * (lorac_packed_weight_floats floats, 64-byte aligned) gets w's rows in
+ * groups of 16, interleaved: P[(g·K + k)·16 + j] = w[16g + j, k], zero past
+ * row N. The forward then reads its panels in place and dx builds its own
+ * from contiguous 16 x 16 blocks, instead of gathering both from w's rows
+ * on every product. Only where lorac_kernels_have_packed(). */
+int lorac_kernels_have_packed(void);
+int64_t lorac_packed_weight_floats(int64_t N, int64_t K);
+void lorac_pack_weight(float *P, const float *w, int64_t N, int64_t K);
 /* One adapter's LoRA term on a product: rows [start, start + len) of x and
  * of the part's out use A (r, in), B (out, r), f32, with scale s; u_offset
  * is where the segment's (len, r) block of the shrink result x·Aᵀ lives in
@@ -208,10 +221,12 @@ void lorac_crossentropy_online_block(float *z, int64_t n, int64_t vb, int64_t v0
  * its own rows through every block, so a block's logits stay in the cache
  * of the core that made them. The same bits as the three calls per block
  * where lorac_matmul_forward_batch takes its batch kernel (128 or more
- * rows, 64 or more columns). */
-void lorac_crossentropy_classifier(const float *x, const void *w, lorac_dtype_t wt, int64_t n, int64_t D, int64_t V,
-                                   int64_t cols, const int32_t *targets, float *logits, float *row_max,
-                                   double *others_sum, float *target_logit, float *acc);
+ * rows, 64 or more columns). packed, when not NULL, is w (f32) packed by
+ * lorac_pack_weight, read instead of w (the same bits) where the path has
+ * the kernels and cols is a multiple of 16. */
+void lorac_crossentropy_classifier(const float *x, const void *w, lorac_dtype_t wt, const float *packed, int64_t n,
+                                   int64_t D, int64_t V, int64_t cols, const int32_t *targets, float *logits,
+                                   float *row_max, double *others_sum, float *target_logit, float *acc);
 
 #ifdef __cplusplus
 }

@@ -73,6 +73,13 @@ typedef struct lorac_model lorac_model_t;
  * are LORAC_STATUS_FORMAT errors naming the tensor, the expected and the
  * found shape. */
 lorac_status_t lorac_model_load(const char *dir, lorac_model_t **out);
+/* lorac_model_load for a LoRA training run: where the kernels repack f32
+ * weights (lorac_kernels_have_packed), the projections' and classifier's
+ * stay in the mapped file even off a cache line, instead of being copied
+ * aligned, as the training pass repacks them and hands the file's pages
+ * back (one copy resident, not two). Inference on such a model still
+ * works, reading those pages again (and misaligned, a few % slower). */
+lorac_status_t lorac_model_load_for_training(const char *dir, lorac_model_t **out);
 /* 1 when dir has a config.json but no tokenizer.json: a cheap check for
  * callers that need the tokenizer, before the weights load. */
 int lorac_model_dir_lacks_tokenizer(const char *dir);

@@ -55,6 +55,15 @@ typedef void (*lorac_matmul_tail_fn)(float *c, const float *a, int64_t a_rs, int
                                      int64_t k0, int64_t k1, int b_t, int set, const float *ta, const float *tb,
                                      int64_t tr);
 
+/* matmul_tail with b a frozen f32 weight w (N rows, its K columns)
+ * pre-packed by lorac_pack_weight into P: b_t = 1 is the forward, c =
+ * x·wᵀ (b = w as (K,L): c's columns k0, k1 are w's rows, k0 a multiple of
+ * 16); b_t = 0 is dx, c = dout·w (b = w as (L,K)). The bits of matmul_tail
+ * on w itself. */
+typedef void (*lorac_matmul_packed_fn)(float *c, const float *a, int64_t a_rs, const float *P, int64_t M, int64_t L,
+                                       int64_t K, int64_t m0, int64_t m1, int64_t k0, int64_t k1, int b_t, int set,
+                                       const float *ta, const float *tb, int64_t tr);
+
 /* dst (n) f32 = src (n) in dtype (F32, BF16, F16). */
 typedef void (*lorac_convert_fn)(float *dst, const void *src, lorac_dtype_t dtype, int64_t n);
 
@@ -80,6 +89,7 @@ typedef struct {
     lorac_matmul_acc_fn matmul_set_bt;
     lorac_matmul_acc_fn matmul_set;
     lorac_matmul_tail_fn matmul_tail; /* NULL: the drivers make two calls */
+    lorac_matmul_packed_fn matmul_packed; /* NULL: training's weights stay unpacked */
     lorac_convert_fn convert;
     lorac_exp_sum_fn exp_sum;
     /* Pieces per thread that a decode product (T < 4) is cut into, the

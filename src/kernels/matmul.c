@@ -105,7 +105,8 @@ double lorac_exp_sum_portable(float *x, float shift, int64_t n) {
 }
 
 const lorac_kernel_ops_t lorac_kernel_ops_portable = {
-    "portable", portable_matmul_fwd, portable_matmul_acc, NULL, NULL, NULL, NULL, portable_convert, lorac_exp_sum_portable, 8, 64,
+    "portable", portable_matmul_fwd, portable_matmul_acc, NULL, NULL, NULL, NULL, NULL, portable_convert,
+    lorac_exp_sum_portable, 8, 64,
 };
 
 /* ---- drivers ---------------------------------------------------------------- */
@@ -360,6 +361,24 @@ static void tail_parallel(const lorac_kernel_ops_t *ops, float *c, const float *
     }
 }
 
+/* tail_parallel on a pre-packed weight (matmul_packed). */
+static void packed_parallel(const lorac_kernel_ops_t *ops, float *c, const float *a, int64_t a_rs, const float *P,
+                            int64_t M, int64_t L, int64_t C, int b_t, int set, const float *ta, const float *tb,
+                            int64_t tr) {
+    int nt = lorac_kernels_threads_for(M * (L + tr) * C, (M + 3) / 4 * ((C + 63) / 64));
+    if (nt <= 1) {
+        ops->matmul_packed(c, a, a_rs, P, M, L, C, 0, M, 0, C, b_t, set, ta, tb, tr);
+        return;
+    }
+    block_split_t sp = split_panels(M, C, nt, ops->split_cols); /* column blocks of whole 16-wide panels */
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int i = 0; i < nt; i++) {
+        int64_t r0, r1, c0, c1;
+        split_block(&sp, i, &r0, &r1, &c0, &c1);
+        if (r0 < r1 && c0 < c1) ops->matmul_packed(c, a, a_rs, P, M, L, C, r0, r1, c0, c1, b_t, set, ta, tb, tr);
+    }
+}
+
 /* Rows below which the packed kernel's transposition of w costs more than
  * the dot-product kernel loses (each packed panel serves T/4 row tiles). */
 #define FORWARD_BATCH_MIN_T 128
@@ -473,42 +492,67 @@ void lorac_convert_to_f32(float *dst, const void *src, lorac_dtype_t dtype, int6
 
 /* ---- LoRA expand for training --------------------------------------------- */
 
-void lorac_matmul_forward_batch_lora(float *out, const float *x, const void *w, lorac_dtype_t wtype,
-                                     const float *bias, int64_t T, int64_t K, int64_t N, const float *u,
-                                     const float *b, float s, int64_t R) {
+void lorac_matmul_forward_train(float *out, const float *x, const void *w, lorac_dtype_t wtype, const float *packed,
+                                const float *bias, int64_t T, int64_t K, int64_t N, const float *u, const float *b,
+                                float s, int64_t R) {
     LORAC_ASSERT(weight_dtype_ok(wtype));
     LORAC_ASSERT(T >= 0 && K >= 0 && N >= 0 && R >= 0);
     const lorac_kernel_ops_t *ops = lorac_kernels_ops();
-    /* where the two calls below would take the outer-product kernels */
+    /* where lorac_matmul_forward_batch takes its outer-product kernel (and
+     * lorac_lora_expand_forward too) */
+    int batch = ops->matmul_set_bt && T >= FORWARD_BATCH_MIN_T && N >= 64 && K > 0;
+    int use_packed = batch && packed && ops->matmul_packed;
     float *su = NULL;
-    if (ops->matmul_tail && ops->matmul_set_bt && T >= FORWARD_BATCH_MIN_T && N >= 64 && K > 0 && R > 0 &&
-        R <= LORAC_TAIL_MAX)
-        su = malloc(sizeof(float) * (size_t)(T * R));
-    if (!su) {
+    if (batch && ops->matmul_tail && R > 0 && R <= LORAC_TAIL_MAX) su = malloc(sizeof(float) * (size_t)(T * R));
+    if (!su && !use_packed) {
         lorac_matmul_forward_batch(out, x, w, wtype, bias, T, K, N);
-        lorac_lora_expand_forward(out, u, b, s, T, N, R);
+        if (R > 0) lorac_lora_expand_forward(out, u, b, s, T, N, R);
         return;
     }
-    for (int64_t i = 0; i < T * R; i++) su[i] = s * u[i]; /* as lorac_lora_expand_forward scales u */
+    if (su)
+        for (int64_t i = 0; i < T * R; i++) su[i] = s * u[i]; /* as lorac_lora_expand_forward scales u */
     if (bias)
         for (int64_t t = 0; t < T; t++) memcpy(out + t * N, bias, sizeof(float) * (size_t)N);
-    tail_parallel(ops, out, x, K, w, wtype, T, K, N, 1, bias == NULL, su, b, R);
+    int set = bias == NULL;
+    if (use_packed) packed_parallel(ops, out, x, K, packed, T, K, N, 1, set, su, b, su ? R : 0);
+    else tail_parallel(ops, out, x, K, w, wtype, T, K, N, 1, set, su, b, R);
+    if (!su && R > 0) lorac_lora_expand_forward(out, u, b, s, T, N, R);
     free(su);
 }
 
-void lorac_matmul_backward_input_lora(float *dx, int set, const float *dout, const void *w, lorac_dtype_t wtype,
-                                      int64_t T, int64_t K, int64_t N, const float *du, const float *a, int64_t R) {
+void lorac_matmul_backward_input_train(float *dx, int set, const float *dout, const void *w, lorac_dtype_t wtype,
+                                       const float *packed, int64_t T, int64_t K, int64_t N, const float *du,
+                                       const float *a, int64_t R) {
     LORAC_ASSERT(weight_dtype_ok(wtype));
     LORAC_ASSERT(T >= 0 && K >= 0 && N >= 0 && R >= 0);
     if (T == 0 || K == 0) return;
     const lorac_kernel_ops_t *ops = lorac_kernels_ops();
-    if (!ops->matmul_tail || R == 0 || R > LORAC_TAIL_MAX) {
+    int tail = ops->matmul_tail && R > 0 && R <= LORAC_TAIL_MAX;
+    if (packed && ops->matmul_packed && N > 0) {
+        packed_parallel(ops, dx, dout, N, packed, T, N, K, 0, set, tail ? du : NULL, a, tail ? R : 0);
+    } else if (tail) {
+        tail_parallel(ops, dx, dout, N, w, wtype, T, N, K, 0, set, du, a, R);
+        return;
+    } else {
         if (set) lorac_matmul_backward_input_set(dx, dout, w, wtype, T, K, N);
         else lorac_matmul_backward_input(dx, dout, w, wtype, T, K, N);
-        lorac_matmul_backward_input(dx, du, a, LORAC_DTYPE_F32, T, K, R);
-        return;
     }
-    tail_parallel(ops, dx, dout, N, w, wtype, T, N, K, 0, set, du, a, R);
+    if (!tail && R > 0) lorac_matmul_backward_input(dx, du, a, LORAC_DTYPE_F32, T, K, R);
+}
+
+int64_t lorac_packed_weight_floats(int64_t N, int64_t K) { return (N + 15) / 16 * 16 * K; }
+
+int lorac_kernels_have_packed(void) { return lorac_kernels_ops()->matmul_packed != NULL; }
+
+void lorac_pack_weight(float *P, const float *w, int64_t N, int64_t K) {
+    int64_t groups = (N + 15) / 16;
+    int nt = lorac_kernels_threads_for(groups * 16 * K, groups);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t g = 0; g < groups; g++) {
+        float *dst = P + g * K * 16;
+        for (int64_t k = 0; k < K; k++)
+            for (int64_t j = 0; j < 16; j++) dst[k * 16 + j] = 16 * g + j < N ? w[(16 * g + j) * K + k] : 0.0f;
+    }
 }
 
 void lorac_lora_expand_forward(float *y, const float *u, const float *b, float s, int64_t T, int64_t N, int64_t R) {

@@ -495,6 +495,26 @@ LORAC_ALWAYS_INLINE void pack_panel_t(const lorac_dtype_t bt, float *buf, const 
         }
 }
 
+/* The dx product's panel (columns [k, k+kw) of w, its rows l0..l0+n-1)
+ * from w pre-packed (P, lorac_pack_weight: P[g][k][j] = w[16g + j][k],
+ * K columns): each 16 rows of the panel are one contiguous 16 x 16 block
+ * of P, transposed in registers. l0 is a multiple of 16; columns past kw
+ * are zeros. The values of pack_panel, so the same bits. */
+LORAC_ALWAYS_INLINE void pack_panel_from_packed(float *buf, const float *P, int64_t K, int64_t k, int64_t kw,
+                                                int64_t l0, int64_t n) {
+    for (int64_t lb = 0; lb < n; lb += 16) {
+        const float *block = P + ((l0 + lb) / 16 * K + k) * 16; /* row j: w[l0 + lb .. +15][k + j] */
+        for (int jb = 0; jb < 16; jb += 8)
+            for (int cb = 0; cb < 16; cb += 8) {
+                __m256 r[8];
+                for (int i = 0; i < 8; i++)
+                    r[i] = jb + i < kw ? _mm256_loadu_ps(block + (jb + i) * 16 + cb) : _mm256_setzero_ps();
+                transpose8(r); /* r[c]: w[l0 + lb + cb + c][k + jb .. +7] */
+                for (int c = 0; c < 8 && lb + cb + c < n; c++) _mm256_storeu_ps(buf + (lb + cb + c) * PW + jb, r[c]);
+            }
+    }
+}
+
 /* acc_panel instantiated once per b form (packed f32, in-place f32,
  * in-place 16-bit), not inlined into each acc_block instance. */
 LORAC_NOINLINE void panel_packed(float *c, const float *a, int64_t a_rs, int64_t a_cs, const float *pa,
@@ -522,9 +542,10 @@ LORAC_NOINLINE void panel_inplace(lorac_dtype_t bt, float *c, const float *a, in
 LORAC_ALWAYS_INLINE void acc_block(const lorac_dtype_t bt, const int b_t, const int set, float *c, const float *a,
                                    int64_t a_rs, int64_t a_cs, const void *b, int64_t L, int64_t K, int64_t m0,
                                    int64_t m1, int64_t k0, int64_t k1, float *pa, float *buf, int64_t lchunk,
-                                   int64_t mblock, const float *ta, const float *tb, int64_t tr, float *tbuf) {
+                                   int64_t mblock, const float *ta, const float *tb, int64_t tr, float *tbuf,
+                                   const float *P) {
     /* b's rows a page or more apart: its panels packed PACK_GROUP at a time */
-    const int far_rows = !b_t && K * (int64_t)lorac_dtype_size(bt) >= 4096;
+    const int far_rows = !P && !b_t && K * (int64_t)lorac_dtype_size(bt) >= 4096;
     const int64_t group = far_rows ? PACK_GROUP : 1;
     for (int64_t mb = m0; mb < m1; mb += mblock) {
         int64_t me = mb + mblock < m1 ? mb + mblock : m1;
@@ -532,7 +553,7 @@ LORAC_ALWAYS_INLINE void acc_block(const lorac_dtype_t bt, const int b_t, const 
          * tile and a few rows (a LoRA A's gradient, rank rows) pay for the
          * packing: in place, each tile reads b's rows again, one page each
          */
-        int packed = b_t || me - mb >= 2 * AM || (far_rows && me - mb > AM);
+        int packed = P || b_t || me - mb >= 2 * AM || (far_rows && me - mb > AM);
         for (int64_t l = 0; l < L; l += lchunk) {
             int64_t n = L - l < lchunk ? L - l : lchunk;
             const float *al = a + mb * a_rs + l * a_cs;
@@ -540,7 +561,7 @@ LORAC_ALWAYS_INLINE void acc_block(const lorac_dtype_t bt, const int b_t, const 
             int last = l + n == L && tr > 0;
             for (int64_t kg = k0; kg < k1; kg += PW * group) {
                 int64_t gw = k1 - kg < PW * group ? k1 - kg : PW * group;
-                if (packed && !b_t) pack_panels(bt, buf, lchunk * PW, b, K, kg, gw, l, n);
+                if (packed && !b_t && !P) pack_panels(bt, buf, lchunk * PW, b, K, kg, gw, l, n);
                 for (int64_t k = kg; k < kg + gw; k += PW) {
                     int64_t kw = kg + gw - k < PW ? kg + gw - k : PW;
                     tail_t tail = {ta, tbuf, tr}, *tl = NULL;
@@ -550,8 +571,10 @@ LORAC_ALWAYS_INLINE void acc_block(const lorac_dtype_t bt, const int b_t, const 
                         tl = &tail;
                     }
                     if (packed) {
-                        float *panel = buf + (b_t ? 0 : (k - kg) / PW * lchunk * PW);
-                        if (b_t) pack_panel_t(bt, panel, b, L, k, kw, l, n);
+                        const float *panel = buf + (b_t || P ? 0 : (k - kg) / PW * lchunk * PW);
+                        if (P && b_t) panel = P + (k * L + l * PW); /* in place: k is a multiple of 16 */
+                        else if (P) pack_panel_from_packed(buf, P, K, k, kw, l, n);
+                        else if (b_t) pack_panel_t(bt, buf, b, L, k, kw, l, n);
                         panel_packed(c, al, a_rs, a_cs, pa, panel, K, mb, me, k, kw, n, set && l == 0, tl);
                     } else {
                         panel_inplace(bt, c, al, a_rs, a_cs, pa, b, l * K + k, K, mb, me, k, kw, n, set && l == 0, tl);
@@ -567,7 +590,8 @@ LORAC_ALWAYS_INLINE void acc_block(const lorac_dtype_t bt, const int b_t, const 
  * (MBLOCK x LCHUNK floats) come from the heap. */
 LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, const int set, float *c, const float *a, int64_t a_rs,
                                    int64_t a_cs, const void *b, lorac_dtype_t bt, int64_t L, int64_t K, int64_t m0,
-                                   int64_t m1, int64_t k0, int64_t k1, const float *ta, const float *tb, int64_t tr) {
+                                   int64_t m1, int64_t k0, int64_t k1, const float *ta, const float *tb, int64_t tr,
+                                   const float *P) {
     /* Packing a pays when it is stored transposed and at least two column
      * panels reuse it; when its rows lie a multiple of 2 KB apart (rows of
      * 2048 or 5632 floats at the 110M and 1.1B shapes) and many panels
@@ -592,7 +616,7 @@ LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, const int set, float *c, const
     /* L in equal chunks of at most LCHUNK (a multiple of 8): 288 as one
      * chunk rather than 256 + 32, whose second pass over c does little */
     int64_t nchunks = (L + LCHUNK - 1) / LCHUNK, lchunk = nchunks > 0 ? (L + nchunks - 1) / nchunks : LCHUNK;
-    lchunk = (lchunk + 7) / 8 * 8;
+    lchunk = P ? (lchunk + 15) / 16 * 16 : (lchunk + 7) / 8 * 8; /* from P: chunks of whole 16-row blocks */
     _Alignas(32) float small[SMALL_LCHUNK * PW * PACK_GROUP];
     if (!buf || (pack && !pa)) { /* out of memory: short chunks, a in place; the same bits, only slower */
         free(pa), pa = NULL;
@@ -600,11 +624,11 @@ LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, const int set, float *c, const
     }
     _Alignas(32) float tbuf[LORAC_TAIL_MAX * PW];
     if (bt == LORAC_DTYPE_F32)
-        acc_block(LORAC_DTYPE_F32, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk, rows, ta, tb, tr, tbuf);
+        acc_block(LORAC_DTYPE_F32, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk, rows, ta, tb, tr, tbuf, P);
     else if (bt == LORAC_DTYPE_BF16)
-        acc_block(LORAC_DTYPE_BF16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk, rows, ta, tb, tr, tbuf);
+        acc_block(LORAC_DTYPE_BF16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk, rows, ta, tb, tr, tbuf, P);
     else
-        acc_block(LORAC_DTYPE_F16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk, rows, ta, tb, tr, tbuf);
+        acc_block(LORAC_DTYPE_F16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk, rows, ta, tb, tr, tbuf, P);
     free(pa);
     free(heap);
 }
@@ -613,28 +637,28 @@ static void avx2_matmul_acc(float *c, const float *a, int64_t a_rs, int64_t a_cs
                             lorac_dtype_t bt, int64_t M, int64_t L, int64_t K, int64_t m0,
                             int64_t m1, int64_t k0, int64_t k1) {
     (void)M;
-    acc_dtype(0, 0, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, NULL, NULL, 0);
+    acc_dtype(0, 0, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, NULL, NULL, 0, NULL);
 }
 
 static void avx2_matmul_acc_bt(float *c, const float *a, int64_t a_rs, int64_t a_cs, const void *b,
                                lorac_dtype_t bt, int64_t M, int64_t L, int64_t K, int64_t m0,
                                int64_t m1, int64_t k0, int64_t k1) {
     (void)M;
-    acc_dtype(1, 0, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, NULL, NULL, 0);
+    acc_dtype(1, 0, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, NULL, NULL, 0, NULL);
 }
 
 static void avx2_matmul_set_bt(float *c, const float *a, int64_t a_rs, int64_t a_cs, const void *b,
                                lorac_dtype_t bt, int64_t M, int64_t L, int64_t K, int64_t m0,
                                int64_t m1, int64_t k0, int64_t k1) {
     (void)M;
-    acc_dtype(1, 1, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, NULL, NULL, 0);
+    acc_dtype(1, 1, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, NULL, NULL, 0, NULL);
 }
 
 static void avx2_matmul_set(float *c, const float *a, int64_t a_rs, int64_t a_cs, const void *b,
                             lorac_dtype_t bt, int64_t M, int64_t L, int64_t K, int64_t m0,
                             int64_t m1, int64_t k0, int64_t k1) {
     (void)M;
-    acc_dtype(0, 1, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, NULL, NULL, 0);
+    acc_dtype(0, 1, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, NULL, NULL, 0, NULL);
 }
 
 static void avx2_matmul_tail(float *c, const float *a, int64_t a_rs, int64_t a_cs, const void *b, lorac_dtype_t bt,
@@ -644,10 +668,26 @@ static void avx2_matmul_tail(float *c, const float *a, int64_t a_rs, int64_t a_c
     LORAC_ASSERT(tr >= 0 && tr <= LORAC_TAIL_MAX);
     /* without a main sum the tail is the whole product: the same chains */
     if (L == 0) a = ta, a_rs = tr, a_cs = 1, b = tb, bt = LORAC_DTYPE_F32, L = tr, tr = 0;
-    if (b_t && set) acc_dtype(1, 1, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, ta, tb, tr);
-    else if (b_t) acc_dtype(1, 0, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, ta, tb, tr);
-    else if (set) acc_dtype(0, 1, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, ta, tb, tr);
-    else acc_dtype(0, 0, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, ta, tb, tr);
+    if (b_t && set) acc_dtype(1, 1, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, ta, tb, tr, NULL);
+    else if (b_t) acc_dtype(1, 0, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, ta, tb, tr, NULL);
+    else if (set) acc_dtype(0, 1, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, ta, tb, tr, NULL);
+    else acc_dtype(0, 0, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, ta, tb, tr, NULL);
+}
+
+/* matmul_tail with b a pre-packed f32 weight (see lorac_pack_weight). */
+static void avx2_matmul_packed(float *c, const float *a, int64_t a_rs, const float *P, int64_t M, int64_t L, int64_t K,
+                               int64_t m0, int64_t m1, int64_t k0, int64_t k1, int b_t, int set, const float *ta,
+                               const float *tb, int64_t tr) {
+    (void)M;
+    LORAC_ASSERT(tr >= 0 && tr <= LORAC_TAIL_MAX && (!b_t || k0 % PW == 0));
+    if (L == 0) { /* no main sum: the tail alone, as matmul_tail */
+        avx2_matmul_tail(c, a, a_rs, 1, P, LORAC_DTYPE_F32, M, L, K, m0, m1, k0, k1, b_t, set, ta, tb, tr);
+        return;
+    }
+    if (b_t && set) acc_dtype(1, 1, c, a, a_rs, 1, NULL, LORAC_DTYPE_F32, L, K, m0, m1, k0, k1, ta, tb, tr, P);
+    else if (b_t) acc_dtype(1, 0, c, a, a_rs, 1, NULL, LORAC_DTYPE_F32, L, K, m0, m1, k0, k1, ta, tb, tr, P);
+    else if (set) acc_dtype(0, 1, c, a, a_rs, 1, NULL, LORAC_DTYPE_F32, L, K, m0, m1, k0, k1, ta, tb, tr, P);
+    else acc_dtype(0, 0, c, a, a_rs, 1, NULL, LORAC_DTYPE_F32, L, K, m0, m1, k0, k1, ta, tb, tr, P);
 }
 
 static void avx2_convert(float *dst, const void *src, lorac_dtype_t dt, int64_t n) {
@@ -715,11 +755,11 @@ static double avx2_exp_sum(float *x, float shift, int64_t n) {
 
 const lorac_kernel_ops_t lorac_kernel_ops_avx2 = {
     "avx2", avx2_matmul_fwd, avx2_matmul_acc, avx2_matmul_acc_bt, avx2_matmul_set_bt, avx2_matmul_set, avx2_matmul_tail,
-    avx2_convert, avx2_exp_sum,
+    avx2_matmul_packed, avx2_convert, avx2_exp_sum,
     1,  /* decode pieces a thread: its four streams are longest in one piece */
     PW, /* split by whole panels: a 288-wide output is 9 + 9 */
 };
 
 #else /* compiled without AVX2/FMA/F16C flags: the dispatcher skips this path */
-const lorac_kernel_ops_t lorac_kernel_ops_avx2 = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0};
+const lorac_kernel_ops_t lorac_kernel_ops_avx2 = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0};
 #endif

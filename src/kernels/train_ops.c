@@ -357,14 +357,15 @@ void lorac_crossentropy_online_block(float *z, int64_t n, int64_t vb, int64_t v0
 }
 
 LORAC_MULTIVERSION
-void lorac_crossentropy_classifier(const float *x, const void *w, lorac_dtype_t wt, int64_t n, int64_t D, int64_t V,
-                                   int64_t cols, const int32_t *targets, float *logits, float *row_max,
-                                   double *others_sum, float *target_logit, float *acc) {
+void lorac_crossentropy_classifier(const float *x, const void *w, lorac_dtype_t wt, const float *packed, int64_t n,
+                                   int64_t D, int64_t V, int64_t cols, const int32_t *targets, float *logits,
+                                   float *row_max, double *others_sum, float *target_logit, float *acc) {
     const lorac_kernel_ops_t *ops = lorac_kernels_ops();
     size_t es = lorac_dtype_size(wt);
     int nt = lorac_kernels_get_threads();
     int64_t per = (n + nt - 1) / nt;
     per = (per + 5) / 6 * 6; /* whole 6-row tiles */
+    int use_packed = packed && ops->matmul_packed && ops->matmul_set_bt && cols % 16 == 0;
     #pragma omp parallel num_threads(nt)
     {
         int64_t r0 = (int64_t)omp_get_thread_num() * per;
@@ -377,11 +378,15 @@ void lorac_crossentropy_classifier(const float *x, const void *w, lorac_dtype_t 
         for (int64_t v0 = 0; v0 < V && m > 0; v0 += cols) {
             int64_t vb = V - v0 < cols ? V - v0 : cols;
             const void *wb = (const char *)w + (size_t)(v0 * D) * es;
-            if (ops->matmul_set_bt) ops->matmul_set_bt(z, x + r0 * D, D, 1, wb, wt, m, D, vb, 0, m, 0, vb);
+            /* the block's rows of the repacked classifier: v0 is a multiple of 16 */
+            const float *pb = use_packed ? packed + v0 * D : NULL;
+            if (pb) ops->matmul_packed(z, x + r0 * D, D, pb, m, D, vb, 0, m, 0, vb, 1, 1, NULL, NULL, 0);
+            else if (ops->matmul_set_bt) ops->matmul_set_bt(z, x + r0 * D, D, 1, wb, wt, m, D, vb, 0, m, 0, vb);
             else ops->matmul_fwd(z, x + r0 * D, wb, wt, NULL, m, D, vb, 0, vb);
             for (int64_t t = r0; t < r1; t++)
                 online_row(ops, z + (t - r0) * vb, t, vb, v0, targets, row_max, others_sum, target_logit, acc, D);
-            if (acc) ops->matmul_acc(acc + r0 * D, z, vb, 1, wb, wt, m, vb, D, 0, m, 0, D);
+            if (acc && pb) ops->matmul_packed(acc + r0 * D, z, vb, pb, m, vb, D, 0, m, 0, D, 0, 0, NULL, NULL, 0);
+            else if (acc) ops->matmul_acc(acc + r0 * D, z, vb, 1, wb, wt, m, vb, D, 0, m, 0, D);
         }
     }
 }

@@ -13,6 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "lora/lora_internal.h"
 #include "lorac/kernels.h"
@@ -54,6 +57,7 @@ typedef struct {
     float *dw, *db;               /* full fine-tuning */
     const lorac_lora_module_t *lora;
     float *dA, *dB;               /* LoRA */
+    const float *packed;          /* w repacked (lorac_pack_weight), or NULL */
     int32_t in, out;
 } linear_t;
 
@@ -83,6 +87,8 @@ struct lorac_train_pass {
     int64_t N;
     train_layer_t *layers;
     lorac_wref_t embed, final_norm, lm_head;
+    const float *lm_head_packed;  /* the frozen classifier repacked, or NULL */
+    float *packed_arena;          /* the frozen weights repacked (setup_packed) */
     float *d_embed, *d_final_norm, *d_lm_head; /* full only; d_lm_head == d_embed when tied */
     layer_acts_t *acts;
     float *x_final, *rstd_f, *xn_f;
@@ -116,6 +122,23 @@ typedef struct {
     uint8_t *base;
     size_t used;
 } arena_t;
+
+/* The activations on 2 MB pages where the kernel gives them (Linux, THP
+ * on request): the products walk their rows a few KB apart, a page each
+ * on 4 KB pages. Freed with free(). */
+static void *alloc_huge(size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    const size_t huge = (size_t)2 << 20;
+    if (bytes >= huge) {
+        void *p = NULL;
+        size_t rounded = (bytes + huge - 1) / huge * huge;
+        if (posix_memalign(&p, huge, rounded) != 0) return NULL;
+        madvise(p, rounded, MADV_HUGEPAGE); /* advice: without it, 4 KB pages */
+        return p;
+    }
+#endif
+    return malloc(bytes);
+}
 
 static void *carve(arena_t *a, size_t bytes) {
     size_t off = (a->used + 63) & ~(size_t)63; /* cache-line aligned */
@@ -186,6 +209,47 @@ static void base_layer(const lorac_model_t *m, int32_t l, train_layer_t *L) {
         L->proj[t].bias = b[t];
         lorac_lora_target_dims(&m->config, (lorac_lora_target_t)t, &L->proj[t].in, &L->proj[t].out);
     }
+}
+
+/* With LoRA, the frozen f32 weights of the adapted layers' products and
+ * the classifier are repacked once for the kernels (lorac_pack_weight), so
+ * that no product gathers its panels from the weight's rows again, and
+ * the mapped file's pages of each are handed back (lorac_model_release_weight):
+ * memory stays at one copy. The tied classifier is also the embedding,
+ * whose rows are read every step, so its pages stay. */
+static lorac_status_t setup_packed(lorac_train_pass_t *p) {
+    const lorac_model_config_t *c = &p->model->config;
+    if (!lorac_kernels_have_packed()) return LORAC_STATUS_OK;
+    int64_t total = 0;
+    for (int32_t l = 0; l < c->n_layers; l++)
+        for (int t = 0; t < LORAC_LORA_COUNT; t++) {
+            const linear_t *q = &p->layers[l].proj[t];
+            if (q->w.dtype == LORAC_DTYPE_F32) total += lorac_packed_weight_floats(q->out, q->in);
+        }
+    int pack_head = p->lm_head.dtype == LORAC_DTYPE_F32;
+    if (pack_head) total += lorac_packed_weight_floats(c->vocab_size, c->hidden_size);
+    if (total == 0) return LORAC_STATUS_OK;
+    float *P = alloc_huge(sizeof(float) * (size_t)total);
+    if (!P) return lorac_error(LORAC_STATUS_NOMEM, "out of memory for the repacked weights (%.1f MB)",
+                               (double)total * sizeof(float) / 1e6);
+    p->packed_arena = P;
+    for (int32_t l = 0; l < c->n_layers; l++)
+        for (int t = 0; t < LORAC_LORA_COUNT; t++) {
+            linear_t *q = &p->layers[l].proj[t];
+            if (q->w.dtype != LORAC_DTYPE_F32) continue;
+            lorac_pack_weight(P, q->w.data, q->out, q->in);
+            lorac_model_release_weight(p->model, q->w.data, sizeof(float) * (size_t)q->out * (size_t)q->in);
+            q->packed = P;
+            P += lorac_packed_weight_floats(q->out, q->in);
+        }
+    if (pack_head) {
+        lorac_pack_weight(P, p->lm_head.data, c->vocab_size, c->hidden_size);
+        if (!c->tie_word_embeddings)
+            lorac_model_release_weight(p->model, p->lm_head.data,
+                                       sizeof(float) * (size_t)c->vocab_size * (size_t)c->hidden_size);
+        p->lm_head_packed = P;
+    }
+    return LORAC_STATUS_OK;
 }
 
 /* Full fine-tuning: f32 master copies of every weight, with gradients. */
@@ -294,10 +358,11 @@ lorac_status_t lorac_train_pass_init(const lorac_model_t *model, lorac_adapter_t
     p->final_norm = model->final_norm;
     p->lm_head = model->lm_head;
     if ((s = adapter ? setup_lora(p) : setup_full(p))) goto fail;
+    if (adapter && (s = setup_packed(p))) goto fail;
 
     arena_t a = {NULL, 0};
     plan_activations(p, &a);
-    a.base = malloc(a.used);
+    a.base = alloc_huge(a.used);
     if (!a.base) {
         s = lorac_error(LORAC_STATUS_NOMEM, "out of memory for activations (%.1f MB for batch %d x %d)",
                         (double)a.used / 1e6, p->B, p->T);
@@ -320,7 +385,7 @@ fail:
 void lorac_train_pass_free(lorac_train_pass_t *p) {
     if (!p) return;
     free(p->layers); free(p->acts); free(p->arena); free(p->full_arena); free(p->grad_arena);
-    free(p->att_scratch); free(p->params);
+    free(p->att_scratch); free(p->params); free(p->packed_arena);
     free(p);
 }
 
@@ -372,7 +437,8 @@ static void lap(lorac_train_pass_t *p, lorac_train_phase_t phase) { lap_product(
 static void linear_forward(lorac_train_pass_t *p, const linear_t *q, float *out, const float *x, layer_acts_t *s,
                            int t, int64_t N, float dropout, lorac_rng_t *rng) {
     if (!q->lora) {
-        lorac_matmul_forward_batch(out, x, q->w.data, q->w.dtype, q->bias, N, q->in, q->out);
+        lorac_matmul_forward_train(out, x, q->w.data, q->w.dtype, q->packed, q->bias, N, q->in, q->out, NULL, NULL,
+                                   0.0f, 0);
         lap_product(p, LORAC_PHASE_BASE_FORWARD, N, q->in, q->out);
         return;
     }
@@ -393,8 +459,8 @@ static void linear_forward(lorac_train_pass_t *p, const linear_t *q, float *out,
      * to each output before it is stored (the bits of the two after) */
     lorac_lora_shrink(s->u[t], xl, q->lora, N);
     lap(p, LORAC_PHASE_LORA);
-    lorac_matmul_forward_batch_lora(out, x, q->w.data, q->w.dtype, q->bias, N, q->in, q->out, s->u[t], q->lora->B,
-                                    q->lora->scale, q->lora->r);
+    lorac_matmul_forward_train(out, x, q->w.data, q->w.dtype, q->packed, q->bias, N, q->in, q->out, s->u[t],
+                               q->lora->B, q->lora->scale, q->lora->r);
     lap_product(p, LORAC_PHASE_BASE_FORWARD, N, q->in, q->out);
 }
 
@@ -411,8 +477,8 @@ static void linear_backward(lorac_train_pass_t *p, const linear_t *q, float *dx,
          * (the bits of the two after) */
         lorac_lora_backward(NULL, q->dA, q->dB, p->du, dout, x, s->u[t], q->lora, N);
         lap(p, LORAC_PHASE_LORA);
-        lorac_matmul_backward_input_lora(dx, set_dx, dout, q->w.data, q->w.dtype, N, q->in, q->out, p->du, q->lora->A,
-                                         q->lora->r);
+        lorac_matmul_backward_input_train(dx, set_dx, dout, q->w.data, q->w.dtype, q->packed, N, q->in, q->out, p->du,
+                                          q->lora->A, q->lora->r);
         lap_product(p, LORAC_PHASE_BASE_DX, N, q->in, q->out);
         if (q->dw) {
             lorac_matmul_backward_weight(q->dw, q->db, dout, x, N, q->in, q->out);
@@ -421,8 +487,8 @@ static void linear_backward(lorac_train_pass_t *p, const linear_t *q, float *dx,
         return;
     }
     if (dx) {
-        if (set_dx) lorac_matmul_backward_input_set(dx, dout, q->w.data, q->w.dtype, N, q->in, q->out);
-        else lorac_matmul_backward_input(dx, dout, q->w.data, q->w.dtype, N, q->in, q->out);
+        lorac_matmul_backward_input_train(dx, set_dx, dout, q->w.data, q->w.dtype, q->packed, N, q->in, q->out, NULL,
+                                          NULL, 0);
         lap_product(p, LORAC_PHASE_BASE_DX, N, q->in, q->out);
     }
     if (q->dw) {
@@ -540,17 +606,21 @@ static void loss_chunk_online(lorac_train_pass_t *p, int64_t n, bool grads, floa
     for (int64_t t = 0; t < n; t++) p->chunk_max[t] = -INFINITY, p->chunk_others[t] = 0.0;
     if (grads) memset(p->chunk_dx, 0, sizeof(float) * (size_t)(n * D));
     lap(p, LORAC_PHASE_ELEMENTWISE);
-    lorac_crossentropy_classifier(p->chunk_x, p->lm_head.data, p->lm_head.dtype, n, D, V, cols, p->chunk_targets,
-                                  p->chunk_logits, p->chunk_max, p->chunk_others, p->chunk_target_logit,
-                                  grads ? p->chunk_dx : NULL);
+    lorac_crossentropy_classifier(p->chunk_x, p->lm_head.data, p->lm_head.dtype, p->lm_head_packed, n, D, V, cols,
+                                  p->chunk_targets, p->chunk_logits, p->chunk_max, p->chunk_others,
+                                  p->chunk_target_logit, grads ? p->chunk_dx : NULL);
     for (int64_t t = 0; t < n; t++) {
         double mx = p->chunk_max[t], target = p->chunk_target_logit[t], others = p->chunk_others[t];
         double sum = others + exp(target - mx);
         p->chunk_losses[t] = (float)(mx + log(sum) - target);
         if (!grads) continue;
         /* dLoss/dx = Σ_v p_v·W_v − W_target = acc/S − (1 − p_target)·W_target */
-        lorac_convert_to_f32(p->chunk_wrow, (const char *)p->lm_head.data + (size_t)(p->chunk_targets[t] * D) * es,
-                             p->lm_head.dtype, D);
+        int64_t row = p->chunk_targets[t];
+        if (p->lm_head_packed) /* the row from the repacked copy (the mapped one was handed back) */
+            for (int64_t i = 0; i < D; i++) p->chunk_wrow[i] = p->lm_head_packed[(row / 16 * D + i) * 16 + row % 16];
+        else
+            lorac_convert_to_f32(p->chunk_wrow, (const char *)p->lm_head.data + (size_t)(row * D) * es, p->lm_head.dtype,
+                                 D);
         float g = (float)(scale / sum), g_target = (float)(scale * others / sum);
         float *dx = p->chunk_dx + t * D;
         for (int64_t i = 0; i < D; i++) dx[i] = dx[i] * g - g_target * p->chunk_wrow[i];

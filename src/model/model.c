@@ -58,7 +58,12 @@ static lorac_status_t find_tensor_fill(lorac_model_t *m, lorac_tensor_kind_t kin
      * shape, F32 and BF16), so such a tensor gets an aligned copy. The copy
      * is only allocated here; fill_aligned_copies fills it once every
      * tensor is known. */
-    if ((uintptr_t)tv->data % LORAC_WEIGHT_ALIGN != 0) {
+    /* a model loaded for training leaves the projections' and the
+     * classifier's f32 weights in the file, where the kernels repack them */
+    int repacked = m->for_training && tv->dtype == LORAC_DTYPE_F32 && kind != LORAC_TENSOR_EMBED &&
+                   kind != LORAC_TENSOR_ATTN_NORM && kind != LORAC_TENSOR_FFN_NORM && kind != LORAC_TENSOR_FINAL_NORM &&
+                   lorac_kernels_have_packed();
+    if ((uintptr_t)tv->data % LORAC_WEIGHT_ALIGN != 0 && !repacked) {
         aligned_copy_t *list = realloc(m->aligned_copies, sizeof *list * (size_t)(m->n_aligned_copies + 1));
         size_t padded = ((size_t)tv->nbytes + LORAC_WEIGHT_ALIGN - 1) / LORAC_WEIGHT_ALIGN * LORAC_WEIGHT_ALIGN;
         void *copy = aligned_alloc(LORAC_WEIGHT_ALIGN, padded > 0 ? padded : LORAC_WEIGHT_ALIGN);
@@ -80,6 +85,12 @@ static lorac_status_t find_tensor_fill(lorac_model_t *m, lorac_tensor_kind_t kin
 static lorac_status_t find_tensor(lorac_model_t *m, lorac_tensor_kind_t kind, int32_t layer, int required,
                                   lorac_wref_t *out) {
     return find_tensor_fill(m, kind, layer, required, 0, out);
+}
+
+void lorac_model_release_weight(const lorac_model_t *m, const void *data, size_t nbytes) {
+    for (int32_t i = 0; i < m->n_aligned_copies; i++)
+        if (m->aligned_copies[i].dst == data) return; /* heap memory: handing it back would zero it */
+    lorac_file_release(data, nbytes);
 }
 
 /* Bytes of a tensor copied by one task of fill_aligned_copies. */
@@ -243,10 +254,17 @@ static lorac_status_t collect_eos_ids(lorac_model_t *m, const char *dir) {
     return LORAC_STATUS_OK;
 }
 
-lorac_status_t lorac_model_load(const char *dir, lorac_model_t **out) {
+static lorac_status_t model_load(const char *dir, int for_training, lorac_model_t **out);
+
+lorac_status_t lorac_model_load(const char *dir, lorac_model_t **out) { return model_load(dir, 0, out); }
+
+lorac_status_t lorac_model_load_for_training(const char *dir, lorac_model_t **out) { return model_load(dir, 1, out); }
+
+static lorac_status_t model_load(const char *dir, int for_training, lorac_model_t **out) {
     *out = NULL;
     lorac_model_t *m = calloc(1, sizeof *m);
     if (!m) return lorac_error(LORAC_STATUS_NOMEM, "out of memory");
+    m->for_training = for_training;
     lorac_status_t s = LORAC_STATUS_OK;
     char *cfg_path = NULL, *cfg_text = NULL, *tok_path = NULL;
     size_t cfg_len = 0;

@@ -68,7 +68,14 @@ struct lorac_model {
     float *inv_freq;                      /* head_dim / 2 rotary frequencies */
     aligned_copy_t *aligned_copies;       /* tensors not LORAC_WEIGHT_ALIGN-aligned in the file, copied */
     int32_t n_aligned_copies;
+    int for_training;                     /* lorac_model_load_for_training */
     int64_t n_params;
 };
+
+/* Hands back the mapped file's pages under a weight's data (nbytes from
+ * data) when that data lies in the mapping, not in one of the model's
+ * aligned copies: the process's memory drops, and the pages come back
+ * from the file if read again. For a caller that keeps its own copy. */
+void lorac_model_release_weight(const lorac_model_t *m, const void *data, size_t nbytes);
 
 #endif

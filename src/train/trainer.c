@@ -284,7 +284,8 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
         return lorac_error(LORAC_STATUS_INVALID_ARG, "%s has no tokenizer.json: only --format tokens can train without one",
                            p->model_dir);
 
-    if ((s = lorac_model_load(p->model_dir, &model))) goto done;
+    if ((s = p->full ? lorac_model_load(p->model_dir, &model) : lorac_model_load_for_training(p->model_dir, &model)))
+        goto done;
     const lorac_model_config_t *cfg = lorac_model_get_config(model);
     const lorac_tokenizer_t *tk = lorac_model_get_tokenizer(model);
     lorac_dataset_params_t dp = lorac_dataset_default_params();
