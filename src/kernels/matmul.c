@@ -342,40 +342,22 @@ static void acc_parallel(lorac_matmul_acc_fn fn, float *c, const float *a, int64
     }
 }
 
-/* acc_parallel for the fused form (matmul_tail): c (=/+=) a·b + ta·tb,
- * the tail of tr values after each element's main sum of L. */
+/* acc_parallel for training's fused form: c (=/+=) a·b + ta·tb, the tail
+ * of tr values after each element's main sum of L (matmul_tail), with b
+ * the weight repacked when P is given (matmul_packed; the split's column
+ * blocks are whole 16-wide panels, as the forward on P needs). */
 static void tail_parallel(const lorac_kernel_ops_t *ops, float *c, const float *a, int64_t a_rs, const void *b,
-                          lorac_dtype_t bt, int64_t M, int64_t L, int64_t C, int b_t, int set, const float *ta,
-                          const float *tb, int64_t tr) {
+                          lorac_dtype_t bt, const float *P, int64_t M, int64_t L, int64_t C, int b_t, int set,
+                          const float *ta, const float *tb, int64_t tr) {
     int nt = lorac_kernels_threads_for(M * (L + tr) * C, (M + 3) / 4 * ((C + 63) / 64));
-    if (nt <= 1) {
-        ops->matmul_tail(c, a, a_rs, 1, b, bt, M, L, C, 0, M, 0, C, b_t, set, ta, tb, tr);
-        return;
-    }
-    block_split_t sp = split_panels(M, C, nt, ops->split_cols);
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int i = 0; i < nt; i++) {
+    block_split_t sp = split_panels(M, C, nt > 1 ? nt : 1, ops->split_cols);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int i = 0; i < (nt > 1 ? nt : 1); i++) {
         int64_t r0, r1, c0, c1;
         split_block(&sp, i, &r0, &r1, &c0, &c1);
-        if (r0 < r1 && c0 < c1) ops->matmul_tail(c, a, a_rs, 1, b, bt, M, L, C, r0, r1, c0, c1, b_t, set, ta, tb, tr);
-    }
-}
-
-/* tail_parallel on a pre-packed weight (matmul_packed). */
-static void packed_parallel(const lorac_kernel_ops_t *ops, float *c, const float *a, int64_t a_rs, const float *P,
-                            int64_t M, int64_t L, int64_t C, int b_t, int set, const float *ta, const float *tb,
-                            int64_t tr) {
-    int nt = lorac_kernels_threads_for(M * (L + tr) * C, (M + 3) / 4 * ((C + 63) / 64));
-    if (nt <= 1) {
-        ops->matmul_packed(c, a, a_rs, P, M, L, C, 0, M, 0, C, b_t, set, ta, tb, tr);
-        return;
-    }
-    block_split_t sp = split_panels(M, C, nt, ops->split_cols); /* column blocks of whole 16-wide panels */
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int i = 0; i < nt; i++) {
-        int64_t r0, r1, c0, c1;
-        split_block(&sp, i, &r0, &r1, &c0, &c1);
-        if (r0 < r1 && c0 < c1) ops->matmul_packed(c, a, a_rs, P, M, L, C, r0, r1, c0, c1, b_t, set, ta, tb, tr);
+        if (r0 >= r1 || c0 >= c1) continue;
+        if (P) ops->matmul_packed(c, a, a_rs, P, M, L, C, r0, r1, c0, c1, b_t, set, ta, tb, tr);
+        else ops->matmul_tail(c, a, a_rs, 1, b, bt, M, L, C, r0, r1, c0, c1, b_t, set, ta, tb, tr);
     }
 }
 
@@ -490,7 +472,7 @@ void lorac_convert_to_f32(float *dst, const void *src, lorac_dtype_t dtype, int6
     }
 }
 
-/* ---- LoRA expand for training --------------------------------------------- */
+/* ---- training's products: LoRA terms fused in, repacked weights, expand ---- */
 
 void lorac_matmul_forward_train(float *out, const float *x, const void *w, lorac_dtype_t wtype, const float *packed,
                                 const float *bias, int64_t T, int64_t K, int64_t N, const float *u, const float *b,
@@ -514,8 +496,7 @@ void lorac_matmul_forward_train(float *out, const float *x, const void *w, lorac
     if (bias)
         for (int64_t t = 0; t < T; t++) memcpy(out + t * N, bias, sizeof(float) * (size_t)N);
     int set = bias == NULL;
-    if (use_packed) packed_parallel(ops, out, x, K, packed, T, K, N, 1, set, su, b, su ? R : 0);
-    else tail_parallel(ops, out, x, K, w, wtype, T, K, N, 1, set, su, b, R);
+    tail_parallel(ops, out, x, K, w, wtype, use_packed ? packed : NULL, T, K, N, 1, set, su, b, su ? R : 0);
     if (!su && R > 0) lorac_lora_expand_forward(out, u, b, s, T, N, R);
     free(su);
 }
@@ -529,9 +510,9 @@ void lorac_matmul_backward_input_train(float *dx, int set, const float *dout, co
     const lorac_kernel_ops_t *ops = lorac_kernels_ops();
     int tail = ops->matmul_tail && R > 0 && R <= LORAC_TAIL_MAX;
     if (packed && ops->matmul_packed && N > 0) {
-        packed_parallel(ops, dx, dout, N, packed, T, N, K, 0, set, tail ? du : NULL, a, tail ? R : 0);
+        tail_parallel(ops, dx, dout, N, w, wtype, packed, T, N, K, 0, set, tail ? du : NULL, a, tail ? R : 0);
     } else if (tail) {
-        tail_parallel(ops, dx, dout, N, w, wtype, T, N, K, 0, set, du, a, R);
+        tail_parallel(ops, dx, dout, N, w, wtype, NULL, T, N, K, 0, set, du, a, R);
         return;
     } else {
         if (set) lorac_matmul_backward_input_set(dx, dout, w, wtype, T, K, N);
