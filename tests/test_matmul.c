@@ -348,6 +348,12 @@ static void test_fused_lora(const char *isa) {
                         if (dt == LORAC_DTYPE_F32 && (ti + ni) % 2 == 0) {
                             P = xmalloc((size_t)lorac_packed_weight_floats(N, K) * sizeof(float));
                             lorac_pack_weight(P, wx, N, K);
+                            float *row = xmalloc((size_t)K * sizeof(float));
+                            for (int64_t n = 0; n < N; n++) { /* every row reads back from the packed copy */
+                                lorac_packed_weight_row(row, P, n, K);
+                                differ += memcmp(row, wx + n * K, (size_t)K * sizeof(float)) != 0;
+                            }
+                            free(row);
                         }
                         float *x = rand_f32(T * K), *u = rand_f32(T * R), *b = rand_f32(N * R), *bias = rand_f32(N);
                         float *y0 = rand_f32(T * N), *y1 = xmalloc((size_t)(T * N) * sizeof(float)), s = 0.625f;

@@ -96,6 +96,8 @@ void lorac_matmul_backward_input_train(float *dx, int set, const float *dout, co
 int lorac_kernels_have_packed(void);
 int64_t lorac_packed_weight_floats(int64_t N, int64_t K);
 void lorac_pack_weight(float *P, const float *w, int64_t N, int64_t K);
+/* dst (K) = row n of the weight packed into P. */
+void lorac_packed_weight_row(float *dst, const float *P, int64_t n, int64_t K);
 /* One adapter's LoRA term on a product: rows [start, start + len) of x and
  * of the part's out use A (r, in), B (out, r), f32, with scale s; u_offset
  * is where the segment's (len, r) block of the shrink result x·Aᵀ lives in

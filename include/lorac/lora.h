@@ -158,9 +158,9 @@ void lorac_lora_forward(float *y, float *u, const float *x, const lorac_lora_mod
 void lorac_lora_backward(float *dx, float *dA, float *dB, float *du, const float *dy, const float *x,
                          const float *u, const lorac_lora_module_t *m, int64_t T);
 /* The forward's first half alone, u = x·Aᵀ: training then adds s·u·Bᵀ in
- * the base weight's own product (lorac_matmul_forward_batch_lora), and in
- * the backward calls lorac_lora_backward with dx NULL and adds du·A in the
- * base's dx product (lorac_matmul_backward_input_lora): the same bits as
+ * the base weight's own product (lorac_matmul_forward_train), and in the
+ * backward calls lorac_lora_backward with dx NULL and adds du·A in the
+ * base's dx product (lorac_matmul_backward_input_train): the same bits as
  * the pair after the base product, without a second pass over y and dx. */
 void lorac_lora_shrink(float *u, const float *x, const lorac_lora_module_t *m, int64_t T);
 

@@ -536,6 +536,11 @@ void lorac_pack_weight(float *P, const float *w, int64_t N, int64_t K) {
     }
 }
 
+void lorac_packed_weight_row(float *dst, const float *P, int64_t n, int64_t K) {
+    const float *group = P + n / 16 * K * 16;
+    for (int64_t k = 0; k < K; k++) dst[k] = group[k * 16 + n % 16];
+}
+
 void lorac_lora_expand_forward(float *y, const float *u, const float *b, float s, int64_t T, int64_t N, int64_t R) {
     if (T == 0 || N == 0) return;
     const lorac_kernel_ops_t *ops = lorac_kernels_ops();

@@ -73,7 +73,7 @@
 #endif
 #define PACK_AHEAD LORAC_AVX2_PACK_AHEAD
 /* Panels of b (not transposed) packed in one pass over its rows, where
- * those lie a page or more apart (pack_panels). In alternating
+ * those lie a page or more apart (pack_panel). In alternating
  * bench_kernel_ab runs on the AMD EPYC, 4 against 1 put the 1.1B dx
  * products at 1.007-1.026x; 8 was no better than 4; at the 15M shapes
  * (rows of 1,152 bytes) grouping gained nothing. */
@@ -381,35 +381,20 @@ LORAC_ALWAYS_INLINE void acc_panel(const lorac_dtype_t bt, const int b_full, flo
 }
 
 /* The n x kw block of b at rows l0.., columns k.. widened into the
- * contiguous buffer buf (row stride PW, zeros past kw). In place, b's rows
- * lie K elements apart and a tile's loads fall into a few L1 sets; packed,
- * the panel is one contiguous run, and 16-bit weights are widened once per
- * panel instead of once per row tile. The values are the same, so are the
- * bits. */
-LORAC_ALWAYS_INLINE void pack_panel(const lorac_dtype_t bt, float *buf, const void *b, int64_t K, int64_t k,
-                                    int64_t kw, int64_t l0, int64_t n) {
-    const int64_t es = (int64_t)lorac_dtype_size(bt);
-    for (int64_t l = 0; l < n; l++) {
-        /* The panel's rows are K elements apart, a page or more at the
-         * larger shapes, where the hardware prefetcher does not follow:
-         * fetch the row PACK_AHEAD on (its first and last byte's lines). */
-        if (l + PACK_AHEAD < n) {
-            const char *ahead = (const char *)b + ((l0 + l + PACK_AHEAD) * K + k) * es;
-            _mm_prefetch(ahead, _MM_HINT_T0);
-            _mm_prefetch(ahead + (kw - 1) * es, _MM_HINT_T0);
-        }
-        for (int64_t v = 0; v < PW; v += 8)
-            _mm256_storeu_ps(buf + l * PW + v, load_w_part(b, bt, (l0 + l) * K + k + v, kw - v));
-    }
-}
-
-/* pack_panel for the panels of kw columns (up to PACK_GROUP panels) at
- * once, panel i into buf + i·pstride: each row's run of kw values is read
- * in one go, so the rows' page walks and prefetches serve all of them. */
-LORAC_ALWAYS_INLINE void pack_panels(const lorac_dtype_t bt, float *buf, int64_t pstride, const void *b, int64_t K,
-                                     int64_t k, int64_t kw, int64_t l0, int64_t n) {
+ * contiguous buffer buf (row stride PW, zeros past kw), as one panel per
+ * 16 columns (kw up to PACK_GROUP panels), panel i at buf + i·pstride. In
+ * place, b's rows lie K elements apart and a tile's loads fall into a few
+ * L1 sets; packed, the panel is one contiguous run, and 16-bit weights are
+ * widened once per panel instead of once per row tile. Each row's run of
+ * kw values is read in one go, so its page walk and prefetches serve all
+ * the panels. The values are the same, so are the bits. */
+LORAC_ALWAYS_INLINE void pack_panel(const lorac_dtype_t bt, float *buf, int64_t pstride, const void *b, int64_t K,
+                                    int64_t k, int64_t kw, int64_t l0, int64_t n) {
     const int64_t es = (int64_t)lorac_dtype_size(bt), width = (kw + PW - 1) / PW * PW;
     for (int64_t l = 0; l < n; l++) {
+        /* The rows are K elements apart, a page or more at the larger
+         * shapes, where the hardware prefetcher does not follow: fetch the
+         * row PACK_AHEAD on (every line of its run, and its last byte's). */
         if (l + PACK_AHEAD < n) {
             const char *ahead = (const char *)b + ((l0 + l + PACK_AHEAD) * K + k) * es;
             for (int64_t q = 0; q < kw * es; q += 64) _mm_prefetch(ahead + q, _MM_HINT_T0);
@@ -561,13 +546,13 @@ LORAC_ALWAYS_INLINE void acc_block(const lorac_dtype_t bt, const int b_t, const 
             int last = l + n == L && tr > 0;
             for (int64_t kg = k0; kg < k1; kg += PW * group) {
                 int64_t gw = k1 - kg < PW * group ? k1 - kg : PW * group;
-                if (packed && !b_t && !P) pack_panels(bt, buf, lchunk * PW, b, K, kg, gw, l, n);
+                if (packed && !b_t && !P) pack_panel(bt, buf, lchunk * PW, b, K, kg, gw, l, n);
                 for (int64_t k = kg; k < kg + gw; k += PW) {
                     int64_t kw = kg + gw - k < PW ? kg + gw - k : PW;
                     tail_t tail = {ta, tbuf, tr}, *tl = NULL;
                     if (last) {
                         if (b_t) pack_panel_t(LORAC_DTYPE_F32, tbuf, tb, tr, k, kw, 0, tr);
-                        else pack_panel(LORAC_DTYPE_F32, tbuf, tb, K, k, kw, 0, tr);
+                        else pack_panel(LORAC_DTYPE_F32, tbuf, 0, tb, K, k, kw, 0, tr);
                         tl = &tail;
                     }
                     if (packed) {

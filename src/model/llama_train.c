@@ -471,31 +471,24 @@ static void linear_backward(lorac_train_pass_t *p, const linear_t *q, float *dx,
                             const float *x, layer_acts_t *s, int t, float dropout, int has_rng) {
     int64_t N = p->N;
     const float *x_lora = q->lora && dropout > 0.0f && s->xdrop[t] ? s->xdrop[t] : x; /* the adapter's input */
-    if (dx && q->lora && x_lora == x) {
-        /* the adapter's dA, dB and du = s·dy·B first; then dx's base
-         * product with du·A added to each element before it is stored
-         * (the bits of the two after) */
-        lorac_lora_backward(NULL, q->dA, q->dB, p->du, dout, x, s->u[t], q->lora, N);
+    /* Without dropout's mask, the adapter's dA, dB and du = s·dy·B come
+     * first, and dx's base product adds du·A to each element before it is
+     * stored (the bits of the two after). */
+    const lorac_lora_module_t *fused = dx && q->lora && x_lora == x ? q->lora : NULL;
+    if (fused) {
+        lorac_lora_backward(NULL, q->dA, q->dB, p->du, dout, x, s->u[t], fused, N);
         lap(p, LORAC_PHASE_LORA);
-        lorac_matmul_backward_input_train(dx, set_dx, dout, q->w.data, q->w.dtype, q->packed, N, q->in, q->out, p->du,
-                                          q->lora->A, q->lora->r);
-        lap_product(p, LORAC_PHASE_BASE_DX, N, q->in, q->out);
-        if (q->dw) {
-            lorac_matmul_backward_weight(q->dw, q->db, dout, x, N, q->in, q->out);
-            lap_product(p, LORAC_PHASE_BASE_DW, N, q->in, q->out);
-        }
-        return;
     }
     if (dx) {
-        lorac_matmul_backward_input_train(dx, set_dx, dout, q->w.data, q->w.dtype, q->packed, N, q->in, q->out, NULL,
-                                          NULL, 0);
+        lorac_matmul_backward_input_train(dx, set_dx, dout, q->w.data, q->w.dtype, q->packed, N, q->in, q->out,
+                                          fused ? p->du : NULL, fused ? fused->A : NULL, fused ? fused->r : 0);
         lap_product(p, LORAC_PHASE_BASE_DX, N, q->in, q->out);
     }
     if (q->dw) {
         lorac_matmul_backward_weight(q->dw, q->db, dout, x, N, q->in, q->out);
         lap_product(p, LORAC_PHASE_BASE_DW, N, q->in, q->out);
     }
-    if (!q->lora) return;
+    if (!q->lora || fused) return;
     if (dx && x_lora != x) {
         /* gradient through the dropout mask: d x = keep/(1-p) · d xdrop */
         int64_t n = N * q->in;
@@ -617,7 +610,7 @@ static void loss_chunk_online(lorac_train_pass_t *p, int64_t n, bool grads, floa
         /* dLoss/dx = Σ_v p_v·W_v − W_target = acc/S − (1 − p_target)·W_target */
         int64_t row = p->chunk_targets[t];
         if (p->lm_head_packed) /* the row from the repacked copy (the mapped one was handed back) */
-            for (int64_t i = 0; i < D; i++) p->chunk_wrow[i] = p->lm_head_packed[(row / 16 * D + i) * 16 + row % 16];
+            lorac_packed_weight_row(p->chunk_wrow, p->lm_head_packed, row, D);
         else
             lorac_convert_to_f32(p->chunk_wrow, (const char *)p->lm_head.data + (size_t)(row * D) * es, p->lm_head.dtype,
                                  D);
