@@ -453,6 +453,9 @@ LORAC_ALWAYS_INLINE void pack_a(float *pa, const float *a, int64_t a_rs, int64_t
         } else if (valid == AM && a_cs == 1) {
             for (; l + 8 <= n; l += 8) {
                 __m256 r[8];
+                /* each row 256 bytes on: the 6 streams, rows apart,
+                 * outrun the hardware prefetcher with little work between */
+                for (int i = 0; i < AM; i++) _mm_prefetch((const char *)(ag + i * a_rs + l + 64), _MM_HINT_T0);
                 for (int i = 0; i < 8; i++) r[i] = i < AM ? _mm256_loadu_ps(ag + i * a_rs + l) : _mm256_setzero_ps();
                 transpose8(r);
                 for (int c = 0; c < 8; c++) _mm256_storeu_ps(dst + (l + c) * AM, r[c]);
@@ -489,6 +492,10 @@ LORAC_ALWAYS_INLINE void pack_panel_from_packed(float *buf, const float *P, int6
                                                 int64_t l0, int64_t n) {
     for (int64_t lb = 0; lb < n; lb += 16) {
         const float *block = P + ((l0 + lb) / 16 * K + k) * 16; /* row j: w[l0 + lb .. +15][k + j] */
+        /* fetch the block two on: the blocks are 1 KB runs 16·K floats
+         * apart, too far apart for the hardware prefetcher to follow */
+        if (lb + 32 < n)
+            for (int q = 0; q < 16 * 16; q += 16) _mm_prefetch((const char *)(block + 2 * 16 * K + q), _MM_HINT_T0);
         for (int jb = 0; jb < 16; jb += 8)
             for (int cb = 0; cb < 16; cb += 8) {
                 __m256 r[8];
