@@ -164,7 +164,8 @@ void lorac_attention_forward(float *out, float *scratch, const float *q,
 /* x, dx, dout are (T,C); w, dw are (C) (dw f32, may be NULL); rstd (T) from forward. */
 void lorac_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const void *w,
                             lorac_dtype_t wtype, const float *rstd, int64_t T, int64_t C);
-/* dgate, dup += d(silu(gate)*up) given dout; all (T,H). */
+/* dgate, dup = d(silu(gate)*up) given dout (set, not accumulated: the
+ * step's only writer); all (T,H). */
 void lorac_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                            int64_t T, int64_t H);
 /* The inverse rotation of lorac_rope_forward, in place on dx (T, n_heads, head_dim). */
@@ -189,7 +190,7 @@ int64_t lorac_attention_train_scratch_floats(int64_t T, int64_t hd, int n_thread
 void lorac_attention_train_forward(float *out, float *lse, float *scratch, const float *q, const float *k,
                                    const float *v, const int32_t *start, int64_t B, int64_t T, int64_t H,
                                    int64_t KVH, int64_t hd);
-/* dq (B,T,H,hd), dk, dv (B,T,KVH,hd) += gradients given dout; out and lse
+/* dq (B,T,H,hd), dk, dv (B,T,KVH,hd) = gradients given dout; out and lse
  * from the forward pass; probabilities are recomputed, not stored. */
 void lorac_attention_train_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout,
                                     const float *q, const float *k, const float *v, const float *out,

@@ -20,11 +20,20 @@ void lorac_rmsnorm_forward(float *out, float *rstd, const float *x, const void *
     for (int64_t t = 0; t < T; t++) {
         const float *xt = x + t * C;
         float *ot = out + t * C;
-        double ss = 0.0; /* double: long rows of large activations lose bits in f32 */
+        /* double: long rows of large activations lose bits in f32; in
+         * vector lanes, as one sequential chain waited on each add */
+        double ss = 0.0;
+        #pragma omp simd reduction(+ : ss)
         for (int64_t c = 0; c < C; c++) ss += (double)xt[c] * xt[c];
         float r = (float)(1.0 / sqrt(ss / (double)C + (double)eps));
         if (rstd) rstd[t] = r;
-        for (int64_t c = 0; c < C; c++) ot[c] = xt[c] * r * weight_at(w, wtype, c);
+        if (wtype == LORAC_DTYPE_F32) {
+            const float *wf = w;
+            #pragma omp simd
+            for (int64_t c = 0; c < C; c++) ot[c] = xt[c] * r * wf[c];
+        } else {
+            for (int64_t c = 0; c < C; c++) ot[c] = xt[c] * r * weight_at(w, wtype, c);
+        }
     }
 }
 

@@ -23,10 +23,20 @@ void lorac_rmsnorm_backward(float *dx, float *dw, const float *dout, const float
             const float *xt = x + t * C, *dy = dout + t * C;
             float *dxt = dx + t * C;
             float r = rstd[t];
-            double dot = 0.0;
-            for (int64_t c = 0; c < C; c++) dot += (double)dy[c] * weight_at(w, wtype, c) * xt[c];
-            float k = (float)(dot * (double)r * r * r / (double)C);
-            for (int64_t c = 0; c < C; c++) dxt[c] += r * weight_at(w, wtype, c) * dy[c] - xt[c] * k;
+            double dot = 0.0; /* in vector lanes, as the forward's sum */
+            float k;
+            if (wtype == LORAC_DTYPE_F32) {
+                const float *wf = w;
+                #pragma omp simd reduction(+ : dot)
+                for (int64_t c = 0; c < C; c++) dot += (double)dy[c] * wf[c] * xt[c];
+                k = (float)(dot * (double)r * r * r / (double)C);
+                #pragma omp simd
+                for (int64_t c = 0; c < C; c++) dxt[c] += r * wf[c] * dy[c] - xt[c] * k;
+            } else {
+                for (int64_t c = 0; c < C; c++) dot += (double)dy[c] * weight_at(w, wtype, c) * xt[c];
+                k = (float)(dot * (double)r * r * r / (double)C);
+                for (int64_t c = 0; c < C; c++) dxt[c] += r * weight_at(w, wtype, c) * dy[c] - xt[c] * k;
+            }
         }
         if (dw) {
             /* columns in 64-wide blocks, each block's t loop on one thread */
@@ -51,8 +61,8 @@ void lorac_swiglu_backward(float *dgate, float *dup, const float *dout, const fl
         if (n >= LORAC_PARALLEL_MIN_ELEMS)
     for (int64_t i = 0; i < n; i++) {
         float g = gate[i], sg = sigmoid_f32(g);
-        dgate[i] += dout[i] * up[i] * sg * (1.0f + g * (1.0f - sg));
-        dup[i] += dout[i] * g * sg;
+        dgate[i] = dout[i] * up[i] * sg * (1.0f + g * (1.0f - sg));
+        dup[i] = dout[i] * g * sg;
     }
 }
 
@@ -227,6 +237,7 @@ void lorac_attention_train_forward(float *out, float *lse, float *scratch, const
 //   dV += Pᵀ·dO ; dP = dO·Vᵀ ; dS = P ∘ (dP − rowsum(dO ∘ O)) ; dq += scale·dS·K ; dK += scale·dSᵀ·q
 // One thread owns a (row b, kv head) pair: every write to dk/dv of that kv
 // head and to dq of its query heads, so no two threads touch the same output.
+// Each output element is written once (set, not accumulated).
 LORAC_MULTIVERSION
 void lorac_attention_train_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout,
                                     const float *q, const float *k, const float *v, const float *out,
@@ -267,7 +278,7 @@ void lorac_attention_train_backward(float *dq, float *dk, float *dv, float *scra
                     block_product(ops, w.dqc, nq, hd, hd, w.ds, T, 1, w.kc, end);  /* dQ = dS·K */
                     for (int64_t i = 0; i < nq; i++) {
                         float *dqr = dq + (row0 + i * H) * hd;
-                        for (int64_t c = 0; c < hd; c++) dqr[c] += w.dqc[i * hd + c];
+                        for (int64_t c = 0; c < hd; c++) dqr[c] = w.dqc[i * hd + c];
                     }
                     /* dK += dSᵀ·Q, dV += Pᵀ·dO over the block's visible keys */
                     ops->matmul_acc(w.dkc, w.ds, 1, T, w.qc, LORAC_DTYPE_F32, end, nq, hd, 0, end, 0, hd);
@@ -276,8 +287,8 @@ void lorac_attention_train_backward(float *dq, float *dk, float *dv, float *scra
             float *dkb = dk + (b * T * KVH + kvh) * hd, *dvb = dv + (b * T * KVH + kvh) * hd;
             for (int64_t j = 0; j < T; j++)
                 for (int64_t c = 0; c < hd; c++) {
-                    dkb[j * kvs + c] += w.dkc[j * hd + c];
-                    dvb[j * kvs + c] += w.dvc[j * hd + c];
+                    dkb[j * kvs + c] = w.dkc[j * hd + c];
+                    dvb[j * kvs + c] = w.dvc[j * hd + c];
                 }
         }
     }

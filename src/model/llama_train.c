@@ -547,13 +547,9 @@ static void layer_backward(lorac_train_pass_t *p, int32_t l, float *dres, float 
     train_layer_t *L = &p->layers[l];
     layer_acts_t *s = &p->acts[l];
     int64_t N = p->N, D = c->hidden_size, I = c->intermediate_size, H = c->n_heads, KVH = c->n_kv_heads, hd = c->head_dim;
-    int64_t Q = H * hd, KV = KVH * hd;
 
     /* MLP: out = x_mid + down(silu(gate(xn2)) * up(xn2)) */
     linear_backward(p, &L->proj[LORAC_LORA_DOWN], p->dh, true, dres, s->h, s, LORAC_LORA_DOWN, dropout, has_rng);
-    lorac_zero(p->dgate, N * I);
-    lorac_zero(p->dup, N * I);
-    lap(p, LORAC_PHASE_ELEMENTWISE);
     lorac_swiglu_backward(p->dgate, p->dup, p->dh, s->gate, s->up, N, I);
     lap(p, LORAC_PHASE_SWIGLU);
     linear_backward(p, &L->proj[LORAC_LORA_GATE], p->dxn, true, p->dgate, s->xn2, s, LORAC_LORA_GATE, dropout, has_rng);
@@ -564,10 +560,6 @@ static void layer_backward(lorac_train_pass_t *p, int32_t l, float *dres, float 
 
     /* attention: x_mid = x_in + o(attention(rope(q), rope(k), v)) */
     linear_backward(p, &L->proj[LORAC_LORA_O], p->datt, true, dres, s->att, s, LORAC_LORA_O, dropout, has_rng);
-    lorac_zero(p->dq, N * Q);
-    lorac_zero(p->dk, N * KV);
-    lorac_zero(p->dv, N * KV);
-    lap(p, LORAC_PHASE_ELEMENTWISE);
     lorac_attention_train_backward(p->dq, p->dk, p->dv, p->att_scratch, p->datt, s->q, s->k, s->v, s->att, s->lse, p->start, p->B,
                                    p->T, H, KVH, hd);
     lap(p, LORAC_PHASE_ATTENTION);
