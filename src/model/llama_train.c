@@ -215,8 +215,9 @@ static void base_layer(const lorac_model_t *m, int32_t l, train_layer_t *L) {
  * the classifier are repacked once for the kernels (lorac_pack_weight), so
  * that no product gathers its panels from the weight's rows again, and
  * the mapped file's pages of each are handed back (lorac_model_release_weight):
- * memory stays at one copy. The tied classifier is also the embedding,
- * whose rows are read every step, so its pages stay. */
+ * memory stays at one copy. A tied classifier is also the embedding: the
+ * step's embedding rows are then read from the repacked copy too
+ * (embed_rows), so its pages go back as well. */
 static lorac_status_t setup_packed(lorac_train_pass_t *p) {
     const lorac_model_config_t *c = &p->model->config;
     if (!lorac_kernels_have_packed()) return LORAC_STATUS_OK;
@@ -244,9 +245,8 @@ static lorac_status_t setup_packed(lorac_train_pass_t *p) {
         }
     if (pack_head) {
         lorac_pack_weight(P, p->lm_head.data, c->vocab_size, c->hidden_size);
-        if (!c->tie_word_embeddings)
-            lorac_model_release_weight(p->model, p->lm_head.data,
-                                       sizeof(float) * (size_t)c->vocab_size * (size_t)c->hidden_size);
+        lorac_model_release_weight(p->model, p->lm_head.data,
+                                   sizeof(float) * (size_t)c->vocab_size * (size_t)c->hidden_size);
         p->lm_head_packed = P;
     }
     return LORAC_STATUS_OK;
@@ -670,6 +670,20 @@ static lorac_status_t loss_forward_backward(lorac_train_pass_t *p, const int32_t
     return LORAC_STATUS_OK;
 }
 
+/* x (N,D) = the embedding's rows of the N tokens: from the repacked
+ * classifier where that is the embedding (tied, its mapped pages handed
+ * back by setup_packed), else from the embedding itself. The same values. */
+static void embed_rows(lorac_train_pass_t *p, float *x, const int32_t *tokens, int64_t N) {
+    int64_t D = p->model->config.hidden_size;
+    if (p->lm_head_packed && p->lm_head.data == p->embed.data) {
+        for (int64_t i = 0; i < N; i++) lorac_packed_weight_row(x + i * D, p->lm_head_packed, tokens[i], D);
+        return;
+    }
+    size_t row_bytes = (size_t)D * lorac_dtype_size(p->embed.dtype);
+    for (int64_t i = 0; i < N; i++)
+        lorac_convert_to_f32(x + i * D, (const uint8_t *)p->embed.data + (size_t)tokens[i] * row_bytes, p->embed.dtype, D);
+}
+
 lorac_status_t lorac_train_pass_run(lorac_train_pass_t *p, const int32_t *tokens, const int32_t *targets,
                                     const int32_t *pos, bool grads, lorac_rng_t *rng, double *loss_sum,
                                     int64_t *n_targets) {
@@ -700,10 +714,7 @@ lorac_status_t lorac_train_pass_run(lorac_train_pass_t *p, const int32_t *tokens
     lap(p, LORAC_PHASE_ELEMENTWISE);
     lorac_rope_table(p->rope_cs, pos, m->inv_freq, N, c->head_dim);
     lap(p, LORAC_PHASE_ROPE);
-    size_t row_bytes = (size_t)D * lorac_dtype_size(p->embed.dtype);
-    for (int64_t i = 0; i < N; i++)
-        lorac_convert_to_f32(p->acts[0].x_in + i * D, (const uint8_t *)p->embed.data + (size_t)tokens[i] * row_bytes,
-                             p->embed.dtype, D);
+    embed_rows(p, p->acts[0].x_in, tokens, N);
     lap(p, LORAC_PHASE_ELEMENTWISE);
     for (int32_t l = 0; l < c->n_layers; l++)
         layer_forward(p, l, l + 1 < c->n_layers ? p->acts[l + 1].x_in : p->x_final, dropout, rng);

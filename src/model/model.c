@@ -59,10 +59,11 @@ static lorac_status_t find_tensor_fill(lorac_model_t *m, lorac_tensor_kind_t kin
      * is only allocated here; fill_aligned_copies fills it once every
      * tensor is known. */
     /* a model loaded for training leaves the projections' and the
-     * classifier's f32 weights in the file, where the kernels repack them */
+     * classifier's f32 weights in the file, where the kernels repack them
+     * (a tied classifier is the embedding) */
     int product = kind == LORAC_TENSOR_Q || kind == LORAC_TENSOR_K || kind == LORAC_TENSOR_V || kind == LORAC_TENSOR_O ||
                   kind == LORAC_TENSOR_GATE || kind == LORAC_TENSOR_UP || kind == LORAC_TENSOR_DOWN ||
-                  kind == LORAC_TENSOR_LM_HEAD;
+                  kind == LORAC_TENSOR_LM_HEAD || (kind == LORAC_TENSOR_EMBED && m->config.tie_word_embeddings);
     int repacked = m->for_training && product && tv->dtype == LORAC_DTYPE_F32 && lorac_kernels_have_packed();
     if ((uintptr_t)tv->data % LORAC_WEIGHT_ALIGN != 0 && !repacked) {
         aligned_copy_t *list = realloc(m->aligned_copies, sizeof *list * (size_t)(m->n_aligned_copies + 1));
