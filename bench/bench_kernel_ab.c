@@ -54,9 +54,11 @@ static float *rand_f32(int64_t n, uint64_t seed) {
 
 static int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
-/* One product on two threads, split as the drivers split it. */
+/* One product on two threads, split as the drivers split it. Where the
+ * path has matmul_packed (AVX2), the forward and dx products read the
+ * weight repacked (P, lorac_pack_weight), as a LoRA step runs them. */
 static void run(const lorac_kernel_ops_t *o, product_t p, const shape_t *s, float *c, const float *x,
-                const float *w, const float *dout) {
+                const float *w, const float *P, const float *dout) {
     int64_t T = s->T, N = s->N, K = s->K;
 #pragma omp parallel num_threads(2)
     {
@@ -66,14 +68,20 @@ static void run(const lorac_kernel_ops_t *o, product_t p, const shape_t *s, floa
             if (n0 < n1) o->matmul_acc(c, dout, 1, N, x, LORAC_DTYPE_F32, N, T, K, n0, n1, 0, K);
         } else if (s->frozen) { /* each thread its half of the rows, every column */
             int64_t half = round_up((T + 1) / 2, 6), r0 = i * half, r1 = r0 + half < T ? r0 + half : T;
-            if (r0 < r1) {
+            if (r0 < r1 && o->matmul_packed)
+                o->matmul_packed(c, p == FWD ? x : dout, p == FWD ? K : N, P, T, p == FWD ? K : N, p == FWD ? N : K,
+                                 r0, r1, 0, p == FWD ? N : K, p == FWD, p == FWD, NULL, NULL, 0);
+            else if (r0 < r1) {
                 if (p == FWD) o->matmul_set_bt(c, x, K, 1, w, LORAC_DTYPE_F32, T, K, N, r0, r1, 0, N);
                 else o->matmul_acc(c, dout, N, 1, w, LORAC_DTYPE_F32, T, N, K, r0, r1, 0, K);
             }
         } else {
             int64_t C = p == FWD ? N : K, half = round_up((C + 1) / 2, o->split_cols);
             int64_t c0 = i * half, c1 = c0 + half < C ? c0 + half : C;
-            if (c0 < c1) {
+            if (c0 < c1 && o->matmul_packed)
+                o->matmul_packed(c, p == FWD ? x : dout, p == FWD ? K : N, P, T, p == FWD ? K : N, p == FWD ? N : K,
+                                 0, T, c0, c1, p == FWD, p == FWD, NULL, NULL, 0);
+            else if (c0 < c1) {
                 if (p == FWD) o->matmul_set_bt(c, x, K, 1, w, LORAC_DTYPE_F32, T, K, N, 0, T, c0, c1);
                 else o->matmul_acc(c, dout, N, 1, w, LORAC_DTYPE_F32, T, N, K, 0, T, c0, c1);
             }
@@ -105,6 +113,8 @@ int main(int argc, char **argv) {
         const shape_t *s = &m->shapes[si];
         int64_t T = s->T, N = s->N, K = s->K;
         float *w = rand_f32(N * K, 11), *x = rand_f32(T * K, 12), *dout = rand_f32(T * N, 13);
+        float *P = rand_f32(lorac_packed_weight_floats(N, K), 15);
+        lorac_pack_weight(P, w, N, K);
         int64_t c_n = T * N > T * K ? T * N : T * K;
         c_n = c_n > N * K ? c_n : N * K;
         float *c[2] = {rand_f32(c_n, 14), rand_f32(c_n, 14)};
@@ -112,7 +122,7 @@ int main(int argc, char **argv) {
             if (p == DW && s->frozen) continue;
             double flop = 2.0 * (double)T * (double)N * (double)K, rate[2][200];
             /* same bits: one call each, from equal c */
-            for (int v = 0; v < 2; v++) run(ops[v], p, s, c[v], x, w, dout);
+            for (int v = 0; v < 2; v++) run(ops[v], p, s, c[v], x, w, P, dout);
             int64_t out_n = p == FWD ? T * N : p == DX ? T * K : N * K;
             if (memcmp(c[0], c[1], (size_t)out_n * sizeof(float)) != 0) {
                 printf("  %s %lldx%lldx%lld: A and B differ\n", PRODUCT_NAMES[p], (long long)T, (long long)N,
@@ -124,7 +134,7 @@ int main(int argc, char **argv) {
                     double t0 = bench_now(), t;
                     long calls = 0;
                     do {
-                        run(ops[v], p, s, c[(v + r) % 2], x, w, dout);
+                        run(ops[v], p, s, c[(v + r) % 2], x, w, P, dout);
                         calls++;
                         t = bench_now() - t0;
                     } while (t < 0.15);
@@ -140,7 +150,7 @@ int main(int argc, char **argv) {
              * start the next product equal */
             memcpy(c[1], c[0], (size_t)c_n * sizeof(float));
         }
-        free(w), free(x), free(dout), free(c[0]), free(c[1]);
+        free(w), free(P), free(x), free(dout), free(c[0]), free(c[1]);
     }
     return mismatches ? 1 : 0;
 }
