@@ -40,19 +40,24 @@
 #define AM 6
 #define AV 2
 #define PW (8 * AV) /* columns of a panel */
-/* l is blocked in equal chunks of at most LCHUNK: a packed 384 x 16 panel
- * of b is 24 KB and stays in L1 while every row tile of the block uses it;
- * c is loaded and stored once per chunk. (At the 15M shapes 384 ran at
- * least as fast as 256 in alternating bench_matmul runs, and L = 288 is
- * one chunk.) */
+/* l is blocked in equal chunks of at most LCHUNK; c is loaded and stored
+ * once per chunk, and each row tile runs the chunk's l in one go. A panel
+ * of b of 1,024 x 16 floats is 64 KB: it streams from L2 beside the tile's
+ * rows of a, which the hardware prefetcher keeps up with, and the tiles'
+ * fixed costs (loading c, the first lines of each stream) are spread over
+ * more work. In bench_kernel_ab runs on the AMD EPYC against 384 (a 24 KB
+ * panel, kept in L1), the training step's forward and dx products on
+ * repacked weights ran at 1.00-1.07x (all but one of the 1.1B and 110M
+ * ones 1.02x or more), the loss's block products at 1.01-1.03x; 512 was
+ * between the two, 2,048 no better than 1,024. */
 #ifndef LORAC_AVX2_LCHUNK
-#define LORAC_AVX2_LCHUNK 384
+#define LORAC_AVX2_LCHUNK 1024
 #endif
 #define LCHUNK LORAC_AVX2_LCHUNK
 #define SMALL_LCHUNK 64 /* when the panel cannot be allocated: 4 KB on the stack */
 /* Rows of c per pass over b (a multiple of AM). Every pass packs each of
  * b's panels again, so the block is a whole batch of 1,024 rows: its slice
- * of a (up to 1.5 MB) is then read from L3, where the hardware prefetcher
+ * of a (up to 4 MB) is then read from L3, where the hardware prefetcher
  * keeps up with a tile's 6 row streams. On the AMD EPYC (32 MB L3, 512 KB
  * L2), against blocks of 264 rows whose slice stayed in L2, bench_kernel_ab
  * put the 15M, 110M and 1.1B forward and dx products at 0.98-1.14x, median
