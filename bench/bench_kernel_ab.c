@@ -6,8 +6,10 @@
  * with different -D settings, see `make -C bench ab`) alternate every 0.15 s
  * on the same shape, so drift hits both alike, and swap output buffers every
  * round; the table gives each build's median over the rounds and B/A. The shapes are a step's (bench_matmul's
- * --training ones): the training forward (matmul_set_bt), dx (matmul_acc)
- * and dw (matmul_acc on a transposed a), each shared by two threads as
+ * --training ones): the training forward and dx (matmul_packed on the
+ * weight repacked by lorac_pack_weight where the path has it, as a LoRA
+ * step runs them; else matmul_set_bt and matmul_acc) and dw (matmul_acc
+ * on a transposed a, --full's), each shared by two threads as
  * lorac's matmul drivers share it (by 16-column panels of the output, dw by
  * rows), plus the loss's block products (the batch's rows x 1008
  * vocabulary columns, each thread on its half of the rows, as

@@ -45,11 +45,11 @@
  * of b of 1,024 x 16 floats is 64 KB: it streams from L2 beside the tile's
  * rows of a, which the hardware prefetcher keeps up with, and the tiles'
  * fixed costs (loading c, the first lines of each stream) are spread over
- * more work. In bench_kernel_ab runs on the AMD EPYC against 384 (a 24 KB
- * panel, kept in L1), the training step's forward and dx products on
- * repacked weights ran at 1.00-1.07x (all but one of the 1.1B and 110M
- * ones 1.02x or more), the loss's block products at 1.01-1.03x; 512 was
- * between the two, 2,048 no better than 1,024. */
+ * more work. In bench_kernel_ab's run on the AMD EPYC against 384 (a
+ * 24 KB panel, kept in L1; the README's table), the training step's
+ * forward and dx products on repacked weights ran at 0.98-1.11x, median
+ * 1.03x, the loss's block products at 1.00-1.06x; 512 was between the
+ * two, 2,048 no better than 1,024. */
 #ifndef LORAC_AVX2_LCHUNK
 #define LORAC_AVX2_LCHUNK 1024
 #endif
