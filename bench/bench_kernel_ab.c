@@ -56,6 +56,15 @@ static float *rand_f32(int64_t n, uint64_t seed) {
 
 static int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
+/* The forward (c = x·wᵀ) or dx (c += dout·w) product on rows [r0,r1)
+ * and columns [c0,c1) of c, with w repacked as P (matmul_packed). */
+static void packed_product(const lorac_kernel_ops_t *o, product_t p, float *c, const float *x, const float *dout,
+                           const float *P, int64_t T, int64_t N, int64_t K, int64_t r0, int64_t r1, int64_t c0,
+                           int64_t c1) {
+    if (p == FWD) o->matmul_packed(c, x, K, P, T, K, N, r0, r1, c0, c1, 1, 1, NULL, NULL, 0);
+    else o->matmul_packed(c, dout, N, P, T, N, K, r0, r1, c0, c1, 0, 0, NULL, NULL, 0);
+}
+
 /* One product on two threads, split as the drivers split it. Where the
  * path has matmul_packed (AVX2), the forward and dx products read the
  * weight repacked (P, lorac_pack_weight), as a LoRA step runs them. */
@@ -70,9 +79,7 @@ static void run(const lorac_kernel_ops_t *o, product_t p, const shape_t *s, floa
             if (n0 < n1) o->matmul_acc(c, dout, 1, N, x, LORAC_DTYPE_F32, N, T, K, n0, n1, 0, K);
         } else if (s->frozen) { /* each thread its half of the rows, every column */
             int64_t half = round_up((T + 1) / 2, 6), r0 = i * half, r1 = r0 + half < T ? r0 + half : T;
-            if (r0 < r1 && o->matmul_packed)
-                o->matmul_packed(c, p == FWD ? x : dout, p == FWD ? K : N, P, T, p == FWD ? K : N, p == FWD ? N : K,
-                                 r0, r1, 0, p == FWD ? N : K, p == FWD, p == FWD, NULL, NULL, 0);
+            if (r0 < r1 && o->matmul_packed) packed_product(o, p, c, x, dout, P, T, N, K, r0, r1, 0, p == FWD ? N : K);
             else if (r0 < r1) {
                 if (p == FWD) o->matmul_set_bt(c, x, K, 1, w, LORAC_DTYPE_F32, T, K, N, r0, r1, 0, N);
                 else o->matmul_acc(c, dout, N, 1, w, LORAC_DTYPE_F32, T, N, K, r0, r1, 0, K);
@@ -80,9 +87,7 @@ static void run(const lorac_kernel_ops_t *o, product_t p, const shape_t *s, floa
         } else {
             int64_t C = p == FWD ? N : K, half = round_up((C + 1) / 2, o->split_cols);
             int64_t c0 = i * half, c1 = c0 + half < C ? c0 + half : C;
-            if (c0 < c1 && o->matmul_packed)
-                o->matmul_packed(c, p == FWD ? x : dout, p == FWD ? K : N, P, T, p == FWD ? K : N, p == FWD ? N : K,
-                                 0, T, c0, c1, p == FWD, p == FWD, NULL, NULL, 0);
+            if (c0 < c1 && o->matmul_packed) packed_product(o, p, c, x, dout, P, T, N, K, 0, T, c0, c1);
             else if (c0 < c1) {
                 if (p == FWD) o->matmul_set_bt(c, x, K, 1, w, LORAC_DTYPE_F32, T, K, N, 0, T, c0, c1);
                 else o->matmul_acc(c, dout, N, 1, w, LORAC_DTYPE_F32, T, N, K, 0, T, c0, c1);
