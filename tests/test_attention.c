@@ -65,7 +65,7 @@ static void reference(void) {
 }
 
 /* max |got − ref| / max |ref|; infinite where got has a NaN (an element
- * the kernel left unwritten: fmax would skip it) */
+ * the kernel left unwritten: fmax ignores a NaN) */
 static double rel_err(const float *got, const double *ref, int n) {
     double d = 0, m = 0;
     for (int i = 0; i < n; i++) {

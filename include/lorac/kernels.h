@@ -126,9 +126,6 @@ void lorac_matmul_forward_parts_lora(const lorac_matmul_part_t *parts, int n_par
                                      int64_t K, float *u);
 /* x (n) *= s. */
 void lorac_scale(float *x, float s, int64_t n);
-/* x (n) = 0, the threads each zeroing a share (one core's stores do not
- * fill the memory bandwidth of the megabytes of a gradient buffer). */
-void lorac_zero(float *x, int64_t n);
 
 /* Converts n elements of `src` in dtype (F32, BF16, F16) to f32. */
 void lorac_convert_to_f32(float *dst, const void *src, lorac_dtype_t dtype, int64_t n);

@@ -166,13 +166,3 @@ void lorac_attention_forward(float *out, float *scratch, const float *q,
 void lorac_scale(float *x, float s, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] *= s;
 }
-
-void lorac_zero(float *x, int64_t n) {
-    int nt = n >= LORAC_PARALLEL_MIN_ELEMS ? lorac_kernels_get_threads() : 1;
-    #pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-        int64_t share = (n + nt - 1) / nt, i0 = share * omp_get_thread_num();
-        int64_t len = i0 < n ? (n - i0 < share ? n - i0 : share) : 0;
-        if (len > 0) memset(x + i0, 0, sizeof(float) * (size_t)len);
-    }
-}
