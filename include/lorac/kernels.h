@@ -194,6 +194,20 @@ void lorac_attention_train_backward(float *dq, float *dk, float *dv, float *scra
                                     const float *lse, const int32_t *start, int64_t B, int64_t T, int64_t H,
                                     int64_t KVH, int64_t hd);
 
+/* ---- optimizer kernels --------------------------------------------------- */
+/* The scalars of one AdamW step (lorac_adamw_step computes them). */
+typedef struct {
+    float grad_scale, decay, beta1, one_minus_beta1, beta2, one_minus_beta2;
+    float bias_correction2_sqrt, eps, neg_step_size;
+} lorac_adamw_coefs_t;
+/* One AdamW update of n values of p with gradient g and moments m, v, in
+ * place, each value as torch 1.13's _single_tensor_adamw updates it (the
+ * same bits for any thread count). */
+void lorac_adamw_update_f32(float *p, float *m, float *v, const float *g, int64_t n, const lorac_adamw_coefs_t *c);
+/* Σ (g[k]·scale)² in double, in vector lanes (one thread: the same bits
+ * for any thread count). */
+double lorac_sum_squares_f32(const float *g, int64_t n, float scale);
+
 /* Cross-entropy of each row of logits (T,V) against targets (T), in place:
  * on return logits holds d(scale · Σ loss)/dlogits = scale·(softmax − onehot).
  * losses (T) gets each row's loss (natural log). Targets must be in [0,V). */

@@ -11,8 +11,12 @@
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__) && \
     !defined(__SANITIZE_THREAD__) && defined(__linux__)
 #define LORAC_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+/* for loops with fmaf: the "avx2" target lacks FMA (AVX-512F implies it),
+ * so its fmaf would be a libm call per element */
+#define LORAC_MULTIVERSION_FMA __attribute__((target_clones("avx512f", "arch=haswell", "default")))
 #else
 #define LORAC_MULTIVERSION
+#define LORAC_MULTIVERSION_FMA
 #endif
 
 #endif

@@ -401,3 +401,38 @@ void lorac_crossentropy_classifier(const float *x, const void *w, lorac_dtype_t 
         }
     }
 }
+
+/* ---- optimizer ----------------------------------------------------------------
+ * Each value's update is the same expression as before in the same order
+ * (fmaf where torch's kernels fuse), so vector lanes and threads change
+ * no bit; fmaf needs the FMA clones to stay inline and vectorised. */
+
+LORAC_MULTIVERSION_FMA
+void lorac_adamw_update_f32(float *p, float *m, float *v, const float *g, int64_t n, const lorac_adamw_coefs_t *c) {
+    float gs = c->grad_scale, decay = c->decay, b1 = c->beta1, omb1 = c->one_minus_beta1;
+    float b2 = c->beta2, omb2 = c->one_minus_beta2, bc2_sqrt = c->bias_correction2_sqrt, eps = c->eps;
+    float nss = c->neg_step_size;
+    #pragma omp parallel for simd num_threads(lorac_kernels_get_threads()) schedule(static) \
+        if (n >= LORAC_PARALLEL_MIN_ELEMS)
+    for (int64_t k = 0; k < n; k++) {
+        float gk = g[k] * gs;
+        float pk = p[k] * decay;                          /* param.mul_(1 - lr*wd) */
+        float mk = fmaf(omb1, gk, m[k] * b1);             /* exp_avg.mul_(b1).add_(g, alpha=1-b1) */
+        float vk = fmaf(omb2 * gk, gk, v[k] * b2);        /* exp_avg_sq.mul_(b2).addcmul_(g, g, value=1-b2) */
+        float denom = sqrtf(vk) / bc2_sqrt + eps;         /* (v.sqrt() / bc2_sqrt).add_(eps) */
+        p[k] = pk + (nss * mk) / denom;                   /* param.addcdiv_(m, denom, value=-step_size) */
+        m[k] = mk;
+        v[k] = vk;
+    }
+}
+
+LORAC_MULTIVERSION
+double lorac_sum_squares_f32(const float *g, int64_t n, float scale) {
+    double ss = 0.0;
+    #pragma omp simd reduction(+ : ss)
+    for (int64_t k = 0; k < n; k++) {
+        double x = (double)(g[k] * scale);
+        ss += x * x;
+    }
+    return ss;
+}

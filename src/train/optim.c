@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lorac/kernels.h"
 #include "lorac/optim.h"
 
 struct lorac_adamw {
@@ -91,25 +92,16 @@ void lorac_adamw_step(lorac_adamw_t *o, double lr, float grad_scale) {
      * when it meets an f32 tensor. */
     double t = (double)o->c.steps;
     double bc1 = 1.0 - pow(o->hp.beta1, t), bc2 = 1.0 - pow(o->hp.beta2, t);
-    float neg_step_size = (float)(-(lr / bc1)), bc2_sqrt = (float)sqrt(bc2);
-    float b1 = (float)o->hp.beta1, one_minus_b1 = (float)(1.0 - o->hp.beta1);
-    float b2 = (float)o->hp.beta2, one_minus_b2 = (float)(1.0 - o->hp.beta2);
-    float eps = (float)o->hp.eps, decay = (float)(1.0 - lr * o->hp.weight_decay);
-    for (int32_t i = 0; i < o->n_params; i++) {
-        float *p = o->params[i].data, *m = o->m[i], *v = o->v[i];
-        const float *g = o->params[i].grad;
-        for (int64_t k = 0; k < o->params[i].n; k++) {
-            float gk = g[k] * grad_scale;
-            p[k] = p[k] * decay;                                  /* param.mul_(1 - lr*wd) */
-            /* torch's CPU kernels fuse these two: add_ with alpha is
-             * vec::fmadd, and the addcmul kernel's a + (s*x)*y is contracted
-             * to one FMA in its AVX2 build; fmaf gives the same bits */
-            m[k] = fmaf(one_minus_b1, gk, m[k] * b1);             /* exp_avg.mul_(b1).add_(g, alpha=1-b1) */
-            v[k] = fmaf(one_minus_b2 * gk, gk, v[k] * b2);        /* exp_avg_sq.mul_(b2).addcmul_(g, g, value=1-b2) */
-            float denom = sqrtf(v[k]) / bc2_sqrt + eps;           /* (v.sqrt() / bc2_sqrt).add_(eps) */
-            p[k] = p[k] + (neg_step_size * m[k]) / denom;         /* param.addcdiv_(m, denom, value=-step_size) */
-        }
-    }
+    lorac_adamw_coefs_t c = {
+        .grad_scale = grad_scale,
+        .decay = (float)(1.0 - lr * o->hp.weight_decay),
+        .beta1 = (float)o->hp.beta1, .one_minus_beta1 = (float)(1.0 - o->hp.beta1),
+        .beta2 = (float)o->hp.beta2, .one_minus_beta2 = (float)(1.0 - o->hp.beta2),
+        .bias_correction2_sqrt = (float)sqrt(bc2), .eps = (float)o->hp.eps,
+        .neg_step_size = (float)(-(lr / bc1)),
+    };
+    for (int32_t i = 0; i < o->n_params; i++)
+        lorac_adamw_update_f32(o->params[i].data, o->m[i], o->v[i], o->params[i].grad, o->params[i].n, &c);
 }
 
 void lorac_adamw_skip(lorac_adamw_t *o) {
@@ -149,11 +141,7 @@ double lorac_optim_grad_norm(const lorac_optim_param_t *params, int32_t n_params
     /* double accumulation: f32 squares would overflow above ~1.8e19 and lose
      * digits over millions of terms; NaN/inf propagate into the sum */
     double ss = 0.0;
-    for (int32_t i = 0; i < n_params; i++)
-        for (int64_t k = 0; k < params[i].n; k++) {
-            double g = (double)(params[i].grad[k] * grad_scale);
-            ss += g * g;
-        }
+    for (int32_t i = 0; i < n_params; i++) ss += lorac_sum_squares_f32(params[i].grad, params[i].n, grad_scale);
     return sqrt(ss);
 }
 
