@@ -1,15 +1,19 @@
 /* The training attention kernels against a direct double-precision
  * implementation of the same formulas: rows longer than one query block
- * (the kernels work in blocks of 64 queries), grouped-query heads, a row
- * with two packed examples, a head size that is not a multiple of 16, on
- * every instruction-set path and for 1 and 3 threads. */
+ * (the kernels work in blocks of 64 queries of one head, or of fewer
+ * tokens of a grouped-query group's heads stacked), one head per kv head
+ * and groups of 2, 3 and 8 (blocks of 64, 42 and 16 tokens: a last block
+ * short of a whole one each time), a row with two packed examples, a head
+ * size that is not a multiple of 16, on every instruction-set path and for
+ * 1 and 3 threads. */
 #include <stdint.h>
 
 #include "kernels/kernels_internal.h"
 #include "testlib.h"
 #include "isa_paths.h"
 
-enum { B = 2, T = 150, H = 4, KVH = 2, HD = 24 };
+enum { B = 2, T = 150, HMAX = 8, HD = 24 };
+static int H, KVH; /* the shape under test */
 #define QN (B * T * H * HD)
 #define KN (B * T * KVH * HD)
 
@@ -19,9 +23,10 @@ static float frand(void) {
     return (float)((double)(rng >> 40) / (double)(1ull << 23) - 1.0);
 }
 
-static float q[QN], k[KN], v[KN], dout[QN];
+static float q[B * T * HMAX * HD], k[B * T * HMAX * HD], v[B * T * HMAX * HD], dout[B * T * HMAX * HD];
 static int32_t start[B * T];
-static double ref_out[QN], ref_lse[B * T * H], ref_dq[QN], ref_dk[KN], ref_dv[KN];
+static double ref_out[B * T * HMAX * HD], ref_lse[B * T * HMAX], ref_dq[B * T * HMAX * HD];
+static double ref_dk[B * T * HMAX * HD], ref_dv[B * T * HMAX * HD];
 
 /* Reference: for each query, P = softmax(scale·q·k_j) over its visible
  * keys, O = Σ P_j v_j; backward dP_j = dO·v_j, dS_j = P_j (dP_j − dO·O),
@@ -29,6 +34,7 @@ static double ref_out[QN], ref_lse[B * T * H], ref_dq[QN], ref_dk[KN], ref_dv[KN
 static void reference(void) {
     double scale = 1.0 / sqrt((double)HD), p[T];
     memset(ref_dq, 0, sizeof ref_dq), memset(ref_dk, 0, sizeof ref_dk), memset(ref_dv, 0, sizeof ref_dv);
+    memset(ref_out, 0, sizeof ref_out), memset(ref_lse, 0, sizeof ref_lse);
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++)
             for (int h = 0; h < H; h++) {
@@ -76,7 +82,8 @@ static double rel_err(const float *got, const double *ref, int n) {
 }
 
 static void check_path(const char *isa, int threads) {
-    static float out[QN], lse[B * T * H], dq[QN], dk[KN], dv[KN];
+    static float out[B * T * HMAX * HD], lse[B * T * HMAX], dq[B * T * HMAX * HD];
+    static float dk[B * T * HMAX * HD], dv[B * T * HMAX * HD];
     lorac_kernels_set_threads(threads);
     float *scratch = malloc(sizeof(float) * (size_t)lorac_attention_train_scratch_floats(T, HD, threads));
     if (!scratch) abort();
@@ -88,24 +95,29 @@ static void check_path(const char *isa, int threads) {
     double e_out = rel_err(out, ref_out, QN), e_dq = rel_err(dq, ref_dq, QN);
     double e_dk = rel_err(dk, ref_dk, KN), e_dv = rel_err(dv, ref_dv, KN), e_lse = 0;
     for (int i = 0; i < B * T * H; i++) e_lse = fmax(e_lse, fabs(lse[i] - ref_lse[i]));
-    printf("  %-8s %d threads: out %.2g lse %.2g dq %.2g dk %.2g dv %.2g\n", isa, threads, e_out, e_lse, e_dq,
+    printf("  H %d KVH %d %-8s %d threads: out %.2g lse %.2g dq %.2g dk %.2g dv %.2g\n", H, KVH, isa, threads, e_out, e_lse, e_dq,
            e_dk, e_dv);
-    CHECK_MSG(e_out < 1e-5 && e_lse < 1e-5, "%s forward: out %g lse %g", isa, e_out, e_lse);
-    CHECK_MSG(e_dq < 1e-5 && e_dk < 1e-5 && e_dv < 1e-5, "%s backward: dq %g dk %g dv %g", isa, e_dq, e_dk, e_dv);
+    CHECK_MSG(e_out < 1e-5 && e_lse < 1e-5, "H %d KVH %d %s forward: out %g lse %g", H, KVH, isa, e_out, e_lse);
+    CHECK_MSG(e_dq < 1e-5 && e_dk < 1e-5 && e_dv < 1e-5, "H %d KVH %d %s backward: dq %g dk %g dv %g", H, KVH, isa,
+              e_dq, e_dk, e_dv);
     free(scratch);
 }
 
 int main(void) {
-    for (int i = 0; i < QN; i++) q[i] = 2.0f * frand(), dout[i] = frand();
-    for (int i = 0; i < KN; i++) k[i] = 2.0f * frand(), v[i] = frand();
-    /* row 0 one example; row 1 two packed examples, the second from t = 70 */
-    for (int t = 0; t < T; t++) start[t] = 0, start[T + t] = t < 70 ? 0 : 70;
-    reference();
+    static const int shapes[][2] = {{4, 2}, {3, 3}, {6, 2}, {8, 1}}; /* H, KVH */
     static const char *const isas[] = {"portable", "avx2", "avx512"};
-    for (int i = 0; i < 3; i++) {
-        if (tl_use_isa(isas[i]) != 0) continue;
-        check_path(isas[i], 1);
-        check_path(isas[i], 3);
+    for (int sh = 0; sh < 4; sh++) {
+        H = shapes[sh][0], KVH = shapes[sh][1];
+        for (int i = 0; i < QN; i++) q[i] = 2.0f * frand(), dout[i] = frand();
+        for (int i = 0; i < KN; i++) k[i] = 2.0f * frand(), v[i] = frand();
+        /* row 0 one example; row 1 two packed examples, the second from t = 70 */
+        for (int t = 0; t < T; t++) start[t] = 0, start[T + t] = t < 70 ? 0 : 70;
+        reference();
+        for (int i = 0; i < 3; i++) {
+            if (tl_use_isa(isas[i]) != 0) continue;
+            check_path(isas[i], 1);
+            check_path(isas[i], 3);
+        }
     }
     return tl_finish("test_attention");
 }

@@ -98,19 +98,32 @@ void lorac_rope_apply(float *x, const float *cs, int64_t T, int64_t n_heads, int
 
 /* ---- attention over packed rows ------------------------------------------
  * Both kernels take one (row b, kv head) at a time and its query heads in
- * blocks of QBLOCK queries, and do every product of the block — scores
+ * blocks of query rows, and do every product of the block — scores
  * S = Q·Kᵀ, O = P·V, and in the backward pass dP = dO·Vᵀ, dQ = dS·K,
  * dK = dSᵀ·Q, dV = Pᵀ·dO — with the matmul block kernel (matmul_acc, one
  * thread, register-tiled) on contiguous copies of the head's K, V, Q and
  * dO. Scores are computed for keys 0 .. end of the block; the causal mask
  * and the packed-example starts zero the rest of P. Per-key loops (a dot
- * product, then an axpy, per key) ran at a tenth of the FMA peak. */
+ * product, then an axpy, per key) ran at a tenth of the FMA peak.
+ *
+ * A block holds QBLOCK tokens of one query head, or, where query heads
+ * share the kv head (grouped-query attention), fewer tokens of all the
+ * heads of the group, stacked token by token (up to QROWS rows): the K and
+ * V panels are then packed once for the whole group, and the causal mask
+ * wastes less (scores are computed up to the block's last token, for a
+ * 1.1B-shaped model's 8 heads a group 16 tokens past the diagonal at most
+ * instead of 64). One head (no sharing) keeps 64-token blocks. */
 
 #define QBLOCK 64
+#define QROWS 128
+
+/* Heads stacked in one block, and the tokens of a block of hn heads. */
+static int64_t heads_per_block(int64_t group) { return group < QROWS ? group : QROWS; }
+static int64_t block_tokens(int64_t hn) { return hn == 1 ? QBLOCK : QROWS / hn; }
 
 /* Floats of one thread's scratch (see attention_scratch_t). */
 static int64_t scratch_per_thread(int64_t T, int64_t hd) {
-    return 2 * QBLOCK * T + 6 * T * hd + 4 * QBLOCK * hd;
+    return 2 * QROWS * T + 6 * T * hd + 4 * QROWS * hd;
 }
 
 int64_t lorac_attention_train_scratch_floats(int64_t T, int64_t hd, int n_threads) {
@@ -118,24 +131,25 @@ int64_t lorac_attention_train_scratch_floats(int64_t T, int64_t hd, int n_thread
 }
 
 typedef struct {
-    float *s, *ds;           /* (QBLOCK, T): scores then P; dP then dS */
+    float *s, *ds;           /* (QROWS, T): scores then P; dP then dS */
     float *kt, *vt;          /* (hd, T) */
     float *kc, *vc;          /* (T, hd) */
     float *dkc, *dvc;        /* (T, hd) gradient accumulators */
-    float *qc, *doc, *oc;    /* (QBLOCK, hd) */
-    float *dqc;              /* (QBLOCK, hd) */
+    float *qc, *doc, *oc;    /* (QROWS, hd) */
+    float *dqc;              /* (QROWS, hd) */
 } attention_scratch_t;
 
 static attention_scratch_t carve_scratch(float *base, int64_t T, int64_t hd) {
     attention_scratch_t w;
-    w.s = base, w.ds = w.s + QBLOCK * T;
-    w.kt = w.ds + QBLOCK * T, w.vt = w.kt + hd * T;
+    w.s = base, w.ds = w.s + QROWS * T;
+    w.kt = w.ds + QROWS * T, w.vt = w.kt + hd * T;
     w.kc = w.vt + hd * T, w.vc = w.kc + T * hd, w.dkc = w.vc + T * hd, w.dvc = w.dkc + T * hd;
-    w.qc = w.dvc + T * hd, w.doc = w.qc + QBLOCK * hd, w.oc = w.doc + QBLOCK * hd, w.dqc = w.oc + QBLOCK * hd;
+    w.qc = w.dvc + T * hd, w.doc = w.qc + QROWS * hd, w.oc = w.doc + QROWS * hd, w.dqc = w.oc + QROWS * hd;
     return w;
 }
 
-/* dst (n, hd) contiguous = n rows of one head, `stride` apart. */
+/* dst (n, hd) contiguous = n rows of hd floats, `stride` apart (one
+ * head's rows, or with hd = hn·head_dim a group's stacked rows). */
 static void gather_head(float *dst, const float *src, int64_t stride, int64_t n, int64_t hd) {
     for (int64_t j = 0; j < n; j++) memcpy(dst + j * hd, src + j * stride, sizeof(float) * (size_t)hd);
 }
@@ -204,7 +218,7 @@ void lorac_attention_train_forward(float *out, float *lse, float *scratch, const
                                    const float *v, const int32_t *start, int64_t B, int64_t T, int64_t H,
                                    int64_t KVH, int64_t hd) {
     const lorac_kernel_ops_t *ops = lorac_kernels_ops();
-    int64_t group = H / KVH, kvs = KVH * hd, qs = H * hd;
+    int64_t group = H / KVH, hg = heads_per_block(group), kvs = KVH * hd, qs = H * hd;
     float scale = 1.0f / sqrtf((float)hd);
     int n_threads = lorac_kernels_get_threads();
     #pragma omp parallel num_threads(n_threads)
@@ -216,19 +230,22 @@ void lorac_attention_train_forward(float *out, float *lse, float *scratch, const
             gather_head(w.kc, k + (b * T * KVH + kvh) * hd, kvs, T, hd);
             gather_head(w.vc, v + (b * T * KVH + kvh) * hd, kvs, T, hd);
             if (!ops->matmul_set_bt) transpose_head(w.kt, k + (b * T * KVH + kvh) * hd, kvs, T, hd);
-            for (int64_t h = kvh * group; h < (kvh + 1) * group; h++)
-                for (int64_t t0 = 0; t0 < T; t0 += QBLOCK) {
-                    int64_t nq = T - t0 < QBLOCK ? T - t0 : QBLOCK, end = t0 + nq;
-                    const float *qb = q + ((b * T + t0) * H + h) * hd;
-                    scores_product(ops, w.s, nq, T, end, qb, qs, w.kc, w.kt, hd);        /* S = Q·Kᵀ */
-                    for (int64_t i = 0; i < nq; i++) {
-                        int64_t t = t0 + i, bt = b * T + t;
-                        lse[bt * H + h] = scores_to_p(ops, w.s + i * T, scale, first_visible(start, bt, t), t, end, NULL);
+            for (int64_t h0 = kvh * group; h0 < (kvh + 1) * group; h0 += hg) {
+                int64_t hn = (kvh + 1) * group - h0 < hg ? (kvh + 1) * group - h0 : hg, nt = block_tokens(hn);
+                for (int64_t t0 = 0; t0 < T; t0 += nt) {
+                    int64_t n = T - t0 < nt ? T - t0 : nt, end = t0 + n, rows = n * hn, row0 = (b * T + t0) * H + h0;
+                    gather_head(w.qc, q + row0 * hd, qs, n, hn * hd);                 /* row r: token r/hn, head r%hn */
+                    scores_product(ops, w.s, rows, T, end, w.qc, hd, w.kc, w.kt, hd); /* S = Q·Kᵀ */
+                    for (int64_t r = 0; r < rows; r++) {
+                        int64_t t = t0 + r / hn, bt = b * T + t;
+                        lse[bt * H + h0 + r % hn] =
+                            scores_to_p(ops, w.s + r * T, scale, first_visible(start, bt, t), t, end, NULL);
                     }
-                    block_product(ops, w.oc, nq, hd, hd, w.s, T, 1, w.vc, end);      /* O = P·V */
-                    for (int64_t i = 0; i < nq; i++)
-                        memcpy(out + ((b * T + t0 + i) * H + h) * hd, w.oc + i * hd, sizeof(float) * (size_t)hd);
+                    block_product(ops, w.oc, rows, hd, hd, w.s, T, 1, w.vc, end);      /* O = P·V */
+                    for (int64_t i = 0; i < n; i++)
+                        memcpy(out + (row0 + i * H) * hd, w.oc + i * hn * hd, sizeof(float) * (size_t)(hn * hd));
                 }
+            }
         }
     }
 }
@@ -244,7 +261,7 @@ void lorac_attention_train_backward(float *dq, float *dk, float *dv, float *scra
                                     const float *lse, const int32_t *start, int64_t B, int64_t T, int64_t H,
                                     int64_t KVH, int64_t hd) {
     const lorac_kernel_ops_t *ops = lorac_kernels_ops();
-    int64_t group = H / KVH, kvs = KVH * hd, qs = H * hd;
+    int64_t group = H / KVH, hg = heads_per_block(group), kvs = KVH * hd, qs = H * hd;
     float scale = 1.0f / sqrtf((float)hd);
     int n_threads = lorac_kernels_get_threads();
     #pragma omp parallel num_threads(n_threads)
@@ -261,29 +278,29 @@ void lorac_attention_train_backward(float *dq, float *dk, float *dv, float *scra
                 transpose_head(w.vt, vb, kvs, T, hd);
             }
             memset(w.dkc, 0, sizeof(float) * (size_t)(2 * T * hd)); /* dkc and dvc */
-            for (int64_t h = kvh * group; h < (kvh + 1) * group; h++)
-                for (int64_t t0 = 0; t0 < T; t0 += QBLOCK) {
-                    int64_t nq = T - t0 < QBLOCK ? T - t0 : QBLOCK, end = t0 + nq, row0 = (b * T + t0) * H + h;
-                    gather_head(w.qc, q + row0 * hd, qs, nq, hd);
-                    gather_head(w.doc, dout + row0 * hd, qs, nq, hd);
-                    scores_product(ops, w.s, nq, T, end, w.qc, hd, w.kc, w.kt, hd);   /* S = Q·Kᵀ */
-                    scores_product(ops, w.ds, nq, T, end, w.doc, hd, w.vc, w.vt, hd); /* dP = dO·Vᵀ */
-                    for (int64_t i = 0; i < nq; i++) {
-                        int64_t t = t0 + i, bt = b * T + t;
-                        float *p = w.s + i * T, *d = w.ds + i * T;
+            for (int64_t h0 = kvh * group; h0 < (kvh + 1) * group; h0 += hg) {
+                int64_t hn = (kvh + 1) * group - h0 < hg ? (kvh + 1) * group - h0 : hg, nt = block_tokens(hn);
+                for (int64_t t0 = 0; t0 < T; t0 += nt) {
+                    int64_t n = T - t0 < nt ? T - t0 : nt, end = t0 + n, rows = n * hn, row0 = (b * T + t0) * H + h0;
+                    gather_head(w.qc, q + row0 * hd, qs, n, hn * hd);                  /* row r: token r/hn, head r%hn */
+                    gather_head(w.doc, dout + row0 * hd, qs, n, hn * hd);
+                    scores_product(ops, w.s, rows, T, end, w.qc, hd, w.kc, w.kt, hd);   /* S = Q·Kᵀ */
+                    scores_product(ops, w.ds, rows, T, end, w.doc, hd, w.vc, w.vt, hd); /* dP = dO·Vᵀ */
+                    for (int64_t r = 0; r < rows; r++) {
+                        int64_t t = t0 + r / hn, bt = b * T + t, h = h0 + r % hn;
+                        float *p = w.s + r * T, *d = w.ds + r * T;
                         scores_to_p(ops, p, scale, first_visible(start, bt, t), t, end, &lse[bt * H + h]);
-                        float delta = dot_f32(w.doc + i * hd, out + (row0 + i * H) * hd, hd);
+                        float delta = dot_f32(w.doc + r * hd, out + (bt * H + h) * hd, hd);
                         for (int64_t j = 0; j < end; j++) d[j] = p[j] * (d[j] - delta) * scale; /* dS */
                     }
-                    block_product(ops, w.dqc, nq, hd, hd, w.ds, T, 1, w.kc, end);  /* dQ = dS·K */
-                    for (int64_t i = 0; i < nq; i++) {
-                        float *dqr = dq + (row0 + i * H) * hd;
-                        for (int64_t c = 0; c < hd; c++) dqr[c] = w.dqc[i * hd + c];
-                    }
+                    block_product(ops, w.dqc, rows, hd, hd, w.ds, T, 1, w.kc, end);  /* dQ = dS·K */
+                    for (int64_t i = 0; i < n; i++)
+                        memcpy(dq + (row0 + i * H) * hd, w.dqc + i * hn * hd, sizeof(float) * (size_t)(hn * hd));
                     /* dK += dSᵀ·Q, dV += Pᵀ·dO over the block's visible keys */
-                    ops->matmul_acc(w.dkc, w.ds, 1, T, w.qc, LORAC_DTYPE_F32, end, nq, hd, 0, end, 0, hd);
-                    ops->matmul_acc(w.dvc, w.s, 1, T, w.doc, LORAC_DTYPE_F32, end, nq, hd, 0, end, 0, hd);
+                    ops->matmul_acc(w.dkc, w.ds, 1, T, w.qc, LORAC_DTYPE_F32, end, rows, hd, 0, end, 0, hd);
+                    ops->matmul_acc(w.dvc, w.s, 1, T, w.doc, LORAC_DTYPE_F32, end, rows, hd, 0, end, 0, hd);
                 }
+            }
             float *dkb = dk + (b * T * KVH + kvh) * hd, *dvb = dv + (b * T * KVH + kvh) * hd;
             for (int64_t j = 0; j < T; j++)
                 for (int64_t c = 0; c < hd; c++) {
