@@ -1,7 +1,7 @@
 /* Gradients of the training pass against central finite differences of its
  * own loss, for every LoRA target kind, for full fine-tuning, with GQA,
- * biases, tied embeddings, masked targets, packed rows, and a vocabulary
- * the loss takes in several blocks. The forward is
+ * biases, tied embeddings, masked targets, packed rows, a vocabulary the
+ * loss takes in several blocks, and an adapter on the upper layers only. The forward is
  * f32, so the comparison is a normalised error over many sampled elements:
  * |g - fd| / (|g| + |fd|) summed, as test-backend-ops does.
  * (Exact agreement with PyTorch's autograd is tests/test_train_parity.py.) */
@@ -72,12 +72,19 @@ static double check_grads(lorac_train_pass_t *p, int per_param, const char *labe
     return worst;
 }
 
-/* An adapter of rank r on targets with B random (from zero, every A
- * gradient would be zero), the same for the same arguments. */
-static lorac_adapter_t *random_adapter(const lorac_model_t *m, int r, float alpha, const char *targets) {
+/* An adapter of rank r on targets (in the layers "0-3,7" names, NULL: all)
+ * with B random (from zero, every A gradient would be zero), the same for
+ * the same arguments. */
+static lorac_adapter_t *random_adapter(const lorac_model_t *m, int r, float alpha, const char *targets,
+                                       const char *layers) {
     lorac_lora_params_t lp = lorac_lora_default_params();
     lp.r = r; lp.alpha = alpha;
     CHECK(lorac_lora_parse_targets(targets, &lp.targets) == LORAC_STATUS_OK);
+    uint8_t mask[64];
+    if (layers) {
+        CHECK(lorac_lora_parse_layers(layers, lorac_model_get_config(m)->n_layers, mask) == LORAC_STATUS_OK);
+        lp.layers = mask;
+    }
     lorac_adapter_t *a;
     CHECK(lorac_adapter_init(lorac_model_get_config(m), &lp, &a) == LORAC_STATUS_OK);
     unsigned long long s = 17;
@@ -100,10 +107,10 @@ static lorac_model_t *load_tiny(const char *label, tiny_model_t tm) {
     return m;
 }
 
-static void lora_case(const char *label, tiny_model_t tm, const char *targets) {
+static void lora_case(const char *label, tiny_model_t tm, const char *targets, const char *layers) {
     lorac_model_t *m = load_tiny(label, tm);
     if (!m) return;
-    lorac_adapter_t *a = random_adapter(m, 3, 6.0f, targets);
+    lorac_adapter_t *a = random_adapter(m, 3, 6.0f, targets, layers);
     lorac_train_pass_t *p;
     lorac_train_pass_params_t pp = {.batch = B, .seq_len = T};
     CHECK(lorac_train_pass_init(m, a, pp, &p) == LORAC_STATUS_OK);
@@ -163,7 +170,7 @@ static void for_training_case(void) {
     float *grads[2] = {NULL, NULL};
     int64_t n_grads = 0;
     for (int k = 0; k < 2; k++) {
-        lorac_adapter_t *a = random_adapter(m[k], 4, 8.0f, "all-linear");
+        lorac_adapter_t *a = random_adapter(m[k], 4, 8.0f, "all-linear", NULL);
         lorac_train_pass_t *p;
         lorac_train_pass_params_t pp = {.batch = RB, .seq_len = RT};
         CHECK(lorac_train_pass_init(m[k], a, pp, &p) == LORAC_STATUS_OK);
@@ -205,15 +212,19 @@ int main(void) {
     lorac_kernels_set_threads(2);
     for_training_case();
     tiny_model_t gqa = {.D = 16, .I = 24, .L = 2, .H = 4, .KVH = 2, .HD = 4, .V = 23, .seed = 3};
-    lora_case("lora-gqa-all-linear", gqa, "all-linear");
+    lora_case("lora-gqa-all-linear", gqa, "all-linear", NULL);
     tiny_model_t biased = gqa;
     biased.bias = 1; biased.tied = 1; biased.seed = 4;
-    lora_case("lora-bias-tied", biased, "q_proj,k_proj,v_proj,o_proj,down_proj");
+    lora_case("lora-bias-tied", biased, "q_proj,k_proj,v_proj,o_proj,down_proj", NULL);
     tiny_model_t qwen = {.D = 12, .I = 20, .L = 1, .H = 3, .KVH = 1, .HD = 6, .V = 19, .qwen2 = 1, .bias = 1, .seed = 5};
-    lora_case("lora-qwen2-mqa", qwen, "gate_proj,up_proj,v_proj");
+    lora_case("lora-qwen2-mqa", qwen, "gate_proj,up_proj,v_proj", NULL);
     /* 2500 tokens: the loss runs over the vocabulary in 3 blocks (online softmax) */
     tiny_model_t wide = {.D = 16, .I = 24, .L = 1, .H = 4, .KVH = 4, .HD = 4, .V = 2500, .seed = 7};
-    lora_case("lora-vocab-blocks", wide, "q_proj,v_proj,up_proj");
+    lora_case("lora-vocab-blocks", wide, "q_proj,v_proj,up_proj", NULL);
+    /* only the upper layers adapted: the backward pass stops at layer 1 */
+    tiny_model_t deep = gqa;
+    deep.L = 3, deep.seed = 9;
+    lora_case("lora-upper-layers", deep, "all-linear", "1-2");
     full_case("full-gqa-bias", biased);
     tiny_model_t untied = gqa;
     untied.seed = 6;

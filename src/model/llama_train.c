@@ -90,6 +90,7 @@ struct lorac_train_pass {
     const float *lm_head_packed;  /* the frozen classifier repacked, or NULL */
     float *packed_arena;          /* the frozen weights repacked (setup_packed) */
     float *d_embed, *d_final_norm, *d_lm_head; /* full only; d_lm_head == d_embed when tied */
+    int32_t grad_floor;           /* the lowest layer with a gradient: backward stops there */
     layer_acts_t *acts;
     float *x_final, *rstd_f, *xn_f;
     /* backward scratch */
@@ -359,6 +360,14 @@ lorac_status_t lorac_train_pass_init(const lorac_model_t *model, lorac_adapter_t
     p->lm_head = model->lm_head;
     if ((s = adapter ? setup_lora(p) : setup_full(p))) goto fail;
     if (adapter && (s = setup_packed(p))) goto fail;
+    /* Below the lowest adapted layer nothing has a gradient (LoRA keeps
+     * the embedding frozen), so the backward pass ends there, as autograd
+     * ends where no tensor needs a gradient (with --layers 12-21 on a
+     * 22-layer model it covers 10 layers). */
+    p->grad_floor = adapter ? c->n_layers : 0;
+    if (adapter)
+        for (int32_t i = 0; i < adapter->n_modules; i++)
+            if (adapter->modules[i].layer < p->grad_floor) p->grad_floor = adapter->modules[i].layer;
 
     arena_t a = {NULL, 0};
     plan_activations(p, &a);
@@ -540,7 +549,8 @@ static void layer_forward(lorac_train_pass_t *p, int32_t l, float *x_out, float 
 }
 
 /* dres (N,D) holds dLoss/d(layer output); on return it holds dLoss/d(x_in),
- * except in a first layer whose input gradient nothing reads (see the end). */
+ * except in the lowest layer with a gradient, whose input gradient nothing
+ * reads (see the end). */
 static void layer_backward(lorac_train_pass_t *p, int32_t l, float *dres, float dropout, int has_rng) {
     const lorac_model_t *m = p->model;
     const lorac_model_config_t *c = &m->config;
@@ -566,10 +576,11 @@ static void layer_backward(lorac_train_pass_t *p, int32_t l, float *dres, float 
     lorac_rope_apply(p->dq, p->rope_cs, N, H, hd, -1);
     lorac_rope_apply(p->dk, p->rope_cs, N, KVH, hd, -1);
     lap(p, LORAC_PHASE_ROPE);
-    /* The first layer's input is the embedding lookup: when the embedding
-     * and this norm are frozen (LoRA), nothing reads d x_in, so q, k and v
-     * give only their LoRA gradients and the norm's backward is skipped. */
-    float *dxn = l > 0 || p->d_embed || L->d_attn_norm ? p->dxn : NULL;
+    /* Below the lowest layer with a gradient (the first layer's input is
+     * the embedding lookup) nothing reads d x_in when the embedding and
+     * this norm are frozen (LoRA): q, k and v give only their LoRA
+     * gradients and the norm's backward is skipped. */
+    float *dxn = l > p->grad_floor || p->d_embed || L->d_attn_norm ? p->dxn : NULL;
     linear_backward(p, &L->proj[LORAC_LORA_Q], dxn, true, p->dq, s->xn1, s, LORAC_LORA_Q, dropout, has_rng);
     linear_backward(p, &L->proj[LORAC_LORA_K], dxn, false, p->dk, s->xn1, s, LORAC_LORA_K, dropout, has_rng);
     linear_backward(p, &L->proj[LORAC_LORA_V], dxn, false, p->dv, s->xn1, s, LORAC_LORA_V, dropout, has_rng);
@@ -729,7 +740,7 @@ lorac_status_t lorac_train_pass_run(lorac_train_pass_t *p, const int32_t *tokens
     lorac_rmsnorm_backward(p->dres, p->d_final_norm, p->dxn_f, p->x_final, p->final_norm.data, p->final_norm.dtype,
                            p->rstd_f, N, D);
     lap(p, LORAC_PHASE_NORMS);
-    for (int32_t l = c->n_layers - 1; l >= 0; l--) layer_backward(p, l, p->dres, dropout, rng != NULL);
+    for (int32_t l = c->n_layers - 1; l >= p->grad_floor; l--) layer_backward(p, l, p->dres, dropout, rng != NULL);
     if (p->d_embed)
         for (int64_t i = 0; i < N; i++) {
             float *row = p->d_embed + (int64_t)tokens[i] * D;
