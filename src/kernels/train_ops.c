@@ -420,9 +420,11 @@ void lorac_crossentropy_classifier(const float *x, const void *w, lorac_dtype_t 
 }
 
 /* ---- optimizer ----------------------------------------------------------------
- * Each value's update is the same expression as before in the same order
- * (fmaf where torch's kernels fuse), so vector lanes and threads change
- * no bit; fmaf needs the FMA clones to stay inline and vectorised. */
+ * Each value's update is one fixed expression, so vector lanes and threads
+ * change no bit. torch's CPU kernels fuse two of its steps: add_ with alpha
+ * is vec::fmadd, and the addcmul kernel's a + (s*x)*y is contracted to one
+ * FMA in its AVX2 build; fmaf gives the same bits (and needs the FMA
+ * clones to stay inline and vectorised). */
 
 LORAC_MULTIVERSION_FMA
 void lorac_adamw_update_f32(float *p, float *m, float *v, const float *g, int64_t n, const lorac_adamw_coefs_t *c) {
