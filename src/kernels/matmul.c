@@ -268,12 +268,11 @@ void lorac_matmul_forward_parts_lora(const lorac_matmul_part_t *parts, int n_par
         return;
     }
     /* Pieces of whole 4-row groups, handed out as the threads come free.
-     * Decode streams w once, in the path's decode_pieces a thread: 8 on
-     * the AVX-512 path (in halves, the thread whose memory reads ran slower
-     * held the other at the barrier of every product); 1 on the AVX2 path,
-     * whose decode loop reads a piece as four streams that run faster the
-     * longer they are. Longer batches: one piece per thread. Any split
-     * gives the same bits (all tile shapes do). */
+     * Decode streams w once, in the path's decode_pieces a thread: 1 on
+     * the AVX2 and AVX-512 paths, whose decode loops read a piece as four
+     * streams that run faster the longer they are. Longer batches: one
+     * piece per thread. Any split gives the same bits (all tile shapes
+     * do). */
     int64_t piece = round_up((total + nt - 1) / nt, 4);
     if (T < DECODE_MAX_T) {
         int64_t per = (int64_t)nt * ops->decode_pieces;

@@ -50,6 +50,9 @@
 #define LORAC_AVX512_MBLOCK 510
 #endif
 #define MBLOCK LORAC_AVX512_MBLOCK
+/* Bytes ahead in each of decode's four weight streams that fwd_row4
+ * prefetches (the AVX2 path's distance). */
+#define DECODE_AHEAD 512
 
 /* 16 elements of a weight row starting at element i, widened to f32. */
 LORAC_ALWAYS_INLINE __m512 load_w(const void *w, lorac_dtype_t dt, int64_t i) {
@@ -100,8 +103,7 @@ LORAC_ALWAYS_INLINE void widen(const lorac_dtype_t dt, float *dst, const void *s
  * out[t0+i, n0+j] = hsum(Σ_k x[i,k]·w[j,k] per lane) (+ bias[j]). */
 LORAC_ALWAYS_INLINE void fwd_tile(const int RT, const int RN, const lorac_dtype_t dt, float *out,
                                   int64_t N, const float *x, const void *w, int64_t woff,
-                                  const float *bias, int64_t K, int64_t pfoff) {
-    const char *pf = pfoff >= 0 ? (const char *)w + pfoff * (int64_t)lorac_dtype_size(dt) : NULL;
+                                  const float *bias, int64_t K) {
     __m512 acc[FT][FN];
 #pragma GCC unroll 4
     for (int i = 0; i < RT; i++)
@@ -112,10 +114,6 @@ LORAC_ALWAYS_INLINE void fwd_tile(const int RT, const int RN, const lorac_dtype_
         __m512 xv[FT];
 #pragma GCC unroll 4
         for (int i = 0; i < RT; i++) xv[i] = _mm512_loadu_ps(x + i * K + k);
-        if (pf) /* the next block's rows, same column: one line per row per step */
-#pragma GCC unroll 6
-            for (int j = 0; j < RN; j++)
-                _mm_prefetch(pf + (j * K + k) * (int64_t)lorac_dtype_size(dt), _MM_HINT_T0);
 #pragma GCC unroll 6
         for (int j = 0; j < RN; j++) {
             __m512 wv = load_w(w, dt, woff + j * K + k);
@@ -144,27 +142,29 @@ LORAC_ALWAYS_INLINE void fwd_tile(const int RT, const int RN, const lorac_dtype_
         }
 }
 
-/* One x row against 4 weight rows: fwd_tile(1, 4, ...) written with named
- * accumulators and row pointers. GCC keeps fwd_tile's arrays on the stack
- * for the 1-row shape (measured: bf16 decode GEMV at a third of the f32
- * rate, every iteration reloading accumulators and recomputing addresses);
- * this is the decode hot loop, so it gets registers explicitly. Same FMA
- * chain per lane and the same masked tail and hsum, so bitwise the same
- * result as fwd_tile. */
+/* One x row against the 4 weight rows woff, woff + stride·K, woff +
+ * 2·stride·K and woff + 3·stride·K: fwd_tile(1, 1, ...) four times over,
+ * with named accumulators and row pointers. GCC keeps fwd_tile's arrays on
+ * the stack for the 1-row shape (measured: bf16 decode GEMV at a third of
+ * the f32 rate, every iteration reloading accumulators and recomputing
+ * addresses); this is the decode hot loop, so it gets registers
+ * explicitly. Same FMA chain per lane and the same masked tail and hsum,
+ * so bitwise the same result as fwd_tile. Each row pointer's next row is
+ * the next one in memory, so over the decode loop (fwd_block) the four
+ * form four long sequential streams; each is prefetched DECODE_AHEAD
+ * bytes on. */
 LORAC_ALWAYS_INLINE void fwd_row4(const lorac_dtype_t dt, float *out, const float *x, const void *w, int64_t woff,
-                                  const float *bias, int64_t K, int64_t pfoff) {
-    const int64_t es = (int64_t)lorac_dtype_size(dt);
-    const char *wb = (const char *)w + woff * es;
-    const char *r0 = wb, *r1 = wb + K * es, *r2 = wb + 2 * K * es, *r3 = wb + 3 * K * es;
-    const char *pf = pfoff >= 0 ? (const char *)w + pfoff * es : NULL;
+                                  const float *bias, int64_t K, int64_t stride) {
+    const int64_t es = (int64_t)lorac_dtype_size(dt), gap = stride * K * es;
+    const char *r0 = (const char *)w + woff * es, *r1 = r0 + gap, *r2 = r1 + gap, *r3 = r2 + gap;
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
     int64_t k = 0;
     for (; k + 16 <= K; k += 16) {
-        if (pf) {
-            _mm_prefetch(pf + k * es, _MM_HINT_T0);
-            _mm_prefetch(pf + (K + k) * es, _MM_HINT_T0);
-            _mm_prefetch(pf + (2 * K + k) * es, _MM_HINT_T0);
-            _mm_prefetch(pf + (3 * K + k) * es, _MM_HINT_T0);
+        if ((k * es) % 64 == 0) { /* a line of each stream per line consumed */
+            _mm_prefetch(r0 + k * es + DECODE_AHEAD, _MM_HINT_T0);
+            _mm_prefetch(r1 + k * es + DECODE_AHEAD, _MM_HINT_T0);
+            _mm_prefetch(r2 + k * es + DECODE_AHEAD, _MM_HINT_T0);
+            _mm_prefetch(r3 + k * es + DECODE_AHEAD, _MM_HINT_T0);
         }
         __m512 xv = _mm512_loadu_ps(x + k);
         a0 = _mm512_fmadd_ps(xv, load_w(r0, dt, k), a0);
@@ -182,9 +182,9 @@ LORAC_ALWAYS_INLINE void fwd_row4(const lorac_dtype_t dt, float *out, const floa
     }
     float v0 = hsum(a0), v1 = hsum(a1), v2 = hsum(a2), v3 = hsum(a3);
     out[0] = bias ? v0 + bias[0] : v0;
-    out[1] = bias ? v1 + bias[1] : v1;
-    out[2] = bias ? v2 + bias[2] : v2;
-    out[3] = bias ? v3 + bias[3] : v3;
+    out[stride] = bias ? v1 + bias[stride] : v1;
+    out[2 * stride] = bias ? v2 + bias[2 * stride] : v2;
+    out[3 * stride] = bias ? v3 + bias[3 * stride] : v3;
 }
 
 /* Columns [n0,n1) of rows [t0,t1) in tiles of FT x RN, RN = FN or 4 (the
@@ -204,14 +204,14 @@ LORAC_ALWAYS_INLINE void fwd_tiles(const lorac_dtype_t dt, float *out, const flo
              * same as the in-register path. */
             widen(dt, wbuf, w, *n * K, RN * K);
             for (; t + FT <= t1; t += FT)
-                fwd_tile(FT, RN, LORAC_DTYPE_F32, out + t * N + *n, N, x + t * K, wbuf, 0, b, K, -1);
+                fwd_tile(FT, RN, LORAC_DTYPE_F32, out + t * N + *n, N, x + t * K, wbuf, 0, b, K);
             for (; t < t1; t++)
-                fwd_tile(1, RN, LORAC_DTYPE_F32, out + t * N + *n, N, x + t * K, wbuf, 0, b, K, -1);
+                fwd_tile(1, RN, LORAC_DTYPE_F32, out + t * N + *n, N, x + t * K, wbuf, 0, b, K);
             continue;
         }
         for (; t + FT <= t1; t += FT)
-            fwd_tile(FT, RN, dt, out + t * N + *n, N, x + t * K, w, *n * K, b, K, -1);
-        for (; t < t1; t++) fwd_tile(1, RN, dt, out + t * N + *n, N, x + t * K, w, *n * K, b, K, -1);
+            fwd_tile(FT, RN, dt, out + t * N + *n, N, x + t * K, w, *n * K, b, K);
+        for (; t < t1; t++) fwd_tile(1, RN, dt, out + t * N + *n, N, x + t * K, w, *n * K, b, K);
     }
 }
 
@@ -220,19 +220,16 @@ LORAC_ALWAYS_INLINE void fwd_block(const lorac_dtype_t dt, float *out, const flo
                                    const void *w, const float *bias, int64_t T, int64_t K,
                                    int64_t N, int64_t n0, int64_t n1, float *wbuf) {
     if (T < FT) {
-        /* Decode: each weight row is streamed once per x row, 4 rows at a
-         * time. Software prefetch of the next 4 rows while these stream:
-         * 16-bit rows (1.5 KB at K = 768) end about when the hardware
-         * prefetcher has ramped up: measured +5-10% for bf16, while f32
-         * (3 KB rows) lost ~5%, so f32 does without. */
+        /* Decode: each weight row streamed once. Rows n0 + i, n0 + q + i,
+         * n0 + 2q + i and n0 + 3q + i go together (q = a quarter of the
+         * rows), so each of the four walks its own quarter of w front to
+         * back, as on the AVX2 path. */
+        int64_t q = (n1 - n0) / 4;
         for (int64_t t = 0; t < T; t++) {
-            int64_t n = n0;
-            for (; n + 4 <= n1; n += 4) {
-                int64_t pf = t == 0 && dt != LORAC_DTYPE_F32 && n + 8 <= n1 ? (n + 4) * K : -1;
-                fwd_row4(dt, out + t * N + n, x + t * K, w, n * K, bias ? bias + n : NULL, K, pf);
-            }
-            for (; n < n1; n++)
-                fwd_tile(1, 1, dt, out + t * N + n, N, x + t * K, w, n * K, bias ? bias + n : NULL, K, -1);
+            for (int64_t n = n0; n < n0 + q; n++)
+                fwd_row4(dt, out + t * N + n, x + t * K, w, n * K, bias ? bias + n : NULL, K, q);
+            for (int64_t n = n0 + 4 * q; n < n1; n++)
+                fwd_tile(1, 1, dt, out + t * N + n, N, x + t * K, w, n * K, bias ? bias + n : NULL, K);
         }
         return;
     }
@@ -262,15 +259,23 @@ static void avx512_matmul_fwd(float *out, const float *x, const void *w, lorac_d
 
 /* Accumulate micro-kernel: c rows m..m+RM-1 (row stride ldc), RV vectors of 16
  * columns (the last one masked by `last`) += Σ_{l<n} a[i*a_rs + l*a_cs] ·
- * b[boff + l*ldb + 16j ..]: a points at the tile's first row at the chunk's
- * first l, boff at b's row for it. Each lane is one c element: a chain of
+ * b[boff + l*ldb + j*vs ..]: a points at the tile's first row at the chunk's
+ * first l, boff at b's row for it, and a row's vectors lie vs apart (16 in
+ * a row of b or a packed panel; a group's stride in a repacked weight,
+ * which the forward reads in place). Each lane is one c element: a chain of
  * FMAs over l in increasing order starting from the stored value (from 0
  * when `zero` is set: the same bits as storing zeros first, without the
- * pass over c). */
+ * pass over c). Rows from `valid` on are computed (on a's zero padding)
+ * but neither loaded nor stored.
+ * A tail (tn > 0) continues each chain over tn more values before the
+ * store: Σ_j ta[i*t_rs + j] · tb[j*64 + 16v ..], ta the tile's first row
+ * of the tail's a (row-major, rows t_rs apart), tb its packed panel of b;
+ * rows from `valid` on read row valid - 1 instead (their results are not
+ * stored), so no read passes the last row. */
 LORAC_ALWAYS_INLINE void acc_tile(const int RM, const int RV, const lorac_dtype_t bt, float *c,
                                   int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
-                                  const void *b, int64_t boff, int64_t ldb, int64_t n, __mmask16 last, int zero,
-                                  int valid) {
+                                  const void *b, int64_t boff, int64_t ldb, int64_t vs, int64_t n, __mmask16 last,
+                                  int zero, int valid, const float *ta, int64_t t_rs, const float *tb, int64_t tn) {
     __m512 acc[AM][AV];
 #pragma GCC unroll 8
     for (int i = 0; i < RM; i++)
@@ -282,10 +287,24 @@ LORAC_ALWAYS_INLINE void acc_tile(const int RM, const int RV, const lorac_dtype_
         __m512 bv[AV];
 #pragma GCC unroll 8
         for (int j = 0; j < RV; j++)
-            bv[j] = load_w_mask(b, bt, boff + l * ldb + 16 * j, j == RV - 1 ? last : 0xffff);
+            bv[j] = load_w_mask(b, bt, boff + l * ldb + j * vs, j == RV - 1 ? last : 0xffff);
 #pragma GCC unroll 8
         for (int i = 0; i < RM; i++) {
             __m512 av = _mm512_set1_ps(a[i * a_rs + l * a_cs]);
+#pragma GCC unroll 8
+            for (int j = 0; j < RV; j++) acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
+        }
+    }
+    const float *trow[AM];
+#pragma GCC unroll 8
+    for (int i = 0; i < RM; i++) trow[i] = ta + (i < valid ? i : valid - 1) * t_rs;
+    for (int64_t l = 0; l < tn; l++) {
+        __m512 bv[AV];
+#pragma GCC unroll 8
+        for (int j = 0; j < RV; j++) bv[j] = _mm512_load_ps(tb + l * 16 * AV + 16 * j);
+#pragma GCC unroll 8
+        for (int i = 0; i < RM; i++) {
+            __m512 av = _mm512_set1_ps(trow[i][l]);
 #pragma GCC unroll 8
             for (int j = 0; j < RV; j++) acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
         }
@@ -304,12 +323,21 @@ LORAC_ALWAYS_INLINE void acc_tile(const int RM, const int RV, const lorac_dtype_
  * value once per vector. */
 LORAC_ALWAYS_INLINE void acc_tile_nv(const int RM, int nv, const lorac_dtype_t bt, float *c, int64_t ldc,
                                      const float *a, int64_t a_rs, int64_t a_cs, const void *b, int64_t boff,
-                                     int64_t ldb, int64_t n, __mmask16 last, int zero, int valid) {
-    if (nv == 4) acc_tile(RM, 4, bt, c, ldc, a, a_rs, a_cs, b, boff, ldb, n, last, zero, valid);
-    else if (nv == 3) acc_tile(RM, 3, bt, c, ldc, a, a_rs, a_cs, b, boff, ldb, n, last, zero, valid);
-    else if (nv == 2) acc_tile(RM, 2, bt, c, ldc, a, a_rs, a_cs, b, boff, ldb, n, last, zero, valid);
-    else acc_tile(RM, 1, bt, c, ldc, a, a_rs, a_cs, b, boff, ldb, n, last, zero, valid);
+                                     int64_t ldb, int64_t vs, int64_t n, __mmask16 last, int zero, int valid,
+                                     const float *ta, int64_t t_rs, const float *tb, int64_t tn) {
+    if (nv == 4) acc_tile(RM, 4, bt, c, ldc, a, a_rs, a_cs, b, boff, ldb, vs, n, last, zero, valid, ta, t_rs, tb, tn);
+    else if (nv == 3) acc_tile(RM, 3, bt, c, ldc, a, a_rs, a_cs, b, boff, ldb, vs, n, last, zero, valid, ta, t_rs, tb, tn);
+    else if (nv == 2) acc_tile(RM, 2, bt, c, ldc, a, a_rs, a_cs, b, boff, ldb, vs, n, last, zero, valid, ta, t_rs, tb, tn);
+    else acc_tile(RM, 1, bt, c, ldc, a, a_rs, a_cs, b, boff, ldb, vs, n, last, zero, valid, ta, t_rs, tb, tn);
 }
+
+/* A product's tail (see matmul_tail): its a, (M, r) row-major from row 0;
+ * the packed panel of its b for the current column panel; r. */
+typedef struct {
+    const float *a;
+    const float *panel;
+    int64_t r;
+} tail_t;
 
 /* c rows [m0,m1) of a column panel [k, k+kw), kw <= 64, over the n values
  * of l in one chunk. a points at a[m0, chunk start]; when pa is set, the
@@ -318,24 +346,33 @@ LORAC_ALWAYS_INLINE void acc_tile_nv(const int RM, int nv, const lorac_dtype_t b
  * loaded nor stored, which keeps a leftover of 1-5 rows (T = 1024 leaves 4)
  * on the full tile instead of one-row tiles at a fraction of its rate.
  * Column v of the panel in the chunk's row l of b is element
- * boff + l*ldb + v: b itself or a packed copy (see pack_panel). */
+ * boff + l*ldb + v/16*vs + v%16: b itself, a packed copy (see pack_panel)
+ * or a repacked weight. With a tail (tl not NULL), each tile ends with the
+ * tail's values. */
 LORAC_ALWAYS_INLINE void acc_panel(const lorac_dtype_t bt, float *c, const float *a, int64_t a_rs,
-                                   int64_t a_cs, const float *pa, const void *b, int64_t boff, int64_t ldb,
-                                   int64_t K, int64_t m0, int64_t m1, int64_t k, int64_t kw, int64_t n, int zero) {
+                                   int64_t a_cs, const float *pa, const void *b, int64_t boff, int64_t ldb, int64_t vs,
+                                   int64_t K, int64_t m0, int64_t m1, int64_t k, int64_t kw, int64_t n, int zero,
+                                   const tail_t *tl) {
     int nv = (int)((kw + 15) / 16);
     __mmask16 last = tail_mask(kw - 16 * (nv - 1));
+    const int64_t tn = tl ? tl->r : 0;
+    const float *tb = tl ? tl->panel : NULL;
     for (int64_t m = m0; m < m1;) {
         int64_t left = m1 - m;
         float *cm = c + m * K + k;
+        const float *ta = tl ? tl->a + m * tn : NULL; /* the tile's first row of the tail's a */
         if (pa) {
             int rows = left >= AM ? AM : (int)left;
-            acc_tile_nv(AM, nv, bt, cm, K, pa + (m - m0) * n, 1, AM, b, boff, ldb, n, last, zero, rows);
+            acc_tile_nv(AM, nv, bt, cm, K, pa + (m - m0) * n, 1, AM, b, boff, ldb, vs, n, last, zero, rows, ta, tn, tb,
+                        tn);
             m += rows;
         } else if (left >= AM) {
-            acc_tile_nv(AM, nv, bt, cm, K, a + (m - m0) * a_rs, a_rs, a_cs, b, boff, ldb, n, last, zero, AM);
+            acc_tile_nv(AM, nv, bt, cm, K, a + (m - m0) * a_rs, a_rs, a_cs, b, boff, ldb, vs, n, last, zero, AM, ta, tn,
+                        tb, tn);
             m += AM;
         } else {
-            acc_tile_nv(1, nv, bt, cm, K, a + (m - m0) * a_rs, a_rs, a_cs, b, boff, ldb, n, last, zero, 1);
+            acc_tile_nv(1, nv, bt, cm, K, a + (m - m0) * a_rs, a_rs, a_cs, b, boff, ldb, vs, n, last, zero, 1, ta, tn, tb,
+                        tn);
             m += 1;
         }
     }
@@ -431,21 +468,43 @@ LORAC_ALWAYS_INLINE void pack_panel_t(const lorac_dtype_t bt, float *buf, const 
         }
 }
 
+/* The dx product's panel (columns [k, k+kw) of w, its rows l0..l0+n-1)
+ * from w repacked (P, lorac_pack_weight: P[g][k][j] = w[16g + j][k], K
+ * columns): each 16 rows of the panel by 16 of its columns are one
+ * contiguous 16 x 16 block of P, transposed in registers. l0 is a multiple
+ * of 16; columns past kw are zeros. The values of pack_panel, so the same
+ * bits. */
+LORAC_ALWAYS_INLINE void pack_panel_from_packed(float *buf, const float *P, int64_t K, int64_t k, int64_t kw,
+                                                int64_t l0, int64_t n) {
+    for (int64_t lb = 0; lb < n; lb += 16) {
+        const float *group = P + (l0 + lb) / 16 * K * 16; /* row j of column kk: w[l0 + lb + j][kk] */
+        int64_t nl = n - lb < 16 ? n - lb : 16;
+        for (int64_t jb = 0; jb < 16 * AV; jb += 16) {
+            __m512 r[16];
+            for (int64_t i = 0; i < 16; i++)
+                r[i] = jb + i < kw ? _mm512_loadu_ps(group + (k + jb + i) * 16) : _mm512_setzero_ps();
+            transpose16(r); /* r[c]: w[l0 + lb + c][k + jb .. +15] */
+            for (int64_t c = 0; c < nl; c++) _mm512_storeu_ps(buf + (lb + c) * 16 * AV + jb, r[c]);
+        }
+    }
+}
+
 /* acc_panel instantiated once per b dtype, not inlined into each of the
- * twelve acc_block instances (3 dtypes x acc, acc_bt, set_bt, set): inlined, the
+ * acc_block instances (3 dtypes x acc, acc_bt, set_bt, set): inlined, the
  * tile variants made this file take clang's sanitizer build 5 minutes. A
  * packed panel is always f32. */
 LORAC_NOINLINE void panel_f32(float *c, const float *a, int64_t a_rs, int64_t a_cs, const float *pa, const void *b,
-                              int64_t boff, int64_t ldb, int64_t K, int64_t m0, int64_t m1, int64_t k, int64_t kw,
-                              int64_t n, int zero) {
-    acc_panel(LORAC_DTYPE_F32, c, a, a_rs, a_cs, pa, b, boff, ldb, K, m0, m1, k, kw, n, zero);
+                              int64_t boff, int64_t ldb, int64_t vs, int64_t K, int64_t m0, int64_t m1, int64_t k,
+                              int64_t kw, int64_t n, int zero, const tail_t *tl) {
+    acc_panel(LORAC_DTYPE_F32, c, a, a_rs, a_cs, pa, b, boff, ldb, vs, K, m0, m1, k, kw, n, zero, tl);
 }
 
 LORAC_NOINLINE void panel_16bit(lorac_dtype_t bt, float *c, const float *a, int64_t a_rs, int64_t a_cs,
                                 const float *pa, const void *b, int64_t boff, int64_t ldb, int64_t K, int64_t m0,
-                                int64_t m1, int64_t k, int64_t kw, int64_t n, int zero) {
-    if (bt == LORAC_DTYPE_BF16) acc_panel(LORAC_DTYPE_BF16, c, a, a_rs, a_cs, pa, b, boff, ldb, K, m0, m1, k, kw, n, zero);
-    else acc_panel(LORAC_DTYPE_F16, c, a, a_rs, a_cs, pa, b, boff, ldb, K, m0, m1, k, kw, n, zero);
+                                int64_t m1, int64_t k, int64_t kw, int64_t n, int zero, const tail_t *tl) {
+    if (bt == LORAC_DTYPE_BF16)
+        acc_panel(LORAC_DTYPE_BF16, c, a, a_rs, a_cs, pa, b, boff, ldb, 16, K, m0, m1, k, kw, n, zero, tl);
+    else acc_panel(LORAC_DTYPE_F16, c, a, a_rs, a_cs, pa, b, boff, ldb, 16, K, m0, m1, k, kw, n, zero, tl);
 }
 
 /* c block += a · b (b_t = 0, b is (L,K)) or a · bᵀ (b_t = 1, b is (K,L)).
@@ -455,27 +514,44 @@ LORAC_NOINLINE void panel_16bit(lorac_dtype_t bt, float *c, const float *a, int6
  * of c; row tiles. c is loaded and stored once per chunk. Every c element
  * still sees its l in increasing order, so neither the loop order nor the
  * chunk size changes a bit. (Panels outermost, to keep a panel of c in L2
- * across the chunks, measured no faster once chunks were 512 long.) */
+ * across the chunks, measured no faster once chunks were 512 long.)
+ * With P (b a repacked f32 weight): the forward (b_t) reads its panel's
+ * four 16-column groups in place, the dx product gathers its panel from
+ * P's 16 x 16 blocks. A tail (tr > 0: ta, its a, (M, tr) row-major; tb,
+ * its b in b's orientation, f32) runs in the last chunk's tiles, its panel
+ * packed into tbuf beside each panel of b. */
 LORAC_ALWAYS_INLINE void acc_block(const lorac_dtype_t bt, const int b_t, const int set, float *c, const float *a, int64_t a_rs,
                                    int64_t a_cs, const void *b, int64_t L, int64_t K, int64_t m0,
-                                   int64_t m1, int64_t k0, int64_t k1, float *pa, float *buf, int64_t lchunk) {
+                                   int64_t m1, int64_t k0, int64_t k1, float *pa, float *buf, int64_t lchunk,
+                                   const float *ta, const float *tb, int64_t tr, float *tbuf, const float *P) {
     for (int64_t mb = m0; mb < m1; mb += MBLOCK) {
         int64_t me = mb + MBLOCK < m1 ? mb + MBLOCK : m1;
-        int packed = b_t || me - mb >= 2 * AM;
+        int packed = P || b_t || me - mb >= 2 * AM;
         for (int64_t l = 0; l < L; l += lchunk) {
             int64_t n = L - l < lchunk ? L - l : lchunk;
             const float *al = a + mb * a_rs + l * a_cs;
             if (pa) pack_a(pa, al, a_rs, a_cs, me - mb, n);
+            int last = l + n == L && tr > 0;
             for (int64_t k = k0; k < k1; k += 16 * AV) {
                 int64_t kw = k1 - k < 16 * AV ? k1 - k : 16 * AV;
-                if (packed) {
-                    if (b_t) pack_panel_t(bt, buf, b, L, k, kw, l, n);
+                tail_t tail = {ta, tbuf, tr}, *tl = NULL;
+                if (last) {
+                    if (b_t) pack_panel_t(LORAC_DTYPE_F32, tbuf, tb, tr, k, kw, 0, tr);
+                    else pack_panel(LORAC_DTYPE_F32, tbuf, tb, K, k, kw, 0, tr);
+                    tl = &tail;
+                }
+                int zero = set && l == 0;
+                if (P && b_t) { /* in place: k is a multiple of 16, group k/16 starts at P + k·L */
+                    panel_f32(c, al, a_rs, a_cs, pa, P + k * L, l * 16, 16, 16 * L, K, mb, me, k, kw, n, zero, tl);
+                } else if (packed) {
+                    if (P) pack_panel_from_packed(buf, P, K, k, kw, l, n);
+                    else if (b_t) pack_panel_t(bt, buf, b, L, k, kw, l, n);
                     else pack_panel(bt, buf, b, K, k, kw, l, n);
-                    panel_f32(c, al, a_rs, a_cs, pa, buf, 0, 16 * AV, K, mb, me, k, kw, n, set && l == 0);
+                    panel_f32(c, al, a_rs, a_cs, pa, buf, 0, 16 * AV, 16, K, mb, me, k, kw, n, zero, tl);
                 } else if (bt == LORAC_DTYPE_F32) {
-                    panel_f32(c, al, a_rs, a_cs, pa, b, l * K + k, K, K, mb, me, k, kw, n, set && l == 0);
+                    panel_f32(c, al, a_rs, a_cs, pa, b, l * K + k, K, 16, K, mb, me, k, kw, n, zero, tl);
                 } else {
-                    panel_16bit(bt, c, al, a_rs, a_cs, pa, b, l * K + k, K, K, mb, me, k, kw, n, set && l == 0);
+                    panel_16bit(bt, c, al, a_rs, a_cs, pa, b, l * K + k, K, K, mb, me, k, kw, n, zero, tl);
                 }
             }
         }
@@ -487,7 +563,8 @@ LORAC_ALWAYS_INLINE void acc_block(const lorac_dtype_t bt, const int b_t, const 
  * (MBLOCK x LCHUNK floats) come from the heap. */
 LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, const int set, float *c, const float *a, int64_t a_rs, int64_t a_cs,
                                    const void *b, lorac_dtype_t bt, int64_t L, int64_t K, int64_t m0,
-                                   int64_t m1, int64_t k0, int64_t k1) {
+                                   int64_t m1, int64_t k0, int64_t k1, const float *ta, const float *tb, int64_t tr,
+                                   const float *P) {
     /* packing a pays when it is stored transposed (see pack_a) and at
      * least two column panels reuse it (a product with a rank-8 LoRA
      * matrix has one narrow panel, and packing took longer than using it) */
@@ -496,15 +573,18 @@ LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, const int set, float *c, const
     rows = (rows + AM - 1) / AM * AM; /* the last group padded */
     float *pa = pack ? malloc(sizeof(float) * (size_t)(rows * LCHUNK)) : NULL;
     float *buf = aligned_alloc(64, sizeof(float) * LCHUNK * 16 * AV), *heap = buf;
-    int64_t lchunk = LCHUNK;
+    int64_t lchunk = LCHUNK; /* a multiple of 16: P's 16-row blocks stay whole */
     _Alignas(64) float small[SMALL_LCHUNK * 16 * AV];
     if (!buf || (pack && !pa)) { /* out of memory: short chunks, a in place; the same bits, only slower */
         free(pa), pa = NULL;
         buf = small, lchunk = SMALL_LCHUNK;
     }
-    if (bt == LORAC_DTYPE_F32) acc_block(LORAC_DTYPE_F32, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk);
-    else if (bt == LORAC_DTYPE_BF16) acc_block(LORAC_DTYPE_BF16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk);
-    else acc_block(LORAC_DTYPE_F16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk);
+    _Alignas(64) float tbuf[LORAC_TAIL_MAX * 16 * AV];
+    if (bt == LORAC_DTYPE_F32)
+        acc_block(LORAC_DTYPE_F32, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk, ta, tb, tr, tbuf, P);
+    else if (bt == LORAC_DTYPE_BF16)
+        acc_block(LORAC_DTYPE_BF16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk, ta, tb, tr, tbuf, P);
+    else acc_block(LORAC_DTYPE_F16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk, ta, tb, tr, tbuf, P);
     free(pa);
     free(heap);
 }
@@ -513,28 +593,57 @@ static void avx512_matmul_acc(float *c, const float *a, int64_t a_rs, int64_t a_
                               lorac_dtype_t bt, int64_t M, int64_t L, int64_t K, int64_t m0,
                               int64_t m1, int64_t k0, int64_t k1) {
     (void)M;
-    acc_dtype(0, 0, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1);
+    acc_dtype(0, 0, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, NULL, NULL, 0, NULL);
 }
 
 static void avx512_matmul_acc_bt(float *c, const float *a, int64_t a_rs, int64_t a_cs, const void *b,
                                  lorac_dtype_t bt, int64_t M, int64_t L, int64_t K, int64_t m0,
                                  int64_t m1, int64_t k0, int64_t k1) {
     (void)M;
-    acc_dtype(1, 0, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1);
+    acc_dtype(1, 0, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, NULL, NULL, 0, NULL);
 }
 
 static void avx512_matmul_set_bt(float *c, const float *a, int64_t a_rs, int64_t a_cs, const void *b,
                                  lorac_dtype_t bt, int64_t M, int64_t L, int64_t K, int64_t m0,
                                  int64_t m1, int64_t k0, int64_t k1) {
     (void)M;
-    acc_dtype(1, 1, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1);
+    acc_dtype(1, 1, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, NULL, NULL, 0, NULL);
 }
 
 static void avx512_matmul_set(float *c, const float *a, int64_t a_rs, int64_t a_cs, const void *b,
                               lorac_dtype_t bt, int64_t M, int64_t L, int64_t K, int64_t m0,
                               int64_t m1, int64_t k0, int64_t k1) {
     (void)M;
-    acc_dtype(0, 1, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1);
+    acc_dtype(0, 1, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, NULL, NULL, 0, NULL);
+}
+
+static void avx512_matmul_tail(float *c, const float *a, int64_t a_rs, int64_t a_cs, const void *b, lorac_dtype_t bt,
+                               int64_t M, int64_t L, int64_t K, int64_t m0, int64_t m1, int64_t k0, int64_t k1,
+                               int b_t, int set, const float *ta, const float *tb, int64_t tr) {
+    (void)M;
+    LORAC_ASSERT(tr >= 0 && tr <= LORAC_TAIL_MAX);
+    /* without a main sum the tail is the whole product: the same chains */
+    if (L == 0) a = ta, a_rs = tr, a_cs = 1, b = tb, bt = LORAC_DTYPE_F32, L = tr, tr = 0;
+    if (b_t && set) acc_dtype(1, 1, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, ta, tb, tr, NULL);
+    else if (b_t) acc_dtype(1, 0, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, ta, tb, tr, NULL);
+    else if (set) acc_dtype(0, 1, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, ta, tb, tr, NULL);
+    else acc_dtype(0, 0, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, ta, tb, tr, NULL);
+}
+
+/* matmul_tail with b a pre-packed f32 weight (see lorac_pack_weight). */
+static void avx512_matmul_packed(float *c, const float *a, int64_t a_rs, const float *P, int64_t M, int64_t L,
+                                 int64_t K, int64_t m0, int64_t m1, int64_t k0, int64_t k1, int b_t, int set,
+                                 const float *ta, const float *tb, int64_t tr) {
+    (void)M;
+    LORAC_ASSERT(tr >= 0 && tr <= LORAC_TAIL_MAX && (!b_t || k0 % 16 == 0));
+    if (L == 0) { /* no main sum: the tail alone, as matmul_tail */
+        avx512_matmul_tail(c, a, a_rs, 1, P, LORAC_DTYPE_F32, M, L, K, m0, m1, k0, k1, b_t, set, ta, tb, tr);
+        return;
+    }
+    if (b_t && set) acc_dtype(1, 1, c, a, a_rs, 1, NULL, LORAC_DTYPE_F32, L, K, m0, m1, k0, k1, ta, tb, tr, P);
+    else if (b_t) acc_dtype(1, 0, c, a, a_rs, 1, NULL, LORAC_DTYPE_F32, L, K, m0, m1, k0, k1, ta, tb, tr, P);
+    else if (set) acc_dtype(0, 1, c, a, a_rs, 1, NULL, LORAC_DTYPE_F32, L, K, m0, m1, k0, k1, ta, tb, tr, P);
+    else acc_dtype(0, 0, c, a, a_rs, 1, NULL, LORAC_DTYPE_F32, L, K, m0, m1, k0, k1, ta, tb, tr, P);
 }
 
 /* dst (n) = src (n) widened. */
@@ -590,10 +699,9 @@ static double avx512_exp_sum(float *x, float shift, int64_t n) {
 
 const lorac_kernel_ops_t lorac_kernel_ops_avx512 = {
     "avx512", avx512_matmul_fwd, avx512_matmul_acc, avx512_matmul_acc_bt, avx512_matmul_set_bt, avx512_matmul_set,
-    NULL, /* matmul_tail: the drivers make the two calls */
-    NULL, /* matmul_packed: training keeps its weights unpacked */
+    avx512_matmul_tail, avx512_matmul_packed,
     avx512_convert, avx512_exp_sum,
-    8,  /* decode pieces a thread (see lorac_matmul_forward_parts_lora) */
+    1,  /* decode pieces a thread: its four streams are longest in one piece */
     64, /* column split granularity (see split_panels) */
 };
 
