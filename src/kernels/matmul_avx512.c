@@ -508,7 +508,7 @@ LORAC_NOINLINE void panel_16bit(lorac_dtype_t bt, float *c, const float *a, int6
 }
 
 /* c block += a · b (b_t = 0, b is (L,K)) or a · bᵀ (b_t = 1, b is (K,L)).
- * Loop order: blocks of MBLOCK rows; chunks of lchunk values of l, whose
+ * Loop order: blocks of mblock rows; chunks of lchunk values of l, whose
  * slice of a (packed, when it is: 1 MB) stays in L2 for every column
  * panel; 64-column panels of b, packed unless used in place for a few rows
  * of c; row tiles. c is loaded and stored once per chunk. Every c element
@@ -523,9 +523,10 @@ LORAC_NOINLINE void panel_16bit(lorac_dtype_t bt, float *c, const float *a, int6
 LORAC_ALWAYS_INLINE void acc_block(const lorac_dtype_t bt, const int b_t, const int set, float *c, const float *a, int64_t a_rs,
                                    int64_t a_cs, const void *b, int64_t L, int64_t K, int64_t m0,
                                    int64_t m1, int64_t k0, int64_t k1, float *pa, float *buf, int64_t lchunk,
-                                   const float *ta, const float *tb, int64_t tr, float *tbuf, const float *P) {
-    for (int64_t mb = m0; mb < m1; mb += MBLOCK) {
-        int64_t me = mb + MBLOCK < m1 ? mb + MBLOCK : m1;
+                                   int64_t mblock, const float *ta, const float *tb, int64_t tr, float *tbuf,
+                                   const float *P) {
+    for (int64_t mb = m0; mb < m1; mb += mblock) {
+        int64_t me = mb + mblock < m1 ? mb + mblock : m1;
         int packed = P || b_t || me - mb >= 2 * AM;
         for (int64_t l = 0; l < L; l += lchunk) {
             int64_t n = L - l < lchunk ? L - l : lchunk;
@@ -569,7 +570,11 @@ LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, const int set, float *c, const
      * least two column panels reuse it (a product with a rank-8 LoRA
      * matrix has one narrow panel, and packing took longer than using it) */
     int pack = a_cs != 1 && m1 - m0 >= 2 * AM && k1 - k0 >= 2 * 16 * AV;
-    int64_t rows = m1 - m0 < MBLOCK ? m1 - m0 : MBLOCK;
+    /* The rows in equal blocks of at most MBLOCK, whole tiles, so that a
+     * 512-row batch runs as 2 x 258 rows, not 510 + 2 (each block packs
+     * every panel of b again, and 2 rows run as single-row tiles) */
+    int64_t nblocks = (m1 - m0 + MBLOCK - 1) / MBLOCK;
+    int64_t rows = nblocks > 0 ? (m1 - m0 + nblocks - 1) / nblocks : AM;
     rows = (rows + AM - 1) / AM * AM; /* the last group padded */
     float *pa = pack ? malloc(sizeof(float) * (size_t)(rows * LCHUNK)) : NULL;
     float *buf = aligned_alloc(64, sizeof(float) * LCHUNK * 16 * AV), *heap = buf;
@@ -581,10 +586,10 @@ LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, const int set, float *c, const
     }
     _Alignas(64) float tbuf[LORAC_TAIL_MAX * 16 * AV];
     if (bt == LORAC_DTYPE_F32)
-        acc_block(LORAC_DTYPE_F32, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk, ta, tb, tr, tbuf, P);
+        acc_block(LORAC_DTYPE_F32, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk, rows, ta, tb, tr, tbuf, P);
     else if (bt == LORAC_DTYPE_BF16)
-        acc_block(LORAC_DTYPE_BF16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk, ta, tb, tr, tbuf, P);
-    else acc_block(LORAC_DTYPE_F16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk, ta, tb, tr, tbuf, P);
+        acc_block(LORAC_DTYPE_BF16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk, rows, ta, tb, tr, tbuf, P);
+    else acc_block(LORAC_DTYPE_F16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk, rows, ta, tb, tr, tbuf, P);
     free(pa);
     free(heap);
 }
