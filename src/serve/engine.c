@@ -196,12 +196,15 @@ static void finish(lorac_engine_t *e, request_t *r, lorac_finish_t f, const char
     request_free(r);
 }
 
+/* The slot is emptied under mu: lorac_engine_cancel reads the slots (and
+ * their requests' ids) under it from the server's threads, so the request
+ * must leave its slot there before finish() frees it. */
 static void retire_slot(lorac_engine_t *e, int32_t slot, lorac_finish_t f, const char *error) {
     request_t *r = e->slots[slot];
-    e->slots[slot] = NULL;
     lorac_context_set_seq_adapter(e->ctx, slot, NULL, 0.0f);
     lorac_context_clear_seq(e->ctx, slot);
     pthread_mutex_lock(&e->mu);
+    e->slots[slot] = NULL;
     e->n_running--;
     pthread_mutex_unlock(&e->mu);
     finish(e, r, f, error);
