@@ -568,10 +568,14 @@ LORAC_ALWAYS_INLINE void acc_block(const lorac_dtype_t bt, const int b_t, const 
                         tl = &tail;
                     }
                     if (packed) {
-                        const float *panel = buf + (b_t || P ? 0 : (k - kg) / PW * lchunk * PW);
-                        if (P && b_t) panel = P + (k * L + l * PW); /* in place: k is a multiple of 16 */
-                        else if (P) pack_panel_from_packed(buf, P, K, k, kw, l, n);
-                        else if (b_t) pack_panel_t(bt, buf, b, L, k, kw, l, n);
+                        const float *panel;
+                        if (P && b_t) {
+                            panel = P + (k * L + l * PW); /* in place: k is a multiple of 16 */
+                        } else {
+                            if (P) pack_panel_from_packed(buf, P, K, k, kw, l, n);
+                            else if (b_t) pack_panel_t(bt, buf, b, L, k, kw, l, n);
+                            panel = buf + (b_t || P ? 0 : (k - kg) / PW * lchunk * PW);
+                        }
                         panel_packed(c, al, a_rs, a_cs, pa, panel, K, mb, me, k, kw, n, set && l == 0, tl);
                     } else {
                         panel_inplace(bt, c, al, a_rs, a_cs, pa, b, l * K + k, K, mb, me, k, kw, n, set && l == 0, tl);
@@ -609,13 +613,15 @@ LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, const int set, float *c, const
     int64_t nblocks = (m1 - m0 + MBLOCK - 1) / MBLOCK, rows = nblocks > 0 ? (m1 - m0 + nblocks - 1) / nblocks : AM;
     rows = (rows + AM - 1) / AM * AM; /* the last group padded */
     float *pa = pack ? malloc(sizeof(float) * (size_t)(rows * LCHUNK + PACK_A_SLACK)) : NULL;
-    float *buf = aligned_alloc(32, sizeof(float) * LCHUNK * PW * PACK_GROUP), *heap = buf;
+    /* the forward on a repacked weight reads its panels in place: no buffer */
+    const int need_buf = !(P && b_t);
+    float *buf = need_buf ? aligned_alloc(32, sizeof(float) * LCHUNK * PW * PACK_GROUP) : NULL, *heap = buf;
     /* L in equal chunks of at most LCHUNK (a multiple of 8): 288 as one
      * chunk rather than 256 + 32, whose second pass over c does little */
     int64_t nchunks = (L + LCHUNK - 1) / LCHUNK, lchunk = nchunks > 0 ? (L + nchunks - 1) / nchunks : LCHUNK;
     lchunk = P ? (lchunk + 15) / 16 * 16 : (lchunk + 7) / 8 * 8; /* from P: chunks of whole 16-row blocks */
     _Alignas(32) float small[SMALL_LCHUNK * PW * PACK_GROUP];
-    if (!buf || (pack && !pa)) { /* out of memory: short chunks, a in place; the same bits, only slower */
+    if ((need_buf && !buf) || (pack && !pa)) { /* out of memory: short chunks, a in place; the same bits, only slower */
         free(pa), pa = NULL;
         buf = small, lchunk = SMALL_LCHUNK;
     }

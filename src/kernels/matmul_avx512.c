@@ -583,10 +583,12 @@ LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, const int set, float *c, const
     int64_t rows = nblocks > 0 ? (m1 - m0 + nblocks - 1) / nblocks : AM;
     rows = (rows + AM - 1) / AM * AM; /* the last group padded */
     float *pa = pack ? malloc(sizeof(float) * (size_t)(rows * LCHUNK)) : NULL;
-    float *buf = aligned_alloc(64, sizeof(float) * LCHUNK * 16 * AV), *heap = buf;
+    /* the forward on a repacked weight reads its panels in place: no buffer */
+    const int need_buf = !(P && b_t);
+    float *buf = need_buf ? aligned_alloc(64, sizeof(float) * LCHUNK * 16 * AV) : NULL, *heap = buf;
     int64_t lchunk = LCHUNK; /* a multiple of 16: P's 16-row blocks stay whole */
     _Alignas(64) float small[SMALL_LCHUNK * 16 * AV];
-    if (!buf || (pack && !pa)) { /* out of memory: short chunks, a in place; the same bits, only slower */
+    if ((need_buf && !buf) || (pack && !pa)) { /* out of memory: short chunks, a in place; the same bits, only slower */
         free(pa), pa = NULL;
         buf = small, lchunk = SMALL_LCHUNK;
     }
