@@ -323,13 +323,14 @@ static void test_lora_expand(const char *isa) {
  * (backward), 16-bit base weights, f32 ones also repacked
  * (lorac_pack_weight), ranks 0, up to the tail's limit and past it (two
  * calls then), row counts that leave short tiles and column counts that
- * leave part panels; the fused result is also checked against double.
+ * leave part panels (514 rows: one row block on the AVX-512 path);
+ * the fused result is also checked against double.
  * Then the path's matmul_tail and matmul_packed ops themselves, where it
  * has them, against its set/accumulate ops called twice, the case of an
  * empty main sum (L = 0) included, so the kernels are tested even where a
  * driver never took them. */
 static void test_fused_lora(const char *isa) {
-    static const int64_t ts[] = {3, 130, 301}, ks[] = {33, 288}, ns[] = {5, 70, 300}, rs[] = {0, 1, 8, 64, 65};
+    static const int64_t ts[] = {3, 130, 301, 514}, ks[] = {33, 288}, ns[] = {5, 70, 300}, rs[] = {0, 1, 8, 64, 65};
     static const lorac_dtype_t dts[] = {LORAC_DTYPE_F32, LORAC_DTYPE_BF16};
     int differ = 0, bad = 0, saved = lorac_kernels_get_threads();
     double worst = 0;
@@ -495,15 +496,16 @@ static void test_aliased_rows(const char *isa) {
 }
 
 /* Row counts above a pass's block of rows (1,032 on the AVX2 path: its
- * rows run as 2 x 1,050, each block packing every panel of b again) and
+ * rows run as 2 x 1,050, each block packing every panel of b again; 514
+ * rows, above the AVX-512 path's 510, run there as one block) and
  * outputs wide enough for 32 or more 16-column panels a thread (the AVX2
  * path then packs a's rows once for all of them), and both at once. K =
  * 37 and 130 rows leave a's packing a tail of l (not a whole 8) and a
  * group of fewer than 6 rows. */
 static void test_row_blocks(const char *isa) {
-    static const int64_t ft[] = {130, 2100}, fk[] = {40, 37}, fn[] = {70, 1100};
+    static const int64_t ft[] = {130, 514, 2100}, fk[] = {40, 37}, fn[] = {70, 1100};
     test_forward_fn(isa, "fwd blocks", lorac_matmul_forward_batch, ft, LEN(ft), fk, LEN(fk), fn, LEN(fn));
-    static const int64_t dt_[] = {140, 2100}, dk[] = {1100}, dn[] = {40};
+    static const int64_t dt_[] = {140, 514, 2100}, dk[] = {1100}, dn[] = {40};
     test_backward_input_fn(isa, "dx blocks", dt_, LEN(dt_), dk, LEN(dk), dn, LEN(dn));
     /* rows of w a page or more apart in every dtype (the AVX2 path packs
      * its panels several at a time there), the last group short */

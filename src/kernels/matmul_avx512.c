@@ -50,6 +50,13 @@
 #define LORAC_AVX512_MBLOCK 510
 #endif
 #define MBLOCK LORAC_AVX512_MBLOCK
+/* Rows that run as one block all the same: a 512-row batch (the 1.1B and
+ * 0.5B shapes' 2 x 256 tokens) as 258 + 254 rows reads each weight from
+ * memory twice and gathers each dx panel twice; as one block of 512 (its
+ * slice of a, 1 MB, still in L2) bench_kernel_ab's 1.1B dx products read
+ * B/A 0.992-1.033 in two runs (7 of 8 above 1), and bench_train_ab's 1.1B
+ * step was 0.8% shorter (median of 6 pairs; its dx products 1.7% faster). */
+#define MBLOCK_ONE 516
 /* Bytes ahead in each of decode's four weight streams that fwd_row4
  * prefetches (the AVX2 path's distance). */
 #define DECODE_AHEAD 512
@@ -577,9 +584,10 @@ LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, const int set, float *c, const
      * matrix has one narrow panel, and packing took longer than using it) */
     int pack = a_cs != 1 && m1 - m0 >= 2 * AM && k1 - k0 >= 2 * 16 * AV;
     /* The rows in equal blocks of at most MBLOCK, whole tiles, so that a
-     * 512-row batch runs as 2 x 258 rows, not 510 + 2 (each block packs
-     * every panel of b again, and 2 rows run as single-row tiles) */
-    int64_t nblocks = (m1 - m0 + MBLOCK - 1) / MBLOCK;
+     * 1024-row batch runs as 3 x 342 rows, not 2 x 510 + 4 (each block
+     * packs every panel of b again, and 4 rows run as single-row tiles);
+     * up to MBLOCK_ONE rows, one block (see MBLOCK_ONE) */
+    int64_t nblocks = m1 - m0 <= MBLOCK_ONE ? 1 : (m1 - m0 + MBLOCK - 1) / MBLOCK;
     int64_t rows = nblocks > 0 ? (m1 - m0 + nblocks - 1) / nblocks : AM;
     rows = (rows + AM - 1) / AM * AM; /* the last group padded */
     float *pa = pack ? malloc(sizeof(float) * (size_t)(rows * LCHUNK)) : NULL;
