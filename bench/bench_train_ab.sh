@@ -29,9 +29,10 @@ for p in $(seq "$pairs"); do
   for side in A B; do
     bin=$A; [ $side = B ] && bin=$B
     rm -rf "$OUT/ab-$m-$side"
-    "$bin" train -m "$OUT/$m-F32" --data "$OUT/train-tokens.jsonl" --format tokens -o "$OUT/ab-$m-$side" --steps $s \
-      --batch $b --seq 256 --targets all-linear --r 8 -t 2 --profile 2> "$OUT/ab-$m-$side.err" >/dev/null
     e=$OUT/ab-$m-$side.err
+    "$bin" train -m "$OUT/$m-F32" --data "$OUT/train-tokens.jsonl" --format tokens -o "$OUT/ab-$m-$side" --steps $s \
+      --batch $b --seq 256 --targets all-linear --r 8 -t 2 --profile 2> "$e" >/dev/null ||
+      { echo "pair $p: $side's lorac train failed (see $e)" >&2; exit 1; }
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$p" "$side" "$(sed -n 's/^profile: .*, \([0-9.]*\) ms a step.*/\1/p' "$e")" \
       "$(awk '/^  base forward/ {print $NF}' "$e")" "$(awk '/^  base dx/ {print $NF}' "$e")" \
       "$(awk '/^  loss/ {print $NF}' "$e")" >> "$rows"
