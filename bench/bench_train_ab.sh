@@ -7,7 +7,8 @@
 # from the cache that bench_kernel_ab's repeated products keep them in), on
 # a VM whose speed drifts by 10-30% between runs: each pair of runs is
 # back to back, and the summary gives the median over pairs of B's step
-# time over A's and of B's product rates over A's. The loss's products
+# time over A's, of B's product rates over A's and of B's time in the
+# adapters' own products (the `lora` phase) over A's. The loss's products
 # are the same code in most comparisons, so their ratio shows how much
 # of the rest is drift. The script compares the two adapters after every
 # pair and stops where they differ, unless SAME_BITS=0 (a change that
@@ -33,9 +34,9 @@ for p in $(seq "$pairs"); do
     "$bin" train -m "$OUT/$m-F32" --data "$OUT/train-tokens.jsonl" --format tokens -o "$OUT/ab-$m-$side" --steps $s \
       --batch $b --seq 256 --targets all-linear --r 8 -t 2 --profile 2> "$e" >/dev/null ||
       { echo "pair $p: $side's lorac train failed (see $e)" >&2; exit 1; }
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$p" "$side" "$(sed -n 's/^profile: .*, \([0-9.]*\) ms a step.*/\1/p' "$e")" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$p" "$side" "$(sed -n 's/^profile: .*, \([0-9.]*\) ms a step.*/\1/p' "$e")" \
       "$(awk '/^  base forward/ {print $NF}' "$e")" "$(awk '/^  base dx/ {print $NF}' "$e")" \
-      "$(awk '/^  loss/ {print $NF}' "$e")" >> "$rows"
+      "$(awk '/^  loss/ {print $NF}' "$e")" "$(awk '/^  lora/ {print $2}' "$e")" >> "$rows"
   done
   [ "${SAME_BITS:-1}" = 0 ] || cmp -s "$OUT/ab-$m-A/adapter_model.safetensors" "$OUT/ab-$m-B/adapter_model.safetensors" ||
     { echo "pair $p: the adapters differ" >&2; exit 1; }
@@ -44,18 +45,19 @@ done
 import statistics, sys
 rows = [l.split('\t') for l in open(sys.argv[1]).read().split('\n') if l]
 by = {}
-for p, side, ms, fwd, dx, loss in rows: by.setdefault(p, {})[side] = [float(ms), float(fwd), float(dx), float(loss)]
+for p, side, ms, fwd, dx, loss, lora in rows:
+    by.setdefault(p, {})[side] = [float(ms), float(fwd), float(dx), float(loss), float(lora)]
 pairs = [by[p] for p in sorted(by, key=int)]
 print('# bench_train_ab: %s, %d pairs, A then B' % (sys.argv[2], len(pairs)))
-print('| pair | A ms/step | B ms/step | B/A step | B/A forward GFLOP/s | B/A dx GFLOP/s | B/A loss GFLOP/s |')
-print('|---|---:|---:|---:|---:|---:|---:|')
+print('| pair | A ms/step | B ms/step | B/A step | B/A forward GFLOP/s | B/A dx GFLOP/s | B/A loss GFLOP/s | B/A adapters ms |')
+print('|---|---:|---:|---:|---:|---:|---:|---:|')
 ratios = []
 for i, q in enumerate(pairs):
     a, b = q['A'], q['B']
-    r = [b[0] / a[0], b[1] / a[1], b[2] / a[2], b[3] / a[3]]
+    r = [b[0] / a[0], b[1] / a[1], b[2] / a[2], b[3] / a[3], b[4] / a[4]]
     ratios.append(r)
-    print('| %d | %.1f | %.1f | %.3f | %.3f | %.3f | %.3f |' % (i + 1, a[0], b[0], *r))
-med = [statistics.median(r[k] for r in ratios) for k in range(4)]
-print('| median | %.1f | %.1f | %.3f | %.3f | %.3f | %.3f |' % (statistics.median(q['A'][0] for q in pairs),
+    print('| %d | %.1f | %.1f | %.3f | %.3f | %.3f | %.3f | %.3f |' % (i + 1, a[0], b[0], *r))
+med = [statistics.median(r[k] for r in ratios) for k in range(5)]
+print('| median | %.1f | %.1f | %.3f | %.3f | %.3f | %.3f | %.3f |' % (statistics.median(q['A'][0] for q in pairs),
       statistics.median(q['B'][0] for q in pairs), *med))
 EOF

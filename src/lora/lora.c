@@ -260,11 +260,26 @@ void lorac_lora_forward(float *y, float *u, const float *x, const lorac_lora_mod
 // dB += s·dyᵀ·u ; du = s·dy·B ; dA += duᵀ·x ; dx += du·A (dx may be NULL)
 void lorac_lora_backward(float *dx, float *dA, float *dB, float *du, const float *dy, const float *x,
                          const float *u, const lorac_lora_module_t *m, int64_t T) {
-    int64_t n_u = T * m->r;
+    int64_t n_u = T * m->r, r = m->r, out = m->out;
     /* du first holds s·u, the input of B's weight gradient */
     memcpy(du, u, sizeof(float) * (size_t)n_u);
     lorac_scale(du, m->scale, n_u);
-    lorac_matmul_backward_weight(dB, NULL, dy, du, T, m->r, m->out);
+    /* dBᵀ (r, out) += (s·u)ᵀ·dy, on a transposed copy of dB: the product
+     * then reads dy by rows (64-column panels) where dB += dyᵀ·(s·u) read
+     * it a few columns at a time down all T rows, each row out floats
+     * apart (a line a row, a stride the prefetchers do not follow). The
+     * same products summed in the same order: the same bits. */
+    float *dbt = malloc(sizeof(float) * (size_t)(r * out));
+    if (dbt) {
+        for (int64_t o = 0; o < out; o++)
+            for (int64_t j = 0; j < r; j++) dbt[j * out + o] = dB[o * r + j];
+        lorac_matmul_backward_weight(dbt, NULL, du, dy, T, out, r);
+        for (int64_t o = 0; o < out; o++)
+            for (int64_t j = 0; j < r; j++) dB[o * r + j] = dbt[j * out + o];
+        free(dbt);
+    } else {
+        lorac_matmul_backward_weight(dB, NULL, dy, du, T, m->r, m->out);
+    }
     memset(du, 0, sizeof(float) * (size_t)n_u);
     lorac_matmul_backward_input(du, dy, m->B, LORAC_DTYPE_F32, T, m->r, m->out);
     lorac_scale(du, m->scale, n_u);
