@@ -588,7 +588,7 @@ LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, const int set, float *c, const
      * packs every panel of b again, and 4 rows run as single-row tiles);
      * up to MBLOCK_ONE rows, one block (see MBLOCK_ONE) */
     int64_t nblocks = m1 - m0 <= MBLOCK_ONE ? 1 : (m1 - m0 + MBLOCK - 1) / MBLOCK;
-    int64_t rows = nblocks > 0 ? (m1 - m0 + nblocks - 1) / nblocks : AM;
+    int64_t rows = (m1 - m0 + nblocks - 1) / nblocks; /* nblocks >= 1 */
     rows = (rows + AM - 1) / AM * AM; /* the last group padded */
     float *pa = pack ? malloc(sizeof(float) * (size_t)(rows * LCHUNK)) : NULL;
     /* the forward on a repacked weight reads its panels in place: no buffer */

@@ -216,13 +216,18 @@ void lorac_adapter_free(lorac_adapter_t *a) {
     free(a);
 }
 
+/* dst (cols, rows) = src (rows, cols) transposed. */
+static void transpose_f32(float *dst, const float *src, int64_t rows, int64_t cols) {
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) dst[j * rows + i] = src[i * cols + j];
+}
+
 lorac_status_t lorac_adapter_prepare_inference(lorac_adapter_t *a) {
     for (int32_t i = 0; i < a->n_modules; i++) {
         lorac_lora_module_t *m = &a->modules[i];
         if (!m->Bt) m->Bt = malloc(sizeof(float) * (size_t)m->out * (size_t)m->r);
         if (!m->Bt) return lorac_error(LORAC_STATUS_NOMEM, "out of memory for the adapter's transposed B");
-        for (int64_t o = 0; o < m->out; o++)
-            for (int64_t k = 0; k < m->r; k++) m->Bt[k * m->out + o] = m->B[o * m->r + k];
+        transpose_f32(m->Bt, m->B, m->out, m->r);
     }
     return LORAC_STATUS_OK;
 }
@@ -271,14 +276,12 @@ void lorac_lora_backward(float *dx, float *dA, float *dB, float *du, const float
      * same products summed in the same order: the same bits. */
     float *dbt = malloc(sizeof(float) * (size_t)(r * out));
     if (dbt) {
-        for (int64_t o = 0; o < out; o++)
-            for (int64_t j = 0; j < r; j++) dbt[j * out + o] = dB[o * r + j];
+        transpose_f32(dbt, dB, out, r);
         lorac_matmul_backward_weight(dbt, NULL, du, dy, T, out, r);
-        for (int64_t o = 0; o < out; o++)
-            for (int64_t j = 0; j < r; j++) dB[o * r + j] = dbt[j * out + o];
+        transpose_f32(dB, dbt, r, out);
         free(dbt);
     } else {
-        lorac_matmul_backward_weight(dB, NULL, dy, du, T, m->r, m->out);
+        lorac_matmul_backward_weight(dB, NULL, dy, du, T, r, out);
     }
     memset(du, 0, sizeof(float) * (size_t)n_u);
     lorac_matmul_backward_input(du, dy, m->B, LORAC_DTYPE_F32, T, m->r, m->out);
