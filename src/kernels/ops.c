@@ -41,8 +41,11 @@ void lorac_rmsnorm_forward(float *out, float *rstd, const float *x, const void *
 LORAC_MULTIVERSION
 void lorac_swiglu_forward(float *out, const float *gate, const float *up, int64_t T, int64_t H) {
     int64_t n = T * H;
+    /* "if (parallel : ...)": a bare if clause applies to the simd too, and
+     * left rows below the threshold (decode's, and 15M-shape prompts under
+     * 43 tokens) in scalar code with a division an element */
     #pragma omp parallel for simd num_threads(lorac_kernels_get_threads()) schedule(static) \
-        if (n >= LORAC_PARALLEL_MIN_ELEMS)
+        if (parallel : n >= LORAC_PARALLEL_MIN_ELEMS)
     for (int64_t i = 0; i < n; i++) {
         float g = gate[i];
         out[i] = g * sigmoid_f32(g) * up[i];
@@ -104,6 +107,17 @@ void lorac_softmax_forward(float *x, int64_t T, int64_t n) {
     }
 }
 
+/* Cache values read (T·H·positions·head_dim) from which attention shares
+ * its heads between threads: below it, starting the second thread costs
+ * more than it saves. bench/bench_attention (one query token, session 18,
+ * Intel Xeon) put the crossing between 5760 and 8640 values at the
+ * 15M shape (6 heads of 48: 20 and 30 positions) and near 7680 at the
+ * 110M shape (12 heads of 64, 10 positions); at 106 positions two threads
+ * took 0.58-0.76 of one thread's time in two runs. */
+#ifndef ATTENTION_PARALLEL_MIN_ELEMS /* bench_attention sets it to 1 */
+#define ATTENTION_PARALLEL_MIN_ELEMS 8192
+#endif
+
 /* Cache positions fetched ahead by the attention loops. */
 #define KV_PREFETCH 8
 
@@ -125,11 +139,11 @@ void lorac_attention_forward(float *out, float *scratch, const float *q,
     for (int64_t t = 0; t < T; t++) max_ctx = n_ctx[t] > max_ctx ? n_ctx[t] : max_ctx;
     float scale = 1.0f / sqrtf((float)hd);
     int n_threads = lorac_kernels_get_threads();
-    /* Threaded from LORAC_PARALLEL_MIN_ELEMS cache values read: a decode
+    /* Threaded from ATTENTION_PARALLEL_MIN_ELEMS cache values read: a decode
      * step's single query still reads every cached key and value of its
      * layer, which after the layer's weights have streamed through come
      * from DRAM. */
-    #pragma omp parallel num_threads(n_threads) if (T * H * max_ctx * hd >= LORAC_PARALLEL_MIN_ELEMS)
+    #pragma omp parallel num_threads(n_threads) if (T * H * max_ctx * hd >= ATTENTION_PARALLEL_MIN_ELEMS)
     {
         float *scores = scratch + (int64_t)omp_get_thread_num() * max_ctx;
         #pragma omp for schedule(static)
@@ -150,7 +164,9 @@ void lorac_attention_forward(float *out, float *scratch, const float *q,
                 mx = s > mx ? s : mx;
             }
             float sum = 0.0f;
-            for (int32_t p = 0; p < n; p++) { scores[p] = expf(scores[p] - mx); sum += scores[p]; }
+            /* softmax_expf: vectorised, where libm's expf is a scalar call */
+            #pragma omp simd reduction(+ : sum)
+            for (int32_t p = 0; p < n; p++) { scores[p] = softmax_expf(scores[p] - mx); sum += scores[p]; }
             float inv = 1.0f / sum;
             for (int32_t p = 0; p < n; p++) {
                 if (p + KV_PREFETCH < n) prefetch_row(v_cache[t] + ((int64_t)(p + KV_PREFETCH) * KVH + kvh) * hd, hd);

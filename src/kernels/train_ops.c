@@ -58,7 +58,7 @@ void lorac_swiglu_backward(float *dgate, float *dup, const float *dout, const fl
                            int64_t T, int64_t H) {
     int64_t n = T * H;
     #pragma omp parallel for simd num_threads(lorac_kernels_get_threads()) schedule(static) \
-        if (n >= LORAC_PARALLEL_MIN_ELEMS)
+        if (parallel : n >= LORAC_PARALLEL_MIN_ELEMS)
     for (int64_t i = 0; i < n; i++) {
         float g = gate[i], sg = sigmoid_f32(g);
         dgate[i] = dout[i] * up[i] * sg * (1.0f + g * (1.0f - sg));
@@ -432,7 +432,7 @@ void lorac_adamw_update_f32(float *p, float *m, float *v, const float *g, int64_
     float b2 = c->beta2, omb2 = c->one_minus_beta2, bc2_sqrt = c->bias_correction2_sqrt, eps = c->eps;
     float nss = c->neg_step_size;
     #pragma omp parallel for simd num_threads(lorac_kernels_get_threads()) schedule(static) \
-        if (n >= LORAC_PARALLEL_MIN_ELEMS)
+        if (parallel : n >= LORAC_PARALLEL_MIN_ELEMS)
     for (int64_t k = 0; k < n; k++) {
         float gk = g[k] * gs;
         float pk = p[k] * decay;                          /* param.mul_(1 - lr*wd) */

@@ -1,0 +1,73 @@
+/* bench_attention — one decode step's attention (lorac_attention_forward,
+ * one query token) on one thread and on two, over context lengths, to place
+ * the kernel's ATTENTION_PARALLEL_MIN_ELEMS: where the two-thread time
+ * drops below the one-thread time, starting the second thread pays.
+ *
+ * ops.c is compiled into this program with ATTENTION_PARALLEL_MIN_ELEMS=1,
+ * so the two-thread column always runs two threads; the library itself
+ * runs one thread below its threshold. Each time is the median of 7
+ * rounds of 2000 calls, the two thread counts alternating.
+ *
+ * Build and run:
+ *   make -C bench out/bench_attention && bench/out/bench_attention [15m|110m]
+ * (15m: 6 heads of 48; 110m: 12 heads of 64; no GQA in either.) */
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "lorac/kernels.h"
+
+#define ROUNDS 7
+#define CALLS 2000
+
+static double now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e6 + ts.tv_nsec * 1e-3;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+int main(int argc, char **argv) {
+    const char *shape = argc > 1 ? argv[1] : "15m";
+    int64_t H = 6, hd = 48;
+    if (strcmp(shape, "110m") == 0) H = 12, hd = 64;
+    else if (strcmp(shape, "15m") != 0) {
+        fprintf(stderr, "usage: bench_attention [15m|110m]\n");
+        return 2;
+    }
+    const int64_t KVH = H, max_n = 1024;
+    float *k = malloc(sizeof(float) * (size_t)(max_n * KVH * hd)), *v = malloc(sizeof(float) * (size_t)(max_n * KVH * hd));
+    float *q = malloc(sizeof(float) * (size_t)(H * hd)), *out = malloc(sizeof(float) * (size_t)(H * hd));
+    float *scratch = malloc(sizeof(float) * 2 * (size_t)max_n);
+    if (!k || !v || !q || !out || !scratch) return 1;
+    for (int64_t i = 0; i < max_n * KVH * hd; i++) k[i] = 0.01f * (float)(i % 97) - 0.5f, v[i] = 0.01f * (float)(i % 89) - 0.4f;
+    for (int64_t i = 0; i < H * hd; i++) q[i] = 0.1f * (float)(i % 7);
+    const float *k_rows[1] = {k}, *v_rows[1] = {v};
+    static const int32_t lengths[] = {10, 20, 30, 40, 60, 106, 170, 512, 1024};
+    printf("# bench_attention: %s shape (%lld heads of %lld), one query token; median us of %d rounds of %d calls\n",
+           shape, (long long)H, (long long)hd, ROUNDS, CALLS);
+    printf("| positions | cache values read | 1 thread us | 2 threads us | 2 / 1 |\n|---:|---:|---:|---:|---:|\n");
+    for (size_t li = 0; li < sizeof lengths / sizeof lengths[0]; li++) {
+        int32_t n = lengths[li];
+        double t[2][ROUNDS];
+        for (int r = 0; r < ROUNDS; r++)
+            for (int th = 0; th < 2; th++) {
+                lorac_kernels_set_threads(th + 1);
+                double t0 = now_us();
+                for (int c = 0; c < CALLS; c++) lorac_attention_forward(out, scratch, q, k_rows, v_rows, &n, 1, H, KVH, hd);
+                t[th][r] = (now_us() - t0) / CALLS;
+            }
+        qsort(t[0], ROUNDS, sizeof(double), cmp_double);
+        qsort(t[1], ROUNDS, sizeof(double), cmp_double);
+        double one = t[0][ROUNDS / 2], two = t[1][ROUNDS / 2];
+        printf("| %d | %lld | %.2f | %.2f | %.2f |\n", n, (long long)(n * H * hd), one, two, two / one);
+    }
+    free(k); free(v); free(q); free(out); free(scratch);
+    return 0;
+}
