@@ -58,8 +58,12 @@
  * step was 0.8% shorter (median of 6 pairs; its dx products 1.7% faster). */
 #define MBLOCK_ONE 516
 /* Bytes ahead in each of decode's four weight streams that fwd_row4
- * prefetches (the AVX2 path's distance). */
-#define DECODE_AHEAD 512
+ * prefetches. 2048 (128 lines in flight a core, where the AVX2 path's 512
+ * gave 32): in bench_generate_ab.sh's turn-about runs against 512 on the
+ * Intel Xeon, 110M-shape decode went 11.8% faster at BF16 and 2.4% at F32
+ * (medians of 8 and 6 pairs); the 15M shape, whose weights stay in L3,
+ * moved by under 1%; 4096 was 7% slower than 2048 at 110M BF16. */
+#define DECODE_AHEAD 2048
 
 /* 16 elements of a weight row starting at element i, widened to f32. */
 LORAC_ALWAYS_INLINE __m512 load_w(const void *w, lorac_dtype_t dt, int64_t i) {
