@@ -10,46 +10,60 @@
 #include "kernels/ops_internal.h"
 #include "lorac/kernels.h"
 
+/* One row of lorac_rmsnorm_forward: ot = xt * r * w, and *rt = r when
+ * rt is given. */
+static inline void rmsnorm_row(float *ot, float *rt, const float *xt, const void *w, lorac_dtype_t wtype, float eps,
+                               int64_t C) {
+    /* double: long rows of large activations lose bits in f32; in vector
+     * lanes, as one sequential chain waited on each add */
+    double ss = 0.0;
+    #pragma omp simd reduction(+ : ss)
+    for (int64_t c = 0; c < C; c++) ss += (double)xt[c] * xt[c];
+    float r = (float)(1.0 / sqrt(ss / (double)C + (double)eps));
+    if (rt) *rt = r;
+    if (wtype == LORAC_DTYPE_F32) {
+        const float *wf = w;
+        #pragma omp simd
+        for (int64_t c = 0; c < C; c++) ot[c] = xt[c] * r * wf[c];
+    } else if (wtype == LORAC_DTYPE_BF16) {
+        const uint16_t *wb = w;
+        #pragma omp simd
+        for (int64_t c = 0; c < C; c++) ot[c] = xt[c] * r * bf16_to_f32_inline(wb[c]);
+    } else {
+        for (int64_t c = 0; c < C; c++) ot[c] = xt[c] * r * weight_at(w, wtype, c);
+    }
+}
+
 // out, x are (T,C), w is (C). out = x * rstd * w, rstd = 1/sqrt(mean(x²)+eps)
 // Rows are independent: threaded over rows, the same bits at any thread count.
 LORAC_MULTIVERSION
 void lorac_rmsnorm_forward(float *out, float *rstd, const float *x, const void *w,
                            lorac_dtype_t wtype, float eps, int64_t T, int64_t C) {
-    #pragma omp parallel for num_threads(lorac_kernels_get_threads()) schedule(static) \
-        if (T * C >= LORAC_PARALLEL_MIN_ELEMS)
-    for (int64_t t = 0; t < T; t++) {
-        const float *xt = x + t * C;
-        float *ot = out + t * C;
-        /* double: long rows of large activations lose bits in f32; in
-         * vector lanes, as one sequential chain waited on each add */
-        double ss = 0.0;
-        #pragma omp simd reduction(+ : ss)
-        for (int64_t c = 0; c < C; c++) ss += (double)xt[c] * xt[c];
-        float r = (float)(1.0 / sqrt(ss / (double)C + (double)eps));
-        if (rstd) rstd[t] = r;
-        if (wtype == LORAC_DTYPE_F32) {
-            const float *wf = w;
-            #pragma omp simd
-            for (int64_t c = 0; c < C; c++) ot[c] = xt[c] * r * wf[c];
-        } else {
-            for (int64_t c = 0; c < C; c++) ot[c] = xt[c] * r * weight_at(w, wtype, c);
-        }
+    /* Below the threshold (decode's row) no OpenMP region at all: even one
+     * with a false if clause goes through the runtime and sets up a team. */
+    if (T * C < LORAC_PARALLEL_MIN_ELEMS) {
+        for (int64_t t = 0; t < T; t++) rmsnorm_row(out + t * C, rstd ? rstd + t : NULL, x + t * C, w, wtype, eps, C);
+        return;
     }
+    #pragma omp parallel for num_threads(lorac_kernels_get_threads()) schedule(static)
+    for (int64_t t = 0; t < T; t++) rmsnorm_row(out + t * C, rstd ? rstd + t : NULL, x + t * C, w, wtype, eps, C);
 }
 
 // out, gate, up are (T,H). out = gate * sigmoid(gate) * up
 LORAC_MULTIVERSION
 void lorac_swiglu_forward(float *out, const float *gate, const float *up, int64_t T, int64_t H) {
     int64_t n = T * H;
-    /* "if (parallel : ...)": a bare if clause applies to the simd too, and
-     * left rows below the threshold (decode's, and 15M-shape prompts under
-     * 43 tokens) in scalar code with a division an element */
-    #pragma omp parallel for simd num_threads(lorac_kernels_get_threads()) schedule(static) \
-        if (parallel : n >= LORAC_PARALLEL_MIN_ELEMS)
-    for (int64_t i = 0; i < n; i++) {
-        float g = gate[i];
-        out[i] = g * sigmoid_f32(g) * up[i];
+    /* Below the threshold, a plain simd loop: no OpenMP region (see
+     * lorac_rmsnorm_forward). (When this was one "parallel for simd ...
+     * if (n >= ...)", the if clause turned off the simd as well, leaving
+     * decode's row and 15M-shape prompts under 43 tokens scalar.) */
+    if (n < LORAC_PARALLEL_MIN_ELEMS) {
+        #pragma omp simd
+        for (int64_t i = 0; i < n; i++) out[i] = gate[i] * sigmoid_f32(gate[i]) * up[i];
+        return;
     }
+    #pragma omp parallel for simd num_threads(lorac_kernels_get_threads()) schedule(static)
+    for (int64_t i = 0; i < n; i++) out[i] = gate[i] * sigmoid_f32(gate[i]) * up[i];
 }
 
 // x is (T, n_heads, head_dim), rotated in place. HF rotate-half layout: the

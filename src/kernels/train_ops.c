@@ -81,19 +81,30 @@ void lorac_rope_table(float *cs, const int32_t *positions, const float *inv_freq
         }
 }
 
-/* The same products and sums per pair as rope_rotate (a negated sine is
- * exact), with the pairs of a head innermost. */
-void lorac_rope_apply(float *x, const float *cs, int64_t T, int64_t n_heads, int64_t head_dim, int sign) {
+/* Row t of lorac_rope_apply. The pairs (i, i + half) of a head do not
+ * overlap, so they vectorise; sg · s is exactly s or its negation. */
+static inline void rope_apply_row(float *x, const float *cs, int64_t t, int64_t n_heads, int64_t head_dim, float sg) {
     int64_t half = head_dim / 2;
-    #pragma omp parallel for num_threads(lorac_kernels_get_threads()) schedule(static) \
-        if (T * n_heads * head_dim >= LORAC_PARALLEL_MIN_ELEMS)
-    for (int64_t t = 0; t < T; t++) {
-        const float *c = cs + t * head_dim, *s = c + half;
-        for (int64_t h = 0; h < n_heads; h++) {
-            float *v = x + (t * n_heads + h) * head_dim;
-            for (int64_t i = 0; i < half; i++) rope_pair(v, half, i, c[i], sign < 0 ? -s[i] : s[i]);
-        }
+    const float *c = cs + t * head_dim, *s = c + half;
+    for (int64_t h = 0; h < n_heads; h++) {
+        float *v = x + (t * n_heads + h) * head_dim;
+        #pragma omp simd
+        for (int64_t i = 0; i < half; i++) rope_pair(v, half, i, c[i], sg * s[i]);
     }
+}
+
+/* The same products and sums per pair as rope_rotate, with the pairs of a
+ * head innermost. */
+LORAC_MULTIVERSION
+void lorac_rope_apply(float *x, const float *cs, int64_t T, int64_t n_heads, int64_t head_dim, int sign) {
+    float sg = sign < 0 ? -1.0f : 1.0f;
+    /* no OpenMP region below the threshold (see lorac_rmsnorm_forward) */
+    if (T * n_heads * head_dim < LORAC_PARALLEL_MIN_ELEMS) {
+        for (int64_t t = 0; t < T; t++) rope_apply_row(x, cs, t, n_heads, head_dim, sg);
+        return;
+    }
+    #pragma omp parallel for num_threads(lorac_kernels_get_threads()) schedule(static)
+    for (int64_t t = 0; t < T; t++) rope_apply_row(x, cs, t, n_heads, head_dim, sg);
 }
 
 /* ---- attention over packed rows ------------------------------------------
