@@ -123,11 +123,11 @@ void lorac_softmax_forward(float *x, int64_t T, int64_t n) {
 
 /* Cache values read (T·H·positions·head_dim) from which attention shares
  * its heads between threads: below it, starting the second thread costs
- * more than it saves. bench/bench_attention (one query token, session 18,
- * Intel Xeon) put the crossing between 5760 and 8640 values at the
- * 15M shape (6 heads of 48: 20 and 30 positions) and near 7680 at the
- * 110M shape (12 heads of 64, 10 positions); at 106 positions two threads
- * took 0.58-0.76 of one thread's time in two runs. */
+ * more than it saves. In session 18's bench/bench_attention runs (one
+ * query token, Intel Xeon) two threads paid from 5760-11520 values at the
+ * 15M shape (6 heads of 48: 20-40 positions) and 7680-15360 at the 110M
+ * shape (12 heads of 64: 10-20 positions), and took 0.60-0.66 of one
+ * thread's time at 106 positions. */
 #ifndef ATTENTION_PARALLEL_MIN_ELEMS /* bench_attention sets it to 1 */
 #define ATTENTION_PARALLEL_MIN_ELEMS 8192
 #endif
