@@ -13,8 +13,8 @@ static int32_t sample_once(lorac_sampler_params_t p, const float *logits, int32_
     return id;
 }
 
-/* lorac_argmax against the one-pass loop it replaced, on vocabulary-sized
- * rows with the maximum repeated, at the ends, among NaNs and -infs. */
+/* lorac_argmax against a one-pass loop, on vocabulary-sized rows with the
+ * maximum repeated, at the ends, among NaNs and -infs. */
 static void check_argmax(void) {
     enum { V = 32003 };
     static float x[V];
