@@ -165,7 +165,7 @@ void lorac_attention_forward(float *out, float *scratch, const float *q,
     /* Threaded from ATTENTION_PARALLEL_MIN_ELEMS cache values read: a decode
      * step's single query still reads every cached key and value of its
      * layer, which after the layer's weights have streamed through come
-     * from DRAM. */
+     * from L3 or DRAM. */
     #pragma omp parallel num_threads(n_threads) if (T * H * max_ctx * hd >= ATTENTION_PARALLEL_MIN_ELEMS)
     {
         float *scores = scratch + (int64_t)omp_get_thread_num() * max_ctx;

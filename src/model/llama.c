@@ -27,9 +27,9 @@ struct lorac_context {
     int32_t *seq_seen;         /* (n_seq) scratch for batch validation */
     /* activations for n_batch tokens */
     float *x, *xn, *q, *k, *v, *att, *proj, *gate, *up;
-    /* (n_batch, head_dim): the batch's rotary cosines and sines, computed
-     * once a decode for every layer's q and k (in double, they were 2% of
-     * a 15M-shape decode step when each layer computed its own) */
+    /* (n_batch, head_dim): the batch's rotary cosines and sines (computed
+     * in double), once a decode for every layer's q and k, as training
+     * does; each layer used to compute its own */
     float *rope_cs;
     float *att_scratch;        /* att_threads * n_ctx attention scores */
     int att_threads;
