@@ -38,6 +38,15 @@ static void check_argmax(void) {
         if (got != want_n && bad++ < 3) fprintf(stderr, "  argmax round %d: %lld, expected %lld\n", round, (long long)got, (long long)want_n);
     }
     CHECK_MSG(bad == 0, "lorac_argmax differs from the reference loop in %d rows", bad);
+    /* a lone maximum on each side of the 256-value blocks the index search
+     * goes by, and in a short last block */
+    static const int at[] = {1, 255, 256, 257, 511, 512, V - 2, V - 1};
+    for (size_t j = 0; j < sizeof at / sizeof at[0]; j++) {
+        for (int i = 0; i < V; i++) x[i] = (float)(i % 7);
+        x[at[j]] = 10.0f;
+        int64_t got = lorac_argmax(x, V);
+        CHECK_MSG(got == at[j], "argmax of a lone maximum at %d: %lld", at[j], (long long)got);
+    }
     x[0] = 3.0f;
     CHECK(lorac_argmax(x, 1) == 0);
 }
