@@ -12,6 +12,7 @@
 # Env:   SAME_TEXT (1), THREADS (2), N (128)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+[ $# -ge 2 ] || { echo "usage: bench/bench_generate_ab.sh BIN_A BIN_B [MODEL_DIR] [PAIRS]" >&2; exit 2; }
 A=$1 B=$2 model=${3:-bench/out/s110m-BF16} pairs=${4:-8}
 OUT=$PWD/bench/out
 [ -f "$model/model.safetensors" ] || { echo "missing $model: run bench/bench_generate.sh first" >&2; exit 1; }

@@ -18,6 +18,7 @@
 # Env:   SAME_BITS (1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+[ $# -ge 2 ] || { echo "usage: bench/bench_train_ab.sh BIN_A BIN_B [MODEL] [PAIRS]" >&2; exit 2; }
 A=$1 B=$2 m=${3:-s1b} pairs=${4:-8}
 OUT=$PWD/bench/out
 [ -f "$OUT/$m-F32/model.safetensors" ] && [ -f "$OUT/train-tokens.jsonl" ] ||
