@@ -153,7 +153,7 @@ lorac_status_t lorac_merge_write(const char *model_dir, const lorac_adapter_t *c
 /* ---- the LoRA layer pair (llm.c style; see lora.c) -------------------------
  * forward:  u = x·Aᵀ (T, r); y += s · u·Bᵀ (T, out). x is (T, in).
  * backward: dB += s · dyᵀ·u ; du = s · dy·B ; dA += duᵀ·x ; dx += du·A.
- * du is scratch of (T, r) floats. */
+ * du is scratch of T·r + r·out floats. */
 void lorac_lora_forward(float *y, float *u, const float *x, const lorac_lora_module_t *m, int64_t T);
 void lorac_lora_backward(float *dx, float *dA, float *dB, float *du, const float *dy, const float *x,
                          const float *u, const lorac_lora_module_t *m, int64_t T);

@@ -269,20 +269,16 @@ void lorac_lora_backward(float *dx, float *dA, float *dB, float *du, const float
     /* du first holds s·u, the input of B's weight gradient */
     memcpy(du, u, sizeof(float) * (size_t)n_u);
     lorac_scale(du, m->scale, n_u);
-    /* dBᵀ (r, out) += (s·u)ᵀ·dy, on a transposed copy of dB: the product
-     * then reads dy by rows (64-column panels) where dB += dyᵀ·(s·u) read
-     * it a few columns at a time down all T rows, each row out floats
-     * apart (a line a row, a stride the prefetchers do not follow). The
-     * same products summed in the same order: the same bits. */
-    float *dbt = malloc(sizeof(float) * (size_t)(r * out));
-    if (dbt) {
-        transpose_f32(dbt, dB, out, r);
-        lorac_matmul_backward_weight(dbt, NULL, du, dy, T, out, r);
-        transpose_f32(dB, dbt, r, out);
-        free(dbt);
-    } else {
-        lorac_matmul_backward_weight(dB, NULL, dy, du, T, r, out);
-    }
+    /* dBᵀ (r, out) += (s·u)ᵀ·dy, on a transposed copy of dB in the
+     * scratch after du: the product then reads dy by rows (64-column
+     * panels) where dB += dyᵀ·(s·u) read it a few columns at a time down
+     * all T rows, each row out floats apart (a line a row, a stride the
+     * prefetchers do not follow). The same products summed in the same
+     * order: the same bits. */
+    float *dbt = du + n_u;
+    transpose_f32(dbt, dB, out, r);
+    lorac_matmul_backward_weight(dbt, NULL, du, dy, T, out, r);
+    transpose_f32(dB, dbt, r, out);
     memset(du, 0, sizeof(float) * (size_t)n_u);
     lorac_matmul_backward_input(du, dy, m->B, LORAC_DTYPE_F32, T, m->r, m->out);
     lorac_scale(du, m->scale, n_u);

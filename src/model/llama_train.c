@@ -173,7 +173,9 @@ static void plan_activations(lorac_train_pass_t *p, arena_t *a) {
     CARVE(a, p->dres, N * D); CARVE(a, p->dres2, N * D); CARVE(a, p->dxn, N * D); CARVE(a, p->dxn_f, N * D);
     CARVE(a, p->tmp, N * D); CARVE(a, p->dh, N * I); CARVE(a, p->dgate, N * I); CARVE(a, p->dup, N * I);
     CARVE(a, p->datt, N * Q); CARVE(a, p->dq, N * Q); CARVE(a, p->dk, N * KV); CARVE(a, p->dv, N * KV);
-    CARVE(a, p->du, N * max_r); CARVE(a, p->dx_lora, N * max_in);
+    /* du: lorac_lora_backward's scratch, (N, r) and dB's transposed copy
+     * (r, out); no projection's out exceeds max_in */
+    CARVE(a, p->du, N * max_r + max_r * max_in); CARVE(a, p->dx_lora, N * max_in);
     int64_t lr = loss_rows(p);
     CARVE(a, p->chunk_x, lr * D); CARVE(a, p->chunk_dx, lr * D);
     CARVE(a, p->chunk_logits, lr * (p->d_lm_head ? c->vocab_size : loss_block_cols(c->vocab_size)));
