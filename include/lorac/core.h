@@ -15,6 +15,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -82,8 +83,15 @@ int lorac_dtype_parse(const char *name, lorac_dtype_t *out);
 /* Bytes per element (1, 2, 4 or 8). */
 size_t lorac_dtype_size(lorac_dtype_t dtype);
 
-/* Scalar conversions (round-to-nearest-even for the narrowing ones). */
-float lorac_bf16_to_f32(uint16_t h);
+/* Scalar conversions (round-to-nearest-even for the narrowing ones).
+ * bf16 is the top half of an f32; widening it is inline so that loops
+ * over bf16 weights vectorise (GCC vectorises this memcpy form). */
+static inline float lorac_bf16_to_f32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
 uint16_t lorac_f32_to_bf16(float f);
 float lorac_f16_to_f32(uint16_t h);
 uint16_t lorac_f32_to_f16(float f);

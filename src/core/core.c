@@ -84,8 +84,6 @@ size_t lorac_dtype_size(lorac_dtype_t dtype) {
 static uint32_t f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static float bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 
-float lorac_bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
-
 uint16_t lorac_f32_to_bf16(float f) {
     uint32_t u = f32_bits(f);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */

@@ -28,7 +28,7 @@ static inline void rmsnorm_row(float *ot, float *rt, const float *xt, const void
     } else if (wtype == LORAC_DTYPE_BF16) {
         const uint16_t *wb = w;
         #pragma omp simd
-        for (int64_t c = 0; c < C; c++) ot[c] = xt[c] * r * bf16_to_f32_inline(wb[c]);
+        for (int64_t c = 0; c < C; c++) ot[c] = xt[c] * r * lorac_bf16_to_f32(wb[c]);
     } else {
         for (int64_t c = 0; c < C; c++) ot[c] = xt[c] * r * weight_at(w, wtype, c);
     }

@@ -8,19 +8,10 @@
 #include "lorac/core.h"
 #include "lorac/kernels.h"
 
-/* A bf16 value widened to f32 (lorac_bf16_to_f32 inline, so that loops
- * over bf16 weights vectorise: the memcpy form is the one GCC vectorises). */
-static inline float bf16_to_f32_inline(uint16_t h) {
-    uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
 /* Element i of a small weight vector (norm weights) in its own dtype. */
 static inline float weight_at(const void *w, lorac_dtype_t wtype, int64_t i) {
     switch (wtype) {
-    case LORAC_DTYPE_BF16: return bf16_to_f32_inline(((const uint16_t *)w)[i]);
+    case LORAC_DTYPE_BF16: return lorac_bf16_to_f32(((const uint16_t *)w)[i]);
     case LORAC_DTYPE_F16: return lorac_f16_to_f32(((const uint16_t *)w)[i]);
     default: return ((const float *)w)[i];
     }
