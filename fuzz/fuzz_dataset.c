@@ -1,7 +1,8 @@
 /* libFuzzer target: dataset loading (JSONL, JSON arrays, plain text, every
  * format and chat template) with a tiny in-memory byte-level tokenizer, then
  * one epoch of batches. The first input byte picks the options, the rest is
- * the file. */
+ * the file; a file that starts with "#cols SPEC\n" gives SPEC as the column
+ * renames (params.columns) and the rest as the file. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,9 +38,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     p.seq_len = 1 + (o >> 6) * 5;
     p.skip_bad = (o & 0x20) != 0;
     p.train_on_inputs = (o & 0x40) != 0;
+    const char *file = (const char *)data + 1;
+    size_t len = size - 1;
+    char *cols = NULL;
+    const char *nl;
+    if (len >= 6 && !memcmp(file, "#cols ", 6) && (nl = memchr(file, '\n', len))) {
+        if (!(cols = strndup(file + 6, (size_t)(nl - file - 6)))) abort();
+        p.columns = cols;
+        len -= (size_t)(nl + 1 - file);
+        file = nl + 1;
+    }
     lorac_dataset_t *ds = NULL;
     const char *label = (o & 0x80) ? "fuzz.txt" : "fuzz.jsonl";
-    if (lorac_dataset_load_memory((const char *)data + 1, size - 1, label, (o & 7) == 7 ? NULL : tok, &p, &ds)) return 0;
+    lorac_status_t s = lorac_dataset_load_memory(file, len, label, (o & 7) == 7 ? NULL : tok, &p, &ds);
+    free(cols); /* the dataset keeps no pointer to it */
+    if (s) return 0;
     enum { B = 2 };
     int32_t T = p.seq_len, tk[B * 17], tg[B * 17], ps[B * 17], sg[B * 17];
     lorac_data_cursor_t cur = lorac_data_cursor_init(o, (o & 1) != 0);

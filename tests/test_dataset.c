@@ -90,6 +90,16 @@ static int32_t *with_eos(const lorac_tokenizer_t *tok, const char *s, bool speci
     return ids;
 }
 
+/* Example i must be the text example `s`: all of encode(s) + EOS in the loss. */
+static void check_text_example(const lorac_dataset_t *ds, int64_t i, const lorac_tokenizer_t *tok, const char *s,
+                               int32_t eos, const char *what) {
+    size_t n;
+    int32_t *w = with_eos(tok, s, true, eos, &n);
+    size_t all[2] = {0, n};
+    check_example(ds, i, w, n, all, 1, what);
+    free(w);
+}
+
 /* ---- formats ---- */
 static void test_text(void) {
     lorac_dataset_params_t p = lorac_dataset_default_params();
@@ -408,11 +418,13 @@ static void conv_jsonl(char *buf, size_t cap, bool with_sys) {
              with_sys ? "{\"role\": \"system\", \"content\": \"You are helpful.\"}, " : "");
 }
 
-static void check_chat(const char *file, const lorac_tokenizer_t *tok, const char *tpl, const char *cfg, bool with_sys,
-                       const char *want_text, const char *open, const char *close, const char *want_name) {
-    char buf[1024];
-    conv_jsonl(buf, sizeof buf, with_sys);
-    const char *path = write_file(file, buf, strlen(buf));
+/* The first record of `jsonl` must render to want_text, with the loss on
+ * the replies between `open` and `close` (or everywhere with
+ * train_on_inputs). */
+static void check_chat_jsonl(const char *file, const char *jsonl, const lorac_tokenizer_t *tok, const char *tpl,
+                             const char *cfg, const char *want_text, const char *open, const char *close,
+                             const char *want_name) {
+    const char *path = write_file(file, jsonl, strlen(jsonl));
     for (int toi = 0; toi < 2; toi++) {
         lorac_dataset_params_t p = lorac_dataset_default_params();
         p.chat_template = tpl;
@@ -430,6 +442,136 @@ static void check_chat(const char *file, const lorac_tokenizer_t *tok, const cha
         check_example(ds, 0, w, n, r, nr, file);
         free(w);
         lorac_dataset_free(ds);
+    }
+}
+
+static void check_chat(const char *file, const lorac_tokenizer_t *tok, const char *tpl, const char *cfg, bool with_sys,
+                       const char *want_text, const char *open, const char *close, const char *want_name) {
+    char buf[1024];
+    conv_jsonl(buf, sizeof buf, with_sys);
+    check_chat_jsonl(file, buf, tok, tpl, cfg, want_text, open, close, want_name);
+}
+
+/* ShareGPT records ({"conversations": [{"from", "value"}]}, human/gpt) and
+ * the top-level "system" string render as the same conversation does. */
+static void test_sharegpt(void) {
+    static const char k_turns[] =
+        "{\"from\": \"human\", \"value\": \"Hi there\"}, {\"from\": \"gpt\", \"value\": \"Hello! How can I help?\"}, "
+        "{\"from\": \"human\", \"value\": \"Tell me a joke.\"}, {\"from\": \"gpt\", \"value\": "
+        "\"Why did the chicken cross the road?\"}";
+    char buf[2048];
+    snprintf(buf, sizeof buf, "{\"conversations\": [{\"from\": \"system\", \"value\": \"You are helpful.\"}, %s]}\n", k_turns);
+    check_chat_jsonl("sharegpt.jsonl", buf, g_sm, "chatml", NULL, k_chatml, "<|im_start|>assistant\n", "<|im_end|>", "chatml");
+    check_chat_jsonl("sharegpt_zephyr.jsonl", buf, g_tl, NULL, g_tl_cfg, k_zephyr, "<|assistant|>\n", "</s>", "zephyr");
+    /* LLaMA-Factory's system column */
+    snprintf(buf, sizeof buf, "{\"system\": \"You are helpful.\", \"conversations\": [%s]}\n", k_turns);
+    check_chat_jsonl("sharegpt_system.jsonl", buf, g_sm, "chatml", NULL, k_chatml, "<|im_start|>assistant\n", "<|im_end|>",
+                     "chatml");
+    /* a conversation's own system message wins over the column; an empty column is none */
+    char conv[1024];
+    conv_jsonl(conv, sizeof conv, true);
+    snprintf(buf, sizeof buf, "{\"system\": \"Be terse.\", %s", conv + 1);
+    check_chat_jsonl("messages_system.jsonl", buf, g_sm, "chatml", NULL, k_chatml, "<|im_start|>assistant\n", "<|im_end|>",
+                     "chatml");
+    snprintf(buf, sizeof buf, "{\"system\": \"\", \"conversations\": [%s]}\n", k_turns);
+    check_chat_jsonl("sharegpt_nosys.jsonl", buf, g_sm, NULL, g_sm_cfg, k_chatml_smol_default, "<|im_start|>assistant\n", "<|im_end|>", "chatml");
+    lorac_data_format_t f;
+    CHECK(lorac_data_format_parse("sharegpt", &f) == 0 && f == LORAC_DATA_CHAT);
+}
+
+/* --columns: a dataset's own key names read as a format's. */
+static void test_columns(void) {
+    lorac_dataset_params_t p = lorac_dataset_default_params();
+    /* SAMSum's {instruction, dialogue, summary} as alpaca, its first record rebuilt here */
+    char fx[1200];
+    snprintf(fx, sizeof fx, "%s/datasets/samsum/test.json", tl_fixtures());
+    p.columns = "input=dialogue,output=summary";
+    p.seq_len = 1024;
+    lorac_dataset_t *ds = load_ok(fx, g_tl, &p);
+    if (ds) {
+        CHECK(lorac_dataset_n_examples(ds) == 819 && lorac_dataset_format(ds) == LORAC_DATA_ALPACA);
+        char *text = read_all(fx);
+        cJSON *arr = cJSON_Parse(text), *r0 = cJSON_GetArrayItem(arr, 0);
+        char prompt[8192];
+        snprintf(prompt, sizeof prompt,
+                 "Below is an instruction that describes a task, paired with an input that provides further context. "
+                 "Write a response that appropriately completes the request.\n\n### Instruction:\n%s\n\n### Input:\n%s"
+                 "\n\n### Response:\n",
+                 cJSON_GetObjectItem(r0, "instruction")->valuestring, cJSON_GetObjectItem(r0, "dialogue")->valuestring);
+        check_prompt_response(ds, 0, g_tl, prompt, cJSON_GetObjectItem(r0, "summary")->valuestring, false, "samsum[0]");
+        cJSON_Delete(arr);
+        free(text);
+        lorac_dataset_free(ds);
+    }
+    /* a swap; a key already named like a target is replaced; an optional column may be absent */
+    const char *path = WRITE("columns.jsonl",
+                             "{\"prompt\": \"Paris.\", \"completion\": \"Q: capital of France? A: \"}\n"
+                             "{\"text\": \"ignored\", \"body\": \"the body\"}\n");
+    p = lorac_dataset_default_params();
+    p.columns = "prompt=completion,completion=prompt";
+    p.skip_bad = true; /* the second line has neither */
+    ds = load_ok(path, g_tl, &p);
+    if (ds) {
+        CHECK(lorac_dataset_n_examples(ds) == 1 && lorac_dataset_n_skipped(ds) == 1);
+        check_prompt_response(ds, 0, g_tl, "Q: capital of France? A: ", "Paris.", false, "swapped columns");
+        char want[1300];
+        snprintf(want, sizeof want, "%s:2: missing \"completion\" (the column mapped to \"prompt\")", path);
+        CHECK_MSG(strstr(lorac_dataset_first_skip_reason(ds), want), "%s", lorac_dataset_first_skip_reason(ds));
+        lorac_dataset_free(ds);
+    }
+    p = lorac_dataset_default_params();
+    p.columns = "text=body";
+    p.skip_bad = true;
+    ds = load_ok(path, g_tl, &p);
+    if (ds) {
+        CHECK(lorac_dataset_n_examples(ds) == 1 && lorac_dataset_format(ds) == LORAC_DATA_TEXT);
+        check_text_example(ds, 0, g_tl, "the body", 2, "text=body");
+        lorac_dataset_free(ds);
+    }
+    path = WRITE("columns2.jsonl", "{\"q\": \"Name a color.\", \"a\": \"Blue\"}\n");
+    p = lorac_dataset_default_params();
+    p.columns = "instruction=q,output=a,input=context";
+    ds = load_ok(path, g_sm, &p);
+    if (ds) {
+        check_prompt_response(ds, 0, g_sm, k_alpaca_noin, "Blue", false, "alpaca from q/a");
+        lorac_dataset_free(ds);
+    }
+    /* ShareGPT under another name */
+    char buf[1024];
+    snprintf(buf, sizeof buf,
+             "{\"dialog\": [{\"from\": \"human\", \"value\": \"Hi there\"}, {\"from\": \"gpt\", \"value\": "
+             "\"Hello! How can I help?\"}, {\"from\": \"human\", \"value\": \"Tell me a joke.\"}, {\"from\": \"gpt\", "
+             "\"value\": \"Why did the chicken cross the road?\"}], \"sys\": \"You are helpful.\"}\n");
+    path = write_file("columns3.jsonl", buf, strlen(buf));
+    p = lorac_dataset_default_params();
+    p.columns = "conversations=dialog,system=sys";
+    p.chat_template = "chatml";
+    ds = load_ok(path, g_sm, &p);
+    if (ds) {
+        size_t n, r[8];
+        int32_t *w = enc(g_sm, k_chatml, false, &n);
+        size_t nr = reply_ranges(g_sm, k_chatml, "<|im_start|>assistant\n", "<|im_end|>", r);
+        check_example(ds, 0, w, n, r, nr, "conversations=dialog");
+        free(w);
+        lorac_dataset_free(ds);
+    }
+    /* malformed maps: whole-load errors naming the entry */
+    static const struct { const char *spec, *substr; } bad[] = {
+        {"output", "column map \"output\": expected OURS=THEIRS"},
+        {"output=", "column map \"output=\": expected OURS=THEIRS"},
+        {"=summary", "column map \"=summary\": expected OURS=THEIRS"},
+        {"input=dialogue,,output=summary", "column map \"\": expected OURS=THEIRS"},
+        {"outpt=summary", "\"outpt\" is not a field of a format"},
+        {"role=from", "\"role\" is not a field of a format"},
+        {"output=a,output=b", "\"output\" is mapped twice"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        p = lorac_dataset_default_params();
+        p.columns = bad[i].spec;
+        ds = NULL;
+        lorac_status_t s = lorac_dataset_load(path, g_sm, &p, &ds);
+        CHECK_MSG(s == LORAC_STATUS_INVALID_ARG && !ds && strstr(lorac_error_message(), bad[i].substr), "%s: %d '%s'",
+                  bad[i].spec, s, lorac_error_message());
     }
 }
 
@@ -576,6 +718,7 @@ static void test_auto(void) {
         {"{\"instruction\": \"a\", \"output\": \"b\"}", LORAC_DATA_ALPACA},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"assistant\", \"content\": \"b\"}]}", LORAC_DATA_CHAT},
         {"{\"input_ids\": [1, 2, 3]}", LORAC_DATA_TOKENS},
+        {"{\"conversations\": [{\"from\": \"human\", \"value\": \"a\"}, {\"from\": \"gpt\", \"value\": \"b\"}]}", LORAC_DATA_CHAT},
         {"{\"text\": \"also has prompt\", \"prompt\": \"a\"}", LORAC_DATA_TEXT},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
@@ -630,6 +773,17 @@ static const bad_case_t k_bad[] = {
     BAD("{\"messages\": [{\"role\": \"robot\", \"content\": \"x\"}, {\"role\": \"assistant\", \"content\": \"y\"}]}\n",
         LORAC_DATA_AUTO, 1, "message 1: unknown role \"robot\""),
     BAD("{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}\n", LORAC_DATA_AUTO, 1, "no assistant message"),
+    BAD("{\"conversations\": {}}\n", LORAC_DATA_AUTO, 1, "\"conversations\" must be an array, not an object"),
+    BAD("{\"conversations\": []}\n", LORAC_DATA_AUTO, 1, "empty \"conversations\""),
+    BAD("{\"conversations\": [{\"from\": \"human\", \"value\": \"x\"}, {\"from\": \"gpt\"}]}\n", LORAC_DATA_AUTO, 1,
+        "message 2: missing \"value\""),
+    BAD("{\"conversations\": [{\"from\": 1, \"value\": \"x\"}]}\n", LORAC_DATA_AUTO, 1, "message 1: \"from\" must be a string, not a number"),
+    BAD("{\"conversations\": [{\"from\": \"observation\", \"value\": \"x\"}, {\"from\": \"gpt\", \"value\": \"y\"}]}\n",
+        LORAC_DATA_AUTO, 1, "message 1: unknown role \"observation\""),
+    BAD("{\"conversations\": [{\"from\": \"human\", \"value\": \"x\"}]}\n", LORAC_DATA_AUTO, 1, "no assistant message"),
+    BAD("{\"system\": 3, \"conversations\": [{\"from\": \"gpt\", \"value\": \"x\"}]}\n", LORAC_DATA_AUTO, 1,
+        "\"system\" must be a string, not a number"),
+    BAD("{\"text\": \"a\"}\n", LORAC_DATA_CHAT, 1, "missing \"messages\" (or \"conversations\")"),
     BAD("{\"input_ids\": [1, 2, 3], \"labels\": [1, 2]}\n", LORAC_DATA_AUTO, 1, "\"labels\" must be an array as long as \"input_ids\" (3)"),
     BAD("{\"input_ids\": [1, 2, 3], \"labels\": 5}\n", LORAC_DATA_AUTO, 1, "\"labels\" must be an array as long as"),
     BAD("{\"input_ids\": [1, 2, 99999]}\n", LORAC_DATA_AUTO, 1, "input_ids must be integers in 0..31999"),
@@ -691,11 +845,7 @@ static void test_skip_bad(void) {
         char want[1200];
         snprintf(want, sizeof want, "%s:2: \"text\" must be a string", path);
         CHECK(lorac_dataset_first_skip_reason(ds) && strstr(lorac_dataset_first_skip_reason(ds), want));
-        size_t n;
-        int32_t *w = with_eos(g_tl, "three", true, 2, &n);
-        size_t all[2] = {0, n};
-        check_example(ds, 2, w, n, all, 1, "after skipped lines");
-        free(w);
+        check_text_example(ds, 2, g_tl, "three", 2, "after skipped lines");
         lorac_dataset_free(ds);
     }
     /* the first record being bad does not fix the format: the next good one does */
@@ -956,6 +1106,8 @@ int main(void) {
     test_chat_recognize();
     test_chat_data();
     test_samsum_and_tinystories();
+    test_sharegpt();
+    test_columns();
     test_auto();
     test_malformed();
     test_skip_bad();

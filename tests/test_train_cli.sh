@@ -4,7 +4,7 @@
 # gives the loss training reported; resume is bit-identical (mid-epoch,
 # with dropout); kill -9 at random moments always leaves a loadable
 # checkpoint; an injected NaN step is skipped with weights and moments
-# unchanged; malformed data gives FILE:LINE errors.
+# unchanged; malformed data gives FILE:LINE errors; --columns reads SAMSum.
 set -uo pipefail
 : "${LORAC_BIN:?}" "${LORAC_FIXTURES:?LORAC_FIXTURES must point at the shared fixtures}"
 L=$LORAC_BIN
@@ -162,6 +162,16 @@ check_err bad6.jsonl "bad6.jsonl:1: input_ids must be integers in 0..511"
 check_err bad1.jsonl "bad1.jsonl:1: missing \"prompt\"" completion
 "$L" train -m m --data bad1.jsonl -o e --steps 1 --skip-bad 2> skip.log && grep -q "1 malformed lines skipped" skip.log && ok \
   || bad "--skip-bad: $(cat skip.log | head -2)"
+
+# 7. a dataset with its own keys: SAMSum's {instruction, dialogue, summary}
+# read as alpaca through --columns; a bad map is a usage error naming it
+"$L" train -m m --data "$LORAC_FIXTURES/datasets/samsum/validation.json" --columns input=dialogue,output=summary \
+  -o sam --steps 1 --seq 64 2> sam.log && grep -q "818 examples (alpaca)" sam.log \
+  && grep -q "format alpaca, columns input=dialogue,output=summary" sam/README.md && ok \
+  || bad "--columns on SAMSum: $(tail -2 sam.log)"
+out=$("$L" train -m m --data bad1.jsonl --columns outpt=summary -o e --steps 1 2>&1 >/dev/null); rc=$?
+[ $rc -eq 1 ] && [[ "$out" == "lorac: error: column map \"outpt=summary\": \"outpt\" is not a field"* ]] && ok \
+  || bad "--columns outpt=summary: exit $rc, '$out'"
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -21,7 +21,8 @@
 static const char *k_usage =
     "usage: lorac train -m MODEL --data FILE.jsonl -o OUT [options]\n"
     "data:\n"
-    "  --format F           auto|text|completion|alpaca|chat|tokens (default auto)\n"
+    "  --format F           auto|text|completion|alpaca|chat|tokens (default auto); chat reads ShareGPT too\n"
+    "  --columns MAP        read the data's own keys as a format's, e.g. input=dialogue,output=summary\n"
     "  --chat-template T    chatml|llama-2|llama-3|llama-3.1|zephyr (default: from tokenizer_config.json)\n"
     "  --eval-data FILE     held-out data: loss and perplexity before, every --eval-every steps, at the end\n"
     "  --seq L              sequence length (default 256); longer examples are truncated\n"
@@ -60,6 +61,7 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) o.out_dir = VAL();
         else if (!strcmp(a, "--format")) o.format = VAL();
         else if (!strcmp(a, "--chat-template")) o.chat_template = VAL();
+        else if (!strcmp(a, "--columns")) o.columns = VAL();
         else if (!strcmp(a, "--seq")) o.seq = (int32_t)cli_int("train", a, VAL(), 2, 1 << 20);
         else if (!strcmp(a, "--pack")) o.pack = true;
         else if (!strcmp(a, "--train-on-inputs")) o.train_on_inputs = true;

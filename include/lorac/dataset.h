@@ -10,14 +10,27 @@
  *   completion  {"prompt": "...", "completion": "..."}  loss on the completion
  *   alpaca      {"instruction", "input" (optional), "output"}  loss on the output
  *   chat        {"messages": [{"role": "system|user|assistant", "content": "..."}, ...]}
- *               loss on the assistant replies and their end-of-turn token
+ *               loss on the assistant replies and their end-of-turn token;
+ *               also ShareGPT records, {"conversations": [{"from":
+ *               "system|human|gpt", "value": "..."}, ...]} (human = user,
+ *               gpt = assistant); either may carry a top-level "system"
+ *               string (LLaMA-Factory's ShareGPT column), used when the
+ *               conversation does not start with a system message of its own
  *   tokens      {"input_ids": [...], "labels": [...]}  labels optional (then all
  *               of input_ids); -100 masks a position, as HuggingFace does; a
  *               label must be -100 or the input id at its position; no
  *               special tokens are added
- * AUTO picks the format from the keys of the first good record: messages →
- * chat, input_ids → tokens, instruction+output → alpaca, prompt+completion →
+ * AUTO picks the format from the keys of the first good record: messages or
+ * conversations → chat, input_ids → tokens, instruction+output → alpaca, prompt+completion →
  * completion, text → text.
+ * Column renames (params.columns): "ours=theirs,..." reads each record's key
+ * `theirs` as the field `ours` (one of text, prompt, completion,
+ * instruction, input, output, messages, conversations, system, input_ids,
+ * labels) before the format is detected, so a dataset with its own names
+ * loads as is: SAMSum's {instruction, dialogue, summary} with
+ * "input=dialogue,output=summary" is alpaca. A record without a mapped key
+ * is a bad record ("missing \"summary\" (the column mapped to
+ * \"output\")"), except for the optional input, system and labels.
  * A file whose name ends in ".txt" is plain text (TinyStories): examples are
  * separated by "<|endoftext|>" when the file contains that marker, otherwise
  * by blank lines; each is trimmed and read as a text example (format AUTO or
@@ -109,6 +122,7 @@ typedef struct {
     lorac_data_format_t format;    /* AUTO: from the first record's keys */
     const char *chat_template;     /* chatml|llama-2|llama-3|llama-3.1|zephyr; NULL: recognise */
     const char *tokenizer_config;  /* path of tokenizer_config.json or NULL */
+    const char *columns;           /* "ours=theirs,...": the file's keys renamed to a format's (NULL: none) */
     int32_t seq_len;               /* row length; examples keep at most seq_len + 1 tokens */
     int32_t vocab_size;            /* token ids must be below it (INT32_MAX: the tokenizer's) */
     bool train_on_inputs;          /* loss on prompts and user turns too */

@@ -25,6 +25,7 @@ typedef struct {
     const char *model_dir, *data, *eval_data, *out_dir;
     const char *format;          /* auto|text|completion|alpaca|chat|tokens */
     const char *chat_template;   /* NULL: from tokenizer_config.json */
+    const char *columns;         /* "output=summary,...": the data's keys renamed (lorac/dataset.h) */
     int32_t seq;
     bool pack, train_on_inputs, skip_bad, shuffle;
     lorac_lora_params_t lora;    /* targets/layers are filled from the strings below */

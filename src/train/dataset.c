@@ -15,6 +15,7 @@ static const char *const k_format_names[] = {"auto", "text", "completion", "alpa
 int lorac_data_format_parse(const char *name, lorac_data_format_t *out) {
     for (int i = 0; name && i < N_FORMATS; i++)
         if (!strcmp(name, k_format_names[i])) { *out = (lorac_data_format_t)i; return 0; }
+    if (name && !strcmp(name, "sharegpt")) { *out = LORAC_DATA_CHAT; return 0; } /* chat reads ShareGPT records too */
     return -1;
 }
 
@@ -34,6 +35,21 @@ static const char k_alpaca_no_input[] =
     "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n";
 
+/* ---- column renames ---- */
+/* The keys a record's formats read; --columns may map any of them. */
+static const char *const k_columns[] = {"text",  "prompt",        "completion", "instruction", "input",  "output",
+                                        "messages", "conversations", "system",     "input_ids",   "labels"};
+#define N_COLUMNS ((int)(sizeof k_columns / sizeof *k_columns))
+/* Optional keys: a record without the file's column just lacks this one. */
+static bool column_optional(const char *ours) {
+    return !strcmp(ours, "input") || !strcmp(ours, "system") || !strcmp(ours, "labels");
+}
+
+typedef struct {
+    const char *ours; /* one of k_columns */
+    char *theirs;     /* the file's key, malloc'd */
+} column_t;
+
 /* ---- the loader's state ---- */
 typedef struct {
     lorac_dataset_t *ds;
@@ -52,6 +68,8 @@ typedef struct {
     dbuf_t text;
     lorac_chat_message_t *msgs;
     size_t cap_msgs;
+    column_t cols[N_COLUMNS];
+    int n_cols;
 } loader_t;
 
 #define NOMEM() lorac_error(LORAC_STATUS_NOMEM, "out of memory loading a dataset")
@@ -200,37 +218,63 @@ static lorac_status_t build_alpaca(loader_t *L, const cJSON *o) {
     return s;
 }
 
+/* ShareGPT's speaker names for the roles the templates know. */
+static const char *sharegpt_role(const char *from) {
+    if (!strcmp(from, "human")) return "user";
+    if (!strcmp(from, "gpt")) return "assistant";
+    return from; /* system, user, assistant; anything else the template refuses */
+}
+
+/* {"messages": [{"role", "content"}]} (OpenAI, TRL) or ShareGPT's
+ * {"conversations": [{"from": "human|gpt|system", "value"}]}; either with an
+ * optional top-level "system" string (LLaMA-Factory's ShareGPT column),
+ * used when the conversation has no system message of its own. */
 static lorac_status_t build_chat(loader_t *L, const cJSON *o) {
-    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(o, "messages");
-    if (!msgs) return lorac_error(LORAC_STATUS_FORMAT, "missing \"messages\"");
-    if (!cJSON_IsArray(msgs)) return lorac_error(LORAC_STATUS_FORMAT, "\"messages\" must be an array, not %s", json_type(msgs));
+    const char *key = "messages";
+    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!msgs) msgs = cJSON_GetObjectItemCaseSensitive(o, key = "conversations");
+    if (!msgs) return lorac_error(LORAC_STATUS_FORMAT, "missing \"messages\" (or \"conversations\")");
+    if (!cJSON_IsArray(msgs)) return lorac_error(LORAC_STATUS_FORMAT, "\"%s\" must be an array, not %s", key, json_type(msgs));
+    const char *system;
+    lorac_status_t s = str_field(o, "system", false, &system);
+    if (s) return s;
     size_t n = (size_t)cJSON_GetArraySize(msgs);
-    if (n == 0) return lorac_error(LORAC_STATUS_FORMAT, "empty \"messages\"");
-    if (n > L->cap_msgs) {
-        lorac_chat_message_t *m = realloc(L->msgs, n * sizeof *m);
+    if (n == 0) return lorac_error(LORAC_STATUS_FORMAT, "empty \"%s\"", key);
+    if (n + 1 > L->cap_msgs) {
+        lorac_chat_message_t *m = realloc(L->msgs, (n + 1) * sizeof *m);
         if (!m) return NOMEM();
         L->msgs = m;
-        L->cap_msgs = n;
+        L->cap_msgs = n + 1;
     }
     size_t i = 0;
+    if (system && *system) L->msgs[i++] = (lorac_chat_message_t){"system", system};
     bool assistant = false;
     const cJSON *m;
+    size_t k = 0; /* 1-based place in the file's list, for messages */
     cJSON_ArrayForEach(m, msgs) {
-        if (!cJSON_IsObject(m)) return lorac_error(LORAC_STATUS_FORMAT, "message %zu must be an object, not %s", i + 1, json_type(m));
-        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role"), *content = cJSON_GetObjectItemCaseSensitive(m, "content");
-        if (!role || !content) return lorac_error(LORAC_STATUS_FORMAT, "message %zu: missing \"%s\"", i + 1, role ? "content" : "role");
+        k++;
+        if (!cJSON_IsObject(m)) return lorac_error(LORAC_STATUS_FORMAT, "message %zu must be an object, not %s", k, json_type(m));
+        bool sharegpt = cJSON_GetObjectItemCaseSensitive(m, "from") != NULL;
+        const char *rkey = sharegpt ? "from" : "role", *ckey = sharegpt ? "value" : "content";
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, rkey), *content = cJSON_GetObjectItemCaseSensitive(m, ckey);
+        if (!role || !content) return lorac_error(LORAC_STATUS_FORMAT, "message %zu: missing \"%s\"", k, role ? ckey : rkey);
         if (!cJSON_IsString(role) || !cJSON_IsString(content))
-            return lorac_error(LORAC_STATUS_FORMAT, "message %zu: \"%s\" must be a string, not %s", i + 1,
-                               cJSON_IsString(role) ? "content" : "role", json_type(cJSON_IsString(role) ? content : role));
-        L->msgs[i].role = role->valuestring;
+            return lorac_error(LORAC_STATUS_FORMAT, "message %zu: \"%s\" must be a string, not %s", k,
+                               cJSON_IsString(role) ? ckey : rkey, json_type(cJSON_IsString(role) ? content : role));
+        L->msgs[i].role = sharegpt ? sharegpt_role(role->valuestring) : role->valuestring;
         L->msgs[i].content = content->valuestring;
-        assistant = assistant || !strcmp(role->valuestring, "assistant");
+        if (k == 1 && system && *system && !strcmp(L->msgs[i].role, "system")) {
+            L->msgs[0] = L->msgs[1]; /* the conversation's own system message wins */
+            continue;
+        }
+        assistant = assistant || !strcmp(L->msgs[i].role, "assistant");
         i++;
     }
+    n = i;
     if (!assistant && !L->p->train_on_inputs)
         return lorac_error(LORAC_STATUS_FORMAT, "no assistant message, so nothing to train on (or use --train-on-inputs)");
-    lorac_status_t s = chat_render_pieces((chat_tpl_t)L->ds->chat_tpl, L->default_system, L->msgs, n, L->bos_str,
-                                          L->eos_str, &L->render);
+    s = chat_render_pieces((chat_tpl_t)L->ds->chat_tpl, L->default_system, L->msgs, n, L->bos_str, L->eos_str,
+                           &L->render);
     if (s) return s;
     if (L->render.text.len == 0) return lorac_error(LORAC_STATUS_FORMAT, "empty conversation");
     return encode_pieces(L, L->render.text.s, L->render.pieces, L->render.n, false);
@@ -281,7 +325,8 @@ static lorac_status_t build_tokens(loader_t *L, const cJSON *o) {
 }
 
 static lorac_data_format_t detect_format(const cJSON *o) {
-    if (cJSON_GetObjectItemCaseSensitive(o, "messages")) return LORAC_DATA_CHAT;
+    if (cJSON_GetObjectItemCaseSensitive(o, "messages") || cJSON_GetObjectItemCaseSensitive(o, "conversations"))
+        return LORAC_DATA_CHAT;
     if (cJSON_GetObjectItemCaseSensitive(o, "input_ids")) return LORAC_DATA_TOKENS;
     if (cJSON_GetObjectItemCaseSensitive(o, "instruction") && cJSON_GetObjectItemCaseSensitive(o, "output"))
         return LORAC_DATA_ALPACA;
@@ -302,7 +347,7 @@ static lorac_status_t undetectable(const cJSON *o) {
     }
     return lorac_error(LORAC_STATUS_FORMAT,
                        "cannot tell the format from the keys {%s}: expected text, prompt+completion, "
-                       "instruction+output, messages or input_ids (or give --format)", keys);
+                       "instruction+output, messages, conversations or input_ids (or give --format, or rename keys with --columns)", keys);
 }
 
 /* Settles the chat template and the BOS/EOS strings it writes, once. Errors
@@ -428,6 +473,65 @@ static lorac_status_t record_done(loader_t *L, lorac_status_t s, int64_t line) {
     return LORAC_STATUS_OK;
 }
 
+/* Parses params.columns, "ours=theirs[,ours=theirs...]", into L->cols. */
+static lorac_status_t columns_parse(loader_t *L, const char *spec) {
+    if (!spec) return LORAC_STATUS_OK;
+    const char *q = spec;
+    while (*q) {
+        const char *comma = strchr(q, ','), *end = comma ? comma : q + strlen(q);
+        const char *eq = memchr(q, '=', (size_t)(end - q));
+        int len = (int)(end - q);
+        if (!eq || eq == q || eq + 1 == end)
+            return lorac_error(LORAC_STATUS_INVALID_ARG, "column map \"%.*s\": expected OURS=THEIRS, e.g. output=summary",
+                               len, q);
+        int k = 0;
+        while (k < N_COLUMNS && (strlen(k_columns[k]) != (size_t)(eq - q) || memcmp(k_columns[k], q, (size_t)(eq - q))))
+            k++;
+        if (k == N_COLUMNS)
+            return lorac_error(LORAC_STATUS_INVALID_ARG,
+                               "column map \"%.*s\": \"%.*s\" is not a field of a format (text, prompt, completion, "
+                               "instruction, input, output, messages, conversations, system, input_ids, labels)",
+                               len, q, (int)(eq - q), q);
+        for (int i = 0; i < L->n_cols; i++)
+            if (L->cols[i].ours == k_columns[k])
+                return lorac_error(LORAC_STATUS_INVALID_ARG, "column map: \"%s\" is mapped twice", k_columns[k]);
+        column_t *c = &L->cols[L->n_cols];
+        if (!(c->theirs = strndup(eq + 1, (size_t)(end - eq - 1)))) return NOMEM();
+        c->ours = k_columns[k];
+        L->n_cols++;
+        q = comma ? comma + 1 : end;
+    }
+    return LORAC_STATUS_OK;
+}
+
+/* Renames the record's columns to the names its format reads. All sources
+ * are copied before any key changes, so "a=b,b=a" swaps; a key already
+ * named like a target is replaced. */
+static lorac_status_t columns_apply(loader_t *L, cJSON *o) {
+    if (!L->n_cols || !cJSON_IsObject(o)) return LORAC_STATUS_OK;
+    cJSON *val[N_COLUMNS] = {0};
+    lorac_status_t s = LORAC_STATUS_OK;
+    for (int i = 0; i < L->n_cols && !s; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, L->cols[i].theirs);
+        if (v) {
+            if (!(val[i] = cJSON_Duplicate(v, true))) s = NOMEM();
+        } else if (!column_optional(L->cols[i].ours)) {
+            s = lorac_error(LORAC_STATUS_FORMAT, "missing \"%s\" (the column mapped to \"%s\")", L->cols[i].theirs,
+                            L->cols[i].ours);
+        }
+    }
+    for (int i = 0; i < L->n_cols && !s; i++) cJSON_DeleteItemFromObjectCaseSensitive(o, L->cols[i].theirs);
+    for (int i = 0; i < L->n_cols && !s; i++) {
+        cJSON_DeleteItemFromObjectCaseSensitive(o, L->cols[i].ours);
+        if (val[i]) {
+            if (!cJSON_AddItemToObject(o, L->cols[i].ours, val[i])) { s = NOMEM(); break; }
+            val[i] = NULL;
+        }
+    }
+    for (int i = 0; i < L->n_cols; i++) cJSON_Delete(val[i]);
+    return s;
+}
+
 /* One JSON record of `len` bytes. */
 static lorac_status_t take_json(loader_t *L, const char *json, size_t len, int64_t line) {
     L->n_ex = 0;
@@ -443,7 +547,7 @@ static lorac_status_t take_json(loader_t *L, const char *json, size_t len, int64
             for (const char *q = end; q < json + len; q++)
                 if (!strchr(" \t\r\n", *q)) { cJSON_Delete(o); o = NULL; break; }
         if (!o) s = lorac_error(LORAC_STATUS_FORMAT, "not valid JSON");
-        else s = build_record(L, o);
+        else if (!(s = columns_apply(L, o))) s = build_record(L, o);
     }
     cJSON_Delete(o);
     return record_done(L, s, line);
@@ -575,7 +679,8 @@ lorac_status_t lorac_dataset_load_memory(const char *data, size_t len, const cha
     loader_t L = {.ds = ds, .tok = tok, .p = p, .label = label, .eos = -1};
     L.vocab_limit = p->vocab_size > 0 ? p->vocab_size : INT32_MAX;
     if (tok && p->vocab_size == INT32_MAX) L.vocab_limit = lorac_tokenizer_vocab_size(tok);
-    lorac_status_t s = LORAC_STATUS_OK;
+    lorac_status_t s = columns_parse(&L, p->columns);
+    if (s) goto done;
     if (p->tokenizer_config && (s = chat_config_tokens(p->tokenizer_config, &L.cfg_bos, &L.cfg_eos))) goto done;
     if (tok) {
         L.eos = lorac_tokenizer_eos_id(tok);
@@ -613,6 +718,7 @@ done:
     free(L.cfg_bos); free(L.cfg_eos); free(L.bos_str); free(L.eos_str); free(L.default_system);
     chat_render_free(&L.render);
     dbuf_free(&L.text);
+    for (int c = 0; c < L.n_cols; c++) free(L.cols[c].theirs);
     if (s) { lorac_dataset_free(ds); return s; }
     *out = ds;
     return LORAC_STATUS_OK;

@@ -204,20 +204,24 @@ static void write_readme(const lorac_train_params_t *p, const lorac_train_result
                          const char *format) {
     char path[4200];
     snprintf(path, sizeof path, "%s/README.md", p->out_dir);
-    char text[4096];
-    int n = snprintf(text, sizeof text,
+    char *text = NULL; /* sized to fit: the paths in it may be long */
+    int n = asprintf(&text,
                      "# %s fine-tune of %s\n\n"
-                     "Trained with `lorac train` on `%s` (format %s), %lld steps of batch %d x %d tokens"
+                     "Trained with `lorac train` on `%s` (format %s%s%s), %lld steps of batch %d x %d tokens"
                      " (gradient accumulation %d), lr %g (%s schedule, %lld warmup steps), weight decay %g, clip %g, seed %llu.\n\n"
-                     "%s%lld trainable parameters.\n\n"
+                     "%lld trainable parameters%s%s%s.\n\n"
                      "Training loss %.4f -> %.4f; held-out loss %s.\n\n"
                      "Load it with PEFT (`PeftModel.from_pretrained(base, \"%s\")`) or `lorac generate -m %s --adapter %s`.\n",
-                     p->full ? "Full" : "LoRA", p->model_dir, p->data, format, (long long)res->steps, p->batch, p->seq,
-                     p->grad_accum, p->lr, p->schedule, (long long)p->warmup, p->weight_decay, p->clip,
-                     (unsigned long long)p->seed, p->full ? "" : "LoRA targets: ", (long long)n_trainable,
-                     res->first_loss, res->last_loss, isnan(res->eval_loss_after) ? "not measured" : "see metrics.jsonl",
-                     p->out_dir, p->model_dir, p->out_dir);
-    lorac_file_write_atomic(path, text, (size_t)n);
+                     p->full ? "Full" : "LoRA", p->model_dir, p->data, format, p->columns ? ", columns " : "",
+                     p->columns ? p->columns : "", (long long)res->steps, p->batch, p->seq, p->grad_accum, p->lr,
+                     p->schedule, (long long)p->warmup, p->weight_decay, p->clip, (unsigned long long)p->seed,
+                     (long long)n_trainable, p->full ? "" : " (LoRA on ",
+                     p->full ? "" : p->init_adapter ? "the modules of the --init-adapter" : p->targets, p->full ? "" : ")",
+                     res->first_loss, res->last_loss,
+                     isnan(res->eval_loss_after) ? "not measured" : "see metrics.jsonl", p->out_dir, p->model_dir,
+                     p->out_dir);
+    if (n >= 0) lorac_file_write_atomic(path, text, (size_t)n);
+    if (n >= 0) free(text);
 }
 
 static lorac_status_t save_full_model(const char *model_dir, const char *out_dir, run_t *r) {
@@ -291,6 +295,7 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
     lorac_dataset_params_t dp = lorac_dataset_default_params();
     dp.format = fmt;
     dp.chat_template = p->chat_template;
+    dp.columns = p->columns;
     snprintf(path, sizeof path, "%s/tokenizer_config.json", p->model_dir);
     struct stat st;
     dp.tokenizer_config = stat(path, &st) == 0 ? path : NULL;
