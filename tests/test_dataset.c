@@ -305,6 +305,13 @@ static void check_render(const char *tpl, const char *def_sys, bool with_sys, co
 }
 
 static void test_chat_render(void) {
+    /* where a reply ends: the marker after each assistant turn in the renderings above */
+    CHECK(!strcmp(lorac_dataset_chat_end_of_turn("chatml", "</s>"), "<|im_end|>"));
+    CHECK(!strcmp(lorac_dataset_chat_end_of_turn("llama-3", "<|end_of_text|>"), "<|eot_id|>"));
+    CHECK(!strcmp(lorac_dataset_chat_end_of_turn("llama3.2", NULL), "<|eot_id|>"));
+    CHECK(!strcmp(lorac_dataset_chat_end_of_turn("zephyr", "<|endoftext|>"), "<|endoftext|>"));
+    CHECK(!strcmp(lorac_dataset_chat_end_of_turn("llama-2", NULL), "</s>"));
+    CHECK(lorac_dataset_chat_end_of_turn("gemma", "</s>") == NULL);
     check_render("zephyr", NULL, true, k_zephyr);
     check_render("chatml", NULL, true, k_chatml);
     check_render("chatml", "You are a helpful AI assistant named SmolLM, trained by Hugging Face", false,

@@ -209,6 +209,26 @@ int main(void) {
                   r.text, full, stop);
     }
 
+    /* 2b. stop tokens (a chat template's end of turn): the output ends
+     * before the first one, as at EOS */
+    {
+        int k = n_ref[0] / 2, first = k;
+        CHECK(k >= 1);
+        for (int i = 0; i < k; i++)
+            if (ref[0][i] == ref[0][k]) { first = i; break; }
+        int32_t stop_tok = ref[0][k];
+        result_t r;
+        result_init(&r);
+        lorac_serve_request_t q = greedy(prompts[0], n_prompt[0], NULL, MAX_GEN, &r);
+        q.stop_tokens = &stop_tok;
+        q.n_stop_tokens = 1;
+        CHECK(lorac_engine_submit(e, &q, NULL) == LORAC_STATUS_OK);
+        wait_done(&r);
+        CHECK(r.finish == LORAC_FINISH_STOP);
+        CHECK_MSG(r.n_tokens == first && !memcmp(r.tokens, ref[0], sizeof(int32_t) * (size_t)first),
+                  "stop token %d: %d tokens, want %d", stop_tok, r.n_tokens, first);
+    }
+
     /* 3. validation and the registry */
     {
         result_t r;
@@ -231,6 +251,14 @@ int main(void) {
         CHECK(lorac_engine_submit(e, &q, NULL) == LORAC_STATUS_INVALID_ARG);
         q = greedy(prompts[0], n_prompt[0], NULL, 4, &r);
         q.sampler.top_p = 0.0f;
+        CHECK(lorac_engine_submit(e, &q, NULL) == LORAC_STATUS_INVALID_ARG);
+        int32_t stops[LORAC_SERVE_MAX_STOP_TOKENS + 1] = {0};
+        q = greedy(prompts[0], n_prompt[0], NULL, 4, &r);
+        q.stop_tokens = stops;
+        q.n_stop_tokens = LORAC_SERVE_MAX_STOP_TOKENS + 1;
+        CHECK(lorac_engine_submit(e, &q, NULL) == LORAC_STATUS_INVALID_ARG);
+        stops[0] = 100000;
+        q.n_stop_tokens = 1;
         CHECK(lorac_engine_submit(e, &q, NULL) == LORAC_STATUS_INVALID_ARG);
         CHECK(r.done == 0); /* rejected requests never call back */
 
@@ -279,8 +307,8 @@ int main(void) {
 
     lorac_engine_metrics_t m;
     lorac_engine_get_metrics(e, &m);
-    CHECK(m.requests_total == N_REQ + 4);
-    CHECK(m.requests_rejected == 7);
+    CHECK(m.requests_total == N_REQ + 5);
+    CHECK(m.requests_rejected == 9);
     CHECK(m.requests_finished[LORAC_FINISH_CANCELLED] == 1);
     CHECK(m.running == 0 && m.waiting == 0);
     CHECK(m.steps_total > 0 && m.batch_tokens_total >= m.steps_total);

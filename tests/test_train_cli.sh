@@ -6,16 +6,8 @@
 # checkpoint; an injected NaN step is skipped with weights and moments
 # unchanged; malformed data gives FILE:LINE errors; --columns reads SAMSum.
 set -uo pipefail
-: "${LORAC_BIN:?}" "${LORAC_FIXTURES:?LORAC_FIXTURES must point at the shared fixtures}"
-L=$LORAC_BIN
-PY=/usr/bin/python3
-tmp="${LORAC_TEST_TMP:-/tmp}/train-cli.$$"
-mkdir -p "$tmp"
-trap 'rm -rf "$tmp"' EXIT
+. "$(dirname "$0")/testlib.sh" train-cli
 cd "$tmp"
-pass=0; fail=0
-ok() { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
 
 "$L" convert --from llama2c "$LORAC_FIXTURES/llama2c/stories260K.bin" --tokenizer "$LORAC_FIXTURES/llama2c/tok512.bin" -o m 2>/dev/null || bad convert
 # paragraphs of real TinyStories text: the first 400 to train on, the last 50 held out
@@ -173,5 +165,4 @@ out=$("$L" train -m m --data bad1.jsonl --columns outpt=summary -o e --steps 1 2
 [ $rc -eq 1 ] && [[ "$out" == "lorac: error: column map \"outpt=summary\": \"outpt\" is not a field"* ]] && ok \
   || bad "--columns outpt=summary: exit $rc, '$out'"
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+tl_finish

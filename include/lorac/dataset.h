@@ -218,6 +218,12 @@ lorac_status_t lorac_dataset_chat_render_generation(const char *template_name, c
 lorac_status_t lorac_dataset_chat_tokens(const char *template_name, const lorac_tokenizer_t *tok,
                                          const char *tokenizer_config, char **bos, char **eos);
 
+/* The token string that ends an assistant turn in template_name's
+ * rendering, where a chat reply stops: "<|im_end|>" (chatml), "<|eot_id|>"
+ * (llama-3, llama-3.1), or eos for llama-2 and zephyr, whose turns end with
+ * EOS (NULL eos: "</s>"). NULL for an unknown template. Static string or eos. */
+const char *lorac_dataset_chat_end_of_turn(const char *template_name, const char *eos);
+
 /* ---- batches ---------------------------------------------------------------------
  * A row of length T = seq_len holds inputs x[0..T-1] and targets y[t]: the
  * label of the token after x[t] in the same example, else -100. An example of

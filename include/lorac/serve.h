@@ -60,6 +60,8 @@ typedef struct {
 
 typedef void (*lorac_serve_callback_t)(void *user, const lorac_serve_event_t *event);
 
+#define LORAC_SERVE_MAX_STOP_TOKENS 8
+
 typedef struct {
     const int32_t *prompt;       /* token ids, copied; 1 .. n_ctx - 1 of them */
     int32_t n_prompt;
@@ -68,7 +70,10 @@ typedef struct {
     lorac_sampler_params_t sampler;
     const char *const *stop;     /* stop strings (copied, non-empty); output ends before the first match */
     int32_t n_stop;
-    bool ignore_eos;             /* keep going past end-of-sequence tokens */
+    bool ignore_eos;             /* keep going past end-of-sequence tokens (and stop_tokens) */
+    const int32_t *stop_tokens;  /* ids that end the output as EOS does, e.g. a chat template's end of turn
+                                    (copied; at most LORAC_SERVE_MAX_STOP_TOKENS) */
+    int32_t n_stop_tokens;
     lorac_serve_callback_t callback;
     void *user;
 } lorac_serve_request_t;

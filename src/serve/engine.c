@@ -30,6 +30,7 @@ typedef struct request {
     lorac_sampler_t *sampler;
     char **stop;
     int32_t n_stop;
+    int32_t stop_tokens[LORAC_SERVE_MAX_STOP_TOKENS], n_stop_tokens;
     bool ignore_eos, strip_space, cancel, matched_stop;
     lorac_serve_callback_t callback;
     void *user;
@@ -295,7 +296,9 @@ static void advance(lorac_engine_t *e, request_t *r, float *logits) {
     int32_t tok = lorac_sampler_sample(r->sampler, logits);
     if (r->n_generated == 0) r->t_first = lorac_seconds();
     r->n_generated++;
-    if (!r->ignore_eos && lorac_model_is_eos(e->model, tok)) {
+    bool end = lorac_model_is_eos(e->model, tok);
+    for (int32_t i = 0; i < r->n_stop_tokens; i++) end = end || tok == r->stop_tokens[i];
+    if (!r->ignore_eos && end) {
         retire_slot(e, r->slot, LORAC_FINISH_STOP, NULL);
         return;
     }
@@ -456,6 +459,12 @@ static lorac_status_t validate_request(const lorac_engine_t *e, const lorac_serv
     if (q->n_stop < 0 || (q->n_stop > 0 && !q->stop)) return lorac_error(LORAC_STATUS_INVALID_ARG, "bad stop list");
     for (int32_t i = 0; i < q->n_stop; i++)
         if (!q->stop[i] || !q->stop[i][0]) return lorac_error(LORAC_STATUS_INVALID_ARG, "stop strings must not be empty");
+    if (q->n_stop_tokens < 0 || q->n_stop_tokens > LORAC_SERVE_MAX_STOP_TOKENS || (q->n_stop_tokens && !q->stop_tokens))
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "at most %d stop tokens", LORAC_SERVE_MAX_STOP_TOKENS);
+    for (int32_t i = 0; i < q->n_stop_tokens; i++)
+        if (q->stop_tokens[i] < 0 || q->stop_tokens[i] >= c->vocab_size)
+            return lorac_error(LORAC_STATUS_INVALID_ARG, "stop token %d is outside the vocabulary (0..%d)", q->stop_tokens[i],
+                               c->vocab_size - 1);
     return LORAC_STATUS_OK;
 }
 
@@ -483,6 +492,8 @@ static request_t *request_new(const lorac_engine_t *e, const lorac_serve_request
     r->strip_space = lorac_tokenizer_strips_leading_space(e->tok) && only_bos;
     r->max_tokens = q->max_tokens;
     r->ignore_eos = q->ignore_eos;
+    if (q->n_stop_tokens) memcpy(r->stop_tokens, q->stop_tokens, sizeof(int32_t) * (size_t)q->n_stop_tokens);
+    r->n_stop_tokens = q->n_stop_tokens;
     r->callback = q->callback;
     r->user = q->user;
     r->slot = -1;

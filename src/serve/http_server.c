@@ -78,6 +78,7 @@ struct lorac_http_server {
     atomic_uint_fast64_t counter;  /* ids and default seeds */
     uint64_t nonce;
     int32_t port;
+    int32_t chat_end_of_turn;      /* the chat template's end-of-turn token, ends a chat reply; -1: none */
     atomic_uint_fast64_t status_counts[N_STATUS];
 };
 
@@ -528,6 +529,10 @@ static lorac_status_t start_job(lorac_http_server_t *srv, struct MHD_Connection 
                                    .max_tokens = req->max_tokens, .stop = (const char *const *)req->stop,
                                    .n_stop = req->n_stop, .ignore_eos = req->ignore_eos,
                                    .callback = on_engine_event, .user = &j->choices[i]};
+        if (req->kind == LORAC_OAI_CHAT && srv->chat_end_of_turn >= 0) { /* a reply ends with its turn */
+            q.stop_tokens = &srv->chat_end_of_turn;
+            q.n_stop_tokens = 1;
+        }
         q.sampler.temperature = req->temperature;
         q.sampler.top_p = req->top_p;
         q.sampler.top_k = req->top_k;
@@ -831,6 +836,12 @@ lorac_status_t lorac_http_server_start(lorac_engine_t *engine, const lorac_http_
     if (srv->p.max_connections < 1) srv->p.max_connections = 256;
     if (srv->p.connection_timeout_s < 1) srv->p.connection_timeout_s = 120;
     srv->engine = engine;
+    srv->chat_end_of_turn = -1;
+    if (srv->p.chat_template) {
+        const char *eot = lorac_dataset_chat_end_of_turn(srv->p.chat_template, srv->p.chat_eos);
+        const lorac_tokenizer_t *tok = lorac_model_get_tokenizer(lorac_engine_model(engine));
+        if (eot && tok) srv->chat_end_of_turn = lorac_tokenizer_token_id(tok, eot);
+    }
     pthread_rwlock_init(&srv->engine_lock, NULL);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);

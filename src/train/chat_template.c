@@ -53,6 +53,17 @@ const char *chat_tpl_default_bos(chat_tpl_t t) {
 
 const char *chat_tpl_default_eos(chat_tpl_t t) { (void)t; return "</s>"; }
 
+const char *lorac_dataset_chat_end_of_turn(const char *template_name, const char *eos) {
+    switch (chat_tpl_from_name(template_name)) {
+    case CHAT_CHATML: return "<|im_end|>";
+    case CHAT_LLAMA3:
+    case CHAT_LLAMA31: return "<|eot_id|>";
+    case CHAT_LLAMA2:
+    case CHAT_ZEPHYR: return eos ? eos : chat_tpl_default_eos(CHAT_ZEPHYR);
+    default: return NULL;
+    }
+}
+
 size_t chat_tpl_specials(chat_tpl_t t, const char *bos, const char *eos, const char **out) {
     size_t n = 0;
     switch (t) {

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# lorac generate --chat: the prompt becomes a user message rendered with the
+# model's chat template (SmolLM2's real tokenizer files), the prompt's ids
+# equal those of the rendering written out here by hand (as SmolLM2's Jinja
+# template renders it) and tokenized on its own, only the reply is printed,
+# and the reply stops at the template's end of turn (<|im_end|>) although
+# the model's EOS is another token, in generate and in serve's chat
+# completions. The model is random except that its
+# head always predicts <|im_end|>: every residual stream carries a large
+# constant in dimension 0, and only <|im_end|>'s row of the head reads it.
+set -uo pipefail
+ref="$(cd "$(dirname "$0")/reference" && pwd)"
+. "$(dirname "$0")/testlib.sh" generate-chat
+cd "$tmp"
+smol="$LORAC_FIXTURES/tokenizers/smollm2-360m-instruct-ft"
+
+PYTHONPATH="$ref" $PY - "$smol" <<'PYEOF' || { echo "model setup failed"; echo "0 passed, 1 failed"; exit 1; }
+import json, os, shutil, sys, torch
+import hf_model as hm
+smol = sys.argv[1]
+cfg = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=49153,
+           bos_token_id=1, eos_token_id=0)  # EOS <|endoftext|>, not the end of turn <|im_end|> (2)
+c = hm.make_config(cfg)
+w = hm.random_weights(c, seed=3)
+w["model.embed_tokens.weight"][:, 0] = 50.0   # a constant the layers cannot cancel
+w["model.norm.weight"][:] = 1.0
+head = 0.01 * torch.randn(49153, 16, generator=torch.Generator().manual_seed(4))
+head[:, 0] = 0.0
+head[2, 0] = 1.0                              # only <|im_end|> reads it
+w["lm_head.weight"] = head
+os.makedirs("m")
+json.dump(c, open("m/config.json", "w"))
+hm.save_safetensors("m/model.safetensors", w, metadata={"format": "pt"})
+shutil.copyfile(os.path.join(smol, "tokenizer.json"), "m/tokenizer.json")
+shutil.copyfile(os.path.join(smol, "chat_template.jinja"), "m/chat_template.jinja")
+tc = json.load(open(os.path.join(smol, "tokenizer_config.json")))
+tc["eos_token"] = "<|endoftext|>"
+json.dump(tc, open("m/tokenizer_config.json", "w"))
+PYEOF
+
+prompt_tokens() { sed -n 's/^prompt: \([0-9]*\) tokens.*/\1/p' "$1"; }
+count_ids() { "$L" tokenize -m "$1" --no-special -p "$2" | wc -w; }
+
+# 1. the reply stops at <|im_end|> at once: nothing printed, stop reason named
+out=$("$L" generate -m m --chat -p "Hi" --temp 0 -n 5 2> e1.log); rc=$?
+[ $rc -eq 0 ] && [ -z "$out" ] && grep -q "generate: 1 tokens.*stop: end of turn" e1.log && ok \
+  || bad "--chat: exit $rc, stdout '$out', $(tail -1 e1.log)"
+# the prompt is SmolLM2's rendering with its default system message and the generation prompt
+want=$(count_ids m $'<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n')
+[ "$(prompt_tokens e1.log)" = "$want" ] && [ "$want" -gt 20 ] && ok || bad "--chat prompt: $(prompt_tokens e1.log) tokens, want $want"
+# --system replaces the default one
+"$L" generate -m m --chat --system "Be brief." -p "Hi" --temp 0 -n 5 > /dev/null 2> e2.log || bad "--system failed"
+want=$(count_ids m $'<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n')
+[ "$(prompt_tokens e2.log)" = "$want" ] && ok || bad "--system prompt: $(prompt_tokens e2.log) tokens, want $want"
+
+# 2. without --chat the end-of-turn token is text like any other: only -n stops it
+out=$("$L" generate -m m -p "Hi" --temp 0 -n 3 2> e3.log); rc=$?
+[ $rc -eq 0 ] && [ "$out" = "Hi<|im_end|><|im_end|><|im_end|>" ] && grep -q "stop: length" e3.log && ok \
+  || bad "plain generate: exit $rc, stdout '$out', $(tail -1 e3.log)"
+[ "$(prompt_tokens e3.log)" = "$(count_ids m Hi)" ] && ok || bad "plain prompt: $(prompt_tokens e3.log) tokens"
+# --ignore-eos goes past the end of turn too
+"$L" generate -m m --chat -p "Hi" --temp 0 -n 3 --ignore-eos > /dev/null 2> e4.log && grep -q "generate: 3 tokens.*stop: length" e4.log \
+  && ok || bad "--chat --ignore-eos: $(tail -1 e4.log)"
+
+# 3. errors
+expect() { # CODE SUBSTRING ARGS...
+  local code=$1 substr=$2; shift 2
+  local out rc
+  out=$("$L" generate "$@" 2>&1 >/dev/null); rc=$?
+  [ $rc -eq "$code" ] && [[ "$out" == *"$substr"* ]] && ok || bad "generate $*: exit $rc, '$out' (want $code, '$substr')"
+}
+expect 2 "unknown --chat-template 'bogus'" -m m --chat --chat-template bogus -p Hi
+expect 2 "--system and --chat-template go with --chat" -m m --system x -p Hi
+expect 1 "lorac: error: chat template llama-3 writes \"<|start_header_id|>\", which is not a single token" -m m --chat --chat-template llama-3 -p Hi
+"$L" convert --from llama2c "$LORAC_FIXTURES/llama2c/stories260K.bin" --tokenizer "$LORAC_FIXTURES/llama2c/tok512.bin" -o s 2>/dev/null \
+  || bad convert
+expect 1 "no tokenizer_config.json to find the chat template in; pass --chat-template" -m s --chat -p Hi
+# stories260K with zephyr: the reply alone, greedy, as many tokens as asked
+out=$("$L" generate -m s --chat --chat-template zephyr -p "Tell me a story." --temp 0 -n 12 2> e5.log); rc=$?
+[ $rc -eq 0 ] && [ -n "$out" ] && [[ "$out" != *"<|"* ]] && [[ "$out" != " "* ]] && ok || bad "zephyr on stories260K: exit $rc, '$out'"
+want=$(count_ids s $'<|user|>\nTell me a story.</s>\n<|assistant|>\n')
+[ "$(prompt_tokens e5.log)" = "$want" ] && ok || bad "zephyr prompt: $(prompt_tokens e5.log) tokens, want $want"
+
+# 4. lorac serve ends a chat reply at the same token; a completion goes on
+"$L" serve -m m --port 0 -t 1 > serve.out 2> serve.err &
+spid=$!
+port=""
+for _ in $(seq 100); do
+  port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' serve.out)
+  [ -n "$port" ] && break
+  sleep 0.1
+done
+if [ -z "$port" ]; then bad "serve did not start: $(cat serve.err)"
+else
+  $PY - "$port" <<'PYEOF' && ok || bad "serve chat end of turn"
+import json, sys, urllib.request
+def post(path, body):
+    r = urllib.request.Request(f"http://127.0.0.1:{sys.argv[1]}{path}", json.dumps(body).encode(),
+                               {"Content-Type": "application/json"})
+    return json.load(urllib.request.urlopen(r))
+c = post("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, "temperature": 0})
+ch = c["choices"][0]
+assert ch["finish_reason"] == "stop" and ch["message"]["content"] == "" and c["usage"]["completion_tokens"] == 1, c
+c = post("/v1/completions", {"model": "m", "prompt": "Hi", "max_tokens": 3, "temperature": 0})
+ch = c["choices"][0]
+assert ch["finish_reason"] == "length" and ch["text"] == "<|im_end|>" * 3, c
+PYEOF
+fi
+kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null
+
+tl_finish
