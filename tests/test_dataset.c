@@ -402,6 +402,74 @@ static void test_chat_recognize(void) {
           strstr(lorac_error_message(), "no chat_template") && strstr(lorac_error_message(), "--chat-template"));
 }
 
+/* The real templates of the fixtures, recognised and rendered by lorac,
+ * against what jinja2 renders from them (tests/data/chat/golden.json, from
+ * tests/reference/gen_chat_golden.py) over several conversations, with and
+ * without the generation prompt. */
+static void test_chat_golden(void) {
+    static const struct { const char *golden, *lorac; } names[] = {
+        {"qwen2.5", "chatml"}, {"smollm2", "chatml"}, {"tinyllama", "zephyr"},
+        {"llama-3.1", "llama-3.1"}, {"llama-3.2", "llama-3.1"},
+    };
+    char path[1200];
+    const char *src = getenv("LORAC_SRC");
+    snprintf(path, sizeof path, "%s/tests/data/chat/golden.json", src && *src ? src : ".");
+    char *text = read_all(path);
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    const cJSON *cases = cJSON_GetObjectItem(root, "cases"), *c;
+    CHECK_MSG(cJSON_GetArraySize(cases) >= 50, "%s: %d cases", path, cJSON_GetArraySize(cases));
+    int n_done = 0;
+    cJSON_ArrayForEach(c, cases) {
+        const char *tname = cJSON_GetObjectItem(c, "template")->valuestring;
+        const char *file = cJSON_GetObjectItem(c, "file")->valuestring;
+        const cJSON *key = cJSON_GetObjectItem(c, "key"), *bos = cJSON_GetObjectItem(c, "bos"),
+                    *eos = cJSON_GetObjectItem(c, "eos");
+        char fx[1200], what[300];
+        snprintf(fx, sizeof fx, "%s/%s", tl_fixtures(), file);
+        snprintf(what, sizeof what, "%s, %s%s", tname, cJSON_GetObjectItem(c, "conversation")->valuestring,
+                 cJSON_IsTrue(cJSON_GetObjectItem(c, "add_generation_prompt")) ? ", generation prompt" : "");
+        const char *name = NULL;
+        char *def = NULL;
+        lorac_status_t s;
+        if (cJSON_IsString(key)) {
+            s = lorac_dataset_chat_template_from_config(fx, &name, &def);
+        } else {
+            char *jinja = read_all(fx);
+            s = lorac_dataset_chat_template_recognize(jinja, &name, &def);
+            free(jinja);
+        }
+        const char *want_name = NULL;
+        for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+            if (!strcmp(names[i].golden, tname)) want_name = names[i].lorac;
+        CHECK_MSG(s == LORAC_STATUS_OK && want_name && !strcmp(name, want_name), "%s: recognised as %s (%s)", what,
+                  s ? "nothing" : name, s ? lorac_error_message() : "");
+        if (s) { free(def); continue; }
+        const cJSON *msgs = cJSON_GetObjectItem(c, "messages"), *m;
+        lorac_chat_message_t conv[8];
+        size_t n = 0;
+        cJSON_ArrayForEach(m, msgs) {
+            if (n == 8) break;
+            conv[n].role = cJSON_GetObjectItem(m, "role")->valuestring;
+            conv[n++].content = cJSON_GetObjectItem(m, "content")->valuestring;
+        }
+        char *out = NULL;
+        size_t len = 0;
+        const char *b = cJSON_IsString(bos) ? bos->valuestring : NULL, *e = cJSON_IsString(eos) ? eos->valuestring : NULL;
+        s = cJSON_IsTrue(cJSON_GetObjectItem(c, "add_generation_prompt"))
+                ? lorac_dataset_chat_render_generation(name, def, conv, n, b, e, &out, &len)
+                : lorac_dataset_chat_render(name, def, conv, n, b, e, &out, &len);
+        const char *want = cJSON_GetObjectItem(c, "text")->valuestring;
+        CHECK_MSG(s == LORAC_STATUS_OK && len == strlen(want) && !strcmp(out, want), "%s: lorac renders\n%s\njinja2\n%s",
+                  what, s ? lorac_error_message() : out, want);
+        n_done += s == LORAC_STATUS_OK;
+        free(out);
+        free(def);
+    }
+    CHECK(n_done == cJSON_GetArraySize(cases));
+    cJSON_Delete(root);
+}
+
 /* token ranges of the assistant replies (content + end marker) in `text`,
  * from the token counts of encoded prefixes */
 static size_t reply_ranges(const lorac_tokenizer_t *tok, const char *text, const char *open, const char *close,
@@ -1111,6 +1179,7 @@ int main(void) {
     test_alpaca();
     test_chat_render();
     test_chat_recognize();
+    test_chat_golden();
     test_chat_data();
     test_samsum_and_tinystories();
     test_sharegpt();

@@ -1,0 +1,93 @@
+"""Generates tests/data/chat/golden.json, the renderings that
+tests/test_dataset.c compares lorac's chat templates with: the models' own
+Jinja chat templates from the fixtures, rendered by jinja2 the way
+HuggingFace transformers renders them (apply_chat_template: a sandboxed
+environment with trim_blocks and lstrip_blocks, the loopcontrols extension,
+raise_exception, and the tokenizer's special tokens as variables), over a
+set of conversations, with and without the generation prompt.
+
+Each case: the template's source (a fixture path, and for a
+tokenizer_config.json the key), the bos/eos strings, the conversation,
+add_generation_prompt, and the text jinja2 rendered. A conversation the
+template refuses (raise_exception) is left out. Llama 3.2's template asks
+for strftime_now, which transformers defines as today's date; it is not
+defined here, so the template falls back to its own date (26 Jul 2024), the
+one lorac writes.
+
+jinja2 is not a test dependency (the output is committed): run once with a
+python3 that has it (Debian: apt-get install python3-jinja2) and commit:
+    LORAC_FIXTURES=../shared/fixtures python3 tests/reference/gen_chat_golden.py > tests/data/chat/golden.json
+"""
+import json
+import os
+import sys
+
+from jinja2.ext import loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+FX = os.environ.get("LORAC_FIXTURES", "../shared/fixtures")
+
+# (name, template source, key in a tokenizer_config.json or None, bos, eos)
+TEMPLATES = [
+    ("qwen2.5", "chat-templates/Qwen-Qwen2.5-7B-Instruct.jinja", None, None, "<|im_end|>"),
+    ("smollm2", "tokenizers/smollm2-360m-instruct-ft/chat_template.jinja", None, "<|im_start|>", "<|im_end|>"),
+    ("tinyllama", "tokenizers/tinyllama-1.1b-chat-v1.0/tokenizer_config.json", "chat_template", "<s>", "</s>"),
+    ("llama-3.1", "chat-templates/meta-llama-Llama-3.1-8B-Instruct.jinja", None, "<|begin_of_text|>", "<|eot_id|>"),
+    ("llama-3.2", "chat-templates/meta-llama-Llama-3.2-3B-Instruct.jinja", None, "<|begin_of_text|>", "<|eot_id|>"),
+]
+
+S = {"role": "system", "content": "You are a careful assistant."}
+U1 = {"role": "user", "content": "What is 2 + 2?"}
+A1 = {"role": "assistant", "content": "4."}
+U2 = {"role": "user", "content": "And times 3?"}
+A2 = {"role": "assistant", "content": "12, because 4 × 3 = 12."}
+CONVERSATIONS = [
+    ("one user turn", [U1]),
+    ("one exchange", [U1, A1]),
+    ("system and two exchanges", [S, U1, A1, U2, A2]),
+    ("system and a pending question", [S, U1, A1, U2]),
+    # contents with surrounding whitespace (llama 3 trims them, chatml keeps them), newlines, emoji
+    ("whitespace and unicode", [{"role": "system", "content": "  Be brief.\n"},
+                                {"role": "user", "content": "\n  Héllo 👋\n\nsecond line  "},
+                                {"role": "assistant", "content": " Hi!\t"}]),
+    ("empty contents", [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}]),
+]
+
+
+def raise_exception(message):
+    raise ValueError(message)
+
+
+def render(source, messages, bos, eos, generation):
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = lambda x, indent=None, **kw: json.dumps(x, ensure_ascii=False, indent=indent)
+    env.globals["raise_exception"] = raise_exception
+    kwargs = {"messages": messages, "add_generation_prompt": generation}
+    if bos is not None:
+        kwargs["bos_token"] = bos
+    if eos is not None:
+        kwargs["eos_token"] = eos
+    return env.from_string(source).render(**kwargs)
+
+
+def main():
+    cases = []
+    for name, path, key, bos, eos in TEMPLATES:
+        text = open(os.path.join(FX, path), encoding="utf-8").read()
+        source = json.loads(text)[key] if key else text
+        for what, conv in CONVERSATIONS:
+            for generation in (False, True):
+                try:
+                    out = render(source, conv, bos, eos, generation)
+                except ValueError:
+                    continue
+                cases.append({"template": name, "file": path, "key": key, "bos": bos, "eos": eos,
+                              "conversation": what, "messages": conv, "add_generation_prompt": generation,
+                              "text": out})
+    json.dump({"generator": "tests/reference/gen_chat_golden.py", "cases": cases}, sys.stdout, ensure_ascii=False,
+              indent=1)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
