@@ -13,7 +13,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* Byte-level BPE over a few letters, with the special tokens the chat
- * templates need (chatml, llama-2 / zephyr, llama-3). */
+ * templates need (chatml, llama-2 / zephyr, llama-3, mistral). */
 static const char k_tokenizer[] =
     "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"H\": 0, \"e\": 1, \"l\": 2, \"o\": 3, \"\\u0120\": 4, \"He\": 5, "
     "\"ll\": 6, \"a\": 7, \"t\": 8, \"x\": 9, \"\\u010a\": 10, \"{\": 11, \"}\": 12}, \"merges\": [\"H e\", \"l l\"]},"
@@ -21,7 +21,8 @@ static const char k_tokenizer[] =
     "{\"id\": 13, \"content\": \"<s>\", \"special\": true}, {\"id\": 14, \"content\": \"</s>\", \"special\": true},"
     "{\"id\": 15, \"content\": \"<|im_start|>\", \"special\": true}, {\"id\": 16, \"content\": \"<|im_end|>\", \"special\": true},"
     "{\"id\": 17, \"content\": \"<|begin_of_text|>\", \"special\": true}, {\"id\": 18, \"content\": \"<|start_header_id|>\", \"special\": true},"
-    "{\"id\": 19, \"content\": \"<|end_header_id|>\", \"special\": true}, {\"id\": 20, \"content\": \"<|eot_id|>\", \"special\": true}],"
+    "{\"id\": 19, \"content\": \"<|end_header_id|>\", \"special\": true}, {\"id\": 20, \"content\": \"<|eot_id|>\", \"special\": true},"
+    "{\"id\": 21, \"content\": \"[INST]\", \"special\": true}, {\"id\": 22, \"content\": \"[/INST]\", \"special\": true}],"
     " \"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"use_regex\": true},"
     " \"post_processor\": {\"type\": \"ByteLevel\"}, \"decoder\": {\"type\": \"ByteLevel\"}}";
 
@@ -30,7 +31,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!tok && lorac_tokenizer_load_json_memory(k_tokenizer, sizeof k_tokenizer - 1, "fuzz-tokenizer.json", &tok))
         abort(); /* the fixed tokenizer must load */
     if (size < 1) return 0;
-    static const char *const templates[] = {"chatml", "llama-2", "llama-3", "llama-3.1", "zephyr", NULL, "bogus", "llama3"};
+    static const char *const templates[] = {"chatml", "llama-2", "llama-3", "llama-3.1", "zephyr", NULL, "bogus", "mistral"};
     uint8_t o = data[0];
     lorac_dataset_params_t p = lorac_dataset_default_params();
     p.format = (lorac_data_format_t)(o % 6);

@@ -371,7 +371,7 @@ static void test_chat_recognize(void) {
         {"tokenizers/llama3.2/chat_template.jinja", "llama-3.1", NULL},
         {"chat-templates/google-gemma-2-2b-it.jinja", NULL, NULL},
         {"chat-templates/microsoft-Phi-3.5-mini-instruct.jinja", NULL, NULL},
-        {"chat-templates/mistralai-Mistral-Nemo-Instruct-2407.jinja", NULL, NULL},
+        {"chat-templates/mistralai-Mistral-Nemo-Instruct-2407.jinja", "mistral", NULL},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         snprintf(path, sizeof path, "%s/%s", tl_fixtures(), cases[i].file);
@@ -389,6 +389,12 @@ static void test_chat_recognize(void) {
         free(def);
         free(jinja);
     }
+    /* Mistral 7B v0.1's [INST] template spaces its turns otherwise: refused, not rendered as NeMo's */
+    CHECK(lorac_dataset_chat_template_recognize("{{ bos_token }}{% for message in messages %}{% if message['role'] == "
+                                                "'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif "
+                                                "message['role'] == 'assistant' %}{{ message['content'] + eos_token + ' ' "
+                                                "}}{% endif %}{% endfor %}", &name, NULL) == LORAC_STATUS_UNSUPPORTED &&
+          strstr(lorac_error_message(), "other than NeMo's"));
     /* Llama 2's and Meta-Llama-3's templates as HF shipped them */
     CHECK(lorac_dataset_chat_template_recognize("{% if messages[0]['role'] == 'system' %}...{{ bos_token + '[INST] ' + "
                                                 "content.strip() + ' [/INST]' }}...'<<SYS>>\\n'", &name, NULL) == 0 &&
@@ -409,7 +415,7 @@ static void test_chat_recognize(void) {
 static void test_chat_golden(void) {
     static const struct { const char *golden, *lorac; } names[] = {
         {"qwen2.5", "chatml"}, {"smollm2", "chatml"}, {"tinyllama", "zephyr"},
-        {"llama-3.1", "llama-3.1"}, {"llama-3.2", "llama-3.1"},
+        {"llama-3.1", "llama-3.1"}, {"llama-3.2", "llama-3.1"}, {"mistral-nemo", "mistral"},
     };
     char path[1200];
     const char *src = getenv("LORAC_SRC");
@@ -648,6 +654,49 @@ static void test_columns(void) {
         CHECK_MSG(s == LORAC_STATUS_INVALID_ARG && !ds && strstr(lorac_error_message(), bad[i].substr), "%s: %d '%s'",
                   bad[i].spec, s, lorac_error_message());
     }
+}
+
+/* Mistral NeMo's template on training data: SmolLM2's tokenizer with
+ * <s>, </s>, [INST] and [/INST] added as special tokens, as NeMo's tokenizer
+ * has them. The rendering is what jinja2 renders from NeMo's template (see
+ * tests/data/chat/golden.json); the loss is on each reply and its </s>. */
+static void test_chat_mistral_data(void) {
+    char path[1200];
+    snprintf(path, sizeof path, "%s/tokenizers/smollm2-360m-instruct-ft/tokenizer.json", tl_fixtures());
+    char *text = read_all(path);
+    cJSON *tj = cJSON_Parse(text);
+    free(text);
+    cJSON *added = cJSON_GetObjectItem(tj, "added_tokens");
+    const char *extra[4] = {"<s>", "</s>", "[INST]", "[/INST]"};
+    for (int i = 0; i < 4; i++) {
+        cJSON *t = cJSON_CreateObject();
+        cJSON_AddNumberToObject(t, "id", 49153 + i);
+        cJSON_AddStringToObject(t, "content", extra[i]);
+        cJSON_AddBoolToObject(t, "special", 1); /* the other flags default to false */
+        cJSON_AddItemToArray(added, t);
+    }
+    char *js = cJSON_PrintUnformatted(tj);
+    cJSON_Delete(tj);
+    lorac_tokenizer_t *tok = NULL;
+    CHECK_MSG(lorac_tokenizer_load_json_memory(js, strlen(js), "smollm2+mistral.json", &tok) == LORAC_STATUS_OK, "%s",
+              lorac_error_message());
+    free(js);
+    if (!tok) return;
+    static const char want[] = "<s>[INST]Hi there[/INST]Hello! How can I help?</s>[INST]Tell me a joke.[/INST]"
+                               "Why did the chicken cross the road?</s>";
+    char buf[1024];
+    conv_jsonl(buf, sizeof buf, true); /* the system message is dropped: the conversation ends with a reply */
+    check_chat_jsonl("chat_mistral.jsonl", buf, tok, "mistral", NULL, want, "[/INST]", "</s>", "mistral");
+    /* roles must alternate */
+    const char *bad = WRITE("chat_mistral_bad.jsonl", "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, "
+                                                       "{\"role\": \"user\", \"content\": \"b\"}]}\n");
+    lorac_dataset_params_t p = lorac_dataset_default_params();
+    p.chat_template = "mistral";
+    p.train_on_inputs = true;
+    lorac_dataset_t *ds = NULL;
+    CHECK(lorac_dataset_load(bad, tok, &p, &ds) == LORAC_STATUS_FORMAT &&
+          strstr(lorac_error_message(), "message 2 is \"user\" where \"assistant\" was expected"));
+    lorac_tokenizer_free(tok);
 }
 
 static void test_chat_data(void) {
@@ -1181,6 +1230,7 @@ int main(void) {
     test_chat_recognize();
     test_chat_golden();
     test_chat_data();
+    test_chat_mistral_data();
     test_samsum_and_tinystories();
     test_sharegpt();
     test_columns();

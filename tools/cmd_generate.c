@@ -27,7 +27,7 @@ static const char *k_usage =
     "  --chat               the prompt is a user message: render it with the chat template, print only the\n"
     "                       reply, stop at the end of the assistant's turn\n"
     "  --system TEXT        system message for --chat\n"
-    "  --chat-template T    chatml|llama-2|llama-3|llama-3.1|zephyr (default: from tokenizer_config.json)\n"
+    "  --chat-template T    " LORAC_CHAT_TEMPLATES " (default: from tokenizer_config.json)\n"
     "  -c, --ctx N          context length (default: prompt + n, capped at the model's maximum)\n"
     "  -t, --threads N      compute threads (default: all cores)\n";
 
@@ -44,11 +44,11 @@ static void chat_prompt(const char *model_dir, const lorac_tokenizer_t *tok, con
     bool have_config = stat(config, &st) == 0;
     const char *tpl = tpl_flag;
     if (tpl && !(tpl = lorac_dataset_chat_template_name(tpl_flag)))
-        cli_usage_error("generate", "unknown --chat-template '%s' (chatml, llama-2, llama-3, llama-3.1, zephyr)", tpl_flag);
+        cli_usage_error("generate", "unknown --chat-template '%s' (" LORAC_CHAT_TEMPLATES ")", tpl_flag);
     if (!tpl) {
         if (!have_config)
             cli_die("%s: no tokenizer_config.json to find the chat template in; pass --chat-template "
-                    "chatml|llama-2|llama-3|llama-3.1|zephyr", model_dir);
+                    LORAC_CHAT_TEMPLATES, model_dir);
         cli_check(lorac_dataset_chat_template_from_config(config, &tpl, &default_system));
     }
     cli_check(lorac_dataset_chat_tokens(tpl, tok, have_config ? config : NULL, &bos, &eos));

@@ -30,7 +30,7 @@ static const char *k_usage =
     "  -t, --threads N          compute threads (default: all cores)\n"
     "  --allow-admin            enable POST /v1/load_lora_adapter and /v1/unload_lora_adapter\n"
     "  --served-model-name NAME the base model's name in requests (default: MODEL's directory name)\n"
-    "  --chat-template NAME     chatml|llama-2|llama-3|llama-3.1|zephyr (default: recognised from\n"
+    "  --chat-template NAME     " LORAC_CHAT_TEMPLATES " (default: recognised from\n"
     "                           MODEL/tokenizer_config.json; without one, chat requests get 400)\n"
     "  --max-body BYTES         request body limit, larger gets 413 (default 1048576)\n"
     "  --max-connections N      concurrent connections (default 2 * (max-seqs + max-queue) + 16)\n"
@@ -82,7 +82,7 @@ int cmd_serve(int argc, char **argv) {
     if (served && !served[0]) cli_usage_error("serve", "--served-model-name must not be empty");
     const char *tpl = NULL;
     if (tpl_flag && !(tpl = lorac_dataset_chat_template_name(tpl_flag)))
-        cli_usage_error("serve", "unknown chat template '%s' (chatml, llama-2, llama-3, llama-3.1, zephyr)", tpl_flag);
+        cli_usage_error("serve", "unknown chat template '%s' (" LORAC_CHAT_TEMPLATES ")", tpl_flag);
     if (adapters) {
         struct stat st;
         if (stat(adapters, &st) || !S_ISDIR(st.st_mode)) cli_die("%s: not a directory (--adapters)", adapters);

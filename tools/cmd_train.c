@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "lorac/dataset.h"
 #include "lorac/kernels.h"
 #include "lorac/lora.h"
 #include "lorac/model.h"
@@ -23,7 +24,7 @@ static const char *k_usage =
     "data:\n"
     "  --format F           auto|text|completion|alpaca|chat|tokens (default auto); chat reads ShareGPT too\n"
     "  --columns MAP        read the data's own keys as a format's, e.g. input=dialogue,output=summary\n"
-    "  --chat-template T    chatml|llama-2|llama-3|llama-3.1|zephyr (default: from tokenizer_config.json)\n"
+    "  --chat-template T    " LORAC_CHAT_TEMPLATES " (default: from tokenizer_config.json)\n"
     "  --eval-data FILE     held-out data: loss and perplexity before, every --eval-every steps, at the end\n"
     "  --seq L              sequence length (default 256); longer examples are truncated\n"
     "  --pack               pack short examples into one sequence (attention stays inside each)\n"

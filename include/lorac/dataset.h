@@ -69,14 +69,19 @@
  *              December 2023\nToday Date: 26 Jul 2024\n\n{system}<|eot_id|>" (the
  *              templates' own fallback date; HF renders 3.2 with today's date)
  *   zephyr     "<|{role}|>\n{content}</s>\n" per message (TinyLlama-Chat, Zephyr)
+ *   mistral    "<s>" then "[INST]{user}[/INST]" and "{assistant}</s>" per turn
+ *              (Mistral NeMo); roles must alternate user/assistant; the
+ *              system message is put before the user text of the last
+ *              message when that is a user turn, and dropped otherwise, as
+ *              NeMo's Jinja template does
  * "<s>", "</s>" and "<|begin_of_text|>" stand for the BOS/EOS strings:
  * tokenizer_config.json's bos_token/eos_token when given, else the template's
  * default when the tokenizer has it, else the tokenizer's own. Every special
  * string a template needs must encode to one token, else loading fails naming
  * it. Without chat_template the template is recognised from
  * tokenizer_config.json's "chat_template" (or a chat_template.jinja beside
- * it); one lorac cannot render exactly (Mistral, Gemma, Phi-3, ...) is an
- * error asking for --chat-template.
+ * it); one lorac cannot render exactly (Gemma, Phi-3, Mistral 7B v0.x, ...)
+ * is an error asking for --chat-template.
  *
  * Errors: a bad record fails the load with LORAC_STATUS_FORMAT and the
  * message "FILE:LINE: <problem>" (not valid UTF-8, not valid JSON, not a JSON
@@ -120,7 +125,7 @@ const char *lorac_data_format_name(lorac_data_format_t f);
 
 typedef struct {
     lorac_data_format_t format;    /* AUTO: from the first record's keys */
-    const char *chat_template;     /* chatml|llama-2|llama-3|llama-3.1|zephyr; NULL: recognise */
+    const char *chat_template;     /* one of LORAC_CHAT_TEMPLATES; NULL: recognise */
     const char *tokenizer_config;  /* path of tokenizer_config.json or NULL */
     const char *columns;           /* "ours=theirs,...": the file's keys renamed to a format's (NULL: none) */
     int32_t seq_len;               /* row length; examples keep at most seq_len + 1 tokens */
@@ -167,6 +172,9 @@ int32_t lorac_dataset_example(const lorac_dataset_t *ds, int64_t i, const int32_
 
 /* ---- chat templates ------------------------------------------------------------ */
 
+/* The template names lorac renders, for messages and usage lines. */
+#define LORAC_CHAT_TEMPLATES "chatml|llama-2|llama-3|llama-3.1|mistral|zephyr"
+
 typedef struct {
     const char *role;    /* "system", "user" or "assistant" */
     const char *content; /* UTF-8 */
@@ -194,7 +202,7 @@ lorac_status_t lorac_dataset_chat_template_from_config(const char *tokenizer_con
  * "<|begin_of_text|>"). default_system may be NULL. *out is malloc'd and
  * NUL-terminated; len may be NULL. INVALID_ARG for an unknown template,
  * FORMAT for a conversation the template refuses (a role other than
- * system/user/assistant; llama-2 roles not alternating). */
+ * system/user/assistant; llama-2 or mistral roles not alternating). */
 lorac_status_t lorac_dataset_chat_render(const char *template_name, const char *default_system,
                                          const lorac_chat_message_t *messages, size_t n_messages, const char *bos,
                                          const char *eos, char **out, size_t *len);
@@ -203,8 +211,9 @@ lorac_status_t lorac_dataset_chat_render(const char *template_name, const char *
  * prompt, as HF's apply_chat_template(add_generation_prompt=True) renders it:
  * chatml "<|im_start|>assistant\n", llama-3 and llama-3.1
  * "<|start_header_id|>assistant<|end_header_id|>\n\n", zephyr
- * "<|assistant|>\n"; llama-2's template has none (the text already ends with
- * " [/INST]" after the last user turn). The prompt of a chat request. */
+ * "<|assistant|>\n"; llama-2's and mistral's templates have none (the text
+ * already ends with "[/INST]" after the last user turn). The prompt of a
+ * chat request. */
 lorac_status_t lorac_dataset_chat_render_generation(const char *template_name, const char *default_system,
                                                     const lorac_chat_message_t *messages, size_t n_messages,
                                                     const char *bos, const char *eos, char **out, size_t *len);

@@ -25,14 +25,14 @@ void dbuf_free(dbuf_t *b) {
 }
 
 /* ---- names ---- */
-static const char *const k_names[CHAT_COUNT] = {"chatml", "llama-2", "llama-3", "llama-3.1", "zephyr"};
+static const char *const k_names[CHAT_COUNT] = {"chatml", "llama-2", "llama-3", "llama-3.1", "zephyr", "mistral"};
 
 int chat_tpl_from_name(const char *name) {
     static const struct { const char *alias; chat_tpl_t t; } aliases[] = {
         {"chatml", CHAT_CHATML},     {"llama-2", CHAT_LLAMA2},    {"llama2", CHAT_LLAMA2},
         {"llama-3", CHAT_LLAMA3},    {"llama3", CHAT_LLAMA3},     {"llama-3.1", CHAT_LLAMA31},
         {"llama3.1", CHAT_LLAMA31},  {"llama-3.2", CHAT_LLAMA31}, {"llama3.2", CHAT_LLAMA31},
-        {"zephyr", CHAT_ZEPHYR},
+        {"zephyr", CHAT_ZEPHYR},     {"mistral", CHAT_MISTRAL},   {"mistral-nemo", CHAT_MISTRAL},
     };
     if (!name) return -1;
     for (size_t i = 0; i < sizeof aliases / sizeof *aliases; i++)
@@ -59,7 +59,8 @@ const char *lorac_dataset_chat_end_of_turn(const char *template_name, const char
     case CHAT_LLAMA3:
     case CHAT_LLAMA31: return "<|eot_id|>";
     case CHAT_LLAMA2:
-    case CHAT_ZEPHYR: return eos ? eos : chat_tpl_default_eos(CHAT_ZEPHYR);
+    case CHAT_ZEPHYR:
+    case CHAT_MISTRAL: return eos ? eos : chat_tpl_default_eos(CHAT_ZEPHYR);
     default: return NULL;
     }
 }
@@ -74,6 +75,7 @@ size_t chat_tpl_specials(chat_tpl_t t, const char *bos, const char *eos, const c
         out[n++] = bos; out[n++] = "<|start_header_id|>"; out[n++] = "<|end_header_id|>"; out[n++] = "<|eot_id|>";
         break;
     case CHAT_ZEPHYR: out[n++] = eos; break;
+    case CHAT_MISTRAL: out[n++] = bos; out[n++] = "[INST]"; out[n++] = "[/INST]"; out[n++] = eos; break;
     case CHAT_COUNT: break;
     }
     return n;
@@ -212,6 +214,35 @@ static lorac_status_t render_zephyr(chat_render_t *r, const lorac_chat_message_t
     return LORAC_STATUS_OK;
 }
 
+/* Mistral's [INST] template as Mistral NeMo writes it: BOS, then "[INST]{user}[/INST]" and "{assistant}{eos}" strictly
+ * alternating after an optional first system message, no spaces and no
+ * stripping. The system message goes into the user turn that is the
+ * conversation's last message, and nowhere else: a conversation that ends
+ * with a reply (a training example) loses it, as the Jinja template drops
+ * it. [INST] and [/INST] are special tokens, so every piece starts a chunk. */
+static lorac_status_t render_mistral(chat_render_t *r, const lorac_chat_message_t *m, size_t n, const char *bos,
+                                     const char *eos) {
+    size_t first = 0;
+    const char *system = NULL;
+    if (n > 0 && !strcmp(m[0].role, "system")) { system = m[0].content; first = 1; }
+    TRY(piece(r, false, true) || add(r, bos));
+    for (size_t i = first; i < n; i++) {
+        const char *want = (i - first) % 2 == 0 ? "user" : "assistant";
+        if (strcmp(m[i].role, want))
+            return lorac_error(LORAC_STATUS_FORMAT,
+                               "mistral chat template: message %zu is \"%s\" where \"%s\" was expected (roles must "
+                               "alternate user/assistant after an optional first system message)", i + 1, m[i].role, want);
+        if (!strcmp(want, "user")) {
+            TRY(piece(r, false, true) || add(r, "[INST]"));
+            if (system && i == n - 1) TRY(add(r, system) || add(r, "\n\n"));
+            TRY(add(r, m[i].content) || add(r, "[/INST]"));
+        } else {
+            TRY(piece(r, true, true) || add(r, m[i].content) || add(r, eos));
+        }
+    }
+    return LORAC_STATUS_OK;
+}
+
 lorac_status_t chat_render_pieces(chat_tpl_t t, const char *default_system, const lorac_chat_message_t *m, size_t n,
                                   const char *bos, const char *eos, chat_render_t *r) {
     r->n = 0;
@@ -230,6 +261,7 @@ lorac_status_t chat_render_pieces(chat_tpl_t t, const char *default_system, cons
     case CHAT_LLAMA3: return render_llama3(r, m, n, bos, false);
     case CHAT_LLAMA31: return render_llama3(r, m, n, bos, true);
     case CHAT_ZEPHYR: return render_zephyr(r, m, n, eos);
+    case CHAT_MISTRAL: return render_mistral(r, m, n, bos, eos);
     case CHAT_COUNT: break;
     }
     return lorac_error(LORAC_STATUS_INVALID_ARG, "bad chat template id %d", (int)t);
@@ -241,7 +273,7 @@ lorac_status_t lorac_dataset_chat_render(const char *template_name, const char *
     *out = NULL;
     int t = chat_tpl_from_name(template_name);
     if (t < 0)
-        return lorac_error(LORAC_STATUS_INVALID_ARG, "unknown chat template '%s' (chatml, llama-2, llama-3, llama-3.1, zephyr)",
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "unknown chat template '%s' (" LORAC_CHAT_TEMPLATES ")",
                            template_name ? template_name : "(null)");
     chat_render_t r = {0};
     lorac_status_t s = chat_render_pieces((chat_tpl_t)t, default_system, messages, n_messages, bos, eos, &r);
@@ -261,7 +293,8 @@ static const char *generation_prompt(chat_tpl_t t) {
     case CHAT_LLAMA3:
     case CHAT_LLAMA31: return "<|start_header_id|>assistant<|end_header_id|>\n\n";
     case CHAT_ZEPHYR: return "<|assistant|>\n";
-    case CHAT_LLAMA2:
+    case CHAT_LLAMA2:  /* the text already ends with [/INST] */
+    case CHAT_MISTRAL:
     case CHAT_COUNT: break;
     }
     return "";
@@ -289,7 +322,7 @@ lorac_status_t lorac_dataset_chat_tokens(const char *template_name, const lorac_
     *bos = *eos = NULL;
     int t = chat_tpl_from_name(template_name);
     if (t < 0)
-        return lorac_error(LORAC_STATUS_INVALID_ARG, "unknown chat template '%s' (chatml, llama-2, llama-3, llama-3.1, zephyr)",
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "unknown chat template '%s' (" LORAC_CHAT_TEMPLATES ")",
                            template_name ? template_name : "(null)");
     char *cfg[2] = {NULL, NULL};
     lorac_status_t s = tokenizer_config ? chat_config_tokens(tokenizer_config, &cfg[0], &cfg[1]) : LORAC_STATUS_OK;
@@ -353,7 +386,7 @@ static char *chatml_default_system(const char *jinja) {
 }
 
 lorac_status_t lorac_dataset_chat_template_recognize(const char *jinja, const char **name, char **default_system) {
-    static const char hint[] = "pass --chat-template chatml|llama-2|llama-3|llama-3.1|zephyr if the model was trained "
+    static const char hint[] = "pass --chat-template " LORAC_CHAT_TEMPLATES " if the model was trained "
                                "with one of those";
     if (default_system) *default_system = NULL;
     *name = NULL;
@@ -361,9 +394,13 @@ lorac_status_t lorac_dataset_chat_template_recognize(const char *jinja, const ch
     if (strstr(jinja, "<|im_start|>")) t = CHAT_CHATML;
     else if (strstr(jinja, "<|start_header_id|>")) t = strstr(jinja, "Cutting Knowledge Date") ? CHAT_LLAMA31 : CHAT_LLAMA3;
     else if (strstr(jinja, "[INST]") && strstr(jinja, "<<SYS>>")) t = CHAT_LLAMA2;
+    else if (strstr(jinja, "\"[INST]\" + message[\"content\"] + \"[/INST]\"") &&
+             strstr(jinja, "\"[INST]\" + system_message + \"\\n\\n\" + message[\"content\"] + \"[/INST]\"") &&
+             strstr(jinja, "message[\"content\"] + eos_token"))
+        t = CHAT_MISTRAL; /* NeMo's spelling exactly; other Mistral templates (7B v0.1's) space their turns */
     else if (strstr(jinja, "<|user|>") && strstr(jinja, "<|assistant|>") && !strstr(jinja, "<|end|>")) t = CHAT_ZEPHYR;
     else {
-        const char *family = strstr(jinja, "[INST]")             ? "a Mistral-style [INST] template"
+        const char *family = strstr(jinja, "[INST]")             ? "a Mistral-style [INST] template other than NeMo's"
                              : strstr(jinja, "<start_of_turn>") ? "a Gemma template"
                              : strstr(jinja, "<|end|>")         ? "a Phi-3 template"
                                                                 : "a chat template";
@@ -438,7 +475,7 @@ lorac_status_t lorac_dataset_chat_template_from_config(const char *path, const c
         free(jpath);
     }
     if (!jinja) s = lorac_error(LORAC_STATUS_UNSUPPORTED, "%s has no chat_template (nor a chat_template.jinja beside it); "
-                                "pass --chat-template chatml|llama-2|llama-3|llama-3.1|zephyr", path);
+                                "pass --chat-template " LORAC_CHAT_TEMPLATES, path);
     else if ((s = lorac_dataset_chat_template_recognize(jinja, name, default_system))) {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", lorac_error_message());

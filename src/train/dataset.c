@@ -362,13 +362,13 @@ static lorac_status_t chat_prepare(loader_t *L) {
         name = lorac_dataset_chat_template_name(p->chat_template);
         if (!name)
             return lorac_error(LORAC_STATUS_INVALID_ARG,
-                               "unknown chat template '%s' (chatml, llama-2, llama-3, llama-3.1, zephyr)", p->chat_template);
+                               "unknown chat template '%s' (" LORAC_CHAT_TEMPLATES ")", p->chat_template);
     } else if (p->tokenizer_config) {
         if ((s = lorac_dataset_chat_template_from_config(p->tokenizer_config, &name, &L->default_system))) return s;
     } else {
         return lorac_error(LORAC_STATUS_INVALID_ARG,
                            "%s: chat data needs a chat template and there is no tokenizer_config.json to recognise it "
-                           "from; pass --chat-template chatml|llama-2|llama-3|llama-3.1|zephyr", L->label);
+                           "from; pass --chat-template " LORAC_CHAT_TEMPLATES, L->label);
     }
     chat_tpl_t t = (chat_tpl_t)chat_tpl_from_name(name);
     /* BOS/EOS strings: tokenizer_config's, else the template's own when the

@@ -38,7 +38,7 @@ int dbuf_puts(dbuf_t *b, const char *s);
 void dbuf_free(dbuf_t *b);
 
 /* ---- chat templates ---- */
-typedef enum { CHAT_CHATML, CHAT_LLAMA2, CHAT_LLAMA3, CHAT_LLAMA31, CHAT_ZEPHYR, CHAT_COUNT } chat_tpl_t;
+typedef enum { CHAT_CHATML, CHAT_LLAMA2, CHAT_LLAMA3, CHAT_LLAMA31, CHAT_ZEPHYR, CHAT_MISTRAL, CHAT_COUNT } chat_tpl_t;
 
 /* A rendered conversation as pieces that tile the text. trainable: an
  * assistant reply with its end-of-turn marker. chunk_start: the piece starts

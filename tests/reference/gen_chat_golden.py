@@ -34,6 +34,7 @@ TEMPLATES = [
     ("tinyllama", "tokenizers/tinyllama-1.1b-chat-v1.0/tokenizer_config.json", "chat_template", "<s>", "</s>"),
     ("llama-3.1", "chat-templates/meta-llama-Llama-3.1-8B-Instruct.jinja", None, "<|begin_of_text|>", "<|eot_id|>"),
     ("llama-3.2", "chat-templates/meta-llama-Llama-3.2-3B-Instruct.jinja", None, "<|begin_of_text|>", "<|eot_id|>"),
+    ("mistral-nemo", "chat-templates/mistralai-Mistral-Nemo-Instruct-2407.jinja", None, "<s>", "</s>"),
 ]
 
 S = {"role": "system", "content": "You are a careful assistant."}
