@@ -47,11 +47,12 @@ const char *lorac_dataset_chat_template_name(const char *name) {
     return t < 0 ? NULL : k_names[t];
 }
 
-const char *chat_tpl_default_bos(chat_tpl_t t) {
+/* Default BOS / EOS strings of a template ("<s>", "</s>", "<|begin_of_text|>"). */
+static const char *chat_tpl_default_bos(chat_tpl_t t) {
     return t == CHAT_LLAMA3 || t == CHAT_LLAMA31 ? "<|begin_of_text|>" : "<s>";
 }
 
-const char *chat_tpl_default_eos(chat_tpl_t t) { (void)t; return "</s>"; }
+static const char *chat_tpl_default_eos(chat_tpl_t t) { (void)t; return "</s>"; }
 
 const char *lorac_dataset_chat_end_of_turn(const char *template_name, const char *eos) {
     switch (chat_tpl_from_name(template_name)) {
@@ -65,7 +66,9 @@ const char *lorac_dataset_chat_end_of_turn(const char *template_name, const char
     }
 }
 
-size_t chat_tpl_specials(chat_tpl_t t, const char *bos, const char *eos, const char **out) {
+/* Special strings the template writes, which must be single tokens; returns
+ * how many were stored in out (at most 8). */
+static size_t chat_tpl_specials(chat_tpl_t t, const char *bos, const char *eos, const char **out) {
     size_t n = 0;
     switch (t) {
     case CHAT_CHATML: out[n++] = "<|im_start|>"; out[n++] = "<|im_end|>"; break;
@@ -347,7 +350,8 @@ lorac_status_t lorac_dataset_chat_tokens(const char *template_name, const lorac_
         free(ids);
         if (s != LORAC_STATUS_NOMEM && (s || n != 1))
             s = lorac_error(LORAC_STATUS_UNSUPPORTED, "chat template %s writes \"%s\", which is not a single token of this "
-                            "tokenizer; pick the model's own template", chat_tpl_name((chat_tpl_t)t), specials[i]);
+                            "tokenizer; pick the model's own template with --chat-template", chat_tpl_name((chat_tpl_t)t),
+                            specials[i]);
     }
     if (s) {
         free(*bos);

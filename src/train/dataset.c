@@ -59,7 +59,7 @@ typedef struct {
     int32_t vocab_limit; /* ids must be below it */
     int32_t eos;         /* appended to text/completion/alpaca, -1: none */
     /* chat */
-    char *cfg_bos, *cfg_eos, *bos_str, *eos_str, *default_system;
+    char *cfg_eos, *bos_str, *eos_str, *default_system;
     bool chat_ready;
     /* scratch, reused across records */
     int32_t *ids, *labs;
@@ -371,31 +371,8 @@ static lorac_status_t chat_prepare(loader_t *L) {
                            "from; pass --chat-template " LORAC_CHAT_TEMPLATES, L->label);
     }
     chat_tpl_t t = (chat_tpl_t)chat_tpl_from_name(name);
-    /* BOS/EOS strings: tokenizer_config's, else the template's own when the
-     * tokenizer has it, else the tokenizer's. */
-    const char *def[2] = {chat_tpl_default_bos(t), chat_tpl_default_eos(t)};
-    char *cfg[2] = {L->cfg_bos, L->cfg_eos}, **dst[2] = {&L->bos_str, &L->eos_str};
-    int32_t tok_id[2] = {lorac_tokenizer_bos_id(L->tok), lorac_tokenizer_eos_id(L->tok)};
-    for (int i = 0; i < 2; i++) {
-        const char *v = cfg[i];
-        if (!v && lorac_tokenizer_token_id(L->tok, def[i]) >= 0) v = def[i];
-        if (!v && tok_id[i] >= 0) v = lorac_tokenizer_token_str(L->tok, tok_id[i]);
-        if (!v) v = def[i];
-        if (!(*dst[i] = strdup(v))) return NOMEM();
-    }
-    const char *specials[8];
-    size_t ns = chat_tpl_specials(t, L->bos_str, L->eos_str, specials);
-    for (size_t i = 0; i < ns; i++) {
-        int32_t *ids = NULL;
-        size_t n = 0;
-        s = lorac_tokenizer_encode(L->tok, specials[i], strlen(specials[i]), false, &ids, &n);
-        free(ids);
-        if (s == LORAC_STATUS_NOMEM) return s;
-        if (s || n != 1)
-            return lorac_error(LORAC_STATUS_UNSUPPORTED,
-                               "chat template %s writes \"%s\", which is not a single token of this tokenizer; pick the "
-                               "model's own template with --chat-template", name, specials[i]);
-    }
+    /* the BOS/EOS strings the template writes, each checked to be one token */
+    if ((s = lorac_dataset_chat_tokens(name, L->tok, p->tokenizer_config, &L->bos_str, &L->eos_str))) return s;
     L->ds->chat_tpl = (int)t;
     L->chat_ready = true;
     return LORAC_STATUS_OK;
@@ -681,7 +658,9 @@ lorac_status_t lorac_dataset_load_memory(const char *data, size_t len, const cha
     if (tok && p->vocab_size == INT32_MAX) L.vocab_limit = lorac_tokenizer_vocab_size(tok);
     lorac_status_t s = columns_parse(&L, p->columns);
     if (s) goto done;
-    if (p->tokenizer_config && (s = chat_config_tokens(p->tokenizer_config, &L.cfg_bos, &L.cfg_eos))) goto done;
+    char *cfg_bos = NULL; /* the chat templates read it themselves (lorac_dataset_chat_tokens) */
+    if (p->tokenizer_config && (s = chat_config_tokens(p->tokenizer_config, &cfg_bos, &L.cfg_eos))) goto done;
+    free(cfg_bos);
     if (tok) {
         L.eos = lorac_tokenizer_eos_id(tok);
         if (L.cfg_eos) { /* tokenizer_config's eos_token is what HF trainers append */
@@ -715,7 +694,7 @@ lorac_status_t lorac_dataset_load_memory(const char *data, size_t len, const cha
     if (ds->format == LORAC_DATA_AUTO) ds->format = LORAC_DATA_TEXT; /* unreachable: a record settled it */
 done:
     free(L.ids); free(L.labs); free(L.msgs);
-    free(L.cfg_bos); free(L.cfg_eos); free(L.bos_str); free(L.eos_str); free(L.default_system);
+    free(L.cfg_eos); free(L.bos_str); free(L.eos_str); free(L.default_system);
     chat_render_free(&L.render);
     dbuf_free(&L.text);
     for (int c = 0; c < L.n_cols; c++) free(L.cols[c].theirs);

@@ -59,12 +59,6 @@ typedef struct {
 
 int chat_tpl_from_name(const char *name); /* chat_tpl_t or -1 */
 const char *chat_tpl_name(chat_tpl_t t);
-/* Default BOS / EOS strings of a template ("<s>", "</s>", "<|begin_of_text|>"). */
-const char *chat_tpl_default_bos(chat_tpl_t t);
-const char *chat_tpl_default_eos(chat_tpl_t t);
-/* Special strings the template writes, which must be single tokens; returns
- * how many were stored in out (at most 8). */
-size_t chat_tpl_specials(chat_tpl_t t, const char *bos, const char *eos, const char **out);
 /* Renders into r (reset first). FORMAT with a location-free message for a
  * conversation the template refuses; NOMEM. */
 lorac_status_t chat_render_pieces(chat_tpl_t t, const char *default_system, const lorac_chat_message_t *m, size_t n,
