@@ -82,6 +82,7 @@ want=$(count_ids s $'<|user|>\nTell me a story.</s>\n<|assistant|>\n')
 [ "$(prompt_tokens e5.log)" = "$want" ] && ok || bad "zephyr prompt: $(prompt_tokens e5.log) tokens, want $want"
 
 # 4. lorac serve ends a chat reply at the same token; a completion goes on
+# unless its stop_token_ids name it
 "$L" serve -m m --port 0 -t 1 > serve.out 2> serve.err &
 spid=$!
 port=""
@@ -104,6 +105,10 @@ assert ch["finish_reason"] == "stop" and ch["message"]["content"] == "" and c["u
 c = post("/v1/completions", {"model": "m", "prompt": "Hi", "max_tokens": 3, "temperature": 0})
 ch = c["choices"][0]
 assert ch["finish_reason"] == "length" and ch["text"] == "<|im_end|>" * 3, c
+# vLLM's stop_token_ids end a completion the same way
+c = post("/v1/completions", {"model": "m", "prompt": "Hi", "max_tokens": 3, "temperature": 0, "stop_token_ids": [2]})
+ch = c["choices"][0]
+assert ch["finish_reason"] == "stop" and ch["text"] == "" and c["usage"]["completion_tokens"] == 1, c
 PYEOF
 fi
 kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null

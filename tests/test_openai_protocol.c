@@ -50,11 +50,13 @@ static void test_parse_good(void) {
                 "{\"model\": \"a\", \"prompt\": [1, 2, 3], \"max_tokens\": 5, \"temperature\": 0, \"top_p\": 0.5, "
                 "\"n\": 3, \"seed\": -7, \"stop\": [\"x\", \"yz\"], \"stream\": true, \"stream_options\": "
                 "{\"include_usage\": true}, \"top_k\": -1, \"ignore_eos\": true, \"user\": \"u\", \"logprobs\": null, "
+                "\"stop_token_ids\": [2, 0, 7], "
                 "\"echo\": false, \"presence_penalty\": 0, \"best_of\": 3, \"logit_bias\": {}}") == LORAC_STATUS_OK);
     CHECK(g_req.n_prompt_ids == 3 && g_req.prompt_ids[2] == 3 && !g_req.prompt);
     CHECK(g_req.max_tokens == 5 && g_req.temperature == 0.0f && g_req.top_p == 0.5f && g_req.n == 3);
     CHECK(g_req.has_seed && g_req.seed == (uint64_t)-7 && g_req.n_stop == 2 && !strcmp(g_req.stop[1], "yz"));
     CHECK(g_req.stream && g_req.include_usage && g_req.ignore_eos && g_req.top_k == 0);
+    CHECK(g_req.n_stop_token_ids == 3 && g_req.stop_token_ids[0] == 2 && g_req.stop_token_ids[2] == 7);
 
     /* a batch of one prompt is that prompt; a single stop string; nulls are "not given" */
     CHECK(parse(LORAC_OAI_COMPLETION, "{\"model\": \"a\", \"prompt\": [\"hi\"], \"stop\": \"\\n\", \"max_tokens\": null, "
@@ -134,6 +136,9 @@ static void test_parse_bad(void) {
         {"\"ignore_eos\": 0", "ignore_eos"},         {"\"stop\": \"\"", "stop"},
         {"\"stop\": [\"a\", \"\"]", "stop"},         {"\"stop\": [\"a\",\"b\",\"c\",\"d\",\"e\"]", "stop"},
         {"\"stop\": 3", "stop"},                     {"\"stop\": [3]", "stop"},
+        {"\"stop_token_ids\": 3", "stop_token_ids"},   {"\"stop_token_ids\": [1.5]", "stop_token_ids"},
+        {"\"stop_token_ids\": [-1]", "stop_token_ids"}, {"\"stop_token_ids\": [\"1\"]", "stop_token_ids"},
+        {"\"stop_token_ids\": [1,2,3,4,5,6,7,8]", "stop_token_ids"},
         {"\"stream_options\": {\"include_usage\": true}", "stream_options"},
         {"\"stream\": true, \"stream_options\": 1", "stream_options"},
         {"\"stream\": true, \"stream_options\": {\"include_usage\": 1}", "stream_options.include_usage"},
@@ -189,6 +194,10 @@ static void test_check_prompt(void) {
     int32_t neg[2] = {1, -3};
     CHECK(lorac_oai_request_check_prompt(&g_req, neg, 2, 10, 100, &g_err) && g_err.http_status == 400);
     CHECK(lorac_oai_request_check_prompt(&g_req, ids, 4, 10, 4, &g_err) && g_err.http_status == 400);
+    CHECK(parse(LORAC_OAI_COMPLETION, "{\"model\": \"a\", \"prompt\": \"x\", \"stop_token_ids\": [3, 10]}") == 0);
+    CHECK(lorac_oai_request_check_prompt(&g_req, ids, 4, 11, 100, &g_err) == LORAC_STATUS_OK);
+    CHECK(lorac_oai_request_check_prompt(&g_req, ids, 4, 10, 100, &g_err) && !strcmp(g_err.param, "stop_token_ids") &&
+          strstr(g_err.message, "stop token id 10"));
     CHECK(parse(LORAC_OAI_CHAT, "{\"model\": \"m\", \"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}") == 0);
     CHECK(lorac_oai_request_check_prompt(&g_req, ids, 4, 10, 64, &g_err) == LORAC_STATUS_OK && g_req.max_tokens == 60);
     lorac_oai_request_free(&g_req);

@@ -25,6 +25,9 @@
  *        stream       boolean; stream_options {include_usage: boolean}
  *                     only together with stream true
  *        ignore_eos   boolean (vLLM's extension)
+ *        stop_token_ids  array of up to LORAC_OAI_MAX_STOP_TOKEN_IDS token ids
+ *                     that end the output as EOS does (vLLM's extension;
+ *                     checked against the vocabulary in step 2)
  *      null means "not given" for every optional field. Features lorac does
  *      not implement are refused rather than ignored, because ignoring them
  *      would silently change the output: logprobs, echo, suffix, best_of > n,
@@ -58,6 +61,7 @@ extern "C" {
 
 #define LORAC_OAI_MAX_STOP 4
 #define LORAC_OAI_MAX_STOP_LEN 256
+#define LORAC_OAI_MAX_STOP_TOKEN_IDS 7 /* one less than the engine takes: the server adds a chat's end of turn */
 #define LORAC_OAI_MAX_N 16
 
 typedef enum {
@@ -104,6 +108,8 @@ typedef struct {
     uint64_t seed;
     char *stop[LORAC_OAI_MAX_STOP];
     int32_t n_stop;
+    int32_t stop_token_ids[LORAC_OAI_MAX_STOP_TOKEN_IDS];
+    int32_t n_stop_token_ids;
     int32_t n;
     bool stream;
     bool include_usage;
@@ -118,7 +124,8 @@ lorac_status_t lorac_oai_request_parse(lorac_oai_kind_t kind, const char *body, 
 void lorac_oai_request_free(lorac_oai_request_t *req);
 
 /* Step 2: the prompt's ids (after tokenization or as given) against the
- * model: each in [0, vocab_size), 1 <= n_ids, n_ids + max_tokens <= n_ctx.
+ * model: each in [0, vocab_size), 1 <= n_ids, n_ids + max_tokens <= n_ctx;
+ * stop_token_ids in [0, vocab_size) too.
  * A chat request without max_tokens gets n_ctx - n_ids (as vLLM does). */
 lorac_status_t lorac_oai_request_check_prompt(lorac_oai_request_t *req, const int32_t *ids, int32_t n_ids,
                                               int32_t vocab_size, int32_t n_ctx, lorac_oai_error_t *err);

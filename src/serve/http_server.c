@@ -524,15 +524,18 @@ static lorac_status_t start_job(lorac_http_server_t *srv, struct MHD_Connection 
     job_t *j = s ? NULL : job_new(srv, req, connection_fd(c));
     if (!s && !j) s = lorac_oai_error_set(err, 500, NULL, NULL, NULL, "out of memory");
     uint64_t seed = req->has_seed ? req->seed : next_random(srv);
+    /* the request's stop_token_ids, and a chat reply ends with its turn */
+    _Static_assert(LORAC_OAI_MAX_STOP_TOKEN_IDS + 1 <= LORAC_SERVE_MAX_STOP_TOKENS, "room for the end of turn");
+    int32_t stop_tokens[LORAC_OAI_MAX_STOP_TOKEN_IDS + 1], n_stop_tokens = req->n_stop_token_ids;
+    memcpy(stop_tokens, req->stop_token_ids, sizeof(int32_t) * (size_t)n_stop_tokens);
+    if (req->kind == LORAC_OAI_CHAT && srv->chat_end_of_turn >= 0) stop_tokens[n_stop_tokens++] = srv->chat_end_of_turn;
     for (int32_t i = 0; !s && i < req->n; i++) {
         lorac_serve_request_t q = {.prompt = ids, .n_prompt = (int32_t)n_ids, .adapter = adapter,
                                    .max_tokens = req->max_tokens, .stop = (const char *const *)req->stop,
                                    .n_stop = req->n_stop, .ignore_eos = req->ignore_eos,
                                    .callback = on_engine_event, .user = &j->choices[i]};
-        if (req->kind == LORAC_OAI_CHAT && srv->chat_end_of_turn >= 0) { /* a reply ends with its turn */
-            q.stop_tokens = &srv->chat_end_of_turn;
-            q.n_stop_tokens = 1;
-        }
+        q.stop_tokens = stop_tokens;
+        q.n_stop_tokens = n_stop_tokens;
         q.sampler.temperature = req->temperature;
         q.sampler.top_p = req->top_p;
         q.sampler.top_k = req->top_k;

@@ -297,6 +297,20 @@ static lorac_status_t parse_stop(const cJSON *o, lorac_oai_request_t *r, lorac_o
     return LORAC_STATUS_OK;
 }
 
+static lorac_status_t parse_stop_token_ids(const cJSON *o, lorac_oai_request_t *r, lorac_oai_error_t *err) {
+    const cJSON *a = field(o, "stop_token_ids"), *v;
+    if (!a) return LORAC_STATUS_OK;
+    if (!cJSON_IsArray(a)) return BAD("stop_token_ids", "'stop_token_ids' must be an array of token ids");
+    if (cJSON_GetArraySize(a) > LORAC_OAI_MAX_STOP_TOKEN_IDS)
+        return BAD("stop_token_ids", "'stop_token_ids' holds at most %d ids", LORAC_OAI_MAX_STOP_TOKEN_IDS);
+    cJSON_ArrayForEach(v, a) {
+        if (!is_integer(v) || v->valuedouble < 0 || v->valuedouble > INT32_MAX)
+            return BAD("stop_token_ids", "'stop_token_ids' must be an array of token ids (integers >= 0)");
+        r->stop_token_ids[r->n_stop_token_ids++] = (int32_t)v->valuedouble;
+    }
+    return LORAC_STATUS_OK;
+}
+
 /* Fields that would change the output if ignored. */
 static lorac_status_t refuse_unsupported(const cJSON *o, lorac_oai_kind_t kind, int32_t n, lorac_oai_error_t *err) {
     const cJSON *v;
@@ -356,6 +370,7 @@ static lorac_status_t parse_fields(const cJSON *o, lorac_oai_kind_t kind, lorac_
     r->top_p = (float)p;
 
     if ((s = parse_stop(o, r, err))) return s;
+    if ((s = parse_stop_token_ids(o, r, err))) return s;
     if ((s = get_bool(o, "stream", &r->stream, err))) return s;
     if ((s = get_bool(o, "ignore_eos", &r->ignore_eos, err))) return s;
     const cJSON *so = field(o, "stream_options");
@@ -415,6 +430,10 @@ lorac_status_t lorac_oai_request_check_prompt(lorac_oai_request_t *r, const int3
     for (int32_t i = 0; i < n_ids; i++)
         if (ids[i] < 0 || ids[i] >= vocab_size)
             return BAD(what, "token id %d (at %d) is outside the vocabulary [0, %d)", ids[i], i, vocab_size);
+    for (int32_t i = 0; i < r->n_stop_token_ids; i++)
+        if (r->stop_token_ids[i] >= vocab_size)
+            return BAD("stop_token_ids", "stop token id %d is outside the vocabulary [0, %d)", r->stop_token_ids[i],
+                       vocab_size);
     if (n_ids >= n_ctx)
         return BAD(what, "this model's maximum context length is %d tokens; the %s has %d tokens, leaving no room to "
                    "generate", n_ctx, what, n_ids);
