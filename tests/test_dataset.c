@@ -1161,6 +1161,83 @@ static void test_batches(void) {
 
 /* Same seed, same batches; a cursor saved mid-epoch and restored into a
  * freshly loaded dataset continues exactly as the uninterrupted run. */
+/* 1 when x and y hold the same examples in the same order. */
+static int same_examples(const lorac_dataset_t *x, const lorac_dataset_t *y) {
+    if (lorac_dataset_n_examples(x) != lorac_dataset_n_examples(y)) return 0;
+    for (int64_t i = 0; i < lorac_dataset_n_examples(x); i++) {
+        const int32_t *t1, *l1, *t2, *l2;
+        int32_t n1 = lorac_dataset_example(x, i, &t1, &l1), n2 = lorac_dataset_example(y, i, &t2, &l2);
+        if (n1 != n2 || memcmp(t1, t2, sizeof(int32_t) * (size_t)n1) || memcmp(l1, l2, sizeof(int32_t) * (size_t)n1)) return 0;
+    }
+    return 1;
+}
+
+/* lorac_dataset_split: n_eval examples held out at random from the seed,
+ * the rest kept; every example lands on exactly one side, in file order. */
+static void test_split(void) {
+    char fx[1200];
+    snprintf(fx, sizeof fx, "%s/datasets/tinystories/tinystories_train_head.txt", tl_fixtures());
+    lorac_dataset_params_t p = lorac_dataset_default_params();
+    p.seq_len = 64;
+    lorac_dataset_t *all = load_ok(fx, g_tl, &p), *a = load_ok(fx, g_tl, &p), *b = load_ok(fx, g_tl, &p);
+    lorac_dataset_t *ev_a = NULL, *ev_b = NULL;
+    if (!all || !a || !b) return;
+    int64_t n = lorac_dataset_n_examples(all);
+    CHECK(lorac_dataset_split(a, 123, 7, &ev_a) == LORAC_STATUS_OK && ev_a);
+    if (!ev_a) return;
+    CHECK(lorac_dataset_n_examples(ev_a) == 123 && lorac_dataset_n_examples(a) == n - 123);
+    CHECK(lorac_dataset_n_tokens(a) + lorac_dataset_n_tokens(ev_a) == lorac_dataset_n_tokens(all));
+    CHECK(lorac_dataset_n_trainable(a) + lorac_dataset_n_trainable(ev_a) == lorac_dataset_n_trainable(all));
+    /* walk the original: each example is the next one of exactly one side */
+    int64_t ia = 0, ie = 0, bad = 0, held_in_first_half = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const int32_t *t, *l, *t2, *l2;
+        int32_t len = lorac_dataset_example(all, i, &t, &l);
+        lorac_dataset_t *side = NULL;
+        int64_t *k = NULL;
+        int32_t len_a = ia < lorac_dataset_n_examples(a) ? lorac_dataset_example(a, ia, &t2, &l2) : -1;
+        if (len_a == len && !memcmp(t, t2, sizeof(int32_t) * (size_t)len) && !memcmp(l, l2, sizeof(int32_t) * (size_t)len)) {
+            side = a; k = &ia;
+        } else if (ie < lorac_dataset_n_examples(ev_a) && lorac_dataset_example(ev_a, ie, &t2, &l2) == len &&
+                   !memcmp(t, t2, sizeof(int32_t) * (size_t)len) && !memcmp(l, l2, sizeof(int32_t) * (size_t)len)) {
+            side = ev_a; k = &ie;
+            held_in_first_half += i < n / 2;
+        }
+        if (!side) { bad++; continue; }
+        (*k)++;
+    }
+    CHECK_MSG(bad == 0 && ia == n - 123 && ie == 123, "%lld examples on neither side", (long long)bad);
+    CHECK(held_in_first_half > 30 && held_in_first_half < 93); /* spread over the file, not its head */
+    /* the same seed holds out the same examples; another seed others */
+    CHECK(lorac_dataset_split(b, 123, 7, &ev_b) == LORAC_STATUS_OK && ev_b);
+    CHECK(ev_b && same_examples(ev_a, ev_b) && same_examples(a, b));
+    lorac_dataset_free(ev_b);
+    lorac_dataset_free(b);
+    b = load_ok(fx, g_tl, &p);
+    CHECK(lorac_dataset_split(b, 123, 8, &ev_b) == LORAC_STATUS_OK);
+    CHECK(ev_b && !same_examples(ev_a, ev_b));
+    /* both sides batch through a whole epoch */
+    lorac_dataset_t *sides[2] = {a, ev_a};
+    for (int s = 0; s < 2; s++) {
+        int32_t tok[4 * 64], tgt[4 * 64], pos[4 * 64];
+        lorac_data_cursor_t cur = lorac_data_cursor_init(1, true);
+        lorac_data_batch_info_t info = {0};
+        int64_t examples = 0;
+        for (int i = 0; i < 10000 && !info.epoch_end; i++) {
+            if (lorac_dataset_read_batch(sides[s], &cur, 4, 64, false, tok, tgt, pos, NULL, &info)) { CHECK(0); break; }
+            examples += info.examples;
+        }
+        CHECK(examples == lorac_dataset_n_examples(sides[s]));
+    }
+    /* nothing left on one side */
+    lorac_dataset_t *ev = NULL;
+    CHECK(lorac_dataset_split(all, n, 7, &ev) == LORAC_STATUS_INVALID_ARG && !ev &&
+          strstr(lorac_error_message(), "nothing to train on"));
+    CHECK(lorac_dataset_split(all, 0, 7, &ev) == LORAC_STATUS_INVALID_ARG && !ev);
+    CHECK(lorac_dataset_n_examples(all) == n); /* a refused split changes nothing */
+    lorac_dataset_free(ev_a); lorac_dataset_free(ev_b); lorac_dataset_free(a); lorac_dataset_free(b); lorac_dataset_free(all);
+}
+
 static void test_determinism_resume(void) {
     const int N = 29, T = 12, B = 2, STEPS = 50, CUT = 17;
     for (int pack = 0; pack < 2; pack++) {
@@ -1241,6 +1318,7 @@ int main(void) {
     test_tokens();
     test_batches();
     test_determinism_resume();
+    test_split();
 
     lorac_tokenizer_free(g_tl);
     lorac_tokenizer_free(g_sm);

@@ -155,7 +155,14 @@ check_err bad1.jsonl "bad1.jsonl:1: missing \"prompt\"" completion
 "$L" train -m m --data bad1.jsonl -o e --steps 1 --skip-bad 2> skip.log && grep -q "1 malformed lines skipped" skip.log && ok \
   || bad "--skip-bad: $(cat skip.log | head -2)"
 
-# 7. a dataset with its own keys: SAMSum's {instruction, dialogue, summary}
+# 7. --eval-split holds out part of the data instead of --eval-data
+"$L" train -m m --data train.jsonl --eval-split 0.1 -o split --steps 2 --seq 64 2> split.log \
+  && grep -q "data: 360 examples (text).*eval: 40 examples held out from the data" split.log \
+  && grep -q "^eval after training: loss" split.log && ok || bad "--eval-split: $(grep -m1 data: split.log)"
+out=$("$L" train -m m --data train.jsonl --eval-split 0.1 --eval-data eval.jsonl -o e --steps 1 2>&1 >/dev/null); rc=$?
+[ $rc -eq 1 ] && [[ "$out" == *"give --eval-data or --eval-split, not both"* ]] && ok || bad "--eval-split with --eval-data: $rc '$out'"
+
+# 8. a dataset with its own keys: SAMSum's {instruction, dialogue, summary}
 # read as alpaca through --columns; a bad map is a usage error naming it
 "$L" train -m m --data "$LORAC_FIXTURES/datasets/samsum/validation.json" --columns input=dialogue,output=summary \
   -o sam --steps 1 --seq 64 2> sam.log && grep -q "818 examples (alpaca)" sam.log \

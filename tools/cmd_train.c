@@ -26,6 +26,7 @@ static const char *k_usage =
     "  --columns MAP        read the data's own keys as a format's, e.g. input=dialogue,output=summary\n"
     "  --chat-template T    " LORAC_CHAT_TEMPLATES " (default: from tokenizer_config.json)\n"
     "  --eval-data FILE     held-out data: loss and perplexity before, every --eval-every steps, at the end\n"
+    "  --eval-split X       instead of --eval-data, hold out X of the data: a fraction (0.05) or a count (200)\n"
     "  --seq L              sequence length (default 256); longer examples are truncated\n"
     "  --pack               pack short examples into one sequence (attention stays inside each)\n"
     "  --train-on-inputs    loss on prompts too, not only responses\n"
@@ -59,6 +60,7 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) o.model_dir = VAL();
         else if (!strcmp(a, "--data")) o.data = VAL();
         else if (!strcmp(a, "--eval-data")) o.eval_data = VAL();
+        else if (!strcmp(a, "--eval-split")) o.eval_split = cli_float("train", a, VAL(), 1e-9, 1e15);
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) o.out_dir = VAL();
         else if (!strcmp(a, "--format")) o.format = VAL();
         else if (!strcmp(a, "--chat-template")) o.chat_template = VAL();

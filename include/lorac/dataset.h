@@ -165,6 +165,12 @@ int32_t lorac_dataset_seq_len(const lorac_dataset_t *ds);
 const char *lorac_dataset_chat_template(const lorac_dataset_t *ds);
 /* The token that pads rows: EOS, or 0 when there is none. */
 int32_t lorac_dataset_pad_id(const lorac_dataset_t *ds);
+/* Holds out n_eval examples (1 <= n_eval < n_examples), chosen at random
+ * from `seed` (a stream of its own, not the batcher's), as a new dataset in
+ * *eval; ds keeps the rest. Both keep file order. The same data and seed
+ * always hold out the same examples, so a resumed run splits as the first
+ * did. INVALID_ARG when n_eval leaves either side empty. */
+lorac_status_t lorac_dataset_split(lorac_dataset_t *ds, int64_t n_eval, uint64_t seed, lorac_dataset_t **eval);
 /* Tokens and labels (the token itself where it is in the loss, else -100) of
  * example i (file order, 0 <= i < n_examples); pointers into the dataset.
  * Returns its length, 1 .. seq_len + 1, or -1 for a bad index. */

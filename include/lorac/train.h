@@ -23,6 +23,7 @@ extern "C" {
 
 typedef struct {
     const char *model_dir, *data, *eval_data, *out_dir;
+    double eval_split;           /* without eval_data: hold out this fraction (< 1) or count (>= 1) of data; 0 = none */
     const char *format;          /* auto|text|completion|alpaca|chat|tokens */
     const char *chat_template;   /* NULL: from tokenizer_config.json */
     const char *columns;         /* "output=summary,...": the data's keys renamed (lorac/dataset.h) */

@@ -714,6 +714,64 @@ lorac_status_t lorac_dataset_load(const char *path, const lorac_tokenizer_t *tok
     return s;
 }
 
+/* Appends example i of `from` to `to` (capacities already reserved). */
+static void copy_example(lorac_dataset_t *to, const lorac_dataset_t *from, int64_t i) {
+    int64_t a = from->offsets[i], n = from->offsets[i + 1] - a;
+    memmove(to->tokens + to->n_tok, from->tokens + a, sizeof(int32_t) * (size_t)n);
+    memmove(to->labels + to->n_tok, from->labels + a, sizeof(int32_t) * (size_t)n);
+    for (int64_t k = 0; k < n; k++) to->n_trainable += from->labels[a + k] != -100;
+    to->n_tok += n;
+    to->offsets[++to->n] = to->n_tok;
+}
+
+lorac_status_t lorac_dataset_split(lorac_dataset_t *ds, int64_t n_eval, uint64_t seed, lorac_dataset_t **eval_out) {
+    *eval_out = NULL;
+    if (n_eval < 1 || n_eval >= ds->n)
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "a held-out split of %lld examples out of %lld leaves %s",
+                           (long long)n_eval, (long long)ds->n, n_eval < 1 ? "nothing to evaluate on" : "nothing to train on");
+    /* which examples: the first n_eval of a Fisher-Yates shuffle from its own stream of the seed */
+    int64_t *idx = malloc(sizeof(int64_t) * (size_t)ds->n);
+    uint8_t *held = calloc((size_t)ds->n, 1);
+    lorac_dataset_t *ev = calloc(1, sizeof *ev);
+    if (!idx || !held || !ev) { free(idx); free(held); free(ev); return NOMEM(); }
+    for (int64_t i = 0; i < ds->n; i++) idx[i] = i;
+    lorac_rng_t rng;
+    lorac_rng_seed(&rng, seed ^ 0x6576616c73706c74ull); /* "evalsplt": not the batcher's epoch streams */
+    for (int64_t i = 0; i < n_eval; i++) {
+        uint64_t r = ((uint64_t)lorac_rng_u32(&rng) << 32) | lorac_rng_u32(&rng);
+        int64_t j = i + (int64_t)(r % (uint64_t)(ds->n - i)), t = idx[i];
+        idx[i] = idx[j];
+        idx[j] = t;
+        held[idx[i]] = 1;
+    }
+    free(idx);
+    int64_t eval_tok = 0;
+    for (int64_t i = 0; i < ds->n; i++)
+        if (held[i]) eval_tok += ds->offsets[i + 1] - ds->offsets[i];
+    *ev = (lorac_dataset_t){.format = ds->format, .chat_tpl = ds->chat_tpl, .seq_len = ds->seq_len,
+                            .pad_id = ds->pad_id, .perm_epoch = -1};
+    ev->tokens = malloc(sizeof(int32_t) * (size_t)(eval_tok ? eval_tok : 1));
+    ev->labels = malloc(sizeof(int32_t) * (size_t)(eval_tok ? eval_tok : 1));
+    ev->offsets = malloc(sizeof(int64_t) * (size_t)(n_eval + 1));
+    if (!ev->tokens || !ev->labels || !ev->offsets) { free(held); lorac_dataset_free(ev); return NOMEM(); }
+    ev->cap_tok = eval_tok;
+    ev->cap = n_eval + 1;
+    ev->offsets[0] = 0;
+    /* both keep file order; the rest is compacted in place */
+    int64_t n_all = ds->n;
+    ds->n = ds->n_tok = ds->n_trainable = 0;
+    for (int64_t i = 0; i < n_all; i++) {
+        if (held[i]) copy_example(ev, ds, i);
+        else copy_example(ds, ds, i); /* moves down: offsets[i + 1] is read before offsets[n + 1] is written */
+    }
+    free(held);
+    free(ds->perm); /* the cached epoch order was of all examples */
+    ds->perm = NULL;
+    ds->perm_epoch = -1;
+    *eval_out = ev;
+    return LORAC_STATUS_OK;
+}
+
 void lorac_dataset_free(lorac_dataset_t *ds) {
     if (!ds) return;
     free(ds->tokens); free(ds->labels); free(ds->offsets); free(ds->perm); free(ds->first_skip);

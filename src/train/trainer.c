@@ -279,6 +279,11 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
     lorac_schedule_t sched;
     if (lorac_data_format_parse(p->format, &fmt)) return lorac_error(LORAC_STATUS_INVALID_ARG, "unknown --format '%s'", p->format);
     if (lorac_schedule_parse(p->schedule, &sched)) return lorac_error(LORAC_STATUS_INVALID_ARG, "unknown --schedule '%s'", p->schedule);
+    if (p->eval_split && p->eval_data)
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "give --eval-data or --eval-split, not both");
+    if (p->eval_split < 0 || (p->eval_split > 1 && p->eval_split != floor(p->eval_split)))
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "--eval-split %g: a fraction of the data in (0, 1) or a whole number of examples",
+                           p->eval_split);
     if (mkdir(p->out_dir, 0755) != 0 && errno != EEXIST)
         return lorac_error(LORAC_STATUS_IO, "%s: cannot create directory: %s", p->out_dir, strerror(errno));
 
@@ -309,12 +314,19 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
     }
     if ((s = lorac_dataset_load(p->data, tk, &dp, &data))) goto done;
     if (p->eval_data && (s = lorac_dataset_load(p->eval_data, tk, &dp, &eval))) goto done;
+    if (p->eval_split > 0) { /* held out from the training data, the same examples on every run of this seed */
+        int64_t n = lorac_dataset_n_examples(data);
+        int64_t n_eval = p->eval_split < 1 ? (int64_t)llround(p->eval_split * (double)n) : (int64_t)p->eval_split;
+        if (n_eval < 1) n_eval = 1;
+        if ((s = lorac_dataset_split(data, n_eval, p->seed, &eval))) goto done;
+    }
     if (log) {
         fprintf(log, "data: %lld examples (%s)", (long long)lorac_dataset_n_examples(data),
                 lorac_data_format_name(lorac_dataset_format(data)));
         if (lorac_dataset_n_skipped(data)) fprintf(log, ", %lld malformed lines skipped", (long long)lorac_dataset_n_skipped(data));
         if (lorac_dataset_n_truncated(data)) fprintf(log, ", %lld truncated to %d tokens", (long long)lorac_dataset_n_truncated(data), p->seq + 1);
-        if (eval) fprintf(log, "; eval: %lld examples", (long long)lorac_dataset_n_examples(eval));
+        if (eval) fprintf(log, "; eval: %lld examples%s", (long long)lorac_dataset_n_examples(eval),
+                          p->eval_data ? "" : " held out from the data");
         fputc('\n', log);
     }
 
