@@ -31,7 +31,8 @@ expect 2 "unknown option" -- generate -m "$tmp/m" -p hi --bogus
 expect 2 "expects an integer" -- generate -m "$tmp/m" -p hi -n ten
 expect 2 "expects a number" -- generate -m "$tmp/m" -p hi --top-p 1.5
 expect 2 "needs a value" -- generate -m
-expect 2 "exactly one" -- generate -m "$tmp/m"
+expect 2 "give -p TEXT or -f FILE" -- generate -m "$tmp/m"
+expect 2 "give one of -p TEXT or -f FILE, not both" -- generate -m "$tmp/m" -p hi -f x
 expect 2 "required" -- logits -m "$tmp/m"
 expect 2 "bad token id" -- logits -m "$tmp/m" --ids "1 x 3" -o "$tmp/o.npy"
 expect 2 "only llama2c" -- convert --from gguf x -o "$tmp/x"

@@ -108,6 +108,28 @@ int main(void) {
     printf("batched prompt vs token-by-token: max rel diff %.3g\n", d);
     CHECK(d <= 1e-5);
 
+    /* keep_seq: rewind sequence 1 to 4 positions, decode other tokens there,
+     * rewind again and decode A's tail: the logits are A's, whatever the
+     * forgotten positions held */
+    lorac_context_keep_seq(ctx, 1, 9); /* past its length: nothing changes */
+    CHECK(lorac_context_seq_len(ctx, 1) == 7);
+    lorac_context_keep_seq(ctx, 1, 4);
+    CHECK(lorac_context_seq_len(ctx, 1) == 4);
+    int32_t other[3] = {8, 8, 8}, tail_pos[3] = {4, 5, 6}, tail_seq[3] = {1, 1, 1};
+    int8_t tail_want[3] = {1, 1, 1};
+    float tail_logits[3 * V];
+    lorac_batch_t ob = {.n_tokens = 3, .tokens = other, .pos = tail_pos, .seq_id = tail_seq, .logits = tail_want};
+    CHECK(lorac_context_decode(ctx, &ob, tail_logits) == LORAC_STATUS_OK);
+    lorac_context_keep_seq(ctx, 1, 4);
+    int32_t wrong_pos = 5;
+    lorac_batch_t wb1 = {.n_tokens = 1, .tokens = &toks_a[4], .pos = &wrong_pos, .seq_id = tail_seq, .logits = NULL};
+    CHECK(lorac_context_decode(ctx, &wb1, tail_logits) == LORAC_STATUS_INVALID_ARG); /* must continue at 4 */
+    lorac_batch_t tb = {.n_tokens = 3, .tokens = toks_a + 4, .pos = tail_pos, .seq_id = tail_seq, .logits = tail_want};
+    CHECK(lorac_context_decode(ctx, &tb, tail_logits) == LORAC_STATUS_OK);
+    d = max_rel_diff(tail_logits, batch_logits + 4 * V, 3 * V);
+    printf("after keep_seq(4) and a detour: max rel diff %.3g\n", d);
+    CHECK(d <= 1e-5);
+
     /* two sequences interleaved in one batch vs each alone */
     lorac_context_clear_seq(ctx, 0);
     lorac_context_clear_seq(ctx, 1);

@@ -8,6 +8,9 @@
 # completions. The model is random except that its
 # head always predicts <|im_end|>: every residual stream carries a large
 # constant in dimension 0, and only <|im_end|>'s row of the head reads it.
+# --chat -i (a conversation on stdin) answers its first turn as generate
+# --chat does and its second as serve does for the same messages, and
+# reuses only the cached prefix that the re-rendered conversation shares.
 set -uo pipefail
 ref="$(cd "$(dirname "$0")/reference" && pwd)"
 . "$(dirname "$0")/testlib.sh" generate-chat
@@ -36,6 +39,15 @@ shutil.copyfile(os.path.join(smol, "chat_template.jinja"), "m/chat_template.jinj
 tc = json.load(open(os.path.join(smol, "tokenizer_config.json")))
 tc["eos_token"] = "<|endoftext|>"
 json.dump(tc, open("m/tokenizer_config.json", "w"))
+# m2: the same, but its head always predicts two spaces ("ĠĠ"), whose run
+# re-tokenizes otherwise once rendered back into the conversation
+vocab = json.load(open(os.path.join(smol, "tokenizer.json")))["model"]["vocab"]
+shutil.copytree("m", "m2")
+head2 = head.clone()
+head2[2, 0] = 0.0
+head2[vocab["\u0120\u0120"], 0] = 1.0
+w["lm_head.weight"] = head2
+hm.save_safetensors("m2/model.safetensors", w, metadata={"format": "pt"})
 PYEOF
 
 prompt_tokens() { sed -n 's/^prompt: \([0-9]*\) tokens.*/\1/p' "$1"; }
@@ -70,7 +82,7 @@ expect() { # CODE SUBSTRING ARGS...
   [ $rc -eq "$code" ] && [[ "$out" == *"$substr"* ]] && ok || bad "generate $*: exit $rc, '$out' (want $code, '$substr')"
 }
 expect 2 "unknown --chat-template 'bogus'" -m m --chat --chat-template bogus -p Hi
-expect 2 "--system and --chat-template go with --chat" -m m --system x -p Hi
+expect 2 "--system, --chat-template and --interactive go with --chat" -m m --system x -p Hi
 expect 1 "lorac: error: chat template llama-3 writes \"<|start_header_id|>\", which is not a single token" -m m --chat --chat-template llama-3 -p Hi
 "$L" convert --from llama2c "$LORAC_FIXTURES/llama2c/stories260K.bin" --tokenizer "$LORAC_FIXTURES/llama2c/tok512.bin" -o s 2>/dev/null \
   || bad convert
@@ -83,14 +95,7 @@ want=$(count_ids s $'<|user|>\nTell me a story.</s>\n<|assistant|>\n')
 
 # 4. lorac serve ends a chat reply at the same token; a completion goes on
 # unless its stop_token_ids name it
-"$L" serve -m m --port 0 -t 1 > serve.out 2> serve.err &
-spid=$!
-port=""
-for _ in $(seq 100); do
-  port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' serve.out)
-  [ -n "$port" ] && break
-  sleep 0.1
-done
+tl_serve serve -m m -t 1
 if [ -z "$port" ]; then bad "serve did not start: $(cat serve.err)"
 else
   $PY - "$port" <<'PYEOF' && ok || bad "serve chat end of turn"
@@ -112,5 +117,40 @@ assert ch["finish_reason"] == "stop" and ch["text"] == "" and c["usage"]["comple
 PYEOF
 fi
 kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null
+
+# 5. --chat -i: a conversation on stdin. The first reply is generate --chat's;
+# the second, decoded after the cached prefix of the re-rendered
+# conversation, is what serve answers for the same three messages.
+printf 'Tell me a story.\nAnd then?\n' | "$L" generate -m s --chat --chat-template zephyr -i -n 16 --temp 0 > conv.out 2> conv.err \
+  || bad "--chat -i failed: $(tail -2 conv.err)"
+"$L" generate -m s --chat --chat-template zephyr -p "Tell me a story." -n 16 --temp 0 > one.out 2>/dev/null
+grep -q "(0 cached)" conv.err && grep -Eq "prompt [0-9]+ tokens \([1-9][0-9]* cached\)" conv.err && ok \
+  || bad "the second turn reused no cache: $(cat conv.err)"
+tl_serve serve2 -m s --chat-template zephyr -t 1
+$PY - "$port" <<'PYEOF' && ok || bad "--chat -i vs generate --chat and serve"
+import json, sys, urllib.request
+one = open("one.out", encoding="utf-8").read()
+assert one.endswith("\n"), one
+reply1 = one[:-1]
+body = {"model": "s", "max_tokens": 16, "temperature": 0, "messages": [
+    {"role": "user", "content": "Tell me a story."}, {"role": "assistant", "content": reply1},
+    {"role": "user", "content": "And then?"}]}
+r = urllib.request.Request(f"http://127.0.0.1:{sys.argv[1]}/v1/chat/completions", json.dumps(body).encode(),
+                           {"Content-Type": "application/json"})
+reply2 = json.load(urllib.request.urlopen(r))["choices"][0]["message"]["content"]
+conv = open("conv.out", encoding="utf-8").read()
+assert conv == reply1 + "\n" + reply2 + "\n", (conv, reply1, reply2)
+PYEOF
+kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null
+# a reply that re-tokenizes otherwise: the next turn keeps only the prefix
+# the cache and the new rendering share (at most the first turn's prompt)
+printf 'Hi\nHo\n' | "$L" generate -m m2 --chat -i -n 4 --temp 0 > sp.out 2> sp.err || bad "m2 -i failed"
+first=$(sed -n 's/^> \[prompt \([0-9]*\) tokens (0 cached).*/\1/p' sp.err | head -1)
+kept=$(sed -n 's/.*\[prompt [0-9]* tokens (\([0-9]*\) cached).*/\1/p' sp.err | sed -n 2p)
+[ "$(cat sp.out)" = $'        \n        ' ] && [ -n "$first" ] && [ -n "$kept" ] && [ "$kept" -le "$first" ] && [ "$kept" -gt 0 ] && ok \
+  || bad "re-tokenized reply: first prompt '$first', kept '$kept', stdout '$(cat sp.out)'"
+# usage errors
+expect 2 "--system, --chat-template and --interactive go with --chat" -m s -i
+expect 2 "give -p TEXT or -f FILE" -m s --chat
 
 tl_finish

@@ -24,12 +24,11 @@ if [ ! -f "$cache/node_modules/openai/package.json" ]; then
   npm install --prefix "$cache" --no-audit --no-fund --silent openai@4 >&2
 fi
 
-tmp="${LORAC_TEST_TMP:-/tmp}/serve_client.$$"
-rm -rf "$tmp"
+. "$(dirname "$0")/testlib.sh" serve_client
 mkdir -p "$tmp/adapters"
-pid=""
+spid=""
 cleanup() {
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+  [ -n "$spid" ] && kill "$spid" 2>/dev/null && wait "$spid" 2>/dev/null
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -56,15 +55,8 @@ expected=$("$LORAC_BIN" generate -m "$tmp/model" --adapter "$tmp/adapters/story"
 expected="${expected%$'\n'x}"
 expected="${expected#Once upon a time}"
 
-"$LORAC_BIN" serve -m "$tmp/model" --adapters "$tmp/adapters" --port 0 -t 1 > "$tmp/out.txt" 2> "$tmp/err.txt" &
-pid=$!
-port=""
-for _ in $(seq 100); do
-  port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/out.txt")
-  [ -n "$port" ] && break
-  sleep 0.1
-done
-[ -n "$port" ] || { echo "server did not start"; cat "$tmp/err.txt"; echo "0 passed, 1 failed"; exit 1; }
+tl_serve "$tmp/serve" -m "$tmp/model" --adapters "$tmp/adapters" -t 1
+[ -n "$port" ] || { echo "server did not start"; cat "$tmp/serve.err"; echo "0 passed, 1 failed"; exit 1; }
 
 cat > "$tmp/client.js" <<'EOF'
 const path = require("path");
@@ -128,9 +120,9 @@ function check(cond, what) { if (cond) pass++; else { fail++; console.log("FAIL:
 EOF
 rc=0
 NPM_CACHE="$cache" PORT="$port" EXPECTED="$expected" node "$tmp/client.js" || rc=$?
-kill -TERM "$pid"
+kill -TERM "$spid"
 src=0
-wait "$pid" || src=$?
-pid=""
-if [ "$src" -ne 0 ]; then echo "FAIL: lorac serve exited $src on SIGTERM"; cat "$tmp/err.txt"; rc=1; fi
+wait "$spid" || src=$?
+spid=""
+if [ "$src" -ne 0 ]; then echo "FAIL: lorac serve exited $src on SIGTERM"; cat "$tmp/serve.err"; rc=1; fi
 exit "$rc"

@@ -13,7 +13,7 @@
 #include "lorac/model.h"
 
 static const char *k_usage =
-    "usage: lorac generate -m MODEL (-p TEXT | -f FILE) [options]\n"
+    "usage: lorac generate -m MODEL (-p TEXT | -f FILE | --chat -i) [options]\n"
     "  -m, --model DIR      HuggingFace model directory (config.json, *.safetensors, tokenizer.json)\n"
     "  --adapter DIR[:S]    apply a PEFT LoRA adapter with scale S (default 1), unmerged; repeatable\n"
     "  -p, --prompt TEXT    prompt text (may be empty)\n"
@@ -27,62 +27,196 @@ static const char *k_usage =
     "  --chat               the prompt is a user message: render it with the chat template, print only the\n"
     "                       reply, stop at the end of the assistant's turn\n"
     "  --system TEXT        system message for --chat\n"
+    "  -i, --interactive    with --chat: after each reply read the next user message from stdin (one line; EOF\n"
+    "                       ends), keeping the conversation and the cache of its unchanged tokens\n"
     "  --chat-template T    " LORAC_CHAT_TEMPLATES " (default: from tokenizer_config.json)\n"
     "  -c, --ctx N          context length (default: prompt + n, capped at the model's maximum)\n"
     "  -t, --threads N      compute threads (default: all cores)\n";
 
-/* --chat: renders [system,] user prompt with the chat template and the
- * assistant's generation prompt, as HF's apply_chat_template(...,
- * add_generation_prompt=True) does, and encodes it without the
- * post-processor (the template writes its own BOS). *eot gets the id of the
- * token that ends the assistant's turn. */
-static void chat_prompt(const char *model_dir, const lorac_tokenizer_t *tok, const char *tpl_flag, const char *system,
-                        const char *prompt, size_t prompt_len, int32_t **ids, size_t *n_ids, int32_t *eot) {
-    char *config = lorac_path_join(model_dir, "tokenizer_config.json"), *default_system = NULL, *bos = NULL, *eos = NULL;
+/* --chat: the template and the strings it writes, settled once. */
+typedef struct {
+    const char *tpl;
+    char *bos, *eos, *default_system;
+    int32_t eot; /* the token that ends the assistant's turn, -1 if the tokenizer lacks it */
+} chat_t;
+
+static void chat_setup(chat_t *c, const char *model_dir, const lorac_tokenizer_t *tok, const char *tpl_flag) {
+    char *config = lorac_path_join(model_dir, "tokenizer_config.json");
     if (!config) cli_die("out of memory");
     struct stat st;
     bool have_config = stat(config, &st) == 0;
-    const char *tpl = tpl_flag;
-    if (tpl && !(tpl = lorac_dataset_chat_template_name(tpl_flag)))
+    *c = (chat_t){.tpl = tpl_flag};
+    if (c->tpl && !(c->tpl = lorac_dataset_chat_template_name(tpl_flag)))
         cli_usage_error("generate", "unknown --chat-template '%s' (" LORAC_CHAT_TEMPLATES ")", tpl_flag);
-    if (!tpl) {
+    if (!c->tpl) {
         if (!have_config)
             cli_die("%s: no tokenizer_config.json to find the chat template in; pass --chat-template "
                     LORAC_CHAT_TEMPLATES, model_dir);
-        cli_check(lorac_dataset_chat_template_from_config(config, &tpl, &default_system));
+        cli_check(lorac_dataset_chat_template_from_config(config, &c->tpl, &c->default_system));
     }
-    cli_check(lorac_dataset_chat_tokens(tpl, tok, have_config ? config : NULL, &bos, &eos));
-    char *user = strndup(prompt, prompt_len);
-    if (!user) cli_die("out of memory");
-    if (strlen(user) != prompt_len) cli_die("the prompt holds a NUL byte");
-    lorac_chat_message_t msgs[2];
-    size_t n = 0;
-    if (system) msgs[n++] = (lorac_chat_message_t){"system", system};
-    msgs[n++] = (lorac_chat_message_t){"user", user};
-    char *text;
-    size_t len;
-    cli_check(lorac_dataset_chat_render_generation(tpl, default_system, msgs, n, bos, eos, &text, &len));
-    cli_check(lorac_tokenizer_encode(tok, text, len, false, ids, n_ids));
-    *eot = lorac_tokenizer_token_id(tok, lorac_dataset_chat_end_of_turn(tpl, eos));
-    free(text); free(user); free(bos); free(eos); free(default_system); free(config);
+    cli_check(lorac_dataset_chat_tokens(c->tpl, tok, have_config ? config : NULL, &c->bos, &c->eos));
+    c->eot = lorac_tokenizer_token_id(tok, lorac_dataset_chat_end_of_turn(c->tpl, c->eos));
+    free(config);
 }
 
-/* Prints a token's bytes through the UTF-8 stream (whole characters only). */
-static void emit_token(const lorac_tokenizer_t *tok, lorac_utf8_stream_t *st, int32_t id, int strip_space) {
+/* The conversation rendered with the assistant's generation prompt, as HF's
+ * apply_chat_template(..., add_generation_prompt=True) does, and encoded
+ * without the post-processor (the template writes its own BOS). */
+static void chat_ids(const chat_t *c, const lorac_tokenizer_t *tok, const lorac_chat_message_t *m, size_t n,
+                     int32_t **ids, size_t *n_ids) {
+    char *text;
+    size_t len;
+    cli_check(lorac_dataset_chat_render_generation(c->tpl, c->default_system, m, n, c->bos, c->eos, &text, &len));
+    cli_check(lorac_tokenizer_encode(tok, text, len, false, ids, n_ids));
+    free(text);
+}
+
+/* What one run of sampling needs. */
+typedef struct {
+    const lorac_model_t *model;
+    const lorac_tokenizer_t *tok;
+    lorac_context_t *ctx;
+    lorac_sampler_t *sampler;
+    float *logits;
+    int32_t *pos, *seq, n_batch, n_ctx;
+    int64_t n_predict;
+    int ignore_eos;
+    int32_t eot;      /* a chat's end of turn, -1: none */
+    int32_t *cached;  /* (n_ctx) the tokens in the cache, in order */
+    int32_t n_cached;
+    char *reply;      /* the text printed by the last generate(), NUL-terminated */
+    size_t reply_len, reply_cap;
+} gen_t;
+
+/* Prints a token's bytes through the UTF-8 stream (whole characters only)
+ * and keeps them in g->reply. */
+static void emit_token(gen_t *g, lorac_utf8_stream_t *st, int32_t id, int strip_space) {
     char bytes[512], out[3 * 512 + 3];
-    int32_t n = lorac_tokenizer_token_bytes(tok, id, bytes, (int32_t)sizeof bytes);
+    int32_t n = lorac_tokenizer_token_bytes(g->tok, id, bytes, (int32_t)sizeof bytes);
     if (n <= 0) return;
     const char *b = bytes;
     if (strip_space && b[0] == ' ') { b++; n--; }
     size_t w = lorac_utf8_stream_push(st, b, (size_t)n, out);
     fwrite(out, 1, w, stdout);
     fflush(stdout);
+    if (lorac_bytes_append(&g->reply, &g->reply_len, &g->reply_cap, out, w)) cli_die("out of memory");
+}
+
+/* Feeds ids[g->n_cached ..] (the prompt past what the cache already holds)
+ * in batches, then samples up to n_predict tokens, printing each and
+ * feeding it back. Returns why it stopped; *n_gen and the two phases'
+ * seconds for the statistics. */
+static const char *generate(gen_t *g, const int32_t *ids, int32_t n_ids, int strip_space, int64_t *n_gen, double *t_prompt,
+                            double *t_gen) {
+    double t0 = lorac_seconds();
+    for (int32_t done = g->n_cached; done < n_ids;) {
+        int32_t n = n_ids - done < g->n_batch ? n_ids - done : g->n_batch;
+        for (int32_t j = 0; j < n; j++) g->pos[j] = done + j;
+        lorac_batch_t b = {.n_tokens = n, .tokens = ids + done, .pos = g->pos, .seq_id = g->seq, .logits = NULL};
+        cli_check(lorac_context_decode(g->ctx, &b, g->logits));
+        memcpy(g->cached + done, ids + done, sizeof(int32_t) * (size_t)n);
+        done += n;
+    }
+    g->n_cached = n_ids;
+    double t1 = lorac_seconds();
+    lorac_utf8_stream_t stream = {0};
+    const char *stop = "length";
+    g->reply_len = 0;
+    *n_gen = 0;
+    while (*n_gen < g->n_predict) {
+        int32_t next = lorac_sampler_sample(g->sampler, g->logits);
+        ++*n_gen;
+        if (!g->ignore_eos && lorac_model_is_eos(g->model, next)) { stop = "eos"; break; }
+        if (!g->ignore_eos && next == g->eot) { stop = "end of turn"; break; }
+        emit_token(g, &stream, next, strip_space && *n_gen == 1);
+        if (*n_gen == g->n_predict) break;
+        if (g->n_cached >= g->n_ctx) { stop = "context"; break; }
+        int32_t p = g->n_cached, zero = 0;
+        lorac_batch_t b = {.n_tokens = 1, .tokens = &next, .pos = &p, .seq_id = &zero, .logits = NULL};
+        cli_check(lorac_context_decode(g->ctx, &b, g->logits));
+        g->cached[g->n_cached++] = next;
+    }
+    char tail[8];
+    size_t w = lorac_utf8_stream_flush(&stream, tail);
+    fwrite(tail, 1, w, stdout);
+    fputc('\n', stdout);
+    fflush(stdout);
+    if (lorac_bytes_append(&g->reply, &g->reply_len, &g->reply_cap, tail, w) ||
+        lorac_bytes_append(&g->reply, &g->reply_len, &g->reply_cap, "", 1))
+        cli_die("out of memory");
+    g->reply_len--; /* the NUL is not text */
+    *t_prompt = t1 - t0;
+    *t_gen = lorac_seconds() - t1;
+    return stop;
+}
+
+static char *dup_text(const char *s) {
+    char *d = strdup(s);
+    if (!d) cli_die("out of memory");
+    return d;
+}
+
+/* --chat -i: one user message a line from stdin until EOF; each turn
+ * re-renders the whole conversation (so the template decides, as for a chat
+ * request) and decodes only the tokens after the longest prefix the cache
+ * already holds. */
+static void interactive(gen_t *g, const chat_t *c, const char *system, const char *first) {
+    size_t cap = 16, n = 0;
+    lorac_chat_message_t *m = malloc(cap * sizeof *m);
+    if (!m) cli_die("out of memory");
+    if (system) m[n++] = (lorac_chat_message_t){"system", dup_text(system)};
+    char *line = NULL;
+    size_t line_cap = 0;
+    const char *user = first;
+    for (;;) {
+        if (!user) {
+            fputs("> ", stderr);
+            ssize_t got = getline(&line, &line_cap, stdin);
+            if (got < 0) break;
+            while (got > 0 && (line[got - 1] == '\n' || line[got - 1] == '\r')) line[--got] = '\0';
+            if (got == 0) continue;
+            if ((size_t)got != strlen(line)) { fprintf(stderr, "lorac generate: a line with a NUL byte is skipped\n"); continue; }
+            user = line;
+        }
+        if (n + 2 > cap) {
+            lorac_chat_message_t *grown = realloc(m, 2 * cap * sizeof *m);
+            if (!grown) cli_die("out of memory");
+            m = grown;
+            cap *= 2;
+        }
+        m[n++] = (lorac_chat_message_t){"user", dup_text(user)};
+        user = NULL;
+        int32_t *ids;
+        size_t n_ids;
+        chat_ids(c, g->tok, m, n, &ids, &n_ids);
+        if (n_ids >= (size_t)g->n_ctx) {
+            fprintf(stderr, "lorac generate: the conversation (%zu tokens) fills the context of %d; -c sets a larger one\n",
+                    n_ids, g->n_ctx);
+            free(ids);
+            break;
+        }
+        int32_t keep = 0; /* the longest prefix already cached; at least one token is decoded for the logits */
+        while (keep < g->n_cached && keep + 1 < (int32_t)n_ids && g->cached[keep] == ids[keep]) keep++;
+        lorac_context_keep_seq(g->ctx, 0, keep);
+        g->n_cached = keep;
+        int64_t n_gen;
+        double tp, tg;
+        const char *stop = generate(g, ids, (int32_t)n_ids, lorac_tokenizer_strips_leading_space(g->tok), &n_gen, &tp, &tg);
+        fprintf(stderr, "[prompt %zu tokens (%d cached), %.1f tok/s; %lld tokens, %.1f tok/s; stop: %s]\n", n_ids, keep,
+                (double)((int32_t)n_ids - keep) / (tp > 0 ? tp : 1e-9), (long long)n_gen, n_gen ? (double)n_gen / tg : 0.0,
+                stop);
+        free(ids);
+        m[n++] = (lorac_chat_message_t){"assistant", dup_text(g->reply)};
+    }
+    for (size_t i = 0; i < n; i++) free((char *)m[i].content);
+    free(m);
+    free(line);
 }
 
 int cmd_generate(int argc, char **argv) {
     const char *model_dir = NULL, *prompt = NULL, *prompt_file = NULL;
     int64_t n_predict = 128, n_ctx_flag = 0;
-    int ignore_eos = 0, threads = 0, chat = 0;
+    int ignore_eos = 0, threads = 0, chat = 0, interactive_mode = 0;
     const char *system = NULL, *tpl_flag = NULL;
     lorac_sampler_params_t sp = lorac_sampler_default_params();
     cli_adapters_t adapters = {0};
@@ -101,6 +235,7 @@ int cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--seed")) sp.seed = (uint64_t)cli_int("generate", a, cli_value(argc, argv, &i, "generate"), 0, INT64_MAX);
         else if (!strcmp(a, "--ignore-eos")) ignore_eos = 1;
         else if (!strcmp(a, "--chat")) chat = 1;
+        else if (!strcmp(a, "-i") || !strcmp(a, "--interactive")) interactive_mode = 1;
         else if (!strcmp(a, "--system")) system = cli_value(argc, argv, &i, "generate");
         else if (!strcmp(a, "--chat-template")) tpl_flag = cli_value(argc, argv, &i, "generate");
         else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) n_ctx_flag = cli_int("generate", a, cli_value(argc, argv, &i, "generate"), 1, 1 << 24);
@@ -108,14 +243,17 @@ int cmd_generate(int argc, char **argv) {
         else cli_usage_error("generate", "unknown option '%s'", a);
     }
     if (!model_dir) cli_usage_error("generate", "-m MODEL is required");
-    if (!prompt == !prompt_file) cli_usage_error("generate", "give exactly one of -p TEXT or -f FILE");
-    if (!chat && (system || tpl_flag)) cli_usage_error("generate", "--system and --chat-template go with --chat");
+    if (prompt && prompt_file) cli_usage_error("generate", "give one of -p TEXT or -f FILE, not both");
+    if (!prompt && !prompt_file && !interactive_mode) cli_usage_error("generate", "give -p TEXT or -f FILE");
+    if (!chat && (system || tpl_flag || interactive_mode))
+        cli_usage_error("generate", "--system, --chat-template and --interactive go with --chat");
     if (threads) lorac_kernels_set_threads(threads);
 
     char *file_text = NULL;
-    size_t prompt_len;
+    size_t prompt_len = 0;
     if (prompt_file) { file_text = cli_read_file(prompt_file, &prompt_len); prompt = file_text; }
-    else prompt_len = strlen(prompt);
+    else if (prompt) prompt_len = strlen(prompt);
+    if (chat && prompt && strlen(prompt) != prompt_len) cli_die("%s holds a NUL byte; a chat message is text", prompt_file);
 
     cli_require_tokenizer(model_dir, "generate");
     lorac_model_t *model;
@@ -124,77 +262,62 @@ int cmd_generate(int argc, char **argv) {
     const lorac_tokenizer_t *tok = lorac_model_get_tokenizer(model);
     if (!tok) cli_die("%s: no tokenizer.json in the model directory (generate needs one)", model_dir);
 
-    int32_t *ids, eot = -1;
-    size_t n_ids;
-    if (chat) chat_prompt(model_dir, tok, tpl_flag, system, prompt, prompt_len, &ids, &n_ids, &eot);
-    else cli_check(lorac_tokenizer_encode(tok, prompt, prompt_len, true, &ids, &n_ids));
-    if (n_ids == 0) cli_die("the prompt encodes to no tokens and the tokenizer adds no BOS; give a non-empty prompt");
-    int64_t n_ctx = n_ctx_flag ? n_ctx_flag : (int64_t)n_ids + n_predict;
+    chat_t c = {.eot = -1};
+    if (chat) chat_setup(&c, model_dir, tok, tpl_flag);
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    if (!interactive_mode || prompt) {
+        if (chat) {
+            lorac_chat_message_t m[2] = {{"system", system}, {"user", prompt}};
+            chat_ids(&c, tok, system ? m : m + 1, system ? 2 : 1, &ids, &n_ids);
+        } else {
+            cli_check(lorac_tokenizer_encode(tok, prompt, prompt_len, true, &ids, &n_ids));
+        }
+        if (n_ids == 0) cli_die("the prompt encodes to no tokens and the tokenizer adds no BOS; give a non-empty prompt");
+    }
+    /* a conversation grows: it gets the model's context, up to 4096 positions, unless -c says otherwise */
+    int64_t n_ctx = n_ctx_flag ? n_ctx_flag : interactive_mode ? 4096 : (int64_t)n_ids + n_predict;
     if (n_ctx > cfg->max_position_embeddings) n_ctx = cfg->max_position_embeddings;
     if ((int64_t)n_ids > n_ctx)
         cli_die("the prompt is %zu tokens, longer than the context of %lld", n_ids, (long long)n_ctx);
 
     lorac_context_params_t cp = lorac_context_default_params();
     cp.n_ctx = (int32_t)n_ctx;
-    cp.n_batch = (int32_t)(n_ids < 512 ? n_ids : 512);
+    cp.n_batch = (int32_t)(interactive_mode || n_ids >= 512 ? 512 : n_ids);
     lorac_context_t *ctx;
     cli_check(lorac_context_init(model, cp, &ctx));
     cli_attach_adapters(&adapters, model, ctx, loaded);
-    lorac_sampler_t *sampler;
-    cli_check(lorac_sampler_init(&sp, cfg->vocab_size, &sampler));
-    float *logits = malloc(sizeof(float) * (size_t)cfg->vocab_size);
-    int32_t *pos = malloc(sizeof(int32_t) * (size_t)cp.n_batch), *seq = calloc((size_t)cp.n_batch, sizeof(int32_t));
-    if (!logits || !pos || !seq) cli_die("out of memory");
+    gen_t g = {.model = model, .tok = tok, .ctx = ctx, .n_batch = cp.n_batch, .n_ctx = cp.n_ctx, .n_predict = n_predict,
+               .ignore_eos = ignore_eos, .eot = c.eot};
+    cli_check(lorac_sampler_init(&sp, cfg->vocab_size, &g.sampler));
+    g.logits = malloc(sizeof(float) * (size_t)cfg->vocab_size);
+    g.pos = malloc(sizeof(int32_t) * (size_t)cp.n_batch);
+    g.seq = calloc((size_t)cp.n_batch, sizeof(int32_t));
+    g.cached = malloc(sizeof(int32_t) * (size_t)cp.n_ctx);
+    if (!g.logits || !g.pos || !g.seq || !g.cached) cli_die("out of memory");
 
-    if (!chat) { /* a chat prints only the reply */
-        fwrite(prompt, 1, prompt_len, stdout);
-        fflush(stdout);
+    if (interactive_mode) {
+        interactive(&g, &c, system, prompt ? prompt : NULL);
+    } else {
+        if (!chat) { /* a chat prints only the reply */
+            fwrite(prompt, 1, prompt_len, stdout);
+            fflush(stdout);
+        }
+        /* SentencePiece decoders drop the space that starts the text: only the
+         * first generated token can start it, when the prompt printed nothing
+         * (a chat's reply is decoded on its own, as HF decodes generated ids) */
+        int strip_space = lorac_tokenizer_strips_leading_space(tok) && (prompt_len == 0 || chat);
+        int64_t n_gen;
+        double tp, tg;
+        const char *stop = generate(&g, ids, (int32_t)n_ids, strip_space, &n_gen, &tp, &tg);
+        fprintf(stderr, "\nprompt: %zu tokens, %.1f tok/s\n", n_ids, (double)n_ids / tp);
+        fprintf(stderr, "generate: %lld tokens, %.1f tok/s (stop: %s, threads %d, %s kernels)\n", (long long)n_gen,
+                n_gen > 0 ? (double)n_gen / tg : 0.0, stop, lorac_kernels_get_threads(), lorac_kernels_isa());
     }
 
-    /* the prompt, in batches of up to n_batch tokens */
-    double t0 = lorac_seconds();
-    for (size_t done = 0; done < n_ids;) {
-        int32_t n = (int32_t)(n_ids - done < (size_t)cp.n_batch ? n_ids - done : (size_t)cp.n_batch);
-        for (int32_t j = 0; j < n; j++) pos[j] = (int32_t)done + j;
-        lorac_batch_t b = {.n_tokens = n, .tokens = ids + done, .pos = pos, .seq_id = seq, .logits = NULL};
-        cli_check(lorac_context_decode(ctx, &b, logits));
-        done += (size_t)n;
-    }
-    double t1 = lorac_seconds();
-
-    /* SentencePiece decoders drop the space that starts the text: only the
-     * first generated token can start it, when the prompt printed nothing
-     * (a chat's reply is decoded on its own, as HF decodes generated ids) */
-    int strip_space = lorac_tokenizer_strips_leading_space(tok) && (prompt_len == 0 || chat);
-    lorac_utf8_stream_t stream = {0};
-    int64_t n_gen = 0;
-    const char *stop = "length";
-    int32_t p = (int32_t)n_ids;
-    while (n_gen < n_predict) {
-        int32_t next = lorac_sampler_sample(sampler, logits);
-        n_gen++;
-        if (!ignore_eos && lorac_model_is_eos(model, next)) { stop = "eos"; break; }
-        if (!ignore_eos && next == eot) { stop = "end of turn"; break; }
-        emit_token(tok, &stream, next, strip_space && n_gen == 1);
-        if (n_gen == n_predict) break;
-        if (p >= n_ctx) { stop = "context"; break; }
-        int32_t zero = 0;
-        lorac_batch_t b = {.n_tokens = 1, .tokens = &next, .pos = &p, .seq_id = &zero, .logits = NULL};
-        cli_check(lorac_context_decode(ctx, &b, logits));
-        p++;
-    }
-    char tail[8];
-    size_t w = lorac_utf8_stream_flush(&stream, tail);
-    fwrite(tail, 1, w, stdout);
-    fputc('\n', stdout);
-    fflush(stdout);
-    double t2 = lorac_seconds();
-    fprintf(stderr, "\nprompt: %zu tokens, %.1f tok/s\n", n_ids, (double)n_ids / (t1 - t0));
-    fprintf(stderr, "generate: %lld tokens, %.1f tok/s (stop: %s, threads %d, %s kernels)\n", (long long)n_gen,
-            n_gen > 0 ? (double)n_gen / (t2 - t1) : 0.0, stop, lorac_kernels_get_threads(), lorac_kernels_isa());
-
-    free(logits); free(pos); free(seq); free(ids); free(file_text);
-    lorac_sampler_free(sampler);
+    free(g.logits); free(g.pos); free(g.seq); free(g.cached); free(g.reply); free(ids); free(file_text);
+    free(c.bos); free(c.eos); free(c.default_system);
+    lorac_sampler_free(g.sampler);
     lorac_context_free(ctx);
     cli_free_adapters(&adapters, loaded);
     lorac_model_free(model);

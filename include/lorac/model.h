@@ -149,6 +149,11 @@ lorac_status_t lorac_context_set_seq_adapter(lorac_context_t *ctx, int32_t seq_i
 
 /* Forgets a sequence's cache (its next token starts at position 0). */
 void lorac_context_clear_seq(lorac_context_t *ctx, int32_t seq_id);
+/* Keeps the first n cached positions of a sequence and forgets the rest
+ * (n at or past its length changes nothing): its next token goes at
+ * position n. A conversation whose next turn re-renders to the same first n
+ * tokens decodes only the tokens after them. */
+void lorac_context_keep_seq(lorac_context_t *ctx, int32_t seq_id, int32_t n);
 /* Cached length of a sequence. */
 int32_t lorac_context_seq_len(const lorac_context_t *ctx, int32_t seq_id);
 

@@ -250,6 +250,10 @@ void lorac_context_clear_seq(lorac_context_t *ctx, int32_t seq_id) {
     if (seq_id >= 0 && seq_id < ctx->params.n_seq) ctx->seq_len[seq_id] = 0;
 }
 
+void lorac_context_keep_seq(lorac_context_t *ctx, int32_t seq_id, int32_t n) {
+    if (seq_id >= 0 && seq_id < ctx->params.n_seq && n >= 0 && n < ctx->seq_len[seq_id]) ctx->seq_len[seq_id] = n;
+}
+
 int32_t lorac_context_seq_len(const lorac_context_t *ctx, int32_t seq_id) {
     if (seq_id < 0 || seq_id >= ctx->params.n_seq) return 0;
     return ctx->seq_len[seq_id];
