@@ -4,7 +4,8 @@
 # gives the loss training reported; resume is bit-identical (mid-epoch,
 # with dropout); kill -9 at random moments always leaves a loadable
 # checkpoint; an injected NaN step is skipped with weights and moments
-# unchanged; malformed data gives FILE:LINE errors; --columns reads SAMSum.
+# unchanged; malformed data gives FILE:LINE errors; --eval-split holds out
+# part of the data; --columns reads SAMSum.
 set -uo pipefail
 . "$(dirname "$0")/testlib.sh" train-cli
 cd "$tmp"
@@ -163,7 +164,7 @@ out=$("$L" train -m m --data train.jsonl --eval-split 0.1 --eval-data eval.jsonl
 [ $rc -eq 1 ] && [[ "$out" == *"give --eval-data or --eval-split, not both"* ]] && ok || bad "--eval-split with --eval-data: $rc '$out'"
 
 # 8. a dataset with its own keys: SAMSum's {instruction, dialogue, summary}
-# read as alpaca through --columns; a bad map is a usage error naming it
+# read as alpaca through --columns; a bad map is an error naming it
 "$L" train -m m --data "$LORAC_FIXTURES/datasets/samsum/validation.json" --columns input=dialogue,output=summary \
   -o sam --steps 1 --seq 64 2> sam.log && grep -q "818 examples (alpaca)" sam.log \
   && grep -q "format alpaca, columns input=dialogue,output=summary" sam/README.md && ok \

@@ -21,8 +21,8 @@
  *               label must be -100 or the input id at its position; no
  *               special tokens are added
  * AUTO picks the format from the keys of the first good record: messages or
- * conversations → chat, input_ids → tokens, instruction+output → alpaca, prompt+completion →
- * completion, text → text.
+ * conversations → chat, input_ids → tokens, instruction+output → alpaca,
+ * prompt+completion → completion, text → text.
  * Column renames (params.columns): "ours=theirs,..." reads each record's key
  * `theirs` as the field `ours` (one of text, prompt, completion,
  * instruction, input, output, messages, conversations, system, input_ids,
@@ -235,8 +235,9 @@ lorac_status_t lorac_dataset_chat_tokens(const char *template_name, const lorac_
 
 /* The token string that ends an assistant turn in template_name's
  * rendering, where a chat reply stops: "<|im_end|>" (chatml), "<|eot_id|>"
- * (llama-3, llama-3.1), or eos for llama-2 and zephyr, whose turns end with
- * EOS (NULL eos: "</s>"). NULL for an unknown template. Static string or eos. */
+ * (llama-3, llama-3.1), or eos for llama-2, mistral and zephyr, whose turns
+ * end with EOS (NULL eos: "</s>"). NULL for an unknown template. Static
+ * string or eos. */
 const char *lorac_dataset_chat_end_of_turn(const char *template_name, const char *eos);
 
 /* ---- batches ---------------------------------------------------------------------

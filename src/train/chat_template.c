@@ -217,12 +217,13 @@ static lorac_status_t render_zephyr(chat_render_t *r, const lorac_chat_message_t
     return LORAC_STATUS_OK;
 }
 
-/* Mistral's [INST] template as Mistral NeMo writes it: BOS, then "[INST]{user}[/INST]" and "{assistant}{eos}" strictly
- * alternating after an optional first system message, no spaces and no
- * stripping. The system message goes into the user turn that is the
- * conversation's last message, and nowhere else: a conversation that ends
- * with a reply (a training example) loses it, as the Jinja template drops
- * it. [INST] and [/INST] are special tokens, so every piece starts a chunk. */
+/* Mistral's [INST] template as Mistral NeMo writes it: BOS, then
+ * "[INST]{user}[/INST]" and "{assistant}{eos}" strictly alternating after an
+ * optional first system message, no spaces and no stripping. The system
+ * message goes into the user turn that is the conversation's last message,
+ * and nowhere else: a conversation that ends with a reply (a training
+ * example) loses it, as the Jinja template drops it. [INST] and [/INST] are
+ * special tokens, so every piece starts a chunk. */
 static lorac_status_t render_mistral(chat_render_t *r, const lorac_chat_message_t *m, size_t n, const char *bos,
                                      const char *eos) {
     size_t first = 0;
