@@ -60,6 +60,19 @@ PYEOF
 if [ -n "$want" ] && $PY -c "import sys; sys.exit(0 if abs($got - $want) < 2e-4 else 1)"; then ok
 else bad "loss from logits --adapter $got differs from training's eval $want"; fi
 
+# 2a. lorac eval (the inference forward pass) gives the held-out losses that
+# training measured (its training pass) for the base and for the adapter
+for side in before after; do
+  want=$(sed -n "s/^eval $side training: loss \([0-9.]*\).*/\1/p" lora.log)
+  adapter=(); [ $side = after ] && adapter=(--adapter lora)
+  got=$("$L" eval -m m "${adapter[@]}" --data eval.jsonl --seq 128 --json 2> eval-$side.log \
+        | $PY -c "import json, sys; print(json.load(sys.stdin)['loss'])")
+  if [ -n "$want" ] && [ -n "$got" ] && $PY -c "import sys; sys.exit(0 if abs($got - $want) < 2e-4 else 1)"; then ok
+  else bad "lorac eval $side training: $got, training's eval $want ($(cat eval-$side.log))"; fi
+done
+out=$("$L" eval -m m --data eval.jsonl --format chat --chat-template zephyr 2>&1 >/dev/null); rc=$?
+[ $rc -eq 1 ] && [[ "$out" == *"eval.jsonl:1: missing \"messages\""* ]] && ok || bad "eval of text as chat: $rc '$out'"
+
 # 2b. lorac merge: the merged model's logits equal base + adapter unmerged
 "$L" merge -m m --adapter lora -o merged 2> merge.log || bad "merge failed: $(cat merge.log)"
 for f in config.json model.safetensors tokenizer.json; do [ -s "merged/$f" ] && ok || bad "merge wrote no $f"; done

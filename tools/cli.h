@@ -42,6 +42,20 @@ struct lorac_context;
 void cli_attach_adapters(cli_adapters_t *a, const struct lorac_model *model, struct lorac_context *ctx, void **loaded);
 void cli_free_adapters(cli_adapters_t *a, void **loaded);
 
+/* A one-sequence context with the --adapter flags attached, and buffers to
+ * decode up to n_batch tokens a call with the logits of every one (logits,
+ * logits; eval). Exits on failure. */
+typedef struct {
+    struct lorac_context *ctx;
+    void *loaded[CLI_MAX_ADAPTERS];
+    float *logits;   /* (n_batch, vocab) */
+    int32_t *pos, *seq;
+    int8_t *want;    /* all 1 */
+} cli_logits_run_t;
+void cli_logits_run_init(cli_logits_run_t *r, const struct lorac_model *model, cli_adapters_t *a, int32_t n_ctx,
+                         int32_t n_batch);
+void cli_logits_run_free(cli_logits_run_t *r, cli_adapters_t *a);
+
 int cmd_generate(int argc, char **argv);
 int cmd_logits(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
@@ -49,6 +63,7 @@ int cmd_inspect(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
 int cmd_train(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_extract(int argc, char **argv);

@@ -16,7 +16,6 @@ static const char *k_usage =
 int cmd_logits(int argc, char **argv) {
     const char *model_dir = NULL, *ids_text = NULL, *out_path = NULL;
     cli_adapters_t adapters = {0};
-    void *loaded[CLI_MAX_ADAPTERS] = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (cli_is_help(a)) { fputs(k_usage, stdout); return 0; }
@@ -39,23 +38,16 @@ int cmd_logits(int argc, char **argv) {
     for (int32_t i = 0; i < n_ids; i++)
         if (ids[i] >= cfg->vocab_size) cli_die("token id %d is outside the vocabulary (0..%d)", ids[i], cfg->vocab_size - 1);
 
-    lorac_context_params_t cp = {.n_ctx = n_ids, .n_seq = 1, .n_batch = n_ids};
-    lorac_context_t *ctx;
-    cli_check(lorac_context_init(model, cp, &ctx));
-    cli_attach_adapters(&adapters, model, ctx, loaded);
-    float *logits = malloc(sizeof(float) * (size_t)n_ids * (size_t)cfg->vocab_size);
-    int32_t *pos = malloc(sizeof(int32_t) * (size_t)n_ids), *seq = calloc((size_t)n_ids, sizeof(int32_t));
-    int8_t *want = malloc((size_t)n_ids);
-    if (!logits || !pos || !seq || !want) cli_die("out of memory");
-    for (int32_t i = 0; i < n_ids; i++) { pos[i] = i; want[i] = 1; }
-    lorac_batch_t b = {.n_tokens = n_ids, .tokens = ids, .pos = pos, .seq_id = seq, .logits = want};
-    cli_check(lorac_context_decode(ctx, &b, logits));
+    cli_logits_run_t r;
+    cli_logits_run_init(&r, model, &adapters, n_ids, n_ids);
+    for (int32_t i = 0; i < n_ids; i++) r.pos[i] = i;
+    lorac_batch_t b = {.n_tokens = n_ids, .tokens = ids, .pos = r.pos, .seq_id = r.seq, .logits = r.want};
+    cli_check(lorac_context_decode(r.ctx, &b, r.logits));
     int64_t shape[2] = {n_ids, cfg->vocab_size};
-    cli_check(lorac_npy_write_f32(out_path, logits, shape, 2));
+    cli_check(lorac_npy_write_f32(out_path, r.logits, shape, 2));
 
-    free(logits); free(pos); free(seq); free(want); free(ids);
-    lorac_context_free(ctx);
-    cli_free_adapters(&adapters, loaded);
+    free(ids);
+    cli_logits_run_free(&r, &adapters);
     lorac_model_free(model);
     return 0;
 }

@@ -25,6 +25,7 @@ static const struct {
     {"inspect", cmd_inspect, "describe a model directory or a safetensors file"},
     {"convert", cmd_convert, "convert a llama2.c checkpoint to a HuggingFace directory"},
     {"train", cmd_train, "fine-tune with LoRA (or --full) on a JSONL dataset"},
+    {"eval", cmd_eval, "loss and perplexity of a model (and adapters) on a dataset"},
     {"merge", cmd_merge, "merge LoRA adapters into the weights, as a model directory"},
     {"extract", cmd_extract, "extract a LoRA adapter from a fine-tuned model (SVD of the weight difference)"},
     {"serve", cmd_serve, "serve the model and its adapters over an OpenAI-compatible HTTP API"},
@@ -164,6 +165,26 @@ void cli_free_adapters(cli_adapters_t *a, void **loaded) {
         lorac_adapter_free(loaded[i]);
         free((char *)a->dirs[i]);
     }
+}
+
+void cli_logits_run_init(cli_logits_run_t *r, const struct lorac_model *model, cli_adapters_t *a, int32_t n_ctx,
+                         int32_t n_batch) {
+    memset(r, 0, sizeof *r);
+    lorac_context_params_t cp = {.n_ctx = n_ctx, .n_seq = 1, .n_batch = n_batch};
+    cli_check(lorac_context_init(model, cp, &r->ctx));
+    cli_attach_adapters(a, model, r->ctx, r->loaded);
+    r->logits = malloc(sizeof(float) * (size_t)n_batch * (size_t)lorac_model_get_config(model)->vocab_size);
+    r->pos = malloc(sizeof(int32_t) * (size_t)n_batch);
+    r->seq = calloc((size_t)n_batch, sizeof(int32_t));
+    r->want = malloc((size_t)n_batch);
+    if (!r->logits || !r->pos || !r->seq || !r->want) cli_die("out of memory");
+    memset(r->want, 1, (size_t)n_batch);
+}
+
+void cli_logits_run_free(cli_logits_run_t *r, cli_adapters_t *a) {
+    free(r->logits); free(r->pos); free(r->seq); free(r->want);
+    lorac_context_free(r->ctx);
+    cli_free_adapters(a, r->loaded);
 }
 
 /* OpenMP threads that wait for work spin before they sleep: libgomp about
