@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # lorac train end to end on the real TinyStories stories260K model:
-# held-out loss goes down; the saved adapter, loaded back by `lorac logits`,
-# gives the loss training reported; resume is bit-identical (mid-epoch,
-# with dropout); kill -9 at random moments always leaves a loadable
-# checkpoint; an injected NaN step is skipped with weights and moments
-# unchanged; malformed data gives FILE:LINE errors; --eval-split holds out
-# part of the data; --columns reads SAMSum.
+# held-out loss goes down; the saved adapter, loaded back by `lorac logits`
+# and by `lorac eval`, gives the loss training reported; resume is
+# bit-identical (mid-epoch, with dropout); kill -9 at random moments always
+# leaves a loadable checkpoint; an injected NaN step is skipped with weights
+# and moments unchanged; malformed data gives FILE:LINE errors; --eval-split
+# holds out part of the data; --columns reads SAMSum.
 set -uo pipefail
 . "$(dirname "$0")/testlib.sh" train-cli
 cd "$tmp"
