@@ -186,4 +186,10 @@ out=$("$L" train -m m --data bad1.jsonl --columns outpt=summary -o e --steps 1 2
 [ $rc -eq 1 ] && [[ "$out" == "lorac: error: column map \"outpt=summary\": \"outpt\" is not a field"* ]] && ok \
   || bad "--columns outpt=summary: exit $rc, '$out'"
 
+# 9. chat data in ShareGPT's shape: the adapter's README names the template it learned
+printf '{"conversations": [{"from": "human", "value": "Tell me a story."}, {"from": "gpt", "value": "Once upon a time."}]}\n' > sg.jsonl
+"$L" train -m m --data sg.jsonl --chat-template zephyr -o sg --steps 1 --seq 64 2> sg.log \
+  && grep -q "data: 1 examples (chat)" sg.log && grep -q "format chat, template zephyr" sg/README.md && ok \
+  || bad "ShareGPT training: $(tail -2 sg.log)"
+
 tl_finish

@@ -502,7 +502,11 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
     snprintf(path, sizeof path, "%s/%s", p->out_dir, p->full ? "model.safetensors" : "adapter_model.safetensors");
     if (stat(path, &st) == 0) res->adapter_bytes = (int64_t)st.st_size;
     res->peak_rss_bytes = trainer_peak_rss();
-    write_readme(p, res, n_trainable, lorac_data_format_name(lorac_dataset_format(data)));
+    char format[96]; /* "chat, template chatml": the adapter is only right with the template it learned */
+    const char *tpl = lorac_dataset_chat_template(data);
+    snprintf(format, sizeof format, "%s%s%s", lorac_data_format_name(lorac_dataset_format(data)),
+             tpl ? ", template " : "", tpl ? tpl : "");
+    write_readme(p, res, n_trainable, format);
     if (log)
         fprintf(log, "train: %lld steps, %lld tokens, %.1f tokens/s, peak RSS %.1f MB, %s %.2f MB, loss %.4f -> %.4f%s\n",
                 (long long)res->steps, (long long)res->tokens, res->tokens_per_second, (double)res->peak_rss_bytes / 1e6,
