@@ -36,6 +36,7 @@ expect 2 "give one of -p TEXT or -f FILE, not both" -- generate -m "$tmp/m" -p h
 expect 2 "required" -- logits -m "$tmp/m"
 expect 2 "-m MODEL and --data FILE are required" -- eval -m "$tmp/m"
 expect 2 "unknown --format 'csv'" -- eval -m "$tmp/m" --data x.jsonl --format csv
+expect 2 "--seed goes with --eval-split" -- eval -m "$tmp/m" --data x.jsonl --seed 3
 expect 1 "x.jsonl" -- eval -m "$tmp/m" --data "$tmp/x.jsonl"
 expect 2 "bad token id" -- logits -m "$tmp/m" --ids "1 x 3" -o "$tmp/o.npy"
 expect 2 "only llama2c" -- convert --from gguf x -o "$tmp/x"

@@ -173,6 +173,12 @@ check_err bad1.jsonl "bad1.jsonl:1: missing \"prompt\"" completion
 "$L" train -m m --data train.jsonl --eval-split 0.1 -o split --steps 2 --seq 64 2> split.log \
   && grep -q "data: 360 examples (text).*eval: 40 examples held out from the data" split.log \
   && grep -q "^eval after training: loss" split.log && ok || bad "--eval-split: $(grep -m1 data: split.log)"
+# lorac eval of the same split gives the same held-out loss
+want=$(sed -n 's/^eval after training: loss \([0-9.]*\).*/\1/p' split.log)
+got=$("$L" eval -m m --adapter split --data train.jsonl --eval-split 0.1 --seed 42 --seq 64 --json 2>/dev/null \
+      | $PY -c "import json, sys; d = json.load(sys.stdin); assert d['examples'] == 40; print(d['loss'])")
+if [ -n "$want" ] && [ -n "$got" ] && $PY -c "import sys; sys.exit(0 if abs($got - $want) < 2e-4 else 1)"; then ok
+else bad "lorac eval --eval-split: $got, training's $want"; fi
 out=$("$L" train -m m --data train.jsonl --eval-split 0.1 --eval-data eval.jsonl -o e --steps 1 2>&1 >/dev/null); rc=$?
 [ $rc -eq 1 ] && [[ "$out" == *"give --eval-data or --eval-split, not both"* ]] && ok || bad "--eval-split with --eval-data: $rc '$out'"
 

@@ -26,6 +26,7 @@ static const char *k_usage =
     "  --seq L              examples keep their first L + 1 tokens, as in train (default 256)\n"
     "  --train-on-inputs    count the prompts' tokens too, not only the responses'\n"
     "  --skip-bad           skip malformed lines (counted) instead of failing\n"
+    "  --eval-split X --seed S  only the examples train --eval-split X --seed S held out of FILE\n"
     "  --json               one JSON object on stdout instead of the text line\n"
     "  -t, --threads N      compute threads (default: all cores)\n";
 
@@ -41,6 +42,9 @@ static double token_loss(const float *row, int32_t vocab, int32_t target) {
 int cmd_eval(int argc, char **argv) {
     const char *model_dir = NULL, *data = NULL, *format = "auto";
     bool json = false;
+    double split = 0;
+    uint64_t seed = 42; /* train's default */
+    bool seed_given = false;
     cli_adapters_t adapters = {0};
     lorac_dataset_params_t dp = lorac_dataset_default_params();
     for (int i = 1; i < argc; i++) {
@@ -57,12 +61,15 @@ int cmd_eval(int argc, char **argv) {
         else if (!strcmp(a, "--train-on-inputs")) dp.train_on_inputs = true;
         else if (!strcmp(a, "--skip-bad")) dp.skip_bad = true;
         else if (!strcmp(a, "--json")) json = true;
+        else if (!strcmp(a, "--eval-split")) split = cli_float("eval", a, VAL(), 1e-9, 1e15);
+        else if (!strcmp(a, "--seed")) { seed = (uint64_t)cli_int("eval", a, VAL(), 0, INT64_MAX); seed_given = true; }
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads"))
             lorac_kernels_set_threads((int)cli_int("eval", a, VAL(), 1, 1024));
         else cli_usage_error("eval", "unknown option '%s'", a);
 #undef VAL
     }
     if (!model_dir || !data) cli_usage_error("eval", "-m MODEL and --data FILE are required");
+    if (seed_given && split == 0) cli_usage_error("eval", "--seed goes with --eval-split");
     if (lorac_data_format_parse(format, &dp.format))
         cli_usage_error("eval", "unknown --format '%s' (auto, text, completion, alpaca, chat, tokens)", format);
     if (dp.format != LORAC_DATA_TOKENS) cli_require_tokenizer(model_dir, "eval");
@@ -77,6 +84,14 @@ int cmd_eval(int argc, char **argv) {
     dp.vocab_size = cfg->vocab_size;
     lorac_dataset_t *ds;
     cli_check(lorac_dataset_load(data, lorac_model_get_tokenizer(model), &dp, &ds));
+    if (split > 0) { /* the held-out side, as train split it off */
+        if (split > 1 && split != floor(split))
+            cli_usage_error("eval", "--eval-split %g: a fraction in (0, 1) or a whole number of examples", split);
+        lorac_dataset_t *held;
+        cli_check(lorac_dataset_split(ds, lorac_dataset_split_size(lorac_dataset_n_examples(ds), split), seed, &held));
+        lorac_dataset_free(ds);
+        ds = held;
+    }
     if (dp.seq_len + 1 > cfg->max_position_embeddings)
         cli_die("--seq %d is longer than the model's %d positions", dp.seq_len, cfg->max_position_embeddings - 1);
 

@@ -2,6 +2,7 @@
  * record of a known format into tokens and labels, and keeping them in one
  * contiguous array (see lorac/dataset.h for the formats and rules). */
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -722,6 +723,11 @@ static void copy_example(lorac_dataset_t *to, const lorac_dataset_t *from, int64
     for (int64_t k = 0; k < n; k++) to->n_trainable += from->labels[a + k] != -100;
     to->n_tok += n;
     to->offsets[++to->n] = to->n_tok;
+}
+
+int64_t lorac_dataset_split_size(int64_t n_examples, double split) {
+    int64_t n = split < 1 ? (int64_t)llround(split * (double)n_examples) : (int64_t)split;
+    return n < 1 ? 1 : n;
 }
 
 lorac_status_t lorac_dataset_split(lorac_dataset_t *ds, int64_t n_eval, uint64_t seed, lorac_dataset_t **eval_out) {

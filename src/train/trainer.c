@@ -315,9 +315,7 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
     if ((s = lorac_dataset_load(p->data, tk, &dp, &data))) goto done;
     if (p->eval_data && (s = lorac_dataset_load(p->eval_data, tk, &dp, &eval))) goto done;
     if (p->eval_split > 0) { /* held out from the training data, the same examples on every run of this seed */
-        int64_t n = lorac_dataset_n_examples(data);
-        int64_t n_eval = p->eval_split < 1 ? (int64_t)llround(p->eval_split * (double)n) : (int64_t)p->eval_split;
-        if (n_eval < 1) n_eval = 1;
+        int64_t n_eval = lorac_dataset_split_size(lorac_dataset_n_examples(data), p->eval_split);
         if ((s = lorac_dataset_split(data, n_eval, p->seed, &eval))) goto done;
     }
     if (log) {
