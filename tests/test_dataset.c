@@ -1229,6 +1229,11 @@ static void test_split(void) {
         }
         CHECK(examples == lorac_dataset_n_examples(sides[s]));
     }
+    /* --eval-split's sizes */
+    CHECK(lorac_dataset_split_size(1230, 0.1) == 123 && lorac_dataset_split_size(1230, 200) == 200);
+    CHECK(lorac_dataset_split_size(3, 0.01) == 1 && lorac_dataset_split_size(1230, 1) == 1);
+    CHECK(lorac_dataset_split_size(10, 0) == -1 && lorac_dataset_split_size(10, -0.5) == -1 &&
+          lorac_dataset_split_size(10, 2.5) == -1);
     /* nothing left on one side */
     lorac_dataset_t *ev = NULL;
     CHECK(lorac_dataset_split(all, n, 7, &ev) == LORAC_STATUS_INVALID_ARG && !ev &&

@@ -56,6 +56,20 @@ void cli_logits_run_init(cli_logits_run_t *r, const struct lorac_model *model, c
                          int32_t n_batch);
 void cli_logits_run_free(cli_logits_run_t *r, cli_adapters_t *a);
 
+/* A model directory's chat template: tpl (a name the caller accepted) or,
+ * when NULL, the one its tokenizer_config.json (or chat_template.jinja)
+ * names, with that template's default system message, and the BOS/EOS
+ * strings it writes for this tokenizer. On failure (no config to find it
+ * in, a template lorac cannot render, a special string that is not one
+ * token) the library's message says why and *c is left empty. */
+typedef struct {
+    const char *tpl;  /* canonical name, static */
+    char *bos, *eos, *default_system;
+} cli_chat_t;
+struct lorac_tokenizer;
+lorac_status_t cli_chat_setup(cli_chat_t *c, const char *model_dir, const struct lorac_tokenizer *tok, const char *tpl);
+void cli_chat_free(cli_chat_t *c);
+
 int cmd_generate(int argc, char **argv);
 int cmd_logits(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);

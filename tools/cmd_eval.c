@@ -85,10 +85,10 @@ int cmd_eval(int argc, char **argv) {
     lorac_dataset_t *ds;
     cli_check(lorac_dataset_load(data, lorac_model_get_tokenizer(model), &dp, &ds));
     if (split > 0) { /* the held-out side, as train split it off */
-        if (split > 1 && split != floor(split))
-            cli_usage_error("eval", "--eval-split %g: a fraction in (0, 1) or a whole number of examples", split);
+        int64_t n_eval = lorac_dataset_split_size(lorac_dataset_n_examples(ds), split);
+        if (n_eval < 0) cli_usage_error("eval", "--eval-split %g: a fraction in (0, 1) or a whole number of examples", split);
         lorac_dataset_t *held;
-        cli_check(lorac_dataset_split(ds, lorac_dataset_split_size(lorac_dataset_n_examples(ds), split), seed, &held));
+        cli_check(lorac_dataset_split(ds, n_eval, seed, &held));
         lorac_dataset_free(ds);
         ds = held;
     }

@@ -3,7 +3,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 
 #include "cli.h"
@@ -35,28 +34,16 @@ static const char *k_usage =
 
 /* --chat: the template and the strings it writes, settled once. */
 typedef struct {
-    const char *tpl;
-    char *bos, *eos, *default_system;
+    cli_chat_t t;
     int32_t eot; /* the token that ends the assistant's turn, -1 if the tokenizer lacks it */
 } chat_t;
 
 static void chat_setup(chat_t *c, const char *model_dir, const lorac_tokenizer_t *tok, const char *tpl_flag) {
-    char *config = lorac_path_join(model_dir, "tokenizer_config.json");
-    if (!config) cli_die("out of memory");
-    struct stat st;
-    bool have_config = stat(config, &st) == 0;
-    *c = (chat_t){.tpl = tpl_flag};
-    if (c->tpl && !(c->tpl = lorac_dataset_chat_template_name(tpl_flag)))
+    const char *tpl = tpl_flag ? lorac_dataset_chat_template_name(tpl_flag) : NULL;
+    if (tpl_flag && !tpl)
         cli_usage_error("generate", "unknown --chat-template '%s' (" LORAC_CHAT_TEMPLATES ")", tpl_flag);
-    if (!c->tpl) {
-        if (!have_config)
-            cli_die("%s: no tokenizer_config.json to find the chat template in; pass --chat-template "
-                    LORAC_CHAT_TEMPLATES, model_dir);
-        cli_check(lorac_dataset_chat_template_from_config(config, &c->tpl, &c->default_system));
-    }
-    cli_check(lorac_dataset_chat_tokens(c->tpl, tok, have_config ? config : NULL, &c->bos, &c->eos));
-    c->eot = lorac_tokenizer_token_id(tok, lorac_dataset_chat_end_of_turn(c->tpl, c->eos));
-    free(config);
+    cli_check(cli_chat_setup(&c->t, model_dir, tok, tpl));
+    c->eot = lorac_tokenizer_token_id(tok, lorac_dataset_chat_end_of_turn(c->t.tpl, c->t.eos));
 }
 
 /* The conversation rendered with the assistant's generation prompt, as HF's
@@ -66,7 +53,8 @@ static void chat_ids(const chat_t *c, const lorac_tokenizer_t *tok, const lorac_
                      int32_t **ids, size_t *n_ids) {
     char *text;
     size_t len;
-    cli_check(lorac_dataset_chat_render_generation(c->tpl, c->default_system, m, n, c->bos, c->eos, &text, &len));
+    const cli_chat_t *t = &c->t;
+    cli_check(lorac_dataset_chat_render_generation(t->tpl, t->default_system, m, n, t->bos, t->eos, &text, &len));
     cli_check(lorac_tokenizer_encode(tok, text, len, false, ids, n_ids));
     free(text);
 }
@@ -316,7 +304,7 @@ int cmd_generate(int argc, char **argv) {
     }
 
     free(g.logits); free(g.pos); free(g.seq); free(g.cached); free(g.reply); free(ids); free(file_text);
-    free(c.bos); free(c.eos); free(c.default_system);
+    cli_chat_free(&c.t);
     lorac_sampler_free(g.sampler);
     lorac_context_free(ctx);
     cli_free_adapters(&adapters, loaded);

@@ -105,24 +105,11 @@ int cmd_serve(int argc, char **argv) {
     if (!tok) cli_die("%s: no tokenizer.json in the model directory (serving needs one)", model_dir);
 
     /* the chat template: the flag's, else the one tokenizer_config.json names */
-    char *config = lorac_path_join(model_dir, "tokenizer_config.json"), *default_system = NULL, *bos = NULL, *eos = NULL;
-    if (!config) cli_die("out of memory");
-    struct stat st;
-    bool have_config = stat(config, &st) == 0;
-    if (!tpl) {
-        const char *name = NULL;
-        if (have_config && lorac_dataset_chat_template_from_config(config, &name, &default_system) == LORAC_STATUS_OK)
-            tpl = name;
-        else
-            fprintf(stderr, "lorac serve: no chat template (%s); /v1/chat/completions will answer 400 — pass "
-                    "--chat-template NAME to enable it\n",
-                    have_config ? lorac_error_message() : "no tokenizer_config.json in the model directory");
-    }
-    if (tpl && lorac_dataset_chat_tokens(tpl, tok, have_config ? config : NULL, &bos, &eos)) {
+    cli_chat_t chat;
+    if (cli_chat_setup(&chat, model_dir, tok, tpl)) {
         if (tpl_flag) cli_die("%s", lorac_error_message());
-        fprintf(stderr, "lorac serve: chat template %s cannot be used with this tokenizer (%s); /v1/chat/completions "
-                "will answer 400\n", tpl, lorac_error_message());
-        tpl = NULL;
+        fprintf(stderr, "lorac serve: no chat template (%s); /v1/chat/completions will answer 400\n",
+                lorac_error_message());
     }
 
     char *name = served ? strdup(served) : dir_name(model_dir);
@@ -132,10 +119,10 @@ int cmd_serve(int argc, char **argv) {
     cli_check(lorac_engine_start(model, &ep, &engine));
 
     hp.served_model_name = name;
-    hp.chat_template = tpl;
-    hp.chat_default_system = default_system;
-    hp.chat_bos = bos;
-    hp.chat_eos = eos;
+    hp.chat_template = chat.tpl;
+    hp.chat_default_system = chat.default_system;
+    hp.chat_bos = chat.bos;
+    hp.chat_eos = chat.eos;
     hp.adapters_dir = adapters;
     hp.max_connections = (int32_t)(max_conn ? max_conn : 2 * ((int64_t)ep.max_seqs + ep.max_queue) + 16);
     lorac_http_server_t *srv;
@@ -153,7 +140,7 @@ int cmd_serve(int argc, char **argv) {
     int32_t n_adapters = lorac_engine_list_adapters(engine, info, 0);
     fprintf(stderr, "lorac serve: model '%s' (%s), %d adapter%s%s%s, chat template %s, %d slots x %d positions, "
             "%s kernels x %d threads%s\n", name, model_dir, n_adapters, n_adapters == 1 ? "" : "s",
-            adapters ? " in " : "", adapters ? adapters : "", tpl ? tpl : "none", ep.max_seqs,
+            adapters ? " in " : "", adapters ? adapters : "", chat.tpl ? chat.tpl : "none", ep.max_seqs,
             lorac_engine_n_ctx(engine), lorac_kernels_isa(), lorac_kernels_get_threads(),
             hp.allow_admin ? ", admin endpoints on" : "");
 
@@ -163,9 +150,6 @@ int cmd_serve(int argc, char **argv) {
     lorac_http_server_stop(srv); /* stops the engine too */
     lorac_model_free(model);
     free(name);
-    free(config);
-    free(default_system);
-    free(bos);
-    free(eos);
+    cli_chat_free(&chat);
     return 0;
 }

@@ -5,12 +5,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* spins before an idle OpenMP thread sleeps (see set_openmp_wait_policy) */
 #define LORAC_GOMP_SPINCOUNT "10000"
 
 #include "cli.h"
+#include "lorac/dataset.h"
 #include "lorac/lora.h"
 #include "lorac/model.h"
 
@@ -185,6 +187,33 @@ void cli_logits_run_free(cli_logits_run_t *r, cli_adapters_t *a) {
     free(r->logits); free(r->pos); free(r->seq); free(r->want);
     lorac_context_free(r->ctx);
     cli_free_adapters(a, r->loaded);
+}
+
+lorac_status_t cli_chat_setup(cli_chat_t *c, const char *model_dir, const struct lorac_tokenizer *tok, const char *tpl) {
+    memset(c, 0, sizeof *c);
+    char *config = lorac_path_join(model_dir, "tokenizer_config.json");
+    if (!config) cli_die("out of memory");
+    struct stat st;
+    bool have_config = stat(config, &st) == 0;
+    lorac_status_t s = LORAC_STATUS_OK;
+    if (!tpl && !have_config)
+        s = lorac_error(LORAC_STATUS_UNSUPPORTED, "%s has no tokenizer_config.json to find the chat template in; pass "
+                        "--chat-template " LORAC_CHAT_TEMPLATES, model_dir);
+    else if (!tpl)
+        s = lorac_dataset_chat_template_from_config(config, &tpl, &c->default_system);
+    if (!s) s = lorac_dataset_chat_tokens(tpl, tok, have_config ? config : NULL, &c->bos, &c->eos);
+    free(config);
+    if (s) {
+        cli_chat_free(c);
+        return s;
+    }
+    c->tpl = tpl;
+    return LORAC_STATUS_OK;
+}
+
+void cli_chat_free(cli_chat_t *c) {
+    free(c->bos); free(c->eos); free(c->default_system);
+    memset(c, 0, sizeof *c);
 }
 
 /* OpenMP threads that wait for work spin before they sleep: libgomp about

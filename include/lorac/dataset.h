@@ -171,8 +171,8 @@ int32_t lorac_dataset_pad_id(const lorac_dataset_t *ds);
  * always hold out the same examples, so a resumed run splits as the first
  * did. INVALID_ARG when n_eval leaves either side empty. */
 lorac_status_t lorac_dataset_split(lorac_dataset_t *ds, int64_t n_eval, uint64_t seed, lorac_dataset_t **eval);
-/* The n_eval of --eval-split X for n examples: X < 1 is a fraction
- * (rounded, at least 1), X >= 1 a count. */
+/* The n_eval of --eval-split X for n examples: X in (0, 1) is a fraction
+ * (rounded, at least 1), a whole X >= 1 a count; -1 for any other X. */
 int64_t lorac_dataset_split_size(int64_t n_examples, double split);
 /* Tokens and labels (the token itself where it is in the loss, else -100) of
  * example i (file order, 0 <= i < n_examples); pointers into the dataset.

@@ -726,6 +726,7 @@ static void copy_example(lorac_dataset_t *to, const lorac_dataset_t *from, int64
 }
 
 int64_t lorac_dataset_split_size(int64_t n_examples, double split) {
+    if (!(split > 0) || (split >= 1 && (split != floor(split) || split > 9e18))) return -1;
     int64_t n = split < 1 ? (int64_t)llround(split * (double)n_examples) : (int64_t)split;
     return n < 1 ? 1 : n;
 }

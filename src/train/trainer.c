@@ -220,8 +220,9 @@ static void write_readme(const lorac_train_params_t *p, const lorac_train_result
                      res->first_loss, res->last_loss,
                      isnan(res->eval_loss_after) ? "not measured" : "see metrics.jsonl", p->out_dir, p->model_dir,
                      p->out_dir);
-    if (n >= 0) lorac_file_write_atomic(path, text, (size_t)n);
-    if (n >= 0) free(text);
+    if (n < 0) return; /* out of memory: no README, the adapter is what matters */
+    lorac_file_write_atomic(path, text, (size_t)n);
+    free(text);
 }
 
 static lorac_status_t save_full_model(const char *model_dir, const char *out_dir, run_t *r) {
@@ -281,7 +282,7 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
     if (lorac_schedule_parse(p->schedule, &sched)) return lorac_error(LORAC_STATUS_INVALID_ARG, "unknown --schedule '%s'", p->schedule);
     if (p->eval_split && p->eval_data)
         return lorac_error(LORAC_STATUS_INVALID_ARG, "give --eval-data or --eval-split, not both");
-    if (p->eval_split < 0 || (p->eval_split > 1 && p->eval_split != floor(p->eval_split)))
+    if (p->eval_split && lorac_dataset_split_size(1, p->eval_split) < 0)
         return lorac_error(LORAC_STATUS_INVALID_ARG, "--eval-split %g: a fraction of the data in (0, 1) or a whole number of examples",
                            p->eval_split);
     if (mkdir(p->out_dir, 0755) != 0 && errno != EEXIST)
