@@ -57,6 +57,13 @@ static void test_parse_good(void) {
     CHECK(g_req.has_seed && g_req.seed == (uint64_t)-7 && g_req.n_stop == 2 && !strcmp(g_req.stop[1], "yz"));
     CHECK(g_req.stream && g_req.include_usage && g_req.ignore_eos && g_req.top_k == 0);
     CHECK(g_req.n_stop_token_ids == 3 && g_req.stop_token_ids[0] == 2 && g_req.stop_token_ids[2] == 7);
+    CHECK(g_req.presence_penalty == 0.0f && g_req.frequency_penalty == 0.0f && g_req.repetition_penalty == 1.0f &&
+          g_req.min_p == 0.0f);
+    CHECK(parse(LORAC_OAI_CHAT, "{\"model\": \"a\", \"messages\": [{\"role\": \"user\", \"content\": \"x\"}], "
+                                "\"presence_penalty\": -2, \"frequency_penalty\": 0.5, \"repetition_penalty\": 1.3, "
+                                "\"min_p\": 0.05}") == LORAC_STATUS_OK);
+    CHECK(g_req.presence_penalty == -2.0f && g_req.frequency_penalty == 0.5f && g_req.repetition_penalty == 1.3f &&
+          g_req.min_p == 0.05f);
 
     /* a batch of one prompt is that prompt; a single stop string; nulls are "not given" */
     CHECK(parse(LORAC_OAI_COMPLETION, "{\"model\": \"a\", \"prompt\": [\"hi\"], \"stop\": \"\\n\", \"max_tokens\": null, "
@@ -144,7 +151,11 @@ static void test_parse_bad(void) {
         {"\"stream\": true, \"stream_options\": {\"include_usage\": 1}", "stream_options.include_usage"},
         {"\"logprobs\": 2", "logprobs"},             {"\"echo\": true", "echo"},
         {"\"suffix\": \"x\"", "suffix"},             {"\"best_of\": 2", "best_of"},
-        {"\"presence_penalty\": 0.5", "presence_penalty"}, {"\"frequency_penalty\": -1", "frequency_penalty"},
+        {"\"presence_penalty\": 2.5", "presence_penalty"}, {"\"frequency_penalty\": -2.01", "frequency_penalty"},
+        {"\"presence_penalty\": \"1\"", "presence_penalty"}, {"\"repetition_penalty\": 0", "repetition_penalty"},
+        {"\"repetition_penalty\": 2.5", "repetition_penalty"}, {"\"repetition_penalty\": -1", "repetition_penalty"},
+        {"\"min_p\": -0.1", "min_p"},                 {"\"min_p\": 1.5", "min_p"},
+        {"\"min_p\": [0]", "min_p"},
         {"\"logit_bias\": {\"5\": 100}", "logit_bias"},
     };
     for (size_t i = 0; i < sizeof ranges / sizeof *ranges; i++) {

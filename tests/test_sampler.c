@@ -1,4 +1,9 @@
-/* Sampling and streaming UTF-8 output. */
+/* Sampling and streaming UTF-8 output. The distributions after penalties,
+ * temperature, min-p, top-k and top-p are checked against vLLM's sampler
+ * rules computed with torch (tests/data/sampling/golden.json, made by
+ * tests/reference/gen_sampling_golden.py). */
+#include <cjson/cJSON.h>
+
 #include "lorac/infer.h"
 #include "lorac/kernels.h"
 #include "testlib.h"
@@ -51,8 +56,136 @@ static void check_argmax(void) {
     CHECK(lorac_argmax(x, 1) == 0);
 }
 
+static const cJSON *get(const cJSON *o, const char *key) { return cJSON_GetObjectItemCaseSensitive(o, key); }
+
+static int32_t read_ids(const cJSON *arr, int32_t *out) {
+    int32_t n = 0;
+    const cJSON *x;
+    cJSON_ArrayForEach(x, arr) out[n++] = (int32_t)x->valuedouble;
+    return n;
+}
+
+/* Each golden case: the sampler is told the prompt and the output so far,
+ * then lorac_sampler_distribution must keep exactly the reference's ids,
+ * each with its probability to 1e-5 (relative 1e-4). */
+static void check_golden(void) {
+    const char *src = getenv("LORAC_SRC");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tests/data/sampling/golden.json", src && *src ? src : ".");
+    char *text;
+    size_t len;
+    if (lorac_file_read(path, (size_t)16 << 20, &text, &len)) {
+        CHECK_MSG(0, "%s", lorac_error_message());
+        return;
+    }
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    const cJSON *cases = root ? get(root, "cases") : NULL;
+    CHECK_MSG(cJSON_GetArraySize(cases) >= 10, "the golden file holds %d cases", cJSON_GetArraySize(cases));
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cases) {
+        const char *name = get(c, "name")->valuestring;
+        int32_t V = (int32_t)get(c, "vocab")->valuedouble;
+        const cJSON *pj = get(c, "params");
+        lorac_sampler_params_t p = {
+            .temperature = (float)get(pj, "temperature")->valuedouble,
+            .top_k = (int32_t)get(pj, "top_k")->valuedouble,
+            .top_p = (float)get(pj, "top_p")->valuedouble,
+            .min_p = (float)get(pj, "min_p")->valuedouble,
+            .repetition_penalty = (float)get(pj, "repetition_penalty")->valuedouble,
+            .presence_penalty = (float)get(pj, "presence_penalty")->valuedouble,
+            .frequency_penalty = (float)get(pj, "frequency_penalty")->valuedouble,
+            .seed = 1};
+        float *logits = malloc(sizeof(float) * (size_t)V), *probs = malloc(sizeof(float) * (size_t)V);
+        float *by_id = calloc((size_t)V, sizeof(float));
+        int32_t *ids = malloc(sizeof(int32_t) * (size_t)V), *want = malloc(sizeof(int32_t) * (size_t)V);
+        int32_t *hist = malloc(sizeof(int32_t) * 4096);
+        int32_t n = 0;
+        const cJSON *x;
+        cJSON_ArrayForEach(x, get(c, "logits")) logits[n++] = (float)x->valuedouble;
+        CHECK(n == V);
+        lorac_sampler_t *s;
+        CHECK(lorac_sampler_init(&p, V, &s) == LORAC_STATUS_OK);
+        int32_t n_hist = read_ids(get(c, "prompt"), hist);
+        lorac_sampler_add_prompt(s, hist, n_hist);
+        n_hist = read_ids(get(c, "output"), hist);
+        for (int32_t i = 0; i < n_hist; i++) lorac_sampler_accept(s, hist[i]);
+        int32_t got = lorac_sampler_distribution(s, logits, ids, probs);
+        int32_t n_want = read_ids(get(c, "ids"), want);
+        CHECK_MSG(got == n_want, "%s: %d tokens kept, the reference keeps %d", name, got, n_want);
+        double sum = 0;
+        for (int32_t i = 0; i < got; i++) by_id[ids[i]] = probs[i], sum += probs[i];
+        CHECK_NEAR(sum, 1.0, 1e-5);
+        int bad = 0, i = 0;
+        cJSON_ArrayForEach(x, get(c, "probs")) {
+            double w = x->valuedouble, g = by_id[want[i++]];
+            if (!(fabs(g - w) <= 1e-5 + 1e-4 * w) && bad++ < 3)
+                fprintf(stderr, "  %s: token %d probability %.8g, reference %.8g\n", name, want[i - 1], g, w);
+        }
+        CHECK_MSG(bad == 0, "%s: %d probabilities differ from the reference", name, bad);
+        for (int32_t k = 1; k < got; k++) /* rank order */
+            if (probs[k] > probs[k - 1] && bad++ < 1) CHECK_MSG(0, "%s: not in rank order at %d", name, k);
+        /* sample draws from that support, and a reset forgets the history:
+         * the distribution is then the one without penalties' memory */
+        memset(by_id, 0, sizeof(float) * (size_t)V);
+        for (int32_t k = 0; k < got; k++) by_id[ids[k]] = 1.0f;
+        int outside = 0;
+        for (int d = 0; d < 50; d++) {
+            n = 0;
+            cJSON_ArrayForEach(x, get(c, "logits")) logits[n++] = (float)x->valuedouble;
+            lorac_sampler_reset(s);
+            lorac_sampler_add_prompt(s, hist, 0);
+            n_hist = read_ids(get(c, "prompt"), hist);
+            lorac_sampler_add_prompt(s, hist, n_hist);
+            n_hist = read_ids(get(c, "output"), hist);
+            for (int32_t k = 0; k < n_hist; k++) lorac_sampler_accept(s, hist[k]);
+            outside += !by_id[lorac_sampler_sample(s, logits)];
+        }
+        CHECK_MSG(outside == 0, "%s: %d draws outside the reference's support", name, outside);
+        lorac_sampler_free(s);
+        free(logits); free(probs); free(by_id); free(ids); free(want); free(hist);
+    }
+    cJSON_Delete(root);
+}
+
+/* sample records its draws: with a frequency penalty large enough, greedy
+ * decoding never picks the same token twice in a row from flat logits. */
+static void check_history(void) {
+    lorac_sampler_params_t p = lorac_sampler_default_params();
+    p.temperature = 0.0f;
+    p.frequency_penalty = 2.0f;
+    lorac_sampler_t *s;
+    CHECK(lorac_sampler_init(&p, 8, &s) == LORAC_STATUS_OK);
+    int32_t prev = -1, repeats = 0, counts[8] = {0};
+    for (int i = 0; i < 64; i++) {
+        float l[8] = {1.0f, 1.0f, 0.9f, 0.8f, 0.7f, 0.6f, 0.5f, 0.4f};
+        int32_t id = lorac_sampler_sample(s, l);
+        repeats += id == prev;
+        counts[id]++;
+        prev = id;
+    }
+    CHECK_MSG(repeats == 0, "%d repeats under a frequency penalty of 2", repeats);
+    CHECK(counts[0] >= 7 && counts[7] >= 7); /* every token gets its turn */
+    /* after a reset the flat logits' first argmax comes back */
+    lorac_sampler_reset(s);
+    float l[8] = {1.0f, 1.0f, 0.9f, 0.8f, 0.7f, 0.6f, 0.5f, 0.4f};
+    CHECK(lorac_sampler_sample(s, l) == 0);
+    lorac_sampler_free(s);
+    /* out-of-range ids in the history are ignored, not written */
+    p.repetition_penalty = 2.0f;
+    CHECK(lorac_sampler_init(&p, 8, &s) == LORAC_STATUS_OK);
+    int32_t odd[3] = {-1, 8, 1 << 30};
+    lorac_sampler_add_prompt(s, odd, 3);
+    lorac_sampler_accept(s, -5);
+    float m[8] = {1.0f, 0.5f, 0.9f, 0, 0, 0, 0, 0};
+    CHECK(lorac_sampler_sample(s, m) == 0);
+    lorac_sampler_free(s);
+}
+
 int main(void) {
     check_argmax();
+    check_golden();
+    check_history();
     const float logits[6] = {0.1f, 2.0f, 1.9f, -3.0f, 2.0f, 0.5f};
     lorac_sampler_params_t p = lorac_sampler_default_params();
 
@@ -157,6 +290,19 @@ int main(void) {
     p.temperature = NAN;
     CHECK(lorac_sampler_params_validate(&p) == LORAC_STATUS_INVALID_ARG);
     p.temperature = 1.0f; p.top_p = 0.0f;
+    CHECK(lorac_sampler_params_validate(&p) == LORAC_STATUS_INVALID_ARG);
+    p = lorac_sampler_default_params();
+    p.min_p = 1.5f;
+    CHECK(lorac_sampler_params_validate(&p) == LORAC_STATUS_INVALID_ARG);
+    p.min_p = NAN;
+    CHECK(lorac_sampler_params_validate(&p) == LORAC_STATUS_INVALID_ARG);
+    p.min_p = 0.0f; p.repetition_penalty = 0.0f;
+    CHECK(lorac_sampler_params_validate(&p) == LORAC_STATUS_INVALID_ARG);
+    p.repetition_penalty = -1.0f;
+    CHECK(lorac_sampler_params_validate(&p) == LORAC_STATUS_INVALID_ARG);
+    p.repetition_penalty = INFINITY;
+    CHECK(lorac_sampler_params_validate(&p) == LORAC_STATUS_INVALID_ARG);
+    p.repetition_penalty = 1.0f; p.presence_penalty = NAN;
     CHECK(lorac_sampler_params_validate(&p) == LORAC_STATUS_INVALID_ARG);
 
     /* UTF-8 stream: "é" (c3 a9) and "🦙" (f0 9f a6 99) split across pushes */

@@ -180,8 +180,8 @@ def in_threads(fns):
     return out
 
 
-def generate(model, adapter, prompt, n):
-    args = [BIN, "generate", "-m", model, "-p", prompt, "--temp", "0", "-n", str(n), "-t", "1"]
+def generate(model, adapter, prompt, n, flags=()):
+    args = [BIN, "generate", "-m", model, "-p", prompt, "--temp", "0", "-n", str(n), "-t", "1", *flags]
     if adapter:
         args += ["--adapter", adapter]
     out = subprocess.run(args, capture_output=True, check=True).stdout.decode()
@@ -305,6 +305,15 @@ def test_features(port, model, names):
                           "stop": ["\u00e9never", stop]})
     check(cut["status"] == 200 and cut["text"] == full["text"][:full["text"].index(stop)] and cut["finish"] == "stop",
           f"stop {stop!r}: {cut.get('text')!r} from {full['text']!r}")
+    # the penalties and min-p (vLLM's fields): greedy with penalties equals `lorac generate` with them
+    # (itself checked against a torch loop in test_generate_penalties.py), and differs from plain greedy
+    pen = complete(port, {"model": names[1], "prompt": PROMPTS[1], "max_tokens": 40, "temperature": 0,
+                          "repetition_penalty": 1.3, "frequency_penalty": 0.4, "presence_penalty": 0.5,
+                          "min_p": 0.1})
+    want = generate(model, os.path.join(TMP, "adapters", names[1]), PROMPTS[1], 40,
+                    ["--repeat-penalty", "1.3", "--frequency-penalty", "0.4", "--presence-penalty", "0.5"])
+    plain = generate(model, os.path.join(TMP, "adapters", names[1]), PROMPTS[1], 40)
+    check(pen["status"] == 200 and pen["text"] == want and want != plain, f"penalties: {pen} vs {want!r}")
     # token ids as the prompt give what the text gives
     ids = subprocess.run([BIN, "tokenize", "-m", model, "-p", PROMPTS[1]], capture_output=True, text=True,
                          check=True).stdout.split()

@@ -21,6 +21,11 @@ static const char *k_usage =
     "  --temp T             temperature, 0 = greedy (default 0.8)\n"
     "  --top-k K            keep the K most likely tokens, 0 = off (default 40)\n"
     "  --top-p P            nucleus sampling mass in (0, 1], 1 = off (default 0.95)\n"
+    "  --min-p P            drop tokens less likely than P times the most likely one, 0 = off (default 0)\n"
+    "  --repeat-penalty R   tokens already in the prompt or the output: positive logits divided by R,\n"
+    "                       negative ones multiplied, 1 = off (default 1; HF's and vLLM's repetition_penalty)\n"
+    "  --presence-penalty P subtract P from the logits of tokens already generated, in [-2, 2] (default 0)\n"
+    "  --frequency-penalty F  subtract F times the count of each token already generated (default 0)\n"
     "  --seed S             random seed (default 42)\n"
     "  --ignore-eos         keep going past end-of-sequence tokens until -n\n"
     "  --chat               the prompt is a user message: render it with the chat template, print only the\n"
@@ -97,6 +102,8 @@ static void emit_token(gen_t *g, lorac_utf8_stream_t *st, int32_t id, int strip_
 static const char *generate(gen_t *g, const int32_t *ids, int32_t n_ids, int strip_space, int64_t *n_gen, double *t_prompt,
                             double *t_gen) {
     double t0 = lorac_seconds();
+    lorac_sampler_reset(g->sampler); /* the penalties count this prompt and this reply */
+    lorac_sampler_add_prompt(g->sampler, ids, n_ids);
     for (int32_t done = g->n_cached; done < n_ids;) {
         int32_t n = n_ids - done < g->n_batch ? n_ids - done : g->n_batch;
         for (int32_t j = 0; j < n; j++) g->pos[j] = done + j;
@@ -220,6 +227,11 @@ int cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--temp")) sp.temperature = (float)cli_float("generate", a, cli_value(argc, argv, &i, "generate"), 0.0, 100.0);
         else if (!strcmp(a, "--top-k")) sp.top_k = (int32_t)cli_int("generate", a, cli_value(argc, argv, &i, "generate"), 0, INT32_MAX);
         else if (!strcmp(a, "--top-p")) sp.top_p = (float)cli_float("generate", a, cli_value(argc, argv, &i, "generate"), 1e-9, 1.0);
+        else if (!strcmp(a, "--min-p")) sp.min_p = (float)cli_float("generate", a, cli_value(argc, argv, &i, "generate"), 0.0, 1.0);
+        else if (!strcmp(a, "--repeat-penalty") || !strcmp(a, "--repetition-penalty"))
+            sp.repetition_penalty = (float)cli_float("generate", a, cli_value(argc, argv, &i, "generate"), 1e-6, 100.0);
+        else if (!strcmp(a, "--presence-penalty")) sp.presence_penalty = (float)cli_float("generate", a, cli_value(argc, argv, &i, "generate"), -2.0, 2.0);
+        else if (!strcmp(a, "--frequency-penalty")) sp.frequency_penalty = (float)cli_float("generate", a, cli_value(argc, argv, &i, "generate"), -2.0, 2.0);
         else if (!strcmp(a, "--seed")) sp.seed = (uint64_t)cli_int("generate", a, cli_value(argc, argv, &i, "generate"), 0, INT64_MAX);
         else if (!strcmp(a, "--ignore-eos")) ignore_eos = 1;
         else if (!strcmp(a, "--chat")) chat = 1;

@@ -12,24 +12,54 @@
 extern "C" {
 #endif
 
+/* What a draw goes through, in vLLM's order: the penalties change the
+ * logits (repetition first, then frequency and presence); the temperature
+ * divides them; the softmax; min-p, top-k and top-p each drop tokens; the
+ * draw is from what is left, renormalised. Greedy (temperature 0) takes the
+ * argmax of the penalised logits. */
 typedef struct {
     float temperature;   /* 0 = greedy (argmax) */
     int32_t top_k;       /* <= 0: off */
     float top_p;         /* >= 1: off */
+    float min_p;         /* 0 = off: drop tokens less likely than min_p times the most likely one */
+    /* HF's and vLLM's repetition_penalty over every token of the prompt and
+     * of the output so far: a positive logit is divided by it, a negative one
+     * multiplied. 1 = off; > 0. */
+    float repetition_penalty;
+    /* OpenAI's penalties over the output so far (as vLLM counts them):
+     * logit -= frequency_penalty * count + presence_penalty * (count > 0).
+     * 0 = off; in [-2, 2] at the API. */
+    float presence_penalty;
+    float frequency_penalty;
     uint64_t seed;
 } lorac_sampler_params_t;
 
-/* temperature 0.8, top_k 40, top_p 0.95, seed 42 (llama.cpp's defaults). */
+/* temperature 0.8, top_k 40, top_p 0.95, seed 42 (llama.cpp's defaults); no
+ * min-p, no penalties. */
 lorac_sampler_params_t lorac_sampler_default_params(void);
-/* Checks ranges: temperature finite and >= 0, top_p in (0, 1]. */
+/* Checks ranges: temperature finite and >= 0, top_p in (0, 1], min_p in
+ * [0, 1], repetition_penalty finite and > 0, the other penalties finite. */
 lorac_status_t lorac_sampler_params_validate(const lorac_sampler_params_t *p);
 
 typedef struct lorac_sampler lorac_sampler_t;
 lorac_status_t lorac_sampler_init(const lorac_sampler_params_t *params, int32_t vocab_size, lorac_sampler_t **out);
 void lorac_sampler_free(lorac_sampler_t *s);
-/* Picks a token from `logits` (vocab_size floats; modified in place). Ties
- * in greedy mode go to the lowest id, like argmax in PyTorch. */
+/* The penalties' memory of the sequence. add_prompt records prompt tokens
+ * (the repetition penalty's); sample records every token it returns as
+ * output; reset forgets both (the RNG goes on), for a new sequence. Ids
+ * outside the vocabulary are ignored. Without penalties these do nothing. */
+void lorac_sampler_add_prompt(lorac_sampler_t *s, const int32_t *ids, int32_t n);
+void lorac_sampler_accept(lorac_sampler_t *s, int32_t id); /* an output token sample did not draw */
+void lorac_sampler_reset(lorac_sampler_t *s);
+/* Picks a token from `logits` (vocab_size floats; modified in place) and
+ * records it as output. Ties in greedy mode go to the lowest id, like
+ * argmax in PyTorch. */
 int32_t lorac_sampler_sample(lorac_sampler_t *s, float *logits);
+/* The distribution sample would draw from, without drawing or recording:
+ * up to vocab_size (id, probability) pairs, most likely first (ties by id),
+ * renormalised to sum to 1; returns how many. Greedy gives the argmax with
+ * probability 1. `logits` is modified in place. */
+int32_t lorac_sampler_distribution(lorac_sampler_t *s, float *logits, int32_t *ids, float *probs);
 
 /* Streaming UTF-8: bytes go in as tokens produce them; only whole characters
  * come out, so a character split across tokens is never printed half. */

@@ -18,6 +18,9 @@
  *        temperature  number in [0, 2], default 1 (0 = greedy)
  *        top_p        number in (0, 1], default 1
  *        top_k        integer >= -1 (vLLM's extension; -1 or 0 = off)
+ *        min_p        number in [0, 1], default 0 (vLLM's extension)
+ *        presence_penalty, frequency_penalty  numbers in [-2, 2], default 0
+ *        repetition_penalty  number in (0, 2], default 1 (vLLM's extension)
  *        n            integer in [1, LORAC_OAI_MAX_N], default 1
  *        stop         string or array of up to 4 non-empty strings (each at
  *                     most LORAC_OAI_MAX_STOP_LEN bytes)
@@ -31,7 +34,7 @@
  *      null means "not given" for every optional field. Features lorac does
  *      not implement are refused rather than ignored, because ignoring them
  *      would silently change the output: logprobs, echo, suffix, best_of > n,
- *      non-zero presence/frequency penalties, a non-empty logit_bias, tools.
+ *      a non-empty logit_bias, tools.
  *      Unknown fields are ignored (clients send extras such as "user").
  *   2. lorac_oai_request_check_prompt, once the prompt is token ids: ids in
  *      the vocabulary, at least one, prompt + max_tokens within the context.
@@ -104,6 +107,9 @@ typedef struct {
     float temperature;
     float top_p;
     int32_t top_k;        /* 0 = off */
+    float min_p;          /* 0 = off */
+    float presence_penalty, frequency_penalty; /* 0 = off */
+    float repetition_penalty;                  /* 1 = off */
     bool has_seed;
     uint64_t seed;
     char *stop[LORAC_OAI_MAX_STOP];

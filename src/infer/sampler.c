@@ -1,5 +1,6 @@
-/* Token sampling: greedy, temperature, top-k, top-p (nucleus). */
+/* Token sampling: penalties, greedy, temperature, min-p, top-k, top-p (nucleus). */
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,10 +17,19 @@ struct lorac_sampler {
     int32_t vocab_size;
     lorac_rng_t rng;
     candidate_t *cand;   /* (vocab_size) */
+    /* the penalties' memory, allocated only when a penalty is on */
+    bool penalised;
+    uint32_t *count;     /* (vocab_size) times each id was output */
+    uint8_t *flags;      /* (vocab_size) IN_PROMPT | LISTED */
+    int32_t *touched;    /* ids with a flag, each once: the penalties visit only these */
+    int32_t n_touched;
 };
 
+enum { IN_PROMPT = 1, LISTED = 2 };
+
 lorac_sampler_params_t lorac_sampler_default_params(void) {
-    lorac_sampler_params_t p = {.temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .seed = 42};
+    lorac_sampler_params_t p = {.temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .repetition_penalty = 1.0f,
+                                .seed = 42};
     return p;
 }
 
@@ -28,6 +38,13 @@ lorac_status_t lorac_sampler_params_validate(const lorac_sampler_params_t *p) {
         return lorac_error(LORAC_STATUS_INVALID_ARG, "temperature %g must be a finite number >= 0", (double)p->temperature);
     if (!(p->top_p > 0.0f && p->top_p <= 1.0f))
         return lorac_error(LORAC_STATUS_INVALID_ARG, "top_p %g must be in (0, 1]", (double)p->top_p);
+    if (!(p->min_p >= 0.0f && p->min_p <= 1.0f))
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "min_p %g must be in [0, 1]", (double)p->min_p);
+    if (!isfinite(p->repetition_penalty) || !(p->repetition_penalty > 0.0f))
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "repetition_penalty %g must be a finite number > 0 (1 = off)",
+                           (double)p->repetition_penalty);
+    if (!isfinite(p->presence_penalty) || !isfinite(p->frequency_penalty))
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "presence_penalty and frequency_penalty must be finite numbers");
     return LORAC_STATUS_OK;
 }
 
@@ -38,10 +55,19 @@ lorac_status_t lorac_sampler_init(const lorac_sampler_params_t *params, int32_t 
     if (vocab_size < 1) return lorac_error(LORAC_STATUS_INVALID_ARG, "sampler: vocab_size must be positive");
     lorac_sampler_t *s = calloc(1, sizeof *s);
     if (!s) return lorac_error(LORAC_STATUS_NOMEM, "out of memory");
-    s->cand = malloc(sizeof(candidate_t) * (size_t)vocab_size);
-    if (!s->cand) { free(s); return lorac_error(LORAC_STATUS_NOMEM, "out of memory"); }
     s->params = *params;
     s->vocab_size = vocab_size;
+    s->penalised = params->repetition_penalty != 1.0f || params->presence_penalty != 0.0f || params->frequency_penalty != 0.0f;
+    s->cand = malloc(sizeof(candidate_t) * (size_t)vocab_size);
+    if (s->penalised) {
+        s->count = calloc((size_t)vocab_size, sizeof *s->count);
+        s->flags = calloc((size_t)vocab_size, 1);
+        s->touched = malloc(sizeof(int32_t) * (size_t)vocab_size);
+    }
+    if (!s->cand || (s->penalised && (!s->count || !s->flags || !s->touched))) {
+        lorac_sampler_free(s);
+        return lorac_error(LORAC_STATUS_NOMEM, "out of memory");
+    }
     lorac_rng_seed(&s->rng, params->seed);
     *out = s;
     return LORAC_STATUS_OK;
@@ -50,6 +76,9 @@ lorac_status_t lorac_sampler_init(const lorac_sampler_params_t *params, int32_t 
 void lorac_sampler_free(lorac_sampler_t *s) {
     if (!s) return;
     free(s->cand);
+    free(s->count);
+    free(s->flags);
+    free(s->touched);
     free(s);
 }
 
@@ -92,49 +121,133 @@ static void select_top_k(candidate_t *c, int32_t n, int32_t k) {
     qsort(c, (size_t)k, sizeof(candidate_t), cmp_candidate);
 }
 
-int32_t lorac_sampler_sample(lorac_sampler_t *s, float *logits) {
+static void note(lorac_sampler_t *s, int32_t id, uint8_t flag) {
+    if (!s->penalised || id < 0 || id >= s->vocab_size) return;
+    if (!(s->flags[id] & LISTED)) s->touched[s->n_touched++] = id;
+    s->flags[id] |= (uint8_t)(LISTED | flag);
+}
+
+void lorac_sampler_add_prompt(lorac_sampler_t *s, const int32_t *ids, int32_t n) {
+    for (int32_t i = 0; i < n; i++) note(s, ids[i], IN_PROMPT);
+}
+
+void lorac_sampler_accept(lorac_sampler_t *s, int32_t id) {
+    note(s, id, 0);
+    if (s->penalised && id >= 0 && id < s->vocab_size) s->count[id]++;
+}
+
+void lorac_sampler_reset(lorac_sampler_t *s) {
+    for (int32_t i = 0; i < s->n_touched; i++) s->count[s->touched[i]] = 0, s->flags[s->touched[i]] = 0;
+    s->n_touched = 0;
+}
+
+/* vLLM's apply_penalties on the ids seen so far (every other logit is
+ * unchanged): repetition, then frequency, then presence. */
+static void apply_penalties(const lorac_sampler_t *s, float *logits) {
+    float rep = s->params.repetition_penalty, freq = s->params.frequency_penalty, pres = s->params.presence_penalty;
+    for (int32_t i = 0; i < s->n_touched; i++) {
+        int32_t id = s->touched[i];
+        float l = logits[id];
+        if (rep != 1.0f) l = l > 0.0f ? l / rep : l * rep;
+        if (s->count[id]) {
+            l -= freq * (float)s->count[id];
+            l -= pres;
+        }
+        logits[id] = l;
+    }
+}
+
+static bool is_greedy(const lorac_sampler_params_t *p) { return p->temperature == 0.0f || p->top_k == 1; }
+
+/* Penalties, temperature, softmax, min-p, top-k, top-p: the candidates
+ * left in s->cand[0..n) (in rank order when `sorted` or when top-k or
+ * top-p cut them) and their total mass. Not for greedy. */
+static int32_t candidates(lorac_sampler_t *s, float *logits, bool sorted, double *mass_out) {
     int32_t V = s->vocab_size;
     const lorac_sampler_params_t *p = &s->params;
-    if (p->temperature == 0.0f || p->top_k == 1) return (int32_t)lorac_argmax(logits, V);
 
     /* softmax with temperature, in place (the vectorised kernel: libm's
      * expf over the vocabulary took a fifth of a 15M model's token) */
     float inv_temp = 1.0f / p->temperature;
     for (int32_t i = 0; i < V; i++) logits[i] *= inv_temp;
     lorac_softmax_forward(logits, 1, V);
-    for (int32_t i = 0; i < V; i++) s->cand[i].prob = logits[i], s->cand[i].id = i;
-    int32_t n = V;
+    int32_t n = 0;
+    if (p->min_p > 0.0f) {
+        /* vLLM's min-p: below min_p times the largest probability is out */
+        float top = 0.0f;
+        for (int32_t i = 0; i < V; i++) top = logits[i] > top ? logits[i] : top;
+        float cutoff = p->min_p * top;
+        for (int32_t i = 0; i < V; i++)
+            if (!(logits[i] < cutoff)) s->cand[n].prob = logits[i], s->cand[n++].id = i;
+    } else {
+        for (int32_t i = 0; i < V; i++) s->cand[i].prob = logits[i], s->cand[i].id = i;
+        n = V;
+    }
+
+    /* The mass top-p takes its share of: what min-p left, or the top k. */
+    double mass = 0.0;
+    for (int32_t i = 0; i < n; i++) mass += s->cand[i].prob;
 
     /* Nucleus shortcut (as llama2.c): with top-p alone, tokens below
      * (1 - top_p) / (V - 1) can never be in the nucleus; drop them before
-     * sorting so the sort stays short. */
+     * sorting so the sort stays short (the mass above still counts them). */
     if (p->top_k <= 0 && p->top_p < 1.0f && V > 1) {
-        float cutoff = (1.0f - p->top_p) / (float)(V - 1);
+        float cutoff = (float)((1.0 - p->top_p) * mass / (double)(V - 1));
         int32_t k = 0;
-        for (int32_t i = 0; i < V; i++) if (s->cand[i].prob >= cutoff) s->cand[k++] = s->cand[i];
-        n = k > 0 ? k : V;
+        for (int32_t i = 0; i < n; i++) if (s->cand[i].prob >= cutoff) s->cand[k++] = s->cand[i];
+        n = k > 0 ? k : n;
     }
     if (p->top_k > 0 && p->top_k < n) {
         select_top_k(s->cand, n, p->top_k);
         n = p->top_k;
-    } else if (p->top_k > 0 || p->top_p < 1.0f) {
+        mass = 0.0;
+        for (int32_t i = 0; i < n; i++) mass += s->cand[i].prob;
+    } else if (sorted || p->top_k > 0 || p->top_p < 1.0f) {
         qsort(s->cand, (size_t)n, sizeof(candidate_t), cmp_candidate);
     }
 
-    /* top-p: keep the smallest prefix whose mass reaches top_p */
-    double mass = 0.0;
-    for (int32_t i = 0; i < n; i++) mass += s->cand[i].prob;
+    /* top-p: keep the smallest prefix whose mass reaches top_p of the mass
+     * (the first token at least) */
     if (p->top_p < 1.0f) {
         double acc = 0.0, target = p->top_p * mass;
+        int32_t k = 0;
+        do acc += s->cand[k++].prob;
+        while (k < n && acc < target);
+        n = k;
+        mass = acc;
+    }
+    *mass_out = mass;
+    return n;
+}
+
+int32_t lorac_sampler_sample(lorac_sampler_t *s, float *logits) {
+    if (s->penalised) apply_penalties(s, logits);
+    int32_t id;
+    if (is_greedy(&s->params)) {
+        id = (int32_t)lorac_argmax(logits, s->vocab_size);
+    } else {
+        double mass;
+        int32_t n = candidates(s, logits, false, &mass);
+        double r = (double)lorac_rng_float(&s->rng) * mass, acc = 0.0;
+        id = s->cand[n - 1].id; /* if rounding left r at the very top */
         for (int32_t i = 0; i < n; i++) {
             acc += s->cand[i].prob;
-            if (acc >= target) { n = i + 1; mass = acc; break; }
+            if (r < acc) { id = s->cand[i].id; break; }
         }
     }
-    double r = (double)lorac_rng_float(&s->rng) * mass, acc = 0.0;
-    for (int32_t i = 0; i < n; i++) {
-        acc += s->cand[i].prob;
-        if (r < acc) return s->cand[i].id;
+    lorac_sampler_accept(s, id);
+    return id;
+}
+
+int32_t lorac_sampler_distribution(lorac_sampler_t *s, float *logits, int32_t *ids, float *probs) {
+    if (s->penalised) apply_penalties(s, logits);
+    if (is_greedy(&s->params)) {
+        ids[0] = (int32_t)lorac_argmax(logits, s->vocab_size);
+        probs[0] = 1.0f;
+        return 1;
     }
-    return s->cand[n - 1].id; /* rounding left r at the very top */
+    double mass;
+    int32_t n = candidates(s, logits, true, &mass);
+    for (int32_t i = 0; i < n; i++) ids[i] = s->cand[i].id, probs[i] = (float)(s->cand[i].prob / mass);
+    return n;
 }

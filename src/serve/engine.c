@@ -485,6 +485,7 @@ static request_t *request_new(const lorac_engine_t *e, const lorac_serve_request
         request_free(r);
         return NULL;
     }
+    lorac_sampler_add_prompt(r->sampler, q->prompt, q->n_prompt); /* the repetition penalty's */
     /* SentencePiece decoders drop the space that starts the text; a
      * completion starts the text only after a prompt of nothing but BOS */
     int only_bos = 1;

@@ -539,6 +539,10 @@ static lorac_status_t start_job(lorac_http_server_t *srv, struct MHD_Connection 
         q.sampler.temperature = req->temperature;
         q.sampler.top_p = req->top_p;
         q.sampler.top_k = req->top_k;
+        q.sampler.min_p = req->min_p;
+        q.sampler.presence_penalty = req->presence_penalty;
+        q.sampler.frequency_penalty = req->frequency_penalty;
+        q.sampler.repetition_penalty = req->repetition_penalty;
         q.sampler.seed = seed + (uint64_t)i;
         pthread_mutex_lock(&j->mu);
         j->refs++; /* before submit: the first event may come before it returns */

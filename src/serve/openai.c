@@ -322,10 +322,6 @@ static lorac_status_t refuse_unsupported(const cJSON *o, lorac_oai_kind_t kind, 
         return BAD("suffix", "'suffix' is not supported");
     if ((v = field(o, "best_of")) && !(is_integer(v) && v->valuedouble == n))
         return BAD("best_of", "'best_of' other than n is not supported");
-    static const char *const penalties[] = {"presence_penalty", "frequency_penalty"};
-    for (int i = 0; i < 2; i++)
-        if ((v = field(o, penalties[i])) && !(cJSON_IsNumber(v) && v->valuedouble == 0))
-            return BAD(penalties[i], "'%s' is not supported (only 0)", penalties[i]);
     if ((v = field(o, "logit_bias")) && !(cJSON_IsObject(v) && !v->child))
         return BAD("logit_bias", "'logit_bias' is not supported");
     if (kind == LORAC_OAI_CHAT && (v = field(o, "tools")) && !(cJSON_IsArray(v) && !v->child))
@@ -368,6 +364,22 @@ static lorac_status_t parse_fields(const cJSON *o, lorac_oai_kind_t kind, lorac_
     if (!(p > 0 && p <= 1)) return BAD("top_p", "'top_p' is %g; it must be in (0, 1]", p);
     r->temperature = (float)t;
     r->top_p = (float)p;
+    double min_p = 0, presence = 0, frequency = 0, repetition = 1;
+    if ((s = get_number(o, "min_p", &min_p, err))) return s;
+    if (!(min_p >= 0 && min_p <= 1)) return BAD("min_p", "'min_p' is %g; it must be in [0, 1]", min_p);
+    if ((s = get_number(o, "presence_penalty", &presence, err))) return s;
+    if (!(presence >= -2 && presence <= 2))
+        return BAD("presence_penalty", "'presence_penalty' is %g; it must be in [-2, 2]", presence);
+    if ((s = get_number(o, "frequency_penalty", &frequency, err))) return s;
+    if (!(frequency >= -2 && frequency <= 2))
+        return BAD("frequency_penalty", "'frequency_penalty' is %g; it must be in [-2, 2]", frequency);
+    if ((s = get_number(o, "repetition_penalty", &repetition, err))) return s;
+    if (!(repetition > 0 && repetition <= 2))
+        return BAD("repetition_penalty", "'repetition_penalty' is %g; it must be in (0, 2]", repetition);
+    r->min_p = (float)min_p;
+    r->presence_penalty = (float)presence;
+    r->frequency_penalty = (float)frequency;
+    r->repetition_penalty = (float)repetition;
 
     if ((s = parse_stop(o, r, err))) return s;
     if ((s = parse_stop_token_ids(o, r, err))) return s;
