@@ -1,9 +1,11 @@
 /* libFuzzer target: OpenAI request bodies through the parser and validator
  * (lorac/openai.h), then whatever parsed through the prompt checks, the chat
  * templates with their generation prompt, and the response builders, with
- * the input's own bytes as "generated" text (any bytes: invalid UTF-8, NUL).
+ * the input's own bytes as "generated" text and as log-probabilities' token
+ * texts (any bytes: invalid UTF-8, NUL).
  * The first byte picks the endpoint: completions, chat, or the LoRA admin
  * bodies. Every body built must be valid UTF-8. */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,10 +51,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             check_utf8(out);
     }
     lorac_oai_meta_t m = {.kind = kind, .id = "cmpl-fuzz", .created = 1, .model = req.model};
-    lorac_oai_choice_t c = {.text = body, .text_len = len, .finish_reason = "stop"};
+    /* log-probabilities whose token texts are pieces of the input: any
+     * bytes (NUL, broken UTF-8) as texts and as completions' object keys */
+    lorac_oai_token_logprob_t top[3];
+    lorac_oai_logprob_t items[2];
+    for (int i = 0; i < 3; i++)
+        top[i] = (lorac_oai_token_logprob_t){.text = body + (len * (size_t)i) / 3, .len = len / 3,
+                                            .logprob = i == 2 ? -INFINITY : -(float)i};
+    items[0] = (lorac_oai_logprob_t){.token = top[1], .top = top, .n_top = 3};
+    items[1] = (lorac_oai_logprob_t){.token = top[2], .top = top, .n_top = 0};
+    lorac_oai_logprobs_t lp = {.tokens = items, .n = 2, .text_offset = 5};
+    lorac_oai_choice_t c = {.text = body, .text_len = len, .finish_reason = "stop", .logprobs = &lp};
     check_utf8(lorac_oai_response_json(&m, &c, 1, 3, 4));
-    check_utf8(lorac_oai_stream_chunk(&m, 0, body, len, NULL, false, req.include_usage));
-    check_utf8(lorac_oai_stream_chunk(&m, 0, NULL, 0, "length", kind == LORAC_OAI_CHAT, false));
+    check_utf8(lorac_oai_stream_chunk(&m, 0, body, len, NULL, false, req.include_usage, &lp));
+    check_utf8(lorac_oai_stream_chunk(&m, 0, NULL, 0, "length", kind == LORAC_OAI_CHAT, false, NULL));
     const char *const names[1] = {req.model};
     check_utf8(lorac_oai_models_json("base", 1, names, 1));
     lorac_oai_request_free(&req);

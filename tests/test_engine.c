@@ -3,6 +3,7 @@
  *   - many concurrent greedy requests over several adapters and the base,
  *     each producing exactly the tokens of that sequence decoded alone with
  *     its adapter attached the plain way;
+ *   - log-probabilities: one report per generated token, by the right event;
  *   - stop strings (text ends before them), max_tokens, cancel;
  *   - the registry: unknown and malformed names, LRU eviction at max_loras,
  *     unload while a request uses the adapter, reload;
@@ -61,6 +62,36 @@ static void wait_done(result_t *r) {
     pthread_mutex_lock(&r->mu);
     while (!r->done) pthread_cond_wait(&r->cv, &r->mu);
     pthread_mutex_unlock(&r->mu);
+}
+
+/* Log-probability events: the tokens they report, and how many broke a rule. */
+typedef struct {
+    result_t r;
+    int32_t token[256];
+    int n, bad;
+} lp_result_t;
+
+static void on_lp_event(void *user, const lorac_serve_event_t *ev) {
+    lp_result_t *l = user;
+    pthread_mutex_lock(&l->r.mu);
+    if (ev->n_logprobs > 0) {
+        const lorac_token_logprob_t *lp = ev->logprobs;
+        int ok = ev->n_logprobs == 4 && lp[0].logprob <= 0.0f && lp[1].token == lp[0].token &&
+                 lp[1].logprob == lp[0].logprob && lp[1].logprob >= lp[2].logprob && lp[2].logprob >= lp[3].logprob &&
+                 (ev->token < 0 || ev->token == lp[0].token);
+        l->bad += !ok;
+        if (l->n < 256) l->token[l->n++] = lp[0].token;
+    } else if (ev->finish == LORAC_FINISH_NONE) {
+        l->bad++; /* a token event without its log-probabilities */
+    }
+    pthread_mutex_unlock(&l->r.mu);
+    on_event(&l->r, ev);
+}
+
+static int first_index(const int32_t *x, int n, int32_t v) {
+    for (int i = 0; i < n; i++)
+        if (x[i] == v) return i;
+    return -1;
 }
 
 static int argmax(const float *x, int32_t n) {
@@ -188,6 +219,43 @@ int main(void) {
     }
     CHECK_MSG(all_equal, "mixed-adapter continuous batching differs from each request alone");
 
+    /* 1b. logprobs: every generated token reported once, in order, by the
+     * event that first reports it: the stop token that ends half of them
+     * by the last event. Greedy: the token is the top alternative. (The
+     * values are checked against torch in tests/test_serve.py.) */
+    {
+        static lp_result_t lr[N_REQ];
+        for (int i = 0; i < N_REQ; i++) {
+            memset(&lr[i], 0, sizeof lr[i]);
+            result_init(&lr[i].r);
+            int a = i % (N_ADAPTERS + 1) - 1;
+            lorac_serve_request_t q = greedy(prompts[i], n_prompt[i], a >= 0 ? names[a] : NULL, MAX_GEN, &lr[i].r);
+            q.callback = on_lp_event;
+            q.user = &lr[i];
+            q.logprobs = true;
+            q.top_logprobs = 3;
+            int32_t stop_tok = ref[i][5];
+            if (i % 2 && n_ref[i] > 6) q.stop_tokens = &stop_tok, q.n_stop_tokens = 1;
+            CHECK(lorac_engine_submit(e, &q, NULL) == LORAC_STATUS_OK);
+        }
+        int bad = 0;
+        for (int i = 0; i < N_REQ; i++) {
+            wait_done(&lr[i].r);
+            int want = i % 2 && n_ref[i] > 6 ? 1 + first_index(ref[i], n_ref[i], ref[i][5]) : n_ref[i];
+            int ok = lr[i].n == want && lr[i].r.n_completion == want && lr[i].bad == 0;
+            for (int k = 0; ok && k < lr[i].n; k++) ok = lr[i].token[k] == ref[i][k];
+            if (!ok && bad++ < 3)
+                fprintf(stderr, "logprobs request %d: %d reported (%d bad) for %d tokens, %d expected\n", i, lr[i].n,
+                        lr[i].bad, lr[i].r.n_completion, want);
+        }
+        CHECK_MSG(bad == 0, "%d logprobs requests report their tokens wrongly", bad);
+        /* out of range */
+        lorac_serve_request_t q = greedy(prompts[0], n_prompt[0], NULL, 4, &lr[0].r);
+        q.logprobs = true;
+        q.top_logprobs = LORAC_SERVE_MAX_TOP_LOGPROBS + 1;
+        CHECK(lorac_engine_submit(e, &q, NULL) == LORAC_STATUS_INVALID_ARG);
+    }
+
     /* 2. stop strings: the text ends right before the first match */
     {
         const char *full = res[0].text;
@@ -307,8 +375,8 @@ int main(void) {
 
     lorac_engine_metrics_t m;
     lorac_engine_get_metrics(e, &m);
-    CHECK(m.requests_total == N_REQ + 5);
-    CHECK(m.requests_rejected == 9);
+    CHECK(m.requests_total == 2 * N_REQ + 5); /* 1 and 1b's, then 5 */
+    CHECK(m.requests_rejected == 10);
     CHECK(m.requests_finished[LORAC_FINISH_CANCELLED] == 1);
     CHECK(m.running == 0 && m.waiting == 0);
     CHECK(m.steps_total > 0 && m.batch_tokens_total >= m.steps_total);

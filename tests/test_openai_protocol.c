@@ -149,7 +149,9 @@ static void test_parse_bad(void) {
         {"\"stream_options\": {\"include_usage\": true}", "stream_options"},
         {"\"stream\": true, \"stream_options\": 1", "stream_options"},
         {"\"stream\": true, \"stream_options\": {\"include_usage\": 1}", "stream_options.include_usage"},
-        {"\"logprobs\": 2", "logprobs"},             {"\"echo\": true", "echo"},
+        {"\"logprobs\": 21", "logprobs"},            {"\"echo\": true", "echo"},
+        {"\"logprobs\": -1", "logprobs"},            {"\"logprobs\": true", "logprobs"},
+        {"\"logprobs\": 1.5", "logprobs"},
         {"\"suffix\": \"x\"", "suffix"},             {"\"best_of\": 2", "best_of"},
         {"\"presence_penalty\": 2.5", "presence_penalty"}, {"\"frequency_penalty\": -2.01", "frequency_penalty"},
         {"\"presence_penalty\": \"1\"", "presence_penalty"}, {"\"repetition_penalty\": 0", "repetition_penalty"},
@@ -258,6 +260,88 @@ static void test_json_string(void) {
     free(s);
 }
 
+static void test_logprobs_parse(void) {
+    CHECK(parse(LORAC_OAI_COMPLETION, "{\"model\": \"a\", \"prompt\": \"x\", \"logprobs\": 3}") == LORAC_STATUS_OK);
+    CHECK(g_req.logprobs && g_req.top_logprobs == 3);
+    CHECK(parse(LORAC_OAI_COMPLETION, "{\"model\": \"a\", \"prompt\": \"x\", \"logprobs\": 0}") == LORAC_STATUS_OK);
+    CHECK(g_req.logprobs && g_req.top_logprobs == 0);
+    CHECK(parse(LORAC_OAI_COMPLETION, "{\"model\": \"a\", \"prompt\": \"x\", \"logprobs\": false}") == LORAC_STATUS_OK);
+    CHECK(!g_req.logprobs);
+    const char *msgs = "\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]";
+    char body[256];
+    snprintf(body, sizeof body, "{\"model\": \"a\", %s, \"logprobs\": true, \"top_logprobs\": 20}", msgs);
+    CHECK(parse(LORAC_OAI_CHAT, body) == LORAC_STATUS_OK && g_req.logprobs && g_req.top_logprobs == 20);
+    snprintf(body, sizeof body, "{\"model\": \"a\", %s, \"logprobs\": true}", msgs);
+    CHECK(parse(LORAC_OAI_CHAT, body) == LORAC_STATUS_OK && g_req.logprobs && g_req.top_logprobs == 0);
+    snprintf(body, sizeof body, "{\"model\": \"a\", %s, \"logprobs\": false, \"top_logprobs\": null}", msgs);
+    CHECK(parse(LORAC_OAI_CHAT, body) == LORAC_STATUS_OK && !g_req.logprobs);
+    const char *bad[][2] = {{"\"top_logprobs\": 2", "top_logprobs"},
+                            {"\"logprobs\": false, \"top_logprobs\": 2", "top_logprobs"},
+                            {"\"logprobs\": true, \"top_logprobs\": 21", "top_logprobs"},
+                            {"\"logprobs\": true, \"top_logprobs\": -1", "top_logprobs"},
+                            {"\"logprobs\": 1", "logprobs"}};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        snprintf(body, sizeof body, "{\"model\": \"a\", %s, %s}", msgs, bad[i][0]);
+        expect_bad(LORAC_OAI_CHAT, body, 400, bad[i][1]);
+    }
+}
+
+/* Log-probabilities in both shapes: tokens with a broken character and a
+ * NUL, two top tokens with the same text, -inf. */
+static void test_logprobs_json(void) {
+    lorac_oai_token_logprob_t top[3] = {{" the", 4, -0.5f}, {"\xe2\x82", 2, -1.25f}, {" the", 4, -2.0f}};
+    lorac_oai_token_logprob_t gen[2] = {{"\xe2\x82", 2, -1.25f}, {"a\0b", 3, -INFINITY}};
+    lorac_oai_logprob_t items[2] = {{gen[0], top, 3}, {gen[1], top, 0}};
+    lorac_oai_logprobs_t lp = {.tokens = items, .n = 2, .text_offset = 7};
+    lorac_oai_choice_t ch = {.text = "x", .text_len = 1, .finish_reason = "stop", .logprobs = &lp};
+    lorac_oai_meta_t m = {.kind = LORAC_OAI_COMPLETION, .id = "cmpl-1", .created = 1, .model = "base"};
+    char *s = lorac_oai_response_json(&m, &ch, 1, 1, 2);
+    cJSON *o = parse_json(s);
+    const cJSON *l = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "choices"), 0),
+                                                      "logprobs");
+    const cJSON *toks = cJSON_GetObjectItemCaseSensitive(l, "tokens"), *lps = cJSON_GetObjectItemCaseSensitive(l, "token_logprobs"),
+                *tops = cJSON_GetObjectItemCaseSensitive(l, "top_logprobs"), *offs = cJSON_GetObjectItemCaseSensitive(l, "text_offset");
+    CHECK(cJSON_GetArraySize(toks) == 2 && cJSON_GetArraySize(lps) == 2 && cJSON_GetArraySize(tops) == 2 &&
+          cJSON_GetArraySize(offs) == 2);
+    CHECK(!strcmp(cJSON_GetArrayItem(toks, 0)->valuestring, "\xef\xbf\xbd\xef\xbf\xbd"));
+    CHECK(cJSON_GetArrayItem(lps, 0)->valuedouble == -1.25);
+    CHECK(cJSON_GetArrayItem(lps, 1)->valuedouble < -1e38); /* -inf as the most negative float */
+    /* the top tokens and the generated one, keyed by text: " the" once (the more likely), U+FFFD */
+    const cJSON *t0 = cJSON_GetArrayItem(tops, 0), *t1 = cJSON_GetArrayItem(tops, 1);
+    CHECK(cJSON_GetArraySize(t0) == 2 && cJSON_GetObjectItemCaseSensitive(t0, " the")->valuedouble == -0.5);
+    CHECK(cJSON_GetObjectItemCaseSensitive(t0, "\xef\xbf\xbd\xef\xbf\xbd")->valuedouble == -1.25);
+    CHECK(cJSON_GetArraySize(t1) == 1 && cJSON_GetObjectItemCaseSensitive(t1, "a\xef\xbf\xbd" "b") != NULL);
+    /* offsets in characters from text_offset: the first token starts a character (one) */
+    CHECK(cJSON_GetArrayItem(offs, 0)->valueint == 7 && cJSON_GetArrayItem(offs, 1)->valueint == 8);
+    cJSON_Delete(o);
+    free(s);
+
+    m.kind = LORAC_OAI_CHAT;
+    s = lorac_oai_response_json(&m, &ch, 1, 1, 2);
+    o = parse_json(s);
+    l = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "choices"), 0), "logprobs");
+    const cJSON *content = cJSON_GetObjectItemCaseSensitive(l, "content"), *e0 = cJSON_GetArrayItem(content, 0);
+    CHECK(cJSON_GetArraySize(content) == 2 && !strcmp(str_at(e0, "token"), "\xef\xbf\xbd\xef\xbf\xbd"));
+    const cJSON *bytes = cJSON_GetObjectItemCaseSensitive(e0, "bytes");
+    CHECK(cJSON_GetArraySize(bytes) == 2 && cJSON_GetArrayItem(bytes, 0)->valueint == 0xe2 &&
+          cJSON_GetArrayItem(bytes, 1)->valueint == 0x82);
+    const cJSON *ct = cJSON_GetObjectItemCaseSensitive(e0, "top_logprobs");
+    CHECK(cJSON_GetArraySize(ct) == 3 && !strcmp(str_at(cJSON_GetArrayItem(ct, 2), "token"), " the") &&
+          cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(ct, 2), "logprob")->valuedouble == -2.0);
+    const cJSON *e1 = cJSON_GetArrayItem(content, 1);
+    CHECK(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(e1, "bytes")) == 3 &&
+          cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(e1, "top_logprobs")) == 0);
+    cJSON_Delete(o);
+    free(s);
+    /* a stream chunk carries its tokens' */
+    s = lorac_oai_stream_chunk(&m, 0, "x", 1, NULL, false, false, &lp);
+    o = parse_json(s ? s + 6 : NULL);
+    l = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "choices"), 0), "logprobs");
+    CHECK(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(l, "content")) == 2);
+    cJSON_Delete(o);
+    free(s);
+}
+
 static void test_responses(void) {
     lorac_oai_meta_t m = {.kind = LORAC_OAI_COMPLETION, .id = "cmpl-1", .created = 1700000000, .model = "base"};
     lorac_oai_choice_t ch[2] = {{.text = "hi\xe2\x82", .text_len = 5, .finish_reason = "length"},
@@ -298,7 +382,7 @@ static void test_responses(void) {
         for (int i = 0; i < 3; i++) {
             if (cases[i].role && !k) continue;
             s = lorac_oai_stream_chunk(&m, 3, cases[i].text, cases[i].text ? strlen(cases[i].text) : 0, cases[i].finish,
-                                       cases[i].role, cases[i].usage);
+                                       cases[i].role, cases[i].usage, NULL);
             CHECK(s && !strncmp(s, "data: ", 6) && strlen(s) > 8 && !strcmp(s + strlen(s) - 2, "\n\n"));
             o = parse_json(s ? s + 6 : NULL);
             CHECK(!strcmp(str_at(o, "object"), k ? "chat.completion.chunk" : "text_completion"));
@@ -448,6 +532,8 @@ int main(void) {
     test_errors();
     test_json_string();
     test_responses();
+    test_logprobs_parse();
+    test_logprobs_json();
     test_lora_requests();
     test_metrics();
     test_chat_prompts();

@@ -47,7 +47,9 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference"))
+import hf_model  # noqa: E402
 import peft_ref  # noqa: E402
+import torch  # noqa: E402
 
 BIN = os.environ.get("LORAC_BIN")
 FIX = os.environ.get("LORAC_FIXTURES")
@@ -314,6 +316,7 @@ def test_features(port, model, names):
                     ["--repeat-penalty", "1.3", "--frequency-penalty", "0.4", "--presence-penalty", "0.5"])
     plain = generate(model, os.path.join(TMP, "adapters", names[1]), PROMPTS[1], 40)
     check(pen["status"] == 200 and pen["text"] == want and want != plain, f"penalties: {pen} vs {want!r}")
+    test_logprobs(port, model, names)
     # token ids as the prompt give what the text gives
     ids = subprocess.run([BIN, "tokenize", "-m", model, "-p", PROMPTS[1]], capture_output=True, text=True,
                          check=True).stdout.split()
@@ -351,6 +354,72 @@ def test_features(port, model, names):
     check(st == 200 and json.loads(data) == {"status": "ok"}, "health")
 
 
+def test_logprobs(port, model, names):
+    """logprobs: the values against torch's log_softmax of the reference forward pass (tests/reference/hf_model.py)
+    over the prompt and the generated tokens; the texts join into the answer; a stream's pieces join into the whole
+    answer's; chat's entries, one per completion token (the end of turn too), with their bytes."""
+    c, w = hf_model.load_model(model)
+    prompt_ids = [int(x) for x in subprocess.run([BIN, "tokenize", "-m", model, "-p", PROMPTS[0]], capture_output=True,
+                                                 text=True, check=True).stdout.split()]
+    body = {"model": "model", "prompt": prompt_ids, "max_tokens": 10, "temperature": 0, "logprobs": 5}
+    r = complete(port, body)
+    lp = r["object"]["choices"][0]["logprobs"] if r["status"] == 200 else None
+    check(lp is not None and len(lp["tokens"]) == 10 and "".join(lp["tokens"]) == r["text"], f"logprobs shape: {lp}")
+    if lp is None:
+        return
+    # the generated ids: the greedy choice at each step is the reference's argmax (checked below)
+    ids, worst = list(prompt_ids), 0.0
+    for i in range(10):
+        ref = torch.log_softmax(hf_model.llama_forward(w, c, torch.tensor(ids))[-1], -1)
+        top = torch.topk(ref, 5)
+        got_top = sorted(lp["top_logprobs"][i].values(), reverse=True)
+        worst = max(worst, abs(lp["token_logprobs"][i] - top.values[0].item()),
+                    max(abs(a - b) for a, b in zip(got_top, top.values.tolist())))
+        check(len(lp["top_logprobs"][i]) >= 4, f"top_logprobs {i}: {lp['top_logprobs'][i]}")
+        ids.append(int(top.indices[0]))
+    print(f"logprobs against torch: max diff {worst:.2e}", flush=True)
+    check(worst < 1e-4, f"logprobs against torch's log_softmax: max |diff| {worst:.2e}")
+    offsets = [sum(len(t) for t in lp["tokens"][:i]) for i in range(10)]
+    check(lp["text_offset"] == offsets, f"text_offset {lp['text_offset']} vs {offsets}")
+    # streamed, with a stop string: the chunks' logprobs join into the whole answer's
+    for extra in ({}, {"stop": [r["text"][-6:-2]]}):
+        whole = complete(port, dict(body, **extra))
+        st = complete(port, dict(body, stream=True, **extra))
+        joined = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for e in st.get("events", []):
+            for ch in e.get("choices", []):
+                for k in joined:
+                    joined[k] += (ch.get("logprobs") or {}).get(k, [])
+        wl = whole["object"]["choices"][0]["logprobs"]
+        check(joined == wl and st["text"] == whole["text"], f"stream logprobs {extra}: {joined} vs {wl}")
+    # an adapter's logprobs are its own
+    a = complete(port, dict(body, model=names[0]))
+    check(a["status"] == 200 and a["object"]["choices"][0]["logprobs"]["token_logprobs"] != lp["token_logprobs"],
+          "adapter logprobs differ from the base's")
+    # chat: one entry per completion token (the reply's end of turn included), bytes are the token's text
+    msgs = [{"role": "user", "content": "Tell me a story."}]
+    for stream in (False, True):
+        ch = complete(port, {"model": "model", "messages": msgs, "max_tokens": 200, "temperature": 0, "logprobs": True,
+                             "top_logprobs": 3, "stream": stream, "stream_options": {"include_usage": True}}
+                      if stream else {"model": "model", "messages": msgs, "max_tokens": 200, "temperature": 0,
+                                      "logprobs": True, "top_logprobs": 3})
+        if stream:
+            content = [x for e in ch["events"] for c_ in e.get("choices", []) for x in
+                       ((c_.get("logprobs") or {}).get("content") or [])]
+            n_completion = ch["events"][-1]["usage"]["completion_tokens"]
+        else:
+            content = ch["object"]["choices"][0]["logprobs"]["content"]
+            n_completion = ch["usage"]["completion_tokens"]
+        check(len(content) == n_completion and all(len(x["top_logprobs"]) == 3 for x in content) and
+              all(bytes(x["bytes"]).decode("utf-8", "replace") == x["token"] for x in content) and
+              all(x["logprob"] <= 1e-6 and x["top_logprobs"][0]["logprob"] >= x["logprob"] - 1e-6 for x in content),
+              f"chat logprobs (stream={stream}): {len(content)} entries for {n_completion} tokens")
+    # refused shapes
+    check(complete(port, dict(body, logprobs=21))["status"] == 400, "logprobs 21 refused")
+    check(complete(port, {"model": "model", "messages": msgs, "top_logprobs": 2})["status"] == 400,
+          "top_logprobs without logprobs refused")
+
+
 def long_stream(port, model, adapter="model"):
     return complete(port, {"model": adapter, "prompt": PROMPTS[2], "max_tokens": 300, "temperature": 0.8,
                            "ignore_eos": True, "stream": True})
@@ -384,7 +453,9 @@ BAD = [
     ("empty stop", "/v1/completions", {"model": "model", "prompt": "x", "stop": [""]}, 400, None),
     ("5 stops", "/v1/completions", {"model": "model", "prompt": "x", "stop": list("abcde")}, 400, None),
     ("seed fractional", "/v1/completions", {"model": "model", "prompt": "x", "seed": 0.5}, 400, None),
-    ("logprobs", "/v1/completions", {"model": "model", "prompt": "x", "logprobs": 3}, 400, None),
+    ("logprobs 21", "/v1/completions", {"model": "model", "prompt": "x", "logprobs": 21}, 400, None),
+    ("echo", "/v1/completions", {"model": "model", "prompt": "x", "echo": True}, 400, None),
+    ("repetition_penalty 0", "/v1/completions", {"model": "model", "prompt": "x", "repetition_penalty": 0}, 400, None),
     ("unknown model", "/v1/completions", {"model": "gpt-4", "prompt": "x"}, 404, "model_not_found"),
     ("path as model", "/v1/completions", {"model": "../adapters/a0-r4", "prompt": "x"}, 404, "model_not_found"),
     ("broken adapter", "/v1/completions", {"model": "broken", "prompt": "x"}, 500, None),

@@ -102,6 +102,18 @@ function check(cond, what) { if (cond) pass++; else { fail++; console.log("FAIL:
   check(role === "assistant" && text === chat.choices[0].message.content, `streamed chat ${JSON.stringify(text)}`);
   check(usage && usage.completion_tokens === chat.usage.completion_tokens, "streamed chat usage");
 
+  // log-probabilities and the penalties, in the client's own types
+  const lc = await client.completions.create({ model: "story", prompt: "Once upon a time", max_tokens: 8, temperature: 0,
+                                               logprobs: 2, frequency_penalty: 0.5, presence_penalty: 0.5 });
+  const lp = lc.choices[0].logprobs;
+  check(lp && lp.tokens.length === 8 && lp.token_logprobs.every((x) => x <= 0) && lp.top_logprobs.length === 8 &&
+        lp.tokens.join("") === lc.choices[0].text, `completion logprobs ${JSON.stringify(lp)}`);
+  const lchat = await client.chat.completions.create({ model: "model", messages, max_tokens: 8, temperature: 0,
+                                                       logprobs: true, top_logprobs: 2 });
+  const content = lchat.choices[0].logprobs?.content ?? [];
+  check(content.length === lchat.usage.completion_tokens && content.every((x) => x.top_logprobs.length === 2 &&
+        Array.isArray(x.bytes)), `chat logprobs ${JSON.stringify(lchat.choices[0].logprobs)}`);
+
   try {
     await client.completions.create({ model: "no-such-adapter", prompt: "x" });
     check(false, "unknown model accepted");

@@ -27,13 +27,18 @@
  *        seed         integer (absent: has_seed false; the server picks one)
  *        stream       boolean; stream_options {include_usage: boolean}
  *                     only together with stream true
+ *        logprobs     completions: integer in [0, LORAC_OAI_MAX_TOP_LOGPROBS],
+ *                     each token's log-probability and that many most likely
+ *                     alternatives; chat: boolean, with
+ *        top_logprobs chat: integer in [0, LORAC_OAI_MAX_TOP_LOGPROBS], only
+ *                     together with logprobs true
  *        ignore_eos   boolean (vLLM's extension)
  *        stop_token_ids  array of up to LORAC_OAI_MAX_STOP_TOKEN_IDS token ids
  *                     that end the output as EOS does (vLLM's extension;
  *                     checked against the vocabulary in step 2)
  *      null means "not given" for every optional field. Features lorac does
  *      not implement are refused rather than ignored, because ignoring them
- *      would silently change the output: logprobs, echo, suffix, best_of > n,
+ *      would silently change the output: echo, suffix, best_of > n,
  *      a non-empty logit_bias, tools.
  *      Unknown fields are ignored (clients send extras such as "user").
  *   2. lorac_oai_request_check_prompt, once the prompt is token ids: ids in
@@ -66,6 +71,7 @@ extern "C" {
 #define LORAC_OAI_MAX_STOP_LEN 256
 #define LORAC_OAI_MAX_STOP_TOKEN_IDS 7 /* one less than the engine takes: the server adds a chat's end of turn */
 #define LORAC_OAI_MAX_N 16
+#define LORAC_OAI_MAX_TOP_LOGPROBS 20 /* vLLM's default max_logprobs */
 
 typedef enum {
     LORAC_OAI_COMPLETION = 0, /* /v1/completions */
@@ -120,6 +126,8 @@ typedef struct {
     bool stream;
     bool include_usage;
     bool ignore_eos;
+    bool logprobs;
+    int32_t top_logprobs; /* with logprobs */
 } lorac_oai_request_t;
 
 /* Parses and validates a request body (step 1 above). On failure *out is
@@ -151,29 +159,60 @@ typedef struct {
     const char *model;
 } lorac_oai_meta_t;
 
+/* Log-probabilities of generated tokens, for a choice or a stream chunk. */
+typedef struct {
+    const char *text;     /* the token's bytes (any bytes) */
+    size_t len;
+    float logprob;
+} lorac_oai_token_logprob_t;
+
+typedef struct {
+    lorac_oai_token_logprob_t token;          /* the generated token */
+    const lorac_oai_token_logprob_t *top;     /* the most likely tokens, most likely first */
+    int32_t n_top;
+} lorac_oai_logprob_t;
+
+typedef struct {
+    const lorac_oai_logprob_t *tokens;
+    int32_t n;
+    int64_t text_offset;  /* completions: characters of the choice's text before tokens[0] */
+} lorac_oai_logprobs_t;
+
+/* What "logprobs" holds (NULL gives null):
+ *   completions  {"tokens": [text], "token_logprobs": [number],
+ *                "top_logprobs": [{text: number}] (the top tokens and the
+ *                generated one, as OpenAI: up to n_top + 1 entries),
+ *                "text_offset": [characters before each token]}
+ *   chat         {"content": [{"token", "logprob", "bytes": [byte values],
+ *                "top_logprobs": [{"token", "logprob", "bytes"}]}]}
+ * Texts that are not valid UTF-8 (a token holding part of a character)
+ * are written with U+FFFD; chat's "bytes" keeps them exactly. */
 typedef struct {
     const char *text;     /* any bytes (see the top) */
     size_t text_len;
     const char *finish_reason; /* "stop", "length"; NULL for null */
+    const lorac_oai_logprobs_t *logprobs;
 } lorac_oai_choice_t;
 
 /* The whole (non-streamed) response: object "text_completion" with
- * choices[{index, text, logprobs: null, finish_reason}], or
- * "chat.completion" with choices[{index, message{role: "assistant",
- * content}, logprobs: null, finish_reason}]; then usage{prompt_tokens,
- * completion_tokens, total_tokens}. */
+ * choices[{index, text, logprobs, finish_reason}], or "chat.completion"
+ * with choices[{index, message{role: "assistant", content}, logprobs,
+ * finish_reason}]; then usage{prompt_tokens, completion_tokens,
+ * total_tokens}. */
 char *lorac_oai_response_json(const lorac_oai_meta_t *m, const lorac_oai_choice_t *choices, int32_t n,
                               int64_t prompt_tokens, int64_t completion_tokens);
 
 /* One server-sent event "data: {...}\n\n" for choice `index`: a
- * "text_completion" chunk with choices[{index, text, logprobs: null,
+ * "text_completion" chunk with choices[{index, text, logprobs,
  * finish_reason}], or a "chat.completion.chunk" with choices[{index, delta,
- * logprobs: null, finish_reason}] where delta is {"role": "assistant",
+ * logprobs, finish_reason}] where delta is {"role": "assistant",
  * "content": ""} when role_delta, {"content": text} when text_len > 0 or no
- * finish_reason, else {}. usage_null adds "usage": null (when the client asked
- * for include_usage, every chunk but the last carries it, as OpenAI does). */
+ * finish_reason, else {}; logprobs those of the chunk's tokens (NULL: null).
+ * usage_null adds "usage": null (when the client asked for include_usage,
+ * every chunk but the last carries it, as OpenAI does). */
 char *lorac_oai_stream_chunk(const lorac_oai_meta_t *m, int32_t index, const char *text, size_t text_len,
-                             const char *finish_reason, bool role_delta, bool usage_null);
+                             const char *finish_reason, bool role_delta, bool usage_null,
+                             const lorac_oai_logprobs_t *logprobs);
 /* The last chunk of stream_options.include_usage: choices [] and usage. */
 char *lorac_oai_stream_usage_chunk(const lorac_oai_meta_t *m, int64_t prompt_tokens, int64_t completion_tokens);
 /* "data: {\"error\": {...}}\n\n": an error after the stream has started. */

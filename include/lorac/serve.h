@@ -43,6 +43,16 @@ typedef enum {
 /* "stop", "length", "cancelled", "error" ("" for NONE): OpenAI's finish_reason. */
 const char *lorac_finish_name(lorac_finish_t f);
 
+/* A token and its log-probability under the model's raw logits
+ * (log_softmax before penalties, temperature or truncation: vLLM's default
+ * raw_logprobs). */
+typedef struct {
+    int32_t token;
+    float logprob;
+} lorac_token_logprob_t;
+
+#define LORAC_SERVE_MAX_TOP_LOGPROBS 20
+
 /* What a request's callback receives: one event per generated token, and a
  * last one with finish != NONE (after which the callback is never called
  * again for that request). */
@@ -56,6 +66,14 @@ typedef struct {
     int32_t n_completion_tokens; /* so far */
     double ttft_s;             /* submit → first token, seconds (0 before it) */
     const char *error;         /* message when finish == ERROR, else NULL */
+    /* With request.logprobs, the event that first reports a generated token
+     * (its text event, or the last event when the token ended the output:
+     * end of sequence, a stop token or a stop string) carries that token's
+     * log-probability in logprobs[0] and the top_logprobs most likely
+     * tokens after it (ties by id); every generated token is reported once.
+     * Otherwise NULL and 0. */
+    const lorac_token_logprob_t *logprobs;
+    int32_t n_logprobs;
 } lorac_serve_event_t;
 
 typedef void (*lorac_serve_callback_t)(void *user, const lorac_serve_event_t *event);
@@ -74,6 +92,8 @@ typedef struct {
     const int32_t *stop_tokens;  /* ids that end the output as EOS does, e.g. a chat template's end of turn
                                     (copied; at most LORAC_SERVE_MAX_STOP_TOKENS) */
     int32_t n_stop_tokens;
+    bool logprobs;               /* report each generated token's log-probability */
+    int32_t top_logprobs;        /* and this many most likely alternatives, 0 .. LORAC_SERVE_MAX_TOP_LOGPROBS */
     lorac_serve_callback_t callback;
     void *user;
 } lorac_serve_request_t;
@@ -104,7 +124,7 @@ void lorac_engine_stop(lorac_engine_t *engine);
  * only ever called for accepted requests):
  *   INVALID_ARG  empty prompt, token outside the vocabulary, max_tokens < 1,
  *                prompt + max_tokens past n_ctx, sampler out of range,
- *                empty stop string, no callback;
+ *                empty stop string, top_logprobs out of range, no callback;
  *   NOT_FOUND    adapter name not registered (no such directory);
  *   FORMAT etc.  the adapter failed to load (message says why);
  *   BUSY         the queue is full.

@@ -39,6 +39,10 @@ typedef struct request {
     lorac_utf8_stream_t utf8;
     char *pending;            /* text held back: it may start a stop string */
     size_t n_pending, cap_pending;
+    bool logprobs;            /* the last token's log-probabilities, for its first event */
+    int32_t top_logprobs, n_lp;
+    bool lp_pending;
+    lorac_token_logprob_t lp[1 + LORAC_SERVE_MAX_TOP_LOGPROBS];
     struct request *next;     /* waiting queue */
 } request_t;
 
@@ -63,6 +67,7 @@ struct lorac_engine {
     int8_t *b_logits;
     int32_t *order;           /* (max_seqs) slots in batch order */
     float *logits;            /* (max_seqs, vocab) */
+    float *raw;               /* (vocab) a row before the sampler changes it, for logprobs */
     char *scratch;            /* UTF-8 assembly of one token */
 };
 
@@ -143,7 +148,34 @@ static void emit(request_t *r, const char *text, size_t len, int32_t token, lora
                               .finish = finish, .n_prompt_tokens = r->n_prompt,
                               .n_completion_tokens = r->n_generated,
                               .ttft_s = r->t_first > 0 ? r->t_first - r->t_submit : 0, .error = error};
+    if (r->lp_pending) { /* the first event after a token reports it */
+        ev.logprobs = r->lp;
+        ev.n_logprobs = r->n_lp;
+        r->lp_pending = false;
+    }
     r->callback(r->user, &ev);
+}
+
+/* The log-probabilities of `token` and of the k most likely tokens (ties by
+ * id) under a row of raw logits: log_softmax, with the sum in double. */
+static int32_t token_logprobs(const float *x, int32_t V, int32_t token, int32_t k, lorac_token_logprob_t *out) {
+    float mx = x[0];
+    for (int32_t i = 1; i < V; i++) mx = x[i] > mx ? x[i] : mx;
+    double sum = 0.0;
+    for (int32_t i = 0; i < V; i++) sum += exp((double)x[i] - mx);
+    double lse = mx + log(sum);
+    out[0] = (lorac_token_logprob_t){token, (float)(x[token] - lse)};
+    /* the k largest by insertion: k <= 20, and most of the row fails the first test */
+    lorac_token_logprob_t *top = out + 1;
+    int32_t n = 0;
+    for (int32_t i = 0; i < V && k > 0; i++) {
+        if (n == k && !(x[i] > top[k - 1].logprob)) continue;
+        int32_t at = n < k ? n++ : k - 1;
+        while (at > 0 && x[i] > top[at - 1].logprob) { top[at] = top[at - 1]; at--; }
+        top[at] = (lorac_token_logprob_t){i, x[i]};
+    }
+    for (int32_t i = 0; i < n; i++) top[i].logprob = (float)(top[i].logprob - lse);
+    return 1 + n;
 }
 
 /* Adds a token's bytes to the pending text and releases what is safe. Returns
@@ -293,7 +325,13 @@ static int32_t build_batch(lorac_engine_t *e, int32_t *n_order) {
 /* Samples the next token of a request whose logits are ready and acts on it:
  * end of sequence, stop string, length, or the text delta. */
 static void advance(lorac_engine_t *e, request_t *r, float *logits) {
+    int32_t V = lorac_model_get_config(e->model)->vocab_size;
+    if (r->logprobs) memcpy(e->raw, logits, sizeof(float) * (size_t)V); /* the sampler changes the row */
     int32_t tok = lorac_sampler_sample(r->sampler, logits);
+    if (r->logprobs) {
+        r->n_lp = token_logprobs(e->raw, V, tok, r->top_logprobs, r->lp);
+        r->lp_pending = true;
+    }
     if (r->n_generated == 0) r->t_first = lorac_seconds();
     r->n_generated++;
     bool end = lorac_model_is_eos(e->model, tok);
@@ -372,7 +410,7 @@ static void *engine_main(void *arg) {
 static void engine_free(lorac_engine_t *e) {
     lorac_context_free(e->ctx);
     free(e->slots); free(e->order); free(e->b_tokens); free(e->b_pos); free(e->b_seq); free(e->b_logits);
-    free(e->logits); free(e->scratch);
+    free(e->logits); free(e->raw); free(e->scratch);
     registry_free(&e->registry);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->wake);
@@ -406,13 +444,14 @@ lorac_status_t lorac_engine_start(const lorac_model_t *model, const lorac_engine
     e->b_seq = malloc(sizeof(int32_t) * (size_t)p.n_batch);
     e->b_logits = malloc((size_t)p.n_batch);
     e->logits = malloc(sizeof(float) * (size_t)p.max_seqs * (size_t)c->vocab_size);
+    e->raw = malloc(sizeof(float) * (size_t)c->vocab_size);
     e->scratch = malloc(3 * 512 + 3);
     registry_init(&e->registry, model, p.adapters_dir, p.max_loras);
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->wake, NULL);
     e->metrics.max_seqs = p.max_seqs;
     e->metrics.max_queue = p.max_queue;
-    if (!e->slots || !e->order || !e->b_tokens || !e->b_pos || !e->b_seq || !e->b_logits || !e->logits || !e->scratch ||
+    if (!e->slots || !e->order || !e->b_tokens || !e->b_pos || !e->b_seq || !e->b_logits || !e->logits || !e->raw || !e->scratch ||
         pthread_create(&e->thread, NULL, engine_main, e) != 0) {
         engine_free(e); /* no thread was started */
         return lorac_error(LORAC_STATUS_NOMEM, "out of memory (or threads) for the engine");
@@ -459,6 +498,8 @@ static lorac_status_t validate_request(const lorac_engine_t *e, const lorac_serv
     if (q->n_stop < 0 || (q->n_stop > 0 && !q->stop)) return lorac_error(LORAC_STATUS_INVALID_ARG, "bad stop list");
     for (int32_t i = 0; i < q->n_stop; i++)
         if (!q->stop[i] || !q->stop[i][0]) return lorac_error(LORAC_STATUS_INVALID_ARG, "stop strings must not be empty");
+    if (q->logprobs && (q->top_logprobs < 0 || q->top_logprobs > LORAC_SERVE_MAX_TOP_LOGPROBS))
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "top_logprobs must be in 0..%d", LORAC_SERVE_MAX_TOP_LOGPROBS);
     if (q->n_stop_tokens < 0 || q->n_stop_tokens > LORAC_SERVE_MAX_STOP_TOKENS || (q->n_stop_tokens && !q->stop_tokens))
         return lorac_error(LORAC_STATUS_INVALID_ARG, "at most %d stop tokens", LORAC_SERVE_MAX_STOP_TOKENS);
     for (int32_t i = 0; i < q->n_stop_tokens; i++)
@@ -495,6 +536,8 @@ static request_t *request_new(const lorac_engine_t *e, const lorac_serve_request
     r->ignore_eos = q->ignore_eos;
     if (q->n_stop_tokens) memcpy(r->stop_tokens, q->stop_tokens, sizeof(int32_t) * (size_t)q->n_stop_tokens);
     r->n_stop_tokens = q->n_stop_tokens;
+    r->logprobs = q->logprobs;
+    r->top_logprobs = q->logprobs ? q->top_logprobs : 0;
     r->callback = q->callback;
     r->user = q->user;
     r->slot = -1;

@@ -211,6 +211,12 @@ static void timed_wait(pthread_cond_t *cv, pthread_mutex_t *mu, long ms) {
 
 typedef struct job job_t;
 
+/* One generated token's log-probabilities, as the engine reported them. */
+typedef struct {
+    lorac_token_logprob_t lp[1 + LORAC_SERVE_MAX_TOP_LOGPROBS];
+    int32_t n;
+} token_lps_t;
+
 typedef struct {
     job_t *job;
     uint64_t id;               /* engine request id, 0 before it is accepted */
@@ -220,6 +226,9 @@ typedef struct {
     int32_t n_prompt, n_completion;
     bool oom, role_sent, finish_sent;
     char error[256];
+    token_lps_t *lps;          /* with logprobs: every token's, in order */
+    int32_t n_lps, cap_lps, n_lps_sent;
+    int64_t lps_offset;        /* characters of text before lps[n_lps_sent] (streams) */
 } choice_t;
 
 struct job {
@@ -231,7 +240,8 @@ struct job {
     lorac_oai_meta_t meta;
     char id[48];
     char *model;
-    bool stream, include_usage;
+    bool stream, include_usage, logprobs;
+    const lorac_tokenizer_t *tok;  /* token texts for logprobs */
     int32_t n, n_done;
     choice_t *choices;
     buf_t out;                 /* SSE bytes formatted, not yet handed to MHD */
@@ -240,7 +250,7 @@ struct job {
 };
 
 static void job_free(job_t *j) {
-    for (int32_t i = 0; i < j->n; i++) free(j->choices[i].text.s);
+    for (int32_t i = 0; i < j->n; i++) free(j->choices[i].text.s), free(j->choices[i].lps);
     free(j->choices);
     free(j->out.s);
     free(j->model);
@@ -256,7 +266,7 @@ static void job_release(job_t *j) {
     if (refs == 0) job_free(j);
 }
 
-static job_t *job_new(lorac_http_server_t *srv, const lorac_oai_request_t *req, int fd) {
+static job_t *job_new(lorac_http_server_t *srv, const lorac_oai_request_t *req, const lorac_tokenizer_t *tok, int fd) {
     job_t *j = calloc(1, sizeof *j);
     if (!j) return NULL;
     j->choices = calloc((size_t)req->n, sizeof *j->choices);
@@ -275,6 +285,8 @@ static job_t *job_new(lorac_http_server_t *srv, const lorac_oai_request_t *req, 
     j->n = req->n;
     j->stream = req->stream;
     j->include_usage = req->include_usage;
+    j->logprobs = req->logprobs;
+    j->tok = tok;
     for (int32_t i = 0; i < j->n; i++) j->choices[i].job = j;
     snprintf(j->id, sizeof j->id, "%s-%016llx", req->kind == LORAC_OAI_CHAT ? "chatcmpl" : "cmpl",
              (unsigned long long)next_random(srv));
@@ -296,6 +308,19 @@ static void on_engine_event(void *user, const lorac_serve_event_t *ev) {
             off += n;
         }
     }
+    if (ev->n_logprobs > 0 && !c->oom) {
+        if (c->n_lps == c->cap_lps) {
+            int32_t cap = c->cap_lps ? 2 * c->cap_lps : 16;
+            token_lps_t *grown = realloc(c->lps, sizeof *grown * (size_t)cap);
+            if (grown) c->lps = grown, c->cap_lps = cap;
+            else c->oom = true;
+        }
+        if (!c->oom) {
+            token_lps_t *t = &c->lps[c->n_lps++];
+            t->n = ev->n_logprobs < 1 + LORAC_SERVE_MAX_TOP_LOGPROBS ? ev->n_logprobs : 1 + LORAC_SERVE_MAX_TOP_LOGPROBS;
+            memcpy(t->lp, ev->logprobs, sizeof(lorac_token_logprob_t) * (size_t)t->n);
+        }
+    }
     c->n_prompt = ev->n_prompt_tokens;
     c->n_completion = ev->n_completion_tokens;
     bool last = ev->finish != LORAC_FINISH_NONE;
@@ -312,6 +337,43 @@ static void on_engine_event(void *user, const lorac_serve_event_t *ev) {
     pthread_cond_broadcast(&j->cv);
     pthread_mutex_unlock(&j->mu);
     if (last && refs == 0) job_free(j);
+}
+
+/* The protocol layer's view of c->lps[from, to): each token's text from the
+ * tokenizer. Everything lives in one allocation, *mem, which the caller
+ * frees. Returns NULL when out of memory. */
+static const lorac_oai_logprobs_t *logprobs_view(const job_t *j, const choice_t *c, int32_t from, int32_t to,
+                                                 int64_t text_offset, void **mem) {
+    char b[512];
+    int32_t n_items = to - from, n_texts = 0;
+    size_t n_bytes = 0;
+    for (int32_t i = from; i < to; i++)
+        for (int32_t k = 0; k < c->lps[i].n; k++, n_texts++) {
+            int32_t len = lorac_tokenizer_token_bytes(j->tok, c->lps[i].lp[k].token, b, (int32_t)sizeof b);
+            n_bytes += len > 0 ? (size_t)len : 0;
+        }
+    size_t head = sizeof(lorac_oai_logprobs_t) + sizeof(lorac_oai_logprob_t) * (size_t)n_items;
+    size_t entries = sizeof(lorac_oai_token_logprob_t) * (size_t)n_texts;
+    char *m = malloc(head + entries + n_bytes + 1);
+    *mem = m;
+    if (!m) return NULL;
+    lorac_oai_logprobs_t *out = (lorac_oai_logprobs_t *)m;
+    lorac_oai_logprob_t *items = (lorac_oai_logprob_t *)(m + sizeof *out);
+    lorac_oai_token_logprob_t *e = (lorac_oai_token_logprob_t *)(m + head);
+    char *text = m + head + entries;
+    for (int32_t i = from; i < to; i++) {
+        const token_lps_t *t = &c->lps[i];
+        for (int32_t k = 0; k < t->n; k++, e++) {
+            int32_t len = lorac_tokenizer_token_bytes(j->tok, t->lp[k].token, b, (int32_t)sizeof b);
+            size_t n = len > 0 ? (size_t)len : 0;
+            memcpy(text, b, n);
+            *e = (lorac_oai_token_logprob_t){.text = text, .len = n, .logprob = t->lp[k].logprob};
+            text += n;
+        }
+        items[i - from] = (lorac_oai_logprob_t){.token = e[-t->n], .top = e - t->n + 1, .n_top = t->n - 1};
+    }
+    *out = (lorac_oai_logprobs_t){.tokens = items, .n = n_items, .text_offset = text_offset};
+    return out;
 }
 
 /* Cancels every choice still running (a client that hung up). */
@@ -350,19 +412,44 @@ static int stream_produce(job_t *j) {
     for (int32_t i = 0; i < j->n; i++) {
         choice_t *c = &j->choices[i];
         if (chat && !c->role_sent) {
-            if (buf_take(&j->out, lorac_oai_stream_chunk(&j->meta, i, NULL, 0, NULL, true, j->include_usage))) return -1;
+            if (buf_take(&j->out, lorac_oai_stream_chunk(&j->meta, i, NULL, 0, NULL, true, j->include_usage, NULL)))
+                return -1;
             c->role_sent = true;
         }
-        if (c->text.len > 0) {
-            if (buf_take(&j->out, lorac_oai_stream_chunk(&j->meta, i, c->text.s, c->text.len, NULL, false,
-                                                         j->include_usage)))
-                return -1;
+        /* the text so far, with the log-probabilities of the tokens it came
+         * from (a token whose text is held back for a stop string is
+         * reported with the text that follows it, or in the last chunk) */
+        bool with_lps = j->logprobs && c->n_lps > c->n_lps_sent;
+        if (c->text.len > 0 || (with_lps && c->finish == LORAC_FINISH_NONE)) {
+            void *mem = NULL;
+            const lorac_oai_logprobs_t *lp =
+                with_lps ? logprobs_view(j, c, c->n_lps_sent, c->n_lps, c->lps_offset, &mem) : NULL;
+            char *chunk = with_lps && !lp ? NULL : lorac_oai_stream_chunk(&j->meta, i, c->text.s, c->text.len, NULL, false,
+                                                                       j->include_usage, lp);
+            free(mem);
+            if (buf_take(&j->out, chunk)) return -1;
+            if (with_lps) { /* offsets count the tokens' texts, as the whole answer's do */
+                for (int32_t t = c->n_lps_sent; t < c->n_lps; t++) {
+                    char b[512];
+                    int32_t len = lorac_tokenizer_token_bytes(j->tok, c->lps[t].lp[0].token, b, (int32_t)sizeof b);
+                    for (int32_t x = 0; x < len; x++) c->lps_offset += ((unsigned char)b[x] & 0xC0) != 0x80;
+                }
+                c->n_lps_sent = c->n_lps;
+            }
             c->text.len = 0;
         }
         if (c->finish != LORAC_FINISH_NONE && !c->finish_sent) {
             const char *fr = finish_reason(c->finish);
             if (fr) {
-                if (buf_take(&j->out, lorac_oai_stream_chunk(&j->meta, i, "", 0, fr, false, j->include_usage))) return -1;
+                void *mem = NULL;
+                with_lps = j->logprobs && c->n_lps > c->n_lps_sent;
+                const lorac_oai_logprobs_t *lp =
+                    with_lps ? logprobs_view(j, c, c->n_lps_sent, c->n_lps, c->lps_offset, &mem) : NULL;
+                char *chunk = with_lps && !lp ? NULL : lorac_oai_stream_chunk(&j->meta, i, "", 0, fr, false,
+                                                                           j->include_usage, lp);
+                free(mem);
+                c->n_lps_sent = c->n_lps;
+                if (buf_take(&j->out, chunk)) return -1;
             } else {
                 lorac_oai_error_t err;
                 finish_error(j, c, &err);
@@ -521,7 +608,7 @@ static lorac_status_t start_job(lorac_http_server_t *srv, struct MHD_Connection 
     if (!s)
         s = lorac_oai_request_check_prompt(req, ids, (int32_t)n_ids, lorac_model_get_config(model)->vocab_size,
                                            lorac_engine_n_ctx(e), err);
-    job_t *j = s ? NULL : job_new(srv, req, connection_fd(c));
+    job_t *j = s ? NULL : job_new(srv, req, lorac_model_get_tokenizer(model), connection_fd(c));
     if (!s && !j) s = lorac_oai_error_set(err, 500, NULL, NULL, NULL, "out of memory");
     uint64_t seed = req->has_seed ? req->seed : next_random(srv);
     /* the request's stop_token_ids, and a chat reply ends with its turn */
@@ -544,6 +631,8 @@ static lorac_status_t start_job(lorac_http_server_t *srv, struct MHD_Connection 
         q.sampler.frequency_penalty = req->frequency_penalty;
         q.sampler.repetition_penalty = req->repetition_penalty;
         q.sampler.seed = seed + (uint64_t)i;
+        q.logprobs = req->logprobs;
+        q.top_logprobs = req->top_logprobs;
         pthread_mutex_lock(&j->mu);
         j->refs++; /* before submit: the first event may come before it returns */
         pthread_mutex_unlock(&j->mu);
@@ -603,22 +692,27 @@ static enum MHD_Result handle_generate(lorac_http_server_t *srv, struct MHD_Conn
     pthread_mutex_unlock(&j->mu);
     /* every engine reference is gone: the job is ours alone now */
     lorac_oai_choice_t choices[LORAC_OAI_MAX_N];
+    void *mem[LORAC_OAI_MAX_N] = {0};
     int64_t completion = 0;
     enum MHD_Result res = MHD_YES;
+    bool oom = false;
     for (int32_t i = 0; i < j->n; i++) {
         const choice_t *ch = &j->choices[i];
         if (!finish_reason(ch->finish)) {
             finish_error(j, ch, &err);
             res = send_error(srv, c, k, &err);
+            for (int32_t m = 0; m < i; m++) free(mem[m]);
             job_release(j);
             return res;
         }
         choices[i] = (lorac_oai_choice_t){.text = ch->text.s ? ch->text.s : "", .text_len = ch->text.len,
                                           .finish_reason = finish_reason(ch->finish)};
+        if (j->logprobs) oom |= !(choices[i].logprobs = logprobs_view(j, ch, 0, ch->n_lps, 0, &mem[i]));
         completion += ch->n_completion;
     }
     res = send_body(srv, c, k, 200, "application/json",
-                    lorac_oai_response_json(&j->meta, choices, j->n, j->choices[0].n_prompt, completion));
+                    oom ? NULL : lorac_oai_response_json(&j->meta, choices, j->n, j->choices[0].n_prompt, completion));
+    for (int32_t i = 0; i < j->n; i++) free(mem[i]);
     job_release(j);
     return res;
 }

@@ -314,9 +314,6 @@ static lorac_status_t parse_stop_token_ids(const cJSON *o, lorac_oai_request_t *
 /* Fields that would change the output if ignored. */
 static lorac_status_t refuse_unsupported(const cJSON *o, lorac_oai_kind_t kind, int32_t n, lorac_oai_error_t *err) {
     const cJSON *v;
-    if ((v = field(o, "logprobs")) && !cJSON_IsFalse(v)) return BAD("logprobs", "'logprobs' is not supported");
-    if ((v = field(o, "top_logprobs")) && !(cJSON_IsNumber(v) && v->valuedouble == 0))
-        return BAD("top_logprobs", "'top_logprobs' is not supported");
     if ((v = field(o, "echo")) && !cJSON_IsFalse(v)) return BAD("echo", "'echo' is not supported");
     if ((v = field(o, "suffix")) && !(cJSON_IsString(v) && !v->valuestring[0]))
         return BAD("suffix", "'suffix' is not supported");
@@ -381,6 +378,17 @@ static lorac_status_t parse_fields(const cJSON *o, lorac_oai_kind_t kind, lorac_
     r->frequency_penalty = (float)frequency;
     r->repetition_penalty = (float)repetition;
 
+    if (kind == LORAC_OAI_COMPLETION) { /* an integer; false as null, which some clients send */
+        const cJSON *lp = field(o, "logprobs");
+        if (lp && !cJSON_IsFalse(lp) && (s = get_int(o, "logprobs", 0, LORAC_OAI_MAX_TOP_LOGPROBS, &v, &r->logprobs, err)))
+            return s;
+        r->top_logprobs = r->logprobs ? (int32_t)v : 0;
+    } else {
+        if ((s = get_bool(o, "logprobs", &r->logprobs, err))) return s;
+        if ((s = get_int(o, "top_logprobs", 0, LORAC_OAI_MAX_TOP_LOGPROBS, &v, &given, err))) return s;
+        if (given && !r->logprobs) return BAD("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+        r->top_logprobs = given ? (int32_t)v : 0;
+    }
     if ((s = parse_stop(o, r, err))) return s;
     if ((s = parse_stop_token_ids(o, r, err))) return s;
     if ((s = get_bool(o, "stream", &r->stream, err))) return s;
@@ -506,6 +514,107 @@ static void add_finish(cJSON *c, const char *finish_reason) {
     else cJSON_AddNullToObject(c, "finish_reason");
 }
 
+/* `len` bytes as valid UTF-8 without NUL, for object keys (cJSON takes them
+ * as C strings and escapes them itself): each invalid byte and NUL becomes
+ * U+FFFD, as lorac_oai_json_string writes invalid bytes. */
+static char *clean_key(const char *text, size_t len) {
+    char *out = malloc(3 * len + 1), *w = out;
+    if (!out) return NULL;
+    const unsigned char *p = (const unsigned char *)text;
+    for (size_t i = 0; i < len;) {
+        size_t n = utf8_char_len(p + i, len - i);
+        if (n == 0 || p[i] == 0) {
+            memcpy(w, "\xEF\xBF\xBD", 3);
+            w += 3;
+            i++;
+        } else {
+            memcpy(w, p + i, n);
+            w += n;
+            i += n;
+        }
+    }
+    *w = 0;
+    return out;
+}
+
+/* Characters in `len` bytes as a client's string counts them: every byte
+ * that does not continue a character starts one. */
+static int64_t utf8_chars(const char *s, size_t len) {
+    int64_t n = 0;
+    for (size_t i = 0; i < len; i++) n += ((unsigned char)s[i] & 0xC0) != 0x80;
+    return n;
+}
+
+/* cJSON writes a non-finite number as null; a token the model rules out
+ * (raw logit -inf) gets the most negative float instead, as JSON allows. */
+static double finite_logprob(float lp) { return isfinite(lp) ? (double)lp : -3.4028234663852886e38; }
+
+static cJSON *chat_token_logprob(const lorac_oai_token_logprob_t *t) {
+    cJSON *o = cJSON_CreateObject(), *bytes;
+    if (!o || add_text(o, "token", t->text, t->len) || !cJSON_AddNumberToObject(o, "logprob", finite_logprob(t->logprob)) ||
+        !(bytes = cJSON_AddArrayToObject(o, "bytes"))) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    for (size_t i = 0; i < t->len; i++) {
+        cJSON *b = cJSON_CreateNumber((unsigned char)t->text[i]);
+        if (!b || !cJSON_AddItemToArray(bytes, b)) { cJSON_Delete(b); cJSON_Delete(o); return NULL; }
+    }
+    return o;
+}
+
+/* Adds "logprobs" to choice c: null, or the tokens' in the kind's shape. */
+static int add_logprobs(cJSON *c, bool chat, const lorac_oai_logprobs_t *lp) {
+    if (!lp) return cJSON_AddNullToObject(c, "logprobs") ? 0 : -1;
+    cJSON *o = cJSON_AddObjectToObject(c, "logprobs");
+    if (!o) return -1;
+    if (chat) {
+        cJSON *content = cJSON_AddArrayToObject(o, "content");
+        if (!content) return -1;
+        for (int32_t i = 0; i < lp->n; i++) {
+            cJSON *e = chat_token_logprob(&lp->tokens[i].token), *top;
+            if (!e || !cJSON_AddItemToArray(content, e)) { cJSON_Delete(e); return -1; }
+            if (!(top = cJSON_AddArrayToObject(e, "top_logprobs"))) return -1;
+            for (int32_t k = 0; k < lp->tokens[i].n_top; k++) {
+                cJSON *t = chat_token_logprob(&lp->tokens[i].top[k]);
+                if (!t || !cJSON_AddItemToArray(top, t)) { cJSON_Delete(t); return -1; }
+            }
+        }
+        return 0;
+    }
+    cJSON *tokens = cJSON_AddArrayToObject(o, "tokens"), *lps = cJSON_AddArrayToObject(o, "token_logprobs"),
+          *tops = cJSON_AddArrayToObject(o, "top_logprobs"), *offsets = cJSON_AddArrayToObject(o, "text_offset");
+    if (!tokens || !lps || !tops || !offsets) return -1;
+    int64_t offset = lp->text_offset;
+    for (int32_t i = 0; i < lp->n; i++) {
+        const lorac_oai_logprob_t *t = &lp->tokens[i];
+        char *lit = lorac_oai_json_string(t->token.text, t->token.len);
+        cJSON *tok = lit ? cJSON_CreateRaw(lit) : NULL, *num = cJSON_CreateNumber(finite_logprob(t->token.logprob)),
+              *off = cJSON_CreateNumber((double)offset), *top = cJSON_CreateObject();
+        free(lit);
+        int bad = !cJSON_AddItemToArray(tokens, tok);
+        if (bad) cJSON_Delete(tok);
+        if (!cJSON_AddItemToArray(lps, num)) { cJSON_Delete(num); bad = 1; }
+        if (!cJSON_AddItemToArray(offsets, off)) { cJSON_Delete(off); bad = 1; }
+        if (!cJSON_AddItemToArray(tops, top)) { cJSON_Delete(top); bad = 1; }
+        if (bad) return -1;
+        /* the top tokens and the generated one (OpenAI: up to n_top + 1) */
+        for (int32_t k = 0; k <= t->n_top; k++) {
+            const lorac_oai_token_logprob_t *x = k < t->n_top ? &t->top[k] : &t->token;
+            char *key = clean_key(x->text, x->len);
+            if (!key) return -1;
+            if (!cJSON_GetObjectItemCaseSensitive(top, key) &&
+                !cJSON_AddNumberToObject(top, key, finite_logprob(x->logprob))) {
+                free(key);
+                return -1;
+            }
+            free(key);
+        }
+        offset += utf8_chars(t->token.text, t->token.len);
+    }
+    return 0;
+}
+
 char *lorac_oai_response_json(const lorac_oai_meta_t *m, const lorac_oai_choice_t *choices, int32_t n,
                               int64_t prompt_tokens, int64_t completion_tokens) {
     bool chat = m->kind == LORAC_OAI_CHAT;
@@ -525,7 +634,7 @@ char *lorac_oai_response_json(const lorac_oai_meta_t *m, const lorac_oai_choice_
             cJSON_Delete(o);
             return NULL;
         }
-        cJSON_AddNullToObject(c, "logprobs");
+        if (add_logprobs(c, chat, choices[i].logprobs)) { cJSON_Delete(o); return NULL; }
         add_finish(c, choices[i].finish_reason);
     }
     if (add_usage(o, prompt_tokens, completion_tokens)) { cJSON_Delete(o); return NULL; }
@@ -547,7 +656,8 @@ static char *sse(char *json) {
 }
 
 char *lorac_oai_stream_chunk(const lorac_oai_meta_t *m, int32_t index, const char *text, size_t text_len,
-                             const char *finish_reason, bool role_delta, bool usage_null) {
+                             const char *finish_reason, bool role_delta, bool usage_null,
+                             const lorac_oai_logprobs_t *logprobs) {
     bool chat = m->kind == LORAC_OAI_CHAT;
     cJSON *o = response_head(m, chat ? "chat.completion.chunk" : "text_completion");
     cJSON *arr = o ? cJSON_AddArrayToObject(o, "choices") : NULL, *c = cJSON_CreateObject();
@@ -566,7 +676,7 @@ char *lorac_oai_stream_chunk(const lorac_oai_meta_t *m, int32_t index, const cha
     } else {
         bad = add_text(c, "text", text, text_len);
     }
-    cJSON_AddNullToObject(c, "logprobs");
+    if (!bad) bad = add_logprobs(c, chat, logprobs);
     add_finish(c, finish_reason);
     if (usage_null) cJSON_AddNullToObject(o, "usage");
     if (bad) { cJSON_Delete(o); return NULL; }
