@@ -60,7 +60,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                                             .logprob = i == 2 ? -INFINITY : -(float)i};
     items[0] = (lorac_oai_logprob_t){.token = top[1], .top = top, .n_top = 3};
     items[1] = (lorac_oai_logprob_t){.token = top[2], .top = top, .n_top = 0};
-    lorac_oai_logprobs_t lp = {.tokens = items, .n = 2, .text_offset = 5};
+    lorac_oai_logprob_t echoed[3] = {{.token = {body, len / 2, NAN}, .n_top = -1}, items[0], items[1]};
+    lorac_oai_logprobs_t lp = {.tokens = data[0] & 8 ? echoed : items, .n = data[0] & 8 ? 3 : 2, .text_offset = 5};
     lorac_oai_choice_t c = {.text = body, .text_len = len, .finish_reason = "stop", .logprobs = &lp};
     check_utf8(lorac_oai_response_json(&m, &c, 1, 3, 4));
     check_utf8(lorac_oai_stream_chunk(&m, 0, body, len, NULL, false, req.include_usage, &lp));

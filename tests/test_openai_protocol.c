@@ -149,7 +149,7 @@ static void test_parse_bad(void) {
         {"\"stream_options\": {\"include_usage\": true}", "stream_options"},
         {"\"stream\": true, \"stream_options\": 1", "stream_options"},
         {"\"stream\": true, \"stream_options\": {\"include_usage\": 1}", "stream_options.include_usage"},
-        {"\"logprobs\": 21", "logprobs"},            {"\"echo\": true", "echo"},
+        {"\"logprobs\": 21", "logprobs"},            {"\"echo\": 1", "echo"},
         {"\"logprobs\": -1", "logprobs"},            {"\"logprobs\": true", "logprobs"},
         {"\"logprobs\": 1.5", "logprobs"},
         {"\"suffix\": \"x\"", "suffix"},             {"\"best_of\": 2", "best_of"},
@@ -266,7 +266,11 @@ static void test_logprobs_parse(void) {
     CHECK(parse(LORAC_OAI_COMPLETION, "{\"model\": \"a\", \"prompt\": \"x\", \"logprobs\": 0}") == LORAC_STATUS_OK);
     CHECK(g_req.logprobs && g_req.top_logprobs == 0);
     CHECK(parse(LORAC_OAI_COMPLETION, "{\"model\": \"a\", \"prompt\": \"x\", \"logprobs\": false}") == LORAC_STATUS_OK);
-    CHECK(!g_req.logprobs);
+    CHECK(!g_req.logprobs && !g_req.echo);
+    CHECK(parse(LORAC_OAI_COMPLETION, "{\"model\": \"a\", \"prompt\": [1, 2], \"logprobs\": 1, \"echo\": true}") ==
+          LORAC_STATUS_OK);
+    CHECK(g_req.logprobs && g_req.top_logprobs == 1 && g_req.echo);
+    expect_bad(LORAC_OAI_COMPLETION, "{\"model\": \"a\", \"prompt\": \"x\", \"echo\": \"yes\"}", 400, "echo");
     const char *msgs = "\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]";
     char body[256];
     snprintf(body, sizeof body, "{\"model\": \"a\", %s, \"logprobs\": true, \"top_logprobs\": 20}", msgs);
@@ -315,6 +319,19 @@ static void test_logprobs_json(void) {
     CHECK(cJSON_GetArrayItem(offs, 0)->valueint == 7 && cJSON_GetArrayItem(offs, 1)->valueint == 8);
     cJSON_Delete(o);
     free(s);
+    /* an echoed prompt's first token: logprob and top null */
+    lorac_oai_logprob_t echoed[2] = {{.token = {"<s>", 3, NAN}, .n_top = -1}, items[0]};
+    lorac_oai_logprobs_t le = {.tokens = echoed, .n = 2, .text_offset = 0};
+    ch.logprobs = &le;
+    s = lorac_oai_response_json(&m, &ch, 1, 1, 2);
+    o = parse_json(s);
+    l = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "choices"), 0), "logprobs");
+    CHECK(cJSON_IsNull(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(l, "token_logprobs"), 0)) &&
+          cJSON_IsNull(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(l, "top_logprobs"), 0)) &&
+          cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(l, "text_offset"), 1)->valueint == 3);
+    cJSON_Delete(o);
+    free(s);
+    ch.logprobs = &lp;
 
     m.kind = LORAC_OAI_CHAT;
     s = lorac_oai_response_json(&m, &ch, 1, 1, 2);

@@ -414,6 +414,44 @@ def test_logprobs(port, model, names):
               all(bytes(x["bytes"]).decode("utf-8", "replace") == x["token"] for x in content) and
               all(x["logprob"] <= 1e-6 and x["top_logprobs"][0]["logprob"] >= x["logprob"] - 1e-6 for x in content),
               f"chat logprobs (stream={stream}): {len(content)} entries for {n_completion} tokens")
+    # echo (lm-evaluation-harness's loglikelihood request: the context and continuation as ids, max_tokens 1,
+    # logprobs 1, echo): every prompt token's log-probability given the ones before it, against torch
+    cont = [int(x) for x in subprocess.run([BIN, "tokenize", "-m", model, "-p", " there was a dog", "--no-special"],
+                                           capture_output=True, text=True, check=True).stdout.split()]
+    # a long context too: more prompt tokens than a step scores (64), two such requests at once
+    long_ctx = [int(x) for x in subprocess.run([BIN, "tokenize", "-m", model, "-p", " ".join(PROMPTS) * 3],
+                                               capture_output=True, text=True, check=True).stdout.split()]
+    cases = [(prompt_ids, False), (prompt_ids, True), (long_ctx, False)]
+    bodies = [{"model": "model", "prompt": [ctx + cont], "max_tokens": 1, "temperature": 0, "logprobs": 1,
+               "echo": True, "seed": 1234, "stream": stream} for ctx, stream in cases]
+    answers = in_threads([lambda b=b: complete(port, b) for b in bodies] +
+                         [lambda: complete(port, bodies[2])])
+    check(answers[3]["status"] == 200 and answers[3]["object"]["choices"][0]["logprobs"] ==
+          answers[2]["object"]["choices"][0]["logprobs"], "two long echo requests at once agree")
+    for (ctx, stream), e in zip(cases, answers):
+        full = ctx + cont
+        ref = torch.log_softmax(hf_model.llama_forward(w, c, torch.tensor(full)), -1)
+        want = [ref[p - 1, full[p]].item() for p in range(1, len(full))]
+        greedy_ref = [int(ref[p - 1].argmax()) == full[p] for p in range(1, len(full))]
+        if stream:
+            lp = {"token_logprobs": [], "top_logprobs": [], "tokens": []}
+            for ev in e.get("events", []):
+                for ch in ev.get("choices", []):
+                    for k in lp:
+                        lp[k] += (ch.get("logprobs") or {}).get(k, [])
+        else:
+            lp = e["object"]["choices"][0]["logprobs"] if e["status"] == 200 else None
+        ok = lp is not None and len(lp["token_logprobs"]) == len(full) + 1 and lp["token_logprobs"][0] is None and \
+            lp["top_logprobs"][0] is None
+        diff = max(abs(a - b) for a, b in zip(lp["token_logprobs"][1:len(full)], want)) if ok else 1.0
+        # lm-eval's parse_logprobs: the continuation's sum, and whether each token was the greedy one
+        ctxlen = len(ctx)
+        total = sum(lp["token_logprobs"][ctxlen:-1]) if ok else 0.0
+        greedy = [t == max(top.values()) for t, top in zip(lp["token_logprobs"][1:-1], lp["top_logprobs"][1:-1])] \
+            if ok else []
+        check(ok and diff < 1e-4 and abs(total - sum(want[ctxlen - 1:])) < 1e-3 and greedy == greedy_ref,
+              f"echo logprobs ({len(full)} tokens, stream={stream}): max |diff| {diff:.2e}")
+        check(stream or e["text"].startswith(PROMPTS[0]), f"echo text {e.get('text')!r}")
     # refused shapes
     check(complete(port, dict(body, logprobs=21))["status"] == 400, "logprobs 21 refused")
     check(complete(port, {"model": "model", "messages": msgs, "top_logprobs": 2})["status"] == 400,
@@ -454,7 +492,9 @@ BAD = [
     ("5 stops", "/v1/completions", {"model": "model", "prompt": "x", "stop": list("abcde")}, 400, None),
     ("seed fractional", "/v1/completions", {"model": "model", "prompt": "x", "seed": 0.5}, 400, None),
     ("logprobs 21", "/v1/completions", {"model": "model", "prompt": "x", "logprobs": 21}, 400, None),
-    ("echo", "/v1/completions", {"model": "model", "prompt": "x", "echo": True}, 400, None),
+    ("echo in chat", "/v1/chat/completions", {"model": "model", "messages": [{"role": "user", "content": "x"}],
+                                               "echo": True}, 400, None),
+    ("echo not boolean", "/v1/completions", {"model": "model", "prompt": "x", "echo": 1}, 400, None),
     ("repetition_penalty 0", "/v1/completions", {"model": "model", "prompt": "x", "repetition_penalty": 0}, 400, None),
     ("unknown model", "/v1/completions", {"model": "gpt-4", "prompt": "x"}, 404, "model_not_found"),
     ("path as model", "/v1/completions", {"model": "../adapters/a0-r4", "prompt": "x"}, 404, "model_not_found"),

@@ -32,13 +32,15 @@
  *                     alternatives; chat: boolean, with
  *        top_logprobs chat: integer in [0, LORAC_OAI_MAX_TOP_LOGPROBS], only
  *                     together with logprobs true
+ *        echo         completions: boolean; the prompt's text before the
+ *                     completion, and with logprobs its tokens' (the first's null)
  *        ignore_eos   boolean (vLLM's extension)
  *        stop_token_ids  array of up to LORAC_OAI_MAX_STOP_TOKEN_IDS token ids
  *                     that end the output as EOS does (vLLM's extension;
  *                     checked against the vocabulary in step 2)
  *      null means "not given" for every optional field. Features lorac does
  *      not implement are refused rather than ignored, because ignoring them
- *      would silently change the output: echo, suffix, best_of > n,
+ *      would silently change the output: echo for chat, suffix, best_of > n,
  *      a non-empty logit_bias, tools.
  *      Unknown fields are ignored (clients send extras such as "user").
  *   2. lorac_oai_request_check_prompt, once the prompt is token ids: ids in
@@ -128,6 +130,7 @@ typedef struct {
     bool ignore_eos;
     bool logprobs;
     int32_t top_logprobs; /* with logprobs */
+    bool echo;            /* completions */
 } lorac_oai_request_t;
 
 /* Parses and validates a request body (step 1 above). On failure *out is
@@ -163,13 +166,13 @@ typedef struct {
 typedef struct {
     const char *text;     /* the token's bytes (any bytes) */
     size_t len;
-    float logprob;
+    float logprob;        /* NaN: none (written null), for an echoed prompt's first token */
 } lorac_oai_token_logprob_t;
 
 typedef struct {
-    lorac_oai_token_logprob_t token;          /* the generated token */
+    lorac_oai_token_logprob_t token;          /* the generated (or echoed prompt) token */
     const lorac_oai_token_logprob_t *top;     /* the most likely tokens, most likely first */
-    int32_t n_top;
+    int32_t n_top;                            /* < 0: none (completions write null) */
 } lorac_oai_logprob_t;
 
 typedef struct {

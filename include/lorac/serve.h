@@ -74,6 +74,13 @@ typedef struct {
      * Otherwise NULL and 0. */
     const lorac_token_logprob_t *logprobs;
     int32_t n_logprobs;
+    /* With request.prompt_logprobs, the first event carries the prompt's:
+     * for each prompt token after the first, in order, a row of
+     * prompt_logprobs_stride entries (the token's own log-probability given
+     * the tokens before it, then the top_logprobs most likely there).
+     * n_prompt_logprobs rows (n_prompt - 1); NULL and 0 on other events. */
+    const lorac_token_logprob_t *prompt_logprobs;
+    int32_t n_prompt_logprobs, prompt_logprobs_stride;
 } lorac_serve_event_t;
 
 typedef void (*lorac_serve_callback_t)(void *user, const lorac_serve_event_t *event);
@@ -93,7 +100,8 @@ typedef struct {
                                     (copied; at most LORAC_SERVE_MAX_STOP_TOKENS) */
     int32_t n_stop_tokens;
     bool logprobs;               /* report each generated token's log-probability */
-    int32_t top_logprobs;        /* and this many most likely alternatives, 0 .. LORAC_SERVE_MAX_TOP_LOGPROBS */
+    bool prompt_logprobs;        /* and each prompt token's (OpenAI's echo; lm-eval's loglikelihood) */
+    int32_t top_logprobs;        /* with either: this many most likely alternatives, 0 .. LORAC_SERVE_MAX_TOP_LOGPROBS */
     lorac_serve_callback_t callback;
     void *user;
 } lorac_serve_request_t;

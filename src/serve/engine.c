@@ -43,8 +43,15 @@ typedef struct request {
     int32_t top_logprobs, n_lp;
     bool lp_pending;
     lorac_token_logprob_t lp[1 + LORAC_SERVE_MAX_TOP_LOGPROBS];
+    lorac_token_logprob_t *plp; /* (n_prompt - 1) rows of 1 + top_logprobs, with prompt_logprobs */
+    bool plp_sent;
     struct request *next;     /* waiting queue */
 } request_t;
+
+/* Logit rows a step gives to prompt tokens whose log-probabilities were
+ * asked for (beyond one a sequence): such prompts are fed at most this many
+ * tokens a step, so the logits buffer stays small at large vocabularies. */
+#define PROMPT_LOGPROB_ROWS 64
 
 struct lorac_engine {
     const lorac_model_t *model;
@@ -66,7 +73,7 @@ struct lorac_engine {
     int32_t *b_tokens, *b_pos, *b_seq;
     int8_t *b_logits;
     int32_t *order;           /* (max_seqs) slots in batch order */
-    float *logits;            /* (max_seqs, vocab) */
+    float *logits;            /* (max_seqs + PROMPT_LOGPROB_ROWS, vocab) */
     float *raw;               /* (vocab) a row before the sampler changes it, for logprobs */
     char *scratch;            /* UTF-8 assembly of one token */
 };
@@ -96,6 +103,7 @@ static void request_free(request_t *r) {
     for (int32_t i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->stop);
     free(r->pending);
+    free(r->plp);
     lorac_sampler_free(r->sampler);
     free(r);
 }
@@ -152,6 +160,12 @@ static void emit(request_t *r, const char *text, size_t len, int32_t token, lora
         ev.logprobs = r->lp;
         ev.n_logprobs = r->n_lp;
         r->lp_pending = false;
+    }
+    if (r->plp && !r->plp_sent) {
+        ev.prompt_logprobs = r->plp;
+        ev.n_prompt_logprobs = r->n_prompt - 1;
+        ev.prompt_logprobs_stride = 1 + r->top_logprobs;
+        r->plp_sent = true;
     }
     r->callback(r->user, &ev);
 }
@@ -297,7 +311,7 @@ static int32_t build_batch(lorac_engine_t *e, int32_t *n_order) {
     int32_t budget = e->params.n_batch;
     for (int32_t i = 0; i < n; i++)
         if (e->slots[e->order[i]]->n_prefilled == e->slots[e->order[i]]->n_prompt) budget--;
-    int32_t t = 0;
+    int32_t t = 0, lp_rows = PROMPT_LOGPROB_ROWS;
     for (int32_t i = 0; i < n; i++) {
         request_t *r = e->slots[e->order[i]];
         if (r->n_prefilled == r->n_prompt) {
@@ -310,11 +324,16 @@ static int32_t build_batch(lorac_engine_t *e, int32_t *n_order) {
         }
         int32_t take = r->n_prompt - r->n_prefilled;
         if (take > budget) take = budget;
+        if (r->plp) { /* every prompt token's logits: within the rows left */
+            if (take > lp_rows + 1) take = lp_rows + 1;
+            lp_rows -= take - 1;
+            if (take == 0) continue;
+        }
         for (int32_t j = 0; j < take; j++) {
             e->b_tokens[t] = r->prompt[r->n_prefilled + j];
             e->b_pos[t] = r->n_prefilled + j;
             e->b_seq[t] = r->slot;
-            e->b_logits[t] = r->n_prefilled + j == r->n_prompt - 1;
+            e->b_logits[t] = r->plp || r->n_prefilled + j == r->n_prompt - 1;
             t++;
         }
         budget -= take;
@@ -370,11 +389,18 @@ static void step(lorac_engine_t *e) {
     e->metrics.last_batch_size = n_order;
     pthread_mutex_unlock(&e->mu);
     /* logits come in batch order, one row per token that asked */
-    int32_t row = 0;
+    int32_t row = 0, V = lorac_model_get_config(e->model)->vocab_size;
     for (int32_t t = 0; t < n_tokens; t++) {
         request_t *r = e->slots[e->b_seq[t]];
         if (r->n_prefilled < r->n_prompt) r->n_prefilled++;
-        if (e->b_logits[t]) advance(e, r, e->logits + (size_t)row++ * (size_t)lorac_model_get_config(e->model)->vocab_size);
+        if (!e->b_logits[t]) continue;
+        const float *logits = e->logits + (size_t)row++ * (size_t)V;
+        int32_t p = e->b_pos[t];
+        if (p < r->n_prompt - 1) /* a prompt token's row scores the next prompt token */
+            token_logprobs(logits, V, r->prompt[p + 1], r->top_logprobs,
+                           r->plp + (size_t)p * (size_t)(1 + r->top_logprobs));
+        else
+            advance(e, r, e->logits + (size_t)(row - 1) * (size_t)V);
     }
 }
 
@@ -443,7 +469,7 @@ lorac_status_t lorac_engine_start(const lorac_model_t *model, const lorac_engine
     e->b_pos = malloc(sizeof(int32_t) * (size_t)p.n_batch);
     e->b_seq = malloc(sizeof(int32_t) * (size_t)p.n_batch);
     e->b_logits = malloc((size_t)p.n_batch);
-    e->logits = malloc(sizeof(float) * (size_t)p.max_seqs * (size_t)c->vocab_size);
+    e->logits = malloc(sizeof(float) * (size_t)(p.max_seqs + PROMPT_LOGPROB_ROWS) * (size_t)c->vocab_size);
     e->raw = malloc(sizeof(float) * (size_t)c->vocab_size);
     e->scratch = malloc(3 * 512 + 3);
     registry_init(&e->registry, model, p.adapters_dir, p.max_loras);
@@ -498,7 +524,7 @@ static lorac_status_t validate_request(const lorac_engine_t *e, const lorac_serv
     if (q->n_stop < 0 || (q->n_stop > 0 && !q->stop)) return lorac_error(LORAC_STATUS_INVALID_ARG, "bad stop list");
     for (int32_t i = 0; i < q->n_stop; i++)
         if (!q->stop[i] || !q->stop[i][0]) return lorac_error(LORAC_STATUS_INVALID_ARG, "stop strings must not be empty");
-    if (q->logprobs && (q->top_logprobs < 0 || q->top_logprobs > LORAC_SERVE_MAX_TOP_LOGPROBS))
+    if ((q->logprobs || q->prompt_logprobs) && (q->top_logprobs < 0 || q->top_logprobs > LORAC_SERVE_MAX_TOP_LOGPROBS))
         return lorac_error(LORAC_STATUS_INVALID_ARG, "top_logprobs must be in 0..%d", LORAC_SERVE_MAX_TOP_LOGPROBS);
     if (q->n_stop_tokens < 0 || q->n_stop_tokens > LORAC_SERVE_MAX_STOP_TOKENS || (q->n_stop_tokens && !q->stop_tokens))
         return lorac_error(LORAC_STATUS_INVALID_ARG, "at most %d stop tokens", LORAC_SERVE_MAX_STOP_TOKENS);
@@ -537,7 +563,12 @@ static request_t *request_new(const lorac_engine_t *e, const lorac_serve_request
     if (q->n_stop_tokens) memcpy(r->stop_tokens, q->stop_tokens, sizeof(int32_t) * (size_t)q->n_stop_tokens);
     r->n_stop_tokens = q->n_stop_tokens;
     r->logprobs = q->logprobs;
-    r->top_logprobs = q->logprobs ? q->top_logprobs : 0;
+    r->top_logprobs = q->logprobs || q->prompt_logprobs ? q->top_logprobs : 0;
+    if (q->prompt_logprobs && q->n_prompt > 1 &&
+        !(r->plp = malloc(sizeof(lorac_token_logprob_t) * (size_t)(q->n_prompt - 1) * (size_t)(1 + r->top_logprobs)))) {
+        request_free(r);
+        return NULL;
+    }
     r->callback = q->callback;
     r->user = q->user;
     r->slot = -1;

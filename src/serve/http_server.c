@@ -25,6 +25,7 @@
 #include <microhttpd.h>
 #include <netdb.h>
 #include <poll.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -229,6 +230,9 @@ typedef struct {
     token_lps_t *lps;          /* with logprobs: every token's, in order */
     int32_t n_lps, cap_lps, n_lps_sent;
     int64_t lps_offset;        /* characters of text before lps[n_lps_sent] (streams) */
+    bool started, echo_sent;   /* the first event came; a stream's echo went out */
+    token_lps_t *echo_lps;     /* echo with logprobs: the prompt's tokens' (the first's NaN: none) */
+    int32_t n_echo_lps;
 } choice_t;
 
 struct job {
@@ -240,8 +244,11 @@ struct job {
     lorac_oai_meta_t meta;
     char id[48];
     char *model;
-    bool stream, include_usage, logprobs;
+    bool stream, include_usage, logprobs, echo;
     const lorac_tokenizer_t *tok;  /* token texts for logprobs */
+    char *echo_text;               /* echo: the prompt's text */
+    size_t echo_len;
+    int32_t echo_first_id;         /* and its first token */
     int32_t n, n_done;
     choice_t *choices;
     buf_t out;                 /* SSE bytes formatted, not yet handed to MHD */
@@ -250,7 +257,8 @@ struct job {
 };
 
 static void job_free(job_t *j) {
-    for (int32_t i = 0; i < j->n; i++) free(j->choices[i].text.s), free(j->choices[i].lps);
+    for (int32_t i = 0; i < j->n; i++) free(j->choices[i].text.s), free(j->choices[i].lps), free(j->choices[i].echo_lps);
+    free(j->echo_text);
     free(j->choices);
     free(j->out.s);
     free(j->model);
@@ -286,6 +294,7 @@ static job_t *job_new(lorac_http_server_t *srv, const lorac_oai_request_t *req, 
     j->stream = req->stream;
     j->include_usage = req->include_usage;
     j->logprobs = req->logprobs;
+    j->echo = req->echo;
     j->tok = tok;
     for (int32_t i = 0; i < j->n; i++) j->choices[i].job = j;
     snprintf(j->id, sizeof j->id, "%s-%016llx", req->kind == LORAC_OAI_CHAT ? "chatcmpl" : "cmpl",
@@ -308,6 +317,23 @@ static void on_engine_event(void *user, const lorac_serve_event_t *ev) {
             off += n;
         }
     }
+    if (!c->started && j->echo && j->logprobs && !c->oom) {
+        /* the prompt's tokens: the first has nothing before it to be scored by */
+        int32_t n = ev->n_prompt_tokens, stride = ev->prompt_logprobs_stride;
+        c->echo_lps = calloc((size_t)n, sizeof *c->echo_lps);
+        if (!c->echo_lps || ev->n_prompt_logprobs != n - 1) {
+            c->oom = true;
+        } else {
+            c->n_echo_lps = n;
+            c->echo_lps[0] = (token_lps_t){.lp = {{j->echo_first_id, NAN}}, .n = 1};
+            for (int32_t i = 1; i < n; i++) {
+                token_lps_t *t = &c->echo_lps[i];
+                t->n = stride < 1 + LORAC_SERVE_MAX_TOP_LOGPROBS ? stride : 1 + LORAC_SERVE_MAX_TOP_LOGPROBS;
+                memcpy(t->lp, ev->prompt_logprobs + (size_t)(i - 1) * (size_t)stride, sizeof(lorac_token_logprob_t) * (size_t)t->n);
+            }
+        }
+    }
+    c->started = true;
     if (ev->n_logprobs > 0 && !c->oom) {
         if (c->n_lps == c->cap_lps) {
             int32_t cap = c->cap_lps ? 2 * c->cap_lps : 16;
@@ -339,17 +365,18 @@ static void on_engine_event(void *user, const lorac_serve_event_t *ev) {
     if (last && refs == 0) job_free(j);
 }
 
-/* The protocol layer's view of c->lps[from, to): each token's text from the
- * tokenizer. Everything lives in one allocation, *mem, which the caller
- * frees. Returns NULL when out of memory. */
-static const lorac_oai_logprobs_t *logprobs_view(const job_t *j, const choice_t *c, int32_t from, int32_t to,
+/* The protocol layer's view of n token records: each token's text from the
+ * tokenizer (a record whose logprob is NaN, an echoed prompt's first token,
+ * gets none and no top). Everything lives in one allocation, *mem, which
+ * the caller frees. Returns NULL when out of memory. */
+static const lorac_oai_logprobs_t *logprobs_view(const job_t *j, const token_lps_t *recs, int32_t n_items,
                                                  int64_t text_offset, void **mem) {
     char b[512];
-    int32_t n_items = to - from, n_texts = 0;
+    int32_t n_texts = 0;
     size_t n_bytes = 0;
-    for (int32_t i = from; i < to; i++)
-        for (int32_t k = 0; k < c->lps[i].n; k++, n_texts++) {
-            int32_t len = lorac_tokenizer_token_bytes(j->tok, c->lps[i].lp[k].token, b, (int32_t)sizeof b);
+    for (int32_t i = 0; i < n_items; i++)
+        for (int32_t k = 0; k < recs[i].n; k++, n_texts++) {
+            int32_t len = lorac_tokenizer_token_bytes(j->tok, recs[i].lp[k].token, b, (int32_t)sizeof b);
             n_bytes += len > 0 ? (size_t)len : 0;
         }
     size_t head = sizeof(lorac_oai_logprobs_t) + sizeof(lorac_oai_logprob_t) * (size_t)n_items;
@@ -361,8 +388,8 @@ static const lorac_oai_logprobs_t *logprobs_view(const job_t *j, const choice_t 
     lorac_oai_logprob_t *items = (lorac_oai_logprob_t *)(m + sizeof *out);
     lorac_oai_token_logprob_t *e = (lorac_oai_token_logprob_t *)(m + head);
     char *text = m + head + entries;
-    for (int32_t i = from; i < to; i++) {
-        const token_lps_t *t = &c->lps[i];
+    for (int32_t i = 0; i < n_items; i++) {
+        const token_lps_t *t = &recs[i];
         for (int32_t k = 0; k < t->n; k++, e++) {
             int32_t len = lorac_tokenizer_token_bytes(j->tok, t->lp[k].token, b, (int32_t)sizeof b);
             size_t n = len > 0 ? (size_t)len : 0;
@@ -370,10 +397,22 @@ static const lorac_oai_logprobs_t *logprobs_view(const job_t *j, const choice_t 
             *e = (lorac_oai_token_logprob_t){.text = text, .len = n, .logprob = t->lp[k].logprob};
             text += n;
         }
-        items[i - from] = (lorac_oai_logprob_t){.token = e[-t->n], .top = e - t->n + 1, .n_top = t->n - 1};
+        items[i] = (lorac_oai_logprob_t){.token = e[-t->n], .top = e - t->n + 1,
+                                         .n_top = isnan(t->lp[0].logprob) ? -1 : t->n - 1};
     }
     *out = (lorac_oai_logprobs_t){.tokens = items, .n = n_items, .text_offset = text_offset};
     return out;
+}
+
+/* Characters in the tokens' texts (a client's count: bytes that start one). */
+static int64_t tokens_chars(const job_t *j, const token_lps_t *recs, int32_t n) {
+    int64_t chars = 0;
+    char b[512];
+    for (int32_t i = 0; i < n; i++) {
+        int32_t len = lorac_tokenizer_token_bytes(j->tok, recs[i].lp[0].token, b, (int32_t)sizeof b);
+        for (int32_t x = 0; x < len; x++) chars += ((unsigned char)b[x] & 0xC0) != 0x80;
+    }
+    return chars;
 }
 
 /* Cancels every choice still running (a client that hung up). */
@@ -416,6 +455,17 @@ static int stream_produce(job_t *j) {
                 return -1;
             c->role_sent = true;
         }
+        /* echo: the prompt first, once its log-probabilities came with the first event */
+        if (j->echo && !c->echo_sent && c->started) {
+            void *mem = NULL;
+            const lorac_oai_logprobs_t *lp = j->logprobs ? logprobs_view(j, c->echo_lps, c->n_echo_lps, 0, &mem) : NULL;
+            char *chunk = j->logprobs && !lp ? NULL : lorac_oai_stream_chunk(&j->meta, i, j->echo_text, j->echo_len, NULL,
+                                                                          false, j->include_usage, lp);
+            free(mem);
+            if (buf_take(&j->out, chunk)) return -1;
+            if (j->logprobs) c->lps_offset = tokens_chars(j, c->echo_lps, c->n_echo_lps);
+            c->echo_sent = true;
+        }
         /* the text so far, with the log-probabilities of the tokens it came
          * from (a token whose text is held back for a stop string is
          * reported with the text that follows it, or in the last chunk) */
@@ -423,17 +473,13 @@ static int stream_produce(job_t *j) {
         if (c->text.len > 0 || (with_lps && c->finish == LORAC_FINISH_NONE)) {
             void *mem = NULL;
             const lorac_oai_logprobs_t *lp =
-                with_lps ? logprobs_view(j, c, c->n_lps_sent, c->n_lps, c->lps_offset, &mem) : NULL;
+                with_lps ? logprobs_view(j, c->lps + c->n_lps_sent, c->n_lps - c->n_lps_sent, c->lps_offset, &mem) : NULL;
             char *chunk = with_lps && !lp ? NULL : lorac_oai_stream_chunk(&j->meta, i, c->text.s, c->text.len, NULL, false,
                                                                        j->include_usage, lp);
             free(mem);
             if (buf_take(&j->out, chunk)) return -1;
             if (with_lps) { /* offsets count the tokens' texts, as the whole answer's do */
-                for (int32_t t = c->n_lps_sent; t < c->n_lps; t++) {
-                    char b[512];
-                    int32_t len = lorac_tokenizer_token_bytes(j->tok, c->lps[t].lp[0].token, b, (int32_t)sizeof b);
-                    for (int32_t x = 0; x < len; x++) c->lps_offset += ((unsigned char)b[x] & 0xC0) != 0x80;
-                }
+                c->lps_offset += tokens_chars(j, c->lps + c->n_lps_sent, c->n_lps - c->n_lps_sent);
                 c->n_lps_sent = c->n_lps;
             }
             c->text.len = 0;
@@ -444,7 +490,7 @@ static int stream_produce(job_t *j) {
                 void *mem = NULL;
                 with_lps = j->logprobs && c->n_lps > c->n_lps_sent;
                 const lorac_oai_logprobs_t *lp =
-                    with_lps ? logprobs_view(j, c, c->n_lps_sent, c->n_lps, c->lps_offset, &mem) : NULL;
+                    with_lps ? logprobs_view(j, c->lps + c->n_lps_sent, c->n_lps - c->n_lps_sent, c->lps_offset, &mem) : NULL;
                 char *chunk = with_lps && !lp ? NULL : lorac_oai_stream_chunk(&j->meta, i, "", 0, fr, false,
                                                                            j->include_usage, lp);
                 free(mem);
@@ -610,6 +656,21 @@ static lorac_status_t start_job(lorac_http_server_t *srv, struct MHD_Connection 
                                            lorac_engine_n_ctx(e), err);
     job_t *j = s ? NULL : job_new(srv, req, lorac_model_get_tokenizer(model), connection_fd(c));
     if (!s && !j) s = lorac_oai_error_set(err, 500, NULL, NULL, NULL, "out of memory");
+    if (!s && req->echo) { /* the prompt's text as given, or its ids decoded (special tokens skipped, as vLLM) */
+        j->echo_first_id = ids[0];
+        if (req->prompt_ids) {
+            size_t len = 0;
+            if (lorac_tokenizer_decode(lorac_model_get_tokenizer(model), ids, n_ids, true, &j->echo_text, &len))
+                s = lorac_oai_error_set(err, 500, NULL, NULL, NULL, "the prompt cannot be decoded: %s", lorac_error_message());
+            j->echo_len = len;
+        } else if (!(j->echo_text = malloc(req->prompt_len + 1))) {
+            s = lorac_oai_error_set(err, 500, NULL, NULL, NULL, "out of memory");
+        } else {
+            memcpy(j->echo_text, req->prompt, req->prompt_len);
+            j->echo_text[req->prompt_len] = 0;
+            j->echo_len = req->prompt_len;
+        }
+    }
     uint64_t seed = req->has_seed ? req->seed : next_random(srv);
     /* the request's stop_token_ids, and a chat reply ends with its turn */
     _Static_assert(LORAC_OAI_MAX_STOP_TOKEN_IDS + 1 <= LORAC_SERVE_MAX_STOP_TOKENS, "room for the end of turn");
@@ -632,6 +693,7 @@ static lorac_status_t start_job(lorac_http_server_t *srv, struct MHD_Connection 
         q.sampler.repetition_penalty = req->repetition_penalty;
         q.sampler.seed = seed + (uint64_t)i;
         q.logprobs = req->logprobs;
+        q.prompt_logprobs = req->echo && req->logprobs;
         q.top_logprobs = req->top_logprobs;
         pthread_mutex_lock(&j->mu);
         j->refs++; /* before submit: the first event may come before it returns */
@@ -707,7 +769,24 @@ static enum MHD_Result handle_generate(lorac_http_server_t *srv, struct MHD_Conn
         }
         choices[i] = (lorac_oai_choice_t){.text = ch->text.s ? ch->text.s : "", .text_len = ch->text.len,
                                           .finish_reason = finish_reason(ch->finish)};
-        if (j->logprobs) oom |= !(choices[i].logprobs = logprobs_view(j, ch, 0, ch->n_lps, 0, &mem[i]));
+        if (j->echo) { /* the prompt's text, then the completion's (the buffer is ours now) */
+            buf_t t = {0};
+            oom |= buf_put(&t, j->echo_text, j->echo_len) || buf_put(&t, ch->text.s ? ch->text.s : "", ch->text.len);
+            free(j->choices[i].text.s);
+            j->choices[i].text = t;
+            choices[i].text = t.s ? t.s : "";
+            choices[i].text_len = t.len;
+        }
+        if (j->logprobs) { /* an echo's prompt tokens, then the completion's */
+            token_lps_t *all = malloc(sizeof *all * (size_t)(ch->n_echo_lps + ch->n_lps) + 1);
+            if (all) {
+                if (ch->n_echo_lps) memcpy(all, ch->echo_lps, sizeof *all * (size_t)ch->n_echo_lps);
+                if (ch->n_lps) memcpy(all + ch->n_echo_lps, ch->lps, sizeof *all * (size_t)ch->n_lps);
+                choices[i].logprobs = logprobs_view(j, all, ch->n_echo_lps + ch->n_lps, 0, &mem[i]);
+            }
+            oom |= !choices[i].logprobs;
+            free(all);
+        }
         completion += ch->n_completion;
     }
     res = send_body(srv, c, k, 200, "application/json",

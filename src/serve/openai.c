@@ -314,7 +314,8 @@ static lorac_status_t parse_stop_token_ids(const cJSON *o, lorac_oai_request_t *
 /* Fields that would change the output if ignored. */
 static lorac_status_t refuse_unsupported(const cJSON *o, lorac_oai_kind_t kind, int32_t n, lorac_oai_error_t *err) {
     const cJSON *v;
-    if ((v = field(o, "echo")) && !cJSON_IsFalse(v)) return BAD("echo", "'echo' is not supported");
+    if (kind == LORAC_OAI_CHAT && (v = field(o, "echo")) && !cJSON_IsFalse(v))
+        return BAD("echo", "'echo' is not supported for chat");
     if ((v = field(o, "suffix")) && !(cJSON_IsString(v) && !v->valuestring[0]))
         return BAD("suffix", "'suffix' is not supported");
     if ((v = field(o, "best_of")) && !(is_integer(v) && v->valuedouble == n))
@@ -378,6 +379,7 @@ static lorac_status_t parse_fields(const cJSON *o, lorac_oai_kind_t kind, lorac_
     r->frequency_penalty = (float)frequency;
     r->repetition_penalty = (float)repetition;
 
+    if (kind == LORAC_OAI_COMPLETION && (s = get_bool(o, "echo", &r->echo, err))) return s;
     if (kind == LORAC_OAI_COMPLETION) { /* an integer; false as null, which some clients send */
         const cJSON *lp = field(o, "logprobs");
         if (lp && !cJSON_IsFalse(lp) && (s = get_int(o, "logprobs", 0, LORAC_OAI_MAX_TOP_LOGPROBS, &v, &r->logprobs, err)))
@@ -545,8 +547,13 @@ static int64_t utf8_chars(const char *s, size_t len) {
     return n;
 }
 
-/* cJSON writes a non-finite number as null; a token the model rules out
- * (raw logit -inf) gets the most negative float instead, as JSON allows. */
+/* A log-probability as JSON: NaN marks "none" (an echoed prompt's first
+ * token) and is null; a token the model rules out (raw logit -inf) gets the
+ * most negative float, as cJSON would write any non-finite number as null. */
+static cJSON *logprob_json(float lp) {
+    return isnan(lp) ? cJSON_CreateNull() : cJSON_CreateNumber(isfinite(lp) ? (double)lp : -3.4028234663852886e38);
+}
+
 static double finite_logprob(float lp) { return isfinite(lp) ? (double)lp : -3.4028234663852886e38; }
 
 static cJSON *chat_token_logprob(const lorac_oai_token_logprob_t *t) {
@@ -589,8 +596,8 @@ static int add_logprobs(cJSON *c, bool chat, const lorac_oai_logprobs_t *lp) {
     for (int32_t i = 0; i < lp->n; i++) {
         const lorac_oai_logprob_t *t = &lp->tokens[i];
         char *lit = lorac_oai_json_string(t->token.text, t->token.len);
-        cJSON *tok = lit ? cJSON_CreateRaw(lit) : NULL, *num = cJSON_CreateNumber(finite_logprob(t->token.logprob)),
-              *off = cJSON_CreateNumber((double)offset), *top = cJSON_CreateObject();
+        cJSON *tok = lit ? cJSON_CreateRaw(lit) : NULL, *num = logprob_json(t->token.logprob),
+              *off = cJSON_CreateNumber((double)offset), *top = t->n_top < 0 ? cJSON_CreateNull() : cJSON_CreateObject();
         free(lit);
         int bad = !cJSON_AddItemToArray(tokens, tok);
         if (bad) cJSON_Delete(tok);
@@ -599,7 +606,7 @@ static int add_logprobs(cJSON *c, bool chat, const lorac_oai_logprobs_t *lp) {
         if (!cJSON_AddItemToArray(tops, top)) { cJSON_Delete(top); bad = 1; }
         if (bad) return -1;
         /* the top tokens and the generated one (OpenAI: up to n_top + 1) */
-        for (int32_t k = 0; k <= t->n_top; k++) {
+        for (int32_t k = 0; k <= t->n_top; k++) { /* none for n_top < 0 */
             const lorac_oai_token_logprob_t *x = k < t->n_top ? &t->top[k] : &t->token;
             char *key = clean_key(x->text, x->len);
             if (!key) return -1;
