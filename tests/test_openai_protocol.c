@@ -64,6 +64,16 @@ static void test_parse_good(void) {
                                 "\"min_p\": 0.05}") == LORAC_STATUS_OK);
     CHECK(g_req.presence_penalty == -2.0f && g_req.frequency_penalty == 0.5f && g_req.repetition_penalty == 1.3f &&
           g_req.min_p == 0.05f);
+    CHECK(parse(LORAC_OAI_COMPLETION, "{\"model\": \"a\", \"prompt\": [1], \"logit_bias\": {\"7\": -100, \"0\": 2.5}}") ==
+          LORAC_STATUS_OK);
+    CHECK(g_req.n_logit_bias == 2 && g_req.logit_bias[0].token == 7 && g_req.logit_bias[0].bias == -100.0f &&
+          g_req.logit_bias[1].token == 0 && g_req.logit_bias[1].bias == 2.5f);
+    {
+        static const int32_t one[1] = {1};
+        CHECK(lorac_oai_request_check_prompt(&g_req, one, 1, 8, 64, &g_err) == LORAC_STATUS_OK);
+        CHECK(lorac_oai_request_check_prompt(&g_req, one, 1, 7, 64, &g_err) == LORAC_STATUS_INVALID_ARG &&
+              !strcmp(g_err.param, "logit_bias"));
+    }
 
     /* a batch of one prompt is that prompt; a single stop string; nulls are "not given" */
     CHECK(parse(LORAC_OAI_COMPLETION, "{\"model\": \"a\", \"prompt\": [\"hi\"], \"stop\": \"\\n\", \"max_tokens\": null, "
@@ -158,7 +168,10 @@ static void test_parse_bad(void) {
         {"\"repetition_penalty\": 2.5", "repetition_penalty"}, {"\"repetition_penalty\": -1", "repetition_penalty"},
         {"\"min_p\": -0.1", "min_p"},                 {"\"min_p\": 1.5", "min_p"},
         {"\"min_p\": [0]", "min_p"},
-        {"\"logit_bias\": {\"5\": 100}", "logit_bias"},
+        {"\"logit_bias\": {\"5\": 101}", "logit_bias"},  {"\"logit_bias\": {\"x\": 1}", "logit_bias"},
+        {"\"logit_bias\": {\"-5\": 1}", "logit_bias"},   {"\"logit_bias\": {\"5 \": 1}", "logit_bias"},
+        {"\"logit_bias\": {\"99999999999\": 1}", "logit_bias"}, {"\"logit_bias\": {\"5\": \"1\"}", "logit_bias"},
+        {"\"logit_bias\": [5]", "logit_bias"},          {"\"logit_bias\": {\"\": 1}", "logit_bias"},
     };
     for (size_t i = 0; i < sizeof ranges / sizeof *ranges; i++) {
         char body[512];

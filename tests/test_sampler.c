@@ -96,6 +96,13 @@ static void check_golden(void) {
             .presence_penalty = (float)get(pj, "presence_penalty")->valuedouble,
             .frequency_penalty = (float)get(pj, "frequency_penalty")->valuedouble,
             .seed = 1};
+        lorac_logit_bias_t bias[16];
+        const cJSON *b;
+        cJSON_ArrayForEach(b, get(pj, "logit_bias")) {
+            bias[p.n_logit_bias].token = (int32_t)cJSON_GetArrayItem(b, 0)->valuedouble;
+            bias[p.n_logit_bias++].bias = (float)cJSON_GetArrayItem(b, 1)->valuedouble;
+        }
+        p.logit_bias = bias;
         float *logits = malloc(sizeof(float) * (size_t)V), *probs = malloc(sizeof(float) * (size_t)V);
         float *by_id = calloc((size_t)V, sizeof(float));
         int32_t *ids = malloc(sizeof(int32_t) * (size_t)V), *want = malloc(sizeof(int32_t) * (size_t)V);
@@ -281,6 +288,29 @@ int main(void) {
         lorac_sampler_free(s);
         CHECK_MSG(outside == 0, "%d draws outside the 40 best", outside);
         CHECK_MSG(distinct > 20, "only %d distinct tokens drawn from the top 40", distinct);
+    }
+
+    /* logit biases: copied at init, ids checked against the vocabulary */
+    {
+        lorac_logit_bias_t lb[2] = {{3, 100.0f}, {1, -100.0f}};
+        lorac_sampler_params_t q = lorac_sampler_default_params();
+        q.temperature = 0.0f;
+        q.logit_bias = lb;
+        q.n_logit_bias = 2;
+        CHECK(lorac_sampler_init(&q, 6, &s) == LORAC_STATUS_OK);
+        lb[0].token = 0; /* the sampler keeps its own copy */
+        float buf[6];
+        memcpy(buf, logits, sizeof buf);
+        CHECK(lorac_sampler_sample(s, buf) == 3);
+        lorac_sampler_free(s);
+        lb[0] = (lorac_logit_bias_t){6, 1.0f};
+        CHECK(lorac_sampler_init(&q, 6, &s) == LORAC_STATUS_INVALID_ARG);
+        lb[0] = (lorac_logit_bias_t){-1, 1.0f};
+        CHECK(lorac_sampler_init(&q, 6, &s) == LORAC_STATUS_INVALID_ARG);
+        lb[0] = (lorac_logit_bias_t){0, NAN};
+        CHECK(lorac_sampler_params_validate(&q) == LORAC_STATUS_INVALID_ARG);
+        q.n_logit_bias = LORAC_SAMPLER_MAX_LOGIT_BIAS + 1;
+        CHECK(lorac_sampler_params_validate(&q) == LORAC_STATUS_INVALID_ARG);
     }
 
     /* parameter validation */

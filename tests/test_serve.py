@@ -317,6 +317,25 @@ def test_features(port, model, names):
     plain = generate(model, os.path.join(TMP, "adapters", names[1]), PROMPTS[1], 40)
     check(pen["status"] == 200 and pen["text"] == want and want != plain, f"penalties: {pen} vs {want!r}")
     test_logprobs(port, model, names)
+    # logit_bias: +100 makes greedy decoding repeat one token; -100 on what greedy picks first changes it
+    there = int(subprocess.run([BIN, "tokenize", "-m", model, "-p", " there", "--no-special"], capture_output=True,
+                               text=True, check=True).stdout.split()[-1])
+    forced = complete(port, {"model": base, "prompt": PROMPTS[1], "max_tokens": 5, "temperature": 0,
+                             "logit_bias": {str(there): 100}})
+    check(forced["status"] == 200 and forced["text"] == " there" * 5, f"logit_bias +100: {forced}")
+    ids = [int(x) for x in subprocess.run([BIN, "tokenize", "-m", model, "-p", PROMPTS[1]], capture_output=True,
+                                          text=True, check=True).stdout.split()]
+    c, w = hf_model.load_model(model)
+    top2 = torch.topk(hf_model.llama_forward(w, c, torch.tensor(ids))[-1], 2).indices.tolist()
+    first = complete(port, {"model": base, "prompt": ids, "max_tokens": 1, "temperature": 0, "logprobs": 0})
+    other = complete(port, {"model": base, "prompt": ids, "max_tokens": 1, "temperature": 0, "logprobs": 0,
+                            "logit_bias": {str(top2[0]): -100}})
+    texts = [subprocess.run([BIN, "tokenize", "-m", model, "--decode", f"1 {t}"], capture_output=True, text=True,
+                            check=True).stdout.rstrip("\n")[3:] for t in top2]  # "<s>" + the token
+    got = [r["object"]["choices"][0]["logprobs"]["tokens"][0] if r["status"] == 200 else None for r in (first, other)]
+    check(got == texts, f"logit_bias -100 on the greedy token: {got} vs torch's two best {texts}")
+    check(complete(port, {"model": base, "prompt": "x", "logit_bias": {"512": 1}})["status"] == 400,
+          "logit_bias outside the vocabulary")
     # token ids as the prompt give what the text gives
     ids = subprocess.run([BIN, "tokenize", "-m", model, "-p", PROMPTS[1]], capture_output=True, text=True,
                          check=True).stdout.split()

@@ -1,5 +1,6 @@
 /* lorac generate: the prompt and then the generated text on stdout, streamed
  * as produced; statistics on stderr. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,7 @@ static const char *k_usage =
     "                       negative ones multiplied, 1 = off (default 1; HF's and vLLM's repetition_penalty)\n"
     "  --presence-penalty P subtract P from the logits of tokens already generated, in [-2, 2] (default 0)\n"
     "  --frequency-penalty F  subtract F times the count of each token already generated (default 0)\n"
+    "  --logit-bias ID+B    add B to token ID's logit (ID-B subtracts; -inf bans it); repeatable\n"
     "  --seed S             random seed (default 42)\n"
     "  --ignore-eos         keep going past end-of-sequence tokens until -n\n"
     "  --chat               the prompt is a user message: render it with the chat template, print only the\n"
@@ -208,12 +210,38 @@ static void interactive(gen_t *g, const chat_t *c, const char *system, const cha
     free(line);
 }
 
+typedef struct {
+    lorac_logit_bias_t v[LORAC_SAMPLER_MAX_LOGIT_BIAS];
+    int32_t n;
+} logit_biases_t;
+
+/* llama.cpp's --logit-bias TOKEN_ID(+|-)BIAS: "15043+1", "2-inf". */
+static void add_logit_bias(logit_biases_t *b, const char *arg) {
+    char *end = NULL;
+    long id = strtol(arg, &end, 10);
+    double bias = 0;
+    int ok = end != arg && id >= 0 && id <= INT32_MAX && (*end == '+' || *end == '-');
+    if (ok && !strcmp(end + 1, "inf")) {
+        bias = *end == '-' ? -INFINITY : INFINITY;
+    } else if (ok) {
+        char *e2 = NULL;
+        bias = strtod(end + 1, &e2);
+        ok = e2 != end + 1 && !*e2 && isfinite(bias) && end[1] != '+' && end[1] != '-';
+        if (*end == '-') bias = -bias;
+    }
+    if (!ok) cli_usage_error("generate", "--logit-bias expects TOKEN_ID+BIAS or TOKEN_ID-BIAS (e.g. 15043+1, 2-inf), got '%s'", arg);
+    if (b->n == LORAC_SAMPLER_MAX_LOGIT_BIAS) cli_usage_error("generate", "at most %d --logit-bias", LORAC_SAMPLER_MAX_LOGIT_BIAS);
+    /* -inf bans a token; a finite stand-in keeps the sampler's input finite */
+    b->v[b->n++] = (lorac_logit_bias_t){(int32_t)id, isinf(bias) ? (bias < 0 ? -1e30f : 1e30f) : (float)bias};
+}
+
 int cmd_generate(int argc, char **argv) {
     const char *model_dir = NULL, *prompt = NULL, *prompt_file = NULL;
     int64_t n_predict = 128, n_ctx_flag = 0;
     int ignore_eos = 0, threads = 0, chat = 0, interactive_mode = 0;
     const char *system = NULL, *tpl_flag = NULL;
     lorac_sampler_params_t sp = lorac_sampler_default_params();
+    logit_biases_t bias = {0};
     cli_adapters_t adapters = {0};
     void *loaded[CLI_MAX_ADAPTERS] = {0};
     for (int i = 1; i < argc; i++) {
@@ -232,6 +260,7 @@ int cmd_generate(int argc, char **argv) {
             sp.repetition_penalty = (float)cli_float("generate", a, cli_value(argc, argv, &i, "generate"), 1e-6, 100.0);
         else if (!strcmp(a, "--presence-penalty")) sp.presence_penalty = (float)cli_float("generate", a, cli_value(argc, argv, &i, "generate"), -2.0, 2.0);
         else if (!strcmp(a, "--frequency-penalty")) sp.frequency_penalty = (float)cli_float("generate", a, cli_value(argc, argv, &i, "generate"), -2.0, 2.0);
+        else if (!strcmp(a, "--logit-bias")) add_logit_bias(&bias, cli_value(argc, argv, &i, "generate"));
         else if (!strcmp(a, "--seed")) sp.seed = (uint64_t)cli_int("generate", a, cli_value(argc, argv, &i, "generate"), 0, INT64_MAX);
         else if (!strcmp(a, "--ignore-eos")) ignore_eos = 1;
         else if (!strcmp(a, "--chat")) chat = 1;
@@ -248,6 +277,8 @@ int cmd_generate(int argc, char **argv) {
     if (!chat && (system || tpl_flag || interactive_mode))
         cli_usage_error("generate", "--system, --chat-template and --interactive go with --chat");
     if (threads) lorac_kernels_set_threads(threads);
+    sp.logit_bias = bias.v;
+    sp.n_logit_bias = bias.n;
 
     char *file_text = NULL;
     size_t prompt_len = 0;

@@ -12,7 +12,16 @@
 extern "C" {
 #endif
 
-/* What a draw goes through, in vLLM's order: the penalties change the
+/* An amount added to one token's logit (OpenAI's logit_bias). */
+typedef struct {
+    int32_t token;
+    float bias;
+} lorac_logit_bias_t;
+
+#define LORAC_SAMPLER_MAX_LOGIT_BIAS 1024
+
+/* What a draw goes through, in vLLM's order: the logit biases and the
+ * penalties change the
  * logits (repetition first, then frequency and presence); the temperature
  * divides them; the softmax; min-p, top-k and top-p each drop tokens; the
  * draw is from what is left, renormalised. Greedy (temperature 0) takes the
@@ -31,6 +40,10 @@ typedef struct {
      * 0 = off; in [-2, 2] at the API. */
     float presence_penalty;
     float frequency_penalty;
+    /* added to the logits before anything else; copied by lorac_sampler_init.
+     * Ids outside the vocabulary are an error there; a repeated id adds up. */
+    const lorac_logit_bias_t *logit_bias;
+    int32_t n_logit_bias;  /* 0 .. LORAC_SAMPLER_MAX_LOGIT_BIAS */
     uint64_t seed;
 } lorac_sampler_params_t;
 
@@ -38,7 +51,8 @@ typedef struct {
  * min-p, no penalties. */
 lorac_sampler_params_t lorac_sampler_default_params(void);
 /* Checks ranges: temperature finite and >= 0, top_p in (0, 1], min_p in
- * [0, 1], repetition_penalty finite and > 0, the other penalties finite. */
+ * [0, 1], repetition_penalty finite and > 0, the other penalties finite,
+ * logit biases finite and at most LORAC_SAMPLER_MAX_LOGIT_BIAS of them. */
 lorac_status_t lorac_sampler_params_validate(const lorac_sampler_params_t *p);
 
 typedef struct lorac_sampler lorac_sampler_t;

@@ -32,6 +32,9 @@
  *                     alternatives; chat: boolean, with
  *        top_logprobs chat: integer in [0, LORAC_OAI_MAX_TOP_LOGPROBS], only
  *                     together with logprobs true
+ *        logit_bias   object {"token id": number in [-100, 100]}, at most
+ *                     LORAC_SAMPLER_MAX_LOGIT_BIAS entries (ids checked
+ *                     against the vocabulary in step 2)
  *        echo         completions: boolean; the prompt's text before the
  *                     completion, and with logprobs its tokens' (the first's null)
  *        ignore_eos   boolean (vLLM's extension)
@@ -41,7 +44,7 @@
  *      null means "not given" for every optional field. Features lorac does
  *      not implement are refused rather than ignored, because ignoring them
  *      would silently change the output: echo for chat, suffix, best_of > n,
- *      a non-empty logit_bias, tools.
+ *      tools.
  *      Unknown fields are ignored (clients send extras such as "user").
  *   2. lorac_oai_request_check_prompt, once the prompt is token ids: ids in
  *      the vocabulary, at least one, prompt + max_tokens within the context.
@@ -64,6 +67,7 @@
 
 #include "lorac/core.h"
 #include "lorac/dataset.h"
+#include "lorac/infer.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -131,6 +135,8 @@ typedef struct {
     bool logprobs;
     int32_t top_logprobs; /* with logprobs */
     bool echo;            /* completions */
+    lorac_logit_bias_t *logit_bias; /* owned */
+    int32_t n_logit_bias;
 } lorac_oai_request_t;
 
 /* Parses and validates a request body (step 1 above). On failure *out is
@@ -142,7 +148,7 @@ void lorac_oai_request_free(lorac_oai_request_t *req);
 
 /* Step 2: the prompt's ids (after tokenization or as given) against the
  * model: each in [0, vocab_size), 1 <= n_ids, n_ids + max_tokens <= n_ctx;
- * stop_token_ids in [0, vocab_size) too.
+ * stop_token_ids and logit_bias ids in [0, vocab_size) too.
  * A chat request without max_tokens gets n_ctx - n_ids (as vLLM does). */
 lorac_status_t lorac_oai_request_check_prompt(lorac_oai_request_t *req, const int32_t *ids, int32_t n_ids,
                                               int32_t vocab_size, int32_t n_ctx, lorac_oai_error_t *err);

@@ -1,4 +1,4 @@
-/* Token sampling: penalties, greedy, temperature, min-p, top-k, top-p (nucleus). */
+/* Token sampling: logit bias, penalties, greedy, temperature, min-p, top-k, top-p (nucleus). */
 #include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -23,6 +23,7 @@ struct lorac_sampler {
     uint8_t *flags;      /* (vocab_size) IN_PROMPT | LISTED */
     int32_t *touched;    /* ids with a flag, each once: the penalties visit only these */
     int32_t n_touched;
+    lorac_logit_bias_t *bias; /* (params.n_logit_bias) own copy */
 };
 
 enum { IN_PROMPT = 1, LISTED = 2 };
@@ -45,6 +46,12 @@ lorac_status_t lorac_sampler_params_validate(const lorac_sampler_params_t *p) {
                            (double)p->repetition_penalty);
     if (!isfinite(p->presence_penalty) || !isfinite(p->frequency_penalty))
         return lorac_error(LORAC_STATUS_INVALID_ARG, "presence_penalty and frequency_penalty must be finite numbers");
+    if (p->n_logit_bias < 0 || p->n_logit_bias > LORAC_SAMPLER_MAX_LOGIT_BIAS || (p->n_logit_bias && !p->logit_bias))
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "at most %d logit biases", LORAC_SAMPLER_MAX_LOGIT_BIAS);
+    for (int32_t i = 0; i < p->n_logit_bias; i++)
+        if (!isfinite(p->logit_bias[i].bias))
+            return lorac_error(LORAC_STATUS_INVALID_ARG, "the logit bias of token %d must be a finite number",
+                               p->logit_bias[i].token);
     return LORAC_STATUS_OK;
 }
 
@@ -53,18 +60,27 @@ lorac_status_t lorac_sampler_init(const lorac_sampler_params_t *params, int32_t 
     lorac_status_t st = lorac_sampler_params_validate(params);
     if (st) return st;
     if (vocab_size < 1) return lorac_error(LORAC_STATUS_INVALID_ARG, "sampler: vocab_size must be positive");
+    for (int32_t i = 0; i < params->n_logit_bias; i++)
+        if (params->logit_bias[i].token < 0 || params->logit_bias[i].token >= vocab_size)
+            return lorac_error(LORAC_STATUS_INVALID_ARG, "logit bias for token %d, outside the vocabulary [0, %d)",
+                               params->logit_bias[i].token, vocab_size);
     lorac_sampler_t *s = calloc(1, sizeof *s);
     if (!s) return lorac_error(LORAC_STATUS_NOMEM, "out of memory");
     s->params = *params;
     s->vocab_size = vocab_size;
     s->penalised = params->repetition_penalty != 1.0f || params->presence_penalty != 0.0f || params->frequency_penalty != 0.0f;
     s->cand = malloc(sizeof(candidate_t) * (size_t)vocab_size);
+    if (params->n_logit_bias) {
+        s->bias = malloc(sizeof *s->bias * (size_t)params->n_logit_bias);
+        if (s->bias) memcpy(s->bias, params->logit_bias, sizeof *s->bias * (size_t)params->n_logit_bias);
+        s->params.logit_bias = s->bias; /* never the caller's */
+    }
     if (s->penalised) {
         s->count = calloc((size_t)vocab_size, sizeof *s->count);
         s->flags = calloc((size_t)vocab_size, 1);
         s->touched = malloc(sizeof(int32_t) * (size_t)vocab_size);
     }
-    if (!s->cand || (s->penalised && (!s->count || !s->flags || !s->touched))) {
+    if (!s->cand || (s->penalised && (!s->count || !s->flags || !s->touched)) || (params->n_logit_bias && !s->bias)) {
         lorac_sampler_free(s);
         return lorac_error(LORAC_STATUS_NOMEM, "out of memory");
     }
@@ -79,6 +95,7 @@ void lorac_sampler_free(lorac_sampler_t *s) {
     free(s->count);
     free(s->flags);
     free(s->touched);
+    free(s->bias);
     free(s);
 }
 
@@ -220,8 +237,14 @@ static int32_t candidates(lorac_sampler_t *s, float *logits, bool sorted, double
     return n;
 }
 
-int32_t lorac_sampler_sample(lorac_sampler_t *s, float *logits) {
+/* The logit biases, then the penalties. */
+static void adjust(const lorac_sampler_t *s, float *logits) {
+    for (int32_t i = 0; i < s->params.n_logit_bias; i++) logits[s->bias[i].token] += s->bias[i].bias;
     if (s->penalised) apply_penalties(s, logits);
+}
+
+int32_t lorac_sampler_sample(lorac_sampler_t *s, float *logits) {
+    adjust(s, logits);
     int32_t id;
     if (is_greedy(&s->params)) {
         id = (int32_t)lorac_argmax(logits, s->vocab_size);
@@ -240,7 +263,7 @@ int32_t lorac_sampler_sample(lorac_sampler_t *s, float *logits) {
 }
 
 int32_t lorac_sampler_distribution(lorac_sampler_t *s, float *logits, int32_t *ids, float *probs) {
-    if (s->penalised) apply_penalties(s, logits);
+    adjust(s, logits);
     if (is_greedy(&s->params)) {
         ids[0] = (int32_t)lorac_argmax(logits, s->vocab_size);
         probs[0] = 1.0f;

@@ -691,6 +691,8 @@ static lorac_status_t start_job(lorac_http_server_t *srv, struct MHD_Connection 
         q.sampler.presence_penalty = req->presence_penalty;
         q.sampler.frequency_penalty = req->frequency_penalty;
         q.sampler.repetition_penalty = req->repetition_penalty;
+        q.sampler.logit_bias = req->logit_bias;
+        q.sampler.n_logit_bias = req->n_logit_bias;
         q.sampler.seed = seed + (uint64_t)i;
         q.logprobs = req->logprobs;
         q.prompt_logprobs = req->echo && req->logprobs;

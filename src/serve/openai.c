@@ -297,6 +297,29 @@ static lorac_status_t parse_stop(const cJSON *o, lorac_oai_request_t *r, lorac_o
     return LORAC_STATUS_OK;
 }
 
+/* {"token id": bias}: ids as decimal strings, biases in [-100, 100]. */
+static lorac_status_t parse_logit_bias(const cJSON *o, lorac_oai_request_t *r, lorac_oai_error_t *err) {
+    const cJSON *m = field(o, "logit_bias"), *v;
+    if (!m) return LORAC_STATUS_OK;
+    if (!cJSON_IsObject(m)) return BAD("logit_bias", "'logit_bias' must be an object {\"token id\": bias}");
+    int n = cJSON_GetArraySize(m);
+    if (n > LORAC_SAMPLER_MAX_LOGIT_BIAS)
+        return BAD("logit_bias", "'logit_bias' holds at most %d tokens", LORAC_SAMPLER_MAX_LOGIT_BIAS);
+    if (n == 0) return LORAC_STATUS_OK;
+    if (!(r->logit_bias = malloc(sizeof *r->logit_bias * (size_t)n))) return NOMEM();
+    cJSON_ArrayForEach(v, m) {
+        const char *k = v->string;
+        char *end = NULL;
+        long id = k && *k >= '0' && *k <= '9' ? strtol(k, &end, 10) : -1;
+        if (id < 0 || id > INT32_MAX || !end || *end || strlen(k) > 10)
+            return BAD("logit_bias", "'logit_bias' keys must be token ids (\"123\"), not '%.40s'", k ? k : "");
+        if (!cJSON_IsNumber(v) || !(v->valuedouble >= -100 && v->valuedouble <= 100))
+            return BAD("logit_bias", "the bias for token %ld must be a number in [-100, 100]", id);
+        r->logit_bias[r->n_logit_bias++] = (lorac_logit_bias_t){(int32_t)id, (float)v->valuedouble};
+    }
+    return LORAC_STATUS_OK;
+}
+
 static lorac_status_t parse_stop_token_ids(const cJSON *o, lorac_oai_request_t *r, lorac_oai_error_t *err) {
     const cJSON *a = field(o, "stop_token_ids"), *v;
     if (!a) return LORAC_STATUS_OK;
@@ -320,8 +343,6 @@ static lorac_status_t refuse_unsupported(const cJSON *o, lorac_oai_kind_t kind, 
         return BAD("suffix", "'suffix' is not supported");
     if ((v = field(o, "best_of")) && !(is_integer(v) && v->valuedouble == n))
         return BAD("best_of", "'best_of' other than n is not supported");
-    if ((v = field(o, "logit_bias")) && !(cJSON_IsObject(v) && !v->child))
-        return BAD("logit_bias", "'logit_bias' is not supported");
     if (kind == LORAC_OAI_CHAT && (v = field(o, "tools")) && !(cJSON_IsArray(v) && !v->child))
         return BAD("tools", "'tools' is not supported");
     if (kind == LORAC_OAI_CHAT && (v = field(o, "response_format"))) {
@@ -393,6 +414,7 @@ static lorac_status_t parse_fields(const cJSON *o, lorac_oai_kind_t kind, lorac_
     }
     if ((s = parse_stop(o, r, err))) return s;
     if ((s = parse_stop_token_ids(o, r, err))) return s;
+    if ((s = parse_logit_bias(o, r, err))) return s;
     if ((s = get_bool(o, "stream", &r->stream, err))) return s;
     if ((s = get_bool(o, "ignore_eos", &r->ignore_eos, err))) return s;
     const cJSON *so = field(o, "stream_options");
@@ -442,6 +464,7 @@ void lorac_oai_request_free(lorac_oai_request_t *r) {
     }
     free(r->messages);
     for (int32_t i = 0; i < r->n_stop; i++) free(r->stop[i]);
+    free(r->logit_bias);
     memset(r, 0, sizeof *r);
 }
 
@@ -452,6 +475,10 @@ lorac_status_t lorac_oai_request_check_prompt(lorac_oai_request_t *r, const int3
     for (int32_t i = 0; i < n_ids; i++)
         if (ids[i] < 0 || ids[i] >= vocab_size)
             return BAD(what, "token id %d (at %d) is outside the vocabulary [0, %d)", ids[i], i, vocab_size);
+    for (int32_t i = 0; i < r->n_logit_bias; i++)
+        if (r->logit_bias[i].token >= vocab_size)
+            return BAD("logit_bias", "logit_bias token id %d is outside the vocabulary [0, %d)", r->logit_bias[i].token,
+                       vocab_size);
     for (int32_t i = 0; i < r->n_stop_token_ids; i++)
         if (r->stop_token_ids[i] >= vocab_size)
             return BAD("stop_token_ids", "stop token id %d is outside the vocabulary [0, %d)", r->stop_token_ids[i],

@@ -6,6 +6,8 @@ far, and sampling parameters; the expected answer is the distribution a
 draw is made from, computed here with torch as vLLM's sampler computes it
 (vllm/v1/sample: apply_penalties, then temperature, min-p, top-k and top-p):
 
+  logit_bias          added to the logits first (vLLM applies it with the
+                      logits processors, before the penalties)
   repetition_penalty  tokens in the prompt or the output: logit / r when
                       the logit is > 0, else logit * r (HF's
                       RepetitionPenaltyLogitsProcessor, vLLM's
@@ -39,6 +41,8 @@ import torch
 def reference(logits, prompt, output, p):
     x = torch.tensor(logits, dtype=torch.float32)
     V = x.numel()
+    for tok, b in p["logit_bias"]:
+        x[tok] += b
     prompt_mask = torch.zeros(V, dtype=torch.bool)
     if prompt:
         prompt_mask[torch.tensor(prompt)] = True
@@ -103,12 +107,15 @@ CASES = [
     ("everything", 1000, 50, 30,
      dict(temperature=0.9, top_k=50, top_p=0.9, min_p=0.01, repetition_penalty=1.1, frequency_penalty=0.2,
           presence_penalty=0.3)),
+    ("logit_bias_greedy", 64, 8, 8, dict(temperature=0.0, repetition_penalty=1.2, logit_bias=[[5, 9.5], [6, -3.0]])),
+    ("logit_bias_sampled", 300, 8, 8,
+     dict(temperature=0.8, top_k=30, presence_penalty=0.5, logit_bias=[[7, 4.0], [8, -100.0], [7, 1.5], [299, 2.0]])),
     ("penalties_top_p", 8192, 60, 60,
      dict(temperature=1.0, top_p=0.95, repetition_penalty=1.3, frequency_penalty=0.5, presence_penalty=0.5)),
 ]
 
 DEFAULTS = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0, presence_penalty=0.0,
-                frequency_penalty=0.0)
+                frequency_penalty=0.0, logit_bias=[])
 
 
 def make_case(name, V, n_prompt, n_output, params, seed):
