@@ -1188,6 +1188,15 @@ static void test_split(void) {
     CHECK(lorac_dataset_n_examples(ev_a) == 123 && lorac_dataset_n_examples(a) == n - 123);
     CHECK(lorac_dataset_n_tokens(a) + lorac_dataset_n_tokens(ev_a) == lorac_dataset_n_tokens(all));
     CHECK(lorac_dataset_n_trainable(a) + lorac_dataset_n_trainable(ev_a) == lorac_dataset_n_trainable(all));
+    /* each side counts its own truncated examples (at seq 64 many of the stories are) */
+    CHECK(lorac_dataset_n_truncated(all) > 20 && lorac_dataset_n_truncated(ev_a) > 0 &&
+          lorac_dataset_n_truncated(a) + lorac_dataset_n_truncated(ev_a) == lorac_dataset_n_truncated(all));
+    int64_t full_len = 0;
+    for (int64_t i = 0; i < lorac_dataset_n_examples(ev_a); i++) {
+        const int32_t *t, *l;
+        full_len += lorac_dataset_example(ev_a, i, &t, &l) == 65;
+    }
+    CHECK(lorac_dataset_n_truncated(ev_a) <= full_len);
     /* walk the original: each example is the next one of exactly one side */
     int64_t ia = 0, ie = 0, bad = 0, held_in_first_half = 0;
     for (int64_t i = 0; i < n; i++) {

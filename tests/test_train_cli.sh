@@ -192,6 +192,14 @@ out=$("$L" train -m m --data bad1.jsonl --columns outpt=summary -o e --steps 1 2
 [ $rc -eq 1 ] && [[ "$out" == "lorac: error: column map \"outpt=summary\": \"outpt\" is not a field"* ]] && ok \
   || bad "--columns outpt=summary: exit $rc, '$out'"
 
+# 8b. tokens count every position; the summary says how many were padding: two
+# 10-token examples in rows of 16 (no --pack) are 12 padding positions of 32
+printf '{"input_ids": [1, 5, 6, 7, 8, 9, 10, 11, 12, 13]}\n{"input_ids": [1, 15, 16, 17, 18, 19, 20, 21, 22, 23]}\n' > ten.jsonl
+"$L" train -m m --data ten.jsonl -o ten --steps 1 --batch 2 --seq 16 --no-shuffle 2> ten.log \
+  && grep -q "^train: 1 steps, 32 tokens (37.5% of them padding)" ten.log && ok || bad "padding count: $(tail -1 ten.log)"
+"$L" train -m m --data ten.jsonl -o ten --steps 1 --batch 1 --seq 9 2> ten.log \
+  && grep -q "^train: 1 steps, 9 tokens, " ten.log && ok || bad "no padding: $(tail -1 ten.log)"
+
 # 9. chat data in ShareGPT's shape: the adapter's README names the template it learned
 printf '{"conversations": [{"from": "human", "value": "Tell me a story."}, {"from": "gpt", "value": "Once upon a time."}]}\n' > sg.jsonl
 "$L" train -m m --data sg.jsonl --chat-template zephyr -o sg --steps 1 --seq 64 2> sg.log \

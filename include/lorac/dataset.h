@@ -275,6 +275,7 @@ typedef struct {
     int32_t rows;       /* rows holding an example; the rows after them are all padding */
     int32_t examples;   /* examples placed in this batch */
     int64_t n_targets;  /* targets other than -100 */
+    int64_t n_tokens;   /* positions holding examples' tokens (the rest is padding) */
     bool epoch_end;     /* the epoch's last batch: the cursor is now at (epoch + 1, 0) */
 } lorac_data_batch_info_t;
 

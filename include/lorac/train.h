@@ -53,6 +53,10 @@ lorac_train_params_t lorac_train_default_params(void);
 
 typedef struct {
     int64_t steps, tokens, skipped_steps;
+    /* positions this run trained on (tokens counts every position of a
+     * batch, padding included, as HF Trainer's input-token count does) that
+     * held examples' tokens */
+    int64_t example_tokens;
     double first_loss, last_loss;     /* training loss of the first/last step */
     double eval_loss_before, eval_loss_after; /* NAN without eval data */
     double seconds, tokens_per_second;

@@ -67,7 +67,7 @@ lorac_status_t lorac_dataset_read_batch(lorac_dataset_t *ds, lorac_data_cursor_t
     if (!order) return lorac_error(LORAC_STATUS_NOMEM, "out of memory for the data order");
     const int32_t T = seq_len;
     int32_t rows = 0, examples = 0;
-    int64_t n_targets = 0;
+    int64_t n_targets = 0, n_tokens = 0;
     for (int32_t b = 0; b < batch; b++) {
         size_t row = (size_t)b * (size_t)T;
         int32_t *tk = tokens + row, *tg = targets + row, *ps = pos + row, *sg = segments ? segments + row : NULL;
@@ -93,6 +93,7 @@ lorac_status_t lorac_dataset_read_batch(lorac_dataset_t *ds, lorac_data_cursor_t
             if (!pack) break;
         }
         if (used > 0) rows++;
+        n_tokens += used;
         /* padding is a segment of its own: it attends only to itself */
         for (int32_t t = used; t < T; t++) {
             tk[t] = ds->pad_id;
@@ -110,6 +111,7 @@ lorac_status_t lorac_dataset_read_batch(lorac_dataset_t *ds, lorac_data_cursor_t
         info->rows = rows;
         info->examples = examples;
         info->n_targets = n_targets;
+        info->n_tokens = n_tokens;
         info->epoch_end = end;
     }
     return LORAC_STATUS_OK;

@@ -410,7 +410,8 @@ static lorac_status_t commit_example(loader_t *L) {
     lorac_dataset_t *ds = L->ds;
     int64_t n = L->n_ex, max = (int64_t)ds->seq_len + 1;
     if (n == 0) return lorac_error(LORAC_STATUS_FORMAT, "empty example (no tokens)");
-    if (n > max) { n = max; ds->truncated++; }
+    bool cut = n > max;
+    if (cut) { n = max; ds->truncated++; }
     if (ds->n_tok + n > ds->cap_tok) {
         int64_t cap = ds->cap_tok ? ds->cap_tok : 1 << 16;
         while (cap < ds->n_tok + n) cap *= 2;
@@ -424,10 +425,13 @@ static lorac_status_t commit_example(loader_t *L) {
     if (ds->n + 2 > ds->cap) {
         int64_t cap = ds->cap ? 2 * ds->cap : 1024;
         int64_t *o = realloc(ds->offsets, sizeof(int64_t) * (size_t)cap);
-        if (!o) return NOMEM();
-        ds->offsets = o;
+        if (o) ds->offsets = o;
+        uint8_t *c = o ? realloc(ds->cut, (size_t)cap) : NULL;
+        if (!c) return NOMEM();
+        ds->cut = c;
         ds->cap = cap;
     }
+    ds->cut[ds->n] = cut;
     memcpy(ds->tokens + ds->n_tok, L->ids, sizeof(int32_t) * (size_t)n);
     memcpy(ds->labels + ds->n_tok, L->labs, sizeof(int32_t) * (size_t)n);
     for (int64_t i = 0; i < n; i++) ds->n_trainable += L->labs[i] != -100;
@@ -721,6 +725,8 @@ static void copy_example(lorac_dataset_t *to, const lorac_dataset_t *from, int64
     memmove(to->tokens + to->n_tok, from->tokens + a, sizeof(int32_t) * (size_t)n);
     memmove(to->labels + to->n_tok, from->labels + a, sizeof(int32_t) * (size_t)n);
     for (int64_t k = 0; k < n; k++) to->n_trainable += from->labels[a + k] != -100;
+    to->truncated += from->cut[i];
+    to->cut[to->n] = from->cut[i];
     to->n_tok += n;
     to->offsets[++to->n] = to->n_tok;
 }
@@ -760,13 +766,14 @@ lorac_status_t lorac_dataset_split(lorac_dataset_t *ds, int64_t n_eval, uint64_t
     ev->tokens = malloc(sizeof(int32_t) * (size_t)(eval_tok ? eval_tok : 1));
     ev->labels = malloc(sizeof(int32_t) * (size_t)(eval_tok ? eval_tok : 1));
     ev->offsets = malloc(sizeof(int64_t) * (size_t)(n_eval + 1));
-    if (!ev->tokens || !ev->labels || !ev->offsets) { free(held); lorac_dataset_free(ev); return NOMEM(); }
+    ev->cut = malloc((size_t)(n_eval + 1));
+    if (!ev->tokens || !ev->labels || !ev->offsets || !ev->cut) { free(held); lorac_dataset_free(ev); return NOMEM(); }
     ev->cap_tok = eval_tok;
     ev->cap = n_eval + 1;
     ev->offsets[0] = 0;
     /* both keep file order; the rest is compacted in place */
     int64_t n_all = ds->n;
-    ds->n = ds->n_tok = ds->n_trainable = 0;
+    ds->n = ds->n_tok = ds->n_trainable = ds->truncated = 0; /* each side counts its own truncated examples */
     for (int64_t i = 0; i < n_all; i++) {
         if (held[i]) copy_example(ev, ds, i);
         else copy_example(ds, ds, i); /* moves down: offsets[i + 1] is read before offsets[n + 1] is written */
@@ -781,7 +788,7 @@ lorac_status_t lorac_dataset_split(lorac_dataset_t *ds, int64_t n_eval, uint64_t
 
 void lorac_dataset_free(lorac_dataset_t *ds) {
     if (!ds) return;
-    free(ds->tokens); free(ds->labels); free(ds->offsets); free(ds->perm); free(ds->first_skip);
+    free(ds->tokens); free(ds->labels); free(ds->offsets); free(ds->cut); free(ds->perm); free(ds->first_skip);
     free(ds);
 }
 

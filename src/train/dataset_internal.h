@@ -15,6 +15,7 @@ struct lorac_dataset {
     int32_t *tokens, *labels;
     int64_t n_tok, cap_tok;
     int64_t *offsets; /* (n + 1) */
+    uint8_t *cut;     /* (n) 1 where the example was truncated to seq_len + 1 */
     int64_t n, cap;
     int64_t skipped, truncated, n_trainable;
     char *first_skip;

@@ -326,6 +326,7 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
         if (lorac_dataset_n_truncated(data)) fprintf(log, ", %lld truncated to %d tokens", (long long)lorac_dataset_n_truncated(data), p->seq + 1);
         if (eval) fprintf(log, "; eval: %lld examples%s", (long long)lorac_dataset_n_examples(eval),
                           p->eval_data ? "" : " held out from the data");
+        if (eval && lorac_dataset_n_truncated(eval)) fprintf(log, ", %lld truncated", (long long)lorac_dataset_n_truncated(eval));
         fputc('\n', log);
     }
 
@@ -415,7 +416,9 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
         if (timed) prof.optim += t_lap - t_step;
         double loss_sum = 0.0;
         for (int32_t g = 0; g < p->grad_accum; g++) {
-            lorac_dataset_next_batch(data, &ts.cursor, p->batch, p->seq, p->pack, tok, tgt, pos);
+            lorac_data_batch_info_t info = {0};
+            lorac_dataset_read_batch(data, &ts.cursor, p->batch, p->seq, p->pack, tok, tgt, pos, NULL, &info);
+            res->example_tokens += info.n_tokens;
             if (timed) prof.data += lorac_seconds() - t_lap;
             double ls;
             int64_t k;
@@ -506,9 +509,14 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
     snprintf(format, sizeof format, "%s%s%s", lorac_data_format_name(lorac_dataset_format(data)),
              tpl ? ", template " : "", tpl ? tpl : "");
     write_readme(p, res, n_trainable, format);
+    char padding_note[64] = "";
+    int64_t run_tokens = res->tokens - tokens_at_start; /* this run's positions; short examples leave padding */
+    if (res->example_tokens < run_tokens)
+        snprintf(padding_note, sizeof padding_note, " (%.1f%% of them padding)",
+                 100.0 * (double)(run_tokens - res->example_tokens) / (double)run_tokens);
     if (log)
-        fprintf(log, "train: %lld steps, %lld tokens, %.1f tokens/s, peak RSS %.1f MB, %s %.2f MB, loss %.4f -> %.4f%s\n",
-                (long long)res->steps, (long long)res->tokens, res->tokens_per_second, (double)res->peak_rss_bytes / 1e6,
+        fprintf(log, "train: %lld steps, %lld tokens%s, %.1f tokens/s, peak RSS %.1f MB, %s %.2f MB, loss %.4f -> %.4f%s\n",
+                (long long)res->steps, (long long)res->tokens, padding_note, res->tokens_per_second, (double)res->peak_rss_bytes / 1e6,
                 p->full ? "model" : "adapter", (double)res->adapter_bytes / 1e6, res->first_loss, res->last_loss,
                 res->skipped_steps ? " (some steps skipped)" : "");
 done:
