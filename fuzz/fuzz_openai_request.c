@@ -4,7 +4,7 @@
  * the input's own bytes as "generated" text and as log-probabilities' token
  * texts (any bytes: invalid UTF-8, NUL).
  * The first byte picks the endpoint: completions, chat, or the LoRA admin
- * bodies. Every body built must be valid UTF-8. */
+ * and /tokenize, /detokenize bodies. Every body built must be valid UTF-8. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -32,6 +32,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         } else {
             check_utf8(lorac_oai_error_json(&err));
         }
+        /* and as /tokenize or /detokenize bodies */
+        lorac_oai_tokenize_request_t t;
+        if (lorac_oai_tokenize_parse(data[0] & 8, body, len, &t, &err) == LORAC_STATUS_OK) {
+            check_utf8(lorac_oai_tokenize_json(t.tokens, t.n_tokens, 512));
+            if (t.prompt) check_utf8(lorac_oai_detokenize_json(t.prompt, t.prompt_len));
+            lorac_oai_tokenize_request_free(&t);
+        } else {
+            check_utf8(lorac_oai_error_json(&err));
+        }
+        char *z = strndup(body, len); /* a C string: up to the first NUL */
+        check_utf8(lorac_oai_tokenizer_info_json(len ? z : NULL, NULL, 7));
+        free(z);
         return 0;
     }
     lorac_oai_kind_t kind = which ? LORAC_OAI_CHAT : LORAC_OAI_COMPLETION;

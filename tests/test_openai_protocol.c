@@ -372,6 +372,60 @@ static void test_logprobs_json(void) {
     free(s);
 }
 
+/* /tokenize, /detokenize bodies and answers (vLLM's shapes). */
+static void test_tokenize(void) {
+    lorac_oai_tokenize_request_t t;
+    lorac_oai_error_t e;
+    CHECK(lorac_oai_tokenize_parse(false, "{\"model\": \"m\", \"prompt\": \"hi there\"}", 36, &t, &e) == LORAC_STATUS_OK);
+    CHECK(!strcmp(t.model, "m") && !strcmp(t.prompt, "hi there") && t.prompt_len == 8 && t.add_special_tokens);
+    lorac_oai_tokenize_request_free(&t);
+    const char *b = "{\"prompt\": \"x\", \"add_special_tokens\": false}";
+    CHECK(lorac_oai_tokenize_parse(false, b, strlen(b), &t, &e) == LORAC_STATUS_OK && !t.add_special_tokens && !t.model);
+    lorac_oai_tokenize_request_free(&t);
+    b = "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], \"add_generation_prompt\": false}";
+    CHECK(lorac_oai_tokenize_parse(false, b, strlen(b), &t, &e) == LORAC_STATUS_OK && t.n_messages == 1 &&
+          !strcmp(t.messages[0].content, "a") && !t.add_generation_prompt && !t.prompt);
+    lorac_oai_tokenize_request_free(&t);
+    b = "{\"tokens\": [1, 0, 42]}";
+    CHECK(lorac_oai_tokenize_parse(true, b, strlen(b), &t, &e) == LORAC_STATUS_OK && t.n_tokens == 3 && t.tokens[2] == 42);
+    lorac_oai_tokenize_request_free(&t);
+    b = "{\"tokens\": []}";
+    CHECK(lorac_oai_tokenize_parse(true, b, strlen(b), &t, &e) == LORAC_STATUS_OK && t.n_tokens == 0);
+    lorac_oai_tokenize_request_free(&t);
+    const char *bad[][3] = {
+        {"0", "{}", "prompt"}, {"0", "{\"prompt\": 5}", "prompt"}, {"0", "{\"prompt\": \"a\", \"messages\": []}", "messages"},
+        {"0", "{\"messages\": [{\"role\": \"x\", \"content\": \"a\"}]}", "messages"},
+        {"0", "{\"prompt\": \"a\", \"add_special_tokens\": 1}", "add_special_tokens"},
+        {"0", "{\"model\": 3, \"prompt\": \"a\"}", "model"}, {"0", "[1]", ""}, {"0", "", ""},
+        {"1", "{\"tokens\": [1.5]}", "tokens"}, {"1", "{\"tokens\": [-1]}", "tokens"}, {"1", "{\"tokens\": 3}", "tokens"},
+        {"1", "{}", "tokens"}, {"1", "{\"tokens\": [\"1\"]}", "tokens"}};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        lorac_status_t st = lorac_oai_tokenize_parse(bad[i][0][0] == '1', bad[i][1], strlen(bad[i][1]), &t, &e);
+        CHECK_MSG(st == LORAC_STATUS_INVALID_ARG && e.http_status == 400 && !strcmp(e.param, bad[i][2]) && !t.tokens &&
+                  !t.prompt && !t.messages, "%s: status %d param '%s'", bad[i][1], st, e.param);
+    }
+    static const int32_t ids[3] = {1, 22, 333};
+    char *s = lorac_oai_tokenize_json(ids, 3, 2048);
+    cJSON *o = parse_json(s);
+    CHECK(cJSON_GetObjectItemCaseSensitive(o, "count")->valueint == 3 &&
+          cJSON_GetObjectItemCaseSensitive(o, "max_model_len")->valueint == 2048 &&
+          cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "tokens"), 2)->valueint == 333 &&
+          cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(o, "token_strs")));
+    cJSON_Delete(o);
+    free(s);
+    s = lorac_oai_detokenize_json("a\"b\xff", 4);
+    o = parse_json(s);
+    CHECK(!strcmp(str_at(o, "prompt"), "a\"b\xef\xbf\xbd"));
+    cJSON_Delete(o);
+    free(s);
+    s = lorac_oai_tokenizer_info_json("<s>", NULL, 512);
+    o = parse_json(s);
+    CHECK(!strcmp(str_at(o, "bos_token"), "<s>") && cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(o, "eos_token")) &&
+          cJSON_GetObjectItemCaseSensitive(o, "model_max_length")->valueint == 512);
+    cJSON_Delete(o);
+    free(s);
+}
+
 static void test_responses(void) {
     lorac_oai_meta_t m = {.kind = LORAC_OAI_COMPLETION, .id = "cmpl-1", .created = 1700000000, .model = "base"};
     lorac_oai_choice_t ch[2] = {{.text = "hi\xe2\x82", .text_len = 5, .finish_reason = "length"},
@@ -564,6 +618,7 @@ int main(void) {
     test_responses();
     test_logprobs_parse();
     test_logprobs_json();
+    test_tokenize();
     test_lora_requests();
     test_metrics();
     test_chat_prompts();

@@ -371,6 +371,27 @@ def test_features(port, model, names):
     check(all(m["parent"] == base for m in o["data"][1:]) and o["data"][0]["parent"] is None, "models: parent")
     st, _, data = request(port, "GET", "/health")
     check(st == 200 and json.loads(data) == {"status": "ok"}, "health")
+    # vLLM's /tokenize, /detokenize, /tokenizer_info: what `lorac tokenize` gives; a chat's ids are its prompt's
+    want = [int(x) for x in subprocess.run([BIN, "tokenize", "-m", model, "-p", PROMPTS[3]], capture_output=True,
+                                           text=True, check=True).stdout.split()]
+    st, _, data = post(port, "/tokenize", {"model": names[0], "prompt": PROMPTS[3]})
+    o = json.loads(data)
+    check(st == 200 and o["tokens"] == want and o["count"] == len(want) and o["max_model_len"] == 512, f"tokenize {o}")
+    st, _, data = post(port, "/tokenize", {"prompt": PROMPTS[3], "add_special_tokens": False})
+    check(st == 200 and json.loads(data)["tokens"] == want[1:], "tokenize without BOS")
+    st, _, data = post(port, "/tokenize", {"messages": msgs})
+    chat_prompt = complete(port, {"model": base, "messages": msgs, "max_tokens": 1})["usage"]["prompt_tokens"]
+    check(st == 200 and json.loads(data)["count"] == chat_prompt, "tokenize messages: the chat prompt's count")
+    st, _, data = post(port, "/detokenize", {"tokens": want})
+    check(st == 200 and json.loads(data) == {"prompt": "<s> " + PROMPTS[3]}, f"detokenize {data}")
+    st, _, data = request(port, "GET", "/tokenizer_info")
+    o = json.loads(data)
+    check(st == 200 and o["bos_token"] == "<s>" and o["eos_token"] == "</s>" and o["model_max_length"] == 512,
+          f"tokenizer_info {o}")
+    for path, body, status in (("/tokenize", {"model": "nope", "prompt": "x"}, 404), ("/tokenize", {"prompt": 1}, 400),
+                               ("/detokenize", {"tokens": [1, 512]}, 400), ("/detokenize", {"tokens": "1"}, 400)):
+        st, _, data = post(port, path, body)
+        check(is_error_object(data, st) and st == status, f"{path} {body}: {st} {data}")
 
 
 def test_logprobs(port, model, names):

@@ -159,6 +159,33 @@ lorac_status_t lorac_oai_request_check_prompt(lorac_oai_request_t *req, const in
 lorac_status_t lorac_oai_lora_request_parse(const char *body, size_t len, bool allow_path, char **name, char **path,
                                             lorac_oai_error_t *err);
 
+/* POST /tokenize and /detokenize (vLLM's shapes). tokenize:
+ * {"model": string (optional), "prompt": string, "add_special_tokens": bool
+ * (default true)} or {"model", "messages": [as chat], "add_generation_prompt":
+ * bool (default true)}; detokenize: {"model", "tokens": [token ids]}. */
+typedef struct {
+    char *model;                      /* NULL when absent */
+    char *prompt;                     /* tokenize: the text, or NULL with messages */
+    size_t prompt_len;
+    lorac_chat_message_t *messages;
+    size_t n_messages;
+    bool add_special_tokens, add_generation_prompt;
+    int32_t *tokens;                  /* detokenize */
+    int32_t n_tokens;
+} lorac_oai_tokenize_request_t;
+
+lorac_status_t lorac_oai_tokenize_parse(bool detokenize, const char *body, size_t len, lorac_oai_tokenize_request_t *out,
+                                        lorac_oai_error_t *err);
+void lorac_oai_tokenize_request_free(lorac_oai_tokenize_request_t *req);
+/* {"count": n, "max_model_len": max_len, "tokens": [...], "token_strs": null} */
+char *lorac_oai_tokenize_json(const int32_t *ids, int32_t n, int32_t max_len);
+/* {"prompt": text} */
+char *lorac_oai_detokenize_json(const char *text, size_t len);
+/* GET /tokenizer_info: {"tokenizer_class": "PreTrainedTokenizerFast",
+ * "bos_token", "eos_token" (strings, or null when NULL), "pad_token": null,
+ * "model_max_length": max_len}. */
+char *lorac_oai_tokenizer_info_json(const char *bos, const char *eos, int32_t max_len);
+
 /* ---- responses ---------------------------------------------------------------- */
 
 typedef struct {

@@ -80,6 +80,8 @@ struct lorac_http_server {
     uint64_t nonce;
     int32_t port;
     int32_t chat_end_of_turn;      /* the chat template's end-of-turn token, ends a chat reply; -1: none */
+    const lorac_tokenizer_t *tok;  /* the model's, for /tokenize and friends */
+    int32_t n_ctx;
     atomic_uint_fast64_t status_counts[N_STATUS];
 };
 
@@ -108,7 +110,9 @@ static uint64_t next_random(lorac_http_server_t *srv) {
 
 /* ---- per-connection state and responses ------------------------------------------------ */
 
-typedef enum { R_COMPLETIONS, R_CHAT, R_MODELS, R_HEALTH, R_METRICS, R_LOAD, R_UNLOAD } route_id_t;
+typedef enum {
+    R_COMPLETIONS, R_CHAT, R_MODELS, R_HEALTH, R_METRICS, R_LOAD, R_UNLOAD, R_TOKENIZE, R_DETOKENIZE, R_TOKENIZER_INFO
+} route_id_t;
 
 static const struct {
     const char *path, *method;
@@ -120,6 +124,9 @@ static const struct {
     {"/v1/models", "GET", R_MODELS, false},
     {"/health", "GET", R_HEALTH, false},
     {"/metrics", "GET", R_METRICS, false},
+    {"/tokenize", "POST", R_TOKENIZE, false},
+    {"/detokenize", "POST", R_DETOKENIZE, false},
+    {"/tokenizer_info", "GET", R_TOKENIZER_INFO, false},
     {"/v1/load_lora_adapter", "POST", R_LOAD, true},
     {"/v1/unload_lora_adapter", "POST", R_UNLOAD, true},
 };
@@ -839,6 +846,81 @@ static enum MHD_Result handle_metrics(lorac_http_server_t *srv, struct MHD_Conne
     return send_body(srv, c, k, 200, "text/plain; version=0.0.4", b.s);
 }
 
+/* ---- /tokenize, /detokenize, /tokenizer_info (vLLM's) ---------------------------------------------------------- */
+
+/* A token's text as the tokenizer writes it ("<s>"), NUL-terminated; NULL for -1. */
+static char *token_text(const lorac_tokenizer_t *tok, int32_t id) {
+    char b[512];
+    int32_t n = id >= 0 ? lorac_tokenizer_token_bytes(tok, id, b, (int32_t)sizeof b - 1) : -1;
+    if (n < 0) return NULL;
+    b[n] = 0;
+    return strdup(b);
+}
+
+static enum MHD_Result handle_tokenize(lorac_http_server_t *srv, struct MHD_Connection *c, conn_t *k, route_id_t route) {
+    lorac_oai_error_t err;
+    const lorac_tokenizer_t *tok = srv->tok;
+    int32_t max_len = srv->n_ctx;
+    if (route == R_TOKENIZER_INFO) {
+        char *bos = token_text(tok, lorac_tokenizer_bos_id(tok)), *eos = token_text(tok, lorac_tokenizer_eos_id(tok));
+        char *body = lorac_oai_tokenizer_info_json(bos, eos, max_len);
+        free(bos);
+        free(eos);
+        return send_body(srv, c, k, 200, "application/json", body);
+    }
+    lorac_oai_tokenize_request_t req;
+    if (lorac_oai_tokenize_parse(route == R_DETOKENIZE, k->body.s, k->body.len, &req, &err))
+        return send_error(srv, c, k, &err);
+    /* a model, when named, must be one this server has (every one tokenizes alike) */
+    lorac_status_t s = LORAC_STATUS_OK;
+    err.message[0] = 0; /* set below by refusals; tokenizer errors fill it at the end */
+    if (req.model && strcmp(req.model, srv->p.served_model_name)) {
+        lorac_engine_t *e = engine_acquire(srv);
+        if (!e) {
+            lorac_oai_tokenize_request_free(&req);
+            return fail_stopping(srv, c, k);
+        }
+        int known = adapter_known(e, req.model);
+        engine_release(srv);
+        if (!known) s = lorac_oai_error_set(&err, 404, NULL, "model", "model_not_found", "The model '%.200s' does not exist",
+                                            req.model);
+    }
+    char *body = NULL;
+    if (!s && route == R_DETOKENIZE) {
+        char *text = NULL;
+        size_t len = 0;
+        if (lorac_tokenizer_decode(tok, req.tokens, (size_t)req.n_tokens, false, &text, &len))
+            s = lorac_oai_error_set(&err, 400, NULL, "tokens", NULL, "%s", lorac_error_message());
+        else body = lorac_oai_detokenize_json(text, len);
+        free(text);
+    } else if (!s) {
+        int32_t *ids = NULL;
+        size_t n = 0;
+        char *text = NULL;
+        size_t len = 0;
+        if (req.prompt) {
+            s = lorac_tokenizer_encode(tok, req.prompt, req.prompt_len, req.add_special_tokens, &ids, &n);
+        } else if (!srv->p.chat_template) {
+            s = lorac_oai_error_set(&err, 400, NULL, "messages", NULL,
+                                    "this server has no chat template; start it with --chat-template NAME");
+        } else {
+            s = (req.add_generation_prompt ? lorac_dataset_chat_render_generation : lorac_dataset_chat_render)(
+                srv->p.chat_template, srv->p.chat_default_system, req.messages, req.n_messages, srv->p.chat_bos,
+                srv->p.chat_eos, &text, &len);
+            if (!s) s = lorac_tokenizer_encode(tok, text, len, false, &ids, &n);
+        }
+        if (s && !err.message[0]) {
+            lorac_oai_error_set(&err, s == LORAC_STATUS_NOMEM ? 500 : 400, NULL, req.prompt ? "prompt" : "messages", NULL,
+                                "%s", lorac_error_message());
+        }
+        if (!s) body = lorac_oai_tokenize_json(ids, (int32_t)n, max_len);
+        free(ids);
+        free(text);
+    }
+    lorac_oai_tokenize_request_free(&req);
+    return s ? send_error(srv, c, k, &err) : send_body(srv, c, k, 200, "application/json", body);
+}
+
 /* lora_path, when given, must be ADAPTERS_DIR/lora_name itself (after
  * resolving links): clients name adapters, they never pick paths. */
 static int path_is_adapter(const char *dir, const char *name, const char *path) {
@@ -901,6 +983,9 @@ static enum MHD_Result dispatch(lorac_http_server_t *srv, struct MHD_Connection 
     case R_METRICS: return handle_metrics(srv, c, k);
     case R_LOAD: return handle_lora(srv, c, k, true);
     case R_UNLOAD: return handle_lora(srv, c, k, false);
+    case R_TOKENIZE:
+    case R_DETOKENIZE:
+    case R_TOKENIZER_INFO: return handle_tokenize(srv, c, k, k_routes[k->route].id);
     case R_HEALTH:
         if (atomic_load(&srv->stopping)) return fail_stopping(srv, c, k);
         return send_body(srv, c, k, 200, "application/json", strdup("{\"status\": \"ok\"}"));
@@ -1018,6 +1103,8 @@ lorac_status_t lorac_http_server_start(lorac_engine_t *engine, const lorac_http_
     if (srv->p.max_connections < 1) srv->p.max_connections = 256;
     if (srv->p.connection_timeout_s < 1) srv->p.connection_timeout_s = 120;
     srv->engine = engine;
+    srv->tok = lorac_model_get_tokenizer(lorac_engine_model(engine)); /* the engine refuses a model without one */
+    srv->n_ctx = lorac_engine_n_ctx(engine);
     srv->chat_end_of_turn = -1;
     if (srv->p.chat_template) {
         const char *eot = lorac_dataset_chat_end_of_turn(srv->p.chat_template, srv->p.chat_eos);

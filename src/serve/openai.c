@@ -453,16 +453,21 @@ lorac_status_t lorac_oai_request_parse(lorac_oai_kind_t kind, const char *body, 
     return s;
 }
 
+/* Messages whose role and content strings the array owns. */
+static void free_messages(lorac_chat_message_t *m, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        free((char *)m[i].role);
+        free((char *)m[i].content);
+    }
+    free(m);
+}
+
 void lorac_oai_request_free(lorac_oai_request_t *r) {
     if (!r) return;
     free(r->model);
     free(r->prompt);
     free(r->prompt_ids);
-    for (size_t i = 0; i < r->n_messages; i++) {
-        free((char *)r->messages[i].role);
-        free((char *)r->messages[i].content);
-    }
-    free(r->messages);
+    free_messages(r->messages, r->n_messages);
     for (int32_t i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->logit_bias);
     memset(r, 0, sizeof *r);
@@ -515,6 +520,101 @@ lorac_status_t lorac_oai_lora_request_parse(const char *body, size_t len, bool a
         *name = *path = NULL;
     }
     return s;
+}
+
+/* ---- /tokenize, /detokenize --------------------------------------------------------- */
+
+static lorac_status_t parse_tokenize_fields(const cJSON *o, bool detokenize, lorac_oai_tokenize_request_t *r,
+                                            lorac_oai_error_t *err) {
+    const cJSON *v = field(o, "model");
+    if (v && !cJSON_IsString(v)) return BAD("model", "'model' must be a string");
+    if (v && !(r->model = strdup(v->valuestring))) return NOMEM();
+    if (detokenize) {
+        const cJSON *a = field(o, "tokens"), *x;
+        if (!cJSON_IsArray(a)) return BAD("tokens", "'tokens' must be an array of token ids");
+        int n = cJSON_GetArraySize(a);
+        if (n > 0 && !(r->tokens = malloc(sizeof(int32_t) * (size_t)n))) return NOMEM();
+        cJSON_ArrayForEach(x, a) {
+            if (!is_integer(x) || x->valuedouble < 0 || x->valuedouble > INT32_MAX)
+                return BAD("tokens", "'tokens' must be an array of token ids (integers >= 0)");
+            r->tokens[r->n_tokens++] = (int32_t)x->valuedouble;
+        }
+        return LORAC_STATUS_OK;
+    }
+    lorac_status_t s;
+    r->add_special_tokens = r->add_generation_prompt = true;
+    if ((s = get_bool(o, "add_special_tokens", &r->add_special_tokens, err))) return s;
+    if ((s = get_bool(o, "add_generation_prompt", &r->add_generation_prompt, err))) return s;
+    const cJSON *prompt = field(o, "prompt"), *messages = field(o, "messages");
+    if (!prompt == !messages) return BAD(prompt ? "messages" : "prompt", "give one of 'prompt' (a string) or 'messages'");
+    if (prompt) {
+        if (!cJSON_IsString(prompt)) return BAD("prompt", "'prompt' must be a string");
+        r->prompt_len = strlen(prompt->valuestring);
+        if (!(r->prompt = strdup(prompt->valuestring))) return NOMEM();
+        return LORAC_STATUS_OK;
+    }
+    /* the chat endpoint's rules, through its parser */
+    lorac_oai_request_t chat = {.kind = LORAC_OAI_CHAT};
+    s = parse_messages(o, &chat, err);
+    r->messages = chat.messages;
+    r->n_messages = chat.n_messages;
+    return s;
+}
+
+lorac_status_t lorac_oai_tokenize_parse(bool detokenize, const char *body, size_t len, lorac_oai_tokenize_request_t *out,
+                                        lorac_oai_error_t *err) {
+    memset(out, 0, sizeof *out);
+    if (!body || len == 0) return BAD(NULL, "the request body is empty; send a JSON object");
+    if (!lorac_utf8_valid(body, len)) return BAD(NULL, "the request body is not valid UTF-8");
+    if (has_nul(body, len)) return BAD(NULL, "strings must not contain NUL characters (\\u0000)");
+    cJSON *o = cJSON_ParseWithLength(body, len);
+    lorac_status_t s = cJSON_IsObject(o) ? parse_tokenize_fields(o, detokenize, out, err)
+                                         : BAD(NULL, "the request body must be one JSON object");
+    cJSON_Delete(o);
+    if (s) lorac_oai_tokenize_request_free(out);
+    return s;
+}
+
+void lorac_oai_tokenize_request_free(lorac_oai_tokenize_request_t *r) {
+    if (!r) return;
+    free(r->model);
+    free(r->prompt);
+    free_messages(r->messages, r->n_messages);
+    free(r->tokens);
+    memset(r, 0, sizeof *r);
+}
+
+char *lorac_oai_tokenize_json(const int32_t *ids, int32_t n, int32_t max_len) {
+    cJSON *o = cJSON_CreateObject(), *a = o ? cJSON_AddArrayToObject(o, "tokens") : NULL;
+    if (!a) { cJSON_Delete(o); return NULL; }
+    for (int32_t i = 0; i < n; i++) {
+        cJSON *x = cJSON_CreateNumber(ids[i]);
+        if (!x || !cJSON_AddItemToArray(a, x)) { cJSON_Delete(x); cJSON_Delete(o); return NULL; }
+    }
+    if (!cJSON_AddNumberToObject(o, "count", n) || !cJSON_AddNumberToObject(o, "max_model_len", max_len) ||
+        !cJSON_AddNullToObject(o, "token_strs")) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return print_and_delete(o);
+}
+
+char *lorac_oai_detokenize_json(const char *text, size_t len) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o || add_text(o, "prompt", text, len)) { cJSON_Delete(o); return NULL; }
+    return print_and_delete(o);
+}
+
+char *lorac_oai_tokenizer_info_json(const char *bos, const char *eos, int32_t max_len) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o || !cJSON_AddStringToObject(o, "tokenizer_class", "PreTrainedTokenizerFast") ||
+        (bos ? add_text(o, "bos_token", bos, strlen(bos)) : !cJSON_AddNullToObject(o, "bos_token")) ||
+        (eos ? add_text(o, "eos_token", eos, strlen(eos)) : !cJSON_AddNullToObject(o, "eos_token")) ||
+        !cJSON_AddNullToObject(o, "pad_token") || !cJSON_AddNumberToObject(o, "model_max_length", max_len)) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return print_and_delete(o);
 }
 
 /* ---- responses ------------------------------------------------------------------- */
