@@ -1250,6 +1250,65 @@ static void test_split(void) {
     CHECK(lorac_dataset_split(all, 0, 7, &ev) == LORAC_STATUS_INVALID_ARG && !ev);
     CHECK(lorac_dataset_n_examples(all) == n); /* a refused split changes nothing */
     lorac_dataset_free(ev_a); lorac_dataset_free(ev_b); lorac_dataset_free(a); lorac_dataset_free(b); lorac_dataset_free(all);
+
+    /* masked labels (alpaca: the loss only on responses, some cut off by a
+     * short seq): the counts of trainable labels and of examples with
+     * nothing to learn split exactly, though the kept side is compacted in
+     * place (it once counted labels from the moved-over source). At 80
+     * tokens many responses are cut off; at 1024 lengths vary, so a
+     * held-out example is often shorter than the kept one after it. */
+    snprintf(fx, sizeof fx, "%s/datasets/alpaca/alpaca_data_1k.json", tl_fixtures());
+    for (int32_t seq = 80; seq <= 1024; seq += 944) {
+        p.seq_len = seq;
+        all = load_ok(fx, g_tl, &p);
+        a = load_ok(fx, g_tl, &p);
+        ev_a = NULL;
+        if (!all || !a) return;
+        if (seq == 80)
+            CHECK_MSG(lorac_dataset_n_without_targets(all) > 10 &&
+                      lorac_dataset_n_without_targets(all) < lorac_dataset_n_examples(all),
+                      "%lld without targets", (long long)lorac_dataset_n_without_targets(all));
+        CHECK(lorac_dataset_split(a, 300, 3, &ev_a) == LORAC_STATUS_OK && ev_a);
+        if (ev_a) {
+            CHECK(lorac_dataset_n_trainable(a) + lorac_dataset_n_trainable(ev_a) == lorac_dataset_n_trainable(all));
+            CHECK(lorac_dataset_n_without_targets(a) + lorac_dataset_n_without_targets(ev_a) ==
+                  lorac_dataset_n_without_targets(all));
+            int64_t direct = 0, none = 0;
+            for (int64_t i = 0; i < lorac_dataset_n_examples(a); i++) {
+                const int32_t *t, *l;
+                int32_t len = lorac_dataset_example(a, i, &t, &l), any = 0;
+                for (int32_t k = 0; k < len; k++) direct += l[k] != -100, any |= k > 0 && l[k] != -100;
+                none += !any;
+            }
+            CHECK_MSG(direct == lorac_dataset_n_trainable(a) && none == lorac_dataset_n_without_targets(a),
+                      "seq %d: %lld trainable labels counted, %lld in the kept side", seq, (long long)direct,
+                      (long long)lorac_dataset_n_trainable(a));
+        }
+        lorac_dataset_free(ev_a); lorac_dataset_free(a); lorac_dataset_free(all);
+    }
+    /* the overlap made certain: a 3-token example held out before a kept
+     * 40-token one whose last 10 labels count */
+    char two[1024];
+    int used = snprintf(two, sizeof two, "{\"input_ids\": [1, 2, 3], \"labels\": [-100, -100, 3]}\n{\"input_ids\": [");
+    for (int k = 0; k < 40; k++) used += snprintf(two + used, sizeof two - (size_t)used, "%s%d", k ? ", " : "", 10 + k);
+    used += snprintf(two + used, sizeof two - (size_t)used, "], \"labels\": [");
+    for (int k = 0; k < 40; k++) used += snprintf(two + used, sizeof two - (size_t)used, "%s%d", k ? ", " : "", k < 30 ? -100 : 10 + k);
+    used += snprintf(two + used, sizeof two - (size_t)used, "]}\n");
+    int checked = 0;
+    for (uint64_t seed = 1; seed < 40 && !checked; seed++) {
+        lorac_dataset_params_t q = lorac_dataset_default_params();
+        q.seq_len = 64;
+        lorac_dataset_t *d = NULL, *e = NULL;
+        CHECK(lorac_dataset_load_memory(two, (size_t)used, "two.jsonl", NULL, &q, &d) == LORAC_STATUS_OK);
+        if (d && lorac_dataset_split(d, 1, seed, &e) == LORAC_STATUS_OK && lorac_dataset_n_tokens(e) == 3) {
+            CHECK_MSG(lorac_dataset_n_trainable(d) == 10 && lorac_dataset_n_trainable(e) == 1,
+                      "kept side: %lld trainable labels, 10 expected", (long long)lorac_dataset_n_trainable(d));
+            checked = 1;
+        }
+        lorac_dataset_free(e);
+        lorac_dataset_free(d);
+    }
+    CHECK(checked);
 }
 
 static void test_determinism_resume(void) {

@@ -156,6 +156,9 @@ int64_t lorac_dataset_n_skipped(const lorac_dataset_t *ds);   /* bad records ski
 int64_t lorac_dataset_n_truncated(const lorac_dataset_t *ds); /* examples cut to seq_len + 1 tokens */
 int64_t lorac_dataset_n_tokens(const lorac_dataset_t *ds);    /* tokens of all examples */
 int64_t lorac_dataset_n_trainable(const lorac_dataset_t *ds); /* of which labels are not -100 */
+/* Examples with no label but the first left (nothing to learn from): every
+ * response token masked, or cut off by seq_len. */
+int64_t lorac_dataset_n_without_targets(const lorac_dataset_t *ds);
 /* "FILE:LINE: problem" of the first skipped record, NULL when none; valid as
  * long as the dataset. */
 const char *lorac_dataset_first_skip_reason(const lorac_dataset_t *ds);

@@ -405,6 +405,14 @@ static lorac_status_t build_record(loader_t *L, const cJSON *o) {
     return LORAC_STATUS_OK;
 }
 
+/* Whether an example of n tokens has a target: a label after the first
+ * (position t predicts label t + 1; the first is never predicted). */
+static bool has_targets(const int32_t *labels, int64_t n) {
+    for (int64_t i = 1; i < n; i++)
+        if (labels[i] != -100) return true;
+    return false;
+}
+
 /* Moves the scratch example into the dataset, truncated to seq_len + 1. */
 static lorac_status_t commit_example(loader_t *L) {
     lorac_dataset_t *ds = L->ds;
@@ -435,6 +443,7 @@ static lorac_status_t commit_example(loader_t *L) {
     memcpy(ds->tokens + ds->n_tok, L->ids, sizeof(int32_t) * (size_t)n);
     memcpy(ds->labels + ds->n_tok, L->labs, sizeof(int32_t) * (size_t)n);
     for (int64_t i = 0; i < n; i++) ds->n_trainable += L->labs[i] != -100;
+    ds->no_targets += !has_targets(L->labs, n);
     ds->offsets[0] = 0;
     ds->n_tok += n;
     ds->offsets[++ds->n] = ds->n_tok;
@@ -724,8 +733,12 @@ static void copy_example(lorac_dataset_t *to, const lorac_dataset_t *from, int64
     int64_t a = from->offsets[i], n = from->offsets[i + 1] - a;
     memmove(to->tokens + to->n_tok, from->tokens + a, sizeof(int32_t) * (size_t)n);
     memmove(to->labels + to->n_tok, from->labels + a, sizeof(int32_t) * (size_t)n);
-    for (int64_t k = 0; k < n; k++) to->n_trainable += from->labels[a + k] != -100;
+    /* count on the moved copy: compacting in place (to == from), the move
+     * may have overwritten the source's tail */
+    const int32_t *labels = to->labels + to->n_tok;
+    for (int64_t k = 0; k < n; k++) to->n_trainable += labels[k] != -100;
     to->truncated += from->cut[i];
+    to->no_targets += !has_targets(labels, n);
     to->cut[to->n] = from->cut[i];
     to->n_tok += n;
     to->offsets[++to->n] = to->n_tok;
@@ -773,7 +786,7 @@ lorac_status_t lorac_dataset_split(lorac_dataset_t *ds, int64_t n_eval, uint64_t
     ev->offsets[0] = 0;
     /* both keep file order; the rest is compacted in place */
     int64_t n_all = ds->n;
-    ds->n = ds->n_tok = ds->n_trainable = ds->truncated = 0; /* each side counts its own truncated examples */
+    ds->n = ds->n_tok = ds->n_trainable = ds->truncated = ds->no_targets = 0; /* each side counts its own */
     for (int64_t i = 0; i < n_all; i++) {
         if (held[i]) copy_example(ev, ds, i);
         else copy_example(ds, ds, i); /* moves down: offsets[i + 1] is read before offsets[n + 1] is written */
@@ -795,6 +808,7 @@ void lorac_dataset_free(lorac_dataset_t *ds) {
 int64_t lorac_dataset_n_examples(const lorac_dataset_t *ds) { return ds->n; }
 int64_t lorac_dataset_n_skipped(const lorac_dataset_t *ds) { return ds->skipped; }
 int64_t lorac_dataset_n_truncated(const lorac_dataset_t *ds) { return ds->truncated; }
+int64_t lorac_dataset_n_without_targets(const lorac_dataset_t *ds) { return ds->no_targets; }
 int64_t lorac_dataset_n_tokens(const lorac_dataset_t *ds) { return ds->n_tok; }
 int64_t lorac_dataset_n_trainable(const lorac_dataset_t *ds) { return ds->n_trainable; }
 const char *lorac_dataset_first_skip_reason(const lorac_dataset_t *ds) { return ds->first_skip; }

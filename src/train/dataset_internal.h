@@ -17,7 +17,7 @@ struct lorac_dataset {
     int64_t *offsets; /* (n + 1) */
     uint8_t *cut;     /* (n) 1 where the example was truncated to seq_len + 1 */
     int64_t n, cap;
-    int64_t skipped, truncated, n_trainable;
+    int64_t skipped, truncated, n_trainable, no_targets;
     char *first_skip;
     lorac_data_format_t format;
     int chat_tpl; /* chat_tpl_t, -1 unless chat */

@@ -324,9 +324,14 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
                 lorac_data_format_name(lorac_dataset_format(data)));
         if (lorac_dataset_n_skipped(data)) fprintf(log, ", %lld malformed lines skipped", (long long)lorac_dataset_n_skipped(data));
         if (lorac_dataset_n_truncated(data)) fprintf(log, ", %lld truncated to %d tokens", (long long)lorac_dataset_n_truncated(data), p->seq + 1);
+        if (lorac_dataset_n_without_targets(data))
+            fprintf(log, ", %lld with nothing to learn (the response masked or past --seq)",
+                    (long long)lorac_dataset_n_without_targets(data));
         if (eval) fprintf(log, "; eval: %lld examples%s", (long long)lorac_dataset_n_examples(eval),
                           p->eval_data ? "" : " held out from the data");
         if (eval && lorac_dataset_n_truncated(eval)) fprintf(log, ", %lld truncated", (long long)lorac_dataset_n_truncated(eval));
+        if (eval && lorac_dataset_n_without_targets(eval))
+            fprintf(log, ", %lld with nothing to score", (long long)lorac_dataset_n_without_targets(eval));
         fputc('\n', log);
     }
 
