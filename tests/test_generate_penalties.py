@@ -1,5 +1,6 @@
-"""`lorac generate` with the repetition, frequency and presence penalties,
-greedy, against a reference decoding loop in torch.
+"""`lorac generate`'s sampling options: the repetition, frequency and
+presence penalties, greedy, against a reference decoding loop in torch;
+--stop strings against plain greedy output cut at the earliest match.
 
 The real stories260K model (converted from the fixtures with `lorac
 convert`) decodes a prompt greedily under each set of penalties; the
@@ -96,9 +97,24 @@ def main():
     a, b, d = sampled(1), sampled(1), sampled(2)
     r.record("sampled with min-p and penalties", a == b and a != d, f"seed 1 twice equal: {a == b}, seed 2 differs: {a != d}")
 
+    # --stop: the output ends before the earliest match (within or across tokens), stderr says why
+    def stopped(*stops):
+        args = ["generate", "-m", model, "-p", PROMPT, "--temp", "0", "-n", str(N), "--ignore-eos", "-t", "2"]
+        for x in stops:
+            args += ["--stop", x]
+        st, out, err = ch.run(args)
+        assert st == 0, err
+        return out[len(PROMPT):].rstrip("\n"), err
+    for stops in (["Lily"], ["zzz", "ed to p"], [plain[5:9], plain[2:4]], ["no such text"]):
+        got, err = stopped(*stops)
+        cut = min([plain.find(x) for x in stops if x in plain], default=-1)
+        want = plain[:cut] if cut >= 0 else plain
+        r.record(f"--stop {stops}", got == want and ("stop: stop string" in err) == (cut >= 0),
+                 f"{got!r} vs {want!r}")
+
     # out-of-range flags are usage errors naming the flag
     for flags in (["--min-p", "1.5"], ["--repeat-penalty", "0"], ["--presence-penalty", "3"],
-                  ["--frequency-penalty", "-2.5"], ["--min-p", "x"]):
+                  ["--frequency-penalty", "-2.5"], ["--min-p", "x"], ["--stop", ""], ["--logit-bias", "5x"]):
         st, _, err = ch.run(["generate", "-m", model, "-p", "x", *flags])
         r.record(f"refused {' '.join(flags)}", st == 2 and flags[0] in err, f"exit {st}: {err.strip()}")
     r.finish()

@@ -335,6 +335,20 @@ int main(void) {
     p.repetition_penalty = 1.0f; p.presence_penalty = NAN;
     CHECK(lorac_sampler_params_validate(&p) == LORAC_STATUS_INVALID_ARG);
 
+    /* stop strings: the earliest match of any; the tail that may start one is held */
+    {
+        const char *stops[3] = {"END", "xyz", "yzz"};
+        size_t safe;
+        CHECK(lorac_stop_find(stops, 3, "abcENDxyz", 9, &safe) == 3);
+        CHECK(lorac_stop_find(stops, 3, "abxyzEND", 8, &safe) == 2);
+        CHECK(lorac_stop_find(stops, 3, "abcEN", 5, &safe) == -1 && safe == 3);
+        CHECK(lorac_stop_find(stops, 3, "abcxy", 5, &safe) == -1 && safe == 3);
+        CHECK(lorac_stop_find(stops, 3, "abcy", 4, &safe) == -1 && safe == 3);
+        CHECK(lorac_stop_find(stops, 3, "abc", 3, &safe) == -1 && safe == 3);
+        CHECK(lorac_stop_find(stops, 3, "", 0, &safe) == -1 && safe == 0);
+        CHECK(lorac_stop_find(stops, 0, "END", 3, &safe) == -1 && safe == 3);
+    }
+
     /* UTF-8 stream: "é" (c3 a9) and "🦙" (f0 9f a6 99) split across pushes */
     lorac_utf8_stream_t st = {0};
     char out[64];

@@ -30,6 +30,7 @@ static const char *k_usage =
     "  --logit-bias ID+B    add B to token ID's logit (ID-B subtracts; -inf bans it); repeatable\n"
     "  --seed S             random seed (default 42)\n"
     "  --ignore-eos         keep going past end-of-sequence tokens until -n\n"
+    "  --stop TEXT          end the output before TEXT (not printed); repeatable\n"
     "  --chat               the prompt is a user message: render it with the chat template, print only the\n"
     "                       reply, stop at the end of the assistant's turn\n"
     "  --system TEXT        system message for --chat\n"
@@ -81,20 +82,40 @@ typedef struct {
     int32_t n_cached;
     char *reply;      /* the text printed by the last generate(), NUL-terminated */
     size_t reply_len, reply_cap;
+    const char *const *stops; /* --stop strings */
+    int32_t n_stops;
+    char *held;       /* text not printed yet: it may begin a stop string */
+    size_t n_held, cap_held;
 } gen_t;
 
-/* Prints a token's bytes through the UTF-8 stream (whole characters only)
- * and keeps them in g->reply. */
-static void emit_token(gen_t *g, lorac_utf8_stream_t *st, int32_t id, int strip_space) {
+/* Prints what of the held text is safe (all of it when `all`), keeping it in
+ * g->reply. Returns 1 when a stop string matched: the text before it is
+ * printed, the rest dropped. */
+static int release(gen_t *g, int all) {
+    size_t safe = g->n_held;
+    long at = g->n_stops ? lorac_stop_find(g->stops, g->n_stops, g->held, g->n_held, &safe) : -1;
+    if (at >= 0) safe = (size_t)at;
+    else if (all) safe = g->n_held;
+    fwrite(g->held, 1, safe, stdout);
+    fflush(stdout);
+    if (lorac_bytes_append(&g->reply, &g->reply_len, &g->reply_cap, g->held, safe)) cli_die("out of memory");
+    memmove(g->held, g->held + safe, g->n_held - safe);
+    g->n_held -= safe;
+    if (at >= 0) g->n_held = 0;
+    return at >= 0;
+}
+
+/* A token's bytes through the UTF-8 stream (whole characters only), then
+ * printed as far as the stop strings allow. Returns 1 at a stop string. */
+static int emit_token(gen_t *g, lorac_utf8_stream_t *st, int32_t id, int strip_space) {
     char bytes[512], out[3 * 512 + 3];
     int32_t n = lorac_tokenizer_token_bytes(g->tok, id, bytes, (int32_t)sizeof bytes);
-    if (n <= 0) return;
+    if (n <= 0) return 0;
     const char *b = bytes;
     if (strip_space && b[0] == ' ') { b++; n--; }
     size_t w = lorac_utf8_stream_push(st, b, (size_t)n, out);
-    fwrite(out, 1, w, stdout);
-    fflush(stdout);
-    if (lorac_bytes_append(&g->reply, &g->reply_len, &g->reply_cap, out, w)) cli_die("out of memory");
+    if (lorac_bytes_append(&g->held, &g->n_held, &g->cap_held, out, w)) cli_die("out of memory");
+    return release(g, 0);
 }
 
 /* Feeds ids[g->n_cached ..] (the prompt past what the cache already holds)
@@ -125,7 +146,7 @@ static const char *generate(gen_t *g, const int32_t *ids, int32_t n_ids, int str
         ++*n_gen;
         if (!g->ignore_eos && lorac_model_is_eos(g->model, next)) { stop = "eos"; break; }
         if (!g->ignore_eos && next == g->eot) { stop = "end of turn"; break; }
-        emit_token(g, &stream, next, strip_space && *n_gen == 1);
+        if (emit_token(g, &stream, next, strip_space && *n_gen == 1)) { stop = "stop string"; break; }
         if (*n_gen == g->n_predict) break;
         if (g->n_cached >= g->n_ctx) { stop = "context"; break; }
         int32_t p = g->n_cached, zero = 0;
@@ -135,12 +156,14 @@ static const char *generate(gen_t *g, const int32_t *ids, int32_t n_ids, int str
     }
     char tail[8];
     size_t w = lorac_utf8_stream_flush(&stream, tail);
-    fwrite(tail, 1, w, stdout);
+    if (strcmp(stop, "stop string")) { /* what was held back, unless a stop string ended it */
+        if (lorac_bytes_append(&g->held, &g->n_held, &g->cap_held, tail, w)) cli_die("out of memory");
+        release(g, 1);
+    }
+    g->n_held = 0;
     fputc('\n', stdout);
     fflush(stdout);
-    if (lorac_bytes_append(&g->reply, &g->reply_len, &g->reply_cap, tail, w) ||
-        lorac_bytes_append(&g->reply, &g->reply_len, &g->reply_cap, "", 1))
-        cli_die("out of memory");
+    if (lorac_bytes_append(&g->reply, &g->reply_len, &g->reply_cap, "", 1)) cli_die("out of memory");
     g->reply_len--; /* the NUL is not text */
     *t_prompt = t1 - t0;
     *t_gen = lorac_seconds() - t1;
@@ -242,6 +265,8 @@ int cmd_generate(int argc, char **argv) {
     const char *system = NULL, *tpl_flag = NULL;
     lorac_sampler_params_t sp = lorac_sampler_default_params();
     logit_biases_t bias = {0};
+    const char *stops[16];
+    int32_t n_stops = 0;
     cli_adapters_t adapters = {0};
     void *loaded[CLI_MAX_ADAPTERS] = {0};
     for (int i = 1; i < argc; i++) {
@@ -263,6 +288,12 @@ int cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--logit-bias")) add_logit_bias(&bias, cli_value(argc, argv, &i, "generate"));
         else if (!strcmp(a, "--seed")) sp.seed = (uint64_t)cli_int("generate", a, cli_value(argc, argv, &i, "generate"), 0, INT64_MAX);
         else if (!strcmp(a, "--ignore-eos")) ignore_eos = 1;
+        else if (!strcmp(a, "--stop")) {
+            const char *v = cli_value(argc, argv, &i, "generate");
+            if (!v[0]) cli_usage_error("generate", "--stop needs a non-empty text");
+            if (n_stops == (int32_t)(sizeof stops / sizeof *stops)) cli_usage_error("generate", "at most 16 --stop");
+            stops[n_stops++] = v;
+        }
         else if (!strcmp(a, "--chat")) chat = 1;
         else if (!strcmp(a, "-i") || !strcmp(a, "--interactive")) interactive_mode = 1;
         else if (!strcmp(a, "--system")) system = cli_value(argc, argv, &i, "generate");
@@ -319,7 +350,7 @@ int cmd_generate(int argc, char **argv) {
     cli_check(lorac_context_init(model, cp, &ctx));
     cli_attach_adapters(&adapters, model, ctx, loaded);
     gen_t g = {.model = model, .tok = tok, .ctx = ctx, .n_batch = cp.n_batch, .n_ctx = cp.n_ctx, .n_predict = n_predict,
-               .ignore_eos = ignore_eos, .eot = c.eot};
+               .ignore_eos = ignore_eos, .eot = c.eot, .stops = stops, .n_stops = n_stops};
     cli_check(lorac_sampler_init(&sp, cfg->vocab_size, &g.sampler));
     g.logits = malloc(sizeof(float) * (size_t)cfg->vocab_size);
     g.pos = malloc(sizeof(int32_t) * (size_t)cp.n_batch);
@@ -346,7 +377,7 @@ int cmd_generate(int argc, char **argv) {
                 n_gen > 0 ? (double)n_gen / tg : 0.0, stop, lorac_kernels_get_threads(), lorac_kernels_isa());
     }
 
-    free(g.logits); free(g.pos); free(g.seq); free(g.cached); free(g.reply); free(ids); free(file_text);
+    free(g.logits); free(g.pos); free(g.seq); free(g.cached); free(g.reply); free(g.held); free(ids); free(file_text);
     cli_chat_free(&c.t);
     lorac_sampler_free(g.sampler);
     lorac_context_free(ctx);

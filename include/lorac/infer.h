@@ -75,6 +75,12 @@ int32_t lorac_sampler_sample(lorac_sampler_t *s, float *logits);
  * probability 1. `logits` is modified in place. */
 int32_t lorac_sampler_distribution(lorac_sampler_t *s, float *logits, int32_t *ids, float *probs);
 
+/* Stop strings over streamed text: the offset of the earliest match of any
+ * of stops[0..n) in text[0..len), or -1. *safe gets how many leading bytes
+ * can be released now: all but the longest tail that is a prefix of some
+ * stop string (it may yet become one). Stops must be non-empty. */
+long lorac_stop_find(const char *const *stops, int32_t n, const char *text, size_t len, size_t *safe);
+
 /* Streaming UTF-8: bytes go in as tokens produce them; only whole characters
  * come out, so a character split across tokens is never printed half. */
 typedef struct {

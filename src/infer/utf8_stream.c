@@ -1,4 +1,5 @@
-/* Streaming UTF-8 output: hold back an incomplete trailing character. */
+/* Streaming text output: hold back an incomplete trailing character, and
+ * text that may be the start of a stop string. */
 #include <string.h>
 
 #include "lorac/infer.h"
@@ -51,4 +52,27 @@ size_t lorac_utf8_stream_flush(lorac_utf8_stream_t *st, char *out) {
     st->n_pending = 0;
     memcpy(out, k_replacement, 3);
     return 3;
+}
+
+long lorac_stop_find(const char *const *stops, int32_t n_stops, const char *text, size_t len, size_t *safe) {
+    long first = -1;
+    for (int32_t i = 0; i < n_stops; i++) {
+        size_t n = strlen(stops[i]);
+        for (size_t at = 0; at + n <= len; at++)
+            if (!memcmp(text + at, stops[i], n)) {
+                if (first < 0 || (long)at < first) first = (long)at;
+                break;
+            }
+    }
+    size_t hold = 0;
+    for (int32_t i = 0; i < n_stops; i++) {
+        size_t n = strlen(stops[i]);
+        for (size_t k = n - 1; k > hold; k--)
+            if (k <= len && !memcmp(text + len - k, stops[i], k)) {
+                hold = k;
+                break;
+            }
+    }
+    *safe = len - hold;
+    return first;
 }

@@ -125,32 +125,6 @@ static int pending_append(request_t *r, const char *s, size_t n) {
     return 0;
 }
 
-/* Finds the earliest stop string in the pending text: returns its offset, or
- * -1. *safe gets how many leading bytes can be released now: all but the
- * longest tail that is a prefix of some stop string. */
-static long find_stop(const request_t *r, size_t *safe) {
-    long first = -1;
-    for (int32_t i = 0; i < r->n_stop; i++) {
-        size_t n = strlen(r->stop[i]);
-        for (size_t at = 0; at + n <= r->n_pending; at++)
-            if (!memcmp(r->pending + at, r->stop[i], n)) {
-                if (first < 0 || (long)at < first) first = (long)at;
-                break;
-            }
-    }
-    size_t hold = 0;
-    for (int32_t i = 0; i < r->n_stop; i++) {
-        size_t n = strlen(r->stop[i]);
-        for (size_t k = n - 1; k > hold; k--)
-            if (k <= r->n_pending && !memcmp(r->pending + r->n_pending - k, r->stop[i], k)) {
-                hold = k;
-                break;
-            }
-    }
-    *safe = r->n_pending - hold;
-    return first;
-}
-
 static void emit(request_t *r, const char *text, size_t len, int32_t token, lorac_finish_t finish, const char *error) {
     lorac_serve_event_t ev = {.request_id = r->id, .text = text ? text : "", .text_len = len, .token = token,
                               .finish = finish, .n_prompt_tokens = r->n_prompt,
@@ -202,7 +176,7 @@ static int push_token_text(lorac_engine_t *e, request_t *r, int32_t token) {
     size_t w = n > 0 ? lorac_utf8_stream_push(&r->utf8, b, (size_t)n, e->scratch) : 0;
     if (pending_append(r, e->scratch, w)) return -1;
     size_t safe;
-    long stop = find_stop(r, &safe);
+    long stop = lorac_stop_find((const char *const *)r->stop, r->n_stop, r->pending, r->n_pending, &safe);
     if (stop >= 0) {
         r->n_pending = (size_t)stop;
         r->matched_stop = true;
