@@ -20,12 +20,11 @@ typedef struct {
 
 #define LORAC_SAMPLER_MAX_LOGIT_BIAS 1024
 
-/* What a draw goes through, in vLLM's order: the logit biases and the
- * penalties change the
- * logits (repetition first, then frequency and presence); the temperature
- * divides them; the softmax; min-p, top-k and top-p each drop tokens; the
- * draw is from what is left, renormalised. Greedy (temperature 0) takes the
- * argmax of the penalised logits. */
+/* What a draw goes through, in vLLM's order: the logit biases, then the
+ * penalties (repetition, frequency, presence) change the logits; the
+ * temperature divides them; the softmax; min-p, top-k and top-p each drop
+ * tokens; the draw is from what is left, renormalised. Greedy (temperature
+ * 0) takes the argmax of the biased and penalised logits. */
 typedef struct {
     float temperature;   /* 0 = greedy (argmax) */
     int32_t top_k;       /* <= 0: off */
@@ -63,7 +62,7 @@ void lorac_sampler_free(lorac_sampler_t *s);
  * output; reset forgets both (the RNG goes on), for a new sequence. Ids
  * outside the vocabulary are ignored. Without penalties these do nothing. */
 void lorac_sampler_add_prompt(lorac_sampler_t *s, const int32_t *ids, int32_t n);
-void lorac_sampler_accept(lorac_sampler_t *s, int32_t id); /* an output token sample did not draw */
+void lorac_sampler_accept(lorac_sampler_t *s, int32_t id); /* an output token that sample did not draw */
 void lorac_sampler_reset(lorac_sampler_t *s);
 /* Picks a token from `logits` (vocab_size floats; modified in place) and
  * records it as output. Ties in greedy mode go to the lowest id, like
