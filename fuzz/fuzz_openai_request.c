@@ -53,7 +53,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         return 0;
     }
     static const int32_t ids[4] = {1, 2, 300, 5};
-    if (req.prompt_ids) lorac_oai_request_check_prompt(&req, req.prompt_ids, req.n_prompt_ids, 512, 256, &err);
+    if (req.n_prompts && req.prompts[0].ids)
+        lorac_oai_request_check_prompt(&req, req.prompts[0].ids, req.prompts[0].n_ids, 512, 256, &err);
     else lorac_oai_request_check_prompt(&req, ids, 4, 512, 256, &err);
     if (kind == LORAC_OAI_CHAT) {
         static const char *const templates[] = {"chatml", "llama-2", "llama-3", "llama-3.1", "zephyr"};

@@ -26,7 +26,7 @@ static void expect_bad(lorac_oai_kind_t kind, const char *body, int status, cons
     CHECK_MSG(s != LORAC_STATUS_OK && g_err.http_status == status && !strcmp(g_err.param, param) && g_err.message[0],
               "%s -> status %d param '%s' message '%s' (want %d '%s')", body, g_err.http_status, g_err.param,
               g_err.message, status, param);
-    CHECK(g_req.model == NULL && g_req.prompt == NULL && g_req.messages == NULL); /* nothing left to free */
+    CHECK(g_req.model == NULL && g_req.prompts == NULL && g_req.messages == NULL); /* nothing left to free */
 }
 
 static cJSON *parse_json(const char *s) {
@@ -42,9 +42,9 @@ static const char *str_at(const cJSON *o, const char *key) {
 
 static void test_parse_good(void) {
     CHECK(parse(LORAC_OAI_COMPLETION, "{\"model\": \"base\", \"prompt\": \"Once upon\"}") == LORAC_STATUS_OK);
-    CHECK(!strcmp(g_req.model, "base") && !strcmp(g_req.prompt, "Once upon") && g_req.prompt_len == 9);
+    CHECK(!strcmp(g_req.model, "base") && !strcmp(g_req.prompts[0].text, "Once upon") && g_req.prompts[0].len == 9);
     CHECK(g_req.max_tokens == 16 && g_req.temperature == 1.0f && g_req.top_p == 1.0f && g_req.n == 1);
-    CHECK(!g_req.stream && !g_req.has_seed && g_req.n_stop == 0 && g_req.top_k == 0 && !g_req.prompt_ids);
+    CHECK(!g_req.stream && !g_req.has_seed && g_req.n_stop == 0 && g_req.top_k == 0 && !g_req.prompts[0].ids);
 
     CHECK(parse(LORAC_OAI_COMPLETION,
                 "{\"model\": \"a\", \"prompt\": [1, 2, 3], \"max_tokens\": 5, \"temperature\": 0, \"top_p\": 0.5, "
@@ -52,7 +52,7 @@ static void test_parse_good(void) {
                 "{\"include_usage\": true}, \"top_k\": -1, \"ignore_eos\": true, \"user\": \"u\", \"logprobs\": null, "
                 "\"stop_token_ids\": [2, 0, 7], "
                 "\"echo\": false, \"presence_penalty\": 0, \"best_of\": 3, \"logit_bias\": {}}") == LORAC_STATUS_OK);
-    CHECK(g_req.n_prompt_ids == 3 && g_req.prompt_ids[2] == 3 && !g_req.prompt);
+    CHECK(g_req.prompts[0].n_ids == 3 && g_req.prompts[0].ids[2] == 3 && !g_req.prompts[0].text);
     CHECK(g_req.max_tokens == 5 && g_req.temperature == 0.0f && g_req.top_p == 0.5f && g_req.n == 3);
     CHECK(g_req.has_seed && g_req.seed == (uint64_t)-7 && g_req.n_stop == 2 && !strcmp(g_req.stop[1], "yz"));
     CHECK(g_req.stream && g_req.include_usage && g_req.ignore_eos && g_req.top_k == 0);
@@ -78,16 +78,33 @@ static void test_parse_good(void) {
     /* a batch of one prompt is that prompt; a single stop string; nulls are "not given" */
     CHECK(parse(LORAC_OAI_COMPLETION, "{\"model\": \"a\", \"prompt\": [\"hi\"], \"stop\": \"\\n\", \"max_tokens\": null, "
                                       "\"temperature\": null}") == LORAC_STATUS_OK);
-    CHECK(!strcmp(g_req.prompt, "hi") && g_req.n_stop == 1 && !strcmp(g_req.stop[0], "\n") && g_req.max_tokens == 16);
+    CHECK(!strcmp(g_req.prompts[0].text, "hi") && g_req.n_stop == 1 && !strcmp(g_req.stop[0], "\n") && g_req.max_tokens == 16);
     CHECK(parse(LORAC_OAI_COMPLETION, "{\"model\": \"a\", \"prompt\": [[5, 6]]}") == LORAC_STATUS_OK);
-    CHECK(g_req.n_prompt_ids == 2 && g_req.prompt_ids[0] == 5);
+    CHECK(g_req.prompts[0].n_ids == 2 && g_req.prompts[0].ids[0] == 5);
     CHECK(parse(LORAC_OAI_COMPLETION, "{\"model\": \"a\", \"prompt\": \"\", \"max_tokens\": 16.0, \"top_k\": 40}") ==
           LORAC_STATUS_OK);
-    CHECK(g_req.prompt_len == 0 && g_req.top_k == 40);
+    CHECK(g_req.prompts[0].len == 0 && g_req.top_k == 40);
+    /* a batch of prompts: strings or token-id arrays, one kind; n choices each, at most 64 in all */
+    CHECK(parse(LORAC_OAI_COMPLETION, "{\"model\": \"a\", \"prompt\": [\"x\", \"yz\", \"\"]}") == LORAC_STATUS_OK);
+    CHECK(g_req.n_prompts == 3 && !strcmp(g_req.prompts[1].text, "yz") && g_req.prompts[2].len == 0);
+    CHECK(parse(LORAC_OAI_COMPLETION, "{\"model\": \"a\", \"prompt\": [[1, 2], [3]], \"n\": 2}") == LORAC_STATUS_OK);
+    CHECK(g_req.n_prompts == 2 && g_req.prompts[1].n_ids == 1 && g_req.prompts[1].ids[0] == 3 && g_req.n == 2);
+    expect_bad(LORAC_OAI_COMPLETION, "{\"model\": \"a\", \"prompt\": [\"x\", [1]]}", 400, "prompt");
+    expect_bad(LORAC_OAI_COMPLETION, "{\"model\": \"a\", \"prompt\": [[1], \"x\"]}", 400, "prompt");
+    expect_bad(LORAC_OAI_COMPLETION, "{\"model\": \"a\", \"prompt\": [[1], []]}", 400, "prompt");
+    expect_bad(LORAC_OAI_COMPLETION, "{\"model\": \"a\", \"prompt\": [[1], 2]}", 400, "prompt");
+    {
+        char big[2048] = "{\"model\": \"a\", \"prompt\": [";
+        for (int i = 0; i < LORAC_OAI_MAX_PROMPTS + 1; i++) strcat(big, i ? ", \"p\"" : "\"p\"");
+        strcat(big, "]}");
+        expect_bad(LORAC_OAI_COMPLETION, big, 400, "prompt");
+        strcpy(big, "{\"model\": \"a\", \"n\": 16, \"prompt\": [\"a\", \"b\", \"c\", \"d\", \"e\"]}");
+        expect_bad(LORAC_OAI_COMPLETION, big, 400, "n");
+    }
     /* escapes and non-ASCII text survive */
     CHECK(parse(LORAC_OAI_COMPLETION, "  {\"model\": \"a\", \"prompt\": \"\\u00e9t\\u00e9 \\ud83d\\ude00 \xe2\x82\xac\"}\n") ==
           LORAC_STATUS_OK);
-    CHECK(!strcmp(g_req.prompt, "\xc3\xa9t\xc3\xa9 \xf0\x9f\x98\x80 \xe2\x82\xac"));
+    CHECK(!strcmp(g_req.prompts[0].text, "\xc3\xa9t\xc3\xa9 \xf0\x9f\x98\x80 \xe2\x82\xac"));
 
     CHECK(parse(LORAC_OAI_CHAT, "{\"model\": \"m\", \"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, "
                                 "{\"role\": \"user\", \"content\": [{\"type\": \"text\", \"text\": \"a\"}, "
@@ -121,7 +138,7 @@ static void test_parse_bad(void) {
         CHECK(lorac_oai_request_parse(C, body, sizeof body - 1, &g_req, &g_err) && g_err.http_status == 400);
     }
     /* "\\u0000" is a backslash and text, not NUL */
-    CHECK(parse(C, "{\"model\": \"a\", \"prompt\": \"a\\\\u0000b\"}") == LORAC_STATUS_OK && !strcmp(g_req.prompt, "a\\u0000b"));
+    CHECK(parse(C, "{\"model\": \"a\", \"prompt\": \"a\\\\u0000b\"}") == LORAC_STATUS_OK && !strcmp(g_req.prompts[0].text, "a\\u0000b"));
     /* model */
     expect_bad(C, "{\"prompt\": \"x\"}", 400, "model");
     expect_bad(C, "{\"model\": 3, \"prompt\": \"x\"}", 400, "model");
@@ -130,8 +147,6 @@ static void test_parse_bad(void) {
     expect_bad(C, "{\"model\": \"a\"}", 400, "prompt");
     expect_bad(C, "{\"model\": \"a\", \"prompt\": 5}", 400, "prompt");
     expect_bad(C, "{\"model\": \"a\", \"prompt\": []}", 400, "prompt");
-    expect_bad(C, "{\"model\": \"a\", \"prompt\": [\"a\", \"b\"]}", 400, "prompt");
-    expect_bad(C, "{\"model\": \"a\", \"prompt\": [[1], [2]]}", 400, "prompt");
     expect_bad(C, "{\"model\": \"a\", \"prompt\": [1, -1]}", 400, "prompt");
     expect_bad(C, "{\"model\": \"a\", \"prompt\": [1, 2.5]}", 400, "prompt");
     expect_bad(C, "{\"model\": \"a\", \"prompt\": [1, 3000000000]}", 400, "prompt");

@@ -317,6 +317,32 @@ def test_features(port, model, names):
     plain = generate(model, os.path.join(TMP, "adapters", names[1]), PROMPTS[1], 40)
     check(pen["status"] == 200 and pen["text"] == want and want != plain, f"penalties: {pen} vs {want!r}")
     test_logprobs(port, model, names)
+    # a batch of prompts: n choices per prompt, prompt by prompt, each what the prompt alone gives (seeded
+    # sampling too); usage counts each prompt once; streamed the same; lm-eval's batched echo request
+    batch = PROMPTS[:3]
+    body = {"model": names[1], "prompt": batch, "max_tokens": 8, "temperature": 0.9, "seed": 5, "n": 2}
+    for stream in (False, True):
+        b = complete(port, dict(body, stream=stream, stream_options={"include_usage": True}) if stream else body)
+        texts = [b["texts"].get(i) for i in range(6)] if stream and b["status"] == 200 else \
+            [c_["text"] for c_ in b["object"]["choices"]] if b["status"] == 200 else []
+        alone = []
+        for p_ in batch:
+            one = complete(port, dict(body, prompt=p_))
+            alone += [c_["text"] for c_ in one["object"]["choices"]]
+        check(b["status"] == 200 and texts == alone, f"batch of prompts (stream={stream}): {texts} vs {alone}")
+        if not stream and b["status"] == 200:
+            want_prompt = sum(len(subprocess.run([BIN, "tokenize", "-m", model, "-p", p_], capture_output=True,
+                                                 text=True, check=True).stdout.split()) for p_ in batch)
+            check(b["usage"]["prompt_tokens"] == want_prompt and [c_["index"] for c_ in b["object"]["choices"]] ==
+                  list(range(6)), f"batch usage {b['usage']} (prompts {want_prompt})")
+    ids = [[int(x) for x in subprocess.run([BIN, "tokenize", "-m", model, "-p", p_], capture_output=True, text=True,
+                                           check=True).stdout.split()] for p_ in batch]
+    eb = {"model": "model", "prompt": ids, "max_tokens": 1, "temperature": 0, "logprobs": 1, "echo": True}
+    whole = complete(port, eb)
+    alone = [complete(port, dict(eb, prompt=[x]))["object"]["choices"][0]["logprobs"] for x in ids]
+    check(whole["status"] == 200 and [c_["logprobs"] for c_ in whole["object"]["choices"]] == alone,
+          "batched echo logprobs equal each prompt's alone")
+    check(complete(port, {"model": base, "prompt": ["a", [1, 2]]})["status"] == 400, "a mixed batch is refused")
     # logit_bias: +100 makes greedy decoding repeat one token; -100 on what greedy picks first changes it
     there = int(subprocess.run([BIN, "tokenize", "-m", model, "-p", " there", "--no-special"], capture_output=True,
                                text=True, check=True).stdout.split()[-1])

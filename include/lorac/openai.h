@@ -8,9 +8,10 @@
  *      (nothing but whitespace after it; no "\u0000" in strings); every known
  *      field has its type and range:
  *        model        string, required
- *        prompt       completions: a string, or an array of token ids; a
- *                     one-element array of either is the same; more prompts
- *                     in one request are refused (send one request each)
+ *        prompt       completions: a string, an array of token ids, or a
+ *                     batch: an array of strings or of token-id arrays (at
+ *                     most LORAC_OAI_MAX_PROMPTS); n choices for each
+ *                     prompt, prompt by prompt, at most LORAC_OAI_MAX_CHOICES
  *        messages     chat: non-empty array of {role: system|user|assistant,
  *                     content: string or [{type: "text", text}] (joined by "\n")}
  *        max_tokens   integer >= 1 (chat: also "max_completion_tokens");
@@ -77,6 +78,8 @@ extern "C" {
 #define LORAC_OAI_MAX_STOP_LEN 256
 #define LORAC_OAI_MAX_STOP_TOKEN_IDS 7 /* one less than the engine takes: the server adds a chat's end of turn */
 #define LORAC_OAI_MAX_N 16
+#define LORAC_OAI_MAX_PROMPTS 64
+#define LORAC_OAI_MAX_CHOICES 64 /* prompts × n */
 #define LORAC_OAI_MAX_TOP_LOGPROBS 20 /* vLLM's default max_logprobs */
 
 typedef enum {
@@ -104,14 +107,20 @@ lorac_status_t lorac_oai_error_set(lorac_oai_error_t *err, int http_status, cons
 /* {"error": {"message": ..., "type": ..., "param": ..., "code": ...}} */
 char *lorac_oai_error_json(const lorac_oai_error_t *err);
 
+/* A completion prompt: as text (ids NULL) or as token ids. */
+typedef struct {
+    char *text;
+    size_t len;
+    int32_t *ids;
+    int32_t n_ids;
+} lorac_oai_prompt_t;
+
 typedef struct {
     lorac_oai_kind_t kind;
     char *model;
-    /* completions: the prompt as text (prompt_ids NULL) or as token ids */
-    char *prompt;
-    size_t prompt_len;
-    int32_t *prompt_ids;
-    int32_t n_prompt_ids;
+    /* completions: one prompt, or a batch of them */
+    lorac_oai_prompt_t *prompts;
+    int32_t n_prompts;
     /* chat: role and content strings owned by the request */
     lorac_chat_message_t *messages;
     size_t n_messages;

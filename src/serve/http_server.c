@@ -253,9 +253,12 @@ struct job {
     char *model;
     bool stream, include_usage, logprobs, echo;
     const lorac_tokenizer_t *tok;  /* token texts for logprobs */
-    char *echo_text;               /* echo: the prompt's text */
-    size_t echo_len;
-    int32_t echo_first_id;         /* and its first token */
+    int32_t per_prompt;            /* choices of each prompt (the request's n): choice i is prompt i / per_prompt's */
+    struct {
+        char *text;                /* echo: the prompt's text */
+        size_t len;
+        int32_t first_id;          /* and its first token */
+    } *echoes;                     /* (prompts) with echo */
     int32_t n, n_done;
     choice_t *choices;
     buf_t out;                 /* SSE bytes formatted, not yet handed to MHD */
@@ -265,7 +268,8 @@ struct job {
 
 static void job_free(job_t *j) {
     for (int32_t i = 0; i < j->n; i++) free(j->choices[i].text.s), free(j->choices[i].lps), free(j->choices[i].echo_lps);
-    free(j->echo_text);
+    for (int32_t i = 0; j->echoes && i < j->n / j->per_prompt; i++) free(j->echoes[i].text);
+    free(j->echoes);
     free(j->choices);
     free(j->out.s);
     free(j->model);
@@ -281,10 +285,11 @@ static void job_release(job_t *j) {
     if (refs == 0) job_free(j);
 }
 
-static job_t *job_new(lorac_http_server_t *srv, const lorac_oai_request_t *req, const lorac_tokenizer_t *tok, int fd) {
+static job_t *job_new(lorac_http_server_t *srv, const lorac_oai_request_t *req, int32_t n_prompts,
+                      const lorac_tokenizer_t *tok, int fd) {
     job_t *j = calloc(1, sizeof *j);
     if (!j) return NULL;
-    j->choices = calloc((size_t)req->n, sizeof *j->choices);
+    j->choices = calloc((size_t)(n_prompts * req->n), sizeof *j->choices);
     j->model = strdup(req->model);
     if (!j->choices || !j->model) {
         free(j->choices);
@@ -297,7 +302,8 @@ static job_t *job_new(lorac_http_server_t *srv, const lorac_oai_request_t *req, 
     j->refs = 1;
     j->srv = srv;
     j->fd = fd;
-    j->n = req->n;
+    j->n = n_prompts * req->n;
+    j->per_prompt = req->n;
     j->stream = req->stream;
     j->include_usage = req->include_usage;
     j->logprobs = req->logprobs;
@@ -332,7 +338,7 @@ static void on_engine_event(void *user, const lorac_serve_event_t *ev) {
             c->oom = true;
         } else {
             c->n_echo_lps = n;
-            c->echo_lps[0] = (token_lps_t){.lp = {{j->echo_first_id, NAN}}, .n = 1};
+            c->echo_lps[0] = (token_lps_t){.lp = {{j->echoes[(c - j->choices) / j->per_prompt].first_id, NAN}}, .n = 1};
             for (int32_t i = 1; i < n; i++) {
                 token_lps_t *t = &c->echo_lps[i];
                 t->n = stride < 1 + LORAC_SERVE_MAX_TOP_LOGPROBS ? stride : 1 + LORAC_SERVE_MAX_TOP_LOGPROBS;
@@ -424,7 +430,7 @@ static int64_t tokens_chars(const job_t *j, const token_lps_t *recs, int32_t n) 
 
 /* Cancels every choice still running (a client that hung up). */
 static void job_cancel(job_t *j) {
-    uint64_t ids[LORAC_OAI_MAX_N];
+    uint64_t ids[LORAC_OAI_MAX_CHOICES];
     int n = 0;
     pthread_mutex_lock(&j->mu);
     for (int32_t i = 0; i < j->n; i++)
@@ -451,6 +457,13 @@ static void finish_error(const job_t *j, const choice_t *c, lorac_oai_error_t *e
         lorac_oai_error_set(err, 500, NULL, NULL, NULL, "generation failed: %s", c->error[0] ? c->error : "unknown error");
 }
 
+/* Prompt tokens of the request: each prompt's once, however many choices. */
+static int64_t job_prompt_tokens(const job_t *j) {
+    int64_t n = 0;
+    for (int32_t i = 0; i < j->n; i += j->per_prompt) n += j->choices[i].n_prompt;
+    return n;
+}
+
 /* Under j->mu: formats every new piece of the stream into j->out. Returns -1
  * when out of memory. */
 static int stream_produce(job_t *j) {
@@ -466,8 +479,9 @@ static int stream_produce(job_t *j) {
         if (j->echo && !c->echo_sent && c->started) {
             void *mem = NULL;
             const lorac_oai_logprobs_t *lp = j->logprobs ? logprobs_view(j, c->echo_lps, c->n_echo_lps, 0, &mem) : NULL;
-            char *chunk = j->logprobs && !lp ? NULL : lorac_oai_stream_chunk(&j->meta, i, j->echo_text, j->echo_len, NULL,
-                                                                          false, j->include_usage, lp);
+            char *chunk = j->logprobs && !lp ? NULL : lorac_oai_stream_chunk(&j->meta, i, j->echoes[i / j->per_prompt].text,
+                                                                          j->echoes[i / j->per_prompt].len, NULL, false,
+                                                                          j->include_usage, lp);
             free(mem);
             if (buf_take(&j->out, chunk)) return -1;
             if (j->logprobs) c->lps_offset = tokens_chars(j, c->echo_lps, c->n_echo_lps);
@@ -516,7 +530,7 @@ static int stream_produce(job_t *j) {
         if (j->include_usage) {
             int64_t completion = 0;
             for (int32_t i = 0; i < j->n; i++) completion += j->choices[i].n_completion;
-            if (buf_take(&j->out, lorac_oai_stream_usage_chunk(&j->meta, j->choices[0].n_prompt, completion))) return -1;
+            if (buf_take(&j->out, lorac_oai_stream_usage_chunk(&j->meta, job_prompt_tokens(j), completion))) return -1;
         }
         if (buf_puts(&j->out, lorac_oai_stream_done)) return -1;
         j->done_queued = true;
@@ -572,18 +586,19 @@ static void stream_free(void *cls) {
  * special tokens (BOS), or the conversation rendered with the chat template
  * and its generation prompt, encoded without them (the template writes BOS). */
 static lorac_status_t prompt_ids(lorac_http_server_t *srv, const lorac_tokenizer_t *tok, const lorac_oai_request_t *req,
-                                 int32_t **ids, size_t *n, lorac_oai_error_t *err) {
+                                 int32_t which, int32_t **ids, size_t *n, lorac_oai_error_t *err) {
     *ids = NULL;
     *n = 0;
-    if (req->prompt_ids) {
-        if (!(*ids = malloc(sizeof(int32_t) * (size_t)req->n_prompt_ids)))
+    const lorac_oai_prompt_t *p = req->kind == LORAC_OAI_COMPLETION ? &req->prompts[which] : NULL;
+    if (p && p->ids) {
+        if (!(*ids = malloc(sizeof(int32_t) * (size_t)p->n_ids)))
             return lorac_oai_error_set(err, 500, NULL, NULL, NULL, "out of memory");
-        memcpy(*ids, req->prompt_ids, sizeof(int32_t) * (size_t)req->n_prompt_ids);
-        *n = (size_t)req->n_prompt_ids;
+        memcpy(*ids, p->ids, sizeof(int32_t) * (size_t)p->n_ids);
+        *n = (size_t)p->n_ids;
         return LORAC_STATUS_OK;
     }
-    if (req->kind == LORAC_OAI_COMPLETION) {
-        if (lorac_tokenizer_encode(tok, req->prompt, req->prompt_len, true, ids, n))
+    if (p) {
+        if (lorac_tokenizer_encode(tok, p->text, p->len, true, ids, n))
             return lorac_oai_error_set(err, 400, NULL, "prompt", NULL, "the prompt cannot be tokenized: %s",
                                        lorac_error_message());
         return LORAC_STATUS_OK;
@@ -654,28 +669,35 @@ static lorac_status_t start_job(lorac_http_server_t *srv, struct MHD_Connection 
         adapter = req->model;
     }
     const lorac_model_t *model = lorac_engine_model(e);
-    int32_t *ids = NULL;
-    size_t n_ids = 0;
-    lorac_status_t s = prompt_ids(srv, lorac_model_get_tokenizer(model), req, &ids, &n_ids, err);
-    if (!s && n_ids > INT32_MAX) s = lorac_oai_error_set(err, 400, NULL, NULL, NULL, "the prompt is too long");
-    if (!s)
-        s = lorac_oai_request_check_prompt(req, ids, (int32_t)n_ids, lorac_model_get_config(model)->vocab_size,
-                                           lorac_engine_n_ctx(e), err);
-    job_t *j = s ? NULL : job_new(srv, req, lorac_model_get_tokenizer(model), connection_fd(c));
+    const lorac_tokenizer_t *tok = lorac_model_get_tokenizer(model);
+    int32_t n_prompts = req->kind == LORAC_OAI_COMPLETION ? req->n_prompts : 1;
+    int32_t *ids[LORAC_OAI_MAX_PROMPTS] = {0};
+    size_t n_ids[LORAC_OAI_MAX_PROMPTS] = {0};
+    lorac_status_t s = LORAC_STATUS_OK;
+    for (int32_t p = 0; !s && p < n_prompts; p++) {
+        s = prompt_ids(srv, tok, req, p, &ids[p], &n_ids[p], err);
+        if (!s && n_ids[p] > INT32_MAX) s = lorac_oai_error_set(err, 400, NULL, NULL, NULL, "the prompt is too long");
+        if (!s)
+            s = lorac_oai_request_check_prompt(req, ids[p], (int32_t)n_ids[p], lorac_model_get_config(model)->vocab_size,
+                                               lorac_engine_n_ctx(e), err);
+    }
+    job_t *j = s ? NULL : job_new(srv, req, n_prompts, tok, connection_fd(c));
     if (!s && !j) s = lorac_oai_error_set(err, 500, NULL, NULL, NULL, "out of memory");
-    if (!s && req->echo) { /* the prompt's text as given, or its ids decoded (special tokens skipped, as vLLM) */
-        j->echo_first_id = ids[0];
-        if (req->prompt_ids) {
-            size_t len = 0;
-            if (lorac_tokenizer_decode(lorac_model_get_tokenizer(model), ids, n_ids, true, &j->echo_text, &len))
+    if (!s && req->echo && !(j->echoes = calloc((size_t)n_prompts, sizeof *j->echoes)))
+        s = lorac_oai_error_set(err, 500, NULL, NULL, NULL, "out of memory");
+    for (int32_t p = 0; !s && req->echo && p < n_prompts; p++) {
+        /* the prompt's text as given, or its ids decoded (special tokens skipped, as vLLM) */
+        const lorac_oai_prompt_t *pr = &req->prompts[p];
+        j->echoes[p].first_id = ids[p][0];
+        if (pr->ids) {
+            if (lorac_tokenizer_decode(tok, ids[p], n_ids[p], true, &j->echoes[p].text, &j->echoes[p].len))
                 s = lorac_oai_error_set(err, 500, NULL, NULL, NULL, "the prompt cannot be decoded: %s", lorac_error_message());
-            j->echo_len = len;
-        } else if (!(j->echo_text = malloc(req->prompt_len + 1))) {
+        } else if (!(j->echoes[p].text = malloc(pr->len + 1))) {
             s = lorac_oai_error_set(err, 500, NULL, NULL, NULL, "out of memory");
         } else {
-            memcpy(j->echo_text, req->prompt, req->prompt_len);
-            j->echo_text[req->prompt_len] = 0;
-            j->echo_len = req->prompt_len;
+            memcpy(j->echoes[p].text, pr->text, pr->len);
+            j->echoes[p].text[pr->len] = 0;
+            j->echoes[p].len = pr->len;
         }
     }
     uint64_t seed = req->has_seed ? req->seed : next_random(srv);
@@ -684,8 +706,9 @@ static lorac_status_t start_job(lorac_http_server_t *srv, struct MHD_Connection 
     int32_t stop_tokens[LORAC_OAI_MAX_STOP_TOKEN_IDS + 1], n_stop_tokens = req->n_stop_token_ids;
     memcpy(stop_tokens, req->stop_token_ids, sizeof(int32_t) * (size_t)n_stop_tokens);
     if (req->kind == LORAC_OAI_CHAT && srv->chat_end_of_turn >= 0) stop_tokens[n_stop_tokens++] = srv->chat_end_of_turn;
-    for (int32_t i = 0; !s && i < req->n; i++) {
-        lorac_serve_request_t q = {.prompt = ids, .n_prompt = (int32_t)n_ids, .adapter = adapter,
+    for (int32_t i = 0; !s && i < n_prompts * req->n; i++) {
+        int32_t p = i / req->n;
+        lorac_serve_request_t q = {.prompt = ids[p], .n_prompt = (int32_t)n_ids[p], .adapter = adapter,
                                    .max_tokens = req->max_tokens, .stop = (const char *const *)req->stop,
                                    .n_stop = req->n_stop, .ignore_eos = req->ignore_eos,
                                    .callback = on_engine_event, .user = &j->choices[i]};
@@ -700,7 +723,7 @@ static lorac_status_t start_job(lorac_http_server_t *srv, struct MHD_Connection 
         q.sampler.repetition_penalty = req->repetition_penalty;
         q.sampler.logit_bias = req->logit_bias;
         q.sampler.n_logit_bias = req->n_logit_bias;
-        q.sampler.seed = seed + (uint64_t)i;
+        q.sampler.seed = seed + (uint64_t)(i % req->n); /* each prompt's choices: seed, seed + 1, ... */
         q.logprobs = req->logprobs;
         q.prompt_logprobs = req->echo && req->logprobs;
         q.top_logprobs = req->top_logprobs;
@@ -716,7 +739,7 @@ static lorac_status_t start_job(lorac_http_server_t *srv, struct MHD_Connection 
         if (s) submit_error(srv, s, req->model, err);
     }
     engine_release(srv);
-    free(ids);
+    for (int32_t p = 0; p < n_prompts; p++) free(ids[p]);
     if (s && j) {
         job_cancel(j);
         job_release(j);
@@ -762,8 +785,8 @@ static enum MHD_Result handle_generate(lorac_http_server_t *srv, struct MHD_Conn
     }
     pthread_mutex_unlock(&j->mu);
     /* every engine reference is gone: the job is ours alone now */
-    lorac_oai_choice_t choices[LORAC_OAI_MAX_N];
-    void *mem[LORAC_OAI_MAX_N] = {0};
+    lorac_oai_choice_t choices[LORAC_OAI_MAX_CHOICES];
+    void *mem[LORAC_OAI_MAX_CHOICES] = {0};
     int64_t completion = 0;
     enum MHD_Result res = MHD_YES;
     bool oom = false;
@@ -780,7 +803,8 @@ static enum MHD_Result handle_generate(lorac_http_server_t *srv, struct MHD_Conn
                                           .finish_reason = finish_reason(ch->finish)};
         if (j->echo) { /* the prompt's text, then the completion's (the buffer is ours now) */
             buf_t t = {0};
-            oom |= buf_put(&t, j->echo_text, j->echo_len) || buf_put(&t, ch->text.s ? ch->text.s : "", ch->text.len);
+            oom |= buf_put(&t, j->echoes[i / j->per_prompt].text, j->echoes[i / j->per_prompt].len) ||
+                   buf_put(&t, ch->text.s ? ch->text.s : "", ch->text.len);
             free(j->choices[i].text.s);
             j->choices[i].text = t;
             choices[i].text = t.s ? t.s : "";
@@ -799,7 +823,7 @@ static enum MHD_Result handle_generate(lorac_http_server_t *srv, struct MHD_Conn
         completion += ch->n_completion;
     }
     res = send_body(srv, c, k, 200, "application/json",
-                    oom ? NULL : lorac_oai_response_json(&j->meta, choices, j->n, j->choices[0].n_prompt, completion));
+                    oom ? NULL : lorac_oai_response_json(&j->meta, choices, j->n, job_prompt_tokens(j), completion));
     for (int32_t i = 0; i < j->n; i++) free(mem[i]);
     job_release(j);
     return res;

@@ -180,37 +180,51 @@ static lorac_status_t get_bool(const cJSON *o, const char *key, bool *out, lorac
 
 /* Token ids: a non-empty array of integers in [0, INT32_MAX] (the vocabulary
  * check comes with the model, in check_prompt). */
-static lorac_status_t parse_ids(const cJSON *arr, lorac_oai_request_t *r, lorac_oai_error_t *err) {
+static lorac_status_t parse_ids(const cJSON *arr, lorac_oai_prompt_t *p, lorac_oai_error_t *err) {
     int n = cJSON_GetArraySize(arr);
     if (n < 1) return BAD("prompt", "'prompt' must not be empty");
-    r->prompt_ids = malloc(sizeof(int32_t) * (size_t)n);
-    if (!r->prompt_ids) return NOMEM();
+    p->ids = malloc(sizeof(int32_t) * (size_t)n);
+    if (!p->ids) return NOMEM();
     const cJSON *v;
     int i = 0;
     cJSON_ArrayForEach(v, arr) {
         if (!is_integer(v) || v->valuedouble < 0 || v->valuedouble > INT32_MAX)
             return BAD("prompt", "'prompt' token %d is not a token id (an integer >= 0)", i);
-        r->prompt_ids[i++] = (int32_t)v->valuedouble;
+        p->ids[i++] = (int32_t)v->valuedouble;
     }
-    r->n_prompt_ids = n;
+    p->n_ids = n;
     return LORAC_STATUS_OK;
+}
+
+/* One prompt: a string or an array of token ids. */
+static lorac_status_t parse_one_prompt(const cJSON *p, lorac_oai_prompt_t *out, lorac_oai_error_t *err) {
+    if (cJSON_IsString(p)) {
+        out->len = strlen(p->valuestring);
+        return (out->text = strdup(p->valuestring)) ? LORAC_STATUS_OK : NOMEM();
+    }
+    if (!cJSON_IsArray(p)) return BAD("prompt", "'prompt' must be a string or an array of token ids");
+    return parse_ids(p, out, err);
 }
 
 static lorac_status_t parse_prompt(const cJSON *o, lorac_oai_request_t *r, lorac_oai_error_t *err) {
     const cJSON *p = field(o, "prompt");
     if (!p) return BAD("prompt", "'prompt' is required");
-    /* a batch of one prompt is that prompt */
-    if (cJSON_IsArray(p) && cJSON_GetArraySize(p) == 1 && (cJSON_IsString(p->child) || cJSON_IsArray(p->child)))
-        p = p->child;
-    if (cJSON_IsString(p)) {
-        r->prompt_len = strlen(p->valuestring);
-        if (!(r->prompt = strdup(p->valuestring))) return NOMEM();
-        return LORAC_STATUS_OK;
+    /* a batch: an array of strings or of token-id arrays, one kind */
+    bool batch = cJSON_IsArray(p) && (cJSON_IsString(p->child) || cJSON_IsArray(p->child));
+    int n = batch ? cJSON_GetArraySize(p) : 1;
+    if (n > LORAC_OAI_MAX_PROMPTS) return BAD("prompt", "a batch holds at most %d prompts", LORAC_OAI_MAX_PROMPTS);
+    if (!(r->prompts = calloc((size_t)n, sizeof *r->prompts))) return NOMEM();
+    r->n_prompts = n;
+    if (!batch) return parse_one_prompt(p, &r->prompts[0], err);
+    const cJSON *one;
+    int i = 0;
+    cJSON_ArrayForEach(one, p) {
+        if (cJSON_IsString(one) != cJSON_IsString(p->child) || !(cJSON_IsString(one) || cJSON_IsArray(one)))
+            return BAD("prompt", "a batch of prompts is all strings or all arrays of token ids");
+        lorac_status_t s = parse_one_prompt(one, &r->prompts[i++], err);
+        if (s) return s;
     }
-    if (!cJSON_IsArray(p)) return BAD("prompt", "'prompt' must be a string or an array of token ids");
-    if (cJSON_IsString(p->child) || cJSON_IsArray(p->child))
-        return BAD("prompt", "several prompts in one request are not supported; send one request per prompt");
-    return parse_ids(p, r, err);
+    return LORAC_STATUS_OK;
 }
 
 /* content: a string, or OpenAI's content parts [{type: "text", text}],
@@ -371,6 +385,9 @@ static lorac_status_t parse_fields(const cJSON *o, lorac_oai_kind_t kind, lorac_
     r->max_tokens = given ? (int32_t)v : kind == LORAC_OAI_COMPLETION ? 16 : 0;
     if ((s = get_int(o, "n", 1, LORAC_OAI_MAX_N, &v, &given, err))) return s;
     r->n = given ? (int32_t)v : 1;
+    if (r->n_prompts * r->n > LORAC_OAI_MAX_CHOICES)
+        return BAD("n", "%d prompts with n = %d make %d choices; at most %d in one request", r->n_prompts, r->n,
+                   r->n_prompts * r->n, LORAC_OAI_MAX_CHOICES);
     if ((s = get_int(o, "top_k", -1, INT32_MAX, &v, &given, err))) return s;
     r->top_k = given && v > 0 ? (int32_t)v : 0;
     if ((s = get_int(o, "seed", -9223372036854775808.0, 9223372036854774784.0, &v, &r->has_seed, err))) return s;
@@ -465,8 +482,8 @@ static void free_messages(lorac_chat_message_t *m, size_t n) {
 void lorac_oai_request_free(lorac_oai_request_t *r) {
     if (!r) return;
     free(r->model);
-    free(r->prompt);
-    free(r->prompt_ids);
+    for (int32_t i = 0; i < r->n_prompts; i++) free(r->prompts[i].text), free(r->prompts[i].ids);
+    free(r->prompts);
     free_messages(r->messages, r->n_messages);
     for (int32_t i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->logit_bias);
