@@ -200,6 +200,19 @@ printf '{"input_ids": [1, 5, 6, 7, 8, 9, 10, 11, 12, 13]}\n{"input_ids": [1, 15,
 "$L" train -m m --data ten.jsonl -o ten --steps 1 --batch 1 --seq 9 2> ten.log \
   && grep -q "^train: 1 steps, 9 tokens, " ten.log && ok || bad "no padding: $(tail -1 ten.log)"
 
+# 8c. a batch without a target (the response past --seq) is skipped, not taken on
+# momentum; training goes on; metrics.jsonl stays JSON (loss null)
+long=$(printf 'word %.0s' $(seq 40))
+printf '{"prompt": "%s", "completion": " end"}\n{"prompt": "Hi", "completion": " there you are"}\n' "$long" > cut.jsonl
+"$L" train -m m --data cut.jsonl -o cut --steps 2 --batch 1 --seq 16 --no-shuffle 2> cut.log \
+  && grep -q "1 with nothing to learn" cut.log && grep -q "^step 1: no targets in the batch" cut.log \
+  && grep -q "^step 2/2 loss [0-9]" cut.log && grep -q "(1 so far)" cut.log \
+  && $PY -c "
+import json, sys
+rows = [json.loads(l) for l in open('cut/metrics.jsonl')]
+assert rows[0]['loss'] is None and rows[0]['skipped'] == 1 and rows[1]['loss'] > 0, rows
+" && ok || bad "a batch without targets: $(grep -m2 'step' cut.log)"
+
 # 9. chat data in ShareGPT's shape: the adapter's README names the template it learned
 printf '{"conversations": [{"from": "human", "value": "Tell me a story."}, {"from": "gpt", "value": "Once upon a time."}]}\n' > sg.jsonl
 "$L" train -m m --data sg.jsonl --chat-template zephyr -o sg --steps 1 --seq 64 2> sg.log \

@@ -57,7 +57,7 @@ typedef struct {
      * batch, padding included, as HF Trainer's input-token count does) that
      * held examples' tokens */
     int64_t example_tokens;
-    double first_loss, last_loss;     /* training loss of the first/last step */
+    double first_loss, last_loss;     /* training loss of the first/last step with targets (NaN: none had) */
     double eval_loss_before, eval_loss_after; /* NAN without eval data */
     double seconds, tokens_per_second;
     int64_t peak_rss_bytes, adapter_bytes;

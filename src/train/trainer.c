@@ -413,6 +413,8 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
     int tty = log && isatty(fileno(log));
     step_profile_t prof = {0};
     int64_t first_step = ts.step;
+    bool have_loss = false;
+    res->first_loss = res->last_loss = NAN; /* until a step has targets */
     for (; ts.step < total; ) {
         bool timed = p->profile && ts.step > first_step;
         double t_step = lorac_seconds();
@@ -420,6 +422,7 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
         double t_lap = lorac_seconds();
         if (timed) prof.optim += t_lap - t_step;
         double loss_sum = 0.0;
+        int32_t scored = 0; /* micro-batches with a target */
         for (int32_t g = 0; g < p->grad_accum; g++) {
             lorac_data_batch_info_t info = {0};
             lorac_dataset_read_batch(data, &ts.cursor, p->batch, p->seq, p->pack, tok, tgt, pos, NULL, &info);
@@ -433,21 +436,30 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
             if (s) goto done;
             t_lap = lorac_seconds();
             loss_sum += k ? ls / (double)k : 0.0;
+            scored += k > 0;
             ts.tokens += (int64_t)n_rows;
         }
-        double loss = loss_sum / p->grad_accum;
+        /* the mean of the micro-batches' losses; a batch without a single
+         * target (every response masked or past --seq) has none to learn
+         * from: its step is skipped, not taken on momentum alone */
+        bool empty = scored == 0;
+        double loss = empty ? NAN : loss_sum / scored;
         if (p->inject_nan_step == ts.step + 1) params[0].grad[0] = NAN; /* test hook */
         float scale = 1.0f / (float)p->grad_accum;
         double norm = lorac_optim_grad_norm(params, np, scale);
         double lr = lorac_schedule_lr(sched, p->lr, p->warmup, total, lorac_adamw_steps(opt));
-        int skipped = !isfinite(loss) || !isfinite(norm);
+        int skipped = empty || !isfinite(loss) || !isfinite(norm);
         ts.step++;
         if (skipped) {
             /* weights and moments stay as they were */
             ts.skipped++;
-            ts.bad_in_row++;
-            if (log) fprintf(log, "%sstep %lld: non-finite %s, step skipped (%lld so far)\n", tty ? "\n" : "", (long long)ts.step,
-                             isfinite(loss) ? "gradient" : "loss", (long long)ts.skipped);
+            ts.bad_in_row += !empty; /* only non-finite steps stop training */
+            if (log && empty)
+                fprintf(log, "%sstep %lld: no targets in the batch (every response masked or past --seq), step skipped "
+                        "(%lld so far)\n", tty ? "\n" : "", (long long)ts.step, (long long)ts.skipped);
+            else if (log)
+                fprintf(log, "%sstep %lld: non-finite %s, step skipped (%lld so far)\n", tty ? "\n" : "", (long long)ts.step,
+                        isfinite(loss) ? "gradient" : "loss", (long long)ts.skipped);
         } else {
             ts.bad_in_row = 0;
             lorac_adamw_step(opt, lr, scale * lorac_optim_clip_factor(norm, p->clip));
@@ -465,15 +477,20 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
         if (do_eval) {
             if ((s = evaluate(pass, eval, p->batch, p->seq, p->pack, tok, tgt, pos, &last_eval))) goto done;
         }
-        fprintf(metrics, "{\"step\": %lld, \"epoch\": %.4f, \"loss\": %.9g, \"eval_loss\": ", (long long)ts.step,
-                (double)ts.cursor.epoch + (double)ts.cursor.index / (double)lorac_dataset_n_examples(data), loss);
+        fprintf(metrics, "{\"step\": %lld, \"epoch\": %.4f, \"loss\": ", (long long)ts.step,
+                (double)ts.cursor.epoch + (double)ts.cursor.index / (double)lorac_dataset_n_examples(data));
+        if (isfinite(loss)) fprintf(metrics, "%.9g", loss); else fprintf(metrics, "null"); /* JSON has no NaN */
+        fprintf(metrics, ", \"eval_loss\": ");
         if (do_eval) fprintf(metrics, "%.9g", last_eval); else fprintf(metrics, "null");
         fprintf(metrics, ", \"lr\": %.9g, \"grad_norm\": %.9g, \"tokens_per_second\": %.1f, \"skipped\": %lld, \"elapsed\": %.3f}\n",
                 lr, isfinite(norm) ? norm : -1.0, tps, (long long)ts.skipped, elapsed);
         fflush(metrics);
-        if (!res->steps) res->first_loss = loss;
+        if (isfinite(loss)) { /* the first and last steps that had a loss */
+            if (!have_loss) res->first_loss = loss;
+            have_loss = true;
+            res->last_loss = loss;
+        }
         res->steps = ts.step;
-        res->last_loss = loss;
         if (log) {
             double eta = ts.step > 0 ? elapsed / (double)ts.step * (double)(total - ts.step) : 0;
             if (tty) fprintf(log, "\r[%lld/%lld] loss %.4f  eval %.4f  lr %.2e  %.0f tok/s  %.0fs  ETA %.0fs   ", (long long)ts.step,
