@@ -417,14 +417,11 @@ static void test_chat_golden(void) {
         {"qwen2.5", "chatml"}, {"smollm2", "chatml"}, {"tinyllama", "zephyr"},
         {"llama-3.1", "llama-3.1"}, {"llama-3.2", "llama-3.1"}, {"mistral-nemo", "mistral"},
     };
-    char path[1200];
-    const char *src = getenv("LORAC_SRC");
-    snprintf(path, sizeof path, "%s/tests/data/chat/golden.json", src && *src ? src : ".");
-    char *text = read_all(path);
-    cJSON *root = cJSON_Parse(text);
+    char *text = tl_read_source("tests/data/chat/golden.json", NULL);
+    cJSON *root = text ? cJSON_Parse(text) : NULL;
     free(text);
     const cJSON *cases = cJSON_GetObjectItem(root, "cases"), *c;
-    CHECK_MSG(cJSON_GetArraySize(cases) >= 50, "%s: %d cases", path, cJSON_GetArraySize(cases));
+    CHECK_MSG(cJSON_GetArraySize(cases) >= 50, "tests/data/chat/golden.json: %d cases", cJSON_GetArraySize(cases));
     int n_done = 0;
     cJSON_ArrayForEach(c, cases) {
         const char *tname = cJSON_GetObjectItem(c, "template")->valuestring;

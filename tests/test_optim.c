@@ -16,16 +16,8 @@
 /* ---- golden file ----------------------------------------------------------- */
 
 static cJSON *load_golden(void) {
-    const char *src = getenv("LORAC_SRC");
-    char path[4096];
-    snprintf(path, sizeof path, "%s/tests/data/optim/adamw_golden.json", src && *src ? src : ".");
-    char *text;
-    size_t len;
-    if (lorac_file_read(path, (size_t)16 << 20, &text, &len)) {
-        fprintf(stderr, "%s\n", lorac_error_message());
-        return NULL;
-    }
-    cJSON *j = cJSON_ParseWithLength(text, len);
+    char *text = tl_read_source("tests/data/optim/adamw_golden.json", NULL);
+    cJSON *j = text ? cJSON_Parse(text) : NULL;
     free(text);
     return j;
 }

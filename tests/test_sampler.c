@@ -69,16 +69,10 @@ static int32_t read_ids(const cJSON *arr, int32_t *out) {
  * then lorac_sampler_distribution must keep exactly the reference's ids,
  * each with its probability to 1e-5 (relative 1e-4). */
 static void check_golden(void) {
-    const char *src = getenv("LORAC_SRC");
-    char path[4096];
-    snprintf(path, sizeof path, "%s/tests/data/sampling/golden.json", src && *src ? src : ".");
-    char *text;
-    size_t len;
-    if (lorac_file_read(path, (size_t)16 << 20, &text, &len)) {
-        CHECK_MSG(0, "%s", lorac_error_message());
-        return;
-    }
-    cJSON *root = cJSON_ParseWithLength(text, len);
+    char *text = tl_read_source("tests/data/sampling/golden.json", NULL);
+    CHECK(text != NULL);
+    if (!text) return;
+    cJSON *root = cJSON_Parse(text);
     free(text);
     const cJSON *cases = root ? get(root, "cases") : NULL;
     CHECK_MSG(cJSON_GetArraySize(cases) >= 10, "the golden file holds %d cases", cJSON_GetArraySize(cases));

@@ -68,10 +68,9 @@ static const cJSON *expected_ids(const char *name, const char *text, const cJSON
 
 /* Compares encode/decode with the golden file of one tokenizer. */
 static void check_golden(const lorac_tokenizer_t *tok, const char *name) {
-    char path[4096];
-    const char *src = getenv("LORAC_SRC");
-    snprintf(path, sizeof path, "%s/tests/data/tokenizer/golden-%s.json", src && *src ? src : ".", name);
-    char *data = tt_read(path, NULL);
+    char path[256];
+    snprintf(path, sizeof path, "tests/data/tokenizer/golden-%s.json", name);
+    char *data = tl_read_source(path, NULL);
     cJSON *root = data ? cJSON_Parse(data) : NULL;
     free(data);
     CHECK_MSG(root != NULL, "golden %s", path);

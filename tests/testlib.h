@@ -39,6 +39,30 @@ static inline const char *tl_tmpdir(void) {
     return (t && *t) ? t : "/tmp";
 }
 
+/* A file committed under the source tree (tests/data/...), read whole and
+ * NUL-terminated (*len, when not NULL, gets its size); NULL with a message on
+ * stderr when it cannot be read. The tree is $LORAC_SRC (ctest sets it),
+ * else the current directory. */
+static inline char *tl_read_source(const char *rel, size_t *len) {
+    const char *src = getenv("LORAC_SRC");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", src && *src ? src : ".", rel);
+    FILE *f = fopen(path, "rb");
+    char *text = NULL;
+    long n = -1;
+    if (f && fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0 &&
+        (text = malloc((size_t)n + 1)) && fread(text, 1, (size_t)n, f) == (size_t)n) {
+        text[n] = 0;
+        if (len) *len = (size_t)n;
+    } else {
+        fprintf(stderr, "cannot read %s (is LORAC_SRC the source tree?)\n", path);
+        free(text);
+        text = NULL;
+    }
+    if (f) fclose(f);
+    return text;
+}
+
 static inline int tl_finish(const char *name) {
     printf("%s: %d passed, %d failed\n", name, tl_passed, tl_failed);
     return tl_failed ? 1 : 0;

@@ -464,6 +464,29 @@ static int64_t job_prompt_tokens(const job_t *j) {
     return n;
 }
 
+/* One chunk of choice i: its text, finish_reason, and the log-probabilities
+ * of recs[0..n) (null when n is 0). NULL when out of memory. */
+static char *chunk_with_lps(const job_t *j, int32_t i, const char *text, size_t len, const char *finish,
+                            const token_lps_t *recs, int32_t n, int64_t text_offset) {
+    void *mem = NULL;
+    const lorac_oai_logprobs_t *lp = n > 0 ? logprobs_view(j, recs, n, text_offset, &mem) : NULL;
+    char *chunk = n > 0 && !lp ? NULL : lorac_oai_stream_chunk(&j->meta, i, text, len, finish, false, j->include_usage, lp);
+    free(mem);
+    return chunk;
+}
+
+/* Queues choice i's chunk of text with the log-probabilities not sent yet
+ * (offsets count the tokens' texts, as the whole answer's do). */
+static int send_pending(job_t *j, int32_t i, const char *text, size_t len, const char *finish) {
+    choice_t *c = &j->choices[i];
+    int32_t n = c->n_lps - c->n_lps_sent; /* 0 without logprobs */
+    const token_lps_t *recs = n > 0 ? c->lps + c->n_lps_sent : NULL;
+    if (buf_take(&j->out, chunk_with_lps(j, i, text, len, finish, recs, n, c->lps_offset))) return -1;
+    c->lps_offset += tokens_chars(j, recs, n);
+    c->n_lps_sent += n;
+    return 0;
+}
+
 /* Under j->mu: formats every new piece of the stream into j->out. Returns -1
  * when out of memory. */
 static int stream_produce(job_t *j) {
@@ -477,46 +500,23 @@ static int stream_produce(job_t *j) {
         }
         /* echo: the prompt first, once its log-probabilities came with the first event */
         if (j->echo && !c->echo_sent && c->started) {
-            void *mem = NULL;
-            const lorac_oai_logprobs_t *lp = j->logprobs ? logprobs_view(j, c->echo_lps, c->n_echo_lps, 0, &mem) : NULL;
-            char *chunk = j->logprobs && !lp ? NULL : lorac_oai_stream_chunk(&j->meta, i, j->echoes[i / j->per_prompt].text,
-                                                                          j->echoes[i / j->per_prompt].len, NULL, false,
-                                                                          j->include_usage, lp);
-            free(mem);
-            if (buf_take(&j->out, chunk)) return -1;
-            if (j->logprobs) c->lps_offset = tokens_chars(j, c->echo_lps, c->n_echo_lps);
+            if (buf_take(&j->out, chunk_with_lps(j, i, j->echoes[i / j->per_prompt].text, j->echoes[i / j->per_prompt].len,
+                                                 NULL, c->echo_lps, c->n_echo_lps, 0)))
+                return -1;
+            c->lps_offset = tokens_chars(j, c->echo_lps, c->n_echo_lps);
             c->echo_sent = true;
         }
         /* the text so far, with the log-probabilities of the tokens it came
          * from (a token whose text is held back for a stop string is
          * reported with the text that follows it, or in the last chunk) */
-        bool with_lps = j->logprobs && c->n_lps > c->n_lps_sent;
-        if (c->text.len > 0 || (with_lps && c->finish == LORAC_FINISH_NONE)) {
-            void *mem = NULL;
-            const lorac_oai_logprobs_t *lp =
-                with_lps ? logprobs_view(j, c->lps + c->n_lps_sent, c->n_lps - c->n_lps_sent, c->lps_offset, &mem) : NULL;
-            char *chunk = with_lps && !lp ? NULL : lorac_oai_stream_chunk(&j->meta, i, c->text.s, c->text.len, NULL, false,
-                                                                       j->include_usage, lp);
-            free(mem);
-            if (buf_take(&j->out, chunk)) return -1;
-            if (with_lps) { /* offsets count the tokens' texts, as the whole answer's do */
-                c->lps_offset += tokens_chars(j, c->lps + c->n_lps_sent, c->n_lps - c->n_lps_sent);
-                c->n_lps_sent = c->n_lps;
-            }
+        if (c->text.len > 0 || (c->n_lps > c->n_lps_sent && c->finish == LORAC_FINISH_NONE)) {
+            if (send_pending(j, i, c->text.s, c->text.len, NULL)) return -1;
             c->text.len = 0;
         }
         if (c->finish != LORAC_FINISH_NONE && !c->finish_sent) {
             const char *fr = finish_reason(c->finish);
             if (fr) {
-                void *mem = NULL;
-                with_lps = j->logprobs && c->n_lps > c->n_lps_sent;
-                const lorac_oai_logprobs_t *lp =
-                    with_lps ? logprobs_view(j, c->lps + c->n_lps_sent, c->n_lps - c->n_lps_sent, c->lps_offset, &mem) : NULL;
-                char *chunk = with_lps && !lp ? NULL : lorac_oai_stream_chunk(&j->meta, i, "", 0, fr, false,
-                                                                           j->include_usage, lp);
-                free(mem);
-                c->n_lps_sent = c->n_lps;
-                if (buf_take(&j->out, chunk)) return -1;
+                if (send_pending(j, i, "", 0, fr)) return -1;
             } else {
                 lorac_oai_error_t err;
                 finish_error(j, c, &err);

@@ -694,11 +694,9 @@ static int64_t utf8_chars(const char *s, size_t len) {
 /* A log-probability as JSON: NaN marks "none" (an echoed prompt's first
  * token) and is null; a token the model rules out (raw logit -inf) gets the
  * most negative float, as cJSON would write any non-finite number as null. */
-static cJSON *logprob_json(float lp) {
-    return isnan(lp) ? cJSON_CreateNull() : cJSON_CreateNumber(isfinite(lp) ? (double)lp : -3.4028234663852886e38);
-}
-
 static double finite_logprob(float lp) { return isfinite(lp) ? (double)lp : -3.4028234663852886e38; }
+
+static cJSON *logprob_json(float lp) { return isnan(lp) ? cJSON_CreateNull() : cJSON_CreateNumber(finite_logprob(lp)); }
 
 static cJSON *chat_token_logprob(const lorac_oai_token_logprob_t *t) {
     cJSON *o = cJSON_CreateObject(), *bytes;
