@@ -273,6 +273,15 @@ static const char k_chatml_smol_default[] =
 static const char k_llama2[] =
     "<s>[INST] <<SYS>>\nYou are helpful.\n<</SYS>>\n\nHi there [/INST] Hello! How can I help? </s>"
     "<s>[INST] Tell me a joke. [/INST] Why did the chicken cross the road? </s>";
+static const char k_mistral_v01[] =
+    "<s>[INST] Hi there [/INST]Hello! How can I help?</s> [INST] Tell me a joke. [/INST]"
+    "Why did the chicken cross the road?</s> ";
+static const char k_mistral_v02[] =
+    "<s>[INST] Hi there [/INST]Hello! How can I help?</s>[INST] Tell me a joke. [/INST]"
+    "Why did the chicken cross the road?</s>";
+static const char k_mistral_v1[] =
+    "<s> [INST] You are helpful.\n\nHi there [/INST] Hello! How can I help?</s> [INST] Tell me a joke. [/INST]"
+    " Why did the chicken cross the road?</s>";
 static const char k_llama3[] =
     "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are helpful.<|eot_id|>"
     "<|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
@@ -372,10 +381,13 @@ static void test_chat_recognize(void) {
         {"chat-templates/google-gemma-2-2b-it.jinja", NULL, NULL},
         {"chat-templates/microsoft-Phi-3.5-mini-instruct.jinja", NULL, NULL},
         {"chat-templates/mistralai-Mistral-Nemo-Instruct-2407.jinja", "mistral", NULL},
+        {"tests/data/chat/templates/mistral-7b-instruct-v0.1.jinja", "mistral-v0.1", NULL},
+        {"tests/data/chat/templates/mixtral-8x7b-instruct-v0.1.jinja", "mistral-v0.2", NULL},
+        {"tests/data/chat/templates/mistral-instruct-v1.jinja", "mistral-v1", NULL},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         snprintf(path, sizeof path, "%s/%s", tl_fixtures(), cases[i].file);
-        char *jinja = read_all(path);
+        char *jinja = strncmp(cases[i].file, "tests/", 6) ? read_all(path) : tl_read_source(cases[i].file, NULL);
         def = NULL;
         lorac_status_t s = lorac_dataset_chat_template_recognize(jinja, &name, &def);
         if (cases[i].name) {
@@ -389,12 +401,20 @@ static void test_chat_recognize(void) {
         free(def);
         free(jinja);
     }
-    /* Mistral 7B v0.1's [INST] template spaces its turns otherwise: refused, not rendered as NeMo's */
-    CHECK(lorac_dataset_chat_template_recognize("{{ bos_token }}{% for message in messages %}{% if message['role'] == "
-                                                "'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif "
-                                                "message['role'] == 'assistant' %}{{ message['content'] + eos_token + ' ' "
-                                                "}}{% endif %}{% endfor %}", &name, NULL) == LORAC_STATUS_UNSUPPORTED &&
+    /* Mistral 7B v0.3's [INST] template (no space before [/INST], the system message in the last user turn) is
+     * none of those lorac renders: refused, not rendered as NeMo's or v0.1's */
+    CHECK(lorac_dataset_chat_template_recognize("{{- bos_token }}\n{%- for message in loop_messages %}\n{%- if loop.last and "
+                                                "system_message is defined %}\n{{- \"[INST] \" + system_message + \"\\n\\n\" + "
+                                                "message[\"content\"] + \"[/INST]\" }}\n{%- else %}\n{{- \"[INST] \" + "
+                                                "message[\"content\"] + \"[/INST]\" }}\n{%- endif %}\n{{- \" \" + "
+                                                "message[\"content\"] + eos_token}}", &name, NULL) == LORAC_STATUS_UNSUPPORTED &&
           strstr(lorac_error_message(), "other than NeMo's"));
+    /* v0.1's, with a system role added by hand: not v0.1's any more */
+    CHECK(lorac_dataset_chat_template_recognize("{{ bos_token }}{% for message in messages %}{% if message['role'] == "
+                                                "'system' %}{{ message['content'] }}{% elif message['role'] == 'user' %}"
+                                                "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == "
+                                                "'assistant' %}{{ message['content'] + eos_token + ' ' }}{% endif %}{% endfor %}",
+                                                &name, NULL) == LORAC_STATUS_UNSUPPORTED);
     /* Llama 2's and Meta-Llama-3's templates as HF shipped them */
     CHECK(lorac_dataset_chat_template_recognize("{% if messages[0]['role'] == 'system' %}...{{ bos_token + '[INST] ' + "
                                                 "content.strip() + ' [/INST]' }}...'<<SYS>>\\n'", &name, NULL) == 0 &&
@@ -416,13 +436,14 @@ static void test_chat_golden(void) {
     static const struct { const char *golden, *lorac; } names[] = {
         {"qwen2.5", "chatml"}, {"smollm2", "chatml"}, {"tinyllama", "zephyr"},
         {"llama-3.1", "llama-3.1"}, {"llama-3.2", "llama-3.1"}, {"mistral-nemo", "mistral"},
+        {"mistral-v0.1", "mistral-v0.1"}, {"mistral-v0.2", "mistral-v0.2"}, {"mistral-v1", "mistral-v1"},
     };
     char *text = tl_read_source("tests/data/chat/golden.json", NULL);
     cJSON *root = text ? cJSON_Parse(text) : NULL;
     free(text);
     const cJSON *cases = cJSON_GetObjectItem(root, "cases"), *c;
     CHECK_MSG(cJSON_GetArraySize(cases) >= 50, "tests/data/chat/golden.json: %d cases", cJSON_GetArraySize(cases));
-    int n_done = 0;
+    int n_done = 0, n_refused = 0;
     cJSON_ArrayForEach(c, cases) {
         const char *tname = cJSON_GetObjectItem(c, "template")->valuestring;
         const char *file = cJSON_GetObjectItem(c, "file")->valuestring;
@@ -438,7 +459,8 @@ static void test_chat_golden(void) {
         if (cJSON_IsString(key)) {
             s = lorac_dataset_chat_template_from_config(fx, &name, &def);
         } else {
-            char *jinja = read_all(fx);
+            /* the fixtures' templates, or tests/data/chat/templates/ for models not among them */
+            char *jinja = strncmp(file, "tests/", 6) ? read_all(fx) : tl_read_source(file, NULL);
             s = lorac_dataset_chat_template_recognize(jinja, &name, &def);
             free(jinja);
         }
@@ -462,6 +484,14 @@ static void test_chat_golden(void) {
         s = cJSON_IsTrue(cJSON_GetObjectItem(c, "add_generation_prompt"))
                 ? lorac_dataset_chat_render_generation(name, def, conv, n, b, e, &out, &len)
                 : lorac_dataset_chat_render(name, def, conv, n, b, e, &out, &len);
+        if (cJSON_IsTrue(cJSON_GetObjectItem(c, "refused"))) { /* raise_exception in the template */
+            CHECK_MSG(s == LORAC_STATUS_FORMAT, "%s: jinja2 refuses it, lorac renders\n%s", what, s ? "" : out);
+            n_done += s == LORAC_STATUS_FORMAT;
+            n_refused++;
+            free(out);
+            free(def);
+            continue;
+        }
         const char *want = cJSON_GetObjectItem(c, "text")->valuestring;
         CHECK_MSG(s == LORAC_STATUS_OK && len == strlen(want) && !strcmp(out, want), "%s: lorac renders\n%s\njinja2\n%s",
                   what, s ? lorac_error_message() : out, want);
@@ -470,6 +500,7 @@ static void test_chat_golden(void) {
         free(def);
     }
     CHECK(n_done == cJSON_GetArraySize(cases));
+    CHECK_MSG(n_refused >= 20, "%d refused cases", n_refused);
     cJSON_Delete(root);
 }
 
@@ -704,6 +735,13 @@ static void test_chat_data(void) {
     /* recognised from TinyLlama's tokenizer_config.json */
     check_chat("chat_zephyr.jsonl", g_tl, NULL, g_tl_cfg, true, k_zephyr, "<|assistant|>\n", "</s>", "zephyr");
     check_chat("chat_llama2.jsonl", g_tl, "llama-2", g_tl_cfg, true, k_llama2, "[/INST]", "</s>", "llama-2");
+    /* Mistral 7B's and Mixtral's [INST] templates on TinyLlama's SentencePiece tokenizer (Llama 2's, the kind
+     * Mistral 7B v0.1/v0.2 have, with [INST] as plain text): renderings as jinja2 renders those templates
+     * (tests/data/chat/golden.json), the loss on each reply and its </s> (and, for mistral-v1, the space before it) */
+    check_chat("chat_mistral_v01.jsonl", g_tl, "mistral-v0.1", NULL, false, k_mistral_v01, "[/INST]", "</s>",
+               "mistral-v0.1");
+    check_chat("chat_mistral_v02.jsonl", g_tl, "mixtral", NULL, false, k_mistral_v02, "[/INST]", "</s>", "mistral-v0.2");
+    check_chat("chat_mistral_v1.jsonl", g_tl, "mistral-v1", NULL, true, k_mistral_v1, "[/INST]", "</s>", "mistral-v1");
 
     char buf[1024];
     conv_jsonl(buf, sizeof buf, true);

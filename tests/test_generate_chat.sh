@@ -92,6 +92,15 @@ out=$("$L" generate -m s --chat --chat-template zephyr -p "Tell me a story." --t
 [ $rc -eq 0 ] && [ -n "$out" ] && [[ "$out" != *"<|"* ]] && [[ "$out" != " "* ]] && ok || bad "zephyr on stories260K: exit $rc, '$out'"
 want=$(count_ids s $'<|user|>\nTell me a story.</s>\n<|assistant|>\n')
 [ "$(prompt_tokens e5.log)" = "$want" ] && ok || bad "zephyr prompt: $(prompt_tokens e5.log) tokens, want $want"
+# Mistral's later [INST] template recognised from a tokenizer_config.json, the
+# system message folded into the first turn as its Jinja folds it
+$PY -c 'import json, sys; json.dump({"chat_template": open(sys.argv[1]).read(), "bos_token": "<s>", "eos_token": "</s>"}, open("s/tokenizer_config.json", "w"))' \
+  "$LORAC_SRC/tests/data/chat/templates/mistral-instruct-v1.jinja"
+out=$("$L" generate -m s --chat --system "Be kind." -p "Tell me a story." --temp 0 -n 6 2> e6.log); rc=$?
+want=$(count_ids s $'<s> [INST] Be kind.\n\nTell me a story. [/INST]')
+[ $rc -eq 0 ] && [ "$(prompt_tokens e6.log)" = "$want" ] && ok \
+  || bad "mistral-v1 from tokenizer_config.json: exit $rc, $(prompt_tokens e6.log) prompt tokens, want $want: $(cat e6.log)"
+rm s/tokenizer_config.json
 
 # 4. lorac serve ends a chat reply at the same token; a completion goes on
 # unless its stop_token_ids name it

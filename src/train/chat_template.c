@@ -25,7 +25,8 @@ void dbuf_free(dbuf_t *b) {
 }
 
 /* ---- names ---- */
-static const char *const k_names[CHAT_COUNT] = {"chatml", "llama-2", "llama-3", "llama-3.1", "zephyr", "mistral"};
+static const char *const k_names[CHAT_COUNT] = {"chatml", "llama-2",      "llama-3",      "llama-3.1", "zephyr",
+                                                 "mistral", "mistral-v0.1", "mistral-v0.2", "mistral-v1"};
 
 int chat_tpl_from_name(const char *name) {
     static const struct { const char *alias; chat_tpl_t t; } aliases[] = {
@@ -33,6 +34,8 @@ int chat_tpl_from_name(const char *name) {
         {"llama-3", CHAT_LLAMA3},    {"llama3", CHAT_LLAMA3},     {"llama-3.1", CHAT_LLAMA31},
         {"llama3.1", CHAT_LLAMA31},  {"llama-3.2", CHAT_LLAMA31}, {"llama3.2", CHAT_LLAMA31},
         {"zephyr", CHAT_ZEPHYR},     {"mistral", CHAT_MISTRAL},   {"mistral-nemo", CHAT_MISTRAL},
+        {"mistral-v0.1", CHAT_MISTRAL_V01}, {"mistral-v0.2", CHAT_MISTRAL_V02}, {"mixtral", CHAT_MISTRAL_V02},
+        {"mistral-v1", CHAT_MISTRAL_V1},
     };
     if (!name) return -1;
     for (size_t i = 0; i < sizeof aliases / sizeof *aliases; i++)
@@ -61,7 +64,10 @@ const char *lorac_dataset_chat_end_of_turn(const char *template_name, const char
     case CHAT_LLAMA31: return "<|eot_id|>";
     case CHAT_LLAMA2:
     case CHAT_ZEPHYR:
-    case CHAT_MISTRAL: return eos ? eos : chat_tpl_default_eos(CHAT_ZEPHYR);
+    case CHAT_MISTRAL:
+    case CHAT_MISTRAL_V01:
+    case CHAT_MISTRAL_V02:
+    case CHAT_MISTRAL_V1: return eos ? eos : chat_tpl_default_eos(CHAT_ZEPHYR);
     default: return NULL;
     }
 }
@@ -79,6 +85,9 @@ static size_t chat_tpl_specials(chat_tpl_t t, const char *bos, const char *eos, 
         break;
     case CHAT_ZEPHYR: out[n++] = eos; break;
     case CHAT_MISTRAL: out[n++] = bos; out[n++] = "[INST]"; out[n++] = "[/INST]"; out[n++] = eos; break;
+    case CHAT_MISTRAL_V01: /* [INST] and [/INST] are plain text in these models' vocabularies */
+    case CHAT_MISTRAL_V02:
+    case CHAT_MISTRAL_V1: out[n++] = bos; out[n++] = eos; break;
     case CHAT_COUNT: break;
     }
     return n;
@@ -126,6 +135,17 @@ static int is_role(const char *role) {
     return !strcmp(role, "system") || !strcmp(role, "user") || !strcmp(role, "assistant");
 }
 
+/* Templates that raise an exception unless user and assistant alternate
+ * from message `first` on: is m[i] the role its place asks for? */
+static lorac_status_t check_turn(chat_tpl_t t, const lorac_chat_message_t *m, size_t i, size_t first, bool system_ok) {
+    const char *want = (i - first) % 2 == 0 ? "user" : "assistant";
+    if (!strcmp(m[i].role, want)) return LORAC_STATUS_OK;
+    return lorac_error(LORAC_STATUS_FORMAT,
+                       "%s chat template: message %zu is \"%s\" where \"%s\" was expected (roles must alternate "
+                       "user/assistant%s)", k_names[t], i + 1, m[i].role, want,
+                       system_ok ? " after an optional first system message" : ", starting with user");
+}
+
 #define TRY(x) do { if (x) return lorac_error(LORAC_STATUS_NOMEM, "out of memory rendering a conversation"); } while (0)
 
 /* <|im_start|>{role}\n{content}<|im_end|>\n; the reply and its <|im_end|> are
@@ -154,13 +174,9 @@ static lorac_status_t render_llama2(chat_render_t *r, const lorac_chat_message_t
     const char *system = NULL;
     if (n > 0 && !strcmp(m[0].role, "system")) { system = m[0].content; first = 1; }
     for (size_t i = first; i < n; i++) {
-        bool user_turn = (i - first) % 2 == 0;
-        const char *want = user_turn ? "user" : "assistant";
-        if (strcmp(m[i].role, want))
-            return lorac_error(LORAC_STATUS_FORMAT,
-                               "llama-2 chat template: message %zu is \"%s\" where \"%s\" was expected (roles must "
-                               "alternate user/assistant after an optional first system message)", i + 1, m[i].role, want);
-        if (user_turn) {
+        lorac_status_t s = check_turn(CHAT_LLAMA2, m, i, first, true);
+        if (s) return s;
+        if ((i - first) % 2 == 0) {
             TRY(piece(r, false, true) || add(r, bos) || add(r, "[INST] "));
             if (i == first && system) {
                 /* the template strips "<<SYS>>\n{system}\n<</SYS>>\n\n{user}" as a whole */
@@ -231,17 +247,52 @@ static lorac_status_t render_mistral(chat_render_t *r, const lorac_chat_message_
     if (n > 0 && !strcmp(m[0].role, "system")) { system = m[0].content; first = 1; }
     TRY(piece(r, false, true) || add(r, bos));
     for (size_t i = first; i < n; i++) {
-        const char *want = (i - first) % 2 == 0 ? "user" : "assistant";
-        if (strcmp(m[i].role, want))
-            return lorac_error(LORAC_STATUS_FORMAT,
-                               "mistral chat template: message %zu is \"%s\" where \"%s\" was expected (roles must "
-                               "alternate user/assistant after an optional first system message)", i + 1, m[i].role, want);
-        if (!strcmp(want, "user")) {
+        lorac_status_t s = check_turn(CHAT_MISTRAL, m, i, first, true);
+        if (s) return s;
+        if ((i - first) % 2 == 0) {
             TRY(piece(r, false, true) || add(r, "[INST]"));
             if (system && i == n - 1) TRY(add(r, system) || add(r, "\n\n"));
             TRY(add(r, m[i].content) || add(r, "[/INST]"));
         } else {
             TRY(piece(r, true, true) || add(r, m[i].content) || add(r, eos));
+        }
+    }
+    return LORAC_STATUS_OK;
+}
+
+/* The [INST] templates Mistral first published for Mistral 7B Instruct
+ * v0.1 (v01: each reply closed by "{eos} ") and for Mixtral 8x7B Instruct
+ * v0.1 and Mistral 7B v0.2 (v02: "{eos}"), and the one it later replaced
+ * them with (v1): BOS, then "[INST] {user} [/INST]{assistant}" strictly
+ * alternating, no stripping. v01 and v02 take no system message; v1 puts a
+ * space before each [INST] and each reply, and folds an optional first
+ * system message into the first user turn ("{system}\n\n{user}"). Only
+ * BOS and EOS are special tokens, so a chunk runs from one to the next, and
+ * a reply (with its EOS) shares the chunk of the " [/INST]" before it. */
+static lorac_status_t render_mistral_spaced(chat_render_t *r, chat_tpl_t t, const lorac_chat_message_t *m, size_t n,
+                                            const char *bos, const char *eos) {
+    size_t first = 0;
+    const char *system = NULL, *name = k_names[t];
+    if (n > 0 && !strcmp(m[0].role, "system")) {
+        if (t != CHAT_MISTRAL_V1)
+            return lorac_error(LORAC_STATUS_FORMAT, "%s chat template: message 1 is \"system\"; the template takes only "
+                               "user and assistant messages (mistral-v1 folds a system message into the first turn)", name);
+        system = m[0].content;
+        first = 1;
+    }
+    const char *lead = t == CHAT_MISTRAL_V1 ? " " : "";
+    TRY(piece(r, false, true) || add(r, bos));
+    for (size_t i = first; i < n; i++) {
+        lorac_status_t s = check_turn(t, m, i, first, t == CHAT_MISTRAL_V1);
+        if (s) return s;
+        if ((i - first) % 2 == 0) {
+            if (r->pieces[r->n - 1].trainable) TRY(piece(r, false, true)); /* after a reply's EOS */
+            TRY(add(r, lead) || add(r, "[INST] "));
+            if (system && i == first) TRY(add(r, system) || add(r, "\n\n"));
+            TRY(add(r, m[i].content) || add(r, " [/INST]"));
+        } else {
+            TRY(piece(r, true, false) || add(r, lead) || add(r, m[i].content) || add(r, eos));
+            if (t == CHAT_MISTRAL_V01) TRY(piece(r, false, true) || add(r, " "));
         }
     }
     return LORAC_STATUS_OK;
@@ -266,6 +317,9 @@ lorac_status_t chat_render_pieces(chat_tpl_t t, const char *default_system, cons
     case CHAT_LLAMA31: return render_llama3(r, m, n, bos, true);
     case CHAT_ZEPHYR: return render_zephyr(r, m, n, eos);
     case CHAT_MISTRAL: return render_mistral(r, m, n, bos, eos);
+    case CHAT_MISTRAL_V01:
+    case CHAT_MISTRAL_V02:
+    case CHAT_MISTRAL_V1: return render_mistral_spaced(r, t, m, n, bos, eos);
     case CHAT_COUNT: break;
     }
     return lorac_error(LORAC_STATUS_INVALID_ARG, "bad chat template id %d", (int)t);
@@ -299,6 +353,9 @@ static const char *generation_prompt(chat_tpl_t t) {
     case CHAT_ZEPHYR: return "<|assistant|>\n";
     case CHAT_LLAMA2:  /* the text already ends with [/INST] */
     case CHAT_MISTRAL:
+    case CHAT_MISTRAL_V01:
+    case CHAT_MISTRAL_V02:
+    case CHAT_MISTRAL_V1:
     case CHAT_COUNT: break;
     }
     return "";
@@ -402,10 +459,20 @@ lorac_status_t lorac_dataset_chat_template_recognize(const char *jinja, const ch
     else if (strstr(jinja, "\"[INST]\" + message[\"content\"] + \"[/INST]\"") &&
              strstr(jinja, "\"[INST]\" + system_message + \"\\n\\n\" + message[\"content\"] + \"[/INST]\"") &&
              strstr(jinja, "message[\"content\"] + eos_token"))
-        t = CHAT_MISTRAL; /* NeMo's spelling exactly; other Mistral templates (7B v0.1's) space their turns */
+        t = CHAT_MISTRAL; /* NeMo's spelling exactly */
+    else if (strstr(jinja, "' [INST] ' + message['content'] + ' [/INST]'") &&
+             strstr(jinja, "' [INST] ' + system_message + '\\n\\n' + message['content'] + ' [/INST]'") &&
+             strstr(jinja, "loop.first and system_message is defined") && strstr(jinja, "' ' + message['content'] + eos_token"))
+        t = CHAT_MISTRAL_V1;
+    else if (strstr(jinja, "'[INST] ' + message['content'] + ' [/INST]'") && !strstr(jinja, "system") &&
+             strstr(jinja, "{{ bos_token }}{% for message in messages %}") &&
+             (strstr(jinja, "message['content'] + eos_token + ' ' }}") || strstr(jinja, "message['content'] + eos_token}}") ||
+              strstr(jinja, "message['content'] + eos_token }}")))
+        t = strstr(jinja, "eos_token + ' '") ? CHAT_MISTRAL_V01 : CHAT_MISTRAL_V02;
     else if (strstr(jinja, "<|user|>") && strstr(jinja, "<|assistant|>") && !strstr(jinja, "<|end|>")) t = CHAT_ZEPHYR;
     else {
-        const char *family = strstr(jinja, "[INST]")             ? "a Mistral-style [INST] template other than NeMo's"
+        const char *family = strstr(jinja, "[INST]")             ? "a Mistral-style [INST] template other than NeMo's, "
+                                                                  "Mistral 7B v0.1's, Mixtral's and their later one"
                              : strstr(jinja, "<start_of_turn>") ? "a Gemma template"
                              : strstr(jinja, "<|end|>")         ? "a Phi-3 template"
                                                                 : "a chat template";

@@ -39,7 +39,18 @@ int dbuf_puts(dbuf_t *b, const char *s);
 void dbuf_free(dbuf_t *b);
 
 /* ---- chat templates ---- */
-typedef enum { CHAT_CHATML, CHAT_LLAMA2, CHAT_LLAMA3, CHAT_LLAMA31, CHAT_ZEPHYR, CHAT_MISTRAL, CHAT_COUNT } chat_tpl_t;
+typedef enum {
+    CHAT_CHATML,
+    CHAT_LLAMA2,
+    CHAT_LLAMA3,
+    CHAT_LLAMA31,
+    CHAT_ZEPHYR,
+    CHAT_MISTRAL,     /* Mistral NeMo's [INST] template */
+    CHAT_MISTRAL_V01, /* Mistral 7B Instruct v0.1's first template */
+    CHAT_MISTRAL_V02, /* Mixtral 8x7B Instruct v0.1's and Mistral 7B v0.2's first template */
+    CHAT_MISTRAL_V1,  /* the spaced template Mistral later gave those models */
+    CHAT_COUNT
+} chat_tpl_t;
 
 /* A rendered conversation as pieces that tile the text. trainable: an
  * assistant reply with its end-of-turn marker. chunk_start: the piece starts

@@ -6,10 +6,12 @@ environment with trim_blocks and lstrip_blocks, the loopcontrols extension,
 raise_exception, and the tokenizer's special tokens as variables), over a
 set of conversations, with and without the generation prompt.
 
-Each case: the template's source (a fixture path, and for a
+Each case: the template's source (a fixture path, or a path under tests/
+for the templates of tests/data/chat/templates/, and for a
 tokenizer_config.json the key), the bos/eos strings, the conversation,
 add_generation_prompt, and the text jinja2 rendered. A conversation the
-template refuses (raise_exception) is left out. Llama 3.2's template asks
+template refuses (raise_exception) is a case with "refused": true and no
+text, which lorac must refuse too. Llama 3.2's template asks
 for strftime_now, which transformers defines as today's date; it is not
 defined here, so the template falls back to its own date (26 Jul 2024), the
 one lorac writes.
@@ -26,6 +28,7 @@ from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 FX = os.environ.get("LORAC_FIXTURES", "../shared/fixtures")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # (name, template source, key in a tokenizer_config.json or None, bos, eos)
 TEMPLATES = [
@@ -35,6 +38,9 @@ TEMPLATES = [
     ("llama-3.1", "chat-templates/meta-llama-Llama-3.1-8B-Instruct.jinja", None, "<|begin_of_text|>", "<|eot_id|>"),
     ("llama-3.2", "chat-templates/meta-llama-Llama-3.2-3B-Instruct.jinja", None, "<|begin_of_text|>", "<|eot_id|>"),
     ("mistral-nemo", "chat-templates/mistralai-Mistral-Nemo-Instruct-2407.jinja", None, "<s>", "</s>"),
+    ("mistral-v0.1", "tests/data/chat/templates/mistral-7b-instruct-v0.1.jinja", None, "<s>", "</s>"),
+    ("mistral-v0.2", "tests/data/chat/templates/mixtral-8x7b-instruct-v0.1.jinja", None, "<s>", "</s>"),
+    ("mistral-v1", "tests/data/chat/templates/mistral-instruct-v1.jinja", None, "<s>", "</s>"),
 ]
 
 S = {"role": "system", "content": "You are a careful assistant."}
@@ -52,6 +58,13 @@ CONVERSATIONS = [
                                 {"role": "user", "content": "\n  Héllo 👋\n\nsecond line  "},
                                 {"role": "assistant", "content": " Hi!\t"}]),
     ("empty contents", [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}]),
+    # without a system message, which Mistral 7B v0.1's and Mixtral's first templates refuse
+    ("two exchanges", [U1, A1, U2, A2]),
+    ("unicode and a pending question", [{"role": "user", "content": "\n  Héllo 👋\n\nsecond line  "},
+                                        {"role": "assistant", "content": " Hi!\t"}, U2]),
+    # refused by the templates that insist on alternating turns
+    ("two user turns", [U1, U2]),
+    ("reply first", [A1, U1]),
 ]
 
 
@@ -74,17 +87,18 @@ def render(source, messages, bos, eos, generation):
 def main():
     cases = []
     for name, path, key, bos, eos in TEMPLATES:
-        text = open(os.path.join(FX, path), encoding="utf-8").read()
+        root = REPO if path.startswith("tests/") else FX
+        text = open(os.path.join(root, path), encoding="utf-8").read()
         source = json.loads(text)[key] if key else text
         for what, conv in CONVERSATIONS:
             for generation in (False, True):
+                case = {"template": name, "file": path, "key": key, "bos": bos, "eos": eos,
+                        "conversation": what, "messages": conv, "add_generation_prompt": generation}
                 try:
-                    out = render(source, conv, bos, eos, generation)
+                    case["text"] = render(source, conv, bos, eos, generation)
                 except ValueError:
-                    continue
-                cases.append({"template": name, "file": path, "key": key, "bos": bos, "eos": eos,
-                              "conversation": what, "messages": conv, "add_generation_prompt": generation,
-                              "text": out})
+                    case["refused"] = True
+                cases.append(case)
     json.dump({"generator": "tests/reference/gen_chat_golden.py", "cases": cases}, sys.stdout, ensure_ascii=False,
               indent=1)
     sys.stdout.write("\n")
