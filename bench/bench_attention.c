@@ -9,8 +9,9 @@
  * rounds of 2000 calls, the two thread counts alternating.
  *
  * Build and run:
- *   make -C bench out/bench_attention && bench/out/bench_attention [15m|110m]
- * (15m: 6 heads of 48; 110m: 12 heads of 64; no GQA in either.) */
+ *   make -C bench out/bench_attention && bench/out/bench_attention [15m|110m] [f32|bf16|f16]
+ * (15m: 6 heads of 48; 110m: 12 heads of 64; no GQA in either; the last
+ * argument is the KV cache's dtype, f32 by default.) */
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,11 +35,14 @@ static int cmp_double(const void *a, const void *b) {
 }
 
 int main(int argc, char **argv) {
-    const char *shape = argc > 1 ? argv[1] : "15m";
+    const char *shape = argc > 1 ? argv[1] : "15m", *dtype = argc > 2 ? argv[2] : "f32";
     int64_t H = 6, hd = 48;
+    lorac_dtype_t dt = LORAC_DTYPE_F32;
+    if (!strcmp(dtype, "bf16")) dt = LORAC_DTYPE_BF16;
+    else if (!strcmp(dtype, "f16")) dt = LORAC_DTYPE_F16;
     if (strcmp(shape, "110m") == 0) H = 12, hd = 64;
-    else if (strcmp(shape, "15m") != 0) {
-        fprintf(stderr, "usage: bench_attention [15m|110m]\n");
+    if ((strcmp(shape, "110m") && strcmp(shape, "15m")) || (dt == LORAC_DTYPE_F32 && strcmp(dtype, "f32"))) {
+        fprintf(stderr, "usage: bench_attention [15m|110m] [f32|bf16|f16]\n");
         return 2;
     }
     const int64_t KVH = H, max_n = 1024;
@@ -48,10 +52,15 @@ int main(int argc, char **argv) {
     if (!k || !v || !q || !out || !scratch) return 1;
     for (int64_t i = 0; i < max_n * KVH * hd; i++) k[i] = 0.01f * (float)(i % 97) - 0.5f, v[i] = 0.01f * (float)(i % 89) - 0.4f;
     for (int64_t i = 0; i < H * hd; i++) q[i] = 0.1f * (float)(i % 7);
-    const float *k_rows[1] = {k}, *v_rows[1] = {v};
+    /* the cache in its dtype */
+    void *kst = malloc(sizeof(float) * (size_t)(max_n * KVH * hd)), *vst = malloc(sizeof(float) * (size_t)(max_n * KVH * hd));
+    if (!kst || !vst) return 1;
+    lorac_kv_store(kst, dt, k, max_n * KVH * hd);
+    lorac_kv_store(vst, dt, v, max_n * KVH * hd);
+    const void *k_rows[1] = {kst}, *v_rows[1] = {vst};
     static const int32_t lengths[] = {10, 20, 30, 40, 60, 106, 170, 512, 1024};
-    printf("# bench_attention: %s shape (%lld heads of %lld), one query token; median us of %d rounds of %d calls\n",
-           shape, (long long)H, (long long)hd, ROUNDS, CALLS);
+    printf("# bench_attention: %s shape (%lld heads of %lld), %s KV cache, one query token; median us of %d rounds "
+           "of %d calls\n", shape, (long long)H, (long long)hd, lorac_dtype_name(dt), ROUNDS, CALLS);
     printf("| positions | cache values read | 1 thread us | 2 threads us | 2 / 1 |\n|---:|---:|---:|---:|---:|\n");
     for (size_t li = 0; li < sizeof lengths / sizeof lengths[0]; li++) {
         int32_t n = lengths[li];
@@ -60,7 +69,7 @@ int main(int argc, char **argv) {
             for (int th = 0; th < 2; th++) {
                 lorac_kernels_set_threads(th + 1);
                 double t0 = now_us();
-                for (int c = 0; c < CALLS; c++) lorac_attention_forward(out, scratch, q, k_rows, v_rows, &n, 1, H, KVH, hd);
+                for (int c = 0; c < CALLS; c++) lorac_attention_forward(out, scratch, q, k_rows, v_rows, dt, &n, 1, H, KVH, hd);
                 t[th][r] = (now_us() - t0) / CALLS;
             }
         qsort(t[0], ROUNDS, sizeof(double), cmp_double);
@@ -68,6 +77,6 @@ int main(int argc, char **argv) {
         double one = t[0][ROUNDS / 2], two = t[1][ROUNDS / 2];
         printf("| %d | %lld | %.2f | %.2f | %.2f |\n", n, (long long)(n * H * hd), one, two, two / one);
     }
-    free(k); free(v); free(q); free(out); free(scratch);
+    free(k); free(v); free(kst); free(vst); free(q); free(out); free(scratch);
     return 0;
 }

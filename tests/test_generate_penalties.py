@@ -1,6 +1,8 @@
 """`lorac generate`'s sampling options: the repetition, frequency and
 presence penalties, greedy, against a reference decoding loop in torch;
---stop strings against plain greedy output cut at the earliest match.
+--stop strings against plain greedy output cut at the earliest match;
+greedy decoding from a BF16 and an F16 KV cache (--kv-cache-dtype) against
+the same loop with its keys and values rounded as such a cache stores them.
 
 The real stories260K model (converted from the fixtures with `lorac
 convert`) decodes a prompt greedily under each set of penalties; the
@@ -40,10 +42,10 @@ def penalised_argmax(logits, prompt_ids, output_ids, rep, freq, pres):
     return int(torch.argmax(x))
 
 
-def reference_text(model_dir, c, w, prompt_ids, rep, freq, pres):
+def reference_text(model_dir, c, w, prompt_ids, rep, freq, pres, kv_dtype=None):
     ids, out = list(prompt_ids), []
     for _ in range(N):
-        logits = hm.llama_forward(w, c, torch.tensor(ids))[-1]
+        logits = hm.llama_forward(w, c, torch.tensor(ids), kv_dtype=kv_dtype)[-1]
         t = penalised_argmax(logits, prompt_ids, out, rep, freq, pres)
         out.append(t)
         ids.append(t)
@@ -86,6 +88,17 @@ def main():
         got = lorac(*flags)
         ok = got.lstrip(" ") == want.lstrip(" ") and got != plain
         r.record(name, ok, f"lorac {got!r}\n    torch {want!r}" + ("" if got != plain else " (same as no penalty)"))
+
+    # a BF16 or F16 KV cache: the keys and values of each position, rounded once as they are stored, are what
+    # every later token reads; the reference recomputes them each step and rounds them the same way
+    for kv_name, kv_t in (("bf16", torch.bfloat16), ("f16", torch.float16)):
+        want, _ = reference_text(model, c, w, prompt_ids, 1.0, 0.0, 0.0, kv_dtype=kv_t)
+        got = lorac("--kv-cache-dtype", kv_name)
+        r.record(f"greedy from a {kv_name} KV cache", got.lstrip(" ") == want.lstrip(" "),
+                 f"lorac {got!r}\n    torch {want!r}")
+    st, _, err = ch.run(["generate", "-m", model, "-p", "x", "--kv-cache-dtype", "q8_0"])
+    r.record("refused --kv-cache-dtype q8_0", st == 2 and "--kv-cache-dtype expects f32, bf16 or f16" in err,
+             f"exit {st}: {err.strip()}")
 
     # sampling with the penalties and min-p: runs, reproducible by seed, differs by seed
     def sampled(seed):

@@ -5,6 +5,11 @@ $LORAC_TEST_TMP/logits_parity/; for each, `$LORAC_BIN logits -m DIR --ids "..."
 -o OUT.npy` must give float32 [T, vocab] logits with
 max|lorac - ref| / max|ref| <= 1e-5 (F32 weights) or 1e-2 (BF16/F16 weights),
 where ref is the float64 forward of the stored weight values.
+Some models run again with `--kv-cache-dtype bf16` and `f16`, against the
+reference with its keys and values rounded as such a cache stores them
+(through float32: a value within float32's error of a rounding boundary
+may round the other way, so the bound is 1e-4), and must differ from the
+unrounded reference by more than that bound (else the flag did nothing).
 Then malformed model directories must fail with exit code 1 and a message
 naming the offending tensor.
 
@@ -30,6 +35,9 @@ LORAC = os.environ.get("LORAC_BIN") or os.path.join(SRC, "build", "lorac")
 TMP = os.path.join(os.environ.get("LORAC_TEST_TMP") or os.path.join(SRC, "build", "test-tmp"), "logits_parity")
 
 TOL = {"F32": 1e-5, "BF16": 1e-2, "F16": 1e-2}
+KV_TOL = 1e-4
+# the cases run again with a BF16 and an F16 KV cache
+KV_CASES = {"llama-gqa-tied-f32", "llama-bias-gqa-bf16", "qwen2-mqa-tied-f32", "mistral-headdim-f16"}
 
 
 def cfg(D, F, L, H, KV, V, **kw):
@@ -89,6 +97,27 @@ def run_lorac(args):
     return p.returncode, p.stdout, p.stderr
 
 
+def kv_case(name, d, c, w, ids):
+    """lorac logits with a BF16 and an F16 KV cache against the reference
+    rounding its keys and values the same way."""
+    for kv_name, kv_t in (("bf16", torch.bfloat16), ("f16", torch.float16)):
+        case = f"{name}-kv-{kv_name}"
+        ref = hm.llama_forward(w, c, ids, kv_dtype=kv_t).numpy()
+        plain = hm.llama_forward(w, c, ids).numpy()
+        out = os.path.join(d, f"logits-kv-{kv_name}.npy")
+        args = ["logits", "-m", d, "--ids", " ".join(map(str, ids)), "-o", out, "--kv-cache-dtype", kv_name]
+        rc, _, err = run_lorac(args)
+        if rc != 0:
+            record(case, False, f"lorac exited {rc}: {err.strip()[-2000:]}")
+            continue
+        got = np.load(out).astype(np.float64)
+        r = float(np.abs(got - ref).max() / np.abs(ref).max())
+        r_plain = float(np.abs(got - plain).max() / np.abs(plain).max())
+        record(case, r <= KV_TOL and r_plain > 1.5 * KV_TOL,
+               f"rel={r:.2e} against the rounded reference (tol {KV_TOL:.0e}), {r_plain:.2e} against the unrounded "
+               f"one (must exceed {1.5 * KV_TOL:.1e})")
+
+
 def parity_case(name, shape, kw, T, seed):
     d = os.path.join(TMP, name)
     shutil.rmtree(d, ignore_errors=True)
@@ -126,6 +155,8 @@ def parity_case(name, shape, kw, T, seed):
     record(name, r <= tol,
            f"max|d|={diff.max():.3e} max|ref|={np.abs(ref).max():.3f} rel={r:.2e} (tol {tol:.0e}) "
            f"worst at t={t} v={v}; argmax agrees {same_argmax}/{T}")
+    if name in KV_CASES:
+        kv_case(name, d, c, w, ids)
 
 
 def error_case(name, d, want_patterns):

@@ -101,15 +101,36 @@ static void check_reference(const outputs_t *o, int rows) {
 /* Inference attention over a KV cache (grouped-query, 6 query heads on 2
  * kv heads): three queries seeing 1, 57 and 300 cached positions, against
  * double, and the same bits for 1, 2 and 3 threads (a one-query decode
- * step is threaded too once the cache is long). */
-static void check_attention(void) {
-    enum { AT = 3, AH = 6, AKVH = 2, AHD = 64, ACTX = 300 };
-    static float q[AT * AH * AHD], kc[ACTX * AKVH * AHD], vc[ACTX * AKVH * AHD], out[AT * AH * AHD],
-        first[AT * AH * AHD], scratch[3 * ACTX];
+ * step is threaded too once the cache is long); for an F32 cache and for
+ * BF16 and F16 ones, whose reference reads the values as stored (rounded
+ * by lorac_kv_store, checked against the scalar conversions here). */
+static void check_attention_dtype(lorac_dtype_t dt) {
+    enum { AT = 3, AH = 6, AKVH = 2, AHD = 64, ACTX = 300, NKV = ACTX * AKVH * AHD };
+    static float q[AT * AH * AHD], kc[NKV], vc[NKV], kw[NKV], vw[NKV], out[AT * AH * AHD], first[AT * AH * AHD],
+        scratch[3 * ACTX];
+    static uint32_t kst[NKV], vst[NKV]; /* the cache in its dtype (4 bytes a value at most) */
     static double ref[AT * AH * AHD];
+    const char *name = lorac_dtype_name(dt);
     for (int i = 0; i < AT * AH * AHD; i++) q[i] = frand();
-    for (int i = 0; i < ACTX * AKVH * AHD; i++) kc[i] = frand(), vc[i] = frand();
-    const float *krows[AT] = {kc, kc, kc}, *vrows[AT] = {vc, vc, vc};
+    for (int i = 0; i < NKV; i++) kc[i] = frand(), vc[i] = frand();
+    lorac_kv_store(kst, dt, kc, NKV);
+    lorac_kv_store(vst, dt, vc, NKV);
+    int bad_store = 0;
+    for (int i = 0; i < NKV; i++) { /* the values as the cache holds them, widened */
+        const uint16_t *k16 = (const uint16_t *)kst, *v16 = (const uint16_t *)vst;
+        if (dt == LORAC_DTYPE_BF16) {
+            kw[i] = lorac_bf16_to_f32(k16[i]), vw[i] = lorac_bf16_to_f32(v16[i]);
+            bad_store += k16[i] != lorac_f32_to_bf16(kc[i]) || v16[i] != lorac_f32_to_bf16(vc[i]);
+        } else if (dt == LORAC_DTYPE_F16) {
+            kw[i] = lorac_f16_to_f32(k16[i]), vw[i] = lorac_f16_to_f32(v16[i]);
+            bad_store += k16[i] != lorac_f32_to_f16(kc[i]) || v16[i] != lorac_f32_to_f16(vc[i]);
+        } else {
+            memcpy(&kw[i], &kst[i], 4), memcpy(&vw[i], &vst[i], 4);
+            bad_store += kw[i] != kc[i] || vw[i] != vc[i];
+        }
+    }
+    CHECK_MSG(bad_store == 0, "%s cache: %d values stored otherwise than the scalar conversion", name, bad_store);
+    const void *krows[AT] = {kst, kst, kst}, *vrows[AT] = {vst, vst, vst};
     int32_t n_ctx[AT] = {1, 57, ACTX};
     for (int t = 0; t < AT; t++)
         for (int h = 0; h < AH; h++) {
@@ -118,13 +139,13 @@ static void check_attention(void) {
             double sc[ACTX], mx = -INFINITY, sum = 0;
             for (int p = 0; p < n_ctx[t]; p++) {
                 double d = 0;
-                for (int i = 0; i < AHD; i++) d += (double)qv[i] * kc[(p * AKVH + kvh) * AHD + i];
+                for (int i = 0; i < AHD; i++) d += (double)qv[i] * kw[(p * AKVH + kvh) * AHD + i];
                 sc[p] = d / sqrt((double)AHD), mx = fmax(mx, sc[p]);
             }
             for (int p = 0; p < n_ctx[t]; p++) sum += sc[p] = exp(sc[p] - mx);
             for (int i = 0; i < AHD; i++) {
                 double o = 0;
-                for (int p = 0; p < n_ctx[t]; p++) o += sc[p] / sum * vc[(p * AKVH + kvh) * AHD + i];
+                for (int p = 0; p < n_ctx[t]; p++) o += sc[p] / sum * vw[(p * AKVH + kvh) * AHD + i];
                 ref[(t * AH + h) * AHD + i] = o;
             }
         }
@@ -132,19 +153,25 @@ static void check_attention(void) {
         int t0 = AT - rows;
         for (int threads = 1; threads <= 3; threads++) {
             lorac_kernels_set_threads(threads);
-            lorac_attention_forward(out, scratch, q + t0 * AH * AHD, krows + t0, vrows + t0, n_ctx + t0, rows, AH,
+            lorac_attention_forward(out, scratch, q + t0 * AH * AHD, krows + t0, vrows + t0, dt, n_ctx + t0, rows, AH,
                                     AKVH, AHD);
             if (threads == 1) {
                 double e = rel_err(out, ref + t0 * AH * AHD, rows * AH * AHD);
-                printf("  attention, %d %s: %.2g\n", rows, rows == 1 ? "query" : "queries", e);
-                CHECK_MSG(e < 1e-5, "attention error %g", e);
+                printf("  attention, %s cache, %d %s: %.2g\n", name, rows, rows == 1 ? "query" : "queries", e);
+                CHECK_MSG(e < 1e-5, "attention (%s cache) error %g", name, e);
                 memcpy(first, out, sizeof out);
             } else {
                 CHECK_MSG(memcmp(first, out, sizeof(float) * (size_t)(rows * AH * AHD)) == 0,
-                          "attention, %d queries: %d threads differ from 1 in some bit", rows, threads);
+                          "attention (%s cache), %d queries: %d threads differ from 1 in some bit", name, rows, threads);
             }
         }
     }
+}
+
+static void check_attention(void) {
+    check_attention_dtype(LORAC_DTYPE_F32);
+    check_attention_dtype(LORAC_DTYPE_BF16);
+    check_attention_dtype(LORAC_DTYPE_F16);
 }
 
 /* The double-precision loss of one row of logits z (V) with the given

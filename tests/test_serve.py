@@ -768,8 +768,14 @@ def test_second_server(model):
     plain = os.path.join(TMP, "plain-model")
     shutil.copytree(model, plain)
     os.remove(os.path.join(plain, "tokenizer_config.json"))
-    s = Server(["-m", plain, "--served-model-name", "tiny"], os.path.join(TMP, "server2.log"))
+    # this one keeps its KV cache in bf16: its greedy completions are generate's with the same cache
+    s = Server(["-m", plain, "--served-model-name", "tiny", "--kv-cache-dtype", "bf16"], os.path.join(TMP, "server2.log"))
     try:
+        r = complete(s.port, {"model": "tiny", "prompt": PROMPTS[1], "max_tokens": 24, "temperature": 0})
+        want = generate(plain, None, PROMPTS[1], 24, ["--kv-cache-dtype", "bf16"])
+        check(r["status"] == 200 and r["text"] == want, f"bf16 KV cache: serve {r.get('text')!r}, generate {want!r}")
+        check(re.search(r"KV cache [0-9.]+ MB, BF16", open(os.path.join(TMP, "server2.log")).read()) is not None,
+              "the start line names the KV cache's size and dtype")
         st, _, data = post(s.port, "/v1/load_lora_adapter", {"lora_name": "x"})
         check(st == 404 and is_error_object(data, st), f"admin endpoints off without --allow-admin: {st}")
         st, _, data = post(s.port, "/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "x"}]})

@@ -17,6 +17,8 @@ void cli_check(lorac_status_t status);
 const char *cli_value(int argc, char **argv, int *i, const char *cmd);
 int64_t cli_int(const char *cmd, const char *flag, const char *value, int64_t lo, int64_t hi);
 double cli_float(const char *cmd, const char *flag, const char *value, double lo, double hi);
+/* --kv-cache-dtype's value: f32, bf16 or f16 (any case); else a usage error. */
+lorac_dtype_t cli_kv_dtype(const char *cmd, const char *flag, const char *value);
 /* 1 when argv[i] is -h or --help. */
 int cli_is_help(const char *arg);
 
@@ -52,7 +54,8 @@ typedef struct {
     int32_t *pos, *seq;
     int8_t *want;    /* all 1 */
 } cli_logits_run_t;
-void cli_logits_run_init(cli_logits_run_t *r, const struct lorac_model *model, cli_adapters_t *a, int32_t n_ctx,
+void cli_logits_run_init(cli_logits_run_t *r, const struct lorac_model *model, cli_adapters_t *a, lorac_dtype_t kv_dtype,
+                         int32_t n_ctx,
                          int32_t n_batch);
 void cli_logits_run_free(cli_logits_run_t *r, cli_adapters_t *a);
 

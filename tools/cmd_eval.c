@@ -98,7 +98,7 @@ int cmd_eval(int argc, char **argv) {
     /* one example at a time, its logits in chunks of n_batch positions */
     int32_t n_batch = dp.seq_len + 1 < 512 ? dp.seq_len + 1 : 512;
     cli_logits_run_t r;
-    cli_logits_run_init(&r, model, &adapters, dp.seq_len + 1, n_batch);
+    cli_logits_run_init(&r, model, &adapters, LORAC_DTYPE_F32, dp.seq_len + 1, n_batch);
 
     double t0 = lorac_seconds(), loss = 0.0;
     int64_t n_targets = 0, n_tokens = 0;

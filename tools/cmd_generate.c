@@ -38,6 +38,7 @@ static const char *k_usage =
     "                       ends), keeping the conversation and the cache of its unchanged tokens\n"
     "  --chat-template T    " LORAC_CHAT_TEMPLATES " (default: from tokenizer_config.json)\n"
     "  -c, --ctx N          context length (default: prompt + n, capped at the model's maximum)\n"
+    "  --kv-cache-dtype T   f32 (default), bf16 or f16: the KV cache's values; bf16/f16 halve its memory\n"
     "  -t, --threads N      compute threads (default: all cores)\n";
 
 /* --chat: the template and the strings it writes, settled once. */
@@ -261,6 +262,7 @@ static void add_logit_bias(logit_biases_t *b, const char *arg) {
 int cmd_generate(int argc, char **argv) {
     const char *model_dir = NULL, *prompt = NULL, *prompt_file = NULL;
     int64_t n_predict = 128, n_ctx_flag = 0;
+    lorac_dtype_t kv_dtype = LORAC_DTYPE_F32;
     int ignore_eos = 0, threads = 0, chat = 0, interactive_mode = 0;
     const char *system = NULL, *tpl_flag = NULL;
     lorac_sampler_params_t sp = lorac_sampler_default_params();
@@ -298,6 +300,7 @@ int cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "-i") || !strcmp(a, "--interactive")) interactive_mode = 1;
         else if (!strcmp(a, "--system")) system = cli_value(argc, argv, &i, "generate");
         else if (!strcmp(a, "--chat-template")) tpl_flag = cli_value(argc, argv, &i, "generate");
+        else if (!strcmp(a, "--kv-cache-dtype")) kv_dtype = cli_kv_dtype("generate", a, cli_value(argc, argv, &i, "generate"));
         else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) n_ctx_flag = cli_int("generate", a, cli_value(argc, argv, &i, "generate"), 1, 1 << 24);
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) threads = (int)cli_int("generate", a, cli_value(argc, argv, &i, "generate"), 1, 1024);
         else cli_usage_error("generate", "unknown option '%s'", a);
@@ -345,6 +348,7 @@ int cmd_generate(int argc, char **argv) {
 
     lorac_context_params_t cp = lorac_context_default_params();
     cp.n_ctx = (int32_t)n_ctx;
+    cp.kv_dtype = kv_dtype;
     cp.n_batch = (int32_t)(interactive_mode || n_ids >= 512 ? 512 : n_ids);
     lorac_context_t *ctx;
     cli_check(lorac_context_init(model, cp, &ctx));

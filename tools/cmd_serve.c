@@ -24,6 +24,7 @@ static const char *k_usage =
     "  --max-seqs N             sequences decoded together (KV slots; default 8)\n"
     "  --ctx N                  positions per sequence, prompt + completion (default 2048, capped at the model's)\n"
     "  --batch N                most tokens in one forward pass (default 512)\n"
+    "  --kv-cache-dtype T       f32 (default), bf16 or f16: the KV cache's values; bf16/f16 halve its memory\n"
     "  --max-queue N            requests waiting beyond --max-seqs before 429 (default 64)\n"
     "  --host ADDR              address to listen on (default 127.0.0.1: this machine only)\n"
     "  --port N                 port (default 8000; 0 = any free port, printed at start)\n"
@@ -64,6 +65,7 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--max-loras")) ep.max_loras = (int32_t)cli_int("serve", a, VAL(), 1, 4096);
         else if (!strcmp(a, "--max-seqs")) ep.max_seqs = (int32_t)cli_int("serve", a, VAL(), 1, 4096);
         else if (!strcmp(a, "--ctx")) ep.n_ctx = (int32_t)cli_int("serve", a, VAL(), 2, 1 << 24);
+        else if (!strcmp(a, "--kv-cache-dtype")) ep.kv_dtype = cli_kv_dtype("serve", a, VAL());
         else if (!strcmp(a, "--batch")) ep.n_batch = (int32_t)cli_int("serve", a, VAL(), 1, 1 << 20);
         else if (!strcmp(a, "--max-queue")) ep.max_queue = (int32_t)cli_int("serve", a, VAL(), 0, 1 << 20);
         else if (!strcmp(a, "--host")) hp.host = VAL();
@@ -138,11 +140,14 @@ int cmd_serve(int argc, char **argv) {
     fflush(stdout);
     lorac_adapter_info_t info[1];
     int32_t n_adapters = lorac_engine_list_adapters(engine, info, 0);
-    fprintf(stderr, "lorac serve: model '%s' (%s), %d adapter%s%s%s, chat template %s, %d slots x %d positions, "
-            "%s kernels x %d threads%s\n", name, model_dir, n_adapters, n_adapters == 1 ? "" : "s",
-            adapters ? " in " : "", adapters ? adapters : "", chat.tpl ? chat.tpl : "none", ep.max_seqs,
-            lorac_engine_n_ctx(engine), lorac_kernels_isa(), lorac_kernels_get_threads(),
-            hp.allow_admin ? ", admin endpoints on" : "");
+    const lorac_model_config_t *mc = lorac_model_get_config(model);
+    double kv_mb = 2.0 * ep.max_seqs * lorac_engine_n_ctx(engine) * mc->n_layers * mc->n_kv_heads * mc->head_dim *
+                   (double)lorac_dtype_size(ep.kv_dtype) / 1e6; /* keys and values */
+    fprintf(stderr, "lorac serve: model '%s' (%s), %d adapter%s%s%s, chat template %s, %d slots x %d positions "
+            "(KV cache %.1f MB, %s), %s kernels x %d threads%s\n", name, model_dir, n_adapters,
+            n_adapters == 1 ? "" : "s", adapters ? " in " : "", adapters ? adapters : "", chat.tpl ? chat.tpl : "none",
+            ep.max_seqs, lorac_engine_n_ctx(engine), kv_mb, lorac_dtype_name(ep.kv_dtype), lorac_kernels_isa(),
+            lorac_kernels_get_threads(), hp.allow_admin ? ", admin endpoints on" : "");
 
     int sig = 0;
     while (sigwait(&stop_signals, &sig) != 0) {}

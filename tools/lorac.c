@@ -1,5 +1,6 @@
 /* lorac — LoRA fine-tuning and serving for transformer models. Thin: parses
  * the command name and hands the rest of argv to tools/cmd_*.c. */
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -91,6 +92,16 @@ double cli_float(const char *cmd, const char *flag, const char *value, double lo
     return v;
 }
 
+lorac_dtype_t cli_kv_dtype(const char *cmd, const char *flag, const char *value) {
+    lorac_dtype_t t;
+    char up[8] = {0};
+    for (size_t i = 0; value[i] && i + 1 < sizeof up; i++) up[i] = (char)toupper((unsigned char)value[i]);
+    if (strlen(value) >= sizeof up || lorac_dtype_parse(up, &t) ||
+        (t != LORAC_DTYPE_F32 && t != LORAC_DTYPE_BF16 && t != LORAC_DTYPE_F16))
+        cli_usage_error(cmd, "%s expects f32, bf16 or f16, got '%s'", flag, value);
+    return t;
+}
+
 int cli_is_help(const char *arg) { return strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0; }
 
 int32_t *cli_parse_ids(const char *cmd, const char *text, int32_t *n_out) {
@@ -169,10 +180,10 @@ void cli_free_adapters(cli_adapters_t *a, void **loaded) {
     }
 }
 
-void cli_logits_run_init(cli_logits_run_t *r, const struct lorac_model *model, cli_adapters_t *a, int32_t n_ctx,
-                         int32_t n_batch) {
+void cli_logits_run_init(cli_logits_run_t *r, const struct lorac_model *model, cli_adapters_t *a, lorac_dtype_t kv_dtype,
+                         int32_t n_ctx, int32_t n_batch) {
     memset(r, 0, sizeof *r);
-    lorac_context_params_t cp = {.n_ctx = n_ctx, .n_seq = 1, .n_batch = n_batch};
+    lorac_context_params_t cp = {.n_ctx = n_ctx, .n_seq = 1, .n_batch = n_batch, .kv_dtype = kv_dtype};
     cli_check(lorac_context_init(model, cp, &r->ctx));
     cli_attach_adapters(a, model, r->ctx, r->loaded);
     r->logits = malloc(sizeof(float) * (size_t)n_batch * (size_t)lorac_model_get_config(model)->vocab_size);

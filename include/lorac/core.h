@@ -93,7 +93,22 @@ static inline float lorac_bf16_to_f32(uint16_t h) {
     return f;
 }
 uint16_t lorac_f32_to_bf16(float f);
-float lorac_f16_to_f32(uint16_t h);
+/* f16 widened without branches on the value, so that loops over f16 data
+ * (a KV cache, norm weights) vectorise: the exponent and mantissa bits put
+ * in f32 position read as 2^(e-127)·1.m (or, for e = 0, the subnormal
+ * m·2^-149), and the product by 2^112 rebiases them exactly to 2^(e-15)·1.m
+ * (or m·2^-24); exponent 31 (inf, NaN) is set apart. */
+static inline float lorac_f16_to_f32(uint16_t h) {
+    uint32_t em = (uint32_t)(h & 0x7fffu) << 13, bits;
+    float f;
+    memcpy(&f, &em, sizeof f);
+    f *= 0x1p112f;
+    memcpy(&bits, &f, sizeof bits);
+    if ((h & 0x7c00u) == 0x7c00u) bits = em | 0x7f800000u;
+    bits |= (uint32_t)(h & 0x8000u) << 16;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
 uint16_t lorac_f32_to_f16(float f);
 
 /* Checked arithmetic: return 0 on success, -1 on overflow. */

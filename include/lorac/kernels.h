@@ -149,13 +149,17 @@ void lorac_softmax_forward(float *x, int64_t T, int64_t n);
 
 /* Causal grouped-query attention over a KV cache.
  * out and q are (T, H, hd). For token t, k_cache[t] / v_cache[t] point at the
- * cache of its sequence, laid out (ctx, KVH, hd), of which rows
- * 0 .. n_ctx[t]-1 are visible to it (its own row included). Query head h uses
- * kv head h / (H/KVH). Scale 1/sqrt(hd). scratch holds
+ * cache of its sequence, laid out (ctx, KVH, hd) in kv_dtype (F32, BF16 or
+ * F16, widened to f32 as they are read), of which rows 0 .. n_ctx[t]-1 are
+ * visible to it (its own row included). Query head h uses kv head
+ * h / (H/KVH). Scale 1/sqrt(hd). scratch holds
  * lorac_kernels_get_threads() * max(n_ctx) floats. */
 void lorac_attention_forward(float *out, float *scratch, const float *q,
-                             const float *const *k_cache, const float *const *v_cache,
+                             const void *const *k_cache, const void *const *v_cache, lorac_dtype_t kv_dtype,
                              const int32_t *n_ctx, int64_t T, int64_t H, int64_t KVH, int64_t hd);
+/* Stores src (n) at dst in a KV cache's dtype: F32 copied, BF16 and F16
+ * rounded to nearest even. */
+void lorac_kv_store(void *dst, lorac_dtype_t dtype, const float *src, int64_t n);
 
 /* ---- training kernels (backward passes accumulate: +=) -------------------- */
 /* x, dx, dout are (T,C); w, dw are (C) (dw f32, may be NULL); rstd (T) from forward. */

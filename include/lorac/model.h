@@ -99,6 +99,8 @@ typedef struct {
     int32_t n_ctx;          /* KV cache positions per sequence */
     int32_t n_seq;          /* sequences that can be in flight at once */
     int32_t n_batch;        /* most tokens in one lorac_context_decode call */
+    lorac_dtype_t kv_dtype; /* KV cache values: F32 (0, the default), or BF16 / F16 (half the memory;
+                               keys and values rounded to nearest even as they are stored) */
 } lorac_context_params_t;
 
 lorac_context_params_t lorac_context_default_params(void);
@@ -107,7 +109,9 @@ typedef struct lorac_context lorac_context_t;
 struct lorac_adapter; /* lorac/lora.h */
 
 /* Allocates the KV cache (n_seq * n_ctx positions) and activation buffers
- * (n_batch tokens) once, up front. The model must outlive the context. */
+ * (n_batch tokens) once, up front. The model must outlive the context.
+ * INVALID_ARG for a non-positive size or a kv_dtype other than F32, BF16,
+ * F16; NOMEM when the cache does not fit. */
 lorac_status_t lorac_context_init(const lorac_model_t *model, lorac_context_params_t params,
                                   lorac_context_t **out);
 void lorac_context_free(lorac_context_t *ctx);

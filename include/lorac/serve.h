@@ -113,6 +113,7 @@ typedef struct {
     int32_t max_queue;       /* requests waiting for a slot beyond max_seqs; more → BUSY */
     int32_t max_loras;       /* adapters kept in memory */
     const char *adapters_dir;/* NULL: base model only */
+    lorac_dtype_t kv_dtype;  /* KV cache values: F32 (0, the default), BF16 or F16 (half the memory) */
 } lorac_engine_params_t;
 
 /* max_seqs 8, n_ctx 2048 (clamped to the model's), n_batch 512, max_queue 64, max_loras 8. */

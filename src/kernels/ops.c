@@ -144,23 +144,75 @@ void lorac_softmax_forward(float *x, int64_t T, int64_t n) {
 /* Cache positions fetched ahead by the attention loops. */
 #define KV_PREFETCH 8
 
-/* Asks for the cache lines of n floats at p (a hint; no fault if unmapped). */
-static inline void prefetch_row(const float *p, int64_t n) {
-    for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(p + i);
+/* Asks for the cache lines of n bytes at p (a hint; no fault if unmapped). */
+static inline void prefetch_bytes(const void *p, int64_t n) {
+    for (int64_t i = 0; i < n; i += 64) __builtin_prefetch((const char *)p + i);
+}
+
+/* q · row for one cache row of hd values stored as F32, BF16 or F16. The
+ * narrow forms widen inline, so each loop vectorises. */
+static inline float kv_dot(const float *q, const void *row, lorac_dtype_t dt, int64_t hd) {
+    float s = 0.0f;
+    if (dt == LORAC_DTYPE_BF16) {
+        const uint16_t *r = row;
+        #pragma omp simd reduction(+ : s)
+        for (int64_t i = 0; i < hd; i++) s += q[i] * lorac_bf16_to_f32(r[i]);
+    } else if (dt == LORAC_DTYPE_F16) {
+        const uint16_t *r = row;
+        #pragma omp simd reduction(+ : s)
+        for (int64_t i = 0; i < hd; i++) s += q[i] * lorac_f16_to_f32(r[i]);
+    } else {
+        s = dot_f32(q, row, hd);
+    }
+    return s;
+}
+
+/* o += w · row, the row as in kv_dot. */
+static inline void kv_axpy(float *o, float w, const void *row, lorac_dtype_t dt, int64_t hd) {
+    if (dt == LORAC_DTYPE_BF16) {
+        const uint16_t *r = row;
+        #pragma omp simd
+        for (int64_t i = 0; i < hd; i++) o[i] += w * lorac_bf16_to_f32(r[i]);
+    } else if (dt == LORAC_DTYPE_F16) {
+        const uint16_t *r = row;
+        #pragma omp simd
+        for (int64_t i = 0; i < hd; i++) o[i] += w * lorac_f16_to_f32(r[i]);
+    } else {
+        const float *r = row;
+        #pragma omp simd
+        for (int64_t i = 0; i < hd; i++) o[i] += w * r[i];
+    }
+}
+
+// dst (n) = src (n) in the KV cache's dtype (BF16 and F16 rounded to nearest
+// even).
+LORAC_MULTIVERSION
+void lorac_kv_store(void *dst, lorac_dtype_t dtype, const float *src, int64_t n) {
+    if (dtype == LORAC_DTYPE_BF16) {
+        uint16_t *d = dst;
+        for (int64_t i = 0; i < n; i++) d[i] = lorac_f32_to_bf16(src[i]);
+    } else if (dtype == LORAC_DTYPE_F16) {
+        uint16_t *d = dst;
+        for (int64_t i = 0; i < n; i++) d[i] = lorac_f32_to_f16(src[i]);
+    } else {
+        memcpy(dst, src, sizeof(float) * (size_t)n);
+    }
 }
 
 // out, q are (T, H, hd); for token t, k_cache[t] and v_cache[t] point at its
-// sequence's cache rows (n_ctx[t], KVH, hd). Query head h reads kv head
-// h / (H / KVH) (grouped-query attention). Causality is given by n_ctx[t]:
-// token t sees cache rows 0 .. n_ctx[t]-1, which hold itself and its past.
+// sequence's cache rows (n_ctx[t], KVH, hd) of kv_dtype (F32, BF16, F16).
+// Query head h reads kv head h / (H / KVH) (grouped-query attention).
+// Causality is given by n_ctx[t]: token t sees cache rows 0 .. n_ctx[t]-1,
+// which hold itself and its past.
 LORAC_MULTIVERSION
 void lorac_attention_forward(float *out, float *scratch, const float *q,
-                             const float *const *k_cache, const float *const *v_cache,
+                             const void *const *k_cache, const void *const *v_cache, lorac_dtype_t kv_dtype,
                              const int32_t *n_ctx, int64_t T, int64_t H, int64_t KVH, int64_t hd) {
     int64_t group = H / KVH;
     int32_t max_ctx = 0;
     for (int64_t t = 0; t < T; t++) max_ctx = n_ctx[t] > max_ctx ? n_ctx[t] : max_ctx;
     float scale = 1.0f / sqrtf((float)hd);
+    int64_t row = hd * (int64_t)lorac_dtype_size(kv_dtype); /* bytes of one head's row */
     int n_threads = lorac_kernels_get_threads();
     /* Threaded from ATTENTION_PARALLEL_MIN_ELEMS cache values read: a decode
      * step's single query still reads every cached key and value of its
@@ -180,9 +232,10 @@ void lorac_attention_forward(float *out, float *scratch, const float *q,
             /* One head's rows lie KVH·hd apart, a stride the hardware
              * prefetchers do not follow: fetch the rows KV_PREFETCH
              * positions ahead while these are used. */
+            const char *krows = k_cache[t], *vrows = v_cache[t];
             for (int32_t p = 0; p < n; p++) {
-                if (p + KV_PREFETCH < n) prefetch_row(k_cache[t] + ((int64_t)(p + KV_PREFETCH) * KVH + kvh) * hd, hd);
-                float s = dot_f32(qv, k_cache[t] + ((int64_t)p * KVH + kvh) * hd, hd) * scale;
+                if (p + KV_PREFETCH < n) prefetch_bytes(krows + ((int64_t)(p + KV_PREFETCH) * KVH + kvh) * row, row);
+                float s = kv_dot(qv, krows + ((int64_t)p * KVH + kvh) * row, kv_dtype, hd) * scale;
                 scores[p] = s;
                 mx = s > mx ? s : mx;
             }
@@ -192,11 +245,8 @@ void lorac_attention_forward(float *out, float *scratch, const float *q,
             for (int32_t p = 0; p < n; p++) { scores[p] = softmax_expf(scores[p] - mx); sum += scores[p]; }
             float inv = 1.0f / sum;
             for (int32_t p = 0; p < n; p++) {
-                if (p + KV_PREFETCH < n) prefetch_row(v_cache[t] + ((int64_t)(p + KV_PREFETCH) * KVH + kvh) * hd, hd);
-                const float *vv = v_cache[t] + ((int64_t)p * KVH + kvh) * hd;
-                float w = scores[p] * inv;
-                #pragma omp simd
-                for (int64_t i = 0; i < hd; i++) o[i] += w * vv[i];
+                if (p + KV_PREFETCH < n) prefetch_bytes(vrows + ((int64_t)(p + KV_PREFETCH) * KVH + kvh) * row, row);
+                kv_axpy(o, scores[p] * inv, vrows + ((int64_t)p * KVH + kvh) * row, kv_dtype, hd);
             }
         }
     }

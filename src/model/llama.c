@@ -22,7 +22,8 @@ struct lorac_context {
     const lorac_model_t *model;
     lorac_context_params_t params;
     int64_t kv_dim;            /* n_kv_heads * head_dim */
-    float *k_cache, *v_cache;  /* (n_seq, n_layers, n_ctx, kv_dim) */
+    size_t kv_size;            /* bytes of one cached value (params.kv_dtype) */
+    void *k_cache, *v_cache;   /* (n_seq, n_layers, n_ctx, kv_dim) of params.kv_dtype */
     int32_t *seq_len;          /* (n_seq) cached positions */
     int32_t *seq_seen;         /* (n_seq) scratch for batch validation */
     /* activations for n_batch tokens */
@@ -33,7 +34,7 @@ struct lorac_context {
     float *rope_cs;
     float *att_scratch;        /* att_threads * n_ctx attention scores */
     int att_threads;
-    const float **k_rows, **v_rows;
+    const void **k_rows, **v_rows;
     int32_t *n_visible;
     /* unmerged LoRA adapters applied to every projection */
     const lorac_adapter_t *adapters[MAX_ADAPTERS];
@@ -70,16 +71,21 @@ lorac_status_t lorac_context_init(const lorac_model_t *model, lorac_context_para
     const lorac_model_config_t *c = &model->config;
     if (p.n_ctx < 1 || p.n_seq < 1 || p.n_batch < 1)
         return lorac_error(LORAC_STATUS_INVALID_ARG, "context: n_ctx, n_seq and n_batch must be positive");
+    if (p.kv_dtype != LORAC_DTYPE_F32 && p.kv_dtype != LORAC_DTYPE_BF16 && p.kv_dtype != LORAC_DTYPE_F16)
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "context: KV cache dtype %s (F32, BF16 or F16)",
+                           lorac_dtype_name(p.kv_dtype) ? lorac_dtype_name(p.kv_dtype) : "out of range");
     lorac_context_t *ctx = calloc(1, sizeof *ctx);
     if (!ctx) return lorac_error(LORAC_STATUS_NOMEM, "out of memory for the context");
     ctx->model = model;
     ctx->params = p;
     ctx->kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
+    ctx->kv_size = lorac_dtype_size(p.kv_dtype);
     int64_t B = p.n_batch, D = c->hidden_size, Q = (int64_t)c->n_heads * c->head_dim;
     int64_t cache = (int64_t)p.n_seq * c->n_layers * p.n_ctx * ctx->kv_dim;
     int failed = 0;
-    ctx->k_cache = alloc_floats(cache, &failed);
-    ctx->v_cache = alloc_floats(cache, &failed);
+    ctx->k_cache = malloc(ctx->kv_size * (size_t)cache);
+    ctx->v_cache = malloc(ctx->kv_size * (size_t)cache);
+    if (!ctx->k_cache || !ctx->v_cache) failed = 1;
     ctx->x = alloc_floats(B * D, &failed);
     ctx->xn = alloc_floats(B * D, &failed);
     ctx->q = alloc_floats(B * Q, &failed);
@@ -94,8 +100,8 @@ lorac_status_t lorac_context_init(const lorac_model_t *model, lorac_context_para
      * thread count is raised later) */
     ctx->att_threads = lorac_kernels_get_threads();
     ctx->att_scratch = alloc_floats((int64_t)ctx->att_threads * p.n_ctx, &failed);
-    ctx->k_rows = malloc(sizeof(float *) * (size_t)B);
-    ctx->v_rows = malloc(sizeof(float *) * (size_t)B);
+    ctx->k_rows = malloc(sizeof(void *) * (size_t)B);
+    ctx->v_rows = malloc(sizeof(void *) * (size_t)B);
     ctx->n_visible = malloc(sizeof(int32_t) * (size_t)B);
     ctx->seq_len = calloc((size_t)p.n_seq, sizeof(int32_t));
     ctx->seq_seen = calloc((size_t)p.n_seq, sizeof(int32_t));
@@ -309,16 +315,20 @@ static void attention_block(lorac_context_t *ctx, const lorac_batch_t *b, int32_
     lorac_rope_apply(ctx->k, ctx->rope_cs, T, KVH, hd, 1);
 
     /* Write this batch's keys and values into the cache first, so each token
-     * attends to its own sequence's earlier tokens of the same batch. */
+     * attends to its own sequence's earlier tokens of the same batch (read
+     * back from the cache, in its dtype, as later tokens will read them). */
+    lorac_dtype_t kvt = ctx->params.kv_dtype;
+    size_t es = ctx->kv_size;
     for (int64_t t = 0; t < T; t++) {
-        int64_t base = ((int64_t)b->seq_id[t] * c->n_layers + l) * n_ctx * KV;
-        memcpy(ctx->k_cache + base + (int64_t)b->pos[t] * KV, ctx->k + t * KV, sizeof(float) * (size_t)KV);
-        memcpy(ctx->v_cache + base + (int64_t)b->pos[t] * KV, ctx->v + t * KV, sizeof(float) * (size_t)KV);
-        ctx->k_rows[t] = ctx->k_cache + base;
-        ctx->v_rows[t] = ctx->v_cache + base;
+        int64_t base = ((int64_t)b->seq_id[t] * c->n_layers + l) * n_ctx * KV, at = base + (int64_t)b->pos[t] * KV;
+        lorac_kv_store((char *)ctx->k_cache + (size_t)at * es, kvt, ctx->k + t * KV, KV);
+        lorac_kv_store((char *)ctx->v_cache + (size_t)at * es, kvt, ctx->v + t * KV, KV);
+        ctx->k_rows[t] = (const char *)ctx->k_cache + (size_t)base * es;
+        ctx->v_rows[t] = (const char *)ctx->v_cache + (size_t)base * es;
         ctx->n_visible[t] = b->pos[t] + 1;
     }
-    lorac_attention_forward(ctx->att, ctx->att_scratch, ctx->q, ctx->k_rows, ctx->v_rows, ctx->n_visible, T, H, KVH, hd);
+    lorac_attention_forward(ctx->att, ctx->att_scratch, ctx->q, ctx->k_rows, ctx->v_rows, kvt, ctx->n_visible, T, H, KVH,
+                            hd);
     lorac_matmul_part_t o = {ctx->proj, L->wo.data, L->wo.dtype, L->bo, D, NULL, 0};
     const lorac_lora_target_t o_target = LORAC_LORA_O;
     adapted_product(ctx, l, &o, &o_target, 1, ctx->att, T, Q);

@@ -434,7 +434,7 @@ lorac_status_t lorac_engine_start(const lorac_model_t *model, const lorac_engine
     e->tok = lorac_model_get_tokenizer(model);
     e->params = p;
     e->next_id = 1;
-    lorac_context_params_t cp = {.n_ctx = p.n_ctx, .n_seq = p.max_seqs, .n_batch = p.n_batch};
+    lorac_context_params_t cp = {.n_ctx = p.n_ctx, .n_seq = p.max_seqs, .n_batch = p.n_batch, .kv_dtype = p.kv_dtype};
     lorac_status_t s = lorac_context_init(model, cp, &e->ctx);
     if (s) { free(e); return s; }
     e->slots = calloc((size_t)p.max_seqs, sizeof *e->slots);

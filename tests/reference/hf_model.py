@@ -383,11 +383,15 @@ def rms_norm(x, w, eps):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 
 
-def llama_forward(weights, c, ids, hf_float32_rope=False, return_hidden=False):
+def llama_forward(weights, c, ids, hf_float32_rope=False, return_hidden=False, kv_dtype=None):
     """Logits [T, V] (float64) of HF LlamaForCausalLM for one sequence `ids`.
 
     weights: dict of HF tensor name -> tensor (any dtype; values upcast to
-    float64 exactly). c: config dict (config.json contents).
+    float64 exactly). c: config dict (config.json contents). kv_dtype
+    (torch.bfloat16 or torch.float16): keys (after rotary) and values are
+    rounded to it through float32 before attention reads them, as a KV
+    cache of that dtype stores them (vLLM's and llama.cpp's caches do the
+    same).
     """
     def W(name):
         return weights[name].to(torch.float64)
@@ -419,6 +423,9 @@ def llama_forward(weights, c, ids, hf_float32_rope=False, return_hidden=False):
         v = linear(h, p + "self_attn.v_proj").view(T, KV, hd)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
+        if kv_dtype is not None:
+            k = k.to(torch.float32).to(kv_dtype).to(torch.float64)
+            v = v.to(torch.float32).to(kv_dtype).to(torch.float64)
         # repeat_kv: query head j uses kv head j // rep
         k = k.repeat_interleave(rep, dim=1)                       # (T, H, hd)
         v = v.repeat_interleave(rep, dim=1)
