@@ -188,6 +188,29 @@ int main(void) {
     }
 
     lorac_context_free(ctx);
+
+    /* a BF16 / F16 KV cache: a prompt as one batch and token by token read
+     * the same stored values; the logits move off the F32 cache's */
+    for (int k16 = 0; k16 < 2; k16++) {
+        lorac_context_params_t hp = cp;
+        hp.kv_dtype = k16 ? LORAC_DTYPE_F16 : LORAC_DTYPE_BF16;
+        CHECK(lorac_context_init(m, hp, &ctx) == LORAC_STATUS_OK);
+        float half_batch[7 * V];
+        for (int i = 0; i < 7; i++) { pos[i] = i; seq[i] = 0; want[i] = 1; }
+        CHECK(lorac_context_decode(ctx, &b, half_batch) == LORAC_STATUS_OK);
+        for (int i = 0; i < 7; i++) {
+            int32_t p = i, sid = 1;
+            lorac_batch_t one = {.n_tokens = 1, .tokens = &toks_a[i], .pos = &p, .seq_id = &sid, .logits = NULL};
+            CHECK(lorac_context_decode(ctx, &one, step_logits + i * V) == LORAC_STATUS_OK);
+        }
+        double dh = max_rel_diff(step_logits, half_batch, 7 * V), off = max_rel_diff(half_batch, batch_logits, 7 * V);
+        printf("%s KV cache: batched vs token-by-token %.3g, against the F32 cache %.3g\n", k16 ? "F16" : "BF16", dh, off);
+        CHECK(dh <= 1e-5 && off > 1e-5);
+        lorac_context_free(ctx);
+    }
+    lorac_context_params_t bad_kv = cp;
+    bad_kv.kv_dtype = LORAC_DTYPE_I8;
+    CHECK(lorac_context_init(m, bad_kv, &ctx) == LORAC_STATUS_INVALID_ARG && strstr(lorac_error_message(), "I8"));
     lorac_model_free(m);
     return tl_finish("test_forward_batch");
 }
