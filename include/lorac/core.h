@@ -104,7 +104,8 @@ static inline float lorac_f16_to_f32(uint16_t h) {
     memcpy(&f, &em, sizeof f);
     f *= 0x1p112f;
     memcpy(&bits, &f, sizeof bits);
-    if ((h & 0x7c00u) == 0x7c00u) bits = em | 0x7f800000u;
+    uint32_t special = 0u - (uint32_t)((h & 0x7c00u) == 0x7c00u); /* all ones for inf and NaN: a mask, not a branch */
+    bits = (bits & ~special) | ((em | 0x7f800000u) & special);
     bits |= (uint32_t)(h & 0x8000u) << 16;
     memcpy(&f, &bits, sizeof f);
     return f;
