@@ -116,7 +116,7 @@ typedef struct {
     lorac_dtype_t kv_dtype;  /* KV cache values: F32 (0, the default), BF16 or F16 (half the memory) */
 } lorac_engine_params_t;
 
-/* max_seqs 8, n_ctx 2048 (clamped to the model's), n_batch 512, max_queue 64, max_loras 8. */
+/* max_seqs 8, n_ctx 2048 (clamped to the model's), n_batch 512, max_queue 64, max_loras 8, kv_dtype F32. */
 lorac_engine_params_t lorac_engine_default_params(void);
 
 typedef struct lorac_engine lorac_engine_t;
