@@ -125,17 +125,18 @@ int main(int argc, char **argv) {
 
     double *t = malloc(sizeof(double) * (size_t)G), full[ROUNDS], prod[ROUNDS], rest[ROUNDS], same[ROUNDS], bytes = 0;
     float *same_buf = NULL;
+    size_t same_n = 0; /* floats in same_buf: the products' bytes, whole lines of 64 floats */
     if (!t) die("memory");
     for (int r = 0; r < ROUNDS; r++) {
         full[r] = full_step(model, G, t);
         prod[r] = products_step(model, G, t, &bytes);
         rest[r] = (full[r] - prod[r]) / full[r];
         if (!same_buf) { /* the products' byte count is known after their first run */
-            size_t n = (size_t)bytes / sizeof(float) / 64 * 64;
-            if (!(same_buf = malloc(n * sizeof(float)))) die("memory");
-            for (size_t i = 0; i < n; i++) same_buf[i] = 1.0f;
+            same_n = (size_t)bytes / sizeof(float) / 64 * 64;
+            if (!(same_buf = malloc(same_n * sizeof(float)))) die("memory");
+            for (size_t i = 0; i < same_n; i++) same_buf[i] = 1.0f;
         }
-        same[r] = bench_read_bw(same_buf, (size_t)bytes / sizeof(float) / 64 * 64 * sizeof(float), threads, 20);
+        same[r] = bench_read_bw(same_buf, same_n * sizeof(float), threads, 20);
     }
     free(t);
     free(same_buf);

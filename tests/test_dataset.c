@@ -364,9 +364,18 @@ static char *read_all(const char *path) {
     return s;
 }
 
+/* A chat template by its golden-file path: under the fixtures, or, for
+ * models not among them, tests/data/chat/templates/ in the source tree. */
+static char *read_template(const char *file) {
+    if (!strncmp(file, "tests/", 6)) return tl_read_source(file, NULL);
+    char path[1200];
+    snprintf(path, sizeof path, "%s/%s", tl_fixtures(), file);
+    return read_all(path);
+}
+
 static void test_chat_recognize(void) {
     const char *name;
-    char *def = NULL, path[1200];
+    char *def = NULL;
     CHECK(lorac_dataset_chat_template_from_config(g_tl_cfg, &name, &def) == LORAC_STATUS_OK && !strcmp(name, "zephyr") && !def);
     /* SmolLM2's tokenizer_config.json has no chat_template: chat_template.jinja beside it */
     CHECK(lorac_dataset_chat_template_from_config(g_sm_cfg, &name, &def) == LORAC_STATUS_OK && !strcmp(name, "chatml"));
@@ -386,8 +395,7 @@ static void test_chat_recognize(void) {
         {"tests/data/chat/templates/mistral-instruct-v1.jinja", "mistral-v1", NULL},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        snprintf(path, sizeof path, "%s/%s", tl_fixtures(), cases[i].file);
-        char *jinja = strncmp(cases[i].file, "tests/", 6) ? read_all(path) : tl_read_source(cases[i].file, NULL);
+        char *jinja = read_template(cases[i].file);
         def = NULL;
         lorac_status_t s = lorac_dataset_chat_template_recognize(jinja, &name, &def);
         if (cases[i].name) {
@@ -459,8 +467,7 @@ static void test_chat_golden(void) {
         if (cJSON_IsString(key)) {
             s = lorac_dataset_chat_template_from_config(fx, &name, &def);
         } else {
-            /* the fixtures' templates, or tests/data/chat/templates/ for models not among them */
-            char *jinja = strncmp(file, "tests/", 6) ? read_all(fx) : tl_read_source(file, NULL);
+            char *jinja = read_template(file);
             s = lorac_dataset_chat_template_recognize(jinja, &name, &def);
             free(jinja);
         }

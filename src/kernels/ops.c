@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/kernels_internal.h"
 #include "kernels/multiversion.h"
 #include "kernels/ops_internal.h"
 #include "lorac/kernels.h"
@@ -235,8 +236,7 @@ static inline void kv_axpy(float *o, float w, const void *row, lorac_dtype_t dt,
 }
 
 // dst (n) = src (n) in the KV cache's dtype (BF16 and F16 rounded to nearest
-// even).
-LORAC_MULTIVERSION
+// even, by the scalar conversions: no clones, nothing here to vectorise).
 void lorac_kv_store(void *dst, lorac_dtype_t dtype, const float *src, int64_t n) {
     if (dtype == LORAC_DTYPE_BF16) {
         uint16_t *d = dst;
@@ -264,7 +264,7 @@ void lorac_attention_forward(float *out, float *scratch, const float *q,
     float scale = 1.0f / sqrtf((float)hd);
     int64_t row = hd * (int64_t)lorac_dtype_size(kv_dtype); /* bytes of one head's row */
     /* the AVX2 and AVX-512 kernel paths run only where the CPU has AVX2, FMA and F16C */
-    int x86 = KV_HAVE_X86 && strcmp(lorac_kernels_isa(), "portable") != 0;
+    int x86 = KV_HAVE_X86 && lorac_kernels_ops() != &lorac_kernel_ops_portable;
     int n_threads = lorac_kernels_get_threads();
     /* Threaded from ATTENTION_PARALLEL_MIN_ELEMS cache values read: a decode
      * step's single query still reads every cached key and value of its
