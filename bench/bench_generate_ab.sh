@@ -9,7 +9,9 @@
 # (a change that moves the rounding). Not a test.
 # Usage: bench/bench_generate_ab.sh BIN_A BIN_B [MODEL_DIR (bench/out/s110m-BF16)] [PAIRS (8)]
 #        (after bench/bench_generate.sh, which writes the models)
-# Env:   SAME_TEXT (1), THREADS (2), N (128)
+# Env:   SAME_TEXT (1), THREADS (2), N (128), PROMPT_FILE (a file to read the
+#        prompt from instead, e.g. bench/out/kv-prompt.txt of bench_kv_cache.sh),
+#        ARGS (more flags for both, e.g. "--kv-cache-dtype bf16")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 2 ] || { echo "usage: bench/bench_generate_ab.sh BIN_A BIN_B [MODEL_DIR] [PAIRS]" >&2; exit 2; }
@@ -17,13 +19,15 @@ A=$1 B=$2 model=${3:-bench/out/s110m-BF16} pairs=${4:-8}
 OUT=$PWD/bench/out
 [ -f "$model/model.safetensors" ] || { echo "missing $model: run bench/bench_generate.sh first" >&2; exit 1; }
 PROMPT="Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends. One day, she saw a big red ball under a tree and wanted to"
+prompt_args=(-p "$PROMPT")
+[ -n "${PROMPT_FILE:-}" ] && prompt_args=(-f "$PROMPT_FILE")
 rows=$OUT/ab-generate.tsv
 : > "$rows"
 for p in $(seq "$pairs"); do
   for side in A B; do
     bin=$A; [ $side = B ] && bin=$B
     e=$OUT/ab-generate-$side.err
-    "$bin" generate -m "$model" -p "$PROMPT" --temp 0 --ignore-eos -n "${N:-128}" -t "${THREADS:-2}" \
+    "$bin" generate -m "$model" "${prompt_args[@]}" ${ARGS:-} --temp 0 --ignore-eos -n "${N:-128}" -t "${THREADS:-2}" \
       > "$OUT/ab-generate-$side.txt" 2> "$e" || { echo "pair $p: $side's lorac generate failed (see $e)" >&2; exit 1; }
     printf '%s\t%s\t%s\t%s\n' "$p" "$side" "$(sed -n 's/^prompt: .* \([0-9.]*\) tok\/s.*/\1/p' "$e")" \
       "$(sed -n 's/^generate: .* \([0-9.]*\) tok\/s.*/\1/p' "$e")" >> "$rows"

@@ -9,6 +9,7 @@
 
 #include "lorac/kernels.h"
 #include "testlib.h"
+#include "isa_paths.h"
 
 enum { T = 300, C = 200, HEADS = 5, HD = C / HEADS, N = T * C };
 
@@ -98,80 +99,104 @@ static void check_reference(const outputs_t *o, int rows) {
               "%d rows: rotary from the table differs from rotary in some bit", rows);
 }
 
-/* Inference attention over a KV cache (grouped-query, 6 query heads on 2
- * kv heads): three queries seeing 1, 57 and 300 cached positions, against
- * double, and the same bits for 1, 2 and 3 threads (a one-query decode
- * step is threaded too once the cache is long); for an F32 cache and for
- * BF16 and F16 ones, whose reference reads the values as stored (rounded
- * by lorac_kv_store, checked against the scalar conversions here). */
-static void check_attention_dtype(lorac_dtype_t dt) {
-    enum { AT = 3, AH = 6, AKVH = 2, AHD = 64, ACTX = 300, NKV = ACTX * AKVH * AHD };
-    static float q[AT * AH * AHD], kc[NKV], vc[NKV], kw[NKV], vw[NKV], out[AT * AH * AHD], first[AT * AH * AHD],
-        scratch[3 * ACTX];
-    static uint32_t kst[NKV], vst[NKV]; /* the cache in its dtype (4 bytes a value at most) */
-    static double ref[AT * AH * AHD];
+/* Inference attention over a KV cache, 6 query heads on 2 kv heads
+ * (grouped-query) and on 6, head sizes 64 and 36 (36: a short last chunk on
+ * the AVX-512 path, the portable loops on the AVX2 one), on every
+ * instruction-set path, for an F32 cache and for BF16 and F16 ones, whose
+ * reference reads the values as stored (rounded by lorac_kv_store, checked
+ * against the scalar conversions here). AT query tokens over one cache:
+ * three seeing 1, 57 and 300 positions, then a prompt of AT - 3 tokens
+ * seeing 264 .. 300 (token t its own row and its past). All of them in one
+ * call against double, with the same bits for 1, 2 and 3 threads; and each
+ * token alone (a decode step) with the bits it has in the call, which
+ * takes a prompt's tokens, and a kv head's query heads, several at a time. */
+enum { AT = 40, AH = 6, AHD_MAX = 64, ACTX = 300, NKV_MAX = ACTX * AH * AHD_MAX };
+static float att_q[AT * AH * AHD_MAX], att_kc[NKV_MAX], att_vc[NKV_MAX], att_kw[NKV_MAX], att_vw[NKV_MAX];
+static float att_out[AT * AH * AHD_MAX], att_first[AT * AH * AHD_MAX], att_one[AH * AHD_MAX];
+static float att_scratch[4 * 3 * ACTX]; /* lorac_attention_scratch_floats(ACTX, 3), checked below */
+static uint32_t att_kst[NKV_MAX], att_vst[NKV_MAX]; /* the cache in its dtype (4 bytes a value at most) */
+static double att_ref[AT * AH * AHD_MAX];
+
+static void check_attention_case(const char *isa, lorac_dtype_t dt, int kvh_count, int hd) {
+    const int nkv = ACTX * kvh_count * hd, nq = AT * AH * hd;
     const char *name = lorac_dtype_name(dt);
-    for (int i = 0; i < AT * AH * AHD; i++) q[i] = frand();
-    for (int i = 0; i < NKV; i++) kc[i] = frand(), vc[i] = frand();
-    lorac_kv_store(kst, dt, kc, NKV);
-    lorac_kv_store(vst, dt, vc, NKV);
+    for (int i = 0; i < nq; i++) att_q[i] = frand();
+    for (int i = 0; i < nkv; i++) att_kc[i] = frand(), att_vc[i] = frand();
+    lorac_kv_store(att_kst, dt, att_kc, nkv);
+    lorac_kv_store(att_vst, dt, att_vc, nkv);
     int bad_store = 0;
-    for (int i = 0; i < NKV; i++) { /* the values as the cache holds them, widened */
-        const uint16_t *k16 = (const uint16_t *)kst, *v16 = (const uint16_t *)vst;
+    for (int i = 0; i < nkv; i++) { /* the values as the cache holds them, widened */
+        const uint16_t *k16 = (const uint16_t *)att_kst, *v16 = (const uint16_t *)att_vst;
         if (dt == LORAC_DTYPE_BF16) {
-            kw[i] = lorac_bf16_to_f32(k16[i]), vw[i] = lorac_bf16_to_f32(v16[i]);
-            bad_store += k16[i] != lorac_f32_to_bf16(kc[i]) || v16[i] != lorac_f32_to_bf16(vc[i]);
+            att_kw[i] = lorac_bf16_to_f32(k16[i]), att_vw[i] = lorac_bf16_to_f32(v16[i]);
+            bad_store += k16[i] != lorac_f32_to_bf16(att_kc[i]) || v16[i] != lorac_f32_to_bf16(att_vc[i]);
         } else if (dt == LORAC_DTYPE_F16) {
-            kw[i] = lorac_f16_to_f32(k16[i]), vw[i] = lorac_f16_to_f32(v16[i]);
-            bad_store += k16[i] != lorac_f32_to_f16(kc[i]) || v16[i] != lorac_f32_to_f16(vc[i]);
+            att_kw[i] = lorac_f16_to_f32(k16[i]), att_vw[i] = lorac_f16_to_f32(v16[i]);
+            bad_store += k16[i] != lorac_f32_to_f16(att_kc[i]) || v16[i] != lorac_f32_to_f16(att_vc[i]);
         } else {
-            memcpy(&kw[i], &kst[i], 4), memcpy(&vw[i], &vst[i], 4);
-            bad_store += kw[i] != kc[i] || vw[i] != vc[i];
+            memcpy(&att_kw[i], &att_kst[i], 4), memcpy(&att_vw[i], &att_vst[i], 4);
+            bad_store += att_kw[i] != att_kc[i] || att_vw[i] != att_vc[i];
         }
     }
     CHECK_MSG(bad_store == 0, "%s cache: %d values stored otherwise than the scalar conversion", name, bad_store);
-    const void *krows[AT] = {kst, kst, kst}, *vrows[AT] = {vst, vst, vst};
+    const void *krows[AT], *vrows[AT];
     int32_t n_ctx[AT] = {1, 57, ACTX};
+    for (int t = 0; t < AT; t++) krows[t] = att_kst, vrows[t] = att_vst;
+    for (int t = 3; t < AT; t++) n_ctx[t] = ACTX - (AT - 1 - t);
     for (int t = 0; t < AT; t++)
         for (int h = 0; h < AH; h++) {
-            int kvh = h / (AH / AKVH);
-            const float *qv = q + (t * AH + h) * AHD;
+            int kvh = h / (AH / kvh_count);
+            const float *qv = att_q + (t * AH + h) * hd;
             double sc[ACTX], mx = -INFINITY, sum = 0;
             for (int p = 0; p < n_ctx[t]; p++) {
                 double d = 0;
-                for (int i = 0; i < AHD; i++) d += (double)qv[i] * kw[(p * AKVH + kvh) * AHD + i];
-                sc[p] = d / sqrt((double)AHD), mx = fmax(mx, sc[p]);
+                for (int i = 0; i < hd; i++) d += (double)qv[i] * att_kw[(p * kvh_count + kvh) * hd + i];
+                sc[p] = d / sqrt((double)hd), mx = fmax(mx, sc[p]);
             }
             for (int p = 0; p < n_ctx[t]; p++) sum += sc[p] = exp(sc[p] - mx);
-            for (int i = 0; i < AHD; i++) {
+            for (int i = 0; i < hd; i++) {
                 double o = 0;
-                for (int p = 0; p < n_ctx[t]; p++) o += sc[p] / sum * vw[(p * AKVH + kvh) * AHD + i];
-                ref[(t * AH + h) * AHD + i] = o;
+                for (int p = 0; p < n_ctx[t]; p++) o += sc[p] / sum * att_vw[(p * kvh_count + kvh) * hd + i];
+                att_ref[(t * AH + h) * hd + i] = o;
             }
         }
-    for (int rows = 1; rows <= AT; rows += AT - 1) { /* the last query alone (decode), then all three */
-        int t0 = AT - rows;
-        for (int threads = 1; threads <= 3; threads++) {
-            lorac_kernels_set_threads(threads);
-            lorac_attention_forward(out, scratch, q + t0 * AH * AHD, krows + t0, vrows + t0, dt, n_ctx + t0, rows, AH,
-                                    AKVH, AHD);
-            if (threads == 1) {
-                double e = rel_err(out, ref + t0 * AH * AHD, rows * AH * AHD);
-                printf("  attention, %s cache, %d %s: %.2g\n", name, rows, rows == 1 ? "query" : "queries", e);
-                CHECK_MSG(e < 1e-5, "attention (%s cache) error %g", name, e);
-                memcpy(first, out, sizeof out);
-            } else {
-                CHECK_MSG(memcmp(first, out, sizeof(float) * (size_t)(rows * AH * AHD)) == 0,
-                          "attention (%s cache), %d queries: %d threads differ from 1 in some bit", name, rows, threads);
-            }
+    for (int threads = 1; threads <= 3; threads++) {
+        lorac_kernels_set_threads(threads);
+        for (int i = 0; i < nq; i++) att_out[i] = NAN;
+        lorac_attention_forward(att_out, att_scratch, att_q, krows, vrows, dt, n_ctx, AT, AH, kvh_count, hd);
+        if (threads == 1) {
+            double e = rel_err(att_out, att_ref, nq);
+            printf("  attention, %s path, %s cache, %d kv heads, head size %d: %.2g\n", isa, name, kvh_count, hd, e);
+            CHECK_MSG(e < 1e-5, "attention (%s, %s cache, %d kv heads, hd %d) error %g", isa, name, kvh_count, hd, e);
+            memcpy(att_first, att_out, sizeof(float) * (size_t)nq);
+        } else {
+            CHECK_MSG(memcmp(att_first, att_out, sizeof(float) * (size_t)nq) == 0,
+                      "attention (%s, %s cache, %d kv heads, hd %d): %d threads differ from 1 in some bit", isa, name,
+                      kvh_count, hd, threads);
         }
     }
+    int differ = 0;
+    for (int t = 0; t < AT; t++) { /* each token alone, as a decode step: 1 thread for the short rows, then 2 */
+        lorac_kernels_set_threads(1 + t % 2);
+        lorac_attention_forward(att_one, att_scratch, att_q + t * AH * hd, krows + t, vrows + t, dt, n_ctx + t, 1, AH,
+                                kvh_count, hd);
+        differ += memcmp(att_one, att_first + t * AH * hd, sizeof(float) * (size_t)(AH * hd)) != 0;
+    }
+    CHECK_MSG(differ == 0, "attention (%s, %s cache, %d kv heads, hd %d): %d tokens alone differ from the call of all",
+              isa, name, kvh_count, hd, differ);
 }
 
 static void check_attention(void) {
-    check_attention_dtype(LORAC_DTYPE_F32);
-    check_attention_dtype(LORAC_DTYPE_BF16);
-    check_attention_dtype(LORAC_DTYPE_F16);
+    CHECK(lorac_attention_scratch_floats(ACTX, 3) <= (int64_t)(sizeof att_scratch / sizeof att_scratch[0]));
+    const char *isas[] = {"portable", "avx2", "avx512"}, *chosen = lorac_kernels_ops()->name;
+    static const lorac_dtype_t dts[] = {LORAC_DTYPE_F32, LORAC_DTYPE_BF16, LORAC_DTYPE_F16};
+    for (int i = 0; i < 3; i++) {
+        if (tl_use_isa(isas[i]) != 0) continue;
+        for (int d = 0; d < 3; d++)
+            for (int kvh = 2; kvh <= AH; kvh += AH - 2)
+                for (int hd = AHD_MAX; hd >= 36; hd -= AHD_MAX - 36) check_attention_case(isas[i], dts[d], kvh, hd);
+    }
+    CHECK(lorac_kernels_force_isa(chosen) == 0);
 }
 
 /* The double-precision loss of one row of logits z (V) with the given

@@ -153,7 +153,11 @@ void lorac_softmax_forward(float *x, int64_t T, int64_t n);
  * F16, widened to f32 as they are read), of which rows 0 .. n_ctx[t]-1 are
  * visible to it (its own row included). Query head h uses kv head
  * h / (H/KVH). Scale 1/sqrt(hd). scratch holds
- * lorac_kernels_get_threads() * max(n_ctx) floats. */
+ * lorac_attention_scratch_floats(max(n_ctx), lorac_kernels_get_threads())
+ * floats. A token's output has the same bits whatever else the call holds
+ * (a prompt in one call, or its tokens one by one), for a given kernel
+ * path and any thread count. */
+int64_t lorac_attention_scratch_floats(int64_t max_ctx, int n_threads);
 void lorac_attention_forward(float *out, float *scratch, const float *q,
                              const void *const *k_cache, const void *const *v_cache, lorac_dtype_t kv_dtype,
                              const int32_t *n_ctx, int64_t T, int64_t H, int64_t KVH, int64_t hd);

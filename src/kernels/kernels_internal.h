@@ -73,6 +73,20 @@ typedef void (*lorac_convert_fn)(float *dst, const void *src, lorac_dtype_t dtyp
  * result is 0, as it is for −inf (masked scores). */
 typedef double (*lorac_exp_sum_fn)(float *x, float shift, int64_t n);
 
+/* Attention at inference for nq <= LORAC_ATTENTION_GROUP queries that read
+ * the same cache rows (one kv head of one sequence): query i's output o[i]
+ * (hd) = Σ_p a_p · v_p with a = softmax over p < n[i] of scale · q[i]·k_p,
+ * where k_p = krows + p·stride bytes and v_p = vrows + p·stride are cache
+ * rows of hd values in kv (F32, BF16, F16); scores[i] is scratch for n[i]
+ * floats. Each score and each element of o[i] is summed in an order fixed
+ * by p, n[i] and hd alone, so a query gets the same bits whatever else its
+ * call or group holds: a prompt run as one batch gives the bits of its
+ * tokens one by one. */
+#define LORAC_ATTENTION_GROUP 4
+typedef void (*lorac_attention_fn)(float *const *o, float *const *scores, const float *const *q, const int32_t *n,
+                                   int nq, const char *krows, const char *vrows, int64_t stride, lorac_dtype_t kv,
+                                   int64_t hd, float scale);
+
 typedef struct {
     const char *name; /* "portable", "avx2", "avx512"; NULL if not compiled in */
     lorac_matmul_fwd_fn matmul_fwd;
@@ -92,6 +106,7 @@ typedef struct {
     lorac_matmul_packed_fn matmul_packed; /* NULL: training's weights stay unpacked */
     lorac_convert_fn convert;
     lorac_exp_sum_fn exp_sum;
+    lorac_attention_fn attention;
     /* Pieces per thread that a decode product (T < 4) is cut into, the
      * rows handed out as threads come free: fewer, longer pieces suit a
      * matmul_fwd that streams a piece in long runs. */
@@ -103,6 +118,19 @@ typedef struct {
 
 /* The portable exp_sum (softmax_expf per element), shared by the AVX2 path. */
 double lorac_exp_sum_portable(float *x, float shift, int64_t n);
+
+/* The attention of each path (ops.c, attention_avx2.c, attention_avx512.c);
+ * the AVX2 one hands head sizes that are not a multiple of 8 to the
+ * portable one. */
+void lorac_attention_portable(float *const *o, float *const *scores, const float *const *q, const int32_t *n, int nq,
+                              const char *krows, const char *vrows, int64_t stride, lorac_dtype_t kv, int64_t hd,
+                              float scale);
+void lorac_attention_avx2(float *const *o, float *const *scores, const float *const *q, const int32_t *n, int nq,
+                          const char *krows, const char *vrows, int64_t stride, lorac_dtype_t kv, int64_t hd,
+                          float scale);
+void lorac_attention_avx512(float *const *o, float *const *scores, const float *const *q, const int32_t *n, int nq,
+                            const char *krows, const char *vrows, int64_t stride, lorac_dtype_t kv, int64_t hd,
+                            float scale);
 
 /* The tables. A SIMD table has name == NULL when its file was compiled
  * without the instruction-set flags (non-x86 or a build without them). */

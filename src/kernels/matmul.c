@@ -106,7 +106,7 @@ double lorac_exp_sum_portable(float *x, float shift, int64_t n) {
 
 const lorac_kernel_ops_t lorac_kernel_ops_portable = {
     "portable", portable_matmul_fwd, portable_matmul_acc, NULL, NULL, NULL, NULL, NULL, portable_convert,
-    lorac_exp_sum_portable, 8, 64,
+    lorac_exp_sum_portable, lorac_attention_portable, 8, 64,
 };
 
 /* ---- drivers ---------------------------------------------------------------- */

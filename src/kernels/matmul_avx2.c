@@ -758,11 +758,11 @@ static double avx2_exp_sum(float *x, float shift, int64_t n) {
 
 const lorac_kernel_ops_t lorac_kernel_ops_avx2 = {
     "avx2", avx2_matmul_fwd, avx2_matmul_acc, avx2_matmul_acc_bt, avx2_matmul_set_bt, avx2_matmul_set, avx2_matmul_tail,
-    avx2_matmul_packed, avx2_convert, avx2_exp_sum,
+    avx2_matmul_packed, avx2_convert, avx2_exp_sum, lorac_attention_avx2,
     1,  /* decode pieces a thread: its four streams are longest in one piece */
     PW, /* split by whole panels: a 288-wide output is 9 + 9 */
 };
 
 #else /* compiled without AVX2/FMA/F16C flags: the dispatcher skips this path */
-const lorac_kernel_ops_t lorac_kernel_ops_avx2 = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0};
+const lorac_kernel_ops_t lorac_kernel_ops_avx2 = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0};
 #endif

@@ -725,11 +725,11 @@ static double avx512_exp_sum(float *x, float shift, int64_t n) {
 const lorac_kernel_ops_t lorac_kernel_ops_avx512 = {
     "avx512", avx512_matmul_fwd, avx512_matmul_acc, avx512_matmul_acc_bt, avx512_matmul_set_bt, avx512_matmul_set,
     avx512_matmul_tail, avx512_matmul_packed,
-    avx512_convert, avx512_exp_sum,
+    avx512_convert, avx512_exp_sum, lorac_attention_avx512,
     1,  /* decode pieces a thread: its four streams are longest in one piece */
     64, /* column split granularity (see split_panels) */
 };
 
 #else /* compiled without AVX-512 flags: the dispatcher skips this path */
-const lorac_kernel_ops_t lorac_kernel_ops_avx512 = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0};
+const lorac_kernel_ops_t lorac_kernel_ops_avx512 = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0};
 #endif

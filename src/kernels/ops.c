@@ -132,17 +132,18 @@ void lorac_softmax_forward(float *x, int64_t T, int64_t n) {
 }
 
 /* Cache values read (T·H·positions·head_dim) from which attention shares
- * its heads between threads: below it, starting the second thread costs
- * more than it saves. In session 18's bench/bench_attention runs (one
- * query token, Intel Xeon) two threads paid from 5760-11520 values at the
- * 15M shape (6 heads of 48: 20-40 positions) and 7680-15360 at the 110M
- * shape (12 heads of 64: 10-20 positions), and took 0.60-0.66 of one
- * thread's time at 106 positions. */
+ * its queries between threads: below it, starting the second thread costs
+ * more than it saves. In session 23's bench/bench_attention runs (one
+ * query token, Intel Xeon, the AVX-512 kernels of attention_avx512.c) two
+ * threads paid from 11520-17280 values at the 15M shape (6 heads of 48:
+ * 40-60 positions) and 15360-23040 at the 110M shape (12 heads of 64:
+ * 20-30 positions), and took 0.6-0.7 of one thread's time from 106
+ * positions on. */
 #ifndef ATTENTION_PARALLEL_MIN_ELEMS /* bench_attention sets it to 1 */
-#define ATTENTION_PARALLEL_MIN_ELEMS 8192
+#define ATTENTION_PARALLEL_MIN_ELEMS 16384
 #endif
 
-/* Cache positions fetched ahead by the attention loops. */
+/* Cache positions fetched ahead by the portable attention loops. */
 #define KV_PREFETCH 8
 
 /* Asks for the cache lines of n bytes at p (a hint; no fault if unmapped). */
@@ -150,59 +151,10 @@ static inline void prefetch_bytes(const void *p, int64_t n) {
     for (int64_t i = 0; i < n; i += 64) __builtin_prefetch((const char *)p + i);
 }
 
-/* 16-bit rows on the AVX2 and AVX-512 kernel paths (x86: every CPU with
- * AVX2, FMA and F16C, which those paths require), eight values at a time:
- * F16 through the F16C instruction, BF16 widened by a shift. Inlined into
- * the AVX-512 clone of the attention. In bench/bench_kv_cache.sh runs (110M
- * shape, 1929-token prompt) they took F16 decode from 0.85-0.90x of an F32
- * cache's rate to 1.41x (the C loops below vectorised its widening into
- * seven operations a value); BF16's, 1.11-1.43x before, within that noise. */
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
-#include <immintrin.h>
-#define KV_HAVE_X86 1
-#define KV_X86 __attribute__((target("avx2,fma,f16c"))) static inline
-/* eight 16-bit values at r as f32 */
-KV_X86 __m256 kv_load8(const uint16_t *r, int f16) {
-    __m128i h = _mm_loadu_si128((const __m128i *)r);
-    return f16 ? _mm256_cvtph_ps(h) : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-KV_X86 float kv_dot16_x86(const float *q, const uint16_t *r, int64_t hd, int f16) {
-    __m256 acc = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 8 <= hd; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), kv_load8(r + i, f16), acc);
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    float s = _mm_cvtss_f32(h);
-    for (; i < hd; i++) s += q[i] * (f16 ? lorac_f16_to_f32(r[i]) : lorac_bf16_to_f32(r[i]));
-    return s;
-}
-KV_X86 void kv_axpy16_x86(float *o, float w, const uint16_t *r, int64_t hd, int f16) {
-    __m256 wv = _mm256_set1_ps(w);
-    int64_t i = 0;
-    for (; i + 8 <= hd; i += 8)
-        _mm256_storeu_ps(o + i, _mm256_fmadd_ps(wv, kv_load8(r + i, f16), _mm256_loadu_ps(o + i)));
-    for (; i < hd; i++) o[i] += w * (f16 ? lorac_f16_to_f32(r[i]) : lorac_bf16_to_f32(r[i]));
-}
-#else
-#define KV_HAVE_X86 0
-static inline float kv_dot16_x86(const float *q, const uint16_t *r, int64_t hd, int f16) {
-    (void)q, (void)r, (void)hd, (void)f16;
-    return 0;
-}
-static inline void kv_axpy16_x86(float *o, float w, const uint16_t *r, int64_t hd, int f16) {
-    (void)o, (void)w, (void)r, (void)hd, (void)f16;
-}
-#endif
-
-/* q · row for one cache row of hd values stored as F32, BF16 or F16; x86:
- * the 16-bit forms through the functions above (the portable kernel path
- * through the C loops). */
-static inline float kv_dot(const float *q, const void *row, lorac_dtype_t dt, int64_t hd, int x86) {
+/* q · row for one cache row of hd values stored as F32, BF16 or F16. */
+static inline float kv_dot(const float *q, const void *row, lorac_dtype_t dt, int64_t hd) {
     float s = 0.0f;
-    if (dt != LORAC_DTYPE_F32 && x86) {
-        s = kv_dot16_x86(q, row, hd, dt == LORAC_DTYPE_F16);
-    } else if (dt == LORAC_DTYPE_BF16) {
+    if (dt == LORAC_DTYPE_BF16) {
         const uint16_t *r = row;
         #pragma omp simd reduction(+ : s)
         for (int64_t i = 0; i < hd; i++) s += q[i] * lorac_bf16_to_f32(r[i]);
@@ -217,10 +169,8 @@ static inline float kv_dot(const float *q, const void *row, lorac_dtype_t dt, in
 }
 
 /* o += w · row, the row as in kv_dot. */
-static inline void kv_axpy(float *o, float w, const void *row, lorac_dtype_t dt, int64_t hd, int x86) {
-    if (dt != LORAC_DTYPE_F32 && x86) {
-        kv_axpy16_x86(o, w, row, hd, dt == LORAC_DTYPE_F16);
-    } else if (dt == LORAC_DTYPE_BF16) {
+static inline void kv_axpy(float *o, float w, const void *row, lorac_dtype_t dt, int64_t hd) {
+    if (dt == LORAC_DTYPE_BF16) {
         const uint16_t *r = row;
         #pragma omp simd
         for (int64_t i = 0; i < hd; i++) o[i] += w * lorac_bf16_to_f32(r[i]);
@@ -249,12 +199,49 @@ void lorac_kv_store(void *dst, lorac_dtype_t dtype, const float *src, int64_t n)
     }
 }
 
+// One query of the portable path's attention: a score a position, then the
+// output as a running sum over positions in memory.
+LORAC_MULTIVERSION
+static void attention_query(float *o, float *scores, const float *q, const char *krows, const char *vrows,
+                            int64_t stride, lorac_dtype_t kv, int32_t n, int64_t hd, float scale) {
+    int64_t row = hd * (int64_t)lorac_dtype_size(kv);
+    memset(o, 0, sizeof(float) * (size_t)hd);
+    float mx = -INFINITY;
+    /* One head's rows lie KVH·hd apart, a stride the hardware prefetchers
+     * do not follow: fetch the rows KV_PREFETCH positions ahead. */
+    for (int32_t p = 0; p < n; p++) {
+        if (p + KV_PREFETCH < n) prefetch_bytes(krows + (p + KV_PREFETCH) * stride, row);
+        float s = kv_dot(q, krows + p * stride, kv, hd) * scale;
+        scores[p] = s;
+        mx = s > mx ? s : mx;
+    }
+    float sum = 0.0f;
+    /* softmax_expf: vectorised, where libm's expf is a scalar call */
+    #pragma omp simd reduction(+ : sum)
+    for (int32_t p = 0; p < n; p++) { scores[p] = softmax_expf(scores[p] - mx); sum += scores[p]; }
+    float inv = 1.0f / sum;
+    for (int32_t p = 0; p < n; p++) {
+        if (p + KV_PREFETCH < n) prefetch_bytes(vrows + (p + KV_PREFETCH) * stride, row);
+        kv_axpy(o, scores[p] * inv, vrows + p * stride, kv, hd);
+    }
+}
+
+// The portable path's attention (see kernels_internal.h): a query at a time.
+void lorac_attention_portable(float *const *o, float *const *scores, const float *const *q, const int32_t *n, int nq,
+                              const char *krows, const char *vrows, int64_t stride, lorac_dtype_t kv, int64_t hd,
+                              float scale) {
+    for (int i = 0; i < nq; i++) attention_query(o[i], scores[i], q[i], krows, vrows, stride, kv, n[i], hd, scale);
+}
+
+int64_t lorac_attention_scratch_floats(int64_t max_ctx, int n_threads) {
+    return LORAC_ATTENTION_GROUP * max_ctx * (int64_t)n_threads;
+}
+
 // out, q are (T, H, hd); for token t, k_cache[t] and v_cache[t] point at its
 // sequence's cache rows (n_ctx[t], KVH, hd) of kv_dtype (F32, BF16, F16).
 // Query head h reads kv head h / (H / KVH) (grouped-query attention).
 // Causality is given by n_ctx[t]: token t sees cache rows 0 .. n_ctx[t]-1,
 // which hold itself and its past.
-LORAC_MULTIVERSION
 void lorac_attention_forward(float *out, float *scratch, const float *q,
                              const void *const *k_cache, const void *const *v_cache, lorac_dtype_t kv_dtype,
                              const int32_t *n_ctx, int64_t T, int64_t H, int64_t KVH, int64_t hd) {
@@ -263,43 +250,48 @@ void lorac_attention_forward(float *out, float *scratch, const float *q,
     for (int64_t t = 0; t < T; t++) max_ctx = n_ctx[t] > max_ctx ? n_ctx[t] : max_ctx;
     float scale = 1.0f / sqrtf((float)hd);
     int64_t row = hd * (int64_t)lorac_dtype_size(kv_dtype); /* bytes of one head's row */
-    /* the AVX2 and AVX-512 kernel paths run only where the CPU has AVX2, FMA and F16C */
-    int x86 = KV_HAVE_X86 && lorac_kernels_ops() != &lorac_kernel_ops_portable;
+    lorac_attention_fn attend = lorac_kernels_ops()->attention;
     int n_threads = lorac_kernels_get_threads();
+    /* The queries in the order (kv head, token, query head of that kv
+     * head), so that neighbours read the same cache rows, cut into units of
+     * G; a unit's queries of one kv head and one sequence go to the kernel
+     * together, which reads each row once for all of them. G is the
+     * group's most for a prompt, and a kv head's query heads for one token
+     * (one query a call without GQA: at decode a unit of 4 kv heads would
+     * leave 3 of 12 units for 2 threads). */
+    int64_t members = KVH * T * group;
+    int64_t G = T > 1 || group >= LORAC_ATTENTION_GROUP ? LORAC_ATTENTION_GROUP : group;
+    int64_t units = (members + G - 1) / G;
+    /* units handed out dynamically in pieces of a 16th of a thread's share:
+     * a prompt's late tokens see many more positions than its early ones */
+    int64_t piece = units / (16 * (int64_t)n_threads);
+    piece = piece < 1 ? 1 : piece;
     /* Threaded from ATTENTION_PARALLEL_MIN_ELEMS cache values read: a decode
      * step's single query still reads every cached key and value of its
      * layer, which after the layer's weights have streamed through come
      * from L3 or DRAM. */
     #pragma omp parallel num_threads(n_threads) if (T * H * max_ctx * hd >= ATTENTION_PARALLEL_MIN_ELEMS)
     {
-        float *scores = scratch + (int64_t)omp_get_thread_num() * max_ctx;
-        #pragma omp for schedule(static)
-        for (int64_t th = 0; th < T * H; th++) {
-            int64_t t = th / H, h = th % H, kvh = h / group;
-            const float *qv = q + th * hd;
-            float *o = out + th * hd;
-            memset(o, 0, sizeof(float) * (size_t)hd);
-            int32_t n = n_ctx[t];
-            float mx = -INFINITY;
-            /* One head's rows lie KVH·hd apart, a stride the hardware
-             * prefetchers do not follow: fetch the rows KV_PREFETCH
-             * positions ahead while these are used. */
-            const char *krows = k_cache[t], *vrows = v_cache[t];
-            for (int32_t p = 0; p < n; p++) {
-                if (p + KV_PREFETCH < n) prefetch_bytes(krows + ((int64_t)(p + KV_PREFETCH) * KVH + kvh) * row, row);
-                float s = kv_dot(qv, krows + ((int64_t)p * KVH + kvh) * row, kv_dtype, hd, x86) * scale;
-                scores[p] = s;
-                mx = s > mx ? s : mx;
+        float *own = scratch + (int64_t)omp_get_thread_num() * LORAC_ATTENTION_GROUP * max_ctx;
+        #pragma omp for schedule(dynamic, piece)
+        for (int64_t u = 0; u < units; u++) {
+            float *o[LORAC_ATTENTION_GROUP], *scores[LORAC_ATTENTION_GROUP];
+            const float *qs[LORAC_ATTENTION_GROUP];
+            int32_t n[LORAC_ATTENTION_GROUP];
+            int nq = 0;
+            int64_t kvh = 0;
+            const char *kc = NULL, *vc = NULL;
+            for (int64_t m = u * G; m < members && m < (u + 1) * G; m++) {
+                int64_t m_kvh = m / (T * group), t = m / group % T, th = t * H + m_kvh * group + m % group;
+                if (nq && (m_kvh != kvh || k_cache[t] != kc || v_cache[t] != vc)) {
+                    attend(o, scores, qs, n, nq, kc + kvh * row, vc + kvh * row, KVH * row, kv_dtype, hd, scale);
+                    nq = 0;
+                }
+                kvh = m_kvh, kc = k_cache[t], vc = v_cache[t];
+                o[nq] = out + th * hd, qs[nq] = q + th * hd, n[nq] = n_ctx[t], scores[nq] = own + nq * max_ctx;
+                nq++;
             }
-            float sum = 0.0f;
-            /* softmax_expf: vectorised, where libm's expf is a scalar call */
-            #pragma omp simd reduction(+ : sum)
-            for (int32_t p = 0; p < n; p++) { scores[p] = softmax_expf(scores[p] - mx); sum += scores[p]; }
-            float inv = 1.0f / sum;
-            for (int32_t p = 0; p < n; p++) {
-                if (p + KV_PREFETCH < n) prefetch_bytes(vrows + ((int64_t)(p + KV_PREFETCH) * KVH + kvh) * row, row);
-                kv_axpy(o, scores[p] * inv, vrows + ((int64_t)p * KVH + kvh) * row, kv_dtype, hd, x86);
-            }
+            attend(o, scores, qs, n, nq, kc + kvh * row, vc + kvh * row, KVH * row, kv_dtype, hd, scale);
         }
     }
 }

@@ -32,7 +32,7 @@ struct lorac_context {
      * in double), once a decode for every layer's q and k, as training
      * does; each layer used to compute its own */
     float *rope_cs;
-    float *att_scratch;        /* att_threads * n_ctx attention scores */
+    float *att_scratch;        /* attention scores of att_threads threads */
     int att_threads;
     const void **k_rows, **v_rows;
     int32_t *n_visible;
@@ -99,7 +99,7 @@ lorac_status_t lorac_context_init(const lorac_model_t *model, lorac_context_para
     /* one score row per thread the kernels may use (grown in decode if the
      * thread count is raised later) */
     ctx->att_threads = lorac_kernels_get_threads();
-    ctx->att_scratch = alloc_floats((int64_t)ctx->att_threads * p.n_ctx, &failed);
+    ctx->att_scratch = alloc_floats(lorac_attention_scratch_floats(p.n_ctx, ctx->att_threads), &failed);
     ctx->k_rows = malloc(sizeof(void *) * (size_t)B);
     ctx->v_rows = malloc(sizeof(void *) * (size_t)B);
     ctx->n_visible = malloc(sizeof(int32_t) * (size_t)B);
@@ -358,7 +358,8 @@ lorac_status_t lorac_context_decode(lorac_context_t *ctx, const lorac_batch_t *b
     if (s) return s;
     int threads = lorac_kernels_get_threads();
     if (threads > ctx->att_threads) {
-        float *grown = realloc(ctx->att_scratch, sizeof(float) * (size_t)threads * (size_t)ctx->params.n_ctx);
+        float *grown = realloc(ctx->att_scratch,
+                               sizeof(float) * (size_t)lorac_attention_scratch_floats(ctx->params.n_ctx, threads));
         if (!grown) return lorac_error(LORAC_STATUS_NOMEM, "out of memory for attention scratch");
         ctx->att_scratch = grown;
         ctx->att_threads = threads;
