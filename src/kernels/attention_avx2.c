@@ -1,13 +1,15 @@
-/* attention_avx2.c — one query head's attention (inference) on the AVX2
- * path: the attention_head entry of its kernel table. The structure of
- * attention_avx512.c at 8 lanes: scores 8 positions at a time, one
- * accumulator a position reduced together by one transpose-and-add tree
- * (lanes i and i + 4, then i + 2, i + 1) that every lane goes through
- * alike, the output kept in registers (up to 64 dimensions a pass) while
- * the positions are added in order. A query's bits do not depend on what
- * else is in the call. A group of queries over the same rows is taken one
- * query at a time. Head sizes that are not a multiple of 8 (none of the
- * supported models has one) go to the portable loops. */
+/* attention_avx2.c — attention at inference on the AVX2 path: the
+ * attention entry of its kernel table, attention_avx512.c's structure at 8
+ * lanes. Scores go 8 positions a block for one query, or 2 positions by 4
+ * queries that read the same rows: one accumulator a (query, position),
+ * multiply-added over the head's dimensions in order, the 8 reduced
+ * together by one transpose-and-add tree (lanes i and i + 4, then i + 2,
+ * i + 1) that every lane goes through alike. The weighted sum of values
+ * keeps the output in registers (64 dimensions a pass for one query, 16
+ * for four) and adds the positions in order. So a query's bits do not
+ * depend on what else its call or group holds. Head sizes that are not a
+ * multiple of 8 (none of the supported models has one) go to the portable
+ * loops. */
 #include "kernels_internal.h"
 #include "ops_internal.h"
 
@@ -18,6 +20,17 @@
 /* Cache rows fetched ahead (see attention_avx512.c). */
 #define AHEAD 16
 
+LORAC_ALWAYS_INLINE int64_t row_bytes(int64_t hd, lorac_dtype_t dt) {
+    return hd * (dt == LORAC_DTYPE_F32 ? 4 : 2);
+}
+
+/* Fetches bytes [b0, b1) of the cache rows [p, p + cnt) ∩ [0, n). */
+LORAC_ALWAYS_INLINE void prefetch_rows(const char *rows, int64_t stride, int32_t p, int cnt, int32_t n, int64_t b0,
+                                       int64_t b1) {
+    for (int j = 0; j < cnt && p + j < n; j++)
+        for (int64_t b = b0; b < b1; b += 64) _mm_prefetch(rows + (p + j) * stride + b, _MM_HINT_T0);
+}
+
 /* 8 values of a cache row from element i, widened to f32. */
 LORAC_ALWAYS_INLINE __m256 row8(const char *row, int64_t i, lorac_dtype_t dt) {
     if (dt == LORAC_DTYPE_F32) return _mm256_loadu_ps((const float *)row + i);
@@ -27,14 +40,14 @@ LORAC_ALWAYS_INLINE __m256 row8(const char *row, int64_t i, lorac_dtype_t dt) {
 }
 
 /* Lane j = the sum of a[j]'s 8 lanes: lanes i and i + 4 added, then i + 2,
- * i + 1; the last level leaves score 2k + h in lane 4h + k. */
+ * i + 1; the last level leaves sum 2k + h in lane 4h + k. */
 LORAC_ALWAYS_INLINE __m256 reduce8(const __m256 a[8]) {
     __m256 b[4], c[2];
-    #pragma GCC unroll 16
+    #pragma GCC unroll 4
     for (int j = 0; j < 4; j++) /* lanes 0-3: a[2j] halves added; 4-7: a[2j+1]'s */
         b[j] = _mm256_add_ps(_mm256_permute2f128_ps(a[2 * j], a[2 * j + 1], 0x20),
                              _mm256_permute2f128_ps(a[2 * j], a[2 * j + 1], 0x31));
-    #pragma GCC unroll 16
+    #pragma GCC unroll 2
     for (int j = 0; j < 2; j++)
         c[j] = _mm256_add_ps(_mm256_shuffle_ps(b[2 * j], b[2 * j + 1], _MM_SHUFFLE(1, 0, 1, 0)),
                              _mm256_shuffle_ps(b[2 * j], b[2 * j + 1], _MM_SHUFFLE(3, 2, 3, 2)));
@@ -43,97 +56,143 @@ LORAC_ALWAYS_INLINE __m256 reduce8(const __m256 a[8]) {
     return _mm256_permutevar8x32_ps(e, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
-/* q · k for the npos <= 8 rows at k, k + stride, ...; lane j for row j
- * (rows past npos repeat the last, their lanes unused). */
-LORAC_ALWAYS_INLINE __m256 dots8(const float *q, const char *k, int64_t stride, int npos, int64_t hd,
-                                 lorac_dtype_t dt) {
+/* Scores of Q queries (1 or 4) against 8 / Q rows at k, k + stride, ...
+ * (rows past npos repeat the last): lane (8 / Q)·i + j for query i and
+ * row j, scale · q[i]·k_j. */
+LORAC_ALWAYS_INLINE __m256 scores8(const float *const *q, int Q, const char *k, int64_t stride, int npos, int64_t hd,
+                                   float scale, lorac_dtype_t dt) {
+    const int R = 8 / Q; /* rows */
     const char *r[8];
     __m256 acc[8];
-    #pragma GCC unroll 16
-    for (int j = 0; j < 8; j++) r[j] = k + (j < npos ? j : npos - 1) * stride, acc[j] = _mm256_setzero_ps();
+    #pragma GCC unroll 8
+    for (int j = 0; j < R; j++) r[j] = k + (j < npos ? j : npos - 1) * stride;
+    #pragma GCC unroll 8
+    for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
     for (int64_t i = 0; i < hd; i += 8) {
-        __m256 qv = _mm256_loadu_ps(q + i);
-        #pragma GCC unroll 16
-        for (int j = 0; j < 8; j++) acc[j] = _mm256_fmadd_ps(qv, row8(r[j], i, dt), acc[j]);
-    }
-    return reduce8(acc);
-}
-
-/* o[i0 .. i0 + 8·NC) = Σ_p w[p] · v_p there, p in order. */
-LORAC_ALWAYS_INLINE void weighted_sum(float *o, const float *w, const char *v, int64_t stride, int32_t n, int64_t i0,
-                                      int64_t hd, int nc, lorac_dtype_t dt) {
-    __m256 acc[8];
-    #pragma GCC unroll 16
-    for (int c = 0; c < nc; c++) acc[c] = _mm256_setzero_ps();
-    int64_t bytes = hd * (dt == LORAC_DTYPE_F32 ? 4 : 2);
-    for (int32_t p = 0; p < n; p++) {
-        const char *row = v + p * stride;
-        if (p + AHEAD < n && i0 == 0)
-            for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch(row + AHEAD * stride + b, _MM_HINT_T0);
-        __m256 wv = _mm256_set1_ps(w[p]);
-        #pragma GCC unroll 16
-        for (int c = 0; c < nc; c++) acc[c] = _mm256_fmadd_ps(wv, row8(row, i0 + 8 * c, dt), acc[c]);
-    }
-    #pragma GCC unroll 16
-    for (int c = 0; c < nc; c++) _mm256_storeu_ps(o + i0 + 8 * c, acc[c]);
-}
-
-/* The head in one dtype (dt a constant after inlining); hd % 8 == 0. */
-LORAC_ALWAYS_INLINE void head(float *o, float *scores, const float *q, const char *krows, const char *vrows,
-                              int64_t stride, int32_t n, int64_t hd, float scale, lorac_dtype_t dt) {
-    int64_t bytes = hd * (dt == LORAC_DTYPE_F32 ? 4 : 2);
-    __m256 sc = _mm256_set1_ps(scale), mx = _mm256_set1_ps(-INFINITY);
-    float top = -INFINITY, sum = 0.0f;
-    for (int32_t p = 0; p < n; p += 8) {
-        int npos = n - p >= 8 ? 8 : n - p;
-        for (int j = 0; j < 8 && p + AHEAD + j < n; j++)
-            for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch(krows + (p + AHEAD + j) * stride + b, _MM_HINT_T0);
-        __m256 s = _mm256_mul_ps(dots8(q, krows + p * stride, stride, npos, hd, dt), sc);
-        if (npos == 8) {
-            _mm256_storeu_ps(scores + p, s);
-            mx = _mm256_max_ps(mx, s);
-        } else {
-            float tmp[8];
-            _mm256_storeu_ps(tmp, s);
-            memcpy(scores + p, tmp, sizeof(float) * (size_t)npos);
-            for (int j = 0; j < npos; j++) top = tmp[j] > top ? tmp[j] : top;
+        __m256 row[8];
+        #pragma GCC unroll 8
+        for (int j = 0; j < R; j++) row[j] = row8(r[j], i, dt);
+        #pragma GCC unroll 4
+        for (int qi = 0; qi < Q; qi++) {
+            __m256 qv = _mm256_loadu_ps(q[qi] + i);
+            #pragma GCC unroll 8
+            for (int j = 0; j < R; j++) acc[R * qi + j] = _mm256_fmadd_ps(qv, row[j], acc[R * qi + j]);
         }
     }
-    float lanes[8];
+    return _mm256_mul_ps(reduce8(acc), _mm256_set1_ps(scale));
+}
+
+/* scores[0 .. n) = their softmax, in place. One compiled copy (noinline)
+ * for the one-query and the group paths, so that both sum the
+ * exponentials in the same vector order. */
+LORAC_NOINLINE void softmax_row(float *scores, int32_t n) {
+    __m256 mx = _mm256_set1_ps(-INFINITY);
+    float top = -INFINITY, sum = 0.0f, lanes[8];
+    int32_t p = 0;
+    for (; p + 8 <= n; p += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(scores + p));
+    for (; p < n; p++) top = scores[p] > top ? scores[p] : top;
     _mm256_storeu_ps(lanes, mx);
     for (int j = 0; j < 8; j++) top = lanes[j] > top ? lanes[j] : top;
     /* softmax_expf: vectorised by the compiler, 8 lanes in this file */
     #pragma omp simd reduction(+ : sum)
-    for (int32_t p = 0; p < n; p++) { scores[p] = softmax_expf(scores[p] - top); sum += scores[p]; }
+    for (p = 0; p < n; p++) { scores[p] = softmax_expf(scores[p] - top); sum += scores[p]; }
     float inv = 1.0f / sum;
     #pragma omp simd
-    for (int32_t p = 0; p < n; p++) scores[p] *= inv;
-    for (int64_t i0 = 0; i0 < hd; i0 += 64) {
-        switch ((hd - i0 >= 64 ? 64 : hd - i0) / 8) { /* 8-lane chunks in this pass */
-        case 1: weighted_sum(o, scores, vrows, stride, n, i0, hd, 1, dt); break;
-        case 2: weighted_sum(o, scores, vrows, stride, n, i0, hd, 2, dt); break;
-        case 3: weighted_sum(o, scores, vrows, stride, n, i0, hd, 3, dt); break;
-        case 4: weighted_sum(o, scores, vrows, stride, n, i0, hd, 4, dt); break;
-        case 5: weighted_sum(o, scores, vrows, stride, n, i0, hd, 5, dt); break;
-        case 6: weighted_sum(o, scores, vrows, stride, n, i0, hd, 6, dt); break;
-        case 7: weighted_sum(o, scores, vrows, stride, n, i0, hd, 7, dt); break;
-        default: weighted_sum(o, scores, vrows, stride, n, i0, hd, 8, dt); break;
+    for (p = 0; p < n; p++) scores[p] *= inv;
+}
+
+/* o[i][i0 .. i0 + 8·NC) ∩ [0, hd) = Σ_{p < n[i]} w[i][p] · v_p there, p in
+ * order, for Q queries (1 or 4); positions below n_min belong to all. */
+LORAC_ALWAYS_INLINE void weighted_sum(float *const *o, const float *const *w, const int32_t *n, int Q, int32_t n_min,
+                                      int32_t n_max, const char *v, int64_t stride, int64_t i0, int64_t hd,
+                                      lorac_dtype_t dt) {
+    enum { NC_MAX = 8 };
+    const int NC = Q == 1 ? 8 : 2; /* 8-lane chunks a pass: 8 or 8 accumulators in all */
+    __m256 acc[4][NC_MAX];
+    int64_t at[NC_MAX]; /* where chunk c reads: chunks past hd read the last one again, and are not stored */
+    #pragma GCC unroll 8
+    for (int c = 0; c < NC; c++) {
+        at[c] = i0 + 8 * c < hd ? i0 + 8 * c : hd - 8;
+        #pragma GCC unroll 4
+        for (int qi = 0; qi < Q; qi++) acc[qi][c] = _mm256_setzero_ps();
+    }
+    int64_t b0 = row_bytes(i0, dt), b1 = row_bytes(i0 + 8 * NC < hd ? i0 + 8 * NC : hd, dt);
+    for (int32_t p = 0; p < n_max; p++) {
+        const char *row = v + p * stride;
+        prefetch_rows(v, stride, p + AHEAD, 1, n_max, b0, b1);
+        __m256 r[NC_MAX];
+        #pragma GCC unroll 8
+        for (int c = 0; c < NC; c++) r[c] = row8(row, at[c], dt);
+        #pragma GCC unroll 4
+        for (int qi = 0; qi < Q; qi++) {
+            if (p >= n_min && p >= n[qi]) continue; /* past this query's positions */
+            __m256 wv = _mm256_set1_ps(w[qi][p]);
+            #pragma GCC unroll 8
+            for (int c = 0; c < NC; c++) acc[qi][c] = _mm256_fmadd_ps(wv, r[c], acc[qi][c]);
         }
     }
+    #pragma GCC unroll 4
+    for (int qi = 0; qi < Q; qi++)
+        #pragma GCC unroll 8
+        for (int c = 0; c < NC; c++)
+            if (i0 + 8 * c < hd) _mm256_storeu_ps(o[qi] + i0 + 8 * c, acc[qi][c]);
+}
+
+/* Q = 1 or 4 queries over the same rows (Q and dt constants after
+ * inlining); of 2 or 3 queries in 4 slots, the last one fills the rest.
+ * Scores are stored for every position below the largest n: past a
+ * query's own n they are never read (its scratch row holds max n_ctx). */
+LORAC_ALWAYS_INLINE void attend(float *const *o_in, float *const *scores_in, const float *const *q_in,
+                                const int32_t *n_in, int nq, int Q, const char *krows, const char *vrows,
+                                int64_t stride, int64_t hd, float scale, lorac_dtype_t dt) {
+    const int R = 8 / Q; /* rows a block of scores */
+    float *o[4], *sc[4];
+    const float *q[4], *w[4];
+    int32_t n[4], n_min = INT32_MAX, n_max = 0;
+    for (int i = 0; i < Q; i++) {
+        int src = i < nq ? i : nq - 1;
+        o[i] = o_in[src], sc[i] = scores_in[src], q[i] = q_in[src], w[i] = sc[i], n[i] = n_in[src];
+        n_min = n[i] < n_min ? n[i] : n_min, n_max = n[i] > n_max ? n[i] : n_max;
+    }
+    int64_t bytes = row_bytes(hd, dt);
+    for (int32_t p = 0; p < n_max; p += R) {
+        int npos = n_max - p >= R ? R : n_max - p;
+        prefetch_rows(krows, stride, p + AHEAD, R, n_max, 0, bytes);
+        __m256 s = scores8(q, Q, krows + p * stride, stride, npos, hd, scale, dt);
+        if (npos == R && Q == 1) {
+            _mm256_storeu_ps(sc[0] + p, s);
+        } else if (npos == R) { /* two scores a query */
+            __m128 lo = _mm256_castps256_ps128(s), hi = _mm256_extractf128_ps(s, 1);
+            _mm_storel_pi((__m64 *)(sc[0] + p), lo), _mm_storeh_pi((__m64 *)(sc[1] + p), lo);
+            _mm_storel_pi((__m64 *)(sc[2] + p), hi), _mm_storeh_pi((__m64 *)(sc[3] + p), hi);
+        } else {
+            float lanes[8];
+            _mm256_storeu_ps(lanes, s);
+            for (int qi = 0; qi < Q; qi++)
+                for (int j = 0; j < npos; j++) sc[qi][p + j] = lanes[R * qi + j];
+        }
+    }
+    for (int qi = 0; qi < nq && qi < Q; qi++) softmax_row(sc[qi], n[qi]);
+    for (int64_t i0 = 0; i0 < hd; i0 += 8 * (Q == 1 ? 8 : 2))
+        weighted_sum(o, w, n, Q, n_min, n_max, vrows, stride, i0, hd, dt);
+}
+
+/* One query alone (a decode step without GQA) takes 8 positions a block;
+ * more take four at a time, 2 positions a block. */
+LORAC_ALWAYS_INLINE void attend_dt(float *const *o, float *const *scores, const float *const *q, const int32_t *n,
+                                   int nq, const char *krows, const char *vrows, int64_t stride, int64_t hd,
+                                   float scale, lorac_dtype_t dt) {
+    if (nq == 1) attend(o, scores, q, n, 1, 1, krows, vrows, stride, hd, scale, dt);
+    else attend(o, scores, q, n, nq, 4, krows, vrows, stride, hd, scale, dt);
 }
 
 void lorac_attention_avx2(float *const *o, float *const *scores, const float *const *q, const int32_t *n, int nq,
                           const char *krows, const char *vrows, int64_t stride, lorac_dtype_t kv, int64_t hd,
                           float scale) {
-    if (hd % 8) {
-        lorac_attention_portable(o, scores, q, n, nq, krows, vrows, stride, kv, hd, scale);
-        return;
-    }
-    for (int i = 0; i < nq; i++) {
-        if (kv == LORAC_DTYPE_BF16) head(o[i], scores[i], q[i], krows, vrows, stride, n[i], hd, scale, LORAC_DTYPE_BF16);
-        else if (kv == LORAC_DTYPE_F16) head(o[i], scores[i], q[i], krows, vrows, stride, n[i], hd, scale, LORAC_DTYPE_F16);
-        else head(o[i], scores[i], q[i], krows, vrows, stride, n[i], hd, scale, LORAC_DTYPE_F32);
-    }
+    if (hd % 8) lorac_attention_portable(o, scores, q, n, nq, krows, vrows, stride, kv, hd, scale);
+    else if (kv == LORAC_DTYPE_BF16) attend_dt(o, scores, q, n, nq, krows, vrows, stride, hd, scale, LORAC_DTYPE_BF16);
+    else if (kv == LORAC_DTYPE_F16) attend_dt(o, scores, q, n, nq, krows, vrows, stride, hd, scale, LORAC_DTYPE_F16);
+    else attend_dt(o, scores, q, n, nq, krows, vrows, stride, hd, scale, LORAC_DTYPE_F32);
 }
 
 #endif
