@@ -567,7 +567,9 @@ BAD = [
     ("broken adapter", "/v1/completions", {"model": "broken", "prompt": "x"}, 500, None),
     ("bad role", "/v1/chat/completions", {"model": "model", "messages": [{"role": "x", "content": "y"}]}, 400, None),
     ("empty messages", "/v1/chat/completions", {"model": "model", "messages": []}, 400, None),
-    ("queue full", "/v1/completions", {"model": "model", "prompt": "x", "n": 16, "max_tokens": 400,
+    # 2 prompts x n = 9: 18 choices, past 4 slots + 12 waiting whatever else is running (n = 16 alone
+    # relied on the three long streams still holding slots, which a faster build did not)
+    ("queue full", "/v1/completions", {"model": "model", "prompt": ["x", "y"], "n": 9, "max_tokens": 400,
                                        "ignore_eos": True}, 429, None),
     ("unknown path", "/v1/nothing", {"model": "model"}, 404, None),
     ("load: missing name", "/v1/load_lora_adapter", {"lora_path": "/tmp"}, 400, None),

@@ -33,5 +33,17 @@ grep -q "prompt: .* tok/s" "$tmp/stderr.txt" && grep -q "generate: .* tok/s" "$t
   fail=$((fail + 1)); echo "statistics missing from stderr"; cat "$tmp/stderr.txt"; }
 # nothing but the text goes to stdout
 if grep -q "tok/s" "$tmp/got.txt"; then fail=$((fail + 1)); echo "statistics leaked to stdout"; else pass=$((pass + 1)); fi
+
+# The context is the model's max_position_embeddings (512 here) unless -c
+# says more: without -c generation stops when it is full (the BOS prompt
+# and 511 tokens fed back, 512 generated: the last is never fed); -c 700
+# goes past it, with a warning.
+"$LORAC_BIN" generate -m "$tmp/model" -p "" --temp 0 --ignore-eos -n 600 -t 2 > /dev/null 2>"$tmp/ctx.txt"
+grep -q "^generate: 512 tokens, .*(stop: context" "$tmp/ctx.txt" && pass=$((pass + 1)) || {
+  fail=$((fail + 1)); echo "without -c, generation did not stop at the model's 512 positions:"; cat "$tmp/ctx.txt"; }
+"$LORAC_BIN" generate -m "$tmp/model" -p "" --temp 0 --ignore-eos -n 600 -c 700 -t 2 > /dev/null 2>"$tmp/ctx.txt"
+grep -q "^generate: 600 tokens, .*(stop: length" "$tmp/ctx.txt" &&
+  grep -q "warning: a context of 700 is past the model's max_position_embeddings (512)" "$tmp/ctx.txt" &&
+  pass=$((pass + 1)) || { fail=$((fail + 1)); echo "-c 700 did not give 600 tokens with a warning:"; cat "$tmp/ctx.txt"; }
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -340,9 +340,14 @@ int cmd_generate(int argc, char **argv) {
         }
         if (n_ids == 0) cli_die("the prompt encodes to no tokens and the tokenizer adds no BOS; give a non-empty prompt");
     }
-    /* a conversation grows: it gets the model's context, up to 4096 positions, unless -c says otherwise */
+    /* a conversation grows: it gets the model's context, up to 4096 positions, unless -c says otherwise; -c may
+     * go past the positions the model was trained on (rotary extrapolates; quality may drop), as llama.cpp's
+     * --ctx-size may, with a warning */
     int64_t n_ctx = n_ctx_flag ? n_ctx_flag : interactive_mode ? 4096 : (int64_t)n_ids + n_predict;
-    if (n_ctx > cfg->max_position_embeddings) n_ctx = cfg->max_position_embeddings;
+    if (!n_ctx_flag && n_ctx > cfg->max_position_embeddings) n_ctx = cfg->max_position_embeddings;
+    if (n_ctx_flag && n_ctx > cfg->max_position_embeddings)
+        fprintf(stderr, "lorac: warning: a context of %lld is past the model's max_position_embeddings (%d); "
+                        "it was not trained on later positions\n", (long long)n_ctx, cfg->max_position_embeddings);
     if ((int64_t)n_ids > n_ctx)
         cli_die("the prompt is %zu tokens, longer than the context of %lld", n_ids, (long long)n_ctx);
 
