@@ -32,11 +32,7 @@ static const char *k_usage =
 
 /* log(sum(exp(row))) - row[target], in double */
 static double token_loss(const float *row, int32_t vocab, int32_t target) {
-    float mx = row[0];
-    for (int32_t v = 1; v < vocab; v++) mx = row[v] > mx ? row[v] : mx;
-    double sum = 0.0;
-    for (int32_t v = 0; v < vocab; v++) sum += exp((double)row[v] - mx);
-    return log(sum) + mx - row[target];
+    return lorac_logsumexp(row, vocab) - row[target];
 }
 
 int cmd_eval(int argc, char **argv) {

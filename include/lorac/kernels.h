@@ -144,6 +144,10 @@ void lorac_rope_forward(float *x, const int32_t *positions, const float *inv_fre
 /* Index of the largest of x[0..n) (n >= 1), the lowest on ties; NaNs are
  * passed over, except that a NaN x[0] gives 0. */
 int64_t lorac_argmax(const float *x, int64_t n);
+/* log Σ exp(x[i]) over n values, summed in double with the max taken out
+ * (each term through a vectorised exp of 2 ulp). NaN if any x[i] is NaN;
+ * -inf if all are -inf or n is 0. */
+double lorac_logsumexp(const float *x, int64_t n);
 /* Softmax of each row of x (T, n) in place. */
 void lorac_softmax_forward(float *x, int64_t T, int64_t n);
 

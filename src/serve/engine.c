@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "lorac/infer.h"
+#include "lorac/kernels.h"
 #include "serve/serve_internal.h"
 
 typedef struct request {
@@ -145,13 +146,10 @@ static void emit(request_t *r, const char *text, size_t len, int32_t token, lora
 }
 
 /* The log-probabilities of `token` and of the k most likely tokens (ties by
- * id) under a row of raw logits: log_softmax, with the sum in double. */
+ * id) under a row of raw logits: log_softmax (lorac_logsumexp, the sum in
+ * double). */
 static int32_t token_logprobs(const float *x, int32_t V, int32_t token, int32_t k, lorac_token_logprob_t *out) {
-    float mx = x[0];
-    for (int32_t i = 1; i < V; i++) mx = x[i] > mx ? x[i] : mx;
-    double sum = 0.0;
-    for (int32_t i = 0; i < V; i++) sum += exp((double)x[i] - mx);
-    double lse = mx + log(sum);
+    double lse = lorac_logsumexp(x, V);
     out[0] = (lorac_token_logprob_t){token, (float)(x[token] - lse)};
     /* the k largest by insertion: k <= 20, and most of the row fails the first test */
     lorac_token_logprob_t *top = out + 1;
