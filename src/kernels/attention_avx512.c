@@ -1,5 +1,5 @@
-/* attention_avx512.c — one query head's attention (inference) on the
- * AVX-512 path: the attention_head entry of its kernel table.
+/* attention_avx512.c — attention at inference on the AVX-512 path: the
+ * attention entry of its kernel table.
  *
  * Scores are taken 16 cache positions at a time: one accumulator a
  * position, 16 lanes each, multiply-added over the head's dimensions in
@@ -10,7 +10,7 @@
  * (halves, quarters, pairs, neighbours), so a position's score depends on
  * its own key and the query only: a short last block gives the bits a
  * full one would. The weighted sum of values keeps the output in
- * registers (up to 128 dimensions a pass) and adds the positions in order.
+ * registers (64 dimensions a pass) and adds the positions in order.
  * So a query's result does not depend on what else is in the call: a
  * prompt gives the bits of its tokens one by one.
  *

@@ -77,8 +77,9 @@ typedef double (*lorac_exp_sum_fn)(float *x, float shift, int64_t n);
  * the same cache rows (one kv head of one sequence): query i's output o[i]
  * (hd) = Σ_p a_p · v_p with a = softmax over p < n[i] of scale · q[i]·k_p,
  * where k_p = krows + p·stride bytes and v_p = vrows + p·stride are cache
- * rows of hd values in kv (F32, BF16, F16); scores[i] is scratch for n[i]
- * floats. Each score and each element of o[i] is summed in an order fixed
+ * rows of hd values in kv (F32, BF16, F16); scores[i] is scratch for the
+ * call's largest n[j] floats (a kernel may score a group's rows past a
+ * query's own n, and not read them). Each score and each element of o[i] is summed in an order fixed
  * by p, n[i] and hd alone, so a query gets the same bits whatever else its
  * call or group holds: a prompt run as one batch gives the bits of its
  * tokens one by one. */
