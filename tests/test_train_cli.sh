@@ -70,6 +70,20 @@ for side in before after; do
   if [ -n "$want" ] && [ -n "$got" ] && $PY -c "import sys; sys.exit(0 if abs($got - $want) < 2e-4 else 1)"; then ok
   else bad "lorac eval $side training: $got, training's eval $want ($(cat eval-$side.log))"; fi
 done
+# ... and on Alpaca data, whose loss is on the responses only (eval asks
+# for no logits at the prompts' positions) or, with --train-on-inputs, on
+# every token: training's held-out loss before its one step each time
+$PY -c "import json, sys; d = json.load(open(sys.argv[1])); json.dump(d[:40], open('alp-train.json', 'w'));
+json.dump(d[40:70], open('alp-eval.json', 'w'))" "$LORAC_FIXTURES/datasets/alpaca/alpaca_data_1k.json"
+for inputs in "" --train-on-inputs; do
+  "$L" train -m m --data alp-train.json --eval-data alp-eval.json $inputs -o alp --steps 1 --batch 4 --seq 256 \
+    2> alp.log || bad "alpaca train $inputs: $(tail -2 alp.log)"
+  want=$(sed -n "s/^eval before training: loss \([0-9.]*\).*/\1/p" alp.log)
+  got=$("$L" eval -m m --data alp-eval.json $inputs --seq 256 --json 2> alp-eval.log \
+        | $PY -c "import json, sys; print(json.load(sys.stdin)['loss'])")
+  if [ -n "$want" ] && [ -n "$got" ] && $PY -c "import sys; sys.exit(0 if abs($got - $want) < 2e-4 else 1)"; then ok
+  else bad "lorac eval of Alpaca data ${inputs:-(responses)}: $got, training's eval $want ($(cat alp-eval.log))"; fi
+done
 out=$("$L" eval -m m --data eval.jsonl --format chat --chat-template zephyr 2>&1 >/dev/null); rc=$?
 [ $rc -eq 1 ] && [[ "$out" == *"eval.jsonl:1: missing \"messages\""* ]] && ok || bad "eval of text as chat: $rc '$out'"
 

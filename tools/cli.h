@@ -52,7 +52,7 @@ typedef struct {
     void *loaded[CLI_MAX_ADAPTERS];
     float *logits;   /* (n_batch, vocab) */
     int32_t *pos, *seq;
-    int8_t *want;    /* all 1 */
+    int8_t *want;    /* (n_batch) which rows' logits to return: all 1 (eval sets its own) */
 } cli_logits_run_t;
 void cli_logits_run_init(cli_logits_run_t *r, const struct lorac_model *model, cli_adapters_t *a, lorac_dtype_t kv_dtype,
                          int32_t n_ctx,

@@ -105,13 +105,16 @@ int cmd_eval(int argc, char **argv) {
         /* position t predicts token t + 1 when that token is in the loss */
         for (int32_t done = 0; done < n - 1;) {
             int32_t k = n - 1 - done < n_batch ? n - 1 - done : n_batch;
-            for (int32_t j = 0; j < k; j++) r.pos[j] = done + j;
+            /* logits only where the next token is in the loss (a prompt's
+             * positions skip the vocabulary-sized head); they come back in
+             * batch order */
+            for (int32_t j = 0; j < k; j++) r.pos[j] = done + j, r.want[j] = labels[done + j + 1] != -100;
             lorac_batch_t b = {.n_tokens = k, .tokens = toks + done, .pos = r.pos, .seq_id = r.seq, .logits = r.want};
             cli_check(lorac_context_decode(r.ctx, &b, r.logits));
-            for (int32_t j = 0; j < k; j++) {
-                int32_t target = labels[done + j + 1];
-                if (target == -100) continue;
-                loss += token_loss(r.logits + (size_t)j * (size_t)cfg->vocab_size, cfg->vocab_size, target);
+            for (int32_t j = 0, row = 0; j < k; j++) {
+                if (!r.want[j]) continue;
+                loss += token_loss(r.logits + (size_t)row++ * (size_t)cfg->vocab_size, cfg->vocab_size,
+                                   labels[done + j + 1]);
                 n_targets++;
             }
             done += k;
