@@ -43,17 +43,6 @@ LORAC_ALWAYS_INLINE __mmask16 chunk_mask(int64_t i, int64_t hd) {
     return left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1);
 }
 
-LORAC_ALWAYS_INLINE int64_t row_bytes(int64_t hd, lorac_dtype_t dt) {
-    return hd * (dt == LORAC_DTYPE_F32 ? 4 : 2);
-}
-
-/* Fetches bytes [b0, b1) of the cache rows [p, p + cnt) ∩ [0, n). */
-LORAC_ALWAYS_INLINE void prefetch_rows(const char *rows, int64_t stride, int32_t p, int cnt, int32_t n, int64_t b0,
-                                       int64_t b1) {
-    for (int j = 0; j < cnt && p + j < n; j++)
-        for (int64_t b = b0; b < b1; b += 64) _mm_prefetch(rows + (p + j) * stride + b, _MM_HINT_T0);
-}
-
 /* 16 values of a cache row from element i, widened to f32; lanes outside
  * m are 0. bf16 is the top half of an f32; f16 goes through vcvtph2ps. */
 LORAC_ALWAYS_INLINE __m512 row16(const char *row, int64_t i, __mmask16 m, lorac_dtype_t dt) {
@@ -140,7 +129,7 @@ LORAC_ALWAYS_INLINE void weighted_sum(float *const *o, const float *const *w, co
         #pragma GCC unroll 4
         for (int qi = 0; qi < Q; qi++) acc[qi][c] = _mm512_setzero_ps();
     }
-    int64_t b0 = row_bytes(i0, dt), b1 = row_bytes(i0 + PASS < hd ? i0 + PASS : hd, dt);
+    int64_t b0 = i0 * (int64_t)lorac_dtype_size(dt), b1 = (i0 + PASS < hd ? i0 + PASS : hd) * (int64_t)lorac_dtype_size(dt);
     for (int32_t p = 0; p < n_max; p++) {
         const char *row = v + p * stride;
         prefetch_rows(v, stride, p + AHEAD, 1, n_max, b0, b1);
@@ -176,7 +165,7 @@ LORAC_ALWAYS_INLINE void attend(float *const *o_in, float *const *scores_in, con
         o[i] = o_in[src], sc[i] = scores_in[src], q[i] = q_in[src], w[i] = sc[i], n[i] = n_in[src];
         n_min = n[i] < n_min ? n[i] : n_min, n_max = n[i] > n_max ? n[i] : n_max;
     }
-    int64_t bytes = row_bytes(hd, dt);
+    int64_t bytes = hd * (int64_t)lorac_dtype_size(dt);
     __m512 mx = _mm512_set1_ps(-INFINITY);
     for (int32_t p = 0; p < n_max; p += R) {
         int npos = n_max - p >= R ? R : n_max - p;

@@ -174,10 +174,6 @@ void lorac_softmax_forward(float *x, int64_t T, int64_t n) {
 /* Cache positions fetched ahead by the portable attention loops. */
 #define KV_PREFETCH 8
 
-/* Asks for the cache lines of n bytes at p (a hint; no fault if unmapped). */
-static inline void prefetch_bytes(const void *p, int64_t n) {
-    for (int64_t i = 0; i < n; i += 64) __builtin_prefetch((const char *)p + i);
-}
 
 /* q · row for one cache row of hd values stored as F32, BF16 or F16. */
 static inline float kv_dot(const float *q, const void *row, lorac_dtype_t dt, int64_t hd) {
@@ -238,7 +234,7 @@ static void attention_query(float *o, float *scores, const float *q, const char 
     /* One head's rows lie KVH·hd apart, a stride the hardware prefetchers
      * do not follow: fetch the rows KV_PREFETCH positions ahead. */
     for (int32_t p = 0; p < n; p++) {
-        if (p + KV_PREFETCH < n) prefetch_bytes(krows + (p + KV_PREFETCH) * stride, row);
+        prefetch_rows(krows, stride, p + KV_PREFETCH, 1, n, 0, row);
         float s = kv_dot(q, krows + p * stride, kv, hd) * scale;
         scores[p] = s;
         mx = s > mx ? s : mx;
@@ -249,7 +245,7 @@ static void attention_query(float *o, float *scores, const float *q, const char 
     for (int32_t p = 0; p < n; p++) { scores[p] = softmax_expf(scores[p] - mx); sum += scores[p]; }
     float inv = 1.0f / sum;
     for (int32_t p = 0; p < n; p++) {
-        if (p + KV_PREFETCH < n) prefetch_bytes(vrows + (p + KV_PREFETCH) * stride, row);
+        prefetch_rows(vrows, stride, p + KV_PREFETCH, 1, n, 0, row);
         kv_axpy(o, scores[p] * inv, vrows + p * stride, kv, hd);
     }
 }

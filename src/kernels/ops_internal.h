@@ -78,6 +78,16 @@ static inline float dot_f32(const float *a, const float *b, int64_t n) {
     return s;
 }
 
+/* Asks for bytes [b0, b1) of the rows [p, p + cnt) ∩ [0, n) that lie
+ * stride bytes apart (a hint; no fault if unmapped): the attention kernels'
+ * cache rows of one head lie KVH·hd apart, a stride the hardware
+ * prefetchers do not follow. */
+static inline void prefetch_rows(const char *rows, int64_t stride, int32_t p, int cnt, int32_t n, int64_t b0,
+                                 int64_t b1) {
+    for (int j = 0; j < cnt && p + j < n; j++)
+        for (int64_t b = b0; b < b1; b += 64) __builtin_prefetch(rows + (p + j) * stride + b);
+}
+
 /* One pair of rotary: (a, b) = (v[i], v[i + half]) rotated by the angle of
  * cosine c and sine s. */
 static inline void rope_pair(float *v, int64_t half, int64_t i, float c, float s) {
