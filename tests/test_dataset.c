@@ -393,6 +393,7 @@ static void test_chat_recognize(void) {
         {"tests/data/chat/templates/mistral-7b-instruct-v0.1.jinja", "mistral-v0.1", NULL},
         {"tests/data/chat/templates/mixtral-8x7b-instruct-v0.1.jinja", "mistral-v0.2", NULL},
         {"tests/data/chat/templates/mistral-instruct-v1.jinja", "mistral-v1", NULL},
+        {"tests/data/chat/templates/mistral-7b-instruct-v0.3.jinja", "mistral-v3", NULL},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         char *jinja = read_template(cases[i].file);
@@ -409,13 +410,22 @@ static void test_chat_recognize(void) {
         free(def);
         free(jinja);
     }
-    /* Mistral 7B v0.3's [INST] template (no space before [/INST], the system message in the last user turn) is
-     * none of those lorac renders: refused, not rendered as NeMo's or v0.1's */
-    CHECK(lorac_dataset_chat_template_recognize("{{- bos_token }}\n{%- for message in loop_messages %}\n{%- if loop.last and "
-                                                "system_message is defined %}\n{{- \"[INST] \" + system_message + \"\\n\\n\" + "
-                                                "message[\"content\"] + \"[/INST]\" }}\n{%- else %}\n{{- \"[INST] \" + "
-                                                "message[\"content\"] + \"[/INST]\" }}\n{%- endif %}\n{{- \" \" + "
-                                                "message[\"content\"] + eos_token}}", &name, NULL) == LORAC_STATUS_UNSUPPORTED &&
+    /* v0.3's template as a copy quotes it with the system message in the last user turn whether or not the
+     * conversation ends there ("message == user_messages[-1]", which also matches an earlier user turn of the
+     * same content), and one without the replies' trim: neither renders as v0.3's, NeMo's or v0.1's: refused */
+    static const char v3_user_last[] =
+        "{{- bos_token }}\n{%- for message in loop_messages %}\n{%- if (message == user_messages[-1]) and "
+        "system_message is defined %}\n{{- \"[INST] \" + system_message + \"\\n\\n\" + message[\"content\"] + "
+        "\"[/INST]\" }}\n{%- else %}\n{{- \"[INST] \" + message[\"content\"] + \"[/INST]\" }}\n{%- endif %}\n"
+        "{%- if not loop.last %}{%- endif %}\n{{- \" \" + message[\"content\"]|trim + eos_token}}";
+    static const char v3_untrimmed[] =
+        "{{- bos_token }}\n{%- for message in loop_messages %}\n{%- if loop.last and system_message is defined %}\n"
+        "{{- \"[INST] \" + system_message + \"\\n\\n\" + message[\"content\"] + \"[/INST]\" }}\n{%- else %}\n"
+        "{{- \"[INST] \" + message[\"content\"] + \"[/INST]\" }}\n{%- endif %}\n{{- \" \" + message[\"content\"] + "
+        "eos_token}}";
+    CHECK(lorac_dataset_chat_template_recognize(v3_user_last, &name, NULL) == LORAC_STATUS_UNSUPPORTED &&
+          strstr(lorac_error_message(), "other than NeMo's"));
+    CHECK(lorac_dataset_chat_template_recognize(v3_untrimmed, &name, NULL) == LORAC_STATUS_UNSUPPORTED &&
           strstr(lorac_error_message(), "other than NeMo's"));
     /* v0.1's, with a system role added by hand: not v0.1's any more */
     CHECK(lorac_dataset_chat_template_recognize("{{ bos_token }}{% for message in messages %}{% if message['role'] == "
@@ -445,6 +455,7 @@ static void test_chat_golden(void) {
         {"qwen2.5", "chatml"}, {"smollm2", "chatml"}, {"tinyllama", "zephyr"},
         {"llama-3.1", "llama-3.1"}, {"llama-3.2", "llama-3.1"}, {"mistral-nemo", "mistral"},
         {"mistral-v0.1", "mistral-v0.1"}, {"mistral-v0.2", "mistral-v0.2"}, {"mistral-v1", "mistral-v1"},
+        {"mistral-v3", "mistral-v3"},
     };
     char *text = tl_read_source("tests/data/chat/golden.json", NULL);
     cJSON *root = text ? cJSON_Parse(text) : NULL;
@@ -691,21 +702,19 @@ static void test_columns(void) {
     }
 }
 
-/* Mistral NeMo's template on training data: SmolLM2's tokenizer with
- * <s>, </s>, [INST] and [/INST] added as special tokens, as NeMo's tokenizer
- * has them. The rendering is what jinja2 renders from NeMo's template (see
- * tests/data/chat/golden.json); the loss is on each reply and its </s>. */
-static void test_chat_mistral_data(void) {
+/* A fixture's tokenizer.json with `n` more special tokens, numbered from
+ * first_id: the control tokens of a model whose own files are not among
+ * the fixtures. */
+static lorac_tokenizer_t *tokenizer_with_specials(const char *fixture, int first_id, const char *const *extra, int n) {
     char path[1200];
-    snprintf(path, sizeof path, "%s/tokenizers/smollm2-360m-instruct-ft/tokenizer.json", tl_fixtures());
+    snprintf(path, sizeof path, "%s/%s", tl_fixtures(), fixture);
     char *text = read_all(path);
     cJSON *tj = cJSON_Parse(text);
     free(text);
     cJSON *added = cJSON_GetObjectItem(tj, "added_tokens");
-    const char *extra[4] = {"<s>", "</s>", "[INST]", "[/INST]"};
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < n; i++) {
         cJSON *t = cJSON_CreateObject();
-        cJSON_AddNumberToObject(t, "id", 49153 + i);
+        cJSON_AddNumberToObject(t, "id", first_id + i);
         cJSON_AddStringToObject(t, "content", extra[i]);
         cJSON_AddBoolToObject(t, "special", 1); /* the other flags default to false */
         cJSON_AddItemToArray(added, t);
@@ -713,24 +722,67 @@ static void test_chat_mistral_data(void) {
     char *js = cJSON_PrintUnformatted(tj);
     cJSON_Delete(tj);
     lorac_tokenizer_t *tok = NULL;
-    CHECK_MSG(lorac_tokenizer_load_json_memory(js, strlen(js), "smollm2+mistral.json", &tok) == LORAC_STATUS_OK, "%s",
+    CHECK_MSG(lorac_tokenizer_load_json_memory(js, strlen(js), fixture, &tok) == LORAC_STATUS_OK, "%s: %s", fixture,
               lorac_error_message());
     free(js);
+    return tok;
+}
+
+/* Roles that do not alternate are refused, naming the message. */
+static void check_alternation_refused(const lorac_tokenizer_t *tok, const char *tpl) {
+    const char *bad = WRITE("chat_mistral_bad.jsonl", "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, "
+                                                       "{\"role\": \"user\", \"content\": \"b\"}]}\n");
+    lorac_dataset_params_t p = lorac_dataset_default_params();
+    p.chat_template = tpl;
+    p.train_on_inputs = true;
+    lorac_dataset_t *ds = NULL;
+    CHECK_MSG(lorac_dataset_load(bad, tok, &p, &ds) == LORAC_STATUS_FORMAT &&
+              strstr(lorac_error_message(), "message 2 is \"user\" where \"assistant\" was expected"),
+              "%s: %s", tpl, lorac_error_message());
+    lorac_dataset_free(ds);
+}
+
+/* Mistral NeMo's template on training data: SmolLM2's tokenizer with
+ * <s>, </s>, [INST] and [/INST] added as special tokens, as NeMo's tokenizer
+ * has them. The rendering is what jinja2 renders from NeMo's template (see
+ * tests/data/chat/golden.json); the loss is on each reply and its </s>. */
+static void test_chat_mistral_data(void) {
+    static const char *const extra[4] = {"<s>", "</s>", "[INST]", "[/INST]"};
+    lorac_tokenizer_t *tok =
+        tokenizer_with_specials("tokenizers/smollm2-360m-instruct-ft/tokenizer.json", 49153, extra, 4);
     if (!tok) return;
     static const char want[] = "<s>[INST]Hi there[/INST]Hello! How can I help?</s>[INST]Tell me a joke.[/INST]"
                                "Why did the chicken cross the road?</s>";
     char buf[1024];
     conv_jsonl(buf, sizeof buf, true); /* the system message is dropped: the conversation ends with a reply */
     check_chat_jsonl("chat_mistral.jsonl", buf, tok, "mistral", NULL, want, "[/INST]", "</s>", "mistral");
-    /* roles must alternate */
-    const char *bad = WRITE("chat_mistral_bad.jsonl", "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, "
-                                                       "{\"role\": \"user\", \"content\": \"b\"}]}\n");
-    lorac_dataset_params_t p = lorac_dataset_default_params();
-    p.chat_template = "mistral";
-    p.train_on_inputs = true;
-    lorac_dataset_t *ds = NULL;
-    CHECK(lorac_dataset_load(bad, tok, &p, &ds) == LORAC_STATUS_FORMAT &&
-          strstr(lorac_error_message(), "message 2 is \"user\" where \"assistant\" was expected"));
+    check_alternation_refused(tok, "mistral");
+    lorac_tokenizer_free(tok);
+}
+
+/* Mistral 7B Instruct v0.3's template on training data: TinyLlama's
+ * SentencePiece tokenizer (the kind v0.3 has) with [INST] and [/INST] added
+ * as special tokens, as v0.3's vocabulary has them. The rendering is what
+ * jinja2 renders from v0.3's template (tests/data/chat/golden.json); the
+ * loss is on each reply, its leading space and its </s>. */
+static void test_chat_mistral_v3_data(void) {
+    static const char *const extra[2] = {"[INST]", "[/INST]"};
+    lorac_tokenizer_t *tok =
+        tokenizer_with_specials("tokenizers/tinyllama-1.1b-chat-v1.0/tokenizer.json", 32000, extra, 2);
+    if (!tok) return;
+    static const char want[] = "<s>[INST] Hi there[/INST] Hello! How can I help?</s>[INST] Tell me a joke.[/INST]"
+                               " Why did the chicken cross the road?</s>";
+    char buf[1024];
+    conv_jsonl(buf, sizeof buf, true); /* the system message is dropped here too */
+    check_chat_jsonl("chat_mistral_v3.jsonl", buf, tok, "mistral-v0.3", NULL, want, "[/INST]", "</s>", "mistral-v3");
+    /* replies are stripped (Jinja's trim), the prompt's turns are not; a system message before a pending question */
+    static const char want2[] = "<s>[INST]  Hi [/INST] Hello!</s>[INST] Be brief.\n\nWhy?[/INST]";
+    char *out = NULL;
+    lorac_chat_message_t m[4] = {{"system", "Be brief."}, {"user", " Hi "}, {"assistant", "\n Hello!\xe3\x80\x80"},
+                                 {"user", "Why?"}};
+    CHECK(lorac_dataset_chat_render("mistral-v3", NULL, m, 4, NULL, NULL, &out, NULL) == 0 && !strcmp(out, want2));
+    free(out);
+    check_alternation_refused(tok, "mistral-v3");
     lorac_tokenizer_free(tok);
 }
 
@@ -1423,6 +1475,7 @@ int main(void) {
     test_chat_golden();
     test_chat_data();
     test_chat_mistral_data();
+    test_chat_mistral_v3_data();
     test_samsum_and_tinystories();
     test_sharegpt();
     test_columns();

@@ -26,7 +26,8 @@ void dbuf_free(dbuf_t *b) {
 
 /* ---- names ---- */
 static const char *const k_names[CHAT_COUNT] = {"chatml", "llama-2",      "llama-3",      "llama-3.1", "zephyr",
-                                                 "mistral", "mistral-v0.1", "mistral-v0.2", "mistral-v1"};
+                                                 "mistral", "mistral-v0.1", "mistral-v0.2", "mistral-v1",
+                                                 "mistral-v3"};
 
 int chat_tpl_from_name(const char *name) {
     static const struct { const char *alias; chat_tpl_t t; } aliases[] = {
@@ -35,7 +36,8 @@ int chat_tpl_from_name(const char *name) {
         {"llama3.1", CHAT_LLAMA31},  {"llama-3.2", CHAT_LLAMA31}, {"llama3.2", CHAT_LLAMA31},
         {"zephyr", CHAT_ZEPHYR},     {"mistral", CHAT_MISTRAL},   {"mistral-nemo", CHAT_MISTRAL},
         {"mistral-v0.1", CHAT_MISTRAL_V01}, {"mistral-v0.2", CHAT_MISTRAL_V02}, {"mixtral", CHAT_MISTRAL_V02},
-        {"mistral-v1", CHAT_MISTRAL_V1},
+        {"mistral-v1", CHAT_MISTRAL_V1},    {"mistral-v3", CHAT_MISTRAL_V3}, {"mistral-v0.3", CHAT_MISTRAL_V3},
+        {"mistral-v3-tekken", CHAT_MISTRAL}, /* llama.cpp's names for v0.3's and NeMo's */
     };
     if (!name) return -1;
     for (size_t i = 0; i < sizeof aliases / sizeof *aliases; i++)
@@ -67,7 +69,8 @@ const char *lorac_dataset_chat_end_of_turn(const char *template_name, const char
     case CHAT_MISTRAL:
     case CHAT_MISTRAL_V01:
     case CHAT_MISTRAL_V02:
-    case CHAT_MISTRAL_V1: return eos ? eos : chat_tpl_default_eos(CHAT_ZEPHYR);
+    case CHAT_MISTRAL_V1:
+    case CHAT_MISTRAL_V3: return eos ? eos : chat_tpl_default_eos(CHAT_ZEPHYR);
     default: return NULL;
     }
 }
@@ -84,7 +87,8 @@ static size_t chat_tpl_specials(chat_tpl_t t, const char *bos, const char *eos, 
         out[n++] = bos; out[n++] = "<|start_header_id|>"; out[n++] = "<|end_header_id|>"; out[n++] = "<|eot_id|>";
         break;
     case CHAT_ZEPHYR: out[n++] = eos; break;
-    case CHAT_MISTRAL: out[n++] = bos; out[n++] = "[INST]"; out[n++] = "[/INST]"; out[n++] = eos; break;
+    case CHAT_MISTRAL:
+    case CHAT_MISTRAL_V3: out[n++] = bos; out[n++] = "[INST]"; out[n++] = "[/INST]"; out[n++] = eos; break;
     case CHAT_MISTRAL_V01: /* [INST] and [/INST] are plain text in these models' vocabularies */
     case CHAT_MISTRAL_V02:
     case CHAT_MISTRAL_V1: out[n++] = bos; out[n++] = eos; break;
@@ -123,11 +127,36 @@ static int add_n(chat_render_t *r, const char *s, size_t n) {
 }
 static int add(chat_render_t *r, const char *s) { return add_n(r, s, strlen(s)); }
 
-/* Python's str.strip() / Jinja's trim, for ASCII whitespace. */
+/* The length of the UTF-8 whitespace character that takes exactly the n
+ * bytes at p, or 0: the code points Python's str.isspace() accepts (U+0009
+ * to U+000D, U+001C to U+0020, U+0085, U+00A0, U+1680, U+2000 to U+200A,
+ * U+2028, U+2029, U+202F, U+205F, U+3000). */
+static size_t space_len(const unsigned char *p, size_t n) {
+    if (n == 1) return (p[0] >= 0x09 && p[0] <= 0x0d) || (p[0] >= 0x1c && p[0] <= 0x20);
+    if (n == 2) return p[0] == 0xc2 && (p[1] == 0x85 || p[1] == 0xa0) ? 2 : 0;
+    if (n != 3) return 0;
+    if (p[0] == 0xe1) return p[1] == 0x9a && p[2] == 0x80 ? 3 : 0;
+    if (p[0] == 0xe3) return p[1] == 0x80 && p[2] == 0x80 ? 3 : 0;
+    if (p[0] != 0xe2) return 0;
+    if (p[1] == 0x80) return p[2] <= 0x8a || p[2] == 0xa8 || p[2] == 0xa9 || p[2] == 0xaf ? 3 : 0;
+    return p[1] == 0x81 && p[2] == 0x9f ? 3 : 0;
+}
+
+/* Python's str.strip() / Jinja's trim: whitespace as Python defines it,
+ * Unicode spaces included (a reply ending in U+3000 loses it there too). */
 static int add_stripped(chat_render_t *r, const char *s) {
-    size_t a = 0, b = strlen(s);
-    while (a < b && strchr(" \t\n\r\v\f", s[a])) a++;
-    while (b > a && strchr(" \t\n\r\v\f", s[b - 1])) b--;
+    const unsigned char *u = (const unsigned char *)s;
+    size_t a = 0, b = strlen(s), k;
+    for (bool more = true; more && a < b;) {
+        more = false;
+        for (k = 1; k <= 3 && a + k <= b; k++)
+            if (space_len(u + a, k)) { a += k; more = true; break; }
+    }
+    for (bool more = true; more && b > a;) {
+        more = false;
+        for (k = 1; k <= 3 && b - k >= a; k++)
+            if (space_len(u + b - k, k)) { b -= k; more = true; break; }
+    }
     return add_n(r, s + a, b - a);
 }
 
@@ -233,26 +262,31 @@ static lorac_status_t render_zephyr(chat_render_t *r, const lorac_chat_message_t
     return LORAC_STATUS_OK;
 }
 
-/* Mistral's [INST] template as Mistral NeMo writes it: BOS, then
- * "[INST]{user}[/INST]" and "{assistant}{eos}" strictly alternating after an
- * optional first system message, no spaces and no stripping. The system
- * message goes into the user turn that is the conversation's last message,
- * and nowhere else: a conversation that ends with a reply (a training
- * example) loses it, as the Jinja template drops it. [INST] and [/INST] are
- * special tokens, so every piece starts a chunk. */
-static lorac_status_t render_mistral(chat_render_t *r, const lorac_chat_message_t *m, size_t n, const char *bos,
-                                     const char *eos) {
+/* Mistral's [INST] templates with [INST] and [/INST] as special tokens, as
+ * Mistral NeMo writes it (t = CHAT_MISTRAL) and as Mistral 7B Instruct v0.3
+ * and Mistral Large 2407 do (CHAT_MISTRAL_V3): BOS, then "[INST]{user}[/INST]"
+ * and "{assistant}{eos}" strictly alternating after an optional first system
+ * message; v3 writes "[INST] {user}[/INST]" and " {assistant stripped}{eos}"
+ * (Jinja's trim), NeMo no spaces and no stripping. The system message goes
+ * into the user turn that is the conversation's last message, and nowhere
+ * else: a conversation that ends with a reply (a training example) loses it,
+ * as the Jinja templates drop it. Every piece starts a chunk. */
+static lorac_status_t render_mistral(chat_render_t *r, chat_tpl_t t, const lorac_chat_message_t *m, size_t n,
+                                     const char *bos, const char *eos) {
+    bool v3 = t == CHAT_MISTRAL_V3;
     size_t first = 0;
     const char *system = NULL;
     if (n > 0 && !strcmp(m[0].role, "system")) { system = m[0].content; first = 1; }
     TRY(piece(r, false, true) || add(r, bos));
     for (size_t i = first; i < n; i++) {
-        lorac_status_t s = check_turn(CHAT_MISTRAL, m, i, first, true);
+        lorac_status_t s = check_turn(t, m, i, first, true);
         if (s) return s;
         if ((i - first) % 2 == 0) {
-            TRY(piece(r, false, true) || add(r, "[INST]"));
+            TRY(piece(r, false, true) || add(r, v3 ? "[INST] " : "[INST]"));
             if (system && i == n - 1) TRY(add(r, system) || add(r, "\n\n"));
             TRY(add(r, m[i].content) || add(r, "[/INST]"));
+        } else if (v3) {
+            TRY(piece(r, true, true) || add(r, " ") || add_stripped(r, m[i].content) || add(r, eos));
         } else {
             TRY(piece(r, true, true) || add(r, m[i].content) || add(r, eos));
         }
@@ -316,7 +350,8 @@ lorac_status_t chat_render_pieces(chat_tpl_t t, const char *default_system, cons
     case CHAT_LLAMA3: return render_llama3(r, m, n, bos, false);
     case CHAT_LLAMA31: return render_llama3(r, m, n, bos, true);
     case CHAT_ZEPHYR: return render_zephyr(r, m, n, eos);
-    case CHAT_MISTRAL: return render_mistral(r, m, n, bos, eos);
+    case CHAT_MISTRAL:
+    case CHAT_MISTRAL_V3: return render_mistral(r, t, m, n, bos, eos);
     case CHAT_MISTRAL_V01:
     case CHAT_MISTRAL_V02:
     case CHAT_MISTRAL_V1: return render_mistral_spaced(r, t, m, n, bos, eos);
@@ -356,6 +391,7 @@ static const char *generation_prompt(chat_tpl_t t) {
     case CHAT_MISTRAL_V01:
     case CHAT_MISTRAL_V02:
     case CHAT_MISTRAL_V1:
+    case CHAT_MISTRAL_V3:
     case CHAT_COUNT: break;
     }
     return "";
@@ -460,6 +496,11 @@ lorac_status_t lorac_dataset_chat_template_recognize(const char *jinja, const ch
              strstr(jinja, "\"[INST]\" + system_message + \"\\n\\n\" + message[\"content\"] + \"[/INST]\"") &&
              strstr(jinja, "message[\"content\"] + eos_token"))
         t = CHAT_MISTRAL; /* NeMo's spelling exactly */
+    else if (strstr(jinja, "\"[INST] \" + message[\"content\"] + \"[/INST]\"") &&
+             strstr(jinja, "\"[INST] \" + system_message + \"\\n\\n\" + message[\"content\"] + \"[/INST]\"") &&
+             strstr(jinja, "loop.last and system_message is defined") &&
+             strstr(jinja, "\" \" + message[\"content\"]|trim + eos_token"))
+        t = CHAT_MISTRAL_V3; /* v0.3's: the system message only in a last user turn, replies trimmed */
     else if (strstr(jinja, "' [INST] ' + message['content'] + ' [/INST]'") &&
              strstr(jinja, "' [INST] ' + system_message + '\\n\\n' + message['content'] + ' [/INST]'") &&
              strstr(jinja, "loop.first and system_message is defined") && strstr(jinja, "' ' + message['content'] + eos_token"))
@@ -472,7 +513,8 @@ lorac_status_t lorac_dataset_chat_template_recognize(const char *jinja, const ch
     else if (strstr(jinja, "<|user|>") && strstr(jinja, "<|assistant|>") && !strstr(jinja, "<|end|>")) t = CHAT_ZEPHYR;
     else {
         const char *family = strstr(jinja, "[INST]")             ? "a Mistral-style [INST] template other than NeMo's, "
-                                                                  "Mistral 7B v0.1's, Mixtral's and their later one"
+                                                                  "Mistral 7B v0.1's, Mixtral's, their later one "
+                                                                  "and v0.3's"
                              : strstr(jinja, "<start_of_turn>") ? "a Gemma template"
                              : strstr(jinja, "<|end|>")         ? "a Phi-3 template"
                                                                 : "a chat template";

@@ -49,6 +49,7 @@ typedef enum {
     CHAT_MISTRAL_V01, /* Mistral 7B Instruct v0.1's first template */
     CHAT_MISTRAL_V02, /* Mixtral 8x7B Instruct v0.1's and Mistral 7B v0.2's first template */
     CHAT_MISTRAL_V1,  /* the spaced template Mistral later gave those models */
+    CHAT_MISTRAL_V3,  /* Mistral 7B Instruct v0.3's and Mistral Large 2407's ("v3") */
     CHAT_COUNT
 } chat_tpl_t;
 

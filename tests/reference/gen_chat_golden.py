@@ -41,6 +41,7 @@ TEMPLATES = [
     ("mistral-v0.1", "tests/data/chat/templates/mistral-7b-instruct-v0.1.jinja", None, "<s>", "</s>"),
     ("mistral-v0.2", "tests/data/chat/templates/mixtral-8x7b-instruct-v0.1.jinja", None, "<s>", "</s>"),
     ("mistral-v1", "tests/data/chat/templates/mistral-instruct-v1.jinja", None, "<s>", "</s>"),
+    ("mistral-v3", "tests/data/chat/templates/mistral-7b-instruct-v0.3.jinja", None, "<s>", "</s>"),
 ]
 
 S = {"role": "system", "content": "You are a careful assistant."}
@@ -62,6 +63,11 @@ CONVERSATIONS = [
     ("two exchanges", [U1, A1, U2, A2]),
     ("unicode and a pending question", [{"role": "user", "content": "\n  Héllo 👋\n\nsecond line  "},
                                         {"role": "assistant", "content": " Hi!\t"}, U2]),
+    # whitespace beyond ASCII around contents: Jinja's trim and str.strip() take Unicode spaces off too
+    ("unicode spaces", [{"role": "system", "content": "\u3000Be brief.\u00a0"},
+                        {"role": "user", "content": "\u2003Why?\u0085"},
+                        {"role": "assistant", "content": "\u202fBecause.\u205f\u2028 \x1c"},
+                        {"role": "user", "content": "Sure\u1680"}]),
     # refused by the templates that insist on alternating turns
     ("two user turns", [U1, U2]),
     ("reply first", [A1, U1]),
