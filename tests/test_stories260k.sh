@@ -45,5 +45,42 @@ grep -q "^generate: 512 tokens, .*(stop: context" "$tmp/ctx.txt" && pass=$((pass
 grep -q "^generate: 600 tokens, .*(stop: length" "$tmp/ctx.txt" &&
   grep -q "warning: a context of 700 is past the model's max_position_embeddings (512)" "$tmp/ctx.txt" &&
   pass=$((pass + 1)) || { fail=$((fail + 1)); echo "-c 700 did not give 600 tokens with a warning:"; cat "$tmp/ctx.txt"; }
+
+# serve follows the same rule: without --ctx a slot holds the model's 512
+# positions, and a request for more is refused (400); --ctx 700 goes past
+# them with the same warning, and the request is served in full.
+serve_ctx() { # NAME ARGS...: starts the server, posts a 600-token request, prints the HTTP status and tokens (or error)
+  local name=$1; shift
+  "$LORAC_BIN" serve -m "$tmp/model" -t 1 --port 0 "$@" > "$tmp/$name.out" 2> "$tmp/$name.err" &
+  local spid=$! port=""
+  for _ in $(seq 100); do
+    port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/$name.out")
+    [ -n "$port" ] && break
+    sleep 0.1
+  done
+  /usr/bin/python3 - "$port" <<'PYEOF' || true
+import json, sys, urllib.error, urllib.request
+body = json.dumps({"model": "model", "prompt": "Once", "max_tokens": 600, "temperature": 0, "ignore_eos": True}).encode()
+req = urllib.request.Request("http://127.0.0.1:%s/v1/completions" % sys.argv[1], body, {"Content-Type": "application/json"})
+try:
+    r = json.load(urllib.request.urlopen(req, timeout=120))
+    print(200, r["usage"]["completion_tokens"])
+except urllib.error.HTTPError as e:
+    print(e.code, json.load(e)["error"]["message"])
+except Exception as e:
+    print("no answer:", e)
+PYEOF
+  kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null || true
+}
+got=$(serve_ctx serve512)
+case "$got" in "400 this model's maximum context length is 512 tokens"*) ctx_refused=1 ;; *) ctx_refused=0 ;; esac
+[ "$ctx_refused" = 1 ] && grep -q "8 slots x 512 positions" "$tmp/serve512.err" &&
+  ! grep -q "warning" "$tmp/serve512.err" && pass=$((pass + 1)) || {
+  fail=$((fail + 1)); echo "serve without --ctx: $got, want a 400 naming 512 tokens, and 512 positions:"; cat "$tmp/serve512.err"; }
+got=$(serve_ctx serve700 --ctx 700)
+[ "$got" = "200 600" ] && grep -q "slots x 700 positions" "$tmp/serve700.err" &&
+  grep -q "warning: a context of 700 is past the model's max_position_embeddings (512)" "$tmp/serve700.err" &&
+  pass=$((pass + 1)) || {
+  fail=$((fail + 1)); echo "serve --ctx 700: $got, want 200 600, 700 positions and a warning:"; cat "$tmp/serve700.err"; }
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -22,7 +22,8 @@ static const char *k_usage =
     "  --adapters DIR           PEFT adapters, one per subdirectory; a request's \"model\" names one\n"
     "  --max-loras N            adapters kept in memory, least recently used evicted (default 8)\n"
     "  --max-seqs N             sequences decoded together (KV slots; default 8)\n"
-    "  --ctx N                  positions per sequence, prompt + completion (default 2048, capped at the model's)\n"
+    "  --ctx N                  positions per sequence, prompt + completion (default: the model's\n"
+    "                           max_position_embeddings, at most 2048; past it with a warning)\n"
     "  --batch N                most tokens in one forward pass (default 512)\n"
     "  --kv-cache-dtype T       f32 (default), bf16 or f16: the KV cache's values; bf16/f16 halve its memory\n"
     "  --max-queue N            requests waiting beyond --max-seqs before 429 (default 64)\n"
@@ -117,6 +118,10 @@ int cmd_serve(int argc, char **argv) {
     char *name = served ? strdup(served) : dir_name(model_dir);
     if (!name) cli_die("out of memory");
     ep.adapters_dir = adapters;
+    int32_t max_pos = lorac_model_get_config(model)->max_position_embeddings;
+    if (ep.n_ctx > 0 && max_pos > 0 && ep.n_ctx > max_pos) /* as generate -c: honoured, with a word */
+        fprintf(stderr, "lorac: warning: a context of %d is past the model's max_position_embeddings (%d); "
+                        "it was not trained on later positions\n", ep.n_ctx, max_pos);
     lorac_engine_t *engine;
     cli_check(lorac_engine_start(model, &ep, &engine));
 

@@ -108,7 +108,9 @@ typedef struct {
 
 typedef struct {
     int32_t max_seqs;        /* sequences decoded concurrently (KV slots reserved up front) */
-    int32_t n_ctx;           /* positions per sequence (prompt + completion) */
+    int32_t n_ctx;           /* positions per sequence (prompt + completion); 0: the model's
+                                max_position_embeddings, at most 2048. More than the model's
+                                is honoured (positions it was not trained on, as llama.cpp's -c) */
     int32_t n_batch;         /* most tokens in one forward pass (>= max_seqs) */
     int32_t max_queue;       /* requests waiting for a slot beyond max_seqs; more → BUSY */
     int32_t max_loras;       /* adapters kept in memory */
@@ -116,7 +118,7 @@ typedef struct {
     lorac_dtype_t kv_dtype;  /* KV cache values: F32 (0, the default), BF16 or F16 (half the memory) */
 } lorac_engine_params_t;
 
-/* max_seqs 8, n_ctx 2048 (clamped to the model's), n_batch 512, max_queue 64, max_loras 8, kv_dtype F32. */
+/* max_seqs 8, n_ctx 0 (the model's, at most 2048), n_batch 512, max_queue 64, max_loras 8, kv_dtype F32. */
 lorac_engine_params_t lorac_engine_default_params(void);
 
 typedef struct lorac_engine lorac_engine_t;

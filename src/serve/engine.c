@@ -93,7 +93,7 @@ const char *lorac_finish_name(lorac_finish_t f) {
 }
 
 lorac_engine_params_t lorac_engine_default_params(void) {
-    lorac_engine_params_t p = {.max_seqs = 8, .n_ctx = 2048, .n_batch = 512, .max_queue = 64, .max_loras = 8,
+    lorac_engine_params_t p = {.max_seqs = 8, .n_ctx = 0, .n_batch = 512, .max_queue = 64, .max_loras = 8,
                                .adapters_dir = NULL};
     return p;
 }
@@ -422,9 +422,11 @@ lorac_status_t lorac_engine_start(const lorac_model_t *model, const lorac_engine
     const lorac_model_config_t *c = lorac_model_get_config(model);
     if (!lorac_model_get_tokenizer(model))
         return lorac_error(LORAC_STATUS_INVALID_ARG, "serving needs the model's tokenizer");
-    if (p.max_seqs < 1 || p.n_ctx < 2 || p.max_queue < 0 || p.max_loras < 1)
-        return lorac_error(LORAC_STATUS_INVALID_ARG, "engine: max_seqs >= 1, n_ctx >= 2, max_queue >= 0, max_loras >= 1");
-    if (c->max_position_embeddings > 0 && p.n_ctx > c->max_position_embeddings) p.n_ctx = c->max_position_embeddings;
+    if (p.max_seqs < 1 || (p.n_ctx != 0 && p.n_ctx < 2) || p.max_queue < 0 || p.max_loras < 1)
+        return lorac_error(LORAC_STATUS_INVALID_ARG,
+                           "engine: max_seqs >= 1, n_ctx 0 or >= 2, max_queue >= 0, max_loras >= 1");
+    if (p.n_ctx == 0) /* the model's positions, capped: each slot's KV cache is reserved up front */
+        p.n_ctx = c->max_position_embeddings >= 2 && c->max_position_embeddings < 2048 ? c->max_position_embeddings : 2048;
     if (p.n_batch < p.max_seqs) p.n_batch = p.max_seqs;
     lorac_engine_t *e = calloc(1, sizeof *e);
     if (!e) return lorac_error(LORAC_STATUS_NOMEM, "out of memory for the engine");
