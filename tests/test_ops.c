@@ -438,7 +438,7 @@ int main(void) {
         for (int i = 0; i < V; i++) row[i] = 12.0f * frand();
         row[5] = -INFINITY, row[6] = -200.0f;
         double mx = -INFINITY, sum = 0;
-        for (int i = 0; i < V; i++) mx = fmax(mx, row[i]);
+        for (int i = 0; i < V; i++) mx = row[i] > mx ? row[i] : mx; /* not fmax: GCC 12 for aarch64 crashes on it here */
         for (int i = 0; i < V; i++) sum += ref[i] = exp(row[i] - mx);
         for (int i = 0; i < V; i++) ref[i] /= sum;
         lorac_softmax_forward(row, 1, V);
