@@ -154,7 +154,7 @@ static int add_stripped(chat_render_t *r, const char *s) {
     }
     for (bool more = true; more && b > a;) {
         more = false;
-        for (k = 1; k <= 3 && b - k >= a; k++)
+        for (k = 1; k <= 3 && k <= b - a; k++)
             if (space_len(u + b - k, k)) { b -= k; more = true; break; }
     }
     return add_n(r, s + a, b - a);
