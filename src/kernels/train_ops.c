@@ -401,12 +401,15 @@ void lorac_crossentropy_classifier(const float *x, const void *w, lorac_dtype_t 
                                    float *row_max, double *others_sum, float *target_logit, float *acc) {
     const lorac_kernel_ops_t *ops = lorac_kernels_ops();
     size_t es = lorac_dtype_size(wt);
-    int nt = lorac_kernels_get_threads();
-    int64_t per = (n + nt - 1) / nt;
-    per = (per + 5) / 6 * 6; /* whole 6-row tiles */
     int use_packed = packed && ops->matmul_packed && ops->matmul_set_bt && cols % 16 == 0;
-    #pragma omp parallel num_threads(nt)
+    #pragma omp parallel num_threads(lorac_kernels_get_threads())
     {
+        /* rows split over the threads the team has: OpenMP may give fewer
+         * than asked (OMP_THREAD_LIMIT, a nested region), and rows split
+         * for the threads asked would then go uncomputed */
+        int nt = omp_get_num_threads();
+        int64_t per = (n + nt - 1) / nt;
+        per = (per + 5) / 6 * 6; /* whole 6-row tiles */
         int64_t r0 = (int64_t)omp_get_thread_num() * per;
         r0 = r0 < n ? r0 : n; /* a thread past the rows (few rows, many threads) does nothing */
         int64_t r1 = r0 + per < n ? r0 + per : n, m = r1 - r0;
