@@ -5,7 +5,7 @@
 #     malformed files, datasets and chat templates (jinja2's renderings),
 #     sampling (vLLM's rules), the OpenAI protocol, and the kernels, the
 #     forward pass and the training step on the portable C path (against
-#     double references and finite differences), adapters, checkpoints;
+#     double references and finite differences), adapters;
 #   - `convert` of the stories260K checkpoint, whose files must be byte for
 #     byte the native build's, and its greedy continuation, which must be
 #     the one recorded upstream.
