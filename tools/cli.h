@@ -29,6 +29,11 @@ char *cli_read_file(const char *path, size_t *len);
 /* Dies with a clear message when MODEL_DIR has a config.json but no tokenizer.json. */
 void cli_require_tokenizer(const char *model_dir, const char *cmd);
 
+/* Warns on stderr when an asked-for context goes past the model's
+ * max_position_embeddings (generate -c, serve --ctx: honoured, as llama.cpp's
+ * --ctx-size). */
+void cli_warn_past_positions(int64_t n_ctx, int32_t max_position_embeddings);
+
 /* --adapter DIR[:SCALE], repeatable (generate, logits). */
 #define CLI_MAX_ADAPTERS 16
 typedef struct {

@@ -345,9 +345,7 @@ int cmd_generate(int argc, char **argv) {
      * --ctx-size may, with a warning */
     int64_t n_ctx = n_ctx_flag ? n_ctx_flag : interactive_mode ? 4096 : (int64_t)n_ids + n_predict;
     if (!n_ctx_flag && n_ctx > cfg->max_position_embeddings) n_ctx = cfg->max_position_embeddings;
-    if (n_ctx_flag && n_ctx > cfg->max_position_embeddings)
-        fprintf(stderr, "lorac: warning: a context of %lld is past the model's max_position_embeddings (%d); "
-                        "it was not trained on later positions\n", (long long)n_ctx, cfg->max_position_embeddings);
+    if (n_ctx_flag) cli_warn_past_positions(n_ctx, cfg->max_position_embeddings);
     if ((int64_t)n_ids > n_ctx)
         cli_die("the prompt is %zu tokens, longer than the context of %lld", n_ids, (long long)n_ctx);
 

@@ -118,10 +118,7 @@ int cmd_serve(int argc, char **argv) {
     char *name = served ? strdup(served) : dir_name(model_dir);
     if (!name) cli_die("out of memory");
     ep.adapters_dir = adapters;
-    int32_t max_pos = lorac_model_get_config(model)->max_position_embeddings;
-    if (ep.n_ctx > 0 && max_pos > 0 && ep.n_ctx > max_pos) /* as generate -c: honoured, with a word */
-        fprintf(stderr, "lorac: warning: a context of %d is past the model's max_position_embeddings (%d); "
-                        "it was not trained on later positions\n", ep.n_ctx, max_pos);
+    cli_warn_past_positions(ep.n_ctx, lorac_model_get_config(model)->max_position_embeddings);
     lorac_engine_t *engine;
     cli_check(lorac_engine_start(model, &ep, &engine));
 

@@ -222,6 +222,12 @@ lorac_status_t cli_chat_setup(cli_chat_t *c, const char *model_dir, const struct
     return LORAC_STATUS_OK;
 }
 
+void cli_warn_past_positions(int64_t n_ctx, int32_t max_pos) {
+    if (max_pos > 0 && n_ctx > max_pos)
+        fprintf(stderr, "lorac: warning: a context of %lld is past the model's max_position_embeddings (%d); "
+                        "it was not trained on later positions\n", (long long)n_ctx, max_pos);
+}
+
 void cli_chat_free(cli_chat_t *c) {
     free(c->bos); free(c->eos); free(c->default_system);
     memset(c, 0, sizeof *c);
