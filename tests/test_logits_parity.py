@@ -61,6 +61,12 @@ CASES = [
     ("qwen2-mqa-tied-f32", cfg(56, 120, 2, 7, 1, 113, rms_norm_eps=1e-6, rope_theta=1e6),
      dict(dtype="F32", arch="qwen2", tie=True), 17),
     ("qwen2-gqa-bf16", cfg(64, 136, 2, 4, 2, 89), dict(dtype="BF16", arch="qwen2"), 9),
+    # Qwen3: an RMSNorm over each head of q and of k before rotary; head_dim
+    # 24 != 64 / 4 (as Qwen3-0.6B's 128 != 1024 / 16), GQA, tied, theta 1e6
+    ("qwen3-gqa-tied-f32", cfg(64, 136, 2, 4, 2, 89, head_dim=24, rms_norm_eps=1e-6, rope_theta=1e6),
+     dict(dtype="F32", arch="qwen3", tie=True), 18),
+    # Qwen3 with attention_bias (q, k, v and o biases), BF16, untied
+    ("qwen3-bias-bf16", cfg(48, 100, 2, 6, 3, 97, head_dim=16), dict(dtype="BF16", arch="qwen3", bias=True), 13),
     # Llama 3 rope_scaling; original_max_position_embeddings small so that every
     # band (unchanged, smoothed, divided) matters at these short positions
     ("llama3-rope-f32", cfg(64, 128, 2, 4, 2, 97, rope_theta=500000.0,
@@ -69,6 +75,12 @@ CASES = [
     # Llama 3 rope_scaling with the real Llama 3.1 values, BF16, tied (as Llama 3.2 1B)
     ("llama3-real-bf16", cfg(64, 128, 2, 4, 1, 97, rope_theta=500000.0, rope_scaling=hm.LLAMA3_ROPE_SCALING),
      dict(dtype="BF16", tie=True), 12),
+    # the same two as transformers 5 writes their config.json ("rope_parameters")
+    ("llama3-rope-transformers5-f32", cfg(64, 128, 2, 4, 2, 97, rope_theta=500000.0,
+                                          rope_scaling=dict(hm.LLAMA3_ROPE_SCALING, original_max_position_embeddings=64)),
+     dict(dtype="F32"), 19),
+    ("qwen3-theta-transformers5-f32", cfg(64, 136, 2, 4, 2, 89, head_dim=24, rope_theta=1e6),
+     dict(dtype="F32", arch="qwen3"), 18),
     # Mistral, GQA, head_dim override (as Mistral Nemo), F16 weights
     ("mistral-headdim-f16", cfg(80, 144, 2, 4, 2, 103, head_dim=16), dict(dtype="F16", arch="mistral"), 15),
     # one token
@@ -122,6 +134,14 @@ def parity_case(name, shape, kw, T, seed):
     d = os.path.join(TMP, name)
     shutil.rmtree(d, ignore_errors=True)
     c, w = hm.make_random_model(d, shape, seed=seed, **kw)
+    if "transformers5" in name:
+        # config.json as transformers 5 writes it: rope_theta and the scaling
+        # fields in one "rope_parameters" object, no top-level keys; the
+        # reference keeps reading the 4.x form c, which means the same
+        v5 = {k: v for k, v in c.items() if k not in ("rope_theta", "rope_scaling")}
+        v5["rope_parameters"] = dict(c.get("rope_scaling") or {"rope_type": "default"}, rope_theta=c["rope_theta"])
+        with open(os.path.join(d, "config.json"), "w") as f:
+            json.dump(v5, f, indent=2)
     if "misaligned" in name:
         _, start, _ = hm.read_safetensors_header(os.path.join(d, "model.safetensors"))
         if start % 64 == 0:
@@ -199,6 +219,20 @@ def negative_cases():
     del w[gone]
     hm.save_safetensors(os.path.join(d, "model.safetensors"), w)
     error_case("error-missing-up_proj", d, [re.escape(gone)])
+
+    # a Qwen3 model without a q_norm, and one whose k_norm is not head_dim long
+    d = os.path.join(TMP, "qwen3-without-norms")
+    shutil.rmtree(d, ignore_errors=True)
+    c, w = hm.make_random_model(d, dict(small, head_dim=12), seed=104, arch="qwen3")
+    norm = "model.layers.0.self_attn.q_norm.weight"
+    del w[norm]
+    hm.save_safetensors(os.path.join(d, "model.safetensors"), w)
+    error_case("error-qwen3-missing-q_norm", d, [re.escape(f'missing tensor "{norm}"')])
+    c, w = hm.make_random_model(d, dict(small, head_dim=12), seed=104, arch="qwen3")
+    norm = "model.layers.1.self_attn.k_norm.weight"
+    w[norm] = torch.ones(48 // 4)[:10]
+    hm.save_safetensors(os.path.join(d, "model.safetensors"), w)
+    error_case("error-qwen3-k_norm-shape", d, [re.escape(norm), re.escape("has shape [10], expected [12]")])
 
 
 def main():

@@ -35,13 +35,52 @@ int main(void) {
     expect_ok("{\"architectures\": [\"MistralForCausalLM\"], " BASE ", \"head_dim\": 16, \"eos_token_id\": [2, 7]}", &c);
     CHECK(c.arch == LORAC_ARCH_MISTRAL && c.head_dim == 16 && c.n_eos == 2 && c.eos_ids[1] == 7);
 
+    /* Qwen3: per-head q/k norms; head_dim 128 when the config omits it (Qwen3Config's default, not 64 / 8);
+     * biases as attention_bias says, never in the MLP */
+    expect_ok("{\"architectures\": [\"Qwen3ForCausalLM\"], " BASE ", \"num_key_value_heads\": 2, \"mlp_bias\": true}", &c);
+    CHECK(c.arch == LORAC_ARCH_QWEN3 && c.qk_norm && c.head_dim == 128 && !c.qkv_bias && !c.o_bias && !c.mlp_bias);
+    expect_ok("{\"architectures\": [\"Qwen3ForCausalLM\"], " BASE ", \"head_dim\": 16, \"attention_bias\": true}", &c);
+    CHECK(c.qk_norm && c.head_dim == 16 && c.qkv_bias && c.o_bias);
+    expect_ok("{\"architectures\": [\"Qwen2ForCausalLM\"], " BASE "}", &c);
+    CHECK(!c.qk_norm && c.head_dim == 8);
+
     expect_ok("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"attention_bias\": true, \"mlp_bias\": true, "
               "\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 32.0, \"low_freq_factor\": 1.0, "
               "\"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 8192}}", &c);
     CHECK(c.qkv_bias && c.o_bias && c.mlp_bias && c.rope_llama3 && c.rope_original_max_position == 8192);
     CHECK_NEAR(c.rope_factor, 32.0, 0);
 
+    /* transformers 5: rope_theta and the scaling in "rope_parameters" */
+    expect_ok("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rope_parameters\": {\"rope_type\": \"default\", "
+              "\"rope_theta\": 500000.0}}", &c);
+    CHECK(!c.rope_llama3);
+    CHECK_NEAR(c.rope_theta, 5e5, 0);
+    expect_ok("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rope_parameters\": {\"rope_type\": \"llama3\", "
+              "\"rope_theta\": 500000.0, \"factor\": 32.0, \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, "
+              "\"original_max_position_embeddings\": 8192}}", &c);
+    CHECK(c.rope_llama3 && c.rope_original_max_position == 8192);
+    CHECK_NEAR(c.rope_factor, 32.0, 0);
+    CHECK_NEAR(c.rope_theta, 5e5, 0);
+    expect_ok("{\"architectures\": [\"Qwen3ForCausalLM\"], " BASE ", \"rope_parameters\": {\"rope_theta\": 1000000}}", &c);
+    CHECK_NEAR(c.rope_theta, 1e6, 0);
+    /* rope_parameters wins over a stale top-level rope_theta */
+    expect_ok("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rope_theta\": 10000.0, \"rope_parameters\": "
+              "{\"rope_type\": \"default\", \"rope_theta\": 1000000.0}}", &c);
+    CHECK_NEAR(c.rope_theta, 1e6, 0);
+    expect_ok("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rope_theta\": 20000.0, \"rope_parameters\": null}", &c);
+    CHECK_NEAR(c.rope_theta, 2e4, 0);
+
     /* malformed */
+    expect_fail("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rope_parameters\": [1]}", LORAC_STATUS_FORMAT,
+                "\"rope_parameters\" must be an object");
+    expect_fail("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rope_parameters\": {\"rope_type\": \"yarn\", "
+                "\"rope_theta\": 1e6, \"factor\": 4.0}}", LORAC_STATUS_UNSUPPORTED, "rope_parameters type \"yarn\"");
+    expect_fail("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rope_parameters\": {\"rope_type\": \"default\", "
+                "\"rope_theta\": \"big\"}}", LORAC_STATUS_FORMAT, "rope_theta");
+    expect_fail("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rope_parameters\": {\"full_attention\": "
+                "{\"rope_type\": \"default\", \"rope_theta\": 1e6}}}", LORAC_STATUS_UNSUPPORTED, "per layer type");
+    expect_fail("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rope_parameters\": {\"factor\": 4.0}}",
+                LORAC_STATUS_FORMAT, "no \"rope_type\"");
     expect_fail("", LORAC_STATUS_FORMAT, "not valid JSON");
     expect_fail("{\"architectures\": [\"LlamaForCausalLM\"], ", LORAC_STATUS_FORMAT, "not valid JSON");
     expect_fail("[1, 2]", LORAC_STATUS_FORMAT, "not a JSON object");

@@ -1,6 +1,6 @@
 /* Gradients of the training pass against central finite differences of its
  * own loss, for every LoRA target kind, for full fine-tuning, with GQA,
- * biases, tied embeddings, masked targets, packed rows, a vocabulary the
+ * biases, Qwen3's per-head q/k norms, tied embeddings, masked targets, packed rows, a vocabulary the
  * loss takes in several blocks, and an adapter on the upper layers only. The forward is
  * f32, so the comparison is a normalised error over many sampled elements:
  * |g - fd| / (|g| + |fd|) summed, as test-backend-ops does.
@@ -225,7 +225,12 @@ int main(void) {
     tiny_model_t deep = gqa;
     deep.L = 3, deep.seed = 9;
     lora_case("lora-upper-layers", deep, "all-linear", "1-2");
+    /* Qwen3: the q/k norms between the projections and rotary; head_dim 8 != 16 / 4 */
+    tiny_model_t qwen3 = {.D = 16, .I = 24, .L = 2, .H = 4, .KVH = 2, .HD = 8, .V = 23, .qwen3 = 1, .seed = 10};
+    lora_case("lora-qwen3-qk", qwen3, "q_proj,k_proj,o_proj", NULL);
     full_case("full-gqa-bias", biased);
+    qwen3.bias = 1, qwen3.tied = 1, qwen3.seed = 11;
+    full_case("full-qwen3-bias-tied", qwen3);
     tiny_model_t untied = gqa;
     untied.seed = 6;
     full_case("full-untied", untied);

@@ -140,13 +140,13 @@ def run_case(name, shape, arch, tie, bias, targets, r, alpha, rslora, steps, bat
                               f"max rel {worst_loss:.2e}; A/B max rel {worst_w:.2e} ({worst_name})"))
 
 
-def run_full_case(name, shape, tie, bias, steps, batch, seq, lr, wd, clip, seed):
+def run_full_case(name, shape, tie, bias, steps, batch, seq, lr, wd, clip, seed, arch="llama"):
     """`train --full`: every weight trained from f32 master copies. The final
     model's updates W_final - W_init must match float64 torch AdamW on all
     weights (embeddings, norms, biases, projections, head)."""
     d = os.path.join(TMP, f"train-parity-{name}")
     os.makedirs(d, exist_ok=True)
-    c, w = hf_model.make_random_model(os.path.join(d, "model"), shape, tie=tie, bias=bias, seed=seed)
+    c, w = hf_model.make_random_model(os.path.join(d, "model"), shape, tie=tie, bias=bias, seed=seed, arch=arch)
     g = torch.Generator().manual_seed(seed + 1)
     V = c["vocab_size"]
     rows = []
@@ -226,7 +226,12 @@ def main():
                 vocab_size=53)
     run_case("qwen2-mlp", qwen, "qwen2", False, False, ["gate_proj", "up_proj", "down_proj", "o_proj"], 2, 4, False, 3, 2,
              1, 10, 2e-2, 0.1, 0.0, "constant", 0, 3)
+    # Qwen3: the per-head q/k norms between q_proj/k_proj and rotary; head_dim 12 != 32 / 4
+    qwen3 = dict(gqa, head_dim=12)
+    run_case("qwen3-qk-rslora", qwen3, "qwen3", True, False, ["q_proj", "k_proj", "v_proj", "o_proj"], 4, 8, True, 3, 2,
+             1, 12, 1e-2, 0.01, 1.0, "linear", 1, 7)
     run_full_case("full-gqa-bias", gqa, False, True, 3, 2, 12, 1e-2, 0.01, 1.0, 4)
+    run_full_case("full-qwen3-bias", qwen3, False, True, 2, 2, 10, 1e-2, 0.0, 1.0, 8, arch="qwen3")
     run_full_case("full-tied", gqa, True, False, 2, 2, 10, 5e-3, 0.0, 0.0, 5)
     passed = sum(1 for _, ok, _ in results if ok)
     for name, ok, msg in results:

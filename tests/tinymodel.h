@@ -11,7 +11,7 @@
 
 typedef struct {
     int D, I, L, H, KVH, HD, V;
-    int tied, bias, qwen2;
+    int tied, bias, qwen2, qwen3; /* qwen3: per-head q/k norms */
     unsigned long long seed;
 } tiny_model_t;
 
@@ -30,10 +30,10 @@ static inline int tiny_model_write(const char *dir, const tiny_model_t *m) {
     fprintf(f, "{\"architectures\": [\"%s\"], \"hidden_size\": %d, \"intermediate_size\": %d, "
                "\"num_hidden_layers\": %d, \"num_attention_heads\": %d, \"num_key_value_heads\": %d, \"head_dim\": %d, "
                "\"vocab_size\": %d, \"rms_norm_eps\": 1e-5, \"tie_word_embeddings\": %s, \"attention_bias\": %s}",
-            m->qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM", m->D, m->I, m->L, m->H, m->KVH, m->HD, m->V,
+            m->qwen2 ? "Qwen2ForCausalLM" : m->qwen3 ? "Qwen3ForCausalLM" : "LlamaForCausalLM", m->D, m->I, m->L, m->H, m->KVH, m->HD, m->V,
             m->tied ? "true" : "false", m->bias && !m->qwen2 ? "true" : "false");
     fclose(f);
-    int max_t = 3 + 13 * m->L, n = 0;
+    int max_t = 3 + 15 * m->L, n = 0;
     lorac_tensor_write_t *t = calloc((size_t)max_t, sizeof *t);
     char (*names)[96] = calloc((size_t)max_t, sizeof *names);
     float **bufs = calloc((size_t)max_t, sizeof *bufs);
@@ -63,6 +63,10 @@ static inline int tiny_model_write(const char *dir, const tiny_model_t *m) {
             T("model.layers.%d.self_attn.v_proj.bias", l, KV, 0, 0.2f, 0.0f);
         }
         if (o_bias) T("model.layers.%d.self_attn.o_proj.bias", l, m->D, 0, 0.2f, 0.0f);
+        if (m->qwen3) {
+            T("model.layers.%d.self_attn.q_norm.weight", l, m->HD, 0, 0.6f, 1.0f);
+            T("model.layers.%d.self_attn.k_norm.weight", l, m->HD, 0, 0.6f, 1.0f);
+        }
         T("model.layers.%d.post_attention_layernorm.weight", l, m->D, 0, 0.2f, 1.0f);
         T("model.layers.%d.mlp.gate_proj.weight", l, m->I, m->D, 0.6f, 0.0f);
         T("model.layers.%d.mlp.up_proj.weight", l, m->I, m->D, 0.6f, 0.0f);

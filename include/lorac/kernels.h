@@ -132,7 +132,8 @@ void lorac_convert_to_f32(float *dst, const void *src, lorac_dtype_t dtype, int6
 
 /* ---- elementwise and normalisation ---------------------------------------- */
 /* out, x are (T,C), w is (C) in wtype. out = x / sqrt(mean(x²) + eps) * w.
- * rstd (T) receives 1/sqrt(mean(x²)+eps) for the backward pass if non-NULL. */
+ * rstd (T) receives 1/sqrt(mean(x²)+eps) for the backward pass if non-NULL.
+ * out may be x (in place). */
 void lorac_rmsnorm_forward(float *out, float *rstd, const float *x, const void *w,
                            lorac_dtype_t wtype, float eps, int64_t T, int64_t C);
 /* out (T,H) = silu(gate) * up, gate and up (T,H). */

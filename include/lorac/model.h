@@ -8,7 +8,7 @@
  * model serves many contexts, possibly on different threads.
  *
  * Supported architectures (config.json "architectures"[0]): LlamaForCausalLM,
- * MistralForCausalLM, Qwen2ForCausalLM. Tensor names follow HuggingFace
+ * MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM. Tensor names follow HuggingFace
  * ("model.layers.%d.self_attn.q_proj.weight", ...), mapped in one table in
  * src/model/tensor_names.c.
  */
@@ -29,7 +29,8 @@ extern "C" {
 typedef enum {
     LORAC_ARCH_LLAMA = 0,
     LORAC_ARCH_MISTRAL,
-    LORAC_ARCH_QWEN2
+    LORAC_ARCH_QWEN2,
+    LORAC_ARCH_QWEN3
 } lorac_arch_t;
 
 typedef struct {
@@ -50,9 +51,10 @@ typedef struct {
     float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
     int32_t rope_original_max_position;
     bool tie_word_embeddings;
-    bool qkv_bias;                /* Qwen2, or Llama "attention_bias" */
-    bool o_bias;                  /* Llama "attention_bias" */
+    bool qkv_bias;                /* Qwen2, or Llama's and Qwen3's "attention_bias" */
+    bool o_bias;                  /* Llama's and Qwen3's "attention_bias" */
     bool mlp_bias;                /* Llama "mlp_bias" */
+    bool qk_norm;                 /* Qwen3: an RMSNorm over each head of q and of k, before rotary */
     int32_t bos_id;               /* -1 when absent */
     int32_t n_eos;                /* eos_token_id may be a list */
     int32_t eos_ids[LORAC_MAX_EOS_IDS];

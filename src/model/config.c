@@ -1,4 +1,4 @@
-/* config.json for LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM. */
+/* config.json for LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM. */
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -10,6 +10,7 @@ static const struct { const char *name; lorac_arch_t arch; } k_archs[] = {
     {"LlamaForCausalLM", LORAC_ARCH_LLAMA},
     {"MistralForCausalLM", LORAC_ARCH_MISTRAL},
     {"Qwen2ForCausalLM", LORAC_ARCH_QWEN2},
+    {"Qwen3ForCausalLM", LORAC_ARCH_QWEN3},
 };
 
 /* Reads an integer field. required: absence is an error; otherwise *out keeps
@@ -49,28 +50,46 @@ static lorac_status_t get_bool(const cJSON *root, const char *label, const char 
     return LORAC_STATUS_OK;
 }
 
-static lorac_status_t parse_rope_scaling(const cJSON *root, const char *label, lorac_model_config_t *c) {
-    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
+/* Rotary settings. transformers 4 wrote a top-level "rope_theta" and, for a
+ * scaled model, "rope_scaling": {"rope_type": "llama3", "factor", ...};
+ * transformers 5 writes one "rope_parameters" object holding both
+ * ({"rope_type": "default", "rope_theta": 500000.0} or the llama3 fields
+ * beside "rope_theta") and neither top-level key. Read as a 4.x
+ * "rope_scaling" beside a top-level "rope_theta", a 5.x config would run
+ * at the default theta of 10000: valid numbers, wrong model. */
+static lorac_status_t parse_rope(const cJSON *root, const char *label, lorac_model_config_t *c) {
+    const char *key = "rope_parameters";
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!rs || cJSON_IsNull(rs)) rs = cJSON_GetObjectItemCaseSensitive(root, key = "rope_scaling");
     if (!rs || cJSON_IsNull(rs)) return LORAC_STATUS_OK;
-    if (!cJSON_IsObject(rs)) return lorac_error(LORAC_STATUS_FORMAT, "%s: \"rope_scaling\" must be an object", label);
+    if (!cJSON_IsObject(rs)) return lorac_error(LORAC_STATUS_FORMAT, "%s: \"%s\" must be an object", label, key);
+    lorac_status_t s = get_float(rs, label, "rope_theta", 1.0, 1e12, &c->rope_theta);
+    if (s) return s;
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
     if (!type) type = cJSON_GetObjectItemCaseSensitive(rs, "type");
-    if (!cJSON_IsString(type)) return lorac_error(LORAC_STATUS_FORMAT, "%s: \"rope_scaling\" has no \"rope_type\"", label);
+    if (!type && cJSON_GetObjectItemCaseSensitive(rs, "rope_theta")) return LORAC_STATUS_OK; /* theta alone: default */
+    if (!cJSON_IsString(type)) {
+        /* transformers 5 nests one object per attention kind for models
+         * that have several (Gemma 2's sliding and full layers) */
+        if (rs->child && cJSON_IsObject(rs->child))
+            return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: \"%s\" per layer type (\"%s\", ...) is not supported", label,
+                               key, rs->child->string);
+        return lorac_error(LORAC_STATUS_FORMAT, "%s: \"%s\" has no \"rope_type\"", label, key);
+    }
     if (strcmp(type->valuestring, "default") == 0) return LORAC_STATUS_OK;
     if (strcmp(type->valuestring, "llama3") != 0)
-        return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: rope_scaling type \"%s\" is not supported (only \"llama3\")",
-                           label, type->valuestring);
+        return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: %s type \"%s\" is not supported (only \"default\" and \"llama3\")",
+                           label, key, type->valuestring);
     c->rope_llama3 = true;
     c->rope_factor = 8.0f; c->rope_low_freq_factor = 1.0f; c->rope_high_freq_factor = 4.0f;
     c->rope_original_max_position = 8192;
-    lorac_status_t s;
     if ((s = get_float(rs, label, "factor", 1.0, 1e6, &c->rope_factor)) ||
         (s = get_float(rs, label, "low_freq_factor", 1e-6, 1e6, &c->rope_low_freq_factor)) ||
         (s = get_float(rs, label, "high_freq_factor", 1e-6, 1e6, &c->rope_high_freq_factor)) ||
         (s = get_int(rs, label, "original_max_position_embeddings", 0, 1, INT32_MAX, &c->rope_original_max_position)))
         return s;
     if (c->rope_high_freq_factor <= c->rope_low_freq_factor)
-        return lorac_error(LORAC_STATUS_FORMAT, "%s: rope_scaling high_freq_factor must exceed low_freq_factor", label);
+        return lorac_error(LORAC_STATUS_FORMAT, "%s: %s high_freq_factor must exceed low_freq_factor", label, key);
     return LORAC_STATUS_OK;
 }
 
@@ -110,7 +129,8 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
     for (i = 0; i < n_archs; i++) if (strcmp(a0->valuestring, k_archs[i].name) == 0) break;
     if (i == n_archs) {
         s = lorac_error(LORAC_STATUS_UNSUPPORTED,
-                        "%s: architecture \"%s\" is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)",
+                        "%s: architecture \"%s\" is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, "
+                        "Qwen3ForCausalLM)",
                         label, a0->valuestring);
         goto done;
     }
@@ -130,7 +150,10 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
         (s = get_int(root, label, "num_attention_heads", 1, 1, 4096, &c->n_heads)))
         goto done;
     c->n_kv_heads = c->n_heads;
-    c->head_dim = c->hidden_size / c->n_heads;
+    /* Qwen3Config's head_dim defaults to 128 whatever the hidden size
+     * (transformers reads it from the config object, which always has it);
+     * the others' attention takes hidden_size / heads */
+    c->head_dim = c->arch == LORAC_ARCH_QWEN3 ? 128 : c->hidden_size / c->n_heads;
     if ((s = get_int(root, label, "num_key_value_heads", 0, 1, 4096, &c->n_kv_heads)) ||
         (s = get_int(root, label, "head_dim", 0, 2, 1 << 16, &c->head_dim)) ||
         (s = get_int(root, label, "max_position_embeddings", 0, 1, INT32_MAX, &c->max_position_embeddings)) ||
@@ -138,16 +161,20 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
         (s = get_float(root, label, "rope_theta", 1.0, 1e12, &c->rope_theta)) ||
         (s = get_bool(root, label, "tie_word_embeddings", &c->tie_word_embeddings)) ||
         (s = get_int(root, label, "bos_token_id", 0, 0, INT32_MAX, &c->bos_id)) ||
-        (s = parse_eos(root, label, c)) || (s = parse_rope_scaling(root, label, c)))
+        (s = parse_eos(root, label, c)) || (s = parse_rope(root, label, c)))
         goto done;
     if (c->arch == LORAC_ARCH_QWEN2) {
         c->qkv_bias = true; /* Qwen2 always has q/k/v biases, never o_proj bias */
     } else {
+        /* Qwen3: q/k/v/o biases as "attention_bias" says (as Llama), none in
+         * the MLP whatever "mlp_bias" says (Qwen3MLP has none), and an
+         * RMSNorm over each head of q and of k */
         bool attention_bias = false;
         if ((s = get_bool(root, label, "attention_bias", &attention_bias)) ||
-            (s = get_bool(root, label, "mlp_bias", &c->mlp_bias)))
+            (c->arch != LORAC_ARCH_QWEN3 && (s = get_bool(root, label, "mlp_bias", &c->mlp_bias))))
             goto done;
         c->qkv_bias = c->o_bias = attention_bias;
+        c->qk_norm = c->arch == LORAC_ARCH_QWEN3;
     }
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(root, "torch_dtype");
     if (cJSON_IsString(dt)) snprintf(c->torch_dtype, sizeof c->torch_dtype, "%s", dt->valuestring);

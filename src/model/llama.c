@@ -2,7 +2,8 @@
  * sequences, with a per-sequence KV cache.
  *
  * Per layer (x is the residual stream, (T,D)):
- *   xn = rmsnorm(x) ; q,k,v = xn·Wqᵀ,Wkᵀ,Wvᵀ (+b) ; rope(q,k) ; cache k,v
+ *   xn = rmsnorm(x) ; q,k,v = xn·Wqᵀ,Wkᵀ,Wvᵀ (+b) ; [Qwen3: rmsnorm each head of q, k]
+ *   rope(q,k) ; cache k,v
  *   x += attention(q, cache)·Woᵀ
  *   xn = rmsnorm(x) ; x += (silu(xn·Wgᵀ) * xn·Wuᵀ)·Wdᵀ
  * then logits = rmsnorm(x)·Wheadᵀ for the rows that want them. */
@@ -311,6 +312,10 @@ static void attention_block(lorac_context_t *ctx, const lorac_batch_t *b, int32_
                                   {ctx->v, L->wv.data, L->wv.dtype, L->bv, KV, NULL, 0}};
     const lorac_lora_target_t qkv_targets[3] = {LORAC_LORA_Q, LORAC_LORA_K, LORAC_LORA_V};
     adapted_product(ctx, l, qkv, qkv_targets, 3, ctx->xn, T, D);
+    if (c->qk_norm) { /* in place: a row's sum of squares is taken before it is scaled */
+        lorac_rmsnorm_forward(ctx->q, NULL, ctx->q, L->q_norm.data, L->q_norm.dtype, c->rms_norm_eps, T * H, hd);
+        lorac_rmsnorm_forward(ctx->k, NULL, ctx->k, L->k_norm.data, L->k_norm.dtype, c->rms_norm_eps, T * KVH, hd);
+    }
     lorac_rope_apply(ctx->q, ctx->rope_cs, T, H, hd, 1);
     lorac_rope_apply(ctx->k, ctx->rope_cs, T, KVH, hd, 1);
 

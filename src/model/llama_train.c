@@ -4,7 +4,8 @@
  * Per layer the forward keeps what the backward needs (shapes for N = B·T
  * tokens): x_in, xn1 (N,D), rstd1 (N), q (N,H·hd) after rotary, k, v
  * (N,KVH·hd), att (N,H·hd), lse (N,H), x_mid, xn2 (N,D), rstd2 (N), gate, up,
- * h (N,I), and per LoRA module u = x·Aᵀ (N,r) plus the dropout mask.
+ * h (N,I), and per LoRA module u = x·Aᵀ (N,r) plus the dropout mask; with
+ * Qwen3's per-head norms also q and k as projected, and their rstd.
  * Attention probabilities are recomputed in the backward pass from lse
  * rather than stored (B·H·T² floats per layer would dominate memory).
  * The classifier and the loss run in chunks of rows, fused with their
@@ -64,11 +65,14 @@ typedef struct {
 typedef struct {
     lorac_wref_t attn_norm, ffn_norm;
     float *d_attn_norm, *d_ffn_norm; /* full fine-tuning */
+    lorac_wref_t q_norm, k_norm;     /* qk_norm (Qwen3) */
+    float *d_q_norm, *d_k_norm;      /* full fine-tuning with qk_norm */
     linear_t proj[LORAC_LORA_COUNT]; /* indexed like lorac_lora_target_t */
 } train_layer_t;
 
 typedef struct {
     float *x_in, *rstd1, *xn1, *q, *k, *v, *att, *lse, *x_mid, *rstd2, *xn2, *gate, *up, *h;
+    float *q_raw, *k_raw, *rstd_q, *rstd_k; /* qk_norm: q (N,H·hd), k before their norms; rstd (N·H), (N·KVH) */
     float *u[LORAC_LORA_COUNT];      /* (N, r) */
     uint8_t *keep[LORAC_LORA_COUNT]; /* (N, in) dropout mask, when dropout > 0 */
     float *xdrop[LORAC_LORA_COUNT];  /* (N, in) dropped input, when dropout > 0 */
@@ -95,6 +99,7 @@ struct lorac_train_pass {
     float *x_final, *rstd_f, *xn_f;
     /* backward scratch */
     float *dres, *dres2, *dxn, *dxn_f, *tmp, *dh, *dgate, *dup, *datt, *dq, *dk, *dv, *du, *dx_lora;
+    float *dq_raw, *dk_raw; /* qk_norm: the gradients of q and k as projected */
     float *chunk_x, *chunk_logits, *chunk_dx, *chunk_losses;
     float *chunk_max, *chunk_target_logit, *chunk_wrow; /* the online softmax (frozen classifier) */
     double *chunk_others;
@@ -161,6 +166,10 @@ static void plan_activations(lorac_train_pass_t *p, arena_t *a) {
         CARVE(a, s->att, N * Q); CARVE(a, s->lse, N * H);
         CARVE(a, s->x_mid, N * D); CARVE(a, s->rstd2, N); CARVE(a, s->xn2, N * D);
         CARVE(a, s->gate, N * I); CARVE(a, s->up, N * I); CARVE(a, s->h, N * I);
+        if (c->qk_norm) {
+            CARVE(a, s->q_raw, N * Q); CARVE(a, s->k_raw, N * KV);
+            CARVE(a, s->rstd_q, N * H); CARVE(a, s->rstd_k, N * c->n_kv_heads);
+        }
         for (int t = 0; t < LORAC_LORA_COUNT; t++) {
             const lorac_lora_module_t *m = p->layers[l].proj[t].lora;
             if (!m) continue;
@@ -173,6 +182,7 @@ static void plan_activations(lorac_train_pass_t *p, arena_t *a) {
     CARVE(a, p->dres, N * D); CARVE(a, p->dres2, N * D); CARVE(a, p->dxn, N * D); CARVE(a, p->dxn_f, N * D);
     CARVE(a, p->tmp, N * D); CARVE(a, p->dh, N * I); CARVE(a, p->dgate, N * I); CARVE(a, p->dup, N * I);
     CARVE(a, p->datt, N * Q); CARVE(a, p->dq, N * Q); CARVE(a, p->dk, N * KV); CARVE(a, p->dv, N * KV);
+    if (c->qk_norm) { CARVE(a, p->dq_raw, N * Q); CARVE(a, p->dk_raw, N * KV); }
     /* du: lorac_lora_backward's scratch, (N, r) and dB's transposed copy
      * (r, out); no projection's out exceeds max_in */
     CARVE(a, p->du, N * max_r + max_r * max_in); CARVE(a, p->dx_lora, N * max_in);
@@ -207,6 +217,8 @@ static void base_layer(const lorac_model_t *m, int32_t l, train_layer_t *L) {
     const float *b[LORAC_LORA_COUNT] = {W->bq, W->bk, W->bv, W->bo, W->b_gate, W->b_up, W->b_down};
     L->attn_norm = W->attn_norm;
     L->ffn_norm = W->ffn_norm;
+    L->q_norm = W->q_norm;
+    L->k_norm = W->k_norm;
     for (int t = 0; t < LORAC_LORA_COUNT; t++) {
         L->proj[t].w = *w[t];
         L->proj[t].bias = b[t];
@@ -264,7 +276,7 @@ static lorac_status_t setup_full(lorac_train_pass_t *p) {
     int64_t total = 2 * (V * D + D) + (c->tie_word_embeddings ? 0 : 2 * V * D);
     for (int32_t l = 0; l < c->n_layers; l++) {
         train_layer_t *L = &p->layers[l];
-        total += 4 * D;
+        total += 4 * D + (c->qk_norm ? 4 * (int64_t)c->head_dim : 0);
         for (int t = 0; t < LORAC_LORA_COUNT; t++)
             total += 2 * (int64_t)L->proj[t].in * L->proj[t].out + (L->proj[t].bias ? 2 * L->proj[t].out : 0);
     }
@@ -294,6 +306,10 @@ static lorac_status_t setup_full(lorac_train_pass_t *p) {
                 MASTER(bref, q->out, q->db, k_target_bias[t], l);
                 q->bias = bref.data;
             }
+        }
+        if (c->qk_norm) {
+            MASTER(L->q_norm, c->head_dim, L->d_q_norm, LORAC_TENSOR_Q_NORM, l);
+            MASTER(L->k_norm, c->head_dim, L->d_k_norm, LORAC_TENSOR_K_NORM, l);
         }
         MASTER(L->ffn_norm, D, L->d_ffn_norm, LORAC_TENSOR_FFN_NORM, l);
     }
@@ -527,9 +543,14 @@ static void layer_forward(lorac_train_pass_t *p, int32_t l, float *x_out, float 
 
     lorac_rmsnorm_forward(s->xn1, s->rstd1, s->x_in, L->attn_norm.data, L->attn_norm.dtype, c->rms_norm_eps, N, D);
     lap(p, LORAC_PHASE_NORMS);
-    linear_forward(p, &L->proj[LORAC_LORA_Q], s->q, s->xn1, s, LORAC_LORA_Q, N, dropout, rng);
-    linear_forward(p, &L->proj[LORAC_LORA_K], s->k, s->xn1, s, LORAC_LORA_K, N, dropout, rng);
+    linear_forward(p, &L->proj[LORAC_LORA_Q], c->qk_norm ? s->q_raw : s->q, s->xn1, s, LORAC_LORA_Q, N, dropout, rng);
+    linear_forward(p, &L->proj[LORAC_LORA_K], c->qk_norm ? s->k_raw : s->k, s->xn1, s, LORAC_LORA_K, N, dropout, rng);
     linear_forward(p, &L->proj[LORAC_LORA_V], s->v, s->xn1, s, LORAC_LORA_V, N, dropout, rng);
+    if (c->qk_norm) { /* Qwen3: each head of q and of k normalised, one weight for every head */
+        lorac_rmsnorm_forward(s->q, s->rstd_q, s->q_raw, L->q_norm.data, L->q_norm.dtype, c->rms_norm_eps, N * H, hd);
+        lorac_rmsnorm_forward(s->k, s->rstd_k, s->k_raw, L->k_norm.data, L->k_norm.dtype, c->rms_norm_eps, N * KVH, hd);
+        lap(p, LORAC_PHASE_NORMS);
+    }
     lorac_rope_apply(s->q, p->rope_cs, N, H, hd, 1);
     lorac_rope_apply(s->k, p->rope_cs, N, KVH, hd, 1);
     lap(p, LORAC_PHASE_ROPE);
@@ -570,7 +591,7 @@ static void layer_backward(lorac_train_pass_t *p, int32_t l, float *dres, float 
     lorac_rmsnorm_backward(dres, L->d_ffn_norm, p->dxn, s->x_mid, L->ffn_norm.data, L->ffn_norm.dtype, s->rstd2, N, D);
     lap(p, LORAC_PHASE_NORMS);
 
-    /* attention: x_mid = x_in + o(attention(rope(q), rope(k), v)) */
+    /* attention: x_mid = x_in + o(attention(rope(q), rope(k), v)), q and k through their norms first with qk_norm */
     linear_backward(p, &L->proj[LORAC_LORA_O], p->datt, true, dres, s->att, s, LORAC_LORA_O, dropout, has_rng);
     lorac_attention_train_backward(p->dq, p->dk, p->dv, p->att_scratch, p->datt, s->q, s->k, s->v, s->att, s->lse, p->start, p->B,
                                    p->T, H, KVH, hd);
@@ -578,13 +599,24 @@ static void layer_backward(lorac_train_pass_t *p, int32_t l, float *dres, float 
     lorac_rope_apply(p->dq, p->rope_cs, N, H, hd, -1);
     lorac_rope_apply(p->dk, p->rope_cs, N, KVH, hd, -1);
     lap(p, LORAC_PHASE_ROPE);
+    const float *dq = p->dq, *dk = p->dk; /* the gradients of q and k as projected */
+    if (c->qk_norm) {
+        memset(p->dq_raw, 0, sizeof(float) * (size_t)(N * H * hd));
+        memset(p->dk_raw, 0, sizeof(float) * (size_t)(N * KVH * hd));
+        lorac_rmsnorm_backward(p->dq_raw, L->d_q_norm, p->dq, s->q_raw, L->q_norm.data, L->q_norm.dtype, s->rstd_q, N * H, hd);
+        lorac_rmsnorm_backward(p->dk_raw, L->d_k_norm, p->dk, s->k_raw, L->k_norm.data, L->k_norm.dtype, s->rstd_k, N * KVH,
+                               hd);
+        dq = p->dq_raw;
+        dk = p->dk_raw;
+        lap(p, LORAC_PHASE_NORMS);
+    }
     /* Below the lowest layer with a gradient (the first layer's input is
      * the embedding lookup) nothing reads d x_in when the embedding and
      * this norm are frozen (LoRA): q, k and v give only their LoRA
      * gradients and the norm's backward is skipped. */
     float *dxn = l > p->grad_floor || p->d_embed || L->d_attn_norm ? p->dxn : NULL;
-    linear_backward(p, &L->proj[LORAC_LORA_Q], dxn, true, p->dq, s->xn1, s, LORAC_LORA_Q, dropout, has_rng);
-    linear_backward(p, &L->proj[LORAC_LORA_K], dxn, false, p->dk, s->xn1, s, LORAC_LORA_K, dropout, has_rng);
+    linear_backward(p, &L->proj[LORAC_LORA_Q], dxn, true, dq, s->xn1, s, LORAC_LORA_Q, dropout, has_rng);
+    linear_backward(p, &L->proj[LORAC_LORA_K], dxn, false, dk, s->xn1, s, LORAC_LORA_K, dropout, has_rng);
     linear_backward(p, &L->proj[LORAC_LORA_V], dxn, false, p->dv, s->xn1, s, LORAC_LORA_V, dropout, has_rng);
     if (dxn)
         lorac_rmsnorm_backward(dres, L->d_attn_norm, dxn, s->x_in, L->attn_norm.data, L->attn_norm.dtype, s->rstd1, N, D);

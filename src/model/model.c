@@ -155,6 +155,9 @@ static lorac_status_t load_layer(lorac_model_t *m, int32_t l) {
          (s = load_bias(m, LORAC_TENSOR_V_BIAS, l, 1, &L->bv))))
         return s;
     if (c->o_bias && (s = load_bias(m, LORAC_TENSOR_O_BIAS, l, 1, &L->bo))) return s;
+    if (c->qk_norm &&
+        ((s = find_tensor(m, LORAC_TENSOR_Q_NORM, l, 1, &L->q_norm)) || (s = find_tensor(m, LORAC_TENSOR_K_NORM, l, 1, &L->k_norm))))
+        return s;
     if (c->mlp_bias &&
         ((s = load_bias(m, LORAC_TENSOR_GATE_BIAS, l, 1, &L->b_gate)) ||
          (s = load_bias(m, LORAC_TENSOR_UP_BIAS, l, 1, &L->b_up)) ||

@@ -33,6 +33,8 @@ typedef enum {
     LORAC_TENSOR_GATE_BIAS,
     LORAC_TENSOR_UP_BIAS,
     LORAC_TENSOR_DOWN_BIAS,
+    LORAC_TENSOR_Q_NORM, /* Qwen3: (head_dim), shared by every head */
+    LORAC_TENSOR_K_NORM,
     LORAC_TENSOR_COUNT
 } lorac_tensor_kind_t;
 
@@ -46,6 +48,7 @@ int lorac_tensor_expected_shape(lorac_tensor_kind_t kind, const lorac_model_conf
 
 typedef struct {
     lorac_wref_t attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down;
+    lorac_wref_t q_norm, k_norm;          /* qk_norm (Qwen3); empty otherwise */
     float *bq, *bk, *bv, *bo, *b_gate, *b_up, *b_down; /* f32 copies; NULL when absent */
 } lorac_layer_weights_t;
 

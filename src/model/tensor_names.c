@@ -23,6 +23,8 @@ static const char *const k_names[LORAC_TENSOR_COUNT] = {
     [LORAC_TENSOR_GATE_BIAS] = "model.layers.%d.mlp.gate_proj.bias",
     [LORAC_TENSOR_UP_BIAS] = "model.layers.%d.mlp.up_proj.bias",
     [LORAC_TENSOR_DOWN_BIAS] = "model.layers.%d.mlp.down_proj.bias",
+    [LORAC_TENSOR_Q_NORM] = "model.layers.%d.self_attn.q_norm.weight",
+    [LORAC_TENSOR_K_NORM] = "model.layers.%d.self_attn.k_norm.weight",
 };
 
 int lorac_tensor_is_per_layer(lorac_tensor_kind_t kind) {
@@ -56,6 +58,7 @@ int lorac_tensor_expected_shape(lorac_tensor_kind_t kind, const lorac_model_conf
     case LORAC_TENSOR_GATE: case LORAC_TENSOR_UP: shape[0] = I; shape[1] = D; return 2;
     case LORAC_TENSOR_DOWN: shape[0] = D; shape[1] = I; return 2;
     case LORAC_TENSOR_GATE_BIAS: case LORAC_TENSOR_UP_BIAS: shape[0] = I; return 1;
+    case LORAC_TENSOR_Q_NORM: case LORAC_TENSOR_K_NORM: shape[0] = c->head_dim; return 1;
     case LORAC_TENSOR_COUNT: break;
     }
     return 0;

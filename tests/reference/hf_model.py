@@ -7,10 +7,12 @@ safetensors package):
     strict reader (F32, F16, BF16).
   * make_random_model: writes a HuggingFace model directory (config.json with
     LlamaConfig field names + model.safetensors with HF tensor names) holding a
-    random tiny Llama / Mistral / Qwen2 model.
+    random tiny Llama / Mistral / Qwen2 / Qwen3 model.
   * llama_forward: the forward pass of HF LlamaForCausalLM (and Mistral and
-    Qwen2, which are the same computation) in float64, from the stored weight
-    values (BF16/F16 values are upcast exactly), returning logits [T, V].
+    Qwen2, which are the same computation, and Qwen3, which adds an RMSNorm
+    over each head of q and of k before rotary, as modeling_qwen3.py's
+    q_norm / k_norm) in float64, from the stored weight values (BF16/F16
+    values are upcast exactly), returning logits [T, V].
 
 It follows transformers' modeling_llama.py semantics: RMSNorm
 x * rsqrt(mean(x^2) + eps) * w, rotary embeddings in the rotate-half layout
@@ -152,6 +154,7 @@ ARCHS = {
     "llama": ("LlamaForCausalLM", "llama"),
     "mistral": ("MistralForCausalLM", "mistral"),
     "qwen2": ("Qwen2ForCausalLM", "qwen2"),
+    "qwen3": ("Qwen3ForCausalLM", "qwen3"),
 }
 
 LLAMA3_ROPE_SCALING = {
@@ -172,7 +175,9 @@ def make_config(cfg, dtype="F32", tie=False, bias=False, arch="llama"):
     max_position_embeddings (2048), rope_scaling, bos_token_id (1),
     eos_token_id (2).
     bias: Llama -> attention_bias (q, k, v and o biases, as HF does);
-    Qwen2 always has q/k/v biases and no o bias; Mistral has none.
+    Qwen2 always has q/k/v biases and no o bias; Mistral has none; Qwen3
+    -> attention_bias (as Llama), and it always writes head_dim, as
+    Qwen3's configs do.
     """
     archname, model_type = ARCHS[arch]
     c = {
@@ -212,11 +217,19 @@ def make_config(cfg, dtype="F32", tie=False, bias=False, arch="llama"):
         c["use_sliding_window"] = False
         c["sliding_window"] = 4096
         c["max_window_layers"] = c["num_hidden_layers"]
+    elif arch == "qwen3":
+        c["head_dim"] = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+        c["attention_bias"] = bool(bias)
+        c["use_sliding_window"] = False
+        c["sliding_window"] = None
+        c["max_window_layers"] = c["num_hidden_layers"]
     return c
 
 
 def head_dim_of(c):
     hd = c.get("head_dim")
+    if hd is None and c.get("model_type") == "qwen3":
+        return 128  # Qwen3Config's default, whatever the hidden size
     return hd if hd is not None else c["hidden_size"] // c["num_attention_heads"]
 
 
@@ -225,7 +238,11 @@ def has_qkv_bias(c):
 
 
 def has_o_bias(c):
-    return c["model_type"] == "llama" and bool(c.get("attention_bias", False))
+    return c["model_type"] in ("llama", "qwen3") and bool(c.get("attention_bias", False))
+
+
+def has_qk_norm(c):
+    return c.get("model_type") == "qwen3"
 
 
 def tensor_shapes(c):
@@ -247,6 +264,9 @@ def tensor_shapes(c):
             s[p + "self_attn.v_proj.bias"] = [KV * hd]
         if has_o_bias(c):
             s[p + "self_attn.o_proj.bias"] = [D]
+        if has_qk_norm(c):
+            s[p + "self_attn.q_norm.weight"] = [hd]
+            s[p + "self_attn.k_norm.weight"] = [hd]
         s[p + "post_attention_layernorm.weight"] = [D]
         s[p + "mlp.gate_proj.weight"] = [F, D]
         s[p + "mlp.up_proj.weight"] = [F, D]
@@ -272,7 +292,7 @@ def random_weights(c, seed=0, scale=None):
     g = torch.Generator().manual_seed(seed)
     w = {}
     for name, shape in tensor_shapes(c).items():
-        if name.endswith("layernorm.weight") or name == "model.norm.weight":
+        if name.endswith("norm.weight"):  # input_/post_attention_layernorm, q_norm, k_norm, model.norm
             t = 1.0 + 0.1 * torch.randn(shape, generator=g)
         elif name.endswith(".bias"):
             t = 0.1 * torch.randn(shape, generator=g)
@@ -421,6 +441,9 @@ def llama_forward(weights, c, ids, hf_float32_rope=False, return_hidden=False, k
         q = linear(h, p + "self_attn.q_proj").view(T, H, hd)
         k = linear(h, p + "self_attn.k_proj").view(T, KV, hd)
         v = linear(h, p + "self_attn.v_proj").view(T, KV, hd)
+        if p + "self_attn.q_norm.weight" in weights:  # Qwen3: each head normalised
+            q = rms_norm(q, W(p + "self_attn.q_norm.weight"), eps)
+            k = rms_norm(k, W(p + "self_attn.k_norm.weight"), eps)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         if kv_dtype is not None:

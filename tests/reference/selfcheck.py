@@ -88,19 +88,21 @@ def meta_apply_scaling(freqs, rs):
     return new_freqs
 
 
-def naive_forward(c, weights, ids, permute=True, gqa="div", use_scaling=True, use_bias=True):
+def naive_forward(c, weights, ids, permute=True, gqa="div", use_scaling=True, use_bias=True, use_qk_norm=True):
     """Token-by-token llama2.c-style forward in float64; returns logits [T, V].
 
     The keyword arguments inject plausible bugs for the sensitivity checks:
     permute=False applies interleaved rotary to HF-layout weights, gqa="mod"
     maps query head h to kv head h % KV, use_scaling=False ignores
-    rope_scaling, use_bias=False drops the biases.
+    rope_scaling, use_bias=False drops the biases, use_qk_norm=False drops
+    Qwen3's per-head q/k norms (whose weights, HF-layout vectors of one
+    head, are permuted to the interleaved layout like the rows of q and k).
     """
     W = {k: v.to(torch.float64).numpy() for k, v in weights.items()}
     D = c["hidden_size"]
     H = c["num_attention_heads"]
     KV = c["num_key_value_heads"]
-    hd = c.get("head_dim") or D // H
+    hd = hm.head_dim_of(c)
     L = c["num_hidden_layers"]
     eps = c["rms_norm_eps"]
     theta = c["rope_theta"]
@@ -141,6 +143,11 @@ def naive_forward(c, weights, ids, permute=True, gqa="div", use_scaling=True, us
             q = matvec(p + "self_attn.q_proj", xb, H)
             k = matvec(p + "self_attn.k_proj", xb, KV)
             v = matvec(p + "self_attn.v_proj", xb)
+            qn = get(p + "self_attn.q_norm.weight", 1)
+            if qn is not None and use_qk_norm:
+                kn = get(p + "self_attn.k_norm.weight", 1)
+                q = np.concatenate([rmsnorm(q[h * hd:(h + 1) * hd], qn) for h in range(H)])
+                k = np.concatenate([rmsnorm(k[h * hd:(h + 1) * hd], kn) for h in range(KV)])
             # rotary: pairs (i, i+1) of each head turn by pos * freq[(i % hd) / 2]
             for vec in (q, k):
                 for i in range(0, len(vec), 2):
@@ -240,6 +247,11 @@ def check_bias_layout():
     check(names(arch="llama", bias=True) == qkv | {"model.layers.0.self_attn.o_proj.bias"},
           "Llama attention_bias: q/k/v/o biases (HF uses attention_bias for o_proj too)")
     check(names(arch="llama") == set() and names(arch="mistral") == set(), "Llama/Mistral default: no biases")
+    check(names(arch="qwen3") == set() and names(arch="qwen3", bias=True) == names(arch="llama", bias=True),
+          "Qwen3: biases only with attention_bias, then q/k/v/o as Llama")
+    norms = {k for k in hm.tensor_shapes(hm.make_config(small, arch="qwen3")) if "_norm." in k}
+    check(norms == {"model.layers.0.self_attn.q_norm.weight", "model.layers.0.self_attn.k_norm.weight"},
+          "Qwen3: q_norm and k_norm per layer")
 
 
 def check_llama3_scaling():
@@ -260,6 +272,8 @@ CASES = [
                               num_key_value_heads=3, head_dim=10, vocab_size=31), dict(dtype="BF16")),
     ("qwen2-gqa", dict(hidden_size=24, intermediate_size=20, num_hidden_layers=1, num_attention_heads=6,
                        num_key_value_heads=2, vocab_size=17), dict(arch="qwen2", bias=True)),
+    ("qwen3-gqa-headdim", dict(hidden_size=24, intermediate_size=20, num_hidden_layers=2, num_attention_heads=4,
+                               num_key_value_heads=2, head_dim=8, vocab_size=19), dict(arch="qwen3", tie=True)),
     ("llama3-scaling", dict(hidden_size=32, intermediate_size=36, num_hidden_layers=2, num_attention_heads=2,
                             num_key_value_heads=1, vocab_size=23, rope_theta=500000.0,
                             rope_scaling=dict(hm.LLAMA3_ROPE_SCALING, original_max_position_embeddings=64)), {}),
@@ -295,6 +309,9 @@ def check_forward(tmp):
         if any(k.endswith(".bias") for k in w):
             r = rel(naive_forward(c, w, ids, use_bias=False), ref)
             check(r > 1e-3, f"{name}: dropping biases would differ by {r:.1e}")
+        if hm.has_qk_norm(c):
+            r = rel(naive_forward(c, w, ids, use_qk_norm=False), ref)
+            check(r > 1e-3, f"{name}: dropping the q/k norms would differ by {r:.1e}")
 
 
 def main():
