@@ -57,10 +57,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         lorac_oai_request_check_prompt(&req, req.prompts[0].ids, req.prompts[0].n_ids, 512, 256, &err);
     else lorac_oai_request_check_prompt(&req, ids, 4, 512, 256, &err);
     if (kind == LORAC_OAI_CHAT) {
-        static const char *const templates[] = {"chatml", "llama-2", "llama-3", "llama-3.1", "zephyr"};
+        static const char *const templates[] = {"chatml", "llama-2", "llama-3", "llama-3.1", "zephyr", "qwen3"};
         char *out = NULL;
-        if (lorac_dataset_chat_render_generation(templates[data[0] % 5], NULL, req.messages, req.n_messages, NULL,
-                                                 NULL, &out, NULL) == LORAC_STATUS_OK)
+        if (lorac_dataset_chat_render_generation(templates[data[0] % 6], NULL, req.messages, req.n_messages, NULL,
+                                                 NULL, req.enable_thinking != 0, &out, NULL) == LORAC_STATUS_OK)
             check_utf8(out);
     }
     lorac_oai_meta_t m = {.kind = kind, .id = "cmpl-fuzz", .created = 1, .model = req.model};

@@ -394,6 +394,7 @@ static void test_chat_recognize(void) {
         {"tests/data/chat/templates/mixtral-8x7b-instruct-v0.1.jinja", "mistral-v0.2", NULL},
         {"tests/data/chat/templates/mistral-instruct-v1.jinja", "mistral-v1", NULL},
         {"tests/data/chat/templates/mistral-7b-instruct-v0.3.jinja", "mistral-v3", NULL},
+        {"tests/data/chat/templates/qwen3.jinja", "qwen3", NULL},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         char *jinja = read_template(cases[i].file);
@@ -427,6 +428,40 @@ static void test_chat_recognize(void) {
           strstr(lorac_error_message(), "other than NeMo's"));
     CHECK(lorac_dataset_chat_template_recognize(v3_untrimmed, &name, NULL) == LORAC_STATUS_UNSUPPORTED &&
           strstr(lorac_error_message(), "other than NeMo's"));
+    /* Qwen3's with a reply's reasoning kept before the last question too (a public fork's
+     * "loop.index0 > ns.last_query_index or reasoning_content"), and QwQ's way (reasoning always dropped,
+     * "<think>\n" opening the generation prompt): <think> templates that are not Qwen3's are refused, not
+     * rendered as plain ChatML */
+    char *q3 = read_template("tests/data/chat/templates/qwen3.jinja");
+    char *fork = q3 ? malloc(strlen(q3) + 64) : NULL;
+    const char *at = q3 ? strstr(q3, "ns.last_query_index %}") : NULL;
+    CHECK(fork && at);
+    if (fork && at) {
+        size_t k = (size_t)(at - q3) + strlen("ns.last_query_index");
+        snprintf(fork, strlen(q3) + 64, "%.*s or reasoning_content%s", (int)k, q3, q3 + k);
+        CHECK(lorac_dataset_chat_template_recognize(fork, &name, NULL) == LORAC_STATUS_UNSUPPORTED &&
+              strstr(lorac_error_message(), "<think> blocks other than Qwen3's") &&
+              strstr(lorac_error_message(), "--chat-template"));
+    }
+    /* a derived one (a Qwen3 fine-tune's GGUF) whose generation prompt always closes an empty thinking block */
+    static const char gen_if[] = "    {%- if enable_thinking is defined and enable_thinking is false %}\n"
+                                 "        {{- '<think>\\n\\n</think>\\n\\n' }}\n    {%- endif %}\n";
+    at = q3 ? strstr(q3, gen_if) : NULL;
+    CHECK(fork && at);
+    if (fork && at) {
+        snprintf(fork, strlen(q3) + 64, "%.*s    {{- '<think>\\n\\n</think>\\n\\n' }}\n%s", (int)(at - q3), q3,
+                 at + strlen(gen_if));
+        CHECK(lorac_dataset_chat_template_recognize(fork, &name, NULL) == LORAC_STATUS_UNSUPPORTED);
+        CHECK(strstr(fork, "enable_thinking") == NULL);
+    }
+    free(fork);
+    free(q3);
+    CHECK(lorac_dataset_chat_template_recognize(
+              "{%- for message in messages %}{%- if message.role == \"assistant\" %}{%- set content = "
+              "message.content.split('</think>')[-1].lstrip('\\n') %}{{- '<|im_start|>' + message.role + '\\n' + content + "
+              "'<|im_end|>\\n' }}{%- else %}{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+              "{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n<think>\\n' }}{%- endif %}",
+              &name, NULL) == LORAC_STATUS_UNSUPPORTED);
     /* v0.1's, with a system role added by hand: not v0.1's any more */
     CHECK(lorac_dataset_chat_template_recognize("{{ bos_token }}{% for message in messages %}{% if message['role'] == "
                                                 "'system' %}{{ message['content'] }}{% elif message['role'] == 'user' %}"
@@ -455,7 +490,7 @@ static void test_chat_golden(void) {
         {"qwen2.5", "chatml"}, {"smollm2", "chatml"}, {"tinyllama", "zephyr"},
         {"llama-3.1", "llama-3.1"}, {"llama-3.2", "llama-3.1"}, {"mistral-nemo", "mistral"},
         {"mistral-v0.1", "mistral-v0.1"}, {"mistral-v0.2", "mistral-v0.2"}, {"mistral-v1", "mistral-v1"},
-        {"mistral-v3", "mistral-v3"},
+        {"mistral-v3", "mistral-v3"}, {"qwen3", "qwen3"},
     };
     char *text = tl_read_source("tests/data/chat/golden.json", NULL);
     cJSON *root = text ? cJSON_Parse(text) : NULL;
@@ -470,8 +505,9 @@ static void test_chat_golden(void) {
                     *eos = cJSON_GetObjectItem(c, "eos");
         char fx[1200], what[300];
         snprintf(fx, sizeof fx, "%s/%s", tl_fixtures(), file);
-        snprintf(what, sizeof what, "%s, %s%s", tname, cJSON_GetObjectItem(c, "conversation")->valuestring,
-                 cJSON_IsTrue(cJSON_GetObjectItem(c, "add_generation_prompt")) ? ", generation prompt" : "");
+        snprintf(what, sizeof what, "%s, %s%s%s", tname, cJSON_GetObjectItem(c, "conversation")->valuestring,
+                 cJSON_IsTrue(cJSON_GetObjectItem(c, "add_generation_prompt")) ? ", generation prompt" : "",
+                 cJSON_IsFalse(cJSON_GetObjectItem(c, "enable_thinking")) ? ", enable_thinking false" : "");
         const char *name = NULL;
         char *def = NULL;
         lorac_status_t s;
@@ -500,7 +536,9 @@ static void test_chat_golden(void) {
         size_t len = 0;
         const char *b = cJSON_IsString(bos) ? bos->valuestring : NULL, *e = cJSON_IsString(eos) ? eos->valuestring : NULL;
         s = cJSON_IsTrue(cJSON_GetObjectItem(c, "add_generation_prompt"))
-                ? lorac_dataset_chat_render_generation(name, def, conv, n, b, e, &out, &len)
+                ? lorac_dataset_chat_render_generation(name, def, conv, n, b, e,
+                                                       !cJSON_IsFalse(cJSON_GetObjectItem(c, "enable_thinking")), &out,
+                                                       &len)
                 : lorac_dataset_chat_render(name, def, conv, n, b, e, &out, &len);
         if (cJSON_IsTrue(cJSON_GetObjectItem(c, "refused"))) { /* raise_exception in the template */
             CHECK_MSG(s == LORAC_STATUS_FORMAT, "%s: jinja2 refuses it, lorac renders\n%s", what, s ? "" : out);
@@ -602,6 +640,15 @@ static void test_sharegpt(void) {
                      "chatml");
     snprintf(buf, sizeof buf, "{\"system\": \"\", \"conversations\": [%s]}\n", k_turns);
     check_chat_jsonl("sharegpt_nosys.jsonl", buf, g_sm, NULL, g_sm_cfg, k_chatml_smol_default, "<|im_start|>assistant\n", "<|im_end|>", "chatml");
+    /* Qwen3's template: ChatML whose last reply opens with an empty thinking block, in the loss with the reply
+     * (SmolLM2's tokenizer has the same <|im_start|> and <|im_end|>) */
+    static const char k_qwen3[] =
+        "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\nHello! How can I help?<|im_end|>\n"
+        "<|im_start|>user\nTell me a joke.<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+        "Why did the chicken cross the road?<|im_end|>\n";
+    snprintf(buf, sizeof buf, "{\"conversations\": [%s]}\n", k_turns);
+    check_chat_jsonl("sharegpt_qwen3.jsonl", buf, g_sm, "qwen3", NULL, k_qwen3, "<|im_start|>assistant\n", "<|im_end|>",
+                     "qwen3");
     lorac_data_format_t f;
     CHECK(lorac_data_format_parse("sharegpt", &f) == 0 && f == LORAC_DATA_CHAT);
 }

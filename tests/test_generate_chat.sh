@@ -82,7 +82,18 @@ expect() { # CODE SUBSTRING ARGS...
   [ $rc -eq "$code" ] && [[ "$out" == *"$substr"* ]] && ok || bad "generate $*: exit $rc, '$out' (want $code, '$substr')"
 }
 expect 2 "unknown --chat-template 'bogus'" -m m --chat --chat-template bogus -p Hi
-expect 2 "--system, --chat-template and --interactive go with --chat" -m m --system x -p Hi
+expect 2 "--system, --chat-template, --chat-template-kwargs and --interactive go with --chat" -m m --system x -p Hi
+expect 2 "--chat-template-kwargs: chat template variables must be a JSON object" -m m --chat --chat-template-kwargs enable_thinking=false -p Hi
+expect 2 "\"enable_thinking\" must be true or false" -m m --chat --chat-template-kwargs '{"enable_thinking": "no"}' -p Hi
+# qwen3 with thinking turned off (llama.cpp's --chat-template-kwargs): the generation prompt closes an
+# empty thinking block, which chatml ignores
+"$L" generate -m m --chat --chat-template qwen3 --chat-template-kwargs '{"enable_thinking": false}' -p "Hi" --temp 0 -n 2 \
+  > /dev/null 2> e7.log || bad "qwen3 --chat-template-kwargs failed: $(tail -1 e7.log)"
+want=$(count_ids m $'<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n')
+[ "$(prompt_tokens e7.log)" = "$want" ] && ok || bad "qwen3 no-thinking prompt: $(prompt_tokens e7.log) tokens, want $want"
+"$L" generate -m m --chat --chat-template chatml --chat-template-kwargs '{"enable_thinking": false}' --system "Be brief." \
+  -p "Hi" --temp 0 -n 2 > /dev/null 2> e8.log || bad "chatml --chat-template-kwargs failed: $(tail -1 e8.log)"
+[ "$(prompt_tokens e8.log)" = "$(prompt_tokens e2.log)" ] && ok || bad "chatml ignores enable_thinking: $(prompt_tokens e8.log) tokens"
 expect 1 "lorac: error: chat template llama-3 writes \"<|start_header_id|>\", which is not a single token" -m m --chat --chat-template llama-3 -p Hi
 "$L" convert --from llama2c "$LORAC_FIXTURES/llama2c/stories260K.bin" --tokenizer "$LORAC_FIXTURES/llama2c/tok512.bin" -o s 2>/dev/null \
   || bad convert
@@ -159,7 +170,7 @@ kept=$(sed -n 's/.*\[prompt [0-9]* tokens (\([0-9]*\) cached).*/\1/p' sp.err | s
 [ "$(cat sp.out)" = $'        \n        ' ] && [ -n "$first" ] && [ -n "$kept" ] && [ "$kept" -le "$first" ] && [ "$kept" -gt 0 ] && ok \
   || bad "re-tokenized reply: first prompt '$first', kept '$kept', stdout '$(cat sp.out)'"
 # usage errors
-expect 2 "--system, --chat-template and --interactive go with --chat" -m s -i
+expect 2 "--chat-template-kwargs and --interactive go with --chat" -m s -i
 expect 2 "give -p TEXT or -f FILE" -m s --chat
 
 tl_finish

@@ -213,6 +213,19 @@ static void test_parse_bad(void) {
                "tools");
     expect_bad(H, "{\"model\": \"m\", \"messages\": [{\"role\": \"user\", \"content\": \"x\"}], "
                   "\"response_format\": {\"type\": \"json_object\"}}", 400, "response_format");
+    /* vLLM's chat_template_kwargs: an object; enable_thinking true or false; other variables ignored */
+    expect_bad(H, "{\"model\": \"m\", \"messages\": [{\"role\": \"user\", \"content\": \"x\"}], "
+                  "\"chat_template_kwargs\": [1]}", 400, "chat_template_kwargs");
+    expect_bad(H, "{\"model\": \"m\", \"messages\": [{\"role\": \"user\", \"content\": \"x\"}], "
+                  "\"chat_template_kwargs\": {\"enable_thinking\": \"no\"}}", 400, "chat_template_kwargs");
+    CHECK(parse(H, "{\"model\": \"m\", \"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}") == 0 &&
+          g_req.enable_thinking == -1);
+    CHECK(parse(H, "{\"model\": \"m\", \"messages\": [{\"role\": \"user\", \"content\": \"x\"}], "
+                   "\"chat_template_kwargs\": {\"enable_thinking\": false, \"custom\": [1]}}") == 0 &&
+          g_req.enable_thinking == 0);
+    CHECK(parse(H, "{\"model\": \"m\", \"messages\": [{\"role\": \"user\", \"content\": \"x\"}], "
+                   "\"chat_template_kwargs\": {\"enable_thinking\": true}}") == 0 &&
+          g_req.enable_thinking == 1);
     /* a body nested too deep for cJSON is refused, not a crash */
     char deep[4200];
     size_t d = 0;
@@ -401,6 +414,12 @@ static void test_tokenize(void) {
     CHECK(lorac_oai_tokenize_parse(false, b, strlen(b), &t, &e) == LORAC_STATUS_OK && t.n_messages == 1 &&
           !strcmp(t.messages[0].content, "a") && !t.add_generation_prompt && !t.prompt);
     lorac_oai_tokenize_request_free(&t);
+    b = "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], \"chat_template_kwargs\": {\"enable_thinking\": false}}";
+    CHECK(lorac_oai_tokenize_parse(false, b, strlen(b), &t, &e) == LORAC_STATUS_OK && t.enable_thinking == 0);
+    lorac_oai_tokenize_request_free(&t);
+    b = "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], \"chat_template_kwargs\": {\"enable_thinking\": 0}}";
+    CHECK(lorac_oai_tokenize_parse(false, b, strlen(b), &t, &e) == LORAC_STATUS_INVALID_ARG && e.http_status == 400 &&
+          !strcmp(e.param, "chat_template_kwargs"));
     b = "{\"tokens\": [1, 0, 42]}";
     CHECK(lorac_oai_tokenize_parse(true, b, strlen(b), &t, &e) == LORAC_STATUS_OK && t.n_tokens == 3 && t.tokens[2] == 42);
     lorac_oai_tokenize_request_free(&t);
@@ -583,15 +602,31 @@ static void test_chat_prompts(void) {
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         char *out = NULL;
         size_t len = 0;
-        CHECK(lorac_dataset_chat_render_generation(cases[i].tpl, NULL, msgs, 2, NULL, NULL, &out, &len) == 0);
+        CHECK(lorac_dataset_chat_render_generation(cases[i].tpl, NULL, msgs, 2, NULL, NULL, true, &out, &len) == 0);
         CHECK_MSG(out && !strcmp(out, cases[i].want) && len == strlen(cases[i].want), "%s: '%s'", cases[i].tpl,
                   out ? out : "(null)");
         free(out);
     }
     char *out = NULL;
-    CHECK(lorac_dataset_chat_render_generation("nope", NULL, msgs, 2, NULL, NULL, &out, NULL) == LORAC_STATUS_INVALID_ARG);
+    /* enable_thinking false: qwen3 closes an empty thinking block, chatml ignores it */
+    CHECK(lorac_dataset_chat_render_generation("qwen3", NULL, msgs + 1, 1, NULL, NULL, false, &out, NULL) == 0 &&
+          !strcmp(out, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"));
+    free(out);
+    CHECK(lorac_dataset_chat_render_generation("chatml", NULL, msgs + 1, 1, NULL, NULL, false, &out, NULL) == 0 &&
+          !strcmp(out, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"));
+    free(out);
+    int thinking = 1;
+    CHECK(lorac_dataset_chat_kwargs_parse("{\"enable_thinking\": false}", 26, &thinking) == 0 && thinking == 0);
+    CHECK(lorac_dataset_chat_kwargs_parse("{\"other\": 1}", 12, &thinking) == 0 && thinking == 0);
+    CHECK(lorac_dataset_chat_kwargs_parse("{\"enable_thinking\": true}", 25, &thinking) == 0 && thinking == 1);
+    CHECK(lorac_dataset_chat_kwargs_parse("{\"enable_thinking\": 1}", 22, &thinking) == LORAC_STATUS_FORMAT &&
+          strstr(lorac_error_message(), "true or false"));
+    CHECK(lorac_dataset_chat_kwargs_parse("enable_thinking=false", 21, &thinking) == LORAC_STATUS_FORMAT &&
+          strstr(lorac_error_message(), "JSON object"));
+    CHECK(lorac_dataset_chat_kwargs_parse("{\"enable_thinking\": fal", 23, &thinking) == LORAC_STATUS_FORMAT);
+    CHECK(lorac_dataset_chat_render_generation("nope", NULL, msgs, 2, NULL, NULL, true, &out, NULL) == LORAC_STATUS_INVALID_ARG);
     lorac_chat_message_t bad[1] = {{"wizard", "x"}};
-    CHECK(lorac_dataset_chat_render_generation("chatml", NULL, bad, 1, NULL, NULL, &out, NULL) == LORAC_STATUS_FORMAT && !out);
+    CHECK(lorac_dataset_chat_render_generation("chatml", NULL, bad, 1, NULL, NULL, true, &out, NULL) == LORAC_STATUS_FORMAT && !out);
 
     /* BOS/EOS strings and specials against real tokenizers */
     char path[2048], cfg[2048];
@@ -606,7 +641,7 @@ static void test_chat_prompts(void) {
     const char *name = NULL;
     char *sys = NULL;
     CHECK(lorac_dataset_chat_template_from_config(cfg, &name, &sys) == 0 && !strcmp(name, "chatml") && sys);
-    CHECK(lorac_dataset_chat_render_generation(name, sys, msgs + 1, 1, NULL, NULL, &out, NULL) == 0 &&
+    CHECK(lorac_dataset_chat_render_generation(name, sys, msgs + 1, 1, NULL, NULL, true, &out, NULL) == 0 &&
           !strcmp(out, "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
                        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"));
     free(out);

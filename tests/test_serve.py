@@ -792,6 +792,42 @@ def test_second_server(model):
     check(rc == 0, f"SIGINT: exit {rc}")
 
 
+def test_qwen3_server():
+    """A random Qwen3-architecture model with SmolLM2's tokenizer (the same
+    <|im_start|> and <|im_end|>) served with the qwen3 template and
+    --chat-template-kwargs '{"enable_thinking": false}': requests that do
+    not say get the closed empty thinking block after the generation
+    prompt, chat_template_kwargs overrides it, a malformed one is 400."""
+    d = os.path.join(TMP, "qwen3")
+    tok = os.path.join(FIX, "tokenizers", "smollm2-360m-instruct-ft", "tokenizer.json")
+    hf_model.make_random_model(d, dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+                                       num_key_value_heads=2, head_dim=16, vocab_size=49168), arch="qwen3", tie=True,
+                               seed=5, tokenizer_json=tok)
+    s = Server(["-m", d, "--served-model-name", "q3", "--chat-template", "qwen3", "--chat-template-kwargs",
+                '{"enable_thinking": false}'], os.path.join(TMP, "server3.log"))
+    try:
+        msgs = [{"role": "user", "content": "Hi there"}]
+        head = "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
+        for kwargs, text in ((None, head + "<think>\n\n</think>\n\n"), ({"enable_thinking": True}, head),
+                             ({"enable_thinking": False, "other": 1}, head + "<think>\n\n</think>\n\n")):
+            want = [int(x) for x in subprocess.run([BIN, "tokenize", "-m", d, "--no-special", "-p", text],
+                                                   capture_output=True, text=True, check=True).stdout.split()]
+            body = {"messages": msgs}
+            if kwargs is not None:
+                body["chat_template_kwargs"] = kwargs
+            st, _, data = post(s.port, "/tokenize", body)
+            check(st == 200 and json.loads(data)["tokens"] == want, f"qwen3 /tokenize with {kwargs}: {data[:200]}")
+            r = complete(s.port, dict(body, model="q3", max_tokens=3, temperature=0))
+            check(r["status"] == 200 and r["object"]["usage"]["prompt_tokens"] == len(want),
+                  f"qwen3 chat with {kwargs}: {r.get('status')} {r.get('object')}")
+        st, _, data = post(s.port, "/v1/chat/completions",
+                           {"model": "q3", "messages": msgs, "chat_template_kwargs": {"enable_thinking": "no"}})
+        check(st == 400 and json.loads(data)["error"]["param"] == "chat_template_kwargs", f"bad kwargs: {st} {data}")
+    finally:
+        rc = s.stop()
+    check(rc == 0, f"qwen3 server: exit {rc}")
+
+
 def main():
     if not BIN or not FIX:
         print("LORAC_BIN and LORAC_FIXTURES must be set")
@@ -817,10 +853,11 @@ def main():
         check(rc == 0, f"SIGTERM: exit {rc}")
         print(f"shutdown: {time.time() - t:.1f}s", flush=True)
     test_second_server(model)
+    test_qwen3_server()
     print(f"total {time.time() - t0:.1f}s")
     print(f"{passed} passed, {failed} failed")
     if failed:
-        for log in ("server.log", "server2.log"):
+        for log in ("server.log", "server2.log", "server3.log"):
             path = os.path.join(TMP, log)
             if os.path.exists(path):
                 lines = open(path, errors="replace").read().splitlines()

@@ -37,6 +37,8 @@ static const char *k_usage =
     "  -i, --interactive    with --chat: after each reply read the next user message from stdin (one line; EOF\n"
     "                       ends), keeping the conversation and the cache of its unchanged tokens\n"
     "  --chat-template T    " LORAC_CHAT_TEMPLATES " (default: from tokenizer_config.json)\n"
+    "  --chat-template-kwargs J  template variables, e.g. '{\"enable_thinking\": false}' (qwen3: answer\n"
+    "                       without reasoning)\n"
     "  -c, --ctx N          context length (default: prompt + n, capped at the model's maximum)\n"
     "  --kv-cache-dtype T   f32 (default), bf16 or f16: the KV cache's values; bf16/f16 halve its memory\n"
     "  -t, --threads N      compute threads (default: all cores)\n";
@@ -45,6 +47,7 @@ static const char *k_usage =
 typedef struct {
     cli_chat_t t;
     int32_t eot; /* the token that ends the assistant's turn, -1 if the tokenizer lacks it */
+    int thinking; /* the template's enable_thinking (--chat-template-kwargs) */
 } chat_t;
 
 static void chat_setup(chat_t *c, const char *model_dir, const lorac_tokenizer_t *tok, const char *tpl_flag) {
@@ -63,7 +66,8 @@ static void chat_ids(const chat_t *c, const lorac_tokenizer_t *tok, const lorac_
     char *text;
     size_t len;
     const cli_chat_t *t = &c->t;
-    cli_check(lorac_dataset_chat_render_generation(t->tpl, t->default_system, m, n, t->bos, t->eos, &text, &len));
+    cli_check(lorac_dataset_chat_render_generation(t->tpl, t->default_system, m, n, t->bos, t->eos, c->thinking != 0,
+                                                   &text, &len));
     cli_check(lorac_tokenizer_encode(tok, text, len, false, ids, n_ids));
     free(text);
 }
@@ -264,7 +268,7 @@ int cmd_generate(int argc, char **argv) {
     int64_t n_predict = 128, n_ctx_flag = 0;
     lorac_dtype_t kv_dtype = LORAC_DTYPE_F32;
     int ignore_eos = 0, threads = 0, chat = 0, interactive_mode = 0;
-    const char *system = NULL, *tpl_flag = NULL;
+    const char *system = NULL, *tpl_flag = NULL, *kwargs = NULL;
     lorac_sampler_params_t sp = lorac_sampler_default_params();
     logit_biases_t bias = {0};
     const char *stops[16];
@@ -300,6 +304,7 @@ int cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "-i") || !strcmp(a, "--interactive")) interactive_mode = 1;
         else if (!strcmp(a, "--system")) system = cli_value(argc, argv, &i, "generate");
         else if (!strcmp(a, "--chat-template")) tpl_flag = cli_value(argc, argv, &i, "generate");
+        else if (!strcmp(a, "--chat-template-kwargs")) kwargs = cli_value(argc, argv, &i, "generate");
         else if (!strcmp(a, "--kv-cache-dtype")) kv_dtype = cli_kv_dtype("generate", a, cli_value(argc, argv, &i, "generate"));
         else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) n_ctx_flag = cli_int("generate", a, cli_value(argc, argv, &i, "generate"), 1, 1 << 24);
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) threads = (int)cli_int("generate", a, cli_value(argc, argv, &i, "generate"), 1, 1024);
@@ -308,8 +313,11 @@ int cmd_generate(int argc, char **argv) {
     if (!model_dir) cli_usage_error("generate", "-m MODEL is required");
     if (prompt && prompt_file) cli_usage_error("generate", "give one of -p TEXT or -f FILE, not both");
     if (!prompt && !prompt_file && !interactive_mode) cli_usage_error("generate", "give -p TEXT or -f FILE");
-    if (!chat && (system || tpl_flag || interactive_mode))
-        cli_usage_error("generate", "--system, --chat-template and --interactive go with --chat");
+    if (!chat && (system || tpl_flag || kwargs || interactive_mode))
+        cli_usage_error("generate", "--system, --chat-template, --chat-template-kwargs and --interactive go with --chat");
+    int thinking = 1;
+    if (kwargs && lorac_dataset_chat_kwargs_parse(kwargs, strlen(kwargs), &thinking))
+        cli_usage_error("generate", "--chat-template-kwargs: %s", lorac_error_message());
     if (threads) lorac_kernels_set_threads(threads);
     sp.logit_bias = bias.v;
     sp.n_logit_bias = bias.n;
@@ -327,7 +335,7 @@ int cmd_generate(int argc, char **argv) {
     const lorac_tokenizer_t *tok = lorac_model_get_tokenizer(model);
     if (!tok) cli_die("%s: no tokenizer.json in the model directory (generate needs one)", model_dir);
 
-    chat_t c = {.eot = -1};
+    chat_t c = {.eot = -1, .thinking = thinking};
     if (chat) chat_setup(&c, model_dir, tok, tpl_flag);
     int32_t *ids = NULL;
     size_t n_ids = 0;

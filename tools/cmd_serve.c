@@ -34,6 +34,8 @@ static const char *k_usage =
     "  --served-model-name NAME the base model's name in requests (default: MODEL's directory name)\n"
     "  --chat-template NAME     " LORAC_CHAT_TEMPLATES " (default: recognised from\n"
     "                           MODEL/tokenizer_config.json; without one, chat requests get 400)\n"
+    "  --chat-template-kwargs J template variables for requests that give none, e.g.\n"
+    "                           '{\"enable_thinking\": false}' (qwen3: answer without reasoning)\n"
     "  --max-body BYTES         request body limit, larger gets 413 (default 1048576)\n"
     "  --max-connections N      concurrent connections (default 2 * (max-seqs + max-queue) + 16)\n"
     "  --log-requests           one line per request on stderr\n";
@@ -52,7 +54,7 @@ static char *dir_name(const char *dir) {
 }
 
 int cmd_serve(int argc, char **argv) {
-    const char *model_dir = NULL, *adapters = NULL, *served = NULL, *tpl_flag = NULL;
+    const char *model_dir = NULL, *adapters = NULL, *served = NULL, *tpl_flag = NULL, *kwargs = NULL;
     lorac_engine_params_t ep = lorac_engine_default_params();
     lorac_http_params_t hp = lorac_http_default_params();
     int threads = 0;
@@ -75,6 +77,7 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--allow-admin")) hp.allow_admin = true;
         else if (!strcmp(a, "--served-model-name")) served = VAL();
         else if (!strcmp(a, "--chat-template")) tpl_flag = VAL();
+        else if (!strcmp(a, "--chat-template-kwargs")) kwargs = VAL();
         else if (!strcmp(a, "--max-body")) hp.max_body = (size_t)cli_int("serve", a, VAL(), 1, (int64_t)1 << 32);
         else if (!strcmp(a, "--max-connections")) max_conn = cli_int("serve", a, VAL(), 1, 1 << 16);
         else if (!strcmp(a, "--log-requests")) hp.log_requests = true;
@@ -86,6 +89,9 @@ int cmd_serve(int argc, char **argv) {
     const char *tpl = NULL;
     if (tpl_flag && !(tpl = lorac_dataset_chat_template_name(tpl_flag)))
         cli_usage_error("serve", "unknown chat template '%s' (" LORAC_CHAT_TEMPLATES ")", tpl_flag);
+    int thinking = 1;
+    if (kwargs && lorac_dataset_chat_kwargs_parse(kwargs, strlen(kwargs), &thinking))
+        cli_usage_error("serve", "--chat-template-kwargs: %s", lorac_error_message());
     if (adapters) {
         struct stat st;
         if (stat(adapters, &st) || !S_ISDIR(st.st_mode)) cli_die("%s: not a directory (--adapters)", adapters);
@@ -127,6 +133,7 @@ int cmd_serve(int argc, char **argv) {
     hp.chat_default_system = chat.default_system;
     hp.chat_bos = chat.bos;
     hp.chat_eos = chat.eos;
+    hp.chat_thinking_off = !thinking;
     hp.adapters_dir = adapters;
     hp.max_connections = (int32_t)(max_conn ? max_conn : 2 * ((int64_t)ep.max_seqs + ep.max_queue) + 16);
     lorac_http_server_t *srv;

@@ -185,7 +185,7 @@ int32_t lorac_dataset_example(const lorac_dataset_t *ds, int64_t i, const int32_
 /* ---- chat templates ------------------------------------------------------------ */
 
 /* The template names lorac renders, for messages and usage lines. */
-#define LORAC_CHAT_TEMPLATES "chatml|llama-2|llama-3|llama-3.1|mistral|mistral-v0.1|mistral-v0.2|mistral-v1|mistral-v3|zephyr"
+#define LORAC_CHAT_TEMPLATES "chatml|llama-2|llama-3|llama-3.1|mistral|mistral-v0.1|mistral-v0.2|mistral-v1|mistral-v3|qwen3|zephyr"
 
 typedef struct {
     const char *role;    /* "system", "user" or "assistant" */
@@ -221,14 +221,27 @@ lorac_status_t lorac_dataset_chat_render(const char *template_name, const char *
 
 /* lorac_dataset_chat_render followed by the template's assistant generation
  * prompt, as HF's apply_chat_template(add_generation_prompt=True) renders it:
- * chatml "<|im_start|>assistant\n", llama-3 and llama-3.1
+ * chatml and qwen3 "<|im_start|>assistant\n", llama-3 and llama-3.1
  * "<|start_header_id|>assistant<|end_header_id|>\n\n", zephyr
  * "<|assistant|>\n"; llama-2's and mistral's templates have none (the text
  * already ends with "[/INST]" after the last user turn). The prompt of a
- * chat request. */
+ * chat request. enable_thinking is Qwen3's template variable: false adds
+ * an empty, closed thinking block ("<think>\n\n</think>\n\n") to qwen3's
+ * prompt, so that the model answers without reasoning; the other templates
+ * ignore it, as their Jinja does. */
 lorac_status_t lorac_dataset_chat_render_generation(const char *template_name, const char *default_system,
                                                     const lorac_chat_message_t *messages, size_t n_messages,
-                                                    const char *bos, const char *eos, char **out, size_t *len);
+                                                    const char *bos, const char *eos, bool enable_thinking, char **out,
+                                                    size_t *len);
+
+/* Chat template variables given as a JSON object, as llama.cpp's
+ * --chat-template-kwargs and vLLM's chat_template_kwargs take them
+ * ('{"enable_thinking": false}'): *enable_thinking becomes 0 or 1 when the
+ * object sets it and is left as it was otherwise. Other variables are
+ * accepted and ignored, as a template ignores variables it does not read.
+ * FORMAT, naming the problem, for text that is not a JSON object or an
+ * enable_thinking that is not true or false. */
+lorac_status_t lorac_dataset_chat_kwargs_parse(const char *json, size_t len, int *enable_thinking);
 
 /* The BOS/EOS strings template_name writes for this tokenizer, chosen as
  * lorac_dataset_load chooses them: tokenizer_config.json's bos_token /

@@ -51,6 +51,7 @@ typedef struct {
     const char *chat_template;
     const char *chat_default_system;
     const char *chat_bos, *chat_eos;
+    bool chat_thinking_off; /* enable_thinking false for requests whose chat_template_kwargs do not say (qwen3) */
     const char *adapters_dir;        /* the engine's, for lora_path checks; NULL = none */
     bool allow_admin;                /* load/unload endpoints */
     bool log_requests;               /* one line per request on stderr */

@@ -124,6 +124,7 @@ typedef struct {
     /* chat: role and content strings owned by the request */
     lorac_chat_message_t *messages;
     size_t n_messages;
+    int8_t enable_thinking; /* chat_template_kwargs.enable_thinking: 1, 0, or -1 when not given (the server's default) */
     int32_t max_tokens;   /* 0: not given (chat: filled by check_prompt) */
     float temperature;
     float top_p;
@@ -171,13 +172,15 @@ lorac_status_t lorac_oai_lora_request_parse(const char *body, size_t len, bool a
 /* POST /tokenize and /detokenize (vLLM's shapes). tokenize:
  * {"model": string (optional), "prompt": string, "add_special_tokens": bool
  * (default true)} or {"model", "messages": [as chat], "add_generation_prompt":
- * bool (default true)}; detokenize: {"model", "tokens": [token ids]}. */
+ * bool (default true), "chat_template_kwargs" (as chat)}; detokenize:
+ * {"model", "tokens": [token ids]}. */
 typedef struct {
     char *model;                      /* NULL when absent */
     char *prompt;                     /* tokenize: the text, or NULL with messages */
     size_t prompt_len;
     lorac_chat_message_t *messages;
     size_t n_messages;
+    int8_t enable_thinking;           /* as in a chat request */
     bool add_special_tokens, add_generation_prompt;
     int32_t *tokens;                  /* detokenize */
     int32_t n_tokens;

@@ -609,9 +609,10 @@ static lorac_status_t prompt_ids(lorac_http_server_t *srv, const lorac_tokenizer
                                    "lorac recognises); start it with --chat-template NAME, or use /v1/completions");
     char *text = NULL;
     size_t len = 0;
+    bool thinking = req->enable_thinking >= 0 ? req->enable_thinking : !srv->p.chat_thinking_off;
     lorac_status_t s = lorac_dataset_chat_render_generation(srv->p.chat_template, srv->p.chat_default_system,
                                                             req->messages, req->n_messages, srv->p.chat_bos,
-                                                            srv->p.chat_eos, &text, &len);
+                                                            srv->p.chat_eos, thinking, &text, &len);
     if (s == LORAC_STATUS_NOMEM) return lorac_oai_error_set(err, 500, NULL, NULL, NULL, "out of memory");
     if (s) return lorac_oai_error_set(err, 400, NULL, "messages", NULL, "%s", lorac_error_message());
     s = lorac_tokenizer_encode(tok, text, len, false, ids, n);
@@ -928,9 +929,13 @@ static enum MHD_Result handle_tokenize(lorac_http_server_t *srv, struct MHD_Conn
             s = lorac_oai_error_set(&err, 400, NULL, "messages", NULL,
                                     "this server has no chat template; start it with --chat-template NAME");
         } else {
-            s = (req.add_generation_prompt ? lorac_dataset_chat_render_generation : lorac_dataset_chat_render)(
-                srv->p.chat_template, srv->p.chat_default_system, req.messages, req.n_messages, srv->p.chat_bos,
-                srv->p.chat_eos, &text, &len);
+            bool thinking = req.enable_thinking >= 0 ? req.enable_thinking : !srv->p.chat_thinking_off;
+            s = req.add_generation_prompt
+                    ? lorac_dataset_chat_render_generation(srv->p.chat_template, srv->p.chat_default_system, req.messages,
+                                                           req.n_messages, srv->p.chat_bos, srv->p.chat_eos, thinking,
+                                                           &text, &len)
+                    : lorac_dataset_chat_render(srv->p.chat_template, srv->p.chat_default_system, req.messages,
+                                                req.n_messages, srv->p.chat_bos, srv->p.chat_eos, &text, &len);
             if (!s) s = lorac_tokenizer_encode(tok, text, len, false, &ids, &n);
         }
         if (s && !err.message[0]) {

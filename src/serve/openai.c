@@ -256,7 +256,24 @@ static lorac_status_t parse_content(const cJSON *c, size_t i, char **out, lorac_
     return LORAC_STATUS_OK;
 }
 
+/* vLLM's chat_template_kwargs, the chat template's extra variables: lorac's
+ * templates read one, Qwen3's enable_thinking; others are ignored, as a
+ * Jinja template ignores variables it does not use. */
+static lorac_status_t parse_template_kwargs(const cJSON *o, int8_t *enable_thinking, lorac_oai_error_t *err) {
+    *enable_thinking = -1;
+    const cJSON *k = field(o, "chat_template_kwargs");
+    if (!k) return LORAC_STATUS_OK;
+    if (!cJSON_IsObject(k)) return BAD("chat_template_kwargs", "'chat_template_kwargs' must be an object");
+    const cJSON *v = field(k, "enable_thinking");
+    if (v && !cJSON_IsBool(v))
+        return BAD("chat_template_kwargs", "'chat_template_kwargs.enable_thinking' must be true or false");
+    if (v) *enable_thinking = cJSON_IsTrue(v) ? 1 : 0;
+    return LORAC_STATUS_OK;
+}
+
 static lorac_status_t parse_messages(const cJSON *o, lorac_oai_request_t *r, lorac_oai_error_t *err) {
+    lorac_status_t ks = parse_template_kwargs(o, &r->enable_thinking, err);
+    if (ks) return ks;
     const cJSON *m = field(o, "messages");
     if (!m) return BAD("messages", "'messages' is required");
     if (!cJSON_IsArray(m)) return BAD("messages", "'messages' must be an array of {role, content}");
@@ -575,6 +592,7 @@ static lorac_status_t parse_tokenize_fields(const cJSON *o, bool detokenize, lor
     s = parse_messages(o, &chat, err);
     r->messages = chat.messages;
     r->n_messages = chat.n_messages;
+    r->enable_thinking = chat.enable_thinking;
     return s;
 }
 

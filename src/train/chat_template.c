@@ -27,7 +27,7 @@ void dbuf_free(dbuf_t *b) {
 /* ---- names ---- */
 static const char *const k_names[CHAT_COUNT] = {"chatml", "llama-2",      "llama-3",      "llama-3.1", "zephyr",
                                                  "mistral", "mistral-v0.1", "mistral-v0.2", "mistral-v1",
-                                                 "mistral-v3"};
+                                                 "mistral-v3", "qwen3"};
 
 int chat_tpl_from_name(const char *name) {
     static const struct { const char *alias; chat_tpl_t t; } aliases[] = {
@@ -38,6 +38,7 @@ int chat_tpl_from_name(const char *name) {
         {"mistral-v0.1", CHAT_MISTRAL_V01}, {"mistral-v0.2", CHAT_MISTRAL_V02}, {"mixtral", CHAT_MISTRAL_V02},
         {"mistral-v1", CHAT_MISTRAL_V1},    {"mistral-v3", CHAT_MISTRAL_V3}, {"mistral-v0.3", CHAT_MISTRAL_V3},
         {"mistral-v3-tekken", CHAT_MISTRAL}, /* llama.cpp's names for v0.3's and NeMo's */
+        {"qwen3", CHAT_QWEN3},
     };
     if (!name) return -1;
     for (size_t i = 0; i < sizeof aliases / sizeof *aliases; i++)
@@ -61,7 +62,8 @@ static const char *chat_tpl_default_eos(chat_tpl_t t) { (void)t; return "</s>"; 
 
 const char *lorac_dataset_chat_end_of_turn(const char *template_name, const char *eos) {
     switch (chat_tpl_from_name(template_name)) {
-    case CHAT_CHATML: return "<|im_end|>";
+    case CHAT_CHATML:
+    case CHAT_QWEN3: return "<|im_end|>";
     case CHAT_LLAMA3:
     case CHAT_LLAMA31: return "<|eot_id|>";
     case CHAT_LLAMA2:
@@ -80,7 +82,8 @@ const char *lorac_dataset_chat_end_of_turn(const char *template_name, const char
 static size_t chat_tpl_specials(chat_tpl_t t, const char *bos, const char *eos, const char **out) {
     size_t n = 0;
     switch (t) {
-    case CHAT_CHATML: out[n++] = "<|im_start|>"; out[n++] = "<|im_end|>"; break;
+    case CHAT_CHATML:
+    case CHAT_QWEN3: out[n++] = "<|im_start|>"; out[n++] = "<|im_end|>"; break;
     case CHAT_LLAMA2: out[n++] = bos; out[n++] = eos; break;
     case CHAT_LLAMA3:
     case CHAT_LLAMA31:
@@ -189,6 +192,68 @@ static lorac_status_t render_chatml(chat_render_t *r, const char *default_system
         bool assistant = !strcmp(m[i].role, "assistant");
         TRY(piece(r, false, true) || add(r, "<|im_start|>") || add(r, m[i].role) || add(r, "\n"));
         TRY(piece(r, assistant, false) || add(r, m[i].content) || add(r, "<|im_end|>"));
+        TRY(piece(r, false, true) || add(r, "\n"));
+    }
+    return LORAC_STATUS_OK;
+}
+
+/* Python's s.lstrip('\n') / s.rstrip('\n') on the bytes [*a, *b). */
+static void lstrip_newlines(const char *s, size_t *a, size_t b) { while (*a < b && s[*a] == '\n') ++*a; }
+static void rstrip_newlines(const char *s, size_t a, size_t *b) { while (*b > a && s[*b - 1] == '\n') --*b; }
+
+/* The last occurrence of `needle` in s[0, n), or NULL. */
+static const char *last_in(const char *s, size_t n, const char *needle) {
+    size_t k = strlen(needle);
+    for (size_t i = n >= k ? n - k + 1 : 0; i-- > 0;)
+        if (!memcmp(s + i, needle, k)) return s + i;
+    return NULL;
+}
+
+/* Qwen3's template (Qwen3 0.6B-235B, thinking and not): ChatML, except
+ * that a reply's own "<think>...</think>" is taken apart, as the template
+ * does with content.split('</think>'): the reasoning is the text before
+ * the first "</think>" (after its last "<think>", newlines trimmed), the
+ * reply the text after the last. Replies before the last question (the
+ * last user turn that is not a "<tool_response>...</tool_response>") lose
+ * their reasoning; those after it keep it in a "<think>\n...\n</think>\n\n"
+ * block, and the conversation's last reply always has one, empty when it
+ * had no reasoning: what Qwen3 writes when thinking is turned off. The
+ * block is in the loss with the reply. */
+static lorac_status_t render_qwen3(chat_render_t *r, const lorac_chat_message_t *m, size_t n) {
+    static const char close_tag[] = "</think>", open_tag[] = "<think>";
+    size_t last_query = n > 0 ? n - 1 : 0;
+    for (size_t i = n; i-- > 0;) {
+        const char *c = m[i].content;
+        size_t len = strlen(c);
+        bool tool_response = !strncmp(c, "<tool_response>", 15) && len >= 16 && !strcmp(c + len - 16, "</tool_response>");
+        if (!strcmp(m[i].role, "user") && !tool_response) { last_query = i; break; }
+    }
+    for (size_t i = 0; i < n; i++) {
+        TRY(piece(r, false, true) || add(r, "<|im_start|>") || add(r, m[i].role) || add(r, "\n"));
+        if (strcmp(m[i].role, "assistant")) {
+            TRY(piece(r, false, false) || add(r, m[i].content) || add(r, "<|im_end|>"));
+            TRY(piece(r, false, true) || add(r, "\n"));
+            continue;
+        }
+        const char *c = m[i].content;
+        size_t len = strlen(c), ra = 0, rb = 0, ca = 0, cb = len; /* reasoning c[ra, rb), reply c[ca, cb) */
+        const char *first_close = strstr(c, close_tag);
+        if (first_close) {
+            rb = (size_t)(first_close - c);
+            rstrip_newlines(c, 0, &rb);
+            const char *open = last_in(c, rb, open_tag);
+            ra = open ? (size_t)(open - c) + sizeof open_tag - 1 : 0;
+            lstrip_newlines(c, &ra, rb);
+            ca = (size_t)(last_in(c, len, close_tag) - c) + sizeof close_tag - 1;
+            lstrip_newlines(c, &ca, cb);
+        }
+        TRY(piece(r, true, false));
+        if (i > last_query && (i == n - 1 || rb > ra)) {
+            rstrip_newlines(c, ra, &rb); /* reasoning_content.strip('\n'); content.lstrip('\n') */
+            lstrip_newlines(c, &ca, cb);
+            TRY(add(r, "<think>\n") || add_n(r, c + ra, rb - ra) || add(r, "\n</think>\n\n"));
+        }
+        TRY(add_n(r, c + ca, cb - ca) || add(r, "<|im_end|>"));
         TRY(piece(r, false, true) || add(r, "\n"));
     }
     return LORAC_STATUS_OK;
@@ -346,6 +411,7 @@ lorac_status_t chat_render_pieces(chat_tpl_t t, const char *default_system, cons
     }
     switch (t) {
     case CHAT_CHATML: return render_chatml(r, default_system, m, n);
+    case CHAT_QWEN3: return render_qwen3(r, m, n);
     case CHAT_LLAMA2: return render_llama2(r, m, n, bos, eos);
     case CHAT_LLAMA3: return render_llama3(r, m, n, bos, false);
     case CHAT_LLAMA31: return render_llama3(r, m, n, bos, true);
@@ -382,7 +448,8 @@ lorac_status_t lorac_dataset_chat_render(const char *template_name, const char *
  * add_generation_prompt is true. */
 static const char *generation_prompt(chat_tpl_t t) {
     switch (t) {
-    case CHAT_CHATML: return "<|im_start|>assistant\n";
+    case CHAT_CHATML:
+    case CHAT_QWEN3: return "<|im_start|>assistant\n"; /* Qwen3: thinking on, its default */
     case CHAT_LLAMA3:
     case CHAT_LLAMA31: return "<|start_header_id|>assistant<|end_header_id|>\n\n";
     case CHAT_ZEPHYR: return "<|assistant|>\n";
@@ -399,12 +466,15 @@ static const char *generation_prompt(chat_tpl_t t) {
 
 lorac_status_t lorac_dataset_chat_render_generation(const char *template_name, const char *default_system,
                                                     const lorac_chat_message_t *messages, size_t n_messages,
-                                                    const char *bos, const char *eos, char **out, size_t *len) {
+                                                    const char *bos, const char *eos, bool enable_thinking, char **out,
+                                                    size_t *len) {
     size_t n;
     lorac_status_t s = lorac_dataset_chat_render(template_name, default_system, messages, n_messages, bos, eos, out, &n);
     if (s) return s;
     dbuf_t b = {.s = *out, .len = n, .cap = n + 1};
-    if (dbuf_puts(&b, generation_prompt((chat_tpl_t)chat_tpl_from_name(template_name)))) {
+    chat_tpl_t t = (chat_tpl_t)chat_tpl_from_name(template_name);
+    if (dbuf_puts(&b, generation_prompt(t)) ||
+        (t == CHAT_QWEN3 && !enable_thinking && dbuf_puts(&b, "<think>\n\n</think>\n\n"))) {
         dbuf_free(&b);
         *out = NULL;
         return lorac_error(LORAC_STATUS_NOMEM, "out of memory rendering a conversation");
@@ -412,6 +482,20 @@ lorac_status_t lorac_dataset_chat_render_generation(const char *template_name, c
     *out = b.s;
     if (len) *len = b.len;
     return LORAC_STATUS_OK;
+}
+
+lorac_status_t lorac_dataset_chat_kwargs_parse(const char *json, size_t len, int *enable_thinking) {
+    cJSON *o = cJSON_ParseWithLength(json, len);
+    lorac_status_t s = LORAC_STATUS_OK;
+    const cJSON *v = cJSON_IsObject(o) ? cJSON_GetObjectItemCaseSensitive(o, "enable_thinking") : NULL;
+    if (!cJSON_IsObject(o))
+        s = lorac_error(LORAC_STATUS_FORMAT, "chat template variables must be a JSON object, e.g. '{\"enable_thinking\": false}'");
+    else if (v && !cJSON_IsNull(v) && !cJSON_IsBool(v))
+        s = lorac_error(LORAC_STATUS_FORMAT, "chat template variable \"enable_thinking\" must be true or false");
+    else if (cJSON_IsBool(v))
+        *enable_thinking = cJSON_IsTrue(v);
+    cJSON_Delete(o);
+    return s;
 }
 
 lorac_status_t lorac_dataset_chat_tokens(const char *template_name, const lorac_tokenizer_t *tok,
@@ -489,7 +573,21 @@ lorac_status_t lorac_dataset_chat_template_recognize(const char *jinja, const ch
     if (default_system) *default_system = NULL;
     *name = NULL;
     chat_tpl_t t;
-    if (strstr(jinja, "<|im_start|>")) t = CHAT_CHATML;
+    if (strstr(jinja, "<|im_start|>") && (strstr(jinja, "<think>") || strstr(jinja, "</think>"))) {
+        /* Qwen3's, exactly: the replies' reasoning taken apart, kept after the last question, an empty block
+         * in the last reply, and a generation prompt that opens a thinking block only with enable_thinking
+         * false (the revision that also checks "content is string" renders strings the same; a derived one
+         * that always closes the block in the generation prompt does not) */
+        if (!strstr(jinja, "'\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n')") ||
+            !strstr(jinja, "{%- if loop.index0 > ns.last_query_index %}") ||
+            !strstr(jinja, "{%- if loop.last or (not loop.last and reasoning_content) %}") ||
+            !strstr(jinja, ".split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n')") ||
+            !strstr(jinja, ".split('</think>')[-1].lstrip('\\n')") ||
+            !strstr(jinja, "{{- '<|im_start|>assistant\\n' }}\n    {%- if enable_thinking is defined and enable_thinking is false %}"))
+            return lorac_error(LORAC_STATUS_UNSUPPORTED, "a ChatML template with <think> blocks other than Qwen3's "
+                               "(QwQ's, a Qwen3 2507 or a derived one) that lorac cannot render exactly; %s", hint);
+        t = CHAT_QWEN3;
+    } else if (strstr(jinja, "<|im_start|>")) t = CHAT_CHATML;
     else if (strstr(jinja, "<|start_header_id|>")) t = strstr(jinja, "Cutting Knowledge Date") ? CHAT_LLAMA31 : CHAT_LLAMA3;
     else if (strstr(jinja, "[INST]") && strstr(jinja, "<<SYS>>")) t = CHAT_LLAMA2;
     else if (strstr(jinja, "\"[INST]\" + message[\"content\"] + \"[/INST]\"") &&

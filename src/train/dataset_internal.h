@@ -50,6 +50,7 @@ typedef enum {
     CHAT_MISTRAL_V02, /* Mixtral 8x7B Instruct v0.1's and Mistral 7B v0.2's first template */
     CHAT_MISTRAL_V1,  /* the spaced template Mistral later gave those models */
     CHAT_MISTRAL_V3,  /* Mistral 7B Instruct v0.3's and Mistral Large 2407's ("v3") */
+    CHAT_QWEN3,       /* Qwen3's: ChatML with a <think> block opening the replies after the last question */
     CHAT_COUNT
 } chat_tpl_t;
 

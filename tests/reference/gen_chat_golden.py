@@ -4,7 +4,8 @@ Jinja chat templates from the fixtures, rendered by jinja2 the way
 HuggingFace transformers renders them (apply_chat_template: a sandboxed
 environment with trim_blocks and lstrip_blocks, the loopcontrols extension,
 raise_exception, and the tokenizer's special tokens as variables), over a
-set of conversations, with and without the generation prompt.
+set of conversations, with and without the generation prompt (and with it
+and enable_thinking false, Qwen3's template variable).
 
 Each case: the template's source (a fixture path, or a path under tests/
 for the templates of tests/data/chat/templates/, and for a
@@ -42,6 +43,7 @@ TEMPLATES = [
     ("mistral-v0.2", "tests/data/chat/templates/mixtral-8x7b-instruct-v0.1.jinja", None, "<s>", "</s>"),
     ("mistral-v1", "tests/data/chat/templates/mistral-instruct-v1.jinja", None, "<s>", "</s>"),
     ("mistral-v3", "tests/data/chat/templates/mistral-7b-instruct-v0.3.jinja", None, "<s>", "</s>"),
+    ("qwen3", "tests/data/chat/templates/qwen3.jinja", None, None, "<|im_end|>"),
 ]
 
 S = {"role": "system", "content": "You are a careful assistant."}
@@ -68,9 +70,20 @@ CONVERSATIONS = [
                         {"role": "user", "content": "\u2003Why?\u0085"},
                         {"role": "assistant", "content": "\u202fBecause.\u205f\u2028 \x1c"},
                         {"role": "user", "content": "Sure\u1680"}]),
+    # replies that carry their reasoning, as Qwen3's template takes it apart (content.split('</think>')):
+    # dropped before the last question, kept in a <think> block after it; newlines around it trimmed,
+    # the reasoning before the first </think> (after its last <think>), the reply after the last </think>
+    ("reasoning in replies", [U1, {"role": "assistant", "content": "<think>\nAdd them.\n</think>\n\n4."}, U2,
+                              {"role": "assistant", "content": "\n\n<think>\n\nx<think>Multiply.\n\n</think>mid</think>\n12."}]),
+    ("a tool response is not a question", [U1, {"role": "assistant", "content": "<think>Look it up.</think>Calling."},
+                                           {"role": "user", "content": "<tool_response>4</tool_response>"},
+                                           {"role": "assistant", "content": "<think>only an opening tag stays"}]),
     # refused by the templates that insist on alternating turns
     ("two user turns", [U1, U2]),
     ("reply first", [A1, U1]),
+    # two replies after the question: the first keeps its reasoning only because it has some
+    ("two replies in a row", [U1, {"role": "assistant", "content": "<think>\nHmm.\n</think>\n\nFour."}, A1,
+                              {"role": "assistant", "content": "No reasoning here."}, A2]),
 ]
 
 
@@ -78,7 +91,7 @@ def raise_exception(message):
     raise ValueError(message)
 
 
-def render(source, messages, bos, eos, generation):
+def render(source, messages, bos, eos, generation, thinking=True):
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
     env.filters["tojson"] = lambda x, indent=None, **kw: json.dumps(x, ensure_ascii=False, indent=indent)
     env.globals["raise_exception"] = raise_exception
@@ -87,6 +100,8 @@ def render(source, messages, bos, eos, generation):
         kwargs["bos_token"] = bos
     if eos is not None:
         kwargs["eos_token"] = eos
+    if not thinking:  # vLLM's chat_template_kwargs={"enable_thinking": False}
+        kwargs["enable_thinking"] = False
     return env.from_string(source).render(**kwargs)
 
 
@@ -97,11 +112,14 @@ def main():
         text = open(os.path.join(root, path), encoding="utf-8").read()
         source = json.loads(text)[key] if key else text
         for what, conv in CONVERSATIONS:
-            for generation in (False, True):
+            # enable_thinking false: Qwen3's variable, which the other templates ignore
+            for generation, thinking in ((False, True), (True, True), (True, False)):
                 case = {"template": name, "file": path, "key": key, "bos": bos, "eos": eos,
                         "conversation": what, "messages": conv, "add_generation_prompt": generation}
+                if not thinking:
+                    case["enable_thinking"] = False
                 try:
-                    case["text"] = render(source, conv, bos, eos, generation)
+                    case["text"] = render(source, conv, bos, eos, generation, thinking)
                 except ValueError:
                     case["refused"] = True
                 cases.append(case)
