@@ -67,6 +67,11 @@ CASES = [
      dict(dtype="F32", arch="qwen3", tie=True), 18),
     # Qwen3 with attention_bias (q, k, v and o biases), BF16, untied
     ("qwen3-bias-bf16", cfg(48, 100, 2, 6, 3, 97, head_dim=16), dict(dtype="BF16", arch="qwen3", bias=True), 13),
+    # SmolLM3: no rotary in every 4th layer (layers 3 and 7 of 8), tied, theta 2e6 (its default, not written)
+    ("smollm3-nope-tied-f32", cfg(48, 100, 8, 4, 2, 97), dict(dtype="F32", arch="smollm3", tie=True), 15),
+    # SmolLM3 with an explicit no_rope_layers list and attention_bias, BF16
+    ("smollm3-list-bias-bf16", cfg(64, 96, 3, 4, 1, 89, no_rope_layers=[0, 1, 0], rope_theta=5e6),
+     dict(dtype="BF16", arch="smollm3", bias=True), 12),
     # Llama 3 rope_scaling; original_max_position_embeddings small so that every
     # band (unchanged, smoothed, divided) matters at these short positions
     ("llama3-rope-f32", cfg(64, 128, 2, 4, 2, 97, rope_theta=500000.0,

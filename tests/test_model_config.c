@@ -43,6 +43,27 @@ int main(void) {
     CHECK(c.qk_norm && c.head_dim == 16 && c.qkv_bias && c.o_bias);
     expect_ok("{\"architectures\": [\"Qwen2ForCausalLM\"], " BASE "}", &c);
     CHECK(!c.qk_norm && c.head_dim == 8);
+    for (int32_t l = 0; l < c.n_layers; l++) CHECK(lorac_model_layer_has_rope(&c, l));
+
+    /* SmolLM3: NoPE layers every no_rope_layer_interval-th layer (default 4), or as no_rope_layers lists them;
+     * rope_theta 2e6 when absent (SmolLM3Config's default) */
+    expect_ok("{\"architectures\": [\"SmolLM3ForCausalLM\"], \"hidden_size\": 64, \"intermediate_size\": 172, "
+              "\"num_hidden_layers\": 130, \"num_attention_heads\": 8, \"vocab_size\": 512}", &c);
+    CHECK(c.arch == LORAC_ARCH_SMOLLM3 && !c.qk_norm && !c.qkv_bias);
+    CHECK_NEAR(c.rope_theta, 2e6, 0);
+    int n_nope = 0;
+    for (int32_t l = 0; l < c.n_layers; l++) {
+        n_nope += !lorac_model_layer_has_rope(&c, l);
+        CHECK_MSG(lorac_model_layer_has_rope(&c, l) == ((l + 1) % 4 != 0), "layer %d", l);
+    }
+    CHECK(n_nope == 32); /* layers 3, 7, ..., 127: the bits past the first word too */
+    expect_ok("{\"architectures\": [\"SmolLM3ForCausalLM\"], " BASE ", \"no_rope_layer_interval\": 1, \"rope_theta\": 5e6}", &c);
+    CHECK(!lorac_model_layer_has_rope(&c, 0) && !lorac_model_layer_has_rope(&c, 1));
+    CHECK_NEAR(c.rope_theta, 5e6, 0);
+    expect_ok("{\"architectures\": [\"SmolLM3ForCausalLM\"], " BASE ", \"no_rope_layers\": [0, 1], \"no_rope_layer_interval\": 1}", &c);
+    CHECK(!lorac_model_layer_has_rope(&c, 0) && lorac_model_layer_has_rope(&c, 1));
+    expect_ok("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"no_rope_layers\": [0, 0]}", &c);
+    CHECK(lorac_model_layer_has_rope(&c, 0) && lorac_model_layer_has_rope(&c, 1)); /* only SmolLM3 reads it */
 
     expect_ok("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"attention_bias\": true, \"mlp_bias\": true, "
               "\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 32.0, \"low_freq_factor\": 1.0, "
@@ -71,6 +92,14 @@ int main(void) {
     CHECK_NEAR(c.rope_theta, 2e4, 0);
 
     /* malformed */
+    expect_fail("{\"architectures\": [\"SmolLM3ForCausalLM\"], " BASE ", \"no_rope_layers\": [1]}", LORAC_STATUS_FORMAT,
+                "\"no_rope_layers\" must be a list of 2 entries");
+    expect_fail("{\"architectures\": [\"SmolLM3ForCausalLM\"], " BASE ", \"no_rope_layers\": [1, 2]}", LORAC_STATUS_FORMAT,
+                "\"no_rope_layers\"[1] must be 0 or 1");
+    expect_fail("{\"architectures\": [\"SmolLM3ForCausalLM\"], " BASE ", \"no_rope_layers\": \"1,0\"}", LORAC_STATUS_FORMAT,
+                "no_rope_layers");
+    expect_fail("{\"architectures\": [\"SmolLM3ForCausalLM\"], " BASE ", \"no_rope_layer_interval\": 0}", LORAC_STATUS_FORMAT,
+                "no_rope_layer_interval");
     expect_fail("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rope_parameters\": [1]}", LORAC_STATUS_FORMAT,
                 "\"rope_parameters\" must be an object");
     expect_fail("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rope_parameters\": {\"rope_type\": \"yarn\", "

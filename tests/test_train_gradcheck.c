@@ -231,6 +231,10 @@ int main(void) {
     full_case("full-gqa-bias", biased);
     qwen3.bias = 1, qwen3.tied = 1, qwen3.seed = 11;
     full_case("full-qwen3-bias-tied", qwen3);
+    /* SmolLM3: layer 1 of 2 without rotary */
+    tiny_model_t smollm3 = gqa;
+    smollm3.nope_interval = 2, smollm3.seed = 12;
+    lora_case("lora-smollm3-nope", smollm3, "q_proj,k_proj", NULL);
     tiny_model_t untied = gqa;
     untied.seed = 6;
     full_case("full-untied", untied);

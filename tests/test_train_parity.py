@@ -230,8 +230,13 @@ def main():
     qwen3 = dict(gqa, head_dim=12)
     run_case("qwen3-qk-rslora", qwen3, "qwen3", True, False, ["q_proj", "k_proj", "v_proj", "o_proj"], 4, 8, True, 3, 2,
              1, 12, 1e-2, 0.01, 1.0, "linear", 1, 7)
+    # SmolLM3: no rotary in layer 1 of 2 (no_rope_layer_interval 2), in the forward and the backward
+    smollm3 = dict(gqa, no_rope_layer_interval=2)
+    run_case("smollm3-nope", smollm3, "smollm3", True, False, ["q_proj", "k_proj", "down_proj"], 4, 8, False, 3, 2, 1, 12,
+             1e-2, 0.0, 1.0, "constant", 0, 9)
     run_full_case("full-gqa-bias", gqa, False, True, 3, 2, 12, 1e-2, 0.01, 1.0, 4)
     run_full_case("full-qwen3-bias", qwen3, False, True, 2, 2, 10, 1e-2, 0.0, 1.0, 8, arch="qwen3")
+    run_full_case("full-smollm3", smollm3, True, False, 2, 2, 10, 1e-2, 0.0, 1.0, 10, arch="smollm3")
     run_full_case("full-tied", gqa, True, False, 2, 2, 10, 5e-3, 0.0, 0.0, 5)
     passed = sum(1 for _, ok, _ in results if ok)
     for name, ok, msg in results:

@@ -12,6 +12,7 @@
 typedef struct {
     int D, I, L, H, KVH, HD, V;
     int tied, bias, qwen2, qwen3; /* qwen3: per-head q/k norms */
+    int nope_interval;            /* > 0: SmolLM3, every nope_interval-th layer without rotary */
     unsigned long long seed;
 } tiny_model_t;
 
@@ -29,9 +30,11 @@ static inline int tiny_model_write(const char *dir, const tiny_model_t *m) {
     if (!f) return -1;
     fprintf(f, "{\"architectures\": [\"%s\"], \"hidden_size\": %d, \"intermediate_size\": %d, "
                "\"num_hidden_layers\": %d, \"num_attention_heads\": %d, \"num_key_value_heads\": %d, \"head_dim\": %d, "
-               "\"vocab_size\": %d, \"rms_norm_eps\": 1e-5, \"tie_word_embeddings\": %s, \"attention_bias\": %s}",
-            m->qwen2 ? "Qwen2ForCausalLM" : m->qwen3 ? "Qwen3ForCausalLM" : "LlamaForCausalLM", m->D, m->I, m->L, m->H, m->KVH, m->HD, m->V,
+               "\"vocab_size\": %d, \"rms_norm_eps\": 1e-5, \"tie_word_embeddings\": %s, \"attention_bias\": %s",
+            m->qwen2 ? "Qwen2ForCausalLM" : m->qwen3 ? "Qwen3ForCausalLM" : m->nope_interval ? "SmolLM3ForCausalLM" : "LlamaForCausalLM", m->D, m->I, m->L, m->H, m->KVH, m->HD, m->V,
             m->tied ? "true" : "false", m->bias && !m->qwen2 ? "true" : "false");
+    if (m->nope_interval) fprintf(f, ", \"no_rope_layer_interval\": %d", m->nope_interval);
+    fputs("}", f);
     fclose(f);
     int max_t = 3 + 15 * m->L, n = 0;
     lorac_tensor_write_t *t = calloc((size_t)max_t, sizeof *t);

@@ -8,7 +8,7 @@
  * model serves many contexts, possibly on different threads.
  *
  * Supported architectures (config.json "architectures"[0]): LlamaForCausalLM,
- * MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM. Tensor names follow HuggingFace
+ * MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM. Tensor names follow HuggingFace
  * ("model.layers.%d.self_attn.q_proj.weight", ...), mapped in one table in
  * src/model/tensor_names.c.
  */
@@ -30,8 +30,11 @@ typedef enum {
     LORAC_ARCH_LLAMA = 0,
     LORAC_ARCH_MISTRAL,
     LORAC_ARCH_QWEN2,
-    LORAC_ARCH_QWEN3
+    LORAC_ARCH_QWEN3,
+    LORAC_ARCH_SMOLLM3
 } lorac_arch_t;
+
+#define LORAC_MAX_LAYERS 4096
 
 typedef struct {
     lorac_arch_t arch;
@@ -55,11 +58,19 @@ typedef struct {
     bool o_bias;                  /* Llama's and Qwen3's "attention_bias" */
     bool mlp_bias;                /* Llama "mlp_bias" */
     bool qk_norm;                 /* Qwen3: an RMSNorm over each head of q and of k, before rotary */
+    /* SmolLM3's NoPE layers: bit l set when layer l applies no rotary
+     * (its "no_rope_layers"[l] is 0); see lorac_model_layer_has_rope */
+    uint64_t nope_layers[LORAC_MAX_LAYERS / 64];
     int32_t bos_id;               /* -1 when absent */
     int32_t n_eos;                /* eos_token_id may be a list */
     int32_t eos_ids[LORAC_MAX_EOS_IDS];
     char torch_dtype[16];
 } lorac_model_config_t;
+
+/* 0 for a layer that applies no rotary embedding to q and k (SmolLM3's NoPE layers), else 1. */
+static inline int lorac_model_layer_has_rope(const lorac_model_config_t *c, int32_t layer) {
+    return !((c->nope_layers[layer >> 6] >> (layer & 63)) & 1u);
+}
 
 /* Parses config.json text. `label` names it in error messages. Unknown
  * architectures are LORAC_STATUS_UNSUPPORTED; missing or out-of-range fields

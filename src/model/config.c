@@ -1,4 +1,4 @@
-/* config.json for LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM. */
+/* config.json for LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM. */
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -11,6 +11,7 @@ static const struct { const char *name; lorac_arch_t arch; } k_archs[] = {
     {"MistralForCausalLM", LORAC_ARCH_MISTRAL},
     {"Qwen2ForCausalLM", LORAC_ARCH_QWEN2},
     {"Qwen3ForCausalLM", LORAC_ARCH_QWEN3},
+    {"SmolLM3ForCausalLM", LORAC_ARCH_SMOLLM3},
 };
 
 /* Reads an integer field. required: absence is an error; otherwise *out keeps
@@ -93,6 +94,33 @@ static lorac_status_t parse_rope(const cJSON *root, const char *label, lorac_mod
     return LORAC_STATUS_OK;
 }
 
+/* SmolLM3's NoPE layers: "no_rope_layers", one 1 (rotary) or 0 (none) per
+ * layer, or without it every "no_rope_layer_interval"-th layer (default 4:
+ * layers 3, 7, 11, ...) without rotary, as SmolLM3Config computes it. */
+static lorac_status_t parse_nope_layers(const cJSON *root, const char *label, lorac_model_config_t *c) {
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(root, "no_rope_layers");
+    if (list && !cJSON_IsNull(list)) {
+        if (!cJSON_IsArray(list) || cJSON_GetArraySize(list) != c->n_layers)
+            return lorac_error(LORAC_STATUS_FORMAT, "%s: \"no_rope_layers\" must be a list of %d entries (one per layer)",
+                               label, c->n_layers);
+        int32_t l = 0;
+        const cJSON *e;
+        cJSON_ArrayForEach(e, list) {
+            if (!cJSON_IsNumber(e) || (e->valuedouble != 0.0 && e->valuedouble != 1.0))
+                return lorac_error(LORAC_STATUS_FORMAT, "%s: \"no_rope_layers\"[%d] must be 0 or 1", label, l);
+            if (e->valuedouble == 0.0) c->nope_layers[l >> 6] |= (uint64_t)1 << (l & 63);
+            l++;
+        }
+        return LORAC_STATUS_OK;
+    }
+    int32_t interval = 4;
+    lorac_status_t s = get_int(root, label, "no_rope_layer_interval", 0, 1, INT32_MAX, &interval);
+    if (s) return s;
+    for (int32_t l = 0; l < c->n_layers; l++)
+        if ((l + 1) % interval == 0) c->nope_layers[l >> 6] |= (uint64_t)1 << (l & 63);
+    return LORAC_STATUS_OK;
+}
+
 static lorac_status_t parse_eos(const cJSON *root, const char *label, lorac_model_config_t *c) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "eos_token_id");
     c->n_eos = 0;
@@ -130,7 +158,7 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
     if (i == n_archs) {
         s = lorac_error(LORAC_STATUS_UNSUPPORTED,
                         "%s: architecture \"%s\" is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, "
-                        "Qwen3ForCausalLM)",
+                        "Qwen3ForCausalLM, SmolLM3ForCausalLM)",
                         label, a0->valuestring);
         goto done;
     }
@@ -138,7 +166,7 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
     snprintf(c->arch_name, sizeof c->arch_name, "%s", k_archs[i].name);
 
     c->rms_norm_eps = 1e-6f;
-    c->rope_theta = 10000.0f;
+    c->rope_theta = c->arch == LORAC_ARCH_SMOLLM3 ? 2000000.0f : 10000.0f; /* SmolLM3Config's default */
     c->max_position_embeddings = 2048;
     c->bos_id = -1;
     c->tie_word_embeddings = false;
@@ -146,7 +174,7 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
     if ((s = get_int(root, label, "vocab_size", 1, 1, big, &c->vocab_size)) ||
         (s = get_int(root, label, "hidden_size", 1, 1, 1 << 20, &c->hidden_size)) ||
         (s = get_int(root, label, "intermediate_size", 1, 1, 1 << 22, &c->intermediate_size)) ||
-        (s = get_int(root, label, "num_hidden_layers", 1, 1, 4096, &c->n_layers)) ||
+        (s = get_int(root, label, "num_hidden_layers", 1, 1, LORAC_MAX_LAYERS, &c->n_layers)) ||
         (s = get_int(root, label, "num_attention_heads", 1, 1, 4096, &c->n_heads)))
         goto done;
     c->n_kv_heads = c->n_heads;
@@ -176,6 +204,7 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
         c->qkv_bias = c->o_bias = attention_bias;
         c->qk_norm = c->arch == LORAC_ARCH_QWEN3;
     }
+    if (c->arch == LORAC_ARCH_SMOLLM3 && (s = parse_nope_layers(root, label, c))) goto done;
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(root, "torch_dtype");
     if (cJSON_IsString(dt)) snprintf(c->torch_dtype, sizeof c->torch_dtype, "%s", dt->valuestring);
 

@@ -3,7 +3,7 @@
  *
  * Per layer (x is the residual stream, (T,D)):
  *   xn = rmsnorm(x) ; q,k,v = xn·Wqᵀ,Wkᵀ,Wvᵀ (+b) ; [Qwen3: rmsnorm each head of q, k]
- *   rope(q,k) ; cache k,v
+ *   rope(q,k) [not in SmolLM3's NoPE layers] ; cache k,v
  *   x += attention(q, cache)·Woᵀ
  *   xn = rmsnorm(x) ; x += (silu(xn·Wgᵀ) * xn·Wuᵀ)·Wdᵀ
  * then logits = rmsnorm(x)·Wheadᵀ for the rows that want them. */
@@ -316,8 +316,10 @@ static void attention_block(lorac_context_t *ctx, const lorac_batch_t *b, int32_
         lorac_rmsnorm_forward(ctx->q, NULL, ctx->q, L->q_norm.data, L->q_norm.dtype, c->rms_norm_eps, T * H, hd);
         lorac_rmsnorm_forward(ctx->k, NULL, ctx->k, L->k_norm.data, L->k_norm.dtype, c->rms_norm_eps, T * KVH, hd);
     }
-    lorac_rope_apply(ctx->q, ctx->rope_cs, T, H, hd, 1);
-    lorac_rope_apply(ctx->k, ctx->rope_cs, T, KVH, hd, 1);
+    if (lorac_model_layer_has_rope(c, l)) { /* not in SmolLM3's NoPE layers */
+        lorac_rope_apply(ctx->q, ctx->rope_cs, T, H, hd, 1);
+        lorac_rope_apply(ctx->k, ctx->rope_cs, T, KVH, hd, 1);
+    }
 
     /* Write this batch's keys and values into the cache first, so each token
      * attends to its own sequence's earlier tokens of the same batch (read

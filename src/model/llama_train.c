@@ -551,8 +551,10 @@ static void layer_forward(lorac_train_pass_t *p, int32_t l, float *x_out, float 
         lorac_rmsnorm_forward(s->k, s->rstd_k, s->k_raw, L->k_norm.data, L->k_norm.dtype, c->rms_norm_eps, N * KVH, hd);
         lap(p, LORAC_PHASE_NORMS);
     }
-    lorac_rope_apply(s->q, p->rope_cs, N, H, hd, 1);
-    lorac_rope_apply(s->k, p->rope_cs, N, KVH, hd, 1);
+    if (lorac_model_layer_has_rope(c, l)) { /* not in SmolLM3's NoPE layers */
+        lorac_rope_apply(s->q, p->rope_cs, N, H, hd, 1);
+        lorac_rope_apply(s->k, p->rope_cs, N, KVH, hd, 1);
+    }
     lap(p, LORAC_PHASE_ROPE);
     lorac_attention_train_forward(s->att, s->lse, p->att_scratch, s->q, s->k, s->v, p->start, p->B, p->T, H, KVH, hd);
     lap(p, LORAC_PHASE_ATTENTION);
@@ -596,8 +598,10 @@ static void layer_backward(lorac_train_pass_t *p, int32_t l, float *dres, float 
     lorac_attention_train_backward(p->dq, p->dk, p->dv, p->att_scratch, p->datt, s->q, s->k, s->v, s->att, s->lse, p->start, p->B,
                                    p->T, H, KVH, hd);
     lap(p, LORAC_PHASE_ATTENTION);
-    lorac_rope_apply(p->dq, p->rope_cs, N, H, hd, -1);
-    lorac_rope_apply(p->dk, p->rope_cs, N, KVH, hd, -1);
+    if (lorac_model_layer_has_rope(c, l)) {
+        lorac_rope_apply(p->dq, p->rope_cs, N, H, hd, -1);
+        lorac_rope_apply(p->dk, p->rope_cs, N, KVH, hd, -1);
+    }
     lap(p, LORAC_PHASE_ROPE);
     const float *dq = p->dq, *dk = p->dk; /* the gradients of q and k as projected */
     if (c->qk_norm) {

@@ -585,7 +585,7 @@ lorac_status_t lorac_dataset_chat_template_recognize(const char *jinja, const ch
             !strstr(jinja, ".split('</think>')[-1].lstrip('\\n')") ||
             !strstr(jinja, "{{- '<|im_start|>assistant\\n' }}\n    {%- if enable_thinking is defined and enable_thinking is false %}"))
             return lorac_error(LORAC_STATUS_UNSUPPORTED, "a ChatML template with <think> blocks other than Qwen3's "
-                               "(QwQ's, a Qwen3 2507 or a derived one) that lorac cannot render exactly; %s", hint);
+                               "(QwQ's, SmolLM3's, one derived from Qwen3's) that lorac cannot render exactly; %s", hint);
         t = CHAT_QWEN3;
     } else if (strstr(jinja, "<|im_start|>")) t = CHAT_CHATML;
     else if (strstr(jinja, "<|start_header_id|>")) t = strstr(jinja, "Cutting Knowledge Date") ? CHAT_LLAMA31 : CHAT_LLAMA3;

@@ -7,12 +7,14 @@ safetensors package):
     strict reader (F32, F16, BF16).
   * make_random_model: writes a HuggingFace model directory (config.json with
     LlamaConfig field names + model.safetensors with HF tensor names) holding a
-    random tiny Llama / Mistral / Qwen2 / Qwen3 model.
+    random tiny Llama / Mistral / Qwen2 / Qwen3 / SmolLM3 model.
   * llama_forward: the forward pass of HF LlamaForCausalLM (and Mistral and
     Qwen2, which are the same computation, and Qwen3, which adds an RMSNorm
     over each head of q and of k before rotary, as modeling_qwen3.py's
-    q_norm / k_norm) in float64, from the stored weight values (BF16/F16
-    values are upcast exactly), returning logits [T, V].
+    q_norm / k_norm, and SmolLM3, which leaves rotary out of its NoPE
+    layers, as modeling_smollm3.py's use_rope) in float64, from the stored
+    weight values (BF16/F16 values are upcast exactly), returning logits
+    [T, V].
 
 It follows transformers' modeling_llama.py semantics: RMSNorm
 x * rsqrt(mean(x^2) + eps) * w, rotary embeddings in the rotate-half layout
@@ -155,6 +157,7 @@ ARCHS = {
     "mistral": ("MistralForCausalLM", "mistral"),
     "qwen2": ("Qwen2ForCausalLM", "qwen2"),
     "qwen3": ("Qwen3ForCausalLM", "qwen3"),
+    "smollm3": ("SmolLM3ForCausalLM", "smollm3"),
 }
 
 LLAMA3_ROPE_SCALING = {
@@ -217,6 +220,15 @@ def make_config(cfg, dtype="F32", tie=False, bias=False, arch="llama"):
         c["use_sliding_window"] = False
         c["sliding_window"] = 4096
         c["max_window_layers"] = c["num_hidden_layers"]
+    elif arch == "smollm3":
+        c["attention_bias"] = bool(bias)
+        c["mlp_bias"] = False
+        c["use_sliding_window"] = False
+        # an explicit list, or SmolLM3Config's default from the interval
+        if cfg.get("no_rope_layers") is not None:
+            c["no_rope_layers"] = list(cfg["no_rope_layers"])
+        else:
+            c["no_rope_layer_interval"] = cfg.get("no_rope_layer_interval", 4)
     elif arch == "qwen3":
         c["head_dim"] = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
         c["attention_bias"] = bool(bias)
@@ -238,11 +250,23 @@ def has_qkv_bias(c):
 
 
 def has_o_bias(c):
-    return c["model_type"] in ("llama", "qwen3") and bool(c.get("attention_bias", False))
+    return c["model_type"] in ("llama", "qwen3", "smollm3") and bool(c.get("attention_bias", False))
 
 
 def has_qk_norm(c):
     return c.get("model_type") == "qwen3"
+
+
+def rope_layers(c):
+    """1 for each layer that applies rotary, 0 for SmolLM3's NoPE layers
+    (its no_rope_layers, else every no_rope_layer_interval-th layer)."""
+    L = c["num_hidden_layers"]
+    if c.get("model_type") != "smollm3":
+        return [1] * L
+    if c.get("no_rope_layers") is not None:
+        return list(c["no_rope_layers"])
+    n = c.get("no_rope_layer_interval", 4)
+    return [int((i + 1) % n != 0) for i in range(L)]
 
 
 def tensor_shapes(c):
@@ -435,6 +459,7 @@ def llama_forward(weights, c, ids, hf_float32_rope=False, return_hidden=False, k
     cos, sin = rotary_cos_sin(c, torch.arange(T), hf_float32_rope)  # (T, hd)
     cos, sin = cos[:, None, :], sin[:, None, :]
     causal = torch.ones(T, T, dtype=torch.bool).tril()
+    use_rope = rope_layers(c)
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}."
         h = rms_norm(x, W(p + "input_layernorm.weight"), eps)
@@ -444,8 +469,9 @@ def llama_forward(weights, c, ids, hf_float32_rope=False, return_hidden=False, k
         if p + "self_attn.q_norm.weight" in weights:  # Qwen3: each head normalised
             q = rms_norm(q, W(p + "self_attn.q_norm.weight"), eps)
             k = rms_norm(k, W(p + "self_attn.k_norm.weight"), eps)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        if use_rope[i]:
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
         if kv_dtype is not None:
             k = k.to(torch.float32).to(kv_dtype).to(torch.float64)
             v = v.to(torch.float32).to(kv_dtype).to(torch.float64)

@@ -88,7 +88,8 @@ def meta_apply_scaling(freqs, rs):
     return new_freqs
 
 
-def naive_forward(c, weights, ids, permute=True, gqa="div", use_scaling=True, use_bias=True, use_qk_norm=True):
+def naive_forward(c, weights, ids, permute=True, gqa="div", use_scaling=True, use_bias=True, use_qk_norm=True,
+                  rope_everywhere=False):
     """Token-by-token llama2.c-style forward in float64; returns logits [T, V].
 
     The keyword arguments inject plausible bugs for the sensitivity checks:
@@ -96,7 +97,8 @@ def naive_forward(c, weights, ids, permute=True, gqa="div", use_scaling=True, us
     maps query head h to kv head h % KV, use_scaling=False ignores
     rope_scaling, use_bias=False drops the biases, use_qk_norm=False drops
     Qwen3's per-head q/k norms (whose weights, HF-layout vectors of one
-    head, are permuted to the interleaved layout like the rows of q and k).
+    head, are permuted to the interleaved layout like the rows of q and k),
+    rope_everywhere=True rotates SmolLM3's NoPE layers too.
     """
     W = {k: v.to(torch.float64).numpy() for k, v in weights.items()}
     D = c["hidden_size"]
@@ -132,6 +134,7 @@ def naive_forward(c, weights, ids, permute=True, gqa="div", use_scaling=True, us
         b = get(name + ".bias", heads)
         return y if b is None else y + b
 
+    no_rope = [l for l in range(L) if hm.rope_layers(c)[l] == 0 and not rope_everywhere]
     kcache = np.zeros((L, len(ids), KV * hd))
     vcache = np.zeros((L, len(ids), KV * hd))
     out = []
@@ -149,7 +152,7 @@ def naive_forward(c, weights, ids, permute=True, gqa="div", use_scaling=True, us
                 q = np.concatenate([rmsnorm(q[h * hd:(h + 1) * hd], qn) for h in range(H)])
                 k = np.concatenate([rmsnorm(k[h * hd:(h + 1) * hd], kn) for h in range(KV)])
             # rotary: pairs (i, i+1) of each head turn by pos * freq[(i % hd) / 2]
-            for vec in (q, k):
+            for vec in (q, k) if l not in no_rope else ():
                 for i in range(0, len(vec), 2):
                     z = complex(vec[i], vec[i + 1]) * cmath.exp(1j * pos * freqs[(i % hd) // 2])
                     vec[i], vec[i + 1] = z.real, z.imag
@@ -252,6 +255,11 @@ def check_bias_layout():
     norms = {k for k in hm.tensor_shapes(hm.make_config(small, arch="qwen3")) if "_norm." in k}
     check(norms == {"model.layers.0.self_attn.q_norm.weight", "model.layers.0.self_attn.k_norm.weight"},
           "Qwen3: q_norm and k_norm per layer")
+    eight = dict(small, num_hidden_layers=8)
+    check(hm.rope_layers(hm.make_config(eight, arch="smollm3")) == [1, 1, 1, 0, 1, 1, 1, 0],
+          "SmolLM3: every 4th layer NoPE by default (no_rope_layer_interval)")
+    check(hm.rope_layers(hm.make_config(dict(small, no_rope_layers=[0]), arch="smollm3")) == [0],
+          "SmolLM3: an explicit no_rope_layers wins")
 
 
 def check_llama3_scaling():
@@ -274,6 +282,8 @@ CASES = [
                        num_key_value_heads=2, vocab_size=17), dict(arch="qwen2", bias=True)),
     ("qwen3-gqa-headdim", dict(hidden_size=24, intermediate_size=20, num_hidden_layers=2, num_attention_heads=4,
                                num_key_value_heads=2, head_dim=8, vocab_size=19), dict(arch="qwen3", tie=True)),
+    ("smollm3-nope", dict(hidden_size=24, intermediate_size=20, num_hidden_layers=4, num_attention_heads=4,
+                          num_key_value_heads=2, vocab_size=19), dict(arch="smollm3", tie=True)),
     ("llama3-scaling", dict(hidden_size=32, intermediate_size=36, num_hidden_layers=2, num_attention_heads=2,
                             num_key_value_heads=1, vocab_size=23, rope_theta=500000.0,
                             rope_scaling=dict(hm.LLAMA3_ROPE_SCALING, original_max_position_embeddings=64)), {}),
@@ -309,6 +319,9 @@ def check_forward(tmp):
         if any(k.endswith(".bias") for k in w):
             r = rel(naive_forward(c, w, ids, use_bias=False), ref)
             check(r > 1e-3, f"{name}: dropping biases would differ by {r:.1e}")
+        if 0 in hm.rope_layers(c):
+            r = rel(naive_forward(c, w, ids, rope_everywhere=True), ref)
+            check(r > 1e-3, f"{name}: rotary in the NoPE layers too would differ by {r:.1e}")
         if hm.has_qk_norm(c):
             r = rel(naive_forward(c, w, ids, use_qk_norm=False), ref)
             check(r > 1e-3, f"{name}: dropping the q/k norms would differ by {r:.1e}")
