@@ -4,12 +4,17 @@
  *    here from encoder.json + vocab.bpe);
  *  - tests/data/tokenizer/golden-*.json: ids and decoded strings from npm
  *    @huggingface/tokenizers (scripts/tokref/gen-golden.js) on our corpus;
+ *  - the NFC normalizer (Qwen2's) against Python's unicodedata.normalize on
+ *    every code point NFC changes, every composite written decomposed and
+ *    random mark sequences (tests/data/tokenizer/nfc-golden.json), and
+ *    SmolLM2's tokenizer with an NFC normalizer against tokenizers.js;
  *  - decode round trips, per-token bytes for streaming, invalid UTF-8 input;
  *  - a guard against quadratic encoding on 100k repeated characters. */
 #include <cjson/cJSON.h>
 
 #include "lorac/tokenizer.h"
 #include "test_tokenizer_util.h"
+#include "tokenizer/tok_internal.h"
 
 /* Checks every string of a llama.cpp .inp/.out vector pair. */
 static void check_vectors(const lorac_tokenizer_t *tok, const char *name) {
@@ -56,6 +61,8 @@ static void check_vectors(const lorac_tokenizer_t *tok, const char *name) {
 static const struct { const char *tokenizer, *text, *ids; } k_rust_overrides[] = {
     {"smollm2", "\xd9\xa3\xd9\xa4\xd9\xa5 \xd9\xa1\xd9\xa2 and \xc2\xb2\xc2\xb3 \xc2\xbd \xe2\x85\xab",
      "[164,113,164,114,164,115,216,164,111,164,112,284,216,19133,39050,216,16738,216,173,223,121]"},
+    {"smollm2-nfc", "\xd9\xa3\xd9\xa4\xd9\xa5 \xd9\xa1\xd9\xa2 and \xc2\xb2\xc2\xb3 \xc2\xbd \xe2\x85\xab",
+     "[164,113,164,114,164,115,216,164,111,164,112,284,216,19133,39050,216,16738,216,173,223,121]"}, /* NFC keeps it */
 };
 
 static const cJSON *expected_ids(const char *name, const char *text, const cJSON *golden, cJSON **owned) {
@@ -223,6 +230,83 @@ static void check_metaspace_spelling(const lorac_tokenizer_t *ref) {
     lorac_tokenizer_free(tok);
 }
 
+/* tok_nfc_into against Python's NFC (tests/reference/gen_nfc_golden.py). */
+static void check_nfc(void) {
+    char *data = tl_read_source("tests/data/tokenizer/nfc-golden.json", NULL);
+    cJSON *root = data ? cJSON_Parse(data) : NULL;
+    free(data);
+    CHECK_MSG(root != NULL, "tests/data/tokenizer/nfc-golden.json");
+    int cases = 0, ok = 0;
+    const cJSON *c;
+    tok_buf_t b = {0};
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(root, "cases")) {
+        const char *in = cJSON_GetArrayItem(c, 0)->valuestring, *want = cJSON_GetArrayItem(c, 1)->valuestring;
+        b.n = 0;
+        int rc = tok_nfc_into(&b, in, strlen(in), SIZE_MAX);
+        cases++;
+        if (rc == 0 && b.n == strlen(want) && memcmp(b.p, want, b.n) == 0) ok++;
+        else if (cases - ok <= 10) {
+            fprintf(stderr, "NFC differs for");
+            for (const unsigned char *u = (const unsigned char *)in; *u; u++) fprintf(stderr, " %02x", *u);
+            fprintf(stderr, ": got");
+            for (size_t i = 0; i < b.n; i++) fprintf(stderr, " %02x", (unsigned char)b.p[i]);
+            fprintf(stderr, "\n");
+        }
+    }
+    printf("NFC: %d/%d cases as Python's (Unicode %s)\n", ok, cases,
+           cJSON_GetObjectItem(root, "unicode") ? cJSON_GetObjectItem(root, "unicode")->valuestring : "?");
+    CHECK(cases > 5000 && ok == cases);
+    /* appends; ASCII passes as it is; the limit holds for ASCII and for text NFC lengthens (U+0958 -> 2 code points) */
+    b.n = 0;
+    CHECK(tok_nfc_into(&b, "ab", 2, 10) == 0 && tok_nfc_into(&b, "e\xcc\x81", 3, 10) == 0 && b.n == 4 &&
+          !memcmp(b.p, "ab\xc3\xa9", 4));
+    b.n = 0;
+    CHECK(tok_nfc_into(&b, "abc", 3, 2) == -2);
+    b.n = 0;
+    CHECK(tok_nfc_into(&b, "\xe0\xa5\x98", 3, 5) == -2); /* what it wrote before stopping is the caller's to drop */
+    b.n = 0;
+    CHECK(tok_nfc_into(&b, "\xe0\xa5\x98", 3, 6) == 0 && b.n == 6);
+    /* long text goes in chunks cut before starters nothing composes with: a voiced kana after 5,000, and
+     * 4,500 "e" + U+0301 (the golden's two long texts cross cuts in every context) */
+    size_t big = 3 * 5000;
+    char *kana = malloc(big + 1), *marks = malloc(3 * 4500 + 1);
+    for (size_t i = 0; i < big; i += 3) memcpy(kana + i, "\xe3\x81\x8b", 3);   /* U+304B */
+    memcpy(kana + big - 3, "\xe3\x82\x99", 3);                                   /* U+3099 voicing at the end */
+    b.n = 0;
+    CHECK(tok_nfc_into(&b, kana, big, SIZE_MAX) == 0 && b.n == big - 3 && !memcmp(b.p + b.n - 3, "\xe3\x81\x8c", 3));
+    size_t m = 0; /* 4500 times "e" + U+0301, cut before each "e" past 4096 bytes */
+    for (size_t i = 0; i < 4500; i++) { memcpy(marks + m, "e\xcc\x81", 3); m += 3; }
+    b.n = 0;
+    CHECK(tok_nfc_into(&b, marks, m, SIZE_MAX) == 0 && b.n == 2 * 4500);
+    for (size_t i = 0; i + 2 <= b.n; i += 2) CHECK_MSG(!memcmp(b.p + i, "\xc3\xa9", 2), "e-acute at %zu", i);
+    free(kana);
+    free(marks);
+    b.n = 0;
+    CHECK(tok_nfc_into(&b, "", 0, 0) == 0 && b.n == 0);
+    free(b.p);
+    cJSON_Delete(root);
+}
+
+/* SmolLM2's tokenizer.json with "normalizer": {"type": "NFC"}, as Qwen2's
+ * tokenizers have it (tokenizers.js's ids: golden-smollm2-nfc.json). */
+static lorac_tokenizer_t *load_with_nfc(const char *rel) {
+    char *text = tt_read(tt_fixture(rel), NULL);
+    cJSON *root = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    lorac_tokenizer_t *tok = NULL;
+    if (root) {
+        cJSON *nfc = cJSON_CreateObject();
+        cJSON_AddStringToObject(nfc, "type", "NFC");
+        cJSON_ReplaceItemInObjectCaseSensitive(root, "normalizer", nfc);
+        char *json = cJSON_PrintUnformatted(root);
+        CHECK(json && lorac_tokenizer_load_json_memory(json, strlen(json), "smollm2-nfc", &tok) == LORAC_STATUS_OK);
+        free(json);
+        cJSON_Delete(root);
+    }
+    CHECK(tok != NULL);
+    return tok;
+}
+
 static lorac_tokenizer_t *load(const char *rel) {
     lorac_tokenizer_t *tok = NULL;
     double t0 = tt_now();
@@ -269,6 +353,13 @@ int main(void) {
     check_golden(gpt2, "gpt2");
     check_golden(tl, "tinyllama");
     check_golden(smol, "smollm2");
+    check_nfc();
+    lorac_tokenizer_t *smol_nfc = load_with_nfc("tokenizers/smollm2-360m-instruct-ft/tokenizer.json");
+    if (smol_nfc) {
+        check_golden(smol_nfc, "smollm2-nfc");
+        check_linear(smol_nfc, "smollm2-nfc");
+        lorac_tokenizer_free(smol_nfc);
+    }
 
     const char *stream_text = "Hello 🦙 wörld\n  日本 <0x41>";
     check_streaming(gpt2, "gpt2", stream_text);

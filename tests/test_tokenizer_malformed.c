@@ -51,7 +51,7 @@ static const struct {
     {"{" MODEL_OK ",\"pre_tokenizer\":{\"type\":\"Sequence\"}}", LORAC_STATUS_FORMAT, "pretokenizers"},
     {"{" MODEL_OK ",\"pre_tokenizer\":{\"pretokenizers\":[]}}", LORAC_STATUS_FORMAT, "without a 'type'"},
     {"{" MODEL_OK ",\"pre_tokenizer\":7}", LORAC_STATUS_FORMAT, "'pre_tokenizer' is not an object"},
-    {"{" MODEL_OK ",\"normalizer\":{\"type\":\"NFC\"}}", LORAC_STATUS_UNSUPPORTED, "'NFC' is not supported"},
+    {"{" MODEL_OK ",\"normalizer\":{\"type\":\"NFKC\"}}", LORAC_STATUS_UNSUPPORTED, "'NFKC' is not supported"},
     {"{" MODEL_OK ",\"normalizer\":{\"type\":\"Prepend\"}}", LORAC_STATUS_FORMAT, "Prepend"},
     /* stray bytes anywhere in the file, not only in the vocab */
     {"{" MODEL_OK ",\"normalizer\":{\"type\":\"Prepend\",\"prepend\":\"\xe2\xff\"}}", LORAC_STATUS_FORMAT, "not valid UTF-8"},

@@ -47,9 +47,26 @@ function checkVectors(tok, name) {
   console.log(`${name}: ${ok}/${inp.length} test vectors match`);
 }
 
-for (const [name, rel] of Object.entries(TOKENIZERS)) {
-  const tok = load(rel);
-  const cases = corpus.map((text) => {
+// SmolLM2's tokenizer with Qwen2's normalizer (NFC; Qwen's tokenizer.json
+// is not among the fixtures), over the corpus and text that NFC changes
+const nfcCorpus = JSON.parse(fs.readFileSync(path.join(outDir, 'corpus-nfc.json'), 'utf8'));
+const VARIANTS = {
+  'smollm2-nfc': { base: TOKENIZERS.smollm2, normalizer: { type: 'NFC' }, corpus: corpus.concat(nfcCorpus) },
+};
+
+function loadJson(json) {
+  return new Tokenizer(json, { clean_up_tokenization_spaces: false });
+}
+
+const jobs = Object.entries(TOKENIZERS).map(([name, rel]) => [name, rel, load(rel), corpus]);
+for (const [name, v] of Object.entries(VARIANTS)) {
+  const json = JSON.parse(fs.readFileSync(path.join(fixtures, v.base), 'utf8'));
+  json.normalizer = v.normalizer;
+  jobs.push([name, `${v.base} with "normalizer": ${JSON.stringify(v.normalizer)}`, loadJson(json), v.corpus]);
+}
+
+for (const [name, rel, tok, texts] of jobs) {
+  const cases = texts.map((text) => {
     const ids = tok.encode(text, { add_special_tokens: false }).ids;
     const ids_special = tok.encode(text, { add_special_tokens: true }).ids;
     const opts = (skip) => ({ skip_special_tokens: skip, clean_up_tokenization_spaces: false });

@@ -227,6 +227,8 @@ lorac_status_t tok_pretokenize(const lorac_tokenizer_t *tok, const char *s, size
         if (nm->type == TOK_NORM_PREPEND) { /* HF prepends only to non-empty text */
             rc = n && nm->alen > limit - n ? -2
                : n ? (tok_buf_add(b, nm->a, nm->alen) || tok_buf_add(b, s, n)) : tok_buf_add(b, "", 0);
+        } else if (nm->type == TOK_NORM_NFC) {
+            rc = tok_nfc_into(b, s, n, limit);
         } else {
             rc = replace_into(b, s, n, nm->a, nm->alen, nm->b, nm->blen, limit);
         }

@@ -90,12 +90,16 @@ const tok_bytemap_t *tok_bytemap(void);
 int tok_utf8_char(const unsigned char *s, size_t n, uint32_t *cp);
 int tok_utf8_len(unsigned char c);
 
+/* Unicode NFC of the UTF-8 text s[0, n) appended to b (nfc.c): 0, -1 out
+ * of memory, -2 when b would pass `limit` bytes. */
+int tok_nfc_into(tok_buf_t *b, const char *s, size_t n, size_t limit);
+
 /* ---- configuration ------------------------------------------------------- */
 
-typedef enum { TOK_NORM_PREPEND, TOK_NORM_REPLACE } tok_norm_type_t;
+typedef enum { TOK_NORM_PREPEND, TOK_NORM_REPLACE, TOK_NORM_NFC } tok_norm_type_t;
 typedef struct {
     tok_norm_type_t type;
-    char *a, *b; /* PREPEND: a; REPLACE: a -> b (literal string pattern) */
+    char *a, *b; /* PREPEND: a; REPLACE: a -> b (literal string pattern); NFC: neither */
     size_t alen, blen;
 } tok_norm_t;
 

@@ -6,8 +6,8 @@
  *                  strings or ["a", "b"] pairs; unk_token, byte_fallback,
  *                  fuse_unk, ignore_merges. WordPiece/Unigram/WordLevel,
  *                  dropout > 0 and subword prefixes/suffixes are refused.
- *   normalizer     Sequence, Prepend, Replace (string pattern). Others
- *                  (NFC, Lowercase, ...) are refused.
+ *   normalizer     Sequence, Prepend, Replace (string pattern), NFC (Qwen2's).
+ *                  Others (NFD, NFKC, Lowercase, ...) are refused.
  *   pre_tokenizer  Sequence, ByteLevel, Split (regex or string), Digits,
  *                  Metaspace.
  *   post_processor TemplateProcessing ("single"), ByteLevel (ids unchanged),
@@ -110,8 +110,10 @@ static lorac_status_t add_norm(ctx_t *c, const cJSON *n) {
         nm->a = dup_mem(pat, nm->alen);
         nm->b = dup_mem(content->valuestring, nm->blen);
         if (!nm->a || !nm->b) { free(nm->a); free(nm->b); nm->a = nm->b = NULL; return lorac_error(LORAC_STATUS_NOMEM, "%s: out of memory", c->label); }
+    } else if (strcmp(type, "NFC") == 0) {
+        nm->type = TOK_NORM_NFC;
     } else {
-        return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: normalizer '%s' is not supported (Prepend, Replace, Sequence are)", c->label, type);
+        return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: normalizer '%s' is not supported (NFC, Prepend, Replace, Sequence are)", c->label, type);
     }
     tok->n_norms++;
     return LORAC_STATUS_OK;
