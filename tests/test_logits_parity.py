@@ -73,6 +73,11 @@ CASES = [
     # SmolLM3 with an explicit no_rope_layers list and attention_bias, BF16
     ("smollm3-list-bias-bf16", cfg(64, 96, 3, 4, 1, 89, no_rope_layers=[0, 1, 0], rope_theta=5e6),
      dict(dtype="BF16", arch="smollm3", bias=True), 12),
+    # Granite: embedding, residual, attention and logits multipliers (Granite 3's kind), tied, biases
+    ("granite-tied-bias-f32", cfg(64, 96, 2, 4, 2, 97), dict(dtype="F32", arch="granite", tie=True, bias=True), 14),
+    # Granite with a sharper attention (attention_multiplier 0.4), BF16, untied
+    ("granite-bf16", cfg(48, 100, 2, 4, 4, 89, attention_multiplier=0.4, embedding_multiplier=3.0),
+     dict(dtype="BF16", arch="granite"), 11),
     # Llama 3 rope_scaling; original_max_position_embeddings small so that every
     # band (unchanged, smoothed, divided) matters at these short positions
     ("llama3-rope-f32", cfg(64, 128, 2, 4, 2, 97, rope_theta=500000.0,

@@ -91,7 +91,26 @@ int main(void) {
     expect_ok("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rope_theta\": 20000.0, \"rope_parameters\": null}", &c);
     CHECK_NEAR(c.rope_theta, 2e4, 0);
 
+    /* Granite: the four multipliers, attention_multiplier applied as q times it times sqrt(head_dim) */
+    expect_ok("{\"architectures\": [\"GraniteForCausalLM\"], " BASE ", \"embedding_multiplier\": 12.0, "
+              "\"residual_multiplier\": 0.22, \"attention_multiplier\": 0.015625, \"logits_scaling\": 8.0, "
+              "\"attention_bias\": true}", &c);
+    CHECK(c.arch == LORAC_ARCH_GRANITE && c.qkv_bias && c.o_bias && !c.qk_norm);
+    CHECK_NEAR(c.embedding_multiplier, 12.0, 0);
+    CHECK_NEAR(c.residual_multiplier, 0.22, 1e-7);
+    CHECK_NEAR(c.logits_scaling, 8.0, 0);
+    CHECK_NEAR(c.query_scale, 0.015625 * sqrt(8.0), 1e-7);
+    expect_ok("{\"architectures\": [\"GraniteForCausalLM\"], " BASE "}", &c); /* GraniteConfig's defaults: 1 */
+    CHECK(c.embedding_multiplier == 1.0f && c.residual_multiplier == 1.0f && c.logits_scaling == 1.0f);
+    CHECK_NEAR(c.query_scale, sqrt(8.0), 1e-6);
+    expect_ok("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"embedding_multiplier\": 12.0}", &c);
+    CHECK(c.embedding_multiplier == 1.0f && c.query_scale == 1.0f); /* only Granite reads them */
+
     /* malformed */
+    expect_fail("{\"architectures\": [\"GraniteForCausalLM\"], " BASE ", \"logits_scaling\": 0}", LORAC_STATUS_FORMAT,
+                "logits_scaling");
+    expect_fail("{\"architectures\": [\"GraniteForCausalLM\"], " BASE ", \"residual_multiplier\": \"x\"}",
+                LORAC_STATUS_FORMAT, "residual_multiplier");
     expect_fail("{\"architectures\": [\"SmolLM3ForCausalLM\"], " BASE ", \"no_rope_layers\": [1]}", LORAC_STATUS_FORMAT,
                 "\"no_rope_layers\" must be a list of 2 entries");
     expect_fail("{\"architectures\": [\"SmolLM3ForCausalLM\"], " BASE ", \"no_rope_layers\": [1, 2]}", LORAC_STATUS_FORMAT,

@@ -235,6 +235,12 @@ int main(void) {
     tiny_model_t smollm3 = gqa;
     smollm3.nope_interval = 2, smollm3.seed = 12;
     lora_case("lora-smollm3-nope", smollm3, "q_proj,k_proj", NULL);
+    /* Granite: the embedding, residual, attention and logits multipliers */
+    tiny_model_t granite = gqa;
+    granite.granite = 1, granite.seed = 13;
+    lora_case("lora-granite", granite, "all-linear", NULL);
+    granite.tied = 1, granite.seed = 14;
+    full_case("full-granite-tied", granite);
     tiny_model_t untied = gqa;
     untied.seed = 6;
     full_case("full-untied", untied);

@@ -234,9 +234,14 @@ def main():
     smollm3 = dict(gqa, no_rope_layer_interval=2)
     run_case("smollm3-nope", smollm3, "smollm3", True, False, ["q_proj", "k_proj", "down_proj"], 4, 8, False, 3, 2, 1, 12,
              1e-2, 0.0, 1.0, "constant", 0, 9)
+    # Granite: the four multipliers in the forward and the backward
+    granite = dict(gqa, attention_multiplier=0.3, embedding_multiplier=4.0, residual_multiplier=0.5, logits_scaling=2.5)
+    run_case("granite-multipliers", granite, "granite", True, True, ["q_proj", "v_proj", "o_proj", "down_proj"], 4, 8,
+             False, 3, 2, 1, 12, 1e-2, 0.0, 1.0, "constant", 0, 11)
     run_full_case("full-gqa-bias", gqa, False, True, 3, 2, 12, 1e-2, 0.01, 1.0, 4)
     run_full_case("full-qwen3-bias", qwen3, False, True, 2, 2, 10, 1e-2, 0.0, 1.0, 8, arch="qwen3")
     run_full_case("full-smollm3", smollm3, True, False, 2, 2, 10, 1e-2, 0.0, 1.0, 10, arch="smollm3")
+    run_full_case("full-granite", granite, True, False, 2, 2, 10, 1e-2, 0.0, 1.0, 12, arch="granite")
     run_full_case("full-tied", gqa, True, False, 2, 2, 10, 5e-3, 0.0, 0.0, 5)
     passed = sum(1 for _, ok, _ in results if ok)
     for name, ok, msg in results:

@@ -13,6 +13,7 @@ typedef struct {
     int D, I, L, H, KVH, HD, V;
     int tied, bias, qwen2, qwen3; /* qwen3: per-head q/k norms */
     int nope_interval;            /* > 0: SmolLM3, every nope_interval-th layer without rotary */
+    int granite;                  /* Granite, with multipliers away from 1 */
     unsigned long long seed;
 } tiny_model_t;
 
@@ -31,9 +32,12 @@ static inline int tiny_model_write(const char *dir, const tiny_model_t *m) {
     fprintf(f, "{\"architectures\": [\"%s\"], \"hidden_size\": %d, \"intermediate_size\": %d, "
                "\"num_hidden_layers\": %d, \"num_attention_heads\": %d, \"num_key_value_heads\": %d, \"head_dim\": %d, "
                "\"vocab_size\": %d, \"rms_norm_eps\": 1e-5, \"tie_word_embeddings\": %s, \"attention_bias\": %s",
-            m->qwen2 ? "Qwen2ForCausalLM" : m->qwen3 ? "Qwen3ForCausalLM" : m->nope_interval ? "SmolLM3ForCausalLM" : "LlamaForCausalLM", m->D, m->I, m->L, m->H, m->KVH, m->HD, m->V,
+            m->qwen2 ? "Qwen2ForCausalLM" : m->qwen3 ? "Qwen3ForCausalLM" : m->nope_interval ? "SmolLM3ForCausalLM" : m->granite ? "GraniteForCausalLM" : "LlamaForCausalLM", m->D, m->I, m->L, m->H, m->KVH, m->HD, m->V,
             m->tied ? "true" : "false", m->bias && !m->qwen2 ? "true" : "false");
     if (m->nope_interval) fprintf(f, ", \"no_rope_layer_interval\": %d", m->nope_interval);
+    if (m->granite)
+        fprintf(f, ", \"embedding_multiplier\": 2.5, \"residual_multiplier\": 0.6, \"attention_multiplier\": 0.2, "
+                   "\"logits_scaling\": 1.7");
     fputs("}", f);
     fclose(f);
     int max_t = 3 + 15 * m->L, n = 0;

@@ -8,7 +8,8 @@
  * model serves many contexts, possibly on different threads.
  *
  * Supported architectures (config.json "architectures"[0]): LlamaForCausalLM,
- * MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM. Tensor names follow HuggingFace
+ * MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM,
+ * GraniteForCausalLM. Tensor names follow HuggingFace
  * ("model.layers.%d.self_attn.q_proj.weight", ...), mapped in one table in
  * src/model/tensor_names.c.
  */
@@ -31,7 +32,8 @@ typedef enum {
     LORAC_ARCH_MISTRAL,
     LORAC_ARCH_QWEN2,
     LORAC_ARCH_QWEN3,
-    LORAC_ARCH_SMOLLM3
+    LORAC_ARCH_SMOLLM3,
+    LORAC_ARCH_GRANITE
 } lorac_arch_t;
 
 #define LORAC_MAX_LAYERS 4096
@@ -61,6 +63,13 @@ typedef struct {
     /* SmolLM3's NoPE layers: bit l set when layer l applies no rotary
      * (its "no_rope_layers"[l] is 0); see lorac_model_layer_has_rope */
     uint64_t nope_layers[LORAC_MAX_LAYERS / 64];
+    /* Granite's multipliers (1 for the others): the embedding's rows times
+     * embedding_multiplier, each block's output added to the residual
+     * stream times residual_multiplier, the logits divided by
+     * logits_scaling, and attention scores q·k times attention_multiplier
+     * instead of 1/sqrt(head_dim), which the pass applies as q times
+     * query_scale = attention_multiplier·sqrt(head_dim) */
+    float embedding_multiplier, residual_multiplier, logits_scaling, query_scale;
     int32_t bos_id;               /* -1 when absent */
     int32_t n_eos;                /* eos_token_id may be a list */
     int32_t eos_ids[LORAC_MAX_EOS_IDS];

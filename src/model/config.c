@@ -1,4 +1,5 @@
-/* config.json for LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM. */
+/* config.json for LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM,
+ * GraniteForCausalLM. */
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -12,6 +13,7 @@ static const struct { const char *name; lorac_arch_t arch; } k_archs[] = {
     {"Qwen2ForCausalLM", LORAC_ARCH_QWEN2},
     {"Qwen3ForCausalLM", LORAC_ARCH_QWEN3},
     {"SmolLM3ForCausalLM", LORAC_ARCH_SMOLLM3},
+    {"GraniteForCausalLM", LORAC_ARCH_GRANITE},
 };
 
 /* Reads an integer field. required: absence is an error; otherwise *out keeps
@@ -121,6 +123,20 @@ static lorac_status_t parse_nope_layers(const cJSON *root, const char *label, lo
     return LORAC_STATUS_OK;
 }
 
+/* Granite's four multipliers, GraniteConfig's defaults 1 (attention_multiplier
+ * 1 too: scores q·k unscaled unless the config says). */
+static lorac_status_t parse_granite(const cJSON *root, const char *label, lorac_model_config_t *c) {
+    float attention_multiplier = 1.0f;
+    lorac_status_t s;
+    if ((s = get_float(root, label, "embedding_multiplier", 1e-6, 1e6, &c->embedding_multiplier)) ||
+        (s = get_float(root, label, "residual_multiplier", 1e-6, 1e6, &c->residual_multiplier)) ||
+        (s = get_float(root, label, "logits_scaling", 1e-6, 1e6, &c->logits_scaling)) ||
+        (s = get_float(root, label, "attention_multiplier", 1e-6, 1e6, &attention_multiplier)))
+        return s;
+    c->query_scale = (float)((double)attention_multiplier * sqrt((double)c->head_dim));
+    return LORAC_STATUS_OK;
+}
+
 static lorac_status_t parse_eos(const cJSON *root, const char *label, lorac_model_config_t *c) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "eos_token_id");
     c->n_eos = 0;
@@ -158,7 +174,7 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
     if (i == n_archs) {
         s = lorac_error(LORAC_STATUS_UNSUPPORTED,
                         "%s: architecture \"%s\" is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, "
-                        "Qwen3ForCausalLM, SmolLM3ForCausalLM)",
+                        "Qwen3ForCausalLM, SmolLM3ForCausalLM, GraniteForCausalLM)",
                         label, a0->valuestring);
         goto done;
     }
@@ -205,6 +221,8 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
         c->qk_norm = c->arch == LORAC_ARCH_QWEN3;
     }
     if (c->arch == LORAC_ARCH_SMOLLM3 && (s = parse_nope_layers(root, label, c))) goto done;
+    c->embedding_multiplier = c->residual_multiplier = c->logits_scaling = c->query_scale = 1.0f;
+    if (c->arch == LORAC_ARCH_GRANITE && (s = parse_granite(root, label, c))) goto done;
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(root, "torch_dtype");
     if (cJSON_IsString(dt)) snprintf(c->torch_dtype, sizeof c->torch_dtype, "%s", dt->valuestring);
 

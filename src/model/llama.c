@@ -6,7 +6,9 @@
  *   rope(q,k) [not in SmolLM3's NoPE layers] ; cache k,v
  *   x += attention(q, cache)·Woᵀ
  *   xn = rmsnorm(x) ; x += (silu(xn·Wgᵀ) * xn·Wuᵀ)·Wdᵀ
- * then logits = rmsnorm(x)·Wheadᵀ for the rows that want them. */
+ * then logits = rmsnorm(x)·Wheadᵀ for the rows that want them. Granite
+ * scales the embedding, each x += (times residual_multiplier), q (query_scale)
+ * and the logits (1 / logits_scaling). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -295,8 +297,17 @@ static void embed_tokens(float *x, const lorac_wref_t *embed, const int32_t *tok
         lorac_convert_to_f32(x + t * D, (const uint8_t *)embed->data + (size_t)tokens[t] * row_bytes, embed->dtype, D);
 }
 
-static void add_inplace(float *x, const float *y, int64_t n) {
-    for (int64_t i = 0; i < n; i++) x[i] += y[i];
+/* x += s·y; s is 1 but for Granite's residual_multiplier (and then x + y exactly) */
+static void add_inplace(float *x, const float *y, float s, int64_t n) {
+    if (s == 1.0f) {
+        for (int64_t i = 0; i < n; i++) x[i] += y[i];
+    } else {
+        for (int64_t i = 0; i < n; i++) x[i] += s * y[i];
+    }
+}
+
+static void scale_inplace(float *x, float s, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] *= s;
 }
 
 static void attention_block(lorac_context_t *ctx, const lorac_batch_t *b, int32_t l) {
@@ -320,6 +331,7 @@ static void attention_block(lorac_context_t *ctx, const lorac_batch_t *b, int32_
         lorac_rope_apply(ctx->q, ctx->rope_cs, T, H, hd, 1);
         lorac_rope_apply(ctx->k, ctx->rope_cs, T, KVH, hd, 1);
     }
+    if (c->query_scale != 1.0f) scale_inplace(ctx->q, c->query_scale, T * Q); /* Granite's attention_multiplier */
 
     /* Write this batch's keys and values into the cache first, so each token
      * attends to its own sequence's earlier tokens of the same batch (read
@@ -339,7 +351,7 @@ static void attention_block(lorac_context_t *ctx, const lorac_batch_t *b, int32_
     lorac_matmul_part_t o = {ctx->proj, L->wo.data, L->wo.dtype, L->bo, D, NULL, 0};
     const lorac_lora_target_t o_target = LORAC_LORA_O;
     adapted_product(ctx, l, &o, &o_target, 1, ctx->att, T, Q);
-    add_inplace(ctx->x, ctx->proj, T * D);
+    add_inplace(ctx->x, ctx->proj, c->residual_multiplier, T * D);
 }
 
 static void mlp_block(lorac_context_t *ctx, int64_t T, int32_t l) {
@@ -355,7 +367,7 @@ static void mlp_block(lorac_context_t *ctx, int64_t T, int32_t l) {
     lorac_matmul_part_t down = {ctx->proj, L->w_down.data, L->w_down.dtype, L->b_down, D, NULL, 0};
     const lorac_lora_target_t down_target = LORAC_LORA_DOWN;
     adapted_product(ctx, l, &down, &down_target, 1, ctx->gate, T, I);
-    add_inplace(ctx->x, ctx->proj, T * D);
+    add_inplace(ctx->x, ctx->proj, c->residual_multiplier, T * D);
 }
 
 lorac_status_t lorac_context_decode(lorac_context_t *ctx, const lorac_batch_t *b, float *logits) {
@@ -376,6 +388,7 @@ lorac_status_t lorac_context_decode(lorac_context_t *ctx, const lorac_batch_t *b
     int64_t T = b->n_tokens, D = c->hidden_size;
 
     embed_tokens(ctx->x, &m->embed, b->tokens, T, D);
+    if (c->embedding_multiplier != 1.0f) scale_inplace(ctx->x, c->embedding_multiplier, T * D);
     lorac_rope_table(ctx->rope_cs, b->pos, m->inv_freq, T, c->head_dim);
     for (int32_t l = 0; l < c->n_layers; l++) {
         attention_block(ctx, b, l);
@@ -395,6 +408,8 @@ lorac_status_t lorac_context_decode(lorac_context_t *ctx, const lorac_batch_t *b
     }
     if (n_out == 0 || !logits) return LORAC_STATUS_OK;
     lorac_rmsnorm_forward(ctx->xn, NULL, ctx->x, m->final_norm.data, m->final_norm.dtype, c->rms_norm_eps, n_out, D);
+    /* Granite's logits / logits_scaling, as the head's input divided: a linear map */
+    if (c->logits_scaling != 1.0f) scale_inplace(ctx->xn, 1.0f / c->logits_scaling, n_out * D);
     lorac_matmul_forward(logits, ctx->xn, m->lm_head.data, m->lm_head.dtype, NULL, n_out, D, c->vocab_size);
     return LORAC_STATUS_OK;
 }

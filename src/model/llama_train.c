@@ -529,8 +529,26 @@ static void linear_backward(lorac_train_pass_t *p, const linear_t *q, float *dx,
     lap(p, LORAC_PHASE_LORA);
 }
 
-static void add_into(float *out, const float *a, const float *b, int64_t n) {
-    for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+/* out = a + s·b; s is 1 but for Granite's residual_multiplier (and then a + b exactly) */
+static void add_into(float *out, const float *a, const float *b, float s, int64_t n) {
+    if (s == 1.0f) {
+        for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+    } else {
+        for (int64_t i = 0; i < n; i++) out[i] = a[i] + s * b[i];
+    }
+}
+
+static void scale_inplace(float *x, float s, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] *= s;
+}
+
+/* The gradient a block's output gets from dres: dres itself, or Granite's
+ * residual_multiplier times it (in scratch). */
+static const float *block_grad(const lorac_train_pass_t *p, const float *dres, float *scratch, int64_t n) {
+    float s = p->model->config.residual_multiplier;
+    if (s == 1.0f) return dres;
+    for (int64_t i = 0; i < n; i++) scratch[i] = s * dres[i];
+    return scratch;
 }
 
 static void layer_forward(lorac_train_pass_t *p, int32_t l, float *x_out, float dropout,
@@ -555,11 +573,12 @@ static void layer_forward(lorac_train_pass_t *p, int32_t l, float *x_out, float 
         lorac_rope_apply(s->q, p->rope_cs, N, H, hd, 1);
         lorac_rope_apply(s->k, p->rope_cs, N, KVH, hd, 1);
     }
+    if (c->query_scale != 1.0f) scale_inplace(s->q, c->query_scale, N * H * hd); /* Granite's attention_multiplier */
     lap(p, LORAC_PHASE_ROPE);
     lorac_attention_train_forward(s->att, s->lse, p->att_scratch, s->q, s->k, s->v, p->start, p->B, p->T, H, KVH, hd);
     lap(p, LORAC_PHASE_ATTENTION);
     linear_forward(p, &L->proj[LORAC_LORA_O], p->tmp, s->att, s, LORAC_LORA_O, N, dropout, rng);
-    add_into(s->x_mid, s->x_in, p->tmp, N * D);
+    add_into(s->x_mid, s->x_in, p->tmp, c->residual_multiplier, N * D);
     lap(p, LORAC_PHASE_ELEMENTWISE);
 
     lorac_rmsnorm_forward(s->xn2, s->rstd2, s->x_mid, L->ffn_norm.data, L->ffn_norm.dtype, c->rms_norm_eps, N, D);
@@ -569,7 +588,7 @@ static void layer_forward(lorac_train_pass_t *p, int32_t l, float *x_out, float 
     lorac_swiglu_forward(s->h, s->gate, s->up, N, c->intermediate_size);
     lap(p, LORAC_PHASE_SWIGLU);
     linear_forward(p, &L->proj[LORAC_LORA_DOWN], p->tmp, s->h, s, LORAC_LORA_DOWN, N, dropout, rng);
-    add_into(x_out, s->x_mid, p->tmp, N * D);
+    add_into(x_out, s->x_mid, p->tmp, c->residual_multiplier, N * D);
     lap(p, LORAC_PHASE_ELEMENTWISE);
 }
 
@@ -583,8 +602,9 @@ static void layer_backward(lorac_train_pass_t *p, int32_t l, float *dres, float 
     layer_acts_t *s = &p->acts[l];
     int64_t N = p->N, D = c->hidden_size, I = c->intermediate_size, H = c->n_heads, KVH = c->n_kv_heads, hd = c->head_dim;
 
-    /* MLP: out = x_mid + down(silu(gate(xn2)) * up(xn2)) */
-    linear_backward(p, &L->proj[LORAC_LORA_DOWN], p->dh, true, dres, s->h, s, LORAC_LORA_DOWN, dropout, has_rng);
+    /* MLP: out = x_mid + r·down(silu(gate(xn2)) * up(xn2)), r = 1 but for Granite */
+    linear_backward(p, &L->proj[LORAC_LORA_DOWN], p->dh, true, block_grad(p, dres, p->dres2, N * D), s->h, s,
+                    LORAC_LORA_DOWN, dropout, has_rng);
     lorac_swiglu_backward(p->dgate, p->dup, p->dh, s->gate, s->up, N, I);
     lap(p, LORAC_PHASE_SWIGLU);
     linear_backward(p, &L->proj[LORAC_LORA_GATE], p->dxn, true, p->dgate, s->xn2, s, LORAC_LORA_GATE, dropout, has_rng);
@@ -594,10 +614,12 @@ static void layer_backward(lorac_train_pass_t *p, int32_t l, float *dres, float 
     lap(p, LORAC_PHASE_NORMS);
 
     /* attention: x_mid = x_in + o(attention(rope(q), rope(k), v)), q and k through their norms first with qk_norm */
-    linear_backward(p, &L->proj[LORAC_LORA_O], p->datt, true, dres, s->att, s, LORAC_LORA_O, dropout, has_rng);
+    linear_backward(p, &L->proj[LORAC_LORA_O], p->datt, true, block_grad(p, dres, p->dres2, N * D), s->att, s,
+                    LORAC_LORA_O, dropout, has_rng);
     lorac_attention_train_backward(p->dq, p->dk, p->dv, p->att_scratch, p->datt, s->q, s->k, s->v, s->att, s->lse, p->start, p->B,
                                    p->T, H, KVH, hd);
     lap(p, LORAC_PHASE_ATTENTION);
+    if (c->query_scale != 1.0f) scale_inplace(p->dq, c->query_scale, N * H * hd); /* q was scaled after rotary */
     if (lorac_model_layer_has_rope(c, l)) {
         lorac_rope_apply(p->dq, p->rope_cs, N, H, hd, -1);
         lorac_rope_apply(p->dk, p->rope_cs, N, KVH, hd, -1);
@@ -764,26 +786,32 @@ lorac_status_t lorac_train_pass_run(lorac_train_pass_t *p, const int32_t *tokens
     lorac_rope_table(p->rope_cs, pos, m->inv_freq, N, c->head_dim);
     lap(p, LORAC_PHASE_ROPE);
     embed_rows(p, p->acts[0].x_in, tokens, N);
+    if (c->embedding_multiplier != 1.0f) scale_inplace(p->acts[0].x_in, c->embedding_multiplier, N * D);
     lap(p, LORAC_PHASE_ELEMENTWISE);
     for (int32_t l = 0; l < c->n_layers; l++)
         layer_forward(p, l, l + 1 < c->n_layers ? p->acts[l + 1].x_in : p->x_final, dropout, rng);
     lorac_rmsnorm_forward(p->xn_f, p->rstd_f, p->x_final, p->final_norm.data, p->final_norm.dtype, c->rms_norm_eps, N, D);
+    /* Granite's logits / logits_scaling: the classifier's input divided (the backward reads x_final, not xn_f) */
+    if (c->logits_scaling != 1.0f) scale_inplace(p->xn_f, 1.0f / c->logits_scaling, N * D);
     lap(p, LORAC_PHASE_NORMS);
     lorac_status_t s = loss_forward_backward(p, targets, grads, loss_sum, n_targets);
     if (s || !grads || *n_targets == 0) return s;
 
     /* backward */
     memset(p->dres, 0, sizeof(float) * (size_t)(N * D));
+    if (c->logits_scaling != 1.0f) scale_inplace(p->dxn_f, 1.0f / c->logits_scaling, N * D);
     lap(p, LORAC_PHASE_ELEMENTWISE);
     lorac_rmsnorm_backward(p->dres, p->d_final_norm, p->dxn_f, p->x_final, p->final_norm.data, p->final_norm.dtype,
                            p->rstd_f, N, D);
     lap(p, LORAC_PHASE_NORMS);
     for (int32_t l = c->n_layers - 1; l >= p->grad_floor; l--) layer_backward(p, l, p->dres, dropout, rng != NULL);
-    if (p->d_embed)
+    if (p->d_embed) {
+        float em = c->embedding_multiplier; /* 1 but for Granite */
         for (int64_t i = 0; i < N; i++) {
             float *row = p->d_embed + (int64_t)tokens[i] * D;
-            for (int64_t k = 0; k < D; k++) row[k] += p->dres[i * D + k];
+            for (int64_t k = 0; k < D; k++) row[k] += em * p->dres[i * D + k];
         }
+    }
     lap(p, LORAC_PHASE_ELEMENTWISE);
     return LORAC_STATUS_OK;
 }

@@ -7,14 +7,17 @@ safetensors package):
     strict reader (F32, F16, BF16).
   * make_random_model: writes a HuggingFace model directory (config.json with
     LlamaConfig field names + model.safetensors with HF tensor names) holding a
-    random tiny Llama / Mistral / Qwen2 / Qwen3 / SmolLM3 model.
+    random tiny Llama / Mistral / Qwen2 / Qwen3 / SmolLM3 / Granite model.
   * llama_forward: the forward pass of HF LlamaForCausalLM (and Mistral and
     Qwen2, which are the same computation, and Qwen3, which adds an RMSNorm
     over each head of q and of k before rotary, as modeling_qwen3.py's
     q_norm / k_norm, and SmolLM3, which leaves rotary out of its NoPE
-    layers, as modeling_smollm3.py's use_rope) in float64, from the stored
-    weight values (BF16/F16 values are upcast exactly), returning logits
-    [T, V].
+    layers, as modeling_smollm3.py's use_rope, and Granite, whose
+    embedding_multiplier, residual_multiplier, attention_multiplier and
+    logits_scaling scale the embedding, each block's output, the attention
+    scores and the logits, as modeling_granite.py does) in float64, from the
+    stored weight values (BF16/F16 values are upcast exactly), returning
+    logits [T, V].
 
 It follows transformers' modeling_llama.py semantics: RMSNorm
 x * rsqrt(mean(x^2) + eps) * w, rotary embeddings in the rotate-half layout
@@ -158,6 +161,7 @@ ARCHS = {
     "qwen2": ("Qwen2ForCausalLM", "qwen2"),
     "qwen3": ("Qwen3ForCausalLM", "qwen3"),
     "smollm3": ("SmolLM3ForCausalLM", "smollm3"),
+    "granite": ("GraniteForCausalLM", "granite"),
 }
 
 LLAMA3_ROPE_SCALING = {
@@ -220,6 +224,15 @@ def make_config(cfg, dtype="F32", tie=False, bias=False, arch="llama"):
         c["use_sliding_window"] = False
         c["sliding_window"] = 4096
         c["max_window_layers"] = c["num_hidden_layers"]
+    elif arch == "granite":
+        c["attention_bias"] = bool(bias)
+        c["mlp_bias"] = False
+        # Granite 3's kind of values: attention_multiplier 1/head_dim, not 1/sqrt(head_dim)
+        hd = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+        c["embedding_multiplier"] = cfg.get("embedding_multiplier", 12.0)
+        c["residual_multiplier"] = cfg.get("residual_multiplier", 0.22)
+        c["attention_multiplier"] = cfg.get("attention_multiplier", 1.0 / hd)
+        c["logits_scaling"] = cfg.get("logits_scaling", 8.0)
     elif arch == "smollm3":
         c["attention_bias"] = bool(bias)
         c["mlp_bias"] = False
@@ -250,7 +263,16 @@ def has_qkv_bias(c):
 
 
 def has_o_bias(c):
-    return c["model_type"] in ("llama", "qwen3", "smollm3") and bool(c.get("attention_bias", False))
+    return c["model_type"] in ("llama", "qwen3", "smollm3", "granite") and bool(c.get("attention_bias", False))
+
+
+def multipliers(c):
+    """(embedding, residual, attention score, logits divisor): Granite's
+    (GraniteConfig's defaults 1), else 1, 1, 1/sqrt(head_dim), 1."""
+    if c.get("model_type") != "granite":
+        return 1.0, 1.0, 1.0 / math.sqrt(head_dim_of(c)), 1.0
+    return (float(c.get("embedding_multiplier", 1.0)), float(c.get("residual_multiplier", 1.0)),
+            float(c.get("attention_multiplier", 1.0)), float(c.get("logits_scaling", 1.0)))
 
 
 def has_qk_norm(c):
@@ -455,7 +477,8 @@ def llama_forward(weights, c, ids, hf_float32_rope=False, return_hidden=False, k
     assert H % KV == 0
     rep = H // KV
 
-    x = W("model.embed_tokens.weight")[ids]                       # (T, D)
+    emb_mult, res_mult, att_scale, logits_div = multipliers(c)
+    x = W("model.embed_tokens.weight")[ids] * emb_mult            # (T, D)
     cos, sin = rotary_cos_sin(c, torch.arange(T), hf_float32_rope)  # (T, hd)
     cos, sin = cos[:, None, :], sin[:, None, :]
     causal = torch.ones(T, T, dtype=torch.bool).tril()
@@ -478,18 +501,18 @@ def llama_forward(weights, c, ids, hf_float32_rope=False, return_hidden=False, k
         # repeat_kv: query head j uses kv head j // rep
         k = k.repeat_interleave(rep, dim=1)                       # (T, H, hd)
         v = v.repeat_interleave(rep, dim=1)
-        scores = torch.einsum("thd,shd->hts", q, k) / math.sqrt(hd)  # (H, T, T)
+        scores = torch.einsum("thd,shd->hts", q, k) * att_scale    # (H, T, T)
         scores = scores.masked_fill(~causal, float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         o = torch.einsum("hts,shd->thd", probs, v).reshape(T, H * hd)
-        x = x + linear(o, p + "self_attn.o_proj")
+        x = x + res_mult * linear(o, p + "self_attn.o_proj")
         h = rms_norm(x, W(p + "post_attention_layernorm.weight"), eps)
         gate = linear(h, p + "mlp.gate_proj")
         up = linear(h, p + "mlp.up_proj")
-        x = x + linear(torch.nn.functional.silu(gate) * up, p + "mlp.down_proj")
+        x = x + res_mult * linear(torch.nn.functional.silu(gate) * up, p + "mlp.down_proj")
     x = rms_norm(x, W("model.norm.weight"), eps)
     head = W("lm_head.weight") if "lm_head.weight" in weights else W("model.embed_tokens.weight")
-    logits = x @ head.T
+    logits = x @ head.T / logits_div
     return (logits, x) if return_hidden else logits
 
 

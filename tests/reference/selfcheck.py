@@ -89,7 +89,7 @@ def meta_apply_scaling(freqs, rs):
 
 
 def naive_forward(c, weights, ids, permute=True, gqa="div", use_scaling=True, use_bias=True, use_qk_norm=True,
-                  rope_everywhere=False):
+                  rope_everywhere=False, use_multipliers=True):
     """Token-by-token llama2.c-style forward in float64; returns logits [T, V].
 
     The keyword arguments inject plausible bugs for the sensitivity checks:
@@ -98,7 +98,8 @@ def naive_forward(c, weights, ids, permute=True, gqa="div", use_scaling=True, us
     rope_scaling, use_bias=False drops the biases, use_qk_norm=False drops
     Qwen3's per-head q/k norms (whose weights, HF-layout vectors of one
     head, are permuted to the interleaved layout like the rows of q and k),
-    rope_everywhere=True rotates SmolLM3's NoPE layers too.
+    rope_everywhere=True rotates SmolLM3's NoPE layers too, use_multipliers=False
+    drops Granite's four (its scores then scaled by 1/sqrt(head_dim)).
     """
     W = {k: v.to(torch.float64).numpy() for k, v in weights.items()}
     D = c["hidden_size"]
@@ -139,7 +140,8 @@ def naive_forward(c, weights, ids, permute=True, gqa="div", use_scaling=True, us
     vcache = np.zeros((L, len(ids), KV * hd))
     out = []
     for pos, tok in enumerate(ids):
-        x = W["model.embed_tokens.weight"][tok].copy()
+        granite = c.get("model_type") == "granite" and use_multipliers
+        x = W["model.embed_tokens.weight"][tok] * (c["embedding_multiplier"] if granite else 1.0)
         for l in range(L):
             p = f"model.layers.{l}."
             xb = rmsnorm(x, W[p + "input_layernorm.weight"])
@@ -168,21 +170,21 @@ def naive_forward(c, weights, ids, permute=True, gqa="div", use_scaling=True, us
                     s = 0.0
                     for d in range(hd):
                         s += qh[d] * kt[d]
-                    scores.append(s / math.sqrt(hd))
+                    scores.append(s * c["attention_multiplier"] if granite else s / math.sqrt(hd))
                 m = max(scores)
                 e = [math.exp(s - m) for s in scores]
                 tot = sum(e)
                 for t in range(pos + 1):
                     att_out[h * hd:(h + 1) * hd] += (e[t] / tot) * vcache[l, t, kvh * hd:(kvh + 1) * hd]
-            x = x + matvec(p + "self_attn.o_proj", att_out)
+            x = x + matvec(p + "self_attn.o_proj", att_out) * (c["residual_multiplier"] if granite else 1.0)
             xb = rmsnorm(x, W[p + "post_attention_layernorm.weight"])
             g = matvec(p + "mlp.gate_proj", xb)
             u = matvec(p + "mlp.up_proj", xb)
             hb = np.array([gi / (1.0 + math.exp(-gi)) * ui for gi, ui in zip(g, u)])
-            x = x + matvec(p + "mlp.down_proj", hb)
+            x = x + matvec(p + "mlp.down_proj", hb) * (c["residual_multiplier"] if granite else 1.0)
         x = rmsnorm(x, W["model.norm.weight"])
         cls = W.get("lm_head.weight", W["model.embed_tokens.weight"])
-        out.append(cls @ x)
+        out.append((cls @ x) / (c["logits_scaling"] if granite else 1.0))
     return np.stack(out)
 
 
@@ -284,6 +286,8 @@ CASES = [
                                num_key_value_heads=2, head_dim=8, vocab_size=19), dict(arch="qwen3", tie=True)),
     ("smollm3-nope", dict(hidden_size=24, intermediate_size=20, num_hidden_layers=4, num_attention_heads=4,
                           num_key_value_heads=2, vocab_size=19), dict(arch="smollm3", tie=True)),
+    ("granite-gqa", dict(hidden_size=32, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=23), dict(arch="granite", tie=True)),
     ("llama3-scaling", dict(hidden_size=32, intermediate_size=36, num_hidden_layers=2, num_attention_heads=2,
                             num_key_value_heads=1, vocab_size=23, rope_theta=500000.0,
                             rope_scaling=dict(hm.LLAMA3_ROPE_SCALING, original_max_position_embeddings=64)), {}),
@@ -319,6 +323,9 @@ def check_forward(tmp):
         if any(k.endswith(".bias") for k in w):
             r = rel(naive_forward(c, w, ids, use_bias=False), ref)
             check(r > 1e-3, f"{name}: dropping biases would differ by {r:.1e}")
+        if c.get("model_type") == "granite":
+            r = rel(naive_forward(c, w, ids, use_multipliers=False), ref)
+            check(r > 1e-3, f"{name}: Llama's scaling instead of Granite's multipliers would differ by {r:.1e}")
         if 0 in hm.rope_layers(c):
             r = rel(naive_forward(c, w, ids, rope_everywhere=True), ref)
             check(r > 1e-3, f"{name}: rotary in the NoPE layers too would differ by {r:.1e}")
