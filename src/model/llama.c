@@ -306,9 +306,6 @@ static void add_inplace(float *x, const float *y, float s, int64_t n) {
     }
 }
 
-static void scale_inplace(float *x, float s, int64_t n) {
-    for (int64_t i = 0; i < n; i++) x[i] *= s;
-}
 
 static void attention_block(lorac_context_t *ctx, const lorac_batch_t *b, int32_t l) {
     const lorac_model_t *m = ctx->model;
@@ -331,7 +328,7 @@ static void attention_block(lorac_context_t *ctx, const lorac_batch_t *b, int32_
         lorac_rope_apply(ctx->q, ctx->rope_cs, T, H, hd, 1);
         lorac_rope_apply(ctx->k, ctx->rope_cs, T, KVH, hd, 1);
     }
-    if (c->query_scale != 1.0f) scale_inplace(ctx->q, c->query_scale, T * Q); /* Granite's attention_multiplier */
+    if (c->query_scale != 1.0f) lorac_scale(ctx->q, c->query_scale, T * Q); /* Granite's attention_multiplier */
 
     /* Write this batch's keys and values into the cache first, so each token
      * attends to its own sequence's earlier tokens of the same batch (read
@@ -388,7 +385,7 @@ lorac_status_t lorac_context_decode(lorac_context_t *ctx, const lorac_batch_t *b
     int64_t T = b->n_tokens, D = c->hidden_size;
 
     embed_tokens(ctx->x, &m->embed, b->tokens, T, D);
-    if (c->embedding_multiplier != 1.0f) scale_inplace(ctx->x, c->embedding_multiplier, T * D);
+    if (c->embedding_multiplier != 1.0f) lorac_scale(ctx->x, c->embedding_multiplier, T * D);
     lorac_rope_table(ctx->rope_cs, b->pos, m->inv_freq, T, c->head_dim);
     for (int32_t l = 0; l < c->n_layers; l++) {
         attention_block(ctx, b, l);
@@ -409,7 +406,7 @@ lorac_status_t lorac_context_decode(lorac_context_t *ctx, const lorac_batch_t *b
     if (n_out == 0 || !logits) return LORAC_STATUS_OK;
     lorac_rmsnorm_forward(ctx->xn, NULL, ctx->x, m->final_norm.data, m->final_norm.dtype, c->rms_norm_eps, n_out, D);
     /* Granite's logits / logits_scaling, as the head's input divided: a linear map */
-    if (c->logits_scaling != 1.0f) scale_inplace(ctx->xn, 1.0f / c->logits_scaling, n_out * D);
+    if (c->logits_scaling != 1.0f) lorac_scale(ctx->xn, 1.0f / c->logits_scaling, n_out * D);
     lorac_matmul_forward(logits, ctx->xn, m->lm_head.data, m->lm_head.dtype, NULL, n_out, D, c->vocab_size);
     return LORAC_STATUS_OK;
 }

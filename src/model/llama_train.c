@@ -538,9 +538,6 @@ static void add_into(float *out, const float *a, const float *b, float s, int64_
     }
 }
 
-static void scale_inplace(float *x, float s, int64_t n) {
-    for (int64_t i = 0; i < n; i++) x[i] *= s;
-}
 
 /* The gradient a block's output gets from dres: dres itself, or Granite's
  * residual_multiplier times it (in scratch). */
@@ -573,7 +570,7 @@ static void layer_forward(lorac_train_pass_t *p, int32_t l, float *x_out, float 
         lorac_rope_apply(s->q, p->rope_cs, N, H, hd, 1);
         lorac_rope_apply(s->k, p->rope_cs, N, KVH, hd, 1);
     }
-    if (c->query_scale != 1.0f) scale_inplace(s->q, c->query_scale, N * H * hd); /* Granite's attention_multiplier */
+    if (c->query_scale != 1.0f) lorac_scale(s->q, c->query_scale, N * H * hd); /* Granite's attention_multiplier */
     lap(p, LORAC_PHASE_ROPE);
     lorac_attention_train_forward(s->att, s->lse, p->att_scratch, s->q, s->k, s->v, p->start, p->B, p->T, H, KVH, hd);
     lap(p, LORAC_PHASE_ATTENTION);
@@ -619,7 +616,7 @@ static void layer_backward(lorac_train_pass_t *p, int32_t l, float *dres, float 
     lorac_attention_train_backward(p->dq, p->dk, p->dv, p->att_scratch, p->datt, s->q, s->k, s->v, s->att, s->lse, p->start, p->B,
                                    p->T, H, KVH, hd);
     lap(p, LORAC_PHASE_ATTENTION);
-    if (c->query_scale != 1.0f) scale_inplace(p->dq, c->query_scale, N * H * hd); /* q was scaled after rotary */
+    if (c->query_scale != 1.0f) lorac_scale(p->dq, c->query_scale, N * H * hd); /* q was scaled after rotary */
     if (lorac_model_layer_has_rope(c, l)) {
         lorac_rope_apply(p->dq, p->rope_cs, N, H, hd, -1);
         lorac_rope_apply(p->dk, p->rope_cs, N, KVH, hd, -1);
@@ -786,20 +783,20 @@ lorac_status_t lorac_train_pass_run(lorac_train_pass_t *p, const int32_t *tokens
     lorac_rope_table(p->rope_cs, pos, m->inv_freq, N, c->head_dim);
     lap(p, LORAC_PHASE_ROPE);
     embed_rows(p, p->acts[0].x_in, tokens, N);
-    if (c->embedding_multiplier != 1.0f) scale_inplace(p->acts[0].x_in, c->embedding_multiplier, N * D);
+    if (c->embedding_multiplier != 1.0f) lorac_scale(p->acts[0].x_in, c->embedding_multiplier, N * D);
     lap(p, LORAC_PHASE_ELEMENTWISE);
     for (int32_t l = 0; l < c->n_layers; l++)
         layer_forward(p, l, l + 1 < c->n_layers ? p->acts[l + 1].x_in : p->x_final, dropout, rng);
     lorac_rmsnorm_forward(p->xn_f, p->rstd_f, p->x_final, p->final_norm.data, p->final_norm.dtype, c->rms_norm_eps, N, D);
     /* Granite's logits / logits_scaling: the classifier's input divided (the backward reads x_final, not xn_f) */
-    if (c->logits_scaling != 1.0f) scale_inplace(p->xn_f, 1.0f / c->logits_scaling, N * D);
+    if (c->logits_scaling != 1.0f) lorac_scale(p->xn_f, 1.0f / c->logits_scaling, N * D);
     lap(p, LORAC_PHASE_NORMS);
     lorac_status_t s = loss_forward_backward(p, targets, grads, loss_sum, n_targets);
     if (s || !grads || *n_targets == 0) return s;
 
     /* backward */
     memset(p->dres, 0, sizeof(float) * (size_t)(N * D));
-    if (c->logits_scaling != 1.0f) scale_inplace(p->dxn_f, 1.0f / c->logits_scaling, N * D);
+    if (c->logits_scaling != 1.0f) lorac_scale(p->dxn_f, 1.0f / c->logits_scaling, N * D);
     lap(p, LORAC_PHASE_ELEMENTWISE);
     lorac_rmsnorm_backward(p->dres, p->d_final_norm, p->dxn_f, p->x_final, p->final_norm.data, p->final_norm.dtype,
                            p->rstd_f, N, D);

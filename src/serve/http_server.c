@@ -585,6 +585,12 @@ static void stream_free(void *cls) {
 /* The prompt's token ids: as given, the text encoded with the tokenizer's
  * special tokens (BOS), or the conversation rendered with the chat template
  * and its generation prompt, encoded without them (the template writes BOS). */
+/* A request's enable_thinking (chat_template_kwargs), else the server's
+ * default (--chat-template-kwargs). */
+static bool request_thinking(const lorac_http_server_t *srv, int8_t asked) {
+    return asked >= 0 ? asked != 0 : !srv->p.chat_thinking_off;
+}
+
 static lorac_status_t prompt_ids(lorac_http_server_t *srv, const lorac_tokenizer_t *tok, const lorac_oai_request_t *req,
                                  int32_t which, int32_t **ids, size_t *n, lorac_oai_error_t *err) {
     *ids = NULL;
@@ -609,10 +615,10 @@ static lorac_status_t prompt_ids(lorac_http_server_t *srv, const lorac_tokenizer
                                    "lorac recognises); start it with --chat-template NAME, or use /v1/completions");
     char *text = NULL;
     size_t len = 0;
-    bool thinking = req->enable_thinking >= 0 ? req->enable_thinking : !srv->p.chat_thinking_off;
     lorac_status_t s = lorac_dataset_chat_render_generation(srv->p.chat_template, srv->p.chat_default_system,
                                                             req->messages, req->n_messages, srv->p.chat_bos,
-                                                            srv->p.chat_eos, thinking, &text, &len);
+                                                            srv->p.chat_eos, request_thinking(srv, req->enable_thinking),
+                                                            &text, &len);
     if (s == LORAC_STATUS_NOMEM) return lorac_oai_error_set(err, 500, NULL, NULL, NULL, "out of memory");
     if (s) return lorac_oai_error_set(err, 400, NULL, "messages", NULL, "%s", lorac_error_message());
     s = lorac_tokenizer_encode(tok, text, len, false, ids, n);
@@ -929,11 +935,10 @@ static enum MHD_Result handle_tokenize(lorac_http_server_t *srv, struct MHD_Conn
             s = lorac_oai_error_set(&err, 400, NULL, "messages", NULL,
                                     "this server has no chat template; start it with --chat-template NAME");
         } else {
-            bool thinking = req.enable_thinking >= 0 ? req.enable_thinking : !srv->p.chat_thinking_off;
             s = req.add_generation_prompt
                     ? lorac_dataset_chat_render_generation(srv->p.chat_template, srv->p.chat_default_system, req.messages,
-                                                           req.n_messages, srv->p.chat_bos, srv->p.chat_eos, thinking,
-                                                           &text, &len)
+                                                           req.n_messages, srv->p.chat_bos, srv->p.chat_eos,
+                                                           request_thinking(srv, req.enable_thinking), &text, &len)
                     : lorac_dataset_chat_render(srv->p.chat_template, srv->p.chat_default_system, req.messages,
                                                 req.n_messages, srv->p.chat_bos, srv->p.chat_eos, &text, &len);
             if (!s) s = lorac_tokenizer_encode(tok, text, len, false, &ids, &n);

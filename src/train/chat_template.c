@@ -180,20 +180,24 @@ static lorac_status_t check_turn(chat_tpl_t t, const lorac_chat_message_t *m, si
 
 #define TRY(x) do { if (x) return lorac_error(LORAC_STATUS_NOMEM, "out of memory rendering a conversation"); } while (0)
 
+/* A ChatML turn's header "<|im_start|>{role}\n" (not in the loss), then a
+ * piece for its body, in the loss when trainable. */
+static int chatml_open(chat_render_t *r, const char *role, bool trainable) {
+    return piece(r, false, true) || add(r, "<|im_start|>") || add(r, role) || add(r, "\n") || piece(r, trainable, false);
+}
+
+/* Ends the body with "<|im_end|>"; the newline after it is out of the loss
+ * (the next turn's header follows). */
+static int chatml_close(chat_render_t *r) { return add(r, "<|im_end|>") || piece(r, false, true) || add(r, "\n"); }
+
 /* <|im_start|>{role}\n{content}<|im_end|>\n; the reply and its <|im_end|> are
- * in the loss, the newline after it is not (the next turn's header follows). */
+ * in the loss, the newline after it is not. */
 static lorac_status_t render_chatml(chat_render_t *r, const char *default_system, const lorac_chat_message_t *m,
                                     size_t n) {
-    if (default_system && (n == 0 || strcmp(m[0].role, "system"))) {
-        TRY(piece(r, false, true) || add(r, "<|im_start|>system\n") || add(r, default_system) || add(r, "<|im_end|>"));
-        TRY(piece(r, false, true) || add(r, "\n"));
-    }
-    for (size_t i = 0; i < n; i++) {
-        bool assistant = !strcmp(m[i].role, "assistant");
-        TRY(piece(r, false, true) || add(r, "<|im_start|>") || add(r, m[i].role) || add(r, "\n"));
-        TRY(piece(r, assistant, false) || add(r, m[i].content) || add(r, "<|im_end|>"));
-        TRY(piece(r, false, true) || add(r, "\n"));
-    }
+    if (default_system && (n == 0 || strcmp(m[0].role, "system")))
+        TRY(chatml_open(r, "system", false) || add(r, default_system) || chatml_close(r));
+    for (size_t i = 0; i < n; i++)
+        TRY(chatml_open(r, m[i].role, !strcmp(m[i].role, "assistant")) || add(r, m[i].content) || chatml_close(r));
     return LORAC_STATUS_OK;
 }
 
@@ -229,10 +233,8 @@ static lorac_status_t render_qwen3(chat_render_t *r, const lorac_chat_message_t 
         if (!strcmp(m[i].role, "user") && !tool_response) { last_query = i; break; }
     }
     for (size_t i = 0; i < n; i++) {
-        TRY(piece(r, false, true) || add(r, "<|im_start|>") || add(r, m[i].role) || add(r, "\n"));
         if (strcmp(m[i].role, "assistant")) {
-            TRY(piece(r, false, false) || add(r, m[i].content) || add(r, "<|im_end|>"));
-            TRY(piece(r, false, true) || add(r, "\n"));
+            TRY(chatml_open(r, m[i].role, false) || add(r, m[i].content) || chatml_close(r));
             continue;
         }
         const char *c = m[i].content;
@@ -247,14 +249,13 @@ static lorac_status_t render_qwen3(chat_render_t *r, const lorac_chat_message_t 
             ca = (size_t)(last_in(c, len, close_tag) - c) + sizeof close_tag - 1;
             lstrip_newlines(c, &ca, cb);
         }
-        TRY(piece(r, true, false));
+        TRY(chatml_open(r, "assistant", true));
         if (i > last_query && (i == n - 1 || rb > ra)) {
             rstrip_newlines(c, ra, &rb); /* reasoning_content.strip('\n'); content.lstrip('\n') */
             lstrip_newlines(c, &ca, cb);
             TRY(add(r, "<think>\n") || add_n(r, c + ra, rb - ra) || add(r, "\n</think>\n\n"));
         }
-        TRY(add_n(r, c + ca, cb - ca) || add(r, "<|im_end|>"));
-        TRY(piece(r, false, true) || add(r, "\n"));
+        TRY(add_n(r, c + ca, cb - ca) || chatml_close(r));
     }
     return LORAC_STATUS_OK;
 }
