@@ -1,7 +1,7 @@
 /* The forward pass over batches: a prompt processed as one batch equals the
  * same tokens one at a time; two sequences in one batch equal each alone;
  * bad batches are refused without touching the cache; repeated runs are
- * bit-identical. (Parity with PyTorch is tests/test_logits_parity.py.) */
+ * bit-identical; a sliding window keeps all of that. (Parity with PyTorch is tests/test_logits_parity.py.) */
 #include <sys/stat.h>
 
 #include "lorac/kernels.h"
@@ -18,15 +18,17 @@ static float frand(uint64_t *s) {
 
 static char g_dir[4096];
 
-static void write_model(void) {
-    snprintf(g_dir, sizeof g_dir, "%s/forward-batch-model", tl_tmpdir());
+/* window > 0: the same weights as Mistral with a sliding window of that many positions */
+static void write_model(int window) {
+    snprintf(g_dir, sizeof g_dir, "%s/forward-batch-model%s", tl_tmpdir(), window ? "-window" : "");
     mkdir(g_dir, 0755);
     char path[4200];
     snprintf(path, sizeof path, "%s/config.json", g_dir);
     FILE *f = fopen(path, "w");
-    fprintf(f, "{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": %d, \"intermediate_size\": %d, "
+    fprintf(f, "{\"architectures\": [\"%s\"], \"hidden_size\": %d, \"intermediate_size\": %d, "
                "\"num_hidden_layers\": %d, \"num_attention_heads\": %d, \"num_key_value_heads\": %d, "
-               "\"vocab_size\": %d, \"rms_norm_eps\": 1e-5, \"tie_word_embeddings\": false}", D, I, L, H, KVH, V);
+               "\"vocab_size\": %d, \"rms_norm_eps\": 1e-5, \"tie_word_embeddings\": false, \"sliding_window\": %d}",
+            window ? "MistralForCausalLM" : "LlamaForCausalLM", D, I, L, H, KVH, V, window);
     fclose(f);
     static char names[64][96];
     static float data[64][V * D > I * D ? V * D : I * D];
@@ -76,8 +78,24 @@ static double max_rel_diff(const float *a, const float *b, int64_t n) {
     return md / (mx > 0 ? mx : 1);
 }
 
+/* The prompt toks (n <= 12) as one batch in sequence 0, every row's logits
+ * into batch_logits, and token by token in sequence 1 into step_logits;
+ * both sequences start empty. */
+static void prompt_two_ways(lorac_context_t *ctx, const int32_t *toks, int n, float *batch_logits, float *step_logits) {
+    int32_t pos[12], seq[12];
+    int8_t want[12];
+    for (int i = 0; i < n; i++) { pos[i] = i; seq[i] = 0; want[i] = 1; }
+    lorac_batch_t b = {.n_tokens = n, .tokens = toks, .pos = pos, .seq_id = seq, .logits = want};
+    CHECK(lorac_context_decode(ctx, &b, batch_logits) == LORAC_STATUS_OK);
+    for (int i = 0; i < n; i++) {
+        int32_t p = i, sid = 1;
+        lorac_batch_t one = {.n_tokens = 1, .tokens = &toks[i], .pos = &p, .seq_id = &sid, .logits = NULL};
+        CHECK(lorac_context_decode(ctx, &one, step_logits + i * V) == LORAC_STATUS_OK);
+    }
+}
+
 int main(void) {
-    write_model();
+    write_model(0);
     lorac_model_t *m;
     lorac_status_t s = lorac_model_load(g_dir, &m);
     CHECK_MSG(s == LORAC_STATUS_OK, "%s", lorac_error_message());
@@ -196,13 +214,7 @@ int main(void) {
         hp.kv_dtype = k16 ? LORAC_DTYPE_F16 : LORAC_DTYPE_BF16;
         CHECK(lorac_context_init(m, hp, &ctx) == LORAC_STATUS_OK);
         float half_batch[7 * V];
-        for (int i = 0; i < 7; i++) { pos[i] = i; seq[i] = 0; want[i] = 1; }
-        CHECK(lorac_context_decode(ctx, &b, half_batch) == LORAC_STATUS_OK);
-        for (int i = 0; i < 7; i++) {
-            int32_t p = i, sid = 1;
-            lorac_batch_t one = {.n_tokens = 1, .tokens = &toks_a[i], .pos = &p, .seq_id = &sid, .logits = NULL};
-            CHECK(lorac_context_decode(ctx, &one, step_logits + i * V) == LORAC_STATUS_OK);
-        }
+        prompt_two_ways(ctx, toks_a, 7, half_batch, step_logits);
         double dh = max_rel_diff(step_logits, half_batch, 7 * V), off = max_rel_diff(half_batch, batch_logits, 7 * V);
         printf("%s KV cache: batched vs token-by-token %.3g, against the F32 cache %.3g\n", k16 ? "F16" : "BF16", dh, off);
         CHECK(dh <= 1e-5 && off > 1e-5);
@@ -211,6 +223,32 @@ int main(void) {
     lorac_context_params_t bad_kv = cp;
     bad_kv.kv_dtype = LORAC_DTYPE_I8;
     CHECK(lorac_context_init(m, bad_kv, &ctx) == LORAC_STATUS_INVALID_ARG && strstr(lorac_error_message(), "I8"));
+    lorac_model_free(m);
+
+    /* a sliding window of 3: the first 3 positions see what they saw without
+     * it (the same rows, the same bits), the later ones less; a prompt as
+     * one batch still equals its tokens one at a time, also with a 16-bit
+     * cache (PyTorch parity with windows is in test_logits_parity.py) */
+    write_model(3);
+    s = lorac_model_load(g_dir, &m);
+    CHECK_MSG(s == LORAC_STATUS_OK, "%s", lorac_error_message());
+    if (s) return tl_finish("test_forward_batch");
+    for (int kv = 0; kv < 2; kv++) {
+        lorac_context_params_t wp = cp;
+        wp.kv_dtype = kv ? LORAC_DTYPE_BF16 : LORAC_DTYPE_F32;
+        CHECK(lorac_context_init(m, wp, &ctx) == LORAC_STATUS_OK);
+        float window_batch[7 * V];
+        prompt_two_ways(ctx, toks_a, 7, window_batch, step_logits);
+        double dw = max_rel_diff(step_logits, window_batch, 7 * V);
+        printf("window 3, %s cache: batched vs token-by-token %.3g\n", kv ? "BF16" : "F32", dw);
+        CHECK(dw <= 1e-5);
+        if (!kv) {
+            CHECK_MSG(memcmp(window_batch, batch_logits, 3 * V * sizeof(float)) == 0, "positions 0-2 moved");
+            for (int i = 3; i < 7; i++)
+                CHECK_MSG(max_rel_diff(window_batch + i * V, batch_logits + i * V, V) > 1e-3, "position %d did not move", i);
+        }
+        lorac_context_free(ctx);
+    }
     lorac_model_free(m);
     return tl_finish("test_forward_batch");
 }

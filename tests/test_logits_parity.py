@@ -38,7 +38,7 @@ TOL = {"F32": 1e-5, "BF16": 1e-2, "F16": 1e-2}
 KV_TOL = 1e-4
 # the cases run again with a BF16 and an F16 KV cache
 KV_CASES = {"llama-gqa-tied-f32", "llama-bias-gqa-bf16", "qwen2-mqa-tied-f32", "mistral-headdim-f16",
-            "qwen3-gqa-tied-f32"}
+            "qwen3-gqa-tied-f32", "mistral-window-gqa-f32"}
 
 
 def cfg(D, F, L, H, KV, V, **kw):
@@ -99,6 +99,19 @@ CASES = [
     # 10 MB embedding and head off their cache lines in the file: the loader
     # copies them aligned in 8 MB pieces, in parallel (model.c)
     ("llama-bigvocab-misaligned-f32", cfg(64, 96, 1, 4, 2, 40000), dict(dtype="F32"), 7),
+    # sliding windows (see attention_windows): Mistral's on every layer, a
+    # window of 5 over 19 tokens, GQA
+    ("mistral-window-gqa-f32", cfg(64, 128, 2, 4, 2, 97, sliding_window=5), dict(dtype="F32", arch="mistral"), 19),
+    # Qwen2 with use_sliding_window: layers 1 and 2 of 3 (max_window_layers 1), BF16
+    ("qwen2-window-layers-bf16", cfg(64, 136, 3, 4, 2, 89, use_sliding_window=True, sliding_window=4,
+                                     max_window_layers=1), dict(dtype="BF16", arch="qwen2"), 14),
+    # Qwen3 with an explicit layer_types list (the window on layer 0 only), tied
+    ("qwen3-layer-types-f32", cfg(64, 136, 2, 4, 2, 89, head_dim=24, use_sliding_window=True, sliding_window=6,
+                                  layer_types=["sliding_attention", "full_attention"]),
+     dict(dtype="F32", arch="qwen3", tie=True), 17),
+    # SmolLM3: the window on its NoPE layers (1 and 3)
+    ("smollm3-window-nope-f32", cfg(48, 100, 4, 4, 2, 97, use_sliding_window=True, sliding_window=3,
+                                    no_rope_layers=[1, 0, 1, 0]), dict(dtype="F32", arch="smollm3"), 13),
 ]
 
 results = []  # (name, ok)
@@ -191,6 +204,21 @@ def parity_case(name, shape, kw, T, seed):
     record(name, r <= tol,
            f"max|d|={diff.max():.3e} max|ref|={np.abs(ref).max():.3f} rel={r:.2e} (tol {tol:.0e}) "
            f"worst at t={t} v={v}; argmax agrees {same_argmax}/{T}")
+    windows = hm.attention_windows(c)
+    if any(windows):
+        # lorac reads the same windows off config.json as the reference
+        rc, out_json, err = run_lorac(["inspect", d, "--json"])
+        got_w = json.loads(out_json) if rc == 0 else {}
+        want_w = dict(sliding_window=next(W for W in windows if W), sliding_window_layers=[
+            i for i, W in enumerate(windows) if W])
+        got_w = {k: got_w.get(k) for k in want_w}
+        record(name + "-inspect-windows", got_w == want_w, f"lorac inspect: {got_w}, reference: {want_w}")
+    if any(W is not None and W < T for W in windows):
+        # the window must matter here: without it the reference moves by far more than the bound
+        full = hm.llama_forward(w, dict(c, layer_types=["full_attention"] * c["num_hidden_layers"]), ids).numpy()
+        moved = float(np.abs(full - ref).max() / np.abs(ref).max())
+        record(name + "-window-matters", moved > 10 * tol,
+               f"the reference without its window moves by rel={moved:.2e} (must exceed {10 * tol:.0e})")
     if name in KV_CASES:
         kv_case(name, d, c, w, ids)
 

@@ -65,6 +65,43 @@ int main(void) {
     expect_ok("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"no_rope_layers\": [0, 0]}", &c);
     CHECK(lorac_model_layer_has_rope(&c, 0) && lorac_model_layer_has_rope(&c, 1)); /* only SmolLM3 reads it */
 
+    /* Sliding windows, as transformers decides (see parse_sliding_window) */
+    expect_ok("{\"architectures\": [\"MistralForCausalLM\"], " BASE "}", &c); /* MistralConfig's default 4096 */
+    CHECK(c.sliding_window == 4096 && lorac_model_layer_window(&c, 0) == 4096 && lorac_model_layer_window(&c, 1) == 4096);
+    expect_ok("{\"architectures\": [\"MistralForCausalLM\"], " BASE ", \"sliding_window\": null}", &c); /* v0.2, v0.3 */
+    CHECK(c.sliding_window == 0 && lorac_model_layer_window(&c, 0) == 0 && lorac_model_layer_window(&c, 1) == 0);
+    expect_ok("{\"architectures\": [\"Qwen2ForCausalLM\"], " BASE ", \"sliding_window\": 32768, "
+              "\"use_sliding_window\": false, \"max_window_layers\": 0}", &c); /* as the Qwen2.5 configs ship */
+    CHECK(c.sliding_window == 0 && lorac_model_layer_window(&c, 0) == 0 && lorac_model_layer_window(&c, 1) == 0);
+    expect_ok("{\"architectures\": [\"Qwen2ForCausalLM\"], " BASE ", \"sliding_window\": 64, "
+              "\"use_sliding_window\": true, \"max_window_layers\": 1}", &c);
+    CHECK(c.sliding_window == 64 && lorac_model_layer_window(&c, 0) == 0 && lorac_model_layer_window(&c, 1) == 64);
+    expect_ok("{\"architectures\": [\"Qwen3ForCausalLM\"], " BASE ", \"sliding_window\": 64, "
+              "\"use_sliding_window\": true}", &c); /* max_window_layers 28 by default: none of 2 */
+    CHECK(c.sliding_window == 0 && lorac_model_layer_window(&c, 1) == 0);
+    expect_ok("{\"architectures\": [\"Qwen3ForCausalLM\"], " BASE ", \"sliding_window\": 64, \"use_sliding_window\": true, "
+              "\"max_window_layers\": 2, \"layer_types\": [\"sliding_attention\", \"full_attention\"]}", &c);
+    CHECK(c.sliding_window == 64 && lorac_model_layer_window(&c, 0) == 64 && lorac_model_layer_window(&c, 1) == 0);
+    expect_ok("{\"architectures\": [\"SmolLM3ForCausalLM\"], " BASE ", \"sliding_window\": 9, \"use_sliding_window\": true, "
+              "\"no_rope_layers\": [1, 0]}", &c); /* the NoPE layers */
+    CHECK(c.sliding_window == 9 && lorac_model_layer_window(&c, 0) == 0 && lorac_model_layer_window(&c, 1) == 9);
+    expect_ok("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"sliding_window\": 9, \"use_sliding_window\": true, "
+              "\"layer_types\": [\"sliding_attention\", \"sliding_attention\"]}", &c); /* LlamaConfig has none */
+    CHECK(c.sliding_window == 0 && lorac_model_layer_window(&c, 0) == 0);
+    expect_fail("{\"architectures\": [\"Qwen2ForCausalLM\"], " BASE ", \"sliding_window\": 64, "
+                "\"layer_types\": [\"sliding_attention\", \"full_attention\"]}",
+                LORAC_STATUS_FORMAT, "sets no sliding window");
+    expect_fail("{\"architectures\": [\"MistralForCausalLM\"], " BASE ", \"layer_types\": [\"full_attention\"]}",
+                LORAC_STATUS_FORMAT, "\"layer_types\" must be a list of 2 entries");
+    expect_fail("{\"architectures\": [\"MistralForCausalLM\"], " BASE ", \"layer_types\": [\"full_attention\", 3]}",
+                LORAC_STATUS_FORMAT, "\"layer_types\"[1] must be a string");
+    expect_fail("{\"architectures\": [\"MistralForCausalLM\"], " BASE ", \"layer_types\": [\"chunked_attention\", "
+                "\"full_attention\"]}", LORAC_STATUS_UNSUPPORTED, "\"chunked_attention\" is not supported");
+    expect_fail("{\"architectures\": [\"MistralForCausalLM\"], " BASE ", \"sliding_window\": 0}",
+                LORAC_STATUS_FORMAT, "\"sliding_window\" = 0 is outside");
+    expect_fail("{\"architectures\": [\"Qwen2ForCausalLM\"], " BASE ", \"use_sliding_window\": 1}",
+                LORAC_STATUS_FORMAT, "\"use_sliding_window\" must be true or false");
+
     expect_ok("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"attention_bias\": true, \"mlp_bias\": true, "
               "\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 32.0, \"low_freq_factor\": 1.0, "
               "\"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 8192}}", &c);

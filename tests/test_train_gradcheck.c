@@ -1,6 +1,6 @@
 /* Gradients of the training pass against central finite differences of its
  * own loss, for every LoRA target kind, for full fine-tuning, with GQA,
- * biases, Qwen3's per-head q/k norms, tied embeddings, masked targets, packed rows, a vocabulary the
+ * biases, Qwen3's per-head q/k norms, sliding windows, tied embeddings, masked targets, packed rows, a vocabulary the
  * loss takes in several blocks, and an adapter on the upper layers only. The forward is
  * f32, so the comparison is a normalised error over many sampled elements:
  * |g - fd| / (|g| + |fd|) summed, as test-backend-ops does.
@@ -241,6 +241,14 @@ int main(void) {
     lora_case("lora-granite", granite, "all-linear", NULL);
     granite.tied = 1, granite.seed = 14;
     full_case("full-granite-tied", granite);
+    /* sliding windows of 3 over rows of 9 (one of them two packed examples):
+     * Mistral's on every layer, Qwen2's on layer 1 only */
+    tiny_model_t windowed = gqa;
+    windowed.window = 3, windowed.seed = 15;
+    lora_case("lora-mistral-window", windowed, "q_proj,k_proj,v_proj", NULL);
+    tiny_model_t qwen_window = {.D = 12, .I = 20, .L = 2, .H = 3, .KVH = 1, .HD = 6, .V = 19, .qwen2 = 1, .bias = 1, .window = 3,
+                                .seed = 16};
+    full_case("full-qwen2-window", qwen_window);
     tiny_model_t untied = gqa;
     untied.seed = 6;
     full_case("full-untied", untied);

@@ -238,11 +238,18 @@ def main():
     granite = dict(gqa, attention_multiplier=0.3, embedding_multiplier=4.0, residual_multiplier=0.5, logits_scaling=2.5)
     run_case("granite-multipliers", granite, "granite", True, True, ["q_proj", "v_proj", "o_proj", "down_proj"], 4, 8,
              False, 3, 2, 1, 12, 1e-2, 0.0, 1.0, "constant", 0, 11)
+    # sliding windows: Mistral's of 4 on every layer over rows of 5-12 tokens
+    mistral_window = dict(gqa, sliding_window=4)
+    run_case("mistral-window", mistral_window, "mistral", False, False, ["q_proj", "k_proj", "v_proj", "o_proj"], 4, 8,
+             False, 3, 2, 1, 12, 1e-2, 0.0, 1.0, "constant", 0, 13)
     run_full_case("full-gqa-bias", gqa, False, True, 3, 2, 12, 1e-2, 0.01, 1.0, 4)
     run_full_case("full-qwen3-bias", qwen3, False, True, 2, 2, 10, 1e-2, 0.0, 1.0, 8, arch="qwen3")
     run_full_case("full-smollm3", smollm3, True, False, 2, 2, 10, 1e-2, 0.0, 1.0, 10, arch="smollm3")
     run_full_case("full-granite", granite, True, False, 2, 2, 10, 1e-2, 0.0, 1.0, 12, arch="granite")
     run_full_case("full-tied", gqa, True, False, 2, 2, 10, 5e-3, 0.0, 0.0, 5)
+    # Qwen2 with use_sliding_window: a window of 3 on layer 1 only (max_window_layers 1)
+    qwen_window = dict(qwen, num_hidden_layers=2, use_sliding_window=True, sliding_window=3, max_window_layers=1)
+    run_full_case("full-qwen2-window", qwen_window, False, False, 2, 2, 10, 1e-2, 0.0, 1.0, 14, arch="qwen2")
     passed = sum(1 for _, ok, _ in results if ok)
     for name, ok, msg in results:
         print(f"{'ok  ' if ok else 'FAIL'} {name}: {msg}")

@@ -14,6 +14,8 @@ typedef struct {
     int tied, bias, qwen2, qwen3; /* qwen3: per-head q/k norms */
     int nope_interval;            /* > 0: SmolLM3, every nope_interval-th layer without rotary */
     int granite;                  /* Granite, with multipliers away from 1 */
+    int window;                   /* > 0: a sliding window of that many positions (Mistral's on every layer
+                                   * unless another architecture is chosen; Qwen2/3 from layer 1, SmolLM3 NoPE layers) */
     unsigned long long seed;
 } tiny_model_t;
 
@@ -32,9 +34,11 @@ static inline int tiny_model_write(const char *dir, const tiny_model_t *m) {
     fprintf(f, "{\"architectures\": [\"%s\"], \"hidden_size\": %d, \"intermediate_size\": %d, "
                "\"num_hidden_layers\": %d, \"num_attention_heads\": %d, \"num_key_value_heads\": %d, \"head_dim\": %d, "
                "\"vocab_size\": %d, \"rms_norm_eps\": 1e-5, \"tie_word_embeddings\": %s, \"attention_bias\": %s",
-            m->qwen2 ? "Qwen2ForCausalLM" : m->qwen3 ? "Qwen3ForCausalLM" : m->nope_interval ? "SmolLM3ForCausalLM" : m->granite ? "GraniteForCausalLM" : "LlamaForCausalLM", m->D, m->I, m->L, m->H, m->KVH, m->HD, m->V,
+            m->qwen2 ? "Qwen2ForCausalLM" : m->qwen3 ? "Qwen3ForCausalLM" : m->nope_interval ? "SmolLM3ForCausalLM" : m->granite ? "GraniteForCausalLM" : m->window ? "MistralForCausalLM" : "LlamaForCausalLM", m->D, m->I, m->L, m->H, m->KVH, m->HD, m->V,
             m->tied ? "true" : "false", m->bias && !m->qwen2 ? "true" : "false");
     if (m->nope_interval) fprintf(f, ", \"no_rope_layer_interval\": %d", m->nope_interval);
+    if (m->window)
+        fprintf(f, ", \"sliding_window\": %d, \"use_sliding_window\": true, \"max_window_layers\": 1", m->window);
     if (m->granite)
         fprintf(f, ", \"embedding_multiplier\": 2.5, \"residual_multiplier\": 0.6, \"attention_multiplier\": 0.2, "
                    "\"logits_scaling\": 1.7");

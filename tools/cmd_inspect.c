@@ -34,6 +34,27 @@ static void shape_text(const lorac_tensor_view_t *t, char *buf, size_t cap) {
 }
 
 /* Prints and frees a JSON report. */
+/* "0-3,7" of the indices i < n where on[i] is set. */
+static void ranges_text(const uint8_t *on, int32_t n, char *buf, size_t cap) {
+    size_t k = 0;
+    buf[0] = '\0';
+    for (int32_t l = 0; l < n && k < cap; l++) {
+        if (!on[l] || (l > 0 && on[l - 1])) continue;
+        int32_t e = l;
+        while (e + 1 < n && on[e + 1]) e++;
+        k += (size_t)snprintf(buf + k, cap - k, e > l ? "%s%d-%d" : "%s%d", k ? "," : "", l, e);
+    }
+}
+
+/* The layers with a sliding window, as ranges ("" when none). */
+static void window_layers_text(const lorac_model_config_t *c, char *buf, size_t cap) {
+    uint8_t *on = calloc((size_t)c->n_layers + 1, 1);
+    if (!on) cli_die("out of memory");
+    for (int32_t l = 0; l < c->n_layers; l++) on[l] = lorac_model_layer_window(c, l) > 0;
+    ranges_text(on, c->n_layers, buf, cap);
+    free(on);
+}
+
 static void print_json(cJSON *root) {
     char *s = cJSON_Print(root);
     if (!s) cli_die("out of memory");
@@ -108,6 +129,14 @@ static int inspect_model(const char *path, int json) {
             cJSON_AddNumberToObject(root, "head_dim", cfg.head_dim);
             cJSON_AddNumberToObject(root, "vocab_size", cfg.vocab_size);
             cJSON_AddBoolToObject(root, "tie_word_embeddings", cfg.tie_word_embeddings);
+            if (cfg.sliding_window) {
+                cJSON_AddNumberToObject(root, "sliding_window", cfg.sliding_window);
+                cJSON *wl = cJSON_AddArrayToObject(root, "sliding_window_layers");
+                for (int32_t l = 0; l < cfg.n_layers; l++)
+                    if (lorac_model_layer_window(&cfg, l)) cJSON_AddItemToArray(wl, cJSON_CreateNumber(l));
+            } else {
+                cJSON_AddNullToObject(root, "sliding_window");
+            }
         }
         cJSON_AddNumberToObject(root, "n_params", (double)n_params);
         cJSON_AddNumberToObject(root, "n_bytes", (double)bytes);
@@ -132,6 +161,11 @@ static int inspect_model(const char *path, int json) {
             printf("  hidden %d, intermediate %d, layers %d, heads %d, kv heads %d, head_dim %d, vocab %d%s\n",
                    cfg.hidden_size, cfg.intermediate_size, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim,
                    cfg.vocab_size, cfg.tie_word_embeddings ? ", tied embeddings" : "");
+            if (cfg.sliding_window) {
+                char layers[512];
+                window_layers_text(&cfg, layers, sizeof layers);
+                printf("  sliding window %d positions, layers %s\n", cfg.sliding_window, layers);
+            }
         }
         printf("  parameters    %lld (%.2f M), %.2f MB\n", (long long)n_params, (double)n_params / 1e6, (double)bytes / 1e6);
         printf("  dtypes       ");
@@ -204,14 +238,7 @@ static void layers_text(const adapter_report_t *rp, char *buf, size_t cap) {
     uint8_t *on = calloc((size_t)rp->n_layers + 1, 1);
     if (!on) cli_die("out of memory");
     for (int32_t i = 0; i < lorac_adapter_n_modules(rp->adapter); i++) on[lorac_adapter_module(rp->adapter, i)->layer] = 1;
-    size_t k = 0;
-    buf[0] = '\0';
-    for (int32_t l = 0; l < rp->n_layers && k < cap; l++) {
-        if (!on[l] || (l > 0 && on[l - 1])) continue;
-        int32_t e = l;
-        while (e + 1 < rp->n_layers && on[e + 1]) e++;
-        k += (size_t)snprintf(buf + k, cap - k, e > l ? "%s%d-%d" : "%s%d", k ? "," : "", l, e);
-    }
+    ranges_text(on, rp->n_layers, buf, cap);
     free(on);
 }
 

@@ -63,6 +63,13 @@ typedef struct {
     /* SmolLM3's NoPE layers: bit l set when layer l applies no rotary
      * (its "no_rope_layers"[l] is 0); see lorac_model_layer_has_rope */
     uint64_t nope_layers[LORAC_MAX_LAYERS / 64];
+    /* Sliding-window attention: in a layer whose bit is set in
+     * window_layers, the token at position p sees keys p - sliding_window
+     * + 1 .. p only (transformers' sliding_window_overlay: kv > q - W).
+     * sliding_window is 0 when no layer has a window; see
+     * lorac_model_layer_window */
+    int32_t sliding_window;
+    uint64_t window_layers[LORAC_MAX_LAYERS / 64];
     /* Granite's multipliers (1 for the others): the embedding's rows times
      * embedding_multiplier, each block's output added to the residual
      * stream times residual_multiplier, the logits divided by
@@ -79,6 +86,12 @@ typedef struct {
 /* 0 for a layer that applies no rotary embedding to q and k (SmolLM3's NoPE layers), else 1. */
 static inline int lorac_model_layer_has_rope(const lorac_model_config_t *c, int32_t layer) {
     return !((c->nope_layers[layer >> 6] >> (layer & 63)) & 1u);
+}
+
+/* The attention window of a layer: sliding_window for a windowed layer, 0
+ * where it sees every earlier position. */
+static inline int32_t lorac_model_layer_window(const lorac_model_config_t *c, int32_t layer) {
+    return ((c->window_layers[layer >> 6] >> (layer & 63)) & 1u) ? c->sliding_window : 0;
 }
 
 /* Parses config.json text. `label` names it in error messages. Unknown

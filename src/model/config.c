@@ -123,6 +123,65 @@ static lorac_status_t parse_nope_layers(const cJSON *root, const char *label, lo
     return LORAC_STATUS_OK;
 }
 
+/* Which layers attend through a sliding window, as transformers decides:
+ * a "layer_types" list ("full_attention" / "sliding_attention", one per
+ * layer) when the config has one; otherwise Mistral windows every layer
+ * whenever "sliding_window" is set (MistralConfig's default 4096 when the
+ * key is absent: Mistral 7B v0.1), Qwen2 and Qwen3 the layers from
+ * "max_window_layers" on (default 28) when "use_sliding_window" is true,
+ * and SmolLM3 its NoPE layers when "use_sliding_window" is true. Llama and
+ * Granite have no window. A window the architecture does not switch on
+ * ("use_sliding_window": false beside "sliding_window": 32768, as the
+ * Qwen2.5 configs ship) is none. */
+static lorac_status_t parse_sliding_window(const cJSON *root, const char *label, lorac_model_config_t *c) {
+    if (c->arch == LORAC_ARCH_LLAMA || c->arch == LORAC_ARCH_GRANITE) return LORAC_STATUS_OK;
+    int32_t window = c->arch == LORAC_ARCH_MISTRAL ? 4096 : 0;
+    const cJSON *w = cJSON_GetObjectItemCaseSensitive(root, "sliding_window");
+    if (w && cJSON_IsNull(w)) window = 0;
+    lorac_status_t s = get_int(root, label, "sliding_window", 0, 1, INT32_MAX, &window);
+    if (s) return s;
+    bool use = c->arch == LORAC_ARCH_MISTRAL;
+    if (!use && (s = get_bool(root, label, "use_sliding_window", &use))) return s;
+    if (!use) window = 0;
+    const cJSON *types = cJSON_GetObjectItemCaseSensitive(root, "layer_types");
+    if (types && !cJSON_IsNull(types)) {
+        if (!cJSON_IsArray(types) || cJSON_GetArraySize(types) != c->n_layers)
+            return lorac_error(LORAC_STATUS_FORMAT, "%s: \"layer_types\" must be a list of %d entries (one per layer)",
+                               label, c->n_layers);
+        int32_t l = 0;
+        const cJSON *e;
+        cJSON_ArrayForEach(e, types) {
+            if (!cJSON_IsString(e))
+                return lorac_error(LORAC_STATUS_FORMAT, "%s: \"layer_types\"[%d] must be a string", label, l);
+            if (strcmp(e->valuestring, "sliding_attention") == 0) {
+                if (!window)
+                    return lorac_error(LORAC_STATUS_FORMAT,
+                                       "%s: \"layer_types\"[%d] is \"sliding_attention\" but the config sets no sliding "
+                                       "window (\"sliding_window\" null or \"use_sliding_window\" false)",
+                                       label, l);
+                c->window_layers[l >> 6] |= (uint64_t)1 << (l & 63);
+            } else if (strcmp(e->valuestring, "full_attention") != 0) {
+                return lorac_error(LORAC_STATUS_UNSUPPORTED,
+                                   "%s: \"layer_types\"[%d] = \"%s\" is not supported (\"full_attention\" or "
+                                   "\"sliding_attention\")",
+                                   label, l, e->valuestring);
+            }
+            l++;
+        }
+    } else if (window) {
+        bool qwen = c->arch == LORAC_ARCH_QWEN2 || c->arch == LORAC_ARCH_QWEN3;
+        int32_t from = qwen ? 28 : 0;
+        if (qwen && (s = get_int(root, label, "max_window_layers", 0, 0, INT32_MAX, &from))) return s;
+        for (int32_t l = from; l < c->n_layers; l++)
+            if (c->arch != LORAC_ARCH_SMOLLM3 || !lorac_model_layer_has_rope(c, l))
+                c->window_layers[l >> 6] |= (uint64_t)1 << (l & 63);
+    }
+    /* sliding_window stays 0 unless some layer has the window */
+    for (int32_t i = 0; i < LORAC_MAX_LAYERS / 64; i++)
+        if (c->window_layers[i]) c->sliding_window = window;
+    return LORAC_STATUS_OK;
+}
+
 /* Granite's four multipliers, GraniteConfig's defaults 1 (attention_multiplier
  * 1 too: scores q·k unscaled unless the config says). */
 static lorac_status_t parse_granite(const cJSON *root, const char *label, lorac_model_config_t *c) {
@@ -221,6 +280,7 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
         c->qk_norm = c->arch == LORAC_ARCH_QWEN3;
     }
     if (c->arch == LORAC_ARCH_SMOLLM3 && (s = parse_nope_layers(root, label, c))) goto done;
+    if ((s = parse_sliding_window(root, label, c))) goto done;
     c->embedding_multiplier = c->residual_multiplier = c->logits_scaling = c->query_scale = 1.0f;
     if (c->arch == LORAC_ARCH_GRANITE && (s = parse_granite(root, label, c))) goto done;
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(root, "torch_dtype");

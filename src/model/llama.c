@@ -335,13 +335,18 @@ static void attention_block(lorac_context_t *ctx, const lorac_batch_t *b, int32_
      * back from the cache, in its dtype, as later tokens will read them). */
     lorac_dtype_t kvt = ctx->params.kv_dtype;
     size_t es = ctx->kv_size;
+    int32_t window = lorac_model_layer_window(c, l);
     for (int64_t t = 0; t < T; t++) {
         int64_t base = ((int64_t)b->seq_id[t] * c->n_layers + l) * n_ctx * KV, at = base + (int64_t)b->pos[t] * KV;
         lorac_kv_store((char *)ctx->k_cache + (size_t)at * es, kvt, ctx->k + t * KV, KV);
         lorac_kv_store((char *)ctx->v_cache + (size_t)at * es, kvt, ctx->v + t * KV, KV);
-        ctx->k_rows[t] = (const char *)ctx->k_cache + (size_t)base * es;
-        ctx->v_rows[t] = (const char *)ctx->v_cache + (size_t)base * es;
-        ctx->n_visible[t] = b->pos[t] + 1;
+        /* a sliding window's token sees the last `window` positions: its
+         * rows start there (the rows before stay in the cache, unread) */
+        int32_t first = window && b->pos[t] >= window ? b->pos[t] + 1 - window : 0;
+        int64_t from = base + (int64_t)first * KV;
+        ctx->k_rows[t] = (const char *)ctx->k_cache + (size_t)from * es;
+        ctx->v_rows[t] = (const char *)ctx->v_cache + (size_t)from * es;
+        ctx->n_visible[t] = b->pos[t] + 1 - first;
     }
     lorac_attention_forward(ctx->att, ctx->att_scratch, ctx->q, ctx->k_rows, ctx->v_rows, kvt, ctx->n_visible, T, H, KVH,
                             hd);

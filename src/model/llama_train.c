@@ -104,6 +104,7 @@ struct lorac_train_pass {
     float *chunk_max, *chunk_target_logit, *chunk_wrow; /* the online softmax (frozen classifier) */
     double *chunk_others;
     int32_t *chunk_targets, *start;
+    int32_t *start_window; /* start with the sliding window's limit (windowed layers); NULL: none */
     float *rope_cs; /* (N, head_dim): lorac_rope_table of the step's positions */
     float *att_scratch;
     int att_threads;
@@ -115,6 +116,11 @@ struct lorac_train_pass {
     double *phase_seconds, *phase_flops; /* lorac_train_pass_time_phases; NULL: not timed */
     double lap_start;
 };
+
+/* The first token each token of layer l attends to (see lorac_attention_train_forward). */
+static const int32_t *layer_start(const lorac_train_pass_t *p, int32_t l) {
+    return lorac_model_layer_window(&p->model->config, l) ? p->start_window : p->start;
+}
 
 /* Rows of the pass's loss chunks (at most the batch's rows). */
 static int64_t loss_rows(const lorac_train_pass_t *p) {
@@ -193,6 +199,7 @@ static void plan_activations(lorac_train_pass_t *p, arena_t *a) {
     CARVE(a, p->chunk_max, lr); CARVE(a, p->chunk_target_logit, lr);
     CARVE(a, p->chunk_others, lr); CARVE(a, p->chunk_wrow, D);
     CARVE(a, p->start, N); CARVE(a, p->rope_cs, N * c->head_dim);
+    if (c->sliding_window) CARVE(a, p->start_window, N);
 }
 
 static lorac_status_t add_param(lorac_train_pass_t *p, const char *name, float *data, float *grad, int64_t n) {
@@ -572,7 +579,8 @@ static void layer_forward(lorac_train_pass_t *p, int32_t l, float *x_out, float 
     }
     if (c->query_scale != 1.0f) lorac_scale(s->q, c->query_scale, N * H * hd); /* Granite's attention_multiplier */
     lap(p, LORAC_PHASE_ROPE);
-    lorac_attention_train_forward(s->att, s->lse, p->att_scratch, s->q, s->k, s->v, p->start, p->B, p->T, H, KVH, hd);
+    lorac_attention_train_forward(s->att, s->lse, p->att_scratch, s->q, s->k, s->v, layer_start(p, l), p->B, p->T, H, KVH,
+                                  hd);
     lap(p, LORAC_PHASE_ATTENTION);
     linear_forward(p, &L->proj[LORAC_LORA_O], p->tmp, s->att, s, LORAC_LORA_O, N, dropout, rng);
     add_into(s->x_mid, s->x_in, p->tmp, c->residual_multiplier, N * D);
@@ -613,8 +621,8 @@ static void layer_backward(lorac_train_pass_t *p, int32_t l, float *dres, float 
     /* attention: x_mid = x_in + o(attention(rope(q), rope(k), v)), q and k through their norms first with qk_norm */
     linear_backward(p, &L->proj[LORAC_LORA_O], p->datt, true, block_grad(p, dres, p->dres2, N * D), s->att, s,
                     LORAC_LORA_O, dropout, has_rng);
-    lorac_attention_train_backward(p->dq, p->dk, p->dv, p->att_scratch, p->datt, s->q, s->k, s->v, s->att, s->lse, p->start, p->B,
-                                   p->T, H, KVH, hd);
+    lorac_attention_train_backward(p->dq, p->dk, p->dv, p->att_scratch, p->datt, s->q, s->k, s->v, s->att, s->lse,
+                                   layer_start(p, l), p->B, p->T, H, KVH, hd);
     lap(p, LORAC_PHASE_ATTENTION);
     if (c->query_scale != 1.0f) lorac_scale(p->dq, c->query_scale, N * H * hd); /* q was scaled after rotary */
     if (lorac_model_layer_has_rope(c, l)) {
@@ -766,6 +774,11 @@ lorac_status_t lorac_train_pass_run(lorac_train_pass_t *p, const int32_t *tokens
         if (pos[i] < 0 || pos[i] > t)
             return lorac_error(LORAC_STATUS_INVALID_ARG, "position %d at row index %lld: must be in 0..%lld", pos[i], (long long)t, (long long)t);
         p->start[i] = (int32_t)(t - pos[i]);
+        /* a windowed layer's token sees the last sliding_window tokens of its example */
+        if (p->start_window) {
+            int64_t w = t + 1 - c->sliding_window;
+            p->start_window[i] = w > p->start[i] ? (int32_t)w : p->start[i];
+        }
     }
     int threads = lorac_kernels_get_threads();
     if (threads > p->att_threads) {

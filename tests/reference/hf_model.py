@@ -217,13 +217,13 @@ def make_config(cfg, dtype="F32", tie=False, bias=False, arch="llama"):
     elif arch == "mistral":
         if bias:
             raise ValueError("Mistral has no biases")
-        c["sliding_window"] = 4096
+        c["sliding_window"] = cfg.get("sliding_window", 4096)
     elif arch == "qwen2":
         if cfg.get("head_dim") is not None:
             raise ValueError("Qwen2 takes head_dim = hidden_size / heads")
-        c["use_sliding_window"] = False
-        c["sliding_window"] = 4096
-        c["max_window_layers"] = c["num_hidden_layers"]
+        c["use_sliding_window"] = cfg.get("use_sliding_window", False)
+        c["sliding_window"] = cfg.get("sliding_window", 4096)
+        c["max_window_layers"] = cfg.get("max_window_layers", c["num_hidden_layers"])
     elif arch == "granite":
         c["attention_bias"] = bool(bias)
         c["mlp_bias"] = False
@@ -236,7 +236,9 @@ def make_config(cfg, dtype="F32", tie=False, bias=False, arch="llama"):
     elif arch == "smollm3":
         c["attention_bias"] = bool(bias)
         c["mlp_bias"] = False
-        c["use_sliding_window"] = False
+        c["use_sliding_window"] = cfg.get("use_sliding_window", False)
+        if cfg.get("sliding_window") is not None:
+            c["sliding_window"] = cfg["sliding_window"]
         # an explicit list, or SmolLM3Config's default from the interval
         if cfg.get("no_rope_layers") is not None:
             c["no_rope_layers"] = list(cfg["no_rope_layers"])
@@ -245,9 +247,11 @@ def make_config(cfg, dtype="F32", tie=False, bias=False, arch="llama"):
     elif arch == "qwen3":
         c["head_dim"] = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
         c["attention_bias"] = bool(bias)
-        c["use_sliding_window"] = False
-        c["sliding_window"] = None
-        c["max_window_layers"] = c["num_hidden_layers"]
+        c["use_sliding_window"] = cfg.get("use_sliding_window", False)
+        c["sliding_window"] = cfg.get("sliding_window")
+        c["max_window_layers"] = cfg.get("max_window_layers", c["num_hidden_layers"])
+    if cfg.get("layer_types") is not None:
+        c["layer_types"] = list(cfg["layer_types"])
     return c
 
 
@@ -289,6 +293,34 @@ def rope_layers(c):
         return list(c["no_rope_layers"])
     n = c.get("no_rope_layer_interval", 4)
     return [int((i + 1) % n != 0) for i in range(L)]
+
+
+def attention_windows(c):
+    """Each layer's sliding window W (the token at position t sees keys
+    t - W + 1 .. t, transformers' `kv_idx > q_idx - sliding_window`) or
+    None for full attention, as transformers' configs decide: MistralConfig
+    windows every layer when sliding_window is set (default 4096);
+    Qwen2Config and Qwen3Config keep the window only with
+    use_sliding_window and put it on the layers from max_window_layers on;
+    SmolLM3Config on its NoPE layers with use_sliding_window; an explicit
+    layer_types list wins."""
+    L = c["num_hidden_layers"]
+    mt = c.get("model_type")
+    if mt in ("llama", "granite"):
+        return [None] * L
+    W = c.get("sliding_window", 4096 if mt == "mistral" else None)
+    if mt != "mistral" and not c.get("use_sliding_window", False):
+        W = None
+    if c.get("layer_types") is not None:
+        types = c["layer_types"]
+    elif mt == "mistral":
+        types = ["sliding_attention" if W else "full_attention"] * L
+    elif mt in ("qwen2", "qwen3"):
+        first = c.get("max_window_layers", 28)
+        types = ["sliding_attention" if W and i >= first else "full_attention" for i in range(L)]
+    else:  # smollm3
+        types = ["sliding_attention" if W and not r else "full_attention" for r in rope_layers(c)]
+    return [W if t == "sliding_attention" else None for t in types]
 
 
 def tensor_shapes(c):
@@ -482,7 +514,8 @@ def llama_forward(weights, c, ids, hf_float32_rope=False, return_hidden=False, k
     cos, sin = rotary_cos_sin(c, torch.arange(T), hf_float32_rope)  # (T, hd)
     cos, sin = cos[:, None, :], sin[:, None, :]
     causal = torch.ones(T, T, dtype=torch.bool).tril()
-    use_rope = rope_layers(c)
+    t_idx, s_idx = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    use_rope, windows = rope_layers(c), attention_windows(c)
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}."
         h = rms_norm(x, W(p + "input_layernorm.weight"), eps)
@@ -502,7 +535,8 @@ def llama_forward(weights, c, ids, hf_float32_rope=False, return_hidden=False, k
         k = k.repeat_interleave(rep, dim=1)                       # (T, H, hd)
         v = v.repeat_interleave(rep, dim=1)
         scores = torch.einsum("thd,shd->hts", q, k) * att_scale    # (H, T, T)
-        scores = scores.masked_fill(~causal, float("-inf"))
+        visible = causal if windows[i] is None else causal & (s_idx > t_idx - windows[i])
+        scores = scores.masked_fill(~visible, float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         o = torch.einsum("hts,shd->thd", probs, v).reshape(T, H * hd)
         x = x + res_mult * linear(o, p + "self_attn.o_proj")
