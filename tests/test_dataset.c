@@ -320,7 +320,9 @@ static void test_chat_render(void) {
     CHECK(!strcmp(lorac_dataset_chat_end_of_turn("llama3.2", NULL), "<|eot_id|>"));
     CHECK(!strcmp(lorac_dataset_chat_end_of_turn("zephyr", "<|endoftext|>"), "<|endoftext|>"));
     CHECK(!strcmp(lorac_dataset_chat_end_of_turn("llama-2", NULL), "</s>"));
-    CHECK(lorac_dataset_chat_end_of_turn("gemma", "</s>") == NULL);
+    CHECK(!strcmp(lorac_dataset_chat_end_of_turn("gemma", "<eos>"), "<end_of_turn>"));
+    CHECK(!strcmp(lorac_dataset_chat_end_of_turn("gemma3", NULL), "<end_of_turn>"));
+    CHECK(lorac_dataset_chat_end_of_turn("phi-3", "</s>") == NULL);
     check_render("zephyr", NULL, true, k_zephyr);
     check_render("chatml", NULL, true, k_chatml);
     check_render("chatml", "You are a helpful AI assistant named SmolLM, trained by Hugging Face", false,
@@ -387,7 +389,8 @@ static void test_chat_recognize(void) {
         {"chat-templates/meta-llama-Llama-3.1-8B-Instruct.jinja", "llama-3.1", NULL},
         {"chat-templates/meta-llama-Llama-3.2-3B-Instruct.jinja", "llama-3.1", NULL},
         {"tokenizers/llama3.2/chat_template.jinja", "llama-3.1", NULL},
-        {"chat-templates/google-gemma-2-2b-it.jinja", NULL, NULL},
+        {"chat-templates/google-gemma-2-2b-it.jinja", "gemma", NULL},
+        {"tests/data/chat/templates/gemma3.jinja", "gemma3", NULL},
         {"chat-templates/microsoft-Phi-3.5-mini-instruct.jinja", NULL, NULL},
         {"chat-templates/mistralai-Mistral-Nemo-Instruct-2407.jinja", "mistral", NULL},
         {"tests/data/chat/templates/mistral-7b-instruct-v0.1.jinja", "mistral-v0.1", NULL},
@@ -456,6 +459,18 @@ static void test_chat_recognize(void) {
     }
     free(fork);
     free(q3);
+    /* Gemma 3's with the system message and a single newline before the first turn (a GGUF's copy): refused */
+    char *g3 = read_template("tests/data/chat/templates/gemma3.jinja");
+    const char *two = g3 ? strstr(g3, "'\\n\\n' -%}") : NULL;
+    CHECK(two);
+    if (two) {
+        char *one = malloc(strlen(g3) + 1);
+        snprintf(one, strlen(g3) + 1, "%.*s'\\n' -%%}%s", (int)(two - g3), g3, two + strlen("'\\n\\n' -%}"));
+        CHECK(lorac_dataset_chat_template_recognize(one, &name, NULL) == LORAC_STATUS_UNSUPPORTED &&
+              strstr(lorac_error_message(), "a Gemma template other than Gemma 2's and 3's"));
+        free(one);
+    }
+    free(g3);
     CHECK(lorac_dataset_chat_template_recognize(
               "{%- for message in messages %}{%- if message.role == \"assistant\" %}{%- set content = "
               "message.content.split('</think>')[-1].lstrip('\\n') %}{{- '<|im_start|>' + message.role + '\\n' + content + "
@@ -490,7 +505,7 @@ static void test_chat_golden(void) {
         {"qwen2.5", "chatml"}, {"smollm2", "chatml"}, {"tinyllama", "zephyr"},
         {"llama-3.1", "llama-3.1"}, {"llama-3.2", "llama-3.1"}, {"mistral-nemo", "mistral"},
         {"mistral-v0.1", "mistral-v0.1"}, {"mistral-v0.2", "mistral-v0.2"}, {"mistral-v1", "mistral-v1"},
-        {"mistral-v3", "mistral-v3"}, {"qwen3", "qwen3"},
+        {"mistral-v3", "mistral-v3"}, {"qwen3", "qwen3"}, {"gemma-2", "gemma"}, {"gemma-3", "gemma3"},
     };
     char *text = tl_read_source("tests/data/chat/golden.json", NULL);
     cJSON *root = text ? cJSON_Parse(text) : NULL;
@@ -807,6 +822,42 @@ static void test_chat_mistral_data(void) {
     lorac_tokenizer_free(tok);
 }
 
+/* Gemma's templates on training data: SmolLM2's tokenizer with <bos>, <eos>,
+ * <start_of_turn> and <end_of_turn> added as special tokens, as Gemma's
+ * vocabulary has them. The renderings are what jinja2 renders from Gemma 3's
+ * and Gemma 2's templates (tests/data/chat/golden.json); the loss is on each
+ * reply and its <end_of_turn>, not on the newline after it. */
+static void test_chat_gemma_data(void) {
+    static const char *const extra[4] = {"<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"};
+    lorac_tokenizer_t *tok =
+        tokenizer_with_specials("tokenizers/smollm2-360m-instruct-ft/tokenizer.json", 49153, extra, 4);
+    if (!tok) return;
+    static const char turns[] = "<start_of_turn>model\nHello! How can I help?<end_of_turn>\n<start_of_turn>user\n"
+                                "Tell me a joke.<end_of_turn>\n<start_of_turn>model\nWhy did the chicken cross the road?"
+                                "<end_of_turn>\n";
+    char want[1024], buf[1024];
+    snprintf(want, sizeof want, "<bos><start_of_turn>user\nYou are helpful.\n\nHi there<end_of_turn>\n%s", turns);
+    conv_jsonl(buf, sizeof buf, true);
+    check_chat_jsonl("chat_gemma3.jsonl", buf, tok, "gemma3", NULL, want, "<start_of_turn>model\n", "<end_of_turn>",
+                     "gemma3");
+    snprintf(want, sizeof want, "<bos><start_of_turn>user\nHi there<end_of_turn>\n%s", turns);
+    conv_jsonl(buf, sizeof buf, false);
+    check_chat_jsonl("chat_gemma.jsonl", buf, tok, "gemma", NULL, want, "<start_of_turn>model\n", "<end_of_turn>",
+                     "gemma");
+    check_alternation_refused(tok, "gemma3");
+    /* Gemma 2's template refuses a system message */
+    conv_jsonl(buf, sizeof buf, true);
+    const char *path = write_file("chat_gemma_system.jsonl", buf, strlen(buf));
+    lorac_dataset_params_t p = lorac_dataset_default_params();
+    p.chat_template = "gemma";
+    lorac_dataset_t *ds = NULL;
+    CHECK_MSG(lorac_dataset_load(path, tok, &p, &ds) == LORAC_STATUS_FORMAT &&
+                  strstr(lorac_error_message(), "a system message is not supported"),
+              "%s", lorac_error_message());
+    lorac_dataset_free(ds);
+    lorac_tokenizer_free(tok);
+}
+
 /* Mistral 7B Instruct v0.3's template on training data: TinyLlama's
  * SentencePiece tokenizer (the kind v0.3 has) with [INST] and [/INST] added
  * as special tokens, as v0.3's vocabulary has them. The rendering is what
@@ -865,20 +916,28 @@ static void test_chat_data(void) {
           strstr(lorac_error_message(), "<|im_start|>"));
     p.chat_template = "bogus";
     CHECK(lorac_dataset_load(path, g_tl, &p, &ds) == LORAC_STATUS_INVALID_ARG);
-    /* unrecognisable config template: Gemma's */
-    char cfgbuf[2048], fx[1200];
-    snprintf(fx, sizeof fx, "%s/chat-templates/google-gemma-2-2b-it.jinja", tl_fixtures());
-    char *jinja = read_all(fx);
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "chat_template", jinja);
-    char *js = cJSON_PrintUnformatted(o);
-    const char *cfg = write_file("gemma_tokenizer_config.json", js, strlen(js));
-    snprintf(cfgbuf, sizeof cfgbuf, "%s", cfg);
-    free(js); free(jinja); cJSON_Delete(o);
-    p.chat_template = NULL;
-    p.tokenizer_config = cfgbuf;
-    CHECK(lorac_dataset_load(path, g_tl, &p, &ds) == LORAC_STATUS_UNSUPPORTED &&
-          strstr(lorac_error_message(), "Gemma") && strstr(lorac_error_message(), "--chat-template"));
+    /* an unrecognisable config template (Phi-3's), and Gemma 2's, which lorac knows, on a tokenizer without
+     * Gemma's turn markers */
+    static const struct { const char *file, *want; } unusable[] = {
+        {"chat-templates/microsoft-Phi-3.5-mini-instruct.jinja", "Phi-3"},
+        {"chat-templates/google-gemma-2-2b-it.jinja", "\"<start_of_turn>\", which is not a single token"},
+    };
+    for (size_t i = 0; i < sizeof unusable / sizeof *unusable; i++) {
+        char cfgbuf[2048], fx[1200];
+        snprintf(fx, sizeof fx, "%s/%s", tl_fixtures(), unusable[i].file);
+        char *jinja = read_all(fx);
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "chat_template", jinja);
+        char *js = cJSON_PrintUnformatted(o);
+        const char *cfg = write_file("unusable_tokenizer_config.json", js, strlen(js));
+        snprintf(cfgbuf, sizeof cfgbuf, "%s", cfg);
+        free(js); free(jinja); cJSON_Delete(o);
+        p.chat_template = NULL;
+        p.tokenizer_config = cfgbuf;
+        CHECK_MSG(lorac_dataset_load(path, g_tl, &p, &ds) == LORAC_STATUS_UNSUPPORTED &&
+                      strstr(lorac_error_message(), unusable[i].want) && strstr(lorac_error_message(), "--chat-template"),
+                  "%s: %s", unusable[i].file, lorac_error_message());
+    }
 }
 
 /* ---- real datasets in other shapes ---- */
@@ -1520,6 +1579,7 @@ int main(void) {
     test_chat_render();
     test_chat_recognize();
     test_chat_golden();
+    test_chat_gemma_data();
     test_chat_data();
     test_chat_mistral_data();
     test_chat_mistral_v3_data();

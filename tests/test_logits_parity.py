@@ -38,7 +38,7 @@ TOL = {"F32": 1e-5, "BF16": 1e-2, "F16": 1e-2}
 KV_TOL = 1e-4
 # the cases run again with a BF16 and an F16 KV cache
 KV_CASES = {"llama-gqa-tied-f32", "llama-bias-gqa-bf16", "qwen2-mqa-tied-f32", "mistral-headdim-f16",
-            "qwen3-gqa-tied-f32", "mistral-window-gqa-f32"}
+            "qwen3-gqa-tied-f32", "mistral-window-gqa-f32", "gemma3-window-tied-f32"}
 
 
 def cfg(D, F, L, H, KV, V, **kw):
@@ -112,6 +112,17 @@ CASES = [
     # SmolLM3: the window on its NoPE layers (1 and 3)
     ("smollm3-window-nope-f32", cfg(48, 100, 4, 4, 2, 97, use_sliding_window=True, sliding_window=3,
                                     no_rope_layers=[1, 0, 1, 0]), dict(dtype="F32", arch="smollm3"), 13),
+    # Gemma 3: (1 + w) norms, sandwich norms, GeGLU, q/k norms, the embedding
+    # times sqrt(64), query_pre_attn_scalar 24 != head_dim 16; windows of 4
+    # on layers 0 and 2 (sliding_window_pattern 2) with their own rotary base
+    ("gemma3-window-tied-f32", cfg(64, 128, 4, 4, 2, 97, head_dim=16, sliding_window=4, sliding_window_pattern=2,
+                                   query_pre_attn_scalar=24, rope_local_base_freq=100.0),
+     dict(dtype="F32", arch="gemma3", tie=True), 15),
+    # Gemma 3 in BF16: sqrt(48) = 6.93 rounds to 6.9375 in the embedding's
+    # dtype; linear rope scaling on the global layer 1; MQA, untied
+    ("gemma3-linear-rope-bf16", cfg(48, 100, 2, 4, 1, 89, head_dim=12, sliding_window=3, sliding_window_pattern=2,
+                                    rope_scaling={"rope_type": "linear", "factor": 4.0}),
+     dict(dtype="BF16", arch="gemma3"), 11),
 ]
 
 results = []  # (name, ok)
@@ -204,6 +215,13 @@ def parity_case(name, shape, kw, T, seed):
     record(name, r <= tol,
            f"max|d|={diff.max():.3e} max|ref|={np.abs(ref).max():.3f} rel={r:.2e} (tol {tol:.0e}) "
            f"worst at t={t} v={v}; argmax agrees {same_argmax}/{T}")
+    if hm.is_gemma3(c) and kw.get("dtype", "F32") != "F32":
+        # Gemma's embedding scale is sqrt(hidden_size) rounded to the embedding's dtype: lorac must be
+        # far closer to that than to the unrounded scale (the gap is below the BF16 bound)
+        exact = hm.llama_forward(w, c, ids, exact_embed_scale=True).numpy()
+        gap = float(np.abs(exact - ref).max() / np.abs(ref).max())
+        record(name + "-embed-scale-rounded", r < gap / 10,
+               f"rel {r:.2e} against the rounded scale's reference, which the unrounded scale moves by {gap:.2e}")
     windows = hm.attention_windows(c)
     if any(windows):
         # lorac reads the same windows off config.json as the reference
@@ -264,19 +282,24 @@ def negative_cases():
     hm.save_safetensors(os.path.join(d, "model.safetensors"), w)
     error_case("error-missing-up_proj", d, [re.escape(gone)])
 
-    # a Qwen3 model without a q_norm, and one whose k_norm is not head_dim long
-    d = os.path.join(TMP, "qwen3-without-norms")
-    shutil.rmtree(d, ignore_errors=True)
-    c, w = hm.make_random_model(d, dict(small, head_dim=12), seed=104, arch="qwen3")
-    norm = "model.layers.0.self_attn.q_norm.weight"
-    del w[norm]
-    hm.save_safetensors(os.path.join(d, "model.safetensors"), w)
-    error_case("error-qwen3-missing-q_norm", d, [re.escape(f'missing tensor "{norm}"')])
-    c, w = hm.make_random_model(d, dict(small, head_dim=12), seed=104, arch="qwen3")
-    norm = "model.layers.1.self_attn.k_norm.weight"
-    w[norm] = torch.ones(48 // 4)[:10]
-    hm.save_safetensors(os.path.join(d, "model.safetensors"), w)
-    error_case("error-qwen3-k_norm-shape", d, [re.escape(norm), re.escape("has shape [10], expected [12]")])
+    # a Qwen3 model without a q_norm, and one whose k_norm is not head_dim long;
+    # a Gemma 3 model without a post-feedforward norm, and one whose MLP input norm has a wrong shape
+    for arch, seed, gone, bad, bad_size in [
+            ("qwen3", 104, "model.layers.0.self_attn.q_norm.weight", "model.layers.1.self_attn.k_norm.weight", 10),
+            ("gemma3", 105, "model.layers.1.post_feedforward_layernorm.weight",
+             "model.layers.0.pre_feedforward_layernorm.weight", 47)]:
+        d = os.path.join(TMP, f"{arch}-without-norms")
+        shutil.rmtree(d, ignore_errors=True)
+        c, w = hm.make_random_model(d, dict(small, head_dim=12), seed=seed, arch=arch)
+        want = w[bad].shape[0]
+        del w[gone]
+        hm.save_safetensors(os.path.join(d, "model.safetensors"), w)
+        error_case(f"error-{arch}-missing-{gone.split('.')[-2]}", d, [re.escape(f'missing tensor "{gone}"')])
+        c, w = hm.make_random_model(d, dict(small, head_dim=12), seed=seed, arch=arch)
+        w[bad] = torch.zeros(bad_size)
+        hm.save_safetensors(os.path.join(d, "model.safetensors"), w)
+        error_case(f"error-{arch}-{bad.split('.')[-2]}-shape", d,
+                   [re.escape(bad), re.escape(f"has shape [{bad_size}], expected [{want}]")])
 
 
 def main():

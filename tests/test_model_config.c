@@ -166,6 +166,49 @@ int main(void) {
                 "{\"rope_type\": \"default\", \"rope_theta\": 1e6}}}", LORAC_STATUS_UNSUPPORTED, "per layer type");
     expect_fail("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rope_parameters\": {\"factor\": 4.0}}",
                 LORAC_STATUS_FORMAT, "no \"rope_type\"");
+    /* Gemma 3 (Gemma3TextConfig's defaults: head_dim 256, rope_theta 1e6, local base 1e4, window 4096 on every
+     * layer but each 6th, tied, query_pre_attn_scalar 256); 5.x's per-layer-type rope_parameters */
+    expect_ok("{\"architectures\": [\"Gemma3ForCausalLM\"], \"hidden_size\": 64, \"intermediate_size\": 172, "
+              "\"num_hidden_layers\": 7, \"num_attention_heads\": 4, \"num_key_value_heads\": 1, \"vocab_size\": 512, "
+              "\"hidden_activation\": \"gelu_pytorch_tanh\", \"attn_logit_softcapping\": null}", &c);
+    CHECK(c.arch == LORAC_ARCH_GEMMA3 && c.head_dim == 256 && c.qk_norm && c.sandwich_norms && c.tie_word_embeddings);
+    CHECK(c.act == LORAC_ACT_GELU_TANH && !c.qkv_bias && !c.mlp_bias && c.rope_linear_factor == 1.0f);
+    CHECK_NEAR(c.norm_offset, 1.0, 0);
+    CHECK_NEAR(c.rope_theta, 1e6, 0);
+    CHECK_NEAR(c.rope_local_theta, 1e4, 0);
+    CHECK_NEAR(c.query_scale, 1.0, 0); /* 256^-1/2 is head_dim^-1/2 */
+    CHECK_NEAR(c.embedding_multiplier, 8.0, 0);
+    CHECK(c.sliding_window == 4096);
+    for (int32_t l = 0; l < 7; l++) CHECK_MSG((lorac_model_layer_window(&c, l) != 0) == (l != 5), "layer %d", l);
+    expect_ok("{\"architectures\": [\"Gemma3ForCausalLM\"], " BASE ", \"head_dim\": 16, \"query_pre_attn_scalar\": 64, "
+              "\"sliding_window\": 512, \"sliding_window_pattern\": 2, \"rope_local_base_freq\": 5000, "
+              "\"rope_scaling\": {\"rope_type\": \"linear\", \"factor\": 8.0}, \"tie_word_embeddings\": false}", &c);
+    CHECK(c.sliding_window == 512 && lorac_model_layer_window(&c, 0) == 512 && lorac_model_layer_window(&c, 1) == 0);
+    CHECK(!c.tie_word_embeddings);
+    CHECK_NEAR(c.query_scale, 0.5, 0); /* scores times 64^-1/2 = 16^-1/2 / 2 */
+    CHECK_NEAR(c.rope_linear_factor, 8.0, 0);
+    CHECK_NEAR(c.rope_local_theta, 5000, 0);
+    expect_ok("{\"architectures\": [\"Gemma3ForCausalLM\"], " BASE ", \"rope_parameters\": {\"full_attention\": "
+              "{\"rope_type\": \"linear\", \"factor\": 8.0, \"rope_theta\": 2e6}, \"sliding_attention\": "
+              "{\"rope_type\": \"default\", \"rope_theta\": 2e4}}}", &c);
+    CHECK_NEAR(c.rope_theta, 2e6, 0);
+    CHECK_NEAR(c.rope_linear_factor, 8.0, 0);
+    CHECK_NEAR(c.rope_local_theta, 2e4, 0);
+    expect_ok("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rope_scaling\": {\"type\": \"linear\", "
+              "\"factor\": 2.0}}", &c); /* linear scaling is not Gemma's alone */
+    CHECK_NEAR(c.rope_linear_factor, 2.0, 0);
+    CHECK(c.norm_offset == 0.0f && !c.sandwich_norms && c.act == LORAC_ACT_SILU && c.rope_local_theta == 0.0f);
+    expect_fail("{\"architectures\": [\"Gemma3ForCausalLM\"], " BASE ", \"final_logit_softcapping\": 30.0}",
+                LORAC_STATUS_UNSUPPORTED, "\"final_logit_softcapping\" is not supported");
+    expect_fail("{\"architectures\": [\"Gemma3ForCausalLM\"], " BASE ", \"hidden_activation\": \"gelu\"}",
+                LORAC_STATUS_UNSUPPORTED, "hidden_activation \"gelu\" is not supported");
+    expect_fail("{\"architectures\": [\"Gemma3ForCausalLM\"], " BASE ", \"rope_parameters\": {\"full_attention\": "
+                "{\"rope_type\": \"default\"}, \"sliding_attention\": {\"rope_type\": \"linear\", \"factor\": 2}}}",
+                LORAC_STATUS_UNSUPPORTED, "rope_parameters.sliding_attention type \"linear\"");
+    expect_fail("{\"architectures\": [\"Gemma3ForCausalLM\"], " BASE ", \"query_pre_attn_scalar\": -1}",
+                LORAC_STATUS_FORMAT, "query_pre_attn_scalar");
+    expect_fail("{\"architectures\": [\"Gemma3ForCausalLM\"], " BASE ", \"sliding_window_pattern\": 0}",
+                LORAC_STATUS_FORMAT, "sliding_window_pattern");
     expect_fail("", LORAC_STATUS_FORMAT, "not valid JSON");
     expect_fail("{\"architectures\": [\"LlamaForCausalLM\"], ", LORAC_STATUS_FORMAT, "not valid JSON");
     expect_fail("[1, 2]", LORAC_STATUS_FORMAT, "not a JSON object");

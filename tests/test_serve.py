@@ -828,6 +828,48 @@ def test_qwen3_server():
     check(rc == 0, f"qwen3 server: exit {rc}")
 
 
+def test_gemma3_server():
+    """A random Gemma 3 model with SmolLM2's tokenizer plus Gemma's <bos>,
+    <eos>, <start_of_turn> and <end_of_turn> as special tokens, and a
+    tokenizer_config.json holding Gemma 3's chat template: the server
+    recognises the template itself, folds the system message into the first
+    user turn as Gemma 3's Jinja does, and answers."""
+    d = os.path.join(TMP, "gemma3")
+    hf_model.make_random_model(d, dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                                       num_key_value_heads=1, head_dim=16, vocab_size=49168, sliding_window=8,
+                                       sliding_window_pattern=2), arch="gemma3", tie=True, seed=6)
+    with open(os.path.join(FIX, "tokenizers", "smollm2-360m-instruct-ft", "tokenizer.json"), encoding="utf-8") as f:
+        tj = json.load(f)
+    for i, t in enumerate(["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"]):
+        tj["added_tokens"].append({"id": 49153 + i, "content": t, "single_word": False, "lstrip": False,
+                                   "rstrip": False, "normalized": False, "special": True})
+    with open(os.path.join(d, "tokenizer.json"), "w", encoding="utf-8") as f:
+        json.dump(tj, f, ensure_ascii=False)
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "data", "chat", "templates", "gemma3.jinja"), encoding="utf-8") as f:
+        template = f.read()
+    with open(os.path.join(d, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump({"bos_token": "<bos>", "eos_token": "<eos>", "chat_template": template}, f)
+    s = Server(["-m", d, "--served-model-name", "g3"], os.path.join(TMP, "server-gemma3.log"))
+    try:
+        msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": " Hi there "}]
+        text = "<bos><start_of_turn>user\nBe brief.\n\nHi there<end_of_turn>\n<start_of_turn>model\n"
+        want = [int(x) for x in subprocess.run([BIN, "tokenize", "-m", d, "--no-special", "-p", text],
+                                               capture_output=True, text=True, check=True).stdout.split()]
+        check(want[0] == 49153 and want.count(49155) == 2 and 49156 in want, f"gemma3 prompt ids {want}")
+        st, _, data = post(s.port, "/tokenize", {"messages": msgs})
+        check(st == 200 and json.loads(data)["tokens"] == want, f"gemma3 /tokenize: {st} {data[:300]}")
+        r = complete(s.port, {"model": "g3", "messages": msgs, "max_tokens": 3, "temperature": 0})
+        check(r["status"] == 200 and r["object"]["usage"]["prompt_tokens"] == len(want),
+              f"gemma3 chat: {r.get('status')} {r.get('object')}")
+        st, _, data = post(s.port, "/v1/chat/completions",
+                           {"model": "g3", "messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]})
+        check(st == 400 and b"alternate" in data, f"gemma3 two user turns: {st} {data[:300]}")
+    finally:
+        rc = s.stop()
+    check(rc == 0, f"gemma3 server: exit {rc}")
+
+
 def main():
     if not BIN or not FIX:
         print("LORAC_BIN and LORAC_FIXTURES must be set")
@@ -854,10 +896,11 @@ def main():
         print(f"shutdown: {time.time() - t:.1f}s", flush=True)
     test_second_server(model)
     test_qwen3_server()
+    test_gemma3_server()
     print(f"total {time.time() - t0:.1f}s")
     print(f"{passed} passed, {failed} failed")
     if failed:
-        for log in ("server.log", "server2.log", "server3.log"):
+        for log in ("server.log", "server2.log", "server3.log", "server-gemma3.log"):
             path = os.path.join(TMP, log)
             if os.path.exists(path):
                 lines = open(path, errors="replace").read().splitlines()

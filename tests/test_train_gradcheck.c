@@ -1,6 +1,6 @@
 /* Gradients of the training pass against central finite differences of its
  * own loss, for every LoRA target kind, for full fine-tuning, with GQA,
- * biases, Qwen3's per-head q/k norms, sliding windows, tied embeddings, masked targets, packed rows, a vocabulary the
+ * biases, Qwen3's per-head q/k norms, sliding windows, Gemma 3's norms and GeGLU, tied embeddings, masked targets, packed rows, a vocabulary the
  * loss takes in several blocks, and an adapter on the upper layers only. The forward is
  * f32, so the comparison is a normalised error over many sampled elements:
  * |g - fd| / (|g| + |fd|) summed, as test-backend-ops does.
@@ -249,6 +249,14 @@ int main(void) {
     tiny_model_t qwen_window = {.D = 12, .I = 20, .L = 2, .H = 3, .KVH = 1, .HD = 6, .V = 19, .qwen2 = 1, .bias = 1, .window = 3,
                                 .seed = 16};
     full_case("full-qwen2-window", qwen_window);
+    /* Gemma 3: (1 + w) norms, sandwich norms, GeGLU, q/k norms, the scaled
+     * embedding, query_pre_attn_scalar; windows of 3 with their own rotary
+     * base on layer 0 */
+    tiny_model_t gemma3 = gqa;
+    gemma3.gemma3 = 1, gemma3.tied = 1, gemma3.window = 3, gemma3.seed = 17;
+    lora_case("lora-gemma3", gemma3, "all-linear", NULL);
+    gemma3.seed = 18;
+    full_case("full-gemma3-tied", gemma3);
     tiny_model_t untied = gqa;
     untied.seed = 6;
     full_case("full-untied", untied);

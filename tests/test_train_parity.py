@@ -242,6 +242,12 @@ def main():
     mistral_window = dict(gqa, sliding_window=4)
     run_case("mistral-window", mistral_window, "mistral", False, False, ["q_proj", "k_proj", "v_proj", "o_proj"], 4, 8,
              False, 3, 2, 1, 12, 1e-2, 0.0, 1.0, "constant", 0, 13)
+    # Gemma 3: (1 + w) norms, sandwich norms, GeGLU, q/k norms, the scaled embedding, windows of 4 on layer 0
+    # with their own rotary base, query_pre_attn_scalar 12 != head_dim 8
+    gemma3 = dict(gqa, head_dim=8, sliding_window=4, sliding_window_pattern=2, query_pre_attn_scalar=12,
+                  rope_local_base_freq=100.0)
+    run_case("gemma3-all-linear", gemma3, "gemma3", True, False, list(MODULES), 4, 8, False, 3, 2, 1, 12, 1e-2, 0.01,
+             1.0, "constant", 0, 15)
     run_full_case("full-gqa-bias", gqa, False, True, 3, 2, 12, 1e-2, 0.01, 1.0, 4)
     run_full_case("full-qwen3-bias", qwen3, False, True, 2, 2, 10, 1e-2, 0.0, 1.0, 8, arch="qwen3")
     run_full_case("full-smollm3", smollm3, True, False, 2, 2, 10, 1e-2, 0.0, 1.0, 10, arch="smollm3")
@@ -249,6 +255,7 @@ def main():
     run_full_case("full-tied", gqa, True, False, 2, 2, 10, 5e-3, 0.0, 0.0, 5)
     # Qwen2 with use_sliding_window: a window of 3 on layer 1 only (max_window_layers 1)
     qwen_window = dict(qwen, num_hidden_layers=2, use_sliding_window=True, sliding_window=3, max_window_layers=1)
+    run_full_case("full-gemma3", gemma3, True, False, 2, 2, 10, 1e-2, 0.0, 1.0, 16, arch="gemma3")
     run_full_case("full-qwen2-window", qwen_window, False, False, 2, 2, 10, 1e-2, 0.0, 1.0, 14, arch="qwen2")
     passed = sum(1 for _, ok, _ in results if ok)
     for name, ok, msg in results:

@@ -136,8 +136,15 @@ void lorac_convert_to_f32(float *dst, const void *src, lorac_dtype_t dtype, int6
  * out may be x (in place). */
 void lorac_rmsnorm_forward(float *out, float *rstd, const float *x, const void *w,
                            lorac_dtype_t wtype, float eps, int64_t T, int64_t C);
+/* The same with the weight read as (w + w_offset): Gemma's RMSNorm scales
+ * by (1 + w). */
+void lorac_rmsnorm_forward_offset(float *out, float *rstd, const float *x, const void *w, lorac_dtype_t wtype,
+                                  float w_offset, float eps, int64_t T, int64_t C);
 /* out (T,H) = silu(gate) * up, gate and up (T,H). */
 void lorac_swiglu_forward(float *out, const float *gate, const float *up, int64_t T, int64_t H);
+/* out (T,H) = gelu(gate) * up with GELU's tanh approximation,
+ * gelu(g) = g/2 · (1 + tanh(sqrt(2/π) · (g + 0.044715 g³))) (GeGLU). */
+void lorac_geglu_forward(float *out, const float *gate, const float *up, int64_t T, int64_t H);
 /* Rotary embedding, HuggingFace rotate-half layout, in place on x (T, n_heads, head_dim);
  * positions (T); inv_freq (head_dim/2). */
 void lorac_rope_forward(float *x, const int32_t *positions, const float *inv_freq,
@@ -174,10 +181,16 @@ void lorac_kv_store(void *dst, lorac_dtype_t dtype, const float *src, int64_t n)
 /* x, dx, dout are (T,C); w, dw are (C) (dw f32, may be NULL); rstd (T) from forward. */
 void lorac_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const void *w,
                             lorac_dtype_t wtype, const float *rstd, int64_t T, int64_t C);
+/* The backward of lorac_rmsnorm_forward_offset (dw is the gradient of w). */
+void lorac_rmsnorm_backward_offset(float *dx, float *dw, const float *dout, const float *x, const void *w,
+                                   lorac_dtype_t wtype, float w_offset, const float *rstd, int64_t T, int64_t C);
 /* dgate, dup = d(silu(gate)*up) given dout (set, not accumulated: the
  * step's only writer); all (T,H). */
 void lorac_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                            int64_t T, int64_t H);
+/* The same for lorac_geglu_forward's gelu(gate)*up. */
+void lorac_geglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                          int64_t T, int64_t H);
 /* The inverse rotation of lorac_rope_forward, in place on dx (T, n_heads, head_dim). */
 void lorac_rope_backward(float *dx, const int32_t *positions, const float *inv_freq,
                          int64_t T, int64_t n_heads, int64_t head_dim);

@@ -33,8 +33,13 @@ typedef enum {
     LORAC_ARCH_QWEN2,
     LORAC_ARCH_QWEN3,
     LORAC_ARCH_SMOLLM3,
-    LORAC_ARCH_GRANITE
+    LORAC_ARCH_GRANITE,
+    LORAC_ARCH_GEMMA3
 } lorac_arch_t;
+
+/* The MLP's activation: silu(gate)·up (SwiGLU), or gelu(gate)·up with
+ * GELU's tanh approximation (GeGLU: Gemma's "gelu_pytorch_tanh"). */
+typedef enum { LORAC_ACT_SILU = 0, LORAC_ACT_GELU_TANH } lorac_act_t;
 
 #define LORAC_MAX_LAYERS 4096
 
@@ -55,6 +60,11 @@ typedef struct {
     bool rope_llama3;
     float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
     int32_t rope_original_max_position;
+    /* "rope_type": "linear": every frequency divided by it; 1 otherwise */
+    float rope_linear_factor;
+    /* Gemma 3: the windowed layers' rotary base ("rope_local_base_freq"),
+     * unscaled; 0: every layer uses rope_theta */
+    float rope_local_theta;
     bool tie_word_embeddings;
     bool qkv_bias;                /* Qwen2, or Llama's and Qwen3's "attention_bias" */
     bool o_bias;                  /* Llama's and Qwen3's "attention_bias" */
@@ -77,6 +87,14 @@ typedef struct {
      * instead of 1/sqrt(head_dim), which the pass applies as q times
      * query_scale = attention_multiplier·sqrt(head_dim) */
     float embedding_multiplier, residual_multiplier, logits_scaling, query_scale;
+    /* Gemma 3: every RMSNorm scales by (1 + w) (norm_offset 1; 0 for the
+     * others); each block's output is normalised before it joins the
+     * residual stream (sandwich_norms: post_attention_layernorm and
+     * post_feedforward_layernorm, the MLP's input norm then being
+     * pre_feedforward_layernorm); the MLP's activation */
+    float norm_offset;
+    bool sandwich_norms;
+    lorac_act_t act;
     int32_t bos_id;               /* -1 when absent */
     int32_t n_eos;                /* eos_token_id may be a list */
     int32_t eos_ids[LORAC_MAX_EOS_IDS];

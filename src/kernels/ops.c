@@ -11,10 +11,10 @@
 #include "kernels/ops_internal.h"
 #include "lorac/kernels.h"
 
-/* One row of lorac_rmsnorm_forward: ot = xt * r * w, and *rt = r when
- * rt is given. */
-static inline void rmsnorm_row(float *ot, float *rt, const float *xt, const void *w, lorac_dtype_t wtype, float eps,
-                               int64_t C) {
+/* One row of lorac_rmsnorm_forward_offset: ot = xt * r * (w + off), and
+ * *rt = r when rt is given. */
+static inline void rmsnorm_row(float *ot, float *rt, const float *xt, const void *w, lorac_dtype_t wtype, float off,
+                               float eps, int64_t C) {
     /* double: long rows of large activations lose bits in f32; in vector
      * lanes, as one sequential chain waited on each add */
     double ss = 0.0;
@@ -25,29 +25,36 @@ static inline void rmsnorm_row(float *ot, float *rt, const float *xt, const void
     if (wtype == LORAC_DTYPE_F32) {
         const float *wf = w;
         #pragma omp simd
-        for (int64_t c = 0; c < C; c++) ot[c] = xt[c] * r * wf[c];
+        for (int64_t c = 0; c < C; c++) ot[c] = xt[c] * r * (wf[c] + off);
     } else if (wtype == LORAC_DTYPE_BF16) {
         const uint16_t *wb = w;
         #pragma omp simd
-        for (int64_t c = 0; c < C; c++) ot[c] = xt[c] * r * lorac_bf16_to_f32(wb[c]);
+        for (int64_t c = 0; c < C; c++) ot[c] = xt[c] * r * (lorac_bf16_to_f32(wb[c]) + off);
     } else {
-        for (int64_t c = 0; c < C; c++) ot[c] = xt[c] * r * weight_at(w, wtype, c);
+        for (int64_t c = 0; c < C; c++) ot[c] = xt[c] * r * (weight_at(w, wtype, c) + off);
     }
 }
 
-// out, x are (T,C), w is (C). out = x * rstd * w, rstd = 1/sqrt(mean(x²)+eps)
+// out, x are (T,C), w is (C). out = x * rstd * (w + w_offset), rstd = 1/sqrt(mean(x²)+eps)
 // Rows are independent: threaded over rows, the same bits at any thread count.
 LORAC_MULTIVERSION
-void lorac_rmsnorm_forward(float *out, float *rstd, const float *x, const void *w,
-                           lorac_dtype_t wtype, float eps, int64_t T, int64_t C) {
+void lorac_rmsnorm_forward_offset(float *out, float *rstd, const float *x, const void *w, lorac_dtype_t wtype,
+                                  float w_offset, float eps, int64_t T, int64_t C) {
     /* Below the threshold (decode's row) no OpenMP region at all: even one
      * with a false if clause goes through the runtime and sets up a team. */
     if (T * C < LORAC_PARALLEL_MIN_ELEMS) {
-        for (int64_t t = 0; t < T; t++) rmsnorm_row(out + t * C, rstd ? rstd + t : NULL, x + t * C, w, wtype, eps, C);
+        for (int64_t t = 0; t < T; t++)
+            rmsnorm_row(out + t * C, rstd ? rstd + t : NULL, x + t * C, w, wtype, w_offset, eps, C);
         return;
     }
     #pragma omp parallel for num_threads(lorac_kernels_get_threads()) schedule(static)
-    for (int64_t t = 0; t < T; t++) rmsnorm_row(out + t * C, rstd ? rstd + t : NULL, x + t * C, w, wtype, eps, C);
+    for (int64_t t = 0; t < T; t++)
+        rmsnorm_row(out + t * C, rstd ? rstd + t : NULL, x + t * C, w, wtype, w_offset, eps, C);
+}
+
+void lorac_rmsnorm_forward(float *out, float *rstd, const float *x, const void *w,
+                           lorac_dtype_t wtype, float eps, int64_t T, int64_t C) {
+    lorac_rmsnorm_forward_offset(out, rstd, x, w, wtype, 0.0f, eps, T, C);
 }
 
 // out, gate, up are (T,H). out = gate * sigmoid(gate) * up
@@ -65,6 +72,19 @@ void lorac_swiglu_forward(float *out, const float *gate, const float *up, int64_
     }
     #pragma omp parallel for simd num_threads(lorac_kernels_get_threads()) schedule(static)
     for (int64_t i = 0; i < n; i++) out[i] = gate[i] * sigmoid_f32(gate[i]) * up[i];
+}
+
+// out = gelu(g) * u, gelu(g) = g/2 (1 + tanh(sqrt(2/π) (g + 0.044715 g³)))
+LORAC_MULTIVERSION
+void lorac_geglu_forward(float *out, const float *gate, const float *up, int64_t T, int64_t H) {
+    int64_t n = T * H;
+    if (n < LORAC_PARALLEL_MIN_ELEMS) { /* as lorac_swiglu_forward: no OpenMP region at decode */
+        #pragma omp simd
+        for (int64_t i = 0; i < n; i++) out[i] = gelu_tanh_f32(gate[i]) * up[i];
+        return;
+    }
+    #pragma omp parallel for simd num_threads(lorac_kernels_get_threads()) schedule(static)
+    for (int64_t i = 0; i < n; i++) out[i] = gelu_tanh_f32(gate[i]) * up[i];
 }
 
 // x is (T, n_heads, head_dim), rotated in place. HF rotate-half layout: the

@@ -65,6 +65,23 @@ static inline float sigmoid_f32(float g) {
     return g >= 0.0f ? s : e * s;
 }
 
+/* GELU's tanh approximation g/2 · (1 + tanh(u)), u = sqrt(2/π) (g + 0.044715 g³),
+ * written as g · σ(2u) (1 + tanh(u) = 2σ(2u)), which vectorises through
+ * sigmoid_f32 and has no cancellation near 0. gelu_tanh_grad_f32 is its
+ * derivative, σ(2u) + g · 2σ(2u)(1 − σ(2u)) · u'; past |g| = 20 the second
+ * term is exactly 0 in f32, and g is clamped there so that g² cannot
+ * overflow into 0 · inf. */
+#define GELU_K0 0.7978845608028654f /* sqrt(2/π) */
+#define GELU_K1 0.044715f
+static inline float gelu_tanh_f32(float g) {
+    return g * sigmoid_f32(2.0f * GELU_K0 * (g + GELU_K1 * g * g * g));
+}
+static inline float gelu_tanh_grad_f32(float g) {
+    float gc = g > 20.0f ? 20.0f : g < -20.0f ? -20.0f : g;
+    float s = sigmoid_f32(2.0f * GELU_K0 * (gc + GELU_K1 * gc * gc * gc));
+    return s + gc * 2.0f * s * (1.0f - s) * GELU_K0 * (1.0f + 3.0f * GELU_K1 * gc * gc);
+}
+
 /* Below this many elements an elementwise kernel stays on the calling
  * thread: at decode (one row) a parallel region costs more than the work. */
 #define LORAC_PARALLEL_MIN_ELEMS 32768

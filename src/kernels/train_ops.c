@@ -9,13 +9,13 @@
 #include "kernels/ops_internal.h"
 #include "kernels/kernels_internal.h"
 
-// y = x * r * w with r = (mean(x²) + eps)^-1/2, so
-// dx_i = r * w_i * dy_i - x_i * r³/C * Σ_j dy_j w_j x_j ;  dw_i = Σ_t dy_i x_i r
+// y = x * r * (w + off) with r = (mean(x²) + eps)^-1/2, so, with w' = w + off,
+// dx_i = r * w'_i * dy_i - x_i * r³/C * Σ_j dy_j w'_j x_j ;  dw_i = Σ_t dy_i x_i r
 // dx is threaded over rows, dw over columns (each column's sum over t
 // keeps its order), so the bits do not depend on the thread count.
 LORAC_MULTIVERSION
-void lorac_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const void *w,
-                            lorac_dtype_t wtype, const float *rstd, int64_t T, int64_t C) {
+void lorac_rmsnorm_backward_offset(float *dx, float *dw, const float *dout, const float *x, const void *w,
+                                   lorac_dtype_t wtype, float off, const float *rstd, int64_t T, int64_t C) {
     #pragma omp parallel num_threads(lorac_kernels_get_threads()) if (T * C >= LORAC_PARALLEL_MIN_ELEMS)
     {
         #pragma omp for schedule(static)
@@ -28,14 +28,14 @@ void lorac_rmsnorm_backward(float *dx, float *dw, const float *dout, const float
             if (wtype == LORAC_DTYPE_F32) {
                 const float *wf = w;
                 #pragma omp simd reduction(+ : dot)
-                for (int64_t c = 0; c < C; c++) dot += (double)dy[c] * wf[c] * xt[c];
+                for (int64_t c = 0; c < C; c++) dot += (double)dy[c] * (wf[c] + off) * xt[c];
                 k = (float)(dot * (double)r * r * r / (double)C);
                 #pragma omp simd
-                for (int64_t c = 0; c < C; c++) dxt[c] += r * wf[c] * dy[c] - xt[c] * k;
+                for (int64_t c = 0; c < C; c++) dxt[c] += r * (wf[c] + off) * dy[c] - xt[c] * k;
             } else {
-                for (int64_t c = 0; c < C; c++) dot += (double)dy[c] * weight_at(w, wtype, c) * xt[c];
+                for (int64_t c = 0; c < C; c++) dot += (double)dy[c] * (weight_at(w, wtype, c) + off) * xt[c];
                 k = (float)(dot * (double)r * r * r / (double)C);
-                for (int64_t c = 0; c < C; c++) dxt[c] += r * weight_at(w, wtype, c) * dy[c] - xt[c] * k;
+                for (int64_t c = 0; c < C; c++) dxt[c] += r * (weight_at(w, wtype, c) + off) * dy[c] - xt[c] * k;
             }
         }
         if (dw) {
@@ -52,6 +52,11 @@ void lorac_rmsnorm_backward(float *dx, float *dw, const float *dout, const float
     }
 }
 
+void lorac_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const void *w,
+                            lorac_dtype_t wtype, const float *rstd, int64_t T, int64_t C) {
+    lorac_rmsnorm_backward_offset(dx, dw, dout, x, w, wtype, 0.0f, rstd, T, C);
+}
+
 // out = silu(g) * u, silu(g) = g σ(g), silu'(g) = σ(g) (1 + g (1 − σ(g)))
 LORAC_MULTIVERSION
 void lorac_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
@@ -63,6 +68,20 @@ void lorac_swiglu_backward(float *dgate, float *dup, const float *dout, const fl
         float g = gate[i], sg = sigmoid_f32(g);
         dgate[i] = dout[i] * up[i] * sg * (1.0f + g * (1.0f - sg));
         dup[i] = dout[i] * g * sg;
+    }
+}
+
+// out = gelu(g) * u (lorac_geglu_forward)
+LORAC_MULTIVERSION
+void lorac_geglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                          int64_t T, int64_t H) {
+    int64_t n = T * H;
+    #pragma omp parallel for simd num_threads(lorac_kernels_get_threads()) schedule(static) \
+        if (parallel : n >= LORAC_PARALLEL_MIN_ELEMS)
+    for (int64_t i = 0; i < n; i++) {
+        float g = gate[i];
+        dgate[i] = dout[i] * up[i] * gelu_tanh_grad_f32(g);
+        dup[i] = dout[i] * gelu_tanh_f32(g);
     }
 }
 

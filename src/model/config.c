@@ -14,6 +14,7 @@ static const struct { const char *name; lorac_arch_t arch; } k_archs[] = {
     {"Qwen3ForCausalLM", LORAC_ARCH_QWEN3},
     {"SmolLM3ForCausalLM", LORAC_ARCH_SMOLLM3},
     {"GraniteForCausalLM", LORAC_ARCH_GRANITE},
+    {"Gemma3ForCausalLM", LORAC_ARCH_GEMMA3},
 };
 
 /* Reads an integer field. required: absence is an error; otherwise *out keeps
@@ -53,36 +54,26 @@ static lorac_status_t get_bool(const cJSON *root, const char *label, const char 
     return LORAC_STATUS_OK;
 }
 
-/* Rotary settings. transformers 4 wrote a top-level "rope_theta" and, for a
- * scaled model, "rope_scaling": {"rope_type": "llama3", "factor", ...};
- * transformers 5 writes one "rope_parameters" object holding both
- * ({"rope_type": "default", "rope_theta": 500000.0} or the llama3 fields
- * beside "rope_theta") and neither top-level key. Read as a 4.x
- * "rope_scaling" beside a top-level "rope_theta", a 5.x config would run
- * at the default theta of 10000: valid numbers, wrong model. */
-static lorac_status_t parse_rope(const cJSON *root, const char *label, lorac_model_config_t *c) {
-    const char *key = "rope_parameters";
-    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, key);
-    if (!rs || cJSON_IsNull(rs)) rs = cJSON_GetObjectItemCaseSensitive(root, key = "rope_scaling");
-    if (!rs || cJSON_IsNull(rs)) return LORAC_STATUS_OK;
+/* One rotary parameter object: its "rope_theta" into *theta, and its type:
+ * "default", "linear" (c->rope_linear_factor) or "llama3" (c's llama3
+ * fields); local (Gemma 3's windowed layers) takes "default" only. */
+static lorac_status_t parse_rope_object(const cJSON *rs, const char *label, const char *key, bool local,
+                                        lorac_model_config_t *c, float *theta) {
     if (!cJSON_IsObject(rs)) return lorac_error(LORAC_STATUS_FORMAT, "%s: \"%s\" must be an object", label, key);
-    lorac_status_t s = get_float(rs, label, "rope_theta", 1.0, 1e12, &c->rope_theta);
+    lorac_status_t s = get_float(rs, label, "rope_theta", 1.0, 1e12, theta);
     if (s) return s;
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
     if (!type) type = cJSON_GetObjectItemCaseSensitive(rs, "type");
     if (!type && cJSON_GetObjectItemCaseSensitive(rs, "rope_theta")) return LORAC_STATUS_OK; /* theta alone: default */
-    if (!cJSON_IsString(type)) {
-        /* transformers 5 nests one object per attention kind for models
-         * that have several (Gemma 2's sliding and full layers) */
-        if (rs->child && cJSON_IsObject(rs->child))
-            return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: \"%s\" per layer type (\"%s\", ...) is not supported", label,
-                               key, rs->child->string);
-        return lorac_error(LORAC_STATUS_FORMAT, "%s: \"%s\" has no \"rope_type\"", label, key);
-    }
+    if (!cJSON_IsString(type)) return lorac_error(LORAC_STATUS_FORMAT, "%s: \"%s\" has no \"rope_type\"", label, key);
     if (strcmp(type->valuestring, "default") == 0) return LORAC_STATUS_OK;
-    if (strcmp(type->valuestring, "llama3") != 0)
-        return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: %s type \"%s\" is not supported (only \"default\" and \"llama3\")",
-                           label, key, type->valuestring);
+    if (!local && strcmp(type->valuestring, "linear") == 0) {
+        c->rope_linear_factor = 1.0f;
+        return get_float(rs, label, "factor", 1.0, 1e6, &c->rope_linear_factor);
+    }
+    if (local || strcmp(type->valuestring, "llama3") != 0)
+        return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: %s type \"%s\" is not supported (only \"default\"%s)", label,
+                           key, type->valuestring, local ? "" : ", \"linear\" and \"llama3\"");
     c->rope_llama3 = true;
     c->rope_factor = 8.0f; c->rope_low_freq_factor = 1.0f; c->rope_high_freq_factor = 4.0f;
     c->rope_original_max_position = 8192;
@@ -94,6 +85,36 @@ static lorac_status_t parse_rope(const cJSON *root, const char *label, lorac_mod
     if (c->rope_high_freq_factor <= c->rope_low_freq_factor)
         return lorac_error(LORAC_STATUS_FORMAT, "%s: %s high_freq_factor must exceed low_freq_factor", label, key);
     return LORAC_STATUS_OK;
+}
+
+/* Rotary settings. transformers 4 wrote a top-level "rope_theta" and, for a
+ * scaled model, "rope_scaling": {"rope_type": "llama3", "factor", ...};
+ * transformers 5 writes one "rope_parameters" object holding both
+ * ({"rope_type": "default", "rope_theta": 500000.0} or the llama3 fields
+ * beside "rope_theta") and neither top-level key. Read as a 4.x
+ * "rope_scaling" beside a top-level "rope_theta", a 5.x config would run
+ * at the default theta of 10000: valid numbers, wrong model. Gemma 3's
+ * 5.x config holds one object per attention kind, "full_attention" (the
+ * global rotary) and "sliding_attention" (4.x's "rope_local_base_freq"). */
+static lorac_status_t parse_rope(const cJSON *root, const char *label, lorac_model_config_t *c) {
+    const char *key = "rope_parameters";
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!rs || cJSON_IsNull(rs)) rs = cJSON_GetObjectItemCaseSensitive(root, key = "rope_scaling");
+    if (!rs || cJSON_IsNull(rs)) return LORAC_STATUS_OK;
+    const cJSON *full = cJSON_GetObjectItemCaseSensitive(rs, "full_attention");
+    if (c->arch == LORAC_ARCH_GEMMA3 && cJSON_IsObject(full)) {
+        const cJSON *sliding = cJSON_GetObjectItemCaseSensitive(rs, "sliding_attention");
+        lorac_status_t s = parse_rope_object(full, label, "rope_parameters.full_attention", false, c, &c->rope_theta);
+        if (s || !sliding) return s;
+        return parse_rope_object(sliding, label, "rope_parameters.sliding_attention", true, c, &c->rope_local_theta);
+    }
+    /* transformers 5 nests one object per attention kind for models that
+     * have several (Gemma 2's sliding and full layers) */
+    if (cJSON_IsObject(rs) && rs->child && cJSON_IsObject(rs->child) && !cJSON_GetObjectItemCaseSensitive(rs, "rope_type") &&
+        !cJSON_GetObjectItemCaseSensitive(rs, "type"))
+        return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: \"%s\" per layer type (\"%s\", ...) is not supported", label,
+                           key, rs->child->string);
+    return parse_rope_object(rs, label, key, false, c, &c->rope_theta);
 }
 
 /* SmolLM3's NoPE layers: "no_rope_layers", one 1 (rotary) or 0 (none) per
@@ -129,18 +150,20 @@ static lorac_status_t parse_nope_layers(const cJSON *root, const char *label, lo
  * whenever "sliding_window" is set (MistralConfig's default 4096 when the
  * key is absent: Mistral 7B v0.1), Qwen2 and Qwen3 the layers from
  * "max_window_layers" on (default 28) when "use_sliding_window" is true,
- * and SmolLM3 its NoPE layers when "use_sliding_window" is true. Llama and
+ * SmolLM3 its NoPE layers when "use_sliding_window" is true, and Gemma 3
+ * every layer but each "sliding_window_pattern"-th (default 6; its window
+ * 4096 unless set, none when null). Llama and
  * Granite have no window. A window the architecture does not switch on
  * ("use_sliding_window": false beside "sliding_window": 32768, as the
  * Qwen2.5 configs ship) is none. */
 static lorac_status_t parse_sliding_window(const cJSON *root, const char *label, lorac_model_config_t *c) {
     if (c->arch == LORAC_ARCH_LLAMA || c->arch == LORAC_ARCH_GRANITE) return LORAC_STATUS_OK;
-    int32_t window = c->arch == LORAC_ARCH_MISTRAL ? 4096 : 0;
+    int32_t window = c->arch == LORAC_ARCH_MISTRAL || c->arch == LORAC_ARCH_GEMMA3 ? 4096 : 0;
     const cJSON *w = cJSON_GetObjectItemCaseSensitive(root, "sliding_window");
     if (w && cJSON_IsNull(w)) window = 0;
     lorac_status_t s = get_int(root, label, "sliding_window", 0, 1, INT32_MAX, &window);
     if (s) return s;
-    bool use = c->arch == LORAC_ARCH_MISTRAL;
+    bool use = c->arch == LORAC_ARCH_MISTRAL || c->arch == LORAC_ARCH_GEMMA3;
     if (!use && (s = get_bool(root, label, "use_sliding_window", &use))) return s;
     if (!use) window = 0;
     const cJSON *types = cJSON_GetObjectItemCaseSensitive(root, "layer_types");
@@ -170,15 +193,55 @@ static lorac_status_t parse_sliding_window(const cJSON *root, const char *label,
         }
     } else if (window) {
         bool qwen = c->arch == LORAC_ARCH_QWEN2 || c->arch == LORAC_ARCH_QWEN3;
-        int32_t from = qwen ? 28 : 0;
+        int32_t from = qwen ? 28 : 0, pattern = 6;
         if (qwen && (s = get_int(root, label, "max_window_layers", 0, 0, INT32_MAX, &from))) return s;
+        if (c->arch == LORAC_ARCH_GEMMA3 &&
+            (s = get_int(root, label, "sliding_window_pattern", 0, 1, INT32_MAX, &pattern)))
+            return s;
         for (int32_t l = from; l < c->n_layers; l++)
-            if (c->arch != LORAC_ARCH_SMOLLM3 || !lorac_model_layer_has_rope(c, l))
+            if ((c->arch != LORAC_ARCH_SMOLLM3 || !lorac_model_layer_has_rope(c, l)) &&
+                (c->arch != LORAC_ARCH_GEMMA3 || (l + 1) % pattern != 0))
                 c->window_layers[l >> 6] |= (uint64_t)1 << (l & 63);
     }
     /* sliding_window stays 0 unless some layer has the window */
     for (int32_t i = 0; i < LORAC_MAX_LAYERS / 64; i++)
         if (c->window_layers[i]) c->sliding_window = window;
+    return LORAC_STATUS_OK;
+}
+
+/* Gemma 3 (Gemma3TextConfig): the embedding times sqrt(hidden_size)
+ * (model.c rounds it to the embedding's dtype, as Gemma3's scaled embedding
+ * does), scores times query_pre_attn_scalar^-1/2 (default 256) instead of
+ * head_dim^-1/2, RMSNorms by (1 + w), sandwich norms, GeGLU, and the
+ * windowed layers' own rotary base. Logit soft-capping (Gemma 2's, which
+ * Gemma 3 configs set to null) is refused. */
+static lorac_status_t parse_gemma3(const cJSON *root, const char *label, lorac_model_config_t *c) {
+    const char *caps[] = {"attn_logit_softcapping", "final_logit_softcapping"};
+    for (int i = 0; i < 2; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, caps[i]);
+        if (v && !cJSON_IsNull(v))
+            return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: \"%s\" is not supported (only null)", label, caps[i]);
+    }
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_activation");
+    if (!act || cJSON_IsNull(act)) act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
+    if (act && !cJSON_IsNull(act) &&
+        (!cJSON_IsString(act) ||
+         (strcmp(act->valuestring, "gelu_pytorch_tanh") != 0 && strcmp(act->valuestring, "gelu_new") != 0)))
+        return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: hidden_activation \"%s\" is not supported (\"gelu_pytorch_tanh\")",
+                           label, cJSON_IsString(act) ? act->valuestring : "?");
+    float scalar = 256.0f;
+    lorac_status_t s = get_float(root, label, "query_pre_attn_scalar", 1e-6, 1e9, &scalar);
+    if (s) return s;
+    if (!c->rope_local_theta) {
+        c->rope_local_theta = 10000.0f;
+        if ((s = get_float(root, label, "rope_local_base_freq", 1.0, 1e12, &c->rope_local_theta))) return s;
+    }
+    /* the attention kernels scale by head_dim^-1/2: q times sqrt(head_dim / scalar) */
+    c->query_scale = (float)sqrt((double)c->head_dim / (double)scalar);
+    c->embedding_multiplier = (float)sqrt((double)c->hidden_size);
+    c->norm_offset = 1.0f;
+    c->sandwich_norms = true;
+    c->act = LORAC_ACT_GELU_TANH;
     return LORAC_STATUS_OK;
 }
 
@@ -233,7 +296,7 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
     if (i == n_archs) {
         s = lorac_error(LORAC_STATUS_UNSUPPORTED,
                         "%s: architecture \"%s\" is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, "
-                        "Qwen3ForCausalLM, SmolLM3ForCausalLM, GraniteForCausalLM)",
+                        "Qwen3ForCausalLM, SmolLM3ForCausalLM, GraniteForCausalLM, Gemma3ForCausalLM)",
                         label, a0->valuestring);
         goto done;
     }
@@ -241,10 +304,12 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
     snprintf(c->arch_name, sizeof c->arch_name, "%s", k_archs[i].name);
 
     c->rms_norm_eps = 1e-6f;
-    c->rope_theta = c->arch == LORAC_ARCH_SMOLLM3 ? 2000000.0f : 10000.0f; /* SmolLM3Config's default */
+    /* SmolLM3Config's and Gemma3TextConfig's defaults */
+    c->rope_theta = c->arch == LORAC_ARCH_SMOLLM3 ? 2000000.0f : c->arch == LORAC_ARCH_GEMMA3 ? 1000000.0f : 10000.0f;
+    c->rope_linear_factor = 1.0f;
     c->max_position_embeddings = 2048;
     c->bos_id = -1;
-    c->tie_word_embeddings = false;
+    c->tie_word_embeddings = c->arch == LORAC_ARCH_GEMMA3; /* PretrainedConfig's default, which Gemma's keep */
     const int32_t big = 1 << 24;
     if ((s = get_int(root, label, "vocab_size", 1, 1, big, &c->vocab_size)) ||
         (s = get_int(root, label, "hidden_size", 1, 1, 1 << 20, &c->hidden_size)) ||
@@ -256,7 +321,7 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
     /* Qwen3Config's head_dim defaults to 128 whatever the hidden size
      * (transformers reads it from the config object, which always has it);
      * the others' attention takes hidden_size / heads */
-    c->head_dim = c->arch == LORAC_ARCH_QWEN3 ? 128 : c->hidden_size / c->n_heads;
+    c->head_dim = c->arch == LORAC_ARCH_QWEN3 ? 128 : c->arch == LORAC_ARCH_GEMMA3 ? 256 : c->hidden_size / c->n_heads;
     if ((s = get_int(root, label, "num_key_value_heads", 0, 1, 4096, &c->n_kv_heads)) ||
         (s = get_int(root, label, "head_dim", 0, 2, 1 << 16, &c->head_dim)) ||
         (s = get_int(root, label, "max_position_embeddings", 0, 1, INT32_MAX, &c->max_position_embeddings)) ||
@@ -274,15 +339,17 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
          * RMSNorm over each head of q and of k */
         bool attention_bias = false;
         if ((s = get_bool(root, label, "attention_bias", &attention_bias)) ||
-            (c->arch != LORAC_ARCH_QWEN3 && (s = get_bool(root, label, "mlp_bias", &c->mlp_bias))))
+            (c->arch != LORAC_ARCH_QWEN3 && c->arch != LORAC_ARCH_GEMMA3 &&
+             (s = get_bool(root, label, "mlp_bias", &c->mlp_bias))))
             goto done;
         c->qkv_bias = c->o_bias = attention_bias;
-        c->qk_norm = c->arch == LORAC_ARCH_QWEN3;
+        c->qk_norm = c->arch == LORAC_ARCH_QWEN3 || c->arch == LORAC_ARCH_GEMMA3;
     }
     if (c->arch == LORAC_ARCH_SMOLLM3 && (s = parse_nope_layers(root, label, c))) goto done;
     if ((s = parse_sliding_window(root, label, c))) goto done;
     c->embedding_multiplier = c->residual_multiplier = c->logits_scaling = c->query_scale = 1.0f;
     if (c->arch == LORAC_ARCH_GRANITE && (s = parse_granite(root, label, c))) goto done;
+    if (c->arch == LORAC_ARCH_GEMMA3 && (s = parse_gemma3(root, label, c))) goto done;
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(root, "torch_dtype");
     if (cJSON_IsString(dt)) snprintf(c->torch_dtype, sizeof c->torch_dtype, "%s", dt->valuestring);
 

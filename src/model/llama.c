@@ -8,7 +8,10 @@
  *   xn = rmsnorm(x) ; x += (silu(xn·Wgᵀ) * xn·Wuᵀ)·Wdᵀ
  * then logits = rmsnorm(x)·Wheadᵀ for the rows that want them. Granite
  * scales the embedding, each x += (times residual_multiplier), q (query_scale)
- * and the logits (1 / logits_scaling). */
+ * and the logits (1 / logits_scaling). Gemma 3 scales the embedding and q,
+ * takes every norm's weight as (1 + w), normalises each block's output
+ * before adding it to x (sandwich norms), uses gelu for silu, and gives
+ * its windowed layers their own rotary base. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +38,7 @@ struct lorac_context {
      * in double), once a decode for every layer's q and k, as training
      * does; each layer used to compute its own */
     float *rope_cs;
+    float *rope_cs_local;      /* the same from the model's inv_freq_local (Gemma 3's windowed layers); NULL: none */
     float *att_scratch;        /* attention scores of att_threads threads */
     int att_threads;
     const void **k_rows, **v_rows;
@@ -99,6 +103,7 @@ lorac_status_t lorac_context_init(const lorac_model_t *model, lorac_context_para
     ctx->gate = alloc_floats(B * c->intermediate_size, &failed);
     ctx->up = alloc_floats(B * c->intermediate_size, &failed);
     ctx->rope_cs = alloc_floats(B * c->head_dim, &failed);
+    if (model->inv_freq_local) ctx->rope_cs_local = alloc_floats(B * c->head_dim, &failed);
     /* one score row per thread the kernels may use (grown in decode if the
      * thread count is raised later) */
     ctx->att_threads = lorac_kernels_get_threads();
@@ -130,7 +135,7 @@ void lorac_context_free(lorac_context_t *ctx) {
     if (!ctx) return;
     free(ctx->k_cache); free(ctx->v_cache);
     free(ctx->x); free(ctx->xn); free(ctx->q); free(ctx->k); free(ctx->v);
-    free(ctx->att); free(ctx->proj); free(ctx->gate); free(ctx->up); free(ctx->rope_cs);
+    free(ctx->att); free(ctx->proj); free(ctx->gate); free(ctx->up); free(ctx->rope_cs); free(ctx->rope_cs_local);
     free(ctx->att_scratch);
     free(ctx->k_rows); free(ctx->v_rows); free(ctx->n_visible);
     free(ctx->seq_len); free(ctx->seq_seen);
@@ -307,35 +312,42 @@ static void add_inplace(float *x, const float *y, float s, int64_t n) {
 }
 
 
+/* out = rmsnorm(x) with the weight w (read as 1 + w for Gemma), T rows of C */
+static void norm(float *out, const float *x, const lorac_wref_t *w, const lorac_model_config_t *c, int64_t T,
+                 int64_t C) {
+    lorac_rmsnorm_forward_offset(out, NULL, x, w->data, w->dtype, c->norm_offset, c->rms_norm_eps, T, C);
+}
+
 static void attention_block(lorac_context_t *ctx, const lorac_batch_t *b, int32_t l) {
     const lorac_model_t *m = ctx->model;
     const lorac_model_config_t *c = &m->config;
     const lorac_layer_weights_t *L = &m->layers[l];
     int64_t T = b->n_tokens, D = c->hidden_size, H = c->n_heads, KVH = c->n_kv_heads, hd = c->head_dim;
     int64_t Q = H * hd, KV = ctx->kv_dim, n_ctx = ctx->params.n_ctx;
+    int32_t window = lorac_model_layer_window(c, l);
 
-    lorac_rmsnorm_forward(ctx->xn, NULL, ctx->x, L->attn_norm.data, L->attn_norm.dtype, c->rms_norm_eps, T, D);
+    norm(ctx->xn, ctx->x, &L->attn_norm, c, T, D);
     lorac_matmul_part_t qkv[3] = {{ctx->q, L->wq.data, L->wq.dtype, L->bq, Q, NULL, 0},
                                   {ctx->k, L->wk.data, L->wk.dtype, L->bk, KV, NULL, 0},
                                   {ctx->v, L->wv.data, L->wv.dtype, L->bv, KV, NULL, 0}};
     const lorac_lora_target_t qkv_targets[3] = {LORAC_LORA_Q, LORAC_LORA_K, LORAC_LORA_V};
     adapted_product(ctx, l, qkv, qkv_targets, 3, ctx->xn, T, D);
     if (c->qk_norm) { /* in place: a row's sum of squares is taken before it is scaled */
-        lorac_rmsnorm_forward(ctx->q, NULL, ctx->q, L->q_norm.data, L->q_norm.dtype, c->rms_norm_eps, T * H, hd);
-        lorac_rmsnorm_forward(ctx->k, NULL, ctx->k, L->k_norm.data, L->k_norm.dtype, c->rms_norm_eps, T * KVH, hd);
+        norm(ctx->q, ctx->q, &L->q_norm, c, T * H, hd);
+        norm(ctx->k, ctx->k, &L->k_norm, c, T * KVH, hd);
     }
     if (lorac_model_layer_has_rope(c, l)) { /* not in SmolLM3's NoPE layers */
-        lorac_rope_apply(ctx->q, ctx->rope_cs, T, H, hd, 1);
-        lorac_rope_apply(ctx->k, ctx->rope_cs, T, KVH, hd, 1);
+        const float *cs = window && ctx->rope_cs_local ? ctx->rope_cs_local : ctx->rope_cs;
+        lorac_rope_apply(ctx->q, cs, T, H, hd, 1);
+        lorac_rope_apply(ctx->k, cs, T, KVH, hd, 1);
     }
-    if (c->query_scale != 1.0f) lorac_scale(ctx->q, c->query_scale, T * Q); /* Granite's attention_multiplier */
+    if (c->query_scale != 1.0f) lorac_scale(ctx->q, c->query_scale, T * Q); /* Granite's, Gemma's score scales */
 
     /* Write this batch's keys and values into the cache first, so each token
      * attends to its own sequence's earlier tokens of the same batch (read
      * back from the cache, in its dtype, as later tokens will read them). */
     lorac_dtype_t kvt = ctx->params.kv_dtype;
     size_t es = ctx->kv_size;
-    int32_t window = lorac_model_layer_window(c, l);
     for (int64_t t = 0; t < T; t++) {
         int64_t base = ((int64_t)b->seq_id[t] * c->n_layers + l) * n_ctx * KV, at = base + (int64_t)b->pos[t] * KV;
         lorac_kv_store((char *)ctx->k_cache + (size_t)at * es, kvt, ctx->k + t * KV, KV);
@@ -353,6 +365,7 @@ static void attention_block(lorac_context_t *ctx, const lorac_batch_t *b, int32_
     lorac_matmul_part_t o = {ctx->proj, L->wo.data, L->wo.dtype, L->bo, D, NULL, 0};
     const lorac_lora_target_t o_target = LORAC_LORA_O;
     adapted_product(ctx, l, &o, &o_target, 1, ctx->att, T, Q);
+    if (c->sandwich_norms) norm(ctx->proj, ctx->proj, &L->attn_post_norm, c, T, D);
     add_inplace(ctx->x, ctx->proj, c->residual_multiplier, T * D);
 }
 
@@ -360,15 +373,17 @@ static void mlp_block(lorac_context_t *ctx, int64_t T, int32_t l) {
     const lorac_model_config_t *c = &ctx->model->config;
     const lorac_layer_weights_t *L = &ctx->model->layers[l];
     int64_t D = c->hidden_size, I = c->intermediate_size;
-    lorac_rmsnorm_forward(ctx->xn, NULL, ctx->x, L->ffn_norm.data, L->ffn_norm.dtype, c->rms_norm_eps, T, D);
+    norm(ctx->xn, ctx->x, &L->ffn_norm, c, T, D);
     lorac_matmul_part_t gate_up[2] = {{ctx->gate, L->w_gate.data, L->w_gate.dtype, L->b_gate, I, NULL, 0},
                                       {ctx->up, L->w_up.data, L->w_up.dtype, L->b_up, I, NULL, 0}};
     const lorac_lora_target_t gate_up_targets[2] = {LORAC_LORA_GATE, LORAC_LORA_UP};
     adapted_product(ctx, l, gate_up, gate_up_targets, 2, ctx->xn, T, D);
-    lorac_swiglu_forward(ctx->gate, ctx->gate, ctx->up, T, I);
+    if (c->act == LORAC_ACT_GELU_TANH) lorac_geglu_forward(ctx->gate, ctx->gate, ctx->up, T, I);
+    else lorac_swiglu_forward(ctx->gate, ctx->gate, ctx->up, T, I);
     lorac_matmul_part_t down = {ctx->proj, L->w_down.data, L->w_down.dtype, L->b_down, D, NULL, 0};
     const lorac_lora_target_t down_target = LORAC_LORA_DOWN;
     adapted_product(ctx, l, &down, &down_target, 1, ctx->gate, T, I);
+    if (c->sandwich_norms) norm(ctx->proj, ctx->proj, &L->ffn_post_norm, c, T, D);
     add_inplace(ctx->x, ctx->proj, c->residual_multiplier, T * D);
 }
 
@@ -392,6 +407,7 @@ lorac_status_t lorac_context_decode(lorac_context_t *ctx, const lorac_batch_t *b
     embed_tokens(ctx->x, &m->embed, b->tokens, T, D);
     if (c->embedding_multiplier != 1.0f) lorac_scale(ctx->x, c->embedding_multiplier, T * D);
     lorac_rope_table(ctx->rope_cs, b->pos, m->inv_freq, T, c->head_dim);
+    if (ctx->rope_cs_local) lorac_rope_table(ctx->rope_cs_local, b->pos, m->inv_freq_local, T, c->head_dim);
     for (int32_t l = 0; l < c->n_layers; l++) {
         attention_block(ctx, b, l);
         mlp_block(ctx, T, l);
@@ -409,7 +425,7 @@ lorac_status_t lorac_context_decode(lorac_context_t *ctx, const lorac_batch_t *b
         }
     }
     if (n_out == 0 || !logits) return LORAC_STATUS_OK;
-    lorac_rmsnorm_forward(ctx->xn, NULL, ctx->x, m->final_norm.data, m->final_norm.dtype, c->rms_norm_eps, n_out, D);
+    norm(ctx->xn, ctx->x, &m->final_norm, c, n_out, D);
     /* Granite's logits / logits_scaling, as the head's input divided: a linear map */
     if (c->logits_scaling != 1.0f) lorac_scale(ctx->xn, 1.0f / c->logits_scaling, n_out * D);
     lorac_matmul_forward(logits, ctx->xn, m->lm_head.data, m->lm_head.dtype, NULL, n_out, D, c->vocab_size);

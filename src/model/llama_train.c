@@ -5,7 +5,9 @@
  * tokens): x_in, xn1 (N,D), rstd1 (N), q (N,H·hd) after rotary, k, v
  * (N,KVH·hd), att (N,H·hd), lse (N,H), x_mid, xn2 (N,D), rstd2 (N), gate, up,
  * h (N,I), and per LoRA module u = x·Aᵀ (N,r) plus the dropout mask; with
- * Qwen3's per-head norms also q and k as projected, and their rstd.
+ * Qwen3's per-head norms also q and k as projected, and their rstd; with
+ * Gemma 3's sandwich norms also the o and down products before their
+ * norms, and their rstd.
  * Attention probabilities are recomputed in the backward pass from lse
  * rather than stored (B·H·T² floats per layer would dominate memory).
  * The classifier and the loss run in chunks of rows, fused with their
@@ -65,14 +67,17 @@ typedef struct {
 typedef struct {
     lorac_wref_t attn_norm, ffn_norm;
     float *d_attn_norm, *d_ffn_norm; /* full fine-tuning */
-    lorac_wref_t q_norm, k_norm;     /* qk_norm (Qwen3) */
+    lorac_wref_t q_norm, k_norm;     /* qk_norm (Qwen3, Gemma 3) */
     float *d_q_norm, *d_k_norm;      /* full fine-tuning with qk_norm */
+    lorac_wref_t attn_post_norm, ffn_post_norm; /* sandwich_norms (Gemma 3) */
+    float *d_attn_post_norm, *d_ffn_post_norm;  /* full fine-tuning with sandwich_norms */
     linear_t proj[LORAC_LORA_COUNT]; /* indexed like lorac_lora_target_t */
 } train_layer_t;
 
 typedef struct {
     float *x_in, *rstd1, *xn1, *q, *k, *v, *att, *lse, *x_mid, *rstd2, *xn2, *gate, *up, *h;
     float *q_raw, *k_raw, *rstd_q, *rstd_k; /* qk_norm: q (N,H·hd), k before their norms; rstd (N·H), (N·KVH) */
+    float *o_raw, *rstd_po, *m_raw, *rstd_pm; /* sandwich_norms: the o and down products (N,D) before their norms */
     float *u[LORAC_LORA_COUNT];      /* (N, r) */
     uint8_t *keep[LORAC_LORA_COUNT]; /* (N, in) dropout mask, when dropout > 0 */
     float *xdrop[LORAC_LORA_COUNT];  /* (N, in) dropped input, when dropout > 0 */
@@ -100,12 +105,14 @@ struct lorac_train_pass {
     /* backward scratch */
     float *dres, *dres2, *dxn, *dxn_f, *tmp, *dh, *dgate, *dup, *datt, *dq, *dk, *dv, *du, *dx_lora;
     float *dq_raw, *dk_raw; /* qk_norm: the gradients of q and k as projected */
+    float *d_post;          /* sandwich_norms: the gradient of a block's product before its norm */
     float *chunk_x, *chunk_logits, *chunk_dx, *chunk_losses;
     float *chunk_max, *chunk_target_logit, *chunk_wrow; /* the online softmax (frozen classifier) */
     double *chunk_others;
     int32_t *chunk_targets, *start;
     int32_t *start_window; /* start with the sliding window's limit (windowed layers); NULL: none */
     float *rope_cs; /* (N, head_dim): lorac_rope_table of the step's positions */
+    float *rope_cs_local; /* the same from the model's inv_freq_local (Gemma 3's windowed layers); NULL: none */
     float *att_scratch;
     int att_threads;
     param_t *params;
@@ -176,6 +183,10 @@ static void plan_activations(lorac_train_pass_t *p, arena_t *a) {
             CARVE(a, s->q_raw, N * Q); CARVE(a, s->k_raw, N * KV);
             CARVE(a, s->rstd_q, N * H); CARVE(a, s->rstd_k, N * c->n_kv_heads);
         }
+        if (c->sandwich_norms) {
+            CARVE(a, s->o_raw, N * D); CARVE(a, s->rstd_po, N);
+            CARVE(a, s->m_raw, N * D); CARVE(a, s->rstd_pm, N);
+        }
         for (int t = 0; t < LORAC_LORA_COUNT; t++) {
             const lorac_lora_module_t *m = p->layers[l].proj[t].lora;
             if (!m) continue;
@@ -189,6 +200,7 @@ static void plan_activations(lorac_train_pass_t *p, arena_t *a) {
     CARVE(a, p->tmp, N * D); CARVE(a, p->dh, N * I); CARVE(a, p->dgate, N * I); CARVE(a, p->dup, N * I);
     CARVE(a, p->datt, N * Q); CARVE(a, p->dq, N * Q); CARVE(a, p->dk, N * KV); CARVE(a, p->dv, N * KV);
     if (c->qk_norm) { CARVE(a, p->dq_raw, N * Q); CARVE(a, p->dk_raw, N * KV); }
+    if (c->sandwich_norms) CARVE(a, p->d_post, N * D);
     /* du: lorac_lora_backward's scratch, (N, r) and dB's transposed copy
      * (r, out); no projection's out exceeds max_in */
     CARVE(a, p->du, N * max_r + max_r * max_in); CARVE(a, p->dx_lora, N * max_in);
@@ -200,6 +212,7 @@ static void plan_activations(lorac_train_pass_t *p, arena_t *a) {
     CARVE(a, p->chunk_others, lr); CARVE(a, p->chunk_wrow, D);
     CARVE(a, p->start, N); CARVE(a, p->rope_cs, N * c->head_dim);
     if (c->sliding_window) CARVE(a, p->start_window, N);
+    if (p->model->inv_freq_local) CARVE(a, p->rope_cs_local, N * c->head_dim);
 }
 
 static lorac_status_t add_param(lorac_train_pass_t *p, const char *name, float *data, float *grad, int64_t n) {
@@ -226,6 +239,8 @@ static void base_layer(const lorac_model_t *m, int32_t l, train_layer_t *L) {
     L->ffn_norm = W->ffn_norm;
     L->q_norm = W->q_norm;
     L->k_norm = W->k_norm;
+    L->attn_post_norm = W->attn_post_norm;
+    L->ffn_post_norm = W->ffn_post_norm;
     for (int t = 0; t < LORAC_LORA_COUNT; t++) {
         L->proj[t].w = *w[t];
         L->proj[t].bias = b[t];
@@ -283,7 +298,7 @@ static lorac_status_t setup_full(lorac_train_pass_t *p) {
     int64_t total = 2 * (V * D + D) + (c->tie_word_embeddings ? 0 : 2 * V * D);
     for (int32_t l = 0; l < c->n_layers; l++) {
         train_layer_t *L = &p->layers[l];
-        total += 4 * D + (c->qk_norm ? 4 * (int64_t)c->head_dim : 0);
+        total += 4 * D + (c->qk_norm ? 4 * (int64_t)c->head_dim : 0) + (c->sandwich_norms ? 4 * D : 0);
         for (int t = 0; t < LORAC_LORA_COUNT; t++)
             total += 2 * (int64_t)L->proj[t].in * L->proj[t].out + (L->proj[t].bias ? 2 * L->proj[t].out : 0);
     }
@@ -298,7 +313,7 @@ static lorac_status_t setup_full(lorac_train_pass_t *p) {
         (GRAD) = f; f += (COUNT);                                                 \
         lorac_convert_to_f32(data_, (WREF).data, (WREF).dtype, (COUNT));          \
         (WREF).data = data_; (WREF).dtype = LORAC_DTYPE_F32;                      \
-        lorac_tensor_name((KIND), (LAYER), name, sizeof name);                    \
+        lorac_tensor_name(c, (KIND), (LAYER), name, sizeof name);                 \
         if ((s = add_param(p, name, data_, (GRAD), (COUNT)))) return s;           \
     } while (0)
     MASTER(p->embed, V * D, p->d_embed, LORAC_TENSOR_EMBED, 0);
@@ -319,6 +334,10 @@ static lorac_status_t setup_full(lorac_train_pass_t *p) {
             MASTER(L->k_norm, c->head_dim, L->d_k_norm, LORAC_TENSOR_K_NORM, l);
         }
         MASTER(L->ffn_norm, D, L->d_ffn_norm, LORAC_TENSOR_FFN_NORM, l);
+        if (c->sandwich_norms) {
+            MASTER(L->attn_post_norm, D, L->d_attn_post_norm, LORAC_TENSOR_ATTN_POST_NORM, l);
+            MASTER(L->ffn_post_norm, D, L->d_ffn_post_norm, LORAC_TENSOR_FFN_POST_NORM, l);
+        }
     }
     MASTER(p->final_norm, D, p->d_final_norm, LORAC_TENSOR_FINAL_NORM, 0);
     if (c->tie_word_embeddings) {
@@ -555,6 +574,35 @@ static const float *block_grad(const lorac_train_pass_t *p, const float *dres, f
     return scratch;
 }
 
+/* out = rmsnorm(x) with the weight w (read as 1 + w for Gemma), rstd kept; T rows of C */
+static void norm_forward(const lorac_train_pass_t *p, float *out, float *rstd, const float *x, const lorac_wref_t *w,
+                         int64_t T, int64_t C) {
+    const lorac_model_config_t *c = &p->model->config;
+    lorac_rmsnorm_forward_offset(out, rstd, x, w->data, w->dtype, c->norm_offset, c->rms_norm_eps, T, C);
+}
+
+/* dx += its backward given dout; dw += the weight's gradient when dw is given */
+static void norm_backward(const lorac_train_pass_t *p, float *dx, float *dw, const float *dout, const float *x,
+                          const lorac_wref_t *w, const float *rstd, int64_t T, int64_t C) {
+    lorac_rmsnorm_backward_offset(dx, dw, dout, x, w->data, w->dtype, p->model->config.norm_offset, rstd, T, C);
+}
+
+/* The gradient of a block's product given dout, that of its sandwich norm's
+ * output (raw: the product, rstd its norm's), in d_post; dw += the norm
+ * weight's gradient when given. */
+static const float *post_norm_backward(lorac_train_pass_t *p, const float *dout, const float *raw, const lorac_wref_t *w,
+                                       float *dw, const float *rstd) {
+    int64_t D = p->model->config.hidden_size;
+    memset(p->d_post, 0, sizeof(float) * (size_t)(p->N * D));
+    norm_backward(p, p->d_post, dw, dout, raw, w, rstd, p->N, D);
+    return p->d_post;
+}
+
+/* The rotary table of layer l: Gemma 3's windowed layers have their own. */
+static const float *layer_rope(const lorac_train_pass_t *p, int32_t l) {
+    return p->rope_cs_local && lorac_model_layer_window(&p->model->config, l) ? p->rope_cs_local : p->rope_cs;
+}
+
 static void layer_forward(lorac_train_pass_t *p, int32_t l, float *x_out, float dropout,
                           lorac_rng_t *rng) {
     const lorac_model_t *m = p->model;
@@ -563,36 +611,42 @@ static void layer_forward(lorac_train_pass_t *p, int32_t l, float *x_out, float 
     layer_acts_t *s = &p->acts[l];
     int64_t N = p->N, D = c->hidden_size, H = c->n_heads, KVH = c->n_kv_heads, hd = c->head_dim;
 
-    lorac_rmsnorm_forward(s->xn1, s->rstd1, s->x_in, L->attn_norm.data, L->attn_norm.dtype, c->rms_norm_eps, N, D);
+    norm_forward(p, s->xn1, s->rstd1, s->x_in, &L->attn_norm, N, D);
     lap(p, LORAC_PHASE_NORMS);
     linear_forward(p, &L->proj[LORAC_LORA_Q], c->qk_norm ? s->q_raw : s->q, s->xn1, s, LORAC_LORA_Q, N, dropout, rng);
     linear_forward(p, &L->proj[LORAC_LORA_K], c->qk_norm ? s->k_raw : s->k, s->xn1, s, LORAC_LORA_K, N, dropout, rng);
     linear_forward(p, &L->proj[LORAC_LORA_V], s->v, s->xn1, s, LORAC_LORA_V, N, dropout, rng);
     if (c->qk_norm) { /* Qwen3: each head of q and of k normalised, one weight for every head */
-        lorac_rmsnorm_forward(s->q, s->rstd_q, s->q_raw, L->q_norm.data, L->q_norm.dtype, c->rms_norm_eps, N * H, hd);
-        lorac_rmsnorm_forward(s->k, s->rstd_k, s->k_raw, L->k_norm.data, L->k_norm.dtype, c->rms_norm_eps, N * KVH, hd);
+        norm_forward(p, s->q, s->rstd_q, s->q_raw, &L->q_norm, N * H, hd);
+        norm_forward(p, s->k, s->rstd_k, s->k_raw, &L->k_norm, N * KVH, hd);
         lap(p, LORAC_PHASE_NORMS);
     }
     if (lorac_model_layer_has_rope(c, l)) { /* not in SmolLM3's NoPE layers */
-        lorac_rope_apply(s->q, p->rope_cs, N, H, hd, 1);
-        lorac_rope_apply(s->k, p->rope_cs, N, KVH, hd, 1);
+        lorac_rope_apply(s->q, layer_rope(p, l), N, H, hd, 1);
+        lorac_rope_apply(s->k, layer_rope(p, l), N, KVH, hd, 1);
     }
-    if (c->query_scale != 1.0f) lorac_scale(s->q, c->query_scale, N * H * hd); /* Granite's attention_multiplier */
+    if (c->query_scale != 1.0f) lorac_scale(s->q, c->query_scale, N * H * hd); /* Granite's, Gemma's score scales */
     lap(p, LORAC_PHASE_ROPE);
     lorac_attention_train_forward(s->att, s->lse, p->att_scratch, s->q, s->k, s->v, layer_start(p, l), p->B, p->T, H, KVH,
                                   hd);
     lap(p, LORAC_PHASE_ATTENTION);
-    linear_forward(p, &L->proj[LORAC_LORA_O], p->tmp, s->att, s, LORAC_LORA_O, N, dropout, rng);
+    /* with sandwich norms the block's product is kept and normalised into tmp */
+    linear_forward(p, &L->proj[LORAC_LORA_O], c->sandwich_norms ? s->o_raw : p->tmp, s->att, s, LORAC_LORA_O, N, dropout,
+                   rng);
+    if (c->sandwich_norms) norm_forward(p, p->tmp, s->rstd_po, s->o_raw, &L->attn_post_norm, N, D);
     add_into(s->x_mid, s->x_in, p->tmp, c->residual_multiplier, N * D);
     lap(p, LORAC_PHASE_ELEMENTWISE);
 
-    lorac_rmsnorm_forward(s->xn2, s->rstd2, s->x_mid, L->ffn_norm.data, L->ffn_norm.dtype, c->rms_norm_eps, N, D);
+    norm_forward(p, s->xn2, s->rstd2, s->x_mid, &L->ffn_norm, N, D);
     lap(p, LORAC_PHASE_NORMS);
     linear_forward(p, &L->proj[LORAC_LORA_GATE], s->gate, s->xn2, s, LORAC_LORA_GATE, N, dropout, rng);
     linear_forward(p, &L->proj[LORAC_LORA_UP], s->up, s->xn2, s, LORAC_LORA_UP, N, dropout, rng);
-    lorac_swiglu_forward(s->h, s->gate, s->up, N, c->intermediate_size);
+    if (c->act == LORAC_ACT_GELU_TANH) lorac_geglu_forward(s->h, s->gate, s->up, N, c->intermediate_size);
+    else lorac_swiglu_forward(s->h, s->gate, s->up, N, c->intermediate_size);
     lap(p, LORAC_PHASE_SWIGLU);
-    linear_forward(p, &L->proj[LORAC_LORA_DOWN], p->tmp, s->h, s, LORAC_LORA_DOWN, N, dropout, rng);
+    linear_forward(p, &L->proj[LORAC_LORA_DOWN], c->sandwich_norms ? s->m_raw : p->tmp, s->h, s, LORAC_LORA_DOWN, N,
+                   dropout, rng);
+    if (c->sandwich_norms) norm_forward(p, p->tmp, s->rstd_pm, s->m_raw, &L->ffn_post_norm, N, D);
     add_into(x_out, s->x_mid, p->tmp, c->residual_multiplier, N * D);
     lap(p, LORAC_PHASE_ELEMENTWISE);
 }
@@ -607,36 +661,40 @@ static void layer_backward(lorac_train_pass_t *p, int32_t l, float *dres, float 
     layer_acts_t *s = &p->acts[l];
     int64_t N = p->N, D = c->hidden_size, I = c->intermediate_size, H = c->n_heads, KVH = c->n_kv_heads, hd = c->head_dim;
 
-    /* MLP: out = x_mid + r·down(silu(gate(xn2)) * up(xn2)), r = 1 but for Granite */
-    linear_backward(p, &L->proj[LORAC_LORA_DOWN], p->dh, true, block_grad(p, dres, p->dres2, N * D), s->h, s,
-                    LORAC_LORA_DOWN, dropout, has_rng);
-    lorac_swiglu_backward(p->dgate, p->dup, p->dh, s->gate, s->up, N, I);
+    /* MLP: out = x_mid + r·down(silu(gate(xn2)) * up(xn2)), r = 1 but for Granite; Gemma: gelu, and the
+     * down product through its post norm */
+    const float *d_down = block_grad(p, dres, p->dres2, N * D);
+    if (c->sandwich_norms) d_down = post_norm_backward(p, d_down, s->m_raw, &L->ffn_post_norm, L->d_ffn_post_norm, s->rstd_pm);
+    linear_backward(p, &L->proj[LORAC_LORA_DOWN], p->dh, true, d_down, s->h, s, LORAC_LORA_DOWN, dropout, has_rng);
+    if (c->act == LORAC_ACT_GELU_TANH) lorac_geglu_backward(p->dgate, p->dup, p->dh, s->gate, s->up, N, I);
+    else lorac_swiglu_backward(p->dgate, p->dup, p->dh, s->gate, s->up, N, I);
     lap(p, LORAC_PHASE_SWIGLU);
     linear_backward(p, &L->proj[LORAC_LORA_GATE], p->dxn, true, p->dgate, s->xn2, s, LORAC_LORA_GATE, dropout, has_rng);
     linear_backward(p, &L->proj[LORAC_LORA_UP], p->dxn, false, p->dup, s->xn2, s, LORAC_LORA_UP, dropout, has_rng);
     /* residual: dres already holds d x_mid's direct share */
-    lorac_rmsnorm_backward(dres, L->d_ffn_norm, p->dxn, s->x_mid, L->ffn_norm.data, L->ffn_norm.dtype, s->rstd2, N, D);
+    norm_backward(p, dres, L->d_ffn_norm, p->dxn, s->x_mid, &L->ffn_norm, s->rstd2, N, D);
     lap(p, LORAC_PHASE_NORMS);
 
-    /* attention: x_mid = x_in + o(attention(rope(q), rope(k), v)), q and k through their norms first with qk_norm */
-    linear_backward(p, &L->proj[LORAC_LORA_O], p->datt, true, block_grad(p, dres, p->dres2, N * D), s->att, s,
-                    LORAC_LORA_O, dropout, has_rng);
+    /* attention: x_mid = x_in + o(attention(rope(q), rope(k), v)), q and k through their norms first with qk_norm,
+     * o through its post norm with sandwich norms */
+    const float *d_o = block_grad(p, dres, p->dres2, N * D);
+    if (c->sandwich_norms) d_o = post_norm_backward(p, d_o, s->o_raw, &L->attn_post_norm, L->d_attn_post_norm, s->rstd_po);
+    linear_backward(p, &L->proj[LORAC_LORA_O], p->datt, true, d_o, s->att, s, LORAC_LORA_O, dropout, has_rng);
     lorac_attention_train_backward(p->dq, p->dk, p->dv, p->att_scratch, p->datt, s->q, s->k, s->v, s->att, s->lse,
                                    layer_start(p, l), p->B, p->T, H, KVH, hd);
     lap(p, LORAC_PHASE_ATTENTION);
     if (c->query_scale != 1.0f) lorac_scale(p->dq, c->query_scale, N * H * hd); /* q was scaled after rotary */
     if (lorac_model_layer_has_rope(c, l)) {
-        lorac_rope_apply(p->dq, p->rope_cs, N, H, hd, -1);
-        lorac_rope_apply(p->dk, p->rope_cs, N, KVH, hd, -1);
+        lorac_rope_apply(p->dq, layer_rope(p, l), N, H, hd, -1);
+        lorac_rope_apply(p->dk, layer_rope(p, l), N, KVH, hd, -1);
     }
     lap(p, LORAC_PHASE_ROPE);
     const float *dq = p->dq, *dk = p->dk; /* the gradients of q and k as projected */
     if (c->qk_norm) {
         memset(p->dq_raw, 0, sizeof(float) * (size_t)(N * H * hd));
         memset(p->dk_raw, 0, sizeof(float) * (size_t)(N * KVH * hd));
-        lorac_rmsnorm_backward(p->dq_raw, L->d_q_norm, p->dq, s->q_raw, L->q_norm.data, L->q_norm.dtype, s->rstd_q, N * H, hd);
-        lorac_rmsnorm_backward(p->dk_raw, L->d_k_norm, p->dk, s->k_raw, L->k_norm.data, L->k_norm.dtype, s->rstd_k, N * KVH,
-                               hd);
+        norm_backward(p, p->dq_raw, L->d_q_norm, p->dq, s->q_raw, &L->q_norm, s->rstd_q, N * H, hd);
+        norm_backward(p, p->dk_raw, L->d_k_norm, p->dk, s->k_raw, &L->k_norm, s->rstd_k, N * KVH, hd);
         dq = p->dq_raw;
         dk = p->dk_raw;
         lap(p, LORAC_PHASE_NORMS);
@@ -650,7 +708,7 @@ static void layer_backward(lorac_train_pass_t *p, int32_t l, float *dres, float 
     linear_backward(p, &L->proj[LORAC_LORA_K], dxn, false, dk, s->xn1, s, LORAC_LORA_K, dropout, has_rng);
     linear_backward(p, &L->proj[LORAC_LORA_V], dxn, false, p->dv, s->xn1, s, LORAC_LORA_V, dropout, has_rng);
     if (dxn)
-        lorac_rmsnorm_backward(dres, L->d_attn_norm, dxn, s->x_in, L->attn_norm.data, L->attn_norm.dtype, s->rstd1, N, D);
+        norm_backward(p, dres, L->d_attn_norm, dxn, s->x_in, &L->attn_norm, s->rstd1, N, D);
     lap(p, LORAC_PHASE_NORMS);
 }
 
@@ -794,13 +852,14 @@ lorac_status_t lorac_train_pass_run(lorac_train_pass_t *p, const int32_t *tokens
     /* forward */
     lap(p, LORAC_PHASE_ELEMENTWISE);
     lorac_rope_table(p->rope_cs, pos, m->inv_freq, N, c->head_dim);
+    if (p->rope_cs_local) lorac_rope_table(p->rope_cs_local, pos, m->inv_freq_local, N, c->head_dim);
     lap(p, LORAC_PHASE_ROPE);
     embed_rows(p, p->acts[0].x_in, tokens, N);
     if (c->embedding_multiplier != 1.0f) lorac_scale(p->acts[0].x_in, c->embedding_multiplier, N * D);
     lap(p, LORAC_PHASE_ELEMENTWISE);
     for (int32_t l = 0; l < c->n_layers; l++)
         layer_forward(p, l, l + 1 < c->n_layers ? p->acts[l + 1].x_in : p->x_final, dropout, rng);
-    lorac_rmsnorm_forward(p->xn_f, p->rstd_f, p->x_final, p->final_norm.data, p->final_norm.dtype, c->rms_norm_eps, N, D);
+    norm_forward(p, p->xn_f, p->rstd_f, p->x_final, &p->final_norm, N, D);
     /* Granite's logits / logits_scaling: the classifier's input divided (the backward reads x_final, not xn_f) */
     if (c->logits_scaling != 1.0f) lorac_scale(p->xn_f, 1.0f / c->logits_scaling, N * D);
     lap(p, LORAC_PHASE_NORMS);
@@ -811,12 +870,11 @@ lorac_status_t lorac_train_pass_run(lorac_train_pass_t *p, const int32_t *tokens
     memset(p->dres, 0, sizeof(float) * (size_t)(N * D));
     if (c->logits_scaling != 1.0f) lorac_scale(p->dxn_f, 1.0f / c->logits_scaling, N * D);
     lap(p, LORAC_PHASE_ELEMENTWISE);
-    lorac_rmsnorm_backward(p->dres, p->d_final_norm, p->dxn_f, p->x_final, p->final_norm.data, p->final_norm.dtype,
-                           p->rstd_f, N, D);
+    norm_backward(p, p->dres, p->d_final_norm, p->dxn_f, p->x_final, &p->final_norm, p->rstd_f, N, D);
     lap(p, LORAC_PHASE_NORMS);
     for (int32_t l = c->n_layers - 1; l >= p->grad_floor; l--) layer_backward(p, l, p->dres, dropout, rng != NULL);
     if (p->d_embed) {
-        float em = c->embedding_multiplier; /* 1 but for Granite */
+        float em = c->embedding_multiplier; /* 1 but for Granite and Gemma */
         for (int64_t i = 0; i < N; i++) {
             float *row = p->d_embed + (int64_t)tokens[i] * D;
             for (int64_t k = 0; k < D; k++) row[k] += em * p->dres[i * D + k];

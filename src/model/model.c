@@ -25,7 +25,7 @@ static void shape_str(const int64_t *shape, int n, char *buf, size_t cap) {
 static lorac_status_t find_tensor_fill(lorac_model_t *m, lorac_tensor_kind_t kind, int32_t layer, int required,
                                        int fill_now, lorac_wref_t *out) {
     char name[128];
-    lorac_tensor_name(kind, layer, name, sizeof name);
+    lorac_tensor_name(&m->config, kind, layer, name, sizeof name);
     out->data = NULL;
     const lorac_tensor_view_t *tv = lorac_weight_files_find(m->files, name);
     if (!tv) {
@@ -158,6 +158,9 @@ static lorac_status_t load_layer(lorac_model_t *m, int32_t l) {
     if (c->qk_norm &&
         ((s = find_tensor(m, LORAC_TENSOR_Q_NORM, l, 1, &L->q_norm)) || (s = find_tensor(m, LORAC_TENSOR_K_NORM, l, 1, &L->k_norm))))
         return s;
+    if (c->sandwich_norms && ((s = find_tensor(m, LORAC_TENSOR_ATTN_POST_NORM, l, 1, &L->attn_post_norm)) ||
+                              (s = find_tensor(m, LORAC_TENSOR_FFN_POST_NORM, l, 1, &L->ffn_post_norm))))
+        return s;
     if (c->mlp_bias &&
         ((s = load_bias(m, LORAC_TENSOR_GATE_BIAS, l, 1, &L->b_gate)) ||
          (s = load_bias(m, LORAC_TENSOR_UP_BIAS, l, 1, &L->b_up)) ||
@@ -166,13 +169,15 @@ static lorac_status_t load_layer(lorac_model_t *m, int32_t l) {
     return LORAC_STATUS_OK;
 }
 
-/* inv_freq[i] = theta^(-2i/hd), with Llama-3 frequency-dependent scaling
- * (the same piecewise rule as HF's _compute_llama3_parameters). */
-static void compute_inv_freq(const lorac_model_config_t *c, float *inv_freq) {
+/* inv_freq[i] = theta^(-2i/hd); scaled: with the config's scaling, linear
+ * (every frequency divided by the factor) or Llama 3's frequency-dependent
+ * one (the same piecewise rule as HF's _compute_llama3_parameters). */
+static void compute_inv_freq(const lorac_model_config_t *c, float theta, int scaled, float *inv_freq) {
     int32_t half = c->head_dim / 2;
     for (int32_t i = 0; i < half; i++) {
-        double f = 1.0 / pow((double)c->rope_theta, (double)(2 * i) / (double)c->head_dim);
-        if (c->rope_llama3) {
+        double f = 1.0 / pow((double)theta, (double)(2 * i) / (double)c->head_dim);
+        if (scaled) f /= c->rope_linear_factor;
+        if (scaled && c->rope_llama3) {
             double old_len = c->rope_original_max_position;
             double low_wavelen = old_len / c->rope_low_freq_factor;
             double high_wavelen = old_len / c->rope_high_freq_factor;
@@ -290,7 +295,11 @@ static lorac_status_t model_load(const char *dir, int for_training, lorac_model_
     const lorac_model_config_t *c = &m->config;
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     m->inv_freq = malloc(sizeof(float) * (size_t)(c->head_dim / 2));
-    if (!m->layers || !m->inv_freq) { s = lorac_error(LORAC_STATUS_NOMEM, "out of memory"); goto fail; }
+    m->inv_freq_local = c->rope_local_theta ? malloc(sizeof(float) * (size_t)(c->head_dim / 2)) : NULL;
+    if (!m->layers || !m->inv_freq || (c->rope_local_theta && !m->inv_freq_local)) {
+        s = lorac_error(LORAC_STATUS_NOMEM, "out of memory");
+        goto fail;
+    }
     if ((s = find_tensor(m, LORAC_TENSOR_EMBED, 0, 1, &m->embed)) ||
         (s = find_tensor(m, LORAC_TENSOR_FINAL_NORM, 0, 1, &m->final_norm)))
         goto fail;
@@ -301,7 +310,15 @@ static lorac_status_t model_load(const char *dir, int for_training, lorac_model_
     }
     for (int32_t l = 0; l < c->n_layers; l++)
         if ((s = load_layer(m, l))) goto fail;
-    compute_inv_freq(c, m->inv_freq);
+    compute_inv_freq(c, c->rope_theta, 1, m->inv_freq);
+    if (c->rope_local_theta) compute_inv_freq(c, c->rope_local_theta, 0, m->inv_freq_local);
+    /* Gemma 3 multiplies the embedding by sqrt(hidden_size) rounded to the
+     * embedding's dtype (34 for 1152 in bf16, not 33.94) */
+    if (c->arch == LORAC_ARCH_GEMMA3 && m->embed.dtype != LORAC_DTYPE_F32) {
+        uint16_t half_bits;
+        lorac_kv_store(&half_bits, m->embed.dtype, &m->config.embedding_multiplier, 1);
+        lorac_convert_to_f32(&m->config.embedding_multiplier, &half_bits, m->embed.dtype, 1);
+    }
     /* the tokenizer before the weights are copied: a broken tokenizer.json
      * fails in milliseconds, not after seconds of copying */
     if (file_exists(tok_path) && (s = lorac_tokenizer_load_json(tok_path, &m->tokenizer))) goto fail;
@@ -332,6 +349,7 @@ void lorac_model_free(lorac_model_t *m) {
     }
     free(m->layers);
     free(m->inv_freq);
+    free(m->inv_freq_local);
     for (int32_t i = 0; i < m->n_aligned_copies; i++) free(m->aligned_copies[i].dst);
     free(m->aligned_copies);
     lorac_tokenizer_free(m->tokenizer);

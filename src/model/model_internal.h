@@ -35,12 +35,15 @@ typedef enum {
     LORAC_TENSOR_DOWN_BIAS,
     LORAC_TENSOR_Q_NORM, /* Qwen3: (head_dim), shared by every head */
     LORAC_TENSOR_K_NORM,
+    LORAC_TENSOR_ATTN_POST_NORM, /* sandwich_norms (Gemma 3): the attention's output, and the MLP's */
+    LORAC_TENSOR_FFN_POST_NORM,
     LORAC_TENSOR_COUNT
 } lorac_tensor_kind_t;
 
 /* HuggingFace name of a tensor ("model.layers.3.self_attn.q_proj.weight")
- * written into buf; layer is ignored for the global tensors. */
-void lorac_tensor_name(lorac_tensor_kind_t kind, int32_t layer, char *buf, size_t cap);
+ * in the config's architecture written into buf; layer is ignored for the
+ * global tensors. */
+void lorac_tensor_name(const lorac_model_config_t *c, lorac_tensor_kind_t kind, int32_t layer, char *buf, size_t cap);
 /* 1 for tensors that exist once per layer. */
 int lorac_tensor_is_per_layer(lorac_tensor_kind_t kind);
 /* Expected shape of the tensor for this config; returns the number of dims. */
@@ -48,7 +51,8 @@ int lorac_tensor_expected_shape(lorac_tensor_kind_t kind, const lorac_model_conf
 
 typedef struct {
     lorac_wref_t attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down;
-    lorac_wref_t q_norm, k_norm;          /* qk_norm (Qwen3); empty otherwise */
+    lorac_wref_t q_norm, k_norm;          /* qk_norm (Qwen3, Gemma 3); empty otherwise */
+    lorac_wref_t attn_post_norm, ffn_post_norm; /* sandwich_norms (Gemma 3); empty otherwise */
     float *bq, *bk, *bv, *bo, *b_gate, *b_up, *b_down; /* f32 copies; NULL when absent */
 } lorac_layer_weights_t;
 
@@ -69,6 +73,7 @@ struct lorac_model {
     lorac_wref_t embed, final_norm, lm_head; /* lm_head == embed when tied */
     lorac_layer_weights_t *layers;        /* n_layers */
     float *inv_freq;                      /* head_dim / 2 rotary frequencies */
+    float *inv_freq_local;                /* the windowed layers' (rope_local_theta); NULL without one */
     aligned_copy_t *aligned_copies;       /* tensors not LORAC_WEIGHT_ALIGN-aligned in the file, copied */
     int32_t n_aligned_copies;
     int for_training;                     /* lorac_model_load_for_training */

@@ -25,19 +25,26 @@ static const char *const k_names[LORAC_TENSOR_COUNT] = {
     [LORAC_TENSOR_DOWN_BIAS] = "model.layers.%d.mlp.down_proj.bias",
     [LORAC_TENSOR_Q_NORM] = "model.layers.%d.self_attn.q_norm.weight",
     [LORAC_TENSOR_K_NORM] = "model.layers.%d.self_attn.k_norm.weight",
+    [LORAC_TENSOR_ATTN_POST_NORM] = "model.layers.%d.post_attention_layernorm.weight",
+    [LORAC_TENSOR_FFN_POST_NORM] = "model.layers.%d.post_feedforward_layernorm.weight",
 };
 
 int lorac_tensor_is_per_layer(lorac_tensor_kind_t kind) {
     return kind != LORAC_TENSOR_EMBED && kind != LORAC_TENSOR_FINAL_NORM && kind != LORAC_TENSOR_LM_HEAD;
 }
 
-void lorac_tensor_name(lorac_tensor_kind_t kind, int32_t layer, char *buf, size_t cap) {
+void lorac_tensor_name(const lorac_model_config_t *c, lorac_tensor_kind_t kind, int32_t layer, char *buf, size_t cap) {
+    /* with sandwich norms, "post_attention_layernorm" is the attention
+     * output's norm and the MLP's input norm has a name of its own */
+    const char *fmt = c->sandwich_norms && kind == LORAC_TENSOR_FFN_NORM
+                          ? "model.layers.%d.pre_feedforward_layernorm.weight"
+                          : k_names[kind];
 #if defined(__GNUC__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wformat-nonliteral"
 #endif
-    if (lorac_tensor_is_per_layer(kind)) snprintf(buf, cap, k_names[kind], layer);
-    else snprintf(buf, cap, "%s", k_names[kind]);
+    if (lorac_tensor_is_per_layer(kind)) snprintf(buf, cap, fmt, layer);
+    else snprintf(buf, cap, "%s", fmt);
 #if defined(__GNUC__)
 #pragma GCC diagnostic pop
 #endif
@@ -49,6 +56,7 @@ int lorac_tensor_expected_shape(lorac_tensor_kind_t kind, const lorac_model_conf
     switch (kind) {
     case LORAC_TENSOR_EMBED: case LORAC_TENSOR_LM_HEAD: shape[0] = V; shape[1] = D; return 2;
     case LORAC_TENSOR_FINAL_NORM: case LORAC_TENSOR_ATTN_NORM: case LORAC_TENSOR_FFN_NORM:
+    case LORAC_TENSOR_ATTN_POST_NORM: case LORAC_TENSOR_FFN_POST_NORM:
     case LORAC_TENSOR_O_BIAS: case LORAC_TENSOR_DOWN_BIAS: shape[0] = D; return 1;
     case LORAC_TENSOR_Q: shape[0] = Q; shape[1] = D; return 2;
     case LORAC_TENSOR_K: case LORAC_TENSOR_V: shape[0] = KV; shape[1] = D; return 2;

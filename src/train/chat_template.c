@@ -27,7 +27,7 @@ void dbuf_free(dbuf_t *b) {
 /* ---- names ---- */
 static const char *const k_names[CHAT_COUNT] = {"chatml", "llama-2",      "llama-3",      "llama-3.1", "zephyr",
                                                  "mistral", "mistral-v0.1", "mistral-v0.2", "mistral-v1",
-                                                 "mistral-v3", "qwen3"};
+                                                 "mistral-v3", "qwen3",        "gemma",        "gemma3"};
 
 int chat_tpl_from_name(const char *name) {
     static const struct { const char *alias; chat_tpl_t t; } aliases[] = {
@@ -38,7 +38,8 @@ int chat_tpl_from_name(const char *name) {
         {"mistral-v0.1", CHAT_MISTRAL_V01}, {"mistral-v0.2", CHAT_MISTRAL_V02}, {"mixtral", CHAT_MISTRAL_V02},
         {"mistral-v1", CHAT_MISTRAL_V1},    {"mistral-v3", CHAT_MISTRAL_V3}, {"mistral-v0.3", CHAT_MISTRAL_V3},
         {"mistral-v3-tekken", CHAT_MISTRAL}, /* llama.cpp's names for v0.3's and NeMo's */
-        {"qwen3", CHAT_QWEN3},
+        {"qwen3", CHAT_QWEN3},       {"gemma", CHAT_GEMMA},       {"gemma2", CHAT_GEMMA},
+        {"gemma3", CHAT_GEMMA3},
     };
     if (!name) return -1;
     for (size_t i = 0; i < sizeof aliases / sizeof *aliases; i++)
@@ -55,10 +56,10 @@ const char *lorac_dataset_chat_template_name(const char *name) {
 
 /* Default BOS / EOS strings of a template ("<s>", "</s>", "<|begin_of_text|>"). */
 static const char *chat_tpl_default_bos(chat_tpl_t t) {
-    return t == CHAT_LLAMA3 || t == CHAT_LLAMA31 ? "<|begin_of_text|>" : "<s>";
+    return t == CHAT_LLAMA3 || t == CHAT_LLAMA31 ? "<|begin_of_text|>" : t == CHAT_GEMMA || t == CHAT_GEMMA3 ? "<bos>" : "<s>";
 }
 
-static const char *chat_tpl_default_eos(chat_tpl_t t) { (void)t; return "</s>"; }
+static const char *chat_tpl_default_eos(chat_tpl_t t) { return t == CHAT_GEMMA || t == CHAT_GEMMA3 ? "<eos>" : "</s>"; }
 
 const char *lorac_dataset_chat_end_of_turn(const char *template_name, const char *eos) {
     switch (chat_tpl_from_name(template_name)) {
@@ -66,6 +67,8 @@ const char *lorac_dataset_chat_end_of_turn(const char *template_name, const char
     case CHAT_QWEN3: return "<|im_end|>";
     case CHAT_LLAMA3:
     case CHAT_LLAMA31: return "<|eot_id|>";
+    case CHAT_GEMMA:
+    case CHAT_GEMMA3: return "<end_of_turn>";
     case CHAT_LLAMA2:
     case CHAT_ZEPHYR:
     case CHAT_MISTRAL:
@@ -95,6 +98,8 @@ static size_t chat_tpl_specials(chat_tpl_t t, const char *bos, const char *eos, 
     case CHAT_MISTRAL_V01: /* [INST] and [/INST] are plain text in these models' vocabularies */
     case CHAT_MISTRAL_V02:
     case CHAT_MISTRAL_V1: out[n++] = bos; out[n++] = eos; break;
+    case CHAT_GEMMA:
+    case CHAT_GEMMA3: out[n++] = bos; out[n++] = "<start_of_turn>"; out[n++] = "<end_of_turn>"; break;
     case CHAT_COUNT: break;
     }
     return n;
@@ -292,6 +297,37 @@ static lorac_status_t render_llama2(chat_render_t *r, const lorac_chat_message_t
     return LORAC_STATUS_OK;
 }
 
+/* Gemma's templates: BOS, then per message "<start_of_turn>{role}\n"
+ * (assistant written "model"), the stripped content and "<end_of_turn>\n";
+ * the reply and its <end_of_turn> are in the loss, the newline after it is
+ * not. A message must be a user turn exactly where it falls on an even
+ * place (the Jinja's "(role == 'user') != (loop.index0 % 2 == 0)" raises).
+ * Gemma 1's and 2's (t = CHAT_GEMMA) refuse a first system message; Gemma
+ * 3's puts it, unstripped, and a blank line before the first turn's content
+ * (its first_user_prefix). */
+static lorac_status_t render_gemma(chat_render_t *r, chat_tpl_t t, const lorac_chat_message_t *m, size_t n,
+                                   const char *bos) {
+    size_t first = 0;
+    const char *prefix = NULL;
+    if (n > 0 && !strcmp(m[0].role, "system")) {
+        if (t == CHAT_GEMMA)
+            return lorac_error(LORAC_STATUS_FORMAT, "gemma chat template: a system message is not supported (Gemma 1's "
+                               "and 2's templates refuse it; Gemma 3's, --chat-template gemma3, takes one)");
+        prefix = m[0].content;
+        first = 1;
+    }
+    TRY(piece(r, false, true) || add(r, bos));
+    for (size_t i = first; i < n; i++) {
+        bool user = !strcmp(m[i].role, "user"), assistant = !strcmp(m[i].role, "assistant");
+        if (user != ((i - first) % 2 == 0)) return check_turn(t, m, i, first, t == CHAT_GEMMA3);
+        TRY(piece(r, false, true) || add(r, "<start_of_turn>") || add(r, assistant ? "model" : m[i].role) || add(r, "\n"));
+        TRY(piece(r, assistant, false) || (i == first && prefix && (add(r, prefix) || add(r, "\n\n"))) ||
+            add_stripped(r, m[i].content) || add(r, "<end_of_turn>"));
+        TRY(piece(r, false, true) || add(r, "\n"));
+    }
+    return LORAC_STATUS_OK;
+}
+
 /* Llama 3: BOS, then per message a header and the stripped content closed by
  * <|eot_id|>. Llama 3.1/3.2 always open with a system block carrying the
  * knowledge-cutoff lines and the (first) system message. */
@@ -422,6 +458,8 @@ lorac_status_t chat_render_pieces(chat_tpl_t t, const char *default_system, cons
     case CHAT_MISTRAL_V01:
     case CHAT_MISTRAL_V02:
     case CHAT_MISTRAL_V1: return render_mistral_spaced(r, t, m, n, bos, eos);
+    case CHAT_GEMMA:
+    case CHAT_GEMMA3: return render_gemma(r, t, m, n, bos);
     case CHAT_COUNT: break;
     }
     return lorac_error(LORAC_STATUS_INVALID_ARG, "bad chat template id %d", (int)t);
@@ -454,6 +492,8 @@ static const char *generation_prompt(chat_tpl_t t) {
     case CHAT_LLAMA3:
     case CHAT_LLAMA31: return "<|start_header_id|>assistant<|end_header_id|>\n\n";
     case CHAT_ZEPHYR: return "<|assistant|>\n";
+    case CHAT_GEMMA:
+    case CHAT_GEMMA3: return "<start_of_turn>model\n";
     case CHAT_LLAMA2:  /* the text already ends with [/INST] */
     case CHAT_MISTRAL:
     case CHAT_MISTRAL_V01:
@@ -610,11 +650,20 @@ lorac_status_t lorac_dataset_chat_template_recognize(const char *jinja, const ch
               strstr(jinja, "message['content'] + eos_token }}")))
         t = strstr(jinja, "eos_token + ' '") ? CHAT_MISTRAL_V01 : CHAT_MISTRAL_V02;
     else if (strstr(jinja, "<|user|>") && strstr(jinja, "<|assistant|>") && !strstr(jinja, "<|end|>")) t = CHAT_ZEPHYR;
+    else if (strstr(jinja, "<start_of_turn>") && strstr(jinja, "raise_exception('System role not supported')") &&
+             (strstr(jinja, "'<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n'") ||
+              strstr(jinja, "'<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n'")))
+        t = CHAT_GEMMA; /* Gemma 1's and 2's, their newlines escaped in the Jinja or not */
+    else if (strstr(jinja, "<start_of_turn>") &&
+             strstr(jinja, "{%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}") &&
+             strstr(jinja, "{{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else \"\") }}") &&
+             strstr(jinja, "{{ message['content'] | trim }}") && strstr(jinja, "{{ '<end_of_turn>\\n' }}"))
+        t = CHAT_GEMMA3;
     else {
         const char *family = strstr(jinja, "[INST]")             ? "a Mistral-style [INST] template other than NeMo's, "
                                                                   "Mistral 7B v0.1's, Mixtral's, their later one "
                                                                   "and v0.3's"
-                             : strstr(jinja, "<start_of_turn>") ? "a Gemma template"
+                             : strstr(jinja, "<start_of_turn>") ? "a Gemma template other than Gemma 2's and 3's"
                              : strstr(jinja, "<|end|>")         ? "a Phi-3 template"
                                                                 : "a chat template";
         return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s that lorac cannot render exactly; %s", family, hint);

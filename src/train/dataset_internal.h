@@ -51,6 +51,8 @@ typedef enum {
     CHAT_MISTRAL_V1,  /* the spaced template Mistral later gave those models */
     CHAT_MISTRAL_V3,  /* Mistral 7B Instruct v0.3's and Mistral Large 2407's ("v3") */
     CHAT_QWEN3,       /* Qwen3's: ChatML with a <think> block opening the replies after the last question */
+    CHAT_GEMMA,       /* Gemma 1's and 2's: <start_of_turn>user/model turns, no system message */
+    CHAT_GEMMA3,      /* Gemma 3's: the same with a system message folded into the first user turn */
     CHAT_COUNT
 } chat_tpl_t;
 

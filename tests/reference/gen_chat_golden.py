@@ -44,6 +44,8 @@ TEMPLATES = [
     ("mistral-v1", "tests/data/chat/templates/mistral-instruct-v1.jinja", None, "<s>", "</s>"),
     ("mistral-v3", "tests/data/chat/templates/mistral-7b-instruct-v0.3.jinja", None, "<s>", "</s>"),
     ("qwen3", "tests/data/chat/templates/qwen3.jinja", None, None, "<|im_end|>"),
+    ("gemma-2", "chat-templates/google-gemma-2-2b-it.jinja", None, "<bos>", "<eos>"),
+    ("gemma-3", "tests/data/chat/templates/gemma3.jinja", None, "<bos>", "<eos>"),
 ]
 
 S = {"role": "system", "content": "You are a careful assistant."}

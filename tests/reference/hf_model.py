@@ -7,7 +7,7 @@ safetensors package):
     strict reader (F32, F16, BF16).
   * make_random_model: writes a HuggingFace model directory (config.json with
     LlamaConfig field names + model.safetensors with HF tensor names) holding a
-    random tiny Llama / Mistral / Qwen2 / Qwen3 / SmolLM3 / Granite model.
+    random tiny Llama / Mistral / Qwen2 / Qwen3 / SmolLM3 / Granite / Gemma 3 model.
   * llama_forward: the forward pass of HF LlamaForCausalLM (and Mistral and
     Qwen2, which are the same computation, and Qwen3, which adds an RMSNorm
     over each head of q and of k before rotary, as modeling_qwen3.py's
@@ -15,7 +15,12 @@ safetensors package):
     layers, as modeling_smollm3.py's use_rope, and Granite, whose
     embedding_multiplier, residual_multiplier, attention_multiplier and
     logits_scaling scale the embedding, each block's output, the attention
-    scores and the logits, as modeling_granite.py does) in float64, from the
+    scores and the logits, as modeling_granite.py does, and Gemma 3's text
+    model, modeling_gemma3.py: RMSNorms by (1 + w), the embedding times
+    sqrt(hidden_size) in its dtype, q/k norms, scores times
+    query_pre_attn_scalar^-1/2, each block's output normalised before the
+    residual add, gelu_pytorch_tanh, windowed layers every but each
+    sliding_window_pattern-th with rope_local_base_freq) in float64, from the
     stored weight values (BF16/F16 values are upcast exactly), returning
     logits [T, V].
 
@@ -162,6 +167,7 @@ ARCHS = {
     "qwen3": ("Qwen3ForCausalLM", "qwen3"),
     "smollm3": ("SmolLM3ForCausalLM", "smollm3"),
     "granite": ("GraniteForCausalLM", "granite"),
+    "gemma3": ("Gemma3ForCausalLM", "gemma3_text"),
 }
 
 LLAMA3_ROPE_SCALING = {
@@ -244,6 +250,23 @@ def make_config(cfg, dtype="F32", tie=False, bias=False, arch="llama"):
             c["no_rope_layers"] = list(cfg["no_rope_layers"])
         else:
             c["no_rope_layer_interval"] = cfg.get("no_rope_layer_interval", 4)
+    elif arch == "gemma3":
+        # Gemma3TextConfig's fields: sandwich norms, GeGLU, q/k norms, a
+        # scaled embedding, query_pre_attn_scalar, windowed layers (every
+        # sliding_window_pattern-th layer global) with their own rotary base
+        if bias:
+            raise ValueError("Gemma 3 has no biases here")
+        c["head_dim"] = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+        c["hidden_activation"] = "gelu_pytorch_tanh"
+        del c["hidden_act"]
+        c["attention_bias"] = False
+        c["query_pre_attn_scalar"] = cfg.get("query_pre_attn_scalar", c["head_dim"])
+        c["sliding_window"] = cfg.get("sliding_window", 4096)
+        c["sliding_window_pattern"] = cfg.get("sliding_window_pattern", 6)
+        c["rope_local_base_freq"] = cfg.get("rope_local_base_freq", 10000.0)
+        c["rope_theta"] = cfg.get("rope_theta", 1000000.0)
+        c["attn_logit_softcapping"] = None
+        c["final_logit_softcapping"] = None
     elif arch == "qwen3":
         c["head_dim"] = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
         c["attention_bias"] = bool(bias)
@@ -259,6 +282,8 @@ def head_dim_of(c):
     hd = c.get("head_dim")
     if hd is None and c.get("model_type") == "qwen3":
         return 128  # Qwen3Config's default, whatever the hidden size
+    if hd is None and c.get("model_type") == "gemma3_text":
+        return 256  # Gemma3TextConfig's
     return hd if hd is not None else c["hidden_size"] // c["num_attention_heads"]
 
 
@@ -270,9 +295,18 @@ def has_o_bias(c):
     return c["model_type"] in ("llama", "qwen3", "smollm3", "granite") and bool(c.get("attention_bias", False))
 
 
-def multipliers(c):
+def is_gemma3(c):
+    return c.get("model_type") == "gemma3_text"
+
+
+def multipliers(c, embed_dtype=torch.float32):
     """(embedding, residual, attention score, logits divisor): Granite's
-    (GraniteConfig's defaults 1), else 1, 1, 1/sqrt(head_dim), 1."""
+    (GraniteConfig's defaults 1); Gemma 3's sqrt(hidden_size) rounded to the
+    embedding's dtype (Gemma3TextScaledWordEmbedding casts it so) and
+    query_pre_attn_scalar^-1/2; else 1, 1, 1/sqrt(head_dim), 1."""
+    if is_gemma3(c):
+        emb = float(torch.tensor(c["hidden_size"] ** 0.5, dtype=embed_dtype))
+        return emb, 1.0, float(c.get("query_pre_attn_scalar", 256)) ** -0.5, 1.0
     if c.get("model_type") != "granite":
         return 1.0, 1.0, 1.0 / math.sqrt(head_dim_of(c)), 1.0
     return (float(c.get("embedding_multiplier", 1.0)), float(c.get("residual_multiplier", 1.0)),
@@ -280,7 +314,7 @@ def multipliers(c):
 
 
 def has_qk_norm(c):
-    return c.get("model_type") == "qwen3"
+    return c.get("model_type") in ("qwen3", "gemma3_text")
 
 
 def rope_layers(c):
@@ -308,13 +342,16 @@ def attention_windows(c):
     mt = c.get("model_type")
     if mt in ("llama", "granite"):
         return [None] * L
-    W = c.get("sliding_window", 4096 if mt == "mistral" else None)
-    if mt != "mistral" and not c.get("use_sliding_window", False):
+    W = c.get("sliding_window", 4096 if mt in ("mistral", "gemma3_text") else None)
+    if mt not in ("mistral", "gemma3_text") and not c.get("use_sliding_window", False):
         W = None
     if c.get("layer_types") is not None:
         types = c["layer_types"]
     elif mt == "mistral":
         types = ["sliding_attention" if W else "full_attention"] * L
+    elif mt == "gemma3_text":  # Gemma3TextConfig: every sliding_window_pattern-th layer global
+        n = c.get("sliding_window_pattern", 6)
+        types = ["sliding_attention" if W and (i + 1) % n else "full_attention" for i in range(L)]
     elif mt in ("qwen2", "qwen3"):
         first = c.get("max_window_layers", 28)
         types = ["sliding_attention" if W and i >= first else "full_attention" for i in range(L)]
@@ -346,6 +383,9 @@ def tensor_shapes(c):
             s[p + "self_attn.q_norm.weight"] = [hd]
             s[p + "self_attn.k_norm.weight"] = [hd]
         s[p + "post_attention_layernorm.weight"] = [D]
+        if is_gemma3(c):  # post_attention_layernorm is the attention output's norm there
+            s[p + "pre_feedforward_layernorm.weight"] = [D]
+            s[p + "post_feedforward_layernorm.weight"] = [D]
         s[p + "mlp.gate_proj.weight"] = [F, D]
         s[p + "mlp.up_proj.weight"] = [F, D]
         s[p + "mlp.down_proj.weight"] = [D, F]
@@ -371,7 +411,8 @@ def random_weights(c, seed=0, scale=None):
     w = {}
     for name, shape in tensor_shapes(c).items():
         if name.endswith("norm.weight"):  # input_/post_attention_layernorm, q_norm, k_norm, model.norm
-            t = 1.0 + 0.1 * torch.randn(shape, generator=g)
+            # Gemma's norms scale by 1 + w
+            t = (0.0 if is_gemma3(c) else 1.0) + 0.1 * torch.randn(shape, generator=g)
         elif name.endswith(".bias"):
             t = 0.1 * torch.randn(shape, generator=g)
         elif name == "model.embed_tokens.weight":
@@ -443,30 +484,36 @@ def llama3_scale_inv_freq(inv_freq, rs):
     return torch.where(is_medium_freq, smoothed_inv_freq, inv_freq_llama)
 
 
-def rope_inv_freq(c, dtype=torch.float64):
+def rope_inv_freq(c, dtype=torch.float64, local=False):
+    """The rotary frequencies; local: Gemma 3's windowed layers' own
+    (rope_local_base_freq, unscaled)."""
+    if local:
+        return default_inv_freq(dict(c, rope_theta=c.get("rope_local_base_freq", 10000.0)), dtype)
     inv = default_inv_freq(c, dtype)
     rs = c.get("rope_scaling")
     if rs:
         kind = rs.get("rope_type", rs.get("type"))
         if kind == "llama3":
             inv = llama3_scale_inv_freq(inv, rs)
+        elif kind == "linear":  # _compute_linear_scaling_rope_parameters
+            inv = inv / float(rs["factor"])
         elif kind not in (None, "default"):
             raise NotImplementedError(f"rope_scaling type {kind}")
     return inv
 
 
-def rotary_cos_sin(c, positions, hf_float32=False):
+def rotary_cos_sin(c, positions, hf_float32=False, local=False):
     """cos, sin of shape [T, head_dim] (each half repeated, HF layout).
 
     hf_float32=True reproduces HF's float32 inv_freq and angle computation
     (then upcast), to measure how much that rounding matters.
     """
     if hf_float32:
-        inv = rope_inv_freq(c, torch.float32)
+        inv = rope_inv_freq(c, torch.float32, local)
         ang = (positions.to(torch.float32)[:, None] * inv[None, :]).to(torch.float64)
         emb = torch.cat([ang, ang], dim=-1)
         return emb.cos().to(torch.float32).double(), emb.sin().to(torch.float32).double()
-    inv = rope_inv_freq(c, torch.float64)
+    inv = rope_inv_freq(c, torch.float64, local)
     ang = positions.to(torch.float64)[:, None] * inv[None, :]
     emb = torch.cat([ang, ang], dim=-1)
     return emb.cos(), emb.sin()
@@ -481,7 +528,8 @@ def rms_norm(x, w, eps):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 
 
-def llama_forward(weights, c, ids, hf_float32_rope=False, return_hidden=False, kv_dtype=None):
+def llama_forward(weights, c, ids, hf_float32_rope=False, return_hidden=False, kv_dtype=None,
+                  exact_embed_scale=False):
     """Logits [T, V] (float64) of HF LlamaForCausalLM for one sequence `ids`.
 
     weights: dict of HF tensor name -> tensor (any dtype; values upcast to
@@ -509,25 +557,36 @@ def llama_forward(weights, c, ids, hf_float32_rope=False, return_hidden=False, k
     assert H % KV == 0
     rep = H // KV
 
-    emb_mult, res_mult, att_scale, logits_div = multipliers(c)
+    gemma = is_gemma3(c)
+    # Gemma3RMSNorm scales by (1 + w)
+    def norm(x, name):
+        return rms_norm(x, W(name) + 1.0 if gemma else W(name), eps)
+
+    # exact_embed_scale: Gemma's sqrt(hidden_size) not rounded to the embedding's dtype (a test's contrast)
+    emb_dtype = torch.float64 if exact_embed_scale else weights["model.embed_tokens.weight"].dtype
+    emb_mult, res_mult, att_scale, logits_div = multipliers(c, emb_dtype)
     x = W("model.embed_tokens.weight")[ids] * emb_mult            # (T, D)
     cos, sin = rotary_cos_sin(c, torch.arange(T), hf_float32_rope)  # (T, hd)
     cos, sin = cos[:, None, :], sin[:, None, :]
+    # Gemma 3's windowed layers rotate with rope_local_base_freq
+    cos_l, sin_l = rotary_cos_sin(c, torch.arange(T), hf_float32_rope, local=True)
+    cos_l, sin_l = cos_l[:, None, :], sin_l[:, None, :]
     causal = torch.ones(T, T, dtype=torch.bool).tril()
     t_idx, s_idx = torch.arange(T)[:, None], torch.arange(T)[None, :]
     use_rope, windows = rope_layers(c), attention_windows(c)
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}."
-        h = rms_norm(x, W(p + "input_layernorm.weight"), eps)
+        h = norm(x, p + "input_layernorm.weight")
         q = linear(h, p + "self_attn.q_proj").view(T, H, hd)
         k = linear(h, p + "self_attn.k_proj").view(T, KV, hd)
         v = linear(h, p + "self_attn.v_proj").view(T, KV, hd)
         if p + "self_attn.q_norm.weight" in weights:  # Qwen3: each head normalised
-            q = rms_norm(q, W(p + "self_attn.q_norm.weight"), eps)
-            k = rms_norm(k, W(p + "self_attn.k_norm.weight"), eps)
+            q = norm(q, p + "self_attn.q_norm.weight")
+            k = norm(k, p + "self_attn.k_norm.weight")
         if use_rope[i]:
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
+            cs, sn = (cos_l, sin_l) if gemma and windows[i] is not None else (cos, sin)
+            q = q * cs + rotate_half(q) * sn
+            k = k * cs + rotate_half(k) * sn
         if kv_dtype is not None:
             k = k.to(torch.float32).to(kv_dtype).to(torch.float64)
             v = v.to(torch.float32).to(kv_dtype).to(torch.float64)
@@ -539,12 +598,19 @@ def llama_forward(weights, c, ids, hf_float32_rope=False, return_hidden=False, k
         scores = scores.masked_fill(~visible, float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         o = torch.einsum("hts,shd->thd", probs, v).reshape(T, H * hd)
+        if gemma:  # sandwich norms, GeGLU (gelu_pytorch_tanh)
+            x = x + norm(linear(o, p + "self_attn.o_proj"), p + "post_attention_layernorm.weight")
+            h = norm(x, p + "pre_feedforward_layernorm.weight")
+            act = torch.nn.functional.gelu(linear(h, p + "mlp.gate_proj"), approximate="tanh")
+            m = linear(act * linear(h, p + "mlp.up_proj"), p + "mlp.down_proj")
+            x = x + norm(m, p + "post_feedforward_layernorm.weight")
+            continue
         x = x + res_mult * linear(o, p + "self_attn.o_proj")
         h = rms_norm(x, W(p + "post_attention_layernorm.weight"), eps)
         gate = linear(h, p + "mlp.gate_proj")
         up = linear(h, p + "mlp.up_proj")
         x = x + res_mult * linear(torch.nn.functional.silu(gate) * up, p + "mlp.down_proj")
-    x = rms_norm(x, W("model.norm.weight"), eps)
+    x = norm(x, "model.norm.weight")
     head = W("lm_head.weight") if "lm_head.weight" in weights else W("model.embed_tokens.weight")
     logits = x @ head.T / logits_div
     return (logits, x) if return_hidden else logits
