@@ -82,7 +82,7 @@ int main(int argc, char **argv) {
             double t[ROUNDS];
             for (int r = 0; r < ROUNDS; r++) {
                 double t0 = now_us();
-                for (int64_t c = 0; c < calls; c++) lorac_attention_forward(out, scratch, q, kr, vr, dt, n_ctx, T, H, KVH, hd);
+                for (int64_t c = 0; c < calls; c++) lorac_attention_forward(out, scratch, q, kr, vr, dt, n_ctx, T, H, KVH, hd, 0.0f);
                 t[r] = (now_us() - t0) / (double)calls;
             }
             qsort(t, ROUNDS, sizeof(double), cmp_double);
@@ -103,7 +103,7 @@ int main(int argc, char **argv) {
             for (int th = 0; th < 2; th++) {
                 lorac_kernels_set_threads(th + 1);
                 double t0 = now_us();
-                for (int c = 0; c < CALLS; c++) lorac_attention_forward(out, scratch, q, k_rows, v_rows, dt, &n, 1, H, KVH, hd);
+                for (int c = 0; c < CALLS; c++) lorac_attention_forward(out, scratch, q, k_rows, v_rows, dt, &n, 1, H, KVH, hd, 0.0f);
                 t[th][r] = (now_us() - t0) / CALLS;
             }
         qsort(t[0], ROUNDS, sizeof(double), cmp_double);

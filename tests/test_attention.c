@@ -5,7 +5,7 @@
  * and groups of 2, 3 and 8 (blocks of 64, 42 and 16 tokens: a last block
  * short of a whole one each time), a row with two packed examples, a head
  * size that is not a multiple of 16, on every instruction-set path and for
- * 1 and 3 threads. */
+ * 1 and 3 threads; and once with Gemma 2's soft-capped scores. */
 #include <stdint.h>
 
 #include "kernels/kernels_internal.h"
@@ -13,7 +13,8 @@
 #include "isa_paths.h"
 
 enum { B = 2, T = 150, HMAX = 8, HD = 24 };
-static int H, KVH; /* the shape under test */
+static int H, KVH;    /* the shape under test */
+static float g_softcap; /* > 0: scores soft-capped, cap · tanh(s / cap) */
 #define QN (B * T * H * HD)
 #define KN (B * T * KVH * HD)
 
@@ -29,10 +30,11 @@ static double ref_out[B * T * HMAX * HD], ref_lse[B * T * HMAX], ref_dq[B * T * 
 static double ref_dk[B * T * HMAX * HD], ref_dv[B * T * HMAX * HD];
 
 /* Reference: for each query, P = softmax(scale·q·k_j) over its visible
- * keys, O = Σ P_j v_j; backward dP_j = dO·v_j, dS_j = P_j (dP_j − dO·O),
+ * keys (with a soft-cap c: of z_j = c·tanh(scale·q·k_j / c)), O = Σ P_j v_j;
+ * backward dP_j = dO·v_j, dS_j = P_j (dP_j − dO·O) (· (1 − (z_j / c)²)),
  * dq = scale Σ dS_j k_j, dk_j += scale dS_j q, dv_j += P_j dO. */
 static void reference(void) {
-    double scale = 1.0 / sqrt((double)HD), p[T];
+    double scale = 1.0 / sqrt((double)HD), p[T], capd[T];
     memset(ref_dq, 0, sizeof ref_dq), memset(ref_dk, 0, sizeof ref_dk), memset(ref_dv, 0, sizeof ref_dv);
     memset(ref_out, 0, sizeof ref_out), memset(ref_lse, 0, sizeof ref_lse);
     for (int b = 0; b < B; b++)
@@ -45,7 +47,12 @@ static void reference(void) {
                     const float *kv = k + ((b * T + j) * KVH + kvh) * HD;
                     double s = 0;
                     for (int i = 0; i < HD; i++) s += (double)qv[i] * kv[i];
-                    p[j] = s * scale, mx = fmax(mx, p[j]);
+                    p[j] = s * scale, capd[j] = 1;
+                    if (g_softcap > 0) {
+                        double z = g_softcap * tanh(p[j] / g_softcap);
+                        p[j] = z, capd[j] = 1 - (z / g_softcap) * (z / g_softcap);
+                    }
+                    mx = fmax(mx, p[j]);
                 }
                 for (int j = s0; j <= t; j++) p[j] = exp(p[j] - mx), sum += p[j];
                 double *o = ref_out + ((b * T + t) * H + h) * HD, delta = 0;
@@ -60,7 +67,7 @@ static void reference(void) {
                     int kvi = ((b * T + j) * KVH + kvh) * HD;
                     double dp = 0;
                     for (int i = 0; i < HD; i++) dp += (double)dov[i] * v[kvi + i];
-                    double ds = p[j] * (dp - delta) * scale;
+                    double ds = p[j] * (dp - delta) * scale * capd[j];
                     for (int i = 0; i < HD; i++) {
                         ref_dq[((b * T + t) * H + h) * HD + i] += ds * k[kvi + i];
                         ref_dk[kvi + i] += ds * qv[i];
@@ -87,16 +94,16 @@ static void check_path(const char *isa, int threads) {
     lorac_kernels_set_threads(threads);
     float *scratch = malloc(sizeof(float) * (size_t)lorac_attention_train_scratch_floats(T, HD, threads));
     if (!scratch) abort();
-    lorac_attention_train_forward(out, lse, scratch, q, k, v, start, B, T, H, KVH, HD);
+    lorac_attention_train_forward(out, lse, scratch, q, k, v, start, B, T, H, KVH, HD, g_softcap);
     /* the backward pass sets every gradient element: start them at NaN */
     for (int i = 0; i < QN; i++) dq[i] = NAN;
     for (int i = 0; i < KN; i++) dk[i] = dv[i] = NAN;
-    lorac_attention_train_backward(dq, dk, dv, scratch, dout, q, k, v, out, lse, start, B, T, H, KVH, HD);
+    lorac_attention_train_backward(dq, dk, dv, scratch, dout, q, k, v, out, lse, start, B, T, H, KVH, HD, g_softcap);
     double e_out = rel_err(out, ref_out, QN), e_dq = rel_err(dq, ref_dq, QN);
     double e_dk = rel_err(dk, ref_dk, KN), e_dv = rel_err(dv, ref_dv, KN), e_lse = 0;
     for (int i = 0; i < B * T * H; i++) e_lse = fmax(e_lse, fabs(lse[i] - ref_lse[i]));
-    printf("  H %d KVH %d %-8s %d threads: out %.2g lse %.2g dq %.2g dk %.2g dv %.2g\n", H, KVH, isa, threads, e_out, e_lse, e_dq,
-           e_dk, e_dv);
+    printf("  H %d KVH %d softcap %g %-8s %d threads: out %.2g lse %.2g dq %.2g dk %.2g dv %.2g\n", H, KVH, g_softcap,
+           isa, threads, e_out, e_lse, e_dq, e_dk, e_dv);
     CHECK_MSG(e_out < 1e-5 && e_lse < 1e-5, "H %d KVH %d %s forward: out %g lse %g", H, KVH, isa, e_out, e_lse);
     CHECK_MSG(e_dq < 1e-5 && e_dk < 1e-5 && e_dv < 1e-5, "H %d KVH %d %s backward: dq %g dk %g dv %g", H, KVH, isa,
               e_dq, e_dk, e_dv);
@@ -104,10 +111,11 @@ static void check_path(const char *isa, int threads) {
 }
 
 int main(void) {
-    static const int shapes[][2] = {{4, 2}, {3, 3}, {6, 2}, {8, 1}}; /* H, KVH */
+    static const int shapes[][2] = {{4, 2}, {3, 3}, {6, 2}, {8, 1}, {4, 2}}; /* H, KVH */
     static const char *const isas[] = {"portable", "avx2", "avx512"};
-    for (int sh = 0; sh < 4; sh++) {
+    for (int sh = 0; sh < 5; sh++) {
         H = shapes[sh][0], KVH = shapes[sh][1];
+        g_softcap = sh == 4 ? 1.5f : 0.0f; /* scores of up to ~4: the cap bends them */
         for (int i = 0; i < QN; i++) q[i] = 2.0f * frand(), dout[i] = frand();
         for (int i = 0; i < KN; i++) k[i] = 2.0f * frand(), v[i] = frand();
         /* row 0 one example; row 1 two packed examples, the second from t = 70 */

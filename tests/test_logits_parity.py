@@ -123,6 +123,14 @@ CASES = [
     ("gemma3-linear-rope-bf16", cfg(48, 100, 2, 4, 1, 89, head_dim=12, sliding_window=3, sliding_window_pattern=2,
                                     rope_scaling={"rope_type": "linear", "factor": 4.0}),
      dict(dtype="BF16", arch="gemma3"), 11),
+    # Gemma 2: Gemma 3's layers without q/k norms or a local rotary base, every other layer windowed, the
+    # attention scores and the logits soft-capped (caps of 1 and 2 here, so that they bend these scores)
+    ("gemma2-softcap-tied-f32", cfg(64, 128, 3, 4, 2, 97, head_dim=16, sliding_window=4, query_pre_attn_scalar=20,
+                                    attn_logit_softcapping=1.0, final_logit_softcapping=2.0),
+     dict(dtype="F32", arch="gemma2", tie=True), 15),
+    # Gemma 2 with Gemma2Config's caps (50, 30), BF16, MQA
+    ("gemma2-defaults-bf16", cfg(48, 100, 2, 4, 1, 89, head_dim=12, sliding_window=3),
+     dict(dtype="BF16", arch="gemma2", tie=True), 11),
 ]
 
 results = []  # (name, ok)
@@ -215,13 +223,19 @@ def parity_case(name, shape, kw, T, seed):
     record(name, r <= tol,
            f"max|d|={diff.max():.3e} max|ref|={np.abs(ref).max():.3f} rel={r:.2e} (tol {tol:.0e}) "
            f"worst at t={t} v={v}; argmax agrees {same_argmax}/{T}")
-    if hm.is_gemma3(c) and kw.get("dtype", "F32") != "F32":
+    if hm.is_gemma(c) and kw.get("dtype", "F32") != "F32":
         # Gemma's embedding scale is sqrt(hidden_size) rounded to the embedding's dtype: lorac must be
         # far closer to that than to the unrounded scale (the gap is below the BF16 bound)
         exact = hm.llama_forward(w, c, ids, exact_embed_scale=True).numpy()
         gap = float(np.abs(exact - ref).max() / np.abs(ref).max())
         record(name + "-embed-scale-rounded", r < gap / 10,
                f"rel {r:.2e} against the rounded scale's reference, which the unrounded scale moves by {gap:.2e}")
+    if any(cap is not None for cap in hm.softcaps(c)) and kw.get("dtype", "F32") == "F32":
+        # the soft-caps must matter here: without them the reference moves by far more than the bound
+        uncapped = hm.llama_forward(w, dict(c, attn_logit_softcapping=None, final_logit_softcapping=None), ids).numpy()
+        moved = float(np.abs(uncapped - ref).max() / np.abs(ref).max())
+        record(name + "-softcaps-matter", moved > 10 * tol,
+               f"the reference without its soft-caps moves by rel={moved:.2e} (must exceed {10 * tol:.0e})")
     windows = hm.attention_windows(c)
     if any(windows):
         # lorac reads the same windows off config.json as the reference

@@ -13,7 +13,9 @@ overlap on some projections) under $LORAC_TEST_TMP/merge_reference/. Then:
     reference to 1e-5 relative;
   * a BF16 base merged in its own dtype, and an F32 base merged with
     --dtype bf16: every weight is the reference rounded to BF16, to one BF16
-    unit in the last place.
+    unit in the last place;
+  * the same merges of a random Gemma 3 model (its norms, windows and
+    scaled embedding untouched by the merge) against the same references.
 
 Run alone: LORAC_BIN=build/lorac /usr/bin/python3 tests/test_merge_reference.py
 """
@@ -96,8 +98,8 @@ def rel(a, b):
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-def f32_cases(model, c, w, a, b, ids):
-    for name, specs in [("merge-one", [(a, 0.7)]), ("merge-two", [(a, 0.7), (b, 0.3)])]:
+def f32_cases(model, c, w, a, b, ids, prefix=""):
+    for name, specs in [(prefix + "merge-one", [(a, 0.7)]), (prefix + "merge-two", [(a, 0.7), (b, 0.3)])]:
         out = os.path.join(TMP, name)
         shutil.rmtree(out, ignore_errors=True)
         args = ["merge", "-m", model, "-o", out]
@@ -160,6 +162,14 @@ def main():
     ids = torch.randint(0, c["vocab_size"], (13,), generator=torch.Generator().manual_seed(9)).tolist()
     f32_cases(model, c, w, a, b, ids)
     bf16_cases(model, c, w, a, b)
+    gemma = os.path.join(TMP, "model-gemma3")
+    shutil.rmtree(gemma, ignore_errors=True)
+    cg, wg = hm.make_random_model(gemma, dict(SHAPE, head_dim=16, sliding_window=5, sliding_window_pattern=3),
+                                  arch="gemma3", tie=True, seed=6)
+    ga, gb = os.path.join(TMP, "gemma3-adapter-a"), os.path.join(TMP, "gemma3-adapter-b")
+    write_adapter(ga, cg, CFG_A, 23)
+    write_adapter(gb, cg, CFG_B, 24)
+    f32_cases(gemma, cg, wg, ga, gb, ids, prefix="gemma3-")
     npass = sum(1 for _, ok in results if ok)
     print(f"{npass} passed, {len(results) - npass} failed")
     return 1 if len(results) != npass or not results else 0

@@ -198,8 +198,25 @@ int main(void) {
               "\"factor\": 2.0}}", &c); /* linear scaling is not Gemma's alone */
     CHECK_NEAR(c.rope_linear_factor, 2.0, 0);
     CHECK(c.norm_offset == 0.0f && !c.sandwich_norms && c.act == LORAC_ACT_SILU && c.rope_local_theta == 0.0f);
-    expect_fail("{\"architectures\": [\"Gemma3ForCausalLM\"], " BASE ", \"final_logit_softcapping\": 30.0}",
-                LORAC_STATUS_UNSUPPORTED, "\"final_logit_softcapping\" is not supported");
+    CHECK(c.attn_softcap == 0.0f && c.final_softcap == 0.0f); /* Gemma 3 has none unless its config says */
+    expect_ok("{\"architectures\": [\"Gemma3ForCausalLM\"], " BASE ", \"final_logit_softcapping\": 30.0}", &c);
+    CHECK(c.attn_softcap == 0.0f && c.final_softcap == 30.0f);
+    /* Gemma 2 (Gemma2Config's defaults: caps 50 and 30, head_dim 256, every other layer windowed from layer 0,
+     * no q/k norms, one rotary base) */
+    expect_ok("{\"architectures\": [\"Gemma2ForCausalLM\"], \"hidden_size\": 64, \"intermediate_size\": 172, "
+              "\"num_hidden_layers\": 5, \"num_attention_heads\": 4, \"vocab_size\": 512}", &c);
+    CHECK(c.arch == LORAC_ARCH_GEMMA2 && c.head_dim == 256 && !c.qk_norm && c.sandwich_norms && c.tie_word_embeddings);
+    CHECK(c.act == LORAC_ACT_GELU_TANH && c.rope_local_theta == 0.0f && c.sliding_window == 4096);
+    CHECK(c.attn_softcap == 50.0f && c.final_softcap == 30.0f && c.norm_offset == 1.0f);
+    CHECK_NEAR(c.rope_theta, 10000.0, 0);
+    for (int32_t l = 0; l < 5; l++) CHECK_MSG((lorac_model_layer_window(&c, l) != 0) == (l % 2 == 0), "layer %d", l);
+    expect_ok("{\"architectures\": [\"Gemma2ForCausalLM\"], " BASE ", \"attn_logit_softcapping\": null, "
+              "\"final_logit_softcapping\": 5.5, \"sliding_window\": null}", &c);
+    CHECK(c.attn_softcap == 0.0f && c.final_softcap == 5.5f && c.sliding_window == 0);
+    expect_fail("{\"architectures\": [\"Gemma2ForCausalLM\"], " BASE ", \"attn_logit_softcapping\": -50}",
+                LORAC_STATUS_FORMAT, "attn_logit_softcapping");
+    expect_fail("{\"architectures\": [\"Gemma2ForCausalLM\"], " BASE ", \"final_logit_softcapping\": \"30\"}",
+                LORAC_STATUS_FORMAT, "final_logit_softcapping");
     expect_fail("{\"architectures\": [\"Gemma3ForCausalLM\"], " BASE ", \"hidden_activation\": \"gelu\"}",
                 LORAC_STATUS_UNSUPPORTED, "hidden_activation \"gelu\" is not supported");
     expect_fail("{\"architectures\": [\"Gemma3ForCausalLM\"], " BASE ", \"rope_parameters\": {\"full_attention\": "

@@ -177,7 +177,7 @@ static float att_scratch[4 * 3 * ACTX]; /* lorac_attention_scratch_floats(ACTX, 
 static uint32_t att_kst[NKV_MAX], att_vst[NKV_MAX]; /* the cache in its dtype (4 bytes a value at most) */
 static double att_ref[AT * AH * AHD_MAX];
 
-static void check_attention_case(const char *isa, lorac_dtype_t dt, int kvh_count, int hd) {
+static void check_attention_case(const char *isa, lorac_dtype_t dt, int kvh_count, int hd, float softcap) {
     const int nkv = ACTX * kvh_count * hd, nq = AT * AH * hd;
     const char *name = lorac_dtype_name(dt);
     for (int i = 0; i < nq; i++) att_q[i] = frand();
@@ -211,7 +211,9 @@ static void check_attention_case(const char *isa, lorac_dtype_t dt, int kvh_coun
             for (int p = 0; p < n_ctx[t]; p++) {
                 double d = 0;
                 for (int i = 0; i < hd; i++) d += (double)qv[i] * att_kw[(p * kvh_count + kvh) * hd + i];
-                sc[p] = d / sqrt((double)hd), mx = fmax(mx, sc[p]);
+                sc[p] = d / sqrt((double)hd);
+                if (softcap > 0) sc[p] = softcap * tanh(sc[p] / softcap); /* Gemma 2's soft-capping */
+                mx = fmax(mx, sc[p]);
             }
             for (int p = 0; p < n_ctx[t]; p++) sum += sc[p] = exp(sc[p] - mx);
             for (int i = 0; i < hd; i++) {
@@ -223,10 +225,11 @@ static void check_attention_case(const char *isa, lorac_dtype_t dt, int kvh_coun
     for (int threads = 1; threads <= 3; threads++) {
         lorac_kernels_set_threads(threads);
         for (int i = 0; i < nq; i++) att_out[i] = NAN;
-        lorac_attention_forward(att_out, att_scratch, att_q, krows, vrows, dt, n_ctx, AT, AH, kvh_count, hd);
+        lorac_attention_forward(att_out, att_scratch, att_q, krows, vrows, dt, n_ctx, AT, AH, kvh_count, hd, softcap);
         if (threads == 1) {
             double e = rel_err(att_out, att_ref, nq);
-            printf("  attention, %s path, %s cache, %d kv heads, head size %d: %.2g\n", isa, name, kvh_count, hd, e);
+            printf("  attention, %s path, %s cache, %d kv heads, head size %d, softcap %g: %.2g\n", isa, name, kvh_count,
+                   hd, softcap, e);
             CHECK_MSG(e < 1e-5, "attention (%s, %s cache, %d kv heads, hd %d) error %g", isa, name, kvh_count, hd, e);
             memcpy(att_first, att_out, sizeof(float) * (size_t)nq);
         } else {
@@ -239,7 +242,7 @@ static void check_attention_case(const char *isa, lorac_dtype_t dt, int kvh_coun
     for (int t = 0; t < AT; t++) { /* each token alone, as a decode step: 1 thread for the short rows, then 2 */
         lorac_kernels_set_threads(1 + t % 2);
         lorac_attention_forward(att_one, att_scratch, att_q + t * AH * hd, krows + t, vrows + t, dt, n_ctx + t, 1, AH,
-                                kvh_count, hd);
+                                kvh_count, hd, softcap);
         differ += memcmp(att_one, att_first + t * AH * hd, sizeof(float) * (size_t)(AH * hd)) != 0;
     }
     CHECK_MSG(differ == 0, "attention (%s, %s cache, %d kv heads, hd %d): %d tokens alone differ from the call of all",
@@ -254,7 +257,9 @@ static void check_attention(void) {
         if (tl_use_isa(isas[i]) != 0) continue;
         for (int d = 0; d < 3; d++)
             for (int kvh = 2; kvh <= AH; kvh += AH - 2)
-                for (int hd = AHD_MAX; hd >= 36; hd -= AHD_MAX - 36) check_attention_case(isas[i], dts[d], kvh, hd);
+                for (int hd = AHD_MAX; hd >= 36; hd -= AHD_MAX - 36)
+                    for (int cap = 0; cap <= (d < 2); cap++) /* soft-capped scores with F32 and BF16 caches */
+                        check_attention_case(isas[i], dts[d], kvh, hd, cap ? 0.3f : 0.0f);
     }
     CHECK(lorac_kernels_force_isa(chosen) == 0);
 }

@@ -1,6 +1,6 @@
 /* Gradients of the training pass against central finite differences of its
  * own loss, for every LoRA target kind, for full fine-tuning, with GQA,
- * biases, Qwen3's per-head q/k norms, sliding windows, Gemma 3's norms and GeGLU, tied embeddings, masked targets, packed rows, a vocabulary the
+ * biases, Qwen3's per-head q/k norms, sliding windows, Gemma 3's norms and GeGLU, Gemma 2's soft-caps, tied embeddings, masked targets, packed rows, a vocabulary the
  * loss takes in several blocks, and an adapter on the upper layers only. The forward is
  * f32, so the comparison is a normalised error over many sampled elements:
  * |g - fd| / (|g| + |fd|) summed, as test-backend-ops does.
@@ -257,6 +257,12 @@ int main(void) {
     lora_case("lora-gemma3", gemma3, "all-linear", NULL);
     gemma3.seed = 18;
     full_case("full-gemma3-tied", gemma3);
+    /* Gemma 2: the attention scores and logits soft-capped */
+    tiny_model_t gemma2 = gqa;
+    gemma2.gemma2 = 1, gemma2.tied = 1, gemma2.window = 3, gemma2.seed = 19;
+    lora_case("lora-gemma2-softcaps", gemma2, "q_proj,k_proj,v_proj,down_proj", NULL);
+    gemma2.seed = 20;
+    full_case("full-gemma2-tied", gemma2);
     tiny_model_t untied = gqa;
     untied.seed = 6;
     full_case("full-untied", untied);

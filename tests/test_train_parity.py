@@ -248,6 +248,11 @@ def main():
                   rope_local_base_freq=100.0)
     run_case("gemma3-all-linear", gemma3, "gemma3", True, False, list(MODULES), 4, 8, False, 3, 2, 1, 12, 1e-2, 0.01,
              1.0, "constant", 0, 15)
+    # Gemma 2: soft-capped attention scores and logits (caps 1 and 2, which bend them), every other layer windowed
+    gemma2 = dict(gqa, head_dim=8, sliding_window=4, query_pre_attn_scalar=12, attn_logit_softcapping=1.0,
+                  final_logit_softcapping=2.0)
+    run_case("gemma2-softcaps", gemma2, "gemma2", True, False, ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"], 4, 8,
+             False, 3, 2, 1, 12, 1e-2, 0.0, 1.0, "constant", 0, 17)
     run_full_case("full-gqa-bias", gqa, False, True, 3, 2, 12, 1e-2, 0.01, 1.0, 4)
     run_full_case("full-qwen3-bias", qwen3, False, True, 2, 2, 10, 1e-2, 0.0, 1.0, 8, arch="qwen3")
     run_full_case("full-smollm3", smollm3, True, False, 2, 2, 10, 1e-2, 0.0, 1.0, 10, arch="smollm3")
@@ -256,6 +261,7 @@ def main():
     # Qwen2 with use_sliding_window: a window of 3 on layer 1 only (max_window_layers 1)
     qwen_window = dict(qwen, num_hidden_layers=2, use_sliding_window=True, sliding_window=3, max_window_layers=1)
     run_full_case("full-gemma3", gemma3, True, False, 2, 2, 10, 1e-2, 0.0, 1.0, 16, arch="gemma3")
+    run_full_case("full-gemma2", gemma2, True, False, 2, 2, 10, 1e-2, 0.0, 1.0, 18, arch="gemma2")
     run_full_case("full-qwen2-window", qwen_window, False, False, 2, 2, 10, 1e-2, 0.0, 1.0, 14, arch="qwen2")
     passed = sum(1 for _, ok, _ in results if ok)
     for name, ok, msg in results:

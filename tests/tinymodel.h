@@ -15,6 +15,7 @@ typedef struct {
     int nope_interval;            /* > 0: SmolLM3, every nope_interval-th layer without rotary */
     int granite;                  /* Granite, with multipliers away from 1 */
     int gemma3;                   /* Gemma 3: (1 + w) norms, sandwich norms, GeGLU, q/k norms, scaled embedding */
+    int gemma2;                   /* Gemma 2: Gemma 3's without q/k norms, with soft-capped scores and logits */
     int window;                   /* > 0: a sliding window of that many positions (Mistral's on every layer
                                    * unless another architecture is chosen; Qwen2/3 from layer 1, SmolLM3 NoPE layers) */
     unsigned long long seed;
@@ -35,12 +36,15 @@ static inline int tiny_model_write(const char *dir, const tiny_model_t *m) {
     fprintf(f, "{\"architectures\": [\"%s\"], \"hidden_size\": %d, \"intermediate_size\": %d, "
                "\"num_hidden_layers\": %d, \"num_attention_heads\": %d, \"num_key_value_heads\": %d, \"head_dim\": %d, "
                "\"vocab_size\": %d, \"rms_norm_eps\": 1e-5, \"tie_word_embeddings\": %s, \"attention_bias\": %s",
-            m->qwen2 ? "Qwen2ForCausalLM" : m->qwen3 ? "Qwen3ForCausalLM" : m->nope_interval ? "SmolLM3ForCausalLM" : m->granite ? "GraniteForCausalLM" : m->gemma3 ? "Gemma3ForCausalLM" : m->window ? "MistralForCausalLM" : "LlamaForCausalLM", m->D, m->I, m->L, m->H, m->KVH, m->HD, m->V,
+            m->qwen2 ? "Qwen2ForCausalLM" : m->qwen3 ? "Qwen3ForCausalLM" : m->nope_interval ? "SmolLM3ForCausalLM" : m->granite ? "GraniteForCausalLM" : m->gemma3 ? "Gemma3ForCausalLM" : m->gemma2 ? "Gemma2ForCausalLM" : m->window ? "MistralForCausalLM" : "LlamaForCausalLM", m->D, m->I, m->L, m->H, m->KVH, m->HD, m->V,
             m->tied ? "true" : "false", m->bias && !m->qwen2 ? "true" : "false");
     if (m->nope_interval) fprintf(f, ", \"no_rope_layer_interval\": %d", m->nope_interval);
     if (m->gemma3) /* layers 0, 2, ... windowed with their own rotary base when window > 0 */
         fprintf(f, ", \"query_pre_attn_scalar\": %d, \"sliding_window_pattern\": 2, \"rope_local_base_freq\": 100.0%s",
                 m->HD + 5, m->window ? "" : ", \"sliding_window\": null");
+    if (m->gemma2) /* caps that bend these scores and logits; layers 0, 2, ... windowed when window > 0 */
+        fprintf(f, ", \"query_pre_attn_scalar\": %d, \"attn_logit_softcapping\": 1.5, \"final_logit_softcapping\": 3.0%s",
+                m->HD + 3, m->window ? "" : ", \"sliding_window\": null");
     if (m->window)
         fprintf(f, ", \"sliding_window\": %d, \"use_sliding_window\": true, \"max_window_layers\": 1", m->window);
     if (m->granite)
@@ -49,7 +53,7 @@ static inline int tiny_model_write(const char *dir, const tiny_model_t *m) {
     fputs("}", f);
     fclose(f);
     int max_t = 3 + 17 * m->L, n = 0;
-    float norm_one = m->gemma3 ? 0.0f : 1.0f; /* Gemma's norms scale by 1 + w */
+    float norm_one = m->gemma3 || m->gemma2 ? 0.0f : 1.0f; /* Gemma's norms scale by 1 + w */
     lorac_tensor_write_t *t = calloc((size_t)max_t, sizeof *t);
     char (*names)[96] = calloc((size_t)max_t, sizeof *names);
     float **bufs = calloc((size_t)max_t, sizeof *bufs);
@@ -84,7 +88,7 @@ static inline int tiny_model_write(const char *dir, const tiny_model_t *m) {
             T("model.layers.%d.self_attn.k_norm.weight", l, m->HD, 0, 0.6f, norm_one);
         }
         T("model.layers.%d.post_attention_layernorm.weight", l, m->D, 0, 0.2f, norm_one);
-        if (m->gemma3) {
+        if (m->gemma3 || m->gemma2) {
             T("model.layers.%d.pre_feedforward_layernorm.weight", l, m->D, 0, 0.2f, 0.0f);
             T("model.layers.%d.post_feedforward_layernorm.weight", l, m->D, 0, 0.2f, 0.0f);
         }

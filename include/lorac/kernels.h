@@ -140,6 +140,8 @@ void lorac_rmsnorm_forward(float *out, float *rstd, const float *x, const void *
  * by (1 + w). */
 void lorac_rmsnorm_forward_offset(float *out, float *rstd, const float *x, const void *w, lorac_dtype_t wtype,
                                   float w_offset, float eps, int64_t T, int64_t C);
+/* x[i] = cap · tanh(x[i] / cap) for i < n, in place (Gemma 2's soft-capping). */
+void lorac_softcap(float *x, float cap, int64_t n);
 /* out (T,H) = silu(gate) * up, gate and up (T,H). */
 void lorac_swiglu_forward(float *out, const float *gate, const float *up, int64_t T, int64_t H);
 /* out (T,H) = gelu(gate) * up with GELU's tanh approximation,
@@ -164,7 +166,8 @@ void lorac_softmax_forward(float *x, int64_t T, int64_t n);
  * cache of its sequence, laid out (ctx, KVH, hd) in kv_dtype (F32, BF16 or
  * F16, widened to f32 as they are read), of which rows 0 .. n_ctx[t]-1 are
  * visible to it (its own row included). Query head h uses kv head
- * h / (H/KVH). Scale 1/sqrt(hd). scratch holds
+ * h / (H/KVH). Scale 1/sqrt(hd); softcap > 0 soft-caps the scaled scores
+ * (softcap · tanh(s / softcap), Gemma 2's), 0 leaves them. scratch holds
  * lorac_attention_scratch_floats(max(n_ctx), lorac_kernels_get_threads())
  * floats. A token's output has the same bits whatever else the call holds
  * (a prompt in one call, or its tokens one by one), for a given kernel
@@ -172,7 +175,7 @@ void lorac_softmax_forward(float *x, int64_t T, int64_t n);
 int64_t lorac_attention_scratch_floats(int64_t max_ctx, int n_threads);
 void lorac_attention_forward(float *out, float *scratch, const float *q,
                              const void *const *k_cache, const void *const *v_cache, lorac_dtype_t kv_dtype,
-                             const int32_t *n_ctx, int64_t T, int64_t H, int64_t KVH, int64_t hd);
+                             const int32_t *n_ctx, int64_t T, int64_t H, int64_t KVH, int64_t hd, float softcap);
 /* Stores src (n) at dst in a KV cache's dtype: F32 copied, BF16 and F16
  * rounded to nearest even. */
 void lorac_kv_store(void *dst, lorac_dtype_t dtype, const float *src, int64_t n);
@@ -204,7 +207,9 @@ void lorac_rope_table(float *cs, const int32_t *positions, const float *inv_freq
 void lorac_rope_apply(float *x, const float *cs, int64_t T, int64_t n_heads, int64_t head_dim, int sign);
 
 /* Causal attention over rows of T tokens in which token t sees tokens
- * start[t] .. t of its own row (start[t] > 0 keeps packed examples apart).
+ * start[t] .. t of its own row (start[t] > 0 keeps packed examples apart;
+ * a sliding window raises it). softcap > 0 soft-caps the scaled scores as
+ * lorac_attention_forward does (the backward through it too).
  * q, out are (B,T,H,hd); k, v are (B,T,KVH,hd); lse (B,T,H) receives the
  * log-sum-exp of each softmax for the backward pass. scratch holds
  * lorac_attention_train_scratch_floats(T, hd, lorac_kernels_get_threads())
@@ -212,13 +217,13 @@ void lorac_rope_apply(float *x, const float *cs, int64_t T, int64_t n_heads, int
 int64_t lorac_attention_train_scratch_floats(int64_t T, int64_t hd, int n_threads);
 void lorac_attention_train_forward(float *out, float *lse, float *scratch, const float *q, const float *k,
                                    const float *v, const int32_t *start, int64_t B, int64_t T, int64_t H,
-                                   int64_t KVH, int64_t hd);
+                                   int64_t KVH, int64_t hd, float softcap);
 /* dq (B,T,H,hd), dk, dv (B,T,KVH,hd) = gradients given dout; out and lse
  * from the forward pass; probabilities are recomputed, not stored. */
 void lorac_attention_train_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout,
                                     const float *q, const float *k, const float *v, const float *out,
                                     const float *lse, const int32_t *start, int64_t B, int64_t T, int64_t H,
-                                    int64_t KVH, int64_t hd);
+                                    int64_t KVH, int64_t hd, float softcap);
 
 /* ---- optimizer kernels --------------------------------------------------- */
 /* The scalars of one AdamW step (lorac_adamw_step computes them). */

@@ -34,7 +34,8 @@ typedef enum {
     LORAC_ARCH_QWEN3,
     LORAC_ARCH_SMOLLM3,
     LORAC_ARCH_GRANITE,
-    LORAC_ARCH_GEMMA3
+    LORAC_ARCH_GEMMA3,
+    LORAC_ARCH_GEMMA2
 } lorac_arch_t;
 
 /* The MLP's activation: silu(gate)·up (SwiGLU), or gelu(gate)·up with
@@ -87,7 +88,7 @@ typedef struct {
      * instead of 1/sqrt(head_dim), which the pass applies as q times
      * query_scale = attention_multiplier·sqrt(head_dim) */
     float embedding_multiplier, residual_multiplier, logits_scaling, query_scale;
-    /* Gemma 3: every RMSNorm scales by (1 + w) (norm_offset 1; 0 for the
+    /* Gemma 2 and 3: every RMSNorm scales by (1 + w) (norm_offset 1; 0 for the
      * others); each block's output is normalised before it joins the
      * residual stream (sandwich_norms: post_attention_layernorm and
      * post_feedforward_layernorm, the MLP's input norm then being
@@ -95,6 +96,9 @@ typedef struct {
     float norm_offset;
     bool sandwich_norms;
     lorac_act_t act;
+    /* Gemma 2's soft-capping, s → cap · tanh(s / cap), of the attention
+     * scores (after their scale) and of the logits; 0: none */
+    float attn_softcap, final_softcap;
     int32_t bos_id;               /* -1 when absent */
     int32_t n_eos;                /* eos_token_id may be a list */
     int32_t eos_ids[LORAC_MAX_EOS_IDS];

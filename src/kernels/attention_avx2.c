@@ -71,10 +71,13 @@ LORAC_ALWAYS_INLINE __m256 scores8(const float *const *q, int Q, const char *k, 
     return _mm256_mul_ps(reduce8(acc), _mm256_set1_ps(scale));
 }
 
-/* scores[0 .. n) = their softmax, in place. One compiled copy (noinline)
- * for the one-query and the group paths, so that both sum the
- * exponentials in the same vector order. */
-LORAC_NOINLINE void softmax_row(float *scores, int32_t n) {
+/* scores[0 .. n) = their softmax, in place (softcap > 0: of their
+ * soft-capped values). One compiled copy (noinline) for the one-query and
+ * the group paths, so that both sum the exponentials in the same vector
+ * order. */
+LORAC_NOINLINE void softmax_row(float *scores, int32_t n, float softcap) {
+    if (softcap > 0.0f)
+        for (int32_t p = 0; p < n; p++) scores[p] = softcap_f32(scores[p], softcap);
     __m256 mx = _mm256_set1_ps(-INFINITY);
     float top = -INFINITY, sum = 0.0f, lanes[8];
     int32_t p = 0;
@@ -133,7 +136,7 @@ LORAC_ALWAYS_INLINE void weighted_sum(float *const *o, const float *const *w, co
  * query's own n they are never read (its scratch row holds max n_ctx). */
 LORAC_ALWAYS_INLINE void attend(float *const *o_in, float *const *scores_in, const float *const *q_in,
                                 const int32_t *n_in, int nq, int Q, const char *krows, const char *vrows,
-                                int64_t stride, int64_t hd, float scale, lorac_dtype_t dt) {
+                                int64_t stride, int64_t hd, float scale, float softcap, lorac_dtype_t dt) {
     const int R = 8 / Q; /* rows a block of scores */
     float *o[4], *sc[4];
     const float *q[4], *w[4];
@@ -161,7 +164,7 @@ LORAC_ALWAYS_INLINE void attend(float *const *o_in, float *const *scores_in, con
                 for (int j = 0; j < npos; j++) sc[qi][p + j] = lanes[R * qi + j];
         }
     }
-    for (int qi = 0; qi < nq && qi < Q; qi++) softmax_row(sc[qi], n[qi]);
+    for (int qi = 0; qi < nq && qi < Q; qi++) softmax_row(sc[qi], n[qi], softcap);
     for (int64_t i0 = 0; i0 < hd; i0 += 8 * (Q == 1 ? 8 : 2))
         weighted_sum(o, w, n, Q, n_min, n_max, vrows, stride, i0, hd, dt);
 }
@@ -170,18 +173,20 @@ LORAC_ALWAYS_INLINE void attend(float *const *o_in, float *const *scores_in, con
  * more take four at a time, 2 positions a block. */
 LORAC_ALWAYS_INLINE void attend_dt(float *const *o, float *const *scores, const float *const *q, const int32_t *n,
                                    int nq, const char *krows, const char *vrows, int64_t stride, int64_t hd,
-                                   float scale, lorac_dtype_t dt) {
-    if (nq == 1) attend(o, scores, q, n, 1, 1, krows, vrows, stride, hd, scale, dt);
-    else attend(o, scores, q, n, nq, 4, krows, vrows, stride, hd, scale, dt);
+                                   float scale, float softcap, lorac_dtype_t dt) {
+    if (nq == 1) attend(o, scores, q, n, 1, 1, krows, vrows, stride, hd, scale, softcap, dt);
+    else attend(o, scores, q, n, nq, 4, krows, vrows, stride, hd, scale, softcap, dt);
 }
 
 void lorac_attention_avx2(float *const *o, float *const *scores, const float *const *q, const int32_t *n, int nq,
                           const char *krows, const char *vrows, int64_t stride, lorac_dtype_t kv, int64_t hd,
-                          float scale) {
-    if (hd % 8) lorac_attention_portable(o, scores, q, n, nq, krows, vrows, stride, kv, hd, scale);
-    else if (kv == LORAC_DTYPE_BF16) attend_dt(o, scores, q, n, nq, krows, vrows, stride, hd, scale, LORAC_DTYPE_BF16);
-    else if (kv == LORAC_DTYPE_F16) attend_dt(o, scores, q, n, nq, krows, vrows, stride, hd, scale, LORAC_DTYPE_F16);
-    else attend_dt(o, scores, q, n, nq, krows, vrows, stride, hd, scale, LORAC_DTYPE_F32);
+                          float scale, float softcap) {
+    if (hd % 8) lorac_attention_portable(o, scores, q, n, nq, krows, vrows, stride, kv, hd, scale, softcap);
+    else if (kv == LORAC_DTYPE_BF16)
+        attend_dt(o, scores, q, n, nq, krows, vrows, stride, hd, scale, softcap, LORAC_DTYPE_BF16);
+    else if (kv == LORAC_DTYPE_F16)
+        attend_dt(o, scores, q, n, nq, krows, vrows, stride, hd, scale, softcap, LORAC_DTYPE_F16);
+    else attend_dt(o, scores, q, n, nq, krows, vrows, stride, hd, scale, softcap, LORAC_DTYPE_F32);
 }
 
 #endif

@@ -103,9 +103,14 @@ LORAC_ALWAYS_INLINE __m512 scores16(const float *const *q, int Q, const char *k,
 }
 
 /* scores[0 .. n) = softmax of scores[0 .. n), whose largest is top, in
- * place. One compiled copy (noinline) for the one-query and the group
- * paths, so that both sum the exponentials in the same vector order. */
-LORAC_NOINLINE void softmax_row(float *scores, int32_t n, float top) {
+ * place (softcap > 0: of their soft-capped values, whose largest is top's).
+ * One compiled copy (noinline) for the one-query and the group paths, so
+ * that both sum the exponentials in the same vector order. */
+LORAC_NOINLINE void softmax_row(float *scores, int32_t n, float top, float softcap) {
+    if (softcap > 0.0f) {
+        for (int32_t p = 0; p < n; p++) scores[p] = softcap_f32(scores[p], softcap);
+        top = softcap_f32(top, softcap);
+    }
     float sum = 0.0f;
     /* softmax_expf: vectorised by the compiler, 16 lanes in this file */
     #pragma omp simd reduction(+ : sum)
@@ -155,7 +160,7 @@ LORAC_ALWAYS_INLINE void weighted_sum(float *const *o, const float *const *w, co
  * whose scores are not stored (their outputs are the same bits again). */
 LORAC_ALWAYS_INLINE void attend(float *const *o_in, float *const *scores_in, const float *const *q_in,
                                 const int32_t *n_in, int nq, int Q, const char *krows, const char *vrows,
-                                int64_t stride, int64_t hd, float scale, lorac_dtype_t dt) {
+                                int64_t stride, int64_t hd, float scale, float softcap, lorac_dtype_t dt) {
     const int R = 16 / Q; /* rows a block of scores */
     float *o[4], *sc[4];
     const float *q[4], *w[4];
@@ -191,7 +196,7 @@ LORAC_ALWAYS_INLINE void attend(float *const *o_in, float *const *scores_in, con
     for (int qi = 0; qi < nq && qi < Q; qi++) {
         float best = top[R * qi];
         for (int j = 1; j < R; j++) best = top[R * qi + j] > best ? top[R * qi + j] : best;
-        softmax_row(sc[qi], n[qi], best);
+        softmax_row(sc[qi], n[qi], best, softcap);
     }
     for (int64_t i0 = 0; i0 < hd; i0 += PASS) weighted_sum(o, w, n, Q, n_min, n_max, vrows, stride, i0, hd, dt);
 }
@@ -200,17 +205,19 @@ LORAC_ALWAYS_INLINE void attend(float *const *o_in, float *const *scores_in, con
  * more take four at a time, 4 positions a block. */
 LORAC_ALWAYS_INLINE void attend_dt(float *const *o, float *const *scores, const float *const *q, const int32_t *n,
                                    int nq, const char *krows, const char *vrows, int64_t stride, int64_t hd,
-                                   float scale, lorac_dtype_t dt) {
-    if (nq == 1) attend(o, scores, q, n, 1, 1, krows, vrows, stride, hd, scale, dt);
-    else attend(o, scores, q, n, nq, 4, krows, vrows, stride, hd, scale, dt);
+                                   float scale, float softcap, lorac_dtype_t dt) {
+    if (nq == 1) attend(o, scores, q, n, 1, 1, krows, vrows, stride, hd, scale, softcap, dt);
+    else attend(o, scores, q, n, nq, 4, krows, vrows, stride, hd, scale, softcap, dt);
 }
 
 void lorac_attention_avx512(float *const *o, float *const *scores, const float *const *q, const int32_t *n, int nq,
                             const char *krows, const char *vrows, int64_t stride, lorac_dtype_t kv, int64_t hd,
-                            float scale) {
-    if (kv == LORAC_DTYPE_BF16) attend_dt(o, scores, q, n, nq, krows, vrows, stride, hd, scale, LORAC_DTYPE_BF16);
-    else if (kv == LORAC_DTYPE_F16) attend_dt(o, scores, q, n, nq, krows, vrows, stride, hd, scale, LORAC_DTYPE_F16);
-    else attend_dt(o, scores, q, n, nq, krows, vrows, stride, hd, scale, LORAC_DTYPE_F32);
+                            float scale, float softcap) {
+    if (kv == LORAC_DTYPE_BF16)
+        attend_dt(o, scores, q, n, nq, krows, vrows, stride, hd, scale, softcap, LORAC_DTYPE_BF16);
+    else if (kv == LORAC_DTYPE_F16)
+        attend_dt(o, scores, q, n, nq, krows, vrows, stride, hd, scale, softcap, LORAC_DTYPE_F16);
+    else attend_dt(o, scores, q, n, nq, krows, vrows, stride, hd, scale, softcap, LORAC_DTYPE_F32);
 }
 
 #endif

@@ -75,7 +75,8 @@ typedef double (*lorac_exp_sum_fn)(float *x, float shift, int64_t n);
 
 /* Attention at inference for nq <= LORAC_ATTENTION_GROUP queries that read
  * the same cache rows (one kv head of one sequence): query i's output o[i]
- * (hd) = Σ_p a_p · v_p with a = softmax over p < n[i] of scale · q[i]·k_p,
+ * (hd) = Σ_p a_p · v_p with a = softmax over p < n[i] of scale · q[i]·k_p
+ * (softcap > 0: of softcap · tanh(scale · q[i]·k_p / softcap), Gemma 2's),
  * where k_p = krows + p·stride bytes and v_p = vrows + p·stride are cache
  * rows of hd values in kv (F32, BF16, F16); scores[i] is scratch for the
  * call's largest n[j] floats (a kernel may score a group's rows past a
@@ -86,7 +87,7 @@ typedef double (*lorac_exp_sum_fn)(float *x, float shift, int64_t n);
 #define LORAC_ATTENTION_GROUP 4
 typedef void (*lorac_attention_fn)(float *const *o, float *const *scores, const float *const *q, const int32_t *n,
                                    int nq, const char *krows, const char *vrows, int64_t stride, lorac_dtype_t kv,
-                                   int64_t hd, float scale);
+                                   int64_t hd, float scale, float softcap);
 
 typedef struct {
     const char *name; /* "portable", "avx2", "avx512"; NULL if not compiled in */
@@ -125,13 +126,13 @@ double lorac_exp_sum_portable(float *x, float shift, int64_t n);
  * portable one. */
 void lorac_attention_portable(float *const *o, float *const *scores, const float *const *q, const int32_t *n, int nq,
                               const char *krows, const char *vrows, int64_t stride, lorac_dtype_t kv, int64_t hd,
-                              float scale);
+                              float scale, float softcap);
 void lorac_attention_avx2(float *const *o, float *const *scores, const float *const *q, const int32_t *n, int nq,
                           const char *krows, const char *vrows, int64_t stride, lorac_dtype_t kv, int64_t hd,
-                          float scale);
+                          float scale, float softcap);
 void lorac_attention_avx512(float *const *o, float *const *scores, const float *const *q, const int32_t *n, int nq,
                             const char *krows, const char *vrows, int64_t stride, lorac_dtype_t kv, int64_t hd,
-                            float scale);
+                            float scale, float softcap);
 
 /* The tables. A SIMD table has name == NULL when its file was compiled
  * without the instruction-set flags (non-x86 or a build without them). */

@@ -74,6 +74,11 @@ void lorac_swiglu_forward(float *out, const float *gate, const float *up, int64_
     for (int64_t i = 0; i < n; i++) out[i] = gate[i] * sigmoid_f32(gate[i]) * up[i];
 }
 
+void lorac_softcap(float *x, float cap, int64_t n) {
+    #pragma omp parallel for num_threads(lorac_kernels_get_threads()) schedule(static) if (n >= LORAC_PARALLEL_MIN_ELEMS)
+    for (int64_t i = 0; i < n; i++) x[i] = softcap_f32(x[i], cap);
+}
+
 // out = gelu(g) * u, gelu(g) = g/2 (1 + tanh(sqrt(2/π) (g + 0.044715 g³)))
 LORAC_MULTIVERSION
 void lorac_geglu_forward(float *out, const float *gate, const float *up, int64_t T, int64_t H) {
@@ -247,7 +252,7 @@ void lorac_kv_store(void *dst, lorac_dtype_t dtype, const float *src, int64_t n)
 // output as a running sum over positions in memory.
 LORAC_MULTIVERSION
 static void attention_query(float *o, float *scores, const float *q, const char *krows, const char *vrows,
-                            int64_t stride, lorac_dtype_t kv, int32_t n, int64_t hd, float scale) {
+                            int64_t stride, lorac_dtype_t kv, int32_t n, int64_t hd, float scale, float softcap) {
     int64_t row = hd * (int64_t)lorac_dtype_size(kv);
     memset(o, 0, sizeof(float) * (size_t)hd);
     float mx = -INFINITY;
@@ -258,6 +263,10 @@ static void attention_query(float *o, float *scores, const float *q, const char 
         float s = kv_dot(q, krows + p * stride, kv, hd) * scale;
         scores[p] = s;
         mx = s > mx ? s : mx;
+    }
+    if (softcap > 0.0f) { /* monotonic: the largest stays the largest */
+        for (int32_t p = 0; p < n; p++) scores[p] = softcap_f32(scores[p], softcap);
+        mx = softcap_f32(mx, softcap);
     }
     float sum = 0.0f;
     /* softmax_expf: vectorised, where libm's expf is a scalar call */
@@ -273,8 +282,9 @@ static void attention_query(float *o, float *scores, const float *q, const char 
 // The portable path's attention (see kernels_internal.h): a query at a time.
 void lorac_attention_portable(float *const *o, float *const *scores, const float *const *q, const int32_t *n, int nq,
                               const char *krows, const char *vrows, int64_t stride, lorac_dtype_t kv, int64_t hd,
-                              float scale) {
-    for (int i = 0; i < nq; i++) attention_query(o[i], scores[i], q[i], krows, vrows, stride, kv, n[i], hd, scale);
+                              float scale, float softcap) {
+    for (int i = 0; i < nq; i++)
+        attention_query(o[i], scores[i], q[i], krows, vrows, stride, kv, n[i], hd, scale, softcap);
 }
 
 int64_t lorac_attention_scratch_floats(int64_t max_ctx, int n_threads) {
@@ -288,7 +298,7 @@ int64_t lorac_attention_scratch_floats(int64_t max_ctx, int n_threads) {
 // which hold itself and its past.
 void lorac_attention_forward(float *out, float *scratch, const float *q,
                              const void *const *k_cache, const void *const *v_cache, lorac_dtype_t kv_dtype,
-                             const int32_t *n_ctx, int64_t T, int64_t H, int64_t KVH, int64_t hd) {
+                             const int32_t *n_ctx, int64_t T, int64_t H, int64_t KVH, int64_t hd, float softcap) {
     int64_t group = H / KVH;
     int32_t max_ctx = 0;
     for (int64_t t = 0; t < T; t++) max_ctx = n_ctx[t] > max_ctx ? n_ctx[t] : max_ctx;
@@ -328,14 +338,15 @@ void lorac_attention_forward(float *out, float *scratch, const float *q,
             for (int64_t m = u * G; m < members && m < (u + 1) * G; m++) {
                 int64_t m_kvh = m / (T * group), t = m / group % T, th = t * H + m_kvh * group + m % group;
                 if (nq && (m_kvh != kvh || k_cache[t] != kc || v_cache[t] != vc)) {
-                    attend(o, scores, qs, n, nq, kc + kvh * row, vc + kvh * row, KVH * row, kv_dtype, hd, scale);
+                    attend(o, scores, qs, n, nq, kc + kvh * row, vc + kvh * row, KVH * row, kv_dtype, hd, scale,
+                           softcap);
                     nq = 0;
                 }
                 kvh = m_kvh, kc = k_cache[t], vc = v_cache[t];
                 o[nq] = out + th * hd, qs[nq] = q + th * hd, n[nq] = n_ctx[t], scores[nq] = own + nq * max_ctx;
                 nq++;
             }
-            attend(o, scores, qs, n, nq, kc + kvh * row, vc + kvh * row, KVH * row, kv_dtype, hd, scale);
+            attend(o, scores, qs, n, nq, kc + kvh * row, vc + kvh * row, KVH * row, kv_dtype, hd, scale, softcap);
         }
     }
 }

@@ -82,6 +82,10 @@ static inline float gelu_tanh_grad_f32(float g) {
     return s + gc * 2.0f * s * (1.0f - s) * GELU_K0 * (1.0f + 3.0f * GELU_K1 * gc * gc);
 }
 
+/* Gemma 2's soft-capping of attention scores and logits: cap · tanh(x / cap)
+ * (libm's tanhf, accurate near 0 where a tanh from exponentials cancels). */
+static inline float softcap_f32(float x, float cap) { return cap * tanhf(x / cap); }
+
 /* Below this many elements an elementwise kernel stays on the calling
  * thread: at decode (one row) a parallel region costs more than the work. */
 #define LORAC_PARALLEL_MIN_ELEMS 32768

@@ -153,7 +153,7 @@ static int64_t block_tokens(int64_t hn) { return hn == 1 ? QBLOCK : QROWS / hn; 
 
 /* Floats of one thread's scratch (see attention_scratch_t). */
 static int64_t scratch_per_thread(int64_t T, int64_t hd) {
-    return 2 * QROWS * T + 6 * T * hd + 4 * QROWS * hd;
+    return 2 * QROWS * T + 6 * T * hd + 4 * QROWS * hd + T;
 }
 
 int64_t lorac_attention_train_scratch_floats(int64_t T, int64_t hd, int n_threads) {
@@ -167,6 +167,7 @@ typedef struct {
     float *dkc, *dvc;        /* (T, hd) gradient accumulators */
     float *qc, *doc, *oc;    /* (QROWS, hd) */
     float *dqc;              /* (QROWS, hd) */
+    float *capd;             /* (T): a row's soft-cap derivatives 1 − tanh² (backward, softcap > 0) */
 } attention_scratch_t;
 
 static attention_scratch_t carve_scratch(float *base, int64_t T, int64_t hd) {
@@ -175,6 +176,7 @@ static attention_scratch_t carve_scratch(float *base, int64_t T, int64_t hd) {
     w.kt = w.ds + QROWS * T, w.vt = w.kt + hd * T;
     w.kc = w.vt + hd * T, w.vc = w.kc + T * hd, w.dkc = w.vc + T * hd, w.dvc = w.dkc + T * hd;
     w.qc = w.dvc + T * hd, w.doc = w.qc + QROWS * hd, w.oc = w.doc + QROWS * hd, w.dqc = w.oc + QROWS * hd;
+    w.capd = w.dqc + QROWS * hd;
     return w;
 }
 
@@ -219,15 +221,23 @@ static void scores_product(const lorac_kernel_ops_t *ops, float *c, int64_t m, i
     else block_product(ops, c, m, T, cols, a, a_rs, 1, rows_t, hd);
 }
 
-/* Row t of the block's scores s (row stride T) becomes P: scale, softmax
- * over keys s0..t, zero elsewhere in 0..end-1. With lse given (backward) P
- * is exp(S − lse); otherwise the row's log-sum-exp is returned. */
-LORAC_ALWAYS_INLINE float scores_to_p(const lorac_kernel_ops_t *ops, float *row, float scale, int64_t s0, int64_t t,
-                                      int64_t end, const float *lse) {
+/* Row t of the block's scores s (row stride T) becomes P: scale (then
+ * with softcap > 0 soft-cap, z = softcap · tanh(s / softcap), and with capd
+ * given store dz/ds = 1 − (z / softcap)² at capd[s0..t]), softmax over keys
+ * s0..t, zero elsewhere in 0..end-1. With lse given (backward) P is
+ * exp(S − lse); otherwise the row's log-sum-exp is returned. */
+LORAC_ALWAYS_INLINE float scores_to_p(const lorac_kernel_ops_t *ops, float *row, float scale, float softcap,
+                                      float *capd, int64_t s0, int64_t t, int64_t end, const float *lse) {
     /* inlined into the attention kernels' target clones, so that these
      * loops are vectorised for the clone's ISA (on its own, the function
      * was built for the baseline's 16-byte vectors) */
     for (int64_t j = s0; j <= t; j++) row[j] *= scale;
+    if (softcap > 0.0f)
+        for (int64_t j = s0; j <= t; j++) {
+            float z = softcap_f32(row[j], softcap), u = z / softcap;
+            row[j] = z;
+            if (capd) capd[j] = 1.0f - u * u;
+        }
     memset(row, 0, sizeof(float) * (size_t)s0);
     memset(row + t + 1, 0, sizeof(float) * (size_t)(end - t - 1));
     if (lse) {
@@ -246,7 +256,7 @@ LORAC_ALWAYS_INLINE float scores_to_p(const lorac_kernel_ops_t *ops, float *row,
 LORAC_MULTIVERSION
 void lorac_attention_train_forward(float *out, float *lse, float *scratch, const float *q, const float *k,
                                    const float *v, const int32_t *start, int64_t B, int64_t T, int64_t H,
-                                   int64_t KVH, int64_t hd) {
+                                   int64_t KVH, int64_t hd, float softcap) {
     const lorac_kernel_ops_t *ops = lorac_kernels_ops();
     int64_t group = H / KVH, hg = heads_per_block(group), kvs = KVH * hd, qs = H * hd;
     float scale = 1.0f / sqrtf((float)hd);
@@ -269,7 +279,7 @@ void lorac_attention_train_forward(float *out, float *lse, float *scratch, const
                     for (int64_t r = 0; r < rows; r++) {
                         int64_t t = t0 + r / hn, bt = b * T + t;
                         lse[bt * H + h0 + r % hn] =
-                            scores_to_p(ops, w.s + r * T, scale, first_visible(start, bt, t), t, end, NULL);
+                            scores_to_p(ops, w.s + r * T, scale, softcap, NULL, first_visible(start, bt, t), t, end, NULL);
                     }
                     block_product(ops, w.oc, rows, hd, hd, w.s, T, 1, w.vc, end);      /* O = P·V */
                     for (int64_t i = 0; i < n; i++)
@@ -289,7 +299,7 @@ LORAC_MULTIVERSION
 void lorac_attention_train_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout,
                                     const float *q, const float *k, const float *v, const float *out,
                                     const float *lse, const int32_t *start, int64_t B, int64_t T, int64_t H,
-                                    int64_t KVH, int64_t hd) {
+                                    int64_t KVH, int64_t hd, float softcap) {
     const lorac_kernel_ops_t *ops = lorac_kernels_ops();
     int64_t group = H / KVH, hg = heads_per_block(group), kvs = KVH * hd, qs = H * hd;
     float scale = 1.0f / sqrtf((float)hd);
@@ -319,9 +329,12 @@ void lorac_attention_train_backward(float *dq, float *dk, float *dv, float *scra
                     for (int64_t r = 0; r < rows; r++) {
                         int64_t t = t0 + r / hn, bt = b * T + t, h = h0 + r % hn;
                         float *p = w.s + r * T, *d = w.ds + r * T;
-                        scores_to_p(ops, p, scale, first_visible(start, bt, t), t, end, &lse[bt * H + h]);
+                        int64_t s0 = first_visible(start, bt, t);
+                        scores_to_p(ops, p, scale, softcap, w.capd, s0, t, end, &lse[bt * H + h]);
                         float delta = dot_f32(w.doc + r * hd, out + (bt * H + h) * hd, hd);
                         for (int64_t j = 0; j < end; j++) d[j] = p[j] * (d[j] - delta) * scale; /* dS */
+                        if (softcap > 0.0f) /* through the soft-cap (p is 0 outside s0..t) */
+                            for (int64_t j = s0; j <= t; j++) d[j] *= w.capd[j];
                     }
                     block_product(ops, w.dqc, rows, hd, hd, w.ds, T, 1, w.kc, end);  /* dQ = dS·K */
                     for (int64_t i = 0; i < n; i++)

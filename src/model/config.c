@@ -15,6 +15,7 @@ static const struct { const char *name; lorac_arch_t arch; } k_archs[] = {
     {"SmolLM3ForCausalLM", LORAC_ARCH_SMOLLM3},
     {"GraniteForCausalLM", LORAC_ARCH_GRANITE},
     {"Gemma3ForCausalLM", LORAC_ARCH_GEMMA3},
+    {"Gemma2ForCausalLM", LORAC_ARCH_GEMMA2},
 };
 
 /* Reads an integer field. required: absence is an error; otherwise *out keeps
@@ -102,7 +103,7 @@ static lorac_status_t parse_rope(const cJSON *root, const char *label, lorac_mod
     if (!rs || cJSON_IsNull(rs)) rs = cJSON_GetObjectItemCaseSensitive(root, key = "rope_scaling");
     if (!rs || cJSON_IsNull(rs)) return LORAC_STATUS_OK;
     const cJSON *full = cJSON_GetObjectItemCaseSensitive(rs, "full_attention");
-    if (c->arch == LORAC_ARCH_GEMMA3 && cJSON_IsObject(full)) {
+    if ((c->arch == LORAC_ARCH_GEMMA3 || c->arch == LORAC_ARCH_GEMMA2) && cJSON_IsObject(full)) {
         const cJSON *sliding = cJSON_GetObjectItemCaseSensitive(rs, "sliding_attention");
         lorac_status_t s = parse_rope_object(full, label, "rope_parameters.full_attention", false, c, &c->rope_theta);
         if (s || !sliding) return s;
@@ -150,20 +151,22 @@ static lorac_status_t parse_nope_layers(const cJSON *root, const char *label, lo
  * whenever "sliding_window" is set (MistralConfig's default 4096 when the
  * key is absent: Mistral 7B v0.1), Qwen2 and Qwen3 the layers from
  * "max_window_layers" on (default 28) when "use_sliding_window" is true,
- * SmolLM3 its NoPE layers when "use_sliding_window" is true, and Gemma 3
+ * SmolLM3 its NoPE layers when "use_sliding_window" is true, Gemma 3
  * every layer but each "sliding_window_pattern"-th (default 6; its window
- * 4096 unless set, none when null). Llama and
+ * 4096 unless set, none when null) and Gemma 2 every other one (layers 0,
+ * 2, ...; Gemma2Config has no pattern key). Llama and
  * Granite have no window. A window the architecture does not switch on
  * ("use_sliding_window": false beside "sliding_window": 32768, as the
  * Qwen2.5 configs ship) is none. */
 static lorac_status_t parse_sliding_window(const cJSON *root, const char *label, lorac_model_config_t *c) {
     if (c->arch == LORAC_ARCH_LLAMA || c->arch == LORAC_ARCH_GRANITE) return LORAC_STATUS_OK;
-    int32_t window = c->arch == LORAC_ARCH_MISTRAL || c->arch == LORAC_ARCH_GEMMA3 ? 4096 : 0;
+    bool gemma = c->arch == LORAC_ARCH_GEMMA2 || c->arch == LORAC_ARCH_GEMMA3;
+    int32_t window = c->arch == LORAC_ARCH_MISTRAL || gemma ? 4096 : 0;
     const cJSON *w = cJSON_GetObjectItemCaseSensitive(root, "sliding_window");
     if (w && cJSON_IsNull(w)) window = 0;
     lorac_status_t s = get_int(root, label, "sliding_window", 0, 1, INT32_MAX, &window);
     if (s) return s;
-    bool use = c->arch == LORAC_ARCH_MISTRAL || c->arch == LORAC_ARCH_GEMMA3;
+    bool use = c->arch == LORAC_ARCH_MISTRAL || gemma;
     if (!use && (s = get_bool(root, label, "use_sliding_window", &use))) return s;
     if (!use) window = 0;
     const cJSON *types = cJSON_GetObjectItemCaseSensitive(root, "layer_types");
@@ -193,14 +196,13 @@ static lorac_status_t parse_sliding_window(const cJSON *root, const char *label,
         }
     } else if (window) {
         bool qwen = c->arch == LORAC_ARCH_QWEN2 || c->arch == LORAC_ARCH_QWEN3;
-        int32_t from = qwen ? 28 : 0, pattern = 6;
+        int32_t from = qwen ? 28 : 0, pattern = c->arch == LORAC_ARCH_GEMMA2 ? 2 : 6;
         if (qwen && (s = get_int(root, label, "max_window_layers", 0, 0, INT32_MAX, &from))) return s;
         if (c->arch == LORAC_ARCH_GEMMA3 &&
             (s = get_int(root, label, "sliding_window_pattern", 0, 1, INT32_MAX, &pattern)))
             return s;
         for (int32_t l = from; l < c->n_layers; l++)
-            if ((c->arch != LORAC_ARCH_SMOLLM3 || !lorac_model_layer_has_rope(c, l)) &&
-                (c->arch != LORAC_ARCH_GEMMA3 || (l + 1) % pattern != 0))
+            if ((c->arch != LORAC_ARCH_SMOLLM3 || !lorac_model_layer_has_rope(c, l)) && (!gemma || (l + 1) % pattern != 0))
                 c->window_layers[l >> 6] |= (uint64_t)1 << (l & 63);
     }
     /* sliding_window stays 0 unless some layer has the window */
@@ -209,18 +211,23 @@ static lorac_status_t parse_sliding_window(const cJSON *root, const char *label,
     return LORAC_STATUS_OK;
 }
 
-/* Gemma 3 (Gemma3TextConfig): the embedding times sqrt(hidden_size)
- * (model.c rounds it to the embedding's dtype, as Gemma3's scaled embedding
- * does), scores times query_pre_attn_scalar^-1/2 (default 256) instead of
- * head_dim^-1/2, RMSNorms by (1 + w), sandwich norms, GeGLU, and the
- * windowed layers' own rotary base. Logit soft-capping (Gemma 2's, which
- * Gemma 3 configs set to null) is refused. */
-static lorac_status_t parse_gemma3(const cJSON *root, const char *label, lorac_model_config_t *c) {
+/* Gemma 2 and 3 (Gemma2Config, Gemma3TextConfig): the embedding times
+ * sqrt(hidden_size) (model.c rounds it to the embedding's dtype, as their
+ * scaled embedding does), scores times query_pre_attn_scalar^-1/2 (default
+ * 256) instead of head_dim^-1/2, RMSNorms by (1 + w), sandwich norms,
+ * GeGLU; Gemma 3's windowed layers have their own rotary base; the
+ * attention scores and the logits are soft-capped where the config says
+ * (Gemma 2's defaults 50 and 30, Gemma 3's none; null: none). */
+static lorac_status_t parse_gemma(const cJSON *root, const char *label, lorac_model_config_t *c) {
+    bool v2 = c->arch == LORAC_ARCH_GEMMA2;
     const char *caps[] = {"attn_logit_softcapping", "final_logit_softcapping"};
+    float *dst[] = {&c->attn_softcap, &c->final_softcap};
     for (int i = 0; i < 2; i++) {
+        *dst[i] = v2 ? (i ? 30.0f : 50.0f) : 0.0f;
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, caps[i]);
-        if (v && !cJSON_IsNull(v))
-            return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: \"%s\" is not supported (only null)", label, caps[i]);
+        if (v && cJSON_IsNull(v)) *dst[i] = 0.0f;
+        lorac_status_t s = get_float(root, label, caps[i], 1e-3, 1e6, dst[i]);
+        if (s) return s;
     }
     const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_activation");
     if (!act || cJSON_IsNull(act)) act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
@@ -232,7 +239,7 @@ static lorac_status_t parse_gemma3(const cJSON *root, const char *label, lorac_m
     float scalar = 256.0f;
     lorac_status_t s = get_float(root, label, "query_pre_attn_scalar", 1e-6, 1e9, &scalar);
     if (s) return s;
-    if (!c->rope_local_theta) {
+    if (!v2 && !c->rope_local_theta) {
         c->rope_local_theta = 10000.0f;
         if ((s = get_float(root, label, "rope_local_base_freq", 1.0, 1e12, &c->rope_local_theta))) return s;
     }
@@ -296,7 +303,7 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
     if (i == n_archs) {
         s = lorac_error(LORAC_STATUS_UNSUPPORTED,
                         "%s: architecture \"%s\" is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, "
-                        "Qwen3ForCausalLM, SmolLM3ForCausalLM, GraniteForCausalLM, Gemma3ForCausalLM)",
+                        "Qwen3ForCausalLM, SmolLM3ForCausalLM, GraniteForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM)",
                         label, a0->valuestring);
         goto done;
     }
@@ -309,7 +316,7 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
     c->rope_linear_factor = 1.0f;
     c->max_position_embeddings = 2048;
     c->bos_id = -1;
-    c->tie_word_embeddings = c->arch == LORAC_ARCH_GEMMA3; /* PretrainedConfig's default, which Gemma's keep */
+    c->tie_word_embeddings = c->arch == LORAC_ARCH_GEMMA2 || c->arch == LORAC_ARCH_GEMMA3; /* Gemma's configs' default */
     const int32_t big = 1 << 24;
     if ((s = get_int(root, label, "vocab_size", 1, 1, big, &c->vocab_size)) ||
         (s = get_int(root, label, "hidden_size", 1, 1, 1 << 20, &c->hidden_size)) ||
@@ -321,7 +328,8 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
     /* Qwen3Config's head_dim defaults to 128 whatever the hidden size
      * (transformers reads it from the config object, which always has it);
      * the others' attention takes hidden_size / heads */
-    c->head_dim = c->arch == LORAC_ARCH_QWEN3 ? 128 : c->arch == LORAC_ARCH_GEMMA3 ? 256 : c->hidden_size / c->n_heads;
+    bool gemma = c->arch == LORAC_ARCH_GEMMA2 || c->arch == LORAC_ARCH_GEMMA3;
+    c->head_dim = c->arch == LORAC_ARCH_QWEN3 ? 128 : gemma ? 256 : c->hidden_size / c->n_heads;
     if ((s = get_int(root, label, "num_key_value_heads", 0, 1, 4096, &c->n_kv_heads)) ||
         (s = get_int(root, label, "head_dim", 0, 2, 1 << 16, &c->head_dim)) ||
         (s = get_int(root, label, "max_position_embeddings", 0, 1, INT32_MAX, &c->max_position_embeddings)) ||
@@ -339,8 +347,7 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
          * RMSNorm over each head of q and of k */
         bool attention_bias = false;
         if ((s = get_bool(root, label, "attention_bias", &attention_bias)) ||
-            (c->arch != LORAC_ARCH_QWEN3 && c->arch != LORAC_ARCH_GEMMA3 &&
-             (s = get_bool(root, label, "mlp_bias", &c->mlp_bias))))
+            (c->arch != LORAC_ARCH_QWEN3 && !gemma && (s = get_bool(root, label, "mlp_bias", &c->mlp_bias))))
             goto done;
         c->qkv_bias = c->o_bias = attention_bias;
         c->qk_norm = c->arch == LORAC_ARCH_QWEN3 || c->arch == LORAC_ARCH_GEMMA3;
@@ -349,7 +356,7 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
     if ((s = parse_sliding_window(root, label, c))) goto done;
     c->embedding_multiplier = c->residual_multiplier = c->logits_scaling = c->query_scale = 1.0f;
     if (c->arch == LORAC_ARCH_GRANITE && (s = parse_granite(root, label, c))) goto done;
-    if (c->arch == LORAC_ARCH_GEMMA3 && (s = parse_gemma3(root, label, c))) goto done;
+    if (gemma && (s = parse_gemma(root, label, c))) goto done;
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(root, "torch_dtype");
     if (cJSON_IsString(dt)) snprintf(c->torch_dtype, sizeof c->torch_dtype, "%s", dt->valuestring);
 

@@ -11,7 +11,8 @@
  * and the logits (1 / logits_scaling). Gemma 3 scales the embedding and q,
  * takes every norm's weight as (1 + w), normalises each block's output
  * before adding it to x (sandwich norms), uses gelu for silu, and gives
- * its windowed layers their own rotary base. */
+ * its windowed layers their own rotary base; Gemma 2 does the same but
+ * the last, and soft-caps the attention scores and the logits. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -361,7 +362,7 @@ static void attention_block(lorac_context_t *ctx, const lorac_batch_t *b, int32_
         ctx->n_visible[t] = b->pos[t] + 1 - first;
     }
     lorac_attention_forward(ctx->att, ctx->att_scratch, ctx->q, ctx->k_rows, ctx->v_rows, kvt, ctx->n_visible, T, H, KVH,
-                            hd);
+                            hd, c->attn_softcap);
     lorac_matmul_part_t o = {ctx->proj, L->wo.data, L->wo.dtype, L->bo, D, NULL, 0};
     const lorac_lora_target_t o_target = LORAC_LORA_O;
     adapted_product(ctx, l, &o, &o_target, 1, ctx->att, T, Q);
@@ -429,5 +430,6 @@ lorac_status_t lorac_context_decode(lorac_context_t *ctx, const lorac_batch_t *b
     /* Granite's logits / logits_scaling, as the head's input divided: a linear map */
     if (c->logits_scaling != 1.0f) lorac_scale(ctx->xn, 1.0f / c->logits_scaling, n_out * D);
     lorac_matmul_forward(logits, ctx->xn, m->lm_head.data, m->lm_head.dtype, NULL, n_out, D, c->vocab_size);
+    if (c->final_softcap > 0.0f) lorac_softcap(logits, c->final_softcap, n_out * c->vocab_size); /* Gemma 2's */
     return LORAC_STATUS_OK;
 }

@@ -99,6 +99,10 @@ struct lorac_train_pass {
     const float *lm_head_packed;  /* the frozen classifier repacked, or NULL */
     float *packed_arena;          /* the frozen weights repacked (setup_packed) */
     float *d_embed, *d_final_norm, *d_lm_head; /* full only; d_lm_head == d_embed when tied */
+    /* the loss takes whole rows of logits (loss_chunk_whole): with a trained
+     * classifier, or Gemma 2's soft-capped logits */
+    bool whole_rows;
+    float *chunk_capd;            /* whole_rows with final_softcap: dz/dlogit of each logit */
     int32_t grad_floor;           /* the lowest layer with a gradient: backward stops there */
     layer_acts_t *acts;
     float *x_final, *rstd_f, *xn_f;
@@ -131,7 +135,7 @@ static const int32_t *layer_start(const lorac_train_pass_t *p, int32_t l) {
 
 /* Rows of the pass's loss chunks (at most the batch's rows). */
 static int64_t loss_rows(const lorac_train_pass_t *p) {
-    int64_t rows = p->d_lm_head ? loss_chunk_rows(p->model->config.vocab_size) : LOSS_CHUNK;
+    int64_t rows = p->whole_rows ? loss_chunk_rows(p->model->config.vocab_size) : LOSS_CHUNK;
     return rows < p->N ? rows : p->N > 0 ? p->N : 1;
 }
 
@@ -206,7 +210,8 @@ static void plan_activations(lorac_train_pass_t *p, arena_t *a) {
     CARVE(a, p->du, N * max_r + max_r * max_in); CARVE(a, p->dx_lora, N * max_in);
     int64_t lr = loss_rows(p);
     CARVE(a, p->chunk_x, lr * D); CARVE(a, p->chunk_dx, lr * D);
-    CARVE(a, p->chunk_logits, lr * (p->d_lm_head ? c->vocab_size : loss_block_cols(c->vocab_size)));
+    CARVE(a, p->chunk_logits, lr * (p->whole_rows ? c->vocab_size : loss_block_cols(c->vocab_size)));
+    if (c->final_softcap > 0.0f) CARVE(a, p->chunk_capd, lr * c->vocab_size);
     CARVE(a, p->chunk_losses, lr); CARVE(a, p->chunk_targets, lr);
     CARVE(a, p->chunk_max, lr); CARVE(a, p->chunk_target_logit, lr);
     CARVE(a, p->chunk_others, lr); CARVE(a, p->chunk_wrow, D);
@@ -264,7 +269,7 @@ static lorac_status_t setup_packed(lorac_train_pass_t *p) {
             const linear_t *q = &p->layers[l].proj[t];
             if (q->w.dtype == LORAC_DTYPE_F32) total += lorac_packed_weight_floats(q->out, q->in);
         }
-    int pack_head = p->lm_head.dtype == LORAC_DTYPE_F32;
+    int pack_head = p->lm_head.dtype == LORAC_DTYPE_F32 && !p->whole_rows; /* loss_chunk_whole reads it as is */
     if (pack_head) total += lorac_packed_weight_floats(c->vocab_size, c->hidden_size);
     if (total == 0) return LORAC_STATUS_OK;
     float *P = alloc_huge(sizeof(float) * (size_t)total);
@@ -403,6 +408,7 @@ lorac_status_t lorac_train_pass_init(const lorac_model_t *model, lorac_adapter_t
     p->final_norm = model->final_norm;
     p->lm_head = model->lm_head;
     if ((s = adapter ? setup_lora(p) : setup_full(p))) goto fail;
+    p->whole_rows = p->d_lm_head || c->final_softcap > 0.0f;
     if (adapter && (s = setup_packed(p))) goto fail;
     /* Below the lowest adapted layer nothing has a gradient (LoRA keeps
      * the embedding frozen), so the backward pass ends there, as autograd
@@ -628,7 +634,7 @@ static void layer_forward(lorac_train_pass_t *p, int32_t l, float *x_out, float 
     if (c->query_scale != 1.0f) lorac_scale(s->q, c->query_scale, N * H * hd); /* Granite's, Gemma's score scales */
     lap(p, LORAC_PHASE_ROPE);
     lorac_attention_train_forward(s->att, s->lse, p->att_scratch, s->q, s->k, s->v, layer_start(p, l), p->B, p->T, H, KVH,
-                                  hd);
+                                  hd, c->attn_softcap);
     lap(p, LORAC_PHASE_ATTENTION);
     /* with sandwich norms the block's product is kept and normalised into tmp */
     linear_forward(p, &L->proj[LORAC_LORA_O], c->sandwich_norms ? s->o_raw : p->tmp, s->att, s, LORAC_LORA_O, N, dropout,
@@ -681,7 +687,7 @@ static void layer_backward(lorac_train_pass_t *p, int32_t l, float *dres, float 
     if (c->sandwich_norms) d_o = post_norm_backward(p, d_o, s->o_raw, &L->attn_post_norm, L->d_attn_post_norm, s->rstd_po);
     linear_backward(p, &L->proj[LORAC_LORA_O], p->datt, true, d_o, s->att, s, LORAC_LORA_O, dropout, has_rng);
     lorac_attention_train_backward(p->dq, p->dk, p->dv, p->att_scratch, p->datt, s->q, s->k, s->v, s->att, s->lse,
-                                   layer_start(p, l), p->B, p->T, H, KVH, hd);
+                                   layer_start(p, l), p->B, p->T, H, KVH, hd, c->attn_softcap);
     lap(p, LORAC_PHASE_ATTENTION);
     if (c->query_scale != 1.0f) lorac_scale(p->dq, c->query_scale, N * H * hd); /* q was scaled after rotary */
     if (lorac_model_layer_has_rope(c, l)) {
@@ -748,17 +754,28 @@ static void loss_chunk_online(lorac_train_pass_t *p, int64_t n, bool grads, floa
 }
 
 /* loss_chunk_online's contract with whole rows of logits, for a trained
- * classifier (--full), whose weight gradient needs every probability:
- * also d_lm_head += dlogitsᵀ·x. */
+ * classifier (--full), whose weight gradient needs every probability
+ * (d_lm_head += dlogitsᵀ·x), and for Gemma 2's soft-capped logits, whose
+ * gradient goes through the cap: z = cap·tanh(l / cap), dz/dl = 1 − (z/cap)². */
 static void loss_chunk_whole(lorac_train_pass_t *p, int64_t n, bool grads, float scale) {
     const lorac_model_config_t *c = &p->model->config;
     int64_t D = c->hidden_size, V = c->vocab_size;
+    float cap = c->final_softcap;
     lorac_matmul_forward_batch(p->chunk_logits, p->chunk_x, p->lm_head.data, p->lm_head.dtype, NULL, n, D, V);
+    if (cap > 0.0f) {
+        lorac_softcap(p->chunk_logits, cap, n * V);
+        for (int64_t i = 0; i < n * V; i++) {
+            float u = p->chunk_logits[i] / cap;
+            p->chunk_capd[i] = 1.0f - u * u;
+        }
+    }
     lorac_crossentropy_forward_backward(p->chunk_logits, p->chunk_losses, p->chunk_targets, scale, n, V);
     if (grads) {
+        if (cap > 0.0f)
+            for (int64_t i = 0; i < n * V; i++) p->chunk_logits[i] *= p->chunk_capd[i];
         memset(p->chunk_dx, 0, sizeof(float) * (size_t)(n * D));
         lorac_matmul_backward_input(p->chunk_dx, p->chunk_logits, p->lm_head.data, p->lm_head.dtype, n, D, V);
-        lorac_matmul_backward_weight(p->d_lm_head, NULL, p->chunk_logits, p->chunk_x, n, D, V);
+        if (p->d_lm_head) lorac_matmul_backward_weight(p->d_lm_head, NULL, p->chunk_logits, p->chunk_x, n, D, V);
     }
     lap_product(p, LORAC_PHASE_LOSS, grads ? 3 * n : n, D, V); /* logits, and dx and the classifier's dw */
 }
@@ -794,7 +811,7 @@ static lorac_status_t loss_forward_backward(lorac_train_pass_t *p, const int32_t
         }
         if (n == 0) break;
         lap(p, LORAC_PHASE_ELEMENTWISE);
-        if (p->d_lm_head) loss_chunk_whole(p, n, grads, scale);
+        if (p->whole_rows) loss_chunk_whole(p, n, grads, scale);
         else loss_chunk_online(p, n, grads, scale);
         for (int64_t k = 0; k < n; k++) *loss_sum += p->chunk_losses[k];
         if (grads)

@@ -312,9 +312,9 @@ static lorac_status_t model_load(const char *dir, int for_training, lorac_model_
         if ((s = load_layer(m, l))) goto fail;
     compute_inv_freq(c, c->rope_theta, 1, m->inv_freq);
     if (c->rope_local_theta) compute_inv_freq(c, c->rope_local_theta, 0, m->inv_freq_local);
-    /* Gemma 3 multiplies the embedding by sqrt(hidden_size) rounded to the
+    /* Gemma 2 and 3 multiply the embedding by sqrt(hidden_size) rounded to the
      * embedding's dtype (34 for 1152 in bf16, not 33.94) */
-    if (c->arch == LORAC_ARCH_GEMMA3 && m->embed.dtype != LORAC_DTYPE_F32) {
+    if ((c->arch == LORAC_ARCH_GEMMA2 || c->arch == LORAC_ARCH_GEMMA3) && m->embed.dtype != LORAC_DTYPE_F32) {
         uint16_t half_bits;
         lorac_kv_store(&half_bits, m->embed.dtype, &m->config.embedding_multiplier, 1);
         lorac_convert_to_f32(&m->config.embedding_multiplier, &half_bits, m->embed.dtype, 1);

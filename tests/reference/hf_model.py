@@ -168,6 +168,7 @@ ARCHS = {
     "smollm3": ("SmolLM3ForCausalLM", "smollm3"),
     "granite": ("GraniteForCausalLM", "granite"),
     "gemma3": ("Gemma3ForCausalLM", "gemma3_text"),
+    "gemma2": ("Gemma2ForCausalLM", "gemma2"),
 }
 
 LLAMA3_ROPE_SCALING = {
@@ -250,23 +251,27 @@ def make_config(cfg, dtype="F32", tie=False, bias=False, arch="llama"):
             c["no_rope_layers"] = list(cfg["no_rope_layers"])
         else:
             c["no_rope_layer_interval"] = cfg.get("no_rope_layer_interval", 4)
-    elif arch == "gemma3":
-        # Gemma3TextConfig's fields: sandwich norms, GeGLU, q/k norms, a
-        # scaled embedding, query_pre_attn_scalar, windowed layers (every
-        # sliding_window_pattern-th layer global) with their own rotary base
+    elif arch in ("gemma2", "gemma3"):
+        # Gemma2Config's and Gemma3TextConfig's fields: sandwich norms, GeGLU,
+        # a scaled embedding, query_pre_attn_scalar, windowed layers; Gemma 3
+        # adds q/k norms and gives its windowed layers (all but every
+        # sliding_window_pattern-th) their own rotary base; Gemma 2 windows
+        # every other layer and soft-caps the attention scores and logits
         if bias:
-            raise ValueError("Gemma 3 has no biases here")
+            raise ValueError("Gemma has no biases here")
         c["head_dim"] = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
         c["hidden_activation"] = "gelu_pytorch_tanh"
         del c["hidden_act"]
         c["attention_bias"] = False
         c["query_pre_attn_scalar"] = cfg.get("query_pre_attn_scalar", c["head_dim"])
         c["sliding_window"] = cfg.get("sliding_window", 4096)
-        c["sliding_window_pattern"] = cfg.get("sliding_window_pattern", 6)
-        c["rope_local_base_freq"] = cfg.get("rope_local_base_freq", 10000.0)
-        c["rope_theta"] = cfg.get("rope_theta", 1000000.0)
-        c["attn_logit_softcapping"] = None
-        c["final_logit_softcapping"] = None
+        v2 = arch == "gemma2"
+        c["attn_logit_softcapping"] = cfg.get("attn_logit_softcapping", 50.0 if v2 else None)
+        c["final_logit_softcapping"] = cfg.get("final_logit_softcapping", 30.0 if v2 else None)
+        if not v2:
+            c["sliding_window_pattern"] = cfg.get("sliding_window_pattern", 6)
+            c["rope_local_base_freq"] = cfg.get("rope_local_base_freq", 10000.0)
+            c["rope_theta"] = cfg.get("rope_theta", 1000000.0)
     elif arch == "qwen3":
         c["head_dim"] = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
         c["attention_bias"] = bool(bias)
@@ -282,8 +287,8 @@ def head_dim_of(c):
     hd = c.get("head_dim")
     if hd is None and c.get("model_type") == "qwen3":
         return 128  # Qwen3Config's default, whatever the hidden size
-    if hd is None and c.get("model_type") == "gemma3_text":
-        return 256  # Gemma3TextConfig's
+    if hd is None and c.get("model_type") in ("gemma3_text", "gemma2"):
+        return 256  # Gemma3TextConfig's and Gemma2Config's
     return hd if hd is not None else c["hidden_size"] // c["num_attention_heads"]
 
 
@@ -299,12 +304,24 @@ def is_gemma3(c):
     return c.get("model_type") == "gemma3_text"
 
 
+def is_gemma(c):
+    """Gemma 2 or 3: (1 + w) norms, sandwich norms, GeGLU, a scaled embedding."""
+    return c.get("model_type") in ("gemma3_text", "gemma2")
+
+
+def softcaps(c):
+    """(attention scores, logits) soft-caps, None where absent (Gemma 2's defaults 50 and 30)."""
+    if c.get("model_type") == "gemma2":
+        return c.get("attn_logit_softcapping", 50.0), c.get("final_logit_softcapping", 30.0)
+    return c.get("attn_logit_softcapping"), c.get("final_logit_softcapping")
+
+
 def multipliers(c, embed_dtype=torch.float32):
     """(embedding, residual, attention score, logits divisor): Granite's
     (GraniteConfig's defaults 1); Gemma 3's sqrt(hidden_size) rounded to the
     embedding's dtype (Gemma3TextScaledWordEmbedding casts it so) and
     query_pre_attn_scalar^-1/2; else 1, 1, 1/sqrt(head_dim), 1."""
-    if is_gemma3(c):
+    if is_gemma(c):
         emb = float(torch.tensor(c["hidden_size"] ** 0.5, dtype=embed_dtype))
         return emb, 1.0, float(c.get("query_pre_attn_scalar", 256)) ** -0.5, 1.0
     if c.get("model_type") != "granite":
@@ -342,13 +359,15 @@ def attention_windows(c):
     mt = c.get("model_type")
     if mt in ("llama", "granite"):
         return [None] * L
-    W = c.get("sliding_window", 4096 if mt in ("mistral", "gemma3_text") else None)
-    if mt not in ("mistral", "gemma3_text") and not c.get("use_sliding_window", False):
+    W = c.get("sliding_window", 4096 if mt in ("mistral", "gemma3_text", "gemma2") else None)
+    if mt not in ("mistral", "gemma3_text", "gemma2") and not c.get("use_sliding_window", False):
         W = None
     if c.get("layer_types") is not None:
         types = c["layer_types"]
     elif mt == "mistral":
         types = ["sliding_attention" if W else "full_attention"] * L
+    elif mt == "gemma2":  # Gemma2Config: layers 0, 2, 4, ... windowed
+        types = ["sliding_attention" if W and (i + 1) % 2 else "full_attention" for i in range(L)]
     elif mt == "gemma3_text":  # Gemma3TextConfig: every sliding_window_pattern-th layer global
         n = c.get("sliding_window_pattern", 6)
         types = ["sliding_attention" if W and (i + 1) % n else "full_attention" for i in range(L)]
@@ -383,7 +402,7 @@ def tensor_shapes(c):
             s[p + "self_attn.q_norm.weight"] = [hd]
             s[p + "self_attn.k_norm.weight"] = [hd]
         s[p + "post_attention_layernorm.weight"] = [D]
-        if is_gemma3(c):  # post_attention_layernorm is the attention output's norm there
+        if is_gemma(c):  # post_attention_layernorm is the attention output's norm there
             s[p + "pre_feedforward_layernorm.weight"] = [D]
             s[p + "post_feedforward_layernorm.weight"] = [D]
         s[p + "mlp.gate_proj.weight"] = [F, D]
@@ -412,7 +431,7 @@ def random_weights(c, seed=0, scale=None):
     for name, shape in tensor_shapes(c).items():
         if name.endswith("norm.weight"):  # input_/post_attention_layernorm, q_norm, k_norm, model.norm
             # Gemma's norms scale by 1 + w
-            t = (0.0 if is_gemma3(c) else 1.0) + 0.1 * torch.randn(shape, generator=g)
+            t = (0.0 if is_gemma(c) else 1.0) + 0.1 * torch.randn(shape, generator=g)
         elif name.endswith(".bias"):
             t = 0.1 * torch.randn(shape, generator=g)
         elif name == "model.embed_tokens.weight":
@@ -557,7 +576,8 @@ def llama_forward(weights, c, ids, hf_float32_rope=False, return_hidden=False, k
     assert H % KV == 0
     rep = H // KV
 
-    gemma = is_gemma3(c)
+    gemma = is_gemma(c)
+    att_cap, final_cap = softcaps(c)
     # Gemma3RMSNorm scales by (1 + w)
     def norm(x, name):
         return rms_norm(x, W(name) + 1.0 if gemma else W(name), eps)
@@ -584,7 +604,7 @@ def llama_forward(weights, c, ids, hf_float32_rope=False, return_hidden=False, k
             q = norm(q, p + "self_attn.q_norm.weight")
             k = norm(k, p + "self_attn.k_norm.weight")
         if use_rope[i]:
-            cs, sn = (cos_l, sin_l) if gemma and windows[i] is not None else (cos, sin)
+            cs, sn = (cos_l, sin_l) if is_gemma3(c) and windows[i] is not None else (cos, sin)
             q = q * cs + rotate_half(q) * sn
             k = k * cs + rotate_half(k) * sn
         if kv_dtype is not None:
@@ -594,6 +614,8 @@ def llama_forward(weights, c, ids, hf_float32_rope=False, return_hidden=False, k
         k = k.repeat_interleave(rep, dim=1)                       # (T, H, hd)
         v = v.repeat_interleave(rep, dim=1)
         scores = torch.einsum("thd,shd->hts", q, k) * att_scale    # (H, T, T)
+        if att_cap is not None:  # Gemma 2's soft-capping, before the mask
+            scores = torch.tanh(scores / att_cap) * att_cap
         visible = causal if windows[i] is None else causal & (s_idx > t_idx - windows[i])
         scores = scores.masked_fill(~visible, float("-inf"))
         probs = torch.softmax(scores, dim=-1)
@@ -613,6 +635,8 @@ def llama_forward(weights, c, ids, hf_float32_rope=False, return_hidden=False, k
     x = norm(x, "model.norm.weight")
     head = W("lm_head.weight") if "lm_head.weight" in weights else W("model.embed_tokens.weight")
     logits = x @ head.T / logits_div
+    if final_cap is not None:
+        logits = torch.tanh(logits / final_cap) * final_cap
     return (logits, x) if return_hidden else logits
 
 
