@@ -6,7 +6,7 @@
  * (N,KVH·hd), att (N,H·hd), lse (N,H), x_mid, xn2 (N,D), rstd2 (N), gate, up,
  * h (N,I), and per LoRA module u = x·Aᵀ (N,r) plus the dropout mask; with
  * Qwen3's per-head norms also q and k as projected, and their rstd; with
- * Gemma 3's sandwich norms also the o and down products before their
+ * Gemma's sandwich norms also the o and down products before their
  * norms, and their rstd.
  * Attention probabilities are recomputed in the backward pass from lse
  * rather than stored (B·H·T² floats per layer would dominate memory).
@@ -69,7 +69,7 @@ typedef struct {
     float *d_attn_norm, *d_ffn_norm; /* full fine-tuning */
     lorac_wref_t q_norm, k_norm;     /* qk_norm (Qwen3, Gemma 3) */
     float *d_q_norm, *d_k_norm;      /* full fine-tuning with qk_norm */
-    lorac_wref_t attn_post_norm, ffn_post_norm; /* sandwich_norms (Gemma 3) */
+    lorac_wref_t attn_post_norm, ffn_post_norm; /* sandwich_norms (Gemma 2, 3) */
     float *d_attn_post_norm, *d_ffn_post_norm;  /* full fine-tuning with sandwich_norms */
     linear_t proj[LORAC_LORA_COUNT]; /* indexed like lorac_lora_target_t */
 } train_layer_t;

@@ -35,7 +35,7 @@ typedef enum {
     LORAC_TENSOR_DOWN_BIAS,
     LORAC_TENSOR_Q_NORM, /* Qwen3: (head_dim), shared by every head */
     LORAC_TENSOR_K_NORM,
-    LORAC_TENSOR_ATTN_POST_NORM, /* sandwich_norms (Gemma 3): the attention's output, and the MLP's */
+    LORAC_TENSOR_ATTN_POST_NORM, /* sandwich_norms (Gemma 2, 3): the attention's output, and the MLP's */
     LORAC_TENSOR_FFN_POST_NORM,
     LORAC_TENSOR_COUNT
 } lorac_tensor_kind_t;
@@ -52,7 +52,7 @@ int lorac_tensor_expected_shape(lorac_tensor_kind_t kind, const lorac_model_conf
 typedef struct {
     lorac_wref_t attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down;
     lorac_wref_t q_norm, k_norm;          /* qk_norm (Qwen3, Gemma 3); empty otherwise */
-    lorac_wref_t attn_post_norm, ffn_post_norm; /* sandwich_norms (Gemma 3); empty otherwise */
+    lorac_wref_t attn_post_norm, ffn_post_norm; /* sandwich_norms (Gemma 2, 3); empty otherwise */
     float *bq, *bk, *bv, *bo, *b_gate, *b_up, *b_down; /* f32 copies; NULL when absent */
 } lorac_layer_weights_t;
 
