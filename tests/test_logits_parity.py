@@ -230,6 +230,13 @@ def parity_case(name, shape, kw, T, seed):
         gap = float(np.abs(exact - ref).max() / np.abs(ref).max())
         record(name + "-embed-scale-rounded", r < gap / 10,
                f"rel {r:.2e} against the rounded scale's reference, which the unrounded scale moves by {gap:.2e}")
+    if hm.is_gemma(c):
+        # lorac reads the same soft-caps off config.json as the reference (null: none)
+        rc, out_json, err = run_lorac(["inspect", d, "--json"])
+        got = json.loads(out_json) if rc == 0 else {}
+        got_caps = (got.get("attn_logit_softcapping", "absent"), got.get("final_logit_softcapping", "absent"))
+        record(name + "-inspect-softcaps", got_caps == hm.softcaps(c),
+               f"lorac inspect: {got_caps}, reference: {hm.softcaps(c)}")
     if any(cap is not None for cap in hm.softcaps(c)) and kw.get("dtype", "F32") == "F32":
         # the soft-caps must matter here: without them the reference moves by far more than the bound
         uncapped = hm.llama_forward(w, dict(c, attn_logit_softcapping=None, final_logit_softcapping=None), ids).numpy()

@@ -137,6 +137,13 @@ static int inspect_model(const char *path, int json) {
             } else {
                 cJSON_AddNullToObject(root, "sliding_window");
             }
+            /* Gemma 2's soft-caps, under config.json's names; null without one */
+            const char *cap_names[2] = {"attn_logit_softcapping", "final_logit_softcapping"};
+            const float caps[2] = {cfg.attn_softcap, cfg.final_softcap};
+            for (int i = 0; i < 2; i++) {
+                if (caps[i] > 0.0f) cJSON_AddNumberToObject(root, cap_names[i], caps[i]);
+                else cJSON_AddNullToObject(root, cap_names[i]);
+            }
         }
         cJSON_AddNumberToObject(root, "n_params", (double)n_params);
         cJSON_AddNumberToObject(root, "n_bytes", (double)bytes);
@@ -166,6 +173,9 @@ static int inspect_model(const char *path, int json) {
                 window_layers_text(&cfg, layers, sizeof layers);
                 printf("  sliding window %d positions, layers %s\n", cfg.sliding_window, layers);
             }
+            if (cfg.attn_softcap > 0.0f || cfg.final_softcap > 0.0f)
+                printf("  soft-caps     attention scores %g, logits %g (0: none)\n", (double)cfg.attn_softcap,
+                       (double)cfg.final_softcap);
         }
         printf("  parameters    %lld (%.2f M), %.2f MB\n", (long long)n_params, (double)n_params / 1e6, (double)bytes / 1e6);
         printf("  dtypes       ");
