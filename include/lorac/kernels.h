@@ -140,8 +140,9 @@ void lorac_rmsnorm_forward(float *out, float *rstd, const float *x, const void *
  * by (1 + w). */
 void lorac_rmsnorm_forward_offset(float *out, float *rstd, const float *x, const void *w, lorac_dtype_t wtype,
                                   float w_offset, float eps, int64_t T, int64_t C);
-/* x[i] = cap · tanh(x[i] / cap) for i < n, in place (Gemma 2's soft-capping). */
-void lorac_softcap(float *x, float cap, int64_t n);
+/* x[i] = cap · tanh(x[i] / cap) for i < n, in place (Gemma 2's soft-capping);
+ * dz, when not NULL, receives the derivative 1 − tanh² of each. */
+void lorac_softcap(float *x, float cap, float *dz, int64_t n);
 /* out (T,H) = silu(gate) * up, gate and up (T,H). */
 void lorac_swiglu_forward(float *out, const float *gate, const float *up, int64_t T, int64_t H);
 /* out (T,H) = gelu(gate) * up with GELU's tanh approximation,

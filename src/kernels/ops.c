@@ -74,9 +74,12 @@ void lorac_swiglu_forward(float *out, const float *gate, const float *up, int64_
     for (int64_t i = 0; i < n; i++) out[i] = gate[i] * sigmoid_f32(gate[i]) * up[i];
 }
 
-void lorac_softcap(float *x, float cap, int64_t n) {
+void lorac_softcap(float *x, float cap, float *dz, int64_t n) {
     #pragma omp parallel for num_threads(lorac_kernels_get_threads()) schedule(static) if (n >= LORAC_PARALLEL_MIN_ELEMS)
-    for (int64_t i = 0; i < n; i++) x[i] = softcap_f32(x[i], cap);
+    for (int64_t i = 0; i < n; i++) {
+        x[i] = softcap_f32(x[i], cap);
+        if (dz) dz[i] = softcap_grad_f32(x[i], cap);
+    }
 }
 
 // out = gelu(g) * u, gelu(g) = g/2 (1 + tanh(sqrt(2/π) (g + 0.044715 g³)))

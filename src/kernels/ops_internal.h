@@ -85,6 +85,8 @@ static inline float gelu_tanh_grad_f32(float g) {
 /* Gemma 2's soft-capping of attention scores and logits: cap · tanh(x / cap)
  * (libm's tanhf, accurate near 0 where a tanh from exponentials cancels). */
 static inline float softcap_f32(float x, float cap) { return cap * tanhf(x / cap); }
+/* Its derivative from its value z: 1 − tanh² = 1 − (z / cap)². */
+static inline float softcap_grad_f32(float z, float cap) { return 1.0f - (z / cap) * (z / cap); }
 
 /* Below this many elements an elementwise kernel stays on the calling
  * thread: at decode (one row) a parallel region costs more than the work. */

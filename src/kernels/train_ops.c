@@ -234,9 +234,8 @@ LORAC_ALWAYS_INLINE float scores_to_p(const lorac_kernel_ops_t *ops, float *row,
     for (int64_t j = s0; j <= t; j++) row[j] *= scale;
     if (softcap > 0.0f)
         for (int64_t j = s0; j <= t; j++) {
-            float z = softcap_f32(row[j], softcap), u = z / softcap;
-            row[j] = z;
-            if (capd) capd[j] = 1.0f - u * u;
+            row[j] = softcap_f32(row[j], softcap);
+            if (capd) capd[j] = softcap_grad_f32(row[j], softcap);
         }
     memset(row, 0, sizeof(float) * (size_t)s0);
     memset(row + t + 1, 0, sizeof(float) * (size_t)(end - t - 1));

@@ -430,6 +430,6 @@ lorac_status_t lorac_context_decode(lorac_context_t *ctx, const lorac_batch_t *b
     /* Granite's logits / logits_scaling, as the head's input divided: a linear map */
     if (c->logits_scaling != 1.0f) lorac_scale(ctx->xn, 1.0f / c->logits_scaling, n_out * D);
     lorac_matmul_forward(logits, ctx->xn, m->lm_head.data, m->lm_head.dtype, NULL, n_out, D, c->vocab_size);
-    if (c->final_softcap > 0.0f) lorac_softcap(logits, c->final_softcap, n_out * c->vocab_size); /* Gemma 2's */
+    if (c->final_softcap > 0.0f) lorac_softcap(logits, c->final_softcap, NULL, n_out * c->vocab_size); /* Gemma 2's */
     return LORAC_STATUS_OK;
 }

@@ -762,13 +762,7 @@ static void loss_chunk_whole(lorac_train_pass_t *p, int64_t n, bool grads, float
     int64_t D = c->hidden_size, V = c->vocab_size;
     float cap = c->final_softcap;
     lorac_matmul_forward_batch(p->chunk_logits, p->chunk_x, p->lm_head.data, p->lm_head.dtype, NULL, n, D, V);
-    if (cap > 0.0f) {
-        lorac_softcap(p->chunk_logits, cap, n * V);
-        for (int64_t i = 0; i < n * V; i++) {
-            float u = p->chunk_logits[i] / cap;
-            p->chunk_capd[i] = 1.0f - u * u;
-        }
-    }
+    if (cap > 0.0f) lorac_softcap(p->chunk_logits, cap, p->chunk_capd, n * V);
     lorac_crossentropy_forward_backward(p->chunk_logits, p->chunk_losses, p->chunk_targets, scale, n, V);
     if (grads) {
         if (cap > 0.0f)
