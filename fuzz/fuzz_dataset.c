@@ -13,7 +13,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* Byte-level BPE over a few letters, with the special tokens the chat
- * templates need (chatml and qwen3, llama-2 / zephyr, llama-3, the mistral ones, gemma). */
+ * templates need (chatml and qwen3, llama-2 / zephyr, llama-3, the mistral ones, gemma, phi3). */
 static const char k_tokenizer[] =
     "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"H\": 0, \"e\": 1, \"l\": 2, \"o\": 3, \"\\u0120\": 4, \"He\": 5, "
     "\"ll\": 6, \"a\": 7, \"t\": 8, \"x\": 9, \"\\u010a\": 10, \"{\": 11, \"}\": 12}, \"merges\": [\"H e\", \"l l\"]},"
@@ -24,7 +24,10 @@ static const char k_tokenizer[] =
     "{\"id\": 19, \"content\": \"<|end_header_id|>\", \"special\": true}, {\"id\": 20, \"content\": \"<|eot_id|>\", \"special\": true},"
     "{\"id\": 21, \"content\": \"[INST]\", \"special\": true}, {\"id\": 22, \"content\": \"[/INST]\", \"special\": true},"
     "{\"id\": 23, \"content\": \"<bos>\", \"special\": true}, {\"id\": 24, \"content\": \"<eos>\", \"special\": true},"
-    "{\"id\": 25, \"content\": \"<start_of_turn>\", \"special\": true}, {\"id\": 26, \"content\": \"<end_of_turn>\", \"special\": true}],"
+    "{\"id\": 25, \"content\": \"<start_of_turn>\", \"special\": true}, {\"id\": 26, \"content\": \"<end_of_turn>\", \"special\": true},"
+    "{\"id\": 27, \"content\": \"<|system|>\", \"special\": true}, {\"id\": 28, \"content\": \"<|user|>\", \"special\": true},"
+    "{\"id\": 29, \"content\": \"<|assistant|>\", \"special\": true}, {\"id\": 30, \"content\": \"<|end|>\", \"special\": true},"
+    "{\"id\": 31, \"content\": \"<|endoftext|>\", \"special\": true}],"
     " \"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"use_regex\": true},"
     " \"post_processor\": {\"type\": \"ByteLevel\"}, \"decoder\": {\"type\": \"ByteLevel\"}}";
 
@@ -35,13 +38,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 1) return 0;
     static const char *const templates[] = {"chatml", "llama-2", "llama-3", "llama-3.1", "zephyr", NULL, "bogus", "mistral"};
     /* slot 6 shares its three bits: the input's length picks one of these */
-    static const char *const slot6[] = {"bogus",      "mistral-v0.1", "mistral-v0.2", "mistral-v1",
-                                        "mistral-v3", "qwen3",        "gemma",        "gemma3"};
+    static const char *const slot6[] = {"bogus", "mistral-v0.1", "mistral-v0.2", "mistral-v1", "mistral-v3",
+                                        "qwen3", "gemma",        "gemma3",       "phi3"};
     uint8_t o = data[0];
     lorac_dataset_params_t p = lorac_dataset_default_params();
     p.format = (lorac_data_format_t)(o % 6);
     p.chat_template = templates[(o >> 3) & 7];
-    if (((o >> 3) & 7) == 6) p.chat_template = slot6[size % 8];
+    if (((o >> 3) & 7) == 6) p.chat_template = slot6[size % (sizeof slot6 / sizeof slot6[0])];
     p.seq_len = 1 + (o >> 6) * 5;
     p.skip_bad = (o & 0x20) != 0;
     p.train_on_inputs = (o & 0x40) != 0;

@@ -322,7 +322,8 @@ static void test_chat_render(void) {
     CHECK(!strcmp(lorac_dataset_chat_end_of_turn("llama-2", NULL), "</s>"));
     CHECK(!strcmp(lorac_dataset_chat_end_of_turn("gemma", "<eos>"), "<end_of_turn>"));
     CHECK(!strcmp(lorac_dataset_chat_end_of_turn("gemma3", NULL), "<end_of_turn>"));
-    CHECK(lorac_dataset_chat_end_of_turn("phi-3", "</s>") == NULL);
+    CHECK(!strcmp(lorac_dataset_chat_end_of_turn("phi-3", "</s>"), "<|end|>"));
+    CHECK(lorac_dataset_chat_end_of_turn("phi-4", "</s>") == NULL);
     check_render("zephyr", NULL, true, k_zephyr);
     check_render("chatml", NULL, true, k_chatml);
     check_render("chatml", "You are a helpful AI assistant named SmolLM, trained by Hugging Face", false,
@@ -391,7 +392,7 @@ static void test_chat_recognize(void) {
         {"tokenizers/llama3.2/chat_template.jinja", "llama-3.1", NULL},
         {"chat-templates/google-gemma-2-2b-it.jinja", "gemma", NULL},
         {"tests/data/chat/templates/gemma3.jinja", "gemma3", NULL},
-        {"chat-templates/microsoft-Phi-3.5-mini-instruct.jinja", NULL, NULL},
+        {"chat-templates/microsoft-Phi-3.5-mini-instruct.jinja", "phi3", NULL},
         {"chat-templates/mistralai-Mistral-Nemo-Instruct-2407.jinja", "mistral", NULL},
         {"tests/data/chat/templates/mistral-7b-instruct-v0.1.jinja", "mistral-v0.1", NULL},
         {"tests/data/chat/templates/mixtral-8x7b-instruct-v0.1.jinja", "mistral-v0.2", NULL},
@@ -414,6 +415,34 @@ static void test_chat_recognize(void) {
         free(def);
         free(jinja);
     }
+    /* Phi-3 templates other than Phi-3.5's exactly: with a BOS, or writing empty system messages */
+    char *phi = read_template("chat-templates/microsoft-Phi-3.5-mini-instruct.jinja");
+    size_t phi_len = strlen(phi);
+    char *variant = malloc(phi_len + 32);
+    snprintf(variant, phi_len + 32, "{{ bos_token }}%s", phi);
+    CHECK(lorac_dataset_chat_template_recognize(variant, &name, &def) == LORAC_STATUS_UNSUPPORTED &&
+          strstr(lorac_error_message(), "a Phi template other than Phi-3.5's"));
+    char *cut = strstr(phi, " and message['content']");
+    CHECK(cut != NULL);
+    if (cut) {
+        memmove(cut, cut + strlen(" and message['content']"), strlen(cut + strlen(" and message['content']")) + 1);
+        CHECK(lorac_dataset_chat_template_recognize(phi, &name, &def) == LORAC_STATUS_UNSUPPORTED &&
+              strstr(lorac_error_message(), "a Phi template other than Phi-3.5's"));
+    }
+    /* the same template with Jinja's \n escapes where the fixture has newlines renders the same: recognised */
+    char *escaped = malloc(2 * phi_len + 1), *e = escaped;
+    char *orig = read_template("chat-templates/microsoft-Phi-3.5-mini-instruct.jinja");
+    for (const char *q = orig; *q; q++) {
+        if (*q == '\n') *e++ = '\\', *e++ = 'n';
+        else *e++ = *q;
+    }
+    *e = '\0';
+    CHECK_MSG(lorac_dataset_chat_template_recognize(escaped, &name, &def) == LORAC_STATUS_OK && !strcmp(name, "phi3"),
+              "escaped Phi-3.5 template: %s", lorac_error_message());
+    free(escaped);
+    free(orig);
+    free(variant);
+    free(phi);
     /* v0.3's template as a copy quotes it with the system message in the last user turn whether or not the
      * conversation ends there ("message == user_messages[-1]", which also matches an earlier user turn of the
      * same content), and one without the replies' trim: neither renders as v0.3's, NeMo's or v0.1's: refused */
@@ -506,6 +535,7 @@ static void test_chat_golden(void) {
         {"llama-3.1", "llama-3.1"}, {"llama-3.2", "llama-3.1"}, {"mistral-nemo", "mistral"},
         {"mistral-v0.1", "mistral-v0.1"}, {"mistral-v0.2", "mistral-v0.2"}, {"mistral-v1", "mistral-v1"},
         {"mistral-v3", "mistral-v3"}, {"qwen3", "qwen3"}, {"gemma-2", "gemma"}, {"gemma-3", "gemma3"},
+        {"phi-3.5", "phi3"},
     };
     char *text = tl_read_source("tests/data/chat/golden.json", NULL);
     cJSON *root = text ? cJSON_Parse(text) : NULL;
@@ -858,6 +888,32 @@ static void test_chat_gemma_data(void) {
     lorac_tokenizer_free(tok);
 }
 
+/* Phi-3.5's template on training data: TinyLlama's SentencePiece tokenizer
+ * (Llama 2's, which Phi-3's extends) with Phi-3's control tokens added as
+ * special tokens. The rendering is what jinja2 renders from Phi-3.5-mini's
+ * template (tests/data/chat/golden.json): the loss is on each reply and its
+ * <|end|>, not on the newline after it or the closing <|endoftext|>; an
+ * empty system message is left out; roles need not alternate. */
+static void test_chat_phi3_data(void) {
+    static const char *const extra[5] = {"<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>"};
+    lorac_tokenizer_t *tok =
+        tokenizer_with_specials("tokenizers/tinyllama-1.1b-chat-v1.0/tokenizer.json", 32000, extra, 5);
+    if (!tok) return;
+    static const char turns[] = "<|user|>\nHi there<|end|>\n<|assistant|>\nHello! How can I help?<|end|>\n<|user|>\n"
+                                "Tell me a joke.<|end|>\n<|assistant|>\nWhy did the chicken cross the road?<|end|>\n"
+                                "<|endoftext|>";
+    char want[1024], buf[1024];
+    snprintf(want, sizeof want, "<|system|>\nYou are helpful.<|end|>\n%s", turns);
+    conv_jsonl(buf, sizeof buf, true);
+    check_chat_jsonl("chat_phi3.jsonl", buf, tok, "phi3", NULL, want, "<|assistant|>\n", "<|end|>", "phi3");
+    snprintf(buf, sizeof buf, "{\"messages\": [{\"role\": \"system\", \"content\": \"\"}, {\"role\": \"user\", "
+             "\"content\": \"Hi there\"}, {\"role\": \"assistant\", \"content\": \"Hello! How can I help?\"}, "
+             "{\"role\": \"user\", \"content\": \"Tell me a joke.\"}, {\"role\": \"assistant\", \"content\": "
+             "\"Why did the chicken cross the road?\"}]}\n");
+    check_chat_jsonl("chat_phi3_empty_system.jsonl", buf, tok, "phi-3.5", NULL, turns, "<|assistant|>\n", "<|end|>", "phi3");
+    lorac_tokenizer_free(tok);
+}
+
 /* Mistral 7B Instruct v0.3's template on training data: TinyLlama's
  * SentencePiece tokenizer (the kind v0.3 has) with [INST] and [/INST] added
  * as special tokens, as v0.3's vocabulary has them. The rendering is what
@@ -916,10 +972,9 @@ static void test_chat_data(void) {
           strstr(lorac_error_message(), "<|im_start|>"));
     p.chat_template = "bogus";
     CHECK(lorac_dataset_load(path, g_tl, &p, &ds) == LORAC_STATUS_INVALID_ARG);
-    /* an unrecognisable config template (Phi-3's), and Gemma 2's, which lorac knows, on a tokenizer without
-     * Gemma's turn markers */
+    /* Phi-3.5's and Gemma 2's templates, which lorac knows, on a tokenizer without their turn markers */
     static const struct { const char *file, *want; } unusable[] = {
-        {"chat-templates/microsoft-Phi-3.5-mini-instruct.jinja", "Phi-3"},
+        {"chat-templates/microsoft-Phi-3.5-mini-instruct.jinja", "\"<|system|>\", which is not a single token"},
         {"chat-templates/google-gemma-2-2b-it.jinja", "\"<start_of_turn>\", which is not a single token"},
     };
     for (size_t i = 0; i < sizeof unusable / sizeof *unusable; i++) {
@@ -1579,6 +1634,7 @@ int main(void) {
     test_chat_render();
     test_chat_recognize();
     test_chat_golden();
+    test_chat_phi3_data();
     test_chat_gemma_data();
     test_chat_data();
     test_chat_mistral_data();

@@ -80,7 +80,7 @@
  * string a template needs must encode to one token, else loading fails naming
  * it. Without chat_template the template is recognised from
  * tokenizer_config.json's "chat_template" (or a chat_template.jinja beside
- * it); one lorac cannot render exactly (Gemma, Phi-3, Mistral 7B v0.x, ...)
+ * it); one lorac cannot render exactly (Phi-4, Granite, SmolLM3, ...)
  * is an error asking for --chat-template.
  *
  * Errors: a bad record fails the load with LORAC_STATUS_FORMAT and the
@@ -186,7 +186,7 @@ int32_t lorac_dataset_example(const lorac_dataset_t *ds, int64_t i, const int32_
 
 /* The template names lorac renders, for messages and usage lines. */
 #define LORAC_CHAT_TEMPLATES \
-    "chatml|gemma|gemma3|llama-2|llama-3|llama-3.1|mistral|mistral-v0.1|mistral-v0.2|mistral-v1|mistral-v3|qwen3|zephyr"
+    "chatml|gemma|gemma3|llama-2|llama-3|llama-3.1|mistral|mistral-v0.1|mistral-v0.2|mistral-v1|mistral-v3|phi3|qwen3|zephyr"
 
 typedef struct {
     const char *role;    /* "system", "user" or "assistant" */

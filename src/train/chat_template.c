@@ -27,7 +27,8 @@ void dbuf_free(dbuf_t *b) {
 /* ---- names ---- */
 static const char *const k_names[CHAT_COUNT] = {"chatml", "llama-2",      "llama-3",      "llama-3.1", "zephyr",
                                                  "mistral", "mistral-v0.1", "mistral-v0.2", "mistral-v1",
-                                                 "mistral-v3", "qwen3",        "gemma",        "gemma3"};
+                                                 "mistral-v3", "qwen3",        "gemma",        "gemma3",
+                                                 "phi3"};
 
 int chat_tpl_from_name(const char *name) {
     static const struct { const char *alias; chat_tpl_t t; } aliases[] = {
@@ -39,7 +40,8 @@ int chat_tpl_from_name(const char *name) {
         {"mistral-v1", CHAT_MISTRAL_V1},    {"mistral-v3", CHAT_MISTRAL_V3}, {"mistral-v0.3", CHAT_MISTRAL_V3},
         {"mistral-v3-tekken", CHAT_MISTRAL}, /* llama.cpp's names for v0.3's and NeMo's */
         {"qwen3", CHAT_QWEN3},       {"gemma", CHAT_GEMMA},       {"gemma2", CHAT_GEMMA},
-        {"gemma3", CHAT_GEMMA3},
+        {"gemma3", CHAT_GEMMA3},     {"phi3", CHAT_PHI3},         {"phi-3", CHAT_PHI3},
+        {"phi-3.5", CHAT_PHI3},
     };
     if (!name) return -1;
     for (size_t i = 0; i < sizeof aliases / sizeof *aliases; i++)
@@ -59,7 +61,9 @@ static const char *chat_tpl_default_bos(chat_tpl_t t) {
     return t == CHAT_LLAMA3 || t == CHAT_LLAMA31 ? "<|begin_of_text|>" : t == CHAT_GEMMA || t == CHAT_GEMMA3 ? "<bos>" : "<s>";
 }
 
-static const char *chat_tpl_default_eos(chat_tpl_t t) { return t == CHAT_GEMMA || t == CHAT_GEMMA3 ? "<eos>" : "</s>"; }
+static const char *chat_tpl_default_eos(chat_tpl_t t) {
+    return t == CHAT_GEMMA || t == CHAT_GEMMA3 ? "<eos>" : t == CHAT_PHI3 ? "<|endoftext|>" : "</s>";
+}
 
 const char *lorac_dataset_chat_end_of_turn(const char *template_name, const char *eos) {
     switch (chat_tpl_from_name(template_name)) {
@@ -69,6 +73,7 @@ const char *lorac_dataset_chat_end_of_turn(const char *template_name, const char
     case CHAT_LLAMA31: return "<|eot_id|>";
     case CHAT_GEMMA:
     case CHAT_GEMMA3: return "<end_of_turn>";
+    case CHAT_PHI3: return "<|end|>";
     case CHAT_LLAMA2:
     case CHAT_ZEPHYR:
     case CHAT_MISTRAL:
@@ -100,6 +105,9 @@ static size_t chat_tpl_specials(chat_tpl_t t, const char *bos, const char *eos, 
     case CHAT_MISTRAL_V1: out[n++] = bos; out[n++] = eos; break;
     case CHAT_GEMMA:
     case CHAT_GEMMA3: out[n++] = bos; out[n++] = "<start_of_turn>"; out[n++] = "<end_of_turn>"; break;
+    case CHAT_PHI3:
+        out[n++] = "<|system|>"; out[n++] = "<|user|>"; out[n++] = "<|assistant|>"; out[n++] = "<|end|>"; out[n++] = eos;
+        break;
     case CHAT_COUNT: break;
     }
     return n;
@@ -328,6 +336,24 @@ static lorac_status_t render_gemma(chat_render_t *r, chat_tpl_t t, const lorac_c
     return LORAC_STATUS_OK;
 }
 
+/* Phi-3.5's template: per message "<|{role}|>\n{content}<|end|>\n", a system
+ * message only when its content is not empty (and wherever it comes), no
+ * BOS, and EOS after the last turn (which lorac_dataset_chat_render_generation
+ * replaces by the generation prompt, as the Jinja's else-branch does). The
+ * reply and its <|end|> are in the loss; the newline after it and the final
+ * EOS are not. No order of roles is enforced. */
+static lorac_status_t render_phi3(chat_render_t *r, const lorac_chat_message_t *m, size_t n, const char *eos) {
+    for (size_t i = 0; i < n; i++) {
+        bool assistant = !strcmp(m[i].role, "assistant");
+        if (!strcmp(m[i].role, "system") && !m[i].content[0]) continue;
+        TRY(piece(r, false, true) || add(r, "<|") || add(r, m[i].role) || add(r, "|>\n"));
+        TRY(piece(r, assistant, false) || add(r, m[i].content) || add(r, "<|end|>"));
+        TRY(piece(r, false, true) || add(r, "\n"));
+    }
+    TRY(piece(r, false, true) || add(r, eos));
+    return LORAC_STATUS_OK;
+}
+
 /* Llama 3: BOS, then per message a header and the stripped content closed by
  * <|eot_id|>. Llama 3.1/3.2 always open with a system block carrying the
  * knowledge-cutoff lines and the (first) system message. */
@@ -460,6 +486,7 @@ lorac_status_t chat_render_pieces(chat_tpl_t t, const char *default_system, cons
     case CHAT_MISTRAL_V1: return render_mistral_spaced(r, t, m, n, bos, eos);
     case CHAT_GEMMA:
     case CHAT_GEMMA3: return render_gemma(r, t, m, n, bos);
+    case CHAT_PHI3: return render_phi3(r, m, n, eos);
     case CHAT_COUNT: break;
     }
     return lorac_error(LORAC_STATUS_INVALID_ARG, "bad chat template id %d", (int)t);
@@ -491,7 +518,8 @@ static const char *generation_prompt(chat_tpl_t t) {
     case CHAT_QWEN3: return "<|im_start|>assistant\n"; /* Qwen3: thinking on, its default */
     case CHAT_LLAMA3:
     case CHAT_LLAMA31: return "<|start_header_id|>assistant<|end_header_id|>\n\n";
-    case CHAT_ZEPHYR: return "<|assistant|>\n";
+    case CHAT_ZEPHYR:
+    case CHAT_PHI3: return "<|assistant|>\n";
     case CHAT_GEMMA:
     case CHAT_GEMMA3: return "<start_of_turn>model\n";
     case CHAT_LLAMA2:  /* the text already ends with [/INST] */
@@ -514,6 +542,9 @@ lorac_status_t lorac_dataset_chat_render_generation(const char *template_name, c
     if (s) return s;
     dbuf_t b = {.s = *out, .len = n, .cap = n + 1};
     chat_tpl_t t = (chat_tpl_t)chat_tpl_from_name(template_name);
+    /* Phi-3.5's ends a conversation with EOS only without the generation prompt */
+    const char *end = t == CHAT_PHI3 ? (eos ? eos : chat_tpl_default_eos(t)) : NULL;
+    if (end && b.len >= strlen(end) && !memcmp(b.s + b.len - strlen(end), end, strlen(end))) b.s[b.len -= strlen(end)] = '\0';
     if (dbuf_puts(&b, generation_prompt(t)) ||
         (t == CHAT_QWEN3 && !enable_thinking && dbuf_puts(&b, "<think>\n\n</think>\n\n"))) {
         dbuf_free(&b);
@@ -608,6 +639,37 @@ static char *chatml_default_system(const char *jinja) {
     return NULL;
 }
 
+/* Phi-3.5-mini-instruct's template, exactly: its four string pieces, each
+ * newline written as a newline or as Jinja's \n escape (both render one),
+ * the system message skipped when empty, and no BOS. */
+static int phi35_template(const char *jinja) {
+    static const char *const parts[] = {
+        "{% for message in messages %}{% if message['role'] == 'system' and message['content'] %}"
+        "{{'<|system|>@' + message['content'] + '<|end|>@'}}",
+        "{% elif message['role'] == 'user' %}{{'<|user|>@' + message['content'] + '<|end|>@'}}",
+        "{% elif message['role'] == 'assistant' %}{{'<|assistant|>@' + message['content'] + '<|end|>@'}}"
+        "{% endif %}{% endfor %}",
+        "{% if add_generation_prompt %}{{ '<|assistant|>@' }}{% else %}{{ eos_token }}{% endif %}",
+    };
+    if (strstr(jinja, "bos_token")) return 0;
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+        int found = 0;
+        for (int escaped = 0; escaped < 2 && !found; escaped++) {
+            char want[512];
+            size_t k = 0;
+            for (const char *p = parts[i]; *p && k + 2 < sizeof want; p++) {
+                if (*p != '@') want[k++] = *p;
+                else if (escaped) want[k++] = '\\', want[k++] = 'n';
+                else want[k++] = '\n';
+            }
+            want[k] = '\0';
+            found = strstr(jinja, want) != NULL;
+        }
+        if (!found) return 0;
+    }
+    return 1;
+}
+
 lorac_status_t lorac_dataset_chat_template_recognize(const char *jinja, const char **name, char **default_system) {
     static const char hint[] = "pass --chat-template " LORAC_CHAT_TEMPLATES " if the model was trained "
                                "with one of those";
@@ -659,12 +721,14 @@ lorac_status_t lorac_dataset_chat_template_recognize(const char *jinja, const ch
              strstr(jinja, "{{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else \"\") }}") &&
              strstr(jinja, "{{ message['content'] | trim }}") && strstr(jinja, "{{ '<end_of_turn>\\n' }}"))
         t = CHAT_GEMMA3;
+    else if (phi35_template(jinja))
+        t = CHAT_PHI3;
     else {
         const char *family = strstr(jinja, "[INST]")             ? "a Mistral-style [INST] template other than NeMo's, "
                                                                   "Mistral 7B v0.1's, Mixtral's, their later one "
                                                                   "and v0.3's"
                              : strstr(jinja, "<start_of_turn>") ? "a Gemma template other than Gemma 2's and 3's"
-                             : strstr(jinja, "<|end|>")         ? "a Phi-3 template"
+                             : strstr(jinja, "<|end|>")         ? "a Phi template other than Phi-3.5's"
                                                                 : "a chat template";
         return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s that lorac cannot render exactly; %s", family, hint);
     }

@@ -53,6 +53,7 @@ typedef enum {
     CHAT_QWEN3,       /* Qwen3's: ChatML with a <think> block opening the replies after the last question */
     CHAT_GEMMA,       /* Gemma 1's and 2's: <start_of_turn>user/model turns, no system message */
     CHAT_GEMMA3,      /* Gemma 3's: the same with a system message folded into the first user turn */
+    CHAT_PHI3,        /* Phi-3.5's: <|user|>\n...<|end|>\n turns, the conversation closed by EOS */
     CHAT_COUNT
 } chat_tpl_t;
 

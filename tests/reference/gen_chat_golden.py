@@ -46,6 +46,7 @@ TEMPLATES = [
     ("qwen3", "tests/data/chat/templates/qwen3.jinja", None, None, "<|im_end|>"),
     ("gemma-2", "chat-templates/google-gemma-2-2b-it.jinja", None, "<bos>", "<eos>"),
     ("gemma-3", "tests/data/chat/templates/gemma3.jinja", None, "<bos>", "<eos>"),
+    ("phi-3.5", "chat-templates/microsoft-Phi-3.5-mini-instruct.jinja", None, "<s>", "<|endoftext|>"),
 ]
 
 S = {"role": "system", "content": "You are a careful assistant."}
