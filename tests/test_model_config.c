@@ -201,6 +201,36 @@ int main(void) {
     CHECK(c.attn_softcap == 0.0f && c.final_softcap == 0.0f); /* Gemma 3 has none unless its config says */
     expect_ok("{\"architectures\": [\"Gemma3ForCausalLM\"], " BASE ", \"final_logit_softcapping\": 30.0}", &c);
     CHECK(c.attn_softcap == 0.0f && c.final_softcap == 30.0f);
+    /* Gemma3ForConditionalGeneration (gemma-3-4b-it's config.json): the text model's fields in text_config over
+     * Gemma3TextConfig's defaults, the top level's eos ids and dtype */
+    expect_ok("{\"architectures\": [\"Gemma3ForConditionalGeneration\"], \"boi_token_index\": 255999, "
+              "\"eos_token_id\": [1, 106], \"model_type\": \"gemma3\", \"text_config\": {\"hidden_size\": 2560, "
+              "\"intermediate_size\": 10240, \"model_type\": \"gemma3_text\", \"num_hidden_layers\": 34, "
+              "\"rope_scaling\": {\"factor\": 8.0, \"rope_type\": \"linear\"}, \"sliding_window\": 1024}, "
+              "\"torch_dtype\": \"bfloat16\", \"vision_config\": {\"hidden_size\": 1152, \"num_hidden_layers\": 27}}", &c);
+    CHECK(c.arch == LORAC_ARCH_GEMMA3 && c.text_of_multimodal && !strcmp(c.arch_name, "Gemma3ForConditionalGeneration"));
+    CHECK(c.hidden_size == 2560 && c.intermediate_size == 10240 && c.n_layers == 34 && c.vocab_size == 262208);
+    CHECK(c.n_heads == 8 && c.n_kv_heads == 4 && c.head_dim == 256 && c.max_position_embeddings == 131072);
+    CHECK(c.tie_word_embeddings && c.bos_id == 2 && c.n_eos == 2 && c.eos_ids[0] == 1 && c.eos_ids[1] == 106);
+    CHECK(c.sliding_window == 1024 && lorac_model_layer_window(&c, 0) && !lorac_model_layer_window(&c, 5));
+    CHECK(!strcmp(c.module_prefix, "model.language_model") && !strcmp(c.tensor_prefix, "language_model.model"));
+    CHECK(!strcmp(c.torch_dtype, "bfloat16"));
+    CHECK_NEAR(c.rope_linear_factor, 8.0, 0);
+    CHECK_NEAR(c.rope_theta, 1e6, 0);
+    CHECK_NEAR(c.query_scale, 1.0, 0);
+    /* the text model's own eos and bos without top-level ones; a text model's prefixes are "model" */
+    expect_ok("{\"architectures\": [\"Gemma3ForConditionalGeneration\"], \"text_config\": {" BASE
+              ", \"eos_token_id\": 7, \"bos_token_id\": 3}}", &c);
+    CHECK(c.n_eos == 1 && c.eos_ids[0] == 7 && c.bos_id == 3 && c.vocab_size == 512 && c.n_kv_heads == 4);
+    expect_ok("{\"architectures\": [\"Gemma3ForCausalLM\"], " BASE "}", &c);
+    CHECK(!c.text_of_multimodal && !strcmp(c.module_prefix, "model") && !strcmp(c.tensor_prefix, "model"));
+    CHECK(c.n_eos == 1 && c.eos_ids[0] == 1 && c.bos_id == 2); /* Gemma3TextConfig's */
+    expect_fail("{\"architectures\": [\"Gemma3ForConditionalGeneration\"], " BASE "}", LORAC_STATUS_FORMAT,
+                "needs a \"text_config\" object");
+    expect_fail("{\"architectures\": [\"Gemma3ForConditionalGeneration\"], \"text_config\": [1]}", LORAC_STATUS_FORMAT,
+                "text_config");
+    expect_fail("{\"architectures\": [\"Gemma3ForConditionalGeneration\"], \"text_config\": {\"num_attention_heads\": 6}}",
+                LORAC_STATUS_FORMAT, "multiple of num_key_value_heads");
     /* Gemma 2 (Gemma2Config's defaults: caps 50 and 30, head_dim 256, every other layer windowed from layer 0,
      * no q/k norms, one rotary base) */
     expect_ok("{\"architectures\": [\"Gemma2ForCausalLM\"], \"hidden_size\": 64, \"intermediate_size\": 172, "

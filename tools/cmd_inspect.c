@@ -109,11 +109,27 @@ static int inspect_model(const char *path, int json) {
 
     int64_t n = lorac_weight_files_count(wf), n_params = 0, bytes = 0;
     int64_t per_dtype[LORAC_DTYPE_COUNT] = {0};
+    /* a multimodal checkpoint: which of its tensors are the text model lorac runs */
+    const char *text_prefix = NULL;
+    int64_t text_tensors = 0, text_params = 0;
+    if (have_cfg && cfg.text_of_multimodal) {
+        static const char *const prefixes[] = {"language_model.model", "model.language_model"};
+        for (int k = 0; k < 2 && !text_prefix; k++) {
+            char name[96];
+            snprintf(name, sizeof name, "%s.embed_tokens.weight", prefixes[k]);
+            if (lorac_weight_files_find(wf, name)) text_prefix = prefixes[k];
+        }
+    }
     for (int64_t i = 0; i < n; i++) {
         const lorac_tensor_view_t *t = lorac_weight_files_get(wf, i);
         n_params += t->n_elements;
         bytes += (int64_t)t->nbytes;
         per_dtype[t->dtype] += t->n_elements;
+        /* the released files' head is language_model.lm_head.weight, the others' lm_head.weight */
+        int released = text_prefix && text_prefix[0] == 'l';
+        if (text_prefix && (strncmp(t->name, text_prefix, strlen(text_prefix)) == 0 ||
+                            !strcmp(t->name, released ? "language_model.lm_head.weight" : "lm_head.weight")))
+            text_tensors++, text_params += t->n_elements;
     }
 
     if (json) {
@@ -136,6 +152,13 @@ static int inspect_model(const char *path, int json) {
                     if (lorac_model_layer_window(&cfg, l)) cJSON_AddItemToArray(wl, cJSON_CreateNumber(l));
             } else {
                 cJSON_AddNullToObject(root, "sliding_window");
+            }
+            if (text_prefix) {
+                cJSON *tm = cJSON_AddObjectToObject(root, "text_model");
+                cJSON_AddStringToObject(tm, "tensor_prefix", text_prefix);
+                cJSON_AddNumberToObject(tm, "n_tensors", (double)text_tensors);
+                cJSON_AddNumberToObject(tm, "n_params", (double)text_params);
+                cJSON_AddNumberToObject(root, "n_other_tensors", (double)(n - text_tensors));
             }
             /* Gemma 2's soft-caps, under config.json's names; null without one */
             const char *cap_names[2] = {"attn_logit_softcapping", "final_logit_softcapping"};
@@ -173,6 +196,12 @@ static int inspect_model(const char *path, int json) {
                 window_layers_text(&cfg, layers, sizeof layers);
                 printf("  sliding window %d positions, layers %s\n", cfg.sliding_window, layers);
             }
+            if (text_prefix)
+                printf("  text model    %s.* : %lld tensors, %lld parameters; the other %lld tensors (vision tower, "
+                       "projector) are not run\n", text_prefix, (long long)text_tensors, (long long)text_params,
+                       (long long)(n - text_tensors));
+            else if (cfg.text_of_multimodal)
+                printf("  text model    not found (no language_model.model.* or model.language_model.* embedding)\n");
             if (cfg.attn_softcap > 0.0f || cfg.final_softcap > 0.0f)
                 printf("  soft-caps     attention scores %g, logits %g (0: none)\n", (double)cfg.attn_softcap,
                        (double)cfg.final_softcap);

@@ -9,7 +9,8 @@
  *
  * Supported architectures (config.json "architectures"[0]): LlamaForCausalLM,
  * MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM,
- * GraniteForCausalLM. Tensor names follow HuggingFace
+ * GraniteForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, and the text
+ * model of Gemma3ForConditionalGeneration. Tensor names follow HuggingFace
  * ("model.layers.%d.self_attn.q_proj.weight", ...), mapped in one table in
  * src/model/tensor_names.c.
  */
@@ -99,6 +100,17 @@ typedef struct {
     /* Gemma 2's soft-capping, s → cap · tanh(s / cap), of the attention
      * scores (after their scale) and of the logits; 0: none */
     float attn_softcap, final_softcap;
+    /* Where the decoder lives: "model" for the *ForCausalLM classes.
+     * Gemma3ForConditionalGeneration nests its text model: PEFT names its
+     * modules "model.language_model.layers.N..." (module_prefix; an adapter
+     * made under transformers < 4.52, "language_model.model.layers.N...",
+     * keeps its own), and checkpoints name its tensors
+     * "language_model.model.layers.N..." (the released files; the head then
+     * "language_model.lm_head.weight") or "model.language_model.layers.N..."
+     * (tensor_prefix, which lorac_model_load takes from the files). Its
+     * other towers (vision) are not run. */
+    char module_prefix[32], tensor_prefix[32];
+    bool text_of_multimodal;
     int32_t bos_id;               /* -1 when absent */
     int32_t n_eos;                /* eos_token_id may be a list */
     int32_t eos_ids[LORAC_MAX_EOS_IDS];

@@ -9,11 +9,19 @@
 #include "lorac/kernels.h"
 #include "lorac/safetensors.h"
 
-/* "model.layers.N.(self_attn|mlp).TARGET.weight" -> layer and target. */
+/* "model.layers.N.(self_attn|mlp).TARGET.weight" -> layer and target; a
+ * Gemma 3 multimodal checkpoint's text model is under
+ * "language_model.model." or "model.language_model." instead of "model."
+ * (its vision tower's projections match none of these). */
 static int projection_of(const char *name, int32_t *layer, lorac_lora_target_t *target) {
+    static const char *const prefixes[] = {"model.layers.", "language_model.model.layers.", "model.language_model.layers."};
+    size_t k = 0;
+    while (k < 3 && strncmp(name, prefixes[k], strlen(prefixes[k])) != 0) k++;
+    if (k == 3) return 0;
+    name += strlen(prefixes[k]);
     int l, n = 0;
     char block[16], proj[16];
-    if (sscanf(name, "model.layers.%d.%15[a-z_].%15[a-z_].weight%n", &l, block, proj, &n) != 3 || name[n] != '\0') return 0;
+    if (sscanf(name, "%d.%15[a-z_].%15[a-z_].weight%n", &l, block, proj, &n) != 3 || name[n] != '\0') return 0;
     int t = lorac_lora_target_from_name(proj, strlen(proj));
     if (t < 0) return 0;
     *layer = l;

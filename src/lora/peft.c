@@ -41,14 +41,22 @@
 
 static const char *target_block(int t) { return t <= LORAC_LORA_O ? "self_attn" : "mlp"; }
 
-/* The module's name in HF's LlamaForCausalLM: "model.layers.3.self_attn.q_proj". */
-static void module_name(int32_t layer, int t, char *buf, size_t cap) {
-    snprintf(buf, cap, "model.layers.%d.%s.%s", layer, target_block(t), lorac_lora_target_name((lorac_lora_target_t)t));
+/* The decoder's module path: "model", or a multimodal model's text model
+ * ("model.language_model"; "language_model.model" in adapters made under
+ * transformers < 4.52). */
+static const char *decoder_prefix(const lorac_model_config_t *c) {
+    return c->module_prefix[0] ? c->module_prefix : "model";
 }
 
-static void module_key(const lorac_lora_module_t *m, char which, char *buf, size_t cap) {
+/* The module's name in HF's LlamaForCausalLM: "model.layers.3.self_attn.q_proj". */
+static void module_name(const lorac_model_config_t *c, int32_t layer, int t, char *buf, size_t cap) {
+    snprintf(buf, cap, "%s.layers.%d.%s.%s", decoder_prefix(c), layer, target_block(t),
+             lorac_lora_target_name((lorac_lora_target_t)t));
+}
+
+static void module_key(const lorac_adapter_t *a, const lorac_lora_module_t *m, char which, char *buf, size_t cap) {
     char name[NAME_MAX_LEN];
-    module_name(m->layer, m->target, name, sizeof name);
+    module_name(&a->config, m->layer, m->target, name, sizeof name);
     snprintf(buf, cap, PEFT_PREFIX "%s.lora_%c.weight", name, which);
 }
 
@@ -69,16 +77,38 @@ static void add_targets_and_layers(cJSON *o, const lorac_adapter_t *a) {
         /* exact module names: PEFT selects a module named in the list itself */
         char name[NAME_MAX_LEN];
         for (int32_t i = 0; i < a->n_modules; i++) {
-            module_name(a->modules[i].layer, a->modules[i].target, name, sizeof name);
+            module_name(&a->config, a->modules[i].layer, a->modules[i].target, name, sizeof name);
             cJSON_AddItemToArray(targets, cJSON_CreateString(name));
         }
         cJSON_AddNullToObject(o, "layers_to_transform");
         return;
     }
-    for (int t = 0; t < LORAC_LORA_COUNT; t++)
-        if (a->params.targets >> t & 1u) cJSON_AddItemToArray(targets, cJSON_CreateString(lorac_lora_target_name((lorac_lora_target_t)t)));
     int all_layers = 1;
     for (int32_t l = 0; l < a->config.n_layers; l++) all_layers &= a->layer_mask[l] != 0;
+    if (a->config.text_of_multimodal) {
+        /* a list of names would also select the vision tower's q_proj,
+         * k_proj and v_proj: a regex (re.fullmatch on the module name) keeps
+         * PEFT to the language model, under either naming of its modules;
+         * PEFT reads no layers_to_transform beside a regex, so the layers
+         * are in it too */
+        char re[4096];
+        size_t k = (size_t)snprintf(re, sizeof re, ".*language_model.*\\.layers\\.(%s", all_layers ? "\\d+" : "");
+        const char *sep = "";
+        for (int32_t l = 0; !all_layers && l < a->config.n_layers && k < sizeof re; l++)
+            if (a->layer_mask[l]) k += (size_t)snprintf(re + k, sizeof re - k, "%s%d", sep, l), sep = "|";
+        if (k < sizeof re) k += (size_t)snprintf(re + k, sizeof re - k, ")\\.(self_attn|mlp)\\.(");
+        sep = "";
+        for (int t = 0; t < LORAC_LORA_COUNT && k < sizeof re; t++)
+            if (a->params.targets >> t & 1u)
+                k += (size_t)snprintf(re + k, sizeof re - k, "%s%s", sep, lorac_lora_target_name((lorac_lora_target_t)t)), sep = "|";
+        if (k < sizeof re) snprintf(re + k, sizeof re - k, ")");
+        cJSON_DeleteItemFromObjectCaseSensitive(o, "target_modules");
+        cJSON_AddStringToObject(o, "target_modules", re);
+        cJSON_AddNullToObject(o, "layers_to_transform");
+        return;
+    }
+    for (int t = 0; t < LORAC_LORA_COUNT; t++)
+        if (a->params.targets >> t & 1u) cJSON_AddItemToArray(targets, cJSON_CreateString(lorac_lora_target_name((lorac_lora_target_t)t)));
     if (all_layers) {
         cJSON_AddNullToObject(o, "layers_to_transform");
     } else {
@@ -99,8 +129,8 @@ static void add_patterns(cJSON *o, const lorac_adapter_t *a) {
     for (int32_t i = 0; i < a->n_modules; i++) {
         const lorac_lora_module_t *m = &a->modules[i];
         char name[NAME_MAX_LEN];
-        module_name(m->layer, m->target, name, sizeof name);
-        const char *key = name + strlen("model.");
+        module_name(&a->config, m->layer, m->target, name, sizeof name);
+        const char *key = name + strlen(decoder_prefix(&a->config)) + 1;
         if (m->r != p->r) cJSON_AddNumberToObject(ranks, key, m->r);
         double alpha = (double)lorac_lora_module_alpha(m, p->rslora);
         if (fabs(alpha - (double)p->alpha) > 1e-5 * fmax(1.0, fabs((double)p->alpha)))
@@ -145,8 +175,8 @@ lorac_status_t lorac_adapter_save(const lorac_adapter_t *a, const char *dir, con
     if (!t || !names || !cfg || !st_path || !cfg_path) { s = lorac_error(LORAC_STATUS_NOMEM, "out of memory"); goto done; }
     for (int32_t i = 0; i < a->n_modules; i++) {
         const lorac_lora_module_t *m = &a->modules[i];
-        module_key(m, 'A', names[2 * i], sizeof names[0]);
-        module_key(m, 'B', names[2 * i + 1], sizeof names[0]);
+        module_key(a, m, 'A', names[2 * i], sizeof names[0]);
+        module_key(a, m, 'B', names[2 * i + 1], sizeof names[0]);
         t[2 * i] = (lorac_tensor_write_t){.name = names[2 * i], .dtype = LORAC_DTYPE_F32, .n_dims = 2,
                                           .shape = {m->r, m->in}, .data = m->A};
         t[2 * i + 1] = (lorac_tensor_write_t){.name = names[2 * i + 1], .dtype = LORAC_DTYPE_F32, .n_dims = 2,
@@ -544,8 +574,9 @@ static lorac_status_t refuse_other_module(matcher_t *m, const char *name) {
     int hit = module_selected(m, name, 0, &s);
     if (hit < 0) return s;
     if (!hit) return LORAC_STATUS_OK;
-    if (strcmp(name, "model.embed_tokens") == 0)
-        return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: embedding adapters are not supported (target_modules selects model.embed_tokens)", m->pc->label);
+    const char *dot = strrchr(name, '.');
+    if (dot && strcmp(dot, ".embed_tokens") == 0)
+        return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: embedding adapters are not supported (target_modules selects %s)", m->pc->label, name);
     if (strcmp(name, "lm_head") == 0)
         return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: adapters on the output head are not supported (target_modules selects lm_head)", m->pc->label);
     return lorac_error(LORAC_STATUS_UNSUPPORTED,
@@ -553,16 +584,19 @@ static lorac_status_t refuse_other_module(matcher_t *m, const char *name) {
                        "(q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)", m->pc->label, name);
 }
 
-static lorac_status_t check_other_modules(matcher_t *m, int32_t n_layers) {
-    static const char *const globals[] = {"model", "model.embed_tokens", "model.layers", "model.norm", "model.rotary_emb", "lm_head"};
+static lorac_status_t check_other_modules(matcher_t *m, const lorac_model_config_t *mc) {
+    static const char *const globals[] = {"", ".embed_tokens", ".layers", ".norm", ".rotary_emb"};
     static const char *const per_layer[] = {"", ".self_attn", ".mlp", ".mlp.act_fn", ".input_layernorm", ".post_attention_layernorm"};
     lorac_status_t s;
-    for (size_t i = 0; i < sizeof globals / sizeof globals[0]; i++)
-        if ((s = refuse_other_module(m, globals[i]))) return s;
-    for (int32_t l = 0; l < n_layers; l++)
+    char name[NAME_MAX_LEN];
+    for (size_t i = 0; i < sizeof globals / sizeof globals[0]; i++) {
+        snprintf(name, sizeof name, "%s%s", decoder_prefix(mc), globals[i]);
+        if ((s = refuse_other_module(m, name))) return s;
+    }
+    if ((s = refuse_other_module(m, "lm_head"))) return s;
+    for (int32_t l = 0; l < mc->n_layers; l++)
         for (size_t i = 0; i < sizeof per_layer / sizeof per_layer[0]; i++) {
-            char name[NAME_MAX_LEN];
-            snprintf(name, sizeof name, "model.layers.%d%s", l, per_layer[i]);
+            snprintf(name, sizeof name, "%s.layers.%d%s", decoder_prefix(mc), l, per_layer[i]);
             if ((s = refuse_other_module(m, name))) return s;
         }
     return LORAC_STATUS_OK;
@@ -571,8 +605,9 @@ static lorac_status_t check_other_modules(matcher_t *m, int32_t n_layers) {
 /* Per slot (layer * LORAC_LORA_COUNT + target): the rank (0 = not adapted)
  * and alpha the config gives. present[] marks the modules the file has, which
  * decide when the config has no target_modules. */
-static lorac_status_t select_modules(const peft_config_t *pc, int32_t n_layers, const uint8_t *present,
+static lorac_status_t select_modules(const peft_config_t *pc, const lorac_model_config_t *mc, const uint8_t *present,
                                      int32_t *rank, float *alpha) {
+    int32_t n_layers = mc->n_layers;
     matcher_t m;
     lorac_status_t s = matcher_init(&m, pc);
     if (s) { matcher_free(&m); return s; }
@@ -585,11 +620,11 @@ static lorac_status_t select_modules(const peft_config_t *pc, int32_t n_layers, 
                 goto done;
             }
     }
-    if (pc->targets_kind != TARGETS_FROM_FILE && (s = check_other_modules(&m, n_layers))) goto done;
+    if (pc->targets_kind != TARGETS_FROM_FILE && (s = check_other_modules(&m, mc))) goto done;
     int32_t n_selected = 0;
     for (int32_t slot = 0; slot < n_layers * LORAC_LORA_COUNT; slot++) {
         char name[NAME_MAX_LEN];
-        module_name(slot / LORAC_LORA_COUNT, slot % LORAC_LORA_COUNT, name, sizeof name);
+        module_name(mc, slot / LORAC_LORA_COUNT, slot % LORAC_LORA_COUNT, name, sizeof name);
         int hit = pc->targets_kind == TARGETS_FROM_FILE ? present[slot] : module_selected(&m, name, 1, &s);
         if (hit < 0) goto done;
         rank[slot] = 0;
@@ -623,12 +658,30 @@ typedef struct {
     int32_t layer;
     int target;
     int which; /* 0 = lora_A, 1 = lora_B */
+    int prefix; /* index in k_decoder_prefixes */
+    int other;  /* 1: a module of another tower (vision) */
 } lora_tensor_t;
 
-/* "model.layers.N.(self_attn|mlp).TARGET" -> layer and target, or -1. */
-static int parse_module(const char *p, size_t len, int32_t *layer, int *target) {
-    if (len < 13 || strncmp(p, "model.layers.", 13) != 0) return -1;
-    const char *q = p + 13, *end = p + len;
+/* How adapters name the decoder: a text model's "model", Gemma 3
+ * multimodal's "model.language_model" (transformers >= 4.52) or
+ * "language_model.model" (before) */
+static const char *const k_decoder_prefixes[] = {"model", "model.language_model", "language_model.model"};
+#define N_DECODER_PREFIXES 3
+/* the modules of a multimodal model's other towers */
+static const char *const k_other_towers[] = {"model.vision_tower.", "vision_tower.", "model.multi_modal_projector.",
+                                             "multi_modal_projector."};
+
+/* "PREFIX.layers.N.(self_attn|mlp).TARGET" -> layer, target and prefix, or -1. */
+static int parse_module(const char *p, size_t len, int32_t *layer, int *target, int *prefix) {
+    size_t plen = 0;
+    int k;
+    for (k = 0; k < N_DECODER_PREFIXES; k++) {
+        plen = strlen(k_decoder_prefixes[k]);
+        if (len > plen + 8 && strncmp(p, k_decoder_prefixes[k], plen) == 0 && strncmp(p + plen, ".layers.", 8) == 0) break;
+    }
+    if (k == N_DECODER_PREFIXES) return -1;
+    *prefix = k;
+    const char *q = p + plen + 8, *end = p + len;
     long l = 0;
     const char *digits = q;
     while (q < end && *q >= '0' && *q <= '9' && q - digits < 7) l = l * 10 + (*q++ - '0');
@@ -667,9 +720,16 @@ static lorac_status_t classify_tensor(const char *label, const lorac_tensor_view
                            name, ab[6], ab[6]);
     out->tv = tv;
     out->which = ab[6] == 'B';
-    if (parse_module(p, (size_t)(ab - p), &out->layer, &out->target) == 0) return LORAC_STATUS_OK;
+    if (parse_module(p, (size_t)(ab - p), &out->layer, &out->target, &out->prefix) == 0) return LORAC_STATUS_OK;
     size_t mlen = (size_t)(ab - p);
-    if ((mlen == 18 && strncmp(p, "model.embed_tokens", 18) == 0) || (mlen == 7 && strncmp(p, "lm_head", 7) == 0))
+    for (size_t k = 0; k < sizeof k_other_towers / sizeof k_other_towers[0]; k++)
+        if (strncmp(p, k_other_towers[k], strlen(k_other_towers[k])) == 0) {
+            out->other = 1;
+            out->layer = -1;
+            return LORAC_STATUS_OK;
+        }
+    if ((mlen >= 13 && strncmp(p + mlen - 13, ".embed_tokens", 13) == 0) || (mlen == 7 && strncmp(p, "lm_head", 7) == 0) ||
+        (mlen == 22 && strncmp(p, "language_model.lm_head", 22) == 0))
         return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: tensor \"%s\" adapts %.*s: embedding and output-head adapters are not supported",
                            label, name, (int)mlen, p);
     return lorac_error(LORAC_STATUS_FORMAT, "%s: tensor \"%s\" adapts \"%.*s\", which is not a projection of a Llama model "
@@ -763,6 +823,26 @@ static void loader_free(loader_t *ld) {
     free(ld->tensors); free(ld->slots); free(ld->present); free(ld->rank); free(ld->alpha); free(ld->scale);
 }
 
+/* A LoRA on another tower (Gemma 3's vision tower, which lorac does not
+ * run) may only be one that changes nothing: its lora_B all zeros, as
+ * PEFT leaves those a text-only run selected ("q_proj" names the vision
+ * tower's too) but never trained. */
+static lorac_status_t check_other_tower_zero(const char *label, const lorac_tensor_view_t *tv) {
+    float *w = malloc(sizeof(float) * (size_t)(tv->n_elements ? tv->n_elements : 1));
+    if (!w) return lorac_error(LORAC_STATUS_NOMEM, "out of memory reading \"%s\"", tv->name);
+    lorac_status_t s = tv->dtype == LORAC_DTYPE_F32 || tv->dtype == LORAC_DTYPE_F16 || tv->dtype == LORAC_DTYPE_BF16
+                           ? copy_weights(label, tv, w)
+                           : lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: tensor \"%s\" has dtype %s (F32, F16 or BF16 expected)",
+                                         label, tv->name, lorac_dtype_name(tv->dtype));
+    for (int64_t i = 0; !s && i < tv->n_elements; i++)
+        if (w[i] != 0.0f)
+            s = lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: tensor \"%s\" adapts a module outside the language model (the vision "
+                            "tower or its projector), which lorac does not run: only Gemma 3's text model is supported",
+                            label, tv->name);
+    free(w);
+    return s;
+}
+
 /* Classifies every tensor and fixes the model config (given or inferred). */
 static lorac_status_t scan_tensors(loader_t *ld, const lorac_safetensors_t *st, const lorac_model_config_t *mc) {
     ld->n_tensors = lorac_safetensors_count(st);
@@ -770,13 +850,33 @@ static lorac_status_t scan_tensors(loader_t *ld, const lorac_safetensors_t *st, 
     if (!ld->tensors) return lorac_error(LORAC_STATUS_NOMEM, "out of memory");
     if (!ld->n_tensors) return lorac_error(LORAC_STATUS_FORMAT, "%s: no LoRA tensors", ld->st_label);
     int32_t max_layer = -1;
+    int64_t n = 0;
+    int prefix = -1;
     for (int64_t i = 0; i < ld->n_tensors; i++) {
-        lorac_status_t s = classify_tensor(ld->st_label, lorac_safetensors_get(st, i), &ld->tensors[i]);
+        lora_tensor_t *t = &ld->tensors[n];
+        lorac_status_t s = classify_tensor(ld->st_label, lorac_safetensors_get(st, i), t);
         if (s) return s;
-        max_layer = ld->tensors[i].layer > max_layer ? ld->tensors[i].layer : max_layer;
+        if (t->other) { /* kept out of the adapter, if it changes nothing */
+            if (t->which && (s = check_other_tower_zero(ld->st_label, t->tv))) return s;
+            continue;
+        }
+        if (prefix >= 0 && t->prefix != prefix)
+            return lorac_error(LORAC_STATUS_FORMAT, "%s: tensor \"%s\" names its module under \"%s\" but \"%s\" uses \"%s\"",
+                               ld->st_label, t->tv->name, k_decoder_prefixes[t->prefix], ld->tensors[0].tv->name,
+                               k_decoder_prefixes[prefix]);
+        prefix = t->prefix;
+        max_layer = t->layer > max_layer ? t->layer : max_layer;
+        n++;
     }
+    ld->n_tensors = n;
+    if (!n) return lorac_error(LORAC_STATUS_FORMAT, "%s: no LoRA tensors of the language model", ld->st_label);
     if (mc) {
         ld->mc = *mc;
+        if ((prefix > 0) != mc->text_of_multimodal)
+            return lorac_error(LORAC_STATUS_FORMAT, "%s: the adapter's modules are under \"%s\" (%s), but the model is %s",
+                               ld->st_label, k_decoder_prefixes[prefix], prefix ? "a multimodal model's text model" : "a text model",
+                               mc->arch_name);
+        snprintf(ld->mc.module_prefix, sizeof ld->mc.module_prefix, "%s", k_decoder_prefixes[prefix]);
         return LORAC_STATUS_OK;
     }
     /* a config's layers_to_transform may name layers past the file's last:
@@ -788,6 +888,8 @@ static lorac_status_t scan_tensors(loader_t *ld, const lorac_safetensors_t *st, 
         return lorac_error(LORAC_STATUS_FORMAT, "%s: layer index %d is past any model's (%d layers at most without a model to check against)",
                            ld->st_label, max_layer, MAX_INFERRED_LAYERS);
     infer_model_config(ld->tensors, ld->n_tensors, max_layer + 1, &ld->mc);
+    snprintf(ld->mc.module_prefix, sizeof ld->mc.module_prefix, "%s", k_decoder_prefixes[prefix]);
+    ld->mc.text_of_multimodal = prefix > 0;
     return LORAC_STATUS_OK;
 }
 
@@ -821,7 +923,7 @@ static lorac_status_t match_file_to_selection(loader_t *ld) {
     for (int32_t slot = 0; slot < ld->mc.n_layers * LORAC_LORA_COUNT; slot++) {
         const lora_tensor_t *A = ld->slots[2 * slot], *B = ld->slots[2 * slot + 1];
         char name[NAME_MAX_LEN];
-        module_name(slot / LORAC_LORA_COUNT, slot % LORAC_LORA_COUNT, name, sizeof name);
+        module_name(&ld->mc, slot / LORAC_LORA_COUNT, slot % LORAC_LORA_COUNT, name, sizeof name);
         if (ld->present[slot] && !ld->rank[slot])
             return lorac_error(LORAC_STATUS_FORMAT, "%s: tensor \"%s\" adapts %s, which %s does not select (target_modules, "
                                "exclude_modules, layers_to_transform)", ld->st_label, (A ? A : B)->tv->name, name, ld->cfg_label);
@@ -853,7 +955,7 @@ static lorac_status_t load_adapter(loader_t *ld, const char *text, size_t len, c
     lorac_adapter_t *a = NULL;
     if ((s = config_parse(ld->cfg_label, text, len, &ld->pc))) return s;
     if ((s = scan_tensors(ld, st, mc)) || (s = fill_slots(ld))) return s;
-    if ((s = select_modules(&ld->pc, ld->mc.n_layers, ld->present, ld->rank, ld->alpha))) return s;
+    if ((s = select_modules(&ld->pc, &ld->mc, ld->present, ld->rank, ld->alpha))) return s;
     if ((s = match_file_to_selection(ld)) || (s = check_shapes(ld))) return s;
     if ((s = lorac_adapter_alloc_ranks(&ld->mc, &ld->pc.params, ld->rank, ld->scale, &a))) return s;
     for (int32_t i = 0; i < a->n_modules && !s; i++) {

@@ -1,5 +1,5 @@
 /* config.json for LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM,
- * GraniteForCausalLM. */
+ * GraniteForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM and Gemma3ForConditionalGeneration's text model. */
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -16,6 +16,8 @@ static const struct { const char *name; lorac_arch_t arch; } k_archs[] = {
     {"GraniteForCausalLM", LORAC_ARCH_GRANITE},
     {"Gemma3ForCausalLM", LORAC_ARCH_GEMMA3},
     {"Gemma2ForCausalLM", LORAC_ARCH_GEMMA2},
+    /* its text model: a Gemma3ForCausalLM under other names (lorac runs no vision tower) */
+    {"Gemma3ForConditionalGeneration", LORAC_ARCH_GEMMA3},
 };
 
 /* Reads an integer field. required: absence is an error; otherwise *out keeps
@@ -290,8 +292,10 @@ static lorac_status_t parse_eos(const cJSON *root, const char *label, lorac_mode
 lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char *label,
                                         lorac_model_config_t *c) {
     memset(c, 0, sizeof *c);
-    cJSON *root = cJSON_ParseWithLength(json, len);
-    if (!root) return lorac_error(LORAC_STATUS_FORMAT, "%s: not valid JSON", label);
+    cJSON *doc = cJSON_ParseWithLength(json, len);
+    if (!doc) return lorac_error(LORAC_STATUS_FORMAT, "%s: not valid JSON", label);
+    /* top: the file's object; root: the one holding the model's fields */
+    const cJSON *top = doc, *root = doc;
     lorac_status_t s = LORAC_STATUS_OK;
     if (!cJSON_IsObject(root)) { s = lorac_error(LORAC_STATUS_FORMAT, "%s: not a JSON object", label); goto done; }
 
@@ -303,12 +307,31 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
     if (i == n_archs) {
         s = lorac_error(LORAC_STATUS_UNSUPPORTED,
                         "%s: architecture \"%s\" is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, "
-                        "Qwen3ForCausalLM, SmolLM3ForCausalLM, GraniteForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM)",
+                        "Qwen3ForCausalLM, SmolLM3ForCausalLM, GraniteForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, "
+                        "Gemma3ForConditionalGeneration)",
                         label, a0->valuestring);
         goto done;
     }
     c->arch = k_archs[i].arch;
     snprintf(c->arch_name, sizeof c->arch_name, "%s", k_archs[i].name);
+    snprintf(c->module_prefix, sizeof c->module_prefix, "model");
+    snprintf(c->tensor_prefix, sizeof c->tensor_prefix, "model");
+    if (strcmp(k_archs[i].name, "Gemma3ForConditionalGeneration") == 0) {
+        /* the text model's fields are in "text_config" (Gemma3TextConfig's
+         * defaults for those it leaves out: the released 4B-27B configs give
+         * only the sizes that differ); end-of-sequence ids and dtype at the
+         * top level win. transformers >= 4.52 names its modules
+         * model.language_model.layers.N...; lorac_model_load finds which
+         * names the checkpoint's tensors use. */
+        root = cJSON_GetObjectItemCaseSensitive(top, "text_config");
+        if (!cJSON_IsObject(root)) {
+            s = lorac_error(LORAC_STATUS_FORMAT, "%s: Gemma3ForConditionalGeneration needs a \"text_config\" object", label);
+            goto done;
+        }
+        c->text_of_multimodal = true;
+        snprintf(c->module_prefix, sizeof c->module_prefix, "model.language_model");
+        snprintf(c->tensor_prefix, sizeof c->tensor_prefix, "language_model.model");
+    }
 
     c->rms_norm_eps = 1e-6f;
     /* SmolLM3Config's and Gemma3TextConfig's defaults */
@@ -318,13 +341,19 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
     c->bos_id = -1;
     c->tie_word_embeddings = c->arch == LORAC_ARCH_GEMMA2 || c->arch == LORAC_ARCH_GEMMA3; /* Gemma's configs' default */
     const int32_t big = 1 << 24;
-    if ((s = get_int(root, label, "vocab_size", 1, 1, big, &c->vocab_size)) ||
-        (s = get_int(root, label, "hidden_size", 1, 1, 1 << 20, &c->hidden_size)) ||
-        (s = get_int(root, label, "intermediate_size", 1, 1, 1 << 22, &c->intermediate_size)) ||
-        (s = get_int(root, label, "num_hidden_layers", 1, 1, LORAC_MAX_LAYERS, &c->n_layers)) ||
-        (s = get_int(root, label, "num_attention_heads", 1, 1, 4096, &c->n_heads)))
+    /* Gemma3TextConfig's defaults (Gemma 3 4B-27B configs leave several out) */
+    int req = c->arch != LORAC_ARCH_GEMMA3;
+    if (!req) {
+        c->vocab_size = 262208, c->hidden_size = 2304, c->intermediate_size = 9216, c->n_layers = 26, c->n_heads = 8;
+        c->max_position_embeddings = 131072, c->bos_id = 2, c->n_eos = 1, c->eos_ids[0] = 1;
+    }
+    if ((s = get_int(root, label, "vocab_size", req, 1, big, &c->vocab_size)) ||
+        (s = get_int(root, label, "hidden_size", req, 1, 1 << 20, &c->hidden_size)) ||
+        (s = get_int(root, label, "intermediate_size", req, 1, 1 << 22, &c->intermediate_size)) ||
+        (s = get_int(root, label, "num_hidden_layers", req, 1, LORAC_MAX_LAYERS, &c->n_layers)) ||
+        (s = get_int(root, label, "num_attention_heads", req, 1, 4096, &c->n_heads)))
         goto done;
-    c->n_kv_heads = c->n_heads;
+    c->n_kv_heads = c->arch == LORAC_ARCH_GEMMA3 ? 4 : c->n_heads; /* Gemma3TextConfig's default */
     /* Qwen3Config's head_dim defaults to 128 whatever the hidden size
      * (transformers reads it from the config object, which always has it);
      * the others' attention takes hidden_size / heads */
@@ -337,7 +366,12 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
         (s = get_float(root, label, "rope_theta", 1.0, 1e12, &c->rope_theta)) ||
         (s = get_bool(root, label, "tie_word_embeddings", &c->tie_word_embeddings)) ||
         (s = get_int(root, label, "bos_token_id", 0, 0, INT32_MAX, &c->bos_id)) ||
-        (s = parse_eos(root, label, c)) || (s = parse_rope(root, label, c)))
+        (s = parse_rope(root, label, c)))
+        goto done;
+    /* an absent eos_token_id keeps the default (Gemma 3's 1, else none) */
+    if (cJSON_GetObjectItemCaseSensitive(root, "eos_token_id") && (s = parse_eos(root, label, c))) goto done;
+    if (top != root && ((s = get_int(top, label, "bos_token_id", 0, 0, INT32_MAX, &c->bos_id)) ||
+                        (cJSON_GetObjectItemCaseSensitive(top, "eos_token_id") && (s = parse_eos(top, label, c)))))
         goto done;
     if (c->arch == LORAC_ARCH_QWEN2) {
         c->qkv_bias = true; /* Qwen2 always has q/k/v biases, never o_proj bias */
@@ -357,7 +391,8 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
     c->embedding_multiplier = c->residual_multiplier = c->logits_scaling = c->query_scale = 1.0f;
     if (c->arch == LORAC_ARCH_GRANITE && (s = parse_granite(root, label, c))) goto done;
     if (gemma && (s = parse_gemma(root, label, c))) goto done;
-    const cJSON *dt = cJSON_GetObjectItemCaseSensitive(root, "torch_dtype");
+    const cJSON *dt = cJSON_GetObjectItemCaseSensitive(top, "torch_dtype");
+    if (!cJSON_IsString(dt)) dt = cJSON_GetObjectItemCaseSensitive(root, "torch_dtype");
     if (cJSON_IsString(dt)) snprintf(c->torch_dtype, sizeof c->torch_dtype, "%s", dt->valuestring);
 
     if (c->n_heads % c->n_kv_heads != 0) {
@@ -375,6 +410,6 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
         goto done;
     }
 done:
-    cJSON_Delete(root);
+    cJSON_Delete(doc);
     return s;
 }

@@ -376,10 +376,12 @@ static lorac_status_t setup_lora(lorac_train_pass_t *p) {
         const char *block = m->target <= LORAC_LORA_O ? "self_attn" : "mlp";
         char name[128];
         lorac_status_t s;
-        snprintf(name, sizeof name, "base_model.model.model.layers.%d.%s.%s.lora_A.weight", m->layer, block,
+        /* PEFT's keys: "model" or a multimodal model's "model.language_model" before ".layers" */
+        const char *prefix = a->config.module_prefix[0] ? a->config.module_prefix : "model";
+        snprintf(name, sizeof name, "base_model.model.%s.layers.%d.%s.%s.lora_A.weight", prefix, m->layer, block,
                  lorac_lora_target_name(m->target));
         if ((s = add_param(p, name, m->A, q->dA, (int64_t)m->r * m->in))) return s;
-        snprintf(name, sizeof name, "base_model.model.model.layers.%d.%s.%s.lora_B.weight", m->layer, block,
+        snprintf(name, sizeof name, "base_model.model.%s.layers.%d.%s.%s.lora_B.weight", prefix, m->layer, block,
                  lorac_lora_target_name(m->target));
         if ((s = add_param(p, name, m->B, q->dB, (int64_t)m->out * m->r))) return s;
     }

@@ -264,6 +264,25 @@ static lorac_status_t collect_eos_ids(lorac_model_t *m, const char *dir) {
     return LORAC_STATUS_OK;
 }
 
+/* A multimodal checkpoint's text model: the released files name its tensors
+ * language_model.model.*, transformers >= 4.52 (in some versions) and
+ * other tools model.language_model.*. */
+static lorac_status_t find_text_model(lorac_model_t *m) {
+    static const char *const prefixes[] = {"language_model.model", "model.language_model"};
+    for (size_t i = 0; i < 2; i++) {
+        char name[96];
+        snprintf(name, sizeof name, "%s.embed_tokens.weight", prefixes[i]);
+        if (lorac_weight_files_find(m->files, name)) {
+            snprintf(m->config.tensor_prefix, sizeof m->config.tensor_prefix, "%s", prefixes[i]);
+            return LORAC_STATUS_OK;
+        }
+    }
+    return lorac_error(LORAC_STATUS_FORMAT,
+                       "%s: %s's text model not found: no tensor \"language_model.model.embed_tokens.weight\" "
+                       "or \"model.language_model.embed_tokens.weight\"",
+                       m->dir, m->config.arch_name);
+}
+
 static lorac_status_t model_load(const char *dir, int for_training, lorac_model_t **out);
 
 lorac_status_t lorac_model_load(const char *dir, lorac_model_t **out) { return model_load(dir, 0, out); }
@@ -291,6 +310,7 @@ static lorac_status_t model_load(const char *dir, int for_training, lorac_model_
     if ((s = lorac_file_read(cfg_path, CONFIG_MAX_BYTES, &cfg_text, &cfg_len))) goto fail;
     if ((s = lorac_model_config_parse(cfg_text, cfg_len, cfg_path, &m->config))) goto fail;
     if ((s = lorac_weight_files_open(dir, &m->files))) goto fail;
+    if (m->config.text_of_multimodal && (s = find_text_model(m))) goto fail;
 
     const lorac_model_config_t *c = &m->config;
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);

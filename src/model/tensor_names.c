@@ -1,32 +1,34 @@
-/* The one table mapping our tensor kinds to HuggingFace names and shapes. */
+/* The one table mapping our tensor kinds to HuggingFace names and shapes: the
+ * names below follow the config's tensor_prefix ("model." for most). */
 #include <stdio.h>
+#include <string.h>
 
 #include "model/model_internal.h"
 
 static const char *const k_names[LORAC_TENSOR_COUNT] = {
-    [LORAC_TENSOR_EMBED] = "model.embed_tokens.weight",
-    [LORAC_TENSOR_FINAL_NORM] = "model.norm.weight",
+    [LORAC_TENSOR_EMBED] = "embed_tokens.weight",
+    [LORAC_TENSOR_FINAL_NORM] = "norm.weight",
     [LORAC_TENSOR_LM_HEAD] = "lm_head.weight",
-    [LORAC_TENSOR_ATTN_NORM] = "model.layers.%d.input_layernorm.weight",
-    [LORAC_TENSOR_Q] = "model.layers.%d.self_attn.q_proj.weight",
-    [LORAC_TENSOR_K] = "model.layers.%d.self_attn.k_proj.weight",
-    [LORAC_TENSOR_V] = "model.layers.%d.self_attn.v_proj.weight",
-    [LORAC_TENSOR_O] = "model.layers.%d.self_attn.o_proj.weight",
-    [LORAC_TENSOR_Q_BIAS] = "model.layers.%d.self_attn.q_proj.bias",
-    [LORAC_TENSOR_K_BIAS] = "model.layers.%d.self_attn.k_proj.bias",
-    [LORAC_TENSOR_V_BIAS] = "model.layers.%d.self_attn.v_proj.bias",
-    [LORAC_TENSOR_O_BIAS] = "model.layers.%d.self_attn.o_proj.bias",
-    [LORAC_TENSOR_FFN_NORM] = "model.layers.%d.post_attention_layernorm.weight",
-    [LORAC_TENSOR_GATE] = "model.layers.%d.mlp.gate_proj.weight",
-    [LORAC_TENSOR_UP] = "model.layers.%d.mlp.up_proj.weight",
-    [LORAC_TENSOR_DOWN] = "model.layers.%d.mlp.down_proj.weight",
-    [LORAC_TENSOR_GATE_BIAS] = "model.layers.%d.mlp.gate_proj.bias",
-    [LORAC_TENSOR_UP_BIAS] = "model.layers.%d.mlp.up_proj.bias",
-    [LORAC_TENSOR_DOWN_BIAS] = "model.layers.%d.mlp.down_proj.bias",
-    [LORAC_TENSOR_Q_NORM] = "model.layers.%d.self_attn.q_norm.weight",
-    [LORAC_TENSOR_K_NORM] = "model.layers.%d.self_attn.k_norm.weight",
-    [LORAC_TENSOR_ATTN_POST_NORM] = "model.layers.%d.post_attention_layernorm.weight",
-    [LORAC_TENSOR_FFN_POST_NORM] = "model.layers.%d.post_feedforward_layernorm.weight",
+    [LORAC_TENSOR_ATTN_NORM] = "layers.%d.input_layernorm.weight",
+    [LORAC_TENSOR_Q] = "layers.%d.self_attn.q_proj.weight",
+    [LORAC_TENSOR_K] = "layers.%d.self_attn.k_proj.weight",
+    [LORAC_TENSOR_V] = "layers.%d.self_attn.v_proj.weight",
+    [LORAC_TENSOR_O] = "layers.%d.self_attn.o_proj.weight",
+    [LORAC_TENSOR_Q_BIAS] = "layers.%d.self_attn.q_proj.bias",
+    [LORAC_TENSOR_K_BIAS] = "layers.%d.self_attn.k_proj.bias",
+    [LORAC_TENSOR_V_BIAS] = "layers.%d.self_attn.v_proj.bias",
+    [LORAC_TENSOR_O_BIAS] = "layers.%d.self_attn.o_proj.bias",
+    [LORAC_TENSOR_FFN_NORM] = "layers.%d.post_attention_layernorm.weight",
+    [LORAC_TENSOR_GATE] = "layers.%d.mlp.gate_proj.weight",
+    [LORAC_TENSOR_UP] = "layers.%d.mlp.up_proj.weight",
+    [LORAC_TENSOR_DOWN] = "layers.%d.mlp.down_proj.weight",
+    [LORAC_TENSOR_GATE_BIAS] = "layers.%d.mlp.gate_proj.bias",
+    [LORAC_TENSOR_UP_BIAS] = "layers.%d.mlp.up_proj.bias",
+    [LORAC_TENSOR_DOWN_BIAS] = "layers.%d.mlp.down_proj.bias",
+    [LORAC_TENSOR_Q_NORM] = "layers.%d.self_attn.q_norm.weight",
+    [LORAC_TENSOR_K_NORM] = "layers.%d.self_attn.k_norm.weight",
+    [LORAC_TENSOR_ATTN_POST_NORM] = "layers.%d.post_attention_layernorm.weight",
+    [LORAC_TENSOR_FFN_POST_NORM] = "layers.%d.post_feedforward_layernorm.weight",
 };
 
 int lorac_tensor_is_per_layer(lorac_tensor_kind_t kind) {
@@ -36,15 +38,23 @@ int lorac_tensor_is_per_layer(lorac_tensor_kind_t kind) {
 void lorac_tensor_name(const lorac_model_config_t *c, lorac_tensor_kind_t kind, int32_t layer, char *buf, size_t cap) {
     /* with sandwich norms, "post_attention_layernorm" is the attention
      * output's norm and the MLP's input norm has a name of its own */
-    const char *fmt = c->sandwich_norms && kind == LORAC_TENSOR_FFN_NORM
-                          ? "model.layers.%d.pre_feedforward_layernorm.weight"
-                          : k_names[kind];
+    const char *fmt = c->sandwich_norms && kind == LORAC_TENSOR_FFN_NORM ? "layers.%d.pre_feedforward_layernorm.weight"
+                                                                          : k_names[kind];
+    /* the head sits beside the decoder: "lm_head.weight", or in the released
+     * Gemma 3 multimodal files "language_model.lm_head.weight" */
+    const char *prefix = c->tensor_prefix[0] ? c->tensor_prefix : "model";
+    if (kind == LORAC_TENSOR_LM_HEAD) {
+        snprintf(buf, cap, "%s%s", strcmp(prefix, "language_model.model") == 0 ? "language_model." : "", fmt);
+        return;
+    }
+    size_t n = (size_t)snprintf(buf, cap, "%s.", prefix);
+    if (n >= cap) return;
 #if defined(__GNUC__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wformat-nonliteral"
 #endif
-    if (lorac_tensor_is_per_layer(kind)) snprintf(buf, cap, fmt, layer);
-    else snprintf(buf, cap, "%s", fmt);
+    if (lorac_tensor_is_per_layer(kind)) snprintf(buf + n, cap - n, fmt, layer);
+    else snprintf(buf + n, cap - n, "%s", fmt);
 #if defined(__GNUC__)
 #pragma GCC diagnostic pop
 #endif

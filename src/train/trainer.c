@@ -225,12 +225,28 @@ static void write_readme(const lorac_train_params_t *p, const lorac_train_result
     free(text);
 }
 
+/* The trained tensors in f32, and every tensor of the base that training
+ * does not touch (a multimodal model's vision tower) as it was, so the
+ * directory is a whole model. */
 static lorac_status_t save_full_model(const char *model_dir, const char *out_dir, run_t *r) {
-    lorac_tensor_write_t *t = calloc((size_t)r->n_params, sizeof *t);
-    if (!t) return lorac_error(LORAC_STATUS_NOMEM, "out of memory");
     lorac_weight_files_t *wf;
     lorac_status_t s = lorac_weight_files_open(model_dir, &wf);
-    if (s) { free(t); return s; }
+    if (s) return s;
+    int64_t n_base = lorac_weight_files_count(wf), n = r->n_params;
+    lorac_tensor_write_t *t = calloc((size_t)(r->n_params + n_base), sizeof *t);
+    if (!t) { lorac_weight_files_free(wf); return lorac_error(LORAC_STATUS_NOMEM, "out of memory"); }
+    for (int64_t i = 0; i < n_base; i++) {
+        const lorac_tensor_view_t *tv = lorac_weight_files_get(wf, i);
+        int32_t k = 0;
+        while (k < r->n_params && strcmp(r->params[k].name, tv->name) != 0) k++;
+        if (k < r->n_params) continue;
+        t[n].name = tv->name;
+        t[n].dtype = tv->dtype;
+        t[n].data = tv->data;
+        t[n].n_dims = tv->n_dims;
+        memcpy(t[n].shape, tv->shape, sizeof t[n].shape);
+        n++;
+    }
     for (int32_t i = 0; i < r->n_params; i++) {
         const lorac_tensor_view_t *tv = lorac_weight_files_find(wf, r->params[i].name);
         t[i].name = r->params[i].name;
@@ -242,7 +258,7 @@ static lorac_status_t save_full_model(const char *model_dir, const char *out_dir
     char path[4200];
     snprintf(path, sizeof path, "%s/model.safetensors", out_dir);
     const char *mk[1] = {"format"}, *mv[1] = {"pt"};
-    s = lorac_safetensors_write(path, t, r->n_params, mk, mv, 1);
+    s = lorac_safetensors_write(path, t, n, mk, mv, 1);
     lorac_weight_files_free(wf);
     free(t);
     /* config and tokenizer files travel along unchanged */

@@ -467,10 +467,105 @@ def make_random_model(dir, cfg, dtype="F32", seed=0, tie=False, bias=False, arch
 
 
 def load_model(dir):
-    """(config dict, weights dict) of a single-file model directory."""
+    """(config dict, weights dict) of a single-file model directory; a
+    Gemma3ForConditionalGeneration directory gives its text model (text_model)."""
     with open(os.path.join(dir, "config.json")) as f:
         c = json.load(f)
-    return c, load_safetensors(os.path.join(dir, "model.safetensors"))
+    return text_model(c, load_safetensors(os.path.join(dir, "model.safetensors")))
+
+
+# ---------------------------------------------------------------------------
+# Gemma 3's multimodal checkpoints (Gemma3ForConditionalGeneration, 4B-27B)
+# ---------------------------------------------------------------------------
+
+# Gemma3TextConfig's defaults: the released configs' "text_config" gives only
+# what differs from them (gemma-3-4b-it: hidden_size, intermediate_size,
+# num_hidden_layers, rope_scaling, sliding_window)
+GEMMA3_TEXT_DEFAULTS = {
+    "vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+    "max_position_embeddings": 131072, "rms_norm_eps": 1e-6, "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2,
+    "tie_word_embeddings": True, "rope_theta": 1000000.0, "attention_bias": False, "query_pre_attn_scalar": 256,
+    "sliding_window": 4096, "final_logit_softcapping": None, "attn_logit_softcapping": None, "rope_scaling": None,
+    "rope_local_base_freq": 10000.0, "sliding_window_pattern": 6,
+}
+
+# where the text model's tensors are: the released files' names, and those of
+# transformers >= 4.52's module tree
+MULTIMODAL_LAYOUTS = {
+    "released": ("language_model.model.", "language_model.lm_head.weight", ""),
+    "modules": ("model.language_model.", "lm_head.weight", "model."),
+}
+
+
+def text_model(c, w):
+    """(config, weights) of the text model of a Gemma3ForConditionalGeneration
+    checkpoint as a Gemma3ForCausalLM's: text_config over Gemma3TextConfig's
+    defaults (the top level's eos/bos ids win), tensors renamed to
+    model.* / lm_head.weight, the vision tower's left out. Other models
+    pass through."""
+    if (c.get("architectures") or [None])[0] != "Gemma3ForConditionalGeneration":
+        return c, w
+    t = dict(GEMMA3_TEXT_DEFAULTS)
+    t.update(c["text_config"])
+    t.update({"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text"})
+    for k in ("eos_token_id", "bos_token_id"):
+        if k in c:
+            t[k] = c[k]
+    out = {}
+    for prefix, head, _ in MULTIMODAL_LAYOUTS.values():
+        for name, v in w.items():
+            if name.startswith(prefix):
+                out["model." + name[len(prefix):]] = v
+            elif name == head and name.startswith("language_model") == prefix.startswith("language_model"):
+                out["lm_head.weight"] = v
+        if out:
+            break
+    return t, out
+
+
+def make_multimodal_gemma3(dir, cfg, dtype="F32", seed=0, tie=True, layout="released", eos=(1, 106)):
+    """A random Gemma3ForConditionalGeneration directory: a Gemma 3 text
+    model whose text_config leaves out every field equal to
+    Gemma3TextConfig's default (as the released configs do), the top-level
+    eos ids `eos`, the text tensors under `layout`'s names, and a few
+    vision-tower and projector tensors (lorac must leave them alone).
+    Returns (text config, text weights) as load_model reads them, and the
+    file's tensors."""
+    os.makedirs(dir, exist_ok=True)
+    c = make_config(cfg, dtype=dtype, tie=tie, arch="gemma3")
+    w = random_weights(c, seed=seed)
+    tc = {k: v for k, v in c.items() if k not in ("architectures", "torch_dtype")
+          and not (k in GEMMA3_TEXT_DEFAULTS and GEMMA3_TEXT_DEFAULTS[k] == v)}
+    top = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+           "boi_token_index": 255999, "eoi_token_index": 256000, "image_token_index": 262144,
+           "mm_tokens_per_image": 4, "eos_token_id": list(eos), "initializer_range": 0.02,
+           "text_config": tc, "torch_dtype": ST_TO_CONFIG_DTYPE[dtype],
+           "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 16, "intermediate_size": 24,
+                             "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 8, "patch_size": 4}}
+    prefix, head, other = MULTIMODAL_LAYOUTS[layout]
+    g = torch.Generator().manual_seed(seed + 7919)
+    D = c["hidden_size"]
+    files = {}
+    for name, t in w.items():
+        files[head if name == "lm_head.weight" else prefix + name[len("model."):]] = t
+    vt = other + "vision_tower.vision_model."
+    for name, shape in [(vt + "embeddings.patch_embedding.weight", [16, 3, 4, 4]),
+                        (vt + "embeddings.patch_embedding.bias", [16]),
+                        (vt + "encoder.layers.0.self_attn.q_proj.weight", [16, 16]),
+                        (vt + "encoder.layers.0.self_attn.v_proj.weight", [16, 16]),
+                        (vt + "encoder.layers.0.mlp.fc1.weight", [24, 16]),
+                        (other + "multi_modal_projector.mm_input_projection_weight", [16, D]),
+                        (other + "multi_modal_projector.mm_soft_emb_norm.weight", [16])]:
+        files[name] = 0.1 * torch.randn(shape, generator=g)
+    tdt = ST_DTYPES[dtype][0]
+    files = {k: v.to(tdt) for k, v in files.items()}
+    with open(os.path.join(dir, "config.json"), "w") as f:
+        json.dump(top, f, indent=2)
+        f.write("\n")
+    save_safetensors(os.path.join(dir, "model.safetensors"), files, metadata={"format": "pt"})
+    ct, wt = load_model(dir)
+    return ct, wt, load_safetensors(os.path.join(dir, "model.safetensors"))
 
 
 # ---------------------------------------------------------------------------

@@ -36,9 +36,24 @@ PROJ_BLOCK = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn
               "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
 
 
-def projection_names(c):
+# the decoder's module path: a text model's, and a Gemma 3 multimodal
+# model's text model under transformers >= 4.52 and before
+DECODER_PREFIXES = ("model", "model.language_model", "language_model.model")
+# the modules of a multimodal model's other towers
+OTHER_TOWERS = ("model.vision_tower.", "vision_tower.", "model.multi_modal_projector.", "multi_modal_projector.")
+
+
+def projection_names(c, prefix="model"):
     """Names of every LoRA-able projection of the model, in layer order."""
-    return [f"model.layers.{i}.{PROJ_BLOCK[p]}.{p}" for i in range(c["num_hidden_layers"]) for p in PROJ_BLOCK]
+    return [f"{prefix}.layers.{i}.{PROJ_BLOCK[p]}.{p}" for i in range(c["num_hidden_layers"]) for p in PROJ_BLOCK]
+
+
+def decoder_prefix(names):
+    """The decoder prefix the module names use (one of DECODER_PREFIXES)."""
+    found = {p for n in names for p in DECODER_PREFIXES if n.startswith(p + ".layers.")}
+    if len(found) != 1:
+        raise ValueError(f"module names under {sorted(found) or 'no known prefix'}")
+    return found.pop()
 
 
 def _in_list(name, entries):
@@ -90,11 +105,11 @@ def pattern_value(patterns, name, default):
     return default
 
 
-def module_settings(cfg, c, present=None):
+def module_settings(cfg, c, present=None, prefix="model"):
     """dict module name -> (r, alpha, scale) of the modules the config adapts.
     `present`: names the file holds, used when target_modules is absent."""
     out = {}
-    for name in projection_names(c):
+    for name in projection_names(c, prefix):
         if cfg.get("target_modules") is None:
             if name not in (present or ()):
                 continue
@@ -116,15 +131,21 @@ def _module_of_key(key):
 
 
 def load_adapter(dir, c):
-    """dict module name -> (scale, A float64 [r, in], B float64 [out, r])."""
+    """dict module name -> (scale, A float64 [r, in], B float64 [out, r]),
+    named as in a text model (model.layers...) whatever the decoder prefix
+    of the file (a Gemma 3 multimodal model's); the vision tower's modules
+    are left out (they do not touch the text model)."""
     with open(os.path.join(dir, "adapter_config.json")) as f:
         cfg = json.load(f)
     tensors = hm.load_safetensors(os.path.join(dir, "adapter_model.safetensors"))
     ab = {}
     for key, t in tensors.items():
         name, which = _module_of_key(key)
+        if name.startswith(OTHER_TOWERS):  # a vision module: no part of the text model
+            continue
         ab.setdefault(name, {})[which] = t.to(torch.float64)
-    settings = module_settings(cfg, c, present=set(ab))
+    prefix = decoder_prefix(ab)
+    settings = module_settings(cfg, c, present=set(ab), prefix=prefix)
     if set(settings) != set(ab):
         raise ValueError(f"config selects {sorted(set(settings) ^ set(ab))} differently from the file")
     out = {}
@@ -132,7 +153,7 @@ def load_adapter(dir, c):
         A, B = ab[name]["A"], ab[name]["B"]
         if A.shape[0] != r or B.shape[1] != r:
             raise ValueError(f"{name}: rank {A.shape[0]} in the file, {r} in the config")
-        out[name] = (scale, A, B)
+        out["model" + name[len(prefix):]] = (scale, A, B)  # the text model's weight names
     return out
 
 
