@@ -6,7 +6,8 @@
  *
  * Input layout: byte 0 flags (bit 0 set: check against the small model
  * config below; clear: sizes inferred from the tensors, as `lorac inspect`
- * does without -m), bytes 1..4 the little-endian length N of the config
+ * does without -m; bit 1 with bit 0: the same model as Phi-3, its q/k/v
+ * and gate/up fused into qkv_proj and gate_up_proj), bytes 1..4 the little-endian length N of the config
  * JSON, N bytes of JSON, then the safetensors bytes. */
 #include <stdint.h>
 #include <stdlib.h>
@@ -36,13 +37,22 @@ static lorac_model_config_t small_config(void) {
     return c;
 }
 
+/* The A of module i's predecessor (a fused group's members share its first's). */
+static const float *a_prev_A(lorac_adapter_t *a, int32_t i) {
+    return i > 0 ? lorac_adapter_module(a, i - 1)->A : NULL;
+}
+
 static void check_loaded(lorac_adapter_t *a, const lorac_model_config_t *c) {
     for (int32_t i = 0; i < lorac_adapter_n_modules(a); i++) {
         const lorac_lora_module_t *m = lorac_adapter_module(a, i);
         if (m->r < 1 || m->in < 1 || m->out < 1) abort();
         if (c && (m->layer >= c->n_layers || lorac_adapter_find(a, m->layer, m->target) != m)) abort();
+        /* a fused group's B (its first module's) spans every member's rows */
+        if (m->group_out && (!c || !c->fused_proj || m->group_out < m->out)) abort();
+        if (m->in_group && (!c || !c->fused_proj || m->A != a_prev_A(a, i))) abort();
         /* touch both ends of A and B */
-        volatile float sink = m->A[0] + m->A[(int64_t)m->r * m->in - 1] + m->B[0] + m->B[(int64_t)m->out * m->r - 1];
+        int64_t rows = m->group_out ? m->group_out : m->out;
+        volatile float sink = m->A[0] + m->A[(int64_t)m->r * m->in - 1] + m->B[0] + m->B[rows * m->r - 1];
         (void)sink;
     }
 }
@@ -60,6 +70,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     memcpy(json, data + 5, n);
     memcpy(st, data + 5 + n, st_len);
     lorac_model_config_t c = small_config();
+    if (data[0] & 2) c.arch = LORAC_ARCH_PHI3, c.fused_proj = true, c.rotary_dim = c.head_dim;
     lorac_adapter_t *a = NULL;
     if (lorac_adapter_load_memory(json, n, st, st_len, with_model ? &c : NULL, &a) == LORAC_STATUS_OK) {
         check_loaded(a, with_model ? &c : NULL);

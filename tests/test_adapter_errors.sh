@@ -79,8 +79,12 @@ case("layer-replication", dict(QV, layer_replication=[[0, 2], [1, 3]]))
 case("target-parameters", dict(QV, target_parameters=["experts.gate_up_proj"]))
 # targets the model lacks, modules that are no projection
 t = qv(); t.update(tensors(c, ["model.layers.0.self_attn.q_proj"]))
+t = {k.replace("q_proj", "query_key_value") if "layers.0." in k else k: v for k, v in t.items()}
+case("unknown-projection-tensor", dict(QV, target_modules=["q_proj", "v_proj", "query_key_value"]), t)
+# Phi-3's fused module on a Llama model
+t = qv(); t.update(tensors(c, ["model.layers.0.self_attn.q_proj"]))
 t = {k.replace("q_proj", "qkv_proj") if "layers.0." in k else k: v for k, v in t.items()}
-case("unknown-projection-tensor", dict(QV, target_modules=["q_proj", "v_proj", "qkv_proj"]), t)
+case("fused-qkv-on-llama", dict(QV, target_modules=["q_proj", "v_proj", "qkv_proj"]), t)
 case("target-matches-nothing", dict(QV, target_modules=["c_attn", "query_key_value"]))
 case("target-regex-mlp-block", dict(QV, target_modules=r".*\.mlp"))
 case("bad-regex", dict(QV, target_modules="model\\.layers\\.(0"))
@@ -159,7 +163,8 @@ expect pissa "pissa_niter_4" "changes the base weights"
 expect qalora "QA-LoRA" "not supported"
 expect layer-replication "layer_replication is not supported"
 expect target-parameters "target_parameters" "not supported"
-expect unknown-projection-tensor "model.layers.0.self_attn.qkv_proj.lora_A.weight" "not a projection of a Llama model"
+expect unknown-projection-tensor "model.layers.0.self_attn.query_key_value.lora_A.weight" "not a projection of a Llama model"
+expect fused-qkv-on-llama "model.layers.0.self_attn.qkv_proj.lora_A.weight" "adapts Phi-3's fused qkv_proj, but LlamaForCausalLM has separate projections"
 expect target-matches-nothing "selects no module of this model" "c_attn"
 expect target-regex-mlp-block "model.layers.0.mlp" "not one of the projections"
 expect bad-regex "is not a valid regex" "model\\.layers\\.(0"

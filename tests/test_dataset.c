@@ -1340,7 +1340,7 @@ static void check_rows(const lorac_dataset_t *ds, const rows_t *r, int B, int T,
         }
         CHECK(pack || seg <= 1);
         for (int k = t; k < T; k++) {
-            if (sg[k] != -1 || tg[k] != -100 || ps[k] != k - t || tk[k] != lorac_dataset_pad_id(ds)) {
+            if (sg[k] != -1 || tg[k] != -100 || ps[k] != 0 || tk[k] != lorac_dataset_pad_id(ds)) {
                 CHECK_MSG(0, "row %d: bad padding at %d", b, k);
                 break;
             }

@@ -38,7 +38,9 @@ TOL = {"F32": 1e-5, "BF16": 1e-2, "F16": 1e-2}
 KV_TOL = 1e-4
 # the cases run again with a BF16 and an F16 KV cache
 KV_CASES = {"llama-gqa-tied-f32", "llama-bias-gqa-bf16", "qwen2-mqa-tied-f32", "mistral-headdim-f16",
-            "qwen3-gqa-tied-f32", "mistral-window-gqa-f32", "gemma3-window-tied-f32"}
+            "qwen3-gqa-tied-f32", "mistral-window-gqa-f32", "gemma3-window-tied-f32", "phi3-partial-longrope-long-f32"}
+# Phi-3's "longrope": 4 frequencies (rotary width 8 of head_dim 16), switching at 8 positions
+LONGROPE = {"type": "longrope", "short_factor": [1.0, 1.3, 2.0, 3.5], "long_factor": [1.5, 4.0, 9.0, 20.0]}
 
 
 def cfg(D, F, L, H, KV, V, **kw):
@@ -131,6 +133,18 @@ CASES = [
     # Gemma 2 with Gemma2Config's caps (50, 30), BF16, MQA
     ("gemma2-defaults-bf16", cfg(48, 100, 2, 4, 1, 89, head_dim=12, sliding_window=3),
      dict(dtype="BF16", arch="gemma2", tie=True), 11),
+    # Phi-3: fused qkv_proj and gate_up_proj, rotary on the first half of each head, longrope past its 8 original
+    # positions (15 tokens: the long factors) with the attention factor sqrt(1 + ln 8 / ln 8), GQA
+    ("phi3-partial-longrope-long-f32", cfg(64, 96, 2, 4, 2, 97, partial_rotary_factor=0.5,
+                                           original_max_position_embeddings=8, max_position_embeddings=64,
+                                           rope_scaling=LONGROPE), dict(dtype="F32", arch="phi3"), 15),
+    # the same within its 8 original positions (the short factors), BF16, tied
+    ("phi3-longrope-short-bf16", cfg(64, 96, 2, 4, 2, 97, partial_rotary_factor=0.5,
+                                     original_max_position_embeddings=8, max_position_embeddings=64,
+                                     rope_scaling=LONGROPE), dict(dtype="BF16", arch="phi3", tie=True), 8),
+    # Phi-3-mini-4k's kind: no scaling, a window (5) on every layer; rotary on half of each head
+    ("phi3-window-partial-f32", cfg(48, 100, 2, 4, 4, 89, partial_rotary_factor=0.5, sliding_window=5),
+     dict(dtype="F32", arch="phi3"), 13),
 ]
 
 results = []  # (name, ok)
@@ -243,6 +257,32 @@ def parity_case(name, shape, kw, T, seed):
         moved = float(np.abs(uncapped - ref).max() / np.abs(ref).max())
         record(name + "-softcaps-matter", moved > 10 * tol,
                f"the reference without its soft-caps moves by rel={moved:.2e} (must exceed {10 * tol:.0e})")
+    if hm.is_phi3(c) and kw.get("dtype", "F32") == "F32":
+        # each of Phi-3's rotary features must matter here: the reference without it moves by far more than the bound
+        rs = c.get("rope_scaling")
+        contrasts = []
+        if rs is None:
+            contrasts.append(("partial-rotary", hm.llama_forward(w, dict(c, partial_rotary_factor=1.0), ids)))
+        else:
+            orig = c["original_max_position_embeddings"]
+            contrasts.append(("long-factors" if T > orig else "short-factors",
+                              hm.llama_forward(w, c, ids, rope_len=1 if T > orig else 10 * orig)))
+            contrasts.append(("attention-factor", hm.llama_forward(w, dict(c, rope_scaling=dict(rs, attention_factor=1.0)),
+                                                                   ids)))
+        for what, other in contrasts:
+            moved = float(np.abs(other.numpy() - ref).max() / np.abs(ref).max())
+            record(f"{name}-{what}-matter", moved > 10 * tol,
+                   f"the reference without them moves by rel={moved:.2e} (must exceed {10 * tol:.0e})")
+        # lorac inspect reads the same rotary width and longrope settings as the reference
+        rc, out_json, err = run_lorac(["inspect", d, "--json"])
+        got = json.loads(out_json) if rc == 0 else {}
+        lr = got.get("longrope") or {}
+        want_lr = (c["original_max_position_embeddings"], hm.longrope_attention_factor(c)) if rs else None
+        got_lr = (lr.get("original_max_position_embeddings"), lr.get("attention_factor")) if lr else None
+        ok = got.get("rotary_dim") == hm.rotary_dim_of(c) and (got_lr is None) == (want_lr is None) and (
+            want_lr is None or (got_lr[0] == want_lr[0] and abs(got_lr[1] - want_lr[1]) < 1e-6))
+        record(name + "-inspect-rotary", ok, f"lorac inspect: rotary_dim {got.get('rotary_dim')}, longrope {got_lr}; "
+                                             f"reference: {hm.rotary_dim_of(c)}, {want_lr}")
     windows = hm.attention_windows(c)
     if any(windows):
         # lorac reads the same windows off config.json as the reference
@@ -323,6 +363,54 @@ def negative_cases():
                    [re.escape(bad), re.escape(f"has shape [{bad_size}], expected [{want}]")])
 
 
+def phi3_negative_cases():
+    """A Phi-3 model without a fused projection, and one whose gate_up_proj has the wrong rows."""
+    shape = cfg(48, 100, 2, 4, 2, 97)
+    d = os.path.join(TMP, "phi3-broken")
+    shutil.rmtree(d, ignore_errors=True)
+    c, w = hm.make_random_model(d, shape, seed=106, arch="phi3")
+    gone = "model.layers.1.self_attn.qkv_proj.weight"
+    del w[gone]
+    hm.save_safetensors(os.path.join(d, "model.safetensors"), w)
+    error_case("error-phi3-missing-qkv_proj", d, [re.escape(f'missing tensor "{gone}"')])
+    c, w = hm.make_random_model(d, shape, seed=106, arch="phi3")
+    bad = "model.layers.0.mlp.gate_up_proj.weight"
+    w[bad] = torch.zeros(100, 48)
+    hm.save_safetensors(os.path.join(d, "model.safetensors"), w)
+    error_case("error-phi3-gate_up_proj-shape", d, [re.escape(bad), re.escape("has shape [100, 48], expected [200, 48]")])
+
+
+def phi3_generate_cases():
+    """`lorac generate` on a Phi-3 model with longrope: a prompt already past the 4 original positions rotates
+    every position with the long factors, and greedy decoding through the KV cache equals the reference
+    recomputing the whole sequence at each step; a prompt of 6 tokens that generation takes past 8 original
+    positions is refused at the switch (its cached positions hold the short factors; transformers recomputes)."""
+    fx = os.environ.get("LORAC_FIXTURES", os.path.join(SRC, "..", "shared", "fixtures"))
+    tok = os.path.join(fx, "tokenizers", "tinyllama-1.1b-chat-v1.0", "tokenizer.json")
+    shape = cfg(32, 48, 2, 4, 2, 32000, partial_rotary_factor=0.5, max_position_embeddings=64, rope_scaling=dict(
+        LONGROPE, short_factor=[1.0, 1.7], long_factor=[3.0, 8.0]), eos_token_id=0)
+    for name, orig in (("phi3-generate-long", 4), ("phi3-generate-switch", 8)):
+        d = os.path.join(TMP, name)
+        shutil.rmtree(d, ignore_errors=True)
+        c, w = hm.make_random_model(d, dict(shape, original_max_position_embeddings=orig), seed=107, arch="phi3",
+                                    tokenizer_json=tok)
+        rc, out, err = run_lorac(["tokenize", "-m", d, "-p", "Once upon a time"])
+        prompt = [int(x) for x in out.split()] if rc == 0 else []
+        rc, out, err = run_lorac(["generate", "-m", d, "-p", "Once upon a time", "-n", "6", "--temp", "0",
+                                  "--ignore-eos", "-t", "2"])
+        if orig < len(prompt):
+            ids = list(prompt)
+            for _ in range(6):
+                ids.append(int(hm.llama_forward(w, c, ids)[-1].argmax()))
+            rc2, want, _ = run_lorac(["tokenize", "-m", d, "--decode", " ".join(map(str, ids)), "--skip-special"])
+            record(name, rc == 0 and rc2 == 0 and out.rstrip("\n") == want.rstrip("\n"),
+                   f"exit {rc}: {out!r}, the reference's greedy continuation {want.rstrip()!r} ({len(prompt)} prompt "
+                   f"tokens, long factors past {orig}) {err.strip()[-300:]}")
+        else:
+            record(name, rc == 1 and "past the 8 (original_max_position_embeddings)" in err and len(prompt) < 8,
+                   f"exit {rc}, {len(prompt)} prompt tokens: {err.strip()[-300:]}")
+
+
 def main():
     want = set(sys.argv[1:])
     os.makedirs(TMP, exist_ok=True)
@@ -332,6 +420,8 @@ def main():
             parity_case(name, shape, kw, T, seed)
     if not want or "errors" in want:
         negative_cases()
+        phi3_negative_cases()
+        phi3_generate_cases()
     npass = sum(1 for _, ok in results if ok)
     nfail = len(results) - npass
     print(f"{npass} passed, {nfail} failed")

@@ -15,11 +15,14 @@ overlap on some projections) under $LORAC_TEST_TMP/merge_reference/. Then:
     --dtype bf16: every weight is the reference rounded to BF16, to one BF16
     unit in the last place;
   * the same merges of a random Gemma 3 model (its norms, windows and
-    scaled embedding untouched by the merge) against the same references.
+    scaled embedding untouched by the merge) against the same references,
+    and of a random Phi-3 model with adapters on its fused qkv_proj and
+    gate_up_proj (one A and one B over the fused rows, as PEFT makes them).
 
 Run alone: LORAC_BIN=build/lorac /usr/bin/python3 tests/test_merge_reference.py
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -170,6 +173,58 @@ def main():
     write_adapter(ga, cg, CFG_A, 23)
     write_adapter(gb, cg, CFG_B, 24)
     f32_cases(gemma, cg, wg, ga, gb, ids, prefix="gemma3-")
+    # Phi-3: PEFT's adapters on its fused qkv_proj and gate_up_proj (one A, one B over the fused rows), merged into
+    # the fused weights; unmerged, lorac splits each into its q, k, v (gate, up) modules sharing the A
+    phi = os.path.join(TMP, "model-phi3")
+    shutil.rmtree(phi, ignore_errors=True)
+    cp, wp = hm.make_random_model(phi, dict(SHAPE, partial_rotary_factor=0.5, sliding_window=6), arch="phi3", seed=7)
+    pa, pb = os.path.join(TMP, "phi3-adapter-a"), os.path.join(TMP, "phi3-adapter-b")
+    write_adapter(pa, cp, dict(CFG_A, target_modules=["qkv_proj", "o_proj", "down_proj"],
+                               alpha_pattern={r"layers\.2\.self_attn\.qkv_proj": 3}), 25)
+    write_adapter(pb, cp, dict(CFG_B, target_modules=["qkv_proj", "gate_up_proj"]), 26)
+    f32_cases(phi, cp, wp, pa, pb, ids, prefix="phi3-")
+    phi3_adapter_cases(phi, cp, pa, model)
+
+
+def phi3_adapter_cases(phi, cp, pa, llama):
+    """Fused and separate projections are not each other's; lorac train makes PEFT's default for Phi-3."""
+    x = os.path.join(TMP, "x.npy")
+    sep = os.path.join(TMP, "adapter-separate-on-phi3")
+    shutil.rmtree(sep, ignore_errors=True)
+    g = torch.Generator().manual_seed(31)
+    pr.write_adapter(sep, {"r": 2, "lora_alpha": 2, "target_modules": ["q_proj"]},
+                     {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.randn(2, 64, generator=g),
+                      "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.randn(64, 2, generator=g)})
+    for name, model, adapter, want in [
+            ("phi3-refuses-separate-q_proj", phi, sep, "adapts q_proj, but Phi3ForCausalLM fuses it into qkv_proj"),
+            ("llama-refuses-fused-qkv_proj", llama, pa, "adapts Phi-3's fused qkv_proj, but LlamaForCausalLM has separate")]:
+        rc, err = lorac(["logits", "-m", model, "--ids", "1 2", "-o", x, "--adapter", adapter])
+        record(name, rc == 1 and want in err, f"exit {rc}: {err.strip()[-300:]}")
+    p = subprocess.run([LORAC, "inspect", pa], capture_output=True, text=True)
+    q = subprocess.run([LORAC, "inspect", pa, "-m", phi], capture_output=True, text=True)
+    record("phi3-adapter-inspect", p.returncode == 1 and "-m MODEL" in p.stderr and q.returncode == 0 and "qkv_proj" in q.stdout,
+           f"without the model: exit {p.returncode} {p.stderr.strip()[-200:]}; with it: exit {q.returncode}")
+    data = os.path.join(TMP, "phi3-tokens.jsonl")
+    with open(data, "w") as f:
+        for i in range(8):
+            f.write(json.dumps({"input_ids": [(7 * i + k) % 89 for k in range(10)]}) + "\n")
+    out = os.path.join(TMP, "phi3-trained")
+    shutil.rmtree(out, ignore_errors=True)
+    rc, err = lorac(["train", "-m", phi, "--data", data, "--format", "tokens", "-o", out, "--steps", "2", "--batch", "2",
+                     "--seq", "10"])
+    cfg = json.load(open(os.path.join(out, "adapter_config.json"))) if rc == 0 else {}
+    t = hm.load_safetensors(os.path.join(out, "adapter_model.safetensors")) if rc == 0 else {}
+    H, KV, D = cp["num_attention_heads"], cp["num_key_value_heads"], cp["hidden_size"]
+    hd = D // H
+    a_key = "base_model.model.model.layers.0.self_attn.qkv_proj.lora_A.weight"
+    shapes_ok = t and sorted(t) == sorted(k.replace("layers.0", f"layers.{l}") for l in range(cp["num_hidden_layers"])
+                                          for k in (a_key, a_key.replace("lora_A", "lora_B"))) and \
+        list(t[a_key].shape) == [8, D] and list(t[a_key.replace("lora_A", "lora_B")].shape) == [(H + 2 * KV) * hd, 8]
+    record("phi3-train-default-targets", rc == 0 and cfg.get("target_modules") == ["qkv_proj"] and bool(shapes_ok),
+           f"exit {rc}: target_modules {cfg.get('target_modules')}, tensors {sorted(t)[:2]} {err.strip()[-300:]}")
+    rc, err = lorac(["train", "-m", phi, "--data", data, "--format", "tokens", "-o", out + "-q", "--steps", "1",
+                     "--targets", "q_proj,o_proj"])
+    record("phi3-train-refuses-part-of-qkv", rc == 1 and "qkv_proj is one module" in err, f"exit {rc}: {err.strip()[-300:]}")
     npass = sum(1 for _, ok in results if ok)
     print(f"{npass} passed, {len(results) - npass} failed")
     return 1 if len(results) != npass or not results else 0

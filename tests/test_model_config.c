@@ -231,6 +231,45 @@ int main(void) {
                 "text_config");
     expect_fail("{\"architectures\": [\"Gemma3ForConditionalGeneration\"], \"text_config\": {\"num_attention_heads\": 6}}",
                 LORAC_STATUS_FORMAT, "multiple of num_key_value_heads");
+    /* Phi-3 (Phi3Config's defaults: eps 1e-5, bos 1, eos 32000, no window, whole-head rotary; Phi-3.5-mini's
+     * longrope: the attention factor sqrt(1 + ln 32 / ln 4096) from 131072 / 4096) */
+    expect_ok("{\"architectures\": [\"Phi3ForCausalLM\"], " BASE ", \"num_key_value_heads\": 8}", &c);
+    CHECK(c.arch == LORAC_ARCH_PHI3 && c.fused_proj && c.rotary_dim == 8 && !c.rope_longrope && c.sliding_window == 0);
+    CHECK(c.bos_id == 1 && c.n_eos == 1 && c.eos_ids[0] == 32000 && !c.qkv_bias && !c.tie_word_embeddings);
+    CHECK_NEAR(c.rms_norm_eps, 1e-5, 1e-12);
+    expect_ok("{\"architectures\": [\"Phi3ForCausalLM\"], \"hidden_size\": 3072, \"intermediate_size\": 8192, "
+              "\"num_hidden_layers\": 32, \"num_attention_heads\": 32, \"num_key_value_heads\": 32, \"vocab_size\": 32064, "
+              "\"max_position_embeddings\": 131072, \"original_max_position_embeddings\": 4096, \"sliding_window\": 262144, "
+              "\"rope_scaling\": {\"type\": \"longrope\", \"short_factor\": [" /* 48 factors */
+              "1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1.5], "
+              "\"long_factor\": [2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,"
+              "40]}, \"eos_token_id\": 32000}", &c);
+    CHECK(c.rope_longrope && c.rotary_dim == 96 && c.rope_original_max_position == 4096 && c.sliding_window == 262144);
+    CHECK(c.rope_short_factor[47] == 1.5f && c.rope_long_factor[0] == 2.0f && c.rope_long_factor[47] == 40.0f);
+    CHECK_NEAR(c.rope_attention_factor, 1.1902380714238083, 1e-6);
+    CHECK(lorac_model_rope_long(&c, 4096) == 0 && lorac_model_rope_long(&c, 4097) == 1);
+    /* Phi-4-mini's kind: rotary on 3/4 of each head, an explicit attention_factor, transformers 5's rope_parameters */
+    expect_ok("{\"architectures\": [\"Phi3ForCausalLM\"], " BASE ", \"head_dim\": 16, \"partial_rotary_factor\": 0.75, "
+              "\"rope_parameters\": {\"rope_type\": \"longrope\", \"rope_theta\": 250000, \"short_factor\": [1,2,3,4,5,6], "
+              "\"long_factor\": [6,5,4,3,2,1], \"attention_factor\": 1.25}}", &c);
+    CHECK(c.rotary_dim == 12 && c.rope_longrope && c.rope_short_factor[5] == 6.0f && c.rope_original_max_position == 4096);
+    CHECK_NEAR(c.rope_attention_factor, 1.25, 0);
+    CHECK_NEAR(c.rope_theta, 250000, 0);
+    expect_fail("{\"architectures\": [\"Phi3ForCausalLM\"], " BASE ", \"rope_scaling\": {\"type\": \"longrope\", "
+                "\"short_factor\": [1, 1, 1], \"long_factor\": [1, 1, 1, 1]}}", LORAC_STATUS_FORMAT,
+                "\"short_factor\" must be a list of 4 numbers");
+    expect_fail("{\"architectures\": [\"Phi3ForCausalLM\"], " BASE ", \"rope_scaling\": {\"type\": \"su\", "
+                "\"short_factor\": [1, 1, 1, 1], \"long_factor\": [1, 0, 1, 1]}}", LORAC_STATUS_FORMAT,
+                "\"long_factor\"[1] must be a positive number");
+    expect_fail("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rope_scaling\": {\"type\": \"longrope\", "
+                "\"short_factor\": [1, 1, 1, 1], \"long_factor\": [1, 1, 1, 1]}}", LORAC_STATUS_UNSUPPORTED,
+                "type \"longrope\" is not supported");
+    expect_fail("{\"architectures\": [\"Phi3ForCausalLM\"], " BASE ", \"partial_rotary_factor\": 0.4}",
+                LORAC_STATUS_FORMAT, "odd or empty rotary width");
+    expect_fail("{\"architectures\": [\"Phi3ForCausalLM\"], " BASE ", \"hidden_act\": \"gelu\"}",
+                LORAC_STATUS_UNSUPPORTED, "hidden_act \"gelu\"");
+    expect_fail("{\"architectures\": [\"Phi3ForCausalLM\"], " BASE ", \"rope_scaling\": {\"type\": \"yarn\", "
+                "\"factor\": 4}}", LORAC_STATUS_UNSUPPORTED, "\"longrope\"");
     /* Gemma 2 (Gemma2Config's defaults: caps 50 and 30, head_dim 256, every other layer windowed from layer 0,
      * no q/k norms, one rotary base) */
     expect_ok("{\"architectures\": [\"Gemma2ForCausalLM\"], \"hidden_size\": 64, \"intermediate_size\": 172, "

@@ -67,6 +67,46 @@ static void run_all(outputs_t *o, int rows, int threads) {
     lorac_rope_apply(o->drope_t, o->rope_cs, rows, HEADS, HD, -1);
 }
 
+/* Phi-3's partial rotary: lorac_rope_apply_partial over the first ROT of
+ * each head's HD values (pairs i, i + ROT/2, the frequencies of a ROT-wide
+ * head) against double, the rest untouched, the backward undoing it, and
+ * the whole width bitwise equal to lorac_rope_apply; 1 and 3 threads. */
+static void check_rope_partial(void) {
+    enum { ROT = 16 };
+    static float got[N], back[N], whole[N], cs[T * HD];
+    float freq[ROT / 2];
+    for (int i = 0; i < ROT / 2; i++) freq[i] = (float)pow(100.0, -2.0 * i / ROT);
+    for (int threads = 1; threads <= 3; threads += 2) {
+        lorac_kernels_set_threads(threads);
+        lorac_rope_table(cs, pos, freq, T, ROT);
+        memcpy(got, x, sizeof got);
+        lorac_rope_apply_partial(got, cs, T, HEADS, HD, ROT, 1);
+        memcpy(back, got, sizeof back);
+        lorac_rope_apply_partial(back, cs, T, HEADS, HD, ROT, -1);
+        double err = 0, m = 0, undo = 0;
+        int untouched = 1;
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < HEADS; h++) {
+                const float *v = x + (t * HEADS + h) * HD, *g = got + (t * HEADS + h) * HD;
+                for (int i = 0; i < ROT / 2; i++) {
+                    double a = (double)pos[t] * (double)freq[i], c = cos(a), s = sin(a);
+                    double r0 = v[i] * c - v[i + ROT / 2] * s, r1 = v[i + ROT / 2] * c + v[i] * s;
+                    err = fmax(err, fmax(fabs(g[i] - r0), fabs(g[i + ROT / 2] - r1)));
+                    m = fmax(m, fmax(fabs(r0), fabs(r1)));
+                }
+                for (int i = ROT; i < HD; i++) untouched &= g[i] == v[i];
+            }
+        for (int64_t i = 0; i < N; i++) undo = fmax(undo, fabs(back[i] - x[i]));
+        CHECK_MSG(err / m < 2e-6 && untouched && undo < 1e-5, "partial rotary, %d threads: rel %.2g, rest untouched %d, "
+                  "backward leaves %.2g", threads, err / m, untouched, undo);
+        lorac_rope_table(cs, pos, inv_freq, T, HD);
+        memcpy(got, x, sizeof got), memcpy(whole, x, sizeof whole);
+        lorac_rope_apply_partial(got, cs, T, HEADS, HD, HD, 1);
+        lorac_rope_apply(whole, cs, T, HEADS, HD, 1);
+        CHECK(memcmp(got, whole, sizeof got) == 0);
+    }
+}
+
 /* GELU's tanh approximation and its derivative, in double */
 static double gelu_ref(double g) { return 0.5 * g * (1.0 + tanh(sqrt(2.0 / M_PI) * (g + 0.044715 * g * g * g))); }
 static double gelu_grad_ref(double g) {
@@ -523,6 +563,7 @@ int main(void) {
         }
     }
     check_geglu_range();
+    check_rope_partial();
     check_attention();
     check_logsumexp();
     check_online_crossentropy();

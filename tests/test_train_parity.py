@@ -23,6 +23,8 @@ LORAC = os.environ["LORAC_BIN"]
 TMP = os.environ.get("LORAC_TEST_TMP", "/tmp")
 MODULES = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
            "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
+# Phi-3's fused modules: PEFT's LoRA on each is one A and one B over all its rows
+BLOCKS = dict(MODULES, qkv_proj="self_attn", gate_up_proj="mlp")
 results = []
 
 
@@ -31,11 +33,12 @@ def dims(c, m):
     H, KV = c["num_attention_heads"], c.get("num_key_value_heads", c["num_attention_heads"])
     hd = c.get("head_dim") or D // H
     return {"q_proj": (D, H * hd), "k_proj": (D, KV * hd), "v_proj": (D, KV * hd), "o_proj": (H * hd, D),
-            "gate_proj": (D, I), "up_proj": (D, I), "down_proj": (I, D)}[m]
+            "gate_proj": (D, I), "up_proj": (D, I), "down_proj": (I, D), "qkv_proj": (D, (H + 2 * KV) * hd),
+            "gate_up_proj": (D, 2 * I)}[m]
 
 
 def key(layer, m, ab):
-    return f"base_model.model.model.layers.{layer}.{MODULES[m]}.{m}.lora_{ab}.weight"
+    return f"base_model.model.model.layers.{layer}.{BLOCKS[m]}.{m}.lora_{ab}.weight"
 
 
 def hf_lambda(kind, warmup, total):
@@ -109,12 +112,14 @@ def run_case(name, shape, arch, tie, bias, targets, r, alpha, rslora, steps, bat
             ww = dict(base)
             for layer in range(c["num_hidden_layers"]):
                 for m in targets:
-                    wn = f"model.layers.{layer}.{MODULES[m]}.{m}.weight"
+                    wn = f"model.layers.{layer}.{BLOCKS[m]}.{m}.weight"
                     ww[wn] = base[wn] + scale * params[key(layer, m, "B")] @ params[key(layer, m, "A")]
             total, count = 0.0, 0
+            first = (s * accum + a) * batch
+            longest = max(len(r[0]) for r in rows[first:first + batch])  # picks Phi-3's longrope factors
             for b in range(batch):
-                ids, labels = rows[(s * accum + a) * batch + b]
-                logits = hf_model.llama_forward(ww, c, ids)
+                ids, labels = rows[first + b]
+                logits = hf_model.llama_forward(ww, c, ids, rope_len=longest)
                 for t in range(len(ids) - 1):
                     if labels[t + 1] != -100:
                         total = total + torch.logsumexp(logits[t], 0) - logits[t, labels[t + 1]]
@@ -179,9 +184,11 @@ def run_full_case(name, shape, tie, bias, steps, batch, seq, lr, wd, clip, seed,
     for s in range(steps):
         opt.zero_grad()
         total, count = 0.0, 0
+        # Phi-3's longrope factors follow the batch's longest row, as transformers' padded batch
+        longest = max(len(r) for r in rows[s * batch:(s + 1) * batch])
         for b in range(batch):
             ids = rows[s * batch + b]
-            logits = hf_model.llama_forward(params, c, ids)
+            logits = hf_model.llama_forward(params, c, ids, rope_len=longest)
             for t in range(len(ids) - 1):
                 total = total + torch.logsumexp(logits[t], 0) - logits[t, ids[t + 1]]
                 count += 1
@@ -258,6 +265,16 @@ def main():
     run_full_case("full-smollm3", smollm3, True, False, 2, 2, 10, 1e-2, 0.0, 1.0, 10, arch="smollm3")
     run_full_case("full-granite", granite, True, False, 2, 2, 10, 1e-2, 0.0, 1.0, 12, arch="granite")
     run_full_case("full-tied", gqa, True, False, 2, 2, 10, 5e-3, 0.0, 0.0, 5)
+    # Phi-3: fused qkv_proj and gate_up_proj trained as one weight each, rotary on half of each head, longrope with
+    # its long factors (rows of up to 12 tokens past original_max_position_embeddings 8) and attention factor, and a
+    # window of 6 on every layer
+    phi3 = dict(gqa, partial_rotary_factor=0.5, original_max_position_embeddings=8, max_position_embeddings=64,
+                sliding_window=6, rope_scaling={"type": "longrope", "short_factor": [1.0, 1.5],
+                                                "long_factor": [2.0, 5.0]})
+    run_full_case("full-phi3-longrope", phi3, False, False, 2, 2, 12, 1e-2, 0.0, 1.0, 19, arch="phi3")
+    # Phi-3 LoRA: PEFT's one A and B on each fused module (qkv_proj, gate_up_proj), gradient accumulation
+    run_case("phi3-fused-modules", phi3, "phi3", False, False, ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"], 4, 8,
+             False, 3, 2, 2, 12, 1e-2, 0.01, 1.0, "linear", 1, 21)
     # Qwen2 with use_sliding_window: a window of 3 on layer 1 only (max_window_layers 1)
     qwen_window = dict(qwen, num_hidden_layers=2, use_sliding_window=True, sliding_window=3, max_window_layers=1)
     run_full_case("full-gemma3", gemma3, True, False, 2, 2, 10, 1e-2, 0.0, 1.0, 16, arch="gemma3")

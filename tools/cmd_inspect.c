@@ -145,6 +145,12 @@ static int inspect_model(const char *path, int json) {
             cJSON_AddNumberToObject(root, "head_dim", cfg.head_dim);
             cJSON_AddNumberToObject(root, "vocab_size", cfg.vocab_size);
             cJSON_AddBoolToObject(root, "tie_word_embeddings", cfg.tie_word_embeddings);
+            cJSON_AddNumberToObject(root, "rotary_dim", cfg.rotary_dim); /* Phi-3's partial rotary: less than head_dim */
+            if (cfg.rope_longrope) { /* Phi-3's longrope: where its long factors take over, and its attention factor */
+                cJSON *lr = cJSON_AddObjectToObject(root, "longrope");
+                cJSON_AddNumberToObject(lr, "original_max_position_embeddings", cfg.rope_original_max_position);
+                cJSON_AddNumberToObject(lr, "attention_factor", cfg.rope_attention_factor);
+            }
             if (cfg.sliding_window) {
                 cJSON_AddNumberToObject(root, "sliding_window", cfg.sliding_window);
                 cJSON *wl = cJSON_AddArrayToObject(root, "sliding_window_layers");
@@ -196,6 +202,12 @@ static int inspect_model(const char *path, int json) {
                 window_layers_text(&cfg, layers, sizeof layers);
                 printf("  sliding window %d positions, layers %s\n", cfg.sliding_window, layers);
             }
+            if (cfg.rotary_dim != cfg.head_dim)
+                printf("  rotary        the first %d of each head's %d values\n", cfg.rotary_dim, cfg.head_dim);
+            if (cfg.rope_longrope)
+                printf("  rope scaling  longrope: short factors up to %d positions, long ones past them; attention "
+                       "factor %.6g\n", cfg.rope_original_max_position, (double)cfg.rope_attention_factor);
+            if (cfg.fused_proj) printf("  projections   fused: qkv_proj (q, k, v), gate_up_proj (gate, up)\n");
             if (text_prefix)
                 printf("  text model    %s.* : %lld tensors, %lld parameters; the other %lld tensors (vision tower, "
                        "projector) are not run\n", text_prefix, (long long)text_tensors, (long long)text_params,
@@ -260,8 +272,27 @@ static int32_t effective_rank(const double *S, int32_t r) {
     return r;
 }
 
-static void module_label(const lorac_lora_module_t *m, char *buf, size_t cap) {
-    snprintf(buf, cap, "layers.%d.%s.%s", m->layer, m->target <= LORAC_LORA_O ? "self_attn" : "mlp", lorac_lora_target_name(m->target));
+/* The adapter's modules as PEFT counts them (Phi-3's qkv_proj is one). */
+static int32_t peft_modules(const adapter_report_t *rp) {
+    int32_t n = 0;
+    for (int32_t i = 0; i < lorac_adapter_n_modules(rp->adapter); i++) n += !lorac_adapter_module(rp->adapter, i)->in_group;
+    return n;
+}
+
+/* A kind's PEFT name: its target's, or with the model Phi-3's fused module's. */
+static const char *kind_name(const adapter_report_t *rp, int t) {
+    return rp->have_model ? lorac_lora_module_name(&rp->mc, (lorac_lora_target_t)t) : lorac_lora_target_name((lorac_lora_target_t)t);
+}
+
+/* "layers.3.self_attn.q_proj"; a fused module's rows "layers.3.self_attn.qkv_proj[q]" */
+static void module_label(const adapter_report_t *rp, const lorac_lora_module_t *m, char *buf, size_t cap) {
+    const char *block = m->target <= LORAC_LORA_O ? "self_attn" : "mlp";
+    if (!m->in_group && !m->group_out) {
+        snprintf(buf, cap, "layers.%d.%s.%s", m->layer, block, lorac_lora_target_name(m->target));
+        return;
+    }
+    static const char *const rows[LORAC_LORA_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};
+    snprintf(buf, cap, "layers.%d.%s.%s[%s]", m->layer, block, lorac_lora_module_name(&rp->mc, m->target), rows[m->target]);
 }
 
 static const char *bytes_text(int64_t n, char *buf, size_t cap) {
@@ -308,12 +339,13 @@ static void gather_stats(adapter_report_t *rp) {
     if (!rp->sv || !rp->eff_rank) cli_die("out of memory");
     for (int32_t i = 0; i < n; i++) {
         const lorac_lora_module_t *m = lorac_adapter_module(rp->adapter, i);
-        kind_stats_t *k = &rp->kinds[m->target];
-        int64_t np = (int64_t)m->r * (m->in + m->out), nd = (int64_t)m->in * m->out;
+        /* Phi-3's fused modules: one kind per qkv_proj / gate_up_proj, its shared A counted once */
+        kind_stats_t *k = &rp->kinds[!m->in_group ? (int)m->target : m->target <= LORAC_LORA_V ? LORAC_LORA_Q : LORAC_LORA_GATE];
+        int64_t np = (int64_t)m->r * ((m->in_group ? 0 : m->in) + m->out), nd = (int64_t)m->in * m->out;
         float alpha = lorac_lora_module_alpha(m, p->rslora);
         k->r_min = k->count && k->r_min < m->r ? k->r_min : m->r;
         k->r_max = k->count && k->r_max > m->r ? k->r_max : m->r;
-        k->count++;
+        k->count += !m->in_group;
         k->n_params += np;
         k->n_dense += nd;
         rp->n_params += np;
@@ -382,7 +414,7 @@ static void print_adapter_text(const adapter_report_t *rp) {
     size_t k = 0;
     buf[0] = '\0';
     for (int t = 0; t < LORAC_LORA_COUNT; t++)
-        if (rp->kinds[t].count) k += (size_t)snprintf(buf + k, sizeof buf - k, "%s%s", k ? ", " : "", lorac_lora_target_name((lorac_lora_target_t)t));
+        if (rp->kinds[t].count) k += (size_t)snprintf(buf + k, sizeof buf - k, "%s%s", k ? ", " : "", kind_name(rp, t));
     printf("  targets        %s\n", buf);
     layers_text(rp, buf, sizeof buf);
     printf("  layers         %s (of %d)\n", buf, rp->n_layers);
@@ -392,18 +424,18 @@ static void print_adapter_text(const adapter_report_t *rp) {
     printf("  scaling        %s", p->rslora ? "alpha/sqrt(r) (rsLoRA)" : "alpha/r");
     if (rp->scale_min == rp->scale_max) printf(" = %g\n", (double)rp->scale_min);
     else printf(" = %g..%g per module\n", (double)rp->scale_min, (double)rp->scale_max);
-    printf("  modules        %d\n", lorac_adapter_n_modules(rp->adapter));
+    printf("  modules        %d\n", peft_modules(rp));
     printf("  trainable parameters, r*(in+out) against in*out of the adapted matrices:\n");
     printf("    %-10s %6s %14s %14s %9s\n", "module", "count", "r*(in+out)", "in*out", "ratio");
     for (int t = 0; t < LORAC_LORA_COUNT; t++) {
         const kind_stats_t *ks = &rp->kinds[t];
         if (!ks->count) continue;
-        printf("    %-10s %6d %14lld %14lld %8.3f%%", lorac_lora_target_name((lorac_lora_target_t)t), ks->count,
+        printf("    %-10s %6d %14lld %14lld %8.3f%%", kind_name(rp, t), ks->count,
                (long long)ks->n_params, (long long)ks->n_dense, 100.0 * (double)ks->n_params / (double)ks->n_dense);
         if (ks->r_min == ks->r_max) printf("  (r=%d)\n", ks->r_min);
         else printf("  (r=%d..%d)\n", ks->r_min, ks->r_max);
     }
-    printf("    %-10s %6d %14lld %14lld %8.3f%%\n", "total", lorac_adapter_n_modules(rp->adapter), (long long)rp->n_params,
+    printf("    %-10s %6d %14lld %14lld %8.3f%%\n", "total", peft_modules(rp), (long long)rp->n_params,
            (long long)rp->n_dense, 100.0 * (double)rp->n_params / (double)rp->n_dense);
     if (rp->have_model) {
         printf("  of the base    %.4f%% of its %lld parameters\n", 100.0 * (double)rp->n_params / (double)rp->base_params,
@@ -418,7 +450,7 @@ static void print_adapter_text(const adapter_report_t *rp) {
            "sigma_1", "sigma_r");
     for (int32_t i = 0; i < lorac_adapter_n_modules(rp->adapter); i++) {
         const lorac_lora_module_t *m = lorac_adapter_module(rp->adapter, i);
-        module_label(m, buf, sizeof buf);
+        module_label(rp, m, buf, sizeof buf);
         printf("    %-28s %5d %5d %5d %8g %8g %9d %10.4g %10.4g\n", buf, m->in, m->out, m->r,
                (double)lorac_lora_module_alpha(m, p->rslora), (double)m->scale, rp->eff_rank[i], rp->sv[i][0],
                rp->sv[i][m->r - 1]);
@@ -435,7 +467,7 @@ static void print_adapter_json(const adapter_report_t *rp) {
     cJSON_AddBoolToObject(root, "checked_against_model", rp->have_model);
     cJSON *targets = cJSON_AddArrayToObject(root, "targets");
     for (int t = 0; t < LORAC_LORA_COUNT; t++)
-        if (rp->kinds[t].count) cJSON_AddItemToArray(targets, cJSON_CreateString(lorac_lora_target_name((lorac_lora_target_t)t)));
+        if (rp->kinds[t].count) cJSON_AddItemToArray(targets, cJSON_CreateString(kind_name(rp, t)));
     layers_text(rp, buf, sizeof buf);
     cJSON_AddStringToObject(root, "layers", buf);
     cJSON_AddNumberToObject(root, "n_layers", rp->n_layers);
@@ -444,7 +476,7 @@ static void print_adapter_json(const adapter_report_t *rp) {
     cJSON_AddNumberToObject(root, "r_max", rp->r_max);
     cJSON_AddNumberToObject(root, "lora_alpha", p->alpha);
     cJSON_AddBoolToObject(root, "use_rslora", p->rslora);
-    cJSON_AddNumberToObject(root, "n_modules", lorac_adapter_n_modules(rp->adapter));
+    cJSON_AddNumberToObject(root, "n_modules", peft_modules(rp));
     cJSON_AddNumberToObject(root, "n_params", (double)rp->n_params);
     cJSON_AddNumberToObject(root, "n_adapted_params", (double)rp->n_dense);
     cJSON_AddNumberToObject(root, "params_ratio", (double)rp->n_params / (double)rp->n_dense);
@@ -458,7 +490,7 @@ static void print_adapter_json(const adapter_report_t *rp) {
     for (int t = 0; t < LORAC_LORA_COUNT; t++) {
         const kind_stats_t *ks = &rp->kinds[t];
         if (!ks->count) continue;
-        cJSON *o = cJSON_AddObjectToObject(kinds, lorac_lora_target_name((lorac_lora_target_t)t));
+        cJSON *o = cJSON_AddObjectToObject(kinds, kind_name(rp, t));
         cJSON_AddNumberToObject(o, "count", ks->count);
         cJSON_AddNumberToObject(o, "r_min", ks->r_min);
         cJSON_AddNumberToObject(o, "r_max", ks->r_max);
@@ -469,7 +501,7 @@ static void print_adapter_json(const adapter_report_t *rp) {
     for (int32_t i = 0; i < lorac_adapter_n_modules(rp->adapter); i++) {
         const lorac_lora_module_t *m = lorac_adapter_module(rp->adapter, i);
         cJSON *o = cJSON_CreateObject();
-        module_label(m, buf, sizeof buf);
+        module_label(rp, m, buf, sizeof buf);
         cJSON_AddStringToObject(o, "name", buf);
         cJSON_AddNumberToObject(o, "layer", m->layer);
         cJSON_AddStringToObject(o, "target", lorac_lora_target_name(m->target));

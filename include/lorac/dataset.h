@@ -297,7 +297,8 @@ typedef struct {
 } lorac_data_batch_info_t;
 
 /* Fills one batch: tokens, targets, pos and segments are (batch, seq_len)
- * row-major; segments and info may be NULL. A batch never spans two epochs:
+ * row-major; segments and info may be NULL. A row's padding (after its
+ * examples) is token pad_id, target -100, position 0 and segment -1. A batch never spans two epochs:
  * the last one of an epoch may have fewer rows (the rest padding), so an
  * evaluation that reads batches until epoch_end sees every example exactly
  * once. Advances the cursor. INVALID_ARG for batch < 1, seq_len < 1 or a

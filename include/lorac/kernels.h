@@ -206,6 +206,11 @@ void lorac_rope_table(float *cs, const int32_t *positions, const float *inv_freq
 /* lorac_rope_forward (sign +1) or lorac_rope_backward (sign −1) from a
  * lorac_rope_table, bit for bit. */
 void lorac_rope_apply(float *x, const float *cs, int64_t T, int64_t n_heads, int64_t head_dim, int sign);
+/* The same rotating only the first rot (even) values of each head, pairs
+ * (i, i + rot/2), and passing the rest through (Phi-3's
+ * partial_rotary_factor); cs from lorac_rope_table with head_dim = rot. */
+void lorac_rope_apply_partial(float *x, const float *cs, int64_t T, int64_t n_heads, int64_t head_dim, int64_t rot,
+                              int sign);
 
 /* Causal attention over rows of T tokens in which token t sees tokens
  * start[t] .. t of its own row (start[t] > 0 keeps packed examples apart;

@@ -37,7 +37,12 @@ typedef enum {
 
 /* "q_proj", ... */
 const char *lorac_lora_target_name(lorac_lora_target_t t);
-/* Parses "q_proj,v_proj" or "all-linear" into a bit mask (1 << target). */
+/* PEFT's name of the module that holds target t in a model with this
+ * config: the target's own, or Phi-3's fused "qkv_proj" / "gate_up_proj". */
+const char *lorac_lora_module_name(const lorac_model_config_t *c, lorac_lora_target_t t);
+/* Parses "q_proj,v_proj" or "all-linear" into a bit mask (1 << target);
+ * Phi-3's fused modules "qkv_proj" and "gate_up_proj" set q, k, v and
+ * gate, up (on a model without them, the same three and two separately). */
 lorac_status_t lorac_lora_parse_targets(const char *text, uint32_t *mask);
 /* Parses "0-3,7" into a per-layer mask of n_layers bytes (1 = adapted);
  * NULL or "" or "all" selects every layer. */
@@ -71,6 +76,14 @@ typedef struct {
     float *A;   /* (r, in) */
     float *B;   /* (out, r) */
     float *Bt;  /* (r, out) copy of B for decode, or NULL: see lorac_adapter_prepare_inference */
+    /* Phi-3's fused projections (config.fused_proj): PEFT's one LoRA on
+     * qkv_proj (gate_up_proj) is here the modules of q, k and v (gate, up)
+     * sharing one A, each B its rows of the group's B. The group's first
+     * module (q, gate) owns them: group_out is the group's rows (its B is
+     * (group_out, r)); the others have in_group set and point into it.
+     * group_out 0 and in_group false elsewhere. */
+    int32_t group_out;
+    bool in_group;
 } lorac_lora_module_t;
 
 typedef struct lorac_adapter lorac_adapter_t;

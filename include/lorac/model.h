@@ -9,10 +9,10 @@
  *
  * Supported architectures (config.json "architectures"[0]): LlamaForCausalLM,
  * MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM,
- * GraniteForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, and the text
- * model of Gemma3ForConditionalGeneration. Tensor names follow HuggingFace
- * ("model.layers.%d.self_attn.q_proj.weight", ...), mapped in one table in
- * src/model/tensor_names.c.
+ * GraniteForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, the text
+ * model of Gemma3ForConditionalGeneration, and Phi3ForCausalLM. Tensor
+ * names follow HuggingFace ("model.layers.%d.self_attn.q_proj.weight",
+ * ...), mapped in one table in src/model/tensor_names.c.
  */
 #ifndef LORAC_MODEL_H
 #define LORAC_MODEL_H
@@ -36,7 +36,8 @@ typedef enum {
     LORAC_ARCH_SMOLLM3,
     LORAC_ARCH_GRANITE,
     LORAC_ARCH_GEMMA3,
-    LORAC_ARCH_GEMMA2
+    LORAC_ARCH_GEMMA2,
+    LORAC_ARCH_PHI3
 } lorac_arch_t;
 
 /* The MLP's activation: silu(gate)·up (SwiGLU), or gelu(gate)·up with
@@ -44,6 +45,8 @@ typedef enum {
 typedef enum { LORAC_ACT_SILU = 0, LORAC_ACT_GELU_TANH } lorac_act_t;
 
 #define LORAC_MAX_LAYERS 4096
+/* Most rotary frequencies a config may give factors for (head_dim / 2) */
+#define LORAC_MAX_ROPE_FACTORS 256
 
 typedef struct {
     lorac_arch_t arch;
@@ -62,6 +65,20 @@ typedef struct {
     bool rope_llama3;
     float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
     int32_t rope_original_max_position;
+    /* Phi-3's "longrope" (or "su") rope_scaling: frequency i divided by
+     * rope_short_factor[i] in a sequence of up to
+     * rope_original_max_position positions and by rope_long_factor[i] in a
+     * longer one, cosines and sines times rope_attention_factor (1 without) */
+    bool rope_longrope;
+    float rope_attention_factor;
+    float rope_short_factor[LORAC_MAX_ROPE_FACTORS], rope_long_factor[LORAC_MAX_ROPE_FACTORS];
+    /* the rotated part of each head: head_dim, or Phi-3's head_dim ·
+     * partial_rotary_factor (the rest passes through) */
+    int32_t rotary_dim;
+    /* Phi-3: q, k and v in one self_attn.qkv_proj (rows q, k, v), gate and
+     * up in one mlp.gate_up_proj (rows gate, up), read in place as row
+     * blocks; PEFT adapts them as the modules qkv_proj and gate_up_proj */
+    bool fused_proj;
     /* "rope_type": "linear": every frequency divided by it; 1 otherwise */
     float rope_linear_factor;
     /* Gemma 3: the windowed layers' rotary base ("rope_local_base_freq"),
@@ -116,6 +133,11 @@ typedef struct {
     int32_t eos_ids[LORAC_MAX_EOS_IDS];
     char torch_dtype[16];
 } lorac_model_config_t;
+
+/* 1 when a sequence of seq_len positions rotates with Phi-3's long factors. */
+static inline int lorac_model_rope_long(const lorac_model_config_t *c, int64_t seq_len) {
+    return c->rope_longrope && seq_len > c->rope_original_max_position;
+}
 
 /* 0 for a layer that applies no rotary embedding to q and k (SmolLM3's NoPE layers), else 1. */
 static inline int lorac_model_layer_has_rope(const lorac_model_config_t *c, int32_t layer) {

@@ -30,7 +30,7 @@ typedef struct {
     int32_t seq;
     bool pack, train_on_inputs, skip_bad, shuffle;
     lorac_lora_params_t lora;    /* targets/layers are filled from the strings below */
-    const char *targets;         /* "q_proj,v_proj" or "all-linear" */
+    const char *targets;         /* "q_proj,v_proj" or "all-linear"; NULL: PEFT's default for the model (q_proj,v_proj; Phi-3's qkv_proj) */
     const char *layers;          /* "0-3,7"; NULL = all */
     const char *init_adapter;
     bool full;

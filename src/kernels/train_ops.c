@@ -100,11 +100,12 @@ void lorac_rope_table(float *cs, const int32_t *positions, const float *inv_freq
         }
 }
 
-/* Row t of lorac_rope_apply. The pairs (i, i + half) of a head do not
- * overlap, so they vectorise; sg · s is exactly s or its negation. */
-static inline void rope_apply_row(float *x, const float *cs, int64_t t, int64_t n_heads, int64_t head_dim, float sg) {
-    int64_t half = head_dim / 2;
-    const float *c = cs + t * head_dim, *s = c + half;
+/* Row t of lorac_rope_apply_partial. The pairs (i, i + half) of a head do
+ * not overlap, so they vectorise; sg · s is exactly s or its negation. */
+static inline void rope_apply_row(float *x, const float *cs, int64_t t, int64_t n_heads, int64_t head_dim, int64_t rot,
+                                  float sg) {
+    int64_t half = rot / 2;
+    const float *c = cs + t * rot, *s = c + half;
     for (int64_t h = 0; h < n_heads; h++) {
         float *v = x + (t * n_heads + h) * head_dim;
         #pragma omp simd
@@ -115,15 +116,20 @@ static inline void rope_apply_row(float *x, const float *cs, int64_t t, int64_t 
 /* The same products and sums per pair as rope_rotate, with the pairs of a
  * head innermost. */
 LORAC_MULTIVERSION
-void lorac_rope_apply(float *x, const float *cs, int64_t T, int64_t n_heads, int64_t head_dim, int sign) {
+void lorac_rope_apply_partial(float *x, const float *cs, int64_t T, int64_t n_heads, int64_t head_dim, int64_t rot,
+                              int sign) {
     float sg = sign < 0 ? -1.0f : 1.0f;
     /* no OpenMP region below the threshold (see lorac_rmsnorm_forward) */
-    if (T * n_heads * head_dim < LORAC_PARALLEL_MIN_ELEMS) {
-        for (int64_t t = 0; t < T; t++) rope_apply_row(x, cs, t, n_heads, head_dim, sg);
+    if (T * n_heads * rot < LORAC_PARALLEL_MIN_ELEMS) {
+        for (int64_t t = 0; t < T; t++) rope_apply_row(x, cs, t, n_heads, head_dim, rot, sg);
         return;
     }
     #pragma omp parallel for num_threads(lorac_kernels_get_threads()) schedule(static)
-    for (int64_t t = 0; t < T; t++) rope_apply_row(x, cs, t, n_heads, head_dim, sg);
+    for (int64_t t = 0; t < T; t++) rope_apply_row(x, cs, t, n_heads, head_dim, rot, sg);
+}
+
+void lorac_rope_apply(float *x, const float *cs, int64_t T, int64_t n_heads, int64_t head_dim, int sign) {
+    lorac_rope_apply_partial(x, cs, T, n_heads, head_dim, head_dim, sign);
 }
 
 /* ---- attention over packed rows ------------------------------------------

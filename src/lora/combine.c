@@ -161,6 +161,11 @@ lorac_status_t lorac_adapter_combine(const lorac_adapter_t *const *adapters, con
     if (n < 1) return lorac_error(LORAC_STATUS_INVALID_ARG, "no adapters to combine");
     if (!lorac_combine_name(mode)) return lorac_error(LORAC_STATUS_INVALID_ARG, "unknown combination %d", (int)mode);
     if (n == 1) mode = LORAC_COMBINE_LINEAR; /* PEFT: one adapter can only be combined linearly */
+    /* every mode here works module by module, and a fused group's modules share one A */
+    for (int32_t k = 0; k < n; k++)
+        if (adapters[k]->config.fused_proj)
+            return lorac_error(LORAC_STATUS_UNSUPPORTED, "combining adapters of Phi-3's fused qkv_proj / gate_up_proj is not "
+                               "supported (merge them into the model instead: lorac merge takes several)");
     lorac_status_t s;
     int32_t new_r = 0;
     if ((s = check_weights(weights, n)) || (s = check_same_shape(adapters, n)) ||

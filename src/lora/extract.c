@@ -264,6 +264,9 @@ lorac_status_t lorac_extract_adapter(const lorac_model_t *base, const lorac_mode
     if (stats) *stats = NULL;
     const lorac_model_config_t *c = lorac_model_get_config(base);
     lorac_status_t s;
+    if (c->fused_proj) /* a fused group needs one A for its rows together: an SVD of the fused difference */
+        return lorac_error(LORAC_STATUS_UNSUPPORTED, "extracting an adapter from Phi-3's fused qkv_proj / gate_up_proj is "
+                           "not supported");
     if ((s = lorac_lora_check_same_shape(c, lorac_model_get_config(tuned), "the base model", "the tuned model")) ||
         (s = check_params(c, params)))
         return s;

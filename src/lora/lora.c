@@ -22,6 +22,12 @@ int lorac_lora_target_from_name(const char *name, size_t len) {
     return -1;
 }
 
+const char *lorac_lora_module_name(const lorac_model_config_t *c, lorac_lora_target_t t) {
+    int size, lead = lorac_lora_group(c, t, &size);
+    if (size == 1) return k_target_names[t];
+    return lead == LORAC_LORA_Q ? "qkv_proj" : "gate_up_proj";
+}
+
 lorac_status_t lorac_lora_parse_targets(const char *text, uint32_t *mask) {
     *mask = 0;
     if (strcmp(text, "all-linear") == 0 || strcmp(text, "all") == 0) {
@@ -33,11 +39,18 @@ lorac_status_t lorac_lora_parse_targets(const char *text, uint32_t *mask) {
         const char *end = strchr(p, ',');
         size_t len = end ? (size_t)(end - p) : strlen(p);
         int t = lorac_lora_target_from_name(p, len);
-        if (t < 0)
+        if (len == 8 && strncmp(p, "qkv_proj", 8) == 0) {
+            *mask |= 1u << LORAC_LORA_Q | 1u << LORAC_LORA_K | 1u << LORAC_LORA_V;
+        } else if (len == 12 && strncmp(p, "gate_up_proj", 12) == 0) {
+            *mask |= 1u << LORAC_LORA_GATE | 1u << LORAC_LORA_UP;
+        } else if (t < 0) {
             return lorac_error(LORAC_STATUS_INVALID_ARG,
-                               "unknown target module '%.*s' (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj or all-linear)",
+                               "unknown target module '%.*s' (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, "
+                               "Phi-3's qkv_proj and gate_up_proj, or all-linear)",
                                (int)len, p);
-        *mask |= 1u << t;
+        } else {
+            *mask |= 1u << t;
+        }
         p += len + (end ? 1 : 0);
     }
     if (!*mask) return lorac_error(LORAC_STATUS_INVALID_ARG, "no target modules given");
@@ -131,8 +144,20 @@ lorac_status_t lorac_adapter_alloc_ranks(const lorac_model_config_t *config, con
     a->params.layers = a->layer_mask;
     a->params.targets = 0;
     for (int32_t l = 0; l < config->n_layers; l++) {
+        const lorac_lora_module_t *lead = NULL; /* of the current fused group */
+        int64_t lead_row = 0;
         for (int t = 0; t < LORAC_LORA_COUNT; t++) {
             int32_t slot = l * LORAC_LORA_COUNT + t;
+            int size, first = lorac_lora_group(config, t, &size);
+            /* a fused group is adapted whole, with one rank and scale, or not at all */
+            for (int k = first; size > 1 && t == first && k < first + size; k++)
+                if (ranks[l * LORAC_LORA_COUNT + k] != ranks[slot] || scales[l * LORAC_LORA_COUNT + k] != scales[slot]) {
+                    lorac_adapter_free(a);
+                    return lorac_error(LORAC_STATUS_INVALID_ARG,
+                                       "layer %d: %s is one module: its %s can only be adapted together, with one rank "
+                                       "and alpha", l, lorac_lora_module_name(config, (lorac_lora_target_t)t),
+                                       first == LORAC_LORA_Q ? "q, k and v" : "gate and up");
+                }
             a->index[slot] = -1;
             if (!ranks[slot]) continue;
             lorac_lora_module_t *m = &a->modules[a->n_modules];
@@ -141,12 +166,30 @@ lorac_status_t lorac_adapter_alloc_ranks(const lorac_model_config_t *config, con
             m->r = ranks[slot];
             m->scale = scales[slot];
             lorac_lora_target_dims(config, m->target, &m->in, &m->out);
-            m->A = calloc((size_t)m->r * (size_t)m->in, sizeof(float));
-            m->B = calloc((size_t)m->out * (size_t)m->r, sizeof(float));
-            if (!m->A || !m->B) {
-                free(m->A); free(m->B);
-                lorac_adapter_free(a);
-                return lorac_error(LORAC_STATUS_NOMEM, "out of memory for LoRA weights");
+            if (size > 1 && t != first) { /* A and rows of B from the group's first module */
+                m->A = lead->A;
+                m->B = lead->B + lead_row * m->r;
+                m->in_group = true;
+                lead_row += m->out;
+            } else {
+                int64_t rows = m->out;
+                if (size > 1) {
+                    for (int k = first + 1; k < first + size; k++) {
+                        int32_t in_k, out_k;
+                        lorac_lora_target_dims(config, (lorac_lora_target_t)k, &in_k, &out_k);
+                        rows += out_k;
+                    }
+                    m->group_out = (int32_t)rows;
+                    lead = m;
+                    lead_row = m->out;
+                }
+                m->A = calloc((size_t)m->r * (size_t)m->in, sizeof(float));
+                m->B = calloc((size_t)rows * (size_t)m->r, sizeof(float));
+                if (!m->A || !m->B) {
+                    free(m->A); free(m->B);
+                    lorac_adapter_free(a);
+                    return lorac_error(LORAC_STATUS_NOMEM, "out of memory for LoRA weights");
+                }
             }
             a->index[slot] = a->n_modules++;
             a->layer_mask[l] = 1;
@@ -188,6 +231,7 @@ lorac_status_t lorac_adapter_init(const lorac_model_config_t *config, const lora
     for (int32_t i = 0; i < a->n_modules; i++) {
         lorac_lora_module_t *m = &a->modules[i];
         int64_t n = (int64_t)m->r * m->in;
+        if (m->in_group) continue; /* the group's A, drawn for its first module */
         if (params->init == LORAC_LORA_INIT_GAUSSIAN) {
             /* PEFT init_lora_weights="gaussian": normal with std 1/r */
             for (int64_t k = 0; k < n; k++) m->A[k] = lorac_rng_normal(&rng) / (float)m->r;
@@ -206,8 +250,10 @@ void lorac_adapter_free(lorac_adapter_t *a) {
     if (!a) return;
     if (a->modules)
         for (int32_t i = 0; i < a->n_modules; i++) {
-            free(a->modules[i].A);
-            free(a->modules[i].B);
+            if (!a->modules[i].in_group) { /* a fused group's are its first module's */
+                free(a->modules[i].A);
+                free(a->modules[i].B);
+            }
             free(a->modules[i].Bt);
         }
     free(a->modules);
@@ -246,8 +292,8 @@ const lorac_lora_module_t *lorac_adapter_find(const lorac_adapter_t *a, int32_t 
 
 int64_t lorac_adapter_n_params(const lorac_adapter_t *a) {
     int64_t n = 0;
-    for (int32_t i = 0; i < a->n_modules; i++)
-        n += (int64_t)a->modules[i].r * (a->modules[i].in + a->modules[i].out);
+    for (int32_t i = 0; i < a->n_modules; i++) /* a fused group's A once */
+        n += (int64_t)a->modules[i].r * ((a->modules[i].in_group ? 0 : a->modules[i].in) + a->modules[i].out);
     return n;
 }
 

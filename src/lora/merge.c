@@ -23,6 +23,8 @@ static int projection_of(const char *name, int32_t *layer, lorac_lora_target_t *
     char block[16], proj[16];
     if (sscanf(name, "%d.%15[a-z_].%15[a-z_].weight%n", &l, block, proj, &n) != 3 || name[n] != '\0') return 0;
     int t = lorac_lora_target_from_name(proj, strlen(proj));
+    if (!strcmp(proj, "qkv_proj")) t = LORAC_LORA_Q; /* Phi-3's fused projections: their group's first module */
+    if (!strcmp(proj, "gate_up_proj")) t = LORAC_LORA_GATE;
     if (t < 0) return 0;
     *layer = l;
     *target = (lorac_lora_target_t)t;
@@ -78,17 +80,19 @@ lorac_status_t lorac_merge_write(const char *model_dir, const lorac_adapter_t *c
         for (int32_t k = 0; adapted && k < n; k++) {
             const lorac_lora_module_t *m = lorac_adapter_find(adapters[k], layer, target);
             if (!m) continue;
-            if (tv->n_dims != 2 || tv->shape[0] != m->out || tv->shape[1] != m->in) {
+            /* a fused group's first module holds the B of all its rows (Phi-3's qkv_proj) */
+            int32_t rows = m->group_out ? m->group_out : m->out;
+            if (tv->n_dims != 2 || tv->shape[0] != rows || tv->shape[1] != m->in) {
                 free(w);
                 s = lorac_error(LORAC_STATUS_FORMAT, "\"%s\" has shape [%lld, %lld] but the adapter expects [%d, %d]", tv->name,
-                                (long long)tv->shape[0], (long long)(tv->n_dims > 1 ? tv->shape[1] : 0), m->out, m->in);
+                                (long long)tv->shape[0], (long long)(tv->n_dims > 1 ? tv->shape[1] : 0), rows, m->in);
                 goto done;
             }
             /* W (out,in) += c · B (out,r) · A (r,in), accumulated in double per element row */
             float c = scales[k] * m->scale;
             double *row = malloc(sizeof(double) * (size_t)m->in);
             if (!row) { free(w); s = lorac_error(LORAC_STATUS_NOMEM, "out of memory"); goto done; }
-            for (int32_t o = 0; o < m->out; o++) {
+            for (int32_t o = 0; o < rows; o++) {
                 memset(row, 0, sizeof(double) * (size_t)m->in);
                 for (int32_t r = 0; r < m->r; r++) {
                     double b = (double)m->B[(int64_t)o * m->r + r];

@@ -48,10 +48,11 @@ static const char *decoder_prefix(const lorac_model_config_t *c) {
     return c->module_prefix[0] ? c->module_prefix : "model";
 }
 
-/* The module's name in HF's LlamaForCausalLM: "model.layers.3.self_attn.q_proj". */
+/* The module's name in HF's LlamaForCausalLM: "model.layers.3.self_attn.q_proj"
+ * (Phi-3's q, k and v: "model.layers.3.self_attn.qkv_proj"). */
 static void module_name(const lorac_model_config_t *c, int32_t layer, int t, char *buf, size_t cap) {
     snprintf(buf, cap, "%s.layers.%d.%s.%s", decoder_prefix(c), layer, target_block(t),
-             lorac_lora_target_name((lorac_lora_target_t)t));
+             lorac_lora_module_name(c, (lorac_lora_target_t)t));
 }
 
 static void module_key(const lorac_adapter_t *a, const lorac_lora_module_t *m, char which, char *buf, size_t cap) {
@@ -77,6 +78,7 @@ static void add_targets_and_layers(cJSON *o, const lorac_adapter_t *a) {
         /* exact module names: PEFT selects a module named in the list itself */
         char name[NAME_MAX_LEN];
         for (int32_t i = 0; i < a->n_modules; i++) {
+            if (a->modules[i].in_group) continue; /* its group's name is its first module's */
             module_name(&a->config, a->modules[i].layer, a->modules[i].target, name, sizeof name);
             cJSON_AddItemToArray(targets, cJSON_CreateString(name));
         }
@@ -107,8 +109,11 @@ static void add_targets_and_layers(cJSON *o, const lorac_adapter_t *a) {
         cJSON_AddNullToObject(o, "layers_to_transform");
         return;
     }
-    for (int t = 0; t < LORAC_LORA_COUNT; t++)
-        if (a->params.targets >> t & 1u) cJSON_AddItemToArray(targets, cJSON_CreateString(lorac_lora_target_name((lorac_lora_target_t)t)));
+    for (int t = 0; t < LORAC_LORA_COUNT; t++) {
+        int size;
+        if ((a->params.targets >> t & 1u) && lorac_lora_group(&a->config, t, &size) == t)
+            cJSON_AddItemToArray(targets, cJSON_CreateString(lorac_lora_module_name(&a->config, (lorac_lora_target_t)t)));
+    }
     if (all_layers) {
         cJSON_AddNullToObject(o, "layers_to_transform");
     } else {
@@ -128,6 +133,7 @@ static void add_patterns(cJSON *o, const lorac_adapter_t *a) {
     cJSON *alphas = cJSON_AddObjectToObject(o, "alpha_pattern");
     for (int32_t i = 0; i < a->n_modules; i++) {
         const lorac_lora_module_t *m = &a->modules[i];
+        if (m->in_group) continue; /* its group's first module speaks for it */
         char name[NAME_MAX_LEN];
         module_name(&a->config, m->layer, m->target, name, sizeof name);
         const char *key = name + strlen(decoder_prefix(&a->config)) + 1;
@@ -173,17 +179,20 @@ lorac_status_t lorac_adapter_save(const lorac_adapter_t *a, const char *dir, con
     char *st_path = lorac_path_join(dir, "adapter_model.safetensors");
     char *cfg_path = lorac_path_join(dir, "adapter_config.json");
     if (!t || !names || !cfg || !st_path || !cfg_path) { s = lorac_error(LORAC_STATUS_NOMEM, "out of memory"); goto done; }
+    int32_t n_t = 0;
     for (int32_t i = 0; i < a->n_modules; i++) {
         const lorac_lora_module_t *m = &a->modules[i];
-        module_key(a, m, 'A', names[2 * i], sizeof names[0]);
-        module_key(a, m, 'B', names[2 * i + 1], sizeof names[0]);
-        t[2 * i] = (lorac_tensor_write_t){.name = names[2 * i], .dtype = LORAC_DTYPE_F32, .n_dims = 2,
-                                          .shape = {m->r, m->in}, .data = m->A};
-        t[2 * i + 1] = (lorac_tensor_write_t){.name = names[2 * i + 1], .dtype = LORAC_DTYPE_F32, .n_dims = 2,
-                                              .shape = {m->out, m->r}, .data = m->B};
+        if (m->in_group) continue; /* Phi-3's qkv_proj: one A and the group's B, written with its first module */
+        module_key(a, m, 'A', names[n_t], sizeof names[0]);
+        module_key(a, m, 'B', names[n_t + 1], sizeof names[0]);
+        t[n_t] = (lorac_tensor_write_t){.name = names[n_t], .dtype = LORAC_DTYPE_F32, .n_dims = 2,
+                                        .shape = {m->r, m->in}, .data = m->A};
+        t[n_t + 1] = (lorac_tensor_write_t){.name = names[n_t + 1], .dtype = LORAC_DTYPE_F32, .n_dims = 2,
+                                            .shape = {m->group_out ? m->group_out : m->out, m->r}, .data = m->B};
+        n_t += 2;
     }
     const char *mk[1] = {"format"}, *mv[1] = {"pt"};
-    if ((s = lorac_safetensors_write(st_path, t, 2 * a->n_modules, mk, mv, 1))) goto done;
+    if ((s = lorac_safetensors_write(st_path, t, n_t, mk, mv, 1))) goto done;
     s = lorac_file_write_atomic(cfg_path, cfg, strlen(cfg));
 done:
     free(t); free(names); free(cfg); free(st_path); free(cfg_path);
@@ -660,6 +669,7 @@ typedef struct {
     int which; /* 0 = lora_A, 1 = lora_B */
     int prefix; /* index in k_decoder_prefixes */
     int other;  /* 1: a module of another tower (vision) */
+    int fused;  /* 1: Phi-3's qkv_proj or gate_up_proj (target is the group's first) */
 } lora_tensor_t;
 
 /* How adapters name the decoder: a text model's "model", Gemma 3
@@ -671,8 +681,9 @@ static const char *const k_decoder_prefixes[] = {"model", "model.language_model"
 static const char *const k_other_towers[] = {"model.vision_tower.", "vision_tower.", "model.multi_modal_projector.",
                                              "multi_modal_projector."};
 
-/* "PREFIX.layers.N.(self_attn|mlp).TARGET" -> layer, target and prefix, or -1. */
-static int parse_module(const char *p, size_t len, int32_t *layer, int *target, int *prefix) {
+/* "PREFIX.layers.N.(self_attn|mlp).TARGET" -> layer, target and prefix, or
+ * -1; Phi-3's fused modules give their group's first target and *fused. */
+static int parse_module(const char *p, size_t len, int32_t *layer, int *target, int *prefix, int *fused) {
     size_t plen = 0;
     int k;
     for (k = 0; k < N_DECODER_PREFIXES; k++) {
@@ -687,6 +698,7 @@ static int parse_module(const char *p, size_t len, int32_t *layer, int *target, 
     while (q < end && *q >= '0' && *q <= '9' && q - digits < 7) l = l * 10 + (*q++ - '0');
     if (q == digits || q >= end || *q != '.' || (*digits == '0' && q - digits > 1)) return -1;
     q++;
+    *fused = 0;
     for (int t = 0; t < LORAC_LORA_COUNT; t++) {
         char tail[64];
         int n = snprintf(tail, sizeof tail, "%s.%s", target_block(t), lorac_lora_target_name((lorac_lora_target_t)t));
@@ -696,6 +708,15 @@ static int parse_module(const char *p, size_t len, int32_t *layer, int *target, 
             return 0;
         }
     }
+    static const struct { const char *tail; int target; } groups[] = {{"self_attn.qkv_proj", LORAC_LORA_Q},
+                                                                       {"mlp.gate_up_proj", LORAC_LORA_GATE}};
+    for (int k = 0; k < 2; k++)
+        if ((size_t)(end - q) == strlen(groups[k].tail) && memcmp(q, groups[k].tail, strlen(groups[k].tail)) == 0) {
+            *layer = (int32_t)l;
+            *target = groups[k].target;
+            *fused = 1;
+            return 0;
+        }
     return -1;
 }
 
@@ -720,7 +741,7 @@ static lorac_status_t classify_tensor(const char *label, const lorac_tensor_view
                            name, ab[6], ab[6]);
     out->tv = tv;
     out->which = ab[6] == 'B';
-    if (parse_module(p, (size_t)(ab - p), &out->layer, &out->target, &out->prefix) == 0) return LORAC_STATUS_OK;
+    if (parse_module(p, (size_t)(ab - p), &out->layer, &out->target, &out->prefix, &out->fused) == 0) return LORAC_STATUS_OK;
     size_t mlen = (size_t)(ab - p);
     for (size_t k = 0; k < sizeof k_other_towers / sizeof k_other_towers[0]; k++)
         if (strncmp(p, k_other_towers[k], strlen(k_other_towers[k])) == 0) {
@@ -870,6 +891,24 @@ static lorac_status_t scan_tensors(loader_t *ld, const lorac_safetensors_t *st, 
     }
     ld->n_tensors = n;
     if (!n) return lorac_error(LORAC_STATUS_FORMAT, "%s: no LoRA tensors of the language model", ld->st_label);
+    /* Phi-3's fused modules and a model's separate ones are not each other's */
+    for (int64_t i = 0; i < n; i++) {
+        const lora_tensor_t *t = &ld->tensors[i];
+        int size;
+        lorac_lora_group(&(lorac_model_config_t){.fused_proj = true}, t->target, &size);
+        if (mc && t->fused && !mc->fused_proj)
+            return lorac_error(LORAC_STATUS_FORMAT, "%s: tensor \"%s\" adapts Phi-3's fused %s, but %s has separate "
+                               "projections", ld->st_label, t->tv->name, t->target == LORAC_LORA_Q ? "qkv_proj" : "gate_up_proj",
+                               mc->arch_name);
+        if (mc && !t->fused && mc->fused_proj && size > 1)
+            return lorac_error(LORAC_STATUS_FORMAT, "%s: tensor \"%s\" adapts %s, but %s fuses it into %s", ld->st_label,
+                               t->tv->name, lorac_lora_target_name((lorac_lora_target_t)t->target), mc->arch_name,
+                               t->target <= LORAC_LORA_V ? "qkv_proj" : "gate_up_proj");
+        if (!mc && t->fused)
+            return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: tensor \"%s\" adapts Phi-3's fused %s: how its rows split "
+                               "among the projections is the model's to say (give the model: -m MODEL)",
+                               ld->st_label, t->tv->name, t->target == LORAC_LORA_Q ? "qkv_proj" : "gate_up_proj");
+    }
     if (mc) {
         ld->mc = *mc;
         if ((prefix > 0) != mc->text_of_multimodal)
@@ -914,6 +953,9 @@ static lorac_status_t fill_slots(loader_t *ld) {
                                (*p)->tv->name, t->tv->name, t->which ? 'B' : 'A');
         *p = t;
         ld->present[slot] = 1;
+        int size;
+        lorac_lora_group(&ld->mc, t->target, &size);
+        for (int k = 1; t->fused && k < size; k++) ld->present[slot + k] = 1; /* the group's other members */
     }
     return LORAC_STATUS_OK;
 }
@@ -924,6 +966,8 @@ static lorac_status_t match_file_to_selection(loader_t *ld) {
         const lora_tensor_t *A = ld->slots[2 * slot], *B = ld->slots[2 * slot + 1];
         char name[NAME_MAX_LEN];
         module_name(&ld->mc, slot / LORAC_LORA_COUNT, slot % LORAC_LORA_COUNT, name, sizeof name);
+        int size, t = slot % LORAC_LORA_COUNT;
+        if (lorac_lora_group(&ld->mc, t, &size) != t) continue; /* a fused group's tensors are its first member's */
         if (ld->present[slot] && !ld->rank[slot])
             return lorac_error(LORAC_STATUS_FORMAT, "%s: tensor \"%s\" adapts %s, which %s does not select (target_modules, "
                                "exclude_modules, layers_to_transform)", ld->st_label, (A ? A : B)->tv->name, name, ld->cfg_label);
@@ -940,9 +984,16 @@ static lorac_status_t match_file_to_selection(loader_t *ld) {
 static lorac_status_t check_shapes(loader_t *ld) {
     for (int32_t slot = 0; slot < ld->mc.n_layers * LORAC_LORA_COUNT; slot++) {
         if (!ld->rank[slot]) continue;
-        int32_t in, out;
-        lorac_lora_target_dims(&ld->mc, (lorac_lora_target_t)(slot % LORAC_LORA_COUNT), &in, &out);
-        lorac_status_t s = check_module_tensors(ld->st_label, &ld->slots[2 * slot], ld->rank[slot], in, out);
+        int32_t in, out, size, t = slot % LORAC_LORA_COUNT;
+        lorac_lora_target_dims(&ld->mc, (lorac_lora_target_t)t, &in, &out);
+        int first = lorac_lora_group(&ld->mc, t, &size);
+        for (int k = 1; first == t && k < size; k++) { /* a fused group's B: every member's rows */
+            int32_t in_k, out_k;
+            lorac_lora_target_dims(&ld->mc, (lorac_lora_target_t)(t + k), &in_k, &out_k);
+            out += out_k;
+        }
+        lorac_status_t s = first == t ? check_module_tensors(ld->st_label, &ld->slots[2 * slot], ld->rank[slot], in, out)
+                                      : LORAC_STATUS_OK;
         if (s) return s;
         ld->scale[slot] = lorac_lora_scale(ld->alpha[slot], ld->rank[slot], ld->pc.params.rslora);
     }
@@ -960,6 +1011,7 @@ static lorac_status_t load_adapter(loader_t *ld, const char *text, size_t len, c
     if ((s = lorac_adapter_alloc_ranks(&ld->mc, &ld->pc.params, ld->rank, ld->scale, &a))) return s;
     for (int32_t i = 0; i < a->n_modules && !s; i++) {
         lorac_lora_module_t *m = &a->modules[i];
+        if (m->in_group) continue; /* read with its group's first module */
         int32_t slot = m->layer * LORAC_LORA_COUNT + m->target;
         if (!(s = copy_weights(ld->st_label, ld->slots[2 * slot]->tv, m->A))) s = copy_weights(ld->st_label, ld->slots[2 * slot + 1]->tv, m->B);
     }

@@ -18,6 +18,7 @@ static const struct { const char *name; lorac_arch_t arch; } k_archs[] = {
     {"Gemma2ForCausalLM", LORAC_ARCH_GEMMA2},
     /* its text model: a Gemma3ForCausalLM under other names (lorac runs no vision tower) */
     {"Gemma3ForConditionalGeneration", LORAC_ARCH_GEMMA3},
+    {"Phi3ForCausalLM", LORAC_ARCH_PHI3},
 };
 
 /* Reads an integer field. required: absence is an error; otherwise *out keeps
@@ -70,13 +71,20 @@ static lorac_status_t parse_rope_object(const cJSON *rs, const char *label, cons
     if (!type && cJSON_GetObjectItemCaseSensitive(rs, "rope_theta")) return LORAC_STATUS_OK; /* theta alone: default */
     if (!cJSON_IsString(type)) return lorac_error(LORAC_STATUS_FORMAT, "%s: \"%s\" has no \"rope_type\"", label, key);
     if (strcmp(type->valuestring, "default") == 0) return LORAC_STATUS_OK;
+    if (!local && c->arch == LORAC_ARCH_PHI3 &&
+        (strcmp(type->valuestring, "longrope") == 0 || strcmp(type->valuestring, "su") == 0)) {
+        c->rope_longrope = true; /* its factors are read by parse_phi3, once the rotary width is known */
+        return LORAC_STATUS_OK;
+    }
     if (!local && strcmp(type->valuestring, "linear") == 0) {
         c->rope_linear_factor = 1.0f;
         return get_float(rs, label, "factor", 1.0, 1e6, &c->rope_linear_factor);
     }
     if (local || strcmp(type->valuestring, "llama3") != 0)
         return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: %s type \"%s\" is not supported (only \"default\"%s)", label,
-                           key, type->valuestring, local ? "" : ", \"linear\" and \"llama3\"");
+                           key, type->valuestring,
+                           local ? "" : c->arch == LORAC_ARCH_PHI3 ? ", \"linear\", \"llama3\" and \"longrope\""
+                                                                   : ", \"linear\" and \"llama3\"");
     c->rope_llama3 = true;
     c->rope_factor = 8.0f; c->rope_low_freq_factor = 1.0f; c->rope_high_freq_factor = 4.0f;
     c->rope_original_max_position = 8192;
@@ -168,7 +176,8 @@ static lorac_status_t parse_sliding_window(const cJSON *root, const char *label,
     if (w && cJSON_IsNull(w)) window = 0;
     lorac_status_t s = get_int(root, label, "sliding_window", 0, 1, INT32_MAX, &window);
     if (s) return s;
-    bool use = c->arch == LORAC_ARCH_MISTRAL || gemma;
+    /* Phi3Model masks every layer with the window whenever the config has one */
+    bool use = c->arch == LORAC_ARCH_MISTRAL || gemma || c->arch == LORAC_ARCH_PHI3;
     if (!use && (s = get_bool(root, label, "use_sliding_window", &use))) return s;
     if (!use) window = 0;
     const cJSON *types = cJSON_GetObjectItemCaseSensitive(root, "layer_types");
@@ -268,6 +277,62 @@ static lorac_status_t parse_granite(const cJSON *root, const char *label, lorac_
     return LORAC_STATUS_OK;
 }
 
+/* A list of n positive factors, one per rotary frequency. */
+static lorac_status_t get_factors(const cJSON *o, const char *label, const char *key, int32_t n, float *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != n)
+        return lorac_error(LORAC_STATUS_FORMAT, "%s: rope_scaling \"%s\" must be a list of %d numbers (rotary width / 2)",
+                           label, key, n);
+    int32_t i = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, v) {
+        if (!cJSON_IsNumber(e) || !(e->valuedouble > 0.0 && e->valuedouble < 1e12))
+            return lorac_error(LORAC_STATUS_FORMAT, "%s: rope_scaling \"%s\"[%d] must be a positive number", label, key, i);
+        out[i++] = (float)e->valuedouble;
+    }
+    return LORAC_STATUS_OK;
+}
+
+/* Phi-3 (Phi3Config): SiLU only; rotary on the first partial_rotary_factor
+ * of each head; "longrope" scaling: short_factor and long_factor, one per
+ * rotary frequency, the switch past original_max_position_embeddings
+ * (default max_position_embeddings), and an attention factor
+ * ("attention_factor", else sqrt(1 + ln f / ln original) with f =
+ * max_position_embeddings / original, 1 when f <= 1), as transformers'
+ * _compute_longrope_parameters. */
+static lorac_status_t parse_phi3(const cJSON *root, const char *label, lorac_model_config_t *c) {
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
+    if (act && !cJSON_IsNull(act) && (!cJSON_IsString(act) || strcmp(act->valuestring, "silu") != 0))
+        return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: hidden_act \"%s\" is not supported (\"silu\")", label,
+                           cJSON_IsString(act) ? act->valuestring : "?");
+    float partial = 1.0f;
+    lorac_status_t s = get_float(root, label, "partial_rotary_factor", 1e-6, 1.0, &partial);
+    if (s) return s;
+    c->rotary_dim = (int32_t)((double)c->head_dim * (double)partial);
+    if (c->rotary_dim < 2 || c->rotary_dim % 2 != 0)
+        return lorac_error(LORAC_STATUS_FORMAT, "%s: partial_rotary_factor %g of head_dim %d gives an odd or empty rotary width %d",
+                           label, (double)partial, c->head_dim, c->rotary_dim);
+    c->rope_original_max_position = c->max_position_embeddings;
+    if ((s = get_int(root, label, "original_max_position_embeddings", 0, 1, INT32_MAX, &c->rope_original_max_position)))
+        return s;
+    c->rope_attention_factor = 1.0f;
+    if (!c->rope_longrope) return LORAC_STATUS_OK;
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
+    if (!cJSON_IsObject(rs)) rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
+    int32_t n = c->rotary_dim / 2;
+    if (n > LORAC_MAX_ROPE_FACTORS)
+        return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: a rotary width of %d is more than lorac's %d frequencies", label,
+                           c->rotary_dim, LORAC_MAX_ROPE_FACTORS);
+    if ((s = get_factors(rs, label, "short_factor", n, c->rope_short_factor)) ||
+        (s = get_factors(rs, label, "long_factor", n, c->rope_long_factor)))
+        return s;
+    const cJSON *af = cJSON_GetObjectItemCaseSensitive(rs, "attention_factor");
+    if (af && !cJSON_IsNull(af)) return get_float(rs, label, "attention_factor", 1e-6, 1e6, &c->rope_attention_factor);
+    double f = (double)c->max_position_embeddings / (double)c->rope_original_max_position;
+    if (f > 1.0) c->rope_attention_factor = (float)sqrt(1.0 + log(f) / log((double)c->rope_original_max_position));
+    return LORAC_STATUS_OK;
+}
+
 static lorac_status_t parse_eos(const cJSON *root, const char *label, lorac_model_config_t *c) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "eos_token_id");
     c->n_eos = 0;
@@ -308,7 +373,7 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
         s = lorac_error(LORAC_STATUS_UNSUPPORTED,
                         "%s: architecture \"%s\" is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, "
                         "Qwen3ForCausalLM, SmolLM3ForCausalLM, GraniteForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, "
-                        "Gemma3ForConditionalGeneration)",
+                        "Gemma3ForConditionalGeneration, Phi3ForCausalLM)",
                         label, a0->valuestring);
         goto done;
     }
@@ -333,12 +398,13 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
         snprintf(c->tensor_prefix, sizeof c->tensor_prefix, "language_model.model");
     }
 
-    c->rms_norm_eps = 1e-6f;
+    c->rms_norm_eps = c->arch == LORAC_ARCH_PHI3 ? 1e-5f : 1e-6f; /* Phi3Config's default */
     /* SmolLM3Config's and Gemma3TextConfig's defaults */
     c->rope_theta = c->arch == LORAC_ARCH_SMOLLM3 ? 2000000.0f : c->arch == LORAC_ARCH_GEMMA3 ? 1000000.0f : 10000.0f;
     c->rope_linear_factor = 1.0f;
-    c->max_position_embeddings = 2048;
+    c->max_position_embeddings = c->arch == LORAC_ARCH_PHI3 ? 4096 : 2048;
     c->bos_id = -1;
+    if (c->arch == LORAC_ARCH_PHI3) c->bos_id = 1, c->n_eos = 1, c->eos_ids[0] = 32000; /* Phi3Config's */
     c->tie_word_embeddings = c->arch == LORAC_ARCH_GEMMA2 || c->arch == LORAC_ARCH_GEMMA3; /* Gemma's configs' default */
     const int32_t big = 1 << 24;
     /* Gemma3TextConfig's defaults (Gemma 3 4B-27B configs leave several out) */
@@ -373,8 +439,12 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
     if (top != root && ((s = get_int(top, label, "bos_token_id", 0, 0, INT32_MAX, &c->bos_id)) ||
                         (cJSON_GetObjectItemCaseSensitive(top, "eos_token_id") && (s = parse_eos(top, label, c)))))
         goto done;
+    c->rotary_dim = c->head_dim;
     if (c->arch == LORAC_ARCH_QWEN2) {
         c->qkv_bias = true; /* Qwen2 always has q/k/v biases, never o_proj bias */
+    } else if (c->arch == LORAC_ARCH_PHI3) {
+        c->fused_proj = true; /* no biases anywhere */
+        if ((s = parse_phi3(root, label, c))) goto done;
     } else {
         /* Qwen3: q/k/v/o biases as "attention_bias" says (as Llama), none in
          * the MLP whatever "mlp_bias" says (Qwen3MLP has none), and an

@@ -33,6 +33,10 @@ struct lorac_context {
     void *k_cache, *v_cache;   /* (n_seq, n_layers, n_ctx, kv_dim) of params.kv_dtype */
     int32_t *seq_len;          /* (n_seq) cached positions */
     int32_t *seq_seen;         /* (n_seq) scratch for batch validation */
+    /* (n_seq) Phi-3's longrope: 1 when a sequence's cached positions were
+     * rotated with the long factors (it was longer than
+     * rope_original_max_position when they were computed) */
+    uint8_t *seq_long;
     /* activations for n_batch tokens */
     float *x, *xn, *q, *k, *v, *att, *proj, *gate, *up;
     /* (n_batch, head_dim): the batch's rotary cosines and sines (computed
@@ -103,7 +107,7 @@ lorac_status_t lorac_context_init(const lorac_model_t *model, lorac_context_para
     ctx->proj = alloc_floats(B * D, &failed);
     ctx->gate = alloc_floats(B * c->intermediate_size, &failed);
     ctx->up = alloc_floats(B * c->intermediate_size, &failed);
-    ctx->rope_cs = alloc_floats(B * c->head_dim, &failed);
+    ctx->rope_cs = alloc_floats(B * c->head_dim, &failed); /* rotary_dim <= head_dim per token */
     if (model->inv_freq_local) ctx->rope_cs_local = alloc_floats(B * c->head_dim, &failed);
     /* one score row per thread the kernels may use (grown in decode if the
      * thread count is raised later) */
@@ -114,6 +118,7 @@ lorac_status_t lorac_context_init(const lorac_model_t *model, lorac_context_para
     ctx->n_visible = malloc(sizeof(int32_t) * (size_t)B);
     ctx->seq_len = calloc((size_t)p.n_seq, sizeof(int32_t));
     ctx->seq_seen = calloc((size_t)p.n_seq, sizeof(int32_t));
+    ctx->seq_long = calloc((size_t)p.n_seq, 1);
     ctx->seq_adapter = calloc((size_t)p.n_seq, sizeof *ctx->seq_adapter);
     ctx->seq_scale = calloc((size_t)p.n_seq, sizeof(float));
     ctx->run_start = malloc(sizeof(int64_t) * (size_t)B);
@@ -121,7 +126,7 @@ lorac_status_t lorac_context_init(const lorac_model_t *model, lorac_context_para
     ctx->run_adapter = malloc(sizeof *ctx->run_adapter * (size_t)B);
     ctx->run_scale = malloc(sizeof(float) * (size_t)B);
     ctx->lora_segs = malloc(sizeof *ctx->lora_segs * (size_t)(PARTS_MAX * (MAX_ADAPTERS + B)));
-    if (failed || !ctx->k_rows || !ctx->v_rows || !ctx->n_visible || !ctx->seq_len || !ctx->seq_seen ||
+    if (failed || !ctx->k_rows || !ctx->v_rows || !ctx->n_visible || !ctx->seq_len || !ctx->seq_seen || !ctx->seq_long ||
         !ctx->seq_adapter || !ctx->seq_scale || !ctx->run_start || !ctx->run_len || !ctx->run_adapter ||
         !ctx->run_scale || !ctx->lora_segs) {
         lorac_context_free(ctx);
@@ -139,7 +144,7 @@ void lorac_context_free(lorac_context_t *ctx) {
     free(ctx->att); free(ctx->proj); free(ctx->gate); free(ctx->up); free(ctx->rope_cs); free(ctx->rope_cs_local);
     free(ctx->att_scratch);
     free(ctx->k_rows); free(ctx->v_rows); free(ctx->n_visible);
-    free(ctx->seq_len); free(ctx->seq_seen);
+    free(ctx->seq_len); free(ctx->seq_seen); free(ctx->seq_long);
     free(ctx->seq_adapter); free(ctx->seq_scale);
     free(ctx->run_start); free(ctx->run_len); free(ctx->run_adapter); free(ctx->run_scale);
     free(ctx->lora_segs); free(ctx->lora_u);
@@ -294,6 +299,26 @@ static lorac_status_t validate_batch(lorac_context_t *ctx, const lorac_batch_t *
             return lorac_error(LORAC_STATUS_INVALID_ARG, "position %d is past the context size %d", pos, ctx->params.n_ctx);
         ctx->seq_seen[s]++;
     }
+    if (!c->rope_longrope) return LORAC_STATUS_OK;
+    /* Phi-3's longrope rotates a sequence with its long factors once it is
+     * longer than rope_original_max_position, every position of it
+     * (transformers' generate recomputes the whole cache at the switch):
+     * cached positions rotated with the other factors would be wrong */
+    for (int32_t i = 0; i < b->n_tokens; i++) {
+        int32_t s = b->seq_id[i], len = ctx->seq_seen[s];
+        int want = lorac_model_rope_long(c, len);
+        if (ctx->seq_len[s] > 0 && want != ctx->seq_long[s])
+            return lorac_error(LORAC_STATUS_INVALID_ARG,
+                               "sequence %d grows to %d positions, past the %d (original_max_position_embeddings) at "
+                               "which Phi-3's rotary switches from its short to its long factors, after its first %d "
+                               "positions were rotated with the short ones: decode the whole sequence in one batch "
+                               "(as transformers recomputes it)",
+                               s, len, c->rope_original_max_position, ctx->seq_len[s]);
+    }
+    for (int32_t i = 0; i < b->n_tokens; i++) {
+        int32_t s = b->seq_id[i];
+        if (ctx->seq_len[s] == 0) ctx->seq_long[s] = (uint8_t)lorac_model_rope_long(c, ctx->seq_seen[s]);
+    }
     return LORAC_STATUS_OK;
 }
 
@@ -339,8 +364,8 @@ static void attention_block(lorac_context_t *ctx, const lorac_batch_t *b, int32_
     }
     if (lorac_model_layer_has_rope(c, l)) { /* not in SmolLM3's NoPE layers */
         const float *cs = window && ctx->rope_cs_local ? ctx->rope_cs_local : ctx->rope_cs;
-        lorac_rope_apply(ctx->q, cs, T, H, hd, 1);
-        lorac_rope_apply(ctx->k, cs, T, KVH, hd, 1);
+        lorac_rope_apply_partial(ctx->q, cs, T, H, hd, c->rotary_dim, 1);
+        lorac_rope_apply_partial(ctx->k, cs, T, KVH, hd, c->rotary_dim, 1);
     }
     if (c->query_scale != 1.0f) lorac_scale(ctx->q, c->query_scale, T * Q); /* Granite's, Gemma's score scales */
 
@@ -407,8 +432,14 @@ lorac_status_t lorac_context_decode(lorac_context_t *ctx, const lorac_batch_t *b
 
     embed_tokens(ctx->x, &m->embed, b->tokens, T, D);
     if (c->embedding_multiplier != 1.0f) lorac_scale(ctx->x, c->embedding_multiplier, T * D);
-    lorac_rope_table(ctx->rope_cs, b->pos, m->inv_freq, T, c->head_dim);
-    if (ctx->rope_cs_local) lorac_rope_table(ctx->rope_cs_local, b->pos, m->inv_freq_local, T, c->head_dim);
+    if (m->inv_freq_long) { /* Phi-3: each token with its sequence's factors (seq_long) */
+        for (int64_t t = 0; t < T; t++)
+            lorac_model_rope_table(m, ctx->rope_cs + t * c->rotary_dim, b->pos + t, 1,
+                                   ctx->seq_long[b->seq_id[t]] ? m->inv_freq_long : m->inv_freq);
+    } else {
+        lorac_model_rope_table(m, ctx->rope_cs, b->pos, T, m->inv_freq);
+    }
+    if (ctx->rope_cs_local) lorac_model_rope_table(m, ctx->rope_cs_local, b->pos, T, m->inv_freq_local);
     for (int32_t l = 0; l < c->n_layers; l++) {
         attention_block(ctx, b, l);
         mlp_block(ctx, T, l);

@@ -196,7 +196,14 @@ static void plan_activations(lorac_train_pass_t *p, arena_t *a) {
             if (!m) continue;
             max_r = m->r > max_r ? m->r : max_r;
             CARVE(a, s->u[t], N * m->r);
-            if (p->adapter->params.dropout > 0.0f) { CARVE(a, s->keep[t], N * m->in); CARVE(a, s->xdrop[t], N * m->in); }
+            if (p->adapter->params.dropout > 0.0f && m->in_group) {
+                /* a fused group (Phi-3's qkv_proj) drops its one input once, as PEFT's one module does */
+                int size, first = lorac_lora_group(c, t, &size);
+                s->keep[t] = s->keep[first];
+                s->xdrop[t] = s->xdrop[first];
+            } else if (p->adapter->params.dropout > 0.0f) {
+                CARVE(a, s->keep[t], N * m->in); CARVE(a, s->xdrop[t], N * m->in);
+            }
         }
     }
     CARVE(a, p->x_final, N * D); CARVE(a, p->rstd_f, N); CARVE(a, p->xn_f, N * D);
@@ -327,6 +334,27 @@ static lorac_status_t setup_full(lorac_train_pass_t *p) {
         MASTER(L->attn_norm, D, L->d_attn_norm, LORAC_TENSOR_ATTN_NORM, l);
         for (int t = 0; t < LORAC_LORA_COUNT; t++) {
             linear_t *q = &p->layers[l].proj[t];
+            if (c->fused_proj && (t == LORAC_LORA_K || t == LORAC_LORA_V || t == LORAC_LORA_UP)) continue;
+            if (c->fused_proj && (t == LORAC_LORA_Q || t == LORAC_LORA_GATE)) {
+                /* Phi-3's qkv_proj and gate_up_proj: one master and one
+                 * gradient each, whose row blocks are the projections'
+                 * (contiguous in the file too, so one conversion) */
+                int parts = t == LORAC_LORA_Q ? 3 : 2;
+                int64_t count = 0;
+                for (int k = 0; k < parts; k++) count += (int64_t)q[k].in * q[k].out;
+                lorac_wref_t fused = q->w;
+                float *grad;
+                MASTER(fused, count, grad, t == LORAC_LORA_Q ? LORAC_TENSOR_QKV : LORAC_TENSOR_GATE_UP, l);
+                float *d = (float *)fused.data;
+                for (int k = 0; k < parts; k++) {
+                    q[k].w.data = d;
+                    q[k].w.dtype = LORAC_DTYPE_F32;
+                    q[k].dw = grad;
+                    d += (int64_t)q[k].in * q[k].out;
+                    grad += (int64_t)q[k].in * q[k].out;
+                }
+                continue;
+            }
             MASTER(q->w, (int64_t)q->in * q->out, q->dw, k_target_kind[t], l);
             if (q->bias) {
                 lorac_wref_t bref = {q->bias, LORAC_DTYPE_F32};
@@ -367,23 +395,33 @@ static lorac_status_t setup_lora(lorac_train_pass_t *p) {
     float *g = calloc((size_t)(total ? total : 1), sizeof(float));
     if (!g) return lorac_error(LORAC_STATUS_NOMEM, "out of memory for LoRA gradients");
     p->grad_arena = g;
+    float *group_dA = NULL, *group_dB = NULL; /* of the current fused group (Phi-3) */
     for (int32_t i = 0; i < a->n_modules; i++) {
         lorac_lora_module_t *m = &a->modules[i];
         linear_t *q = &p->layers[m->layer].proj[m->target];
         q->lora = m;
-        q->dA = g; g += (int64_t)m->r * m->in;
-        q->dB = g; g += (int64_t)m->out * m->r;
+        if (m->in_group) {
+            /* the group's one A gathers every member's gradient (the
+             * backward adds into dA); B's rows are the member's */
+            q->dA = group_dA;
+            q->dB = group_dB;
+            group_dB += (int64_t)m->out * m->r;
+            continue;
+        }
+        int64_t b_rows = m->group_out ? m->group_out : m->out;
+        q->dA = group_dA = g; g += (int64_t)m->r * m->in;
+        q->dB = g; g += b_rows * m->r;
+        group_dB = q->dB + (int64_t)m->out * m->r;
         const char *block = m->target <= LORAC_LORA_O ? "self_attn" : "mlp";
         char name[128];
         lorac_status_t s;
         /* PEFT's keys: "model" or a multimodal model's "model.language_model" before ".layers" */
         const char *prefix = a->config.module_prefix[0] ? a->config.module_prefix : "model";
-        snprintf(name, sizeof name, "base_model.model.%s.layers.%d.%s.%s.lora_A.weight", prefix, m->layer, block,
-                 lorac_lora_target_name(m->target));
+        const char *module = lorac_lora_module_name(&a->config, m->target);
+        snprintf(name, sizeof name, "base_model.model.%s.layers.%d.%s.%s.lora_A.weight", prefix, m->layer, block, module);
         if ((s = add_param(p, name, m->A, q->dA, (int64_t)m->r * m->in))) return s;
-        snprintf(name, sizeof name, "base_model.model.%s.layers.%d.%s.%s.lora_B.weight", prefix, m->layer, block,
-                 lorac_lora_target_name(m->target));
-        if ((s = add_param(p, name, m->B, q->dB, (int64_t)m->out * m->r))) return s;
+        snprintf(name, sizeof name, "base_model.model.%s.layers.%d.%s.%s.lora_B.weight", prefix, m->layer, block, module);
+        if ((s = add_param(p, name, m->B, q->dB, b_rows * m->r))) return s;
     }
     return LORAC_STATUS_OK;
 }
@@ -504,7 +542,9 @@ static void linear_forward(lorac_train_pass_t *p, const linear_t *q, float *out,
         return;
     }
     const float *xl = x;
-    if (dropout > 0.0f && s->xdrop[t]) {
+    if (dropout > 0.0f && s->xdrop[t] && q->lora->in_group) {
+        xl = s->xdrop[t]; /* the mask and dropped input of the group's first module, on the same input */
+    } else if (dropout > 0.0f && s->xdrop[t]) {
         /* inverted dropout, as torch.nn.Dropout: keep with 1-p, scale by 1/(1-p);
          * without an rng (evaluation) every element is kept unscaled */
         float keep_scale = rng ? 1.0f / (1.0f - dropout) : 1.0f;
@@ -630,8 +670,8 @@ static void layer_forward(lorac_train_pass_t *p, int32_t l, float *x_out, float 
         lap(p, LORAC_PHASE_NORMS);
     }
     if (lorac_model_layer_has_rope(c, l)) { /* not in SmolLM3's NoPE layers */
-        lorac_rope_apply(s->q, layer_rope(p, l), N, H, hd, 1);
-        lorac_rope_apply(s->k, layer_rope(p, l), N, KVH, hd, 1);
+        lorac_rope_apply_partial(s->q, layer_rope(p, l), N, H, hd, c->rotary_dim, 1);
+        lorac_rope_apply_partial(s->k, layer_rope(p, l), N, KVH, hd, c->rotary_dim, 1);
     }
     if (c->query_scale != 1.0f) lorac_scale(s->q, c->query_scale, N * H * hd); /* Granite's, Gemma's score scales */
     lap(p, LORAC_PHASE_ROPE);
@@ -693,8 +733,8 @@ static void layer_backward(lorac_train_pass_t *p, int32_t l, float *dres, float 
     lap(p, LORAC_PHASE_ATTENTION);
     if (c->query_scale != 1.0f) lorac_scale(p->dq, c->query_scale, N * H * hd); /* q was scaled after rotary */
     if (lorac_model_layer_has_rope(c, l)) {
-        lorac_rope_apply(p->dq, layer_rope(p, l), N, H, hd, -1);
-        lorac_rope_apply(p->dk, layer_rope(p, l), N, KVH, hd, -1);
+        lorac_rope_apply_partial(p->dq, layer_rope(p, l), N, H, hd, c->rotary_dim, -1);
+        lorac_rope_apply_partial(p->dk, layer_rope(p, l), N, KVH, hd, c->rotary_dim, -1);
     }
     lap(p, LORAC_PHASE_ROPE);
     const float *dq = p->dq, *dk = p->dk; /* the gradients of q and k as projected */
@@ -864,8 +904,14 @@ lorac_status_t lorac_train_pass_run(lorac_train_pass_t *p, const int32_t *tokens
 
     /* forward */
     lap(p, LORAC_PHASE_ELEMENTWISE);
-    lorac_rope_table(p->rope_cs, pos, m->inv_freq, N, c->head_dim);
-    if (p->rope_cs_local) lorac_rope_table(p->rope_cs_local, pos, m->inv_freq_local, N, c->head_dim);
+    /* Phi-3's longrope: the long factors when the step's longest position
+     * passes rope_original_max_position, as transformers decides from
+     * position_ids */
+    int32_t max_pos = 0;
+    for (int64_t i = 0; m->inv_freq_long && i < N; i++) max_pos = pos[i] > max_pos ? pos[i] : max_pos;
+    lorac_model_rope_table(m, p->rope_cs, pos, N,
+                           m->inv_freq_long && lorac_model_rope_long(c, (int64_t)max_pos + 1) ? m->inv_freq_long : m->inv_freq);
+    if (p->rope_cs_local) lorac_model_rope_table(m, p->rope_cs_local, pos, N, m->inv_freq_local);
     lap(p, LORAC_PHASE_ROPE);
     embed_rows(p, p->acts[0].x_in, tokens, N);
     if (c->embedding_multiplier != 1.0f) lorac_scale(p->acts[0].x_in, c->embedding_multiplier, N * D);

@@ -63,6 +63,7 @@ static lorac_status_t find_tensor_fill(lorac_model_t *m, lorac_tensor_kind_t kin
      * (a tied classifier is the embedding) */
     int product = kind == LORAC_TENSOR_Q || kind == LORAC_TENSOR_K || kind == LORAC_TENSOR_V || kind == LORAC_TENSOR_O ||
                   kind == LORAC_TENSOR_GATE || kind == LORAC_TENSOR_UP || kind == LORAC_TENSOR_DOWN ||
+                  kind == LORAC_TENSOR_QKV || kind == LORAC_TENSOR_GATE_UP ||
                   kind == LORAC_TENSOR_LM_HEAD || (kind == LORAC_TENSOR_EMBED && m->config.tie_word_embeddings);
     int repacked = m->for_training && product && tv->dtype == LORAC_DTYPE_F32 && lorac_kernels_have_packed();
     if ((uintptr_t)tv->data % LORAC_WEIGHT_ALIGN != 0 && !repacked) {
@@ -89,9 +90,19 @@ static lorac_status_t find_tensor(lorac_model_t *m, lorac_tensor_kind_t kind, in
     return find_tensor_fill(m, kind, layer, required, 0, out);
 }
 
+void lorac_model_rope_table(const lorac_model_t *m, float *cs, const int32_t *pos, int64_t T, const float *inv_freq) {
+    int64_t rot = m->config.rotary_dim;
+    lorac_rope_table(cs, pos, inv_freq, T, rot);
+    float f = m->config.rope_attention_factor;
+    if (m->config.rope_longrope && f != 1.0f)
+        for (int64_t i = 0; i < T * rot; i++) cs[i] *= f; /* cos · f and sin · f, as transformers scales them in f32 */
+}
+
 void lorac_model_release_weight(const lorac_model_t *m, const void *data, size_t nbytes) {
-    for (int32_t i = 0; i < m->n_aligned_copies; i++)
-        if (m->aligned_copies[i].dst == data) return; /* heap memory: handing it back would zero it */
+    for (int32_t i = 0; i < m->n_aligned_copies; i++) { /* heap memory (a fused tensor's rows too): handing it back would zero it */
+        const char *dst = m->aligned_copies[i].dst, *p = data;
+        if (p >= dst && p < dst + m->aligned_copies[i].n) return;
+    }
     lorac_file_release(data, nbytes);
 }
 
@@ -138,10 +149,43 @@ static lorac_status_t load_bias(lorac_model_t *m, lorac_tensor_kind_t kind, int3
     return LORAC_STATUS_OK;
 }
 
+/* Row block [row0, row0 + rows) of a [*, cols] weight, in place. */
+static lorac_wref_t weight_rows(lorac_wref_t w, int64_t row0, int64_t cols) {
+    w.data = (const char *)w.data + (size_t)(row0 * cols) * lorac_dtype_size(w.dtype);
+    return w;
+}
+
+/* Phi-3's fused projections, read as Llama's: q, k, v and gate, up are row
+ * blocks of qkv_proj and gate_up_proj (no copies; every block starts a
+ * whole number of rows in, so an aligned tensor stays aligned when its
+ * rows are whole cache lines). */
+static lorac_status_t load_fused(lorac_model_t *m, int32_t l) {
+    lorac_layer_weights_t *L = &m->layers[l];
+    const lorac_model_config_t *c = &m->config;
+    int64_t D = c->hidden_size, Q = (int64_t)c->n_heads * c->head_dim, KV = (int64_t)c->n_kv_heads * c->head_dim;
+    lorac_wref_t qkv, gate_up;
+    lorac_status_t s;
+    if ((s = find_tensor(m, LORAC_TENSOR_QKV, l, 1, &qkv)) || (s = find_tensor(m, LORAC_TENSOR_GATE_UP, l, 1, &gate_up)))
+        return s;
+    L->wq = weight_rows(qkv, 0, D);
+    L->wk = weight_rows(qkv, Q, D);
+    L->wv = weight_rows(qkv, Q + KV, D);
+    L->w_gate = weight_rows(gate_up, 0, D);
+    L->w_up = weight_rows(gate_up, c->intermediate_size, D);
+    return LORAC_STATUS_OK;
+}
+
 static lorac_status_t load_layer(lorac_model_t *m, int32_t l) {
     lorac_layer_weights_t *L = &m->layers[l];
     const lorac_model_config_t *c = &m->config;
     lorac_status_t s;
+    if (c->fused_proj) {
+        if ((s = find_tensor(m, LORAC_TENSOR_ATTN_NORM, l, 1, &L->attn_norm)) || (s = load_fused(m, l)) ||
+            (s = find_tensor(m, LORAC_TENSOR_O, l, 1, &L->wo)) || (s = find_tensor(m, LORAC_TENSOR_FFN_NORM, l, 1, &L->ffn_norm)) ||
+            (s = find_tensor(m, LORAC_TENSOR_DOWN, l, 1, &L->w_down)))
+            return s;
+        return LORAC_STATUS_OK;
+    }
     if ((s = find_tensor(m, LORAC_TENSOR_ATTN_NORM, l, 1, &L->attn_norm)) ||
         (s = find_tensor(m, LORAC_TENSOR_Q, l, 1, &L->wq)) || (s = find_tensor(m, LORAC_TENSOR_K, l, 1, &L->wk)) ||
         (s = find_tensor(m, LORAC_TENSOR_V, l, 1, &L->wv)) || (s = find_tensor(m, LORAC_TENSOR_O, l, 1, &L->wo)) ||
@@ -172,10 +216,12 @@ static lorac_status_t load_layer(lorac_model_t *m, int32_t l) {
 /* inv_freq[i] = theta^(-2i/hd); scaled: with the config's scaling, linear
  * (every frequency divided by the factor) or Llama 3's frequency-dependent
  * one (the same piecewise rule as HF's _compute_llama3_parameters). */
-static void compute_inv_freq(const lorac_model_config_t *c, float theta, int scaled, float *inv_freq) {
-    int32_t half = c->head_dim / 2;
+static void compute_inv_freq(const lorac_model_config_t *c, float theta, int scaled, const float *longrope,
+                             float *inv_freq) {
+    int32_t half = c->rotary_dim / 2;
     for (int32_t i = 0; i < half; i++) {
-        double f = 1.0 / pow((double)theta, (double)(2 * i) / (double)c->head_dim);
+        double f = 1.0 / pow((double)theta, (double)(2 * i) / (double)c->rotary_dim);
+        if (longrope) f /= longrope[i]; /* Phi-3's: 1 / (factor · theta^(2i/d)) */
         if (scaled) f /= c->rope_linear_factor;
         if (scaled && c->rope_llama3) {
             double old_len = c->rope_original_max_position;
@@ -314,9 +360,11 @@ static lorac_status_t model_load(const char *dir, int for_training, lorac_model_
 
     const lorac_model_config_t *c = &m->config;
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
-    m->inv_freq = malloc(sizeof(float) * (size_t)(c->head_dim / 2));
-    m->inv_freq_local = c->rope_local_theta ? malloc(sizeof(float) * (size_t)(c->head_dim / 2)) : NULL;
-    if (!m->layers || !m->inv_freq || (c->rope_local_theta && !m->inv_freq_local)) {
+    m->inv_freq = malloc(sizeof(float) * (size_t)(c->rotary_dim / 2));
+    m->inv_freq_local = c->rope_local_theta ? malloc(sizeof(float) * (size_t)(c->rotary_dim / 2)) : NULL;
+    m->inv_freq_long = c->rope_longrope ? malloc(sizeof(float) * (size_t)(c->rotary_dim / 2)) : NULL;
+    if (!m->layers || !m->inv_freq || (c->rope_local_theta && !m->inv_freq_local) ||
+        (c->rope_longrope && !m->inv_freq_long)) {
         s = lorac_error(LORAC_STATUS_NOMEM, "out of memory");
         goto fail;
     }
@@ -330,8 +378,9 @@ static lorac_status_t model_load(const char *dir, int for_training, lorac_model_
     }
     for (int32_t l = 0; l < c->n_layers; l++)
         if ((s = load_layer(m, l))) goto fail;
-    compute_inv_freq(c, c->rope_theta, 1, m->inv_freq);
-    if (c->rope_local_theta) compute_inv_freq(c, c->rope_local_theta, 0, m->inv_freq_local);
+    compute_inv_freq(c, c->rope_theta, 1, c->rope_longrope ? c->rope_short_factor : NULL, m->inv_freq);
+    if (c->rope_local_theta) compute_inv_freq(c, c->rope_local_theta, 0, NULL, m->inv_freq_local);
+    if (c->rope_longrope) compute_inv_freq(c, c->rope_theta, 1, c->rope_long_factor, m->inv_freq_long);
     /* Gemma 2 and 3 multiply the embedding by sqrt(hidden_size) rounded to the
      * embedding's dtype (34 for 1152 in bf16, not 33.94) */
     if ((c->arch == LORAC_ARCH_GEMMA2 || c->arch == LORAC_ARCH_GEMMA3) && m->embed.dtype != LORAC_DTYPE_F32) {
@@ -370,6 +419,7 @@ void lorac_model_free(lorac_model_t *m) {
     free(m->layers);
     free(m->inv_freq);
     free(m->inv_freq_local);
+    free(m->inv_freq_long);
     for (int32_t i = 0; i < m->n_aligned_copies; i++) free(m->aligned_copies[i].dst);
     free(m->aligned_copies);
     lorac_tokenizer_free(m->tokenizer);

@@ -37,6 +37,8 @@ typedef enum {
     LORAC_TENSOR_K_NORM,
     LORAC_TENSOR_ATTN_POST_NORM, /* sandwich_norms (Gemma 2, 3): the attention's output, and the MLP's */
     LORAC_TENSOR_FFN_POST_NORM,
+    LORAC_TENSOR_QKV,     /* fused_proj (Phi-3): q, k and v rows in one tensor */
+    LORAC_TENSOR_GATE_UP, /* fused_proj: gate and up rows */
     LORAC_TENSOR_COUNT
 } lorac_tensor_kind_t;
 
@@ -72,8 +74,9 @@ struct lorac_model {
     lorac_tokenizer_t *tokenizer;         /* NULL when the directory has none */
     lorac_wref_t embed, final_norm, lm_head; /* lm_head == embed when tied */
     lorac_layer_weights_t *layers;        /* n_layers */
-    float *inv_freq;                      /* head_dim / 2 rotary frequencies */
+    float *inv_freq;                      /* rotary_dim / 2 rotary frequencies (Phi-3's short factors) */
     float *inv_freq_local;                /* the windowed layers' (rope_local_theta); NULL without one */
+    float *inv_freq_long;                 /* Phi-3's long factors (rope_longrope); NULL without */
     aligned_copy_t *aligned_copies;       /* tensors not LORAC_WEIGHT_ALIGN-aligned in the file, copied */
     int32_t n_aligned_copies;
     int for_training;                     /* lorac_model_load_for_training */
@@ -85,5 +88,9 @@ struct lorac_model {
  * aligned copies: the process's memory drops, and the pages come back
  * from the file if read again. For a caller that keeps its own copy. */
 void lorac_model_release_weight(const lorac_model_t *m, const void *data, size_t nbytes);
+
+/* The rotary cosines and sines (T, rotary_dim) of positions pos with the
+ * frequencies inv_freq (one of the model's), times Phi-3's attention factor. */
+void lorac_model_rope_table(const lorac_model_t *m, float *cs, const int32_t *pos, int64_t T, const float *inv_freq);
 
 #endif

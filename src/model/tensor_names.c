@@ -29,6 +29,8 @@ static const char *const k_names[LORAC_TENSOR_COUNT] = {
     [LORAC_TENSOR_K_NORM] = "layers.%d.self_attn.k_norm.weight",
     [LORAC_TENSOR_ATTN_POST_NORM] = "layers.%d.post_attention_layernorm.weight",
     [LORAC_TENSOR_FFN_POST_NORM] = "layers.%d.post_feedforward_layernorm.weight",
+    [LORAC_TENSOR_QKV] = "layers.%d.self_attn.qkv_proj.weight",
+    [LORAC_TENSOR_GATE_UP] = "layers.%d.mlp.gate_up_proj.weight",
 };
 
 int lorac_tensor_is_per_layer(lorac_tensor_kind_t kind) {
@@ -77,6 +79,8 @@ int lorac_tensor_expected_shape(lorac_tensor_kind_t kind, const lorac_model_conf
     case LORAC_TENSOR_DOWN: shape[0] = D; shape[1] = I; return 2;
     case LORAC_TENSOR_GATE_BIAS: case LORAC_TENSOR_UP_BIAS: shape[0] = I; return 1;
     case LORAC_TENSOR_Q_NORM: case LORAC_TENSOR_K_NORM: shape[0] = c->head_dim; return 1;
+    case LORAC_TENSOR_QKV: shape[0] = Q + 2 * KV; shape[1] = D; return 2;
+    case LORAC_TENSOR_GATE_UP: shape[0] = 2 * I; shape[1] = D; return 2;
     case LORAC_TENSOR_COUNT: break;
     }
     return 0;

@@ -94,11 +94,14 @@ lorac_status_t lorac_dataset_read_batch(lorac_dataset_t *ds, lorac_data_cursor_t
         }
         if (used > 0) rows++;
         n_tokens += used;
-        /* padding is a segment of its own: it attends only to itself */
+        /* padding is a segment of its own, each token at position 0: it
+         * attends only to itself, and the batch's largest position is its
+         * longest example's (which picks Phi-3's rotary factors, as the
+         * longest sequence of a padded batch does in transformers) */
         for (int32_t t = used; t < T; t++) {
             tk[t] = ds->pad_id;
             tg[t] = -100;
-            ps[t] = t - used;
+            ps[t] = 0;
             if (sg) sg[t] = -1;
         }
     }

@@ -27,7 +27,7 @@ lorac_train_params_t lorac_train_default_params(void) {
     p.seq = 256;
     p.shuffle = true;
     p.lora = lorac_lora_default_params();
-    p.targets = "q_proj,v_proj";
+    p.targets = NULL; /* the model's default: PEFT's (q_proj, v_proj; Phi-3's qkv_proj) */
     p.lr = 2e-4;
     p.schedule = "linear";
     p.batch = 4;
@@ -55,19 +55,22 @@ static void report_trainable(FILE *log, const lorac_model_t *model, const lorac_
     lorac_adapter_t *aa = (lorac_adapter_t *)a;
     for (int32_t i = 0; i < lorac_adapter_n_modules(aa); i++) {
         const lorac_lora_module_t *m = lorac_adapter_module(aa, i);
-        per_kind[m->target] += (int64_t)m->r * (m->in + m->out);
-        full_kind[m->target] += (int64_t)m->in * m->out;
-        count[m->target]++;
-        rank[m->target] = m->r;
+        /* Phi-3's fused modules: one row per qkv_proj / gate_up_proj, the shared A counted once */
+        int t = !m->in_group ? (int)m->target : m->target <= LORAC_LORA_V ? LORAC_LORA_Q : LORAC_LORA_GATE;
+        per_kind[t] += (int64_t)m->r * ((m->in_group ? 0 : m->in) + m->out);
+        full_kind[t] += (int64_t)m->in * m->out;
+        count[t] += !m->in_group;
+        rank[t] = m->r;
     }
     int64_t total = lorac_adapter_n_params(aa), base = lorac_model_n_params(model), full = 0;
     fprintf(log, "LoRA: r=%d alpha=%g%s dropout=%g\n", lorac_adapter_params(aa)->r, (double)lorac_adapter_params(aa)->alpha,
             lorac_adapter_params(aa)->rslora ? " (rsLoRA)" : "", (double)lorac_adapter_params(aa)->dropout);
-    fprintf(log, "  %-10s %7s %12s %14s %8s\n", "module", "layers", "r*(in+out)", "in*out", "ratio");
+    fprintf(log, "  %-12s %7s %12s %14s %8s\n", "module", "layers", "r*(in+out)", "in*out", "ratio");
     for (int t = 0; t < LORAC_LORA_COUNT; t++) {
         if (!count[t]) continue;
         full += full_kind[t];
-        fprintf(log, "  %-10s %7d %12lld %14lld %7.2f%%  (r=%d)\n", lorac_lora_target_name((lorac_lora_target_t)t), count[t],
+        fprintf(log, "  %-12s %7d %12lld %14lld %7.2f%%  (r=%d)\n",
+                lorac_lora_module_name(lorac_model_get_config(model), (lorac_lora_target_t)t), count[t],
                 (long long)per_kind[t], (long long)full_kind[t], 100.0 * (double)per_kind[t] / (double)full_kind[t], rank[t]);
     }
     fprintf(log, "  trainable %lld parameters = %.3f%% of the adapted matrices (%lld), %.3f%% of the base model (%lld)\n",
@@ -200,8 +203,14 @@ static lorac_status_t evaluate(lorac_train_pass_t *pass, lorac_dataset_t *eval, 
 }
 
 /* ---- outputs ------------------------------------------------------------------ */
+/* --targets, or PEFT's default for the model: q_proj and v_proj, Phi-3's
+ * fused qkv_proj (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING). */
+static const char *targets_or_default(const lorac_train_params_t *p, const lorac_model_config_t *c) {
+    return p->targets ? p->targets : c->fused_proj ? "qkv_proj" : "q_proj,v_proj";
+}
+
 static void write_readme(const lorac_train_params_t *p, const lorac_train_result_t *res, int64_t n_trainable,
-                         const char *format) {
+                         const char *format, const char *targets) {
     char path[4200];
     snprintf(path, sizeof path, "%s/README.md", p->out_dir);
     char *text = NULL; /* sized to fit: the paths in it may be long */
@@ -216,7 +225,7 @@ static void write_readme(const lorac_train_params_t *p, const lorac_train_result
                      p->columns ? p->columns : "", (long long)res->steps, p->batch, p->seq, p->grad_accum, p->lr,
                      p->schedule, (long long)p->warmup, p->weight_decay, p->clip, (unsigned long long)p->seed,
                      (long long)n_trainable, p->full ? "" : " (LoRA on ",
-                     p->full ? "" : p->init_adapter ? "the modules of the --init-adapter" : p->targets, p->full ? "" : ")",
+                     p->full ? "" : p->init_adapter ? "the modules of the --init-adapter" : targets, p->full ? "" : ")",
                      res->first_loss, res->last_loss,
                      isnan(res->eval_loss_after) ? "not measured" : "see metrics.jsonl", p->out_dir, p->model_dir,
                      p->out_dir);
@@ -358,7 +367,8 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
             lorac_lora_params_t lp = p->lora;
             uint8_t *layers = malloc((size_t)cfg->n_layers);
             if (!layers) { s = lorac_error(LORAC_STATUS_NOMEM, "out of memory"); goto done; }
-            if (!(s = lorac_lora_parse_targets(p->targets, &lp.targets)) && !(s = lorac_lora_parse_layers(p->layers, cfg->n_layers, layers))) {
+            if (!(s = lorac_lora_parse_targets(targets_or_default(p, cfg), &lp.targets)) &&
+                !(s = lorac_lora_parse_layers(p->layers, cfg->n_layers, layers))) {
                 lp.layers = layers;
                 s = lorac_adapter_init(cfg, &lp, &adapter);
             }
@@ -546,7 +556,7 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
     const char *tpl = lorac_dataset_chat_template(data);
     snprintf(format, sizeof format, "%s%s%s", lorac_data_format_name(lorac_dataset_format(data)),
              tpl ? ", template " : "", tpl ? tpl : "");
-    write_readme(p, res, n_trainable, format);
+    write_readme(p, res, n_trainable, format, targets_or_default(p, lorac_model_get_config(model)));
     char padding_note[64] = "";
     int64_t run_tokens = res->tokens - tokens_at_start; /* this run's positions; short examples leave padding */
     if (res->example_tokens < run_tokens)

@@ -169,6 +169,7 @@ ARCHS = {
     "granite": ("GraniteForCausalLM", "granite"),
     "gemma3": ("Gemma3ForCausalLM", "gemma3_text"),
     "gemma2": ("Gemma2ForCausalLM", "gemma2"),
+    "phi3": ("Phi3ForCausalLM", "phi3"),
 }
 
 LLAMA3_ROPE_SCALING = {
@@ -272,6 +273,18 @@ def make_config(cfg, dtype="F32", tie=False, bias=False, arch="llama"):
             c["sliding_window_pattern"] = cfg.get("sliding_window_pattern", 6)
             c["rope_local_base_freq"] = cfg.get("rope_local_base_freq", 10000.0)
             c["rope_theta"] = cfg.get("rope_theta", 1000000.0)
+    elif arch == "phi3":
+        # Phi3Config: fused qkv_proj and gate_up_proj, rotary on the first
+        # partial_rotary_factor of each head, "longrope" scaling (short and
+        # long factors per frequency, an attention factor from
+        # max_position_embeddings / original_max_position_embeddings), a
+        # sliding window on every layer when set
+        if bias:
+            raise ValueError("Phi-3 has no biases")
+        c["sliding_window"] = cfg.get("sliding_window")
+        for k in ("partial_rotary_factor", "original_max_position_embeddings"):
+            if cfg.get(k) is not None:
+                c[k] = cfg[k]
     elif arch == "qwen3":
         c["head_dim"] = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
         c["attention_bias"] = bool(bias)
@@ -298,6 +311,36 @@ def has_qkv_bias(c):
 
 def has_o_bias(c):
     return c["model_type"] in ("llama", "qwen3", "smollm3", "granite") and bool(c.get("attention_bias", False))
+
+
+def is_phi3(c):
+    return c.get("model_type") == "phi3"
+
+
+def rotary_dim_of(c):
+    """The rotated part of each head: head_dim times partial_rotary_factor (Phi-3's; 1 elsewhere)."""
+    return int(head_dim_of(c) * float(c.get("partial_rotary_factor", 1.0)))
+
+
+def unfused(weights, c):
+    """Phi-3's qkv_proj and gate_up_proj split into Llama's q/k/v and
+    gate/up weights (rows: q, then k, then v; gate, then up), the rest as is."""
+    if not is_phi3(c):
+        return weights
+    H, KV, hd, F = c["num_attention_heads"], c["num_key_value_heads"], head_dim_of(c), c["intermediate_size"]
+    out = {}
+    for name, t in weights.items():
+        if name.endswith("self_attn.qkv_proj.weight"):
+            p = name[: -len("qkv_proj.weight")]
+            out[p + "q_proj.weight"] = t[: H * hd]
+            out[p + "k_proj.weight"] = t[H * hd: (H + KV) * hd]
+            out[p + "v_proj.weight"] = t[(H + KV) * hd:]
+        elif name.endswith("mlp.gate_up_proj.weight"):
+            p = name[: -len("gate_up_proj.weight")]
+            out[p + "gate_proj.weight"], out[p + "up_proj.weight"] = t[:F], t[F:]
+        else:
+            out[name] = t
+    return out
 
 
 def is_gemma3(c):
@@ -359,8 +402,10 @@ def attention_windows(c):
     mt = c.get("model_type")
     if mt in ("llama", "granite"):
         return [None] * L
+    if mt == "phi3" and c.get("layer_types") is None:  # Phi3Model: the window on every layer when set
+        return [c.get("sliding_window")] * L
     W = c.get("sliding_window", 4096 if mt in ("mistral", "gemma3_text", "gemma2") else None)
-    if mt not in ("mistral", "gemma3_text", "gemma2") and not c.get("use_sliding_window", False):
+    if mt not in ("mistral", "gemma3_text", "gemma2", "phi3") and not c.get("use_sliding_window", False):
         W = None
     if c.get("layer_types") is not None:
         types = c["layer_types"]
@@ -388,9 +433,12 @@ def tensor_shapes(c):
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}."
         s[p + "input_layernorm.weight"] = [D]
-        s[p + "self_attn.q_proj.weight"] = [H * hd, D]
-        s[p + "self_attn.k_proj.weight"] = [KV * hd, D]
-        s[p + "self_attn.v_proj.weight"] = [KV * hd, D]
+        if is_phi3(c):
+            s[p + "self_attn.qkv_proj.weight"] = [(H + 2 * KV) * hd, D]
+        else:
+            s[p + "self_attn.q_proj.weight"] = [H * hd, D]
+            s[p + "self_attn.k_proj.weight"] = [KV * hd, D]
+            s[p + "self_attn.v_proj.weight"] = [KV * hd, D]
         s[p + "self_attn.o_proj.weight"] = [D, H * hd]
         if has_qkv_bias(c):
             s[p + "self_attn.q_proj.bias"] = [H * hd]
@@ -405,8 +453,11 @@ def tensor_shapes(c):
         if is_gemma(c):  # post_attention_layernorm is the attention output's norm there
             s[p + "pre_feedforward_layernorm.weight"] = [D]
             s[p + "post_feedforward_layernorm.weight"] = [D]
-        s[p + "mlp.gate_proj.weight"] = [F, D]
-        s[p + "mlp.up_proj.weight"] = [F, D]
+        if is_phi3(c):
+            s[p + "mlp.gate_up_proj.weight"] = [2 * F, D]
+        else:
+            s[p + "mlp.gate_proj.weight"] = [F, D]
+            s[p + "mlp.up_proj.weight"] = [F, D]
         s[p + "mlp.down_proj.weight"] = [D, F]
     s["model.norm.weight"] = [D]
     if not c["tie_word_embeddings"]:
@@ -573,8 +624,8 @@ def make_multimodal_gemma3(dir, cfg, dtype="F32", seed=0, tie=True, layout="rele
 # ---------------------------------------------------------------------------
 
 def default_inv_freq(c, dtype=torch.float64):
-    """1 / theta^(2i/d), i = 0 .. d/2-1, d = head_dim."""
-    d = head_dim_of(c)
+    """1 / theta^(2i/d), i = 0 .. d/2-1, d = head_dim (its rotated part, rotary_dim_of)."""
+    d = rotary_dim_of(c)
     theta = float(c.get("rope_theta", 10000.0))
     exponent = torch.arange(0, d, 2, dtype=torch.int64).to(dtype) / d
     return 1.0 / (theta ** exponent)
@@ -598,16 +649,32 @@ def llama3_scale_inv_freq(inv_freq, rs):
     return torch.where(is_medium_freq, smoothed_inv_freq, inv_freq_llama)
 
 
-def rope_inv_freq(c, dtype=torch.float64, local=False):
+def longrope_attention_factor(c):
+    """transformers' _compute_longrope_parameters: sqrt(1 + ln(f) / ln(original))
+    with f = max_position_embeddings / original_max_position_embeddings (1 when f <= 1)."""
+    rs = c["rope_scaling"]
+    if rs.get("attention_factor") is not None:
+        return float(rs["attention_factor"])
+    orig = c.get("original_max_position_embeddings", c["max_position_embeddings"])
+    f = c["max_position_embeddings"] / orig
+    return 1.0 if f <= 1.0 else math.sqrt(1 + math.log(f) / math.log(orig))
+
+
+def rope_inv_freq(c, dtype=torch.float64, local=False, seq_len=None):
     """The rotary frequencies; local: Gemma 3's windowed layers' own
-    (rope_local_base_freq, unscaled)."""
+    (rope_local_base_freq, unscaled); seq_len: the length of the sequence
+    (Phi-3's longrope takes its long factors past original_max_position_embeddings)."""
     if local:
         return default_inv_freq(dict(c, rope_theta=c.get("rope_local_base_freq", 10000.0)), dtype)
     inv = default_inv_freq(c, dtype)
     rs = c.get("rope_scaling")
     if rs:
         kind = rs.get("rope_type", rs.get("type"))
-        if kind == "llama3":
+        if kind in ("longrope", "su"):
+            orig = c.get("original_max_position_embeddings", c["max_position_embeddings"])
+            ext = rs["long_factor"] if seq_len is not None and seq_len > orig else rs["short_factor"]
+            inv = inv / torch.tensor(ext, dtype=torch.float64).to(dtype)
+        elif kind == "llama3":
             inv = llama3_scale_inv_freq(inv, rs)
         elif kind == "linear":  # _compute_linear_scaling_rope_parameters
             inv = inv / float(rs["factor"])
@@ -616,21 +683,27 @@ def rope_inv_freq(c, dtype=torch.float64, local=False):
     return inv
 
 
-def rotary_cos_sin(c, positions, hf_float32=False, local=False):
-    """cos, sin of shape [T, head_dim] (each half repeated, HF layout).
+def rotary_cos_sin(c, positions, hf_float32=False, local=False, rope_len=None):
+    """cos, sin of shape [T, rotary_dim] (each half repeated, HF layout),
+    times longrope's attention factor where the config has one; rope_len:
+    the length that picks longrope's factors (transformers: the longest
+    sequence of the batch), by default the positions' own.
 
     hf_float32=True reproduces HF's float32 inv_freq and angle computation
     (then upcast), to measure how much that rounding matters.
     """
+    seq_len = rope_len if rope_len is not None else int(positions.max()) + 1 if len(positions) else 0
+    rs = c.get("rope_scaling") or {}
+    mscale = longrope_attention_factor(c) if rs.get("rope_type", rs.get("type")) in ("longrope", "su") else 1.0
     if hf_float32:
-        inv = rope_inv_freq(c, torch.float32, local)
+        inv = rope_inv_freq(c, torch.float32, local, seq_len)
         ang = (positions.to(torch.float32)[:, None] * inv[None, :]).to(torch.float64)
         emb = torch.cat([ang, ang], dim=-1)
-        return emb.cos().to(torch.float32).double(), emb.sin().to(torch.float32).double()
-    inv = rope_inv_freq(c, torch.float64, local)
+        return (emb.cos() * mscale).to(torch.float32).double(), (emb.sin() * mscale).to(torch.float32).double()
+    inv = rope_inv_freq(c, torch.float64, local, seq_len)
     ang = positions.to(torch.float64)[:, None] * inv[None, :]
     emb = torch.cat([ang, ang], dim=-1)
-    return emb.cos(), emb.sin()
+    return emb.cos() * mscale, emb.sin() * mscale
 
 
 def rotate_half(x):
@@ -643,7 +716,7 @@ def rms_norm(x, w, eps):
 
 
 def llama_forward(weights, c, ids, hf_float32_rope=False, return_hidden=False, kv_dtype=None,
-                  exact_embed_scale=False):
+                  exact_embed_scale=False, rope_len=None):
     """Logits [T, V] (float64) of HF LlamaForCausalLM for one sequence `ids`.
 
     weights: dict of HF tensor name -> tensor (any dtype; values upcast to
@@ -653,6 +726,8 @@ def llama_forward(weights, c, ids, hf_float32_rope=False, return_hidden=False, k
     cache of that dtype stores them (vLLM's and llama.cpp's caches do the
     same).
     """
+    weights = unfused(weights, c)  # Phi-3's fused projections, split
+
     def W(name):
         return weights[name].to(torch.float64)
 
@@ -681,7 +756,7 @@ def llama_forward(weights, c, ids, hf_float32_rope=False, return_hidden=False, k
     emb_dtype = torch.float64 if exact_embed_scale else weights["model.embed_tokens.weight"].dtype
     emb_mult, res_mult, att_scale, logits_div = multipliers(c, emb_dtype)
     x = W("model.embed_tokens.weight")[ids] * emb_mult            # (T, D)
-    cos, sin = rotary_cos_sin(c, torch.arange(T), hf_float32_rope)  # (T, hd)
+    cos, sin = rotary_cos_sin(c, torch.arange(T), hf_float32_rope, rope_len=rope_len)  # (T, rotary_dim)
     cos, sin = cos[:, None, :], sin[:, None, :]
     # Gemma 3's windowed layers rotate with rope_local_base_freq
     cos_l, sin_l = rotary_cos_sin(c, torch.arange(T), hf_float32_rope, local=True)
@@ -700,8 +775,9 @@ def llama_forward(weights, c, ids, hf_float32_rope=False, return_hidden=False, k
             k = norm(k, p + "self_attn.k_norm.weight")
         if use_rope[i]:
             cs, sn = (cos_l, sin_l) if is_gemma3(c) and windows[i] is not None else (cos, sin)
-            q = q * cs + rotate_half(q) * sn
-            k = k * cs + rotate_half(k) * sn
+            rd = cs.shape[-1]  # Phi-3's partial rotary: the rest of each head passes through
+            q = torch.cat([q[..., :rd] * cs + rotate_half(q[..., :rd]) * sn, q[..., rd:]], dim=-1)
+            k = torch.cat([k[..., :rd] * cs + rotate_half(k[..., :rd]) * sn, k[..., rd:]], dim=-1)
         if kv_dtype is not None:
             k = k.to(torch.float32).to(kv_dtype).to(torch.float64)
             v = v.to(torch.float32).to(kv_dtype).to(torch.float64)

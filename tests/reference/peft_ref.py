@@ -43,9 +43,14 @@ DECODER_PREFIXES = ("model", "model.language_model", "language_model.model")
 OTHER_TOWERS = ("model.vision_tower.", "vision_tower.", "model.multi_modal_projector.", "multi_modal_projector.")
 
 
+# Phi-3's modules: q, k, v in one qkv_proj, gate and up in one gate_up_proj
+PHI3_BLOCK = {"qkv_proj": "self_attn", "o_proj": "self_attn", "gate_up_proj": "mlp", "down_proj": "mlp"}
+
+
 def projection_names(c, prefix="model"):
     """Names of every LoRA-able projection of the model, in layer order."""
-    return [f"{prefix}.layers.{i}.{PROJ_BLOCK[p]}.{p}" for i in range(c["num_hidden_layers"]) for p in PROJ_BLOCK]
+    blocks = PHI3_BLOCK if hm.is_phi3(c) else PROJ_BLOCK
+    return [f"{prefix}.layers.{i}.{blocks[p]}.{p}" for i in range(c["num_hidden_layers"]) for p in blocks]
 
 
 def decoder_prefix(names):
