@@ -138,6 +138,10 @@ def write_adapter(dir, c, cfg, prefix, seed, vision=None):
             tensors[key + ".lora_A.weight"] = torch.randn(r, 16, generator=g)
             tensors[key + ".lora_B.weight"] = vision * torch.randn(16, r, generator=g)
     pr.write_adapter(dir, cfg, tensors)
+    # the vision tower's tensors first in the file: skipping them must not skip what follows
+    first = sorted(k for k in tensors if "vision_tower" in k)
+    hm.save_safetensors(os.path.join(dir, "adapter_model.safetensors"), tensors, metadata={"format": "pt"},
+                        order=first + sorted(k for k in tensors if k not in first))
 
 
 def adapter_cases(models, ids):

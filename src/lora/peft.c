@@ -875,6 +875,7 @@ static lorac_status_t scan_tensors(loader_t *ld, const lorac_safetensors_t *st, 
     int prefix = -1;
     for (int64_t i = 0; i < ld->n_tensors; i++) {
         lora_tensor_t *t = &ld->tensors[n];
+        memset(t, 0, sizeof *t); /* the slot may hold a skipped tensor's fields */
         lorac_status_t s = classify_tensor(ld->st_label, lorac_safetensors_get(st, i), t);
         if (s) return s;
         if (t->other) { /* kept out of the adapter, if it changes nothing */

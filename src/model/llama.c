@@ -309,11 +309,11 @@ static lorac_status_t validate_batch(lorac_context_t *ctx, const lorac_batch_t *
         int want = lorac_model_rope_long(c, len);
         if (ctx->seq_len[s] > 0 && want != ctx->seq_long[s])
             return lorac_error(LORAC_STATUS_INVALID_ARG,
-                               "sequence %d grows to %d positions, past the %d (original_max_position_embeddings) at "
-                               "which Phi-3's rotary switches from its short to its long factors, after its first %d "
-                               "positions were rotated with the short ones: decode the whole sequence in one batch "
-                               "(as transformers recomputes it)",
-                               s, len, c->rope_original_max_position, ctx->seq_len[s]);
+                               "sequence %d grows to %d positions, %s the %d (original_max_position_embeddings) past "
+                               "which Phi-3's rotary takes its long factors, and its first %d positions were rotated "
+                               "with the %s ones: decode the whole sequence in one batch (as transformers recomputes it)",
+                               s, len, want ? "past" : "within", c->rope_original_max_position, ctx->seq_len[s],
+                               want ? "short" : "long");
     }
     for (int32_t i = 0; i < b->n_tokens; i++) {
         int32_t s = b->seq_id[i];
