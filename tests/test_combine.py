@@ -244,6 +244,36 @@ def case_errors(model, a, b):
         record(f"error-{name}", ok, f"exit {rc} (want {want_rc}): {err.strip().splitlines()[0] if err.strip() else ''}")
 
 
+def case_phi3():
+    """Phi-3's fused qkv_proj and gate_up_proj are one module each (one A over the fused rows): every
+    combination treats them so, against the same numpy definitions over PEFT's modules."""
+    model = os.path.join(TMP, "model-phi3")
+    c, _ = hm.make_random_model(model, dict(SHAPE, partial_rotary_factor=0.5), dtype="F32", seed=11, arch="phi3")
+    a, b = os.path.join(TMP, "phi3-a"), os.path.join(TMP, "phi3-b")
+    ch.write_random_adapter(a, c, {"r": 4, "lora_alpha": 8, "target_modules": ["qkv_proj", "down_proj"]}, 12)
+    ch.write_random_adapter(b, c, {"r": 4, "lora_alpha": 4, "target_modules": ["qkv_proj", "gate_up_proj"],
+                                   "layers_to_transform": [1]}, 13)
+    specs = [(a, 0.7), (b, -0.3)]
+    both = logits(model, specs, "phi3-both")
+    out = combined("phi3-cat", model, specs, ["--combination", "cat"])
+    if out:
+        r, ref = ref_cat(c, specs)
+        compare_tensors("phi3-cat-tensors", out, r, ref, 1e-6)
+        d = rel(logits(model, [(out, 1)], "phi3-cat"), both)
+        record("phi3-cat-logits", d <= 1e-5, f"logits with the cat adapter vs a:0.7 + b:-0.3 unmerged: {d:.2e}")
+    out = combined("phi3-linear", model, specs, ["--combination", "linear"])
+    if out:
+        r, ref = ref_linear(c, specs)
+        compare_tensors("phi3-linear-tensors", out, r, ref, 1e-6)
+    out = combined("phi3-svd", model, specs, ["--combination", "svd", "--r", "8"])
+    if out:
+        got, want = pr.delta_weights(out, c), ref_delta_sum(c, specs)
+        worst = max(rel(got[n + ".weight"].numpy(), want[n]) for n in want)
+        d = rel(logits(model, [(out, 1)], "phi3-svd"), both)
+        record("phi3-svd", worst <= 1e-5 and d <= 1e-5 and set(got) == {n + ".weight" for n in want},
+               f"s*B@A of each fused module equals sum w*s*B_i@A_i to {worst:.2e}; logits {d:.2e}")
+
+
 def main():
     model = os.path.join(TMP, "model")
     c, _ = hm.make_random_model(model, SHAPE, dtype="F32", seed=1)
@@ -256,6 +286,7 @@ def main():
     case_svd(model, c, specs, both, a, cc)
     case_linear(model, c, a, b, cc)
     case_errors(model, a, b)
+    case_phi3()
     results.finish()
 
 

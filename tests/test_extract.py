@@ -22,7 +22,10 @@ Everything under $LORAC_TEST_TMP/extract/:
       the residual is within 5% of the optimum computed by numpy with the
       default 2 power iterations, within 1e-4 with 8;
   (d) errors: models of different shapes, r larger than a matrix, missing
-      flags, an unknown target.
+      flags, an unknown target;
+  (e) Phi-3: a rank-4 update of each fused qkv_proj / gate_up_proj (one A
+      over its rows) comes back from one SVD per fused module, subsets by
+      --targets qkv_proj,down_proj, and q_proj alone refused.
 
 Run alone: LORAC_BIN=build/lorac /usr/bin/python3 tests/test_extract.py
 """
@@ -126,6 +129,38 @@ def case_recover(name, base_dtype, tuned_dtype):
     worst = max(rel(got[k], want[k]) for k in got)
     record(f"{name}-subset", set(got) == expect and worst <= 1e-5,
            f"modules {sorted(got)} ; largest rel diff {worst:.2e}")
+
+
+def case_recover_phi3():
+    """Phi-3's fused qkv_proj and gate_up_proj: a rank-4 update of each fused weight (one A over its rows, as
+    PEFT's) comes back from one SVD per fused module; --targets qkv_proj,down_proj extracts those only, and
+    q_proj alone is refused (q, k and v are one module)."""
+    base = os.path.join(TMP, "phi3-base")
+    c, w = hm.make_random_model(base, dict(SHAPE, partial_rotary_factor=0.5), dtype="F32", seed=1, arch="phi3")
+    names = pr.projection_names(c)
+    ab = pr.random_lora(c, {n: 4 for n in names}, seed=3)
+    deltas = {n + ".weight": 2.0 * (B.double() @ A.double()) for n, (A, B) in ab.items()}
+    tuned = os.path.join(TMP, "phi3-tuned")
+    want = actual_deltas(w, write_tuned(tuned, c, w, deltas, "F32"))
+    out = os.path.join(TMP, "phi3-ad")
+    rep, err = extract(base, tuned, out, 4)
+    if rep is None:
+        record("phi3-recover", False, f"extract failed: {err.strip()[-800:]}")
+        return
+    got = pr.delta_weights(out, c)
+    worst = max(rel(got[k], want[k]) for k in want)
+    kinds = sorted(rep["kinds"])
+    ok = set(got) == set(want) and len(want) == 12 and worst <= 1e-5 and len(rep["modules"]) == 12 and \
+        kinds == ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"]
+    record("phi3-recover", ok, f"{len(got)} fused/plain modules, s*B@A vs dW largest rel diff {worst:.2e} (tol 1e-5), "
+           f"{len(rep['modules'])} reported, kinds {kinds}")
+    rep, err = extract(base, tuned, out + "-subset", 4, ["--targets", "qkv_proj,down_proj", "--layers", "1"])
+    got = pr.delta_weights(out + "-subset", c) if rep else {}
+    expect = {"model.layers.1.self_attn.qkv_proj.weight", "model.layers.1.mlp.down_proj.weight"}
+    record("phi3-subset", set(got) == expect and max(rel(got[k], want[k]) for k in got) <= 1e-5,
+           f"modules {sorted(got)} {err.strip()[-300:]}")
+    rep, err = extract(base, tuned, out + "-q", 4, ["--targets", "q_proj"])
+    record("phi3-refuses-q_proj-alone", rep is None and "qkv_proj is one module" in err, err.strip()[-300:])
 
 
 # ---------------------------------------------------------------------------
@@ -267,6 +302,7 @@ def case_errors():
 def main():
     case_recover("f32", "F32", "F32")
     case_recover("bf16-base", "BF16", "F32")
+    case_recover_phi3()
     case_full_rank()
     case_trained()
     case_errors()

@@ -64,10 +64,12 @@ typedef struct {
  * adapter's scale s = alpha / r: B = U·sqrt(S/s), A = sqrt(S/s)·Vᵀ, so that
  * s·B·A is the best rank-r approximation the SVD found and the singular
  * values are split evenly between A and B. r must be at most min(in, out) of
- * every selected module.
+ * every selected module. Phi-3's fused qkv_proj (gate_up_proj) is one
+ * module, as PEFT's: one SVD of the difference over all its rows.
  *
  * *out receives the adapter (config of `base`); *stats, when stats is not
- * NULL, a malloc'd array of one entry per module in the adapter's module
+ * NULL, a malloc'd array of one entry per module as PEFT counts them (a
+ * fused group once, under its first target), in the adapter's module
  * order (free() it). On failure nothing is returned. */
 lorac_status_t lorac_extract_adapter(const lorac_model_t *base, const lorac_model_t *tuned,
                                      const lorac_extract_params_t *params, lorac_adapter_t **out,

@@ -161,11 +161,6 @@ lorac_status_t lorac_adapter_combine(const lorac_adapter_t *const *adapters, con
     if (n < 1) return lorac_error(LORAC_STATUS_INVALID_ARG, "no adapters to combine");
     if (!lorac_combine_name(mode)) return lorac_error(LORAC_STATUS_INVALID_ARG, "unknown combination %d", (int)mode);
     if (n == 1) mode = LORAC_COMBINE_LINEAR; /* PEFT: one adapter can only be combined linearly */
-    /* every mode here works module by module, and a fused group's modules share one A */
-    for (int32_t k = 0; k < n; k++)
-        if (adapters[k]->config.fused_proj)
-            return lorac_error(LORAC_STATUS_UNSUPPORTED, "combining adapters of Phi-3's fused qkv_proj / gate_up_proj is not "
-                               "supported (merge them into the model instead: lorac merge takes several)");
     lorac_status_t s;
     int32_t new_r = 0;
     if ((s = check_weights(weights, n)) || (s = check_same_shape(adapters, n)) ||
@@ -194,15 +189,27 @@ lorac_status_t lorac_adapter_combine(const lorac_adapter_t *const *adapters, con
     free(scales);
     if (s) return s;
     const lorac_lora_module_t **src = malloc(sizeof *src * (size_t)n);
-    if (!src) { lorac_adapter_free(res); return lorac_error(LORAC_STATUS_NOMEM, "out of memory"); }
+    lorac_lora_module_t *whole = malloc(sizeof *whole * (size_t)(n + 1));
+    if (!src || !whole) { free(src); free(whole); lorac_adapter_free(res); return lorac_error(LORAC_STATUS_NOMEM, "out of memory"); }
     for (int32_t k = 0; !s && k < res->n_modules; k++) {
-        lorac_lora_module_t *dst = &res->modules[k];
-        for (int32_t i = 0; i < n; i++) src[i] = lorac_adapter_find(adapters[i], dst->layer, dst->target);
+        /* Phi-3's fused qkv_proj (gate_up_proj) is one module: combined as
+         * its first member with the B of all the group's rows (contiguous),
+         * which writes the members' rows and their shared A */
+        if (res->modules[k].in_group) continue;
+        lorac_lora_module_t *dst = &whole[n];
+        *dst = res->modules[k];
+        if (dst->group_out) dst->out = dst->group_out;
+        for (int32_t i = 0; i < n; i++) {
+            const lorac_lora_module_t *m = lorac_adapter_find(adapters[i], dst->layer, dst->target);
+            src[i] = m ? &whole[i] : NULL;
+            if (m) whole[i] = *m, whole[i].out = m->group_out ? m->group_out : m->out;
+        }
         if (mode == LORAC_COMBINE_CAT) combine_cat(dst, src, weights, n);
         else if (mode == LORAC_COMBINE_LINEAR) combine_linear(dst, src, weights, n);
         else s = combine_svd(dst, src, weights, n);
     }
     free(src);
+    free(whole);
     if (s) { lorac_adapter_free(res); return s; }
     *out = res;
     return LORAC_STATUS_OK;

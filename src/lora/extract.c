@@ -264,9 +264,6 @@ lorac_status_t lorac_extract_adapter(const lorac_model_t *base, const lorac_mode
     if (stats) *stats = NULL;
     const lorac_model_config_t *c = lorac_model_get_config(base);
     lorac_status_t s;
-    if (c->fused_proj) /* a fused group needs one A for its rows together: an SVD of the fused difference */
-        return lorac_error(LORAC_STATUS_UNSUPPORTED, "extracting an adapter from Phi-3's fused qkv_proj / gate_up_proj is "
-                           "not supported");
     if ((s = lorac_lora_check_same_shape(c, lorac_model_get_config(tuned), "the base model", "the tuned model")) ||
         (s = check_params(c, params)))
         return s;
@@ -284,8 +281,15 @@ lorac_status_t lorac_extract_adapter(const lorac_model_t *base, const lorac_mode
     }
     lorac_extract_stat_t *st = calloc((size_t)(a->n_modules ? a->n_modules : 1), sizeof *st);
     if (!st) { lorac_adapter_free(a); return lorac_error(LORAC_STATUS_NOMEM, "out of memory"); }
+    int32_t n_st = 0;
     for (int32_t i = 0; i < a->n_modules && !s; i++) {
-        s = extract_module(base, tuned, params, &a->modules[i], &st[i]);
+        /* Phi-3's fused group: one SVD over all its rows (the members' B
+         * rows follow its first's, in both models' weights too), which
+         * writes the members' rows and their shared A */
+        if (a->modules[i].in_group) continue;
+        lorac_lora_module_t whole = a->modules[i];
+        if (whole.group_out) whole.out = whole.group_out;
+        s = extract_module(base, tuned, params, &whole, &st[n_st++]);
         if (!s && params->progress) params->progress(params->progress_user, i + 1, a->n_modules);
     }
     if (s || !stats) free(st);
