@@ -1,7 +1,9 @@
 /* The forward pass over batches: a prompt processed as one batch equals the
  * same tokens one at a time; two sequences in one batch equal each alone;
  * bad batches are refused without touching the cache; repeated runs are
- * bit-identical; a sliding window keeps all of that. (Parity with PyTorch is tests/test_logits_parity.py.) */
+ * bit-identical; a sliding window keeps all of that; Phi-3's longrope
+ * factors are a sequence's, fixed by its first batch or its given length.
+ * (Parity with PyTorch is tests/test_logits_parity.py.) */
 #include <sys/stat.h>
 
 #include "lorac/kernels.h"
@@ -18,6 +20,35 @@ static float frand(uint64_t *s) {
 
 static char g_dir[4096];
 
+/* One tensor of a test model: name (with %d for per-layer ones), shape, values offset + scale·U(-0.5, 0.5). */
+typedef struct { const char *fmt; int per_layer; int64_t d0, d1; float scale, offset; } tensor_spec_t;
+
+/* Writes dir/model.safetensors from the specs, random values drawn in order from seed. */
+static void write_tensors(const char *dir, const tensor_spec_t *spec, size_t n_spec, uint64_t seed) {
+    enum { MAX_T = 64, MAX_N = 2 * I * D > V * D ? 2 * I * D : V * D };
+    static char names[MAX_T][96];
+    static float data[MAX_T][MAX_N];
+    lorac_tensor_write_t t[MAX_T];
+    int n = 0;
+    for (size_t k = 0; k < n_spec; k++)
+        for (int l = 0; l < (spec[k].per_layer ? L : 1); l++) {
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+            if (spec[k].per_layer) snprintf(names[n], sizeof names[n], spec[k].fmt, l);
+            else snprintf(names[n], sizeof names[n], "%s", spec[k].fmt);
+#pragma GCC diagnostic pop
+            int64_t count = spec[k].d0 * (spec[k].d1 ? spec[k].d1 : 1);
+            for (int64_t i = 0; i < count; i++) data[n][i] = spec[k].offset + spec[k].scale * frand(&seed);
+            t[n] = (lorac_tensor_write_t){.name = names[n], .dtype = LORAC_DTYPE_F32, .n_dims = spec[k].d1 ? 2 : 1,
+                                          .shape = {spec[k].d0, spec[k].d1}, .data = data[n]};
+            n++;
+        }
+    char path[4300];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    lorac_status_t st = lorac_safetensors_write(path, t, n, NULL, NULL, 0);
+    CHECK_MSG(st == LORAC_STATUS_OK, "%s", lorac_error_message());
+}
+
 /* window > 0: the same weights as Mistral with a sliding window of that many positions */
 static void write_model(int window) {
     snprintf(g_dir, sizeof g_dir, "%s/forward-batch-model%s", tl_tmpdir(), window ? "-window" : "");
@@ -30,12 +61,7 @@ static void write_model(int window) {
                "\"vocab_size\": %d, \"rms_norm_eps\": 1e-5, \"tie_word_embeddings\": false, \"sliding_window\": %d}",
             window ? "MistralForCausalLM" : "LlamaForCausalLM", D, I, L, H, KVH, V, window);
     fclose(f);
-    static char names[64][96];
-    static float data[64][V * D > I * D ? V * D : I * D];
-    lorac_tensor_write_t t[64];
-    int n = 0;
-    uint64_t seed = 1;
-    const struct { const char *fmt; int per_layer; int64_t d0, d1; float scale, offset; } spec[] = {
+    static const tensor_spec_t spec[] = {
         {"model.embed_tokens.weight", 0, V, D, 1.0f, 0},
         {"model.layers.%d.input_layernorm.weight", 1, D, 0, 0.2f, 1},
         {"model.layers.%d.self_attn.q_proj.weight", 1, H * HD, D, 0.5f, 0},
@@ -49,23 +75,7 @@ static void write_model(int window) {
         {"model.norm.weight", 0, D, 0, 0.2f, 1},
         {"lm_head.weight", 0, V, D, 0.5f, 0},
     };
-    for (size_t s = 0; s < sizeof spec / sizeof spec[0]; s++) {
-        for (int l = 0; l < (spec[s].per_layer ? L : 1); l++) {
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wformat-nonliteral"
-            if (spec[s].per_layer) snprintf(names[n], sizeof names[n], spec[s].fmt, l);
-            else snprintf(names[n], sizeof names[n], "%s", spec[s].fmt);
-#pragma GCC diagnostic pop
-            int64_t count = spec[s].d0 * (spec[s].d1 ? spec[s].d1 : 1);
-            for (int64_t i = 0; i < count; i++) data[n][i] = spec[s].offset + spec[s].scale * frand(&seed);
-            t[n] = (lorac_tensor_write_t){.name = names[n], .dtype = LORAC_DTYPE_F32, .n_dims = spec[s].d1 ? 2 : 1,
-                                          .shape = {spec[s].d0, spec[s].d1}, .data = data[n]};
-            n++;
-        }
-    }
-    snprintf(path, sizeof path, "%s/model.safetensors", g_dir);
-    lorac_status_t st = lorac_safetensors_write(path, t, n, NULL, NULL, 0);
-    CHECK_MSG(st == LORAC_STATUS_OK, "%s", lorac_error_message());
+    write_tensors(g_dir, spec, sizeof spec / sizeof spec[0], 1);
 }
 
 static double max_rel_diff(const float *a, const float *b, int64_t n) {
@@ -94,7 +104,78 @@ static void prompt_two_ways(lorac_context_t *ctx, const int32_t *toks, int n, fl
     }
 }
 
+/* Phi-3 with longrope switching past 4 positions (fused projections, rotary
+ * on half of each head): a sequence's factors are fixed by its first batch
+ * (or the length lorac_context_set_seq_rope_len gives), so a prompt decoded
+ * in pieces with the hint equals it in one batch; without the hint the
+ * piece that crosses the switch is refused and the cache kept, and so is a
+ * sequence kept back within the switch after long-factor positions. */
+static void test_phi3_longrope(void) {
+    char dir[4200], path[4300];
+    snprintf(dir, sizeof dir, "%s/forward-batch-phi3", tl_tmpdir());
+    mkdir(dir, 0755);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *f = fopen(path, "w");
+    fprintf(f, "{\"architectures\": [\"Phi3ForCausalLM\"], \"hidden_size\": %d, \"intermediate_size\": %d, "
+               "\"num_hidden_layers\": %d, \"num_attention_heads\": %d, \"num_key_value_heads\": %d, \"vocab_size\": %d, "
+               "\"partial_rotary_factor\": 0.5, \"max_position_embeddings\": 64, \"original_max_position_embeddings\": 4, "
+               "\"rope_scaling\": {\"type\": \"longrope\", \"short_factor\": [1.0, 1.5], \"long_factor\": [4.0, 9.0]}}",
+            D, I, L, H, KVH, V);
+    fclose(f);
+    static const tensor_spec_t spec[] = {
+        {"model.embed_tokens.weight", 0, V, D, 1.0f, 0},
+        {"model.layers.%d.input_layernorm.weight", 1, D, 0, 0.2f, 1},
+        {"model.layers.%d.self_attn.qkv_proj.weight", 1, (H + 2 * KVH) * HD, D, 0.5f, 0},
+        {"model.layers.%d.self_attn.o_proj.weight", 1, D, H * HD, 0.5f, 0},
+        {"model.layers.%d.post_attention_layernorm.weight", 1, D, 0, 0.2f, 1},
+        {"model.layers.%d.mlp.gate_up_proj.weight", 1, 2 * I, D, 0.5f, 0},
+        {"model.layers.%d.mlp.down_proj.weight", 1, D, I, 0.5f, 0},
+        {"model.norm.weight", 0, D, 0, 0.2f, 1},
+        {"lm_head.weight", 0, V, D, 0.5f, 0},
+    };
+    write_tensors(dir, spec, sizeof spec / sizeof spec[0], 3);
+    lorac_model_t *m;
+    lorac_status_t s = lorac_model_load(dir, &m);
+    CHECK_MSG(s == LORAC_STATUS_OK, "%s", lorac_error_message());
+    if (s) return;
+    lorac_context_params_t cp = {.n_ctx = 16, .n_seq = 2, .n_batch = 8};
+    lorac_context_t *ctx;
+    CHECK(lorac_context_init(m, cp, &ctx) == LORAC_STATUS_OK);
+    const int32_t toks[7] = {1, 7, 3, 49, 0, 22, 5};
+    int32_t pos[7], seq0[7] = {0}, seq1[7] = {1, 1, 1, 1, 1, 1, 1};
+    int8_t want[7] = {1, 1, 1, 1, 1, 1, 1};
+    for (int i = 0; i < 7; i++) pos[i] = i;
+    float whole[7 * V], pieces[7 * V];
+    lorac_batch_t b = {.n_tokens = 7, .tokens = toks, .pos = pos, .seq_id = seq0, .logits = want};
+    CHECK(lorac_context_decode(ctx, &b, whole) == LORAC_STATUS_OK && lorac_context_seq_rope_long(ctx, 0));
+    /* in pieces of 3, 3 and 1 with the hint: the same logits */
+    lorac_context_set_seq_rope_len(ctx, 1, 7);
+    for (int from = 0; from < 7; from += 3) {
+        int cnt = 7 - from < 3 ? 7 - from : 3;
+        lorac_batch_t p = {.n_tokens = cnt, .tokens = toks + from, .pos = pos + from, .seq_id = seq1, .logits = want};
+        CHECK(lorac_context_decode(ctx, &p, pieces + from * V) == LORAC_STATUS_OK);
+    }
+    double d = max_rel_diff(pieces, whole, 7 * V);
+    printf("phi3 longrope: a prompt in pieces with its length given vs in one batch: max rel diff %.3g\n", d);
+    CHECK(d <= 1e-5);
+    /* without the hint the second piece crosses the switch: refused, the cache kept */
+    lorac_context_clear_seq(ctx, 1);
+    lorac_batch_t p0 = {.n_tokens = 3, .tokens = toks, .pos = pos, .seq_id = seq1, .logits = NULL};
+    CHECK(lorac_context_decode(ctx, &p0, pieces) == LORAC_STATUS_OK && !lorac_context_seq_rope_long(ctx, 1));
+    lorac_batch_t p1 = {.n_tokens = 3, .tokens = toks + 3, .pos = pos + 3, .seq_id = seq1, .logits = NULL};
+    CHECK(lorac_context_decode(ctx, &p1, pieces) == LORAC_STATUS_INVALID_ARG &&
+          strstr(lorac_error_message(), "grows to 6 positions, past the 4") && lorac_context_seq_len(ctx, 1) == 3);
+    /* a long-factor sequence kept back within the switch and grown again: refused */
+    lorac_context_keep_seq(ctx, 0, 2);
+    lorac_batch_t p2 = {.n_tokens = 1, .tokens = toks + 2, .pos = pos + 2, .seq_id = seq0, .logits = NULL};
+    CHECK(lorac_context_decode(ctx, &p2, pieces) == LORAC_STATUS_INVALID_ARG &&
+          strstr(lorac_error_message(), "grows to 3 positions, within the 4") && lorac_context_seq_len(ctx, 0) == 2);
+    lorac_context_free(ctx);
+    lorac_model_free(m);
+}
+
 int main(void) {
+    test_phi3_longrope();
     write_model(0);
     lorac_model_t *m;
     lorac_status_t s = lorac_model_load(g_dir, &m);

@@ -870,6 +870,44 @@ def test_gemma3_server():
     check(rc == 0, f"gemma3 server: exit {rc}")
 
 
+def test_phi3_server():
+    """A random Phi-3 model with longrope switching past 8 positions, TinyLlama's tokenizer and Phi-3.5's chat
+    template: a request whose prompt (5 tokens) plus max_tokens (6) may pass the switch is rotated with the long
+    factors from its first position (a running batch cannot recompute one sequence at the switch), so its greedy
+    reply is the reference's with the long factors throughout; one that stays within is the short factors'."""
+    import torch  # noqa: F401 (hf_model's forward)
+    d = os.path.join(TMP, "phi3")
+    c, w = hf_model.make_random_model(d, dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                              num_attention_heads=4, num_key_value_heads=2, vocab_size=32000,
+                                              partial_rotary_factor=0.5, max_position_embeddings=64,
+                                              original_max_position_embeddings=8,
+                                              rope_scaling={"type": "longrope", "short_factor": [1.0, 1.7],
+                                                            "long_factor": [3.0, 8.0]}),
+                                      arch="phi3", seed=8,
+                                      tokenizer_json=os.path.join(FIX, "tokenizers", "tinyllama-1.1b-chat-v1.0",
+                                                                  "tokenizer.json"))
+    prompt = [int(x) for x in subprocess.run([BIN, "tokenize", "-m", d, "-p", "Once upon a time"],
+                                             capture_output=True, text=True, check=True).stdout.split()]
+    s = Server(["-m", d, "--served-model-name", "phi"], os.path.join(TMP, "server-phi3.log"))
+    try:
+        def greedy(n, rope_len):
+            ids = list(prompt)
+            for _ in range(n):
+                ids.append(int(hf_model.llama_forward(w, c, ids, rope_len=rope_len)[-1].argmax()))
+            return ids[len(prompt):]
+        check(greedy(6, 1000) != greedy(6, 1), "phi3 longrope: the factors must change this reply")
+        for n, rope_len in ((6, 1000), (2, 1)):  # 5 + 6 > 8: long; 5 + 2 <= 8: short
+            r = complete(s.port, {"model": "phi", "prompt": prompt, "max_tokens": n, "temperature": 0})
+            got = r["object"]["choices"][0]["text"] if r["status"] == 200 else None
+            want = subprocess.run([BIN, "tokenize", "-m", d, "--decode", " ".join(map(str, greedy(n, rope_len)))],
+                                  capture_output=True, text=True, check=True).stdout.rstrip("\n")
+            # a reply decoded alone loses SentencePiece's leading space
+            check(got is not None and got.lstrip(" ") == want, f"phi3 longrope, max_tokens {n}: {got!r}, the reference {want!r}")
+    finally:
+        rc = s.stop()
+    check(rc == 0, f"phi3 server: exit {rc}")
+
+
 def main():
     if not BIN or not FIX:
         print("LORAC_BIN and LORAC_FIXTURES must be set")
@@ -897,10 +935,11 @@ def main():
     test_second_server(model)
     test_qwen3_server()
     test_gemma3_server()
+    test_phi3_server()
     print(f"total {time.time() - t0:.1f}s")
     print(f"{passed} passed, {failed} failed")
     if failed:
-        for log in ("server.log", "server2.log", "server3.log", "server-gemma3.log"):
+        for log in ("server.log", "server2.log", "server3.log", "server-gemma3.log", "server-phi3.log"):
             path = os.path.join(TMP, log)
             if os.path.exists(path):
                 lines = open(path, errors="replace").read().splitlines()

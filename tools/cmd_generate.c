@@ -123,6 +123,37 @@ static int emit_token(gen_t *g, lorac_utf8_stream_t *st, int32_t id, int strip_s
     return release(g, 0);
 }
 
+/* Decodes ids[from .. to) into the cache in batches (the logits of the last). */
+static void decode_range(gen_t *g, const int32_t *ids, int32_t from, int32_t to) {
+    for (int32_t done = from; done < to;) {
+        int32_t n = to - done < g->n_batch ? to - done : g->n_batch;
+        for (int32_t j = 0; j < n; j++) g->pos[j] = done + j;
+        lorac_batch_t b = {.n_tokens = n, .tokens = ids + done, .pos = g->pos, .seq_id = g->seq, .logits = NULL};
+        cli_check(lorac_context_decode(g->ctx, &b, g->logits));
+        if (ids != g->cached) memcpy(g->cached + done, ids + done, sizeof(int32_t) * (size_t)n);
+        done += n;
+    }
+}
+
+/* Phi-3's longrope: transformers rotates a sequence with its long factors
+ * once it is longer than original_max_position_embeddings, and recomputes
+ * the cache when generation takes it across. So does this: before the
+ * cache grows to len, a cache rotated with the short factors that len
+ * needs the long ones for is dropped (the caller decodes it again), and a
+ * fresh one is decoded with the factors of its whole length. Returns the
+ * cached length to continue from. */
+static int32_t rope_switch(gen_t *g, int32_t len) {
+    if (!lorac_model_get_config(g->model)->rope_longrope) return g->n_cached;
+    int32_t from = g->n_cached;
+    if (from > 0 && !lorac_context_seq_rope_long(g->ctx, 0) && lorac_model_rope_long(lorac_model_get_config(g->model), len))
+        from = 0;
+    if (from == 0) {
+        lorac_context_clear_seq(g->ctx, 0);
+        lorac_context_set_seq_rope_len(g->ctx, 0, len);
+    }
+    return from;
+}
+
 /* Feeds ids[g->n_cached ..] (the prompt past what the cache already holds)
  * in batches, then samples up to n_predict tokens, printing each and
  * feeding it back. Returns why it stopped; *n_gen and the two phases'
@@ -132,14 +163,7 @@ static const char *generate(gen_t *g, const int32_t *ids, int32_t n_ids, int str
     double t0 = lorac_seconds();
     lorac_sampler_reset(g->sampler); /* the penalties count this prompt and this reply */
     lorac_sampler_add_prompt(g->sampler, ids, n_ids);
-    for (int32_t done = g->n_cached; done < n_ids;) {
-        int32_t n = n_ids - done < g->n_batch ? n_ids - done : g->n_batch;
-        for (int32_t j = 0; j < n; j++) g->pos[j] = done + j;
-        lorac_batch_t b = {.n_tokens = n, .tokens = ids + done, .pos = g->pos, .seq_id = g->seq, .logits = NULL};
-        cli_check(lorac_context_decode(g->ctx, &b, g->logits));
-        memcpy(g->cached + done, ids + done, sizeof(int32_t) * (size_t)n);
-        done += n;
-    }
+    decode_range(g, ids, rope_switch(g, n_ids), n_ids);
     g->n_cached = n_ids;
     double t1 = lorac_seconds();
     lorac_utf8_stream_t stream = {0};
@@ -155,6 +179,7 @@ static const char *generate(gen_t *g, const int32_t *ids, int32_t n_ids, int str
         if (*n_gen == g->n_predict) break;
         if (g->n_cached >= g->n_ctx) { stop = "context"; break; }
         int32_t p = g->n_cached, zero = 0;
+        if (rope_switch(g, p + 1) == 0) decode_range(g, g->cached, 0, p); /* again, with the long factors */
         lorac_batch_t b = {.n_tokens = 1, .tokens = &next, .pos = &p, .seq_id = &zero, .logits = NULL};
         cli_check(lorac_context_decode(g->ctx, &b, g->logits));
         g->cached[g->n_cached++] = next;

@@ -251,6 +251,18 @@ void lorac_context_clear_seq(lorac_context_t *ctx, int32_t seq_id);
 void lorac_context_keep_seq(lorac_context_t *ctx, int32_t seq_id, int32_t n);
 /* Cached length of a sequence. */
 int32_t lorac_context_seq_len(const lorac_context_t *ctx, int32_t seq_id);
+/* Phi-3's longrope: transformers rotates all the positions of a forward
+ * pass with the long factors when its sequence is longer than
+ * original_max_position_embeddings. A sequence's factors are fixed when
+ * its first positions are decoded, by the largest of the length that batch
+ * takes it to and the length given here (so a prompt decoded in several
+ * batches is rotated as one pass over it is); a later batch that would
+ * need the other factors is refused (transformers recomputes the cache
+ * there: clear the sequence and decode it again). Reset by
+ * lorac_context_clear_seq; nothing for other models. */
+void lorac_context_set_seq_rope_len(lorac_context_t *ctx, int32_t seq_id, int32_t len);
+/* 1 when the sequence's cached positions were rotated with the long factors. */
+int lorac_context_seq_rope_long(const lorac_context_t *ctx, int32_t seq_id);
 
 /* ---- training pass ---------------------------------------------------------
  * Forward and backward over a batch of rows (batch, seq_len) with every

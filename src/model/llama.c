@@ -37,6 +37,7 @@ struct lorac_context {
      * rotated with the long factors (it was longer than
      * rope_original_max_position when they were computed) */
     uint8_t *seq_long;
+    int32_t *seq_rope_len;     /* (n_seq) lorac_context_set_seq_rope_len's, 0 when not given */
     /* activations for n_batch tokens */
     float *x, *xn, *q, *k, *v, *att, *proj, *gate, *up;
     /* (n_batch, head_dim): the batch's rotary cosines and sines (computed
@@ -119,6 +120,7 @@ lorac_status_t lorac_context_init(const lorac_model_t *model, lorac_context_para
     ctx->seq_len = calloc((size_t)p.n_seq, sizeof(int32_t));
     ctx->seq_seen = calloc((size_t)p.n_seq, sizeof(int32_t));
     ctx->seq_long = calloc((size_t)p.n_seq, 1);
+    ctx->seq_rope_len = calloc((size_t)p.n_seq, sizeof(int32_t));
     ctx->seq_adapter = calloc((size_t)p.n_seq, sizeof *ctx->seq_adapter);
     ctx->seq_scale = calloc((size_t)p.n_seq, sizeof(float));
     ctx->run_start = malloc(sizeof(int64_t) * (size_t)B);
@@ -126,7 +128,7 @@ lorac_status_t lorac_context_init(const lorac_model_t *model, lorac_context_para
     ctx->run_adapter = malloc(sizeof *ctx->run_adapter * (size_t)B);
     ctx->run_scale = malloc(sizeof(float) * (size_t)B);
     ctx->lora_segs = malloc(sizeof *ctx->lora_segs * (size_t)(PARTS_MAX * (MAX_ADAPTERS + B)));
-    if (failed || !ctx->k_rows || !ctx->v_rows || !ctx->n_visible || !ctx->seq_len || !ctx->seq_seen || !ctx->seq_long ||
+    if (failed || !ctx->k_rows || !ctx->v_rows || !ctx->n_visible || !ctx->seq_len || !ctx->seq_seen || !ctx->seq_long || !ctx->seq_rope_len ||
         !ctx->seq_adapter || !ctx->seq_scale || !ctx->run_start || !ctx->run_len || !ctx->run_adapter ||
         !ctx->run_scale || !ctx->lora_segs) {
         lorac_context_free(ctx);
@@ -144,7 +146,7 @@ void lorac_context_free(lorac_context_t *ctx) {
     free(ctx->att); free(ctx->proj); free(ctx->gate); free(ctx->up); free(ctx->rope_cs); free(ctx->rope_cs_local);
     free(ctx->att_scratch);
     free(ctx->k_rows); free(ctx->v_rows); free(ctx->n_visible);
-    free(ctx->seq_len); free(ctx->seq_seen); free(ctx->seq_long);
+    free(ctx->seq_len); free(ctx->seq_seen); free(ctx->seq_long); free(ctx->seq_rope_len);
     free(ctx->seq_adapter); free(ctx->seq_scale);
     free(ctx->run_start); free(ctx->run_len); free(ctx->run_adapter); free(ctx->run_scale);
     free(ctx->lora_segs); free(ctx->lora_u);
@@ -267,7 +269,15 @@ static void adapted_product(lorac_context_t *ctx, int32_t layer, lorac_matmul_pa
 }
 
 void lorac_context_clear_seq(lorac_context_t *ctx, int32_t seq_id) {
-    if (seq_id >= 0 && seq_id < ctx->params.n_seq) ctx->seq_len[seq_id] = 0;
+    if (seq_id >= 0 && seq_id < ctx->params.n_seq) ctx->seq_len[seq_id] = 0, ctx->seq_rope_len[seq_id] = 0;
+}
+
+void lorac_context_set_seq_rope_len(lorac_context_t *ctx, int32_t seq_id, int32_t len) {
+    if (seq_id >= 0 && seq_id < ctx->params.n_seq && len >= 0) ctx->seq_rope_len[seq_id] = len;
+}
+
+int lorac_context_seq_rope_long(const lorac_context_t *ctx, int32_t seq_id) {
+    return seq_id >= 0 && seq_id < ctx->params.n_seq && ctx->seq_len[seq_id] > 0 && ctx->seq_long[seq_id];
 }
 
 void lorac_context_keep_seq(lorac_context_t *ctx, int32_t seq_id, int32_t n) {
@@ -306,7 +316,7 @@ static lorac_status_t validate_batch(lorac_context_t *ctx, const lorac_batch_t *
      * cached positions rotated with the other factors would be wrong */
     for (int32_t i = 0; i < b->n_tokens; i++) {
         int32_t s = b->seq_id[i], len = ctx->seq_seen[s];
-        int want = lorac_model_rope_long(c, len);
+        int want = lorac_model_rope_long(c, len > ctx->seq_rope_len[s] ? len : ctx->seq_rope_len[s]);
         if (ctx->seq_len[s] > 0 && want != ctx->seq_long[s])
             return lorac_error(LORAC_STATUS_INVALID_ARG,
                                "sequence %d grows to %d positions, %s the %d (original_max_position_embeddings) past "
@@ -317,7 +327,8 @@ static lorac_status_t validate_batch(lorac_context_t *ctx, const lorac_batch_t *
     }
     for (int32_t i = 0; i < b->n_tokens; i++) {
         int32_t s = b->seq_id[i];
-        if (ctx->seq_len[s] == 0) ctx->seq_long[s] = (uint8_t)lorac_model_rope_long(c, ctx->seq_seen[s]);
+        int32_t len = ctx->seq_seen[s] > ctx->seq_rope_len[s] ? ctx->seq_seen[s] : ctx->seq_rope_len[s];
+        if (ctx->seq_len[s] == 0) ctx->seq_long[s] = (uint8_t)lorac_model_rope_long(c, len);
     }
     return LORAC_STATUS_OK;
 }

@@ -259,6 +259,11 @@ static request_t *admit_locked(lorac_engine_t *e) {
         e->slots[s] = r;
         e->n_running++;
         lorac_context_clear_seq(e->ctx, s);
+        /* Phi-3's longrope: the long factors from the start when the request
+         * may grow past original_max_position_embeddings (a running batch
+         * cannot recompute one sequence's cache at the switch, as
+         * transformers' generate does) */
+        lorac_context_set_seq_rope_len(e->ctx, s, r->n_prompt + r->max_tokens);
         lorac_context_set_seq_adapter(e->ctx, s, r->adapter ? r->adapter->adapter : NULL, 1.0f);
     }
     return cancelled;
