@@ -37,9 +37,7 @@ Run alone: LORAC_BIN=build/lorac /usr/bin/python3 tests/test_multimodal.py
 import json
 import os
 import random
-import re
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -47,12 +45,11 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "reference"))
+import cli_harness as ch  # noqa: E402
 import hf_model as hm  # noqa: E402
 import peft_ref as pr  # noqa: E402
 
-SRC = os.environ.get("LORAC_SRC", os.path.dirname(HERE))
-LORAC = os.environ.get("LORAC_BIN") or os.path.join(SRC, "build", "lorac")
-TMP = os.path.join(os.environ.get("LORAC_TEST_TMP") or os.path.join(SRC, "build", "test-tmp"), "multimodal")
+TMP = ch.scratch("multimodal")
 
 # 8 heads and 4 kv heads are Gemma3TextConfig's defaults: the configs leave them out
 SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=8,
@@ -60,17 +57,9 @@ SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_att
              query_pre_attn_scalar=24, rope_local_base_freq=100.0)
 EOS = (1, 5)
 
-results = []
-
-
-def record(name, ok, msg):
-    print(f"{'PASS' if ok else 'FAIL'}  {name}: {msg}", flush=True)
-    results.append((name, ok))
-
-
-def lorac(args):
-    p = subprocess.run([LORAC] + args, capture_output=True, text=True, timeout=300)
-    return p.returncode, p.stdout, p.stderr
+results = ch.Results("test_multimodal")
+record = results.record
+lorac = ch.run
 
 
 def rel(a, b):
@@ -213,10 +202,7 @@ def write_text_twin(c, w):
     """The multimodal model's text model as a Gemma3ForCausalLM directory."""
     d = os.path.join(TMP, "text-twin")
     if not os.path.isdir(d):
-        os.makedirs(d)
-        with open(os.path.join(d, "config.json"), "w") as f:
-            json.dump(c, f, indent=2)
-        hm.save_safetensors(os.path.join(d, "model.safetensors"), w, metadata={"format": "pt"})
+        hm.write_model_dir(d, c, w)
     return d
 
 
@@ -283,15 +269,15 @@ def training_cases(models):
 def main():
     shutil.rmtree(TMP, ignore_errors=True)
     os.makedirs(TMP)
-    print(f"lorac: {LORAC}\nfiles: {TMP}", flush=True)
+    print(f"lorac: {ch.LORAC}\nfiles: {TMP}", flush=True)
     ids = torch.randint(6, 97, (15,), generator=torch.Generator().manual_seed(2)).tolist()
     models = parity_cases(ids)
     adapter_cases(models, ids)
     training_cases(models)
-    npass = sum(1 for _, ok in results if ok)
-    print(f"{npass} passed, {len(results) - npass} failed")
-    return 1 if len(results) != npass or not results else 0
+    if not results.items:
+        record("checks-ran", False, "no check ran")
+    results.finish()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -30,11 +30,6 @@ static void show_progress(void *user, int32_t done, int32_t total) {
     fflush(stderr);
 }
 
-/* The base model's config, for module names (Phi-3's fused qkv_proj). */
-static const lorac_model_config_t *g_config;
-
-static const char *kind_name(int t) { return lorac_lora_module_name(g_config, (lorac_lora_target_t)t); }
-
 /* Energy summary of one module kind (or all, kind < 0). */
 typedef struct {
     int32_t count;
@@ -63,8 +58,10 @@ static void add_energy(cJSON *o, const energy_t *e) {
     cJSON_AddNumberToObject(o, "energy_of_total", weighted(e));
 }
 
-static void print_json(const char *base, const char *tuned, const char *out, const lorac_extract_params_t *p,
-                       float alpha, const lorac_extract_stat_t *st, int32_t n, double seconds) {
+/* c: the base's config, which names the modules (Phi-3's fused qkv_proj) */
+static void print_json(const lorac_model_config_t *c, const char *base, const char *tuned, const char *out,
+                       const lorac_extract_params_t *p, float alpha, const lorac_extract_stat_t *st, int32_t n,
+                       double seconds) {
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "base", base);
     cJSON_AddStringToObject(root, "tuned", tuned);
@@ -79,7 +76,7 @@ static void print_json(const char *base, const char *tuned, const char *out, con
     for (int32_t i = 0; i < n; i++) {
         cJSON *m = cJSON_CreateObject();
         cJSON_AddNumberToObject(m, "layer", st[i].layer);
-        cJSON_AddStringToObject(m, "module", kind_name(st[i].target));
+        cJSON_AddStringToObject(m, "module", lorac_lora_module_name(c, st[i].target));
         cJSON_AddNumberToObject(m, "energy", st[i].energy);
         cJSON_AddNumberToObject(m, "delta_norm2", st[i].delta_norm2);
         cJSON_AddNumberToObject(m, "kept_norm2", st[i].kept2);
@@ -90,7 +87,7 @@ static void print_json(const char *base, const char *tuned, const char *out, con
     cJSON *kinds = cJSON_AddObjectToObject(root, "kinds");
     for (int t = 0; t < LORAC_LORA_COUNT; t++) {
         energy_t e = summarize(st, n, t);
-        if (e.count) add_energy(cJSON_AddObjectToObject(kinds, kind_name(t)), &e);
+        if (e.count) add_energy(cJSON_AddObjectToObject(kinds, lorac_lora_module_name(c, (lorac_lora_target_t)t)), &e);
     }
     energy_t all = summarize(st, n, -1);
     add_energy(cJSON_AddObjectToObject(root, "total"), &all);
@@ -100,15 +97,15 @@ static void print_json(const char *base, const char *tuned, const char *out, con
     cJSON_Delete(root);
 }
 
-static void print_text(const char *out, const lorac_extract_params_t *p, float alpha, const lorac_extract_stat_t *st,
-                       int32_t n, double seconds) {
+static void print_text(const lorac_model_config_t *c, const char *out, const lorac_extract_params_t *p, float alpha,
+                       const lorac_extract_stat_t *st, int32_t n, double seconds) {
     printf("extracted a rank-%d adapter (lora_alpha %g) into %s: %d modules, oversample %d, %d power iterations, seed %llu\n",
            p->r, (double)alpha, out, n, p->oversample, p->power_iters, (unsigned long long)p->seed);
     printf("  module        layers   energy min  energy mean  of ||dW||^2\n");
     for (int t = 0; t <= LORAC_LORA_COUNT; t++) {
         energy_t e = summarize(st, n, t < LORAC_LORA_COUNT ? t : -1);
         if (!e.count) continue;
-        printf("  %-12s %7d   %9.4f%%  %10.4f%%  %10.4f%%\n", t < LORAC_LORA_COUNT ? kind_name(t) : "all",
+        printf("  %-12s %7d   %9.4f%%  %10.4f%%  %10.4f%%\n", t < LORAC_LORA_COUNT ? lorac_lora_module_name(c, (lorac_lora_target_t)t) : "all",
                e.count, 100 * e.min, 100 * e.sum / e.count, 100 * weighted(&e));
     }
     printf("  (energy: the share of ||W_tuned - W_base||_F^2 the rank-%d adapter keeps)\n", p->r);
@@ -157,9 +154,8 @@ int cmd_extract(int argc, char **argv) {
     float alpha = p.alpha > 0 ? p.alpha : (float)p.r;
     int32_t n = 0; /* the stats' modules: Phi-3's fused ones once */
     for (int32_t i = 0; i < lorac_adapter_n_modules(adapter); i++) n += !lorac_adapter_module(adapter, i)->in_group;
-    g_config = c;
-    if (json) print_json(base_dir, tuned_dir, out, &p, alpha, st, n, seconds);
-    else print_text(out, &p, alpha, st, n, seconds);
+    if (json) print_json(c, base_dir, tuned_dir, out, &p, alpha, st, n, seconds);
+    else print_text(c, out, &p, alpha, st, n, seconds);
     free(st);
     free(mask);
     lorac_adapter_free(adapter);

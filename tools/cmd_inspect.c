@@ -340,7 +340,7 @@ static void gather_stats(adapter_report_t *rp) {
     for (int32_t i = 0; i < n; i++) {
         const lorac_lora_module_t *m = lorac_adapter_module(rp->adapter, i);
         /* Phi-3's fused modules: one kind per qkv_proj / gate_up_proj, its shared A counted once */
-        kind_stats_t *k = &rp->kinds[!m->in_group ? (int)m->target : m->target <= LORAC_LORA_V ? LORAC_LORA_Q : LORAC_LORA_GATE];
+        kind_stats_t *k = &rp->kinds[lorac_lora_module_head(m)];
         int64_t np = (int64_t)m->r * ((m->in_group ? 0 : m->in) + m->out), nd = (int64_t)m->in * m->out;
         float alpha = lorac_lora_module_alpha(m, p->rslora);
         k->r_min = k->count && k->r_min < m->r ? k->r_min : m->r;

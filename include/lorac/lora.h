@@ -86,6 +86,12 @@ typedef struct {
     bool in_group;
 } lorac_lora_module_t;
 
+/* The target that names m's PEFT module: its own, or, for a fused group's
+ * member, the group's first (q for Phi-3's qkv_proj, gate for gate_up_proj). */
+static inline lorac_lora_target_t lorac_lora_module_head(const lorac_lora_module_t *m) {
+    return !m->in_group ? m->target : m->target <= LORAC_LORA_V ? LORAC_LORA_Q : LORAC_LORA_GATE;
+}
+
 typedef struct lorac_adapter lorac_adapter_t;
 
 /* A new adapter for a model with this config: A initialised from the seed,

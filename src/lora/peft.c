@@ -895,20 +895,19 @@ static lorac_status_t scan_tensors(loader_t *ld, const lorac_safetensors_t *st, 
     /* Phi-3's fused modules and a model's separate ones are not each other's */
     for (int64_t i = 0; i < n; i++) {
         const lora_tensor_t *t = &ld->tensors[i];
-        int size;
-        lorac_lora_group(&(lorac_model_config_t){.fused_proj = true}, t->target, &size);
+        const char *fused = t->target <= LORAC_LORA_V ? "qkv_proj" : "gate_up_proj"; /* the module that holds it */
+        int size = 1;
+        if (mc) lorac_lora_group(mc, t->target, &size);
         if (mc && t->fused && !mc->fused_proj)
             return lorac_error(LORAC_STATUS_FORMAT, "%s: tensor \"%s\" adapts Phi-3's fused %s, but %s has separate "
-                               "projections", ld->st_label, t->tv->name, t->target == LORAC_LORA_Q ? "qkv_proj" : "gate_up_proj",
-                               mc->arch_name);
-        if (mc && !t->fused && mc->fused_proj && size > 1)
+                               "projections", ld->st_label, t->tv->name, fused, mc->arch_name);
+        if (mc && !t->fused && size > 1)
             return lorac_error(LORAC_STATUS_FORMAT, "%s: tensor \"%s\" adapts %s, but %s fuses it into %s", ld->st_label,
-                               t->tv->name, lorac_lora_target_name((lorac_lora_target_t)t->target), mc->arch_name,
-                               t->target <= LORAC_LORA_V ? "qkv_proj" : "gate_up_proj");
+                               t->tv->name, lorac_lora_target_name((lorac_lora_target_t)t->target), mc->arch_name, fused);
         if (!mc && t->fused)
             return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: tensor \"%s\" adapts Phi-3's fused %s: how its rows split "
                                "among the projections is the model's to say (give the model: -m MODEL)",
-                               ld->st_label, t->tv->name, t->target == LORAC_LORA_Q ? "qkv_proj" : "gate_up_proj");
+                               ld->st_label, t->tv->name, fused);
     }
     if (mc) {
         ld->mc = *mc;

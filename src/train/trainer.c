@@ -56,7 +56,7 @@ static void report_trainable(FILE *log, const lorac_model_t *model, const lorac_
     for (int32_t i = 0; i < lorac_adapter_n_modules(aa); i++) {
         const lorac_lora_module_t *m = lorac_adapter_module(aa, i);
         /* Phi-3's fused modules: one row per qkv_proj / gate_up_proj, the shared A counted once */
-        int t = !m->in_group ? (int)m->target : m->target <= LORAC_LORA_V ? LORAC_LORA_Q : LORAC_LORA_GATE;
+        int t = (int)lorac_lora_module_head(m);
         per_kind[t] += (int64_t)m->r * ((m->in_group ? 0 : m->in) + m->out);
         full_kind[t] += (int64_t)m->in * m->out;
         count[t] += !m->in_group;

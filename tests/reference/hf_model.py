@@ -502,19 +502,23 @@ def make_random_model(dir, cfg, dtype="F32", seed=0, tie=False, bias=False, arch
     The returned weights are read back from the written file, so they are
     exactly what a loader sees.
     """
-    os.makedirs(dir, exist_ok=True)
     c = make_config(cfg, dtype=dtype, tie=tie, bias=bias, arch=arch)
-    w = random_weights(c, seed=seed, scale=scale)
-    tdt = ST_DTYPES[dtype][0]
-    w = {k: v.to(tdt) for k, v in w.items()}
-    with open(os.path.join(dir, "config.json"), "w") as f:
-        json.dump(c, f, indent=2)
-        f.write("\n")
-    save_safetensors(os.path.join(dir, "model.safetensors"), w, metadata={"format": "pt"})
+    write_model_dir(dir, c, random_weights(c, seed=seed, scale=scale), dtype)
     if tokenizer_json is not None:
         import shutil
         shutil.copyfile(tokenizer_json, os.path.join(dir, "tokenizer.json"))
     return load_model(dir)
+
+
+def write_model_dir(dir, config, tensors, dtype=None):
+    """config.json and model.safetensors (tensors cast to dtype, "F32" ... or None: as they are)."""
+    os.makedirs(dir, exist_ok=True)
+    if dtype is not None:
+        tensors = {k: v.to(ST_DTYPES[dtype][0]) for k, v in tensors.items()}
+    with open(os.path.join(dir, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+        f.write("\n")
+    save_safetensors(os.path.join(dir, "model.safetensors"), tensors, metadata={"format": "pt"})
 
 
 def load_model(dir):
@@ -583,7 +587,6 @@ def make_multimodal_gemma3(dir, cfg, dtype="F32", seed=0, tie=True, layout="rele
     vision-tower and projector tensors (lorac must leave them alone).
     Returns (text config, text weights) as load_model reads them, and the
     file's tensors."""
-    os.makedirs(dir, exist_ok=True)
     c = make_config(cfg, dtype=dtype, tie=tie, arch="gemma3")
     w = random_weights(c, seed=seed)
     tc = {k: v for k, v in c.items() if k not in ("architectures", "torch_dtype")
@@ -609,12 +612,7 @@ def make_multimodal_gemma3(dir, cfg, dtype="F32", seed=0, tie=True, layout="rele
                         (other + "multi_modal_projector.mm_input_projection_weight", [16, D]),
                         (other + "multi_modal_projector.mm_soft_emb_norm.weight", [16])]:
         files[name] = 0.1 * torch.randn(shape, generator=g)
-    tdt = ST_DTYPES[dtype][0]
-    files = {k: v.to(tdt) for k, v in files.items()}
-    with open(os.path.join(dir, "config.json"), "w") as f:
-        json.dump(top, f, indent=2)
-        f.write("\n")
-    save_safetensors(os.path.join(dir, "model.safetensors"), files, metadata={"format": "pt"})
+    write_model_dir(dir, top, files, dtype)
     ct, wt = load_model(dir)
     return ct, wt, load_safetensors(os.path.join(dir, "model.safetensors"))
 
