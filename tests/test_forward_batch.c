@@ -1,7 +1,8 @@
 /* The forward pass over batches: a prompt processed as one batch equals the
  * same tokens one at a time; two sequences in one batch equal each alone;
  * bad batches are refused without touching the cache; repeated runs are
- * bit-identical; a sliding window keeps all of that; Phi-3's longrope
+ * bit-identical; a sliding window keeps all of that, also when its layers
+ * keep only the rows it can still read; Phi-3's longrope
  * factors are a sequence's, fixed by its first batch or its given length.
  * (Parity with PyTorch is tests/test_logits_parity.py.) */
 #include <sys/stat.h>
@@ -174,8 +175,84 @@ static void test_phi3_longrope(void) {
     lorac_model_free(m);
 }
 
+/* Feeds both sequences of ctx n tokens each (toks0, toks1) in batches of
+ * both, sizes cycling 1 .. 4 tokens of each sequence (at most `most` in
+ * all), and stores every token's logits at logits[seq][pos]. */
+static void feed_two(lorac_context_t *ctx, const int32_t *toks0, const int32_t *toks1, int n, int most,
+                     float *logits0, float *logits1) {
+    int done[2] = {0, 0}, turn = 0;
+    while (done[0] < n || done[1] < n) {
+        int32_t tok[8], pos[8], seq[8];
+        int8_t want[8];
+        int k = 0;
+        for (int sq = 0; sq < 2; sq++) {
+            int take = 1 + (turn + 2 * sq) % 4; /* the two sequences' pieces out of step */
+            for (int j = 0; j < take && done[sq] < n && k < most; j++, k++) {
+                tok[k] = (sq ? toks1 : toks0)[done[sq]], pos[k] = done[sq]++, seq[k] = sq, want[k] = 1;
+            }
+        }
+        turn++;
+        float out[8 * V];
+        lorac_batch_t b = {.n_tokens = k, .tokens = tok, .pos = pos, .seq_id = seq, .logits = want};
+        CHECK_MSG(lorac_context_decode(ctx, &b, out) == LORAC_STATUS_OK, "%s", lorac_error_message());
+        for (int i = 0; i < k; i++) memcpy((seq[i] ? logits1 : logits0) + pos[i] * V, out + i * V, sizeof(float) * V);
+    }
+}
+
+/* A windowed layer keeps W + n_batch - 1 + min(W, 256) rows a sequence,
+ * not n_ctx: with a window of 3 and batches of 4, 9 rows of 64. Two
+ * sequences fed in pieces of 1-4 tokens, their rows moved to the front
+ * again and again, give the bits of a context that keeps every position
+ * (one whose n_batch leaves nothing to save), F32 and BF16 caches;
+ * keep_seq inside the rows still held keeps them, one past them clears
+ * the sequence and says so. */
+static void test_window_rows(void) {
+    enum { N = 60, CTX = 64 };
+    write_model(3);
+    lorac_model_t *m;
+    lorac_status_t s = lorac_model_load(g_dir, &m);
+    CHECK_MSG(s == LORAC_STATUS_OK, "%s", lorac_error_message());
+    if (s) return;
+    int32_t toks[2][N];
+    uint64_t seed = 11;
+    for (int sq = 0; sq < 2; sq++)
+        for (int i = 0; i < N; i++) toks[sq][i] = (int32_t)((frand(&seed) + 0.5f) * V) % V;
+    static float got[2][N * V], want[2][N * V];
+    for (int kv = 0; kv < 2; kv++) {
+        lorac_dtype_t kvt = kv ? LORAC_DTYPE_BF16 : LORAC_DTYPE_F32;
+        lorac_context_t *small, *full;
+        CHECK(lorac_context_init(m, (lorac_context_params_t){.n_ctx = CTX, .n_seq = 2, .n_batch = 4, .kv_dtype = kvt},
+                                 &small) == LORAC_STATUS_OK);
+        CHECK(lorac_context_init(m, (lorac_context_params_t){.n_ctx = CTX, .n_seq = 2, .n_batch = 64, .kv_dtype = kvt},
+                                 &full) == LORAC_STATUS_OK);
+        size_t row = 2 * lorac_dtype_size(kvt) * KVH * HD; /* a key and a value */
+        printf("window 3, %s cache: %zu bytes with batches of 4, %zu with 64\n", kv ? "BF16" : "F32",
+               lorac_context_kv_bytes(small), lorac_context_kv_bytes(full));
+        CHECK(lorac_context_kv_bytes(small) == 2 * L * 9 * row && lorac_context_kv_bytes(full) == 2 * L * CTX * row);
+        feed_two(small, toks[0], toks[1], N, 4, got[0], got[1]);
+        feed_two(full, toks[0], toks[1], N, 4, want[0], want[1]);
+        CHECK_MSG(memcmp(got, want, sizeof got) == 0, "%s cache: rows moved to the front changed the logits",
+                  kv ? "BF16" : "F32");
+        /* keep_seq one position back: its window is still held */
+        int32_t n = N - 1, other = (toks[0][n] + 1) % V, zero = 0;
+        CHECK(lorac_context_keep_seq(small, 0, n) == n && lorac_context_keep_seq(full, 0, n) == n);
+        lorac_batch_t b = {.n_tokens = 1, .tokens = &other, .pos = &n, .seq_id = &zero, .logits = NULL};
+        CHECK(lorac_context_decode(small, &b, got[0]) == LORAC_STATUS_OK);
+        CHECK(lorac_context_decode(full, &b, want[0]) == LORAC_STATUS_OK);
+        CHECK_MSG(memcmp(got[0], want[0], sizeof(float) * V) == 0, "after keep_seq(%d)", n);
+        /* 20 positions: the rows of 18 and 19 were reused long ago */
+        CHECK(lorac_context_keep_seq(small, 1, 20) == 0 && lorac_context_seq_len(small, 1) == 0);
+        CHECK(lorac_context_keep_seq(full, 1, 20) == 20);
+        CHECK(lorac_context_keep_seq(small, 1, 5) == 0); /* nothing to keep: stays empty */
+        lorac_context_free(small);
+        lorac_context_free(full);
+    }
+    lorac_model_free(m);
+}
+
 int main(void) {
     test_phi3_longrope();
+    test_window_rows();
     write_model(0);
     lorac_model_t *m;
     lorac_status_t s = lorac_model_load(g_dir, &m);

@@ -416,6 +416,41 @@ def phi3_generate_cases():
                f"{ids[len(prompt):]}) {err.strip()[-300:]}")
 
 
+def window_generate_cases():
+    """`lorac generate` on windowed models, greedy, through the KV cache: 40 tokens after a 5-token prompt with a
+    window of 4, so that a windowed layer keeps 12 rows (W + n_batch - 1 + W) and moves its last ones to the front
+    again and again; the text equals the reference's greedy continuation recomputing the whole sequence each step,
+    and differs from the reference's without the window (so the window was applied). Mistral (every layer) and
+    Gemma 3 (layers 0 and 2 of 4, their own rotary base: windowed and full layers side by side in one cache)."""
+    fx = os.environ.get("LORAC_FIXTURES", os.path.join(SRC, "..", "shared", "fixtures"))
+    tok = os.path.join(fx, "tokenizers", "tinyllama-1.1b-chat-v1.0", "tokenizer.json")
+    n_new = 40
+    for name, shape, kw in (
+            ("mistral-window-generate", cfg(32, 48, 2, 4, 2, 32000, sliding_window=4, eos_token_id=0),
+             dict(arch="mistral")),
+            ("gemma3-window-generate", cfg(32, 48, 4, 4, 2, 32000, head_dim=8, sliding_window=4,
+                                           sliding_window_pattern=2, rope_local_base_freq=100.0, eos_token_id=0),
+             dict(arch="gemma3"))):
+        d = os.path.join(TMP, name)
+        shutil.rmtree(d, ignore_errors=True)
+        c, w = hm.make_random_model(d, shape, seed=109, tokenizer_json=tok, **kw)
+        rc, out, err = run_lorac(["tokenize", "-m", d, "-p", "Once upon a time"])
+        prompt = [int(x) for x in out.split()] if rc == 0 else []
+        rc, out, err = run_lorac(["generate", "-m", d, "-p", "Once upon a time", "-n", str(n_new), "--temp", "0",
+                                  "--ignore-eos", "-t", "2"])
+        ids, unwindowed = list(prompt), list(prompt)
+        full = dict(c, layer_types=["full_attention"] * c["num_hidden_layers"])
+        for _ in range(n_new):
+            ids.append(int(hm.llama_forward(w, c, ids)[-1].argmax()))
+            unwindowed.append(int(hm.llama_forward(w, full, unwindowed)[-1].argmax()))
+        rc2, want, _ = run_lorac(["tokenize", "-m", d, "--decode", " ".join(map(str, ids)), "--skip-special"])
+        record(name, rc == 0 and rc2 == 0 and len(prompt) == 5 and out.rstrip("\n") == want.rstrip("\n") and
+               unwindowed != ids,
+               f"exit {rc}: {out.strip()!r}, the reference's greedy continuation {want.strip()!r} ({len(prompt)} "
+               f"prompt tokens; without the window the reference continues {unwindowed[len(prompt):]} vs "
+               f"{ids[len(prompt):]}) {err.strip()[-300:]}")
+
+
 def main():
     want = set(sys.argv[1:])
     os.makedirs(TMP, exist_ok=True)
@@ -427,6 +462,7 @@ def main():
         negative_cases()
         phi3_negative_cases()
         phi3_generate_cases()
+        window_generate_cases()
     npass = sum(1 for _, ok in results if ok)
     nfail = len(results) - npass
     print(f"{npass} passed, {nfail} failed")

@@ -247,7 +247,7 @@ static void interactive(gen_t *g, const chat_t *c, const char *system, const cha
         }
         int32_t keep = 0; /* the longest prefix already cached; at least one token is decoded for the logits */
         while (keep < g->n_cached && keep + 1 < (int32_t)n_ids && g->cached[keep] == ids[keep]) keep++;
-        lorac_context_keep_seq(g->ctx, 0, keep);
+        keep = lorac_context_keep_seq(g->ctx, 0, keep); /* 0 when the windows have moved past it */
         g->n_cached = keep;
         int64_t n_gen;
         double tp, tg;

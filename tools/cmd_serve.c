@@ -149,9 +149,7 @@ int cmd_serve(int argc, char **argv) {
     fflush(stdout);
     lorac_adapter_info_t info[1];
     int32_t n_adapters = lorac_engine_list_adapters(engine, info, 0);
-    const lorac_model_config_t *mc = lorac_model_get_config(model);
-    double kv_mb = 2.0 * ep.max_seqs * lorac_engine_n_ctx(engine) * mc->n_layers * mc->n_kv_heads * mc->head_dim *
-                   (double)lorac_dtype_size(ep.kv_dtype) / 1e6; /* keys and values */
+    double kv_mb = (double)lorac_engine_kv_bytes(engine) / 1e6; /* keys and values */
     fprintf(stderr, "lorac serve: model '%s' (%s), %d adapter%s%s%s, chat template %s, %d slots x %d positions "
             "(KV cache %.1f MB, %s), %s kernels x %d threads%s\n", name, model_dir, n_adapters,
             n_adapters == 1 ? "" : "s", adapters ? " in " : "", adapters ? adapters : "", chat.tpl ? chat.tpl : "none",

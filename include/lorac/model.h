@@ -199,7 +199,8 @@ lorac_context_params_t lorac_context_default_params(void);
 typedef struct lorac_context lorac_context_t;
 struct lorac_adapter; /* lorac/lora.h */
 
-/* Allocates the KV cache (n_seq * n_ctx positions) and activation buffers
+/* Allocates the KV cache (n_seq * n_ctx positions, fewer in windowed layers:
+ * lorac_context_kv_bytes) and activation buffers
  * (n_batch tokens) once, up front. The model must outlive the context.
  * INVALID_ARG for a non-positive size or a kv_dtype other than F32, BF16,
  * F16; NOMEM when the cache does not fit. */
@@ -247,8 +248,17 @@ void lorac_context_clear_seq(lorac_context_t *ctx, int32_t seq_id);
 /* Keeps the first n cached positions of a sequence and forgets the rest
  * (n at or past its length changes nothing): its next token goes at
  * position n. A conversation whose next turn re-renders to the same first n
- * tokens decodes only the tokens after them. */
-void lorac_context_keep_seq(lorac_context_t *ctx, int32_t seq_id, int32_t n);
+ * tokens decodes only the tokens after them. Returns the positions kept:
+ * n, or the sequence's length when n is past it, or 0 when a windowed
+ * layer no longer holds the window of position n (the context keeps only
+ * the last positions there; see lorac_context_kv_bytes): the sequence is
+ * then cleared, and its tokens must be decoded again. */
+int32_t lorac_context_keep_seq(lorac_context_t *ctx, int32_t seq_id, int32_t n);
+/* Bytes of the KV cache, keys and values. A layer with a sliding window
+ * of W positions (Mistral 7B v0.1, Gemma 2 and 3) keeps W + n_batch - 1 +
+ * min(W, 256) rows a sequence rather than n_ctx when that is fewer: the
+ * rows its window has passed are reused. */
+size_t lorac_context_kv_bytes(const lorac_context_t *ctx);
 /* Cached length of a sequence. */
 int32_t lorac_context_seq_len(const lorac_context_t *ctx, int32_t seq_id);
 /* Phi-3's longrope: transformers rotates all the positions of a forward

@@ -187,6 +187,8 @@ typedef struct {
 void lorac_engine_get_metrics(lorac_engine_t *engine, lorac_engine_metrics_t *out);
 const lorac_model_t *lorac_engine_model(const lorac_engine_t *engine);
 int32_t lorac_engine_n_ctx(const lorac_engine_t *engine);
+/* Bytes of the engine's KV cache (lorac_context_kv_bytes). */
+size_t lorac_engine_kv_bytes(const lorac_engine_t *engine);
 
 #ifdef __cplusplus
 }

@@ -30,7 +30,20 @@ struct lorac_context {
     lorac_context_params_t params;
     int64_t kv_dim;            /* n_kv_heads * head_dim */
     size_t kv_size;            /* bytes of one cached value (params.kv_dtype) */
-    void *k_cache, *v_cache;   /* (n_seq, n_layers, n_ctx, kv_dim) of params.kv_dtype */
+    /* The KV cache, of params.kv_dtype: a sequence's rows are its layers'
+     * in order, layer l's layer_rows[l] rows of kv_dim values from row
+     * layer_off[l]. A layer without a window keeps n_ctx rows, position p in
+     * row p. A windowed layer reads only its last sliding_window positions,
+     * so it keeps fewer (window_rows, when that is below n_ctx): position p
+     * in row p - win_lo[seq], where win_lo is the first position still held;
+     * when a batch would run past the last row, the rows a window can still
+     * need are moved to the front (compact_windows). */
+    void *k_cache, *v_cache;
+    int32_t *layer_rows;       /* (n_layers) */
+    int64_t *layer_off;        /* (n_layers) */
+    int64_t seq_rows;          /* Σ layer_rows: one sequence's rows */
+    int32_t window_rows;       /* rows of a windowed layer (n_ctx when it would not save any) */
+    int32_t *win_lo;           /* (n_seq) position in a windowed layer's first row */
     int32_t *seq_len;          /* (n_seq) cached positions */
     int32_t *seq_seen;         /* (n_seq) scratch for batch validation */
     /* (n_seq) Phi-3's longrope: 1 when a sequence's cached positions were
@@ -94,8 +107,30 @@ lorac_status_t lorac_context_init(const lorac_model_t *model, lorac_context_para
     ctx->kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
     ctx->kv_size = lorac_dtype_size(p.kv_dtype);
     int64_t B = p.n_batch, D = c->hidden_size, Q = (int64_t)c->n_heads * c->head_dim;
-    int64_t cache = (int64_t)p.n_seq * c->n_layers * p.n_ctx * ctx->kv_dim;
     int failed = 0;
+    ctx->layer_rows = malloc(sizeof(int32_t) * (size_t)c->n_layers);
+    ctx->layer_off = malloc(sizeof(int64_t) * (size_t)c->n_layers);
+    ctx->win_lo = calloc((size_t)p.n_seq, sizeof(int32_t));
+    if (!ctx->layer_rows || !ctx->layer_off || !ctx->win_lo) {
+        lorac_context_free(ctx);
+        return lorac_error(LORAC_STATUS_NOMEM, "out of memory for the context");
+    }
+    /* A batch's first token at position p0 needs positions p0 - W + 1 ..,
+     * and the batch writes up to n_batch positions from p0 before any is
+     * read: W + n_batch - 1 rows at once. The slack past that is how many
+     * positions go by between two moves of the last W - 1 rows to the
+     * front: one row moved a token for W <= 256, 16 at W = 4096, where each
+     * token's attention reads 4096 rows a layer. */
+    int64_t W = c->sliding_window, slack = W < 256 ? W : 256;
+    int64_t wrows = W + p.n_batch - 1 + slack;
+    ctx->window_rows = W > 0 && wrows < p.n_ctx ? (int32_t)wrows : p.n_ctx;
+    ctx->seq_rows = 0;
+    for (int32_t l = 0; l < c->n_layers; l++) {
+        ctx->layer_rows[l] = lorac_model_layer_window(c, l) ? ctx->window_rows : p.n_ctx;
+        ctx->layer_off[l] = ctx->seq_rows;
+        ctx->seq_rows += ctx->layer_rows[l];
+    }
+    int64_t cache = (int64_t)p.n_seq * ctx->seq_rows * ctx->kv_dim;
     ctx->k_cache = malloc(ctx->kv_size * (size_t)cache);
     ctx->v_cache = malloc(ctx->kv_size * (size_t)cache);
     if (!ctx->k_cache || !ctx->v_cache) failed = 1;
@@ -142,6 +177,7 @@ lorac_status_t lorac_context_init(const lorac_model_t *model, lorac_context_para
 void lorac_context_free(lorac_context_t *ctx) {
     if (!ctx) return;
     free(ctx->k_cache); free(ctx->v_cache);
+    free(ctx->layer_rows); free(ctx->layer_off); free(ctx->win_lo);
     free(ctx->x); free(ctx->xn); free(ctx->q); free(ctx->k); free(ctx->v);
     free(ctx->att); free(ctx->proj); free(ctx->gate); free(ctx->up); free(ctx->rope_cs); free(ctx->rope_cs_local);
     free(ctx->att_scratch);
@@ -269,7 +305,8 @@ static void adapted_product(lorac_context_t *ctx, int32_t layer, lorac_matmul_pa
 }
 
 void lorac_context_clear_seq(lorac_context_t *ctx, int32_t seq_id) {
-    if (seq_id >= 0 && seq_id < ctx->params.n_seq) ctx->seq_len[seq_id] = 0, ctx->seq_rope_len[seq_id] = 0;
+    if (seq_id >= 0 && seq_id < ctx->params.n_seq)
+        ctx->seq_len[seq_id] = 0, ctx->seq_rope_len[seq_id] = 0, ctx->win_lo[seq_id] = 0;
 }
 
 void lorac_context_set_seq_rope_len(lorac_context_t *ctx, int32_t seq_id, int32_t len) {
@@ -280,8 +317,45 @@ int lorac_context_seq_rope_long(const lorac_context_t *ctx, int32_t seq_id) {
     return seq_id >= 0 && seq_id < ctx->params.n_seq && ctx->seq_len[seq_id] > 0 && ctx->seq_long[seq_id];
 }
 
-void lorac_context_keep_seq(lorac_context_t *ctx, int32_t seq_id, int32_t n) {
-    if (seq_id >= 0 && seq_id < ctx->params.n_seq && n >= 0 && n < ctx->seq_len[seq_id]) ctx->seq_len[seq_id] = n;
+int32_t lorac_context_keep_seq(lorac_context_t *ctx, int32_t seq_id, int32_t n) {
+    if (seq_id < 0 || seq_id >= ctx->params.n_seq) return 0;
+    if (n >= 0 && n < ctx->seq_len[seq_id]) {
+        /* the next token, at position n, sees positions n - W + 1 .. n - 1
+         * in the windowed layers: gone if their rows were reused */
+        int32_t need = n - ctx->model->config.sliding_window + 1;
+        if (ctx->win_lo[seq_id] > (need > 0 ? need : 0)) lorac_context_clear_seq(ctx, seq_id);
+        else ctx->seq_len[seq_id] = n;
+    }
+    return ctx->seq_len[seq_id];
+}
+
+size_t lorac_context_kv_bytes(const lorac_context_t *ctx) {
+    return 2 * ctx->kv_size * (size_t)(ctx->params.n_seq * ctx->seq_rows * ctx->kv_dim);
+}
+
+/* Before a batch takes a sequence past its windowed layers' last row, the
+ * rows its windows can still read (from the window of its next position)
+ * move to the front of each windowed layer; the rows a window no longer
+ * reaches are dropped. The batch fits after the move: its tokens of the
+ * sequence number at most n_batch, and window_rows holds W + n_batch - 1. */
+static void compact_windows(lorac_context_t *ctx) {
+    const lorac_model_config_t *c = &ctx->model->config;
+    int64_t KV = ctx->kv_dim;
+    size_t es = ctx->kv_size;
+    for (int32_t s = 0; s < ctx->params.n_seq; s++) {
+        if (ctx->seq_seen[s] - ctx->win_lo[s] <= ctx->window_rows) continue;
+        int32_t lo = ctx->seq_len[s] - c->sliding_window + 1; /* > win_lo: the batch overflows by its own length */
+        int64_t from = (int64_t)(lo - ctx->win_lo[s]) * KV, n = (int64_t)(ctx->seq_len[s] - lo) * KV;
+        for (int32_t l = 0; l < c->n_layers; l++) {
+            if (ctx->layer_rows[l] == ctx->params.n_ctx) continue; /* keeps every position */
+            int64_t base = ((int64_t)s * ctx->seq_rows + ctx->layer_off[l]) * KV;
+            memmove((char *)ctx->k_cache + (size_t)base * es, (char *)ctx->k_cache + (size_t)(base + from) * es,
+                    (size_t)n * es);
+            memmove((char *)ctx->v_cache + (size_t)base * es, (char *)ctx->v_cache + (size_t)(base + from) * es,
+                    (size_t)n * es);
+        }
+        ctx->win_lo[s] = lo;
+    }
 }
 
 int32_t lorac_context_seq_len(const lorac_context_t *ctx, int32_t seq_id) {
@@ -360,7 +434,7 @@ static void attention_block(lorac_context_t *ctx, const lorac_batch_t *b, int32_
     const lorac_model_config_t *c = &m->config;
     const lorac_layer_weights_t *L = &m->layers[l];
     int64_t T = b->n_tokens, D = c->hidden_size, H = c->n_heads, KVH = c->n_kv_heads, hd = c->head_dim;
-    int64_t Q = H * hd, KV = ctx->kv_dim, n_ctx = ctx->params.n_ctx;
+    int64_t Q = H * hd, KV = ctx->kv_dim;
     int32_t window = lorac_model_layer_window(c, l);
 
     norm(ctx->xn, ctx->x, &L->attn_norm, c, T, D);
@@ -385,12 +459,15 @@ static void attention_block(lorac_context_t *ctx, const lorac_batch_t *b, int32_
      * back from the cache, in its dtype, as later tokens will read them). */
     lorac_dtype_t kvt = ctx->params.kv_dtype;
     size_t es = ctx->kv_size;
+    int windowed_rows = ctx->layer_rows[l] != ctx->params.n_ctx; /* rows from win_lo (see the context) */
     for (int64_t t = 0; t < T; t++) {
-        int64_t base = ((int64_t)b->seq_id[t] * c->n_layers + l) * n_ctx * KV, at = base + (int64_t)b->pos[t] * KV;
+        int32_t s = b->seq_id[t], lo = windowed_rows ? ctx->win_lo[s] : 0;
+        int64_t base = ((int64_t)s * ctx->seq_rows + ctx->layer_off[l] - lo) * KV; /* where position 0 would be */
+        int64_t at = base + (int64_t)b->pos[t] * KV;
         lorac_kv_store((char *)ctx->k_cache + (size_t)at * es, kvt, ctx->k + t * KV, KV);
         lorac_kv_store((char *)ctx->v_cache + (size_t)at * es, kvt, ctx->v + t * KV, KV);
         /* a sliding window's token sees the last `window` positions: its
-         * rows start there (the rows before stay in the cache, unread) */
+         * rows start there */
         int32_t first = window && b->pos[t] >= window ? b->pos[t] + 1 - window : 0;
         int64_t from = base + (int64_t)first * KV;
         ctx->k_rows[t] = (const char *)ctx->k_cache + (size_t)from * es;
@@ -451,6 +528,7 @@ lorac_status_t lorac_context_decode(lorac_context_t *ctx, const lorac_batch_t *b
         lorac_model_rope_table(m, ctx->rope_cs, b->pos, T, m->inv_freq);
     }
     if (ctx->rope_cs_local) lorac_model_rope_table(m, ctx->rope_cs_local, b->pos, T, m->inv_freq_local);
+    if (ctx->window_rows < ctx->params.n_ctx) compact_windows(ctx);
     for (int32_t l = 0; l < c->n_layers; l++) {
         attention_block(ctx, b, l);
         mlp_block(ctx, T, l);

@@ -642,3 +642,4 @@ void lorac_engine_get_metrics(lorac_engine_t *e, lorac_engine_metrics_t *out) {
 
 const lorac_model_t *lorac_engine_model(const lorac_engine_t *e) { return e->model; }
 int32_t lorac_engine_n_ctx(const lorac_engine_t *e) { return e->params.n_ctx; }
+size_t lorac_engine_kv_bytes(const lorac_engine_t *e) { return lorac_context_kv_bytes(e->ctx); }
