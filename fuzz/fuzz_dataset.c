@@ -13,7 +13,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* Byte-level BPE over a few letters, with the special tokens the chat
- * templates need (chatml and qwen3, llama-2 / zephyr, llama-3, the mistral ones, gemma, phi3). */
+ * templates need (chatml and qwen3, llama-2 / zephyr, llama-3, the mistral ones, gemma, phi3, phi4). */
 static const char k_tokenizer[] =
     "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"H\": 0, \"e\": 1, \"l\": 2, \"o\": 3, \"\\u0120\": 4, \"He\": 5, "
     "\"ll\": 6, \"a\": 7, \"t\": 8, \"x\": 9, \"\\u010a\": 10, \"{\": 11, \"}\": 12}, \"merges\": [\"H e\", \"l l\"]},"
@@ -27,7 +27,7 @@ static const char k_tokenizer[] =
     "{\"id\": 25, \"content\": \"<start_of_turn>\", \"special\": true}, {\"id\": 26, \"content\": \"<end_of_turn>\", \"special\": true},"
     "{\"id\": 27, \"content\": \"<|system|>\", \"special\": true}, {\"id\": 28, \"content\": \"<|user|>\", \"special\": true},"
     "{\"id\": 29, \"content\": \"<|assistant|>\", \"special\": true}, {\"id\": 30, \"content\": \"<|end|>\", \"special\": true},"
-    "{\"id\": 31, \"content\": \"<|endoftext|>\", \"special\": true}],"
+    "{\"id\": 31, \"content\": \"<|endoftext|>\", \"special\": true}, {\"id\": 32, \"content\": \"<|im_sep|>\", \"special\": true}],"
     " \"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"use_regex\": true},"
     " \"post_processor\": {\"type\": \"ByteLevel\"}, \"decoder\": {\"type\": \"ByteLevel\"}}";
 
@@ -39,7 +39,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static const char *const templates[] = {"chatml", "llama-2", "llama-3", "llama-3.1", "zephyr", NULL, "bogus", "mistral"};
     /* slot 6 shares its three bits: the input's length picks one of these */
     static const char *const slot6[] = {"bogus", "mistral-v0.1", "mistral-v0.2", "mistral-v1", "mistral-v3",
-                                        "qwen3", "gemma",        "gemma3",       "phi3"};
+                                        "qwen3", "gemma",        "gemma3",       "phi3",         "phi4",
+                                        "phi4-unsloth", "phi4-mini"};
     uint8_t o = data[0];
     lorac_dataset_params_t p = lorac_dataset_default_params();
     p.format = (lorac_data_format_t)(o % 6);

@@ -323,7 +323,9 @@ static void test_chat_render(void) {
     CHECK(!strcmp(lorac_dataset_chat_end_of_turn("gemma", "<eos>"), "<end_of_turn>"));
     CHECK(!strcmp(lorac_dataset_chat_end_of_turn("gemma3", NULL), "<end_of_turn>"));
     CHECK(!strcmp(lorac_dataset_chat_end_of_turn("phi-3", "</s>"), "<|end|>"));
-    CHECK(lorac_dataset_chat_end_of_turn("phi-4", "</s>") == NULL);
+    CHECK(!strcmp(lorac_dataset_chat_end_of_turn("phi-4", "</s>"), "<|im_end|>"));
+    CHECK(!strcmp(lorac_dataset_chat_end_of_turn("phi-4-mini", "</s>"), "<|end|>"));
+    CHECK(lorac_dataset_chat_end_of_turn("granite", "</s>") == NULL); /* not a template lorac renders */
     check_render("zephyr", NULL, true, k_zephyr);
     check_render("chatml", NULL, true, k_chatml);
     check_render("chatml", "You are a helpful AI assistant named SmolLM, trained by Hugging Face", false,
@@ -376,6 +378,16 @@ static char *read_template(const char *file) {
     return read_all(path);
 }
 
+/* A template file with text written before and after it (malloc'd). */
+static char *wrapped_template(const char *file, const char *before, const char *after) {
+    char *t = read_template(file);
+    size_t n = strlen(before) + strlen(t) + strlen(after) + 1;
+    char *w = malloc(n);
+    snprintf(w, n, "%s%s%s", before, t, after);
+    free(t);
+    return w;
+}
+
 static void test_chat_recognize(void) {
     const char *name;
     char *def = NULL;
@@ -399,6 +411,9 @@ static void test_chat_recognize(void) {
         {"tests/data/chat/templates/mistral-instruct-v1.jinja", "mistral-v1", NULL},
         {"tests/data/chat/templates/mistral-7b-instruct-v0.3.jinja", "mistral-v3", NULL},
         {"tests/data/chat/templates/qwen3.jinja", "qwen3", NULL},
+        {"tests/data/chat/templates/phi4.jinja", "phi4", NULL},
+        {"tests/data/chat/templates/phi4-unsloth.jinja", "phi4-unsloth", NULL},
+        {"tests/data/chat/templates/phi4-mini.jinja", "phi4-mini", NULL},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         char *jinja = read_template(cases[i].file);
@@ -418,8 +433,7 @@ static void test_chat_recognize(void) {
     /* Phi-3 templates other than Phi-3.5's exactly: with a BOS, or writing empty system messages */
     char *phi = read_template("chat-templates/microsoft-Phi-3.5-mini-instruct.jinja");
     size_t phi_len = strlen(phi);
-    char *variant = malloc(phi_len + 32);
-    snprintf(variant, phi_len + 32, "{{ bos_token }}%s", phi);
+    char *variant = wrapped_template("chat-templates/microsoft-Phi-3.5-mini-instruct.jinja", "{{ bos_token }}", "");
     CHECK(lorac_dataset_chat_template_recognize(variant, &name, &def) == LORAC_STATUS_UNSUPPORTED &&
           strstr(lorac_error_message(), "a Phi template other than Phi-3.5's"));
     char *cut = strstr(phi, " and message['content']");
@@ -429,6 +443,14 @@ static void test_chat_recognize(void) {
         CHECK(lorac_dataset_chat_template_recognize(phi, &name, &def) == LORAC_STATUS_UNSUPPORTED &&
               strstr(lorac_error_message(), "a Phi template other than Phi-3.5's"));
     }
+    /* Phi-4's with anything changed (a BOS, the header moved) is not ChatML's and not Phi-4's: refused */
+    char *phi4 = wrapped_template("tests/data/chat/templates/phi4.jinja", "{{ bos_token }}", "\n");
+    CHECK(lorac_dataset_chat_template_recognize(phi4, &name, &def) == LORAC_STATUS_UNSUPPORTED &&
+          strstr(lorac_error_message(), "a Phi-4 template (<|im_sep|>) other than microsoft/phi-4's"));
+    free(phi4);
+    phi4 = wrapped_template("tests/data/chat/templates/phi4.jinja", "\n", "\n"); /* whitespace around: the same */
+    CHECK(lorac_dataset_chat_template_recognize(phi4, &name, &def) == LORAC_STATUS_OK && !strcmp(name, "phi4"));
+    free(phi4);
     /* the same template with Jinja's \n escapes where the fixture has newlines renders the same: recognised */
     char *escaped = malloc(2 * phi_len + 1), *e = escaped;
     char *orig = read_template("chat-templates/microsoft-Phi-3.5-mini-instruct.jinja");
@@ -535,7 +557,8 @@ static void test_chat_golden(void) {
         {"llama-3.1", "llama-3.1"}, {"llama-3.2", "llama-3.1"}, {"mistral-nemo", "mistral"},
         {"mistral-v0.1", "mistral-v0.1"}, {"mistral-v0.2", "mistral-v0.2"}, {"mistral-v1", "mistral-v1"},
         {"mistral-v3", "mistral-v3"}, {"qwen3", "qwen3"}, {"gemma-2", "gemma"}, {"gemma-3", "gemma3"},
-        {"phi-3.5", "phi3"},
+        {"phi-3.5", "phi3"}, {"phi-4", "phi4"}, {"phi-4-unsloth", "phi4-unsloth"},
+        {"phi-4-mini", "phi4-mini"},
     };
     char *text = tl_read_source("tests/data/chat/golden.json", NULL);
     cJSON *root = text ? cJSON_Parse(text) : NULL;
@@ -911,6 +934,63 @@ static void test_chat_phi3_data(void) {
              "{\"role\": \"user\", \"content\": \"Tell me a joke.\"}, {\"role\": \"assistant\", \"content\": "
              "\"Why did the chicken cross the road?\"}]}\n");
     check_chat_jsonl("chat_phi3_empty_system.jsonl", buf, tok, "phi-3.5", NULL, turns, "<|assistant|>\n", "<|end|>", "phi3");
+    lorac_tokenizer_free(tok);
+}
+
+/* Phi-4's templates on training data: GPT-2's byte-level tokenizer (Phi-4's
+ * is byte-level BPE too) with Phi-4's three control tokens added as special
+ * tokens. The renderings are what jinja2 renders from microsoft/phi-4's
+ * template and Unsloth's copy (tests/data/chat/golden.json), the same for a
+ * conversation that ends with a reply; the loss is on each reply and its
+ * <|im_end|>. They differ on a pending question: microsoft/phi-4's writes
+ * the assistant header after it even without a generation prompt. */
+static void test_chat_phi4_data(void) {
+    static const char *const extra[3] = {"<|im_start|>", "<|im_sep|>", "<|im_end|>"};
+    lorac_tokenizer_t *tok = tokenizer_with_specials("tokenizers/gpt2/tokenizer.json", 50257, extra, 3);
+    if (!tok) return;
+    static const char want[] =
+        "<|im_start|>system<|im_sep|>You are helpful.<|im_end|><|im_start|>user<|im_sep|>Hi there<|im_end|>"
+        "<|im_start|>assistant<|im_sep|>Hello! How can I help?<|im_end|><|im_start|>user<|im_sep|>Tell me a joke."
+        "<|im_end|><|im_start|>assistant<|im_sep|>Why did the chicken cross the road?<|im_end|>";
+    char buf[1024];
+    conv_jsonl(buf, sizeof buf, true);
+    check_chat_jsonl("chat_phi4.jsonl", buf, tok, "phi-4", NULL, want, "<|im_start|>assistant<|im_sep|>", "<|im_end|>",
+                     "phi4");
+    check_chat_jsonl("chat_phi4_unsloth.jsonl", buf, tok, "phi4-unsloth", NULL, want, "<|im_start|>assistant<|im_sep|>",
+                     "<|im_end|>", "phi4-unsloth");
+    lorac_chat_message_t m[1] = {{"user", "Hi"}};
+    char *out = NULL, *out2 = NULL;
+    CHECK(lorac_dataset_chat_render("phi4", NULL, m, 1, NULL, NULL, &out, NULL) == 0 &&
+          !strcmp(out, "<|im_start|>user<|im_sep|>Hi<|im_end|><|im_start|>assistant<|im_sep|>"));
+    CHECK(lorac_dataset_chat_render("phi4-unsloth", NULL, m, 1, NULL, NULL, &out2, NULL) == 0 &&
+          !strcmp(out2, "<|im_start|>user<|im_sep|>Hi<|im_end|>"));
+    free(out);
+    free(out2);
+    CHECK(!strcmp(lorac_dataset_chat_end_of_turn("phi4", NULL), "<|im_end|>"));
+    lorac_tokenizer_free(tok);
+}
+
+/* Phi-4-mini's template on training data: GPT-2's byte-level tokenizer
+ * (which has <|endoftext|>) with Phi-4-mini's role tokens and <|end|>
+ * added as special tokens. The rendering is what jinja2 renders from
+ * Phi-4-mini-instruct's template (tests/data/chat/golden.json): no
+ * newlines, <|endoftext|> after the last turn (not in the loss), the loss
+ * on each reply and its <|end|>; an empty system message is kept. */
+static void test_chat_phi4_mini_data(void) {
+    static const char *const extra[4] = {"<|system|>", "<|user|>", "<|assistant|>", "<|end|>"};
+    lorac_tokenizer_t *tok = tokenizer_with_specials("tokenizers/gpt2/tokenizer.json", 50257, extra, 4);
+    if (!tok) return;
+    static const char want[] = "<|system|>You are helpful.<|end|><|user|>Hi there<|end|><|assistant|>Hello! How can I "
+                               "help?<|end|><|user|>Tell me a joke.<|end|><|assistant|>Why did the chicken cross the "
+                               "road?<|end|><|endoftext|>";
+    char buf[1024];
+    conv_jsonl(buf, sizeof buf, true);
+    check_chat_jsonl("chat_phi4_mini.jsonl", buf, tok, "phi-4-mini", NULL, want, "<|assistant|>", "<|end|>", "phi4-mini");
+    lorac_chat_message_t m[2] = {{"system", ""}, {"user", "Hi"}};
+    char *out = NULL;
+    CHECK(lorac_dataset_chat_render_generation("phi4-mini", NULL, m, 2, NULL, NULL, true, &out, NULL) == 0 &&
+          !strcmp(out, "<|system|><|end|><|user|>Hi<|end|><|assistant|>"));
+    free(out);
     lorac_tokenizer_free(tok);
 }
 
@@ -1635,6 +1715,8 @@ int main(void) {
     test_chat_recognize();
     test_chat_golden();
     test_chat_phi3_data();
+    test_chat_phi4_data();
+    test_chat_phi4_mini_data();
     test_chat_gemma_data();
     test_chat_data();
     test_chat_mistral_data();

@@ -28,7 +28,7 @@ void dbuf_free(dbuf_t *b) {
 static const char *const k_names[CHAT_COUNT] = {"chatml", "llama-2",      "llama-3",      "llama-3.1", "zephyr",
                                                  "mistral", "mistral-v0.1", "mistral-v0.2", "mistral-v1",
                                                  "mistral-v3", "qwen3",        "gemma",        "gemma3",
-                                                 "phi3"};
+                                                 "phi3",    "phi4",         "phi4-unsloth", "phi4-mini"};
 
 int chat_tpl_from_name(const char *name) {
     static const struct { const char *alias; chat_tpl_t t; } aliases[] = {
@@ -41,7 +41,8 @@ int chat_tpl_from_name(const char *name) {
         {"mistral-v3-tekken", CHAT_MISTRAL}, /* llama.cpp's names for v0.3's and NeMo's */
         {"qwen3", CHAT_QWEN3},       {"gemma", CHAT_GEMMA},       {"gemma2", CHAT_GEMMA},
         {"gemma3", CHAT_GEMMA3},     {"phi3", CHAT_PHI3},         {"phi-3", CHAT_PHI3},
-        {"phi-3.5", CHAT_PHI3},
+        {"phi-3.5", CHAT_PHI3},      {"phi4", CHAT_PHI4},         {"phi-4", CHAT_PHI4},
+        {"phi4-unsloth", CHAT_PHI4_UNSLOTH}, {"phi4-mini", CHAT_PHI4_MINI}, {"phi-4-mini", CHAT_PHI4_MINI},
     };
     if (!name) return -1;
     for (size_t i = 0; i < sizeof aliases / sizeof *aliases; i++)
@@ -62,18 +63,22 @@ static const char *chat_tpl_default_bos(chat_tpl_t t) {
 }
 
 static const char *chat_tpl_default_eos(chat_tpl_t t) {
-    return t == CHAT_GEMMA || t == CHAT_GEMMA3 ? "<eos>" : t == CHAT_PHI3 ? "<|endoftext|>" : "</s>";
+    return t == CHAT_GEMMA || t == CHAT_GEMMA3 ? "<eos>" : t == CHAT_PHI3 || t == CHAT_PHI4_MINI ? "<|endoftext|>"
+           : t == CHAT_PHI4 || t == CHAT_PHI4_UNSLOTH ? "<|im_end|>" : "</s>";
 }
 
 const char *lorac_dataset_chat_end_of_turn(const char *template_name, const char *eos) {
     switch (chat_tpl_from_name(template_name)) {
     case CHAT_CHATML:
-    case CHAT_QWEN3: return "<|im_end|>";
+    case CHAT_QWEN3:
+    case CHAT_PHI4:
+    case CHAT_PHI4_UNSLOTH: return "<|im_end|>";
     case CHAT_LLAMA3:
     case CHAT_LLAMA31: return "<|eot_id|>";
     case CHAT_GEMMA:
     case CHAT_GEMMA3: return "<end_of_turn>";
-    case CHAT_PHI3: return "<|end|>";
+    case CHAT_PHI3:
+    case CHAT_PHI4_MINI: return "<|end|>";
     case CHAT_LLAMA2:
     case CHAT_ZEPHYR:
     case CHAT_MISTRAL:
@@ -106,8 +111,11 @@ static size_t chat_tpl_specials(chat_tpl_t t, const char *bos, const char *eos, 
     case CHAT_GEMMA:
     case CHAT_GEMMA3: out[n++] = bos; out[n++] = "<start_of_turn>"; out[n++] = "<end_of_turn>"; break;
     case CHAT_PHI3:
+    case CHAT_PHI4_MINI:
         out[n++] = "<|system|>"; out[n++] = "<|user|>"; out[n++] = "<|assistant|>"; out[n++] = "<|end|>"; out[n++] = eos;
         break;
+    case CHAT_PHI4:
+    case CHAT_PHI4_UNSLOTH: out[n++] = "<|im_start|>"; out[n++] = "<|im_sep|>"; out[n++] = "<|im_end|>"; break;
     case CHAT_COUNT: break;
     }
     return n;
@@ -354,6 +362,39 @@ static lorac_status_t render_phi3(chat_render_t *r, const lorac_chat_message_t *
     return LORAC_STATUS_OK;
 }
 
+/* Phi-4-mini's template: per message "<|{role}|>{content}<|end|>" with no
+ * newlines, a system message even when empty, no BOS, and EOS after the
+ * last turn, replaced by the generation prompt (as Phi-3.5's). Its tools
+ * branch (a system message with a "tools" key) is not taken: lorac's
+ * messages carry no tools. The reply and its <|end|> are in the loss. */
+static lorac_status_t render_phi4_mini(chat_render_t *r, const lorac_chat_message_t *m, size_t n, const char *eos) {
+    for (size_t i = 0; i < n; i++) {
+        TRY(piece(r, false, true) || add(r, "<|") || add(r, m[i].role) || add(r, "|>"));
+        TRY(piece(r, !strcmp(m[i].role, "assistant"), false) || add(r, m[i].content) || add(r, "<|end|>"));
+    }
+    TRY(piece(r, false, true) || add(r, eos));
+    return LORAC_STATUS_OK;
+}
+
+/* Phi-4's template (microsoft/phi-4): "<|im_start|>{role}<|im_sep|>
+ * {content}<|im_end|>" with no newlines, where the assistant's header is
+ * written at the end of each user turn rather than before each reply, so
+ * that a conversation ending with a question ends with it whether or not a
+ * generation prompt is asked for. Unsloth's copy (unsloth: true) writes
+ * each message's own header and the generation prompt on request. No BOS,
+ * no order of roles enforced. A reply and its <|im_end|> are in the loss.
+ * Every piece starts at a special token or right after one: a chunk each. */
+static lorac_status_t render_phi4(chat_render_t *r, const lorac_chat_message_t *m, size_t n, bool unsloth) {
+    for (size_t i = 0; i < n; i++) {
+        bool assistant = !strcmp(m[i].role, "assistant");
+        if (!assistant || unsloth)
+            TRY(piece(r, false, true) || add(r, "<|im_start|>") || add(r, m[i].role) || add(r, "<|im_sep|>"));
+        TRY(piece(r, assistant, true) || add(r, m[i].content) || add(r, "<|im_end|>")); /* after a special token */
+        if (!strcmp(m[i].role, "user") && !unsloth) TRY(piece(r, false, true) || add(r, "<|im_start|>assistant<|im_sep|>"));
+    }
+    return LORAC_STATUS_OK;
+}
+
 /* Llama 3: BOS, then per message a header and the stripped content closed by
  * <|eot_id|>. Llama 3.1/3.2 always open with a system block carrying the
  * knowledge-cutoff lines and the (first) system message. */
@@ -487,6 +528,9 @@ lorac_status_t chat_render_pieces(chat_tpl_t t, const char *default_system, cons
     case CHAT_GEMMA:
     case CHAT_GEMMA3: return render_gemma(r, t, m, n, bos);
     case CHAT_PHI3: return render_phi3(r, m, n, eos);
+    case CHAT_PHI4:
+    case CHAT_PHI4_UNSLOTH: return render_phi4(r, m, n, t == CHAT_PHI4_UNSLOTH);
+    case CHAT_PHI4_MINI: return render_phi4_mini(r, m, n, eos);
     case CHAT_COUNT: break;
     }
     return lorac_error(LORAC_STATUS_INVALID_ARG, "bad chat template id %d", (int)t);
@@ -522,6 +566,9 @@ static const char *generation_prompt(chat_tpl_t t) {
     case CHAT_PHI3: return "<|assistant|>\n";
     case CHAT_GEMMA:
     case CHAT_GEMMA3: return "<start_of_turn>model\n";
+    case CHAT_PHI4_UNSLOTH: return "<|im_start|>assistant<|im_sep|>";
+    case CHAT_PHI4_MINI: return "<|assistant|>";
+    case CHAT_PHI4: /* written after each user turn already */
     case CHAT_LLAMA2:  /* the text already ends with [/INST] */
     case CHAT_MISTRAL:
     case CHAT_MISTRAL_V01:
@@ -542,8 +589,8 @@ lorac_status_t lorac_dataset_chat_render_generation(const char *template_name, c
     if (s) return s;
     dbuf_t b = {.s = *out, .len = n, .cap = n + 1};
     chat_tpl_t t = (chat_tpl_t)chat_tpl_from_name(template_name);
-    /* Phi-3.5's ends a conversation with EOS only without the generation prompt */
-    const char *end = t == CHAT_PHI3 ? (eos ? eos : chat_tpl_default_eos(t)) : NULL;
+    /* Phi-3.5's and Phi-4-mini's end a conversation with EOS only without the generation prompt */
+    const char *end = t == CHAT_PHI3 || t == CHAT_PHI4_MINI ? (eos ? eos : chat_tpl_default_eos(t)) : NULL;
     if (end && b.len >= strlen(end) && !memcmp(b.s + b.len - strlen(end), end, strlen(end))) b.s[b.len -= strlen(end)] = '\0';
     if (dbuf_puts(&b, generation_prompt(t)) ||
         (t == CHAT_QWEN3 && !enable_thinking && dbuf_puts(&b, "<think>\n\n</think>\n\n"))) {
@@ -670,13 +717,49 @@ static int phi35_template(const char *jinja) {
     return 1;
 }
 
+/* Phi-4's templates, character for character: microsoft/phi-4's, and the
+ * copy Unsloth republished (every message with its header, and
+ * add_generation_prompt). */
+static const char k_phi4_jinja[] =
+    "{% for message in messages %}{% if (message['role'] == 'system') %}{{'<|im_start|>system<|im_sep|>' + "
+    "message['content'] + '<|im_end|>'}}{% elif (message['role'] == 'user') %}{{'<|im_start|>user<|im_sep|>' + "
+    "message['content'] + '<|im_end|><|im_start|>assistant<|im_sep|>'}}{% elif (message['role'] == 'assistant') %}"
+    "{{message['content'] + '<|im_end|>'}}{% endif %}{% endfor %}";
+static const char k_phi4_mini_jinja[] =
+    "{% for message in messages %}{% if message['role'] == 'system' and 'tools' in message and message['tools'] is "
+    "not none %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|tool|>' + message['tools'] + '<|/tool|>' "
+    "+ '<|end|>' }}{% else %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% else %}{{ eos_token }}{% endif %}";
+static const char k_phi4_unsloth_jinja[] =
+    "{% for message in messages %}{% if (message['role'] == 'system') %}{{'<|im_start|>system<|im_sep|>' + "
+    "message['content'] + '<|im_end|>'}}{% elif (message['role'] == 'user') %}{{'<|im_start|>user<|im_sep|>' + "
+    "message['content'] + '<|im_end|>'}}{% elif (message['role'] == 'assistant') %}{{'<|im_start|>assistant"
+    "<|im_sep|>' + message['content'] + '<|im_end|>'}}{% endif %}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant<|im_sep|>' }}{% endif %}";
+
+/* 1 when jinja is `want` with only whitespace around it. */
+static int same_template(const char *jinja, const char *want) {
+    while (*jinja == ' ' || *jinja == '\n' || *jinja == '\t' || *jinja == '\r') jinja++;
+    size_t n = strlen(want);
+    if (strncmp(jinja, want, n)) return 0;
+    for (jinja += n; *jinja; jinja++)
+        if (*jinja != ' ' && *jinja != '\n' && *jinja != '\t' && *jinja != '\r') return 0;
+    return 1;
+}
+
 lorac_status_t lorac_dataset_chat_template_recognize(const char *jinja, const char **name, char **default_system) {
     static const char hint[] = "pass --chat-template " LORAC_CHAT_TEMPLATES " if the model was trained "
                                "with one of those";
     if (default_system) *default_system = NULL;
     *name = NULL;
     chat_tpl_t t;
-    if (strstr(jinja, "<|im_start|>") && (strstr(jinja, "<think>") || strstr(jinja, "</think>"))) {
+    if (strstr(jinja, "<|im_sep|>")) { /* Phi-4's ChatML-like turns, which ChatML's rendering would get wrong */
+        if (same_template(jinja, k_phi4_jinja)) t = CHAT_PHI4;
+        else if (same_template(jinja, k_phi4_unsloth_jinja)) t = CHAT_PHI4_UNSLOTH;
+        else
+            return lorac_error(LORAC_STATUS_UNSUPPORTED, "a Phi-4 template (<|im_sep|>) other than microsoft/phi-4's "
+                               "and Unsloth's copy of it, which lorac cannot render exactly; %s", hint);
+    } else if (strstr(jinja, "<|im_start|>") && (strstr(jinja, "<think>") || strstr(jinja, "</think>"))) {
         /* Qwen3's, exactly: the replies' reasoning taken apart, kept after the last question, an empty block
          * in the last reply, and a generation prompt that opens a thinking block only with enable_thinking
          * false (the revision that also checks "content is string" renders strings the same; a derived one
@@ -723,12 +806,14 @@ lorac_status_t lorac_dataset_chat_template_recognize(const char *jinja, const ch
         t = CHAT_GEMMA3;
     else if (phi35_template(jinja))
         t = CHAT_PHI3;
+    else if (same_template(jinja, k_phi4_mini_jinja))
+        t = CHAT_PHI4_MINI;
     else {
         const char *family = strstr(jinja, "[INST]")             ? "a Mistral-style [INST] template other than NeMo's, "
                                                                   "Mistral 7B v0.1's, Mixtral's, their later one "
                                                                   "and v0.3's"
                              : strstr(jinja, "<start_of_turn>") ? "a Gemma template other than Gemma 2's and 3's"
-                             : strstr(jinja, "<|end|>")         ? "a Phi template other than Phi-3.5's"
+                             : strstr(jinja, "<|end|>")         ? "a Phi template other than Phi-3.5's and Phi-4-mini's"
                                                                 : "a chat template";
         return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s that lorac cannot render exactly; %s", family, hint);
     }

@@ -54,6 +54,9 @@ typedef enum {
     CHAT_GEMMA,       /* Gemma 1's and 2's: <start_of_turn>user/model turns, no system message */
     CHAT_GEMMA3,      /* Gemma 3's: the same with a system message folded into the first user turn */
     CHAT_PHI3,        /* Phi-3.5's: <|user|>\n...<|end|>\n turns, the conversation closed by EOS */
+    CHAT_PHI4,        /* Phi-4's: <|im_start|>user<|im_sep|>...<|im_end|>, the assistant header after each user turn */
+    CHAT_PHI4_UNSLOTH, /* Unsloth's Phi-4: every message with its header, the generation prompt on request */
+    CHAT_PHI4_MINI,   /* Phi-4-mini's: <|user|>...<|end|> turns, no newlines, the conversation closed by EOS */
     CHAT_COUNT
 } chat_tpl_t;
 

@@ -47,6 +47,9 @@ TEMPLATES = [
     ("gemma-2", "chat-templates/google-gemma-2-2b-it.jinja", None, "<bos>", "<eos>"),
     ("gemma-3", "tests/data/chat/templates/gemma3.jinja", None, "<bos>", "<eos>"),
     ("phi-3.5", "chat-templates/microsoft-Phi-3.5-mini-instruct.jinja", None, "<s>", "<|endoftext|>"),
+    ("phi-4", "tests/data/chat/templates/phi4.jinja", None, None, "<|im_end|>"),
+    ("phi-4-unsloth", "tests/data/chat/templates/phi4-unsloth.jinja", None, None, "<|im_end|>"),
+    ("phi-4-mini", "tests/data/chat/templates/phi4-mini.jinja", None, None, "<|endoftext|>"),
 ]
 
 S = {"role": "system", "content": "You are a careful assistant."}
