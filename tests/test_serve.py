@@ -33,6 +33,7 @@ serving, evicts one), then:
 Run alone: LORAC_BIN=build/lorac LORAC_FIXTURES=../shared/fixtures /usr/bin/python3 tests/test_serve.py
 """
 
+import concurrent.futures
 import http.client
 import json
 import os
@@ -872,9 +873,12 @@ def test_gemma3_server():
 
 def test_phi3_server():
     """A random Phi-3 model with longrope switching past 8 positions, TinyLlama's tokenizer and Phi-3.5's chat
-    template: a request whose prompt (5 tokens) plus max_tokens (6) may pass the switch is rotated with the long
-    factors from its first position (a running batch cannot recompute one sequence at the switch), so its greedy
-    reply is the reference's with the long factors throughout; one that stays within is the short factors'."""
+    template: greedy replies equal the reference recomputing the whole sequence at each step, whose factors follow
+    the sequence's length, as transformers' generate gives them (it recomputes the cache when the sequence grows
+    past the switch; so does the engine, for that one sequence, while others decode beside it): a prompt of 5
+    tokens with 6 more crosses the switch, and differs from the long factors throughout (what the server gave
+    before it recomputed) and from the short ones throughout; with 2 more it stays within. Two requests crossing
+    at different steps run side by side, one of them beside a long prompt fed in pieces (--batch 4)."""
     import torch  # noqa: F401 (hf_model's forward)
     d = os.path.join(TMP, "phi3")
     c, w = hf_model.make_random_model(d, dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
@@ -886,23 +890,46 @@ def test_phi3_server():
                                       arch="phi3", seed=8,
                                       tokenizer_json=os.path.join(FIX, "tokenizers", "tinyllama-1.1b-chat-v1.0",
                                                                   "tokenizer.json"))
-    prompt = [int(x) for x in subprocess.run([BIN, "tokenize", "-m", d, "-p", "Once upon a time"],
-                                             capture_output=True, text=True, check=True).stdout.split()]
-    s = Server(["-m", d, "--served-model-name", "phi"], os.path.join(TMP, "server-phi3.log"))
+
+    def ids_of(text):
+        return [int(x) for x in subprocess.run([BIN, "tokenize", "-m", d, "-p", text], capture_output=True,
+                                               text=True, check=True).stdout.split()]
+
+    def greedy(prompt, n, rope_len=None):
+        ids = list(prompt)
+        for _ in range(n):
+            ids.append(int(hf_model.llama_forward(w, c, ids, rope_len=rope_len)[-1].argmax()))
+        return ids[len(prompt):]
+
+    def text_of(ids):
+        return subprocess.run([BIN, "tokenize", "-m", d, "--decode", " ".join(map(str, ids))], capture_output=True,
+                              text=True, check=True).stdout.rstrip("\n")
+
+    prompt, other = ids_of("Once upon a time"), ids_of("The little dog")
+    check(len(prompt) == 5, f"phi3: prompt of {len(prompt)} tokens")
+    check(greedy(prompt, 6) != greedy(prompt, 6, 1000) and greedy(prompt, 6) != greedy(prompt, 6, 1),
+          "phi3 longrope: the switch must change this reply")
+    s = Server(["-m", d, "--served-model-name", "phi", "--batch", "4"], os.path.join(TMP, "server-phi3.log"))
     try:
-        def greedy(n, rope_len):
-            ids = list(prompt)
-            for _ in range(n):
-                ids.append(int(hf_model.llama_forward(w, c, ids, rope_len=rope_len)[-1].argmax()))
-            return ids[len(prompt):]
-        check(greedy(6, 1000) != greedy(6, 1), "phi3 longrope: the factors must change this reply")
-        for n, rope_len in ((6, 1000), (2, 1)):  # 5 + 6 > 8: long; 5 + 2 <= 8: short
+        for n in (6, 2):  # 5 + 6 > 8: across the switch; 5 + 2 <= 8: within it
             r = complete(s.port, {"model": "phi", "prompt": prompt, "max_tokens": n, "temperature": 0})
             got = r["object"]["choices"][0]["text"] if r["status"] == 200 else None
-            want = subprocess.run([BIN, "tokenize", "-m", d, "--decode", " ".join(map(str, greedy(n, rope_len)))],
-                                  capture_output=True, text=True, check=True).stdout.rstrip("\n")
+            want = text_of(greedy(prompt, n))
             # a reply decoded alone loses SentencePiece's leading space
             check(got is not None and got.lstrip(" ") == want, f"phi3 longrope, max_tokens {n}: {got!r}, the reference {want!r}")
+        # side by side: prompts of 5 and 4 tokens cross at different steps, a 12-token prompt (past the switch
+        # from the start) is fed 4 tokens a step beside them
+        long_prompt = (prompt + other + prompt)[:12]
+        jobs = [(prompt, 7), (other, 8), (long_prompt, 3)]
+        with concurrent.futures.ThreadPoolExecutor(len(jobs)) as ex:
+            futs = [ex.submit(complete, s.port, {"model": "phi", "prompt": p, "max_tokens": n, "temperature": 0})
+                    for p, n in jobs]
+            got = [f.result() for f in futs]
+        for (p, n), r in zip(jobs, got):
+            text = r["object"]["choices"][0]["text"] if r["status"] == 200 else None
+            want = text_of(greedy(p, n))
+            check(text is not None and text.lstrip(" ") == want,
+                  f"phi3 longrope side by side ({len(p)} + {n} tokens): {text!r}, the reference {want!r}")
     finally:
         rc = s.stop()
     check(rc == 0, f"phi3 server: exit {rc}")

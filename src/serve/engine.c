@@ -23,8 +23,12 @@
 
 typedef struct request {
     uint64_t id;
-    int32_t *prompt;
-    int32_t n_prompt, n_prefilled;
+    int32_t *prompt;          /* the prompt, then the tokens generated (cap_ids) */
+    int32_t n_prompt, cap_ids;
+    /* tokens of prompt[] the sequence decodes before its next sample, and
+     * how many of them it has: n_prompt, or at Phi-3's longrope switch its
+     * whole length again (rope_switch) */
+    int32_t n_feed, n_prefilled;
     int32_t max_tokens, n_generated;
     int32_t last_token;       /* next input of a decoding sequence */
     registry_entry_t *adapter;
@@ -259,11 +263,9 @@ static request_t *admit_locked(lorac_engine_t *e) {
         e->slots[s] = r;
         e->n_running++;
         lorac_context_clear_seq(e->ctx, s);
-        /* Phi-3's longrope: the long factors from the start when the request
-         * may grow past original_max_position_embeddings (a running batch
-         * cannot recompute one sequence's cache at the switch, as
-         * transformers' generate does) */
-        lorac_context_set_seq_rope_len(e->ctx, s, r->n_prompt + r->max_tokens);
+        /* Phi-3's longrope: a prompt fed in pieces is rotated with the
+         * factors of its whole length (rope_switch does the rest) */
+        lorac_context_set_seq_rope_len(e->ctx, s, r->n_prompt);
         lorac_context_set_seq_adapter(e->ctx, s, r->adapter ? r->adapter->adapter : NULL, 1.0f);
     }
     return cancelled;
@@ -277,21 +279,38 @@ static int cmp_by_adapter(const void *a, const void *b, void *arg) {
     return x->slot - y->slot;
 }
 
+/* Phi-3's longrope: transformers rotates a sequence with the long factors
+ * once it is longer than original_max_position_embeddings, and its
+ * generate recomputes the whole cache when the sequence grows across. So
+ * does this: a decoding sequence whose next token takes it across is fed
+ * again from its first token (the prompt and what it generated), in the
+ * batches that follow, before its next sample. */
+static void rope_switch(lorac_engine_t *e, request_t *r) {
+    int32_t len = r->n_prompt + r->n_generated; /* with the token about to be decoded */
+    if (r->n_prefilled < r->n_feed || !lorac_model_get_config(e->model)->rope_longrope ||
+        lorac_context_seq_rope_long(e->ctx, r->slot) || !lorac_model_rope_long(lorac_model_get_config(e->model), len))
+        return;
+    lorac_context_clear_seq(e->ctx, r->slot);
+    lorac_context_set_seq_rope_len(e->ctx, r->slot, len);
+    r->n_feed = len;
+    r->n_prefilled = 0;
+}
+
 /* Fills the step's batch; returns the number of tokens. */
 static int32_t build_batch(lorac_engine_t *e, int32_t *n_order) {
     int32_t n = 0;
     for (int32_t s = 0; s < e->params.max_seqs; s++)
-        if (e->slots[s]) e->order[n++] = s;
+        if (e->slots[s]) e->order[n++] = s, rope_switch(e, e->slots[s]);
     qsort_r(e->order, (size_t)n, sizeof(int32_t), cmp_by_adapter, e->slots);
     *n_order = n;
     /* decoding sequences take one token each; prompts share what is left */
     int32_t budget = e->params.n_batch;
     for (int32_t i = 0; i < n; i++)
-        if (e->slots[e->order[i]]->n_prefilled == e->slots[e->order[i]]->n_prompt) budget--;
+        if (e->slots[e->order[i]]->n_prefilled == e->slots[e->order[i]]->n_feed) budget--;
     int32_t t = 0, lp_rows = PROMPT_LOGPROB_ROWS;
     for (int32_t i = 0; i < n; i++) {
         request_t *r = e->slots[e->order[i]];
-        if (r->n_prefilled == r->n_prompt) {
+        if (r->n_prefilled == r->n_feed) {
             e->b_tokens[t] = r->last_token;
             e->b_pos[t] = r->n_prompt + r->n_generated - 1;
             e->b_seq[t] = r->slot;
@@ -299,9 +318,10 @@ static int32_t build_batch(lorac_engine_t *e, int32_t *n_order) {
             t++;
             continue;
         }
-        int32_t take = r->n_prompt - r->n_prefilled;
+        int32_t take = r->n_feed - r->n_prefilled;
+        bool prompt_rows = r->plp && r->n_feed == r->n_prompt; /* not again at the longrope switch */
         if (take > budget) take = budget;
-        if (r->plp) { /* every prompt token's logits: within the rows left */
+        if (prompt_rows) { /* every prompt token's logits: within the rows left */
             if (take > lp_rows + 1) take = lp_rows + 1;
             lp_rows -= take - 1;
             if (take == 0) continue;
@@ -310,7 +330,7 @@ static int32_t build_batch(lorac_engine_t *e, int32_t *n_order) {
             e->b_tokens[t] = r->prompt[r->n_prefilled + j];
             e->b_pos[t] = r->n_prefilled + j;
             e->b_seq[t] = r->slot;
-            e->b_logits[t] = r->plp || r->n_prefilled + j == r->n_prompt - 1;
+            e->b_logits[t] = prompt_rows || r->n_prefilled + j == r->n_feed - 1;
             t++;
         }
         budget -= take;
@@ -343,6 +363,14 @@ static void advance(lorac_engine_t *e, request_t *r, float *logits) {
         retire_slot(e, r->slot, LORAC_FINISH_LENGTH, NULL);
         return;
     }
+    if (r->n_prompt + r->n_generated > r->cap_ids) { /* keep it for rope_switch; grown by half at a time */
+        int64_t cap = (int64_t)r->cap_ids + r->cap_ids / 2 + 16, most = (int64_t)r->n_prompt + r->max_tokens;
+        int32_t *grown = realloc(r->prompt, sizeof(int32_t) * (size_t)(cap < most ? cap : most));
+        if (!grown) { retire_slot(e, r->slot, LORAC_FINISH_ERROR, "out of memory for the generated tokens"); return; }
+        r->prompt = grown;
+        r->cap_ids = (int32_t)(cap < most ? cap : most);
+    }
+    r->prompt[r->n_prompt + r->n_generated - 1] = tok;
     r->last_token = tok;
 }
 
@@ -369,7 +397,7 @@ static void step(lorac_engine_t *e) {
     int32_t row = 0, V = lorac_model_get_config(e->model)->vocab_size;
     for (int32_t t = 0; t < n_tokens; t++) {
         request_t *r = e->slots[e->b_seq[t]];
-        if (r->n_prefilled < r->n_prompt) r->n_prefilled++;
+        if (r->n_prefilled < r->n_feed) r->n_prefilled++;
         if (!e->b_logits[t]) continue;
         const float *logits = e->logits + (size_t)row++ * (size_t)V;
         int32_t p = e->b_pos[t];
@@ -521,7 +549,7 @@ static request_t *request_new(const lorac_engine_t *e, const lorac_serve_request
     r->stop = q->n_stop ? calloc((size_t)q->n_stop, sizeof(char *)) : NULL;
     if (!r->prompt || (q->n_stop && !r->stop)) { request_free(r); return NULL; }
     memcpy(r->prompt, q->prompt, sizeof(int32_t) * (size_t)q->n_prompt);
-    r->n_prompt = q->n_prompt;
+    r->n_prompt = r->cap_ids = r->n_feed = q->n_prompt;
     for (int32_t i = 0; i < q->n_stop; i++) {
         r->stop[i] = strdup(q->stop[i]);
         r->n_stop = i + 1;
