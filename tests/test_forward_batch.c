@@ -6,6 +6,7 @@
  * factors are a sequence's, fixed by its first batch or its given length.
  * (Parity with PyTorch is tests/test_logits_parity.py.) */
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "lorac/kernels.h"
 #include "lorac/model.h"
@@ -52,7 +53,8 @@ static void write_tensors(const char *dir, const tensor_spec_t *spec, size_t n_s
 
 /* window > 0: the same weights as Mistral with a sliding window of that many positions */
 static void write_model(int window) {
-    snprintf(g_dir, sizeof g_dir, "%s/forward-batch-model%s", tl_tmpdir(), window ? "-window" : "");
+    /* the process id in the name: ctest runs this binary twice at once (the _thread_limit copy) */
+    snprintf(g_dir, sizeof g_dir, "%s/forward-batch-model%s.%d", tl_tmpdir(), window ? "-window" : "", (int)getpid());
     mkdir(g_dir, 0755);
     char path[4200];
     snprintf(path, sizeof path, "%s/config.json", g_dir);
@@ -113,7 +115,7 @@ static void prompt_two_ways(lorac_context_t *ctx, const int32_t *toks, int n, fl
  * sequence kept back within the switch after long-factor positions. */
 static void test_phi3_longrope(void) {
     char dir[4200], path[4300];
-    snprintf(dir, sizeof dir, "%s/forward-batch-phi3", tl_tmpdir());
+    snprintf(dir, sizeof dir, "%s/forward-batch-phi3.%d", tl_tmpdir(), (int)getpid());
     mkdir(dir, 0755);
     snprintf(path, sizeof path, "%s/config.json", dir);
     FILE *f = fopen(path, "w");
