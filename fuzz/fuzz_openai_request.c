@@ -76,7 +76,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     lorac_oai_logprob_t echoed[3] = {{.token = {body, len / 2, NAN}, .n_top = -1}, items[0], items[1]};
     lorac_oai_logprobs_t lp = {.tokens = data[0] & 8 ? echoed : items, .n = data[0] & 8 ? 3 : 2, .text_offset = 5};
     lorac_oai_choice_t c = {.text = body, .text_len = len, .finish_reason = "stop", .logprobs = &lp};
-    check_utf8(lorac_oai_response_json(&m, &c, 1, 3, 4));
+    check_utf8(lorac_oai_response_json(&m, &c, 1, &(lorac_oai_usage_t){3, 4, 1}));
     check_utf8(lorac_oai_stream_chunk(&m, 0, body, len, NULL, false, req.include_usage, &lp));
     check_utf8(lorac_oai_stream_chunk(&m, 0, NULL, 0, "length", kind == LORAC_OAI_CHAT, false, NULL));
     const char *const names[1] = {req.model};

@@ -340,7 +340,7 @@ static void test_logprobs_json(void) {
     lorac_oai_logprobs_t lp = {.tokens = items, .n = 2, .text_offset = 7};
     lorac_oai_choice_t ch = {.text = "x", .text_len = 1, .finish_reason = "stop", .logprobs = &lp};
     lorac_oai_meta_t m = {.kind = LORAC_OAI_COMPLETION, .id = "cmpl-1", .created = 1, .model = "base"};
-    char *s = lorac_oai_response_json(&m, &ch, 1, 1, 2);
+    char *s = lorac_oai_response_json(&m, &ch, 1, &(lorac_oai_usage_t){1, 2, 0});
     cJSON *o = parse_json(s);
     const cJSON *l = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "choices"), 0),
                                                       "logprobs");
@@ -364,7 +364,7 @@ static void test_logprobs_json(void) {
     lorac_oai_logprob_t echoed[2] = {{.token = {"<s>", 3, NAN}, .n_top = -1}, items[0]};
     lorac_oai_logprobs_t le = {.tokens = echoed, .n = 2, .text_offset = 0};
     ch.logprobs = &le;
-    s = lorac_oai_response_json(&m, &ch, 1, 1, 2);
+    s = lorac_oai_response_json(&m, &ch, 1, &(lorac_oai_usage_t){1, 2, 0});
     o = parse_json(s);
     l = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "choices"), 0), "logprobs");
     CHECK(cJSON_IsNull(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(l, "token_logprobs"), 0)) &&
@@ -375,7 +375,7 @@ static void test_logprobs_json(void) {
     ch.logprobs = &lp;
 
     m.kind = LORAC_OAI_CHAT;
-    s = lorac_oai_response_json(&m, &ch, 1, 1, 2);
+    s = lorac_oai_response_json(&m, &ch, 1, &(lorac_oai_usage_t){1, 2, 0});
     o = parse_json(s);
     l = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "choices"), 0), "logprobs");
     const cJSON *content = cJSON_GetObjectItemCaseSensitive(l, "content"), *e0 = cJSON_GetArrayItem(content, 0);
@@ -464,7 +464,7 @@ static void test_responses(void) {
     lorac_oai_meta_t m = {.kind = LORAC_OAI_COMPLETION, .id = "cmpl-1", .created = 1700000000, .model = "base"};
     lorac_oai_choice_t ch[2] = {{.text = "hi\xe2\x82", .text_len = 5, .finish_reason = "length"},
                                 {.text = "", .text_len = 0, .finish_reason = "stop"}};
-    char *s = lorac_oai_response_json(&m, ch, 2, 7, 9);
+    char *s = lorac_oai_response_json(&m, ch, 2, &(lorac_oai_usage_t){7, 9, 5});
     cJSON *o = parse_json(s);
     CHECK(!strcmp(str_at(o, "id"), "cmpl-1") && !strcmp(str_at(o, "object"), "text_completion"));
     CHECK(cJSON_GetObjectItemCaseSensitive(o, "created")->valuedouble == 1700000000 && !strcmp(str_at(o, "model"), "base"));
@@ -477,13 +477,15 @@ static void test_responses(void) {
     const cJSON *u = cJSON_GetObjectItemCaseSensitive(o, "usage");
     CHECK(cJSON_GetObjectItemCaseSensitive(u, "prompt_tokens")->valueint == 7 &&
           cJSON_GetObjectItemCaseSensitive(u, "completion_tokens")->valueint == 9 &&
-          cJSON_GetObjectItemCaseSensitive(u, "total_tokens")->valueint == 16);
+          cJSON_GetObjectItemCaseSensitive(u, "total_tokens")->valueint == 16 &&
+          cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(u, "prompt_tokens_details"),
+                                           "cached_tokens")->valueint == 5);
     cJSON_Delete(o);
     free(s);
 
     m.kind = LORAC_OAI_CHAT;
     m.id = "chatcmpl-2";
-    s = lorac_oai_response_json(&m, ch, 1, 1, 2);
+    s = lorac_oai_response_json(&m, ch, 1, &(lorac_oai_usage_t){1, 2, 0});
     o = parse_json(s);
     CHECK(!strcmp(str_at(o, "object"), "chat.completion"));
     const cJSON *msg = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "choices"), 0),
@@ -522,10 +524,13 @@ static void test_responses(void) {
             free(s);
         }
     }
-    s = lorac_oai_stream_usage_chunk(&m, 4, 6);
+    s = lorac_oai_stream_usage_chunk(&m, &(lorac_oai_usage_t){4, 6, 3});
     o = parse_json(s ? s + 6 : NULL);
     CHECK(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(o, "choices")) == 0);
-    CHECK(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(o, "usage"), "total_tokens")->valueint == 10);
+    const cJSON *su = cJSON_GetObjectItemCaseSensitive(o, "usage");
+    CHECK(cJSON_GetObjectItemCaseSensitive(su, "total_tokens")->valueint == 10 &&
+          cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(su, "prompt_tokens_details"),
+                                           "cached_tokens")->valueint == 3);
     cJSON_Delete(o);
     free(s);
     CHECK(!strcmp(lorac_oai_stream_done, "data: [DONE]\n\n"));

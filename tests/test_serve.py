@@ -871,6 +871,77 @@ def test_gemma3_server():
     check(rc == 0, f"gemma3 server: exit {rc}")
 
 
+def test_prefix_cache(model, adapters, names):
+    """The prefix cache: a request whose prompt starts as a finished one's did takes that slot and decodes only
+    the rest (lorac_prompt_tokens_cached_total counts the tokens it did not decode), and its reply is still what
+    `lorac generate` gives for the whole prompt (itself checked against PyTorch). Not reused: a cache made on
+    another adapter, or on the same adapter unloaded and loaded again (its files may have changed), or for a
+    request that wants every prompt token's log-probabilities; and nothing with --no-prefix-cache."""
+    def cached(port):
+        return metrics(port)[1].get("lorac_prompt_tokens_cached_total", -1)
+
+    s = Server(["-m", model, "--adapters", adapters, "--allow-admin", "--max-seqs", "2", "--batch", "16"],
+               os.path.join(TMP, "server-prefix.log"))
+    try:
+        first = complete(s.port, {"model": "model", "prompt": PROMPTS[0], "max_tokens": 24, "temperature": 0})
+        c0 = cached(s.port)
+        check(first["status"] == 200 and c0 == 0, f"prefix cache: a fresh server reuses nothing ({c0})")
+        turn = PROMPTS[0] + first["text"] + " Then"  # the conversation goes on: the previous prompt and reply first
+        n_first = first["usage"]["prompt_tokens"]
+        r = complete(s.port, {"model": "model", "prompt": turn, "max_tokens": 16, "temperature": 0})
+        c1 = cached(s.port)
+        check(r["status"] == 200 and r["text"] == generate(model, None, turn, 16),
+              f"prefix cache: the next turn {r.get('text')!r} is generate's")
+        check(c1 - c0 >= n_first, f"prefix cache: {c1 - c0} tokens reused, at least the first prompt's {n_first}")
+        # the same prompt again: all but its last token are reused
+        again = complete(s.port, {"model": "model", "prompt": turn, "max_tokens": 16, "temperature": 0})
+        c2 = cached(s.port)
+        check(again.get("text") == r["text"] and c2 - c1 == r["usage"]["prompt_tokens"] - 1,
+              f"prefix cache: the same prompt again reuses {c2 - c1} of {r['usage']['prompt_tokens']} tokens")
+        # OpenAI's usage.prompt_tokens_details.cached_tokens says so too, whole and streamed
+        streamed = complete(s.port, {"model": "model", "prompt": turn, "max_tokens": 16, "temperature": 0,
+                                     "stream": True, "stream_options": {"include_usage": True}})
+        c2 = cached(s.port)
+        details = [first["usage"]["prompt_tokens_details"]["cached_tokens"],
+                   again["usage"]["prompt_tokens_details"]["cached_tokens"],
+                   streamed["events"][-1]["usage"]["prompt_tokens_details"]["cached_tokens"]]
+        n_turn = r["usage"]["prompt_tokens"]
+        check(details == [0, n_turn - 1, n_turn - 1] and streamed["text"] == r["text"],
+              f"prefix cache: cached_tokens in usage {details}, want [0, {n_turn - 1}, {n_turn - 1}]")
+        # on an adapter: none of the base model's caches
+        a = complete(s.port, {"model": names[2], "prompt": turn, "max_tokens": 16, "temperature": 0})
+        c3 = cached(s.port)
+        check(a["status"] == 200 and a["text"] == generate(model, os.path.join(adapters, names[2]), turn, 16) and
+              c3 == c2, f"prefix cache: another adapter reuses {c3 - c2} tokens of the base model's")
+        b = complete(s.port, {"model": names[2], "prompt": turn, "max_tokens": 16, "temperature": 0})
+        c4 = cached(s.port)
+        check(b.get("text") == a["text"] and c4 > c3, f"prefix cache: the same adapter's prompt again reuses {c4 - c3}")
+        # unloaded and loaded again: a new adapter as far as the cache knows
+        st, _, _ = post(s.port, "/v1/unload_lora_adapter", {"lora_name": names[2]})
+        st2, _, _ = post(s.port, "/v1/load_lora_adapter", {"lora_name": names[2]})
+        b2 = complete(s.port, {"model": names[2], "prompt": turn, "max_tokens": 16, "temperature": 0})
+        c5 = cached(s.port)
+        check(st == 200 and st2 == 200 and b2.get("text") == a["text"] and c5 == c4,
+              f"prefix cache: a reloaded adapter reuses {c5 - c4} tokens of its earlier load's cache")
+        # every prompt token's log-probabilities: the prompt is decoded whole
+        e = complete(s.port, {"model": "model", "prompt": turn, "max_tokens": 1, "temperature": 0, "echo": True,
+                              "logprobs": 1})
+        c6 = cached(s.port)
+        check(e["status"] == 200 and c6 == c5, f"prefix cache: an echo request with logprobs reused {c6 - c5}")
+    finally:
+        rc = s.stop()
+    check(rc == 0, f"prefix cache server: exit {rc}")
+    s = Server(["-m", model, "--max-seqs", "2", "--no-prefix-cache"], os.path.join(TMP, "server-noprefix.log"))
+    try:
+        for _ in range(2):
+            r2 = complete(s.port, {"model": "model", "prompt": turn, "max_tokens": 16, "temperature": 0})
+            check(r2.get("text") == r["text"], f"--no-prefix-cache: {r2.get('text')!r}")
+        check(cached(s.port) == 0, "--no-prefix-cache: nothing reused")
+    finally:
+        rc = s.stop()
+    check(rc == 0, f"--no-prefix-cache server: exit {rc}")
+
+
 def test_phi3_server():
     """A random Phi-3 model with longrope switching past 8 positions, TinyLlama's tokenizer and Phi-3.5's chat
     template: greedy replies equal the reference recomputing the whole sequence at each step, whose factors follow
@@ -960,13 +1031,15 @@ def main():
         check(rc == 0, f"SIGTERM: exit {rc}")
         print(f"shutdown: {time.time() - t:.1f}s", flush=True)
     test_second_server(model)
+    test_prefix_cache(model, adapters, names)
     test_qwen3_server()
     test_gemma3_server()
     test_phi3_server()
     print(f"total {time.time() - t0:.1f}s")
     print(f"{passed} passed, {failed} failed")
     if failed:
-        for log in ("server.log", "server2.log", "server3.log", "server-gemma3.log", "server-phi3.log"):
+        for log in ("server.log", "server2.log", "server3.log", "server-gemma3.log", "server-phi3.log",
+                    "server-prefix.log", "server-noprefix.log"):
             path = os.path.join(TMP, log)
             if os.path.exists(path):
                 lines = open(path, errors="replace").read().splitlines()

@@ -26,6 +26,8 @@ static const char *k_usage =
     "                           max_position_embeddings, at most 2048; past it with a warning)\n"
     "  --batch N                most tokens in one forward pass (default 512)\n"
     "  --kv-cache-dtype T       f32 (default), bf16 or f16: the KV cache's values; bf16/f16 halve its memory\n"
+    "  --no-prefix-cache        decode every prompt whole (default: a request whose prompt starts as a\n"
+    "                           finished one's did, on the same adapter, reuses that slot's KV cache)\n"
     "  --max-queue N            requests waiting beyond --max-seqs before 429 (default 64)\n"
     "  --host ADDR              address to listen on (default 127.0.0.1: this machine only)\n"
     "  --port N                 port (default 8000; 0 = any free port, printed at start)\n"
@@ -69,6 +71,7 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--max-seqs")) ep.max_seqs = (int32_t)cli_int("serve", a, VAL(), 1, 4096);
         else if (!strcmp(a, "--ctx")) ep.n_ctx = (int32_t)cli_int("serve", a, VAL(), 2, 1 << 24);
         else if (!strcmp(a, "--kv-cache-dtype")) ep.kv_dtype = cli_kv_dtype("serve", a, VAL());
+        else if (!strcmp(a, "--no-prefix-cache")) ep.no_prefix_cache = true;
         else if (!strcmp(a, "--batch")) ep.n_batch = (int32_t)cli_int("serve", a, VAL(), 1, 1 << 20);
         else if (!strcmp(a, "--max-queue")) ep.max_queue = (int32_t)cli_int("serve", a, VAL(), 0, 1 << 20);
         else if (!strcmp(a, "--host")) hp.host = VAL();

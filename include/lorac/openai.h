@@ -242,13 +242,20 @@ typedef struct {
     const lorac_oai_logprobs_t *logprobs;
 } lorac_oai_choice_t;
 
+/* A response's usage: {prompt_tokens, completion_tokens, total_tokens,
+ * prompt_tokens_details: {cached_tokens}}, OpenAI's fields; cached_tokens
+ * are the prompt tokens whose keys and values the server's prefix cache
+ * already held. */
+typedef struct {
+    int64_t prompt_tokens, completion_tokens, cached_tokens;
+} lorac_oai_usage_t;
+
 /* The whole (non-streamed) response: object "text_completion" with
  * choices[{index, text, logprobs, finish_reason}], or "chat.completion"
  * with choices[{index, message{role: "assistant", content}, logprobs,
- * finish_reason}]; then usage{prompt_tokens, completion_tokens,
- * total_tokens}. */
+ * finish_reason}]; then usage. */
 char *lorac_oai_response_json(const lorac_oai_meta_t *m, const lorac_oai_choice_t *choices, int32_t n,
-                              int64_t prompt_tokens, int64_t completion_tokens);
+                              const lorac_oai_usage_t *usage);
 
 /* One server-sent event "data: {...}\n\n" for choice `index`: a
  * "text_completion" chunk with choices[{index, text, logprobs,
@@ -262,7 +269,7 @@ char *lorac_oai_stream_chunk(const lorac_oai_meta_t *m, int32_t index, const cha
                              const char *finish_reason, bool role_delta, bool usage_null,
                              const lorac_oai_logprobs_t *logprobs);
 /* The last chunk of stream_options.include_usage: choices [] and usage. */
-char *lorac_oai_stream_usage_chunk(const lorac_oai_meta_t *m, int64_t prompt_tokens, int64_t completion_tokens);
+char *lorac_oai_stream_usage_chunk(const lorac_oai_meta_t *m, const lorac_oai_usage_t *usage);
 /* "data: {\"error\": {...}}\n\n": an error after the stream has started. */
 char *lorac_oai_stream_error(const lorac_oai_error_t *err);
 /* "data: [DONE]\n\n" */

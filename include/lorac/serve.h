@@ -63,6 +63,7 @@ typedef struct {
     int32_t token;             /* the sampled token; -1 on the last event */
     lorac_finish_t finish;
     int32_t n_prompt_tokens;
+    int32_t n_cached_tokens;   /* of those, taken from the prefix cache (not decoded) */
     int32_t n_completion_tokens; /* so far */
     double ttft_s;             /* submit → first token, seconds (0 before it) */
     const char *error;         /* message when finish == ERROR, else NULL */
@@ -116,9 +117,15 @@ typedef struct {
     int32_t max_loras;       /* adapters kept in memory */
     const char *adapters_dir;/* NULL: base model only */
     lorac_dtype_t kv_dtype;  /* KV cache values: F32 (0, the default), BF16 or F16 (half the memory) */
+    /* A finished request's KV cache stays in its slot, and a request whose
+     * prompt starts with the same tokens (on the same adapter) takes that
+     * slot and decodes only the rest: a conversation's next turn, a shared
+     * system prompt. true turns it off (every prompt decoded whole). */
+    bool no_prefix_cache;
 } lorac_engine_params_t;
 
-/* max_seqs 8, n_ctx 0 (the model's, at most 2048), n_batch 512, max_queue 64, max_loras 8, kv_dtype F32. */
+/* max_seqs 8, n_ctx 0 (the model's, at most 2048), n_batch 512, max_queue 64, max_loras 8, kv_dtype F32,
+ * the prefix cache on. */
 lorac_engine_params_t lorac_engine_default_params(void);
 
 typedef struct lorac_engine lorac_engine_t;
@@ -173,6 +180,7 @@ typedef struct {
     uint64_t requests_finished[5];    /* by lorac_finish_t */
     uint64_t requests_rejected;       /* submit failed */
     uint64_t prompt_tokens_total;
+    uint64_t prompt_tokens_cached_total; /* of those, taken from a slot's kept KV cache, not decoded */
     uint64_t completion_tokens_total;
     uint64_t steps_total;             /* forward passes */
     uint64_t batch_tokens_total;      /* Σ tokens over forward passes */

@@ -25,6 +25,7 @@ typedef struct request {
     uint64_t id;
     int32_t *prompt;          /* the prompt, then the tokens generated (cap_ids) */
     int32_t n_prompt, cap_ids;
+    int32_t n_cached;         /* prompt tokens the prefix cache held at admission */
     /* tokens of prompt[] the sequence decodes before its next sample, and
      * how many of them it has: n_prompt, or at Phi-3's longrope switch its
      * whole length again (rope_switch) */
@@ -71,6 +72,12 @@ struct lorac_engine {
     request_t *wait_head, *wait_tail;
     int32_t n_waiting;
     request_t **slots;        /* (max_seqs) running requests, NULL = free */
+    /* The prefix cache: what a free slot's KV cache still holds, from the
+     * request that ran there last: its tokens (n_kept of kept_ids), the
+     * uid of its adapter (0: the base model) and when it left (kept_at,
+     * for the least recently used) */
+    int32_t **kept_ids, *n_kept;
+    uint64_t *kept_adapter, *kept_at, clock;
     int32_t n_running;
     uint64_t next_id;
     lorac_engine_metrics_t metrics;
@@ -132,7 +139,7 @@ static int pending_append(request_t *r, const char *s, size_t n) {
 
 static void emit(request_t *r, const char *text, size_t len, int32_t token, lorac_finish_t finish, const char *error) {
     lorac_serve_event_t ev = {.request_id = r->id, .text = text ? text : "", .text_len = len, .token = token,
-                              .finish = finish, .n_prompt_tokens = r->n_prompt,
+                              .finish = finish, .n_prompt_tokens = r->n_prompt, .n_cached_tokens = r->n_cached,
                               .n_completion_tokens = r->n_generated,
                               .ttft_s = r->t_first > 0 ? r->t_first - r->t_submit : 0, .error = error};
     if (r->lp_pending) { /* the first event after a token reports it */
@@ -225,7 +232,16 @@ static void finish(lorac_engine_t *e, request_t *r, lorac_finish_t f, const char
 static void retire_slot(lorac_engine_t *e, int32_t slot, lorac_finish_t f, const char *error) {
     request_t *r = e->slots[slot];
     lorac_context_set_seq_adapter(e->ctx, slot, NULL, 0.0f);
-    lorac_context_clear_seq(e->ctx, slot);
+    /* the cache stays for the prefix cache: the tokens of its positions
+     * are the request's (prompt[], the prompt then every token fed) */
+    int32_t n = f == LORAC_FINISH_ERROR || e->params.no_prefix_cache ? 0 : lorac_context_seq_len(e->ctx, slot);
+    free(e->kept_ids[slot]);
+    e->kept_ids[slot] = n > 0 ? r->prompt : NULL;
+    if (n > 0) r->prompt = NULL;
+    else lorac_context_clear_seq(e->ctx, slot);
+    e->n_kept[slot] = n;
+    e->kept_adapter[slot] = r->adapter ? r->adapter->uid : 0;
+    e->kept_at[slot] = ++e->clock;
     pthread_mutex_lock(&e->mu);
     e->slots[slot] = NULL;
     e->n_running--;
@@ -234,6 +250,31 @@ static void retire_slot(lorac_engine_t *e, int32_t slot, lorac_finish_t f, const
 }
 
 /* ---- the loop ----------------------------------------------------------------- */
+
+/* When a free slot's kept cache was made: 0 for one that keeps nothing,
+ * the first to be taken when no cache fits. */
+static uint64_t kept_since(const lorac_engine_t *e, int32_t s) { return e->n_kept[s] ? e->kept_at[s] : 0; }
+
+/* The free slot for r: the one whose kept cache shares the longest start
+ * with r's prompt, on r's adapter; where none shares any, one that keeps
+ * nothing or else the least recently used. *keep: the positions to keep,
+ * at most all but the prompt's last token (whose logits are needed); 0 for
+ * a request that wants every prompt token's logits. */
+static int32_t pick_slot(const lorac_engine_t *e, const request_t *r, int32_t *keep) {
+    int32_t best = -1, best_lcp = -1;
+    uint64_t uid = r->adapter ? r->adapter->uid : 0;
+    for (int32_t s = 0; s < e->params.max_seqs; s++) {
+        if (e->slots[s]) continue;
+        int32_t lcp = 0;
+        if (!r->plp && e->kept_adapter[s] == uid) {
+            int32_t n = e->n_kept[s] < r->n_prompt ? e->n_kept[s] : r->n_prompt;
+            while (lcp < n && e->kept_ids[s][lcp] == r->prompt[lcp]) lcp++;
+        }
+        if (lcp > best_lcp || (lcp == best_lcp && kept_since(e, s) < kept_since(e, best))) best = s, best_lcp = lcp;
+    }
+    *keep = best_lcp < r->n_prompt ? best_lcp : r->n_prompt - 1;
+    return best;
+}
 
 /* Under mu: moves waiting requests into free slots; returns the cancelled
  * waiting requests (unlinked) for the caller to finish without the lock. */
@@ -252,9 +293,9 @@ static request_t *admit_locked(lorac_engine_t *e) {
         link = &r->next;
     }
     e->wait_tail = prev;
-    for (int32_t s = 0; s < e->params.max_seqs && e->wait_head; s++) {
-        if (e->slots[s]) continue;
+    while (e->wait_head && e->n_running < e->params.max_seqs) {
         request_t *r = e->wait_head;
+        int32_t keep, s = pick_slot(e, r, &keep);
         e->wait_head = r->next;
         if (!e->wait_head) e->wait_tail = NULL;
         e->n_waiting--;
@@ -262,7 +303,18 @@ static request_t *admit_locked(lorac_engine_t *e) {
         r->slot = s;
         e->slots[s] = r;
         e->n_running++;
-        lorac_context_clear_seq(e->ctx, s);
+        /* Phi-3's longrope: the kept positions were rotated with the
+         * factors of their request's length, which must be this prompt's */
+        const lorac_model_config_t *c = lorac_model_get_config(e->model);
+        if (keep > 0 && c->rope_longrope && lorac_context_seq_rope_long(e->ctx, s) != lorac_model_rope_long(c, r->n_prompt))
+            keep = 0;
+        keep = keep > 0 ? lorac_context_keep_seq(e->ctx, s, keep) : 0; /* 0: a window moved past it */
+        if (keep == 0) lorac_context_clear_seq(e->ctx, s);
+        r->n_prefilled = r->n_cached = keep;
+        e->metrics.prompt_tokens_cached_total += (uint64_t)keep;
+        free(e->kept_ids[s]); /* the request's prompt[] holds them now */
+        e->kept_ids[s] = NULL;
+        e->n_kept[s] = 0;
         /* Phi-3's longrope: a prompt fed in pieces is rotated with the
          * factors of its whole length (rope_switch does the rest) */
         lorac_context_set_seq_rope_len(e->ctx, s, r->n_prompt);
@@ -440,6 +492,8 @@ static void *engine_main(void *arg) {
 /* Frees what lorac_engine_start allocated; the thread must not be running. */
 static void engine_free(lorac_engine_t *e) {
     lorac_context_free(e->ctx);
+    for (int32_t s = 0; e->kept_ids && s < e->params.max_seqs; s++) free(e->kept_ids[s]);
+    free(e->kept_ids); free(e->n_kept); free(e->kept_adapter); free(e->kept_at);
     free(e->slots); free(e->order); free(e->b_tokens); free(e->b_pos); free(e->b_seq); free(e->b_logits);
     free(e->logits); free(e->raw); free(e->scratch);
     registry_free(&e->registry);
@@ -471,6 +525,10 @@ lorac_status_t lorac_engine_start(const lorac_model_t *model, const lorac_engine
     lorac_status_t s = lorac_context_init(model, cp, &e->ctx);
     if (s) { free(e); return s; }
     e->slots = calloc((size_t)p.max_seqs, sizeof *e->slots);
+    e->kept_ids = calloc((size_t)p.max_seqs, sizeof *e->kept_ids);
+    e->n_kept = calloc((size_t)p.max_seqs, sizeof *e->n_kept);
+    e->kept_adapter = calloc((size_t)p.max_seqs, sizeof *e->kept_adapter);
+    e->kept_at = calloc((size_t)p.max_seqs, sizeof *e->kept_at);
     e->order = calloc((size_t)p.max_seqs, sizeof *e->order);
     e->b_tokens = malloc(sizeof(int32_t) * (size_t)p.n_batch);
     e->b_pos = malloc(sizeof(int32_t) * (size_t)p.n_batch);
@@ -484,7 +542,8 @@ lorac_status_t lorac_engine_start(const lorac_model_t *model, const lorac_engine
     pthread_cond_init(&e->wake, NULL);
     e->metrics.max_seqs = p.max_seqs;
     e->metrics.max_queue = p.max_queue;
-    if (!e->slots || !e->order || !e->b_tokens || !e->b_pos || !e->b_seq || !e->b_logits || !e->logits || !e->raw || !e->scratch ||
+    if (!e->slots || !e->kept_ids || !e->n_kept || !e->kept_adapter || !e->kept_at || !e->order || !e->b_tokens ||
+        !e->b_pos || !e->b_seq || !e->b_logits || !e->logits || !e->raw || !e->scratch ||
         pthread_create(&e->thread, NULL, engine_main, e) != 0) {
         engine_free(e); /* no thread was started */
         return lorac_error(LORAC_STATUS_NOMEM, "out of memory (or threads) for the engine");

@@ -231,7 +231,7 @@ typedef struct {
     buf_t text;                /* a whole answer, or a stream's text not sent yet */
     lorac_utf8_stream_t utf8;  /* belt and braces: the engine emits whole characters */
     lorac_finish_t finish;
-    int32_t n_prompt, n_completion;
+    int32_t n_prompt, n_cached, n_completion;
     bool oom, role_sent, finish_sent;
     char error[256];
     token_lps_t *lps;          /* with logprobs: every token's, in order */
@@ -361,6 +361,7 @@ static void on_engine_event(void *user, const lorac_serve_event_t *ev) {
         }
     }
     c->n_prompt = ev->n_prompt_tokens;
+    c->n_cached = ev->n_cached_tokens;
     c->n_completion = ev->n_completion_tokens;
     bool last = ev->finish != LORAC_FINISH_NONE;
     if (last) {
@@ -457,11 +458,15 @@ static void finish_error(const job_t *j, const choice_t *c, lorac_oai_error_t *e
         lorac_oai_error_set(err, 500, NULL, NULL, NULL, "generation failed: %s", c->error[0] ? c->error : "unknown error");
 }
 
-/* Prompt tokens of the request: each prompt's once, however many choices. */
-static int64_t job_prompt_tokens(const job_t *j) {
-    int64_t n = 0;
-    for (int32_t i = 0; i < j->n; i += j->per_prompt) n += j->choices[i].n_prompt;
-    return n;
+/* The request's usage: each prompt's tokens once, however many choices
+ * (and of those, what the prefix cache held for its first choice); every
+ * choice's completion tokens. */
+static lorac_oai_usage_t job_usage(const job_t *j) {
+    lorac_oai_usage_t u = {0, 0, 0};
+    for (int32_t i = 0; i < j->n; i += j->per_prompt) u.prompt_tokens += j->choices[i].n_prompt;
+    for (int32_t i = 0; i < j->n; i += j->per_prompt) u.cached_tokens += j->choices[i].n_cached;
+    for (int32_t i = 0; i < j->n; i++) u.completion_tokens += j->choices[i].n_completion;
+    return u;
 }
 
 /* One chunk of choice i: its text, finish_reason, and the log-probabilities
@@ -528,9 +533,8 @@ static int stream_produce(job_t *j) {
     }
     if (all && !j->done_queued) {
         if (j->include_usage) {
-            int64_t completion = 0;
-            for (int32_t i = 0; i < j->n; i++) completion += j->choices[i].n_completion;
-            if (buf_take(&j->out, lorac_oai_stream_usage_chunk(&j->meta, job_prompt_tokens(j), completion))) return -1;
+            lorac_oai_usage_t u = job_usage(j);
+            if (buf_take(&j->out, lorac_oai_stream_usage_chunk(&j->meta, &u))) return -1;
         }
         if (buf_puts(&j->out, lorac_oai_stream_done)) return -1;
         j->done_queued = true;
@@ -794,7 +798,6 @@ static enum MHD_Result handle_generate(lorac_http_server_t *srv, struct MHD_Conn
     /* every engine reference is gone: the job is ours alone now */
     lorac_oai_choice_t choices[LORAC_OAI_MAX_CHOICES];
     void *mem[LORAC_OAI_MAX_CHOICES] = {0};
-    int64_t completion = 0;
     enum MHD_Result res = MHD_YES;
     bool oom = false;
     for (int32_t i = 0; i < j->n; i++) {
@@ -827,10 +830,9 @@ static enum MHD_Result handle_generate(lorac_http_server_t *srv, struct MHD_Conn
             oom |= !choices[i].logprobs;
             free(all);
         }
-        completion += ch->n_completion;
     }
-    res = send_body(srv, c, k, 200, "application/json",
-                    oom ? NULL : lorac_oai_response_json(&j->meta, choices, j->n, job_prompt_tokens(j), completion));
+    lorac_oai_usage_t u = job_usage(j);
+    res = send_body(srv, c, k, 200, "application/json", oom ? NULL : lorac_oai_response_json(&j->meta, choices, j->n, &u));
     for (int32_t i = 0; i < j->n; i++) free(mem[i]);
     job_release(j);
     return res;
@@ -1212,6 +1214,9 @@ char *lorac_http_metrics_text(const lorac_engine_metrics_t *m) {
                   "adapter, queue full).", (double)m->requests_rejected);
     bad |= metric(&b, "lorac_prompt_tokens_total", "counter", "Prompt tokens of accepted requests.",
                   (double)m->prompt_tokens_total);
+    bad |= metric(&b, "lorac_prompt_tokens_cached_total", "counter", "Prompt tokens whose keys and values a slot "
+                  "kept from its previous request (the prefix cache): not decoded again.",
+                  (double)m->prompt_tokens_cached_total);
     bad |= metric(&b, "lorac_completion_tokens_total", "counter", "Tokens generated.", (double)m->completion_tokens_total);
     bad |= metric(&b, "lorac_steps_total", "counter", "Forward passes.", (double)m->steps_total);
     bad |= metric(&b, "lorac_batch_tokens_total", "counter", "Tokens over all forward passes.",

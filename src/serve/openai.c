@@ -664,12 +664,15 @@ static cJSON *response_head(const lorac_oai_meta_t *m, const char *object) {
     return o;
 }
 
-static int add_usage(cJSON *o, int64_t prompt, int64_t completion) {
+static int add_usage(cJSON *o, const lorac_oai_usage_t *usage) {
     cJSON *u = cJSON_AddObjectToObject(o, "usage");
     if (!u) return -1;
-    cJSON_AddNumberToObject(u, "prompt_tokens", (double)prompt);
-    cJSON_AddNumberToObject(u, "completion_tokens", (double)completion);
-    cJSON_AddNumberToObject(u, "total_tokens", (double)(prompt + completion));
+    cJSON_AddNumberToObject(u, "prompt_tokens", (double)usage->prompt_tokens);
+    cJSON_AddNumberToObject(u, "completion_tokens", (double)usage->completion_tokens);
+    cJSON_AddNumberToObject(u, "total_tokens", (double)(usage->prompt_tokens + usage->completion_tokens));
+    cJSON *d = cJSON_AddObjectToObject(u, "prompt_tokens_details");
+    if (!d) return -1;
+    cJSON_AddNumberToObject(d, "cached_tokens", (double)usage->cached_tokens);
     return 0;
 }
 
@@ -783,7 +786,7 @@ static int add_logprobs(cJSON *c, bool chat, const lorac_oai_logprobs_t *lp) {
 }
 
 char *lorac_oai_response_json(const lorac_oai_meta_t *m, const lorac_oai_choice_t *choices, int32_t n,
-                              int64_t prompt_tokens, int64_t completion_tokens) {
+                              const lorac_oai_usage_t *usage) {
     bool chat = m->kind == LORAC_OAI_CHAT;
     cJSON *o = response_head(m, chat ? "chat.completion" : "text_completion");
     cJSON *arr = o ? cJSON_AddArrayToObject(o, "choices") : NULL;
@@ -804,7 +807,7 @@ char *lorac_oai_response_json(const lorac_oai_meta_t *m, const lorac_oai_choice_
         if (add_logprobs(c, chat, choices[i].logprobs)) { cJSON_Delete(o); return NULL; }
         add_finish(c, choices[i].finish_reason);
     }
-    if (add_usage(o, prompt_tokens, completion_tokens)) { cJSON_Delete(o); return NULL; }
+    if (add_usage(o, usage)) { cJSON_Delete(o); return NULL; }
     return print_and_delete(o);
 }
 
@@ -850,9 +853,9 @@ char *lorac_oai_stream_chunk(const lorac_oai_meta_t *m, int32_t index, const cha
     return sse(print_and_delete(o));
 }
 
-char *lorac_oai_stream_usage_chunk(const lorac_oai_meta_t *m, int64_t prompt_tokens, int64_t completion_tokens) {
+char *lorac_oai_stream_usage_chunk(const lorac_oai_meta_t *m, const lorac_oai_usage_t *usage) {
     cJSON *o = response_head(m, m->kind == LORAC_OAI_CHAT ? "chat.completion.chunk" : "text_completion");
-    if (!o || !cJSON_AddArrayToObject(o, "choices") || add_usage(o, prompt_tokens, completion_tokens)) {
+    if (!o || !cJSON_AddArrayToObject(o, "choices") || add_usage(o, usage)) {
         cJSON_Delete(o);
         return NULL;
     }

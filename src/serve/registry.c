@@ -144,6 +144,7 @@ lorac_status_t registry_acquire(registry_t *reg, const char *name, registry_entr
         }
         snprintf(e->name, sizeof e->name, "%s", name);
         e->adapter = adapter;
+        e->uid = ++reg->uids;
         for (int32_t i = 0; i < lorac_adapter_n_modules(adapter); i++) {
             int32_t r = lorac_adapter_module(adapter, i)->r;
             e->max_rank = r > e->max_rank ? r : e->max_rank;

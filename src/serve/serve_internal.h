@@ -18,6 +18,7 @@ typedef struct registry_entry {
     int32_t refs;            /* requests holding it (queued or running) */
     uint64_t last_used;      /* registry clock at the last acquire */
     int detached;            /* unloaded: freed when refs reaches 0 */
+    uint64_t uid;            /* 1, 2, ... in load order: never the same for two loads */
     struct registry_entry *next;
 } registry_entry_t;
 
@@ -29,6 +30,7 @@ typedef struct {
     registry_entry_t *head;  /* loaded adapters */
     int32_t n_loaded;
     uint64_t clock;
+    uint64_t uids;           /* the last uid given */
 } registry_t;
 
 void registry_init(registry_t *reg, const lorac_model_t *model, const char *dir, int32_t max_loras);
