@@ -4,6 +4,7 @@
  *     each producing exactly the tokens of that sequence decoded alone with
  *     its adapter attached the plain way;
  *   - log-probabilities: one report per generated token, by the right event;
+ *   - the prefix cache: a copy of a running request's cache, a slot's kept one;
  *   - stop strings (text ends before them), max_tokens, cancel;
  *   - the registry: unknown and malformed names, LRU eviction at max_loras,
  *     unload while a request uses the adapter, reload;
@@ -30,7 +31,7 @@ typedef struct {
     int n_tokens;
     char text[4096];
     size_t n_text;
-    int n_prompt, n_completion;
+    int n_prompt, n_cached, n_completion;
 } result_t;
 
 static void on_event(void *user, const lorac_serve_event_t *ev) {
@@ -46,6 +47,7 @@ static void on_event(void *user, const lorac_serve_event_t *ev) {
         r->done = 1;
         r->finish = ev->finish;
         r->n_prompt = ev->n_prompt_tokens;
+        r->n_cached = ev->n_cached_tokens;
         r->n_completion = ev->n_completion_tokens;
         pthread_cond_broadcast(&r->cv);
     }
@@ -62,6 +64,26 @@ static void wait_done(result_t *r) {
     pthread_mutex_lock(&r->mu);
     while (!r->done) pthread_cond_wait(&r->cv, &r->mu);
     pthread_mutex_unlock(&r->mu);
+}
+
+/* A request whose first token's callback waits until `go` is set: the
+ * engine thread stops there, so what the test does meanwhile happens while
+ * the request is still running. */
+typedef struct {
+    result_t r;
+    int started, go;
+} gate_t;
+
+static void on_gate_event(void *user, const lorac_serve_event_t *ev) {
+    gate_t *g = user;
+    pthread_mutex_lock(&g->r.mu);
+    if (ev->token >= 0 && !g->started) {
+        g->started = 1;
+        pthread_cond_broadcast(&g->r.cv);
+        while (!g->go) pthread_cond_wait(&g->r.cv, &g->r.mu);
+    }
+    pthread_mutex_unlock(&g->r.mu);
+    on_event(&g->r, ev);
 }
 
 /* Log-probability events: the tokens they report, and how many broke a rule. */
@@ -256,6 +278,55 @@ int main(void) {
         CHECK(lorac_engine_submit(e, &q, NULL) == LORAC_STATUS_INVALID_ARG);
     }
 
+    /* 1c. the prefix cache: B, whose prompt starts with A's, is admitted
+     * while A waits in its first token's callback (still running: 100
+     * tokens to go), and starts from a copy of A's 12 cached positions;
+     * then C, B's prompt again after A and B are done, from B's slot's
+     * kept cache (all but its last token). B and C give the tokens of
+     * their prompt decoded alone. */
+    {
+        int32_t pa[12], pb[16], ref_b[MAX_GEN];
+        pa[0] = 1;
+        for (int j = 1; j < 12; j++) pa[j] = 5 + 31 * j;
+        memcpy(pb, pa, sizeof pa);
+        for (int j = 12; j < 16; j++) pb[j] = 400 + j;
+        int n_ref_b = reference_tokens(model, NULL, pb, 16, MAX_GEN, ref_b);
+        static gate_t ga;
+        static result_t rb, rc;
+        memset(&ga, 0, sizeof ga);
+        result_init(&ga.r);
+        result_init(&rb);
+        result_init(&rc);
+        lorac_serve_request_t qa = greedy(pa, 12, NULL, 100, &ga.r);
+        qa.callback = on_gate_event;
+        qa.user = &ga;
+        qa.ignore_eos = true;
+        uint64_t id_a = 0;
+        CHECK(lorac_engine_submit(e, &qa, &id_a) == LORAC_STATUS_OK);
+        pthread_mutex_lock(&ga.r.mu);
+        while (!ga.started) pthread_cond_wait(&ga.r.cv, &ga.r.mu);
+        pthread_mutex_unlock(&ga.r.mu);
+        lorac_serve_request_t qb = greedy(pb, 16, NULL, MAX_GEN, &rb);
+        CHECK(lorac_engine_submit(e, &qb, NULL) == LORAC_STATUS_OK);
+        pthread_mutex_lock(&ga.r.mu);
+        ga.go = 1;
+        pthread_cond_broadcast(&ga.r.cv);
+        pthread_mutex_unlock(&ga.r.mu);
+        wait_done(&rb);
+        CHECK_MSG(rb.n_cached == 12 && rb.n_tokens == n_ref_b && !memcmp(rb.tokens, ref_b, sizeof(int32_t) * (size_t)n_ref_b),
+                  "a copy of a running request's cache: %d positions, %d tokens (%d alone)", rb.n_cached, rb.n_tokens,
+                  n_ref_b);
+        CHECK_MSG(!ga.r.done, "the first request ended before the second");
+        lorac_engine_cancel(e, id_a);
+        wait_done(&ga.r);
+        CHECK(ga.r.finish == LORAC_FINISH_CANCELLED);
+        lorac_serve_request_t qc = greedy(pb, 16, NULL, MAX_GEN, &rc);
+        CHECK(lorac_engine_submit(e, &qc, NULL) == LORAC_STATUS_OK);
+        wait_done(&rc);
+        CHECK_MSG(rc.n_cached == 15 && rc.n_tokens == n_ref_b && !memcmp(rc.tokens, ref_b, sizeof(int32_t) * (size_t)n_ref_b),
+                  "a slot's kept cache: %d positions, %d tokens (%d alone)", rc.n_cached, rc.n_tokens, n_ref_b);
+    }
+
     /* 2. stop strings: the text ends right before the first match */
     {
         const char *full = res[0].text;
@@ -375,9 +446,10 @@ int main(void) {
 
     lorac_engine_metrics_t m;
     lorac_engine_get_metrics(e, &m);
-    CHECK(m.requests_total == 2 * N_REQ + 5); /* 1 and 1b's, then 5 */
+    CHECK(m.requests_total == 2 * N_REQ + 3 + 5); /* 1 and 1b's, 1c's, then 5 */
     CHECK(m.requests_rejected == 10);
-    CHECK(m.requests_finished[LORAC_FINISH_CANCELLED] == 1);
+    CHECK(m.requests_finished[LORAC_FINISH_CANCELLED] == 2); /* 1c's and one below */
+    CHECK(m.prompt_tokens_cached_total >= 12 + 15); /* 1c's, and what the prompts' BOS and repeats gave */
     CHECK(m.running == 0 && m.waiting == 0);
     CHECK(m.steps_total > 0 && m.batch_tokens_total >= m.steps_total);
     uint64_t in_hist = 0;

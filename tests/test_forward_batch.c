@@ -207,7 +207,7 @@ static void feed_two(lorac_context_t *ctx, const int32_t *toks0, const int32_t *
  * again and again, give the bits of a context that keeps every position
  * (one whose n_batch leaves nothing to save), F32 and BF16 caches;
  * keep_seq inside the rows still held keeps them, one past them clears
- * the sequence and says so. */
+ * the sequence and says so; copy_seq the same. */
 static void test_window_rows(void) {
     enum { N = 60, CTX = 64 };
     write_model(3);
@@ -235,13 +235,26 @@ static void test_window_rows(void) {
         feed_two(full, toks[0], toks[1], N, 4, want[0], want[1]);
         CHECK_MSG(memcmp(got, want, sizeof got) == 0, "%s cache: rows moved to the front changed the logits",
                   kv ? "BF16" : "F32");
+        /* copy_seq: sequence 0's first N - 1 positions into sequence 1, then a token there gives the bits of
+         * the same token after sequence 0's own first N - 1 (below); 20 positions are gone in the small one */
+        int32_t last = N - 1, one = 1, tok1 = (toks[0][N - 1] + 1) % V;
+        float from_copy[2][V];
+        CHECK(lorac_context_copy_seq(small, 0, 1, last) == last && lorac_context_copy_seq(full, 0, 1, last) == last);
+        CHECK(lorac_context_seq_len(small, 1) == last && lorac_context_seq_len(small, 0) == N);
+        lorac_batch_t cb = {.n_tokens = 1, .tokens = &tok1, .pos = &last, .seq_id = &one, .logits = NULL};
+        CHECK(lorac_context_decode(small, &cb, from_copy[0]) == LORAC_STATUS_OK);
+        CHECK(lorac_context_decode(full, &cb, from_copy[1]) == LORAC_STATUS_OK);
+        CHECK_MSG(memcmp(from_copy[0], from_copy[1], sizeof from_copy[0]) == 0, "a token after copy_seq");
+        CHECK(lorac_context_copy_seq(small, 0, 1, 20) == 0 && lorac_context_seq_len(small, 1) == 0);
+        CHECK(lorac_context_copy_seq(full, 0, 1, 20) == 20 && lorac_context_copy_seq(full, 1, 1, 5) == 0);
         /* keep_seq one position back: its window is still held */
-        int32_t n = N - 1, other = (toks[0][n] + 1) % V, zero = 0;
+        int32_t n = N - 1, zero = 0;
         CHECK(lorac_context_keep_seq(small, 0, n) == n && lorac_context_keep_seq(full, 0, n) == n);
-        lorac_batch_t b = {.n_tokens = 1, .tokens = &other, .pos = &n, .seq_id = &zero, .logits = NULL};
+        lorac_batch_t b = {.n_tokens = 1, .tokens = &tok1, .pos = &n, .seq_id = &zero, .logits = NULL};
         CHECK(lorac_context_decode(small, &b, got[0]) == LORAC_STATUS_OK);
         CHECK(lorac_context_decode(full, &b, want[0]) == LORAC_STATUS_OK);
         CHECK_MSG(memcmp(got[0], want[0], sizeof(float) * V) == 0, "after keep_seq(%d)", n);
+        CHECK_MSG(memcmp(got[0], from_copy[0], sizeof(float) * V) == 0, "copy_seq and keep_seq differ");
         /* 20 positions: the rows of 18 and 19 were reused long ago */
         CHECK(lorac_context_keep_seq(small, 1, 20) == 0 && lorac_context_seq_len(small, 1) == 0);
         CHECK(lorac_context_keep_seq(full, 1, 20) == 20);

@@ -254,6 +254,15 @@ void lorac_context_clear_seq(lorac_context_t *ctx, int32_t seq_id);
  * the last positions there; see lorac_context_kv_bytes): the sequence is
  * then cleared, and its tokens must be decoded again. */
 int32_t lorac_context_keep_seq(lorac_context_t *ctx, int32_t seq_id, int32_t n);
+/* Makes sequence dst hold the first n cached positions of sequence src
+ * (all of them when n is at or past src's length), as if it had decoded the
+ * same tokens with the same adapters: their keys and values, Phi-3's
+ * longrope factors and the length; dst's own cache is forgotten. Returns
+ * the positions copied: 0, with dst cleared, for src == dst or an id out of
+ * range, or when a windowed layer of src no longer holds the window of
+ * position n (see lorac_context_keep_seq). A server gives a new request
+ * the shared start of a running one's prompt this way. */
+int32_t lorac_context_copy_seq(lorac_context_t *ctx, int32_t src, int32_t dst, int32_t n);
 /* Bytes of the KV cache, keys and values. A layer with a sliding window
  * of W positions (Mistral 7B v0.1, Gemma 2 and 3) keeps W + n_batch - 1 +
  * min(W, 256) rows a sequence rather than n_ctx when that is fewer: the

@@ -329,6 +329,29 @@ int32_t lorac_context_keep_seq(lorac_context_t *ctx, int32_t seq_id, int32_t n) 
     return ctx->seq_len[seq_id];
 }
 
+int32_t lorac_context_copy_seq(lorac_context_t *ctx, int32_t src, int32_t dst, int32_t n) {
+    int32_t n_seq = ctx->params.n_seq;
+    if (src < 0 || src >= n_seq || dst < 0 || dst >= n_seq || src == dst) return 0;
+    lorac_context_clear_seq(ctx, dst);
+    if (n > ctx->seq_len[src]) n = ctx->seq_len[src];
+    int32_t need = n - ctx->model->config.sliding_window + 1; /* as in keep_seq */
+    if (n <= 0 || ctx->win_lo[src] > (need > 0 ? need : 0)) return 0;
+    int64_t KV = ctx->kv_dim;
+    size_t es = ctx->kv_size;
+    for (int32_t l = 0; l < ctx->model->config.n_layers; l++) {
+        int32_t rows = ctx->layer_rows[l] != ctx->params.n_ctx ? n - ctx->win_lo[src] : n; /* see attention_block */
+        int64_t from = ((int64_t)src * ctx->seq_rows + ctx->layer_off[l]) * KV;
+        int64_t to = ((int64_t)dst * ctx->seq_rows + ctx->layer_off[l]) * KV;
+        memcpy((char *)ctx->k_cache + (size_t)to * es, (char *)ctx->k_cache + (size_t)from * es, (size_t)(rows * KV) * es);
+        memcpy((char *)ctx->v_cache + (size_t)to * es, (char *)ctx->v_cache + (size_t)from * es, (size_t)(rows * KV) * es);
+    }
+    ctx->win_lo[dst] = ctx->win_lo[src];
+    ctx->seq_long[dst] = ctx->seq_long[src];
+    ctx->seq_rope_len[dst] = ctx->seq_rope_len[src];
+    ctx->seq_len[dst] = n;
+    return n;
+}
+
 size_t lorac_context_kv_bytes(const lorac_context_t *ctx) {
     return 2 * ctx->kv_size * (size_t)(ctx->params.n_seq * ctx->seq_rows * ctx->kv_dim);
 }

@@ -255,23 +255,40 @@ static void retire_slot(lorac_engine_t *e, int32_t slot, lorac_finish_t f, const
  * the first to be taken when no cache fits. */
 static uint64_t kept_since(const lorac_engine_t *e, int32_t s) { return e->n_kept[s] ? e->kept_at[s] : 0; }
 
-/* The free slot for r: the one whose kept cache shares the longest start
- * with r's prompt, on r's adapter; where none shares any, one that keeps
- * nothing or else the least recently used. *keep: the positions to keep,
- * at most all but the prompt's last token (whose logits are needed); 0 for
- * a request that wants every prompt token's logits. */
-static int32_t pick_slot(const lorac_engine_t *e, const request_t *r, int32_t *keep) {
-    int32_t best = -1, best_lcp = -1;
+/* How many of r's first prompt tokens ids[0..n) repeats. */
+static int32_t common_start(const request_t *r, const int32_t *ids, int32_t n) {
+    int32_t k = 0;
+    n = n < r->n_prompt ? n : r->n_prompt;
+    while (k < n && ids[k] == r->prompt[k]) k++;
+    return k;
+}
+
+/* The free slot for r and where its prompt's start can come from: the
+ * free slot whose kept cache shares the longest start with r's prompt (on
+ * r's adapter), or, when a running request's cache shares a longer one, a
+ * copy of that (*src: its slot; else -1); where nothing is shared, a free
+ * slot that keeps nothing or else the least recently used one. *keep: the
+ * positions to take, at most all but the prompt's last token (whose
+ * logits are needed); 0 for a request that wants every prompt token's
+ * logits. */
+static int32_t pick_slot(const lorac_engine_t *e, const request_t *r, int32_t *keep, int32_t *src) {
+    int32_t best = -1, best_lcp = -1, lru = -1, run_lcp = 0;
     uint64_t uid = r->adapter ? r->adapter->uid : 0;
+    *src = -1;
     for (int32_t s = 0; s < e->params.max_seqs; s++) {
-        if (e->slots[s]) continue;
-        int32_t lcp = 0;
-        if (!r->plp && e->kept_adapter[s] == uid) {
-            int32_t n = e->n_kept[s] < r->n_prompt ? e->n_kept[s] : r->n_prompt;
-            while (lcp < n && e->kept_ids[s][lcp] == r->prompt[lcp]) lcp++;
+        const request_t *q = e->slots[s];
+        if (q) { /* running: the positions its cache holds are prompt[0 .. seq_len) */
+            int32_t lcp = r->plp || (q->adapter ? q->adapter->uid : 0) != uid
+                              ? 0 : common_start(r, q->prompt, lorac_context_seq_len(e->ctx, s));
+            if (lcp > run_lcp) *src = s, run_lcp = lcp;
+            continue;
         }
+        int32_t lcp = r->plp || e->kept_adapter[s] != uid ? 0 : common_start(r, e->kept_ids[s], e->n_kept[s]);
         if (lcp > best_lcp || (lcp == best_lcp && kept_since(e, s) < kept_since(e, best))) best = s, best_lcp = lcp;
+        if (lru < 0 || kept_since(e, s) < kept_since(e, lru)) lru = s;
     }
+    if (run_lcp > best_lcp) best = lru, best_lcp = run_lcp; /* copied into the slot least worth keeping */
+    else *src = -1;
     *keep = best_lcp < r->n_prompt ? best_lcp : r->n_prompt - 1;
     return best;
 }
@@ -295,7 +312,7 @@ static request_t *admit_locked(lorac_engine_t *e) {
     e->wait_tail = prev;
     while (e->wait_head && e->n_running < e->params.max_seqs) {
         request_t *r = e->wait_head;
-        int32_t keep, s = pick_slot(e, r, &keep);
+        int32_t keep, src, s = pick_slot(e, r, &keep, &src);
         e->wait_head = r->next;
         if (!e->wait_head) e->wait_tail = NULL;
         e->n_waiting--;
@@ -306,9 +323,11 @@ static request_t *admit_locked(lorac_engine_t *e) {
         /* Phi-3's longrope: the kept positions were rotated with the
          * factors of their request's length, which must be this prompt's */
         const lorac_model_config_t *c = lorac_model_get_config(e->model);
-        if (keep > 0 && c->rope_longrope && lorac_context_seq_rope_long(e->ctx, s) != lorac_model_rope_long(c, r->n_prompt))
+        if (keep > 0 && c->rope_longrope &&
+            lorac_context_seq_rope_long(e->ctx, src >= 0 ? src : s) != lorac_model_rope_long(c, r->n_prompt))
             keep = 0;
-        keep = keep > 0 ? lorac_context_keep_seq(e->ctx, s, keep) : 0; /* 0: a window moved past it */
+        if (keep > 0) /* 0: a window moved past them */
+            keep = src >= 0 ? lorac_context_copy_seq(e->ctx, src, s, keep) : lorac_context_keep_seq(e->ctx, s, keep);
         if (keep == 0) lorac_context_clear_seq(e->ctx, s);
         r->n_prefilled = r->n_cached = keep;
         e->metrics.prompt_tokens_cached_total += (uint64_t)keep;
