@@ -317,14 +317,23 @@ int lorac_context_seq_rope_long(const lorac_context_t *ctx, int32_t seq_id) {
     return seq_id >= 0 && seq_id < ctx->params.n_seq && ctx->seq_len[seq_id] > 0 && ctx->seq_long[seq_id];
 }
 
+/* Whether layer l keeps its rows from win_lo (a windowed layer with fewer
+ * rows than n_ctx) rather than from position 0. */
+static bool rows_from_win_lo(const lorac_context_t *ctx, int32_t l) { return ctx->layer_rows[l] != ctx->params.n_ctx; }
+
+/* Whether sequence s still holds what a token at position n sees: in the
+ * windowed layers, positions n - W + 1 .. n - 1 (their rows are reused
+ * once a window has passed them). */
+static bool holds_window_of(const lorac_context_t *ctx, int32_t s, int32_t n) {
+    int32_t need = n - ctx->model->config.sliding_window + 1;
+    return ctx->win_lo[s] <= (need > 0 ? need : 0);
+}
+
 int32_t lorac_context_keep_seq(lorac_context_t *ctx, int32_t seq_id, int32_t n) {
     if (seq_id < 0 || seq_id >= ctx->params.n_seq) return 0;
     if (n >= 0 && n < ctx->seq_len[seq_id]) {
-        /* the next token, at position n, sees positions n - W + 1 .. n - 1
-         * in the windowed layers: gone if their rows were reused */
-        int32_t need = n - ctx->model->config.sliding_window + 1;
-        if (ctx->win_lo[seq_id] > (need > 0 ? need : 0)) lorac_context_clear_seq(ctx, seq_id);
-        else ctx->seq_len[seq_id] = n;
+        if (holds_window_of(ctx, seq_id, n)) ctx->seq_len[seq_id] = n;
+        else lorac_context_clear_seq(ctx, seq_id);
     }
     return ctx->seq_len[seq_id];
 }
@@ -334,12 +343,11 @@ int32_t lorac_context_copy_seq(lorac_context_t *ctx, int32_t src, int32_t dst, i
     if (src < 0 || src >= n_seq || dst < 0 || dst >= n_seq || src == dst) return 0;
     lorac_context_clear_seq(ctx, dst);
     if (n > ctx->seq_len[src]) n = ctx->seq_len[src];
-    int32_t need = n - ctx->model->config.sliding_window + 1; /* as in keep_seq */
-    if (n <= 0 || ctx->win_lo[src] > (need > 0 ? need : 0)) return 0;
+    if (n <= 0 || !holds_window_of(ctx, src, n)) return 0;
     int64_t KV = ctx->kv_dim;
     size_t es = ctx->kv_size;
     for (int32_t l = 0; l < ctx->model->config.n_layers; l++) {
-        int32_t rows = ctx->layer_rows[l] != ctx->params.n_ctx ? n - ctx->win_lo[src] : n; /* see attention_block */
+        int32_t rows = rows_from_win_lo(ctx, l) ? n - ctx->win_lo[src] : n;
         int64_t from = ((int64_t)src * ctx->seq_rows + ctx->layer_off[l]) * KV;
         int64_t to = ((int64_t)dst * ctx->seq_rows + ctx->layer_off[l]) * KV;
         memcpy((char *)ctx->k_cache + (size_t)to * es, (char *)ctx->k_cache + (size_t)from * es, (size_t)(rows * KV) * es);
@@ -370,7 +378,7 @@ static void compact_windows(lorac_context_t *ctx) {
         int32_t lo = ctx->seq_len[s] - c->sliding_window + 1; /* > win_lo: the batch overflows by its own length */
         int64_t from = (int64_t)(lo - ctx->win_lo[s]) * KV, n = (int64_t)(ctx->seq_len[s] - lo) * KV;
         for (int32_t l = 0; l < c->n_layers; l++) {
-            if (ctx->layer_rows[l] == ctx->params.n_ctx) continue; /* keeps every position */
+            if (!rows_from_win_lo(ctx, l)) continue; /* keeps every position */
             int64_t base = ((int64_t)s * ctx->seq_rows + ctx->layer_off[l]) * KV;
             memmove((char *)ctx->k_cache + (size_t)base * es, (char *)ctx->k_cache + (size_t)(base + from) * es,
                     (size_t)n * es);
@@ -482,9 +490,9 @@ static void attention_block(lorac_context_t *ctx, const lorac_batch_t *b, int32_
      * back from the cache, in its dtype, as later tokens will read them). */
     lorac_dtype_t kvt = ctx->params.kv_dtype;
     size_t es = ctx->kv_size;
-    int windowed_rows = ctx->layer_rows[l] != ctx->params.n_ctx; /* rows from win_lo (see the context) */
+    bool from_win_lo = rows_from_win_lo(ctx, l);
     for (int64_t t = 0; t < T; t++) {
-        int32_t s = b->seq_id[t], lo = windowed_rows ? ctx->win_lo[s] : 0;
+        int32_t s = b->seq_id[t], lo = from_win_lo ? ctx->win_lo[s] : 0;
         int64_t base = ((int64_t)s * ctx->seq_rows + ctx->layer_off[l] - lo) * KV; /* where position 0 would be */
         int64_t at = base + (int64_t)b->pos[t] * KV;
         lorac_kv_store((char *)ctx->k_cache + (size_t)at * es, kvt, ctx->k + t * KV, KV);
