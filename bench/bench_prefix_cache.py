@@ -10,8 +10,10 @@ tokens, streamed. Per turn it prints the prompt's tokens, the tokens the
 cache reused (lorac_prompt_tokens_cached_total), the time to the first
 streamed token with and without the cache (the median over ROUNDS rounds,
 the two servers taking turns, so that drift hits both) and their ratio, and
-checks that both servers wrote the same replies. Not a test: timings
-depend on the machine and what else runs on it.
+checks that both servers wrote the same replies. Then one request for 4
+greedy choices of a new ~700-token prompt on each: the choices after the
+first wait for its prefill and copy it. Not a test: timings depend on the
+machine and what else runs on it.
 
 Usage: bench/bench_prefix_cache.py [MODEL] (default bench/out/s110m-BF16, written by
        bench/bench_generate.sh) after `make build`.
@@ -83,6 +85,21 @@ def turn(port, prompt):
     return text, usage["prompt_tokens"], first if first is not None else time.perf_counter() - t0
 
 
+def choices(port, n):
+    """(seconds for one request of n greedy choices of the first prompt, prompt tokens reused)."""
+    story = open(os.path.join(FIX, "datasets", "tinystories", "tinystories_train_head.txt")).read()
+    before = cached(port)
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    body = json.dumps({"model": "m", "prompt": story[3000:6000], "max_tokens": 32, "temperature": 0, "n": n})
+    t0 = time.perf_counter()
+    c.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    texts = [ch["text"] for ch in json.loads(c.getresponse().read())["choices"]]
+    took = time.perf_counter() - t0
+    if len(set(texts)) != 1:
+        sys.exit("greedy choices differ")
+    return took, cached(port) - before
+
+
 def conversation(port):
     """Per turn: (prompt tokens, tokens reused, seconds to the first token, reply)."""
     story = open(os.path.join(FIX, "datasets", "tinystories", "tinystories_train_head.txt")).read()
@@ -105,16 +122,17 @@ def main():
         sys.exit(f"{model}: no model (bench/bench_generate.sh writes bench/out/s110m-BF16)")
     print(f"# {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}, {os.cpu_count()} CPUs, {model}, "
           f"{THREADS} threads, {TURNS} turns, {ROUNDS} rounds")
-    runs = {"on": [], "off": []}
+    runs = {"on": [], "off": [], "n4-on": [], "n4-off": []}
     for rnd in range(ROUNDS):
         for name in (("on", "off") if rnd % 2 == 0 else ("off", "on")):
             p, port = start(model, [] if name == "on" else ["--no-prefix-cache"])
             try:
                 runs[name].append(conversation(port))
+                runs["n4-" + name].append(choices(port, 4))
             finally:
                 p.terminate()
                 p.wait()
-    replies = {name: [[t[3] for t in conv] for conv in convs] for name, convs in runs.items()}
+    replies = {name: [[t[3] for t in conv] for conv in runs[name]] for name in ("on", "off")}
     same = all(r == replies["on"][0] for r in replies["on"] + replies["off"])
     print("| turn | prompt tokens | reused | first token, cache (ms) | first token, no cache (ms) | no cache / cache |")
     print("|---:|---:|---:|---:|---:|---:|")
@@ -124,6 +142,10 @@ def main():
         n_prompt, reused = runs["on"][0][k][0], runs["on"][0][k][1]
         print(f"| {k + 1} | {n_prompt} | {reused} | {on:.1f} | {off:.1f} | {off / on:.2f}x |")
     print(f"replies the same with and without the cache, every round: {'yes' if same else 'NO'}")
+    on = statistics.median(t for t, _ in runs["n4-on"])
+    off = statistics.median(t for t, _ in runs["n4-off"])
+    print(f"n=4 greedy choices of one new prompt (32 tokens each): {on * 1e3:.1f} ms with the cache "
+          f"({runs['n4-on'][0][1]} prompt tokens copied), {off * 1e3:.1f} ms without: {off / on:.2f}x")
     return 0 if same else 1
 
 

@@ -4,7 +4,8 @@
  *     each producing exactly the tokens of that sequence decoded alone with
  *     its adapter attached the plain way;
  *   - log-probabilities: one report per generated token, by the right event;
- *   - the prefix cache: a copy of a running request's cache, a slot's kept one;
+ *   - the prefix cache: a copy of a running request's cache, a slot's kept one,
+ *     a request waiting for another's prefill of the same prompt;
  *   - stop strings (text ends before them), max_tokens, cancel;
  *   - the registry: unknown and malformed names, LRU eviction at max_loras,
  *     unload while a request uses the adapter, reload;
@@ -327,6 +328,30 @@ int main(void) {
                   "a slot's kept cache: %d positions, %d tokens (%d alone)", rc.n_cached, rc.n_tokens, n_ref_b);
     }
 
+    /* 1d. two requests with one 80-token prompt sent together (choices of
+     * one prompt): the second waits while the first decodes the prompt
+     * (24 tokens a step) and then copies all but the last 8 at most,
+     * rather than decode it again; both give the tokens decoded alone */
+    {
+        int32_t p80[80], ref80[MAX_GEN];
+        p80[0] = 1;
+        for (int j = 1; j < 80; j++) p80[j] = 7 + 5 * j;
+        int n_ref80 = reference_tokens(model, NULL, p80, 80, MAX_GEN, ref80);
+        static result_t r1, r2;
+        result_init(&r1);
+        result_init(&r2);
+        lorac_serve_request_t q1 = greedy(p80, 80, NULL, MAX_GEN, &r1), q2 = greedy(p80, 80, NULL, MAX_GEN, &r2);
+        CHECK(lorac_engine_submit(e, &q1, NULL) == LORAC_STATUS_OK && lorac_engine_submit(e, &q2, NULL) == LORAC_STATUS_OK);
+        wait_done(&r1);
+        wait_done(&r2);
+        for (int k = 0; k < 2; k++) {
+            const result_t *rk = k ? &r2 : &r1;
+            CHECK_MSG(rk->n_tokens == n_ref80 && !memcmp(rk->tokens, ref80, sizeof(int32_t) * (size_t)n_ref80),
+                      "request %d of one prompt: %d tokens (%d alone)", k + 1, rk->n_tokens, n_ref80);
+        }
+        CHECK_MSG(r2.n_cached >= 79 - 7, "the second of one prompt copied %d positions", r2.n_cached);
+    }
+
     /* 2. stop strings: the text ends right before the first match */
     {
         const char *full = res[0].text;
@@ -446,7 +471,7 @@ int main(void) {
 
     lorac_engine_metrics_t m;
     lorac_engine_get_metrics(e, &m);
-    CHECK(m.requests_total == 2 * N_REQ + 3 + 5); /* 1 and 1b's, 1c's, then 5 */
+    CHECK(m.requests_total == 2 * N_REQ + 3 + 2 + 5); /* 1 and 1b's, 1c's, 1d's, then 5 */
     CHECK(m.requests_rejected == 10);
     CHECK(m.requests_finished[LORAC_FINISH_CANCELLED] == 2); /* 1c's and one below */
     CHECK(m.prompt_tokens_cached_total >= 12 + 15); /* 1c's, and what the prompts' BOS and repeats gave */

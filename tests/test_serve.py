@@ -923,7 +923,19 @@ def test_prefix_cache(model, adapters, names):
         c5 = cached(s.port)
         check(st == 200 and st2 == 200 and b2.get("text") == a["text"] and c5 == c4,
               f"prefix cache: a reloaded adapter reuses {c5 - c4} tokens of its earlier load's cache")
+        # two choices of one new prompt: the second waits for the first's prefill and copies it (all but the
+        # prompt's last 8 tokens at most); both are generate's text
+        fresh = PROMPTS[3] + " " + first["text"] + PROMPTS[4] + first["text"]
+        c_before = cached(s.port)
+        two = complete(s.port, {"model": "model", "prompt": fresh, "max_tokens": 12, "temperature": 0, "n": 2})
+        c_after = cached(s.port)
+        n_fresh = two["usage"]["prompt_tokens"] if two["status"] == 200 else 0
+        texts = [c_["text"] for c_ in two["object"]["choices"]] if two["status"] == 200 else []
+        want2 = generate(model, None, fresh, 12)
+        check(texts == [want2, want2] and c_after - c_before >= n_fresh - 8 and n_fresh > 40,
+              f"prefix cache, n=2: {c_after - c_before} of {n_fresh} reused, texts {texts} vs {want2!r}")
         # every prompt token's log-probabilities: the prompt is decoded whole
+        c5 = cached(s.port)
         e = complete(s.port, {"model": "model", "prompt": turn, "max_tokens": 1, "temperature": 0, "echo": True,
                               "logprobs": 1})
         c6 = cached(s.port)
@@ -936,7 +948,10 @@ def test_prefix_cache(model, adapters, names):
         for _ in range(2):
             r2 = complete(s.port, {"model": "model", "prompt": turn, "max_tokens": 16, "temperature": 0})
             check(r2.get("text") == r["text"], f"--no-prefix-cache: {r2.get('text')!r}")
-        check(cached(s.port) == 0, "--no-prefix-cache: nothing reused")
+        r3 = complete(s.port, {"model": "model", "prompt": turn, "max_tokens": 16, "temperature": 0, "n": 2})
+        check(r3["status"] == 200 and [c_["text"] for c_ in r3["object"]["choices"]] == [r["text"], r["text"]],
+              f"--no-prefix-cache, n=2: {r3}")
+        check(cached(s.port) == 0, "--no-prefix-cache: nothing reused, nor copied")
     finally:
         rc = s.stop()
     check(rc == 0, f"--no-prefix-cache server: exit {rc}")

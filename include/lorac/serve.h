@@ -120,7 +120,10 @@ typedef struct {
     /* A finished request's KV cache stays in its slot, and a request whose
      * prompt starts with the same tokens (on the same adapter) takes that
      * slot and decodes only the rest: a conversation's next turn, a shared
-     * system prompt. true turns it off (every prompt decoded whole). */
+     * system prompt; a running request's positions are copied, and a
+     * request waits for a running one's prefill of its prompt's start (the
+     * n choices of one prompt). true turns it all off (every prompt
+     * decoded whole). */
     bool no_prefix_cache;
 } lorac_engine_params_t;
 

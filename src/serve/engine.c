@@ -274,16 +274,17 @@ static int32_t common_start(const request_t *r, const int32_t *ids, int32_t n) {
 static int32_t pick_slot(const lorac_engine_t *e, const request_t *r, int32_t *keep, int32_t *src) {
     int32_t best = -1, best_lcp = -1, lru = -1, run_lcp = 0;
     uint64_t uid = r->adapter ? r->adapter->uid : 0;
+    bool reuse = !r->plp && !e->params.no_prefix_cache;
     *src = -1;
     for (int32_t s = 0; s < e->params.max_seqs; s++) {
         const request_t *q = e->slots[s];
         if (q) { /* running: the positions its cache holds are prompt[0 .. seq_len) */
-            int32_t lcp = r->plp || (q->adapter ? q->adapter->uid : 0) != uid
+            int32_t lcp = !reuse || (q->adapter ? q->adapter->uid : 0) != uid
                               ? 0 : common_start(r, q->prompt, lorac_context_seq_len(e->ctx, s));
             if (lcp > run_lcp) *src = s, run_lcp = lcp;
             continue;
         }
-        int32_t lcp = r->plp || e->kept_adapter[s] != uid ? 0 : common_start(r, e->kept_ids[s], e->n_kept[s]);
+        int32_t lcp = !reuse || e->kept_adapter[s] != uid ? 0 : common_start(r, e->kept_ids[s], e->n_kept[s]);
         if (lcp > best_lcp || (lcp == best_lcp && kept_since(e, s) < kept_since(e, best))) best = s, best_lcp = lcp;
         if (lru < 0 || kept_since(e, s) < kept_since(e, lru)) lru = s;
     }
@@ -291,6 +292,27 @@ static int32_t pick_slot(const lorac_engine_t *e, const request_t *r, int32_t *k
     else *src = -1;
     *keep = best_lcp < r->n_prompt ? best_lcp : r->n_prompt - 1;
     return best;
+}
+
+/* A waiting request waits a step rather than decode this many tokens of
+ * its prompt's start that a running request is decoding (and will hold
+ * after its prefill): choices 2..n of one prompt, or requests sent at once
+ * with one system prompt, then copy them (pick_slot) instead. */
+#define PREFIX_WAIT_MIN 8
+
+/* The most of r's prompt start that running requests' caches will hold
+ * once their prompts are decoded (at most all but r's last token). */
+static int32_t prefix_after_prefill(const lorac_engine_t *e, const request_t *r) {
+    int32_t most = 0;
+    uint64_t uid = r->adapter ? r->adapter->uid : 0;
+    if (r->plp || e->params.no_prefix_cache) return 0;
+    for (int32_t s = 0; s < e->params.max_seqs; s++) {
+        const request_t *q = e->slots[s];
+        if (!q || q->n_prefilled == q->n_feed || (q->adapter ? q->adapter->uid : 0) != uid) continue;
+        int32_t lcp = common_start(r, q->prompt, q->n_feed);
+        most = lcp > most ? lcp : most;
+    }
+    return most < r->n_prompt ? most : r->n_prompt - 1;
 }
 
 /* Under mu: moves waiting requests into free slots; returns the cancelled
@@ -313,6 +335,7 @@ static request_t *admit_locked(lorac_engine_t *e) {
     while (e->wait_head && e->n_running < e->params.max_seqs) {
         request_t *r = e->wait_head;
         int32_t keep, src, s = pick_slot(e, r, &keep, &src);
+        if (prefix_after_prefill(e, r) >= keep + PREFIX_WAIT_MIN) break; /* first-come order: the rest wait too */
         e->wait_head = r->next;
         if (!e->wait_head) e->wait_tail = NULL;
         e->n_waiting--;
