@@ -185,8 +185,9 @@ int32_t lorac_dataset_example(const lorac_dataset_t *ds, int64_t i, const int32_
 /* ---- chat templates ------------------------------------------------------------ */
 
 /* The template names lorac renders, for messages and usage lines. */
-#define LORAC_CHAT_TEMPLATES \
-    "chatml|gemma|gemma3|llama-2|llama-3|llama-3.1|mistral|mistral-v0.1|mistral-v0.2|mistral-v1|mistral-v3|phi3|phi4|phi4-mini|phi4-unsloth|qwen3|zephyr"
+#define LORAC_CHAT_TEMPLATES                                                                                       \
+    "chatml|gemma|gemma3|llama-2|llama-3|llama-3.1|mistral|mistral-v0.1|mistral-v0.2|mistral-v1|mistral-v3|phi3|" \
+    "phi4|phi4-mini|phi4-unsloth|qwen3|zephyr"
 
 typedef struct {
     const char *role;    /* "system", "user" or "assistant" */

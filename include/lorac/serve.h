@@ -133,7 +133,8 @@ lorac_engine_params_t lorac_engine_default_params(void);
 
 typedef struct lorac_engine lorac_engine_t;
 
-/* Reserves the KV cache for max_seqs × n_ctx and starts the engine thread.
+/* Reserves the KV cache for max_seqs × n_ctx (fewer rows in layers with a
+ * sliding window: lorac_engine_kv_bytes) and starts the engine thread.
  * The model must outlive the engine. */
 lorac_status_t lorac_engine_start(const lorac_model_t *model, const lorac_engine_params_t *params,
                                   lorac_engine_t **out);

@@ -350,8 +350,9 @@ int32_t lorac_context_copy_seq(lorac_context_t *ctx, int32_t src, int32_t dst, i
         int32_t rows = rows_from_win_lo(ctx, l) ? n - ctx->win_lo[src] : n;
         int64_t from = ((int64_t)src * ctx->seq_rows + ctx->layer_off[l]) * KV;
         int64_t to = ((int64_t)dst * ctx->seq_rows + ctx->layer_off[l]) * KV;
-        memcpy((char *)ctx->k_cache + (size_t)to * es, (char *)ctx->k_cache + (size_t)from * es, (size_t)(rows * KV) * es);
-        memcpy((char *)ctx->v_cache + (size_t)to * es, (char *)ctx->v_cache + (size_t)from * es, (size_t)(rows * KV) * es);
+        size_t bytes = (size_t)(rows * KV) * es;
+        memcpy((char *)ctx->k_cache + (size_t)to * es, (char *)ctx->k_cache + (size_t)from * es, bytes);
+        memcpy((char *)ctx->v_cache + (size_t)to * es, (char *)ctx->v_cache + (size_t)from * es, bytes);
     }
     ctx->win_lo[dst] = ctx->win_lo[src];
     ctx->seq_long[dst] = ctx->seq_long[src];

@@ -832,7 +832,8 @@ static enum MHD_Result handle_generate(lorac_http_server_t *srv, struct MHD_Conn
         }
     }
     lorac_oai_usage_t u = job_usage(j);
-    res = send_body(srv, c, k, 200, "application/json", oom ? NULL : lorac_oai_response_json(&j->meta, choices, j->n, &u));
+    res = send_body(srv, c, k, 200, "application/json",
+                    oom ? NULL : lorac_oai_response_json(&j->meta, choices, j->n, &u));
     for (int32_t i = 0; i < j->n; i++) free(mem[i]);
     job_release(j);
     return res;

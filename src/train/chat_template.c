@@ -390,7 +390,8 @@ static lorac_status_t render_phi4(chat_render_t *r, const lorac_chat_message_t *
         if (!assistant || unsloth)
             TRY(piece(r, false, true) || add(r, "<|im_start|>") || add(r, m[i].role) || add(r, "<|im_sep|>"));
         TRY(piece(r, assistant, true) || add(r, m[i].content) || add(r, "<|im_end|>")); /* after a special token */
-        if (!strcmp(m[i].role, "user") && !unsloth) TRY(piece(r, false, true) || add(r, "<|im_start|>assistant<|im_sep|>"));
+        if (!strcmp(m[i].role, "user") && !unsloth)
+            TRY(piece(r, false, true) || add(r, "<|im_start|>assistant<|im_sep|>"));
     }
     return LORAC_STATUS_OK;
 }
