@@ -4,9 +4,12 @@
  *    here from encoder.json + vocab.bpe);
  *  - tests/data/tokenizer/golden-*.json: ids and decoded strings from npm
  *    @huggingface/tokenizers (scripts/tokref/gen-golden.js) on our corpus;
- *  - the NFC normalizer (Qwen2's) against Python's unicodedata.normalize on
- *    every code point NFC changes, every composite written decomposed and
- *    random mark sequences (tests/data/tokenizer/nfc-golden.json), and
+ *  - the NFC normalizer (Qwen2's) against a reference NFC over Unicode 9.0's
+ *    data, which HuggingFace tokenizers' NFC has (itself checked against
+ *    Python's unicodedata.normalize on 9.0's characters), on every code point
+ *    NFC changes, every composite written decomposed, the later characters
+ *    that 9.0 does not normalize, and random mark sequences
+ *    (tests/data/tokenizer/nfc-golden.json), and
  *    SmolLM2's tokenizer with an NFC normalizer against tokenizers.js;
  *  - decode round trips, per-token bytes for streaming, invalid UTF-8 input;
  *  - a guard against quadratic encoding on 100k repeated characters. */
@@ -230,7 +233,9 @@ static void check_metaspace_spelling(const lorac_tokenizer_t *ref) {
     lorac_tokenizer_free(tok);
 }
 
-/* tok_nfc_into against Python's NFC (tests/reference/gen_nfc_golden.py). */
+/* tok_nfc_into against the reference NFC over Unicode 9.0's data, HuggingFace
+ * tokenizers' (tests/reference/gen_nfc_golden.py; Python's own NFC on the
+ * characters 9.0 had). */
 static void check_nfc(void) {
     char *data = tl_read_source("tests/data/tokenizer/nfc-golden.json", NULL);
     cJSON *root = data ? cJSON_Parse(data) : NULL;
@@ -253,7 +258,7 @@ static void check_nfc(void) {
             fprintf(stderr, "\n");
         }
     }
-    printf("NFC: %d/%d cases as Python's (Unicode %s)\n", ok, cases,
+    printf("NFC: %d/%d cases as the reference's (Unicode %s, HuggingFace tokenizers')\n", ok, cases,
            cJSON_GetObjectItem(root, "unicode") ? cJSON_GetObjectItem(root, "unicode")->valuestring : "?");
     CHECK(cases > 5000 && ok == cases);
     /* appends; ASCII passes as it is; the limit holds for ASCII and for text NFC lengthens (U+0958 -> 2 code points) */

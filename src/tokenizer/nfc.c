@@ -1,8 +1,10 @@
 /* Unicode NFC, tokenizer.json's {"type": "NFC"} normalizer (Qwen2/2.5/3's
  * tokenizers): canonical decomposition, canonical ordering of combining
  * marks, canonical composition, as UAX #15 defines them. The data are
- * src/tokenizer/nfc_tables.h (scripts/gen-nfc-tables.py); Hangul syllables
- * decompose and compose by formula. */
+ * src/tokenizer/nfc_tables.h (scripts/gen-nfc-tables.py): Unicode 9.0's,
+ * as HuggingFace tokenizers' NFC has them, so that a character assigned
+ * later passes as a starter, as it does there. Hangul syllables decompose
+ * and compose by formula. */
 #include <stdlib.h>
 #include <string.h>
 

@@ -1,8 +1,16 @@
 """Generates tests/data/tokenizer/nfc-golden.json, the NFC results that
 tests/test_tokenizer.c compares lorac's NFC normalizer (src/tokenizer/nfc.c)
-with: Python's own unicodedata.normalize("NFC", ...), an implementation
-independent of lorac's (lorac's tables come from unicodedata's per-character
-data, scripts/gen-nfc-tables.py; the algorithm that applies them is lorac's).
+with, as HuggingFace's tokenizers computes NFC: with Unicode 9.0's tables
+(its crate unicode-normalization-alignments 0.1.12), in which a character
+assigned later has combining class 0 and no decomposition.
+
+The reference is an NFC written here from UAX #15's definition (canonical
+decomposition, canonical ordering, canonical composition), over Python's
+unicodedata for the characters Unicode 9.0 had (their data never changes:
+Unicode's stability policy; which ones they are comes from Perl's
+Unicode::UCD), independent of lorac's C code. On every case made only of
+such characters it must equal Python's own unicodedata.normalize("NFC"),
+which the generator checks.
 
 Cases:
   * every code point whose NFC is not itself (singletons, composition
@@ -10,22 +18,113 @@ Cases:
     they are their own NFC),
   * every primary composite written decomposed (base + mark(s)),
   * the Hangul forms: LV, LVT and lone jamo sequences,
+  * every character assigned after Unicode 9.0 that Python's later data
+    gives a combining class or a decomposition, alone and between two
+    marks of different classes ("a" U+0323 x U+0301, where such a mark
+    would reorder and compose in a later Unicode, and does not in 9.0),
   * seeded random sequences from a pool of starters, combining marks of
     many classes, jamo and excluded characters, which exercise canonical
     ordering and blocking, and two long ones (2,500 clusters of a letter
     and 1-4 marks), which cross the chunk cuts of lorac's NFC.
 
-Run with the python3 that built nfc_tables.h (the same Unicode version):
+Run once and commit (needs perl, for the ages):
     python3 tests/reference/gen_nfc_golden.py > tests/data/tokenizer/nfc-golden.json
 """
 import json
 import random
+import subprocess
 import sys
 import unicodedata
 
+VERSION = "9.0"
+S_BASE, L_BASE, V_BASE, T_BASE, L_COUNT, V_COUNT, T_COUNT = 0xAC00, 0x1100, 0x1161, 0x11A7, 19, 21, 28
+N_COUNT, S_COUNT = V_COUNT * T_COUNT, L_COUNT * V_COUNT * T_COUNT
+
+
+def present_in(version):
+    out = subprocess.run(["perl", "-MUnicode::UCD=prop_invlist", "-e",
+                          f'print join(",", prop_invlist("Present_In={version}"))'],
+                         capture_output=True, text=True, check=True).stdout
+    bounds = [int(x) for x in out.split(",")] + [0x110000]
+    return {cp for i in range(0, len(bounds) - 1, 2) for cp in range(bounds[i], bounds[i + 1])}
+
+
+ASSIGNED = present_in(VERSION)
+
+
+def ccc(cp):
+    return unicodedata.combining(chr(cp)) if cp in ASSIGNED else 0
+
+
+def canonical_parts(cp):
+    """cp's one-level canonical decomposition in Unicode 9.0, or None."""
+    if cp not in ASSIGNED:
+        return None
+    d = unicodedata.decomposition(chr(cp))
+    if not d or d.startswith("<"):
+        return None
+    return [int(x, 16) for x in d.split()]
+
+
+def decompose(cp, out):
+    if S_BASE <= cp < S_BASE + S_COUNT:
+        i = cp - S_BASE
+        out += [L_BASE + i // N_COUNT, V_BASE + i % N_COUNT // T_COUNT]
+        if i % T_COUNT:
+            out.append(T_BASE + i % T_COUNT)
+        return
+    parts = canonical_parts(cp)
+    if parts is None:
+        out.append(cp)
+    else:
+        for p in parts:
+            decompose(p, out)
+
+
+# primary composites: two-part canonical decompositions whose result is not excluded from composition
+COMPOSE = {}
+for _cp in ASSIGNED:
+    _parts = canonical_parts(_cp)
+    if _parts and len(_parts) == 2 and unicodedata.normalize("NFC", chr(_cp)) == chr(_cp):
+        COMPOSE[tuple(_parts)] = _cp
+
+
+def compose_pair(a, b):
+    if L_BASE <= a < L_BASE + L_COUNT and V_BASE <= b < V_BASE + V_COUNT:
+        return S_BASE + ((a - L_BASE) * V_COUNT + (b - V_BASE)) * T_COUNT
+    if S_BASE <= a < S_BASE + S_COUNT and (a - S_BASE) % T_COUNT == 0 and T_BASE < b < T_BASE + T_COUNT:
+        return a + (b - T_BASE)
+    return COMPOSE.get((a, b))
+
 
 def nfc(s):
-    return unicodedata.normalize("NFC", s)
+    cps = []
+    for ch in s:
+        decompose(ord(ch), cps)
+    i = 0  # canonical ordering: stable sort of each run of non-starters by class
+    while i < len(cps):
+        if ccc(cps[i]) == 0:
+            i += 1
+            continue
+        j = i
+        while j < len(cps) and ccc(cps[j]) != 0:
+            j += 1
+        cps[i:j] = sorted(cps[i:j], key=ccc)
+        i = j
+    out, starter, last_ccc = [], None, -1  # canonical composition
+    for cp in cps:
+        c = ccc(cp)
+        if starter is not None and (last_ccc < c or (last_ccc == -1 and c == 0)):
+            comp = compose_pair(out[starter], cp)
+            if comp is not None:
+                out[starter] = comp
+                continue
+        if c == 0:
+            starter, last_ccc = len(out), -1
+        else:
+            last_ccc = c
+        out.append(cp)
+    return "".join(map(chr, out))
 
 
 def main():
@@ -46,6 +145,10 @@ def main():
         if d != c and nfc(d) == c:
             composites.append(c)
             cases.append(d)
+    later = [cp for cp in range(0x110000) if cp not in ASSIGNED and not 0xD800 <= cp <= 0xDFFF and
+             (unicodedata.combining(chr(cp)) or unicodedata.decomposition(chr(cp)))]
+    for cp in later:
+        cases += [chr(cp), "a\u0323" + chr(cp) + "\u0301"]
     cases += ["\u1100\u1161", "\u1100\u1161\u11a8", "\uac00\u11a8", "\u1100\u1100\u1161\u1161", "\u11a8\u1100",
               "\uac01\u11a8", "\u1100\u1161\u0301\u11a8", "\u1112\u1175\u11ab\u1100\u116e\u11af"]
     marks = [chr(c) for c in range(0x300, 0x370)] + ["\u0591", "\u05b0", "\u0610", "\u064b", "\u0670", "\u093c",
@@ -71,12 +174,15 @@ def main():
     for _ in range(2):
         cases.append("".join(rng.choice(bases) + "".join(rng.choice(cmarks) for _ in range(rng.randint(1, 4)))
                              for _ in range(2500)))
-    doc = {"generator": "tests/reference/gen_nfc_golden.py", "unicode": unicodedata.unidata_version,
+    for c in cases:  # on Unicode 9.0's characters the reference is Python's own NFC
+        if all(ord(ch) in ASSIGNED for ch in c):
+            assert nfc(c) == unicodedata.normalize("NFC", c), [hex(ord(ch)) for ch in c]
+    doc = {"generator": "tests/reference/gen_nfc_golden.py", "unicode": VERSION + ".0",
            "cases": [[s, nfc(s)] for s in cases]}
     json.dump(doc, sys.stdout, ensure_ascii=False, separators=(",", ":"))
     sys.stdout.write("\n")
-    print(f"{singles} single code points, {len(composites)} decomposed composites, {len(cases)} cases",
-          file=sys.stderr)
+    print(f"{singles} single code points, {len(composites)} decomposed composites, {len(later)} characters "
+          f"after Unicode {VERSION} with normalization data, {len(cases)} cases", file=sys.stderr)
 
 
 if __name__ == "__main__":
