@@ -226,6 +226,9 @@ static void finish(lorac_engine_t *e, request_t *r, lorac_finish_t f, const char
     request_free(r);
 }
 
+/* Which adapter load a request runs on: 0 for the base model. */
+static uint64_t adapter_uid(const request_t *r) { return r->adapter ? r->adapter->uid : 0; }
+
 /* The slot is emptied under mu: lorac_engine_cancel reads the slots (and
  * their requests' ids) under it from the server's threads, so the request
  * must leave its slot there before finish() frees it. */
@@ -240,7 +243,7 @@ static void retire_slot(lorac_engine_t *e, int32_t slot, lorac_finish_t f, const
     if (n > 0) r->prompt = NULL;
     else lorac_context_clear_seq(e->ctx, slot);
     e->n_kept[slot] = n;
-    e->kept_adapter[slot] = r->adapter ? r->adapter->uid : 0;
+    e->kept_adapter[slot] = adapter_uid(r);
     e->kept_at[slot] = ++e->clock;
     pthread_mutex_lock(&e->mu);
     e->slots[slot] = NULL;
@@ -273,13 +276,13 @@ static int32_t common_start(const request_t *r, const int32_t *ids, int32_t n) {
  * logits. */
 static int32_t pick_slot(const lorac_engine_t *e, const request_t *r, int32_t *keep, int32_t *src) {
     int32_t best = -1, best_lcp = -1, lru = -1, run_lcp = 0;
-    uint64_t uid = r->adapter ? r->adapter->uid : 0;
+    uint64_t uid = adapter_uid(r);
     bool reuse = !r->plp && !e->params.no_prefix_cache;
     *src = -1;
     for (int32_t s = 0; s < e->params.max_seqs; s++) {
         const request_t *q = e->slots[s];
         if (q) { /* running: the positions its cache holds are prompt[0 .. seq_len) */
-            int32_t lcp = !reuse || (q->adapter ? q->adapter->uid : 0) != uid
+            int32_t lcp = !reuse || adapter_uid(q) != uid
                               ? 0 : common_start(r, q->prompt, lorac_context_seq_len(e->ctx, s));
             if (lcp > run_lcp) *src = s, run_lcp = lcp;
             continue;
@@ -304,11 +307,11 @@ static int32_t pick_slot(const lorac_engine_t *e, const request_t *r, int32_t *k
  * once their prompts are decoded (at most all but r's last token). */
 static int32_t prefix_after_prefill(const lorac_engine_t *e, const request_t *r) {
     int32_t most = 0;
-    uint64_t uid = r->adapter ? r->adapter->uid : 0;
+    uint64_t uid = adapter_uid(r);
     if (r->plp || e->params.no_prefix_cache) return 0;
     for (int32_t s = 0; s < e->params.max_seqs; s++) {
         const request_t *q = e->slots[s];
-        if (!q || q->n_prefilled == q->n_feed || (q->adapter ? q->adapter->uid : 0) != uid) continue;
+        if (!q || q->n_prefilled == q->n_feed || adapter_uid(q) != uid) continue;
         int32_t lcp = common_start(r, q->prompt, q->n_feed);
         most = lcp > most ? lcp : most;
     }
