@@ -16,8 +16,8 @@
 
 static const char *k_usage =
     "usage: lorac inspect PATH [-m MODEL] [--json]\n"
-    "  PATH is a model directory (config.json + safetensors), a .safetensors file, or a PEFT adapter\n"
-    "  directory (adapter_config.json + adapter_model.safetensors).\n"
+    "  PATH is a model directory (config.json + safetensors), a .safetensors file, a PEFT adapter\n"
+    "  directory (adapter_config.json + adapter_model.safetensors) or a GGUF file (metadata and tensors).\n"
     "  A model: the architecture, parameter count, dtypes and the tensor list.\n"
     "  An adapter: targets, layers, r, alpha and scaling (per module with rank_pattern/alpha_pattern),\n"
     "  trainable parameters r*(in+out) per module kind against in*out, and per module the singular values\n"
@@ -85,6 +85,7 @@ int cmd_inspect(int argc, char **argv) {
     free(adapter_cfg);
     if (is_adapter) return inspect_adapter(path, model, json);
     if (model) cli_usage_error("inspect", "-m MODEL goes with an adapter directory (PATH holds no adapter_config.json)");
+    if (cli_is_gguf_file(path)) return inspect_gguf(path, json);
     return inspect_model(path, json);
 }
 

@@ -144,6 +144,22 @@ lorac_status_t lorac_file_read(const char *path, size_t max_size, char **out, si
  * then fsync of the directory. Either the old or the new file survives a crash. */
 lorac_status_t lorac_file_write_atomic(const char *path, const void *data, size_t len);
 
+/* The same for a file written in pieces (a model streamed tensor by
+ * tensor): lorac_atomic_open creates "path.tmp.<pid>", lorac_atomic_write
+ * appends to it (retrying short writes), lorac_atomic_commit fsyncs and
+ * renames it over `path` (then fsyncs the directory), lorac_atomic_abort
+ * removes it. Commit and abort release the struct; call exactly one of
+ * them after a successful open. `path` must outlive the struct. */
+typedef struct {
+    int fd;
+    char *tmp;
+    const char *path;
+} lorac_atomic_file_t;
+lorac_status_t lorac_atomic_open(const char *path, lorac_atomic_file_t *f);
+lorac_status_t lorac_atomic_write(lorac_atomic_file_t *f, const void *data, uint64_t len);
+lorac_status_t lorac_atomic_commit(lorac_atomic_file_t *f);
+void lorac_atomic_abort(lorac_atomic_file_t *f);
+
 /* Validates UTF-8 (rejects overlongs, surrogates, > U+10FFFF). 1 if valid. */
 int lorac_utf8_valid(const char *s, size_t len);
 

@@ -105,41 +105,69 @@ static void fsync_parent_dir(const char *path) {
     free(copy);
 }
 
-lorac_status_t lorac_file_write_atomic(const char *path, const void *data, size_t len) {
+lorac_status_t lorac_atomic_open(const char *path, lorac_atomic_file_t *f) {
     size_t n = strlen(path) + 32;
-    char *tmp = malloc(n);
-    if (!tmp) return lorac_error(LORAC_STATUS_NOMEM, "%s: out of memory", path);
-    snprintf(tmp, n, "%s.tmp.%ld", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) {
-        lorac_status_t s = lorac_error(LORAC_STATUS_IO, "%s: cannot create: %s", tmp, strerror(errno));
-        free(tmp);
+    f->path = path;
+    f->fd = -1;
+    if (!(f->tmp = malloc(n))) return lorac_error(LORAC_STATUS_NOMEM, "%s: out of memory", path);
+    snprintf(f->tmp, n, "%s.tmp.%ld", path, (long)getpid());
+    f->fd = open(f->tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (f->fd < 0) {
+        lorac_status_t s = lorac_error(LORAC_STATUS_IO, "%s: cannot create: %s", f->tmp, strerror(errno));
+        free(f->tmp);
+        f->tmp = NULL;
         return s;
     }
+    return LORAC_STATUS_OK;
+}
+
+lorac_status_t lorac_atomic_write(lorac_atomic_file_t *f, const void *data, uint64_t len) {
     const uint8_t *p = data;
-    size_t left = len;
-    while (left > 0) {
-        ssize_t w = write(fd, p, left);
+    while (len > 0) {
+        size_t chunk = len > (1u << 30) ? (1u << 30) : (size_t)len;
+        ssize_t w = write(f->fd, p, chunk);
         if (w < 0) {
             if (errno == EINTR) continue;
-            lorac_status_t s = lorac_error(LORAC_STATUS_IO, "%s: write failed: %s", tmp, strerror(errno));
-            close(fd); unlink(tmp); free(tmp);
-            return s;
+            return lorac_error(LORAC_STATUS_IO, "%s: write failed: %s", f->tmp, strerror(errno));
         }
         p += w;
-        left -= (size_t)w;
+        len -= (uint64_t)w;
     }
-    if (fsync(fd) != 0 || close(fd) != 0) {
-        lorac_status_t s = lorac_error(LORAC_STATUS_IO, "%s: fsync failed: %s", tmp, strerror(errno));
-        unlink(tmp); free(tmp);
-        return s;
-    }
-    if (rename(tmp, path) != 0) {
-        lorac_status_t s = lorac_error(LORAC_STATUS_IO, "%s: rename failed: %s", path, strerror(errno));
-        unlink(tmp); free(tmp);
-        return s;
-    }
-    free(tmp);
-    fsync_parent_dir(path);
     return LORAC_STATUS_OK;
+}
+
+void lorac_atomic_abort(lorac_atomic_file_t *f) {
+    if (f->fd >= 0) close(f->fd);
+    if (f->tmp) unlink(f->tmp);
+    free(f->tmp);
+    f->tmp = NULL;
+    f->fd = -1;
+}
+
+lorac_status_t lorac_atomic_commit(lorac_atomic_file_t *f) {
+    lorac_status_t s = LORAC_STATUS_OK;
+    if (fsync(f->fd) != 0) s = lorac_error(LORAC_STATUS_IO, "%s: fsync failed: %s", f->tmp, strerror(errno));
+    if (close(f->fd) != 0 && !s) s = lorac_error(LORAC_STATUS_IO, "%s: close failed: %s", f->tmp, strerror(errno));
+    f->fd = -1;
+    if (!s && rename(f->tmp, f->path) != 0)
+        s = lorac_error(LORAC_STATUS_IO, "%s: rename failed: %s", f->path, strerror(errno));
+    if (s) {
+        lorac_atomic_abort(f);
+        return s;
+    }
+    free(f->tmp);
+    f->tmp = NULL;
+    fsync_parent_dir(f->path);
+    return LORAC_STATUS_OK;
+}
+
+lorac_status_t lorac_file_write_atomic(const char *path, const void *data, size_t len) {
+    lorac_atomic_file_t f;
+    lorac_status_t s = lorac_atomic_open(path, &f);
+    if (s) return s;
+    if ((s = lorac_atomic_write(&f, data, len))) {
+        lorac_atomic_abort(&f);
+        return s;
+    }
+    return lorac_atomic_commit(&f);
 }

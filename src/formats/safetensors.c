@@ -773,21 +773,6 @@ static void sb_json_string(sbuf_t *b, const char *s) {
     sb_put(b, "\"", 1);
 }
 
-static lorac_status_t write_all(int fd, const void *data, uint64_t len, const char *path) {
-    const uint8_t *p = data;
-    while (len > 0) {
-        size_t chunk = len > (1u << 30) ? (1u << 30) : (size_t)len;
-        ssize_t w = write(fd, p, chunk);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return lorac_error(LORAC_STATUS_IO, "%s: write failed: %s", path, strerror(errno));
-        }
-        p += w;
-        len -= (uint64_t)w;
-    }
-    return LORAC_STATUS_OK;
-}
-
 static lorac_status_t check_write_args(const char *path, const lorac_tensor_write_t *t, int64_t n,
                                        const char *const *mk, const char *const *mv, int64_t n_meta,
                                        uint64_t *nbytes) {
@@ -880,19 +865,9 @@ static lorac_status_t build_header(sbuf_t *b, const char *path, const lorac_tens
     return LORAC_STATUS_OK;
 }
 
-/* Makes a rename durable: fsync of the directory holding `path` (best effort). */
-static void fsync_parent(const char *path) {
-    char *dir = strdup(path);
-    if (!dir) return;
-    char *slash = strrchr(dir, '/');
-    if (slash) *(slash == dir ? slash + 1 : slash) = '\0';
-    int fd = open(slash ? dir : ".", O_RDONLY);
-    if (fd >= 0) { fsync(fd); close(fd); }
-    free(dir);
-}
-
 /* Streams to "<path>.tmp.<pid>" (no second copy of the tensor data in memory),
- * then fsync and rename, so a crash leaves either the old file or the new one. */
+ * then fsync and rename (lorac_atomic_*), so a crash leaves either the old
+ * file or the new one. */
 lorac_status_t lorac_safetensors_write(const char *path, const lorac_tensor_write_t *tensors,
                                        int64_t n_tensors, const char *const *meta_keys,
                                        const char *const *meta_values, int64_t n_meta) {
@@ -900,32 +875,19 @@ lorac_status_t lorac_safetensors_write(const char *path, const lorac_tensor_writ
     uint64_t *nbytes = calloc((size_t)(n_tensors > 0 ? n_tensors : 1), sizeof *nbytes);
     if (!nbytes) return lorac_error(LORAC_STATUS_NOMEM, "%s: out of memory", path);
     sbuf_t hdr = {0};
-    char *tmp = NULL;
-    int fd = -1;
     lorac_status_t s = check_write_args(path, tensors, n_tensors, meta_keys, meta_values, n_meta, nbytes);
     if (!s) s = build_header(&hdr, path, tensors, n_tensors, meta_keys, meta_values, n_meta, nbytes);
-    if (s) goto done;
-
-    size_t tn = strlen(path) + 32;
-    tmp = malloc(tn);
-    if (!tmp) { s = lorac_error(LORAC_STATUS_NOMEM, "%s: out of memory", path); goto done; }
-    snprintf(tmp, tn, "%s.tmp.%ld", path, (long)getpid());
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) { s = lorac_error(LORAC_STATUS_IO, "%s: cannot create: %s", tmp, strerror(errno)); goto done; }
-    uint8_t len8[8];
-    write_le64(len8, hdr.len);
-    s = write_all(fd, len8, 8, tmp);
-    if (!s) s = write_all(fd, hdr.p, hdr.len, tmp);
-    for (int64_t i = 0; !s && i < n_tensors; i++) s = write_all(fd, tensors[i].data, nbytes[i], tmp);
-    if (!s && fsync(fd) != 0) s = lorac_error(LORAC_STATUS_IO, "%s: fsync failed: %s", tmp, strerror(errno));
-    if (close(fd) != 0 && !s) s = lorac_error(LORAC_STATUS_IO, "%s: close failed: %s", tmp, strerror(errno));
-    fd = -1;
-    if (!s && rename(tmp, path) != 0) s = lorac_error(LORAC_STATUS_IO, "%s: rename failed: %s", path, strerror(errno));
-    if (s) unlink(tmp);
-    else fsync_parent(path);
-done:
-    if (fd >= 0) close(fd);
-    free(tmp);
+    lorac_atomic_file_t f;
+    if (!s) s = lorac_atomic_open(path, &f);
+    if (!s) {
+        uint8_t len8[8];
+        write_le64(len8, hdr.len);
+        s = lorac_atomic_write(&f, len8, 8);
+        if (!s) s = lorac_atomic_write(&f, hdr.p, hdr.len);
+        for (int64_t i = 0; !s && i < n_tensors; i++) s = lorac_atomic_write(&f, tensors[i].data, nbytes[i]);
+        if (s) lorac_atomic_abort(&f);
+        else s = lorac_atomic_commit(&f);
+    }
     free(hdr.p);
     free(nbytes);
     return s;
