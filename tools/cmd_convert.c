@@ -9,15 +9,64 @@
 #include <sys/stat.h>
 
 #include "cli.h"
+#include "lorac/export.h"
 #include "lorac/formats.h"
+#include "lorac/gguf.h"
+#include "lorac/lora.h"
 #include "lorac/safetensors.h"
 #include "lorac/tokenizer.h"
 
 static const char *k_usage =
     "usage: lorac convert --from llama2c CHECKPOINT.bin [--tokenizer TOKENIZER.bin] -o MODEL_DIR\n"
-    "  Writes config.json, model.safetensors (float32) and, with --tokenizer,\n"
-    "  tokenizer.json. q/k rows move from llama2.c's interleaved rotary layout\n"
-    "  to HuggingFace's rotate-half layout.\n";
+    "       lorac convert --to gguf MODEL_DIR -o MODEL.gguf [--outtype auto|f32|f16|bf16]\n"
+    "       lorac convert --to gguf --adapter ADAPTER_DIR --base MODEL_DIR -o ADAPTER.gguf [--outtype f32|f16|bf16]\n"
+    "  --from llama2c writes config.json, model.safetensors (float32) and, with\n"
+    "  --tokenizer, tokenizer.json. q/k rows move from llama2.c's interleaved\n"
+    "  rotary layout to HuggingFace's rotate-half layout.\n"
+    "  --to gguf writes a HuggingFace model, or a PEFT LoRA adapter of one, as\n"
+    "  the GGUF file llama.cpp reads (llama-cli -m MODEL.gguf --lora ADAPTER.gguf).\n"
+    "  --outtype: the matrices' type; auto (models) keeps the model's own, f32\n"
+    "  is the default for adapters.\n";
+
+/* --outtype's value: LORAC_DTYPE_COUNT for auto */
+static lorac_dtype_t parse_outtype(const char *v, bool allow_auto) {
+    if (allow_auto && !strcmp(v, "auto")) return LORAC_DTYPE_COUNT;
+    if (!strcmp(v, "f32")) return LORAC_DTYPE_F32;
+    if (!strcmp(v, "f16")) return LORAC_DTYPE_F16;
+    if (!strcmp(v, "bf16")) return LORAC_DTYPE_BF16;
+    cli_usage_error("convert", "--outtype must be %sf32, f16 or bf16, not '%s'", allow_auto ? "auto, " : "", v);
+}
+
+/* lorac convert --to gguf: a model directory, or an adapter with its base. */
+static int convert_to_gguf(const char *model_dir, const char *adapter_dir, const char *base_dir, const char *outtype,
+                           const char *out_path) {
+    if (!adapter_dir) {
+        if (!model_dir) cli_usage_error("convert", "--to gguf needs MODEL_DIR (or --adapter DIR --base MODEL_DIR)");
+        if (base_dir) cli_usage_error("convert", "--base goes with --adapter");
+        cli_check(lorac_export_model_gguf(model_dir, outtype ? parse_outtype(outtype, true) : LORAC_DTYPE_COUNT, out_path));
+        fprintf(stderr, "wrote %s (llama.cpp GGUF model) from %s\n", out_path, model_dir);
+        return 0;
+    }
+    if (model_dir) cli_usage_error("convert", "give MODEL_DIR or --adapter, not both");
+    if (!base_dir) cli_usage_error("convert", "--adapter needs --base MODEL_DIR (the adapter's base model)");
+    lorac_dtype_t d = outtype ? parse_outtype(outtype, false) : LORAC_DTYPE_F32;
+    char *cfg_path = lorac_path_join(base_dir, "config.json");
+    if (!cfg_path) cli_die("out of memory");
+    size_t len = 0;
+    char *text = cli_read_file(cfg_path, &len);
+    lorac_model_config_t config;
+    cli_check(lorac_model_config_parse(text, len, cfg_path, &config));
+    lorac_adapter_t *adapter = NULL;
+    cli_check(lorac_adapter_load(adapter_dir, &config, &adapter));
+    uint32_t type = d == LORAC_DTYPE_F16 ? LORAC_GGML_TYPE_F16 : d == LORAC_DTYPE_BF16 ? LORAC_GGML_TYPE_BF16 : LORAC_GGML_TYPE_F32;
+    cli_check(lorac_export_adapter_gguf(adapter, &config, type, out_path));
+    fprintf(stderr, "wrote %s (llama.cpp GGUF LoRA, %d modules, alpha %g) from %s\n", out_path,
+            lorac_adapter_n_modules(adapter), (double)lorac_adapter_params(adapter)->alpha, adapter_dir);
+    lorac_adapter_free(adapter);
+    free(text);
+    free(cfg_path);
+    return 0;
+}
 
 /* llama2.c (like Meta's checkpoints) rotates pairs (2j, 2j+1) of each head;
  * HF rotates (j, j + hd/2). Row h*hd + 2j + s moves to h*hd + s*hd/2 + j,
@@ -65,14 +114,28 @@ static void write_config(const char *dir, const lorac_llama2c_checkpoint_t *c) {
 
 int cmd_convert(int argc, char **argv) {
     const char *from = NULL, *ckpt_path = NULL, *tok_path = NULL, *out_dir = NULL;
+    const char *to = NULL, *model_dir = NULL, *adapter_dir = NULL, *base_dir = NULL, *outtype = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (cli_is_help(a)) { fputs(k_usage, stdout); return 0; }
         else if (!strcmp(a, "--from")) { from = cli_value(argc, argv, &i, "convert"); ckpt_path = cli_value(argc, argv, &i, "convert"); }
+        else if (!strcmp(a, "--to")) to = cli_value(argc, argv, &i, "convert");
         else if (!strcmp(a, "--tokenizer")) tok_path = cli_value(argc, argv, &i, "convert");
+        else if (!strcmp(a, "--adapter")) adapter_dir = cli_value(argc, argv, &i, "convert");
+        else if (!strcmp(a, "--base")) base_dir = cli_value(argc, argv, &i, "convert");
+        else if (!strcmp(a, "--outtype")) outtype = cli_value(argc, argv, &i, "convert");
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) out_dir = cli_value(argc, argv, &i, "convert");
+        else if (a[0] != '-' && to && !model_dir) model_dir = a;
         else cli_usage_error("convert", "unknown option '%s'", a);
     }
+    if (from && to) cli_usage_error("convert", "give --from or --to, not both");
+    if (to) {
+        if (strcmp(to, "gguf") != 0) cli_usage_error("convert", "unknown target format '%s' (only gguf)", to);
+        if (!out_dir) cli_usage_error("convert", "-o FILE.gguf is required");
+        if (tok_path) cli_usage_error("convert", "--tokenizer goes with --from llama2c");
+        return convert_to_gguf(model_dir, adapter_dir, base_dir, outtype, out_dir);
+    }
+    if (adapter_dir || base_dir || outtype) cli_usage_error("convert", "--adapter, --base and --outtype go with --to gguf");
     if (!from || !out_dir) cli_usage_error("convert", "--from llama2c CHECKPOINT and -o MODEL_DIR are required");
     if (strcmp(from, "llama2c") != 0) cli_usage_error("convert", "unknown source format '%s' (only llama2c)", from);
 

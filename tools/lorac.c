@@ -26,7 +26,7 @@ static const struct {
     {"logits", cmd_logits, "write the logits of given token ids to a .npy file"},
     {"tokenize", cmd_tokenize, "print the token ids of a text (or decode ids)"},
     {"inspect", cmd_inspect, "describe a model directory or a safetensors file"},
-    {"convert", cmd_convert, "convert a llama2.c checkpoint to a HuggingFace directory"},
+    {"convert", cmd_convert, "convert a llama2.c checkpoint to a HuggingFace directory, or a model or adapter to GGUF"},
     {"train", cmd_train, "fine-tune with LoRA (or --full) on a JSONL dataset"},
     {"eval", cmd_eval, "loss and perplexity of a model (and adapters) on a dataset"},
     {"merge", cmd_merge, "merge LoRA adapters into the weights, as a model directory"},

@@ -117,6 +117,8 @@ typedef enum { TOK_PREPEND_ALWAYS, TOK_PREPEND_FIRST, TOK_PREPEND_NEVER } tok_pr
 typedef struct {
     tok_pre_type_t type;
     pcre2_code *re;                /* SPLIT (also Digits) and BYTELEVEL with use_regex */
+    char *pattern;                 /* SPLIT: re's source (literal or regex), kept for GGUF export */
+    size_t pattern_len;
     tok_split_behavior_t behavior; /* SPLIT */
     bool invert;                   /* SPLIT */
     tok_prepend_t prepend;         /* METASPACE */

@@ -34,7 +34,10 @@ void lorac_tokenizer_free(lorac_tokenizer_t *tok) {
     tok_strmap_free(&tok->vocab_map);
     tok_pairmap_free(&tok->merges);
     for (int i = 0; i < tok->n_norms; i++) { free(tok->norms[i].a); free(tok->norms[i].b); }
-    for (int i = 0; i < tok->n_pres; i++) if (tok->pres[i].re) pcre2_code_free(tok->pres[i].re);
+    for (int i = 0; i < tok->n_pres; i++) {
+        if (tok->pres[i].re) pcre2_code_free(tok->pres[i].re);
+        free(tok->pres[i].pattern);
+    }
     for (int i = 0; i < tok->n_decs; i++) { free(tok->decs[i].a); free(tok->decs[i].b); }
     free(tok->added);
     tok_trie_free(&tok->trie);
@@ -136,6 +139,9 @@ static lorac_status_t add_split(ctx_t *c, const char *pat, size_t len, bool lite
     if (!p) return LORAC_STATUS_UNSUPPORTED;
     lorac_status_t st;
     p->re = tok_regex_compile(pat, len, literal, c->label, &st);
+    p->pattern = dup_mem(pat, len);
+    p->pattern_len = len;
+    if (!st && !p->pattern) st = lorac_error(LORAC_STATUS_NOMEM, "%s: out of memory", c->label);
     p->behavior = b;
     p->invert = invert;
     return st;

@@ -1,0 +1,284 @@
+/* A HuggingFace model directory as a llama.cpp GGUF model, the file its
+ * convert_hf_to_gguf.py would write: the same metadata keys, tensor names
+ * and layouts, so that llama.cpp loads it and lorac's GGUF adapters fit it.
+ * Architectures: Llama and Mistral ("llama", q/k rows permuted to GGML's
+ * interleaved rotary order, Llama 3's rope scaling as the rope_freqs
+ * tensor), Qwen2 and Qwen3. Tokenizers: see tokenizer/tok_gguf.h. */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "export/export_internal.h"
+#include "lorac/export.h"
+#include "lorac/gguf.h"
+#include "lorac/safetensors.h"
+#include "lorac/tokenizer.h"
+#include "tokenizer/tok_gguf.h"
+
+/* llama.cpp's file types (llama_ftype) */
+enum { FTYPE_ALL_F32 = 0, FTYPE_MOSTLY_F16 = 1, FTYPE_MOSTLY_BF16 = 32 };
+
+/* One tensor's source and conversion, for the writer's fill callback. */
+typedef struct {
+    const lorac_tensor_view_t *src; /* NULL: the f32 values in `values` */
+    const float *values;
+    uint32_t type;                  /* ggml type written */
+    bool rotary;                    /* q or k of an architecture whose rows are permuted */
+    const lorac_model_config_t *config;
+} tensor_job_t;
+
+static float element(const lorac_tensor_view_t *t, int64_t i) {
+    const uint8_t *p = (const uint8_t *)t->data;
+    uint16_t h;
+    float f;
+    switch (t->dtype) {
+    case LORAC_DTYPE_F32: memcpy(&f, p + 4 * i, 4); return f;
+    case LORAC_DTYPE_BF16: memcpy(&h, p + 2 * i, 2); return lorac_bf16_to_f32(h);
+    default: memcpy(&h, p + 2 * i, 2); return lorac_f16_to_f32(h);
+    }
+}
+
+static lorac_status_t fill_tensor(void *user, void *dst, uint64_t nbytes) {
+    const tensor_job_t *j = user;
+    int64_t n = j->src ? j->src->n_elements : (int64_t)(nbytes / 4);
+    int64_t cols = j->src && j->src->n_dims == 2 ? j->src->shape[1] : n, rows = n / (cols ? cols : 1);
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t from = j->rotary ? lorac_export_rotary_row(j->config, r) : r;
+        for (int64_t c = 0; c < cols; c++) {
+            float v = j->src ? element(j->src, from * cols + c) : j->values[from * cols + c];
+            int64_t at = r * cols + c;
+            if (j->type == LORAC_GGML_TYPE_F32) memcpy((uint8_t *)dst + 4 * at, &v, 4);
+            else {
+                uint16_t h = j->type == LORAC_GGML_TYPE_F16 ? lorac_f32_to_f16(v) : lorac_f32_to_bf16(v);
+                memcpy((uint8_t *)dst + 2 * at, &h, 2);
+            }
+        }
+    }
+    return LORAC_STATUS_OK;
+}
+
+static uint32_t ggml_type_of(lorac_dtype_t d) {
+    return d == LORAC_DTYPE_BF16 ? LORAC_GGML_TYPE_BF16 : d == LORAC_DTYPE_F16 ? LORAC_GGML_TYPE_F16 : LORAC_GGML_TYPE_F32;
+}
+
+/* What lorac can write for llama.cpp; LORAC_STATUS_UNSUPPORTED otherwise. */
+static lorac_status_t check_exportable(const lorac_model_config_t *c, const char *dir) {
+    const char *why = NULL;
+    if (c->arch != LORAC_ARCH_LLAMA && c->arch != LORAC_ARCH_MISTRAL && c->arch != LORAC_ARCH_QWEN2 &&
+        c->arch != LORAC_ARCH_QWEN3)
+        why = "only Llama, Mistral, Qwen2 and Qwen3 models are written as GGUF";
+    else if (c->sliding_window > 0)
+        why = "sliding-window attention is not carried into llama.cpp's llama/qwen2 architectures";
+    else if (c->rope_longrope)
+        why = "Phi-3's longrope is not written";
+    else if (c->rotary_dim != c->head_dim)
+        why = "partial rotary embeddings are not written";
+    else if (c->arch != LORAC_ARCH_QWEN3 && c->qk_norm)
+        why = "q/k norms are only written for Qwen3";
+    if (why) return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s (%s): %s", dir, c->arch_name, why);
+    return LORAC_STATUS_OK;
+}
+
+/* Llama 3's rope scaling as llama.cpp's per-frequency divisors (its
+ * converter's generate_extra_tensors, from transformers' formula). */
+static float *llama3_rope_freqs(const lorac_model_config_t *c) {
+    int32_t half = c->head_dim / 2;
+    float *f = malloc((size_t)half * sizeof *f);
+    if (!f) return NULL;
+    double low_wavelen = c->rope_original_max_position / c->rope_low_freq_factor;
+    double high_wavelen = c->rope_original_max_position / c->rope_high_freq_factor;
+    for (int32_t i = 0; i < half; i++) {
+        double freq = 1.0 / pow((double)c->rope_theta, (2.0 * i) / c->head_dim);
+        double wavelen = 2.0 * 3.14159265358979323846 / freq;
+        if (wavelen < high_wavelen) f[i] = 1.0f;
+        else if (wavelen > low_wavelen) f[i] = c->rope_factor;
+        else {
+            double smooth = (c->rope_original_max_position / wavelen - c->rope_low_freq_factor) /
+                            (c->rope_high_freq_factor - c->rope_low_freq_factor);
+            f[i] = (float)(1.0 / ((1.0 - smooth) / c->rope_factor + smooth));
+        }
+    }
+    return f;
+}
+
+static lorac_status_t set_hparams(lorac_gguf_writer_t *w, const lorac_model_config_t *c, const char *arch) {
+    char key[96];
+    lorac_status_t s = LORAC_STATUS_OK;
+#define KEY(suffix) (snprintf(key, sizeof key, "%s.%s", arch, suffix), key)
+    if (!s) s = lorac_gguf_set_u32(w, KEY("context_length"), (uint32_t)c->max_position_embeddings);
+    if (!s) s = lorac_gguf_set_u32(w, KEY("embedding_length"), (uint32_t)c->hidden_size);
+    if (!s) s = lorac_gguf_set_u32(w, KEY("block_count"), (uint32_t)c->n_layers);
+    if (!s) s = lorac_gguf_set_u32(w, KEY("feed_forward_length"), (uint32_t)c->intermediate_size);
+    if (!s) s = lorac_gguf_set_u32(w, KEY("attention.head_count"), (uint32_t)c->n_heads);
+    if (!s) s = lorac_gguf_set_u32(w, KEY("attention.head_count_kv"), (uint32_t)c->n_kv_heads);
+    if (!s) s = lorac_gguf_set_f32(w, KEY("rope.freq_base"), c->rope_theta);
+    if (!s) s = lorac_gguf_set_f32(w, KEY("attention.layer_norm_rms_epsilon"), c->rms_norm_eps);
+    if (!s) s = lorac_gguf_set_u32(w, KEY("rope.dimension_count"), (uint32_t)c->rotary_dim);
+    if (!s && c->head_dim * c->n_heads != c->hidden_size) {
+        s = lorac_gguf_set_u32(w, KEY("attention.key_length"), (uint32_t)c->head_dim);
+        if (!s) s = lorac_gguf_set_u32(w, KEY("attention.value_length"), (uint32_t)c->head_dim);
+    }
+    if (!s) s = lorac_gguf_set_u32(w, KEY("vocab_size"), (uint32_t)c->vocab_size);
+    if (!s && c->rope_linear_factor != 1.0f) {
+        s = lorac_gguf_set_string(w, KEY("rope.scaling.type"), "linear");
+        if (!s) s = lorac_gguf_set_f32(w, KEY("rope.scaling.factor"), c->rope_linear_factor);
+    }
+#undef KEY
+    return s;
+}
+
+static lorac_status_t set_tokenizer(lorac_gguf_writer_t *w, const tok_gguf_vocab_t *v, const char *chat_template) {
+    lorac_status_t s = lorac_gguf_set_string(w, "tokenizer.ggml.model", v->model);
+    if (!s) s = lorac_gguf_set_string(w, "tokenizer.ggml.pre", v->pre);
+    if (!s) s = lorac_gguf_set_array_string(w, "tokenizer.ggml.tokens", (const char *const *)v->tokens, v->token_lens, v->n_tokens);
+    if (!s && v->scores) s = lorac_gguf_set_array_f32(w, "tokenizer.ggml.scores", v->scores, v->n_tokens);
+    if (!s) s = lorac_gguf_set_array_i32(w, "tokenizer.ggml.token_type", v->types, v->n_tokens);
+    if (!s && v->merges) s = lorac_gguf_set_array_string(w, "tokenizer.ggml.merges", (const char *const *)v->merges, NULL, v->n_merges);
+    if (!s && v->bos >= 0) s = lorac_gguf_set_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)v->bos);
+    if (!s && v->eos >= 0) s = lorac_gguf_set_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)v->eos);
+    if (!s && v->unk >= 0) s = lorac_gguf_set_u32(w, "tokenizer.ggml.unknown_token_id", (uint32_t)v->unk);
+    if (!s) s = lorac_gguf_set_bool(w, "tokenizer.ggml.add_bos_token", v->add_bos);
+    if (!s) s = lorac_gguf_set_bool(w, "tokenizer.ggml.add_eos_token", v->add_eos);
+    if (!s && !strcmp(v->model, "llama")) s = lorac_gguf_set_bool(w, "tokenizer.ggml.add_space_prefix", v->add_space_prefix);
+    if (!s && chat_template) s = lorac_gguf_set_string(w, "tokenizer.chat_template", chat_template);
+    return s;
+}
+
+/* tokenizer_config.json's chat_template when it is one string (malloc'd), else NULL. */
+static char *read_chat_template(const char *dir) {
+    char *path = lorac_path_join(dir, "tokenizer_config.json"), *text = NULL, *out = NULL;
+    size_t len = 0;
+    if (path && lorac_file_read(path, (size_t)64 << 20, &text, &len) == LORAC_STATUS_OK) {
+        cJSON *root = cJSON_ParseWithLength(text, len);
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "chat_template");
+        if (cJSON_IsString(t)) out = strdup(t->valuestring);
+        cJSON_Delete(root);
+    }
+    lorac_error_clear();
+    free(path);
+    free(text);
+    return out;
+}
+
+lorac_status_t lorac_export_model_gguf(const char *model_dir, lorac_dtype_t dtype, const char *path) {
+    if (!model_dir || !path) return lorac_error(LORAC_STATUS_INVALID_ARG, "export: NULL argument");
+    if (dtype != LORAC_DTYPE_F32 && dtype != LORAC_DTYPE_F16 && dtype != LORAC_DTYPE_BF16 && dtype != LORAC_DTYPE_COUNT)
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "export: GGUF tensors are written as F32, F16 or BF16");
+    lorac_model_config_t config;
+    lorac_weight_files_t *files = NULL;
+    lorac_tokenizer_t *tok = NULL;
+    lorac_gguf_writer_t *w = NULL;
+    tok_gguf_vocab_t vocab = {0};
+    tensor_job_t *jobs = NULL;
+    float *rope_freqs = NULL;
+    char *chat_template = NULL, *text = NULL, *cfg_path = lorac_path_join(model_dir, "config.json");
+    char *tok_path = lorac_path_join(model_dir, "tokenizer.json");
+    size_t len = 0;
+    lorac_status_t s = !cfg_path || !tok_path ? lorac_error(LORAC_STATUS_NOMEM, "out of memory") : LORAC_STATUS_OK;
+    if (!s) s = lorac_file_read(cfg_path, (size_t)16 << 20, &text, &len);
+    if (!s) s = lorac_model_config_parse(text, len, cfg_path, &config);
+    if (!s) s = check_exportable(&config, model_dir);
+    if (!s) s = lorac_tokenizer_load_json(tok_path, &tok);
+    if (!s && (s = tok_gguf_vocab(tok, config.vocab_size, &vocab)))
+        s = lorac_error(s, "%s: %s", tok_path, lorac_error_message());
+    if (!s) s = lorac_weight_files_open(model_dir, &files);
+    if (s) goto done;
+
+    const char *arch = lorac_export_gguf_arch(&config);
+    const lorac_tensor_kind_t layer_kinds[] = {
+        LORAC_TENSOR_ATTN_NORM, LORAC_TENSOR_Q, LORAC_TENSOR_Q_BIAS, LORAC_TENSOR_K, LORAC_TENSOR_K_BIAS,
+        LORAC_TENSOR_V, LORAC_TENSOR_V_BIAS, LORAC_TENSOR_O, LORAC_TENSOR_O_BIAS, LORAC_TENSOR_Q_NORM,
+        LORAC_TENSOR_K_NORM, LORAC_TENSOR_FFN_NORM, LORAC_TENSOR_GATE, LORAC_TENSOR_GATE_BIAS, LORAC_TENSOR_UP,
+        LORAC_TENSOR_UP_BIAS, LORAC_TENSOR_DOWN, LORAC_TENSOR_DOWN_BIAS};
+    const int n_layer_kinds = (int)(sizeof layer_kinds / sizeof layer_kinds[0]);
+    int64_t max_jobs = 4 + (int64_t)config.n_layers * n_layer_kinds;
+    jobs = calloc((size_t)max_jobs, sizeof *jobs);
+    w = lorac_gguf_writer_new();
+    if (!jobs || !w) {
+        s = lorac_error(LORAC_STATUS_NOMEM, "%s: out of memory", path);
+        goto done;
+    }
+    char hf[256], name[LORAC_GGUF_MAX_NAME];
+    const lorac_tensor_view_t *embed;
+    lorac_tensor_name(&config, LORAC_TENSOR_EMBED, 0, hf, sizeof hf);
+    if (!(embed = lorac_weight_files_find(files, hf))) {
+        s = lorac_error(LORAC_STATUS_FORMAT, "%s: missing tensor %s", model_dir, hf);
+        goto done;
+    }
+    uint32_t matrix_type = dtype == LORAC_DTYPE_COUNT ? ggml_type_of(embed->dtype) : ggml_type_of(dtype);
+    s = lorac_gguf_set_string(w, "general.architecture", arch);
+    if (!s) {
+        const char *base = strrchr(model_dir, '/');
+        char model_name[256];
+        snprintf(model_name, sizeof model_name, "%s", base && base[1] ? base + 1 : model_dir);
+        s = lorac_gguf_set_string(w, "general.name", model_name);
+    }
+    if (!s) s = lorac_gguf_set_u32(w, "general.file_type", matrix_type == LORAC_GGML_TYPE_F32   ? FTYPE_ALL_F32
+                                                           : matrix_type == LORAC_GGML_TYPE_F16 ? FTYPE_MOSTLY_F16
+                                                                                                : FTYPE_MOSTLY_BF16);
+    if (!s) s = set_hparams(w, &config, arch);
+    if (!s) s = set_tokenizer(w, &vocab, (chat_template = read_chat_template(model_dir)));
+
+    int64_t n_jobs = 0;
+    for (int32_t l = -1; !s && l < config.n_layers; l++) {
+        /* layer -1: the global tensors, written first as llama.cpp's converter does */
+        const lorac_tensor_kind_t globals[] = {LORAC_TENSOR_EMBED, LORAC_TENSOR_FINAL_NORM, LORAC_TENSOR_LM_HEAD};
+        int nk = l < 0 ? 3 : n_layer_kinds;
+        for (int k = 0; !s && k < nk; k++) {
+            lorac_tensor_kind_t kind = l < 0 ? globals[k] : layer_kinds[k];
+            if (kind == LORAC_TENSOR_LM_HEAD && config.tie_word_embeddings) continue; /* llama.cpp reuses token_embd */
+            lorac_tensor_name(&config, kind, l, hf, sizeof hf);
+            const lorac_tensor_view_t *t = lorac_weight_files_find(files, hf);
+            bool optional = kind == LORAC_TENSOR_Q_BIAS || kind == LORAC_TENSOR_K_BIAS || kind == LORAC_TENSOR_V_BIAS ||
+                            kind == LORAC_TENSOR_O_BIAS || kind == LORAC_TENSOR_GATE_BIAS ||
+                            kind == LORAC_TENSOR_UP_BIAS || kind == LORAC_TENSOR_DOWN_BIAS ||
+                            kind == LORAC_TENSOR_Q_NORM || kind == LORAC_TENSOR_K_NORM;
+            if (!t) {
+                if (optional) continue;
+                s = lorac_error(LORAC_STATUS_FORMAT, "%s: missing tensor %s", model_dir, hf);
+                break;
+            }
+            int64_t shape[2];
+            int nd = lorac_tensor_expected_shape(kind, &config, shape);
+            if (t->n_dims != nd || t->shape[0] != shape[0] || (nd == 2 && t->shape[1] != shape[1]) ||
+                (t->dtype != LORAC_DTYPE_F32 && t->dtype != LORAC_DTYPE_F16 && t->dtype != LORAC_DTYPE_BF16)) {
+                s = lorac_error(LORAC_STATUS_FORMAT, "%s: tensor %s has an unexpected shape or dtype", model_dir, hf);
+                break;
+            }
+            const char *gname = lorac_export_gguf_tensor(kind);
+            bool bias = kind == LORAC_TENSOR_Q_BIAS || kind == LORAC_TENSOR_K_BIAS || kind == LORAC_TENSOR_V_BIAS ||
+                        kind == LORAC_TENSOR_O_BIAS || kind == LORAC_TENSOR_GATE_BIAS || kind == LORAC_TENSOR_UP_BIAS ||
+                        kind == LORAC_TENSOR_DOWN_BIAS;
+            if (l < 0) snprintf(name, sizeof name, "%s.weight", gname);
+            else snprintf(name, sizeof name, "blk.%d.%s.%s", (int)l, gname, bias ? "bias" : "weight");
+            tensor_job_t *j = &jobs[n_jobs++];
+            j->src = t;
+            j->config = &config;
+            /* vectors (norms, biases) stay f32, as llama.cpp's converter keeps them */
+            j->type = nd == 1 ? LORAC_GGML_TYPE_F32 : matrix_type;
+            j->rotary = kind == LORAC_TENSOR_Q || kind == LORAC_TENSOR_K || kind == LORAC_TENSOR_Q_BIAS ||
+                        kind == LORAC_TENSOR_K_BIAS;
+            s = lorac_gguf_add_tensor(w, name, j->type, nd, shape, NULL, fill_tensor, j);
+        }
+    }
+    if (!s && config.rope_llama3) {
+        int64_t half = config.head_dim / 2;
+        if (!(rope_freqs = llama3_rope_freqs(&config))) s = lorac_error(LORAC_STATUS_NOMEM, "%s: out of memory", path);
+        else s = lorac_gguf_add_tensor(w, "rope_freqs.weight", LORAC_GGML_TYPE_F32, 1, &half, rope_freqs, NULL, NULL);
+    }
+    if (!s) s = lorac_gguf_write(w, path);
+done:
+    lorac_gguf_writer_free(w);
+    tok_gguf_vocab_free(&vocab);
+    lorac_tokenizer_free(tok);
+    lorac_weight_files_free(files);
+    free(jobs);
+    free(rope_freqs);
+    free(chat_template);
+    free(text);
+    free(cfg_path);
+    free(tok_path);
+    return s;
+}

@@ -1,0 +1,67 @@
+/* llama.cpp's names: one table of architectures, one of tensors. They are
+ * llama.cpp's (gguf-py's constants.py, MODEL_ARCH_NAMES and
+ * TENSOR_NAMES), matched to lorac's architectures and tensor kinds. */
+#include "export/export_internal.h"
+#include "lorac/export.h"
+
+static const struct {
+    lorac_arch_t arch;
+    const char *gguf;
+    bool permute; /* converted by llama.cpp's LlamaModel, which permutes q/k */
+} k_archs[] = {
+    {LORAC_ARCH_LLAMA, "llama", true},     {LORAC_ARCH_MISTRAL, "llama", true},
+    {LORAC_ARCH_GRANITE, "granite", true}, {LORAC_ARCH_SMOLLM3, "smollm3", true},
+    {LORAC_ARCH_QWEN2, "qwen2", false},    {LORAC_ARCH_QWEN3, "qwen3", false},
+    {LORAC_ARCH_GEMMA2, "gemma2", false},  {LORAC_ARCH_GEMMA3, "gemma3", false},
+    {LORAC_ARCH_PHI3, "phi3", false},
+};
+
+static const char *const k_tensors[LORAC_TENSOR_COUNT] = {
+    [LORAC_TENSOR_EMBED] = "token_embd",
+    [LORAC_TENSOR_FINAL_NORM] = "output_norm",
+    [LORAC_TENSOR_LM_HEAD] = "output",
+    [LORAC_TENSOR_ATTN_NORM] = "attn_norm",
+    [LORAC_TENSOR_Q] = "attn_q",
+    [LORAC_TENSOR_K] = "attn_k",
+    [LORAC_TENSOR_V] = "attn_v",
+    [LORAC_TENSOR_O] = "attn_output",
+    [LORAC_TENSOR_Q_BIAS] = "attn_q",
+    [LORAC_TENSOR_K_BIAS] = "attn_k",
+    [LORAC_TENSOR_V_BIAS] = "attn_v",
+    [LORAC_TENSOR_O_BIAS] = "attn_output",
+    [LORAC_TENSOR_FFN_NORM] = "ffn_norm",
+    [LORAC_TENSOR_GATE] = "ffn_gate",
+    [LORAC_TENSOR_UP] = "ffn_up",
+    [LORAC_TENSOR_DOWN] = "ffn_down",
+    [LORAC_TENSOR_GATE_BIAS] = "ffn_gate",
+    [LORAC_TENSOR_UP_BIAS] = "ffn_up",
+    [LORAC_TENSOR_DOWN_BIAS] = "ffn_down",
+    [LORAC_TENSOR_Q_NORM] = "attn_q_norm",
+    [LORAC_TENSOR_K_NORM] = "attn_k_norm",
+    [LORAC_TENSOR_ATTN_POST_NORM] = "post_attention_norm",
+    [LORAC_TENSOR_FFN_POST_NORM] = "post_ffw_norm",
+    [LORAC_TENSOR_QKV] = "attn_qkv",
+    [LORAC_TENSOR_GATE_UP] = "ffn_up",
+};
+
+const char *lorac_export_gguf_tensor(lorac_tensor_kind_t kind) {
+    return (unsigned)kind < LORAC_TENSOR_COUNT ? k_tensors[kind] : NULL;
+}
+
+const char *lorac_export_gguf_arch(const lorac_model_config_t *config) {
+    for (size_t i = 0; i < sizeof k_archs / sizeof k_archs[0]; i++)
+        if (k_archs[i].arch == config->arch) return k_archs[i].gguf;
+    return NULL;
+}
+
+bool lorac_export_permutes_rotary(const lorac_model_config_t *c) {
+    for (size_t i = 0; i < sizeof k_archs / sizeof k_archs[0]; i++)
+        if (k_archs[i].arch == c->arch) return k_archs[i].permute;
+    return false;
+}
+
+int64_t lorac_export_rotary_row(const lorac_model_config_t *c, int64_t row) {
+    if (!lorac_export_permutes_rotary(c)) return row;
+    int64_t hd = c->head_dim, i = row % hd;
+    return row - i + (i & 1) * (hd / 2) + i / 2;
+}
