@@ -1,7 +1,11 @@
 /* libFuzzer target: the GGUF reader must reject any malformed buffer with a
  * status (never crash, leak or read outside it), and whatever it accepts
  * must be internally consistent: every key and tensor found by name, every
- * value and array element readable, tensor data inside the buffer. */
+ * value and array element readable, tensor data inside the buffer. What it
+ * accepts then goes through the LoRA import (lorac_import_adapter_gguf_open)
+ * against a small Llama config (stories260K's shape) and a Phi-3 one
+ * (fused projections), which must load it or refuse it with a status. */
+#include "lorac/export.h"
 #include "lorac/gguf.h"
 
 #include <stdint.h>
@@ -60,6 +64,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             }
         }
         (void)sink;
+        static const char *const configs[] = {
+            "{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 64, \"intermediate_size\": 172, "
+            "\"num_hidden_layers\": 5, \"num_attention_heads\": 8, \"num_key_value_heads\": 4, \"vocab_size\": 512}",
+            "{\"architectures\": [\"Phi3ForCausalLM\"], \"hidden_size\": 32, \"intermediate_size\": 48, "
+            "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"num_key_value_heads\": 4, \"vocab_size\": 64}"};
+        for (int c = 0; c < 2; c++) {
+            lorac_model_config_t config;
+            if (lorac_model_config_parse(configs[c], strlen(configs[c]), "config", &config)) abort();
+            lorac_adapter_t *a = NULL;
+            if (lorac_import_adapter_gguf_open(g, "fuzz", &config, &a) == LORAC_STATUS_OK) {
+                if (!a || lorac_adapter_n_modules(a) < 1) abort();
+                lorac_adapter_free(a);
+            } else if (a) {
+                abort();
+            }
+        }
     }
     lorac_gguf_free(g);
     free(buf);

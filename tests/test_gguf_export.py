@@ -20,11 +20,24 @@ test is skipped, saying so, except in CI (CI=true), where it fails.
     HuggingFace's ids on llama.cpp's own test vectors (46 strings each) for
     GPT-2's tokenizer ("gpt-2"), TinyLlama's tokenizer.json (Llama 2's
     SentencePiece vocabulary, "llama") and SmolLM2's ("smollm");
+  * GGUF LoRAs read back (lorac_adapter_load takes a .gguf file): lorac's
+    own give its PEFT directory's logits, one written by the test's own GGUF
+    writer (F16 and F32, no alpha, GGML-ordered q rows) the same adapter's,
+    `serve --adapters` loads NAME.gguf by name; malformed ones (another
+    architecture, no adapter type, a lone lora_a, a wrong shape, a layer
+    past the last, an embedding LoRA, a quantized one, a NaN) are refused
+    naming the file;
   * the vocabulary metadata equals what llama.cpp's own converter wrote for
     GPT-2 and Llama 2 (fixtures/tokenizers/test-vectors/*.gguf): tokens,
     token types, merges, pre-tokenizer name, BOS/EOS;
-  * refusals: an architecture lorac does not write (Gemma 2), an adapter
-    that does not fit --base, a bad --outtype: exit 1 or 2, a clear message.
+  * every other architecture lorac runs, with adapters: Gemma 2 and 3
+    (windows, soft-caps, q/k norms, linear rope scaling; to 2e-2, as ggml's
+    CPU GELU reads an f16 table), Phi-3 (fused projections, partial rotary,
+    longrope), Granite and SmolLM3 (NoPE layers);
+  * refusals: a multimodal checkpoint's text, a Gemma 3 whose windows are
+    not llama.cpp's, an adapter that does not fit --base, a bad --outtype:
+    exit 1 or 2, a clear message; a window llama.cpp ignores (Mistral) is
+    written with a warning.
 
 Run alone: LORAC_BIN=build/lorac /usr/bin/python3 tests/test_gguf_export.py
 """
@@ -180,6 +193,33 @@ def read_gguf_metadata(path):
     return kv
 
 
+def write_gguf(path, kv, tensors):
+    """A GGUF file written here, independently of lorac's writer: kv is a
+    list of (key, type, value) with type "str", "u32", "f32"; tensors a
+    list of (name, ggml type, numpy array) stored row-major, shape
+    reversed into ne as the format wants."""
+    def s(x):
+        b = x.encode()
+        return struct.pack("<Q", len(b)) + b
+    out = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kv))
+    for k, t, v in kv:
+        out += s(k) + {"str": struct.pack("<I", 8) + s(v) if t == "str" else b"",
+                       "u32": struct.pack("<II", 4, v) if t == "u32" else b"",
+                       "f32": struct.pack("<If", 6, v) if t == "f32" else b""}[t]
+    offset, blobs = 0, []
+    for name, gtype, a in tensors:
+        data = a.astype({0: np.float32, 1: np.float16}.get(gtype, np.float32)).tobytes() if gtype in (0, 1) else a
+        out += s(name) + struct.pack("<I", a.ndim if gtype in (0, 1) else 2)
+        dims = list(reversed(a.shape)) if gtype in (0, 1) else [32, 1]
+        out += b"".join(struct.pack("<Q", d) for d in dims) + struct.pack("<IQ", gtype, offset)
+        pad = (-len(data)) % 32
+        blobs.append(data + b"\0" * pad)
+        offset += len(data) + pad
+    out += b"\0" * ((-len(out)) % 32)
+    with open(path, "wb") as f:
+        f.write(out + b"".join(blobs))
+
+
 # ---- cases ---------------------------------------------------------------------
 
 def stories260k():
@@ -259,6 +299,68 @@ def qwen3_and_llama3_rope():
     gguf = os.path.join(TMP, "llama3-rope.gguf")
     if to_gguf("llama3-rope-gguf", [model, "-o", gguf]):
         compare_logprobs("llama3-rope-base", gguf, model, ids)
+
+
+def other_architectures():
+    """Each of lorac's other architectures as a GGUF model, with a GGUF
+    adapter, through llama.cpp: Gemma 2 and 3 (norms stored as 1 + w,
+    windows on llama.cpp's layers, soft-caps), Phi-3 (fused projections,
+    partial rotary, a window on every layer; longrope as its two factor
+    tensors), Granite (multipliers) and SmolLM3 (NoPE layers)."""
+    tok = os.path.join(FIX, "tokenizers", "tinyllama-1.1b-chat-v1.0", "tokenizer.json")
+    # llama.cpp's Phi-3 looks its chat tokens up in the vocabulary: Phi-3's
+    # are Llama 2's vocabulary and these 11 added ones (32064 embedding rows)
+    phi3_tok = os.path.join(TMP, "phi3-tokenizer.json")
+    with open(tok) as f:
+        t = json.load(f)
+    for i, n in enumerate(["<|endoftext|>", "<|assistant|>", "<|placeholder1|>", "<|placeholder2|>",
+                           "<|placeholder3|>", "<|placeholder4|>", "<|system|>", "<|end|>", "<|placeholder5|>",
+                           "<|placeholder6|>", "<|user|>"]):
+        t["added_tokens"].append({"id": 32000 + i, "content": n, "single_word": False, "lstrip": False,
+                                  "rstrip": i > 0, "normalized": False, "special": True})
+    with open(phi3_tok, "w") as f:
+        json.dump(t, f)
+    ids = [1, 450, 4996, 17354, 1701, 29916, 432, 17204, 975, 278, 17366, 11203, 29889, 13, 1576, 29879]
+    base = dict(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2, vocab_size=32000)
+    cases = [
+        # soft-caps other than llama.cpp's defaults (50, 30), so that they must be read
+        ("gemma2", dict(num_hidden_layers=3, head_dim=24, sliding_window=5, attn_logit_softcapping=3.0,
+                        final_logit_softcapping=8.0), True, ["q_proj", "v_proj", "down_proj"]),
+        ("gemma3", dict(num_hidden_layers=7, head_dim=24, sliding_window=5,
+                        rope_scaling={"rope_type": "linear", "factor": 4.0}), True, ["k_proj", "o_proj", "gate_proj"]),
+        ("phi3", dict(num_hidden_layers=2, num_key_value_heads=4, partial_rotary_factor=0.5), False,
+         ["qkv_proj", "gate_up_proj", "o_proj"]),
+        # longrope past original_max_position_embeddings: llama.cpp takes the
+        # long factors when its context (256) is longer, transformers when the
+        # sequence is: 70 tokens, past 64, use them both ways
+        ("phi3", dict(num_hidden_layers=2, num_key_value_heads=4, max_position_embeddings=16384,
+                      original_max_position_embeddings=64,
+                      rope_scaling={"type": "longrope", "short_factor": [1.0 + 0.1 * i for i in range(8)],
+                                    "long_factor": [2.0 + 0.5 * i for i in range(8)]}), False, ["qkv_proj"]),
+        ("granite", dict(num_hidden_layers=2), False, ["q_proj", "k_proj", "up_proj"]),
+        ("smollm3", dict(num_hidden_layers=4), False, ["q_proj", "k_proj"]),
+    ]
+    for i, (arch, extra, tie, targets) in enumerate(cases):
+        name = f"{arch}-{i}"
+        model = os.path.join(TMP, name)
+        phi3 = arch == "phi3"
+        c, _ = hm.make_random_model(model, dict(base, **extra, **({"vocab_size": 32064} if phi3 else {})), arch=arch,
+                                    seed=20 + i, tie=tie, tokenizer_json=phi3_tok if phi3 else tok)
+        gguf = os.path.join(TMP, name + ".gguf")
+        if not to_gguf(name + "-gguf", [model, "-o", gguf]):
+            continue
+        # ggml's CPU GELU reads a table of f16 values: the GeGLU models
+        # (Gemma) agree to ~5e-3 in log-probability, not to 1e-5
+        tol = 2e-2 if arch.startswith("gemma") else 1e-4
+        ids = (ids * 5)[:70] if "original_max_position_embeddings" in extra else ids[:16]
+        base_lp = compare_logprobs(name + "-base", gguf, model, ids, tol=tol)
+        adapter = os.path.join(TMP, name + "-adapter")
+        # Granite's residual multiplier (0.22) damps an adapter: a larger alpha
+        alpha = 128 if arch == "granite" else 16
+        write_adapter(adapter, c, {"r": 4, "lora_alpha": alpha, "target_modules": targets}, seed=40 + i)
+        lora = os.path.join(TMP, name + "-lora.gguf")
+        if base_lp is not None and to_gguf(name + "-lora-gguf", ["--adapter", adapter, "--base", model, "-o", lora]):
+            compare_logprobs(name + "-lora", gguf, model, ids, [(adapter, lora, 0.7)], tol=tol, base_lp=base_lp)
 
 
 def read_vectors(name):
@@ -343,21 +445,146 @@ def vocab_metadata():
                    f"{len(merged)} merged tokens, {agree:.4f} of neighbours in SentencePiece's score order")
 
 
+def gguf_adapters_read_back():
+    """GGUF LoRAs used by lorac in place of PEFT directories: lorac's own
+    files give PEFT's logits (the llama family's permuted rows and the
+    folded scales undone), a file written here by another writer (alpha
+    absent: scale 1, as llama.cpp) gives the reference's, serve loads
+    NAME.gguf from --adapters, and malformed ones are refused by name."""
+    model = os.path.join(TMP, "stories260k")
+    ids = "1 403 407 261 378 343 266 301 358 409"
+    peft_dir, gguf = os.path.join(TMP, "stories260k-adapter"), os.path.join(TMP, "stories260k-lora.gguf")
+    outs = []
+    for spec in (f"{peft_dir}:0.5", f"{gguf}:0.5"):
+        rc, _, err = lorac(["logits", "-m", model, "--adapter", spec, "--ids", ids, "-o", os.path.join(TMP, "rb.npy")])
+        outs.append(np.load(os.path.join(TMP, "rb.npy")) if rc == 0 else None)
+        if rc != 0:
+            record("read-gguf-lora", False, err.strip()[-500:])
+            return
+    d = float(np.abs(outs[0] - outs[1]).max() / np.abs(outs[0]).max())
+    record("read-gguf-lora", d <= 1e-5, f"logits with the GGUF LoRA vs its PEFT directory: rel {d:.1e} (tol 1e-05)")
+
+    # a file from another writer: q and v of layer 1, alpha absent (scale 1)
+    with open(os.path.join(model, "config.json")) as f:
+        c = json.load(f)
+    rng = np.random.default_rng(5)
+    A_q, B_q = rng.standard_normal((3, 64)) * 0.2, rng.standard_normal((64, 3)) * 0.2
+    A_v, B_v = rng.standard_normal((3, 64)) * 0.2, rng.standard_normal((32, 3)) * 0.2
+    # GGUF q rows are in GGML's interleaved order: row h*hd + 2j + s holds HF row h*hd + s*hd/2 + j
+    hd = 8
+    perm = [h * hd + s_ * hd // 2 + j for h in range(8) for j in range(hd // 2) for s_ in range(2)]
+    other = os.path.join(TMP, "other-writer.gguf")
+    write_gguf(other, [("general.architecture", "str", "llama"), ("general.type", "str", "adapter"),
+                       ("adapter.type", "str", "lora")],
+               [("blk.1.attn_q.weight.lora_a", 0, A_q), ("blk.1.attn_q.weight.lora_b", 1, B_q[perm]),
+                ("blk.1.attn_v.weight.lora_a", 1, A_v), ("blk.1.attn_v.weight.lora_b", 0, B_v)])
+    peft_same = os.path.join(TMP, "other-writer-peft")
+    shutil.rmtree(peft_same, ignore_errors=True)
+    import torch
+    t = {"base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight": torch.tensor(A_q, dtype=torch.float32),
+         "base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight":
+             torch.tensor(B_q, dtype=torch.float16).float(),
+         "base_model.model.model.layers.1.self_attn.v_proj.lora_A.weight":
+             torch.tensor(A_v, dtype=torch.float16).float(),
+         "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight": torch.tensor(B_v, dtype=torch.float32)}
+    pr.write_adapter(peft_same, {"r": 3, "lora_alpha": 3, "target_modules": ["q_proj", "v_proj"],
+                                 "layers_to_transform": [1]}, t)
+    outs = []
+    for spec in (peft_same, other):
+        rc, _, err = lorac(["logits", "-m", model, "--adapter", spec, "--ids", ids, "-o", os.path.join(TMP, "rb.npy")])
+        outs.append(np.load(os.path.join(TMP, "rb.npy")) if rc == 0 else None)
+        if rc != 0:
+            record("read-gguf-other-writer", False, err.strip()[-500:])
+            return
+    d = float(np.abs(outs[0] - outs[1]).max() / np.abs(outs[0]).max())
+    record("read-gguf-other-writer", d <= 1e-6, f"F32/F16 tensors, no alpha, permuted q rows: rel {d:.1e} against "
+           "the same adapter as PEFT's files (tol 1e-06)")
+
+    # serve: NAME.gguf in --adapters answers as lorac generate with it
+    adapters = os.path.join(TMP, "serve-adapters")
+    os.makedirs(adapters, exist_ok=True)
+    shutil.copyfile(gguf, os.path.join(adapters, "tiny-lora.gguf"))
+    rc, want, err = lorac(["generate", "-m", model, "--adapter", gguf, "-p", "Once upon a time", "-n", "12",
+                           "--temp", "0"])
+    import http.client
+    import re
+    proc = subprocess.Popen([LORAC, "serve", "-m", model, "--adapters", adapters, "--port", "0", "-t", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        port = int(re.search(r":(\d+)", proc.stdout.readline()).group(1))
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("GET", "/v1/models")
+        models = [m["id"] for m in json.loads(conn.getresponse().read())["data"]]
+        conn.request("POST", "/v1/completions", body=json.dumps(
+            {"model": "tiny-lora", "prompt": "Once upon a time", "max_tokens": 12, "temperature": 0}),
+            headers={"Content-Type": "application/json"})
+        text = json.loads(conn.getresponse().read())["choices"][0]["text"]
+        ok = "tiny-lora" in models and rc == 0 and want.startswith("Once upon a time") and \
+            want.rstrip("\n")[len("Once upon a time"):] == text
+        record("serve-gguf-adapter", ok, f"/v1/models lists {models}; the reply {text!r} is generate's")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+    # malformed ones
+    good = [("general.architecture", "str", "llama"), ("general.type", "str", "adapter"),
+            ("adapter.type", "str", "lora"), ("adapter.lora.alpha", "f32", 8.0)]
+    a, b = np.zeros((4, 64)), np.zeros((32, 4))
+    cases = [
+        ("other-arch", [good[0][:2] + ("qwen2",)] + good[1:], [("blk.0.attn_v.weight.lora_a", 0, a),
+                                                              ("blk.0.attn_v.weight.lora_b", 0, b)],
+         "another architecture"),
+        ("not-adapter", good[:1] + good[2:], [], "general.type"),
+        ("control-vector", good[:2] + [("adapter.type", "str", "control_vector")], [], "adapter.type"),
+        ("lone-a", good, [("blk.0.attn_v.weight.lora_a", 0, a)], "without its lora_b"),
+        ("shape", good, [("blk.0.attn_v.weight.lora_a", 0, a), ("blk.0.attn_v.weight.lora_b", 0, np.zeros((64, 4)))],
+         "expected [r, 64] and [32, r]"),
+        ("layer", good, [("blk.9.attn_v.weight.lora_a", 0, a), ("blk.9.attn_v.weight.lora_b", 0, b)], "past the model"),
+        ("embedding", good, [("token_embd.weight.lora_a", 0, a), ("token_embd.weight.lora_b", 0, b)],
+         "no projection's LoRA weight"),
+        ("quantized", good, [("blk.0.attn_v.weight.lora_a", 8, b"\0" * 34), ("blk.0.attn_v.weight.lora_b", 0, b)],
+         "Q8_0"),
+        ("nan", good, [("blk.0.attn_v.weight.lora_a", 0, a + np.nan), ("blk.0.attn_v.weight.lora_b", 0, b)],
+         "non-finite"),
+    ]
+    for name, kv, tensors, want_msg in cases:
+        path = os.path.join(TMP, f"bad-{name}.gguf")
+        write_gguf(path, kv, tensors)
+        rc, _, err = lorac(["logits", "-m", model, "--adapter", path, "--ids", "1 2", "-o", os.path.join(TMP, "x.npy")])
+        record(f"refuse-gguf-lora-{name}", rc == 1 and "lorac: error:" in err and want_msg in err and path in err,
+               f"exit {rc}: {err.strip()[-250:]}")
+
+
 def refusals():
-    gemma = os.path.join(TMP, "gemma2")
-    hm.make_random_model(gemma, dict(hidden_size=32, intermediate_size=32, num_hidden_layers=1,
-                                     num_attention_heads=2, num_key_value_heads=2, vocab_size=512), arch="gemma2",
-                         tokenizer_json=os.path.join(TMP, "stories260k", "tokenizer.json"))
-    rc, _, err = lorac(["convert", "--to", "gguf", gemma, "-o", os.path.join(TMP, "g.gguf")])
-    record("refuse-gemma2-model", rc == 1 and "lorac: error:" in err and "Gemma2ForCausalLM" in err,
+    mm = os.path.join(TMP, "gemma3-multimodal")
+    hm.make_multimodal_gemma3(mm, dict(hidden_size=32, intermediate_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, num_key_value_heads=2, vocab_size=512))
+    shutil.copyfile(os.path.join(TMP, "stories260k", "tokenizer.json"), os.path.join(mm, "tokenizer.json"))
+    rc, _, err = lorac(["convert", "--to", "gguf", mm, "-o", os.path.join(TMP, "g.gguf")])
+    record("refuse-multimodal", rc == 1 and "lorac: error:" in err and "mmproj" in err,
            f"exit {rc}: {err.strip()[-300:]}")
-    rc, _, err = lorac(["convert", "--to", "gguf", "--adapter", os.path.join(TMP, "qwen2-adapter"), "--base",
-                        os.path.join(TMP, "stories260k"), "-o", os.path.join(TMP, "x.gguf")])
-    record("refuse-adapter-other-base", rc == 1 and "lorac: error:" in err, f"exit {rc}: {err.strip()[-300:]}")
+    shape = dict(hidden_size=32, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                 num_key_value_heads=2, vocab_size=512)
+    tok = os.path.join(TMP, "stories260k", "tokenizer.json")
+    g3 = os.path.join(TMP, "gemma3-pattern3")
+    hm.make_random_model(g3, dict(shape, num_hidden_layers=4, sliding_window=4, sliding_window_pattern=3), arch="gemma3",
+                         tie=True,
+                         tokenizer_json=tok)
+    rc, _, err = lorac(["convert", "--to", "gguf", g3, "-o", os.path.join(TMP, "g.gguf")])
+    record("refuse-gemma3-window-pattern", rc == 1 and "windowed layers" in err, f"exit {rc}: {err.strip()[-300:]}")
+    mistral = os.path.join(TMP, "mistral-window")
+    hm.make_random_model(mistral, dict(shape, sliding_window=4), arch="mistral", tokenizer_json=tok)
+    rc, _, err = lorac(["convert", "--to", "gguf", mistral, "-o", os.path.join(TMP, "m.gguf")])
+    record("warn-mistral-window", rc == 0 and "warning" in err and "past 4 tokens" in err,
+           f"exit {rc}: {err.strip()[-300:]}")
+    rc, _, err = lorac(["convert", "--to", "gguf", "--adapter", os.path.join(TMP, "stories260k-adapter"), "--base",
+                        mistral, "-o", os.path.join(TMP, "x.gguf")])
+    record("refuse-adapter-other-base", rc == 1 and "lorac: error:" in err and "stories260k-adapter" in err,
+           f"exit {rc}: {err.strip()[-300:]}")
     rc, _, err = lorac(["convert", "--to", "gguf", os.path.join(TMP, "stories260k"), "--outtype", "q4", "-o",
                         os.path.join(TMP, "x.gguf")])
     record("refuse-outtype", rc == 2 and "--outtype" in err, f"exit {rc}: {err.strip()[-300:]}")
-    rc, _, err = lorac(["convert", "--to", "gguf", "--adapter", os.path.join(TMP, "qwen2-adapter"), "-o",
+    rc, _, err = lorac(["convert", "--to", "gguf", "--adapter", os.path.join(TMP, "stories260k-adapter"), "-o",
                         os.path.join(TMP, "x.gguf")])
     record("refuse-adapter-without-base", rc == 2 and "--base" in err, f"exit {rc}: {err.strip()[-300:]}")
     rc, _, err = lorac(["inspect", os.path.join(TMP, "stories260k-lora.gguf")])
@@ -377,7 +604,11 @@ def main():
         return 1
     shutil.rmtree(TMP, ignore_errors=True)
     os.makedirs(TMP)
-    for case in (stories260k, qwen2_gpt2_tokenizer, qwen3_and_llama3_rope, tokenization, vocab_metadata, refusals):
+    only = os.environ.get("LORAC_TEST_ONLY")
+    for case in (stories260k, gguf_adapters_read_back, qwen2_gpt2_tokenizer, qwen3_and_llama3_rope,
+                 other_architectures, tokenization, vocab_metadata, refusals):
+        if only and case.__name__ not in only.split(","):
+            continue
         try:
             case()
         except Exception as e:  # a failed case, not a crashed test

@@ -13,8 +13,7 @@ _Noreturn void cli_usage_error(const char *cmd, const char *fmt, ...) __attribut
 /* Exits with the library's message when status is not OK. */
 void cli_check(lorac_status_t status);
 
-/* 1 when the file at path starts with GGUF's magic; inspect's report of it. */
-int cli_is_gguf_file(const char *path);
+/* inspect's report of a GGUF file. */
 int inspect_gguf(const char *path, int json);
 
 /* Flag parsing: argv[*i] is the flag; its value is argv[*i + 1]. */

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include "cli.h"
+#include "lorac/gguf.h"
 #include "lorac/linalg.h"
 #include "lorac/lora.h"
 #include "lorac/model.h"
@@ -85,7 +86,7 @@ int cmd_inspect(int argc, char **argv) {
     free(adapter_cfg);
     if (is_adapter) return inspect_adapter(path, model, json);
     if (model) cli_usage_error("inspect", "-m MODEL goes with an adapter directory (PATH holds no adapter_config.json)");
-    if (cli_is_gguf_file(path)) return inspect_gguf(path, json);
+    if (lorac_gguf_is_file(path)) return inspect_gguf(path, json);
     return inspect_model(path, json);
 }
 

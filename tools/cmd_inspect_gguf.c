@@ -9,14 +9,6 @@
 #include "cli.h"
 #include "lorac/gguf.h"
 
-int cli_is_gguf_file(const char *path) {
-    FILE *f = fopen(path, "rb");
-    char magic[4] = {0};
-    int yes = f && fread(magic, 1, 4, f) == 4 && !memcmp(magic, "GGUF", 4);
-    if (f) fclose(f);
-    return yes;
-}
-
 /* A value as JSON: numbers, booleans, strings; arrays as {"type", "length"}. */
 static cJSON *value_json(const lorac_gguf_t *g, int64_t i) {
     lorac_gguf_type_t t = lorac_gguf_kv_type(g, i);

@@ -1,4 +1,5 @@
-/* lorac/export.h — adapters and models for llama.cpp, as GGUF files.
+/* lorac/export.h — adapters and models for llama.cpp, as GGUF files (and
+ * llama.cpp's LoRA files read back as adapters).
  *
  * llama.cpp runs a LoRA from a GGUF file of its own layout, written for one
  * base model converted to GGUF by its convert_hf_to_gguf.py (`llama-cli -m
@@ -25,6 +26,7 @@
 #define LORAC_EXPORT_H
 
 #include "lorac/core.h"
+#include "lorac/gguf.h"
 #include "lorac/lora.h"
 #include "lorac/model.h"
 
@@ -41,15 +43,34 @@ const char *lorac_export_gguf_arch(const lorac_model_config_t *config);
 lorac_status_t lorac_export_adapter_gguf(const lorac_adapter_t *adapter, const lorac_model_config_t *config,
                                          uint32_t ggml_type, const char *path);
 
+/* Reads a llama.cpp LoRA GGUF (lorac's or llama.cpp's convert_lora_to_gguf.py's)
+ * as an adapter of a model with `config` (required): general.type
+ * "adapter", adapter.type "lora" and general.architecture the model's, as
+ * llama.cpp checks; F32, F16 or BF16 lora_a/lora_b pairs of the projections
+ * (Phi-3's attn_qkv and ffn_up as its fused modules), each scaled by
+ * alpha / r (1 without adapter.lora.alpha), as llama.cpp scales them; the
+ * llama family's q/k lora_b rows permuted back to HuggingFace's order.
+ * lorac_adapter_load reads such a file in place of a PEFT directory.
+ * Errors name the file and the tensor; token_embd/output LoRAs and
+ * quantized ones are LORAC_STATUS_UNSUPPORTED. */
+lorac_status_t lorac_import_adapter_gguf(const char *path, const lorac_model_config_t *config, lorac_adapter_t **out);
+/* The same from an opened file (`label` names it in errors; the fuzz target
+ * reads from memory). */
+lorac_status_t lorac_import_adapter_gguf_open(const lorac_gguf_t *g, const char *label,
+                                              const lorac_model_config_t *config, lorac_adapter_t **out);
+
 /* Writes the HuggingFace model in model_dir (config.json, safetensors
  * weights, tokenizer.json, and tokenizer_config.json's chat_template when
  * it has one) as a llama.cpp GGUF model at `path` (atomically), matrices in
  * `dtype` (F32, F16, BF16, or LORAC_DTYPE_COUNT for the embedding's own),
  * norms and biases in F32, as llama.cpp's convert_hf_to_gguf.py writes
- * them. Llama, Mistral (without a sliding window), Qwen2 and Qwen3; the
- * tokenizer must be one llama.cpp has (SentencePiece-style BPE with byte
- * fallback, or byte-level BPE with GPT-2's, Llama 3's, Qwen2's or SmolLM's
- * pre-tokenizer). Anything else is LORAC_STATUS_UNSUPPORTED, saying what. */
+ * them, for every architecture lorac runs (see gguf_model.c for each one's
+ * conversions). The tokenizer must be one llama.cpp has (SentencePiece-style
+ * BPE with byte fallback, or byte-level BPE with GPT-2's, Llama 3's,
+ * Qwen2's or SmolLM's pre-tokenizer). A config llama.cpp would run
+ * otherwise (Gemma windows on other layers, a multimodal checkpoint, ...)
+ * is LORAC_STATUS_UNSUPPORTED, saying what; a window llama.cpp ignores
+ * (Mistral, Phi-3) is written with a warning on stderr. */
 lorac_status_t lorac_export_model_gguf(const char *model_dir, lorac_dtype_t dtype, const char *path);
 
 #ifdef __cplusplus

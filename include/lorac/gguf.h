@@ -91,6 +91,9 @@ typedef struct {
 
 typedef struct lorac_gguf lorac_gguf_t;
 
+/* 1 when `path` is a regular file that starts with GGUF's magic. */
+int lorac_gguf_is_file(const char *path);
+
 lorac_status_t lorac_gguf_open(const char *path, lorac_gguf_t **out);
 /* Validates a buffer that the caller keeps alive; `label` names it in
  * errors. Used by the fuzz target and the tests. */

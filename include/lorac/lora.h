@@ -148,7 +148,10 @@ lorac_status_t lorac_adapter_save(const lorac_adapter_t *adapter, const char *di
  *
  * `config` may be NULL (for inspection): the model's sizes and layer count
  * are then taken from the tensors themselves, and the adapter fits no
- * model. */
+ * model.
+ *
+ * A path to a llama.cpp LoRA file (GGUF) is read instead by
+ * lorac_import_adapter_gguf (lorac/export.h), which needs `config`. */
 lorac_status_t lorac_adapter_load(const char *dir, const lorac_model_config_t *config, lorac_adapter_t **out);
 
 /* lorac_adapter_load from memory: the text of adapter_config.json and the

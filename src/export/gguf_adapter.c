@@ -1,9 +1,12 @@
-/* A PEFT adapter as llama.cpp's LoRA GGUF (see lorac/export.h). */
+/* PEFT adapters as llama.cpp's LoRA GGUF files, and such files read back
+ * as adapters (see lorac/export.h). */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "export/export_internal.h"
+#include "lora/lora_internal.h"
 #include "lorac/export.h"
 #include "lorac/gguf.h"
 
@@ -87,5 +90,214 @@ lorac_status_t lorac_export_adapter_gguf(const lorac_adapter_t *adapter, const l
     for (int32_t i = 0; bufs && i < 2 * n; i++) free(bufs[i]);
     free(bufs);
     lorac_gguf_writer_free(w);
+    return s;
+}
+
+/* ---- reading llama.cpp's LoRA files ------------------------------------------------ */
+
+/* The target a llama.cpp tensor name adapts in a model with this config
+ * (Phi-3's attn_qkv and fused ffn_up: the group's first), or -1. */
+static int target_of_gguf(const lorac_model_config_t *c, const char *name, size_t len) {
+    static const struct {
+        const char *name;
+        lorac_lora_target_t target;
+    } k_map[] = {{"attn_q", LORAC_LORA_Q},   {"attn_k", LORAC_LORA_K},       {"attn_v", LORAC_LORA_V},
+                 {"attn_output", LORAC_LORA_O}, {"ffn_gate", LORAC_LORA_GATE}, {"ffn_up", LORAC_LORA_UP},
+                 {"ffn_down", LORAC_LORA_DOWN}, {"attn_qkv", LORAC_LORA_Q}};
+    for (size_t i = 0; i < sizeof k_map / sizeof k_map[0]; i++) {
+        if (strlen(k_map[i].name) != len || memcmp(k_map[i].name, name, len)) continue;
+        bool fused_name = !strcmp(k_map[i].name, "attn_qkv");
+        if (c->fused_proj && (k_map[i].target == LORAC_LORA_Q || k_map[i].target == LORAC_LORA_K ||
+                              k_map[i].target == LORAC_LORA_V || k_map[i].target == LORAC_LORA_GATE))
+            return fused_name ? LORAC_LORA_Q : -1;
+        if (c->fused_proj && k_map[i].target == LORAC_LORA_UP) return LORAC_LORA_GATE; /* gate and up rows */
+        return fused_name ? -1 : (int)k_map[i].target;
+    }
+    return -1;
+}
+
+/* One element of a F32/F16/BF16 tensor as f32. */
+static float gguf_element(const lorac_gguf_tensor_t *t, int64_t i) {
+    const uint8_t *p = t->data;
+    uint16_t h;
+    float f;
+    if (t->type == LORAC_GGML_TYPE_F32) {
+        memcpy(&f, p + 4 * i, 4);
+        return f;
+    }
+    memcpy(&h, p + 2 * i, 2);
+    return t->type == LORAC_GGML_TYPE_F16 ? lorac_f16_to_f32(h) : lorac_bf16_to_f32(h);
+}
+
+typedef struct {
+    const lorac_gguf_tensor_t *a, *b;
+} gguf_pair_t;
+
+/* The group's rows: Phi-3's fused modules hold several targets' outputs. */
+static int32_t module_rows(const lorac_model_config_t *c, int t) {
+    int size, first = lorac_lora_group(c, t, &size);
+    int32_t rows = 0, in, out;
+    for (int k = first; k < first + size; k++) {
+        lorac_lora_target_dims(c, (lorac_lora_target_t)k, &in, &out);
+        rows += out;
+    }
+    return rows;
+}
+
+lorac_status_t lorac_import_adapter_gguf(const char *path, const lorac_model_config_t *config, lorac_adapter_t **out) {
+    *out = NULL;
+    if (!config)
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "%s: a GGUF LoRA is read against its base model's config", path);
+    lorac_gguf_t *g = NULL;
+    lorac_status_t s = lorac_gguf_open(path, &g);
+    if (s) return s;
+    s = lorac_import_adapter_gguf_open(g, path, config, out);
+    lorac_gguf_free(g);
+    return s;
+}
+
+lorac_status_t lorac_import_adapter_gguf_open(const lorac_gguf_t *g, const char *path, const lorac_model_config_t *config,
+                                              lorac_adapter_t **out) {
+    *out = NULL;
+    const char *arch = lorac_export_gguf_arch(config);
+    lorac_status_t s = LORAC_STATUS_OK;
+    const int32_t L = config->n_layers, n_slots = L * LORAC_LORA_COUNT;
+    gguf_pair_t *pairs = calloc((size_t)n_slots, sizeof *pairs);
+    int32_t *ranks = calloc((size_t)n_slots, sizeof *ranks);
+    float *scales = calloc((size_t)n_slots, sizeof *scales);
+    if (!pairs || !ranks || !scales) {
+        s = lorac_error(LORAC_STATUS_NOMEM, "%s: out of memory", path);
+        goto done;
+    }
+    /* what llama.cpp checks: an adapter, a LoRA, for this architecture */
+    struct {
+        const char *key, *want;
+    } checks[] = {{"general.type", "adapter"}, {"adapter.type", "lora"}, {"general.architecture", arch}};
+    for (size_t i = 0; !s && i < sizeof checks / sizeof checks[0]; i++) {
+        const char *v;
+        size_t len;
+        int64_t k = lorac_gguf_find_key(g, checks[i].key);
+        if (k < 0 || lorac_gguf_get_string(g, k, &v, &len))
+            s = lorac_error(LORAC_STATUS_FORMAT, "%s: no string '%s': not a llama.cpp LoRA adapter", path, checks[i].key);
+        else if (!checks[i].want || strlen(checks[i].want) != len || memcmp(v, checks[i].want, len))
+            s = lorac_error(i < 2 ? LORAC_STATUS_UNSUPPORTED : LORAC_STATUS_FORMAT,
+                            "%s: %s is \"%.*s\", expected \"%s\"%s", path, checks[i].key, (int)len, v,
+                            checks[i].want ? checks[i].want : "(none)",
+                            i == 2 ? " (the adapter is for another architecture than the model's)" : "");
+    }
+    double alpha = 0.0;
+    int64_t ak = lorac_gguf_find_key(g, "adapter.lora.alpha");
+    if (!s && ak >= 0) s = lorac_gguf_get_float(g, ak, &alpha);
+    if (!s && (!isfinite(alpha) || alpha < 0.0))
+        s = lorac_error(LORAC_STATUS_FORMAT, "%s: adapter.lora.alpha %g is not a finite non-negative number", path, alpha);
+    if (s) goto done;
+
+    for (int64_t i = 0; i < lorac_gguf_n_tensors(g); i++) {
+        const lorac_gguf_tensor_t *t = lorac_gguf_tensor(g, i);
+        int nl = (int)t->name_len, layer = -1, pos = 0;
+        char name[LORAC_GGUF_MAX_NAME];
+        memcpy(name, t->name, t->name_len);
+        name[t->name_len] = '\0';
+        const char *dot = NULL, *suffix = NULL;
+        if (sscanf(name, "blk.%d.%n", &layer, &pos) == 1 && pos > 0 && layer >= 0) {
+            dot = strstr(name + pos, ".weight.lora_");
+            if (dot) suffix = dot + strlen(".weight.lora_");
+        }
+        if (!dot || (strcmp(suffix, "a") && strcmp(suffix, "b"))) {
+            s = lorac_error(strstr(name, ".lora_") ? LORAC_STATUS_UNSUPPORTED : LORAC_STATUS_FORMAT,
+                            "%s: tensor '%.*s' is no projection's LoRA weight (blk.N.<tensor>.weight.lora_a/b)", path,
+                            nl, t->name);
+            goto done;
+        }
+        int target = target_of_gguf(config, name + pos, (size_t)(dot - (name + pos)));
+        if (target < 0 || layer >= L) {
+            s = lorac_error(target < 0 ? LORAC_STATUS_UNSUPPORTED : LORAC_STATUS_FORMAT,
+                            "%s: tensor '%s': %s", path, name,
+                            target < 0 ? "lorac adapts the projections only (attn_q/k/v/output, ffn_gate/up/down; "
+                                         "Phi-3's attn_qkv, ffn_up)"
+                                       : "its layer is past the model's last");
+            goto done;
+        }
+        if (t->type != LORAC_GGML_TYPE_F32 && t->type != LORAC_GGML_TYPE_F16 && t->type != LORAC_GGML_TYPE_BF16) {
+            s = lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: tensor '%s' is %s; lorac reads F32, F16 and BF16 LoRAs",
+                            path, name, lorac_ggml_type_name(t->type));
+            goto done;
+        }
+        gguf_pair_t *p = &pairs[layer * LORAC_LORA_COUNT + target];
+        const lorac_gguf_tensor_t **slot = *suffix == 'a' ? &p->a : &p->b;
+        if (*slot) {
+            s = lorac_error(LORAC_STATUS_FORMAT, "%s: two tensors for '%s'", path, name);
+            goto done;
+        }
+        *slot = t;
+    }
+    int32_t max_r = 0;
+    for (int32_t slot = 0; slot < n_slots; slot++) {
+        const gguf_pair_t *p = &pairs[slot];
+        if (!p->a && !p->b) continue;
+        int32_t layer = slot / LORAC_LORA_COUNT, t = slot % LORAC_LORA_COUNT, in, o;
+        lorac_lora_target_dims(config, (lorac_lora_target_t)t, &in, &o);
+        int32_t rows = module_rows(config, t);
+        if (!p->a || !p->b) {
+            s = lorac_error(LORAC_STATUS_FORMAT, "%s: layer %d's %s has a lora_%s without its lora_%s", path, (int)layer,
+                            lorac_lora_module_name(config, (lorac_lora_target_t)t), p->a ? "a" : "b", p->a ? "b" : "a");
+            goto done;
+        }
+        int64_t r = p->a->n_dims == 2 ? p->a->shape[0] : 0;
+        if (p->a->n_dims != 2 || p->b->n_dims != 2 || p->a->shape[1] != in || p->b->shape[0] != rows ||
+            p->b->shape[1] != r || r < 1 || r > 65536) {
+            s = lorac_error(LORAC_STATUS_FORMAT,
+                            "%s: layer %d's %s: lora_a has shape [%lld, %lld] and lora_b [%lld, %lld], expected [r, %d] "
+                            "and [%d, r] for this model (shapes outermost first)",
+                            path, (int)layer, lorac_lora_module_name(config, (lorac_lora_target_t)t),
+                            (long long)p->a->shape[0], (long long)(p->a->n_dims > 1 ? p->a->shape[1] : 0),
+                            (long long)p->b->shape[0], (long long)(p->b->n_dims > 1 ? p->b->shape[1] : 0), (int)in,
+                            (int)rows);
+            goto done;
+        }
+        /* llama.cpp's scale: alpha / r, or 1 without alpha */
+        float scale = alpha > 0.0 ? (float)(alpha / (double)r) : 1.0f;
+        int size, first = lorac_lora_group(config, t, &size);
+        for (int k = first; k < first + size; k++) {
+            ranks[layer * LORAC_LORA_COUNT + k] = (int32_t)r;
+            scales[layer * LORAC_LORA_COUNT + k] = scale;
+        }
+        if (r > max_r) max_r = (int32_t)r;
+    }
+    if (!max_r) {
+        s = lorac_error(LORAC_STATUS_FORMAT, "%s: no LoRA tensors", path);
+        goto done;
+    }
+    lorac_lora_params_t params = lorac_lora_default_params();
+    params.r = max_r;
+    params.alpha = alpha > 0.0 ? (float)alpha : (float)max_r; /* alpha = r: scale 1, as llama.cpp without alpha */
+    if ((s = lorac_adapter_alloc_ranks(config, &params, ranks, scales, out))) goto done;
+    for (int32_t i = 0; i < lorac_adapter_n_modules(*out); i++) {
+        lorac_lora_module_t *m = lorac_adapter_module(*out, i);
+        if (m->in_group) continue;
+        const gguf_pair_t *p = &pairs[m->layer * LORAC_LORA_COUNT + m->target];
+        int64_t rows = m->group_out ? m->group_out : m->out;
+        for (int64_t j = 0; j < (int64_t)m->r * m->in; j++) m->A[j] = gguf_element(p->a, j);
+        bool rotary = !m->group_out && (m->target == LORAC_LORA_Q || m->target == LORAC_LORA_K);
+        for (int64_t o = 0; o < rows; o++) { /* GGUF row o holds HF row rotary_row(o) */
+            int64_t dst = rotary ? lorac_export_rotary_row(config, o) : o;
+            for (int64_t k = 0; k < m->r; k++) m->B[dst * m->r + k] = gguf_element(p->b, o * m->r + k);
+        }
+    }
+    for (int32_t i = 0; i < lorac_adapter_n_modules(*out); i++) {
+        const lorac_lora_module_t *m = lorac_adapter_module(*out, i);
+        for (int64_t j = 0; j < (int64_t)m->r * m->in && !s; j++)
+            if (!isfinite(m->A[j])) s = lorac_error(LORAC_STATUS_FORMAT, "%s: a non-finite weight in layer %d's lora_a", path, (int)m->layer);
+        for (int64_t j = 0; j < (int64_t)m->r * m->out && !s; j++)
+            if (!isfinite(m->B[j])) s = lorac_error(LORAC_STATUS_FORMAT, "%s: a non-finite weight in layer %d's lora_b", path, (int)m->layer);
+    }
+    if (s) {
+        lorac_adapter_free(*out);
+        *out = NULL;
+    }
+done:
+    free(pairs);
+    free(ranks);
+    free(scales);
     return s;
 }

@@ -1,9 +1,16 @@
 /* A HuggingFace model directory as a llama.cpp GGUF model, the file its
  * convert_hf_to_gguf.py would write: the same metadata keys, tensor names
  * and layouts, so that llama.cpp loads it and lorac's GGUF adapters fit it.
- * Architectures: Llama and Mistral ("llama", q/k rows permuted to GGML's
- * interleaved rotary order, Llama 3's rope scaling as the rope_freqs
- * tensor), Qwen2 and Qwen3. Tokenizers: see tokenizer/tok_gguf.h. */
+ * Every architecture lorac runs: Llama and Mistral ("llama", q/k rows
+ * permuted to GGML's interleaved rotary order, Llama 3's rope scaling as
+ * the rope_freqs tensor), Qwen2, Qwen3, Granite (its four multipliers),
+ * SmolLM3, Gemma 2 and 3 (norm weights stored as 1 + w, as llama.cpp's
+ * RMSNorm multiplies by the weight alone; soft-caps; windows) and Phi-3
+ * (fused projections; longrope as its two factor tensors). Where llama.cpp
+ * fixes by architecture what a config may vary (which layers have a window,
+ * Gemma's attention scale, SmolLM3's NoPE layers), a config that differs
+ * is refused rather than written into a file that would compute something
+ * else. Tokenizers: see tokenizer/tok_gguf.h. */
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -26,6 +33,7 @@ typedef struct {
     const float *values;
     uint32_t type;                  /* ggml type written */
     bool rotary;                    /* q or k of an architecture whose rows are permuted */
+    float shift;                    /* added to every value: Gemma's norms are 1 + w */
     const lorac_model_config_t *config;
 } tensor_job_t;
 
@@ -47,7 +55,7 @@ static lorac_status_t fill_tensor(void *user, void *dst, uint64_t nbytes) {
     for (int64_t r = 0; r < rows; r++) {
         int64_t from = j->rotary ? lorac_export_rotary_row(j->config, r) : r;
         for (int64_t c = 0; c < cols; c++) {
-            float v = j->src ? element(j->src, from * cols + c) : j->values[from * cols + c];
+            float v = (j->src ? element(j->src, from * cols + c) : j->values[from * cols + c]) + j->shift;
             int64_t at = r * cols + c;
             if (j->type == LORAC_GGML_TYPE_F32) memcpy((uint8_t *)dst + 4 * at, &v, 4);
             else {
@@ -63,21 +71,56 @@ static uint32_t ggml_type_of(lorac_dtype_t d) {
     return d == LORAC_DTYPE_BF16 ? LORAC_GGML_TYPE_BF16 : d == LORAC_DTYPE_F16 ? LORAC_GGML_TYPE_F16 : LORAC_GGML_TYPE_F32;
 }
 
+static bool layer_windowed(const lorac_model_config_t *c, int32_t l) { return lorac_model_layer_window(c, l) > 0; }
+
+/* true when the config's windowed layers are those llama.cpp gives a
+ * window by architecture: a pattern of period n whose last layer is global
+ * (Gemma 2: n 2, Gemma 3: n 6), or every layer (n 1). */
+static bool windows_match(const lorac_model_config_t *c, int32_t n) {
+    for (int32_t l = 0; l < c->n_layers; l++)
+        if (layer_windowed(c, l) != (n == 1 || l % n < n - 1)) return false;
+    return true;
+}
+
+/* Gemma's attention scale in llama.cpp: 1/sqrt(head_dim), but for the 27B
+ * models (Gemma 2: 46 layers, Gemma 3: 62) 1/sqrt(hidden / heads); lorac's
+ * query_scale is sqrt(head_dim / query_pre_attn_scalar). */
+static bool gemma_scale_matches(const lorac_model_config_t *c) {
+    bool big = c->n_layers == (c->arch == LORAC_ARCH_GEMMA2 ? 46 : 62);
+    double scalar = big ? (double)c->hidden_size / c->n_heads : (double)c->head_dim;
+    double want = sqrt((double)c->head_dim / scalar);
+    return fabs(c->query_scale - want) <= 1e-6 * want;
+}
+
 /* What lorac can write for llama.cpp; LORAC_STATUS_UNSUPPORTED otherwise. */
 static lorac_status_t check_exportable(const lorac_model_config_t *c, const char *dir) {
     const char *why = NULL;
-    if (c->arch != LORAC_ARCH_LLAMA && c->arch != LORAC_ARCH_MISTRAL && c->arch != LORAC_ARCH_QWEN2 &&
-        c->arch != LORAC_ARCH_QWEN3)
-        why = "only Llama, Mistral, Qwen2 and Qwen3 models are written as GGUF";
-    else if (c->sliding_window > 0)
-        why = "sliding-window attention is not carried into llama.cpp's llama/qwen2 architectures";
-    else if (c->rope_longrope)
-        why = "Phi-3's longrope is not written";
-    else if (c->rotary_dim != c->head_dim)
-        why = "partial rotary embeddings are not written";
-    else if (c->arch != LORAC_ARCH_QWEN3 && c->qk_norm)
-        why = "q/k norms are only written for Qwen3";
+    bool gemma = c->arch == LORAC_ARCH_GEMMA2 || c->arch == LORAC_ARCH_GEMMA3;
+    if (c->text_of_multimodal)
+        why = "a multimodal checkpoint's text model is not written (llama.cpp keeps the vision tower in a separate mmproj file)";
+    else if (gemma && c->sliding_window && !windows_match(c, c->arch == LORAC_ARCH_GEMMA2 ? 2 : 6))
+        why = "its windowed layers are not the ones llama.cpp windows (Gemma 2: every other one; Gemma 3: all but every 6th)";
+    else if (gemma && !gemma_scale_matches(c))
+        why = "query_pre_attn_scalar is not the one llama.cpp uses for this model size";
+    else if (c->arch == LORAC_ARCH_GEMMA3 && c->sliding_window && c->rope_local_theta != 10000.0f)
+        why = "llama.cpp rotates Gemma 3's windowed layers with base 10000";
+    else if (c->arch == LORAC_ARCH_SMOLLM3) {
+        for (int32_t l = 0; l < c->n_layers && !why; l++)
+            if (lorac_model_layer_has_rope(c, l) != ((l + 1) % 4 != 0))
+                why = "llama.cpp's SmolLM3 has no rotary in every 4th layer exactly";
+    } else if (c->rotary_dim != c->head_dim && c->arch != LORAC_ARCH_PHI3)
+        why = "partial rotary embeddings are only written for Phi-3";
+    else if (c->rope_longrope && c->arch != LORAC_ARCH_PHI3)
+        why = "longrope is only written for Phi-3";
+    else if (c->qk_norm && c->arch != LORAC_ARCH_QWEN3 && c->arch != LORAC_ARCH_GEMMA3)
+        why = "q/k norms are only written for Qwen3 and Gemma 3";
     if (why) return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s (%s): %s", dir, c->arch_name, why);
+    /* written as llama.cpp's own converter writes them, which its model
+     * then runs without the window (Mistral 7B v0.1, Phi-3-mini) */
+    if (c->sliding_window && !gemma)
+        fprintf(stderr, "lorac: warning: %s (%s): llama.cpp's %s attends to every earlier position; past %d tokens its "
+                        "outputs differ from transformers', which keeps a window of %d\n",
+                dir, c->arch_name, lorac_export_gguf_arch(c), (int)c->sliding_window, (int)c->sliding_window);
     return LORAC_STATUS_OK;
 }
 
@@ -103,6 +146,32 @@ static float *llama3_rope_freqs(const lorac_model_config_t *c) {
     return f;
 }
 
+static bool is_bias(lorac_tensor_kind_t k) {
+    return k == LORAC_TENSOR_Q_BIAS || k == LORAC_TENSOR_K_BIAS || k == LORAC_TENSOR_V_BIAS || k == LORAC_TENSOR_O_BIAS ||
+           k == LORAC_TENSOR_GATE_BIAS || k == LORAC_TENSOR_UP_BIAS || k == LORAC_TENSOR_DOWN_BIAS;
+}
+static bool is_norm(lorac_tensor_kind_t k) {
+    return k == LORAC_TENSOR_FINAL_NORM || k == LORAC_TENSOR_ATTN_NORM || k == LORAC_TENSOR_FFN_NORM ||
+           k == LORAC_TENSOR_Q_NORM || k == LORAC_TENSOR_K_NORM || k == LORAC_TENSOR_ATTN_POST_NORM ||
+           k == LORAC_TENSOR_FFN_POST_NORM;
+}
+
+/* Whether the config's model has a tensor of this kind (in each layer). */
+static bool kind_present(const lorac_model_config_t *c, lorac_tensor_kind_t k) {
+    switch (k) {
+    case LORAC_TENSOR_LM_HEAD: return !c->tie_word_embeddings; /* llama.cpp reuses token_embd */
+    case LORAC_TENSOR_Q: case LORAC_TENSOR_K: case LORAC_TENSOR_V: case LORAC_TENSOR_GATE: case LORAC_TENSOR_UP:
+        return !c->fused_proj;
+    case LORAC_TENSOR_QKV: case LORAC_TENSOR_GATE_UP: return c->fused_proj;
+    case LORAC_TENSOR_Q_BIAS: case LORAC_TENSOR_K_BIAS: case LORAC_TENSOR_V_BIAS: return c->qkv_bias;
+    case LORAC_TENSOR_O_BIAS: return c->o_bias;
+    case LORAC_TENSOR_GATE_BIAS: case LORAC_TENSOR_UP_BIAS: case LORAC_TENSOR_DOWN_BIAS: return c->mlp_bias;
+    case LORAC_TENSOR_Q_NORM: case LORAC_TENSOR_K_NORM: return c->qk_norm;
+    case LORAC_TENSOR_ATTN_POST_NORM: case LORAC_TENSOR_FFN_POST_NORM: return c->sandwich_norms;
+    default: return true;
+    }
+}
+
 static lorac_status_t set_hparams(lorac_gguf_writer_t *w, const lorac_model_config_t *c, const char *arch) {
     char key[96];
     lorac_status_t s = LORAC_STATUS_OK;
@@ -124,6 +193,21 @@ static lorac_status_t set_hparams(lorac_gguf_writer_t *w, const lorac_model_conf
     if (!s && c->rope_linear_factor != 1.0f) {
         s = lorac_gguf_set_string(w, KEY("rope.scaling.type"), "linear");
         if (!s) s = lorac_gguf_set_f32(w, KEY("rope.scaling.factor"), c->rope_linear_factor);
+    }
+    if (!s && c->sliding_window && (c->arch == LORAC_ARCH_GEMMA2 || c->arch == LORAC_ARCH_GEMMA3))
+        s = lorac_gguf_set_u32(w, KEY("attention.sliding_window"), (uint32_t)c->sliding_window);
+    if (!s && c->rope_local_theta && c->sliding_window) s = lorac_gguf_set_f32(w, KEY("rope.freq_base_swa"), c->rope_local_theta);
+    if (!s && c->attn_softcap) s = lorac_gguf_set_f32(w, KEY("attn_logit_softcapping"), c->attn_softcap);
+    if (!s && c->final_softcap) s = lorac_gguf_set_f32(w, KEY("final_logit_softcapping"), c->final_softcap);
+    if (!s && c->arch == LORAC_ARCH_GRANITE) {
+        s = lorac_gguf_set_f32(w, KEY("embedding_scale"), c->embedding_multiplier);
+        if (!s) s = lorac_gguf_set_f32(w, KEY("residual_scale"), c->residual_multiplier);
+        if (!s) s = lorac_gguf_set_f32(w, KEY("logit_scale"), c->logits_scaling);
+        if (!s) s = lorac_gguf_set_f32(w, KEY("attention.scale"), c->query_scale / sqrtf((float)c->head_dim));
+    }
+    if (!s && c->rope_longrope) {
+        s = lorac_gguf_set_f32(w, KEY("rope.scaling.attn_factor"), c->rope_attention_factor);
+        if (!s) s = lorac_gguf_set_u32(w, KEY("rope.scaling.original_context_length"), (uint32_t)c->rope_original_max_position);
     }
 #undef KEY
     return s;
@@ -190,8 +274,9 @@ lorac_status_t lorac_export_model_gguf(const char *model_dir, lorac_dtype_t dtyp
     const lorac_tensor_kind_t layer_kinds[] = {
         LORAC_TENSOR_ATTN_NORM, LORAC_TENSOR_Q, LORAC_TENSOR_Q_BIAS, LORAC_TENSOR_K, LORAC_TENSOR_K_BIAS,
         LORAC_TENSOR_V, LORAC_TENSOR_V_BIAS, LORAC_TENSOR_O, LORAC_TENSOR_O_BIAS, LORAC_TENSOR_Q_NORM,
-        LORAC_TENSOR_K_NORM, LORAC_TENSOR_FFN_NORM, LORAC_TENSOR_GATE, LORAC_TENSOR_GATE_BIAS, LORAC_TENSOR_UP,
-        LORAC_TENSOR_UP_BIAS, LORAC_TENSOR_DOWN, LORAC_TENSOR_DOWN_BIAS};
+        LORAC_TENSOR_K_NORM, LORAC_TENSOR_QKV, LORAC_TENSOR_ATTN_POST_NORM, LORAC_TENSOR_FFN_NORM, LORAC_TENSOR_GATE,
+        LORAC_TENSOR_GATE_BIAS, LORAC_TENSOR_UP, LORAC_TENSOR_UP_BIAS, LORAC_TENSOR_GATE_UP, LORAC_TENSOR_DOWN,
+        LORAC_TENSOR_DOWN_BIAS, LORAC_TENSOR_FFN_POST_NORM};
     const int n_layer_kinds = (int)(sizeof layer_kinds / sizeof layer_kinds[0]);
     int64_t max_jobs = 4 + (int64_t)config.n_layers * n_layer_kinds;
     jobs = calloc((size_t)max_jobs, sizeof *jobs);
@@ -228,15 +313,10 @@ lorac_status_t lorac_export_model_gguf(const char *model_dir, lorac_dtype_t dtyp
         int nk = l < 0 ? 3 : n_layer_kinds;
         for (int k = 0; !s && k < nk; k++) {
             lorac_tensor_kind_t kind = l < 0 ? globals[k] : layer_kinds[k];
-            if (kind == LORAC_TENSOR_LM_HEAD && config.tie_word_embeddings) continue; /* llama.cpp reuses token_embd */
+            if (!kind_present(&config, kind)) continue;
             lorac_tensor_name(&config, kind, l, hf, sizeof hf);
             const lorac_tensor_view_t *t = lorac_weight_files_find(files, hf);
-            bool optional = kind == LORAC_TENSOR_Q_BIAS || kind == LORAC_TENSOR_K_BIAS || kind == LORAC_TENSOR_V_BIAS ||
-                            kind == LORAC_TENSOR_O_BIAS || kind == LORAC_TENSOR_GATE_BIAS ||
-                            kind == LORAC_TENSOR_UP_BIAS || kind == LORAC_TENSOR_DOWN_BIAS ||
-                            kind == LORAC_TENSOR_Q_NORM || kind == LORAC_TENSOR_K_NORM;
             if (!t) {
-                if (optional) continue;
                 s = lorac_error(LORAC_STATUS_FORMAT, "%s: missing tensor %s", model_dir, hf);
                 break;
             }
@@ -248,9 +328,7 @@ lorac_status_t lorac_export_model_gguf(const char *model_dir, lorac_dtype_t dtyp
                 break;
             }
             const char *gname = lorac_export_gguf_tensor(kind);
-            bool bias = kind == LORAC_TENSOR_Q_BIAS || kind == LORAC_TENSOR_K_BIAS || kind == LORAC_TENSOR_V_BIAS ||
-                        kind == LORAC_TENSOR_O_BIAS || kind == LORAC_TENSOR_GATE_BIAS || kind == LORAC_TENSOR_UP_BIAS ||
-                        kind == LORAC_TENSOR_DOWN_BIAS;
+            bool bias = is_bias(kind);
             if (l < 0) snprintf(name, sizeof name, "%s.weight", gname);
             else snprintf(name, sizeof name, "blk.%d.%s.%s", (int)l, gname, bias ? "bias" : "weight");
             tensor_job_t *j = &jobs[n_jobs++];
@@ -260,8 +338,15 @@ lorac_status_t lorac_export_model_gguf(const char *model_dir, lorac_dtype_t dtyp
             j->type = nd == 1 ? LORAC_GGML_TYPE_F32 : matrix_type;
             j->rotary = kind == LORAC_TENSOR_Q || kind == LORAC_TENSOR_K || kind == LORAC_TENSOR_Q_BIAS ||
                         kind == LORAC_TENSOR_K_BIAS;
+            j->shift = is_norm(kind) ? config.norm_offset : 0.0f;
             s = lorac_gguf_add_tensor(w, name, j->type, nd, shape, NULL, fill_tensor, j);
         }
+    }
+    if (!s && config.rope_longrope) {
+        int64_t half = config.rotary_dim / 2;
+        s = lorac_gguf_add_tensor(w, "rope_factors_long.weight", LORAC_GGML_TYPE_F32, 1, &half, config.rope_long_factor, NULL, NULL);
+        if (!s) s = lorac_gguf_add_tensor(w, "rope_factors_short.weight", LORAC_GGML_TYPE_F32, 1, &half,
+                                          config.rope_short_factor, NULL, NULL);
     }
     if (!s && config.rope_llama3) {
         int64_t half = config.head_dim / 2;

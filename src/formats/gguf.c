@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define GGUF_MAGIC "GGUF"
@@ -344,6 +345,16 @@ lorac_status_t lorac_gguf_open_memory(const void *data, size_t size, const char 
     g->data = data;
     g->size = size;
     return open_buffer(g, label ? label : "gguf", out);
+}
+
+int lorac_gguf_is_file(const char *path) {
+    struct stat st;
+    if (!path || stat(path, &st) != 0 || !S_ISREG(st.st_mode)) return 0;
+    FILE *f = fopen(path, "rb");
+    char magic[4] = {0};
+    int yes = f && fread(magic, 1, 4, f) == 4 && !memcmp(magic, GGUF_MAGIC, 4);
+    if (f) fclose(f);
+    return yes;
 }
 
 lorac_status_t lorac_gguf_open(const char *path, lorac_gguf_t **out) {

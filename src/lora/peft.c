@@ -24,6 +24,8 @@
 #include <sys/stat.h>
 
 #include "lora/lora_internal.h"
+#include "lorac/export.h"
+#include "lorac/gguf.h"
 #include "lorac/kernels.h"
 #include "lorac/safetensors.h"
 
@@ -1035,6 +1037,7 @@ lorac_status_t lorac_adapter_load_memory(const char *config_json, size_t config_
 
 lorac_status_t lorac_adapter_load(const char *dir, const lorac_model_config_t *config, lorac_adapter_t **out) {
     *out = NULL;
+    if (lorac_gguf_is_file(dir)) return lorac_import_adapter_gguf(dir, config, out); /* llama.cpp's LoRA file */
     char *cfg_path = lorac_path_join(dir, "adapter_config.json");
     char *st_path = lorac_path_join(dir, "adapter_model.safetensors");
     char *bin_path = lorac_path_join(dir, "adapter_model.bin");

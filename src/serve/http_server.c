@@ -958,13 +958,15 @@ static enum MHD_Result handle_tokenize(lorac_http_server_t *srv, struct MHD_Conn
     return s ? send_error(srv, c, k, &err) : send_body(srv, c, k, 200, "application/json", body);
 }
 
-/* lora_path, when given, must be ADAPTERS_DIR/lora_name itself (after
- * resolving links): clients name adapters, they never pick paths. */
+/* lora_path, when given, must be ADAPTERS_DIR/lora_name itself, or its
+ * llama.cpp file ADAPTERS_DIR/lora_name.gguf (after resolving links):
+ * clients name adapters, they never pick paths. */
 static int path_is_adapter(const char *dir, const char *name, const char *path) {
-    char real_dir[PATH_MAX], real_path[PATH_MAX], want[PATH_MAX + 300];
+    char real_dir[PATH_MAX], real_path[PATH_MAX], want[PATH_MAX + 300], want_gguf[PATH_MAX + 310];
     if (!realpath(dir, real_dir) || !realpath(path, real_path)) return 0;
     snprintf(want, sizeof want, "%s/%s", real_dir, name);
-    return !strcmp(want, real_path);
+    snprintf(want_gguf, sizeof want_gguf, "%s/%s.gguf", real_dir, name);
+    return !strcmp(want, real_path) || !strcmp(want_gguf, real_path);
 }
 
 static enum MHD_Result handle_lora(lorac_http_server_t *srv, struct MHD_Connection *c, conn_t *k, bool load) {
@@ -976,8 +978,8 @@ static enum MHD_Result handle_lora(lorac_http_server_t *srv, struct MHD_Connecti
         res = fail(srv, c, k, 400, NULL, "the server has no adapters directory (start it with --adapters DIR)");
     } else if (path && !path_is_adapter(srv->p.adapters_dir, name, path)) {
         lorac_oai_error_set(&err, 400, NULL, "lora_path", NULL,
-                            "lora_path must be the adapter's directory under the server's adapters directory "
-                            "(%s/%s); adapters are loaded by name", srv->p.adapters_dir, name);
+                            "lora_path must be the adapter's directory (or .gguf file) under the server's adapters "
+                            "directory (%s/%s); adapters are loaded by name", srv->p.adapters_dir, name);
         res = send_error(srv, c, k, &err);
     } else {
         lorac_engine_t *e = engine_acquire(srv);

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "lorac/gguf.h"
 #include "serve/serve_internal.h"
 
 lorac_status_t registry_check_name(const char *name) {
@@ -26,13 +27,34 @@ lorac_status_t registry_check_name(const char *name) {
     return LORAC_STATUS_OK;
 }
 
-/* 1 when dir/name/adapter_config.json is a regular file. */
-static int adapter_exists(const char *dir, const char *name) {
+/* Where adapter `name` lives in dir, written to path: dir/name when it is a
+ * PEFT directory (holds adapter_config.json), else dir/name.gguf when that
+ * is a llama.cpp LoRA file. 0 when neither. */
+static int adapter_path(const char *dir, const char *name, char *path, size_t cap) {
     if (!dir) return 0;
-    char path[4096];
-    if (snprintf(path, sizeof path, "%s/%s/adapter_config.json", dir, name) >= (int)sizeof path) return 0;
     struct stat st;
-    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+    if (snprintf(path, cap, "%s/%s/adapter_config.json", dir, name) < (int)cap && stat(path, &st) == 0 &&
+        S_ISREG(st.st_mode)) {
+        snprintf(path, cap, "%s/%s", dir, name);
+        return 1;
+    }
+    return snprintf(path, cap, "%s/%s.gguf", dir, name) < (int)cap && lorac_gguf_is_file(path);
+}
+
+/* The adapter name of a directory entry: itself for a PEFT directory, the
+ * stem of a .gguf file; NULL for anything else. */
+static const char *entry_adapter_name(const char *dir, const char *entry, char *buf, size_t cap) {
+    char path[4096];
+    struct stat st;
+    if (registry_check_name(entry) == LORAC_STATUS_OK &&
+        snprintf(path, sizeof path, "%s/%s/adapter_config.json", dir, entry) < (int)sizeof path && stat(path, &st) == 0 &&
+        S_ISREG(st.st_mode))
+        return entry;
+    size_t n = strlen(entry);
+    if (n <= 5 || strcmp(entry + n - 5, ".gguf") || n - 5 >= cap) return NULL;
+    memcpy(buf, entry, n - 5);
+    buf[n - 5] = '\0';
+    return registry_check_name(buf) == LORAC_STATUS_OK && adapter_path(dir, buf, path, sizeof path) ? buf : NULL;
 }
 
 void registry_init(registry_t *reg, const lorac_model_t *model, const char *dir, int32_t max_loras) {
@@ -107,10 +129,9 @@ lorac_status_t registry_acquire(registry_t *reg, const char *name, registry_entr
 
     /* Load without the lock: reading a large adapter must not stall the
      * engine thread, which takes the lock to release finished requests. */
-    if (!adapter_exists(reg->dir, name))
-        return lorac_error(LORAC_STATUS_NOT_FOUND, "no adapter named '%s'", name);
     char path[4096];
-    snprintf(path, sizeof path, "%s/%s", reg->dir, name);
+    if (!adapter_path(reg->dir, name, path, sizeof path))
+        return lorac_error(LORAC_STATUS_NOT_FOUND, "no adapter named '%s'", name);
     lorac_adapter_t *adapter = NULL;
     s = lorac_adapter_load(path, lorac_model_get_config(reg->model), &adapter);
     if (!s) s = lorac_adapter_prepare_inference(adapter);
@@ -226,9 +247,11 @@ int32_t registry_list(registry_t *reg, lorac_adapter_info_t *out, int32_t cap) {
     DIR *d = reg->dir ? opendir(reg->dir) : NULL;
     if (d) {
         struct dirent *de;
+        char stem[256];
+        const char *name;
         while ((de = readdir(d)) != NULL)
-            if (registry_check_name(de->d_name) == LORAC_STATUS_OK && adapter_exists(reg->dir, de->d_name))
-                n = list_add(&list, n, &list_cap, de->d_name, false, 0);
+            if ((name = entry_adapter_name(reg->dir, de->d_name, stem, sizeof stem)))
+                n = list_add(&list, n, &list_cap, name, false, 0);
         closedir(d);
     }
     lorac_error_clear();
