@@ -19,7 +19,9 @@ test is skipped, saying so, except in CI (CI=true), where it fails.
   * tokenization: llama.cpp, reading only the GGUF lorac wrote, gives
     HuggingFace's ids on llama.cpp's own test vectors (46 strings each) for
     GPT-2's tokenizer ("gpt-2"), TinyLlama's tokenizer.json (Llama 2's
-    SentencePiece vocabulary, "llama") and SmolLM2's ("smollm");
+    SentencePiece vocabulary, "llama") and Llama 3.2's ("llama-bpe"); and
+    lorac's own (HuggingFace's, by test_tokenizer) for SmolLM2's ("smollm")
+    and Llama 3's vocabulary with Qwen2's split and NFC ("qwen2");
   * GGUF LoRAs read back (lorac_adapter_load takes a .gguf file): lorac's
     own give its PEFT directory's logits, one written by the test's own GGUF
     writer (F16 and F32, no alpha, GGML-ordered q rows) the same adapter's,
@@ -135,6 +137,13 @@ def compare_logprobs(name, gguf, model_dir, ids, loras=(), tol=1e-4, base_lp=Non
     record(name, ok, f"{len(ids)} positions x {ours.shape[1]}: max |d log p| {diff:.2e} (tol {tol:.0e}; "
            f"max |log p| {float(np.abs(theirs[finite]).max()):.1f}){moved}")
     return ours
+
+
+def lorac_logits(model, adapter, ids):
+    """lorac logits of `ids` (a string) with one adapter spec; (array or None, stderr)."""
+    out = os.path.join(TMP, "rb.npy")
+    rc, _, err = lorac(["logits", "-m", model, "--adapter", adapter, "--ids", ids, "-o", out])
+    return (np.load(out) if rc == 0 else None), err
 
 
 def to_gguf(name, args):
@@ -373,13 +382,59 @@ def read_vectors(name):
     return texts, ids[:len(texts)]
 
 
+LLAMA3_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+             r"\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_RE = LLAMA3_RE.replace(r"\p{N}{1,3}", r"\p{N}")
+
+
+def llama3_tokenizer_json(path, regex=LLAMA3_RE, nfc=False, ignore_merges=True):
+    """The tokenizer.json HuggingFace has for Llama 3.2, built from the
+    fixture's encoder.json + vocab.bpe (as tests/test_tokenizer_util.h
+    does); with Qwen2's split regex and NFC it stands in for a Qwen2-style
+    tokenizer over the same vocabulary (without ignore_merges, as Qwen2's
+    tokenizer.json and llama.cpp's "qwen2" have it)."""
+    d = os.path.join(FIX, "tokenizers", "llama3.2")
+    with open(os.path.join(d, "encoder.json")) as f:
+        vocab = json.load(f)
+    with open(os.path.join(d, "vocab.bpe"), encoding="utf-8") as f:
+        merges = [line for line in f.read().split("\n") if line and not line.startswith("#version")]
+    named = {128000: "<|begin_of_text|>", 128001: "<|end_of_text|>", 128004: "<|finetune_right_pad_id|>",
+             128006: "<|start_header_id|>", 128007: "<|end_header_id|>", 128008: "<|eom_id|>", 128009: "<|eot_id|>",
+             128010: "<|python_tag|>"}
+    added, r = [], 0
+    for i in range(128000, 128256):
+        if i not in named:
+            named[i] = f"<|reserved_special_token_{r}|>"
+            r += 1
+        added.append({"id": i, "content": named[i], "special": True, "single_word": False, "lstrip": False,
+                      "rstrip": False, "normalized": False})
+    t = {"model": {"type": "BPE", "unk_token": None, "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges},
+         "added_tokens": added,
+         "normalizer": {"type": "NFC"} if nfc else None,
+         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+             {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False},
+             {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
+         "post_processor": {"type": "TemplateProcessing",
+                            "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
+                                       {"Sequence": {"id": "A", "type_id": 0}}],
+                            "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [128000],
+                                                                     "tokens": ["<|begin_of_text|>"]}}},
+         "decoder": {"type": "ByteLevel"}}
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(t, f, ensure_ascii=False)
+    return path
+
+
 def tokenization():
     shape = dict(hidden_size=32, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                  num_key_value_heads=2)
     cases = [("gpt2", "gpt-2", os.path.join(FIX, "tokenizers", "gpt2", "tokenizer.json"), 50257),
              ("tinyllama", "llama-spm", os.path.join(FIX, "tokenizers", "tinyllama-1.1b-chat-v1.0", "tokenizer.json"),
               32000),
-             ("smollm2", None, os.path.join(FIX, "tokenizers", "smollm2-360m-instruct-ft", "tokenizer.json"), 49153)]
+             ("smollm2", None, os.path.join(FIX, "tokenizers", "smollm2-360m-instruct-ft", "tokenizer.json"), 49153),
+             ("llama3", "llama-bpe", llama3_tokenizer_json(os.path.join(TMP, "llama3-tokenizer.json")), 128256),
+             ("qwen2-style", None, llama3_tokenizer_json(os.path.join(TMP, "qwen2-style-tokenizer.json"), QWEN2_RE,
+                                                         nfc=True, ignore_merges=False), 128256)]
     for name, vectors, tok, vocab in cases:
         model = os.path.join(TMP, f"tok-{name}")
         hm.make_random_model(model, dict(shape, vocab_size=vocab), seed=1, tokenizer_json=tok)
@@ -456,11 +511,11 @@ def gguf_adapters_read_back():
     peft_dir, gguf = os.path.join(TMP, "stories260k-adapter"), os.path.join(TMP, "stories260k-lora.gguf")
     outs = []
     for spec in (f"{peft_dir}:0.5", f"{gguf}:0.5"):
-        rc, _, err = lorac(["logits", "-m", model, "--adapter", spec, "--ids", ids, "-o", os.path.join(TMP, "rb.npy")])
-        outs.append(np.load(os.path.join(TMP, "rb.npy")) if rc == 0 else None)
-        if rc != 0:
+        out, err = lorac_logits(model, spec, ids)
+        if out is None:
             record("read-gguf-lora", False, err.strip()[-500:])
             return
+        outs.append(out)
     d = float(np.abs(outs[0] - outs[1]).max() / np.abs(outs[0]).max())
     record("read-gguf-lora", d <= 1e-5, f"logits with the GGUF LoRA vs its PEFT directory: rel {d:.1e} (tol 1e-05)")
 
@@ -491,11 +546,11 @@ def gguf_adapters_read_back():
                                  "layers_to_transform": [1]}, t)
     outs = []
     for spec in (peft_same, other):
-        rc, _, err = lorac(["logits", "-m", model, "--adapter", spec, "--ids", ids, "-o", os.path.join(TMP, "rb.npy")])
-        outs.append(np.load(os.path.join(TMP, "rb.npy")) if rc == 0 else None)
-        if rc != 0:
+        out, err = lorac_logits(model, spec, ids)
+        if out is None:
             record("read-gguf-other-writer", False, err.strip()[-500:])
             return
+        outs.append(out)
     d = float(np.abs(outs[0] - outs[1]).max() / np.abs(outs[0]).max())
     record("read-gguf-other-writer", d <= 1e-6, f"F32/F16 tensors, no alpha, permuted q rows: rel {d:.1e} against "
            "the same adapter as PEFT's files (tol 1e-06)")

@@ -29,8 +29,7 @@ enum { FTYPE_ALL_F32 = 0, FTYPE_MOSTLY_F16 = 1, FTYPE_MOSTLY_BF16 = 32 };
 
 /* One tensor's source and conversion, for the writer's fill callback. */
 typedef struct {
-    const lorac_tensor_view_t *src; /* NULL: the f32 values in `values` */
-    const float *values;
+    const lorac_tensor_view_t *src;
     uint32_t type;                  /* ggml type written */
     bool rotary;                    /* q or k of an architecture whose rows are permuted */
     float shift;                    /* added to every value: Gemma's norms are 1 + w */
@@ -50,12 +49,12 @@ static float element(const lorac_tensor_view_t *t, int64_t i) {
 
 static lorac_status_t fill_tensor(void *user, void *dst, uint64_t nbytes) {
     const tensor_job_t *j = user;
-    int64_t n = j->src ? j->src->n_elements : (int64_t)(nbytes / 4);
-    int64_t cols = j->src && j->src->n_dims == 2 ? j->src->shape[1] : n, rows = n / (cols ? cols : 1);
+    (void)nbytes; /* the writer sized dst from the same shape and type */
+    int64_t n = j->src->n_elements, cols = j->src->n_dims == 2 ? j->src->shape[1] : n, rows = n / (cols ? cols : 1);
     for (int64_t r = 0; r < rows; r++) {
         int64_t from = j->rotary ? lorac_export_rotary_row(j->config, r) : r;
         for (int64_t c = 0; c < cols; c++) {
-            float v = (j->src ? element(j->src, from * cols + c) : j->values[from * cols + c]) + j->shift;
+            float v = element(j->src, from * cols + c) + j->shift;
             int64_t at = r * cols + c;
             if (j->type == LORAC_GGML_TYPE_F32) memcpy((uint8_t *)dst + 4 * at, &v, 4);
             else {
@@ -322,9 +321,16 @@ lorac_status_t lorac_export_model_gguf(const char *model_dir, lorac_dtype_t dtyp
             }
             int64_t shape[2];
             int nd = lorac_tensor_expected_shape(kind, &config, shape);
-            if (t->n_dims != nd || t->shape[0] != shape[0] || (nd == 2 && t->shape[1] != shape[1]) ||
-                (t->dtype != LORAC_DTYPE_F32 && t->dtype != LORAC_DTYPE_F16 && t->dtype != LORAC_DTYPE_BF16)) {
-                s = lorac_error(LORAC_STATUS_FORMAT, "%s: tensor %s has an unexpected shape or dtype", model_dir, hf);
+            if (t->n_dims != nd || t->shape[0] != shape[0] || (nd == 2 && t->shape[1] != shape[1])) {
+                s = lorac_error(LORAC_STATUS_FORMAT, "%s: tensor %s has shape [%lld, %lld] (%d dims), expected [%lld, %lld]",
+                                model_dir, hf, (long long)(t->n_dims > 0 ? t->shape[0] : 0),
+                                (long long)(t->n_dims > 1 ? t->shape[1] : 0), (int)t->n_dims, (long long)shape[0],
+                                (long long)(nd == 2 ? shape[1] : 0));
+                break;
+            }
+            if (t->dtype != LORAC_DTYPE_F32 && t->dtype != LORAC_DTYPE_F16 && t->dtype != LORAC_DTYPE_BF16) {
+                s = lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: tensor %s is %s; GGUF export reads F32, F16 and BF16",
+                                model_dir, hf, lorac_dtype_name(t->dtype));
                 break;
             }
             const char *gname = lorac_export_gguf_tensor(kind);

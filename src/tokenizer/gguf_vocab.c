@@ -100,6 +100,12 @@ lorac_status_t tok_gguf_vocab(const lorac_tokenizer_t *tok, int32_t n_vocab, tok
             return lorac_error(LORAC_STATUS_UNSUPPORTED,
                                "the tokenizer's pre-tokenizer is none llama.cpp has built in (GPT-2's, Llama 3's, "
                                "Qwen2's or SmolLM's byte-level splits)");
+        /* llama.cpp emits a pre-token that is itself a token whole (BPE's
+         * ignore_merges) for Llama 3's pre-tokenizer, and only there */
+        if (tok->ignore_merges != !strcmp(out->pre, "llama-bpe"))
+            return lorac_error(LORAC_STATUS_UNSUPPORTED,
+                               "llama.cpp's \"%s\" pre-tokenizer %s ignore_merges, and this tokenizer %s", out->pre,
+                               tok->ignore_merges ? "has no" : "has", tok->ignore_merges ? "has it" : "has not");
     } else {
         if (!tok->byte_fallback)
             return lorac_error(LORAC_STATUS_UNSUPPORTED, "a SentencePiece-style tokenizer without byte_fallback has no llama.cpp equivalent");
