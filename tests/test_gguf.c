@@ -186,6 +186,8 @@ static void test_writer(void) {
     CHECK(lorac_gguf_add_tensor(w, "t1", LORAC_GGML_TYPE_F16, 2, s1, NULL, fill_t1, NULL) == 0);
     CHECK(lorac_gguf_add_tensor(w, "t1", LORAC_GGML_TYPE_F16, 2, s1, t1_data, NULL, NULL) == LORAC_STATUS_INVALID_ARG);
     CHECK(lorac_gguf_add_tensor(w, "q", 2, 2, s1, t1_data, NULL, NULL) == LORAC_STATUS_INVALID_ARG); /* Q4_0 */
+    const int64_t q_rows[2] = {1, 40};                                                               /* not whole blocks */
+    CHECK(lorac_gguf_add_tensor(w, "q8", LORAC_GGML_TYPE_Q8_0, 2, q_rows, t1_data, NULL, NULL) == LORAC_STATUS_INVALID_ARG);
     CHECK(lorac_gguf_write(w, path) == 0);
     lorac_gguf_writer_free(w);
 
@@ -206,6 +208,10 @@ static void test_writer(void) {
     CHECK(lorac_gguf_set_f32(w, "x", 1e-5f) == 0);
     CHECK(lorac_gguf_set_i32(w, "i", -7) == 0);
     CHECK(lorac_gguf_set_bool(w, "b", true) == 0);
+    uint8_t q8[2 * 34];
+    for (int i = 0; i < (int)sizeof q8; i++) q8[i] = (uint8_t)(i * 7);
+    const int64_t q8_shape[2] = {2, 32};
+    CHECK(lorac_gguf_add_tensor(w, "q8", LORAC_GGML_TYPE_Q8_0, 2, q8_shape, q8, NULL, NULL) == 0);
     CHECK(lorac_gguf_write(w, path) == 0);
     lorac_gguf_writer_free(w);
     lorac_gguf_t *g = NULL;
@@ -225,7 +231,9 @@ static void test_writer(void) {
         uint64_t u;
         CHECK(lorac_gguf_get_uint(g, lorac_gguf_find_key(g, "i"), &u) == LORAC_STATUS_FORMAT); /* negative */
         CHECK(lorac_gguf_get_int(g, lorac_gguf_find_key(g, "b"), &v) == 0 && v == 1);
-        CHECK(lorac_gguf_n_tensors(g) == 0);
+        const lorac_gguf_tensor_t *t = lorac_gguf_find_tensor(g, "q8");
+        CHECK(lorac_gguf_n_tensors(g) == 1 && t && t->type == LORAC_GGML_TYPE_Q8_0 && t->nbytes == sizeof q8 &&
+              t->shape[0] == 2 && t->shape[1] == 32 && !memcmp(t->data, q8, sizeof q8));
     }
     lorac_gguf_free(g);
     remove(path);

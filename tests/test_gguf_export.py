@@ -163,7 +163,8 @@ def write_adapter(dir, c, cfg, seed):
 
 # ---- a GGUF reader of our own for the metadata checks (the format is small) ----
 
-def read_gguf_metadata(path):
+def read_gguf(path):
+    """(metadata dict, {tensor name: (ggml type, ne list, raw bytes)})."""
     with open(path, "rb") as f:
         data = f.read()
     pos = 0
@@ -199,7 +200,39 @@ def read_gguf_metadata(path):
     for _ in range(n_kv):
         k = string()
         kv[k] = value(take("I"))
-    return kv
+    infos = []
+    for _ in range(n_tensors):
+        name = string()
+        ne = [take("Q") for _ in range(take("I"))]
+        infos.append((name, take("I"), ne, take("Q")))
+    align = kv.get("general.alignment", 32)
+    base = (pos + align - 1) // align * align
+    sizes = {0: (1, 4), 1: (1, 2), 30: (1, 2), 8: (32, 34)}
+    tensors = {}
+    for name, t, ne, off in infos:
+        block, size = sizes.get(t, (1, 0))
+        n = int(np.prod(ne)) // block * size
+        tensors[name] = (t, ne, data[base + off:base + off + n])
+    return kv, tensors
+
+
+def read_gguf_metadata(path):
+    return read_gguf(path)[0]
+
+
+def q8_0_reference(w):
+    """gguf-py's Q8_0 (llama.cpp's converter): per 32 values d = max|x| / 127
+    as f16, q = round(x / d) half away from zero; bytes as the file has them."""
+    blocks = w.astype(np.float32).reshape(-1, 32)
+    d = np.abs(blocks).max(axis=1, keepdims=True) / np.float32(127)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
+    x = blocks * inv
+    q = (np.sign(x) * np.floor(np.abs(x) + np.float32(0.5))).astype(np.int8)
+    out = np.zeros((blocks.shape[0], 34), dtype=np.uint8)
+    out[:, :2] = d.astype(np.float16).view(np.uint8).reshape(-1, 2)
+    out[:, 2:] = q.view(np.uint8)
+    return out.tobytes()
 
 
 def write_gguf(path, kv, tensors):
@@ -256,6 +289,29 @@ def stories260k():
         if to_gguf("stories260k-lora-f16", ["--adapter", adapter, "--base", model, "--outtype", "f16", "-o", lora16]):
             compare_logprobs("stories260k-lora-f16", gguf, model, ids, [(adapter, lora16, 0.5)], tol=6e-2,
                              base_lp=base)
+    # Q8_0: the bytes gguf-py's quantizer makes, rows that are not whole
+    # blocks (ffn_down's 172) in F16, and llama.cpp runs it close to F32
+    q8 = os.path.join(TMP, "stories260k-q8_0.gguf")
+    if base is not None and to_gguf("stories260k-q8_0", [model, "--outtype", "q8_0", "-o", q8]):
+        kv, tensors = read_gguf(q8)
+        w = hm.load_safetensors(os.path.join(model, "model.safetensors"))
+        same = all(tensors[g][0] == 8 and tensors[g][2] == q8_0_reference(w[h].numpy())
+                   for g, h in [("token_embd.weight", "model.embed_tokens.weight"),
+                                ("blk.0.attn_v.weight", "model.layers.0.self_attn.v_proj.weight"),
+                                ("blk.4.ffn_gate.weight", "model.layers.4.mlp.gate_proj.weight")])
+        record("stories260k-q8_0-bytes", same and kv["general.file_type"] == 7 and tensors["blk.0.ffn_down.weight"][0] == 1
+               and tensors["blk.0.attn_norm.weight"][0] == 0,
+               "Q8_0 blocks byte for byte as gguf-py quantizes; ffn_down (rows of 172) F16, norms F32")
+        # llama.cpp quantizes the activations too (its Q8_0 dot products):
+        # the distributions, not each far-off token's log-probability, agree
+        ref = llama_cpp("probs", ["--model", q8, "--tokens", ",".join(map(str, ids))])
+        theirs = np.array([[-np.inf if v is None else v for v in row] for row in ref["logprobs"]])
+        p = np.exp(base)
+        kl = float(np.max(np.sum(p * (base - np.maximum(theirs, -1e4)), axis=1)))
+        top1 = float(np.mean(base.argmax(axis=1) == theirs.argmax(axis=1)))
+        record("stories260k-q8_0", kl < 0.01 and top1 == 1.0,
+               f"KL(F32 || llama.cpp Q8_0) at most {kl:.1e} per position (tol 1e-02), the same top token at "
+               f"{top1:.0%} of positions")
     # llama.cpp's file is the one llama.cpp's converter would write: metadata
     kv = read_gguf_metadata(gguf)
     ok = (kv["general.architecture"] == "llama" and kv["llama.attention.head_count_kv"] == 4 and

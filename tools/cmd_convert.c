@@ -18,23 +18,25 @@
 
 static const char *k_usage =
     "usage: lorac convert --from llama2c CHECKPOINT.bin [--tokenizer TOKENIZER.bin] -o MODEL_DIR\n"
-    "       lorac convert --to gguf MODEL_DIR -o MODEL.gguf [--outtype auto|f32|f16|bf16]\n"
+    "       lorac convert --to gguf MODEL_DIR -o MODEL.gguf [--outtype auto|f32|f16|bf16|q8_0]\n"
     "       lorac convert --to gguf --adapter ADAPTER_DIR --base MODEL_DIR -o ADAPTER.gguf [--outtype f32|f16|bf16]\n"
     "  --from llama2c writes config.json, model.safetensors (float32) and, with\n"
     "  --tokenizer, tokenizer.json. q/k rows move from llama2.c's interleaved\n"
     "  rotary layout to HuggingFace's rotate-half layout.\n"
     "  --to gguf writes a HuggingFace model, or a PEFT LoRA adapter of one, as\n"
     "  the GGUF file llama.cpp reads (llama-cli -m MODEL.gguf --lora ADAPTER.gguf).\n"
-    "  --outtype: the matrices' type; auto (models) keeps the model's own, f32\n"
-    "  is the default for adapters.\n";
+    "  --outtype: the matrices' type; auto (models) keeps the model's own, q8_0\n"
+    "  (models) is llama.cpp's 8-bit blocks, f32 is the default for adapters.\n";
 
-/* --outtype's value: LORAC_DTYPE_COUNT for auto */
-static lorac_dtype_t parse_outtype(const char *v, bool allow_auto) {
-    if (allow_auto && !strcmp(v, "auto")) return LORAC_DTYPE_COUNT;
-    if (!strcmp(v, "f32")) return LORAC_DTYPE_F32;
-    if (!strcmp(v, "f16")) return LORAC_DTYPE_F16;
-    if (!strcmp(v, "bf16")) return LORAC_DTYPE_BF16;
-    cli_usage_error("convert", "--outtype must be %sf32, f16 or bf16, not '%s'", allow_auto ? "auto, " : "", v);
+/* --outtype's value as a ggml type: auto (models), f32, f16, bf16, q8_0 (models) */
+static uint32_t parse_outtype(const char *v, bool model) {
+    if (model && !strcmp(v, "auto")) return LORAC_EXPORT_TYPE_AUTO;
+    if (model && !strcmp(v, "q8_0")) return LORAC_GGML_TYPE_Q8_0;
+    if (!strcmp(v, "f32")) return LORAC_GGML_TYPE_F32;
+    if (!strcmp(v, "f16")) return LORAC_GGML_TYPE_F16;
+    if (!strcmp(v, "bf16")) return LORAC_GGML_TYPE_BF16;
+    cli_usage_error("convert", "--outtype must be %s, not '%s'", model ? "auto, f32, f16, bf16 or q8_0" : "f32, f16 or bf16",
+                    v);
 }
 
 /* lorac convert --to gguf: a model directory, or an adapter with its base. */
@@ -43,13 +45,13 @@ static int convert_to_gguf(const char *model_dir, const char *adapter_dir, const
     if (!adapter_dir) {
         if (!model_dir) cli_usage_error("convert", "--to gguf needs MODEL_DIR (or --adapter DIR --base MODEL_DIR)");
         if (base_dir) cli_usage_error("convert", "--base goes with --adapter");
-        cli_check(lorac_export_model_gguf(model_dir, outtype ? parse_outtype(outtype, true) : LORAC_DTYPE_COUNT, out_path));
+        cli_check(lorac_export_model_gguf(model_dir, outtype ? parse_outtype(outtype, true) : LORAC_EXPORT_TYPE_AUTO, out_path));
         fprintf(stderr, "wrote %s (llama.cpp GGUF model) from %s\n", out_path, model_dir);
         return 0;
     }
     if (model_dir) cli_usage_error("convert", "give MODEL_DIR or --adapter, not both");
     if (!base_dir) cli_usage_error("convert", "--adapter needs --base MODEL_DIR (the adapter's base model)");
-    lorac_dtype_t d = outtype ? parse_outtype(outtype, false) : LORAC_DTYPE_F32;
+    uint32_t type = outtype ? parse_outtype(outtype, false) : LORAC_GGML_TYPE_F32;
     char *cfg_path = lorac_path_join(base_dir, "config.json");
     if (!cfg_path) cli_die("out of memory");
     size_t len = 0;
@@ -58,7 +60,6 @@ static int convert_to_gguf(const char *model_dir, const char *adapter_dir, const
     cli_check(lorac_model_config_parse(text, len, cfg_path, &config));
     lorac_adapter_t *adapter = NULL;
     cli_check(lorac_adapter_load(adapter_dir, &config, &adapter));
-    uint32_t type = d == LORAC_DTYPE_F16 ? LORAC_GGML_TYPE_F16 : d == LORAC_DTYPE_BF16 ? LORAC_GGML_TYPE_BF16 : LORAC_GGML_TYPE_F32;
     cli_check(lorac_export_adapter_gguf(adapter, &config, type, out_path));
     fprintf(stderr, "wrote %s (llama.cpp GGUF LoRA, %d modules, alpha %g) from %s\n", out_path,
             lorac_adapter_n_modules(adapter), (double)lorac_adapter_params(adapter)->alpha, adapter_dir);

@@ -59,19 +59,24 @@ lorac_status_t lorac_import_adapter_gguf(const char *path, const lorac_model_con
 lorac_status_t lorac_import_adapter_gguf_open(const lorac_gguf_t *g, const char *label,
                                               const lorac_model_config_t *config, lorac_adapter_t **out);
 
+/* lorac_export_model_gguf's type for "the model's own" (F32, F16 or BF16,
+ * the embedding's). */
+#define LORAC_EXPORT_TYPE_AUTO 0xffffffffu
+
 /* Writes the HuggingFace model in model_dir (config.json, safetensors
  * weights, tokenizer.json, and tokenizer_config.json's chat_template when
  * it has one) as a llama.cpp GGUF model at `path` (atomically), matrices in
- * `dtype` (F32, F16, BF16, or LORAC_DTYPE_COUNT for the embedding's own),
- * norms and biases in F32, as llama.cpp's convert_hf_to_gguf.py writes
- * them, for every architecture lorac runs (see gguf_model.c for each one's
- * conversions). The tokenizer must be one llama.cpp has (SentencePiece-style
- * BPE with byte fallback, or byte-level BPE with GPT-2's, Llama 3's,
- * Qwen2's or SmolLM's pre-tokenizer). A config llama.cpp would run
- * otherwise (Gemma windows on other layers, a multimodal checkpoint, ...)
- * is LORAC_STATUS_UNSUPPORTED, saying what; a window llama.cpp ignores
- * (Mistral, Phi-3) is written with a warning on stderr. */
-lorac_status_t lorac_export_model_gguf(const char *model_dir, lorac_dtype_t dtype, const char *path);
+ * `ggml_type` (F32, F16, BF16, Q8_0, or LORAC_EXPORT_TYPE_AUTO; a matrix
+ * whose rows are not whole Q8_0 blocks is F16), norms and biases in F32,
+ * as llama.cpp's convert_hf_to_gguf.py writes them, for every architecture
+ * lorac runs (see gguf_model.c for each one's conversions). The tokenizer
+ * must be one llama.cpp has (SentencePiece-style BPE with byte fallback, or
+ * byte-level BPE with GPT-2's, Llama 3's, Qwen2's or SmolLM's
+ * pre-tokenizer). A config llama.cpp would run otherwise (Gemma windows on
+ * other layers, a multimodal checkpoint, ...) is LORAC_STATUS_UNSUPPORTED,
+ * saying what; a window llama.cpp ignores (Mistral, Phi-3) is written with
+ * a warning on stderr. */
+lorac_status_t lorac_export_model_gguf(const char *model_dir, uint32_t ggml_type, const char *path);
 
 #ifdef __cplusplus
 }

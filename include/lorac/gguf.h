@@ -63,6 +63,7 @@ typedef enum {
 #define LORAC_GGML_TYPE_F32 0u
 #define LORAC_GGML_TYPE_F16 1u
 #define LORAC_GGML_TYPE_BF16 30u
+#define LORAC_GGML_TYPE_Q8_0 8u  /* blocks of 32: an f16 scale d, 32 int8 q; x = d·q */
 
 #define LORAC_GGUF_MAX_DIMS 4
 #define LORAC_GGUF_MAX_NAME 64          /* tensor names are shorter than this */
@@ -159,7 +160,8 @@ lorac_status_t lorac_gguf_set_array_string(lorac_gguf_writer_t *w, const char *k
 lorac_status_t lorac_gguf_set_array_f32(lorac_gguf_writer_t *w, const char *key, const float *values, int64_t n);
 lorac_status_t lorac_gguf_set_array_i32(lorac_gguf_writer_t *w, const char *key, const int32_t *values, int64_t n);
 
-/* A tensor of `type` (F32, F16 or BF16) and shape (outermost first);
+/* A tensor of `type` (F32, F16, BF16, or Q8_0 with rows of whole blocks)
+ * and shape (outermost first);
  * exactly one of data (kept by pointer until the write) and fill. */
 lorac_status_t lorac_gguf_add_tensor(lorac_gguf_writer_t *w, const char *name, uint32_t type, int32_t n_dims,
                                      const int64_t *shape, const void *data, lorac_gguf_fill_fn fill, void *user);

@@ -25,7 +25,7 @@
 #include "tokenizer/tok_gguf.h"
 
 /* llama.cpp's file types (llama_ftype) */
-enum { FTYPE_ALL_F32 = 0, FTYPE_MOSTLY_F16 = 1, FTYPE_MOSTLY_BF16 = 32 };
+enum { FTYPE_ALL_F32 = 0, FTYPE_MOSTLY_F16 = 1, FTYPE_MOSTLY_Q8_0 = 7, FTYPE_MOSTLY_BF16 = 32 };
 
 /* One tensor's source and conversion, for the writer's fill callback. */
 typedef struct {
@@ -47,22 +47,41 @@ static float element(const lorac_tensor_view_t *t, int64_t i) {
     }
 }
 
+/* One row of 32-element blocks as Q8_0, as ggml's reference quantizer
+ * (and llama.cpp's converter) makes them: d = max|x| / 127 stored as f16,
+ * q = round(x / d) half away from zero (0 where d is 0). */
+static void quantize_q8_0(uint8_t *dst, const float *x, int64_t n) {
+    for (int64_t b = 0; b < n / 32; b++, x += 32, dst += 34) {
+        float amax = 0.0f;
+        for (int k = 0; k < 32; k++) amax = fmaxf(amax, fabsf(x[k]));
+        float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        uint16_t h = lorac_f32_to_f16(d);
+        memcpy(dst, &h, 2);
+        for (int k = 0; k < 32; k++) dst[2 + k] = (uint8_t)(int8_t)roundf(x[k] * id);
+    }
+}
+
 static lorac_status_t fill_tensor(void *user, void *dst, uint64_t nbytes) {
     const tensor_job_t *j = user;
     (void)nbytes; /* the writer sized dst from the same shape and type */
     int64_t n = j->src->n_elements, cols = j->src->n_dims == 2 ? j->src->shape[1] : n, rows = n / (cols ? cols : 1);
+    float *row = malloc((size_t)(cols ? cols : 1) * sizeof *row);
+    if (!row) return lorac_error(LORAC_STATUS_NOMEM, "out of memory");
+    /* bytes of one row in the written type */
+    int64_t row_bytes = cols / lorac_ggml_block_size(j->type) * lorac_ggml_type_size(j->type);
     for (int64_t r = 0; r < rows; r++) {
         int64_t from = j->rotary ? lorac_export_rotary_row(j->config, r) : r;
-        for (int64_t c = 0; c < cols; c++) {
-            float v = element(j->src, from * cols + c) + j->shift;
-            int64_t at = r * cols + c;
-            if (j->type == LORAC_GGML_TYPE_F32) memcpy((uint8_t *)dst + 4 * at, &v, 4);
-            else {
-                uint16_t h = j->type == LORAC_GGML_TYPE_F16 ? lorac_f32_to_f16(v) : lorac_f32_to_bf16(v);
-                memcpy((uint8_t *)dst + 2 * at, &h, 2);
+        for (int64_t c = 0; c < cols; c++) row[c] = element(j->src, from * cols + c) + j->shift;
+        uint8_t *out = (uint8_t *)dst + r * row_bytes;
+        if (j->type == LORAC_GGML_TYPE_F32) memcpy(out, row, (size_t)cols * sizeof *row);
+        else if (j->type == LORAC_GGML_TYPE_Q8_0) quantize_q8_0(out, row, cols);
+        else
+            for (int64_t c = 0; c < cols; c++) {
+                uint16_t h = j->type == LORAC_GGML_TYPE_F16 ? lorac_f32_to_f16(row[c]) : lorac_f32_to_bf16(row[c]);
+                memcpy(out + 2 * c, &h, 2);
             }
-        }
     }
+    free(row);
     return LORAC_STATUS_OK;
 }
 
@@ -245,10 +264,11 @@ static char *read_chat_template(const char *dir) {
     return out;
 }
 
-lorac_status_t lorac_export_model_gguf(const char *model_dir, lorac_dtype_t dtype, const char *path) {
+lorac_status_t lorac_export_model_gguf(const char *model_dir, uint32_t ggml_type, const char *path) {
     if (!model_dir || !path) return lorac_error(LORAC_STATUS_INVALID_ARG, "export: NULL argument");
-    if (dtype != LORAC_DTYPE_F32 && dtype != LORAC_DTYPE_F16 && dtype != LORAC_DTYPE_BF16 && dtype != LORAC_DTYPE_COUNT)
-        return lorac_error(LORAC_STATUS_INVALID_ARG, "export: GGUF tensors are written as F32, F16 or BF16");
+    if (ggml_type != LORAC_GGML_TYPE_F32 && ggml_type != LORAC_GGML_TYPE_F16 && ggml_type != LORAC_GGML_TYPE_BF16 &&
+        ggml_type != LORAC_GGML_TYPE_Q8_0 && ggml_type != LORAC_EXPORT_TYPE_AUTO)
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "export: GGUF matrices are written as F32, F16, BF16 or Q8_0");
     lorac_model_config_t config;
     lorac_weight_files_t *files = NULL;
     lorac_tokenizer_t *tok = NULL;
@@ -291,7 +311,7 @@ lorac_status_t lorac_export_model_gguf(const char *model_dir, lorac_dtype_t dtyp
         s = lorac_error(LORAC_STATUS_FORMAT, "%s: missing tensor %s", model_dir, hf);
         goto done;
     }
-    uint32_t matrix_type = dtype == LORAC_DTYPE_COUNT ? ggml_type_of(embed->dtype) : ggml_type_of(dtype);
+    uint32_t matrix_type = ggml_type == LORAC_EXPORT_TYPE_AUTO ? ggml_type_of(embed->dtype) : ggml_type;
     s = lorac_gguf_set_string(w, "general.architecture", arch);
     if (!s) {
         const char *base = strrchr(model_dir, '/');
@@ -299,9 +319,10 @@ lorac_status_t lorac_export_model_gguf(const char *model_dir, lorac_dtype_t dtyp
         snprintf(model_name, sizeof model_name, "%s", base && base[1] ? base + 1 : model_dir);
         s = lorac_gguf_set_string(w, "general.name", model_name);
     }
-    if (!s) s = lorac_gguf_set_u32(w, "general.file_type", matrix_type == LORAC_GGML_TYPE_F32   ? FTYPE_ALL_F32
-                                                           : matrix_type == LORAC_GGML_TYPE_F16 ? FTYPE_MOSTLY_F16
-                                                                                                : FTYPE_MOSTLY_BF16);
+    if (!s) s = lorac_gguf_set_u32(w, "general.file_type", matrix_type == LORAC_GGML_TYPE_F32    ? FTYPE_ALL_F32
+                                                           : matrix_type == LORAC_GGML_TYPE_F16  ? FTYPE_MOSTLY_F16
+                                                           : matrix_type == LORAC_GGML_TYPE_Q8_0 ? FTYPE_MOSTLY_Q8_0
+                                                                                                 : FTYPE_MOSTLY_BF16);
     if (!s) s = set_hparams(w, &config, arch);
     if (!s) s = set_tokenizer(w, &vocab, (chat_template = read_chat_template(model_dir)));
 
@@ -340,8 +361,11 @@ lorac_status_t lorac_export_model_gguf(const char *model_dir, lorac_dtype_t dtyp
             tensor_job_t *j = &jobs[n_jobs++];
             j->src = t;
             j->config = &config;
-            /* vectors (norms, biases) stay f32, as llama.cpp's converter keeps them */
+            /* vectors (norms, biases) stay f32, as llama.cpp's converter
+             * keeps them; a matrix whose rows are not whole Q8_0 blocks
+             * falls back to f16, as there */
             j->type = nd == 1 ? LORAC_GGML_TYPE_F32 : matrix_type;
+            if (j->type == LORAC_GGML_TYPE_Q8_0 && shape[1] % 32) j->type = LORAC_GGML_TYPE_F16;
             j->rotary = kind == LORAC_TENSOR_Q || kind == LORAC_TENSOR_K || kind == LORAC_TENSOR_Q_BIAS ||
                         kind == LORAC_TENSOR_K_BIAS;
             j->shift = is_norm(kind) ? config.norm_offset : 0.0f;

@@ -698,16 +698,23 @@ lorac_status_t lorac_gguf_add_tensor(lorac_gguf_writer_t *w, const char *name, u
     if (strlen(name) >= LORAC_GGUF_MAX_NAME)
         return lorac_error(LORAC_STATUS_INVALID_ARG, "gguf writer: tensor name '%s' is longer than %d bytes", name,
                            LORAC_GGUF_MAX_NAME - 1);
-    if (type != LORAC_GGML_TYPE_F32 && type != LORAC_GGML_TYPE_F16 && type != LORAC_GGML_TYPE_BF16)
-        return lorac_error(LORAC_STATUS_INVALID_ARG, "gguf writer: tensor '%s': type %u is not F32, F16 or BF16", name, type);
+    if (type != LORAC_GGML_TYPE_F32 && type != LORAC_GGML_TYPE_F16 && type != LORAC_GGML_TYPE_BF16 &&
+        type != LORAC_GGML_TYPE_Q8_0)
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "gguf writer: tensor '%s': type %u is not F32, F16, BF16 or Q8_0",
+                           name, type);
     if (n_dims < 1 || n_dims > LORAC_GGUF_MAX_DIMS)
         return lorac_error(LORAC_STATUS_INVALID_ARG, "gguf writer: tensor '%s' has %d dims", name, n_dims);
     for (int64_t i = 0; i < w->n_tensors; i++)
         if (!strcmp(w->tensors[i].name, name))
             return lorac_error(LORAC_STATUS_INVALID_ARG, "gguf writer: tensor '%s' added twice", name);
+    /* bytes: rows of blocks (one element per block but for Q8_0's 32) */
+    int64_t block = lorac_ggml_block_size(type);
+    if (shape[n_dims - 1] % block)
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "gguf writer: tensor '%s': rows of %lld are not whole %s blocks",
+                           name, (long long)shape[n_dims - 1], lorac_ggml_type_name(type));
     uint64_t n = (uint64_t)lorac_ggml_type_size(type);
     for (int32_t d = 0; d < n_dims; d++)
-        if (shape[d] < 0 || lorac_mul_u64(n, (uint64_t)shape[d], &n))
+        if (shape[d] < 0 || lorac_mul_u64(n, (uint64_t)(d == n_dims - 1 ? shape[d] / block : shape[d]), &n))
             return lorac_error(LORAC_STATUS_INVALID_ARG, "gguf writer: tensor '%s': bad shape", name);
     if (w->n_tensors == w->cap_tensors) {
         int64_t cap = w->cap_tensors ? 2 * w->cap_tensors : 64;
