@@ -35,7 +35,8 @@ test is skipped, saying so, except in CI (CI=true), where it fails.
   * every other architecture lorac runs, with adapters: Gemma 2 and 3
     (windows, soft-caps, q/k norms, linear rope scaling; to 2e-2, as ggml's
     CPU GELU reads an f16 table), Phi-3 (fused projections, partial rotary,
-    longrope), Granite and SmolLM3 (NoPE layers);
+    longrope), Granite and SmolLM3 (NoPE layers); each adapter's GGUF file
+    read back by lorac gives its PEFT directory's logits;
   * refusals: a multimodal checkpoint's text, a Gemma 3 whose windows are
     not llama.cpp's, an adapter that does not fit --base, a bad --outtype:
     exit 1 or 2, a clear message; a window llama.cpp ignores (Mistral) is
@@ -370,8 +371,9 @@ def other_architectures():
     """Each of lorac's other architectures as a GGUF model, with a GGUF
     adapter, through llama.cpp: Gemma 2 and 3 (norms stored as 1 + w,
     windows on llama.cpp's layers, soft-caps), Phi-3 (fused projections,
-    partial rotary, a window on every layer; longrope as its two factor
-    tensors), Granite (multipliers) and SmolLM3 (NoPE layers)."""
+    partial rotary; longrope as its two factor tensors), Granite
+    (multipliers) and SmolLM3 (NoPE layers); each adapter file read back by
+    lorac gives its PEFT directory's logits."""
     tok = os.path.join(FIX, "tokenizers", "tinyllama-1.1b-chat-v1.0", "tokenizer.json")
     # llama.cpp's Phi-3 looks its chat tokens up in the vocabulary: Phi-3's
     # are Llama 2's vocabulary and these 11 added ones (32064 embedding rows)
@@ -426,6 +428,14 @@ def other_architectures():
         lora = os.path.join(TMP, name + "-lora.gguf")
         if base_lp is not None and to_gguf(name + "-lora-gguf", ["--adapter", adapter, "--base", model, "-o", lora]):
             compare_logprobs(name + "-lora", gguf, model, ids, [(adapter, lora, 0.7)], tol=tol, base_lp=base_lp)
+            # and read back by lorac as the same adapter
+            ids_s = " ".join(map(str, ids))
+            (peft_out, e1), (gguf_out, e2) = (lorac_logits(model, f"{adapter}:0.7", ids_s),
+                                              lorac_logits(model, f"{lora}:0.7", ids_s))
+            d = float(np.abs(peft_out - gguf_out).max() / np.abs(peft_out).max()) if peft_out is not None and \
+                gguf_out is not None else float("inf")
+            record(name + "-lora-read-back", d <= 1e-5, f"lorac with the GGUF LoRA vs its PEFT directory: rel {d:.1e}"
+                   + ("" if d <= 1e-5 else f" {e1.strip()[-300:]} {e2.strip()[-300:]}"))
 
 
 def read_vectors(name):

@@ -10,17 +10,18 @@
 #include "lorac/export.h"
 #include "lorac/gguf.h"
 
-/* The tensor a module adapts, in llama.cpp's names: Phi-3's fused groups
- * are its attn_qkv and ffn_up (gate and up rows in one tensor). */
-static const char *module_gguf_name(const lorac_lora_module_t *m) {
-    if (m->group_out) return m->target == LORAC_LORA_Q ? "attn_qkv" : "ffn_up";
-    return lorac_export_gguf_tensor(m->target == LORAC_LORA_Q      ? LORAC_TENSOR_Q
-                                    : m->target == LORAC_LORA_K    ? LORAC_TENSOR_K
-                                    : m->target == LORAC_LORA_V    ? LORAC_TENSOR_V
-                                    : m->target == LORAC_LORA_O    ? LORAC_TENSOR_O
-                                    : m->target == LORAC_LORA_GATE ? LORAC_TENSOR_GATE
-                                    : m->target == LORAC_LORA_UP   ? LORAC_TENSOR_UP
-                                                                   : LORAC_TENSOR_DOWN);
+/* The tensor of target t in llama.cpp's names, in a model with this
+ * config: Phi-3's fused groups, written under their first target (q, gate),
+ * are its attn_qkv and ffn_up (gate and up rows in one tensor); their other
+ * targets have no tensor of their own (NULL). */
+static const char *lora_tensor_name(const lorac_model_config_t *c, int t) {
+    int size, first = lorac_lora_group(c, t, &size);
+    if (size > 1) return t != first ? NULL : first == LORAC_LORA_Q ? "attn_qkv" : "ffn_up";
+    static const lorac_tensor_kind_t kinds[LORAC_LORA_COUNT] = {
+        [LORAC_LORA_Q] = LORAC_TENSOR_Q,       [LORAC_LORA_K] = LORAC_TENSOR_K,   [LORAC_LORA_V] = LORAC_TENSOR_V,
+        [LORAC_LORA_O] = LORAC_TENSOR_O,       [LORAC_LORA_GATE] = LORAC_TENSOR_GATE,
+        [LORAC_LORA_UP] = LORAC_TENSOR_UP,     [LORAC_LORA_DOWN] = LORAC_TENSOR_DOWN};
+    return lorac_export_gguf_tensor(kinds[t]);
 }
 
 /* n f32 values into `type` (F32, F16 or BF16) at dst. */
@@ -80,9 +81,10 @@ lorac_status_t lorac_export_adapter_gguf(const lorac_adapter_t *adapter, const l
         }
         char name[LORAC_GGUF_MAX_NAME];
         const int64_t shape_a[2] = {r, m->in}, shape_b[2] = {out, r};
-        snprintf(name, sizeof name, "blk.%d.%s.weight.lora_a", (int)m->layer, module_gguf_name(m));
+        const char *tensor = lora_tensor_name(config, m->target);
+        snprintf(name, sizeof name, "blk.%d.%s.weight.lora_a", (int)m->layer, tensor);
         s = lorac_gguf_add_tensor(w, name, ggml_type, 2, shape_a, A, NULL, NULL);
-        snprintf(name, sizeof name, "blk.%d.%s.weight.lora_b", (int)m->layer, module_gguf_name(m));
+        snprintf(name, sizeof name, "blk.%d.%s.weight.lora_b", (int)m->layer, tensor);
         if (!s) s = lorac_gguf_add_tensor(w, name, ggml_type, 2, shape_b, B, NULL, NULL);
     }
     if (!s) s = lorac_gguf_write(w, path);
@@ -98,20 +100,9 @@ lorac_status_t lorac_export_adapter_gguf(const lorac_adapter_t *adapter, const l
 /* The target a llama.cpp tensor name adapts in a model with this config
  * (Phi-3's attn_qkv and fused ffn_up: the group's first), or -1. */
 static int target_of_gguf(const lorac_model_config_t *c, const char *name, size_t len) {
-    static const struct {
-        const char *name;
-        lorac_lora_target_t target;
-    } k_map[] = {{"attn_q", LORAC_LORA_Q},   {"attn_k", LORAC_LORA_K},       {"attn_v", LORAC_LORA_V},
-                 {"attn_output", LORAC_LORA_O}, {"ffn_gate", LORAC_LORA_GATE}, {"ffn_up", LORAC_LORA_UP},
-                 {"ffn_down", LORAC_LORA_DOWN}, {"attn_qkv", LORAC_LORA_Q}};
-    for (size_t i = 0; i < sizeof k_map / sizeof k_map[0]; i++) {
-        if (strlen(k_map[i].name) != len || memcmp(k_map[i].name, name, len)) continue;
-        bool fused_name = !strcmp(k_map[i].name, "attn_qkv");
-        if (c->fused_proj && (k_map[i].target == LORAC_LORA_Q || k_map[i].target == LORAC_LORA_K ||
-                              k_map[i].target == LORAC_LORA_V || k_map[i].target == LORAC_LORA_GATE))
-            return fused_name ? LORAC_LORA_Q : -1;
-        if (c->fused_proj && k_map[i].target == LORAC_LORA_UP) return LORAC_LORA_GATE; /* gate and up rows */
-        return fused_name ? -1 : (int)k_map[i].target;
+    for (int t = 0; t < LORAC_LORA_COUNT; t++) {
+        const char *n = lora_tensor_name(c, t);
+        if (n && strlen(n) == len && !memcmp(n, name, len)) return t;
     }
     return -1;
 }
