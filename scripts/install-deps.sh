@@ -3,6 +3,7 @@
 #   install-deps.sh build   compiler, CMake, cJSON, PCRE2, libmicrohttpd
 #   install-deps.sh test    + PyTorch/NumPy for the reference tests, clang for fuzzing and
 #                           ThreadSanitizer, npm for the OpenAI Node client test of lorac serve
+#                           and the llama.cpp (node-llama-cpp) checks of the GGUF files
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libcjson-dev libpcre2-dev libmicrohttpd-dev)
 if [ "${1:-build}" = test ]; then
