@@ -147,6 +147,17 @@ def lorac_logits(model, adapter, ids):
     return (np.load(out) if rc == 0 else None), err
 
 
+def compare_adapters(name, model, spec_a, spec_b, ids, tol, what):
+    """lorac's logits with adapter spec_a against spec_b (DIR_OR_FILE[:SCALE]);
+    records max|d| / max|a| <= tol."""
+    (a, err_a), (b, err_b) = lorac_logits(model, spec_a, ids), lorac_logits(model, spec_b, ids)
+    if a is None or b is None:
+        record(name, False, f"lorac logits failed: {err_a.strip()[-300:]} {err_b.strip()[-300:]}")
+        return
+    d = float(np.abs(a - b).max() / np.abs(a).max())
+    record(name, d <= tol, f"{what}: rel {d:.1e} (tol {tol:.0e})")
+
+
 def to_gguf(name, args):
     rc, _, err = lorac(["convert", "--to", "gguf"] + args)
     if rc != 0:
@@ -429,13 +440,8 @@ def other_architectures():
         if base_lp is not None and to_gguf(name + "-lora-gguf", ["--adapter", adapter, "--base", model, "-o", lora]):
             compare_logprobs(name + "-lora", gguf, model, ids, [(adapter, lora, 0.7)], tol=tol, base_lp=base_lp)
             # and read back by lorac as the same adapter
-            ids_s = " ".join(map(str, ids))
-            (peft_out, e1), (gguf_out, e2) = (lorac_logits(model, f"{adapter}:0.7", ids_s),
-                                              lorac_logits(model, f"{lora}:0.7", ids_s))
-            d = float(np.abs(peft_out - gguf_out).max() / np.abs(peft_out).max()) if peft_out is not None and \
-                gguf_out is not None else float("inf")
-            record(name + "-lora-read-back", d <= 1e-5, f"lorac with the GGUF LoRA vs its PEFT directory: rel {d:.1e}"
-                   + ("" if d <= 1e-5 else f" {e1.strip()[-300:]} {e2.strip()[-300:]}"))
+            compare_adapters(name + "-lora-read-back", model, f"{adapter}:0.7", f"{lora}:0.7",
+                             " ".join(map(str, ids)), 1e-5, "lorac with the GGUF LoRA vs its PEFT directory")
 
 
 def read_vectors(name):
@@ -575,19 +581,10 @@ def gguf_adapters_read_back():
     model = os.path.join(TMP, "stories260k")
     ids = "1 403 407 261 378 343 266 301 358 409"
     peft_dir, gguf = os.path.join(TMP, "stories260k-adapter"), os.path.join(TMP, "stories260k-lora.gguf")
-    outs = []
-    for spec in (f"{peft_dir}:0.5", f"{gguf}:0.5"):
-        out, err = lorac_logits(model, spec, ids)
-        if out is None:
-            record("read-gguf-lora", False, err.strip()[-500:])
-            return
-        outs.append(out)
-    d = float(np.abs(outs[0] - outs[1]).max() / np.abs(outs[0]).max())
-    record("read-gguf-lora", d <= 1e-5, f"logits with the GGUF LoRA vs its PEFT directory: rel {d:.1e} (tol 1e-05)")
+    compare_adapters("read-gguf-lora", model, f"{peft_dir}:0.5", f"{gguf}:0.5", ids, 1e-5,
+                     "logits with the GGUF LoRA vs its PEFT directory")
 
     # a file from another writer: q and v of layer 1, alpha absent (scale 1)
-    with open(os.path.join(model, "config.json")) as f:
-        c = json.load(f)
     rng = np.random.default_rng(5)
     A_q, B_q = rng.standard_normal((3, 64)) * 0.2, rng.standard_normal((64, 3)) * 0.2
     A_v, B_v = rng.standard_normal((3, 64)) * 0.2, rng.standard_normal((32, 3)) * 0.2
@@ -610,16 +607,8 @@ def gguf_adapters_read_back():
          "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight": torch.tensor(B_v, dtype=torch.float32)}
     pr.write_adapter(peft_same, {"r": 3, "lora_alpha": 3, "target_modules": ["q_proj", "v_proj"],
                                  "layers_to_transform": [1]}, t)
-    outs = []
-    for spec in (peft_same, other):
-        out, err = lorac_logits(model, spec, ids)
-        if out is None:
-            record("read-gguf-other-writer", False, err.strip()[-500:])
-            return
-        outs.append(out)
-    d = float(np.abs(outs[0] - outs[1]).max() / np.abs(outs[0]).max())
-    record("read-gguf-other-writer", d <= 1e-6, f"F32/F16 tensors, no alpha, permuted q rows: rel {d:.1e} against "
-           "the same adapter as PEFT's files (tol 1e-06)")
+    compare_adapters("read-gguf-other-writer", model, peft_same, other, ids, 1e-6,
+                     "F32/F16 tensors, no alpha, permuted q rows, against the same adapter as PEFT's files")
 
     # serve: NAME.gguf in --adapters answers as lorac generate with it
     adapters = os.path.join(TMP, "serve-adapters")

@@ -9,6 +9,7 @@
 #include "lora/lora_internal.h"
 #include "lorac/export.h"
 #include "lorac/gguf.h"
+#include "lorac/kernels.h"
 
 /* The tensor of target t in llama.cpp's names, in a model with this
  * config: Phi-3's fused groups, written under their first target (q, gate),
@@ -22,17 +23,6 @@ static const char *lora_tensor_name(const lorac_model_config_t *c, int t) {
         [LORAC_LORA_O] = LORAC_TENSOR_O,       [LORAC_LORA_GATE] = LORAC_TENSOR_GATE,
         [LORAC_LORA_UP] = LORAC_TENSOR_UP,     [LORAC_LORA_DOWN] = LORAC_TENSOR_DOWN};
     return lorac_export_gguf_tensor(kinds[t]);
-}
-
-/* n f32 values into `type` (F32, F16 or BF16) at dst. */
-static void store(void *dst, const float *src, int64_t n, uint32_t type) {
-    if (type == LORAC_GGML_TYPE_F32) {
-        memcpy(dst, src, (size_t)n * sizeof *src);
-        return;
-    }
-    uint16_t *h = dst;
-    for (int64_t i = 0; i < n; i++)
-        h[i] = type == LORAC_GGML_TYPE_F16 ? lorac_f32_to_f16(src[i]) : lorac_f32_to_bf16(src[i]);
 }
 
 lorac_status_t lorac_export_adapter_gguf(const lorac_adapter_t *adapter, const lorac_model_config_t *config,
@@ -71,13 +61,13 @@ lorac_status_t lorac_export_adapter_gguf(const lorac_adapter_t *adapter, const l
             s = lorac_error(LORAC_STATUS_NOMEM, "%s: out of memory", path);
             break;
         }
-        store(A, m->A, r * m->in, ggml_type);
+        lorac_export_store(A, m->A, r * m->in, ggml_type);
         /* q's and k's rows permuted where llama.cpp permutes the base's */
         bool rotary = !m->group_out && (m->target == LORAC_LORA_Q || m->target == LORAC_LORA_K);
         for (int64_t o = 0; o < out; o++) {
             int64_t src = rotary ? lorac_export_rotary_row(config, o) : o;
             for (int64_t k = 0; k < r; k++) row[k] = m->B[src * r + k] * factor;
-            store((uint8_t *)B + (size_t)(o * r) * esize, row, r, ggml_type);
+            lorac_export_store((uint8_t *)B + (size_t)(o * r) * esize, row, r, ggml_type);
         }
         char name[LORAC_GGUF_MAX_NAME];
         const int64_t shape_a[2] = {r, m->in}, shape_b[2] = {out, r};
@@ -105,19 +95,6 @@ static int target_of_gguf(const lorac_model_config_t *c, const char *name, size_
         if (n && strlen(n) == len && !memcmp(n, name, len)) return t;
     }
     return -1;
-}
-
-/* One element of a F32/F16/BF16 tensor as f32. */
-static float gguf_element(const lorac_gguf_tensor_t *t, int64_t i) {
-    const uint8_t *p = t->data;
-    uint16_t h;
-    float f;
-    if (t->type == LORAC_GGML_TYPE_F32) {
-        memcpy(&f, p + 4 * i, 4);
-        return f;
-    }
-    memcpy(&h, p + 2 * i, 2);
-    return t->type == LORAC_GGML_TYPE_F16 ? lorac_f16_to_f32(h) : lorac_bf16_to_f32(h);
 }
 
 typedef struct {
@@ -209,7 +186,7 @@ lorac_status_t lorac_import_adapter_gguf_open(const lorac_gguf_t *g, const char 
                                        : "its layer is past the model's last");
             goto done;
         }
-        if (t->type != LORAC_GGML_TYPE_F32 && t->type != LORAC_GGML_TYPE_F16 && t->type != LORAC_GGML_TYPE_BF16) {
+        if (lorac_export_dtype(t->type) == LORAC_DTYPE_COUNT) {
             s = lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: tensor '%s' is %s; lorac reads F32, F16 and BF16 LoRAs",
                             path, name, lorac_ggml_type_name(t->type));
             goto done;
@@ -268,11 +245,13 @@ lorac_status_t lorac_import_adapter_gguf_open(const lorac_gguf_t *g, const char 
         if (m->in_group) continue;
         const gguf_pair_t *p = &pairs[m->layer * LORAC_LORA_COUNT + m->target];
         int64_t rows = m->group_out ? m->group_out : m->out;
-        for (int64_t j = 0; j < (int64_t)m->r * m->in; j++) m->A[j] = gguf_element(p->a, j);
+        lorac_convert_to_f32(m->A, p->a->data, lorac_export_dtype(p->a->type), (int64_t)m->r * m->in);
         bool rotary = !m->group_out && (m->target == LORAC_LORA_Q || m->target == LORAC_LORA_K);
+        lorac_dtype_t bt = lorac_export_dtype(p->b->type);
         for (int64_t o = 0; o < rows; o++) { /* GGUF row o holds HF row rotary_row(o) */
             int64_t dst = rotary ? lorac_export_rotary_row(config, o) : o;
-            for (int64_t k = 0; k < m->r; k++) m->B[dst * m->r + k] = gguf_element(p->b, o * m->r + k);
+            lorac_convert_to_f32(m->B + dst * m->r, (const uint8_t *)p->b->data + (size_t)(o * m->r) * lorac_dtype_size(bt),
+                                 bt, m->r);
         }
     }
     for (int32_t i = 0; i < lorac_adapter_n_modules(*out); i++) {

@@ -20,6 +20,7 @@
 #include "export/export_internal.h"
 #include "lorac/export.h"
 #include "lorac/gguf.h"
+#include "lorac/kernels.h"
 #include "lorac/safetensors.h"
 #include "lorac/tokenizer.h"
 #include "tokenizer/tok_gguf.h"
@@ -36,57 +37,24 @@ typedef struct {
     const lorac_model_config_t *config;
 } tensor_job_t;
 
-static float element(const lorac_tensor_view_t *t, int64_t i) {
-    const uint8_t *p = (const uint8_t *)t->data;
-    uint16_t h;
-    float f;
-    switch (t->dtype) {
-    case LORAC_DTYPE_F32: memcpy(&f, p + 4 * i, 4); return f;
-    case LORAC_DTYPE_BF16: memcpy(&h, p + 2 * i, 2); return lorac_bf16_to_f32(h);
-    default: memcpy(&h, p + 2 * i, 2); return lorac_f16_to_f32(h);
-    }
-}
-
-/* One row of 32-element blocks as Q8_0, as ggml's reference quantizer
- * (and llama.cpp's converter) makes them: d = max|x| / 127 stored as f16,
- * q = round(x / d) half away from zero (0 where d is 0). */
-static void quantize_q8_0(uint8_t *dst, const float *x, int64_t n) {
-    for (int64_t b = 0; b < n / 32; b++, x += 32, dst += 34) {
-        float amax = 0.0f;
-        for (int k = 0; k < 32; k++) amax = fmaxf(amax, fabsf(x[k]));
-        float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
-        uint16_t h = lorac_f32_to_f16(d);
-        memcpy(dst, &h, 2);
-        for (int k = 0; k < 32; k++) dst[2 + k] = (uint8_t)(int8_t)roundf(x[k] * id);
-    }
-}
-
 static lorac_status_t fill_tensor(void *user, void *dst, uint64_t nbytes) {
     const tensor_job_t *j = user;
     (void)nbytes; /* the writer sized dst from the same shape and type */
     int64_t n = j->src->n_elements, cols = j->src->n_dims == 2 ? j->src->shape[1] : n, rows = n / (cols ? cols : 1);
+    size_t src_row = (size_t)cols * lorac_dtype_size(j->src->dtype);
     float *row = malloc((size_t)(cols ? cols : 1) * sizeof *row);
     if (!row) return lorac_error(LORAC_STATUS_NOMEM, "out of memory");
     /* bytes of one row in the written type */
     int64_t row_bytes = cols / lorac_ggml_block_size(j->type) * lorac_ggml_type_size(j->type);
     for (int64_t r = 0; r < rows; r++) {
         int64_t from = j->rotary ? lorac_export_rotary_row(j->config, r) : r;
-        for (int64_t c = 0; c < cols; c++) row[c] = element(j->src, from * cols + c) + j->shift;
-        uint8_t *out = (uint8_t *)dst + r * row_bytes;
-        if (j->type == LORAC_GGML_TYPE_F32) memcpy(out, row, (size_t)cols * sizeof *row);
-        else if (j->type == LORAC_GGML_TYPE_Q8_0) quantize_q8_0(out, row, cols);
-        else
-            for (int64_t c = 0; c < cols; c++) {
-                uint16_t h = j->type == LORAC_GGML_TYPE_F16 ? lorac_f32_to_f16(row[c]) : lorac_f32_to_bf16(row[c]);
-                memcpy(out + 2 * c, &h, 2);
-            }
+        lorac_convert_to_f32(row, (const uint8_t *)j->src->data + (size_t)from * src_row, j->src->dtype, cols);
+        if (j->shift != 0.0f)
+            for (int64_t c = 0; c < cols; c++) row[c] += j->shift;
+        lorac_export_store((uint8_t *)dst + r * row_bytes, row, cols, j->type);
     }
     free(row);
     return LORAC_STATUS_OK;
-}
-
-static uint32_t ggml_type_of(lorac_dtype_t d) {
-    return d == LORAC_DTYPE_BF16 ? LORAC_GGML_TYPE_BF16 : d == LORAC_DTYPE_F16 ? LORAC_GGML_TYPE_F16 : LORAC_GGML_TYPE_F32;
 }
 
 static bool layer_windowed(const lorac_model_config_t *c, int32_t l) { return lorac_model_layer_window(c, l) > 0; }
@@ -311,7 +279,7 @@ lorac_status_t lorac_export_model_gguf(const char *model_dir, uint32_t ggml_type
         s = lorac_error(LORAC_STATUS_FORMAT, "%s: missing tensor %s", model_dir, hf);
         goto done;
     }
-    uint32_t matrix_type = ggml_type == LORAC_EXPORT_TYPE_AUTO ? ggml_type_of(embed->dtype) : ggml_type;
+    uint32_t matrix_type = ggml_type == LORAC_EXPORT_TYPE_AUTO ? lorac_export_ggml_type(embed->dtype) : ggml_type;
     s = lorac_gguf_set_string(w, "general.architecture", arch);
     if (!s) {
         const char *base = strrchr(model_dir, '/');

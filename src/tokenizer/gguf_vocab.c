@@ -79,15 +79,6 @@ static merge_t *sorted_merges(const lorac_tokenizer_t *tok, int64_t *n) {
     return out;
 }
 
-static char *dup_str(const char *s, size_t n) {
-    char *p = malloc(n + 1);
-    if (p) {
-        memcpy(p, s, n);
-        p[n] = '\0';
-    }
-    return p;
-}
-
 lorac_status_t tok_gguf_vocab(const lorac_tokenizer_t *tok, int32_t n_vocab, tok_gguf_vocab_t *out) {
     memset(out, 0, sizeof *out);
     if (tok->n_ids > n_vocab)
@@ -129,7 +120,7 @@ lorac_status_t tok_gguf_vocab(const lorac_tokenizer_t *tok, int32_t n_vocab, tok
         char pad[32];
         const char *s = id < tok->n_ids && tok->tokens[id].s ? tok->tokens[id].s : NULL;
         size_t len = s ? (size_t)tok->tokens[id].len : (size_t)snprintf(pad, sizeof pad, "[PAD%d]", (int)id);
-        out->tokens[id] = dup_str(s ? s : pad, len);
+        out->tokens[id] = tok_strndup(s ? s : pad, len);
         out->token_lens[id] = len;
         if (!out->tokens[id]) {
             free(merges);

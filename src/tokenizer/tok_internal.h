@@ -39,6 +39,9 @@ typedef struct {
 
 int tok_buf_add(tok_buf_t *b, const void *data, size_t n); /* 0, or -1 on OOM */
 
+/* A NUL-terminated malloc'd copy of n bytes at s; NULL on OOM. */
+char *tok_strndup(const char *s, size_t n);
+
 /* Token strings by id; a NULL entry is an id no token uses. */
 typedef struct {
     char *s;

@@ -188,3 +188,12 @@ void tok_find_byte_ids(lorac_tokenizer_t *tok) {
         tok->byte_ids[b] = tok_model_lookup(tok, name, 6);
     }
 }
+
+char *tok_strndup(const char *s, size_t n) {
+    char *p = malloc(n + 1);
+    if (p) {
+        memcpy(p, s, n);
+        p[n] = '\0';
+    }
+    return p;
+}

@@ -44,12 +44,6 @@ void lorac_tokenizer_free(lorac_tokenizer_t *tok) {
     free(tok);
 }
 
-static char *dup_mem(const char *s, size_t n) {
-    char *p = malloc(n + 1);
-    if (p) { memcpy(p, s, n); p[n] = '\0'; }
-    return p;
-}
-
 /* Parsing context: the tokenizer being built and the file's label. */
 typedef struct {
     lorac_tokenizer_t *tok;
@@ -97,7 +91,7 @@ static lorac_status_t add_norm(ctx_t *c, const cJSON *n) {
         if (!cJSON_IsString(p)) return lorac_error(LORAC_STATUS_FORMAT, "%s: normalizer Prepend needs a string 'prepend'", c->label);
         nm->type = TOK_NORM_PREPEND;
         nm->alen = strlen(p->valuestring);
-        nm->a = dup_mem(p->valuestring, nm->alen);
+        nm->a = tok_strndup(p->valuestring, nm->alen);
         if (!nm->a) return lorac_error(LORAC_STATUS_NOMEM, "%s: out of memory", c->label);
     } else if (strcmp(type, "Replace") == 0) {
         const char *pat;
@@ -110,8 +104,8 @@ static lorac_status_t add_norm(ctx_t *c, const cJSON *n) {
         nm->type = TOK_NORM_REPLACE;
         nm->alen = strlen(pat);
         nm->blen = strlen(content->valuestring);
-        nm->a = dup_mem(pat, nm->alen);
-        nm->b = dup_mem(content->valuestring, nm->blen);
+        nm->a = tok_strndup(pat, nm->alen);
+        nm->b = tok_strndup(content->valuestring, nm->blen);
         if (!nm->a || !nm->b) { free(nm->a); free(nm->b); nm->a = nm->b = NULL; return lorac_error(LORAC_STATUS_NOMEM, "%s: out of memory", c->label); }
     } else if (strcmp(type, "NFC") == 0) {
         nm->type = TOK_NORM_NFC;
@@ -139,7 +133,7 @@ static lorac_status_t add_split(ctx_t *c, const char *pat, size_t len, bool lite
     if (!p) return LORAC_STATUS_UNSUPPORTED;
     lorac_status_t st;
     p->re = tok_regex_compile(pat, len, literal, c->label, &st);
-    p->pattern = dup_mem(pat, len);
+    p->pattern = tok_strndup(pat, len);
     p->pattern_len = len;
     if (!st && !p->pattern) st = lorac_error(LORAC_STATUS_NOMEM, "%s: out of memory", c->label);
     p->behavior = b;
@@ -261,8 +255,8 @@ static lorac_status_t add_dec(ctx_t *c, const cJSON *n) {
     } else {
         return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: decoder '%s' is not supported", c->label, type);
     }
-    if (a && !(d->a = dup_mem(a, d->alen = strlen(a)))) return lorac_error(LORAC_STATUS_NOMEM, "%s: out of memory", c->label);
-    if (b && !(d->b = dup_mem(b, d->blen = strlen(b)))) { free(d->a); d->a = NULL; return lorac_error(LORAC_STATUS_NOMEM, "%s: out of memory", c->label); }
+    if (a && !(d->a = tok_strndup(a, d->alen = strlen(a)))) return lorac_error(LORAC_STATUS_NOMEM, "%s: out of memory", c->label);
+    if (b && !(d->b = tok_strndup(b, d->blen = strlen(b)))) { free(d->a); d->a = NULL; return lorac_error(LORAC_STATUS_NOMEM, "%s: out of memory", c->label); }
     tok->n_decs++;
     return LORAC_STATUS_OK;
 }
