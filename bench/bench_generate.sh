@@ -13,6 +13,9 @@
 #     otherwise uses the netlib reference BLAS;
 # and the decode rate against the memory-bandwidth bound
 # (read bandwidth / bytes of weights read per token).
+# MODELS="gpt2" (not in the default) adds a random GPT-2-124M-shaped model
+# (dim 768, 12 layers, 12 heads, 1024 positions, vocab 50257, tied head)
+# with GPT-2's tokenizer, against torch_generate.py's GPT-2 decoder.
 # Not a test: timings depend on the machine and on what else runs on it.
 #
 # Usage: bench/bench_generate.sh            (after `make build`)
@@ -116,9 +119,13 @@ for m in $MODELS; do
     d=$OUT/$m-$dt
     if [ ! -f "$d/model.safetensors" ] || [ ! -f "$d/tokenizer.json" ]; then
       log "# writing $d"
-      # shellcheck disable=SC2046
-      $PY tests/reference/hf_model.py "$d" $(shape_args "$m") --dtype "$dt" --std 0.02 --seed 1 \
-        --tokenizer "$TOKJSON" >/dev/null
+      if [ "$m" = gpt2 ]; then
+        $PY tests/reference/gpt2_ref.py "$d" --dtype "$dt" --seed 1 --tokenizer "$FIX/tokenizers/gpt2/tokenizer.json" >/dev/null
+      else
+        # shellcheck disable=SC2046
+        $PY tests/reference/hf_model.py "$d" $(shape_args "$m") --dtype "$dt" --std 0.02 --seed 1 \
+          --tokenizer "$TOKJSON" >/dev/null
+      fi
     fi
   done
 done
@@ -187,19 +194,21 @@ done
 $PY - "$RES" "$OUT" "$BW" "$BW_SRC" "$THREADS" "$N" "$REPS" "$OB_CORE" <<'EOF'
 import json, os, struct, sys
 res, out, bw, bw_src, threads, n, reps, ob_core = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7], sys.argv[8]
-names = {"s15m": "TinyStories-15M shape", "s110m": "TinyStories-110M shape"}
+names = {"s15m": "TinyStories-15M shape", "s110m": "TinyStories-110M shape", "gpt2": "GPT-2 124M shape"}
 
 def bytes_per_token(d):
     """Weight bytes one decode step reads: every tensor once, except the
-    embedding table of which only one row is read (unless it is also the head)."""
+    embedding table of which only one row is read (unless it is also the head)
+    and GPT-2's position table (one row)."""
     c = json.load(open(os.path.join(d, "config.json")))
+    tied = c.get("tie_word_embeddings", c.get("model_type") == "gpt2")
     with open(os.path.join(d, "model.safetensors"), "rb") as f:
         h = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
     h.pop("__metadata__", None)
     tot = 0
     for k, v in h.items():
         nb = v["data_offsets"][1] - v["data_offsets"][0]
-        if k == "model.embed_tokens.weight" and not c.get("tie_word_embeddings"):
+        if (k in ("model.embed_tokens.weight", "transformer.wte.weight") and not tied) or k == "transformer.wpe.weight":
             nb //= v["shape"][0]
         tot += nb
     return tot

@@ -1,4 +1,5 @@
 """PyTorch peer for bench/bench_generate.sh: greedy generation with a KV cache.
+(LLaMA-family models, and GPT-2 ones: TorchGPT2.)
 
 An efficient plain-PyTorch LLaMA decoder (the semantics of
 tests/reference/hf_model.py, written for speed): torch.inference_mode,
@@ -20,6 +21,7 @@ OPENBLAS_CORETYPE as bench/openblas_env.sh sets it to give torch OpenBLAS (bench
 """
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -29,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "reference"))
+import gpt2_ref as g2  # noqa: E402
 import hf_model as hm  # noqa: E402
 
 
@@ -174,6 +177,73 @@ class TorchLlama:
         return out, t1 - t0, t2 - t1
 
 
+class TorchGPT2(TorchLlama):
+    """GPT-2 (tests/reference/gpt2_ref.py's semantics, for speed as
+    TorchLlama): learned positions, LayerNorms, fused c_attn with its bias
+    (the Conv1D weights transposed once to (out, in) for F.linear / mv),
+    a GELU MLP, the tied head."""
+
+    def __init__(self, model_dir, dtype, max_seq):
+        c, w = g2.load_model(model_dir)
+        self.c = c
+        self.model_dir = model_dir
+        dt = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype]
+        self.dt = dt
+        self.D, self.H, self.L = c["n_embd"], c["n_head"], c["n_layer"]
+        self.KV, self.hd = self.H, self.D // self.H
+        self.eps = float(c.get("layer_norm_epsilon", 1e-5))
+
+        def get(n, t=False):
+            x = w[n].to(dt)
+            return (x.t() if t else x).contiguous()
+
+        p = "transformer."
+        self.embed = get(p + "wte.weight")
+        self.pos = get(p + "wpe.weight")
+        self.norm = (get(p + "ln_f.weight"), get(p + "ln_f.bias"))
+        self.head = get("lm_head.weight") if "lm_head.weight" in w else self.embed
+        self.layers = []
+        for i in range(self.L):
+            q = f"{p}h.{i}."
+            self.layers.append(dict(
+                ln1=(get(q + "ln_1.weight"), get(q + "ln_1.bias")), ln2=(get(q + "ln_2.weight"), get(q + "ln_2.bias")),
+                wqkv=get(q + "attn.c_attn.weight", True), bqkv=get(q + "attn.c_attn.bias"),
+                wo=get(q + "attn.c_proj.weight", True), bo=get(q + "attn.c_proj.bias"),
+                wfc=get(q + "mlp.c_fc.weight", True), bfc=get(q + "mlp.c_fc.bias"),
+                w2=get(q + "mlp.c_proj.weight", True), b2=get(q + "mlp.c_proj.bias")))
+        self.kcache = torch.zeros(self.L, self.H, max_seq, self.hd, dtype=dt)
+        self.vcache = torch.zeros(self.L, self.H, max_seq, self.hd, dtype=dt)
+        self.max_seq = max_seq
+
+    def forward(self, ids, pos0):
+        T = ids.shape[0]
+        H, hd, D = self.H, self.hd, self.D
+        S = pos0 + T
+        mask = torch.ones(T, S, dtype=torch.bool).tril(diagonal=pos0).logical_not() if T > 1 else None
+        x = self.embed[ids] + self.pos[pos0:S]
+        for l, ly in enumerate(self.layers):
+            h = F.layer_norm(x, (D,), *ly["ln1"], self.eps)
+            q, k, v = self.lin(h, ly["wqkv"], ly["bqkv"]).split([D, D, D], dim=-1)
+            q = q.view(T, H, hd).transpose(0, 1)
+            self.kcache[l, :, pos0:S] = k.view(T, H, hd).transpose(0, 1)
+            self.vcache[l, :, pos0:S] = v.view(T, H, hd).transpose(0, 1)
+            att = torch.bmm(q, self.kcache[l, :, :S].transpose(1, 2)) * (1.0 / math.sqrt(hd))
+            if mask is not None:
+                att = att.masked_fill(mask, float("-inf"))
+            att = torch.softmax(att.float(), dim=-1).to(self.dt)
+            o = torch.bmm(att, self.vcache[l, :, :S]).transpose(0, 1).reshape(T, D)
+            x = x + self.lin(o, ly["wo"], ly["bo"])
+            h = F.layer_norm(x, (D,), *ly["ln2"], self.eps)
+            x = x + self.lin(F.gelu(self.lin(h, ly["wfc"], ly["bfc"]), approximate="tanh"), ly["w2"], ly["b2"])
+        x = F.layer_norm(x[-1:], (D,), *self.norm, self.eps)
+        return self.lin(x, self.head)[0]
+
+
+def is_gpt2(model_dir):
+    with open(os.path.join(model_dir, "config.json")) as f:
+        return json.load(f).get("model_type") == "gpt2"
+
+
 def check(m, prompt, dtype):
     """The KV-cache decoder against the float64 reference, on this model."""
     seq = list(prompt)
@@ -181,8 +251,12 @@ def check(m, prompt, dtype):
     for _ in range(3):
         seq.append(int(torch.argmax(got[-1])))
         got.append(m.forward(torch.tensor(seq[-1:]), len(seq) - 1))
-    c, w = hm.load_model(m_dir_of(m))
-    ref = hm.llama_forward(w, c, seq)[len(prompt) - 1:]
+    if isinstance(m, TorchGPT2):
+        c, w = g2.load_model(m_dir_of(m))
+        ref = g2.forward(w, c, seq)[len(prompt) - 1:]
+    else:
+        c, w = hm.load_model(m_dir_of(m))
+        ref = hm.llama_forward(w, c, seq)[len(prompt) - 1:]
     got = torch.stack([g.double() for g in got])
     r = float((got - ref).abs().max() / ref.abs().max())
     tol = 1e-4 if dtype == "f32" else 5e-2
@@ -213,7 +287,7 @@ def main():
     torch.set_num_threads(a.threads)
     prompt = [int(x) for x in a.ids.split()]
     with torch.inference_mode():
-        m = TorchLlama(a.model, a.dtype, len(prompt) + a.n + 1)
+        m = (TorchGPT2 if is_gpt2(a.model) else TorchLlama)(a.model, a.dtype, len(prompt) + a.n + 1)
         if a.check:
             check(m, prompt, a.dtype)
         m.generate(prompt, 4)  # warm-up

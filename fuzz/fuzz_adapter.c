@@ -7,9 +7,12 @@
  * Input layout: byte 0 flags (bit 0 set: check against the small model
  * config below; clear: sizes inferred from the tensors, as `lorac inspect`
  * does without -m; bit 1 with bit 0: the same model as Phi-3, its q/k/v
- * and gate/up fused into qkv_proj and gate_up_proj), bytes 1..4 the little-endian length N of the config
+ * and gate/up fused into qkv_proj and gate_up_proj; bit 2 with bit 0 (and
+ * not bit 1): as GPT-2, q/k/v in c_attn and no gate), bytes 1..4 the little-endian length N of the config
  * JSON, N bytes of JSON, then the safetensors bytes. */
+#include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -48,8 +51,10 @@ static void check_loaded(lorac_adapter_t *a, const lorac_model_config_t *c) {
         if (m->r < 1 || m->in < 1 || m->out < 1) abort();
         if (c && (m->layer >= c->n_layers || lorac_adapter_find(a, m->layer, m->target) != m)) abort();
         /* a fused group's B (its first module's) spans every member's rows */
-        if (m->group_out && (!c || !c->fused_proj || m->group_out < m->out)) abort();
-        if (m->in_group && (!c || !c->fused_proj || m->A != a_prev_A(a, i))) abort();
+        bool fused = c && (c->fused_proj || c->fused_qkv);
+        if (m->group_out && (!fused || m->group_out < m->out)) abort();
+        if (m->in_group && (!fused || m->A != a_prev_A(a, i))) abort();
+        if (c && c->plain_mlp && m->target == LORAC_LORA_GATE) abort(); /* GPT-2 has no gate */
         /* touch both ends of A and B */
         int64_t rows = m->group_out ? m->group_out : m->out;
         volatile float sink = m->A[0] + m->A[(int64_t)m->r * m->in - 1] + m->B[0] + m->B[rows * m->r - 1];
@@ -70,7 +75,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     memcpy(json, data + 5, n);
     memcpy(st, data + 5 + n, st_len);
     lorac_model_config_t c = small_config();
-    if (data[0] & 2) c.arch = LORAC_ARCH_PHI3, c.fused_proj = true, c.rotary_dim = c.head_dim;
+    if (data[0] & 2) {
+        c.arch = LORAC_ARCH_PHI3, c.fused_proj = true, c.rotary_dim = c.head_dim;
+    } else if (data[0] & 4) { /* GPT-2: no grouped-query heads either */
+        c.arch = LORAC_ARCH_GPT2, c.fused_qkv = c.plain_mlp = c.layer_norm = c.learned_positions = true;
+        c.n_kv_heads = c.n_heads, c.rotary_dim = 0;
+        snprintf(c.arch_name, sizeof c.arch_name, "GPT2LMHeadModel");
+        snprintf(c.module_prefix, sizeof c.module_prefix, "transformer");
+    }
     lorac_adapter_t *a = NULL;
     if (lorac_adapter_load_memory(json, n, st, st_len, with_model ? &c : NULL, &a) == LORAC_STATUS_OK) {
         check_loaded(a, with_model ? &c : NULL);

@@ -56,6 +56,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "reference"))
+import gpt2_ref as g2  # noqa: E402
 import hf_model as hm  # noqa: E402
 import peft_ref as pr  # noqa: E402
 
@@ -444,6 +445,34 @@ def other_architectures():
                              " ".join(map(str, ids)), 1e-5, "lorac with the GGUF LoRA vs its PEFT directory")
 
 
+def gpt2():
+    """GPT-2 (GPT2LMHeadModel) with GPT-2's tokenizer as llama.cpp's "gpt2":
+    learned positions, LayerNorms with biases, Conv1D weights transposed
+    to (out, in), the tied head written as output too; a LoRA on c_attn,
+    both c_proj and c_fc, read back by lorac as well."""
+    model = os.path.join(TMP, "gpt2")
+    c = g2.make_config(D=64, L=2, H=4, V=50257, n_positions=64, n_inner=96)
+    c, _ = g2.make_random_model(model, c, seed=31)
+    shutil.copyfile(os.path.join(FIX, "tokenizers", "gpt2", "tokenizer.json"), os.path.join(model, "tokenizer.json"))
+    gguf = os.path.join(TMP, "gpt2.gguf")
+    if not to_gguf("gpt2-gguf", [model, "-o", gguf]):
+        return
+    # "The quick brown fox jumps over the lazy dog. It was a sunny day" in GPT-2's ids
+    ids = [464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 13, 632, 373, 257, 27737, 1110]
+    # ggml's CPU GELU reads a table of f16 values (see other_architectures):
+    # 7.7e-4 here
+    base_lp = compare_logprobs("gpt2-base", gguf, model, ids, tol=5e-3)
+    adapter = os.path.join(TMP, "gpt2-adapter")
+    mods = {f"h.{l}.{m}": 4 for l in range(c["n_layer"]) for m in g2.MODULES}
+    g2.write_adapter(adapter, {"r": 4, "lora_alpha": 16, "target_modules": ["c_attn", "c_proj", "c_fc"]},
+                     g2.random_adapter(c, mods, 41))
+    lora = os.path.join(TMP, "gpt2-lora.gguf")
+    if base_lp is not None and to_gguf("gpt2-lora-gguf", ["--adapter", adapter, "--base", model, "-o", lora]):
+        compare_logprobs("gpt2-lora", gguf, model, ids, [(adapter, lora, 0.7)], tol=5e-3, base_lp=base_lp)
+        compare_adapters("gpt2-lora-read-back", model, f"{adapter}:0.7", f"{lora}:0.7", " ".join(map(str, ids)), 1e-5,
+                         "lorac with the GGUF LoRA vs its PEFT directory")
+
+
 def read_vectors(name):
     with open(os.path.join(VECTORS, f"ggml-vocab-{name}.gguf.inp"), encoding="utf-8") as f:
         texts = f.read().split("\n__ggml_vocab_test__\n")
@@ -716,7 +745,7 @@ def main():
     os.makedirs(TMP)
     only = os.environ.get("LORAC_TEST_ONLY")
     for case in (stories260k, gguf_adapters_read_back, qwen2_gpt2_tokenizer, qwen3_and_llama3_rope,
-                 other_architectures, tokenization, vocab_metadata, refusals):
+                 other_architectures, gpt2, tokenization, vocab_metadata, refusals):
         if only and case.__name__ not in only.split(","):
             continue
         try:

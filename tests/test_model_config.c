@@ -1,5 +1,7 @@
 /* config.json parsing: the supported architectures and a table of malformed
  * inputs, each of which must fail with a message naming the problem. */
+#include <string.h>
+
 #include "lorac/model.h"
 #include "testlib.h"
 
@@ -295,11 +297,32 @@ int main(void) {
                 LORAC_STATUS_FORMAT, "query_pre_attn_scalar");
     expect_fail("{\"architectures\": [\"Gemma3ForCausalLM\"], " BASE ", \"sliding_window_pattern\": 0}",
                 LORAC_STATUS_FORMAT, "sliding_window_pattern");
+    /* GPT-2 (GPT2Config's names, and its defaults, the 124M model's, for what is left out) */
+    expect_ok("{\"architectures\": [\"GPT2LMHeadModel\"]}", &c);
+    CHECK(c.arch == LORAC_ARCH_GPT2 && c.hidden_size == 768 && c.n_layers == 12 && c.n_heads == 12 && c.n_kv_heads == 12);
+    CHECK(c.head_dim == 64 && c.intermediate_size == 3072 && c.vocab_size == 50257 && c.max_position_embeddings == 1024);
+    CHECK(c.layer_norm && c.learned_positions && c.plain_mlp && c.fused_qkv && c.qkv_bias && c.o_bias && c.mlp_bias);
+    CHECK(c.rotary_dim == 0 && !lorac_model_layer_has_rope(&c, 0) && c.tie_word_embeddings && c.query_scale == 1.0f);
+    CHECK(c.bos_id == 50256 && c.n_eos == 1 && c.eos_ids[0] == 50256 && strcmp(c.tensor_prefix, "transformer") == 0);
+    CHECK_NEAR(c.rms_norm_eps, 1e-5, 1e-12);
+    expect_ok("{\"architectures\": [\"GPT2LMHeadModel\"], \"n_embd\": 48, \"n_head\": 3, \"n_layer\": 2, "
+              "\"n_inner\": 100, \"n_positions\": 32, \"layer_norm_epsilon\": 1e-3, \"scale_attn_weights\": false, "
+              "\"tie_word_embeddings\": false, \"activation_function\": \"gelu_pytorch_tanh\"}", &c);
+    CHECK(c.head_dim == 16 && c.intermediate_size == 100 && c.max_position_embeddings == 32 && !c.tie_word_embeddings);
+    CHECK_NEAR(c.query_scale, 4.0, 1e-6); /* unscaled scores: q times sqrt(head_dim) undoes the kernels' scale */
+    expect_fail("{\"architectures\": [\"GPT2LMHeadModel\"], \"n_embd\": 50, \"n_head\": 3}", LORAC_STATUS_FORMAT,
+                "must be a multiple of n_head");
+    expect_fail("{\"architectures\": [\"GPT2LMHeadModel\"], \"activation_function\": \"gelu\"}",
+                LORAC_STATUS_UNSUPPORTED, "activation_function \"gelu\"");
+    expect_fail("{\"architectures\": [\"GPT2LMHeadModel\"], \"add_cross_attention\": true}", LORAC_STATUS_UNSUPPORTED,
+                "add_cross_attention");
+    expect_fail("{\"architectures\": [\"GPT2LMHeadModel\"], \"n_positions\": 0}", LORAC_STATUS_FORMAT, "n_positions");
+    expect_fail("{\"architectures\": [\"GPT2LMHeadModel\"], \"n_inner\": \"big\"}", LORAC_STATUS_FORMAT, "n_inner");
     expect_fail("", LORAC_STATUS_FORMAT, "not valid JSON");
     expect_fail("{\"architectures\": [\"LlamaForCausalLM\"], ", LORAC_STATUS_FORMAT, "not valid JSON");
     expect_fail("[1, 2]", LORAC_STATUS_FORMAT, "not a JSON object");
     expect_fail("{" BASE "}", LORAC_STATUS_FORMAT, "architectures");
-    expect_fail("{\"architectures\": [\"GPT2LMHeadModel\"], " BASE "}", LORAC_STATUS_UNSUPPORTED, "GPT2LMHeadModel");
+    expect_fail("{\"architectures\": [\"FalconForCausalLM\"], " BASE "}", LORAC_STATUS_UNSUPPORTED, "FalconForCausalLM");
     expect_fail("{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 64}", LORAC_STATUS_FORMAT, "missing field \"vocab_size\"");
     expect_fail("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"num_key_value_heads\": 3}", LORAC_STATUS_FORMAT, "multiple");
     expect_fail("{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": -64, \"intermediate_size\": 172, "

@@ -1,6 +1,7 @@
 /* The elementwise kernels — RMSNorm (forward, backward with the weight
  * gradient; also with Gemma's (1 + w) weight), SwiGLU and GeGLU (forward,
- * backward) and rotary (forward, backward; and
+ * backward), GPT-2's LayerNorm (its dx against finite differences) and
+ * GELU, and rotary (forward, backward; and
  * from a table of its cosines and sines, bitwise equal to those) —
  * the softmax and the inference attention against direct double-precision formulas, at a size that runs threaded
  * (above LORAC_PARALLEL_MIN_ELEMS) and at one row (decode, unthreaded),
@@ -527,6 +528,77 @@ static void check_classifier_crossentropy(void) {
     }
 }
 
+/* Σ_c dout[c] · LayerNorm(xt)[c] in double (the loss whose gradient
+ * lorac_layernorm_backward gives), weight w, bias bias */
+static double layernorm_loss(const double *xt, const float *dy, const float *bias) {
+    double mu = 0, var = 0, l = 0;
+    for (int c = 0; c < C; c++) mu += xt[c];
+    mu /= C;
+    for (int c = 0; c < C; c++) var += (xt[c] - mu) * (xt[c] - mu);
+    double r = 1.0 / sqrt(var / C + 1e-5);
+    for (int c = 0; c < C; c++) l += dy[c] * ((xt[c] - mu) * r * w[c] + bias[c]);
+    return l;
+}
+
+/* GPT-2's LayerNorm and GELU: the forward against double, the LayerNorm's
+ * input gradient against central finite differences of layernorm_loss,
+ * GELU's against gelu_grad_ref; T rows threaded and 1 row, and the same
+ * bits at 1 and 3 threads. */
+static void check_layernorm_gelu(void) {
+    static float out[N], mean[T], rstd[T], dx[N], gl[N], dg[N], out3[N], dx3[N], gl3[N], dg3[N], bias[C];
+    for (int c = 0; c < C; c++) bias[c] = 0.3f * frand();
+    for (int rows = T; rows >= 1; rows = rows == T ? 1 : 0) {
+        int64_t n = (int64_t)rows * C;
+        for (int threads = 1; threads <= 3; threads += 2) {
+            lorac_kernels_set_threads(threads);
+            float *o = threads == 1 ? out : out3, *d = threads == 1 ? dx : dx3;
+            float *g = threads == 1 ? gl : gl3, *dgl = threads == 1 ? dg : dg3;
+            lorac_layernorm_forward(o, mean, rstd, x, w, bias, 1e-5f, rows, C);
+            memset(d, 0, sizeof(float) * (size_t)n);
+            lorac_layernorm_backward(d, dout, x, w, mean, rstd, rows, C);
+            lorac_gelu_forward(g, x, n);
+            lorac_gelu_backward(dgl, dout, x, n);
+        }
+        CHECK_MSG(memcmp(out, out3, sizeof(float) * (size_t)n) == 0 && memcmp(dx, dx3, sizeof(float) * (size_t)n) == 0 &&
+                  memcmp(gl, gl3, sizeof(float) * (size_t)n) == 0 && memcmp(dg, dg3, sizeof(float) * (size_t)n) == 0,
+                  "%d rows: LayerNorm or GELU differ between 1 and 3 threads", rows);
+        double e_fwd = 0, m_fwd = 0, e_fd = 0, m_fd = 0, e_g = 0, e_dg = 0;
+        static double xt[C];
+        for (int t = 0; t < rows; t++) {
+            for (int c = 0; c < C; c++) xt[c] = x[t * C + c];
+            double mu = 0, var = 0;
+            for (int c = 0; c < C; c++) mu += xt[c];
+            mu /= C;
+            for (int c = 0; c < C; c++) var += (xt[c] - mu) * (xt[c] - mu);
+            double r = 1.0 / sqrt(var / C + 1e-5);
+            for (int c = 0; c < C; c++) {
+                double ref = (xt[c] - mu) * r * w[c] + bias[c];
+                e_fwd = fmax(e_fwd, fabs(out[t * C + c] - ref)), m_fwd = fmax(m_fwd, fabs(ref));
+            }
+            for (int c = 0; c < C && t < 4; c++) { /* finite differences on a few rows: C² work a row */
+                const double h = 1e-4;
+                double keep = xt[c];
+                xt[c] = keep + h;
+                double lp = layernorm_loss(xt, dout + t * C, bias);
+                xt[c] = keep - h;
+                double lm = layernorm_loss(xt, dout + t * C, bias);
+                xt[c] = keep;
+                double fd = (lp - lm) / (2 * h);
+                e_fd = fmax(e_fd, fabs(dx[t * C + c] - fd)), m_fd = fmax(m_fd, fabs(fd));
+            }
+        }
+        for (int64_t i = 0; i < n; i++) {
+            e_g = fmax(e_g, fabs(gl[i] - gelu_ref(x[i])) / fmax(1.0, fabs(gelu_ref(x[i]))));
+            double want = dout[i] * gelu_grad_ref(x[i]);
+            e_dg = fmax(e_dg, fabs(dg[i] - want) / fmax(1.0, fabs(want)));
+        }
+        printf("  layernorm %d rows: forward %.2g, dx vs finite differences %.2g; gelu %.2g, gelu' %.2g\n", rows,
+               e_fwd / m_fwd, e_fd / m_fd, e_g, e_dg);
+        CHECK_MSG(e_fwd / m_fwd < 2e-6 && e_fd / m_fd < 1e-5 && e_g < 2e-6 && e_dg < 4e-6,
+                  "%d rows: layernorm %.2g, its dx %.2g, gelu %.2g, gelu' %.2g", rows, e_fwd / m_fwd, e_fd / m_fd, e_g, e_dg);
+    }
+}
+
 int main(void) {
     for (int i = 0; i < N; i++) x[i] = 3.0f * frand(), dout[i] = frand(), up[i] = frand();
     /* gates over the whole useful range of the sigmoid, both tails included */
@@ -563,6 +635,7 @@ int main(void) {
         }
     }
     check_geglu_range();
+    check_layernorm_gelu();
     check_rope_partial();
     check_attention();
     check_logsumexp();

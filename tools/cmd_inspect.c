@@ -204,7 +204,10 @@ static int inspect_model(const char *path, int json) {
                 window_layers_text(&cfg, layers, sizeof layers);
                 printf("  sliding window %d positions, layers %s\n", cfg.sliding_window, layers);
             }
-            if (cfg.rotary_dim != cfg.head_dim)
+            if (cfg.learned_positions)
+                printf("  positions     learned, %d (no rotary); LayerNorm, GELU MLP, fused c_attn, biases\n",
+                       cfg.max_position_embeddings);
+            else if (cfg.rotary_dim != cfg.head_dim)
                 printf("  rotary        the first %d of each head's %d values\n", cfg.rotary_dim, cfg.head_dim);
             if (cfg.rope_longrope)
                 printf("  rope scaling  longrope: short factors up to %d positions, long ones past them; attention "
@@ -286,15 +289,17 @@ static const char *kind_name(const adapter_report_t *rp, int t) {
     return rp->have_model ? lorac_lora_module_name(&rp->mc, (lorac_lora_target_t)t) : lorac_lora_target_name((lorac_lora_target_t)t);
 }
 
-/* "layers.3.self_attn.q_proj"; a fused module's rows "layers.3.self_attn.qkv_proj[q]" */
+/* "layers.3.self_attn.q_proj" (the module's path past the decoder's
+ * prefix); a fused module's rows "layers.3.self_attn.qkv_proj[q]",
+ * GPT-2's "h.3.attn.c_attn[q]" */
 static void module_label(const adapter_report_t *rp, const lorac_lora_module_t *m, char *buf, size_t cap) {
-    const char *block = m->target <= LORAC_LORA_O ? "self_attn" : "mlp";
-    if (!m->in_group && !m->group_out) {
-        snprintf(buf, cap, "layers.%d.%s.%s", m->layer, block, lorac_lora_target_name(m->target));
-        return;
-    }
+    char path[160];
+    lorac_lora_module_path(&rp->mc, m->layer, m->target, path, sizeof path);
+    const char *label = strstr(path, rp->mc.arch == LORAC_ARCH_GPT2 ? ".h." : ".layers.");
+    label = label ? label + 1 : path;
     static const char *const rows[LORAC_LORA_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};
-    snprintf(buf, cap, "layers.%d.%s.%s[%s]", m->layer, block, lorac_lora_module_name(&rp->mc, m->target), rows[m->target]);
+    if (!m->in_group && !m->group_out) snprintf(buf, cap, "%s", label);
+    else snprintf(buf, cap, "%s[%s]", label, rows[m->target]);
 }
 
 static const char *bytes_text(int64_t n, char *buf, size_t cap) {

@@ -148,6 +148,15 @@ void lorac_swiglu_forward(float *out, const float *gate, const float *up, int64_
 /* out (T,H) = gelu(gate) * up with GELU's tanh approximation,
  * gelu(g) = g/2 · (1 + tanh(sqrt(2/π) · (g + 0.044715 g³))) (GeGLU). */
 void lorac_geglu_forward(float *out, const float *gate, const float *up, int64_t T, int64_t H);
+/* out (T,C) = (x - mean) / sqrt(var + eps) * w + b per row: LayerNorm
+ * (GPT-2's), var the biased variance as torch's; w and b (C) f32.
+ * mean and rstd (T), when not NULL, receive each row's mean and
+ * 1/sqrt(var + eps) for the backward pass. out may be x (in place). */
+void lorac_layernorm_forward(float *out, float *mean, float *rstd, const float *x, const float *w, const float *b,
+                             float eps, int64_t T, int64_t C);
+/* out (n) = gelu(x) with the tanh approximation (GPT-2's "gelu_new");
+ * out may be x. */
+void lorac_gelu_forward(float *out, const float *x, int64_t n);
 /* Rotary embedding, HuggingFace rotate-half layout, in place on x (T, n_heads, head_dim);
  * positions (T); inv_freq (head_dim/2). */
 void lorac_rope_forward(float *x, const int32_t *positions, const float *inv_freq,
@@ -195,6 +204,12 @@ void lorac_swiglu_backward(float *dgate, float *dup, const float *dout, const fl
 /* The same for lorac_geglu_forward's gelu(gate)*up. */
 void lorac_geglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                           int64_t T, int64_t H);
+/* dx (T,C) += the gradient through lorac_layernorm_forward of dout, given
+ * its x, w, mean and rstd (the weight and bias are frozen: no dw, db). */
+void lorac_layernorm_backward(float *dx, const float *dout, const float *x, const float *w, const float *mean,
+                              const float *rstd, int64_t T, int64_t C);
+/* dx (n) = dout · gelu'(x) for lorac_gelu_forward (set, not accumulated). */
+void lorac_gelu_backward(float *dx, const float *dout, const float *x, int64_t n);
 /* The inverse rotation of lorac_rope_forward, in place on dx (T, n_heads, head_dim). */
 void lorac_rope_backward(float *dx, const int32_t *positions, const float *inv_freq,
                          int64_t T, int64_t n_heads, int64_t head_dim);

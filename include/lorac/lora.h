@@ -38,11 +38,21 @@ typedef enum {
 /* "q_proj", ... */
 const char *lorac_lora_target_name(lorac_lora_target_t t);
 /* PEFT's name of the module that holds target t in a model with this
- * config: the target's own, or Phi-3's fused "qkv_proj" / "gate_up_proj". */
+ * config: the target's own, Phi-3's fused "qkv_proj" / "gate_up_proj", or
+ * GPT-2's "c_attn" (q, k, v), "attn.c_proj" (o), "c_fc" (up),
+ * "mlp.c_proj" (down). */
 const char *lorac_lora_module_name(const lorac_model_config_t *c, lorac_lora_target_t t);
+/* The module's path in the HuggingFace model, as PEFT names it, into buf:
+ * "model.layers.3.self_attn.q_proj" (Phi-3's q, k and v:
+ * "model.layers.3.self_attn.qkv_proj"; a multimodal Gemma 3's under its
+ * module_prefix), GPT-2's "transformer.h.3.attn.c_attn" (q, k and v),
+ * ".attn.c_proj", ".mlp.c_fc", ".mlp.c_proj". */
+void lorac_lora_module_path(const lorac_model_config_t *c, int32_t layer, int t, char *buf, size_t cap);
 /* Parses "q_proj,v_proj" or "all-linear" into a bit mask (1 << target);
  * Phi-3's fused modules "qkv_proj" and "gate_up_proj" set q, k, v and
- * gate, up (on a model without them, the same three and two separately). */
+ * gate, up (on a model without them, the same three and two separately);
+ * GPT-2's "c_attn" sets q, k, v, "c_fc" up, "attn.c_proj" o, "mlp.c_proj"
+ * down and "c_proj" both, as PEFT's suffix match selects both. */
 lorac_status_t lorac_lora_parse_targets(const char *text, uint32_t *mask);
 /* Parses "0-3,7" into a per-layer mask of n_layers bytes (1 = adapted);
  * NULL or "" or "all" selects every layer. */

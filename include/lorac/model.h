@@ -10,9 +10,11 @@
  * Supported architectures (config.json "architectures"[0]): LlamaForCausalLM,
  * MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM,
  * GraniteForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, the text
- * model of Gemma3ForConditionalGeneration, and Phi3ForCausalLM. Tensor
+ * model of Gemma3ForConditionalGeneration, Phi3ForCausalLM, and
+ * GPT2LMHeadModel (LayerNorm, learned positions, a plain GELU MLP). Tensor
  * names follow HuggingFace ("model.layers.%d.self_attn.q_proj.weight",
- * ...), mapped in one table in src/model/tensor_names.c.
+ * "transformer.h.%d.attn.c_attn.weight", ...), mapped in one table in
+ * src/model/tensor_names.c.
  */
 #ifndef LORAC_MODEL_H
 #define LORAC_MODEL_H
@@ -37,7 +39,8 @@ typedef enum {
     LORAC_ARCH_GRANITE,
     LORAC_ARCH_GEMMA3,
     LORAC_ARCH_GEMMA2,
-    LORAC_ARCH_PHI3
+    LORAC_ARCH_PHI3,
+    LORAC_ARCH_GPT2
 } lorac_arch_t;
 
 /* The MLP's activation: silu(gate)·up (SwiGLU), or gelu(gate)·up with
@@ -59,7 +62,7 @@ typedef struct {
     int32_t n_kv_heads;           /* < n_heads: grouped-query attention */
     int32_t head_dim;             /* hidden_size / n_heads unless "head_dim" says */
     int32_t max_position_embeddings;
-    float rms_norm_eps;
+    float rms_norm_eps;           /* the norms' eps (GPT-2's LayerNorm's "layer_norm_epsilon") */
     float rope_theta;
     /* Llama-3 "rope_scaling": {"rope_type": "llama3", ...}; 0 when absent */
     bool rope_llama3;
@@ -128,6 +131,14 @@ typedef struct {
      * other towers (vision) are not run. */
     char module_prefix[32], tensor_prefix[32];
     bool text_of_multimodal;
+    /* GPT-2: every norm is a LayerNorm with a bias (layer_norm); the
+     * positions are a learned table added to the embedding
+     * (learned_positions: no rotary, rotary_dim 0, at most
+     * max_position_embeddings positions); the MLP is
+     * down(gelu(up(x))) with no gate (plain_mlp); q, k and v are one fused
+     * c_attn with a bias (fused_qkv); and the files hold each projection
+     * as a Conv1D weight, (in, out), which lorac_model_load transposes. */
+    bool layer_norm, learned_positions, plain_mlp, fused_qkv;
     int32_t bos_id;               /* -1 when absent */
     int32_t n_eos;                /* eos_token_id may be a list */
     int32_t eos_ids[LORAC_MAX_EOS_IDS];
@@ -141,7 +152,7 @@ static inline int lorac_model_rope_long(const lorac_model_config_t *c, int64_t s
 
 /* 0 for a layer that applies no rotary embedding to q and k (SmolLM3's NoPE layers), else 1. */
 static inline int lorac_model_layer_has_rope(const lorac_model_config_t *c, int32_t layer) {
-    return !((c->nope_layers[layer >> 6] >> (layer & 63)) & 1u);
+    return c->rotary_dim > 0 && !((c->nope_layers[layer >> 6] >> (layer & 63)) & 1u);
 }
 
 /* The attention window of a layer: sliding_window for a windowed layer, 0

@@ -6,7 +6,9 @@
  * the rope_freqs tensor), Qwen2, Qwen3, Granite (its four multipliers),
  * SmolLM3, Gemma 2 and 3 (norm weights stored as 1 + w, as llama.cpp's
  * RMSNorm multiplies by the weight alone; soft-caps; windows) and Phi-3
- * (fused projections; longrope as its two factor tensors). Where llama.cpp
+ * (fused projections; longrope as its two factor tensors), and GPT-2
+ * (its Conv1D weights transposed to (out, in), as the converter does, and
+ * a tied head written as "output" too, as there). Where llama.cpp
  * fixes by architecture what a config may vary (which layers have a window,
  * Gemma's attention scale, SmolLM3's NoPE layers), a config that differs
  * is refused rather than written into a file that would compute something
@@ -33,6 +35,7 @@ typedef struct {
     const lorac_tensor_view_t *src;
     uint32_t type;                  /* ggml type written */
     bool rotary;                    /* q or k of an architecture whose rows are permuted */
+    bool transpose;                 /* a GPT-2 Conv1D weight: (in, out) in the file, written (out, in) */
     float shift;                    /* added to every value: Gemma's norms are 1 + w */
     const lorac_model_config_t *config;
 } tensor_job_t;
@@ -40,15 +43,20 @@ typedef struct {
 static lorac_status_t fill_tensor(void *user, void *dst, uint64_t nbytes) {
     const tensor_job_t *j = user;
     (void)nbytes; /* the writer sized dst from the same shape and type */
-    int64_t n = j->src->n_elements, cols = j->src->n_dims == 2 ? j->src->shape[1] : n, rows = n / (cols ? cols : 1);
-    size_t src_row = (size_t)cols * lorac_dtype_size(j->src->dtype);
+    int64_t n = j->src->n_elements, cols = j->src->n_dims == 2 ? j->src->shape[j->transpose ? 0 : 1] : n;
+    int64_t rows = n / (cols ? cols : 1);
+    size_t es = lorac_dtype_size(j->src->dtype), src_row = (size_t)cols * es;
     float *row = malloc((size_t)(cols ? cols : 1) * sizeof *row);
     if (!row) return lorac_error(LORAC_STATUS_NOMEM, "out of memory");
     /* bytes of one row in the written type */
     int64_t row_bytes = cols / lorac_ggml_block_size(j->type) * lorac_ggml_type_size(j->type);
     for (int64_t r = 0; r < rows; r++) {
         int64_t from = j->rotary ? lorac_export_rotary_row(j->config, r) : r;
-        lorac_convert_to_f32(row, (const uint8_t *)j->src->data + (size_t)from * src_row, j->src->dtype, cols);
+        if (j->transpose) /* row r is column r of the (in, out) weight */
+            for (int64_t c = 0; c < cols; c++)
+                lorac_convert_to_f32(row + c, (const uint8_t *)j->src->data + (size_t)(c * rows + r) * es, j->src->dtype, 1);
+        else
+            lorac_convert_to_f32(row, (const uint8_t *)j->src->data + (size_t)from * src_row, j->src->dtype, cols);
         if (j->shift != 0.0f)
             for (int64_t c = 0; c < cols; c++) row[c] += j->shift;
         lorac_export_store((uint8_t *)dst + r * row_bytes, row, cols, j->type);
@@ -82,7 +90,9 @@ static bool gemma_scale_matches(const lorac_model_config_t *c) {
 static lorac_status_t check_exportable(const lorac_model_config_t *c, const char *dir) {
     const char *why = NULL;
     bool gemma = c->arch == LORAC_ARCH_GEMMA2 || c->arch == LORAC_ARCH_GEMMA3;
-    if (c->text_of_multimodal)
+    if (!lorac_export_gguf_arch(c))
+        why = "lorac writes no llama.cpp file of this architecture yet";
+    else if (c->text_of_multimodal)
         why = "a multimodal checkpoint's text model is not written (llama.cpp keeps the vision tower in a separate mmproj file)";
     else if (gemma && c->sliding_window && !windows_match(c, c->arch == LORAC_ARCH_GEMMA2 ? 2 : 6))
         why = "its windowed layers are not the ones llama.cpp windows (Gemma 2: every other one; Gemma 3: all but every 6th)";
@@ -94,7 +104,7 @@ static lorac_status_t check_exportable(const lorac_model_config_t *c, const char
         for (int32_t l = 0; l < c->n_layers && !why; l++)
             if (lorac_model_layer_has_rope(c, l) != ((l + 1) % 4 != 0))
                 why = "llama.cpp's SmolLM3 has no rotary in every 4th layer exactly";
-    } else if (c->rotary_dim != c->head_dim && c->arch != LORAC_ARCH_PHI3)
+    } else if (c->rotary_dim != c->head_dim && c->arch != LORAC_ARCH_PHI3 && !c->learned_positions)
         why = "partial rotary embeddings are only written for Phi-3";
     else if (c->rope_longrope && c->arch != LORAC_ARCH_PHI3)
         why = "longrope is only written for Phi-3";
@@ -134,7 +144,9 @@ static float *llama3_rope_freqs(const lorac_model_config_t *c) {
 
 static bool is_bias(lorac_tensor_kind_t k) {
     return k == LORAC_TENSOR_Q_BIAS || k == LORAC_TENSOR_K_BIAS || k == LORAC_TENSOR_V_BIAS || k == LORAC_TENSOR_O_BIAS ||
-           k == LORAC_TENSOR_GATE_BIAS || k == LORAC_TENSOR_UP_BIAS || k == LORAC_TENSOR_DOWN_BIAS;
+           k == LORAC_TENSOR_GATE_BIAS || k == LORAC_TENSOR_UP_BIAS || k == LORAC_TENSOR_DOWN_BIAS ||
+           k == LORAC_TENSOR_QKV_BIAS || k == LORAC_TENSOR_ATTN_NORM_BIAS || k == LORAC_TENSOR_FFN_NORM_BIAS ||
+           k == LORAC_TENSOR_FINAL_NORM_BIAS;
 }
 static bool is_norm(lorac_tensor_kind_t k) {
     return k == LORAC_TENSOR_FINAL_NORM || k == LORAC_TENSOR_ATTN_NORM || k == LORAC_TENSOR_FFN_NORM ||
@@ -145,13 +157,22 @@ static bool is_norm(lorac_tensor_kind_t k) {
 /* Whether the config's model has a tensor of this kind (in each layer). */
 static bool kind_present(const lorac_model_config_t *c, lorac_tensor_kind_t k) {
     switch (k) {
-    case LORAC_TENSOR_LM_HEAD: return !c->tie_word_embeddings; /* llama.cpp reuses token_embd */
-    case LORAC_TENSOR_Q: case LORAC_TENSOR_K: case LORAC_TENSOR_V: case LORAC_TENSOR_GATE: case LORAC_TENSOR_UP:
-        return !c->fused_proj;
-    case LORAC_TENSOR_QKV: case LORAC_TENSOR_GATE_UP: return c->fused_proj;
-    case LORAC_TENSOR_Q_BIAS: case LORAC_TENSOR_K_BIAS: case LORAC_TENSOR_V_BIAS: return c->qkv_bias;
+    /* llama.cpp reuses token_embd; GPT-2's converter writes the tied head
+     * as output too */
+    case LORAC_TENSOR_LM_HEAD: return !c->tie_word_embeddings || c->arch == LORAC_ARCH_GPT2;
+    case LORAC_TENSOR_Q: case LORAC_TENSOR_K: case LORAC_TENSOR_V: return !c->fused_proj && !c->fused_qkv;
+    case LORAC_TENSOR_GATE: return !c->fused_proj && !c->plain_mlp;
+    case LORAC_TENSOR_UP: return !c->fused_proj;
+    case LORAC_TENSOR_QKV: return c->fused_proj || c->fused_qkv;
+    case LORAC_TENSOR_GATE_UP: return c->fused_proj;
+    case LORAC_TENSOR_Q_BIAS: case LORAC_TENSOR_K_BIAS: case LORAC_TENSOR_V_BIAS: return c->qkv_bias && !c->fused_qkv;
+    case LORAC_TENSOR_QKV_BIAS: return c->qkv_bias && c->fused_qkv;
     case LORAC_TENSOR_O_BIAS: return c->o_bias;
-    case LORAC_TENSOR_GATE_BIAS: case LORAC_TENSOR_UP_BIAS: case LORAC_TENSOR_DOWN_BIAS: return c->mlp_bias;
+    case LORAC_TENSOR_GATE_BIAS: return c->mlp_bias && !c->plain_mlp;
+    case LORAC_TENSOR_UP_BIAS: case LORAC_TENSOR_DOWN_BIAS: return c->mlp_bias;
+    case LORAC_TENSOR_POS_EMBED: return c->learned_positions;
+    case LORAC_TENSOR_ATTN_NORM_BIAS: case LORAC_TENSOR_FFN_NORM_BIAS: case LORAC_TENSOR_FINAL_NORM_BIAS:
+        return c->layer_norm;
     case LORAC_TENSOR_Q_NORM: case LORAC_TENSOR_K_NORM: return c->qk_norm;
     case LORAC_TENSOR_ATTN_POST_NORM: case LORAC_TENSOR_FFN_POST_NORM: return c->sandwich_norms;
     default: return true;
@@ -168,6 +189,11 @@ static lorac_status_t set_hparams(lorac_gguf_writer_t *w, const lorac_model_conf
     if (!s) s = lorac_gguf_set_u32(w, KEY("feed_forward_length"), (uint32_t)c->intermediate_size);
     if (!s) s = lorac_gguf_set_u32(w, KEY("attention.head_count"), (uint32_t)c->n_heads);
     if (!s) s = lorac_gguf_set_u32(w, KEY("attention.head_count_kv"), (uint32_t)c->n_kv_heads);
+    if (c->learned_positions) { /* GPT-2: no rotary; a LayerNorm's eps */
+        if (!s) s = lorac_gguf_set_f32(w, KEY("attention.layer_norm_epsilon"), c->rms_norm_eps);
+        if (!s) s = lorac_gguf_set_u32(w, KEY("vocab_size"), (uint32_t)c->vocab_size);
+        return s;
+    }
     if (!s) s = lorac_gguf_set_f32(w, KEY("rope.freq_base"), c->rope_theta);
     if (!s) s = lorac_gguf_set_f32(w, KEY("attention.layer_norm_rms_epsilon"), c->rms_norm_eps);
     if (!s) s = lorac_gguf_set_u32(w, KEY("rope.dimension_count"), (uint32_t)c->rotary_dim);
@@ -259,13 +285,14 @@ lorac_status_t lorac_export_model_gguf(const char *model_dir, uint32_t ggml_type
 
     const char *arch = lorac_export_gguf_arch(&config);
     const lorac_tensor_kind_t layer_kinds[] = {
-        LORAC_TENSOR_ATTN_NORM, LORAC_TENSOR_Q, LORAC_TENSOR_Q_BIAS, LORAC_TENSOR_K, LORAC_TENSOR_K_BIAS,
-        LORAC_TENSOR_V, LORAC_TENSOR_V_BIAS, LORAC_TENSOR_O, LORAC_TENSOR_O_BIAS, LORAC_TENSOR_Q_NORM,
-        LORAC_TENSOR_K_NORM, LORAC_TENSOR_QKV, LORAC_TENSOR_ATTN_POST_NORM, LORAC_TENSOR_FFN_NORM, LORAC_TENSOR_GATE,
-        LORAC_TENSOR_GATE_BIAS, LORAC_TENSOR_UP, LORAC_TENSOR_UP_BIAS, LORAC_TENSOR_GATE_UP, LORAC_TENSOR_DOWN,
-        LORAC_TENSOR_DOWN_BIAS, LORAC_TENSOR_FFN_POST_NORM};
+        LORAC_TENSOR_ATTN_NORM, LORAC_TENSOR_ATTN_NORM_BIAS, LORAC_TENSOR_Q, LORAC_TENSOR_Q_BIAS, LORAC_TENSOR_K,
+        LORAC_TENSOR_K_BIAS, LORAC_TENSOR_V, LORAC_TENSOR_V_BIAS, LORAC_TENSOR_O, LORAC_TENSOR_O_BIAS,
+        LORAC_TENSOR_Q_NORM, LORAC_TENSOR_K_NORM, LORAC_TENSOR_QKV, LORAC_TENSOR_QKV_BIAS, LORAC_TENSOR_ATTN_POST_NORM,
+        LORAC_TENSOR_FFN_NORM, LORAC_TENSOR_FFN_NORM_BIAS, LORAC_TENSOR_GATE, LORAC_TENSOR_GATE_BIAS, LORAC_TENSOR_UP,
+        LORAC_TENSOR_UP_BIAS, LORAC_TENSOR_GATE_UP, LORAC_TENSOR_DOWN, LORAC_TENSOR_DOWN_BIAS,
+        LORAC_TENSOR_FFN_POST_NORM};
     const int n_layer_kinds = (int)(sizeof layer_kinds / sizeof layer_kinds[0]);
-    int64_t max_jobs = 4 + (int64_t)config.n_layers * n_layer_kinds;
+    int64_t max_jobs = 6 + (int64_t)config.n_layers * n_layer_kinds;
     jobs = calloc((size_t)max_jobs, sizeof *jobs);
     w = lorac_gguf_writer_new();
     if (!jobs || !w) {
@@ -297,19 +324,22 @@ lorac_status_t lorac_export_model_gguf(const char *model_dir, uint32_t ggml_type
     int64_t n_jobs = 0;
     for (int32_t l = -1; !s && l < config.n_layers; l++) {
         /* layer -1: the global tensors, written first as llama.cpp's converter does */
-        const lorac_tensor_kind_t globals[] = {LORAC_TENSOR_EMBED, LORAC_TENSOR_FINAL_NORM, LORAC_TENSOR_LM_HEAD};
-        int nk = l < 0 ? 3 : n_layer_kinds;
+        const lorac_tensor_kind_t globals[] = {LORAC_TENSOR_EMBED, LORAC_TENSOR_POS_EMBED, LORAC_TENSOR_FINAL_NORM,
+                                               LORAC_TENSOR_FINAL_NORM_BIAS, LORAC_TENSOR_LM_HEAD};
+        int nk = l < 0 ? 5 : n_layer_kinds;
         for (int k = 0; !s && k < nk; k++) {
             lorac_tensor_kind_t kind = l < 0 ? globals[k] : layer_kinds[k];
             if (!kind_present(&config, kind)) continue;
-            lorac_tensor_name(&config, kind, l, hf, sizeof hf);
+            /* GPT-2's tied head: the embedding's rows again */
+            lorac_tensor_kind_t src_kind = kind == LORAC_TENSOR_LM_HEAD && config.tie_word_embeddings ? LORAC_TENSOR_EMBED : kind;
+            lorac_tensor_name(&config, src_kind, l, hf, sizeof hf);
             const lorac_tensor_view_t *t = lorac_weight_files_find(files, hf);
             if (!t) {
                 s = lorac_error(LORAC_STATUS_FORMAT, "%s: missing tensor %s", model_dir, hf);
                 break;
             }
             int64_t shape[2];
-            int nd = lorac_tensor_expected_shape(kind, &config, shape);
+            int nd = lorac_tensor_expected_shape(src_kind, &config, shape);
             if (t->n_dims != nd || t->shape[0] != shape[0] || (nd == 2 && t->shape[1] != shape[1])) {
                 s = lorac_error(LORAC_STATUS_FORMAT, "%s: tensor %s has shape [%lld, %lld] (%d dims), expected [%lld, %lld]",
                                 model_dir, hf, (long long)(t->n_dims > 0 ? t->shape[0] : 0),
@@ -324,11 +354,20 @@ lorac_status_t lorac_export_model_gguf(const char *model_dir, uint32_t ggml_type
             }
             const char *gname = lorac_export_gguf_tensor(kind);
             bool bias = is_bias(kind);
-            if (l < 0) snprintf(name, sizeof name, "%s.weight", gname);
+            if (l < 0) snprintf(name, sizeof name, "%s.%s", gname, bias ? "bias" : "weight");
             else snprintf(name, sizeof name, "blk.%d.%s.%s", (int)l, gname, bias ? "bias" : "weight");
+            /* GPT-2's Conv1D projections, (in, out) in the file: written (out, in) */
+            bool transpose = config.arch == LORAC_ARCH_GPT2 && nd == 2 && kind != LORAC_TENSOR_EMBED &&
+                             kind != LORAC_TENSOR_POS_EMBED && kind != LORAC_TENSOR_LM_HEAD;
+            if (transpose) {
+                int64_t in = shape[0];
+                shape[0] = shape[1];
+                shape[1] = in;
+            }
             tensor_job_t *j = &jobs[n_jobs++];
             j->src = t;
             j->config = &config;
+            j->transpose = transpose;
             /* vectors (norms, biases) stay f32, as llama.cpp's converter
              * keeps them; a matrix whose rows are not whole Q8_0 blocks
              * falls back to f16, as there */

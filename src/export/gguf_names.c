@@ -17,7 +17,7 @@ static const struct {
     {LORAC_ARCH_GRANITE, "granite", true}, {LORAC_ARCH_SMOLLM3, "smollm3", true},
     {LORAC_ARCH_QWEN2, "qwen2", false},    {LORAC_ARCH_QWEN3, "qwen3", false},
     {LORAC_ARCH_GEMMA2, "gemma2", false},  {LORAC_ARCH_GEMMA3, "gemma3", false},
-    {LORAC_ARCH_PHI3, "phi3", false},
+    {LORAC_ARCH_PHI3, "phi3", false},      {LORAC_ARCH_GPT2, "gpt2", false},
 };
 
 static const char *const k_tensors[LORAC_TENSOR_COUNT] = {
@@ -46,6 +46,11 @@ static const char *const k_tensors[LORAC_TENSOR_COUNT] = {
     [LORAC_TENSOR_FFN_POST_NORM] = "post_ffw_norm",
     [LORAC_TENSOR_QKV] = "attn_qkv",
     [LORAC_TENSOR_GATE_UP] = "ffn_up",
+    [LORAC_TENSOR_POS_EMBED] = "position_embd",
+    [LORAC_TENSOR_QKV_BIAS] = "attn_qkv",
+    [LORAC_TENSOR_ATTN_NORM_BIAS] = "attn_norm",
+    [LORAC_TENSOR_FFN_NORM_BIAS] = "ffn_norm",
+    [LORAC_TENSOR_FINAL_NORM_BIAS] = "output_norm",
 };
 
 const char *lorac_export_gguf_tensor(lorac_tensor_kind_t kind) {

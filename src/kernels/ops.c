@@ -95,6 +95,49 @@ void lorac_geglu_forward(float *out, const float *gate, const float *up, int64_t
     for (int64_t i = 0; i < n; i++) out[i] = gelu_tanh_f32(gate[i]) * up[i];
 }
 
+/* One row of lorac_layernorm_forward; mean and variance summed in double
+ * (as rmsnorm_row), the variance about the mean in a second pass. */
+static inline void layernorm_row(float *ot, float *mt, float *rt, const float *xt, const float *w, const float *b,
+                                 float eps, int64_t C) {
+    double sum = 0.0;
+    #pragma omp simd reduction(+ : sum)
+    for (int64_t c = 0; c < C; c++) sum += xt[c];
+    double mu = sum / (double)C, ss = 0.0;
+    #pragma omp simd reduction(+ : ss)
+    for (int64_t c = 0; c < C; c++) ss += ((double)xt[c] - mu) * ((double)xt[c] - mu);
+    float m = (float)mu, r = (float)(1.0 / sqrt(ss / (double)C + (double)eps));
+    if (mt) *mt = m;
+    if (rt) *rt = r;
+    #pragma omp simd
+    for (int64_t c = 0; c < C; c++) ot[c] = (xt[c] - m) * r * w[c] + b[c];
+}
+
+// out, x are (T,C); w, b (C). Rows threaded as in lorac_rmsnorm_forward_offset.
+LORAC_MULTIVERSION
+void lorac_layernorm_forward(float *out, float *mean, float *rstd, const float *x, const float *w, const float *b,
+                             float eps, int64_t T, int64_t C) {
+    if (T * C < LORAC_PARALLEL_MIN_ELEMS) {
+        for (int64_t t = 0; t < T; t++)
+            layernorm_row(out + t * C, mean ? mean + t : NULL, rstd ? rstd + t : NULL, x + t * C, w, b, eps, C);
+        return;
+    }
+    #pragma omp parallel for num_threads(lorac_kernels_get_threads()) schedule(static)
+    for (int64_t t = 0; t < T; t++)
+        layernorm_row(out + t * C, mean ? mean + t : NULL, rstd ? rstd + t : NULL, x + t * C, w, b, eps, C);
+}
+
+// out = gelu(x), the tanh approximation
+LORAC_MULTIVERSION
+void lorac_gelu_forward(float *out, const float *x, int64_t n) {
+    if (n < LORAC_PARALLEL_MIN_ELEMS) { /* as lorac_swiglu_forward: no OpenMP region at decode */
+        #pragma omp simd
+        for (int64_t i = 0; i < n; i++) out[i] = gelu_tanh_f32(x[i]);
+        return;
+    }
+    #pragma omp parallel for simd num_threads(lorac_kernels_get_threads()) schedule(static)
+    for (int64_t i = 0; i < n; i++) out[i] = gelu_tanh_f32(x[i]);
+}
+
 // x is (T, n_heads, head_dim), rotated in place. HF rotate-half layout: the
 // pair (x[i], x[i + head_dim/2]) rotates by angle positions[t] * inv_freq[i].
 void lorac_rope_forward(float *x, const int32_t *positions, const float *inv_freq,

@@ -85,6 +85,35 @@ void lorac_geglu_backward(float *dgate, float *dup, const float *dout, const flo
     }
 }
 
+void lorac_gelu_backward(float *dx, const float *dout, const float *x, int64_t n) {
+    #pragma omp parallel for simd num_threads(lorac_kernels_get_threads()) schedule(static) \
+        if (parallel : n >= LORAC_PARALLEL_MIN_ELEMS)
+    for (int64_t i = 0; i < n; i++) dx[i] = dout[i] * gelu_tanh_grad_f32(x[i]);
+}
+
+/* y = xhat·w + b with xhat = (x - mean)·rstd: with g = dout·w,
+ * dx = rstd · (g - mean(g) - xhat · mean(g·xhat)), the means over the row. */
+void lorac_layernorm_backward(float *dx, const float *dout, const float *x, const float *w, const float *mean,
+                              const float *rstd, int64_t T, int64_t C) {
+    #pragma omp parallel for num_threads(lorac_kernels_get_threads()) schedule(static) if (T * C >= LORAC_PARALLEL_MIN_ELEMS)
+    for (int64_t t = 0; t < T; t++) {
+        const float *xt = x + t * C, *dt = dout + t * C;
+        float m = mean[t], r = rstd[t];
+        double sg = 0.0, sgx = 0.0;
+        for (int64_t c = 0; c < C; c++) {
+            double g = (double)dt[c] * w[c], xh = (double)(xt[c] - m) * r;
+            sg += g;
+            sgx += g * xh;
+        }
+        float mg = (float)(sg / (double)C), mgx = (float)(sgx / (double)C);
+        float *dxt = dx + t * C;
+        for (int64_t c = 0; c < C; c++) {
+            float xh = (xt[c] - m) * r;
+            dxt[c] += r * (dt[c] * w[c] - mg - xh * mgx);
+        }
+    }
+}
+
 void lorac_rope_backward(float *dx, const int32_t *positions, const float *inv_freq,
                          int64_t T, int64_t n_heads, int64_t head_dim) {
     rope_rotate(dx, positions, inv_freq, T, n_heads, head_dim, -1.0f);

@@ -22,10 +22,32 @@ int lorac_lora_target_from_name(const char *name, size_t len) {
     return -1;
 }
 
+/* GPT-2's modules (GATE has none): c_proj is both the attention's output
+ * and the MLP's down projection, so each is named with its block, as
+ * PEFT's target_modules can select one alone ("attn.c_proj" matches
+ * "transformer.h.0.attn.c_proj" only) */
+static const char *const k_gpt2_modules[LORAC_LORA_COUNT] = {
+    "c_attn", "c_attn", "c_attn", "attn.c_proj", NULL, "c_fc", "mlp.c_proj",
+};
+static const char *const k_gpt2_paths[LORAC_LORA_COUNT] = {
+    "attn.c_attn", "attn.c_attn", "attn.c_attn", "attn.c_proj", NULL, "mlp.c_fc", "mlp.c_proj",
+};
+
 const char *lorac_lora_module_name(const lorac_model_config_t *c, lorac_lora_target_t t) {
+    if (c->arch == LORAC_ARCH_GPT2) return k_gpt2_modules[t] ? k_gpt2_modules[t] : "(none)";
     int size, lead = lorac_lora_group(c, t, &size);
     if (size == 1) return k_target_names[t];
     return lead == LORAC_LORA_Q ? "qkv_proj" : "gate_up_proj";
+}
+
+void lorac_lora_module_path(const lorac_model_config_t *c, int32_t layer, int t, char *buf, size_t cap) {
+    if (c->arch == LORAC_ARCH_GPT2) {
+        snprintf(buf, cap, "%s.h.%d.%s", c->module_prefix[0] ? c->module_prefix : "transformer", layer,
+                 k_gpt2_paths[t] ? k_gpt2_paths[t] : "(none)");
+        return;
+    }
+    snprintf(buf, cap, "%s.layers.%d.%s.%s", c->module_prefix[0] ? c->module_prefix : "model", layer,
+             t <= LORAC_LORA_O ? "self_attn" : "mlp", lorac_lora_module_name(c, (lorac_lora_target_t)t));
 }
 
 lorac_status_t lorac_lora_parse_targets(const char *text, uint32_t *mask) {
@@ -39,14 +61,23 @@ lorac_status_t lorac_lora_parse_targets(const char *text, uint32_t *mask) {
         const char *end = strchr(p, ',');
         size_t len = end ? (size_t)(end - p) : strlen(p);
         int t = lorac_lora_target_from_name(p, len);
-        if (len == 8 && strncmp(p, "qkv_proj", 8) == 0) {
+        if ((len == 8 && strncmp(p, "qkv_proj", 8) == 0) || (len == 6 && strncmp(p, "c_attn", 6) == 0)) {
             *mask |= 1u << LORAC_LORA_Q | 1u << LORAC_LORA_K | 1u << LORAC_LORA_V;
+        } else if (len == 6 && strncmp(p, "c_proj", 6) == 0) { /* GPT-2's: both, as PEFT's suffix match */
+            *mask |= 1u << LORAC_LORA_O | 1u << LORAC_LORA_DOWN;
+        } else if (len == 11 && strncmp(p, "attn.c_proj", 11) == 0) {
+            *mask |= 1u << LORAC_LORA_O;
+        } else if (len == 10 && strncmp(p, "mlp.c_proj", 10) == 0) {
+            *mask |= 1u << LORAC_LORA_DOWN;
+        } else if (len == 4 && strncmp(p, "c_fc", 4) == 0) {
+            *mask |= 1u << LORAC_LORA_UP;
         } else if (len == 12 && strncmp(p, "gate_up_proj", 12) == 0) {
             *mask |= 1u << LORAC_LORA_GATE | 1u << LORAC_LORA_UP;
         } else if (t < 0) {
             return lorac_error(LORAC_STATUS_INVALID_ARG,
                                "unknown target module '%.*s' (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, "
-                               "Phi-3's qkv_proj and gate_up_proj, or all-linear)",
+                               "Phi-3's qkv_proj and gate_up_proj, GPT-2's c_attn, c_proj, attn.c_proj, mlp.c_proj "
+                               "and c_fc, or all-linear)",
                                (int)len, p);
         } else {
             *mask |= 1u << t;
@@ -160,6 +191,11 @@ lorac_status_t lorac_adapter_alloc_ranks(const lorac_model_config_t *config, con
                 }
             a->index[slot] = -1;
             if (!ranks[slot]) continue;
+            if (!lorac_lora_target_exists(config, t)) {
+                lorac_adapter_free(a);
+                return lorac_error(LORAC_STATUS_INVALID_ARG, "%s has no %s to adapt", config->arch_name,
+                                   lorac_lora_target_name((lorac_lora_target_t)t));
+            }
             lorac_lora_module_t *m = &a->modules[a->n_modules];
             m->layer = l;
             m->target = (lorac_lora_target_t)t;
@@ -213,6 +249,8 @@ lorac_status_t lorac_adapter_alloc(const lorac_model_config_t *config, const lor
     for (int32_t l = 0; l < config->n_layers; l++)
         for (int t = 0; t < LORAC_LORA_COUNT; t++) {
             int on = (!params->layers || params->layers[l]) && (params->targets >> t & 1u);
+            /* all-linear: what the architecture has */
+            if (params->targets == (1u << LORAC_LORA_COUNT) - 1 && !lorac_lora_target_exists(config, t)) on = 0;
             ranks[l * LORAC_LORA_COUNT + t] = on ? params->r : 0;
             scales[l * LORAC_LORA_COUNT + t] = scale;
         }

@@ -28,13 +28,20 @@ float lorac_lora_scale(float alpha, int32_t r, bool rslora);
 /* Target index of a PEFT module name of `len` bytes, or -1. */
 int lorac_lora_target_from_name(const char *name, size_t len);
 
-/* Phi-3 (fused_proj): the fused group of target t, by its first target and
- * size (Q and 3 for q, k, v; GATE and 2 for gate, up); t and 1 elsewhere. */
+/* Phi-3 (fused_proj) and GPT-2 (fused_qkv): the fused group of target t,
+ * by its first target and size (Q and 3 for q, k, v; GATE and 2 for
+ * Phi-3's gate, up); t and 1 elsewhere. */
 static inline int lorac_lora_group(const lorac_model_config_t *c, int t, int *size) {
-    if (c->fused_proj && t <= LORAC_LORA_V && t != LORAC_LORA_O) { *size = 3; return LORAC_LORA_Q; }
+    if ((c->fused_proj || c->fused_qkv) && t <= LORAC_LORA_V && t != LORAC_LORA_O) { *size = 3; return LORAC_LORA_Q; }
     if (c->fused_proj && (t == LORAC_LORA_GATE || t == LORAC_LORA_UP)) { *size = 2; return LORAC_LORA_GATE; }
     *size = 1;
     return t;
+}
+
+
+/* 0 for a target the architecture lacks (GPT-2's plain MLP has no gate). */
+static inline int lorac_lora_target_exists(const lorac_model_config_t *c, int t) {
+    return !(c->plain_mlp && t == LORAC_LORA_GATE);
 }
 
 

@@ -31,6 +31,26 @@ static int projection_of(const char *name, int32_t *layer, lorac_lora_target_t *
     return 1;
 }
 
+/* GPT-2's "[transformer.]h.N.attn.c_attn.weight" (q, k and v: the group's
+ * first), ".attn.c_proj" (o), ".mlp.c_fc" (up), ".mlp.c_proj" (down):
+ * Conv1D weights, (in, out). */
+static int gpt2_projection_of(const char *name, int32_t *layer, lorac_lora_target_t *target) {
+    static const struct { const char *tail; lorac_lora_target_t target; } tails[] = {
+        {"attn.c_attn.weight", LORAC_LORA_Q}, {"attn.c_proj.weight", LORAC_LORA_O}, {"mlp.c_fc.weight", LORAC_LORA_UP},
+        {"mlp.c_proj.weight", LORAC_LORA_DOWN}};
+    if (strncmp(name, "transformer.", 12) == 0) name += 12;
+    int l, n = 0;
+    char tail[32];
+    if (sscanf(name, "h.%d.%31[a-z_.]%n", &l, tail, &n) != 2 || name[n] != '\0' || l < 0) return 0;
+    for (size_t k = 0; k < sizeof tails / sizeof tails[0]; k++)
+        if (strcmp(tail, tails[k].tail) == 0) {
+            *layer = l;
+            *target = tails[k].target;
+            return 1;
+        }
+    return 0;
+}
+
 static lorac_status_t copy_file(const char *src_dir, const char *dst_dir, const char *name) {
     char src[4096], dst[4096], *text;
     size_t len;
@@ -66,7 +86,8 @@ lorac_status_t lorac_merge_write(const char *model_dir, const lorac_adapter_t *c
         int32_t layer = -1;
         lorac_lora_target_t target = LORAC_LORA_Q;
         int adapted = 0;
-        if (projection_of(tv->name, &layer, &target))
+        int conv1d = n > 0 && adapters[0]->config.arch == LORAC_ARCH_GPT2;
+        if (conv1d ? gpt2_projection_of(tv->name, &layer, &target) : projection_of(tv->name, &layer, &target))
             for (int32_t k = 0; k < n; k++) adapted |= lorac_adapter_find(adapters[k], layer, target) != NULL;
         lorac_dtype_t out_dtype = dtype == LORAC_DTYPE_COUNT ? tv->dtype : dtype;
         if (!adapted && out_dtype == tv->dtype) continue; /* bit-for-bit copy */
@@ -82,10 +103,12 @@ lorac_status_t lorac_merge_write(const char *model_dir, const lorac_adapter_t *c
             if (!m) continue;
             /* a fused group's first module holds the B of all its rows (Phi-3's qkv_proj) */
             int32_t rows = m->group_out ? m->group_out : m->out;
-            if (tv->n_dims != 2 || tv->shape[0] != rows || tv->shape[1] != m->in) {
+            int64_t want0 = conv1d ? m->in : rows, want1 = conv1d ? rows : m->in; /* Conv1D: (in, out) */
+            if (tv->n_dims != 2 || tv->shape[0] != want0 || tv->shape[1] != want1) {
                 free(w);
-                s = lorac_error(LORAC_STATUS_FORMAT, "\"%s\" has shape [%lld, %lld] but the adapter expects [%d, %d]", tv->name,
-                                (long long)tv->shape[0], (long long)(tv->n_dims > 1 ? tv->shape[1] : 0), rows, m->in);
+                s = lorac_error(LORAC_STATUS_FORMAT, "\"%s\" has shape [%lld, %lld] but the adapter expects [%lld, %lld]",
+                                tv->name, (long long)tv->shape[0], (long long)(tv->n_dims > 1 ? tv->shape[1] : 0),
+                                (long long)want0, (long long)want1);
                 goto done;
             }
             /* W (out,in) += c · B (out,r) · A (r,in), accumulated in double per element row */
@@ -98,6 +121,13 @@ lorac_status_t lorac_merge_write(const char *model_dir, const lorac_adapter_t *c
                     double b = (double)m->B[(int64_t)o * m->r + r];
                     const float *a = m->A + (int64_t)r * m->in;
                     for (int32_t i2 = 0; i2 < m->in; i2++) row[i2] += b * a[i2];
+                }
+                if (conv1d) { /* column o of the (in, out) weight */
+                    for (int32_t i2 = 0; i2 < m->in; i2++) {
+                        float *wio = w + (int64_t)i2 * rows + o;
+                        *wio = (float)((double)*wio + (double)c * row[i2]);
+                    }
+                    continue;
                 }
                 float *wo = w + (int64_t)o * m->in;
                 for (int32_t i2 = 0; i2 < m->in; i2++) wo[i2] = (float)((double)wo[i2] + (double)c * row[i2]);

@@ -50,11 +50,9 @@ static const char *decoder_prefix(const lorac_model_config_t *c) {
     return c->module_prefix[0] ? c->module_prefix : "model";
 }
 
-/* The module's name in HF's LlamaForCausalLM: "model.layers.3.self_attn.q_proj"
- * (Phi-3's q, k and v: "model.layers.3.self_attn.qkv_proj"). */
+/* The module's name in the HF model (lorac_lora_module_path). */
 static void module_name(const lorac_model_config_t *c, int32_t layer, int t, char *buf, size_t cap) {
-    snprintf(buf, cap, "%s.layers.%d.%s.%s", decoder_prefix(c), layer, target_block(t),
-             lorac_lora_module_name(c, (lorac_lora_target_t)t));
+    lorac_lora_module_path(c, layer, t, buf, cap);
 }
 
 static void module_key(const lorac_adapter_t *a, const lorac_lora_module_t *m, char which, char *buf, size_t cap) {
@@ -158,7 +156,8 @@ static char *config_json(const lorac_adapter_t *a, const char *base_model) {
     add_targets_and_layers(o, a);
     cJSON_AddBoolToObject(o, "use_rslora", p->rslora);
     cJSON_AddStringToObject(o, "bias", "none");
-    cJSON_AddBoolToObject(o, "fan_in_fan_out", 0);
+    /* GPT-2's projections are Conv1D, whose weights PEFT reads as (in, out) */
+    cJSON_AddBoolToObject(o, "fan_in_fan_out", a->config.arch == LORAC_ARCH_GPT2);
     cJSON_AddBoolToObject(o, "inference_mode", 1);
     if (p->init == LORAC_LORA_INIT_GAUSSIAN) cJSON_AddStringToObject(o, "init_lora_weights", "gaussian");
     else cJSON_AddBoolToObject(o, "init_lora_weights", 1);
@@ -448,9 +447,6 @@ static lorac_status_t config_parse(const char *label, const char *text, size_t l
         config_free(pc);
         return s;
     }
-    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(pc->root, "fan_in_fan_out")))
-        fprintf(stderr, "lorac: warning: %s: fan_in_fan_out is true, but Llama's projections are nn.Linear (weights "
-                        "stored [out, in]): read as false, as PEFT does\n", label);
     return LORAC_STATUS_OK;
 }
 
@@ -586,28 +582,36 @@ static lorac_status_t refuse_other_module(matcher_t *m, const char *name) {
     if (hit < 0) return s;
     if (!hit) return LORAC_STATUS_OK;
     const char *dot = strrchr(name, '.');
-    if (dot && strcmp(dot, ".embed_tokens") == 0)
+    if (dot && (strcmp(dot, ".embed_tokens") == 0 || strcmp(dot, ".wte") == 0 || strcmp(dot, ".wpe") == 0))
         return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: embedding adapters are not supported (target_modules selects %s)", m->pc->label, name);
     if (strcmp(name, "lm_head") == 0)
         return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: adapters on the output head are not supported (target_modules selects lm_head)", m->pc->label);
     return lorac_error(LORAC_STATUS_UNSUPPORTED,
                        "%s: target_modules selects \"%s\", which is not one of the projections lorac adapts "
-                       "(q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)", m->pc->label, name);
+                       "(q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj; GPT-2's c_attn, c_proj, "
+                       "c_fc)", m->pc->label, name);
 }
 
 static lorac_status_t check_other_modules(matcher_t *m, const lorac_model_config_t *mc) {
-    static const char *const globals[] = {"", ".embed_tokens", ".layers", ".norm", ".rotary_emb"};
-    static const char *const per_layer[] = {"", ".self_attn", ".mlp", ".mlp.act_fn", ".input_layernorm", ".post_attention_layernorm"};
+    static const char *const globals[] = {"", ".embed_tokens", ".layers", ".norm", ".rotary_emb", NULL};
+    static const char *const per_layer[] = {"", ".self_attn", ".mlp", ".mlp.act_fn", ".input_layernorm",
+                                            ".post_attention_layernorm", NULL};
+    /* GPT2LMHeadModel's */
+    static const char *const gpt2_globals[] = {"", ".wte", ".wpe", ".drop", ".h", ".ln_f", NULL};
+    static const char *const gpt2_per_layer[] = {"", ".ln_1", ".attn", ".attn.attn_dropout", ".attn.resid_dropout", ".ln_2",
+                                                 ".mlp", ".mlp.act", ".mlp.dropout", NULL};
+    bool gpt2 = mc->arch == LORAC_ARCH_GPT2;
+    const char *const *g = gpt2 ? gpt2_globals : globals, *const *pl = gpt2 ? gpt2_per_layer : per_layer;
     lorac_status_t s;
     char name[NAME_MAX_LEN];
-    for (size_t i = 0; i < sizeof globals / sizeof globals[0]; i++) {
-        snprintf(name, sizeof name, "%s%s", decoder_prefix(mc), globals[i]);
+    for (size_t i = 0; g[i]; i++) {
+        snprintf(name, sizeof name, "%s%s", decoder_prefix(mc), g[i]);
         if ((s = refuse_other_module(m, name))) return s;
     }
     if ((s = refuse_other_module(m, "lm_head"))) return s;
     for (int32_t l = 0; l < mc->n_layers; l++)
-        for (size_t i = 0; i < sizeof per_layer / sizeof per_layer[0]; i++) {
-            snprintf(name, sizeof name, "%s.layers.%d%s", decoder_prefix(mc), l, per_layer[i]);
+        for (size_t i = 0; pl[i]; i++) {
+            snprintf(name, sizeof name, "%s.%s.%d%s", decoder_prefix(mc), gpt2 ? "h" : "layers", l, pl[i]);
             if ((s = refuse_other_module(m, name))) return s;
         }
     return LORAC_STATUS_OK;
@@ -619,6 +623,11 @@ static lorac_status_t check_other_modules(matcher_t *m, const lorac_model_config
 static lorac_status_t select_modules(const peft_config_t *pc, const lorac_model_config_t *mc, const uint8_t *present,
                                      int32_t *rank, float *alpha) {
     int32_t n_layers = mc->n_layers;
+    /* PEFT sets fan_in_fan_out as each module's class needs, with a warning
+     * when the config says otherwise: the LoRA weights mean the same */
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(pc->root, "fan_in_fan_out")) && mc->arch != LORAC_ARCH_GPT2)
+        fprintf(stderr, "lorac: warning: %s: fan_in_fan_out is true, but %s's projections are nn.Linear (weights "
+                        "stored [out, in]): read as false, as PEFT does\n", pc->label, mc->arch_name);
     matcher_t m;
     lorac_status_t s = matcher_init(&m, pc);
     if (s) { matcher_free(&m); return s; }
@@ -636,10 +645,11 @@ static lorac_status_t select_modules(const peft_config_t *pc, const lorac_model_
     for (int32_t slot = 0; slot < n_layers * LORAC_LORA_COUNT; slot++) {
         char name[NAME_MAX_LEN];
         module_name(mc, slot / LORAC_LORA_COUNT, slot % LORAC_LORA_COUNT, name, sizeof name);
-        int hit = pc->targets_kind == TARGETS_FROM_FILE ? present[slot] : module_selected(&m, name, 1, &s);
-        if (hit < 0) goto done;
         rank[slot] = 0;
         alpha[slot] = pc->params.alpha;
+        if (!lorac_lora_target_exists(mc, slot % LORAC_LORA_COUNT)) continue; /* GPT-2's gate */
+        int hit = pc->targets_kind == TARGETS_FROM_FILE ? present[slot] : module_selected(&m, name, 1, &s);
+        if (hit < 0) goto done;
         if (!hit) continue;
         double v;
         int got = pattern_value(m.rank_res, m.n_rank, pc->rank_pattern, name, pc->label, &v, &s);
@@ -677,35 +687,62 @@ typedef struct {
 /* How adapters name the decoder: a text model's "model", Gemma 3
  * multimodal's "model.language_model" (transformers >= 4.52) or
  * "language_model.model" (before) */
-static const char *const k_decoder_prefixes[] = {"model", "model.language_model", "language_model.model"};
-#define N_DECODER_PREFIXES 3
+static const char *const k_decoder_prefixes[] = {"model", "model.language_model", "language_model.model", "transformer"};
+#define N_DECODER_PREFIXES 3 /* the Llama-style ones; GPT2_PREFIX is GPT-2's */
+#define GPT2_PREFIX 3
 /* the modules of a multimodal model's other towers */
 static const char *const k_other_towers[] = {"model.vision_tower.", "vision_tower.", "model.multi_modal_projector.",
                                              "multi_modal_projector."};
 
 /* "PREFIX.layers.N.(self_attn|mlp).TARGET" -> layer, target and prefix, or
  * -1; Phi-3's fused modules give their group's first target and *fused. */
+/* The layer index at q (at most 6 digits, no leading zero) and the '.'
+ * after it: the rest of the name, or NULL. */
+static const char *parse_layer_index(const char *q, const char *end, int32_t *layer) {
+    long l = 0;
+    const char *digits = q;
+    while (q < end && *q >= '0' && *q <= '9' && q - digits < 7) l = l * 10 + (*q++ - '0');
+    if (q == digits || q >= end || *q != '.' || (*digits == '0' && q - digits > 1)) return NULL;
+    *layer = (int32_t)l;
+    return q + 1;
+}
+
+/* GPT-2's "transformer.h.N.attn.c_attn" (q, k and v in one module),
+ * ".attn.c_proj" (o), ".mlp.c_fc" (up), ".mlp.c_proj" (down). */
+static int parse_gpt2_module(const char *p, size_t len, int32_t *layer, int *target, int *fused) {
+    static const struct { const char *tail; int target; } tails[] = {
+        {"attn.c_attn", LORAC_LORA_Q}, {"attn.c_proj", LORAC_LORA_O}, {"mlp.c_fc", LORAC_LORA_UP}, {"mlp.c_proj", LORAC_LORA_DOWN}};
+    const char *end = p + len, *q = parse_layer_index(p + 14, end, layer); /* past "transformer.h." */
+    if (!q) return -1;
+    for (size_t k = 0; k < sizeof tails / sizeof tails[0]; k++)
+        if ((size_t)(end - q) == strlen(tails[k].tail) && memcmp(q, tails[k].tail, (size_t)(end - q)) == 0) {
+            *target = tails[k].target;
+            *fused = tails[k].target == LORAC_LORA_Q;
+            return 0;
+        }
+    return -1;
+}
+
 static int parse_module(const char *p, size_t len, int32_t *layer, int *target, int *prefix, int *fused) {
     size_t plen = 0;
     int k;
+    *fused = 0;
+    if (len > 14 && strncmp(p, "transformer.h.", 14) == 0) {
+        *prefix = GPT2_PREFIX;
+        return parse_gpt2_module(p, len, layer, target, fused);
+    }
     for (k = 0; k < N_DECODER_PREFIXES; k++) {
         plen = strlen(k_decoder_prefixes[k]);
         if (len > plen + 8 && strncmp(p, k_decoder_prefixes[k], plen) == 0 && strncmp(p + plen, ".layers.", 8) == 0) break;
     }
     if (k == N_DECODER_PREFIXES) return -1;
     *prefix = k;
-    const char *q = p + plen + 8, *end = p + len;
-    long l = 0;
-    const char *digits = q;
-    while (q < end && *q >= '0' && *q <= '9' && q - digits < 7) l = l * 10 + (*q++ - '0');
-    if (q == digits || q >= end || *q != '.' || (*digits == '0' && q - digits > 1)) return -1;
-    q++;
-    *fused = 0;
+    const char *end = p + len, *q = parse_layer_index(p + plen + 8, end, layer);
+    if (!q) return -1;
     for (int t = 0; t < LORAC_LORA_COUNT; t++) {
         char tail[64];
         int n = snprintf(tail, sizeof tail, "%s.%s", target_block(t), lorac_lora_target_name((lorac_lora_target_t)t));
         if ((size_t)(end - q) == (size_t)n && memcmp(q, tail, (size_t)n) == 0) {
-            *layer = (int32_t)l;
             *target = t;
             return 0;
         }
@@ -714,7 +751,6 @@ static int parse_module(const char *p, size_t len, int32_t *layer, int *target, 
                                                                        {"mlp.gate_up_proj", LORAC_LORA_GATE}};
     for (int k = 0; k < 2; k++)
         if ((size_t)(end - q) == strlen(groups[k].tail) && memcmp(q, groups[k].tail, strlen(groups[k].tail)) == 0) {
-            *layer = (int32_t)l;
             *target = groups[k].target;
             *fused = 1;
             return 0;
@@ -756,7 +792,8 @@ static lorac_status_t classify_tensor(const char *label, const lorac_tensor_view
         return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: tensor \"%s\" adapts %.*s: embedding and output-head adapters are not supported",
                            label, name, (int)mlen, p);
     return lorac_error(LORAC_STATUS_FORMAT, "%s: tensor \"%s\" adapts \"%.*s\", which is not a projection of a Llama model "
-                       "(model.layers.N.self_attn.{q,k,v,o}_proj or model.layers.N.mlp.{gate,up,down}_proj)",
+                       "(model.layers.N.self_attn.{q,k,v,o}_proj or model.layers.N.mlp.{gate,up,down}_proj) or of "
+                       "GPT-2 (transformer.h.N.attn.{c_attn,c_proj} or transformer.h.N.mlp.{c_fc,c_proj})",
                        label, name, (int)mlen, p);
 }
 
@@ -894,8 +931,16 @@ static lorac_status_t scan_tensors(loader_t *ld, const lorac_safetensors_t *st, 
     }
     ld->n_tensors = n;
     if (!n) return lorac_error(LORAC_STATUS_FORMAT, "%s: no LoRA tensors of the language model", ld->st_label);
+    /* GPT-2's modules are GPT-2's alone */
+    if (mc && (prefix == GPT2_PREFIX) != (mc->arch == LORAC_ARCH_GPT2))
+        return lorac_error(LORAC_STATUS_FORMAT, "%s: tensor \"%s\" adapts a module of %s, but the model is %s", ld->st_label,
+                           ld->tensors[0].tv->name, prefix == GPT2_PREFIX ? "GPT-2" : "a Llama-style model", mc->arch_name);
+    if (!mc && prefix == GPT2_PREFIX)
+        return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: tensor \"%s\" adapts GPT-2's fused c_attn or its Conv1D "
+                           "projections: their shapes are the model's to say (give the model: -m MODEL)",
+                           ld->st_label, ld->tensors[0].tv->name);
     /* Phi-3's fused modules and a model's separate ones are not each other's */
-    for (int64_t i = 0; i < n; i++) {
+    for (int64_t i = 0; i < n && prefix != GPT2_PREFIX; i++) {
         const lora_tensor_t *t = &ld->tensors[i];
         const char *fused = t->target <= LORAC_LORA_V ? "qkv_proj" : "gate_up_proj"; /* the module that holds it */
         int size = 1;
@@ -913,7 +958,7 @@ static lorac_status_t scan_tensors(loader_t *ld, const lorac_safetensors_t *st, 
     }
     if (mc) {
         ld->mc = *mc;
-        if ((prefix > 0) != mc->text_of_multimodal)
+        if (prefix != GPT2_PREFIX && (prefix > 0) != mc->text_of_multimodal)
             return lorac_error(LORAC_STATUS_FORMAT, "%s: the adapter's modules are under \"%s\" (%s), but the model is %s",
                                ld->st_label, k_decoder_prefixes[prefix], prefix ? "a multimodal model's text model" : "a text model",
                                mc->arch_name);

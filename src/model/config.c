@@ -1,5 +1,6 @@
 /* config.json for LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM,
- * GraniteForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM and Gemma3ForConditionalGeneration's text model. */
+ * GraniteForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration's text model,
+ * Phi3ForCausalLM and GPT2LMHeadModel. */
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -19,6 +20,7 @@ static const struct { const char *name; lorac_arch_t arch; } k_archs[] = {
     /* its text model: a Gemma3ForCausalLM under other names (lorac runs no vision tower) */
     {"Gemma3ForConditionalGeneration", LORAC_ARCH_GEMMA3},
     {"Phi3ForCausalLM", LORAC_ARCH_PHI3},
+    {"GPT2LMHeadModel", LORAC_ARCH_GPT2},
 };
 
 /* Reads an integer field. required: absence is an error; otherwise *out keeps
@@ -333,6 +335,63 @@ static lorac_status_t parse_phi3(const cJSON *root, const char *label, lorac_mod
     return LORAC_STATUS_OK;
 }
 
+static lorac_status_t parse_eos(const cJSON *root, const char *label, lorac_model_config_t *c);
+
+/* GPT-2 (GPT2Config: its own key names, and its defaults, those of the
+ * 124M model, for the keys a config leaves out): LayerNorm, learned
+ * positions, GELU (tanh) MLP of n_inner (4 · n_embd when null), fused
+ * c_attn with biases everywhere, a tied head unless the config says. */
+static lorac_status_t parse_gpt2(const cJSON *root, const char *label, lorac_model_config_t *c) {
+    c->vocab_size = 50257, c->max_position_embeddings = 1024, c->hidden_size = 768, c->n_layers = 12, c->n_heads = 12;
+    c->rms_norm_eps = 1e-5f;
+    c->bos_id = 50256, c->n_eos = 1, c->eos_ids[0] = 50256;
+    c->tie_word_embeddings = true;
+    const int32_t big = 1 << 24;
+    lorac_status_t s;
+    if ((s = get_int(root, label, "vocab_size", 0, 1, big, &c->vocab_size)) ||
+        (s = get_int(root, label, "n_positions", 0, 1, big, &c->max_position_embeddings)) ||
+        (s = get_int(root, label, "n_embd", 0, 1, 1 << 20, &c->hidden_size)) ||
+        (s = get_int(root, label, "n_layer", 0, 1, LORAC_MAX_LAYERS, &c->n_layers)) ||
+        (s = get_int(root, label, "n_head", 0, 1, 4096, &c->n_heads)) ||
+        (s = get_float(root, label, "layer_norm_epsilon", 0.0, 1.0, &c->rms_norm_eps)) ||
+        (s = get_bool(root, label, "tie_word_embeddings", &c->tie_word_embeddings)) ||
+        (s = get_int(root, label, "bos_token_id", 0, 0, INT32_MAX, &c->bos_id)))
+        return s;
+    if (cJSON_GetObjectItemCaseSensitive(root, "eos_token_id") && (s = parse_eos(root, label, c))) return s;
+    if (c->hidden_size % c->n_heads != 0)
+        return lorac_error(LORAC_STATUS_FORMAT, "%s: n_embd (%d) must be a multiple of n_head (%d)", label, c->hidden_size,
+                           c->n_heads);
+    c->intermediate_size = 4 * c->hidden_size;
+    if ((s = get_int(root, label, "n_inner", 0, 1, 1 << 22, &c->intermediate_size))) return s;
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "activation_function");
+    if (act && !cJSON_IsNull(act) &&
+        (!cJSON_IsString(act) ||
+         (strcmp(act->valuestring, "gelu_new") != 0 && strcmp(act->valuestring, "gelu_pytorch_tanh") != 0)))
+        return lorac_error(LORAC_STATUS_UNSUPPORTED,
+                           "%s: activation_function \"%s\" is not supported (\"gelu_new\" or \"gelu_pytorch_tanh\")", label,
+                           cJSON_IsString(act) ? act->valuestring : "?");
+    bool scale_weights = true, by_layer = false, cross = false;
+    if ((s = get_bool(root, label, "scale_attn_weights", &scale_weights)) ||
+        (s = get_bool(root, label, "scale_attn_by_inverse_layer_idx", &by_layer)) ||
+        (s = get_bool(root, label, "add_cross_attention", &cross)))
+        return s;
+    if (by_layer || cross)
+        return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: \"%s\": true is not supported", label,
+                           by_layer ? "scale_attn_by_inverse_layer_idx" : "add_cross_attention");
+    c->n_kv_heads = c->n_heads;
+    c->head_dim = c->hidden_size / c->n_heads;
+    c->rotary_dim = 0;
+    /* the attention kernels scale by head_dim^-1/2; unscaled scores undo it */
+    c->query_scale = scale_weights ? 1.0f : (float)sqrt((double)c->head_dim);
+    c->embedding_multiplier = c->residual_multiplier = c->logits_scaling = 1.0f;
+    c->layer_norm = c->learned_positions = c->plain_mlp = c->fused_qkv = true;
+    c->qkv_bias = c->o_bias = c->mlp_bias = true;
+    c->act = LORAC_ACT_GELU_TANH;
+    snprintf(c->module_prefix, sizeof c->module_prefix, "transformer");
+    snprintf(c->tensor_prefix, sizeof c->tensor_prefix, "transformer");
+    return LORAC_STATUS_OK;
+}
+
 static lorac_status_t parse_eos(const cJSON *root, const char *label, lorac_model_config_t *c) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "eos_token_id");
     c->n_eos = 0;
@@ -373,7 +432,7 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
         s = lorac_error(LORAC_STATUS_UNSUPPORTED,
                         "%s: architecture \"%s\" is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, "
                         "Qwen3ForCausalLM, SmolLM3ForCausalLM, GraniteForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, "
-                        "Gemma3ForConditionalGeneration, Phi3ForCausalLM)",
+                        "Gemma3ForConditionalGeneration, Phi3ForCausalLM, GPT2LMHeadModel)",
                         label, a0->valuestring);
         goto done;
     }
@@ -398,6 +457,10 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
         snprintf(c->tensor_prefix, sizeof c->tensor_prefix, "language_model.model");
     }
 
+    if (c->arch == LORAC_ARCH_GPT2) {
+        if ((s = parse_gpt2(root, label, c))) goto done;
+        goto dtype;
+    }
     c->rms_norm_eps = c->arch == LORAC_ARCH_PHI3 ? 1e-5f : 1e-6f; /* Phi3Config's default */
     /* SmolLM3Config's and Gemma3TextConfig's defaults */
     c->rope_theta = c->arch == LORAC_ARCH_SMOLLM3 ? 2000000.0f : c->arch == LORAC_ARCH_GEMMA3 ? 1000000.0f : 10000.0f;
@@ -461,6 +524,7 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
     c->embedding_multiplier = c->residual_multiplier = c->logits_scaling = c->query_scale = 1.0f;
     if (c->arch == LORAC_ARCH_GRANITE && (s = parse_granite(root, label, c))) goto done;
     if (gemma && (s = parse_gemma(root, label, c))) goto done;
+dtype:;
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(top, "torch_dtype");
     if (!cJSON_IsString(dt)) dt = cJSON_GetObjectItemCaseSensitive(root, "torch_dtype");
     if (cJSON_IsString(dt)) snprintf(c->torch_dtype, sizeof c->torch_dtype, "%s", dt->valuestring);
@@ -470,7 +534,7 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
                         label, c->n_heads, c->n_kv_heads);
         goto done;
     }
-    if (c->head_dim % 2 != 0 || c->head_dim < 2) {
+    if (!c->learned_positions && (c->head_dim % 2 != 0 || c->head_dim < 2)) {
         s = lorac_error(LORAC_STATUS_FORMAT, "%s: head_dim (%d) must be even (hidden_size %d / heads %d)", label,
                         c->head_dim, c->hidden_size, c->n_heads);
         goto done;

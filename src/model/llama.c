@@ -413,6 +413,9 @@ static lorac_status_t validate_batch(lorac_context_t *ctx, const lorac_batch_t *
                                ctx->seq_seen[s]);
         if (pos >= ctx->params.n_ctx)
             return lorac_error(LORAC_STATUS_INVALID_ARG, "position %d is past the context size %d", pos, ctx->params.n_ctx);
+        if (c->learned_positions && pos >= c->max_position_embeddings)
+            return lorac_error(LORAC_STATUS_INVALID_ARG, "position %d is past the %d positions the model has learned (n_positions)",
+                               pos, c->max_position_embeddings);
         ctx->seq_seen[s]++;
     }
     if (!c->rope_longrope) return LORAC_STATUS_OK;
@@ -445,6 +448,13 @@ static void embed_tokens(float *x, const lorac_wref_t *embed, const int32_t *tok
         lorac_convert_to_f32(x + t * D, (const uint8_t *)embed->data + (size_t)tokens[t] * row_bytes, embed->dtype, D);
 }
 
+/* GPT-2's learned positions: row pos[t] of the table added to token t's,
+ * widened in scratch (T, D) first. */
+static void add_positions(float *x, float *scratch, const lorac_wref_t *table, const int32_t *pos, int64_t T, int64_t D) {
+    embed_tokens(scratch, table, pos, T, D);
+    for (int64_t i = 0; i < T * D; i++) x[i] += scratch[i];
+}
+
 /* x += s·y; s is 1 but for Granite's residual_multiplier (and then x + y exactly) */
 static void add_inplace(float *x, const float *y, float s, int64_t n) {
     if (s == 1.0f) {
@@ -455,10 +465,12 @@ static void add_inplace(float *x, const float *y, float s, int64_t n) {
 }
 
 
-/* out = rmsnorm(x) with the weight w (read as 1 + w for Gemma), T rows of C */
-static void norm(float *out, const float *x, const lorac_wref_t *w, const lorac_model_config_t *c, int64_t T,
-                 int64_t C) {
-    lorac_rmsnorm_forward_offset(out, NULL, x, w->data, w->dtype, c->norm_offset, c->rms_norm_eps, T, C);
+/* out = rmsnorm(x) with the weight w (read as 1 + w for Gemma), T rows of
+ * C; GPT-2's LayerNorm with f32 w and the bias b (layer_norm) */
+static void norm(float *out, const float *x, const lorac_wref_t *w, const float *b, const lorac_model_config_t *c,
+                 int64_t T, int64_t C) {
+    if (c->layer_norm) lorac_layernorm_forward(out, NULL, NULL, x, w->data, b, c->rms_norm_eps, T, C);
+    else lorac_rmsnorm_forward_offset(out, NULL, x, w->data, w->dtype, c->norm_offset, c->rms_norm_eps, T, C);
 }
 
 static void attention_block(lorac_context_t *ctx, const lorac_batch_t *b, int32_t l) {
@@ -469,15 +481,15 @@ static void attention_block(lorac_context_t *ctx, const lorac_batch_t *b, int32_
     int64_t Q = H * hd, KV = ctx->kv_dim;
     int32_t window = lorac_model_layer_window(c, l);
 
-    norm(ctx->xn, ctx->x, &L->attn_norm, c, T, D);
+    norm(ctx->xn, ctx->x, &L->attn_norm, L->attn_norm_b, c, T, D);
     lorac_matmul_part_t qkv[3] = {{ctx->q, L->wq.data, L->wq.dtype, L->bq, Q, NULL, 0},
                                   {ctx->k, L->wk.data, L->wk.dtype, L->bk, KV, NULL, 0},
                                   {ctx->v, L->wv.data, L->wv.dtype, L->bv, KV, NULL, 0}};
     const lorac_lora_target_t qkv_targets[3] = {LORAC_LORA_Q, LORAC_LORA_K, LORAC_LORA_V};
     adapted_product(ctx, l, qkv, qkv_targets, 3, ctx->xn, T, D);
     if (c->qk_norm) { /* in place: a row's sum of squares is taken before it is scaled */
-        norm(ctx->q, ctx->q, &L->q_norm, c, T * H, hd);
-        norm(ctx->k, ctx->k, &L->k_norm, c, T * KVH, hd);
+        norm(ctx->q, ctx->q, &L->q_norm, NULL, c, T * H, hd);
+        norm(ctx->k, ctx->k, &L->k_norm, NULL, c, T * KVH, hd);
     }
     if (lorac_model_layer_has_rope(c, l)) { /* not in SmolLM3's NoPE layers */
         const float *cs = window && ctx->rope_cs_local ? ctx->rope_cs_local : ctx->rope_cs;
@@ -511,7 +523,7 @@ static void attention_block(lorac_context_t *ctx, const lorac_batch_t *b, int32_
     lorac_matmul_part_t o = {ctx->proj, L->wo.data, L->wo.dtype, L->bo, D, NULL, 0};
     const lorac_lora_target_t o_target = LORAC_LORA_O;
     adapted_product(ctx, l, &o, &o_target, 1, ctx->att, T, Q);
-    if (c->sandwich_norms) norm(ctx->proj, ctx->proj, &L->attn_post_norm, c, T, D);
+    if (c->sandwich_norms) norm(ctx->proj, ctx->proj, &L->attn_post_norm, NULL, c, T, D);
     add_inplace(ctx->x, ctx->proj, c->residual_multiplier, T * D);
 }
 
@@ -519,17 +531,24 @@ static void mlp_block(lorac_context_t *ctx, int64_t T, int32_t l) {
     const lorac_model_config_t *c = &ctx->model->config;
     const lorac_layer_weights_t *L = &ctx->model->layers[l];
     int64_t D = c->hidden_size, I = c->intermediate_size;
-    norm(ctx->xn, ctx->x, &L->ffn_norm, c, T, D);
+    norm(ctx->xn, ctx->x, &L->ffn_norm, L->ffn_norm_b, c, T, D);
+    if (c->plain_mlp) { /* GPT-2: down(gelu(up(xn))) */
+        lorac_matmul_part_t up = {ctx->up, L->w_up.data, L->w_up.dtype, L->b_up, I, NULL, 0};
+        const lorac_lora_target_t up_target = LORAC_LORA_UP;
+        adapted_product(ctx, l, &up, &up_target, 1, ctx->xn, T, D);
+        lorac_gelu_forward(ctx->gate, ctx->up, T * I);
+    } else {
     lorac_matmul_part_t gate_up[2] = {{ctx->gate, L->w_gate.data, L->w_gate.dtype, L->b_gate, I, NULL, 0},
                                       {ctx->up, L->w_up.data, L->w_up.dtype, L->b_up, I, NULL, 0}};
     const lorac_lora_target_t gate_up_targets[2] = {LORAC_LORA_GATE, LORAC_LORA_UP};
     adapted_product(ctx, l, gate_up, gate_up_targets, 2, ctx->xn, T, D);
     if (c->act == LORAC_ACT_GELU_TANH) lorac_geglu_forward(ctx->gate, ctx->gate, ctx->up, T, I);
     else lorac_swiglu_forward(ctx->gate, ctx->gate, ctx->up, T, I);
+    }
     lorac_matmul_part_t down = {ctx->proj, L->w_down.data, L->w_down.dtype, L->b_down, D, NULL, 0};
     const lorac_lora_target_t down_target = LORAC_LORA_DOWN;
     adapted_product(ctx, l, &down, &down_target, 1, ctx->gate, T, I);
-    if (c->sandwich_norms) norm(ctx->proj, ctx->proj, &L->ffn_post_norm, c, T, D);
+    if (c->sandwich_norms) norm(ctx->proj, ctx->proj, &L->ffn_post_norm, NULL, c, T, D);
     add_inplace(ctx->x, ctx->proj, c->residual_multiplier, T * D);
 }
 
@@ -551,6 +570,7 @@ lorac_status_t lorac_context_decode(lorac_context_t *ctx, const lorac_batch_t *b
     int64_t T = b->n_tokens, D = c->hidden_size;
 
     embed_tokens(ctx->x, &m->embed, b->tokens, T, D);
+    if (c->learned_positions) add_positions(ctx->x, ctx->xn, &m->pos_embed, b->pos, T, D);
     if (c->embedding_multiplier != 1.0f) lorac_scale(ctx->x, c->embedding_multiplier, T * D);
     if (m->inv_freq_long) { /* Phi-3: each token with its sequence's factors (seq_long) */
         for (int64_t t = 0; t < T; t++)
@@ -578,7 +598,7 @@ lorac_status_t lorac_context_decode(lorac_context_t *ctx, const lorac_batch_t *b
         }
     }
     if (n_out == 0 || !logits) return LORAC_STATUS_OK;
-    norm(ctx->xn, ctx->x, &m->final_norm, c, n_out, D);
+    norm(ctx->xn, ctx->x, &m->final_norm, m->final_norm_b, c, n_out, D);
     /* Granite's logits / logits_scaling, as the head's input divided: a linear map */
     if (c->logits_scaling != 1.0f) lorac_scale(ctx->xn, 1.0f / c->logits_scaling, n_out * D);
     lorac_matmul_forward(logits, ctx->xn, m->lm_head.data, m->lm_head.dtype, NULL, n_out, D, c->vocab_size);

@@ -66,6 +66,7 @@ typedef struct {
 
 typedef struct {
     lorac_wref_t attn_norm, ffn_norm;
+    const float *attn_norm_b, *ffn_norm_b; /* layer_norm (GPT-2): the LayerNorms' biases */
     float *d_attn_norm, *d_ffn_norm; /* full fine-tuning */
     lorac_wref_t q_norm, k_norm;     /* qk_norm (Qwen3, Gemma 3) */
     float *d_q_norm, *d_k_norm;      /* full fine-tuning with qk_norm */
@@ -76,6 +77,7 @@ typedef struct {
 
 typedef struct {
     float *x_in, *rstd1, *xn1, *q, *k, *v, *att, *lse, *x_mid, *rstd2, *xn2, *gate, *up, *h;
+    float *mean1, *mean2; /* layer_norm (GPT-2): the LayerNorms' row means (N) */
     float *q_raw, *k_raw, *rstd_q, *rstd_k; /* qk_norm: q (N,H·hd), k before their norms; rstd (N·H), (N·KVH) */
     float *o_raw, *rstd_po, *m_raw, *rstd_pm; /* sandwich_norms: the o and down products (N,D) before their norms */
     float *u[LORAC_LORA_COUNT];      /* (N, r) */
@@ -106,6 +108,8 @@ struct lorac_train_pass {
     int32_t grad_floor;           /* the lowest layer with a gradient: backward stops there */
     layer_acts_t *acts;
     float *x_final, *rstd_f, *xn_f;
+    float *mean_f;                /* layer_norm: the final LayerNorm's row means */
+    const float *final_norm_b;    /* layer_norm: its bias */
     /* backward scratch */
     float *dres, *dres2, *dxn, *dxn_f, *tmp, *dh, *dgate, *dup, *datt, *dq, *dk, *dv, *du, *dx_lora;
     float *dq_raw, *dk_raw; /* qk_norm: the gradients of q and k as projected */
@@ -182,7 +186,9 @@ static void plan_activations(lorac_train_pass_t *p, arena_t *a) {
         CARVE(a, s->q, N * Q); CARVE(a, s->k, N * KV); CARVE(a, s->v, N * KV);
         CARVE(a, s->att, N * Q); CARVE(a, s->lse, N * H);
         CARVE(a, s->x_mid, N * D); CARVE(a, s->rstd2, N); CARVE(a, s->xn2, N * D);
-        CARVE(a, s->gate, N * I); CARVE(a, s->up, N * I); CARVE(a, s->h, N * I);
+        if (!c->plain_mlp) CARVE(a, s->gate, N * I); /* GPT-2: no gate */
+        CARVE(a, s->up, N * I); CARVE(a, s->h, N * I);
+        if (c->layer_norm) { CARVE(a, s->mean1, N); CARVE(a, s->mean2, N); }
         if (c->qk_norm) {
             CARVE(a, s->q_raw, N * Q); CARVE(a, s->k_raw, N * KV);
             CARVE(a, s->rstd_q, N * H); CARVE(a, s->rstd_k, N * c->n_kv_heads);
@@ -207,6 +213,7 @@ static void plan_activations(lorac_train_pass_t *p, arena_t *a) {
         }
     }
     CARVE(a, p->x_final, N * D); CARVE(a, p->rstd_f, N); CARVE(a, p->xn_f, N * D);
+    if (c->layer_norm) CARVE(a, p->mean_f, N);
     CARVE(a, p->dres, N * D); CARVE(a, p->dres2, N * D); CARVE(a, p->dxn, N * D); CARVE(a, p->dxn_f, N * D);
     CARVE(a, p->tmp, N * D); CARVE(a, p->dh, N * I); CARVE(a, p->dgate, N * I); CARVE(a, p->dup, N * I);
     CARVE(a, p->datt, N * Q); CARVE(a, p->dq, N * Q); CARVE(a, p->dk, N * KV); CARVE(a, p->dv, N * KV);
@@ -249,6 +256,8 @@ static void base_layer(const lorac_model_t *m, int32_t l, train_layer_t *L) {
     const float *b[LORAC_LORA_COUNT] = {W->bq, W->bk, W->bv, W->bo, W->b_gate, W->b_up, W->b_down};
     L->attn_norm = W->attn_norm;
     L->ffn_norm = W->ffn_norm;
+    L->attn_norm_b = W->attn_norm_b;
+    L->ffn_norm_b = W->ffn_norm_b;
     L->q_norm = W->q_norm;
     L->k_norm = W->k_norm;
     L->attn_post_norm = W->attn_post_norm;
@@ -274,7 +283,7 @@ static lorac_status_t setup_packed(lorac_train_pass_t *p) {
     for (int32_t l = 0; l < c->n_layers; l++)
         for (int t = 0; t < LORAC_LORA_COUNT; t++) {
             const linear_t *q = &p->layers[l].proj[t];
-            if (q->w.dtype == LORAC_DTYPE_F32) total += lorac_packed_weight_floats(q->out, q->in);
+            if (q->w.data && q->w.dtype == LORAC_DTYPE_F32) total += lorac_packed_weight_floats(q->out, q->in);
         }
     int pack_head = p->lm_head.dtype == LORAC_DTYPE_F32 && !p->whole_rows; /* loss_chunk_whole reads it as is */
     if (pack_head) total += lorac_packed_weight_floats(c->vocab_size, c->hidden_size);
@@ -286,7 +295,7 @@ static lorac_status_t setup_packed(lorac_train_pass_t *p) {
     for (int32_t l = 0; l < c->n_layers; l++)
         for (int t = 0; t < LORAC_LORA_COUNT; t++) {
             linear_t *q = &p->layers[l].proj[t];
-            if (q->w.dtype != LORAC_DTYPE_F32) continue;
+            if (!q->w.data || q->w.dtype != LORAC_DTYPE_F32) continue; /* GPT-2 has no gate */
             lorac_pack_weight(P, q->w.data, q->out, q->in);
             lorac_model_release_weight(p->model, q->w.data, sizeof(float) * (size_t)q->out * (size_t)q->in);
             q->packed = P;
@@ -412,15 +421,12 @@ static lorac_status_t setup_lora(lorac_train_pass_t *p) {
         q->dA = group_dA = g; g += (int64_t)m->r * m->in;
         q->dB = g; g += b_rows * m->r;
         group_dB = q->dB + (int64_t)m->out * m->r;
-        const char *block = m->target <= LORAC_LORA_O ? "self_attn" : "mlp";
-        char name[128];
+        char module[96], name[128];
         lorac_status_t s;
-        /* PEFT's keys: "model" or a multimodal model's "model.language_model" before ".layers" */
-        const char *prefix = a->config.module_prefix[0] ? a->config.module_prefix : "model";
-        const char *module = lorac_lora_module_name(&a->config, m->target);
-        snprintf(name, sizeof name, "base_model.model.%s.layers.%d.%s.%s.lora_A.weight", prefix, m->layer, block, module);
+        lorac_lora_module_path(&a->config, m->layer, m->target, module, sizeof module); /* PEFT's keys */
+        snprintf(name, sizeof name, "base_model.model.%s.lora_A.weight", module);
         if ((s = add_param(p, name, m->A, q->dA, (int64_t)m->r * m->in))) return s;
-        snprintf(name, sizeof name, "base_model.model.%s.layers.%d.%s.%s.lora_B.weight", prefix, m->layer, block, module);
+        snprintf(name, sizeof name, "base_model.model.%s.lora_B.weight", module);
         if ((s = add_param(p, name, m->B, q->dB, b_rows * m->r))) return s;
     }
     return LORAC_STATUS_OK;
@@ -446,7 +452,12 @@ lorac_status_t lorac_train_pass_init(const lorac_model_t *model, lorac_adapter_t
     for (int32_t l = 0; l < c->n_layers; l++) base_layer(model, l, &p->layers[l]);
     p->embed = model->embed;
     p->final_norm = model->final_norm;
+    p->final_norm_b = model->final_norm_b;
     p->lm_head = model->lm_head;
+    if (!adapter && c->arch == LORAC_ARCH_GPT2) {
+        s = lorac_error(LORAC_STATUS_UNSUPPORTED, "full fine-tuning of %s is not supported: train a LoRA adapter", c->arch_name);
+        goto fail;
+    }
     if ((s = adapter ? setup_lora(p) : setup_full(p))) goto fail;
     p->whole_rows = p->d_lm_head || c->final_softcap > 0.0f;
     if (adapter && (s = setup_packed(p))) goto fail;
@@ -635,6 +646,23 @@ static void norm_backward(const lorac_train_pass_t *p, float *dx, float *dw, con
     lorac_rmsnorm_backward_offset(dx, dw, dout, x, w->data, w->dtype, p->model->config.norm_offset, rstd, T, C);
 }
 
+/* A block's input norm: norm_forward, or GPT-2's LayerNorm (f32 w, bias b,
+ * its row means kept too) */
+static void block_norm_forward(const lorac_train_pass_t *p, float *out, float *mean, float *rstd, const float *x,
+                               const lorac_wref_t *w, const float *b, int64_t T, int64_t C) {
+    const lorac_model_config_t *c = &p->model->config;
+    if (c->layer_norm) lorac_layernorm_forward(out, mean, rstd, x, w->data, b, c->rms_norm_eps, T, C);
+    else norm_forward(p, out, rstd, x, w, T, C);
+}
+
+/* Its backward: dx += ...; the LayerNorm's weight and bias stay frozen
+ * (GPT-2 trains LoRA only) */
+static void block_norm_backward(const lorac_train_pass_t *p, float *dx, float *dw, const float *dout, const float *x,
+                                const lorac_wref_t *w, const float *mean, const float *rstd, int64_t T, int64_t C) {
+    if (p->model->config.layer_norm) lorac_layernorm_backward(dx, dout, x, w->data, mean, rstd, T, C);
+    else norm_backward(p, dx, dw, dout, x, w, rstd, T, C);
+}
+
 /* The gradient of a block's product given dout, that of its sandwich norm's
  * output (raw: the product, rstd its norm's), in d_post; dw += the norm
  * weight's gradient when given. */
@@ -659,7 +687,7 @@ static void layer_forward(lorac_train_pass_t *p, int32_t l, float *x_out, float 
     layer_acts_t *s = &p->acts[l];
     int64_t N = p->N, D = c->hidden_size, H = c->n_heads, KVH = c->n_kv_heads, hd = c->head_dim;
 
-    norm_forward(p, s->xn1, s->rstd1, s->x_in, &L->attn_norm, N, D);
+    block_norm_forward(p, s->xn1, s->mean1, s->rstd1, s->x_in, &L->attn_norm, L->attn_norm_b, N, D);
     lap(p, LORAC_PHASE_NORMS);
     linear_forward(p, &L->proj[LORAC_LORA_Q], c->qk_norm ? s->q_raw : s->q, s->xn1, s, LORAC_LORA_Q, N, dropout, rng);
     linear_forward(p, &L->proj[LORAC_LORA_K], c->qk_norm ? s->k_raw : s->k, s->xn1, s, LORAC_LORA_K, N, dropout, rng);
@@ -685,11 +713,12 @@ static void layer_forward(lorac_train_pass_t *p, int32_t l, float *x_out, float 
     add_into(s->x_mid, s->x_in, p->tmp, c->residual_multiplier, N * D);
     lap(p, LORAC_PHASE_ELEMENTWISE);
 
-    norm_forward(p, s->xn2, s->rstd2, s->x_mid, &L->ffn_norm, N, D);
+    block_norm_forward(p, s->xn2, s->mean2, s->rstd2, s->x_mid, &L->ffn_norm, L->ffn_norm_b, N, D);
     lap(p, LORAC_PHASE_NORMS);
-    linear_forward(p, &L->proj[LORAC_LORA_GATE], s->gate, s->xn2, s, LORAC_LORA_GATE, N, dropout, rng);
+    if (!c->plain_mlp) linear_forward(p, &L->proj[LORAC_LORA_GATE], s->gate, s->xn2, s, LORAC_LORA_GATE, N, dropout, rng);
     linear_forward(p, &L->proj[LORAC_LORA_UP], s->up, s->xn2, s, LORAC_LORA_UP, N, dropout, rng);
-    if (c->act == LORAC_ACT_GELU_TANH) lorac_geglu_forward(s->h, s->gate, s->up, N, c->intermediate_size);
+    if (c->plain_mlp) lorac_gelu_forward(s->h, s->up, N * c->intermediate_size); /* GPT-2: gelu(up) */
+    else if (c->act == LORAC_ACT_GELU_TANH) lorac_geglu_forward(s->h, s->gate, s->up, N, c->intermediate_size);
     else lorac_swiglu_forward(s->h, s->gate, s->up, N, c->intermediate_size);
     lap(p, LORAC_PHASE_SWIGLU);
     linear_forward(p, &L->proj[LORAC_LORA_DOWN], c->sandwich_norms ? s->m_raw : p->tmp, s->h, s, LORAC_LORA_DOWN, N,
@@ -714,13 +743,15 @@ static void layer_backward(lorac_train_pass_t *p, int32_t l, float *dres, float 
     const float *d_down = block_grad(p, dres, p->dres2, N * D);
     if (c->sandwich_norms) d_down = post_norm_backward(p, d_down, s->m_raw, &L->ffn_post_norm, L->d_ffn_post_norm, s->rstd_pm);
     linear_backward(p, &L->proj[LORAC_LORA_DOWN], p->dh, true, d_down, s->h, s, LORAC_LORA_DOWN, dropout, has_rng);
-    if (c->act == LORAC_ACT_GELU_TANH) lorac_geglu_backward(p->dgate, p->dup, p->dh, s->gate, s->up, N, I);
+    if (c->plain_mlp) lorac_gelu_backward(p->dup, p->dh, s->up, N * I);
+    else if (c->act == LORAC_ACT_GELU_TANH) lorac_geglu_backward(p->dgate, p->dup, p->dh, s->gate, s->up, N, I);
     else lorac_swiglu_backward(p->dgate, p->dup, p->dh, s->gate, s->up, N, I);
     lap(p, LORAC_PHASE_SWIGLU);
-    linear_backward(p, &L->proj[LORAC_LORA_GATE], p->dxn, true, p->dgate, s->xn2, s, LORAC_LORA_GATE, dropout, has_rng);
-    linear_backward(p, &L->proj[LORAC_LORA_UP], p->dxn, false, p->dup, s->xn2, s, LORAC_LORA_UP, dropout, has_rng);
+    if (!c->plain_mlp)
+        linear_backward(p, &L->proj[LORAC_LORA_GATE], p->dxn, true, p->dgate, s->xn2, s, LORAC_LORA_GATE, dropout, has_rng);
+    linear_backward(p, &L->proj[LORAC_LORA_UP], p->dxn, c->plain_mlp, p->dup, s->xn2, s, LORAC_LORA_UP, dropout, has_rng);
     /* residual: dres already holds d x_mid's direct share */
-    norm_backward(p, dres, L->d_ffn_norm, p->dxn, s->x_mid, &L->ffn_norm, s->rstd2, N, D);
+    block_norm_backward(p, dres, L->d_ffn_norm, p->dxn, s->x_mid, &L->ffn_norm, s->mean2, s->rstd2, N, D);
     lap(p, LORAC_PHASE_NORMS);
 
     /* attention: x_mid = x_in + o(attention(rope(q), rope(k), v)), q and k through their norms first with qk_norm,
@@ -756,7 +787,7 @@ static void layer_backward(lorac_train_pass_t *p, int32_t l, float *dres, float 
     linear_backward(p, &L->proj[LORAC_LORA_K], dxn, false, dk, s->xn1, s, LORAC_LORA_K, dropout, has_rng);
     linear_backward(p, &L->proj[LORAC_LORA_V], dxn, false, p->dv, s->xn1, s, LORAC_LORA_V, dropout, has_rng);
     if (dxn)
-        norm_backward(p, dres, L->d_attn_norm, dxn, s->x_in, &L->attn_norm, s->rstd1, N, D);
+        block_norm_backward(p, dres, L->d_attn_norm, dxn, s->x_in, &L->attn_norm, s->mean1, s->rstd1, N, D);
     lap(p, LORAC_PHASE_NORMS);
 }
 
@@ -871,6 +902,19 @@ static void embed_rows(lorac_train_pass_t *p, float *x, const int32_t *tokens, i
         lorac_convert_to_f32(x + i * D, (const uint8_t *)p->embed.data + (size_t)tokens[i] * row_bytes, p->embed.dtype, D);
 }
 
+/* GPT-2's learned positions: row pos[i] of the table added to x's row i
+ * (through xn_f, not yet in use). */
+static void add_positions(lorac_train_pass_t *p, float *x, const int32_t *pos, int64_t N) {
+    int64_t D = p->model->config.hidden_size;
+    const lorac_wref_t *table = &p->model->pos_embed;
+    size_t row_bytes = (size_t)D * lorac_dtype_size(table->dtype);
+    for (int64_t i = 0; i < N; i++) {
+        float *row = p->xn_f + i * D;
+        lorac_convert_to_f32(row, (const uint8_t *)table->data + (size_t)pos[i] * row_bytes, table->dtype, D);
+        for (int64_t k = 0; k < D; k++) x[i * D + k] += row[k];
+    }
+}
+
 lorac_status_t lorac_train_pass_run(lorac_train_pass_t *p, const int32_t *tokens, const int32_t *targets,
                                     const int32_t *pos, bool grads, lorac_rng_t *rng, double *loss_sum,
                                     int64_t *n_targets) {
@@ -884,6 +928,9 @@ lorac_status_t lorac_train_pass_run(lorac_train_pass_t *p, const int32_t *tokens
         int64_t t = i % p->T;
         if (pos[i] < 0 || pos[i] > t)
             return lorac_error(LORAC_STATUS_INVALID_ARG, "position %d at row index %lld: must be in 0..%lld", pos[i], (long long)t, (long long)t);
+        if (c->learned_positions && pos[i] >= c->max_position_embeddings)
+            return lorac_error(LORAC_STATUS_INVALID_ARG, "position %d is past the %d positions the model has learned (n_positions)",
+                               pos[i], c->max_position_embeddings);
         p->start[i] = (int32_t)(t - pos[i]);
         /* a windowed layer's token sees the last sliding_window tokens of its example */
         if (p->start_window) {
@@ -915,10 +962,11 @@ lorac_status_t lorac_train_pass_run(lorac_train_pass_t *p, const int32_t *tokens
     lap(p, LORAC_PHASE_ROPE);
     embed_rows(p, p->acts[0].x_in, tokens, N);
     if (c->embedding_multiplier != 1.0f) lorac_scale(p->acts[0].x_in, c->embedding_multiplier, N * D);
+    if (c->learned_positions) add_positions(p, p->acts[0].x_in, pos, N);
     lap(p, LORAC_PHASE_ELEMENTWISE);
     for (int32_t l = 0; l < c->n_layers; l++)
         layer_forward(p, l, l + 1 < c->n_layers ? p->acts[l + 1].x_in : p->x_final, dropout, rng);
-    norm_forward(p, p->xn_f, p->rstd_f, p->x_final, &p->final_norm, N, D);
+    block_norm_forward(p, p->xn_f, p->mean_f, p->rstd_f, p->x_final, &p->final_norm, p->final_norm_b, N, D);
     /* Granite's logits / logits_scaling: the classifier's input divided (the backward reads x_final, not xn_f) */
     if (c->logits_scaling != 1.0f) lorac_scale(p->xn_f, 1.0f / c->logits_scaling, N * D);
     lap(p, LORAC_PHASE_NORMS);
@@ -929,7 +977,7 @@ lorac_status_t lorac_train_pass_run(lorac_train_pass_t *p, const int32_t *tokens
     memset(p->dres, 0, sizeof(float) * (size_t)(N * D));
     if (c->logits_scaling != 1.0f) lorac_scale(p->dxn_f, 1.0f / c->logits_scaling, N * D);
     lap(p, LORAC_PHASE_ELEMENTWISE);
-    norm_backward(p, p->dres, p->d_final_norm, p->dxn_f, p->x_final, &p->final_norm, p->rstd_f, N, D);
+    block_norm_backward(p, p->dres, p->d_final_norm, p->dxn_f, p->x_final, &p->final_norm, p->mean_f, p->rstd_f, N, D);
     lap(p, LORAC_PHASE_NORMS);
     for (int32_t l = c->n_layers - 1; l >= p->grad_floor; l--) layer_backward(p, l, p->dres, dropout, rng != NULL);
     if (p->d_embed) {

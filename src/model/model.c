@@ -22,12 +22,13 @@ static void shape_str(const int64_t *shape, int n, char *buf, size_t cap) {
 /* Finds tensor `kind` of `layer`, checks its dtype and shape. Absent optional
  * tensors leave *out empty. An aligned copy (see below) is filled at once
  * when fill_now is set, else by fill_aligned_copies at the end of loading. */
-static lorac_status_t find_tensor_fill(lorac_model_t *m, lorac_tensor_kind_t kind, int32_t layer, int required,
-                                       int fill_now, lorac_wref_t *out) {
-    char name[128];
-    lorac_tensor_name(&m->config, kind, layer, name, sizeof name);
-    out->data = NULL;
+/* The view of tensor `kind` of `layer` once its shape and dtype are
+ * checked, counted in n_params; *tv NULL when an optional one is absent. */
+static lorac_status_t check_tensor(lorac_model_t *m, lorac_tensor_kind_t kind, int32_t layer, int required, char *name,
+                                   size_t name_cap, const lorac_tensor_view_t **out) {
+    lorac_tensor_name(&m->config, kind, layer, name, name_cap);
     const lorac_tensor_view_t *tv = lorac_weight_files_find(m->files, name);
+    *out = NULL;
     if (!tv) {
         if (!required) return LORAC_STATUS_OK;
         return lorac_error(LORAC_STATUS_FORMAT, "%s: missing tensor \"%s\"", m->dir, name);
@@ -46,9 +47,20 @@ static lorac_status_t find_tensor_fill(lorac_model_t *m, lorac_tensor_kind_t kin
     if (tv->dtype != LORAC_DTYPE_F32 && tv->dtype != LORAC_DTYPE_BF16 && tv->dtype != LORAC_DTYPE_F16)
         return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: tensor \"%s\" has dtype %s, expected F32, BF16 or F16",
                            m->dir, name, lorac_dtype_name(tv->dtype));
+    m->n_params += tv->n_elements;
+    *out = tv;
+    return LORAC_STATUS_OK;
+}
+
+static lorac_status_t find_tensor_fill(lorac_model_t *m, lorac_tensor_kind_t kind, int32_t layer, int required,
+                                       int fill_now, lorac_wref_t *out) {
+    char name[128];
+    const lorac_tensor_view_t *tv;
+    out->data = NULL;
+    lorac_status_t s = check_tensor(m, kind, layer, required, name, sizeof name, &tv);
+    if (s || !tv) return s;
     out->data = tv->data;
     out->dtype = tv->dtype;
-    m->n_params += tv->n_elements;
     /* safetensors only aligns what its writer chose to: HuggingFace's pads
      * the header to 8 bytes, so a file's tensors usually start 8, 16, ... 56
      * bytes past a cache line, and a tensor after an odd-sized one can start
@@ -213,6 +225,93 @@ static lorac_status_t load_layer(lorac_model_t *m, int32_t l) {
     return LORAC_STATUS_OK;
 }
 
+/* A GPT-2 Conv1D weight, (in, out) in the file, as the (out, in) the
+ * kernels read: transposed into an aligned copy of its dtype (in tiles,
+ * so both sides stay in cache), the mapped pages let go. */
+static lorac_status_t find_transposed(lorac_model_t *m, lorac_tensor_kind_t kind, int32_t layer, lorac_wref_t *out) {
+    char name[128];
+    const lorac_tensor_view_t *tv;
+    lorac_status_t s = check_tensor(m, kind, layer, 1, name, sizeof name, &tv);
+    if (s) return s;
+    int64_t in = tv->shape[0], n_out = tv->shape[1];
+    size_t es = lorac_dtype_size(tv->dtype), nbytes = (size_t)tv->nbytes;
+    size_t padded = (nbytes + LORAC_WEIGHT_ALIGN - 1) / LORAC_WEIGHT_ALIGN * LORAC_WEIGHT_ALIGN;
+    aligned_copy_t *list = realloc(m->aligned_copies, sizeof *list * (size_t)(m->n_aligned_copies + 1));
+    char *dst = aligned_alloc(LORAC_WEIGHT_ALIGN, padded > 0 ? padded : LORAC_WEIGHT_ALIGN);
+    if (list) m->aligned_copies = list;
+    if (!list || !dst) {
+        free(dst);
+        return lorac_error(LORAC_STATUS_NOMEM, "out of memory transposing \"%s\"", name);
+    }
+    list[m->n_aligned_copies++] = (aligned_copy_t){dst, tv->data, nbytes, 1, 0};
+    const char *src = tv->data;
+    enum { TILE = 32 };
+    #pragma omp parallel for collapse(2) schedule(static) num_threads(lorac_kernels_get_threads())
+    for (int64_t i0 = 0; i0 < in; i0 += TILE)
+        for (int64_t o0 = 0; o0 < n_out; o0 += TILE)
+            for (int64_t o = o0; o < o0 + TILE && o < n_out; o++)
+                for (int64_t i = i0; i < i0 + TILE && i < in; i++)
+                    memcpy(dst + (size_t)(o * in + i) * es, src + (size_t)(i * n_out + o) * es, es);
+    lorac_file_release(tv->data, nbytes);
+    out->data = dst;
+    out->dtype = tv->dtype;
+    return LORAC_STATUS_OK;
+}
+
+/* A LayerNorm's weight and bias as f32 copies; *w_ref reads the weight. */
+static lorac_status_t load_layernorm(lorac_model_t *m, lorac_tensor_kind_t w_kind, lorac_tensor_kind_t b_kind,
+                                     int32_t layer, float **w, float **b, lorac_wref_t *w_ref) {
+    lorac_status_t s;
+    if ((s = load_bias(m, w_kind, layer, 1, w)) || (s = load_bias(m, b_kind, layer, 1, b))) return s;
+    *w_ref = (lorac_wref_t){*w, LORAC_DTYPE_F32};
+    return LORAC_STATUS_OK;
+}
+
+/* A GPT-2 block: LayerNorms, c_attn transposed and read as q, k and v row
+ * blocks with its bias split the same way, c_proj, c_fc (as up) and the
+ * MLP's c_proj (as down), all with biases. */
+static lorac_status_t load_gpt2_layer(lorac_model_t *m, int32_t l) {
+    lorac_layer_weights_t *L = &m->layers[l];
+    int64_t D = m->config.hidden_size;
+    lorac_wref_t qkv;
+    float *b_qkv = NULL;
+    lorac_status_t s;
+    if ((s = load_layernorm(m, LORAC_TENSOR_ATTN_NORM, LORAC_TENSOR_ATTN_NORM_BIAS, l, &L->attn_norm_w, &L->attn_norm_b,
+                            &L->attn_norm)) ||
+        (s = load_layernorm(m, LORAC_TENSOR_FFN_NORM, LORAC_TENSOR_FFN_NORM_BIAS, l, &L->ffn_norm_w, &L->ffn_norm_b,
+                            &L->ffn_norm)) ||
+        (s = find_transposed(m, LORAC_TENSOR_QKV, l, &qkv)) || (s = find_transposed(m, LORAC_TENSOR_O, l, &L->wo)) ||
+        (s = find_transposed(m, LORAC_TENSOR_UP, l, &L->w_up)) ||
+        (s = find_transposed(m, LORAC_TENSOR_DOWN, l, &L->w_down)) ||
+        (s = load_bias(m, LORAC_TENSOR_O_BIAS, l, 1, &L->bo)) || (s = load_bias(m, LORAC_TENSOR_UP_BIAS, l, 1, &L->b_up)) ||
+        (s = load_bias(m, LORAC_TENSOR_DOWN_BIAS, l, 1, &L->b_down)) ||
+        (s = load_bias(m, LORAC_TENSOR_QKV_BIAS, l, 1, &b_qkv)))
+        return s;
+    L->wq = weight_rows(qkv, 0, D);
+    L->wk = weight_rows(qkv, D, D);
+    L->wv = weight_rows(qkv, 2 * D, D);
+    L->bq = b_qkv; /* 3·D long: its first D are q's */
+    L->bk = malloc(sizeof(float) * (size_t)D);
+    L->bv = malloc(sizeof(float) * (size_t)D);
+    if (!L->bk || !L->bv) return lorac_error(LORAC_STATUS_NOMEM, "out of memory for a bias");
+    memcpy(L->bk, b_qkv + D, sizeof(float) * (size_t)D);
+    memcpy(L->bv, b_qkv + 2 * D, sizeof(float) * (size_t)D);
+    return LORAC_STATUS_OK;
+}
+
+/* GPT-2's global tensors; the prefix "transformer." unless the files name
+ * them without it (the original openai-community/gpt2 checkpoint). */
+static lorac_status_t load_gpt2_globals(lorac_model_t *m) {
+    char name[128];
+    lorac_tensor_name(&m->config, LORAC_TENSOR_EMBED, 0, name, sizeof name);
+    if (!lorac_weight_files_find(m->files, name) && lorac_weight_files_find(m->files, "wte.weight"))
+        m->config.tensor_prefix[0] = 0;
+    lorac_status_t s;
+    if ((s = find_tensor(m, LORAC_TENSOR_POS_EMBED, 0, 1, &m->pos_embed))) return s;
+    return load_layernorm(m, LORAC_TENSOR_FINAL_NORM, LORAC_TENSOR_FINAL_NORM_BIAS, 0, &m->final_norm_w,
+                          &m->final_norm_b, &m->final_norm);
+}
+
 /* inv_freq[i] = theta^(-2i/hd); scaled: with the config's scaling, linear
  * (every frequency divided by the factor) or Llama 3's frequency-dependent
  * one (the same piecewise rule as HF's _compute_llama3_parameters). */
@@ -360,7 +459,7 @@ static lorac_status_t model_load(const char *dir, int for_training, lorac_model_
 
     const lorac_model_config_t *c = &m->config;
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
-    m->inv_freq = malloc(sizeof(float) * (size_t)(c->rotary_dim / 2));
+    m->inv_freq = malloc(sizeof(float) * (size_t)(c->rotary_dim / 2 + 1)); /* + 1: GPT-2 has none */
     m->inv_freq_local = c->rope_local_theta ? malloc(sizeof(float) * (size_t)(c->rotary_dim / 2)) : NULL;
     m->inv_freq_long = c->rope_longrope ? malloc(sizeof(float) * (size_t)(c->rotary_dim / 2)) : NULL;
     if (!m->layers || !m->inv_freq || (c->rope_local_theta && !m->inv_freq_local) ||
@@ -368,8 +467,9 @@ static lorac_status_t model_load(const char *dir, int for_training, lorac_model_
         s = lorac_error(LORAC_STATUS_NOMEM, "out of memory");
         goto fail;
     }
+    if (c->arch == LORAC_ARCH_GPT2 && (s = load_gpt2_globals(m))) goto fail;
     if ((s = find_tensor(m, LORAC_TENSOR_EMBED, 0, 1, &m->embed)) ||
-        (s = find_tensor(m, LORAC_TENSOR_FINAL_NORM, 0, 1, &m->final_norm)))
+        (!c->layer_norm && (s = find_tensor(m, LORAC_TENSOR_FINAL_NORM, 0, 1, &m->final_norm))))
         goto fail;
     if (c->tie_word_embeddings) {
         m->lm_head = m->embed;
@@ -377,7 +477,7 @@ static lorac_status_t model_load(const char *dir, int for_training, lorac_model_
         goto fail;
     }
     for (int32_t l = 0; l < c->n_layers; l++)
-        if ((s = load_layer(m, l))) goto fail;
+        if ((s = c->arch == LORAC_ARCH_GPT2 ? load_gpt2_layer(m, l) : load_layer(m, l))) goto fail;
     compute_inv_freq(c, c->rope_theta, 1, c->rope_longrope ? c->rope_short_factor : NULL, m->inv_freq);
     if (c->rope_local_theta) compute_inv_freq(c, c->rope_local_theta, 0, NULL, m->inv_freq_local);
     if (c->rope_longrope) compute_inv_freq(c, c->rope_theta, 1, c->rope_long_factor, m->inv_freq_long);
@@ -414,8 +514,10 @@ void lorac_model_free(lorac_model_t *m) {
             lorac_layer_weights_t *L = &m->layers[l];
             free(L->bq); free(L->bk); free(L->bv); free(L->bo);
             free(L->b_gate); free(L->b_up); free(L->b_down);
+            free(L->attn_norm_w); free(L->attn_norm_b); free(L->ffn_norm_w); free(L->ffn_norm_b);
         }
     }
+    free(m->final_norm_w); free(m->final_norm_b);
     free(m->layers);
     free(m->inv_freq);
     free(m->inv_freq_local);

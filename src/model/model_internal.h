@@ -39,6 +39,11 @@ typedef enum {
     LORAC_TENSOR_FFN_POST_NORM,
     LORAC_TENSOR_QKV,     /* fused_proj (Phi-3): q, k and v rows in one tensor */
     LORAC_TENSOR_GATE_UP, /* fused_proj: gate and up rows */
+    LORAC_TENSOR_POS_EMBED,      /* learned_positions (GPT-2): (max_position_embeddings, D) */
+    LORAC_TENSOR_QKV_BIAS,       /* GPT-2's c_attn bias: q, k and v's */
+    LORAC_TENSOR_ATTN_NORM_BIAS, /* layer_norm (GPT-2): each LayerNorm's bias */
+    LORAC_TENSOR_FFN_NORM_BIAS,
+    LORAC_TENSOR_FINAL_NORM_BIAS,
     LORAC_TENSOR_COUNT
 } lorac_tensor_kind_t;
 
@@ -48,7 +53,8 @@ typedef enum {
 void lorac_tensor_name(const lorac_model_config_t *c, lorac_tensor_kind_t kind, int32_t layer, char *buf, size_t cap);
 /* 1 for tensors that exist once per layer. */
 int lorac_tensor_is_per_layer(lorac_tensor_kind_t kind);
-/* Expected shape of the tensor for this config; returns the number of dims. */
+/* Expected shape of the tensor for this config, as the file holds it (GPT-2's
+ * Conv1D projections (in, out)); returns the number of dims. */
 int lorac_tensor_expected_shape(lorac_tensor_kind_t kind, const lorac_model_config_t *c, int64_t shape[2]);
 
 typedef struct {
@@ -56,6 +62,8 @@ typedef struct {
     lorac_wref_t q_norm, k_norm;          /* qk_norm (Qwen3, Gemma 3); empty otherwise */
     lorac_wref_t attn_post_norm, ffn_post_norm; /* sandwich_norms (Gemma 2, 3); empty otherwise */
     float *bq, *bk, *bv, *bo, *b_gate, *b_up, *b_down; /* f32 copies; NULL when absent */
+    /* layer_norm (GPT-2): the two LayerNorms' weights and biases, f32 copies */
+    float *attn_norm_w, *attn_norm_b, *ffn_norm_w, *ffn_norm_b;
 } lorac_layer_weights_t;
 
 /* An aligned copy of a tensor and where in the mapped file it comes from. */
@@ -73,6 +81,8 @@ struct lorac_model {
     lorac_weight_files_t *files;
     lorac_tokenizer_t *tokenizer;         /* NULL when the directory has none */
     lorac_wref_t embed, final_norm, lm_head; /* lm_head == embed when tied */
+    lorac_wref_t pos_embed;               /* learned_positions (GPT-2); empty otherwise */
+    float *final_norm_w, *final_norm_b;   /* layer_norm (GPT-2): f32 copies */
     lorac_layer_weights_t *layers;        /* n_layers */
     float *inv_freq;                      /* rotary_dim / 2 rotary frequencies (Phi-3's short factors) */
     float *inv_freq_local;                /* the windowed layers' (rope_local_theta); NULL without one */

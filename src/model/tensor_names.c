@@ -1,5 +1,6 @@
 /* The one table mapping our tensor kinds to HuggingFace names and shapes: the
  * names below follow the config's tensor_prefix ("model." for most). */
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -33,23 +34,52 @@ static const char *const k_names[LORAC_TENSOR_COUNT] = {
     [LORAC_TENSOR_GATE_UP] = "layers.%d.mlp.gate_up_proj.weight",
 };
 
+/* GPT-2's (GPT2LMHeadModel): under "transformer." as transformers saves
+ * them, or with no prefix (tensor_prefix "") as the original
+ * openai-community/gpt2 files name them. */
+static const char *const k_gpt2_names[LORAC_TENSOR_COUNT] = {
+    [LORAC_TENSOR_EMBED] = "wte.weight",
+    [LORAC_TENSOR_POS_EMBED] = "wpe.weight",
+    [LORAC_TENSOR_FINAL_NORM] = "ln_f.weight",
+    [LORAC_TENSOR_FINAL_NORM_BIAS] = "ln_f.bias",
+    [LORAC_TENSOR_LM_HEAD] = "lm_head.weight",
+    [LORAC_TENSOR_ATTN_NORM] = "h.%d.ln_1.weight",
+    [LORAC_TENSOR_ATTN_NORM_BIAS] = "h.%d.ln_1.bias",
+    [LORAC_TENSOR_QKV] = "h.%d.attn.c_attn.weight",
+    [LORAC_TENSOR_QKV_BIAS] = "h.%d.attn.c_attn.bias",
+    [LORAC_TENSOR_O] = "h.%d.attn.c_proj.weight",
+    [LORAC_TENSOR_O_BIAS] = "h.%d.attn.c_proj.bias",
+    [LORAC_TENSOR_FFN_NORM] = "h.%d.ln_2.weight",
+    [LORAC_TENSOR_FFN_NORM_BIAS] = "h.%d.ln_2.bias",
+    [LORAC_TENSOR_UP] = "h.%d.mlp.c_fc.weight",
+    [LORAC_TENSOR_UP_BIAS] = "h.%d.mlp.c_fc.bias",
+    [LORAC_TENSOR_DOWN] = "h.%d.mlp.c_proj.weight",
+    [LORAC_TENSOR_DOWN_BIAS] = "h.%d.mlp.c_proj.bias",
+};
+
 int lorac_tensor_is_per_layer(lorac_tensor_kind_t kind) {
-    return kind != LORAC_TENSOR_EMBED && kind != LORAC_TENSOR_FINAL_NORM && kind != LORAC_TENSOR_LM_HEAD;
+    return kind != LORAC_TENSOR_EMBED && kind != LORAC_TENSOR_FINAL_NORM && kind != LORAC_TENSOR_LM_HEAD &&
+           kind != LORAC_TENSOR_POS_EMBED && kind != LORAC_TENSOR_FINAL_NORM_BIAS;
 }
 
 void lorac_tensor_name(const lorac_model_config_t *c, lorac_tensor_kind_t kind, int32_t layer, char *buf, size_t cap) {
     /* with sandwich norms, "post_attention_layernorm" is the attention
      * output's norm and the MLP's input norm has a name of its own */
+    bool gpt2 = c->arch == LORAC_ARCH_GPT2;
     const char *fmt = c->sandwich_norms && kind == LORAC_TENSOR_FFN_NORM ? "layers.%d.pre_feedforward_layernorm.weight"
+                      : gpt2                                              ? k_gpt2_names[kind]
                                                                           : k_names[kind];
-    /* the head sits beside the decoder: "lm_head.weight", or in the released
-     * Gemma 3 multimodal files "language_model.lm_head.weight" */
-    const char *prefix = c->tensor_prefix[0] ? c->tensor_prefix : "model";
-    if (kind == LORAC_TENSOR_LM_HEAD) {
-        snprintf(buf, cap, "%s%s", strcmp(prefix, "language_model.model") == 0 ? "language_model." : "", fmt);
-        return;
-    }
-    size_t n = (size_t)snprintf(buf, cap, "%s.", prefix);
+    if (!fmt) fmt = "?"; /* a kind the architecture does not have */
+    /* "model." before the decoder's tensors (GPT-2's "transformer.", or
+     * none in its original checkpoint); the head sits beside the decoder:
+     * "lm_head.weight", or in the released Gemma 3 multimodal files
+     * "language_model.lm_head.weight" */
+    const char *prefix = c->tensor_prefix[0] || gpt2 ? c->tensor_prefix : "model";
+    size_t n = 0;
+    if (kind == LORAC_TENSOR_LM_HEAD)
+        n = strcmp(prefix, "language_model.model") == 0 ? (size_t)snprintf(buf, cap, "language_model.") : 0;
+    else if (prefix[0])
+        n = (size_t)snprintf(buf, cap, "%s.", prefix);
     if (n >= cap) return;
 #if defined(__GNUC__)
 #pragma GCC diagnostic push
@@ -65,6 +95,19 @@ void lorac_tensor_name(const lorac_model_config_t *c, lorac_tensor_kind_t kind, 
 int lorac_tensor_expected_shape(lorac_tensor_kind_t kind, const lorac_model_config_t *c, int64_t shape[2]) {
     int64_t D = c->hidden_size, I = c->intermediate_size, V = c->vocab_size;
     int64_t Q = (int64_t)c->n_heads * c->head_dim, KV = (int64_t)c->n_kv_heads * c->head_dim;
+    if (c->arch == LORAC_ARCH_GPT2) { /* Conv1D weights: (in, out) */
+        switch (kind) {
+        case LORAC_TENSOR_POS_EMBED: shape[0] = c->max_position_embeddings; shape[1] = D; return 2;
+        case LORAC_TENSOR_QKV: shape[0] = D; shape[1] = 3 * D; return 2;
+        case LORAC_TENSOR_QKV_BIAS: shape[0] = 3 * D; return 1;
+        case LORAC_TENSOR_O: shape[0] = D; shape[1] = D; return 2;
+        case LORAC_TENSOR_UP: shape[0] = D; shape[1] = I; return 2;
+        case LORAC_TENSOR_DOWN: shape[0] = I; shape[1] = D; return 2;
+        case LORAC_TENSOR_ATTN_NORM_BIAS: case LORAC_TENSOR_FFN_NORM_BIAS: case LORAC_TENSOR_FINAL_NORM_BIAS:
+            shape[0] = D; return 1;
+        default: break;
+        }
+    }
     switch (kind) {
     case LORAC_TENSOR_EMBED: case LORAC_TENSOR_LM_HEAD: shape[0] = V; shape[1] = D; return 2;
     case LORAC_TENSOR_FINAL_NORM: case LORAC_TENSOR_ATTN_NORM: case LORAC_TENSOR_FFN_NORM:
@@ -81,6 +124,10 @@ int lorac_tensor_expected_shape(lorac_tensor_kind_t kind, const lorac_model_conf
     case LORAC_TENSOR_Q_NORM: case LORAC_TENSOR_K_NORM: shape[0] = c->head_dim; return 1;
     case LORAC_TENSOR_QKV: shape[0] = Q + 2 * KV; shape[1] = D; return 2;
     case LORAC_TENSOR_GATE_UP: shape[0] = 2 * I; shape[1] = D; return 2;
+    case LORAC_TENSOR_POS_EMBED: shape[0] = c->max_position_embeddings; shape[1] = D; return 2;
+    case LORAC_TENSOR_QKV_BIAS: shape[0] = Q + 2 * KV; return 1;
+    case LORAC_TENSOR_ATTN_NORM_BIAS: case LORAC_TENSOR_FFN_NORM_BIAS: case LORAC_TENSOR_FINAL_NORM_BIAS:
+        shape[0] = D; return 1;
     case LORAC_TENSOR_COUNT: break;
     }
     return 0;

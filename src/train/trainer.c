@@ -204,9 +204,9 @@ static lorac_status_t evaluate(lorac_train_pass_t *pass, lorac_dataset_t *eval, 
 
 /* ---- outputs ------------------------------------------------------------------ */
 /* --targets, or PEFT's default for the model: q_proj and v_proj, Phi-3's
- * fused qkv_proj (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING). */
+ * fused qkv_proj, GPT-2's c_attn (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING). */
 static const char *targets_or_default(const lorac_train_params_t *p, const lorac_model_config_t *c) {
-    return p->targets ? p->targets : c->fused_proj ? "qkv_proj" : "q_proj,v_proj";
+    return p->targets ? p->targets : c->fused_proj ? "qkv_proj" : c->fused_qkv ? "c_attn" : "q_proj,v_proj";
 }
 
 static void write_readme(const lorac_train_params_t *p, const lorac_train_result_t *res, int64_t n_trainable,
@@ -323,6 +323,11 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
         goto done;
     const lorac_model_config_t *cfg = lorac_model_get_config(model);
     const lorac_tokenizer_t *tk = lorac_model_get_tokenizer(model);
+    if (cfg->learned_positions && p->seq > cfg->max_position_embeddings) {
+        s = lorac_error(LORAC_STATUS_INVALID_ARG, "--seq %d is longer than the %d positions %s has learned (n_positions)",
+                        p->seq, cfg->max_position_embeddings, cfg->arch_name);
+        goto done;
+    }
     lorac_dataset_params_t dp = lorac_dataset_default_params();
     dp.format = fmt;
     dp.chat_template = p->chat_template;
