@@ -7,7 +7,9 @@
 # seconds) and a Qwen2.5-0.5B-shaped one (qwen2: q/k/v biases, tied
 # embeddings, a 151,936-token vocabulary; F32, 2 GB; batch 2 x 256, 5
 # steps), the large-vocabulary case of Qwen, Llama 3 and SmolLM2 models;
-# then LoRA against --full on the 15M shape.
+# then LoRA against --full on the 15M shape. MODELS=gpt2 (not in the
+# default) trains the GPT-2-124M-shaped model bench_generate.sh MODELS=gpt2
+# writes (LoRA on its four Conv1D projections).
 # Both sides report the median step after the first (warm-up): 8 steps
 # (5 at 1.1B), as torch's steps vary by up to 2x while its allocator grows.
 # Each side runs RUNS times, alternating lorac and torch, and the table

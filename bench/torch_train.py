@@ -1,7 +1,8 @@
 """PyTorch peer for bench_train.sh: the same LoRA training step as
 `lorac train --format tokens --targets all-linear --r 8` (frozen f32 base,
 r=8 adapters on all seven projections, AdamW, 2 threads) on a HuggingFace
-model directory written by tests/reference/hf_model.py. Prints tokens/s
+model directory written by tests/reference/hf_model.py (or on GPT-2's four
+Conv1D projections, for a GPT-2 directory from tests/reference/gpt2_ref.py). Prints tokens/s
 of the median step after the first (warm-up)."""
 import argparse
 import json
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "reference"))
+import gpt2_ref  # noqa: E402
 import hf_model  # noqa: E402
 
 
@@ -81,6 +83,49 @@ class Model(torch.nn.Module):
         return rms(x, self.norm) @ self.head.T
 
 
+class GPT2(torch.nn.Module):
+    """GPT-2 (tests/reference/gpt2_ref.py's semantics) with LoRA on its four
+    Conv1D projections (all-linear), their weights transposed to (out, in)."""
+
+    def __init__(self, c, w, r, alpha):
+        super().__init__()
+        self.c = c
+
+        def frozen(name):
+            return torch.nn.Parameter(w[name].float(), requires_grad=False)
+
+        p = "transformer."
+        self.wte, self.wpe = frozen(p + "wte.weight"), frozen(p + "wpe.weight")
+        self.lnf_w, self.lnf_b = frozen(p + "ln_f.weight"), frozen(p + "ln_f.bias")
+        self.layers = torch.nn.ModuleList()
+        for i in range(c["n_layer"]):
+            q = f"{p}h.{i}."
+            L = torch.nn.Module()
+            L.ln1_w, L.ln1_b, L.ln2_w, L.ln2_b = (frozen(q + n) for n in ("ln_1.weight", "ln_1.bias", "ln_2.weight",
+                                                                         "ln_2.bias"))
+            for attr, m in [("c_attn", "attn.c_attn"), ("c_proj", "attn.c_proj"), ("c_fc", "mlp.c_fc"),
+                            ("m_proj", "mlp.c_proj")]:
+                setattr(L, attr, LoRALinear(w[q + m + ".weight"].float().t().contiguous(), w[q + m + ".bias"].float(),
+                                            r, alpha))
+            self.layers.append(L)
+
+    def forward(self, ids):
+        c = self.c
+        B, T = ids.shape
+        D, H = c["n_embd"], c["n_head"]
+        hd, eps = D // H, c.get("layer_norm_epsilon", 1e-5)
+        mask = torch.full((T, T), float("-inf")).triu(1)
+        x = self.wte[ids] + self.wpe[:T]
+        for L in self.layers:
+            h = F.layer_norm(x, (D,), L.ln1_w, L.ln1_b, eps)
+            q, k, v = (t.view(B, T, H, hd).transpose(1, 2) for t in L.c_attn(h).split(D, -1))
+            att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd) + mask, -1)
+            x = x + L.c_proj((att @ v).transpose(1, 2).reshape(B, T, D))
+            h = F.layer_norm(x, (D,), L.ln2_w, L.ln2_b, eps)
+            x = x + L.m_proj(F.gelu(L.c_fc(h), approximate="tanh"))
+        return F.layer_norm(x, (D,), self.lnf_w, self.lnf_b, eps) @ self.wte.T
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -89,9 +134,11 @@ def main():
     ap.add_argument("--steps", type=int, default=4)
     a = ap.parse_args()
     torch.set_num_threads(2)
-    c, w = hf_model.load_model(a.model)
+    with open(os.path.join(a.model, "config.json")) as f:
+        gpt2 = json.load(f).get("model_type") == "gpt2"
+    c, w = (gpt2_ref if gpt2 else hf_model).load_model(a.model)
     torch.manual_seed(0)
-    m = Model(c, w, 8, 16)
+    m = (GPT2 if gpt2 else Model)(c, w, 8, 16)
     params = [p for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=2e-4)
     ids = torch.randint(0, c["vocab_size"], (a.batch, a.seq + 1))
