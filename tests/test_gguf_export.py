@@ -599,6 +599,27 @@ def vocab_metadata():
             agree = float((np.diff(s_ours[by_theirs]) <= 0).mean())
             record("metadata-llama-spm-scores", len(merged) > 29000 and agree == 1.0,
                    f"{len(merged)} merged tokens, {agree:.4f} of neighbours in SentencePiece's score order")
+    # the chat template as tokenizer_config.json gives it: a string, a list
+    # of named ones (its "default" is written), or none there and the file
+    # chat_template.jinja beside it (transformers >= 4.47)
+    model = os.path.join(TMP, "meta-gpt-2")
+    jinja = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    for form, cfg, file in [("string", {"chat_template": jinja}, None),
+                            ("list", {"chat_template": [{"name": "tool_use", "template": "x"},
+                                                        {"name": "default", "template": jinja}]}, None),
+                            ("jinja-file", {"eos_token": "<|endoftext|>"}, jinja)]:
+        with open(os.path.join(model, "tokenizer_config.json"), "w") as f:
+            json.dump(cfg, f)
+        jpath = os.path.join(model, "chat_template.jinja")
+        if file is not None:
+            with open(jpath, "w") as f:
+                f.write(file)
+        elif os.path.exists(jpath):
+            os.remove(jpath)
+        gguf = os.path.join(TMP, f"meta-template-{form}.gguf")
+        if to_gguf(f"chat-template-{form}-gguf", [model, "-o", gguf]):
+            got = read_gguf_metadata(gguf).get("tokenizer.chat_template")
+            record(f"chat-template-{form}", got == jinja, f"tokenizer.chat_template {got!r}")
 
 
 def gguf_adapters_read_back():

@@ -310,6 +310,9 @@ int main(void) {
               "\"tie_word_embeddings\": false, \"activation_function\": \"gelu_pytorch_tanh\"}", &c);
     CHECK(c.head_dim == 16 && c.intermediate_size == 100 && c.max_position_embeddings == 32 && !c.tie_word_embeddings);
     CHECK_NEAR(c.query_scale, 4.0, 1e-6); /* unscaled scores: q times sqrt(head_dim) undoes the kernels' scale */
+    CHECK(!c.attn_scale_by_layer && lorac_model_layer_query_scale(&c, 1) == c.query_scale);
+    expect_ok("{\"architectures\": [\"GPT2LMHeadModel\"], \"scale_attn_by_inverse_layer_idx\": true}", &c);
+    CHECK(c.attn_scale_by_layer && lorac_model_layer_query_scale(&c, 0) == 1.0f && lorac_model_layer_query_scale(&c, 3) == 0.25f);
     expect_fail("{\"architectures\": [\"GPT2LMHeadModel\"], \"n_embd\": 50, \"n_head\": 3}", LORAC_STATUS_FORMAT,
                 "must be a multiple of n_head");
     expect_fail("{\"architectures\": [\"GPT2LMHeadModel\"], \"activation_function\": \"gelu\"}",

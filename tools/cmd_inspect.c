@@ -122,8 +122,20 @@ static int inspect_model(const char *path, int json) {
             if (lorac_weight_files_find(wf, name)) text_prefix = prefixes[k];
         }
     }
+    int64_t n_buffers = 0; /* GPT-2's saved attention masks */
     for (int64_t i = 0; i < n; i++) {
         const lorac_tensor_view_t *t = lorac_weight_files_get(wf, i);
+        size_t nl = strlen(t->name);
+        /* the original GPT-2 checkpoint keeps each layer's causal mask
+         * ("h.N.attn.bias", (1, 1, n_positions, n_positions)): a buffer,
+         * not a parameter */
+        if (have_cfg && cfg.arch == LORAC_ARCH_GPT2 && t->n_dims == 4 &&
+            ((nl > 10 && !strcmp(t->name + nl - 10, ".attn.bias")) ||
+             (nl > 17 && !strcmp(t->name + nl - 17, ".attn.masked_bias")))) {
+            n_buffers++;
+            bytes += (int64_t)t->nbytes;
+            continue;
+        }
         n_params += t->n_elements;
         bytes += (int64_t)t->nbytes;
         per_dtype[t->dtype] += t->n_elements;
@@ -177,6 +189,7 @@ static int inspect_model(const char *path, int json) {
             }
         }
         cJSON_AddNumberToObject(root, "n_params", (double)n_params);
+        if (n_buffers) cJSON_AddNumberToObject(root, "n_buffers", (double)n_buffers);
         cJSON_AddNumberToObject(root, "n_bytes", (double)bytes);
         cJSON *dt = cJSON_AddObjectToObject(root, "dtypes");
         for (int d = 0; d < LORAC_DTYPE_COUNT; d++)
@@ -224,6 +237,9 @@ static int inspect_model(const char *path, int json) {
                        (double)cfg.final_softcap);
         }
         printf("  parameters    %lld (%.2f M), %.2f MB\n", (long long)n_params, (double)n_params / 1e6, (double)bytes / 1e6);
+        if (n_buffers)
+            printf("  buffers       %lld attention masks (attn.bias), not parameters: lorac does not read them\n",
+                   (long long)n_buffers);
         printf("  dtypes       ");
         for (int d = 0; d < LORAC_DTYPE_COUNT; d++)
             if (per_dtype[d]) printf(" %s: %lld", lorac_dtype_name((lorac_dtype_t)d), (long long)per_dtype[d]);

@@ -205,9 +205,14 @@ const char *lorac_dataset_chat_template_name(const char *name);
  * render that template exactly. */
 lorac_status_t lorac_dataset_chat_template_recognize(const char *jinja, const char **name, char **default_system);
 
-/* Reads tokenizer_config.json's "chat_template" (a string, or a list of
- * {name, template} of which "default" is used) or, when it has none, the file
- * chat_template.jinja beside it, and recognises it as above. */
+/* The text of a model's chat template: tokenizer_config.json's
+ * "chat_template" (a string, or a list of {name, template} of which
+ * "default" is used) or, when it has none, the file chat_template.jinja
+ * beside it. *jinja is malloc'd, or NULL (and OK) when there is none; an
+ * unreadable or malformed tokenizer_config.json is an error. */
+lorac_status_t lorac_dataset_chat_template_text(const char *tokenizer_config, char **jinja);
+
+/* Reads that template and recognises it as above. */
 lorac_status_t lorac_dataset_chat_template_from_config(const char *tokenizer_config, const char **name,
                                                        char **default_system);
 

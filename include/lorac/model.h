@@ -139,6 +139,9 @@ typedef struct {
      * c_attn with a bias (fused_qkv); and the files hold each projection
      * as a Conv1D weight, (in, out), which lorac_model_load transposes. */
     bool layer_norm, learned_positions, plain_mlp, fused_qkv;
+    /* GPT-2's "scale_attn_by_inverse_layer_idx": layer l's scores also
+     * divided by l + 1 (see lorac_model_layer_query_scale) */
+    bool attn_scale_by_layer;
     int32_t bos_id;               /* -1 when absent */
     int32_t n_eos;                /* eos_token_id may be a list */
     int32_t eos_ids[LORAC_MAX_EOS_IDS];
@@ -151,6 +154,13 @@ static inline int lorac_model_rope_long(const lorac_model_config_t *c, int64_t s
 }
 
 /* 0 for a layer that applies no rotary embedding to q and k (SmolLM3's NoPE layers), else 1. */
+/* What layer `layer` multiplies q by before its scores (the attention
+ * kernels then scale by head_dim^-1/2): query_scale, over layer + 1 with
+ * GPT-2's scale_attn_by_inverse_layer_idx. */
+static inline float lorac_model_layer_query_scale(const lorac_model_config_t *c, int32_t layer) {
+    return c->attn_scale_by_layer ? c->query_scale / (float)(layer + 1) : c->query_scale;
+}
+
 static inline int lorac_model_layer_has_rope(const lorac_model_config_t *c, int32_t layer) {
     return c->rotary_dim > 0 && !((c->nope_layers[layer >> 6] >> (layer & 63)) & 1u);
 }

@@ -13,13 +13,13 @@
  * Gemma's attention scale, SmolLM3's NoPE layers), a config that differs
  * is refused rather than written into a file that would compute something
  * else. Tokenizers: see tokenizer/tok_gguf.h. */
-#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "export/export_internal.h"
+#include "lorac/dataset.h"
 #include "lorac/export.h"
 #include "lorac/gguf.h"
 #include "lorac/kernels.h"
@@ -92,6 +92,8 @@ static lorac_status_t check_exportable(const lorac_model_config_t *c, const char
     bool gemma = c->arch == LORAC_ARCH_GEMMA2 || c->arch == LORAC_ARCH_GEMMA3;
     if (!lorac_export_gguf_arch(c))
         why = "lorac writes no llama.cpp file of this architecture yet";
+    else if (c->attn_scale_by_layer)
+        why = "llama.cpp's gpt2 has no scale_attn_by_inverse_layer_idx";
     else if (c->text_of_multimodal)
         why = "a multimodal checkpoint's text model is not written (llama.cpp keeps the vision tower in a separate mmproj file)";
     else if (gemma && c->sliding_window && !windows_match(c, c->arch == LORAC_ARCH_GEMMA2 ? 2 : 6))
@@ -242,19 +244,14 @@ static lorac_status_t set_tokenizer(lorac_gguf_writer_t *w, const tok_gguf_vocab
     return s;
 }
 
-/* tokenizer_config.json's chat_template when it is one string (malloc'd), else NULL. */
+/* The model's chat template (lorac_dataset_chat_template_text: the string,
+ * a list's "default", or chat_template.jinja), malloc'd, or NULL when it has
+ * none or no readable tokenizer_config.json. */
 static char *read_chat_template(const char *dir) {
-    char *path = lorac_path_join(dir, "tokenizer_config.json"), *text = NULL, *out = NULL;
-    size_t len = 0;
-    if (path && lorac_file_read(path, (size_t)64 << 20, &text, &len) == LORAC_STATUS_OK) {
-        cJSON *root = cJSON_ParseWithLength(text, len);
-        const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "chat_template");
-        if (cJSON_IsString(t)) out = strdup(t->valuestring);
-        cJSON_Delete(root);
-    }
+    char *path = lorac_path_join(dir, "tokenizer_config.json"), *out = NULL;
+    if (path && lorac_dataset_chat_template_text(path, &out)) out = NULL;
     lorac_error_clear();
     free(path);
-    free(text);
     return out;
 }
 

@@ -370,14 +370,12 @@ static lorac_status_t parse_gpt2(const cJSON *root, const char *label, lorac_mod
         return lorac_error(LORAC_STATUS_UNSUPPORTED,
                            "%s: activation_function \"%s\" is not supported (\"gelu_new\" or \"gelu_pytorch_tanh\")", label,
                            cJSON_IsString(act) ? act->valuestring : "?");
-    bool scale_weights = true, by_layer = false, cross = false;
+    bool scale_weights = true, cross = false;
     if ((s = get_bool(root, label, "scale_attn_weights", &scale_weights)) ||
-        (s = get_bool(root, label, "scale_attn_by_inverse_layer_idx", &by_layer)) ||
+        (s = get_bool(root, label, "scale_attn_by_inverse_layer_idx", &c->attn_scale_by_layer)) ||
         (s = get_bool(root, label, "add_cross_attention", &cross)))
         return s;
-    if (by_layer || cross)
-        return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: \"%s\": true is not supported", label,
-                           by_layer ? "scale_attn_by_inverse_layer_idx" : "add_cross_attention");
+    if (cross) return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: \"add_cross_attention\": true is not supported", label);
     c->n_kv_heads = c->n_heads;
     c->head_dim = c->hidden_size / c->n_heads;
     c->rotary_dim = 0;

@@ -12,7 +12,9 @@
  * takes every norm's weight as (1 + w), normalises each block's output
  * before adding it to x (sandwich norms), uses gelu for silu, and gives
  * its windowed layers their own rotary base; Gemma 2 does the same but
- * the last, and soft-caps the attention scores and the logits. */
+ * the last, and soft-caps the attention scores and the logits. GPT-2
+ * (config flags): LayerNorms with biases, learned positions added to the
+ * embedding instead of rotary, x += down(gelu(up(xn))) with no gate. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -496,7 +498,8 @@ static void attention_block(lorac_context_t *ctx, const lorac_batch_t *b, int32_
         lorac_rope_apply_partial(ctx->q, cs, T, H, hd, c->rotary_dim, 1);
         lorac_rope_apply_partial(ctx->k, cs, T, KVH, hd, c->rotary_dim, 1);
     }
-    if (c->query_scale != 1.0f) lorac_scale(ctx->q, c->query_scale, T * Q); /* Granite's, Gemma's score scales */
+    float qs = lorac_model_layer_query_scale(c, l); /* Granite's, Gemma's, GPT-2's score scales */
+    if (qs != 1.0f) lorac_scale(ctx->q, qs, T * Q);
 
     /* Write this batch's keys and values into the cache first, so each token
      * attends to its own sequence's earlier tokens of the same batch (read
@@ -538,12 +541,12 @@ static void mlp_block(lorac_context_t *ctx, int64_t T, int32_t l) {
         adapted_product(ctx, l, &up, &up_target, 1, ctx->xn, T, D);
         lorac_gelu_forward(ctx->gate, ctx->up, T * I);
     } else {
-    lorac_matmul_part_t gate_up[2] = {{ctx->gate, L->w_gate.data, L->w_gate.dtype, L->b_gate, I, NULL, 0},
-                                      {ctx->up, L->w_up.data, L->w_up.dtype, L->b_up, I, NULL, 0}};
-    const lorac_lora_target_t gate_up_targets[2] = {LORAC_LORA_GATE, LORAC_LORA_UP};
-    adapted_product(ctx, l, gate_up, gate_up_targets, 2, ctx->xn, T, D);
-    if (c->act == LORAC_ACT_GELU_TANH) lorac_geglu_forward(ctx->gate, ctx->gate, ctx->up, T, I);
-    else lorac_swiglu_forward(ctx->gate, ctx->gate, ctx->up, T, I);
+        lorac_matmul_part_t gate_up[2] = {{ctx->gate, L->w_gate.data, L->w_gate.dtype, L->b_gate, I, NULL, 0},
+                                          {ctx->up, L->w_up.data, L->w_up.dtype, L->b_up, I, NULL, 0}};
+        const lorac_lora_target_t gate_up_targets[2] = {LORAC_LORA_GATE, LORAC_LORA_UP};
+        adapted_product(ctx, l, gate_up, gate_up_targets, 2, ctx->xn, T, D);
+        if (c->act == LORAC_ACT_GELU_TANH) lorac_geglu_forward(ctx->gate, ctx->gate, ctx->up, T, I);
+        else lorac_swiglu_forward(ctx->gate, ctx->gate, ctx->up, T, I);
     }
     lorac_matmul_part_t down = {ctx->proj, L->w_down.data, L->w_down.dtype, L->b_down, D, NULL, 0};
     const lorac_lora_target_t down_target = LORAC_LORA_DOWN;

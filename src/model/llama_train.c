@@ -7,7 +7,8 @@
  * h (N,I), and per LoRA module u = x·Aᵀ (N,r) plus the dropout mask; with
  * Qwen3's per-head norms also q and k as projected, and their rstd; with
  * Gemma's sandwich norms also the o and down products before their
- * norms, and their rstd.
+ * norms, and their rstd; with GPT-2's LayerNorms also each row's mean
+ * (mean1, mean2), its MLP keeping up (before the GELU) and h, no gate.
  * Attention probabilities are recomputed in the backward pass from lse
  * rather than stored (B·H·T² floats per layer would dominate memory).
  * The classifier and the loss run in chunks of rows, fused with their
@@ -701,7 +702,8 @@ static void layer_forward(lorac_train_pass_t *p, int32_t l, float *x_out, float 
         lorac_rope_apply_partial(s->q, layer_rope(p, l), N, H, hd, c->rotary_dim, 1);
         lorac_rope_apply_partial(s->k, layer_rope(p, l), N, KVH, hd, c->rotary_dim, 1);
     }
-    if (c->query_scale != 1.0f) lorac_scale(s->q, c->query_scale, N * H * hd); /* Granite's, Gemma's score scales */
+    float qs = lorac_model_layer_query_scale(c, l); /* Granite's, Gemma's, GPT-2's score scales */
+    if (qs != 1.0f) lorac_scale(s->q, qs, N * H * hd);
     lap(p, LORAC_PHASE_ROPE);
     lorac_attention_train_forward(s->att, s->lse, p->att_scratch, s->q, s->k, s->v, layer_start(p, l), p->B, p->T, H, KVH,
                                   hd, c->attn_softcap);
@@ -762,7 +764,8 @@ static void layer_backward(lorac_train_pass_t *p, int32_t l, float *dres, float 
     lorac_attention_train_backward(p->dq, p->dk, p->dv, p->att_scratch, p->datt, s->q, s->k, s->v, s->att, s->lse,
                                    layer_start(p, l), p->B, p->T, H, KVH, hd, c->attn_softcap);
     lap(p, LORAC_PHASE_ATTENTION);
-    if (c->query_scale != 1.0f) lorac_scale(p->dq, c->query_scale, N * H * hd); /* q was scaled after rotary */
+    float qs = lorac_model_layer_query_scale(c, l);
+    if (qs != 1.0f) lorac_scale(p->dq, qs, N * H * hd); /* q was scaled after rotary */
     if (lorac_model_layer_has_rope(c, l)) {
         lorac_rope_apply_partial(p->dq, layer_rope(p, l), N, H, hd, c->rotary_dim, -1);
         lorac_rope_apply_partial(p->dk, layer_rope(p, l), N, KVH, hd, c->rotary_dim, -1);

@@ -19,9 +19,6 @@ static void shape_str(const int64_t *shape, int n, char *buf, size_t cap) {
     if (k < cap) snprintf(buf + k, cap - k, "]");
 }
 
-/* Finds tensor `kind` of `layer`, checks its dtype and shape. Absent optional
- * tensors leave *out empty. An aligned copy (see below) is filled at once
- * when fill_now is set, else by fill_aligned_copies at the end of loading. */
 /* The view of tensor `kind` of `layer` once its shape and dtype are
  * checked, counted in n_params; *tv NULL when an optional one is absent. */
 static lorac_status_t check_tensor(lorac_model_t *m, lorac_tensor_kind_t kind, int32_t layer, int required, char *name,
@@ -52,6 +49,9 @@ static lorac_status_t check_tensor(lorac_model_t *m, lorac_tensor_kind_t kind, i
     return LORAC_STATUS_OK;
 }
 
+/* Finds tensor `kind` of `layer`, checks its dtype and shape. Absent optional
+ * tensors leave *out empty. An aligned copy (see below) is filled at once
+ * when fill_now is set, else by fill_aligned_copies at the end of loading. */
 static lorac_status_t find_tensor_fill(lorac_model_t *m, lorac_tensor_kind_t kind, int32_t layer, int required,
                                        int fill_now, lorac_wref_t *out) {
     char name[128];

@@ -858,34 +858,42 @@ lorac_status_t chat_config_tokens(const char *path, char **bos, char **eos) {
     return LORAC_STATUS_OK;
 }
 
-lorac_status_t lorac_dataset_chat_template_from_config(const char *path, const char **name, char **default_system) {
-    if (default_system) *default_system = NULL;
-    *name = NULL;
+lorac_status_t lorac_dataset_chat_template_text(const char *path, char **jinja) {
+    *jinja = NULL;
     cJSON *o;
     lorac_status_t s = read_config(path, &o);
     if (s) return s;
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "chat_template");
-    const char *jinja = NULL;
-    if (cJSON_IsString(t)) jinja = t->valuestring;
+    if (cJSON_IsString(t)) *jinja = strdup(t->valuestring);
     else if (cJSON_IsArray(t)) { /* [{"name": "default", "template": ...}, {"name": "tool_use", ...}] */
         const cJSON *e;
         cJSON_ArrayForEach(e, t) {
             const cJSON *n = cJSON_GetObjectItemCaseSensitive(e, "name"), *v = cJSON_GetObjectItemCaseSensitive(e, "template");
-            if (cJSON_IsString(n) && !strcmp(n->valuestring, "default") && cJSON_IsString(v)) jinja = v->valuestring;
+            if (!*jinja && cJSON_IsString(n) && !strcmp(n->valuestring, "default") && cJSON_IsString(v))
+                *jinja = strdup(v->valuestring);
         }
     }
-    char *file_text = NULL;
-    if (!jinja) { /* newer transformers save the template beside the config */
-        const char *slash = strrchr(path, '/');
-        size_t dir_len = slash ? (size_t)(slash - path) : 0;
-        char *jpath = malloc(dir_len + 32);
-        if (!jpath) { cJSON_Delete(o); return lorac_error(LORAC_STATUS_NOMEM, "out of memory"); }
-        if (slash) memcpy(jpath, path, dir_len);
-        strcpy(jpath + dir_len, slash ? "/chat_template.jinja" : "chat_template.jinja");
-        size_t len;
-        if (lorac_file_read(jpath, (size_t)16 << 20, &file_text, &len) == LORAC_STATUS_OK) jinja = file_text;
-        free(jpath);
-    }
+    cJSON_Delete(o);
+    if (cJSON_IsString(t) || *jinja) return *jinja ? LORAC_STATUS_OK : lorac_error(LORAC_STATUS_NOMEM, "out of memory");
+    /* newer transformers save the template beside the config */
+    const char *slash = strrchr(path, '/');
+    size_t dir_len = slash ? (size_t)(slash - path) : 0, len;
+    char *jpath = malloc(dir_len + 32);
+    if (!jpath) return lorac_error(LORAC_STATUS_NOMEM, "out of memory");
+    if (slash) memcpy(jpath, path, dir_len);
+    strcpy(jpath + dir_len, slash ? "/chat_template.jinja" : "chat_template.jinja");
+    if (lorac_file_read(jpath, (size_t)16 << 20, jinja, &len) != LORAC_STATUS_OK) *jinja = NULL;
+    lorac_error_clear();
+    free(jpath);
+    return LORAC_STATUS_OK;
+}
+
+lorac_status_t lorac_dataset_chat_template_from_config(const char *path, const char **name, char **default_system) {
+    if (default_system) *default_system = NULL;
+    *name = NULL;
+    char *jinja;
+    lorac_status_t s = lorac_dataset_chat_template_text(path, &jinja);
+    if (s) return s;
     if (!jinja) s = lorac_error(LORAC_STATUS_UNSUPPORTED, "%s has no chat_template (nor a chat_template.jinja beside it); "
                                 "pass --chat-template " LORAC_CHAT_TEMPLATES, path);
     else if ((s = lorac_dataset_chat_template_recognize(jinja, name, default_system))) {
@@ -893,7 +901,6 @@ lorac_status_t lorac_dataset_chat_template_from_config(const char *path, const c
         snprintf(msg, sizeof msg, "%s", lorac_error_message());
         s = lorac_error(s, "%s: the chat template is %s", path, msg);
     }
-    free(file_text);
-    cJSON_Delete(o);
+    free(jinja);
     return s;
 }

@@ -7,7 +7,8 @@ stored weight values, without transformers:
   per block:  a = LayerNorm(h; ln_1) ; qkv = a @ c_attn.weight + c_attn.bias
               (Conv1D: weight (in, out)), split into q, k, v of n_embd each,
               heads of n_embd / n_head ; causal softmax(q k^T / sqrt(hd)) v
-              (unscaled when scale_attn_weights is false) ; h += merged @
+              (unscaled when scale_attn_weights is false; over l + 1 in
+              layer l with scale_attn_by_inverse_layer_idx) ; h += merged @
               attn.c_proj.weight + bias
               m = LayerNorm(h; ln_2) ; h += gelu_new(m @ c_fc.weight + b) @
               mlp.c_proj.weight + b
@@ -78,11 +79,20 @@ def random_weights(c, seed=0, prefix="transformer."):
     return w
 
 
-def make_random_model(dir, c, dtype="F32", seed=0, prefix="transformer."):
+def make_random_model(dir, c, dtype="F32", seed=0, prefix="transformer.", mask_buffers=False):
     """Writes config.json and model.safetensors; returns (config, weights as
-    stored, read back) with the weights named under "transformer."."""
-    hm.write_model_dir(dir, c, random_weights(c, seed, prefix), dtype)
-    return load_model(dir)
+    stored, read back) with the weights named under "transformer.".
+    mask_buffers: also each layer's "attn.bias" causal-mask buffer (1, 1,
+    n_positions, n_positions), as the original openai-community/gpt2
+    checkpoint holds them; loaders leave them out."""
+    w = random_weights(c, seed, prefix)
+    if mask_buffers:
+        P = c["n_positions"]
+        for l in range(c["n_layer"]):
+            w[f"{prefix}h.{l}.attn.bias"] = torch.ones(P, P).tril().view(1, 1, P, P)
+    hm.write_model_dir(dir, c, w, dtype)
+    c, w = load_model(dir)
+    return c, {k: v for k, v in w.items() if not k.endswith(".attn.bias")}
 
 
 def load_model(dir):
@@ -136,6 +146,8 @@ def forward(weights, c, ids, adapters=(), dtype=torch.float64):
         k = k.view(T, H, hd).transpose(0, 1)
         v = v.view(T, H, hd).transpose(0, 1)
         s = (q @ k.transpose(1, 2)) * scale
+        if c.get("scale_attn_by_inverse_layer_idx", False):
+            s = s / float(l + 1)
         s = s.masked_fill(mask, float("-inf"))
         o = (torch.softmax(s, -1) @ v).transpose(0, 1).reshape(T, D)
         h = h + conv1d(o, l, "attn.c_proj")
