@@ -186,6 +186,18 @@ def adapter_cases():
                                   "h.1.attn.c_attn": (*ab["h.1.attn.c_attn"], 2.0)}]).numpy()
     got = lorac_logits(d, ids, [ad])
     check("adapter with layers, rank and alpha patterns", rel(got, ref) <= 1e-5, f"max rel {rel(got, ref):.2e}")
+    # the same adapter as a llama.cpp LoRA file: inspect -m reads it as lorac
+    # applies it, so its modules' singular values are the directory's
+    gguf = os.path.join(TMP, "adapter-patterns.gguf")
+    p = run(["convert", "--to", "gguf", "--adapter", ad, "--base", d, "-o", gguf])
+    reports = [run(["inspect", x, "-m", d, "--json"]) for x in (ad, gguf)]
+    ok = p.returncode == 0 and all(r.returncode == 0 for r in reports)
+    if ok:
+        a, b = (json.loads(r.stdout) for r in reports)
+        sv = [[m["singular_values"] for m in x["modules"]] for x in (a, b)]
+        ok = b["format"] == "gguf" and len(sv[0]) == len(sv[1]) == 4 and all(
+            np.allclose(u, v, rtol=1e-5, atol=0) for u, v in zip(*sv))
+    check("inspect -m of the GGUF LoRA = of its directory", ok, (p.stderr + reports[1].stderr)[-250:])
     # a Llama adapter on GPT-2, and a GPT-2 adapter with a module the config does not select
     bad = os.path.join(TMP, "adapter-llama-names")
     os.makedirs(bad, exist_ok=True)

@@ -25,6 +25,7 @@ static const char *k_usage =
     "  of s*B*A: sigma_1, sigma_r and the effective rank (how many singular values hold 99%% of the sum of\n"
     "  sigma^2). With -m MODEL the adapter is checked against the model and compared with its parameter\n"
     "  count and weight size; without it the sizes come from the tensors.\n"
+    "  A llama.cpp LoRA file (GGUF) with -m MODEL gets the adapter report, read as lorac applies it.\n"
     "  --json prints the same as JSON.\n";
 
 static void shape_text(const lorac_tensor_view_t *t, char *buf, size_t cap) {
@@ -85,8 +86,13 @@ int cmd_inspect(int argc, char **argv) {
     int is_adapter = stat(adapter_cfg, &ast) == 0;
     free(adapter_cfg);
     if (is_adapter) return inspect_adapter(path, model, json);
-    if (model) cli_usage_error("inspect", "-m MODEL goes with an adapter directory (PATH holds no adapter_config.json)");
-    if (lorac_gguf_is_file(path)) return inspect_gguf(path, json);
+    int gguf = lorac_gguf_is_file(path);
+    /* a llama.cpp LoRA is read as an adapter against its model */
+    if (model && gguf) return inspect_adapter(path, model, json);
+    if (model)
+        cli_usage_error("inspect", "-m MODEL goes with an adapter directory or a GGUF LoRA (PATH holds no "
+                                   "adapter_config.json and is no GGUF file)");
+    if (gguf) return inspect_gguf(path, json);
     return inspect_model(path, json);
 }
 
@@ -266,6 +272,7 @@ typedef struct {
 
 typedef struct {
     const char *path;
+    int gguf;                  /* a llama.cpp LoRA file, not a PEFT directory */
     cJSON *cfg;                    /* adapter_config.json as written */
     lorac_adapter_t *adapter;
     int have_model;
@@ -392,16 +399,22 @@ static void load_report(adapter_report_t *rp, const char *path, const char *mode
     rp->path = path;
     if (model_dir) load_model_side(rp, model_dir);
     cli_check(lorac_adapter_load(path, rp->have_model ? &rp->mc : NULL, &rp->adapter));
-    char *cfg_path = lorac_path_join(path, "adapter_config.json"), *st_path = lorac_path_join(path, "adapter_model.safetensors");
-    if (!cfg_path || !st_path) cli_die("out of memory");
-    size_t len;
-    char *text = cli_read_file(cfg_path, &len);
-    rp->cfg = cJSON_ParseWithLength(text, len); /* loaded above, so it parses */
-    free(text);
+    rp->gguf = lorac_gguf_is_file(path);
     struct stat st;
-    if (stat(st_path, &st) == 0) rp->file_bytes = (int64_t)st.st_size;
-    free(cfg_path);
-    free(st_path);
+    if (rp->gguf) { /* no adapter_config.json: the file is everything */
+        if (stat(path, &st) == 0) rp->file_bytes = (int64_t)st.st_size;
+    } else {
+        char *cfg_path = lorac_path_join(path, "adapter_config.json");
+        char *st_path = lorac_path_join(path, "adapter_model.safetensors");
+        if (!cfg_path || !st_path) cli_die("out of memory");
+        size_t len;
+        char *text = cli_read_file(cfg_path, &len);
+        rp->cfg = cJSON_ParseWithLength(text, len); /* loaded above, so it parses */
+        free(text);
+        if (stat(st_path, &st) == 0) rp->file_bytes = (int64_t)st.st_size;
+        free(cfg_path);
+        free(st_path);
+    }
     if (rp->have_model) rp->n_layers = rp->mc.n_layers;
     gather_stats(rp);
 }
@@ -427,7 +440,7 @@ static void print_range_f(const char *what, float lo, float hi, const char *per)
 static void print_adapter_text(const adapter_report_t *rp) {
     const lorac_lora_params_t *p = lorac_adapter_params(rp->adapter);
     char buf[1024], b1[32], b2[32];
-    printf("%s  (PEFT LoRA adapter)\n", rp->path);
+    printf("%s  (%s)\n", rp->path, rp->gguf ? "llama.cpp LoRA adapter, GGUF" : "PEFT LoRA adapter");
     if (*cfg_string(rp, "base_model_name_or_path")) printf("  base model     %s\n", cfg_string(rp, "base_model_name_or_path"));
     if (rp->have_model)
         printf("  fits the model (hidden %d, intermediate %d, %d layers, %d heads, %d kv heads)\n", rp->mc.hidden_size,
@@ -463,8 +476,9 @@ static void print_adapter_text(const adapter_report_t *rp) {
     if (rp->have_model) {
         printf("  of the base    %.4f%% of its %lld parameters\n", 100.0 * (double)rp->n_params / (double)rp->base_params,
                (long long)rp->base_params);
-        printf("  file size      %s (adapter_model.safetensors) vs %s of base weights (%.3f%%)\n", bytes_text(rp->file_bytes, b1, sizeof b1),
-               bytes_text(rp->base_bytes, b2, sizeof b2), 100.0 * (double)rp->file_bytes / (double)rp->base_bytes);
+        printf("  file size      %s (%s) vs %s of base weights (%.3f%%)\n", bytes_text(rp->file_bytes, b1, sizeof b1),
+               rp->gguf ? "the GGUF file" : "adapter_model.safetensors", bytes_text(rp->base_bytes, b2, sizeof b2),
+               100.0 * (double)rp->file_bytes / (double)rp->base_bytes);
     } else {
         printf("  file size      %s (adapter_model.safetensors)\n", bytes_text(rp->file_bytes, b1, sizeof b1));
     }
@@ -486,6 +500,7 @@ static void print_adapter_json(const adapter_report_t *rp) {
     char buf[1024];
     cJSON_AddStringToObject(root, "path", rp->path);
     cJSON_AddStringToObject(root, "kind", "lora_adapter");
+    cJSON_AddStringToObject(root, "format", rp->gguf ? "gguf" : "peft");
     cJSON_AddStringToObject(root, "base_model_name_or_path", cfg_string(rp, "base_model_name_or_path"));
     cJSON_AddBoolToObject(root, "checked_against_model", rp->have_model);
     cJSON *targets = cJSON_AddArrayToObject(root, "targets");
