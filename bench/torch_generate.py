@@ -63,13 +63,15 @@ def blas_check(threads):
           f"LD_LIBRARY_PATH={os.environ.get('LD_LIBRARY_PATH', '')}")
 
 
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
+
+
 class TorchLlama:
     def __init__(self, model_dir, dtype, max_seq):
         c, w = hm.load_model(model_dir)
         self.c = c
         self.model_dir = model_dir
-        dt = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype]
-        self.dt = dt
+        dt = self.dt = DTYPES[dtype]
         self.D = c["hidden_size"]
         self.H = c["num_attention_heads"]
         self.KV = c.get("num_key_value_heads", self.H)
@@ -103,8 +105,12 @@ class TorchLlama:
         cos, sin = hm.rotary_cos_sin(c, torch.arange(max_seq))
         self.cos = cos.to(dt)
         self.sin = sin.to(dt)
-        self.kcache = torch.zeros(self.L, self.KV, max_seq, self.hd, dtype=dt)
-        self.vcache = torch.zeros(self.L, self.KV, max_seq, self.hd, dtype=dt)
+        self.alloc_cache(max_seq)
+
+    def alloc_cache(self, max_seq):
+        """The preallocated KV cache: (layers, kv heads, max_seq, head_dim) each."""
+        self.kcache = torch.zeros(self.L, self.KV, max_seq, self.hd, dtype=self.dt)
+        self.vcache = torch.zeros(self.L, self.KV, max_seq, self.hd, dtype=self.dt)
         self.max_seq = max_seq
 
     def lin(self, x, w, b=None):
@@ -187,8 +193,7 @@ class TorchGPT2(TorchLlama):
         c, w = g2.load_model(model_dir)
         self.c = c
         self.model_dir = model_dir
-        dt = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype]
-        self.dt = dt
+        dt = self.dt = DTYPES[dtype]
         self.D, self.H, self.L = c["n_embd"], c["n_head"], c["n_layer"]
         self.KV, self.hd = self.H, self.D // self.H
         self.eps = float(c.get("layer_norm_epsilon", 1e-5))
@@ -211,9 +216,7 @@ class TorchGPT2(TorchLlama):
                 wo=get(q + "attn.c_proj.weight", True), bo=get(q + "attn.c_proj.bias"),
                 wfc=get(q + "mlp.c_fc.weight", True), bfc=get(q + "mlp.c_fc.bias"),
                 w2=get(q + "mlp.c_proj.weight", True), b2=get(q + "mlp.c_proj.bias")))
-        self.kcache = torch.zeros(self.L, self.H, max_seq, self.hd, dtype=dt)
-        self.vcache = torch.zeros(self.L, self.H, max_seq, self.hd, dtype=dt)
-        self.max_seq = max_seq
+        self.alloc_cache(max_seq)
 
     def forward(self, ids, pos0):
         T = ids.shape[0]

@@ -354,8 +354,7 @@ lorac_status_t lorac_export_model_gguf(const char *model_dir, uint32_t ggml_type
             if (l < 0) snprintf(name, sizeof name, "%s.%s", gname, bias ? "bias" : "weight");
             else snprintf(name, sizeof name, "blk.%d.%s.%s", (int)l, gname, bias ? "bias" : "weight");
             /* GPT-2's Conv1D projections, (in, out) in the file: written (out, in) */
-            bool transpose = config.arch == LORAC_ARCH_GPT2 && nd == 2 && kind != LORAC_TENSOR_EMBED &&
-                             kind != LORAC_TENSOR_POS_EMBED && kind != LORAC_TENSOR_LM_HEAD;
+            bool transpose = lorac_tensor_is_conv1d(&config, kind);
             if (transpose) {
                 int64_t in = shape[0];
                 shape[0] = shape[1];

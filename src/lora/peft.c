@@ -50,14 +50,9 @@ static const char *decoder_prefix(const lorac_model_config_t *c) {
     return c->module_prefix[0] ? c->module_prefix : "model";
 }
 
-/* The module's name in the HF model (lorac_lora_module_path). */
-static void module_name(const lorac_model_config_t *c, int32_t layer, int t, char *buf, size_t cap) {
-    lorac_lora_module_path(c, layer, t, buf, cap);
-}
-
 static void module_key(const lorac_adapter_t *a, const lorac_lora_module_t *m, char which, char *buf, size_t cap) {
     char name[NAME_MAX_LEN];
-    module_name(&a->config, m->layer, m->target, name, sizeof name);
+    lorac_lora_module_path(&a->config, m->layer, m->target, name, sizeof name);
     snprintf(buf, cap, PEFT_PREFIX "%s.lora_%c.weight", name, which);
 }
 
@@ -79,7 +74,7 @@ static void add_targets_and_layers(cJSON *o, const lorac_adapter_t *a) {
         char name[NAME_MAX_LEN];
         for (int32_t i = 0; i < a->n_modules; i++) {
             if (a->modules[i].in_group) continue; /* its group's name is its first module's */
-            module_name(&a->config, a->modules[i].layer, a->modules[i].target, name, sizeof name);
+            lorac_lora_module_path(&a->config, a->modules[i].layer, a->modules[i].target, name, sizeof name);
             cJSON_AddItemToArray(targets, cJSON_CreateString(name));
         }
         cJSON_AddNullToObject(o, "layers_to_transform");
@@ -135,7 +130,7 @@ static void add_patterns(cJSON *o, const lorac_adapter_t *a) {
         const lorac_lora_module_t *m = &a->modules[i];
         if (m->in_group) continue; /* its group's first module speaks for it */
         char name[NAME_MAX_LEN];
-        module_name(&a->config, m->layer, m->target, name, sizeof name);
+        lorac_lora_module_path(&a->config, m->layer, m->target, name, sizeof name);
         const char *key = name + strlen(decoder_prefix(&a->config)) + 1;
         if (m->r != p->r) cJSON_AddNumberToObject(ranks, key, m->r);
         double alpha = (double)lorac_lora_module_alpha(m, p->rslora);
@@ -644,7 +639,7 @@ static lorac_status_t select_modules(const peft_config_t *pc, const lorac_model_
     int32_t n_selected = 0;
     for (int32_t slot = 0; slot < n_layers * LORAC_LORA_COUNT; slot++) {
         char name[NAME_MAX_LEN];
-        module_name(mc, slot / LORAC_LORA_COUNT, slot % LORAC_LORA_COUNT, name, sizeof name);
+        lorac_lora_module_path(mc, slot / LORAC_LORA_COUNT, slot % LORAC_LORA_COUNT, name, sizeof name);
         rank[slot] = 0;
         alpha[slot] = pc->params.alpha;
         if (!lorac_lora_target_exists(mc, slot % LORAC_LORA_COUNT)) continue; /* GPT-2's gate */
@@ -694,8 +689,6 @@ static const char *const k_decoder_prefixes[] = {"model", "model.language_model"
 static const char *const k_other_towers[] = {"model.vision_tower.", "vision_tower.", "model.multi_modal_projector.",
                                              "multi_modal_projector."};
 
-/* "PREFIX.layers.N.(self_attn|mlp).TARGET" -> layer, target and prefix, or
- * -1; Phi-3's fused modules give their group's first target and *fused. */
 /* The layer index at q (at most 6 digits, no leading zero) and the '.'
  * after it: the rest of the name, or NULL. */
 static const char *parse_layer_index(const char *q, const char *end, int32_t *layer) {
@@ -723,6 +716,9 @@ static int parse_gpt2_module(const char *p, size_t len, int32_t *layer, int *tar
     return -1;
 }
 
+/* "PREFIX.layers.N.(self_attn|mlp).TARGET" (or GPT-2's) -> layer, target
+ * and prefix, or -1; fused modules (Phi-3's, GPT-2's c_attn) give their
+ * group's first target and *fused. */
 static int parse_module(const char *p, size_t len, int32_t *layer, int *target, int *prefix, int *fused) {
     size_t plen = 0;
     int k;
@@ -1012,7 +1008,7 @@ static lorac_status_t match_file_to_selection(loader_t *ld) {
     for (int32_t slot = 0; slot < ld->mc.n_layers * LORAC_LORA_COUNT; slot++) {
         const lora_tensor_t *A = ld->slots[2 * slot], *B = ld->slots[2 * slot + 1];
         char name[NAME_MAX_LEN];
-        module_name(&ld->mc, slot / LORAC_LORA_COUNT, slot % LORAC_LORA_COUNT, name, sizeof name);
+        lorac_lora_module_path(&ld->mc, slot / LORAC_LORA_COUNT, slot % LORAC_LORA_COUNT, name, sizeof name);
         int size, t = slot % LORAC_LORA_COUNT;
         if (lorac_lora_group(&ld->mc, t, &size) != t) continue; /* a fused group's tensors are its first member's */
         if (ld->present[slot] && !ld->rank[slot])

@@ -411,6 +411,78 @@ static lorac_status_t parse_eos(const cJSON *root, const char *label, lorac_mode
     return LORAC_STATUS_OK;
 }
 
+/* The fields of the LLaMA-family configs (every architecture but GPT-2):
+ * sizes, rotary, biases, windows and each family's own settings. top is
+ * the file's object, root the one holding the model's fields (Gemma 3
+ * multimodal's "text_config"). */
+static lorac_status_t parse_llama_family(const cJSON *top, const cJSON *root, const char *label, lorac_model_config_t *c) {
+    lorac_status_t s;
+    c->rms_norm_eps = c->arch == LORAC_ARCH_PHI3 ? 1e-5f : 1e-6f; /* Phi3Config's default */
+    /* SmolLM3Config's and Gemma3TextConfig's defaults */
+    c->rope_theta = c->arch == LORAC_ARCH_SMOLLM3 ? 2000000.0f : c->arch == LORAC_ARCH_GEMMA3 ? 1000000.0f : 10000.0f;
+    c->rope_linear_factor = 1.0f;
+    c->max_position_embeddings = c->arch == LORAC_ARCH_PHI3 ? 4096 : 2048;
+    c->bos_id = -1;
+    if (c->arch == LORAC_ARCH_PHI3) c->bos_id = 1, c->n_eos = 1, c->eos_ids[0] = 32000; /* Phi3Config's */
+    c->tie_word_embeddings = c->arch == LORAC_ARCH_GEMMA2 || c->arch == LORAC_ARCH_GEMMA3; /* Gemma's configs' default */
+    const int32_t big = 1 << 24;
+    /* Gemma3TextConfig's defaults (Gemma 3 4B-27B configs leave several out) */
+    int req = c->arch != LORAC_ARCH_GEMMA3;
+    if (!req) {
+        c->vocab_size = 262208, c->hidden_size = 2304, c->intermediate_size = 9216, c->n_layers = 26, c->n_heads = 8;
+        c->max_position_embeddings = 131072, c->bos_id = 2, c->n_eos = 1, c->eos_ids[0] = 1;
+    }
+    if ((s = get_int(root, label, "vocab_size", req, 1, big, &c->vocab_size)) ||
+        (s = get_int(root, label, "hidden_size", req, 1, 1 << 20, &c->hidden_size)) ||
+        (s = get_int(root, label, "intermediate_size", req, 1, 1 << 22, &c->intermediate_size)) ||
+        (s = get_int(root, label, "num_hidden_layers", req, 1, LORAC_MAX_LAYERS, &c->n_layers)) ||
+        (s = get_int(root, label, "num_attention_heads", req, 1, 4096, &c->n_heads)))
+        return s;
+    c->n_kv_heads = c->arch == LORAC_ARCH_GEMMA3 ? 4 : c->n_heads; /* Gemma3TextConfig's default */
+    /* Qwen3Config's head_dim defaults to 128 whatever the hidden size
+     * (transformers reads it from the config object, which always has it);
+     * the others' attention takes hidden_size / heads */
+    bool gemma = c->arch == LORAC_ARCH_GEMMA2 || c->arch == LORAC_ARCH_GEMMA3;
+    c->head_dim = c->arch == LORAC_ARCH_QWEN3 ? 128 : gemma ? 256 : c->hidden_size / c->n_heads;
+    if ((s = get_int(root, label, "num_key_value_heads", 0, 1, 4096, &c->n_kv_heads)) ||
+        (s = get_int(root, label, "head_dim", 0, 2, 1 << 16, &c->head_dim)) ||
+        (s = get_int(root, label, "max_position_embeddings", 0, 1, INT32_MAX, &c->max_position_embeddings)) ||
+        (s = get_float(root, label, "rms_norm_eps", 0.0, 1.0, &c->rms_norm_eps)) ||
+        (s = get_float(root, label, "rope_theta", 1.0, 1e12, &c->rope_theta)) ||
+        (s = get_bool(root, label, "tie_word_embeddings", &c->tie_word_embeddings)) ||
+        (s = get_int(root, label, "bos_token_id", 0, 0, INT32_MAX, &c->bos_id)) ||
+        (s = parse_rope(root, label, c)))
+        return s;
+    /* an absent eos_token_id keeps the default (Gemma 3's 1, else none) */
+    if (cJSON_GetObjectItemCaseSensitive(root, "eos_token_id") && (s = parse_eos(root, label, c))) return s;
+    if (top != root && ((s = get_int(top, label, "bos_token_id", 0, 0, INT32_MAX, &c->bos_id)) ||
+                        (cJSON_GetObjectItemCaseSensitive(top, "eos_token_id") && (s = parse_eos(top, label, c)))))
+        return s;
+    c->rotary_dim = c->head_dim;
+    if (c->arch == LORAC_ARCH_QWEN2) {
+        c->qkv_bias = true; /* Qwen2 always has q/k/v biases, never o_proj bias */
+    } else if (c->arch == LORAC_ARCH_PHI3) {
+        c->fused_proj = true; /* no biases anywhere */
+        if ((s = parse_phi3(root, label, c))) return s;
+    } else {
+        /* Qwen3: q/k/v/o biases as "attention_bias" says (as Llama), none in
+         * the MLP whatever "mlp_bias" says (Qwen3MLP has none), and an
+         * RMSNorm over each head of q and of k */
+        bool attention_bias = false;
+        if ((s = get_bool(root, label, "attention_bias", &attention_bias)) ||
+            (c->arch != LORAC_ARCH_QWEN3 && !gemma && (s = get_bool(root, label, "mlp_bias", &c->mlp_bias))))
+            return s;
+        c->qkv_bias = c->o_bias = attention_bias;
+        c->qk_norm = c->arch == LORAC_ARCH_QWEN3 || c->arch == LORAC_ARCH_GEMMA3;
+    }
+    if (c->arch == LORAC_ARCH_SMOLLM3 && (s = parse_nope_layers(root, label, c))) return s;
+    if ((s = parse_sliding_window(root, label, c))) return s;
+    c->embedding_multiplier = c->residual_multiplier = c->logits_scaling = c->query_scale = 1.0f;
+    if (c->arch == LORAC_ARCH_GRANITE && (s = parse_granite(root, label, c))) return s;
+    if (gemma && (s = parse_gemma(root, label, c))) return s;
+    return LORAC_STATUS_OK;
+}
+
 lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char *label,
                                         lorac_model_config_t *c) {
     memset(c, 0, sizeof *c);
@@ -455,74 +527,8 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
         snprintf(c->tensor_prefix, sizeof c->tensor_prefix, "language_model.model");
     }
 
-    if (c->arch == LORAC_ARCH_GPT2) {
-        if ((s = parse_gpt2(root, label, c))) goto done;
-        goto dtype;
-    }
-    c->rms_norm_eps = c->arch == LORAC_ARCH_PHI3 ? 1e-5f : 1e-6f; /* Phi3Config's default */
-    /* SmolLM3Config's and Gemma3TextConfig's defaults */
-    c->rope_theta = c->arch == LORAC_ARCH_SMOLLM3 ? 2000000.0f : c->arch == LORAC_ARCH_GEMMA3 ? 1000000.0f : 10000.0f;
-    c->rope_linear_factor = 1.0f;
-    c->max_position_embeddings = c->arch == LORAC_ARCH_PHI3 ? 4096 : 2048;
-    c->bos_id = -1;
-    if (c->arch == LORAC_ARCH_PHI3) c->bos_id = 1, c->n_eos = 1, c->eos_ids[0] = 32000; /* Phi3Config's */
-    c->tie_word_embeddings = c->arch == LORAC_ARCH_GEMMA2 || c->arch == LORAC_ARCH_GEMMA3; /* Gemma's configs' default */
-    const int32_t big = 1 << 24;
-    /* Gemma3TextConfig's defaults (Gemma 3 4B-27B configs leave several out) */
-    int req = c->arch != LORAC_ARCH_GEMMA3;
-    if (!req) {
-        c->vocab_size = 262208, c->hidden_size = 2304, c->intermediate_size = 9216, c->n_layers = 26, c->n_heads = 8;
-        c->max_position_embeddings = 131072, c->bos_id = 2, c->n_eos = 1, c->eos_ids[0] = 1;
-    }
-    if ((s = get_int(root, label, "vocab_size", req, 1, big, &c->vocab_size)) ||
-        (s = get_int(root, label, "hidden_size", req, 1, 1 << 20, &c->hidden_size)) ||
-        (s = get_int(root, label, "intermediate_size", req, 1, 1 << 22, &c->intermediate_size)) ||
-        (s = get_int(root, label, "num_hidden_layers", req, 1, LORAC_MAX_LAYERS, &c->n_layers)) ||
-        (s = get_int(root, label, "num_attention_heads", req, 1, 4096, &c->n_heads)))
+    if ((s = c->arch == LORAC_ARCH_GPT2 ? parse_gpt2(root, label, c) : parse_llama_family(top, root, label, c)))
         goto done;
-    c->n_kv_heads = c->arch == LORAC_ARCH_GEMMA3 ? 4 : c->n_heads; /* Gemma3TextConfig's default */
-    /* Qwen3Config's head_dim defaults to 128 whatever the hidden size
-     * (transformers reads it from the config object, which always has it);
-     * the others' attention takes hidden_size / heads */
-    bool gemma = c->arch == LORAC_ARCH_GEMMA2 || c->arch == LORAC_ARCH_GEMMA3;
-    c->head_dim = c->arch == LORAC_ARCH_QWEN3 ? 128 : gemma ? 256 : c->hidden_size / c->n_heads;
-    if ((s = get_int(root, label, "num_key_value_heads", 0, 1, 4096, &c->n_kv_heads)) ||
-        (s = get_int(root, label, "head_dim", 0, 2, 1 << 16, &c->head_dim)) ||
-        (s = get_int(root, label, "max_position_embeddings", 0, 1, INT32_MAX, &c->max_position_embeddings)) ||
-        (s = get_float(root, label, "rms_norm_eps", 0.0, 1.0, &c->rms_norm_eps)) ||
-        (s = get_float(root, label, "rope_theta", 1.0, 1e12, &c->rope_theta)) ||
-        (s = get_bool(root, label, "tie_word_embeddings", &c->tie_word_embeddings)) ||
-        (s = get_int(root, label, "bos_token_id", 0, 0, INT32_MAX, &c->bos_id)) ||
-        (s = parse_rope(root, label, c)))
-        goto done;
-    /* an absent eos_token_id keeps the default (Gemma 3's 1, else none) */
-    if (cJSON_GetObjectItemCaseSensitive(root, "eos_token_id") && (s = parse_eos(root, label, c))) goto done;
-    if (top != root && ((s = get_int(top, label, "bos_token_id", 0, 0, INT32_MAX, &c->bos_id)) ||
-                        (cJSON_GetObjectItemCaseSensitive(top, "eos_token_id") && (s = parse_eos(top, label, c)))))
-        goto done;
-    c->rotary_dim = c->head_dim;
-    if (c->arch == LORAC_ARCH_QWEN2) {
-        c->qkv_bias = true; /* Qwen2 always has q/k/v biases, never o_proj bias */
-    } else if (c->arch == LORAC_ARCH_PHI3) {
-        c->fused_proj = true; /* no biases anywhere */
-        if ((s = parse_phi3(root, label, c))) goto done;
-    } else {
-        /* Qwen3: q/k/v/o biases as "attention_bias" says (as Llama), none in
-         * the MLP whatever "mlp_bias" says (Qwen3MLP has none), and an
-         * RMSNorm over each head of q and of k */
-        bool attention_bias = false;
-        if ((s = get_bool(root, label, "attention_bias", &attention_bias)) ||
-            (c->arch != LORAC_ARCH_QWEN3 && !gemma && (s = get_bool(root, label, "mlp_bias", &c->mlp_bias))))
-            goto done;
-        c->qkv_bias = c->o_bias = attention_bias;
-        c->qk_norm = c->arch == LORAC_ARCH_QWEN3 || c->arch == LORAC_ARCH_GEMMA3;
-    }
-    if (c->arch == LORAC_ARCH_SMOLLM3 && (s = parse_nope_layers(root, label, c))) goto done;
-    if ((s = parse_sliding_window(root, label, c))) goto done;
-    c->embedding_multiplier = c->residual_multiplier = c->logits_scaling = c->query_scale = 1.0f;
-    if (c->arch == LORAC_ARCH_GRANITE && (s = parse_granite(root, label, c))) goto done;
-    if (gemma && (s = parse_gemma(root, label, c))) goto done;
-dtype:;
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(top, "torch_dtype");
     if (!cJSON_IsString(dt)) dt = cJSON_GetObjectItemCaseSensitive(root, "torch_dtype");
     if (cJSON_IsString(dt)) snprintf(c->torch_dtype, sizeof c->torch_dtype, "%s", dt->valuestring);

@@ -216,7 +216,8 @@ static void plan_activations(lorac_train_pass_t *p, arena_t *a) {
     CARVE(a, p->x_final, N * D); CARVE(a, p->rstd_f, N); CARVE(a, p->xn_f, N * D);
     if (c->layer_norm) CARVE(a, p->mean_f, N);
     CARVE(a, p->dres, N * D); CARVE(a, p->dres2, N * D); CARVE(a, p->dxn, N * D); CARVE(a, p->dxn_f, N * D);
-    CARVE(a, p->tmp, N * D); CARVE(a, p->dh, N * I); CARVE(a, p->dgate, N * I); CARVE(a, p->dup, N * I);
+    CARVE(a, p->tmp, N * D); CARVE(a, p->dh, N * I); CARVE(a, p->dup, N * I);
+    if (!c->plain_mlp) CARVE(a, p->dgate, N * I);
     CARVE(a, p->datt, N * Q); CARVE(a, p->dq, N * Q); CARVE(a, p->dk, N * KV); CARVE(a, p->dv, N * KV);
     if (c->qk_norm) { CARVE(a, p->dq_raw, N * Q); CARVE(a, p->dk_raw, N * KV); }
     if (c->sandwich_norms) CARVE(a, p->d_post, N * D);

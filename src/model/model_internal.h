@@ -53,8 +53,11 @@ typedef enum {
 void lorac_tensor_name(const lorac_model_config_t *c, lorac_tensor_kind_t kind, int32_t layer, char *buf, size_t cap);
 /* 1 for tensors that exist once per layer. */
 int lorac_tensor_is_per_layer(lorac_tensor_kind_t kind);
-/* Expected shape of the tensor for this config, as the file holds it (GPT-2's
- * Conv1D projections (in, out)); returns the number of dims. */
+/* 1 for a projection the files hold as a Conv1D weight, (in, out): GPT-2's
+ * c_attn, c_proj, c_fc and the MLP's c_proj. */
+int lorac_tensor_is_conv1d(const lorac_model_config_t *c, lorac_tensor_kind_t kind);
+/* Expected shape of the tensor for this config, as the file holds it (a
+ * Conv1D projection (in, out)); returns the number of dims. */
 int lorac_tensor_expected_shape(lorac_tensor_kind_t kind, const lorac_model_config_t *c, int64_t shape[2]);
 
 typedef struct {

@@ -92,22 +92,15 @@ void lorac_tensor_name(const lorac_model_config_t *c, lorac_tensor_kind_t kind, 
 #endif
 }
 
-int lorac_tensor_expected_shape(lorac_tensor_kind_t kind, const lorac_model_config_t *c, int64_t shape[2]) {
+int lorac_tensor_is_conv1d(const lorac_model_config_t *c, lorac_tensor_kind_t kind) {
+    return c->arch == LORAC_ARCH_GPT2 && (kind == LORAC_TENSOR_QKV || kind == LORAC_TENSOR_O || kind == LORAC_TENSOR_UP ||
+                                          kind == LORAC_TENSOR_DOWN);
+}
+
+/* Each tensor's shape, every projection (out, in) as nn.Linear holds it. */
+static int linear_shape(lorac_tensor_kind_t kind, const lorac_model_config_t *c, int64_t shape[2]) {
     int64_t D = c->hidden_size, I = c->intermediate_size, V = c->vocab_size;
     int64_t Q = (int64_t)c->n_heads * c->head_dim, KV = (int64_t)c->n_kv_heads * c->head_dim;
-    if (c->arch == LORAC_ARCH_GPT2) { /* Conv1D weights: (in, out) */
-        switch (kind) {
-        case LORAC_TENSOR_POS_EMBED: shape[0] = c->max_position_embeddings; shape[1] = D; return 2;
-        case LORAC_TENSOR_QKV: shape[0] = D; shape[1] = 3 * D; return 2;
-        case LORAC_TENSOR_QKV_BIAS: shape[0] = 3 * D; return 1;
-        case LORAC_TENSOR_O: shape[0] = D; shape[1] = D; return 2;
-        case LORAC_TENSOR_UP: shape[0] = D; shape[1] = I; return 2;
-        case LORAC_TENSOR_DOWN: shape[0] = I; shape[1] = D; return 2;
-        case LORAC_TENSOR_ATTN_NORM_BIAS: case LORAC_TENSOR_FFN_NORM_BIAS: case LORAC_TENSOR_FINAL_NORM_BIAS:
-            shape[0] = D; return 1;
-        default: break;
-        }
-    }
     switch (kind) {
     case LORAC_TENSOR_EMBED: case LORAC_TENSOR_LM_HEAD: shape[0] = V; shape[1] = D; return 2;
     case LORAC_TENSOR_FINAL_NORM: case LORAC_TENSOR_ATTN_NORM: case LORAC_TENSOR_FFN_NORM:
@@ -131,4 +124,14 @@ int lorac_tensor_expected_shape(lorac_tensor_kind_t kind, const lorac_model_conf
     case LORAC_TENSOR_COUNT: break;
     }
     return 0;
+}
+
+int lorac_tensor_expected_shape(lorac_tensor_kind_t kind, const lorac_model_config_t *c, int64_t shape[2]) {
+    int nd = linear_shape(kind, c, shape);
+    if (lorac_tensor_is_conv1d(c, kind)) { /* (in, out) */
+        int64_t out = shape[0];
+        shape[0] = shape[1];
+        shape[1] = out;
+    }
+    return nd;
 }

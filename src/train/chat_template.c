@@ -863,18 +863,18 @@ lorac_status_t lorac_dataset_chat_template_text(const char *path, char **jinja) 
     cJSON *o;
     lorac_status_t s = read_config(path, &o);
     if (s) return s;
-    const cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "chat_template");
-    if (cJSON_IsString(t)) *jinja = strdup(t->valuestring);
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "chat_template"), *found = NULL;
+    if (cJSON_IsString(t)) found = t;
     else if (cJSON_IsArray(t)) { /* [{"name": "default", "template": ...}, {"name": "tool_use", ...}] */
         const cJSON *e;
         cJSON_ArrayForEach(e, t) {
             const cJSON *n = cJSON_GetObjectItemCaseSensitive(e, "name"), *v = cJSON_GetObjectItemCaseSensitive(e, "template");
-            if (!*jinja && cJSON_IsString(n) && !strcmp(n->valuestring, "default") && cJSON_IsString(v))
-                *jinja = strdup(v->valuestring);
+            if (!found && cJSON_IsString(n) && !strcmp(n->valuestring, "default") && cJSON_IsString(v)) found = v;
         }
     }
-    cJSON_Delete(o);
-    if (cJSON_IsString(t) || *jinja) return *jinja ? LORAC_STATUS_OK : lorac_error(LORAC_STATUS_NOMEM, "out of memory");
+    if (found) *jinja = strdup(found->valuestring);
+    cJSON_Delete(o); /* t and found with it */
+    if (found) return *jinja ? LORAC_STATUS_OK : lorac_error(LORAC_STATUS_NOMEM, "out of memory");
     /* newer transformers save the template beside the config */
     const char *slash = strrchr(path, '/');
     size_t dir_len = slash ? (size_t)(slash - path) : 0, len;
