@@ -690,6 +690,117 @@ static void test_exp_sum(const char *isa) {
     CHECK_MSG(worst < 4e-7 && bad == 0, "%s: exp_sum max relative error %.3g, %d wrong", isa, worst, bad);
 }
 
+
+/* ---- NF4 ------------------------------------------------------------------- */
+
+/* Quantization as bitsandbytes decides it: x·(1/absmax) to the nearest of
+ * the 16 values, a value exactly on a midpoint to the lower code, a block
+ * of zeros to zeros; element 2j in byte j's high half. */
+static void test_nf4_quantize(void) {
+    const float *cb = lorac_nf4_codebook;
+    for (int i = 0; i < 15; i++) CHECK(cb[i] < cb[i + 1]);
+    CHECK(cb[0] == -1.0f && cb[7] == 0.0f && cb[15] == 1.0f);
+    float v[64];
+    uint8_t q[LORAC_NF4_BLOCK_BYTES];
+    /* absmax 1 (v[63]): each codebook value, each midpoint, and just above it */
+    for (int i = 0; i < 16; i++) v[i] = cb[i];
+    for (int i = 0; i < 15; i++) {
+        float mid = (float)(((double)cb[i] + cb[i + 1]) / 2);
+        v[16 + i] = mid;
+        v[31 + i] = nextafterf(mid, 2.0f);
+    }
+    for (int i = 46; i < 63; i++) v[i] = 0.01f * (float)(i - 54);
+    v[63] = 1.0f;
+    lorac_quantize_nf4(q, v, LORAC_DTYPE_F32, 64);
+    float absmax;
+    memcpy(&absmax, q, 4);
+    CHECK(absmax == 1.0f);
+    int bad = 0;
+    for (int i = 0; i < 64; i++) {
+        int code = (q[4 + i / 2] >> (i % 2 ? 0 : 4)) & 15;
+        int want = i < 16 ? i : i < 31 ? i - 16 : i < 46 ? i - 30 : -1;
+        if (want < 0) { /* the small values: nearest by distance */
+            want = 0;
+            for (int c = 1; c < 16; c++)
+                if (fabsf(v[i] - cb[c]) < fabsf(v[i] - cb[want])) want = c;
+        }
+        if (code != want) bad++;
+        if (lorac_nf4_value(q, i) != cb[code] * absmax) bad++;
+    }
+    CHECK_MSG(bad == 0, "nf4 quantize: %d codes wrong", bad);
+    /* a block of zeros reads back as zeros; a short last block has its own absmax */
+    float z[70] = {0};
+    z[66] = -3.0f, z[67] = 3.0f; /* both ends of the codebook */
+    uint8_t qz[2 * LORAC_NF4_BLOCK_BYTES];
+    CHECK(lorac_dtype_bytes(LORAC_DTYPE_NF4, 70) == sizeof qz);
+    lorac_quantize_nf4(qz, z, LORAC_DTYPE_F32, 70);
+    for (int i = 0; i < 64; i++) CHECK(lorac_nf4_value(qz, i) == 0.0f);
+    CHECK(lorac_nf4_value(qz, 66) == -3.0f && lorac_nf4_value(qz, 67) == 3.0f && lorac_nf4_value(qz, 64) == 0.0f);
+    /* from BF16 the same codes as from its f32 values */
+    uint16_t hb[64];
+    float hf[64];
+    for (int i = 0; i < 64; i++) hb[i] = lorac_f32_to_bf16(frand()), hf[i] = lorac_bf16_to_f32(hb[i]);
+    uint8_t qa[LORAC_NF4_BLOCK_BYTES], qb[LORAC_NF4_BLOCK_BYTES];
+    lorac_quantize_nf4(qa, hb, LORAC_DTYPE_BF16, 64);
+    lorac_quantize_nf4(qb, hf, LORAC_DTYPE_F32, 64);
+    CHECK(memcmp(qa, qb, sizeof qa) == 0);
+}
+
+/* Every product on an NF4 weight gives the bits of the same product on its
+ * dequantized values in F32: the kernels read the same floats in the same
+ * order. Row lengths K are multiples of 8 (lorac_nf4_supported), some not
+ * of 64, so blocks run across rows. */
+static void test_nf4_products(const char *isa) {
+    static const int64_t ts[] = {1, 3, 17, 130};
+    static const int64_t ks[] = {8, 64, 72, 256, 288, 1000}; /* 64, 256: rows of whole blocks */
+    static const int64_t ns[] = {1, 5, 64, 100};
+    int differ = 0, cases = 0;
+    for (int ki = 0; ki < LEN(ks); ki++)
+        for (int ni = 0; ni < LEN(ns); ni++) {
+            int64_t K = ks[ki], N = ns[ni], R = 4;
+            CHECK(lorac_nf4_supported(K));
+            float *src = rand_f32(N * K), *deq = xmalloc(sizeof(float) * (size_t)(N * K));
+            void *q = xmalloc(lorac_dtype_bytes(LORAC_DTYPE_NF4, N * K));
+            lorac_quantize_nf4(q, src, LORAC_DTYPE_F32, N * K);
+            for (int64_t i = 0; i < N * K; i++) deq[i] = lorac_nf4_value(q, i);
+            float *conv = xmalloc(sizeof(float) * (size_t)(N * K));
+            lorac_convert_to_f32(conv, q, LORAC_DTYPE_NF4, N * K);
+            if (memcmp(conv, deq, sizeof(float) * (size_t)(N * K))) differ++;
+            float *bias = rand_f32(N), *b = rand_f32(N * R), *a = rand_f32(R * K);
+            for (int ti = 0; ti < LEN(ts); ti++) {
+                int64_t T = ts[ti];
+                float *x = rand_f32(T * K), *dout = rand_f32(T * N), *u = rand_f32(T * R), *du = rand_f32(T * R);
+                float *o1 = xmalloc(sizeof(float) * (size_t)(T * N)), *o2 = xmalloc(sizeof(float) * (size_t)(T * N));
+                float *d1 = rand_f32(T * K), *d2 = xmalloc(sizeof(float) * (size_t)(T * K));
+                memcpy(d2, d1, sizeof(float) * (size_t)(T * K));
+#define SAME(n, p, q_) differ += memcmp(p, q_, sizeof(float) * (size_t)(n)) != 0, cases++
+                lorac_matmul_forward(o1, x, q, LORAC_DTYPE_NF4, bias, T, K, N);
+                lorac_matmul_forward(o2, x, deq, LORAC_DTYPE_F32, bias, T, K, N);
+                SAME(T * N, o1, o2);
+                lorac_matmul_forward_batch(o1, x, q, LORAC_DTYPE_NF4, NULL, T, K, N);
+                lorac_matmul_forward_batch(o2, x, deq, LORAC_DTYPE_F32, NULL, T, K, N);
+                SAME(T * N, o1, o2);
+                lorac_matmul_forward_train(o1, x, q, LORAC_DTYPE_NF4, NULL, bias, T, K, N, u, b, 0.5f, R);
+                lorac_matmul_forward_train(o2, x, deq, LORAC_DTYPE_F32, NULL, bias, T, K, N, u, b, 0.5f, R);
+                SAME(T * N, o1, o2);
+                lorac_matmul_backward_input(d1, dout, q, LORAC_DTYPE_NF4, T, K, N);
+                lorac_matmul_backward_input(d2, dout, deq, LORAC_DTYPE_F32, T, K, N);
+                SAME(T * K, d1, d2);
+                lorac_matmul_backward_input_set(d1, dout, q, LORAC_DTYPE_NF4, T, K, N);
+                lorac_matmul_backward_input_set(d2, dout, deq, LORAC_DTYPE_F32, T, K, N);
+                SAME(T * K, d1, d2);
+                lorac_matmul_backward_input_train(d1, 0, dout, q, LORAC_DTYPE_NF4, NULL, T, K, N, du, a, R);
+                lorac_matmul_backward_input_train(d2, 0, dout, deq, LORAC_DTYPE_F32, NULL, T, K, N, du, a, R);
+                SAME(T * K, d1, d2);
+#undef SAME
+                free(x), free(dout), free(u), free(du), free(o1), free(o2), free(d1), free(d2);
+            }
+            free(src), free(deq), free(q), free(conv), free(bias), free(b), free(a);
+        }
+    printf("  nf4 products  %-8s      %d cases, %d differ from F32 on the dequantized weights\n", isa, cases, differ);
+    CHECK_MSG(differ == 0, "%s nf4: %d products differ from F32 on the dequantized weights", isa, differ);
+}
+
 int main(void) {
     test_softmax_expf();
     printf("test_matmul: default path %s, %d threads\n", lorac_kernels_isa(),
@@ -699,6 +810,7 @@ int main(void) {
     lorac_kernels_set_threads(3);
     CHECK(lorac_kernels_get_threads() == 3);
     lorac_kernels_set_threads(2);
+    test_nf4_quantize();
     for (int i = 0; i < LEN(ISAS); i++) {
         if (tl_use_isa(ISAS[i]) != 0) continue;
         CHECK(strcmp(lorac_kernels_isa(), ISAS[i]) == 0);
@@ -715,6 +827,7 @@ int main(void) {
         test_backward_weight(ISAS[i]);
         test_determinism(ISAS[i]);
         test_convert(ISAS[i]);
+        test_nf4_products(ISAS[i]);
     }
     return tl_finish("test_matmul");
 }

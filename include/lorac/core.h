@@ -73,15 +73,28 @@ typedef enum {
     LORAC_DTYPE_BOOL,
     LORAC_DTYPE_F8_E4M3,
     LORAC_DTYPE_F8_E5M2,
-    LORAC_DTYPE_COUNT
+    LORAC_DTYPE_COUNT,
+    /* lorac's own in-memory weight formats, never read from a file's
+     * header (lorac_dtype_parse does not know them):
+     * NF4, QLoRA's 4-bit NormalFloat (lorac/kernels.h, "NF4"). */
+    LORAC_DTYPE_NF4 = 64
 } lorac_dtype_t;
+/* NF4's layout: each block of LORAC_NF4_BLOCK consecutive elements (of the
+ * flattened tensor, as bitsandbytes blocks it) is its absmax (f32) and 32
+ * bytes of 4-bit codes, element 2j in the high half of byte j. */
+#define LORAC_NF4_BLOCK 64
+#define LORAC_NF4_BLOCK_BYTES 36
 
 /* "F32", "BF16", ... ; NULL for an out-of-range value. */
 const char *lorac_dtype_name(lorac_dtype_t dtype);
 /* Parses a safetensors dtype string; returns 0 and sets *out, or -1. */
 int lorac_dtype_parse(const char *name, lorac_dtype_t *out);
-/* Bytes per element (1, 2, 4 or 8). */
+/* Bytes per element (1, 2, 4 or 8); 0 for NF4, whose elements are half
+ * a byte and share a scale per block (lorac_dtype_bytes). */
 size_t lorac_dtype_size(lorac_dtype_t dtype);
+/* Bytes that n elements take (n of a tensor's flattened elements, from
+ * its start): n·lorac_dtype_size, or for NF4 its blocks' bytes. */
+size_t lorac_dtype_bytes(lorac_dtype_t dtype, int64_t n);
 
 /* Scalar conversions (round-to-nearest-even for the narrowing ones).
  * bf16 is the top half of an f32; widening it is inline so that loops
@@ -122,9 +135,14 @@ typedef struct {
     size_t size;
 } lorac_mapped_file_t;
 
-/* Maps `path` read-only. On failure returns LORAC_STATUS_IO with a message
- * naming the path. Unmap with lorac_file_unmap. */
+/* Maps `path` read-only, reading it all in at once (MAP_POPULATE). On
+ * failure returns LORAC_STATUS_IO with a message naming the path. Unmap
+ * with lorac_file_unmap. */
 lorac_status_t lorac_file_map(const char *path, lorac_mapped_file_t *out);
+/* The same with populate 0: pages are read when first touched, so a reader
+ * that goes through the file once and lets each part go
+ * (lorac_file_release) never holds it all. */
+lorac_status_t lorac_file_map_ex(const char *path, int populate, lorac_mapped_file_t *out);
 void lorac_file_unmap(lorac_mapped_file_t *file);
 
 /* Tells the kernel the n bytes at p, inside a mapping of lorac_file_map, are

@@ -130,6 +130,25 @@ void lorac_scale(float *x, float s, int64_t n);
 /* Converts n elements of `src` in dtype (F32, BF16, F16) to f32. */
 void lorac_convert_to_f32(float *dst, const void *src, lorac_dtype_t dtype, int64_t n);
 
+/* ---- NF4: QLoRA's 4-bit NormalFloat ---------------------------------------
+ * A frozen weight quantized as bitsandbytes' quantize_4bit(quant_type="nf4",
+ * blocksize=64) does (without its double quantization of the absmax):
+ * every block of 64 consecutive elements of the flattened tensor is scaled
+ * by 1/absmax, each value stored as the index of the nearest of the 16
+ * values of lorac_nf4_codebook, and read back as codebook[index]·absmax.
+ * The layout (core.h: LORAC_NF4_BLOCK_BYTES per block) is lorac's own; the
+ * values are bitsandbytes'. The matmul kernels read NF4 weights in place
+ * (lorac_matmul_forward and the rest, wtype LORAC_DTYPE_NF4), with the
+ * bits they give on the dequantized weights in F32, when the weight's row
+ * length K is a multiple of 8; lorac_nf4_supported says so. */
+extern const float lorac_nf4_codebook[16];
+int lorac_nf4_supported(int64_t K);
+/* dst (lorac_dtype_bytes(NF4, n) bytes) = the n values of src (F32, BF16 or
+ * F16) quantized; threaded, the same bytes for any thread count. */
+void lorac_quantize_nf4(void *dst, const void *src, lorac_dtype_t src_dtype, int64_t n);
+/* Element i of an NF4 tensor, dequantized. */
+float lorac_nf4_value(const void *q, int64_t i);
+
 /* ---- elementwise and normalisation ---------------------------------------- */
 /* out, x are (T,C), w is (C) in wtype. out = x / sqrt(mean(x²) + eps) * w.
  * rstd (T) receives 1/sqrt(mean(x²)+eps) for the backward pass if non-NULL.

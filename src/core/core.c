@@ -65,6 +65,7 @@ static const struct { const char *name; size_t size; } k_dtypes[LORAC_DTYPE_COUN
 };
 
 const char *lorac_dtype_name(lorac_dtype_t dtype) {
+    if (dtype == LORAC_DTYPE_NF4) return "NF4";
     if ((int)dtype < 0 || dtype >= LORAC_DTYPE_COUNT) return NULL;
     return k_dtypes[dtype].name;
 }
@@ -79,6 +80,12 @@ int lorac_dtype_parse(const char *name, lorac_dtype_t *out) {
 size_t lorac_dtype_size(lorac_dtype_t dtype) {
     if ((int)dtype < 0 || dtype >= LORAC_DTYPE_COUNT) return 0;
     return k_dtypes[dtype].size;
+}
+
+size_t lorac_dtype_bytes(lorac_dtype_t dtype, int64_t n) {
+    if (dtype == LORAC_DTYPE_NF4)
+        return (size_t)((n + LORAC_NF4_BLOCK - 1) / LORAC_NF4_BLOCK) * LORAC_NF4_BLOCK_BYTES;
+    return (size_t)n * lorac_dtype_size(dtype);
 }
 
 static uint32_t f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }

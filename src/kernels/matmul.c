@@ -31,6 +31,8 @@ static void portable_convert_chunk(float *dst, const void *src, lorac_dtype_t dt
     } else if (dt == LORAC_DTYPE_BF16) {
         const uint16_t *s = (const uint16_t *)src + off;
         for (int64_t i = 0; i < n; i++) dst[i] = lorac_bf16_to_f32(s[i]);
+    } else if (dt == LORAC_DTYPE_NF4) {
+        for (int64_t i = 0; i < n; i++) dst[i] = lorac_nf4_value(src, off + i);
     } else {
         const uint16_t *s = (const uint16_t *)src + off;
         for (int64_t i = 0; i < n; i++) dst[i] = lorac_f16_to_f32(s[i]);
@@ -112,7 +114,7 @@ const lorac_kernel_ops_t lorac_kernel_ops_portable = {
 /* ---- drivers ---------------------------------------------------------------- */
 
 static int weight_dtype_ok(lorac_dtype_t t) {
-    return t == LORAC_DTYPE_F32 || t == LORAC_DTYPE_BF16 || t == LORAC_DTYPE_F16;
+    return t == LORAC_DTYPE_F32 || t == LORAC_DTYPE_BF16 || t == LORAC_DTYPE_F16 || t == LORAC_DTYPE_NF4;
 }
 
 static int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
@@ -461,13 +463,11 @@ void lorac_convert_to_f32(float *dst, const void *src, lorac_dtype_t dtype, int6
         ops->convert(dst, src, dtype, n);
         return;
     }
-    size_t esize = lorac_dtype_size(dtype);
-    int64_t chunk = round_up((n + nt - 1) / nt, 64);
+    int64_t chunk = round_up((n + nt - 1) / nt, 64); /* whole NF4 blocks */
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int i = 0; i < nt; i++) {
         int64_t i0 = i * chunk, i1 = i0 + chunk < n ? i0 + chunk : n;
-        if (i0 < i1)
-            ops->convert(dst + i0, (const char *)src + (size_t)i0 * esize, dtype, i1 - i0);
+        if (i0 < i1) ops->convert(dst + i0, (const char *)src + lorac_dtype_bytes(dtype, i0), dtype, i1 - i0);
     }
 }
 

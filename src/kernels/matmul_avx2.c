@@ -97,9 +97,107 @@ LORAC_ALWAYS_INLINE __m256 widen_w(__m128i h, lorac_dtype_t dt) {
     return _mm256_cvtph_ps(h);
 }
 
+/* 8 NF4 elements from element i (kernels.h): when i is a multiple of 8,
+ * 4 bytes of one block, each lane shifting its own nibble down (element
+ * 2j is byte j's high half), the 16-value codebook looked up as two 8-lane
+ * permutes chosen by the code's bit 3, times the block's absmax: the
+ * f32 product lorac_nf4_value makes. */
+LORAC_ALWAYS_INLINE __m256 nf4_lookup(__m256i code, __m256 scale) {
+    __m256 lo = _mm256_permutevar8x32_ps(_mm256_loadu_ps(lorac_nf4_codebook), code);
+    __m256 hi = _mm256_permutevar8x32_ps(_mm256_loadu_ps(lorac_nf4_codebook + 8), code);
+    return _mm256_mul_ps(_mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(code, 28))), scale);
+}
+
+LORAC_ALWAYS_INLINE __m256 load_nf4(const void *w, int64_t i) {
+    uint64_t u = (uint64_t)i; /* unsigned: the block arithmetic is shifts and masks */
+    if (u & 7) { /* not where the kernels read: one element at a time */
+        float tmp[8];
+        for (int j = 0; j < 8; j++) tmp[j] = lorac_nf4_value(w, i + j);
+        return _mm256_loadu_ps(tmp);
+    }
+    const uint8_t *block = (const uint8_t *)w + (u / LORAC_NF4_BLOCK) * LORAC_NF4_BLOCK_BYTES;
+    uint32_t bits;
+    float absmax;
+    memcpy(&absmax, block, sizeof absmax);
+    memcpy(&bits, block + sizeof absmax + u % LORAC_NF4_BLOCK / 2, sizeof bits);
+    const __m256i shifts = _mm256_setr_epi32(4, 0, 12, 8, 20, 16, 28, 24);
+    __m256i code = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)bits), shifts), _mm256_set1_epi32(15));
+    return nf4_lookup(code, _mm256_set1_ps(absmax));
+}
+
+/* The codebook's 16 f32 values split into 4 byte planes, plane b holding
+ * byte b of each value, for a byte shuffle to look codes up in (built by
+ * nf4_planes). */
+typedef struct {
+    __m256i plane[4];
+} nf4_planes_t;
+
+LORAC_ALWAYS_INLINE nf4_planes_t nf4_planes(void) {
+    nf4_planes_t p;
+    uint8_t bytes[4][16];
+    for (int c = 0; c < 16; c++) {
+        uint32_t u;
+        memcpy(&u, &lorac_nf4_codebook[c], sizeof u);
+        for (int b = 0; b < 4; b++) bytes[b][c] = (uint8_t)(u >> (8 * b));
+    }
+    for (int b = 0; b < 4; b++) p.plane[b] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)bytes[b]));
+    return p;
+}
+
+/* 32 values of an NF4 block (from its 16 code bytes q) as 4 vectors in
+ * element order, without a cross-lane permute per vector: the bytes are
+ * first arranged so that lane 0 holds bytes 0-1, 4-5, 8-9, 12-13 and lane
+ * 1 bytes 2-3, 6-7, 10-11, 14-15, split into nibbles and interleaved
+ * (codes 0-3, 8-11, 16-19, 24-27 | 4-7, 12-15, 20-23, 28-31); a byte
+ * shuffle per byte plane looks each code's f32 up, and two rounds of
+ * interleaving the planes put the bytes of each value together, which
+ * brings codes 0-7, 8-15, 16-23, 24-31 into the four vectors. Shuffles
+ * with their own ports on every x86 (AMD's permutes of 8 lanes are slow). */
+LORAC_ALWAYS_INLINE void nf4_half_block(const uint8_t *q, __m256 scale, const nf4_planes_t *p, __m256 w[4]) {
+    const __m256i order = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, /* lane 0 */
+                                           2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m256i nibble = _mm256_set1_epi8(15);
+    __m256i r = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)q)), order);
+    __m256i codes = _mm256_unpacklo_epi8(_mm256_and_si256(_mm256_srli_epi16(r, 4), nibble), _mm256_and_si256(r, nibble));
+    __m256i b0 = _mm256_shuffle_epi8(p->plane[0], codes), b1 = _mm256_shuffle_epi8(p->plane[1], codes);
+    __m256i b2 = _mm256_shuffle_epi8(p->plane[2], codes), b3 = _mm256_shuffle_epi8(p->plane[3], codes);
+    __m256i lo01 = _mm256_unpacklo_epi8(b0, b1), lo23 = _mm256_unpacklo_epi8(b2, b3);
+    __m256i hi01 = _mm256_unpackhi_epi8(b0, b1), hi23 = _mm256_unpackhi_epi8(b2, b3);
+    w[0] = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpacklo_epi16(lo01, lo23)), scale);
+    w[1] = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(lo01, lo23)), scale);
+    w[2] = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpacklo_epi16(hi01, hi23)), scale);
+    w[3] = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(hi01, hi23)), scale);
+}
+
+/* The 64 values of one NF4 block as 8 vectors (w[g]: elements 8g..8g+7),
+ * the values of load_nf4 without its addressing per 8 elements. */
+LORAC_ALWAYS_INLINE void nf4_block(const uint8_t *block, const nf4_planes_t *p, __m256 w[8]) {
+    float absmax;
+    memcpy(&absmax, block, sizeof absmax);
+    const __m256 scale = _mm256_set1_ps(absmax);
+    nf4_half_block(block + sizeof absmax, scale, p, w);
+    nf4_half_block(block + sizeof absmax + LORAC_NF4_BLOCK / 4, scale, p, w + 4);
+}
+
+/* dst (n) = NF4 elements [off, off + n) of w: whole blocks in one go when
+ * off starts one, else 8 at a time. */
+LORAC_ALWAYS_INLINE void nf4_widen(float *dst, const void *w, int64_t off, int64_t n) {
+    int64_t i = 0;
+    const nf4_planes_t planes = nf4_planes();
+    if (off % LORAC_NF4_BLOCK == 0)
+        for (; i + LORAC_NF4_BLOCK <= n; i += LORAC_NF4_BLOCK) {
+            __m256 v[8];
+            nf4_block((const uint8_t *)w + (off + i) / LORAC_NF4_BLOCK * LORAC_NF4_BLOCK_BYTES, &planes, v);
+            for (int g = 0; g < 8; g++) _mm256_storeu_ps(dst + i + 8 * g, v[g]);
+        }
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_nf4(w, off + i));
+    for (; i < n; i++) dst[i] = lorac_nf4_value(w, off + i);
+}
+
 /* 8 elements of w starting at element i, widened to f32. */
 LORAC_ALWAYS_INLINE __m256 load_w(const void *w, lorac_dtype_t dt, int64_t i) {
     if (dt == LORAC_DTYPE_F32) return _mm256_loadu_ps((const float *)w + i);
+    if (dt == LORAC_DTYPE_NF4) return load_nf4(w, i);
     return widen_w(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + i)), dt);
 }
 
@@ -111,6 +209,11 @@ LORAC_ALWAYS_INLINE __m256 load_w_part(const void *w, lorac_dtype_t dt, int64_t 
     if (dt == LORAC_DTYPE_F32) {
         float tmp[8] = {0};
         memcpy(tmp, (const float *)w + i, (size_t)n * sizeof(float));
+        return _mm256_loadu_ps(tmp);
+    }
+    if (dt == LORAC_DTYPE_NF4) {
+        float tmp[8] = {0};
+        for (int64_t j = 0; j < n; j++) tmp[j] = lorac_nf4_value(w, i + j);
         return _mm256_loadu_ps(tmp);
     }
     uint16_t tmp[8] = {0};
@@ -219,6 +322,69 @@ LORAC_ALWAYS_INLINE void fwd_row4(const lorac_dtype_t dt, float *out, const floa
     out[3 * stride] = bias ? v3 + bias[3 * stride] : v3;
 }
 
+/* fwd_row4 for NF4 weights, whose rows are not whole bytes apart: the four
+ * rows by element offset. The same chains, so the bits of fwd_tile. Each
+ * stream's block DECODE_AHEAD_NF4 elements on is fetched once a block. */
+#define DECODE_AHEAD_NF4 1024
+LORAC_ALWAYS_INLINE void fwd_row4_nf4(float *out, const float *x, const void *w, int64_t woff, const float *bias,
+                                      int64_t K, int64_t stride) {
+    const int64_t gap = stride * K, o0 = woff, o1 = o0 + gap, o2 = o1 + gap, o3 = o2 + gap;
+    const char *base = (const char *)w;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    int64_t k = 0;
+    if (K % LORAC_NF4_BLOCK == 0) { /* every row starts a block: a block of each stream at a time */
+        const uint8_t *r0 = (const uint8_t *)base + o0 / LORAC_NF4_BLOCK * LORAC_NF4_BLOCK_BYTES;
+        const uint8_t *r1 = (const uint8_t *)base + o1 / LORAC_NF4_BLOCK * LORAC_NF4_BLOCK_BYTES;
+        const uint8_t *r2 = (const uint8_t *)base + o2 / LORAC_NF4_BLOCK * LORAC_NF4_BLOCK_BYTES;
+        const uint8_t *r3 = (const uint8_t *)base + o3 / LORAC_NF4_BLOCK * LORAC_NF4_BLOCK_BYTES;
+        const int64_t ahead = DECODE_AHEAD_NF4 / LORAC_NF4_BLOCK * LORAC_NF4_BLOCK_BYTES;
+        const nf4_planes_t planes = nf4_planes();
+        for (; k < K; k += LORAC_NF4_BLOCK) {
+            _mm_prefetch((const char *)r0 + ahead, _MM_HINT_T0);
+            _mm_prefetch((const char *)r1 + ahead, _MM_HINT_T0);
+            _mm_prefetch((const char *)r2 + ahead, _MM_HINT_T0);
+            _mm_prefetch((const char *)r3 + ahead, _MM_HINT_T0);
+            __m256 v[8];
+            nf4_block(r0, &planes, v);
+            for (int g = 0; g < 8; g++) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8 * g), v[g], a0);
+            nf4_block(r1, &planes, v);
+            for (int g = 0; g < 8; g++) a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8 * g), v[g], a1);
+            nf4_block(r2, &planes, v);
+            for (int g = 0; g < 8; g++) a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8 * g), v[g], a2);
+            nf4_block(r3, &planes, v);
+            for (int g = 0; g < 8; g++) a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8 * g), v[g], a3);
+            r0 += LORAC_NF4_BLOCK_BYTES, r1 += LORAC_NF4_BLOCK_BYTES, r2 += LORAC_NF4_BLOCK_BYTES,
+                r3 += LORAC_NF4_BLOCK_BYTES;
+        }
+    }
+    for (; k + 8 <= K; k += 8) {
+        if ((o0 + k) % LORAC_NF4_BLOCK == 0) {
+            int64_t ahead = (k + DECODE_AHEAD_NF4) / LORAC_NF4_BLOCK * LORAC_NF4_BLOCK_BYTES;
+            _mm_prefetch(base + o0 / LORAC_NF4_BLOCK * LORAC_NF4_BLOCK_BYTES + ahead, _MM_HINT_T0);
+            _mm_prefetch(base + o1 / LORAC_NF4_BLOCK * LORAC_NF4_BLOCK_BYTES + ahead, _MM_HINT_T0);
+            _mm_prefetch(base + o2 / LORAC_NF4_BLOCK * LORAC_NF4_BLOCK_BYTES + ahead, _MM_HINT_T0);
+            _mm_prefetch(base + o3 / LORAC_NF4_BLOCK * LORAC_NF4_BLOCK_BYTES + ahead, _MM_HINT_T0);
+        }
+        __m256 xv = _mm256_loadu_ps(x + k);
+        a0 = _mm256_fmadd_ps(xv, load_nf4(w, o0 + k), a0);
+        a1 = _mm256_fmadd_ps(xv, load_nf4(w, o1 + k), a1);
+        a2 = _mm256_fmadd_ps(xv, load_nf4(w, o2 + k), a2);
+        a3 = _mm256_fmadd_ps(xv, load_nf4(w, o3 + k), a3);
+    }
+    if (k < K) {
+        __m256 xv = load_w_part(x, LORAC_DTYPE_F32, k, K - k);
+        a0 = _mm256_fmadd_ps(xv, load_w_part(w, LORAC_DTYPE_NF4, o0 + k, K - k), a0);
+        a1 = _mm256_fmadd_ps(xv, load_w_part(w, LORAC_DTYPE_NF4, o1 + k, K - k), a1);
+        a2 = _mm256_fmadd_ps(xv, load_w_part(w, LORAC_DTYPE_NF4, o2 + k, K - k), a2);
+        a3 = _mm256_fmadd_ps(xv, load_w_part(w, LORAC_DTYPE_NF4, o3 + k, K - k), a3);
+    }
+    float v0 = hsum(a0), v1 = hsum(a1), v2 = hsum(a2), v3 = hsum(a3);
+    out[0] = bias ? v0 + bias[0] : v0;
+    out[stride] = bias ? v1 + bias[stride] : v1;
+    out[2 * stride] = bias ? v2 + bias[2 * stride] : v2;
+    out[3 * stride] = bias ? v3 + bias[3 * stride] : v3;
+}
+
 /* out is (T,N), x is (T,K), w is (N,K) in dt; columns [n0,n1). */
 LORAC_ALWAYS_INLINE void fwd_block(const lorac_dtype_t dt, float *out, const float *x,
                                    const void *w, const float *bias, int64_t T, int64_t K,
@@ -234,8 +400,10 @@ LORAC_ALWAYS_INLINE void fwd_block(const lorac_dtype_t dt, float *out, const flo
          * GB/s this way. */
         int64_t q = (n1 - n0) / 4;
         for (int64_t t = 0; t < T; t++) {
-            for (int64_t n = n0; n < n0 + q; n++)
-                fwd_row4(dt, out + t * N + n, x + t * K, w, n * K, bias ? bias + n : NULL, K, q);
+            for (int64_t n = n0; n < n0 + q; n++) {
+                if (dt == LORAC_DTYPE_NF4) fwd_row4_nf4(out + t * N + n, x + t * K, w, n * K, bias ? bias + n : NULL, K, q);
+                else fwd_row4(dt, out + t * N + n, x + t * K, w, n * K, bias ? bias + n : NULL, K, q);
+            }
             for (int64_t n = n0 + 4 * q; n < n1; n++)
                 fwd_tile(1, 1, dt, out + t * N + n, N, x + t * K, w, n * K, bias ? bias + n : NULL, K);
         }
@@ -262,11 +430,45 @@ LORAC_ALWAYS_INLINE void fwd_block(const lorac_dtype_t dt, float *out, const flo
     }
 }
 
+/* fwd_block for NF4 weights and two or more x rows: FN rows of w widened
+ * at a time into wbuf (FN·K floats), and the f32 tiles run on them, so a
+ * weight is decoded once, not once per row tile. The values and the FMA
+ * order are fwd_tile's, so are the bits. */
+static void fwd_nf4_widened(float *out, const float *x, const void *w, const float *bias, int64_t T, int64_t K,
+                            int64_t N, int64_t n0, int64_t n1, float *wbuf) {
+    for (int64_t n = n0; n < n1; n += FN) {
+        int64_t rn = n1 - n < FN ? n1 - n : FN;
+        nf4_widen(wbuf, w, n * K, rn * K);
+        const float *b = bias ? bias + n : NULL;
+        int64_t t = 0;
+        if (rn == FN) {
+            for (; t + FT <= T; t += FT) fwd_tile(FT, FN, LORAC_DTYPE_F32, out + t * N + n, N, x + t * K, wbuf, 0, b, K);
+            for (; t < T; t++) fwd_tile(1, FN, LORAC_DTYPE_F32, out + t * N + n, N, x + t * K, wbuf, 0, b, K);
+            continue;
+        }
+        for (int64_t j = 0; j < rn; j++) {
+            const float *bj = b ? b + j : NULL;
+            for (t = 0; t + FT <= T; t += FT)
+                fwd_tile(FT, 1, LORAC_DTYPE_F32, out + t * N + n + j, N, x + t * K, wbuf, j * K, bj, K);
+            for (; t < T; t++) fwd_tile(1, 1, LORAC_DTYPE_F32, out + t * N + n + j, N, x + t * K, wbuf, j * K, bj, K);
+        }
+    }
+}
+
 static void avx2_matmul_fwd(float *out, const float *x, const void *w, lorac_dtype_t wt,
                             const float *bias, int64_t T, int64_t K, int64_t N, int64_t n0,
                             int64_t n1) {
+    if (wt == LORAC_DTYPE_NF4 && T >= FT) {
+        float *wbuf = malloc(sizeof(float) * (size_t)(FN * K));
+        if (wbuf) { /* else in registers: the same bits, slower */
+            fwd_nf4_widened(out, x, w, bias, T, K, N, n0, n1, wbuf);
+            free(wbuf);
+            return;
+        }
+    }
     if (wt == LORAC_DTYPE_F32) fwd_block(LORAC_DTYPE_F32, out, x, w, bias, T, K, N, n0, n1);
     else if (wt == LORAC_DTYPE_BF16) fwd_block(LORAC_DTYPE_BF16, out, x, w, bias, T, K, N, n0, n1);
+    else if (wt == LORAC_DTYPE_NF4) fwd_block(LORAC_DTYPE_NF4, out, x, w, bias, T, K, N, n0, n1);
     else fwd_block(LORAC_DTYPE_F16, out, x, w, bias, T, K, N, n0, n1);
 }
 
@@ -400,7 +602,11 @@ LORAC_ALWAYS_INLINE void pack_panel(const lorac_dtype_t bt, float *buf, int64_t 
         /* The rows are K elements apart, a page or more at the larger
          * shapes, where the hardware prefetcher does not follow: fetch the
          * row PACK_AHEAD on (every line of its run, and its last byte's). */
-        if (l + PACK_AHEAD < n) {
+        if (l + PACK_AHEAD < n && bt == LORAC_DTYPE_NF4) { /* the run's blocks */
+            int64_t e = (l0 + l + PACK_AHEAD) * K + k;
+            for (int64_t q = e / LORAC_NF4_BLOCK; q <= (e + kw - 1) / LORAC_NF4_BLOCK; q++)
+                _mm_prefetch((const char *)b + q * LORAC_NF4_BLOCK_BYTES, _MM_HINT_T0);
+        } else if (l + PACK_AHEAD < n) {
             const char *ahead = (const char *)b + ((l0 + l + PACK_AHEAD) * K + k) * es;
             for (int64_t q = 0; q < kw * es; q += 64) _mm_prefetch(ahead + q, _MM_HINT_T0);
             _mm_prefetch(ahead + (kw - 1) * es, _MM_HINT_T0);
@@ -525,7 +731,10 @@ LORAC_NOINLINE void panel_inplace(lorac_dtype_t bt, float *c, const float *a, in
                                   int64_t k, int64_t kw, int64_t n, int zero, const tail_t *tl) {
     if (bt == LORAC_DTYPE_F32) acc_panel(LORAC_DTYPE_F32, 0, c, a, a_rs, a_cs, pa, b, boff, K, K, m0, m1, k, kw, n, zero, tl);
     else if (bt == LORAC_DTYPE_BF16) acc_panel(LORAC_DTYPE_BF16, 0, c, a, a_rs, a_cs, pa, b, boff, K, K, m0, m1, k, kw, n, zero, tl);
-    else acc_panel(LORAC_DTYPE_F16, 0, c, a, a_rs, a_cs, pa, b, boff, K, K, m0, m1, k, kw, n, zero, tl);
+    else {
+        LORAC_ASSERT(bt == LORAC_DTYPE_F16); /* NF4 is always packed (acc_block) */
+        acc_panel(LORAC_DTYPE_F16, 0, c, a, a_rs, a_cs, pa, b, boff, K, K, m0, m1, k, kw, n, zero, tl);
+    }
 }
 
 /* c block += a · b (b_t = 0, b is (L,K)) or a · bᵀ (b_t = 1, b is (K,L)).
@@ -542,7 +751,7 @@ LORAC_ALWAYS_INLINE void acc_block(const lorac_dtype_t bt, const int b_t, const 
                                    int64_t mblock, const float *ta, const float *tb, int64_t tr, float *tbuf,
                                    const float *P) {
     /* b's rows a page or more apart: its panels packed PACK_GROUP at a time */
-    const int far_rows = !P && !b_t && K * (int64_t)lorac_dtype_size(bt) >= 4096;
+    const int far_rows = !P && !b_t && (int64_t)lorac_dtype_bytes(bt, K) >= 4096;
     const int64_t group = far_rows ? PACK_GROUP : 1;
     for (int64_t mb = m0; mb < m1; mb += mblock) {
         int64_t me = mb + mblock < m1 ? mb + mblock : m1;
@@ -550,7 +759,7 @@ LORAC_ALWAYS_INLINE void acc_block(const lorac_dtype_t bt, const int b_t, const 
          * tile and a few rows (a LoRA A's gradient, rank rows) pay for the
          * packing: in place, each tile reads b's rows again, one page each
          */
-        int packed = P || b_t || me - mb >= 2 * AM || (far_rows && me - mb > AM);
+        int packed = P || b_t || bt == LORAC_DTYPE_NF4 || me - mb >= 2 * AM || (far_rows && me - mb > AM);
         for (int64_t l = 0; l < L; l += lchunk) {
             int64_t n = L - l < lchunk ? L - l : lchunk;
             const float *al = a + mb * a_rs + l * a_cs;
@@ -630,6 +839,8 @@ LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, const int set, float *c, const
         acc_block(LORAC_DTYPE_F32, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk, rows, ta, tb, tr, tbuf, P);
     else if (bt == LORAC_DTYPE_BF16)
         acc_block(LORAC_DTYPE_BF16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk, rows, ta, tb, tr, tbuf, P);
+    else if (bt == LORAC_DTYPE_NF4)
+        acc_block(LORAC_DTYPE_NF4, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk, rows, ta, tb, tr, tbuf, P);
     else
         acc_block(LORAC_DTYPE_F16, b_t, set, c, a, a_rs, a_cs, b, L, K, m0, m1, k0, k1, pa, buf, lchunk, rows, ta, tb, tr, tbuf, P);
     free(pa);
@@ -694,6 +905,10 @@ static void avx2_matmul_packed(float *c, const float *a, int64_t a_rs, const flo
 }
 
 static void avx2_convert(float *dst, const void *src, lorac_dtype_t dt, int64_t n) {
+    if (dt == LORAC_DTYPE_NF4) {
+        nf4_widen(dst, src, 0, n);
+        return;
+    }
     for (int64_t i = 0; i < n; i += 8) {
         int64_t m = n - i < 8 ? n - i : 8;
         __m256 v = dt == LORAC_DTYPE_F32    ? load_w_part(src, LORAC_DTYPE_F32, i, m)
