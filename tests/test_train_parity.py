@@ -54,10 +54,15 @@ def hf_lambda(kind, warmup, total):
     return lam
 
 
-def run_case(name, shape, arch, tie, bias, targets, r, alpha, rslora, steps, batch, accum, seq, lr, wd, clip, sched, warmup, seed):
+def run_case(name, shape, arch, tie, bias, targets, r, alpha, rslora, steps, batch, accum, seq, lr, wd, clip, sched, warmup, seed,
+             extra_args=(), base_fn=None, dtype="F32"):
+    """extra_args: more `lorac train` flags; base_fn: the frozen weights as the
+    run should see them, from the weights as stored (tests/test_qlora.py's
+    NF4 round trip)."""
     d = os.path.join(TMP, f"train-parity-{name}")
     os.makedirs(d, exist_ok=True)
-    c, w = hf_model.make_random_model(os.path.join(d, "model"), shape, arch=arch, tie=tie, bias=bias, seed=seed)
+    c, w = hf_model.make_random_model(os.path.join(d, "model"), shape, dtype=dtype, arch=arch, tie=tie, bias=bias,
+                                      seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
     # initial adapter with B != 0 so every A gets a gradient at step 1
     init = {}
@@ -90,7 +95,7 @@ def run_case(name, shape, arch, tie, bias, targets, r, alpha, rslora, steps, bat
     args = [LORAC, "train", "-m", os.path.join(d, "model"), "--data", os.path.join(d, "data.jsonl"), "--format", "tokens",
             "-o", out, "--no-shuffle", "--init-adapter", ad, "--steps", str(steps), "--batch", str(batch),
             "--grad-accum", str(accum), "--seq", str(seq), "--lr", str(lr), "--weight-decay", str(wd), "--clip", str(clip),
-            "--schedule", sched, "--warmup", str(warmup), "-t", "2"]
+            "--schedule", sched, "--warmup", str(warmup), "-t", "2"] + list(extra_args)
     p = subprocess.run(args, capture_output=True, text=True)
     if p.returncode != 0:
         results.append((name, False, "lorac train failed: " + p.stderr[-500:]))
@@ -103,7 +108,7 @@ def run_case(name, shape, arch, tie, bias, targets, r, alpha, rslora, steps, bat
     params = {k: v.to(torch.float64).clone().requires_grad_(True) for k, v in init.items()}
     opt = torch.optim.AdamW(list(params.values()), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=wd)
     sch = torch.optim.lr_scheduler.LambdaLR(opt, hf_lambda(sched, warmup, steps))
-    base = {k: v.to(torch.float64) for k, v in w.items()}
+    base = {k: v.to(torch.float64) for k, v in (base_fn(c, w) if base_fn else w).items()}
     ref_losses = []
     for s in range(steps):
         opt.zero_grad()

@@ -22,6 +22,12 @@ int64_t cli_int(const char *cmd, const char *flag, const char *value, int64_t lo
 double cli_float(const char *cmd, const char *flag, const char *value, double lo, double hi);
 /* --kv-cache-dtype's value: f32, bf16 or f16 (any case); else a usage error. */
 lorac_dtype_t cli_kv_dtype(const char *cmd, const char *flag, const char *value);
+/* --quantize's value: nf4 (any case), else a usage error; returns 1. */
+int cli_quantize_flag(const char *cmd, const char *flag, const char *value);
+struct lorac_model;
+/* Loads MODEL_DIR (lorac_model_load), with its projections quantized to NF4
+ * when quantize is set (saying so on stderr); exits on failure. */
+struct lorac_model *cli_load_model(const char *model_dir, int quantize);
 /* 1 when argv[i] is -h or --help. */
 int cli_is_help(const char *arg);
 

@@ -28,6 +28,7 @@ static const char *k_usage =
     "  --skip-bad           skip malformed lines (counted) instead of failing\n"
     "  --eval-split X --seed S  only the examples train --eval-split X --seed S held out of FILE\n"
     "  --json               one JSON object on stdout instead of the text line\n"
+    "  --quantize nf4       hold the projections in 4-bit NormalFloat (QLoRA's NF4): about 3.5x less memory than BF16\n"
     "  -t, --threads N      compute threads (default: all cores)\n";
 
 /* log(sum(exp(row))) - row[target], in double */
@@ -38,6 +39,7 @@ static double token_loss(const float *row, int32_t vocab, int32_t target) {
 int cmd_eval(int argc, char **argv) {
     const char *model_dir = NULL, *data = NULL, *format = "auto";
     bool json = false;
+    int quantize = 0;
     double split = 0;
     uint64_t seed = 42; /* train's default */
     bool seed_given = false;
@@ -57,6 +59,7 @@ int cmd_eval(int argc, char **argv) {
         else if (!strcmp(a, "--train-on-inputs")) dp.train_on_inputs = true;
         else if (!strcmp(a, "--skip-bad")) dp.skip_bad = true;
         else if (!strcmp(a, "--json")) json = true;
+        else if (!strcmp(a, "--quantize")) quantize = cli_quantize_flag("eval", a, VAL());
         else if (!strcmp(a, "--eval-split")) split = cli_float("eval", a, VAL(), 1e-9, 1e15);
         else if (!strcmp(a, "--seed")) { seed = (uint64_t)cli_int("eval", a, VAL(), 0, INT64_MAX); seed_given = true; }
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads"))
@@ -70,8 +73,7 @@ int cmd_eval(int argc, char **argv) {
         cli_usage_error("eval", "unknown --format '%s' (auto, text, completion, alpaca, chat, tokens)", format);
     if (dp.format != LORAC_DATA_TOKENS) cli_require_tokenizer(model_dir, "eval");
 
-    lorac_model_t *model;
-    cli_check(lorac_model_load(model_dir, &model));
+    lorac_model_t *model = cli_load_model(model_dir, quantize);
     const lorac_model_config_t *cfg = lorac_model_get_config(model);
     char *config = lorac_path_join(model_dir, "tokenizer_config.json");
     if (!config) cli_die("out of memory");

@@ -41,6 +41,7 @@ static const char *k_usage =
     "                       without reasoning)\n"
     "  -c, --ctx N          context length (default: prompt + n, capped at the model's maximum)\n"
     "  --kv-cache-dtype T   f32 (default), bf16 or f16: the KV cache's values; bf16/f16 halve its memory\n"
+    "  --quantize nf4       hold the projections in 4-bit NormalFloat (QLoRA's NF4): about 3.5x less memory than BF16\n"
     "  -t, --threads N      compute threads (default: all cores)\n";
 
 /* --chat: the template and the strings it writes, settled once. */
@@ -292,7 +293,7 @@ int cmd_generate(int argc, char **argv) {
     const char *model_dir = NULL, *prompt = NULL, *prompt_file = NULL;
     int64_t n_predict = 128, n_ctx_flag = 0;
     lorac_dtype_t kv_dtype = LORAC_DTYPE_F32;
-    int ignore_eos = 0, threads = 0, chat = 0, interactive_mode = 0;
+    int ignore_eos = 0, threads = 0, chat = 0, interactive_mode = 0, quantize = 0;
     const char *system = NULL, *tpl_flag = NULL, *kwargs = NULL;
     lorac_sampler_params_t sp = lorac_sampler_default_params();
     logit_biases_t bias = {0};
@@ -331,6 +332,7 @@ int cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--chat-template")) tpl_flag = cli_value(argc, argv, &i, "generate");
         else if (!strcmp(a, "--chat-template-kwargs")) kwargs = cli_value(argc, argv, &i, "generate");
         else if (!strcmp(a, "--kv-cache-dtype")) kv_dtype = cli_kv_dtype("generate", a, cli_value(argc, argv, &i, "generate"));
+        else if (!strcmp(a, "--quantize")) quantize = cli_quantize_flag("generate", a, cli_value(argc, argv, &i, "generate"));
         else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) n_ctx_flag = cli_int("generate", a, cli_value(argc, argv, &i, "generate"), 1, 1 << 24);
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) threads = (int)cli_int("generate", a, cli_value(argc, argv, &i, "generate"), 1, 1024);
         else cli_usage_error("generate", "unknown option '%s'", a);
@@ -354,8 +356,7 @@ int cmd_generate(int argc, char **argv) {
     if (chat && prompt && strlen(prompt) != prompt_len) cli_die("%s holds a NUL byte; a chat message is text", prompt_file);
 
     cli_require_tokenizer(model_dir, "generate");
-    lorac_model_t *model;
-    cli_check(lorac_model_load(model_dir, &model));
+    lorac_model_t *model = cli_load_model(model_dir, quantize);
     const lorac_model_config_t *cfg = lorac_model_get_config(model);
     const lorac_tokenizer_t *tok = lorac_model_get_tokenizer(model);
     if (!tok) cli_die("%s: no tokenizer.json in the model directory (generate needs one)", model_dir);

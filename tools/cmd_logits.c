@@ -10,15 +10,18 @@
 
 static const char *k_usage =
     "usage: lorac logits -m MODEL [--adapter DIR[:SCALE]]... --ids \"1 2 3\" -o OUT.npy [-t THREADS]\n"
-    "                    [--kv-cache-dtype f32|bf16|f16]\n"
+    "                    [--kv-cache-dtype f32|bf16|f16] [--quantize nf4]\n"
     "  Writes the logits of every position, float32 [T, vocab], as a NumPy .npy file.\n"
     "  The model directory needs no tokenizer files. --kv-cache-dtype: the keys and values\n"
-    "  the attention reads, rounded as a bf16 or f16 KV cache stores them (default f32).\n";
+    "  the attention reads, rounded as a bf16 or f16 KV cache stores them (default f32).\n"
+    "  --quantize nf4: the projections held in QLoRA's 4-bit NormalFloat, as train --quantize\n"
+    "  trains on them.\n";
 
 int cmd_logits(int argc, char **argv) {
     const char *model_dir = NULL, *ids_text = NULL, *out_path = NULL;
     cli_adapters_t adapters = {0};
     lorac_dtype_t kv_dtype = LORAC_DTYPE_F32;
+    int quantize = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (cli_is_help(a)) { fputs(k_usage, stdout); return 0; }
@@ -26,6 +29,7 @@ int cmd_logits(int argc, char **argv) {
         else if (!strcmp(a, "--adapter")) cli_add_adapter(&adapters, "logits", cli_value(argc, argv, &i, "logits"));
         else if (!strcmp(a, "--ids")) ids_text = cli_value(argc, argv, &i, "logits");
         else if (!strcmp(a, "--kv-cache-dtype")) kv_dtype = cli_kv_dtype("logits", a, cli_value(argc, argv, &i, "logits"));
+        else if (!strcmp(a, "--quantize")) quantize = cli_quantize_flag("logits", a, cli_value(argc, argv, &i, "logits"));
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) out_path = cli_value(argc, argv, &i, "logits");
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads"))
             lorac_kernels_set_threads((int)cli_int("logits", a, cli_value(argc, argv, &i, "logits"), 1, 1024));
@@ -36,8 +40,7 @@ int cmd_logits(int argc, char **argv) {
     int32_t *ids = cli_parse_ids("logits", ids_text, &n_ids);
     if (n_ids == 0) cli_usage_error("logits", "--ids is empty");
 
-    lorac_model_t *model;
-    cli_check(lorac_model_load(model_dir, &model));
+    lorac_model_t *model = cli_load_model(model_dir, quantize);
     const lorac_model_config_t *cfg = lorac_model_get_config(model);
     for (int32_t i = 0; i < n_ids; i++)
         if (ids[i] >= cfg->vocab_size) cli_die("token id %d is outside the vocabulary (0..%d)", ids[i], cfg->vocab_size - 1);

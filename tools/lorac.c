@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -100,6 +101,24 @@ lorac_dtype_t cli_kv_dtype(const char *cmd, const char *flag, const char *value)
         (t != LORAC_DTYPE_F32 && t != LORAC_DTYPE_BF16 && t != LORAC_DTYPE_F16))
         cli_usage_error(cmd, "%s expects f32, bf16 or f16, got '%s'", flag, value);
     return t;
+}
+
+int cli_quantize_flag(const char *cmd, const char *flag, const char *value) {
+    if (strcasecmp(value, "nf4") != 0) cli_usage_error(cmd, "%s expects nf4, got '%s'", flag, value);
+    return 1;
+}
+
+struct lorac_model *cli_load_model(const char *model_dir, int quantize) {
+    lorac_model_load_params_t p = {.quantize = quantize ? LORAC_DTYPE_NF4 : LORAC_DTYPE_F32};
+    lorac_model_t *model;
+    cli_check(lorac_model_load_ex(model_dir, &p, &model));
+    if (quantize) {
+        fprintf(stderr, "quantized the projections to NF4 (4-bit NormalFloat, blocks of 64)");
+        if (lorac_model_n_unquantized(model))
+            fprintf(stderr, "; %d left as they were (rows not a multiple of 8 long)", lorac_model_n_unquantized(model));
+        fputc('\n', stderr);
+    }
+    return model;
 }
 
 int cli_is_help(const char *arg) { return strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0; }

@@ -192,6 +192,23 @@ lorac_status_t lorac_model_load(const char *dir, lorac_model_t **out);
  * back (one copy resident, not two). Inference on such a model still
  * works, reading those pages again (and misaligned, a few % slower). */
 lorac_status_t lorac_model_load_for_training(const char *dir, lorac_model_t **out);
+/* How lorac_model_load_ex loads. */
+typedef struct {
+    bool for_training;      /* as lorac_model_load_for_training */
+    /* LORAC_DTYPE_NF4: the decoder layers' projections (attention q, k, v,
+     * o; the MLP's) quantized to QLoRA's 4-bit NormalFloat (lorac/kernels.h)
+     * as they load, as bitsandbytes' load_in_4bit does with every Linear
+     * layer but the output head: the embeddings, norms, biases and head
+     * stay as stored. Each is read from the file once and its pages let go,
+     * so the projections take about a quarter of BF16's memory and never
+     * more than one of them is held twice. A projection whose rows are not
+     * a multiple of 8 long stays in its dtype (lorac_model_n_unquantized).
+     * LORAC_DTYPE_F32 (0): none. */
+    lorac_dtype_t quantize;
+} lorac_model_load_params_t;
+lorac_status_t lorac_model_load_ex(const char *dir, const lorac_model_load_params_t *params, lorac_model_t **out);
+/* The projections a quantizing load left in their dtype. */
+int32_t lorac_model_n_unquantized(const lorac_model_t *model);
 /* 1 when dir has a config.json but no tokenizer.json: a cheap check for
  * callers that need the tokenizer, before the weights load. */
 int lorac_model_dir_lacks_tokenizer(const char *dir);

@@ -51,6 +51,9 @@ typedef struct lorac_safetensors lorac_safetensors_t;
 
 /* Opens and validates `path`. On success *out owns the mapping. */
 lorac_status_t lorac_safetensors_open(const char *path, lorac_safetensors_t **out);
+/* The same with the file's pages read as they are touched (populate 0:
+ * lorac_file_map_ex) instead of all at once. */
+lorac_status_t lorac_safetensors_open_ex(const char *path, int populate, lorac_safetensors_t **out);
 
 /* Validates an in-memory buffer (not copied: it must outlive the reader).
  * `label` names the buffer in error messages. Used by the fuzz target. */
@@ -79,6 +82,9 @@ const char *lorac_safetensors_metadata_get(const lorac_safetensors_t *st, const 
 typedef struct lorac_weight_files lorac_weight_files_t;
 
 lorac_status_t lorac_weight_files_open(const char *dir, lorac_weight_files_t **out);
+/* The same with populate 0: the shards' pages read as they are touched
+ * (lorac_safetensors_open_ex). */
+lorac_status_t lorac_weight_files_open_ex(const char *dir, int populate, lorac_weight_files_t **out);
 void lorac_weight_files_free(lorac_weight_files_t *wf);
 int64_t lorac_weight_files_count(const lorac_weight_files_t *wf);
 const lorac_tensor_view_t *lorac_weight_files_get(const lorac_weight_files_t *wf, int64_t index);

@@ -34,6 +34,7 @@ typedef struct {
     const char *layers;          /* "0-3,7"; NULL = all */
     const char *init_adapter;
     bool full;
+    bool quantize_nf4;           /* QLoRA: the frozen projections held in NF4 (lorac_model_load_params_t); not with full */
     double lr;
     const char *schedule;        /* constant|linear|cosine */
     int64_t warmup, steps;       /* steps 0: from epochs */

@@ -13,7 +13,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-lorac_status_t lorac_file_map(const char *path, lorac_mapped_file_t *out) {
+lorac_status_t lorac_file_map(const char *path, lorac_mapped_file_t *out) { return lorac_file_map_ex(path, 1, out); }
+
+lorac_status_t lorac_file_map_ex(const char *path, int populate, lorac_mapped_file_t *out) {
     out->data = NULL;
     out->size = 0;
     int fd = open(path, O_RDONLY);
@@ -33,7 +35,9 @@ lorac_status_t lorac_file_map(const char *path, lorac_mapped_file_t *out) {
          * page-faulting it in piece by piece during the first forward pass */
         int flags = MAP_PRIVATE;
 #ifdef MAP_POPULATE
-        flags |= MAP_POPULATE;
+        if (populate) flags |= MAP_POPULATE;
+#else
+        (void)populate;
 #endif
         void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, flags, fd, 0);
         if (p == MAP_FAILED) {

@@ -474,9 +474,13 @@ lorac_status_t lorac_safetensors_open_memory(const void *data, size_t size, cons
 }
 
 lorac_status_t lorac_safetensors_open(const char *path, lorac_safetensors_t **out) {
+    return lorac_safetensors_open_ex(path, 1, out);
+}
+
+lorac_status_t lorac_safetensors_open_ex(const char *path, int populate, lorac_safetensors_t **out) {
     *out = NULL;
     lorac_mapped_file_t map;
-    lorac_status_t s = lorac_file_map(path, &map);
+    lorac_status_t s = lorac_file_map_ex(path, populate, &map);
     if (s) return s;
     s = lorac_safetensors_open_memory(map.data, map.size, path, out);
     if (s) { lorac_file_unmap(&map); return s; }
@@ -531,6 +535,7 @@ struct lorac_weight_files {
     const lorac_tensor_view_t **views; /* shard order, then offset order */
     int64_t n_views;
     int64_t *by_name;
+    int populate;         /* the shards mapped with MAP_POPULATE (lorac_weight_files_open_ex) */
 };
 
 #define INDEX_NAME "model.safetensors.index.json"
@@ -554,7 +559,7 @@ static int cmp_str_ptr(const void *a, const void *b) {
 static lorac_status_t add_shard(lorac_weight_files_t *wf, const char *path, const char *display,
                                 const char *ctx) {
     lorac_safetensors_t *st;
-    lorac_status_t s = lorac_safetensors_open(path, &st);
+    lorac_status_t s = lorac_safetensors_open_ex(path, wf->populate, &st);
     if (s) {
         if (ctx) {
             char msg[1024];
@@ -677,11 +682,16 @@ static lorac_status_t open_single(lorac_weight_files_t *wf, const char *path) {
 }
 
 lorac_status_t lorac_weight_files_open(const char *dir, lorac_weight_files_t **out) {
+    return lorac_weight_files_open_ex(dir, 1, out);
+}
+
+lorac_status_t lorac_weight_files_open_ex(const char *dir, int populate, lorac_weight_files_t **out) {
     *out = NULL;
     struct stat sb;
     if (stat(dir, &sb) != 0) return lorac_error(LORAC_STATUS_IO, "%s: cannot open: %s", dir, strerror(errno));
     lorac_weight_files_t *wf = calloc(1, sizeof *wf);
     if (!wf) return lorac_error(LORAC_STATUS_NOMEM, "%s: out of memory", dir);
+    wf->populate = populate;
     lorac_status_t s;
     char *index = NULL, *single = NULL;
     if (S_ISREG(sb.st_mode)) {

@@ -8,6 +8,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "lora/lora_internal.h"
 #include "lorac/kernels.h"
 #include "model/model_internal.h"
 
@@ -78,7 +79,9 @@ static lorac_status_t find_tensor_fill(lorac_model_t *m, lorac_tensor_kind_t kin
                   kind == LORAC_TENSOR_QKV || kind == LORAC_TENSOR_GATE_UP ||
                   kind == LORAC_TENSOR_LM_HEAD || (kind == LORAC_TENSOR_EMBED && m->config.tie_word_embeddings);
     int repacked = m->for_training && product && tv->dtype == LORAC_DTYPE_F32 && lorac_kernels_have_packed();
-    if ((uintptr_t)tv->data % LORAC_WEIGHT_ALIGN != 0 && !repacked) {
+    /* a quantizing load reads the projections once, from the file */
+    int quantized = m->quantize == LORAC_DTYPE_NF4 && product && kind != LORAC_TENSOR_LM_HEAD && kind != LORAC_TENSOR_EMBED;
+    if ((uintptr_t)tv->data % LORAC_WEIGHT_ALIGN != 0 && !repacked && !quantized) {
         aligned_copy_t *list = realloc(m->aligned_copies, sizeof *list * (size_t)(m->n_aligned_copies + 1));
         size_t padded = ((size_t)tv->nbytes + LORAC_WEIGHT_ALIGN - 1) / LORAC_WEIGHT_ALIGN * LORAC_WEIGHT_ALIGN;
         void *copy = aligned_alloc(LORAC_WEIGHT_ALIGN, padded > 0 ? padded : LORAC_WEIGHT_ALIGN);
@@ -161,9 +164,12 @@ static lorac_status_t load_bias(lorac_model_t *m, lorac_tensor_kind_t kind, int3
     return LORAC_STATUS_OK;
 }
 
-/* Row block [row0, row0 + rows) of a [*, cols] weight, in place. */
+/* Row block [row0, row0 + rows) of a [*, cols] weight, in place (an NF4
+ * one's block must start one of its blocks: GPT-2's c_attn, quantized
+ * whole, splits at D·D and 2·D·D, multiples of 64 when D is of 8). */
 static lorac_wref_t weight_rows(lorac_wref_t w, int64_t row0, int64_t cols) {
-    w.data = (const char *)w.data + (size_t)(row0 * cols) * lorac_dtype_size(w.dtype);
+    LORAC_ASSERT(w.dtype != LORAC_DTYPE_NF4 || row0 * cols % LORAC_NF4_BLOCK == 0);
+    w.data = (const char *)w.data + lorac_dtype_bytes(w.dtype, row0 * cols);
     return w;
 }
 
@@ -225,6 +231,49 @@ static lorac_status_t load_layer(lorac_model_t *m, int32_t l) {
     return LORAC_STATUS_OK;
 }
 
+/* w's n values replaced by an NF4 copy, which the model keeps. */
+static lorac_status_t quantize_weight(lorac_model_t *m, lorac_wref_t *w, int64_t n) {
+    void **list = realloc(m->quantized, sizeof *list * (size_t)(m->n_quantized + 1));
+    if (!list) return lorac_error(LORAC_STATUS_NOMEM, "out of memory quantizing the weights");
+    m->quantized = list;
+    size_t bytes = (lorac_dtype_bytes(LORAC_DTYPE_NF4, n) + LORAC_WEIGHT_ALIGN - 1) / LORAC_WEIGHT_ALIGN * LORAC_WEIGHT_ALIGN;
+    void *q = aligned_alloc(LORAC_WEIGHT_ALIGN, bytes > 0 ? bytes : LORAC_WEIGHT_ALIGN);
+    if (!q) return lorac_error(LORAC_STATUS_NOMEM, "out of memory quantizing the weights (%.1f MB)", (double)bytes / 1e6);
+    list[m->n_quantized++] = q;
+    lorac_quantize_nf4(q, w->data, w->dtype, n);
+    w->data = q;
+    w->dtype = LORAC_DTYPE_NF4;
+    return LORAC_STATUS_OK;
+}
+
+/* A quantizing load's pass over the decoder layers' projections (GPT-2's
+ * were quantized as they were transposed): each read from the mapped file,
+ * where find_tensor_fill left it, then its pages let go. */
+static lorac_status_t quantize_projections(lorac_model_t *m) {
+    const lorac_model_config_t *c = &m->config;
+    for (int32_t l = 0; l < c->n_layers; l++) {
+        lorac_layer_weights_t *L = &m->layers[l];
+        lorac_wref_t *w[LORAC_LORA_COUNT] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (int t = 0; t < LORAC_LORA_COUNT; t++) {
+            int32_t in, out;
+            lorac_lora_target_dims(c, (lorac_lora_target_t)t, &in, &out);
+            if (!w[t]->data || w[t]->dtype == LORAC_DTYPE_NF4) continue; /* GPT-2 has no gate */
+            if (!lorac_nf4_supported(in)) {
+                m->n_unquantized++;
+                continue;
+            }
+            const void *src = w[t]->data;
+            size_t src_bytes = lorac_dtype_bytes(w[t]->dtype, (int64_t)in * out);
+            lorac_status_t s = quantize_weight(m, w[t], (int64_t)in * out);
+            if (s) return s;
+            lorac_model_release_weight(m, src, src_bytes);
+        }
+    }
+    return LORAC_STATUS_OK;
+}
+
+int32_t lorac_model_n_unquantized(const lorac_model_t *m) { return m->n_unquantized; }
+
 /* A GPT-2 Conv1D weight, (in, out) in the file, as the (out, in) the
  * kernels read: transposed into an aligned copy of its dtype (in tiles,
  * so both sides stay in cache), the mapped pages let go. */
@@ -255,6 +304,13 @@ static lorac_status_t find_transposed(lorac_model_t *m, lorac_tensor_kind_t kind
     lorac_file_release(tv->data, nbytes);
     out->data = dst;
     out->dtype = tv->dtype;
+    if (m->quantize == LORAC_DTYPE_NF4 && lorac_nf4_supported(in)) { /* the copy goes as soon as it is quantized */
+        s = quantize_weight(m, out, in * n_out);
+        m->n_aligned_copies--;
+        free(dst);
+        if (s) out->data = NULL;
+        return s;
+    }
     return LORAC_STATUS_OK;
 }
 
@@ -428,17 +484,25 @@ static lorac_status_t find_text_model(lorac_model_t *m) {
                        m->dir, m->config.arch_name);
 }
 
-static lorac_status_t model_load(const char *dir, int for_training, lorac_model_t **out);
+lorac_status_t lorac_model_load(const char *dir, lorac_model_t **out) {
+    lorac_model_load_params_t p = {.for_training = false};
+    return lorac_model_load_ex(dir, &p, out);
+}
 
-lorac_status_t lorac_model_load(const char *dir, lorac_model_t **out) { return model_load(dir, 0, out); }
+lorac_status_t lorac_model_load_for_training(const char *dir, lorac_model_t **out) {
+    lorac_model_load_params_t p = {.for_training = true};
+    return lorac_model_load_ex(dir, &p, out);
+}
 
-lorac_status_t lorac_model_load_for_training(const char *dir, lorac_model_t **out) { return model_load(dir, 1, out); }
-
-static lorac_status_t model_load(const char *dir, int for_training, lorac_model_t **out) {
+lorac_status_t lorac_model_load_ex(const char *dir, const lorac_model_load_params_t *params, lorac_model_t **out) {
     *out = NULL;
+    if (params->quantize != LORAC_DTYPE_F32 && params->quantize != LORAC_DTYPE_NF4)
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "quantizing to %s: only NF4 is supported",
+                           lorac_dtype_name(params->quantize) ? lorac_dtype_name(params->quantize) : "an unknown dtype");
     lorac_model_t *m = calloc(1, sizeof *m);
     if (!m) return lorac_error(LORAC_STATUS_NOMEM, "out of memory");
-    m->for_training = for_training;
+    m->for_training = params->for_training;
+    m->quantize = params->quantize;
     lorac_status_t s = LORAC_STATUS_OK;
     char *cfg_path = NULL, *cfg_text = NULL, *tok_path = NULL;
     size_t cfg_len = 0;
@@ -454,7 +518,9 @@ static lorac_status_t model_load(const char *dir, int for_training, lorac_model_
     }
     if ((s = lorac_file_read(cfg_path, CONFIG_MAX_BYTES, &cfg_text, &cfg_len))) goto fail;
     if ((s = lorac_model_config_parse(cfg_text, cfg_len, cfg_path, &m->config))) goto fail;
-    if ((s = lorac_weight_files_open(dir, &m->files))) goto fail;
+    /* a quantizing load reads the projections once and lets them go: not
+     * the whole file in at once, which would hold it all */
+    if ((s = lorac_weight_files_open_ex(dir, m->quantize != LORAC_DTYPE_NF4, &m->files))) goto fail;
     if (m->config.text_of_multimodal && (s = find_text_model(m))) goto fail;
 
     const lorac_model_config_t *c = &m->config;
@@ -497,6 +563,7 @@ static lorac_status_t model_load(const char *dir, int for_training, lorac_model_
         goto fail;
     }
     if ((s = collect_eos_ids(m, dir))) goto fail;
+    if (m->quantize == LORAC_DTYPE_NF4 && (s = quantize_projections(m))) goto fail;
     fill_aligned_copies(m);
     free(cfg_path); free(cfg_text); free(tok_path);
     *out = m;
@@ -524,6 +591,8 @@ void lorac_model_free(lorac_model_t *m) {
     free(m->inv_freq_long);
     for (int32_t i = 0; i < m->n_aligned_copies; i++) free(m->aligned_copies[i].dst);
     free(m->aligned_copies);
+    for (int32_t i = 0; i < m->n_quantized; i++) free(m->quantized[i]);
+    free(m->quantized);
     lorac_tokenizer_free(m->tokenizer);
     lorac_weight_files_free(m->files);
     free(m->dir);

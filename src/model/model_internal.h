@@ -92,6 +92,9 @@ struct lorac_model {
     float *inv_freq_long;                 /* Phi-3's long factors (rope_longrope); NULL without */
     aligned_copy_t *aligned_copies;       /* tensors not LORAC_WEIGHT_ALIGN-aligned in the file, copied */
     int32_t n_aligned_copies;
+    void **quantized;                     /* the NF4 projections' blocks, one allocation each */
+    int32_t n_quantized, n_unquantized;   /* lorac_model_load_params_t's quantize: done, and left as stored */
+    lorac_dtype_t quantize;               /* lorac_model_load_params_t's */
     int for_training;                     /* lorac_model_load_for_training */
     int64_t n_params;
 };

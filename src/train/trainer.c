@@ -88,6 +88,7 @@ typedef struct {
     const char *base_model;
     lorac_optim_param_t *params;
     int32_t n_params;
+    bool quantized; /* the base's projections in NF4 (--quantize nf4) */
 } run_t;
 
 typedef struct {
@@ -112,8 +113,8 @@ static lorac_status_t save_checkpoint(const char *out_dir, run_t *r, const train
     st.rng_state[0] = ts->rng.state;
     st.tokens = ts->tokens;
     char trainer[128];
-    snprintf(trainer, sizeof trainer, "{\"skipped\": %lld, \"bad_in_row\": %lld}", (long long)ts->skipped,
-             (long long)ts->bad_in_row);
+    snprintf(trainer, sizeof trainer, "{\"skipped\": %lld, \"bad_in_row\": %lld%s}", (long long)ts->skipped,
+             (long long)ts->bad_in_row, r->quantized ? ", \"base\": \"nf4\"" : "");
     st.trainer_json = trainer;
     lorac_checkpoint_save_params_t sp = lorac_checkpoint_default_save_params();
     if (r->adapter) { sp.write_extra = write_adapter_files; sp.ctx = r; }
@@ -125,7 +126,9 @@ static int64_t json_int(const cJSON *o, const char *key) {
     return cJSON_IsNumber(v) ? (int64_t)v->valuedouble : 0;
 }
 
-/* Restores the latest whole checkpoint; returns its step, or -1 for none. */
+/* Restores the latest whole checkpoint; returns its step, -1 for none, or
+ * -2 (with the error set) for one trained on another base: its steps went
+ * through an NF4-quantized base and this run's does not, or the other way. */
 static int64_t resume_latest(const char *out_dir, run_t *r, train_state_t *ts, FILE *log) {
     int64_t n;
     char *path = NULL;
@@ -147,8 +150,15 @@ static int64_t resume_latest(const char *out_dir, run_t *r, train_state_t *ts, F
     cJSON *t = st.trainer_json ? cJSON_Parse(st.trainer_json) : NULL;
     ts->skipped = json_int(t, "skipped");
     ts->bad_in_row = json_int(t, "bad_in_row");
+    bool was_quantized = cJSON_IsString(cJSON_GetObjectItemCaseSensitive(t, "base"));
     cJSON_Delete(t);
     lorac_checkpoint_state_clear(&st);
+    if (was_quantized != r->quantized) {
+        lorac_error(LORAC_STATUS_INVALID_ARG, "%s/checkpoint-%lld was trained on %s base; resume %s --quantize nf4",
+                    out_dir, (long long)n, was_quantized ? "an NF4-quantized" : "an unquantized",
+                    was_quantized ? "with" : "without");
+        return -2;
+    }
     return n;
 }
 
@@ -319,8 +329,16 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
         return lorac_error(LORAC_STATUS_INVALID_ARG, "%s has no tokenizer.json: only --format tokens can train without one",
                            p->model_dir);
 
-    if ((s = p->full ? lorac_model_load(p->model_dir, &model) : lorac_model_load_for_training(p->model_dir, &model)))
-        goto done;
+    if (p->full && p->quantize_nf4)
+        return lorac_error(LORAC_STATUS_INVALID_ARG, "full training updates every weight; a quantized base is for LoRA");
+    lorac_model_load_params_t lp = {.for_training = !p->full, .quantize = p->quantize_nf4 ? LORAC_DTYPE_NF4 : LORAC_DTYPE_F32};
+    if ((s = lorac_model_load_ex(p->model_dir, &lp, &model))) goto done;
+    if (p->quantize_nf4 && log) {
+        fprintf(log, "base: projections quantized to NF4 (QLoRA's 4-bit NormalFloat, blocks of 64)");
+        if (lorac_model_n_unquantized(model))
+            fprintf(log, "; %d left as they were (rows not a multiple of 8 long)", lorac_model_n_unquantized(model));
+        fputc('\n', log);
+    }
     const lorac_model_config_t *cfg = lorac_model_get_config(model);
     const lorac_tokenizer_t *tk = lorac_model_get_tokenizer(model);
     if (cfg->learned_positions && p->seq > cfg->max_position_embeddings) {
@@ -406,12 +424,17 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
     tok = malloc(sizeof(int32_t) * n_rows); tgt = malloc(sizeof(int32_t) * n_rows); pos = malloc(sizeof(int32_t) * n_rows);
     if (!tok || !tgt || !pos) { s = lorac_error(LORAC_STATUS_NOMEM, "out of memory"); goto done; }
 
-    run_t run = {.pass = pass, .opt = opt, .adapter = adapter, .base_model = p->model_dir, .params = params, .n_params = np};
+    run_t run = {.pass = pass, .opt = opt, .adapter = adapter, .base_model = p->model_dir, .params = params, .n_params = np,
+                 .quantized = p->quantize_nf4};
     train_state_t ts = {.step = 0, .cursor = lorac_data_cursor_init(p->seed, p->shuffle)};
     lorac_rng_seed(&ts.rng, p->seed ^ 0xd1b54a32d192ed03ull);
     snprintf(path, sizeof path, "%s/metrics.jsonl", p->out_dir);
     if (p->resume) {
         int64_t at = resume_latest(p->out_dir, &run, &ts, log);
+        if (at == -2) {
+            s = LORAC_STATUS_INVALID_ARG;
+            goto done;
+        }
         if (at < 0) {
             if (log) fprintf(log, "resume: no whole checkpoint in %s, starting from step 0\n", p->out_dir);
         } else if (log) {
