@@ -27,24 +27,8 @@ STEPS=${STEPS:-8}
 B=4; T=256
 . bench/openblas_env.sh
 echo "# torch: OpenBLAS core $(ob_core)" >&2
-/usr/bin/python3 -c "
-import json, random
-random.seed(0)
-with open('$OUT/train-tokens.jsonl', 'w') as f:
-    for i in range(64): f.write(json.dumps({'input_ids': [random.randrange(32000) for _ in range($T + 1)]}) + '\n')"
-rss() { sed -n 's/.*Maximum resident set size (kbytes): \([0-9]*\).*/\1/p' "$1"; }
-# tokens/s of the median step after the first, from lorac's metrics.jsonl
-# (elapsed there is cumulative), the statistic torch_train.py reports
-steady_rate() {
-  /usr/bin/python3 -c "
-import json, sys
-m = [json.loads(l) for l in open(sys.argv[1])]
-tokens = [r['tokens_per_second'] * r['elapsed'] for r in m]
-d = sorted((m[i]['elapsed'] - m[i - 1]['elapsed'], tokens[i] - tokens[i - 1]) for i in range(1, len(m)))
-n = len(d)
-t = d[n // 2] if n % 2 else ((d[n // 2 - 1][0] + d[n // 2][0]) / 2, d[n // 2][1])
-print('%.1f' % (t[1] / t[0]))" "$1"
-}
+. bench/train_lib.sh
+write_tokens "$OUT/train-tokens.jsonl" $T
 RUNS=${RUNS:-3}
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 echo "| model | lorac tokens/s | torch tokens/s | ratio | lorac peak RSS | torch peak RSS | RSS ratio | runs: lorac / torch tokens/s |"
