@@ -752,7 +752,8 @@ static void test_nf4_quantize(void) {
  * of 64, so blocks run across rows. */
 static void test_nf4_products(const char *isa) {
     static const int64_t ts[] = {1, 3, 17, 130};
-    static const int64_t ks[] = {8, 64, 72, 256, 288, 1000}; /* 64, 256: rows of whole blocks */
+    /* 64, 256, 7296: rows of whole blocks (7296: rows of 4 KB in NF4, whose dx panels are packed 4 at a time) */
+    static const int64_t ks[] = {8, 64, 72, 256, 288, 1000, 7296};
     static const int64_t ns[] = {1, 5, 64, 100};
     int differ = 0, cases = 0;
     for (int ki = 0; ki < LEN(ks); ki++)
