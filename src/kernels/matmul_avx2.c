@@ -97,17 +97,18 @@ LORAC_ALWAYS_INLINE __m256 widen_w(__m128i h, lorac_dtype_t dt) {
     return _mm256_cvtph_ps(h);
 }
 
-/* 8 NF4 elements from element i (kernels.h): when i is a multiple of 8,
- * 4 bytes of one block, each lane shifting its own nibble down (element
- * 2j is byte j's high half), the 16-value codebook looked up as two 8-lane
- * permutes chosen by the code's bit 3, times the block's absmax: the
- * f32 product lorac_nf4_value makes. */
+/* NF4 codes (8 lanes, 0-15) to codebook[code]·scale, the f32 product
+ * lorac_nf4_value makes: the 16-value codebook looked up as two 8-lane
+ * permutes, chosen between by the code's bit 3. */
 LORAC_ALWAYS_INLINE __m256 nf4_lookup(__m256i code, __m256 scale) {
     __m256 lo = _mm256_permutevar8x32_ps(_mm256_loadu_ps(lorac_nf4_codebook), code);
     __m256 hi = _mm256_permutevar8x32_ps(_mm256_loadu_ps(lorac_nf4_codebook + 8), code);
     return _mm256_mul_ps(_mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(code, 28))), scale);
 }
 
+/* 8 NF4 elements from element i (kernels.h): when i is a multiple of 8,
+ * 4 bytes of one block, each lane shifting its own nibble down (element
+ * 2j is byte j's high half), then nf4_lookup with the block's absmax. */
 LORAC_ALWAYS_INLINE __m256 load_nf4(const void *w, int64_t i) {
     uint64_t u = (uint64_t)i; /* unsigned: the block arithmetic is shifts and masks */
     if (u & 7) { /* not where the kernels read: one element at a time */
