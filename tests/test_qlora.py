@@ -13,6 +13,8 @@ nearest of the 16 NormalFloat values):
   from the unquantized model (the flag did something);
 - a projection whose rows are not a multiple of 8 long stays as it was, and
   the program says so;
+- `lorac eval --quantize nf4` gives the reference's mean loss over the
+  dequantized base;
 - `lorac train --quantize nf4`: 3 AdamW steps of LoRA match torch autograd
   over the dequantized base (losses and every A and B to 1e-4);
 - resuming a QLoRA run from its checkpoint gives the bits of the run made
@@ -22,6 +24,7 @@ nearest of the 16 NormalFloat values):
 
 Run alone: LORAC_BIN=build/lorac /usr/bin/python3 tests/test_qlora.py
 """
+import json
 import os
 import shutil
 import subprocess
@@ -122,6 +125,37 @@ def llama_cases():
                  want_stderr="6 left as they were")
 
 
+def eval_case():
+    d = ch.scratch("qlora")
+    c, w = hm.load_model(os.path.join(d, "llama"))
+    rows = [[3, 17, 42, 5, 99, 64, 1, 23, 77, 8], [120, 31, 7, 7, 2, 90]]
+    data = os.path.join(d, "eval.jsonl")
+    with open(data, "w") as f:
+        for r in rows:
+            f.write('{"input_ids": %s}\n' % r)
+    rc, out, err = ch.run(["eval", "-m", os.path.join(d, "llama"), "--data", data, "--format", "tokens", "--json",
+                           "--quantize", "nf4", "-t", "2"])
+    if rc != 0:
+        R.record("eval-loss-on-nf4", False, f"exit {rc}: {err.strip()[-200:]}")
+        return
+    got = json.loads(out)["loss"]
+    wq, total, count = quantized_base(c, w), 0.0, 0
+    plain = 0.0
+    for r in rows:
+        for weights, acc in ((wq, "q"), (w, "p")):
+            lg = hm.llama_forward(weights, c, r)
+            ce = sum((torch.logsumexp(lg[t], 0) - lg[t, r[t + 1]]).item() for t in range(len(r) - 1))
+            if acc == "q":
+                total += ce
+            else:
+                plain += ce
+        count += len(r) - 1
+    ref, ref_plain = total / count, plain / count
+    e = abs(got - ref) / abs(ref)
+    R.record("eval-loss-on-nf4", e <= 1e-5 and abs(ref_plain - ref) / abs(ref) > 1e-4,
+             f"loss {got:.6f} vs reference {ref:.6f} (rel {e:.1e}); unquantized {ref_plain:.6f}")
+
+
 def gpt2_case():
     d = ch.scratch("qlora")
     c = gpt2_ref.make_config(64, 2, 4, 97, 32, n_inner=96)
@@ -191,6 +225,7 @@ def main():
     torch.set_num_threads(2)
     shutil.rmtree(ch.scratch("qlora"), ignore_errors=True)
     llama_cases()
+    eval_case()
     gpt2_case()
     training_cases()
     resume_case()
