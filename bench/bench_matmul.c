@@ -20,22 +20,28 @@
 
 #define GIB ((size_t)1 << 30)
 
-static const lorac_dtype_t DTYPES[] = {LORAC_DTYPE_F32, LORAC_DTYPE_BF16, LORAC_DTYPE_F16};
+/* NF4: QLoRA's 4-bit weights (--quantize nf4), quantized from the F32 values */
+static const lorac_dtype_t DTYPES[] = {LORAC_DTYPE_F32, LORAC_DTYPE_BF16, LORAC_DTYPE_F16, LORAC_DTYPE_NF4};
+#define N_DTYPES ((int)(sizeof DTYPES / sizeof DTYPES[0]))
 /* 110M Llama-style model (dim 768, hidden 2048, vocab 32000): (N, K). */
 static const int64_t SHAPES[][2] = {{768, 768}, {2048, 768}, {768, 2048}, {32000, 768}};
 
 /* count copies of an (N,K) matrix in dtype, back to back. */
 static void *make_weights(lorac_dtype_t dt, int64_t N, int64_t K, int64_t count) {
-    size_t one = (size_t)(N * K) * lorac_dtype_size(dt);
+    size_t one = lorac_dtype_bytes(dt, N * K);
     char *w = aligned_alloc(64, (one * (size_t)count + 63) / 64 * 64);
-    if (!w) return NULL;
+    float *f = dt == LORAC_DTYPE_NF4 ? malloc(sizeof(float) * (size_t)(N * K)) : NULL;
+    if (!w || (dt == LORAC_DTYPE_NF4 && !f)) return free(w), free(f), NULL;
     uint64_t s = 88172645463325252ull;
     for (int64_t i = 0; i < N * K; i++) {
         float v = bench_frand(&s) * 0.05f;
         if (dt == LORAC_DTYPE_F32) ((float *)w)[i] = v;
         else if (dt == LORAC_DTYPE_BF16) ((uint16_t *)w)[i] = lorac_f32_to_bf16(v);
-        else ((uint16_t *)w)[i] = lorac_f32_to_f16(v);
+        else if (dt == LORAC_DTYPE_F16) ((uint16_t *)w)[i] = lorac_f32_to_f16(v);
+        else f[i] = v;
     }
+    if (f) lorac_quantize_nf4(w, f, LORAC_DTYPE_F32, N * K);
+    free(f);
     for (int64_t c = 1; c < count; c++) memcpy(w + one * (size_t)c, w, one);
     return w;
 }
@@ -125,13 +131,13 @@ int main(int argc, char **argv) {
     if (!bwbuf) return 1;
     for (size_t i = 0; i < GIB / sizeof(float); i++) bwbuf[i] = (float)(i & 255);
     printf("\nGEMV (T=1, weights from DRAM)\n");
-    printf("%-12s %-5s %3s %10s %9s %10s %8s\n", "N x K", "dtype", "thr", "us/call", "GB/s",
-           "read GB/s", "%read");
+    printf("%-12s %-5s %3s %10s %9s %10s %8s %9s\n", "N x K", "dtype", "thr", "us/call", "GB/s",
+           "read GB/s", "%read", "Gw/s");
     for (int si = 0; si < 4; si++)
-        for (int di = 0; di < 3; di++) {
+        for (int di = 0; di < N_DTYPES; di++) {
             int64_t N = SHAPES[si][0], K = SHAPES[si][1];
             lorac_dtype_t dt = DTYPES[di];
-            size_t one = (size_t)(N * K) * lorac_dtype_size(dt);
+            size_t one = lorac_dtype_bytes(dt, N * K);
             int64_t count = (int64_t)(GIB / one) + 1;
             void *w = make_weights(dt, N, K, count);
             float *x = rand_f32(K), *out = malloc((size_t)N * sizeof(float));
@@ -143,8 +149,9 @@ int main(int argc, char **argv) {
                            lorac_matmul_forward(out, x, (const char *)w + one * (size_t)(i % count),
                                                 dt, NULL, 1, K, N));
                 double gbs = (double)one / sec / 1e9;
-                printf("%5lldx%-6lld %-5s %3d %10.1f %9.1f %10.1f %7.0f%%\n", (long long)N,
-                       (long long)K, lorac_dtype_name(dt), nt, sec * 1e6, gbs, bw, 100.0 * gbs / bw);
+                printf("%5lldx%-6lld %-5s %3d %10.1f %9.1f %10.1f %7.0f%% %9.2f\n", (long long)N,
+                       (long long)K, lorac_dtype_name(dt), nt, sec * 1e6, gbs, bw, 100.0 * gbs / bw,
+                       (double)(N * K) / sec / 1e9);
             }
             free(w), free(x), free(out);
         }
@@ -156,7 +163,7 @@ int main(int argc, char **argv) {
     static const int64_t TT[] = {64, 256};
     for (int si = 0; si < 4; si++)
         for (int ti = 0; ti < 2; ti++)
-            for (int di = 0; di < 3; di++) {
+            for (int di = 0; di < N_DTYPES; di++) {
                 int64_t N = SHAPES[si][0], K = SHAPES[si][1], T = TT[ti];
                 if (N == 32000 && T == 256) continue; /* 12.6 GFLOP: too slow for a table row */
                 lorac_dtype_t dt = DTYPES[di];

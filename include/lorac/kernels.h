@@ -127,7 +127,8 @@ void lorac_matmul_forward_parts_lora(const lorac_matmul_part_t *parts, int n_par
 /* x (n) *= s. */
 void lorac_scale(float *x, float s, int64_t n);
 
-/* Converts n elements of `src` in dtype (F32, BF16, F16) to f32. */
+/* Converts n elements of `src` in dtype (F32, BF16, F16; NF4 from the
+ * start of a block) to f32. */
 void lorac_convert_to_f32(float *dst, const void *src, lorac_dtype_t dtype, int64_t n);
 
 /* ---- NF4: QLoRA's 4-bit NormalFloat ---------------------------------------

@@ -257,14 +257,13 @@ LORAC_ALWAYS_INLINE void fwd_block(const lorac_dtype_t dt, float *out, const flo
  * tested (no machine with AVX-512 has run an NF4 kernel of its own yet).
  * Their block kernels take any block boundaries, so the drivers' split for
  * this path keeps every result thread-count independent. */
-#define NF4_VIA_AVX2(call) \
-    do { if (bt == LORAC_DTYPE_NF4) { lorac_kernel_ops_avx2.call; return; } } while (0)
+#define NF4_VIA_AVX2(dt, call) \
+    do { if ((dt) == LORAC_DTYPE_NF4) { lorac_kernel_ops_avx2.call; return; } } while (0)
 
 static void avx512_matmul_fwd(float *out, const float *x, const void *w, lorac_dtype_t wt,
                               const float *bias, int64_t T, int64_t K, int64_t N, int64_t n0,
                               int64_t n1) {
-    const lorac_dtype_t bt = wt;
-    NF4_VIA_AVX2(matmul_fwd(out, x, w, wt, bias, T, K, N, n0, n1));
+    NF4_VIA_AVX2(wt, matmul_fwd(out, x, w, wt, bias, T, K, N, n0, n1));
     /* Scratch for 4 widened weight rows (see fwd_block); if it cannot be had,
      * widening in registers gives the same bits, only slower. */
     float *wbuf = NULL;
@@ -626,7 +625,7 @@ LORAC_ALWAYS_INLINE void acc_dtype(const int b_t, const int set, float *c, const
 static void avx512_matmul_acc(float *c, const float *a, int64_t a_rs, int64_t a_cs, const void *b,
                               lorac_dtype_t bt, int64_t M, int64_t L, int64_t K, int64_t m0,
                               int64_t m1, int64_t k0, int64_t k1) {
-    NF4_VIA_AVX2(matmul_acc(c, a, a_rs, a_cs, b, bt, M, L, K, m0, m1, k0, k1));
+    NF4_VIA_AVX2(bt, matmul_acc(c, a, a_rs, a_cs, b, bt, M, L, K, m0, m1, k0, k1));
     (void)M;
     acc_dtype(0, 0, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, NULL, NULL, 0, NULL);
 }
@@ -634,7 +633,7 @@ static void avx512_matmul_acc(float *c, const float *a, int64_t a_rs, int64_t a_
 static void avx512_matmul_acc_bt(float *c, const float *a, int64_t a_rs, int64_t a_cs, const void *b,
                                  lorac_dtype_t bt, int64_t M, int64_t L, int64_t K, int64_t m0,
                                  int64_t m1, int64_t k0, int64_t k1) {
-    NF4_VIA_AVX2(matmul_acc_bt(c, a, a_rs, a_cs, b, bt, M, L, K, m0, m1, k0, k1));
+    NF4_VIA_AVX2(bt, matmul_acc_bt(c, a, a_rs, a_cs, b, bt, M, L, K, m0, m1, k0, k1));
     (void)M;
     acc_dtype(1, 0, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, NULL, NULL, 0, NULL);
 }
@@ -642,7 +641,7 @@ static void avx512_matmul_acc_bt(float *c, const float *a, int64_t a_rs, int64_t
 static void avx512_matmul_set_bt(float *c, const float *a, int64_t a_rs, int64_t a_cs, const void *b,
                                  lorac_dtype_t bt, int64_t M, int64_t L, int64_t K, int64_t m0,
                                  int64_t m1, int64_t k0, int64_t k1) {
-    NF4_VIA_AVX2(matmul_set_bt(c, a, a_rs, a_cs, b, bt, M, L, K, m0, m1, k0, k1));
+    NF4_VIA_AVX2(bt, matmul_set_bt(c, a, a_rs, a_cs, b, bt, M, L, K, m0, m1, k0, k1));
     (void)M;
     acc_dtype(1, 1, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, NULL, NULL, 0, NULL);
 }
@@ -650,7 +649,7 @@ static void avx512_matmul_set_bt(float *c, const float *a, int64_t a_rs, int64_t
 static void avx512_matmul_set(float *c, const float *a, int64_t a_rs, int64_t a_cs, const void *b,
                               lorac_dtype_t bt, int64_t M, int64_t L, int64_t K, int64_t m0,
                               int64_t m1, int64_t k0, int64_t k1) {
-    NF4_VIA_AVX2(matmul_set(c, a, a_rs, a_cs, b, bt, M, L, K, m0, m1, k0, k1));
+    NF4_VIA_AVX2(bt, matmul_set(c, a, a_rs, a_cs, b, bt, M, L, K, m0, m1, k0, k1));
     (void)M;
     acc_dtype(0, 1, c, a, a_rs, a_cs, b, bt, L, K, m0, m1, k0, k1, NULL, NULL, 0, NULL);
 }
@@ -658,7 +657,7 @@ static void avx512_matmul_set(float *c, const float *a, int64_t a_rs, int64_t a_
 static void avx512_matmul_tail(float *c, const float *a, int64_t a_rs, int64_t a_cs, const void *b, lorac_dtype_t bt,
                                int64_t M, int64_t L, int64_t K, int64_t m0, int64_t m1, int64_t k0, int64_t k1,
                                int b_t, int set, const float *ta, const float *tb, int64_t tr) {
-    NF4_VIA_AVX2(matmul_tail(c, a, a_rs, a_cs, b, bt, M, L, K, m0, m1, k0, k1, b_t, set, ta, tb, tr));
+    NF4_VIA_AVX2(bt, matmul_tail(c, a, a_rs, a_cs, b, bt, M, L, K, m0, m1, k0, k1, b_t, set, ta, tb, tr));
     (void)M;
     LORAC_ASSERT(tr >= 0 && tr <= LORAC_TAIL_MAX);
     /* without a main sum the tail is the whole product: the same chains */
@@ -687,8 +686,7 @@ static void avx512_matmul_packed(float *c, const float *a, int64_t a_rs, const f
 
 /* dst (n) = src (n) widened. */
 static void avx512_convert(float *dst, const void *src, lorac_dtype_t dt, int64_t n) {
-    const lorac_dtype_t bt = dt;
-    NF4_VIA_AVX2(convert(dst, src, dt, n));
+    NF4_VIA_AVX2(dt, convert(dst, src, dt, n));
     if (dt == LORAC_DTYPE_F32) widen(LORAC_DTYPE_F32, dst, src, 0, n);
     else if (dt == LORAC_DTYPE_BF16) widen(LORAC_DTYPE_BF16, dst, src, 0, n);
     else widen(LORAC_DTYPE_F16, dst, src, 0, n);

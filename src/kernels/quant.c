@@ -13,57 +13,35 @@
 
 #include "lorac/kernels.h"
 
-const float lorac_nf4_codebook[16] = {
-    -1.0f,
-    -0.6961928009986877f,
-    -0.5250730514526367f,
-    -0.39491748809814453f,
-    -0.28444138169288635f,
-    -0.18477343022823334f,
-    -0.09105003625154495f,
-    0.0f,
-    0.07958029955625534f,
-    0.16093020141124725f,
-    0.24611230194568634f,
-    0.33791524171829224f,
-    0.44070982933044434f,
-    0.5626170039176941f,
-    0.7229568362236023f,
-    1.0f,
-};
+/* The values as bitsandbytes writes them (its dequantization table's f32
+ * constants are these decimals). */
+#define NF4_VALUES                                                                                                     \
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635, -0.18477343022823334, \
+        -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725, 0.24611230194568634,                    \
+        0.33791524171829224, 0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0
 
-/* The midpoints, computed in double from the values' decimal forms and
- * rounded once to f32, as bitsandbytes' thresholds are written. */
-static const float k_midpoints[15] = {
-    (float)((-1.0 + -0.6961928009986877) / 2),
-    (float)((-0.6961928009986877 + -0.5250730514526367) / 2),
-    (float)((-0.5250730514526367 + -0.39491748809814453) / 2),
-    (float)((-0.39491748809814453 + -0.28444138169288635) / 2),
-    (float)((-0.28444138169288635 + -0.18477343022823334) / 2),
-    (float)((-0.18477343022823334 + -0.09105003625154495) / 2),
-    (float)((-0.09105003625154495 + 0.0) / 2),
-    (float)((0.0 + 0.07958029955625534) / 2),
-    (float)((0.07958029955625534 + 0.16093020141124725) / 2),
-    (float)((0.16093020141124725 + 0.24611230194568634) / 2),
-    (float)((0.24611230194568634 + 0.33791524171829224) / 2),
-    (float)((0.33791524171829224 + 0.44070982933044434) / 2),
-    (float)((0.44070982933044434 + 0.5626170039176941) / 2),
-    (float)((0.5626170039176941 + 0.7229568362236023) / 2),
-    (float)((0.7229568362236023 + 1.0) / 2),
-};
+const float lorac_nf4_codebook[16] = {NF4_VALUES};
+
+/* The midpoints of neighbouring values, computed in double from the
+ * decimals and rounded once to f32, as bitsandbytes' thresholds are
+ * written. */
+static void nf4_midpoints(float mid[15]) {
+    static const double v[16] = {NF4_VALUES};
+    for (int i = 0; i < 15; i++) mid[i] = (float)((v[i] + v[i + 1]) / 2);
+}
 
 int lorac_nf4_supported(int64_t K) { return K > 0 && K % 8 == 0; }
 
 /* The code of x (already scaled by 1/absmax): how many midpoints it
  * exceeds (bitsandbytes' decision tree gives the same for every x). */
-static unsigned nf4_code(float x) {
+static unsigned nf4_code(float x, const float mid[15]) {
     unsigned c = 0;
-    for (int i = 0; i < 15; i++) c += x > k_midpoints[i];
+    for (int i = 0; i < 15; i++) c += x > mid[i];
     return c;
 }
 
 /* One block of n <= 64 values at src + off (converted to f32 first). */
-static void quantize_block(uint8_t *dst, const void *src, lorac_dtype_t dt, int64_t off, int64_t n) {
+static void quantize_block(uint8_t *dst, const void *src, lorac_dtype_t dt, int64_t off, int64_t n, const float mid[15]) {
     float v[LORAC_NF4_BLOCK] = {0}, absmax = 0.0f;
     /* by memcpy: a tensor in a mapped file may start at any byte */
     if (dt == LORAC_DTYPE_F32) {
@@ -78,17 +56,19 @@ static void quantize_block(uint8_t *dst, const void *src, lorac_dtype_t dt, int6
     memcpy(dst, &absmax, sizeof absmax);
     uint8_t *codes = dst + sizeof absmax;
     memset(codes, 0, LORAC_NF4_BLOCK / 2);
-    for (int64_t i = 0; i < n; i++) codes[i / 2] |= (uint8_t)(nf4_code(v[i] * inv) << (i % 2 ? 0 : 4));
+    for (int64_t i = 0; i < n; i++) codes[i / 2] |= (uint8_t)(nf4_code(v[i] * inv, mid) << (i % 2 ? 0 : 4));
 }
 
 void lorac_quantize_nf4(void *dst, const void *src, lorac_dtype_t src_dtype, int64_t n) {
     LORAC_ASSERT(src_dtype == LORAC_DTYPE_F32 || src_dtype == LORAC_DTYPE_BF16 || src_dtype == LORAC_DTYPE_F16);
     LORAC_ASSERT(n >= 0);
     int64_t blocks = (n + LORAC_NF4_BLOCK - 1) / LORAC_NF4_BLOCK;
+    float mid[15];
+    nf4_midpoints(mid);
 #pragma omp parallel for schedule(static) num_threads(lorac_kernels_get_threads()) if (blocks > 256)
     for (int64_t b = 0; b < blocks; b++) {
         int64_t off = b * LORAC_NF4_BLOCK, len = n - off < LORAC_NF4_BLOCK ? n - off : LORAC_NF4_BLOCK;
-        quantize_block((uint8_t *)dst + b * LORAC_NF4_BLOCK_BYTES, src, src_dtype, off, len);
+        quantize_block((uint8_t *)dst + b * LORAC_NF4_BLOCK_BYTES, src, src_dtype, off, len, mid);
     }
 }
 
