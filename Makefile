@@ -55,6 +55,8 @@ ifeq ($(CI),true)
 	$(MAKE) test-asan
 	$(MAKE) test-tsan
 	$(MAKE) fuzz
+	$(MAKE) build
+	$(MAKE) -C bench check-build
 endif
 
 bench: build

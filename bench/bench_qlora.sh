@@ -6,7 +6,10 @@
 # form on a CPU; bitsandbytes has no CPU kernels in Debian's packages, so
 # PyTorch has no NF4 here) on the same model, in one run: tokens/s of the
 # median step after the first and peak RSS. Then decode (GEN_N tokens,
-# greedy) with both bases.
+# greedy) with both bases, and a bitsandbytes 4-bit checkpoint of the same
+# model (bench/write_bnb_checkpoint.py: what transformers saves from
+# load_in_4bit, bnb_4bit_quant_type="nf4", double quantization), read as it
+# is, and the time each takes to load.
 # Models: s1b (TinyLlama-1.1B's shape, BF16, 2.2 GB) by default; s7b
 # (Llama-2-7B's shape: dim 4096, 32 layers, hidden 11008; 13.5 GB of BF16,
 # written a slab at a time by bench/write_big_model.py) with MODELS="s7b".
@@ -40,15 +43,19 @@ for m in ${MODELS:-s1b}; do
     esac
     cp "$FIX/tokenizers/tinyllama-1.1b-chat-v1.0/tokenizer.json" "$d/tokenizer.json"
   fi
-  for q in bf16 nf4; do
+  # the same model as bitsandbytes would save it in 4 bits (double-quantized absmax)
+  [ -f "$OUT/$m-bnb/model.safetensors" ] || /usr/bin/python3 bench/write_bnb_checkpoint.py "$d" "$OUT/$m-bnb"
+  for q in bf16 nf4 bnb; do
     extra=""; [ $q = nf4 ] && extra="--quantize nf4"
+    md=$d; [ $q = bnb ] && md=$OUT/$m-bnb
     rm -rf "$OUT/qlora-$m-$q"
-    /usr/bin/time -v "$LORAC" train -m "$d" --data "$OUT/qlora-tokens.jsonl" --format tokens -o "$OUT/qlora-$m-$q" \
+    /usr/bin/time -v "$LORAC" train -m "$md" --data "$OUT/qlora-tokens.jsonl" --format tokens -o "$OUT/qlora-$m-$q" \
       --steps "$STEPS" --batch "$B" --seq "$T" --targets all-linear --r 8 -t 2 $extra 2> "$OUT/qlora-$m-$q.err" >/dev/null
     eval "rate_$q=$(steady_rate "$OUT/qlora-$m-$q/metrics.jsonl") rss_$q=$(rss "$OUT/qlora-$m-$q.err")"
   done
   row "$m" "lorac, BF16 as stored" "$rate_bf16" "$rss_bf16" "$rss_bf16" "$rate_bf16"
   row "$m" "lorac, --quantize nf4" "$rate_nf4" "$rss_nf4" "$rss_bf16" "$rate_bf16"
+  row "$m" "lorac, bitsandbytes NF4 checkpoint" "$rate_bnb" "$rss_bnb" "$rss_bf16" "$rate_bf16"
   if [ "$m" != s7b ] || [ "${TORCH_7B:-0}" = 1 ]; then
     env "${OB_ENV[@]}" /usr/bin/time -v /usr/bin/python3 bench/torch_train.py "$d" --batch "$B" --seq "$T" \
       --steps "$STEPS" > "$OUT/qlora-torch-$m.json" 2> "$OUT/qlora-torch-$m.err"
@@ -59,16 +66,19 @@ for m in ${MODELS:-s1b}; do
   fi
 done
 echo
-echo "| model | base | decode tokens/s | peak RSS |"
-echo "|---|---|---:|---:|"
+echo "| model | base | decode tokens/s | peak RSS | load + 1 token (s) |"
+echo "|---|---|---:|---:|---:|"
 for m in ${MODELS:-s1b}; do
   d=$OUT/$m-BF16
   [ -f "$d/tokenizer.json" ] || continue
-  for q in bf16 nf4; do
+  for q in bf16 nf4 bnb; do
     extra=""; [ $q = nf4 ] && extra="--quantize nf4"
-    /usr/bin/time -v "$LORAC" generate -m "$d" -p "Once upon a time" -n "${GEN_N:-128}" --ignore-eos -t 2 $extra \
+    md=$d; [ $q = bnb ] && md=$OUT/$m-bnb
+    /usr/bin/time -v "$LORAC" generate -m "$md" -p "Once upon a time" -n "${GEN_N:-128}" --ignore-eos -t 2 $extra \
       2> "$OUT/qlora-gen-$m-$q.err" >/dev/null
     r=$(sed -n 's/^generate: [0-9]* tokens, \([0-9.]*\) tok\/s.*/\1/p' "$OUT/qlora-gen-$m-$q.err")
-    echo "| $m | $q | $r | $(( $(rss "$OUT/qlora-gen-$m-$q.err") / 1024 )) MB |"
+    # loading: the whole of `lorac logits` for one token, wall seconds
+    /usr/bin/time -f %e "$LORAC" logits -m "$md" --ids 1 -o "$OUT/qlora-load.npy" -t 2 $extra 2> "$OUT/qlora-load-$m-$q.err"
+    echo "| $m | $q | $r | $(( $(rss "$OUT/qlora-gen-$m-$q.err") / 1024 )) MB | $(tail -1 "$OUT/qlora-load-$m-$q.err") |"
   done
 done

@@ -27,10 +27,8 @@ Run alone: LORAC_BIN=build/lorac /usr/bin/python3 tests/test_qlora.py
 import json
 import os
 import shutil
-import subprocess
 import sys
 
-import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -60,25 +58,12 @@ def quantized_base(c, w, keep_in=None):
     return out
 
 
-def logits(model, ids, *extra, env=None):
-    out = os.path.join(ch.scratch("qlora"), "logits.npy")
-    p = subprocess.run([ch.LORAC, "logits", "-m", model, "--ids", " ".join(map(str, ids)), "-o", out] + list(extra),
-                       capture_output=True, text=True, env=env)
-    if p.returncode != 0:
-        return None, p.stderr
-    return torch.from_numpy(np.load(out)).to(torch.float64), p.stderr
-
-
-def rel(a, b):
-    return (a - b).abs().max().item() / b.abs().max().item()
-
-
 def check_logits(name, model, ids, ref_q, ref_plain, extra=(), env=None, want_stderr=None):
-    got, err = logits(model, ids, "--quantize", "nf4", *extra, env=env)
+    got, err = ch.logits(model, ids, "--quantize", "nf4", *extra, env=env, scratch_name="qlora")
     if got is None:
         R.record(name, False, "lorac logits failed: " + err[-300:])
         return
-    e, moved = rel(got, ref_q), rel(ref_plain, ref_q)
+    e, moved = ch.rel(got, ref_q), ch.rel(ref_plain, ref_q)
     ok = e <= TOL and moved > 10 * TOL and (want_stderr is None or want_stderr in err)
     R.record(name, ok, f"max rel err {e:.2e} against the NF4 reference (tol {TOL}); the unquantized model is {moved:.2e} "
                        f"away" + (f"; stderr {'names' if want_stderr in err else 'lacks'} '{want_stderr}'" if want_stderr else ""))

@@ -55,14 +55,18 @@ def hf_lambda(kind, warmup, total):
 
 
 def run_case(name, shape, arch, tie, bias, targets, r, alpha, rslora, steps, batch, accum, seq, lr, wd, clip, sched, warmup, seed,
-             extra_args=(), base_fn=None, dtype="F32"):
+             extra_args=(), base_fn=None, dtype="F32", model_fn=None):
     """extra_args: more `lorac train` flags; base_fn: the frozen weights as the
     run should see them, from the weights as stored (tests/test_qlora.py's
-    NF4 round trip)."""
+    NF4 round trip); model_fn(dir, c, w): rewrites the model directory just
+    written (tests/test_bnb.py's bitsandbytes checkpoint) and returns the
+    frozen weights as the run should see them."""
     d = os.path.join(TMP, f"train-parity-{name}")
     os.makedirs(d, exist_ok=True)
     c, w = hf_model.make_random_model(os.path.join(d, "model"), shape, dtype=dtype, arch=arch, tie=tie, bias=bias,
                                       seed=seed)
+    if model_fn:
+        frozen = model_fn(os.path.join(d, "model"), c, w)
     g = torch.Generator().manual_seed(seed + 1)
     # initial adapter with B != 0 so every A gets a gradient at step 1
     init = {}
@@ -108,7 +112,9 @@ def run_case(name, shape, arch, tie, bias, targets, r, alpha, rslora, steps, bat
     params = {k: v.to(torch.float64).clone().requires_grad_(True) for k, v in init.items()}
     opt = torch.optim.AdamW(list(params.values()), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=wd)
     sch = torch.optim.lr_scheduler.LambdaLR(opt, hf_lambda(sched, warmup, steps))
-    base = {k: v.to(torch.float64) for k, v in (base_fn(c, w) if base_fn else w).items()}
+    if not model_fn:
+        frozen = base_fn(c, w) if base_fn else w
+    base = {k: v.to(torch.float64) for k, v in frozen.items()}
     ref_losses = []
     for s in range(steps):
         opt.zero_grad()

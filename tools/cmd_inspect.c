@@ -49,6 +49,24 @@ static void ranges_text(const uint8_t *on, int32_t n, char *buf, size_t cap) {
 }
 
 /* The layers with a sliding window, as ranges ("" when none). */
+/* A companion of a bitsandbytes weight: "X.weight.absmax", ".quant_map",
+ * ".nested_absmax", ".nested_quant_map", ".quant_state.bitsandbytes__*". */
+static int is_bnb_state(const char *name) {
+    static const char *const parts[] = {".weight.absmax", ".weight.quant_map", ".weight.nested_absmax",
+                                        ".weight.nested_quant_map", ".weight.quant_state."};
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+        const char *at = strstr(name, parts[i]);
+        if (at && (parts[i][strlen(parts[i]) - 1] == '.' || at[strlen(parts[i])] == 0)) return 1;
+    }
+    return 0;
+}
+
+static int has_quant_map(const lorac_weight_files_t *wf, const char *name) {
+    char full[512];
+    snprintf(full, sizeof full, "%s.quant_map", name);
+    return lorac_weight_files_find(wf, full) != NULL;
+}
+
 static void window_layers_text(const lorac_model_config_t *c, char *buf, size_t cap) {
     uint8_t *on = calloc((size_t)c->n_layers + 1, 1);
     if (!on) cli_die("out of memory");
@@ -129,6 +147,7 @@ static int inspect_model(const char *path, int json) {
         }
     }
     int64_t n_buffers = 0; /* GPT-2's saved attention masks */
+    int64_t n_bnb_weights = 0, n_bnb_states = 0;
     for (int64_t i = 0; i < n; i++) {
         const lorac_tensor_view_t *t = lorac_weight_files_get(wf, i);
         size_t nl = strlen(t->name);
@@ -142,7 +161,16 @@ static int inspect_model(const char *path, int json) {
             bytes += (int64_t)t->nbytes;
             continue;
         }
-        n_params += t->n_elements;
+        /* a bitsandbytes checkpoint: a projection's U8 codes hold two
+         * parameters a byte; its quantization state is not a parameter */
+        if (have_cfg && cfg.bnb_nf4 && is_bnb_state(t->name)) {
+            n_bnb_states++;
+            bytes += (int64_t)t->nbytes;
+            continue;
+        }
+        int packed = have_cfg && cfg.bnb_nf4 && t->dtype == LORAC_DTYPE_U8 && has_quant_map(wf, t->name);
+        n_bnb_weights += packed;
+        n_params += packed ? 2 * t->n_elements : t->n_elements;
         bytes += (int64_t)t->nbytes;
         per_dtype[t->dtype] += t->n_elements;
         /* the released files' head is language_model.lm_head.weight, the others' lm_head.weight */
@@ -157,6 +185,7 @@ static int inspect_model(const char *path, int json) {
         cJSON_AddStringToObject(root, "path", path);
         if (have_cfg) {
             cJSON_AddStringToObject(root, "architecture", cfg.arch_name);
+            if (cfg.bnb_nf4) cJSON_AddStringToObject(root, "quantization", "bitsandbytes-nf4");
             cJSON_AddNumberToObject(root, "hidden_size", cfg.hidden_size);
             cJSON_AddNumberToObject(root, "intermediate_size", cfg.intermediate_size);
             cJSON_AddNumberToObject(root, "num_hidden_layers", cfg.n_layers);
@@ -243,6 +272,9 @@ static int inspect_model(const char *path, int json) {
                        (double)cfg.final_softcap);
         }
         printf("  parameters    %lld (%.2f M), %.2f MB\n", (long long)n_params, (double)n_params / 1e6, (double)bytes / 1e6);
+        if (n_bnb_weights)
+            printf("  quantization  bitsandbytes 4-bit NF4: %lld projections as U8 codes (two a byte), read as NF4; "
+                   "%lld tensors of quantization state\n", (long long)n_bnb_weights, (long long)n_bnb_states);
         if (n_buffers)
             printf("  buffers       %lld attention masks (attn.bias), not parameters: lorac does not read them\n",
                    (long long)n_buffers);

@@ -142,6 +142,13 @@ typedef struct {
     /* GPT-2's "scale_attn_by_inverse_layer_idx": layer l's scores also
      * divided by l + 1 (see lorac_model_layer_query_scale) */
     bool attn_scale_by_layer;
+    /* quantization_config of a bitsandbytes 4-bit NF4 checkpoint (what
+     * transformers saves from BitsAndBytesConfig(load_in_4bit=True,
+     * bnb_4bit_quant_type="nf4"), unsloth's "-bnb-4bit" uploads): its
+     * projections are U8 tensors with their quantization state beside them,
+     * which lorac_model_load reads as NF4 (model/bnb.c). Other quantization
+     * methods are refused when the config is parsed. */
+    bool bnb_nf4;
     int32_t bos_id;               /* -1 when absent */
     int32_t n_eos;                /* eos_token_id may be a list */
     int32_t eos_ids[LORAC_MAX_EOS_IDS];

@@ -30,10 +30,14 @@ const char *lorac_error_message(void) { return g_error_message; }
 void lorac_error_clear(void) { g_error_message[0] = '\0'; }
 
 lorac_status_t lorac_error(lorac_status_t status, const char *fmt, ...) {
+    /* formatted apart, then copied: an argument may be the message itself
+     * (lorac_error(s, "%s: %s", path, lorac_error_message()) adds context) */
+    char text[sizeof g_error_message];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(g_error_message, sizeof g_error_message, fmt, ap);
+    vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
+    memcpy(g_error_message, text, sizeof text);
     return status;
 }
 

@@ -92,6 +92,8 @@ static lorac_status_t check_exportable(const lorac_model_config_t *c, const char
     bool gemma = c->arch == LORAC_ARCH_GEMMA2 || c->arch == LORAC_ARCH_GEMMA3;
     if (!lorac_export_gguf_arch(c))
         why = "lorac writes no llama.cpp file of this architecture yet";
+    else if (c->bnb_nf4)
+        why = "a bitsandbytes 4-bit checkpoint's projections have no llama.cpp type (export the unquantized model)";
     else if (c->attn_scale_by_layer)
         why = "llama.cpp's gpt2 has no scale_attn_by_inverse_layer_idx";
     else if (c->text_of_multimodal)

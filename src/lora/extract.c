@@ -267,6 +267,9 @@ lorac_status_t lorac_extract_adapter(const lorac_model_t *base, const lorac_mode
     if ((s = lorac_lora_check_same_shape(c, lorac_model_get_config(tuned), "the base model", "the tuned model")) ||
         (s = check_params(c, params)))
         return s;
+    if (c->bnb_nf4 || lorac_model_get_config(tuned)->bnb_nf4) /* its weights are rounded to 4 bits: ΔW would be mostly noise */
+        return lorac_error(LORAC_STATUS_UNSUPPORTED, "extract reads unquantized models; %s is a bitsandbytes 4-bit checkpoint",
+                           c->bnb_nf4 ? "the base model" : "the tuned model");
     lorac_lora_params_t lp = lorac_lora_default_params();
     lp.r = params->r;
     lp.alpha = params->alpha > 0 ? params->alpha : (float)params->r;

@@ -91,7 +91,16 @@ lorac_status_t lorac_merge_write(const char *model_dir, const lorac_adapter_t *c
             for (int32_t k = 0; k < n; k++) adapted |= lorac_adapter_find(adapters[k], layer, target) != NULL;
         lorac_dtype_t out_dtype = dtype == LORAC_DTYPE_COUNT ? tv->dtype : dtype;
         if (!adapted && out_dtype == tv->dtype) continue; /* bit-for-bit copy */
-        if (tv->dtype != LORAC_DTYPE_F32 && tv->dtype != LORAC_DTYPE_BF16 && tv->dtype != LORAC_DTYPE_F16) continue;
+        if (tv->dtype != LORAC_DTYPE_F32 && tv->dtype != LORAC_DTYPE_BF16 && tv->dtype != LORAC_DTYPE_F16) {
+            if (!adapted) continue; /* not a weight (an index, a quantization state): copied as it is */
+            /* a bitsandbytes checkpoint's U8 codes: writing the sum back
+             * would mean quantizing it again, and PEFT warns that this
+             * loses the update; the unquantized model is the one to merge into */
+            s = lorac_error(LORAC_STATUS_UNSUPPORTED,
+                            "%s: \"%s\" is %s (a quantized checkpoint's): merge into the unquantized model instead",
+                            model_dir, tv->name, lorac_dtype_name(tv->dtype));
+            goto done;
+        }
         float *w = malloc(sizeof(float) * (size_t)tv->n_elements);
         void *raw = malloc((size_t)tv->nbytes + 1);
         if (!w || !raw) { free(w); free(raw); s = lorac_error(LORAC_STATUS_NOMEM, "out of memory merging \"%s\"", tv->name); goto done; }

@@ -483,6 +483,44 @@ static lorac_status_t parse_llama_family(const cJSON *top, const cJSON *root, co
     return LORAC_STATUS_OK;
 }
 
+/* quantization_config: none, or bitsandbytes' 4-bit NF4 (either storage of
+ * the absmax: plain or double-quantized). Anything else would load as U8 or
+ * I32 tensors the kernels cannot read, so it is named and refused here. */
+static lorac_status_t parse_quantization(const cJSON *top, const char *label, lorac_model_config_t *c) {
+    const cJSON *q = cJSON_GetObjectItemCaseSensitive(top, "quantization_config");
+    if (!q || cJSON_IsNull(q)) return LORAC_STATUS_OK;
+    if (!cJSON_IsObject(q)) return lorac_error(LORAC_STATUS_FORMAT, "%s: \"quantization_config\" must be an object", label);
+    const cJSON *method = cJSON_GetObjectItemCaseSensitive(q, "quant_method");
+    const char *name = cJSON_IsString(method) ? method->valuestring : "(none given)";
+    if (strcmp(name, "bitsandbytes") != 0)
+        return lorac_error(LORAC_STATUS_UNSUPPORTED,
+                           "%s: quantization_config.quant_method \"%s\" is not supported: lorac reads bitsandbytes 4-bit "
+                           "NF4 checkpoints, or give it the unquantized model (--quantize nf4 quantizes it as it loads)",
+                           label, name);
+    const cJSON *in4 = cJSON_GetObjectItemCaseSensitive(q, "load_in_4bit");
+    if (!cJSON_IsTrue(in4)) in4 = cJSON_GetObjectItemCaseSensitive(q, "_load_in_4bit");
+    const cJSON *in8 = cJSON_GetObjectItemCaseSensitive(q, "load_in_8bit");
+    if (!cJSON_IsTrue(in8)) in8 = cJSON_GetObjectItemCaseSensitive(q, "_load_in_8bit");
+    if (!cJSON_IsTrue(in4) && cJSON_IsTrue(in8))
+        return lorac_error(LORAC_STATUS_UNSUPPORTED,
+                           "%s: bitsandbytes' 8-bit (LLM.int8) checkpoints are not supported, only load_in_4bit with NF4",
+                           label);
+    if (!cJSON_IsTrue(in4))
+        return lorac_error(LORAC_STATUS_FORMAT, "%s: quantization_config (bitsandbytes) has neither load_in_4bit nor "
+                           "load_in_8bit set", label);
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(q, "bnb_4bit_quant_type");
+    if (cJSON_IsString(type) && strcmp(type->valuestring, "nf4") != 0)
+        return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: bnb_4bit_quant_type \"%s\" is not supported, only \"nf4\"", label,
+                           type->valuestring);
+    if (!cJSON_IsString(type)) /* transformers' default is fp4 */
+        return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: bnb_4bit_quant_type is not given (bitsandbytes' default, fp4, is "
+                           "not supported; only \"nf4\")", label);
+    if (c->arch == LORAC_ARCH_GPT2)
+        return lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: bitsandbytes-quantized GPT-2 checkpoints are not supported", label);
+    c->bnb_nf4 = true;
+    return LORAC_STATUS_OK;
+}
+
 lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char *label,
                                         lorac_model_config_t *c) {
     memset(c, 0, sizeof *c);
@@ -529,6 +567,7 @@ lorac_status_t lorac_model_config_parse(const char *json, size_t len, const char
 
     if ((s = c->arch == LORAC_ARCH_GPT2 ? parse_gpt2(root, label, c) : parse_llama_family(top, root, label, c)))
         goto done;
+    if ((s = parse_quantization(top, label, c))) goto done;
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(top, "torch_dtype");
     if (!cJSON_IsString(dt)) dt = cJSON_GetObjectItemCaseSensitive(root, "torch_dtype");
     if (cJSON_IsString(dt)) snprintf(c->torch_dtype, sizeof c->torch_dtype, "%s", dt->valuestring);

@@ -50,6 +50,55 @@ static lorac_status_t check_tensor(lorac_model_t *m, lorac_tensor_kind_t kind, i
     return LORAC_STATUS_OK;
 }
 
+static int is_projection(lorac_tensor_kind_t kind) {
+    return kind == LORAC_TENSOR_Q || kind == LORAC_TENSOR_K || kind == LORAC_TENSOR_V || kind == LORAC_TENSOR_O ||
+           kind == LORAC_TENSOR_GATE || kind == LORAC_TENSOR_UP || kind == LORAC_TENSOR_DOWN || kind == LORAC_TENSOR_QKV ||
+           kind == LORAC_TENSOR_GATE_UP;
+}
+
+/* Adds an NF4 tensor (aligned_alloc'd) to those the model frees; frees it
+ * when the list cannot grow. */
+static lorac_status_t keep_quantized(lorac_model_t *m, void *q) {
+    void **list = realloc(m->quantized, sizeof *list * (size_t)(m->n_quantized + 1));
+    if (!list) {
+        free(q);
+        return lorac_error(LORAC_STATUS_NOMEM, "out of memory quantizing the weights");
+    }
+    m->quantized = list;
+    list[m->n_quantized++] = q;
+    return LORAC_STATUS_OK;
+}
+
+static const lorac_tensor_view_t *find_in_files(const void *files, const char *name) {
+    return lorac_weight_files_find(files, name);
+}
+
+/* A projection of a bitsandbytes 4-bit checkpoint (lorac_model_config_t's
+ * bnb_nf4), stored as U8 codes: read into NF4 blocks the model keeps, and
+ * the file's pages let go. */
+static lorac_status_t load_bnb(lorac_model_t *m, lorac_tensor_kind_t kind, const char *name,
+                               const lorac_tensor_view_t *tv, lorac_wref_t *out) {
+    int64_t shape[2];
+    lorac_tensor_expected_shape(kind, &m->config, shape);
+    void *q;
+    lorac_status_t s = lorac_bnb_read_nf4(find_in_files, m->files, name, shape[0], shape[1], &q);
+    if (s) return lorac_error(s, "%s: %s", m->dir, lorac_error_message());
+    if ((s = keep_quantized(m, q))) return s;
+    /* the codes and their state are read once: their pages go back */
+    static const char *const parts[] = {"absmax", "quant_map", "nested_absmax", "nested_quant_map",
+                                        "quant_state.bitsandbytes__nf4"};
+    lorac_file_release(tv->data, (size_t)tv->nbytes);
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+        char full[192];
+        snprintf(full, sizeof full, "%s.%s", name, parts[i]);
+        const lorac_tensor_view_t *c = lorac_weight_files_find(m->files, full);
+        if (c) lorac_file_release(c->data, (size_t)c->nbytes);
+    }
+    m->n_params += shape[0] * shape[1];
+    *out = (lorac_wref_t){q, LORAC_DTYPE_NF4};
+    return LORAC_STATUS_OK;
+}
+
 /* Finds tensor `kind` of `layer`, checks its dtype and shape. Absent optional
  * tensors leave *out empty. An aligned copy (see below) is filled at once
  * when fill_now is set, else by fill_aligned_copies at the end of loading. */
@@ -58,6 +107,11 @@ static lorac_status_t find_tensor_fill(lorac_model_t *m, lorac_tensor_kind_t kin
     char name[128];
     const lorac_tensor_view_t *tv;
     out->data = NULL;
+    if (m->config.bnb_nf4 && is_projection(kind)) { /* U8 codes; one a module kept unquantized is as usual */
+        lorac_tensor_name(&m->config, kind, layer, name, sizeof name);
+        tv = lorac_weight_files_find(m->files, name);
+        if (tv && tv->dtype == LORAC_DTYPE_U8) return load_bnb(m, kind, name, tv, out);
+    }
     lorac_status_t s = check_tensor(m, kind, layer, required, name, sizeof name, &tv);
     if (s || !tv) return s;
     out->data = tv->data;
@@ -74,13 +128,11 @@ static lorac_status_t find_tensor_fill(lorac_model_t *m, lorac_tensor_kind_t kin
     /* a model loaded for training leaves the projections' and the
      * classifier's f32 weights in the file, where the kernels repack them
      * (a tied classifier is the embedding) */
-    int product = kind == LORAC_TENSOR_Q || kind == LORAC_TENSOR_K || kind == LORAC_TENSOR_V || kind == LORAC_TENSOR_O ||
-                  kind == LORAC_TENSOR_GATE || kind == LORAC_TENSOR_UP || kind == LORAC_TENSOR_DOWN ||
-                  kind == LORAC_TENSOR_QKV || kind == LORAC_TENSOR_GATE_UP ||
-                  kind == LORAC_TENSOR_LM_HEAD || (kind == LORAC_TENSOR_EMBED && m->config.tie_word_embeddings);
+    int product = is_projection(kind) || kind == LORAC_TENSOR_LM_HEAD ||
+                  (kind == LORAC_TENSOR_EMBED && m->config.tie_word_embeddings);
     int repacked = m->for_training && product && tv->dtype == LORAC_DTYPE_F32 && lorac_kernels_have_packed();
     /* a quantizing load reads the projections once, from the file */
-    int quantized = m->quantize == LORAC_DTYPE_NF4 && product && kind != LORAC_TENSOR_LM_HEAD && kind != LORAC_TENSOR_EMBED;
+    int quantized = m->quantize == LORAC_DTYPE_NF4 && is_projection(kind);
     if ((uintptr_t)tv->data % LORAC_WEIGHT_ALIGN != 0 && !repacked && !quantized) {
         aligned_copy_t *list = realloc(m->aligned_copies, sizeof *list * (size_t)(m->n_aligned_copies + 1));
         size_t padded = ((size_t)tv->nbytes + LORAC_WEIGHT_ALIGN - 1) / LORAC_WEIGHT_ALIGN * LORAC_WEIGHT_ALIGN;
@@ -185,6 +237,14 @@ static lorac_status_t load_fused(lorac_model_t *m, int32_t l) {
     lorac_status_t s;
     if ((s = find_tensor(m, LORAC_TENSOR_QKV, l, 1, &qkv)) || (s = find_tensor(m, LORAC_TENSOR_GATE_UP, l, 1, &gate_up)))
         return s;
+    /* a bitsandbytes checkpoint quantized each fused tensor whole: its
+     * parts are read in place only when each starts one of its blocks */
+    if ((qkv.dtype == LORAC_DTYPE_NF4 && ((Q * D) % LORAC_NF4_BLOCK || ((Q + KV) * D) % LORAC_NF4_BLOCK)) ||
+        (gate_up.dtype == LORAC_DTYPE_NF4 && (c->intermediate_size * D) % LORAC_NF4_BLOCK))
+        return lorac_error(LORAC_STATUS_UNSUPPORTED,
+                           "%s: layer %d's fused projections are quantized whole, and a part does not start one of "
+                           "their blocks of %d",
+                           m->dir, l, LORAC_NF4_BLOCK);
     L->wq = weight_rows(qkv, 0, D);
     L->wk = weight_rows(qkv, Q, D);
     L->wv = weight_rows(qkv, Q + KV, D);
@@ -233,13 +293,11 @@ static lorac_status_t load_layer(lorac_model_t *m, int32_t l) {
 
 /* w's n values replaced by an NF4 copy, which the model keeps. */
 static lorac_status_t quantize_weight(lorac_model_t *m, lorac_wref_t *w, int64_t n) {
-    void **list = realloc(m->quantized, sizeof *list * (size_t)(m->n_quantized + 1));
-    if (!list) return lorac_error(LORAC_STATUS_NOMEM, "out of memory quantizing the weights");
-    m->quantized = list;
     size_t bytes = (lorac_dtype_bytes(LORAC_DTYPE_NF4, n) + LORAC_WEIGHT_ALIGN - 1) / LORAC_WEIGHT_ALIGN * LORAC_WEIGHT_ALIGN;
     void *q = aligned_alloc(LORAC_WEIGHT_ALIGN, bytes > 0 ? bytes : LORAC_WEIGHT_ALIGN);
     if (!q) return lorac_error(LORAC_STATUS_NOMEM, "out of memory quantizing the weights (%.1f MB)", (double)bytes / 1e6);
-    list[m->n_quantized++] = q;
+    lorac_status_t s = keep_quantized(m, q);
+    if (s) return s;
     lorac_quantize_nf4(q, w->data, w->dtype, n);
     w->data = q;
     w->dtype = LORAC_DTYPE_NF4;
@@ -518,9 +576,10 @@ lorac_status_t lorac_model_load_ex(const char *dir, const lorac_model_load_param
     }
     if ((s = lorac_file_read(cfg_path, CONFIG_MAX_BYTES, &cfg_text, &cfg_len))) goto fail;
     if ((s = lorac_model_config_parse(cfg_text, cfg_len, cfg_path, &m->config))) goto fail;
-    /* a quantizing load reads the projections once and lets them go: not
-     * the whole file in at once, which would hold it all */
-    if ((s = lorac_weight_files_open_ex(dir, m->quantize != LORAC_DTYPE_NF4, &m->files))) goto fail;
+    /* a quantizing load (or a quantized checkpoint's) reads the
+     * projections once and lets them go: not the whole file in at once,
+     * which would hold it all */
+    if ((s = lorac_weight_files_open_ex(dir, m->quantize != LORAC_DTYPE_NF4 && !m->config.bnb_nf4, &m->files))) goto fail;
     if (m->config.text_of_multimodal && (s = find_text_model(m))) goto fail;
 
     const lorac_model_config_t *c = &m->config;

@@ -99,6 +99,29 @@ struct lorac_model {
     int64_t n_params;
 };
 
+/* ---- bitsandbytes 4-bit checkpoints (bnb.c) ---------------------------- */
+
+/* The JSON of a weight's "quant_state.bitsandbytes__nf4" tensor. */
+typedef struct {
+    int64_t shape[2];
+    int nested;               /* double quantization: the absmax in 8 bits */
+    int64_t nested_blocksize; /* nested: blocks of absmax per nested absmax */
+    float nested_offset;      /* nested: added to every decoded absmax */
+} lorac_bnb_quant_state_t;
+
+lorac_status_t lorac_bnb_parse_quant_state(const void *bytes, size_t n, const char *label, lorac_bnb_quant_state_t *qs);
+
+/* A tensor by name, from a model's files or one safetensors file. */
+typedef const lorac_tensor_view_t *(*lorac_bnb_find_fn)(const void *files, const char *name);
+
+/* Weight `name` (rows x cols), stored by bitsandbytes as NF4 codes with its
+ * quantization state beside it, as a new NF4 tensor in lorac's layout
+ * (LORAC_WEIGHT_ALIGN-aligned; the caller frees it). Every companion
+ * tensor's dtype and size, the state's shape against rows x cols and the
+ * quant_map against NF4's values are checked. */
+lorac_status_t lorac_bnb_read_nf4(lorac_bnb_find_fn find, const void *files, const char *name, int64_t rows, int64_t cols,
+                                  void **out);
+
 /* Hands back the mapped file's pages under a weight's data (nbytes from
  * data) when that data lies in the mapping, not in one of the model's
  * aligned copies: the process's memory drops, and the pages come back

@@ -333,7 +333,15 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
         return lorac_error(LORAC_STATUS_INVALID_ARG, "full training updates every weight; a quantized base is for LoRA");
     lorac_model_load_params_t lp = {.for_training = !p->full, .quantize = p->quantize_nf4 ? LORAC_DTYPE_NF4 : LORAC_DTYPE_F32};
     if ((s = lorac_model_load_ex(p->model_dir, &lp, &model))) goto done;
-    if (p->quantize_nf4 && log) {
+    bool quantized_base = p->quantize_nf4 || lorac_model_get_config(model)->bnb_nf4;
+    if (p->full && lorac_model_get_config(model)->bnb_nf4) {
+        s = lorac_error(LORAC_STATUS_INVALID_ARG, "%s is a bitsandbytes 4-bit checkpoint: full training needs the "
+                        "unquantized model (a quantized base is for LoRA)", p->model_dir);
+        goto done;
+    }
+    if (lorac_model_get_config(model)->bnb_nf4 && log)
+        fprintf(log, "base: a bitsandbytes 4-bit checkpoint, its projections read as NF4\n");
+    else if (p->quantize_nf4 && log) {
         fprintf(log, "base: projections quantized to NF4 (QLoRA's 4-bit NormalFloat, blocks of 64)");
         if (lorac_model_n_unquantized(model))
             fprintf(log, "; %d left as they were (rows not a multiple of 8 long)", lorac_model_n_unquantized(model));
@@ -425,7 +433,7 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
     if (!tok || !tgt || !pos) { s = lorac_error(LORAC_STATUS_NOMEM, "out of memory"); goto done; }
 
     run_t run = {.pass = pass, .opt = opt, .adapter = adapter, .base_model = p->model_dir, .params = params, .n_params = np,
-                 .quantized = p->quantize_nf4};
+                 .quantized = quantized_base};
     train_state_t ts = {.step = 0, .cursor = lorac_data_cursor_init(p->seed, p->shuffle)};
     lorac_rng_seed(&ts.rng, p->seed ^ 0xd1b54a32d192ed03ull);
     snprintf(path, sizeof path, "%s/metrics.jsonl", p->out_dir);

@@ -1,7 +1,8 @@
 """Plumbing shared by the Python tests that drive the lorac program
-(tests/test_extract.py, tests/test_combine.py): where the binary, the
-fixtures and the scratch directory are, running a command, PASS/FAIL lines
-and the exit status, and random PEFT adapters written from a config.
+(tests/test_extract.py, tests/test_combine.py, tests/test_qlora.py,
+tests/test_bnb.py): where the binary, the fixtures and the scratch
+directory are, running a command, PASS/FAIL lines and the exit status,
+random PEFT adapters written from a config, and `lorac logits` read back.
 """
 
 import os
@@ -48,6 +49,24 @@ class Results:
         failed = [n for n, ok in self.items if not ok]
         print(f"{self.name}: {len(self.items) - len(failed)} passed, {len(failed)} failed")
         sys.exit(1 if failed else 0)
+
+
+def logits(model, ids, *extra, env=None, scratch_name="logits"):
+    """(float64 tensor [T, vocab], stderr) of `lorac logits -m MODEL --ids IDS
+    EXTRA...`; (None, stderr) when it fails."""
+    import numpy as np
+    import torch
+    out = os.path.join(scratch(scratch_name), "logits.npy")
+    p = subprocess.run([LORAC, "logits", "-m", model, "--ids", " ".join(map(str, ids)), "-o", out] + list(extra),
+                       capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        return None, p.stderr
+    return torch.from_numpy(np.load(out)).to(torch.float64), p.stderr
+
+
+def rel(a, b):
+    """max |a - b| / max |b|"""
+    return (a - b).abs().max().item() / b.abs().max().item()
 
 
 def write_random_adapter(dir, c, cfg, seed):

@@ -59,6 +59,7 @@ ST_DTYPES = {
     "F32": (torch.float32, np.dtype("<f4"), 4),
     "F16": (torch.float16, np.dtype("<f2"), 2),
     "BF16": (torch.bfloat16, np.dtype("<i2"), 2),
+    "U8": (torch.uint8, np.dtype("u1"), 1),  # a bitsandbytes checkpoint's codes and states
 }
 TORCH_TO_ST = {v[0]: k for k, v in ST_DTYPES.items()}
 # config.json "torch_dtype" spelling
