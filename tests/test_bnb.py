@@ -18,8 +18,13 @@ serialization:
   a quantization state that is not JSON, of another blocksize, shape or
   quant type, a quant_map that is not NF4's, 8-bit, fp4 and GPTQ configs)
   end in `lorac: error:` naming the problem, exit 1;
-- what cannot work on a 4-bit base is refused: merging an adapter into it,
-  exporting it to GGUF, full training;
+- `lorac merge` into such a checkpoint writes an unquantized model (each
+  projection dequantized to the dtype it was quantized from, as unsloth's
+  "merged_16bit" does), whose logits are those of the reference's merge
+  (in float64, rounded to the checkpoint's dtype) of the adapter into the
+  checkpoint's weights, F32 and BF16;
+- what cannot work on a 4-bit base is refused: exporting it to GGUF, full
+  training;
 - `lorac inspect` counts two parameters a code byte and names the
   quantization.
 
@@ -183,13 +188,44 @@ def refused_cases():
     with open(data, "w") as f:
         f.write('{"input_ids": [1, 2, 3, 4, 5, 6]}\n')
     for name, args, want in [
-        ("merge", ["merge", "-m", d, "--adapter", ad, "-o", out + "-merged"], "merge into the unquantized model"),
         ("export-gguf", ["convert", "--to", "gguf", d, "-o", out + ".gguf"], "bitsandbytes 4-bit checkpoint"),
         ("train-full", ["train", "-m", d, "--data", data, "--format", "tokens", "--full", "-o", out + "-full",
                         "--steps", "1", "--seq", "6"], "full training needs the unquantized model"),
     ]:
         rc, _, err = ch.run(args)
         R.record("refused: " + name, rc == 1 and want in err and "Sanitizer" not in err, f"exit {rc}: {err.strip()[-200:]}")
+
+
+def merge_cases():
+    """merge into a bitsandbytes checkpoint: every projection dequantized to
+    the dtype it was quantized from, the adapter added, no quantization left."""
+    for name in ("llama", "qwen2"):
+        d = os.path.join(ch.scratch("bnb"), name)
+        out = os.path.join(ch.scratch("bnb"), name + "-merged")
+        c, _ = hm.load_model(d)
+        wq = bnb_ref.read_checkpoint(d)
+        ad = os.path.join(ch.scratch("bnb"), name + "-merge-adapter")
+        ch.write_random_adapter(ad, c, {"r": 4, "lora_alpha": 8, "target_modules": list(pr.PROJ_BLOCK)}, seed=11)
+        shutil.rmtree(out, ignore_errors=True)
+        rc, _, err = ch.run(["merge", "-m", d, "--adapter", ad, "-o", out])
+        if rc != 0:
+            R.record(f"merge-{name}", False, f"exit {rc}: {err.strip()[-200:]}")
+            continue
+        cfg = json.load(open(os.path.join(out, "config.json")))
+        header, _, _ = hm.read_safetensors_header(os.path.join(out, "model.safetensors"))
+        dtypes = {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+        ids = [i % c["vocab_size"] for i in IDS]
+        # the reference's merge: W + s·B·A in float64, rounded to float32, then to the checkpoint's dtype
+        want_dtype = {"float32": "F32", "bfloat16": "BF16"}[c["torch_dtype"]]
+        tdt = hm.ST_DTYPES[want_dtype][0]
+        merged = {k: v.to(torch.float32).to(tdt).to(torch.float64) for k, v in pr.apply_adapters(wq, c, [(ad, 1.0)]).items()}
+        ref = hm.llama_forward(merged, c, ids)
+        got, err = ch.logits(out, ids, scratch_name="bnb")
+        e = ch.rel(got, ref) if got is not None else float("inf")
+        R.record(f"merge-{name}-dequantized", "quantization_config" not in cfg and dtypes == {want_dtype} and e <= TOL,
+                 f"quantization_config {'gone' if 'quantization_config' not in cfg else 'kept'}; dtypes {sorted(dtypes)} "
+                 f"(want {want_dtype}); logits of the merged model vs the reference's merge of the checkpoint's "
+                 f"weights: {e:.2e} (tol {TOL})")
 
 
 def inspect_case():
@@ -210,6 +246,7 @@ def main():
     training_case()
     malformed_cases()
     refused_cases()
+    merge_cases()
     inspect_case()
     R.finish()
 

@@ -24,6 +24,7 @@ static const char *k_usage =
     "                   [--combination cat|linear|svd] [--r R]\n"
     "  Writes the base with every adapter merged in (computed in f32) as a complete model directory:\n"
     "  safetensors in the base's dtype unless --dtype, plus config, tokenizer and generation files.\n"
+    "  A bitsandbytes 4-bit base is written dequantized, in the dtype it was quantized from.\n"
     "  With --to-adapter, combines the adapters into one PEFT adapter instead, as PEFT's\n"
     "  add_weighted_adapter does (the model only gives the shapes):\n"
     "    cat     (default) stacks the adapters: rank = sum of ranks, exactly sum_i WEIGHT_i * dW_i\n"

@@ -5,7 +5,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <cjson/cJSON.h>
+
 #include "lora/lora_internal.h"
+#include "model/model_internal.h"
 #include "lorac/kernels.h"
 #include "lorac/safetensors.h"
 
@@ -65,6 +68,73 @@ static lorac_status_t copy_file(const char *src_dir, const char *dst_dir, const 
     return s;
 }
 
+static const lorac_tensor_view_t *find_in_files(const void *wf, const char *name) {
+    return lorac_weight_files_find(wf, name);
+}
+
+/* "X.weight.absmax" and the rest of a bitsandbytes weight's state, which a
+ * merged (dequantized) model does not keep. */
+static int is_bnb_state(const lorac_weight_files_t *wf, const char *name) {
+    static const char *const parts[] = {".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map",
+                                        ".quant_state.bitsandbytes__nf4", ".quant_state.bitsandbytes__fp4"};
+    size_t n = strlen(name);
+    for (size_t k = 0; k < sizeof parts / sizeof parts[0]; k++) {
+        size_t pn = strlen(parts[k]);
+        if (n <= pn || strcmp(name + n - pn, parts[k]) != 0) continue;
+        char base[512];
+        if (n - pn >= sizeof base) return 0;
+        memcpy(base, name, n - pn);
+        base[n - pn] = 0;
+        const lorac_tensor_view_t *w = lorac_weight_files_find(wf, base);
+        return w && w->dtype == LORAC_DTYPE_U8;
+    }
+    return 0;
+}
+
+/* A bitsandbytes 4-bit weight (U8 codes beside a quant_map): its values in
+ * f32 (*w, malloc'd), its shape and the dtype it was quantized from. */
+static lorac_status_t read_bnb(const lorac_weight_files_t *wf, const lorac_tensor_view_t *tv, float **w,
+                               int64_t shape[2], lorac_dtype_t *dtype) {
+    char name[512];
+    snprintf(name, sizeof name, "%s.quant_state.bitsandbytes__nf4", tv->name);
+    const lorac_tensor_view_t *st = lorac_weight_files_find(wf, name);
+    lorac_bnb_quant_state_t qs;
+    lorac_status_t s;
+    if (!st) return lorac_error(LORAC_STATUS_UNSUPPORTED, "\"%s\" is quantized, but not as bitsandbytes' nf4", tv->name);
+    if ((s = lorac_bnb_parse_quant_state(st->data, (size_t)st->nbytes, name, &qs))) return s;
+    void *q;
+    if ((s = lorac_bnb_read_nf4(find_in_files, wf, tv->name, qs.shape[0], qs.shape[1], &q))) return s;
+    *w = malloc(sizeof(float) * (size_t)(qs.shape[0] * qs.shape[1]));
+    if (*w) lorac_convert_to_f32(*w, q, LORAC_DTYPE_NF4, qs.shape[0] * qs.shape[1]);
+    free(q);
+    if (!*w) return lorac_error(LORAC_STATUS_NOMEM, "out of memory dequantizing \"%s\"", tv->name);
+    shape[0] = qs.shape[0];
+    shape[1] = qs.shape[1];
+    *dtype = qs.dtype;
+    return LORAC_STATUS_OK;
+}
+
+/* config.json without its quantization_config: the merged model's weights
+ * are no longer quantized. */
+static lorac_status_t write_dequantized_config(const char *src_dir, const char *dst_dir) {
+    char src[4096], dst[4096], *text;
+    size_t len;
+    snprintf(src, sizeof src, "%s/config.json", src_dir);
+    snprintf(dst, sizeof dst, "%s/config.json", dst_dir);
+    lorac_status_t s = lorac_file_read(src, (size_t)16 << 20, &text, &len);
+    if (s) return s;
+    cJSON *doc = cJSON_ParseWithLength(text, len);
+    free(text);
+    if (!doc) return lorac_error(LORAC_STATUS_FORMAT, "%s: not valid JSON", src);
+    cJSON_DeleteItemFromObjectCaseSensitive(doc, "quantization_config");
+    char *out = cJSON_Print(doc);
+    cJSON_Delete(doc);
+    if (!out) return lorac_error(LORAC_STATUS_NOMEM, "out of memory");
+    s = lorac_file_write_atomic(dst, out, strlen(out));
+    free(out);
+    return s;
+}
+
 lorac_status_t lorac_merge_write(const char *model_dir, const lorac_adapter_t *const *adapters, const float *scales,
                                  int32_t n, lorac_dtype_t dtype, const char *out_dir) {
     if (mkdir(out_dir, 0755) != 0 && errno != EEXIST)
@@ -72,51 +142,70 @@ lorac_status_t lorac_merge_write(const char *model_dir, const lorac_adapter_t *c
     lorac_weight_files_t *wf;
     lorac_status_t s = lorac_weight_files_open(model_dir, &wf);
     if (s) return s;
-    int64_t count = lorac_weight_files_count(wf);
+    int64_t count = lorac_weight_files_count(wf), n_out = 0;
+    int dequantized = 0; /* a bitsandbytes checkpoint's weights were written as floats */
     lorac_tensor_write_t *t = calloc((size_t)(count ? count : 1), sizeof *t);
     void **owned = calloc((size_t)(count ? count : 1), sizeof *owned);
     if (!t || !owned) { s = lorac_error(LORAC_STATUS_NOMEM, "out of memory"); goto done; }
     for (int64_t i = 0; i < count; i++) {
         const lorac_tensor_view_t *tv = lorac_weight_files_get(wf, i);
-        t[i].name = tv->name;
-        t[i].n_dims = tv->n_dims;
-        memcpy(t[i].shape, tv->shape, sizeof t[i].shape);
-        t[i].dtype = tv->dtype;
-        t[i].data = tv->data;
+        if (is_bnb_state(wf, tv->name)) continue;
+        lorac_tensor_write_t *wt = &t[n_out++];
+        wt->name = tv->name;
+        wt->n_dims = tv->n_dims;
+        memcpy(wt->shape, tv->shape, sizeof wt->shape);
+        wt->dtype = tv->dtype;
+        wt->data = tv->data;
         int32_t layer = -1;
         lorac_lora_target_t target = LORAC_LORA_Q;
         int adapted = 0;
         int conv1d = n > 0 && adapters[0]->config.arch == LORAC_ARCH_GPT2;
         if (conv1d ? gpt2_projection_of(tv->name, &layer, &target) : projection_of(tv->name, &layer, &target))
             for (int32_t k = 0; k < n; k++) adapted |= lorac_adapter_find(adapters[k], layer, target) != NULL;
-        lorac_dtype_t out_dtype = dtype == LORAC_DTYPE_COUNT ? tv->dtype : dtype;
-        if (!adapted && out_dtype == tv->dtype) continue; /* bit-for-bit copy */
-        if (tv->dtype != LORAC_DTYPE_F32 && tv->dtype != LORAC_DTYPE_BF16 && tv->dtype != LORAC_DTYPE_F16) {
-            if (!adapted) continue; /* not a weight (an index, a quantization state): copied as it is */
-            /* a bitsandbytes checkpoint's U8 codes: writing the sum back
-             * would mean quantizing it again, and PEFT warns that this
-             * loses the update; the unquantized model is the one to merge into */
-            s = lorac_error(LORAC_STATUS_UNSUPPORTED,
-                            "%s: \"%s\" is %s (a quantized checkpoint's): merge into the unquantized model instead",
-                            model_dir, tv->name, lorac_dtype_name(tv->dtype));
+        /* a bitsandbytes checkpoint's projection, U8 codes: dequantized to
+         * the dtype it was quantized from (what unsloth's "merged_16bit"
+         * writes), merged or not */
+        char qmap[512];
+        snprintf(qmap, sizeof qmap, "%s.quant_map", tv->name);
+        int bnb = tv->dtype == LORAC_DTYPE_U8 && lorac_weight_files_find(wf, qmap);
+        float *w = NULL;
+        lorac_dtype_t src_dtype = tv->dtype;
+        int64_t n_el = tv->n_elements;
+        if (bnb) {
+            if ((s = read_bnb(wf, tv, &w, wt->shape, &src_dtype))) {
+                s = lorac_error(s, "%s: %s", model_dir, lorac_error_message());
+                goto done;
+            }
+            wt->n_dims = 2;
+            n_el = wt->shape[0] * wt->shape[1];
+            dequantized = 1;
+        }
+        lorac_dtype_t out_dtype = dtype == LORAC_DTYPE_COUNT ? src_dtype : dtype;
+        if (!bnb && !adapted && out_dtype == tv->dtype) continue; /* bit-for-bit copy */
+        if (!bnb && tv->dtype != LORAC_DTYPE_F32 && tv->dtype != LORAC_DTYPE_BF16 && tv->dtype != LORAC_DTYPE_F16) {
+            if (!adapted) continue; /* not a weight (an index): copied as it is */
+            s = lorac_error(LORAC_STATUS_UNSUPPORTED, "%s: \"%s\" is %s, which lorac cannot merge into", model_dir,
+                            tv->name, lorac_dtype_name(tv->dtype));
             goto done;
         }
-        float *w = malloc(sizeof(float) * (size_t)tv->n_elements);
-        void *raw = malloc((size_t)tv->nbytes + 1);
-        if (!w || !raw) { free(w); free(raw); s = lorac_error(LORAC_STATUS_NOMEM, "out of memory merging \"%s\"", tv->name); goto done; }
-        memcpy(raw, tv->data, (size_t)tv->nbytes); /* file data need not be aligned */
-        lorac_convert_to_f32(w, raw, tv->dtype, tv->n_elements);
-        free(raw);
+        if (!w) {
+            w = malloc(sizeof(float) * (size_t)n_el);
+            void *raw = malloc((size_t)tv->nbytes + 1);
+            if (!w || !raw) { free(w); free(raw); s = lorac_error(LORAC_STATUS_NOMEM, "out of memory merging \"%s\"", tv->name); goto done; }
+            memcpy(raw, tv->data, (size_t)tv->nbytes); /* file data need not be aligned */
+            lorac_convert_to_f32(w, raw, tv->dtype, n_el);
+            free(raw);
+        }
         for (int32_t k = 0; adapted && k < n; k++) {
             const lorac_lora_module_t *m = lorac_adapter_find(adapters[k], layer, target);
             if (!m) continue;
             /* a fused group's first module holds the B of all its rows (Phi-3's qkv_proj) */
             int32_t rows = m->group_out ? m->group_out : m->out;
             int64_t want0 = conv1d ? m->in : rows, want1 = conv1d ? rows : m->in; /* Conv1D: (in, out) */
-            if (tv->n_dims != 2 || tv->shape[0] != want0 || tv->shape[1] != want1) {
+            if (wt->n_dims != 2 || wt->shape[0] != want0 || wt->shape[1] != want1) {
                 free(w);
                 s = lorac_error(LORAC_STATUS_FORMAT, "\"%s\" has shape [%lld, %lld] but the adapter expects [%lld, %lld]",
-                                tv->name, (long long)tv->shape[0], (long long)(tv->n_dims > 1 ? tv->shape[1] : 0),
+                                tv->name, (long long)wt->shape[0], (long long)(wt->n_dims > 1 ? wt->shape[1] : 0),
                                 (long long)want0, (long long)want1);
                 goto done;
             }
@@ -144,25 +233,26 @@ lorac_status_t lorac_merge_write(const char *model_dir, const lorac_adapter_t *c
             free(row);
         }
         if (out_dtype == LORAC_DTYPE_F32) {
-            owned[i] = w;
+            owned[n_out - 1] = w;
         } else {
-            uint16_t *h = malloc(sizeof(uint16_t) * (size_t)tv->n_elements);
+            uint16_t *h = malloc(sizeof(uint16_t) * (size_t)n_el);
             if (!h) { free(w); s = lorac_error(LORAC_STATUS_NOMEM, "out of memory"); goto done; }
-            for (int64_t e = 0; e < tv->n_elements; e++)
+            for (int64_t e = 0; e < n_el; e++)
                 h[e] = out_dtype == LORAC_DTYPE_BF16 ? lorac_f32_to_bf16(w[e]) : lorac_f32_to_f16(w[e]);
             free(w);
-            owned[i] = h;
+            owned[n_out - 1] = h;
         }
-        t[i].data = owned[i];
-        t[i].dtype = out_dtype;
+        wt->data = owned[n_out - 1];
+        wt->dtype = out_dtype;
     }
     char path[4096];
     snprintf(path, sizeof path, "%s/model.safetensors", out_dir);
     const char *mk[1] = {"format"}, *mv[1] = {"pt"};
-    if ((s = lorac_safetensors_write(path, t, count, mk, mv, 1))) goto done;
+    if ((s = lorac_safetensors_write(path, t, n_out, mk, mv, 1))) goto done;
     static const char *const files[] = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                                         "special_tokens_map.json"};
-    for (size_t i = 0; !s && i < sizeof files / sizeof files[0]; i++) s = copy_file(model_dir, out_dir, files[i]);
+    for (size_t i = 0; !s && i < sizeof files / sizeof files[0]; i++)
+        s = dequantized && i == 0 ? write_dequantized_config(model_dir, out_dir) : copy_file(model_dir, out_dir, files[i]);
 done:
     if (owned) for (int64_t i = 0; i < count; i++) free(owned[i]);
     free(owned);

@@ -40,7 +40,8 @@
 
 #define QUANT_STATE_MAX_BYTES 4096
 
-static const char *const k_dtypes[] = {"float32", "float16", "bfloat16"};
+static const struct { const char *name; lorac_dtype_t dtype; } k_dtypes[] = {
+    {"float32", LORAC_DTYPE_F32}, {"float16", LORAC_DTYPE_F16}, {"bfloat16", LORAC_DTYPE_BF16}};
 
 /* Reads the quant_state JSON's fields into qs; errors name `label`. */
 lorac_status_t lorac_bnb_parse_quant_state(const void *bytes, size_t n, const char *label, lorac_bnb_quant_state_t *qs) {
@@ -74,7 +75,10 @@ lorac_status_t lorac_bnb_parse_quant_state(const void *bytes, size_t n, const ch
     }
     int known = 0;
     for (size_t i = 0; cJSON_IsString(dtype) && i < sizeof k_dtypes / sizeof k_dtypes[0]; i++)
-        known |= strcmp(dtype->valuestring, k_dtypes[i]) == 0;
+        if (strcmp(dtype->valuestring, k_dtypes[i].name) == 0) {
+            known = 1;
+            qs->dtype = k_dtypes[i].dtype;
+        }
     if (!known) {
         s = lorac_error(LORAC_STATUS_FORMAT, "%s: quantization state's \"dtype\" must be float32, float16 or bfloat16",
                         label);

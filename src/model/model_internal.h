@@ -104,6 +104,7 @@ struct lorac_model {
 /* The JSON of a weight's "quant_state.bitsandbytes__nf4" tensor. */
 typedef struct {
     int64_t shape[2];
+    lorac_dtype_t dtype;      /* the weight's before quantization: F32, F16 or BF16 */
     int nested;               /* double quantization: the absmax in 8 bits */
     int64_t nested_blocksize; /* nested: blocks of absmax per nested absmax */
     float nested_offset;      /* nested: added to every decoded absmax */

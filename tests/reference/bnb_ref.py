@@ -118,6 +118,20 @@ def quantization_config(nested):
             "quant_method": "bitsandbytes"}
 
 
+def read_checkpoint(dir):
+    """The weights of the bitsandbytes checkpoint in model dir `dir` as it
+    reads back (quantized projections dequantized, f32), state tensors left out."""
+    t = hm.load_safetensors(os.path.join(dir, "model.safetensors"))
+    out = {}
+    for k, v in t.items():
+        if k + ".quant_map" in t:
+            out[k] = dequantize(t, k)
+        elif not any(k.endswith(s) for s in (".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map")) \
+                and ".quant_state." not in k:
+            out[k] = v.to(torch.float32)
+    return out
+
+
 def write_checkpoint(dir, c, w, nested=True, keep=()):
     """Rewrites model directory `dir` (config c, weights w as stored) as a
     bitsandbytes 4-bit checkpoint: every decoder projection (but those named
