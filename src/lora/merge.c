@@ -72,13 +72,28 @@ static const lorac_tensor_view_t *find_in_files(const void *wf, const char *name
     return lorac_weight_files_find(wf, name);
 }
 
+/* The tensors bitsandbytes saves beside a 4-bit weight "X.weight". */
+static const char *const k_bnb_parts[] = {".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map",
+                                          ".quant_state.bitsandbytes__nf4", ".quant_state.bitsandbytes__fp4"};
+#define N_BNB_PARTS (sizeof k_bnb_parts / sizeof k_bnb_parts[0])
+
+/* A weight stored as bitsandbytes' U8 codes: any of its state is there. */
+static int is_bnb_weight(const lorac_weight_files_t *wf, const lorac_tensor_view_t *tv) {
+    if (tv->dtype != LORAC_DTYPE_U8) return 0;
+    for (size_t k = 0; k < N_BNB_PARTS; k++) {
+        char full[512];
+        snprintf(full, sizeof full, "%s%s", tv->name, k_bnb_parts[k]);
+        if (lorac_weight_files_find(wf, full)) return 1;
+    }
+    return 0;
+}
+
 /* "X.weight.absmax" and the rest of a bitsandbytes weight's state, which a
  * merged (dequantized) model does not keep. */
 static int is_bnb_state(const lorac_weight_files_t *wf, const char *name) {
-    static const char *const parts[] = {".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map",
-                                        ".quant_state.bitsandbytes__nf4", ".quant_state.bitsandbytes__fp4"};
+    const char *const *parts = k_bnb_parts;
     size_t n = strlen(name);
-    for (size_t k = 0; k < sizeof parts / sizeof parts[0]; k++) {
+    for (size_t k = 0; k < N_BNB_PARTS; k++) {
         size_t pn = strlen(parts[k]);
         if (n <= pn || strcmp(name + n - pn, parts[k]) != 0) continue;
         char base[512];
@@ -165,9 +180,7 @@ lorac_status_t lorac_merge_write(const char *model_dir, const lorac_adapter_t *c
         /* a bitsandbytes checkpoint's projection, U8 codes: dequantized to
          * the dtype it was quantized from (what unsloth's "merged_16bit"
          * writes), merged or not */
-        char qmap[512];
-        snprintf(qmap, sizeof qmap, "%s.quant_map", tv->name);
-        int bnb = tv->dtype == LORAC_DTYPE_U8 && lorac_weight_files_find(wf, qmap);
+        int bnb = is_bnb_weight(wf, tv);
         float *w = NULL;
         lorac_dtype_t src_dtype = tv->dtype;
         int64_t n_el = tv->n_elements;
