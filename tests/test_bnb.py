@@ -13,7 +13,8 @@ serialization:
   absmax, a last block cut short and one projection kept unquantized,
   Phi-3 whose fused tensors were quantized whole;
 - `lorac train` on such a checkpoint: 3 AdamW steps of LoRA match torch
-  autograd over the checkpoint's weights;
+  autograd over the checkpoint's weights, and a run resumed from its
+  checkpoint is bit-identical to one made in one go;
 - malformed checkpoints (a companion tensor missing or of the wrong size,
   a quantization state that is not JSON, of another blocksize, shape or
   quant type, a quant_map that is not NF4's, 8-bit, fp4 and GPTQ configs)
@@ -104,6 +105,28 @@ def training_case():
                 0.01, 1.0, "linear", 1, 54, model_fn=lambda d, c, w: bnb_ref.write_checkpoint(d, c, w, nested=True))
     for name, ok, msg in tp.results[n0:]:
         R.record(name, ok, msg)
+
+
+def resume_case():
+    """A run on a checkpoint resumed from its own checkpoint gives the bits of one made in one go."""
+    d = ch.scratch("bnb")
+    model, data = os.path.join(d, "llama"), os.path.join(d, "resume.jsonl")
+    g = torch.Generator().manual_seed(6)
+    with open(data, "w") as f:
+        for _ in range(8):
+            f.write('{"input_ids": %s}\n' % torch.randint(0, 128, (11,), generator=g).tolist())
+    common = ["train", "-m", model, "--data", data, "--format", "tokens", "--batch", "2", "--seq", "10", "--r", "4",
+              "--targets", "all-linear", "--schedule", "constant", "--lr", "1e-2", "-t", "2"]
+    straight, parts = os.path.join(d, "straight"), os.path.join(d, "parts")
+    for p in (straight, parts):
+        shutil.rmtree(p, ignore_errors=True)
+    rc1, _, e1 = ch.run(common + ["-o", straight, "--steps", "4"])
+    rc2, _, e2 = ch.run(common + ["-o", parts, "--steps", "2", "--save-every", "2"])
+    rc3, _, e3 = ch.run(common + ["-o", parts, "--steps", "4", "--resume"])
+    same = rc1 == rc2 == rc3 == 0 and open(os.path.join(straight, "adapter_model.safetensors"), "rb").read() == \
+        open(os.path.join(parts, "adapter_model.safetensors"), "rb").read()
+    R.record("resume-bit-identical", same and "continuing from" in e3 and "bitsandbytes 4-bit checkpoint" in e1,
+             f"exits {rc1} {rc2} {rc3}; adapters {'identical' if same else 'differ'}" + ("" if same else (e1 + e3)[-300:]))
 
 
 def rewrite(src, name, tensor_fn=None, config_fn=None):
@@ -244,6 +267,7 @@ def main():
     shutil.rmtree(ch.scratch("bnb"), ignore_errors=True)
     logits_cases()
     training_case()
+    resume_case()
     malformed_cases()
     refused_cases()
     merge_cases()

@@ -154,9 +154,11 @@ static int64_t resume_latest(const char *out_dir, run_t *r, train_state_t *ts, F
     cJSON_Delete(t);
     lorac_checkpoint_state_clear(&st);
     if (was_quantized != r->quantized) {
-        lorac_error(LORAC_STATUS_INVALID_ARG, "%s/checkpoint-%lld was trained on %s base; resume %s --quantize nf4",
+        lorac_error(LORAC_STATUS_INVALID_ARG, "%s/checkpoint-%lld was trained on %s base; resume %s --quantize nf4%s",
                     out_dir, (long long)n, was_quantized ? "an NF4-quantized" : "an unquantized",
-                    was_quantized ? "with" : "without");
+                    was_quantized ? "with" : "without",
+                    was_quantized ? " (or on the bitsandbytes checkpoint it was trained on)"
+                                  : ", on the unquantized model it was trained on");
         return -2;
     }
     return n;
