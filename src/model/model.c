@@ -107,7 +107,7 @@ static lorac_status_t find_tensor_fill(lorac_model_t *m, lorac_tensor_kind_t kin
     char name[128];
     const lorac_tensor_view_t *tv;
     out->data = NULL;
-    if (m->config.bnb_nf4 && is_projection(kind)) { /* U8 codes; one a module kept unquantized is as usual */
+    if (m->config.bnb_nf4 && is_projection(kind)) { /* U8 codes; a module the checkpoint left unquantized loads as usual */
         lorac_tensor_name(&m->config, kind, layer, name, sizeof name);
         tv = lorac_weight_files_find(m->files, name);
         if (tv && tv->dtype == LORAC_DTYPE_U8) return load_bnb(m, kind, name, tv, out);
