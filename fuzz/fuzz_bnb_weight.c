@@ -24,7 +24,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         static const int64_t shapes[][2] = {{2, 64}, {3, 40}};
         for (int i = 0; i < 2; i++) {
             void *q = NULL;
-            if (lorac_bnb_read_nf4(find, st, "w", shapes[i][0], shapes[i][1], &q) == LORAC_STATUS_OK) {
+            if (lorac_bnb_read_nf4(find, st, "w", shapes[i], NULL, &q) == LORAC_STATUS_OK) {
                 float sum = 0;
                 for (int64_t e = 0; e < shapes[i][0] * shapes[i][1]; e++) sum += lorac_nf4_value(q, e);
                 g_sink = sum; /* keeps the reads */

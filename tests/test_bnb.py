@@ -54,13 +54,7 @@ IDS = [3, 17, 42, 5, 99, 64, 1, 23, 77, 8, 120, 31]
 
 
 def check_logits(name, model, ids, ref_q, ref_plain, extra=(), env=None):
-    got, err = ch.logits(model, ids, *extra, env=env, scratch_name="bnb")
-    if got is None:
-        R.record(name, False, "lorac logits failed: " + err[-300:])
-        return
-    e, moved = ch.rel(got, ref_q), ch.rel(ref_plain, ref_q)
-    R.record(name, e <= TOL and moved > 10 * TOL,
-             f"max rel err {e:.2e} against the checkpoint's weights (tol {TOL}); the unquantized model is {moved:.2e} away")
+    ch.check_quantized_logits(R, name, model, ids, ref_q, ref_plain, extra, env=env, scratch_name="bnb", tol=TOL)
 
 
 def make(name, cfg, nested=True, keep=(), **kw):

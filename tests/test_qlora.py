@@ -59,14 +59,8 @@ def quantized_base(c, w, keep_in=None):
 
 
 def check_logits(name, model, ids, ref_q, ref_plain, extra=(), env=None, want_stderr=None):
-    got, err = ch.logits(model, ids, "--quantize", "nf4", *extra, env=env, scratch_name="qlora")
-    if got is None:
-        R.record(name, False, "lorac logits failed: " + err[-300:])
-        return
-    e, moved = ch.rel(got, ref_q), ch.rel(ref_plain, ref_q)
-    ok = e <= TOL and moved > 10 * TOL and (want_stderr is None or want_stderr in err)
-    R.record(name, ok, f"max rel err {e:.2e} against the NF4 reference (tol {TOL}); the unquantized model is {moved:.2e} "
-                       f"away" + (f"; stderr {'names' if want_stderr in err else 'lacks'} '{want_stderr}'" if want_stderr else ""))
+    ch.check_quantized_logits(R, name, model, ids, ref_q, ref_plain, ("--quantize", "nf4") + tuple(extra), env=env,
+                              want_stderr=want_stderr, scratch_name="qlora", tol=TOL)
 
 
 def llama_cases():

@@ -13,6 +13,7 @@
 #include "lorac/linalg.h"
 #include "lorac/lora.h"
 #include "lorac/model.h"
+#include "model/model_internal.h"
 #include "lorac/safetensors.h"
 
 static const char *k_usage =
@@ -49,24 +50,6 @@ static void ranges_text(const uint8_t *on, int32_t n, char *buf, size_t cap) {
 }
 
 /* The layers with a sliding window, as ranges ("" when none). */
-/* A companion of a bitsandbytes weight: "X.weight.absmax", ".quant_map",
- * ".nested_absmax", ".nested_quant_map", ".quant_state.bitsandbytes__*". */
-static int is_bnb_state(const char *name) {
-    static const char *const parts[] = {".weight.absmax", ".weight.quant_map", ".weight.nested_absmax",
-                                        ".weight.nested_quant_map", ".weight.quant_state."};
-    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
-        const char *at = strstr(name, parts[i]);
-        if (at && (parts[i][strlen(parts[i]) - 1] == '.' || at[strlen(parts[i])] == 0)) return 1;
-    }
-    return 0;
-}
-
-static int has_quant_map(const lorac_weight_files_t *wf, const char *name) {
-    char full[512];
-    snprintf(full, sizeof full, "%s.quant_map", name);
-    return lorac_weight_files_find(wf, full) != NULL;
-}
-
 static void window_layers_text(const lorac_model_config_t *c, char *buf, size_t cap) {
     uint8_t *on = calloc((size_t)c->n_layers + 1, 1);
     if (!on) cli_die("out of memory");
@@ -163,12 +146,12 @@ static int inspect_model(const char *path, int json) {
         }
         /* a bitsandbytes checkpoint: a projection's U8 codes hold two
          * parameters a byte; its quantization state is not a parameter */
-        if (have_cfg && cfg.bnb_nf4 && is_bnb_state(t->name)) {
+        if (have_cfg && cfg.bnb_nf4 && lorac_bnb_is_state(lorac_bnb_find_in_weight_files, wf, t->name)) {
             n_bnb_states++;
             bytes += (int64_t)t->nbytes;
             continue;
         }
-        int packed = have_cfg && cfg.bnb_nf4 && t->dtype == LORAC_DTYPE_U8 && has_quant_map(wf, t->name);
+        int packed = have_cfg && cfg.bnb_nf4 && lorac_bnb_is_weight(lorac_bnb_find_in_weight_files, wf, t);
         n_bnb_weights += packed;
         n_params += packed ? 2 * t->n_elements : t->n_elements;
         bytes += (int64_t)t->nbytes;

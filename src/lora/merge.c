@@ -68,57 +68,14 @@ static lorac_status_t copy_file(const char *src_dir, const char *dst_dir, const 
     return s;
 }
 
-static const lorac_tensor_view_t *find_in_files(const void *wf, const char *name) {
-    return lorac_weight_files_find(wf, name);
-}
-
-/* The tensors bitsandbytes saves beside a 4-bit weight "X.weight". */
-static const char *const k_bnb_parts[] = {".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map",
-                                          ".quant_state.bitsandbytes__nf4", ".quant_state.bitsandbytes__fp4"};
-#define N_BNB_PARTS (sizeof k_bnb_parts / sizeof k_bnb_parts[0])
-
-/* A weight stored as bitsandbytes' U8 codes: any of its state is there. */
-static int is_bnb_weight(const lorac_weight_files_t *wf, const lorac_tensor_view_t *tv) {
-    if (tv->dtype != LORAC_DTYPE_U8) return 0;
-    for (size_t k = 0; k < N_BNB_PARTS; k++) {
-        char full[512];
-        snprintf(full, sizeof full, "%s%s", tv->name, k_bnb_parts[k]);
-        if (lorac_weight_files_find(wf, full)) return 1;
-    }
-    return 0;
-}
-
-/* "X.weight.absmax" and the rest of a bitsandbytes weight's state, which a
- * merged (dequantized) model does not keep. */
-static int is_bnb_state(const lorac_weight_files_t *wf, const char *name) {
-    const char *const *parts = k_bnb_parts;
-    size_t n = strlen(name);
-    for (size_t k = 0; k < N_BNB_PARTS; k++) {
-        size_t pn = strlen(parts[k]);
-        if (n <= pn || strcmp(name + n - pn, parts[k]) != 0) continue;
-        char base[512];
-        if (n - pn >= sizeof base) return 0;
-        memcpy(base, name, n - pn);
-        base[n - pn] = 0;
-        const lorac_tensor_view_t *w = lorac_weight_files_find(wf, base);
-        return w && w->dtype == LORAC_DTYPE_U8;
-    }
-    return 0;
-}
-
-/* A bitsandbytes 4-bit weight (U8 codes beside a quant_map): its values in
+/* A bitsandbytes 4-bit weight (U8 codes and their state): its values in
  * f32 (*w, malloc'd), its shape and the dtype it was quantized from. */
 static lorac_status_t read_bnb(const lorac_weight_files_t *wf, const lorac_tensor_view_t *tv, float **w,
                                int64_t shape[2], lorac_dtype_t *dtype) {
-    char name[512];
-    snprintf(name, sizeof name, "%s.quant_state.bitsandbytes__nf4", tv->name);
-    const lorac_tensor_view_t *st = lorac_weight_files_find(wf, name);
     lorac_bnb_quant_state_t qs;
-    lorac_status_t s;
-    if (!st) return lorac_error(LORAC_STATUS_UNSUPPORTED, "\"%s\" is quantized, but not as bitsandbytes' nf4", tv->name);
-    if ((s = lorac_bnb_parse_quant_state(st->data, (size_t)st->nbytes, name, &qs))) return s;
     void *q;
-    if ((s = lorac_bnb_read_nf4(find_in_files, wf, tv->name, qs.shape[0], qs.shape[1], &q))) return s;
+    lorac_status_t s = lorac_bnb_read_nf4(lorac_bnb_find_in_weight_files, wf, tv->name, NULL, &qs, &q);
+    if (s) return s;
     *w = malloc(sizeof(float) * (size_t)(qs.shape[0] * qs.shape[1]));
     if (*w) lorac_convert_to_f32(*w, q, LORAC_DTYPE_NF4, qs.shape[0] * qs.shape[1]);
     free(q);
@@ -164,7 +121,7 @@ lorac_status_t lorac_merge_write(const char *model_dir, const lorac_adapter_t *c
     if (!t || !owned) { s = lorac_error(LORAC_STATUS_NOMEM, "out of memory"); goto done; }
     for (int64_t i = 0; i < count; i++) {
         const lorac_tensor_view_t *tv = lorac_weight_files_get(wf, i);
-        if (is_bnb_state(wf, tv->name)) continue;
+        if (lorac_bnb_is_state(lorac_bnb_find_in_weight_files, wf, tv->name)) continue;
         lorac_tensor_write_t *wt = &t[n_out++];
         wt->name = tv->name;
         wt->n_dims = tv->n_dims;
@@ -180,7 +137,7 @@ lorac_status_t lorac_merge_write(const char *model_dir, const lorac_adapter_t *c
         /* a bitsandbytes checkpoint's projection, U8 codes: dequantized to
          * the dtype it was quantized from (what unsloth's "merged_16bit"
          * writes), merged or not */
-        int bnb = is_bnb_weight(wf, tv);
+        int bnb = lorac_bnb_is_weight(lorac_bnb_find_in_weight_files, wf, tv);
         float *w = NULL;
         lorac_dtype_t src_dtype = tv->dtype;
         int64_t n_el = tv->n_elements;

@@ -143,8 +143,43 @@ static float f32_at(const lorac_tensor_view_t *tv, int64_t i) {
     return v;
 }
 
-lorac_status_t lorac_bnb_read_nf4(lorac_bnb_find_fn find, const void *files, const char *name, int64_t rows, int64_t cols,
-                                  void **out) {
+const char *const lorac_bnb_state_suffixes[LORAC_BNB_N_STATE] = {
+    ".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map", ".quant_state.bitsandbytes__nf4",
+    ".quant_state.bitsandbytes__fp4"};
+
+const lorac_tensor_view_t *lorac_bnb_find_in_weight_files(const void *wf, const char *name) {
+    return lorac_weight_files_find(wf, name);
+}
+
+const lorac_tensor_view_t *lorac_bnb_state_tensor(lorac_bnb_find_fn find, const void *files, const char *name, int k) {
+    char full[512];
+    if ((size_t)snprintf(full, sizeof full, "%s%s", name, lorac_bnb_state_suffixes[k]) >= sizeof full) return NULL;
+    return find(files, full);
+}
+
+int lorac_bnb_is_weight(lorac_bnb_find_fn find, const void *files, const lorac_tensor_view_t *tv) {
+    if (tv->dtype != LORAC_DTYPE_U8) return 0;
+    for (int k = 0; k < LORAC_BNB_N_STATE; k++)
+        if (lorac_bnb_state_tensor(find, files, tv->name, k)) return 1;
+    return 0;
+}
+
+int lorac_bnb_is_state(lorac_bnb_find_fn find, const void *files, const char *name) {
+    size_t n = strlen(name);
+    for (int k = 0; k < LORAC_BNB_N_STATE; k++) {
+        size_t sn = strlen(lorac_bnb_state_suffixes[k]);
+        char base[512];
+        if (n <= sn || n - sn >= sizeof base || strcmp(name + n - sn, lorac_bnb_state_suffixes[k]) != 0) continue;
+        memcpy(base, name, n - sn);
+        base[n - sn] = 0;
+        const lorac_tensor_view_t *w = find(files, base);
+        return w && w->dtype == LORAC_DTYPE_U8;
+    }
+    return 0;
+}
+
+lorac_status_t lorac_bnb_read_nf4(lorac_bnb_find_fn find, const void *files, const char *name, const int64_t *want,
+                                  lorac_bnb_quant_state_t *state, void **out) {
     *out = NULL;
     const lorac_tensor_view_t *w = find(files, name), *qs_tv, *qmap, *absmax, *nabs = NULL, *nmap = NULL;
     if (!w) return lorac_error(LORAC_STATUS_FORMAT, "missing tensor \"%s\"", name);
@@ -161,9 +196,10 @@ lorac_status_t lorac_bnb_read_nf4(lorac_bnb_find_fn find, const void *files, con
     if (s) return s;
     lorac_bnb_quant_state_t qs;
     if ((s = lorac_bnb_parse_quant_state(qs_tv->data, (size_t)qs_tv->nbytes, qs_name, &qs))) return s;
-    if (qs.shape[0] != rows || qs.shape[1] != cols)
+    if (want && (qs.shape[0] != want[0] || qs.shape[1] != want[1]))
         return lorac_error(LORAC_STATUS_FORMAT, "\"%s\" has shape [%lld, %lld], expected [%lld, %lld] from config.json",
-                           name, (long long)qs.shape[0], (long long)qs.shape[1], (long long)rows, (long long)cols);
+                           name, (long long)qs.shape[0], (long long)qs.shape[1], (long long)want[0], (long long)want[1]);
+    int64_t rows = qs.shape[0], cols = qs.shape[1];
     if (!lorac_nf4_supported(cols))
         return lorac_error(LORAC_STATUS_UNSUPPORTED, "\"%s\": rows of %lld NF4 values are not supported (a multiple of 8)",
                            name, (long long)cols);
@@ -209,6 +245,7 @@ lorac_status_t lorac_bnb_read_nf4(lorac_bnb_find_fn find, const void *files, con
         if (len % 2) block[sizeof a + len / 2] &= 0xf0; /* an odd count's last byte holds one code */
     }
     if (padded > bytes) memset(q + bytes, 0, padded - bytes);
+    if (state) *state = qs;
     *out = q;
     return LORAC_STATUS_OK;
 }

@@ -69,10 +69,6 @@ static lorac_status_t keep_quantized(lorac_model_t *m, void *q) {
     return LORAC_STATUS_OK;
 }
 
-static const lorac_tensor_view_t *find_in_files(const void *files, const char *name) {
-    return lorac_weight_files_find(files, name);
-}
-
 /* A projection of a bitsandbytes 4-bit checkpoint (lorac_model_config_t's
  * bnb_nf4), stored as U8 codes: read into NF4 blocks the model keeps, and
  * the file's pages let go. */
@@ -81,17 +77,13 @@ static lorac_status_t load_bnb(lorac_model_t *m, lorac_tensor_kind_t kind, const
     int64_t shape[2];
     lorac_tensor_expected_shape(kind, &m->config, shape);
     void *q;
-    lorac_status_t s = lorac_bnb_read_nf4(find_in_files, m->files, name, shape[0], shape[1], &q);
+    lorac_status_t s = lorac_bnb_read_nf4(lorac_bnb_find_in_weight_files, m->files, name, shape, NULL, &q);
     if (s) return lorac_error(s, "%s: %s", m->dir, lorac_error_message());
     if ((s = keep_quantized(m, q))) return s;
     /* the codes and their state are read once: their pages go back */
-    static const char *const parts[] = {"absmax", "quant_map", "nested_absmax", "nested_quant_map",
-                                        "quant_state.bitsandbytes__nf4"};
     lorac_file_release(tv->data, (size_t)tv->nbytes);
-    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
-        char full[192];
-        snprintf(full, sizeof full, "%s.%s", name, parts[i]);
-        const lorac_tensor_view_t *c = lorac_weight_files_find(m->files, full);
+    for (int k = 0; k < LORAC_BNB_N_STATE; k++) {
+        const lorac_tensor_view_t *c = lorac_bnb_state_tensor(lorac_bnb_find_in_weight_files, m->files, name, k);
         if (c) lorac_file_release(c->data, (size_t)c->nbytes);
     }
     m->n_params += shape[0] * shape[1];

@@ -115,13 +115,28 @@ lorac_status_t lorac_bnb_parse_quant_state(const void *bytes, size_t n, const ch
 /* A tensor by name, from a model's files or one safetensors file. */
 typedef const lorac_tensor_view_t *(*lorac_bnb_find_fn)(const void *files, const char *name);
 
-/* Weight `name` (rows x cols), stored by bitsandbytes as NF4 codes with its
- * quantization state beside it, as a new NF4 tensor in lorac's layout
- * (LORAC_WEIGHT_ALIGN-aligned; the caller frees it). Every companion
- * tensor's dtype and size, the state's shape against rows x cols and the
- * quant_map against NF4's values are checked. */
-lorac_status_t lorac_bnb_read_nf4(lorac_bnb_find_fn find, const void *files, const char *name, int64_t rows, int64_t cols,
-                                  void **out);
+/* lorac_weight_files_find, as a lorac_bnb_find_fn. */
+const lorac_tensor_view_t *lorac_bnb_find_in_weight_files(const void *wf, const char *name);
+
+/* What bitsandbytes saves beside a 4-bit weight "X.weight": "X.weight" +
+ * each suffix (".absmax", ".quant_map", ..., ".quant_state.bitsandbytes__nf4"). */
+#define LORAC_BNB_N_STATE 6
+extern const char *const lorac_bnb_state_suffixes[LORAC_BNB_N_STATE];
+/* State tensor k of weight `name`; NULL when absent. */
+const lorac_tensor_view_t *lorac_bnb_state_tensor(lorac_bnb_find_fn find, const void *files, const char *name, int k);
+/* 1 for a weight stored as bitsandbytes' U8 codes: any of its state is there. */
+int lorac_bnb_is_weight(lorac_bnb_find_fn find, const void *files, const lorac_tensor_view_t *tv);
+/* 1 for a tensor of such a weight's state. */
+int lorac_bnb_is_state(lorac_bnb_find_fn find, const void *files, const char *name);
+
+/* Weight `name`, stored by bitsandbytes as NF4 codes with its quantization
+ * state beside it, as a new NF4 tensor in lorac's layout
+ * (LORAC_WEIGHT_ALIGN-aligned; the caller frees it); *state (when not NULL)
+ * gets the state read. Every companion tensor's dtype and size, the
+ * state's shape against want (rows, cols; NULL: any) and the quant_map
+ * against NF4's values are checked. */
+lorac_status_t lorac_bnb_read_nf4(lorac_bnb_find_fn find, const void *files, const char *name, const int64_t *want,
+                                  lorac_bnb_quant_state_t *state, void **out);
 
 /* Hands back the mapped file's pages under a weight's data (nbytes from
  * data) when that data lies in the mapping, not in one of the model's

@@ -335,13 +335,14 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
         return lorac_error(LORAC_STATUS_INVALID_ARG, "full training updates every weight; a quantized base is for LoRA");
     lorac_model_load_params_t lp = {.for_training = !p->full, .quantize = p->quantize_nf4 ? LORAC_DTYPE_NF4 : LORAC_DTYPE_F32};
     if ((s = lorac_model_load_ex(p->model_dir, &lp, &model))) goto done;
-    bool quantized_base = p->quantize_nf4 || lorac_model_get_config(model)->bnb_nf4;
-    if (p->full && lorac_model_get_config(model)->bnb_nf4) {
+    const lorac_model_config_t *cfg = lorac_model_get_config(model);
+    bool quantized_base = p->quantize_nf4 || cfg->bnb_nf4;
+    if (p->full && cfg->bnb_nf4) {
         s = lorac_error(LORAC_STATUS_INVALID_ARG, "%s is a bitsandbytes 4-bit checkpoint: full training needs the "
                         "unquantized model (a quantized base is for LoRA)", p->model_dir);
         goto done;
     }
-    if (lorac_model_get_config(model)->bnb_nf4 && log)
+    if (cfg->bnb_nf4 && log)
         fprintf(log, "base: a bitsandbytes 4-bit checkpoint, its projections read as NF4\n");
     else if (p->quantize_nf4 && log) {
         fprintf(log, "base: projections quantized to NF4 (QLoRA's 4-bit NormalFloat, blocks of 64)");
@@ -349,7 +350,6 @@ lorac_status_t lorac_train_run(const lorac_train_params_t *p, lorac_train_result
             fprintf(log, "; %d left as they were (rows not a multiple of 8 long)", lorac_model_n_unquantized(model));
         fputc('\n', log);
     }
-    const lorac_model_config_t *cfg = lorac_model_get_config(model);
     const lorac_tokenizer_t *tk = lorac_model_get_tokenizer(model);
     if (cfg->learned_positions && p->seq > cfg->max_position_embeddings) {
         s = lorac_error(LORAC_STATUS_INVALID_ARG, "--seq %d is longer than the %d positions %s has learned (n_positions)",

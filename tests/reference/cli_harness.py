@@ -69,6 +69,23 @@ def rel(a, b):
     return (a - b).abs().max().item() / b.abs().max().item()
 
 
+def check_quantized_logits(results, name, model, ids, ref_q, ref_plain, extra=(), env=None, want_stderr=None,
+                           scratch_name="logits", tol=1e-5):
+    """Records whether `lorac logits` of a quantized base (model and flags
+    extra) is within tol of ref_q, the reference on the quantized weights,
+    while ref_plain (the unquantized model) is more than 10 tol away from
+    it, and stderr holds want_stderr."""
+    got, err = logits(model, ids, *extra, env=env, scratch_name=scratch_name)
+    if got is None:
+        results.record(name, False, "lorac logits failed: " + err[-300:])
+        return
+    e, moved = rel(got, ref_q), rel(ref_plain, ref_q)
+    ok = e <= tol and moved > 10 * tol and (want_stderr is None or want_stderr in err)
+    results.record(name, ok, f"max rel err {e:.2e} against the quantized reference (tol {tol}); the unquantized model "
+                             f"is {moved:.2e} away" +
+                   (f"; stderr {'names' if want_stderr in err else 'lacks'} '{want_stderr}'" if want_stderr else ""))
+
+
 def write_random_adapter(dir, c, cfg, seed):
     """A PEFT adapter directory for config dict c with random A and B, for the adapter config cfg."""
     shutil.rmtree(dir, ignore_errors=True)
